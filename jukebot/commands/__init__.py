@@ -1,0 +1,1 @@
+"""`jukebot` subcommands, one module per group; `jukebot.cli` adds each to the root group."""

@@ -1,0 +1,158 @@
+"""The one typed settings object, read from the environment and `.env`.
+
+Every variable is `JUKEBOT_<FIELD>`; the two everybody knows also work bare
+(`DISCORD_TOKEN`, `DATABASE_URL`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import platformdirs
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+APP_NAME = "jukebot"
+
+# Plain driver names a user may type, mapped to the async drivers we run on.
+_ASYNC_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+}
+
+
+class SettingsError(Exception):
+    """A setting is missing or malformed; the message is one sentence saying what to set."""
+
+
+def default_database_url() -> str:
+    data_dir = Path(platformdirs.user_data_dir(APP_NAME))
+    return f"sqlite+aiosqlite:///{data_dir / 'jukebot.sqlite3'}"
+
+
+def default_model_dir() -> Path:
+    return Path(platformdirs.user_cache_dir(APP_NAME)) / "models"
+
+
+def normalise_database_url(url: str) -> str:
+    """Return `url` with an async driver, or raise ValueError saying what is wrong."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ValueError(
+            f"{url!r} is not a database URL; use e.g. postgresql://user@host/db or sqlite:///path/to/file.sqlite3"
+        ) from None
+    driver = _ASYNC_DRIVERS.get(parsed.drivername)
+    if driver is None:
+        raise ValueError(
+            f"database driver {parsed.drivername!r} is not supported; use postgresql:// or sqlite:///"
+        )
+    if driver.startswith("sqlite") and not parsed.database:
+        raise ValueError("a SQLite URL needs a file path, e.g. sqlite:///path/to/jukebot.sqlite3")
+    if driver.startswith("postgresql") and not parsed.host and not parsed.query.get("host"):
+        raise ValueError("a Postgres URL needs a host, e.g. postgresql://user@127.0.0.1:5432/jukebot")
+    return parsed.set(drivername=driver).render_as_string(hide_password=False)
+
+
+def _split_ints(value: object) -> object:
+    """Accept `1,2,3`, `1 2 3`, a JSON-ish list or an empty string for id lists."""
+    if isinstance(value, str):
+        text = value.strip().strip("[]")
+        return [int(part) for part in text.replace(",", " ").split()] if text else []
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="JUKEBOT_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    discord_token: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("JUKEBOT_DISCORD_TOKEN", "DISCORD_TOKEN")
+    )
+    database_url: str = Field(
+        default_factory=default_database_url,
+        validation_alias=AliasChoices("JUKEBOT_DATABASE_URL", "DATABASE_URL"),
+    )
+    model_dir: Path = Field(default_factory=default_model_dir)
+    # Which devices run workers: "auto" (every visible GPU, else one CPU worker),
+    # "cpu", or GPU indices such as "0,1".
+    gpus: str = "auto"
+    # Mirrors tried in order for model downloads; the original CDN host has moved before.
+    model_mirrors: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["https://openaipublic.azureedge.net/jukebox/models/"]
+    )
+
+    # Limits a server owner tunes (per-guild overrides live in the database).
+    max_length_seconds: float = Field(default=60.0, gt=0)
+    max_samples_per_job: int = Field(default=3, ge=1, le=16)
+    max_running_jobs_per_user: int = Field(default=1, ge=1)
+    max_queued_jobs_per_user: int = Field(default=3, ge=1)
+    allowed_channels: Annotated[list[int], NoDecode] = Field(default_factory=list)
+    max_prime_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
+    max_prime_seconds: float = Field(default=60.0, gt=0)
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        return normalise_database_url(value)
+
+    @field_validator("allowed_channels", mode="before")
+    @classmethod
+    def _parse_channels(cls, value: object) -> object:
+        return _split_ints(value)
+
+    @field_validator("model_mirrors", mode="before")
+    @classmethod
+    def _parse_mirrors(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part if part.endswith("/") else part + "/" for part in value.replace(",", " ").split()]
+        return value
+
+    @field_validator("gpus")
+    @classmethod
+    def _check_gpus(cls, value: str) -> str:
+        text = value.strip().lower()
+        if text in {"auto", "cpu"}:
+            return text
+        try:
+            [int(part) for part in text.replace(",", " ").split()]
+        except ValueError:
+            raise ValueError("use 'auto', 'cpu' or GPU indices such as '0,1'") from None
+        return text
+
+    def gpu_indices(self) -> list[int] | None:
+        """Explicit GPU indices, [] for CPU only, None for 'every visible GPU'."""
+        if self.gpus == "auto":
+            return None
+        if self.gpus == "cpu":
+            return []
+        return [int(part) for part in self.gpus.replace(",", " ").split()]
+
+    def require_token(self) -> str:
+        if self.discord_token is None or not self.discord_token.get_secret_value().strip():
+            raise SettingsError(
+                "No Discord token: set DISCORD_TOKEN (in the environment or a .env file) to your bot's token "
+                "from https://discord.com/developers/applications."
+            )
+        return self.discord_token.get_secret_value().strip()
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings, turning validation errors into one clear sentence."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "settings"
+        env = f"JUKEBOT_{field.upper()}"
+        if field in {"database_url", "JUKEBOT_DATABASE_URL", "DATABASE_URL"}:
+            env = "DATABASE_URL"
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise SettingsError(f"Bad value for {env}: {message}.") from None

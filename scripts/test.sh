@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Set up everything the tests need (Python packages, a running Postgres) and run the whole suite.
+# Usage: bash scripts/test.sh [extra pytest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+
+# Pin torch first: an unpinned torch pulls several GB of CUDA packages.
+"$PYTHON" -m pip install -q --disable-pip-version-check "torch==2.13.0" || "$PYTHON" -m pip install -q "torch>=2.4"
+"$PYTHON" -m pip install -q --disable-pip-version-check -e ".[test]"
+
+source scripts/ensure-postgres.sh
+
+"$PYTHON" -m ruff check .
+"$PYTHON" -m mypy
+"$PYTHON" -m pytest "$@"
