@@ -8,15 +8,6 @@ import click
 
 from jukebot import __version__
 from jukebot.commands.db import db
-from jukebot.settings import Settings, SettingsError, load_settings
-
-
-def settings_or_exit() -> Settings:
-    """Load settings, or stop with the one sentence that says what to set."""
-    try:
-        return load_settings()
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -63,8 +63,11 @@ def normalise_database_url(url: str) -> str:
 def _split_ints(value: object) -> object:
     """Accept `1,2,3`, `1 2 3`, a JSON-ish list or an empty string for id lists."""
     if isinstance(value, str):
-        text = value.strip().strip("[]")
-        return [int(part) for part in text.replace(",", " ").split()] if text else []
+        parts = value.strip().strip("[]").replace(",", " ").split()
+        try:
+            return [int(part) for part in parts]
+        except ValueError:
+            raise ValueError("use channel ids separated by commas, e.g. 123456789012345678,234567890123456789") from None
     return value
 
 

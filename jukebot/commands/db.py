@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from jukebot.commands import settings_or_exit
+
 
 @click.group()
 def db() -> None:
@@ -13,7 +15,6 @@ def db() -> None:
 @db.command()
 def upgrade() -> None:
     """Apply every pending migration to the configured database."""
-    from jukebot.cli import settings_or_exit
     from storage.migrate import upgrade_to_head
 
     settings = settings_or_exit()

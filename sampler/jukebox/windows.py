@@ -1,0 +1,80 @@
+"""Window arithmetic of Jukebox's sampler (spec §4): where each window starts and what it samples.
+
+Pure integer logic shared by the cascade, progress reporting and ETA estimates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SAMPLE_RATE = 44100
+TOP_HOP = 128  # raw samples per top-level token; audio lengths are multiples of it
+
+
+def window_starts(total_tokens: int, n_ctx: int, hop: int) -> list[int]:
+    """Starts of the full windows covering `total_tokens` (needs total_tokens >= n_ctx).
+
+    Starts advance by `hop`; the first window that would reach the end is moved back to end
+    exactly at `total_tokens`, and the list stops there.
+    """
+    if hop <= 0:
+        raise ValueError(f"hop must be positive, got {hop}")
+    starts = []
+    start = 0
+    while True:
+        if start + n_ctx >= total_tokens:
+            starts.append(total_tokens - n_ctx)
+            return starts
+        starts.append(start)
+        start += hop
+
+
+@dataclass(frozen=True)
+class Window:
+    """One sampling window at one level: tokens [start, start + sample_tokens), of which the last `new_tokens` are new."""
+
+    level: int
+    index: int
+    start: int
+    sample_tokens: int
+    new_tokens: int
+
+    @property
+    def end(self) -> int:
+        return self.start + self.sample_tokens
+
+
+def plan_level(level: int, current_tokens: int, total_tokens: int, n_ctx: int, hop: int) -> list[Window]:
+    """The windows that bring a level from `current_tokens` known codes to `total_tokens`.
+
+    Full windows follow `window_starts`; windows whose tokens are all known are dropped. A level
+    shorter than one window is sampled as one partial window, as the reference does: it then samples
+    `current + total` tokens (or a full window ending `total` tokens after the known ones).
+    """
+    windows: list[Window] = []
+    if total_tokens >= n_ctx:
+        known = current_tokens
+        for index, start in enumerate(window_starts(total_tokens, n_ctx, hop)):
+            end = start + n_ctx
+            new = end - max(min(known, end), start)
+            if new > 0:
+                windows.append(Window(level, index, start, n_ctx, new))
+                known = max(known, end)
+        return windows
+    if current_tokens < n_ctx - total_tokens:
+        sample_tokens, start = current_tokens + total_tokens, 0
+    else:
+        sample_tokens, start = n_ctx, current_tokens - n_ctx + total_tokens
+    known_in_window = min(current_tokens, start + n_ctx) - start
+    new = sample_tokens - known_in_window
+    return [Window(level, 0, start, sample_tokens, new)] if new > 0 else []
+
+
+def prompt_length_samples(prompt_seconds: float, sr: int = SAMPLE_RATE) -> int:
+    """Prompt length in raw samples, rounded down to a multiple of the top hop as the reference does."""
+    return (int(prompt_seconds * sr) // TOP_HOP) * TOP_HOP
+
+
+def sample_length_samples(seconds: float, sr: int = SAMPLE_RATE) -> int:
+    """A duration in raw samples, rounded down to a multiple of the top hop."""
+    return (int(seconds * sr) // TOP_HOP) * TOP_HOP

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jukebot.settings import SettingsError, load_settings
+
+
+def test_defaults_work_on_a_fresh_machine(clean_env: Path) -> None:
+    settings = load_settings()
+    assert settings.database_url == f"sqlite+aiosqlite:///{clean_env / 'data' / 'jukebot' / 'jukebot.sqlite3'}"
+    assert settings.model_dir == clean_env / "cache" / "jukebot" / "models"
+    assert settings.discord_token is None
+    assert settings.gpu_indices() is None
+    assert settings.allowed_channels == []
+
+
+def test_missing_token_is_one_clear_sentence(clean_env: Path) -> None:
+    with pytest.raises(SettingsError) as info:
+        load_settings().require_token()
+    message = str(info.value)
+    assert message.startswith("No Discord token: set DISCORD_TOKEN")
+    assert "\n" not in message
+
+
+def test_token_from_env_and_dotenv(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    Path(".env").write_text("DISCORD_TOKEN=from-dotenv\nJUKEBOT_MAX_SAMPLES_PER_JOB=5\n")
+    settings = load_settings()
+    assert settings.require_token() == "from-dotenv"
+    assert settings.max_samples_per_job == 5
+    monkeypatch.setenv("JUKEBOT_DISCORD_TOKEN", "from-env")
+    assert load_settings().require_token() == "from-env"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgresql://bob@db.example:5432/jukebot", "postgresql+asyncpg://bob@db.example:5432/jukebot"),
+        ("postgres://bob:pw@127.0.0.1/jb", "postgresql+asyncpg://bob:pw@127.0.0.1/jb"),
+        ("sqlite:////tmp/x.sqlite3", "sqlite+aiosqlite:////tmp/x.sqlite3"),
+        ("postgresql+asyncpg://u@h/d", "postgresql+asyncpg://u@h/d"),
+    ],
+)
+def test_database_urls_are_normalised_to_async_drivers(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, url: str, expected: str
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", url)
+    assert load_settings().database_url == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "needle"),
+    [
+        ("not a url", "is not a database URL"),
+        ("mysql://root@localhost/db", "driver 'mysql' is not supported"),
+        ("sqlite://", "needs a file path"),
+        ("postgresql:///jukebot", "needs a host"),
+    ],
+)
+def test_malformed_database_url_stops_with_one_sentence(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, url: str, needle: str
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", url)
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    message = str(info.value)
+    assert message.startswith("Bad value for DATABASE_URL:")
+    assert needle in message
+    assert "\n" not in message
+
+
+def test_lists_and_limits_from_env(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JUKEBOT_ALLOWED_CHANNELS", "111, 222 333")
+    monkeypatch.setenv("JUKEBOT_GPUS", "0,2")
+    monkeypatch.setenv("JUKEBOT_MODEL_MIRRORS", "https://a.example/models,https://b.example/m/")
+    settings = load_settings()
+    assert settings.allowed_channels == [111, 222, 333]
+    assert settings.gpu_indices() == [0, 2]
+    assert settings.model_mirrors == ["https://a.example/models/", "https://b.example/m/"]
+    monkeypatch.setenv("JUKEBOT_GPUS", "cpu")
+    assert load_settings().gpu_indices() == []
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "needle"),
+    [
+        ("JUKEBOT_GPUS", "first", "Bad value for JUKEBOT_GPUS: use 'auto', 'cpu' or GPU indices"),
+        ("JUKEBOT_MAX_SAMPLES_PER_JOB", "0", "Bad value for JUKEBOT_MAX_SAMPLES_PER_JOB"),
+        ("JUKEBOT_ALLOWED_CHANNELS", "general", "Bad value for JUKEBOT_ALLOWED_CHANNELS: use channel ids separated"),
+    ],
+)
+def test_bad_values_name_the_variable(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str, needle: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=needle):
+        load_settings()
