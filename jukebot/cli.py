@@ -8,6 +8,7 @@ import click
 
 from jukebot import __version__
 from jukebot.commands.db import db
+from jukebot.commands.models import models
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -22,3 +23,4 @@ def main(verbose: bool) -> None:
 
 
 main.add_command(db)
+main.add_command(models)

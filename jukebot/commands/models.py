@@ -1,0 +1,185 @@
+"""`jukebot models …`: list, download and verify the Jukebox model files."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import click
+
+from jukebot.commands import settings_or_exit
+from sampler.jukebox.registry import MODELS
+from sampler.models import (
+    DEFAULT_IDS_SOURCE,
+    CheckpointVerifier,
+    DownloadOptions,
+    ModelFilesError,
+    download_file,
+    file_status,
+    ids_files_for,
+    resolve_names,
+    verify_file,
+)
+
+
+def default_verifier() -> CheckpointVerifier:
+    """Checks a checkpoint loads; the composition root swaps in the published shapes (keys and shapes)."""
+    return CheckpointVerifier()
+
+
+@dataclass
+class ModelsCliContext:
+    """What the `models` commands take from their caller (tests pass their own through `obj=`)."""
+
+    make_verifier: Callable[[], CheckpointVerifier] = default_verifier
+    backoff: float = 2.0
+
+
+def _context() -> ModelsCliContext:
+    found = click.get_current_context().find_object(ModelsCliContext)
+    return found if found is not None else ModelsCliContext()
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def _names_or_exit(name: str) -> list[str]:
+    try:
+        return resolve_names(name)
+    except ModelFilesError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group()
+def models() -> None:
+    """List, download and verify the Jukebox model files."""
+
+
+@models.command("list")
+def list_models() -> None:
+    """Show each published model, its files and whether they are downloaded and verified."""
+    settings = settings_or_exit()
+    click.echo(f"Model directory: {settings.model_dir}")
+    click.echo(f"Mirrors: {', '.join(settings.model_mirrors)}")
+    for model in MODELS.values():
+        statuses = [
+            file_status(name, settings.model_dir) for name in (*model.checkpoints, *ids_files_for(model.name))
+        ]
+        missing = [status for status in statuses if status.state not in ("verified", "present")]
+        summary = (
+            "ready"
+            if not missing
+            else f"{len(missing)} of {len(statuses)} files to fetch: jukebot models download {model.name}"
+        )
+        kind = "lyrics" if model.has_lyrics else "no lyrics"
+        click.echo(f"\n{model.name} ({kind}): {summary}")
+        for status in statuses:
+            click.echo(
+                f"  {status.name:<18} {status.file.relative_path:<33} {_size(status.size):>10}  {status.description}"
+            )
+
+
+@models.command("download")
+@click.argument("name")
+@click.option(
+    "--ids-source",
+    "ids_sources",
+    multiple=True,
+    envvar="JUKEBOT_IDS_SOURCE",
+    default=(DEFAULT_IDS_SOURCE,),
+    show_default=True,
+    help="Where the artist/genre id tables are fetched from (repeat to try several).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="Seconds without data before an attempt is abandoned.",
+)
+@click.option(
+    "--retries",
+    type=click.IntRange(min=0),
+    default=4,
+    show_default=True,
+    help="Further rounds over the mirrors after a failed attempt.",
+)
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def download_command(
+    name: str, ids_sources: tuple[str, ...], timeout: float, retries: int, no_progress: bool
+) -> None:
+    """Download what NAME still lacks: a model (5b, 5b_lyrics, 1b_lyrics), one file (e.g. vqvae), ids or all.
+
+    Interrupted downloads resume where they stopped. Mirrors come from JUKEBOT_MODEL_MIRRORS.
+    """
+    names = _names_or_exit(name)
+    settings = settings_or_exit()
+    context = _context()
+    verifier = context.make_verifier()
+    options = DownloadOptions(
+        read_timeout=timeout,
+        retries=retries,
+        backoff=context.backoff,
+        progress=False if no_progress else None,
+        notify=lambda message: click.echo(message, err=True),
+    )
+    failures = 0
+    for file_name in names:
+        try:
+            result = download_file(
+                file_name, settings.model_dir, settings.model_mirrors, ids_sources, verifier, options
+            )
+        except ModelFilesError as exc:
+            failures += 1
+            click.echo(f"FAILED {file_name}: {exc}", err=True)
+            continue
+        if result.downloaded:
+            click.echo(f"{file_name}: downloaded ({result.path})")
+        elif file_status(file_name, settings.model_dir).state == "verified":
+            click.echo(f"{file_name}: already present ({result.path})")
+        else:  # a damaged file is only found by verify, which moves it aside for the next download
+            click.echo(
+                f"{file_name}: already present ({result.path}), not verified: "
+                f"`jukebot models verify {file_name}` checks it"
+            )
+    if failures:
+        raise click.ClickException(f"{failures} of {len(names)} files could not be downloaded (see above).")
+
+
+@models.command("verify")
+@click.argument("name", required=False)
+def verify_command(name: str | None) -> None:
+    """Load each downloaded file and check its keys and shapes (or checksum); exit 1 on any problem.
+
+    A bad file is moved aside to <file>.corrupt, so the next download fetches it afresh.
+    """
+    names = _names_or_exit(name or "all")
+    settings = settings_or_exit()
+    verifier = _context().make_verifier()
+    problems = 0
+    checked = 0
+    for file_name in names:
+        status = file_status(file_name, settings.model_dir)
+        if status.state in ("missing", "partial"):
+            if name is not None:  # asked about this model: a missing file means it cannot run
+                problems += 1
+                click.echo(f"MISSING {file_name}: {status.path}; run `jukebot models download {name}`.")
+            continue
+        checked += 1
+        result = verify_file(file_name, settings.model_dir, verifier)
+        problems += not result.ok
+        click.echo(result.message)
+    if checked == 0 and problems == 0:
+        click.echo(f"No model files in {settings.model_dir} yet: run `jukebot models download 1b_lyrics`.")
+    if problems:
+        raise click.ClickException(f"{problems} problem(s) found in {settings.model_dir}.")
+    if checked:
+        click.echo(f"{checked} file(s) OK.")

@@ -1,0 +1,716 @@
+"""Audio in and out: decode what users attach, encode what the sampler makes, under Discord's limits.
+
+Everything goes through PyAV (FFmpeg's libraries ship inside the wheel), so any common format a
+user may attach decodes the same way, with resampling done in the same pass. Jukebox works on
+44.1 kHz mono float32 in [-1, 1]; that is what `decode_audio` returns and what the encoders take.
+
+Every bad input raises a subclass of `AudioError` whose `str()` is a sentence a user can act on.
+This module imports no torch: the bot uses `probe` to reject a bad attachment early.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import math
+import os
+import wave
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Literal
+
+import av
+import av.error
+import numpy as np
+
+SAMPLE_RATE = 44_100
+DEFAULT_MAX_BYTES = 25 * 1024 * 1024
+DEFAULT_MAX_SECONDS = 60.0
+DEFAULT_SILENCE_DB = -60.0
+# Encoders pad to whole frames (1152 samples for MP3, 1024 for AAC, 20 ms for Opus): a clip cut at
+# exactly the limit may come back a frame longer, which should not be refused.
+LENGTH_SLACK_SECONDS = 0.05
+# How much shorter than its header says a stream may decode before we call it truncated: two codec frames.
+TRUNCATION_SLACK_SECONDS = 0.1
+
+AudioSource = bytes | bytearray | memoryview | str | os.PathLike[str]
+OutputFormat = Literal["ogg", "mp3"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors
+
+
+class AudioError(Exception):
+    """Base of every problem with a user's audio; `str()` is a message fit to show the user."""
+
+    @property
+    def user_message(self) -> str:
+        return str(self)
+
+
+class NotAudio(AudioError):
+    """The bytes are not an audio file at all (an image, a text, a document...)."""
+
+
+class CorruptAudio(AudioError):
+    """The file claims to be audio but is truncated or garbled."""
+
+
+class EmptyAudio(AudioError):
+    """The file is valid audio with zero samples."""
+
+
+class SilentAudio(AudioError):
+    """Every sample is below the silence threshold."""
+
+    def __init__(self, peak_db: float, threshold_db: float) -> None:
+        self.peak_db = peak_db
+        self.threshold_db = threshold_db
+        super().__init__(
+            f"The audio is silent: its loudest sample is {_format_db(peak_db)}, below the "
+            f"{threshold_db:g} dBFS threshold. Attach a clip with audible sound."
+        )
+
+
+class AudioTooLong(AudioError):
+    """Longer than allowed; `actual_seconds` is a lower bound when `at_least` is set."""
+
+    def __init__(self, limit_seconds: float, actual_seconds: float, *, at_least: bool = False) -> None:
+        self.limit_seconds = limit_seconds
+        self.actual_seconds = actual_seconds
+        self.at_least = at_least
+        length = f"at least {actual_seconds:.1f} s long" if at_least else f"{actual_seconds:.1f} s long"
+        super().__init__(
+            f"The audio is {length}, but the limit is {limit_seconds:g} s. "
+            f"Trim it to at most {limit_seconds:g} s and try again."
+        )
+
+
+class AudioTooLarge(AudioError):
+    """More bytes than allowed, refused before decoding."""
+
+    def __init__(self, limit_bytes: int, actual_bytes: int) -> None:
+        self.limit_bytes = limit_bytes
+        self.actual_bytes = actual_bytes
+        super().__init__(
+            f"The file is {_format_bytes(actual_bytes)}, larger than the {_format_bytes(limit_bytes)} limit. "
+            "Attach a shorter clip or a compressed format (OGG, MP3, M4A)."
+        )
+
+
+class DoesNotFit(AudioError):
+    """No format and bitrate tried brings the audio under the byte budget."""
+
+    def __init__(
+        self, max_bytes: int, smallest_bytes: int, smallest_format: str, smallest_bitrate: int
+    ) -> None:
+        self.max_bytes = max_bytes
+        self.smallest_bytes = smallest_bytes
+        self.smallest_format = smallest_format
+        self.smallest_bitrate = smallest_bitrate
+        super().__init__(
+            f"The audio does not fit in {_format_bytes(max_bytes)}: the smallest encoding "
+            f"({smallest_format} at {smallest_bitrate // 1000} kbit/s) is {_format_bytes(smallest_bytes)}."
+        )
+
+
+class EncoderUnavailable(AudioError):
+    """This PyAV/FFmpeg build lacks the encoder a format needs."""
+
+
+def _format_bytes(n: int) -> str:
+    if n >= 1024 * 1024:
+        return f"{n / (1024 * 1024):.1f} MiB"
+    if n >= 1024:
+        return f"{n / 1024:.1f} KiB"
+    return f"{n} bytes"
+
+
+def _format_db(db: float) -> str:
+    return "digital silence (-inf dBFS)" if math.isinf(db) else f"{db:.1f} dBFS"
+
+
+# --------------------------------------------------------------------------------------------------
+# Sniffing: what do the first bytes say the file is?
+
+# Display names of the audio containers `_sniff_audio` recognises: one that fails to open is corrupt.
+_AUDIO_NAMES = {
+    "wav": "WAV",
+    "aiff": "AIFF",
+    "flac": "FLAC",
+    "ogg": "Ogg",
+    "mp3": "MP3",
+    "aac": "AAC",
+    "mp4": "MP4/M4A",
+    "matroska": "Matroska/WebM",
+    "caf": "CAF",
+    "au": "AU",
+    "ape": "Monkey's Audio",
+    "wavpack": "WavPack",
+    "amr": "AMR",
+}
+
+
+def _sniff_audio(head: bytes) -> str | None:
+    """Name of the audio container the first bytes announce, or None."""
+    if head[:4] in (b"RIFF", b"RF64") and head[8:12] == b"WAVE":
+        return "wav"
+    if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+        return "aiff"
+    if head[:4] == b"fLaC":
+        return "flac"
+    if head[:4] == b"OggS":
+        return "ogg"
+    if head[:3] == b"ID3":
+        return "mp3"
+    if len(head) >= 2 and head[0] == 0xFF and (head[1] & 0xF6) == 0xF0:
+        return "aac"  # ADTS sync word, layer bits 00
+    if len(head) >= 2 and head[0] == 0xFF and (head[1] & 0xE0) == 0xE0 and (head[1] & 0x06) != 0:
+        return "mp3"  # MPEG audio frame sync with a valid layer
+    if head[4:8] == b"ftyp":
+        return "mp4"
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        return "matroska"
+    if head[:4] == b"caff":
+        return "caf"
+    if head[:4] == b".snd":
+        return "au"
+    if head[:4] == b"MAC ":
+        return "ape"
+    if head[:4] == b"wvpk":
+        return "wavpack"
+    if head[:5] == b"#!AMR":
+        return "amr"
+    return None
+
+
+def _sniff_other(head: bytes) -> str | None:
+    """What a non-audio file looks like, for a friendlier message."""
+    signatures = [
+        (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+        (b"\xff\xd8\xff", "a JPEG image"),
+        (b"GIF87a", "a GIF image"),
+        (b"GIF89a", "a GIF image"),
+        (b"%PDF", "a PDF document"),
+        (b"PK\x03\x04", "a ZIP archive (or an Office document)"),
+        (b"\x7fELF", "a program"),
+        (b"MZ", "a Windows program"),
+        (b"\x1f\x8b", "a gzip archive"),
+    ]
+    for magic, name in signatures:
+        if head.startswith(magic):
+            return name
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "a WebP image"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if text and all(ch.isprintable() or ch in "\r\n\t" for ch in text):
+        return "a text file"
+    return None
+
+
+_ACCEPTED_FORMATS = "WAV, FLAC, OGG (Vorbis or Opus), MP3 or M4A/AAC"
+
+
+def _not_audio(head: bytes, detail: str = "") -> NotAudio:
+    looks_like = _sniff_other(head)
+    what = f" (it looks like {looks_like})" if looks_like else ""
+    extra = f" {detail}" if detail else ""
+    return NotAudio(f"This file is not audio{what}.{extra} Attach a {_ACCEPTED_FORMATS} file.")
+
+
+# --------------------------------------------------------------------------------------------------
+# Probing and decoding
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What a file's header says; `duration_seconds` is None where the header does not tell."""
+
+    duration_seconds: float | None
+    sample_rate: int
+    channels: int
+    codec: str
+    container: str
+
+
+def _read_source(source: AudioSource, max_bytes: int | None) -> bytes:
+    """The file's bytes, refusing an oversized one before reading it (path) or decoding it (bytes)."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        data = bytes(source)
+        if max_bytes is not None and len(data) > max_bytes:
+            raise AudioTooLarge(max_bytes, len(data))
+        return data
+    path = Path(source)
+    size = path.stat().st_size
+    if max_bytes is not None and size > max_bytes:
+        raise AudioTooLarge(max_bytes, size)
+    return path.read_bytes()
+
+
+def _container_name(container: av.container.InputContainer) -> str:
+    names = container.format.name.split(",")
+    return "mp4" if "mp4" in names else names[0]
+
+
+def _header_duration(container: av.container.InputContainer, stream: av.AudioStream) -> float | None:
+    if stream.duration is not None and stream.time_base is not None and stream.duration > 0:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None and container.duration > 0:
+        return container.duration / av.time_base
+    return None
+
+
+def _open(data: bytes) -> tuple[av.container.InputContainer, av.AudioStream]:
+    """Open `data` and pick its first audio stream, classifying failures as NotAudio/CorruptAudio."""
+    head = data[:64]
+    if not data:
+        raise EmptyAudio("The file is empty (0 bytes). Attach an audio file.")
+    sniffed = _sniff_audio(head)
+    try:
+        container = av.open(io.BytesIO(data), mode="r")
+    except (av.error.FFmpegError, ValueError) as exc:
+        if sniffed is not None:
+            raise CorruptAudio(
+                f"This {_AUDIO_NAMES[sniffed]} file could not be read: it is damaged or truncated. "
+                "Export it again and re-attach it."
+            ) from exc
+        raise _not_audio(head) from exc
+    if not container.streams.audio:
+        kinds = sorted({s.type for s in container.streams})
+        container.close()
+        detail = f"It contains only {', '.join(kinds)} data, no sound." if kinds else "It contains no sound."
+        raise _not_audio(head, detail)
+    return container, container.streams.audio[0]
+
+
+def probe(
+    source: AudioSource, *, max_bytes: int | None = None, max_seconds: float | None = None
+) -> AudioInfo:
+    """Read only the header of `source` (bytes or a path): duration, rate, channels, codec, container.
+
+    Raises NotAudio/CorruptAudio/EmptyAudio for what cannot be opened, AudioTooLarge past
+    `max_bytes`, and AudioTooLong when the header's duration exceeds `max_seconds`.
+    Works on the first bytes of a file for most formats, so the bot can refuse an attachment before
+    downloading it all; on such a prefix the duration of WAV, Ogg and header-less MP3 is a lower bound
+    (FFmpeg derives it from the bytes present), and a prefix that cuts a header reads as CorruptAudio.
+    """
+    data = _read_source(source, max_bytes)
+    container, stream = _open(data)
+    with container:
+        info = AudioInfo(
+            duration_seconds=_header_duration(container, stream),
+            sample_rate=int(stream.codec_context.sample_rate or 0),
+            channels=int(stream.codec_context.channels or 0),
+            codec=stream.codec_context.codec.canonical_name,
+            container=_container_name(container),
+        )
+    _check_header_length(info.duration_seconds, max_seconds)
+    return info
+
+
+def _check_header_length(header_seconds: float | None, max_seconds: float | None) -> None:
+    if max_seconds is not None and header_seconds is not None:
+        if header_seconds > max_seconds + LENGTH_SLACK_SECONDS:
+            raise AudioTooLong(max_seconds, header_seconds)
+
+
+def _header_duration_is_exact(container_name: str, data: bytes) -> bool:
+    """Whether the header states the length outright (so decoding much less means truncation)."""
+    if container_name in ("flac", "mp4"):
+        return True
+    if container_name == "mp3":
+        # A Xing/Info/VBRI frame states the frame count; without one FFmpeg guesses from the file size.
+        start = 0
+        if data[:3] == b"ID3" and len(data) >= 10:
+            start = 10 + ((data[6] << 21) | (data[7] << 14) | (data[8] << 7) | data[9])
+        first_frame = data[start : start + 200]
+        return any(tag in first_frame for tag in (b"Xing", b"Info", b"VBRI"))
+    return False
+
+
+def _ogg_is_truncated(data: bytes) -> bool:
+    """True when the last Ogg page runs past the end of the data (a cut download, a partial copy)."""
+    offset = 0
+    while offset + 27 <= len(data) and data[offset : offset + 4] == b"OggS":
+        n_segments = data[offset + 26]
+        table_end = offset + 27 + n_segments
+        if table_end > len(data):
+            return True
+        offset = table_end + sum(data[offset + 27 : table_end])
+        if offset > len(data):
+            return True
+    return 0 < len(data) - offset < 27 and data[offset : offset + 4] in (b"OggS", b"Ogg", b"Og", b"O")
+
+
+def _frames(container: av.container.InputContainer, stream: av.AudioStream) -> Iterator[av.AudioFrame]:
+    try:
+        yield from container.decode(stream)
+    except av.error.FFmpegError as exc:
+        raise CorruptAudio(
+            "The audio stream is damaged and could not be decoded. Export the file again and re-attach it."
+        ) from exc
+
+
+def decode_audio(
+    source: AudioSource,
+    *,
+    sample_rate: int = SAMPLE_RATE,
+    max_bytes: int | None = DEFAULT_MAX_BYTES,
+    max_seconds: float | None = DEFAULT_MAX_SECONDS,
+    silence_threshold_db: float | None = DEFAULT_SILENCE_DB,
+) -> np.ndarray:
+    """Decode any common audio file to mono float32 at `sample_rate`, in [-1, 1].
+
+    Limits are checked as early as possible: bytes before opening, the header's duration before
+    decoding, and the decoded length while decoding (a lying header cannot make us decode forever).
+    Channels are averaged. `silence_threshold_db=None` accepts silent audio.
+    """
+    data = _read_source(source, max_bytes)
+    container, stream = _open(data)
+    with container:
+        container_name = _container_name(container)
+        header_seconds = _header_duration(container, stream)
+        limit = None if max_seconds is None else max_seconds + LENGTH_SLACK_SECONDS
+        _check_header_length(header_seconds, max_seconds)
+        if container_name == "ogg" and _ogg_is_truncated(data):
+            raise CorruptAudio(
+                "This Ogg file is truncated: its last page is cut off. Export it again and re-attach it."
+            )
+
+        # Planar float keeps the source layout; we average channels ourselves (a plain mean, unlike
+        # FFmpeg's centre-weighted downmix) after resampling every channel in the same pass.
+        resampler = av.AudioResampler(format="fltp", rate=sample_rate)
+        max_samples = None if limit is None else math.ceil(limit * sample_rate)
+        chunks: list[np.ndarray] = []
+        n_samples = 0
+
+        def take(frames: list[av.AudioFrame]) -> None:
+            nonlocal n_samples
+            for out in frames:
+                planes = out.to_ndarray()  # (channels, samples)
+                mono = planes.mean(axis=0, dtype=np.float32) if planes.shape[0] > 1 else planes[0]
+                chunks.append(np.asarray(mono, dtype=np.float32))
+                n_samples += mono.shape[0]
+            if max_samples is not None and max_seconds is not None and n_samples > max_samples:
+                raise AudioTooLong(max_seconds, n_samples / sample_rate, at_least=True)
+
+        input_shape: tuple[str, str, int] | None = None
+        for frame in _frames(container, stream):
+            shape = (frame.format.name, frame.layout.name, frame.sample_rate)
+            if shape != input_shape:
+                # A stream may change layout or rate midway (joined MP3s, radio rips); a resampler
+                # serves one input shape, so flush it and start another.
+                if input_shape is not None:
+                    take(resampler.resample(None))
+                    resampler = av.AudioResampler(format="fltp", rate=sample_rate)
+                input_shape = shape
+            frame.pts = None  # the resampler only needs samples; broken timestamps must not stop it
+            take(resampler.resample(frame))
+        take(resampler.resample(None))
+
+    if n_samples == 0:
+        if header_seconds is not None and header_seconds > TRUNCATION_SLACK_SECONDS:
+            raise CorruptAudio(
+                f"The file's header announces {header_seconds:.1f} s of audio but none of it could be "
+                "decoded: the file is damaged. Export it again and re-attach it."
+            )
+        raise EmptyAudio("The audio file contains no samples (0 s of sound). Attach a clip with sound in it.")
+    decoded_seconds = n_samples / sample_rate
+    if (
+        header_seconds is not None
+        and _header_duration_is_exact(container_name, data)
+        and decoded_seconds < header_seconds - max(TRUNCATION_SLACK_SECONDS, 0.02 * header_seconds)
+    ):
+        raise CorruptAudio(
+            f"The file is truncated: its header announces {header_seconds:.1f} s but only "
+            f"{decoded_seconds:.1f} s could be decoded. Export it again and re-attach it."
+        )
+
+    audio = np.clip(np.concatenate(chunks), -1.0, 1.0)
+    if silence_threshold_db is not None:
+        peak = float(np.max(np.abs(audio)))
+        peak_db = 20 * math.log10(peak) if peak > 0 else -math.inf
+        if peak_db < silence_threshold_db:
+            raise SilentAudio(peak_db, silence_threshold_db)
+    return audio
+
+
+# --------------------------------------------------------------------------------------------------
+# Encoding
+
+
+@dataclass(frozen=True)
+class _FormatSpec:
+    container: str
+    codec: str
+    sample_rate: int
+    mime: str
+    extension: str
+    bitrates: tuple[int, ...]  # highest first
+
+
+FORMATS: dict[str, _FormatSpec] = {
+    # Opus only runs at 48 kHz (and a few lower rates); we resample inside.
+    "ogg": _FormatSpec(
+        "ogg",
+        "libopus",
+        48_000,
+        "audio/ogg",
+        "ogg",
+        (192_000, 160_000, 128_000, 96_000, 64_000, 48_000, 32_000),
+    ),
+    "mp3": _FormatSpec(
+        "mp3",
+        "libmp3lame",
+        SAMPLE_RATE,
+        "audio/mpeg",
+        "mp3",
+        (320_000, 256_000, 192_000, 160_000, 128_000, 96_000, 64_000, 48_000, 32_000),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class EncodedAudio:
+    """Compressed audio ready to upload; `extension` has no dot. `start_seconds` locates a split part."""
+
+    data: bytes
+    format: str
+    bitrate: int
+    mime: str
+    extension: str
+    duration_seconds: float
+    start_seconds: float = 0.0
+
+    def filename(self, stem: str) -> str:
+        return f"{stem}.{self.extension}"
+
+
+def _format_spec(fmt: str) -> _FormatSpec:
+    try:
+        spec = FORMATS[fmt]
+    except KeyError:
+        raise ValueError(f"Unknown output format {fmt!r}; choose one of {sorted(FORMATS)}") from None
+    if spec.codec not in av.codecs_available:
+        raise EncoderUnavailable(
+            f"This installation cannot encode {fmt}: FFmpeg lacks the {spec.codec} encoder."
+        )
+    return spec
+
+
+def _as_mono(audio: np.ndarray) -> np.ndarray:
+    audio = np.asarray(audio)
+    if audio.ndim != 1:
+        raise ValueError(f"expected mono audio of shape (samples,), got shape {audio.shape}")
+    # NaN/inf would make the encoder emit garbage; clamp to the legal range.
+    return np.clip(np.nan_to_num(audio.astype(np.float32, copy=False)), -1.0, 1.0)
+
+
+def encode_audio(audio: np.ndarray, sample_rate: int, fmt: OutputFormat, bitrate: int) -> bytes:
+    """Encode mono float audio (samples,) to `fmt` ("ogg" = Opus in Ogg, "mp3") at `bitrate` bit/s."""
+    spec = _format_spec(fmt)
+    samples = _as_mono(audio)
+    if samples.shape[0] == 0:
+        raise EmptyAudio("There is no audio to encode (0 samples).")
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format=spec.container) as container:
+        stream = container.add_stream(spec.codec, rate=spec.sample_rate, layout="mono")
+        if not isinstance(stream, av.AudioStream):  # narrows the type: an audio codec gives an audio stream
+            raise TypeError(f"{spec.codec} did not create an audio stream")
+        stream.bit_rate = bitrate
+        # PyAV resamples (e.g. 44.1 -> 48 kHz for Opus) and re-frames to the codec's frame size.
+        block = 1 << 15
+        for start in range(0, samples.shape[0], block):
+            chunk = samples[start : start + block]
+            frame = av.AudioFrame.from_ndarray(chunk[None, :], format="flt", layout="mono")
+            frame.sample_rate = sample_rate
+            frame.pts = start
+            frame.time_base = Fraction(1, sample_rate)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return buffer.getvalue()
+
+
+def encode_batch(batch: np.ndarray, sample_rate: int, fmt: OutputFormat, bitrate: int) -> list[bytes]:
+    """Encode each row of a (batch, samples) array; a 1-D array counts as a batch of one."""
+    batch = np.asarray(batch)
+    rows = batch[None, :] if batch.ndim == 1 else batch
+    if rows.ndim != 2:
+        raise ValueError(f"expected audio of shape (batch, samples), got shape {batch.shape}")
+    return [encode_audio(row, sample_rate, fmt, bitrate) for row in rows]
+
+
+def _bitrates_for(fmt: str, bitrates: dict[str, Sequence[int]] | Sequence[int] | None) -> list[int]:
+    if bitrates is None:
+        chosen: Sequence[int] = FORMATS[fmt].bitrates
+    elif isinstance(bitrates, dict):
+        chosen = bitrates.get(fmt, FORMATS[fmt].bitrates)
+    else:
+        chosen = bitrates
+    return sorted(set(chosen), reverse=True)
+
+
+def encode_to_fit(
+    audio: np.ndarray,
+    sample_rate: int,
+    max_bytes: int,
+    formats: Sequence[OutputFormat] = ("ogg", "mp3"),
+    bitrates: dict[str, Sequence[int]] | Sequence[int] | None = None,
+    *,
+    min_bitrate: int = 0,
+) -> EncodedAudio:
+    """Encode at the highest bitrate that fits `max_bytes`, trying `formats` in order of preference.
+
+    `bitrates` is one list for every format, a per-format dict, or None for each format's ladder
+    (`FORMATS[fmt].bitrates`). Each format's ladder is binary-searched (file size grows with
+    bitrate for these encoders), so a fit costs about log2(len(ladder)) encodes. Raises `DoesNotFit`
+    with the smallest size reached when nothing at or above `min_bitrate` fits.
+    """
+    samples = _as_mono(audio)
+    duration = samples.shape[0] / sample_rate
+    smallest: tuple[int, str, int] | None = None
+    for fmt in formats:
+        spec = _format_spec(fmt)
+        ladder = [b for b in _bitrates_for(fmt, bitrates) if b >= min_bitrate]  # highest first
+        best: EncodedAudio | None = None
+        low, high = 0, len(ladder) - 1  # search for the first (highest) bitrate that fits
+        while low <= high:
+            middle = (low + high) // 2
+            data = encode_audio(samples, sample_rate, fmt, ladder[middle])
+            if len(data) <= max_bytes:
+                best = EncodedAudio(data, fmt, ladder[middle], spec.mime, spec.extension, duration)
+                high = middle - 1
+            else:
+                if smallest is None or len(data) < smallest[0]:
+                    smallest = (len(data), fmt, ladder[middle])
+                low = middle + 1
+        if best is not None:
+            return best
+    if smallest is None:
+        raise ValueError(f"no bitrate at or above {min_bitrate} bit/s to try for formats {tuple(formats)}")
+    raise DoesNotFit(max_bytes, *smallest)
+
+
+def split_to_fit(
+    audio: np.ndarray,
+    sample_rate: int,
+    max_bytes: int,
+    formats: Sequence[OutputFormat] = ("ogg", "mp3"),
+    bitrates: dict[str, Sequence[int]] | Sequence[int] | None = None,
+    *,
+    min_bitrate: int = 64_000,
+    max_parts: int = 20,
+) -> list[EncodedAudio]:
+    """Cut audio into the fewest consecutive equal parts that each fit `max_bytes` at >= `min_bitrate`.
+
+    Each part gets the highest bitrate that fits it. One part when the whole already fits. Raises
+    `DoesNotFit` when even `max_parts` parts do not fit.
+    """
+    samples = _as_mono(audio)
+    try:
+        return [encode_to_fit(samples, sample_rate, max_bytes, formats, bitrates, min_bitrate=min_bitrate)]
+    except DoesNotFit as whole:
+        # Size is nearly proportional to length: start from the part count the smallest encoding implies.
+        n_parts = max(2, math.ceil(whole.smallest_bytes / max_bytes))
+        last_error = whole
+    while n_parts <= max_parts:
+        bounds = np.linspace(0, samples.shape[0], n_parts + 1).round().astype(int)
+        parts: list[EncodedAudio] = []
+        try:
+            for begin, end in itertools.pairwise(bounds.tolist()):
+                part = encode_to_fit(
+                    samples[begin:end], sample_rate, max_bytes, formats, bitrates, min_bitrate=min_bitrate
+                )
+                parts.append(
+                    EncodedAudio(
+                        part.data,
+                        part.format,
+                        part.bitrate,
+                        part.mime,
+                        part.extension,
+                        duration_seconds=(end - begin) / sample_rate,
+                        start_seconds=begin / sample_rate,
+                    )
+                )
+        except DoesNotFit as exc:
+            last_error = exc
+            n_parts += 1
+            continue
+        return parts
+    raise DoesNotFit(
+        max_bytes, last_error.smallest_bytes, last_error.smallest_format, last_error.smallest_bitrate
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Small array helpers for the sampler
+
+
+def trim_silence(
+    audio: np.ndarray, sample_rate: int, threshold_db: float = -50.0, keep_ms: float = 100.0
+) -> np.ndarray:
+    """Drop leading and trailing samples quieter than `threshold_db`, keeping `keep_ms` of margin.
+
+    Never empty for input with any sample above the threshold; all-quiet input comes back unchanged
+    (there is nothing to anchor the cut on, and losing it all would help no one).
+    """
+    samples = np.asarray(audio)
+    if samples.ndim != 1:
+        raise ValueError(f"expected mono audio of shape (samples,), got shape {samples.shape}")
+    loud = np.flatnonzero(np.abs(samples) >= 10 ** (threshold_db / 20))
+    if loud.size == 0:
+        return samples
+    keep = round(keep_ms * sample_rate / 1000)
+    begin = max(0, int(loud[0]) - keep)
+    end = min(samples.shape[0], int(loud[-1]) + 1 + keep)
+    return samples[begin:end]
+
+
+def to_int16_pcm(audio: np.ndarray) -> np.ndarray:
+    """Float audio in [-1, 1] (clamped) to int16 PCM, rounding to the nearest step."""
+    samples = np.clip(np.nan_to_num(np.asarray(audio, dtype=np.float32)), -1.0, 1.0)
+    return np.round(samples * 32767.0).astype(np.int16)
+
+
+def wav_bytes(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
+    """A 16-bit PCM WAV file of mono (samples,) or multichannel (channels, samples) audio."""
+    samples = np.asarray(audio)
+    if samples.ndim == 1:
+        samples = samples[None, :]
+    if samples.ndim != 2:
+        raise ValueError(
+            f"expected audio of shape (samples,) or (channels, samples), got {np.asarray(audio).shape}"
+        )
+    pcm = to_int16_pcm(samples.T)  # WAV interleaves channels
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(samples.shape[0])
+        out.setsampwidth(2)
+        out.setframerate(sample_rate)
+        out.writeframes(pcm.astype("<i2").tobytes())
+    return buffer.getvalue()
+
+
+def pad_or_trim_to_multiple(
+    audio: np.ndarray, multiple: int = 128, mode: Literal["pad", "trim"] = "pad"
+) -> np.ndarray:
+    """Make the last axis a multiple of `multiple`: zero-pad at the end ("pad") or cut the end ("trim")."""
+    if multiple <= 0:
+        raise ValueError(f"multiple must be positive, got {multiple}")
+    samples = np.asarray(audio)
+    length = samples.shape[-1]
+    remainder = length % multiple
+    if remainder == 0:
+        return samples
+    if mode == "trim":
+        return samples[..., : length - remainder]
+    if mode == "pad":
+        widths = [(0, 0)] * (samples.ndim - 1) + [(0, multiple - remainder)]
+        return np.pad(samples, widths)
+    raise ValueError(f"mode must be 'pad' or 'trim', got {mode!r}")
