@@ -1,0 +1,92 @@
+"""What a job asks the sampler to do: the JSON `params` of a job row, shared by bot and workers.
+
+No torch here: the bot builds and validates these; a worker reads them back. Job kind,
+model, parent sample and prime live in their own job columns; everything else is here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from sampler.jukebox.registry import MODELS, PRIOR_HPARAMS
+
+ModelName = Literal["5b", "5b_lyrics", "1b_lyrics"]
+Levels = Literal["top", "all"]
+
+# Reference defaults (openai sample.py / Colab): hop fractions and temperatures by level 0, 1, 2.
+DEFAULT_HOP_FRACTION = (0.5, 0.5, 0.125)
+DEFAULT_TEMPERATURE = 0.98
+MAX_LYRICS_CHARS = 6000
+
+
+class InvalidJobParams(ValueError):
+    """Job parameters that cannot be sampled; the message says which and why."""
+
+
+def min_total_seconds(model: str) -> float:
+    """The shortest song length the model's timing conditioning accepts (spec §2.4)."""
+    minimum = PRIOR_HPARAMS[MODELS[model].top_prior]["min_duration"]
+    return float(minimum or 0.0)
+
+
+class JobParams(BaseModel):
+    """Parameters of a generate, continue or upsample job."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    artist: str = Field(default="unknown", max_length=200)
+    genres: tuple[str, ...] = Field(default=("unknown",), max_length=5)
+    lyrics: str = Field(default="", max_length=MAX_LYRICS_CHARS)
+    # generate: length of the sample; continue: seconds to add to the parent; upsample: ignored
+    # (the parent's length is upsampled).
+    seconds: float = Field(default=20.0, gt=0, le=600)
+    # The song length the labels claim (timing conditioning). None: max(seconds, the model minimum).
+    total_seconds: float | None = Field(default=None, gt=0, le=600)
+    n_samples: int = Field(default=1, ge=1, le=16)
+    temperature: float = Field(default=DEFAULT_TEMPERATURE, gt=0, le=2)
+    seed: int = Field(default=0, ge=0, lt=2**63)
+    # "top": a lo-fi preview of the top level only; "all": straight to full quality.
+    levels: Levels = "top"
+    # Seconds of the prime clip (job.prime_id) to continue; None = all of it.
+    prime_seconds: float | None = Field(default=None, gt=0, le=600)
+    hop_fraction: tuple[float, float, float] = DEFAULT_HOP_FRACTION
+
+    @field_validator("genres")
+    @classmethod
+    def _non_empty_genres(cls, genres: tuple[str, ...]) -> tuple[str, ...]:
+        cleaned = tuple(genre.strip() for genre in genres if genre.strip())
+        return cleaned or ("unknown",)
+
+    @field_validator("hop_fraction")
+    @classmethod
+    def _hop_in_range(cls, hop: tuple[float, float, float]) -> tuple[float, float, float]:
+        if not all(0 < fraction <= 1 for fraction in hop):
+            raise ValueError("every hop fraction must be in (0, 1]")
+        return hop
+
+    @model_validator(mode="after")
+    def _total_covers_sample(self) -> JobParams:
+        if self.total_seconds is not None and self.total_seconds < self.seconds:
+            raise ValueError(
+                f"total_seconds ({self.total_seconds:g}) must be at least the sample length ({self.seconds:g})"
+            )
+        return self
+
+    def effective_total_seconds(self, model: str) -> float:
+        return max(self.total_seconds or self.seconds, min_total_seconds(model))
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def parse_params(params: Any) -> JobParams:
+    """Read a job row's params back, or raise InvalidJobParams with the first problem."""
+    try:
+        return JobParams.model_validate(params)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "params"
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise InvalidJobParams(f"{where}: {message}") from None
