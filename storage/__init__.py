@@ -1,0 +1,66 @@
+"""Durable storage: the job queue, results, votes, primes and per-server settings (SQLAlchemy 2 async).
+
+Imports nothing else of jukebot's. Start with `create_engine(url)` and `JobStore(engine)`;
+`storage.migrate.upgrade_to_head(url)` brings a database to the current schema.
+"""
+
+from storage.engine import create_engine
+from storage.errors import (
+    InvalidGuildSettings,
+    InvalidJob,
+    InvalidPrime,
+    InvalidSample,
+    JobAlreadyFinished,
+    JobNotFound,
+    LeaseLost,
+    NotJobOwner,
+    OversizeParameters,
+    PrimeNotFound,
+    SampleNotFound,
+    StorageError,
+)
+from storage.models import PRIME_SAMPLE_RATE, JobKind, JobStatus
+from storage.records import (
+    ClaimedJob,
+    GuildSettings,
+    Heartbeat,
+    Job,
+    NewSample,
+    Prime,
+    RankedSample,
+    Sample,
+    SampleInfo,
+    UserJobCounts,
+)
+from storage.store import MAX_PARAMS_BYTES, JobStore
+
+__all__ = [
+    "MAX_PARAMS_BYTES",
+    "PRIME_SAMPLE_RATE",
+    "ClaimedJob",
+    "GuildSettings",
+    "Heartbeat",
+    "InvalidGuildSettings",
+    "InvalidJob",
+    "InvalidPrime",
+    "InvalidSample",
+    "Job",
+    "JobAlreadyFinished",
+    "JobKind",
+    "JobNotFound",
+    "JobStatus",
+    "JobStore",
+    "LeaseLost",
+    "NewSample",
+    "NotJobOwner",
+    "OversizeParameters",
+    "Prime",
+    "PrimeNotFound",
+    "RankedSample",
+    "Sample",
+    "SampleInfo",
+    "SampleNotFound",
+    "StorageError",
+    "UserJobCounts",
+    "create_engine",
+]

@@ -1,0 +1,69 @@
+"""Every error the store raises: one base class, messages a person can act on."""
+
+from __future__ import annotations
+
+
+class StorageError(Exception):
+    """Base class; `str(error)` is a user-readable sentence."""
+
+
+class InvalidJob(StorageError):
+    """A job was rejected before anything was written (unknown kind, bad field, …)."""
+
+
+class OversizeParameters(InvalidJob):
+    """The job parameters serialise to more than the allowed number of bytes."""
+
+
+class JobNotFound(StorageError):
+    def __init__(self, job_id: int) -> None:
+        super().__init__(f"There is no job #{job_id}; check the id (see your recent jobs).")
+        self.job_id = job_id
+
+
+class NotJobOwner(StorageError):
+    def __init__(self, job_id: int) -> None:
+        super().__init__(
+            f"Job #{job_id} belongs to someone else; only the person who started it can cancel it."
+        )
+        self.job_id = job_id
+
+
+class JobAlreadyFinished(StorageError):
+    def __init__(self, job_id: int, status: str) -> None:
+        super().__init__(f"Job #{job_id} has already finished ({status}); there is nothing left to cancel.")
+        self.job_id = job_id
+        self.status = status
+
+
+class LeaseLost(StorageError):
+    """A worker touched a job it no longer holds (requeued, claimed by another, or finished)."""
+
+    def __init__(self, job_id: int, worker_id: str, detail: str) -> None:
+        super().__init__(f"Worker {worker_id!r} no longer holds job #{job_id}: {detail}; stop working on it.")
+        self.job_id = job_id
+        self.worker_id = worker_id
+
+
+class SampleNotFound(StorageError):
+    def __init__(self, sample_id: int) -> None:
+        super().__init__(f"There is no sample #{sample_id}; it may have been typed wrong.")
+        self.sample_id = sample_id
+
+
+class InvalidSample(StorageError):
+    """A finished sample was malformed (e.g. codes that are not int16 bytes); nothing was written."""
+
+
+class PrimeNotFound(StorageError):
+    def __init__(self, prime_id: int) -> None:
+        super().__init__(f"There is no uploaded clip #{prime_id}; upload the clip again.")
+        self.prime_id = prime_id
+
+
+class InvalidPrime(StorageError):
+    """An uploaded clip could not be stored (empty, odd byte count, …); nothing was written."""
+
+
+class InvalidGuildSettings(StorageError):
+    """A per-server override is out of range; nothing was written."""

@@ -1,0 +1,90 @@
+"""Alembic, configured in code: upgrade, downgrade, and "is the database schema the models?".
+
+The sync functions are for the command line (no event loop running); inside a running
+loop use the `*_async` variants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.migration import MigrationContext
+from sqlalchemy.engine import Connection
+
+from storage.engine import create_engine
+from storage.models import Base
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """An Alembic config for our migrations; `connection` is the one env.py runs them on."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["connection"] = connection
+    return config
+
+
+async def _run_alembic(url: str, action: str, revision: str) -> None:
+    engine = create_engine(url, sqlite_foreign_keys=False)
+    try:
+        async with engine.begin() as connection:
+
+            def run(sync_connection: Connection) -> None:
+                getattr(command, action)(alembic_config(sync_connection), revision)
+
+            await connection.run_sync(run)
+    finally:
+        await engine.dispose()
+
+
+async def upgrade_to_head_async(url: str) -> None:
+    await _run_alembic(url, "upgrade", "head")
+
+
+async def downgrade_async(url: str, revision: str = "base") -> None:
+    await _run_alembic(url, "downgrade", revision)
+
+
+def upgrade_to_head(url: str) -> None:
+    """Apply every pending migration to the database at `url` (call with no event loop running)."""
+    asyncio.run(upgrade_to_head_async(url))
+
+
+def downgrade(url: str, revision: str = "base") -> None:
+    asyncio.run(downgrade_async(url, revision))
+
+
+async def current_revision_async(url: str) -> str | None:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as connection:
+            return await connection.run_sync(
+                lambda sync_connection: MigrationContext.configure(sync_connection).get_current_revision()
+            )
+    finally:
+        await engine.dispose()
+
+
+async def schema_diff_async(url: str) -> list[Any]:
+    """Differences between the database schema and `storage.models` ([] means `alembic check` is clean)."""
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as connection:
+
+            def compare(sync_connection: Connection) -> list[Any]:
+                context = MigrationContext.configure(sync_connection, opts={"compare_type": True})
+                return list(compare_metadata(context, Base.metadata))
+
+            return await connection.run_sync(compare)
+    finally:
+        await engine.dispose()
+
+
+def schema_diff(url: str) -> list[Any]:
+    return asyncio.run(schema_diff_async(url))

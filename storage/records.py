@@ -1,0 +1,154 @@
+"""Frozen snapshots the store hands out (and the one it takes in: `NewSample`).
+
+Listings never carry audio, codes or checkpoints; ask for those by id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from storage.models import FINISHED_STATUSES, JobKind, JobStatus
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: int
+    guild_id: int | None
+    channel_id: int
+    user_id: int
+    progress_message_id: int | None
+    kind: JobKind
+    model: str
+    params: Mapping[str, Any]
+    parent_sample_id: int | None
+    prime_id: int | None
+    status: JobStatus
+    priority: int
+    attempts: int
+    max_attempts: int
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    progress: float
+    stage: str | None
+    level: int | None
+    window: int | None
+    window_count: int | None
+    tokens_done: int | None
+    tokens_total: int | None
+    tokens_per_second: float | None
+    eta_at: datetime | None
+    has_checkpoint: bool
+    checkpoint_updated_at: datetime | None
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED_STATUSES
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob(Job):
+    """What a worker gets from `claim`: the job plus the checkpoint to resume from."""
+
+    checkpoint: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    lease_expires_at: datetime
+    cancel_requested: bool
+
+
+@dataclass(frozen=True, slots=True)
+class UserJobCounts:
+    queued: int
+    running: int  # includes jobs being cancelled: they still hold a worker
+
+
+@dataclass(frozen=True, slots=True)
+class NewSample:
+    """One finished candidate, as a worker hands it to `complete`.
+
+    Codes are int16 little-endian bytes per level (level 0 finest); the levels present
+    are the ones whose codes are given. `model` defaults to the job's model.
+    """
+
+    index: int
+    seed: int
+    duration_seconds: float
+    audio: bytes
+    audio_format: str  # container/codec name, e.g. "ogg" or "mp3"
+    audio_bitrate: int | None = None  # bits per second
+    codes_level_0: bytes | None = None
+    codes_level_1: bytes | None = None
+    codes_level_2: bytes | None = None
+    model: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SampleInfo:
+    id: int
+    job_id: int
+    index: int
+    model: str
+    seed: int
+    duration_seconds: float
+    levels: tuple[int, ...]  # levels whose codes are stored, ascending
+    audio_format: str
+    audio_bitrate: int | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Sample(SampleInfo):
+    audio: bytes
+    codes_level_0: bytes | None
+    codes_level_1: bytes | None
+    codes_level_2: bytes | None
+
+    def codes(self, level: int) -> bytes | None:
+        """The int16 little-endian codes of `level` (0, 1 or 2), or None if not stored."""
+        return {0: self.codes_level_0, 1: self.codes_level_1, 2: self.codes_level_2}[level]
+
+
+@dataclass(frozen=True, slots=True)
+class RankedSample:
+    sample: SampleInfo
+    votes: int
+    user_id: int  # who started the job that made it
+    channel_id: int
+    params: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Prime:
+    """An uploaded clip: 16-bit little-endian PCM, mono, at `sample_rate` (44.1 kHz)."""
+
+    id: int
+    guild_id: int | None
+    user_id: int
+    filename: str
+    duration_seconds: float
+    sample_rate: int
+    pcm: bytes
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class GuildSettings:
+    """Per-server overrides; None means "use the bot-wide setting"."""
+
+    guild_id: int
+    max_length_seconds: float | None = None
+    max_samples_per_job: int | None = None
+    max_running_jobs_per_user: int | None = None
+    max_queued_jobs_per_user: int | None = None
+    allowed_channel_ids: tuple[int, ...] | None = None
+    updated_at: datetime | None = None

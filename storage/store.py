@@ -1,0 +1,986 @@
+"""`JobStore`: the durable job queue, results, votes, primes and per-server settings.
+
+Every state change is one conditional statement (`UPDATE … WHERE <precondition>
+RETURNING …`), so two bots or workers racing on the same row cannot both win, on
+Postgres (row locks, READ COMMITTED) or SQLite (one writer at a time). When a
+precondition fails, the row is read to say exactly why, in a `StorageError`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    Table,
+    and_,
+    case,
+    delete,
+    func,
+    literal,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from storage.errors import (
+    InvalidGuildSettings,
+    InvalidJob,
+    InvalidPrime,
+    InvalidSample,
+    JobAlreadyFinished,
+    JobNotFound,
+    LeaseLost,
+    NotJobOwner,
+    OversizeParameters,
+    PrimeNotFound,
+    SampleNotFound,
+    StorageError,
+)
+from storage.models import (
+    ACTIVE_STATUSES,
+    FINISHED_STATUSES,
+    PRIME_SAMPLE_RATE,
+    PRIME_SAMPLE_WIDTH,
+    UNFINISHED_STATUSES,
+    GuildSettingsRow,
+    JobKind,
+    JobRow,
+    JobStatus,
+    PrimeRow,
+    SampleRow,
+    UTCDateTime,
+    VoteRow,
+    utcnow,
+)
+from storage.records import (
+    ClaimedJob,
+    GuildSettings,
+    Heartbeat,
+    Job,
+    NewSample,
+    Prime,
+    RankedSample,
+    Sample,
+    SampleInfo,
+    UserJobCounts,
+)
+
+MAX_PARAMS_BYTES = 64 * 1024  # serialised JSON; lyrics are the big part
+MAX_ERROR_CHARS = 4000
+MAX_SNOWFLAKE = 2**63 - 1
+CODE_LEVELS = (0, 1, 2)
+
+Clock = Callable[[], datetime]
+
+jobs = cast(Table, JobRow.__table__)
+samples = cast(Table, SampleRow.__table__)
+votes = cast(Table, VoteRow.__table__)
+primes = cast(Table, PrimeRow.__table__)
+guild_settings = cast(Table, GuildSettingsRow.__table__)
+
+# Listings leave the (possibly megabytes of) checkpoint in the database.
+JOB_COLUMNS = [column for column in jobs.c if column.name != "checkpoint"] + [
+    jobs.c.checkpoint.is_not(None).label("has_checkpoint")
+]
+CLAIMED_JOB_COLUMNS = [*JOB_COLUMNS, jobs.c.checkpoint]
+SAMPLE_INFO_COLUMNS = [
+    column for column in samples.c if column.name not in {"audio", *(f"codes_level_{i}" for i in CODE_LEVELS)}
+]
+# The order a worker takes queued jobs in; queue positions count in the same order.
+CLAIM_ORDER = (jobs.c.priority, jobs.c.created_at, jobs.c.id)
+
+
+def _job(row: Row[Any]) -> Job:
+    values = dict(row._mapping)
+    values.pop("checkpoint", None)
+    return Job(**_job_fields(values))
+
+
+def _claimed_job(row: Row[Any]) -> ClaimedJob:
+    return ClaimedJob(**_job_fields(dict(row._mapping)))
+
+
+def _job_fields(values: dict[str, Any]) -> dict[str, Any]:
+    values["kind"] = JobKind(values["kind"])
+    values["status"] = JobStatus(values["status"])
+    values["has_checkpoint"] = bool(values["has_checkpoint"])
+    return values
+
+
+def _levels(mask: int) -> tuple[int, ...]:
+    return tuple(level for level in CODE_LEVELS if mask & (1 << level))
+
+
+def _sample_info(row: RowMapping) -> SampleInfo:
+    values = {column.name: row[column.name] for column in SAMPLE_INFO_COLUMNS}
+    values["levels"] = _levels(values.pop("levels_mask"))
+    return SampleInfo(**values)
+
+
+def _sample(row: Row[Any]) -> Sample:
+    values = dict(row._mapping)
+    values["levels"] = _levels(values.pop("levels_mask"))
+    return Sample(**values)
+
+
+def _check_snowflake(name: str, value: object, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SNOWFLAKE:
+        raise InvalidJob(f"{name} must be a Discord id (a non-negative integer), got {value!r}")
+
+
+def _check_count(name: str, value: object, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidJob(f"{name} must be an integer of at least {minimum}, got {value!r}")
+
+
+def _serialise_params(params: object) -> dict[str, Any]:
+    """Check params are a JSON object under the size limit; return them as they will read back."""
+    if not isinstance(params, Mapping) or not all(isinstance(key, str) for key in params):
+        raise InvalidJob("job parameters must be a JSON object (a mapping with string keys)")
+    try:
+        text = json.dumps(params, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidJob(
+            f"job parameters must be plain JSON (text, numbers, lists, objects): {exc}"
+        ) from None
+    size = len(text.encode())
+    if size > MAX_PARAMS_BYTES:
+        raise OversizeParameters(
+            f"The job's parameters are {size:,} bytes; the limit is {MAX_PARAMS_BYTES:,} bytes. "
+            "Shorten the lyrics (or other text) and try again."
+        )
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+def _check_new_sample(sample: NewSample, job_model: str) -> dict[str, Any]:
+    """Validate one finished sample and return its column values (without job_id)."""
+    where = f"sample {sample.index!r}"
+    if isinstance(sample.index, bool) or not isinstance(sample.index, int) or sample.index < 0:
+        raise InvalidSample(f"{where}: the index within the job must be an integer >= 0")
+    if isinstance(sample.seed, bool) or not isinstance(sample.seed, int) or abs(sample.seed) > MAX_SNOWFLAKE:
+        raise InvalidSample(f"{where}: the seed must be a 64-bit integer, got {sample.seed!r}")
+    if not math.isfinite(sample.duration_seconds) or sample.duration_seconds < 0:
+        raise InvalidSample(f"{where}: duration must be a finite number of seconds >= 0")
+    if not isinstance(sample.audio, bytes | bytearray) or not sample.audio:
+        raise InvalidSample(f"{where}: the compressed audio is empty")
+    if not sample.audio_format or len(sample.audio_format) > 16:
+        raise InvalidSample(f"{where}: audio_format must name the format, e.g. 'ogg' or 'mp3'")
+    mask = 0
+    codes: dict[str, bytes | None] = {}
+    for level in CODE_LEVELS:
+        data = getattr(sample, f"codes_level_{level}")
+        if data is not None:
+            if not isinstance(data, bytes | bytearray) or len(data) % 2:
+                raise InvalidSample(
+                    f"{where}: codes of level {level} must be int16 bytes (an even byte count)"
+                )
+            mask |= 1 << level
+            data = bytes(data)
+        codes[f"codes_level_{level}"] = data
+    return {
+        "index": sample.index,
+        "model": sample.model or job_model,
+        "seed": sample.seed,
+        "duration_seconds": float(sample.duration_seconds),
+        "levels_mask": mask,
+        "audio": bytes(sample.audio),
+        "audio_format": sample.audio_format,
+        "audio_bitrate": sample.audio_bitrate,
+        **codes,
+    }
+
+
+def _lease_cleared() -> dict[str, Any]:
+    return {"lease_owner": None, "lease_expires_at": None}
+
+
+@dataclass(frozen=True, slots=True)
+class _Owner:
+    status: JobStatus
+    lease_owner: str | None
+
+
+class JobStore:
+    """The database side of jukebot. Pass an engine from `storage.create_engine`.
+
+    `clock` returns the current time (timezone-aware UTC); tests pass a controllable one.
+    """
+
+    def __init__(self, engine: AsyncEngine, *, clock: Clock = utcnow) -> None:
+        self.engine = engine
+        self._clock = clock
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.begin() as connection:
+            yield connection
+
+    def _insert(self, table: Any) -> Any:
+        """An INSERT that supports ON CONFLICT on this database."""
+        dialect = sqlite if self.engine.dialect.name == "sqlite" else postgresql
+        return dialect.insert(table)
+
+    # ------------------------------------------------------------------ enqueue
+
+    async def enqueue(
+        self,
+        *,
+        kind: JobKind | str,
+        model: str,
+        params: Mapping[str, Any],
+        channel_id: int,
+        user_id: int,
+        guild_id: int | None = None,
+        priority: int = 0,
+        max_attempts: int = 3,
+        parent_sample_id: int | None = None,
+        prime_id: int | None = None,
+    ) -> int:
+        """Queue a job and return its id. Lower `priority` runs first. Nothing is written on error."""
+        try:
+            job_kind = JobKind(kind)
+        except ValueError:
+            known = ", ".join(member.value for member in JobKind)
+            raise InvalidJob(f"Unknown job kind {kind!r}; use one of: {known}.") from None
+        if not isinstance(model, str) or not model.strip() or len(model) > 64:
+            raise InvalidJob(f"model must be a model name such as '5b_lyrics', got {model!r}")
+        stored_params = _serialise_params(params)
+        _check_snowflake("guild_id", guild_id, optional=True)
+        _check_snowflake("channel_id", channel_id)
+        _check_snowflake("user_id", user_id)
+        if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > 2**31 - 1:
+            raise InvalidJob(f"priority must be an integer, got {priority!r}")
+        _check_count("max_attempts", max_attempts, minimum=1)
+        if job_kind in (JobKind.UPSAMPLE, JobKind.CONTINUE) and parent_sample_id is None:
+            raise InvalidJob(
+                f"A {job_kind.value} job needs the sample to {job_kind.value} (parent_sample_id)."
+            )
+
+        now = self._clock()
+        async with self._transaction() as connection:
+            if parent_sample_id is not None:
+                await self._require_sample(connection, parent_sample_id)
+            if prime_id is not None:
+                found = await connection.scalar(select(primes.c.id).where(primes.c.id == prime_id))
+                if found is None:
+                    raise PrimeNotFound(prime_id)
+            job_id = await connection.scalar(
+                jobs.insert()
+                .values(
+                    guild_id=guild_id,
+                    channel_id=channel_id,
+                    user_id=user_id,
+                    kind=job_kind.value,
+                    model=model,
+                    params=stored_params,
+                    parent_sample_id=parent_sample_id,
+                    prime_id=prime_id,
+                    status=JobStatus.QUEUED.value,
+                    priority=priority,
+                    attempts=0,
+                    max_attempts=max_attempts,
+                    progress=0.0,
+                    created_at=now,
+                    updated_at=now,
+                )
+                .returning(jobs.c.id)
+            )
+        assert job_id is not None
+        return int(job_id)
+
+    # ------------------------------------------------------------------ worker side
+
+    async def claim(self, worker_id: str, models: Collection[str], lease_seconds: float) -> ClaimedJob | None:
+        """Take the next queued job for one of `models`, or None when there is none.
+
+        One statement: the sub-select locks the row it picks (and skips rows other
+        claimers hold) on Postgres; SQLite runs one writer at a time.
+        """
+        if not worker_id:
+            raise StorageError("a worker needs a non-empty worker id to claim jobs")
+        _check_lease(lease_seconds)
+        if not models:
+            return None
+        now = self._clock()
+        next_job = (
+            select(jobs.c.id)
+            .where(jobs.c.status == JobStatus.QUEUED.value, jobs.c.model.in_(sorted(models)))
+            .order_by(*CLAIM_ORDER)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        statement = (
+            update(jobs)
+            .where(jobs.c.id == next_job, jobs.c.status == JobStatus.QUEUED.value)
+            .values(
+                status=JobStatus.RUNNING.value,
+                lease_owner=worker_id,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                started_at=func.coalesce(jobs.c.started_at, literal(now, UTCDateTime())),
+                updated_at=now,
+            )
+            .returning(*CLAIMED_JOB_COLUMNS)
+        )
+        async with self._transaction() as connection:
+            row = (await connection.execute(statement)).first()
+        return None if row is None else _claimed_job(row)
+
+    async def _update_held(
+        self,
+        connection: AsyncConnection,
+        job_id: int,
+        worker_id: str,
+        values: Mapping[str, Any],
+        *returning: ColumnElement[Any],
+    ) -> Row[Any]:
+        """Apply `values` to a job `worker_id` holds (running or cancelling), or raise why not."""
+        statement = (
+            update(jobs)
+            .where(
+                jobs.c.id == job_id,
+                jobs.c.lease_owner == worker_id,
+                jobs.c.status.in_([status.value for status in ACTIVE_STATUSES]),
+            )
+            .values(**values)
+            .returning(jobs.c.status, *returning)
+        )
+        row = (await connection.execute(statement)).first()
+        if row is None:
+            await self._raise_lease_lost(connection, job_id, worker_id)
+        assert row is not None
+        return row
+
+    async def _owner(self, connection: AsyncConnection, job_id: int) -> _Owner:
+        row = (
+            await connection.execute(select(jobs.c.status, jobs.c.lease_owner).where(jobs.c.id == job_id))
+        ).first()
+        if row is None:
+            raise JobNotFound(job_id)
+        return _Owner(JobStatus(row.status), row.lease_owner)
+
+    async def _raise_lease_lost(self, connection: AsyncConnection, job_id: int, worker_id: str) -> None:
+        owner = await self._owner(connection, job_id)
+        if owner.status in FINISHED_STATUSES:
+            detail = f"it has already {owner.status.value}"
+        elif owner.status == JobStatus.QUEUED:
+            detail = "its lease expired and it went back to the queue"
+        else:
+            detail = f"worker {owner.lease_owner!r} holds it now"
+        raise LeaseLost(job_id, worker_id, detail)
+
+    async def heartbeat(self, job_id: int, worker_id: str, lease_seconds: float) -> Heartbeat:
+        """Extend the lease; says whether the user asked to cancel. Raises `LeaseLost` if not ours.
+
+        A lease that ran out but was not yet requeued is still ours, and is renewed.
+        """
+        _check_lease(lease_seconds)
+        now = self._clock()
+        async with self._transaction() as connection:
+            row = await self._update_held(
+                connection,
+                job_id,
+                worker_id,
+                {"lease_expires_at": now + timedelta(seconds=lease_seconds), "updated_at": now},
+                jobs.c.lease_expires_at,
+            )
+        return Heartbeat(
+            lease_expires_at=row.lease_expires_at,
+            cancel_requested=row.status == JobStatus.CANCELLING.value,
+        )
+
+    async def save_checkpoint(self, job_id: int, worker_id: str, checkpoint: bytes) -> None:
+        """Store what a resumed attempt starts from (replaces the previous checkpoint)."""
+        if not isinstance(checkpoint, bytes | bytearray):
+            raise StorageError(f"a checkpoint must be bytes, got {type(checkpoint).__name__}")
+        now = self._clock()
+        async with self._transaction() as connection:
+            await self._update_held(
+                connection,
+                job_id,
+                worker_id,
+                {"checkpoint": bytes(checkpoint), "checkpoint_updated_at": now, "updated_at": now},
+            )
+
+    async def report_progress(
+        self,
+        job_id: int,
+        worker_id: str,
+        *,
+        stage: str,
+        progress: float,
+        level: int | None = None,
+        window: int | None = None,
+        window_count: int | None = None,
+        tokens_done: int | None = None,
+        tokens_total: int | None = None,
+        tokens_per_second: float | None = None,
+        eta_at: datetime | None = None,
+    ) -> None:
+        """Record where the job is. `progress` is the fraction of the whole job (clamped to 0..1)."""
+        fraction = min(max(float(progress), 0.0), 1.0) if math.isfinite(progress) else 0.0
+        rate = tokens_per_second if tokens_per_second is None or math.isfinite(tokens_per_second) else None
+        now = self._clock()
+        async with self._transaction() as connection:
+            await self._update_held(
+                connection,
+                job_id,
+                worker_id,
+                {
+                    "stage": stage[:64],
+                    "progress": fraction,
+                    "level": level,
+                    "window": window,
+                    "window_count": window_count,
+                    "tokens_done": tokens_done,
+                    "tokens_total": tokens_total,
+                    "tokens_per_second": rate,
+                    "eta_at": eta_at,
+                    "updated_at": now,
+                },
+            )
+
+    async def complete(self, job_id: int, worker_id: str, new_samples: Sequence[NewSample]) -> list[int]:
+        """Store the results and mark the job succeeded, in one transaction; returns sample ids.
+
+        The checkpoint is dropped: the samples now hold the codes.
+        """
+        if not new_samples:
+            raise InvalidSample(f"job #{job_id} cannot succeed without at least one sample")
+        indices = [sample.index for sample in new_samples]
+        if len(set(indices)) != len(indices):
+            raise InvalidSample(f"job #{job_id}: two samples share an index ({sorted(indices)})")
+        now = self._clock()
+        async with self._transaction() as connection:
+            model = await connection.scalar(select(jobs.c.model).where(jobs.c.id == job_id))
+            if model is None:
+                raise JobNotFound(job_id)
+            rows = [_check_new_sample(sample, model) for sample in new_samples]
+            await self._update_held(
+                connection,
+                job_id,
+                worker_id,
+                {
+                    "status": JobStatus.SUCCEEDED.value,
+                    "progress": 1.0,
+                    "checkpoint": None,
+                    "checkpoint_updated_at": None,
+                    "finished_at": now,
+                    "updated_at": now,
+                    **_lease_cleared(),
+                },
+            )
+            sample_ids = []
+            for values in rows:
+                sample_id = await connection.scalar(
+                    samples.insert().values(job_id=job_id, created_at=now, **values).returning(samples.c.id)
+                )
+                sample_ids.append(int(sample_id))
+        return sample_ids
+
+    async def fail(self, job_id: int, worker_id: str, reason: str) -> None:
+        """Give the job up for good with `reason` (shown to the user). The checkpoint is kept."""
+        now = self._clock()
+        async with self._transaction() as connection:
+            await self._update_held(
+                connection,
+                job_id,
+                worker_id,
+                {
+                    "status": JobStatus.FAILED.value,
+                    "error": (reason or "the worker gave no reason")[:MAX_ERROR_CHARS],
+                    "finished_at": now,
+                    "updated_at": now,
+                    **_lease_cleared(),
+                },
+            )
+
+    async def release(self, job_id: int, worker_id: str) -> JobStatus:
+        """Graceful shutdown: hand the job back to the queue without counting an attempt.
+
+        The checkpoint stays, so the next worker resumes. A job being cancelled is
+        cancelled instead. Returns the new status.
+        """
+        now = self._clock()
+        cancelling = jobs.c.status == JobStatus.CANCELLING.value
+        async with self._transaction() as connection:
+            row = await self._update_held(
+                connection,
+                job_id,
+                worker_id,
+                {
+                    "status": case((cancelling, JobStatus.CANCELLED.value), else_=JobStatus.QUEUED.value),
+                    "finished_at": case((cancelling, literal(now, UTCDateTime())), else_=None),
+                    "updated_at": now,
+                    **_lease_cleared(),
+                },
+            )
+        return JobStatus(row.status)
+
+    async def mark_cancelled(self, job_id: int, worker_id: str) -> None:
+        """The worker stopped because the user cancelled (or it otherwise gave up cleanly)."""
+        now = self._clock()
+        async with self._transaction() as connection:
+            await self._update_held(
+                connection,
+                job_id,
+                worker_id,
+                {
+                    "status": JobStatus.CANCELLED.value,
+                    "finished_at": now,
+                    "updated_at": now,
+                    **_lease_cleared(),
+                },
+            )
+
+    async def is_cancel_requested(self, job_id: int) -> bool:
+        async with self._transaction() as connection:
+            owner = await self._owner(connection, job_id)
+        return owner.status in (JobStatus.CANCELLING, JobStatus.CANCELLED)
+
+    async def requeue_expired(self, now: datetime | None = None) -> list[tuple[int, JobStatus]]:
+        """Recover jobs whose worker stopped heartbeating; returns (job id, new status) pairs.
+
+        Back to `queued` with one more attempt (checkpoint kept); `failed` once
+        `max_attempts` leases were lost; a job being cancelled becomes `cancelled`.
+        """
+        now = now or self._clock()
+        changed: list[tuple[int, JobStatus]] = []
+        async with self._transaction() as connection:
+            expired = (
+                await connection.execute(
+                    select(jobs.c.id, jobs.c.status, jobs.c.attempts, jobs.c.max_attempts, jobs.c.lease_owner)
+                    .where(
+                        jobs.c.status.in_([status.value for status in ACTIVE_STATUSES]),
+                        jobs.c.lease_expires_at < now,
+                    )
+                    .order_by(jobs.c.id)
+                )
+            ).all()
+            for job in expired:
+                attempts = job.attempts + 1
+                values: dict[str, Any] = {"updated_at": now, **_lease_cleared()}
+                if job.status == JobStatus.CANCELLING.value:
+                    new_status = JobStatus.CANCELLED
+                    values |= {"finished_at": now}
+                elif attempts >= job.max_attempts:
+                    new_status = JobStatus.FAILED
+                    values |= {
+                        "attempts": attempts,
+                        "finished_at": now,
+                        "error": (
+                            f"The worker stopped responding {attempts} times (last worker: {job.lease_owner}); "
+                            "the job was given up."
+                        ),
+                    }
+                else:
+                    new_status = JobStatus.QUEUED
+                    values |= {"attempts": attempts}
+                # Re-check the lease in the same statement: a heartbeat may have landed since.
+                result = await connection.execute(
+                    update(jobs)
+                    .where(
+                        jobs.c.id == job.id,
+                        jobs.c.status == job.status,
+                        jobs.c.lease_owner == job.lease_owner,
+                        jobs.c.lease_expires_at < now,
+                    )
+                    .values(status=new_status.value, **values)
+                    .returning(jobs.c.id)
+                )
+                if result.first() is not None:
+                    changed.append((job.id, new_status))
+        return changed
+
+    # ------------------------------------------------------------------ bot side
+
+    async def request_cancel(self, job_id: int, user_id: int) -> JobStatus:
+        """The job's owner asks to stop it: queued -> cancelled now, running -> cancelling.
+
+        Returns the new status (asking again while cancelling returns `cancelling`).
+        """
+        now = self._clock()
+        queued = jobs.c.status == JobStatus.QUEUED.value
+        async with self._transaction() as connection:
+            row = (
+                await connection.execute(
+                    update(jobs)
+                    .where(
+                        jobs.c.id == job_id,
+                        jobs.c.user_id == user_id,
+                        jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]),
+                    )
+                    .values(
+                        status=case((queued, JobStatus.CANCELLED.value), else_=JobStatus.CANCELLING.value),
+                        finished_at=case((queued, literal(now, UTCDateTime())), else_=None),
+                        updated_at=now,
+                    )
+                    .returning(jobs.c.status)
+                )
+            ).first()
+            if row is not None:
+                return JobStatus(row.status)
+            current = (
+                await connection.execute(select(jobs.c.user_id, jobs.c.status).where(jobs.c.id == job_id))
+            ).first()
+        if current is None:
+            raise JobNotFound(job_id)
+        if current.user_id != user_id:
+            raise NotJobOwner(job_id)
+        status = JobStatus(current.status)
+        if status in FINISHED_STATUSES:
+            raise JobAlreadyFinished(job_id, status.value)
+        return status
+
+    async def get_job(self, job_id: int) -> Job:
+        async with self._transaction() as connection:
+            row = (await connection.execute(select(*JOB_COLUMNS).where(jobs.c.id == job_id))).first()
+        if row is None:
+            raise JobNotFound(job_id)
+        return _job(row)
+
+    async def get_checkpoint(self, job_id: int) -> bytes | None:
+        async with self._transaction() as connection:
+            row = (await connection.execute(select(jobs.c.checkpoint).where(jobs.c.id == job_id))).first()
+        if row is None:
+            raise JobNotFound(job_id)
+        return row.checkpoint
+
+    async def set_progress_message(self, job_id: int, message_id: int) -> None:
+        async with self._transaction() as connection:
+            result = await connection.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id)
+                .values(progress_message_id=message_id, updated_at=self._clock())
+                .returning(jobs.c.id)
+            )
+            if result.first() is None:
+                raise JobNotFound(job_id)
+
+    async def queue_position(self, job_id: int) -> int | None:
+        """1-based place among queued jobs in the order workers take them; None if not queued."""
+        async with self._transaction() as connection:
+            job = (
+                await connection.execute(
+                    select(jobs.c.status, jobs.c.priority, jobs.c.created_at).where(jobs.c.id == job_id)
+                )
+            ).first()
+            if job is None:
+                raise JobNotFound(job_id)
+            if job.status != JobStatus.QUEUED.value:
+                return None
+            ahead = or_(
+                jobs.c.priority < job.priority,
+                and_(
+                    jobs.c.priority == job.priority,
+                    or_(
+                        jobs.c.created_at < job.created_at,
+                        and_(jobs.c.created_at == job.created_at, jobs.c.id < job_id),
+                    ),
+                ),
+            )
+            count = await connection.scalar(
+                select(func.count()).select_from(jobs).where(jobs.c.status == JobStatus.QUEUED.value, ahead)
+            )
+        return int(count or 0) + 1
+
+    async def user_job_counts(self, user_id: int, guild_id: int | None = None) -> UserJobCounts:
+        """How many of the user's jobs wait and run (in one server, or everywhere)."""
+        statement = (
+            select(jobs.c.status, func.count())
+            .where(
+                jobs.c.user_id == user_id, jobs.c.status.in_([status.value for status in UNFINISHED_STATUSES])
+            )
+            .group_by(jobs.c.status)
+        )
+        if guild_id is not None:
+            statement = statement.where(jobs.c.guild_id == guild_id)
+        async with self._transaction() as connection:
+            counts = {row[0]: int(row[1]) for row in await connection.execute(statement)}
+        return UserJobCounts(
+            queued=counts.get(JobStatus.QUEUED.value, 0),
+            running=sum(counts.get(status.value, 0) for status in ACTIVE_STATUSES),
+        )
+
+    async def _jobs(self, statement: Any) -> list[Job]:
+        async with self._transaction() as connection:
+            return [_job(row) for row in await connection.execute(statement)]
+
+    async def running_jobs(self) -> list[Job]:
+        return await self._jobs(
+            select(*JOB_COLUMNS)
+            .where(jobs.c.status.in_([status.value for status in ACTIVE_STATUSES]))
+            .order_by(jobs.c.started_at, jobs.c.id)
+        )
+
+    async def unfinished_jobs(self, guild_id: int | None = None) -> list[Job]:
+        """Queued, running and cancelling jobs (of one server, or all), oldest first."""
+        statement = select(*JOB_COLUMNS).where(
+            jobs.c.status.in_([status.value for status in UNFINISHED_STATUSES])
+        )
+        if guild_id is not None:
+            statement = statement.where(jobs.c.guild_id == guild_id)
+        return await self._jobs(statement.order_by(jobs.c.created_at, jobs.c.id))
+
+    async def recent_jobs(
+        self, user_id: int, guild_id: int | None = None, limit: int = 10, offset: int = 0
+    ) -> list[Job]:
+        """The user's jobs, newest first."""
+        _check_page(limit, offset)
+        statement = select(*JOB_COLUMNS).where(jobs.c.user_id == user_id)
+        if guild_id is not None:
+            statement = statement.where(jobs.c.guild_id == guild_id)
+        return await self._jobs(
+            statement.order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit).offset(offset)
+        )
+
+    # ------------------------------------------------------------------ samples and primes
+
+    async def _require_sample(self, connection: AsyncConnection, sample_id: int) -> None:
+        if await connection.scalar(select(samples.c.id).where(samples.c.id == sample_id)) is None:
+            raise SampleNotFound(sample_id)
+
+    async def get_sample(self, sample_id: int) -> Sample:
+        async with self._transaction() as connection:
+            row = (await connection.execute(select(samples).where(samples.c.id == sample_id))).first()
+        if row is None:
+            raise SampleNotFound(sample_id)
+        return _sample(row)
+
+    async def samples_for_job(self, job_id: int) -> list[SampleInfo]:
+        async with self._transaction() as connection:
+            if await connection.scalar(select(jobs.c.id).where(jobs.c.id == job_id)) is None:
+                raise JobNotFound(job_id)
+            rows = await connection.execute(
+                select(*SAMPLE_INFO_COLUMNS).where(samples.c.job_id == job_id).order_by(samples.c.index)
+            )
+            return [_sample_info(row._mapping) for row in rows]
+
+    async def store_prime(
+        self,
+        *,
+        user_id: int,
+        filename: str,
+        pcm: bytes,
+        guild_id: int | None = None,
+        sample_rate: int = PRIME_SAMPLE_RATE,
+    ) -> int:
+        """Keep an uploaded clip, already decoded to 16-bit little-endian mono PCM; returns its id."""
+        if not isinstance(pcm, bytes | bytearray) or not pcm:
+            raise InvalidPrime(f"The clip {filename!r} has no audio in it; upload a clip with sound.")
+        if len(pcm) % PRIME_SAMPLE_WIDTH:
+            raise InvalidPrime(f"The clip {filename!r} is not 16-bit PCM (odd number of bytes).")
+        if sample_rate <= 0:
+            raise InvalidPrime(f"sample rate must be positive, got {sample_rate}")
+        try:
+            _check_snowflake("user_id", user_id)
+            _check_snowflake("guild_id", guild_id, optional=True)
+        except InvalidJob as exc:
+            raise InvalidPrime(str(exc)) from None
+        async with self._transaction() as connection:
+            prime_id = await connection.scalar(
+                primes.insert()
+                .values(
+                    guild_id=guild_id,
+                    user_id=user_id,
+                    filename=(filename or "clip")[:255],
+                    duration_seconds=len(pcm) / PRIME_SAMPLE_WIDTH / sample_rate,
+                    sample_rate=sample_rate,
+                    pcm=bytes(pcm),
+                    created_at=self._clock(),
+                )
+                .returning(primes.c.id)
+            )
+        return int(prime_id)
+
+    async def get_prime(self, prime_id: int) -> Prime:
+        async with self._transaction() as connection:
+            row = (await connection.execute(select(primes).where(primes.c.id == prime_id))).first()
+        if row is None:
+            raise PrimeNotFound(prime_id)
+        return Prime(**row._mapping)
+
+    # ------------------------------------------------------------------ votes and history
+
+    async def toggle_vote(self, sample_id: int, user_id: int) -> tuple[bool, int]:
+        """Add the user's vote, or take it back if there was one; returns (voted now, total votes).
+
+        Safe when the same user clicks twice at once: a vote inserted concurrently is
+        seen through the unique constraint and toggled off, as two clicks in a row would.
+        """
+        key = and_(votes.c.sample_id == sample_id, votes.c.user_id == user_id)
+        async with self._transaction() as connection:
+            await self._require_sample(connection, sample_id)
+            for _ in range(3):
+                removed = (await connection.execute(delete(votes).where(key).returning(votes.c.id))).first()
+                if removed is not None:
+                    voted = False
+                    break
+                try:
+                    inserted = (
+                        await connection.execute(
+                            self._insert(votes)
+                            .values(sample_id=sample_id, user_id=user_id, created_at=self._clock())
+                            .on_conflict_do_nothing(index_elements=["sample_id", "user_id"])
+                            .returning(votes.c.id)
+                        )
+                    ).first()
+                except IntegrityError:  # the sample vanished under us (foreign key)
+                    raise SampleNotFound(sample_id) from None
+                if inserted is not None:
+                    voted = True
+                    break
+            else:
+                raise StorageError(
+                    "Your vote could not be recorded because of too many clicks at once; try again."
+                )
+            count = await connection.scalar(
+                select(func.count()).select_from(votes).where(votes.c.sample_id == sample_id)
+            )
+        return voted, int(count or 0)
+
+    async def vote_count(self, sample_id: int) -> int:
+        return (await self.vote_counts([sample_id])).get(sample_id, 0)
+
+    async def vote_counts(self, sample_ids: Iterable[int]) -> dict[int, int]:
+        """Votes per sample id (0 for samples nobody voted for)."""
+        wanted = sorted(set(sample_ids))
+        if not wanted:
+            return {}
+        async with self._transaction() as connection:
+            rows = await connection.execute(
+                select(votes.c.sample_id, func.count())
+                .where(votes.c.sample_id.in_(wanted))
+                .group_by(votes.c.sample_id)
+            )
+            counts = {int(row[0]): int(row[1]) for row in rows}
+        return {sample_id: counts.get(sample_id, 0) for sample_id in wanted}
+
+    async def has_voted(self, sample_id: int, user_id: int) -> bool:
+        async with self._transaction() as connection:
+            found = await connection.scalar(
+                select(votes.c.id).where(votes.c.sample_id == sample_id, votes.c.user_id == user_id)
+            )
+        return found is not None
+
+    async def top_samples(
+        self, guild_id: int, since: datetime | None = None, limit: int = 10
+    ) -> list[RankedSample]:
+        """The server's samples (made since `since`, if given) by votes, then newest first."""
+        _check_page(limit, 0)
+        totals = select(votes.c.sample_id, func.count().label("votes")).group_by(votes.c.sample_id).subquery()
+        vote_total = func.coalesce(totals.c.votes, 0).label("votes")
+        statement = (
+            select(
+                *SAMPLE_INFO_COLUMNS,
+                vote_total,
+                jobs.c.user_id.label("job_user_id"),
+                jobs.c.channel_id,
+                jobs.c.params,
+            )
+            .select_from(
+                samples.join(jobs, samples.c.job_id == jobs.c.id).outerjoin(
+                    totals, totals.c.sample_id == samples.c.id
+                )
+            )
+            .where(jobs.c.guild_id == guild_id)
+            .order_by(vote_total.desc(), samples.c.created_at.desc(), samples.c.id.desc())
+            .limit(limit)
+        )
+        if since is not None:
+            statement = statement.where(samples.c.created_at >= since)
+        async with self._transaction() as connection:
+            rows = (await connection.execute(statement)).all()
+        return [
+            RankedSample(
+                sample=_sample_info(row._mapping),
+                votes=int(row.votes),
+                user_id=row.job_user_id,
+                channel_id=row.channel_id,
+                params=row.params,
+            )
+            for row in rows
+        ]
+
+    # ------------------------------------------------------------------ per-server settings
+
+    async def get_guild_settings(self, guild_id: int) -> GuildSettings:
+        """The server's overrides (all None when it has none)."""
+        async with self._transaction() as connection:
+            row = (
+                await connection.execute(select(guild_settings).where(guild_settings.c.guild_id == guild_id))
+            ).first()
+        if row is None:
+            return GuildSettings(guild_id=guild_id)
+        values = dict(row._mapping)
+        if values["allowed_channel_ids"] is not None:
+            values["allowed_channel_ids"] = tuple(values["allowed_channel_ids"])
+        return GuildSettings(**values)
+
+    async def set_guild_settings(self, settings: GuildSettings) -> GuildSettings:
+        """Replace the server's overrides with `settings` (None clears one); returns what was stored."""
+        _check_guild_settings(settings)
+        channels = (
+            None if settings.allowed_channel_ids is None else [int(c) for c in settings.allowed_channel_ids]
+        )
+        values = {
+            "max_length_seconds": settings.max_length_seconds,
+            "max_samples_per_job": settings.max_samples_per_job,
+            "max_running_jobs_per_user": settings.max_running_jobs_per_user,
+            "max_queued_jobs_per_user": settings.max_queued_jobs_per_user,
+            "allowed_channel_ids": channels,
+            "updated_at": self._clock(),
+        }
+        statement = self._insert(guild_settings).values(guild_id=settings.guild_id, **values)
+        statement = statement.on_conflict_do_update(index_elements=["guild_id"], set_=values)
+        async with self._transaction() as connection:
+            await connection.execute(statement)
+        return await self.get_guild_settings(settings.guild_id)
+
+
+def _check_lease(lease_seconds: float) -> None:
+    if not math.isfinite(lease_seconds) or lease_seconds <= 0:
+        raise StorageError(f"a lease must last a positive number of seconds, got {lease_seconds!r}")
+
+
+def _check_page(limit: int, offset: int) -> None:
+    if not 1 <= limit <= 1000 or offset < 0:
+        raise StorageError(f"ask for 1 to 1000 rows from offset >= 0 (got limit={limit}, offset={offset})")
+
+
+def _check_guild_settings(settings: GuildSettings) -> None:
+    def fail(what: str) -> None:
+        raise InvalidGuildSettings(f"{what}; nothing was changed.")
+
+    try:
+        _check_snowflake("guild_id", settings.guild_id)
+    except InvalidJob as exc:
+        raise InvalidGuildSettings(str(exc)) from None
+    length = settings.max_length_seconds
+    if length is not None and (not math.isfinite(length) or length <= 0):
+        fail(f"max_length_seconds must be a positive number of seconds, got {length!r}")
+    for name in ("max_samples_per_job", "max_running_jobs_per_user", "max_queued_jobs_per_user"):
+        value = getattr(settings, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            fail(f"{name} must be a whole number of at least 1, got {value!r}")
+    if settings.max_samples_per_job is not None and settings.max_samples_per_job > 16:
+        fail(f"max_samples_per_job can be at most 16, got {settings.max_samples_per_job}")
+    if settings.allowed_channel_ids is not None:
+        for channel in settings.allowed_channel_ids:
+            if isinstance(channel, bool) or not isinstance(channel, int) or not 0 <= channel <= MAX_SNOWFLAKE:
+                fail(f"allowed channel ids must be Discord channel ids, got {channel!r}")

@@ -1,0 +1,280 @@
+"""The durable queue: claim order, leases, checkpoints, cancel, completion."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import pytest
+from sqlalchemy.dialects import postgresql, sqlite
+
+from storage import (
+    ClaimedJob,
+    InvalidSample,
+    JobKind,
+    JobStatus,
+    JobStore,
+    LeaseLost,
+    create_engine,
+)
+from storage.store import CLAIM_ORDER, jobs
+from tests.conftest import FakeClock
+from tests.storage.helpers import MODEL, USER, enqueue, new_sample, row_counts
+
+
+async def claim(store: JobStore, worker: str = "worker-a", lease: float = 30) -> ClaimedJob:
+    job = await store.claim(worker, [MODEL], lease_seconds=lease)
+    assert job is not None
+    return job
+
+
+async def test_enqueued_job_reads_back(store: JobStore, clock: FakeClock) -> None:
+    job_id = await enqueue(store, params={"lyrics": "héllo", "seconds": 20, "tags": ("a", "b")})
+    assert job_id == 1  # every test starts from an empty, freshly numbered database
+    job = await store.get_job(job_id)
+    assert job.status is JobStatus.QUEUED and job.kind is JobKind.GENERATE
+    assert job.params == {"lyrics": "héllo", "seconds": 20, "tags": ["a", "b"]}
+    assert job.created_at == clock.now and job.created_at.tzinfo is not None
+    assert (job.attempts, job.max_attempts, job.progress, job.has_checkpoint) == (0, 3, 0.0, False)
+    assert job.started_at is None and job.lease_owner is None and not job.finished
+
+
+async def test_claim_takes_priority_then_age_and_only_served_models(
+    store: JobStore, clock: FakeClock
+) -> None:
+    old = await enqueue(store)
+    clock.advance(1)
+    other_model = await enqueue(store, model="1b_lyrics")
+    clock.advance(1)
+    urgent = await enqueue(store, priority=-5)
+    clock.advance(1)
+    newer = await enqueue(store)
+
+    assert [await store.queue_position(j) for j in (urgent, old, other_model, newer)] == [1, 2, 3, 4]
+    order = [(await claim(store)).id for _ in range(3)]
+    assert order == [urgent, old, newer]
+    assert await store.claim("worker-a", [MODEL], lease_seconds=30) is None
+    assert await store.claim("worker-a", [], lease_seconds=30) is None
+    assert await store.queue_position(other_model) == 1
+    assert await store.queue_position(urgent) is None
+
+    claimed = await store.claim("worker-b", ["1b_lyrics"], lease_seconds=30)
+    assert claimed is not None and claimed.id == other_model
+    assert claimed.status is JobStatus.RUNNING and claimed.lease_owner == "worker-b"
+    assert claimed.started_at == clock.now
+    assert (
+        claimed.lease_expires_at is not None and (claimed.lease_expires_at - clock.now).total_seconds() == 30
+    )
+
+
+def test_claim_statement_locks_and_skips_on_postgres() -> None:
+    from sqlalchemy import select
+
+    statement = select(jobs.c.id).order_by(*CLAIM_ORDER).limit(1).with_for_update(skip_locked=True)
+    assert "FOR UPDATE SKIP LOCKED" in str(statement.compile(dialect=postgresql.dialect()))
+    assert "FOR UPDATE" not in str(statement.compile(dialect=sqlite.dialect()))
+
+
+async def test_eight_concurrent_claimers_take_each_job_exactly_once(db_url: str, clock: FakeClock) -> None:
+    engines = [create_engine(db_url) for _ in range(8)]
+    try:
+        stores = [JobStore(engine, clock=clock) for engine in engines]
+        job_ids = set()
+        for i in range(200):
+            job_ids.add(await enqueue(stores[0], priority=i % 3))
+
+        async def drain(store: JobStore, worker: str) -> list[int]:
+            taken = []
+            while (job := await store.claim(worker, [MODEL], lease_seconds=60)) is not None:
+                assert job.lease_owner == worker
+                taken.append(job.id)
+            return taken
+
+        results = await asyncio.gather(*(drain(store, f"worker-{i}") for i, store in enumerate(stores)))
+        claimed = [job_id for taken in results for job_id in taken]
+        assert Counter(claimed).most_common(1)[0][1] == 1  # nobody got a job twice
+        assert set(claimed) == job_ids  # and every job was taken
+        running = await stores[0].running_jobs()
+        assert len(running) == 200
+        owners = {job.id: job.lease_owner for job in running}
+        for i, taken in enumerate(results):
+            assert all(owners[job_id] == f"worker-{i}" for job_id in taken)
+    finally:
+        for engine in engines:
+            await engine.dispose()
+
+
+async def test_stalled_worker_is_requeued_with_checkpoint_then_failed(
+    store: JobStore, clock: FakeClock
+) -> None:
+    job_id = await enqueue(store, max_attempts=3)
+    first = await claim(store, "gpu-0", lease=30)
+    assert first.checkpoint is None
+    await store.save_checkpoint(job_id, "gpu-0", b"codes-after-window-1")
+    clock.advance(20)
+    await store.heartbeat(job_id, "gpu-0", lease_seconds=30)  # renewed: alive until t=50
+    clock.advance(25)
+    assert await store.requeue_expired() == []
+
+    clock.advance(10)  # gpu-0 went silent: its lease ran out at t=50
+    assert await store.requeue_expired() == [(job_id, JobStatus.QUEUED)]
+    job = await store.get_job(job_id)
+    assert (job.status, job.attempts, job.lease_owner, job.has_checkpoint) == (
+        JobStatus.QUEUED,
+        1,
+        None,
+        True,
+    )
+    with pytest.raises(LeaseLost, match="went back to the queue"):
+        await store.heartbeat(job_id, "gpu-0", lease_seconds=30)
+
+    second = await claim(store, "gpu-1", lease=30)
+    assert second.id == job_id and second.checkpoint == b"codes-after-window-1" and second.attempts == 1
+    assert second.started_at == first.started_at  # first start is kept
+    with pytest.raises(LeaseLost, match="'gpu-1' holds it now"):
+        await store.save_checkpoint(job_id, "gpu-0", b"stale")
+    await store.save_checkpoint(job_id, "gpu-1", b"codes-after-window-2")
+
+    clock.advance(31)
+    assert await store.requeue_expired() == [(job_id, JobStatus.QUEUED)]
+    third = await claim(store, "gpu-2", lease=30)
+    assert third.checkpoint == b"codes-after-window-2" and third.attempts == 2
+
+    assert await store.requeue_expired(now=clock.now.replace(year=2030)) == [(job_id, JobStatus.FAILED)]
+    failed = await store.get_job(job_id)
+    assert failed.status is JobStatus.FAILED and failed.attempts == 3 and failed.finished
+    assert failed.error is not None
+    assert "stopped responding 3 times" in failed.error and "gpu-2" in failed.error
+    assert await store.get_checkpoint(job_id) == b"codes-after-window-2"  # kept for inspection
+    assert await store.claim("gpu-3", [MODEL], lease_seconds=30) is None
+    assert await store.requeue_expired(now=clock.now.replace(year=2031)) == []
+
+
+async def test_cancel_while_running_is_seen_by_the_worker(store: JobStore, clock: FakeClock) -> None:
+    job_id = await enqueue(store)
+    await claim(store, "gpu-0")
+    assert not (await store.heartbeat(job_id, "gpu-0", 30)).cancel_requested
+    assert not await store.is_cancel_requested(job_id)
+
+    assert await store.request_cancel(job_id, USER) is JobStatus.CANCELLING
+    assert await store.request_cancel(job_id, USER) is JobStatus.CANCELLING  # asking twice is fine
+    beat = await store.heartbeat(job_id, "gpu-0", 30)
+    assert beat.cancel_requested and beat.lease_expires_at == clock.now.replace(second=30)
+    assert await store.is_cancel_requested(job_id)
+    await store.report_progress(job_id, "gpu-0", stage="top level", progress=0.5)  # still allowed
+
+    await store.mark_cancelled(job_id, "gpu-0")
+    job = await store.get_job(job_id)
+    assert job.status is JobStatus.CANCELLED and job.lease_owner is None and job.finished_at == clock.now
+    with pytest.raises(LeaseLost, match="already cancelled"):
+        await store.heartbeat(job_id, "gpu-0", 30)
+
+
+async def test_cancelled_queued_job_never_runs(store: JobStore) -> None:
+    cancelled = await enqueue(store)
+    kept = await enqueue(store)
+    assert await store.request_cancel(cancelled, USER) is JobStatus.CANCELLED
+    assert await store.queue_position(kept) == 1
+    assert (await claim(store)).id == kept
+    assert await store.claim("worker-a", [MODEL], lease_seconds=30) is None
+    assert (await store.get_job(cancelled)).status is JobStatus.CANCELLED
+
+
+async def test_cancelling_job_whose_worker_died_becomes_cancelled(store: JobStore, clock: FakeClock) -> None:
+    job_id = await enqueue(store)
+    await claim(store, "gpu-0", lease=30)
+    await store.request_cancel(job_id, USER)
+    clock.advance(31)
+    assert await store.requeue_expired() == [(job_id, JobStatus.CANCELLED)]
+    job = await store.get_job(job_id)
+    assert job.status is JobStatus.CANCELLED and job.attempts == 0
+
+
+async def test_release_requeues_without_an_attempt_and_keeps_the_checkpoint(store: JobStore) -> None:
+    job_id = await enqueue(store)
+    await claim(store, "gpu-0")
+    await store.save_checkpoint(job_id, "gpu-0", b"partial")
+    assert await store.release(job_id, "gpu-0") is JobStatus.QUEUED
+    job = await store.get_job(job_id)
+    assert (job.status, job.attempts, job.lease_owner, job.finished_at) == (JobStatus.QUEUED, 0, None, None)
+    resumed = await claim(store, "gpu-1")
+    assert resumed.checkpoint == b"partial"
+
+    await store.request_cancel(job_id, USER)
+    assert await store.release(job_id, "gpu-1") is JobStatus.CANCELLED
+
+
+async def test_progress_and_completion(store: JobStore, clock: FakeClock) -> None:
+    job_id = await enqueue(store, params={"seconds": 20})
+    await claim(store, "gpu-0")
+    eta = clock.now.replace(hour=13)
+    await store.report_progress(
+        job_id, "gpu-0", stage="upsampling", progress=1.7, level=1, window=2, window_count=5,
+        tokens_done=1000, tokens_total=4000, tokens_per_second=120.5, eta_at=eta,
+    )  # fmt: skip
+    await store.set_progress_message(job_id, 999_999_999_999)
+    job = await store.get_job(job_id)
+    assert (job.stage, job.progress, job.level, job.window, job.window_count) == ("upsampling", 1.0, 1, 2, 5)
+    assert (job.tokens_done, job.tokens_total, job.tokens_per_second, job.eta_at) == (1000, 4000, 120.5, eta)
+    assert job.progress_message_id == 999_999_999_999
+    await store.save_checkpoint(job_id, "gpu-0", b"x" * 10)
+
+    clock.advance(5)
+    sample_ids = await store.complete(job_id, "gpu-0", [new_sample(1), new_sample(0, model="other")])
+    job = await store.get_job(job_id)
+    assert job.status is JobStatus.SUCCEEDED and job.finished_at == clock.now and job.lease_owner is None
+    assert not job.has_checkpoint  # the samples hold the codes now
+    infos = await store.samples_for_job(job_id)
+    assert [info.index for info in infos] == [0, 1]
+    assert [info.id for info in infos] == sorted(sample_ids, reverse=True)
+    assert infos[0].model == "other" and infos[1].model == MODEL
+    sample = await store.get_sample(sample_ids[0])
+    assert sample.index == 1 and sample.levels == (2,) and sample.audio == new_sample(1).audio
+    assert sample.codes(2) == new_sample(1).codes_level_2 and sample.codes(0) is None
+    assert sample.created_at == clock.now and sample.audio_bitrate == 96_000
+    with pytest.raises(LeaseLost, match="already succeeded"):
+        await store.complete(job_id, "gpu-0", [new_sample(2)])
+
+
+async def test_bad_samples_write_nothing(store: JobStore) -> None:
+    job_id = await enqueue(store)
+    await claim(store, "gpu-0")
+    before = await row_counts(store.engine)
+    bad = [
+        [],
+        [new_sample(0), new_sample(0)],
+        [new_sample(0), new_sample(1, codes_level_1=b"\x01\x02\x03")],
+        [new_sample(0, audio=b"")],
+        [new_sample(-1)],
+    ]
+    for samples in bad:
+        with pytest.raises(InvalidSample):
+            await store.complete(job_id, "gpu-0", samples)
+    with pytest.raises(LeaseLost):
+        await store.complete(job_id, "gpu-9", [new_sample(0)])
+    assert await row_counts(store.engine) == before
+    assert (await store.get_job(job_id)).status is JobStatus.RUNNING
+
+
+async def test_counts_and_listings(store: JobStore, clock: FakeClock) -> None:
+    other_user = USER + 1
+    running = await enqueue(store)
+    clock.advance(1)
+    queued = [await enqueue(store) for _ in range(2)]
+    clock.advance(1)
+    elsewhere = await enqueue(store, guild_id=42)
+    clock.advance(1)
+    theirs = await enqueue(store, user_id=other_user)
+    assert (await claim(store)).id == running
+
+    counts = await store.user_job_counts(USER)
+    assert (counts.running, counts.queued) == (1, 3)
+    in_guild = await store.user_job_counts(USER, guild_id=42)
+    assert (in_guild.running, in_guild.queued) == (0, 1)
+    assert [job.id for job in await store.running_jobs()] == [running]
+    assert [job.id for job in await store.unfinished_jobs()] == [running, *queued, elsewhere, theirs]
+    assert [job.id for job in await store.unfinished_jobs(guild_id=42)] == [elsewhere]
+    recent = await store.recent_jobs(USER, limit=2)
+    assert [job.id for job in recent] == [elsewhere, queued[1]]
+    assert [job.id for job in await store.recent_jobs(USER, limit=2, offset=2)] == [queued[0], running]
+    assert [job.id for job in await store.recent_jobs(other_user)] == [theirs]
