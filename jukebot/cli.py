@@ -9,6 +9,7 @@ import click
 from jukebot import __version__
 from jukebot.commands.db import db
 from jukebot.commands.models import models
+from jukebot.commands.sample import sample
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,3 +25,4 @@ def main(verbose: bool) -> None:
 
 main.add_command(db)
 main.add_command(models)
+main.add_command(sample)

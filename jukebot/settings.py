@@ -15,6 +15,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from sampler.models import default_model_dir
+
 APP_NAME = "jukebot"
 
 # Plain driver names a user may type, mapped to the async drivers we run on.
@@ -34,10 +36,6 @@ class SettingsError(Exception):
 def default_database_url() -> str:
     data_dir = Path(platformdirs.user_data_dir(APP_NAME))
     return f"sqlite+aiosqlite:///{data_dir / 'jukebot.sqlite3'}"
-
-
-def default_model_dir() -> Path:
-    return Path(platformdirs.user_cache_dir(APP_NAME)) / "models"
 
 
 def normalise_database_url(url: str) -> str:

@@ -49,6 +49,13 @@ USER_AGENT = "jukebot-model-downloader/1"
 FileKind = Literal["checkpoint", "ids"]
 
 
+def default_model_dir() -> Path:
+    """Models live under the user's cache directory unless JUKEBOT_MODEL_DIR says otherwise."""
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("jukebot")) / "models"
+
+
 # ----------------------------------------------------------------------------- errors
 
 

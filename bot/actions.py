@@ -1,0 +1,155 @@
+"""What the commands and buttons do once they parsed their input: check limits, enqueue, announce.
+
+Shared by `/upsample` and the Upsample button, `/continue` and the Continue button, and
+`/jukebox`. Every refusal is a `JukebotError`, raised before anything is written.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from bot.errors import InvalidRequest, JukebotError, NotInServer, SampleNotInServer
+from bot.requests import ValidatedJob, build_continue, build_upsample, check_capacity, check_channel
+from sampler.jobspec import InvalidJobParams, parse_params
+from storage.errors import StorageError
+from storage.models import JobKind
+from storage.records import Job, Sample
+
+if TYPE_CHECKING:
+    from bot.bot import JukeBot
+
+
+def guild_id_of(interaction: discord.Interaction[Any]) -> int:
+    if interaction.guild_id is None:
+        raise NotInServer()
+    return interaction.guild_id
+
+
+def parse_seconds(text: str) -> float | None:
+    """The continue modal's field: empty means the default."""
+    text = text.strip().removesuffix("s").strip()
+    if not text:
+        return None
+    try:
+        value = float(text.replace(",", "."))
+    except ValueError:
+        raise InvalidRequest(f"{text!r} is not a number of seconds; type e.g. 10 or 12.5.") from None
+    if not math.isfinite(value) or value <= 0:
+        raise InvalidRequest(f"The seconds to add must be a positive number, got {text!r}.")
+    return value
+
+
+def queued_reply(job: Job, notes: tuple[str, ...] = ()) -> str:
+    lines = [
+        f"Queued as job #{job.id}. Its progress is posted in <#{job.channel_id}>; cancel it with `/cancel {job.id}`."
+    ]
+    lines.extend(f"Note: {note}" for note in notes)
+    return "\n".join(lines)
+
+
+async def check_can_enqueue(bot: JukeBot, interaction: discord.Interaction[Any]) -> None:
+    """The channel allow-list and the user's running/queued job limits."""
+    guild_id = guild_id_of(interaction)
+    limits = await bot.limits_for(guild_id)
+    check_channel(limits, interaction.channel_id or 0)
+    mine = [job for job in await bot.store.unfinished_jobs(guild_id) if job.user_id == interaction.user.id]
+    check_capacity(limits, mine)
+
+
+async def sample_in_guild(bot: JukeBot, sample_id: int, guild_id: int) -> tuple[Sample, Job]:
+    """The sample and the job that made it, refusing samples made in another server."""
+    sample = await bot.store.get_sample(sample_id)
+    job = await bot.store.get_job(sample.job_id)
+    if job.guild_id != guild_id:
+        raise SampleNotInServer(sample_id)
+    return sample, job
+
+
+def _parent_params(job: Job) -> Any:
+    try:
+        return parse_params(job.params)
+    except InvalidJobParams as exc:
+        raise JukebotError(
+            f"The job that made this sample has parameters this bot cannot reuse ({exc})."
+        ) from None
+
+
+async def request_upsample(
+    bot: JukeBot, interaction: discord.Interaction[Any], sample_id: int, *, reply_to: int | None = None
+) -> Job:
+    guild_id = guild_id_of(interaction)
+    sample, parent_job = await sample_in_guild(bot, sample_id, guild_id)
+    if 0 in sample.levels:
+        raise InvalidRequest(f"Sample #{sample_id} is already full quality; there is nothing to upsample.")
+    if 2 not in sample.levels:
+        raise InvalidRequest(f"Sample #{sample_id} has no top-level codes stored, so it cannot be upsampled.")
+    await check_can_enqueue(bot, interaction)
+    validated = build_upsample(_parent_params(parent_job))
+    return await enqueue_and_announce(
+        bot,
+        interaction,
+        JobKind.UPSAMPLE,
+        sample.model,
+        validated,
+        parent_sample_id=sample_id,
+        reply_to=reply_to,
+    )
+
+
+async def request_continue(
+    bot: JukeBot,
+    interaction: discord.Interaction[Any],
+    sample_id: int,
+    seconds: float | None,
+    *,
+    reply_to: int | None = None,
+) -> Job:
+    guild_id = guild_id_of(interaction)
+    sample, parent_job = await sample_in_guild(bot, sample_id, guild_id)
+    await check_can_enqueue(bot, interaction)
+    limits = await bot.limits_for(guild_id)
+    validated = build_continue(limits, _parent_params(parent_job), seconds)
+    return await enqueue_and_announce(
+        bot,
+        interaction,
+        JobKind.CONTINUE,
+        sample.model,
+        validated,
+        parent_sample_id=sample_id,
+        reply_to=reply_to,
+    )
+
+
+async def enqueue_and_announce(
+    bot: JukeBot,
+    interaction: discord.Interaction[Any],
+    kind: JobKind,
+    model: str,
+    validated: ValidatedJob,
+    *,
+    parent_sample_id: int | None = None,
+    prime_id: int | None = None,
+    reply_to: int | None = None,
+) -> Job:
+    """Queue the job, then post its progress message in the channel with the bot token."""
+    try:
+        job_id = await bot.store.enqueue(
+            kind=kind,
+            model=model,
+            params=validated.params.to_json(),
+            channel_id=interaction.channel_id or 0,
+            user_id=interaction.user.id,
+            guild_id=guild_id_of(interaction),
+            parent_sample_id=parent_sample_id,
+            prime_id=prime_id,
+        )
+    except StorageError as exc:
+        raise JukebotError(str(exc)) from None
+    interaction.extras["job_id"] = job_id
+    bot.note_upload_limit(interaction)
+    bot.relay.track(job_id, reply_to=reply_to)
+    await bot.relay.post_progress_message(job_id)
+    return await bot.store.get_job(job_id)

@@ -1,0 +1,183 @@
+"""`JukeBot`: the discord.py client. One extension per feature, dynamic buttons, the progress relay.
+
+`run_bot(settings, store)` is what `jukebot run` calls: it logs in, runs until SIGTERM/SIGINT
+or `close()`, and shuts down cleanly (background tasks cancelled, HTTP session closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import signal
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import aiohttp
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.delivery import upload_limit
+from bot.errors import JukebotError
+from bot.relay import ProgressRelay
+from bot.requests import Limits
+from bot.tasks import BackgroundTasks
+from bot.views import DYNAMIC_ITEMS
+from jukebot.settings import Settings
+from storage.errors import LeaseLost, StorageError
+from storage.store import JobStore
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = ("bot.exts.jukebox", "bot.exts.samples", "bot.exts.jobs", "bot.exts.admin")
+
+
+def user_message(error: BaseException) -> str | None:
+    """The message to show for an error a person can act on, or None for a bug."""
+    if isinstance(error, app_commands.CommandInvokeError | app_commands.TransformerError):
+        error = error.__cause__ or error
+    if isinstance(error, JukebotError):
+        return str(error)
+    if isinstance(error, StorageError) and not isinstance(error, LeaseLost):
+        return str(error)
+    if isinstance(error, app_commands.CheckFailure | app_commands.CommandOnCooldown):
+        return str(error) or "You cannot use this command here."
+    return None
+
+
+async def report_error(interaction: discord.Interaction[Any], error: BaseException) -> None:
+    """Tell the user what went wrong, ephemerally; log unexpected errors under an id they can quote."""
+    message = user_message(error)
+    if message is None:
+        job_id = interaction.extras.get("job_id")
+        error_id = f"job #{job_id}" if job_id is not None else f"error {secrets.token_hex(4)}"
+        original = getattr(error, "original", error)
+        log.error(
+            "unexpected error (%s) in %s by user %s",
+            error_id,
+            interaction.command.qualified_name if interaction.command else interaction.data,
+            interaction.user.id,
+            exc_info=original,
+        )
+        message = (
+            f"Sorry, something went wrong on our side ({error_id}). It was logged; please try again later."
+        )
+    try:
+        if interaction.response.is_done():
+            await interaction.followup.send(message, ephemeral=True)
+        else:
+            await interaction.response.send_message(message, ephemeral=True)
+    except discord.HTTPException:
+        log.warning("could not tell user %s about an error: %s", interaction.user.id, message)
+
+
+class JukeTree(app_commands.CommandTree["JukeBot"]):
+    async def on_error(
+        self, interaction: discord.Interaction[JukeBot], error: app_commands.AppCommandError
+    ) -> None:
+        await report_error(interaction, error)
+
+
+class JukeBot(commands.Bot):
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        *,
+        sync_guild_ids: Sequence[int] = (),
+        poll_interval_s: float = 5.0,
+        min_edit_interval_s: float = 5.0,
+    ) -> None:
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=discord.Intents.default(),
+            tree_cls=JukeTree,
+            help_command=None,
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
+        self.settings = settings
+        self.store = store
+        self.sync_guild_ids = tuple(sync_guild_ids)
+        self.tasks = BackgroundTasks()
+        self.relay = ProgressRelay(
+            self, poll_interval_s=poll_interval_s, min_edit_interval_s=min_edit_interval_s
+        )
+        self.http_session: aiohttp.ClientSession | None = None
+        self._upload_limits: dict[int, int] = {}  # guild id -> the last attachment_size_limit seen
+
+    async def setup_hook(self) -> None:
+        self.http_session = aiohttp.ClientSession()
+        for extension in EXTENSIONS:
+            await self.load_extension(extension)
+        self.add_dynamic_items(*DYNAMIC_ITEMS)
+        if self.sync_guild_ids:
+            for guild_id in self.sync_guild_ids:
+                guild = discord.Object(id=guild_id)
+                self.tree.copy_global_to(guild=guild)
+                await self.tree.sync(guild=guild)
+        else:
+            await self.tree.sync()
+        self.tasks.create(self.relay.run(), name="progress-relay")
+
+    async def close(self) -> None:
+        await self.tasks.cancel_all()
+        if self.http_session is not None:
+            await self.http_session.close()
+        await super().close()
+
+    def note_upload_limit(self, interaction: discord.Interaction[Any]) -> None:
+        """Remember the server's upload limit for results the relay posts later (no interaction then)."""
+        if interaction.guild_id is not None:
+            self._upload_limits[interaction.guild_id] = interaction.filesize_limit
+
+    def upload_limit(self, guild_id: int | None) -> int:
+        guild = self.get_guild(guild_id) if guild_id is not None else None
+        seen = self._upload_limits.get(guild_id) if guild_id is not None else None
+        return upload_limit(seen, guild.filesize_limit if guild else None)
+
+    async def limits_for(self, guild_id: int) -> Limits:
+        return Limits.resolve(self.settings, await self.store.get_guild_settings(guild_id))
+
+    @contextlib.asynccontextmanager
+    async def reporting_errors(self, interaction: discord.Interaction[Any]) -> AsyncIterator[None]:
+        """For button and modal callbacks, which the command tree's error handler does not see."""
+        try:
+            yield
+        except Exception as exc:
+            await report_error(interaction, exc)
+
+    def session(self) -> aiohttp.ClientSession:
+        if self.http_session is None:
+            raise RuntimeError("the bot's HTTP session is not open yet (setup_hook has not run)")
+        return self.http_session
+
+
+async def run_bot(settings: Settings, store: JobStore, *, sync_guild_ids: Sequence[int] = ()) -> None:
+    """Run the bot until SIGTERM/SIGINT (or a fatal error), then close it gracefully."""
+    token = settings.require_token()
+    bot = JukeBot(settings, store, sync_guild_ids=sync_guild_ids)
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    installed: list[signal.Signals] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on Windows / not main thread
+            loop.add_signal_handler(signum, stopping.set)
+            installed.append(signum)
+    try:
+        async with bot:
+            runner = asyncio.create_task(bot.start(token), name="discord-bot")
+            stopper = asyncio.create_task(stopping.wait(), name="wait-for-signal")
+            done, _ = await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if runner in done:
+                runner.result()  # re-raise a login or connection failure
+                return
+            log.info("stopping: closing the Discord connection")
+            await bot.close()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)

@@ -1,0 +1,102 @@
+"""Choosing how a stored sample is uploaded under a server's size limit. No Discord calls here.
+
+The store keeps each sample compressed (the worker's choice of format and bitrate). When that
+copy fits the upload limit it is sent as it is; otherwise it is re-encoded at the best bitrate
+that fits, and when even a low bitrate does not fit it is split into consecutive parts. A sample
+is never dropped: if nothing fits, `DeliveryImpossible` says how to get it another way.
+CPU-bound (decode + encode): call `files_for_sample` through `asyncio.to_thread`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from bot.errors import JukebotError
+from sampler.audio import SAMPLE_RATE, AudioError, DoesNotFit, decode_audio, split_to_fit
+
+DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
+MAX_FILES_PER_MESSAGE = 10
+# A part below this bitrate sounds worse than splitting it further.
+MIN_PART_BITRATE = 32_000
+_EXTENSIONS = {"ogg": "ogg", "opus": "ogg", "mp3": "mp3", "wav": "wav", "flac": "flac"}
+
+
+class DeliveryImpossible(JukebotError):
+    """A sample cannot be uploaded here even split into parts."""
+
+
+@dataclass(frozen=True)
+class AudioFile:
+    filename: str
+    data: bytes
+    description: str
+
+
+def upload_limit(interaction_limit: int | None, guild_limit: int | None) -> int:
+    """The interaction's `attachment_size_limit` when known, else the server's, else Discord's default."""
+    for limit in (interaction_limit, guild_limit):
+        if limit:
+            return int(limit)
+    return DEFAULT_UPLOAD_LIMIT
+
+
+def files_for_sample(
+    audio: bytes, audio_format: str, limit_bytes: int, stem: str, duration_seconds: float
+) -> list[AudioFile]:
+    """The file(s) to upload for one sample: the stored copy, a re-encode that fits, or parts."""
+    extension = _EXTENSIONS.get(audio_format.lower(), audio_format.lower())
+    if len(audio) <= limit_bytes:
+        return [AudioFile(f"{stem}.{extension}", audio, f"{stem} ({duration_seconds:.1f} s)")]
+    try:
+        samples = decode_audio(audio, max_bytes=None, max_seconds=None, silence_threshold_db=None)
+    except AudioError as exc:
+        raise DeliveryImpossible(f"The stored audio of {stem} cannot be read back: {exc}") from None
+    # Enough parts that each fits at the lowest bitrate, with room to spare.
+    lowest_bytes = duration_seconds * MIN_PART_BITRATE / 8
+    max_parts = max(20, math.ceil(2 * lowest_bytes / max(limit_bytes, 1)))
+    try:
+        parts = split_to_fit(
+            samples, SAMPLE_RATE, limit_bytes, min_bitrate=MIN_PART_BITRATE, max_parts=max_parts
+        )
+    except DoesNotFit as exc:
+        raise DeliveryImpossible(
+            f"{stem} does not fit in this server's {limit_bytes / 1024 / 1024:.1f} MiB upload limit even "
+            f"split into {max_parts} parts ({exc}). Ask a server with a higher limit, or an admin, for it."
+        ) from None
+    if len(parts) == 1:
+        (part,) = parts
+        return [
+            AudioFile(
+                part.filename(stem),
+                part.data,
+                f"{stem} ({part.duration_seconds:.1f} s, {part.bitrate // 1000} kbit/s)",
+            )
+        ]
+    total = len(parts)
+    return [
+        AudioFile(
+            part.filename(f"{stem}_part{index}of{total}"),
+            part.data,
+            f"{stem} part {index}/{total}: {part.start_seconds:.1f}–"
+            f"{part.start_seconds + part.duration_seconds:.1f} s, {part.bitrate // 1000} kbit/s",
+        )
+        for index, part in enumerate(parts, start=1)
+    ]
+
+
+def group_for_messages(files: Sequence[AudioFile], limit_bytes: int) -> list[list[AudioFile]]:
+    """Pack files into messages of at most 10 files whose sizes add up to at most the limit."""
+    groups: list[list[AudioFile]] = []
+    current: list[AudioFile] = []
+    size = 0
+    for file in files:
+        if current and (len(current) == MAX_FILES_PER_MESSAGE or size + len(file.data) > limit_bytes):
+            groups.append(current)
+            current, size = [], 0
+        current.append(file)
+        size += len(file.data)
+    if current:
+        groups.append(current)
+    return groups

@@ -1,0 +1,122 @@
+"""`/jukebot-admin`: per-server limits and allowed channels (needs the Manage Server permission)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot import actions
+from bot.bot import JukeBot
+from bot.errors import InvalidRequest
+from bot.requests import Limits
+
+
+def _describe(limits: Limits) -> str:
+    channels = ", ".join(f"<#{c}>" for c in limits.allowed_channel_ids) or "every channel"
+    return (
+        f"Longest song: {limits.max_length_seconds:g} s\n"
+        f"Samples per job: {limits.max_samples_per_job}\n"
+        f"Running jobs per user: {limits.max_running_jobs_per_user}\n"
+        f"Queued jobs per user: {limits.max_queued_jobs_per_user}\n"
+        f"Allowed channels: {channels}"
+    )
+
+
+class Admin(commands.Cog):
+    group = app_commands.Group(
+        name="jukebot-admin",
+        description="Server settings for the jukebox",
+        guild_only=True,
+        default_permissions=discord.Permissions(manage_guild=True),
+    )
+
+    def __init__(self, bot: JukeBot) -> None:
+        self.bot = bot
+
+    @group.command(name="show", description="Show the limits in this server")
+    async def show(self, interaction: discord.Interaction[JukeBot]) -> None:
+        limits = await self.bot.limits_for(actions.guild_id_of(interaction))
+        await interaction.response.send_message(_describe(limits), ephemeral=True)
+
+    @group.command(name="limits", description="Change this server's limits (leave an option out to keep it)")
+    @app_commands.describe(
+        max_length="Longest song in seconds",
+        max_samples="Most samples per job",
+        max_running="Most running jobs per user",
+        max_queued="Most queued jobs per user",
+        reset="Go back to the bot's defaults for every limit",
+    )
+    async def limits(
+        self,
+        interaction: discord.Interaction[JukeBot],
+        max_length: app_commands.Range[float, 1.0, 600.0] | None = None,
+        max_samples: app_commands.Range[int, 1, 16] | None = None,
+        max_running: app_commands.Range[int, 1, 100] | None = None,
+        max_queued: app_commands.Range[int, 1, 100] | None = None,
+        reset: bool = False,
+    ) -> None:
+        guild_id = actions.guild_id_of(interaction)
+        current = await self.bot.store.get_guild_settings(guild_id)
+        if reset:
+            changes: dict[str, object] = dict.fromkeys(
+                (
+                    "max_length_seconds",
+                    "max_samples_per_job",
+                    "max_running_jobs_per_user",
+                    "max_queued_jobs_per_user",
+                )
+            )
+        else:
+            given = {
+                "max_length_seconds": max_length,
+                "max_samples_per_job": max_samples,
+                "max_running_jobs_per_user": max_running,
+                "max_queued_jobs_per_user": max_queued,
+            }
+            changes = {name: value for name, value in given.items() if value is not None}
+            if not changes:
+                raise InvalidRequest("Give at least one limit to change (or reset:true).")
+        await self.bot.store.set_guild_settings(dataclasses.replace(current, **changes))  # type: ignore[arg-type]
+        limits = await self.bot.limits_for(guild_id)
+        await interaction.response.send_message("Saved.\n" + _describe(limits), ephemeral=True)
+
+    @group.command(name="channels", description="Allow the jukebox in a channel, remove one, or allow all")
+    @app_commands.describe(action="What to do", channel="The channel (for allow and remove)")
+    @app_commands.choices(
+        action=[
+            app_commands.Choice(name="allow", value="allow"),
+            app_commands.Choice(name="remove", value="remove"),
+            app_commands.Choice(name="allow everywhere", value="all"),
+        ]
+    )
+    async def channels(
+        self,
+        interaction: discord.Interaction[JukeBot],
+        action: str,
+        channel: discord.TextChannel | None = None,
+    ) -> None:
+        guild_id = actions.guild_id_of(interaction)
+        current = await self.bot.store.get_guild_settings(guild_id)
+        allowed = list(current.allowed_channel_ids or ())
+        if action == "all":
+            new: tuple[int, ...] | None = None
+        else:
+            if channel is None:
+                raise InvalidRequest(f"Name the channel to {action}.")
+            if action == "allow" and channel.id not in allowed:
+                allowed.append(channel.id)
+            elif action == "remove":
+                if channel.id not in allowed:
+                    raise InvalidRequest(f"{channel.mention} is not on the allow-list; nothing changed.")
+                allowed.remove(channel.id)
+            new = tuple(allowed) or None
+        await self.bot.store.set_guild_settings(dataclasses.replace(current, allowed_channel_ids=new))
+        limits = await self.bot.limits_for(guild_id)
+        await interaction.response.send_message("Saved.\n" + _describe(limits), ephemeral=True)
+
+
+async def setup(bot: JukeBot) -> None:
+    await bot.add_cog(Admin(bot))

@@ -1,0 +1,89 @@
+"""`/cancel`, `/queue` and `/history`."""
+
+from __future__ import annotations
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot import actions
+from bot.bot import JukeBot
+from bot.errors import JobNotInServer
+from bot.progress import render_queue
+from storage.models import JobStatus, utcnow
+
+HISTORY_PAGE = 10
+
+
+class Jobs(commands.Cog):
+    def __init__(self, bot: JukeBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="cancel", description="Stop one of your jobs")
+    @app_commands.guild_only()
+    @app_commands.describe(job="The job's number (see /queue)")
+    async def cancel(
+        self, interaction: discord.Interaction[JukeBot], job: app_commands.Range[int, 1]
+    ) -> None:
+        found = await self.bot.store.get_job(job)
+        if found.guild_id != actions.guild_id_of(interaction):
+            raise JobNotInServer(job)
+        status = await self.bot.store.request_cancel(job, interaction.user.id)
+        self.bot.relay.poke()
+        if status == JobStatus.CANCELLED:
+            message = f"Job #{job} is cancelled; it had not started."
+        else:
+            message = f"Job #{job} is stopping; it ends after its current step and keeps nothing."
+        await interaction.response.send_message(message, ephemeral=True)
+
+    @app_commands.command(name="queue", description="Your jobs' places in the queue, and what is running")
+    @app_commands.guild_only()
+    async def queue(self, interaction: discord.Interaction[JukeBot]) -> None:
+        unfinished = await self.bot.store.unfinished_jobs()
+        mine = [job for job in unfinished if job.user_id == interaction.user.id]
+        positions = {
+            job.id: await self.bot.store.queue_position(job.id)
+            for job in mine
+            if job.status == JobStatus.QUEUED
+        }
+        running = [job for job in unfinished if job.status != JobStatus.QUEUED]
+        await interaction.response.send_message(
+            render_queue(mine, positions, running, utcnow()), ephemeral=True
+        )
+
+    @app_commands.command(name="history", description="Jobs someone (you by default) ran in this server")
+    @app_commands.guild_only()
+    @app_commands.describe(user="Whose jobs (default: yours)", page="Page number, newest first")
+    async def history(
+        self,
+        interaction: discord.Interaction[JukeBot],
+        user: discord.User | discord.Member | None = None,
+        page: app_commands.Range[int, 1, 1000] = 1,
+    ) -> None:
+        guild_id = actions.guild_id_of(interaction)
+        who = user or interaction.user
+        jobs = await self.bot.store.recent_jobs(
+            who.id, guild_id, limit=HISTORY_PAGE, offset=(page - 1) * HISTORY_PAGE
+        )
+        if not jobs:
+            none = "no jobs here" if page == 1 else f"no jobs on page {page}"
+            await interaction.response.send_message(f"{who.mention} has {none}.", ephemeral=True)
+            return
+        lines = [f"**Jobs of {who.mention}**, page {page}"]
+        for job in jobs:
+            samples = (
+                await self.bot.store.samples_for_job(job.id) if job.status == JobStatus.SUCCEEDED else []
+            )
+            made = f" → samples {', '.join(f'#{s.id}' for s in samples)}" if samples else ""
+            params = job.params
+            lines.append(
+                f"• Job #{job.id} · {job.kind.value} · {job.model} · {params.get('artist', 'unknown')} · "
+                f"{job.status.value} · <t:{int(job.created_at.timestamp())}:R>{made}"
+            )
+        if len(jobs) == HISTORY_PAGE:
+            lines.append(f"More: `/history page:{page + 1}`")
+        await interaction.response.send_message("\n".join(lines), ephemeral=True)
+
+
+async def setup(bot: JukeBot) -> None:
+    await bot.add_cog(Jobs(bot))

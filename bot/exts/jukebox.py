@@ -1,0 +1,171 @@
+"""`/jukebox`: make a new song (a preview first, unless `full`), optionally continuing an attached clip.
+
+Lyrics: type them in `lyrics`, or set `lyrics_modal:true` to get a form with a large text box
+(what you typed in `lyrics` is filled in). With the 5b model (no lyrics) both are ignored with
+a note. Everything is validated before anything is queued.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot import actions, vocab
+from bot.attachments import fetch_prime
+from bot.bot import JukeBot
+from bot.errors import JukebotError
+from bot.requests import MAX_SEED, GenerateOptions, build_generate, has_lyrics
+from sampler.jobspec import MAX_LYRICS_CHARS
+from storage.errors import StorageError
+from storage.models import JobKind
+
+MODAL_LYRICS_CHARS = 4000  # Discord's limit for one text input
+MODEL_CHOICES = [
+    app_commands.Choice(name="5b_lyrics: best quality, sings your lyrics", value="5b_lyrics"),
+    app_commands.Choice(name="5b: best quality, no lyrics", value="5b"),
+    app_commands.Choice(name="1b_lyrics: faster, sings your lyrics", value="1b_lyrics"),
+]
+
+
+def _model_of(interaction: discord.Interaction[Any]) -> str:
+    model = getattr(interaction.namespace, "model", None)
+    return model if isinstance(model, str) and model in vocab.MODELS else vocab.DEFAULT_MODEL
+
+
+class LyricsModal(discord.ui.Modal, title="Lyrics"):
+    lyrics: discord.ui.TextInput[LyricsModal] = discord.ui.TextInput(
+        label="Lyrics",
+        custom_id="lyrics",
+        style=discord.TextStyle.paragraph,
+        max_length=MODAL_LYRICS_CHARS,
+        placeholder="One line per sung line. Leave empty for an instrumental.",
+        required=False,
+    )
+
+    def __init__(self, cog: Jukebox, options: GenerateOptions, prime: discord.Attachment | None) -> None:
+        super().__init__(timeout=30 * 60)
+        self.cog, self.options, self.prime = cog, options, prime
+        self.lyrics.default = (options.lyrics or "")[:MODAL_LYRICS_CHARS] or None
+
+    async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
+        async with self.cog.bot.reporting_errors(interaction):
+            await interaction.response.defer(ephemeral=True, thinking=True)
+            options = dataclasses.replace(self.options, lyrics=self.lyrics.value)
+            await self.cog.submit(interaction, options, self.prime)
+
+
+class Jukebox(commands.Cog):
+    def __init__(self, bot: JukeBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(
+        name="jukebox", description="Make a song with OpenAI Jukebox (a quick preview first)"
+    )
+    @app_commands.guild_only()
+    @app_commands.describe(
+        artist="Artist style (start typing for suggestions)",
+        genre="Genre (several: separate with commas)",
+        lyrics="Lyrics to sing (5b_lyrics and 1b_lyrics)",
+        lyrics_modal="Open a large text box for the lyrics",
+        prime="An audio clip to continue",
+        prime_seconds="How many seconds of the clip to continue from (default: all of it)",
+        length="Length of the song in seconds (including the prime)",
+        samples="How many candidates to make",
+        model="Which Jukebox model",
+        temperature="Randomness (default 0.98; lower is safer, higher is wilder)",
+        seed="Random seed, to repeat a result",
+        full="Skip the preview and go straight to full quality (takes hours)",
+    )
+    @app_commands.choices(model=MODEL_CHOICES)
+    async def jukebox(
+        self,
+        interaction: discord.Interaction[JukeBot],
+        artist: str | None = None,
+        genre: str | None = None,
+        lyrics: app_commands.Range[str, 1, MAX_LYRICS_CHARS] | None = None,
+        lyrics_modal: bool = False,
+        prime: discord.Attachment | None = None,
+        prime_seconds: app_commands.Range[float, 0.5, 600.0] | None = None,
+        length: app_commands.Range[float, 1.0, 600.0] | None = None,
+        samples: app_commands.Range[int, 1, 16] | None = None,
+        model: str = vocab.DEFAULT_MODEL,
+        temperature: app_commands.Range[float, 0.1, 2.0] | None = None,
+        seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
+        full: bool = False,
+    ) -> None:
+        options = GenerateOptions(
+            model=model,
+            artist=artist,
+            genres=genre,
+            lyrics=lyrics,
+            length=length,
+            samples=samples,
+            temperature=temperature,
+            seed=seed,
+            full=full,
+            prime_seconds=prime_seconds,
+        )
+        if lyrics_modal and has_lyrics(model):
+            # A modal must be the first answer; cheap checks first so a refusal is not behind a form.
+            await actions.check_can_enqueue(self.bot, interaction)
+            await interaction.response.send_modal(LyricsModal(self, options, prime))
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        await self.submit(interaction, options, prime)
+
+    async def submit(
+        self,
+        interaction: discord.Interaction[Any],
+        options: GenerateOptions,
+        prime: discord.Attachment | None,
+    ) -> None:
+        """Validate everything, store the prime, queue the job and answer (the response is deferred)."""
+        guild_id = actions.guild_id_of(interaction)
+        await actions.check_can_enqueue(self.bot, interaction)
+        limits = await self.bot.limits_for(guild_id)
+        # Labels, length and samples first: they cost nothing, the prime costs a download.
+        build_generate(limits, dataclasses.replace(options, prime_seconds=None))
+        prime_id = None
+        if prime is not None:
+            decoded = await fetch_prime(self.bot.session(), prime.url, prime.filename, prime.size, limits)
+            validated = build_generate(
+                limits, dataclasses.replace(options, prime_duration=decoded.duration_seconds)
+            )
+            try:
+                prime_id = await self.bot.store.store_prime(
+                    user_id=interaction.user.id, filename=decoded.filename, pcm=decoded.pcm, guild_id=guild_id
+                )
+            except StorageError as exc:
+                raise JukebotError(str(exc)) from None
+        else:
+            validated = build_generate(limits, options)
+        job = await actions.enqueue_and_announce(
+            self.bot, interaction, JobKind.GENERATE, options.model, validated, prime_id=prime_id
+        )
+        await interaction.followup.send(actions.queued_reply(job, validated.notes), ephemeral=True)
+
+    @jukebox.autocomplete("artist")
+    async def artist_autocomplete(
+        self, interaction: discord.Interaction[JukeBot], current: str
+    ) -> list[app_commands.Choice[str]]:
+        return [
+            app_commands.Choice(name=name[:100], value=name[:100])
+            for name in vocab.suggest_artists(_model_of(interaction), current)
+        ]
+
+    @jukebox.autocomplete("genre")
+    async def genre_autocomplete(
+        self, interaction: discord.Interaction[JukeBot], current: str
+    ) -> list[app_commands.Choice[str]]:
+        return [
+            app_commands.Choice(name=name, value=name)
+            for name in vocab.suggest_genres(_model_of(interaction), current)
+        ]
+
+
+async def setup(bot: JukeBot) -> None:
+    await bot.add_cog(Jukebox(bot))

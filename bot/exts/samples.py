@@ -1,0 +1,105 @@
+"""`/upsample`, `/continue`, `/sample` (re-send a stored sample) and `/top` (most-voted here)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from datetime import timedelta
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot import actions, delivery
+from bot.bot import JukeBot
+from bot.views import sample_view
+from storage.models import utcnow
+
+PERIODS = {"week": timedelta(days=7), "month": timedelta(days=30), "all": None}
+TOP_LIMIT = 10
+
+
+class Samples(commands.Cog):
+    def __init__(self, bot: JukeBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="upsample", description="Take a preview sample to full quality")
+    @app_commands.guild_only()
+    @app_commands.describe(sample="The sample's number (shown above its audio)")
+    async def upsample(
+        self, interaction: discord.Interaction[JukeBot], sample: app_commands.Range[int, 1]
+    ) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        job = await actions.request_upsample(self.bot, interaction, sample)
+        await interaction.followup.send(actions.queued_reply(job), ephemeral=True)
+
+    @app_commands.command(name="continue", description="Extend a sample by some seconds")
+    @app_commands.guild_only()
+    @app_commands.describe(sample="The sample's number", seconds="Seconds to add (default 10)")
+    async def continue_(
+        self,
+        interaction: discord.Interaction[JukeBot],
+        sample: app_commands.Range[int, 1],
+        seconds: app_commands.Range[float, 1.0, 600.0] | None = None,
+    ) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        job = await actions.request_continue(self.bot, interaction, sample, seconds)
+        await interaction.followup.send(actions.queued_reply(job), ephemeral=True)
+
+    @app_commands.command(name="sample", description="Post a stored sample again")
+    @app_commands.guild_only()
+    @app_commands.describe(id="The sample's number")
+    async def sample(self, interaction: discord.Interaction[JukeBot], id: app_commands.Range[int, 1]) -> None:
+        guild_id = actions.guild_id_of(interaction)
+        stored, job = await actions.sample_in_guild(self.bot, id, guild_id)  # refusals stay private
+        await interaction.response.defer(thinking=True)
+        limit = delivery.upload_limit(interaction.filesize_limit, None)
+        files = await asyncio.to_thread(
+            delivery.files_for_sample,
+            stored.audio,
+            stored.audio_format,
+            limit,
+            f"jukebot_sample_{stored.id}",
+            stored.duration_seconds,
+        )
+        groups = delivery.group_for_messages(files, limit)
+        votes = await self.bot.store.vote_count(stored.id)
+        quality = "full quality" if 0 in stored.levels else "preview (top level only)"
+        content = f"**Sample #{stored.id}** · job #{job.id} by <@{job.user_id}> · {stored.duration_seconds:.1f} s · {quality}"
+        view = sample_view(stored.id, votes, can_upsample=0 not in stored.levels)
+        for index, group in enumerate(groups):
+            uploads = [
+                discord.File(io.BytesIO(f.data), filename=f.filename, description=f.description)
+                for f in group
+            ]
+            if index == 0:
+                await interaction.followup.send(content, files=uploads, view=view)
+            else:
+                await interaction.followup.send(f"Sample #{stored.id}, continued", files=uploads)
+
+    @app_commands.command(name="top", description="The most-voted samples in this server")
+    @app_commands.guild_only()
+    @app_commands.describe(period="Which samples count: made this week, this month, or ever")
+    @app_commands.choices(period=[app_commands.Choice(name=name, value=name) for name in PERIODS])
+    async def top(self, interaction: discord.Interaction[JukeBot], period: str = "week") -> None:
+        guild_id = actions.guild_id_of(interaction)
+        since_delta = PERIODS[period]
+        since = utcnow() - since_delta if since_delta is not None else None
+        ranked = await self.bot.store.top_samples(guild_id, since=since, limit=TOP_LIMIT)
+        heading = {"week": "this week", "month": "this month", "all": "of all time"}[period]
+        if not ranked:
+            await interaction.response.send_message(f"No samples {heading} yet: make one with /jukebox.")
+            return
+        lines = [f"**Top samples {heading}**"]
+        for place, entry in enumerate(ranked, start=1):
+            params = entry.params
+            what = f"{params.get('artist', 'unknown')} · {', '.join(params.get('genres', ['unknown']))}"
+            lines.append(
+                f"{place}. Sample #{entry.sample.id} · 👍 {entry.votes} · {what} · by <@{entry.user_id}> "
+                f"in <#{entry.channel_id}> (`/sample {entry.sample.id}`)"
+            )
+        await interaction.response.send_message("\n".join(lines))
+
+
+async def setup(bot: JukeBot) -> None:
+    await bot.add_cog(Samples(bot))

@@ -1,0 +1,141 @@
+"""The text of a job's progress message, and of /queue. No Discord calls here: plain strings.
+
+A progress message starts with `**Job #<id>**`, and its last line starts with a status mark;
+the final marks (done, failed, cancelled) tell a restarted bot which messages it has finished
+(`parse_progress_message`), until the store records "results posted" itself.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from storage.models import JobKind, JobStatus
+from storage.records import Job
+
+BAR_WIDTH = 20
+MARK_QUEUED, MARK_RUNNING, MARK_CANCELLING = "⏳", "🎛️", "✋"
+MARK_DONE, MARK_FAILED, MARK_CANCELLED = "✅", "❌", "🛑"
+FINAL_MARKS = (MARK_DONE, MARK_FAILED, MARK_CANCELLED)
+MAX_REASON_CHARS = 1200
+_HEADER = re.compile(r"^\*\*Job #(?P<job_id>[0-9]+)\*\*")
+LEVEL_NAMES = {2: "top level (preview)", 1: "middle level", 0: "bottom level (full quality)"}
+
+
+def progress_bar(fraction: float, width: int = BAR_WIDTH) -> str:
+    """`[██████░░░░]  60%`: a fixed-width bar and the percentage, floored so 100% means done."""
+    fraction = min(max(fraction, 0.0), 1.0)
+    filled = int(fraction * width)
+    return f"`[{'█' * filled}{'░' * (width - filled)}] {int(fraction * 100):3d}%`"
+
+
+def relative_time(moment: datetime) -> str:
+    """A Discord timestamp that each reader's client shows as 'in 5 minutes'."""
+    return f"<t:{int(moment.timestamp())}:R>"
+
+
+def describe_params(kind: JobKind, model: str, params: Mapping[str, Any]) -> str:
+    """One line saying what the job makes, e.g. '5b_lyrics · the beatles · rock · 20 s · 3 samples'."""
+    parts = [model, str(params.get("artist", "unknown")), ", ".join(params.get("genres", ("unknown",)))]
+    seconds = params.get("seconds")
+    if kind == JobKind.CONTINUE and seconds is not None:
+        parts.append(f"+{seconds:g} s")
+    elif kind == JobKind.GENERATE and seconds is not None:
+        parts.append(f"{seconds:g} s")
+    samples = int(params.get("n_samples", 1))
+    if kind == JobKind.GENERATE:
+        parts.append(f"{samples} sample{'s' if samples != 1 else ''}")
+        parts.append("full quality" if params.get("levels") == "all" else "preview")
+    return " · ".join(parts)
+
+
+def header(job: Job) -> str:
+    what = {JobKind.GENERATE: "new song", JobKind.UPSAMPLE: "upsample", JobKind.CONTINUE: "continue"}[
+        job.kind
+    ]
+    parent = f" of sample #{job.parent_sample_id}" if job.parent_sample_id is not None else ""
+    return (
+        f"**Job #{job.id}** · {what}{parent} for <@{job.user_id}>\n"
+        f"{describe_params(job.kind, job.model, job.params)}"
+    )
+
+
+def status_line(job: Job, queue_position: int | None = None, sample_count: int | None = None) -> str:
+    if job.status == JobStatus.QUEUED:
+        where = f"position {queue_position} in the queue" if queue_position else "waiting in the queue"
+        retry = f" (attempt {job.attempts + 1})" if job.attempts else ""
+        return f"{MARK_QUEUED} Queued: {where}{retry}."
+    if job.status == JobStatus.RUNNING:
+        return running_lines(job)
+    if job.status == JobStatus.CANCELLING:
+        return f"{MARK_CANCELLING} Cancelling: stopping after the current step."
+    if job.status == JobStatus.SUCCEEDED:
+        count = "" if sample_count is None else f" {sample_count} sample{'s' if sample_count != 1 else ''}"
+        return f"{MARK_DONE} Done:{count} below."
+    if job.status == JobStatus.CANCELLED:
+        return f"{MARK_CANCELLED} Cancelled."
+    reason = (job.error or "no reason given").strip()
+    if len(reason) > MAX_REASON_CHARS:
+        reason = reason[: MAX_REASON_CHARS - 1] + "…"
+    return f"{MARK_FAILED} Failed: {reason}"
+
+
+def running_lines(job: Job) -> str:
+    stage = job.stage or "starting"
+    where = [stage]
+    if job.level is not None:
+        where.append(LEVEL_NAMES.get(job.level, f"level {job.level}"))
+    if job.window is not None and job.window_count:
+        where.append(f"window {job.window}/{job.window_count}")
+    details = [progress_bar(job.progress)]
+    if job.tokens_per_second is not None:
+        details.append(f"{job.tokens_per_second:,.0f} tokens/s")
+    if job.eta_at is not None:
+        details.append(f"done {relative_time(job.eta_at)}")
+    return f"{MARK_RUNNING} Running: {' · '.join(where)}\n{' · '.join(details)}"
+
+
+def render_job(job: Job, *, queue_position: int | None = None, sample_count: int | None = None) -> str:
+    """The whole progress message for the job's current state."""
+    return f"{header(job)}\n{status_line(job, queue_position, sample_count)}"
+
+
+def parse_progress_message(content: str) -> tuple[int, bool] | None:
+    """(job id, finished) of one of our progress messages, or None for any other message."""
+    match = _HEADER.match(content)
+    if match is None:
+        return None
+    last_line = content.rstrip().rsplit("\n", 1)[-1]
+    return int(match["job_id"]), last_line.startswith(FINAL_MARKS)
+
+
+def render_queue(
+    user_jobs: Sequence[Job], positions: Mapping[int, int | None], running: Sequence[Job], now: datetime
+) -> str:
+    """The /queue reply: the user's own jobs with position or progress, then what runs right now."""
+    lines = ["**Your jobs**"]
+    if not user_jobs:
+        lines.append("You have no job waiting or running.")
+    for job in user_jobs:
+        if job.status == JobStatus.QUEUED:
+            position = positions.get(job.id)
+            state = f"queued, position {position}" if position else "queued"
+        elif job.status == JobStatus.CANCELLING:
+            state = "cancelling"
+        else:
+            state = f"running, {int(job.progress * 100)}%"
+            if job.eta_at is not None:
+                state += f", done {relative_time(job.eta_at)}" if job.eta_at > now else ", finishing"
+        lines.append(f"• Job #{job.id} ({job.kind.value}, {job.model}): {state}")
+    lines.append("**Running now**")
+    if not running:
+        lines.append("Nothing is running; a worker takes the next job as soon as one is queued.")
+    for job in running:
+        eta = f", done {relative_time(job.eta_at)}" if job.eta_at is not None else ""
+        lines.append(
+            f"• Job #{job.id} for <@{job.user_id}> ({job.kind.value}, {job.model}): "
+            f"{int(job.progress * 100)}%{eta}"
+        )
+    return "\n".join(lines)

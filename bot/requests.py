@@ -1,0 +1,238 @@
+"""Turning what a user typed into job parameters, and the limits that may refuse it. No Discord here.
+
+Each check raises a `bot.errors.JukebotError` whose message says which limit or option was
+wrong and what to do instead; nothing is written to the store before all checks passed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from bot.errors import AttachmentRejected, ChannelNotAllowed, InvalidRequest, LimitReached
+from bot.vocab import MODELS, resolve_labels
+from jukebot.settings import Settings
+from sampler.jobspec import DEFAULT_TEMPERATURE, MAX_LYRICS_CHARS, JobParams
+from sampler.jukebox.registry import MODELS as PUBLISHED_MODELS
+from storage.models import JobStatus
+from storage.records import GuildSettings, Job
+
+T = TypeVar("T")
+
+DEFAULT_LENGTH_SECONDS = 20.0
+DEFAULT_SAMPLES = 3
+DEFAULT_CONTINUE_SECONDS = 10.0
+MAX_SEED = 2**31 - 1
+# Lyrics longer than this do not fit comfortably in a slash-command option; the modal takes them.
+LYRICS_OPTION_CHARS = 1000
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The limits that apply in one server: bot-wide settings, overridden by the server's own."""
+
+    max_length_seconds: float
+    max_samples_per_job: int
+    max_running_jobs_per_user: int
+    max_queued_jobs_per_user: int
+    allowed_channel_ids: tuple[int, ...]  # empty: every channel
+    max_prime_bytes: int
+    max_prime_seconds: float
+
+    @classmethod
+    def resolve(cls, settings: Settings, guild: GuildSettings | None = None) -> Limits:
+        guild = guild or GuildSettings(guild_id=0)
+        return cls(
+            max_length_seconds=_or(guild.max_length_seconds, settings.max_length_seconds),
+            max_samples_per_job=_or(guild.max_samples_per_job, settings.max_samples_per_job),
+            max_running_jobs_per_user=_or(
+                guild.max_running_jobs_per_user, settings.max_running_jobs_per_user
+            ),
+            max_queued_jobs_per_user=_or(guild.max_queued_jobs_per_user, settings.max_queued_jobs_per_user),
+            allowed_channel_ids=tuple(_or(guild.allowed_channel_ids, tuple(settings.allowed_channels))),
+            max_prime_bytes=settings.max_prime_bytes,
+            max_prime_seconds=settings.max_prime_seconds,
+        )
+
+
+def _or(override: T | None, default: T) -> T:
+    return default if override is None else override
+
+
+def check_channel(limits: Limits, channel_id: int) -> None:
+    if limits.allowed_channel_ids and channel_id not in limits.allowed_channel_ids:
+        where = ", ".join(f"<#{channel}>" for channel in limits.allowed_channel_ids)
+        raise ChannelNotAllowed(f"Jukebox is not available in this channel. Use it in {where}.")
+
+
+def check_capacity(limits: Limits, user_jobs: Sequence[Job]) -> None:
+    """Refuse a new job when the user already has as many running or waiting jobs as allowed."""
+    running = [job for job in user_jobs if job.status in (JobStatus.RUNNING, JobStatus.CANCELLING)]
+    queued = [job for job in user_jobs if job.status == JobStatus.QUEUED]
+    if len(running) >= limits.max_running_jobs_per_user:
+        ids = ", ".join(f"#{job.id}" for job in running)
+        raise LimitReached(
+            f"You have {_count(len(running), 'job')} running ({ids}), the limit here is "
+            f"{limits.max_running_jobs_per_user}; try again when job #{running[0].id} finishes "
+            f"(or cancel it with /cancel)."
+        )
+    if len(queued) >= limits.max_queued_jobs_per_user:
+        ids = ", ".join(f"#{job.id}" for job in queued)
+        raise LimitReached(
+            f"You have {_count(len(queued), 'job')} waiting in the queue ({ids}), the limit here is "
+            f"{limits.max_queued_jobs_per_user}; try again when job #{queued[0].id} starts "
+            f"(or cancel one with /cancel)."
+        )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def check_model(model: str) -> None:
+    if model not in PUBLISHED_MODELS:
+        raise InvalidRequest(f"Unknown model {model!r}; choose one of {', '.join(MODELS)}.")
+
+
+def has_lyrics(model: str) -> bool:
+    return PUBLISHED_MODELS[model].has_lyrics
+
+
+def check_length(limits: Limits, seconds: float, what: str = "length") -> None:
+    if not seconds > 0:
+        raise InvalidRequest(f"The {what} must be a positive number of seconds, got {seconds:g}.")
+    if seconds > limits.max_length_seconds:
+        raise LimitReached(
+            f"The {what} is {seconds:g} s, but the limit in this server is {limits.max_length_seconds:g} s; "
+            f"ask for at most {limits.max_length_seconds:g} s."
+        )
+
+
+def check_prime_metadata(limits: Limits, filename: str, size: int) -> None:
+    """Refuse a prime by its size before a single byte of it is downloaded."""
+    if size <= 0:
+        raise AttachmentRejected(f"The attachment {filename!r} is empty (0 bytes). Attach an audio file.")
+    if size > limits.max_prime_bytes:
+        raise AttachmentRejected(
+            f"The attachment {filename!r} is {_mib(size)}, larger than the {_mib(limits.max_prime_bytes)} "
+            "limit for a prime. Attach a shorter clip or a compressed format (OGG, MP3, M4A)."
+        )
+
+
+def _mib(n: int) -> str:
+    return f"{n / 1024 / 1024:.1f} MiB" if n >= 1024 * 1024 else f"{n / 1024:.0f} KiB"
+
+
+@dataclass(frozen=True)
+class GenerateOptions:
+    """The /jukebox options as typed (None: not given)."""
+
+    model: str
+    artist: str | None = None
+    genres: str | None = None
+    lyrics: str | None = None
+    length: float | None = None
+    samples: int | None = None
+    temperature: float | None = None
+    seed: int | None = None
+    full: bool = False
+    prime_seconds: float | None = None
+    prime_duration: float | None = None  # seconds of the attached prime; None: no prime
+
+
+@dataclass(frozen=True)
+class ValidatedJob:
+    params: JobParams
+    notes: tuple[str, ...] = ()  # things the user should know (lyrics ignored, …)
+
+
+def build_generate(
+    limits: Limits, options: GenerateOptions, rng: random.Random | None = None
+) -> ValidatedJob:
+    """Validated params of a generate job, or the first problem as a `JukebotError`."""
+    check_model(options.model)
+    notes: list[str] = []
+    labels = resolve_labels(options.model, options.artist, options.genres)
+
+    lyrics = (options.lyrics or "").strip()
+    if lyrics and not has_lyrics(options.model):
+        notes.append(
+            f"The {options.model} model does not sing lyrics, so your lyrics were ignored; "
+            "choose 5b_lyrics or 1b_lyrics to use them."
+        )
+        lyrics = ""
+    if len(lyrics) > MAX_LYRICS_CHARS:
+        raise InvalidRequest(
+            f"The lyrics are {len(lyrics):,} characters; the limit is {MAX_LYRICS_CHARS:,}. Shorten them."
+        )
+
+    seconds = DEFAULT_LENGTH_SECONDS if options.length is None else float(options.length)
+    if options.length is None:
+        seconds = min(seconds, limits.max_length_seconds)
+    check_length(limits, seconds)
+
+    n_samples = (
+        min(DEFAULT_SAMPLES, limits.max_samples_per_job) if options.samples is None else options.samples
+    )
+    if n_samples < 1:
+        raise InvalidRequest(f"Ask for at least 1 sample, got {n_samples}.")
+    if n_samples > limits.max_samples_per_job:
+        raise LimitReached(
+            f"You asked for {n_samples} samples, but the limit in this server is "
+            f"{limits.max_samples_per_job} per job; ask for at most {limits.max_samples_per_job}."
+        )
+
+    temperature = DEFAULT_TEMPERATURE if options.temperature is None else float(options.temperature)
+    if not 0 < temperature <= 2:
+        raise InvalidRequest(f"The temperature must be above 0 and at most 2, got {temperature:g}.")
+
+    seed = options.seed if options.seed is not None else (rng or random.Random()).randint(0, MAX_SEED)
+    if not 0 <= seed < 2**63:
+        raise InvalidRequest(f"The seed must be a whole number from 0 up, got {seed}.")
+
+    prime_seconds = options.prime_seconds
+    if prime_seconds is not None and options.prime_duration is None:
+        raise InvalidRequest("prime_seconds needs a prime: attach the clip to continue as `prime`.")
+    if options.prime_duration is not None:
+        if prime_seconds is not None and prime_seconds > options.prime_duration + 0.05:
+            raise InvalidRequest(
+                f"prime_seconds is {prime_seconds:g} s, but the attached clip is only "
+                f"{options.prime_duration:.1f} s long; use at most {options.prime_duration:.1f} s."
+            )
+        used = prime_seconds if prime_seconds is not None else options.prime_duration
+        if used >= seconds:
+            raise InvalidRequest(
+                f"The length ({seconds:g} s) includes the prime ({used:.1f} s), so it must be longer than "
+                "the prime; raise `length` or lower `prime_seconds`."
+            )
+
+    params = JobParams(
+        artist=labels.artist,
+        genres=labels.genres,
+        lyrics=lyrics,
+        seconds=seconds,
+        n_samples=n_samples,
+        temperature=temperature,
+        seed=seed,
+        levels="all" if options.full else "top",
+        prime_seconds=prime_seconds,
+    )
+    return ValidatedJob(params, tuple(notes))
+
+
+def build_continue(limits: Limits, parent_params: JobParams, seconds: float | None) -> ValidatedJob:
+    """A continue job adds `seconds` to a sample, keeping its labels and lyrics."""
+    added = DEFAULT_CONTINUE_SECONDS if seconds is None else float(seconds)
+    check_length(limits, added, what="continuation")
+    params = parent_params.model_copy(
+        update={"seconds": added, "n_samples": 1, "total_seconds": None, "prime_seconds": None}
+    )
+    return ValidatedJob(JobParams.model_validate(params.model_dump()))
+
+
+def build_upsample(parent_params: JobParams) -> ValidatedJob:
+    """An upsample job takes a preview to full quality with the parent's labels."""
+    params = parent_params.model_copy(update={"n_samples": 1, "levels": "all", "prime_seconds": None})
+    return ValidatedJob(JobParams.model_validate(params.model_dump()))

@@ -1,0 +1,155 @@
+"""The buttons under every posted sample: vote, upsample, continue (and the continue modal).
+
+Each is a `discord.ui.DynamicItem` whose `custom_id` carries the sample id; the rest of the
+state is in the database. `JukeBot.setup_hook` registers them, so buttons on messages posted
+before a restart keep working.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any, cast
+
+import discord
+
+from bot import actions
+from bot.requests import DEFAULT_CONTINUE_SECONDS
+
+if TYPE_CHECKING:
+    from bot.bot import JukeBot
+
+VOTE_EMOJI = "👍"
+
+
+def _bot(interaction: discord.Interaction[Any]) -> JukeBot:
+    return cast("JukeBot", interaction.client)
+
+
+class VoteButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"jukebot:vote:(?P<sample_id>[0-9]+)"
+):
+    def __init__(self, sample_id: int, votes: int = 0) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=f"{VOTE_EMOJI} {votes}",
+                style=discord.ButtonStyle.secondary,
+                custom_id=f"jukebot:vote:{sample_id}",
+            )
+        )
+        self.sample_id = sample_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> VoteButton:
+        return cls(int(match["sample_id"]))
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        bot = _bot(interaction)
+        async with bot.reporting_errors(interaction):
+            _, votes = await bot.store.toggle_vote(self.sample_id, interaction.user.id)
+            message = interaction.message
+            can_upsample = message is None or f"jukebot:upsample:{self.sample_id}" in _custom_ids(message)
+            await interaction.response.edit_message(view=sample_view(self.sample_id, votes, can_upsample))
+
+
+class UpsampleButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"jukebot:upsample:(?P<sample_id>[0-9]+)"
+):
+    def __init__(self, sample_id: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Upsample", style=discord.ButtonStyle.primary, custom_id=f"jukebot:upsample:{sample_id}"
+            )
+        )
+        self.sample_id = sample_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> UpsampleButton:
+        return cls(int(match["sample_id"]))
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        bot = _bot(interaction)
+        async with bot.reporting_errors(interaction):
+            await interaction.response.defer(ephemeral=True, thinking=True)
+            reply_to = interaction.message.id if interaction.message else None
+            job = await actions.request_upsample(bot, interaction, self.sample_id, reply_to=reply_to)
+            await interaction.followup.send(actions.queued_reply(job), ephemeral=True)
+
+
+class ContinueButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"jukebot:continue:(?P<sample_id>[0-9]+)"
+):
+    def __init__(self, sample_id: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Continue",
+                style=discord.ButtonStyle.secondary,
+                custom_id=f"jukebot:continue:{sample_id}",
+            )
+        )
+        self.sample_id = sample_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> ContinueButton:
+        return cls(int(match["sample_id"]))
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        bot = _bot(interaction)
+        async with bot.reporting_errors(interaction):
+            reply_to = interaction.message.id if interaction.message else None
+            await interaction.response.send_modal(ContinueModal(self.sample_id, reply_to))
+
+
+class ContinueModal(discord.ui.Modal, title="Continue this sample"):
+    seconds: discord.ui.TextInput[ContinueModal] = discord.ui.TextInput(
+        label="Seconds to add",
+        custom_id="seconds",
+        default=f"{DEFAULT_CONTINUE_SECONDS:g}",
+        max_length=6,
+        required=False,
+    )
+
+    def __init__(self, sample_id: int, reply_to: int | None) -> None:
+        super().__init__(custom_id=f"jukebot:continue-modal:{sample_id}", timeout=15 * 60)
+        self.sample_id = sample_id
+        self.reply_to = reply_to
+
+    async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
+        bot = _bot(interaction)
+        async with bot.reporting_errors(interaction):
+            seconds = actions.parse_seconds(self.seconds.value)
+            await interaction.response.defer(ephemeral=True, thinking=True)
+            job = await actions.request_continue(
+                bot, interaction, self.sample_id, seconds, reply_to=self.reply_to
+            )
+            await interaction.followup.send(actions.queued_reply(job), ephemeral=True)
+
+
+def _custom_ids(message: discord.Message) -> set[str]:
+    found: set[str] = set()
+    stack: list[Any] = list(message.components)
+    while stack:
+        component = stack.pop()
+        custom_id = getattr(component, "custom_id", None)
+        if custom_id:
+            found.add(custom_id)
+        stack.extend(getattr(component, "children", []) or [])
+    return found
+
+
+def sample_view(sample_id: int, votes: int, can_upsample: bool) -> discord.ui.View:
+    """One row under a sample: vote (with the count), Upsample (previews only), Continue."""
+    view = discord.ui.View(timeout=None)
+    view.add_item(VoteButton(sample_id, votes))
+    if can_upsample:
+        view.add_item(UpsampleButton(sample_id))
+    view.add_item(ContinueButton(sample_id))
+    return view
+
+
+DYNAMIC_ITEMS = (VoteButton, UpsampleButton, ContinueButton)

@@ -1,0 +1,222 @@
+"""`jukebot sample`: offline sampling with the flags of the original `sample.py`.
+
+    jukebot sample --model=5b_lyrics --name=sample_5b --levels=3 --sample_length_in_seconds=20 \
+        --total_sample_length_in_seconds=180 --n_samples=6 --hop_fraction=0.5,0.5,0.125
+
+writes `NAME/level_L/item_I.wav` (and `.ogg`) per sampled level and `NAME/level_L/data.pth.tar`
+(`{"zs": [codes of level 0, 1, 2]}`) that `--mode=continue|upsample --codes_file=…` reads back.
+After every window the state goes to `NAME/checkpoint.pt`: the same command run again resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from jukebot.commands import settings_or_exit
+
+MODES = ("ancestral", "primed", "continue", "upsample")
+
+
+def _floats(text: str, name: str, count: int = 3) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.replace(" ", "").split(",") if part)
+    except ValueError:
+        raise click.BadParameter(f"use {count} comma-separated numbers, e.g. 0.5,0.5,0.125", param_hint=name) from None
+    if len(values) == 1:
+        values = values * count
+    if len(values) != count:
+        raise click.BadParameter(f"give 1 or {count} values (levels 0..{count - 1})", param_hint=name)
+    return values
+
+
+@click.command()
+@click.option("--model", type=click.Choice(["5b", "5b_lyrics", "1b_lyrics"]), default="5b_lyrics", show_default=True)
+@click.option("--name", default="sample", show_default=True, help="Output directory.")
+@click.option(
+    "--levels", type=click.IntRange(1, 3), default=3, show_default=True, help="Sample the top N levels (1: preview)."
+)
+@click.option("--sample_length_in_seconds", type=float, default=20.0, show_default=True)
+@click.option("--total_sample_length_in_seconds", type=float, default=None, help="Song length for the labels.")
+@click.option("--sr", type=int, default=44100, show_default=True, help="Must be 44100.")
+@click.option("--n_samples", type=click.IntRange(1, 64), default=1, show_default=True)
+@click.option("--hop_fraction", default="0.5,0.5,0.125", show_default=True)
+@click.option("--mode", type=click.Choice(MODES), default="ancestral", show_default=True)
+@click.option("--codes_file", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--audio_file", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--prompt_length_in_seconds", type=float, default=None)
+@click.option("--artist", default="unknown", show_default=True)
+@click.option("--genre", default="unknown", show_default=True)
+@click.option("--lyrics", default="", help="Lyrics text (or --lyrics_file).")
+@click.option("--lyrics_file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--temperature", default="0.99", show_default=True, help="One value, or three for levels 0,1,2.")
+@click.option("--top_k", type=click.IntRange(0), default=0)
+@click.option("--top_p", type=click.FloatRange(0, 1), default=0.0)
+@click.option("--max_batch_size", default="16,16,3", show_default=True, help="Per level 0,1,2.")
+@click.option("--device", default=None, help="cpu or cuda:N (default: cuda:0 when present).")
+@click.option("--fp16/--fp32", default=None, help="Half-precision transformers (default: on for CUDA).")
+@click.option("--model_dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--no-progress", "no_progress", is_flag=True, help="No progress bar.")
+def sample(**options: Any) -> None:
+    """Sample music offline, as the original sample.py does (resumable)."""
+    run_sample(options)
+
+
+def run_sample(options: dict[str, Any]) -> None:
+    import torch
+    from tqdm import tqdm
+
+    from sampler.audio import AudioError, decode_audio, encode_audio, wav_bytes
+    from sampler.jukebox.cascade import CascadeState, Progress, SamplingError, SamplingRequest
+    from sampler.jukebox.windows import prompt_length_samples, sample_length_samples
+    from sampler.loading import load_cascade
+    from sampler.models import ModelFilesError
+
+    if options["sr"] != 44100:
+        raise click.BadParameter("Jukebox models run at 44100 Hz", param_hint="--sr")
+    model_dir = options["model_dir"] or settings_or_exit().model_dir
+    device = options["device"] or ("cuda:0" if torch.cuda.is_available() else "cpu")
+    fp16 = options["fp16"] if options["fp16"] is not None else device.startswith("cuda")
+    dtype = torch.float16 if fp16 else torch.float32
+    lyrics = options["lyrics_file"].read_text() if options["lyrics_file"] else options["lyrics"]
+    hop = _floats(options["hop_fraction"], "--hop_fraction")
+    temps = _floats(options["temperature"], "--temperature")
+    batch = tuple(int(b) for b in _floats(options["max_batch_size"], "--max_batch_size"))
+    out_dir = Path(options["name"])
+    n = options["n_samples"]
+    mode = options["mode"]
+    sample_length = sample_length_samples(options["sample_length_in_seconds"])
+    total_seconds = options["total_sample_length_in_seconds"] or options["sample_length_in_seconds"]
+    levels = tuple(range(3 - options["levels"], 3))
+
+    try:
+        cascade = load_cascade(model_dir, options["model"], device=device, dtype=dtype)
+    except (ModelFilesError, OSError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+    prompt = codes = None
+    if mode == "primed":
+        if options["audio_file"] is None or options["prompt_length_in_seconds"] is None:
+            raise click.UsageError("--mode=primed needs --audio_file and --prompt_length_in_seconds")
+        length = prompt_length_samples(options["prompt_length_in_seconds"])
+        try:
+            audio = decode_audio(options["audio_file"], max_seconds=None, max_bytes=None)
+        except AudioError as exc:
+            raise click.ClickException(f"{options['audio_file']}: {exc}") from None
+        if audio.shape[0] < length:
+            raise click.ClickException(
+                f"{options['audio_file']} is {audio.shape[0] / 44100:.2f} s long, shorter than the "
+                f"{options['prompt_length_in_seconds']:g} s prompt"
+            )
+        prompt = torch.from_numpy(audio[:length]).unsqueeze(0).repeat(n, 1)
+    elif mode in ("continue", "upsample"):
+        if options["codes_file"] is None:
+            raise click.UsageError(f"--mode={mode} needs --codes_file")
+        codes = _read_codes(options["codes_file"], n)
+        if mode == "upsample":
+            levels = tuple(level for level in levels if level < 2) or (0, 1)
+            sample_length = codes[2].shape[1] * cascade.hops[2]
+            total_seconds = max(total_seconds, sample_length / 44100)
+    total_length = max(int(total_seconds * 44100), sample_length)
+    top_min = cascade.priors.config(2).min_duration or 0.0
+    total_length = max(total_length, int(top_min * 44100) + 1)
+    request = SamplingRequest(
+        mode=mode,
+        sample_length=sample_length,
+        total_length=total_length,
+        n_samples=n,
+        artist=options["artist"],
+        genre=options["genre"],
+        lyrics=lyrics,
+        levels=levels,
+        temperature=(temps[0], temps[1], temps[2]),
+        hop_fraction=(hop[0], hop[1], hop[2]),
+        top_k=options["top_k"],
+        top_p=options["top_p"],
+        max_batch_size=(batch[0], batch[1], batch[2]),
+        seed=options["seed"],
+        prompt=prompt,
+        codes=codes,
+    )
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = out_dir / "checkpoint.pt"
+    fingerprint = _fingerprint(options, lyrics)
+    state = None
+    if checkpoint.is_file() and (out_dir / "checkpoint.json").is_file():
+        saved = json.loads((out_dir / "checkpoint.json").read_text())
+        if saved.get("fingerprint") == fingerprint:
+            state = CascadeState.from_bytes(checkpoint.read_bytes())
+            click.echo(f"resuming from {checkpoint} ({sum(state.windows_done.values())} windows done)")
+
+    bar = tqdm(total=1, unit="tok", disable=options["no_progress"], dynamic_ncols=True)
+    written_levels: set[int] = set()
+
+    def on_progress(progress: Progress) -> None:
+        bar.total = progress.tokens_total
+        bar.n = progress.tokens_done
+        bar.set_description(f"level {progress.level} window {progress.window + 1}/{progress.window_count}")
+        bar.refresh()
+
+    def on_window(current: CascadeState) -> None:
+        tmp = checkpoint.with_suffix(".tmp")
+        tmp.write_bytes(current.to_bytes())
+        os.replace(tmp, checkpoint)
+        (out_dir / "checkpoint.json").write_text(json.dumps({"fingerprint": fingerprint}))
+        for level in levels:
+            finished = current.codes[level].shape[1] * cascade.hops[level] >= sample_length
+            if finished and level not in written_levels:
+                _write_level(out_dir, cascade, current, level, encode_audio, wav_bytes)
+                written_levels.add(level)
+
+    try:
+        final = cascade.sample(request, state, on_progress=on_progress, on_window=on_window)
+    except SamplingError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        bar.close()
+    for level in levels:
+        if level not in written_levels:
+            _write_level(out_dir, cascade, final, level, encode_audio, wav_bytes)
+    click.echo(f"wrote {', '.join(f'level_{level}' for level in sorted(levels))} under {out_dir}")
+
+
+def _write_level(out_dir: Path, cascade: Any, state: Any, level: int, encode_audio: Any, wav_bytes: Any) -> None:
+    import torch
+
+    level_dir = out_dir / f"level_{level}"
+    level_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({"zs": [codes.clone() for codes in state.codes]}, level_dir / "data.pth.tar")
+    audio = cascade.decode(state.codes[level], level).numpy()
+    for index, row in enumerate(audio):
+        (level_dir / f"item_{index}.wav").write_bytes(wav_bytes(row, 44100))
+        (level_dir / f"item_{index}.ogg").write_bytes(encode_audio(row, 44100, "ogg", 128_000))
+
+
+def _read_codes(path: Path, n_samples: int) -> tuple[Any, ...]:
+    import torch
+
+    try:
+        data = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:
+        raise click.ClickException(
+            f"cannot read codes from {path} ({type(exc).__name__}); pass a data.pth.tar written by jukebot sample"
+        ) from None
+    zs = data.get("zs") if isinstance(data, dict) else None
+    if not isinstance(zs, list | tuple) or len(zs) != 3 or not all(isinstance(z, torch.Tensor) for z in zs):
+        raise click.ClickException(f"{path} has no codes for 3 levels under 'zs'")
+    if zs[2].shape[0] != n_samples:
+        raise click.ClickException(f"{path} holds {zs[2].shape[0]} samples; pass --n_samples={zs[2].shape[0]}")
+    return tuple(z.long() if z.numel() else None for z in zs)
+
+
+def _fingerprint(options: dict[str, Any], lyrics: str) -> str:
+    relevant = {k: str(v) for k, v in sorted(options.items()) if k not in {"no_progress", "device", "model_dir"}}
+    relevant["lyrics"] = lyrics
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()

@@ -1,0 +1,272 @@
+"""The real job runner: turns a claimed job into Jukebox samples with the cascade.
+
+Built once per worker process (`make_runner(device)`), it keeps each model's cascade loaded
+between jobs. The model directory and batch sizes come from the environment the pool was
+started with (`JUKEBOT_MODEL_DIR`, `JUKEBOT_MAX_BATCH_SIZE`), which `jukebot run|worker` set.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sampler.audio import OutputFormat, encode_audio
+from sampler.jobspec import JobParams, parse_params
+from sampler.jukebox.cascade import (
+    Cascade,
+    CascadeState,
+    Progress,
+    SamplingCancelled,
+    SamplingError,
+    SamplingRequest,
+)
+from sampler.jukebox.registry import MODELS
+from sampler.jukebox.windows import prompt_length_samples, sample_length_samples
+from sampler.loading import load_cascade
+from sampler.models import default_model_dir
+from sampler.runner import (
+    BadCheckpoint,
+    DeviceSpec,
+    JobFailed,
+    JobTask,
+    OutOfMemory,
+    ProgressReporter,
+    Stage,
+    StopCheck,
+    StopReason,
+    raise_if_stopped,
+)
+from storage.models import JobKind
+from storage.records import NewSample
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 44100
+STORED_FORMAT: OutputFormat = "ogg"  # Opus in Ogg; the bot re-encodes only when a server's upload limit is smaller
+STORED_BITRATE = 160_000
+LOWER_TEMPERATURE = 0.99  # the reference's temperature for the upsamplers
+DEFAULT_MAX_BATCH_SIZE = (16, 16, 3)
+
+
+class InvalidJobInput(JobFailed):
+    """The job's parent sample or prime cannot be sampled from; the message says why."""
+
+
+def _max_batch_size() -> tuple[int, int, int]:
+    text = os.environ.get("JUKEBOT_MAX_BATCH_SIZE", "")
+    if not text.strip():
+        return DEFAULT_MAX_BATCH_SIZE
+    values = [int(part) for part in text.replace(",", " ").split()]
+    if len(values) == 1:
+        values *= 3
+    return (values[0], values[1], values[2])
+
+
+def codes_from_bytes(data: bytes | None) -> torch.Tensor | None:
+    if not data:
+        return None
+    return torch.from_numpy(np.frombuffer(data, dtype="<i2").astype(np.int64))
+
+
+def codes_to_bytes(codes: torch.Tensor) -> bytes:
+    return codes.to(torch.int16).numpy().astype("<i2").tobytes()
+
+
+class CascadeRunner:
+    """A `sampler.runner.JobRunner` backed by the Jukebox cascade."""
+
+    def __init__(self, device: DeviceSpec, model_dir: Path, *, dtype: torch.dtype | None = None) -> None:
+        self.device = device
+        self.model_dir = Path(model_dir)
+        self.dtype = dtype or (torch.float16 if device.is_cuda else torch.float32)
+        self.models = frozenset(MODELS)
+        self.max_batch_size = _max_batch_size()
+        self._cascades: dict[str, Cascade] = {}
+
+    def cascade(self, model: str) -> Cascade:
+        if model not in self._cascades:
+            # one model's priors at a time on the device: drop the others first
+            self._cascades.clear()
+            if self.device.is_cuda:
+                torch.cuda.empty_cache()
+            self._cascades[model] = load_cascade(
+                self.model_dir, model, device=self.device.name, dtype=self.dtype, keep_priors=not self.device.is_cuda
+            )
+        return self._cascades[model]
+
+    # ---- building the request
+
+    def plan(self, task: JobTask, cascade: Cascade) -> SamplingRequest:
+        job = task.job
+        params = parse_params(job.params)
+        lyrics = params.lyrics if MODELS[job.model].has_lyrics else ""
+        top_hop = cascade.hops[2]
+        prompt = codes = None
+        levels: tuple[int, ...] = (2,) if params.levels == "top" else (0, 1, 2)
+        new_length = sample_length_samples(params.seconds)
+        if job.kind == JobKind.GENERATE and task.prime is None:
+            mode, sample_length = "ancestral", new_length
+        elif job.kind == JobKind.GENERATE:
+            assert task.prime is not None
+            pcm = np.frombuffer(task.prime.pcm, dtype="<i2").astype(np.float32) / 32768.0
+            wanted = len(pcm) if params.prime_seconds is None else int(params.prime_seconds * SAMPLE_RATE)
+            length = prompt_length_samples(min(wanted, len(pcm)) / SAMPLE_RATE)
+            if length < top_hop:
+                raise InvalidJobInput("The prime clip is too short to continue: send at least a second of audio.")
+            if new_length <= length:
+                raise InvalidJobInput(
+                    f"The length ({params.seconds:g} s) includes the prime and must be longer than it "
+                    f"({length / SAMPLE_RATE:.2f} s)."
+                )
+            prompt = torch.from_numpy(pcm[:length].copy()).unsqueeze(0).repeat(params.n_samples, 1)
+            # `seconds` is the whole result, prime included (as the bot asks for it)
+            mode, sample_length = "primed", new_length
+        else:
+            parent = task.parent
+            if parent is None:
+                raise InvalidJobInput(f"This {job.kind} job has no sample to work on.")
+            levels_codes = [codes_from_bytes(parent.codes(level)) for level in range(3)]
+            top = levels_codes[2]
+            if top is None:
+                raise InvalidJobInput(f"Sample {parent.id} has no top-level codes to {job.kind}.")
+            codes = tuple(
+                None if c is None else c.unsqueeze(0).repeat(params.n_samples, 1) for c in levels_codes
+            )
+            parent_length = top.shape[0] * top_hop
+            if job.kind == JobKind.UPSAMPLE:
+                mode, sample_length, levels = "upsample", parent_length, (0, 1)
+            else:
+                mode, sample_length = "continue", parent_length + new_length
+                if params.levels == "all":
+                    # lower levels of the parent (if any) are extended; missing ones are sampled in full
+                    levels = (0, 1, 2)
+        # the labels' song length; at least the model's minimum (its own config, tiny models included)
+        total = max(int((params.total_seconds or 0) * SAMPLE_RATE), sample_length)
+        top_config = cascade.priors.config(2)
+        if top_config.min_duration:
+            total = max(total, int(np.ceil(top_config.min_duration * SAMPLE_RATE)))
+        return SamplingRequest(
+            mode=mode,  # type: ignore[arg-type]
+            sample_length=sample_length,
+            total_length=total,
+            n_samples=params.n_samples,
+            artist=params.artist,
+            genre=" ".join(params.genres),
+            lyrics=lyrics,
+            levels=levels,
+            temperature=(LOWER_TEMPERATURE, LOWER_TEMPERATURE, params.temperature),
+            hop_fraction=params.hop_fraction,
+            max_batch_size=self.max_batch_size,
+            seed=params.seed,
+            prompt=prompt,
+            codes=codes,
+        )
+
+    # ---- running
+
+    def run(self, task: JobTask, report: ProgressReporter, should_stop: StopCheck) -> list[NewSample]:
+        job = task.job
+        report.progress(Stage.LOADING, None, None, None, 0, 1)
+        cascade = self.cascade(job.model)
+        raise_if_stopped(should_stop)
+        request = self.plan(task, cascade)
+        try:
+            state = CascadeState.from_bytes(task.checkpoint) if task.checkpoint else None
+        except SamplingError as exc:
+            raise BadCheckpoint(f"The saved progress of job {job.id} cannot be used: {exc}") from None
+        if request.mode == "primed" and state is None:
+            report.progress(Stage.ENCODING_PRIME, None, None, None, 0, 1)
+        try:
+            cascade.check(request)
+        except SamplingError as exc:
+            raise JobFailed(f"This job cannot be sampled: {exc}.") from None
+        initial = state or cascade.initial_state(request)
+        level_tokens = {
+            level: sum(w.new_tokens for w in cascade.plan(request, initial, level))
+            for level in request.levels
+        }
+        # tokens of lower levels weigh less: one top token costs about as much as one lower token
+        total_tokens = sum(level_tokens.values())
+        order = sorted(request.levels, reverse=True)
+
+        def on_progress(progress: Progress) -> None:
+            before = sum(level_tokens[level] for level in order[: order.index(progress.level)])
+            stage = Stage.SAMPLING if progress.level == 2 else Stage.UPSAMPLING
+            report.progress(
+                stage,
+                progress.level,
+                progress.window,
+                progress.window_count,
+                before + progress.tokens_done,
+                total_tokens,
+            )
+
+        stop_reason: list[StopReason] = []
+
+        def stop() -> bool:
+            reason = should_stop()
+            if reason is not None:
+                stop_reason.append(reason)
+                return True
+            return False
+
+        try:
+            final = cascade.sample(
+                request,
+                initial,
+                on_progress=on_progress,
+                on_window=lambda current: report.checkpoint(current.to_bytes()),
+                should_stop=stop,
+            )
+        except SamplingCancelled:
+            raise_if_stopped(lambda: stop_reason[-1] if stop_reason else StopReason.SHUTDOWN)
+            raise
+        except torch.OutOfMemoryError as exc:
+            raise OutOfMemory(self.device, "JUKEBOT_MAX_BATCH_SIZE (or the number of samples)", str(exc)[:120]) from None
+        except SamplingError as exc:
+            raise JobFailed(f"This job cannot be sampled: {exc}.") from None
+        raise_if_stopped(should_stop)
+        report.progress(Stage.DECODING, None, None, None, total_tokens, total_tokens)
+        return self.samples(task, cascade, request, final)
+
+    def samples(
+        self, task: JobTask, cascade: Cascade, request: SamplingRequest, state: CascadeState
+    ) -> list[NewSample]:
+        """Decode the finest complete level of each sample and store it compressed, with every level's codes."""
+        complete = [
+            level
+            for level in range(3)
+            if state.codes[level].shape[1] * cascade.hops[level] >= request.sample_length
+        ]
+        finest = min(complete)
+        audio = cascade.decode(state.codes[finest], finest).numpy()
+        params: JobParams = parse_params(task.job.params)
+        out = []
+        for index in range(request.n_samples):
+            levels = {
+                f"codes_level_{level}": codes_to_bytes(state.codes[level][index])
+                for level in range(3)
+                if state.codes[level].shape[1]
+            }
+            out.append(
+                NewSample(
+                    index=index,
+                    seed=params.seed,
+                    duration_seconds=request.sample_length / SAMPLE_RATE,
+                    audio=encode_audio(audio[index], SAMPLE_RATE, STORED_FORMAT, STORED_BITRATE),
+                    audio_format=STORED_FORMAT,
+                    audio_bitrate=STORED_BITRATE,
+                    **levels,  # type: ignore[arg-type]
+                )
+            )
+        return out
+
+
+def make_runner(device: DeviceSpec) -> CascadeRunner:
+    """The runner factory named by `jukebot run|worker` (`sampler.cascade_runner:make_runner`)."""
+    model_dir = Path(os.environ.get("JUKEBOT_MODEL_DIR") or default_model_dir())
+    return CascadeRunner(device, model_dir)

@@ -1,0 +1,514 @@
+"""The sampling cascade: Jukebox's four modes over windowed priors, resumable after every window.
+
+`Cascade.sample(request, state=None, …)` runs the levels top first, each in windows of n_ctx
+tokens advancing by a hop (spec §4). After every window the codes so far form a `CascadeState`
+that serialises to bytes; sampling from a saved state gives the same final codes as an unbroken
+run, because each window's random draws come from a generator seeded by (seed, level, window)
+(or, in `rng="reference"` mode, from one generator whose state is saved with the codes: the
+reference's RNG order, kept for parity tests against jukebox-infer).
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from sampler.jukebox.labels import Label, LabelConfig, Labeller, LabelVersion
+from sampler.jukebox.prior import Conditioning, JukeboxPrior, PriorConfig
+from sampler.jukebox.vqvae import VQVAE
+from sampler.jukebox.windows import Window, plan_level
+
+Mode = Literal["ancestral", "primed", "continue", "upsample"]
+RngMode = Literal["window", "reference"]
+MODES: tuple[str, ...] = ("ancestral", "primed", "continue", "upsample")
+STATE_FORMAT = 1
+
+
+class SamplingError(ValueError):
+    """A request that cannot be sampled; raised before any sampling, the message says why."""
+
+
+class SamplingCancelled(Exception):
+    """`should_stop` asked to stop. `state` holds every finished window (resume from it)."""
+
+    def __init__(self, state: CascadeState) -> None:
+        super().__init__("sampling was stopped")
+        self.state = state
+
+
+@dataclass(frozen=True)
+class SamplingRequest:
+    """What to sample. Lengths are raw audio samples at the model's sample rate.
+
+    `sample_length` is the length of the result (for `primed` it includes the prompt; for
+    `continue` it includes the codes given). `total_length` is the song length the labels claim
+    (timing conditioning and lyric windows); it must be at least `sample_length` and at least
+    the top prior's minimum duration. Per-level tuples are indexed by level (0 = finest).
+    """
+
+    mode: Mode
+    sample_length: int
+    total_length: int
+    n_samples: int = 1
+    artist: str = "unknown"
+    genre: str = "unknown"
+    lyrics: str = ""
+    levels: tuple[int, ...] = (0, 1, 2)
+    temperature: tuple[float, float, float] = (0.99, 0.99, 0.99)
+    hop_fraction: tuple[float, float, float] = (0.5, 0.5, 0.125)
+    top_k: int = 0
+    top_p: float = 0.0
+    max_batch_size: tuple[int, int, int] = (16, 16, 3)
+    chunk_size: tuple[int, int, int] = (32, 32, 16)
+    seed: int = 0
+    rng: RngMode = "window"
+    # primed: prompt audio (n_samples, T) float in [-1, 1]; its codes at every level are continued.
+    prompt: Tensor | None = None
+    # continue / upsample: codes per level (finest first), each (n_samples, T_l) or None.
+    codes: tuple[Tensor | None, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Reported per chunk of sampled tokens."""
+
+    level: int
+    window: int  # 0-based among this level's windows still to sample
+    window_count: int
+    tokens_done: int  # new tokens of this level sampled so far
+    tokens_total: int  # new tokens this level samples in all
+    levels: tuple[int, ...]  # the levels this request samples, top first
+
+
+@dataclass
+class CascadeState:
+    """Codes so far plus where sampling stands; `to_bytes`/`from_bytes` round-trip it."""
+
+    codes: list[Tensor]  # per level, (N, T_l) int64 on the CPU
+    # Per level: tokens known when the level started (its window plan depends on it) and
+    # windows finished.
+    level_base: dict[int, int] = field(default_factory=dict)
+    windows_done: dict[int, int] = field(default_factory=dict)
+    rng_state: Tensor | None = None  # rng="reference": the generator after the last window
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        torch.save(
+            {
+                "format": STATE_FORMAT,
+                "codes": [codes.to(torch.int16) for codes in self.codes],
+                "level_base": dict(self.level_base),
+                "windows_done": dict(self.windows_done),
+                "rng_state": self.rng_state,
+            },
+            buffer,
+        )
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> CascadeState:
+        try:
+            raw = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+        except Exception as exc:
+            raise SamplingError(f"the saved sampling state is unreadable ({exc})") from None
+        if not isinstance(raw, dict) or raw.get("format") != STATE_FORMAT:
+            raise SamplingError("the saved sampling state has an unknown format")
+        return cls(
+            codes=[codes.long() for codes in raw["codes"]],
+            level_base={int(k): int(v) for k, v in raw["level_base"].items()},
+            windows_done={int(k): int(v) for k, v in raw["windows_done"].items()},
+            rng_state=raw["rng_state"],
+        )
+
+
+def window_seed(seed: int, level: int, window: int) -> int:
+    """The seed of one window's draws: mixed from the job seed, the level and the window index."""
+    mixed = np.random.SeedSequence([seed & 0xFFFFFFFFFFFFFFFF, level, window]).generate_state(2, np.uint32)
+    return int(mixed[0]) << 32 | int(mixed[1])
+
+
+def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 0.0) -> Tensor:
+    """Top-k or nucleus filtering as the reference does, with a bool mask (its uint8 one crashes)."""
+    if top_k and top_p:
+        raise SamplingError("use top_k or top_p, not both")
+    if top_k > 0:
+        top_k = min(top_k, logits.shape[-1])
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    if top_p > 0.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        remove_sorted = torch.cumsum(torch.softmax(sorted_logits, dim=-1), dim=-1) > top_p
+        # keep the first token over the threshold, and always the most likely one
+        remove_sorted[..., 1:] = remove_sorted[..., :-1].clone()
+        remove_sorted[..., 0] = False
+        remove = torch.zeros_like(remove_sorted).scatter(-1, order, remove_sorted)
+        logits = logits.masked_fill(remove, -math.inf)
+    return logits
+
+
+def draw(logits: Tensor, generator: torch.Generator) -> Tensor:
+    """One categorical draw per row (N, bins) -> (N,), with the exact arithmetic of
+    `torch.distributions.Categorical(logits=…).sample()` so reference RNG streams line up."""
+    normalised = logits - logits.logsumexp(dim=-1, keepdim=True)
+    probs = torch.softmax(normalised, dim=-1)
+    return torch.multinomial(probs, 1, True, generator=generator)[:, 0]
+
+
+class PriorSource:
+    """Hands the cascade the prior of a level on the sampling device, and takes it back.
+
+    The default keeps every prior given; a worker short of memory passes a source that loads
+    each level's prior when asked and frees it on release.
+    """
+
+    def __init__(self, priors: Sequence[JukeboxPrior | None]) -> None:
+        self._priors = list(priors)
+
+    def config(self, level: int) -> PriorConfig:
+        prior = self._priors[level]
+        if prior is None:
+            raise SamplingError(f"no prior for level {level}")
+        return prior.config
+
+    def acquire(self, level: int) -> JukeboxPrior:
+        prior = self._priors[level]
+        if prior is None:
+            raise SamplingError(f"no prior for level {level}")
+        return prior
+
+    def release(self, level: int) -> None:
+        """Called when the cascade is done with a level."""
+
+
+def label_config(config: PriorConfig) -> LabelConfig:
+    return LabelConfig(
+        version=LabelVersion.V3 if config.labels_v3 else LabelVersion.V2,
+        max_bow_genre_size=config.max_bow_genre_size,
+        n_tokens=config.n_tokens if config.use_tokens else 0,
+        n_ctx=config.n_ctx,
+        raw_to_tokens=config.raw_to_tokens,
+    )
+
+
+class Cascade:
+    """A VQ-VAE plus one prior per level, sampled top first."""
+
+    def __init__(
+        self,
+        vqvae: VQVAE,
+        priors: PriorSource | Sequence[JukeboxPrior | None],
+        *,
+        device: torch.device | str = "cpu",
+        ids_dir: str | None = None,
+    ) -> None:
+        self.vqvae = vqvae
+        self.priors = priors if isinstance(priors, PriorSource) else PriorSource(priors)
+        self.device = torch.device(device)
+        self.levels = vqvae.config.levels
+        self.hops = vqvae.hop_lengths
+        self.sample_rate = 44100
+        self._labellers = [Labeller(label_config(self.priors.config(level)), ids_dir) for level in range(self.levels)]
+
+    # ---- validation
+
+    def check(self, request: SamplingRequest) -> None:
+        """Raise SamplingError for a request that cannot be sampled, before any work is done."""
+        top = self.levels - 1
+        top_config = self.priors.config(top)
+        top_hop = self.hops[top]
+        if request.mode not in MODES:
+            raise SamplingError(f"unknown mode {request.mode!r}: use one of {', '.join(MODES)}")
+        if request.n_samples < 1:
+            raise SamplingError("n_samples must be at least 1")
+        if request.sample_length <= 0 or request.sample_length % top_hop:
+            raise SamplingError(
+                f"sample_length must be a positive multiple of {top_hop} samples, got {request.sample_length}"
+            )
+        if request.total_length < request.sample_length:
+            raise SamplingError(
+                f"total_length ({request.total_length}) must be at least sample_length ({request.sample_length})"
+            )
+        min_total = math.ceil((top_config.min_duration or 0.0) * self.sample_rate)
+        if request.total_length < min_total:
+            raise SamplingError(
+                f"this model needs a total length of at least {top_config.min_duration:g} s "
+                f"({min_total} samples); got {request.total_length / self.sample_rate:.2f} s"
+            )
+        max_total = (top_config.max_duration or math.inf) * self.sample_rate
+        if top_config.max_duration and request.total_length >= max_total:
+            raise SamplingError(
+                f"this model handles songs shorter than {top_config.max_duration:g} s; "
+                f"got {request.total_length / self.sample_rate:.2f} s"
+            )
+        if request.lyrics.strip() and not top_config.use_tokens:
+            raise SamplingError("this model has no lyrics conditioning: leave the lyrics empty")
+        if request.top_k and request.top_p:
+            raise SamplingError("use top_k or top_p, not both")
+        if request.top_k < 0 or not 0.0 <= request.top_p <= 1.0:
+            raise SamplingError("top_k must be >= 0 and top_p in [0, 1]")
+        if any(t <= 0 for t in request.temperature):
+            raise SamplingError("temperatures must be positive")
+        if any(not 0 < h <= 1 for h in request.hop_fraction):
+            raise SamplingError("hop fractions must be in (0, 1]")
+        if any(b < 1 for b in request.max_batch_size) or any(c < 1 for c in request.chunk_size):
+            raise SamplingError("max_batch_size and chunk_size must be at least 1")
+        levels = tuple(sorted(set(request.levels)))
+        if not levels or any(not 0 <= level < self.levels for level in levels):
+            raise SamplingError(f"levels must be a non-empty subset of 0..{top}, got {request.levels}")
+        if request.mode == "upsample" and top in levels:
+            raise SamplingError("upsample samples the lower levels only: leave the top level out")
+        if request.mode == "primed":
+            if request.prompt is None:
+                raise SamplingError("primed mode needs prompt audio")
+            if request.prompt.dim() != 2 or request.prompt.shape[0] != request.n_samples:
+                raise SamplingError(
+                    f"the prompt must be audio of shape ({request.n_samples}, samples), "
+                    f"got {tuple(request.prompt.shape)}"
+                )
+            length = request.prompt.shape[1]
+            if length < top_hop or length % top_hop:
+                raise SamplingError(
+                    f"the prompt must be a positive multiple of {top_hop} samples long, got {length}"
+                )
+            if length >= request.sample_length:
+                raise SamplingError(
+                    f"the prompt ({length / self.sample_rate:.2f} s) must be shorter than the sample "
+                    f"({request.sample_length / self.sample_rate:.2f} s)"
+                )
+        if request.mode in ("continue", "upsample"):
+            if request.codes is None or len(request.codes) != self.levels:
+                raise SamplingError(f"{request.mode} mode needs codes for each of the {self.levels} levels")
+            for level, codes in enumerate(request.codes):
+                if codes is None:
+                    continue
+                if codes.dim() != 2 or codes.shape[0] != request.n_samples:
+                    raise SamplingError(
+                        f"codes of level {level} must have shape ({request.n_samples}, tokens), "
+                        f"got {tuple(codes.shape)}"
+                    )
+                if codes.shape[1] * self.hops[level] > request.sample_length:
+                    raise SamplingError(
+                        f"the codes of level {level} are longer than sample_length; cut them or ask for more"
+                    )
+        # Every sampled level below the top is conditioned on the whole length of the level above.
+        for level in levels:
+            if level == top:
+                continue
+            config = self.priors.config(level)
+            window_samples = config.n_ctx * self.hops[level]
+            if request.sample_length < window_samples:
+                raise SamplingError(
+                    f"upsampling level {level} needs at least one full window "
+                    f"({window_samples / self.sample_rate:.2f} s) of codes above; "
+                    f"got {request.sample_length / self.sample_rate:.2f} s"
+                )
+            if level + 1 not in levels:
+                given = self._given_codes(request, level + 1)
+                have = 0 if given is None else given.shape[1] * self.hops[level + 1]
+                if have < request.sample_length:
+                    raise SamplingError(
+                        f"level {level} is conditioned on level {level + 1}, whose codes cover "
+                        f"{have / self.sample_rate:.2f} s of the {request.sample_length / self.sample_rate:.2f} s asked"
+                    )
+
+    def _given_codes(self, request: SamplingRequest, level: int) -> Tensor | None:
+        if request.codes is None:
+            return None
+        return request.codes[level]
+
+    # ---- state
+
+    def initial_state(self, request: SamplingRequest) -> CascadeState:
+        """Codes every level starts from: empty, the prompt's codes, or the codes given."""
+        n = request.n_samples
+        if request.mode == "primed":
+            assert request.prompt is not None
+            prompt = request.prompt.to(self.device, dtype=torch.float32)
+            codes = [c.cpu() for c in self.vqvae.encode(prompt, 0, self.levels)]
+        elif request.mode in ("continue", "upsample"):
+            assert request.codes is not None
+            codes = [
+                torch.zeros(n, 0, dtype=torch.long) if c is None else c.detach().long().cpu()
+                for c in request.codes
+            ]
+        else:
+            codes = [torch.zeros(n, 0, dtype=torch.long) for _ in range(self.levels)]
+        rng_state = None
+        if request.rng == "reference":
+            rng_state = torch.Generator().manual_seed(request.seed).get_state()
+        return CascadeState(codes=codes, rng_state=rng_state)
+
+    def plan(self, request: SamplingRequest, state: CascadeState, level: int) -> list[Window]:
+        config = self.priors.config(level)
+        total = request.sample_length // self.hops[level]
+        hop = int(request.hop_fraction[level] * config.n_ctx)
+        base = state.level_base.get(level, state.codes[level].shape[1])
+        return plan_level(level, base, total, config.n_ctx, hop)
+
+    # ---- sampling
+
+    def sample(
+        self,
+        request: SamplingRequest,
+        state: CascadeState | None = None,
+        *,
+        on_progress: Callable[[Progress], None] | None = None,
+        on_window: Callable[[CascadeState], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        progress_every: int = 32,
+    ) -> CascadeState:
+        """Sample `request`, resuming from `state` when given; returns the final state.
+
+        `on_window(state)` runs after every finished window (store it to resume later);
+        `should_stop()` is polled every `progress_every` tokens and stops with SamplingCancelled.
+        """
+        self.check(request)
+        state = self.initial_state(request) if state is None else state
+        if len(state.codes) != self.levels or any(c.shape[0] != request.n_samples for c in state.codes):
+            raise SamplingError("the saved state does not match this request's number of samples")
+        levels = tuple(sorted(set(request.levels), reverse=True))
+        generator = torch.Generator()
+        if request.rng == "reference":
+            assert state.rng_state is not None
+            generator.set_state(state.rng_state)
+        for level in levels:
+            state.level_base.setdefault(level, state.codes[level].shape[1])
+            windows = self.plan(request, state, level)
+            done = state.windows_done.get(level, 0)
+            if done >= len(windows):
+                continue
+            prior = self.priors.acquire(level)
+            labeller = self._labellers[level]
+            label = labeller.label(request.artist, request.genre, request.lyrics, request.total_length)
+            tokens_total = sum(w.new_tokens for w in windows)
+            tokens_done = sum(w.new_tokens for w in windows[:done])
+            for window in windows[done:]:
+                if request.rng == "window":
+                    generator.manual_seed(window_seed(request.seed, level, window.index))
+
+                report = functools.partial(
+                    self._report,
+                    state,
+                    Progress(level, window.index, len(windows), tokens_done, tokens_total, levels),
+                    on_progress,
+                    should_stop,
+                )
+                new_codes = self._sample_window(
+                    prior, labeller, label, request, state, window, generator, report, progress_every
+                )
+                state.codes[level] = torch.cat([state.codes[level], new_codes.cpu()], dim=1)
+                state.windows_done[level] = state.windows_done.get(level, 0) + 1
+                tokens_done += window.new_tokens
+                if request.rng == "reference":
+                    state.rng_state = generator.get_state()
+                if on_window is not None:
+                    on_window(state)
+            self.priors.release(level)
+        return state
+
+    @staticmethod
+    def _report(
+        state: CascadeState,
+        at_window_start: Progress,
+        on_progress: Callable[[Progress], None] | None,
+        should_stop: Callable[[], bool] | None,
+        new_tokens: int,
+    ) -> None:
+        if on_progress is not None:
+            on_progress(replace(at_window_start, tokens_done=at_window_start.tokens_done + new_tokens))
+        if should_stop is not None and should_stop():
+            raise SamplingCancelled(state)
+
+    def _sample_window(
+        self,
+        prior: JukeboxPrior,
+        labeller: Labeller,
+        label: Label,
+        request: SamplingRequest,
+        state: CascadeState,
+        window: Window,
+        generator: torch.Generator,
+        report: Callable[[int], None],
+        progress_every: int,
+    ) -> Tensor:
+        """Sample one window for all samples, in batches of max_batch_size; returns (N, new_tokens)."""
+        level, config = window.level, prior.config
+        known = state.codes[level][:, window.start : window.end]
+        z_cond = None
+        if config.is_upsampler:
+            down = config.cond_downsample
+            assert down is not None
+            above = state.codes[level + 1]
+            z_cond = above[:, window.start // down : (window.start + config.n_ctx) // down]
+        y = torch.from_numpy(labeller.window_y(label, window.start)).unsqueeze(0).repeat(request.n_samples, 1)
+        batch = request.max_batch_size[level]
+        sampled: list[Tensor] = []
+        for first_row in range(0, request.n_samples, batch):
+            part = slice(first_row, first_row + batch)
+            rows = known[part].shape[0]
+            cond = prior.get_conditioning(
+                y[part].to(self.device), None if z_cond is None else z_cond[part].to(self.device)
+            )
+
+            def report_rows(tokens: int, first_row: int = first_row, rows: int = rows) -> None:
+                # tokens of the window done, averaged over all samples (batches run one after another)
+                report((first_row * window.new_tokens + tokens * rows) // request.n_samples)
+
+            new = self._sample_tokens(
+                prior,
+                cond,
+                known[part].to(self.device),
+                window,
+                request.temperature[level],
+                request,
+                generator,
+                report_rows,
+                progress_every,
+                request.chunk_size[level],
+            )
+            sampled.append(new)
+        return torch.cat(sampled, dim=0)
+
+    def _sample_tokens(
+        self,
+        prior: JukeboxPrior,
+        cond: Conditioning,
+        known: Tensor,
+        window: Window,
+        temperature: float,
+        request: SamplingRequest,
+        generator: torch.Generator,
+        report: Callable[[int], None],
+        progress_every: int,
+        chunk_size: int,
+    ) -> Tensor:
+        state = prior.start(cond, window.sample_tokens)
+        ids = prior.codes_to_ids(known)
+        for first in range(0, ids.shape[1], chunk_size):
+            prior.prefill(state, ids[:, first : first + chunk_size])
+        out = []
+        token: Tensor | None = None
+        for step in range(window.new_tokens):
+            logits = prior.step(state, token)
+            logits = filter_logits(logits / temperature, request.top_k, request.top_p)
+            token = draw(logits.float(), generator)
+            out.append(token)
+            if (step + 1) % progress_every == 0 or step + 1 == window.new_tokens:
+                report(step + 1)
+        return prior.ids_to_codes(torch.stack(out, dim=1))
+
+    # ---- audio
+
+    def decode(self, codes: Tensor, level: int) -> Tensor:
+        """Codes of one level (N, T) -> audio (N, T * hop) float32 in [-1, 1]."""
+        audio = self.vqvae.decode(codes.to(self.device), level)
+        return audio.float().clamp(-1.0, 1.0).cpu()
+

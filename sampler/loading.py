@@ -1,0 +1,140 @@
+"""Build a sampling cascade from the model directory.
+
+A checkpoint's architecture is the published one for its registry name, unless a sidecar
+`<file>.hparams.json` (original hparam names) says otherwise: that is how tiny test models, and
+fine-tuned models of another size, live in a model directory. Priors load one level at a time
+when asked, so a worker short of memory can keep only the level it samples.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sampler.jukebox.cascade import Cascade, PriorSource
+from sampler.jukebox.checkpoint import CheckpointError, load_checkpoint
+from sampler.jukebox.prior import JukeboxPrior, PriorConfig
+from sampler.jukebox.registry import MODELS, PRIOR_HPARAMS, VQVAE_HPARAMS
+from sampler.jukebox.vqvae import VQVAE, VQVAEConfig
+from sampler.models import model_path, require_checkpoints
+
+log = logging.getLogger(__name__)
+
+SIDECAR_SUFFIX = ".hparams.json"
+
+
+def sidecar_path(checkpoint: Path) -> Path:
+    return checkpoint.with_name(checkpoint.name + SIDECAR_SUFFIX)
+
+
+def write_sidecar(checkpoint: Path, hparams: dict[str, Any]) -> Path:
+    path = sidecar_path(checkpoint)
+    path.write_text(json.dumps(hparams, indent=1, sort_keys=True))
+    return path
+
+
+def _hparams(checkpoint: Path, published: dict[str, Any]) -> dict[str, Any]:
+    sidecar = sidecar_path(checkpoint)
+    if not sidecar.is_file():
+        return published
+    try:
+        data = json.loads(sidecar.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {sidecar}: {exc}; fix or delete it") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{sidecar} must hold a JSON object of hparams")
+    return data
+
+
+class ModelDirectory:
+    """The checkpoints of one published model (e.g. '1b_lyrics') in a model directory."""
+
+    def __init__(self, model_dir: Path | str, model: str) -> None:
+        self.model_dir = Path(model_dir)
+        self.model = model
+        self.paths = require_checkpoints(self.model_dir, model)
+        self.published = MODELS[model]
+        self.vqvae_hparams = _hparams(self.paths[self.published.vqvae], VQVAE_HPARAMS)
+        self.prior_names = self.published.priors
+
+    def prior_config(self, level: int) -> PriorConfig:
+        name = self.prior_names[level]
+        hparams = _hparams(self.paths[name], PRIOR_HPARAMS[name])
+        return PriorConfig.from_hparams(hparams, self.vqvae_hparams)
+
+    def load_vqvae(self, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> VQVAE:
+        config = VQVAEConfig.from_hparams(self.vqvae_hparams)
+        with torch.device("meta"):
+            vqvae = VQVAE(config)
+        load_checkpoint(vqvae, self.paths[self.published.vqvae], device=device, name=self.published.vqvae)
+        if dtype is not None:
+            vqvae.to(dtype=dtype)
+            vqvae.bottleneck.float()  # codebooks and distances stay fp32
+        return vqvae.eval()
+
+    def load_prior(
+        self, level: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> JukeboxPrior:
+        name = self.prior_names[level]
+        with torch.device("meta"):
+            prior = JukeboxPrior(self.prior_config(level), dtype=dtype)
+        load_checkpoint(prior, self.paths[name], device=device, name=self.model)
+        return prior.eval()
+
+    def ids_dir(self) -> Path | None:
+        """The downloaded id tables, when every one is there (else the bundled copies are used)."""
+        ids = model_path(self.model_dir, "v2_artist_ids").parent
+        wanted = ("v2_artist_ids", "v2_genre_ids", "v3_artist_ids", "v3_genre_ids")
+        return ids if all(model_path(self.model_dir, name).is_file() for name in wanted) else None
+
+
+class LazyPriors(PriorSource):
+    """Loads a level's prior on first use; `keep=False` frees each one when its level is done."""
+
+    def __init__(
+        self, directory: ModelDirectory, device: torch.device | str, dtype: torch.dtype, keep: bool = True
+    ) -> None:
+        super().__init__([None, None, None])
+        self.directory, self.device, self.dtype, self.keep = directory, device, dtype, keep
+        self._configs = [directory.prior_config(level) for level in range(3)]
+
+    def config(self, level: int) -> PriorConfig:
+        return self._configs[level]
+
+    def acquire(self, level: int) -> JukeboxPrior:
+        prior = self._priors[level]
+        if prior is None:
+            log.info("loading %s prior of level %d on %s", self.directory.model, level, self.device)
+            prior = self.directory.load_prior(level, self.device, self.dtype)
+            self._priors[level] = prior
+        return prior
+
+    def release(self, level: int) -> None:
+        if not self.keep:
+            self._priors[level] = None
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+
+def load_cascade(
+    model_dir: Path | str,
+    model: str,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    keep_priors: bool = True,
+) -> Cascade:
+    """The cascade of `model` from the model directory (ModelFilesMissing names the download command)."""
+    directory = ModelDirectory(model_dir, model)
+    vqvae = directory.load_vqvae(device)
+    ids_dir = directory.ids_dir()
+    return Cascade(
+        vqvae,
+        LazyPriors(directory, device, dtype, keep=keep_priors),
+        device=device,
+        ids_dir=None if ids_dir is None else str(ids_dir),
+    )

@@ -1,0 +1,304 @@
+"""The worker pool: one `spawn`ed worker process per device, restarted when it dies.
+
+`run_pool` blocks until SIGTERM/SIGINT (or a `stop` event), then stops every worker
+gracefully — each releases its running job back to the queue with its checkpoint — waits up
+to `shutdown_timeout`, and kills what is left (those jobs come back when their lease expires).
+A worker that exits with `EXIT_CONFIG` (bad runner path, missing device) is not restarted;
+any other death is, after a backoff that doubles while deaths keep coming quickly.
+
+    python -m sampler.pool --database-url URL --runner package.module:function --devices cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import multiprocessing
+import multiprocessing.connection
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
+from types import FrameType
+from typing import Any
+
+from sampler.runner import DeviceError, DeviceSpec, factory_exists
+from sampler.worker import EXIT_CONFIG, EXIT_OK, WorkerConfig, worker_main
+
+log = logging.getLogger(__name__)
+
+SUPERVISE_TICK_SECONDS = 0.5  # how often the supervisor looks at the stop flag while nothing dies
+
+
+def devices_from_setting(gpus: Sequence[int] | None) -> list[DeviceSpec]:
+    """The devices to run workers on: None = every visible GPU (one CPU worker when there is none),
+    [] = one CPU worker, [0, 1] = those GPUs (each must be visible)."""
+    if gpus is not None and len(gpus) == 0:
+        return [DeviceSpec.cpu()]
+    import torch  # only here: the pool itself never needs torch
+
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus is None:
+        return [DeviceSpec.cuda(index) for index in range(visible)] or [DeviceSpec.cpu()]
+    missing = [index for index in gpus if not 0 <= index < visible]
+    if missing:
+        seen = f"GPUs 0 to {visible - 1}" if visible else "no GPU"
+        raise DeviceError(
+            f"GPU {', '.join(map(str, missing))} is not visible (this machine shows {seen}); "
+            "set JUKEBOT_GPUS to indices that exist, 'auto' or 'cpu'."
+        )
+    return [DeviceSpec.cuda(index) for index in dict.fromkeys(gpus)]
+
+
+@dataclass
+class _Slot:
+    """One device's worker and its restart bookkeeping."""
+
+    device: DeviceSpec
+    process: BaseProcess | None = None
+    started_at: float = 0.0
+    quick_deaths: int = 0
+    restart_at: float | None = None
+    disabled: bool = False
+    restarts: int = field(default=0)
+
+
+class WorkerPool:
+    """Start, supervise and stop one worker process per device (use `run_pool` for the whole loop)."""
+
+    def __init__(
+        self,
+        database_url: str,
+        devices: Sequence[DeviceSpec],
+        runner_factory_path: str,
+        *,
+        config: WorkerConfig | None = None,
+        restart_backoff: float = 1.0,
+        max_restart_backoff: float = 60.0,
+        stable_seconds: float = 60.0,
+        log_level: int = logging.INFO,
+    ) -> None:
+        if not devices:
+            raise DeviceError("The pool needs at least one device ('cpu' or 'cuda:N').")
+        factory_exists(runner_factory_path)
+        self.database_url = database_url
+        self.runner_factory_path = runner_factory_path
+        self.config = config or WorkerConfig()
+        self.restart_backoff = restart_backoff
+        self.max_restart_backoff = max_restart_backoff
+        self.stable_seconds = stable_seconds  # a worker that lived this long restarts without delay
+        self.log_level = log_level
+        self._context = multiprocessing.get_context("spawn")  # fork would copy CUDA state and threads
+        self.slots = [_Slot(device) for device in dict.fromkeys(devices)]
+        # `wake()` (safe from a signal handler) ends the supervisor's wait at once.
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._wake_reader.setblocking(False)
+        self._wake_writer.setblocking(False)
+
+    def wake(self) -> None:
+        try:
+            self._wake_writer.send(b"\0")
+        except OSError:  # the buffer is full: a wake-up is already pending
+            pass
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        for slot in self.slots:
+            self._spawn(slot)
+
+    def _spawn(self, slot: _Slot) -> None:
+        process = self._context.Process(
+            target=worker_main,
+            args=(self.database_url, slot.device.name, self.runner_factory_path, self.config, True, self.log_level),
+            name=f"jukebot-worker-{slot.device}",
+        )
+        process.start()
+        slot.process, slot.started_at, slot.restart_at = process, time.monotonic(), None
+        log.info("worker on %s started (pid %s)", slot.device, process.pid)
+
+    @property
+    def alive(self) -> bool:
+        """False once every device's worker was given up (config errors)."""
+        return any(not slot.disabled for slot in self.slots)
+
+    def pids(self) -> dict[str, int | None]:
+        return {
+            slot.device.name: slot.process.pid if slot.process is not None and slot.process.is_alive() else None
+            for slot in self.slots
+        }
+
+    def supervise(self, timeout: float = SUPERVISE_TICK_SECONDS) -> None:
+        """Wait up to `timeout` for a worker to die; note deaths and start restarts that are due."""
+        now = time.monotonic()
+        due = [slot.restart_at - now for slot in self.slots if slot.restart_at is not None]
+        wait_for = max(0.0, min([timeout, *due]))
+        waitables: list[Any] = [slot.process.sentinel for slot in self.slots if slot.process is not None]
+        if self._wake_reader in multiprocessing.connection.wait([*waitables, self._wake_reader], wait_for):
+            with contextlib.suppress(OSError):
+                self._wake_reader.recv(4096)
+        now = time.monotonic()
+        for slot in self.slots:
+            process = slot.process
+            if process is not None and not process.is_alive():
+                process.join()
+                self._on_death(slot, process.exitcode, now)
+            if slot.restart_at is not None and slot.restart_at <= now:
+                slot.restarts += 1
+                self._spawn(slot)
+
+    def _on_death(self, slot: _Slot, exitcode: int | None, now: float) -> None:
+        slot.process = None
+        if exitcode == EXIT_CONFIG:
+            slot.disabled = True
+            log.error("worker on %s cannot start (see its log above); not restarting it", slot.device)
+            return
+        lived = now - slot.started_at
+        slot.quick_deaths = 0 if lived >= self.stable_seconds else slot.quick_deaths + 1
+        delay = (
+            0.0
+            if slot.quick_deaths == 0
+            else min(self.restart_backoff * 2 ** (slot.quick_deaths - 1), self.max_restart_backoff)
+        )
+        how = f"was killed by {_signal_name(-exitcode)}" if exitcode and exitcode < 0 else f"exited ({exitcode})"
+        log.warning(
+            "worker on %s %s after %.1f s; restarting in %.1f s (its job resumes from its checkpoint)",
+            slot.device,
+            how,
+            lived,
+            delay,
+        )
+        slot.restart_at = now + delay
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """SIGTERM every worker (each releases its job), wait up to `timeout`, then kill stragglers."""
+        running = [slot.process for slot in self.slots if slot.process is not None and slot.process.is_alive()]
+        for slot in self.slots:
+            slot.restart_at = None
+        for process in running:
+            process.terminate()
+        deadline = time.monotonic() + timeout
+        for process in running:
+            process.join(max(0.0, deadline - time.monotonic()))
+        for process in running:
+            if process.is_alive():
+                log.error("worker pid %s did not stop within %.0f s; killing it", process.pid, timeout)
+                process.kill()
+                process.join()
+        for slot in self.slots:
+            slot.process = None
+        self._wake_reader.close()
+        self._wake_writer.close()
+        log.info("all workers stopped")
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def run_pool(
+    database_url: str,
+    devices: Sequence[DeviceSpec],
+    runner_factory_path: str,
+    *,
+    config: WorkerConfig | None = None,
+    stop: threading.Event | None = None,
+    shutdown_timeout: float = 60.0,
+    restart_backoff: float = 1.0,
+    install_signal_handlers: bool = True,
+    log_level: int = logging.INFO,
+) -> int:
+    """Run workers until SIGTERM/SIGINT or `stop` is set; returns a process exit status.
+
+    Signal handlers can only be installed from the main thread; from another thread pass
+    `install_signal_handlers=False` and set `stop` instead.
+    """
+    stop = stop or threading.Event()
+    pool = WorkerPool(
+        database_url,
+        devices,
+        runner_factory_path,
+        config=config,
+        restart_backoff=restart_backoff,
+        log_level=log_level,
+    )
+    previous: dict[int, object] = {}
+    if install_signal_handlers:
+
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            log.info("%s received: stopping the workers gracefully", _signal_name(signum))
+            stop.set()
+            pool.wake()
+
+        for stop_signal in (signal.SIGTERM, signal.SIGINT):
+            previous[stop_signal] = signal.signal(stop_signal, on_signal)
+    try:
+        pool.start()
+        while not stop.is_set() and pool.alive:
+            pool.supervise()
+    finally:
+        pool.stop(shutdown_timeout)
+        for signal_number, handler in previous.items():
+            signal.signal(signal_number, handler)  # type: ignore[arg-type]
+    return EXIT_OK if pool.alive else EXIT_CONFIG
+
+
+def _parse_devices(values: Sequence[str]) -> list[DeviceSpec]:
+    names = [name for value in values for name in value.replace(",", " ").split()]
+    if not names or names == ["auto"]:
+        return devices_from_setting(None)
+    return [DeviceSpec(name) for name in names]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    defaults = WorkerConfig()
+    parser = argparse.ArgumentParser(prog="python -m sampler.pool", description=__doc__.splitlines()[0])
+    parser.add_argument("--database-url", required=True)
+    parser.add_argument("--runner", required=True, help="runner factory, 'package.module:function'")
+    parser.add_argument("--devices", action="append", default=[], help="'auto', 'cpu', 'cuda:0' (repeatable)")
+    parser.add_argument("--lease-seconds", type=float, default=defaults.lease_seconds)
+    parser.add_argument("--poll-seconds", type=float, default=defaults.poll_seconds)
+    parser.add_argument("--max-poll-seconds", type=float, default=defaults.max_poll_seconds)
+    parser.add_argument("--progress-seconds", type=float, default=defaults.progress_seconds)
+    parser.add_argument("--cancel-poll-seconds", type=float, default=defaults.cancel_poll_seconds)
+    parser.add_argument("--requeue-seconds", type=float, default=defaults.requeue_seconds)
+    parser.add_argument("--restart-backoff", type=float, default=1.0)
+    parser.add_argument("--shutdown-timeout", type=float, default=60.0)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s [pool] %(name)s: %(message)s")
+    try:
+        devices = _parse_devices(args.devices)
+        config = WorkerConfig(
+            lease_seconds=args.lease_seconds,
+            poll_seconds=args.poll_seconds,
+            max_poll_seconds=max(args.max_poll_seconds, args.poll_seconds),
+            progress_seconds=args.progress_seconds,
+            cancel_poll_seconds=args.cancel_poll_seconds,
+            requeue_seconds=args.requeue_seconds,
+        )
+        return run_pool(
+            args.database_url,
+            devices,
+            args.runner,
+            config=config,
+            shutdown_timeout=args.shutdown_timeout,
+            restart_backoff=args.restart_backoff,
+            log_level=level,
+        )
+    except ValueError as exc:  # DeviceError, RunnerFactoryError, WorkerConfigError
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

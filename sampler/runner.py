@@ -1,0 +1,218 @@
+"""The contract between a worker and whatever samples a job (the cascade, or a toy runner in tests).
+
+A worker claims a job, gathers what it needs (`JobTask`) and calls `JobRunner.run` in a thread.
+The runner reports progress per chunk of tokens and hands over a checkpoint after every
+window through `ProgressReporter`, checks `should_stop` at least once per chunk (so cancel and
+shutdown take effect within seconds, even inside a long window), and returns the finished
+samples. Failures that retrying cannot fix are raised as `JobFailed` subclasses (or
+`ModelFilesError` / `InvalidJobParams`, which already say what to do); the worker keeps their
+message on the job. Anything else counts as a crash and the job is retried.
+
+No torch here: the pool and the bot import this module.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+import importlib.util
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from storage.records import ClaimedJob, NewSample, Prime, Sample
+
+_DEVICE_PATTERN = re.compile(r"^(cpu|cuda:(\d+))$")
+
+
+class DeviceError(ValueError):
+    """A device name that is not "cpu" or "cuda:N", or a GPU that is not there."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSpec:
+    """The one device a worker process runs on: "cpu" or "cuda:N" (a torch device string)."""
+
+    name: str
+
+    def __post_init__(self) -> None:
+        if not _DEVICE_PATTERN.match(self.name):
+            raise DeviceError(f"Unknown device {self.name!r}: use 'cpu' or 'cuda:N' (for example 'cuda:0').")
+
+    @classmethod
+    def cpu(cls) -> DeviceSpec:
+        return cls("cpu")
+
+    @classmethod
+    def cuda(cls, index: int) -> DeviceSpec:
+        return cls(f"cuda:{index}")
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.name.startswith("cuda:")
+
+    @property
+    def index(self) -> int | None:
+        return int(self.name.split(":", 1)[1]) if self.is_cuda else None
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class StopReason(enum.StrEnum):
+    CANCEL = "cancel"  # the user cancelled the job
+    SHUTDOWN = "shutdown"  # the worker is stopping; the job goes back to the queue
+    LEASE_LOST = "lease lost"  # another worker owns the job now; drop everything
+
+
+StopCheck = Callable[[], StopReason | None]
+
+
+class Stage(enum.StrEnum):
+    """Stage names runners report; the bot shows them as they are."""
+
+    LOADING = "loading models"
+    ENCODING_PRIME = "encoding the prime"
+    SAMPLING = "sampling"  # the top level (the preview)
+    UPSAMPLING = "upsampling"
+    DECODING = "decoding audio"
+    COMPRESSING = "compressing audio"
+
+
+# ----------------------------------------------------------------------------- how a run ends early
+
+
+class JobStopped(Exception):
+    """The runner stopped because `should_stop` said so (raise one of the subclasses)."""
+
+
+class JobCancelled(JobStopped):
+    """The user cancelled: the job ends `cancelled`."""
+
+
+class JobInterrupted(JobStopped):
+    """The worker is shutting down (or lost the lease): the job keeps its checkpoint for the next run."""
+
+
+def raise_if_stopped(should_stop: StopCheck) -> None:
+    """Call once per chunk of tokens: raises `JobCancelled`/`JobInterrupted` when the worker says stop."""
+    reason = should_stop()
+    if reason is StopReason.CANCEL:
+        raise JobCancelled("the job was cancelled")
+    if reason is not None:
+        raise JobInterrupted(f"interrupted: {reason.value}")
+
+
+class JobFailed(Exception):
+    """A failure that retrying will not fix; `str()` is kept on the job and shown to the user."""
+
+
+class OutOfMemory(JobFailed):
+    """The device ran out of memory; the message names the setting to lower."""
+
+    def __init__(self, device: DeviceSpec | str, setting: str, detail: str = "") -> None:
+        self.device, self.setting = str(device), setting
+        what = f" ({detail})" if detail else ""
+        super().__init__(
+            f"Out of memory on {self.device}{what}. Lower {setting} and try again, "
+            "or run the job on a GPU with more memory."
+        )
+
+
+class BadCheckpoint(JobFailed):
+    """The job's stored resume checkpoint cannot be read (it does not match this job)."""
+
+
+# ----------------------------------------------------------------------------- what a runner gets and gives
+
+
+@dataclass(frozen=True, slots=True)
+class JobTask:
+    """Everything a runner needs: the claimed job, what it resumes from, and its inputs.
+
+    `parent` is the sample an upsample or continue job works on; `prime` the clip a primed
+    job continues. The worker loads both from the store before the run starts.
+    """
+
+    job: ClaimedJob
+    checkpoint: bytes | None = None
+    parent: Sample | None = None
+    prime: Prime | None = None
+
+
+class ProgressReporter(Protocol):
+    """How a runner talks back to the worker (called from the runner's thread)."""
+
+    def progress(
+        self,
+        stage: str,
+        level: int | None,
+        window: int | None,
+        window_count: int | None,
+        tokens_done: int,
+        tokens_total: int,
+        *,
+        fraction: float | None = None,
+    ) -> None:
+        """Where the run is. Tokens count over the whole job (all levels it samples), so
+        `tokens_done / tokens_total` is the job's progress unless `fraction` says otherwise.
+        Cheap: the worker writes the latest report at a throttled rate."""
+        ...
+
+    def checkpoint(self, blob: bytes) -> None:
+        """Store what a resumed run starts from; returns once it is durably stored.
+
+        Raises `storage.LeaseLost` when the job is no longer ours: let it propagate.
+        """
+        ...
+
+
+@runtime_checkable
+class JobRunner(Protocol):
+    """Samples jobs on one device. Built once per worker process by a `RunnerFactory`."""
+
+    models: frozenset[str]  # the job models (e.g. "5b_lyrics") this runner can serve
+
+    def run(self, task: JobTask, report: ProgressReporter, should_stop: StopCheck) -> list[NewSample]: ...
+
+
+RunnerFactory = Callable[[DeviceSpec], JobRunner]
+
+
+class RunnerFactoryError(ValueError):
+    """A "module:function" runner factory path that cannot be used."""
+
+
+def split_factory_path(path: str) -> tuple[str, str]:
+    module, sep, function = path.partition(":")
+    if not sep or not module or not function.isidentifier():
+        raise RunnerFactoryError(
+            f"Runner factory {path!r} must look like 'package.module:function' "
+            "(a function taking a device and returning a runner)."
+        )
+    return module, function
+
+
+def factory_exists(path: str) -> None:
+    """Check that the factory's module can be found, without importing it (and torch with it)."""
+    module, _ = split_factory_path(path)
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError) as exc:
+        raise RunnerFactoryError(f"Runner factory {path!r}: cannot find module {module!r} ({exc}).") from None
+    if spec is None:
+        raise RunnerFactoryError(f"Runner factory {path!r}: there is no module {module!r} on the Python path.")
+
+
+def load_runner_factory(path: str) -> RunnerFactory:
+    """Import "module:function" and return the function."""
+    module_name, function_name = split_factory_path(path)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise RunnerFactoryError(f"Runner factory {path!r}: cannot import {module_name!r} ({exc}).") from exc
+    factory = getattr(module, function_name, None)
+    if not callable(factory):
+        raise RunnerFactoryError(f"Runner factory {path!r}: {module_name} has no function {function_name!r}.")
+    return factory  # type: ignore[no-any-return]

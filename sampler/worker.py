@@ -1,0 +1,597 @@
+"""A worker: one process, one device, one job at a time, never losing work.
+
+An asyncio loop does all the database work; the runner samples in a thread of its own
+(torch releases the GIL), so heartbeats keep the lease alive through long windows. Per job:
+
+* heartbeat every lease/3, and poll for a cancel request every `cancel_poll_seconds`;
+* progress is written at most every `progress_seconds` (the latest report wins), with tokens/s
+  and an ETA computed here;
+* every checkpoint the runner hands over is stored before the runner goes on;
+* the end: samples -> `complete`; a cancel -> `cancelled`; a shutdown -> `release` (back to the
+  queue, checkpoint kept, no attempt counted); a lost lease -> nothing written; a failure that
+  retrying cannot fix (missing model files, bad parameters, out of memory) -> `failed` at once;
+  any other exception (a crash) -> back to the queue with one more attempt and the error kept,
+  `failed` once `max_attempts` is reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import math
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+
+from sampler.jobspec import InvalidJobParams
+from sampler.models import ModelFilesError
+from sampler.runner import (
+    DeviceSpec,
+    JobCancelled,
+    JobFailed,
+    JobInterrupted,
+    JobRunner,
+    JobTask,
+    OutOfMemory,
+    RunnerFactoryError,
+    StopReason,
+    load_runner_factory,
+)
+from storage import JobStatus, JobStore, LeaseLost, StorageError, create_engine
+from storage.errors import InvalidSample, PrimeNotFound, SampleNotFound
+from storage.models import ACTIVE_STATUSES, utcnow
+from storage.records import ClaimedJob
+from storage.store import MAX_ERROR_CHARS, jobs
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_CRASH = 1
+EXIT_CONFIG = 78  # EX_CONFIG: restarting will not help (bad runner path, no such device)
+
+# Where the user can shrink a job that does not fit; named in out-of-memory errors.
+OOM_SETTING = "the number of samples per job (n_samples, or JUKEBOT_MAX_SAMPLES_PER_JOB)"
+
+
+class WorkerConfigError(ValueError):
+    """A worker timing setting out of range."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    lease_seconds: float = 60.0  # a job whose worker is silent this long goes back to the queue
+    poll_seconds: float = 0.5  # first wait when the queue is empty…
+    max_poll_seconds: float = 5.0  # …doubling up to this while it stays empty
+    progress_seconds: float = 2.0  # at most one progress write per this many seconds
+    cancel_poll_seconds: float = 1.0  # how quickly a cancel request is seen
+    requeue_seconds: float = 30.0  # how often this worker recovers jobs of dead workers
+    checkpoint_retries: int = 3  # tries to store one checkpoint through database hiccups
+
+    def __post_init__(self) -> None:
+        seconds = ("lease_seconds", "poll_seconds", "max_poll_seconds", "progress_seconds")
+        for name in (*seconds, "cancel_poll_seconds", "requeue_seconds"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value <= 0:
+                raise WorkerConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+        if self.max_poll_seconds < self.poll_seconds:
+            raise WorkerConfigError("max_poll_seconds must be at least poll_seconds")
+        if self.checkpoint_retries < 1:
+            raise WorkerConfigError("checkpoint_retries must be at least 1")
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        return self.lease_seconds / 3
+
+
+def make_worker_id(device: DeviceSpec) -> str:
+    """host/pid/device — unique per process, and says where a job runs (stored as the lease owner)."""
+    return f"{socket.gethostname()}/{os.getpid()}/{device}"
+
+
+def pid_of(worker_id: str) -> int:
+    """The process id inside a worker id from `make_worker_id`."""
+    return int(worker_id.split("/")[-2])
+
+
+class JobOutcome(enum.StrEnum):
+    """How `run_job` ended (for logs and tests)."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    RETRYING = "retrying"  # crashed; queued again with one more attempt
+    RELEASED = "released"  # shutdown; queued again, no attempt counted
+    ABANDONED = "abandoned"  # the lease was lost; nothing written
+
+
+# ----------------------------------------------------------------------------- one running job
+
+
+@dataclass(frozen=True, slots=True)
+class _Progress:
+    stage: str
+    fraction: float
+    level: int | None
+    window: int | None
+    window_count: int | None
+    tokens_done: int
+    tokens_total: int
+    tokens_per_second: float | None
+    eta_at: datetime | None
+
+
+_STOP_PRIORITY = {StopReason.SHUTDOWN: 1, StopReason.CANCEL: 2, StopReason.LEASE_LOST: 3}
+RATE_WINDOW_SECONDS = 30.0  # tokens/s is measured over this much recent time
+
+
+class _Run:
+    """State shared between the loop (heartbeats, writes) and the runner thread."""
+
+    def __init__(self, job: ClaimedJob) -> None:
+        self.job = job
+        self._lock = threading.Lock()
+        self._stop: StopReason | None = None
+        self.latest: _Progress | None = None
+        self.written: _Progress | None = None
+        self.progress_ready = asyncio.Event()
+
+    def stop(self, reason: StopReason) -> None:
+        with self._lock:
+            if self._stop is None or _STOP_PRIORITY[reason] > _STOP_PRIORITY[self._stop]:
+                self._stop = reason
+
+    def should_stop(self) -> StopReason | None:
+        return self._stop
+
+
+class _Reporter:
+    """The `ProgressReporter` handed to the runner; its methods run in the runner's thread."""
+
+    def __init__(self, worker: Worker, run: _Run, loop: asyncio.AbstractEventLoop) -> None:
+        self._worker, self._run, self._loop = worker, run, loop
+        self._recent: deque[tuple[float, int]] = deque()
+        self._rate_key: tuple[str, int | None] | None = None
+
+    def _rate(self, stage: str, level: int | None, tokens_done: int) -> float | None:
+        now = time.monotonic()
+        if self._rate_key != (stage, level):  # another model samples at another speed
+            self._rate_key = (stage, level)
+            self._recent.clear()
+        self._recent.append((now, tokens_done))
+        while len(self._recent) > 2 and now - self._recent[1][0] > RATE_WINDOW_SECONDS:
+            self._recent.popleft()
+        start_time, start_tokens = self._recent[0]
+        if now <= start_time or tokens_done <= start_tokens:
+            return None
+        return (tokens_done - start_tokens) / (now - start_time)
+
+    def progress(
+        self,
+        stage: str,
+        level: int | None,
+        window: int | None,
+        window_count: int | None,
+        tokens_done: int,
+        tokens_total: int,
+        *,
+        fraction: float | None = None,
+    ) -> None:
+        rate = self._rate(stage, level, tokens_done)
+        remaining = max(tokens_total - tokens_done, 0)
+        eta = datetime.now(UTC) + timedelta(seconds=remaining / rate) if rate else None
+        if fraction is None:
+            fraction = tokens_done / tokens_total if tokens_total > 0 else 0.0
+        self._run.latest = _Progress(
+            stage, fraction, level, window, window_count, tokens_done, tokens_total, rate, eta
+        )
+        self._loop.call_soon_threadsafe(self._run.progress_ready.set)
+
+    def checkpoint(self, blob: bytes) -> None:
+        future = asyncio.run_coroutine_threadsafe(self._worker._save_checkpoint(self._run, blob), self._loop)
+        future.result()
+
+
+# ----------------------------------------------------------------------------- the worker
+
+
+class Worker:
+    """Claims and runs jobs for one runner on one device until `stop` is set."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        runner: JobRunner,
+        device: DeviceSpec,
+        *,
+        config: WorkerConfig | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        self.store, self.runner, self.device = store, runner, device
+        self.config = config or WorkerConfig()
+        self.worker_id = worker_id or make_worker_id(device)
+        # One thread for every run: CUDA state and model caches stay on one thread.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"runner-{device}")
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+    # ---------------------------------------------------------------- the loop
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Claim and run jobs until `stop` is set; a running job is then released to the queue."""
+        requeuer = asyncio.create_task(self._requeue_loop(stop))
+        idle_wait = self.config.poll_seconds
+        log.info("worker %s serving models %s", self.worker_id, ", ".join(sorted(self.runner.models)))
+        try:
+            while not stop.is_set():
+                try:
+                    job = await self.store.claim(self.worker_id, self.runner.models, self.config.lease_seconds)
+                except Exception:
+                    log.exception("worker %s: claiming a job failed; retrying", self.worker_id)
+                    job = None
+                if job is None:
+                    await _wait(stop, idle_wait)
+                    idle_wait = min(idle_wait * 2, self.config.max_poll_seconds)
+                    continue
+                idle_wait = self.config.poll_seconds
+                try:
+                    await self.run_job(job, stop)
+                except Exception:  # e.g. the database went away while recording the end
+                    log.exception("job #%s: recording its outcome failed; its lease will expire", job.id)
+                    await _wait(stop, self.config.max_poll_seconds)
+        finally:
+            requeuer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await requeuer
+        log.info("worker %s stopped", self.worker_id)
+
+    async def _requeue_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                for job_id, status in await self.store.requeue_expired():
+                    log.warning("job #%s: its worker stopped heartbeating; now %s", job_id, status.value)
+            except Exception:
+                log.exception("worker %s: recovering expired leases failed", self.worker_id)
+            await _wait(stop, self.config.requeue_seconds)
+
+    # ---------------------------------------------------------------- one job
+
+    async def run_job(self, job: ClaimedJob, stop: asyncio.Event | None = None) -> JobOutcome:
+        """Run one claimed job to its end and record how it ended; returns a `JobOutcome`."""
+        run = _Run(job)
+        log.info(
+            "job #%s (%s, %s) claimed by %s, attempt %s%s",
+            job.id,
+            job.kind.value,
+            job.model,
+            self.worker_id,
+            job.attempts + 1,
+            ", resuming from a checkpoint" if job.checkpoint else "",
+        )
+        helpers = [
+            asyncio.create_task(self._heartbeat_loop(run)),
+            asyncio.create_task(self._cancel_loop(run)),
+            asyncio.create_task(self._progress_loop(run)),
+        ]
+        if stop is not None:
+            helpers.append(asyncio.create_task(_stop_on(stop, run)))
+        try:
+            return await self._run_and_record(run)
+        finally:
+            for helper in helpers:
+                helper.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+
+    async def _run_and_record(self, run: _Run) -> JobOutcome:
+        job = run.job
+        try:
+            try:
+                task = await self._task_for(job)
+                loop = asyncio.get_running_loop()
+                samples = await loop.run_in_executor(
+                    self._executor, self.runner.run, task, _Reporter(self, run, loop), run.should_stop
+                )
+            except LeaseLost:
+                raise
+            except JobCancelled:
+                if run.should_stop() is StopReason.LEASE_LOST:
+                    return self._abandoned(job)
+                await self._flush_progress(run)
+                await self.store.mark_cancelled(job.id, self.worker_id)
+                log.info("job #%s cancelled", job.id)
+                return JobOutcome.CANCELLED
+            except JobInterrupted:
+                if run.should_stop() is StopReason.LEASE_LOST:
+                    return self._abandoned(job)
+                await self._flush_progress(run)
+                status = await self.store.release(job.id, self.worker_id)
+                log.info("job #%s released (%s); it resumes from its checkpoint", job.id, status.value)
+                return JobOutcome.CANCELLED if status is JobStatus.CANCELLED else JobOutcome.RELEASED
+            except (JobFailed, ModelFilesError, InvalidJobParams, SampleNotFound, PrimeNotFound) as exc:
+                return await self._fail(run, str(exc))
+            except Exception as exc:
+                if run.should_stop() is StopReason.LEASE_LOST:
+                    return self._abandoned(job)
+                if _is_out_of_memory(exc):
+                    return await self._fail(run, str(OutOfMemory(self.device, OOM_SETTING, _last_line(exc))))
+                return await self._crashed(run, exc)
+            if run.should_stop() is StopReason.LEASE_LOST:
+                return self._abandoned(job)
+            try:
+                await self.store.complete(job.id, self.worker_id, samples)
+            except InvalidSample as exc:  # a runner bug: the same run would produce it again
+                return await self._fail(run, f"The sampler produced an invalid result: {exc}")
+            log.info("job #%s succeeded with %d samples", job.id, len(samples))
+            return JobOutcome.SUCCEEDED
+        except LeaseLost as exc:
+            log.warning("%s", exc)
+            return self._abandoned(job)
+
+    def _abandoned(self, job: ClaimedJob) -> JobOutcome:
+        log.warning("job #%s: lease lost; %s drops it without writing results", job.id, self.worker_id)
+        return JobOutcome.ABANDONED
+
+    async def _task_for(self, job: ClaimedJob) -> JobTask:
+        parent = None if job.parent_sample_id is None else await self.store.get_sample(job.parent_sample_id)
+        prime = None if job.prime_id is None else await self.store.get_prime(job.prime_id)
+        return JobTask(job=job, checkpoint=job.checkpoint, parent=parent, prime=prime)
+
+    async def _fail(self, run: _Run, reason: str) -> JobOutcome:
+        await self._flush_progress(run)
+        await self.store.fail(run.job.id, self.worker_id, reason)
+        log.warning("job #%s failed: %s", run.job.id, reason)
+        return JobOutcome.FAILED
+
+    async def _crashed(self, run: _Run, exc: BaseException) -> JobOutcome:
+        log.error(
+            "job #%s: the runner crashed\n%s",
+            run.job.id,
+            "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        )
+        await self._flush_progress(run)
+        status = await retry_or_fail(self.store, run.job.id, self.worker_id, _last_line(exc))
+        return JobOutcome.RETRYING if status is JobStatus.QUEUED else JobOutcome(status.value)
+
+    # ---------------------------------------------------------------- helpers running beside the runner
+
+    async def _heartbeat_loop(self, run: _Run) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_seconds)
+            try:
+                beat = await self.store.heartbeat(run.job.id, self.worker_id, self.config.lease_seconds)
+            except LeaseLost as exc:
+                log.warning("%s", exc)
+                run.stop(StopReason.LEASE_LOST)
+                return
+            except Exception:
+                log.exception("job #%s: heartbeat failed; trying again", run.job.id)
+                continue
+            if beat.cancel_requested:
+                run.stop(StopReason.CANCEL)
+
+    async def _cancel_loop(self, run: _Run) -> None:
+        while True:
+            await asyncio.sleep(self.config.cancel_poll_seconds)
+            try:
+                if await self.store.is_cancel_requested(run.job.id):
+                    run.stop(StopReason.CANCEL)
+            except Exception:
+                log.exception("job #%s: checking for a cancel request failed", run.job.id)
+
+    async def _progress_loop(self, run: _Run) -> None:
+        while True:
+            await run.progress_ready.wait()
+            run.progress_ready.clear()
+            await self._flush_progress(run)
+            await asyncio.sleep(self.config.progress_seconds)  # the throttle
+
+    async def _flush_progress(self, run: _Run) -> None:
+        latest = run.latest
+        if latest is None or latest is run.written:
+            return
+        try:
+            await self.store.report_progress(
+                run.job.id,
+                self.worker_id,
+                stage=latest.stage,
+                progress=latest.fraction,
+                level=latest.level,
+                window=latest.window,
+                window_count=latest.window_count,
+                tokens_done=latest.tokens_done,
+                tokens_total=latest.tokens_total,
+                tokens_per_second=latest.tokens_per_second,
+                eta_at=latest.eta_at,
+            )
+            run.written = latest
+        except LeaseLost as exc:
+            log.warning("%s", exc)
+            run.stop(StopReason.LEASE_LOST)
+        except Exception:
+            log.exception("job #%s: writing progress failed", run.job.id)
+
+    async def _save_checkpoint(self, run: _Run, blob: bytes) -> None:
+        for attempt in range(1, self.config.checkpoint_retries + 1):
+            try:
+                await self.store.save_checkpoint(run.job.id, self.worker_id, blob)
+                return
+            except LeaseLost:
+                run.stop(StopReason.LEASE_LOST)
+                raise
+            except StorageError:
+                raise
+            except Exception:
+                if attempt == self.config.checkpoint_retries:
+                    raise
+                log.exception("job #%s: storing a checkpoint failed (try %d); retrying", run.job.id, attempt)
+                await asyncio.sleep(0.5 * 2 ** (attempt - 1))
+
+
+async def _stop_on(stop: asyncio.Event, run: _Run) -> None:
+    await stop.wait()
+    run.stop(StopReason.SHUTDOWN)
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    """Wait until `event` is set or `seconds` pass, whichever comes first."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), seconds)
+
+
+def _last_line(exc: BaseException) -> str:
+    """What a traceback's last line says: `Type: message` (first line of the message)."""
+    message = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {message[0]}" if message else type(exc).__name__
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    # torch.cuda.OutOfMemoryError (and MPS's) by name: this module does not import torch.
+    return (
+        isinstance(exc, MemoryError)
+        or type(exc).__name__ == "OutOfMemoryError"
+        or "out of memory" in str(exc).lower()[:200]
+    )
+
+
+async def retry_or_fail(store: JobStore, job_id: int, worker_id: str, reason: str) -> JobStatus:
+    """After a crash: back to `queued` with one more attempt and the error kept, or `failed`
+    once `max_attempts` is reached (a job being cancelled becomes `cancelled`).
+
+    Raises `LeaseLost` when the job is not ours any more. (JobStore has no such method yet;
+    this is one conditional UPDATE on its table, like the store's own transitions.)
+    """
+    now = utcnow()
+    async with store.engine.begin() as connection:
+        row = (
+            await connection.execute(
+                select(jobs.c.status, jobs.c.attempts, jobs.c.max_attempts).where(
+                    jobs.c.id == job_id, jobs.c.lease_owner == worker_id
+                )
+            )
+        ).first()
+        if row is None or row.status not in {status.value for status in ACTIVE_STATUSES}:
+            raise LeaseLost(job_id, worker_id, "it is no longer running under this worker")
+        attempts = row.attempts + 1
+        values: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None, "updated_at": now}
+        if row.status == JobStatus.CANCELLING.value:
+            status = JobStatus.CANCELLED
+            values |= {"finished_at": now}
+        elif attempts >= row.max_attempts:
+            status = JobStatus.FAILED
+            error = f"The sampler crashed on all {attempts} attempts; the last error was: {reason}"
+            values |= {"attempts": attempts, "finished_at": now, "error": error[:MAX_ERROR_CHARS]}
+        else:
+            status = JobStatus.QUEUED
+            error = f"Attempt {attempts} of {row.max_attempts} crashed ({reason}); it will be retried."
+            values |= {"attempts": attempts, "error": error[:MAX_ERROR_CHARS]}
+        result = await connection.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.lease_owner == worker_id, jobs.c.status == row.status)
+            .values(status=status.value, **values)
+            .returning(jobs.c.id)
+        )
+        if result.first() is None:
+            raise LeaseLost(job_id, worker_id, "it changed hands while the crash was being recorded")
+    log.warning("job #%s: %s after a crash (%s)", job_id, status.value, reason)
+    return status
+
+
+# ----------------------------------------------------------------------------- the worker process
+
+
+def worker_main(
+    database_url: str,
+    device_name: str,
+    runner_factory_path: str,
+    config: WorkerConfig | None = None,
+    watch_parent: bool = True,
+    log_level: int = logging.INFO,
+) -> None:
+    """The body of a worker process (the pool's `spawn` target); exits 0 after a graceful stop."""
+    logging.basicConfig(
+        level=log_level,
+        format=f"%(asctime)s %(levelname)s [worker {device_name} pid {os.getpid()}] %(name)s: %(message)s",
+    )
+    sys.exit(run_worker(database_url, device_name, runner_factory_path, config, watch_parent=watch_parent))
+
+
+def run_worker(
+    database_url: str,
+    device_name: str,
+    runner_factory_path: str,
+    config: WorkerConfig | None = None,
+    *,
+    watch_parent: bool = False,
+) -> int:
+    """Build the runner, then serve until SIGTERM/SIGINT (or the parent process goes away)."""
+    try:
+        device = DeviceSpec(device_name)
+        factory = load_runner_factory(runner_factory_path)
+        runner = factory(device)
+    except (RunnerFactoryError, ValueError) as exc:
+        log.error("cannot start a worker on %s: %s", device_name, exc)
+        return EXIT_CONFIG
+    return asyncio.run(_serve_process(database_url, device, runner, config or WorkerConfig(), watch_parent))
+
+
+async def _serve_process(
+    database_url: str, device: DeviceSpec, runner: JobRunner, config: WorkerConfig, watch_parent: bool
+) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, _on_signal, stop, signum)
+    watcher = asyncio.create_task(_watch_parent(stop, os.getppid())) if watch_parent else None
+    engine = create_engine(database_url)
+    worker = Worker(JobStore(engine), runner, device, config=config)
+    try:
+        await worker.serve(stop)
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+        await asyncio.to_thread(worker.close)
+        await engine.dispose()
+    return EXIT_OK
+
+
+def _on_signal(stop: asyncio.Event, signum: int) -> None:
+    log.info("%s received: stopping after releasing the running job", signal.Signals(signum).name)
+    stop.set()
+
+
+async def _watch_parent(stop: asyncio.Event, parent_pid: int, every: float = 1.0) -> None:
+    """Stop gracefully if the pool dies without telling us (e.g. kill -9): no orphan workers."""
+    while not stop.is_set():
+        if os.getppid() != parent_pid:
+            log.warning("the pool (pid %s) is gone; stopping", parent_pid)
+            stop.set()
+            return
+        await _wait(stop, every)
+
+
+__all__ = [
+    "EXIT_CONFIG",
+    "EXIT_OK",
+    "JobOutcome",
+    "Worker",
+    "WorkerConfig",
+    "WorkerConfigError",
+    "make_worker_id",
+    "pid_of",
+    "retry_or_fail",
+    "run_worker",
+    "worker_main",
+]

@@ -1,0 +1,153 @@
+"""Helpers for the bot tests: a bot factory, a worker played by the test through the real store, audio."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from bot.bot import JukeBot
+from jukebot.settings import Settings
+from sampler.audio import SAMPLE_RATE, encode_audio, wav_bytes
+from storage.engine import create_engine
+from storage.models import JobRow, utcnow
+from storage.records import ClaimedJob, NewSample
+from storage.store import JobStore
+from tests.bot.fake_discord import FakeDiscord, FakeMessage
+
+ALL_MODELS = ("5b", "5b_lyrics", "1b_lyrics")
+
+
+def make_settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "max_length_seconds": 60.0,
+        "max_samples_per_job": 3,
+        "max_running_jobs_per_user": 1,
+        "max_queued_jobs_per_user": 3,
+        "allowed_channels": [],
+        "max_prime_bytes": 2 * 1024 * 1024,
+        "max_prime_seconds": 30.0,
+    } | overrides
+    return Settings(**values)
+
+
+def make_bot(fake: FakeDiscord, store: JobStore, settings: Settings | None = None) -> JukeBot:
+    """Commands synced to the test guild; the relay polls rarely, so tests drive it with `poke()`."""
+    return JukeBot(
+        settings or make_settings(),
+        store,
+        sync_guild_ids=[fake.default_guild.id],
+        poll_interval_s=30.0,
+        min_edit_interval_s=0.0,
+    )
+
+
+def tone(seconds: float, hz: float = 440.0, amplitude: float = 0.3) -> np.ndarray:
+    t = np.arange(int(seconds * SAMPLE_RATE), dtype=np.float32) / SAMPLE_RATE
+    return (amplitude * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+
+
+def prime_wav(seconds: float = 3.0) -> bytes:
+    return wav_bytes(tone(seconds, 220.0))
+
+
+def codes(n: int, seed: int) -> bytes:
+    return np.random.default_rng(seed).integers(0, 2048, n).astype("<i2").tobytes()
+
+
+async def job_count(store: JobStore) -> int:
+    async with store.engine.connect() as connection:
+        return int(await connection.scalar(select(func.count()).select_from(JobRow)) or 0)
+
+
+@dataclass
+class PlayedWorker:
+    """The test plays a worker through the real store: claim, report progress, complete."""
+
+    store: JobStore
+    worker_id: str = "test-worker"
+    claimed: list[ClaimedJob] = field(default_factory=list)
+
+    async def claim(self) -> ClaimedJob:
+        job = await self.store.claim(self.worker_id, ALL_MODELS, lease_seconds=600)
+        assert job is not None, "no queued job to claim"
+        self.claimed.append(job)
+        return job
+
+    async def progress(self, job_id: int, *, window: int, of: int, level: int = 2) -> None:
+        await self.store.report_progress(
+            job_id,
+            self.worker_id,
+            stage="sampling",
+            progress=window / of,
+            level=level,
+            window=window,
+            window_count=of,
+            tokens_done=window * 100,
+            tokens_total=of * 100,
+            tokens_per_second=123.4,
+            eta_at=utcnow() + timedelta(minutes=5),
+        )
+
+    async def complete(self, job: ClaimedJob, *, n: int, full: bool, seconds: float = 2.0) -> list[int]:
+        samples = []
+        for index in range(n):
+            audio = encode_audio(tone(seconds, 330.0 + 110 * index), SAMPLE_RATE, "ogg", 64_000)
+            samples.append(
+                NewSample(
+                    index=index,
+                    seed=1000 + index,
+                    duration_seconds=seconds,
+                    audio=audio,
+                    audio_format="ogg",
+                    audio_bitrate=64_000,
+                    codes_level_2=codes(int(seconds * SAMPLE_RATE) // 128, index),
+                    codes_level_1=codes(int(seconds * SAMPLE_RATE) // 32, index) if full else None,
+                    codes_level_0=codes(int(seconds * SAMPLE_RATE) // 8, index) if full else None,
+                )
+            )
+        return await self.store.complete(job.id, self.worker_id, samples)
+
+
+def bot_messages(fake: FakeDiscord, channel: str = "general") -> list[FakeMessage]:
+    return [m for m in fake.channel_messages(fake.channel(channel)) if m.author.id == fake.bot_user.id]
+
+
+def progress_message(fake: FakeDiscord, job_id: int, channel: str = "general") -> FakeMessage | None:
+    return next((m for m in bot_messages(fake, channel) if m.content.startswith(f"**Job #{job_id}**")), None)
+
+
+def sample_message(fake: FakeDiscord, sample_id: int, channel: str = "general") -> FakeMessage | None:
+    return next(
+        (m for m in bot_messages(fake, channel) if f"**Sample #{sample_id}**" in m.content and m.attachments),
+        None,
+    )
+
+
+def when(predicate: Callable[[], Any]) -> Callable[[], Any]:
+    """Swallow lookups that fail while the state is still building (for `fake.wait_for`)."""
+
+    def check() -> Any:
+        try:
+            return predicate()
+        except (LookupError, AttributeError):
+            return None
+
+    return check
+
+
+@pytest.fixture
+async def sqlite_store(sqlite_template: Path, tmp_path: Path) -> AsyncIterator[JobStore]:
+    """A store on a copy of the migrated SQLite template, with the real clock."""
+    path = tmp_path / "bot.sqlite3"
+    shutil.copyfile(sqlite_template, path)
+    engine = create_engine(f"sqlite+aiosqlite:///{path}")
+    yield JobStore(engine)
+    await engine.dispose()

@@ -1,0 +1,58 @@
+"""Artist and genre autocomplete through the real client: model-aware, typo- and accent-tolerant, ≤ 25."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot import vocab
+from storage.store import JobStore
+from tests.bot.conftest import BotRunner
+from tests.bot.fake_discord import FakeDiscord
+from tests.bot.harness import make_bot, sqlite_store
+
+__all__ = ["sqlite_store"]
+
+
+async def test_autocomplete_ranks_typos_and_accents_and_never_exceeds_25(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    fake = fake_discord
+    await bot_runner.start(make_bot(fake, sqlite_store))
+    typo = await fake.autocomplete("jukebox", "artist", "beatls")
+    assert typo[0] == {"name": "the beatles", "value": "the beatles"}
+    accents = await fake.autocomplete("jukebox", "artist", "celine dion")
+    assert accents[0]["value"] == "céline dion"
+    upper_accented = await fake.autocomplete("jukebox", "artist", "CÉLINE")
+    assert upper_accented[0]["value"] == "céline dion"
+    for typed in ("", "a", "the", "e"):
+        choices = await fake.autocomplete("jukebox", "artist", typed)
+        assert 1 <= len(choices) <= 25
+        choices = await fake.autocomplete("jukebox", "genre", typed)
+        assert 1 <= len(choices) <= 25
+    genres = await fake.autocomplete("jukebox", "genre", "rok")
+    assert genres[0]["value"] == "rock"
+    several = await fake.autocomplete("jukebox", "genre", "rock, jaz")
+    assert several[0]["value"] == "rock, jazz" and all(c["value"].startswith("rock, ") for c in several)
+
+
+async def test_autocomplete_follows_the_chosen_model(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    fake = fake_discord
+    await bot_runner.start(make_bot(fake, sqlite_store))
+    v2 = await fake.autocomplete("jukebox", "artist", "beat", options={"model": "5b"})
+    v3 = await fake.autocomplete("jukebox", "artist", "beat", options={"model": "1b_lyrics"})
+    assert [c["value"] for c in v2] == vocab.suggest_artists("5b", "beat")
+    assert [c["value"] for c in v3] == vocab.suggest_artists("1b_lyrics", "beat")
+    assert v2 != v3  # the two label versions know different artists
+
+
+@pytest.mark.parametrize("model", vocab.MODELS)
+def test_suggestions_are_capped_and_resolvable(model: str) -> None:
+    for typed in ("", "x", "rock", "hip hop, j"):
+        genres = vocab.suggest_genres(model, typed)
+        assert len(genres) <= 25 and all(len(g) <= 100 for g in genres)
+    artists = vocab.suggest_artists(model, "the")
+    assert 0 < len(artists) <= 25
+    resolved = vocab.resolve_labels(model, artists[0], vocab.suggest_genres(model, "rock")[0])
+    assert resolved.artist == artists[0]

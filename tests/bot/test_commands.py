@@ -1,0 +1,185 @@
+"""The other commands and buttons: continue (button + modal), lyrics modal, /queue, /history, /top,
+/sample, /cancel of a running job, failures, admin settings, and splitting under a small upload limit."""
+
+from __future__ import annotations
+
+from storage.models import JobKind, JobStatus
+from storage.store import JobStore
+from tests.bot.conftest import BotRunner
+from tests.bot.fake_discord import CALLBACK_MODAL, FakeAttachment, FakeDiscord, InvalidOptionError
+from tests.bot.harness import (
+    PlayedWorker,
+    job_count,
+    make_bot,
+    progress_message,
+    sample_message,
+    sqlite_store,
+    when,
+)
+from tests.bot.test_bad_input import reply_of
+
+__all__ = ["sqlite_store"]
+
+
+async def _preview(fake: FakeDiscord, store: JobStore, bot: object, user: str = "alice") -> int:
+    record = await fake.invoke_command("jukebox", {"artist": "queen", "samples": 1}, user=fake.user(user))
+    await reply_of(fake, record)
+    worker = PlayedWorker(store)
+    (sample_id,) = await worker.complete(await worker.claim(), n=1, full=False)
+    bot.relay.poke()  # type: ignore[attr-defined]
+    await fake.wait_for(when(lambda: sample_message(fake, sample_id)))
+    return sample_id
+
+
+async def test_continue_button_opens_a_modal_and_queues_a_continuation(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    fake = fake_discord
+    bot = await bot_runner.start(make_bot(fake, sqlite_store))
+    sample_id = await _preview(fake, sqlite_store, bot)
+    message = sample_message(fake, sample_id)
+    assert message is not None
+    opened = await fake.click(message, f"jukebot:continue:{sample_id}", user=fake.user("bob"))
+    assert opened.response_type == CALLBACK_MODAL
+    bad = await fake.submit_modal(opened, {"seconds": "soon"})
+    assert await reply_of(fake, bad) == "'soon' is not a number of seconds; type e.g. 10 or 12.5."
+    assert await job_count(sqlite_store) == 1
+    reopened = await fake.click(message, f"jukebot:continue:{sample_id}", user=fake.user("bob"))
+    submitted = await fake.submit_modal(reopened, {"seconds": "12.5"})
+    assert (await reply_of(fake, submitted)).startswith("Queued as job #2.")
+    job = await sqlite_store.get_job(2)
+    assert (
+        job.kind == JobKind.CONTINUE and job.parent_sample_id == sample_id and job.params["seconds"] == 12.5
+    )
+    progress = await fake.wait_for(when(lambda: progress_message(fake, 2)))
+    assert progress.replied_to == message.id
+    # /continue does the same from a command.
+    command = await fake.invoke_command(
+        "continue", {"sample": sample_id, "seconds": 5.0}, user=fake.user("mod")
+    )
+    assert (await reply_of(fake, command)).startswith("Queued as job #3.")
+
+
+async def test_lyrics_modal(fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore) -> None:
+    fake = fake_discord
+    await bot_runner.start(make_bot(fake, sqlite_store))
+    opened = await fake.invoke_command("jukebox", {"lyrics_modal": True, "lyrics": "first line"})
+    assert opened.modal is not None and opened.modal["title"] == "Lyrics"
+    long_lyrics = "\n".join(f"line {i} of a long song" for i in range(100))
+    submitted = await fake.submit_modal(opened, {"lyrics": long_lyrics})
+    assert (await reply_of(fake, submitted)).startswith("Queued as job #1.")
+    assert (await sqlite_store.get_job(1)).params["lyrics"] == long_lyrics
+
+
+async def test_queue_history_top_and_sample(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    fake = fake_discord
+    bot = await bot_runner.start(make_bot(fake, sqlite_store))
+    sample_id = await _preview(fake, sqlite_store, bot)
+    message = sample_message(fake, sample_id)
+    assert message is not None
+    await fake.click(message, f"jukebot:vote:{sample_id}", user=fake.user("bob"))
+
+    await reply_of(fake, await fake.invoke_command("jukebox", {}, user=fake.user("alice")))
+    queue = await reply_of(fake, await fake.invoke_command("queue", user=fake.user("alice")))
+    assert "• Job #2 (generate, 5b_lyrics): queued, position 1" in queue and "Nothing is running" in queue
+
+    history = await reply_of(
+        fake, await fake.invoke_command("history", {"user": fake.user("alice")}, user=fake.user("bob"))
+    )
+    assert "Job #2 · generate" in history and "Job #1 · generate · 5b_lyrics · queen · succeeded" in history
+    assert f"→ samples #{sample_id}" in history
+
+    top = await fake.invoke_command("top", {"period": "all"})
+    await fake.wait_for(lambda: top.original is not None)
+    assert top.original is not None and f"1. Sample #{sample_id} · 👍 1 · queen" in top.original.content
+
+    resent = await fake.invoke_command("sample", {"id": sample_id})
+    await fake.wait_for(lambda: resent.original is not None and not resent.original.loading)
+    assert resent.original is not None and not resent.original.ephemeral
+    assert resent.original.attachments[0].data == (await sqlite_store.get_sample(sample_id)).audio
+    assert resent.original.buttons[0]["label"] == "👍 1"
+
+
+async def test_running_job_cancel_and_failure_edit_the_progress_message(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    fake, store = fake_discord, sqlite_store
+    bot = await bot_runner.start(make_bot(fake, store))
+    worker = PlayedWorker(store)
+    await reply_of(fake, await fake.invoke_command("jukebox", {}, user=fake.user("alice")))
+    await reply_of(fake, await fake.invoke_command("jukebox", {}, user=fake.user("bob")))
+    first, second = await worker.claim(), await worker.claim()
+    cancel = await fake.invoke_command("cancel", {"job": first.id}, user=fake.user("alice"))
+    assert (
+        await reply_of(fake, cancel)
+        == f"Job #{first.id} is stopping; it ends after its current step and keeps nothing."
+    )
+    progress1 = await fake.wait_for(when(lambda: progress_message(fake, first.id)))
+    await fake.wait_for(lambda: "✋ Cancelling" in progress1.content)
+    await store.mark_cancelled(first.id, worker.worker_id)
+    await store.fail(second.id, worker.worker_id, "The GPU ran out of memory; try fewer samples.")
+    bot.relay.poke()
+    await fake.wait_for(lambda: progress1.content.endswith("🛑 Cancelled."))
+    progress2 = await fake.wait_for(when(lambda: progress_message(fake, second.id)))
+    await fake.wait_for(
+        lambda: progress2.content.endswith("❌ Failed: The GPU ran out of memory; try fewer samples.")
+    )
+    assert (await store.get_job(first.id)).status == JobStatus.CANCELLED
+
+
+async def test_samples_over_the_upload_limit_are_split(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    fake, store = fake_discord, sqlite_store
+    fake.default_guild.attachment_size_limit = 20_000
+    bot = await bot_runner.start(make_bot(fake, store))
+    await reply_of(fake, await fake.invoke_command("jukebox", {"samples": 1}))
+    worker = PlayedWorker(store)
+    (sample_id,) = await worker.complete(await worker.claim(), n=1, full=False, seconds=12.0)
+    assert len((await store.get_sample(sample_id)).audio) > 20_000
+    bot.relay.poke()
+    posted = await fake.wait_for(when(lambda: sample_message(fake, sample_id)))
+    total = int(posted.attachments[0].filename.split("of")[1].split(".")[0])
+
+    def parts() -> list[FakeAttachment]:
+        messages = fake.channel_messages(fake.channel("general"))
+        return [a for m in messages for a in m.attachments if "_part" in a.filename]
+
+    await fake.wait_for(lambda: len(parts()) == total)
+    assert total >= 2 and all(a.size <= 20_000 for a in parts())
+    assert [a.filename.split("_part")[1].split(".")[0] for a in parts()] == [
+        f"{i}of{total}" for i in range(1, total + 1)
+    ]
+    assert posted.custom_ids[0] == f"jukebot:vote:{sample_id}"
+    assert fake.rejections == []
+
+
+async def test_admin_sets_limits_and_channels(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    fake = fake_discord
+    await bot_runner.start(make_bot(fake, sqlite_store))
+    try:
+        await fake.invoke_command("jukebot-admin show", user=fake.user("alice"))
+        raise AssertionError("a member without Manage Server must not see the admin commands")
+    except InvalidOptionError:
+        pass
+    mod = fake.user("mod")
+    saved = await reply_of(
+        fake, await fake.invoke_command("jukebot-admin limits", {"max_length": 30.0}, user=mod)
+    )
+    assert "Longest song: 30 s" in saved
+    music = fake.channel("music")
+    saved = await reply_of(
+        fake,
+        await fake.invoke_command("jukebot-admin channels", {"action": "allow", "channel": music}, user=mod),
+    )
+    assert f"Allowed channels: <#{music.id}>" in saved
+    refused = await reply_of(fake, await fake.invoke_command("jukebox", {"length": 40.0}, channel=music))
+    assert "the limit in this server is 30 s" in refused
+    everywhere = await reply_of(
+        fake, await fake.invoke_command("jukebot-admin channels", {"action": "all"}, user=mod)
+    )
+    assert "Allowed channels: every channel" in everywhere

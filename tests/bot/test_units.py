@@ -1,0 +1,197 @@
+"""The plain modules without Discord: requests (validation → params), progress rendering, delivery."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from bot.delivery import AudioFile, files_for_sample, group_for_messages, upload_limit
+from bot.errors import AttachmentRejected, ChannelNotAllowed, InvalidRequest, LimitReached, UnknownLabel
+from bot.progress import parse_progress_message, progress_bar, render_job, render_queue
+from bot.requests import (
+    GenerateOptions,
+    Limits,
+    build_continue,
+    build_generate,
+    build_upsample,
+    check_channel,
+    check_prime_metadata,
+)
+from sampler.audio import SAMPLE_RATE, decode_audio, encode_audio
+from storage.models import JobKind, JobStatus
+from storage.records import GuildSettings, Job
+from tests.bot.harness import make_settings, tone
+
+LIMITS = Limits.resolve(make_settings())
+T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
+
+
+def make_job(**overrides: object) -> Job:
+    values: dict[str, object] = dict(
+        id=12, guild_id=1, channel_id=2, user_id=3, progress_message_id=None, kind=JobKind.GENERATE,
+        model="5b_lyrics", params={"artist": "the beatles", "genres": ["rock"], "seconds": 20.0, "n_samples": 2,
+                                   "levels": "top"},
+        parent_sample_id=None, prime_id=None, status=JobStatus.QUEUED, priority=0, attempts=0, max_attempts=3,
+        lease_owner=None, lease_expires_at=None, progress=0.0, stage=None, level=None, window=None,
+        window_count=None, tokens_done=None, tokens_total=None, tokens_per_second=None, eta_at=None,
+        has_checkpoint=False, checkpoint_updated_at=None, error=None, created_at=T0, started_at=None,
+        finished_at=None, updated_at=T0,
+    )  # fmt: skip
+    values.update(overrides)
+    return Job(**values)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ requests
+
+
+def test_limits_take_server_overrides_over_settings() -> None:
+    guild = GuildSettings(guild_id=1, max_length_seconds=30.0, allowed_channel_ids=(5,))
+    limits = Limits.resolve(make_settings(max_samples_per_job=4), guild)
+    assert limits.max_length_seconds == 30.0 and limits.max_samples_per_job == 4
+    assert limits.allowed_channel_ids == (5,)
+    check_channel(limits, 5)
+    with pytest.raises(ChannelNotAllowed, match="Use it in <#5>"):
+        check_channel(limits, 6)
+    check_channel(LIMITS, 6)  # no allow-list: everywhere
+
+
+def test_build_generate_defaults_and_canonical_labels() -> None:
+    job = build_generate(LIMITS, GenerateOptions(model="5b_lyrics", artist="CÉLINE DION"), random.Random(0))
+    params = job.params
+    assert params.artist == "céline dion" and params.genres == ("unknown",)
+    assert params.seconds == 20.0 and params.n_samples == 3 and params.levels == "top"
+    assert params.seed == random.Random(0).randint(0, 2**31 - 1) and job.notes == ()
+    full = build_generate(LIMITS, GenerateOptions(model="5b", full=True, seed=5, genres="rock, pop"))
+    assert full.params.levels == "all" and full.params.seed == 5 and full.params.genres == ("rock", "pop")
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        (GenerateOptions(model="7b"), InvalidRequest, "Unknown model '7b'"),
+        (GenerateOptions(model="5b", artist="zzzzqqq"), UnknownLabel, "does not know the artist"),
+        (GenerateOptions(model="5b", length=61), LimitReached, "limit in this server is 60 s"),
+        (GenerateOptions(model="5b", samples=4), LimitReached, "at most 3"),
+        (GenerateOptions(model="5b", temperature=3.0), InvalidRequest, "temperature"),
+        (GenerateOptions(model="5b", prime_seconds=1.0), InvalidRequest, "needs a prime"),
+        (GenerateOptions(model="5b_lyrics", lyrics="x" * 7000), InvalidRequest, "7,000 characters"),
+    ],
+)
+def test_build_generate_refusals(options: GenerateOptions, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        build_generate(LIMITS, options)
+
+
+def test_prime_metadata_checks() -> None:
+    check_prime_metadata(LIMITS, "a.wav", 1000)
+    with pytest.raises(AttachmentRejected, match="empty"):
+        check_prime_metadata(LIMITS, "a.wav", 0)
+    with pytest.raises(AttachmentRejected, match=r"larger than the 2\.0 MiB limit"):
+        check_prime_metadata(LIMITS, "a.wav", 3 * 1024 * 1024)
+
+
+def test_continue_and_upsample_keep_the_labels() -> None:
+    parent = build_generate(LIMITS, GenerateOptions(model="5b_lyrics", artist="queen", lyrics="la")).params
+    cont = build_continue(LIMITS, parent, 8.0).params
+    assert (cont.artist, cont.lyrics, cont.seconds, cont.n_samples) == ("queen", "la", 8.0, 1)
+    assert build_continue(LIMITS, parent, None).params.seconds == 10.0
+    with pytest.raises(LimitReached, match="continuation is 90 s"):
+        build_continue(LIMITS, parent, 90.0)
+    up = build_upsample(parent).params
+    assert up.levels == "all" and up.n_samples == 1 and up.artist == "queen"
+
+
+# ------------------------------------------------------------------ progress
+
+
+def test_progress_bar() -> None:
+    assert progress_bar(0.0) == "`[░░░░░░░░░░░░░░░░░░░░]   0%`"
+    assert progress_bar(0.5) == "`[██████████░░░░░░░░░░]  50%`"
+    assert progress_bar(1.7) == "`[████████████████████] 100%`"
+
+
+def test_render_job_in_each_state() -> None:
+    queued = render_job(make_job(), queue_position=3)
+    assert queued.startswith(
+        "**Job #12** · new song for <@3>\n5b_lyrics · the beatles · rock · 20 s · 2 samples"
+    )
+    assert queued.endswith("⏳ Queued: position 3 in the queue.")
+    eta = datetime(2025, 1, 1, 12, 5, tzinfo=UTC)
+    running = render_job(
+        make_job(status=JobStatus.RUNNING, stage="sampling", level=2, window=2, window_count=8, progress=0.25,
+                 tokens_per_second=412.3, eta_at=eta)
+    )  # fmt: skip
+    assert "🎛️ Running: sampling · top level (preview) · window 2/8" in running
+    assert f"`[█████░░░░░░░░░░░░░░░]  25%` · 412 tokens/s · done <t:{int(eta.timestamp())}:R>" in running
+    assert parse_progress_message(running) == (12, False)
+    done = render_job(make_job(status=JobStatus.SUCCEEDED), sample_count=2)
+    assert done.endswith("✅ Done: 2 samples below.") and parse_progress_message(done) == (12, True)
+    failed = render_job(make_job(status=JobStatus.FAILED, error="out of memory"))
+    assert failed.endswith("❌ Failed: out of memory") and parse_progress_message(failed) == (12, True)
+    upsample = render_job(make_job(kind=JobKind.UPSAMPLE, parent_sample_id=7))
+    assert upsample.startswith("**Job #12** · upsample of sample #7")
+    assert parse_progress_message("hello") is None
+
+
+def test_render_queue() -> None:
+    mine = [
+        make_job(id=4),
+        make_job(id=5, status=JobStatus.RUNNING, progress=0.5, eta_at=T0.replace(hour=13)),
+    ]
+    text = render_queue(mine, {4: 2}, [mine[1]], T0)
+    assert "• Job #4 (generate, 5b_lyrics): queued, position 2" in text
+    assert "• Job #5 (generate, 5b_lyrics): running, 50%, done <t:" in text
+    assert "You have no job" in render_queue([], {}, [], T0)
+
+
+# ------------------------------------------------------------------ delivery
+
+
+def test_upload_limit_prefers_the_interaction() -> None:
+    assert upload_limit(25_000_000, 10_000_000) == 25_000_000
+    assert upload_limit(None, 8_000_000) == 8_000_000
+    assert upload_limit(None, None) == 10 * 1024 * 1024
+
+
+def test_stored_audio_that_fits_is_sent_as_is() -> None:
+    audio = encode_audio(tone(2.0), SAMPLE_RATE, "ogg", 64_000)
+    (file,) = files_for_sample(audio, "ogg", len(audio), "s1", 2.0)
+    assert file.data == audio and file.filename == "s1.ogg"
+
+
+def test_audio_too_big_is_reencoded_or_split_never_dropped() -> None:
+    audio = encode_audio(tone(20.0), SAMPLE_RATE, "ogg", 192_000)
+    smaller = files_for_sample(audio, "ogg", len(audio) // 2, "s1", 20.0)
+    assert len(smaller) == 1 and len(smaller[0].data) <= len(audio) // 2
+    parts = files_for_sample(audio, "ogg", 30_000, "s1", 20.0)  # 30 kB: 20 s cannot fit even at 32 kbit/s
+    assert len(parts) > 1 and all(len(p.data) <= 30_000 for p in parts)
+    assert parts[0].filename in (f"s1_part1of{len(parts)}.ogg", f"s1_part1of{len(parts)}.mp3")
+    total = sum(len(decode_audio(p.data, max_seconds=None)) for p in parts) / SAMPLE_RATE
+    assert abs(total - 20.0) < 0.2
+
+
+def test_group_for_messages_respects_size_and_count() -> None:
+    files = [AudioFile(f"f{i}", b"x" * 40, "") for i in range(12)]
+    groups = group_for_messages(files, 100)
+    assert [len(g) for g in groups] == [2, 2, 2, 2, 2, 2]
+    assert [len(g) for g in group_for_messages(files, 10_000)] == [10, 2]
+    assert group_for_messages([replace(files[0], data=b"x" * 500)], 100)[0][0].filename == "f0"
+
+
+def test_bot_never_imports_torch() -> None:
+    root = Path(__file__).resolve().parents[2]
+    modules = sorted(
+        ".".join(path.relative_to(root).with_suffix("").parts) for path in (root / "bot").rglob("*.py")
+    )
+    code = "import sys\n" + "".join(f"import {m}\n" for m in modules) + "print('torch' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False", modules
+    assert "bot.exts.jukebox" in modules and "bot.relay" in modules

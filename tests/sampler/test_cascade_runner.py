@@ -1,0 +1,149 @@
+"""The real job runner on tiny models: every job kind, resume after an interruption, cancel, failures."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sampler.audio import decode_audio, to_int16_pcm
+from sampler.cascade_runner import CascadeRunner, codes_from_bytes
+from sampler.jobspec import JobParams
+from sampler.models import ModelFilesMissing
+from sampler.runner import DeviceSpec, JobCancelled, JobInterrupted, JobTask, StopReason
+from storage.engine import create_engine
+from storage.records import NewSample
+from storage.store import JobStore
+from tests.sampler.jukebox.conftest import tiny_audio
+from tests.tiny_model_dir import write_tiny_model_dir
+
+SONG = 2048 / 44100  # seconds: two top windows of the tiny model
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_model_dir(tmp_path_factory.mktemp("models"), models=("1b_lyrics", "5b"))
+
+
+@pytest.fixture(scope="module")
+def runner(model_dir: Path) -> CascadeRunner:
+    torch.set_num_threads(1)
+    return CascadeRunner(DeviceSpec.cpu(), model_dir)
+
+
+@pytest.fixture
+async def sqlite_store(sqlite_template: Path, tmp_path: Path) -> AsyncIterator[JobStore]:
+    path = tmp_path / "jobs.sqlite3"
+    shutil.copyfile(sqlite_template, path)
+    engine = create_engine(f"sqlite+aiosqlite:///{path}")
+    yield JobStore(engine)
+    await engine.dispose()
+
+
+class Recorder:
+    """A ProgressReporter that keeps everything, and can ask the run to stop after N reports."""
+
+    def __init__(self, stop_after: int | None = None, reason: StopReason = StopReason.SHUTDOWN) -> None:
+        self.reports: list[tuple[object, ...]] = []
+        self.checkpoints: list[bytes] = []
+        self.stop_after, self.reason = stop_after, reason
+
+    def progress(self, stage, level, window, window_count, tokens_done, tokens_total, *, fraction=None):  # type: ignore[no-untyped-def]
+        self.reports.append((str(stage), level, window, tokens_done, tokens_total))
+
+    def checkpoint(self, blob: bytes) -> None:
+        self.checkpoints.append(blob)
+
+    def should_stop(self) -> StopReason | None:
+        if self.stop_after is not None and len(self.reports) > self.stop_after:
+            return self.reason
+        return None
+
+
+async def claim(store: JobStore, **job: object) -> JobTask:
+    params = job.pop("params")
+    assert isinstance(params, JobParams)
+    await store.enqueue(channel_id=1, user_id=2, guild_id=3, params=params.to_json(), **job)  # type: ignore[arg-type]
+    claimed = await store.claim("w", {"1b_lyrics", "5b"}, 60)
+    assert claimed is not None
+    parent = await store.get_sample(claimed.parent_sample_id) if claimed.parent_sample_id else None
+    prime = await store.get_prime(claimed.prime_id) if claimed.prime_id else None
+    return JobTask(claimed, claimed.checkpoint, parent, prime)
+
+
+def run(runner: CascadeRunner, task: JobTask, recorder: Recorder | None = None) -> list[NewSample]:
+    recorder = recorder or Recorder()
+    return runner.run(task, recorder, recorder.should_stop)
+
+
+async def complete(store: JobStore, task: JobTask, samples: list[NewSample]) -> list[int]:
+    return await store.complete(task.job.id, "w", samples)
+
+
+PREVIEW = JobParams(artist="Alan Jackson", genres=("country",), lyrics="Chattahoochee", seconds=SONG, n_samples=2, seed=5)
+
+
+async def test_preview_then_upsample_then_continue(runner: CascadeRunner, sqlite_store: JobStore) -> None:
+    task = await claim(sqlite_store, kind="generate", model="1b_lyrics", params=PREVIEW)
+    recorder = Recorder()
+    samples = run(runner, task, recorder)
+    assert len(samples) == 2 and len(recorder.checkpoints) == 9  # 128 top tokens, windows of 64, hop 8
+    assert samples[0].codes_level_1 is None and samples[0].codes_level_2 is not None
+    assert recorder.reports[-1][0] == "decoding audio"
+    assert any(r[0] == "sampling" for r in recorder.reports)
+    audio = decode_audio(samples[0].audio, silence_threshold_db=None)
+    assert abs(audio.shape[0] - 2048) < 100
+    ids = await complete(sqlite_store, task, samples)
+
+    up = await claim(sqlite_store, kind="upsample", model="1b_lyrics", params=PREVIEW.model_copy(update={"n_samples": 1}), parent_sample_id=ids[1])
+    upsampled = run(runner, up)
+    assert codes_from_bytes(upsampled[0].codes_level_2).tolist() == codes_from_bytes(samples[1].codes_level_2).tolist()  # type: ignore[union-attr]
+    assert codes_from_bytes(upsampled[0].codes_level_0).shape == (512,)  # type: ignore[union-attr]
+    up_ids = await complete(sqlite_store, up, upsampled)
+
+    more = PREVIEW.model_copy(update={"n_samples": 1, "seconds": 512 / 44100, "levels": "all"})
+    cont = await claim(sqlite_store, kind="continue", model="1b_lyrics", params=more, parent_sample_id=up_ids[0])
+    continued = run(runner, cont)
+    top = codes_from_bytes(continued[0].codes_level_2)
+    assert top is not None and top.shape == (160,)
+    assert top[:128].tolist() == codes_from_bytes(samples[1].codes_level_2).tolist()  # type: ignore[union-attr]
+    assert codes_from_bytes(continued[0].codes_level_0).shape == (640,)  # type: ignore[union-attr]
+
+
+async def test_primed_generation_continues_the_clip(runner: CascadeRunner, sqlite_store: JobStore) -> None:
+    clip = tiny_audio(batch=1, samples=1024)[0].numpy()
+    prime_id = await sqlite_store.store_prime(user_id=2, filename="clip.wav", pcm=to_int16_pcm(clip).tobytes())
+    params = PREVIEW.model_copy(update={"prime_seconds": 512 / 44100, "n_samples": 1})
+    task = await claim(sqlite_store, kind="generate", model="1b_lyrics", params=params, prime_id=prime_id)
+    samples = run(runner, task)
+    top = codes_from_bytes(samples[0].codes_level_2)
+    assert top is not None and top.shape == (2048 // 16,)  # the length includes the prime
+    prompt = torch.from_numpy(np.frombuffer(to_int16_pcm(clip[:512]).tobytes(), "<i2").astype(np.float32) / 32768)
+    expected = runner.cascade("1b_lyrics").vqvae.encode(prompt.unsqueeze(0))[2][0]
+    assert top[:32].tolist() == expected.tolist()
+
+
+async def test_interrupted_job_resumes_to_the_same_codes(runner: CascadeRunner, sqlite_store: JobStore) -> None:
+    params = PREVIEW.model_copy(update={"levels": "all", "n_samples": 1})
+    unbroken = run(runner, await claim(sqlite_store, kind="generate", model="5b", params=params))
+    task = await claim(sqlite_store, kind="generate", model="5b", params=params)
+    stopping = Recorder(stop_after=20)  # about 34 reports in all: stops while upsampling
+    with pytest.raises(JobInterrupted):
+        run(runner, task, stopping)
+    assert stopping.checkpoints  # some windows were kept
+    resumed = run(runner, JobTask(task.job, stopping.checkpoints[-1]))
+    for level in ("codes_level_0", "codes_level_1", "codes_level_2"):
+        assert getattr(resumed[0], level) == getattr(unbroken[0], level)
+
+
+async def test_cancel_and_missing_models(runner: CascadeRunner, sqlite_store: JobStore, tmp_path: Path) -> None:
+    task = await claim(sqlite_store, kind="generate", model="5b", params=PREVIEW)
+    with pytest.raises(JobCancelled):
+        run(runner, task, Recorder(stop_after=3, reason=StopReason.CANCEL))
+    empty = CascadeRunner(DeviceSpec.cpu(), tmp_path / "no-models")
+    with pytest.raises(ModelFilesMissing, match=r"Run `jukebot models download 5b` to fetch them"):
+        run(empty, task)

@@ -1,0 +1,353 @@
+"""The pool as it runs in production: `python -m sampler.pool` processes spawning real workers
+that run the toy runner against a real database (SQLite and Postgres)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from sampler.audio import decode_audio
+from sampler.pool import devices_from_setting, main
+from sampler.runner import DeviceError, DeviceSpec, JobTask, RunnerFactoryError
+from sampler.worker import EXIT_CONFIG, pid_of
+from storage import JobKind, JobStatus, JobStore, create_engine
+from storage.records import ClaimedJob, Job
+from tests.sampler.toy_runner import (
+    SECONDS_PER_WINDOW,
+    TOKENS_PER_WINDOW,
+    read_log,
+    reference_codes,
+    wait_until,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+RUNNER = "tests.sampler.toy_runner:make_runner"
+USER = 333_333_333_333_333_333
+CHANNEL = 222_222_222_222_222_222
+FAST_FLAGS = [
+    "--lease-seconds", "2",
+    "--poll-seconds", "0.05",
+    "--max-poll-seconds", "0.2",
+    "--progress-seconds", "0.1",
+    "--cancel-poll-seconds", "0.1",
+    "--requeue-seconds", "0.3",
+    "--restart-backoff", "0.1",
+    "--shutdown-timeout", "30",
+]  # fmt: skip
+
+
+class PoolProcess:
+    """One `python -m sampler.pool` process and its log."""
+
+    def __init__(self, db_url: str, log_dir: Path, log_file: Path, work: int, extra: list[str]) -> None:
+        self.log_file = log_file
+        env = os.environ | {
+            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+            "JUKEBOT_TOY_LOG_DIR": str(log_dir),
+            "JUKEBOT_TOY_WORK": str(work),
+        }
+        command = [sys.executable, "-m", "sampler.pool", "--database-url", db_url, "--runner", RUNNER]
+        with open(log_file, "ab") as output:
+            self.process = subprocess.Popen(
+                [*command, "--devices", "cpu", *FAST_FLAGS, *extra],
+                cwd=REPO,
+                env=env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace")
+
+    async def ready(self, workers: int = 1) -> None:
+        """Wait until its workers have started serving (they log it)."""
+
+        async def serving() -> bool:
+            assert self.process.poll() is None, f"the pool exited early:\n{self.log()}"
+            return self.log().count("serving models") >= workers
+
+        await wait_until(serving, 60, "the pool's workers to start")
+
+    async def terminate(self, signum: int = signal.SIGTERM, within: float = 40) -> int:
+        self.process.send_signal(signum)
+        return await asyncio.to_thread(self.process.wait, within)
+
+
+@pytest.fixture
+def log_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "toy-log"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+async def pools(db_url: str, log_dir: Path, tmp_path: Path) -> AsyncIterator[Callable[..., PoolProcess]]:
+    started: list[PoolProcess] = []
+
+    def start(work: int = 20, extra: list[str] | None = None) -> PoolProcess:
+        pool = PoolProcess(db_url, log_dir, tmp_path / f"pool-{len(started)}.log", work, extra or [])
+        started.append(pool)
+        return pool
+
+    yield start
+    for pool in started:
+        if pool.process.poll() is None:
+            pool.process.terminate()
+            try:
+                await asyncio.to_thread(pool.process.wait, 40)
+            except subprocess.TimeoutExpired:
+                pool.process.kill()
+                pool.process.wait()
+        print(f"---- {pool.log_file.name}\n{pool.log()[-6000:]}")
+
+
+@pytest.fixture
+async def store(db_url: str) -> AsyncIterator[JobStore]:
+    engine = create_engine(db_url)
+    yield JobStore(engine)
+    await engine.dispose()
+
+
+async def enqueue(store: JobStore, **fields: Any) -> int:
+    params = {"artist": "the beatles", "genres": ["rock"], "seconds": 1.0, "seed": 11}
+    params.update(fields.pop("params", {}))
+    values: dict[str, Any] = {
+        "kind": JobKind.GENERATE,
+        "model": "5b_lyrics",
+        "params": params,
+        "channel_id": CHANNEL,
+        "user_id": USER,
+    }
+    values.update(fields)
+    return await store.enqueue(**values)
+
+
+async def finished(store: JobStore, job_id: int, within: float = 60) -> Job:
+    async def check() -> Job | None:
+        job = await store.get_job(job_id)
+        return job if job.finished else None
+
+    return await wait_until(check, within, f"job #{job_id} to finish")
+
+
+def as_claimed(job: Job) -> ClaimedJob:
+    values = {field.name: getattr(job, field.name) for field in dataclasses.fields(Job)}
+    return ClaimedJob(**values, checkpoint=None)
+
+
+async def assert_matches_reference(store: JobStore, job_id: int, parent_id: int | None = None) -> None:
+    job = await store.get_job(job_id)
+    assert job.status is JobStatus.SUCCEEDED, job.error
+    parent = None if parent_id is None else await store.get_sample(parent_id)
+    expected = reference_codes(JobTask(job=as_claimed(job), parent=parent))
+    for info in await store.samples_for_job(job_id):
+        sample = await store.get_sample(info.id)
+        assert sample.levels == tuple(sorted(expected))
+        for level, codes in expected.items():
+            stored = np.frombuffer(sample.codes(level) or b"", dtype="<i2")
+            np.testing.assert_array_equal(stored, codes[info.index])
+        audio = decode_audio(sample.audio, silence_threshold_db=None)
+        assert abs(audio.size / 44_100 - sample.duration_seconds) < 0.05 and np.abs(audio).max() > 0.1
+
+
+def window_events(log_dir: Path, job_id: int) -> list[dict[str, Any]]:
+    return [event for event in read_log(log_dir, job_id) if event["event"] == "window"]
+
+
+@pytest.mark.slow
+async def test_end_to_end_generate_preview_upsample_and_continue(
+    pools: Any, store: JobStore, log_dir: Path
+) -> None:
+    pool = pools()
+    preview = await enqueue(store, params={"n_samples": 2, "levels": "top"})
+    full = await enqueue(store, params={"levels": "all", "seed": 3})
+    await finished(store, preview)
+    await finished(store, full)
+    await assert_matches_reference(store, preview)
+    await assert_matches_reference(store, full)
+
+    parent = (await store.samples_for_job(preview))[1].id
+    upsample = await enqueue(store, kind=JobKind.UPSAMPLE, parent_sample_id=parent)
+    extend = await enqueue(store, kind=JobKind.CONTINUE, parent_sample_id=parent, params={"seconds": 0.5})
+    await finished(store, upsample)
+    await finished(store, extend)
+    await assert_matches_reference(store, upsample, parent)
+    await assert_matches_reference(store, extend, parent)
+    extended = await store.get_sample((await store.samples_for_job(extend))[0].id)
+    assert extended.duration_seconds == pytest.approx(1.5)
+
+    assert await pool.terminate() == 0
+
+
+@pytest.mark.slow
+async def test_kill_9_mid_job_restarts_the_worker_and_resumes_from_the_checkpoint(
+    pools: Any, store: JobStore, log_dir: Path
+) -> None:
+    pool = pools(work=1500)  # about 0.1 s a window: the kill lands mid-job
+    job_id = await enqueue(store, params={"seconds": 3.0})
+    await wait_until(lambda: store.get_checkpoint(job_id), 60, "the first checkpoint")
+    owner = (await store.get_job(job_id)).lease_owner
+    assert owner is not None
+    killed = pid_of(owner)
+    os.kill(killed, signal.SIGKILL)
+
+    done = await finished(store, job_id, within=90)
+    assert done.status is JobStatus.SUCCEEDED and done.attempts == 1  # the lost lease counted once
+    await assert_matches_reference(store, job_id)
+    starts = [event for event in read_log(log_dir, job_id) if event["event"] == "start"]
+    assert starts[0]["pid"] == killed and starts[-1]["pid"] != killed
+    total = round(3.0 / SECONDS_PER_WINDOW)
+    resampled = [event for event in window_events(log_dir, job_id) if event["pid"] != killed]
+    assert 0 < len(resampled) < total
+    covered = {event["start"] for event in window_events(log_dir, job_id)}
+    assert covered == {w * TOKENS_PER_WINDOW for w in range(total)}
+    assert "was killed by SIGKILL" in pool.log()
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+async def test_two_pools_share_one_queue_without_running_a_job_twice(
+    pools: Any, store: JobStore, log_dir: Path, db_url: str
+) -> None:
+    if not db_url.startswith("postgresql"):
+        pytest.skip("two machines share a queue through Postgres")
+    first, second = pools(work=1500), pools(work=1500)  # ~0.3 s a job: both pools get some
+    await first.ready()
+    await second.ready()
+    jobs = [await enqueue(store, params={"seed": seed, "seconds": 0.5}) for seed in range(12)]
+    for job_id in jobs:
+        await finished(store, job_id)
+
+    pids = set()
+    for job_id in jobs:
+        await assert_matches_reference(store, job_id)
+        events = read_log(log_dir, job_id)
+        assert [event["event"] for event in events].count("start") == 1, events
+        assert len(window_events(log_dir, job_id)) == 2
+        pids.add(events[0]["pid"])
+        assert (await store.get_job(job_id)).attempts == 0
+    assert len(pids) == 2, "both pools should have taken jobs"
+    assert await first.terminate() == 0 and await second.terminate() == 0
+
+
+@pytest.mark.slow
+async def test_sigterm_releases_the_running_job_and_the_next_start_finishes_it(
+    pools: Any, store: JobStore, log_dir: Path
+) -> None:
+    pool = pools(work=2000)  # about 4 s in all
+    job_id = await enqueue(store, params={"seconds": 5.0})
+    await wait_until(lambda: store.get_checkpoint(job_id), 60, "the first checkpoint")
+
+    assert await pool.terminate() == 0
+    released = await store.get_job(job_id)
+    assert released.status is JobStatus.QUEUED and released.attempts == 0
+    assert released.has_checkpoint and released.lease_owner is None and released.error is None
+    assert "released" in pool.log()
+
+    pools(work=20)
+    done = await finished(store, job_id)
+    assert done.attempts == 0
+    await assert_matches_reference(store, job_id)
+    total = round(5.0 / SECONDS_PER_WINDOW)
+    assert len(window_events(log_dir, job_id)) == total  # a graceful stop re-samples nothing
+
+
+async def test_poison_job_fails_and_the_pool_keeps_serving(pools: Any, store: JobStore) -> None:
+    pools()
+    poison = await enqueue(store, params={"artist": "!crash"}, max_attempts=2)
+    good = await enqueue(store)
+    assert (await finished(store, good)).status is JobStatus.SUCCEEDED
+    failed = await finished(store, poison)
+    assert failed.status is JobStatus.FAILED and failed.attempts == 2
+    assert "RuntimeError: toy runner crashed on purpose" in (failed.error or "")
+
+
+async def test_a_bad_runner_path_stops_the_pool_with_a_config_error(tmp_path: Path) -> None:
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [
+            *(sys.executable, "-m", "sampler.pool", "--devices", "cpu"),
+            *("--database-url", f"sqlite+aiosqlite:///{tmp_path}/x.db"),
+            *("--runner", "tests.sampler.toy_runner:no_such_factory"),
+        ],
+        cwd=REPO,
+        env=os.environ | {"PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == EXIT_CONFIG
+    assert "has no function 'no_such_factory'" in result.stderr
+
+
+def test_bad_arguments_are_reported_before_anything_starts(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--database-url", "sqlite:///x.db", "--runner", "no_colon_here"]) == 2
+    assert "must look like 'package.module:function'" in capsys.readouterr().err
+    assert main(["--database-url", "sqlite:///x.db", "--runner", RUNNER, "--devices", "gpu0"]) == 2
+    assert "Unknown device 'gpu0'" in capsys.readouterr().err
+    assert main(["--database-url", "sqlite:///x.db", "--runner", "nowhere_at_all:make"]) == 2
+    assert "there is no module 'nowhere_at_all'" in capsys.readouterr().err
+
+
+def test_device_specs() -> None:
+    assert DeviceSpec("cuda:1").index == 1 and DeviceSpec("cpu").index is None
+    with pytest.raises(DeviceError, match="use 'cpu' or 'cuda:N'"):
+        DeviceSpec("cuda")
+    with pytest.raises(RunnerFactoryError):
+        from sampler.runner import split_factory_path
+
+        split_factory_path("module:")
+
+
+def test_devices_from_setting() -> None:
+    import torch
+
+    assert devices_from_setting([]) == [DeviceSpec.cpu()]
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    expected = [DeviceSpec.cuda(i) for i in range(visible)] or [DeviceSpec.cpu()]
+    assert devices_from_setting(None) == expected
+    with pytest.raises(DeviceError, match="GPU 99 is not visible"):
+        devices_from_setting([99])
+
+
+def _gone(pid: int) -> bool:
+    """True once `pid` has exited (a zombie waiting for its new parent to reap it counts)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status
+
+
+@pytest.mark.slow
+async def test_a_worker_whose_pool_is_killed_releases_its_job_and_exits(
+    pools: Any, store: JobStore, log_dir: Path
+) -> None:
+    pool = pools(work=2000)
+    job_id = await enqueue(store, params={"seconds": 5.0})
+    await wait_until(lambda: store.get_checkpoint(job_id), 60, "the first checkpoint")
+    owner = (await store.get_job(job_id)).lease_owner
+    assert owner is not None
+    pool.process.kill()  # no chance to stop its workers: the orphan must notice by itself
+
+    async def released() -> Job | None:
+        job = await store.get_job(job_id)
+        return job if job.status is JobStatus.QUEUED else None
+
+    job = await wait_until(released, 30, "the orphaned worker to release its job")
+    assert job.attempts == 0 and job.has_checkpoint and job.lease_owner is None
+
+    async def exited() -> bool:
+        return _gone(pid_of(owner))
+
+    await wait_until(exited, 30, "the orphaned worker to exit")

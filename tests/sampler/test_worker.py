@@ -1,0 +1,315 @@
+"""The worker in-process: a real store (SQLite and Postgres), the toy runner in its thread."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from sampler.audio import decode_audio
+from sampler.jukebox.registry import MODELS
+from sampler.models import model_path
+from sampler.runner import DeviceSpec, JobTask
+from sampler.worker import JobOutcome, Worker, WorkerConfig, pid_of
+from storage import JobKind, JobStatus, JobStore
+from tests.sampler.toy_runner import (
+    SECONDS_PER_WINDOW,
+    TOKENS_PER_WINDOW,
+    ToyRunner,
+    read_log,
+    reference_codes,
+    wait_until,
+)
+
+USER = 333_333_333_333_333_333
+CHANNEL = 222_222_222_222_222_222
+FAST = WorkerConfig(
+    lease_seconds=3.0,
+    poll_seconds=0.05,
+    max_poll_seconds=0.2,
+    progress_seconds=0.1,
+    cancel_poll_seconds=0.1,
+    requeue_seconds=0.5,
+)
+
+
+@pytest.fixture
+def toy_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    log_dir = tmp_path / "toy-log"
+    log_dir.mkdir()
+    monkeypatch.setenv("JUKEBOT_TOY_LOG_DIR", str(log_dir))
+    monkeypatch.setenv("JUKEBOT_TOY_WORK", "20")
+    monkeypatch.delenv("JUKEBOT_TOY_MODEL_DIR", raising=False)
+    monkeypatch.delenv("JUKEBOT_TOY_MODELS", raising=False)
+    return log_dir
+
+
+@pytest.fixture
+def live_store(engine: AsyncEngine) -> JobStore:
+    """A store on the wall clock: leases really expire."""
+    return JobStore(engine)
+
+
+@pytest.fixture
+def make_worker(live_store: JobStore, toy_env: Path) -> Iterator[Any]:
+    workers: list[Worker] = []
+
+    def make(config: WorkerConfig = FAST, store: JobStore | None = None) -> Worker:
+        worker = Worker(store or live_store, ToyRunner(DeviceSpec.cpu()), DeviceSpec.cpu(), config=config)
+        workers.append(worker)
+        return worker
+
+    yield make
+    for worker in workers:
+        worker.close()
+
+
+async def enqueue(store: JobStore, **fields: Any) -> int:
+    params = {"artist": "the beatles", "genres": ["rock"], "seconds": 1.0, "seed": 7}
+    params.update(fields.pop("params", {}))
+    values: dict[str, Any] = {
+        "kind": JobKind.GENERATE,
+        "model": "5b_lyrics",
+        "params": params,
+        "channel_id": CHANNEL,
+        "user_id": USER,
+    }
+    values.update(fields)
+    return await store.enqueue(**values)
+
+
+async def claim(store: JobStore, worker: Worker) -> Any:
+    job = await store.claim(worker.worker_id, worker.runner.models, worker.config.lease_seconds)
+    assert job is not None
+    return job
+
+
+@pytest.fixture
+async def serving(make_worker: Any) -> AsyncIterator[Any]:
+    """Start `worker.serve` in the background; stopped (and awaited) at teardown."""
+    running: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
+
+    def start(worker: Worker) -> asyncio.Event:
+        stop = asyncio.Event()
+        running.append((stop, asyncio.create_task(worker.serve(stop))))
+        return stop
+
+    yield start
+    for stop, task in running:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+def codes_of(sample: Any, level: int) -> np.ndarray:
+    data = sample.codes(level)
+    assert data is not None, f"level {level} missing"
+    return np.frombuffer(data, dtype="<i2")
+
+
+async def test_generate_job_produces_codes_and_playable_audio(
+    live_store: JobStore, make_worker: Any, toy_env: Path
+) -> None:
+    worker = make_worker()
+    job_id = await enqueue(live_store, params={"n_samples": 2, "levels": "all"})
+    job = await claim(live_store, worker)
+
+    assert await worker.run_job(job) is JobOutcome.SUCCEEDED
+
+    finished = await live_store.get_job(job_id)
+    assert finished.status is JobStatus.SUCCEEDED and finished.progress == 1.0
+    expected = reference_codes(JobTask(job=job))
+    infos = await live_store.samples_for_job(job_id)
+    assert [info.index for info in infos] == [0, 1]
+    for info in infos:
+        sample = await live_store.get_sample(info.id)
+        assert sample.levels == (0, 1, 2) and sample.seed == 7 + info.index
+        for level in (0, 1, 2):
+            np.testing.assert_array_equal(codes_of(sample, level), expected[level][info.index])
+        audio = decode_audio(sample.audio, silence_threshold_db=None)
+        assert sample.audio_format == "ogg"
+        assert abs(audio.size / 44_100 - 1.0) < 0.05 and np.abs(audio).max() > 0.1
+    windows = [event for event in read_log(toy_env, job_id) if event["event"] == "window"]
+    assert len(windows) == 3 * round(1.0 / SECONDS_PER_WINDOW)  # three levels, nothing sampled twice
+
+
+async def test_shutdown_releases_the_job_and_a_later_run_resumes_to_the_same_codes(
+    live_store: JobStore, make_worker: Any, toy_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JUKEBOT_TOY_WORK", "400")  # ~40 ms a window: time to stop mid-job
+    worker = make_worker()
+    job_id = await enqueue(live_store, params={"seconds": 2.0})
+    job = await claim(live_store, worker)
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run_job(job, stop))
+    await wait_until(lambda: live_store.get_checkpoint(job_id), what="the first checkpoint")
+    stop.set()
+
+    assert await running is JobOutcome.RELEASED
+    released = await live_store.get_job(job_id)
+    assert released.status is JobStatus.QUEUED and released.attempts == 0 and released.has_checkpoint
+    assert released.lease_owner is None and released.stage == "sampling" and released.level == 2
+    assert released.tokens_done and 0 < released.tokens_done < released.tokens_total  # type: ignore[operator]
+    assert released.progress > 0 and released.tokens_per_second and released.eta_at is not None
+
+    resumed = await claim(live_store, make_worker())
+    assert resumed.checkpoint is not None
+    assert await make_worker().run_job(resumed) is JobOutcome.SUCCEEDED
+
+    sample = await live_store.get_sample((await live_store.samples_for_job(job_id))[0].id)
+    np.testing.assert_array_equal(codes_of(sample, 2), reference_codes(JobTask(job=job))[2][0])
+    log = read_log(toy_env, job_id)
+    starts = [event for event in log if event["event"] == "start"]
+    assert len(starts) == 2 and starts[1]["resumed_tokens"] > 0
+    windows = [event["start"] for event in log if event["event"] == "window"]
+    total = round(2.0 / SECONDS_PER_WINDOW)
+    assert sorted(windows) == [w * TOKENS_PER_WINDOW for w in range(total)]  # each window exactly once
+
+
+async def test_cancel_stops_inside_a_window_within_seconds(
+    live_store: JobStore, make_worker: Any, toy_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JUKEBOT_TOY_WORK", "20000")  # a window takes seconds
+    worker = make_worker()
+    job_id = await enqueue(live_store, params={"seconds": 10.0})
+    running = asyncio.create_task(worker.run_job(await claim(live_store, worker)))
+    await wait_until(
+        lambda: _job_if(live_store, job_id, lambda job: (job.tokens_done or 0) > 0), what="first progress"
+    )
+    assert not [event for event in read_log(toy_env, job_id) if event["event"] == "window"]
+
+    asked = time.monotonic()
+    assert await live_store.request_cancel(job_id, USER) is JobStatus.CANCELLING
+    assert await asyncio.wait_for(running, 10) is JobOutcome.CANCELLED
+    assert time.monotonic() - asked < 5
+    assert (await live_store.get_job(job_id)).status is JobStatus.CANCELLED
+
+
+async def _job_if(store: JobStore, job_id: int, predicate: Any) -> Any:
+    job = await store.get_job(job_id)
+    return job if predicate(job) else None
+
+
+async def test_missing_model_files_fail_at_once_with_the_download_command(
+    live_store: JobStore, make_worker: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    model_dir = tmp_path / "models"
+    for name in MODELS["5b_lyrics"].checkpoints:  # 5b_lyrics is there; 1b_lyrics is not
+        model_path(model_dir, name).parent.mkdir(parents=True, exist_ok=True)
+        model_path(model_dir, name).write_bytes(b"x")
+    monkeypatch.setenv("JUKEBOT_TOY_MODEL_DIR", str(model_dir))
+    worker = make_worker()
+    present = await enqueue(live_store)
+    missing = await enqueue(live_store, model="1b_lyrics")
+
+    assert await worker.run_job(await claim(live_store, worker)) is JobOutcome.SUCCEEDED
+    assert await worker.run_job(await claim(live_store, worker)) is JobOutcome.FAILED
+    failed = await live_store.get_job(missing)
+    assert failed.status is JobStatus.FAILED and failed.attempts == 0
+    assert "jukebot models download 1b_lyrics" in (failed.error or "")
+    assert (await live_store.get_job(present)).status is JobStatus.SUCCEEDED
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({"seconds": -1}, "seconds: Input should be greater than 0"),
+        ({"colour": "red"}, "colour"),
+        ({"artist": "!oom"}, "Out of memory on cpu (toy runner). Lower n_samples"),
+    ],
+)
+async def test_unfixable_failures_are_final_and_specific(
+    live_store: JobStore, make_worker: Any, params: dict[str, Any], expected: str
+) -> None:
+    worker = make_worker()
+    job_id = await enqueue(live_store, params=params, max_attempts=5)
+    assert await worker.run_job(await claim(live_store, worker)) is JobOutcome.FAILED
+    job = await live_store.get_job(job_id)
+    assert job.status is JobStatus.FAILED and job.attempts == 0
+    assert expected in (job.error or "")
+
+
+async def test_poison_job_fails_after_max_attempts_and_the_worker_serves_the_next(
+    live_store: JobStore, make_worker: Any, serving: Any
+) -> None:
+    poison = await enqueue(live_store, params={"artist": "!crash"}, max_attempts=2)
+    good = await enqueue(live_store)
+    worker = make_worker()
+    serving(worker)
+
+    done = await wait_until(
+        lambda: _job_if(live_store, good, lambda job: job.finished), what="the good job to finish"
+    )
+    assert done.status is JobStatus.SUCCEEDED
+    failed = await live_store.get_job(poison)
+    assert failed.status is JobStatus.FAILED and failed.attempts == 2
+    assert failed.error == (
+        "The sampler crashed on all 2 attempts; the last error was: RuntimeError: toy runner crashed on purpose"
+    )
+
+
+async def test_a_crash_keeps_the_error_and_requeues_with_one_more_attempt(
+    live_store: JobStore, make_worker: Any
+) -> None:
+    worker = make_worker()
+    job_id = await enqueue(live_store, params={"artist": "!crash"}, max_attempts=3)
+    assert await worker.run_job(await claim(live_store, worker)) is JobOutcome.RETRYING
+    job = await live_store.get_job(job_id)
+    assert job.status is JobStatus.QUEUED and job.attempts == 1 and job.lease_owner is None
+    assert job.error == "Attempt 1 of 3 crashed (RuntimeError: toy runner crashed on purpose); it will be retried."
+
+
+async def test_lost_lease_stops_the_run_without_writing_results(
+    live_store: JobStore, make_worker: Any, toy_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JUKEBOT_TOY_WORK", "400")
+    worker = make_worker()
+    job_id = await enqueue(live_store, params={"seconds": 5.0})
+    running = asyncio.create_task(worker.run_job(await claim(live_store, worker)))
+    await wait_until(lambda: live_store.get_checkpoint(job_id), what="the first checkpoint")
+    # Another worker's janitor decides this lease is dead (as if our heartbeats had stopped).
+    lease_end = (await live_store.get_job(job_id)).lease_expires_at
+    assert lease_end is not None
+    after_lease = lease_end + timedelta(seconds=1)
+    assert await live_store.requeue_expired(after_lease) == [(job_id, JobStatus.QUEUED)]
+
+    assert await asyncio.wait_for(running, 10) is JobOutcome.ABANDONED
+    job = await live_store.get_job(job_id)
+    assert job.status is JobStatus.QUEUED and job.attempts == 1 and job.lease_owner is None
+    assert await live_store.samples_for_job(job_id) == []
+
+
+async def test_progress_writes_are_throttled(
+    engine: AsyncEngine, make_worker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class CountingStore(JobStore):
+        writes = 0
+
+        async def report_progress(self, *args: Any, **kwargs: Any) -> None:
+            CountingStore.writes += 1
+            await super().report_progress(*args, **kwargs)
+
+    store = CountingStore(engine)
+    slow_progress = WorkerConfig(lease_seconds=30, poll_seconds=0.05, progress_seconds=60)
+    worker = make_worker(slow_progress, store)
+    job_id = await enqueue(store, params={"seconds": 2.0})
+    assert await worker.run_job(await claim(store, worker)) is JobOutcome.SUCCEEDED
+    # 8 windows x 4 chunks reported; one write happens at once, the rest wait out the 60 s throttle.
+    assert CountingStore.writes == 1
+    assert (await store.get_job(job_id)).status is JobStatus.SUCCEEDED
+
+
+async def test_worker_only_claims_models_its_runner_serves(
+    live_store: JobStore, make_worker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JUKEBOT_TOY_MODELS", "1b_lyrics")
+    worker = make_worker()
+    await enqueue(live_store, model="5b_lyrics")
+    assert await live_store.claim(worker.worker_id, worker.runner.models, 10) is None
+    assert pid_of(worker.worker_id) > 0 and worker.worker_id.endswith("/cpu")
