@@ -10,6 +10,7 @@ from jukebot import __version__
 from jukebot.commands.db import db
 from jukebot.commands.models import models
 from jukebot.commands.sample import sample
+from jukebot.commands.serve import run, worker
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,3 +27,5 @@ def main(verbose: bool) -> None:
 main.add_command(db)
 main.add_command(models)
 main.add_command(sample)
+main.add_command(run)
+main.add_command(worker)

@@ -82,9 +82,11 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("JUKEBOT_DATABASE_URL", "DATABASE_URL"),
     )
     model_dir: Path = Field(default_factory=default_model_dir)
-    # Which devices run workers: "auto" (every visible GPU, else one CPU worker),
-    # "cpu", or GPU indices such as "0,1".
+    # Which devices run local workers: "auto" (every visible GPU, else one CPU worker),
+    # "cpu", GPU indices such as "0,1", or "none" (no local workers: other machines run them).
     gpus: str = "auto"
+    # Samples sampled at once per level (0, 1, 2): lower these when a GPU runs out of memory.
+    max_batch_size: str = "16,16,3"
     # Mirrors tried in order for model downloads; the original CDN host has moved before.
     model_mirrors: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["https://openaipublic.azureedge.net/jukebox/models/"]
@@ -120,19 +122,34 @@ class Settings(BaseSettings):
     @classmethod
     def _check_gpus(cls, value: str) -> str:
         text = value.strip().lower()
-        if text in {"auto", "cpu"}:
+        if text in {"auto", "cpu", "none"}:
             return text
         try:
             [int(part) for part in text.replace(",", " ").split()]
         except ValueError:
-            raise ValueError("use 'auto', 'cpu' or GPU indices such as '0,1'") from None
+            raise ValueError("use 'auto', 'cpu', 'none' or GPU indices such as '0,1'") from None
         return text
+
+    @field_validator("max_batch_size")
+    @classmethod
+    def _check_batch_sizes(cls, value: str) -> str:
+        try:
+            sizes = [int(part) for part in value.replace(",", " ").split()]
+        except ValueError:
+            sizes = []
+        if len(sizes) not in (1, 3) or min(sizes) < 1:
+            raise ValueError("use one positive number or three (levels 0, 1, 2), e.g. 16,16,3")
+        return ",".join(map(str, sizes * 3 if len(sizes) == 1 else sizes))
+
+    @property
+    def local_workers(self) -> bool:
+        return self.gpus != "none"
 
     def gpu_indices(self) -> list[int] | None:
         """Explicit GPU indices, [] for CPU only, None for 'every visible GPU'."""
         if self.gpus == "auto":
             return None
-        if self.gpus == "cpu":
+        if self.gpus in {"cpu", "none"}:
             return []
         return [int(part) for part in self.gpus.replace(",", " ").split()]
 

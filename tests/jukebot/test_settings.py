@@ -85,7 +85,7 @@ def test_lists_and_limits_from_env(clean_env: Path, monkeypatch: pytest.MonkeyPa
 @pytest.mark.parametrize(
     ("name", "value", "needle"),
     [
-        ("JUKEBOT_GPUS", "first", "Bad value for JUKEBOT_GPUS: use 'auto', 'cpu' or GPU indices"),
+        ("JUKEBOT_GPUS", "first", "Bad value for JUKEBOT_GPUS: use 'auto', 'cpu', 'none' or GPU indices"),
         ("JUKEBOT_MAX_SAMPLES_PER_JOB", "0", "Bad value for JUKEBOT_MAX_SAMPLES_PER_JOB"),
         ("JUKEBOT_ALLOWED_CHANNELS", "general", "Bad value for JUKEBOT_ALLOWED_CHANNELS: use channel ids separated"),
     ],
