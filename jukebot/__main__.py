@@ -1,0 +1,3 @@
+from jukebot.cli import main
+
+main(prog_name="jukebot")
