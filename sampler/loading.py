@@ -138,3 +138,25 @@ def load_cascade(
         device=device,
         ids_dir=None if ids_dir is None else str(ids_dir),
     )
+
+
+def expected_shapes_for(name: str, model_dir: Path | str | None = None) -> dict[str, tuple[int, ...]]:
+    """Every key and shape checkpoint `name` must hold: the published architecture, or the one its
+    sidecar describes when `model_dir` has one. Built on the meta device: no memory is allocated."""
+    from sampler.jukebox.checkpoint import expected_shapes
+    from sampler.jukebox.registry import CHECKPOINTS
+
+    if name not in CHECKPOINTS:
+        raise CheckpointError(f"unknown checkpoint {name!r}: use one of {', '.join(CHECKPOINTS)}")
+
+    def hparams(checkpoint: str, published: dict[str, Any]) -> dict[str, Any]:
+        return published if model_dir is None else _hparams(model_path(Path(model_dir), checkpoint), published)
+
+    vqvae_hparams = hparams("vqvae", VQVAE_HPARAMS)
+    with torch.device("meta"):
+        if name == "vqvae":
+            module: torch.nn.Module = VQVAE(VQVAEConfig.from_hparams(vqvae_hparams))
+        else:
+            config = PriorConfig.from_hparams(hparams(name, PRIOR_HPARAMS[name]), vqvae_hparams)
+            module = JukeboxPrior(config)
+    return expected_shapes(module)

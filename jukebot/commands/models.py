@@ -23,8 +23,11 @@ from sampler.models import (
 
 
 def default_verifier() -> CheckpointVerifier:
-    """Checks a checkpoint loads; the composition root swaps in the published shapes (keys and shapes)."""
-    return CheckpointVerifier()
+    """Checks every key and shape against the architecture the file is for (published, or its sidecar's)."""
+    from sampler.loading import expected_shapes_for
+
+    model_dir = settings_or_exit().model_dir
+    return CheckpointVerifier(expected_shapes_for=lambda name: expected_shapes_for(name, model_dir))
 
 
 @dataclass

@@ -14,22 +14,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
 from sampler.jukebox.prior import JukeboxPrior, PriorConfig
+from tests.sampler.jukebox.conftest import TINY_VQVAE_HPARAMS as TINY_VQVAE_BASE
+from tests.sampler.jukebox.conftest import redraw_parameters
 
-TINY_VQVAE_HPARAMS: dict[str, Any] = dict(
-    levels=3,
-    downs_t=(2, 1, 1),
-    strides_t=(2, 2, 2),
-    emb_width=16,
-    l_bins=64,
-    width=16,
-    depth=2,
-    dilation_growth_rate=3,
-    hvqvae_multipliers=(2, 1, 1),
-    sample_length=1024,
-)
+# The tiny VQ-VAE's hparams, plus the sample_length jukebox-infer's make_vqvae wants.
+TINY_VQVAE_HPARAMS: dict[str, Any] = {**TINY_VQVAE_BASE, "sample_length": 1024}
 
 _V2_LABELS: dict[str, Any] = dict(y_bins=(120, 4111), t_bins=128, max_bow_genre_size=5, n_vocab=80)
 _V3_LABELS: dict[str, Any] = dict(
@@ -98,28 +89,9 @@ def tiny_config(kind: str) -> PriorConfig:
     return PriorConfig.from_hparams(TINY_PRIOR_HPARAMS[kind], TINY_VQVAE_HPARAMS, sr=TINY_SAMPLE_RATE)
 
 
-@torch.no_grad()
-def redraw_weights(model: nn.Module, seed: int, std: float = 0.15) -> None:
-    """Deterministically re-draw every float parameter: N(0, std), LayerNorm weights N(1, 0.1).
-
-    Default inits give almost uniform logits; this makes every path matter. Tied parameters are
-    drawn once (named_parameters deduplicates them).
-    """
-    gen = torch.Generator().manual_seed(seed)
-    norm_weights = {
-        id(m.weight) for m in model.modules() if isinstance(m, nn.LayerNorm) and m.weight is not None
-    }
-    for _, param in model.named_parameters():
-        noise = torch.randn(param.shape, generator=gen, dtype=torch.float32)
-        if id(param) in norm_weights:
-            param.copy_(1.0 + 0.1 * noise)
-        else:
-            param.copy_(std * noise)
-
-
 def tiny_prior(kind: str, seed: int = 0) -> JukeboxPrior:
     prior = JukeboxPrior(tiny_config(kind)).eval()
-    redraw_weights(prior, seed)
+    redraw_parameters(prior, seed)
     return prior
 
 

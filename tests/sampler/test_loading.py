@@ -1,0 +1,76 @@
+"""Loading a cascade from the model directory, and the shapes `jukebot models verify` checks against."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from jukebot.cli import main
+from sampler.jukebox.checkpoint import CheckpointMismatch, save_checkpoint
+from sampler.jukebox.registry import CHECKPOINTS
+from sampler.loading import ModelDirectory, expected_shapes_for, load_cascade
+from sampler.models import ModelFilesMissing, ids_files_for, model_path
+from tests.sampler.jukebox.tiny_priors import tiny_prior
+from tests.tiny_model_dir import write_tiny_model_dir
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = write_tiny_model_dir(tmp_path_factory.mktemp("models"), models=("1b_lyrics",))
+    bundled = Path(__file__).parents[2] / "sampler" / "jukebox" / "data" / "ids"
+    for name in ids_files_for("1b_lyrics"):
+        target = model_path(directory, name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(bundled / target.name, target)
+    return directory
+
+
+def test_published_shapes_have_the_published_key_counts() -> None:
+    counts = {name: len(expected_shapes_for(name)) for name in CHECKPOINTS}
+    assert counts == {
+        "vqvae": 669,
+        "upsampler_level_0": 1006,
+        "upsampler_level_1": 1006,
+        "prior_5b": 872,
+        "prior_5b_lyrics": 1194,
+        "prior_1b_lyrics": 872,
+    }
+    assert expected_shapes_for("prior_1b_lyrics")["prior.x_emb.weight"] == (2127, 2048)
+
+
+def test_cascade_loads_from_the_directory(model_dir: Path) -> None:
+    cascade = load_cascade(model_dir, "1b_lyrics")
+    assert cascade.hops == (4, 8, 16)
+    prior = cascade.priors.acquire(2)
+    assert prior.config.single_enc_dec and prior.n_ctx == 64
+    assert ModelDirectory(model_dir, "1b_lyrics").ids_dir() == model_dir / "ids"
+
+
+def test_a_mis_shaped_file_fails_loading_with_the_keys_named(model_dir: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "models"
+    shutil.copytree(model_dir, broken)
+    state = tiny_prior("top_5b").state_dict()  # another kind of prior in the 1b_lyrics slot
+    save_checkpoint(state, model_path(broken, "prior_1b_lyrics"))
+    with pytest.raises(CheckpointMismatch, match="does not fit the model"):
+        ModelDirectory(broken, "1b_lyrics").load_prior(2)
+    with pytest.raises(ModelFilesMissing, match="jukebot models download 5b"):
+        load_cascade(broken, "5b")
+
+
+def test_models_verify_checks_keys_and_shapes(model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    work = tmp_path / "models"
+    shutil.copytree(model_dir, work)
+    monkeypatch.setenv("JUKEBOT_MODEL_DIR", str(work))
+    ok = CliRunner().invoke(main, ["models", "verify", "1b_lyrics"])
+    assert ok.exit_code == 0, ok.output
+    assert "8 file(s) OK." in ok.output
+    state = tiny_prior("top_1b_lyrics").state_dict()
+    state["prior.x_out.weight"] = torch.zeros(3, 3)
+    save_checkpoint(state, model_path(work, "prior_1b_lyrics"))
+    bad = CliRunner().invoke(main, ["models", "verify", "1b_lyrics"])
+    assert bad.exit_code == 1
+    assert "prior_1b_lyrics" in bad.output and "prior.x_out.weight" in bad.output
