@@ -17,6 +17,7 @@ An asyncio loop does all the database work; the runner samples in a thread of it
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import enum
 import logging
@@ -201,7 +202,15 @@ class _Reporter:
 
     def checkpoint(self, blob: bytes) -> None:
         future = asyncio.run_coroutine_threadsafe(self._worker._save_checkpoint(self._run, blob), self._loop)
-        future.result()
+        while True:
+            try:
+                future.result(timeout=1.0)
+                return
+            except concurrent.futures.TimeoutError:
+                # a loop that stopped (the worker is going away) never stores it: do not wait forever
+                if self._loop.is_closed() or not self._loop.is_running():
+                    future.cancel()
+                    raise JobInterrupted("the worker stopped before the checkpoint was stored") from None
 
 
 # ----------------------------------------------------------------------------- the worker
