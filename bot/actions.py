@@ -82,7 +82,8 @@ async def request_upsample(
 ) -> Job:
     guild_id = guild_id_of(interaction)
     sample, parent_job = await sample_in_guild(bot, sample_id, guild_id)
-    if 0 in sample.levels:
+    # a primed preview stores the prime's lower-level codes too: its job says whether it is full quality
+    if _parent_params(parent_job).levels == "all":
         raise InvalidRequest(f"Sample #{sample_id} is already full quality; there is nothing to upsample.")
     if 2 not in sample.levels:
         raise InvalidRequest(f"Sample #{sample_id} has no top-level codes stored, so it cannot be upsampled.")

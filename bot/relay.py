@@ -2,12 +2,14 @@
 
 One background task. Each pass lists the unfinished jobs of the servers the bot is in, edits
 their progress messages (only when the text changed, at most once per `min_edit_interval_s`
-per message), and for jobs that finished posts the results, then the final progress text.
-Passes run every `poll_interval_s` or at once after `poke()`.
+per message), then posts the results of finished jobs the store lists as not posted yet,
+followed by the final progress text. Passes run every `poll_interval_s` or at once after `poke()`.
 
-Restarts: unfinished jobs are found in the store. Jobs that finished while the bot was down
-are found by scanning recent channel history for our progress messages without a final mark
-(`bot.progress.parse_progress_message`): a stopgap until the store records "results posted".
+Exactly once, across restarts and several bot processes: before posting a job's results the
+relay claims them in the store (`mark_results_posted`; one caller wins), and it records the
+message each sample went out in (`set_sample_message`). If posting fails part-way the claim
+is cleared, and the next try skips the samples already posted. Results of upsample and
+continue jobs reply to the parent sample's message, found in the store after a restart too.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ from typing import TYPE_CHECKING
 import discord
 
 from bot import delivery
-from bot.progress import parse_progress_message, render_job
+from bot.progress import render_job
 from bot.views import sample_view
 from storage.errors import JobNotFound, SampleNotFound
-from storage.models import JobKind, JobStatus
+from storage.models import JobStatus
 from storage.records import Job
 
 if TYPE_CHECKING:
@@ -50,16 +52,14 @@ class ProgressRelay:
         *,
         poll_interval_s: float = 5.0,
         min_edit_interval_s: float = 5.0,
-        history_scan_limit: int = 50,
+        finished_batch: int = 25,
     ) -> None:
         self.bot = bot
         self.store = bot.store
         self.poll_interval_s = poll_interval_s
         self.min_edit_interval_s = min_edit_interval_s
-        self.history_scan_limit = history_scan_limit
+        self.finished_batch = finished_batch  # results posted per server per pass; the rest next pass
         self._watched: dict[int, _Watched] = {}
-        self._posted: set[int] = set()  # jobs whose results (or failure) are posted
-        self._sample_messages: dict[int, int] = {}  # sample id -> the message that carries it
         self._posting: set[int] = set()  # jobs whose progress message is being posted right now
         self._wake = asyncio.Event()
         self._pass_lock = asyncio.Lock()
@@ -77,10 +77,6 @@ class ProgressRelay:
 
     async def run(self) -> None:
         await self.bot.wait_until_ready()
-        try:
-            await self.recover()
-        except Exception:
-            log.exception("could not scan channels for jobs that finished while the bot was down")
         while True:
             try:
                 await self.run_pass()
@@ -104,31 +100,29 @@ class ProgressRelay:
                 self.track(job.id)
                 await self._update(job, positions.get(job.id))
             still_running = {job.id for job in ours}
-            for job_id in [job_id for job_id in self._watched if job_id not in still_running]:
+            # Results the store says nobody posted yet: also those that finished while no bot ran.
+            finished: set[int] = set()
+            for guild_id in sorted(guild_ids):
+                for job in await self.store.finished_jobs_unposted(guild_id, limit=self.finished_batch):
+                    finished.add(job.id)
+                    try:
+                        await self._finish(job)
+                    except Exception:  # e.g. no permission in that channel: the others still go out
+                        log.exception("job #%s: posting the results failed; trying again later", job.id)
+            # Jobs we watched that ended another way: posted elsewhere, gone, or without a progress message.
+            for job_id in [j for j in self._watched if j not in still_running and j not in finished]:
                 try:
                     job = await self.store.get_job(job_id)
                 except JobNotFound:
                     self._watched.pop(job_id, None)
                     continue
-                if job.finished:
+                if not job.finished:
+                    continue  # queued after this pass listed the unfinished jobs
+                if job.results_posted_at is not None or job.guild_id not in guild_ids:
+                    self._watched.pop(job_id, None)
+                elif job.progress_message_id is None:
                     await self._finish(job)
-
-    async def recover(self) -> None:
-        """Find progress messages of jobs that finished while the bot was down."""
-        assert self.bot.user is not None
-        for guild in self.bot.guilds:
-            for channel in guild.text_channels:
-                if not channel.permissions_for(guild.me).read_message_history:
-                    continue
-                try:
-                    async for message in channel.history(limit=self.history_scan_limit):
-                        if message.author.id != self.bot.user.id:
-                            continue
-                        parsed = parse_progress_message(message.content)
-                        if parsed is not None and not parsed[1]:
-                            self.track(parsed[0])
-                except discord.HTTPException as exc:
-                    log.warning("could not read the history of #%s: %s", channel.name, exc)
+                # else: more than a batch finished at once; a later pass lists it
 
     async def _update(self, job: Job, queue_position: int | None) -> None:
         if job.progress_message_id is None:
@@ -166,7 +160,8 @@ class ProgressRelay:
             position = await self.store.queue_position(job.id) if job.status == JobStatus.QUEUED else None
             text = render_job(job, queue_position=position)
             channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
-            reference = self._reference(job.channel_id, job.guild_id, watched.reply_to)
+            reply_to = watched.reply_to or await self._parent_message(job)
+            reference = self._reference(job.channel_id, job.guild_id, reply_to)
             message = await channel.send(text, allowed_mentions=NO_MENTIONS, reference=reference)  # type: ignore[arg-type]
             await self.store.set_progress_message(job.id, message.id)
             watched.text, watched.edited_at = text, time.monotonic()
@@ -185,37 +180,47 @@ class ProgressRelay:
     # ---------------------------------------------------------------- results
 
     async def _finish(self, job: Job) -> None:
-        if job.id in self._posted:
+        """Post a finished job's results (or failure) and its final progress text, once."""
+        if not await self.store.mark_results_posted(job.id):  # another bot, or an earlier pass
             self._watched.pop(job.id, None)
             return
-        sample_count = None
-        if job.status == JobStatus.SUCCEEDED:
-            sample_count = await self._post_samples(job)
-        text = render_job(job, sample_count=sample_count)
-        if job.progress_message_id is not None:
-            await self._edit(job, text)
-        else:
-            channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
-            await channel.send(text, allowed_mentions=NO_MENTIONS)
-        self._posted.add(job.id)
+        try:
+            sample_count = None
+            if job.status == JobStatus.SUCCEEDED:
+                sample_count = await self._post_samples(job)
+            text = render_job(job, sample_count=sample_count)
+            if job.progress_message_id is not None:
+                await self._edit(job, text)
+            else:
+                channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+                await channel.send(text, allowed_mentions=NO_MENTIONS)
+        except BaseException:  # also a shutdown mid-post: the next pass (or bot) finishes the job
+            try:
+                await self.store.clear_results_posted(job.id)
+            except Exception:
+                log.exception("job #%s: results half-posted and the claim could not be cleared", job.id)
+            raise
         self._watched.pop(job.id, None)
+
+    async def _parent_message(self, job: Job) -> int | None:
+        """The message carrying the sample this job upsamples or continues, if it is in the job's
+        channel (a reply cannot cross channels); else the parent job's progress message there."""
+        if job.parent_sample_id is None:
+            return None
+        try:
+            parent = await self.store.get_sample_info(job.parent_sample_id)
+            parent_job = await self.store.get_job(parent.job_id)
+        except (SampleNotFound, JobNotFound):
+            return None
+        if parent_job.channel_id != job.channel_id:
+            return None
+        return parent.message_id or parent_job.progress_message_id
 
     async def _results_reply_target(self, job: Job) -> int | None:
         watched = self._watched.get(job.id)
         if watched is not None and watched.reply_to is not None:
-            return watched.reply_to
-        if job.kind == JobKind.GENERATE or job.parent_sample_id is None:
-            return job.progress_message_id
-        if job.parent_sample_id in self._sample_messages:
-            return self._sample_messages[job.parent_sample_id]
-        try:  # the parent's job's progress message is in the store even after a restart
-            parent = await self.store.get_sample(job.parent_sample_id)
-            parent_job = await self.store.get_job(parent.job_id)
-        except (SampleNotFound, JobNotFound):
-            return job.progress_message_id
-        if parent_job.channel_id == job.channel_id and parent_job.progress_message_id is not None:
-            return parent_job.progress_message_id
-        return job.progress_message_id
+            return watched.reply_to  # the message whose button started the job
+        return await self._parent_message(job) or job.progress_message_id
 
     async def _post_samples(self, job: Job) -> int:
         infos = await self.store.samples_for_job(job.id)
@@ -224,8 +229,12 @@ class ProgressRelay:
         channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
         reply_to = await self._results_reply_target(job)
         for position, info in enumerate(infos, start=1):
+            if info.message_id is not None:
+                continue  # posted by an earlier try that failed part-way
             sample = await self.store.get_sample(info.id)
-            quality = "full quality" if 0 in sample.levels else "preview (top level only)"
+            # by the job, not by `sample.levels`: a primed preview also stores the prime's lower-level codes
+            full_quality = job.params.get("levels") == "all"
+            quality = "full quality" if full_quality else "preview (top level only)"
             content = (
                 f"<@{job.user_id}> **Sample #{sample.id}** · job #{job.id} · {position}/{len(infos)} · "
                 f"{sample.duration_seconds:.1f} s · {quality} · seed {sample.seed}"
@@ -244,7 +253,7 @@ class ProgressRelay:
             except delivery.DeliveryImpossible as exc:
                 groups = [[]]
                 content += f"\n⚠️ {exc} Re-send it later with `/sample {sample.id}`."
-            view = sample_view(sample.id, votes.get(sample.id, 0), can_upsample=0 not in sample.levels)
+            view = sample_view(sample.id, votes.get(sample.id, 0), can_upsample=not full_quality)
             reference = self._reference(job.channel_id, job.guild_id, reply_to)
             first: discord.Message | None = None
             for index, group in enumerate(groups):
@@ -267,7 +276,7 @@ class ProgressRelay:
                         allowed_mentions=NO_MENTIONS,
                     )
             if first is not None:
-                self._sample_messages[sample.id] = first.id
+                await self.store.set_sample_message(sample.id, first.id)
         return len(infos)
 
 

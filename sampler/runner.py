@@ -161,7 +161,8 @@ class ProgressReporter(Protocol):
         ...
 
     def checkpoint(self, blob: bytes) -> None:
-        """Store what a resumed run starts from; returns once it is durably stored.
+        """Store what a resumed run starts from. It is stored while the next window samples: the call
+        returns once the previous checkpoint is durably stored (the worker waits for the last one).
 
         Raises `storage.LeaseLost` when the job is no longer ours: let it propagate.
         """

@@ -33,9 +33,6 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
-
-from sqlalchemy import select, update
 
 from sampler.jobspec import InvalidJobParams
 from sampler.models import ModelFilesError
@@ -53,9 +50,7 @@ from sampler.runner import (
 )
 from storage import JobStatus, JobStore, LeaseLost, StorageError, create_engine
 from storage.errors import InvalidSample, PrimeNotFound, SampleNotFound
-from storage.models import ACTIVE_STATUSES, utcnow
 from storage.records import ClaimedJob
-from storage.store import MAX_ERROR_CHARS, jobs
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +160,7 @@ class _Reporter:
         self._worker, self._run, self._loop = worker, run, loop
         self._recent: deque[tuple[float, int]] = deque()
         self._rate_key: tuple[str, int | None] | None = None
+        self._pending: concurrent.futures.Future[None] | None = None
 
     def _rate(self, stage: str, level: int | None, tokens_done: int) -> float | None:
         now = time.monotonic()
@@ -201,8 +197,14 @@ class _Reporter:
         self._loop.call_soon_threadsafe(self._run.progress_ready.set)
 
     def checkpoint(self, blob: bytes) -> None:
-        future = asyncio.run_coroutine_threadsafe(self._worker._save_checkpoint(self._run, blob), self._loop)
-        while True:
+        # Stored in the background while the next window samples; the previous checkpoint must be
+        # stored before this one is sent, so at most the window in progress is ever unsaved.
+        self._wait_pending()
+        self._pending = asyncio.run_coroutine_threadsafe(self._worker._save_checkpoint(self._run, blob), self._loop)
+
+    def _wait_pending(self) -> None:
+        future, self._pending = self._pending, None
+        while future is not None:
             try:
                 future.result(timeout=1.0)
                 return
@@ -211,6 +213,12 @@ class _Reporter:
                 if self._loop.is_closed() or not self._loop.is_running():
                     future.cancel()
                     raise JobInterrupted("the worker stopped before the checkpoint was stored") from None
+
+    async def flush(self) -> None:
+        """Wait for the checkpoint still being stored (call on the loop once the run has ended)."""
+        future, self._pending = self._pending, None
+        if future is not None:
+            await asyncio.wrap_future(future)
 
 
 # ----------------------------------------------------------------------------- the worker
@@ -247,7 +255,9 @@ class Worker:
         try:
             while not stop.is_set():
                 try:
-                    job = await self.store.claim(self.worker_id, self.runner.models, self.config.lease_seconds)
+                    job = await self.store.claim(
+                        self.worker_id, self.runner.models, self.config.lease_seconds
+                    )
                 except Exception:
                     log.exception("worker %s: claiming a job failed; retrying", self.worker_id)
                     job = None
@@ -310,9 +320,13 @@ class Worker:
             try:
                 task = await self._task_for(job)
                 loop = asyncio.get_running_loop()
-                samples = await loop.run_in_executor(
-                    self._executor, self.runner.run, task, _Reporter(self, run, loop), run.should_stop
-                )
+                reporter = _Reporter(self, run, loop)
+                try:
+                    samples = await loop.run_in_executor(
+                        self._executor, self.runner.run, task, reporter, run.should_stop
+                    )
+                finally:
+                    await reporter.flush()
             except LeaseLost:
                 raise
             except JobCancelled:
@@ -371,7 +385,9 @@ class Worker:
             "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
         )
         await self._flush_progress(run)
-        status = await retry_or_fail(self.store, run.job.id, self.worker_id, _last_line(exc))
+        reason = _last_line(exc)
+        status = await self.store.retry(run.job.id, self.worker_id, reason)
+        log.warning("job #%s: %s after a crash (%s)", run.job.id, status.value, reason)
         return JobOutcome.RETRYING if status is JobStatus.QUEUED else JobOutcome(status.value)
 
     # ---------------------------------------------------------------- helpers running beside the runner
@@ -475,49 +491,6 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     )
 
 
-async def retry_or_fail(store: JobStore, job_id: int, worker_id: str, reason: str) -> JobStatus:
-    """After a crash: back to `queued` with one more attempt and the error kept, or `failed`
-    once `max_attempts` is reached (a job being cancelled becomes `cancelled`).
-
-    Raises `LeaseLost` when the job is not ours any more. (JobStore has no such method yet;
-    this is one conditional UPDATE on its table, like the store's own transitions.)
-    """
-    now = utcnow()
-    async with store.engine.begin() as connection:
-        row = (
-            await connection.execute(
-                select(jobs.c.status, jobs.c.attempts, jobs.c.max_attempts).where(
-                    jobs.c.id == job_id, jobs.c.lease_owner == worker_id
-                )
-            )
-        ).first()
-        if row is None or row.status not in {status.value for status in ACTIVE_STATUSES}:
-            raise LeaseLost(job_id, worker_id, "it is no longer running under this worker")
-        attempts = row.attempts + 1
-        values: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None, "updated_at": now}
-        if row.status == JobStatus.CANCELLING.value:
-            status = JobStatus.CANCELLED
-            values |= {"finished_at": now}
-        elif attempts >= row.max_attempts:
-            status = JobStatus.FAILED
-            error = f"The sampler crashed on all {attempts} attempts; the last error was: {reason}"
-            values |= {"attempts": attempts, "finished_at": now, "error": error[:MAX_ERROR_CHARS]}
-        else:
-            status = JobStatus.QUEUED
-            error = f"Attempt {attempts} of {row.max_attempts} crashed ({reason}); it will be retried."
-            values |= {"attempts": attempts, "error": error[:MAX_ERROR_CHARS]}
-        result = await connection.execute(
-            update(jobs)
-            .where(jobs.c.id == job_id, jobs.c.lease_owner == worker_id, jobs.c.status == row.status)
-            .values(status=status.value, **values)
-            .returning(jobs.c.id)
-        )
-        if result.first() is None:
-            raise LeaseLost(job_id, worker_id, "it changed hands while the crash was being recorded")
-    log.warning("job #%s: %s after a crash (%s)", job_id, status.value, reason)
-    return status
-
-
 # ----------------------------------------------------------------------------- the worker process
 
 
@@ -600,7 +573,6 @@ __all__ = [
     "WorkerConfigError",
     "make_worker_id",
     "pid_of",
-    "retry_or_fail",
     "run_worker",
     "worker_main",
 ]

@@ -36,6 +36,17 @@ class JobAlreadyFinished(StorageError):
         self.status = status
 
 
+class JobNotFinished(StorageError):
+    """Results were marked posted for a job that is still queued or running."""
+
+    def __init__(self, job_id: int, status: str) -> None:
+        super().__init__(
+            f"Job #{job_id} is still {status}; its results can only be posted once it has finished."
+        )
+        self.job_id = job_id
+        self.status = status
+
+
 class LeaseLost(StorageError):
     """A worker touched a job it no longer holds (requeued, claimed by another, or finished)."""
 
@@ -52,7 +63,8 @@ class SampleNotFound(StorageError):
 
 
 class InvalidSample(StorageError):
-    """A finished sample was malformed (e.g. codes that are not int16 bytes); nothing was written."""
+    """A finished sample was malformed (e.g. codes that are not int16 bytes), or a sample's
+    Discord message id was not an id; nothing was written."""
 
 
 class PrimeNotFound(StorageError):

@@ -47,6 +47,11 @@ async def upgrade_to_head_async(url: str) -> None:
     await _run_alembic(url, "upgrade", "head")
 
 
+async def upgrade_async(url: str, revision: str) -> None:
+    """Upgrade to one revision (e.g. "0001"); tests use it to check migrations keep data."""
+    await _run_alembic(url, "upgrade", revision)
+
+
 async def downgrade_async(url: str, revision: str = "base") -> None:
     await _run_alembic(url, "downgrade", revision)
 

@@ -120,6 +120,8 @@ class JobRow(Base):
         Index("ix_jobs_claim", "status", "model", "priority", "created_at", "id"),
         Index("ix_jobs_user", "user_id", "status"),
         Index("ix_jobs_guild", "guild_id", "status"),
+        # The bot's "finished but results not posted" scan: a NULL lookup, few rows match.
+        Index("ix_jobs_unposted", "results_posted_at", "status"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -161,6 +163,8 @@ class JobRow(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Set once by the bot that posts the results (or the failure); a claim, so two bots cannot both post.
+    results_posted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class SampleRow(Base):
@@ -181,6 +185,7 @@ class SampleRow(Base):
     codes_level_1: Mapped[bytes | None] = mapped_column(LargeBinary)
     codes_level_2: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    message_id: Mapped[int | None] = mapped_column(BigInteger)  # the Discord message that carries it
 
 
 class VoteRow(Base):

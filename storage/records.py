@@ -6,7 +6,7 @@ Listings never carry audio, codes or checkpoints; ask for those by id.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -47,6 +47,9 @@ class Job:
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+    # When a bot posted the results (or the failure). Keyword-only with a default, so code that
+    # builds a Job by hand keeps working.
+    results_posted_at: datetime | None = field(default=None, kw_only=True)
 
     @property
     def finished(self) -> bool:
@@ -104,6 +107,7 @@ class SampleInfo:
     audio_format: str
     audio_bitrate: int | None
     created_at: datetime
+    message_id: int | None  # the Discord message the bot posted it in, once posted
 
 
 @dataclass(frozen=True, slots=True)

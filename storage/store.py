@@ -19,6 +19,7 @@ from typing import Any, cast
 from sqlalchemy import (
     ColumnElement,
     Row,
+    String,
     Table,
     and_,
     case,
@@ -29,6 +30,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
@@ -40,6 +42,7 @@ from storage.errors import (
     InvalidPrime,
     InvalidSample,
     JobAlreadyFinished,
+    JobNotFinished,
     JobNotFound,
     LeaseLost,
     NotJobOwner,
@@ -510,6 +513,54 @@ class JobStore:
                 },
             )
 
+    async def retry(self, job_id: int, worker_id: str, reason: str) -> JobStatus:
+        """After a crash: back to `queued` with one more attempt and the error kept (checkpoint
+        kept, so the next attempt resumes); `failed` with `reason` once `max_attempts` is
+        reached; a job being cancelled becomes `cancelled`. Returns the new status.
+
+        One statement: the SET expressions read the row as it was, so the attempt count,
+        status and message agree even if the user cancels at the same moment.
+        """
+        now = self._clock()
+        # Leave room for the fixed words and two counts around the reason.
+        reason = (reason or "the worker gave no reason")[: MAX_ERROR_CHARS - 120]
+        cancelling = jobs.c.status == JobStatus.CANCELLING.value
+        attempts = jobs.c.attempts + 1
+        out_of_attempts = attempts >= jobs.c.max_attempts
+        gave_up = (
+            literal("The sampler crashed on all ", String)
+            + sql_cast(attempts, String)
+            + literal(f" attempts; the last error was: {reason}", String)
+        )
+        will_retry = (
+            literal("Attempt ", String)
+            + sql_cast(attempts, String)
+            + literal(" of ", String)
+            + sql_cast(jobs.c.max_attempts, String)
+            + literal(f" crashed ({reason}); it will be retried.", String)
+        )
+        async with self._transaction() as connection:
+            row = await self._update_held(
+                connection,
+                job_id,
+                worker_id,
+                {
+                    "status": case(
+                        (cancelling, JobStatus.CANCELLED.value),
+                        (out_of_attempts, JobStatus.FAILED.value),
+                        else_=JobStatus.QUEUED.value,
+                    ),
+                    "attempts": case((cancelling, jobs.c.attempts), else_=attempts),
+                    "error": case((cancelling, jobs.c.error), (out_of_attempts, gave_up), else_=will_retry),
+                    "finished_at": case(
+                        (or_(cancelling, out_of_attempts), literal(now, UTCDateTime())), else_=None
+                    ),
+                    "updated_at": now,
+                    **_lease_cleared(),
+                },
+            )
+        return JobStatus(row.status)
+
     async def release(self, job_id: int, worker_id: str) -> JobStatus:
         """Graceful shutdown: hand the job back to the queue without counting an attempt.
 
@@ -672,6 +723,61 @@ class JobStore:
             if result.first() is None:
                 raise JobNotFound(job_id)
 
+    async def mark_results_posted(self, job_id: int) -> bool:
+        """Claim posting the finished job's results: True for exactly one caller, ever.
+
+        Call it before posting, so two bots cannot both post; False means another call
+        already marked it (nothing to do). Raises `JobNotFinished` for a job still running.
+        """
+        now = self._clock()
+        async with self._transaction() as connection:
+            marked = (
+                await connection.execute(
+                    update(jobs)
+                    .where(
+                        jobs.c.id == job_id,
+                        jobs.c.results_posted_at.is_(None),
+                        jobs.c.status.in_([status.value for status in FINISHED_STATUSES]),
+                    )
+                    .values(results_posted_at=now, updated_at=now)
+                    .returning(jobs.c.id)
+                )
+            ).first()
+            if marked is not None:
+                return True
+            owner = await self._owner(connection, job_id)
+        if owner.status not in FINISHED_STATUSES:
+            raise JobNotFinished(job_id, owner.status.value)
+        return False
+
+    async def clear_results_posted(self, job_id: int) -> None:
+        """Posting the results failed part-way: list the job as unposted again, for a later try.
+
+        Samples already posted keep their `message_id`, so a retry posts only the rest.
+        """
+        async with self._transaction() as connection:
+            result = await connection.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id)
+                .values(results_posted_at=None, updated_at=self._clock())
+                .returning(jobs.c.id)
+            )
+            if result.first() is None:
+                raise JobNotFound(job_id)
+
+    async def finished_jobs_unposted(self, guild_id: int | None = None, limit: int = 100) -> list[Job]:
+        """Finished jobs (of one server, or all) with a progress message but no results posted
+        yet, in the order they finished."""
+        _check_page(limit, 0)
+        statement = select(*JOB_COLUMNS).where(
+            jobs.c.results_posted_at.is_(None),
+            jobs.c.status.in_([status.value for status in FINISHED_STATUSES]),
+            jobs.c.progress_message_id.is_not(None),
+        )
+        if guild_id is not None:
+            statement = statement.where(jobs.c.guild_id == guild_id)
+        return await self._jobs(statement.order_by(jobs.c.finished_at, jobs.c.id).limit(limit))
+
     async def queue_position(self, job_id: int) -> int | None:
         """1-based place among queued jobs in the order workers take them; None if not queued."""
         async with self._transaction() as connection:
@@ -762,6 +868,16 @@ class JobStore:
             raise SampleNotFound(sample_id)
         return _sample(row)
 
+    async def get_sample_info(self, sample_id: int) -> SampleInfo:
+        """The sample without its audio and codes."""
+        async with self._transaction() as connection:
+            row = (
+                await connection.execute(select(*SAMPLE_INFO_COLUMNS).where(samples.c.id == sample_id))
+            ).first()
+        if row is None:
+            raise SampleNotFound(sample_id)
+        return _sample_info(row._mapping)
+
     async def samples_for_job(self, job_id: int) -> list[SampleInfo]:
         async with self._transaction() as connection:
             if await connection.scalar(select(jobs.c.id).where(jobs.c.id == job_id)) is None:
@@ -770,6 +886,27 @@ class JobStore:
                 select(*SAMPLE_INFO_COLUMNS).where(samples.c.job_id == job_id).order_by(samples.c.index)
             )
             return [_sample_info(row._mapping) for row in rows]
+
+    async def set_sample_message(self, sample_id: int, message_id: int) -> None:
+        """Record the Discord message the sample was posted in (replaces an earlier one)."""
+        if (
+            isinstance(message_id, bool)
+            or not isinstance(message_id, int)
+            or not 0 <= message_id <= MAX_SNOWFLAKE
+        ):
+            raise InvalidSample(
+                f"sample #{sample_id}: the message id must be a Discord message id "
+                f"(a non-negative integer), got {message_id!r}"
+            )
+        async with self._transaction() as connection:
+            result = await connection.execute(
+                update(samples)
+                .where(samples.c.id == sample_id)
+                .values(message_id=message_id)
+                .returning(samples.c.id)
+            )
+            if result.first() is None:
+                raise SampleNotFound(sample_id)
 
     async def store_prime(
         self,

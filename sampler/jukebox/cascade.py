@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from sampler.jukebox.labels import Label, LabelConfig, Labeller, LabelVersion
-from sampler.jukebox.prior import Conditioning, JukeboxPrior, PriorConfig
+from sampler.jukebox.prior import Conditioning, JukeboxPrior, PriorConfig, SamplingState
 from sampler.jukebox.vqvae import VQVAE
 from sampler.jukebox.windows import Window, plan_level
 
@@ -159,7 +159,62 @@ def draw(logits: Tensor, generator: torch.Generator) -> Tensor:
     `torch.distributions.Categorical(logits=…).sample()` so reference RNG streams line up."""
     normalised = logits - logits.logsumexp(dim=-1, keepdim=True)
     probs = torch.softmax(normalised, dim=-1)
-    return torch.multinomial(probs, 1, True, generator=generator)[:, 0]
+    if probs.device.type != "cpu" or probs.device != generator.device:
+        return torch.multinomial(probs, 1, True, generator=generator)[:, 0]
+    # What CPU `multinomial(probs, 1, replacement=True)` computes, without its input checks:
+    # argmax(probs / Exp(1) noise). Same generator draws, same result (tests/…/test_sampling_speed.py).
+    noise = torch.empty_like(probs).exponential_(generator=generator)
+    return probs.div_(noise).argmax(dim=-1)
+
+
+def draw_fast(logits: Tensor, generator: torch.Generator) -> Tensor:
+    """One categorical draw per row (N, bins) -> (N,) by inverting the CDF with one uniform per row.
+
+    The same distribution as `draw` from far fewer random numbers (N instead of N·bins), so a
+    different stream: used when the draws need not match the reference (rng="window"). The CDF is
+    accumulated in fp64 so that u·total < total always, and zero-probability ids (filtered) are
+    never picked.
+    """
+    cdf = torch.softmax(logits, dim=-1).cumsum(dim=-1, dtype=torch.float64)
+    u = torch.rand(logits.shape[0], 1, dtype=torch.float64, generator=generator, device=generator.device)
+    target = u.to(cdf.device).mul_(cdf[:, -1:])
+    return torch.searchsorted(cdf, target, right=True)[:, 0]
+
+
+def sample_steps(
+    prior: JukeboxPrior,
+    state: SamplingState,
+    count: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    generator: torch.Generator,
+    report: Callable[[int], None] | None = None,
+    progress_every: int = 32,
+    *,
+    exact: bool = True,
+) -> Tensor:
+    """The per-token loop: `count` × (prior step → logits / temperature → filter → draw).
+
+    `state` comes from `prior.start`/`prefill`; returns the drawn ids (N, count). `report(done)` runs
+    every `progress_every` tokens and after the last one. `exact` draws as the reference does
+    (`draw`); otherwise with the cheaper `draw_fast` (another random stream, same distribution).
+    """
+    if count <= 0:
+        raise SamplingError(f"the number of tokens to sample must be positive, got {count}")
+    pick = draw if exact else draw_fast
+    out = []
+    token: Tensor | None = None
+    with torch.inference_mode():
+        for step in range(count):
+            # ids fed back were drawn from this prior's own logits: no per-step range check
+            logits = prior.step(state, token, check_ids=False)
+            logits = filter_logits(logits.div_(temperature), top_k, top_p)
+            token = pick(logits.float(), generator)
+            out.append(token)
+            if report is not None and ((step + 1) % progress_every == 0 or step + 1 == count):
+                report(step + 1)
+        return torch.stack(out, dim=1)
 
 
 class PriorSource:
@@ -494,16 +549,11 @@ class Cascade:
         ids = prior.codes_to_ids(known)
         for first in range(0, ids.shape[1], chunk_size):
             prior.prefill(state, ids[:, first : first + chunk_size])
-        out = []
-        token: Tensor | None = None
-        for step in range(window.new_tokens):
-            logits = prior.step(state, token)
-            logits = filter_logits(logits / temperature, request.top_k, request.top_p)
-            token = draw(logits.float(), generator)
-            out.append(token)
-            if (step + 1) % progress_every == 0 or step + 1 == window.new_tokens:
-                report(step + 1)
-        return prior.ids_to_codes(torch.stack(out, dim=1))
+        ids = sample_steps(
+            prior, state, window.new_tokens, temperature, request.top_k, request.top_p, generator,
+            report, progress_every, exact=request.rng == "reference",
+        )
+        return prior.ids_to_codes(ids)
 
     # ---- audio
 

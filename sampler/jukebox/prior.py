@@ -36,6 +36,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sampler.jukebox.registry import PRIOR_HPARAMS, SAMPLE_RATE, VQVAE_HPARAMS
@@ -851,40 +852,52 @@ class JukeboxPrior(nn.Module):
             raise PriorInputError("prefill needs at least one token")
         return self._feed(state, ids, return_logits)
 
-    @torch.no_grad()
-    def step(self, state: SamplingState, ids: Tensor | None = None) -> Tensor:
+    @torch.inference_mode()
+    def step(self, state: SamplingState, ids: Tensor | None = None, *, check_ids: bool = True) -> Tensor:
         """Process one position and return the logits (N, bins) fp32 of the token after it.
 
         `ids` (N,) or (N, 1) is the token drawn from the previous step's logits; leave it out for the
         first step after `start`/`prefill` (the newest known token is then the input).
+        `check_ids=False` skips the per-step range check of `ids` (for a loop feeding back ids it drew
+        from this prior's own logits, which are always in range); shapes and order are still checked.
         """
         self._check_state(state)
         has_pending = state.pending_start or state.pending is not None
         if ids is None:
             if not has_pending:
                 raise PriorInputError("step() needs the token drawn from the previous step's logits")
-            queue = None
+            token = state.pending
         else:
             if has_pending:
                 raise PriorInputError(
                     "this state's newest known token has not been processed yet: call step(state) without a "
                     "token first (right after start() or prefill())"
                 )
-            # Reading values back would stall an accelerator every step: range-check on the CPU only
-            # (ids drawn from this prior's logits are always in range).
-            queue = self._check_ids(
-                ids.reshape(-1, 1), "ids", self.bins, check_range=ids.device.type == "cpu"
-            )
-            self._check_batch(state.cond, queue.shape[0])
+            if check_ids:
+                # Reading values back would stall an accelerator every step: range-check on the CPU only.
+                ids = self._check_ids(ids.reshape(-1, 1), "ids", self.bins, check_range=ids.device.type == "cpu")
+            elif ids.dtype != torch.int64:
+                ids = ids.long()
+            if ids.numel() != state.cond.batch:
+                raise PriorInputError(f"got {ids.numel()} ids but the conditioning is for {state.cond.batch}")
+            token = ids
         self._check_room(state, 1)
-        first = state.pos
+        # The single-position forms of TokenModel.embed / head: same ops on (N, W) rows.
+        model, cond, pos = self.prior, state.cond, state.pos
         if state.pending_start:
-            x = self.prior.embed(None, state.cond.start, first, state.cond.x_cond)
+            x = cond.start[:, 0]
         else:
-            x = self.prior.embed(state.pending if queue is None else queue, None, first, state.cond.x_cond)
+            assert token is not None
+            x = F.embedding(token.reshape(-1), model.x_emb.weight)
+        x_cond = cond.x_cond[:, 0] if cond.x_cond.shape[1] == 1 else cond.x_cond[:, pos]
+        x = x + model.pos_emb.pos_emb[pos]
+        x = x + x_cond
         state.pending_start, state.pending = False, None
-        h = self.prior.transformer(x, cache=state.cache)
-        return self.prior.head(h, first, state.cond.x_cond)[:, 0]
+        h = model.transformer.decode(x, state.cache)
+        if model.readd_cond:
+            h = h + x_cond
+        assert model.x_out is not None
+        return F.linear(h, model.x_out.weight)
 
     def _check_state(self, state: SamplingState) -> None:
         if state.owner != id(self):

@@ -181,6 +181,13 @@ class LayerNorm(nn.LayerNorm):
         return F.layer_norm(x.float(), self.normalized_shape, self.weight, self.bias, self.eps).to(x.dtype)
 
 
+def _layer_norm(norm: LayerNorm, x: Tensor) -> Tensor:
+    """`norm(x)` without the dtype round trip when x is already fp32 (same result)."""
+    if x.dtype == torch.float32:
+        return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+    return norm(x)
+
+
 def quick_gelu(x: Tensor) -> Tensor:
     return x * torch.sigmoid(1.702 * x)
 
@@ -238,10 +245,27 @@ def _pad_positions(x: Tensor, multiple: int) -> Tensor:
 
 @dataclass
 class LayerKV:
-    """One layer's cached keys and values; the layout depends on the layer's attention function."""
+    """One layer's cached keys and values; the layout depends on the layer's attention function.
+
+    `k_flat`/`v_flat` (N·H, slots, D) view the same storage with the slot dims flattened (a transpose
+    column is contiguous in it), so a decoding step reads its keys with one slice and one `bmm`.
+    """
 
     k: Tensor
     v: Tensor
+    k_flat: Tensor = field(init=False, repr=False)
+    v_flat: Tensor = field(init=False, repr=False)
+    k_slots: Tensor = field(init=False, repr=False)  # (N, H, slots, D): where a step writes
+    v_slots: Tensor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        n, h, d = self.k.shape[0], self.k.shape[1], self.k.shape[-1]
+        # A view for the caches made here (contiguous); a copy only for given cross-attention k, v,
+        # which are never written again.
+        self.k_flat = self.k.reshape(n * h, -1, d)
+        self.v_flat = self.v.reshape(n * h, -1, d)
+        self.k_slots = self.k_flat.view(n, h, -1, d)
+        self.v_slots = self.v_flat.view(n, h, -1, d)
 
 
 @dataclass
@@ -267,6 +291,7 @@ class FactoredAttention(nn.Module):
         self.block_ctx = config.block_ctx
         self.encoder_len = config.encoder_len
         self.prime_window = config.prime_window
+        self.head_dim = config.head_dim
         self.fast = False
         width, n_state, scale = config.width, config.n_state, config.init_scale
         if attn_func == CROSS:
@@ -430,6 +455,58 @@ class FactoredAttention(nn.Module):
             keys, values = cache.k[:, :, :held], cache.v[:, :, :held]
         return self.c_proj(_merge_heads(_attend(q, keys, values, None, self.fast)))
 
+    def decode(self, x: Tensor, cache: LayerKV, pos: int) -> Tensor:
+        """The hot path of `step`: x (N, width) normed input at position `pos` → output (N, width).
+
+        Same maths and kernels as `step` with the fewest tensor ops: 2-D activations, the new k, v
+        written into their slot, keys read as one contiguous slice of the flat cache.
+        """
+        n, heads, head_dim, f = x.shape[0], self.heads, self.head_dim, self.attn_func
+        c_attn, c_proj = self.c_attn, self.c_proj
+        if f == CROSS:
+            q = torch.addmm(c_attn.b, x, c_attn.w)
+            keys, values = cache.k_flat, cache.v_flat
+        else:
+            qkv = torch.addmm(c_attn.b, x, c_attn.w).view(n, 3, heads, head_dim)
+            b = self.block_ctx
+            if f == TRANSPOSE:
+                rows = cache.k.shape[3]
+                slot = (pos % b) * rows + pos // b
+                first, last = slot - pos // b, slot + 1  # the column so far
+            elif f == DENSE:
+                slot, first, last = pos, 0, pos + 1
+            elif f == BLOCK:
+                slot = pos % b
+                first, last = 0, slot + 1
+            elif f == PREV_BLOCK:
+                slot = pos % (2 * b)
+                first = ((pos // b - 1) % 2) * b
+                last = first + b
+            else:  # PRIME: stops storing once the window is full
+                slot = pos if pos < self.prime_window else -1
+                first, last = 0, min(pos + 1, self.prime_window)
+            if slot >= 0:
+                cache.k_slots.select(2, slot).copy_(qkv.select(1, 1))
+                cache.v_slots.select(2, slot).copy_(qkv.select(1, 2))
+            if f == PREV_BLOCK and pos < b:  # attends to zero keys and values: the output is exactly zero
+                return c_proj.b.expand(n, c_proj.n_out)
+            q = qkv.select(1, 0)  # (N, H, D): already (N·H, 1, D) for one head
+            keys, values = cache.k_flat[:, first:last], cache.v_flat[:, first:last]
+        if heads != 1 or q.dim() != 3:
+            q = q.reshape(n * heads, 1, head_dim)
+        if self.fast:
+            a = F.scaled_dot_product_attention(q, keys, values, scale=1.0 / math.sqrt(head_dim))
+        else:  # the reference arithmetic of `_attend`, on 3-D batches
+            root = 1.0 / math.sqrt(math.sqrt(head_dim))
+            w = torch.bmm(q, keys.transpose(1, 2))
+            w.mul_(root * root)
+            if w.dtype == torch.float32:
+                probs = torch.softmax(w, dim=-1)
+            else:
+                probs = torch.softmax(w.float(), dim=-1).to(values.dtype)
+            a = torch.bmm(probs, values)
+        return torch.addmm(c_proj.b, a.view(n, heads * head_dim), c_proj.w)
+
     # ---- several new positions after a non-empty cache
 
     def chunk(self, x: Tensor, cache: LayerKV, start: int) -> Tensor:
@@ -496,6 +573,18 @@ class ResidualBlock(nn.Module):
         """Finish the block given the attention output `a` (computed by the caller's chosen path)."""
         m = self.mlp(self.ln_1(x + a))
         return x + a + m
+
+    def decode(self, x: Tensor, cache: LayerKV, pos: int) -> Tensor:
+        """One position, x (N, width): `forward` after `attn.decode`, with in-place ops where the
+        result is the same bits (x·sigmoid(1.702x) = sigmoid(1.702x)·x; (x + a) + m)."""
+        a = self.attn.decode(_layer_norm(self.ln_0, x), cache, pos)
+        s = x + a
+        fc, proj = self.mlp.c_fc, self.mlp.c_proj
+        h = torch.addmm(fc.b, _layer_norm(self.ln_1, s), fc.w)
+        g = h.mul(1.702)
+        g.sigmoid_()
+        g.mul_(h)
+        return s.add_(torch.addmm(proj.b, g, proj.w))
 
 
 class Transformer(nn.Module):
@@ -568,6 +657,8 @@ class Transformer(nn.Module):
                 raise KVCacheError(
                     f"the cache holds {cache.max_len} positions; {cache.pos} are used and {length} more were given"
                 )
+        if cache is not None and length == 1:
+            return self.decode(x[:, 0], cache).unsqueeze(1)
         h = x.to(self.dtype)
         for i, block in enumerate(self._blocks):
             attn = block.attn
@@ -576,11 +667,22 @@ class Transformer(nn.Module):
                 a = attn(normed, encoder_states)
             elif cache.pos == 0:
                 a = attn(normed, encoder_states, cache.layers[i])
-            elif length == 1:
-                a = attn.step(normed, cache.layers[i], cache.pos)
             else:
                 a = attn.chunk(normed, cache.layers[i], cache.pos)
             h = block(h, a)
         if cache is not None:
             cache.pos += length
+        return h.float()
+
+    def decode(self, x: Tensor, cache: KVCache) -> Tensor:
+        """The next position of `cache` for x (N, width): the sampling hot path. Returns (N, width) fp32.
+
+        The caller guarantees the cache is this transformer's, for this batch, with room left
+        (`forward` checks; `JukeboxPrior.step` checks once per call).
+        """
+        pos = cache.pos
+        h = x.to(self.dtype)
+        for block, layer in zip(self._blocks, cache.layers, strict=True):
+            h = block.decode(h, layer, pos)
+        cache.pos = pos + 1
         return h.float()

@@ -88,6 +88,10 @@ async def test_jukebox_preview_vote_upsample_final(
     await fake.wait_for(lambda: progress.content.endswith("✅ Done: 2 samples below."))
     previews = [sample_message(fake, sample_id) for sample_id in sample_ids]
     assert all(previews)
+    # The store knows the results are out and which message carries each sample.
+    assert (await store.get_job(1)).results_posted_at is not None
+    assert [(await store.get_sample(s)).message_id for s in sample_ids] == [p.id for p in previews if p]
+    assert await store.finished_jobs_unposted() == []
     first = previews[0]
     assert first is not None
     assert first.attachments[0].content_type == "audio/ogg" and first.attachments[0].filename.endswith(".ogg")
@@ -133,4 +137,19 @@ async def test_jukebox_preview_vote_upsample_final(
     ]  # nothing to upsample
     await fake.wait_for(lambda: upsample_progress.content.endswith("✅ Done: 1 sample below."))
     assert (await store.get_job(2)).status == JobStatus.SUCCEEDED
+    assert (await store.get_sample(final_id)).message_id == final.id
+
+    # /upsample by number (no button to reply to): progress and result reply to that sample's message.
+    second_preview = previews[1]
+    assert second_preview is not None
+    record = await fake.invoke_command("upsample", {"sample": sample_ids[1]}, user=alice)
+    await fake.wait_for(lambda: record.original is not None and not record.original.loading)
+    assert record.original is not None and record.original.content.startswith("Queued as job #3.")
+    progress3 = await fake.wait_for(when(lambda: progress_message(fake, 3)))
+    assert progress3.replied_to == second_preview.id
+    claimed = await worker.claim()
+    (third_id,) = await worker.complete(claimed, n=1, full=True, seconds=2.0)
+    bot.relay.poke()
+    third = await fake.wait_for(when(lambda: sample_message(fake, third_id)))
+    assert third.replied_to == second_preview.id
     assert fake.unknown_requests == [] and fake.rejections == []

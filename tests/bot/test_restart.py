@@ -1,11 +1,15 @@
-"""A bot restart in the middle of jobs: progress keeps updating, old buttons work, missed results get posted."""
+"""A bot restart in the middle of jobs: progress keeps updating, old buttons work, missed results get
+posted exactly once (the store records what is posted), and replies find their sample's message."""
 
 from __future__ import annotations
 
+import asyncio
+
+from storage.engine import create_engine
 from storage.models import JobStatus
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
-from tests.bot.fake_discord import CALLBACK_UPDATE, FakeDiscord
+from tests.bot.fake_discord import CALLBACK_UPDATE, FakeDiscord, FakeMessage
 from tests.bot.harness import (
     PlayedWorker,
     make_bot,
@@ -55,6 +59,11 @@ async def test_restart_resumes_progress_posts_missed_results_and_old_buttons_wor
     await worker.progress(job2.id, window=2, of=4)
     (sample3,) = await worker.complete(job3, n=1, full=False)
 
+    # Humans chat meanwhile: job 3's progress message is far back in the channel's history.
+    for n in range(60):
+        await fake.post_user_message(fake.channel("general"), fake.user("alice"), f"chat {n}")
+    assert (await store.get_job(job3.id)).results_posted_at is None
+
     second_bot = await bot_runner.start(make_bot(fake, store))
     second_bot.relay.poke()
     await fake.wait_for(lambda: "window 2/4" in progress2.content)
@@ -62,6 +71,9 @@ async def test_restart_resumes_progress_posts_missed_results_and_old_buttons_wor
     posted3 = await fake.wait_for(when(lambda: sample_message(fake, sample3)))
     assert posted3.replied_to == progress3.id
     await fake.wait_for(lambda: progress3.content.endswith("✅ Done: 1 sample below."))
+    assert (await store.get_job(job3.id)).results_posted_at is not None
+    assert (await store.get_sample(sample3)).message_id == posted3.id
+    assert (await store.get_sample(sample1)).message_id == preview.id
 
     # A button posted by the first bot works on the second.
     clicked = await fake.click(preview, f"jukebot:vote:{sample1}", user=fake.user("bob"))
@@ -73,12 +85,119 @@ async def test_restart_resumes_progress_posts_missed_results_and_old_buttons_wor
     second_bot.relay.poke()
     await fake.wait_for(when(lambda: sample_message(fake, sample2)))
     assert (await store.get_job(job2.id)).status == JobStatus.SUCCEEDED
-    # Each preview was posted exactly once across the restart.
+    await fake.wait_for(lambda: "✅ Done" in progress2.content)
+    await second_bot.relay.run_pass()  # waits out the pass in flight (a stop mid-post gives the claim back)
+
+    # Another restart: the store says everything is posted, so nothing is posted or edited again.
+    await bot_runner.stop(second_bot)
+    requests_before = len(fake.requests)
+    third_bot = await bot_runner.start(make_bot(fake, store))
+    await third_bot.relay.run_pass()
+    assert [
+        r for r in fake.requests[requests_before:] if r.route.split(" ", 1)[-1].startswith("/channels/")
+    ] == []
+    for job in (job1, job2, job3):
+        assert (await store.get_job(job.id)).results_posted_at is not None
+    # Each preview was posted exactly once across the restarts.
     for sample_id in (sample1, sample2, sample3):
-        posts = [
-            m
-            for m in fake.channel_messages(fake.channel("general"))
-            if f"**Sample #{sample_id}**" in m.content
-        ]
-        assert len(posts) == 1
+        assert len(_posts_of(fake, sample_id)) == 1
     assert fake.rejections == [] and fake.unknown_requests == []
+
+
+def _posts_of(fake: FakeDiscord, sample_id: int) -> list[FakeMessage]:
+    return [
+        m for m in fake.channel_messages(fake.channel("general")) if f"**Sample #{sample_id}**" in m.content
+    ]
+
+
+async def test_an_upsample_finished_during_a_restart_replies_to_the_sample_it_upsampled(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    fake, store = fake_discord, sqlite_store
+    first_bot = await bot_runner.start(make_bot(fake, store))
+    worker = PlayedWorker(store)
+    await _jukebox(fake, "alice", 1)
+    job1 = await worker.claim()
+    first_id, second_id = await worker.complete(job1, n=2, full=False)
+    first_bot.relay.poke()
+    first_preview = await fake.wait_for(when(lambda: sample_message(fake, first_id)))
+    second_preview = await fake.wait_for(when(lambda: sample_message(fake, second_id)))
+    await first_bot.relay.run_pass()  # the pass that posted them has recorded their messages
+    progress1 = progress_message(fake, job1.id)
+    assert progress1 is not None
+    assert (await store.get_sample(second_id)).message_id == second_preview.id
+
+    # Upsample the SECOND preview (its message is neither job 1's progress message nor the first preview).
+    click = await fake.click(second_preview, f"jukebot:upsample:{second_id}", user=fake.user("bob"))
+    await fake.wait_for(lambda: click.original is not None and not click.original.loading)
+    upsample = await worker.claim()
+    assert upsample.parent_sample_id == second_id
+    upsample_progress = await fake.wait_for(when(lambda: progress_message(fake, upsample.id)))
+    assert upsample_progress.replied_to == second_preview.id
+    await bot_runner.stop(first_bot)
+
+    # It finishes while no bot runs; the new bot knows nothing of the click.
+    (final_id,) = await worker.complete(upsample, n=1, full=True)
+    second_bot = await bot_runner.start(make_bot(fake, store))
+    second_bot.relay.poke()
+    final = await fake.wait_for(when(lambda: sample_message(fake, final_id)))
+    assert final.replied_to == second_preview.id
+    assert final.replied_to not in (first_preview.id, progress1.id, upsample_progress.id)
+    await fake.wait_for(lambda: upsample_progress.content.endswith("✅ Done: 1 sample below."))
+    assert len(_posts_of(fake, final_id)) == 1
+    assert fake.rejections == [] and fake.unknown_requests == []
+
+
+async def test_results_that_fail_to_post_part_way_are_finished_later_without_repeats(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    fake, store = fake_discord, sqlite_store
+    bot = await bot_runner.start(make_bot(fake, store))
+    worker = PlayedWorker(store)
+    await _jukebox(fake, "alice", 1)
+    job = await worker.claim()
+    progress = await fake.wait_for(when(lambda: progress_message(fake, job.id)))
+    sample_ids = await worker.complete(job, n=2, full=False)
+
+    # Both samples go out, then Discord refuses the final progress edit once.
+    fake.fail_next("PATCH", "/channels/{channel_id}/messages/{message_id}", status=403, code=50013)
+    await bot.relay.run_pass()
+    assert all(sample_message(fake, sample_id) for sample_id in sample_ids)
+    assert (await store.get_job(job.id)).results_posted_at is None  # the claim was given back
+    assert [r.status for r in fake.rejections] == [403]
+    assert not progress.content.endswith("✅ Done: 2 samples below.")
+
+    # The next pass edits the progress message and does not post the samples again.
+    await bot.relay.run_pass()
+    assert progress.content.endswith("✅ Done: 2 samples below.")
+    for sample_id in sample_ids:
+        assert len(_posts_of(fake, sample_id)) == 1
+    assert (await store.get_job(job.id)).results_posted_at is not None
+
+
+async def test_two_bots_at_once_post_each_result_once(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    """Two bot processes on one database (two engines) race to post the same finished jobs."""
+    fake, store = fake_discord, sqlite_store
+    other_engine = create_engine(str(store.engine.url))
+    try:
+        first = await bot_runner.start(make_bot(fake, store))
+        worker = PlayedWorker(store)
+        jobs = []
+        for seed, user in ((1, "alice"), (2, "bob"), (3, "mod")):
+            await _jukebox(fake, user, seed)
+            job = await worker.claim()
+            await fake.wait_for(when(lambda job_id=job.id: progress_message(fake, job_id)))
+            jobs.append(job)
+        # The second bot joins once the commands are answered (both would answer interactions).
+        second = await bot_runner.start(make_bot(fake, JobStore(other_engine)))
+        sample_ids = [sample_id for job in jobs for sample_id in await worker.complete(job, n=2, full=False)]
+
+        await asyncio.gather(first.relay.run_pass(), second.relay.run_pass())
+
+        for sample_id in sample_ids:
+            assert len(_posts_of(fake, sample_id)) == 1
+        assert fake.rejections == [] and fake.unknown_requests == []
+    finally:
+        await other_engine.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+import sampler.worker
 from sampler.audio import decode_audio
 from sampler.jukebox.registry import MODELS
 from sampler.models import model_path
@@ -262,7 +264,33 @@ async def test_a_crash_keeps_the_error_and_requeues_with_one_more_attempt(
     assert await worker.run_job(await claim(live_store, worker)) is JobOutcome.RETRYING
     job = await live_store.get_job(job_id)
     assert job.status is JobStatus.QUEUED and job.attempts == 1 and job.lease_owner is None
-    assert job.error == "Attempt 1 of 3 crashed (RuntimeError: toy runner crashed on purpose); it will be retried."
+    assert (
+        job.error
+        == "Attempt 1 of 3 crashed (RuntimeError: toy runner crashed on purpose); it will be retried."
+    )
+
+
+async def test_a_crash_while_the_user_cancels_ends_cancelled_without_an_attempt(
+    live_store: JobStore, make_worker: Any
+) -> None:
+    worker = make_worker()
+    job_id = await enqueue(live_store, params={"artist": "!crash"}, max_attempts=3)
+    claimed = await claim(live_store, worker)
+    assert await live_store.request_cancel(job_id, USER) is JobStatus.CANCELLING
+    assert await worker.run_job(claimed) is JobOutcome.CANCELLED
+    job = await live_store.get_job(job_id)
+    assert job.status is JobStatus.CANCELLED and job.attempts == 0 and job.error is None
+
+
+def test_the_worker_changes_jobs_only_through_the_store_api() -> None:
+    """No SQL in the worker: every transition is a JobStore method (one conditional statement each)."""
+    tree = ast.parse(Path(sampler.worker.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {
+        alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
+    assert not {name for name in imported if name and name.split(".")[0] == "sqlalchemy"}
+    assert "storage.store" not in imported and "storage.models" not in imported
 
 
 async def test_lost_lease_stops_the_run_without_writing_results(

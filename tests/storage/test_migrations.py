@@ -5,9 +5,12 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from click.testing import CliRunner
 from sqlalchemy import inspect
 from sqlalchemy.engine import make_url
@@ -19,9 +22,10 @@ from storage.migrate import (
     downgrade_async,
     schema_diff,
     schema_diff_async,
+    upgrade_async,
     upgrade_to_head_async,
 )
-from storage.models import Base
+from storage.models import Base, UTCDateTime
 
 TABLES = {"jobs", "samples", "votes", "primes", "guild_settings"}
 
@@ -64,6 +68,103 @@ async def test_empty_to_head_matches_models_and_downgrades_to_base(empty_db_url:
 
     await upgrade_to_head_async(empty_db_url)
     assert await schema_diff_async(empty_db_url) == []
+
+
+T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
+FINISHED_AT = datetime(2025, 1, 1, 13, 0, tzinfo=UTC)
+
+# The 0001 columns a row needs, frozen here: the models have moved on since.
+JOBS_0001 = sa.table(
+    "jobs",
+    *(sa.column(name, sa.Integer()) for name in ("id", "priority", "attempts", "max_attempts")),
+    *(sa.column(name, sa.BigInteger()) for name in ("channel_id", "user_id")),
+    *(sa.column(name, sa.String()) for name in ("kind", "model", "status")),
+    sa.column("params", sa.JSON()),
+    sa.column("progress", sa.Float()),
+    *(sa.column(name, UTCDateTime()) for name in ("created_at", "updated_at", "finished_at")),
+)
+SAMPLES_0001 = sa.table(
+    "samples",
+    *(sa.column(name, sa.Integer()) for name in ("id", "job_id", "index", "levels_mask")),
+    *(sa.column(name, sa.String()) for name in ("model", "audio_format")),
+    sa.column("seed", sa.BigInteger()),
+    sa.column("duration_seconds", sa.Float()),
+    sa.column("audio", sa.LargeBinary()),
+    sa.column("created_at", UTCDateTime()),
+)
+
+
+async def _read(url: str, statement: sa.Select[Any]) -> list[tuple[Any, ...]]:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as connection:
+            return [tuple(row) for row in await connection.execute(statement)]
+    finally:
+        await engine.dispose()
+
+
+async def _columns(url: str) -> dict[str, set[str]]:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as connection:
+
+            def names(sync: Any) -> dict[str, set[str]]:
+                inspector = inspect(sync)
+                return {t: {c["name"] for c in inspector.get_columns(t)} for t in ("jobs", "samples")}
+
+            return await connection.run_sync(names)
+    finally:
+        await engine.dispose()
+
+
+async def test_0002_keeps_rows_counts_finished_jobs_as_posted_and_downgrades(empty_db_url: str) -> None:
+    """Upgrading a database with jobs in it must not make the bot post old results again."""
+    url = empty_db_url
+    await upgrade_async(url, "0001")
+    common = {"channel_id": 1, "user_id": 2, "kind": "generate", "model": "5b", "params": {"seed": 1}}
+    common |= {"priority": 0, "attempts": 0, "max_attempts": 3, "progress": 0.0}
+    common |= {"created_at": T0, "updated_at": T0}
+    sample = {"id": 1, "job_id": 1, "index": 0, "levels_mask": 4, "model": "5b", "audio_format": "ogg"}
+    sample |= {"seed": 7, "duration_seconds": 1.0, "audio": b"OggS", "created_at": T0}
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                JOBS_0001.insert(),
+                [
+                    {**common, "id": 1, "status": "succeeded", "finished_at": FINISHED_AT},
+                    {**common, "id": 2, "status": "queued", "finished_at": None},
+                    {**common, "id": 3, "status": "cancelled", "finished_at": None},
+                ],
+            )
+            await connection.execute(SAMPLES_0001.insert(), [sample])
+    finally:
+        await engine.dispose()
+
+    await upgrade_to_head_async(url)
+    assert await schema_diff_async(url) == []
+    posted = sa.table("jobs", sa.column("id"), sa.column("results_posted_at", UTCDateTime()))
+    assert await _read(url, sa.select(posted).order_by(posted.c.id)) == [
+        (1, FINISHED_AT),  # finished before the upgrade: the bot already announced it
+        (2, None),
+        (3, T0),  # no finish time recorded: its last update stands in
+    ]
+    messages = sa.table("samples", sa.column("id"), sa.column("message_id"), sa.column("audio"))
+    assert await _read(url, sa.select(messages)) == [(1, None, b"OggS")]
+
+    await downgrade_async(url, "0001")
+    assert await current_revision_async(url) == "0001"
+    columns = await _columns(url)
+    assert "results_posted_at" not in columns["jobs"] and "message_id" not in columns["samples"]
+    assert await _read(url, sa.select(JOBS_0001.c.id, JOBS_0001.c.status).order_by(JOBS_0001.c.id)) == [
+        (1, "succeeded"),
+        (2, "queued"),
+        (3, "cancelled"),
+    ]
+    assert await _read(url, sa.select(SAMPLES_0001.c.id, SAMPLES_0001.c.audio)) == [(1, b"OggS")]
+    # SQLite rebuilt both tables on the way down: constraints and indexes must have survived.
+    await upgrade_to_head_async(url)
+    assert await schema_diff_async(url) == []
 
 
 async def test_schema_diff_sees_a_drifted_schema(empty_db_url: str) -> None:
@@ -111,7 +212,7 @@ def test_migrations_ship_inside_the_package() -> None:
 
     versions = Path(storage.__file__).parent / "migrations" / "versions"
     assert (versions.parent / "env.py").is_file()
-    assert any(path.name.startswith("0001_") for path in versions.glob("*.py"))
+    assert {"0001_", "0002_"} <= {path.name[:5] for path in versions.glob("*.py")}
     assert {table.name for table in Base.metadata.sorted_tables} == TABLES
 
 

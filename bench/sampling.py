@@ -1,0 +1,232 @@
+"""CPU sampling speed: ours against jukebox-infer on identical weights, measured in the same run.
+
+The model is the spec's bare token model (jukebox-spec §8): a `ConditionalAutoregressive2D` with no
+conditioning, bins 2048, init_scale 1.0, attn_order 2, blocks 16, heads 1. We time one full ancestral
+window (n_ctx tokens from nothing) and report tokens/s = batch · n_ctx / seconds, best of `--rounds`
+after a warm-up. Ours runs the cascade's per-token loop (`sampler.jukebox.cascade.sample_steps`:
+prior step → temperature → filter → draw) through `JukeboxPrior`; the reference runs
+`ConditionalAutoregressive2D.sample` in a `python -O` subprocess (its CUDA-type asserts fail on CPU
+otherwise) with tqdm silenced and the same thread count, timing itself the same way.
+
+Both sides draw from a generator seeded identically, so in reference arithmetic the sampled codes are
+compared too ("same codes"): a speed-up that changed the maths would show there.
+
+    python3 bench/sampling.py                 # the three issue sizes (a few minutes on 2 cores)
+    python3 bench/sampling.py --quick         # seconds-long smoke run at toy sizes
+    python3 bench/sampling.py --sizes small   # only width 128 / depth 4 / n_ctx 512, batch 1 and 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sampler.jukebox.cascade import sample_steps
+from sampler.jukebox.prior import Conditioning, JukeboxPrior, PriorConfig
+
+BINS = 2048
+
+
+@dataclass(frozen=True)
+class Case:
+    """One timed setting: a model shape and a batch."""
+
+    name: str
+    width: int
+    depth: int
+    n_ctx: int
+    batch: int
+    blocks: int = 16
+    heads: int = 1
+    attn_order: int = 2
+
+    @property
+    def model_key(self) -> tuple[int, int, int, int, int, int]:
+        return (self.width, self.depth, self.n_ctx, self.blocks, self.heads, self.attn_order)
+
+
+FULL_CASES = {
+    "small": [Case("w128 d4 ctx512", 128, 4, 512, 1), Case("w128 d4 ctx512", 128, 4, 512, 4)],
+    "large": [Case("w512 d12 ctx2048", 512, 12, 2048, 1)],
+}
+QUICK_CASES = [Case("w32 d3 ctx64", 32, 3, 64, 1), Case("w32 d3 ctx64", 32, 3, 64, 2)]
+
+ORACLE = """
+import json, sys, time, torch
+import jukebox_infer.prior.autoregressive as ar
+ar.get_range = lambda x: x  # silence tqdm: its printing is not part of the model's speed
+weights_path, n_ctx, width, depth, heads, attn_order, blocks, batches, rounds, threads, seed = sys.argv[1:12]
+torch.set_num_threads(int(threads))
+model = ar.ConditionalAutoregressive2D(
+    input_shape=(int(n_ctx),), bins=2048, width=int(width), depth=int(depth), heads=int(heads),
+    init_scale=1.0, attn_order=int(attn_order), blocks=int(blocks),
+)
+model.load_state_dict(torch.load(weights_path), strict=True)
+model.eval()
+results = {}
+for batch in map(int, batches.split(',')):
+    def run():
+        torch.manual_seed(int(seed))
+        return model.sample(n_samples=batch, temp=1.0)
+
+    codes = run()  # warm-up, and the codes to compare
+    times = []
+    for _ in range(int(rounds)):
+        start = time.perf_counter(); run(); times.append(time.perf_counter() - start)
+    results[batch] = {'seconds': min(times), 'codes': codes.tolist()}
+print('RESULT ' + json.dumps(results))
+"""
+
+
+def build_prior(case: Case, seed: int) -> tuple[JukeboxPrior, Tensor]:
+    """Our prior with the case's token model, randomly initialised; returns it and its start token."""
+    torch.manual_seed(seed)
+    config = PriorConfig(
+        level=2,
+        n_ctx=case.n_ctx,
+        prior_width=case.width,
+        prior_depth=case.depth,
+        heads=case.heads,
+        attn_order=case.attn_order,
+        blocks=case.blocks,
+        init_scale=1.0,
+        y_bins=(1, 1),
+        min_duration=0.0,
+        max_duration=1.0,
+        l_bins=BINS,
+    )
+    prior = JukeboxPrior(config).eval()
+    # Random init gives near-uniform logits; spread the weights so the draws depend on the model.
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in prior.prior.named_parameters():
+            if "ln" in name.split(".")[-2]:
+                continue
+            param.normal_(std=0.15, generator=generator)
+    start_token = torch.empty(1, case.width).normal_(std=0.15, generator=generator)
+    return prior, start_token
+
+
+def reference_state_dict(prior: JukeboxPrior, start_token: Tensor) -> dict[str, Tensor]:
+    """The same weights under `ConditionalAutoregressive2D`'s keys (ours sit under `prior.`)."""
+    state = {k: v.detach().clone() for k, v in prior.prior.state_dict().items()}
+    state["start_token"] = start_token.clone()
+    return state
+
+
+def ours_once(prior: JukeboxPrior, start_token: Tensor, case: Case, seed: int, exact: bool) -> Tensor:
+    """One full ancestral window with the cascade's per-token loop; returns the codes (N, n_ctx).
+
+    `exact` draws as the reference (rng="reference"); otherwise as the cascade's default rng="window".
+    """
+    batch, width = case.batch, case.width
+    cond = Conditioning(
+        start=start_token.view(1, 1, width).expand(batch, 1, width).contiguous(),
+        x_cond=torch.zeros(batch, 1, width),
+    )
+    state = prior.start(cond)
+    generator = torch.Generator().manual_seed(seed)
+    return sample_steps(prior, state, case.n_ctx, 1.0, 0, 0.0, generator, exact=exact)
+
+
+def best_time(fn: Callable[[], Tensor], rounds: int) -> tuple[float, Tensor]:
+    """Best wall time of `rounds` calls after a warm-up call, and the warm-up call's result."""
+    result = fn()
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times), result
+
+
+def run_reference(
+    weights: Path, case: Case, batches: list[int], rounds: int, threads: int, seed: int
+) -> dict[int, tuple[float, Tensor]]:
+    """Time the reference on `case`'s model at each batch; returns {batch: (seconds, codes)}."""
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "oracle.py"
+        script.write_text(textwrap.dedent(ORACLE))
+        args = [case.n_ctx, case.width, case.depth, case.heads, case.attn_order, case.blocks]
+        proc = subprocess.run(
+            [
+                sys.executable, "-O", str(script), str(weights), *map(str, args),
+                ",".join(map(str, batches)), str(rounds), str(threads), str(seed),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    if proc.returncode != 0:
+        raise RuntimeError(f"the jukebox-infer reference failed:\n{proc.stderr[-3000:]}")
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
+    result = json.loads(line[len("RESULT ") :])
+    return {int(b): (float(r["seconds"]), torch.tensor(r["codes"])) for b, r in result.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="toy sizes, one round: a seconds-long smoke run")
+    parser.add_argument("--sizes", nargs="+", choices=sorted(FULL_CASES), default=sorted(FULL_CASES, reverse=True))
+    parser.add_argument("--rounds", type=int, default=3, help="timed runs after a warm-up; the best is kept")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads, both sides")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-reference", action="store_true", help="time ours only")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.quick:
+        cases, rounds = QUICK_CASES, 1
+    else:
+        cases, rounds = [c for size in args.sizes for c in FULL_CASES[size]], args.rounds
+
+    print(f"torch {torch.__version__}, {args.threads} thread(s), fp32, best of {rounds} after a warm-up")
+    print("ours = default draws (rng='window'); exact = reference draws (rng='reference'), codes compared")
+    header = (
+        f"{'model':<18}{'batch':>6}{'ours tok/s':>12}{'exact tok/s':>13}{'ref tok/s':>11}"
+        f"{'ours/ref':>10}{'exact/ref':>11}  same codes"
+    )
+    print(header)
+    print("-" * len(header))
+    models: dict[tuple[int, ...], list[Case]] = {}
+    for case in cases:
+        models.setdefault(case.model_key, []).append(case)
+    with tempfile.TemporaryDirectory() as tmp:
+        for model_cases in models.values():
+            prior, start_token = build_prior(model_cases[0], args.seed)
+            ours: dict[int, tuple[float, float, Tensor]] = {}
+            for case in model_cases:
+                fast_s, _ = best_time(partial(ours_once, prior, start_token, case, args.seed, False), rounds)
+                exact_s, codes = best_time(partial(ours_once, prior, start_token, case, args.seed, True), rounds)
+                ours[case.batch] = (fast_s, exact_s, codes)
+            reference: dict[int, tuple[float, Tensor]] = {}
+            if not args.skip_reference:
+                weights = Path(tmp) / "weights.pt"
+                torch.save(reference_state_dict(prior, start_token), weights)
+                batches = [case.batch for case in model_cases]
+                reference = run_reference(weights, model_cases[0], batches, rounds, args.threads, args.seed)
+            for case in model_cases:
+                tokens = case.batch * case.n_ctx
+                fast_s, exact_s, exact_codes = ours[case.batch]
+                row = f"{case.name:<18}{case.batch:>6}{tokens / fast_s:>12.0f}{tokens / exact_s:>13.0f}"
+                if case.batch in reference:
+                    ref_s, ref_codes = reference[case.batch]
+                    same = "yes" if torch.equal(exact_codes, ref_codes) else "NO"
+                    row += f"{tokens / ref_s:>11.0f}{ref_s / fast_s:>9.2f}×{ref_s / exact_s:>10.2f}×  {same}"
+                print(row, flush=True)
+
+if __name__ == "__main__":
+    main()

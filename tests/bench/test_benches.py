@@ -1,0 +1,42 @@
+"""The benchmark scripts run end to end (so they cannot rot): `--quick` / `--dry-run` on the CPU."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.sampler.jukebox.oracle import requires_oracle
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(*args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.slow
+@requires_oracle
+def test_sampling_bench_quick_times_both_and_our_exact_draws_equal_the_reference() -> None:
+    out = _run("bench/sampling.py", "--quick", "--threads", "1")
+    rows = [line.split() for line in out.splitlines() if line.startswith("w32")]
+    assert [row[3] for row in rows] == ["1", "2"]  # both batches timed
+    for row in rows:
+        ours, exact, ref = (float(v) for v in row[4:7])
+        assert ours > 0 and exact > 0 and ref > 0
+        assert row[-1] == "yes", f"our reference-mode codes differ from jukebox-infer's: {row}"
+
+
+@pytest.mark.slow
+def test_gpu_bench_dry_run_covers_every_level_and_lever() -> None:
+    out = _run("bench/gpu.py", "--dry-run", "--samples", "1", "--steps", "4")
+    for name in ("prior_5b_lyrics", "prior_1b_lyrics", "upsampler_level_1", "upsampler_level_0"):
+        for lever in ("fp32 ref-attn", "bf16 ref-attn", "bf16 sdpa", "fp16 sdpa"):
+            assert any(line.startswith(name) and lever in line for line in out.splitlines()), (name, lever)
+    assert "total 5b_lyrics" in out and "total 1b_lyrics" in out
