@@ -398,7 +398,7 @@ class Cascade:
             codes = [torch.zeros(n, 0, dtype=torch.long) for _ in range(self.levels)]
         rng_state = None
         if request.rng == "reference":
-            rng_state = torch.Generator().manual_seed(request.seed).get_state()
+            rng_state = torch.Generator(device=self.device).manual_seed(request.seed).get_state()
         return CascadeState(codes=codes, rng_state=rng_state)
 
     def plan(self, request: SamplingRequest, state: CascadeState, level: int) -> list[Window]:
@@ -430,7 +430,8 @@ class Cascade:
         if len(state.codes) != self.levels or any(c.shape[0] != request.n_samples for c in state.codes):
             raise SamplingError("the saved state does not match this request's number of samples")
         levels = tuple(sorted(set(request.levels), reverse=True))
-        generator = torch.Generator()
+        # on the sampling device: draws from CUDA logits need a CUDA generator
+        generator = torch.Generator(device=self.device)
         if request.rng == "reference":
             assert state.rng_state is not None
             generator.set_state(state.rng_state)
