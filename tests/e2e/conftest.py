@@ -16,8 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -38,6 +37,7 @@ from storage.records import ClaimedJob, Job, NewSample
 from tests.sampler.jukebox.conftest import TINY_VQVAE_HPARAMS, redraw_parameters, tiny_audio
 from tests.sampler.jukebox.tiny_priors import TINY_PRIOR_HPARAMS
 from tests.tiny_model_dir import TINY_SONG_SECONDS, TOP_KIND, write_tiny_model_dir
+from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 RUNNER = "sampler.cascade_runner:make_runner"
@@ -59,18 +59,6 @@ FAST_FLAGS = [
 T = TypeVar("T")
 
 
-async def wait_until(
-    condition: Callable[[], Awaitable[T | None]], within: float = 60.0, what: str = "the condition"
-) -> T:
-    """Poll `condition` until it returns something truthy; fail after `within` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        value = await condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within:g} s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def worker_environment(model_dir: Path, **extra: str) -> dict[str, str]:

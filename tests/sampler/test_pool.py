@@ -27,8 +27,8 @@ from tests.sampler.toy_runner import (
     TOKENS_PER_WINDOW,
     read_log,
     reference_codes,
-    wait_until,
 )
+from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 RUNNER = "tests.sampler.toy_runner:make_runner"

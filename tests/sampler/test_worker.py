@@ -27,8 +27,8 @@ from tests.sampler.toy_runner import (
     ToyRunner,
     read_log,
     reference_codes,
-    wait_until,
 )
+from tests.waiting import wait_until
 
 USER = 333_333_333_333_333_333
 CHANNEL = 222_222_222_222_222_222

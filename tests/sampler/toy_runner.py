@@ -20,14 +20,11 @@ OutOfMemory.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import math
 import os
-import time
 import zlib
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -275,17 +272,3 @@ def read_log(log_dir: Path, job_id: int) -> list[dict[str, object]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-async def wait_until(
-    condition: Callable[[], Awaitable[T | None]], within: float = 30.0, what: str = "the condition"
-) -> T:
-    """Poll `condition` until it returns something truthy, or fail the test after `within` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        value = await condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within:g} s waiting for {what}")
-        await asyncio.sleep(0.05)
