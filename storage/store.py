@@ -712,16 +712,20 @@ class JobStore:
             raise JobNotFound(job_id)
         return row.checkpoint
 
-    async def set_progress_message(self, job_id: int, message_id: int) -> None:
+    async def _set_job_fields(self, job_id: int, **values: Any) -> None:
+        """Set bookkeeping columns of a job whatever its status; JobNotFound for an unknown id."""
         async with self._transaction() as connection:
             result = await connection.execute(
                 update(jobs)
                 .where(jobs.c.id == job_id)
-                .values(progress_message_id=message_id, updated_at=self._clock())
+                .values(**values, updated_at=self._clock())
                 .returning(jobs.c.id)
             )
             if result.first() is None:
                 raise JobNotFound(job_id)
+
+    async def set_progress_message(self, job_id: int, message_id: int) -> None:
+        await self._set_job_fields(job_id, progress_message_id=message_id)
 
     async def mark_results_posted(self, job_id: int) -> bool:
         """Claim posting the finished job's results: True for exactly one caller, ever.
@@ -755,15 +759,7 @@ class JobStore:
 
         Samples already posted keep their `message_id`, so a retry posts only the rest.
         """
-        async with self._transaction() as connection:
-            result = await connection.execute(
-                update(jobs)
-                .where(jobs.c.id == job_id)
-                .values(results_posted_at=None, updated_at=self._clock())
-                .returning(jobs.c.id)
-            )
-            if result.first() is None:
-                raise JobNotFound(job_id)
+        await self._set_job_fields(job_id, results_posted_at=None)
 
     async def finished_jobs_unposted(self, guild_id: int | None = None, limit: int = 100) -> list[Job]:
         """Finished jobs (of one server, or all) with a progress message but no results posted
