@@ -219,7 +219,8 @@ class CascadeRunner:
                 request,
                 initial,
                 on_progress=on_progress,
-                on_window=lambda current: report.checkpoint(current.to_bytes()),
+                # serialised only if the worker stores it (it keeps the newest of fast windows)
+                on_window=lambda current: report.checkpoint(current.snapshot().to_bytes),
                 should_stop=stop,
             )
         except SamplingCancelled:

@@ -270,6 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--progress-seconds", type=float, default=defaults.progress_seconds)
     parser.add_argument("--cancel-poll-seconds", type=float, default=defaults.cancel_poll_seconds)
     parser.add_argument("--requeue-seconds", type=float, default=defaults.requeue_seconds)
+    parser.add_argument("--checkpoint-seconds", type=float, default=defaults.checkpoint_seconds)
     parser.add_argument("--restart-backoff", type=float, default=1.0)
     parser.add_argument("--shutdown-timeout", type=float, default=60.0)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -285,6 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress_seconds=args.progress_seconds,
             cancel_poll_seconds=args.cancel_poll_seconds,
             requeue_seconds=args.requeue_seconds,
+            checkpoint_seconds=args.checkpoint_seconds,
         )
         return run_pool(
             args.database_url,

@@ -160,9 +160,12 @@ class ProgressReporter(Protocol):
         Cheap: the worker writes the latest report at a throttled rate."""
         ...
 
-    def checkpoint(self, blob: bytes) -> None:
+    def checkpoint(self, blob: bytes | Callable[[], bytes]) -> None:
         """Store what a resumed run starts from. It is stored while the next window samples: the call
         returns once the previous checkpoint is durably stored (the worker waits for the last one).
+        Checkpoints closer together than the worker's interval are held back and only the newest is
+        stored, so a runner may pass a function that serialises its state when that happens; it must
+        capture the state as it is at the call.
 
         Raises `storage.LeaseLost` when the job is no longer ours: let it propagate.
         """

@@ -6,7 +6,9 @@ An asyncio loop does all the database work; the runner samples in a thread of it
 * heartbeat every lease/3, and poll for a cancel request every `cancel_poll_seconds`;
 * progress is written at most every `progress_seconds` (the latest report wins), with tokens/s
   and an ETA computed here;
-* every checkpoint the runner hands over is stored before the runner goes on;
+* checkpoints are stored while the next window samples, at most one per `checkpoint_seconds`
+  (a newer one held back is stored once that time has passed, and always before the job is
+  released or retried, so a stop never loses a finished window);
 * the end: samples -> `complete`; a cancel -> `cancelled`; a shutdown -> `release` (back to the
   queue, checkpoint kept, no attempt counted); a lost lease -> nothing written; a failure that
   retrying cannot fix (missing model files, bad parameters, out of memory) -> `failed` at once;
@@ -30,6 +32,7 @@ import threading
 import time
 import traceback
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -75,6 +78,10 @@ class WorkerConfig:
     cancel_poll_seconds: float = 1.0  # how quickly a cancel request is seen
     requeue_seconds: float = 30.0  # how often this worker recovers jobs of dead workers
     checkpoint_retries: int = 3  # tries to store one checkpoint through database hiccups
+    # At most one checkpoint write per this many seconds (0: after every window). Real windows take
+    # seconds to minutes, so each is stored; this keeps tiny or very fast windows from spending
+    # their time in the database.
+    checkpoint_seconds: float = 1.0
 
     def __post_init__(self) -> None:
         seconds = ("lease_seconds", "poll_seconds", "max_poll_seconds", "progress_seconds")
@@ -86,6 +93,10 @@ class WorkerConfig:
             raise WorkerConfigError("max_poll_seconds must be at least poll_seconds")
         if self.checkpoint_retries < 1:
             raise WorkerConfigError("checkpoint_retries must be at least 1")
+        if not math.isfinite(self.checkpoint_seconds) or self.checkpoint_seconds < 0:
+            raise WorkerConfigError(
+                f"checkpoint_seconds must be zero or a positive number of seconds, got {self.checkpoint_seconds!r}"
+            )
 
     @property
     def heartbeat_seconds(self) -> float:
@@ -143,6 +154,9 @@ class _Run:
         self.latest: _Progress | None = None
         self.written: _Progress | None = None
         self.progress_ready = asyncio.Event()
+        # set by the runner thread when it wakes the progress writer, cleared by the writer: one
+        # wake-up per write instead of one per report
+        self.progress_signalled = False
 
     def stop(self, reason: StopReason) -> None:
         with self._lock:
@@ -161,6 +175,9 @@ class _Reporter:
         self._recent: deque[tuple[float, int]] = deque()
         self._rate_key: tuple[str, int | None] | None = None
         self._pending: concurrent.futures.Future[None] | None = None
+        self._held: Checkpoint | None = None  # the newest checkpoint, not sent yet (too soon after the last)
+        self._sent_at = -math.inf
+        self._interval = worker.config.checkpoint_seconds
 
     def _rate(self, stage: str, level: int | None, tokens_done: int) -> float | None:
         now = time.monotonic()
@@ -191,16 +208,29 @@ class _Reporter:
         eta = datetime.now(UTC) + timedelta(seconds=remaining / rate) if rate else None
         if fraction is None:
             fraction = tokens_done / tokens_total if tokens_total > 0 else 0.0
-        self._run.latest = _Progress(
-            stage, fraction, level, window, window_count, tokens_done, tokens_total, rate, eta
-        )
-        self._loop.call_soon_threadsafe(self._run.progress_ready.set)
+        run = self._run
+        run.latest = _Progress(stage, fraction, level, window, window_count, tokens_done, tokens_total, rate, eta)
+        if not run.progress_signalled:  # after `latest` is set: the writer clears the flag before reading it
+            run.progress_signalled = True
+            self._loop.call_soon_threadsafe(run.progress_ready.set)
+        if self._held is not None and time.monotonic() - self._sent_at >= self._interval:
+            self._send(self._held)  # a held checkpoint is due: store it without waiting for the next window
 
-    def checkpoint(self, blob: bytes) -> None:
+    def checkpoint(self, blob: Checkpoint) -> None:
         # Stored in the background while the next window samples; the previous checkpoint must be
-        # stored before this one is sent, so at most the window in progress is ever unsaved.
+        # stored before this one is sent, so at most the window in progress is ever unsaved (plus
+        # `checkpoint_seconds` when windows come faster than that).
+        if time.monotonic() - self._sent_at < self._interval:
+            self._held = blob
+            return
+        self._send(blob)
+
+    def _send(self, blob: Checkpoint) -> None:
         self._wait_pending()
-        self._pending = asyncio.run_coroutine_threadsafe(self._worker._save_checkpoint(self._run, blob), self._loop)
+        self._held = None
+        self._sent_at = time.monotonic()
+        data = _checkpoint_bytes(blob)
+        self._pending = asyncio.run_coroutine_threadsafe(self._worker._save_checkpoint(self._run, data), self._loop)
 
     def _wait_pending(self) -> None:
         future, self._pending = self._pending, None
@@ -214,11 +244,22 @@ class _Reporter:
                     future.cancel()
                     raise JobInterrupted("the worker stopped before the checkpoint was stored") from None
 
-    async def flush(self) -> None:
-        """Wait for the checkpoint still being stored (call on the loop once the run has ended)."""
+    async def flush(self, *, store_held: bool = True) -> None:
+        """Wait for the checkpoint being stored, then store the one held back, if any (call on the
+        loop once the run has ended; a finished job does not need its last checkpoint)."""
         future, self._pending = self._pending, None
         if future is not None:
             await asyncio.wrap_future(future)
+        held, self._held = self._held, None
+        if held is not None and store_held:
+            await self._worker._save_checkpoint(self._run, _checkpoint_bytes(held))
+
+
+Checkpoint = bytes | Callable[[], bytes]
+
+
+def _checkpoint_bytes(blob: Checkpoint) -> bytes:
+    return blob() if callable(blob) else blob
 
 
 # ----------------------------------------------------------------------------- the worker
@@ -321,12 +362,14 @@ class Worker:
                 task = await self._task_for(job)
                 loop = asyncio.get_running_loop()
                 reporter = _Reporter(self, run, loop)
+                finished = False
                 try:
                     samples = await loop.run_in_executor(
                         self._executor, self.runner.run, task, reporter, run.should_stop
                     )
+                    finished = True
                 finally:
-                    await reporter.flush()
+                    await reporter.flush(store_held=not finished)
             except LeaseLost:
                 raise
             except JobCancelled:
@@ -420,6 +463,7 @@ class Worker:
         while True:
             await run.progress_ready.wait()
             run.progress_ready.clear()
+            run.progress_signalled = False
             await self._flush_progress(run)
             await asyncio.sleep(self.config.progress_seconds)  # the throttle
 

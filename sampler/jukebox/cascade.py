@@ -99,6 +99,10 @@ class CascadeState:
     windows_done: dict[int, int] = field(default_factory=dict)
     rng_state: Tensor | None = None  # rng="reference": the generator after the last window
 
+    def snapshot(self) -> CascadeState:
+        """A copy that later windows leave alone (sampling replaces code tensors, never writes into them)."""
+        return CascadeState(list(self.codes), dict(self.level_base), dict(self.windows_done), self.rng_state)
+
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
         torch.save(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +17,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _run(*args: str) -> str:
     proc = subprocess.run(
-        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc.stdout
@@ -40,3 +48,15 @@ def test_gpu_bench_dry_run_covers_every_level_and_lever() -> None:
         for lever in ("fp32 ref-attn", "bf16 ref-attn", "bf16 sdpa", "fp16 sdpa"):
             assert any(line.startswith(name) and lever in line for line in out.splitlines()), (name, lever)
     assert "total 5b_lyrics" in out and "total 1b_lyrics" in out
+
+
+@pytest.mark.slow
+def test_pipeline_bench_quick_run_prints_the_overhead_ratio() -> None:
+    # Only that it runs and reports: timings on a shared CI machine say nothing reliable.
+    out = _run("bench/pipeline.py", "--quick")
+    assert re.search(r"per job including model load\s+\d+\.\d+s\s+\d+\.\d+s\s+[+-]\d+\.\d %", out), out
+    assert re.search(r"steady state \(mean of 2\)\s+\d+\.\d+s\s+\d+\.\d+s\s+[+-]\d+\.\d %", out), out
+    assert re.search(r"per turn: [+-]\d+\.\d %, [+-]\d+\.\d %\n", out), out
+    assert re.search(r"between queued jobs: \d+ ms", out), out
+    ratio = re.search(r"overhead ratio \(median of the turns\): (\d+\.\d+)", out)
+    assert ratio is not None and float(ratio.group(1)) > 0, out

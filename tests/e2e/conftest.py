@@ -214,7 +214,7 @@ class _Recorder:
     def progress(self, *args: Any, **kwargs: Any) -> None:
         pass
 
-    def checkpoint(self, blob: bytes) -> None:
+    def checkpoint(self, blob: object) -> None:
         self.checkpoints += 1
 
 

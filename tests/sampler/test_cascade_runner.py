@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +13,7 @@ import torch
 from sampler.audio import decode_audio, to_int16_pcm
 from sampler.cascade_runner import CascadeRunner, codes_from_bytes
 from sampler.jobspec import JobParams
+from sampler.jukebox.cascade import CascadeState
 from sampler.models import ModelFilesMissing
 from sampler.runner import DeviceSpec, JobCancelled, JobInterrupted, JobTask, StopReason
 from storage.engine import create_engine
@@ -50,13 +51,15 @@ class Recorder:
     def __init__(self, stop_after: int | None = None, reason: StopReason = StopReason.SHUTDOWN) -> None:
         self.reports: list[tuple[object, ...]] = []
         self.checkpoints: list[bytes] = []
+        self.handed_over: list[bytes | Callable[[], bytes]] = []  # as the runner handed them over
         self.stop_after, self.reason = stop_after, reason
 
     def progress(self, stage, level, window, window_count, tokens_done, tokens_total, *, fraction=None):  # type: ignore[no-untyped-def]
         self.reports.append((str(stage), level, window, tokens_done, tokens_total))
 
-    def checkpoint(self, blob: bytes) -> None:
-        self.checkpoints.append(blob)
+    def checkpoint(self, blob: bytes | Callable[[], bytes]) -> None:
+        self.handed_over.append(blob)
+        self.checkpoints.append(blob() if callable(blob) else blob)
 
     def should_stop(self) -> StopReason | None:
         if self.stop_after is not None and len(self.reports) > self.stop_after:
@@ -92,6 +95,11 @@ async def test_preview_then_upsample_then_continue(runner: CascadeRunner, sqlite
     recorder = Recorder()
     samples = run(runner, task, recorder)
     assert len(samples) == 2 and len(recorder.checkpoints) == 9  # 128 top tokens, windows of 64, hop 8
+    # A checkpoint serialised long after it was handed over (the worker holds back fast ones) is
+    # still the state at its window, not a later one.
+    late = [blob() if callable(blob) else blob for blob in recorder.handed_over]
+    assert late == recorder.checkpoints
+    assert [CascadeState.from_bytes(blob).windows_done[2] for blob in late] == list(range(1, 10))
     assert samples[0].codes_level_1 is None and samples[0].codes_level_2 is not None
     assert recorder.reports[-1][0] == "decoding audio"
     assert any(r[0] == "sampling" for r in recorder.reports)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import dataclasses
+import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -18,8 +20,8 @@ import sampler.worker
 from sampler.audio import decode_audio
 from sampler.jukebox.registry import MODELS
 from sampler.models import model_path
-from sampler.runner import DeviceSpec, JobTask
-from sampler.worker import JobOutcome, Worker, WorkerConfig, pid_of
+from sampler.runner import DeviceSpec, JobInterrupted, JobTask, ProgressReporter, StopCheck
+from sampler.worker import JobOutcome, Worker, WorkerConfig, WorkerConfigError, pid_of
 from storage import JobKind, JobStatus, JobStore
 from tests.sampler.toy_runner import (
     SECONDS_PER_WINDOW,
@@ -40,6 +42,8 @@ FAST = WorkerConfig(
     cancel_poll_seconds=0.1,
     requeue_seconds=0.5,
 )
+
+EVERY_CHECKPOINT = dataclasses.replace(FAST, checkpoint_seconds=0)
 
 
 @pytest.fixture
@@ -71,6 +75,24 @@ def make_worker(live_store: JobStore, toy_env: Path) -> Iterator[Any]:
     yield make
     for worker in workers:
         worker.close()
+
+
+class StoreWithCheckpointHook(JobStore):
+    """Runs `hook` once, right after the first checkpoint is stored: a test acts mid-job at a known
+    point instead of racing a fast toy job to its end. With `EVERY_CHECKPOINT` the runner waits
+    for that store before its second window ends, so the job is still running when the hook acts."""
+
+    def __init__(self, engine: AsyncEngine, hook: Callable[[], Awaitable[None] | None]) -> None:
+        super().__init__(engine)
+        self._hook: Callable[[], Awaitable[None] | None] | None = hook
+
+    async def save_checkpoint(self, job_id: int, worker_id: str, checkpoint: bytes) -> None:
+        await super().save_checkpoint(job_id, worker_id, checkpoint)
+        hook, self._hook = self._hook, None
+        if hook is not None:
+            result = hook()
+            if result is not None:
+                await result
 
 
 async def enqueue(store: JobStore, **fields: Any) -> int:
@@ -142,27 +164,25 @@ async def test_generate_job_produces_codes_and_playable_audio(
 
 
 async def test_shutdown_releases_the_job_and_a_later_run_resumes_to_the_same_codes(
-    live_store: JobStore, make_worker: Any, toy_env: Path, monkeypatch: pytest.MonkeyPatch
+    engine: AsyncEngine, make_worker: Any, toy_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("JUKEBOT_TOY_WORK", "400")  # ~40 ms a window: time to stop mid-job
-    worker = make_worker()
+    monkeypatch.setenv("JUKEBOT_TOY_WORK", "400")  # ~40 ms a window
+    stop = asyncio.Event()
+    live_store = StoreWithCheckpointHook(engine, hook=stop.set)  # shut down once a window is stored
+    worker = make_worker(EVERY_CHECKPOINT, live_store)
     job_id = await enqueue(live_store, params={"seconds": 2.0})
     job = await claim(live_store, worker)
-    stop = asyncio.Event()
-    running = asyncio.create_task(worker.run_job(job, stop))
-    await wait_until(lambda: live_store.get_checkpoint(job_id), what="the first checkpoint")
-    stop.set()
 
-    assert await running is JobOutcome.RELEASED
+    assert await worker.run_job(job, stop) is JobOutcome.RELEASED
     released = await live_store.get_job(job_id)
     assert released.status is JobStatus.QUEUED and released.attempts == 0 and released.has_checkpoint
     assert released.lease_owner is None and released.stage == "sampling" and released.level == 2
     assert released.tokens_done and 0 < released.tokens_done < released.tokens_total  # type: ignore[operator]
     assert released.progress > 0 and released.tokens_per_second and released.eta_at is not None
 
-    resumed = await claim(live_store, make_worker())
+    resumed = await claim(live_store, make_worker(store=live_store))
     assert resumed.checkpoint is not None
-    assert await make_worker().run_job(resumed) is JobOutcome.SUCCEEDED
+    assert await make_worker(store=live_store).run_job(resumed) is JobOutcome.SUCCEEDED
 
     sample = await live_store.get_sample((await live_store.samples_for_job(job_id))[0].id)
     np.testing.assert_array_equal(codes_of(sample, 2), reference_codes(JobTask(job=job))[2][0])
@@ -294,19 +314,21 @@ def test_the_worker_changes_jobs_only_through_the_store_api() -> None:
 
 
 async def test_lost_lease_stops_the_run_without_writing_results(
-    live_store: JobStore, make_worker: Any, toy_env: Path, monkeypatch: pytest.MonkeyPatch
+    engine: AsyncEngine, make_worker: Any, toy_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("JUKEBOT_TOY_WORK", "400")
-    worker = make_worker()
+
+    async def lease_declared_dead() -> None:
+        # Another worker's janitor decides this lease is dead (as if our heartbeats had stopped).
+        lease_end = (await live_store.get_job(job_id)).lease_expires_at
+        assert lease_end is not None
+        after_lease = lease_end + timedelta(seconds=1)
+        assert await live_store.requeue_expired(after_lease) == [(job_id, JobStatus.QUEUED)]
+
+    live_store = StoreWithCheckpointHook(engine, hook=lease_declared_dead)
+    worker = make_worker(EVERY_CHECKPOINT, live_store)
     job_id = await enqueue(live_store, params={"seconds": 5.0})
     running = asyncio.create_task(worker.run_job(await claim(live_store, worker)))
-    await wait_until(lambda: live_store.get_checkpoint(job_id), what="the first checkpoint")
-    # Another worker's janitor decides this lease is dead (as if our heartbeats had stopped).
-    lease_end = (await live_store.get_job(job_id)).lease_expires_at
-    assert lease_end is not None
-    after_lease = lease_end + timedelta(seconds=1)
-    assert await live_store.requeue_expired(after_lease) == [(job_id, JobStatus.QUEUED)]
-
     assert await asyncio.wait_for(running, 10) is JobOutcome.ABANDONED
     job = await live_store.get_job(job_id)
     assert job.status is JobStatus.QUEUED and job.attempts == 1 and job.lease_owner is None
@@ -341,3 +363,78 @@ async def test_worker_only_claims_models_its_runner_serves(
     await enqueue(live_store, model="5b_lyrics")
     assert await live_store.claim(worker.worker_id, worker.runner.models, 10) is None
     assert pid_of(worker.worker_id) > 0 and worker.worker_id.endswith("/cpu")
+
+
+class ScriptedCheckpoints:
+    """A runner that hands over the checkpoints it is given at once, then keeps reporting progress
+    (as a sampling loop does) until the worker stops it."""
+
+    models = frozenset({"5b_lyrics"})
+
+    def __init__(self, blobs: list[bytes]) -> None:
+        self.blobs = blobs
+        self.handed_over = threading.Event()
+
+    def run(self, task: JobTask, report: ProgressReporter, should_stop: StopCheck) -> list[Any]:
+        for blob in self.blobs:
+            report.checkpoint(blob)
+        self.handed_over.set()
+        deadline = time.monotonic() + 30
+        while should_stop() is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the test never stopped this run")
+            report.progress("sampling", 2, 1, 1, 1, 2)
+            threading.Event().wait(0.005)  # one "chunk of tokens"
+        raise JobInterrupted("stopped")
+
+
+async def test_fast_windows_store_the_first_checkpoint_and_the_newest_when_released(
+    live_store: JobStore,
+) -> None:
+    runner = ScriptedCheckpoints([b"window 1", b"window 2", b"window 3"])
+    worker = Worker(live_store, runner, DeviceSpec.cpu(), config=WorkerConfig(checkpoint_seconds=600))
+    try:
+        job_id = await enqueue(live_store)
+        stop = asyncio.Event()
+        running = asyncio.create_task(worker.run_job(await claim(live_store, worker), stop))
+        await asyncio.to_thread(runner.handed_over.wait, 30)
+        # The first is stored while sampling goes on; the next two came within 600 s of it: held back.
+        stored = await wait_until(lambda: live_store.get_checkpoint(job_id), what="the first checkpoint")
+        assert stored == b"window 1"
+        stop.set()
+        assert await asyncio.wait_for(running, 30) is JobOutcome.RELEASED
+        job = await live_store.get_job(job_id)
+        assert job.status is JobStatus.QUEUED and job.attempts == 0
+        # Releasing stored the newest window: a stop loses none of the finished windows.
+        assert await live_store.get_checkpoint(job_id) == b"window 3"
+    finally:
+        worker.close()
+
+
+async def test_a_held_back_checkpoint_is_stored_once_its_time_comes_while_the_run_goes_on(
+    live_store: JobStore,
+) -> None:
+    runner = ScriptedCheckpoints([b"window 1", b"window 2"])
+    worker = Worker(live_store, runner, DeviceSpec.cpu(), config=WorkerConfig(checkpoint_seconds=0.2))
+    try:
+        job_id = await enqueue(live_store)
+        stop = asyncio.Event()
+        running = asyncio.create_task(worker.run_job(await claim(live_store, worker), stop))
+
+        async def newest_stored_while_running() -> bool:
+            job = await live_store.get_job(job_id)
+            assert job.status is JobStatus.RUNNING, "the run ended before the held checkpoint was stored"
+            return await live_store.get_checkpoint(job_id) == b"window 2"
+
+        await wait_until(newest_stored_while_running, what="the held-back checkpoint")
+        stop.set()
+        assert await asyncio.wait_for(running, 30) is JobOutcome.RELEASED
+    finally:
+        worker.close()
+
+
+@pytest.mark.parametrize("seconds", [-1.0, float("nan"), float("inf")])
+def test_checkpoint_interval_must_be_zero_or_positive(seconds: float) -> None:
+    with pytest.raises(WorkerConfigError, match="checkpoint_seconds"):
+        WorkerConfig(checkpoint_seconds=seconds)
+    assert WorkerConfig(checkpoint_seconds=0).checkpoint_seconds == 0
