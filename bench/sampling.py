@@ -69,7 +69,7 @@ ORACLE = """
 import json, sys, time, torch
 import jukebox_infer.prior.autoregressive as ar
 ar.get_range = lambda x: x  # silence tqdm: its printing is not part of the model's speed
-weights_path, n_ctx, width, depth, heads, attn_order, blocks, batches, rounds, threads, seed = sys.argv[1:12]
+weights_path, n_ctx, width, depth, heads, attn_order, blocks, threads, seed = sys.argv[1:10]
 torch.set_num_threads(int(threads))
 model = ar.ConditionalAutoregressive2D(
     input_shape=(int(n_ctx),), bins=2048, width=int(width), depth=int(depth), heads=int(heads),
@@ -77,19 +77,55 @@ model = ar.ConditionalAutoregressive2D(
 )
 model.load_state_dict(torch.load(weights_path), strict=True)
 model.eval()
-results = {}
-for batch in map(int, batches.split(',')):
-    def run():
-        torch.manual_seed(int(seed))
-        return model.sample(n_samples=batch, temp=1.0)
-
-    codes = run()  # warm-up, and the codes to compare
-    times = []
-    for _ in range(int(rounds)):
-        start = time.perf_counter(); run(); times.append(time.perf_counter() - start)
-    results[batch] = {'seconds': min(times), 'codes': codes.tolist()}
-print('RESULT ' + json.dumps(results))
+print('READY', flush=True)
+for line in sys.stdin:  # one batch size a line: sample one window, report its time (and codes)
+    batch = int(line)
+    torch.manual_seed(int(seed))
+    start = time.perf_counter()
+    codes = model.sample(n_samples=batch, temp=1.0)
+    seconds = time.perf_counter() - start
+    print('RESULT ' + json.dumps({'seconds': seconds, 'codes': codes.tolist()}), flush=True)
 """
+
+
+class Reference:
+    """jukebox-infer sampling the same weights in a `python -O` subprocess that stays up, so its runs
+    can take turns with ours (a slow spell of a shared machine then hits both sides)."""
+
+    def __init__(self, weights: Path, case: Case, threads: int, seed: int, script: Path) -> None:
+        script.write_text(textwrap.dedent(ORACLE))
+        args = [case.n_ctx, case.width, case.depth, case.heads, case.attn_order, case.blocks, threads, seed]
+        self.errors = script.with_suffix(".stderr")
+        with open(self.errors, "w") as errors:  # a file, not a pipe: warnings cannot fill it and block
+            self.proc = subprocess.Popen(
+                [sys.executable, "-O", str(script), str(weights), *map(str, args)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=errors,
+                text=True,
+            )
+        self._expect("READY")
+
+    def _expect(self, prefix: str) -> str:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith(prefix):
+                return line[len(prefix) :].strip()
+        self.proc.wait(60)
+        raise RuntimeError(f"the jukebox-infer reference failed:\n{self.errors.read_text()[-3000:]}")
+
+    def run(self, batch: int) -> tuple[float, Tensor]:
+        """Seconds for one window of `batch` sequences, and the codes it sampled."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"{batch}\n")
+        self.proc.stdin.flush()
+        result = json.loads(self._expect("RESULT "))
+        return float(result["seconds"]), torch.tensor(result["codes"])
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(60)
 
 
 def build_prior(case: Case, seed: int) -> tuple[JukeboxPrior, Tensor]:
@@ -143,39 +179,10 @@ def ours_once(prior: JukeboxPrior, start_token: Tensor, case: Case, seed: int, e
     return sample_steps(prior, state, case.n_ctx, 1.0, 0, 0.0, generator, exact=exact)
 
 
-def best_time(fn: Callable[[], Tensor], rounds: int) -> tuple[float, Tensor]:
-    """Best wall time of `rounds` calls after a warm-up call, and the warm-up call's result."""
+def timed(fn: Callable[[], Tensor]) -> tuple[float, Tensor]:
+    start = time.perf_counter()
     result = fn()
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times), result
-
-
-def run_reference(
-    weights: Path, case: Case, batches: list[int], rounds: int, threads: int, seed: int
-) -> dict[int, tuple[float, Tensor]]:
-    """Time the reference on `case`'s model at each batch; returns {batch: (seconds, codes)}."""
-    with tempfile.TemporaryDirectory() as tmp:
-        script = Path(tmp) / "oracle.py"
-        script.write_text(textwrap.dedent(ORACLE))
-        args = [case.n_ctx, case.width, case.depth, case.heads, case.attn_order, case.blocks]
-        proc = subprocess.run(
-            [
-                sys.executable, "-O", str(script), str(weights), *map(str, args),
-                ",".join(map(str, batches)), str(rounds), str(threads), str(seed),
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    if proc.returncode != 0:
-        raise RuntimeError(f"the jukebox-infer reference failed:\n{proc.stderr[-3000:]}")
-    line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
-    result = json.loads(line[len("RESULT ") :])
-    return {int(b): (float(r["seconds"]), torch.tensor(r["codes"])) for b, r in result.items()}
+    return time.perf_counter() - start, result
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -193,7 +200,10 @@ def main(argv: list[str] | None = None) -> None:
     else:
         cases, rounds = [c for size in args.sizes for c in FULL_CASES[size]], args.rounds
 
-    print(f"torch {torch.__version__}, {args.threads} thread(s), fp32, best of {rounds} after a warm-up")
+    print(
+        f"torch {torch.__version__}, {args.threads} thread(s), fp32, best of {rounds} rounds after a warm-up "
+        "(ours and the reference take turns)"
+    )
     print("ours = default draws (rng='window'); exact = reference draws (rng='reference'), codes compared")
     header = (
         f"{'model':<18}{'batch':>6}{'ours tok/s':>12}{'exact tok/s':>13}{'ref tok/s':>11}"
@@ -207,26 +217,42 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for model_cases in models.values():
             prior, start_token = build_prior(model_cases[0], args.seed)
-            ours: dict[int, tuple[float, float, Tensor]] = {}
-            for case in model_cases:
-                fast_s, _ = best_time(partial(ours_once, prior, start_token, case, args.seed, False), rounds)
-                exact_s, codes = best_time(partial(ours_once, prior, start_token, case, args.seed, True), rounds)
-                ours[case.batch] = (fast_s, exact_s, codes)
-            reference: dict[int, tuple[float, Tensor]] = {}
+            reference = None
             if not args.skip_reference:
                 weights = Path(tmp) / "weights.pt"
                 torch.save(reference_state_dict(prior, start_token), weights)
-                batches = [case.batch for case in model_cases]
-                reference = run_reference(weights, model_cases[0], batches, rounds, args.threads, args.seed)
-            for case in model_cases:
-                tokens = case.batch * case.n_ctx
-                fast_s, exact_s, exact_codes = ours[case.batch]
-                row = f"{case.name:<18}{case.batch:>6}{tokens / fast_s:>12.0f}{tokens / exact_s:>13.0f}"
-                if case.batch in reference:
-                    ref_s, ref_codes = reference[case.batch]
-                    same = "yes" if torch.equal(exact_codes, ref_codes) else "NO"
-                    row += f"{tokens / ref_s:>11.0f}{ref_s / fast_s:>9.2f}×{ref_s / exact_s:>10.2f}×  {same}"
-                print(row, flush=True)
+                reference = Reference(weights, model_cases[0], args.threads, args.seed, Path(tmp) / "oracle.py")
+            try:
+                for case in model_cases:
+                    print(measure(case, prior, start_token, reference, rounds, args.seed), flush=True)
+            finally:
+                if reference is not None:
+                    reference.close()
+
+
+def measure(case: Case, prior: JukeboxPrior, start_token: Tensor, reference: Reference | None, rounds: int, seed: int) -> str:
+    """One table row: after a warm-up of each, `rounds` rounds in which ours (default draws), ours
+    (exact draws) and the reference each sample one window; the best time of each is kept."""
+    fast = partial(ours_once, prior, start_token, case, seed, False)
+    exact = partial(ours_once, prior, start_token, case, seed, True)
+    fast()
+    _, exact_codes = timed(exact)
+    ref_codes = reference.run(case.batch)[1] if reference is not None else None
+    fast_times, exact_times, ref_times = [], [], []
+    for _ in range(rounds):
+        fast_times.append(timed(fast)[0])
+        exact_times.append(timed(exact)[0])
+        if reference is not None:
+            ref_times.append(reference.run(case.batch)[0])
+    tokens = case.batch * case.n_ctx
+    fast_s, exact_s = min(fast_times), min(exact_times)
+    row = f"{case.name:<18}{case.batch:>6}{tokens / fast_s:>12.0f}{tokens / exact_s:>13.0f}"
+    if reference is not None:
+        ref_s = min(ref_times)
+        same = "yes" if torch.equal(exact_codes, ref_codes) else "NO"
+        row += f"{tokens / ref_s:>11.0f}{ref_s / fast_s:>9.2f}×{ref_s / exact_s:>10.2f}×  {same}"
+    return row
+
 
 if __name__ == "__main__":
     main()

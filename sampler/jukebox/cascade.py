@@ -209,11 +209,14 @@ def sample_steps(
     pick = draw if exact else draw_fast
     out = []
     token: Tensor | None = None
+    step_once = prior.step_in_inference_mode
     with torch.inference_mode():
         for step in range(count):
             # ids fed back were drawn from this prior's own logits: no per-step range check
-            logits = prior.step(state, token, check_ids=False)
-            logits = filter_logits(logits.div_(temperature), top_k, top_p)
+            logits = step_once(state, token, check_ids=False)
+            if temperature != 1.0:  # x / 1.0 is x: skipping it changes no bits
+                logits.div_(temperature)
+            logits = filter_logits(logits, top_k, top_p)
             token = pick(logits.float(), generator)
             out.append(token)
             if report is not None and ((step + 1) % progress_every == 0 or step + 1 == count):

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -611,6 +611,8 @@ class SamplingState:
     pending: Tensor | None  # (N, 1) newest known id: the input of the next position
     owner: int
     prefix_len: int = 0
+    # what `step` reads every token, fetched from the modules once per window
+    step_weights: tuple[Any, ...] | None = field(default=None, repr=False)
 
     @property
     def pos(self) -> int:
@@ -861,6 +863,13 @@ class JukeboxPrior(nn.Module):
         `check_ids=False` skips the per-step range check of `ids` (for a loop feeding back ids it drew
         from this prior's own logits, which are always in range); shapes and order are still checked.
         """
+        return self.step_in_inference_mode(state, ids, check_ids=check_ids)
+
+    def step_in_inference_mode(
+        self, state: SamplingState, ids: Tensor | None = None, *, check_ids: bool = True
+    ) -> Tensor:
+        """`step` for a caller already inside `torch.inference_mode()` (the sampling loop): entering
+        it on every token costs more than some of the layers."""
         self._check_state(state)
         has_pending = state.pending_start or state.pending is not None
         if ids is None:
@@ -882,22 +891,30 @@ class JukeboxPrior(nn.Module):
                 raise PriorInputError(f"got {ids.numel()} ids but the conditioning is for {state.cond.batch}")
             token = ids
         self._check_room(state, 1)
-        # The single-position forms of TokenModel.embed / head: same ops on (N, W) rows.
-        model, cond, pos = self.prior, state.cond, state.pos
+        # The single-position forms of TokenModel.embed / head: same ops on (N, W) rows, with the
+        # weights fetched once per window (module attribute lookups cost microseconds a token).
+        weights = state.step_weights
+        if weights is None:
+            model = self.prior
+            assert model.x_out is not None
+            weights = state.step_weights = (
+                model.x_emb.weight, model.pos_emb.pos_emb, model.x_out.weight, model.transformer, model.readd_cond
+            )
+        x_emb, pos_emb, x_out, transformer, readd_cond = weights
+        cond, pos = state.cond, state.pos
         if state.pending_start:
             x = cond.start[:, 0]
         else:
             assert token is not None
-            x = F.embedding(token.reshape(-1), model.x_emb.weight)
+            x = torch.embedding(x_emb, token.reshape(-1))
         x_cond = cond.x_cond[:, 0] if cond.x_cond.shape[1] == 1 else cond.x_cond[:, pos]
-        x = x + model.pos_emb.pos_emb[pos]
+        x = x + pos_emb[pos]
         x = x + x_cond
         state.pending_start, state.pending = False, None
-        h = model.transformer.decode(x, state.cache)
-        if model.readd_cond:
+        h = transformer.decode(x, state.cache)
+        if readd_cond:
             h = h + x_cond
-        assert model.x_out is not None
-        return F.linear(h, model.x_out.weight)
+        return F.linear(h, x_out)
 
     def _check_state(self, state: SamplingState) -> None:
         if state.owner != id(self):

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -181,13 +182,6 @@ class LayerNorm(nn.LayerNorm):
         return F.layer_norm(x.float(), self.normalized_shape, self.weight, self.bias, self.eps).to(x.dtype)
 
 
-def _layer_norm(norm: LayerNorm, x: Tensor) -> Tensor:
-    """`norm(x)` without the dtype round trip when x is already fp32 (same result)."""
-    if x.dtype == torch.float32:
-        return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
-    return norm(x)
-
-
 def quick_gelu(x: Tensor) -> Tensor:
     return x * torch.sigmoid(1.702 * x)
 
@@ -257,6 +251,10 @@ class LayerKV:
     v_flat: Tensor = field(init=False, repr=False)
     k_slots: Tensor = field(init=False, repr=False)  # (N, H, slots, D): where a step writes
     v_slots: Tensor = field(init=False, repr=False)
+    # The layer's weights as `decode` reads them, fetched from the modules on the cache's first
+    # step (a cache lives one window): attribute lookups on modules cost microseconds a token.
+    attn_weights: tuple[Tensor, ...] | None = field(default=None, init=False, repr=False)
+    block_weights: tuple[Any, ...] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         n, h, d = self.k.shape[0], self.k.shape[1], self.k.shape[-1]
@@ -461,13 +459,19 @@ class FactoredAttention(nn.Module):
         Same maths and kernels as `step` with the fewest tensor ops: 2-D activations, the new k, v
         written into their slot, keys read as one contiguous slice of the flat cache.
         """
+        weights = cache.attn_weights
+        if weights is None:
+            root = 1.0 / math.sqrt(math.sqrt(self.head_dim))
+            weights = cache.attn_weights = (
+                self.c_attn.w, self.c_attn.b, self.c_proj.w, self.c_proj.b, _cpu_scalar(root * root)
+            )
+        attn_w, attn_b, proj_w, proj_b, score_scale = weights
         n, heads, head_dim, f = x.shape[0], self.heads, self.head_dim, self.attn_func
-        c_attn, c_proj = self.c_attn, self.c_proj
         if f == CROSS:
-            q = torch.addmm(c_attn.b, x, c_attn.w)
+            q = torch.addmm(attn_b, x, attn_w)
             keys, values = cache.k_flat, cache.v_flat
         else:
-            qkv = torch.addmm(c_attn.b, x, c_attn.w).view(n, 3, heads, head_dim)
+            qkv = torch.addmm(attn_b, x, attn_w).view(n, 3, heads, head_dim)
             b = self.block_ctx
             if f == TRANSPOSE:
                 rows = cache.k.shape[3]
@@ -489,7 +493,7 @@ class FactoredAttention(nn.Module):
                 cache.k_slots.select(2, slot).copy_(qkv.select(1, 1))
                 cache.v_slots.select(2, slot).copy_(qkv.select(1, 2))
             if f == PREV_BLOCK and pos < b:  # attends to zero keys and values: the output is exactly zero
-                return c_proj.b.expand(n, c_proj.n_out)
+                return proj_b.expand(n, proj_b.shape[0])
             q = qkv.select(1, 0)  # (N, H, D): already (N·H, 1, D) for one head
             keys, values = cache.k_flat[:, first:last], cache.v_flat[:, first:last]
         if heads != 1 or q.dim() != 3:
@@ -497,15 +501,14 @@ class FactoredAttention(nn.Module):
         if self.fast:
             a = F.scaled_dot_product_attention(q, keys, values, scale=1.0 / math.sqrt(head_dim))
         else:  # the reference arithmetic of `_attend`, on 3-D batches
-            root = 1.0 / math.sqrt(math.sqrt(head_dim))
             w = torch.bmm(q, keys.transpose(1, 2))
-            w.mul_(root * root)
+            w.mul_(score_scale)
             if w.dtype == torch.float32:
                 probs = torch.softmax(w, dim=-1)
             else:
                 probs = torch.softmax(w.float(), dim=-1).to(values.dtype)
             a = torch.bmm(probs, values)
-        return torch.addmm(c_proj.b, a.view(n, heads * head_dim), c_proj.w)
+        return torch.addmm(proj_b, a.view(n, heads * head_dim), proj_w)
 
     # ---- several new positions after a non-empty cache
 
@@ -577,14 +580,35 @@ class ResidualBlock(nn.Module):
     def decode(self, x: Tensor, cache: LayerKV, pos: int) -> Tensor:
         """One position, x (N, width): `forward` after `attn.decode`, with in-place ops where the
         result is the same bits (x·sigmoid(1.702x) = sigmoid(1.702x)·x; (x + a) + m)."""
-        a = self.attn.decode(_layer_norm(self.ln_0, x), cache, pos)
+        weights = cache.block_weights
+        if weights is None:
+            fc, proj = self.mlp.c_fc, self.mlp.c_proj
+            weights = cache.block_weights = (
+                self.attn, self.ln_0.weight, self.ln_0.bias, self.ln_1.weight, self.ln_1.bias,
+                fc.w, fc.b, proj.w, proj.b, self.ln_0.normalized_shape, self.ln_0.eps, _cpu_scalar(1.702),
+            )
+        attn, ln0_w, ln0_b, ln1_w, ln1_b, fc_w, fc_b, proj_w, proj_b, shape, eps, gelu_scale = weights
+        a = attn.decode(_norm(x, shape, ln0_w, ln0_b, eps), cache, pos)
         s = x + a
-        fc, proj = self.mlp.c_fc, self.mlp.c_proj
-        h = torch.addmm(fc.b, _layer_norm(self.ln_1, s), fc.w)
-        g = h.mul(1.702)
+        h = torch.addmm(fc_b, _norm(s, shape, ln1_w, ln1_b, eps), fc_w)
+        g = h.mul(gelu_scale)
         g.sigmoid_()
         g.mul_(h)
-        return s.add_(torch.addmm(proj.b, g, proj.w))
+        return s.add_(torch.addmm(proj_b, g, proj_w))
+
+
+def _cpu_scalar(value: float) -> Tensor:
+    """A Python float as a 0-dim fp32 CPU tensor. Multiplying by it computes exactly as by the float
+    (both reach the kernel as an fp32 scalar, for CUDA tensors too) without wrapping and converting
+    a new scalar tensor on every call."""
+    return torch.tensor(value, dtype=torch.float32)
+
+
+def _norm(x: Tensor, shape: tuple[int, ...], weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+    """`LayerNorm.forward` from its parts: computed in fp32, returned in x's dtype."""
+    if x.dtype == torch.float32:
+        return torch.layer_norm(x, shape, weight, bias, eps)
+    return torch.layer_norm(x.float(), shape, weight, bias, eps).to(x.dtype)
 
 
 class Transformer(nn.Module):
@@ -681,7 +705,7 @@ class Transformer(nn.Module):
         (`forward` checks; `JukeboxPrior.step` checks once per call).
         """
         pos = cache.pos
-        h = x.to(self.dtype)
+        h = x.to(cache.dtype)
         for block, layer in zip(self._blocks, cache.layers, strict=True):
             h = block.decode(h, layer, pos)
         cache.pos = pos + 1

@@ -39,16 +39,17 @@ def _layer(attn_func: int, heads: int) -> FactoredAttention:
     return layer
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("heads", [1, 2])
 @pytest.mark.parametrize("attn_func", [DENSE, BLOCK, TRANSPOSE, PREV_BLOCK, CROSS, PRIME])
-def test_decode_gives_the_bits_of_the_step_path(attn_func: int, heads: int) -> None:
-    layer = _layer(attn_func, heads)
-    x, enc = torch.randn(3, SEQ, 16), torch.randn(3, 5, 16)
+def test_decode_gives_the_bits_of_the_step_path(attn_func: int, heads: int, dtype: torch.dtype) -> None:
+    layer = _layer(attn_func, heads).to(dtype)
+    x, enc = torch.randn(3, SEQ, 16, dtype=dtype), torch.randn(3, 5, 16, dtype=dtype)
 
     def cache() -> LayerKV:
         if attn_func == CROSS:
             return LayerKV(*layer.encoder_kv(enc))
-        return layer.new_cache(3, SEQ, torch.float32, torch.device("cpu"))
+        return layer.new_cache(3, SEQ, dtype, torch.device("cpu"))
 
     stepped, decoded = cache(), cache()
     with torch.no_grad():
@@ -57,8 +58,31 @@ def test_decode_gives_the_bits_of_the_step_path(attn_func: int, heads: int) -> N
             want = layer.step(x[:, pos : pos + 1], stepped, pos)[:, 0]
             got = layer.decode(x[:, pos], decoded, pos)
             assert torch.equal(got, want), f"position {pos}"
-            torch.testing.assert_close(got, full[:, pos], atol=2e-6, rtol=1e-5)
+            if dtype == torch.float32:
+                torch.testing.assert_close(got, full[:, pos], atol=2e-6, rtol=1e-5)
     assert torch.equal(decoded.k, stepped.k) and torch.equal(decoded.v, stepped.v)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_block_decode_gives_the_bits_of_the_module_path(dtype: torch.dtype) -> None:
+    """`ResidualBlock.decode` (weights read once per window, scalars as 0-dim tensors) against
+    `ln_0` → `attn.step` → `forward` with the modules' own calls."""
+    torch.manual_seed(3)
+    model = Transformer(TransformerConfig(heads=2, **{**CONFIG, "attn_order": 12, "depth": 4}))  # type: ignore[arg-type]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(std=0.3)
+        model.to_compute_dtype(dtype)
+        x = torch.randn(2, SEQ, 16).to(dtype)
+        for block in model._blocks:
+            attn = block.attn
+            stepped = attn.new_cache(2, SEQ, dtype, torch.device("cpu"))
+            decoded = attn.new_cache(2, SEQ, dtype, torch.device("cpu"))
+            for pos in range(SEQ):
+                h = x[:, pos : pos + 1]
+                want = block(h, attn.step(block.ln_0(h), stepped, pos))[:, 0]
+                got = block.decode(x[:, pos].clone(), decoded, pos)
+                assert torch.equal(got, want), f"attention {attn.attn_func}, position {pos}"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
