@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 NO_MENTIONS = discord.AllowedMentions.none()
 NOTIFY_USER = discord.AllowedMentions(everyone=False, roles=False, users=True, replied_user=False)
+# Discord caps the edits of messages older than an hour (JSON error code 30046); real jobs run for hours.
+OLD_MESSAGE_EDITS_EXHAUSTED = 30046
 
 
 @dataclass
@@ -98,7 +100,10 @@ class ProgressRelay:
             ours = [job for job in unfinished if job.guild_id in guild_ids]
             for job in ours:
                 self.track(job.id)
-                await self._update(job, positions.get(job.id))
+                try:
+                    await self._update(job, positions.get(job.id))
+                except Exception:  # e.g. no permission in that channel: the other jobs still update
+                    log.exception("job #%s: updating its progress message failed; trying again later", job.id)
             still_running = {job.id for job in ours}
             # Results the store says nobody posted yet: also those that finished while no bot ran.
             finished: set[int] = set()
@@ -138,13 +143,24 @@ class ProgressRelay:
         assert job.progress_message_id is not None
         channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
         watched = self._watched.setdefault(job.id, _Watched())
+        old = channel.get_partial_message(job.progress_message_id)
         try:
-            await channel.get_partial_message(job.progress_message_id).edit(
-                content=text, allowed_mentions=NO_MENTIONS
-            )
+            await old.edit(content=text, allowed_mentions=NO_MENTIONS)
         except discord.NotFound:  # someone deleted the progress message: post a fresh one
             message = await channel.send(text, allowed_mentions=NO_MENTIONS)
             await self.store.set_progress_message(job.id, message.id)
+        except discord.HTTPException as exc:
+            if exc.code != OLD_MESSAGE_EDITS_EXHAUSTED:
+                raise
+            # The message is over an hour old and out of edits: go on in a fresh one at the bottom of
+            # the channel (edits work again there) and remove the stale one.
+            reference = self._reference(job.channel_id, job.guild_id, watched.reply_to)
+            message = await channel.send(text, allowed_mentions=NO_MENTIONS, reference=reference)  # type: ignore[arg-type]
+            await self.store.set_progress_message(job.id, message.id)
+            try:
+                await old.delete()
+            except discord.HTTPException:
+                log.warning("job #%s: could not delete its old progress message %s", job.id, old.id)
         watched.text, watched.edited_at = text, time.monotonic()
 
     async def post_progress_message(self, job_id: int) -> None:

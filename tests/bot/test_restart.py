@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
+from bot.bot import JukeBot
 from storage.engine import create_engine
 from storage.models import JobStatus
+from storage.records import ClaimedJob
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
 from tests.bot.fake_discord import CALLBACK_UPDATE, FakeDiscord, FakeMessage
@@ -148,15 +150,23 @@ async def test_an_upsample_finished_during_a_restart_replies_to_the_sample_it_up
     assert fake.rejections == [] and fake.unknown_requests == []
 
 
-async def test_results_that_fail_to_post_part_way_are_finished_later_without_repeats(
-    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
-) -> None:
-    fake, store = fake_discord, sqlite_store
+async def _one_running_job(
+    fake: FakeDiscord, bot_runner: BotRunner, store: JobStore
+) -> tuple[JukeBot, PlayedWorker, ClaimedJob, FakeMessage]:
+    """A bot, alice's /jukebox job claimed by the test's worker, and its progress message."""
     bot = await bot_runner.start(make_bot(fake, store))
     worker = PlayedWorker(store)
     await _jukebox(fake, "alice", 1)
     job = await worker.claim()
     progress = await fake.wait_for(when(lambda: progress_message(fake, job.id)))
+    return bot, worker, job, progress
+
+
+async def test_results_that_fail_to_post_part_way_are_finished_later_without_repeats(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    fake, store = fake_discord, sqlite_store
+    bot, worker, job, progress = await _one_running_job(fake, bot_runner, store)
     sample_ids = await worker.complete(job, n=2, full=False)
 
     # Both samples go out, then Discord refuses the final progress edit once.
@@ -201,3 +211,61 @@ async def test_two_bots_at_once_post_each_result_once(
         assert fake.rejections == [] and fake.unknown_requests == []
     finally:
         await other_engine.dispose()
+
+
+async def test_a_progress_message_out_of_edits_goes_on_in_a_fresh_one(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    """Discord refuses edits to messages older than an hour once they have had many (30046)."""
+    fake, store = fake_discord, sqlite_store
+    bot, worker, job, old = await _one_running_job(fake, bot_runner, store)
+    await bot.relay.run_pass()  # shows the job running
+
+    fake.fail_next(
+        "PATCH", "/channels/{channel_id}/messages/{message_id}", status=400, code=30046,
+        message="Maximum number of edits to messages older than 1 hour reached. Try again later",
+    )
+    await worker.progress(job.id, window=2, of=4)
+    await bot.relay.run_pass()
+
+    assert [(r.status, (r.error or {}).get("code")) for r in fake.rejections] == [(400, 30046)]
+    fresh = progress_message(fake, job.id)
+    assert fresh is not None and fresh.id != old.id and "window 2/4" in fresh.content
+    assert old.deleted
+    assert (await store.get_job(job.id)).progress_message_id == fresh.id
+    # Later progress and the results go to the fresh message.
+    await worker.progress(job.id, window=3, of=4)
+    await bot.relay.run_pass()
+    assert "window 3/4" in fresh.content
+    await worker.complete(job, n=1, full=False)
+    await bot.relay.run_pass()
+    assert fresh.content.endswith("✅ Done: 1 sample below.")
+
+
+async def test_a_job_whose_progress_cannot_be_edited_does_not_hold_up_the_others(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    fake, store = fake_discord, sqlite_store
+    bot = await bot_runner.start(make_bot(fake, store))
+    worker = PlayedWorker(store)
+    jobs = []
+    for seed, user in ((1, "alice"), (2, "bob")):
+        await _jukebox(fake, user, seed)
+        jobs.append(await worker.claim())
+        await fake.wait_for(when(lambda job_id=jobs[-1].id: progress_message(fake, job_id)))
+    first, second = jobs
+    sample_ids = await worker.complete(second, n=1, full=False)
+    await worker.progress(first.id, window=2, of=4)
+
+    # The first job's edit is refused (the bot lost access to the message, say); the same pass still
+    # posts the second job's results.
+    fake.fail_next("PATCH", "/channels/{channel_id}/messages/{message_id}", status=403, code=50013)
+    await bot.relay.run_pass()
+    assert [r.status for r in fake.rejections] == [403]
+    assert sample_message(fake, sample_ids[0]) is not None
+    second_progress = progress_message(fake, second.id)
+    assert second_progress is not None and second_progress.content.endswith("✅ Done: 1 sample below.")
+    # and the first job's progress shows on the next pass
+    await bot.relay.run_pass()
+    first_progress = progress_message(fake, first.id)
+    assert first_progress is not None and "window 2/4" in first_progress.content
