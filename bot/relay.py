@@ -146,21 +146,19 @@ class ProgressRelay:
         old = channel.get_partial_message(job.progress_message_id)
         try:
             await old.edit(content=text, allowed_mentions=NO_MENTIONS)
-        except discord.NotFound:  # someone deleted the progress message: post a fresh one
+        except discord.HTTPException as exc:
+            # Someone deleted the progress message, or it is over an hour old and out of edits: go on
+            # in a fresh one at the bottom of the channel (edits work again there).
+            gone = isinstance(exc, discord.NotFound)
+            if not gone and exc.code != OLD_MESSAGE_EDITS_EXHAUSTED:
+                raise
             message = await channel.send(text, allowed_mentions=NO_MENTIONS)
             await self.store.set_progress_message(job.id, message.id)
-        except discord.HTTPException as exc:
-            if exc.code != OLD_MESSAGE_EDITS_EXHAUSTED:
-                raise
-            # The message is over an hour old and out of edits: go on in a fresh one at the bottom of
-            # the channel (edits work again there) and remove the stale one.
-            reference = self._reference(job.channel_id, job.guild_id, watched.reply_to)
-            message = await channel.send(text, allowed_mentions=NO_MENTIONS, reference=reference)  # type: ignore[arg-type]
-            await self.store.set_progress_message(job.id, message.id)
-            try:
-                await old.delete()
-            except discord.HTTPException:
-                log.warning("job #%s: could not delete its old progress message %s", job.id, old.id)
+            if not gone:  # remove the stale one
+                try:
+                    await old.delete()
+                except discord.HTTPException:
+                    log.warning("job #%s: could not delete its old progress message %s", job.id, old.id)
         watched.text, watched.edited_at = text, time.monotonic()
 
     async def post_progress_message(self, job_id: int) -> None:

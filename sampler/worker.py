@@ -167,6 +167,13 @@ class _Run:
         return self._stop
 
 
+Checkpoint = bytes | Callable[[], bytes]  # as `ProgressReporter.checkpoint` takes it
+
+
+def _checkpoint_bytes(blob: Checkpoint) -> bytes:
+    return blob() if callable(blob) else blob
+
+
 class _Reporter:
     """The `ProgressReporter` handed to the runner; its methods run in the runner's thread."""
 
@@ -254,12 +261,6 @@ class _Reporter:
         if held is not None and store_held:
             await self._worker._save_checkpoint(self._run, _checkpoint_bytes(held))
 
-
-Checkpoint = bytes | Callable[[], bytes]
-
-
-def _checkpoint_bytes(blob: Checkpoint) -> bytes:
-    return blob() if callable(blob) else blob
 
 
 # ----------------------------------------------------------------------------- the worker

@@ -179,11 +179,21 @@ class LayerNorm(nn.LayerNorm):
         super().__init__(width, eps=1e-5)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.layer_norm(x.float(), self.normalized_shape, self.weight, self.bias, self.eps).to(x.dtype)
+        return _norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+
+def _norm(x: Tensor, shape: tuple[int, ...], weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+    """`LayerNorm.forward` from its parts (the decode path holds them): fp32 maths, x's dtype out."""
+    if x.dtype == torch.float32:
+        return torch.layer_norm(x, shape, weight, bias, eps)
+    return torch.layer_norm(x.float(), shape, weight, bias, eps).to(x.dtype)
+
+
+GELU_SCALE = 1.702  # quick GELU: x·sigmoid(1.702·x)
 
 
 def quick_gelu(x: Tensor) -> Tensor:
-    return x * torch.sigmoid(1.702 * x)
+    return x * torch.sigmoid(GELU_SCALE * x)
 
 
 class MLP(nn.Module):
@@ -205,15 +215,19 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, fast: bool) ->
     head_dim = q.shape[-1]
     if fast:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0 / math.sqrt(head_dim))
-    # The reference splits 1/sqrt(head_dim) into two fourth roots and multiplies their product in place.
-    root = 1.0 / math.sqrt(math.sqrt(head_dim))
     w = torch.matmul(q, k.transpose(-1, -2))
-    w.mul_(root * root)
+    w.mul_(_score_scale(head_dim))
     w32 = w.float()
     if mask is not None:
         w32 = torch.where(mask, w32, MASK_VALUE)
     probs = torch.softmax(w32, dim=-1).to(v.dtype)
     return torch.matmul(probs, v)
+
+
+def _score_scale(head_dim: int) -> float:
+    """The reference splits 1/sqrt(head_dim) into two fourth roots and multiplies by their product."""
+    root = 1.0 / math.sqrt(math.sqrt(head_dim))
+    return root * root
 
 
 def _causal_mask(q_len: int, k_len: int, device: torch.device) -> Tensor:
@@ -461,9 +475,8 @@ class FactoredAttention(nn.Module):
         """
         weights = cache.attn_weights
         if weights is None:
-            root = 1.0 / math.sqrt(math.sqrt(self.head_dim))
             weights = cache.attn_weights = (
-                self.c_attn.w, self.c_attn.b, self.c_proj.w, self.c_proj.b, _cpu_scalar(root * root)
+                self.c_attn.w, self.c_attn.b, self.c_proj.w, self.c_proj.b, _cpu_scalar(_score_scale(self.head_dim))
             )
         attn_w, attn_b, proj_w, proj_b, score_scale = weights
         n, heads, head_dim, f = x.shape[0], self.heads, self.head_dim, self.attn_func
@@ -585,7 +598,7 @@ class ResidualBlock(nn.Module):
             fc, proj = self.mlp.c_fc, self.mlp.c_proj
             weights = cache.block_weights = (
                 self.attn, self.ln_0.weight, self.ln_0.bias, self.ln_1.weight, self.ln_1.bias,
-                fc.w, fc.b, proj.w, proj.b, self.ln_0.normalized_shape, self.ln_0.eps, _cpu_scalar(1.702),
+                fc.w, fc.b, proj.w, proj.b, self.ln_0.normalized_shape, self.ln_0.eps, _cpu_scalar(GELU_SCALE),
             )
         attn, ln0_w, ln0_b, ln1_w, ln1_b, fc_w, fc_b, proj_w, proj_b, shape, eps, gelu_scale = weights
         a = attn.decode(_norm(x, shape, ln0_w, ln0_b, eps), cache, pos)
@@ -603,12 +616,6 @@ def _cpu_scalar(value: float) -> Tensor:
     a new scalar tensor on every call."""
     return torch.tensor(value, dtype=torch.float32)
 
-
-def _norm(x: Tensor, shape: tuple[int, ...], weight: Tensor, bias: Tensor, eps: float) -> Tensor:
-    """`LayerNorm.forward` from its parts: computed in fp32, returned in x's dtype."""
-    if x.dtype == torch.float32:
-        return torch.layer_norm(x, shape, weight, bias, eps)
-    return torch.layer_norm(x.float(), shape, weight, bias, eps).to(x.dtype)
 
 
 class Transformer(nn.Module):
