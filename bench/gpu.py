@@ -72,7 +72,9 @@ def tiny(config: PriorConfig) -> PriorConfig:
     elif config.single_enc_dec:
         changes.update(prior_depth=16, n_tokens=16)  # layer 15 is prime attention
     elif config.lyric_encoder:
-        changes.update(prior_depth=19, n_tokens=16, prime_width=16, prime_depth=2, prime_blocks=4)  # 18: cross
+        changes.update(
+            prior_depth=19, n_tokens=16, prime_width=16, prime_depth=2, prime_blocks=4
+        )  # 18: cross
     return dataclasses.replace(config, **changes)  # type: ignore[arg-type]
 
 
@@ -143,7 +145,9 @@ def time_level(prior: JukeboxPrior, batch: int, steps: int, device: torch.device
                 sync()
                 begin.append(time.perf_counter())
 
-        sample_steps(prior, state, steps, 1.0, 0, 0.0, generator, start_clock, progress_every=warm, exact=False)
+        sample_steps(
+            prior, state, steps, 1.0, 0, 0.0, generator, start_clock, progress_every=warm, exact=False
+        )
         sync()
         return (time.perf_counter() - begin[0]) / (steps - warm)
 
@@ -153,7 +157,9 @@ def time_level(prior: JukeboxPrior, batch: int, steps: int, device: torch.device
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--stacks", nargs="+", choices=sorted(STACKS), default=["5b_lyrics", "1b_lyrics"])
     parser.add_argument("--samples", nargs="+", type=int, default=[1, 3])
     parser.add_argument("--steps", type=int, default=128, help="tokens timed per level and lever")
@@ -217,7 +223,9 @@ def main(argv: list[str] | None = None) -> None:
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
             for lever, total in totals.items():
-                print(f"{'total ' + stack:<24}{lever:<16}{'':>9}{total:>10.1f}{bound_total:>13.1f}{total / bound_total:>8.2f}×")
+                print(
+                    f"{'total ' + stack:<24}{lever:<16}{'':>9}{total:>10.1f}{bound_total:>13.1f}{total / bound_total:>8.2f}×"
+                )
             if not math.isfinite(bound_total) or bound_total <= 0:
                 raise RuntimeError("the bandwidth bound came out non-positive")
 

@@ -100,7 +100,11 @@ async def enqueue_jobs(url: str, settings: Settings, count: int) -> list[Job]:
         store = JobStore(engine)
         ids = [
             await store.enqueue(
-                kind=JobKind.GENERATE, model=settings.model, params=settings.params(seed), channel_id=1, user_id=2
+                kind=JobKind.GENERATE,
+                model=settings.model,
+                params=settings.params(seed),
+                channel_id=1,
+                user_id=2,
             )
             for seed in range(count)
         ]
@@ -166,8 +170,21 @@ def running_pool(url: str, model_dir: Path, log_file: Path, checkpoint_seconds: 
         "MKL_NUM_THREADS": "1",
     }
     command = [
-        sys.executable, "-m", "sampler.pool", "--database-url", url, "--runner", RUNNER, "--devices", "cpu",
-        "--checkpoint-seconds", str(checkpoint_seconds), "--poll-seconds", "0.1", "--max-poll-seconds", "0.5",
+        sys.executable,
+        "-m",
+        "sampler.pool",
+        "--database-url",
+        url,
+        "--runner",
+        RUNNER,
+        "--devices",
+        "cpu",
+        "--checkpoint-seconds",
+        str(checkpoint_seconds),
+        "--poll-seconds",
+        "0.1",
+        "--max-poll-seconds",
+        "0.5",
     ]
     started = time.perf_counter()
     with open(log_file, "wb") as output:
@@ -248,7 +265,10 @@ def main(argv: list[str] | None = None) -> int:
                 (done,) = run_in_pipeline(pipeline_db, settings, 1, within)
                 turns.append((direct_s, seconds_between(done.started_at, done.finished_at)))
                 if args.verbose:
-                    print(f"turn {turn + 1}: direct {turns[-1][0]:.2f} s, pipeline {turns[-1][1]:.2f} s", flush=True)
+                    print(
+                        f"turn {turn + 1}: direct {turns[-1][0]:.2f} s, pipeline {turns[-1][1]:.2f} s",
+                        flush=True,
+                    )
 
     ratios = sorted(pipe / direct_s for direct_s, pipe in turns)
     ratio = statistics.median(ratios)
@@ -260,7 +280,9 @@ def main(argv: list[str] | None = None) -> int:
         f"checkpoints at most every {args.checkpoint_seconds:g} s"
     )
     print(f"{'':32}{'direct':>10}{'pipeline':>11}{'overhead':>11}")
-    print(f"{'per job including model load':32}{direct_cold:>9.2f}s{pipe_cold:>10.2f}s{overhead(direct_cold, pipe_cold):>11}")
+    print(
+        f"{'per job including model load':32}{direct_cold:>9.2f}s{pipe_cold:>10.2f}s{overhead(direct_cold, pipe_cold):>11}"
+    )
     print(
         f"{f'steady state (mean of {len(turns)})':32}{direct_mean:>9.2f}s{pipe_mean:>10.2f}s"
         f"{overhead(direct_mean, pipe_mean):>11}"

@@ -186,11 +186,17 @@ def timed(fn: Callable[[], Tensor]) -> tuple[float, Tensor]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="toy sizes, one round: a seconds-long smoke run")
-    parser.add_argument("--sizes", nargs="+", choices=sorted(FULL_CASES), default=sorted(FULL_CASES, reverse=True))
+    parser.add_argument(
+        "--sizes", nargs="+", choices=sorted(FULL_CASES), default=sorted(FULL_CASES, reverse=True)
+    )
     parser.add_argument("--rounds", type=int, default=3, help="timed runs after a warm-up; the best is kept")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads, both sides")
+    parser.add_argument(
+        "--threads", type=int, default=torch.get_num_threads(), help="torch threads, both sides"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-reference", action="store_true", help="time ours only")
     args = parser.parse_args(argv)
@@ -221,7 +227,9 @@ def main(argv: list[str] | None = None) -> None:
             if not args.skip_reference:
                 weights = Path(tmp) / "weights.pt"
                 torch.save(reference_state_dict(prior, start_token), weights)
-                reference = Reference(weights, model_cases[0], args.threads, args.seed, Path(tmp) / "oracle.py")
+                reference = Reference(
+                    weights, model_cases[0], args.threads, args.seed, Path(tmp) / "oracle.py"
+                )
             try:
                 for case in model_cases:
                     print(measure(case, prior, start_token, reference, rounds, args.seed), flush=True)
@@ -230,7 +238,9 @@ def main(argv: list[str] | None = None) -> None:
                     reference.close()
 
 
-def measure(case: Case, prior: JukeboxPrior, start_token: Tensor, reference: Reference | None, rounds: int, seed: int) -> str:
+def measure(
+    case: Case, prior: JukeboxPrior, start_token: Tensor, reference: Reference | None, rounds: int, seed: int
+) -> str:
     """One table row: after a warm-up of each, `rounds` rounds in which ours (default draws), ours
     (exact draws) and the reference each sample one window; the best time of each is kept."""
     fast = partial(ours_once, prior, start_token, case, seed, False)

@@ -67,13 +67,17 @@ def best_time(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=3.0, help="audio length")
     parser.add_argument("--rounds", type=int, default=2, help="alternating timed rounds; the best is kept")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", default="cpu", help="device for ours (the reference always runs on CPU)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--chunk-seconds", type=float, default=None, help="also time ours chunked this finely")
+    parser.add_argument(
+        "--chunk-seconds", type=float, default=None, help="also time ours chunked this finely"
+    )
     parser.add_argument("--skip-reference", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -135,29 +139,38 @@ def main() -> None:
                 keep_best(name, time_ours(chunk))
 
     keys = ("encode", "decode_0", "decode_1", "decode_2")
-    print(f"published VQ-VAE, random weights, {seconds:.2f} s of audio, batch 1, {args.threads} threads, "
-          f"best of {args.rounds} alternating rounds, ours on {device} in {args.dtype}; "
-          "seconds of audio per second (higher is better)")
+    print(
+        f"published VQ-VAE, random weights, {seconds:.2f} s of audio, batch 1, {args.threads} threads, "
+        f"best of {args.rounds} alternating rounds, ours on {device} in {args.dtype}; "
+        "seconds of audio per second (higher is better)"
+    )
     print(f"{'':28}{'encode':>10}{'decode L0':>11}{'decode L1':>11}{'decode L2':>11}")
     reference = best.pop("reference", None)
     if reference:
-        print(f"{'jukebox-infer (cpu, fp32)':28}" + "".join(f"{seconds / reference[k]:>10.2f} " for k in keys))
+        print(
+            f"{'jukebox-infer (cpu, fp32)':28}" + "".join(f"{seconds / reference[k]:>10.2f} " for k in keys)
+        )
     for name, timings in best.items():
         print(f"{name:28}" + "".join(f"{seconds / timings[k]:>10.2f} " for k in keys))
         if reference:
-            print(f"{'  ours / reference':28}" + "".join(f"{reference[k] / timings[k]:>9.2f}x " for k in keys))
+            print(
+                f"{'  ours / reference':28}" + "".join(f"{reference[k] / timings[k]:>9.2f}x " for k in keys)
+            )
 
 
 def run_reference(ckpt: Path, audio_path: Path, threads: int) -> dict[str, float]:
     proc = subprocess.run(
         [sys.executable, "-O", "-c", textwrap.dedent(ORACLE), str(ckpt), str(audio_path), "1", str(threads)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         sys.exit(f"reference failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
     result: dict[str, float] = json.loads(lines[-1].removeprefix("RESULT "))
     return result
+
 
 if __name__ == "__main__":
     main()

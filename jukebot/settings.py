@@ -65,7 +65,9 @@ def _split_ints(value: object) -> object:
         try:
             return [int(part) for part in parts]
         except ValueError:
-            raise ValueError("use channel ids separated by commas, e.g. 123456789012345678,234567890123456789") from None
+            raise ValueError(
+                "use channel ids separated by commas, e.g. 123456789012345678,234567890123456789"
+            ) from None
     return value
 
 

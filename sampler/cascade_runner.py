@@ -46,7 +46,9 @@ from storage.records import NewSample
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 44100
-STORED_FORMAT: OutputFormat = "ogg"  # Opus in Ogg; the bot re-encodes only when a server's upload limit is smaller
+STORED_FORMAT: OutputFormat = (
+    "ogg"  # Opus in Ogg; the bot re-encodes only when a server's upload limit is smaller
+)
 STORED_BITRATE = 160_000
 LOWER_TEMPERATURE = 0.99  # the reference's temperature for the upsamplers
 DEFAULT_MAX_BATCH_SIZE = (16, 16, 3)
@@ -94,7 +96,11 @@ class CascadeRunner:
             if self.device.is_cuda:
                 torch.cuda.empty_cache()
             self._cascades[model] = load_cascade(
-                self.model_dir, model, device=self.device.name, dtype=self.dtype, keep_priors=not self.device.is_cuda
+                self.model_dir,
+                model,
+                device=self.device.name,
+                dtype=self.dtype,
+                keep_priors=not self.device.is_cuda,
             )
         return self._cascades[model]
 
@@ -116,7 +122,9 @@ class CascadeRunner:
             wanted = len(pcm) if params.prime_seconds is None else int(params.prime_seconds * SAMPLE_RATE)
             length = prompt_length_samples(min(wanted, len(pcm)) / SAMPLE_RATE)
             if length < top_hop:
-                raise InvalidJobInput("The prime clip is too short to continue: send at least a second of audio.")
+                raise InvalidJobInput(
+                    "The prime clip is too short to continue: send at least a second of audio."
+                )
             if new_length <= length:
                 raise InvalidJobInput(
                     f"The length ({params.seconds:g} s) includes the prime and must be longer than it "
@@ -227,7 +235,9 @@ class CascadeRunner:
             raise_if_stopped(lambda: stop_reason[-1] if stop_reason else StopReason.SHUTDOWN)
             raise
         except torch.OutOfMemoryError as exc:
-            raise OutOfMemory(self.device, "JUKEBOT_MAX_BATCH_SIZE (or the number of samples)", str(exc)[:120]) from None
+            raise OutOfMemory(
+                self.device, "JUKEBOT_MAX_BATCH_SIZE (or the number of samples)", str(exc)[:120]
+            ) from None
         except SamplingError as exc:
             raise JobFailed(f"This job cannot be sampled: {exc}.") from None
         raise_if_stopped(should_stop)

@@ -150,7 +150,9 @@ def expected_shapes_for(name: str, model_dir: Path | str | None = None) -> dict[
         raise CheckpointError(f"unknown checkpoint {name!r}: use one of {', '.join(CHECKPOINTS)}")
 
     def hparams(checkpoint: str, published: dict[str, Any]) -> dict[str, Any]:
-        return published if model_dir is None else _hparams(model_path(Path(model_dir), checkpoint), published)
+        return (
+            published if model_dir is None else _hparams(model_path(Path(model_dir), checkpoint), published)
+        )
 
     vqvae_hparams = hparams("vqvae", VQVAE_HPARAMS)
     with torch.device("meta"):

@@ -115,7 +115,14 @@ class WorkerPool:
     def _spawn(self, slot: _Slot) -> None:
         process = self._context.Process(
             target=worker_main,
-            args=(self.database_url, slot.device.name, self.runner_factory_path, self.config, True, self.log_level),
+            args=(
+                self.database_url,
+                slot.device.name,
+                self.runner_factory_path,
+                self.config,
+                True,
+                self.log_level,
+            ),
             name=f"jukebot-worker-{slot.device}",
         )
         process.start()
@@ -129,7 +136,9 @@ class WorkerPool:
 
     def pids(self) -> dict[str, int | None]:
         return {
-            slot.device.name: slot.process.pid if slot.process is not None and slot.process.is_alive() else None
+            slot.device.name: slot.process.pid
+            if slot.process is not None and slot.process.is_alive()
+            else None
             for slot in self.slots
         }
 
@@ -165,7 +174,11 @@ class WorkerPool:
             if slot.quick_deaths == 0
             else min(self.restart_backoff * 2 ** (slot.quick_deaths - 1), self.max_restart_backoff)
         )
-        how = f"was killed by {_signal_name(-exitcode)}" if exitcode and exitcode < 0 else f"exited ({exitcode})"
+        how = (
+            f"was killed by {_signal_name(-exitcode)}"
+            if exitcode and exitcode < 0
+            else f"exited ({exitcode})"
+        )
         log.warning(
             "worker on %s %s after %.1f s; restarting in %.1f s (its job resumes from its checkpoint)",
             slot.device,
@@ -177,7 +190,9 @@ class WorkerPool:
 
     def stop(self, timeout: float = 60.0) -> None:
         """SIGTERM every worker (each releases its job), wait up to `timeout`, then kill stragglers."""
-        running = [slot.process for slot in self.slots if slot.process is not None and slot.process.is_alive()]
+        running = [
+            slot.process for slot in self.slots if slot.process is not None and slot.process.is_alive()
+        ]
         for slot in self.slots:
             slot.restart_at = None
         for process in running:

@@ -206,7 +206,9 @@ def factory_exists(path: str) -> None:
     except (ImportError, ValueError) as exc:
         raise RunnerFactoryError(f"Runner factory {path!r}: cannot find module {module!r} ({exc}).") from None
     if spec is None:
-        raise RunnerFactoryError(f"Runner factory {path!r}: there is no module {module!r} on the Python path.")
+        raise RunnerFactoryError(
+            f"Runner factory {path!r}: there is no module {module!r} on the Python path."
+        )
 
 
 def load_runner_factory(path: str) -> RunnerFactory:

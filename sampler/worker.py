@@ -216,7 +216,9 @@ class _Reporter:
         if fraction is None:
             fraction = tokens_done / tokens_total if tokens_total > 0 else 0.0
         run = self._run
-        run.latest = _Progress(stage, fraction, level, window, window_count, tokens_done, tokens_total, rate, eta)
+        run.latest = _Progress(
+            stage, fraction, level, window, window_count, tokens_done, tokens_total, rate, eta
+        )
         if not run.progress_signalled:  # after `latest` is set: the writer clears the flag before reading it
             run.progress_signalled = True
             self._loop.call_soon_threadsafe(run.progress_ready.set)
@@ -237,7 +239,9 @@ class _Reporter:
         self._held = None
         self._sent_at = time.monotonic()
         data = _checkpoint_bytes(blob)
-        self._pending = asyncio.run_coroutine_threadsafe(self._worker._save_checkpoint(self._run, data), self._loop)
+        self._pending = asyncio.run_coroutine_threadsafe(
+            self._worker._save_checkpoint(self._run, data), self._loop
+        )
 
     def _wait_pending(self) -> None:
         future, self._pending = self._pending, None
@@ -260,7 +264,6 @@ class _Reporter:
         held, self._held = self._held, None
         if held is not None and store_held:
             await self._worker._save_checkpoint(self._run, _checkpoint_bytes(held))
-
 
 
 # ----------------------------------------------------------------------------- the worker

@@ -13,5 +13,6 @@ PYTHON=${PYTHON:-python3}
 source scripts/ensure-postgres.sh
 
 "$PYTHON" -m ruff check .
+"$PYTHON" -m ruff format --check .
 "$PYTHON" -m mypy
 "$PYTHON" -m pytest "$@"

@@ -61,7 +61,9 @@ def _instruction(dockerfile: str, name: str) -> list[str]:
     return arguments
 
 
-@pytest.mark.parametrize(("image", "subcommand"), [("Dockerfile.worker", "worker"), ("Dockerfile.bot", "run")])
+@pytest.mark.parametrize(
+    ("image", "subcommand"), [("Dockerfile.worker", "worker"), ("Dockerfile.bot", "run")]
+)
 def test_image_entry_command_is_a_jukebot_subcommand(image: str, subcommand: str) -> None:
     text = (DOCKER / image).read_text()
     assert re.search(r"^FROM \S+", text, flags=re.MULTILINE)

@@ -27,7 +27,9 @@ def _floats(text: str, name: str, count: int = 3) -> tuple[float, ...]:
     try:
         values = tuple(float(part) for part in text.replace(" ", "").split(",") if part)
     except ValueError:
-        raise click.BadParameter(f"use {count} comma-separated numbers, e.g. 0.5,0.5,0.125", param_hint=name) from None
+        raise click.BadParameter(
+            f"use {count} comma-separated numbers, e.g. 0.5,0.5,0.125", param_hint=name
+        ) from None
     if len(values) == 1:
         values = values * count
     if len(values) != count:
@@ -36,13 +38,21 @@ def _floats(text: str, name: str, count: int = 3) -> tuple[float, ...]:
 
 
 @click.command()
-@click.option("--model", type=click.Choice(["5b", "5b_lyrics", "1b_lyrics"]), default="5b_lyrics", show_default=True)
+@click.option(
+    "--model", type=click.Choice(["5b", "5b_lyrics", "1b_lyrics"]), default="5b_lyrics", show_default=True
+)
 @click.option("--name", default="sample", show_default=True, help="Output directory.")
 @click.option(
-    "--levels", type=click.IntRange(1, 3), default=3, show_default=True, help="Sample the top N levels (1: preview)."
+    "--levels",
+    type=click.IntRange(1, 3),
+    default=3,
+    show_default=True,
+    help="Sample the top N levels (1: preview).",
 )
 @click.option("--sample_length_in_seconds", type=float, default=20.0, show_default=True)
-@click.option("--total_sample_length_in_seconds", type=float, default=None, help="Song length for the labels.")
+@click.option(
+    "--total_sample_length_in_seconds", type=float, default=None, help="Song length for the labels."
+)
 @click.option("--sr", type=int, default=44100, show_default=True, help="Must be 44100.")
 @click.option("--n_samples", type=click.IntRange(1, 64), default=1, show_default=True)
 @click.option("--hop_fraction", default="0.5,0.5,0.125", show_default=True)
@@ -55,7 +65,9 @@ def _floats(text: str, name: str, count: int = 3) -> tuple[float, ...]:
 @click.option("--lyrics", default="", help="Lyrics text (or --lyrics_file).")
 @click.option("--lyrics_file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--temperature", default="0.99", show_default=True, help="One value, or three for levels 0,1,2.")
+@click.option(
+    "--temperature", default="0.99", show_default=True, help="One value, or three for levels 0,1,2."
+)
 @click.option("--top_k", type=click.IntRange(0), default=0)
 @click.option("--top_p", type=click.FloatRange(0, 1), default=0.0)
 @click.option("--max_batch_size", default="16,16,3", show_default=True, help="Per level 0,1,2.")
@@ -187,7 +199,9 @@ def run_sample(options: dict[str, Any]) -> None:
     click.echo(f"wrote {', '.join(f'level_{level}' for level in sorted(levels))} under {out_dir}")
 
 
-def _write_level(out_dir: Path, cascade: Any, state: Any, level: int, encode_audio: Any, wav_bytes: Any) -> None:
+def _write_level(
+    out_dir: Path, cascade: Any, state: Any, level: int, encode_audio: Any, wav_bytes: Any
+) -> None:
     import torch
 
     level_dir = out_dir / f"level_{level}"
@@ -212,11 +226,15 @@ def _read_codes(path: Path, n_samples: int) -> tuple[Any, ...]:
     if not isinstance(zs, list | tuple) or len(zs) != 3 or not all(isinstance(z, torch.Tensor) for z in zs):
         raise click.ClickException(f"{path} has no codes for 3 levels under 'zs'")
     if zs[2].shape[0] != n_samples:
-        raise click.ClickException(f"{path} holds {zs[2].shape[0]} samples; pass --n_samples={zs[2].shape[0]}")
+        raise click.ClickException(
+            f"{path} holds {zs[2].shape[0]} samples; pass --n_samples={zs[2].shape[0]}"
+        )
     return tuple(z.long() if z.numel() else None for z in zs)
 
 
 def _fingerprint(options: dict[str, Any], lyrics: str) -> str:
-    relevant = {k: str(v) for k, v in sorted(options.items()) if k not in {"no_progress", "device", "model_dir"}}
+    relevant = {
+        k: str(v) for k, v in sorted(options.items()) if k not in {"no_progress", "device", "model_dir"}
+    }
     relevant["lyrics"] = lyrics
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()

@@ -44,7 +44,9 @@ def _upgrade(settings: Settings) -> None:
 
 
 @click.command()
-@click.option("--sync-guild", "sync_guilds", multiple=True, type=int, help="Sync commands to this server at once.")
+@click.option(
+    "--sync-guild", "sync_guilds", multiple=True, type=int, help="Sync commands to this server at once."
+)
 def run(sync_guilds: tuple[int, ...]) -> None:
     """Start the Discord bot and the local workers (migrating the database first)."""
     settings = settings_or_exit()

@@ -277,7 +277,9 @@ class Cascade:
         self.levels = vqvae.config.levels
         self.hops = vqvae.hop_lengths
         self.sample_rate = 44100
-        self._labellers = [Labeller(label_config(self.priors.config(level)), ids_dir) for level in range(self.levels)]
+        self._labellers = [
+            Labeller(label_config(self.priors.config(level)), ids_dir) for level in range(self.levels)
+        ]
 
     # ---- validation
 
@@ -558,8 +560,16 @@ class Cascade:
         for first in range(0, ids.shape[1], chunk_size):
             prior.prefill(state, ids[:, first : first + chunk_size])
         ids = sample_steps(
-            prior, state, window.new_tokens, temperature, request.top_k, request.top_p, generator,
-            report, progress_every, exact=request.rng == "reference",
+            prior,
+            state,
+            window.new_tokens,
+            temperature,
+            request.top_k,
+            request.top_p,
+            generator,
+            report,
+            progress_every,
+            exact=request.rng == "reference",
         )
         return prior.ids_to_codes(ids)
 
@@ -569,4 +579,3 @@ class Cascade:
         """Codes of one level (N, T) -> audio (N, T * hop) float32 in [-1, 1]."""
         audio = self.vqvae.decode(codes.to(self.device), level)
         return audio.float().clamp(-1.0, 1.0).cpu()
-

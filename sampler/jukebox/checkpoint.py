@@ -128,8 +128,10 @@ def read_checkpoint(path: str | os.PathLike[str], *, name: str | None = None) ->
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; download it with "
-                              f"`jukebot models download {name or '<model>'}`")
+        raise CheckpointError(
+            f"checkpoint {path} does not exist; download it with "
+            f"`jukebot models download {name or '<model>'}`"
+        )
     try:
         payload = _torch_load(path)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
@@ -156,7 +158,9 @@ def _weights_of(payload: Any, path: Path, name: str | None) -> StateDict:
     return state
 
 
-def save_checkpoint(module_or_state: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike[str]) -> Path:
+def save_checkpoint(
+    module_or_state: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike[str]
+) -> Path:
     """Write weights in the original format (`{'model': state_dict}`), atomically."""
     state = module_or_state.state_dict() if isinstance(module_or_state, nn.Module) else dict(module_or_state)
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
@@ -196,7 +200,9 @@ def check_state_dict(
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     wrong = [
-        (k, tuple(v.shape), tuple(expected[k])) for k, v in state.items() if k in expected
+        (k, tuple(v.shape), tuple(expected[k]))
+        for k, v in state.items()
+        if k in expected
         if tuple(v.shape) != tuple(expected[k])
     ]
     if not (missing or unexpected or wrong):
@@ -207,7 +213,9 @@ def check_state_dict(
     if unexpected:
         parts.append(f"{len(unexpected)} unexpected ({', '.join(unexpected[:_EXAMPLES])})")
     if wrong:
-        shown = ", ".join(f"{k}: file {_fmt(got)} vs model {_fmt(want)}" for k, got, want in wrong[:_EXAMPLES])
+        shown = ", ".join(
+            f"{k}: file {_fmt(got)} vs model {_fmt(want)}" for k, got, want in wrong[:_EXAMPLES]
+        )
         parts.append(f"{_count(len(wrong), 'wrong shape')} ({shown})")
     message = (
         f"{what} does not fit the model: {', '.join(parts)}. "
@@ -306,23 +314,35 @@ _RES_ORIG = {v: k for k, v in _RES_HF.items()}
 
 # original -> HF, applied in order to the key within its part
 _VQVAE_TO_HF = [
-    _rule(_ENC + r"model\.(\d+)\.1\.model\.(\d+)\.model\.([13])\.",
-          lambda m: f"{m[1]}{m[2]}.downsample_block.{2 * int(m[3]) + 1}.resnet_block.{m[4]}.conv1d_{_RES_HF[m[5]]}."),
+    _rule(
+        _ENC + r"model\.(\d+)\.1\.model\.(\d+)\.model\.([13])\.",
+        lambda m: (
+            f"{m[1]}{m[2]}.downsample_block.{2 * int(m[3]) + 1}.resnet_block.{m[4]}.conv1d_{_RES_HF[m[5]]}."
+        ),
+    ),
     _rule(_ENC + r"model\.(\d+)\.0\.", lambda m: f"{m[1]}{m[2]}.downsample_block.{2 * int(m[3])}."),
     _rule(_ENC + r"model\.\d+\.(weight|bias)$", r"\1\2.proj_out.\3"),
     _rule(_DEC + r"model\.0\.(weight|bias)$", r"\1proj_in.\2"),
-    _rule(_DEC + r"model\.(\d+)\.0\.model\.(\d+)\.model\.([13])\.",
-          lambda m: f"{m[1]}upsample_block.{2 * int(m[2]) - 2}.resnet_block.{m[3]}.conv1d_{_RES_HF[m[4]]}."),
+    _rule(
+        _DEC + r"model\.(\d+)\.0\.model\.(\d+)\.model\.([13])\.",
+        lambda m: f"{m[1]}upsample_block.{2 * int(m[2]) - 2}.resnet_block.{m[3]}.conv1d_{_RES_HF[m[4]]}.",
+    ),
     _rule(_DEC + r"model\.(\d+)\.1\.", lambda m: f"{m[1]}upsample_block.{2 * int(m[2]) - 1}."),
     _rule(r"^(bottleneck\.level_blocks\.\d+\.)k$", r"\1codebook"),
 ]
 _PRIOR_TO_HF = [
-    _rule(r"^conditioner_blocks\.0\.cond\.model\.(\d+)\.0\.blocks\.(\d+)\.model\.([13])\.",
-          lambda m: f"conditioner_blocks.upsampler.upsample_block.{2 * int(m[1]) - 2}"
-                    f".resnet_block.{m[2]}.conv1d_{_RES_HF[m[3]]}."),
+    _rule(
+        r"^conditioner_blocks\.0\.cond\.model\.(\d+)\.0\.blocks\.(\d+)\.model\.([13])\.",
+        lambda m: (
+            f"conditioner_blocks.upsampler.upsample_block.{2 * int(m[1]) - 2}"
+            f".resnet_block.{m[2]}.conv1d_{_RES_HF[m[3]]}."
+        ),
+    ),
     _rule(r"^conditioner_blocks\.0\.cond\.model\.0\.", "conditioner_blocks.upsampler.proj_in."),
-    _rule(r"^conditioner_blocks\.0\.cond\.model\.(\d+)\.1\.",
-          lambda m: f"conditioner_blocks.upsampler.upsample_block.{2 * int(m[1]) - 1}."),
+    _rule(
+        r"^conditioner_blocks\.0\.cond\.model\.(\d+)\.1\.",
+        lambda m: f"conditioner_blocks.upsampler.upsample_block.{2 * int(m[1]) - 1}.",
+    ),
     _rule(r"^conditioner_blocks\.0\.x_emb\.", "conditioner_blocks.embed_tokens."),
     _rule(r"^conditioner_blocks\.0\.ln\.", "conditioner_blocks.layer_norm."),
     _rule(r"^y_emb\.(bow_genre_emb|artist_emb)\.emb\.weight$", r"metadata_embedding.\1.weight"),
@@ -339,27 +359,37 @@ _PRIOR_TO_HF = [
     _rule(r"\." + _CONV_NAMES + r"\.b$", r".\1.bias"),
 ]
 
+
 # HF -> original. proj_out needs the stage's downs_t, which the caller supplies.
 def _vqvae_from_hf(downs_t: tuple[int, ...]) -> list[_Rule]:
     return [
-        _rule(_ENC + r"downsample_block\.(\d+)\.resnet_block\.(\d+)\.conv1d_([12])\.",
-              lambda m: f"{m[1]}{m[2]}.model.{int(m[3]) // 2}.1.model.{m[4]}.model.{_RES_ORIG[m[5]]}."),
+        _rule(
+            _ENC + r"downsample_block\.(\d+)\.resnet_block\.(\d+)\.conv1d_([12])\.",
+            lambda m: f"{m[1]}{m[2]}.model.{int(m[3]) // 2}.1.model.{m[4]}.model.{_RES_ORIG[m[5]]}.",
+        ),
         _rule(_ENC + r"downsample_block\.(\d+)\.", lambda m: f"{m[1]}{m[2]}.model.{int(m[3]) // 2}.0."),
         _rule(_ENC + r"proj_out\.", lambda m: f"{m[1]}{m[2]}.model.{downs_t[int(m[2])]}."),
         _rule(_DEC + r"proj_in\.", r"\1model.0."),
-        _rule(_DEC + r"upsample_block\.(\d+)\.resnet_block\.(\d+)\.conv1d_([12])\.",
-              lambda m: f"{m[1]}model.{int(m[2]) // 2 + 1}.0.model.{m[3]}.model.{_RES_ORIG[m[4]]}."),
+        _rule(
+            _DEC + r"upsample_block\.(\d+)\.resnet_block\.(\d+)\.conv1d_([12])\.",
+            lambda m: f"{m[1]}model.{int(m[2]) // 2 + 1}.0.model.{m[3]}.model.{_RES_ORIG[m[4]]}.",
+        ),
         _rule(_DEC + r"upsample_block\.(\d+)\.", lambda m: f"{m[1]}model.{(int(m[2]) + 1) // 2}.1."),
         _rule(r"^(bottleneck\.level_blocks\.\d+\.)codebook$", r"\1k"),
     ]
 
 
 _PRIOR_FROM_HF = [
-    _rule(r"^conditioner_blocks\.upsampler\.upsample_block\.(\d+)\.resnet_block\.(\d+)\.conv1d_([12])\.",
-          lambda m: f"conditioner_blocks.0.cond.model.{int(m[1]) // 2 + 1}.0.blocks.{m[2]}"
-                    f".model.{_RES_ORIG[m[3]]}."),
-    _rule(r"^conditioner_blocks\.upsampler\.upsample_block\.(\d+)\.",
-          lambda m: f"conditioner_blocks.0.cond.model.{(int(m[1]) + 1) // 2}.1."),
+    _rule(
+        r"^conditioner_blocks\.upsampler\.upsample_block\.(\d+)\.resnet_block\.(\d+)\.conv1d_([12])\.",
+        lambda m: (
+            f"conditioner_blocks.0.cond.model.{int(m[1]) // 2 + 1}.0.blocks.{m[2]}.model.{_RES_ORIG[m[3]]}."
+        ),
+    ),
+    _rule(
+        r"^conditioner_blocks\.upsampler\.upsample_block\.(\d+)\.",
+        lambda m: f"conditioner_blocks.0.cond.model.{(int(m[1]) + 1) // 2}.1.",
+    ),
     _rule(r"^conditioner_blocks\.upsampler\.proj_in\.", "conditioner_blocks.0.cond.model.0."),
     _rule(r"^conditioner_blocks\.embed_tokens\.", "conditioner_blocks.0.x_emb."),
     _rule(r"^conditioner_blocks\.layer_norm\.", "conditioner_blocks.0.ln."),
@@ -394,7 +424,9 @@ def original_key_to_hf(part: str, key: str) -> str:
     if part in PRIOR_PARTS:
         level = PRIOR_PARTS.index(part)
         return f"priors.{len(PRIOR_PARTS) - 1 - level}." + _apply(_PRIOR_TO_HF, key)
-    raise CheckpointError(f"unknown checkpoint part {part!r}; expected one of {VQVAE_PART}, {', '.join(PRIOR_PARTS)}")
+    raise CheckpointError(
+        f"unknown checkpoint part {part!r}; expected one of {VQVAE_PART}, {', '.join(PRIOR_PARTS)}"
+    )
 
 
 def hf_key_to_original(hf_key: str, downs_t: tuple[int, ...] | None = None) -> tuple[str, str]:
@@ -455,12 +487,15 @@ def _hf_files(root: Path) -> list[Path]:
             try:
                 weight_map = json.loads(index.read_text())["weight_map"]
             except (ValueError, KeyError, TypeError) as e:
-                raise CheckpointError(f"{index} is not a valid shard index ({e}); re-download the model") from e
+                raise CheckpointError(
+                    f"{index} is not a valid shard index ({e}); re-download the model"
+                ) from e
             files = [root / name for name in sorted(set(weight_map.values()))]
             absent = [f.name for f in files if not f.is_file()]
             if absent:
-                raise CheckpointError(f"{root} lacks shard(s) {', '.join(absent)} named in {index.name}; "
-                                      "re-download the model")
+                raise CheckpointError(
+                    f"{root} lacks shard(s) {', '.join(absent)} named in {index.name}; re-download the model"
+                )
             return files
         shards = sorted(p for p in root.iterdir() if (m := _SHARD.match(p.name)) and m[4] == kind)
         if shards:
@@ -505,6 +540,8 @@ def load_hf_checkpoint(path: str | os.PathLike[str]) -> dict[str, StateDict]:
     for file in files:
         for key, value in _read_hf_file(file).items():
             if key in merged:
-                raise CheckpointError(f"key {key!r} appears in more than one shard ({file.name}); re-download the model")
+                raise CheckpointError(
+                    f"key {key!r} appears in more than one shard ({file.name}); re-download the model"
+                )
             merged[key] = value
     return split_hf_state_dict(merged)

@@ -884,7 +884,9 @@ class JukeboxPrior(nn.Module):
                 )
             if check_ids:
                 # Reading values back would stall an accelerator every step: range-check on the CPU only.
-                ids = self._check_ids(ids.reshape(-1, 1), "ids", self.bins, check_range=ids.device.type == "cpu")
+                ids = self._check_ids(
+                    ids.reshape(-1, 1), "ids", self.bins, check_range=ids.device.type == "cpu"
+                )
             elif ids.dtype != torch.int64:
                 ids = ids.long()
             if ids.numel() != state.cond.batch:
@@ -898,7 +900,11 @@ class JukeboxPrior(nn.Module):
             model = self.prior
             assert model.x_out is not None
             weights = state.step_weights = (
-                model.x_emb.weight, model.pos_emb.pos_emb, model.x_out.weight, model.transformer, model.readd_cond
+                model.x_emb.weight,
+                model.pos_emb.pos_emb,
+                model.x_out.weight,
+                model.transformer,
+                model.readd_cond,
             )
         x_emb, pos_emb, x_out, transformer, readd_cond = weights
         cond, pos = state.cond, state.pos

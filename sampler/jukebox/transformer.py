@@ -476,7 +476,11 @@ class FactoredAttention(nn.Module):
         weights = cache.attn_weights
         if weights is None:
             weights = cache.attn_weights = (
-                self.c_attn.w, self.c_attn.b, self.c_proj.w, self.c_proj.b, _cpu_scalar(_score_scale(self.head_dim))
+                self.c_attn.w,
+                self.c_attn.b,
+                self.c_proj.w,
+                self.c_proj.b,
+                _cpu_scalar(_score_scale(self.head_dim)),
             )
         attn_w, attn_b, proj_w, proj_b, score_scale = weights
         n, heads, head_dim, f = x.shape[0], self.heads, self.head_dim, self.attn_func
@@ -597,8 +601,18 @@ class ResidualBlock(nn.Module):
         if weights is None:
             fc, proj = self.mlp.c_fc, self.mlp.c_proj
             weights = cache.block_weights = (
-                self.attn, self.ln_0.weight, self.ln_0.bias, self.ln_1.weight, self.ln_1.bias,
-                fc.w, fc.b, proj.w, proj.b, self.ln_0.normalized_shape, self.ln_0.eps, _cpu_scalar(GELU_SCALE),
+                self.attn,
+                self.ln_0.weight,
+                self.ln_0.bias,
+                self.ln_1.weight,
+                self.ln_1.bias,
+                fc.w,
+                fc.b,
+                proj.w,
+                proj.b,
+                self.ln_0.normalized_shape,
+                self.ln_0.eps,
+                _cpu_scalar(GELU_SCALE),
             )
         attn, ln0_w, ln0_b, ln1_w, ln1_b, fc_w, fc_b, proj_w, proj_b, shape, eps, gelu_scale = weights
         a = attn.decode(_norm(x, shape, ln0_w, ln0_b, eps), cache, pos)
@@ -615,7 +629,6 @@ def _cpu_scalar(value: float) -> Tensor:
     (both reach the kernel as an fp32 scalar, for CUDA tensors too) without wrapping and converting
     a new scalar tensor on every call."""
     return torch.tensor(value, dtype=torch.float32)
-
 
 
 class Transformer(nn.Module):

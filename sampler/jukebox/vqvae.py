@@ -165,7 +165,9 @@ class EncoderStage(nn.Module):
         for i in range(config.downs_t[stage]):
             layers.append(
                 nn.Sequential(
-                    nn.Conv1d(in_channels if i == 0 else width, width, 2 * stride, stride, stride // 2, **factory),
+                    nn.Conv1d(
+                        in_channels if i == 0 else width, width, 2 * stride, stride, stride // 2, **factory
+                    ),
                     ResidualStack(config, width, depth, reverse=False, **factory),
                 )
             )
@@ -326,8 +328,12 @@ class VQVAE(nn.Module):
         super().__init__()
         self.config = config
         factory: dict[str, Any] = dict(device=device, dtype=dtype)
-        self.encoders = nn.ModuleList(LevelEncoder(config, level, **factory) for level in range(config.levels))
-        self.decoders = nn.ModuleList(LevelDecoder(config, level, **factory) for level in range(config.levels))
+        self.encoders = nn.ModuleList(
+            LevelEncoder(config, level, **factory) for level in range(config.levels)
+        )
+        self.decoders = nn.ModuleList(
+            LevelDecoder(config, level, **factory) for level in range(config.levels)
+        )
         self.bottleneck = Bottleneck(config, device=device)
         hops = config.hop_lengths
         # context each side of a chunk: raw samples for encoding, codes for decoding
@@ -379,7 +385,10 @@ class VQVAE(nn.Module):
         end_level = self.config.levels if end_level is None else end_level
         self._check_levels(start_level, end_level)
         x = self._audio_to_nct(audio)
-        return [self._run_encoder(x, level, chunk_samples, quantise=True) for level in range(start_level, end_level)]
+        return [
+            self._run_encoder(x, level, chunk_samples, quantise=True)
+            for level in range(start_level, end_level)
+        ]
 
     def encode_latents(
         self, audio: torch.Tensor, level: int, *, chunk_samples: int | None = DEFAULT_CHUNK_SAMPLES
@@ -473,7 +482,9 @@ class VQVAE(nn.Module):
         if not isinstance(codes, torch.Tensor) or codes.dtype.is_floating_point or codes.dtype == torch.bool:
             raise VQVAEInputError(f"codes must be an integer tensor, got {_describe(codes)}")
         if codes.dim() != 2 or codes.shape[1] == 0:
-            raise VQVAEInputError(f"codes of level {level} must be shaped (batch, tokens); got {tuple(codes.shape)}")
+            raise VQVAEInputError(
+                f"codes of level {level} must be shaped (batch, tokens); got {tuple(codes.shape)}"
+            )
         lo, hi = int(codes.min()), int(codes.max())
         if lo < 0 or hi >= self.config.l_bins:
             raise VQVAEInputError(

@@ -123,7 +123,11 @@ def bot_messages(fake: FakeDiscord, channel: str = "general") -> list[FakeMessag
 def progress_message(fake: FakeDiscord, job_id: int, channel: str = "general") -> FakeMessage | None:
     """The job's progress message: the bot's message about it that is still there."""
     return next(
-        (m for m in bot_messages(fake, channel) if m.content.startswith(f"**Job #{job_id}**") and not m.deleted),
+        (
+            m
+            for m in bot_messages(fake, channel)
+            if m.content.startswith(f"**Job #{job_id}**") and not m.deleted
+        ),
         None,
     )
 

@@ -222,7 +222,10 @@ async def test_a_progress_message_out_of_edits_goes_on_in_a_fresh_one(
     await bot.relay.run_pass()  # shows the job running
 
     fake.fail_next(
-        "PATCH", "/channels/{channel_id}/messages/{message_id}", status=400, code=30046,
+        "PATCH",
+        "/channels/{channel_id}/messages/{message_id}",
+        status=400,
+        code=30046,
         message="Maximum number of edits to messages older than 1 hour reached. Try again later",
     )
     await worker.progress(job.id, window=2, of=4)

@@ -59,8 +59,6 @@ FAST_FLAGS = [
 T = TypeVar("T")
 
 
-
-
 def worker_environment(model_dir: Path, **extra: str) -> dict[str, str]:
     """What `jukebot run|worker` hand their workers, plus one torch thread each (2 shared cores)."""
     return (
@@ -82,7 +80,9 @@ class ServiceProcess:
     def __init__(self, command: list[str], env: dict[str, str], log_file: Path, cwd: Path) -> None:
         self.log_file = log_file
         with open(log_file, "ab") as output:
-            self.process = subprocess.Popen(command, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                command, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT
+            )
 
     def log(self) -> str:
         return self.log_file.read_text(errors="replace")
@@ -301,7 +301,9 @@ COARSE_VQVAE_HPARAMS: dict[str, Any] = {**TINY_VQVAE_HPARAMS, "downs_t": (4, 2, 
 COARSE_MAX_DURATION = 10.0
 
 
-def write_coarse_tiny_model_dir(model_dir: Path, models: tuple[str, ...] = ("1b_lyrics",), seed: int = 7) -> Path:
+def write_coarse_tiny_model_dir(
+    model_dir: Path, models: tuple[str, ...] = ("1b_lyrics",), seed: int = 7
+) -> Path:
     """Like `tests.tiny_model_dir.write_tiny_model_dir`, with coarser hops (see above)."""
     vqvae = VQVAE(VQVAEConfig.from_hparams(COARSE_VQVAE_HPARAMS)).eval()
     redraw_parameters(vqvae, seed)

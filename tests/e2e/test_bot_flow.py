@@ -39,7 +39,11 @@ def coarse_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def live_bot(fake: FakeDiscord, store: JobStore) -> JukeBot:
     """A bot whose relay polls the database by itself (no test pokes it): workers drive everything."""
     return JukeBot(
-        make_settings(), store, sync_guild_ids=[fake.default_guild.id], poll_interval_s=0.2, min_edit_interval_s=0.0
+        make_settings(),
+        store,
+        sync_guild_ids=[fake.default_guild.id],
+        poll_interval_s=0.2,
+        min_edit_interval_s=0.0,
     )
 
 
@@ -95,7 +99,9 @@ async def test_jukebox_prime_preview_vote_upsample_and_restart_with_real_workers
 
     # The worker's progress reaches the progress message; then one message per preview.
     progress = await fake.wait_for(when(lambda: progress_message(fake, 1)), timeout_s=30)
-    await fake.wait_for(lambda: progress.content.endswith("✅ Done: 2 samples below."), timeout_s=SAMPLE_TIMEOUT_S)
+    await fake.wait_for(
+        lambda: progress.content.endswith("✅ Done: 2 samples below."), timeout_s=SAMPLE_TIMEOUT_S
+    )
     shown = [revision.content for revision in progress.revisions]
     assert any("top level (preview)" in text and "window" in text for text in shown), shown
     infos = await store.samples_for_job(1)
@@ -116,7 +122,9 @@ async def test_jukebox_prime_preview_vote_upsample_and_restart_with_real_workers
         ]
     # The prime is continued: each preview starts with the prime's own top-level codes.
     assert job.prime_id is not None
-    prime_codes = await asyncio.to_thread(top_codes_of, coarse_models, (await store.get_prime(job.prime_id)).pcm)
+    prime_codes = await asyncio.to_thread(
+        top_codes_of, coarse_models, (await store.get_prime(job.prime_id)).pcm
+    )
     for info in infos:
         top = codes_from_bytes((await store.get_sample(info.id)).codes(2))
         assert top is not None and top[: len(prime_codes)].tolist() == prime_codes
@@ -128,7 +136,9 @@ async def test_jukebox_prime_preview_vote_upsample_and_restart_with_real_workers
     # Upsample: a real job of its own, with its progress message replying to the preview.
     upsample_click = await fake.click(first, f"jukebot:upsample:{sid}", user=bob)
     await fake.wait_for(lambda: upsample_click.original is not None and not upsample_click.original.loading)
-    assert upsample_click.original is not None and upsample_click.original.content.startswith("Queued as job #2.")
+    assert upsample_click.original is not None and upsample_click.original.content.startswith(
+        "Queued as job #2."
+    )
     upsample_job = await store.get_job(2)
     assert upsample_job.kind is JobKind.UPSAMPLE and upsample_job.parent_sample_id == sid
     upsample_progress = await fake.wait_for(when(lambda: progress_message(fake, 2)), timeout_s=30)

@@ -78,7 +78,9 @@ def test_list_download_verify_round_trip(server: FileServer, model_dir: Path) ->
     assert "5b (no lyrics): 1 of 6 files to fetch" in listed.output  # shares vqvae, upsamplers and v2 ids
 
     again = invoke("download", "1b_lyrics")
-    assert again.exit_code == 0 and again.output.count("already present") == len(MODELS["1b_lyrics"].checkpoints) + len(ids_files_for("1b_lyrics"))
+    assert again.exit_code == 0 and again.output.count("already present") == len(
+        MODELS["1b_lyrics"].checkpoints
+    ) + len(ids_files_for("1b_lyrics"))
 
     verified = invoke("verify", "1b_lyrics")
     assert verified.exit_code == 0, verified.output

@@ -60,7 +60,9 @@ def test_ancestral_writes_every_level_and_resumes(model_dir: Path, tmp_path: Pat
     assert result.exit_code == 0, result.output
     for level, hop in ((0, 4), (1, 8), (2, 16)):
         for item in range(2):
-            audio = decode_audio((out / f"level_{level}" / f"item_{item}.wav").read_bytes(), silence_threshold_db=None)
+            audio = decode_audio(
+                (out / f"level_{level}" / f"item_{item}.wav").read_bytes(), silence_threshold_db=None
+            )
             assert audio.shape == (2048,)
             assert (out / f"level_{level}" / f"item_{item}.ogg").stat().st_size > 0
         zs = codes(out / f"level_{level}" / "data.pth.tar")
@@ -77,7 +79,10 @@ def test_preview_then_upsample_then_continue(model_dir: Path, tmp_path: Path) ->
     assert not (tmp_path / "preview" / "level_1").exists()
     top = codes(tmp_path / "preview" / "level_2" / "data.pth.tar")
     up = sample(
-        model_dir, tmp_path / "up", "--mode=upsample", f"--codes_file={tmp_path / 'preview/level_2/data.pth.tar'}"
+        model_dir,
+        tmp_path / "up",
+        "--mode=upsample",
+        f"--codes_file={tmp_path / 'preview/level_2/data.pth.tar'}",
     )
     assert up.exit_code == 0, up.output
     upsampled = codes(tmp_path / "up" / "level_0" / "data.pth.tar")
@@ -99,7 +104,11 @@ def test_primed_keeps_the_prompt(model_dir: Path, tmp_path: Path) -> None:
     clip = tmp_path / "clip.wav"
     clip.write_bytes(wav_bytes(tiny_audio(batch=1, samples=1024)[0].numpy(), 44100))
     result = sample(
-        model_dir, tmp_path / "primed", "--mode=primed", f"--audio_file={clip}", "--prompt_length_in_seconds=0.012"
+        model_dir,
+        tmp_path / "primed",
+        "--mode=primed",
+        f"--audio_file={clip}",
+        "--prompt_length_in_seconds=0.012",
     )
     assert result.exit_code == 0, result.output
     zs = codes(tmp_path / "primed" / "level_0" / "data.pth.tar")

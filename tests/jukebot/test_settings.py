@@ -9,7 +9,9 @@ from jukebot.settings import SettingsError, load_settings
 
 def test_defaults_work_on_a_fresh_machine(clean_env: Path) -> None:
     settings = load_settings()
-    assert settings.database_url == f"sqlite+aiosqlite:///{clean_env / 'data' / 'jukebot' / 'jukebot.sqlite3'}"
+    assert (
+        settings.database_url == f"sqlite+aiosqlite:///{clean_env / 'data' / 'jukebot' / 'jukebot.sqlite3'}"
+    )
     assert settings.model_dir == clean_env / "cache" / "jukebot" / "models"
     assert settings.discord_token is None
     assert settings.gpu_indices() is None
@@ -87,7 +89,11 @@ def test_lists_and_limits_from_env(clean_env: Path, monkeypatch: pytest.MonkeyPa
     [
         ("JUKEBOT_GPUS", "first", "Bad value for JUKEBOT_GPUS: use 'auto', 'cpu', 'none' or GPU indices"),
         ("JUKEBOT_MAX_SAMPLES_PER_JOB", "0", "Bad value for JUKEBOT_MAX_SAMPLES_PER_JOB"),
-        ("JUKEBOT_ALLOWED_CHANNELS", "general", "Bad value for JUKEBOT_ALLOWED_CHANNELS: use channel ids separated"),
+        (
+            "JUKEBOT_ALLOWED_CHANNELS",
+            "general",
+            "Bad value for JUKEBOT_ALLOWED_CHANNELS: use channel ids separated",
+        ),
     ],
 )
 def test_bad_values_name_the_variable(

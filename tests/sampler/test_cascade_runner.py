@@ -87,7 +87,9 @@ async def complete(store: JobStore, task: JobTask, samples: list[NewSample]) -> 
     return await store.complete(task.job.id, "w", samples)
 
 
-PREVIEW = JobParams(artist="Alan Jackson", genres=("country",), lyrics="Chattahoochee", seconds=SONG, n_samples=2, seed=5)
+PREVIEW = JobParams(
+    artist="Alan Jackson", genres=("country",), lyrics="Chattahoochee", seconds=SONG, n_samples=2, seed=5
+)
 
 
 async def test_preview_then_upsample_then_continue(runner: CascadeRunner, sqlite_store: JobStore) -> None:
@@ -107,14 +109,25 @@ async def test_preview_then_upsample_then_continue(runner: CascadeRunner, sqlite
     assert abs(audio.shape[0] - 2048) < 100
     ids = await complete(sqlite_store, task, samples)
 
-    up = await claim(sqlite_store, kind="upsample", model="1b_lyrics", params=PREVIEW.model_copy(update={"n_samples": 1}), parent_sample_id=ids[1])
+    up = await claim(
+        sqlite_store,
+        kind="upsample",
+        model="1b_lyrics",
+        params=PREVIEW.model_copy(update={"n_samples": 1}),
+        parent_sample_id=ids[1],
+    )
     upsampled = run(runner, up)
-    assert codes_from_bytes(upsampled[0].codes_level_2).tolist() == codes_from_bytes(samples[1].codes_level_2).tolist()  # type: ignore[union-attr]
+    assert (
+        codes_from_bytes(upsampled[0].codes_level_2).tolist()
+        == codes_from_bytes(samples[1].codes_level_2).tolist()
+    )  # type: ignore[union-attr]
     assert codes_from_bytes(upsampled[0].codes_level_0).shape == (512,)  # type: ignore[union-attr]
     up_ids = await complete(sqlite_store, up, upsampled)
 
     more = PREVIEW.model_copy(update={"n_samples": 1, "seconds": 512 / 44100, "levels": "all"})
-    cont = await claim(sqlite_store, kind="continue", model="1b_lyrics", params=more, parent_sample_id=up_ids[0])
+    cont = await claim(
+        sqlite_store, kind="continue", model="1b_lyrics", params=more, parent_sample_id=up_ids[0]
+    )
     continued = run(runner, cont)
     top = codes_from_bytes(continued[0].codes_level_2)
     assert top is not None and top.shape == (160,)
@@ -124,18 +137,24 @@ async def test_preview_then_upsample_then_continue(runner: CascadeRunner, sqlite
 
 async def test_primed_generation_continues_the_clip(runner: CascadeRunner, sqlite_store: JobStore) -> None:
     clip = tiny_audio(batch=1, samples=1024)[0].numpy()
-    prime_id = await sqlite_store.store_prime(user_id=2, filename="clip.wav", pcm=to_int16_pcm(clip).tobytes())
+    prime_id = await sqlite_store.store_prime(
+        user_id=2, filename="clip.wav", pcm=to_int16_pcm(clip).tobytes()
+    )
     params = PREVIEW.model_copy(update={"prime_seconds": 512 / 44100, "n_samples": 1})
     task = await claim(sqlite_store, kind="generate", model="1b_lyrics", params=params, prime_id=prime_id)
     samples = run(runner, task)
     top = codes_from_bytes(samples[0].codes_level_2)
     assert top is not None and top.shape == (2048 // 16,)  # the length includes the prime
-    prompt = torch.from_numpy(np.frombuffer(to_int16_pcm(clip[:512]).tobytes(), "<i2").astype(np.float32) / 32768)
+    prompt = torch.from_numpy(
+        np.frombuffer(to_int16_pcm(clip[:512]).tobytes(), "<i2").astype(np.float32) / 32768
+    )
     expected = runner.cascade("1b_lyrics").vqvae.encode(prompt.unsqueeze(0))[2][0]
     assert top[:32].tolist() == expected.tolist()
 
 
-async def test_interrupted_job_resumes_to_the_same_codes(runner: CascadeRunner, sqlite_store: JobStore) -> None:
+async def test_interrupted_job_resumes_to_the_same_codes(
+    runner: CascadeRunner, sqlite_store: JobStore
+) -> None:
     params = PREVIEW.model_copy(update={"levels": "all", "n_samples": 1})
     unbroken = run(runner, await claim(sqlite_store, kind="generate", model="5b", params=params))
     task = await claim(sqlite_store, kind="generate", model="5b", params=params)
@@ -148,7 +167,9 @@ async def test_interrupted_job_resumes_to_the_same_codes(runner: CascadeRunner, 
         assert getattr(resumed[0], level) == getattr(unbroken[0], level)
 
 
-async def test_cancel_and_missing_models(runner: CascadeRunner, sqlite_store: JobStore, tmp_path: Path) -> None:
+async def test_cancel_and_missing_models(
+    runner: CascadeRunner, sqlite_store: JobStore, tmp_path: Path
+) -> None:
     task = await claim(sqlite_store, kind="generate", model="5b", params=PREVIEW)
     with pytest.raises(JobCancelled):
         run(runner, task, Recorder(stop_after=3, reason=StopReason.CANCEL))

@@ -9,7 +9,9 @@ from sampler.jobspec import InvalidJobParams, JobParams, min_total_seconds, pars
 
 
 def test_round_trip_through_json() -> None:
-    params = JobParams(artist="The Beatles", genres=("rock", " ", "pop"), lyrics="la la", seconds=12.5, seed=7)
+    params = JobParams(
+        artist="The Beatles", genres=("rock", " ", "pop"), lyrics="la la", seconds=12.5, seed=7
+    )
     assert params.genres == ("rock", "pop")
     assert parse_params(params.to_json()) == params
 

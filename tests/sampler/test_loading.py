@@ -61,7 +61,9 @@ def test_a_mis_shaped_file_fails_loading_with_the_keys_named(model_dir: Path, tm
         load_cascade(broken, "5b")
 
 
-def test_models_verify_checks_keys_and_shapes(model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_models_verify_checks_keys_and_shapes(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     work = tmp_path / "models"
     shutil.copytree(model_dir, work)
     monkeypatch.setenv("JUKEBOT_MODEL_DIR", str(work))

@@ -222,7 +222,9 @@ class ToyRunner:
             report.checkpoint(encode_checkpoint(codes))
         return done
 
-    def _samples(self, params: JobParams, plans: list[LevelPlan], codes: dict[int, np.ndarray]) -> list[NewSample]:
+    def _samples(
+        self, params: JobParams, plans: list[LevelPlan], codes: dict[int, np.ndarray]
+    ) -> list[NewSample]:
         finest = min(codes)
         seconds = codes[finest].shape[1] / TOKENS_PER_WINDOW * SECONDS_PER_WINDOW
         samples = []

@@ -35,7 +35,9 @@ def oracle_available() -> bool:
     return True
 
 
-requires_oracle = pytest.mark.skipif(not oracle_available(), reason="jukebox-infer (test oracle) not installed")
+requires_oracle = pytest.mark.skipif(
+    not oracle_available(), reason="jukebox-infer (test oracle) not installed"
+)
 
 
 def run_oracle(script: str, inputs: dict[str, Any], workdir: Path, timeout: float = 600) -> dict[str, Any]:
@@ -54,5 +56,7 @@ def run_oracle(script: str, inputs: dict[str, Any], workdir: Path, timeout: floa
         timeout=timeout,
     )
     if proc.returncode != 0:
-        raise AssertionError(f"oracle failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        raise AssertionError(
+            f"oracle failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
     return torch.load(out_path, weights_only=False)

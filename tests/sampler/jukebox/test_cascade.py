@@ -102,9 +102,7 @@ def test_preview_then_upsample_equals_sampling_all_levels(cascade: Cascade) -> N
     full = cascade.sample(request())
     preview = cascade.sample(request(levels=(2,)))
     assert preview.codes[1].shape[1] == 0 and torch.equal(preview.codes[2], full.codes[2])
-    upsampled = cascade.sample(
-        request(mode="upsample", levels=(0, 1), codes=(None, None, preview.codes[2]))
-    )
+    upsampled = cascade.sample(request(mode="upsample", levels=(0, 1), codes=(None, None, preview.codes[2])))
     assert all(torch.equal(a, b) for a, b in zip(full.codes, upsampled.codes, strict=True))
 
 
@@ -140,7 +138,10 @@ def test_lyrics_models_sample_with_lyrics() -> None:
         (dict(sample_length=1000), "sample_length must be a positive multiple of 16 samples"),
         (dict(total_length=1024), "total_length (1024) must be at least sample_length (2048)"),
         (dict(lyrics="la la la"), "this model has no lyrics conditioning"),
-        (dict(mode="upsample", levels=(0, 1, 2), codes=(None, None, None)), "upsample samples the lower levels"),
+        (
+            dict(mode="upsample", levels=(0, 1, 2), codes=(None, None, None)),
+            "upsample samples the lower levels",
+        ),
         (dict(mode="upsample", levels=(0, 1)), "upsample mode needs codes"),
         (
             dict(mode="upsample", levels=(0, 1), codes=(None, None, torch.zeros(2, 64, dtype=torch.long))),

@@ -69,9 +69,15 @@ for name, case in IN['cases'].items():
 
 CASES: dict[str, dict[str, Any]] = {
     "5b": dict(top="top_5b", artist="the beatles", genre="rock", lyrics=""),
-    "5b_lyrics": dict(top="top_5b_lyrics", artist="céline dion", genre="pop", lyrics="Near, far, wherever you are"),
-    "1b_lyrics": dict(top="top_1b_lyrics", artist="alan jackson", genre="country", lyrics="Chattahoochee, it gets hotter"),
-    "1b_lyrics_primed": dict(top="top_1b_lyrics", artist="unknown", genre="unknown", lyrics="la la", mode="primed"),
+    "5b_lyrics": dict(
+        top="top_5b_lyrics", artist="céline dion", genre="pop", lyrics="Near, far, wherever you are"
+    ),
+    "1b_lyrics": dict(
+        top="top_1b_lyrics", artist="alan jackson", genre="country", lyrics="Chattahoochee, it gets hotter"
+    ),
+    "1b_lyrics_primed": dict(
+        top="top_1b_lyrics", artist="unknown", genre="unknown", lyrics="la la", mode="primed"
+    ),
     "5b_top_k": dict(top="top_5b", artist="queen", genre="rock", lyrics="", top_k=5, levels=(2,)),
     "5b_top_p": dict(top="top_5b", artist="queen", genre="rock", lyrics="", top_p=0.8, levels=(2,)),
 }

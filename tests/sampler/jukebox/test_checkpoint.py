@@ -30,8 +30,13 @@ from tests.sampler.jukebox.conftest import TINY_VQVAE_HPARAMS, tiny_audio
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 DATA = Path(__file__).resolve().parents[2] / "data"
-KEYMAP_PARTS = {"vqvae": "vqvae", "up0": "prior_level_0", "up1": "prior_level_1", "1b": "prior_level_2",
-                "5bl": "prior_level_2"}
+KEYMAP_PARTS = {
+    "vqvae": "vqvae",
+    "up0": "prior_level_0",
+    "up1": "prior_level_1",
+    "1b": "prior_level_2",
+    "5bl": "prior_level_2",
+}
 
 
 def fresh_vqvae() -> VQVAE:
@@ -82,7 +87,9 @@ def test_legacy_non_zip_format_loads(tiny_vqvae: VQVAE, tmp_path: Path) -> None:
 
 
 def test_file_dtype_is_cast_to_the_model_dtype(tiny_vqvae: VQVAE, tmp_path: Path) -> None:
-    path = save_checkpoint({k: v.half() for k, v in tiny_vqvae.state_dict().items()}, tmp_path / "fp16.pth.tar")
+    path = save_checkpoint(
+        {k: v.half() for k, v in tiny_vqvae.state_dict().items()}, tmp_path / "fp16.pth.tar"
+    )
     model = load_checkpoint(fresh_vqvae(), path)
     for key, value in model.state_dict().items():
         assert value.dtype == torch.float32
@@ -92,7 +99,9 @@ def test_file_dtype_is_cast_to_the_model_dtype(tiny_vqvae: VQVAE, tmp_path: Path
     assert bf16.bottleneck.level_blocks[0].k.dtype == torch.float32
 
 
-def test_loading_into_a_meta_module_assigns_real_tensors(tiny_vqvae: VQVAE, tiny_vqvae_checkpoint: Path) -> None:
+def test_loading_into_a_meta_module_assigns_real_tensors(
+    tiny_vqvae: VQVAE, tiny_vqvae_checkpoint: Path
+) -> None:
     model = build_on_meta(fresh_vqvae)
     load_checkpoint(model, tiny_vqvae_checkpoint, device="cpu")
     assert not any(t.is_meta for t in model.state_dict().values())
@@ -199,7 +208,9 @@ def test_not_a_torch_file(tmp_path: Path) -> None:
 
 
 def test_missing_file_says_how_to_get_it(tmp_path: Path) -> None:
-    with pytest.raises(CheckpointError, match="does not exist; download it with `jukebot models download prior_5b`"):
+    with pytest.raises(
+        CheckpointError, match="does not exist; download it with `jukebot models download prior_5b`"
+    ):
         read_checkpoint(tmp_path / "nope.pth.tar", name="prior_5b")
 
 
@@ -226,11 +237,16 @@ class _Payload:
 
 
 @pytest.mark.parametrize("zip_format", [True, False])
-def test_a_pickled_object_is_refused_and_never_built(tiny_vqvae: VQVAE, tmp_path: Path, zip_format: bool) -> None:
+def test_a_pickled_object_is_refused_and_never_built(
+    tiny_vqvae: VQVAE, tmp_path: Path, zip_format: bool
+) -> None:
     marker = tmp_path / "marker"
     path = tmp_path / "evil.pth.tar"
-    torch.save({"model": tiny_vqvae.state_dict(), "extra": _Payload(marker)}, path,
-               _use_new_zipfile_serialization=zip_format)
+    torch.save(
+        {"model": tiny_vqvae.state_dict(), "extra": _Payload(marker)},
+        path,
+        _use_new_zipfile_serialization=zip_format,
+    )
     with pytest.raises(CheckpointError, match=r"carries a Python object \(.*_leave_a_mark\).*not unpickled"):
         read_checkpoint(path)
     assert not marker.exists()
@@ -311,7 +327,9 @@ def _write_hf_shards(state: dict[str, torch.Tensor], root: Path, shards: int, in
         weight_map.update({k: name for k in part})
         files.append(root / name)
     if index:
-        (root / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+        (root / "pytorch_model.bin.index.json").write_text(
+            json.dumps({"metadata": {}, "weight_map": weight_map})
+        )
     return files
 
 

@@ -132,8 +132,17 @@ def test_draw_fast_samples_the_softmax_and_never_a_filtered_id() -> None:
 
 def _tiny_prior() -> JukeboxPrior:
     config = PriorConfig(
-        level=2, n_ctx=32, prior_width=16, prior_depth=3, heads=1, attn_order=2, blocks=4,
-        y_bins=(1, 1), min_duration=0.0, max_duration=1.0, l_bins=64,
+        level=2,
+        n_ctx=32,
+        prior_width=16,
+        prior_depth=3,
+        heads=1,
+        attn_order=2,
+        blocks=4,
+        y_bins=(1, 1),
+        min_duration=0.0,
+        max_duration=1.0,
+        l_bins=64,
     )
     torch.manual_seed(0)
     prior = JukeboxPrior(config).eval()
