@@ -1,6 +1,6 @@
 """Pipeline overhead: jobs through the whole pipeline against the same requests sampled directly.
 
-Pipeline: jobs are queued in a SQLite database, and `python -m sampler.pool` runs one CPU worker
+Pipeline: jobs are queued in a SQLite database, and `python -m sampler.worker.pool` runs one CPU worker
 with the real runner (`sampler.cascade_runner:make_runner`), which claims them one after another,
 checkpoints (at most once per `--checkpoint-seconds`), writes progress, decodes, compresses and
 stores the samples. Direct: the same requests (`CascadeRunner.plan`) handed to `Cascade.sample`
@@ -47,9 +47,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sampler.cascade_runner import CascadeRunner
 from sampler.jukebox.registry import MODELS
 from sampler.loading import write_sidecar
-from sampler.models import model_path
-from sampler.runner import DeviceSpec, JobTask
-from sampler.worker import WorkerConfig
+from sampler.model_files import model_path
+from sampler.worker.contract import DeviceSpec, JobTask
+from sampler.worker.runtime import WorkerConfig
 from storage import JobKind, JobStatus, JobStore, create_engine
 from storage.migrate import upgrade_to_head
 from storage.records import ClaimedJob, Job
@@ -162,7 +162,7 @@ class DirectRunner:
 
 @contextlib.contextmanager
 def running_pool(url: str, model_dir: Path, log_file: Path, checkpoint_seconds: float) -> Iterator[float]:
-    """`python -m sampler.pool` with one CPU worker; yields the seconds from start to serving."""
+    """`python -m sampler.worker.pool` with one CPU worker; yields the seconds from start to serving."""
     env = os.environ | {
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
         "JUKEBOT_MODEL_DIR": str(model_dir),
@@ -172,7 +172,7 @@ def running_pool(url: str, model_dir: Path, log_file: Path, checkpoint_seconds: 
     command = [
         sys.executable,
         "-m",
-        "sampler.pool",
+        "sampler.worker.pool",
         "--database-url",
         url,
         "--runner",

@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from sampler.models import default_model_dir
+from sampler.model_files import default_model_dir
 
 APP_NAME = "jukebot"
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from sampler.audio import OutputFormat, encode_audio
-from sampler.jobspec import JobParams, parse_params
+from sampler.jobspec import InvalidJobParams, JobParams, parse_params
 from sampler.jukebox.cascade import (
     Cascade,
     CascadeState,
@@ -27,8 +27,8 @@ from sampler.jukebox.cascade import (
 from sampler.jukebox.registry import MODELS
 from sampler.jukebox.windows import prompt_length_samples, sample_length_samples
 from sampler.loading import load_cascade
-from sampler.models import default_model_dir
-from sampler.runner import (
+from sampler.model_files import ModelFilesError, default_model_dir
+from sampler.worker.contract import (
     BadCheckpoint,
     DeviceSpec,
     JobFailed,
@@ -79,7 +79,7 @@ def codes_to_bytes(codes: torch.Tensor) -> bytes:
 
 
 class CascadeRunner:
-    """A `sampler.runner.JobRunner` backed by the Jukebox cascade."""
+    """A `sampler.worker.contract.JobRunner` backed by the Jukebox cascade."""
 
     def __init__(self, device: DeviceSpec, model_dir: Path, *, dtype: torch.dtype | None = None) -> None:
         self.device = device
@@ -177,6 +177,13 @@ class CascadeRunner:
     # ---- running
 
     def run(self, task: JobTask, report: ProgressReporter, should_stop: StopCheck) -> list[NewSample]:
+        try:
+            return self._run(task, report, should_stop)
+        except (ModelFilesError, InvalidJobParams) as exc:
+            # Jukebox's own failures that already say what to do; the runtime knows only JobFailed.
+            raise JobFailed(str(exc)) from exc
+
+    def _run(self, task: JobTask, report: ProgressReporter, should_stop: StopCheck) -> list[NewSample]:
         job = task.job
         report.progress(Stage.LOADING, None, None, None, 0, 1)
         cascade = self.cascade(job.model)

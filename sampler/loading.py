@@ -20,7 +20,7 @@ from sampler.jukebox.checkpoint import CheckpointError, load_checkpoint
 from sampler.jukebox.prior import JukeboxPrior, PriorConfig
 from sampler.jukebox.registry import MODELS, PRIOR_HPARAMS, VQVAE_HPARAMS
 from sampler.jukebox.vqvae import VQVAE, VQVAEConfig
-from sampler.models import model_path, require_checkpoints
+from sampler.model_files import model_path, require_checkpoints
 
 log = logging.getLogger(__name__)
 

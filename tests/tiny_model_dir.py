@@ -11,7 +11,7 @@ from pathlib import Path
 from sampler.jukebox.checkpoint import save_checkpoint
 from sampler.jukebox.registry import MODELS
 from sampler.loading import write_sidecar
-from sampler.models import model_path
+from sampler.model_files import model_path
 from tests.sampler.jukebox.conftest import TINY_VQVAE_HPARAMS, make_tiny_vqvae
 from tests.sampler.jukebox.tiny_priors import TINY_PRIOR_HPARAMS, tiny_prior
 

@@ -9,7 +9,7 @@ import click
 
 from jukebot.commands import settings_or_exit
 from sampler.jukebox.registry import MODELS
-from sampler.models import (
+from sampler.model_files import (
     DEFAULT_IDS_SOURCE,
     CheckpointVerifier,
     DownloadOptions,

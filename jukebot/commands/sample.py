@@ -88,7 +88,7 @@ def run_sample(options: dict[str, Any]) -> None:
     from sampler.jukebox.cascade import CascadeState, Progress, SamplingError, SamplingRequest
     from sampler.jukebox.windows import prompt_length_samples, sample_length_samples
     from sampler.loading import load_cascade
-    from sampler.models import ModelFilesError
+    from sampler.model_files import ModelFilesError
 
     if options["sr"] != 44100:
         raise click.BadParameter("Jukebox models run at 44100 Hz", param_hint="--sr")

@@ -25,8 +25,8 @@ def _worker_environment(settings: Settings) -> None:
 
 
 def _devices(settings: Settings) -> list:  # type: ignore[type-arg]
-    from sampler.pool import devices_from_setting
-    from sampler.runner import DeviceError
+    from sampler.worker.contract import DeviceError
+    from sampler.worker.pool import devices_from_setting
 
     try:
         return list(devices_from_setting(settings.gpu_indices()))
@@ -58,7 +58,7 @@ def run(sync_guilds: tuple[int, ...]) -> None:
     stop = threading.Event()
     pool_thread = None
     if settings.local_workers:
-        from sampler.pool import run_pool
+        from sampler.worker.pool import run_pool
 
         devices = _devices(settings)
         _worker_environment(settings)
@@ -94,7 +94,7 @@ async def _run_bot(settings: Settings, sync_guilds: tuple[int, ...]) -> None:
 @click.command()
 def worker() -> None:
     """Run workers only (no Discord token), e.g. on another GPU machine sharing the database."""
-    from sampler.pool import run_pool
+    from sampler.worker.pool import run_pool
 
     settings = settings_or_exit()
     _upgrade(settings)

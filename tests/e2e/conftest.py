@@ -1,6 +1,6 @@
 """End-to-end fixtures: tiny random-weight models sampled by real worker processes.
 
-`services` starts `python -m sampler.pool` or `jukebot worker` processes running the real
+`services` starts `python -m sampler.worker.pool` or `jukebot worker` processes running the real
 `sampler.cascade_runner:make_runner` against a real database; each gets one torch thread
 (`OMP_NUM_THREADS=1`) and its log is printed when the test ends. `reference_samples` runs the
 same job in this process without any worker, for comparing codes with an uninterrupted run.
@@ -30,8 +30,8 @@ from sampler.jukebox.prior import JukeboxPrior, PriorConfig
 from sampler.jukebox.registry import MODELS
 from sampler.jukebox.vqvae import VQVAE, VQVAEConfig
 from sampler.loading import write_sidecar
-from sampler.models import model_path
-from sampler.runner import DeviceSpec, JobTask, StopReason
+from sampler.model_files import model_path
+from sampler.worker.contract import DeviceSpec, JobTask, StopReason
 from storage import JobKind, JobStore, create_engine
 from storage.records import ClaimedJob, Job, NewSample
 from tests.sampler.jukebox.conftest import TINY_VQVAE_HPARAMS, redraw_parameters, tiny_audio
@@ -75,7 +75,7 @@ def worker_environment(model_dir: Path, **extra: str) -> dict[str, str]:
 
 
 class ServiceProcess:
-    """One pool (`python -m sampler.pool`) or `jukebot worker` process and its log file."""
+    """One pool (`python -m sampler.worker.pool`) or `jukebot worker` process and its log file."""
 
     def __init__(self, command: list[str], env: dict[str, str], log_file: Path, cwd: Path) -> None:
         self.log_file = log_file
@@ -112,7 +112,7 @@ class Services:
         return self.tmp_path / f"{kind}-{len(self.started)}.log"
 
     def pool(self, db_url: str, model_dir: Path, extra: list[str] | None = None) -> ServiceProcess:
-        command = [sys.executable, "-m", "sampler.pool", "--database-url", db_url, "--runner", RUNNER]
+        command = [sys.executable, "-m", "sampler.worker.pool", "--database-url", db_url, "--runner", RUNNER]
         command += ["--devices", "cpu", *FAST_FLAGS, *(extra or [])]
         service = ServiceProcess(command, worker_environment(model_dir), self._log_file("pool"), REPO)
         self.started.append(service)

@@ -3,7 +3,7 @@
 `/jukebox` with an attached prime -> deferred reply -> a progress message edited as the worker
 samples -> preview files with buttons -> a vote -> Upsample -> the final file; the bot restarts
 while the upsample job runs: its progress message keeps updating and buttons the first bot
-posted still work. The workers are a `python -m sampler.pool` process on the same SQLite file.
+posted still work. The workers are a `python -m sampler.worker.pool` process on the same SQLite file.
 """
 
 from __future__ import annotations

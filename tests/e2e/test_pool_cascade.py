@@ -1,7 +1,7 @@
 """The worker pool with the real cascade runner on tiny random-weight models (issues 6 and 7).
 
 Every job is queued through `JobStore` and sampled by real worker processes (`python -m
-sampler.pool --runner sampler.cascade_runner:make_runner`, or `jukebot worker`); results are
+sampler.worker.pool --runner sampler.cascade_runner:make_runner`, or `jukebot worker`); results are
 compared with the same job run in this process without a worker.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from sampler.jukebox.cascade import CascadeState
-from sampler.worker import pid_of
+from sampler.worker.runtime import pid_of
 from storage import JobKind, JobStatus, JobStore
 from storage.records import Job
 from tests.e2e.conftest import (

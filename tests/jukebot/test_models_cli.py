@@ -10,7 +10,7 @@ from click.testing import CliRunner, Result
 
 from jukebot.commands.models import ModelsCliContext, models
 from sampler.jukebox.registry import CHECKPOINTS, MODELS
-from sampler.models import CheckpointVerifier, ids_files_for, model_path
+from sampler.model_files import CheckpointVerifier, ids_files_for, model_path
 from tests.sampler.http_fixture import FileServer, running_file_server
 
 SHAPES = {"blocks.0.w": (8, 16), "blocks.0.b": (16,)}

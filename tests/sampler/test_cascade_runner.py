@@ -14,8 +14,8 @@ from sampler.audio import decode_audio, to_int16_pcm
 from sampler.cascade_runner import CascadeRunner, codes_from_bytes
 from sampler.jobspec import JobParams
 from sampler.jukebox.cascade import CascadeState
-from sampler.models import ModelFilesMissing
-from sampler.runner import DeviceSpec, JobCancelled, JobInterrupted, JobTask, StopReason
+from sampler.model_files import ModelFilesMissing
+from sampler.worker.contract import DeviceSpec, JobCancelled, JobInterrupted, JobTask, StopReason
 from storage.engine import create_engine
 from storage.records import NewSample
 from storage.store import JobStore

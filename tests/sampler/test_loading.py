@@ -13,7 +13,7 @@ from jukebot.cli import main
 from sampler.jukebox.checkpoint import CheckpointMismatch, save_checkpoint
 from sampler.jukebox.registry import CHECKPOINTS
 from sampler.loading import ModelDirectory, expected_shapes_for, load_cascade
-from sampler.models import ModelFilesMissing, ids_files_for, model_path
+from sampler.model_files import ModelFilesMissing, ids_files_for, model_path
 from tests.sampler.jukebox.tiny_priors import tiny_prior
 from tests.tiny_model_dir import write_tiny_model_dir
 

@@ -32,12 +32,13 @@ from typing import TypeVar
 import numpy as np
 
 from sampler.audio import SAMPLE_RATE, encode_to_fit
-from sampler.jobspec import JobParams, parse_params
+from sampler.jobspec import InvalidJobParams, JobParams, parse_params
 from sampler.jukebox.registry import MODELS
-from sampler.models import require_checkpoints
-from sampler.runner import (
+from sampler.model_files import ModelFilesError, require_checkpoints
+from sampler.worker.contract import (
     BadCheckpoint,
     DeviceSpec,
+    JobFailed,
     JobTask,
     OutOfMemory,
     ProgressReporter,
@@ -162,9 +163,12 @@ class ToyRunner:
 
     def run(self, task: JobTask, report: ProgressReporter, should_stop: StopCheck) -> list[NewSample]:
         job = task.job
-        if self.model_dir is not None:
-            require_checkpoints(self.model_dir, job.model)
-        params = parse_params(job.params)
+        try:
+            if self.model_dir is not None:
+                require_checkpoints(self.model_dir, job.model)
+            params = parse_params(job.params)
+        except (ModelFilesError, InvalidJobParams) as exc:
+            raise JobFailed(str(exc)) from exc
         if params.artist == "!crash":
             raise RuntimeError("toy runner crashed on purpose")
         if params.artist == "!oom":
@@ -246,7 +250,7 @@ class ToyRunner:
 
 
 def make_runner(device: DeviceSpec) -> ToyRunner:
-    """The runner factory the pool imports as `tests.sampler.toy_runner:make_runner`."""
+    """The runner factory the pool imports as `tests.sampler.worker.toy_runner:make_runner`."""
     return ToyRunner(device)
 
 

@@ -6,7 +6,7 @@ to `shutdown_timeout`, and kills what is left (those jobs come back when their l
 A worker that exits with `EXIT_CONFIG` (bad runner path, missing device) is not restarted;
 any other death is, after a backoff that doubles while deaths keep coming quickly.
 
-    python -m sampler.pool --database-url URL --runner package.module:function --devices cpu
+    python -m sampler.worker.pool --database-url URL --runner package.module:function --devices cpu
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import Any
 
-from sampler.runner import DeviceError, DeviceSpec, factory_exists
-from sampler.worker import EXIT_CONFIG, EXIT_OK, WorkerConfig, worker_main
+from sampler.worker.contract import DeviceError, DeviceSpec, factory_exists
+from sampler.worker.runtime import EXIT_CONFIG, EXIT_OK, WorkerConfig, worker_main
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +275,9 @@ def _parse_devices(values: Sequence[str]) -> list[DeviceSpec]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     defaults = WorkerConfig()
-    parser = argparse.ArgumentParser(prog="python -m sampler.pool", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m sampler.worker.pool", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--database-url", required=True)
     parser.add_argument("--runner", required=True, help="runner factory, 'package.module:function'")
     parser.add_argument("--devices", action="append", default=[], help="'auto', 'cpu', 'cuda:0' (repeatable)")

@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-import sampler.worker
+import sampler.worker.runtime
 from sampler.audio import decode_audio
 from sampler.jukebox.registry import MODELS
-from sampler.models import model_path
-from sampler.runner import DeviceSpec, JobInterrupted, JobTask, ProgressReporter, StopCheck
-from sampler.worker import JobOutcome, Worker, WorkerConfig, WorkerConfigError, pid_of
+from sampler.model_files import model_path
+from sampler.worker.contract import DeviceSpec, JobInterrupted, JobTask, ProgressReporter, StopCheck
+from sampler.worker.runtime import JobOutcome, Worker, WorkerConfig, WorkerConfigError, pid_of
 from storage import JobKind, JobStatus, JobStore
-from tests.sampler.toy_runner import (
+from tests.sampler.worker.toy_runner import (
     SECONDS_PER_WINDOW,
     TOKENS_PER_WINDOW,
     ToyRunner,
@@ -304,7 +304,7 @@ async def test_a_crash_while_the_user_cancels_ends_cancelled_without_an_attempt(
 
 def test_the_worker_changes_jobs_only_through_the_store_api() -> None:
     """No SQL in the worker: every transition is a JobStore method (one conditional statement each)."""
-    tree = ast.parse(Path(sampler.worker.__file__).read_text())
+    tree = ast.parse(Path(sampler.worker.runtime.__file__).read_text())
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     imported |= {
         alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names

@@ -1,4 +1,4 @@
-"""The pool as it runs in production: `python -m sampler.pool` processes spawning real workers
+"""The pool as it runs in production: `python -m sampler.worker.pool` processes spawning real workers
 that run the toy runner against a real database (SQLite and Postgres)."""
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 
 from sampler.audio import decode_audio
-from sampler.pool import devices_from_setting, main
-from sampler.runner import DeviceError, DeviceSpec, JobTask, RunnerFactoryError
-from sampler.worker import EXIT_CONFIG, pid_of
+from sampler.worker.contract import DeviceError, DeviceSpec, JobTask, RunnerFactoryError
+from sampler.worker.pool import devices_from_setting, main
+from sampler.worker.runtime import EXIT_CONFIG, pid_of
 from storage import JobKind, JobStatus, JobStore, create_engine
 from storage.records import ClaimedJob, Job
-from tests.sampler.toy_runner import (
+from tests.sampler.worker.toy_runner import (
     SECONDS_PER_WINDOW,
     TOKENS_PER_WINDOW,
     read_log,
@@ -31,7 +31,7 @@ from tests.sampler.toy_runner import (
 from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
-RUNNER = "tests.sampler.toy_runner:make_runner"
+RUNNER = "tests.sampler.worker.toy_runner:make_runner"
 USER = 333_333_333_333_333_333
 CHANNEL = 222_222_222_222_222_222
 FAST_FLAGS = [
@@ -47,7 +47,7 @@ FAST_FLAGS = [
 
 
 class PoolProcess:
-    """One `python -m sampler.pool` process and its log."""
+    """One `python -m sampler.worker.pool` process and its log."""
 
     def __init__(self, db_url: str, log_dir: Path, log_file: Path, work: int, extra: list[str]) -> None:
         self.log_file = log_file
@@ -56,7 +56,7 @@ class PoolProcess:
             "JUKEBOT_TOY_LOG_DIR": str(log_dir),
             "JUKEBOT_TOY_WORK": str(work),
         }
-        command = [sys.executable, "-m", "sampler.pool", "--database-url", db_url, "--runner", RUNNER]
+        command = [sys.executable, "-m", "sampler.worker.pool", "--database-url", db_url, "--runner", RUNNER]
         with open(log_file, "ab") as output:
             self.process = subprocess.Popen(
                 [*command, "--devices", "cpu", *FAST_FLAGS, *extra],
@@ -276,9 +276,9 @@ async def test_a_bad_runner_path_stops_the_pool_with_a_config_error(tmp_path: Pa
     result = await asyncio.to_thread(
         subprocess.run,
         [
-            *(sys.executable, "-m", "sampler.pool", "--devices", "cpu"),
+            *(sys.executable, "-m", "sampler.worker.pool", "--devices", "cpu"),
             *("--database-url", f"sqlite+aiosqlite:///{tmp_path}/x.db"),
-            *("--runner", "tests.sampler.toy_runner:no_such_factory"),
+            *("--runner", "tests.sampler.worker.toy_runner:no_such_factory"),
         ],
         cwd=REPO,
         env=os.environ | {"PYTHONPATH": str(REPO)},
@@ -304,7 +304,7 @@ def test_device_specs() -> None:
     with pytest.raises(DeviceError, match="use 'cpu' or 'cuda:N'"):
         DeviceSpec("cuda")
     with pytest.raises(RunnerFactoryError):
-        from sampler.runner import split_factory_path
+        from sampler.worker.contract import split_factory_path
 
         split_factory_path("module:")
 

@@ -37,9 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sampler.jobspec import InvalidJobParams
-from sampler.models import ModelFilesError
-from sampler.runner import (
+from sampler.worker.contract import (
     DeviceSpec,
     JobCancelled,
     JobFailed,
@@ -390,7 +388,7 @@ class Worker:
                 status = await self.store.release(job.id, self.worker_id)
                 log.info("job #%s released (%s); it resumes from its checkpoint", job.id, status.value)
                 return JobOutcome.CANCELLED if status is JobStatus.CANCELLED else JobOutcome.RELEASED
-            except (JobFailed, ModelFilesError, InvalidJobParams, SampleNotFound, PrimeNotFound) as exc:
+            except (JobFailed, SampleNotFound, PrimeNotFound) as exc:
                 return await self._fail(run, str(exc))
             except Exception as exc:
                 if run.should_stop() is StopReason.LEASE_LOST:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sampler.jukebox.registry import CHECKPOINTS, MODELS
-from sampler.models import (
+from sampler.model_files import (
     MANIFEST,
     CheckpointVerifier,
     DownloadError,

@@ -4,9 +4,8 @@ A worker claims a job, gathers what it needs (`JobTask`) and calls `JobRunner.ru
 The runner reports progress per chunk of tokens and hands over a checkpoint after every
 window through `ProgressReporter`, checks `should_stop` at least once per chunk (so cancel and
 shutdown take effect within seconds, even inside a long window), and returns the finished
-samples. Failures that retrying cannot fix are raised as `JobFailed` subclasses (or
-`ModelFilesError` / `InvalidJobParams`, which already say what to do); the worker keeps their
-message on the job. Anything else counts as a crash and the job is retried.
+samples. Failures that retrying cannot fix are raised as `JobFailed` (a runner translates its
+own such errors into it); the worker keeps their message on the job. Anything else counts as a crash and the job is retried.
 
 No torch here: the pool and the bot import this module.
 """
