@@ -579,6 +579,29 @@ class SyncedCommand:
 
 
 @dataclass
+class HeldRequest:
+    """A request the fake holds before handling it, until the test releases or drops it (a barrier).
+
+    `arrived` turns true (and `FakeDiscord.wait_for` re-checks) once the request is being held."""
+
+    method: str
+    route: str
+    skip: int  # matching requests still let through before the one to hold
+    arrived: bool = False
+    dropped: bool = False
+    _go: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def release(self) -> None:
+        """Handle the held request as usual."""
+        self._go.set()
+
+    def drop(self) -> None:
+        """Answer it with a 503 and change nothing, as if it never reached Discord (its sender died)."""
+        self.dropped = True
+        self._go.set()
+
+
+@dataclass
 class _InjectedFailure:
     method: str
     route: str
@@ -623,6 +646,7 @@ class FakeDiscord:
         self.gateway_received: list[JSON] = []  # every frame a bot sent (heartbeats excluded)
 
         self._failures: list[_InjectedFailure] = []
+        self._holds: list[HeldRequest] = []
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
@@ -642,6 +666,8 @@ class FakeDiscord:
         return self
 
     async def close(self) -> None:
+        for hold in self._holds:  # a held handler would keep the server from shutting down
+            hold.drop()
         for ws in list(self._sockets):
             await ws.close(code=1000, message=b"fake discord shutting down")
         if self._runner is not None:
@@ -838,6 +864,12 @@ class FakeDiscord:
             body = {"message": "You are being rate limited.", "retry_after": retry_after, "global": False}
             headers = {"Via": "1.1 google", "Retry-After": str(retry_after), "X-RateLimit-Scope": "user"}
         self._failures.append(_InjectedFailure(method.upper(), route, status, body, headers, times))
+
+    def hold(self, method: str, route: str, *, after: int = 0) -> HeldRequest:
+        """Hold the request to route (pattern as in `calls`) that comes after `after` matching ones."""
+        held = HeldRequest(method.upper(), route, after)
+        self._holds.append(held)
+        return held
 
     def expire_interaction(self, record: InteractionRecord) -> None:
         """Simulates the 15-minute lifetime of an interaction token: its webhook calls now fail (50027)."""
@@ -1513,6 +1545,13 @@ class FakeDiscord:
                 and request.headers.get("Authorization") != f"Bot {self.token}"
             ):
                 raise DiscordAPIError(401, 0, "401: Unauthorized")
+            held = self._take_hold(request.method, route.split(" ", 1)[1])
+            if held is not None:
+                held.arrived = True
+                await self._notify()
+                await held._go.wait()
+                if held.dropped:
+                    raise DiscordAPIError(503, 0, "the test dropped this held request")
             response = await handler(request)
             record.status = response.status
             return response
@@ -1529,6 +1568,14 @@ class FakeDiscord:
         # Interaction callbacks and webhooks authenticate by their token; CDN and gateway by nothing.
         path = route.split(" ", 1)[1]
         return path.startswith(("/interactions/", "/webhooks/", "/attachments/", "/gateway"))
+
+    def _take_hold(self, method: str, route: str) -> HeldRequest | None:
+        for held in self._holds:
+            if held.method == method and held.route == route and not held.arrived:
+                if held.skip == 0:
+                    return held
+                held.skip -= 1
+        return None
 
     def _take_failure(self, method: str, route: str) -> _InjectedFailure | None:
         for failure in self._failures:

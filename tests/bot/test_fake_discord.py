@@ -350,6 +350,24 @@ async def test_discord_errors_rate_limits_and_unknown_routes(
     assert [r.path for r in fake_discord.unknown_requests] == ["/api/v10/stickers/1"]
 
 
+async def test_a_held_request_waits_until_the_test_releases_it(
+    fake_discord: FakeDiscord, bot_runner: BotRunner
+) -> None:
+    bot = await bot_runner.start(ThrowawayBot({}))
+    channel = bot.get_channel(fake_discord.channel("general").id)
+    assert isinstance(channel, discord.TextChannel)
+    held = fake_discord.hold("POST", "/channels/{channel_id}/messages", after=1)
+    await channel.send("first")  # let through
+    second = asyncio.create_task(channel.send("second"))
+    await fake_discord.wait_for(lambda: held.arrived)
+    contents = [m.content for m in fake_discord.channel_messages(fake_discord.channel("general"))]
+    assert not second.done() and contents[-1] == "first"
+    held.release()
+    assert fake_discord.message((await second).id).content == "second"
+    await channel.send("third")  # the hold is used up
+    assert fake_discord.rejections == []
+
+
 async def test_attachment_route_serves_ranges(fake_discord: FakeDiscord) -> None:
     attachment = fake_discord._store_upload(
         fake_discord.channel("general").id, Upload("x.bin", bytes(range(10)))
