@@ -7,8 +7,8 @@ followed by the final progress text. Passes run every `poll_interval_s` or at on
 
 Exactly once, across restarts and several bot processes: before posting a job's results the
 relay claims them in the store for `results_lease_s` (`claim_results_posting`; one holder at a
-time), renews the claim before each message it sends, and records the message each sample went
-out in as soon as it is sent (`set_sample_message`). If posting fails part-way the claim is given
+time), renews it while posting (every third of the lease, and before each message it sends), and
+records the message each sample went out in as soon as it is sent (`set_sample_message`). If posting fails part-way the claim is given
 back; if the bot is killed mid-post the claim expires. Either way the next try (this bot or
 another) posts only the samples without a message, then the final progress text. Results of
 upsample and continue jobs reply to the parent sample's message, found in the store after a
@@ -45,8 +45,8 @@ NOTIFY_USER = discord.AllowedMentions(everyone=False, roles=False, users=True, r
 # Discord caps the edits of messages older than an hour (JSON error code 30046); real jobs run for hours.
 OLD_MESSAGE_EDITS_EXHAUSTED = 30046
 # How long a claim on a job's results holds without renewal: the wait before another bot finishes
-# posting for one that was killed mid-post. Renewed before every message, so one upload must fit.
-RESULTS_LEASE_S = 120.0
+# posting for one that was killed mid-post. Renewed every third of it, also during a long upload.
+RESULTS_LEASE_S = 30.0
 
 
 class _ResultsClaimLost(Exception):
@@ -214,6 +214,8 @@ class ProgressRelay:
         """Post a finished job's results (or failure) and its final progress text, once."""
         if not await self.store.claim_results_posting(job.id, self.poster_id, self.results_lease_s):
             return  # posted already, or another bot is posting them (if it dies, its claim expires)
+        posted = asyncio.Event()
+        renewing = asyncio.create_task(self._renew_claim(job.id, posted), name=f"results-claim-{job.id}")
         try:
             sample_count = None
             if job.status == JobStatus.SUCCEEDED:
@@ -234,9 +236,26 @@ class ProgressRelay:
             except Exception:
                 log.exception("job #%s: results half-posted; the claim expires in time", job.id)
             raise
+        finally:
+            posted.set()
+            await renewing  # lets a renewal in flight end (cancelling it could break its connection)
         if not await self.store.finish_results_posting(job.id, self.poster_id):
             log.warning("job #%s: results posted, but another bot took over the claim meanwhile", job.id)
         self._watched.pop(job.id, None)
+
+    async def _renew_claim(self, job_id: int, posted: asyncio.Event) -> None:
+        """Keep the claim alive until `posted` is set, through uploads longer than the lease."""
+        while True:
+            try:
+                await asyncio.wait_for(posted.wait(), timeout=self.results_lease_s / 3)
+                return
+            except TimeoutError:
+                pass
+            try:
+                if not await self.store.renew_results_posting(job_id, self.poster_id, self.results_lease_s):
+                    return  # taken over: `_keep_claim` stops the posting before its next message
+            except Exception:  # e.g. a database blip: the next renewal tries again
+                log.warning("job #%s: could not renew the claim on its results", job_id, exc_info=True)
 
     async def _keep_claim(self, job: Job) -> None:
         """Renew our claim on the job's results before sending the next message."""

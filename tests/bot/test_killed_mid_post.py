@@ -21,8 +21,11 @@ from storage.models import utcnow
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
 from tests.bot.fake_discord import FakeDiscord, FakeMessage
-from tests.bot.harness import PlayedWorker, make_bot, progress_message, sample_message, when
+from tests.bot.harness import PlayedWorker, make_bot, progress_message, sample_message, sqlite_store, when
 from tests.conftest import FakeClock
+from tests.waiting import wait_until
+
+__all__ = ["sqlite_store"]
 
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 60.0  # a fresh interpreter importing discord.py, on two shared cores
@@ -106,3 +109,39 @@ async def test_a_bot_killed_after_sample_1_of_3_leaves_samples_2_and_3_to_the_ne
             process.wait()
         await engine.dispose()
         print(f"---- bot process log\n{log_file.read_text(errors='replace')[-6000:]}")
+
+
+async def test_an_upload_longer_than_the_lease_keeps_the_claim_on_the_results(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    fake = fake_discord
+    clock = FakeClock(utcnow())
+    store = JobStore(sqlite_store.engine, clock=clock)
+    bot = await bot_runner.start(make_bot(fake, store))
+    bot.relay.results_lease_s = 0.3  # renewed every 0.1 s
+    record = await fake.invoke_command(
+        "jukebox", {"artist": "queen", "genre": "pop", "samples": 1, "seed": 1}, user=fake.user("alice")
+    )
+    await fake.wait_for(lambda: record.original is not None and not record.original.loading)
+    worker = PlayedWorker(store)
+    job = await worker.claim()
+    progress = await fake.wait_for(when(lambda: progress_message(fake, job.id)))
+
+    held = fake.hold("POST", "/channels/{channel_id}/messages")  # the upload of the only sample
+    (sample_id,) = await worker.complete(job, n=1, full=False)
+    bot.relay.poke()
+    await fake.wait_for(lambda: held.arrived)
+    clock.advance(60)  # the upload goes on far past the lease
+
+    async def renewed() -> bool:
+        expires = (await store.get_job(job.id)).results_posting_expires_at
+        return expires == clock.now + timedelta(seconds=0.3)
+
+    await wait_until(renewed, 10, "the claim to be renewed during the upload")
+    assert await store.claim_results_posting(job.id, "another-bot", RESULTS_LEASE_S) is False
+
+    held.release()
+    await fake.wait_for(lambda: progress.content.endswith("✅ Done: 1 sample below."))
+    await bot.relay.run_pass()
+    assert len(posts_of(fake, sample_id)) == 1
+    assert (await store.get_job(job.id)).results_posted_at == clock.now
