@@ -8,11 +8,12 @@ followed by the final progress text. Passes run every `poll_interval_s` or at on
 Exactly once, across restarts and several bot processes: before posting a job's results the
 relay claims them in the store for `results_lease_s` (`claim_results_posting`; one holder at a
 time), renews it while posting (every third of the lease, and before each message it sends), and
-records the message each sample went out in as soon as it is sent (`set_sample_message`). If posting fails part-way the claim is given
-back; if the bot is killed mid-post the claim expires. Either way the next try (this bot or
-another) posts only the samples without a message, then the final progress text. Results of
-upsample and continue jobs reply to the parent sample's message, found in the store after a
-restart too.
+records the message each sample went out in as soon as it is sent (`set_sample_message`); each
+message carries a nonce, so Discord answers a repeat sent within minutes with the first one. If
+posting fails part-way the claim is given back; if the bot is killed mid-post the claim expires.
+Either way the next try (this bot or another) posts only the samples without a message, then the
+final progress text. Results of upsample and continue jobs reply to the parent sample's message,
+found in the store after a restart too.
 """
 
 from __future__ import annotations
@@ -322,6 +323,9 @@ class ProgressRelay:
                     for f in group
                 ]
                 await self._keep_claim(job)
+                # Discord answers a message sent again with the same nonce (within minutes) with the
+                # first one: a bot killed after sending, before recording it, does not post it twice.
+                nonce = f"sample-{sample.id}-{index}"
                 if index == 0:
                     first = await channel.send(
                         content,
@@ -329,12 +333,14 @@ class ProgressRelay:
                         view=view,
                         reference=reference,  # type: ignore[arg-type]
                         allowed_mentions=NOTIFY_USER if position == 1 else NO_MENTIONS,
+                        nonce=nonce,
                     )
                 else:
                     await channel.send(
                         f"Sample #{sample.id}, continued ({index + 1}/{len(groups)})",
                         files=uploads,
                         allowed_mentions=NO_MENTIONS,
+                        nonce=nonce,
                     )
             if first is not None:
                 await self.store.set_sample_message(sample.id, first.id)

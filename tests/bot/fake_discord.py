@@ -79,6 +79,9 @@ MAX_CONTENT, MAX_EMBEDS, MAX_FILES, MAX_ROWS, MAX_ROW_WIDTH, MAX_CUSTOM_ID, MAX_
     100,
     25,
 )
+# A message nonce is at most 25 characters. With enforce_nonce, Discord answers the author's message
+# with the same nonce from "the past few minutes" instead of creating another (the fake keeps 5).
+MAX_NONCE, NONCE_WINDOW_S = 25, 300.0
 
 # Discord sniffs the type from the name (discord.py uploads everything as octet-stream).
 _CONTENT_TYPE_OVERRIDES = {
@@ -581,12 +584,15 @@ class SyncedCommand:
 @dataclass
 class HeldRequest:
     """A request the fake holds before handling it, until the test releases or drops it (a barrier).
+    With `handled`, the fake handles it first and holds the answer: Discord did it, the sender does
+    not know yet.
 
     `arrived` turns true (and `FakeDiscord.wait_for` re-checks) once the request is being held."""
 
     method: str
     route: str
     skip: int  # matching requests still let through before the one to hold
+    handled: bool
     arrived: bool = False
     dropped: bool = False
     _go: asyncio.Event = field(default_factory=asyncio.Event)
@@ -596,9 +602,15 @@ class HeldRequest:
         self._go.set()
 
     def drop(self) -> None:
-        """Answer it with a 503 and change nothing, as if it never reached Discord (its sender died)."""
+        """Answer it with a 503 and change nothing, as if it never reached Discord (its sender died).
+        A `handled` request was already done: its answer goes out as it is."""
         self.dropped = True
         self._go.set()
+
+    async def _wait(self, fake: FakeDiscord) -> None:
+        self.arrived = True
+        await fake._notify()
+        await self._go.wait()
 
 
 @dataclass
@@ -647,6 +659,7 @@ class FakeDiscord:
 
         self._failures: list[_InjectedFailure] = []
         self._holds: list[HeldRequest] = []
+        self._nonces: dict[str, tuple[int, float]] = {}  # the bot's message nonces: (message id, when)
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
@@ -865,9 +878,10 @@ class FakeDiscord:
             headers = {"Via": "1.1 google", "Retry-After": str(retry_after), "X-RateLimit-Scope": "user"}
         self._failures.append(_InjectedFailure(method.upper(), route, status, body, headers, times))
 
-    def hold(self, method: str, route: str, *, after: int = 0) -> HeldRequest:
-        """Hold the request to route (pattern as in `calls`) that comes after `after` matching ones."""
-        held = HeldRequest(method.upper(), route, after)
+    def hold(self, method: str, route: str, *, after: int = 0, handled: bool = False) -> HeldRequest:
+        """Hold the request to route (pattern as in `calls`) that comes after `after` matching ones;
+        `handled`: handle it, then hold its answer."""
+        held = HeldRequest(method.upper(), route, after, handled)
         self._holds.append(held)
         return held
 
@@ -1546,14 +1560,14 @@ class FakeDiscord:
             ):
                 raise DiscordAPIError(401, 0, "401: Unauthorized")
             held = self._take_hold(request.method, route.split(" ", 1)[1])
-            if held is not None:
-                held.arrived = True
-                await self._notify()
-                await held._go.wait()
+            if held is not None and not held.handled:
+                await held._wait(self)
                 if held.dropped:
                     raise DiscordAPIError(503, 0, "the test dropped this held request")
             response = await handler(request)
             record.status = response.status
+            if held is not None and held.handled:
+                await held._wait(self)
             return response
         except DiscordAPIError as exc:
             record.status, record.error = exc.status, exc.body()
@@ -1899,7 +1913,18 @@ class FakeDiscord:
             raise _form_error(
                 "flags", "MESSAGE_FLAGS_INVALID", "Only interaction responses can be ephemeral."
             )
+        nonce = None if body.get("nonce") is None else str(body["nonce"])
+        if nonce is not None and len(nonce) > MAX_NONCE:
+            raise _form_error("nonce", "BASE_TYPE_MAX_LENGTH", f"Must be {MAX_NONCE} or fewer in length.")
+        if nonce is not None and body.get("enforce_nonce"):
+            # Discord: the same author's message with this nonce from the past few minutes is returned
+            # instead of creating another.
+            earlier = self._nonces.get(nonce)
+            if earlier is not None and time.monotonic() - earlier[1] < NONCE_WINDOW_S:
+                return _json_response(self.message_payload(self.messages[earlier[0]]))
         message = await self._create_message(channel.id, body, uploads)
+        if nonce is not None:
+            self._nonces[nonce] = (message.id, time.monotonic())
         return _json_response(self.message_payload(message))
 
     async def _get_message(self, request: web.Request) -> web.Response:

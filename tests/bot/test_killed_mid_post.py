@@ -1,8 +1,10 @@
 """A real bot process killed while posting a job's results: the next bot posts the rest, exactly once.
 
-The bot posts sample 1 of 3; the fake Discord holds its upload of sample 2 (a barrier, no timing),
-the test kills the process there with SIGKILL (no cleanup runs), and a new bot starts once the dead
-bot's claim on the results has expired (its store's clock is moved past the claim, no waiting).
+The bot posts sample 1 of 3; the fake Discord holds its upload of sample 2 (a barrier, no timing):
+before Discord saw it, or after Discord posted it but before the bot heard back (so the bot could
+not record it). The test kills the process there with SIGKILL (no cleanup runs), and a new bot
+starts once the dead bot's claim on the results has expired (its store's clock is moved past the
+claim, no waiting).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
+
+import pytest
 
 from bot.relay import RESULTS_LEASE_S
 from storage.engine import create_engine
@@ -47,8 +51,11 @@ def posts_of(fake: FakeDiscord, sample_id: int) -> list[FakeMessage]:
     ]
 
 
+@pytest.mark.parametrize(
+    "sample_2_posted", [False, True], ids=["before-discord-got-sample-2", "before-the-bot-heard-back"]
+)
 async def test_a_bot_killed_after_sample_1_of_3_leaves_samples_2_and_3_to_the_next_bot(
-    fake_discord: FakeDiscord, bot_runner: BotRunner, db_url: str, tmp_path: Path
+    fake_discord: FakeDiscord, bot_runner: BotRunner, db_url: str, tmp_path: Path, sample_2_posted: bool
 ) -> None:
     fake = fake_discord
     engine = create_engine(db_url)
@@ -69,17 +76,18 @@ async def test_a_bot_killed_after_sample_1_of_3_leaves_samples_2_and_3_to_the_ne
         progress = await fake.wait_for(when(lambda: progress_message(fake, job.id)))
 
         # Only the samples are posted to the channel from here on: let sample 1 through, hold sample 2.
-        held = fake.hold("POST", "/channels/{channel_id}/messages", after=1)
+        held = fake.hold("POST", "/channels/{channel_id}/messages", after=1, handled=sample_2_posted)
         sample_ids = await worker.complete(job, n=3, full=False)
         await fake.wait_for(lambda: held.arrived, timeout_s=START_TIMEOUT_S)
         first = sample_message(fake, sample_ids[0])
         assert first is not None
+        assert (sample_message(fake, sample_ids[1]) is not None) is sample_2_posted
         # Sample 1's message was recorded before sample 2 went out.
         assert [info.message_id for info in await store.samples_for_job(job.id)] == [first.id, None, None]
 
         process.send_signal(signal.SIGKILL)
         assert await asyncio.to_thread(process.wait, 30) == -signal.SIGKILL
-        held.drop()  # its sender is dead: Discord never saw it
+        held.drop()  # its sender is dead: not done, or its answer is lost
         await fake.wait_for(lambda: not fake.live_sessions)
         assert not progress.content.endswith(DONE)
         assert (await store.get_job(job.id)).results_posted_at is None
@@ -91,6 +99,7 @@ async def test_a_bot_killed_after_sample_1_of_3_leaves_samples_2_and_3_to_the_ne
         await fake.wait_for(lambda: progress.content.endswith(DONE))
         await second.relay.run_pass()  # waits out the pass that posted them
 
+        # Sample 2 sent again with its nonce: Discord answers with the message it already posted.
         assert [len(posts_of(fake, sample_id)) for sample_id in sample_ids] == [1, 1, 1]
         posted = [sample_message(fake, sample_id) for sample_id in sample_ids]
         assert posted[0] is first
@@ -99,9 +108,8 @@ async def test_a_bot_killed_after_sample_1_of_3_leaves_samples_2_and_3_to_the_ne
         ]
         assert progress_message(fake, job.id) is progress  # the same message reached its final state
         assert (await store.get_job(job.id)).results_posted_at is not None
-        assert [(r.route, r.status) for r in fake.rejections] == [
-            ("POST /channels/{channel_id}/messages", 503)
-        ]
+        dropped = [] if sample_2_posted else [("POST /channels/{channel_id}/messages", 503)]
+        assert [(r.route, r.status) for r in fake.rejections] == dropped
         assert fake.unknown_requests == []
     finally:
         if process.poll() is None:
