@@ -6,10 +6,14 @@ per message), then posts the results of finished jobs the store lists as not pos
 followed by the final progress text. Passes run every `poll_interval_s` or at once after `poke()`.
 
 Exactly once, across restarts and several bot processes: before posting a job's results the
-relay claims them in the store (`mark_results_posted`; one caller wins), and it records the
-message each sample went out in (`set_sample_message`). If posting fails part-way the claim
-is cleared, and the next try skips the samples already posted. Results of upsample and
-continue jobs reply to the parent sample's message, found in the store after a restart too.
+relay claims them in the store for `results_lease_s` (`claim_results_posting`; one holder at a
+time), renews it while posting (every third of the lease, and before each message it sends), and
+records the message each sample went out in as soon as it is sent (`set_sample_message`); each
+message carries a nonce, so Discord answers a repeat sent within minutes with the first one. If
+posting fails part-way the claim is given back; if the bot is killed mid-post the claim expires.
+Either way the next try (this bot or another) posts only the samples without a message, then the
+final progress text. Results of upsample and continue jobs reply to the parent sample's message,
+found in the store after a restart too.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
+import secrets
+import socket
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -38,6 +45,13 @@ NO_MENTIONS = discord.AllowedMentions.none()
 NOTIFY_USER = discord.AllowedMentions(everyone=False, roles=False, users=True, replied_user=False)
 # Discord caps the edits of messages older than an hour (JSON error code 30046); real jobs run for hours.
 OLD_MESSAGE_EDITS_EXHAUSTED = 30046
+# How long a claim on a job's results holds without renewal: the wait before another bot finishes
+# posting for one that was killed mid-post. Renewed every third of it, also during a long upload.
+RESULTS_LEASE_S = 30.0
+
+
+class _ResultsClaimLost(Exception):
+    """Another bot took over posting this job's results (our claim had expired): stop posting."""
 
 
 @dataclass
@@ -55,12 +69,16 @@ class ProgressRelay:
         poll_interval_s: float = 5.0,
         min_edit_interval_s: float = 5.0,
         finished_batch: int = 25,
+        results_lease_s: float = RESULTS_LEASE_S,
     ) -> None:
         self.bot = bot
         self.store = bot.store
         self.poll_interval_s = poll_interval_s
         self.min_edit_interval_s = min_edit_interval_s
         self.finished_batch = finished_batch  # results posted per server per pass; the rest next pass
+        self.results_lease_s = results_lease_s
+        # Who holds a results claim in the store: unique per bot process, also across restarts.
+        self.poster_id = f"bot:{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._watched: dict[int, _Watched] = {}
         self._posting: set[int] = set()  # jobs whose progress message is being posted right now
         self._wake = asyncio.Event()
@@ -195,26 +213,55 @@ class ProgressRelay:
 
     async def _finish(self, job: Job) -> None:
         """Post a finished job's results (or failure) and its final progress text, once."""
-        if not await self.store.mark_results_posted(job.id):  # another bot, or an earlier pass
-            self._watched.pop(job.id, None)
-            return
+        if not await self.store.claim_results_posting(job.id, self.poster_id, self.results_lease_s):
+            return  # posted already, or another bot is posting them (if it dies, its claim expires)
+        posted = asyncio.Event()
+        renewing = asyncio.create_task(self._renew_claim(job.id, posted), name=f"results-claim-{job.id}")
         try:
             sample_count = None
             if job.status == JobStatus.SUCCEEDED:
                 sample_count = await self._post_samples(job)
             text = render_job(job, sample_count=sample_count)
+            await self._keep_claim(job)
             if job.progress_message_id is not None:
                 await self._edit(job, text)
             else:
                 channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
                 await channel.send(text, allowed_mentions=NO_MENTIONS)
-        except BaseException:  # also a shutdown mid-post: the next pass (or bot) finishes the job
+        except _ResultsClaimLost:
+            log.warning("job #%s: another bot took over posting its results; leaving the rest to it", job.id)
+            return
+        except BaseException:  # also a shutdown mid-post: the next pass (or bot) finishes the job now
             try:
-                await self.store.clear_results_posted(job.id)
+                await self.store.release_results_posting(job.id, self.poster_id)
             except Exception:
-                log.exception("job #%s: results half-posted and the claim could not be cleared", job.id)
+                log.exception("job #%s: results half-posted; the claim expires in time", job.id)
             raise
+        finally:
+            posted.set()
+            await renewing  # lets a renewal in flight end (cancelling it could break its connection)
+        if not await self.store.finish_results_posting(job.id, self.poster_id):
+            log.warning("job #%s: results posted, but another bot took over the claim meanwhile", job.id)
         self._watched.pop(job.id, None)
+
+    async def _renew_claim(self, job_id: int, posted: asyncio.Event) -> None:
+        """Keep the claim alive until `posted` is set, through uploads longer than the lease."""
+        while True:
+            try:
+                await asyncio.wait_for(posted.wait(), timeout=self.results_lease_s / 3)
+                return
+            except TimeoutError:
+                pass
+            try:
+                if not await self.store.renew_results_posting(job_id, self.poster_id, self.results_lease_s):
+                    return  # taken over: `_keep_claim` stops the posting before its next message
+            except Exception:  # e.g. a database blip: the next renewal tries again
+                log.warning("job #%s: could not renew the claim on its results", job_id, exc_info=True)
+
+    async def _keep_claim(self, job: Job) -> None:
+        """Renew our claim on the job's results before sending the next message."""
+        if not await self.store.renew_results_posting(job.id, self.poster_id, self.results_lease_s):
+            raise _ResultsClaimLost(job.id)
 
     async def _parent_message(self, job: Job) -> int | None:
         """The message carrying the sample this job upsamples or continues, if it is in the job's
@@ -275,6 +322,10 @@ class ProgressRelay:
                     discord.File(io.BytesIO(f.data), filename=f.filename, description=f.description)
                     for f in group
                 ]
+                await self._keep_claim(job)
+                # Discord answers a message sent again with the same nonce (within minutes) with the
+                # first one: a bot killed after sending, before recording it, does not post it twice.
+                nonce = f"sample-{sample.id}-{index}"
                 if index == 0:
                     first = await channel.send(
                         content,
@@ -282,12 +333,14 @@ class ProgressRelay:
                         view=view,
                         reference=reference,  # type: ignore[arg-type]
                         allowed_mentions=NOTIFY_USER if position == 1 else NO_MENTIONS,
+                        nonce=nonce,
                     )
                 else:
                     await channel.send(
                         f"Sample #{sample.id}, continued ({index + 1}/{len(groups)})",
                         files=uploads,
                         allowed_mentions=NO_MENTIONS,
+                        nonce=nonce,
                     )
             if first is not None:
                 await self.store.set_sample_message(sample.id, first.id)

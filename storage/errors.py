@@ -37,7 +37,7 @@ class JobAlreadyFinished(StorageError):
 
 
 class JobNotFinished(StorageError):
-    """Results were marked posted for a job that is still queued or running."""
+    """Posting the results was claimed for a job that is still queued or running."""
 
     def __init__(self, job_id: int, status: str) -> None:
         super().__init__(

@@ -163,8 +163,11 @@ class JobRow(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    # Set once by the bot that posts the results (or the failure); a claim, so two bots cannot both post.
+    # Set once every result (or the failure) went out. Until then a bot posting them holds a claim that
+    # expires (owner + expiry), so a bot killed mid-post leaves the rest to the next one.
     results_posted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    results_posting_owner: Mapped[str | None] = mapped_column(String(255))
+    results_posting_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class SampleRow(Base):

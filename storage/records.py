@@ -50,6 +50,9 @@ class Job:
     # When a bot posted the results (or the failure). Keyword-only with a default, so code that
     # builds a Job by hand keeps working.
     results_posted_at: datetime | None = field(default=None, kw_only=True)
+    # The bot posting them right now, and until when its claim holds (then another bot may take over).
+    results_posting_owner: str | None = field(default=None, kw_only=True)
+    results_posting_expires_at: datetime | None = field(default=None, kw_only=True)
 
     @property
     def finished(self) -> bool:

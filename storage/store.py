@@ -727,46 +727,95 @@ class JobStore:
     async def set_progress_message(self, job_id: int, message_id: int) -> None:
         await self._set_job_fields(job_id, progress_message_id=message_id)
 
-    async def mark_results_posted(self, job_id: int) -> bool:
-        """Claim posting the finished job's results: True for exactly one caller, ever.
+    def _posting_free(self, now: datetime) -> ColumnElement[bool]:
+        """Nobody posts the results: never claimed, given back, or the claimer's lease ran out."""
+        return or_(jobs.c.results_posting_expires_at.is_(None), jobs.c.results_posting_expires_at < now)
 
-        Call it before posting, so two bots cannot both post; False means another call
-        already marked it (nothing to do). Raises `JobNotFinished` for a job still running.
+    async def claim_results_posting(self, job_id: int, poster_id: str, lease_seconds: float) -> bool:
+        """Claim posting the finished job's results for `lease_seconds`: True for one caller at a time.
+
+        False means they were all posted already, or another bot's claim still holds (nothing to do
+        now). A claim that expired, its bot killed mid-post, goes to the next caller, who posts the
+        samples without a message yet. Raises `JobNotFinished` for a job still queued or running.
         """
+        _check_lease(lease_seconds)
         now = self._clock()
         async with self._transaction() as connection:
-            marked = (
+            claimed = (
                 await connection.execute(
                     update(jobs)
                     .where(
                         jobs.c.id == job_id,
                         jobs.c.results_posted_at.is_(None),
                         jobs.c.status.in_([status.value for status in FINISHED_STATUSES]),
+                        self._posting_free(now),
                     )
-                    .values(results_posted_at=now, updated_at=now)
+                    .values(
+                        results_posting_owner=poster_id,
+                        results_posting_expires_at=now + timedelta(seconds=lease_seconds),
+                        updated_at=now,
+                    )
                     .returning(jobs.c.id)
                 )
             ).first()
-            if marked is not None:
+            if claimed is not None:
                 return True
             owner = await self._owner(connection, job_id)
         if owner.status not in FINISHED_STATUSES:
             raise JobNotFinished(job_id, owner.status.value)
         return False
 
-    async def clear_results_posted(self, job_id: int) -> None:
-        """Posting the results failed part-way: list the job as unposted again, for a later try.
+    async def _update_posting(self, job_id: int, poster_id: str, **values: Any) -> bool:
+        """Change the claim's row if `poster_id` still holds it (nobody took it over, not finished)."""
+        async with self._transaction() as connection:
+            result = await connection.execute(
+                update(jobs)
+                .where(
+                    jobs.c.id == job_id,
+                    jobs.c.results_posting_owner == poster_id,
+                    jobs.c.results_posted_at.is_(None),
+                )
+                .values(**values, updated_at=self._clock())
+                .returning(jobs.c.id)
+            )
+            return result.first() is not None
 
-        Samples already posted keep their `message_id`, so a retry posts only the rest.
+    async def renew_results_posting(self, job_id: int, poster_id: str, lease_seconds: float) -> bool:
+        """Extend the claim before the next message goes out; False once another bot took it over.
+
+        A claim that ran out but that nobody took over is still ours, and is renewed.
         """
-        await self._set_job_fields(job_id, results_posted_at=None)
+        _check_lease(lease_seconds)
+        expires = self._clock() + timedelta(seconds=lease_seconds)
+        return await self._update_posting(job_id, poster_id, results_posting_expires_at=expires)
+
+    async def finish_results_posting(self, job_id: int, poster_id: str) -> bool:
+        """Everything went out: mark the results posted for good. False if the claim was lost."""
+        return await self._update_posting(
+            job_id,
+            poster_id,
+            results_posted_at=self._clock(),
+            results_posting_owner=None,
+            results_posting_expires_at=None,
+        )
+
+    async def release_results_posting(self, job_id: int, poster_id: str) -> None:
+        """Posting failed part-way (or the bot is stopping): give the claim back for a later try now.
+
+        Samples already posted keep their `message_id`, so the next try posts only the rest.
+        Does nothing if the claim is no longer ours.
+        """
+        await self._update_posting(
+            job_id, poster_id, results_posting_owner=None, results_posting_expires_at=None
+        )
 
     async def finished_jobs_unposted(self, guild_id: int | None = None, limit: int = 100) -> list[Job]:
         """Finished jobs (of one server, or all) with a progress message but no results posted
-        yet, in the order they finished."""
+        yet, that no bot is posting right now, in the order they finished."""
         _check_page(limit, 0)
         statement = select(*JOB_COLUMNS).where(
             jobs.c.results_posted_at.is_(None),
+            self._posting_free(self._clock()),
             jobs.c.status.in_([status.value for status in FINISHED_STATUSES]),
             jobs.c.progress_message_id.is_not(None),
         )

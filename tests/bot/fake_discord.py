@@ -79,6 +79,9 @@ MAX_CONTENT, MAX_EMBEDS, MAX_FILES, MAX_ROWS, MAX_ROW_WIDTH, MAX_CUSTOM_ID, MAX_
     100,
     25,
 )
+# A message nonce is at most 25 characters. With enforce_nonce, Discord answers the author's message
+# with the same nonce from "the past few minutes" instead of creating another (the fake keeps 5).
+MAX_NONCE, NONCE_WINDOW_S = 25, 300.0
 
 # Discord sniffs the type from the name (discord.py uploads everything as octet-stream).
 _CONTENT_TYPE_OVERRIDES = {
@@ -579,6 +582,38 @@ class SyncedCommand:
 
 
 @dataclass
+class HeldRequest:
+    """A request the fake holds before handling it, until the test releases or drops it (a barrier).
+    With `handled`, the fake handles it first and holds the answer: Discord did it, the sender does
+    not know yet.
+
+    `arrived` turns true (and `FakeDiscord.wait_for` re-checks) once the request is being held."""
+
+    method: str
+    route: str
+    skip: int  # matching requests still let through before the one to hold
+    handled: bool
+    arrived: bool = False
+    dropped: bool = False
+    _go: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def release(self) -> None:
+        """Handle the held request as usual."""
+        self._go.set()
+
+    def drop(self) -> None:
+        """Answer it with a 503 and change nothing, as if it never reached Discord (its sender died).
+        A `handled` request was already done: its answer goes out as it is."""
+        self.dropped = True
+        self._go.set()
+
+    async def _wait(self, fake: FakeDiscord) -> None:
+        self.arrived = True
+        await fake._notify()
+        await self._go.wait()
+
+
+@dataclass
 class _InjectedFailure:
     method: str
     route: str
@@ -623,6 +658,8 @@ class FakeDiscord:
         self.gateway_received: list[JSON] = []  # every frame a bot sent (heartbeats excluded)
 
         self._failures: list[_InjectedFailure] = []
+        self._holds: list[HeldRequest] = []
+        self._nonces: dict[str, tuple[int, float]] = {}  # the bot's message nonces: (message id, when)
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
@@ -642,6 +679,8 @@ class FakeDiscord:
         return self
 
     async def close(self) -> None:
+        for hold in self._holds:  # a held handler would keep the server from shutting down
+            hold.drop()
         for ws in list(self._sockets):
             await ws.close(code=1000, message=b"fake discord shutting down")
         if self._runner is not None:
@@ -838,6 +877,13 @@ class FakeDiscord:
             body = {"message": "You are being rate limited.", "retry_after": retry_after, "global": False}
             headers = {"Via": "1.1 google", "Retry-After": str(retry_after), "X-RateLimit-Scope": "user"}
         self._failures.append(_InjectedFailure(method.upper(), route, status, body, headers, times))
+
+    def hold(self, method: str, route: str, *, after: int = 0, handled: bool = False) -> HeldRequest:
+        """Hold the request to route (pattern as in `calls`) that comes after `after` matching ones;
+        `handled`: handle it, then hold its answer."""
+        held = HeldRequest(method.upper(), route, after, handled)
+        self._holds.append(held)
+        return held
 
     def expire_interaction(self, record: InteractionRecord) -> None:
         """Simulates the 15-minute lifetime of an interaction token: its webhook calls now fail (50027)."""
@@ -1513,8 +1559,15 @@ class FakeDiscord:
                 and request.headers.get("Authorization") != f"Bot {self.token}"
             ):
                 raise DiscordAPIError(401, 0, "401: Unauthorized")
+            held = self._take_hold(request.method, route.split(" ", 1)[1])
+            if held is not None and not held.handled:
+                await held._wait(self)
+                if held.dropped:
+                    raise DiscordAPIError(503, 0, "the test dropped this held request")
             response = await handler(request)
             record.status = response.status
+            if held is not None and held.handled:
+                await held._wait(self)
             return response
         except DiscordAPIError as exc:
             record.status, record.error = exc.status, exc.body()
@@ -1529,6 +1582,14 @@ class FakeDiscord:
         # Interaction callbacks and webhooks authenticate by their token; CDN and gateway by nothing.
         path = route.split(" ", 1)[1]
         return path.startswith(("/interactions/", "/webhooks/", "/attachments/", "/gateway"))
+
+    def _take_hold(self, method: str, route: str) -> HeldRequest | None:
+        for held in self._holds:
+            if held.method == method and held.route == route and not held.arrived:
+                if held.skip == 0:
+                    return held
+                held.skip -= 1
+        return None
 
     def _take_failure(self, method: str, route: str) -> _InjectedFailure | None:
         for failure in self._failures:
@@ -1852,7 +1913,18 @@ class FakeDiscord:
             raise _form_error(
                 "flags", "MESSAGE_FLAGS_INVALID", "Only interaction responses can be ephemeral."
             )
+        nonce = None if body.get("nonce") is None else str(body["nonce"])
+        if nonce is not None and len(nonce) > MAX_NONCE:
+            raise _form_error("nonce", "BASE_TYPE_MAX_LENGTH", f"Must be {MAX_NONCE} or fewer in length.")
+        if nonce is not None and body.get("enforce_nonce"):
+            # Discord: the same author's message with this nonce from the past few minutes is returned
+            # instead of creating another.
+            earlier = self._nonces.get(nonce)
+            if earlier is not None and time.monotonic() - earlier[1] < NONCE_WINDOW_S:
+                return _json_response(self.message_payload(self.messages[earlier[0]]))
         message = await self._create_message(channel.id, body, uploads)
+        if nonce is not None:
+            self._nonces[nonce] = (message.id, time.monotonic())
         return _json_response(self.message_payload(message))
 
     async def _get_message(self, request: web.Request) -> web.Response:

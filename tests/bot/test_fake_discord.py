@@ -350,6 +350,50 @@ async def test_discord_errors_rate_limits_and_unknown_routes(
     assert [r.path for r in fake_discord.unknown_requests] == ["/api/v10/stickers/1"]
 
 
+async def test_a_held_request_waits_until_the_test_releases_it(
+    fake_discord: FakeDiscord, bot_runner: BotRunner
+) -> None:
+    bot = await bot_runner.start(ThrowawayBot({}))
+    channel = bot.get_channel(fake_discord.channel("general").id)
+    assert isinstance(channel, discord.TextChannel)
+    held = fake_discord.hold("POST", "/channels/{channel_id}/messages", after=1)
+    await channel.send("first")  # let through
+    second = asyncio.create_task(channel.send("second"))
+    await fake_discord.wait_for(lambda: held.arrived)
+    contents = [m.content for m in fake_discord.channel_messages(fake_discord.channel("general"))]
+    assert not second.done() and contents[-1] == "first"
+    held.release()
+    assert fake_discord.message((await second).id).content == "second"
+    await channel.send("third")  # the hold is used up
+    assert fake_discord.rejections == []
+
+    # A handled hold: Discord has posted it, the sender waits for the answer.
+    answer = fake_discord.hold("POST", "/channels/{channel_id}/messages", handled=True)
+    fourth = asyncio.create_task(channel.send("fourth"))
+    await fake_discord.wait_for(lambda: answer.arrived)
+    contents = [m.content for m in fake_discord.channel_messages(fake_discord.channel("general"))]
+    assert not fourth.done() and contents[-1] == "fourth"
+    answer.release()
+    assert fake_discord.message((await fourth).id).content == "fourth"
+
+
+async def test_a_message_sent_again_with_its_nonce_is_not_posted_twice(
+    fake_discord: FakeDiscord, bot_runner: BotRunner
+) -> None:
+    bot = await bot_runner.start(ThrowawayBot({}))
+    channel = bot.get_channel(fake_discord.channel("general").id)
+    assert isinstance(channel, discord.TextChannel)
+    once = await channel.send("once", nonce="sample-1-0")  # discord.py sets enforce_nonce
+    again = await channel.send("once", nonce="sample-1-0")
+    other = await channel.send("other", nonce="sample-2-0")
+    assert again.id == once.id != other.id
+    contents = [m.content for m in fake_discord.channel_messages(fake_discord.channel("general"))]
+    assert contents.count("once") == 1
+    with pytest.raises(discord.HTTPException) as too_long:
+        await channel.send("x", nonce="n" * 26)
+    assert too_long.value.code == 50035
+
+
 async def test_attachment_route_serves_ranges(fake_discord: FakeDiscord) -> None:
     attachment = fake_discord._store_upload(
         fake_discord.channel("general").id, Upload("x.bin", bytes(range(10)))

@@ -167,6 +167,76 @@ async def test_0002_keeps_rows_counts_finished_jobs_as_posted_and_downgrades(emp
     assert await schema_diff_async(url) == []
 
 
+async def test_0003_lists_half_posted_results_again_and_downgrades(empty_db_url: str) -> None:
+    """A bot killed between two samples under 0002 left the job marked posted: 0003 lets the next
+    bot post the rest. Jobs with no sample message at all may be older than 0002: they stay."""
+    url = empty_db_url
+    await upgrade_async(url, "0002")
+    common = {"channel_id": 1, "user_id": 2, "kind": "generate", "model": "5b", "params": {"seed": 1}}
+    common |= {"priority": 0, "attempts": 0, "max_attempts": 3, "progress": 0.0, "status": "succeeded"}
+    common |= {"created_at": T0, "updated_at": T0, "finished_at": FINISHED_AT}
+    sample = {"levels_mask": 4, "model": "5b", "audio_format": "ogg", "seed": 7, "duration_seconds": 1.0}
+    sample |= {"audio": b"OggS", "created_at": T0}
+    messages = {  # job id -> its samples' message ids
+        1: [101, None, None],  # killed after the first sample
+        2: [None, None],  # announced before 0002 recorded messages
+        3: [301, 302],  # all out
+    }
+    jobs = sa.table(
+        "jobs",
+        *(sa.column(c.name, c.type) for c in JOBS_0001.c),
+        sa.column("results_posted_at", UTCDateTime()),
+    )
+    samples = sa.table(
+        "samples",
+        *(sa.column(c.name, c.type) for c in SAMPLES_0001.c),
+        sa.column("message_id", sa.BigInteger()),
+    )
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                jobs.insert(),
+                [{**common, "id": job_id, "results_posted_at": FINISHED_AT} for job_id in messages],
+            )
+            await connection.execute(
+                samples.insert(),
+                [
+                    {
+                        **sample,
+                        "id": job_id * 10 + index,
+                        "job_id": job_id,
+                        "index": index,
+                        "message_id": message,
+                    }
+                    for job_id, ids in messages.items()
+                    for index, message in enumerate(ids)
+                ],
+            )
+    finally:
+        await engine.dispose()
+
+    await upgrade_to_head_async(url)
+    assert await schema_diff_async(url) == []
+    assert await _read(url, sa.select(jobs.c.id, jobs.c.results_posted_at).order_by(jobs.c.id)) == [
+        (1, None),
+        (2, FINISHED_AT),
+        (3, FINISHED_AT),
+    ]
+    assert await _read(url, sa.select(samples.c.message_id).order_by(samples.c.id)) == [
+        (message,) for ids in messages.values() for message in ids
+    ]
+
+    await downgrade_async(url, "0002")
+    columns = await _columns(url)
+    assert not {"results_posting_owner", "results_posting_expires_at"} & columns["jobs"]
+    assert await _read(url, sa.select(jobs.c.id, jobs.c.status).order_by(jobs.c.id)) == [
+        (job_id, "succeeded") for job_id in messages
+    ]
+    await upgrade_to_head_async(url)
+    assert await schema_diff_async(url) == []
+
+
 async def test_schema_diff_sees_a_drifted_schema(empty_db_url: str) -> None:
     """The comparison is not vacuous: an index dropped by hand shows up."""
     db_url = empty_db_url

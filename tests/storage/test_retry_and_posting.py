@@ -15,6 +15,7 @@ from storage import (
     JobStore,
     LeaseLost,
     SampleNotFound,
+    StorageError,
     create_engine,
 )
 from tests.conftest import FakeClock
@@ -106,35 +107,119 @@ async def test_retry_keeps_a_huge_error_within_the_column_limit(store: JobStore)
 # ---------------------------------------------------------------------------- results posted
 
 
-async def test_mark_results_posted_is_idempotent_and_only_for_finished_jobs(
+LEASE = 60.0
+
+
+async def test_claim_results_posting_is_for_finished_jobs_one_holder_at_a_time(
     store: JobStore, clock: FakeClock
 ) -> None:
     job_id = await running_job(store)
     with pytest.raises(JobNotFinished, match=r"Job #1 is still running; its results can only be posted"):
-        await store.mark_results_posted(job_id)
-    assert (await store.get_job(job_id)).results_posted_at is None
+        await store.claim_results_posting(job_id, "bot-a", LEASE)
+    assert (await store.get_job(job_id)).results_posting_owner is None
 
     await store.complete(job_id, "worker-a", [new_sample(0)])
     clock.advance(3)
-    assert await store.mark_results_posted(job_id) is True
-    assert (await store.get_job(job_id)).results_posted_at == clock.now
+    assert await store.claim_results_posting(job_id, "bot-a", LEASE) is True
+    job = await store.get_job(job_id)
+    assert (job.results_posting_owner, job.results_posting_expires_at, job.results_posted_at) == (
+        "bot-a",
+        clock.now + timedelta(seconds=LEASE),
+        None,
+    )
+    assert await store.claim_results_posting(job_id, "bot-a", LEASE) is False  # held, even by itself
+    assert await store.claim_results_posting(job_id, "bot-b", LEASE) is False
+
     clock.advance(3)
-    assert await store.mark_results_posted(job_id) is False
-    assert (await store.get_job(job_id)).results_posted_at == clock.now - timedelta(seconds=3)
+    assert await store.finish_results_posting(job_id, "bot-a") is True
+    job = await store.get_job(job_id)
+    assert (job.results_posted_at, job.results_posting_owner, job.results_posting_expires_at) == (
+        clock.now,
+        None,
+        None,
+    )
+    clock.advance(LEASE * 10)  # posted is for good: no claim, renewal or second finish after that
+    assert await store.claim_results_posting(job_id, "bot-b", LEASE) is False
+    assert await store.renew_results_posting(job_id, "bot-a", LEASE) is False
+    assert await store.finish_results_posting(job_id, "bot-a") is False
+    assert (await store.get_job(job_id)).results_posted_at == clock.now - timedelta(seconds=LEASE * 10)
     with pytest.raises(JobNotFound):
-        await store.mark_results_posted(42)
+        await store.claim_results_posting(42, "bot-a", LEASE)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(StorageError, match="a lease must last a positive number of seconds"):
+            await store.claim_results_posting(job_id, "bot-a", bad)
 
 
-async def test_two_bots_racing_to_post_results_exactly_one_wins(db_url: str) -> None:
-    """Two bot processes (two engines, two connection pools) mark the same jobs at once."""
-    engines = [create_engine(db_url), create_engine(db_url)]
+async def test_a_bot_killed_mid_post_leaves_the_rest_to_the_next_once_its_claim_expires(
+    store: JobStore, clock: FakeClock
+) -> None:
+    job_id, (first, second, third) = await finished_job(store, samples=3)
+    await store.set_progress_message(job_id, 10_000)
+    assert await store.claim_results_posting(job_id, "bot-a", LEASE)
+    await store.set_sample_message(first, 20_001)
+    # bot-a dies here: it neither finishes nor gives the claim back.
+
+    clock.advance(LEASE - 1)
+    assert await store.claim_results_posting(job_id, "bot-b", LEASE) is False  # still bot-a's
+    assert await store.finished_jobs_unposted() == []  # nobody else should try yet
+    clock.advance(2)
+    assert [job.id for job in await store.finished_jobs_unposted()] == [job_id]
+    assert await store.claim_results_posting(job_id, "bot-b", LEASE) is True
+    unposted = [info.id for info in await store.samples_for_job(job_id) if info.message_id is None]
+    assert unposted == [second, third]
+
+    # bot-a, had it only hung, finds out before its next message and cannot undo bot-b's claim.
+    assert await store.renew_results_posting(job_id, "bot-a", LEASE) is False
+    await store.release_results_posting(job_id, "bot-a")
+    assert await store.finish_results_posting(job_id, "bot-a") is False
+    assert (await store.get_job(job_id)).results_posting_owner == "bot-b"
+
+    clock.advance(LEASE - 1)
+    assert await store.renew_results_posting(job_id, "bot-b", LEASE) is True
+    await store.set_sample_message(second, 20_002)
+    clock.advance(LEASE - 1)  # past the first expiry, within the renewed one
+    assert await store.claim_results_posting(job_id, "bot-c", LEASE) is False
+    await store.set_sample_message(third, 20_003)
+    assert await store.finish_results_posting(job_id, "bot-b") is True
+    assert [info.message_id for info in await store.samples_for_job(job_id)] == [20_001, 20_002, 20_003]
+    assert (await store.get_job(job_id)).results_posted_at == clock.now
+    assert await store.finished_jobs_unposted() == []
+
+
+async def test_a_released_claim_can_be_taken_at_once(store: JobStore, clock: FakeClock) -> None:
+    job_id, _ = await finished_job(store)
+    assert await store.claim_results_posting(job_id, "bot-a", LEASE)
+    await store.release_results_posting(job_id, "bot-a")  # e.g. Discord refused a message
+    job = await store.get_job(job_id)
+    assert (job.results_posting_owner, job.results_posting_expires_at, job.results_posted_at) == (None,) * 3
+    assert await store.claim_results_posting(job_id, "bot-b", LEASE) is True
+
+
+async def test_bots_racing_to_post_results_never_both_hold_the_claim(db_url: str) -> None:
+    """Bot processes (separate engines, separate connection pools) claim the same jobs at once:
+    fresh ones, and ones whose claimer was killed and whose claim just expired."""
+    clock = FakeClock()
+    engines = [create_engine(db_url) for _ in range(3)]
     try:
-        bots = [JobStore(engine) for engine in engines]
-        job_ids = [(await finished_job(bots[0]))[0] for _ in range(5)]
+        bots = [JobStore(engine, clock=clock) for engine in engines]
+        job_ids = [(await finished_job(bots[0]))[0] for _ in range(4)]
         for job_id in job_ids:
-            calls = [bot.mark_results_posted(job_id) for bot in bots for _ in range(3)]
+            names = [f"bot-{n}-{k}" for n in range(len(bots)) for k in range(2)]
+            calls = [
+                bots[n % len(bots)].claim_results_posting(job_id, name, LEASE) for n, name in enumerate(names)
+            ]
             results = await asyncio.gather(*calls)
             assert sorted(results) == [False] * 5 + [True], job_id
+            holder = (await bots[0].get_job(job_id)).results_posting_owner
+            assert holder == names[results.index(True)]
+
+        clock.advance(LEASE + 1)  # every holder was killed: their claims run out together
+        for job_id in job_ids:
+            calls = [bot.claim_results_posting(job_id, f"next-{n}", LEASE) for n, bot in enumerate(bots * 2)]
+            results = await asyncio.gather(*calls)
+            assert sorted(results) == [False] * 5 + [True], job_id
+            holder = (await bots[0].get_job(job_id)).results_posting_owner
+            assert holder == f"next-{results.index(True)}"
     finally:
         for engine in engines:
             await engine.dispose()
@@ -165,14 +250,17 @@ async def test_finished_jobs_unposted_lists_what_a_bot_still_has_to_post(
     assert [job.id for job in await store.finished_jobs_unposted(limit=1)] == [succeeded]
     assert no_message not in {job.id for job in listed}
 
-    assert await store.mark_results_posted(succeeded)
+    assert await store.claim_results_posting(succeeded, "bot-a", LEASE)  # being posted: not listed
     assert [job.id for job in await store.finished_jobs_unposted()] == [failed, cancelled]
 
     # Posting failed part-way: the job is listed again for a later try.
-    await store.clear_results_posted(succeeded)
+    await store.release_results_posting(succeeded, "bot-a")
     assert [job.id for job in await store.finished_jobs_unposted()] == [succeeded, failed, cancelled]
-    with pytest.raises(JobNotFound):
-        await store.clear_results_posted(99)
+    # Posted for good: never listed again.
+    assert await store.claim_results_posting(succeeded, "bot-a", LEASE)
+    assert await store.finish_results_posting(succeeded, "bot-a")
+    clock.advance(LEASE * 2)
+    assert [job.id for job in await store.finished_jobs_unposted()] == [failed, cancelled]
 
 
 async def test_finished_jobs_unposted_rejects_a_bad_page_size(store: JobStore) -> None:

@@ -1,0 +1,155 @@
+"""A real bot process killed while posting a job's results: the next bot posts the rest, exactly once.
+
+The bot posts sample 1 of 3; the fake Discord holds its upload of sample 2 (a barrier, no timing):
+before Discord saw it, or after Discord posted it but before the bot heard back (so the bot could
+not record it). The test kills the process there with SIGKILL (no cleanup runs), and a new bot
+starts once the dead bot's claim on the results has expired (its store's clock is moved past the
+claim, no waiting).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from bot.relay import RESULTS_LEASE_S
+from storage.engine import create_engine
+from storage.models import utcnow
+from storage.store import JobStore
+from tests.bot.conftest import BotRunner
+from tests.bot.fake_discord import FakeDiscord, FakeMessage
+from tests.bot.harness import PlayedWorker, make_bot, progress_message, sample_message, sqlite_store, when
+from tests.conftest import FakeClock
+from tests.waiting import wait_until
+
+__all__ = ["sqlite_store"]
+
+REPO = Path(__file__).resolve().parents[2]
+START_TIMEOUT_S = 60.0  # a fresh interpreter importing discord.py, on two shared cores
+DONE = "✅ Done: 3 samples below."
+
+
+def start_bot_process(fake: FakeDiscord, db_url: str, log_file: Path) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "tests.bot.bot_process", "--api-base", fake.api_base]
+    command += ["--gateway", fake.gateway_url, "--token", fake.token, "--database-url", db_url]
+    command += ["--guild-id", str(fake.default_guild.id)]
+    env = dict(os.environ) | {"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    with open(log_file, "ab") as output:
+        return subprocess.Popen(command, cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT)
+
+
+def posts_of(fake: FakeDiscord, sample_id: int) -> list[FakeMessage]:
+    return [
+        m for m in fake.channel_messages(fake.channel("general")) if f"**Sample #{sample_id}**" in m.content
+    ]
+
+
+@pytest.mark.parametrize(
+    "sample_2_posted", [False, True], ids=["before-discord-got-sample-2", "before-the-bot-heard-back"]
+)
+async def test_a_bot_killed_after_sample_1_of_3_leaves_samples_2_and_3_to_the_next_bot(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, db_url: str, tmp_path: Path, sample_2_posted: bool
+) -> None:
+    fake = fake_discord
+    engine = create_engine(db_url)
+    log_file = tmp_path / "bot.log"
+    process = start_bot_process(fake, db_url, log_file)
+    try:
+        store = JobStore(engine)
+        await fake.wait_for(
+            lambda: "jukebox" in fake.synced_commands(fake.default_guild), timeout_s=START_TIMEOUT_S
+        )
+        await fake.wait_for(lambda: fake.live_sessions, timeout_s=START_TIMEOUT_S)
+        record = await fake.invoke_command(
+            "jukebox", {"artist": "queen", "genre": "pop", "samples": 3, "seed": 1}, user=fake.user("alice")
+        )
+        await fake.wait_for(lambda: record.original is not None and not record.original.loading)
+        worker = PlayedWorker(store)
+        job = await worker.claim()
+        progress = await fake.wait_for(when(lambda: progress_message(fake, job.id)))
+
+        # Only the samples are posted to the channel from here on: let sample 1 through, hold sample 2.
+        held = fake.hold("POST", "/channels/{channel_id}/messages", after=1, handled=sample_2_posted)
+        sample_ids = await worker.complete(job, n=3, full=False)
+        await fake.wait_for(lambda: held.arrived, timeout_s=START_TIMEOUT_S)
+        first = sample_message(fake, sample_ids[0])
+        assert first is not None
+        assert (sample_message(fake, sample_ids[1]) is not None) is sample_2_posted
+        # Sample 1's message was recorded before sample 2 went out.
+        assert [info.message_id for info in await store.samples_for_job(job.id)] == [first.id, None, None]
+
+        process.send_signal(signal.SIGKILL)
+        assert await asyncio.to_thread(process.wait, 30) == -signal.SIGKILL
+        held.drop()  # its sender is dead: not done, or its answer is lost
+        await fake.wait_for(lambda: not fake.live_sessions)
+        assert not progress.content.endswith(DONE)
+        assert (await store.get_job(job.id)).results_posted_at is None
+
+        # A new bot, once the dead bot's claim has run out.
+        later = FakeClock(utcnow() + timedelta(seconds=RESULTS_LEASE_S + 1))
+        second = await bot_runner.start(make_bot(fake, JobStore(engine, clock=later)))
+        second.relay.poke()
+        await fake.wait_for(lambda: progress.content.endswith(DONE))
+        await second.relay.run_pass()  # waits out the pass that posted them
+
+        # Sample 2 sent again with its nonce: Discord answers with the message it already posted.
+        assert [len(posts_of(fake, sample_id)) for sample_id in sample_ids] == [1, 1, 1]
+        posted = [sample_message(fake, sample_id) for sample_id in sample_ids]
+        assert posted[0] is first
+        assert [info.message_id for info in await store.samples_for_job(job.id)] == [
+            message.id for message in posted if message is not None
+        ]
+        assert progress_message(fake, job.id) is progress  # the same message reached its final state
+        assert (await store.get_job(job.id)).results_posted_at is not None
+        dropped = [] if sample_2_posted else [("POST /channels/{channel_id}/messages", 503)]
+        assert [(r.route, r.status) for r in fake.rejections] == dropped
+        assert fake.unknown_requests == []
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        await engine.dispose()
+        print(f"---- bot process log\n{log_file.read_text(errors='replace')[-6000:]}")
+
+
+async def test_an_upload_longer_than_the_lease_keeps_the_claim_on_the_results(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    fake = fake_discord
+    clock = FakeClock(utcnow())
+    store = JobStore(sqlite_store.engine, clock=clock)
+    bot = await bot_runner.start(make_bot(fake, store))
+    bot.relay.results_lease_s = 0.3  # renewed every 0.1 s
+    record = await fake.invoke_command(
+        "jukebox", {"artist": "queen", "genre": "pop", "samples": 1, "seed": 1}, user=fake.user("alice")
+    )
+    await fake.wait_for(lambda: record.original is not None and not record.original.loading)
+    worker = PlayedWorker(store)
+    job = await worker.claim()
+    progress = await fake.wait_for(when(lambda: progress_message(fake, job.id)))
+
+    held = fake.hold("POST", "/channels/{channel_id}/messages")  # the upload of the only sample
+    (sample_id,) = await worker.complete(job, n=1, full=False)
+    bot.relay.poke()
+    await fake.wait_for(lambda: held.arrived)
+    clock.advance(60)  # the upload goes on far past the lease
+
+    async def renewed() -> bool:
+        expires = (await store.get_job(job.id)).results_posting_expires_at
+        return expires == clock.now + timedelta(seconds=0.3)
+
+    await wait_until(renewed, 10, "the claim to be renewed during the upload")
+    assert await store.claim_results_posting(job.id, "another-bot", RESULTS_LEASE_S) is False
+
+    held.release()
+    await fake.wait_for(lambda: progress.content.endswith("✅ Done: 1 sample below."))
+    await bot.relay.run_pass()
+    assert len(posts_of(fake, sample_id)) == 1
+    assert (await store.get_job(job.id)).results_posted_at == clock.now
