@@ -900,13 +900,13 @@ class JobStore:
         )
 
     async def unfinished_jobs(self, guild_id: int | None = None) -> list[Job]:
-        """Queued, running and cancelling jobs (of one server, or all), oldest first."""
+        """Queued, running and cancelling jobs (of one server, or all), in the order they arrived."""
         statement = select(*JOB_COLUMNS).where(
             jobs.c.status.in_([status.value for status in UNFINISHED_STATUSES])
         )
         if guild_id is not None:
             statement = statement.where(jobs.c.guild_id == guild_id)
-        return await self._jobs(statement.order_by(jobs.c.created_at, jobs.c.id))
+        return await self._jobs(statement.order_by(jobs.c.id))
 
     async def recent_jobs(
         self, user_id: int, guild_id: int | None = None, limit: int = 10, offset: int = 0
