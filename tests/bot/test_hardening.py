@@ -89,6 +89,10 @@ async def test_a_burst_from_twenty_users_queues_exactly_their_limits(
             for i in range(100)
         )
     )
+    # Answering 100 at once takes a while on a loaded machine: a generous bound, then each reply.
+    await fake.wait_for(
+        lambda: all(r.original is not None and not r.original.loading for r in records), timeout_s=120.0
+    )
     replies = await asyncio.gather(*(reply_of(fake, record) for record in records))
 
     assert all(record.acknowledged for record in records)
