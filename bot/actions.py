@@ -12,9 +12,17 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from bot.errors import InvalidRequest, JukebotError, NotInServer, SampleNotInServer
-from bot.requests import ValidatedJob, build_continue, build_upsample, check_capacity, check_channel
+from bot.requests import (
+    Limits,
+    ValidatedJob,
+    build_continue,
+    build_upsample,
+    capacity_refusal,
+    check_capacity,
+    check_channel,
+)
 from sampler.jobspec import InvalidJobParams, parse_params
-from storage.errors import StorageError
+from storage.errors import StorageError, UserJobLimitReached
 from storage.models import JobKind
 from storage.records import Job, Sample
 
@@ -50,22 +58,34 @@ def queued_reply(job: Job, notes: tuple[str, ...] = ()) -> str:
     return "\n".join(lines)
 
 
-async def check_can_enqueue(bot: JukeBot, interaction: discord.Interaction[Any]) -> None:
-    """The channel allow-list and the user's running/queued job limits."""
+async def check_can_enqueue(bot: JukeBot, interaction: discord.Interaction[Any]) -> Limits:
+    """The channel allow-list and the user's running/queued job limits; returns the server's limits."""
     guild_id = guild_id_of(interaction)
     limits = await bot.limits_for(guild_id)
     check_channel(limits, interaction.channel_id or 0)
     mine = [job for job in await bot.store.unfinished_jobs(guild_id) if job.user_id == interaction.user.id]
     check_capacity(limits, mine)
+    return limits
 
 
 async def sample_in_guild(bot: JukeBot, sample_id: int, guild_id: int) -> tuple[Sample, Job]:
     """The sample and the job that made it, refusing samples made in another server."""
     sample = await bot.store.get_sample(sample_id)
-    job = await bot.store.get_job(sample.job_id)
+    return sample, await _maker_in_guild(bot, sample.job_id, sample_id, guild_id)
+
+
+async def check_sample_in_guild(bot: JukeBot, interaction: discord.Interaction[Any], sample_id: int) -> None:
+    """Refuse a sample made in another server (or any sample from a direct message), without its audio."""
+    guild_id = guild_id_of(interaction)
+    info = await bot.store.get_sample_info(sample_id)
+    await _maker_in_guild(bot, info.job_id, sample_id, guild_id)
+
+
+async def _maker_in_guild(bot: JukeBot, job_id: int, sample_id: int, guild_id: int) -> Job:
+    job = await bot.store.get_job(job_id)
     if job.guild_id != guild_id:
         raise SampleNotInServer(sample_id)
-    return sample, job
+    return job
 
 
 def _parent_params(job: Job) -> Any:
@@ -87,11 +107,12 @@ async def request_upsample(
         raise InvalidRequest(f"Sample #{sample_id} is already full quality; there is nothing to upsample.")
     if 2 not in sample.levels:
         raise InvalidRequest(f"Sample #{sample_id} has no top-level codes stored, so it cannot be upsampled.")
-    await check_can_enqueue(bot, interaction)
+    limits = await check_can_enqueue(bot, interaction)
     validated = build_upsample(_parent_params(parent_job))
     return await enqueue_and_announce(
         bot,
         interaction,
+        limits,
         JobKind.UPSAMPLE,
         sample.model,
         validated,
@@ -110,12 +131,12 @@ async def request_continue(
 ) -> Job:
     guild_id = guild_id_of(interaction)
     sample, parent_job = await sample_in_guild(bot, sample_id, guild_id)
-    await check_can_enqueue(bot, interaction)
-    limits = await bot.limits_for(guild_id)
+    limits = await check_can_enqueue(bot, interaction)
     validated = build_continue(limits, _parent_params(parent_job), seconds)
     return await enqueue_and_announce(
         bot,
         interaction,
+        limits,
         JobKind.CONTINUE,
         sample.model,
         validated,
@@ -127,6 +148,7 @@ async def request_continue(
 async def enqueue_and_announce(
     bot: JukeBot,
     interaction: discord.Interaction[Any],
+    limits: Limits,
     kind: JobKind,
     model: str,
     validated: ValidatedJob,
@@ -135,7 +157,8 @@ async def enqueue_and_announce(
     prime_id: int | None = None,
     reply_to: int | None = None,
 ) -> Job:
-    """Queue the job, then post its progress message in the channel with the bot token."""
+    """Queue the job (the store counts the user's jobs against `limits` as it inserts), then post
+    its progress message in the channel with the bot token."""
     try:
         job_id = await bot.store.enqueue(
             kind=kind,
@@ -146,7 +169,11 @@ async def enqueue_and_announce(
             guild_id=guild_id_of(interaction),
             parent_sample_id=parent_sample_id,
             prime_id=prime_id,
+            max_running_per_user=limits.max_running_jobs_per_user,
+            max_queued_per_user=limits.max_queued_jobs_per_user,
         )
+    except UserJobLimitReached as reached:
+        raise capacity_refusal(reached) from None
     except StorageError as exc:
         raise JukebotError(str(exc)) from None
     interaction.extras["job_id"] = job_id

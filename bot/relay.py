@@ -36,6 +36,7 @@ from bot.views import sample_view
 from storage.errors import JobNotFound, SampleNotFound
 from storage.models import JobStatus
 from storage.records import Job
+from storage.store import claim_order_key
 
 if TYPE_CHECKING:
     from bot.bot import JukeBot
@@ -351,6 +352,6 @@ def _queue_positions(unfinished: list[Job]) -> dict[int, int]:
     """1-based queue places in the order workers claim jobs (priority, then age)."""
     queued = sorted(
         (job for job in unfinished if job.status == JobStatus.QUEUED),
-        key=lambda job: (job.priority, job.created_at, job.id),
+        key=claim_order_key,
     )
     return {job.id: position for position, job in enumerate(queued, start=1)}

@@ -16,6 +16,7 @@ from bot.vocab import MODELS, resolve_labels
 from jukebot.settings import Settings
 from sampler.jobspec import DEFAULT_TEMPERATURE, MAX_LYRICS_CHARS, JobParams
 from sampler.jukebox.registry import MODELS as PUBLISHED_MODELS
+from storage.errors import UserJobLimitReached
 from storage.models import JobStatus
 from storage.records import GuildSettings, Job
 
@@ -68,23 +69,36 @@ def check_channel(limits: Limits, channel_id: int) -> None:
 
 
 def check_capacity(limits: Limits, user_jobs: Sequence[Job]) -> None:
-    """Refuse a new job when the user already has as many running or waiting jobs as allowed."""
-    running = [job for job in user_jobs if job.status in (JobStatus.RUNNING, JobStatus.CANCELLING)]
-    queued = [job for job in user_jobs if job.status == JobStatus.QUEUED]
+    """Refuse a new job when the user already has as many running or waiting jobs as allowed.
+
+    A quick check before the work of a request; the store enforces the same limits again
+    when it inserts the job (`storage.errors.UserJobLimitReached`), which a burst cannot get past.
+    """
+    running = [job.id for job in user_jobs if job.status in (JobStatus.RUNNING, JobStatus.CANCELLING)]
+    queued = [job.id for job in user_jobs if job.status == JobStatus.QUEUED]
     if len(running) >= limits.max_running_jobs_per_user:
-        ids = ", ".join(f"#{job.id}" for job in running)
-        raise LimitReached(
-            f"You have {_count(len(running), 'job')} running ({ids}), the limit here is "
-            f"{limits.max_running_jobs_per_user}; try again when job #{running[0].id} finishes "
-            f"(or cancel it with /cancel)."
+        raise capacity_refusal(
+            UserJobLimitReached(running=True, job_ids=tuple(running), limit=limits.max_running_jobs_per_user)
         )
     if len(queued) >= limits.max_queued_jobs_per_user:
-        ids = ", ".join(f"#{job.id}" for job in queued)
-        raise LimitReached(
-            f"You have {_count(len(queued), 'job')} waiting in the queue ({ids}), the limit here is "
-            f"{limits.max_queued_jobs_per_user}; try again when job #{queued[0].id} starts "
-            f"(or cancel one with /cancel)."
+        raise capacity_refusal(
+            UserJobLimitReached(running=False, job_ids=tuple(queued), limit=limits.max_queued_jobs_per_user)
         )
+
+
+def capacity_refusal(reached: UserJobLimitReached) -> LimitReached:
+    """What the user reads when their running or queued jobs are at the limit."""
+    ids = ", ".join(f"#{job_id}" for job_id in reached.job_ids)
+    first = reached.job_ids[0]
+    if reached.running:
+        return LimitReached(
+            f"You have {_count(len(reached.job_ids), 'job')} running ({ids}), the limit here is "
+            f"{reached.limit}; try again when job #{first} finishes (or cancel it with /cancel)."
+        )
+    return LimitReached(
+        f"You have {_count(len(reached.job_ids), 'job')} waiting in the queue ({ids}), the limit here is "
+        f"{reached.limit}; try again when job #{first} starts (or cancel one with /cancel)."
+    )
 
 
 def _count(n: int, noun: str) -> str:

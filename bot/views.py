@@ -47,10 +47,13 @@ class VoteButton(
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
         bot = _bot(interaction)
         async with bot.reporting_errors(interaction):
+            # The custom id is whatever the client sent: only samples made in this server get votes.
+            await actions.check_sample_in_guild(bot, interaction, self.sample_id)
+            await interaction.response.defer()  # before the write, which may wait for another writer
             _, votes = await bot.store.toggle_vote(self.sample_id, interaction.user.id)
             message = interaction.message
             can_upsample = message is None or f"jukebot:upsample:{self.sample_id}" in _custom_ids(message)
-            await interaction.response.edit_message(view=sample_view(self.sample_id, votes, can_upsample))
+            await interaction.edit_original_response(view=sample_view(self.sample_id, votes, can_upsample))
 
 
 class UpsampleButton(

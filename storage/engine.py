@@ -11,15 +11,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 # How long a SQLite writer waits for another writer before giving up.
 SQLITE_BUSY_TIMEOUT_MS = 60_000
+# Execution option for a connection whose transactions only read: on SQLite they begin with a
+# deferred BEGIN and read the last committed snapshot (WAL) instead of queueing for the write lock.
+READ_ONLY = "jukebot_read_only"
 
 
 def create_engine(url: str, *, sqlite_foreign_keys: bool = True, **kwargs: Any) -> AsyncEngine:
     """An async engine for a `postgresql+asyncpg://` or `sqlite+aiosqlite:///` URL.
 
-    SQLite gets WAL (readers never block the writer), a busy timeout (concurrent
-    writers wait instead of failing), enforced foreign keys, and `BEGIN IMMEDIATE`
-    for every transaction so that a read-then-write transaction takes the write
-    lock up front instead of failing to upgrade a stale read snapshot.
+    SQLite gets WAL (readers and the writer never wait for each other), a busy timeout
+    (concurrent writers wait instead of failing), enforced foreign keys, and `BEGIN IMMEDIATE`
+    for every transaction not marked `READ_ONLY`, so that a read-then-write transaction takes
+    the write lock up front instead of failing to upgrade a stale read snapshot. Transactions
+    on a connection with the `READ_ONLY` execution option begin deferred and never wait.
     `sqlite_foreign_keys=False` is for migrations, which rebuild tables that others reference.
     """
     parsed = make_url(url)
@@ -46,7 +50,8 @@ def create_engine(url: str, *, sqlite_foreign_keys: bool = True, **kwargs: Any) 
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
-    def _begin_immediate(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    def _begin(connection: Connection) -> None:
+        read_only = connection.get_execution_options().get(READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine

@@ -79,3 +79,16 @@ class InvalidPrime(StorageError):
 
 class InvalidGuildSettings(StorageError):
     """A per-server override is out of range; nothing was written."""
+
+
+class UserJobLimitReached(StorageError):
+    """The user already has as many running (`running=True`) or queued jobs in the server as its
+    limit allows; nothing was written. `job_ids` are those jobs, oldest first."""
+
+    def __init__(self, *, running: bool, job_ids: tuple[int, ...], limit: int) -> None:
+        state = "running" if running else "waiting in the queue"
+        ids = ", ".join(f"#{job_id}" for job_id in job_ids)
+        super().__init__(f"You already have {len(job_ids)} job(s) {state} ({ids}); the limit is {limit}.")
+        self.running = running
+        self.job_ids = job_ids
+        self.limit = limit

@@ -36,6 +36,7 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from storage.engine import READ_ONLY
 from storage.errors import (
     InvalidGuildSettings,
     InvalidJob,
@@ -50,6 +51,7 @@ from storage.errors import (
     PrimeNotFound,
     SampleNotFound,
     StorageError,
+    UserJobLimitReached,
 )
 from storage.models import (
     ACTIVE_STATUSES,
@@ -101,8 +103,17 @@ CLAIMED_JOB_COLUMNS = [*JOB_COLUMNS, jobs.c.checkpoint]
 SAMPLE_INFO_COLUMNS = [
     column for column in samples.c if column.name not in {"audio", *(f"codes_level_{i}" for i in CODE_LEVELS)}
 ]
-# The order a worker takes queued jobs in; queue positions count in the same order.
-CLAIM_ORDER = (jobs.c.priority, jobs.c.created_at, jobs.c.id)
+# The order a worker takes queued jobs in; queue positions count in the same order. Ids are handed
+# out one enqueue at a time (see `JobStore.enqueue`), so they are the order jobs arrived in;
+# `created_at` is read from a clock before that and can disagree (with other bots, or a later lock).
+CLAIM_ORDER = (jobs.c.priority, jobs.c.id)
+# Postgres advisory lock that lets one enqueue at a time count the user's jobs and insert.
+ENQUEUE_LOCK_KEY = int.from_bytes(b"jukebotQ", "big")
+
+
+def claim_order_key(job: Job) -> tuple[int, int]:
+    """`CLAIM_ORDER` for a job already read: sort queued jobs by it to number their places."""
+    return (job.priority, job.id)
 
 
 def _job(row: Row[Any]) -> Job:
@@ -230,8 +241,17 @@ class JobStore:
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction that may write (on SQLite it takes the write lock up front)."""
         async with self.engine.begin() as connection:
             yield connection
+
+    @asynccontextmanager
+    async def _reading(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction that only reads: on SQLite it reads the last commit and never waits for a writer."""
+        async with self.engine.connect() as connection:
+            await connection.execution_options(**{READ_ONLY: True})
+            async with connection.begin():
+                yield connection
 
     def _insert(self, table: Any) -> Any:
         """An INSERT that supports ON CONFLICT on this database."""
@@ -253,8 +273,15 @@ class JobStore:
         max_attempts: int = 3,
         parent_sample_id: int | None = None,
         prime_id: int | None = None,
+        max_running_per_user: int | None = None,
+        max_queued_per_user: int | None = None,
     ) -> int:
-        """Queue a job and return its id. Lower `priority` runs first. Nothing is written on error."""
+        """Queue a job and return its id. Lower `priority` runs first. Nothing is written on error.
+
+        With `max_running_per_user` / `max_queued_per_user`, the user's unfinished jobs in the
+        server are counted in the insert's transaction, one enqueue at a time, so a burst cannot
+        overshoot: one job too many raises `UserJobLimitReached`.
+        """
         try:
             job_kind = JobKind(kind)
         except ValueError:
@@ -269,13 +296,23 @@ class JobStore:
         if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > 2**31 - 1:
             raise InvalidJob(f"priority must be an integer, got {priority!r}")
         _check_count("max_attempts", max_attempts, minimum=1)
+        for name, limit in (
+            ("max_running_per_user", max_running_per_user),
+            ("max_queued_per_user", max_queued_per_user),
+        ):
+            if limit is not None:
+                _check_count(name, limit, minimum=1)
         if job_kind in (JobKind.UPSAMPLE, JobKind.CONTINUE) and parent_sample_id is None:
             raise InvalidJob(
                 f"A {job_kind.value} job needs the sample to {job_kind.value} (parent_sample_id)."
             )
 
-        now = self._clock()
         async with self._transaction() as connection:
+            await self._one_enqueue_at_a_time(connection)
+            now = self._clock()
+            await self._check_user_limits(
+                connection, user_id, guild_id, max_running_per_user, max_queued_per_user
+            )
             if parent_sample_id is not None:
                 await self._require_sample(connection, parent_sample_id)
             if prime_id is not None:
@@ -305,6 +342,47 @@ class JobStore:
             )
         assert job_id is not None
         return int(job_id)
+
+    async def _one_enqueue_at_a_time(self, connection: AsyncConnection) -> None:
+        """Hold the enqueue lock until the transaction ends.
+
+        Then the user's job count cannot change between counting and inserting, and ids are
+        committed in the order they are handed out, so a queue position read right after an
+        enqueue is never shared with another job. SQLite: the write transaction (BEGIN
+        IMMEDIATE) already runs alone. Postgres: a transaction-scoped advisory lock.
+        """
+        if self.engine.dialect.name == "postgresql":
+            await connection.execute(select(func.pg_advisory_xact_lock(ENQUEUE_LOCK_KEY)))
+
+    async def _check_user_limits(
+        self,
+        connection: AsyncConnection,
+        user_id: int,
+        guild_id: int | None,
+        max_running: int | None,
+        max_queued: int | None,
+    ) -> None:
+        if max_running is None and max_queued is None:
+            return
+        in_guild = jobs.c.guild_id.is_(None) if guild_id is None else jobs.c.guild_id == guild_id
+        rows = (
+            await connection.execute(
+                select(jobs.c.id, jobs.c.status)
+                .where(
+                    jobs.c.user_id == user_id,
+                    in_guild,
+                    jobs.c.status.in_([status.value for status in UNFINISHED_STATUSES]),
+                )
+                .order_by(jobs.c.id)
+            )
+        ).all()
+        active = {status.value for status in ACTIVE_STATUSES}
+        running = tuple(row.id for row in rows if row.status in active)
+        queued = tuple(row.id for row in rows if row.status == JobStatus.QUEUED.value)
+        if max_running is not None and len(running) >= max_running:
+            raise UserJobLimitReached(running=True, job_ids=running, limit=max_running)
+        if max_queued is not None and len(queued) >= max_queued:
+            raise UserJobLimitReached(running=False, job_ids=queued, limit=max_queued)
 
     # ------------------------------------------------------------------ worker side
 
@@ -699,7 +777,7 @@ class JobStore:
         return status
 
     async def get_job(self, job_id: int) -> Job:
-        async with self._transaction() as connection:
+        async with self._reading() as connection:
             row = (await connection.execute(select(*JOB_COLUMNS).where(jobs.c.id == job_id))).first()
         if row is None:
             raise JobNotFound(job_id)
@@ -825,25 +903,16 @@ class JobStore:
 
     async def queue_position(self, job_id: int) -> int | None:
         """1-based place among queued jobs in the order workers take them; None if not queued."""
-        async with self._transaction() as connection:
+        async with self._reading() as connection:
             job = (
-                await connection.execute(
-                    select(jobs.c.status, jobs.c.priority, jobs.c.created_at).where(jobs.c.id == job_id)
-                )
+                await connection.execute(select(jobs.c.status, jobs.c.priority).where(jobs.c.id == job_id))
             ).first()
             if job is None:
                 raise JobNotFound(job_id)
             if job.status != JobStatus.QUEUED.value:
                 return None
             ahead = or_(
-                jobs.c.priority < job.priority,
-                and_(
-                    jobs.c.priority == job.priority,
-                    or_(
-                        jobs.c.created_at < job.created_at,
-                        and_(jobs.c.created_at == job.created_at, jobs.c.id < job_id),
-                    ),
-                ),
+                jobs.c.priority < job.priority, and_(jobs.c.priority == job.priority, jobs.c.id < job_id)
             )
             count = await connection.scalar(
                 select(func.count()).select_from(jobs).where(jobs.c.status == JobStatus.QUEUED.value, ahead)
@@ -861,7 +930,7 @@ class JobStore:
         )
         if guild_id is not None:
             statement = statement.where(jobs.c.guild_id == guild_id)
-        async with self._transaction() as connection:
+        async with self._reading() as connection:
             counts = {row[0]: int(row[1]) for row in await connection.execute(statement)}
         return UserJobCounts(
             queued=counts.get(JobStatus.QUEUED.value, 0),
@@ -869,7 +938,7 @@ class JobStore:
         )
 
     async def _jobs(self, statement: Any) -> list[Job]:
-        async with self._transaction() as connection:
+        async with self._reading() as connection:
             return [_job(row) for row in await connection.execute(statement)]
 
     async def running_jobs(self) -> list[Job]:
@@ -880,13 +949,13 @@ class JobStore:
         )
 
     async def unfinished_jobs(self, guild_id: int | None = None) -> list[Job]:
-        """Queued, running and cancelling jobs (of one server, or all), oldest first."""
+        """Queued, running and cancelling jobs (of one server, or all), in the order they arrived."""
         statement = select(*JOB_COLUMNS).where(
             jobs.c.status.in_([status.value for status in UNFINISHED_STATUSES])
         )
         if guild_id is not None:
             statement = statement.where(jobs.c.guild_id == guild_id)
-        return await self._jobs(statement.order_by(jobs.c.created_at, jobs.c.id))
+        return await self._jobs(statement.order_by(jobs.c.id))
 
     async def recent_jobs(
         self, user_id: int, guild_id: int | None = None, limit: int = 10, offset: int = 0
@@ -907,7 +976,7 @@ class JobStore:
             raise SampleNotFound(sample_id)
 
     async def get_sample(self, sample_id: int) -> Sample:
-        async with self._transaction() as connection:
+        async with self._reading() as connection:
             row = (await connection.execute(select(samples).where(samples.c.id == sample_id))).first()
         if row is None:
             raise SampleNotFound(sample_id)
@@ -915,7 +984,7 @@ class JobStore:
 
     async def get_sample_info(self, sample_id: int) -> SampleInfo:
         """The sample without its audio and codes."""
-        async with self._transaction() as connection:
+        async with self._reading() as connection:
             row = (
                 await connection.execute(select(*SAMPLE_INFO_COLUMNS).where(samples.c.id == sample_id))
             ).first()
@@ -924,7 +993,7 @@ class JobStore:
         return _sample_info(row._mapping)
 
     async def samples_for_job(self, job_id: int) -> list[SampleInfo]:
-        async with self._transaction() as connection:
+        async with self._reading() as connection:
             if await connection.scalar(select(jobs.c.id).where(jobs.c.id == job_id)) is None:
                 raise JobNotFound(job_id)
             rows = await connection.execute(
@@ -990,8 +1059,14 @@ class JobStore:
             )
         return int(prime_id)
 
-    async def get_prime(self, prime_id: int) -> Prime:
+    async def discard_prime(self, prime_id: int) -> None:
+        """Delete a clip no job uses (its request was refused after it was stored); keep a used one."""
         async with self._transaction() as connection:
+            used = select(jobs.c.id).where(jobs.c.prime_id == prime_id).exists()
+            await connection.execute(delete(primes).where(primes.c.id == prime_id, ~used))
+
+    async def get_prime(self, prime_id: int) -> Prime:
+        async with self._reading() as connection:
             row = (await connection.execute(select(primes).where(primes.c.id == prime_id))).first()
         if row is None:
             raise PrimeNotFound(prime_id)
@@ -1044,7 +1119,7 @@ class JobStore:
         wanted = sorted(set(sample_ids))
         if not wanted:
             return {}
-        async with self._transaction() as connection:
+        async with self._reading() as connection:
             rows = await connection.execute(
                 select(votes.c.sample_id, func.count())
                 .where(votes.c.sample_id.in_(wanted))
@@ -1054,7 +1129,7 @@ class JobStore:
         return {sample_id: counts.get(sample_id, 0) for sample_id in wanted}
 
     async def has_voted(self, sample_id: int, user_id: int) -> bool:
-        async with self._transaction() as connection:
+        async with self._reading() as connection:
             found = await connection.scalar(
                 select(votes.c.id).where(votes.c.sample_id == sample_id, votes.c.user_id == user_id)
             )
@@ -1086,7 +1161,7 @@ class JobStore:
         )
         if since is not None:
             statement = statement.where(samples.c.created_at >= since)
-        async with self._transaction() as connection:
+        async with self._reading() as connection:
             rows = (await connection.execute(statement)).all()
         return [
             RankedSample(
@@ -1103,7 +1178,7 @@ class JobStore:
 
     async def get_guild_settings(self, guild_id: int) -> GuildSettings:
         """The server's overrides (all None when it has none)."""
-        async with self._transaction() as connection:
+        async with self._reading() as connection:
             row = (
                 await connection.execute(select(guild_settings).where(guild_settings.c.guild_id == guild_id))
             ).first()

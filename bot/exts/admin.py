@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import discord
 from discord import app_commands
@@ -36,6 +37,13 @@ class Admin(commands.Cog):
     def __init__(self, bot: JukeBot) -> None:
         self.bot = bot
 
+    async def interaction_check(self, interaction: discord.Interaction[Any], /) -> bool:
+        """Discord hides these commands from members without Manage Server, but a forged or stale
+        interaction still reaches the bot: it checks the permission itself."""
+        if not interaction.permissions.manage_guild:
+            raise app_commands.MissingPermissions(["manage_guild"])
+        return True
+
     @group.command(name="show", description="Show the limits in this server")
     async def show(self, interaction: discord.Interaction[JukeBot]) -> None:
         limits = await self.bot.limits_for(actions.guild_id_of(interaction))
@@ -59,6 +67,7 @@ class Admin(commands.Cog):
         reset: bool = False,
     ) -> None:
         guild_id = actions.guild_id_of(interaction)
+        await interaction.response.defer(ephemeral=True, thinking=True)  # saving may wait for a writer
         current = await self.bot.store.get_guild_settings(guild_id)
         if reset:
             changes: dict[str, object] = dict.fromkeys(
@@ -81,7 +90,7 @@ class Admin(commands.Cog):
                 raise InvalidRequest("Give at least one limit to change (or reset:true).")
         await self.bot.store.set_guild_settings(dataclasses.replace(current, **changes))  # type: ignore[arg-type]
         limits = await self.bot.limits_for(guild_id)
-        await interaction.response.send_message("Saved.\n" + _describe(limits), ephemeral=True)
+        await interaction.followup.send("Saved.\n" + _describe(limits), ephemeral=True)
 
     @group.command(name="channels", description="Allow the jukebox in a channel, remove one, or allow all")
     @app_commands.describe(action="What to do", channel="The channel (for allow and remove)")
@@ -99,6 +108,7 @@ class Admin(commands.Cog):
         channel: discord.TextChannel | None = None,
     ) -> None:
         guild_id = actions.guild_id_of(interaction)
+        await interaction.response.defer(ephemeral=True, thinking=True)  # saving may wait for a writer
         current = await self.bot.store.get_guild_settings(guild_id)
         allowed = list(current.allowed_channel_ids or ())
         if action == "all":
@@ -115,7 +125,7 @@ class Admin(commands.Cog):
             new = tuple(allowed) or None
         await self.bot.store.set_guild_settings(dataclasses.replace(current, allowed_channel_ids=new))
         limits = await self.bot.limits_for(guild_id)
-        await interaction.response.send_message("Saved.\n" + _describe(limits), ephemeral=True)
+        await interaction.followup.send("Saved.\n" + _describe(limits), ephemeral=True)
 
 
 async def setup(bot: JukeBot) -> None:

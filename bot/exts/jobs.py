@@ -25,6 +25,7 @@ class Jobs(commands.Cog):
     async def cancel(
         self, interaction: discord.Interaction[JukeBot], job: app_commands.Range[int, 1]
     ) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)  # the cancel may wait for a writer
         found = await self.bot.store.get_job(job)
         if found.guild_id != actions.guild_id_of(interaction):
             raise JobNotInServer(job)
@@ -34,12 +35,16 @@ class Jobs(commands.Cog):
             message = f"Job #{job} is cancelled; it had not started."
         else:
             message = f"Job #{job} is stopping; it ends after its current step and keeps nothing."
-        await interaction.response.send_message(message, ephemeral=True)
+        await interaction.followup.send(message, ephemeral=True)
 
-    @app_commands.command(name="queue", description="Your jobs' places in the queue, and what is running")
+    @app_commands.command(
+        name="queue", description="Your jobs' places in the queue, and what runs in this server"
+    )
     @app_commands.guild_only()
     async def queue(self, interaction: discord.Interaction[JukeBot]) -> None:
-        unfinished = await self.bot.store.unfinished_jobs()
+        guild_id = actions.guild_id_of(interaction)
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        unfinished = await self.bot.store.unfinished_jobs(guild_id)
         mine = [job for job in unfinished if job.user_id == interaction.user.id]
         positions = {
             job.id: await self.bot.store.queue_position(job.id)
@@ -47,9 +52,7 @@ class Jobs(commands.Cog):
             if job.status == JobStatus.QUEUED
         }
         running = [job for job in unfinished if job.status != JobStatus.QUEUED]
-        await interaction.response.send_message(
-            render_queue(mine, positions, running, utcnow()), ephemeral=True
-        )
+        await interaction.followup.send(render_queue(mine, positions, running, utcnow()), ephemeral=True)
 
     @app_commands.command(name="history", description="Jobs someone (you by default) ran in this server")
     @app_commands.guild_only()

@@ -125,8 +125,7 @@ class Jukebox(commands.Cog):
     ) -> None:
         """Validate everything, store the prime, queue the job and answer (the response is deferred)."""
         guild_id = actions.guild_id_of(interaction)
-        await actions.check_can_enqueue(self.bot, interaction)
-        limits = await self.bot.limits_for(guild_id)
+        limits = await actions.check_can_enqueue(self.bot, interaction)
         # Labels, length and samples first: they cost nothing, the prime costs a download.
         build_generate(limits, dataclasses.replace(options, prime_seconds=None))
         prime_id = None
@@ -143,9 +142,14 @@ class Jukebox(commands.Cog):
                 raise JukebotError(str(exc)) from None
         else:
             validated = build_generate(limits, options)
-        job = await actions.enqueue_and_announce(
-            self.bot, interaction, JobKind.GENERATE, options.model, validated, prime_id=prime_id
-        )
+        try:
+            job = await actions.enqueue_and_announce(
+                self.bot, interaction, limits, JobKind.GENERATE, options.model, validated, prime_id=prime_id
+            )
+        except JukebotError:  # refused, e.g. jobs queued while the clip downloaded filled the user's places
+            if prime_id is not None:
+                await self.bot.store.discard_prime(prime_id)  # kept if a job uses it after all
+            raise
         await interaction.followup.send(actions.queued_reply(job, validated.notes), ephemeral=True)
 
     @jukebox.autocomplete("artist")

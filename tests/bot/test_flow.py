@@ -10,7 +10,7 @@ from storage.engine import create_engine
 from storage.models import JobKind, JobStatus
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
-from tests.bot.fake_discord import CALLBACK_DEFERRED_MESSAGE, CALLBACK_UPDATE, FakeDiscord, Upload
+from tests.bot.fake_discord import CALLBACK_DEFERRED_MESSAGE, CALLBACK_DEFERRED_UPDATE, FakeDiscord, Upload
 from tests.bot.harness import (
     PlayedWorker,
     make_bot,
@@ -104,12 +104,15 @@ async def test_jukebox_preview_vote_upsample_final(
     assert first.buttons[0]["label"] == "👍 0"
 
     # Votes toggle, one per user, and the button shows the count.
+    # The click is acknowledged before the vote is written (a write may wait), then the buttons change.
     clicked = await fake.click(first, f"jukebot:vote:{sid}", user=bob)
-    assert clicked.response_type == CALLBACK_UPDATE and first.buttons[0]["label"] == "👍 1"
+    assert clicked.response_type == CALLBACK_DEFERRED_UPDATE
+    await fake.wait_for(lambda: first.buttons[0]["label"] == "👍 1")
     await fake.click(first, f"jukebot:vote:{sid}", user=alice)
-    assert first.buttons[0]["label"] == "👍 2"
+    await fake.wait_for(lambda: first.buttons[0]["label"] == "👍 2")
     await fake.click(first, f"jukebot:vote:{sid}", user=bob)
-    assert first.buttons[0]["label"] == "👍 1" and await store.vote_count(sid) == 1
+    await fake.wait_for(lambda: first.buttons[0]["label"] == "👍 1")
+    assert await store.vote_count(sid) == 1
     assert first.attachments  # editing the buttons keeps the audio
 
     # Upsample: a new job, its progress message replying to the preview.

@@ -11,7 +11,7 @@ from storage.models import JobStatus
 from storage.records import ClaimedJob
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
-from tests.bot.fake_discord import CALLBACK_UPDATE, FakeDiscord, FakeMessage
+from tests.bot.fake_discord import CALLBACK_DEFERRED_UPDATE, FakeDiscord, FakeMessage
 from tests.bot.harness import (
     PlayedWorker,
     make_bot,
@@ -80,7 +80,8 @@ async def test_restart_resumes_progress_posts_missed_results_and_old_buttons_wor
 
     # A button posted by the first bot works on the second.
     clicked = await fake.click(preview, f"jukebot:vote:{sample1}", user=fake.user("bob"))
-    assert clicked.response_type == CALLBACK_UPDATE and preview.buttons[0]["label"] == "👍 1"
+    assert clicked.response_type == CALLBACK_DEFERRED_UPDATE  # acknowledged before the vote is written
+    await fake.wait_for(lambda: preview.buttons[0]["label"] == "👍 1")
 
     # And job 2 completes through the second bot.
     await worker.progress(job2.id, window=4, of=4)
