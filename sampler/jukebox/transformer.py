@@ -117,7 +117,8 @@ class TransformerConfig:
         if needs_blocks:
             if not self.blocks or self.seq_len % self.blocks != 0:
                 raise TransformerConfigError(
-                    f"attn_order {self.attn_order} needs `blocks` dividing seq_len {self.seq_len}, got {self.blocks}"
+                    f"attn_order {self.attn_order} needs `blocks` dividing seq_len {self.seq_len}, got "
+                    f"{self.blocks}"
                 )
         if CROSS in funcs and self.encoder_len <= 0:
             raise TransformerConfigError(
@@ -699,7 +700,8 @@ class Transformer(nn.Module):
                 raise KVCacheError(f"the cache holds {cache.batch} sequences but got a batch of {x.shape[0]}")
             if cache.pos + length > cache.max_len:
                 raise KVCacheError(
-                    f"the cache holds {cache.max_len} positions; {cache.pos} are used and {length} more were given"
+                    f"the cache holds {cache.max_len} positions; {cache.pos} are used and {length} more "
+                    "were given"
                 )
         if cache is not None and length == 1:
             return self.decode(x[:, 0], cache).unsqueeze(1)

@@ -162,7 +162,8 @@ async def test_running_and_queued_limits_say_when_to_try_again(
     await PlayedWorker(sqlite_store).claim()
     running = await fake_discord.invoke_command("jukebox", {})
     assert await reply_of(fake_discord, running) == (
-        "You have 1 job running (#1), the limit here is 1; try again when job #1 finishes (or cancel it with /cancel)."
+        "You have 1 job running (#1), the limit here is 1; try again when job #1 finishes (or cancel it "
+        "with /cancel)."
     )
     assert await job_count(sqlite_store) == 1
 
