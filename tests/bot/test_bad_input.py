@@ -11,28 +11,20 @@ from sampler.audio import SAMPLE_RATE, encode_audio, wav_bytes
 from storage.records import GuildSettings
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
-from tests.bot.fake_discord import FakeDiscord, FakeUser, InteractionRecord, Upload
+from tests.bot.fake_discord import FakeDiscord, FakeUser, Upload
 from tests.bot.harness import (
     PlayedWorker,
     job_count,
     make_bot,
     make_settings,
     prime_wav,
+    reply_of,
     sqlite_store,
     tone,
 )
 from tests.sampler.audio_fixtures import png_bytes, wav_with_zero_frames
 
 __all__ = ["sqlite_store"]
-
-
-async def reply_of(fake: FakeDiscord, record: InteractionRecord) -> str:
-    """The text of the (ephemeral) answer to an interaction, once the bot has given it."""
-    message = await fake.wait_for(
-        lambda: record.original if record.original is not None and not record.original.loading else None
-    )
-    assert message.ephemeral, f"the reply {message.content!r} is public"
-    return message.content
 
 
 def _corrupt_ogg() -> bytes:
