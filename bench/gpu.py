@@ -189,7 +189,10 @@ def main(argv: list[str] | None = None) -> None:
     for stack in args.stacks:
         for samples in args.samples:
             print(f"\n{stack}, {samples} sample(s)")
-            header = f"{'level':<24}{'lever':<16}{'ms/step':>9}{'s/min':>10}{'bound s/min':>13}{'× bound':>9}{'gain':>7}"
+            header = (
+                f"{'level':<24}{'lever':<16}{'ms/step':>9}{'s/min':>10}"
+                f"{'bound s/min':>13}{'× bound':>9}{'gain':>7}"
+            )
             print(header)
             print("-" * len(header))
             totals: dict[str, float] = {}
@@ -224,7 +227,8 @@ def main(argv: list[str] | None = None) -> None:
                     torch.cuda.empty_cache()
             for lever, total in totals.items():
                 print(
-                    f"{'total ' + stack:<24}{lever:<16}{'':>9}{total:>10.1f}{bound_total:>13.1f}{total / bound_total:>8.2f}×"
+                    f"{'total ' + stack:<24}{lever:<16}{'':>9}{total:>10.1f}"
+                    f"{bound_total:>13.1f}{total / bound_total:>8.2f}×"
                 )
             if not math.isfinite(bound_total) or bound_total <= 0:
                 raise RuntimeError("the bandwidth bound came out non-positive")

@@ -281,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"{'':32}{'direct':>10}{'pipeline':>11}{'overhead':>11}")
     print(
-        f"{'per job including model load':32}{direct_cold:>9.2f}s{pipe_cold:>10.2f}s{overhead(direct_cold, pipe_cold):>11}"
+        f"{'per job including model load':32}{direct_cold:>9.2f}s{pipe_cold:>10.2f}s"
+        f"{overhead(direct_cold, pipe_cold):>11}"
     )
     print(
         f"{f'steady state (mean of {len(turns)})':32}{direct_mean:>9.2f}s{pipe_mean:>10.2f}s"

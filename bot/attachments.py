@@ -85,7 +85,8 @@ async def _download(
         async with session.get(url, headers=headers, timeout=timeout) as response:
             if response.status not in (200, 206):
                 raise AttachmentRejected(
-                    f"The attachment {filename!r} could not be downloaded from Discord (HTTP {response.status}); "
+                    f"The attachment {filename!r} could not be downloaded from Discord (HTTP "
+                    f"{response.status}); "
                     "attach it again."
                 )
             chunks: list[bytes] = []

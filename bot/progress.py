@@ -1,13 +1,10 @@
 """The text of a job's progress message, and of /queue. No Discord calls here: plain strings.
 
-A progress message starts with `**Job #<id>**`, and its last line starts with a status mark;
-the final marks (done, failed, cancelled) tell a restarted bot which messages it has finished
-(`parse_progress_message`), until the store records "results posted" itself.
+A progress message starts with `**Job #<id>**`, and its last line starts with a status mark.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -18,9 +15,7 @@ from storage.records import Job
 BAR_WIDTH = 20
 MARK_QUEUED, MARK_RUNNING, MARK_CANCELLING = "⏳", "🎛️", "✋"
 MARK_DONE, MARK_FAILED, MARK_CANCELLED = "✅", "❌", "🛑"
-FINAL_MARKS = (MARK_DONE, MARK_FAILED, MARK_CANCELLED)
 MAX_REASON_CHARS = 1200
-_HEADER = re.compile(r"^\*\*Job #(?P<job_id>[0-9]+)\*\*")
 LEVEL_NAMES = {2: "top level (preview)", 1: "middle level", 0: "bottom level (full quality)"}
 
 
@@ -100,15 +95,6 @@ def running_lines(job: Job) -> str:
 def render_job(job: Job, *, queue_position: int | None = None, sample_count: int | None = None) -> str:
     """The whole progress message for the job's current state."""
     return f"{header(job)}\n{status_line(job, queue_position, sample_count)}"
-
-
-def parse_progress_message(content: str) -> tuple[int, bool] | None:
-    """(job id, finished) of one of our progress messages, or None for any other message."""
-    match = _HEADER.match(content)
-    if match is None:
-        return None
-    last_line = content.rstrip().rsplit("\n", 1)[-1]
-    return int(match["job_id"]), last_line.startswith(FINAL_MARKS)
 
 
 def render_queue(

@@ -537,15 +537,6 @@ def encode_audio(audio: np.ndarray, sample_rate: int, fmt: OutputFormat, bitrate
     return buffer.getvalue()
 
 
-def encode_batch(batch: np.ndarray, sample_rate: int, fmt: OutputFormat, bitrate: int) -> list[bytes]:
-    """Encode each row of a (batch, samples) array; a 1-D array counts as a batch of one."""
-    batch = np.asarray(batch)
-    rows = batch[None, :] if batch.ndim == 1 else batch
-    if rows.ndim != 2:
-        raise ValueError(f"expected audio of shape (batch, samples), got shape {batch.shape}")
-    return [encode_audio(row, sample_rate, fmt, bitrate) for row in rows]
-
-
 def _bitrates_for(fmt: str, bitrates: dict[str, Sequence[int]] | Sequence[int] | None) -> list[int]:
     if bitrates is None:
         chosen: Sequence[int] = FORMATS[fmt].bitrates
@@ -652,26 +643,6 @@ def split_to_fit(
 # Small array helpers for the sampler
 
 
-def trim_silence(
-    audio: np.ndarray, sample_rate: int, threshold_db: float = -50.0, keep_ms: float = 100.0
-) -> np.ndarray:
-    """Drop leading and trailing samples quieter than `threshold_db`, keeping `keep_ms` of margin.
-
-    Never empty for input with any sample above the threshold; all-quiet input comes back unchanged
-    (there is nothing to anchor the cut on, and losing it all would help no one).
-    """
-    samples = np.asarray(audio)
-    if samples.ndim != 1:
-        raise ValueError(f"expected mono audio of shape (samples,), got shape {samples.shape}")
-    loud = np.flatnonzero(np.abs(samples) >= 10 ** (threshold_db / 20))
-    if loud.size == 0:
-        return samples
-    keep = round(keep_ms * sample_rate / 1000)
-    begin = max(0, int(loud[0]) - keep)
-    end = min(samples.shape[0], int(loud[-1]) + 1 + keep)
-    return samples[begin:end]
-
-
 def to_int16_pcm(audio: np.ndarray) -> np.ndarray:
     """Float audio in [-1, 1] (clamped) to int16 PCM, rounding to the nearest step."""
     samples = np.clip(np.nan_to_num(np.asarray(audio, dtype=np.float32)), -1.0, 1.0)
@@ -695,22 +666,3 @@ def wav_bytes(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
         out.setframerate(sample_rate)
         out.writeframes(pcm.astype("<i2").tobytes())
     return buffer.getvalue()
-
-
-def pad_or_trim_to_multiple(
-    audio: np.ndarray, multiple: int = 128, mode: Literal["pad", "trim"] = "pad"
-) -> np.ndarray:
-    """Make the last axis a multiple of `multiple`: zero-pad at the end ("pad") or cut the end ("trim")."""
-    if multiple <= 0:
-        raise ValueError(f"multiple must be positive, got {multiple}")
-    samples = np.asarray(audio)
-    length = samples.shape[-1]
-    remainder = length % multiple
-    if remainder == 0:
-        return samples
-    if mode == "trim":
-        return samples[..., : length - remainder]
-    if mode == "pad":
-        widths = [(0, 0)] * (samples.ndim - 1) + [(0, multiple - remainder)]
-        return np.pad(samples, widths)
-    raise ValueError(f"mode must be 'pad' or 'trim', got {mode!r}")

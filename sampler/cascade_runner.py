@@ -254,7 +254,7 @@ class CascadeRunner:
     def samples(
         self, task: JobTask, cascade: Cascade, request: SamplingRequest, state: CascadeState
     ) -> list[NewSample]:
-        """Decode the finest complete level of each sample and store it compressed, with every level's codes."""
+        """Decode each sample's finest complete level and store it compressed, with every level's codes."""
         complete = [
             level
             for level in range(3)

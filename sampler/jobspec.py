@@ -70,7 +70,8 @@ class JobParams(BaseModel):
     def _total_covers_sample(self) -> JobParams:
         if self.total_seconds is not None and self.total_seconds < self.seconds:
             raise ValueError(
-                f"total_seconds ({self.total_seconds:g}) must be at least the sample length ({self.seconds:g})"
+                f"total_seconds ({self.total_seconds:g}) must be at least the sample length "
+                f"({self.seconds:g})"
             )
         return self
 

@@ -510,7 +510,7 @@ def _fetch(url: str, part: Path, expected_size: int | None, options: DownloadOpt
             ) as bar,
         ):
             try:
-                # read1: return whatever arrived (one socket read), so the timeout is per stall, not per chunk.
+                # read1: whatever arrived (one socket read), so the timeout is per stall, not per chunk.
                 while chunk := response.read1(options.chunk_size):
                     out.write(chunk)
                     have += len(chunk)
@@ -616,7 +616,8 @@ def _download_to_part(file: ModelFile, path: Path, roots: list[str], options: Do
                 f"set {MIRRORS_ENV} to a mirror that has it"
                 if file.kind == "checkpoint"
                 else (
-                    "pass --ids-source (or set JUKEBOT_IDS_SOURCE) to a copy of openai/jukebox's jukebox/data/ids/"
+                    "pass --ids-source (or set JUKEBOT_IDS_SOURCE) to a copy of openai/jukebox's "
+                    "jukebox/data/ids/"
                 )
             )
             raise NotFoundOnMirrors(

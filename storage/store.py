@@ -713,7 +713,8 @@ class JobStore:
                         "attempts": attempts,
                         "finished_at": now,
                         "error": (
-                            f"The worker stopped responding {attempts} times (last worker: {job.lease_owner}); "
+                            f"The worker stopped responding {attempts} times (last worker: "
+                            f"{job.lease_owner}); "
                             "the job was given up."
                         ),
                     }

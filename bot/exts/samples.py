@@ -65,7 +65,10 @@ class Samples(commands.Cog):
         groups = delivery.group_for_messages(files, limit)
         votes = await self.bot.store.vote_count(stored.id)
         quality = "full quality" if 0 in stored.levels else "preview (top level only)"
-        content = f"**Sample #{stored.id}** · job #{job.id} by <@{job.user_id}> · {stored.duration_seconds:.1f} s · {quality}"
+        content = (
+            f"**Sample #{stored.id}** · job #{job.id} by <@{job.user_id}> · "
+            f"{stored.duration_seconds:.1f} s · {quality}"
+        )
         view = sample_view(stored.id, votes, can_upsample=0 not in stored.levels)
         for index, group in enumerate(groups):
             uploads = [

@@ -86,7 +86,8 @@ def list_models() -> None:
         click.echo(f"\n{model.name} ({kind}): {summary}")
         for status in statuses:
             click.echo(
-                f"  {status.name:<18} {status.file.relative_path:<33} {_size(status.size):>10}  {status.description}"
+                f"  {status.name:<18} {status.file.relative_path:<33} {_size(status.size):>10}  "
+                f"{status.description}"
             )
 
 

@@ -220,7 +220,8 @@ def _read_codes(path: Path, n_samples: int) -> tuple[Any, ...]:
         data = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:
         raise click.ClickException(
-            f"cannot read codes from {path} ({type(exc).__name__}); pass a data.pth.tar written by jukebot sample"
+            f"cannot read codes from {path} ({type(exc).__name__}); pass a data.pth.tar written by jukebot "
+            "sample"
         ) from None
     zs = data.get("zs") if isinstance(data, dict) else None
     if not isinstance(zs, list | tuple) or len(zs) != 3 or not all(isinstance(z, torch.Tensor) for z in zs):

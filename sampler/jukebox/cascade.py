@@ -298,7 +298,8 @@ class Cascade:
             )
         if request.total_length < request.sample_length:
             raise SamplingError(
-                f"total_length ({request.total_length}) must be at least sample_length ({request.sample_length})"
+                f"total_length ({request.total_length}) must be at least sample_length "
+                f"({request.sample_length})"
             )
         min_total = math.ceil((top_config.min_duration or 0.0) * self.sample_rate)
         if request.total_length < min_total:
@@ -380,7 +381,8 @@ class Cascade:
                 if have < request.sample_length:
                     raise SamplingError(
                         f"level {level} is conditioned on level {level + 1}, whose codes cover "
-                        f"{have / self.sample_rate:.2f} s of the {request.sample_length / self.sample_rate:.2f} s asked"
+                        f"{have / self.sample_rate:.2f} s of the "
+                        f"{request.sample_length / self.sample_rate:.2f} s asked"
                     )
 
     def _given_codes(self, request: SamplingRequest, level: int) -> Tensor | None:

@@ -142,7 +142,8 @@ def read_checkpoint(path: str | os.PathLike[str], *, name: str | None = None) ->
 def _weights_of(payload: Any, path: Path, name: str | None) -> StateDict:
     if not isinstance(payload, Mapping):
         raise CheckpointError(
-            f"checkpoint {path} holds a {type(payload).__name__}, not a dict of weights; {_redownload_hint(name)}"
+            f"checkpoint {path} holds a {type(payload).__name__}, not a dict of weights; "
+            f"{_redownload_hint(name)}"
         )
     weights = payload.get("model", payload)  # a bare state dict is accepted too
     if not isinstance(weights, Mapping) or not weights:
@@ -257,7 +258,8 @@ def load_state_dict_into(
         if left:
             raise CheckpointError(
                 f"cannot load into {type(module).__name__} built on the meta device: its non-persistent "
-                f"buffers ({', '.join(left[:_EXAMPLES])}) are not in any checkpoint; build it on a real device"
+                f"buffers ({', '.join(left[:_EXAMPLES])}) are not in any checkpoint; build it on a real "
+                "device"
             )
     with torch.no_grad():
         if on_meta:

@@ -215,7 +215,7 @@ class LyricsVocab:
         self._ids = {char: index + 1 for index, char in enumerate(chars)}
 
     def clean(self, text: str) -> str:
-        """Transliterate to ASCII (“ ” -> ", — -> --, é -> e), '\\' -> newline, drop chars outside the vocab."""
+        """To ASCII (“ ” -> ", — -> --, é -> e), '\\' -> newline, and drop chars outside the vocab."""
         ascii_text = unidecode(text).replace("\\", "\n")
         return "".join(char for char in ascii_text if char in self._ids)
 
@@ -224,7 +224,8 @@ class LyricsVocab:
             return [self._ids[char] for char in cleaned]
         except KeyError as error:
             raise InvalidLyrics(
-                f"Lyrics contain {error.args[0]!r}, which the {self.n_vocab}-token vocabulary lacks: clean them first."
+                f"Lyrics contain {error.args[0]!r}, which the {self.n_vocab}-token vocabulary lacks: clean "
+                "them first."
             ) from None
 
     def encode(self, text: str) -> list[int]:
@@ -359,7 +360,7 @@ class Labeller:
     def label_from_ids(
         self, artist: int, genres: Sequence[int], lyrics: str, total_length: int, offset: int = 0
     ) -> Label:
-        """A label from ids already looked up (unpadded genre ids); `Label.artist/genre` hold the ids as text."""
+        """A label from ids already looked up (unpadded genre ids); `Label.artist/genre` hold them as text."""
         return self._label(artist, genres, str(artist), str(list(genres)), lyrics, total_length, offset)
 
     def _label(
@@ -395,7 +396,8 @@ class Labeller:
         config = self.config
         if label.y.shape != (config.label_length,):
             raise LabelError(
-                f"This label has {label.y.shape[0]} entries but this prior's labels have {config.label_length}: "
+                f"This label has {label.y.shape[0]} entries but this prior's labels have "
+                f"{config.label_length}: "
                 "build it with this prior's Labeller."
             )
         y = label.y.copy()

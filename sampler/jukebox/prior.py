@@ -188,7 +188,8 @@ class PriorConfig:
             if key in _FIXED_HPARAMS:
                 if value != _FIXED_HPARAMS[key]:
                     raise PriorConfigError(
-                        f"{key}={value!r} is not supported: every published prior uses {_FIXED_HPARAMS[key]!r}"
+                        f"{key}={value!r} is not supported: every published prior uses "
+                        f"{_FIXED_HPARAMS[key]!r}"
                     )
                 continue
             if key not in names:
@@ -209,7 +210,7 @@ class PriorConfig:
 
     @classmethod
     def published(cls, name: str) -> PriorConfig:
-        """The config of a published prior: upsampler_level_0/1, prior_5b, prior_5b_lyrics, prior_1b_lyrics."""
+        """A published prior's config: upsampler_level_0/1, prior_5b, prior_5b_lyrics, prior_1b_lyrics."""
         if name not in PRIOR_HPARAMS:
             raise PriorConfigError(f"unknown prior {name!r}; published priors are {sorted(PRIOR_HPARAMS)}")
         return cls.from_hparams(PRIOR_HPARAMS[name], VQVAE_HPARAMS)
@@ -688,7 +689,7 @@ class JukeboxPrior(nn.Module):
         return codes + self.config.n_vocab if self.config.single_enc_dec else codes
 
     def ids_to_codes(self, ids: Tensor) -> Tensor:
-        """Sampled ids → music codes. 1b_lyrics: minus 79, and a drawn lyric id becomes code 0 (as the reference)."""
+        """Sampled ids → music codes. 1b_lyrics: minus 79; a drawn lyric id is code 0 (as the reference)."""
         return (ids - self.config.n_vocab).clamp(min=0) if self.config.single_enc_dec else ids
 
     # ---- dtype and kernels
@@ -751,7 +752,8 @@ class JukeboxPrior(nn.Module):
         cfg = self.config
         if y.dtype != torch.int64 or y.dim() != 2 or y.shape[1] != cfg.label_width:
             raise LabelError(
-                f"y must be an int64 tensor of shape (batch, {cfg.label_width}) = total, offset, sample_length, "
+                f"y must be an int64 tensor of shape (batch, {cfg.label_width}) = total, offset, "
+                "sample_length, "
                 f"artist, {cfg.max_bow_genre_size} genre slot(s), {cfg.n_tokens} lyric token(s); "
                 f"got {y.dtype} {tuple(y.shape)}"
             )

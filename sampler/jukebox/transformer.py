@@ -117,7 +117,8 @@ class TransformerConfig:
         if needs_blocks:
             if not self.blocks or self.seq_len % self.blocks != 0:
                 raise TransformerConfigError(
-                    f"attn_order {self.attn_order} needs `blocks` dividing seq_len {self.seq_len}, got {self.blocks}"
+                    f"attn_order {self.attn_order} needs `blocks` dividing seq_len {self.seq_len}, got "
+                    f"{self.blocks}"
                 )
         if CROSS in funcs and self.encoder_len <= 0:
             raise TransformerConfigError(
@@ -441,37 +442,12 @@ class FactoredAttention(nn.Module):
 
     # ---- one new position
 
-    def step(self, x: Tensor, cache: LayerKV, pos: int) -> Tensor:
-        """Output at position `pos` for x (N, 1, width), reading and updating `cache`."""
-        f, b = self.attn_func, self.block_ctx
-        if f == CROSS:
-            q = _split_heads(self.c_attn(x), self.heads)
-            return self.c_proj(_merge_heads(_attend(q, cache.k, cache.v, None, self.fast)))
-        q, k, v = self._qkv(x)
-        self._write(cache, k, v, pos)
-        if f == DENSE:
-            keys, values = cache.k[:, :, : pos + 1], cache.v[:, :, : pos + 1]
-        elif f == TRANSPOSE:
-            col, row = pos % b, pos // b
-            keys, values = cache.k[:, :, col, : row + 1], cache.v[:, :, col, : row + 1]
-        elif f == BLOCK:
-            keys, values = cache.k[:, :, : pos % b + 1], cache.v[:, :, : pos % b + 1]
-        elif f == PREV_BLOCK:
-            block = pos // b
-            if block == 0:  # attends to zero keys and values: the output is exactly zero
-                return self.c_proj(torch.zeros_like(x[..., : self.n_state]))
-            first = ((block - 1) % 2) * b
-            keys, values = cache.k[:, :, first : first + b], cache.v[:, :, first : first + b]
-        else:  # PRIME
-            held = min(pos + 1, self.prime_window)
-            keys, values = cache.k[:, :, :held], cache.v[:, :, :held]
-        return self.c_proj(_merge_heads(_attend(q, keys, values, None, self.fast)))
-
     def decode(self, x: Tensor, cache: LayerKV, pos: int) -> Tensor:
-        """The hot path of `step`: x (N, width) normed input at position `pos` → output (N, width).
+        """The hot path: x (N, width) normed input at position `pos` → output (N, width).
 
-        Same maths and kernels as `step` with the fewest tensor ops: 2-D activations, the new k, v
-        written into their slot, keys read as one contiguous slice of the flat cache.
+        Same maths and kernels as the module path (tests keep a slow single-position oracle) with
+        the fewest tensor ops: 2-D activations, the new k, v written into their slot, keys read as
+        one contiguous slice of the flat cache.
         """
         weights = cache.attn_weights
         if weights is None:
@@ -699,7 +675,8 @@ class Transformer(nn.Module):
                 raise KVCacheError(f"the cache holds {cache.batch} sequences but got a batch of {x.shape[0]}")
             if cache.pos + length > cache.max_len:
                 raise KVCacheError(
-                    f"the cache holds {cache.max_len} positions; {cache.pos} are used and {length} more were given"
+                    f"the cache holds {cache.max_len} positions; {cache.pos} are used and {length} more "
+                    "were given"
                 )
         if cache is not None and length == 1:
             return self.decode(x[:, 0], cache).unsqueeze(1)

@@ -458,7 +458,8 @@ class VQVAE(nn.Module):
     def _check_levels(self, start_level: int, end_level: int) -> None:
         if not 0 <= start_level < end_level <= self.config.levels:
             raise VQVAEInputError(
-                f"levels must satisfy 0 <= start < end <= {self.config.levels}, got {start_level}..{end_level}"
+                f"levels must satisfy 0 <= start < end <= {self.config.levels}, got "
+                f"{start_level}..{end_level}"
             )
 
     def _audio_to_nct(self, audio: torch.Tensor) -> torch.Tensor:
@@ -468,7 +469,8 @@ class VQVAE(nn.Module):
             audio = audio[..., 0]
         if audio.dim() != 2:
             raise VQVAEInputError(
-                f"audio must be mono, shaped (batch, samples) or (batch, samples, 1); got {tuple(audio.shape)}"
+                "audio must be mono, shaped (batch, samples) or (batch, samples, 1); got "
+                f"{tuple(audio.shape)}"
             )
         top_hop = self.hop_lengths[-1]
         if audio.shape[1] == 0 or audio.shape[1] % top_hop:

@@ -31,7 +31,7 @@ def window_starts(total_tokens: int, n_ctx: int, hop: int) -> list[int]:
 
 @dataclass(frozen=True)
 class Window:
-    """One sampling window at one level: tokens [start, start + sample_tokens), of which the last `new_tokens` are new."""
+    """One window at one level: tokens [start, start + sample_tokens); the last `new_tokens` are new."""
 
     level: int
     index: int

@@ -5,7 +5,8 @@ The runner reports progress per chunk of tokens and hands over a checkpoint afte
 window through `ProgressReporter`, checks `should_stop` at least once per chunk (so cancel and
 shutdown take effect within seconds, even inside a long window), and returns the finished
 samples. Failures that retrying cannot fix are raised as `JobFailed` (a runner translates its
-own such errors into it); the worker keeps their message on the job. Anything else counts as a crash and the job is retried.
+own such errors into it); the worker keeps their message on the job. Anything else counts as a
+crash and the job is retried.
 
 No torch here: the pool and the bot import this module.
 """

@@ -93,7 +93,8 @@ class WorkerConfig:
             raise WorkerConfigError("checkpoint_retries must be at least 1")
         if not math.isfinite(self.checkpoint_seconds) or self.checkpoint_seconds < 0:
             raise WorkerConfigError(
-                f"checkpoint_seconds must be zero or a positive number of seconds, got {self.checkpoint_seconds!r}"
+                "checkpoint_seconds must be zero or a positive number of seconds, got "
+                f"{self.checkpoint_seconds!r}"
             )
 
     @property

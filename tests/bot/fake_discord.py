@@ -1133,7 +1133,8 @@ class FakeDiscord:
         required = self._find_command(name, guild).payload.get("default_member_permissions")
         if required is not None and int(required) & ~guild.permissions_of(user.id):
             raise InvalidOptionError(
-                f"/{name} needs permissions {int(required)} that {user.name!r} lacks: Discord hides it from them"
+                f"/{name} needs permissions {int(required)} that {user.name!r} lacks: Discord hides it from "
+                "them"
             )
 
     async def invoke_command(
@@ -1390,7 +1391,8 @@ class FakeDiscord:
                 raise DiscordAPIError(
                     413,
                     40005,
-                    f"Request entity too large: {upload.filename!r} is {len(upload.data)} bytes, limit {limit}",
+                    f"Request entity too large: {upload.filename!r} is {len(upload.data)} bytes, limit "
+                    f"{limit}",
                 )
         if "content" in body:
             message.content = body["content"] or ""

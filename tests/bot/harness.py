@@ -20,7 +20,7 @@ from storage.engine import create_engine
 from storage.models import JobRow, utcnow
 from storage.records import ClaimedJob, NewSample
 from storage.store import JobStore
-from tests.bot.fake_discord import FakeDiscord, FakeMessage
+from tests.bot.fake_discord import FakeDiscord, FakeMessage, InteractionRecord
 
 ALL_MODELS = ("5b", "5b_lyrics", "1b_lyrics")
 
@@ -159,3 +159,19 @@ async def sqlite_store(sqlite_template: Path, tmp_path: Path) -> AsyncIterator[J
     engine = create_engine(f"sqlite+aiosqlite:///{path}")
     yield JobStore(engine)
     await engine.dispose()
+
+
+async def reply_of(fake: FakeDiscord, record: InteractionRecord) -> str:
+    """The text of the (ephemeral) answer to an interaction, once the bot has given it."""
+    message = await fake.wait_for(
+        lambda: record.original if record.original is not None and not record.original.loading else None
+    )
+    assert message.ephemeral, f"the reply {message.content!r} is public"
+    return message.content
+
+
+async def queue_song(fake: FakeDiscord, user: str = "alice", **options: Any) -> str:
+    """`/jukebox` as `user` with `options`; returns the bot's "Queued as job #N…" reply."""
+    reply = await reply_of(fake, await fake.invoke_command("jukebox", options, user=fake.user(user)))
+    assert reply.startswith("Queued as job #"), reply
+    return reply

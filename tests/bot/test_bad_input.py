@@ -11,28 +11,20 @@ from sampler.audio import SAMPLE_RATE, encode_audio, wav_bytes
 from storage.records import GuildSettings
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
-from tests.bot.fake_discord import FakeDiscord, FakeUser, InteractionRecord, Upload
+from tests.bot.fake_discord import FakeDiscord, FakeUser, Upload
 from tests.bot.harness import (
     PlayedWorker,
     job_count,
     make_bot,
     make_settings,
     prime_wav,
+    reply_of,
     sqlite_store,
     tone,
 )
 from tests.sampler.audio_fixtures import png_bytes, wav_with_zero_frames
 
 __all__ = ["sqlite_store"]
-
-
-async def reply_of(fake: FakeDiscord, record: InteractionRecord) -> str:
-    """The text of the (ephemeral) answer to an interaction, once the bot has given it."""
-    message = await fake.wait_for(
-        lambda: record.original if record.original is not None and not record.original.loading else None
-    )
-    assert message.ephemeral, f"the reply {message.content!r} is public"
-    return message.content
 
 
 def _corrupt_ogg() -> bytes:
@@ -162,7 +154,8 @@ async def test_running_and_queued_limits_say_when_to_try_again(
     await PlayedWorker(sqlite_store).claim()
     running = await fake_discord.invoke_command("jukebox", {})
     assert await reply_of(fake_discord, running) == (
-        "You have 1 job running (#1), the limit here is 1; try again when job #1 finishes (or cancel it with /cancel)."
+        "You have 1 job running (#1), the limit here is 1; try again when job #1 finishes (or cancel it "
+        "with /cancel)."
     )
     assert await job_count(sqlite_store) == 1
 

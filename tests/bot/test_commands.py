@@ -12,18 +12,18 @@ from tests.bot.harness import (
     job_count,
     make_bot,
     progress_message,
+    queue_song,
+    reply_of,
     sample_message,
     sqlite_store,
     when,
 )
-from tests.bot.test_bad_input import reply_of
 
 __all__ = ["sqlite_store"]
 
 
 async def _preview(fake: FakeDiscord, store: JobStore, bot: object, user: str = "alice") -> int:
-    record = await fake.invoke_command("jukebox", {"artist": "queen", "samples": 1}, user=fake.user(user))
-    await reply_of(fake, record)
+    await queue_song(fake, user, artist="queen", samples=1)
     worker = PlayedWorker(store)
     (sample_id,) = await worker.complete(await worker.claim(), n=1, full=False)
     bot.relay.poke()  # type: ignore[attr-defined]
@@ -140,14 +140,15 @@ async def test_samples_over_the_upload_limit_are_split(
     (sample_id,) = await worker.complete(await worker.claim(), n=1, full=False, seconds=12.0)
     assert len((await store.get_sample(sample_id)).audio) > 20_000
     bot.relay.poke()
-    posted = await fake.wait_for(when(lambda: sample_message(fake, sample_id)))
+    # Encoding a 12 s sample into parts is CPU work: generous bounds for a loaded 2-core machine.
+    posted = await fake.wait_for(when(lambda: sample_message(fake, sample_id)), timeout_s=120)
     total = int(posted.attachments[0].filename.split("of")[1].split(".")[0])
 
     def parts() -> list[FakeAttachment]:
         messages = fake.channel_messages(fake.channel("general"))
         return [a for m in messages for a in m.attachments if "_part" in a.filename]
 
-    await fake.wait_for(lambda: len(parts()) == total)
+    await fake.wait_for(lambda: len(parts()) == total, timeout_s=120)
     assert total >= 2 and all(a.size <= 20_000 for a in parts())
     assert [a.filename.split("_part")[1].split(".")[0] for a in parts()] == [
         f"{i}of{total}" for i in range(1, total + 1)

@@ -16,20 +16,13 @@ from tests.bot.harness import (
     PlayedWorker,
     make_bot,
     progress_message,
+    queue_song,
     sample_message,
     sqlite_store,
     when,
 )
 
 __all__ = ["sqlite_store"]
-
-
-async def _jukebox(fake: FakeDiscord, user: str, seed: int) -> None:
-    record = await fake.invoke_command(
-        "jukebox", {"artist": "queen", "genre": "pop", "samples": 1, "seed": seed}, user=fake.user(user)
-    )
-    await fake.wait_for(lambda: record.original is not None and not record.original.loading)
-    assert record.original is not None and record.original.content.startswith("Queued as job #")
 
 
 async def test_restart_resumes_progress_posts_missed_results_and_old_buttons_work(
@@ -40,15 +33,15 @@ async def test_restart_resumes_progress_posts_missed_results_and_old_buttons_wor
     worker = PlayedWorker(store)
 
     # Job 1 finishes under the first bot: its preview (with buttons) is posted.
-    await _jukebox(fake, "alice", 1)
+    await queue_song(fake, "alice", artist="queen", genre="pop", samples=1, seed=1)
     job1 = await worker.claim()
     (sample1,) = await worker.complete(job1, n=1, full=False)
     first_bot.relay.poke()
     preview = await fake.wait_for(when(lambda: sample_message(fake, sample1)))
 
     # Jobs 2 (bob) and 3 (mod) are running when the bot goes down.
-    await _jukebox(fake, "bob", 2)
-    await _jukebox(fake, "mod", 3)
+    await queue_song(fake, "bob", artist="queen", genre="pop", samples=1, seed=2)
+    await queue_song(fake, "mod", artist="queen", genre="pop", samples=1, seed=3)
     job2, job3 = await worker.claim(), await worker.claim()
     await worker.progress(job2.id, window=1, of=4)
     first_bot.relay.poke()
@@ -120,7 +113,7 @@ async def test_an_upsample_finished_during_a_restart_replies_to_the_sample_it_up
     fake, store = fake_discord, sqlite_store
     first_bot = await bot_runner.start(make_bot(fake, store))
     worker = PlayedWorker(store)
-    await _jukebox(fake, "alice", 1)
+    await queue_song(fake, "alice", artist="queen", genre="pop", samples=1, seed=1)
     job1 = await worker.claim()
     first_id, second_id = await worker.complete(job1, n=2, full=False)
     first_bot.relay.poke()
@@ -158,7 +151,7 @@ async def _one_running_job(
     """A bot, alice's /jukebox job claimed by the test's worker, and its progress message."""
     bot = await bot_runner.start(make_bot(fake, store))
     worker = PlayedWorker(store)
-    await _jukebox(fake, "alice", 1)
+    await queue_song(fake, "alice", artist="queen", genre="pop", samples=1, seed=1)
     job = await worker.claim()
     progress = await fake.wait_for(when(lambda: progress_message(fake, job.id)))
     return bot, worker, job, progress
@@ -198,7 +191,7 @@ async def test_two_bots_at_once_post_each_result_once(
         worker = PlayedWorker(store)
         jobs = []
         for seed, user in ((1, "alice"), (2, "bob"), (3, "mod")):
-            await _jukebox(fake, user, seed)
+            await queue_song(fake, user, artist="queen", genre="pop", samples=1, seed=seed)
             job = await worker.claim()
             await fake.wait_for(when(lambda job_id=job.id: progress_message(fake, job_id)))
             jobs.append(job)
@@ -255,7 +248,7 @@ async def test_a_job_whose_progress_cannot_be_edited_does_not_hold_up_the_others
     worker = PlayedWorker(store)
     jobs = []
     for seed, user in ((1, "alice"), (2, "bob")):
-        await _jukebox(fake, user, seed)
+        await queue_song(fake, user, artist="queen", genre="pop", samples=1, seed=seed)
         jobs.append(await worker.claim())
         await fake.wait_for(when(lambda job_id=jobs[-1].id: progress_message(fake, job_id)))
     first, second = jobs

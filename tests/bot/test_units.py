@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -13,7 +14,7 @@ import pytest
 
 from bot.delivery import AudioFile, files_for_sample, group_for_messages, upload_limit
 from bot.errors import AttachmentRejected, ChannelNotAllowed, InvalidRequest, LimitReached, UnknownLabel
-from bot.progress import parse_progress_message, progress_bar, render_job, render_queue
+from bot.progress import MARK_CANCELLED, MARK_DONE, MARK_FAILED, progress_bar, render_job, render_queue
 from bot.requests import (
     GenerateOptions,
     Limits,
@@ -30,6 +31,15 @@ from tests.bot.harness import make_settings, tone
 
 LIMITS = Limits.resolve(make_settings())
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
+
+
+def parse_progress_message(content: str) -> tuple[int, bool] | None:
+    """(job id, finished) read back from a progress message: its header and its last line's mark."""
+    match = re.match(r"^\*\*Job #(?P<job_id>[0-9]+)\*\*", content)
+    if match is None:
+        return None
+    last_line = content.rstrip().rsplit("\n", 1)[-1]
+    return int(match["job_id"]), last_line.startswith((MARK_DONE, MARK_FAILED, MARK_CANCELLED))
 
 
 def make_job(**overrides: object) -> Job:

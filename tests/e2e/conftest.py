@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import shutil
-import signal
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -37,68 +34,32 @@ from storage.records import ClaimedJob, Job, NewSample
 from tests.sampler.jukebox.conftest import TINY_VQVAE_HPARAMS, redraw_parameters, tiny_audio
 from tests.sampler.jukebox.tiny_priors import TINY_PRIOR_HPARAMS
 from tests.tiny_model_dir import TINY_SONG_SECONDS, TOP_KIND, write_tiny_model_dir
-from tests.waiting import wait_until
+from tests.worker_processes import (
+    CHANNEL,
+    USER,
+    ServiceProcess,
+    job_finished,
+    pool_command,
+    repo_environment,
+)
 
-REPO = Path(__file__).resolve().parents[2]
 RUNNER = "sampler.cascade_runner:make_runner"
-USER = 333_333_333_333_333_333
-CHANNEL = 222_222_222_222_222_222
 SONG = TINY_SONG_SECONDS  # 2048 samples: 128 top tokens, two windows of the tiny top prior
 MAX_BATCH_SIZE = "4"
-# Short leases and polls so a killed worker's job comes back within seconds.
-FAST_FLAGS = [
-    "--lease-seconds", "2",
-    "--poll-seconds", "0.05",
-    "--max-poll-seconds", "0.2",
-    "--progress-seconds", "0.1",
-    "--cancel-poll-seconds", "0.1",
-    "--requeue-seconds", "0.3",
-    "--restart-backoff", "0.1",
-    "--shutdown-timeout", "30",
-]  # fmt: skip
 T = TypeVar("T")
 
 
 def worker_environment(model_dir: Path, **extra: str) -> dict[str, str]:
     """What `jukebot run|worker` hand their workers, plus one torch thread each (2 shared cores)."""
-    return (
-        dict(os.environ)
-        | {
-            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    return repo_environment(
+        {
             "JUKEBOT_MODEL_DIR": str(model_dir),
             "JUKEBOT_MAX_BATCH_SIZE": MAX_BATCH_SIZE,
             "OMP_NUM_THREADS": "1",
             "MKL_NUM_THREADS": "1",
+            **extra,
         }
-        | extra
     )
-
-
-class ServiceProcess:
-    """One pool (`python -m sampler.worker.pool`) or `jukebot worker` process and its log file."""
-
-    def __init__(self, command: list[str], env: dict[str, str], log_file: Path, cwd: Path) -> None:
-        self.log_file = log_file
-        with open(log_file, "ab") as output:
-            self.process = subprocess.Popen(
-                command, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT
-            )
-
-    def log(self) -> str:
-        return self.log_file.read_text(errors="replace")
-
-    async def ready(self, workers: int = 1, within: float = 90) -> None:
-        """Wait until its workers serve (they log it once their runner is built)."""
-
-        async def serving() -> bool:
-            assert self.process.poll() is None, f"{self.log_file.name} exited early:\n{self.log()}"
-            return self.log().count("serving models") >= workers
-
-        await wait_until(serving, within, f"the workers of {self.log_file.name} to start")
-
-    async def terminate(self, signum: int = signal.SIGTERM, within: float = 60) -> int:
-        self.process.send_signal(signum)
-        return await asyncio.to_thread(self.process.wait, within)
 
 
 class Services:
@@ -112,9 +73,8 @@ class Services:
         return self.tmp_path / f"{kind}-{len(self.started)}.log"
 
     def pool(self, db_url: str, model_dir: Path, extra: list[str] | None = None) -> ServiceProcess:
-        command = [sys.executable, "-m", "sampler.worker.pool", "--database-url", db_url, "--runner", RUNNER]
-        command += ["--devices", "cpu", *FAST_FLAGS, *(extra or [])]
-        service = ServiceProcess(command, worker_environment(model_dir), self._log_file("pool"), REPO)
+        command = pool_command(db_url, RUNNER, extra)
+        service = ServiceProcess(command, worker_environment(model_dir), self._log_file("pool"))
         self.started.append(service)
         return service
 
@@ -132,14 +92,7 @@ class Services:
 
     async def stop_all(self) -> None:
         for service in self.started:
-            if service.process.poll() is None:
-                service.process.terminate()
-                try:
-                    await asyncio.to_thread(service.process.wait, 60)
-                except subprocess.TimeoutExpired:
-                    service.process.kill()
-                    service.process.wait()
-            print(f"---- {service.log_file.name}\n{service.log()[-6000:]}")
+            await service.stop()
 
 
 @pytest.fixture
@@ -192,12 +145,7 @@ async def enqueue(
     )
 
 
-async def finished(store: JobStore, job_id: int, within: float = 60) -> Job:
-    async def check() -> Job | None:
-        job = await store.get_job(job_id)
-        return job if job.finished else None
-
-    return await wait_until(check, within, f"job #{job_id} to finish")
+finished = job_finished
 
 
 def as_claimed(job: Job, checkpoint: bytes | None = None) -> ClaimedJob:

@@ -30,8 +30,8 @@ from tests.e2e.conftest import (
     gone,
     reference_run,
     stored_codes,
-    wait_until,
 )
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 # A job long enough to be interrupted: 2 samples, all three levels, 71 windows in all.
@@ -46,6 +46,26 @@ async def first_checkpoint(store: JobStore, job_id: int) -> Job:
         return job if job.has_checkpoint and job.lease_owner else None
 
     return await wait_until(running_with_checkpoint, 90, f"the first checkpoint of job #{job_id}")
+
+
+async def windows_in_checkpoint(store: JobStore, job_id: int) -> int:
+    """How many windows the job's stored checkpoint holds (what a resumed run starts from)."""
+    resume_from = await store.get_checkpoint(job_id)
+    assert resume_from is not None
+    return sum(CascadeState.from_bytes(resume_from).windows_done.values())
+
+
+async def assert_resumed_exactly(
+    store: JobStore, model_dir: Path, job_id: int, windows_kept: int, *, attempts: int
+) -> None:
+    """The job finishes with the codes of an uninterrupted run, sampling only what came after
+    its checkpoint, with `attempts` attempts counted."""
+    done = await finished(store, job_id, within=120)
+    assert done.status is JobStatus.SUCCEEDED, done.error
+    assert done.attempts == attempts
+    reference = await reference_run(store, model_dir, job_id)
+    await assert_same_codes(store, job_id, reference)
+    assert 0 < windows_kept < reference.windows
 
 
 async def test_generate_preview_full_upsample_and_continue(
@@ -122,17 +142,9 @@ async def test_kill_9_mid_job_restarts_the_worker_and_resumes_from_its_checkpoin
 
     await wait_until(dead, 10, f"worker pid {killed} to die")
     # The dead worker writes nothing more: this checkpoint is what the restarted worker resumes from.
-    resume_from = await store.get_checkpoint(job_id)
-    assert resume_from is not None
-    windows_kept = sum(CascadeState.from_bytes(resume_from).windows_done.values())
-
-    done = await finished(store, job_id, within=120)
-    assert done.status is JobStatus.SUCCEEDED, done.error
-    assert done.attempts == 1  # the lost lease counted once
-    reference = await reference_run(store, tiny_models, job_id)
-    await assert_same_codes(store, job_id, reference)  # the same codes as an uninterrupted run
-    # Only the windows after the checkpoint were sampled again.
-    assert 0 < windows_kept < reference.windows
+    windows_kept = await windows_in_checkpoint(store, job_id)
+    # the lost lease counted once
+    await assert_resumed_exactly(store, tiny_models, job_id, windows_kept, attempts=1)
     log = pool.log()
     assert "was killed by SIGKILL" in log
     claims = [match for match in CLAIM_LINE.finditer(log) if int(match.group(1)) == job_id]
@@ -208,15 +220,9 @@ async def test_sigterm_releases_the_job_with_its_checkpoint_and_the_next_pool_fi
     assert released.status is JobStatus.QUEUED and released.attempts == 0
     assert released.has_checkpoint and released.lease_owner is None and released.error is None
     assert f"job #{job_id} released" in pool.log()
-    resume_from = await store.get_checkpoint(job_id)
-    assert resume_from is not None
-    windows_kept = sum(CascadeState.from_bytes(resume_from).windows_done.values())
+    windows_kept = await windows_in_checkpoint(store, job_id)
 
     second = services.pool(sqlite_url, tiny_models)
-    done = await finished(store, job_id, within=120)
-    assert done.status is JobStatus.SUCCEEDED and done.attempts == 0, done.error
+    await assert_resumed_exactly(store, tiny_models, job_id, windows_kept, attempts=0)
     assert "resuming from a checkpoint" in second.log()
-    reference = await reference_run(store, tiny_models, job_id)
-    await assert_same_codes(store, job_id, reference)
-    assert 0 < windows_kept < reference.windows
     assert await second.terminate() == 0

@@ -371,7 +371,8 @@ def test_without_expected_shapes_a_checkpoint_must_still_load(model_dir: Path) -
     assert CheckpointVerifier().problems("vqvae", path) == []
     torch.save({"weights": {}}, path)
     assert CheckpointVerifier().problems("vqvae", path) == [
-        "cannot be loaded as a checkpoint (ValueError: it is not a Jukebox checkpoint (no 'model' state dict inside))"
+        "cannot be loaded as a checkpoint (ValueError: it is not a Jukebox checkpoint (no 'model' state "
+        "dict inside))"
     ]
 
 

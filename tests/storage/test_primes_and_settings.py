@@ -79,7 +79,8 @@ async def test_engine_enforces_foreign_keys_and_stores_utc(engine: AsyncEngine) 
         else:
             column_type = await connection.scalar(
                 text(
-                    "SELECT data_type FROM information_schema.columns WHERE table_name = 'jobs' AND column_name = 'created_at'"
+                    "SELECT data_type FROM information_schema.columns WHERE table_name = 'jobs' AND "
+                    "column_name = 'created_at'"
                 )
             )
             assert column_type == "timestamp with time zone"

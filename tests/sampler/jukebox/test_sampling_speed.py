@@ -25,6 +25,7 @@ from sampler.jukebox.transformer import (
     Transformer,
     TransformerConfig,
 )
+from tests.sampler.jukebox.attention_oracle import step
 
 SEQ, BLOCKS = 48, 6
 CONFIG = dict(width=16, depth=1, seq_len=SEQ, attn_order=0, blocks=BLOCKS, encoder_len=5, prime_len=13)
@@ -55,7 +56,7 @@ def test_decode_gives_the_bits_of_the_step_path(attn_func: int, heads: int, dtyp
     with torch.no_grad():
         full = layer(x, enc)
         for pos in range(SEQ):
-            want = layer.step(x[:, pos : pos + 1], stepped, pos)[:, 0]
+            want = step(layer, x[:, pos : pos + 1], stepped, pos)[:, 0]
             got = layer.decode(x[:, pos], decoded, pos)
             assert torch.equal(got, want), f"position {pos}"
             if dtype == torch.float32:
@@ -80,7 +81,7 @@ def test_block_decode_gives_the_bits_of_the_module_path(dtype: torch.dtype) -> N
             decoded = attn.new_cache(2, SEQ, dtype, torch.device("cpu"))
             for pos in range(SEQ):
                 h = x[:, pos : pos + 1]
-                want = block(h, attn.step(block.ln_0(h), stepped, pos))[:, 0]
+                want = block(h, step(attn, block.ln_0(h), stepped, pos))[:, 0]
                 got = block.decode(x[:, pos].clone(), decoded, pos)
                 assert torch.equal(got, want), f"attention {attn.attn_func}, position {pos}"
 

@@ -29,58 +29,31 @@ from tests.sampler.worker.toy_runner import (
     reference_codes,
 )
 from tests.waiting import wait_until
+from tests.worker_processes import (
+    CHANNEL,
+    REPO,
+    USER,
+    ServiceProcess,
+    job_finished,
+    pool_command,
+    repo_environment,
+)
 
-REPO = Path(__file__).resolve().parents[2]
 RUNNER = "tests.sampler.worker.toy_runner:make_runner"
-USER = 333_333_333_333_333_333
-CHANNEL = 222_222_222_222_222_222
-FAST_FLAGS = [
-    "--lease-seconds", "2",
-    "--poll-seconds", "0.05",
-    "--max-poll-seconds", "0.2",
-    "--progress-seconds", "0.1",
-    "--cancel-poll-seconds", "0.1",
-    "--requeue-seconds", "0.3",
-    "--restart-backoff", "0.1",
-    "--shutdown-timeout", "30",
-]  # fmt: skip
 
 
-class PoolProcess:
-    """One `python -m sampler.worker.pool` process and its log."""
+class PoolProcess(ServiceProcess):
+    """One `python -m sampler.worker.pool` process running the toy runner."""
 
     def __init__(self, db_url: str, log_dir: Path, log_file: Path, work: int, extra: list[str]) -> None:
-        self.log_file = log_file
-        env = os.environ | {
-            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-            "JUKEBOT_TOY_LOG_DIR": str(log_dir),
-            "JUKEBOT_TOY_WORK": str(work),
-        }
-        command = [sys.executable, "-m", "sampler.worker.pool", "--database-url", db_url, "--runner", RUNNER]
-        with open(log_file, "ab") as output:
-            self.process = subprocess.Popen(
-                [*command, "--devices", "cpu", *FAST_FLAGS, *extra],
-                cwd=REPO,
-                env=env,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-            )
+        env = repo_environment({"JUKEBOT_TOY_LOG_DIR": str(log_dir), "JUKEBOT_TOY_WORK": str(work)})
+        super().__init__(pool_command(db_url, RUNNER, extra), env, log_file)
 
-    def log(self) -> str:
-        return self.log_file.read_text(errors="replace")
-
-    async def ready(self, workers: int = 1) -> None:
-        """Wait until its workers have started serving (they log it)."""
-
-        async def serving() -> bool:
-            assert self.process.poll() is None, f"the pool exited early:\n{self.log()}"
-            return self.log().count("serving models") >= workers
-
-        await wait_until(serving, 60, "the pool's workers to start")
+    async def ready(self, workers: int = 1, within: float = 60) -> None:
+        await super().ready(workers, within)
 
     async def terminate(self, signum: int = signal.SIGTERM, within: float = 40) -> int:
-        self.process.send_signal(signum)
-        return await asyncio.to_thread(self.process.wait, within)
+        return await super().terminate(signum, within)
 
 
 @pytest.fixture
@@ -101,14 +74,7 @@ async def pools(db_url: str, log_dir: Path, tmp_path: Path) -> AsyncIterator[Cal
 
     yield start
     for pool in started:
-        if pool.process.poll() is None:
-            pool.process.terminate()
-            try:
-                await asyncio.to_thread(pool.process.wait, 40)
-            except subprocess.TimeoutExpired:
-                pool.process.kill()
-                pool.process.wait()
-        print(f"---- {pool.log_file.name}\n{pool.log()[-6000:]}")
+        await pool.stop(within=40)
 
 
 @pytest.fixture
@@ -132,12 +98,7 @@ async def enqueue(store: JobStore, **fields: Any) -> int:
     return await store.enqueue(**values)
 
 
-async def finished(store: JobStore, job_id: int, within: float = 60) -> Job:
-    async def check() -> Job | None:
-        job = await store.get_job(job_id)
-        return job if job.finished else None
-
-    return await wait_until(check, within, f"job #{job_id} to finish")
+finished = job_finished
 
 
 def as_claimed(job: Job) -> ClaimedJob:

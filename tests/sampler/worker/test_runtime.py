@@ -272,7 +272,8 @@ async def test_poison_job_fails_after_max_attempts_and_the_worker_serves_the_nex
     failed = await live_store.get_job(poison)
     assert failed.status is JobStatus.FAILED and failed.attempts == 2
     assert failed.error == (
-        "The sampler crashed on all 2 attempts; the last error was: RuntimeError: toy runner crashed on purpose"
+        "The sampler crashed on all 2 attempts; the last error was: RuntimeError: toy runner crashed on "
+        "purpose"
     )
 
 
