@@ -7,6 +7,7 @@ import logging
 import click
 
 from jukebot import __version__
+from jukebot.commands.curate import curate
 from jukebot.commands.db import db
 from jukebot.commands.models import models
 from jukebot.commands.sample import sample
@@ -24,6 +25,7 @@ def main(verbose: bool) -> None:
     )
 
 
+main.add_command(curate)
 main.add_command(db)
 main.add_command(models)
 main.add_command(sample)

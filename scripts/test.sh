@@ -10,6 +10,13 @@ PYTHON=${PYTHON:-python3}
 "$PYTHON" -m pip install -q --disable-pip-version-check "torch==2.13.0" || "$PYTHON" -m pip install -q "torch>=2.4"
 "$PYTHON" -m pip install -q --disable-pip-version-check -e ".[test]"
 
+# Chromaprint (curation's fingerprints) is a system library: Debian's libchromaprint1.
+if ! ldconfig -p | grep -q libchromaprint; then
+    echo "installing Debian's libchromaprint1" >&2
+    if [ "$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libchromaprint1 >/dev/null
+    else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libchromaprint1 >/dev/null; fi
+fi
+
 source scripts/ensure-postgres.sh
 
 "$PYTHON" -m ruff check .

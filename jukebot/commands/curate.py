@@ -1,0 +1,99 @@
+"""`jukebot curate`: many clips → one cohesive piece, offline, on any audio files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".opus", ".mp3", ".m4a", ".aac", ".aiff", ".aif"})
+OUTPUT_BITRATE = 160_000
+
+
+def _inputs(paths: tuple[Path, ...]) -> list[Path]:
+    """Files as given, and the audio files inside each folder (sorted by name, not recursive)."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+            if not found:
+                raise click.UsageError(f"{path} holds no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}).")
+            files.extend(found)
+        else:
+            files.append(path)
+    return files
+
+
+@click.command()
+@click.argument(
+    "inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path, file_okay=True)
+)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="The joined piece: .ogg (Opus), .mp3 or .wav.",
+)
+@click.option(
+    "--fade", default=0.5, show_default=True, type=click.FloatRange(0, 10), help="Crossfade seconds."
+)
+def curate(inputs: tuple[Path, ...], output: Path, fade: float) -> None:
+    """Order clips so that similar ones follow each other and join them into one file.
+
+    INPUTS are audio files or folders of them. Each clip loses its leading and trailing silence,
+    gets a Chromaprint fingerprint, and every pair is scored; the order starts from the most
+    similar pair and grows by nearest neighbour. Joins are crossfaded at even loudness.
+    """
+    import numpy as np
+    from tqdm import tqdm
+
+    from sampler.audio import SAMPLE_RATE, AudioError, decode_audio, encode_audio, wav_bytes
+    from sampler.curation import Clip, CurationError
+    from sampler.curation import curate as curate_clips
+
+    suffix = output.suffix.lower()
+    if suffix not in {".ogg", ".mp3", ".wav"}:
+        raise click.UsageError(f"Write the piece as .ogg, .mp3 or .wav, not {suffix or 'no extension'!r}.")
+    files = _inputs(inputs)
+    clips = []
+    for path in tqdm(files, desc="decoding", unit="clip", leave=False):
+        try:
+            audio = decode_audio(
+                path.read_bytes(), max_seconds=None, max_bytes=None, silence_threshold_db=None
+            )
+        except AudioError as exc:
+            raise click.ClickException(f"{path}: {exc}") from None
+        clips.append(Clip(path.name, audio))
+
+    bars: dict[str, tqdm[None]] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        bar = bars.get(stage)
+        if bar is None:
+            bar = bars[stage] = tqdm(total=total, desc=stage, unit="step", leave=False)
+        bar.update(done - bar.n)
+
+    try:
+        result = curate_clips(clips, fade_s=fade, progress=progress)
+    except CurationError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        for bar in bars.values():
+            bar.close()
+
+    if suffix == ".wav":
+        data = wav_bytes(result.audio)
+    else:
+        data = encode_audio(result.audio, SAMPLE_RATE, "mp3" if suffix == ".mp3" else "ogg", OUTPUT_BITRATE)
+    output.write_bytes(data)
+
+    click.echo("Order (similarity to the clip before):")
+    for position, index in enumerate(result.order):
+        score = "" if position == 0 else f"  {result.join_scores[position - 1]:.3f}"
+        click.echo(f"{position + 1:>4}. {clips[index].name}{score}")
+    left_out = [clips[i].name for i in range(len(clips)) if i not in result.order]
+    if left_out:
+        click.echo(f"Left out (silent): {', '.join(left_out)}")
+    mean = float(np.mean(result.join_scores)) if result.join_scores else 0.0
+    click.echo(f"Wrote {output} ({result.duration_seconds:.1f} s, mean join similarity {mean:.3f}).")

@@ -1,0 +1,157 @@
+"""Curation on real audio: trimming, Chromaprint similarity, ordering, crossfades, loudness, errors."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sampler.audio import SAMPLE_RATE
+from sampler.curation import (
+    CROSSFADE_S,
+    Clip,
+    CurationError,
+    FingerprintUnavailable,
+    code_similarity,
+    crossfade_concat,
+    curate,
+    even_loudness,
+    fingerprint,
+    fingerprint_similarity,
+    order_by_similarity,
+    trim_silence,
+)
+
+MELODY_A = (440.0, 554.4, 659.3, 880.0)  # A major arpeggio
+MELODY_B = (261.6, 311.1, 370.0, 466.2)  # a diminished C, far from A major in chroma
+
+
+def melody(notes: tuple[float, ...], seconds: float = 6.0, seed: int = 0, note_s: float = 0.4) -> np.ndarray:
+    """Notes in turn, with a little noise of its own per seed (so no two clips are identical)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    freq = np.asarray(notes)[(t // note_s).astype(int) % len(notes)]
+    phase = 2 * np.pi * np.cumsum(freq) / SAMPLE_RATE
+    tone = 0.3 * np.sin(phase) + 0.1 * np.sin(2 * phase)
+    return (tone + 0.01 * rng.standard_normal(t.shape)).astype(np.float32)
+
+
+def padded(audio: np.ndarray, before_s: float, after_s: float) -> np.ndarray:
+    return np.concatenate(
+        [
+            np.zeros(int(before_s * SAMPLE_RATE), np.float32),
+            audio,
+            np.zeros(int(after_s * SAMPLE_RATE), np.float32),
+        ]
+    )
+
+
+def test_trim_silence_keeps_the_sound_and_a_margin() -> None:
+    tone = melody(MELODY_A, 1.0)
+    trimmed = trim_silence(padded(tone, 1.0, 2.0), keep_s=0.1)
+    assert trimmed.shape[0] == pytest.approx(tone.shape[0] + 0.2 * SAMPLE_RATE, abs=2)
+    assert trim_silence(np.zeros(SAMPLE_RATE, np.float32)).size == 0
+
+
+def test_fingerprint_similarity_tells_the_same_tune_from_another() -> None:
+    a1, a2, b1 = (fingerprint(melody(MELODY_A, seed=1)), fingerprint(melody(MELODY_A, seed=2)),
+                  fingerprint(melody(MELODY_B, seed=3)))  # fmt: skip
+    assert a1.dtype == np.uint32 and a1.shape[0] > 20  # ~8 items a second, less the first window
+    assert fingerprint_similarity(a1, a1) == 1.0
+    same_tune, other_tune = fingerprint_similarity(a1, a2), fingerprint_similarity(a1, b1)
+    assert same_tune > 0.9 and other_tune < 0.75 and same_tune - other_tune > 0.2
+    # the best alignment is found: the same tune started a few notes later is still the same tune
+    shifted = fingerprint(melody(MELODY_A, seed=4)[int(0.8 * SAMPLE_RATE) :])
+    assert fingerprint_similarity(a1, shifted) > 0.85
+    assert fingerprint_similarity(a1[:2], b1[:2]) == 0.5  # too short to say anything
+
+
+def test_order_follows_the_chain_of_neighbours() -> None:
+    # 0-3 form a chain 2-0-3-1 of strong links; weak links elsewhere
+    m = np.full((4, 4), 0.1)
+    np.fill_diagonal(m, 1.0)
+    for i, j, s in ((2, 0, 0.9), (0, 3, 0.8), (3, 1, 0.7)):
+        m[i, j] = m[j, i] = s
+    assert order_by_similarity(m) in ([2, 0, 3, 1], [1, 3, 0, 2])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 12), st.integers(0, 2**31 - 1), st.booleans())
+def test_order_is_a_permutation_even_when_scores_tie(n: int, seed: int, ties: bool) -> None:
+    """The published scripts key pairs by score, so equal scores overwrite each other and clips vanish."""
+    rng = np.random.default_rng(seed)
+    m = rng.integers(0, 3, (n, n)).astype(float) if ties else rng.random((n, n))
+    m = (m + m.T) / 2
+    np.fill_diagonal(m, 1.0)
+    order = order_by_similarity(m)
+    assert sorted(order) == list(range(n))
+
+
+def test_crossfade_and_loudness() -> None:
+    a, b = np.ones(SAMPLE_RATE, np.float32), np.ones(SAMPLE_RATE, np.float32)
+    joined = crossfade_concat([a, b])
+    fade = int(CROSSFADE_S * SAMPLE_RATE)
+    assert joined.shape[0] == 2 * SAMPLE_RATE - fade
+    # equal power: cos + sin of the ramp, at most sqrt(2) where both are full scale
+    assert joined.max() <= np.sqrt(2) + 1e-5 and joined[0] == 1.0 and joined[-1] == 1.0
+    short = crossfade_concat([np.ones(100, np.float32), np.ones(10, np.float32)])
+    assert short.shape[0] == 110 - 5  # never more than half of the shorter clip
+    quiet = 0.01 * melody(MELODY_A, 1.0)
+    level = even_loudness(quiet)
+    rms_db = 20 * np.log10(np.sqrt(np.mean(level.astype(np.float64) ** 2)))
+    assert rms_db == pytest.approx(-20.0, abs=0.1)
+    spiky = np.zeros(1000, np.float32)
+    spiky[10] = 1.0
+    assert np.max(np.abs(even_loudness(spiky))) <= 0.99 + 1e-6
+
+
+def test_curate_puts_similar_clips_side_by_side() -> None:
+    clips = [
+        Clip("a1", padded(melody(MELODY_A, seed=1), 1.0, 0.5)),
+        Clip("b1", melody(MELODY_B, seed=2)),
+        Clip("a2", melody(MELODY_A, seed=3)),
+        Clip("b2", padded(melody(MELODY_B, seed=4), 0.0, 1.5)),
+        Clip("quiet", np.zeros(SAMPLE_RATE, np.float32)),
+    ]
+    seen: list[tuple[str, int, int]] = []
+    result = curate(clips, progress=lambda stage, done, total: seen.append((stage, done, total)))
+    names = [clips[i].name for i in result.order]
+    assert len(names) == 4 and "quiet" not in names  # the silent clip is left out
+    assert {frozenset(names[:2]), frozenset(names[2:])} == {frozenset({"a1", "a2"}), frozenset({"b1", "b2"})}
+    assert result.join_scores[0] > 0.9 and result.join_scores[2] > 0.9 and result.join_scores[1] < 0.8
+    # silence trimmed to a 0.1 s margin where there was some (a1: both ends, b2: the end), three fades
+    expected = 4 * 6.0 + 0.2 + 0.1 - 3 * CROSSFADE_S
+    assert result.duration_seconds == pytest.approx(expected, abs=0.05)
+    assert ("fingerprinting", 4, 4) in seen and ("comparing", 6, 6) in seen
+    assert np.isnan(result.similarity[4]).all()
+
+
+def test_curate_refuses_what_it_cannot_work_on() -> None:
+    with pytest.raises(CurationError, match="at least 2 clips; got 1"):
+        curate([Clip("one", melody(MELODY_A))])
+    silence = np.zeros(SAMPLE_RATE, np.float32)
+    with pytest.raises(CurationError, match="Every clip is silent"):
+        curate([Clip("s1", silence), Clip("s2", silence)])
+    with pytest.raises(CurationError, match=r"Only one clip has sound \(a\); the others are silent: s1"):
+        curate([Clip("a", melody(MELODY_A)), Clip("s1", silence)])
+
+
+def test_without_chromaprint_fingerprints_name_the_package_and_codes_still_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "chromaprint", None)  # import fails as on a machine without it
+    clips = [Clip(f"c{i}", melody(MELODY_A if i % 2 else MELODY_B, 2.0, seed=i)) for i in range(4)]
+    with pytest.raises(FingerprintUnavailable, match=r"libchromaprint1.*pyacoustid"):
+        curate(clips)
+    rng = np.random.default_rng(0)
+    low, high = rng.integers(0, 100, 500), rng.integers(1000, 1100, 500)
+    codes = [low, high, low[::-1], high[::-1]]
+    result = curate(clips, codes=codes)
+    assert {frozenset(result.order[:2]), frozenset(result.order[2:])} == {
+        frozenset({0, 2}),
+        frozenset({1, 3}),
+    }
+    assert code_similarity(low, low[::-1]) == pytest.approx(1.0) and code_similarity(low, high) == 0.0
