@@ -22,6 +22,7 @@ from bot.requests import (
     check_channel,
 )
 from sampler.jobspec import InvalidJobParams, parse_params
+from sampler.user_text import quote_user_text
 from storage.errors import StorageError, UserJobLimitReached
 from storage.models import JobKind
 from storage.records import Job, Sample
@@ -44,9 +45,11 @@ def parse_seconds(text: str) -> float | None:
     try:
         value = float(text.replace(",", "."))
     except ValueError:
-        raise InvalidRequest(f"{text!r} is not a number of seconds; type e.g. 10 or 12.5.") from None
+        raise InvalidRequest(
+            f"{quote_user_text(text)} is not a number of seconds; type e.g. 10 or 12.5."
+        ) from None
     if not math.isfinite(value) or value <= 0:
-        raise InvalidRequest(f"The seconds to add must be a positive number, got {text!r}.")
+        raise InvalidRequest(f"The seconds to add must be a positive number, got {quote_user_text(text)}.")
     return value
 
 

@@ -20,7 +20,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.delivery import upload_limit
-from bot.errors import JukebotError
+from bot.errors import JukebotError, StorageOutage, apology, fit_message
 from bot.relay import ProgressRelay
 from bot.requests import Limits
 from bot.tasks import BackgroundTasks
@@ -54,16 +54,17 @@ async def report_error(interaction: discord.Interaction[Any], error: BaseExcepti
         job_id = interaction.extras.get("job_id")
         error_id = f"job #{job_id}" if job_id is not None else f"error {secrets.token_hex(4)}"
         original = getattr(error, "original", error)
+        outage = StorageOutage.of(original)
         log.error(
-            "unexpected error (%s) in %s by user %s",
+            "%s (%s) in %s by user %s",
+            f"storage outage: {outage.value}" if outage else "unexpected error",
             error_id,
             interaction.command.qualified_name if interaction.command else interaction.data,
             interaction.user.id,
             exc_info=original,
         )
-        message = (
-            f"Sorry, something went wrong on our side ({error_id}). It was logged; please try again later."
-        )
+        message = outage.reply(error_id) if outage else apology(error_id)
+    message = fit_message(message)
     try:
         if interaction.response.is_done():
             await interaction.followup.send(message, ephemeral=True)

@@ -2,10 +2,19 @@
 
 `str(error)` is the whole reply, a sentence or two saying what was wrong and what to do
 instead. The central app-command error handler (`bot.bot.JukeTree.on_error`) sends it
-ephemerally; anything that is not a `JukebotError` gets a short apology with an error id.
+ephemerally; a full disk or an unreachable database (`StorageOutage`) gets a reply saying so,
+anything else that is not a `JukebotError` a short apology; both with an error id in the log.
 """
 
 from __future__ import annotations
+
+import errno
+import socket
+from enum import Enum
+
+import sqlalchemy.exc
+
+MAX_MESSAGE_CHARS = 2000  # Discord refuses longer message content (error 50035) and the user hears nothing
 
 
 class JukebotError(Exception):
@@ -52,3 +61,74 @@ class NotInServer(JukebotError):
 
     def __init__(self) -> None:
         super().__init__("This command works only in a server channel, not in direct messages.")
+
+
+class StorageOutage(Enum):
+    """The store itself failed: not the user's fault, nothing saved before is lost, retrying later works."""
+
+    DISK_FULL = "the database's disk is full"
+    UNREACHABLE = "the database cannot be reached"
+
+    def reply(self, error_id: str) -> str:
+        if self is StorageOutage.DISK_FULL:
+            problem = "The bot's storage is full, so this could not be saved"
+            retry = "please try again later"
+        else:
+            problem = "The bot cannot reach its database right now, so this could not be done"
+            retry = "please try again in a few minutes"
+        return (
+            f"{problem}. Nothing you made before was lost, and the operators have been told "
+            f"({error_id}); {retry}."
+        )
+
+    @classmethod
+    def of(cls, error: BaseException) -> StorageOutage | None:
+        """The outage behind `error` (or the errors it wraps), or None for anything else."""
+        seen: set[int] = set()
+        todo: list[BaseException | None] = [error]
+        while todo:
+            current = todo.pop()
+            if current is None or id(current) in seen:
+                continue
+            seen.add(id(current))
+            found = _outage_of_one(current)
+            if found is not None:
+                return found
+            todo += [current.__cause__, current.__context__, getattr(current, "orig", None)]
+        return None
+
+
+# SQLSTATEs (Postgres): 53100 disk_full; class 08 connection exceptions; 57P01-57P03 shutting down.
+_PG_DISK_FULL = "53100"
+_PG_GONE = ("57P01", "57P02", "57P03")
+
+
+def _outage_of_one(error: BaseException) -> StorageOutage | None:
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageOutage.DISK_FULL
+    sqlite_code = getattr(error, "sqlite_errorname", None)
+    if sqlite_code == "SQLITE_FULL":
+        return StorageOutage.DISK_FULL
+    if sqlite_code in ("SQLITE_CANTOPEN", "SQLITE_IOERR"):
+        return StorageOutage.UNREACHABLE
+    sqlstate = getattr(error, "sqlstate", None)
+    if isinstance(sqlstate, str):
+        if sqlstate == _PG_DISK_FULL:
+            return StorageOutage.DISK_FULL
+        if sqlstate.startswith("08") or sqlstate in _PG_GONE:
+            return StorageOutage.UNREACHABLE
+    if isinstance(error, sqlalchemy.exc.DBAPIError) and error.connection_invalidated:
+        return StorageOutage.UNREACHABLE
+    if isinstance(error, ConnectionError | socket.gaierror):  # asyncpg raises these while connecting
+        return StorageOutage.UNREACHABLE
+    return None
+
+
+def apology(error_id: str) -> str:
+    """The reply to a bug: no details (they are in the log, under `error_id`)."""
+    return f"Sorry, something went wrong on our side ({error_id}). It was logged; please try again later."
+
+
+def fit_message(text: str) -> str:
+    """`text` cut to what Discord accepts in one message: a last guard, for text no one shortened."""
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 1] + "…"

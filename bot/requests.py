@@ -14,8 +14,15 @@ from typing import TypeVar
 from bot.errors import AttachmentRejected, ChannelNotAllowed, InvalidRequest, LimitReached
 from bot.vocab import MODELS, resolve_labels
 from jukebot.settings import Settings
-from sampler.jobspec import DEFAULT_TEMPERATURE, MAX_LYRICS_CHARS, JobParams
+from sampler.jobspec import (
+    DEFAULT_TEMPERATURE,
+    MAX_LYRICS_CHARS,
+    MAX_PRIME_SECONDS,
+    MIN_PRIME_SECONDS,
+    JobParams,
+)
 from sampler.jukebox.registry import MODELS as PUBLISHED_MODELS
+from sampler.user_text import quote_user_text, shorten_user_text
 from storage.errors import UserJobLimitReached
 from storage.models import JobStatus
 from storage.records import GuildSettings, Job
@@ -107,7 +114,7 @@ def _count(n: int, noun: str) -> str:
 
 def check_model(model: str) -> None:
     if model not in PUBLISHED_MODELS:
-        raise InvalidRequest(f"Unknown model {model!r}; choose one of {', '.join(MODELS)}.")
+        raise InvalidRequest(f"Unknown model {quote_user_text(model)}; choose one of {', '.join(MODELS)}.")
 
 
 def has_lyrics(model: str) -> bool:
@@ -127,11 +134,13 @@ def check_length(limits: Limits, seconds: float, what: str = "length") -> None:
 def check_prime_metadata(limits: Limits, filename: str, size: int) -> None:
     """Refuse a prime by its size before a single byte of it is downloaded."""
     if size <= 0:
-        raise AttachmentRejected(f"The attachment {filename!r} is empty (0 bytes). Attach an audio file.")
+        raise AttachmentRejected(
+            f"The attachment {quote_user_text(filename)} is empty (0 bytes). Attach an audio file."
+        )
     if size > limits.max_prime_bytes:
         raise AttachmentRejected(
-            f"The attachment {filename!r} is {_mib(size)}, larger than the {_mib(limits.max_prime_bytes)} "
-            "limit for a prime. Attach a shorter clip or a compressed format (OGG, MP3, M4A)."
+            f"The attachment {quote_user_text(filename)} is {_mib(size)}, larger than the "
+            f"{_mib(limits.max_prime_bytes)} limit for a prime. Attach a shorter clip or a compressed format (OGG, MP3, M4A)."
         )
 
 
@@ -207,6 +216,11 @@ def build_generate(
         raise InvalidRequest(f"The seed must be a whole number from 0 up, got {seed}.")
 
     prime_seconds = options.prime_seconds
+    if prime_seconds is not None and not MIN_PRIME_SECONDS <= prime_seconds <= MAX_PRIME_SECONDS:  # NaN too
+        raise InvalidRequest(
+            f"prime_seconds must be from {MIN_PRIME_SECONDS:g} to {MAX_PRIME_SECONDS:g} seconds, "
+            f"got {prime_seconds:g}."
+        )
     if prime_seconds is not None and options.prime_duration is None:
         raise InvalidRequest("prime_seconds needs a prime: attach the clip to continue as `prime`.")
     if options.prime_duration is not None:
@@ -250,3 +264,19 @@ def build_upsample(parent_params: JobParams) -> ValidatedJob:
     """An upsample job takes a preview to full quality with the parent's labels."""
     params = parent_params.model_copy(update={"n_samples": 1, "levels": "all", "prime_seconds": None})
     return ValidatedJob(JobParams.model_validate(params.model_dump()))
+
+
+MAX_STORED_ID = 2**63 - 1  # job and sample ids are signed 64-bit integers in both databases
+
+
+def stored_id(value: object, what: str) -> int:
+    """A job or sample id typed in a command or carried by a button, refused unless it could be stored.
+
+    Discord's client sends only whole numbers up to 2**53, but a forged payload may carry 2**63 or an
+    80-digit number (which arrives as a float); the database would fail on it with no useful answer."""
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_STORED_ID:
+        return value
+    raise InvalidRequest(
+        f"There is no {what} #{shorten_user_text(str(value), limit=30)}: {what} numbers are whole "
+        f"numbers from 1 to {MAX_STORED_ID:,}. Check the number and try again."
+    )

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, cast
 import discord
 
 from bot import actions
-from bot.requests import DEFAULT_CONTINUE_SECONDS
+from bot.requests import DEFAULT_CONTINUE_SECONDS, stored_id
 
 if TYPE_CHECKING:
     from bot.bot import JukeBot
@@ -47,6 +47,7 @@ class VoteButton(
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
         bot = _bot(interaction)
         async with bot.reporting_errors(interaction):
+            stored_id(self.sample_id, "sample")  # a forged custom_id may carry any number
             # The custom id is whatever the client sent: only samples made in this server get votes.
             await actions.check_sample_in_guild(bot, interaction, self.sample_id)
             await interaction.response.defer()  # before the write, which may wait for another writer
@@ -76,6 +77,7 @@ class UpsampleButton(
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
         bot = _bot(interaction)
         async with bot.reporting_errors(interaction):
+            stored_id(self.sample_id, "sample")  # a forged custom_id may carry any number
             await interaction.response.defer(ephemeral=True, thinking=True)
             reply_to = interaction.message.id if interaction.message else None
             job = await actions.request_upsample(bot, interaction, self.sample_id, reply_to=reply_to)
@@ -104,6 +106,7 @@ class ContinueButton(
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
         bot = _bot(interaction)
         async with bot.reporting_errors(interaction):
+            stored_id(self.sample_id, "sample")  # a forged custom_id may carry any number
             reply_to = interaction.message.id if interaction.message else None
             await interaction.response.send_modal(ContinueModal(self.sample_id, reply_to))
 

@@ -35,6 +35,10 @@ LENGTH_SLACK_SECONDS = 0.05
 # How much shorter than its header says a stream may decode before we call it truncated: two codec frames.
 TRUNCATION_SLACK_SECONDS = 0.1
 
+# Sample rates real recordings use; a header outside them is damaged or crafted (2**31 - 1 Hz made the
+# resampler try to allocate gigabytes).
+MIN_SOURCE_RATE, MAX_SOURCE_RATE = 4_000, 768_000
+
 AudioSource = bytes | bytearray | memoryview | str | os.PathLike[str]
 OutputFormat = Literal["ogg", "mp3"]
 
@@ -50,6 +54,14 @@ class AudioError(Exception):
     def user_message(self) -> str:
         return str(self)
 
+    @classmethod
+    def from_message(cls, message: str) -> AudioError:
+        """The error rebuilt from its message alone (it crossed a process boundary); the extra fields
+        some subclasses carry are not restored."""
+        error = cls.__new__(cls)
+        Exception.__init__(error, message)
+        return error
+
 
 class NotAudio(AudioError):
     """The bytes are not an audio file at all (an image, a text, a document...)."""
@@ -57,6 +69,18 @@ class NotAudio(AudioError):
 
 class CorruptAudio(AudioError):
     """The file claims to be audio but is truncated or garbled."""
+
+
+class ImpossibleSampleRate(CorruptAudio):
+    """The header states a sample rate no recording uses (crafted or damaged)."""
+
+    def __init__(self, sample_rate: int) -> None:
+        self.sample_rate = sample_rate
+        super().__init__(
+            f"The file says its sample rate is {sample_rate:,} Hz, which no audio uses "
+            f"({MIN_SOURCE_RATE:,} to {MAX_SOURCE_RATE:,} Hz are accepted): the file is damaged. "
+            "Export it again and re-attach it."
+        )
 
 
 class EmptyAudio(AudioError):
@@ -286,7 +310,19 @@ def _open(data: bytes) -> tuple[av.container.InputContainer, av.AudioStream]:
         container.close()
         detail = f"It contains only {', '.join(kinds)} data, no sound." if kinds else "It contains no sound."
         raise _not_audio(head, detail)
-    return container, container.streams.audio[0]
+    stream = container.streams.audio[0]
+    try:
+        _check_sample_rate(int(stream.codec_context.sample_rate or 0))
+    except ImpossibleSampleRate:
+        container.close()
+        raise
+    return container, stream
+
+
+def _check_sample_rate(sample_rate: int) -> None:
+    """Refuse a stated rate outside real audio's; 0 means the header does not say (decoding tells)."""
+    if sample_rate and not MIN_SOURCE_RATE <= sample_rate <= MAX_SOURCE_RATE:
+        raise ImpossibleSampleRate(sample_rate)
 
 
 def probe(
@@ -383,9 +419,10 @@ def decode_audio(
                 "This Ogg file is truncated: its last page is cut off. Export it again and re-attach it."
             )
 
-        # Planar float keeps the source layout; we average channels ourselves (a plain mean, unlike
-        # FFmpeg's centre-weighted downmix) after resampling every channel in the same pass.
-        resampler = av.AudioResampler(format="fltp", rate=sample_rate)
+        # Packed float keeps the source layout; we average channels ourselves (a plain mean, unlike
+        # FFmpeg's centre-weighted downmix) after resampling every channel in the same pass. Not planar
+        # `fltp`: PyAV (14 to 18) segfaults reading a planar frame of 8 or more channels.
+        resampler = av.AudioResampler(format="flt", rate=sample_rate)
         max_samples = None if limit is None else math.ceil(limit * sample_rate)
         chunks: list[np.ndarray] = []
         n_samples = 0
@@ -393,8 +430,8 @@ def decode_audio(
         def take(frames: list[av.AudioFrame]) -> None:
             nonlocal n_samples
             for out in frames:
-                planes = out.to_ndarray()  # (channels, samples)
-                mono = planes.mean(axis=0, dtype=np.float32) if planes.shape[0] > 1 else planes[0]
+                interleaved = out.to_ndarray().reshape(-1, len(out.layout.channels))  # (samples, channels)
+                mono = interleaved.mean(axis=1, dtype=np.float32)
                 chunks.append(np.asarray(mono, dtype=np.float32))
                 n_samples += mono.shape[0]
             if max_samples is not None and max_seconds is not None and n_samples > max_samples:
@@ -408,7 +445,8 @@ def decode_audio(
                 # serves one input shape, so flush it and start another.
                 if input_shape is not None:
                     take(resampler.resample(None))
-                    resampler = av.AudioResampler(format="fltp", rate=sample_rate)
+                    resampler = av.AudioResampler(format="flt", rate=sample_rate)
+                _check_sample_rate(frame.sample_rate)
                 input_shape = shape
             frame.pts = None  # the resampler only needs samples; broken timestamps must not stop it
             take(resampler.resample(frame))

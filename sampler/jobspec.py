@@ -19,6 +19,10 @@ Levels = Literal["top", "all"]
 DEFAULT_HOP_FRACTION = (0.5, 0.5, 0.125)
 DEFAULT_TEMPERATURE = 0.98
 MAX_LYRICS_CHARS = 6000
+# The shortest prime clip (and `prime_seconds`) the bot accepts. The sampler itself needs only one
+# top-level token (128 samples), so a clip the bot accepts never fails later in a worker.
+MIN_PRIME_SECONDS = 0.5
+MAX_PRIME_SECONDS = 600.0
 
 
 class InvalidJobParams(ValueError):
@@ -50,7 +54,7 @@ class JobParams(BaseModel):
     # "top": a lo-fi preview of the top level only; "all": straight to full quality.
     levels: Levels = "top"
     # Seconds of the prime clip (job.prime_id) to continue; None = all of it.
-    prime_seconds: float | None = Field(default=None, gt=0, le=600)
+    prime_seconds: float | None = Field(default=None, gt=0, le=MAX_PRIME_SECONDS)
     hop_fraction: tuple[float, float, float] = DEFAULT_HOP_FRACTION
 
     @field_validator("genres")

@@ -9,6 +9,7 @@ from discord.ext import commands
 from bot import actions
 from bot.bot import JukeBot
 from bot.errors import JobNotInServer
+from bot.options import JobId
 from bot.progress import render_queue
 from storage.models import JobStatus, utcnow
 
@@ -22,9 +23,7 @@ class Jobs(commands.Cog):
     @app_commands.command(name="cancel", description="Stop one of your jobs")
     @app_commands.guild_only()
     @app_commands.describe(job="The job's number (see /queue)")
-    async def cancel(
-        self, interaction: discord.Interaction[JukeBot], job: app_commands.Range[int, 1]
-    ) -> None:
+    async def cancel(self, interaction: discord.Interaction[JukeBot], job: JobId) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)  # the cancel may wait for a writer
         found = await self.bot.store.get_job(job)
         if found.guild_id != actions.guild_id_of(interaction):

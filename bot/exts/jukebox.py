@@ -19,7 +19,7 @@ from bot.attachments import fetch_prime
 from bot.bot import JukeBot
 from bot.errors import JukebotError
 from bot.requests import MAX_SEED, GenerateOptions, build_generate, has_lyrics
-from sampler.jobspec import MAX_LYRICS_CHARS
+from sampler.jobspec import MAX_LYRICS_CHARS, MAX_PRIME_SECONDS, MIN_PRIME_SECONDS
 from storage.errors import StorageError
 from storage.models import JobKind
 
@@ -89,7 +89,7 @@ class Jukebox(commands.Cog):
         lyrics: app_commands.Range[str, 1, MAX_LYRICS_CHARS] | None = None,
         lyrics_modal: bool = False,
         prime: discord.Attachment | None = None,
-        prime_seconds: app_commands.Range[float, 0.5, 600.0] | None = None,
+        prime_seconds: app_commands.Range[float, MIN_PRIME_SECONDS, MAX_PRIME_SECONDS] | None = None,
         length: app_commands.Range[float, 1.0, 600.0] | None = None,
         samples: app_commands.Range[int, 1, 16] | None = None,
         model: str = vocab.DEFAULT_MODEL,

@@ -12,6 +12,7 @@ from discord.ext import commands
 
 from bot import actions, delivery
 from bot.bot import JukeBot
+from bot.options import SampleId
 from bot.views import sample_view
 from storage.models import utcnow
 
@@ -26,9 +27,7 @@ class Samples(commands.Cog):
     @app_commands.command(name="upsample", description="Take a preview sample to full quality")
     @app_commands.guild_only()
     @app_commands.describe(sample="The sample's number (shown above its audio)")
-    async def upsample(
-        self, interaction: discord.Interaction[JukeBot], sample: app_commands.Range[int, 1]
-    ) -> None:
+    async def upsample(self, interaction: discord.Interaction[JukeBot], sample: SampleId) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         job = await actions.request_upsample(self.bot, interaction, sample)
         await interaction.followup.send(actions.queued_reply(job), ephemeral=True)
@@ -39,7 +38,7 @@ class Samples(commands.Cog):
     async def continue_(
         self,
         interaction: discord.Interaction[JukeBot],
-        sample: app_commands.Range[int, 1],
+        sample: SampleId,
         seconds: app_commands.Range[float, 1.0, 600.0] | None = None,
     ) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
@@ -49,7 +48,7 @@ class Samples(commands.Cog):
     @app_commands.command(name="sample", description="Post a stored sample again")
     @app_commands.guild_only()
     @app_commands.describe(id="The sample's number")
-    async def sample(self, interaction: discord.Interaction[JukeBot], id: app_commands.Range[int, 1]) -> None:
+    async def sample(self, interaction: discord.Interaction[JukeBot], id: SampleId) -> None:
         guild_id = actions.guild_id_of(interaction)
         stored, job = await actions.sample_in_guild(self.bot, id, guild_id)  # refusals stay private
         await interaction.response.defer(thinking=True)

@@ -33,6 +33,7 @@ import numpy as np
 from unidecode import unidecode
 
 from sampler.jukebox.registry import MODELS, PRIOR_HPARAMS, VQVAE_HPARAMS
+from sampler.user_text import quote_user_text
 
 
 class LabelVersion(StrEnum):
@@ -64,7 +65,7 @@ class IdTableError(LabelError):
 class UnknownModel(LabelError):
     def __init__(self, name: str) -> None:
         self.name = name
-        super().__init__(f"Unknown model {name!r}: choose one of {', '.join(sorted(MODELS))}.")
+        super().__init__(f"Unknown model {quote_user_text(name)}: choose one of {', '.join(sorted(MODELS))}.")
 
 
 class UnknownArtist(LabelError):
@@ -72,7 +73,7 @@ class UnknownArtist(LabelError):
         self, name: str, version: LabelVersion, suggestions: Sequence[str], reason: str = ""
     ) -> None:
         self.name, self.version, self.suggestions = name, version, list(suggestions)
-        what = reason or f"Jukebox does not know the artist {name!r} ({version} labels)."
+        what = reason or f"Jukebox does not know the artist {quote_user_text(name)} ({version} labels)."
         if self.suggestions:
             hint = "Closest matches: " + ", ".join(repr(s) for s in self.suggestions) + "."
         else:
@@ -87,11 +88,14 @@ class UnknownGenre(LabelError):
         self.name, self.version, self.suggestions = name, version, list(suggestions)
         self.unknown_word = unknown_word
         if unknown_word is not None and unknown_word != name:
-            what = f"Jukebox does not know the genre word {unknown_word!r} in {name!r} ({version} labels)."
+            what = (
+                f"Jukebox does not know the genre word {quote_user_text(unknown_word)} in "
+                f"{quote_user_text(name)} ({version} labels)."
+            )
         elif not name.strip():
             what = "The genre is empty."
         else:
-            what = f"Jukebox does not know the genre {name!r} ({version} labels)."
+            what = f"Jukebox does not know the genre {quote_user_text(name)} ({version} labels)."
         if self.suggestions:
             hint = "Closest matches: " + ", ".join(repr(s) for s in self.suggestions) + "."
         else:
@@ -669,7 +673,7 @@ class Vocabulary:
             ((found_id, entry),) = matches.items()
             return ResolvedArtist(entry.display, found_id)
         if len(matches) > 1:
-            reason = f"{name!r} matches several artists ({self.version} labels)."
+            reason = f"{quote_user_text(name)} matches several artists ({self.version} labels)."
             raise UnknownArtist(name, self.version, [e.display for e in matches.values()][:5], reason=reason)
         raise UnknownArtist(name, self.version, self.suggest_artists(name, 5))
 
@@ -683,7 +687,7 @@ class Vocabulary:
             raise UnknownGenre("", self.version, [])
         given = [name for name in given if name.strip()]
         if self.version is LabelVersion.V3 and len(given) > limit:
-            raise TooManyGenres(len(given), limit, self.version, ", ".join(repr(g) for g in given))
+            raise TooManyGenres(len(given), limit, self.version, quote_user_text(", ".join(given)))
         texts: list[str] = []
         ids: list[int] = []
         for name in given:
@@ -691,7 +695,7 @@ class Vocabulary:
             texts.append(text)
             ids.extend(found)
         if len(ids) > limit:
-            raise TooManyGenres(len(ids), limit, self.version, repr(" ".join(texts)))
+            raise TooManyGenres(len(ids), limit, self.version, quote_user_text(" ".join(texts)))
         return ResolvedGenres(" ".join(texts), tuple(ids))
 
     def _resolve_genre(self, name: str) -> tuple[str, list[int]]:

@@ -82,6 +82,9 @@ MAX_CONTENT, MAX_EMBEDS, MAX_FILES, MAX_ROWS, MAX_ROW_WIDTH, MAX_CUSTOM_ID, MAX_
 # A message nonce is at most 25 characters. With enforce_nonce, Discord answers the author's message
 # with the same nonce from "the past few minutes" instead of creating another (the fake keeps 5).
 MAX_NONCE, NONCE_WINDOW_S = 25, 300.0
+# Embed limits: per field of one embed, and all the text of a message's embeds together.
+EMBED_TEXT_LIMITS = {"title": 256, "description": 4096, "footer.text": 2048, "author.name": 256}
+MAX_EMBED_FIELDS, MAX_FIELD_NAME, MAX_FIELD_VALUE, MAX_EMBEDS_TOTAL = 25, 256, 1024, 6000
 
 # Discord sniffs the type from the name (discord.py uploads everything as octet-stream).
 _CONTENT_TYPE_OVERRIDES = {
@@ -151,10 +154,12 @@ class DiscordAPIError(Exception):
         return body
 
 
-def _form_error(field_name: str, error_code: str, message: str) -> DiscordAPIError:
-    return DiscordAPIError(
-        400, 50035, "Invalid Form Body", {field_name: {"_errors": [{"code": error_code, "message": message}]}}
-    )
+def _form_error(field_path: str, error_code: str, message: str) -> DiscordAPIError:
+    """Discord's 50035 shape: errors nested by the field's path ("data.choices" -> data -> choices)."""
+    errors: JSON = {"_errors": [{"code": error_code, "message": message}]}
+    for part in reversed(field_path.split(".")):
+        errors = {part: errors}
+    return DiscordAPIError(400, 50035, "Invalid Form Body", errors)
 
 
 # --------------------------------------------------------------------------- world model
@@ -1020,6 +1025,7 @@ class FakeDiscord:
         channel: FakeChannel,
         *,
         focused: str | None = None,
+        forged: bool = False,
     ) -> JSON:
         command = self._find_command(name, guild)
         data: JSON = {"id": str(command.id), "name": command.name, "type": command.payload.get("type", 1)}
@@ -1058,7 +1064,11 @@ class FakeDiscord:
                 {
                     "name": option_name,
                     "type": schema["type"],
-                    "value": self._option_value(name, schema, value, guild, channel, resolved),
+                    "value": (
+                        value
+                        if forged and schema["type"] in (OPT_STRING, OPT_INTEGER, OPT_NUMBER)
+                        else self._option_value(name, schema, value, guild, channel, resolved)
+                    ),
                 }
             )
         if resolved:
@@ -1149,14 +1159,16 @@ class FakeDiscord:
         locale: str = "en-US",
         wait: bool = True,
         timeout_s: float = 10.0,
+        forged: bool = False,
     ) -> InteractionRecord:
         """A user runs a slash command ("name" or "group sub"); options are checked against the synced
         schema; attachments (or Upload values in options) become resolved attachments served by the fake.
-        Returns once the bot acknowledged (wait=True)."""
+        `forged=True` sends string and number values unchecked (any JSON value, bounds and choices
+        ignored), as a tampered client could. Returns once the bot acknowledged (wait=True)."""
         user, guild, channel = self._resolve_target(user, guild, channel)
         self._check_default_permissions(name, guild, user)
         all_options = dict(options or {}) | dict(attachments or {})
-        data = self._build_command_data(name, all_options, guild, channel)
+        data = self._build_command_data(name, all_options, guild, channel, forged=forged)
         record = self._interaction_base(INTERACTION_COMMAND, data, user, guild, channel, locale)
         return await self._deliver(record, wait=wait, timeout_s=timeout_s)
 
@@ -1193,12 +1205,15 @@ class FakeDiscord:
         values: Sequence[str] | None = None,
         wait: bool = True,
         timeout_s: float = 10.0,
+        forged: bool = False,
     ) -> InteractionRecord:
-        """A user clicks a button (or picks `values` in a select) on a stored message."""
+        """A user clicks a button (or picks `values` in a select) on a stored message. `forged=True`:
+        a tampered client sends a click on a button with a `custom_id` the message does not have (the
+        interaction's copy of the message shows it, so discord.py routes it like a real one)."""
         message = message if isinstance(message, FakeMessage) else self.message(message)
         if message.deleted:
             raise ComponentNotFoundError(f"message {message.id} was deleted; nobody can click on it")
-        component = message.find_component(custom_id)
+        component = {"type": 2, "custom_id": custom_id} if forged else message.find_component(custom_id)
         if component is None:
             raise ComponentNotFoundError(
                 f"message {message.id} has no component {custom_id!r}; it has {message.custom_ids}"
@@ -1212,6 +1227,11 @@ class FakeDiscord:
         user, guild, channel = self._resolve_target(user, None, channel)
         record = self._interaction_base(INTERACTION_COMPONENT, data, user, guild, channel, "en-US")
         record.payload["message"] = self.message_payload(message)
+        if forged:  # the message as the tampered client claims it, with the forged button in a new row
+            record.payload["message"]["components"] = [
+                *message.components,
+                {"type": 1, "components": [component | {"style": 2, "label": "forged"}]},
+            ]
         record.source_message = message
         return await self._deliver(record, wait=wait, timeout_s=timeout_s)
 
@@ -1359,8 +1379,10 @@ class FakeDiscord:
         content = body.get("content")
         if content is not None and len(content) > MAX_CONTENT:
             raise _form_error("content", "BASE_TYPE_MAX_LENGTH", f"Must be {MAX_CONTENT} or fewer in length.")
-        if len(body.get("embeds") or []) > MAX_EMBEDS:
+        embeds = body.get("embeds") or []
+        if len(embeds) > MAX_EMBEDS:
             raise _form_error("embeds", "BASE_TYPE_MAX_LENGTH", f"Must be {MAX_EMBEDS} or fewer in length.")
+        FakeDiscord._validate_embeds(embeds)
         components = body.get("components") or []
         flags = int(body.get("flags") or 0)
         if not flags & (1 << 15):  # classic components: at most 5 rows of 5
@@ -1380,10 +1402,49 @@ class FakeDiscord:
                     "custom_id", "BASE_TYPE_BAD_LENGTH", f"Must be between 1 and {MAX_CUSTOM_ID} in length."
                 )
 
-    def _apply_body(
+    @staticmethod
+    def _validate_embeds(embeds: list[JSON]) -> None:
+        total = 0
+        for index, embed in enumerate(embeds):
+            for path, limit in EMBED_TEXT_LIMITS.items():
+                value: Any = embed
+                for key in path.split("."):
+                    value = value.get(key) if isinstance(value, dict) else None
+                text = str(value or "")
+                total += len(text)
+                if len(text) > limit:
+                    raise _form_error(
+                        f"embeds.{index}.{path}",
+                        "BASE_TYPE_MAX_LENGTH",
+                        f"Must be {limit} or fewer in length.",
+                    )
+            fields = embed.get("fields") or []
+            if len(fields) > MAX_EMBED_FIELDS:
+                raise _form_error(
+                    f"embeds.{index}.fields",
+                    "BASE_TYPE_MAX_LENGTH",
+                    f"Must be {MAX_EMBED_FIELDS} or fewer in length.",
+                )
+            for number, item in enumerate(fields):
+                for key, limit in (("name", MAX_FIELD_NAME), ("value", MAX_FIELD_VALUE)):
+                    text = str(item.get(key) or "")
+                    total += len(text)
+                    if len(text) > limit:
+                        raise _form_error(
+                            f"embeds.{index}.fields.{number}.{key}",
+                            "BASE_TYPE_MAX_LENGTH",
+                            f"Must be {limit} or fewer in length.",
+                        )
+        if total > MAX_EMBEDS_TOTAL:
+            raise _form_error(
+                "embeds", "MAX_EMBED_SIZE_EXCEEDED", f"Embed size exceeds maximum size of {MAX_EMBEDS_TOTAL}"
+            )
+
+    def _check_body(
         self, message: FakeMessage, body: JSON, uploads: list[tuple[int, Upload]], *, creating: bool
-    ) -> None:
-        """Sets content/embeds/components/attachments from a create or edit body (Discord's semantics)."""
+    ) -> list[FakeAttachment]:
+        """Every refusal Discord gives a create or edit body, before anything changes (a refused edit
+        of a deferred response leaves it "thinking"); returns the existing attachments kept."""
         self._validate_content(body)
         limit = self._size_limit(message.channel_id)
         for _, upload in uploads:
@@ -1394,6 +1455,37 @@ class FakeDiscord:
                     f"Request entity too large: {upload.filename!r} is {len(upload.data)} bytes, limit "
                     f"{limit}",
                 )
+        kept = list(message.attachments)
+        if "attachments" in body:
+            current = {a.id: a for a in message.attachments}
+            by_index = dict(uploads)
+            kept = []
+            for item in body["attachments"] or []:
+                item_id = int(item["id"])
+                if item_id in current:
+                    kept.append(current[item_id])
+                elif item_id not in by_index:
+                    raise _form_error(
+                        "attachments", "ATTACHMENT_NOT_FOUND", f"Unknown attachment id {item_id}."
+                    )
+        if len(kept) + len(uploads) > MAX_FILES:
+            raise _form_error("files", "BASE_TYPE_MAX_LENGTH", f"Must be {MAX_FILES} or fewer in length.")
+        content = body["content"] if "content" in body else message.content
+        embeds = body["embeds"] if "embeds" in body else message.embeds
+        components = body["components"] if "components" in body else message.components
+        if creating and not (content or embeds or kept or uploads or components):
+            raise DiscordAPIError(400, 50006, "Cannot send an empty message")
+        reference = body.get("message_reference")
+        if reference and self.messages.get(int(reference.get("message_id", 0))) is None:
+            if reference.get("fail_if_not_exists", True):
+                raise _form_error("message_reference", "MESSAGE_REFERENCE_UNKNOWN_MESSAGE", "Unknown message")
+        return kept
+
+    def _apply_body(
+        self, message: FakeMessage, body: JSON, uploads: list[tuple[int, Upload]], *, creating: bool
+    ) -> None:
+        """Sets content/embeds/components/attachments from a create or edit body (Discord's semantics)."""
+        kept = self._check_body(message, body, uploads, creating=creating)
         if "content" in body:
             message.content = body["content"] or ""
         if "embeds" in body:
@@ -1403,33 +1495,11 @@ class FakeDiscord:
         if "flags" in body and body["flags"] is not None:
             keep = message.flags & (FLAG_EPHEMERAL | FLAG_LOADING)
             message.flags = keep | (int(body["flags"]) & ~(FLAG_EPHEMERAL | FLAG_LOADING))
-        descriptions: dict[int, str | None] = {}
-        by_index = dict(uploads)
-        if "attachments" in body:
-            kept: list[FakeAttachment] = []
-            current = {a.id: a for a in message.attachments}
-            for item in body["attachments"] or []:
-                item_id = int(item["id"])
-                if item_id in current:
-                    kept.append(current[item_id])
-                elif item_id in by_index:
-                    descriptions[item_id] = item.get("description")
-                else:
-                    raise _form_error(
-                        "attachments", "ATTACHMENT_NOT_FOUND", f"Unknown attachment id {item_id}."
-                    )
-            message.attachments = kept
+        descriptions = {int(item["id"]): item.get("description") for item in body.get("attachments") or []}
         new = [self._store_upload(message.channel_id, up, descriptions.get(i)) for i, up in uploads]
-        message.attachments = [*message.attachments, *new]
-        if len(message.attachments) > MAX_FILES:
-            raise _form_error("files", "BASE_TYPE_MAX_LENGTH", f"Must be {MAX_FILES} or fewer in length.")
-        if creating and not (message.content or message.embeds or message.attachments or message.components):
-            raise DiscordAPIError(400, 50006, "Cannot send an empty message")
+        message.attachments = [*kept, *new]
         if body.get("message_reference"):
             reference = dict(body["message_reference"])
-            target = self.messages.get(int(reference.get("message_id", 0)))
-            if target is None and reference.get("fail_if_not_exists", True):
-                raise _form_error("message_reference", "MESSAGE_REFERENCE_UNKNOWN_MESSAGE", "Unknown message")
             message.reference = {k: str(v) if k.endswith("_id") else v for k, v in reference.items()}
             message.type = 19
 
@@ -1469,6 +1539,7 @@ class FakeDiscord:
         if message.deleted:
             raise DiscordAPIError(404, 10008, "Unknown Message")
         was_loading = message.loading
+        self._check_body(message, body, uploads, creating=was_loading)  # refused: still "thinking"
         message.flags &= ~FLAG_LOADING  # an edit of a deferred response ends "thinking"
         self._apply_body(message, body, uploads, creating=was_loading)
         message.snapshot()

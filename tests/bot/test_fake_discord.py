@@ -137,6 +137,19 @@ class ThrowawayBot(commands.Bot):
             await interaction.channel.typing()
             await extra.delete()
 
+        @self.tree.command(description="Say something after thinking")
+        async def say(
+            interaction: discord.Interaction[ThrowawayBot], text: str, as_embed: bool = False
+        ) -> None:
+            await interaction.response.defer(ephemeral=True, thinking=True)
+            try:
+                if as_embed:
+                    await interaction.followup.send(embed=discord.Embed(description=text), ephemeral=True)
+                else:
+                    await interaction.followup.send(text, ephemeral=True)
+            except discord.HTTPException:
+                pass  # the test reads Discord's answer from the fake
+
         @self.tree.command(description="Answers twice")
         async def twice(interaction: discord.Interaction[ThrowawayBot]) -> None:
             await interaction.response.defer()
@@ -174,7 +187,7 @@ async def test_bot_connects_becomes_ready_and_syncs_commands(
     assert guild is not None and {c.name for c in guild.text_channels} == {"general", "music"}
     assert guild.me is not None and guild.me.guild_permissions.attach_files
     synced = fake_discord.synced_commands()
-    assert set(synced) == {"upload", "pick", "lyrics", "count", "admin", "misc", "twice"}
+    assert set(synced) == {"upload", "pick", "lyrics", "count", "admin", "misc", "say", "twice"}
     assert [o["name"] for o in synced["upload"]["options"]] == ["clip", "note"]
     assert synced["upload"]["options"][0]["type"] == 11  # attachment
     assert synced["pick"]["options"][0]["autocomplete"] is True
@@ -442,3 +455,53 @@ async def test_unanswered_and_double_answered_interactions_are_reported(
     await bot_runner.stop(bot)
     with pytest.raises(BotNotConnectedError):
         await fake_discord.invoke_command("pick", {"genre": "rock"})
+
+
+@pytest.mark.parametrize(
+    ("options", "errors"),
+    [
+        (
+            {"text": "x" * 2001},
+            {
+                "content": {
+                    "_errors": [
+                        {"code": "BASE_TYPE_MAX_LENGTH", "message": "Must be 2000 or fewer in length."}
+                    ]
+                }
+            },
+        ),
+        (
+            {"text": "x" * 4097, "as_embed": True},
+            {
+                "embeds": {
+                    "0": {
+                        "description": {
+                            "_errors": [
+                                {
+                                    "code": "BASE_TYPE_MAX_LENGTH",
+                                    "message": "Must be 4096 or fewer in length.",
+                                }
+                            ]
+                        }
+                    }
+                }
+            },
+        ),
+    ],
+    ids=["content", "embed"],
+)
+async def test_a_reply_over_discords_limits_is_refused_and_leaves_the_user_waiting(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, options: dict[str, Any], errors: dict[str, Any]
+) -> None:
+    """Discord refuses the followup with 50035 and the deferred response keeps "thinking": the user never
+    hears back. (The fake used to end "thinking" first, which hid replies that were too long.)"""
+    await bot_runner.start(ThrowawayBot({}))
+    record = await fake_discord.invoke_command("say", options)
+    await fake_discord.wait_for(lambda: fake_discord.rejections)
+    (rejected,) = fake_discord.rejections
+    assert rejected.status == 400
+    assert rejected.error == {"message": "Invalid Form Body", "code": 50035, "errors": errors}
+    assert record.original is not None and record.original.loading and record.original.content == ""
+    fitting = await fake_discord.invoke_command("say", {"text": "x" * 2000})
+    await fake_discord.wait_for(lambda: fitting.original is not None and not fitting.original.loading)
+    assert fitting.original is not None and fitting.original.content == "x" * 2000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import random
 import re
 import subprocess
@@ -13,7 +14,15 @@ from pathlib import Path
 import pytest
 
 from bot.delivery import AudioFile, files_for_sample, group_for_messages, upload_limit
-from bot.errors import AttachmentRejected, ChannelNotAllowed, InvalidRequest, LimitReached, UnknownLabel
+from bot.errors import (
+    AttachmentRejected,
+    ChannelNotAllowed,
+    InvalidRequest,
+    LimitReached,
+    StorageOutage,
+    UnknownLabel,
+    fit_message,
+)
 from bot.progress import MARK_CANCELLED, MARK_DONE, MARK_FAILED, progress_bar, render_job, render_queue
 from bot.requests import (
     GenerateOptions,
@@ -23,8 +32,10 @@ from bot.requests import (
     build_upsample,
     check_channel,
     check_prime_metadata,
+    stored_id,
 )
 from sampler.audio import SAMPLE_RATE, decode_audio, encode_audio
+from sampler.user_text import quote_user_text, shorten_user_text
 from storage.models import JobKind, JobStatus
 from storage.records import GuildSettings, Job
 from tests.bot.harness import make_settings, tone
@@ -91,6 +102,14 @@ def test_build_generate_defaults_and_canonical_labels() -> None:
         (GenerateOptions(model="5b", temperature=3.0), InvalidRequest, "temperature"),
         (GenerateOptions(model="5b", prime_seconds=1.0), InvalidRequest, "needs a prime"),
         (GenerateOptions(model="5b_lyrics", lyrics="x" * 7000), InvalidRequest, "7,000 characters"),
+        # Values a tampered client can send (NaN only where orjson is not installed).
+        (
+            GenerateOptions(model="5b", prime_seconds=float("nan"), prime_duration=3.0),
+            InvalidRequest,
+            "got nan",
+        ),
+        (GenerateOptions(model="5b", prime_seconds=-1.0, prime_duration=3.0), InvalidRequest, "got -1"),
+        (GenerateOptions(model="x" * 6000), InvalidRequest, r"Unknown model 'x{60}…' \(6,000 characters\)"),
     ],
 )
 def test_build_generate_refusals(options: GenerateOptions, error: type[Exception], message: str) -> None:
@@ -205,3 +224,39 @@ def test_bot_never_imports_torch() -> None:
     )
     assert result.stdout.strip() == "False", modules
     assert "bot.exts.jukebox" in modules and "bot.relay" in modules
+
+
+def test_user_text_is_quoted_whole_when_short_and_shortened_with_its_length_when_long() -> None:
+    assert quote_user_text("queen") == "'queen'"
+    assert quote_user_text("a\nb") == "'a\\nb'"  # control characters show
+    assert quote_user_text("ab" * 3000, limit=4) == "'abab…' (6,000 characters)"
+    assert shorten_user_text("9" * 80, limit=3) == "999… (80 characters)"
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [(0, "0"), (2**63, "9223372036854775808"), (1.5, "1.5"), (True, "True"), ("12", "12")],
+)
+def test_stored_ids_are_whole_numbers_a_database_can_hold(value: object, shown: str) -> None:
+    assert stored_id(2**63 - 1, "job") == 2**63 - 1
+    with pytest.raises(InvalidRequest, match=rf"^There is no job #{shown}: job numbers are whole numbers"):
+        stored_id(value, "job")
+
+
+def test_storage_outages_are_recognised_through_the_errors_that_wrap_them() -> None:
+    full = OSError(errno.ENOSPC, "No space left on device")
+    assert StorageOutage.of(full) is StorageOutage.DISK_FULL
+    try:
+        try:
+            raise ConnectionRefusedError(111, "Connect call failed")
+        except ConnectionRefusedError as refused:
+            raise RuntimeError("while loading the guild settings") from refused
+    except RuntimeError as wrapped:
+        assert StorageOutage.of(wrapped) is StorageOutage.UNREACHABLE
+    assert StorageOutage.of(RuntimeError("a bug")) is None
+    assert StorageOutage.of(OSError(errno.EACCES, "Permission denied")) is None
+
+
+def test_a_reply_is_cut_to_discords_limit() -> None:
+    assert fit_message("x" * 2000) == "x" * 2000
+    assert fit_message("x" * 6000) == "x" * 1999 + "…"

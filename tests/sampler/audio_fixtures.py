@@ -203,3 +203,23 @@ def detect_onsets(
             onsets.append(index / sample_rate)
         last = index
     return onsets
+
+
+def multichannel(fmt: str, channels: int, seconds: float = 1.0) -> tuple[bytes, np.ndarray]:
+    """A `channels`-channel WAV or FLAC (channel k carries the tone at (k + 1) / channels of full
+    level) and the mono average a decoder must give. PyAV crashed reading planar frames of >= 8."""
+    tone = sine(seconds)
+    planar = np.stack([tone * (k + 1) / channels for k in range(channels)])
+    container = {"wav": "WAV", "flac": "FLAC"}[fmt]
+    return _soundfile_bytes(planar, SAMPLE_RATE, container, "PCM_16"), planar.mean(axis=0)
+
+
+def wav_with_header(sample_rate: int, pcm: bytes, *, claimed_bytes: int | None = None) -> bytes:
+    """A 16-bit mono PCM WAV written by hand, so the header can lie: any sample rate, and a data
+    chunk claiming `claimed_bytes` (e.g. hours) while holding only `pcm`."""
+    size = len(pcm) if claimed_bytes is None else claimed_bytes
+    fmt = struct.pack("<HHIIHH", 1, 1, sample_rate, (sample_rate * 2) & 0xFFFFFFFF, 2, 16)
+    riff = struct.pack("<I", (36 + size) & 0xFFFFFFFF)
+    return (
+        b"RIFF" + riff + b"WAVEfmt " + struct.pack("<I", 16) + fmt + b"data" + struct.pack("<I", size) + pcm
+    )

@@ -1,0 +1,112 @@
+"""Decoding in a child process (sampler/audio_process.py): same results as in-process, errors that
+cross the boundary intact, and a decoder that crashes, hangs or dies costs one answer, not the caller."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sampler.audio import (
+    SAMPLE_RATE,
+    AudioTooLong,
+    CorruptAudio,
+    ImpossibleSampleRate,
+    NotAudio,
+    decode_audio,
+    probe,
+)
+from sampler.audio_process import DecoderFailed, decode_in_child, probe_in_child
+from tests.sampler.audio_fixtures import fixture_bytes, multichannel, png_bytes, sine, wav_with_header
+
+
+@pytest.mark.parametrize(("fmt", "channels"), [("flac", 8), ("wav", 8), ("wav", 12)])
+async def test_eight_or_more_channels_decode_to_the_channel_mean(fmt: str, channels: int) -> None:
+    data, expected = multichannel(fmt, channels)
+    decoded = await decode_in_child(data)  # planar resampling segfaulted here (PyAV 14-18)
+    assert decoded.shape == expected.shape
+    np.testing.assert_allclose(decoded, expected, atol=2e-4)  # 16-bit PCM, then the average
+    assert (await probe_in_child(data)).channels == channels
+
+
+def test_eight_channels_decode_in_process_too() -> None:
+    """The fix is in `decode_audio` itself (the CLI decodes in-process): run it in a fresh interpreter,
+    so a crash fails this test rather than ending the test run."""
+    data, expected = multichannel("flac", 8)
+    script = textwrap.dedent(
+        """
+        import sys
+        from sampler.audio import decode_audio
+        sys.stdout.buffer.write(decode_audio(sys.stdin.buffer.read()).astype("<f4").tobytes())
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], input=data, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    np.testing.assert_allclose(np.frombuffer(done.stdout, "<f4"), expected, atol=2e-4)
+
+
+async def test_child_decodes_exactly_like_the_parent() -> None:
+    data = fixture_bytes("noise", "ogg_vorbis", channels=2)
+    np.testing.assert_array_equal(await decode_in_child(data), decode_audio(data))
+    assert await probe_in_child(data) == probe(data)
+
+
+async def test_refusals_cross_the_process_boundary_with_their_class_and_message() -> None:
+    with pytest.raises(NotAudio) as in_child:
+        await decode_in_child(png_bytes())
+    with pytest.raises(NotAudio) as in_process:
+        decode_audio(png_bytes())
+    assert str(in_child.value) == str(in_process.value)
+    long_clip = wav_with_header(SAMPLE_RATE, (sine(3.0) * 32767).astype("<i2").tobytes())
+    with pytest.raises(AudioTooLong, match="limit is 2 s"):
+        await decode_in_child(long_clip, max_seconds=2.0)
+
+
+@pytest.mark.parametrize("rate", [2**31 - 1, 1])
+async def test_impossible_sample_rates_are_refused_by_header_and_decode(rate: int) -> None:
+    data = wav_with_header(rate, (sine(0.1) * 32767).astype("<i2").tobytes())
+    expected = f"The file says its sample rate is {rate:,} Hz, which no audio uses"
+    with pytest.raises(ImpossibleSampleRate, match=expected):
+        probe(data)
+    with pytest.raises(ImpossibleSampleRate, match=expected):  # 2**31 - 1 was a MemoryError here
+        await decode_in_child(data)
+    assert issubclass(ImpossibleSampleRate, CorruptAudio)  # the bot calls the file damaged
+
+
+def _dying_interpreter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: str) -> None:
+    """Make every child interpreter run `code` at startup (a sitecustomize on its PYTHONPATH): a real
+    process that dies or hangs, without a test hook in the decoder."""
+    (tmp_path / "sitecustomize.py").write_text(code)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGSEGV, signal.SIGKILL])
+async def test_a_decoder_killed_by_a_signal_is_one_refusal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sig: signal.Signals
+) -> None:
+    _dying_interpreter(tmp_path, monkeypatch, f"import os\nos.kill(os.getpid(), {int(sig)})\n")
+    with pytest.raises(DecoderFailed) as failed:
+        await decode_in_child(fixture_bytes("sine", "wav"))
+    assert str(failed.value) == (
+        f"The decoder crashed ({sig.name}) on this file. Convert it to a mono or stereo WAV, FLAC or MP3 "
+        "and attach it again."
+    )
+
+
+async def test_a_hanging_decoder_is_stopped_at_its_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pid_file = tmp_path / "child.pid"
+    hang = f"import os, signal\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\nsignal.pause()\n"
+    _dying_interpreter(tmp_path, monkeypatch, hang)
+    with pytest.raises(DecoderFailed, match="took longer than 1 s, so it was stopped"):
+        await decode_in_child(fixture_bytes("sine", "wav"), timeout_s=1.0)
+    if pid_file.exists():  # it got as far as hanging (on a loaded machine it may not): killed and reaped
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(pid_file.read_text()), 0)
