@@ -22,7 +22,7 @@ from sampler.jukebox.windows import prompt_length_samples
 from sampler.loading import load_cascade
 from storage import JobKind, JobStatus, JobStore
 from tests.bot.conftest import BotRunner, bot_runner, fake_discord
-from tests.bot.fake_discord import CALLBACK_DEFERRED_MESSAGE, CALLBACK_UPDATE, FakeDiscord, Upload
+from tests.bot.fake_discord import CALLBACK_DEFERRED_MESSAGE, CALLBACK_DEFERRED_UPDATE, FakeDiscord, Upload
 from tests.bot.harness import make_settings, prime_wav, progress_message, sample_message, when
 from tests.e2e.conftest import Services, write_coarse_tiny_model_dir
 
@@ -131,7 +131,8 @@ async def test_jukebox_prime_preview_vote_upsample_and_restart_with_real_workers
     first, sid = previews[0], infos[0].id
 
     clicked = await fake.click(first, f"jukebot:vote:{sid}", user=bob)
-    assert clicked.response_type == CALLBACK_UPDATE and first.buttons[0]["label"] == "👍 1"
+    assert clicked.response_type == CALLBACK_DEFERRED_UPDATE  # acknowledged before the database
+    await fake.wait_for(lambda: first.buttons[0]["label"] == "👍 1")
 
     # Upsample: a real job of its own, with its progress message replying to the preview.
     upsample_click = await fake.click(first, f"jukebot:upsample:{sid}", user=bob)
@@ -153,7 +154,8 @@ async def test_jukebox_prime_preview_vote_upsample_and_restart_with_real_workers
 
     # Buttons the first bot posted work on the second.
     clicked = await fake.click(first, f"jukebot:vote:{sid}", user=alice)
-    assert clicked.response_type == CALLBACK_UPDATE and first.buttons[0]["label"] == "👍 2"
+    assert clicked.response_type == CALLBACK_DEFERRED_UPDATE
+    await fake.wait_for(lambda: first.buttons[0]["label"] == "👍 2")
     assert await store.vote_count(sid) == 2
 
     # The same progress message keeps updating until the final file is posted.
