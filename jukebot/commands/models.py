@@ -1,14 +1,15 @@
-"""`jukebot models …`: list, download and verify the Jukebox model files."""
+"""`jukebot models …`: list, download, import and verify the Jukebox model files."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import click
 
 from jukebot.commands import settings_or_exit
-from sampler.jukebox.registry import MODELS
+from sampler.jukebox.registry import CHECKPOINTS, MODELS
 from sampler.model_files import (
     CheckpointVerifier,
     DownloadOptions,
@@ -62,7 +63,7 @@ def _names_or_exit(name: str) -> list[str]:
 
 @click.group()
 def models() -> None:
-    """List, download and verify the Jukebox model files."""
+    """List, download, import and verify the Jukebox model files."""
 
 
 @models.command("list")
@@ -175,3 +176,44 @@ def verify_command(name: str | None) -> None:
         raise click.ClickException(f"{problems} problem(s) found in {settings.model_dir}.")
     if checked:
         click.echo(f"{checked} file(s) OK.")
+
+
+@models.command("import")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--model",
+    type=click.Choice(list(MODELS)),
+    help="Which model a Hugging Face copy's top prior is (found from its shapes when not given).",
+)
+@click.option(
+    "--name",
+    type=click.Choice(list(CHECKPOINTS)),
+    help="Which checkpoint a single .pth.tar file is (found from its path or shapes when not given).",
+)
+@click.option("--replace", is_flag=True, help="Overwrite files already in the model directory.")
+def import_command(path: Path, model: str | None, name: str | None, replace: bool) -> None:
+    """Install checkpoints you already have: a Hugging Face copy (openai/jukebox-1b-lyrics or
+    openai/jukebox-5b-lyrics: its folder, sharded or not) or original .pth.tar files (one, or a folder).
+
+    Each part is checked against its architecture, written in the original format into the model
+    directory and verified; nothing is written when any part does not fit.
+    """
+    from sampler.model_import import import_checkpoints
+
+    settings = settings_or_exit()
+    try:
+        results = import_checkpoints(
+            path,
+            settings.model_dir,
+            model=model,
+            name=name,
+            replace=replace,
+            notify=lambda message: click.echo(message, err=True),
+        )
+    except ModelFilesError as exc:
+        raise click.ClickException(str(exc)) from None
+    for result in results:
+        if result.outcome == "imported":
+            click.echo(f"{result.name}: imported and verified ({result.path})")
+    ready = [name for name, status in model_status(settings.model_dir).items() if status.complete]
+    click.echo(f"Models ready in {settings.model_dir}: {', '.join(ready) or 'none yet'}.")
