@@ -7,12 +7,12 @@ wrong and what to do instead; nothing is written to the store before all checks 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 from bot.errors import AttachmentRejected, ChannelNotAllowed, InvalidRequest, LimitReached
-from bot.vocab import MODELS, resolve_labels
+from bot.vocab import DEFAULT_MODEL, MODELS, resolve_labels
 from jukebot.settings import Settings
 from sampler.jobspec import (
     DEFAULT_TEMPERATURE,
@@ -115,6 +115,25 @@ def _count(n: int, noun: str) -> str:
 def check_model(model: str) -> None:
     if model not in PUBLISHED_MODELS:
         raise InvalidRequest(f"Unknown model {quote_user_text(model)}; choose one of {', '.join(MODELS)}.")
+
+
+# The model a /jukebox without `model` uses: the first of these some worker serves.
+DEFAULT_MODEL_PREFERENCE = ("5b_lyrics", "1b_lyrics", "5b")
+
+
+def default_model(served: Collection[str]) -> str:
+    """The best model some worker serves now; the usual default while none serves any."""
+    return next((model for model in DEFAULT_MODEL_PREFERENCE if model in served), DEFAULT_MODEL)
+
+
+def availability_note(model: str, served: Collection[str]) -> str | None:
+    """What a user should know when no worker serves `model` yet (the job is queued all the same).
+    Which machine lacks which file is for the operator's log, never for the user."""
+    if model in served:
+        return None
+    return f"No worker has the {model} model yet, so your job waits in the queue until one does" + (
+        f" (available now: {', '.join(sorted(served))})." if served else "."
+    )
 
 
 def has_lyrics(model: str) -> bool:

@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from sampler.jukebox.registry import DEFAULT_MIRRORS
 from sampler.model_files import default_model_dir
 
 APP_NAME = "jukebot"
@@ -89,10 +90,8 @@ class Settings(BaseSettings):
     gpus: str = "auto"
     # Samples sampled at once per level (0, 1, 2): lower these when a GPU runs out of memory.
     max_batch_size: str = "16,16,3"
-    # Mirrors tried in order for model downloads; the original CDN host has moved before.
-    model_mirrors: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["https://openaipublic.azureedge.net/jukebox/models/"]
-    )
+    # Mirrors tried in order for model downloads (see sampler.jukebox.registry.DEFAULT_MIRRORS).
+    model_mirrors: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_MIRRORS))
 
     # Limits a server owner tunes (per-guild overrides live in the database).
     max_length_seconds: float = Field(default=60.0, gt=0)

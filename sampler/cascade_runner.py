@@ -27,12 +27,19 @@ from sampler.jukebox.cascade import (
 from sampler.jukebox.registry import MODELS
 from sampler.jukebox.windows import prompt_length_samples, sample_length_samples
 from sampler.loading import load_cascade
-from sampler.model_files import ModelFilesError, default_model_dir
+from sampler.model_files import (
+    ModelFilesError,
+    ModelFilesMissing,
+    available_models,
+    default_model_dir,
+    model_status,
+)
 from sampler.worker.contract import (
     BadCheckpoint,
     DeviceSpec,
     JobFailed,
     JobTask,
+    ModelNotHere,
     OutOfMemory,
     ProgressReporter,
     Stage,
@@ -85,9 +92,23 @@ class CascadeRunner:
         self.device = device
         self.model_dir = Path(model_dir)
         self.dtype = dtype or (torch.float16 if device.is_cuda else torch.float32)
-        self.models = frozenset(MODELS)
         self.max_batch_size = _max_batch_size()
         self._cascades: dict[str, Cascade] = {}
+        self._models_seen: frozenset[str] | None = None
+
+    @property
+    def models(self) -> frozenset[str]:
+        """The models complete in the model directory now (stat calls: the worker asks before each claim)."""
+        models = available_models(self.model_dir)
+        if models != self._models_seen:
+            self._models_seen = models
+            statuses = model_status(self.model_dir)
+            log.info(
+                "model directory %s: %s",
+                self.model_dir,
+                "; ".join(f"{name} {status.summary}" for name, status in statuses.items()),
+            )
+        return models
 
     def cascade(self, model: str) -> Cascade:
         if model not in self._cascades:
@@ -179,6 +200,8 @@ class CascadeRunner:
     def run(self, task: JobTask, report: ProgressReporter, should_stop: StopCheck) -> list[NewSample]:
         try:
             return self._run(task, report, should_stop)
+        except ModelFilesMissing as exc:  # gone since the claim: back to the queue for a worker that has it
+            raise ModelNotHere(str(exc)) from exc
         except (ModelFilesError, InvalidJobParams) as exc:
             # Jukebox's own failures that already say what to do; the runtime knows only JobFailed.
             raise JobFailed(str(exc)) from exc

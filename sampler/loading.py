@@ -85,12 +85,6 @@ class ModelDirectory:
         load_checkpoint(prior, self.paths[name], device=device, name=self.model)
         return prior.eval()
 
-    def ids_dir(self) -> Path | None:
-        """The downloaded id tables, when every one is there (else the bundled copies are used)."""
-        ids = model_path(self.model_dir, "v2_artist_ids").parent
-        wanted = ("v2_artist_ids", "v2_genre_ids", "v3_artist_ids", "v3_genre_ids")
-        return ids if all(model_path(self.model_dir, name).is_file() for name in wanted) else None
-
 
 class LazyPriors(PriorSource):
     """Loads a level's prior on first use; `keep=False` frees each one when its level is done."""
@@ -131,13 +125,8 @@ def load_cascade(
     """The cascade of `model` from the model directory (ModelFilesMissing names the download command)."""
     directory = ModelDirectory(model_dir, model)
     vqvae = directory.load_vqvae(device)
-    ids_dir = directory.ids_dir()
-    return Cascade(
-        vqvae,
-        LazyPriors(directory, device, dtype, keep=keep_priors),
-        device=device,
-        ids_dir=None if ids_dir is None else str(ids_dir),
-    )
+    # the id tables ship with the package (sampler/jukebox/data/ids)
+    return Cascade(vqvae, LazyPriors(directory, device, dtype, keep=keep_priors), device=device)
 
 
 def expected_shapes_for(name: str, model_dir: Path | str | None = None) -> dict[str, tuple[int, ...]]:

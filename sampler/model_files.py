@@ -3,23 +3,28 @@
 Layout under `model_dir` (the same relative paths as under a mirror root):
 
     5b/vqvae.pth.tar, 5b/prior_level_{0,1,2}.pth.tar, 5b_lyrics/prior_level_2.pth.tar,
-    1b_lyrics/prior_level_2.pth.tar, ids/v{2,3}_{artist,genre}_ids.txt, .verified.json
+    1b_lyrics/prior_level_2.pth.tar, .verified.json
 
-Downloads are resumable (`<file>.part` + `Range`), retried with backoff across mirrors, size- and
-checksum-checked, verified (keys and shapes) and only then renamed into place, so a file under its final
-name is always complete. Everything here is synchronous (`urllib`); async callers use `asyncio.to_thread`.
+The artist/genre id tables ship with the package (sampler/jukebox/data/ids): nothing to fetch.
+
+Downloads try the mirrors in order. A mirror that cannot be reached (DNS, refused, no answer within the
+connect timeout) is reported once and skipped for every later file; one that serves a file far smaller
+than the architecture's weights is a wrong copy, not a download to resume. Downloads are resumable
+(`<file>.part` + `Range`), retried with backoff after a transfer breaks off, verified (keys and shapes,
+by the loader sampling uses) and only then renamed into place, so a file under its final name is always
+complete. Everything here is synchronous (`urllib`); async callers use `asyncio.to_thread`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import http.client
 import json
 import logging
 import os
 import re
 import shutil
+import socket
 import sys
 import time
 import urllib.error
@@ -31,7 +36,7 @@ from typing import Any, Literal
 
 from tqdm import tqdm
 
-from sampler.jukebox.registry import CHECKPOINTS, DEFAULT_MIRROR, MODELS
+from sampler.jukebox.registry import CHECKPOINTS, DEFAULT_MIRRORS, MODELS
 
 try:  # Advisory locking keeps two processes from writing the same .part; POSIX only.
     import fcntl
@@ -40,13 +45,10 @@ except ImportError:  # pragma: no cover - Windows
 
 log = logging.getLogger(__name__)
 
-DEFAULT_IDS_SOURCE = "https://raw.githubusercontent.com/openai/jukebox/master/jukebox/data/ids/"
 MIRRORS_ENV = "JUKEBOT_MODEL_MIRRORS"
 VERIFIED_CACHE = ".verified.json"
 LOCK_FILE = ".download.lock"
-USER_AGENT = "jukebot-model-downloader/1"
-
-FileKind = Literal["checkpoint", "ids"]
+USER_AGENT = "jukebot-model-downloader/2"
 
 
 def default_model_dir() -> Path:
@@ -75,83 +77,59 @@ class NotFoundOnMirrors(DownloadError):
     pass
 
 
+class NoMirrorReachable(DownloadError):
+    """Every mirror failed to connect: the network (or the mirror list) is the problem, not a file."""
+
+    def __init__(self, down: Mapping[str, str]) -> None:
+        self.down = dict(down)
+        tried = "; ".join(f"{root} ({reason})" for root, reason in self.down.items())
+        super().__init__(
+            f"No model mirror could be reached: {tried}. Check this machine's network connection "
+            f"(DNS, proxy, firewall), or set {MIRRORS_ENV} to mirrors it can reach; "
+            "`jukebot models import` installs files you already have."
+        )
+
+
 class VerificationError(ModelFilesError):
     pass
 
 
 class ModelFilesMissing(ModelFilesError):
+    """For the operator (it names paths and commands): users get a message of their own."""
+
     def __init__(self, model: str, model_dir: Path, missing: Sequence[str]) -> None:
         self.model, self.model_dir, self.missing = model, model_dir, list(missing)
-        files = ", ".join(f"{name} ({MANIFEST[name].relative_path})" for name in self.missing)
+        files = ", ".join(f"{name} ({CHECKPOINTS[name].path})" for name in self.missing)
         super().__init__(
             f"Model {model} is not fully downloaded: {files} missing from {model_dir}. "
             f"Run `jukebot models download {model}` to fetch them."
         )
 
 
-# ----------------------------------------------------------------------------- manifest
-
-
-@dataclass(frozen=True)
-class ModelFile:
-    """One file in the model directory and where it comes from."""
-
-    name: str
-    kind: FileKind
-    relative_path: str  # under model_dir
-    source_path: str  # under a mirror root (checkpoints) or the ids source root (ids)
-    sha256: str | None = None  # unknown for the published checkpoints (never downloaded here)
-    size: int | None = None
-
-
-# sha256 and sizes of the original vocabulary tables (openai/jukebox jukebox/data/ids/, as copied in
-# jukebox-infer 0.1.2's package data).
-_IDS_FILES: dict[str, tuple[str, int]] = {
-    "v2_artist_ids": ("fce2ecc0c7b00838cf8cc90273609c5460fa1ec8d3211ce9f6546ed792feb001", 71676),
-    "v2_genre_ids": ("04d7c5e5f0002c74789ee2a72a1e33f11057eb6c183ed0cf8f4b140164197e48", 1216),
-    "v3_artist_ids": ("85ab98ca035945a917ec3d3e1f06bcd938767196281cfb8caecf058872a9e9ed", 141064),
-    "v3_genre_ids": ("f85f72dca1e6052da129041bb927e29eb143e5f1450951006565f4a8af6f31cb", 9414),
-}
-
-MANIFEST: dict[str, ModelFile] = {
-    **{name: ModelFile(name, "checkpoint", ckpt.path, ckpt.path) for name, ckpt in CHECKPOINTS.items()},
-    **{
-        name: ModelFile(name, "ids", f"ids/{name}.txt", f"{name}.txt", sha256=digest, size=size)
-        for name, (digest, size) in _IDS_FILES.items()
-    },
-}
-
-
-def ids_files_for(model: str) -> tuple[str, ...]:
-    """The artist and genre tables a model's labels use.
-
-    Every model's upsamplers use v2; the 1b_lyrics top prior also needs v3.
-    """
-    versions = ("v2", "v3") if model == "1b_lyrics" else ("v2",)
-    return tuple(f"{version}_{table}_ids" for version in versions for table in ("artist", "genre"))
+# ----------------------------------------------------------------------------- names and paths
 
 
 def resolve_names(name: str) -> list[str]:
-    """File names for `name`: a model ("1b_lyrics"), a file ("vqvae"), "ids" or "all"."""
+    """Checkpoint names for `name`: a model ("1b_lyrics"), a checkpoint ("vqvae") or "all"."""
     if name == "all":
-        return list(MANIFEST)
-    if name == "ids":
-        return list(_IDS_FILES)
+        return list(CHECKPOINTS)
     if name in MODELS:
-        return [*MODELS[name].checkpoints, *ids_files_for(name)]
-    if name in MANIFEST:
+        return list(MODELS[name].checkpoints)
+    if name in CHECKPOINTS:
         return [name]
     raise UnknownModelName(
         f"Unknown model or file {name!r}: use one of {', '.join(MODELS)}, a checkpoint "
-        f"({', '.join(CHECKPOINTS)}), 'ids' or 'all'."
+        f"({', '.join(CHECKPOINTS)}) or 'all'."
     )
 
 
 def model_path(model_dir: Path, checkpoint_name: str) -> Path:
-    """Where a checkpoint (or ids table) lives in the model directory."""
-    if checkpoint_name not in MANIFEST:
-        raise UnknownModelName(f"Unknown checkpoint {checkpoint_name!r}: use one of {', '.join(MANIFEST)}.")
-    return Path(model_dir) / MANIFEST[checkpoint_name].relative_path
+    """Where a checkpoint lives in the model directory."""
+    if checkpoint_name not in CHECKPOINTS:
+        raise UnknownModelName(
+            f"Unknown checkpoint {checkpoint_name!r}: use one of {', '.join(CHECKPOINTS)}."
+        )
+    return Path(model_dir) / CHECKPOINTS[checkpoint_name].path
 
 
 def missing_checkpoints(model_dir: Path, model: str) -> list[str]:
@@ -175,16 +153,11 @@ ShapeMap = Mapping[str, tuple[int, ...]]
 
 
 def load_state_dict_meta(path: Path) -> Mapping[str, Any]:
-    """The `'model'` state dict of a checkpoint, on the meta device (shapes only, no weight memory).
+    """A checkpoint's weights on the meta device (shapes only, no weight memory), read exactly as
+    sampling reads them (`sampler.jukebox.checkpoint.read_checkpoint`): one loader, one verdict."""
+    from sampler.jukebox.checkpoint import read_checkpoint
 
-    weights_only=True: a downloaded checkpoint is untrusted input.
-    """
-    import torch
-
-    checkpoint = torch.load(path, map_location="meta", weights_only=True)
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
-        raise ValueError("it is not a Jukebox checkpoint (no 'model' state dict inside)")
-    return checkpoint["model"]
+    return read_checkpoint(path, device="meta")
 
 
 @dataclass(frozen=True)
@@ -192,72 +165,67 @@ class CheckpointVerifier:
     """Checks a checkpoint's keys and shapes against what the model modules expect.
 
     `expected_shapes_for(name)` gives the exact key -> shape map for a checkpoint name; when it is None
-    a checkpoint is only checked to load as a state dict.
+    a checkpoint is only checked to load as a state dict (and no size is too small).
     """
 
     expected_shapes_for: Callable[[str], ShapeMap] | None = None
     load_state_dict: Callable[[Path], Mapping[str, Any]] = load_state_dict_meta
+    _shapes: dict[str, ShapeMap] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def checks_shapes(self) -> bool:
         return self.expected_shapes_for is not None
 
+    def shapes(self, name: str) -> ShapeMap | None:
+        if self.expected_shapes_for is None:
+            return None
+        if name not in self._shapes:
+            self._shapes[name] = {key: tuple(shape) for key, shape in self.expected_shapes_for(name).items()}
+        return self._shapes[name]
+
+    def min_size(self, name: str) -> int | None:
+        """No genuine copy is smaller: every weight in fp16, the narrowest type the files use."""
+        shapes = self.shapes(name)
+        if shapes is None:
+            return None
+        return 2 * sum(_count(shape) for shape in shapes.values())
+
     def problems(self, name: str, path: Path) -> list[str]:
+        from sampler.jukebox.checkpoint import CheckpointError, check_state_dict
+
         try:
             state = self.load_state_dict(path)
+        except CheckpointError as exc:
+            return [str(exc)]
         except Exception as exc:
             return [f"cannot be loaded as a checkpoint ({type(exc).__name__}: {str(exc)[:200]})"]
-        found = {
-            key.removeprefix("module."): tuple(getattr(value, "shape", ())) for key, value in state.items()
-        }
-        if self.expected_shapes_for is None:
-            return [] if found else ["the state dict is empty"]
-        expected = {key: tuple(shape) for key, shape in self.expected_shapes_for(name).items()}
-        return _shape_problems(expected, found)
+        expected = self.shapes(name)
+        if expected is None:
+            return [] if state else ["the state dict is empty"]
+        try:
+            check_state_dict(state, expected, what=f"checkpoint {path}")  # type: ignore[arg-type]
+        except CheckpointError as exc:
+            return [str(exc)]
+        return []
 
 
-def _shape_problems(expected: ShapeMap, found: ShapeMap, limit: int = 5) -> list[str]:
-    def listed(keys: list[str]) -> str:
-        more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
-        return ", ".join(keys[:limit]) + more
-
-    problems = []
-    missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
-    wrong = sorted(key for key in set(expected) & set(found) if expected[key] != found[key])
-    if missing:
-        problems.append(f"{len(missing)} missing keys: {listed(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys: {listed(unexpected)}")
-    if wrong:
-        shown = [f"{key} is {found[key]}, expected {expected[key]}" for key in wrong]
-        problems.append(f"{len(wrong)} keys with wrong shapes: {listed(shown)}")
-    return problems
+def _count(shape: tuple[int, ...]) -> int:
+    n = 1
+    for dim in shape:
+        n *= dim
+    return n
 
 
-def sha256_of(path: Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
+def file_problems(name: str, path: Path, verifier: CheckpointVerifier | None) -> list[str]:
+    """Everything wrong with `path` as a copy of checkpoint `name`; [] when it checks out."""
+    verifier = verifier or CheckpointVerifier()
+    size, least = path.stat().st_size, verifier.min_size(name)
+    if least is not None and size < least:
+        return [f"it is {_human(size)}, but a genuine {name} is at least {_human(least)}"]
+    return verifier.problems(name, path)
 
 
-def file_problems(file: ModelFile, path: Path, verifier: CheckpointVerifier | None) -> list[str]:
-    """Everything wrong with `path` as a copy of `file`; [] when it checks out."""
-    size = path.stat().st_size
-    if file.size is not None and size != file.size:
-        return [f"size is {size} bytes, expected {file.size}"]
-    if file.sha256 is not None and sha256_of(path) != file.sha256:
-        return [f"sha256 differs from the published {file.sha256[:12]}…"]
-    if file.kind == "checkpoint":
-        return (verifier or CheckpointVerifier()).problems(file.name, path)
-    return []
-
-
-def _checks_done(file: ModelFile, verifier: CheckpointVerifier | None) -> str:
-    if file.sha256 is not None:
-        return "sha256"
+def _checks_done(verifier: CheckpointVerifier | None) -> str:
     return "shapes" if verifier is not None and verifier.checks_shapes else "loads"
 
 
@@ -274,8 +242,14 @@ class VerifiedCache:
             return {}  # absent or damaged: it is only a cache
         return data if isinstance(data, dict) else {}
 
-    def get(self, file: ModelFile, path: Path) -> dict[str, Any] | None:
-        entry = self._read().get(file.relative_path)
+    def _write(self, data: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, self.path)
+
+    def get(self, name: str, path: Path, data: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        entry = (self._read() if data is None else data).get(CHECKPOINTS[name].path)
         if not isinstance(entry, dict):
             return None
         try:
@@ -286,23 +260,18 @@ class VerifiedCache:
             return None
         return entry
 
-    def put(self, file: ModelFile, path: Path, ok: bool, checks: str, problems: Sequence[str] = ()) -> None:
+    def put(self, name: str, path: Path, ok: bool, checks: str, problems: Sequence[str] = ()) -> None:
         data = self._read()
         stat = path.stat()
-        data[file.relative_path] = dict(
+        data[CHECKPOINTS[name].path] = dict(
             size=stat.st_size, mtime_ns=stat.st_mtime_ns, ok=ok, checks=checks, problems=list(problems)
         )
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)
+        self._write(data)
 
-    def forget(self, file: ModelFile) -> None:
+    def forget(self, name: str) -> None:
         data = self._read()
-        if data.pop(file.relative_path, None) is not None:
-            tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-            os.replace(tmp, self.path)
+        if data.pop(CHECKPOINTS[name].path, None) is not None:
+            self._write(data)
 
 
 @dataclass(frozen=True)
@@ -311,7 +280,7 @@ class VerifyResult:
     path: Path
     ok: bool
     problems: list[str]
-    checks: str  # "sha256", "shapes" or "loads"
+    checks: str  # "shapes" or "loads"
     moved_to: Path | None = None  # where a bad file was moved aside
 
     @property
@@ -326,7 +295,6 @@ class VerifyResult:
 
 
 _CHECK_WORDS = {
-    "sha256": "size and sha256 match",
     "shapes": "keys and shapes match",
     "loads": "loads as a state dict; shapes not checked",
 }
@@ -343,32 +311,42 @@ def verify_file(
     name: str, model_dir: Path, verifier: CheckpointVerifier | None = None, move_bad_aside: bool = True
 ) -> VerifyResult:
     """Check one present file; a bad one is moved aside so the next download fetches it afresh."""
-    file = MANIFEST[name]
     path = model_path(model_dir, name)
-    checks = _checks_done(file, verifier)
-    problems = file_problems(file, path, verifier)
+    checks = _checks_done(verifier)
+    problems = file_problems(name, path, verifier)
     cache = VerifiedCache(model_dir)
     if not problems:
-        cache.put(file, path, ok=True, checks=checks)
+        cache.put(name, path, ok=True, checks=checks)
         return VerifyResult(name, path, True, [], checks)
     if not move_bad_aside:
-        cache.put(file, path, ok=False, checks=checks, problems=problems)
+        cache.put(name, path, ok=False, checks=checks, problems=problems)
         return VerifyResult(name, path, False, problems, checks)
-    cache.forget(file)
+    cache.forget(name)
     return VerifyResult(name, path, False, problems, checks, moved_to=_move_aside(path, path))
 
 
 # ----------------------------------------------------------------------------- status
 
 
+FileState = Literal["verified", "present", "failed", "partial", "missing"]
+
+
 @dataclass(frozen=True)
 class FileStatus:
     name: str
-    file: ModelFile
     path: Path
-    state: Literal["verified", "present", "failed", "partial", "missing"]
+    state: FileState
     size: int | None  # bytes on disk (of the .part while partial)
     checks: str | None = None
+
+    @property
+    def relative_path(self) -> str:
+        return CHECKPOINTS[self.name].path
+
+    @property
+    def usable(self) -> bool:
+        """Present and not known to be bad: a worker may serve it."""
+        return self.state in ("verified", "present")
 
     @property
     def description(self) -> str:
@@ -383,22 +361,59 @@ class FileStatus:
         return "missing"
 
 
-def file_status(name: str, model_dir: Path) -> FileStatus:
+def file_status(name: str, model_dir: Path, cache: dict[str, Any] | None = None) -> FileStatus:
     """Cheap status of one file: stat calls and the verification cache only."""
-    file = MANIFEST[name]
     path = model_path(model_dir, name)
     if path.is_file():
-        entry = VerifiedCache(model_dir).get(file, path)
+        entry = VerifiedCache(model_dir).get(name, path, cache)
         size = path.stat().st_size
         if entry is None:
-            return FileStatus(name, file, path, "present", size)
-        return FileStatus(
-            name, file, path, "verified" if entry.get("ok") else "failed", size, entry.get("checks")
-        )
+            return FileStatus(name, path, "present", size)
+        return FileStatus(name, path, "verified" if entry.get("ok") else "failed", size, entry.get("checks"))
     part = _part_path(path)
     if part.is_file():
-        return FileStatus(name, file, path, "partial", part.stat().st_size)
-    return FileStatus(name, file, path, "missing", None)
+        return FileStatus(name, path, "partial", part.stat().st_size)
+    return FileStatus(name, path, "missing", None)
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """One published model in a model directory: whether a worker can serve it, and what to do if not."""
+
+    model: str
+    files: tuple[FileStatus, ...]
+
+    @property
+    def complete(self) -> bool:
+        return all(status.usable for status in self.files)
+
+    @property
+    def to_fetch(self) -> list[str]:
+        return [status.name for status in self.files if not status.usable]
+
+    @property
+    def summary(self) -> str:
+        """For the operator: 'ready', or what is missing and the command that fixes it."""
+        if self.complete:
+            unverified = [status.name for status in self.files if status.state == "present"]
+            return "ready" + (f" ({', '.join(unverified)} not verified yet)" if unverified else "")
+        failed = [status.name for status in self.files if status.state == "failed"]
+        fix = f"jukebot models verify {self.model}" if failed else f"jukebot models download {self.model}"
+        return f"{len(self.to_fetch)} of {len(self.files)} files to fetch: {fix}"
+
+
+def model_status(model_dir: Path) -> dict[str, ModelStatus]:
+    """Every published model's status in `model_dir` (stat calls and one small JSON read: cheap)."""
+    cache = VerifiedCache(model_dir)._read()
+    return {
+        name: ModelStatus(name, tuple(file_status(file, model_dir, cache) for file in model.checkpoints))
+        for name, model in MODELS.items()
+    }
+
+
+def available_models(model_dir: Path) -> frozenset[str]:
+    """The models whose every file is present and not known to be bad: what a worker can serve."""
+    return frozenset(name for name, status in model_status(model_dir).items() if status.complete)
 
 
 # ----------------------------------------------------------------------------- download
@@ -406,8 +421,10 @@ def file_status(name: str, model_dir: Path) -> FileStatus:
 
 @dataclass
 class DownloadOptions:
-    read_timeout: float = 60.0  # no byte for this long (or no connection): the attempt fails
-    retries: int = 4  # further rounds over all mirrors after transient failures
+    # To connect and to get an answer's headers: a mirror that fails this is down and skipped from then on.
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0  # no byte for this long mid-transfer: the attempt fails and is retried
+    retries: int = 4  # further rounds over the mirrors after a transfer broke off
     backoff: float = 2.0  # seconds before retry round n is backoff * 2**(n-1)
     chunk_size: int = 1 << 20
     progress: bool | None = None  # None: a bar only when stderr is a terminal
@@ -422,8 +439,32 @@ class DownloadResult:
     url: str | None = None
 
 
+class MirrorHealth:
+    """Which mirrors failed to connect in this run: each is reported once and then skipped."""
+
+    def __init__(self, mirrors: Sequence[str], notify: Callable[[str], None]) -> None:
+        self.mirrors = list(mirrors)
+        self.down: dict[str, str] = {}
+        self._notify = notify
+
+    def alive(self) -> list[str]:
+        return [root for root in self.mirrors if root not in self.down]
+
+    def mark_down(self, root: str, reason: str) -> None:
+        if root not in self.down:
+            self.down[root] = reason
+            self._notify(f"mirror {root} cannot be reached ({reason}); skipping it")
+
+    def all_down(self) -> bool:
+        return bool(self.mirrors) and not self.alive()
+
+
+class _MirrorDown(Exception):
+    """No connection, or no answer to a request: the whole mirror is unusable for now."""
+
+
 class _Unavailable(Exception):
-    """This root does not serve the file (404, 403, …): try the next, no point retrying."""
+    """This root does not serve the file (404, 403, a far too small file): try the next, no retry."""
 
 
 class _Transient(Exception):
@@ -431,45 +472,101 @@ class _Transient(Exception):
 
 
 class _Fatal(Exception):
-    """A failure retrying will not fix (disk full, mirror serves a different file)."""
+    """A failure retrying will not fix (disk full)."""
 
 
 def _part_path(path: Path) -> Path:
     return path.with_name(path.name + ".part")
 
 
+def _url(root: str, name: str) -> str:
+    return root.rstrip("/") + "/" + CHECKPOINTS[name].path
+
+
+def _opener(read_timeout: float) -> urllib.request.OpenerDirector:
+    """urllib with two timeouts: the request's timeout until the answer's headers arrive (connect,
+    send, wait), then `read_timeout` for each read of the body."""
+
+    class Response(http.client.HTTPResponse):
+        def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
+            super().__init__(sock, *args, **kwargs)
+            self._socket = sock
+
+        def begin(self) -> None:
+            super().begin()
+            self._socket.settimeout(read_timeout)
+
+    class Connection(http.client.HTTPConnection):
+        response_class = Response
+
+    class TLSConnection(http.client.HTTPSConnection):
+        response_class = Response
+
+    class Handler(urllib.request.HTTPHandler):
+        def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+            return self.do_open(Connection, req)
+
+    class TLSHandler(urllib.request.HTTPSHandler):
+        def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+            return self.do_open(TLSConnection, req, context=self._context)  # type: ignore[attr-defined]
+
+    return urllib.request.build_opener(Handler, TLSHandler)
+
+
+def _open(url: str, headers: dict[str, str], options: DownloadOptions, method: str = "GET") -> Any:
+    """The response to a request, or _MirrorDown/_Unavailable/_Transient saying why not."""
+    request = urllib.request.Request(
+        url, headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **headers}, method=method
+    )
+    try:
+        return _opener(options.read_timeout).open(request, timeout=options.connect_timeout)
+    except urllib.error.HTTPError:
+        raise  # the caller reads the status
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        reason = getattr(exc, "reason", exc)
+        if isinstance(reason, TimeoutError):
+            raise _MirrorDown(f"no answer within {options.connect_timeout:g} s") from None
+        if isinstance(reason, socket.gaierror):
+            raise _MirrorDown(f"host name not resolved: {reason.strerror or reason}") from None
+        text = reason.strerror if isinstance(reason, OSError) and reason.strerror else str(reason)
+        raise _MirrorDown(text or type(reason).__name__) from None
+
+
+def _http_status_error(exc: urllib.error.HTTPError) -> Exception:
+    if exc.code in (408, 425, 429) or exc.code >= 500:
+        return _Transient(f"HTTP {exc.code} {exc.reason}")
+    return _Unavailable(f"HTTP {exc.code}")
+
+
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
 
 
-def _fetch(url: str, part: Path, expected_size: int | None, options: DownloadOptions, desc: str) -> None:
+def _too_small(url: str, name: str, total: int, least: int | None) -> _Unavailable | None:
+    if least is not None and total < least:
+        return _Unavailable(
+            f"serves {_human(total)}, but a genuine {name} is at least {_human(least)}: "
+            "a wrong or truncated copy"
+        )
+    return None
+
+
+def _fetch(url: str, part: Path, least: int | None, options: DownloadOptions, name: str) -> None:
     """One attempt: bring `part` to the full remote size, resuming from what it holds."""
     have = part.stat().st_size if part.exists() else 0
-    headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
-    if have:
-        headers["Range"] = f"bytes={have}-"
-    request = urllib.request.Request(url, headers=headers)
     try:
-        response = urllib.request.urlopen(request, timeout=options.read_timeout)
+        response = _open(url, {"Range": f"bytes={have}-"} if have else {}, options)
     except urllib.error.HTTPError as exc:
         with exc:
             if exc.code == 416 and have:
                 match = _UNSATISFIED_RANGE.match(exc.headers.get("Content-Range", ""))
-                total = int(match.group(1)) if match else expected_size
-                if total == have:
+                if match and int(match.group(1)) == have:
                     return  # the part already holds the whole file
                 part.unlink()  # larger than the remote file: not a prefix of it
                 raise _Transient(
                     f"{url}: partial file did not match the remote file; starting over"
                 ) from None
-            if exc.code in (408, 425, 429) or exc.code >= 500:
-                raise _Transient(f"{url}: HTTP {exc.code} {exc.reason}") from None
-            raise _Unavailable(f"HTTP {exc.code}") from None
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-        reason = getattr(exc, "reason", exc)
-        if isinstance(reason, TimeoutError):
-            raise _Transient(f"{url}: no answer within {options.read_timeout:g} s") from None
-        raise _Transient(f"{url}: {reason}") from None
+            raise _http_status_error(exc) from None
 
     with response:
         content_length = response.headers.get("Content-Length")
@@ -484,15 +581,13 @@ def _fetch(url: str, part: Path, expected_size: int | None, options: DownloadOpt
             have = 0
             total = int(content_length) if content_length is not None else None
             mode = "wb"
-        if total is not None and expected_size is not None and total != expected_size:
-            raise _Fatal(
-                f"{url} serves {total} bytes but {desc} has {expected_size}; it is not the right file"
-            )
+        if total is not None and (wrong := _too_small(url, name, total, least)):
+            raise wrong  # nothing written: a wrong copy is never resumed
         if total is not None:
             free = shutil.disk_usage(part.parent).free
             if total - have > free:
                 raise _Fatal(
-                    f"{desc} needs {_human(total - have)} more but {part.parent} has only {_human(free)} free"
+                    f"{name} needs {_human(total - have)} more but {part.parent} has only {_human(free)} free"
                 )
 
         show = options.progress if options.progress is not None else sys.stderr.isatty()
@@ -501,7 +596,7 @@ def _fetch(url: str, part: Path, expected_size: int | None, options: DownloadOpt
             tqdm(
                 total=total,
                 initial=have,
-                desc=desc,
+                desc=name,
                 unit="B",
                 unit_scale=True,
                 unit_divisor=1024,
@@ -526,6 +621,9 @@ def _fetch(url: str, part: Path, expected_size: int | None, options: DownloadOpt
     if total is not None and have > total:
         part.unlink()
         raise _Transient(f"{url}: received more bytes than announced; starting over")
+    if total is None and (wrong := _too_small(url, name, have, least)):
+        part.unlink()
+        raise wrong
 
 
 def _human(n: int) -> str:
@@ -543,6 +641,7 @@ def _directory_lock(model_dir: Path, notify: Callable[[str], None]) -> Iterator[
     if fcntl is None:  # pragma: no cover
         yield
         return
+    model_dir.mkdir(parents=True, exist_ok=True)
     with open(model_dir / LOCK_FILE, "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -558,26 +657,28 @@ def _directory_lock(model_dir: Path, notify: Callable[[str], None]) -> Iterator[
 def download_file(
     name: str,
     model_dir: Path,
-    mirrors: Sequence[str] = (DEFAULT_MIRROR,),
-    ids_sources: Sequence[str] = (DEFAULT_IDS_SOURCE,),
+    mirrors: Sequence[str] = DEFAULT_MIRRORS,
     verifier: CheckpointVerifier | None = None,
     options: DownloadOptions | None = None,
+    health: MirrorHealth | None = None,
 ) -> DownloadResult:
-    """Fetch one file unless present; it appears under its final name only complete and verified."""
+    """Fetch one checkpoint unless present; it appears under its final name only complete and verified.
+
+    `health` carries which mirrors are down from one file to the next (`download` shares one).
+    """
     options = options or DownloadOptions()
-    file = MANIFEST[name]
     model_dir = Path(model_dir)
     path = model_path(model_dir, name)
     path.parent.mkdir(parents=True, exist_ok=True)
+    health = health or MirrorHealth(mirrors, options.notify)
     with _directory_lock(model_dir, options.notify):
         if path.is_file():
             return DownloadResult(name, path, downloaded=False)
-        roots = list(ids_sources if file.kind == "ids" else mirrors)
-        if not roots:
-            raise DownloadError(f"No source configured for {name}: set {MIRRORS_ENV}.")
-        url = _download_to_part(file, path, roots, options)
+        if not mirrors:
+            raise DownloadError(f"No mirror configured for {name}: set {MIRRORS_ENV}.")
+        url = _download_to_part(name, path, list(mirrors), verifier, options, health)
         part = _part_path(path)
-        problems = file_problems(file, part, verifier)
+        problems = file_problems(name, part, verifier)
         if problems:
             aside = _move_aside(part, path)
             raise VerificationError(
@@ -585,64 +686,136 @@ def download_file(
                 f"It was moved aside to {aside}; run `jukebot models download {name}` to fetch it again."
             )
         os.replace(part, path)
-        VerifiedCache(model_dir).put(file, path, ok=True, checks=_checks_done(file, verifier))
+        VerifiedCache(model_dir).put(name, path, ok=True, checks=_checks_done(verifier))
         log.info("%s: downloaded from %s to %s", name, url, path)
         return DownloadResult(name, path, downloaded=True, url=url)
 
 
-def _download_to_part(file: ModelFile, path: Path, roots: list[str], options: DownloadOptions) -> str:
-    """Retry rounds over the roots in order; return the URL that completed the .part."""
+def _download_to_part(
+    name: str,
+    path: Path,
+    roots: list[str],
+    verifier: CheckpointVerifier | None,
+    options: DownloadOptions,
+    health: MirrorHealth,
+) -> str:
+    """Retry rounds over the live roots in order; return the URL that completed the .part."""
     part = _part_path(path)
+    least = (verifier or CheckpointVerifier()).min_size(name)
     failures: list[str] = []
+    not_found: dict[str, str] = {}
     for round_ in range(options.retries + 1):
         if round_:
             delay = options.backoff * 2 ** (round_ - 1)
-            options.notify(f"{file.name}: retrying in {delay:g} s ({failures[-1]})")
+            options.notify(f"{name}: retrying in {delay:g} s ({failures[-1]})")
             time.sleep(delay)
-        not_found: list[str] = []
+        transient = False
         for root in roots:
-            url = root.rstrip("/") + "/" + file.source_path
+            if root in health.down or root in not_found:
+                continue
+            url = _url(root, name)
             try:
-                _fetch(url, part, file.size, options, file.name)
+                _fetch(url, part, least, options, name)
                 return url
+            except _MirrorDown as exc:
+                health.mark_down(root, str(exc))
             except _Unavailable as exc:
-                not_found.append(f"{url} ({exc})")
+                not_found[root] = f"{url} ({exc})"
             except _Transient as exc:
-                failures.append(str(exc))
+                transient = True
+                failures.append(str(exc) if str(exc).startswith(url) else f"{url}: {exc}")
             except _Fatal as exc:
-                raise DownloadError(f"Download of {file.name} failed: {exc}.") from None
-        if len(not_found) == len(roots):
-            hint = (
-                f"set {MIRRORS_ENV} to a mirror that has it"
-                if file.kind == "checkpoint"
-                else (
-                    "pass --ids-source (or set JUKEBOT_IDS_SOURCE) to a copy of openai/jukebox's "
-                    "jukebox/data/ids/"
-                )
-            )
-            raise NotFoundOnMirrors(
-                f"{file.name} not found on any mirror: tried {', '.join(not_found)}; {hint}."
-            )
+                raise DownloadError(f"Download of {name} failed: {exc}.") from None
+        if not transient:
+            break  # every root is down or lacks the file: another round would change nothing
+    if all(root in health.down for root in roots):
+        raise NoMirrorReachable({root: health.down[root] for root in roots})
+    if not failures:
+        reasons = [not_found[root] if root in not_found else f"{root} (down)" for root in roots]
+        raise NotFoundOnMirrors(
+            f"{name} not found on any mirror: tried {', '.join(reasons)}; "
+            f"set {MIRRORS_ENV} to a mirror that has it."
+        )
     then = (
         f"The partial file {part} is kept: run the download again to resume."
         if part.exists()
         else "Run the download again to retry."
     )
-    raise DownloadError(
-        f"Download of {file.name} failed after {options.retries + 1} attempts: {failures[-1]}. {then}"
-    )
+    raise DownloadError(f"Download of {name} failed after {round_ + 1} attempts: {failures[-1]}. {then}")
+
+
+@dataclass(frozen=True)
+class PlannedFile:
+    name: str
+    size: int | None  # from the first mirror that answered; None when none said
+
+
+def plan_download(
+    names: Sequence[str],
+    model_dir: Path,
+    health: MirrorHealth,
+    options: DownloadOptions,
+) -> list[PlannedFile]:
+    """Which of `names` are still missing, and their sizes: one HEAD request per file at the first live
+    mirror that has it. A mirror that does not connect is marked down here, before anything is written."""
+    planned = []
+    for name in names:
+        if model_path(model_dir, name).is_file():
+            continue
+        size = None
+        for root in health.alive():
+            try:
+                with _open(_url(root, name), {}, options, method="HEAD") as response:
+                    length = response.headers.get("Content-Length")
+                    size = int(length) if length is not None and length.isdigit() else None
+                break
+            except _MirrorDown as exc:
+                health.mark_down(root, str(exc))
+            except urllib.error.HTTPError as exc:
+                exc.close()  # not here, or no HEAD: the download itself tells
+        planned.append(PlannedFile(name, size))
+    return planned
+
+
+@dataclass
+class DownloadReport:
+    planned: list[PlannedFile]
+    results: list[DownloadResult] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)  # name -> why
 
 
 def download(
     name: str,
     model_dir: Path,
-    mirrors: Sequence[str] = (DEFAULT_MIRROR,),
-    ids_sources: Sequence[str] = (DEFAULT_IDS_SOURCE,),
+    mirrors: Sequence[str] = DEFAULT_MIRRORS,
     verifier: CheckpointVerifier | None = None,
     options: DownloadOptions | None = None,
-) -> list[DownloadResult]:
-    """Fetch whatever `name` (a model, a file, "ids" or "all") still lacks, in order."""
-    return [
-        download_file(file_name, model_dir, mirrors, ids_sources, verifier, options)
-        for file_name in resolve_names(name)
-    ]
+) -> DownloadReport:
+    """Fetch whatever `name` (a model, a checkpoint or "all") still lacks, in order.
+
+    Says the total size first. Raises NoMirrorReachable as soon as every mirror has failed to connect.
+    """
+    options = options or DownloadOptions()
+    model_dir = Path(model_dir)
+    names = resolve_names(name)
+    health = MirrorHealth(mirrors, options.notify)
+    planned = plan_download(names, model_dir, health, options)
+    if planned and health.all_down():
+        raise NoMirrorReachable(health.down)
+    report = DownloadReport(planned)
+    if planned:
+        known = sum(file.size or 0 for file in planned)
+        unknown = sum(file.size is None for file in planned)
+        options.notify(
+            f"{len(planned)} file(s) to fetch, {_human(known)} in all"
+            + (f" ({unknown} of unknown size)" if unknown else "")
+            + f", into {model_dir}"
+        )
+    for file_name in names:
+        try:
+            report.results.append(download_file(file_name, model_dir, mirrors, verifier, options, health))
+        except NoMirrorReachable:
+            raise
+        except ModelFilesError as exc:
+            report.failures[file_name] = str(exc)
+    return report

@@ -33,11 +33,12 @@ from storage.records import (
     SampleInfo,
     UserJobCounts,
 )
-from storage.store import MAX_PARAMS_BYTES, JobStore
+from storage.store import MAX_PARAMS_BYTES, WORKER_PRESENCE_SECONDS, JobStore
 
 __all__ = [
     "MAX_PARAMS_BYTES",
     "PRIME_SAMPLE_RATE",
+    "WORKER_PRESENCE_SECONDS",
     "ClaimedJob",
     "GuildSettings",
     "Heartbeat",

@@ -213,3 +213,14 @@ class GuildSettingsRow(Base):
     max_queued_jobs_per_user: Mapped[int | None] = mapped_column(Integer)
     allowed_channel_ids: Mapped[list[int] | None] = mapped_column(JSON)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class WorkerRow(Base):
+    """A worker process and the models it can serve now (what it has complete on disk), refreshed while
+    it runs; the bot reads it to know which models some worker serves."""
+
+    __tablename__ = "workers"
+
+    worker_id: Mapped[str] = mapped_column(String(255), primary_key=True)  # host/pid/device
+    models: Mapped[list[str]] = mapped_column(JSON)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

@@ -67,6 +67,7 @@ from storage.models import (
     SampleRow,
     UTCDateTime,
     VoteRow,
+    WorkerRow,
     utcnow,
 )
 from storage.records import (
@@ -94,6 +95,13 @@ samples = cast(Table, SampleRow.__table__)
 votes = cast(Table, VoteRow.__table__)
 primes = cast(Table, PrimeRow.__table__)
 guild_settings = cast(Table, GuildSettingsRow.__table__)
+workers = cast(Table, WorkerRow.__table__)
+
+# A worker says which models it serves at least this often (and whenever that changes)…
+WORKER_PRESENCE_SECONDS = 30.0
+# …so a row older than this is a worker that stopped without saying so (killed, machine down).
+WORKER_STALE_SECONDS = 4 * WORKER_PRESENCE_SECONDS
+FORGET_WORKER_AFTER = timedelta(days=1)  # stale rows are deleted after this long
 
 # Listings leave the (possibly megabytes of) checkpoint in the database.
 JOB_COLUMNS = [column for column in jobs.c if column.name != "checkpoint"] + [
@@ -1174,6 +1182,34 @@ class JobStore:
             )
             for row in rows
         ]
+
+    # ------------------------------------------------------------------ which worker serves what
+
+    async def record_worker(self, worker_id: str, models: Collection[str]) -> None:
+        """Say that `worker_id` is alive and serves `models` now (rows of long-dead workers go)."""
+        if not worker_id:
+            raise StorageError("a worker needs a non-empty worker id")
+        now = self._clock()
+        values = {"models": sorted(models), "last_seen_at": now}
+        statement = self._insert(workers).values(worker_id=worker_id, **values)
+        statement = statement.on_conflict_do_update(index_elements=["worker_id"], set_=values)
+        async with self._transaction() as connection:
+            await connection.execute(statement)
+            await connection.execute(
+                delete(workers).where(workers.c.last_seen_at < now - FORGET_WORKER_AFTER)
+            )
+
+    async def forget_worker(self, worker_id: str) -> None:
+        """A worker that stops removes its row: it serves nothing any more."""
+        async with self._transaction() as connection:
+            await connection.execute(delete(workers).where(workers.c.worker_id == worker_id))
+
+    async def served_models(self) -> frozenset[str]:
+        """The models some live worker serves (one seen within WORKER_STALE_SECONDS)."""
+        since = self._clock() - timedelta(seconds=WORKER_STALE_SECONDS)
+        async with self._transaction() as connection:
+            rows = await connection.execute(select(workers.c.models).where(workers.c.last_seen_at >= since))
+            return frozenset(model for (models,) in rows for model in models)
 
     # ------------------------------------------------------------------ per-server settings
 

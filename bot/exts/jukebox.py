@@ -18,7 +18,14 @@ from bot import actions, vocab
 from bot.attachments import fetch_prime
 from bot.bot import JukeBot
 from bot.errors import JukebotError
-from bot.requests import MAX_SEED, GenerateOptions, build_generate, has_lyrics
+from bot.requests import (
+    MAX_SEED,
+    GenerateOptions,
+    availability_note,
+    build_generate,
+    default_model,
+    has_lyrics,
+)
 from sampler.jobspec import MAX_LYRICS_CHARS, MAX_PRIME_SECONDS, MIN_PRIME_SECONDS
 from storage.errors import StorageError
 from storage.models import JobKind
@@ -75,7 +82,7 @@ class Jukebox(commands.Cog):
         prime_seconds="How many seconds of the clip to continue from (default: all of it)",
         length="Length of the song in seconds (including the prime)",
         samples="How many candidates to make",
-        model="Which Jukebox model",
+        model="Which Jukebox model (default: the best one a worker has)",
         temperature="Randomness (default 0.98; lower is safer, higher is wilder)",
         seed="Random seed, to repeat a result",
         full="Skip the preview and go straight to full quality (takes hours)",
@@ -92,11 +99,13 @@ class Jukebox(commands.Cog):
         prime_seconds: app_commands.Range[float, MIN_PRIME_SECONDS, MAX_PRIME_SECONDS] | None = None,
         length: app_commands.Range[float, 1.0, 600.0] | None = None,
         samples: app_commands.Range[int, 1, 16] | None = None,
-        model: str = vocab.DEFAULT_MODEL,
+        model: str | None = None,
         temperature: app_commands.Range[float, 0.1, 2.0] | None = None,
         seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
         full: bool = False,
     ) -> None:
+        if model is None:
+            model = default_model(await self.bot.store.served_models())
         options = GenerateOptions(
             model=model,
             artist=artist,
@@ -150,7 +159,9 @@ class Jukebox(commands.Cog):
             if prime_id is not None:
                 await self.bot.store.discard_prime(prime_id)  # kept if a job uses it after all
             raise
-        await interaction.followup.send(actions.queued_reply(job, validated.notes), ephemeral=True)
+        served = availability_note(options.model, await self.bot.store.served_models())
+        notes = validated.notes if served is None else (*validated.notes, served)
+        await interaction.followup.send(actions.queued_reply(job, notes), ephemeral=True)
 
     @jukebox.autocomplete("artist")
     async def artist_autocomplete(

@@ -1,22 +1,22 @@
-"""`jukebot models …`: list, download and verify the Jukebox model files."""
+"""`jukebot models …`: list, download, import and verify the Jukebox model files."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import click
 
 from jukebot.commands import settings_or_exit
-from sampler.jukebox.registry import MODELS
+from sampler.jukebox.registry import CHECKPOINTS, MODELS
 from sampler.model_files import (
-    DEFAULT_IDS_SOURCE,
     CheckpointVerifier,
     DownloadOptions,
     ModelFilesError,
-    download_file,
+    download,
     file_status,
-    ids_files_for,
+    model_status,
     resolve_names,
     verify_file,
 )
@@ -63,7 +63,7 @@ def _names_or_exit(name: str) -> list[str]:
 
 @click.group()
 def models() -> None:
-    """List, download and verify the Jukebox model files."""
+    """List, download, import and verify the Jukebox model files."""
 
 
 @models.command("list")
@@ -72,90 +72,79 @@ def list_models() -> None:
     settings = settings_or_exit()
     click.echo(f"Model directory: {settings.model_dir}")
     click.echo(f"Mirrors: {', '.join(settings.model_mirrors)}")
-    for model in MODELS.values():
-        statuses = [
-            file_status(name, settings.model_dir) for name in (*model.checkpoints, *ids_files_for(model.name))
-        ]
-        missing = [status for status in statuses if status.state not in ("verified", "present")]
-        summary = (
-            "ready"
-            if not missing
-            else f"{len(missing)} of {len(statuses)} files to fetch: jukebot models download {model.name}"
-        )
-        kind = "lyrics" if model.has_lyrics else "no lyrics"
-        click.echo(f"\n{model.name} ({kind}): {summary}")
-        for status in statuses:
+    for name, status in model_status(settings.model_dir).items():
+        kind = "lyrics" if MODELS[name].has_lyrics else "no lyrics"
+        click.echo(f"\n{name} ({kind}): {status.summary}")
+        for file in status.files:
             click.echo(
-                f"  {status.name:<18} {status.file.relative_path:<33} {_size(status.size):>10}  "
-                f"{status.description}"
+                f"  {file.name:<18} {file.relative_path:<33} {_size(file.size):>10}  {file.description}"
             )
 
 
 @models.command("download")
 @click.argument("name")
 @click.option(
-    "--ids-source",
-    "ids_sources",
-    multiple=True,
-    envvar="JUKEBOT_IDS_SOURCE",
-    default=(DEFAULT_IDS_SOURCE,),
-    show_default=True,
-    help="Where the artist/genre id tables are fetched from (repeat to try several).",
-)
-@click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
     default=60.0,
     show_default=True,
-    help="Seconds without data before an attempt is abandoned.",
+    help="Seconds without data, mid-download, before an attempt is abandoned (and retried).",
+)
+@click.option(
+    "--connect-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds to connect to a mirror and get an answer; a mirror that fails this is skipped.",
 )
 @click.option(
     "--retries",
     type=click.IntRange(min=0),
     default=4,
     show_default=True,
-    help="Further rounds over the mirrors after a failed attempt.",
+    help="Further rounds over the mirrors after a download broke off.",
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def download_command(
-    name: str, ids_sources: tuple[str, ...], timeout: float, retries: int, no_progress: bool
+    name: str, timeout: float, connect_timeout: float, retries: int, no_progress: bool
 ) -> None:
-    """Download what NAME still lacks: a model (5b, 5b_lyrics, 1b_lyrics), one file (e.g. vqvae), ids or all.
+    """Download what NAME still lacks: a model (5b, 5b_lyrics, 1b_lyrics), one file (e.g. vqvae) or all.
 
-    Interrupted downloads resume where they stopped. Mirrors come from JUKEBOT_MODEL_MIRRORS.
+    Interrupted downloads resume where they stopped. Mirrors come from JUKEBOT_MODEL_MIRRORS, tried in
+    order; a mirror that cannot be reached is skipped for the rest of the run.
     """
     names = _names_or_exit(name)
     settings = settings_or_exit()
     context = _context()
     verifier = context.make_verifier()
     options = DownloadOptions(
+        connect_timeout=connect_timeout,
         read_timeout=timeout,
         retries=retries,
         backoff=context.backoff,
         progress=False if no_progress else None,
         notify=lambda message: click.echo(message, err=True),
     )
-    failures = 0
-    for file_name in names:
-        try:
-            result = download_file(
-                file_name, settings.model_dir, settings.model_mirrors, ids_sources, verifier, options
-            )
-        except ModelFilesError as exc:
-            failures += 1
-            click.echo(f"FAILED {file_name}: {exc}", err=True)
-            continue
+    try:
+        report = download(name, settings.model_dir, settings.model_mirrors, verifier, options)
+    except ModelFilesError as exc:
+        raise click.ClickException(str(exc)) from None
+    for result in report.results:
         if result.downloaded:
-            click.echo(f"{file_name}: downloaded ({result.path})")
-        elif file_status(file_name, settings.model_dir).state == "verified":
-            click.echo(f"{file_name}: already present ({result.path})")
+            click.echo(f"{result.name}: downloaded ({result.path})")
+        elif file_status(result.name, settings.model_dir).state == "verified":
+            click.echo(f"{result.name}: already present ({result.path})")
         else:  # a damaged file is only found by verify, which moves it aside for the next download
             click.echo(
-                f"{file_name}: already present ({result.path}), not verified: "
-                f"`jukebot models verify {file_name}` checks it"
+                f"{result.name}: already present ({result.path}), not verified: "
+                f"`jukebot models verify {result.name}` checks it"
             )
-    if failures:
-        raise click.ClickException(f"{failures} of {len(names)} files could not be downloaded (see above).")
+    for file_name, why in report.failures.items():
+        click.echo(f"FAILED {file_name}: {why}", err=True)
+    if report.failures:
+        raise click.ClickException(
+            f"{len(report.failures)} of {len(names)} files could not be downloaded (see above)."
+        )
 
 
 @models.command("verify")
@@ -187,3 +176,44 @@ def verify_command(name: str | None) -> None:
         raise click.ClickException(f"{problems} problem(s) found in {settings.model_dir}.")
     if checked:
         click.echo(f"{checked} file(s) OK.")
+
+
+@models.command("import")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--model",
+    type=click.Choice(list(MODELS)),
+    help="Which model a Hugging Face copy's top prior is (found from its shapes when not given).",
+)
+@click.option(
+    "--name",
+    type=click.Choice(list(CHECKPOINTS)),
+    help="Which checkpoint a single .pth.tar file is (found from its path or shapes when not given).",
+)
+@click.option("--replace", is_flag=True, help="Overwrite files already in the model directory.")
+def import_command(path: Path, model: str | None, name: str | None, replace: bool) -> None:
+    """Install checkpoints you already have: a Hugging Face copy (openai/jukebox-1b-lyrics or
+    openai/jukebox-5b-lyrics: its folder, sharded or not) or original .pth.tar files (one, or a folder).
+
+    Each part is checked against its architecture, written in the original format into the model
+    directory and verified; nothing is written when any part does not fit.
+    """
+    from sampler.model_import import import_checkpoints
+
+    settings = settings_or_exit()
+    try:
+        results = import_checkpoints(
+            path,
+            settings.model_dir,
+            model=model,
+            name=name,
+            replace=replace,
+            notify=lambda message: click.echo(message, err=True),
+        )
+    except ModelFilesError as exc:
+        raise click.ClickException(str(exc)) from None
+    for result in results:
+        if result.outcome == "imported":
+            click.echo(f"{result.name}: imported and verified ({result.path})")
+    ready = [name for name, status in model_status(settings.model_dir).items() if status.complete]
+    click.echo(f"Models ready in {settings.model_dir}: {', '.join(ready) or 'none yet'}.")

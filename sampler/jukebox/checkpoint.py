@@ -82,17 +82,17 @@ _ALLOWED_GLOBALS: list[Any] = [(_PickledHyperparams, "jukebox.hparams.Hyperparam
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
-def _torch_load(path: Path) -> Any:
+def _torch_load(path: Path, device: str = "cpu") -> Any:
     """torch.load with weights_only, memory-mapped when the file is in the zip format."""
     use_mmap = zipfile.is_zipfile(path)  # the legacy (pre-1.6) format cannot be memory-mapped
     with torch.serialization.safe_globals(_ALLOWED_GLOBALS):
         try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=use_mmap)
+            return torch.load(path, map_location=device, weights_only=True, mmap=use_mmap)
         except RuntimeError:
             if not use_mmap:
                 raise
             # some zip writers do not align records for mmap; a plain read still works
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location=device, weights_only=True)
 
 
 def _explain_load_failure(path: Path, error: Exception, name: str | None) -> CheckpointError:
@@ -121,10 +121,13 @@ def _explain_load_failure(path: Path, error: Exception, name: str | None) -> Che
     return CheckpointError(f"cannot read checkpoint {path}: {why}; {_redownload_hint(name)}")
 
 
-def read_checkpoint(path: str | os.PathLike[str], *, name: str | None = None) -> StateDict:
+def read_checkpoint(
+    path: str | os.PathLike[str], *, name: str | None = None, device: str = "cpu"
+) -> StateDict:
     """The weights of an original-format checkpoint, with any `module.` prefix removed.
 
-    `name` (the registry name, e.g. "vqvae") only improves the advice in error messages.
+    `name` (the registry name, e.g. "vqvae") only improves the advice in error messages. `device="meta"`
+    reads only the keys and shapes: `jukebot models verify` takes the same path as sampling.
     """
     path = Path(path)
     if not path.is_file():
@@ -133,7 +136,7 @@ def read_checkpoint(path: str | os.PathLike[str], *, name: str | None = None) ->
             f"`jukebot models download {name or '<model>'}`"
         )
     try:
-        payload = _torch_load(path)
+        payload = _torch_load(path, device)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
         raise _explain_load_failure(path, e, name) from e
     return _weights_of(payload, path, name)

@@ -174,7 +174,12 @@ CHECKPOINTS: dict[str, CheckpointFile] = {
     "prior_1b_lyrics": CheckpointFile("prior_1b_lyrics", "1b_lyrics/prior_level_2.pth.tar"),
 }
 
-DEFAULT_MIRROR = "https://openaipublic.azureedge.net/jukebox/models/"
+# Mirror roots tried in order: the CDN the original code downloads from, then the storage account
+# behind it, where the files were first published (the CDN's future is uncertain).
+DEFAULT_MIRRORS = (
+    "https://openaipublic.azureedge.net/jukebox/models/",
+    "https://openaipublic.blob.core.windows.net/jukebox/models/",
+)
 
 
 @dataclass(frozen=True)
@@ -219,7 +224,3 @@ MODELS: dict[str, PublishedModel] = {
         hf_repo="openai/jukebox-1b-lyrics",
     ),
 }
-
-
-def checkpoint_url(name: str, mirror: str = DEFAULT_MIRROR) -> str:
-    return mirror.rstrip("/") + "/" + CHECKPOINTS[name].path

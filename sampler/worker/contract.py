@@ -95,6 +95,12 @@ class JobInterrupted(JobStopped):
     """The worker is shutting down (or lost the lease): the job keeps its checkpoint for the next run."""
 
 
+class ModelNotHere(JobInterrupted):
+    """The job's model is not (any more) complete on this worker, e.g. a file was removed after the claim:
+    the job goes back to the queue for a worker that has it. The message, for the operator's log, says
+    what is missing and how to fetch it; users never see it."""
+
+
 def raise_if_stopped(should_stop: StopCheck) -> None:
     """Call once per chunk of tokens: raises `JobCancelled`/`JobInterrupted` when the worker says stop."""
     reason = should_stop()
@@ -176,7 +182,11 @@ class ProgressReporter(Protocol):
 class JobRunner(Protocol):
     """Samples jobs on one device. Built once per worker process by a `RunnerFactory`."""
 
-    models: frozenset[str]  # the job models (e.g. "5b_lyrics") this runner can serve
+    @property
+    def models(self) -> frozenset[str]:
+        """The job models (e.g. "5b_lyrics") this runner can serve now. Read before every claim, so it
+        must be cheap; it may grow (files downloaded) or shrink while the worker runs."""
+        ...
 
     def run(self, task: JobTask, report: ProgressReporter, should_stop: StopCheck) -> list[NewSample]: ...
 

@@ -44,12 +44,13 @@ from sampler.worker.contract import (
     JobInterrupted,
     JobRunner,
     JobTask,
+    ModelNotHere,
     OutOfMemory,
     RunnerFactoryError,
     StopReason,
     load_runner_factory,
 )
-from storage import JobStatus, JobStore, LeaseLost, StorageError, create_engine
+from storage import WORKER_PRESENCE_SECONDS, JobStatus, JobStore, LeaseLost, StorageError, create_engine
 from storage.errors import InvalidSample, PrimeNotFound, SampleNotFound
 from storage.records import ClaimedJob
 
@@ -285,6 +286,9 @@ class Worker:
         self.worker_id = worker_id or make_worker_id(device)
         # One thread for every run: CUDA state and model caches stay on one thread.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"runner-{device}")
+        self._served: frozenset[str] | None = None  # as last logged
+        self._recorded: frozenset[str] | None = None  # as the workers table has it
+        self._recorded_at = -math.inf
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
@@ -294,14 +298,15 @@ class Worker:
     async def serve(self, stop: asyncio.Event) -> None:
         """Claim and run jobs until `stop` is set; a running job is then released to the queue."""
         requeuer = asyncio.create_task(self._requeue_loop(stop))
+        presence = asyncio.create_task(self._presence_loop(stop))
         idle_wait = self.config.poll_seconds
-        log.info("worker %s serving models %s", self.worker_id, ", ".join(sorted(self.runner.models)))
         try:
             while not stop.is_set():
+                # Only models complete on disk, re-read each time: a download that finishes is served
+                # at once, and a job another machine could run is never claimed (and failed) here.
+                models = await self.advertise()
                 try:
-                    job = await self.store.claim(
-                        self.worker_id, self.runner.models, self.config.lease_seconds
-                    )
+                    job = await self.store.claim(self.worker_id, models, self.config.lease_seconds)
                 except Exception:
                     log.exception("worker %s: claiming a job failed; retrying", self.worker_id)
                     job = None
@@ -316,10 +321,43 @@ class Worker:
                     log.exception("job #%s: recording its outcome failed; its lease will expire", job.id)
                     await _wait(stop, self.config.max_poll_seconds)
         finally:
-            requeuer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await requeuer
+            for helper in (requeuer, presence):
+                helper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await helper
+            with contextlib.suppress(Exception):
+                await self.store.forget_worker(self.worker_id)
         log.info("worker %s stopped", self.worker_id)
+
+    async def advertise(self) -> frozenset[str]:
+        """The models this worker serves now; the workers table learns of a change at once, and is told
+        again every WORKER_PRESENCE_SECONDS that this worker is alive."""
+        models = frozenset(self.runner.models)
+        if models != self._served:
+            self._served = models
+            if models:
+                log.info("worker %s serving models %s", self.worker_id, ", ".join(sorted(models)))
+            else:
+                log.warning(
+                    "worker %s serves no model: none is complete on disk; it claims no job until one is "
+                    "(`jukebot models list` shows what is missing)",
+                    self.worker_id,
+                )
+        if models != self._recorded or time.monotonic() - self._recorded_at >= WORKER_PRESENCE_SECONDS:
+            try:
+                await self.store.record_worker(self.worker_id, models)
+            except Exception:
+                log.exception("worker %s: recording the models it serves failed; retrying", self.worker_id)
+            else:
+                self._recorded, self._recorded_at = models, time.monotonic()
+        return models
+
+    async def _presence_loop(self, stop: asyncio.Event) -> None:
+        """Keeps the workers table fresh through jobs that run for hours (the claim loop waits on them)."""
+        while not stop.is_set():
+            await _wait(stop, WORKER_PRESENCE_SECONDS)
+            if not stop.is_set():
+                await self.advertise()
 
     async def _requeue_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -382,9 +420,11 @@ class Worker:
                 await self.store.mark_cancelled(job.id, self.worker_id)
                 log.info("job #%s cancelled", job.id)
                 return JobOutcome.CANCELLED
-            except JobInterrupted:
+            except JobInterrupted as exc:
                 if run.should_stop() is StopReason.LEASE_LOST:
                     return self._abandoned(job)
+                if isinstance(exc, ModelNotHere):
+                    log.warning("job #%s: %s", job.id, exc)
                 await self._flush_progress(run)
                 status = await self.store.release(job.id, self.worker_id)
                 log.info("job #%s released (%s); it resumes from its checkpoint", job.id, status.value)

@@ -184,3 +184,22 @@ async def test_admin_sets_limits_and_channels(
         fake, await fake.invoke_command("jukebot-admin channels", {"action": "all"}, user=mod)
     )
     assert "Allowed channels: every channel" in everywhere
+
+
+async def test_jukebox_defaults_to_a_served_model_and_says_when_no_worker_has_one(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    fake = fake_discord
+    await bot_runner.start(make_bot(fake, sqlite_store))
+    await sqlite_store.record_worker("gpu-box/1/cuda:0", ["1b_lyrics"])  # as a worker with only 1b_lyrics
+    plain = await reply_of(fake, await fake.invoke_command("jukebox", {"samples": 1}))
+    assert plain.startswith("Queued as job #1.") and "Note" not in plain
+    assert (await sqlite_store.get_job(1)).model == "1b_lyrics"
+
+    chosen = await reply_of(fake, await fake.invoke_command("jukebox", {"samples": 1, "model": "5b"}))
+    assert chosen.startswith("Queued as job #2.")  # queued all the same: a worker may get it later
+    assert chosen.endswith(
+        "Note: No worker has the 5b model yet, so your job waits in the queue until one does "
+        "(available now: 1b_lyrics)."
+    )
+    assert (await sqlite_store.get_job(2)).model == "5b"

@@ -27,11 +27,13 @@ from bot.progress import MARK_CANCELLED, MARK_DONE, MARK_FAILED, progress_bar, r
 from bot.requests import (
     GenerateOptions,
     Limits,
+    availability_note,
     build_continue,
     build_generate,
     build_upsample,
     check_channel,
     check_prime_metadata,
+    default_model,
     stored_id,
 )
 from sampler.audio import SAMPLE_RATE, decode_audio, encode_audio
@@ -137,6 +139,20 @@ def test_continue_and_upsample_keep_the_labels() -> None:
 
 
 # ------------------------------------------------------------------ progress
+
+
+def test_the_default_model_is_one_a_worker_serves() -> None:
+    assert default_model({"5b", "1b_lyrics"}) == "1b_lyrics"
+    assert default_model({"5b"}) == "5b"
+    assert default_model({"5b", "1b_lyrics", "5b_lyrics"}) == "5b_lyrics"
+    assert default_model(set()) == "5b_lyrics"  # none served yet: the usual default (and a note)
+    assert availability_note("1b_lyrics", {"1b_lyrics"}) is None
+    note = availability_note("5b", {"1b_lyrics"})
+    assert note == (
+        "No worker has the 5b model yet, so your job waits in the queue until one does "
+        "(available now: 1b_lyrics)."
+    )
+    assert "/" not in note and "jukebot " not in note  # no server path, no operator command
 
 
 def test_progress_bar() -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,9 +10,9 @@ import torch
 from click.testing import CliRunner, Result
 
 from jukebot.commands.models import ModelsCliContext, models
-from sampler.jukebox.registry import CHECKPOINTS, MODELS
-from sampler.model_files import CheckpointVerifier, ids_files_for, model_path
-from tests.sampler.http_fixture import FileServer, running_file_server
+from sampler.jukebox.registry import CHECKPOINTS, DEFAULT_MIRRORS, MODELS
+from sampler.model_files import CheckpointVerifier, model_path
+from tests.sampler.http_fixture import FileServer, closed_port_url, running_file_server, silent_server
 
 SHAPES = {"blocks.0.w": (8, 16), "blocks.0.b": (16,)}
 
@@ -20,11 +21,6 @@ def tiny_checkpoint(shapes: dict[str, tuple[int, ...]] = SHAPES) -> bytes:
     buffer = io.BytesIO()
     torch.save({"model": {key: torch.zeros(shape) for key, shape in shapes.items()}}, buffer)
     return buffer.getvalue()
-
-
-def ids_copy(name: str) -> bytes:
-    jukebox_infer = pytest.importorskip("jukebox_infer")
-    return (Path(jukebox_infer.__file__).parent / "data" / "ids" / f"{name}.txt").read_bytes()
 
 
 @pytest.fixture
@@ -38,7 +34,6 @@ def model_dir(clean_env: Path, monkeypatch: pytest.MonkeyPatch, server: FileServ
     directory = clean_env / "models"
     monkeypatch.setenv("JUKEBOT_MODEL_DIR", str(directory))
     monkeypatch.setenv("JUKEBOT_MODEL_MIRRORS", f"{server.url}/gone/ {server.url}/models/")
-    monkeypatch.setenv("JUKEBOT_IDS_SOURCE", f"{server.url}/ids/")
     return directory
 
 
@@ -52,16 +47,14 @@ def invoke(*args: str) -> Result:
 def serve_model(server: FileServer, model: str) -> None:
     for name in MODELS[model].checkpoints:
         server.serve(f"models/{CHECKPOINTS[name].path}", tiny_checkpoint())
-    for name in ids_files_for(model):
-        server.serve(f"ids/{name}.txt", ids_copy(name))
 
 
 def test_list_download_verify_round_trip(server: FileServer, model_dir: Path) -> None:
     listed = invoke("list")
     assert listed.exit_code == 0, listed.output
     assert f"Model directory: {model_dir}" in listed.output
-    assert "1b_lyrics (lyrics): 8 of 8 files to fetch: jukebot models download 1b_lyrics" in listed.output
-    assert "5b (no lyrics): 6 of 6 files to fetch" in listed.output
+    assert "1b_lyrics (lyrics): 4 of 4 files to fetch: jukebot models download 1b_lyrics" in listed.output
+    assert "5b (no lyrics): 4 of 4 files to fetch" in listed.output
 
     serve_model(server, "1b_lyrics")
     downloaded = invoke("download", "1b_lyrics", "--no-progress")
@@ -69,22 +62,21 @@ def test_list_download_verify_round_trip(server: FileServer, model_dir: Path) ->
     assert (
         f"prior_1b_lyrics: downloaded ({model_dir / '1b_lyrics/prior_level_2.pth.tar'})" in downloaded.output
     )
-    assert "v3_genre_ids: downloaded" in downloaded.output
+    assert "4 file(s) to fetch, " in downloaded.output and "ids" not in downloaded.output
 
     listed = invoke("list")
     assert "1b_lyrics (lyrics): ready" in listed.output
     vqvae_line = next(line for line in listed.output.splitlines() if line.strip().startswith("vqvae"))
     assert "5b/vqvae.pth.tar" in vqvae_line and "verified (keys and shapes match)" in vqvae_line
-    assert "5b (no lyrics): 1 of 6 files to fetch" in listed.output  # shares vqvae, upsamplers and v2 ids
+    assert "5b (no lyrics): 1 of 4 files to fetch" in listed.output  # shares vqvae and upsamplers
 
     again = invoke("download", "1b_lyrics")
-    assert again.exit_code == 0 and again.output.count("already present") == len(
-        MODELS["1b_lyrics"].checkpoints
-    ) + len(ids_files_for("1b_lyrics"))
+    assert again.exit_code == 0 and again.output.count("already present") == 4
+    assert "to fetch" not in again.output
 
     verified = invoke("verify", "1b_lyrics")
     assert verified.exit_code == 0, verified.output
-    assert verified.output.count("OK  ") == 8 and "8 file(s) OK." in verified.output
+    assert verified.output.count("OK  ") == 4 and "4 file(s) OK." in verified.output
 
 
 def test_verify_reports_a_bad_file_and_exits_1(server: FileServer, model_dir: Path) -> None:
@@ -97,7 +89,7 @@ def test_verify_reports_a_bad_file_and_exits_1(server: FileServer, model_dir: Pa
     assert "not verified: `jukebot models verify vqvae` checks it" in present.output
     result = invoke("verify")
     assert result.exit_code == 1
-    assert "BAD vqvae" in result.output and "blocks.0.w is (8, 17), expected (8, 16)" in result.output
+    assert "BAD vqvae" in result.output and "blocks.0.w: file (8, 17) vs model (8, 16)" in result.output
     assert "Run `jukebot models download vqvae` to fetch it again." in result.output
     assert "1 problem(s) found" in result.output
     assert path.with_name("vqvae.pth.tar.corrupt").exists() and not path.exists()
@@ -113,13 +105,43 @@ def test_verify_a_model_with_missing_files_fails(model_dir: Path) -> None:
 
 
 def test_download_failures_are_reported_per_file_and_exit_1(server: FileServer, model_dir: Path) -> None:
-    server.serve("ids/v2_artist_ids.txt", ids_copy("v2_artist_ids"))
-    result = invoke("download", "ids", "--retries", "0")
+    server.serve(f"models/{CHECKPOINTS['vqvae'].path}", tiny_checkpoint())
+    result = invoke("download", "5b", "--retries", "0")
     assert result.exit_code == 1
-    assert "v2_artist_ids: downloaded" in result.output
-    assert "FAILED v3_genre_ids: v3_genre_ids not found on any mirror: tried " in result.output
+    assert "vqvae: downloaded" in result.output
+    assert "FAILED prior_5b: prior_5b not found on any mirror: tried " in result.output
     assert "3 of 4 files could not be downloaded" in result.output
-    assert model_path(model_dir, "v2_artist_ids").exists()
+    assert model_path(model_dir, "vqvae").exists()
+
+
+def test_no_network_fails_fast_with_one_line_per_mirror(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refused = closed_port_url()
+    with silent_server() as silent:
+        monkeypatch.setenv("JUKEBOT_MODEL_MIRRORS", f"{refused}/models/,{silent}/models/")
+        started = time.monotonic()
+        result = invoke("download", "1b_lyrics", "--connect-timeout", "0.5", "--timeout", "0.5")
+        elapsed = time.monotonic() - started
+    assert result.exit_code == 1 and elapsed < 3
+    lines = result.output.strip().splitlines()
+    assert lines == [
+        f"mirror {refused}/models/ cannot be reached (Connection refused); skipping it",
+        f"mirror {silent}/models/ cannot be reached (no answer within 0.5 s); skipping it",
+        lines[-1],
+    ]
+    assert lines[-1].startswith("Error: No model mirror could be reached: ")
+    assert "Check this machine's network connection" in lines[-1] and "JUKEBOT_MODEL_MIRRORS" in lines[-1]
+
+
+def test_the_default_mirrors_are_the_cdn_then_the_storage_origin(clean_env: Path) -> None:
+    from jukebot.settings import Settings
+
+    assert DEFAULT_MIRRORS == (
+        "https://openaipublic.azureedge.net/jukebox/models/",
+        "https://openaipublic.blob.core.windows.net/jukebox/models/",
+    )
+    assert Settings().model_mirrors == list(DEFAULT_MIRRORS)
 
 
 def test_unknown_name_is_a_clear_error(model_dir: Path) -> None:

@@ -1,6 +1,6 @@
 """A real HTTP file server on 127.0.0.1 (aiohttp, in a thread) that misbehaves on request.
 
-Each served path is a `Route` saying how to answer: drop the connection part way, announce more bytes than
+Each served path is a `Route` saying how to answer (HEAD too, with the headers GET would send): drop the connection part way, announce more bytes than
 it sends, stall, ignore `Range`, or answer an error status. Every request is logged as a `Hit`, with the
 body bytes actually handed to the socket, so tests can check what a client asked for and cost.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,6 +40,7 @@ class Hit:
     range: str | None
     status: int
     body_bytes: int = 0
+    method: str = "GET"
 
 
 @dataclass
@@ -56,8 +58,8 @@ class FileServer:
         self.routes[path.lstrip("/")] = route
         return route
 
-    def hits_for(self, path: str) -> list[Hit]:
-        return [hit for hit in self.hits if hit.path == path.lstrip("/")]
+    def hits_for(self, path: str, method: str = "GET") -> list[Hit]:
+        return [hit for hit in self.hits if hit.path == path.lstrip("/") and hit.method == method]
 
     def bytes_served(self, path: str) -> int:
         return sum(hit.body_bytes for hit in self.hits_for(path))
@@ -70,7 +72,7 @@ class FileServer:
         range_header = request.headers.get("Range")
         if route is None or route.status != 200:
             status = 404 if route is None else route.status
-            self.hits.append(Hit(path, range_header, status))
+            self.hits.append(Hit(path, range_header, status, method=request.method))
             return web.Response(status=status)
 
         data, start, status = route.data, 0, 200
@@ -81,7 +83,7 @@ class FileServer:
                 self.hits.append(Hit(path, range_header, 416))
                 return web.Response(status=416, headers={"Content-Range": f"bytes */{len(data)}"})
             status = 206
-        hit = Hit(path, range_header, status)
+        hit = Hit(path, range_header, status, method=request.method)
         self.hits.append(hit)
 
         body = data[start:]
@@ -90,6 +92,8 @@ class FileServer:
         if status == 206:
             response.headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
         await response.prepare(request)
+        if request.method == "HEAD":
+            return response
 
         limit = len(body)
         dropping = route.drop_after is not None and route.drops > 0
@@ -129,6 +133,7 @@ def running_file_server() -> Iterator[FileServer]:
     async def start() -> web.AppRunner:
         app = web.Application()
         app.router.add_route("GET", "/{tail:.*}", server.handle)
+        app.router.add_route("HEAD", "/{tail:.*}", server.handle)
         runner = web.AppRunner(app, shutdown_timeout=0.5, handle_signals=False, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -144,3 +149,20 @@ def running_file_server() -> Iterator[FileServer]:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
         loop.close()
+
+
+def closed_port_url() -> str:
+    """A URL on 127.0.0.1 where nothing listens: connecting is refused at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+@contextmanager
+def silent_server() -> Iterator[str]:
+    """A URL whose host accepts connections (the kernel completes them) but never answers a byte."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"

@@ -14,8 +14,14 @@ from sampler.audio import decode_audio, to_int16_pcm
 from sampler.cascade_runner import CascadeRunner, codes_from_bytes
 from sampler.jobspec import JobParams
 from sampler.jukebox.cascade import CascadeState
-from sampler.model_files import ModelFilesMissing
-from sampler.worker.contract import DeviceSpec, JobCancelled, JobInterrupted, JobTask, StopReason
+from sampler.worker.contract import (
+    DeviceSpec,
+    JobCancelled,
+    JobInterrupted,
+    JobTask,
+    ModelNotHere,
+    StopReason,
+)
 from storage.engine import create_engine
 from storage.records import NewSample
 from storage.store import JobStore
@@ -174,5 +180,7 @@ async def test_cancel_and_missing_models(
     with pytest.raises(JobCancelled):
         run(runner, task, Recorder(stop_after=3, reason=StopReason.CANCEL))
     empty = CascadeRunner(DeviceSpec.cpu(), tmp_path / "no-models")
-    with pytest.raises(ModelFilesMissing, match=r"Run `jukebot models download 5b` to fetch them"):
+    assert empty.models == frozenset() and runner.models == {"1b_lyrics", "5b"}
+    # a job it got anyway (files removed after the claim) goes back to the queue; the log says why
+    with pytest.raises(ModelNotHere, match=r"Run `jukebot models download 5b` to fetch them"):
         run(empty, task)

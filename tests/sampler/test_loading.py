@@ -13,20 +13,14 @@ from jukebot.cli import main
 from sampler.jukebox.checkpoint import CheckpointMismatch, save_checkpoint
 from sampler.jukebox.registry import CHECKPOINTS
 from sampler.loading import ModelDirectory, expected_shapes_for, load_cascade
-from sampler.model_files import ModelFilesMissing, ids_files_for, model_path
+from sampler.model_files import ModelFilesMissing, model_path
 from tests.sampler.jukebox.tiny_priors import tiny_prior
 from tests.tiny_model_dir import write_tiny_model_dir
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = write_tiny_model_dir(tmp_path_factory.mktemp("models"), models=("1b_lyrics",))
-    bundled = Path(__file__).parents[2] / "sampler" / "jukebox" / "data" / "ids"
-    for name in ids_files_for("1b_lyrics"):
-        target = model_path(directory, name)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(bundled / target.name, target)
-    return directory
+    return write_tiny_model_dir(tmp_path_factory.mktemp("models"), models=("1b_lyrics",))
 
 
 def test_published_shapes_have_the_published_key_counts() -> None:
@@ -47,7 +41,6 @@ def test_cascade_loads_from_the_directory(model_dir: Path) -> None:
     assert cascade.hops == (4, 8, 16)
     prior = cascade.priors.acquire(2)
     assert prior.config.single_enc_dec and prior.n_ctx == 64
-    assert ModelDirectory(model_dir, "1b_lyrics").ids_dir() == model_dir / "ids"
 
 
 def test_a_mis_shaped_file_fails_loading_with_the_keys_named(model_dir: Path, tmp_path: Path) -> None:
@@ -69,7 +62,7 @@ def test_models_verify_checks_keys_and_shapes(
     monkeypatch.setenv("JUKEBOT_MODEL_DIR", str(work))
     ok = CliRunner().invoke(main, ["models", "verify", "1b_lyrics"])
     assert ok.exit_code == 0, ok.output
-    assert "8 file(s) OK." in ok.output
+    assert "4 file(s) OK." in ok.output
     state = tiny_prior("top_1b_lyrics").state_dict()
     state["prior.x_out.weight"] = torch.zeros(3, 3)
     save_checkpoint(state, model_path(work, "prior_1b_lyrics"))

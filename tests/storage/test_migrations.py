@@ -27,7 +27,7 @@ from storage.migrate import (
 )
 from storage.models import Base, UTCDateTime
 
-TABLES = {"jobs", "samples", "votes", "primes", "guild_settings"}
+TABLES = {"jobs", "samples", "votes", "primes", "guild_settings", "workers"}
 
 
 async def table_names(url: str) -> set[str]:

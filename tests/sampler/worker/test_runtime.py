@@ -23,6 +23,7 @@ from sampler.model_files import model_path
 from sampler.worker.contract import DeviceSpec, JobInterrupted, JobTask, ProgressReporter, StopCheck
 from sampler.worker.runtime import JobOutcome, Worker, WorkerConfig, WorkerConfigError, pid_of
 from storage import JobKind, JobStatus, JobStore
+from storage.store import workers
 from tests.sampler.worker.toy_runner import (
     SECONDS_PER_WINDOW,
     TOKENS_PER_WINDOW,
@@ -218,7 +219,7 @@ async def _job_if(store: JobStore, job_id: int, predicate: Any) -> Any:
     return job if predicate(job) else None
 
 
-async def test_missing_model_files_fail_at_once_with_the_download_command(
+async def test_model_files_gone_after_the_claim_send_the_job_back_for_another_worker(
     live_store: JobStore, make_worker: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     model_dir = tmp_path / "models"
@@ -227,15 +228,57 @@ async def test_missing_model_files_fail_at_once_with_the_download_command(
         model_path(model_dir, name).write_bytes(b"x")
     monkeypatch.setenv("JUKEBOT_TOY_MODEL_DIR", str(model_dir))
     worker = make_worker()
+    assert worker.runner.models == {"5b_lyrics"}
     present = await enqueue(live_store)
     missing = await enqueue(live_store, model="1b_lyrics")
 
     assert await worker.run_job(await claim(live_store, worker)) is JobOutcome.SUCCEEDED
-    assert await worker.run_job(await claim(live_store, worker)) is JobOutcome.FAILED
-    failed = await live_store.get_job(missing)
-    assert failed.status is JobStatus.FAILED and failed.attempts == 0
-    assert "jukebot models download 1b_lyrics" in (failed.error or "")
+    assert await live_store.claim(worker.worker_id, worker.runner.models, 10) is None  # not claimed here
+    # as if its files were deleted between a claim and the load
+    raced = await live_store.claim(worker.worker_id, ["1b_lyrics"], 10)
+    assert raced is not None and await worker.run_job(raced) is JobOutcome.RELEASED
+    back = await live_store.get_job(missing)
+    assert back.status is JobStatus.QUEUED and back.attempts == 0 and back.error is None
     assert (await live_store.get_job(present)).status is JobStatus.SUCCEEDED
+
+
+async def test_a_worker_serves_only_models_complete_on_disk_and_takes_up_new_ones(
+    live_store: JobStore,
+    make_worker: Any,
+    serving: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    model_dir = tmp_path / "models"
+    model_dir.mkdir()
+    monkeypatch.setenv("JUKEBOT_TOY_MODEL_DIR", str(model_dir))
+    worker = make_worker()
+    job_id = await enqueue(live_store, model="1b_lyrics")
+    caplog.set_level("INFO", logger="sampler.worker.runtime")
+    serving(worker)
+
+    async def advertised() -> list[Any] | None:
+        async with live_store.engine.connect() as connection:
+            rows = (await connection.execute(workers.select())).all()
+        return [(row.worker_id, row.models) for row in rows] or None
+
+    assert await wait_until(advertised, what="the worker's row") == [(worker.worker_id, [])]
+    assert "serves no model: none is complete on disk" in caplog.text
+    assert "serving models" not in caplog.text
+    assert await live_store.served_models() == frozenset()
+    assert (await live_store.get_job(job_id)).status is JobStatus.QUEUED  # never claimed, never failed
+
+    for name in MODELS["1b_lyrics"].checkpoints:  # the download finishes while the worker runs
+        model_path(model_dir, name).parent.mkdir(parents=True, exist_ok=True)
+        model_path(model_dir, name).write_bytes(b"x")
+
+    async def succeeded() -> bool:
+        return (await live_store.get_job(job_id)).status is JobStatus.SUCCEEDED
+
+    await wait_until(succeeded, what="the job to run once its model is complete")
+    assert await live_store.served_models() == {"1b_lyrics"}
+    assert f"worker {worker.worker_id} serving models 1b_lyrics" in caplog.text
 
 
 @pytest.mark.parametrize(

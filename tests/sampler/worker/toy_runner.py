@@ -34,12 +34,13 @@ import numpy as np
 from sampler.audio import SAMPLE_RATE, encode_to_fit
 from sampler.jobspec import InvalidJobParams, JobParams, parse_params
 from sampler.jukebox.registry import MODELS
-from sampler.model_files import ModelFilesError, require_checkpoints
+from sampler.model_files import ModelFilesError, ModelFilesMissing, available_models, require_checkpoints
 from sampler.worker.contract import (
     BadCheckpoint,
     DeviceSpec,
     JobFailed,
     JobTask,
+    ModelNotHere,
     OutOfMemory,
     ProgressReporter,
     Stage,
@@ -146,13 +147,18 @@ class ToyRunner:
     def __init__(self, device: DeviceSpec) -> None:
         self.device = device
         served = os.environ.get("JUKEBOT_TOY_MODELS")
-        self.models = frozenset(served.split(",") if served else MODELS)
+        self.listed = frozenset(served.split(",") if served else MODELS)
         self.work = int(os.environ.get("JUKEBOT_TOY_WORK", "50"))
         log_dir = os.environ.get("JUKEBOT_TOY_LOG_DIR")
         self.log_dir = Path(log_dir) if log_dir else None
         model_dir = os.environ.get("JUKEBOT_TOY_MODEL_DIR")
         self.model_dir = Path(model_dir) if model_dir else None
         self.weights = _weights()
+
+    @property
+    def models(self) -> frozenset[str]:
+        """As the real runner: with a model directory, the models complete in it, re-read each time."""
+        return self.listed if self.model_dir is None else self.listed & available_models(self.model_dir)
 
     def _record(self, job_id: int, event: str, **fields: object) -> None:
         if self.log_dir is None:
@@ -167,6 +173,8 @@ class ToyRunner:
             if self.model_dir is not None:
                 require_checkpoints(self.model_dir, job.model)
             params = parse_params(job.params)
+        except ModelFilesMissing as exc:
+            raise ModelNotHere(str(exc)) from exc
         except (ModelFilesError, InvalidJobParams) as exc:
             raise JobFailed(str(exc)) from exc
         if params.artist == "!crash":

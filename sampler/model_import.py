@@ -1,0 +1,203 @@
+"""`jukebot models import`: install checkpoints obtained elsewhere into the model directory.
+
+Two sources:
+
+* Hugging Face copies (`openai/jukebox-1b-lyrics`, `openai/jukebox-5b-lyrics`): one `JukeboxModel`
+  state dict, renamed keys, maybe sharded. Split into the original parts (VQ-VAE, upsamplers, top prior)
+  and written in the original format, so everything else reads them as if downloaded.
+* Original `*.pth.tar` files (a copy of the published files, or a folder of them): copied as they are.
+
+Every part is checked against the architecture it is for (the published one, or a sidecar's) before
+anything is written, and verified again from disk afterwards (the loader sampling uses).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from sampler.jukebox.checkpoint import (
+    PRIOR_PARTS,
+    VQVAE_PART,
+    CheckpointError,
+    check_state_dict,
+    load_hf_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+    split_hf_state_dict,
+)
+from sampler.jukebox.registry import CHECKPOINTS, MODELS
+from sampler.loading import expected_shapes_for
+from sampler.model_files import CheckpointVerifier, ModelFilesError, model_path, verify_file
+
+StateDict = Mapping[str, torch.Tensor]
+_HF_KEY = re.compile(r"^(vqvae|priors\.\d+)\.")
+
+
+class ModelImportError(ModelFilesError):
+    """A source that cannot be imported; the message says why and what to do. Nothing was written."""
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    name: str
+    path: Path
+    outcome: Literal["imported", "kept"]  # kept: a file was already there (see `replace`)
+
+
+def import_checkpoints(
+    source: Path,
+    model_dir: Path,
+    *,
+    model: str | None = None,
+    name: str | None = None,
+    replace: bool = False,
+    notify: Callable[[str], None] = lambda message: None,
+) -> list[ImportResult]:
+    """Import `source` (an HF folder or file, a `.pth.tar` file, or a folder of them) into `model_dir`.
+
+    `model` picks the top prior of an HF copy (found from its shapes otherwise); `name` says which
+    checkpoint a single original file is (found from its path or shapes otherwise).
+    """
+    source, model_dir = Path(source), Path(model_dir)
+    if not source.exists():
+        raise ModelImportError(f"{source} does not exist.")
+    if model is not None and model not in MODELS:
+        raise ModelImportError(f"Unknown model {model!r}: use one of {', '.join(MODELS)}.")
+    if name is not None and name not in CHECKPOINTS:
+        raise ModelImportError(f"Unknown checkpoint {name!r}: use one of {', '.join(CHECKPOINTS)}.")
+    originals = sorted(source.rglob("*.pth.tar")) if source.is_dir() else []
+    try:
+        if originals:
+            if name is not None and len(originals) > 1:
+                raise ModelImportError(f"--name fits one file, but {source} holds {len(originals)}.")
+            planned = [(_original_name(file, model_dir, name), file) for file in originals]
+            return [_install_copy(n, file, model_dir, replace, notify) for n, file in planned]
+        if source.is_file():
+            state = read_checkpoint(source, device="meta")
+            if not any(_HF_KEY.match(key) for key in state):
+                chosen = _original_name(source, model_dir, name)
+                return [_install_copy(chosen, source, model_dir, replace, notify)]
+            parts = split_hf_state_dict(read_checkpoint(source))
+        else:
+            parts = load_hf_checkpoint(source)
+    except CheckpointError as exc:
+        raise ModelImportError(f"Cannot import {source}: {exc}.") from None
+    return _install_parts(parts, source, model_dir, model, replace, notify)
+
+
+# ----------------------------------------------------------------------------- original files
+
+
+def _fits(state: StateDict, name: str, model_dir: Path) -> bool:
+    try:
+        check_state_dict(state, expected_shapes_for(name, model_dir))
+    except CheckpointError:
+        return False
+    return True
+
+
+def _original_name(file: Path, model_dir: Path, name: str | None) -> str:
+    """Which checkpoint `file` is: as told, by its path in the published layout, or by its shapes."""
+    state = read_checkpoint(file, device="meta")
+    if name is None:
+        by_path = [n for n, ckpt in CHECKPOINTS.items() if file.as_posix().endswith("/" + ckpt.path)]
+        candidates = by_path or [n for n in CHECKPOINTS if _fits(state, n, model_dir)]
+        if not candidates:
+            raise ModelImportError(
+                f"{file} fits none of the Jukebox checkpoints ({', '.join(CHECKPOINTS)}): "
+                "it is another model, or damaged."
+            )
+        if len(candidates) > 1:
+            raise ModelImportError(
+                f"{file} could be any of {', '.join(candidates)} (their shapes are the same): "
+                "say which with --name."
+            )
+        name = candidates[0]
+    try:
+        check_state_dict(state, expected_shapes_for(name, model_dir), what=f"{file} (as {name})")
+    except CheckpointError as exc:
+        raise ModelImportError(f"{exc} Nothing was imported.") from None
+    return name
+
+
+def _install_copy(
+    name: str, file: Path, model_dir: Path, replace: bool, notify: Callable[[str], None]
+) -> ImportResult:
+    target = model_path(model_dir, name)
+    if target.exists() and not replace:
+        notify(f"{name}: {target} is already there; kept (--replace overwrites it)")
+        return ImportResult(name, target, "kept")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".partial", dir=target.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(file, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return _verified(name, model_dir, f"{file}")
+
+
+# ----------------------------------------------------------------------------- Hugging Face copies
+
+
+def _install_parts(
+    parts: Mapping[str, StateDict],
+    source: Path,
+    model_dir: Path,
+    model: str | None,
+    replace: bool,
+    notify: Callable[[str], None],
+) -> list[ImportResult]:
+    names = {VQVAE_PART: "vqvae", PRIOR_PARTS[0]: "upsampler_level_0", PRIOR_PARTS[1]: "upsampler_level_1"}
+    if PRIOR_PARTS[2] in parts:
+        names[PRIOR_PARTS[2]] = _top_prior(parts[PRIOR_PARTS[2]], source, model_dir, model)
+    planned = [(names[part], state) for part, state in parts.items()]
+    for name, state in planned:  # every part checked before any is written
+        try:
+            check_state_dict(state, expected_shapes_for(name, model_dir), what=f"{source}'s {name}")
+        except CheckpointError as exc:
+            raise ModelImportError(f"{exc} Nothing was imported.") from None
+    results = []
+    for name, state in planned:
+        target = model_path(model_dir, name)
+        if target.exists() and not replace:
+            notify(f"{name}: {target} is already there; kept (--replace overwrites it)")
+            results.append(ImportResult(name, target, "kept"))
+            continue
+        save_checkpoint(state, target)  # the original format, atomically
+        results.append(_verified(name, model_dir, f"{source}"))
+    return results
+
+
+def _top_prior(state: StateDict, source: Path, model_dir: Path, model: str | None) -> str:
+    if model is not None:
+        return MODELS[model].top_prior
+    tops = [m.top_prior for m in MODELS.values() if _fits(state, m.top_prior, model_dir)]
+    if len(tops) != 1:
+        raise ModelImportError(
+            f"The top prior in {source} fits {'none' if not tops else ' and '.join(tops)} of the Jukebox "
+            f"models; say which with --model ({', '.join(MODELS)})."
+        )
+    return tops[0]
+
+
+def _verified(name: str, model_dir: Path, source: str) -> ImportResult:
+    """Read the installed file back as sampling will; a bad one is moved aside and reported."""
+    verifier = CheckpointVerifier(expected_shapes_for=lambda n: expected_shapes_for(n, model_dir))
+    result = verify_file(name, model_dir, verifier)
+    if not result.ok:
+        raise ModelImportError(
+            f"{name} from {source} failed verification once written: {'; '.join(result.problems)}."
+        )
+    return ImportResult(name, result.path, "imported")
