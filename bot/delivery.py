@@ -100,3 +100,17 @@ def group_for_messages(files: Sequence[AudioFile], limit_bytes: int) -> list[lis
     if current:
         groups.append(current)
     return groups
+
+
+def with_picture(
+    groups: list[list[AudioFile]], picture: AudioFile | None, limit_bytes: int
+) -> list[list[AudioFile]]:
+    """The messages' files with `picture` added to the first message (the one with the buttons) when it
+    fits there; it never pushes a message over the limit or the file count: without room it is left out."""
+    if picture is None or not groups:
+        return groups
+    first = groups[0]
+    size = sum(len(file.data) for file in first) + len(picture.data)
+    if len(first) >= MAX_FILES_PER_MESSAGE or size > limit_bytes:
+        return groups
+    return [[*first, picture], *groups[1:]]

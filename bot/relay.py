@@ -13,7 +13,8 @@ message carries a nonce, so Discord answers a repeat sent within minutes with th
 posting fails part-way the claim is given back; if the bot is killed mid-post the claim expires.
 Either way the next try (this bot or another) posts only the samples without a message, then the
 final progress text. Results of upsample and continue jobs reply to the parent sample's message,
-found in the store after a restart too.
+found in the store after a restart too. Each sample's first message also carries its picture
+(bot/pictures.py) when that fits the upload limit beside the audio.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING
 
 import discord
 
-from bot import delivery
+from bot import delivery, pictures
 from bot.progress import render_job
 from bot.views import sample_view
 from storage.errors import JobNotFound, SampleNotFound
@@ -290,6 +291,7 @@ class ProgressRelay:
         limit = self.bot.upload_limit(job.guild_id)
         channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
         reply_to = await self._results_reply_target(job)
+        prime_part = await pictures.prime_part_seconds(self.store, job)
         for position, info in enumerate(infos, start=1):
             if info.message_id is not None:
                 continue  # posted by an earlier try that failed part-way
@@ -315,6 +317,15 @@ class ProgressRelay:
             except delivery.DeliveryImpossible as exc:
                 groups = [[]]
                 content += f"\n⚠️ {exc} Re-send it later with `/sample {sample.id}`."
+            picture = await asyncio.to_thread(
+                pictures.picture_for_sample,
+                sample.audio,
+                sample.audio_format,
+                stem,
+                sample.duration_seconds,
+                prime_part,
+            )
+            groups = delivery.with_picture(groups, picture, limit)
             view = sample_view(sample.id, votes.get(sample.id, 0), can_upsample=not full_quality)
             reference = self._reference(job.channel_id, job.guild_id, reply_to)
             first: discord.Message | None = None

@@ -10,7 +10,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot import actions, delivery
+from bot import actions, delivery, pictures
 from bot.bot import JukeBot
 from bot.options import SampleId
 from bot.views import sample_view
@@ -53,15 +53,25 @@ class Samples(commands.Cog):
         stored, job = await actions.sample_in_guild(self.bot, id, guild_id)  # refusals stay private
         await interaction.response.defer(thinking=True)
         limit = delivery.upload_limit(interaction.filesize_limit, None)
+        stem = f"jukebot_sample_{stored.id}"
         files = await asyncio.to_thread(
             delivery.files_for_sample,
             stored.audio,
             stored.audio_format,
             limit,
-            f"jukebot_sample_{stored.id}",
+            stem,
             stored.duration_seconds,
         )
-        groups = delivery.group_for_messages(files, limit)
+        prime_part = await pictures.prime_part_seconds(self.bot.store, job)
+        picture = await asyncio.to_thread(
+            pictures.picture_for_sample,
+            stored.audio,
+            stored.audio_format,
+            stem,
+            stored.duration_seconds,
+            prime_part,
+        )
+        groups = delivery.with_picture(delivery.group_for_messages(files, limit), picture, limit)
         votes = await self.bot.store.vote_count(stored.id)
         quality = "full quality" if 0 in stored.levels else "preview (top level only)"
         content = (

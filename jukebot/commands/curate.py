@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from sampler.curation import Clip
 
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".opus", ".mp3", ".m4a", ".aac", ".aiff", ".aif"})
 OUTPUT_BITRATE = 160_000
@@ -38,7 +42,12 @@ def _inputs(paths: tuple[Path, ...]) -> list[Path]:
 @click.option(
     "--fade", default=0.5, show_default=True, type=click.FloatRange(0, 10), help="Crossfade seconds."
 )
-def curate(inputs: tuple[Path, ...], output: Path, fade: float) -> None:
+@click.option(
+    "--picture",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Also draw the order as a PNG strip: a picture per clip, captioned with its join similarity.",
+)
+def curate(inputs: tuple[Path, ...], output: Path, fade: float, picture: Path | None) -> None:
     """Order clips so that similar ones follow each other and join them into one file.
 
     INPUTS are audio files or folders of them. Each clip loses its leading and trailing silence,
@@ -55,6 +64,8 @@ def curate(inputs: tuple[Path, ...], output: Path, fade: float) -> None:
     suffix = output.suffix.lower()
     if suffix not in {".ogg", ".mp3", ".wav"}:
         raise click.UsageError(f"Write the piece as .ogg, .mp3 or .wav, not {suffix or 'no extension'!r}.")
+    if picture is not None and picture.suffix.lower() != ".png":
+        raise click.UsageError(f"The picture is a PNG: name it .png, not {picture.name!r}.")
     files = _inputs(inputs)
     clips = []
     for path in tqdm(files, desc="decoding", unit="clip", leave=False):
@@ -87,6 +98,8 @@ def curate(inputs: tuple[Path, ...], output: Path, fade: float) -> None:
     else:
         data = encode_audio(result.audio, SAMPLE_RATE, "mp3" if suffix == ".mp3" else "ogg", OUTPUT_BITRATE)
     output.write_bytes(data)
+    if picture is not None:
+        picture.write_bytes(strip_picture([clips[i] for i in result.order], result.join_scores))
 
     click.echo("Order (similarity to the clip before):")
     for position, index in enumerate(result.order):
@@ -97,3 +110,23 @@ def curate(inputs: tuple[Path, ...], output: Path, fade: float) -> None:
         click.echo(f"Left out (silent): {', '.join(left_out)}")
     mean = float(np.mean(result.join_scores)) if result.join_scores else 0.0
     click.echo(f"Wrote {output} ({result.duration_seconds:.1f} s, mean join similarity {mean:.3f}).")
+    if picture is not None:
+        click.echo(f"Drew the order in {picture}.")
+
+
+def strip_picture(ordered: list[Clip], join_scores: list[float]) -> bytes:
+    """The strip of the clips as they go into the piece (trimmed of silence), in order."""
+    from sampler.audio import SAMPLE_RATE
+    from sampler.curation import TRIM_MARGIN_S, trim_silence
+    from sampler.pictures import STRIP_TILE_HEIGHT, STRIP_TILE_WIDTH, render_sample_picture, render_strip
+
+    tiles = [
+        render_sample_picture(
+            trim_silence(clip.audio, keep_s=TRIM_MARGIN_S),
+            SAMPLE_RATE,
+            width=STRIP_TILE_WIDTH,
+            height=STRIP_TILE_HEIGHT,
+        )
+        for clip in ordered
+    ]
+    return render_strip(tiles, [clip.name for clip in ordered], join_scores)

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from jukebot.cli import main
 from sampler.audio import decode_audio, encode_audio, wav_bytes
+from sampler.curation import TRIM_MARGIN_S, trim_silence
+from sampler.pictures import (
+    STRIP_COLUMNS,
+    STRIP_TILE_HEIGHT,
+    STRIP_TILE_WIDTH,
+    render_sample_picture,
+    strip_tile_origin,
+)
 from tests.sampler.test_curation import MELODY_A, MELODY_B, melody
 
 
@@ -55,3 +66,38 @@ def test_curate_says_what_is_wrong(tmp_path: Path) -> None:
     empty.mkdir()
     result = runner.invoke(main, ["curate", str(empty), "-o", str(tmp_path / "x.ogg")])
     assert result.exit_code == 2 and "holds no audio files" in result.output
+
+
+def test_curate_draws_its_order_as_a_strip(tmp_path: Path) -> None:
+    clips = {
+        "a1.wav": wav_bytes(melody(MELODY_A, 3.0, seed=1)),
+        "b1.ogg": encode_audio(melody(MELODY_B, 2.0, seed=2), 44100, "ogg", 96_000),
+        "a2.wav": wav_bytes(np.concatenate([np.zeros(44100, np.float32), melody(MELODY_A, 2.0, seed=3)])),
+    }
+    for name, data in clips.items():
+        (tmp_path / name).write_bytes(data)
+    strip_path = tmp_path / "strip.png"
+    args = ["curate", *(str(tmp_path / name) for name in clips), "-o", str(tmp_path / "piece.wav")]
+    result = CliRunner().invoke(main, [*args, "--picture", str(strip_path)])
+    assert result.exit_code == 0, result.output
+    order = [
+        line.split(". ", 1)[1].split()[0]
+        for line in result.output.splitlines()
+        if ". " in line and line[:4].strip().isdigit()
+    ]
+    assert sorted(order) == sorted(clips) and f"Drew the order in {strip_path}" in result.output
+    strip = np.asarray(Image.open(strip_path).convert("RGB"))
+    columns = min(STRIP_COLUMNS, len(order))
+    for index, name in enumerate(order):
+        # each tile is the clip as it goes into the piece: decoded, its silence trimmed (a2's first second)
+        trimmed = trim_silence(
+            decode_audio((tmp_path / name).read_bytes(), max_seconds=None), keep_s=TRIM_MARGIN_S
+        )
+        tile = render_sample_picture(trimmed, 44100, width=STRIP_TILE_WIDTH, height=STRIP_TILE_HEIGHT)
+        x, y = strip_tile_origin(index, STRIP_TILE_WIDTH, STRIP_TILE_HEIGHT, columns)
+        drawn = strip[y : y + STRIP_TILE_HEIGHT, x : x + STRIP_TILE_WIDTH]
+        assert np.array_equal(drawn, np.asarray(Image.open(io.BytesIO(tile)).convert("RGB"))), name
+    assert strip.shape[1] == strip_tile_origin(columns, STRIP_TILE_WIDTH, STRIP_TILE_HEIGHT, columns + 1)[0]
+
+    refused = CliRunner().invoke(main, [*args, "--picture", str(tmp_path / "strip.jpg")])
+    assert refused.exit_code == 2 and "name it .png" in refused.output

@@ -1,0 +1,83 @@
+"""The picture posted with each sample (sampler/pictures.py draws it): which part was the prime, and
+the bounded work of decoding the stored audio to draw it. No Discord calls here.
+
+A picture is a convenience: when the audio cannot be decoded or is too long to draw cheaply, the
+sample goes out without one (`delivery.with_picture` also drops it when it does not fit the limit).
+Decoding and drawing are CPU work: call `picture_for_sample` through `asyncio.to_thread`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from bot.delivery import AudioFile
+from sampler.audio import AudioError, decode_audio
+from sampler.pictures import MAX_HZ, render_sample_picture
+from storage.errors import JobNotFound, PrimeNotFound, SampleNotFound
+from storage.models import JobKind
+from storage.records import Job
+from storage.store import JobStore
+
+log = logging.getLogger(__name__)
+# Twice the picture's top frequency: enough to draw it, a third less to decode and hold than 44.1 kHz.
+PICTURE_SAMPLE_RATE = int(2 * MAX_HZ)
+# Longer samples (continues of continues) go out without a picture: decoding them holds ~8 MB a minute.
+PICTURE_MAX_SECONDS = 600.0
+# One picture at a time per bot process, whoever asks (the relay, /sample): bounds memory and CPU.
+_DRAWING = threading.BoundedSemaphore(1)
+# How far `prime_part_seconds` follows parents (an upsample of a continue of a primed sample...).
+_MAX_PARENT_STEPS = 8
+
+
+def picture_for_sample(
+    audio: bytes, audio_format: str, stem: str, duration_seconds: float, prime_seconds: float | None
+) -> AudioFile | None:
+    """`{stem}.png` of the stored audio, its first `prime_seconds` marked; None when not drawn."""
+    if duration_seconds > PICTURE_MAX_SECONDS:
+        return None
+    with _DRAWING:
+        try:
+            samples = decode_audio(
+                audio,
+                sample_rate=PICTURE_SAMPLE_RATE,
+                max_bytes=None,
+                max_seconds=PICTURE_MAX_SECONDS,
+                silence_threshold_db=None,
+            )
+        except AudioError as exc:
+            log.warning("%s: no picture, its stored %s audio does not decode: %s", stem, audio_format, exc)
+            return None
+        try:
+            png = render_sample_picture(samples, PICTURE_SAMPLE_RATE, prime_seconds=prime_seconds)
+        except Exception:  # a picture is a convenience: the audio goes out without one
+            log.exception("%s: drawing its picture failed", stem)
+            return None
+    seconds = samples.shape[0] / PICTURE_SAMPLE_RATE
+    marked = f", the first {prime_seconds:.1f} s from the prime" if prime_seconds else ""
+    return AudioFile(f"{stem}.png", png, f"{stem}: spectrogram and loudness over {seconds:.1f} s{marked}")
+
+
+async def prime_part_seconds(store: JobStore, job: Job) -> float | None:
+    """How many seconds at the start of the job's samples the model was given rather than made:
+    the prime clip (as much as the job used), or for a continue the sample it extends; an upsample
+    keeps its parent's part. None when the samples are the model's own from the start."""
+    for _ in range(_MAX_PARENT_STEPS):
+        try:
+            if job.kind == JobKind.GENERATE:
+                if job.prime_id is None:
+                    return None
+                prime = await store.get_prime(job.prime_id)
+                wanted = job.params.get("prime_seconds")
+                return (
+                    prime.duration_seconds if wanted is None else min(float(wanted), prime.duration_seconds)
+                )
+            if job.parent_sample_id is None:
+                return None
+            parent = await store.get_sample_info(job.parent_sample_id)
+            if job.kind == JobKind.CONTINUE:
+                return parent.duration_seconds
+            job = await store.get_job(parent.job_id)  # an upsample: the same length as its parent
+        except (PrimeNotFound, SampleNotFound, JobNotFound):
+            return None
+    return None
