@@ -80,7 +80,7 @@ _BYTE_UNITS = {
 
 
 def parse_byte_size(value: object) -> object:
-    """Accept a number of bytes or a size with a unit: `26214400`, `25MiB`, `25 MB` (MB = 10^6, MiB = 2^20)."""
+    """Accept a number of bytes or one with a unit: `26214400`, `25MiB`, `25 MB` (MB = 10^6, MiB = 2^20)."""
     if not isinstance(value, str):
         return value
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", value)
