@@ -6,6 +6,7 @@ Every variable is `JUKEBOT_<FIELD>`; the two everybody knows also work bare
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -72,6 +73,26 @@ def _split_ints(value: object) -> object:
     return value
 
 
+_BYTE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3,
+}  # fmt: skip
+
+
+def parse_byte_size(value: object) -> object:
+    """Accept a number of bytes or one with a unit: `26214400`, `25MiB`, `25 MB` (MB = 10^6, MiB = 2^20)."""
+    if not isinstance(value, str):
+        return value
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", value)
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _BYTE_UNITS:
+        raise ValueError(
+            "use a number of bytes, or one with a unit, e.g. 26214400 or 25MiB (also kB, MB, KiB, GiB)"
+        )
+    return int(float(match.group(1)) * _BYTE_UNITS[unit])
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="JUKEBOT_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
@@ -111,6 +132,11 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_channels(cls, value: object) -> object:
         return _split_ints(value)
+
+    @field_validator("max_prime_bytes", mode="before")
+    @classmethod
+    def _parse_byte_size(cls, value: object) -> object:
+        return parse_byte_size(value)
 
     @field_validator("model_mirrors", mode="before")
     @classmethod

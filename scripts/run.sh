@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Install jukebot and start the bot with local workers on the embedded defaults.
-# Needs only DISCORD_TOKEN (environment or .env). Extra arguments go to `jukebot run`.
+# Install jukebot into the project's virtual environment (.venv) and start the bot with local
+# workers on the embedded defaults. Needs only Python 3.11+ and DISCORD_TOKEN (environment or .env).
+# Extra arguments go to `jukebot run`. JUKEBOT_TORCH=auto|cpu|cuda|skip picks the torch build
+# (see scripts/venv.sh); `skip` installs the bot alone (then set JUKEBOT_GPUS=none).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python3}
-if ! "$PYTHON" -c "import jukebot" 2>/dev/null; then
-    "$PYTHON" -m pip install -q --disable-pip-version-check -e .
-fi
+source scripts/venv.sh
+
+torch=$(jukebot_torch_choice)
+if [ "$torch" = skip ]; then extras=""; else extras="worker"; fi
+jukebot_install "$extras" "$torch"
+echo "starting the bot: jukebot run $*" >&2
 exec "$PYTHON" -m jukebot run "$@"

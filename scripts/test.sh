@@ -1,14 +1,12 @@
 #!/usr/bin/env bash
-# Set up everything the tests need (Python packages, a running Postgres) and run the whole suite.
+# Set up everything the tests need (the project's virtual environment .venv with the test and
+# worker extras, a running Postgres) and run the whole suite.
 # Usage: bash scripts/test.sh [extra pytest args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/venv.sh
 
-PYTHON=${PYTHON:-python3}
-
-# Pin torch first: an unpinned torch pulls several GB of CUDA packages.
-"$PYTHON" -m pip install -q --disable-pip-version-check "torch==2.13.0" || "$PYTHON" -m pip install -q "torch>=2.4"
-"$PYTHON" -m pip install -q --disable-pip-version-check -e ".[test]"
+jukebot_install worker,test "$(jukebot_torch_choice)"
 
 # Chromaprint (curation's fingerprints) is a system library: Debian's libchromaprint1.
 if ! ldconfig -p | grep -q libchromaprint; then

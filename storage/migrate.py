@@ -14,6 +14,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
 from storage.engine import create_engine
@@ -74,6 +75,15 @@ async def current_revision_async(url: str) -> str | None:
             )
     finally:
         await engine.dispose()
+
+
+def current_revision(url: str) -> str | None:
+    return asyncio.run(current_revision_async(url))
+
+
+def head_revision() -> str | None:
+    """The revision the migrations end at (what `upgrade_to_head` brings a database to)."""
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
 async def schema_diff_async(url: str) -> list[Any]:

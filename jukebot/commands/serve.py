@@ -9,7 +9,7 @@ import threading
 
 import click
 
-from jukebot.commands import settings_or_exit
+from jukebot.commands import require_torch, settings_or_exit
 from jukebot.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,8 @@ def run(sync_guilds: tuple[int, ...]) -> None:
         settings.require_token()
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
+    if settings.local_workers:
+        require_torch("local workers")
     _upgrade(settings)
     stop = threading.Event()
     pool_thread = None
@@ -97,6 +99,7 @@ def worker() -> None:
     from sampler.worker.pool import run_pool
 
     settings = settings_or_exit()
+    require_torch("workers")
     _upgrade(settings)
     devices = _devices(settings)
     _worker_environment(settings)

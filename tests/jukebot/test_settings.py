@@ -102,3 +102,32 @@ def test_bad_values_name_the_variable(
     monkeypatch.setenv(name, value)
     with pytest.raises(SettingsError, match=needle):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("26214400", 26214400),
+        ("25MiB", 25 * 1024**2),
+        ("25 mib", 25 * 1024**2),
+        ("8MB", 8_000_000),
+        ("1.5GiB", 1536 * 1024**2),
+        ("500KiB", 500 * 1024),
+        ("100 B", 100),
+    ],
+)
+def test_prime_size_in_bytes_or_with_a_unit(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, value: str, expected: int
+) -> None:
+    monkeypatch.setenv("JUKEBOT_MAX_PRIME_BYTES", value)
+    assert load_settings().max_prime_bytes == expected
+
+
+@pytest.mark.parametrize("value", ["25 MiBs", "MiB", "25 XB", "-3", "0MiB", "lots"])
+def test_a_bad_prime_size_names_the_variable_and_the_forms(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("JUKEBOT_MAX_PRIME_BYTES", value)
+    with pytest.raises(SettingsError, match=r"^Bad value for JUKEBOT_MAX_PRIME_BYTES: ") as info:
+        load_settings()
+    assert "\n" not in str(info.value)

@@ -1,0 +1,42 @@
+"""`jukebot db check`, the Docker health check: exit 0 only for a reachable database at the latest schema."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from click.testing import CliRunner, Result
+
+from jukebot.cli import main
+from storage.migrate import head_revision
+
+
+def _check(monkeypatch: pytest.MonkeyPatch, url: str) -> Result:
+    monkeypatch.setenv("DATABASE_URL", url)
+    return CliRunner().invoke(main, ["db", "check"])
+
+
+def test_a_migrated_database_is_healthy(monkeypatch: pytest.MonkeyPatch, db_url: str) -> None:
+    result = _check(monkeypatch, db_url)
+    assert result.exit_code == 0, result.output
+    assert result.output.endswith(f"answers and is at the latest schema ({head_revision()})\n")
+
+
+def test_an_empty_database_says_to_upgrade(monkeypatch: pytest.MonkeyPatch, empty_db_url: str) -> None:
+    result = _check(monkeypatch, empty_db_url)
+    assert result.exit_code == 1
+    assert f"is at schema none (empty), not {head_revision()}: run `jukebot db upgrade`" in result.output
+
+
+def test_an_unreachable_database_is_one_sentence_without_the_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = _check(monkeypatch, f"postgresql://jukebot:s3cret@127.0.0.1:{port}/jukebot")
+    assert result.exit_code == 1
+    assert result.output.startswith(
+        f"Error: cannot reach the database at postgresql+asyncpg://jukebot:***@127.0.0.1:{port}/jukebot: "
+    )
+    assert "s3cret" not in result.output and result.output.count("\n") == 1
