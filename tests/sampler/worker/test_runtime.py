@@ -22,8 +22,10 @@ from sampler.jukebox.registry import MODELS
 from sampler.model_files import model_path
 from sampler.worker.contract import DeviceSpec, JobInterrupted, JobTask, ProgressReporter, StopCheck
 from sampler.worker.runtime import JobOutcome, Worker, WorkerConfig, WorkerConfigError, pid_of
-from storage import JobKind, JobStatus, JobStore
+from storage import JobKind, JobStatus, JobStore, create_engine
+from storage.migrate import upgrade_to_head
 from storage.store import workers
+from tests.holding import EventGate, HoldingRunner
 from tests.sampler.worker.toy_runner import (
     SECONDS_PER_WINDOW,
     TOKENS_PER_WINDOW,
@@ -31,6 +33,7 @@ from tests.sampler.worker.toy_runner import (
     read_log,
     reference_codes,
 )
+from tests.throwaway_postgres import ThrowawayPostgres
 from tests.waiting import wait_until
 
 USER = 333_333_333_333_333_333
@@ -482,3 +485,69 @@ def test_checkpoint_interval_must_be_zero_or_positive(seconds: float) -> None:
     with pytest.raises(WorkerConfigError, match="checkpoint_seconds"):
         WorkerConfig(checkpoint_seconds=seconds)
     assert WorkerConfig(checkpoint_seconds=0).checkpoint_seconds == 0
+
+
+class CountingCheckpointStores(JobStore):
+    """Counts checkpoint stores that failed (the database was away)."""
+
+    failed_checkpoint_stores = 0
+
+    async def save_checkpoint(self, job_id: int, worker_id: str, checkpoint: bytes) -> None:
+        try:
+            await super().save_checkpoint(job_id, worker_id, checkpoint)
+        except Exception:
+            self.failed_checkpoint_stores += 1
+            raise
+
+
+@pytest.fixture
+def outage_postgres() -> Iterator[ThrowawayPostgres]:
+    """A Postgres of this test's own, migrated, which the test stops and starts (an outage)."""
+    cluster = ThrowawayPostgres()
+    try:
+        upgrade_to_head(cluster.url)
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.mark.postgres
+async def test_a_database_outage_mid_job_costs_no_attempt_and_changes_no_code(
+    outage_postgres: ThrowawayPostgres, toy_env: Path
+) -> None:
+    engine = create_engine(outage_postgres.url)
+    store = CountingCheckpointStores(engine)  # leases by the database's clock
+    gate = EventGate(at=(1, 3))
+    config = dataclasses.replace(EVERY_CHECKPOINT, lease_seconds=60, retry_max_seconds=0.2)
+    worker = Worker(store, HoldingRunner(ToyRunner(DeviceSpec.cpu()), gate), DeviceSpec.cpu(), config=config)
+    try:
+        job_id = await enqueue(store, params={"seconds": 2.0})
+        claimed = await claim(store, worker)
+        running = asyncio.create_task(worker.run_job(claimed))
+        assert await asyncio.to_thread(gate.held[1].wait, 60), "the job never reached its first checkpoint"
+        await wait_until(lambda: store.get_checkpoint(job_id), what="the first checkpoint stored")
+
+        outage_postgres.stop()
+        gate.release[1].set()  # sampling goes on without a database
+
+        async def still_running_past_the_old_retries() -> bool:
+            assert not running.done(), f"the run ended during the outage: {running}"
+            # three failed tries used to crash the run (and cost an attempt)
+            return gate.held[3].is_set() and store.failed_checkpoint_stores > 3
+
+        await wait_until(still_running_past_the_old_retries, 60, "the job to sample on through the outage")
+        outage_postgres.start()
+        gate.release[3].set()
+        assert await asyncio.wait_for(running, 60) is JobOutcome.SUCCEEDED
+
+        job = await store.get_job(job_id)
+        assert job.status is JobStatus.SUCCEEDED and job.attempts == 0 and job.error is None
+        sample = await store.get_sample((await store.samples_for_job(job_id))[0].id)
+        np.testing.assert_array_equal(codes_of(sample, 2), reference_codes(JobTask(job=claimed))[2][0])
+        log = read_log(toy_env, job_id)
+        assert [event["event"] for event in log].count("start") == 1  # one run, never restarted
+        windows = [event["start"] for event in log if event["event"] == "window"]
+        assert windows == [w * TOKENS_PER_WINDOW for w in range(round(2.0 / SECONDS_PER_WINDOW))]
+    finally:
+        worker.close()
+        await engine.dispose()
