@@ -1,13 +1,14 @@
 """Hold a job at a known point, so a test can kill or stop things mid-job on any machine, fast or slow.
 
-`HoldingRunner` wraps any runner: after the run hands over its Nth checkpoint (the first, unless
-told otherwise) it waits for the test to release it. While it waits the worker is alive (heartbeats,
+`HoldingRunner` wraps any runner: at a point of the run the test names ("checkpoint N": right
+after the run hands over its Nth checkpoint; "progress N": after its Nth progress report, inside a
+window) it waits for the test to release it. While it waits the worker is alive (heartbeats,
 cancel polls go on); a stop the worker asks for ends the wait at once, so the wrapped runner sees
 the stop itself, as it would mid-window.
 
 In process a test holds with `EventGate`. Worker processes (pools, `jukebot worker`) take one of the
-runner factories below and JUKEBOT_TEST_HOLD_DIR: a run writes `held-<job>-<pid>` there when it
-holds, and goes on once `release-<job>` exists (`release_file`).
+runner factories below and JUKEBOT_TEST_HOLD_DIR: a run holds at "checkpoint 1", writes
+`held-<job>-<pid>` there, and goes on once `release-<job>` exists (`release_file`).
 """
 
 from __future__ import annotations
@@ -27,8 +28,11 @@ NEVER_RELEASED_SECONDS = 300.0  # a test that forgets to release fails instead o
 POLL_SECONDS = 0.01
 
 
+FIRST_CHECKPOINT = "checkpoint 1"
+
+
 class Gate(Protocol):
-    def hold(self, job_id: int, checkpoint: int, should_stop: StopCheck) -> None: ...
+    def hold(self, job_id: int, point: str, should_stop: StopCheck) -> None: ...
 
 
 def _wait_for(released: Callable[[], bool], should_stop: StopCheck, what: str) -> None:
@@ -41,17 +45,17 @@ def _wait_for(released: Callable[[], bool], should_stop: StopCheck, what: str) -
 
 
 class EventGate:
-    """In process: `held[n]` is set when the run holds after checkpoint n; set `release[n]` to go on."""
+    """In process: `held[point]` is set when the run holds at `point`; set `release[point]` to go on."""
 
-    def __init__(self, at: Collection[int] = (1,)) -> None:
-        self.held = {n: threading.Event() for n in at}
-        self.release = {n: threading.Event() for n in at}
+    def __init__(self, at: Collection[str] = (FIRST_CHECKPOINT,)) -> None:
+        self.held = {point: threading.Event() for point in at}
+        self.release = {point: threading.Event() for point in at}
 
-    def hold(self, job_id: int, checkpoint: int, should_stop: StopCheck) -> None:
-        if checkpoint not in self.held:
+    def hold(self, job_id: int, point: str, should_stop: StopCheck) -> None:
+        if point not in self.held:
             return
-        self.held[checkpoint].set()
-        _wait_for(self.release[checkpoint].is_set, should_stop, f"job #{job_id} at checkpoint {checkpoint}")
+        self.held[point].set()
+        _wait_for(self.release[point].is_set, should_stop, f"job #{job_id} at {point}")
 
 
 def release_file(hold_dir: Path, job_id: int) -> Path:
@@ -69,9 +73,9 @@ class FileGate:
     def __init__(self, hold_dir: Path) -> None:
         self.hold_dir = hold_dir
 
-    def hold(self, job_id: int, checkpoint: int, should_stop: StopCheck) -> None:
+    def hold(self, job_id: int, point: str, should_stop: StopCheck) -> None:
         release = release_file(self.hold_dir, job_id)
-        if checkpoint != 1 or release.exists():
+        if point != FIRST_CHECKPOINT or release.exists():
             return
         (self.hold_dir / f"held-{job_id}-{os.getpid()}").touch()
         _wait_for(release.exists, should_stop, f"job #{job_id}")
@@ -80,15 +84,17 @@ class FileGate:
 class _HoldingReporter:
     def __init__(self, inner: ProgressReporter, gate: Gate, job_id: int, should_stop: StopCheck) -> None:
         self.inner, self.gate, self.job_id, self.should_stop = inner, gate, job_id, should_stop
-        self.checkpoints = 0
+        self.checkpoints = self.reports = 0
 
     def progress(self, *args: Any, **kwargs: Any) -> None:
         self.inner.progress(*args, **kwargs)
+        self.reports += 1
+        self.gate.hold(self.job_id, f"progress {self.reports}", self.should_stop)
 
     def checkpoint(self, blob: bytes | Callable[[], bytes]) -> None:
         self.inner.checkpoint(blob)
         self.checkpoints += 1
-        self.gate.hold(self.job_id, self.checkpoints, self.should_stop)
+        self.gate.hold(self.job_id, f"checkpoint {self.checkpoints}", self.should_stop)
 
 
 class HoldingRunner:

@@ -339,6 +339,7 @@ class Worker:
         self._recorded_at = -math.inf
         # Set while database calls fail for want of a database (read by the runner thread too).
         self.database_away = False
+        self._predecessors_checked_at = -math.inf
 
     # ---------------------------------------------------------------- database outages
 
@@ -465,8 +466,12 @@ class Worker:
                 await self.advertise()
 
     async def _gone_predecessors(self) -> list[str]:
-        """Lease owners that were workers on this machine and device and have exited."""
+        """Lease owners that were workers on this machine and device and have exited (looked for
+        before the first claim, then every `requeue_seconds`)."""
+        if time.monotonic() - self._predecessors_checked_at < self.config.requeue_seconds:
+            return []
         owners = await self.store.active_lease_owners()
+        self._predecessors_checked_at = time.monotonic()
         gone = [owner for owner in owners if predecessor_is_gone(self.worker_id, owner)]
         if gone:
             log.warning(

@@ -31,7 +31,7 @@ def main() -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [skewed worker] %(message)s")
     config = WorkerConfig(
-        lease_seconds=2.0,
+        lease_seconds=5.0,
         poll_seconds=0.05,
         max_poll_seconds=0.2,
         progress_seconds=0.1,

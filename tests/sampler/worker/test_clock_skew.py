@@ -91,13 +91,13 @@ async def test_a_worker_whose_clock_is_an_hour_ahead_neither_steals_nor_strands_
             seen.add(job.lease_expires_at)
         return len(seen) >= 3
 
-    # It renews its lease every 2/3 s and scans for expired leases every 0.2 s meanwhile.
+    # It renews its 5 s lease every 5/3 s and scans for expired leases every 0.2 s meanwhile.
     await wait_until(held_with_renewed_leases, 60, "the skewed worker to hold its job and renew the lease")
     other: Job = await store.get_job(theirs)
     assert other.status is JobStatus.RUNNING and other.attempts == 0, "the skewed worker took the job"
     assert other.lease_owner == "on-time-host/1/cuda:0"
 
-    process.send_signal(signal.SIGKILL)  # it dies holding its job: the job comes back after 2 s
+    process.send_signal(signal.SIGKILL)  # it dies holding its job: back once its 5 s lease ends
     await asyncio.to_thread(process.wait, 30)
 
     async def resumed() -> Job | None:

@@ -39,7 +39,7 @@ from tests.waiting import wait_until
 USER = 333_333_333_333_333_333
 CHANNEL = 222_222_222_222_222_222
 FAST = WorkerConfig(
-    lease_seconds=3.0,
+    lease_seconds=30.0,
     poll_seconds=0.05,
     max_poll_seconds=0.2,
     progress_seconds=0.1,
@@ -199,15 +199,16 @@ async def test_shutdown_releases_the_job_and_a_later_run_resumes_to_the_same_cod
 
 
 async def test_cancel_stops_inside_a_window_within_seconds(
-    live_store: JobStore, make_worker: Any, toy_env: Path, monkeypatch: pytest.MonkeyPatch
+    live_store: JobStore, toy_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("JUKEBOT_TOY_WORK", "20000")  # a window takes seconds
-    worker = make_worker()
+    gate = EventGate(at=("progress 1",))  # held after the first chunk of the first window
+    worker = Worker(
+        live_store, HoldingRunner(ToyRunner(DeviceSpec.cpu()), gate), DeviceSpec.cpu(), config=FAST
+    )
     job_id = await enqueue(live_store, params={"seconds": 10.0})
     running = asyncio.create_task(worker.run_job(await claim(live_store, worker)))
-    await wait_until(
-        lambda: _job_if(live_store, job_id, lambda job: (job.tokens_done or 0) > 0), what="first progress"
-    )
+    assert await asyncio.to_thread(gate.held["progress 1"].wait, 60), "the job never reported progress"
     assert not [event for event in read_log(toy_env, job_id) if event["event"] == "window"]
 
     asked = time.monotonic()
@@ -215,6 +216,8 @@ async def test_cancel_stops_inside_a_window_within_seconds(
     assert await asyncio.wait_for(running, 10) is JobOutcome.CANCELLED
     assert time.monotonic() - asked < 5
     assert (await live_store.get_job(job_id)).status is JobStatus.CANCELLED
+    assert not [event for event in read_log(toy_env, job_id) if event["event"] == "window"]
+    worker.close()
 
 
 async def _job_if(store: JobStore, job_id: int, predicate: Any) -> Any:
@@ -517,27 +520,27 @@ async def test_a_database_outage_mid_job_costs_no_attempt_and_changes_no_code(
 ) -> None:
     engine = create_engine(outage_postgres.url)
     store = CountingCheckpointStores(engine)  # leases by the database's clock
-    gate = EventGate(at=(1, 3))
+    gate = EventGate(at=("checkpoint 1", "checkpoint 3"))
     config = dataclasses.replace(EVERY_CHECKPOINT, lease_seconds=60, retry_max_seconds=0.2)
     worker = Worker(store, HoldingRunner(ToyRunner(DeviceSpec.cpu()), gate), DeviceSpec.cpu(), config=config)
     try:
         job_id = await enqueue(store, params={"seconds": 2.0})
         claimed = await claim(store, worker)
         running = asyncio.create_task(worker.run_job(claimed))
-        assert await asyncio.to_thread(gate.held[1].wait, 60), "the job never reached its first checkpoint"
+        assert await asyncio.to_thread(gate.held["checkpoint 1"].wait, 60), "no first checkpoint"
         await wait_until(lambda: store.get_checkpoint(job_id), what="the first checkpoint stored")
 
         outage_postgres.stop()
-        gate.release[1].set()  # sampling goes on without a database
+        gate.release["checkpoint 1"].set()  # sampling goes on without a database
 
         async def still_running_past_the_old_retries() -> bool:
             assert not running.done(), f"the run ended during the outage: {running}"
             # three failed tries used to crash the run (and cost an attempt)
-            return gate.held[3].is_set() and store.failed_checkpoint_stores > 3
+            return gate.held["checkpoint 3"].is_set() and store.failed_checkpoint_stores > 3
 
         await wait_until(still_running_past_the_old_retries, 60, "the job to sample on through the outage")
         outage_postgres.start()
-        gate.release[3].set()
+        gate.release["checkpoint 3"].set()
         assert await asyncio.wait_for(running, 60) is JobOutcome.SUCCEEDED
 
         job = await store.get_job(job_id)
