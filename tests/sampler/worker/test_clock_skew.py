@@ -6,7 +6,6 @@ longer to everyone else)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -21,8 +20,8 @@ from storage import JobKind, JobStatus, JobStore
 from storage.records import Job
 from tests.holding import HOLD_DIR_VARIABLE, held_files
 from tests.waiting import wait_until
+from tests.worker_processes import REPO, repo_environment
 
-REPO = Path(__file__).resolve().parents[3]
 HOUR = 3600.0
 MODEL = "5b_lyrics"
 
@@ -36,12 +35,9 @@ def start_skewed_worker(db_url: str, tmp_path: Path) -> tuple[subprocess.Popen[b
     hold_dir, log_dir = tmp_path / "holds", tmp_path / "toy-log"
     hold_dir.mkdir()
     log_dir.mkdir()
-    env = os.environ | {
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-        HOLD_DIR_VARIABLE: str(hold_dir),
-        "JUKEBOT_TOY_LOG_DIR": str(log_dir),
-        "JUKEBOT_TOY_MODELS": MODEL,
-    }
+    env = repo_environment(
+        {HOLD_DIR_VARIABLE: str(hold_dir), "JUKEBOT_TOY_LOG_DIR": str(log_dir), "JUKEBOT_TOY_MODELS": MODEL}
+    )
     log_file = tmp_path / "skewed-worker.log"
     with open(log_file, "wb") as output:
         process = subprocess.Popen(
