@@ -452,8 +452,11 @@ class Worker:
         if models != self._recorded or time.monotonic() - self._recorded_at >= WORKER_PRESENCE_SECONDS:
             try:
                 await self.store.record_worker(self.worker_id, models)
-            except Exception:
-                log.exception("worker %s: recording the models it serves failed; retrying", self.worker_id)
+            except Exception as exc:
+                if not self._database_failed("recording the models it serves", exc):
+                    log.exception(
+                        "worker %s: recording the models it serves failed; retrying", self.worker_id
+                    )
             else:
                 self._recorded, self._recorded_at = models, time.monotonic()
         return models
