@@ -77,7 +77,9 @@ async def test_a_worker_whose_clock_is_an_hour_ahead_neither_steals_nor_strands_
     process, hold_dir = skewed_worker
     mine = await enqueue(store, seed=2)
 
-    async def held_with_renewed_leases(seen: set[datetime] = set()) -> bool:  # noqa: B006
+    seen: set[datetime] = set()  # lease ends it has set
+
+    async def held_with_renewed_leases() -> bool:
         assert process.poll() is None, "the skewed worker exited"
         job = await store.get_job(mine)
         assert job.lease_expires_at is None or job.lease_expires_at - datetime.now(UTC) < timedelta(
