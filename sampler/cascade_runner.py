@@ -24,6 +24,7 @@ from sampler.jukebox.cascade import (
     SamplingError,
     SamplingRequest,
 )
+from sampler.jukebox.checkpoint import CheckpointError
 from sampler.jukebox.registry import MODELS
 from sampler.jukebox.windows import prompt_length_samples, sample_length_samples
 from sampler.loading import load_cascade
@@ -205,6 +206,12 @@ class CascadeRunner:
         except (ModelFilesError, InvalidJobParams) as exc:
             # Jukebox's own failures that already say what to do; the runtime knows only JobFailed.
             raise JobFailed(str(exc)) from exc
+        except CheckpointError as exc:  # a damaged model file: the next attempt would read it again
+            model = task.job.model
+            raise JobFailed(
+                f"A model file of {model} cannot be used: {exc}. Run `jukebot models verify {model}` "
+                f"(it moves a damaged file aside), then `jukebot models download {model}`."
+            ) from exc
 
     def _run(self, task: JobTask, report: ProgressReporter, should_stop: StopCheck) -> list[NewSample]:
         job = task.job

@@ -92,3 +92,29 @@ class UserJobLimitReached(StorageError):
         self.running = running
         self.job_ids = job_ids
         self.limit = limit
+
+
+# What a lost connection raises (the driver's own exceptions, by name: the drivers are optional).
+_UNREACHABLE_DRIVER_ERRORS = {"PostgresConnectionError", "OperatorInterventionError"}
+
+
+def database_unreachable(error: BaseException) -> bool:
+    """True when `error`, or what caused it, says the database could not be reached (stopped,
+    restarting, the network cut): the same call is worth trying again later, unlike a refused write."""
+    from sqlalchemy.exc import DBAPIError
+
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError):  # refused, reset, timed out
+            return True
+        if isinstance(current, DBAPIError) and current.connection_invalidated:
+            return True
+        if {cls.__name__ for cls in type(current).__mro__} & _UNREACHABLE_DRIVER_ERRORS:
+            return True
+        pending += [current.__cause__, current.__context__, getattr(current, "orig", None)]
+    return False

@@ -18,6 +18,7 @@ from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
+    Interval,
     Row,
     String,
     Table,
@@ -240,12 +241,29 @@ class _Owner:
 class JobStore:
     """The database side of jukebot. Pass an engine from `storage.create_engine`.
 
-    `clock` returns the current time (timezone-aware UTC); tests pass a controllable one.
+    Leases are decided by one clock every worker shares: the database's on Postgres (workers on
+    several machines would otherwise steal or strand jobs by their clock skew), and on SQLite, which
+    lives on one machine, that machine's. `clock` (timezone-aware UTC) replaces it, and stamps rows;
+    tests pass a controllable one.
     """
 
-    def __init__(self, engine: AsyncEngine, *, clock: Clock = utcnow) -> None:
+    def __init__(self, engine: AsyncEngine, *, clock: Clock | None = None) -> None:
         self.engine = engine
-        self._clock = clock
+        self._lease_clock = clock
+        self._clock = clock or utcnow
+
+    def _lease_now(self) -> ColumnElement[datetime]:
+        """Now, for deciding whether a lease has run out (see the class docstring)."""
+        if self._lease_clock is None and self.engine.dialect.name == "postgresql":
+            return func.statement_timestamp(type_=UTCDateTime())
+        return literal(self._clock(), UTCDateTime())
+
+    def _lease_end(self, lease_seconds: float) -> ColumnElement[datetime]:
+        """When a lease taken or renewed now runs out, by the same clock as `_lease_now`."""
+        if self._lease_clock is None and self.engine.dialect.name == "postgresql":
+            end = func.statement_timestamp() + literal(timedelta(seconds=lease_seconds), Interval())
+            return sql_cast(end, UTCDateTime())
+        return literal(self._clock() + timedelta(seconds=lease_seconds), UTCDateTime())
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncConnection]:
@@ -394,8 +412,21 @@ class JobStore:
 
     # ------------------------------------------------------------------ worker side
 
-    async def claim(self, worker_id: str, models: Collection[str], lease_seconds: float) -> ClaimedJob | None:
-        """Take the next queued job for one of `models`, or None when there is none.
+    async def claim(
+        self,
+        worker_id: str,
+        models: Collection[str],
+        lease_seconds: float,
+        *,
+        orphaned_by: Collection[str] = (),
+    ) -> ClaimedJob | None:
+        """Take the next job for one of `models`, or None when there is none.
+
+        Besides queued jobs it takes a running job whose lease ran out (its worker went silent:
+        it waits for the lease, not also for the next `requeue_expired`), and first of all a
+        running job held by one of `orphaned_by`, lease owners the caller knows are dead (a
+        predecessor on its own machine and device). Taking over a job counts an attempt, as
+        `requeue_expired` does; a job out of attempts is left for `requeue_expired` to fail.
 
         One statement: the sub-select locks the row it picks (and skips rows other
         claimers hold) on Postgres; SQLite runs one writer at a time.
@@ -406,21 +437,30 @@ class JobStore:
         if not models:
             return None
         now = self._clock()
+        running = and_(jobs.c.status == JobStatus.RUNNING.value, jobs.c.attempts + 1 < jobs.c.max_attempts)
+        orphaned = and_(running, jobs.c.lease_owner.in_(sorted(orphaned_by)))
+        takeable = or_(
+            jobs.c.status == JobStatus.QUEUED.value,
+            and_(running, jobs.c.lease_expires_at < self._lease_now()),
+            orphaned,
+        )
         next_job = (
             select(jobs.c.id)
-            .where(jobs.c.status == JobStatus.QUEUED.value, jobs.c.model.in_(sorted(models)))
-            .order_by(*CLAIM_ORDER)
+            .where(takeable, jobs.c.model.in_(sorted(models)))
+            .order_by(case((orphaned, 0), else_=1), *CLAIM_ORDER)
             .limit(1)
             .with_for_update(skip_locked=True)
             .scalar_subquery()
         )
+        taken_over = jobs.c.status == JobStatus.RUNNING.value
         statement = (
             update(jobs)
-            .where(jobs.c.id == next_job, jobs.c.status == JobStatus.QUEUED.value)
+            .where(jobs.c.id == next_job, takeable)
             .values(
                 status=JobStatus.RUNNING.value,
+                attempts=case((taken_over, jobs.c.attempts + 1), else_=jobs.c.attempts),
                 lease_owner=worker_id,
-                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                lease_expires_at=self._lease_end(lease_seconds),
                 started_at=func.coalesce(jobs.c.started_at, literal(now, UTCDateTime())),
                 updated_at=now,
             )
@@ -438,13 +478,16 @@ class JobStore:
         values: Mapping[str, Any],
         *returning: ColumnElement[Any],
     ) -> Row[Any]:
-        """Apply `values` to a job `worker_id` holds (running or cancelling), or raise why not."""
+        """Apply `values` to a job `worker_id` holds (running or cancelling, its lease not run out),
+        or raise why not. A lease that ran out is lost even before anyone takes the job: `claim`
+        may hand it to another worker at any moment."""
         statement = (
             update(jobs)
             .where(
                 jobs.c.id == job_id,
                 jobs.c.lease_owner == worker_id,
                 jobs.c.status.in_([status.value for status in ACTIVE_STATUSES]),
+                jobs.c.lease_expires_at >= self._lease_now(),
             )
             .values(**values)
             .returning(jobs.c.status, *returning)
@@ -469,15 +512,15 @@ class JobStore:
             detail = f"it has already {owner.status.value}"
         elif owner.status == JobStatus.QUEUED:
             detail = "its lease expired and it went back to the queue"
+        elif owner.lease_owner == worker_id:
+            detail = "its lease ran out before it was renewed, so another worker may take it"
         else:
             detail = f"worker {owner.lease_owner!r} holds it now"
         raise LeaseLost(job_id, worker_id, detail)
 
     async def heartbeat(self, job_id: int, worker_id: str, lease_seconds: float) -> Heartbeat:
-        """Extend the lease; says whether the user asked to cancel. Raises `LeaseLost` if not ours.
-
-        A lease that ran out but was not yet requeued is still ours, and is renewed.
-        """
+        """Extend the lease; says whether the user asked to cancel. Raises `LeaseLost` if not ours,
+        a lease that ran out included."""
         _check_lease(lease_seconds)
         now = self._clock()
         async with self._transaction() as connection:
@@ -485,7 +528,7 @@ class JobStore:
                 connection,
                 job_id,
                 worker_id,
-                {"lease_expires_at": now + timedelta(seconds=lease_seconds), "updated_at": now},
+                {"lease_expires_at": self._lease_end(lease_seconds), "updated_at": now},
                 jobs.c.lease_expires_at,
             )
         return Heartbeat(
@@ -685,6 +728,19 @@ class JobStore:
                 },
             )
 
+    async def active_lease_owners(self) -> list[str]:
+        """The workers holding running or cancelling jobs (a restarted worker looks for its predecessor)."""
+        async with self._transaction() as connection:
+            rows = await connection.execute(
+                select(jobs.c.lease_owner)
+                .distinct()
+                .where(
+                    jobs.c.status.in_([status.value for status in ACTIVE_STATUSES]),
+                    jobs.c.lease_owner.is_not(None),
+                )
+            )
+            return sorted(row.lease_owner for row in rows)
+
     async def is_cancel_requested(self, job_id: int) -> bool:
         async with self._transaction() as connection:
             owner = await self._owner(connection, job_id)
@@ -694,8 +750,10 @@ class JobStore:
         """Recover jobs whose worker stopped heartbeating; returns (job id, new status) pairs.
 
         Back to `queued` with one more attempt (checkpoint kept); `failed` once
-        `max_attempts` leases were lost; a job being cancelled becomes `cancelled`.
+        `max_attempts` leases were lost; a job being cancelled becomes `cancelled`. `now` (for
+        tests) replaces the lease clock.
         """
+        expired_before = self._lease_now() if now is None else literal(now, UTCDateTime())
         now = now or self._clock()
         changed: list[tuple[int, JobStatus]] = []
         async with self._transaction() as connection:
@@ -704,7 +762,7 @@ class JobStore:
                     select(jobs.c.id, jobs.c.status, jobs.c.attempts, jobs.c.max_attempts, jobs.c.lease_owner)
                     .where(
                         jobs.c.status.in_([status.value for status in ACTIVE_STATUSES]),
-                        jobs.c.lease_expires_at < now,
+                        jobs.c.lease_expires_at < expired_before,
                     )
                     .order_by(jobs.c.id)
                 )
@@ -736,7 +794,7 @@ class JobStore:
                         jobs.c.id == job.id,
                         jobs.c.status == job.status,
                         jobs.c.lease_owner == job.lease_owner,
-                        jobs.c.lease_expires_at < now,
+                        jobs.c.lease_expires_at < expired_before,
                     )
                     .values(status=new_status.value, **values)
                     .returning(jobs.c.id)

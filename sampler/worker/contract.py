@@ -168,7 +168,9 @@ class ProgressReporter(Protocol):
 
     def checkpoint(self, blob: bytes | Callable[[], bytes]) -> None:
         """Store what a resumed run starts from. It is stored while the next window samples: the call
-        returns once the previous checkpoint is durably stored (the worker waits for the last one).
+        returns once the previous checkpoint is durably stored (the worker waits for the last one),
+        except while the database is unreachable: then it returns at once, and the newest is kept
+        in memory and stored when the database is back.
         Checkpoints closer together than the worker's interval are held back and only the newest is
         stored, so a runner may pass a function that serialises its state when that happens; it must
         capture the state as it is at the call.

@@ -14,6 +14,13 @@ An asyncio loop does all the database work; the runner samples in a thread of it
   retrying cannot fix (missing model files, bad parameters, out of memory) -> `failed` at once;
   any other exception (a crash) -> back to the queue with one more attempt and the error kept,
   `failed` once `max_attempts` is reached.
+
+While the database is unreachable the job goes on: sampling continues, only the newest
+checkpoint is kept in memory, and heartbeats, progress, checkpoints and the job's end are tried
+again with growing pauses until the database is back. Only the database can say the lease is lost
+(another worker holds the job, or the lease ran out by the database's clock), and only that stops
+the run. A worker restarted on the same machine and device resumes at once the job its
+predecessor (a process that is gone) held, instead of waiting for the lease to run out.
 """
 
 from __future__ import annotations
@@ -32,10 +39,12 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TypeVar
 
 from sampler.worker.contract import (
     DeviceSpec,
@@ -51,10 +60,11 @@ from sampler.worker.contract import (
     load_runner_factory,
 )
 from storage import WORKER_PRESENCE_SECONDS, JobStatus, JobStore, LeaseLost, StorageError, create_engine
-from storage.errors import InvalidSample, PrimeNotFound, SampleNotFound
+from storage.errors import InvalidSample, PrimeNotFound, SampleNotFound, database_unreachable
 from storage.records import ClaimedJob
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 EXIT_OK = 0
 EXIT_CRASH = 1
@@ -75,8 +85,10 @@ class WorkerConfig:
     max_poll_seconds: float = 5.0  # …doubling up to this while it stays empty
     progress_seconds: float = 2.0  # at most one progress write per this many seconds
     cancel_poll_seconds: float = 1.0  # how quickly a cancel request is seen
-    requeue_seconds: float = 30.0  # how often this worker recovers jobs of dead workers
-    checkpoint_retries: int = 3  # tries to store one checkpoint through database hiccups
+    requeue_seconds: float = 30.0  # how often this worker fails or cancels jobs of dead workers
+    checkpoint_retries: int = 3  # tries to store one checkpoint through errors other than an outage
+    # The longest pause between tries while the database is unreachable (the pauses double up to it).
+    retry_max_seconds: float = 5.0
     # At most one checkpoint write per this many seconds (0: after every window). Real windows take
     # seconds to minutes, so each is stored; this keeps tiny or very fast windows from spending
     # their time in the database.
@@ -84,7 +96,7 @@ class WorkerConfig:
 
     def __post_init__(self) -> None:
         seconds = ("lease_seconds", "poll_seconds", "max_poll_seconds", "progress_seconds")
-        for name in (*seconds, "cancel_poll_seconds", "requeue_seconds"):
+        for name in (*seconds, "cancel_poll_seconds", "requeue_seconds", "retry_max_seconds"):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
                 raise WorkerConfigError(f"{name} must be a positive number of seconds, got {value!r}")
@@ -111,6 +123,33 @@ def make_worker_id(device: DeviceSpec) -> str:
 def pid_of(worker_id: str) -> int:
     """The process id inside a worker id from `make_worker_id`."""
     return int(worker_id.split("/")[-2])
+
+
+def predecessor_is_gone(worker_id: str, owner: str) -> bool:
+    """True when lease owner `owner` was a worker on this worker's machine and device whose process
+    has exited (a killed worker the pool restarted): its job can be resumed at once."""
+    try:
+        host, pid, device = owner.rsplit("/", 2)
+        my_host, my_pid, my_device = worker_id.rsplit("/", 2)
+        other = int(pid)
+    except ValueError:  # not a worker id of ours
+        return False
+    if (host, device) != (my_host, my_device) or pid == my_pid or other <= 0:
+        return False
+    return not _process_running(other)
+
+
+def _process_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: running
+        return True
+    try:  # a zombie has exited; only its parent has not collected it yet
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
 
 
 class JobOutcome(enum.StrEnum):
@@ -235,7 +274,11 @@ class _Reporter:
         self._send(blob)
 
     def _send(self, blob: Checkpoint) -> None:
-        self._wait_pending()
+        if not self._previous_stored():
+            # The database is away: sampling goes on; only the newest checkpoint is kept (in memory)
+            # and it is stored once the one being retried is in.
+            self._held = blob
+            return
         self._held = None
         self._sent_at = time.monotonic()
         data = _checkpoint_bytes(blob)
@@ -243,17 +286,22 @@ class _Reporter:
             self._worker._save_checkpoint(self._run, data), self._loop
         )
 
-    def _wait_pending(self) -> None:
-        future, self._pending = self._pending, None
+    def _previous_stored(self) -> bool:
+        """Wait until the checkpoint being stored is in; False at once while the database is away."""
+        future = self._pending
         while future is not None:
+            if self._worker.database_away and not future.done():
+                return False
             try:
-                future.result(timeout=1.0)
-                return
+                future.result(timeout=0.2)
+                break
             except concurrent.futures.TimeoutError:
                 # a loop that stopped (the worker is going away) never stores it: do not wait forever
                 if self._loop.is_closed() or not self._loop.is_running():
                     future.cancel()
                     raise JobInterrupted("the worker stopped before the checkpoint was stored") from None
+        self._pending = None
+        return True
 
     async def flush(self, *, store_held: bool = True) -> None:
         """Wait for the checkpoint being stored, then store the one held back, if any (call on the
@@ -289,6 +337,57 @@ class Worker:
         self._served: frozenset[str] | None = None  # as last logged
         self._recorded: frozenset[str] | None = None  # as the workers table has it
         self._recorded_at = -math.inf
+        # Set while database calls fail for want of a database (read by the runner thread too).
+        self.database_away = False
+        self._predecessors_checked_at = -math.inf
+
+    # ---------------------------------------------------------------- database outages
+
+    def _database_failed(self, what: str, exc: BaseException) -> bool:
+        """Note a failed store call; True when the database was unreachable (worth trying again)."""
+        if not database_unreachable(exc):
+            return False
+        if not self.database_away:
+            self.database_away = True
+            log.warning(
+                "worker %s: the database is unreachable (%s: %s); a running job goes on, and what it "
+                "reports is kept and stored once the database is back",
+                self.worker_id,
+                what,
+                _last_line(exc),
+            )
+        return True
+
+    def _database_back(self) -> None:
+        if self.database_away:
+            self.database_away = False
+            log.warning("worker %s: the database is reachable again", self.worker_id)
+
+    def _pause(self, failures: int) -> float:
+        return min(0.25 * 2 ** min(failures - 1, 16), self.config.retry_max_seconds)
+
+    async def _until_stored(self, what: str, call: Callable[[], Awaitable[T]], tries: int = 1) -> T:
+        """Make one store call, trying again while the database is unreachable, for as long as that
+        lasts (only the database can say the job is no longer ours: `LeaseLost` ends it). Other
+        errors are raised after `tries` tries."""
+        outages = errors = 0
+        while True:
+            try:
+                result = await call()
+            except StorageError:
+                raise
+            except Exception as exc:
+                if self._database_failed(what, exc):
+                    outages += 1
+                else:
+                    errors += 1
+                    if errors >= tries:
+                        raise
+                    log.exception("%s failed (try %d); retrying", what, errors)
+                await asyncio.sleep(self._pause(outages + errors))
+                continue
+            self._database_back()
+            return result
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
@@ -306,9 +405,16 @@ class Worker:
                 # at once, and a job another machine could run is never claimed (and failed) here.
                 models = await self.advertise()
                 try:
-                    job = await self.store.claim(self.worker_id, models, self.config.lease_seconds)
-                except Exception:
-                    log.exception("worker %s: claiming a job failed; retrying", self.worker_id)
+                    job = await self.store.claim(
+                        self.worker_id,
+                        models,
+                        self.config.lease_seconds,
+                        orphaned_by=await self._gone_predecessors(),
+                    )
+                    self._database_back()
+                except Exception as exc:
+                    if not self._database_failed("claiming a job", exc):
+                        log.exception("worker %s: claiming a job failed; retrying", self.worker_id)
                     job = None
                 if job is None:
                     await _wait(stop, idle_wait)
@@ -346,8 +452,11 @@ class Worker:
         if models != self._recorded or time.monotonic() - self._recorded_at >= WORKER_PRESENCE_SECONDS:
             try:
                 await self.store.record_worker(self.worker_id, models)
-            except Exception:
-                log.exception("worker %s: recording the models it serves failed; retrying", self.worker_id)
+            except Exception as exc:
+                if not self._database_failed("recording the models it serves", exc):
+                    log.exception(
+                        "worker %s: recording the models it serves failed; retrying", self.worker_id
+                    )
             else:
                 self._recorded, self._recorded_at = models, time.monotonic()
         return models
@@ -359,13 +468,30 @@ class Worker:
             if not stop.is_set():
                 await self.advertise()
 
+    async def _gone_predecessors(self) -> list[str]:
+        """Lease owners that were workers on this machine and device and have exited (looked for
+        before the first claim, then every `requeue_seconds`)."""
+        if time.monotonic() - self._predecessors_checked_at < self.config.requeue_seconds:
+            return []
+        owners = await self.store.active_lease_owners()
+        self._predecessors_checked_at = time.monotonic()
+        gone = [owner for owner in owners if predecessor_is_gone(self.worker_id, owner)]
+        if gone:
+            log.warning(
+                "worker %s: %s exited holding a job; resuming it now", self.worker_id, ", ".join(gone)
+            )
+        return gone
+
     async def _requeue_loop(self, stop: asyncio.Event) -> None:
+        # Claims take jobs whose lease ran out; this scan fails jobs out of attempts, cancels the ones
+        # being cancelled, and puts back in the queue those of models no worker here serves.
         while not stop.is_set():
             try:
                 for job_id, status in await self.store.requeue_expired():
                     log.warning("job #%s: its worker stopped heartbeating; now %s", job_id, status.value)
-            except Exception:
-                log.exception("worker %s: recovering expired leases failed", self.worker_id)
+            except Exception as exc:
+                if not self._database_failed("recovering expired leases", exc):
+                    log.exception("worker %s: recovering expired leases failed", self.worker_id)
             await _wait(stop, self.config.requeue_seconds)
 
     # ---------------------------------------------------------------- one job
@@ -400,7 +526,9 @@ class Worker:
         job = run.job
         try:
             try:
-                task = await self._task_for(job)
+                task = await self._until_stored(
+                    f"job #{job.id}: reading its inputs", lambda: self._task_for(job)
+                )
                 loop = asyncio.get_running_loop()
                 reporter = _Reporter(self, run, loop)
                 finished = False
@@ -417,7 +545,10 @@ class Worker:
                 if run.should_stop() is StopReason.LEASE_LOST:
                     return self._abandoned(job)
                 await self._flush_progress(run)
-                await self.store.mark_cancelled(job.id, self.worker_id)
+                await self._until_stored(
+                    f"job #{job.id}: recording the cancel",
+                    lambda: self.store.mark_cancelled(job.id, self.worker_id),
+                )
                 log.info("job #%s cancelled", job.id)
                 return JobOutcome.CANCELLED
             except JobInterrupted as exc:
@@ -426,7 +557,9 @@ class Worker:
                 if isinstance(exc, ModelNotHere):
                     log.warning("job #%s: %s", job.id, exc)
                 await self._flush_progress(run)
-                status = await self.store.release(job.id, self.worker_id)
+                status = await self._until_stored(
+                    f"job #{job.id}: releasing it", lambda: self.store.release(job.id, self.worker_id)
+                )
                 log.info("job #%s released (%s); it resumes from its checkpoint", job.id, status.value)
                 return JobOutcome.CANCELLED if status is JobStatus.CANCELLED else JobOutcome.RELEASED
             except (JobFailed, SampleNotFound, PrimeNotFound) as exc:
@@ -440,7 +573,10 @@ class Worker:
             if run.should_stop() is StopReason.LEASE_LOST:
                 return self._abandoned(job)
             try:
-                await self.store.complete(job.id, self.worker_id, samples)
+                await self._until_stored(
+                    f"job #{job.id}: storing its samples",
+                    lambda: self.store.complete(job.id, self.worker_id, samples),
+                )
             except InvalidSample as exc:  # a runner bug: the same run would produce it again
                 return await self._fail(run, f"The sampler produced an invalid result: {exc}")
             log.info("job #%s succeeded with %d samples", job.id, len(samples))
@@ -460,7 +596,10 @@ class Worker:
 
     async def _fail(self, run: _Run, reason: str) -> JobOutcome:
         await self._flush_progress(run)
-        await self.store.fail(run.job.id, self.worker_id, reason)
+        await self._until_stored(
+            f"job #{run.job.id}: recording its failure",
+            lambda: self.store.fail(run.job.id, self.worker_id, reason),
+        )
         log.warning("job #%s failed: %s", run.job.id, reason)
         return JobOutcome.FAILED
 
@@ -472,24 +611,34 @@ class Worker:
         )
         await self._flush_progress(run)
         reason = _last_line(exc)
-        status = await self.store.retry(run.job.id, self.worker_id, reason)
+        status = await self._until_stored(
+            f"job #{run.job.id}: recording the crash",
+            lambda: self.store.retry(run.job.id, self.worker_id, reason),
+        )
         log.warning("job #%s: %s after a crash (%s)", run.job.id, status.value, reason)
         return JobOutcome.RETRYING if status is JobStatus.QUEUED else JobOutcome(status.value)
 
     # ---------------------------------------------------------------- helpers running beside the runner
 
     async def _heartbeat_loop(self, run: _Run) -> None:
+        failures = 0
         while True:
-            await asyncio.sleep(self.config.heartbeat_seconds)
+            # after a failure, try again sooner: the lease must be renewed as soon as the database is back
+            wait = self.config.heartbeat_seconds
+            await asyncio.sleep(min(wait, self._pause(failures)) if failures else wait)
             try:
                 beat = await self.store.heartbeat(run.job.id, self.worker_id, self.config.lease_seconds)
             except LeaseLost as exc:
                 log.warning("%s", exc)
                 run.stop(StopReason.LEASE_LOST)
                 return
-            except Exception:
-                log.exception("job #%s: heartbeat failed; trying again", run.job.id)
+            except Exception as exc:
+                failures += 1
+                if not self._database_failed(f"job #{run.job.id}: heartbeat", exc):
+                    log.exception("job #%s: heartbeat failed; trying again", run.job.id)
                 continue
+            failures = 0
+            self._database_back()
             if beat.cancel_requested:
                 run.stop(StopReason.CANCEL)
 
@@ -499,8 +648,9 @@ class Worker:
             try:
                 if await self.store.is_cancel_requested(run.job.id):
                     run.stop(StopReason.CANCEL)
-            except Exception:
-                log.exception("job #%s: checking for a cancel request failed", run.job.id)
+            except Exception as exc:
+                if not self._database_failed(f"job #{run.job.id}: checking for a cancel", exc):
+                    log.exception("job #%s: checking for a cancel request failed", run.job.id)
 
     async def _progress_loop(self, run: _Run) -> None:
         while True:
@@ -529,27 +679,24 @@ class Worker:
                 eta_at=latest.eta_at,
             )
             run.written = latest
+            self._database_back()
         except LeaseLost as exc:
             log.warning("%s", exc)
             run.stop(StopReason.LEASE_LOST)
-        except Exception:
-            log.exception("job #%s: writing progress failed", run.job.id)
+        except Exception as exc:  # the next report tries again
+            if not self._database_failed(f"job #{run.job.id}: writing progress", exc):
+                log.exception("job #%s: writing progress failed", run.job.id)
 
     async def _save_checkpoint(self, run: _Run, blob: bytes) -> None:
-        for attempt in range(1, self.config.checkpoint_retries + 1):
-            try:
-                await self.store.save_checkpoint(run.job.id, self.worker_id, blob)
-                return
-            except LeaseLost:
-                run.stop(StopReason.LEASE_LOST)
-                raise
-            except StorageError:
-                raise
-            except Exception:
-                if attempt == self.config.checkpoint_retries:
-                    raise
-                log.exception("job #%s: storing a checkpoint failed (try %d); retrying", run.job.id, attempt)
-                await asyncio.sleep(0.5 * 2 ** (attempt - 1))
+        try:
+            await self._until_stored(
+                f"job #{run.job.id}: storing a checkpoint",
+                lambda: self.store.save_checkpoint(run.job.id, self.worker_id, blob),
+                tries=self.config.checkpoint_retries,
+            )
+        except LeaseLost:
+            run.stop(StopReason.LEASE_LOST)
+            raise
 
 
 async def _stop_on(stop: asyncio.Event, run: _Run) -> None:

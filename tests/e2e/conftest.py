@@ -31,6 +31,7 @@ from sampler.model_files import model_path
 from sampler.worker.contract import DeviceSpec, JobTask, StopReason
 from storage import JobKind, JobStore, create_engine
 from storage.records import ClaimedJob, Job, NewSample
+from tests.holding import HOLD_DIR_VARIABLE
 from tests.sampler.jukebox.conftest import TINY_VQVAE_HPARAMS, redraw_parameters, tiny_audio
 from tests.sampler.jukebox.tiny_priors import TINY_PRIOR_HPARAMS
 from tests.tiny_model_dir import TINY_SONG_SECONDS, TOP_KIND, write_tiny_model_dir
@@ -44,6 +45,7 @@ from tests.worker_processes import (
 )
 
 RUNNER = "sampler.cascade_runner:make_runner"
+HELD_RUNNER = "tests.holding:held_cascade_runner"
 SONG = TINY_SONG_SECONDS  # 2048 samples: 128 top tokens, two windows of the tiny top prior
 MAX_BATCH_SIZE = "4"
 T = TypeVar("T")
@@ -72,9 +74,15 @@ class Services:
     def _log_file(self, kind: str) -> Path:
         return self.tmp_path / f"{kind}-{len(self.started)}.log"
 
-    def pool(self, db_url: str, model_dir: Path, extra: list[str] | None = None) -> ServiceProcess:
-        command = pool_command(db_url, RUNNER, extra)
-        service = ServiceProcess(command, worker_environment(model_dir), self._log_file("pool"))
+    def pool(
+        self, db_url: str, model_dir: Path, extra: list[str] | None = None, hold_dir: Path | None = None
+    ) -> ServiceProcess:
+        """A pool; with `hold_dir`, each run of a job holds after its first checkpoint until the test
+        releases it (tests/holding.py)."""
+        runner, env = RUNNER, worker_environment(model_dir)
+        if hold_dir is not None:
+            runner, env[HOLD_DIR_VARIABLE] = HELD_RUNNER, str(hold_dir)
+        service = ServiceProcess(pool_command(db_url, runner, extra), env, self._log_file("pool"))
         self.started.append(service)
         return service
 

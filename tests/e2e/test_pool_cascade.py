@@ -31,21 +31,32 @@ from tests.e2e.conftest import (
     reference_run,
     stored_codes,
 )
+from tests.holding import held_files, release_file
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
-# A job long enough to be interrupted: 2 samples, all three levels, 71 windows in all.
+# A job of many windows (2 samples, all three levels, 71 windows): held after its first, most are left.
 LONG_JOB = {"levels": "all", "n_samples": 2, "seconds": 2 * SONG, "seed": 21}
 CLAIM_LINE = re.compile(r"job #(\d+) \(\w+, [\w_]+\) claimed by (\S+), attempt (\d+)")
 
 
-async def first_checkpoint(store: JobStore, job_id: int) -> Job:
-    async def running_with_checkpoint() -> Job | None:
+@pytest.fixture
+def hold_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "holds"
+    path.mkdir()
+    return path
+
+
+async def first_checkpoint(store: JobStore, hold_dir: Path, job_id: int) -> Job:
+    """Wait until the job holds after its first checkpoint (stored): interrupting it is now mid-job,
+    whatever the machine's speed (the pool runs `tests.holding:held_cascade_runner`)."""
+
+    async def held_with_checkpoint() -> Job | None:
         job = await store.get_job(job_id)
         assert not job.finished, f"job #{job_id} ended ({job.status}) before it could be interrupted"
-        return job if job.has_checkpoint and job.lease_owner else None
+        return job if held_files(hold_dir, job_id) and job.has_checkpoint and job.lease_owner else None
 
-    return await wait_until(running_with_checkpoint, 90, f"the first checkpoint of job #{job_id}")
+    return await wait_until(held_with_checkpoint, 90, f"job #{job_id} to hold after its first checkpoint")
 
 
 async def windows_in_checkpoint(store: JobStore, job_id: int) -> int:
@@ -127,12 +138,12 @@ async def test_generate_preview_full_upsample_and_continue(
 
 
 async def test_kill_9_mid_job_restarts_the_worker_and_resumes_from_its_checkpoint(
-    services: Services, sqlite_url: str, sqlite_store: JobStore, tiny_models: Path
+    services: Services, sqlite_url: str, sqlite_store: JobStore, tiny_models: Path, hold_dir: Path
 ) -> None:
     store = sqlite_store
-    pool = services.pool(sqlite_url, tiny_models)
+    pool = services.pool(sqlite_url, tiny_models, hold_dir=hold_dir)
     job_id = await enqueue(store, model="1b_lyrics", params=LONG_JOB)
-    owner = (await first_checkpoint(store, job_id)).lease_owner
+    owner = (await first_checkpoint(store, hold_dir, job_id)).lease_owner
     assert owner is not None
     killed = pid_of(owner)
     os.kill(killed, signal.SIGKILL)
@@ -141,6 +152,7 @@ async def test_kill_9_mid_job_restarts_the_worker_and_resumes_from_its_checkpoin
         return gone(killed)
 
     await wait_until(dead, 10, f"worker pid {killed} to die")
+    release_file(hold_dir, job_id).touch()  # the restarted worker's run goes straight through
     # The dead worker writes nothing more: this checkpoint is what the restarted worker resumes from.
     windows_kept = await windows_in_checkpoint(store, job_id)
     # the lost lease counted once
@@ -182,12 +194,12 @@ async def test_two_jukebot_workers_share_one_postgres_queue(
 
 
 async def test_cancel_mid_window_and_missing_model_files(
-    services: Services, sqlite_url: str, sqlite_store: JobStore, tiny_models: Path
+    services: Services, sqlite_url: str, sqlite_store: JobStore, tiny_models: Path, hold_dir: Path
 ) -> None:
     store = sqlite_store
-    pool = services.pool(sqlite_url, tiny_models)
+    pool = services.pool(sqlite_url, tiny_models, hold_dir=hold_dir)
     job_id = await enqueue(store, model="1b_lyrics", params=LONG_JOB)
-    running = await first_checkpoint(store, job_id)
+    running = await first_checkpoint(store, hold_dir, job_id)
     owner = running.lease_owner
     assert await store.request_cancel(job_id, USER) is JobStatus.CANCELLING
     asked = time.monotonic()
@@ -200,6 +212,7 @@ async def test_cancel_mid_window_and_missing_model_files(
     # has it (never claimed and failed here); the next job runs.
     missing = await enqueue(store, model="5b_lyrics")
     good = await enqueue(store, model="5b")
+    release_file(hold_dir, good).touch()
     assert (await finished(store, good)).status is JobStatus.SUCCEEDED
     left = await store.get_job(missing)
     assert left.status is JobStatus.QUEUED and left.attempts == 0 and left.lease_owner is None
@@ -209,12 +222,12 @@ async def test_cancel_mid_window_and_missing_model_files(
 
 
 async def test_sigterm_releases_the_job_with_its_checkpoint_and_the_next_pool_finishes_it(
-    services: Services, sqlite_url: str, sqlite_store: JobStore, tiny_models: Path
+    services: Services, sqlite_url: str, sqlite_store: JobStore, tiny_models: Path, hold_dir: Path
 ) -> None:
     store = sqlite_store
-    pool = services.pool(sqlite_url, tiny_models)
+    pool = services.pool(sqlite_url, tiny_models, hold_dir=hold_dir)
     job_id = await enqueue(store, model="1b_lyrics", params=LONG_JOB)
-    await first_checkpoint(store, job_id)
+    await first_checkpoint(store, hold_dir, job_id)
     assert await pool.terminate(signal.SIGTERM) == 0
     released = await store.get_job(job_id)
     assert released.status is JobStatus.QUEUED and released.attempts == 0
@@ -222,7 +235,8 @@ async def test_sigterm_releases_the_job_with_its_checkpoint_and_the_next_pool_fi
     assert f"job #{job_id} released" in pool.log()
     windows_kept = await windows_in_checkpoint(store, job_id)
 
-    second = services.pool(sqlite_url, tiny_models)
+    release_file(hold_dir, job_id).touch()
+    second = services.pool(sqlite_url, tiny_models, hold_dir=hold_dir)
     await assert_resumed_exactly(store, tiny_models, job_id, windows_kept, attempts=0)
     assert "resuming from a checkpoint" in second.log()
     assert await second.terminate() == 0

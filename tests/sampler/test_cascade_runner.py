@@ -14,6 +14,8 @@ from sampler.audio import decode_audio, to_int16_pcm
 from sampler.cascade_runner import CascadeRunner, codes_from_bytes
 from sampler.jobspec import JobParams
 from sampler.jukebox.cascade import CascadeState
+from sampler.jukebox.registry import MODELS
+from sampler.model_files import model_path
 from sampler.worker.contract import (
     DeviceSpec,
     JobCancelled,
@@ -22,6 +24,8 @@ from sampler.worker.contract import (
     ModelNotHere,
     StopReason,
 )
+from sampler.worker.runtime import JobOutcome, Worker
+from storage import JobStatus
 from storage.engine import create_engine
 from storage.records import NewSample
 from storage.store import JobStore
@@ -184,3 +188,37 @@ async def test_cancel_and_missing_models(
     # a job it got anyway (files removed after the claim) goes back to the queue; the log says why
     with pytest.raises(ModelNotHere, match=r"Run `jukebot models download 5b` to fetch them"):
         run(empty, task)
+
+
+@pytest.mark.parametrize(
+    ("damage", "why"),
+    [
+        ("text_vqvae", "it is not a PyTorch checkpoint"),  # used to be "IndexError: pop from empty list"
+        ("truncated_prior", "the file is truncated"),  # used to crash the job on every attempt
+    ],
+)
+async def test_a_damaged_model_file_fails_the_job_at_once_saying_how_to_fix_it(
+    model_dir: Path, sqlite_store: JobStore, tmp_path: Path, damage: str, why: str
+) -> None:
+    damaged = tmp_path / "models"
+    shutil.copytree(model_dir, damaged)
+    if damage == "text_vqvae":
+        model_path(damaged, "vqvae").write_text("<html>404 Not Found</html>\n" * 20)
+    else:
+        top = model_path(damaged, MODELS["1b_lyrics"].priors[2])
+        top.write_bytes(top.read_bytes()[: top.stat().st_size // 2])
+    job_id = await sqlite_store.enqueue(
+        kind="generate", model="1b_lyrics", params=PREVIEW.to_json(), channel_id=1, user_id=2, max_attempts=3
+    )
+    worker = Worker(sqlite_store, CascadeRunner(DeviceSpec.cpu(), damaged), DeviceSpec.cpu())
+    try:
+        claimed = await sqlite_store.claim(worker.worker_id, worker.runner.models, 60)
+        assert claimed is not None
+        assert await worker.run_job(claimed) is JobOutcome.FAILED
+    finally:
+        worker.close()
+    job = await sqlite_store.get_job(job_id)
+    assert job.status is JobStatus.FAILED and job.attempts == 0  # not retried: the file stays bad
+    assert why in (job.error or "")
+    assert "Run `jukebot models verify 1b_lyrics`" in (job.error or "")
+    assert "`jukebot models download 1b_lyrics`" in (job.error or "")

@@ -278,3 +278,63 @@ async def test_counts_and_listings(store: JobStore, clock: FakeClock) -> None:
     assert [job.id for job in recent] == [elsewhere, queued[1]]
     assert [job.id for job in await store.recent_jobs(USER, limit=2, offset=2)] == [queued[0], running]
     assert [job.id for job in await store.recent_jobs(other_user)] == [theirs]
+
+
+async def test_a_job_whose_lease_ran_out_is_claimed_without_waiting_for_a_requeue_scan(
+    store: JobStore, clock: FakeClock
+) -> None:
+    job_id = await enqueue(store, max_attempts=3)
+    await claim(store, "gpu-0", lease=30)
+    await store.save_checkpoint(job_id, "gpu-0", b"window-1")
+    clock.advance(29)
+    assert await store.claim("gpu-1", [MODEL], lease_seconds=30) is None  # still gpu-0's
+
+    clock.advance(2)  # gpu-0 went silent; nobody has scanned for expired leases
+    taken = await store.claim("gpu-1", [MODEL], lease_seconds=30)
+    assert taken is not None and taken.id == job_id
+    assert taken.attempts == 1 and taken.checkpoint == b"window-1"  # the lost lease counts, as a scan's would
+    with pytest.raises(LeaseLost, match="'gpu-1' holds it now"):
+        await store.heartbeat(job_id, "gpu-0", lease_seconds=30)
+    assert await store.requeue_expired() == []
+
+
+async def test_a_lease_that_ran_out_is_lost_even_before_anyone_takes_the_job(
+    store: JobStore, clock: FakeClock
+) -> None:
+    job_id = await enqueue(store)
+    await claim(store, "gpu-0", lease=30)
+    clock.advance(31)
+    with pytest.raises(LeaseLost, match="lease ran out"):
+        await store.heartbeat(job_id, "gpu-0", lease_seconds=30)
+    with pytest.raises(LeaseLost, match="lease ran out"):
+        await store.save_checkpoint(job_id, "gpu-0", b"late")
+    assert (await store.get_job(job_id)).lease_owner == "gpu-0"  # nothing written
+
+
+async def test_a_dead_predecessors_job_is_taken_over_at_once_and_first(
+    store: JobStore, clock: FakeClock
+) -> None:
+    older = await enqueue(store)
+    clock.advance(1)
+    orphan = await enqueue(store, max_attempts=3)
+    clock.advance(1)
+    await claim(store, "host/100/cuda:0", lease=60)  # takes `older`
+    assert await store.claim("host/200/cuda:0", [MODEL], lease_seconds=60) is not None  # takes `orphan`
+    third = await enqueue(store)
+
+    # The worker restarted on host/cuda:0 knows pid 200 is dead: it resumes that job now, not in 60 s.
+    taken = await store.claim("host/300/cuda:0", [MODEL], lease_seconds=60, orphaned_by=["host/200/cuda:0"])
+    assert taken is not None and taken.id == orphan and taken.attempts == 1
+    assert await store.active_lease_owners() == ["host/100/cuda:0", "host/300/cuda:0"]
+    assert (await store.get_job(older)).lease_owner == "host/100/cuda:0"
+    assert (await store.get_job(third)).status is JobStatus.QUEUED
+
+
+async def test_a_job_out_of_attempts_is_not_taken_over_but_failed_by_the_scan(
+    store: JobStore, clock: FakeClock
+) -> None:
+    job_id = await enqueue(store, max_attempts=1)
+    await claim(store, "gpu-0", lease=30)
+    clock.advance(31)
+    assert await store.claim("gpu-1", [MODEL], lease_seconds=30, orphaned_by=["gpu-0"]) is None
+    assert await store.requeue_expired() == [(job_id, JobStatus.FAILED)]

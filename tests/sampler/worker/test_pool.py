@@ -1,5 +1,9 @@
 """The pool as it runs in production: `python -m sampler.worker.pool` processes spawning real workers
-that run the toy runner against a real database (SQLite and Postgres)."""
+that run the toy runner against a real database (SQLite and Postgres).
+
+A test that kills or stops something mid-job starts the pool with `held=True`: each run of a job
+waits after its first checkpoint until the test releases it (tests/holding.py), so the job is
+mid-job when the test acts, however fast or slow the machine."""
 
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from sampler.worker.pool import devices_from_setting, main
 from sampler.worker.runtime import EXIT_CONFIG, pid_of
 from storage import JobKind, JobStatus, JobStore, create_engine
 from storage.records import ClaimedJob, Job
+from tests.holding import HOLD_DIR_VARIABLE, held_files, release_file
 from tests.sampler.worker.toy_runner import (
     SECONDS_PER_WINDOW,
     TOKENS_PER_WINDOW,
@@ -40,14 +45,20 @@ from tests.worker_processes import (
 )
 
 RUNNER = "tests.sampler.worker.toy_runner:make_runner"
+HELD_RUNNER = "tests.holding:held_toy_runner"
 
 
 class PoolProcess(ServiceProcess):
     """One `python -m sampler.worker.pool` process running the toy runner."""
 
-    def __init__(self, db_url: str, log_dir: Path, log_file: Path, work: int, extra: list[str]) -> None:
+    def __init__(
+        self, db_url: str, log_dir: Path, log_file: Path, work: int, extra: list[str], hold_dir: Path | None
+    ) -> None:
         env = repo_environment({"JUKEBOT_TOY_LOG_DIR": str(log_dir), "JUKEBOT_TOY_WORK": str(work)})
-        super().__init__(pool_command(db_url, RUNNER, extra), env, log_file)
+        runner = RUNNER
+        if hold_dir is not None:
+            env[HOLD_DIR_VARIABLE], runner = str(hold_dir), HELD_RUNNER
+        super().__init__(pool_command(db_url, runner, extra), env, log_file)
 
     async def ready(self, workers: int = 1, within: float = 60) -> None:
         await super().ready(workers, within)
@@ -64,11 +75,32 @@ def log_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def pools(db_url: str, log_dir: Path, tmp_path: Path) -> AsyncIterator[Callable[..., PoolProcess]]:
+def hold_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "holds"
+    path.mkdir()
+    return path
+
+
+async def held(store: JobStore, hold_dir: Path, job_id: int) -> Job:
+    """Wait until a run of the job holds after its first checkpoint, and that checkpoint is stored."""
+
+    async def holding() -> Job | None:
+        job = await store.get_job(job_id)
+        assert not job.finished, f"job #{job_id} ended ({job.status}) before it was held"
+        return job if held_files(hold_dir, job_id) and job.has_checkpoint else None
+
+    return await wait_until(holding, 60, f"job #{job_id} to be held after its first checkpoint")
+
+
+@pytest.fixture
+async def pools(
+    db_url: str, log_dir: Path, hold_dir: Path, tmp_path: Path
+) -> AsyncIterator[Callable[..., PoolProcess]]:
     started: list[PoolProcess] = []
 
-    def start(work: int = 20, extra: list[str] | None = None) -> PoolProcess:
-        pool = PoolProcess(db_url, log_dir, tmp_path / f"pool-{len(started)}.log", work, extra or [])
+    def start(work: int = 20, extra: list[str] | None = None, held: bool = False) -> PoolProcess:
+        log_file = tmp_path / f"pool-{len(started)}.log"
+        pool = PoolProcess(db_url, log_dir, log_file, work, extra or [], hold_dir if held else None)
         started.append(pool)
         return pool
 
@@ -151,19 +183,21 @@ async def test_end_to_end_generate_preview_upsample_and_continue(
 
 
 @pytest.mark.slow
-async def test_kill_9_mid_job_restarts_the_worker_and_resumes_from_the_checkpoint(
-    pools: Any, store: JobStore, log_dir: Path
+async def test_kill_9_mid_job_restarts_the_worker_and_resumes_from_the_checkpoint_at_once(
+    pools: Any, store: JobStore, log_dir: Path, hold_dir: Path
 ) -> None:
-    pool = pools(work=1500)  # about 0.1 s a window: the kill lands mid-job
+    # The lease outlasts the test: only recognising its dead predecessor lets the new worker resume.
+    pool = pools(held=True, extra=["--lease-seconds", "600", "--requeue-seconds", "600"])
     job_id = await enqueue(store, params={"seconds": 3.0})
-    await wait_until(lambda: store.get_checkpoint(job_id), 60, "the first checkpoint")
-    owner = (await store.get_job(job_id)).lease_owner
+    owner = (await held(store, hold_dir, job_id)).lease_owner
     assert owner is not None
     killed = pid_of(owner)
     os.kill(killed, signal.SIGKILL)
+    release_file(hold_dir, job_id).touch()  # the next run goes straight through
 
     done = await finished(store, job_id, within=90)
     assert done.status is JobStatus.SUCCEEDED and done.attempts == 1  # the lost lease counted once
+    assert f"{owner} exited holding a job; resuming it now" in pool.log()
     await assert_matches_reference(store, job_id)
     starts = [event for event in read_log(log_dir, job_id) if event["event"] == "start"]
     assert starts[0]["pid"] == killed and starts[-1]["pid"] != killed
@@ -178,14 +212,21 @@ async def test_kill_9_mid_job_restarts_the_worker_and_resumes_from_the_checkpoin
 @pytest.mark.slow
 @pytest.mark.postgres
 async def test_two_pools_share_one_queue_without_running_a_job_twice(
-    pools: Any, store: JobStore, log_dir: Path, db_url: str
+    pools: Any, store: JobStore, log_dir: Path, db_url: str, hold_dir: Path
 ) -> None:
     if not db_url.startswith("postgresql"):
         pytest.skip("two machines share a queue through Postgres")
-    first, second = pools(work=1500), pools(work=1500)  # ~0.3 s a job: both pools get some
+    first, second = pools(held=True), pools(held=True)
     await first.ready()
     await second.ready()
     jobs = [await enqueue(store, params={"seed": seed, "seconds": 0.5}) for seed in range(12)]
+
+    async def two_held() -> bool:  # one worker each, one job at a time: each pool holds one
+        return sum(bool(held_files(hold_dir, job_id)) for job_id in jobs) == 2
+
+    await wait_until(two_held, 60, "each pool to hold a job")
+    for job_id in jobs:
+        release_file(hold_dir, job_id).touch()
     for job_id in jobs:
         await finished(store, job_id)
 
@@ -203,11 +244,11 @@ async def test_two_pools_share_one_queue_without_running_a_job_twice(
 
 @pytest.mark.slow
 async def test_sigterm_releases_the_running_job_and_the_next_start_finishes_it(
-    pools: Any, store: JobStore, log_dir: Path
+    pools: Any, store: JobStore, log_dir: Path, hold_dir: Path
 ) -> None:
-    pool = pools(work=2000)  # about 4 s in all
+    pool = pools(held=True)
     job_id = await enqueue(store, params={"seconds": 5.0})
-    await wait_until(lambda: store.get_checkpoint(job_id), 60, "the first checkpoint")
+    await held(store, hold_dir, job_id)
 
     assert await pool.terminate() == 0
     released = await store.get_job(job_id)
@@ -215,7 +256,8 @@ async def test_sigterm_releases_the_running_job_and_the_next_start_finishes_it(
     assert released.has_checkpoint and released.lease_owner is None and released.error is None
     assert "released" in pool.log()
 
-    pools(work=20)
+    release_file(hold_dir, job_id).touch()
+    pools()
     done = await finished(store, job_id)
     assert done.attempts == 0
     await assert_matches_reference(store, job_id)
@@ -292,12 +334,11 @@ def _gone(pid: int) -> bool:
 
 @pytest.mark.slow
 async def test_a_worker_whose_pool_is_killed_releases_its_job_and_exits(
-    pools: Any, store: JobStore, log_dir: Path
+    pools: Any, store: JobStore, log_dir: Path, hold_dir: Path
 ) -> None:
-    pool = pools(work=2000)
+    pool = pools(held=True)
     job_id = await enqueue(store, params={"seconds": 5.0})
-    await wait_until(lambda: store.get_checkpoint(job_id), 60, "the first checkpoint")
-    owner = (await store.get_job(job_id)).lease_owner
+    owner = (await held(store, hold_dir, job_id)).lease_owner
     assert owner is not None
     pool.process.kill()  # no chance to stop its workers: the orphan must notice by itself
 

@@ -22,8 +22,10 @@ from sampler.jukebox.registry import MODELS
 from sampler.model_files import model_path
 from sampler.worker.contract import DeviceSpec, JobInterrupted, JobTask, ProgressReporter, StopCheck
 from sampler.worker.runtime import JobOutcome, Worker, WorkerConfig, WorkerConfigError, pid_of
-from storage import JobKind, JobStatus, JobStore
+from storage import JobKind, JobStatus, JobStore, create_engine
+from storage.migrate import upgrade_to_head
 from storage.store import workers
+from tests.holding import EventGate, HoldingRunner
 from tests.sampler.worker.toy_runner import (
     SECONDS_PER_WINDOW,
     TOKENS_PER_WINDOW,
@@ -31,12 +33,13 @@ from tests.sampler.worker.toy_runner import (
     read_log,
     reference_codes,
 )
+from tests.throwaway_postgres import ThrowawayPostgres
 from tests.waiting import wait_until
 
 USER = 333_333_333_333_333_333
 CHANNEL = 222_222_222_222_222_222
 FAST = WorkerConfig(
-    lease_seconds=3.0,
+    lease_seconds=30.0,
     poll_seconds=0.05,
     max_poll_seconds=0.2,
     progress_seconds=0.1,
@@ -196,15 +199,16 @@ async def test_shutdown_releases_the_job_and_a_later_run_resumes_to_the_same_cod
 
 
 async def test_cancel_stops_inside_a_window_within_seconds(
-    live_store: JobStore, make_worker: Any, toy_env: Path, monkeypatch: pytest.MonkeyPatch
+    live_store: JobStore, toy_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("JUKEBOT_TOY_WORK", "20000")  # a window takes seconds
-    worker = make_worker()
+    gate = EventGate(at=("progress 1",))  # held after the first chunk of the first window
+    worker = Worker(
+        live_store, HoldingRunner(ToyRunner(DeviceSpec.cpu()), gate), DeviceSpec.cpu(), config=FAST
+    )
     job_id = await enqueue(live_store, params={"seconds": 10.0})
     running = asyncio.create_task(worker.run_job(await claim(live_store, worker)))
-    await wait_until(
-        lambda: _job_if(live_store, job_id, lambda job: (job.tokens_done or 0) > 0), what="first progress"
-    )
+    assert await asyncio.to_thread(gate.held["progress 1"].wait, 60), "the job never reported progress"
     assert not [event for event in read_log(toy_env, job_id) if event["event"] == "window"]
 
     asked = time.monotonic()
@@ -212,6 +216,8 @@ async def test_cancel_stops_inside_a_window_within_seconds(
     assert await asyncio.wait_for(running, 10) is JobOutcome.CANCELLED
     assert time.monotonic() - asked < 5
     assert (await live_store.get_job(job_id)).status is JobStatus.CANCELLED
+    assert not [event for event in read_log(toy_env, job_id) if event["event"] == "window"]
+    worker.close()
 
 
 async def _job_if(store: JobStore, job_id: int, predicate: Any) -> Any:
@@ -482,3 +488,69 @@ def test_checkpoint_interval_must_be_zero_or_positive(seconds: float) -> None:
     with pytest.raises(WorkerConfigError, match="checkpoint_seconds"):
         WorkerConfig(checkpoint_seconds=seconds)
     assert WorkerConfig(checkpoint_seconds=0).checkpoint_seconds == 0
+
+
+class CountingCheckpointStores(JobStore):
+    """Counts checkpoint stores that failed (the database was away)."""
+
+    failed_checkpoint_stores = 0
+
+    async def save_checkpoint(self, job_id: int, worker_id: str, checkpoint: bytes) -> None:
+        try:
+            await super().save_checkpoint(job_id, worker_id, checkpoint)
+        except Exception:
+            self.failed_checkpoint_stores += 1
+            raise
+
+
+@pytest.fixture
+def outage_postgres() -> Iterator[ThrowawayPostgres]:
+    """A Postgres of this test's own, migrated, which the test stops and starts (an outage)."""
+    cluster = ThrowawayPostgres()
+    try:
+        upgrade_to_head(cluster.url)
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.mark.postgres
+async def test_a_database_outage_mid_job_costs_no_attempt_and_changes_no_code(
+    outage_postgres: ThrowawayPostgres, toy_env: Path
+) -> None:
+    engine = create_engine(outage_postgres.url)
+    store = CountingCheckpointStores(engine)  # leases by the database's clock
+    gate = EventGate(at=("checkpoint 1", "checkpoint 3"))
+    config = dataclasses.replace(EVERY_CHECKPOINT, lease_seconds=60, retry_max_seconds=0.2)
+    worker = Worker(store, HoldingRunner(ToyRunner(DeviceSpec.cpu()), gate), DeviceSpec.cpu(), config=config)
+    try:
+        job_id = await enqueue(store, params={"seconds": 2.0})
+        claimed = await claim(store, worker)
+        running = asyncio.create_task(worker.run_job(claimed))
+        assert await asyncio.to_thread(gate.held["checkpoint 1"].wait, 60), "no first checkpoint"
+        await wait_until(lambda: store.get_checkpoint(job_id), what="the first checkpoint stored")
+
+        outage_postgres.stop()
+        gate.release["checkpoint 1"].set()  # sampling goes on without a database
+
+        async def still_running_past_the_old_retries() -> bool:
+            assert not running.done(), f"the run ended during the outage: {running}"
+            # three failed tries used to crash the run (and cost an attempt)
+            return gate.held["checkpoint 3"].is_set() and store.failed_checkpoint_stores > 3
+
+        await wait_until(still_running_past_the_old_retries, 60, "the job to sample on through the outage")
+        outage_postgres.start()
+        gate.release["checkpoint 3"].set()
+        assert await asyncio.wait_for(running, 60) is JobOutcome.SUCCEEDED
+
+        job = await store.get_job(job_id)
+        assert job.status is JobStatus.SUCCEEDED and job.attempts == 0 and job.error is None
+        sample = await store.get_sample((await store.samples_for_job(job_id))[0].id)
+        np.testing.assert_array_equal(codes_of(sample, 2), reference_codes(JobTask(job=claimed))[2][0])
+        log = read_log(toy_env, job_id)
+        assert [event["event"] for event in log].count("start") == 1  # one run, never restarted
+        windows = [event["start"] for event in log if event["event"] == "window"]
+        assert windows == [w * TOKENS_PER_WINDOW for w in range(round(2.0 / SECONDS_PER_WINDOW))]
+    finally:
+        worker.close()
+        await engine.dispose()
