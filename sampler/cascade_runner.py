@@ -20,6 +20,7 @@ from sampler.jukebox.cascade import (
     Cascade,
     CascadeState,
     Progress,
+    SampleStyle,
     SamplingCancelled,
     SamplingError,
     SamplingRequest,
@@ -130,7 +131,8 @@ class CascadeRunner:
     def plan(self, task: JobTask, cascade: Cascade) -> SamplingRequest:
         job = task.job
         params = parse_params(job.params)
-        lyrics = params.lyrics if MODELS[job.model].has_lyrics else ""
+        sings = MODELS[job.model].has_lyrics
+        lyrics = params.lyrics if sings else ""
         top_hop = cascade.hops[2]
         prompt = codes = None
         levels: tuple[int, ...] = (2,) if params.levels == "top" else (0, 1, 2)
@@ -186,6 +188,12 @@ class CascadeRunner:
             artist=params.artist,
             genre=" ".join(params.genres),
             lyrics=lyrics,
+            styles=None
+            if params.styles is None
+            else tuple(
+                SampleStyle(style.artist, " ".join(style.genres), (style.lyrics or "") if sings else "")
+                for style in (params.style_of(index) for index in range(params.n_samples))
+            ),
             levels=levels,
             temperature=(LOWER_TEMPERATURE, LOWER_TEMPERATURE, params.temperature),
             hop_fraction=params.hop_fraction,
