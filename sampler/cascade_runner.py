@@ -86,6 +86,17 @@ def codes_to_bytes(codes: torch.Tensor) -> bytes:
     return codes.to(torch.int16).numpy().astype("<i2").tobytes()
 
 
+def _sample_styles(params: JobParams, sings: bool) -> tuple[SampleStyle, ...] | None:
+    """A style sweep's labels, row by row (lyrics only for a model that sings); None for one style."""
+    if params.styles is None:
+        return None
+    styles = (params.style_of(index) for index in range(params.n_samples))
+    return tuple(
+        SampleStyle(style.artist, " ".join(style.genres), (style.lyrics or "") if sings else "")
+        for style in styles
+    )
+
+
 class CascadeRunner:
     """A `sampler.worker.contract.JobRunner` backed by the Jukebox cascade."""
 
@@ -188,12 +199,7 @@ class CascadeRunner:
             artist=params.artist,
             genre=" ".join(params.genres),
             lyrics=lyrics,
-            styles=None
-            if params.styles is None
-            else tuple(
-                SampleStyle(style.artist, " ".join(style.genres), (style.lyrics or "") if sings else "")
-                for style in (params.style_of(index) for index in range(params.n_samples))
-            ),
+            styles=_sample_styles(params, sings),
             levels=levels,
             temperature=(LOWER_TEMPERATURE, LOWER_TEMPERATURE, params.temperature),
             hop_fraction=params.hop_fraction,
