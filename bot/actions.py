@@ -112,7 +112,7 @@ async def request_upsample(
     if 2 not in sample.levels:
         raise InvalidRequest(f"Sample #{sample_id} has no top-level codes stored, so it cannot be upsampled.")
     limits = await check_can_enqueue(bot, interaction)
-    validated = build_upsample(_parent_params(parent_job))
+    validated = build_upsample(_parent_params(parent_job).for_sample(sample.index))
     return await enqueue_and_announce(
         bot,
         interaction,
@@ -136,7 +136,7 @@ async def request_continue(
     guild_id = guild_id_of(interaction)
     sample, parent_job = await sample_in_guild(bot, sample_id, guild_id)
     limits = await check_can_enqueue(bot, interaction)
-    validated = build_continue(limits, _parent_params(parent_job), seconds)
+    validated = build_continue(limits, _parent_params(parent_job).for_sample(sample.index), seconds)
     return await enqueue_and_announce(
         bot,
         interaction,

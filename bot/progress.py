@@ -34,6 +34,8 @@ def relative_time(moment: datetime) -> str:
 def describe_params(kind: JobKind, model: str, params: Mapping[str, Any]) -> str:
     """One line saying what the job makes, e.g. '5b_lyrics · the beatles · rock · 20 s · 3 samples'."""
     parts = [model, str(params.get("artist", "unknown")), ", ".join(params.get("genres", ("unknown",)))]
+    if params.get("styles"):
+        parts[1:] = [f"a sweep of {len(params['styles'])} styles"]
     seconds = params.get("seconds")
     if kind == JobKind.CONTINUE and seconds is not None:
         parts.append(f"+{seconds:g} s")

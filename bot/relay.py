@@ -34,6 +34,7 @@ import discord
 from bot import delivery, pictures
 from bot.progress import render_job
 from bot.views import sample_view
+from sampler.jobspec import sweep_style
 from storage.errors import JobNotFound, SampleNotFound
 from storage.models import JobStatus
 from storage.records import Job
@@ -303,6 +304,9 @@ class ProgressRelay:
                 f"<@{job.user_id}> **Sample #{sample.id}** · job #{job.id} · {position}/{len(infos)} · "
                 f"{sample.duration_seconds:.1f} s · {quality} · seed {sample.seed}"
             )
+            style = sweep_style(job.params, sample.index)
+            if style is not None:
+                content += f"\nStyle: **{discord.utils.escape_markdown(style)}**"
             stem = f"jukebot_sample_{sample.id}"
             try:
                 files = await asyncio.to_thread(

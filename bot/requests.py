@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from bot.errors import AttachmentRejected, ChannelNotAllowed, InvalidRequest, LimitReached
-from bot.vocab import DEFAULT_MODEL, MODELS, resolve_labels
+from bot.vocab import DEFAULT_MODEL, MODELS, resolve_labels, resolve_styles
 from jukebot.settings import Settings
 from sampler.jobspec import (
     DEFAULT_TEMPERATURE,
@@ -20,6 +20,7 @@ from sampler.jobspec import (
     MAX_PRIME_SECONDS,
     MIN_PRIME_SECONDS,
     JobParams,
+    Style,
 )
 from sampler.jukebox.registry import MODELS as PUBLISHED_MODELS
 from sampler.user_text import quote_user_text, shorten_user_text
@@ -175,6 +176,7 @@ class GenerateOptions:
     model: str
     artist: str | None = None
     genres: str | None = None
+    styles: str | None = None  # a style sweep: 'artist / genre; artist / genre; …', one per sample
     lyrics: str | None = None
     length: float | None = None
     samples: int | None = None
@@ -198,6 +200,7 @@ def build_generate(
     check_model(options.model)
     notes: list[str] = []
     labels = resolve_labels(options.model, options.artist, options.genres)
+    styles = _resolve_sweep(limits, options)
 
     lyrics = (options.lyrics or "").strip()
     if lyrics and not has_lyrics(options.model):
@@ -219,6 +222,14 @@ def build_generate(
     n_samples = (
         min(DEFAULT_SAMPLES, limits.max_samples_per_job) if options.samples is None else options.samples
     )
+    if styles is not None:
+        if options.samples is not None and options.samples != len(styles):
+            raise InvalidRequest(
+                f"You listed {_count(len(styles), 'style')} but asked for "
+                f"{_count(options.samples, 'sample')}: a style sweep makes one sample per style, "
+                "so leave `samples` out."
+            )
+        n_samples = len(styles)
     if n_samples < 1:
         raise InvalidRequest(f"Ask for at least 1 sample, got {n_samples}.")
     if n_samples > limits.max_samples_per_job:
@@ -266,8 +277,26 @@ def build_generate(
         seed=seed,
         levels="all" if options.full else "top",
         prime_seconds=prime_seconds,
+        styles=styles,
     )
     return ValidatedJob(params, tuple(notes))
+
+
+def _resolve_sweep(limits: Limits, options: GenerateOptions) -> tuple[Style, ...] | None:
+    """The listed styles, validated; None when the job is no sweep."""
+    if options.styles is None:
+        return None
+    if options.artist or options.genres:
+        raise InvalidRequest(
+            "Use either `styles` (one artist / genre per sample) or `artist` and `genre`, not both."
+        )
+    resolved = resolve_styles(options.model, options.styles)
+    if len(resolved) > limits.max_samples_per_job:
+        raise LimitReached(
+            f"You listed {len(resolved)} styles, one sample each, but the limit in this server is "
+            f"{limits.max_samples_per_job} samples per job; list at most {limits.max_samples_per_job} styles."
+        )
+    return tuple(Style(artist=labels.artist, genres=labels.genres) for labels in resolved)
 
 
 def build_continue(limits: Limits, parent_params: JobParams, seconds: float | None) -> ValidatedJob:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from bot.errors import UnknownLabel
 from sampler.jukebox.labels import LabelError, Vocabulary
+from sampler.user_text import quote_user_text
 
 MAX_CHOICES = 25  # Discord refuses more autocomplete choices than this
 MODELS = ("5b_lyrics", "5b", "1b_lyrics")
@@ -59,3 +60,68 @@ def resolve_labels(model: str, artist: str | None, genres: str | None) -> Resolv
     except LabelError as exc:
         raise UnknownLabel(str(exc)) from None
     return ResolvedLabels(resolved_artist, texts)
+
+
+# Style sweeps: `styles` lists several artist / genre pairs, e.g. "Ella Fitzgerald / jazz; Metallica / metal".
+STYLE_SEPARATOR = ";"
+MAX_NAME_CHARS = 100  # an artist's or genres' text within one style (the longest known name is shorter)
+
+
+def split_styles(text: str) -> list[str]:
+    return [part.strip() for part in text.split(STYLE_SEPARATOR) if part.strip()]
+
+
+def split_style(text: str) -> tuple[str, str]:
+    """One style's artist and genre text: 'artist / genre, genre'. The last ' / ' separates them
+    (an artist may have a slash, 'AC/DC / rock'); without one, the last '/'; without any, no genre."""
+    for separator in (" / ", "/"):
+        artist, found, genres = text.rpartition(separator)
+        if found:
+            return artist.strip(), genres.strip()
+    return text.strip(), ""
+
+
+def resolve_styles(model: str, text: str) -> tuple[ResolvedLabels, ...]:
+    """Each listed style resolved like `artist` and `genre`, or `UnknownLabel` saying which style and why."""
+    styles = split_styles(text)
+    if not styles:
+        raise UnknownLabel(
+            "The styles list is empty: write artist / genre pairs separated by ';', "
+            "e.g. 'Ella Fitzgerald / jazz; Metallica / metal'."
+        )
+    resolved = []
+    for number, style in enumerate(styles, start=1):
+        try:
+            resolved.append(_resolve_style(model, style))
+        except UnknownLabel as exc:
+            raise UnknownLabel(f"Style {number} of {len(styles)} ({quote_user_text(style)}): {exc}") from None
+    return tuple(resolved)
+
+
+def _resolve_style(model: str, style: str) -> ResolvedLabels:
+    if " / " not in style and "/" in style:
+        try:  # 'AC/DC' alone is an artist, not 'AC' in the genre 'DC'
+            return resolve_labels(model, style, None)
+        except UnknownLabel:
+            pass
+    artist, genres = split_style(style)
+    for what, text in (("artist", artist), ("genre", genres)):
+        if len(text) > MAX_NAME_CHARS:
+            raise UnknownLabel(
+                f"The {what} is {len(text)} characters long; no name Jukebox knows is longer than "
+                f"{MAX_NAME_CHARS}. Did you forget a ';' between two styles?"
+            )
+    return resolve_labels(model, artist or None, genres or None)
+
+
+def suggest_styles(model: str, typed: str) -> list[str]:
+    """Suggestions for the style being typed (its artist, or after ' / ' its genres); the styles
+    before it are kept as a prefix. Discord caps a choice at 100 characters: longer lists get none."""
+    done, _, current = typed.rpartition(STYLE_SEPARATOR)
+    prefix = "".join(f"{style}{STYLE_SEPARATOR} " for style in split_styles(done))
+    if "/" in current:
+        artist, genres = split_style(current)
+        found = [f"{artist} / {genre}" for genre in suggest_genres(model, genres)]
+    else:
+        found = suggest_artists(model, current)
+    return [prefix + name for name in found if len(prefix + name) <= 100][:MAX_CHOICES]

@@ -20,6 +20,7 @@ from sampler.jukebox.cascade import (
     Cascade,
     CascadeState,
     Progress,
+    SampleStyle,
     SamplingCancelled,
     SamplingError,
     SamplingRequest,
@@ -86,6 +87,17 @@ def codes_to_bytes(codes: torch.Tensor) -> bytes:
     return codes.to(torch.int16).numpy().astype("<i2").tobytes()
 
 
+def _sample_styles(params: JobParams, sings: bool) -> tuple[SampleStyle, ...] | None:
+    """A style sweep's labels, row by row (lyrics only for a model that sings); None for one style."""
+    if params.styles is None:
+        return None
+    styles = (params.style_of(index) for index in range(params.n_samples))
+    return tuple(
+        SampleStyle(style.artist, " ".join(style.genres), (style.lyrics or "") if sings else "")
+        for style in styles
+    )
+
+
 class CascadeRunner:
     """A `sampler.worker.contract.JobRunner` backed by the Jukebox cascade."""
 
@@ -131,7 +143,8 @@ class CascadeRunner:
     def plan(self, task: JobTask, cascade: Cascade) -> SamplingRequest:
         job = task.job
         params = parse_params(job.params)
-        lyrics = params.lyrics if MODELS[job.model].has_lyrics else ""
+        sings = MODELS[job.model].has_lyrics
+        lyrics = params.lyrics if sings else ""
         top_hop = cascade.hops[2]
         prompt = codes = None
         levels: tuple[int, ...] = (2,) if params.levels == "top" else (0, 1, 2)
@@ -187,6 +200,7 @@ class CascadeRunner:
             artist=params.artist,
             genre=" ".join(params.genres),
             lyrics=lyrics,
+            styles=_sample_styles(params, sings),
             levels=levels,
             temperature=(LOWER_TEMPERATURE, LOWER_TEMPERATURE, params.temperature),
             hop_fraction=params.hop_fraction,

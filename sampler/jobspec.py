@@ -6,6 +6,7 @@ model, parent sample and prime live in their own job columns; everything else is
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -35,6 +36,27 @@ def min_total_seconds(model: str) -> float:
     return float(minimum or 0.0)
 
 
+def _clean_genres(genres: tuple[str, ...]) -> tuple[str, ...]:
+    cleaned = tuple(genre.strip() for genre in genres if genre.strip())
+    return cleaned or ("unknown",)
+
+
+class Style(BaseModel):
+    """One sample's labels in a style sweep: artist, genres and (None: the job's) lyrics."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    artist: str = Field(default="unknown", max_length=200)
+    genres: tuple[str, ...] = Field(default=("unknown",), max_length=5)
+    lyrics: str | None = Field(default=None, max_length=MAX_LYRICS_CHARS)
+
+    _non_empty_genres = field_validator("genres")(_clean_genres)
+
+    def describe(self) -> str:
+        """How people read it, e.g. 'ella fitzgerald / jazz, swing'."""
+        return f"{self.artist} / {', '.join(self.genres)}"
+
+
 class JobParams(BaseModel):
     """Parameters of a generate, continue or upsample job."""
 
@@ -43,6 +65,9 @@ class JobParams(BaseModel):
     artist: str = Field(default="unknown", max_length=200)
     genres: tuple[str, ...] = Field(default=("unknown",), max_length=5)
     lyrics: str = Field(default="", max_length=MAX_LYRICS_CHARS)
+    # A style sweep: one style per sample (sample i has styles[i]), sampled in one batch;
+    # None: every sample has `artist`, `genres` and `lyrics`.
+    styles: tuple[Style, ...] | None = Field(default=None, min_length=1, max_length=16)
     # generate: length of the sample; continue: seconds to add to the parent; upsample: ignored
     # (the parent's length is upsampled).
     seconds: float = Field(default=20.0, gt=0, le=600)
@@ -57,11 +82,7 @@ class JobParams(BaseModel):
     prime_seconds: float | None = Field(default=None, gt=0, le=MAX_PRIME_SECONDS)
     hop_fraction: tuple[float, float, float] = DEFAULT_HOP_FRACTION
 
-    @field_validator("genres")
-    @classmethod
-    def _non_empty_genres(cls, genres: tuple[str, ...]) -> tuple[str, ...]:
-        cleaned = tuple(genre.strip() for genre in genres if genre.strip())
-        return cleaned or ("unknown",)
+    _non_empty_genres = field_validator("genres")(_clean_genres)
 
     @field_validator("hop_fraction")
     @classmethod
@@ -79,11 +100,36 @@ class JobParams(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _one_style_per_sample(self) -> JobParams:
+        if self.styles is not None and len(self.styles) != self.n_samples:
+            raise ValueError(
+                f"styles lists {len(self.styles)} styles for {self.n_samples} samples: give one per sample"
+            )
+        return self
+
+    def style_of(self, index: int) -> Style:
+        """The labels of sample `index` (the job's own when it is not a sweep)."""
+        if self.styles is None:
+            return Style(artist=self.artist, genres=self.genres, lyrics=self.lyrics)
+        style = self.styles[index]
+        return style if style.lyrics is not None else style.model_copy(update={"lyrics": self.lyrics})
+
+    def for_sample(self, index: int) -> JobParams:
+        """These params narrowed to sample `index`'s labels, for a job that continues or upsamples it."""
+        if self.styles is None:
+            return self
+        style = self.style_of(index)
+        return self.model_copy(
+            update={"artist": style.artist, "genres": style.genres, "lyrics": style.lyrics, "styles": None}
+        )
+
     def effective_total_seconds(self, model: str) -> float:
         return max(self.total_seconds or self.seconds, min_total_seconds(model))
 
     def to_json(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        # a job that is no sweep stores no `styles` key: its params read as they always did
+        return self.model_dump(mode="json", exclude={"styles"} if self.styles is None else None)
 
 
 def parse_params(params: Any) -> JobParams:
@@ -95,3 +141,15 @@ def parse_params(params: Any) -> JobParams:
         where = ".".join(str(part) for part in first["loc"]) or "params"
         message = str(first["msg"]).removeprefix("Value error, ")
         raise InvalidJobParams(f"{where}: {message}") from None
+
+
+def sweep_style(params: Mapping[str, Any], index: int) -> str | None:
+    """How sample `index` of a style sweep reads ('ella fitzgerald / jazz'); None for a job that is no
+    sweep, or whose params cannot be read (the post goes out without it)."""
+    if not params.get("styles"):
+        return None
+    try:
+        parsed = parse_params(params)
+        return parsed.style_of(index).describe()
+    except (InvalidJobParams, IndexError):
+        return None

@@ -31,6 +31,7 @@ from storage.errors import StorageError
 from storage.models import JobKind
 
 MODAL_LYRICS_CHARS = 4000  # Discord's limit for one text input
+STYLES_OPTION_CHARS = 2000  # 16 styles of long names fit
 MODEL_CHOICES = [
     app_commands.Choice(name="5b_lyrics: best quality, sings your lyrics", value="5b_lyrics"),
     app_commands.Choice(name="5b: best quality, no lyrics", value="5b"),
@@ -76,12 +77,13 @@ class Jukebox(commands.Cog):
     @app_commands.describe(
         artist="Artist style (start typing for suggestions)",
         genre="Genre (several: separate with commas)",
+        styles="A style sweep, one sample per style: 'Ella Fitzgerald / jazz; Metallica / metal'",
         lyrics="Lyrics to sing (5b_lyrics and 1b_lyrics)",
         lyrics_modal="Open a large text box for the lyrics",
         prime="An audio clip to continue",
         prime_seconds="How many seconds of the clip to continue from (default: all of it)",
         length="Length of the song in seconds (including the prime)",
-        samples="How many candidates to make",
+        samples="How many candidates to make (with styles: one per style)",
         model="Which Jukebox model (default: the best one a worker has)",
         temperature="Randomness (default 0.98; lower is safer, higher is wilder)",
         seed="Random seed, to repeat a result",
@@ -93,6 +95,7 @@ class Jukebox(commands.Cog):
         interaction: discord.Interaction[JukeBot],
         artist: str | None = None,
         genre: str | None = None,
+        styles: app_commands.Range[str, 1, STYLES_OPTION_CHARS] | None = None,
         lyrics: app_commands.Range[str, 1, MAX_LYRICS_CHARS] | None = None,
         lyrics_modal: bool = False,
         prime: discord.Attachment | None = None,
@@ -110,6 +113,7 @@ class Jukebox(commands.Cog):
             model=model,
             artist=artist,
             genres=genre,
+            styles=styles,
             lyrics=lyrics,
             length=length,
             samples=samples,
@@ -179,6 +183,15 @@ class Jukebox(commands.Cog):
         return [
             app_commands.Choice(name=name, value=name)
             for name in vocab.suggest_genres(_model_of(interaction), current)
+        ]
+
+    @jukebox.autocomplete("styles")
+    async def styles_autocomplete(
+        self, interaction: discord.Interaction[JukeBot], current: str
+    ) -> list[app_commands.Choice[str]]:
+        return [
+            app_commands.Choice(name=name, value=name)
+            for name in vocab.suggest_styles(_model_of(interaction), current)
         ]
 
 

@@ -3,8 +3,12 @@
     jukebot sample --model=5b_lyrics --name=sample_5b --levels=3 --sample_length_in_seconds=20 \
         --total_sample_length_in_seconds=180 --n_samples=6 --hop_fraction=0.5,0.5,0.125
 
-writes `NAME/level_L/item_I.wav` (and `.ogg`) per sampled level and `NAME/level_L/data.pth.tar`
-(`{"zs": [codes of level 0, 1, 2]}`) that `--mode=continue|upsample --codes_file=…` reads back.
+A style sweep repeats `--artist`/`--genre` (one per sample, or one for all), e.g.
+`--artist="ella fitzgerald" --genre=jazz --artist=metallica --genre=metal`: sample I gets style I.
+
+writes `NAME/level_L/item_I.wav` (and `.ogg`) per sampled level, `NAME/styles.json` (each item's
+style) and `NAME/level_L/data.pth.tar` (`{"zs": [codes of level 0, 1, 2]}`) that
+`--mode=continue|upsample --codes_file=…` reads back.
 After every window the state goes to `NAME/checkpoint.pt`: the same command run again resumes.
 """
 
@@ -54,14 +58,18 @@ def _floats(text: str, name: str, count: int = 3) -> tuple[float, ...]:
     "--total_sample_length_in_seconds", type=float, default=None, help="Song length for the labels."
 )
 @click.option("--sr", type=int, default=44100, show_default=True, help="Must be 44100.")
-@click.option("--n_samples", type=click.IntRange(1, 64), default=1, show_default=True)
+@click.option("--n_samples", type=click.IntRange(1, 64), default=None, help="Default: one per style, or 1.")
 @click.option("--hop_fraction", default="0.5,0.5,0.125", show_default=True)
 @click.option("--mode", type=click.Choice(MODES), default="ancestral", show_default=True)
 @click.option("--codes_file", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--audio_file", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--prompt_length_in_seconds", type=float, default=None)
-@click.option("--artist", default="unknown", show_default=True)
-@click.option("--genre", default="unknown", show_default=True)
+@click.option(
+    "--artist", multiple=True, default=("unknown",), show_default=True, help="Repeat: one per sample."
+)
+@click.option(
+    "--genre", multiple=True, default=("unknown",), show_default=True, help="Repeat: one per sample."
+)
 @click.option("--lyrics", default="", help="Lyrics text (or --lyrics_file).")
 @click.option("--lyrics_file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -85,7 +93,7 @@ def run_sample(options: dict[str, Any]) -> None:
     from tqdm import tqdm
 
     from sampler.audio import AudioError, decode_audio, encode_audio, wav_bytes
-    from sampler.jukebox.cascade import CascadeState, Progress, SamplingError, SamplingRequest
+    from sampler.jukebox.cascade import CascadeState, Progress, SampleStyle, SamplingError, SamplingRequest
     from sampler.jukebox.windows import prompt_length_samples, sample_length_samples
     from sampler.loading import load_cascade
     from sampler.model_files import ModelFilesError
@@ -101,7 +109,10 @@ def run_sample(options: dict[str, Any]) -> None:
     temps = _floats(options["temperature"], "--temperature")
     batch = tuple(int(b) for b in _floats(options["max_batch_size"], "--max_batch_size"))
     out_dir = Path(options["name"])
-    n = options["n_samples"]
+    styles = _styles(options["artist"], options["genre"], options["n_samples"])
+    n = len(styles)
+    options = {**options, "artist": styles[0][0], "genre": styles[0][1], "n_samples": n}
+    sweep = len(set(styles)) > 1
     mode = options["mode"]
     sample_length = sample_length_samples(options["sample_length_in_seconds"])
     total_seconds = options["total_sample_length_in_seconds"] or options["sample_length_in_seconds"]
@@ -146,6 +157,7 @@ def run_sample(options: dict[str, Any]) -> None:
         artist=options["artist"],
         genre=options["genre"],
         lyrics=lyrics,
+        styles=tuple(SampleStyle(a, g, lyrics) for a, g in styles) if sweep else None,
         levels=levels,
         temperature=(temps[0], temps[1], temps[2]),
         hop_fraction=(hop[0], hop[1], hop[2]),
@@ -159,7 +171,8 @@ def run_sample(options: dict[str, Any]) -> None:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = out_dir / "checkpoint.pt"
-    fingerprint = _fingerprint(options, lyrics)
+    fingerprint = _fingerprint({**options, "styles": styles if sweep else None}, lyrics)
+    _write_styles(out_dir, styles, lyrics, levels)
     state = None
     if checkpoint.is_file() and (out_dir / "checkpoint.json").is_file():
         saved = json.loads((out_dir / "checkpoint.json").read_text())
@@ -197,6 +210,46 @@ def run_sample(options: dict[str, Any]) -> None:
         if level not in written_levels:
             _write_level(out_dir, cascade, final, level, encode_audio, wav_bytes)
     click.echo(f"wrote {', '.join(f'level_{level}' for level in sorted(levels))} under {out_dir}")
+    if sweep:
+        for index, (artist, genre) in enumerate(styles):
+            click.echo(f"  item_{index}: {artist} / {genre}")
+
+
+def _styles(
+    artists: tuple[str, ...], genres: tuple[str, ...], n_samples: int | None
+) -> list[tuple[str, str]]:
+    """(artist, genre) per sample: each option given once (for all samples) or once per sample."""
+    count = max(len(artists), len(genres))
+    for flag, values in (("--artist", artists), ("--genre", genres)):
+        if len(values) not in (1, count):
+            raise click.BadParameter(
+                f"give it once (for every sample) or once per sample ({count}), got {len(values)}",
+                param_hint=flag,
+            )
+    n = n_samples or count
+    if count > 1 and n != count:
+        raise click.BadParameter(
+            f"{count} styles for {n} samples: give one style per sample, or leave --n_samples out",
+            param_hint="--n_samples",
+        )
+    return [(artists[i % len(artists)], genres[i % len(genres)]) for i in range(n)]
+
+
+def _write_styles(out_dir: Path, styles: list[tuple[str, str]], lyrics: str, levels: tuple[int, ...]) -> None:
+    """`styles.json`: each item's labels and the files that hold it."""
+    items = [
+        {
+            "index": index,
+            "artist": artist,
+            "genre": genre,
+            "lyrics": lyrics,
+            "files": [
+                f"level_{level}/item_{index}.{ext}" for level in sorted(levels) for ext in ("wav", "ogg")
+            ],
+        }
+        for index, (artist, genre) in enumerate(styles)
+    ]
+    (out_dir / "styles.json").write_text(json.dumps({"items": items}, indent=1, ensure_ascii=False))
 
 
 def _write_level(

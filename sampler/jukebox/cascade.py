@@ -45,6 +45,15 @@ class SamplingCancelled(Exception):
 
 
 @dataclass(frozen=True)
+class SampleStyle:
+    """What one sample's labels say: its artist, genre(s) (space-separated words) and lyrics."""
+
+    artist: str = "unknown"
+    genre: str = "unknown"
+    lyrics: str = ""
+
+
+@dataclass(frozen=True)
 class SamplingRequest:
     """What to sample. Lengths are raw audio samples at the model's sample rate.
 
@@ -52,6 +61,8 @@ class SamplingRequest:
     `continue` it includes the codes given). `total_length` is the song length the labels claim
     (timing conditioning and lyric windows); it must be at least `sample_length` and at least
     the top prior's minimum duration. Per-level tuples are indexed by level (0 = finest).
+    `styles` gives each sample its own labels (a style sweep, in one batch); None: every sample
+    has `artist`, `genre` and `lyrics`.
     """
 
     mode: Mode
@@ -61,6 +72,7 @@ class SamplingRequest:
     artist: str = "unknown"
     genre: str = "unknown"
     lyrics: str = ""
+    styles: tuple[SampleStyle, ...] | None = None
     levels: tuple[int, ...] = (0, 1, 2)
     temperature: tuple[float, float, float] = (0.99, 0.99, 0.99)
     hop_fraction: tuple[float, float, float] = (0.5, 0.5, 0.125)
@@ -74,6 +86,12 @@ class SamplingRequest:
     prompt: Tensor | None = None
     # continue / upsample: codes per level (finest first), each (n_samples, T_l) or None.
     codes: tuple[Tensor | None, ...] | None = None
+
+    def sample_styles(self) -> tuple[SampleStyle, ...]:
+        """One style per sample, in row order."""
+        if self.styles is not None:
+            return self.styles
+        return (SampleStyle(self.artist, self.genre, self.lyrics),) * self.n_samples
 
 
 @dataclass(frozen=True)
@@ -313,7 +331,11 @@ class Cascade:
                 f"this model handles songs shorter than {top_config.max_duration:g} s; "
                 f"got {request.total_length / self.sample_rate:.2f} s"
             )
-        if request.lyrics.strip() and not top_config.use_tokens:
+        if request.styles is not None and len(request.styles) != request.n_samples:
+            raise SamplingError(
+                f"give one style per sample: {len(request.styles)} styles for {request.n_samples} samples"
+            )
+        if any(style.lyrics.strip() for style in request.sample_styles()) and not top_config.use_tokens:
             raise SamplingError("this model has no lyrics conditioning: leave the lyrics empty")
         if request.top_k and request.top_p:
             raise SamplingError("use top_k or top_p, not both")
@@ -454,7 +476,11 @@ class Cascade:
                 continue
             prior = self.priors.acquire(level)
             labeller = self._labellers[level]
-            label = labeller.label(request.artist, request.genre, request.lyrics, request.total_length)
+            # one label per row: a style sweep conditions each sample on its own style
+            labels = [
+                labeller.label(style.artist, style.genre, style.lyrics, request.total_length)
+                for style in request.sample_styles()
+            ]
             tokens_total = sum(w.new_tokens for w in windows)
             tokens_done = sum(w.new_tokens for w in windows[:done])
             for window in windows[done:]:
@@ -469,7 +495,7 @@ class Cascade:
                     should_stop,
                 )
                 new_codes = self._sample_window(
-                    prior, labeller, label, request, state, window, generator, report, progress_every
+                    prior, labeller, labels, request, state, window, generator, report, progress_every
                 )
                 state.codes[level] = torch.cat([state.codes[level], new_codes.cpu()], dim=1)
                 state.windows_done[level] = state.windows_done.get(level, 0) + 1
@@ -498,7 +524,7 @@ class Cascade:
         self,
         prior: JukeboxPrior,
         labeller: Labeller,
-        label: Label,
+        labels: Sequence[Label],
         request: SamplingRequest,
         state: CascadeState,
         window: Window,
@@ -515,7 +541,7 @@ class Cascade:
             assert down is not None
             above = state.codes[level + 1]
             z_cond = above[:, window.start // down : (window.start + config.n_ctx) // down]
-        y = torch.from_numpy(labeller.window_y(label, window.start)).unsqueeze(0).repeat(request.n_samples, 1)
+        y = torch.from_numpy(labeller.batch_y(labels, window.start))  # (N, label_length), row i = sample i
         batch = request.max_batch_size[level]
         sampled: list[Tensor] = []
         for first_row in range(0, request.n_samples, batch):

@@ -56,3 +56,18 @@ def test_suggestions_are_capped_and_resolvable(model: str) -> None:
     assert 0 < len(artists) <= 25
     resolved = vocab.resolve_labels(model, artists[0], vocab.suggest_genres(model, "rock")[0])
     assert resolved.artist == artists[0]
+
+
+def test_styles_are_split_resolved_and_suggested() -> None:
+    resolved = vocab.resolve_styles("5b", "AC/DC / rock; AC/DC; Ella Fitzgerald/jazz, blues; unknown")
+    assert [(r.artist, r.genres) for r in resolved] == [
+        ("ac/dc", ("rock",)),
+        ("ac/dc", ("unknown",)),  # a slash inside a known artist name is no separator
+        ("ella fitzgerald", ("jazz", "blues")),
+        ("unknown", ("unknown",)),
+    ]
+    done = "ella fitzgerald / jazz; " * 3
+    assert vocab.suggest_styles("5b", done + "metall")[0] == done + "metallica"
+    assert vocab.suggest_styles("5b", "metallica / rock, hea")[0] == "metallica / rock, heavy metal"
+    # Discord takes choices of at most 100 characters: a longer list gets no suggestions, not cut ones
+    assert vocab.suggest_styles("5b", done * 2 + "metall") == []

@@ -52,6 +52,43 @@ BAD_JUKEBOX = [
     pytest.param(
         {"model": "1b_lyrics", "genre": "rock, pop"}, {}, "this model takes at most 1", id="too-many-genres"
     ),
+    pytest.param(
+        {"styles": "Ella Fitzgerald / jazz; Metalicca / metal"},
+        {},
+        "Style 2 of 2 ('Metalicca / metal'): Jukebox does not know the artist 'Metalicca'",
+        id="styles-unknown-artist",
+    ),
+    pytest.param(
+        {"styles": "queen / rokc", "model": "5b"},
+        {},
+        "Style 1 of 1 ('queen / rokc'): Jukebox does not know the genre 'rokc'",
+        id="styles-unknown-genre",
+    ),
+    pytest.param(
+        {"styles": "abba / pop; " + "x" * 120 + " / rock"},
+        {},
+        "Style 2 of 2 ('" + "x" * 60 + "…' (127 characters)): The artist is 120 characters long",
+        id="styles-long-artist-quoted-short",
+    ),
+    pytest.param(
+        {"styles": "queen / rock", "artist": "abba"},
+        {},
+        "Use either `styles` (one artist / genre per sample) or `artist` and `genre`, not both.",
+        id="styles-and-artist",
+    ),
+    pytest.param(
+        {"styles": "queen / rock; abba / pop; ella fitzgerald / jazz; metallica / metal"},
+        {},
+        "You listed 4 styles, one sample each, but the limit in this server is 3 samples per job",
+        id="styles-over-limit",
+    ),
+    pytest.param(
+        {"styles": "queen / rock; abba / pop", "samples": 3},
+        {},
+        "You listed 2 styles but asked for 3 samples",
+        id="styles-and-samples-disagree",
+    ),
+    pytest.param({"styles": " ; "}, {}, "The styles list is empty", id="styles-empty"),
     pytest.param({"length": 90.0}, {}, "the limit in this server is 60 s", id="length-over-limit"),
     pytest.param({"samples": 5}, {}, "the limit in this server is 3 per job", id="samples-over-limit"),
     pytest.param({"prime_seconds": 2.0}, {}, "prime_seconds needs a prime", id="prime-seconds-without-prime"),

@@ -16,6 +16,7 @@ from tests.bot.harness import (
     make_bot,
     prime_wav,
     progress_message,
+    reply_of,
     sample_message,
     when,
 )
@@ -157,3 +158,48 @@ async def test_jukebox_preview_vote_upsample_final(
     third = await fake.wait_for(when(lambda: sample_message(fake, third_id)))
     assert third.replied_to == second_preview.id
     assert fake.unknown_requests == [] and fake.rejections == []
+
+
+async def test_style_sweep_labels_each_result_and_its_continuations(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, live_store: JobStore
+) -> None:
+    store, fake = live_store, fake_discord
+    bot = await bot_runner.start(make_bot(fake, store))
+    choices = await fake.autocomplete("jukebox", "styles", "Ella Fitzgerald / jaz")
+    assert choices[0]["value"] == "Ella Fitzgerald / jazz"
+    choices = await fake.autocomplete("jukebox", "styles", "Ella Fitzgerald / jazz; metalica")
+    assert choices[0]["value"] == "Ella Fitzgerald / jazz; metallica"
+
+    # samples defaults to one per style, each style resolved like artist and genre
+    reply = await reply_of(
+        fake,
+        await fake.invoke_command(
+            "jukebox", {"styles": "Ella Fitzgerald / jazz; Metallica / metal", "lyrics": "la la", "seed": 3}
+        ),
+    )
+    assert reply.startswith("Queued as job #1."), reply
+    job = await store.get_job(1)
+    assert job.params["n_samples"] == 2 and job.params["lyrics"] == "la la"
+    assert job.params["styles"] == [
+        {"artist": "ella fitzgerald", "genres": ["jazz"], "lyrics": None},
+        {"artist": "metallica", "genres": ["metal"], "lyrics": None},
+    ]
+    progress = await fake.wait_for(when(lambda: progress_message(fake, 1)))
+    assert "a sweep of 2 styles" in progress.content
+
+    worker = PlayedWorker(store)
+    sample_ids = await worker.complete(await worker.claim(), n=2, full=False)
+    bot.relay.poke()
+    posted = [await fake.wait_for(when(lambda s=s: sample_message(fake, s))) for s in sample_ids]
+    assert "Style: **ella fitzgerald / jazz**" in posted[0].content
+    assert "Style: **metallica / metal**" in posted[1].content
+
+    # Continuing or upsampling one sample of the sweep keeps that sample's style only.
+    cont = await fake.invoke_command("continue", {"sample": sample_ids[1], "seconds": 5.0})
+    assert (await reply_of(fake, cont)).startswith("Queued as job #2.")
+    up = await fake.click(posted[0], f"jukebot:upsample:{sample_ids[0]}")
+    assert (await reply_of(fake, up)).startswith("Queued as job #3.")
+    for job_id, artist, genres in ((2, "metallica", ["metal"]), (3, "ella fitzgerald", ["jazz"])):
+        params = (await store.get_job(job_id)).params
+        assert (params["artist"], params["genres"], params["lyrics"]) == (artist, genres, "la la")
+        assert "styles" not in params and params["n_samples"] == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -116,6 +117,25 @@ def test_primed_keeps_the_prompt(model_dir: Path, tmp_path: Path) -> None:
     assert torch.equal(zs[2][0, :32], zs[2][1, :32])  # both samples continue the same 512-sample prompt
 
 
+def test_a_style_sweep_gives_each_item_its_own_artist(model_dir: Path, tmp_path: Path) -> None:
+    swept = sample(model_dir, tmp_path / "sweep", "--levels=1", "--artist=ella fitzgerald")
+    assert swept.exit_code == 0, swept.output
+    assert "item_0: Alan Jackson / Country\n  item_1: ella fitzgerald / Country" in swept.output
+    labels = json.loads((tmp_path / "sweep" / "styles.json").read_text())["items"]
+    assert [(item["artist"], item["genre"], item["files"]) for item in labels] == [
+        ("Alan Jackson", "Country", ["level_2/item_0.wav", "level_2/item_0.ogg"]),
+        ("ella fitzgerald", "Country", ["level_2/item_1.wav", "level_2/item_1.ogg"]),
+    ]
+    # Item 0 is what Alan Jackson alone makes; item 1 is not (same seed, same draws, another artist).
+    alone = sample(model_dir, tmp_path / "alone", "--levels=1")
+    assert alone.exit_code == 0, alone.output
+    ours, theirs = (
+        codes(tmp_path / "sweep/level_2/data.pth.tar")[2],
+        codes(tmp_path / "alone/level_2/data.pth.tar")[2],
+    )
+    assert torch.equal(ours[0], theirs[0]) and not torch.equal(ours[1], theirs[1])
+
+
 def test_missing_models_name_the_download_command(tmp_path: Path) -> None:
     result = sample(tmp_path / "empty", tmp_path / "out")
     assert result.exit_code == 1
@@ -130,6 +150,8 @@ def test_missing_models_name_the_download_command(tmp_path: Path) -> None:
         (["--hop_fraction=a,b"], "use 3 comma-separated numbers"),
         (["--sr=22050"], "Jukebox models run at 44100 Hz"),
         (["--sample_length_in_seconds=0.2"], "this model handles songs shorter than 0.1 s"),
+        (["--genre=jazz", "--genre=rock"], "3 styles for 2 samples: give one style per sample"),
+        (["--artist=abba", "--genre=jazz", "--genre=rock"], "once per sample (3), got 2"),
     ],
 )
 def test_bad_flags_say_what_is_wrong(model_dir: Path, tmp_path: Path, args: list[str], message: str) -> None:

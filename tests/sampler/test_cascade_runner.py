@@ -12,8 +12,8 @@ import torch
 
 from sampler.audio import decode_audio, to_int16_pcm
 from sampler.cascade_runner import CascadeRunner, codes_from_bytes
-from sampler.jobspec import JobParams
-from sampler.jukebox.cascade import CascadeState
+from sampler.jobspec import JobParams, Style
+from sampler.jukebox.cascade import CascadeState, SampleStyle
 from sampler.jukebox.registry import MODELS
 from sampler.model_files import model_path
 from sampler.worker.contract import (
@@ -222,3 +222,26 @@ async def test_a_damaged_model_file_fails_the_job_at_once_saying_how_to_fix_it(
     assert why in (job.error or "")
     assert "Run `jukebot models verify 1b_lyrics`" in (job.error or "")
     assert "`jukebot models download 1b_lyrics`" in (job.error or "")
+
+
+async def test_a_style_sweep_samples_each_row_with_its_own_style(
+    runner: CascadeRunner, sqlite_store: JobStore
+) -> None:
+    ella = Style(artist="ella fitzgerald", genres=("jazz",), lyrics="A-tisket, a-tasket")
+    alan = Style(artist="alan jackson", genres=("country",))  # the job's lyrics
+    sweep = PREVIEW.model_copy(update={"styles": (ella, alan)})
+    task = await claim(sqlite_store, kind="generate", model="1b_lyrics", params=sweep)
+    request = runner.plan(task, runner.cascade("1b_lyrics"))
+    assert request.styles == (
+        SampleStyle("ella fitzgerald", "jazz", "A-tisket, a-tasket"),
+        SampleStyle("alan jackson", "country", "Chattahoochee"),
+    )
+    swept = run(runner, task)
+    # Row i of the sweep is what a job of style i alone makes in row i: same seed, same draws.
+    for index, style in enumerate((ella, alan)):
+        alone = PREVIEW.model_copy(
+            update={"artist": style.artist, "genres": style.genres, "lyrics": sweep.style_of(index).lyrics}
+        )
+        single = run(runner, await claim(sqlite_store, kind="generate", model="1b_lyrics", params=alone))
+        assert single[index].codes_level_2 == swept[index].codes_level_2, style
+    assert swept[0].codes_level_2 != swept[1].codes_level_2

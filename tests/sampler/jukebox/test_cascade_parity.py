@@ -1,7 +1,8 @@
 """Sampled codes equal jukebox-infer's `ancestral_sample` / `primed_sample` on the same tiny weights.
 
 fp32 on the CPU, `torch.manual_seed(1234)` in the reference and `rng="reference"` here, so both
-draw from the same stream in the same order (level → window → batch chunk → step).
+draw from the same stream in the same order (level → window → batch chunk → step). The reference
+labels each sample from its own meta (artist, genre, lyrics): a style sweep is a list of metas.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from sampler.jukebox.cascade import Cascade, SamplingRequest
+from sampler.jukebox.cascade import Cascade, SampleStyle, SamplingRequest
 from tests.sampler.jukebox.conftest import TINY_VQVAE_HPARAMS, make_tiny_vqvae, tiny_audio
 from tests.sampler.jukebox.oracle import requires_oracle, run_oracle
 from tests.sampler.jukebox.tiny_priors import TINY_PRIOR_HPARAMS, tiny_prior
@@ -53,8 +54,7 @@ for name, case in IN['cases'].items():
         prior.load_state_dict(state)
         priors.append(prior.eval())
     hps = Hyperparams(n_samples=case['n'], sample_length=IN['sample_length'], hop_fraction=case['hop'], sr=44100)
-    metas = [dict(artist=case['artist'], genre=case['genre'], lyrics=case['lyrics'],
-                  total_length=IN['total_length'], offset=0)] * case['n']
+    metas = [dict(meta, total_length=IN['total_length'], offset=0) for meta in case['metas']]
     labels = [prior.labeller.get_batch_labels(metas, 'cpu') for prior in priors]
     kwargs = [dict(temp=case['temps'][level], fp16=False, chunk_size=8, max_batch_size=case['batch'][level],
                    top_k=case['top_k'], top_p=case['top_p']) for level in range(len(priors))]
@@ -83,12 +83,43 @@ CASES: dict[str, dict[str, Any]] = {
 }
 
 
-def test_sampled_codes_equal_the_reference(tmp_path: Path) -> None:
+# Style sweeps: each row its own artist, genre(s) and lyrics (lyrics of different lengths, so each
+# row's lyric window moves differently). Three rows with max_batch_size (1, 2, 2): every level
+# splits the batch, and each part must keep its rows' labels.
+SWEEP_CASES: dict[str, dict[str, Any]] = {
+    "5b_lyrics_sweep": dict(
+        top="top_5b_lyrics",
+        styles=(
+            SampleStyle(
+                "céline dion", "pop", "Near, far, wherever you are, I believe that the heart does go on"
+            ),
+            SampleStyle("the beatles", "rock pop", "Yesterday"),
+            SampleStyle("unknown", "unknown", ""),
+        ),
+    ),
+    "1b_lyrics_sweep": dict(
+        top="top_1b_lyrics",
+        styles=(
+            SampleStyle("alan jackson", "country", "Chattahoochee, it gets hotter than a hoochie coochie"),
+            SampleStyle("ella fitzgerald", "jazz", "A-tisket, a-tasket"),
+            SampleStyle(
+                "metallica", "metal", "Exit light, enter night, take my hand, off to never never land"
+            ),
+        ),
+    ),
+}
+
+
+def _compare_with_reference(cases: dict[str, dict[str, Any]], tmp_path: Path) -> None:
     vqvae = make_tiny_vqvae(seed=5)
-    prompt = tiny_audio(batch=2, samples=512, seed=3)
     ours: dict[str, list[torch.Tensor]] = {}
     oracle_cases: dict[str, dict[str, Any]] = {}
-    for index, (name, case) in enumerate(CASES.items()):
+    for index, (name, case) in enumerate(cases.items()):
+        styles: tuple[SampleStyle, ...] = (
+            case.get("styles") or (SampleStyle(case["artist"], case["genre"], case["lyrics"]),) * 2
+        )
+        n = len(styles)
+        prompt = tiny_audio(batch=n, samples=512, seed=3)
         kinds = ["up0", "up1", case["top"]]
         priors = [tiny_prior(kind, seed=20 + 3 * index + level) for level, kind in enumerate(kinds)]
         levels = case.get("levels", (0, 1, 2))
@@ -96,10 +127,12 @@ def test_sampled_codes_equal_the_reference(tmp_path: Path) -> None:
             mode=case.get("mode", "ancestral"),
             sample_length=SAMPLE_LENGTH,
             total_length=TOTAL_LENGTH,
-            n_samples=2,
-            artist=case["artist"],
-            genre=case["genre"],
-            lyrics=case["lyrics"],
+            n_samples=n,
+            # one style for all goes the single-label way, as every job without a sweep does
+            artist=styles[0].artist,
+            genre=styles[0].genre,
+            lyrics=styles[0].lyrics,
+            styles=styles if "styles" in case else None,
             levels=levels,
             temperature=(0.99, 0.99, 0.98),
             hop_fraction=(0.5, 0.5, 0.25),
@@ -117,13 +150,11 @@ def test_sampled_codes_equal_the_reference(tmp_path: Path) -> None:
         oracle_cases[name] = dict(
             hparams=[TINY_PRIOR_HPARAMS[kind] for kind in kinds][2 if top_only else 0 :],
             states=[prior.state_dict() for prior in priors][2 if top_only else 0 :],
-            n=2,
+            n=n,
             hop=(0.5, 0.5, 0.25)[2 if top_only else 0 :] if not top_only else (0.25,),
             temps=(0.99, 0.99, 0.98)[2:] if top_only else (0.99, 0.99, 0.98),
             batch=(2,) if top_only else (1, 2, 2),
-            artist=case["artist"],
-            genre=case["genre"],
-            lyrics=case["lyrics"],
+            metas=[dict(artist=s.artist, genre=s.genre, lyrics=s.lyrics) for s in styles],
             mode=case.get("mode", "ancestral"),
             prompt=prompt,
             top_k=case.get("top_k", 0),
@@ -144,9 +175,17 @@ def test_sampled_codes_equal_the_reference(tmp_path: Path) -> None:
     )
     for name, codes in ours.items():
         reference = theirs[name]
-        levels = CASES[name].get("levels", (0, 1, 2))
+        levels = cases[name].get("levels", (0, 1, 2))
         ref_by_level = {2: reference[-1]} if levels == (2,) else dict(enumerate(reference))
         for level in levels:
             assert codes[level].shape == ref_by_level[level].shape, (name, level)
             mismatch = (codes[level] != ref_by_level[level]).float().mean().item()
             assert mismatch == 0.0, f"{name} level {level}: {mismatch:.1%} of the codes differ"
+
+
+def test_sampled_codes_equal_the_reference(tmp_path: Path) -> None:
+    _compare_with_reference(CASES, tmp_path)
+
+
+def test_a_batch_of_styles_samples_as_the_reference(tmp_path: Path) -> None:
+    _compare_with_reference(SWEEP_CASES, tmp_path)
