@@ -17,6 +17,7 @@ from bot.curating import (
     style_params,
 )
 from bot.errors import MAX_MESSAGE_CHARS, InvalidRequest
+from bot.progress import header
 from sampler.jobspec import parse_params
 from storage.models import JobKind, JobStatus
 from storage.records import Job
@@ -108,3 +109,8 @@ def test_the_piece_continues_in_the_style_of_its_last_sample() -> None:
     assert again["curation"]["selection"] == "listed samples" and again["artist"] == "ella fitzgerald"
     # parameters this bot cannot read: the defaults
     assert parse_params(style_params(piece_params(job({"bogus": 1}), piece(2), Selection(top="week"))))
+
+
+def test_a_curate_job_has_a_progress_header() -> None:
+    curated = replace(job({"artist": "x"}), kind=JobKind.CURATE)
+    assert header(curated).startswith("**Job #1** · curated piece for <@4>")
