@@ -234,8 +234,9 @@ def style_params(params: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in params.items() if key != CURATION_KEY}
 
 
-def piece_params(last_job: Job, piece: Piece, selection: Selection) -> dict[str, Any]:
-    """The curate job's params: the style of the job that made the piece's last sample, then the record.
+def piece_params(last_job: Job, last_index: int, piece: Piece, selection: Selection) -> dict[str, Any]:
+    """The curate job's params: the style of the piece's last sample (`last_index` in `last_job`, a
+    sweep's own style for that sample), then the record.
 
     Continuing the piece is fair from here: the continue job gets the ingredients' top-level codes
     concatenated in playing order, and the prior conditions on the last window of them, i.e. the
@@ -244,8 +245,8 @@ def piece_params(last_job: Job, piece: Piece, selection: Selection) -> dict[str,
     where the piece has crossfades.)
     """
     try:
-        style = parse_params(style_params(last_job.params))
-    except InvalidJobParams:
+        style = parse_params(style_params(last_job.params)).for_sample(last_index)
+    except (InvalidJobParams, IndexError):
         style = JobParams()  # parameters an older bot wrote: continue with the defaults
     style = style.model_copy(
         update={"n_samples": 1, "levels": "top", "prime_seconds": None, "total_seconds": None}

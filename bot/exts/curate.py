@@ -134,13 +134,14 @@ class Curate(commands.Cog):
             finally:
                 reply.stop()
                 await showing
-        last_job = await store.get_job(loaded[sample_ids.index(piece.order[-1])].job_id)
+        last = loaded[sample_ids.index(piece.order[-1])]
+        last_job = await store.get_job(last.job_id)
         job_id, sample_id = await store.store_curation(
             guild_id=guild_id,
             channel_id=interaction.channel_id or 0,
             user_id=interaction.user.id,
-            model=loaded[sample_ids.index(piece.order[-1])].model,
-            params=curating.piece_params(last_job, piece, selection),
+            model=last.model,
+            params=curating.piece_params(last_job, last.index, piece, selection),
             sample=curating.piece_sample(piece),
         )
         interaction.extras["job_id"] = job_id

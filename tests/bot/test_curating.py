@@ -89,7 +89,7 @@ def test_the_message_lists_the_order_and_scores_and_fits_discord() -> None:
 
 def test_the_piece_continues_in_the_style_of_its_last_sample() -> None:
     last = job({"artist": "ella fitzgerald", "genres": ["jazz"], "n_samples": 3, "levels": "all", "seed": 7})
-    params = piece_params(last, piece(3), Selection(job=4))
+    params = piece_params(last, 2, piece(3), Selection(job=4))
     assert params["curation"] == {
         "selection": "job #4",
         "sample_ids": [1, 2, 3],
@@ -105,10 +105,19 @@ def test_the_piece_continues_in_the_style_of_its_last_sample() -> None:
         "top",
     )
     # a piece made of pieces: the record of the inner one is not part of the style
-    again = piece_params(job(params), piece(2), Selection(sample_ids="1, 2"))
+    again = piece_params(job(params), 0, piece(2), Selection(sample_ids="1, 2"))
     assert again["curation"]["selection"] == "listed samples" and again["artist"] == "ella fitzgerald"
+    # a sweep: the style of the last sample, not the whole sweep
+    sweep = job(
+        {
+            "n_samples": 2,
+            "styles": [{"artist": "a", "genres": ["jazz"]}, {"artist": "b", "genres": ["metal"]}],
+        }
+    )
+    swept = parse_params(style_params(piece_params(sweep, 1, piece(2), Selection(job=1))))
+    assert (swept.artist, swept.genres, swept.styles) == ("b", ("metal",), None)
     # parameters this bot cannot read: the defaults
-    assert parse_params(style_params(piece_params(job({"bogus": 1}), piece(2), Selection(top="week"))))
+    assert parse_params(style_params(piece_params(job({"bogus": 1}), 0, piece(2), Selection(top="week"))))
 
 
 def test_a_curate_job_has_a_progress_header() -> None:
