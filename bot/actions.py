@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
+from bot.curating import style_params
 from bot.errors import InvalidRequest, JukebotError, NotInServer, SampleNotInServer
 from bot.requests import (
     Limits,
@@ -94,7 +95,7 @@ async def _maker_in_guild(bot: JukeBot, job_id: int, sample_id: int, guild_id: i
 
 def _parent_params(job: Job) -> Any:
     try:
-        return parse_params(job.params)
+        return parse_params(style_params(job.params))  # a curated piece's record is not a parameter
     except InvalidJobParams as exc:
         raise JukebotError(
             f"The job that made this sample has parameters this bot cannot reuse ({exc})."
@@ -106,6 +107,11 @@ async def request_upsample(
 ) -> Job:
     guild_id = guild_id_of(interaction)
     sample, parent_job = await sample_in_guild(bot, sample_id, guild_id)
+    if parent_job.kind == JobKind.CURATE:
+        raise InvalidRequest(
+            f"Sample #{sample_id} is a curated piece joined from other samples; upsample those instead "
+            "(its message lists them)."
+        )
     # a primed preview stores the prime's lower-level codes too: its job says whether it is full quality
     if _parent_params(parent_job).levels == "all":
         raise InvalidRequest(f"Sample #{sample_id} is already full quality; there is nothing to upsample.")

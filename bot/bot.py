@@ -31,7 +31,7 @@ from storage.store import JobStore
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("bot.exts.jukebox", "bot.exts.samples", "bot.exts.jobs", "bot.exts.admin")
+EXTENSIONS = ("bot.exts.jukebox", "bot.exts.samples", "bot.exts.jobs", "bot.exts.admin", "bot.exts.curate")
 
 
 def user_message(error: BaseException) -> str | None:

@@ -49,9 +49,12 @@ def describe_params(kind: JobKind, model: str, params: Mapping[str, Any]) -> str
 
 
 def header(job: Job) -> str:
-    what = {JobKind.GENERATE: "new song", JobKind.UPSAMPLE: "upsample", JobKind.CONTINUE: "continue"}[
-        job.kind
-    ]
+    what = {
+        JobKind.GENERATE: "new song",
+        JobKind.UPSAMPLE: "upsample",
+        JobKind.CONTINUE: "continue",
+        JobKind.CURATE: "curated piece",
+    }[job.kind]
     parent = f" of sample #{job.parent_sample_id}" if job.parent_sample_id is not None else ""
     return (
         f"**Job #{job.id}** · {what}{parent} for <@{job.user_id}>\n"

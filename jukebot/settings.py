@@ -122,6 +122,8 @@ class Settings(BaseSettings):
     allowed_channels: Annotated[list[int], NoDecode] = Field(default_factory=list)
     max_prime_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
     max_prime_seconds: float = Field(default=60.0, gt=0)
+    # Most samples one /curate may join (decoding and fingerprinting them is the bot's CPU work).
+    max_curate_samples: int = Field(default=50, ge=2)
 
     @field_validator("database_url")
     @classmethod

@@ -38,6 +38,7 @@ class JobKind(enum.StrEnum):
     GENERATE = "generate"
     UPSAMPLE = "upsample"
     CONTINUE = "continue"
+    CURATE = "curate"  # many stored samples joined by the bot (never queued: stored as succeeded)
 
 
 class JobStatus(enum.StrEnum):

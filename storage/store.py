@@ -313,6 +313,8 @@ class JobStore:
         except ValueError:
             known = ", ".join(member.value for member in JobKind)
             raise InvalidJob(f"Unknown job kind {kind!r}; use one of: {known}.") from None
+        if job_kind is JobKind.CURATE:  # no worker runs it: `store_curation` records the finished piece
+            raise InvalidJob("A curate job is not queued: store the finished piece with store_curation.")
         if not isinstance(model, str) or not model.strip() or len(model) > 64:
             raise InvalidJob(f"model must be a model name such as '5b_lyrics', got {model!r}")
         stored_params = _serialise_params(params)
@@ -1067,6 +1069,85 @@ class JobStore:
                 select(*SAMPLE_INFO_COLUMNS).where(samples.c.job_id == job_id).order_by(samples.c.index)
             )
             return [_sample_info(row._mapping) for row in rows]
+
+    async def user_samples(self, guild_id: int, user_id: int, limit: int = 100) -> list[SampleInfo]:
+        """The samples of the user's jobs in the server, oldest first (at most `limit`)."""
+        _check_page(limit, 0)
+        statement = (
+            select(*SAMPLE_INFO_COLUMNS)
+            .select_from(samples.join(jobs, samples.c.job_id == jobs.c.id))
+            .where(jobs.c.guild_id == guild_id, jobs.c.user_id == user_id)
+            .order_by(samples.c.id)
+            .limit(limit)
+        )
+        async with self._reading() as connection:
+            return [_sample_info(row._mapping) for row in await connection.execute(statement)]
+
+    async def sample_guilds(self, sample_ids: Iterable[int]) -> dict[int, int | None]:
+        """The server each of the samples was made in (None: a direct message); unknown ids are absent."""
+        wanted = sorted(set(sample_ids))
+        if not wanted:
+            return {}
+        async with self._reading() as connection:
+            rows = await connection.execute(
+                select(samples.c.id, jobs.c.guild_id)
+                .select_from(samples.join(jobs, samples.c.job_id == jobs.c.id))
+                .where(samples.c.id.in_(wanted))
+            )
+            return {int(row[0]): row[1] for row in rows}
+
+    async def store_curation(
+        self,
+        *,
+        guild_id: int | None,
+        channel_id: int,
+        user_id: int,
+        model: str,
+        params: Mapping[str, Any],
+        sample: NewSample,
+    ) -> tuple[int, int]:
+        """Record a piece the bot joined from stored samples: a `curate` job, already succeeded with
+        `sample` as its one result, in one transaction; returns (job id, sample id).
+
+        It is never queued (no worker claims it) and counts as posted: the bot that made it posts it
+        itself, so the relay leaves it alone. `params` say what it was made of.
+        """
+        if not isinstance(model, str) or not model.strip() or len(model) > 64:
+            raise InvalidJob(f"model must be a model name such as '5b_lyrics', got {model!r}")
+        stored_params = _serialise_params(params)
+        _check_snowflake("guild_id", guild_id, optional=True)
+        _check_snowflake("channel_id", channel_id)
+        _check_snowflake("user_id", user_id)
+        row = _check_new_sample(sample, model)
+        now = self._clock()
+        async with self._transaction() as connection:
+            await self._one_enqueue_at_a_time(connection)  # ids in the order they are handed out
+            job_id = await connection.scalar(
+                jobs.insert()
+                .values(
+                    guild_id=guild_id,
+                    channel_id=channel_id,
+                    user_id=user_id,
+                    kind=JobKind.CURATE.value,
+                    model=model,
+                    params=stored_params,
+                    status=JobStatus.SUCCEEDED.value,
+                    priority=0,
+                    attempts=0,
+                    max_attempts=1,
+                    progress=1.0,
+                    created_at=now,
+                    started_at=now,
+                    finished_at=now,
+                    updated_at=now,
+                    results_posted_at=now,
+                )
+                .returning(jobs.c.id)
+            )
+            sample_id = await connection.scalar(
+                samples.insert().values(job_id=job_id, created_at=now, **row).returning(samples.c.id)
+            )
+        return int(job_id), int(sample_id)
 
     async def set_sample_message(self, sample_id: int, message_id: int) -> None:
         """Record the Discord message the sample was posted in (replaces an earlier one)."""

@@ -293,3 +293,39 @@ def test_storage_imports_nothing_else_of_ours() -> None:
     )
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert output.strip() == "[]"
+
+
+async def test_0006_allows_curate_jobs_and_refuses_to_downgrade_over_them(empty_db_url: str) -> None:
+    url = empty_db_url
+    job = {"channel_id": 1, "user_id": 2, "model": "5b", "params": {}, "status": "succeeded"}
+    job |= {"priority": 0, "attempts": 0, "max_attempts": 1, "progress": 1.0}
+    job |= {"created_at": T0, "updated_at": T0, "finished_at": FINISHED_AT}
+
+    async def insert(**values: Any) -> None:
+        engine = create_engine(url)
+        try:
+            async with engine.begin() as connection:
+                await connection.execute(JOBS_0001.insert(), [{**job, **values}])
+        finally:
+            await engine.dispose()
+
+    await upgrade_async(url, "0004")
+    with pytest.raises(sa.exc.IntegrityError):  # the old CHECK constraint
+        await insert(id=1, kind="curate")
+    await upgrade_async(url, "0006")
+    await insert(id=1, kind="curate")
+    await insert(id=2, kind="generate")
+    assert await schema_diff_async(url) == []
+    with pytest.raises(RuntimeError, match="1 curate job"):
+        await downgrade_async(url, "0004")
+    assert await current_revision_async(url) == "0006"  # nothing undone
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(sa.text("DELETE FROM jobs WHERE kind = 'curate'"))
+    finally:
+        await engine.dispose()
+    await downgrade_async(url, "0004")
+    with pytest.raises(sa.exc.IntegrityError):
+        await insert(id=3, kind="curate")
+    assert await _read(url, sa.select(JOBS_0001.c.id, JOBS_0001.c.kind)) == [(2, "generate")]

@@ -1,0 +1,300 @@
+"""`/curate` apart from Discord: which stored samples a selection names, joining them into one piece
+(sampler/curation.py: trim, similarity, order, crossfades, even loudness), and what to store and say.
+
+Joining is CPU work (decode every sample, fingerprint, encode, draw): `make_piece` is synchronous and
+the cog runs it through `asyncio.to_thread`, one curation at a time per bot (see bot/exts/curate.py).
+Every refusal is a `JukebotError` raised before anything is stored.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Literal
+
+import numpy as np
+
+from bot.errors import MAX_MESSAGE_CHARS, InvalidRequest, JobNotInServer, JukebotError
+from bot.requests import stored_id
+from sampler.audio import SAMPLE_RATE, AudioError, decode_audio, encode_audio
+from sampler.curation import Clip, CurationError, FingerprintUnavailable, curate
+from sampler.jobspec import InvalidJobParams, JobParams, parse_params
+from sampler.user_text import shorten_user_text
+from storage.models import utcnow
+from storage.records import Job, NewSample, Sample
+from storage.store import JobStore
+
+# The job params key that records what a curated piece was made of; the rest are the style a
+# continuation of it uses.
+CURATION_KEY = "curation"
+PERIODS = {"day": timedelta(days=1), "week": timedelta(days=7), "month": timedelta(days=30), "all": None}
+TOP_COUNT = 10  # `top:` joins what /top lists
+PIECE_FORMAT: Literal["ogg"] = "ogg"  # Opus in Ogg at the workers' stored bitrate (sampler/cascade_runner.py)
+PIECE_BITRATE = 160_000
+MAX_ID_TEXT_CHARS = 1000  # a `samples:` list longer than this is not a list of at most ~100 ids
+
+Progress = Callable[[str], None]  # a line saying how far the work is
+
+
+class Similarity(enum.StrEnum):
+    CHROMAPRINT = "chromaprint"
+    CODES = "codes"
+
+    @property
+    def description(self) -> str:
+        if self is Similarity.CHROMAPRINT:
+            return "Chromaprint fingerprints"
+        return "their stored Jukebox codes (Chromaprint is not installed on the bot's machine)"
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """What `/curate` was asked to join: exactly one of a job, a user, a period's top, or listed ids."""
+
+    job: int | None = None
+    user: int | None = None
+    top: str | None = None
+    sample_ids: str | None = None
+
+    def describe(self) -> str:
+        if self.job is not None:
+            return f"job #{self.job}"
+        if self.user is not None:
+            return f"<@{self.user}>'s samples"
+        if self.top is not None:
+            return f"the top {TOP_COUNT} of {'all time' if self.top == 'all' else 'the ' + self.top}"
+        return "listed samples"
+
+
+def parse_sample_ids(text: str, max_count: int) -> list[int]:
+    """`"12, 15, #19"` → [12, 15, 19] (repeats dropped); a specific refusal for anything else."""
+    if len(text) > MAX_ID_TEXT_CHARS:
+        raise InvalidRequest(
+            f"That list of samples is {len(text):,} characters long; list at most {max_count} sample "
+            "numbers, separated by commas."
+        )
+    tokens = [token for token in re.split(r"[\s,;]+", text) if token]
+    if not tokens:
+        raise InvalidRequest('List the samples to join by number, separated by commas, e.g. "12, 15, 19".')
+    ids: list[int] = []
+    for token in tokens:
+        digits = token.removeprefix("#")
+        if not digits.isascii() or not digits.isdigit():
+            raise InvalidRequest(
+                f"{shorten_user_text(token, limit=30)} is not a sample number: list numbers such as "
+                '"12, 15, 19".'
+            )
+        sample_id = stored_id(int(digits) if len(digits) <= 30 else digits, "sample")
+        if sample_id not in ids:
+            ids.append(sample_id)
+    check_count(len(ids), max_count, "listed samples")
+    return ids
+
+
+def check_count(count: int, max_count: int, what: str) -> None:
+    if count > max_count:
+        raise InvalidRequest(
+            f"That is {count} {what}; one /curate joins at most {max_count}. List the ones you want "
+            'with `samples:` (e.g. "12, 15, 19").'
+        )
+    if count < 2:
+        raise InvalidRequest(
+            f"Curating joins at least two samples, and {what} come to {count}. Pick more, e.g. with "
+            '`samples:` ("12, 15, 19") or `top:`.'
+        )
+
+
+async def resolve(store: JobStore, guild_id: int, selection: Selection, max_count: int) -> list[int]:
+    """The ids of the samples the selection names, all made in this server; refusals are specific."""
+    given = [
+        value is not None for value in (selection.job, selection.user, selection.top, selection.sample_ids)
+    ]
+    if sum(given) != 1:
+        raise InvalidRequest(
+            "Say what to curate with exactly one of `job:`, `user:`, `top:` or `samples:`"
+            + (" (you gave several)." if sum(given) else ".")
+        )
+    if selection.job is not None:
+        job = await store.get_job(stored_id(selection.job, "job"))
+        if job.guild_id != guild_id:
+            raise JobNotInServer(job.id)
+        ids = [info.id for info in await store.samples_for_job(job.id)]
+        check_count(len(ids), max_count, f"job #{job.id}'s samples")
+        return ids
+    if selection.user is not None:
+        infos = await store.user_samples(guild_id, selection.user, limit=max_count + 1)
+        if len(infos) > max_count:
+            raise InvalidRequest(
+                f"<@{selection.user}> has more than {max_count} samples here; one /curate joins at most "
+                f'{max_count}. List the ones you want with `samples:` (e.g. "12, 15, 19").'
+            )
+        check_count(len(infos), max_count, f"<@{selection.user}>'s samples here")
+        return [info.id for info in infos]
+    if selection.top is not None:
+        if selection.top not in PERIODS:
+            raise InvalidRequest(f"`top:` is one of {', '.join(PERIODS)}.")
+        delta = PERIODS[selection.top]
+        ranked = await store.top_samples(
+            guild_id, since=None if delta is None else utcnow() - delta, limit=min(TOP_COUNT, max_count)
+        )
+        check_count(len(ranked), max_count, f"this server's samples ({selection.describe()})")
+        return [entry.sample.id for entry in ranked]
+    assert selection.sample_ids is not None
+    ids = parse_sample_ids(selection.sample_ids, max_count)
+    guilds = await store.sample_guilds(ids)
+    unknown = [sample_id for sample_id in ids if sample_id not in guilds]
+    if unknown:
+        raise InvalidRequest(f"There is no {_numbers('sample', unknown)}; check the numbers (see /top).")
+    foreign = [sample_id for sample_id in ids if guilds[sample_id] != guild_id]
+    if foreign:
+        raise InvalidRequest(
+            f"{_numbers('Sample', foreign).capitalize()} {'was' if len(foreign) == 1 else 'were'} made in "
+            "another server; you can only curate samples made here."
+        )
+    return ids
+
+
+def _numbers(what: str, ids: Sequence[int]) -> str:
+    listed = ", ".join(f"#{sample_id}" for sample_id in ids[:10])
+    more = f" and {len(ids) - 10} more" if len(ids) > 10 else ""
+    return f"{what}{'s' if len(ids) > 1 else ''} {listed}{more}"
+
+
+def similarity_to_use(samples: Sequence[Sample]) -> Similarity:
+    """Chromaprint where it is installed; else the samples' stored top-level codes (all made here)."""
+    try:
+        import chromaprint  # noqa: F401  (pyacoustid's binding loads libchromaprint on import)
+    except (ImportError, OSError) as exc:
+        missing = [sample.id for sample in samples if sample.codes(2) is None]
+        if missing:  # no similarity without a system library for these: say what to install
+            raise InvalidRequest(str(FingerprintUnavailable(str(exc) or type(exc).__name__))) from None
+        return Similarity.CODES
+    return Similarity.CHROMAPRINT
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """The joined piece and how it was made (ids in the order they play)."""
+
+    order: list[int]
+    join_scores: list[float]
+    left_out: list[int]  # silent samples
+    similarity: Similarity
+    audio: bytes
+    duration_seconds: float
+    top_codes: bytes | None  # the ingredients' top-level codes, concatenated in order
+    strip: bytes  # PNG: a picture per ingredient, in order, captioned with the join scores
+
+
+def make_piece(samples: Sequence[Sample], similarity: Similarity, progress: Progress) -> Piece:
+    """Decode, order and join the samples (CPU work: run it in a thread). `CurationError`s (all
+    silent, only one with sound) come back as `InvalidRequest`."""
+    from jukebot.commands.curate import strip_picture
+
+    clips = []
+    for done, sample in enumerate(samples, start=1):
+        progress(f"decoding {done}/{len(samples)}…")
+        try:
+            audio = decode_audio(sample.audio, max_bytes=None, max_seconds=None, silence_threshold_db=None)
+        except AudioError as exc:
+            raise JukebotError(f"Sample #{sample.id}'s stored audio cannot be read back ({exc}).") from None
+        clips.append(Clip(f"#{sample.id}", audio))
+    codes = None
+    if similarity == Similarity.CODES:
+        codes = [np.frombuffer(sample.codes(2) or b"", dtype="<i2") for sample in samples]
+
+    def report(stage: str, done: int, total: int) -> None:
+        progress(f"{stage} {done}/{total}…")
+
+    try:
+        result = curate(clips, codes=codes, progress=report)
+    except CurationError as exc:
+        raise InvalidRequest(str(exc)) from None
+    progress("encoding the piece…")
+    ordered = [samples[i] for i in result.order]
+    top = [sample.codes(2) for sample in ordered]
+    strip = strip_picture([clips[i] for i in result.order], result.join_scores)
+    return Piece(
+        order=[sample.id for sample in ordered],
+        join_scores=[round(score, 4) for score in result.join_scores],
+        left_out=[samples[i].id for i in range(len(samples)) if i not in result.order],
+        similarity=similarity,
+        audio=encode_audio(result.audio, SAMPLE_RATE, PIECE_FORMAT, PIECE_BITRATE),
+        duration_seconds=result.duration_seconds,
+        top_codes=b"".join(codes_ for codes_ in top if codes_ is not None) if None not in top else None,
+        strip=strip,
+    )
+
+
+def style_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """A job's params without the curation record: what `parse_params` reads (labels, lyrics…)."""
+    return {key: value for key, value in params.items() if key != CURATION_KEY}
+
+
+def piece_params(last_job: Job, last_index: int, piece: Piece, selection: Selection) -> dict[str, Any]:
+    """The curate job's params: the style of the piece's last sample (`last_index` in `last_job`, a
+    sweep's own style for that sample), then the record.
+
+    Continuing the piece is fair from here: the continue job gets the ingredients' top-level codes
+    concatenated in playing order, and the prior conditions on the last window of them, i.e. the
+    last sample(s) the piece ends with; the style (artist, genres, lyrics) is that last sample's
+    too. (The continuation is rendered from the codes, so it has hard joins and untrimmed silence
+    where the piece has crossfades.)
+    """
+    try:
+        style = parse_params(style_params(last_job.params)).for_sample(last_index)
+    except (InvalidJobParams, IndexError):
+        style = JobParams()  # parameters an older bot wrote: continue with the defaults
+    style = style.model_copy(
+        update={"n_samples": 1, "levels": "top", "prime_seconds": None, "total_seconds": None}
+    )
+    record = {
+        "selection": selection.describe(),
+        "sample_ids": piece.order,
+        "join_scores": piece.join_scores,
+        "left_out_silent": piece.left_out,
+        "similarity": piece.similarity.value,
+    }
+    return {**JobParams.model_validate(style.model_dump()).to_json(), CURATION_KEY: record}
+
+
+def piece_sample(piece: Piece) -> NewSample:
+    return NewSample(
+        index=0,
+        seed=0,  # no sampling: nothing to reproduce
+        duration_seconds=piece.duration_seconds,
+        audio=piece.audio,
+        audio_format=PIECE_FORMAT,
+        audio_bitrate=PIECE_BITRATE,
+        codes_level_2=piece.top_codes,
+    )
+
+
+def piece_text(sample_id: int, job_id: int, user_id: int, piece: Piece) -> str:
+    """The message above the piece: what it is, the order with each join's score, within 2,000 chars."""
+    minutes, seconds = divmod(round(piece.duration_seconds), 60)
+    head = (
+        f"**Sample #{sample_id}** · job #{job_id} · curated by <@{user_id}> from {len(piece.order)} "
+        f"samples · {minutes}:{seconds:02d} · similarity: {piece.similarity.description}"
+    )
+    tail = []
+    if piece.left_out:
+        tail.append(f"Left out (silent): {', '.join(f'#{i}' for i in piece.left_out)}")
+    if piece.top_codes is None:
+        tail.append("Some ingredients have no top-level codes stored, so this piece cannot be continued.")
+    else:
+        tail.append(f"`/continue sample:{sample_id}` extends it from its last sample.")
+    steps = [f"#{piece.order[0]}"] + [
+        f"#{sample}({score:.2f})" for sample, score in zip(piece.order[1:], piece.join_scores, strict=True)
+    ]
+    label = "Order (similarity of each join): "
+    room = MAX_MESSAGE_CHARS - len(head) - sum(len(line) + 1 for line in tail) - len(label) - 1
+    shown = " → ".join(steps)
+    kept = len(steps)
+    while len(shown) > room and kept > 1:
+        kept -= 1
+        shown = " → ".join(steps[:kept]) + f" → … {len(steps) - kept} more (in the picture)"
+    return "\n".join([head, label + shown, *tail])[:MAX_MESSAGE_CHARS]

@@ -1,0 +1,210 @@
+"""`/curate`: join a selection of this server's samples into one piece, stored and posted like a sample.
+
+The joining runs in a thread of the bot (`asyncio.to_thread`), not in a worker: workers are GPU
+processes that claim queued jobs by model, and this is a few seconds to minutes of CPU over samples
+the bot already reads from the store. One curation runs at a time per bot (`_one_at_a_time`), so a
+burst cannot take every core; whoever has to wait is told so. Progress goes into the (private)
+deferred reply at most once per `bot.relay.min_edit_interval_s`; the piece is posted in the channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+from collections.abc import Callable
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot import curating, delivery
+from bot.actions import guild_id_of
+from bot.bot import JukeBot, user_message
+from bot.errors import fit_message
+from bot.options import JobId
+from bot.views import sample_view
+from storage.records import Sample
+
+log = logging.getLogger(__name__)
+NO_MENTIONS = discord.AllowedMentions.none()
+
+
+class _ThrottledReply:
+    """Edits the deferred reply with the latest progress line, at most once per `interval_s`.
+
+    `post` may be called from the curation's thread; the edits happen on the event loop."""
+
+    def __init__(self, interaction: discord.Interaction[JukeBot], prefix: str, interval_s: float) -> None:
+        self.interaction = interaction
+        self.prefix = prefix
+        self.interval_s = interval_s
+        self.loop = asyncio.get_running_loop()
+        self._latest: str | None = None
+        self._changed = asyncio.Event()
+        self._stopping = asyncio.Event()
+
+    def post(self, line: str) -> None:
+        self.loop.call_soon_threadsafe(self._set, line)
+
+    def _set(self, line: str) -> None:
+        self._latest = line
+        self._changed.set()
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            await self._changed.wait()
+            self._changed.clear()
+            if self._stopping.is_set():
+                return
+            try:
+                await self.interaction.edit_original_response(
+                    content=fit_message(self.prefix + (self._latest or ""))
+                )
+            except discord.HTTPException:
+                log.warning("could not show curation progress to user %s", self.interaction.user.id)
+            with contextlib.suppress(TimeoutError):  # the throttle, cut short by `stop`
+                await asyncio.wait_for(self._stopping.wait(), timeout=self.interval_s)
+
+    def stop(self) -> None:
+        """No more edits once the edit in flight (if any) ends: the caller's next edit comes last."""
+        self._stopping.set()
+        self._changed.set()
+
+
+class Curate(commands.Cog):
+    def __init__(self, bot: JukeBot) -> None:
+        self.bot = bot
+        self._one_at_a_time = asyncio.Semaphore(1)
+        # Called in the curation's thread before the samples are joined: tests hold a curation there.
+        self.before_joining: Callable[[], None] | None = None
+
+    @app_commands.command(
+        name="curate", description="Join samples made here into one piece, similar ones together"
+    )
+    @app_commands.guild_only()
+    @app_commands.describe(
+        job="Join a job's samples (its number)",
+        user="Join this person's samples made in this server",
+        top="Join this server's most-voted samples of a period (what /top lists)",
+        samples='Join these samples, by number: "12, 15, 19"',
+    )
+    @app_commands.choices(top=[app_commands.Choice(name=name, value=name) for name in curating.PERIODS])
+    async def curate(
+        self,
+        interaction: discord.Interaction[JukeBot],
+        job: JobId | None = None,
+        user: discord.User | discord.Member | None = None,
+        top: str | None = None,
+        samples: app_commands.Range[str, 1, curating.MAX_ID_TEXT_CHARS] | None = None,
+    ) -> None:
+        guild_id = guild_id_of(interaction)
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        try:
+            await self._curate(
+                interaction,
+                guild_id,
+                curating.Selection(job=job, user=user.id if user else None, top=top, sample_ids=samples),
+            )
+        except Exception as exc:
+            message = user_message(exc)
+            if message is None:
+                raise  # the tree's error handler logs it and apologises
+            await interaction.edit_original_response(content=fit_message(message))
+
+    async def _curate(
+        self, interaction: discord.Interaction[JukeBot], guild_id: int, selection: curating.Selection
+    ) -> None:
+        store = self.bot.store
+        max_count = self.bot.settings.max_curate_samples
+        sample_ids = await curating.resolve(store, guild_id, selection, max_count)
+        loaded: list[Sample] = [await store.get_sample(sample_id) for sample_id in sample_ids]
+        similarity = curating.similarity_to_use(loaded)
+        if self._one_at_a_time.locked():
+            await interaction.edit_original_response(
+                content="Another curation is running in this bot; yours starts as soon as it ends…"
+            )
+        async with self._one_at_a_time:
+            prefix = f"Joining {len(loaded)} samples ({selection.describe()}): "
+            reply = _ThrottledReply(interaction, prefix, self.bot.relay.min_edit_interval_s)
+            showing = asyncio.create_task(reply.run(), name="curate-progress")
+            try:
+                piece = await asyncio.to_thread(self._join, loaded, similarity, reply.post)
+            finally:
+                reply.stop()
+                await showing
+        last = loaded[sample_ids.index(piece.order[-1])]
+        last_job = await store.get_job(last.job_id)
+        job_id, sample_id = await store.store_curation(
+            guild_id=guild_id,
+            channel_id=interaction.channel_id or 0,
+            user_id=interaction.user.id,
+            model=last.model,
+            params=curating.piece_params(last_job, last.index, piece, selection),
+            sample=curating.piece_sample(piece),
+        )
+        interaction.extras["job_id"] = job_id
+        await self._post(interaction, guild_id, job_id, sample_id, piece)
+        await interaction.edit_original_response(
+            content=f"Done: sample #{sample_id} is posted in this channel "
+            f"(similarity: {piece.similarity.description})."
+        )
+
+    def _join(
+        self, loaded: list[Sample], similarity: curating.Similarity, progress: curating.Progress
+    ) -> curating.Piece:
+        if self.before_joining is not None:
+            self.before_joining()
+        return curating.make_piece(loaded, similarity, progress)
+
+    async def _post(
+        self,
+        interaction: discord.Interaction[JukeBot],
+        guild_id: int,
+        job_id: int,
+        sample_id: int,
+        piece: curating.Piece,
+    ) -> None:
+        """The piece in the channel: its audio (split to fit the upload limit), the order as a strip, the
+        buttons; the message is recorded so the piece's buttons and /sample work like any sample's."""
+        limit = delivery.upload_limit(interaction.filesize_limit, None)
+        content = curating.piece_text(sample_id, job_id, interaction.user.id, piece)
+        stem = f"jukebot_sample_{sample_id}"
+        try:
+            files = await asyncio.to_thread(
+                delivery.files_for_sample,
+                piece.audio,
+                curating.PIECE_FORMAT,
+                limit,
+                stem,
+                piece.duration_seconds,
+            )
+            groups = delivery.group_for_messages(files, limit)
+        except delivery.DeliveryImpossible as exc:
+            groups = [[]]
+            content = fit_message(f"{content}\n⚠️ {exc} Re-send it later with `/sample {sample_id}`.")
+        strip = delivery.AudioFile(
+            f"{stem}_order.png", piece.strip, f"{stem}: the {len(piece.order)} samples in the order they play"
+        )
+        groups = delivery.with_picture(groups, strip, limit)
+        channel = self.bot.get_partial_messageable(interaction.channel_id or 0, guild_id=guild_id)
+        view = sample_view(sample_id, 0, can_upsample=False)
+        for index, group in enumerate(groups):
+            uploads = [
+                discord.File(io.BytesIO(f.data), filename=f.filename, description=f.description)
+                for f in group
+            ]
+            if index == 0:
+                first = await channel.send(content, files=uploads, view=view, allowed_mentions=NO_MENTIONS)
+                await self.bot.store.set_sample_message(sample_id, first.id)
+            else:
+                await channel.send(
+                    f"Sample #{sample_id}, continued ({index + 1}/{len(groups)})",
+                    files=uploads,
+                    allowed_mentions=NO_MENTIONS,
+                )
+
+
+async def setup(bot: JukeBot) -> None:
+    await bot.add_cog(Curate(bot))

@@ -1,0 +1,76 @@
+"""Curated pieces: a `curate` job stored already succeeded with its one sample, never queued."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from storage import JobKind, JobStatus, JobStore
+from storage.errors import InvalidJob, InvalidSample
+from tests.storage.helpers import CHANNEL, GUILD, MODEL, USER, enqueue, finished_job, new_sample, row_counts
+
+CURATION_PARAMS: dict[str, Any] = {
+    "artist": "the beatles",
+    "curation": {"sample_ids": [2, 1], "join_scores": [0.75], "similarity": "codes"},
+}
+
+
+async def store_piece(store: JobStore, **fields: Any) -> tuple[int, int]:
+    values: dict[str, Any] = {
+        "guild_id": GUILD,
+        "channel_id": CHANNEL,
+        "user_id": USER,
+        "model": MODEL,
+        "params": CURATION_PARAMS,
+        "sample": new_sample(0, seed=0, duration_seconds=33.5),
+    }
+    return await store.store_curation(**(values | fields))
+
+
+async def test_a_curation_is_a_succeeded_posted_job_with_one_votable_sample(store: JobStore) -> None:
+    _, ingredients = await finished_job(store, samples=2)
+    job_id, sample_id = await store_piece(store)
+
+    job = await store.get_job(job_id)
+    assert (job.kind, job.status, job.progress) == (JobKind.CURATE, JobStatus.SUCCEEDED, 1.0)
+    assert job.params == CURATION_PARAMS
+    assert job.results_posted_at is not None  # the bot posts it itself: the relay must not
+    assert await store.finished_jobs_unposted(GUILD) == []
+    assert await store.claim("w", [MODEL], lease_seconds=60) is None  # nothing for a worker
+    (info,) = await store.samples_for_job(job_id)
+    assert (info.id, info.index, info.levels, info.duration_seconds) == (sample_id, 0, (2,), 33.5)
+    assert await store.toggle_vote(sample_id, USER) == (True, 1)
+    ranked = await store.top_samples(GUILD)
+    assert [entry.sample.id for entry in ranked] == [sample_id, *sorted(ingredients, reverse=True)]
+
+
+async def test_a_curation_with_a_bad_sample_or_params_stores_nothing(store: JobStore) -> None:
+    await finished_job(store)
+    before = await row_counts(store.engine)
+    with pytest.raises(InvalidSample, match="audio is empty"):
+        await store_piece(store, sample=new_sample(0, audio=b""))
+    with pytest.raises(InvalidJob, match="plain JSON"):
+        await store_piece(store, params={"score": float("nan")})
+    with pytest.raises(InvalidJob, match="Discord id"):
+        await store_piece(store, user_id=-1)
+    assert await row_counts(store.engine) == before
+
+
+async def test_curate_jobs_are_not_queued(store: JobStore) -> None:
+    before = await row_counts(store.engine)
+    with pytest.raises(InvalidJob, match="not queued"):
+        await enqueue(store, kind=JobKind.CURATE)
+    assert await row_counts(store.engine) == before
+
+
+async def test_user_samples_and_sample_guilds(store: JobStore) -> None:
+    _, mine = await finished_job(store, samples=2)
+    _, others = await finished_job(store, samples=1, user_id=USER + 1)
+    _, elsewhere = await finished_job(store, samples=1, guild_id=GUILD + 1)
+    assert [info.id for info in await store.user_samples(GUILD, USER)] == mine
+    assert [info.id for info in await store.user_samples(GUILD, USER, limit=1)] == mine[:1]
+    assert [info.id for info in await store.user_samples(GUILD, USER + 1)] == others
+    assert await store.user_samples(GUILD + 2, USER) == []
+    guilds = await store.sample_guilds([*mine, *elsewhere, 9999])
+    assert guilds == {mine[0]: GUILD, mine[1]: GUILD, elsewhere[0]: GUILD + 1}
