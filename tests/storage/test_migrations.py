@@ -295,7 +295,7 @@ def test_storage_imports_nothing_else_of_ours() -> None:
     assert output.strip() == "[]"
 
 
-async def test_0006_allows_curate_jobs_and_refuses_to_downgrade_over_them(empty_db_url: str) -> None:
+async def test_0005_allows_curate_jobs_and_refuses_to_downgrade_over_them(empty_db_url: str) -> None:
     url = empty_db_url
     job = {"channel_id": 1, "user_id": 2, "model": "5b", "params": {}, "status": "succeeded"}
     job |= {"priority": 0, "attempts": 0, "max_attempts": 1, "progress": 1.0}
@@ -312,13 +312,13 @@ async def test_0006_allows_curate_jobs_and_refuses_to_downgrade_over_them(empty_
     await upgrade_async(url, "0004")
     with pytest.raises(sa.exc.IntegrityError):  # the old CHECK constraint
         await insert(id=1, kind="curate")
-    await upgrade_async(url, "0006")
+    await upgrade_async(url, "0005")
     await insert(id=1, kind="curate")
     await insert(id=2, kind="generate")
     assert await schema_diff_async(url) == []
     with pytest.raises(RuntimeError, match="1 curate job"):
         await downgrade_async(url, "0004")
-    assert await current_revision_async(url) == "0006"  # nothing undone
+    assert await current_revision_async(url) == "0005"  # nothing undone
     engine = create_engine(url)
     try:
         async with engine.begin() as connection:

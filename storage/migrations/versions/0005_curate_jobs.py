@@ -4,7 +4,7 @@ Only the CHECK constraint on jobs.kind changes. SQLite cannot alter a constraint
 rebuilds the table there; Postgres drops and re-creates the constraint. Downgrading refuses while
 curate jobs exist rather than deleting what users made.
 
-Revision ID: 0006
+Revision ID: 0005
 Revises: 0004
 Create Date: 2026-12-01
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006"
+revision = "0005"
 down_revision = "0004"
 branch_labels = None
 depends_on = None
