@@ -125,6 +125,10 @@ class Settings(BaseSettings):
     # Most samples one /curate may join (decoding and fingerprinting them is the bot's CPU work).
     max_curate_samples: int = Field(default=50, ge=2)
 
+    # Progress messages: how often the bot reads job state, and how often one message may be edited.
+    progress_poll_seconds: float = Field(default=5.0, gt=0)
+    progress_min_edit_seconds: float = Field(default=5.0, ge=0)
+
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: str) -> str:

@@ -29,7 +29,7 @@ class Jobs(commands.Cog):
         if found.guild_id != actions.guild_id_of(interaction):
             raise JobNotInServer(job)
         status = await self.bot.store.request_cancel(job, interaction.user.id)
-        self.bot.relay.poke()
+        self.bot.dispatch("job_cancel_requested", job)
         if status == JobStatus.CANCELLED:
             message = f"Job #{job} is cancelled; it had not started."
         else:

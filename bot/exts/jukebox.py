@@ -155,17 +155,17 @@ class Jukebox(commands.Cog):
                 raise JukebotError(str(exc)) from None
         else:
             validated = build_generate(limits, options)
+        served = availability_note(options.model, await self.bot.store.served_models())
+        if served is not None:
+            validated = dataclasses.replace(validated, notes=(*validated.notes, served))
         try:
-            job = await actions.enqueue_and_announce(
+            await actions.enqueue_and_announce(
                 self.bot, interaction, limits, JobKind.GENERATE, options.model, validated, prime_id=prime_id
             )
         except JukebotError:  # refused, e.g. jobs queued while the clip downloaded filled the user's places
             if prime_id is not None:
                 await self.bot.store.discard_prime(prime_id)  # kept if a job uses it after all
             raise
-        served = availability_note(options.model, await self.bot.store.served_models())
-        notes = validated.notes if served is None else (*validated.notes, served)
-        await interaction.followup.send(actions.queued_reply(job, notes), ephemeral=True)
 
     @jukebox.autocomplete("artist")
     async def artist_autocomplete(

@@ -13,7 +13,7 @@ from discord.ext import commands
 from bot import actions, delivery, pictures
 from bot.bot import JukeBot
 from bot.options import SampleId
-from bot.views import sample_view
+from bot.views import DYNAMIC_ITEMS, sample_view
 from storage.models import utcnow
 
 PERIODS = {"week": timedelta(days=7), "month": timedelta(days=30), "all": None}
@@ -24,13 +24,19 @@ class Samples(commands.Cog):
     def __init__(self, bot: JukeBot) -> None:
         self.bot = bot
 
+    async def cog_load(self) -> None:
+        # The buttons under posted samples, also under those posted before a restart.
+        self.bot.add_dynamic_items(*DYNAMIC_ITEMS)
+
+    async def cog_unload(self) -> None:
+        self.bot.remove_dynamic_items(*DYNAMIC_ITEMS)
+
     @app_commands.command(name="upsample", description="Take a preview sample to full quality")
     @app_commands.guild_only()
     @app_commands.describe(sample="The sample's number (shown above its audio)")
     async def upsample(self, interaction: discord.Interaction[JukeBot], sample: SampleId) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
-        job = await actions.request_upsample(self.bot, interaction, sample)
-        await interaction.followup.send(actions.queued_reply(job), ephemeral=True)
+        await actions.request_upsample(self.bot, interaction, sample)
 
     @app_commands.command(name="continue", description="Extend a sample by some seconds")
     @app_commands.guild_only()
@@ -42,8 +48,7 @@ class Samples(commands.Cog):
         seconds: app_commands.Range[float, 1.0, 600.0] | None = None,
     ) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
-        job = await actions.request_continue(self.bot, interaction, sample, seconds)
-        await interaction.followup.send(actions.queued_reply(job), ephemeral=True)
+        await actions.request_continue(self.bot, interaction, sample, seconds)
 
     @app_commands.command(name="sample", description="Post a stored sample again")
     @app_commands.guild_only()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from bot.bot import JukeBot
 from storage.models import JobKind, JobStatus
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
@@ -13,6 +14,7 @@ from tests.bot.harness import (
     make_bot,
     progress_message,
     queue_song,
+    relay_of,
     reply_of,
     sample_message,
     sqlite_store,
@@ -22,11 +24,11 @@ from tests.bot.harness import (
 __all__ = ["sqlite_store"]
 
 
-async def _preview(fake: FakeDiscord, store: JobStore, bot: object, user: str = "alice") -> int:
+async def _preview(fake: FakeDiscord, store: JobStore, bot: JukeBot, user: str = "alice") -> int:
     await queue_song(fake, user, artist="queen", samples=1)
     worker = PlayedWorker(store)
     (sample_id,) = await worker.complete(await worker.claim(), n=1, full=False)
-    bot.relay.poke()  # type: ignore[attr-defined]
+    relay_of(bot).poke()
     await fake.wait_for(when(lambda: sample_message(fake, sample_id)))
     return sample_id
 
@@ -120,7 +122,7 @@ async def test_running_job_cancel_and_failure_edit_the_progress_message(
     await fake.wait_for(lambda: "✋ Cancelling" in progress1.content)
     await store.mark_cancelled(first.id, worker.worker_id)
     await store.fail(second.id, worker.worker_id, "The GPU ran out of memory; try fewer samples.")
-    bot.relay.poke()
+    relay_of(bot).poke()
     await fake.wait_for(lambda: progress1.content.endswith("🛑 Cancelled."))
     progress2 = await fake.wait_for(when(lambda: progress_message(fake, second.id)))
     await fake.wait_for(
@@ -139,7 +141,7 @@ async def test_samples_over_the_upload_limit_are_split(
     worker = PlayedWorker(store)
     (sample_id,) = await worker.complete(await worker.claim(), n=1, full=False, seconds=12.0)
     assert len((await store.get_sample(sample_id)).audio) > 20_000
-    bot.relay.poke()
+    relay_of(bot).poke()
     # Encoding a 12 s sample into parts is CPU work: generous bounds for a loaded 2-core machine.
     posted = await fake.wait_for(when(lambda: sample_message(fake, sample_id)), timeout_s=120)
     total = int(posted.attachments[0].filename.split("of")[1].split(".")[0])
