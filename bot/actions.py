@@ -24,7 +24,7 @@ from bot.requests import (
     check_capacity,
     check_channel,
 )
-from sampler.jobspec import InvalidJobParams, parse_params
+from sampler.jobspec import InvalidJobParams, JobParams, is_full_quality, parse_params
 from sampler.user_text import quote_user_text
 from storage.errors import StorageError, UserJobLimitReached
 from storage.models import JobKind
@@ -95,7 +95,7 @@ async def _maker_in_guild(bot: JukeBot, job_id: int, sample_id: int, guild_id: i
     return job
 
 
-def _parent_params(job: Job) -> Any:
+def _parent_params(job: Job) -> JobParams:
     try:
         return parse_params(style_params(job.params))  # a curated piece's record is not a parameter
     except InvalidJobParams as exc:
@@ -115,13 +115,13 @@ async def request_upsample(
             f"Sample #{sample_id} is a curated piece joined from other samples; upsample those instead "
             "(its message lists them)."
         )
-    # a primed preview stores the prime's lower-level codes too: its job says whether it is full quality
-    if _parent_params(parent_job).levels == "all":
+    parent_params = _parent_params(parent_job)
+    if is_full_quality(parent_params):
         raise InvalidRequest(f"Sample #{sample_id} is already full quality; there is nothing to upsample.")
     if 2 not in sample.levels:
         raise InvalidRequest(f"Sample #{sample_id} has no top-level codes stored, so it cannot be upsampled.")
     limits = await check_can_enqueue(bot, interaction)
-    validated = build_upsample(_parent_params(parent_job).for_sample(sample.index))
+    validated = build_upsample(parent_params.for_sample(sample.index))
     return await enqueue_and_announce(
         bot,
         interaction,

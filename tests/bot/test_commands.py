@@ -7,11 +7,12 @@ from bot.bot import JukeBot
 from storage.models import JobKind, JobStatus
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
-from tests.bot.fake_discord import CALLBACK_MODAL, FakeAttachment, FakeDiscord, InvalidOptionError
+from tests.bot.fake_discord import CALLBACK_MODAL, FakeAttachment, FakeDiscord, InvalidOptionError, Upload
 from tests.bot.harness import (
     PlayedWorker,
     job_count,
     make_bot,
+    prime_wav,
     progress_message,
     queue_song,
     relay_of,
@@ -102,6 +103,37 @@ async def test_queue_history_top_and_sample(
     assert resent.original is not None and not resent.original.ephemeral
     assert resent.original.attachments[0].data == (await sqlite_store.get_sample(sample_id)).audio
     assert resent.original.buttons[0]["label"] == "👍 1"
+
+
+async def test_sample_of_a_primed_preview_offers_upsample(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    """A primed preview also stores the prime's lower-level codes: /sample must still call it a
+    preview and offer Upsample, as the message the relay posted does."""
+    fake, store = fake_discord, sqlite_store
+    bot = await bot_runner.start(make_bot(fake, store))
+    record = await fake.invoke_command(
+        "jukebox",
+        {"samples": 1, "length": 10.0},
+        attachments={"prime": Upload("riff.wav", prime_wav(3.0))},
+    )
+    assert (await reply_of(fake, record)).startswith("Queued as job #1.")
+    worker = PlayedWorker(store)
+    (sample_id,) = await worker.complete(await worker.claim(), n=1, full=True)  # codes at every level
+    assert 0 in (await store.get_sample(sample_id)).levels
+    relay_of(bot).poke()
+    posted = await fake.wait_for(when(lambda: sample_message(fake, sample_id)))
+    assert "preview (top level only)" in posted.content
+    assert f"jukebot:upsample:{sample_id}" in posted.custom_ids
+
+    resent = await fake.invoke_command("sample", {"id": sample_id})
+    await fake.wait_for(lambda: resent.original is not None and not resent.original.loading)
+    assert resent.original is not None and "preview (top level only)" in resent.original.content
+    assert resent.original.custom_ids == [
+        f"jukebot:vote:{sample_id}",
+        f"jukebot:upsample:{sample_id}",
+        f"jukebot:continue:{sample_id}",
+    ]
 
 
 async def test_running_job_cancel_and_failure_edit_the_progress_message(
