@@ -25,7 +25,8 @@ import av
 import av.error
 import numpy as np
 
-SAMPLE_RATE = 44_100
+from sampler.jukebox.registry import SAMPLE_RATE
+
 DEFAULT_MAX_BYTES = 25 * 1024 * 1024
 DEFAULT_MAX_SECONDS = 60.0
 DEFAULT_SILENCE_DB = -60.0

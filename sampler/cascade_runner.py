@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from sampler.audio import OutputFormat, encode_audio
+from sampler.batch_sizes import DEFAULT_MAX_BATCH_SIZE, BatchSizes, parse_batch_sizes
 from sampler.jobspec import InvalidJobParams, JobParams, parse_params
 from sampler.jukebox.cascade import (
     Cascade,
@@ -26,7 +27,7 @@ from sampler.jukebox.cascade import (
     SamplingRequest,
 )
 from sampler.jukebox.checkpoint import CheckpointError
-from sampler.jukebox.registry import MODELS
+from sampler.jukebox.registry import MODELS, SAMPLE_RATE
 from sampler.jukebox.windows import prompt_length_samples, sample_length_samples
 from sampler.loading import load_cascade
 from sampler.model_files import (
@@ -54,27 +55,20 @@ from storage.records import NewSample
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 44100
 STORED_FORMAT: OutputFormat = (
     "ogg"  # Opus in Ogg; the bot re-encodes only when a server's upload limit is smaller
 )
 STORED_BITRATE = 160_000
 LOWER_TEMPERATURE = 0.99  # the reference's temperature for the upsamplers
-DEFAULT_MAX_BATCH_SIZE = (16, 16, 3)
 
 
 class InvalidJobInput(JobFailed):
     """The job's parent sample or prime cannot be sampled from; the message says why."""
 
 
-def _max_batch_size() -> tuple[int, int, int]:
+def _max_batch_size() -> BatchSizes:
     text = os.environ.get("JUKEBOT_MAX_BATCH_SIZE", "")
-    if not text.strip():
-        return DEFAULT_MAX_BATCH_SIZE
-    values = [int(part) for part in text.replace(",", " ").split()]
-    if len(values) == 1:
-        values *= 3
-    return (values[0], values[1], values[2])
+    return parse_batch_sizes(text) if text.strip() else DEFAULT_MAX_BATCH_SIZE
 
 
 def codes_from_bytes(data: bytes | None) -> torch.Tensor | None:

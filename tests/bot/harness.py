@@ -17,6 +17,7 @@ from bot.bot import JukeBot
 from bot.relay import ProgressRelay
 from jukebot.settings import Settings
 from sampler.audio import SAMPLE_RATE, encode_audio, wav_bytes
+from sampler.jukebox.registry import MODELS
 from storage.engine import create_engine
 from storage.models import JobRow, utcnow
 from storage.records import ClaimedJob, NewSample
@@ -24,7 +25,7 @@ from storage.store import JobStore
 from tests.bot.fake_discord import FLAG_LOADING, FakeDiscord, FakeMessage, InteractionRecord
 from tests.waiting import wait_until
 
-ALL_MODELS = ("5b", "5b_lyrics", "1b_lyrics")
+ALL_MODELS = tuple(MODELS)
 
 
 def make_settings(**overrides: Any) -> Settings:
