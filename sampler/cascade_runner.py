@@ -280,9 +280,7 @@ class CascadeRunner:
             raise_if_stopped(lambda: stop_reason[-1] if stop_reason else StopReason.SHUTDOWN)
             raise
         except torch.OutOfMemoryError as exc:
-            raise OutOfMemory(
-                self.device, "JUKEBOT_MAX_BATCH_SIZE (or the number of samples)", str(exc)[:120]
-            ) from None
+            raise OutOfMemory(self.device, detail=str(exc)[:120]) from None
         except SamplingError as exc:
             raise JobFailed(f"This job cannot be sampled: {exc}.") from None
         raise_if_stopped(should_stop)
