@@ -23,6 +23,7 @@ from sampler.jobspec import (
     Style,
 )
 from sampler.jukebox.registry import DEFAULT_MODEL, MODEL_PREFERENCE, MODELS
+from sampler.units import format_bytes
 from sampler.user_text import quote_user_text, shorten_user_text
 from storage.errors import UserJobLimitReached
 from storage.models import JobStatus
@@ -155,14 +156,10 @@ def check_prime_metadata(limits: Limits, filename: str, size: int) -> None:
         )
     if size > limits.max_prime_bytes:
         raise AttachmentRejected(
-            f"The attachment {quote_user_text(filename)} is {_mib(size)}, larger than the "
-            f"{_mib(limits.max_prime_bytes)} limit for a prime. Attach a shorter clip or a compressed "
+            f"The attachment {quote_user_text(filename)} is {format_bytes(size)}, larger than the "
+            f"{format_bytes(limits.max_prime_bytes)} limit for a prime. Attach a shorter clip or a compressed "
             "format (OGG, MP3, M4A)."
         )
-
-
-def _mib(n: int) -> str:
-    return f"{n / 1024 / 1024:.1f} MiB" if n >= 1024 * 1024 else f"{n / 1024:.0f} KiB"
 
 
 @dataclass(frozen=True)
