@@ -98,6 +98,13 @@ class ProgressRelay:
         """Run a pass now instead of at the next poll."""
         self._wake.set()
 
+    async def announce(self, job_id: int, *, reply_to: int | None = None) -> None:
+        """Post a just-queued job's progress message now, between passes: a pass never sees it
+        half-posted (it would skip the job, or finish it without the message's id)."""
+        self.track(job_id, reply_to=reply_to)
+        async with self._pass_lock:
+            await self.post_progress_message(job_id)
+
     async def run(self) -> None:
         await self.bot.wait_until_ready()
         while True:

@@ -40,8 +40,7 @@ class Progress(commands.Cog):
     @commands.Cog.listener()
     async def on_job_queued(self, job: Job, reply_to: int | None) -> None:
         """Post the new job's progress message now rather than at the next poll."""
-        self.relay.track(job.id, reply_to=reply_to)
-        await self.relay.post_progress_message(job.id)
+        await self.relay.announce(job.id, reply_to=reply_to)
 
     @commands.Cog.listener()
     async def on_job_cancel_requested(self, job_id: int) -> None:

@@ -100,7 +100,7 @@ async def test_jukebox_preview_vote_upsample_final(
     previews = [sample_message(fake, sample_id) for sample_id in sample_ids]
     assert all(previews)
     # The store knows the results are out and which message carries each sample.
-    await bot.relay.run_pass()  # waits out the pass that posted them: it marks them posted last
+    await relay_of(bot).run_pass()  # waits out the pass that posted them: it marks them posted last
     assert (await store.get_job(1)).results_posted_at is not None
     assert [(await store.get_sample(s)).message_id for s in sample_ids] == [p.id for p in previews if p]
     assert await store.finished_jobs_unposted() == []

@@ -7,6 +7,12 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from bot.bot import JukeBot
+from storage.store import JobStore
+from tests.bot.harness import make_settings, sqlite_store
+
+__all__ = ["sqlite_store"]
+
 BOT_DIR = Path(__file__).resolve().parents[2] / "bot"
 
 
@@ -100,3 +106,13 @@ def test_only_extensions_import_the_client_at_runtime() -> None:
 
 def test_bot_has_no_import_cycle() -> None:
     assert find_cycle(import_graph(type_checking=True)) is None
+
+
+async def test_the_progress_extension_owns_the_relay_task(sqlite_store: JobStore) -> None:
+    bot = JukeBot(make_settings(), sqlite_store)
+    assert len(bot.tasks) == 0  # the client alone runs nothing
+    await bot.load_extension("bot.exts.progress")
+    assert len(bot.tasks) == 1 and bot.get_cog("Progress") is not None
+    await bot.unload_extension("bot.exts.progress")
+    assert len(bot.tasks) == 0 and bot.get_cog("Progress") is None
+    await bot.close()

@@ -67,7 +67,7 @@ async def test_restart_resumes_progress_posts_missed_results_and_old_buttons_wor
     posted3 = await fake.wait_for(when(lambda: sample_message(fake, sample3)))
     assert posted3.replied_to == progress3.id
     await fake.wait_for(lambda: progress3.content.endswith("✅ Done: 1 sample below."))
-    await second_bot.relay.run_pass()  # waits out the pass that posted them: it marks them posted last
+    await relay_of(second_bot).run_pass()  # waits out the pass that posted them: it marks them posted last
     assert (await store.get_job(job3.id)).results_posted_at is not None
     assert (await store.get_sample(sample3)).message_id == posted3.id
     assert (await store.get_sample(sample1)).message_id == preview.id
