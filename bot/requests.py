@@ -157,8 +157,8 @@ def check_prime_metadata(limits: Limits, filename: str, size: int) -> None:
     if size > limits.max_prime_bytes:
         raise AttachmentRejected(
             f"The attachment {quote_user_text(filename)} is {format_bytes(size)}, larger than the "
-            f"{format_bytes(limits.max_prime_bytes)} limit for a prime. Attach a shorter clip or a compressed "
-            "format (OGG, MP3, M4A)."
+            f"{format_bytes(limits.max_prime_bytes)} limit for a prime. Attach a shorter clip or a "
+            "compressed format (OGG, MP3, M4A)."
         )
 
 

@@ -17,9 +17,8 @@ def parse_batch_sizes(text: str) -> BatchSizes:
     except ValueError:
         sizes = []
     if len(sizes) not in (1, 3) or min(sizes) < 1:
-        raise ValueError(
-            f"use one positive number or three (levels 0, 1, 2), e.g. {format_batch_sizes(DEFAULT_MAX_BATCH_SIZE)}"
-        )
+        example = format_batch_sizes(DEFAULT_MAX_BATCH_SIZE)
+        raise ValueError(f"use one positive number or three (levels 0, 1, 2), e.g. {example}")
     if len(sizes) == 1:
         sizes *= 3
     return (sizes[0], sizes[1], sizes[2])

@@ -16,7 +16,7 @@ import torch
 
 from sampler.audio import OutputFormat, encode_audio
 from sampler.batch_sizes import DEFAULT_MAX_BATCH_SIZE, BatchSizes, parse_batch_sizes
-from sampler.jobspec import InvalidJobParams, JobParams, parse_params
+from sampler.jobspec import InvalidJobParams, JobParams, is_full_quality, parse_params
 from sampler.jukebox.cascade import (
     Cascade,
     CascadeState,
@@ -141,7 +141,7 @@ class CascadeRunner:
         lyrics = params.lyrics if sings else ""
         top_hop = cascade.hops[2]
         prompt = codes = None
-        levels: tuple[int, ...] = (2,) if params.levels == "top" else (0, 1, 2)
+        levels: tuple[int, ...] = (0, 1, 2) if is_full_quality(params) else (2,)
         new_length = sample_length_samples(params.seconds)
         if job.kind == JobKind.GENERATE and task.prime is None:
             mode, sample_length = "ancestral", new_length
@@ -178,7 +178,7 @@ class CascadeRunner:
                 mode, sample_length, levels = "upsample", parent_length, (0, 1)
             else:
                 mode, sample_length = "continue", parent_length + new_length
-                if params.levels == "all":
+                if is_full_quality(params):
                     # lower levels of the parent (if any) are extended; missing ones are sampled in full
                     levels = (0, 1, 2)
         # the labels' song length; at least the model's minimum (its own config, tiny models included)
