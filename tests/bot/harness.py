@@ -152,6 +152,15 @@ def sample_message(fake: FakeDiscord, sample_id: int, channel: str = "general") 
     )
 
 
+async def recorded_progress_message(store: JobStore, job_id: int) -> int:
+    """The id of the job's progress message once the store has it (it is posted after the reply)."""
+
+    async def recorded() -> int | None:
+        return (await store.get_job(job_id)).progress_message_id
+
+    return await wait_until(recorded, 10.0, f"job #{job_id}'s progress message in the store")
+
+
 def answered_before_posted(reply: FakeMessage | None, posted: FakeMessage) -> bool:
     """Whether a deferred reply stopped "thinking" (got its answer) before `posted` was created."""
     assert reply is not None

@@ -17,12 +17,12 @@ from tests.bot.harness import (
     make_bot,
     prime_wav,
     progress_message,
+    recorded_progress_message,
     relay_of,
     reply_of,
     sample_message,
     when,
 )
-from tests.waiting import wait_until
 
 
 @pytest.fixture
@@ -31,10 +31,6 @@ async def live_store(db_url: str) -> AsyncIterator[JobStore]:
     engine = create_engine(db_url)
     yield JobStore(engine)
     await engine.dispose()
-
-
-async def _progress_message_id(store: JobStore, job_id: int) -> int | None:
-    return (await store.get_job(job_id)).progress_message_id
 
 
 async def test_jukebox_preview_vote_upsample_final(
@@ -75,7 +71,7 @@ async def test_jukebox_preview_vote_upsample_final(
     # One progress message, posted with the bot token (not a webhook), its id in the store.
     progress = await fake.wait_for(when(lambda: progress_message(fake, 1)))
     assert progress.webhook_id is None and progress.interaction_id is None
-    await wait_until(lambda: _progress_message_id(store, 1), what="job #1's progress message id in the store")
+    await recorded_progress_message(store, 1)
     assert (await store.get_job(1)).progress_message_id == progress.id
     assert "Queued: position 1 in the queue." in progress.content
     # The user hears "Queued as job #1" first; the progress message follows it.
