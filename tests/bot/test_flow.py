@@ -197,7 +197,7 @@ async def test_style_sweep_labels_each_result_and_its_continuations(
 
     worker = PlayedWorker(store)
     sample_ids = await worker.complete(await worker.claim(), n=2, full=False)
-    bot.relay.poke()
+    relay_of(bot).poke()
     posted = [await fake.wait_for(when(lambda s=s: sample_message(fake, s))) for s in sample_ids]
     assert "Style: **ella fitzgerald / jazz**" in posted[0].content
     assert "Style: **metallica / metal**" in posted[1].content
