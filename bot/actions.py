@@ -1,7 +1,9 @@
 """What the commands and buttons do once they parsed their input: check limits, enqueue, announce.
 
 Shared by `/upsample` and the Upsample button, `/continue` and the Continue button, and
-`/jukebox`. Every refusal is a `JukebotError`, raised before anything is written.
+`/jukebox`. Every refusal is a `JukebotError`, raised before anything is written. A queued job
+is announced twice: to its user (the "Queued as job #N" reply), then to the other features
+through the bot's event dispatch (`job_queued`; the progress extension posts the progress message).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from bot.requests import (
     check_capacity,
     check_channel,
 )
-from sampler.jobspec import InvalidJobParams, parse_params
+from sampler.jobspec import InvalidJobParams, JobParams, is_full_quality, parse_params
 from sampler.user_text import quote_user_text
 from storage.errors import StorageError, UserJobLimitReached
 from storage.models import JobKind
@@ -93,7 +95,7 @@ async def _maker_in_guild(bot: JukeBot, job_id: int, sample_id: int, guild_id: i
     return job
 
 
-def _parent_params(job: Job) -> Any:
+def _parent_params(job: Job) -> JobParams:
     try:
         return parse_params(style_params(job.params))  # a curated piece's record is not a parameter
     except InvalidJobParams as exc:
@@ -105,6 +107,7 @@ def _parent_params(job: Job) -> Any:
 async def request_upsample(
     bot: JukeBot, interaction: discord.Interaction[Any], sample_id: int, *, reply_to: int | None = None
 ) -> Job:
+    """Queue the upsampling of a preview and announce it (the interaction is deferred)."""
     guild_id = guild_id_of(interaction)
     sample, parent_job = await sample_in_guild(bot, sample_id, guild_id)
     if parent_job.kind == JobKind.CURATE:
@@ -112,13 +115,13 @@ async def request_upsample(
             f"Sample #{sample_id} is a curated piece joined from other samples; upsample those instead "
             "(its message lists them)."
         )
-    # a primed preview stores the prime's lower-level codes too: its job says whether it is full quality
-    if _parent_params(parent_job).levels == "all":
+    parent_params = _parent_params(parent_job)
+    if is_full_quality(parent_params):
         raise InvalidRequest(f"Sample #{sample_id} is already full quality; there is nothing to upsample.")
     if 2 not in sample.levels:
         raise InvalidRequest(f"Sample #{sample_id} has no top-level codes stored, so it cannot be upsampled.")
     limits = await check_can_enqueue(bot, interaction)
-    validated = build_upsample(_parent_params(parent_job).for_sample(sample.index))
+    validated = build_upsample(parent_params.for_sample(sample.index))
     return await enqueue_and_announce(
         bot,
         interaction,
@@ -139,6 +142,7 @@ async def request_continue(
     *,
     reply_to: int | None = None,
 ) -> Job:
+    """Queue a continuation of a sample and announce it (the interaction is deferred)."""
     guild_id = guild_id_of(interaction)
     sample, parent_job = await sample_in_guild(bot, sample_id, guild_id)
     limits = await check_can_enqueue(bot, interaction)
@@ -167,8 +171,11 @@ async def enqueue_and_announce(
     prime_id: int | None = None,
     reply_to: int | None = None,
 ) -> Job:
-    """Queue the job (the store counts the user's jobs against `limits` as it inserts), then post
-    its progress message in the channel with the bot token."""
+    """Queue the job (the store counts the user's jobs against `limits` as it inserts), answer the
+    (deferred) interaction, then announce the job to the other features.
+
+    The reply goes first, so the user's "Queued as job #N" arrives before the progress message.
+    """
     try:
         job_id = await bot.store.enqueue(
             kind=kind,
@@ -188,6 +195,7 @@ async def enqueue_and_announce(
         raise JukebotError(str(exc)) from None
     interaction.extras["job_id"] = job_id
     bot.note_upload_limit(interaction)
-    bot.relay.track(job_id, reply_to=reply_to)
-    await bot.relay.post_progress_message(job_id)
-    return await bot.store.get_job(job_id)
+    job = await bot.store.get_job(job_id)
+    await interaction.followup.send(queued_reply(job, validated.notes), ephemeral=True)
+    bot.dispatch("job_queued", job, reply_to)
+    return job

@@ -19,6 +19,7 @@ from bot.requests import Limits, check_prime_metadata
 from sampler.audio import SAMPLE_RATE, AudioError, AudioTooLong, CorruptAudio, EmptyAudio, NotAudio
 from sampler.audio_process import DecoderFailed, decode_in_child, probe_in_child
 from sampler.jobspec import MIN_PRIME_SECONDS
+from sampler.units import format_bytes
 from sampler.user_text import quote_user_text
 
 PROBE_BYTES = 64 * 1024
@@ -106,7 +107,7 @@ async def _download(
                         break
                     raise AttachmentRejected(
                         f"The attachment {quote_user_text(filename)} is larger than the "
-                        f"{max_bytes / 1024 / 1024:.1f} MiB limit for a prime. Attach a shorter clip or a "
+                        f"{format_bytes(max_bytes)} limit for a prime. Attach a shorter clip or a "
                         "compressed format."
                     )
                 chunks.append(chunk)

@@ -1,4 +1,4 @@
-"""`JukeBot`: the discord.py client. One extension per feature, dynamic buttons, the progress relay.
+"""`JukeBot`: the discord.py client. It knows no feature: each is an extension in `bot/exts/`.
 
 `run_bot(settings, store)` is what `jukebot run` calls: it logs in, runs until SIGTERM/SIGINT
 or `close()`, and shuts down cleanly (background tasks cancelled, HTTP session closed).
@@ -21,17 +21,22 @@ from discord.ext import commands
 
 from bot.delivery import upload_limit
 from bot.errors import JukebotError, StorageOutage, apology, fit_message
-from bot.relay import ProgressRelay
 from bot.requests import Limits
 from bot.tasks import BackgroundTasks
-from bot.views import DYNAMIC_ITEMS
 from jukebot.settings import Settings
 from storage.errors import LeaseLost, StorageError
 from storage.store import JobStore
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("bot.exts.jukebox", "bot.exts.samples", "bot.exts.jobs", "bot.exts.admin", "bot.exts.curate")
+EXTENSIONS = (
+    "bot.exts.progress",
+    "bot.exts.jukebox",
+    "bot.exts.samples",
+    "bot.exts.jobs",
+    "bot.exts.admin",
+    "bot.exts.curate",
+)
 
 
 def user_message(error: BaseException) -> str | None:
@@ -88,8 +93,6 @@ class JukeBot(commands.Bot):
         store: JobStore,
         *,
         sync_guild_ids: Sequence[int] = (),
-        poll_interval_s: float = 5.0,
-        min_edit_interval_s: float = 5.0,
     ) -> None:
         super().__init__(
             command_prefix=commands.when_mentioned,
@@ -102,9 +105,6 @@ class JukeBot(commands.Bot):
         self.store = store
         self.sync_guild_ids = tuple(sync_guild_ids)
         self.tasks = BackgroundTasks()
-        self.relay = ProgressRelay(
-            self, poll_interval_s=poll_interval_s, min_edit_interval_s=min_edit_interval_s
-        )
         self.http_session: aiohttp.ClientSession | None = None
         self._upload_limits: dict[int, int] = {}  # guild id -> the last attachment_size_limit seen
 
@@ -112,7 +112,6 @@ class JukeBot(commands.Bot):
         self.http_session = aiohttp.ClientSession()
         for extension in EXTENSIONS:
             await self.load_extension(extension)
-        self.add_dynamic_items(*DYNAMIC_ITEMS)
         if self.sync_guild_ids:
             for guild_id in self.sync_guild_ids:
                 guild = discord.Object(id=guild_id)
@@ -120,7 +119,6 @@ class JukeBot(commands.Bot):
                 await self.tree.sync(guild=guild)
         else:
             await self.tree.sync()
-        self.tasks.create(self.relay.run(), name="progress-relay")
 
     async def close(self) -> None:
         await self.tasks.cancel_all()

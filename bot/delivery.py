@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from bot.errors import JukebotError
 from sampler.audio import SAMPLE_RATE, AudioError, DoesNotFit, decode_audio, split_to_fit
+from sampler.units import format_bytes
 
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
 MAX_FILES_PER_MESSAGE = 10
@@ -62,7 +63,7 @@ def files_for_sample(
         )
     except DoesNotFit as exc:
         raise DeliveryImpossible(
-            f"{stem} does not fit in this server's {limit_bytes / 1024 / 1024:.1f} MiB upload limit even "
+            f"{stem} does not fit in this server's {format_bytes(limit_bytes)} upload limit even "
             f"split into {max_parts} parts ({exc}). Ask a server with a higher limit, or an admin, for it."
         ) from None
     if len(parts) == 1:

@@ -13,6 +13,7 @@ import threading
 
 from bot.delivery import AudioFile
 from sampler.audio import AudioError, decode_audio
+from sampler.jobspec import params_or_defaults
 from sampler.pictures import MAX_HZ, render_sample_picture
 from storage.errors import JobNotFound, PrimeNotFound, SampleNotFound
 from storage.models import JobKind
@@ -68,7 +69,7 @@ async def prime_part_seconds(store: JobStore, job: Job) -> float | None:
                 if job.prime_id is None:
                     return None
                 prime = await store.get_prime(job.prime_id)
-                wanted = job.params.get("prime_seconds")
+                wanted = params_or_defaults(job.params).prime_seconds
                 return (
                     prime.duration_seconds if wanted is None else min(float(wanted), prime.duration_seconds)
                 )

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
 
+from sampler.jobspec import JobParams, is_full_quality, params_or_defaults
 from storage.models import JobKind, JobStatus
 from storage.records import Job
 
@@ -31,21 +31,26 @@ def relative_time(moment: datetime) -> str:
     return f"<t:{int(moment.timestamp())}:R>"
 
 
-def describe_params(kind: JobKind, model: str, params: Mapping[str, Any]) -> str:
+def describe_params(kind: JobKind, model: str, params: JobParams) -> str:
     """One line saying what the job makes, e.g. '5b_lyrics · the beatles · rock · 20 s · 3 samples'."""
-    parts = [model, str(params.get("artist", "unknown")), ", ".join(params.get("genres", ("unknown",)))]
-    if params.get("styles"):
-        parts[1:] = [f"a sweep of {len(params['styles'])} styles"]
-    seconds = params.get("seconds")
-    if kind == JobKind.CONTINUE and seconds is not None:
-        parts.append(f"+{seconds:g} s")
-    elif kind == JobKind.GENERATE and seconds is not None:
-        parts.append(f"{seconds:g} s")
-    samples = int(params.get("n_samples", 1))
-    if kind == JobKind.GENERATE:
+    parts = [model, params.artist, ", ".join(params.genres)]
+    if params.styles:
+        parts[1:] = [f"a sweep of {len(params.styles)} styles"]
+    if kind == JobKind.CONTINUE:
+        parts.append(f"+{params.seconds:g} s")
+    elif kind == JobKind.GENERATE:
+        parts.append(f"{params.seconds:g} s")
+        samples = params.n_samples
         parts.append(f"{samples} sample{'s' if samples != 1 else ''}")
-        parts.append("full quality" if params.get("levels") == "all" else "preview")
+        parts.append(quality_label(params))
     return " · ".join(parts)
+
+
+def quality_label(params: JobParams, *, long: bool = False) -> str:
+    """What a job's samples are: full quality, or a preview (the top level only)."""
+    if is_full_quality(params):
+        return "full quality"
+    return "preview (top level only)" if long else "preview"
 
 
 def header(job: Job) -> str:
@@ -58,7 +63,7 @@ def header(job: Job) -> str:
     parent = f" of sample #{job.parent_sample_id}" if job.parent_sample_id is not None else ""
     return (
         f"**Job #{job.id}** · {what}{parent} for <@{job.user_id}>\n"
-        f"{describe_params(job.kind, job.model, job.params)}"
+        f"{describe_params(job.kind, job.model, params_or_defaults(job.params))}"
     )
 
 

@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING
 import discord
 
 from bot import delivery, pictures
-from bot.progress import render_job
+from bot.progress import quality_label, render_job
 from bot.views import sample_view
-from sampler.jobspec import sweep_style
+from sampler.jobspec import is_full_quality, params_or_defaults, sweep_style
 from storage.errors import JobNotFound, SampleNotFound
 from storage.models import JobStatus
 from storage.records import Job
@@ -97,6 +97,13 @@ class ProgressRelay:
     def poke(self) -> None:
         """Run a pass now instead of at the next poll."""
         self._wake.set()
+
+    async def announce(self, job_id: int, *, reply_to: int | None = None) -> None:
+        """Post a just-queued job's progress message now, between passes: a pass never sees it
+        half-posted (it would skip the job, or finish it without the message's id)."""
+        self.track(job_id, reply_to=reply_to)
+        async with self._pass_lock:
+            await self.post_progress_message(job_id)
 
     async def run(self) -> None:
         await self.bot.wait_until_ready()
@@ -297,9 +304,8 @@ class ProgressRelay:
             if info.message_id is not None:
                 continue  # posted by an earlier try that failed part-way
             sample = await self.store.get_sample(info.id)
-            # by the job, not by `sample.levels`: a primed preview also stores the prime's lower-level codes
-            full_quality = job.params.get("levels") == "all"
-            quality = "full quality" if full_quality else "preview (top level only)"
+            params = params_or_defaults(job.params)
+            full_quality, quality = is_full_quality(params), quality_label(params, long=True)
             content = (
                 f"<@{job.user_id}> **Sample #{sample.id}** · job #{job.id} · {position}/{len(infos)} · "
                 f"{sample.duration_seconds:.1f} s · {quality} · seed {sample.seed}"

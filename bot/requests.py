@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from bot.errors import AttachmentRejected, ChannelNotAllowed, InvalidRequest, LimitReached
-from bot.vocab import DEFAULT_MODEL, MODELS, resolve_labels, resolve_styles
+from bot.vocab import resolve_labels, resolve_styles
 from jukebot.settings import Settings
 from sampler.jobspec import (
     DEFAULT_TEMPERATURE,
@@ -22,7 +22,8 @@ from sampler.jobspec import (
     JobParams,
     Style,
 )
-from sampler.jukebox.registry import MODELS as PUBLISHED_MODELS
+from sampler.jukebox.registry import DEFAULT_MODEL, MODEL_PREFERENCE, MODELS
+from sampler.units import format_bytes
 from sampler.user_text import quote_user_text, shorten_user_text
 from storage.errors import UserJobLimitReached
 from storage.models import JobStatus
@@ -114,17 +115,13 @@ def _count(n: int, noun: str) -> str:
 
 
 def check_model(model: str) -> None:
-    if model not in PUBLISHED_MODELS:
+    if model not in MODELS:
         raise InvalidRequest(f"Unknown model {quote_user_text(model)}; choose one of {', '.join(MODELS)}.")
-
-
-# The model a /jukebox without `model` uses: the first of these some worker serves.
-DEFAULT_MODEL_PREFERENCE = ("5b_lyrics", "1b_lyrics", "5b")
 
 
 def default_model(served: Collection[str]) -> str:
     """The best model some worker serves now; the usual default while none serves any."""
-    return next((model for model in DEFAULT_MODEL_PREFERENCE if model in served), DEFAULT_MODEL)
+    return next((model for model in MODEL_PREFERENCE if model in served), DEFAULT_MODEL)
 
 
 def availability_note(model: str, served: Collection[str]) -> str | None:
@@ -138,7 +135,7 @@ def availability_note(model: str, served: Collection[str]) -> str | None:
 
 
 def has_lyrics(model: str) -> bool:
-    return PUBLISHED_MODELS[model].has_lyrics
+    return MODELS[model].has_lyrics
 
 
 def check_length(limits: Limits, seconds: float, what: str = "length") -> None:
@@ -159,14 +156,10 @@ def check_prime_metadata(limits: Limits, filename: str, size: int) -> None:
         )
     if size > limits.max_prime_bytes:
         raise AttachmentRejected(
-            f"The attachment {quote_user_text(filename)} is {_mib(size)}, larger than the "
-            f"{_mib(limits.max_prime_bytes)} limit for a prime. Attach a shorter clip or a compressed "
-            "format (OGG, MP3, M4A)."
+            f"The attachment {quote_user_text(filename)} is {format_bytes(size)}, larger than the "
+            f"{format_bytes(limits.max_prime_bytes)} limit for a prime. Attach a shorter clip or a "
+            "compressed format (OGG, MP3, M4A)."
         )
-
-
-def _mib(n: int) -> str:
-    return f"{n / 1024 / 1024:.1f} MiB" if n >= 1024 * 1024 else f"{n / 1024:.0f} KiB"
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """The buttons under every posted sample: vote, upsample, continue (and the continue modal).
 
 Each is a `discord.ui.DynamicItem` whose `custom_id` carries the sample id; the rest of the
-state is in the database. `JukeBot.setup_hook` registers them, so buttons on messages posted
-before a restart keep working.
+state is in the database. The samples extension registers them when it loads, so buttons on
+messages posted before a restart keep working.
 """
 
 from __future__ import annotations
@@ -80,8 +80,7 @@ class UpsampleButton(
             stored_id(self.sample_id, "sample")  # a forged custom_id may carry any number
             await interaction.response.defer(ephemeral=True, thinking=True)
             reply_to = interaction.message.id if interaction.message else None
-            job = await actions.request_upsample(bot, interaction, self.sample_id, reply_to=reply_to)
-            await interaction.followup.send(actions.queued_reply(job), ephemeral=True)
+            await actions.request_upsample(bot, interaction, self.sample_id, reply_to=reply_to)
 
 
 class ContinueButton(
@@ -130,10 +129,7 @@ class ContinueModal(discord.ui.Modal, title="Continue this sample"):
         async with bot.reporting_errors(interaction):
             seconds = actions.parse_seconds(self.seconds.value)
             await interaction.response.defer(ephemeral=True, thinking=True)
-            job = await actions.request_continue(
-                bot, interaction, self.sample_id, seconds, reply_to=self.reply_to
-            )
-            await interaction.followup.send(actions.queued_reply(job), ephemeral=True)
+            await actions.request_continue(bot, interaction, self.sample_id, seconds, reply_to=self.reply_to)
 
 
 def _custom_ids(message: discord.Message) -> set[str]:

@@ -10,11 +10,10 @@ from dataclasses import dataclass
 
 from bot.errors import UnknownLabel
 from sampler.jukebox.labels import LabelError, Vocabulary
+from sampler.jukebox.registry import DEFAULT_MODEL
 from sampler.user_text import quote_user_text
 
 MAX_CHOICES = 25  # Discord refuses more autocomplete choices than this
-MODELS = ("5b_lyrics", "5b", "1b_lyrics")
-DEFAULT_MODEL = "5b_lyrics"
 
 
 def vocabulary(model: str) -> Vocabulary:

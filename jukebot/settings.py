@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from sampler.batch_sizes import DEFAULT_MAX_BATCH_SIZE, format_batch_sizes, parse_batch_sizes
 from sampler.jukebox.registry import DEFAULT_MIRRORS
 from sampler.model_files import default_model_dir
 
@@ -110,7 +111,7 @@ class Settings(BaseSettings):
     # "cpu", GPU indices such as "0,1", or "none" (no local workers: other machines run them).
     gpus: str = "auto"
     # Samples sampled at once per level (0, 1, 2): lower these when a GPU runs out of memory.
-    max_batch_size: str = "16,16,3"
+    max_batch_size: str = format_batch_sizes(DEFAULT_MAX_BATCH_SIZE)
     # Mirrors tried in order for model downloads (see sampler.jukebox.registry.DEFAULT_MIRRORS).
     model_mirrors: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_MIRRORS))
 
@@ -124,6 +125,10 @@ class Settings(BaseSettings):
     max_prime_seconds: float = Field(default=60.0, gt=0)
     # Most samples one /curate may join (decoding and fingerprinting them is the bot's CPU work).
     max_curate_samples: int = Field(default=50, ge=2)
+
+    # Progress messages: how often the bot reads job state, and how often one message may be edited.
+    progress_poll_seconds: float = Field(default=5.0, gt=0)
+    progress_min_edit_seconds: float = Field(default=5.0, ge=0)
 
     @field_validator("database_url")
     @classmethod
@@ -162,13 +167,7 @@ class Settings(BaseSettings):
     @field_validator("max_batch_size")
     @classmethod
     def _check_batch_sizes(cls, value: str) -> str:
-        try:
-            sizes = [int(part) for part in value.replace(",", " ").split()]
-        except ValueError:
-            sizes = []
-        if len(sizes) not in (1, 3) or min(sizes) < 1:
-            raise ValueError("use one positive number or three (levels 0, 1, 2), e.g. 16,16,3")
-        return ",".join(map(str, sizes * 3 if len(sizes) == 1 else sizes))
+        return format_batch_sizes(parse_batch_sizes(value))
 
     @property
     def local_workers(self) -> bool:

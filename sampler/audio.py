@@ -25,7 +25,9 @@ import av
 import av.error
 import numpy as np
 
-SAMPLE_RATE = 44_100
+from sampler.jukebox.registry import SAMPLE_RATE
+from sampler.units import format_bytes
+
 DEFAULT_MAX_BYTES = 25 * 1024 * 1024
 DEFAULT_MAX_SECONDS = 60.0
 DEFAULT_SILENCE_DB = -60.0
@@ -120,7 +122,7 @@ class AudioTooLarge(AudioError):
         self.limit_bytes = limit_bytes
         self.actual_bytes = actual_bytes
         super().__init__(
-            f"The file is {_format_bytes(actual_bytes)}, larger than the {_format_bytes(limit_bytes)} limit. "
+            f"The file is {format_bytes(actual_bytes)}, larger than the {format_bytes(limit_bytes)} limit. "
             "Attach a shorter clip or a compressed format (OGG, MP3, M4A)."
         )
 
@@ -136,21 +138,13 @@ class DoesNotFit(AudioError):
         self.smallest_format = smallest_format
         self.smallest_bitrate = smallest_bitrate
         super().__init__(
-            f"The audio does not fit in {_format_bytes(max_bytes)}: the smallest encoding "
-            f"({smallest_format} at {smallest_bitrate // 1000} kbit/s) is {_format_bytes(smallest_bytes)}."
+            f"The audio does not fit in {format_bytes(max_bytes)}: the smallest encoding "
+            f"({smallest_format} at {smallest_bitrate // 1000} kbit/s) is {format_bytes(smallest_bytes)}."
         )
 
 
 class EncoderUnavailable(AudioError):
     """This PyAV/FFmpeg build lacks the encoder a format needs."""
-
-
-def _format_bytes(n: int) -> str:
-    if n >= 1024 * 1024:
-        return f"{n / (1024 * 1024):.1f} MiB"
-    if n >= 1024:
-        return f"{n / 1024:.1f} KiB"
-    return f"{n} bytes"
 
 
 def _format_db(db: float) -> str:

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from sampler.audio import OutputFormat, encode_audio
-from sampler.jobspec import InvalidJobParams, JobParams, parse_params
+from sampler.batch_sizes import DEFAULT_MAX_BATCH_SIZE, BatchSizes, parse_batch_sizes
+from sampler.jobspec import InvalidJobParams, JobParams, is_full_quality, parse_params
 from sampler.jukebox.cascade import (
     Cascade,
     CascadeState,
@@ -26,7 +27,7 @@ from sampler.jukebox.cascade import (
     SamplingRequest,
 )
 from sampler.jukebox.checkpoint import CheckpointError
-from sampler.jukebox.registry import MODELS
+from sampler.jukebox.registry import MODELS, SAMPLE_RATE
 from sampler.jukebox.windows import prompt_length_samples, sample_length_samples
 from sampler.loading import load_cascade
 from sampler.model_files import (
@@ -54,27 +55,20 @@ from storage.records import NewSample
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 44100
 STORED_FORMAT: OutputFormat = (
     "ogg"  # Opus in Ogg; the bot re-encodes only when a server's upload limit is smaller
 )
 STORED_BITRATE = 160_000
 LOWER_TEMPERATURE = 0.99  # the reference's temperature for the upsamplers
-DEFAULT_MAX_BATCH_SIZE = (16, 16, 3)
 
 
 class InvalidJobInput(JobFailed):
     """The job's parent sample or prime cannot be sampled from; the message says why."""
 
 
-def _max_batch_size() -> tuple[int, int, int]:
+def _max_batch_size() -> BatchSizes:
     text = os.environ.get("JUKEBOT_MAX_BATCH_SIZE", "")
-    if not text.strip():
-        return DEFAULT_MAX_BATCH_SIZE
-    values = [int(part) for part in text.replace(",", " ").split()]
-    if len(values) == 1:
-        values *= 3
-    return (values[0], values[1], values[2])
+    return parse_batch_sizes(text) if text.strip() else DEFAULT_MAX_BATCH_SIZE
 
 
 def codes_from_bytes(data: bytes | None) -> torch.Tensor | None:
@@ -147,7 +141,7 @@ class CascadeRunner:
         lyrics = params.lyrics if sings else ""
         top_hop = cascade.hops[2]
         prompt = codes = None
-        levels: tuple[int, ...] = (2,) if params.levels == "top" else (0, 1, 2)
+        levels: tuple[int, ...] = (0, 1, 2) if is_full_quality(params) else (2,)
         new_length = sample_length_samples(params.seconds)
         if job.kind == JobKind.GENERATE and task.prime is None:
             mode, sample_length = "ancestral", new_length
@@ -184,7 +178,7 @@ class CascadeRunner:
                 mode, sample_length, levels = "upsample", parent_length, (0, 1)
             else:
                 mode, sample_length = "continue", parent_length + new_length
-                if params.levels == "all":
+                if is_full_quality(params):
                     # lower levels of the parent (if any) are extended; missing ones are sampled in full
                     levels = (0, 1, 2)
         # the labels' song length; at least the model's minimum (its own config, tiny models included)
@@ -286,9 +280,7 @@ class CascadeRunner:
             raise_if_stopped(lambda: stop_reason[-1] if stop_reason else StopReason.SHUTDOWN)
             raise
         except torch.OutOfMemoryError as exc:
-            raise OutOfMemory(
-                self.device, "JUKEBOT_MAX_BATCH_SIZE (or the number of samples)", str(exc)[:120]
-            ) from None
+            raise OutOfMemory(self.device, detail=str(exc)[:120]) from None
         except SamplingError as exc:
             raise JobFailed(f"This job cannot be sampled: {exc}.") from None
         raise_if_stopped(should_stop)

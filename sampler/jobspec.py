@@ -13,7 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sampler.jukebox.registry import MODELS, PRIOR_HPARAMS
 
-ModelName = Literal["5b", "5b_lyrics", "1b_lyrics"]
 Levels = Literal["top", "all"]
 
 # Reference defaults (openai sample.py / Colab): hop fractions and temperatures by level 0, 1, 2.
@@ -153,3 +152,19 @@ def sweep_style(params: Mapping[str, Any], index: int) -> str | None:
         return parsed.style_of(index).describe()
     except (InvalidJobParams, IndexError):
         return None
+
+
+def params_or_defaults(params: Any) -> JobParams:
+    """A stored job's params for display; params this version cannot read show as the defaults."""
+    try:
+        return parse_params(params)
+    except InvalidJobParams:
+        return JobParams()
+
+
+def is_full_quality(params: JobParams) -> bool:
+    """Whether a job's samples are full quality (every level sampled), by what the job asked for.
+
+    Not by the codes a sample stores: a primed preview also stores the prime's lower-level codes.
+    """
+    return params.levels == "all"

@@ -37,6 +37,7 @@ from typing import Any, Literal
 from tqdm import tqdm
 
 from sampler.jukebox.registry import CHECKPOINTS, DEFAULT_MIRRORS, MODELS
+from sampler.units import format_bytes
 
 try:  # Advisory locking keeps two processes from writing the same .part; POSIX only.
     import fcntl
@@ -221,7 +222,7 @@ def file_problems(name: str, path: Path, verifier: CheckpointVerifier | None) ->
     verifier = verifier or CheckpointVerifier()
     size, least = path.stat().st_size, verifier.min_size(name)
     if least is not None and size < least:
-        return [f"it is {_human(size)}, but a genuine {name} is at least {_human(least)}"]
+        return [f"it is {format_bytes(size)}, but a genuine {name} is at least {format_bytes(least)}"]
     return verifier.problems(name, path)
 
 
@@ -545,7 +546,7 @@ _UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
 def _too_small(url: str, name: str, total: int, least: int | None) -> _Unavailable | None:
     if least is not None and total < least:
         return _Unavailable(
-            f"serves {_human(total)}, but a genuine {name} is at least {_human(least)}: "
+            f"serves {format_bytes(total)}, but a genuine {name} is at least {format_bytes(least)}: "
             "a wrong or truncated copy"
         )
     return None
@@ -587,7 +588,8 @@ def _fetch(url: str, part: Path, least: int | None, options: DownloadOptions, na
             free = shutil.disk_usage(part.parent).free
             if total - have > free:
                 raise _Fatal(
-                    f"{name} needs {_human(total - have)} more but {part.parent} has only {_human(free)} free"
+                    f"{name} needs {format_bytes(total - have)} more but {part.parent} has only "
+                    f"{format_bytes(free)} free"
                 )
 
         show = options.progress if options.progress is not None else sys.stderr.isatty()
@@ -624,15 +626,6 @@ def _fetch(url: str, part: Path, least: int | None, options: DownloadOptions, na
     if total is None and (wrong := _too_small(url, name, have, least)):
         part.unlink()
         raise wrong
-
-
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.1f} {unit}" if unit != "B" else f"{n} B"
-        size /= 1024
-    raise AssertionError("unreachable")
 
 
 @contextlib.contextmanager
@@ -807,7 +800,7 @@ def download(
         known = sum(file.size or 0 for file in planned)
         unknown = sum(file.size is None for file in planned)
         options.notify(
-            f"{len(planned)} file(s) to fetch, {_human(known)} in all"
+            f"{len(planned)} file(s) to fetch, {format_bytes(known)} in all"
             + (f" ({unknown} of unknown size)" if unknown else "")
             + f", into {model_dir}"
         )

@@ -20,7 +20,7 @@ from storage.errors import (
     SampleNotFound,
     StorageError,
 )
-from storage.models import PRIME_SAMPLE_RATE, JobKind, JobStatus
+from storage.models import JobKind, JobStatus
 from storage.records import (
     ClaimedJob,
     GuildSettings,
@@ -37,7 +37,6 @@ from storage.store import MAX_PARAMS_BYTES, WORKER_PRESENCE_SECONDS, JobStore
 
 __all__ = [
     "MAX_PARAMS_BYTES",
-    "PRIME_SAMPLE_RATE",
     "WORKER_PRESENCE_SECONDS",
     "ClaimedJob",
     "GuildSettings",

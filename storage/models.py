@@ -30,7 +30,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-PRIME_SAMPLE_RATE = 44_100
 PRIME_SAMPLE_WIDTH = 2  # bytes per sample: 16-bit PCM
 
 

@@ -57,7 +57,6 @@ from storage.errors import (
 from storage.models import (
     ACTIVE_STATUSES,
     FINISHED_STATUSES,
-    PRIME_SAMPLE_RATE,
     PRIME_SAMPLE_WIDTH,
     UNFINISHED_STATUSES,
     GuildSettingsRow,
@@ -1177,7 +1176,7 @@ class JobStore:
         filename: str,
         pcm: bytes,
         guild_id: int | None = None,
-        sample_rate: int = PRIME_SAMPLE_RATE,
+        sample_rate: int,
     ) -> int:
         """Keep an uploaded clip, already decoded to 16-bit little-endian mono PCM; returns its id."""
         if not isinstance(pcm, bytes | bytearray) or not pcm:

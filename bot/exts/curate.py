@@ -4,7 +4,7 @@ The joining runs in a thread of the bot (`asyncio.to_thread`), not in a worker: 
 processes that claim queued jobs by model, and this is a few seconds to minutes of CPU over samples
 the bot already reads from the store. One curation runs at a time per bot (`_one_at_a_time`), so a
 burst cannot take every core; whoever has to wait is told so. Progress goes into the (private)
-deferred reply at most once per `bot.relay.min_edit_interval_s`; the piece is posted in the channel.
+deferred reply at most once per `progress_min_edit_seconds` (a setting); the piece is posted in the channel.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ class Curate(commands.Cog):
             )
         async with self._one_at_a_time:
             prefix = f"Joining {len(loaded)} samples ({selection.describe()}): "
-            reply = _ThrottledReply(interaction, prefix, self.bot.relay.min_edit_interval_s)
+            reply = _ThrottledReply(interaction, prefix, self.bot.settings.progress_min_edit_seconds)
             showing = asyncio.create_task(reply.run(), name="curate-progress")
             try:
                 piece = await asyncio.to_thread(self._join, loaded, similarity, reply.post)

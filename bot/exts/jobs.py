@@ -11,6 +11,7 @@ from bot.bot import JukeBot
 from bot.errors import JobNotInServer
 from bot.options import JobId
 from bot.progress import render_queue
+from sampler.jobspec import params_or_defaults
 from storage.models import JobStatus, utcnow
 
 HISTORY_PAGE = 10
@@ -29,7 +30,7 @@ class Jobs(commands.Cog):
         if found.guild_id != actions.guild_id_of(interaction):
             raise JobNotInServer(job)
         status = await self.bot.store.request_cancel(job, interaction.user.id)
-        self.bot.relay.poke()
+        self.bot.dispatch("job_cancel_requested", job)
         if status == JobStatus.CANCELLED:
             message = f"Job #{job} is cancelled; it had not started."
         else:
@@ -77,9 +78,9 @@ class Jobs(commands.Cog):
                 await self.bot.store.samples_for_job(job.id) if job.status == JobStatus.SUCCEEDED else []
             )
             made = f" → samples {', '.join(f'#{s.id}' for s in samples)}" if samples else ""
-            params = job.params
+            artist = params_or_defaults(job.params).artist
             lines.append(
-                f"• Job #{job.id} · {job.kind.value} · {job.model} · {params.get('artist', 'unknown')} · "
+                f"• Job #{job.id} · {job.kind.value} · {job.model} · {artist} · "
                 f"{job.status.value} · <t:{int(job.created_at.timestamp())}:R>{made}"
             )
         if len(jobs) == HISTORY_PAGE:

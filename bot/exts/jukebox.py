@@ -27,21 +27,21 @@ from bot.requests import (
     has_lyrics,
 )
 from sampler.jobspec import MAX_LYRICS_CHARS, MAX_PRIME_SECONDS, MIN_PRIME_SECONDS
+from sampler.jukebox.registry import DEFAULT_MODEL, MODELS, SAMPLE_RATE
 from storage.errors import StorageError
 from storage.models import JobKind
 
 MODAL_LYRICS_CHARS = 4000  # Discord's limit for one text input
 STYLES_OPTION_CHARS = 2000  # 16 styles of long names fit
-MODEL_CHOICES = [
-    app_commands.Choice(name="5b_lyrics: best quality, sings your lyrics", value="5b_lyrics"),
-    app_commands.Choice(name="5b: best quality, no lyrics", value="5b"),
-    app_commands.Choice(name="1b_lyrics: faster, sings your lyrics", value="1b_lyrics"),
+MODEL_CHOICES = [  # the default first
+    app_commands.Choice(name=f"{model.name}: {model.summary}", value=model.name)
+    for model in sorted(MODELS.values(), key=lambda model: model.name != DEFAULT_MODEL)
 ]
 
 
 def _model_of(interaction: discord.Interaction[Any]) -> str:
     model = getattr(interaction.namespace, "model", None)
-    return model if isinstance(model, str) and model in vocab.MODELS else vocab.DEFAULT_MODEL
+    return model if isinstance(model, str) and model in MODELS else DEFAULT_MODEL
 
 
 class LyricsModal(discord.ui.Modal, title="Lyrics"):
@@ -149,23 +149,27 @@ class Jukebox(commands.Cog):
             )
             try:
                 prime_id = await self.bot.store.store_prime(
-                    user_id=interaction.user.id, filename=decoded.filename, pcm=decoded.pcm, guild_id=guild_id
+                    user_id=interaction.user.id,
+                    filename=decoded.filename,
+                    pcm=decoded.pcm,
+                    sample_rate=SAMPLE_RATE,
+                    guild_id=guild_id,
                 )
             except StorageError as exc:
                 raise JukebotError(str(exc)) from None
         else:
             validated = build_generate(limits, options)
+        served = availability_note(options.model, await self.bot.store.served_models())
+        if served is not None:
+            validated = dataclasses.replace(validated, notes=(*validated.notes, served))
         try:
-            job = await actions.enqueue_and_announce(
+            await actions.enqueue_and_announce(
                 self.bot, interaction, limits, JobKind.GENERATE, options.model, validated, prime_id=prime_id
             )
         except JukebotError:  # refused, e.g. jobs queued while the clip downloaded filled the user's places
             if prime_id is not None:
                 await self.bot.store.discard_prime(prime_id)  # kept if a job uses it after all
             raise
-        served = availability_note(options.model, await self.bot.store.served_models())
-        notes = validated.notes if served is None else (*validated.notes, served)
-        await interaction.followup.send(actions.queued_reply(job, notes), ephemeral=True)
 
     @jukebox.autocomplete("artist")
     async def artist_autocomplete(

@@ -13,7 +13,9 @@ from discord.ext import commands
 from bot import actions, delivery, pictures
 from bot.bot import JukeBot
 from bot.options import SampleId
-from bot.views import sample_view
+from bot.progress import quality_label
+from bot.views import DYNAMIC_ITEMS, sample_view
+from sampler.jobspec import is_full_quality, params_or_defaults
 from storage.models import utcnow
 
 PERIODS = {"week": timedelta(days=7), "month": timedelta(days=30), "all": None}
@@ -24,13 +26,19 @@ class Samples(commands.Cog):
     def __init__(self, bot: JukeBot) -> None:
         self.bot = bot
 
+    async def cog_load(self) -> None:
+        # The buttons under posted samples, also under those posted before a restart.
+        self.bot.add_dynamic_items(*DYNAMIC_ITEMS)
+
+    async def cog_unload(self) -> None:
+        self.bot.remove_dynamic_items(*DYNAMIC_ITEMS)
+
     @app_commands.command(name="upsample", description="Take a preview sample to full quality")
     @app_commands.guild_only()
     @app_commands.describe(sample="The sample's number (shown above its audio)")
     async def upsample(self, interaction: discord.Interaction[JukeBot], sample: SampleId) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
-        job = await actions.request_upsample(self.bot, interaction, sample)
-        await interaction.followup.send(actions.queued_reply(job), ephemeral=True)
+        await actions.request_upsample(self.bot, interaction, sample)
 
     @app_commands.command(name="continue", description="Extend a sample by some seconds")
     @app_commands.guild_only()
@@ -42,8 +50,7 @@ class Samples(commands.Cog):
         seconds: app_commands.Range[float, 1.0, 600.0] | None = None,
     ) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
-        job = await actions.request_continue(self.bot, interaction, sample, seconds)
-        await interaction.followup.send(actions.queued_reply(job), ephemeral=True)
+        await actions.request_continue(self.bot, interaction, sample, seconds)
 
     @app_commands.command(name="sample", description="Post a stored sample again")
     @app_commands.guild_only()
@@ -73,12 +80,12 @@ class Samples(commands.Cog):
         )
         groups = delivery.with_picture(delivery.group_for_messages(files, limit), picture, limit)
         votes = await self.bot.store.vote_count(stored.id)
-        quality = "full quality" if 0 in stored.levels else "preview (top level only)"
+        params = params_or_defaults(job.params)
         content = (
             f"**Sample #{stored.id}** · job #{job.id} by <@{job.user_id}> · "
-            f"{stored.duration_seconds:.1f} s · {quality}"
+            f"{stored.duration_seconds:.1f} s · {quality_label(params, long=True)}"
         )
-        view = sample_view(stored.id, votes, can_upsample=0 not in stored.levels)
+        view = sample_view(stored.id, votes, can_upsample=not is_full_quality(params))
         for index, group in enumerate(groups):
             uploads = [
                 discord.File(io.BytesIO(f.data), filename=f.filename, description=f.description)
@@ -104,8 +111,8 @@ class Samples(commands.Cog):
             return
         lines = [f"**Top samples {heading}**"]
         for place, entry in enumerate(ranked, start=1):
-            params = entry.params
-            what = f"{params.get('artist', 'unknown')} · {', '.join(params.get('genres', ['unknown']))}"
+            params = params_or_defaults(entry.params)
+            what = f"{params.artist} · {', '.join(params.genres)}"
             lines.append(
                 f"{place}. Sample #{entry.sample.id} · 👍 {entry.votes} · {what} · by <@{entry.user_id}> "
                 f"in <#{entry.channel_id}> (`/sample {entry.sample.id}`)"

@@ -20,6 +20,7 @@ from sampler.model_files import (
     resolve_names,
     verify_file,
 )
+from sampler.units import format_bytes
 
 
 def default_verifier() -> CheckpointVerifier:
@@ -44,14 +45,7 @@ def _context() -> ModelsCliContext:
 
 
 def _size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
+    return "-" if n is None else format_bytes(n)
 
 
 def _names_or_exit(name: str) -> list[str]:

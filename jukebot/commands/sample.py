@@ -23,6 +23,8 @@ from typing import Any
 import click
 
 from jukebot.commands import settings_or_exit
+from sampler.batch_sizes import DEFAULT_MAX_BATCH_SIZE, format_batch_sizes, parse_batch_sizes
+from sampler.jukebox.registry import DEFAULT_MODEL, MODELS, SAMPLE_RATE
 
 MODES = ("ancestral", "primed", "continue", "upsample")
 
@@ -42,9 +44,7 @@ def _floats(text: str, name: str, count: int = 3) -> tuple[float, ...]:
 
 
 @click.command()
-@click.option(
-    "--model", type=click.Choice(["5b", "5b_lyrics", "1b_lyrics"]), default="5b_lyrics", show_default=True
-)
+@click.option("--model", type=click.Choice(list(MODELS)), default=DEFAULT_MODEL, show_default=True)
 @click.option("--name", default="sample", show_default=True, help="Output directory.")
 @click.option(
     "--levels",
@@ -57,7 +57,7 @@ def _floats(text: str, name: str, count: int = 3) -> tuple[float, ...]:
 @click.option(
     "--total_sample_length_in_seconds", type=float, default=None, help="Song length for the labels."
 )
-@click.option("--sr", type=int, default=44100, show_default=True, help="Must be 44100.")
+@click.option("--sr", type=int, default=SAMPLE_RATE, show_default=True, help=f"Must be {SAMPLE_RATE}.")
 @click.option("--n_samples", type=click.IntRange(1, 64), default=None, help="Default: one per style, or 1.")
 @click.option("--hop_fraction", default="0.5,0.5,0.125", show_default=True)
 @click.option("--mode", type=click.Choice(MODES), default="ancestral", show_default=True)
@@ -78,7 +78,12 @@ def _floats(text: str, name: str, count: int = 3) -> tuple[float, ...]:
 )
 @click.option("--top_k", type=click.IntRange(0), default=0)
 @click.option("--top_p", type=click.FloatRange(0, 1), default=0.0)
-@click.option("--max_batch_size", default="16,16,3", show_default=True, help="Per level 0,1,2.")
+@click.option(
+    "--max_batch_size",
+    default=format_batch_sizes(DEFAULT_MAX_BATCH_SIZE),
+    show_default=True,
+    help="Per level 0,1,2.",
+)
 @click.option("--device", default=None, help="cpu or cuda:N (default: cuda:0 when present).")
 @click.option("--fp16/--fp32", default=None, help="Half-precision transformers (default: on for CUDA).")
 @click.option("--model_dir", type=click.Path(file_okay=False, path_type=Path), default=None)
@@ -98,8 +103,8 @@ def run_sample(options: dict[str, Any]) -> None:
     from sampler.loading import load_cascade
     from sampler.model_files import ModelFilesError
 
-    if options["sr"] != 44100:
-        raise click.BadParameter("Jukebox models run at 44100 Hz", param_hint="--sr")
+    if options["sr"] != SAMPLE_RATE:
+        raise click.BadParameter(f"Jukebox models run at {SAMPLE_RATE} Hz", param_hint="--sr")
     model_dir = options["model_dir"] or settings_or_exit().model_dir
     device = options["device"] or ("cuda:0" if torch.cuda.is_available() else "cpu")
     fp16 = options["fp16"] if options["fp16"] is not None else device.startswith("cuda")
@@ -107,7 +112,10 @@ def run_sample(options: dict[str, Any]) -> None:
     lyrics = options["lyrics_file"].read_text() if options["lyrics_file"] else options["lyrics"]
     hop = _floats(options["hop_fraction"], "--hop_fraction")
     temps = _floats(options["temperature"], "--temperature")
-    batch = tuple(int(b) for b in _floats(options["max_batch_size"], "--max_batch_size"))
+    try:
+        batch = parse_batch_sizes(options["max_batch_size"])
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--max_batch_size") from None
     out_dir = Path(options["name"])
     styles = _styles(options["artist"], options["genre"], options["n_samples"])
     n = len(styles)
@@ -134,7 +142,7 @@ def run_sample(options: dict[str, Any]) -> None:
             raise click.ClickException(f"{options['audio_file']}: {exc}") from None
         if audio.shape[0] < length:
             raise click.ClickException(
-                f"{options['audio_file']} is {audio.shape[0] / 44100:.2f} s long, shorter than the "
+                f"{options['audio_file']} is {audio.shape[0] / SAMPLE_RATE:.2f} s long, shorter than the "
                 f"{options['prompt_length_in_seconds']:g} s prompt"
             )
         prompt = torch.from_numpy(audio[:length]).unsqueeze(0).repeat(n, 1)
@@ -145,10 +153,10 @@ def run_sample(options: dict[str, Any]) -> None:
         if mode == "upsample":
             levels = tuple(level for level in levels if level < 2) or (0, 1)
             sample_length = codes[2].shape[1] * cascade.hops[2]
-            total_seconds = max(total_seconds, sample_length / 44100)
-    total_length = max(int(total_seconds * 44100), sample_length)
+            total_seconds = max(total_seconds, sample_length / SAMPLE_RATE)
+    total_length = max(int(total_seconds * SAMPLE_RATE), sample_length)
     top_min = cascade.priors.config(2).min_duration or 0.0
-    total_length = max(total_length, int(top_min * 44100) + 1)
+    total_length = max(total_length, int(top_min * SAMPLE_RATE) + 1)
     request = SamplingRequest(
         mode=mode,
         sample_length=sample_length,
@@ -163,7 +171,7 @@ def run_sample(options: dict[str, Any]) -> None:
         hop_fraction=(hop[0], hop[1], hop[2]),
         top_k=options["top_k"],
         top_p=options["top_p"],
-        max_batch_size=(batch[0], batch[1], batch[2]),
+        max_batch_size=batch,
         seed=options["seed"],
         prompt=prompt,
         codes=codes,
@@ -262,8 +270,8 @@ def _write_level(
     torch.save({"zs": [codes.clone() for codes in state.codes]}, level_dir / "data.pth.tar")
     audio = cascade.decode(state.codes[level], level).numpy()
     for index, row in enumerate(audio):
-        (level_dir / f"item_{index}.wav").write_bytes(wav_bytes(row, 44100))
-        (level_dir / f"item_{index}.ogg").write_bytes(encode_audio(row, 44100, "ogg", 128_000))
+        (level_dir / f"item_{index}.wav").write_bytes(wav_bytes(row, SAMPLE_RATE))
+        (level_dir / f"item_{index}.ogg").write_bytes(encode_audio(row, SAMPLE_RATE, "ogg", 128_000))
 
 
 def _read_codes(path: Path, n_samples: int) -> tuple[Any, ...]:

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from sampler.jukebox.labels import Label, LabelConfig, Labeller, LabelVersion
 from sampler.jukebox.prior import Conditioning, JukeboxPrior, PriorConfig, SamplingState
+from sampler.jukebox.registry import SAMPLE_RATE
 from sampler.jukebox.vqvae import VQVAE
 from sampler.jukebox.windows import Window, plan_level
 
@@ -294,7 +295,7 @@ class Cascade:
         self.device = torch.device(device)
         self.levels = vqvae.config.levels
         self.hops = vqvae.hop_lengths
-        self.sample_rate = 44100
+        self.sample_rate = SAMPLE_RATE
         self._labellers = [
             Labeller(label_config(self.priors.config(level)), ids_dir) for level in range(self.levels)
         ]

@@ -57,7 +57,7 @@ class PriorInputError(ValueError):
     """A bad argument to a prior: wrong shape, dtype, id range, or a call out of order."""
 
 
-class LabelError(PriorInputError):
+class LabelVectorError(PriorInputError):
     """A label vector `y` (artist, genres, timing, lyrics) outside what the prior was trained on."""
 
 
@@ -368,14 +368,14 @@ class LabelConditioner(nn.Module):
             self.relative_pos_emb = RangeEmbedding(n_time, t_bins, (0.0, 1.0), width, scale, clamp=True)
 
     def check(self, labels: Tensor) -> None:
-        """Raise `LabelError` for ids or timings the embeddings cannot take."""
+        """Raise `LabelVectorError` for ids or timings the embeddings cannot take."""
         artist, genres = labels[:, 3], labels[:, 4:]
         artist_bins = self.artist_emb.emb.num_embeddings
         genre_bins = self.bow_genre_emb.emb.num_embeddings
         if ((artist < 0) | (artist >= artist_bins)).any():
-            raise LabelError(f"artist ids must be in 0..{artist_bins - 1}, got {artist.tolist()}")
+            raise LabelVectorError(f"artist ids must be in 0..{artist_bins - 1}, got {artist.tolist()}")
         if ((genres < -1) | (genres >= genre_bins)).any():
-            raise LabelError(
+            raise LabelVectorError(
                 f"genre ids must be in 0..{genre_bins - 1} (or -1 for an empty slot), got {genres.tolist()}"
             )
         if not self.include_time_signal:
@@ -384,14 +384,14 @@ class LabelConditioner(nn.Module):
         sr = self.sr
         lo, hi = self.total_length_emb.pos_min, self.total_length_emb.pos_max
         if not ((lo <= total).all() and (total < hi).all()):
-            raise LabelError(
+            raise LabelVectorError(
                 f"total_length must be at least {lo / sr:.2f} s and under {hi / sr:.0f} s for this prior "
                 f"(in samples: {lo:.0f} ≤ total < {hi:.0f}), got {total.view(-1).tolist()}"
             )
         top = self.absolute_pos_emb.pos_max
         end = offset + length
         if not ((offset >= 0).all() and (offset < total).all() and (end <= top).all()):
-            raise LabelError(
+            raise LabelVectorError(
                 f"the window [offset, offset + sample_length) must start inside the song and end by "
                 f"{top:.0f} samples ({top / sr:.0f} s); got offsets {offset.view(-1).tolist()}, "
                 f"lengths {length.view(-1).tolist()}, totals {total.view(-1).tolist()}"
@@ -751,7 +751,7 @@ class JukeboxPrior(nn.Module):
         """
         cfg = self.config
         if y.dtype != torch.int64 or y.dim() != 2 or y.shape[1] != cfg.label_width:
-            raise LabelError(
+            raise LabelVectorError(
                 f"y must be an int64 tensor of shape (batch, {cfg.label_width}) = total, offset, "
                 "sample_length, "
                 f"artist, {cfg.max_bow_genre_size} genre slot(s), {cfg.n_tokens} lyric token(s); "

@@ -192,6 +192,7 @@ class PublishedModel:
     top_prior: str
     has_lyrics: bool
     hf_repo: str | None = None
+    summary: str = ""  # what a user picks it for, shown beside its name
 
     @property
     def checkpoints(self) -> tuple[str, ...]:
@@ -203,9 +204,15 @@ class PublishedModel:
         return (self.upsamplers[0], self.upsamplers[1], self.top_prior)
 
 
+# The one list of models: the bot's choices, the CLI's, the workers' and the model-file manager's.
 MODELS: dict[str, PublishedModel] = {
     "5b": PublishedModel(
-        "5b", "vqvae", ("upsampler_level_0", "upsampler_level_1"), "prior_5b", has_lyrics=False
+        "5b",
+        "vqvae",
+        ("upsampler_level_0", "upsampler_level_1"),
+        "prior_5b",
+        has_lyrics=False,
+        summary="best quality, no lyrics",
     ),
     "5b_lyrics": PublishedModel(
         "5b_lyrics",
@@ -214,6 +221,7 @@ MODELS: dict[str, PublishedModel] = {
         "prior_5b_lyrics",
         has_lyrics=True,
         hf_repo="openai/jukebox-5b-lyrics",
+        summary="best quality, sings your lyrics",
     ),
     "1b_lyrics": PublishedModel(
         "1b_lyrics",
@@ -222,5 +230,9 @@ MODELS: dict[str, PublishedModel] = {
         "prior_1b_lyrics",
         has_lyrics=True,
         hf_repo="openai/jukebox-1b-lyrics",
+        summary="faster, sings your lyrics",
     ),
 }
+# The bot's choice when the user names none, best first: it takes the first some worker serves.
+MODEL_PREFERENCE = ("5b_lyrics", "1b_lyrics", "5b")
+DEFAULT_MODEL = MODEL_PREFERENCE[0]

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SAMPLE_RATE = 44100
+from sampler.jukebox.registry import SAMPLE_RATE
+
 TOP_HOP = 128  # raw samples per top-level token; audio lengths are multiples of it
 
 

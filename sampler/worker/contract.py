@@ -114,10 +114,16 @@ class JobFailed(Exception):
     """A failure that retrying will not fix; `str()` is kept on the job and shown to the user."""
 
 
+# What to lower after running out of memory: the one hint, from the runner or the runtime.
+OUT_OF_MEMORY_SETTING = "the number of samples (or the operator's JUKEBOT_MAX_BATCH_SIZE)"
+
+
 class OutOfMemory(JobFailed):
     """The device ran out of memory; the message names the setting to lower."""
 
-    def __init__(self, device: DeviceSpec | str, setting: str, detail: str = "") -> None:
+    def __init__(
+        self, device: DeviceSpec | str, setting: str = OUT_OF_MEMORY_SETTING, detail: str = ""
+    ) -> None:
         self.device, self.setting = str(device), setting
         what = f" ({detail})" if detail else ""
         super().__init__(

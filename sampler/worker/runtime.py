@@ -71,7 +71,6 @@ EXIT_CRASH = 1
 EXIT_CONFIG = 78  # EX_CONFIG: restarting will not help (bad runner path, no such device)
 
 # Where the user can shrink a job that does not fit; named in out-of-memory errors.
-OOM_SETTING = "the number of samples per job (n_samples, or JUKEBOT_MAX_SAMPLES_PER_JOB)"
 
 
 class WorkerConfigError(ValueError):
@@ -568,7 +567,7 @@ class Worker:
                 if run.should_stop() is StopReason.LEASE_LOST:
                     return self._abandoned(job)
                 if _is_out_of_memory(exc):
-                    return await self._fail(run, str(OutOfMemory(self.device, OOM_SETTING, _last_line(exc))))
+                    return await self._fail(run, str(OutOfMemory(self.device, detail=_last_line(exc))))
                 return await self._crashed(run, exc)
             if run.should_stop() is StopReason.LEASE_LOST:
                 return self._abandoned(job)

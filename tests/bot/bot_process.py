@@ -27,11 +27,9 @@ async def serve(args: argparse.Namespace) -> None:
     engine = create_engine(args.database_url)
     try:
         bot = JukeBot(
-            make_settings(),
+            make_settings(progress_poll_seconds=POLL_INTERVAL_S),
             JobStore(engine),
             sync_guild_ids=[args.guild_id],
-            poll_interval_s=POLL_INTERVAL_S,
-            min_edit_interval_s=0.0,
         )
         bot._connection.guild_ready_timeout = 0.05  # the fake sends every guild right after READY
         async with bot:

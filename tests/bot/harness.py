@@ -14,15 +14,18 @@ import pytest
 from sqlalchemy import func, select
 
 from bot.bot import JukeBot
+from bot.relay import ProgressRelay
 from jukebot.settings import Settings
 from sampler.audio import SAMPLE_RATE, encode_audio, wav_bytes
+from sampler.jukebox.registry import MODELS
 from storage.engine import create_engine
 from storage.models import JobRow, utcnow
 from storage.records import ClaimedJob, NewSample
 from storage.store import JobStore
-from tests.bot.fake_discord import FakeDiscord, FakeMessage, InteractionRecord
+from tests.bot.fake_discord import FLAG_LOADING, FakeDiscord, FakeMessage, InteractionRecord
+from tests.waiting import wait_until
 
-ALL_MODELS = ("5b", "5b_lyrics", "1b_lyrics")
+ALL_MODELS = tuple(MODELS)
 
 
 def make_settings(**overrides: Any) -> Settings:
@@ -34,19 +37,24 @@ def make_settings(**overrides: Any) -> Settings:
         "allowed_channels": [],
         "max_prime_bytes": 2 * 1024 * 1024,
         "max_prime_seconds": 30.0,
+        # The relay polls rarely, so tests drive it with `relay_of(bot).poke()`; edits are not throttled.
+        "progress_poll_seconds": 30.0,
+        "progress_min_edit_seconds": 0.0,
     } | overrides
     return Settings(**values)
 
 
 def make_bot(fake: FakeDiscord, store: JobStore, settings: Settings | None = None) -> JukeBot:
-    """Commands synced to the test guild; the relay polls rarely, so tests drive it with `poke()`."""
-    return JukeBot(
-        settings or make_settings(),
-        store,
-        sync_guild_ids=[fake.default_guild.id],
-        poll_interval_s=30.0,
-        min_edit_interval_s=0.0,
-    )
+    """Commands synced to the test guild (settings from `make_settings` unless given)."""
+    return JukeBot(settings or make_settings(), store, sync_guild_ids=[fake.default_guild.id])
+
+
+def relay_of(bot: JukeBot) -> ProgressRelay:
+    """The progress relay, which the progress extension owns."""
+    # by name: `load_extension` executes the extension module afresh, so its classes are not importable
+    relay = getattr(bot.get_cog("Progress"), "relay", None)
+    assert isinstance(relay, ProgressRelay), "the progress extension is not loaded"
+    return relay
 
 
 def tone(seconds: float, hz: float = 440.0, amplitude: float = 0.3) -> np.ndarray:
@@ -76,8 +84,13 @@ class PlayedWorker:
     claimed: list[ClaimedJob] = field(default_factory=list)
 
     async def claim(self) -> ClaimedJob:
-        job = await self.store.claim(self.worker_id, ALL_MODELS, lease_seconds=600)
-        assert job is not None, "no queued job to claim"
+        """The next queued job. Polled, as a worker does: on Postgres a claim skips a row locked
+        for a moment (the bot recording the job's progress message)."""
+        job = await wait_until(
+            lambda: self.store.claim(self.worker_id, ALL_MODELS, lease_seconds=600),
+            within=10.0,
+            what="a queued job to claim",
+        )
         self.claimed.append(job)
         return job
 
@@ -137,6 +150,22 @@ def sample_message(fake: FakeDiscord, sample_id: int, channel: str = "general") 
         (m for m in bot_messages(fake, channel) if f"**Sample #{sample_id}**" in m.content and m.attachments),
         None,
     )
+
+
+async def recorded_progress_message(store: JobStore, job_id: int) -> int:
+    """The id of the job's progress message once the store has it (it is posted after the reply)."""
+
+    async def recorded() -> int | None:
+        return (await store.get_job(job_id)).progress_message_id
+
+    return await wait_until(recorded, 10.0, f"job #{job_id}'s progress message in the store")
+
+
+def answered_before_posted(reply: FakeMessage | None, posted: FakeMessage) -> bool:
+    """Whether a deferred reply stopped "thinking" (got its answer) before `posted` was created."""
+    assert reply is not None
+    answered = next(revision.at for revision in reply.revisions if not revision.flags & FLAG_LOADING)
+    return answered <= posted.revisions[0].at
 
 
 def when(predicate: Callable[[], Any]) -> Callable[[], Any]:

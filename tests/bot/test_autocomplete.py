@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bot import vocab
+from sampler.jukebox.registry import MODELS
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
 from tests.bot.fake_discord import FakeDiscord
@@ -47,7 +48,7 @@ async def test_autocomplete_follows_the_chosen_model(
     assert v2 != v3  # the two label versions know different artists
 
 
-@pytest.mark.parametrize("model", vocab.MODELS)
+@pytest.mark.parametrize("model", MODELS)
 def test_suggestions_are_capped_and_resolvable(model: str) -> None:
     for typed in ("", "x", "rock", "hip hop, j"):
         genres = vocab.suggest_genres(model, typed)

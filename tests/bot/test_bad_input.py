@@ -131,7 +131,7 @@ async def test_too_large_prime_is_refused_from_metadata_before_download(
     big = Upload("big.wav", prime_wav(2.0))  # ~176 kB
     record = await fake_discord.invoke_command("jukebox", {}, attachments={"prime": big})
     reply = await reply_of(fake_discord, record)
-    assert "'big.wav' is 172 KiB, larger than the 98 KiB limit for a prime" in reply
+    assert "'big.wav' is 172.3 KiB, larger than the 97.7 KiB limit for a prime" in reply
     assert fake_discord.calls(route="/attachments/{channel_id}/{attachment_id}/{filename}") == []
     assert await job_count(sqlite_store) == 0
 

@@ -3,16 +3,19 @@
 
 from __future__ import annotations
 
+from bot.bot import JukeBot
 from storage.models import JobKind, JobStatus
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
-from tests.bot.fake_discord import CALLBACK_MODAL, FakeAttachment, FakeDiscord, InvalidOptionError
+from tests.bot.fake_discord import CALLBACK_MODAL, FakeAttachment, FakeDiscord, InvalidOptionError, Upload
 from tests.bot.harness import (
     PlayedWorker,
     job_count,
     make_bot,
+    prime_wav,
     progress_message,
     queue_song,
+    relay_of,
     reply_of,
     sample_message,
     sqlite_store,
@@ -22,11 +25,11 @@ from tests.bot.harness import (
 __all__ = ["sqlite_store"]
 
 
-async def _preview(fake: FakeDiscord, store: JobStore, bot: object, user: str = "alice") -> int:
+async def _preview(fake: FakeDiscord, store: JobStore, bot: JukeBot, user: str = "alice") -> int:
     await queue_song(fake, user, artist="queen", samples=1)
     worker = PlayedWorker(store)
     (sample_id,) = await worker.complete(await worker.claim(), n=1, full=False)
-    bot.relay.poke()  # type: ignore[attr-defined]
+    relay_of(bot).poke()
     await fake.wait_for(when(lambda: sample_message(fake, sample_id)))
     return sample_id
 
@@ -102,6 +105,37 @@ async def test_queue_history_top_and_sample(
     assert resent.original.buttons[0]["label"] == "👍 1"
 
 
+async def test_sample_of_a_primed_preview_offers_upsample(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    """A primed preview also stores the prime's lower-level codes: /sample must still call it a
+    preview and offer Upsample, as the message the relay posted does."""
+    fake, store = fake_discord, sqlite_store
+    bot = await bot_runner.start(make_bot(fake, store))
+    record = await fake.invoke_command(
+        "jukebox",
+        {"samples": 1, "length": 10.0},
+        attachments={"prime": Upload("riff.wav", prime_wav(3.0))},
+    )
+    assert (await reply_of(fake, record)).startswith("Queued as job #1.")
+    worker = PlayedWorker(store)
+    (sample_id,) = await worker.complete(await worker.claim(), n=1, full=True)  # codes at every level
+    assert 0 in (await store.get_sample(sample_id)).levels
+    relay_of(bot).poke()
+    posted = await fake.wait_for(when(lambda: sample_message(fake, sample_id)))
+    assert "preview (top level only)" in posted.content
+    assert f"jukebot:upsample:{sample_id}" in posted.custom_ids
+
+    resent = await fake.invoke_command("sample", {"id": sample_id})
+    await fake.wait_for(lambda: resent.original is not None and not resent.original.loading)
+    assert resent.original is not None and "preview (top level only)" in resent.original.content
+    assert resent.original.custom_ids == [
+        f"jukebot:vote:{sample_id}",
+        f"jukebot:upsample:{sample_id}",
+        f"jukebot:continue:{sample_id}",
+    ]
+
+
 async def test_running_job_cancel_and_failure_edit_the_progress_message(
     fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
 ) -> None:
@@ -120,7 +154,7 @@ async def test_running_job_cancel_and_failure_edit_the_progress_message(
     await fake.wait_for(lambda: "✋ Cancelling" in progress1.content)
     await store.mark_cancelled(first.id, worker.worker_id)
     await store.fail(second.id, worker.worker_id, "The GPU ran out of memory; try fewer samples.")
-    bot.relay.poke()
+    relay_of(bot).poke()
     await fake.wait_for(lambda: progress1.content.endswith("🛑 Cancelled."))
     progress2 = await fake.wait_for(when(lambda: progress_message(fake, second.id)))
     await fake.wait_for(
@@ -139,7 +173,7 @@ async def test_samples_over_the_upload_limit_are_split(
     worker = PlayedWorker(store)
     (sample_id,) = await worker.complete(await worker.claim(), n=1, full=False, seconds=12.0)
     assert len((await store.get_sample(sample_id)).audio) > 20_000
-    bot.relay.poke()
+    relay_of(bot).poke()
     # Encoding a 12 s sample into parts is CPU work: generous bounds for a loaded 2-core machine.
     posted = await fake.wait_for(when(lambda: sample_message(fake, sample_id)), timeout_s=120)
     total = int(posted.attachments[0].filename.split("of")[1].split(".")[0])

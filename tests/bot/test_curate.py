@@ -156,7 +156,7 @@ async def test_without_chromaprint_samples_made_here_are_compared_by_their_codes
     fake, store = fake_discord, sqlite_store
     bot = await bot_runner.start(make_bot(fake, store))
     ingredients = await made_job(fake, store, 2)
-    bot.relay.min_edit_interval_s = 3600.0  # progress edits are throttled to one per this
+    bot.settings.progress_min_edit_seconds = 3600.0  # progress edits are throttled to one per this
     monkeypatch.setitem(sys.modules, "chromaprint", None)  # `import chromaprint` fails as if not installed
     curate = await fake.invoke_command("curate", {"samples": "2, #1"})
     reply = await final_reply(fake, curate)

@@ -13,9 +13,12 @@ from tests.bot.conftest import BotRunner
 from tests.bot.fake_discord import CALLBACK_DEFERRED_MESSAGE, CALLBACK_DEFERRED_UPDATE, FakeDiscord, Upload
 from tests.bot.harness import (
     PlayedWorker,
+    answered_before_posted,
     make_bot,
     prime_wav,
     progress_message,
+    recorded_progress_message,
+    relay_of,
     reply_of,
     sample_message,
     when,
@@ -68,29 +71,32 @@ async def test_jukebox_preview_vote_upsample_final(
     # One progress message, posted with the bot token (not a webhook), its id in the store.
     progress = await fake.wait_for(when(lambda: progress_message(fake, 1)))
     assert progress.webhook_id is None and progress.interaction_id is None
-    assert job.progress_message_id == progress.id
+    await recorded_progress_message(store, 1)
+    assert (await store.get_job(1)).progress_message_id == progress.id
     assert "Queued: position 1 in the queue." in progress.content
+    # The user hears "Queued as job #1" first; the progress message follows it.
+    assert answered_before_posted(record.original, progress)
 
     # The test is the worker: progress edits show stage, level, window, bar, tokens/s and an ETA.
     worker = PlayedWorker(store)
     claimed = await worker.claim()
     await worker.progress(claimed.id, window=1, of=4)
-    bot.relay.poke()
+    relay_of(bot).poke()
     await fake.wait_for(lambda: "window 1/4" in progress.content)
     assert "top level (preview)" in progress.content and "123 tokens/s" in progress.content
     assert "`[█████░░░░░░░░░░░░░░░]  25%`" in progress.content and ":R>" in progress.content
     await worker.progress(claimed.id, window=3, of=4)
-    bot.relay.poke()
+    relay_of(bot).poke()
     await fake.wait_for(lambda: "window 3/4" in progress.content)
 
     # Done: one message per preview, each with vote, upsample and continue buttons.
     sample_ids = await worker.complete(claimed, n=2, full=False)
-    bot.relay.poke()
+    relay_of(bot).poke()
     await fake.wait_for(lambda: progress.content.endswith("✅ Done: 2 samples below."))
     previews = [sample_message(fake, sample_id) for sample_id in sample_ids]
     assert all(previews)
     # The store knows the results are out and which message carries each sample.
-    await bot.relay.run_pass()  # waits out the pass that posted them: it marks them posted last
+    await relay_of(bot).run_pass()  # waits out the pass that posted them: it marks them posted last
     assert (await store.get_job(1)).results_posted_at is not None
     assert [(await store.get_sample(s)).message_id for s in sample_ids] == [p.id for p in previews if p]
     assert await store.finished_jobs_unposted() == []
@@ -126,14 +132,15 @@ async def test_jukebox_preview_vote_upsample_final(
     assert upsample_job.params["levels"] == "all" and upsample_job.user_id == bob.id
     upsample_progress = await fake.wait_for(when(lambda: progress_message(fake, 2)))
     assert upsample_progress.replied_to == first.id and "upsample of sample #" in upsample_progress.content
+    assert answered_before_posted(upsample_click.original, upsample_progress)
 
     claimed = await worker.claim()
     assert claimed.id == 2
     await worker.progress(2, window=1, of=10, level=0)
-    bot.relay.poke()
+    relay_of(bot).poke()
     await fake.wait_for(lambda: "bottom level (full quality)" in upsample_progress.content)
     (final_id,) = await worker.complete(claimed, n=1, full=True, seconds=3.0)
-    bot.relay.poke()
+    relay_of(bot).poke()
     final = await fake.wait_for(when(lambda: sample_message(fake, final_id)))
     assert final.replied_to == first.id and "full quality" in final.content
     assert final.custom_ids == [
@@ -152,9 +159,10 @@ async def test_jukebox_preview_vote_upsample_final(
     assert record.original is not None and record.original.content.startswith("Queued as job #3.")
     progress3 = await fake.wait_for(when(lambda: progress_message(fake, 3)))
     assert progress3.replied_to == second_preview.id
+    assert answered_before_posted(record.original, progress3)
     claimed = await worker.claim()
     (third_id,) = await worker.complete(claimed, n=1, full=True, seconds=2.0)
-    bot.relay.poke()
+    relay_of(bot).poke()
     third = await fake.wait_for(when(lambda: sample_message(fake, third_id)))
     assert third.replied_to == second_preview.id
     assert fake.unknown_requests == [] and fake.rejections == []
@@ -189,7 +197,7 @@ async def test_style_sweep_labels_each_result_and_its_continuations(
 
     worker = PlayedWorker(store)
     sample_ids = await worker.complete(await worker.claim(), n=2, full=False)
-    bot.relay.poke()
+    relay_of(bot).poke()
     posted = [await fake.wait_for(when(lambda s=s: sample_message(fake, s))) for s in sample_ids]
     assert "Style: **ella fitzgerald / jazz**" in posted[0].content
     assert "Style: **metallica / metal**" in posted[1].content

@@ -33,6 +33,7 @@ from tests.bot.harness import (
     make_bot,
     prime_wav,
     progress_message,
+    recorded_progress_message,
     sqlite_store,
     when,
 )
@@ -361,6 +362,7 @@ async def test_a_full_disk_is_named_and_nothing_is_lost(
 ) -> None:
     await bot_runner.start(make_bot(fake_discord, sqlite_store))
     assert (await _queued(fake_discord)).startswith("Queued as job #1.")
+    await recorded_progress_message(sqlite_store, 1)
     first = await sqlite_store.get_job(1)
 
     def no_room_to_grow(dbapi_connection: Any, _record: Any) -> None:

@@ -25,7 +25,15 @@ from storage.models import utcnow
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
 from tests.bot.fake_discord import FakeDiscord, FakeMessage
-from tests.bot.harness import PlayedWorker, make_bot, progress_message, sample_message, sqlite_store, when
+from tests.bot.harness import (
+    PlayedWorker,
+    make_bot,
+    progress_message,
+    relay_of,
+    sample_message,
+    sqlite_store,
+    when,
+)
 from tests.conftest import FakeClock
 from tests.waiting import wait_until
 
@@ -95,9 +103,9 @@ async def test_a_bot_killed_after_sample_1_of_3_leaves_samples_2_and_3_to_the_ne
         # A new bot, once the dead bot's claim has run out.
         later = FakeClock(utcnow() + timedelta(seconds=RESULTS_LEASE_S + 1))
         second = await bot_runner.start(make_bot(fake, JobStore(engine, clock=later)))
-        second.relay.poke()
+        relay_of(second).poke()
         await fake.wait_for(lambda: progress.content.endswith(DONE))
-        await second.relay.run_pass()  # waits out the pass that posted them
+        await relay_of(second).run_pass()  # waits out the pass that posted them
 
         # Sample 2 sent again with its nonce: Discord answers with the message it already posted.
         assert [len(posts_of(fake, sample_id)) for sample_id in sample_ids] == [1, 1, 1]
@@ -126,7 +134,7 @@ async def test_an_upload_longer_than_the_lease_keeps_the_claim_on_the_results(
     clock = FakeClock(utcnow())
     store = JobStore(sqlite_store.engine, clock=clock)
     bot = await bot_runner.start(make_bot(fake, store))
-    bot.relay.results_lease_s = 0.3  # renewed every 0.1 s
+    relay_of(bot).results_lease_s = 0.3  # renewed every 0.1 s
     record = await fake.invoke_command(
         "jukebox", {"artist": "queen", "genre": "pop", "samples": 1, "seed": 1}, user=fake.user("alice")
     )
@@ -137,7 +145,7 @@ async def test_an_upload_longer_than_the_lease_keeps_the_claim_on_the_results(
 
     held = fake.hold("POST", "/channels/{channel_id}/messages")  # the upload of the only sample
     (sample_id,) = await worker.complete(job, n=1, full=False)
-    bot.relay.poke()
+    relay_of(bot).poke()
     await fake.wait_for(lambda: held.arrived)
     clock.advance(60)  # the upload goes on far past the lease
 
@@ -150,6 +158,6 @@ async def test_an_upload_longer_than_the_lease_keeps_the_claim_on_the_results(
 
     held.release()
     await fake.wait_for(lambda: progress.content.endswith("✅ Done: 1 sample below."))
-    await bot.relay.run_pass()
+    await relay_of(bot).run_pass()
     assert len(posts_of(fake, sample_id)) == 1
     assert (await store.get_job(job.id)).results_posted_at == clock.now

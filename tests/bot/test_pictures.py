@@ -23,6 +23,7 @@ from tests.bot.harness import (
     prime_wav,
     progress_message,
     queue_song,
+    relay_of,
     reply_of,
     sample_message,
     tone,
@@ -68,7 +69,7 @@ async def test_each_preview_carries_a_picture_with_the_prime_marked(
     assert (await reply_of(fake, record)).startswith("Queued as job #1.")
     worker = PlayedWorker(store)
     sample_ids = await worker.complete(await worker.claim(), n=2, full=False, seconds=6.0)
-    bot.relay.poke()
+    relay_of(bot).poke()
     progress = await fake.wait_for(when(lambda: progress_message(fake, 1)))
     await fake.wait_for(lambda: progress.content.endswith("✅ Done: 2 samples below."), timeout_s=60)
     for sample_id in sample_ids:
@@ -106,7 +107,7 @@ async def test_under_a_tiny_upload_limit_the_audio_goes_out_without_its_picture(
     (sample_id,) = await worker.complete(await worker.claim(), n=1, full=False, seconds=2.0)
     stored = await store.get_sample(sample_id)
     assert len(expected_picture(stored.audio, None)) > 1024  # the picture does not fit beside it
-    bot.relay.poke()
+    relay_of(bot).poke()
     message = await fake.wait_for(when(lambda: sample_message(fake, sample_id)), timeout_s=60)
     (audio,) = message.attachments
     assert audio.data == stored.audio and sum(a.size for a in message.attachments) <= limit
@@ -137,7 +138,9 @@ async def test_the_prime_part_follows_continues_and_upsamples(live_store: JobSto
     store = live_store
     worker = PlayedWorker(store)
     pcm = (tone(3.0) * 32767).astype("<i2").tobytes()
-    prime_id = await store.store_prime(user_id=1, guild_id=2, filename="riff.wav", pcm=pcm)
+    prime_id = await store.store_prime(
+        user_id=1, guild_id=2, filename="riff.wav", pcm=pcm, sample_rate=SAMPLE_RATE
+    )
 
     async def made(kind: str, *, prime_seconds: float | None = None, **refs: int) -> int:
         params = {"seconds": 6.0} | ({"prime_seconds": prime_seconds} if prime_seconds else {})

@@ -17,6 +17,7 @@ from tests.bot.harness import (
     make_bot,
     progress_message,
     queue_song,
+    relay_of,
     sample_message,
     sqlite_store,
     when,
@@ -36,7 +37,7 @@ async def test_restart_resumes_progress_posts_missed_results_and_old_buttons_wor
     await queue_song(fake, "alice", artist="queen", genre="pop", samples=1, seed=1)
     job1 = await worker.claim()
     (sample1,) = await worker.complete(job1, n=1, full=False)
-    first_bot.relay.poke()
+    relay_of(first_bot).poke()
     preview = await fake.wait_for(when(lambda: sample_message(fake, sample1)))
 
     # Jobs 2 (bob) and 3 (mod) are running when the bot goes down.
@@ -44,7 +45,7 @@ async def test_restart_resumes_progress_posts_missed_results_and_old_buttons_wor
     await queue_song(fake, "mod", artist="queen", genre="pop", samples=1, seed=3)
     job2, job3 = await worker.claim(), await worker.claim()
     await worker.progress(job2.id, window=1, of=4)
-    first_bot.relay.poke()
+    relay_of(first_bot).poke()
     progress2 = await fake.wait_for(when(lambda: progress_message(fake, job2.id)))
     await fake.wait_for(lambda: "window 1/4" in progress2.content)
     progress3 = await fake.wait_for(when(lambda: progress_message(fake, job3.id)))
@@ -60,13 +61,13 @@ async def test_restart_resumes_progress_posts_missed_results_and_old_buttons_wor
     assert (await store.get_job(job3.id)).results_posted_at is None
 
     second_bot = await bot_runner.start(make_bot(fake, store))
-    second_bot.relay.poke()
+    relay_of(second_bot).poke()
     await fake.wait_for(lambda: "window 2/4" in progress2.content)
     assert progress_message(fake, job2.id) is progress2  # the same message, edited; no new one
     posted3 = await fake.wait_for(when(lambda: sample_message(fake, sample3)))
     assert posted3.replied_to == progress3.id
     await fake.wait_for(lambda: progress3.content.endswith("✅ Done: 1 sample below."))
-    await second_bot.relay.run_pass()  # waits out the pass that posted them: it marks them posted last
+    await relay_of(second_bot).run_pass()  # waits out the pass that posted them: it marks them posted last
     assert (await store.get_job(job3.id)).results_posted_at is not None
     assert (await store.get_sample(sample3)).message_id == posted3.id
     assert (await store.get_sample(sample1)).message_id == preview.id
@@ -79,17 +80,19 @@ async def test_restart_resumes_progress_posts_missed_results_and_old_buttons_wor
     # And job 2 completes through the second bot.
     await worker.progress(job2.id, window=4, of=4)
     (sample2,) = await worker.complete(job2, n=1, full=False)
-    second_bot.relay.poke()
+    relay_of(second_bot).poke()
     await fake.wait_for(when(lambda: sample_message(fake, sample2)))
     assert (await store.get_job(job2.id)).status == JobStatus.SUCCEEDED
     await fake.wait_for(lambda: "✅ Done" in progress2.content)
-    await second_bot.relay.run_pass()  # waits out the pass in flight (a stop mid-post gives the claim back)
+    await relay_of(
+        second_bot
+    ).run_pass()  # waits out the pass in flight (a stop mid-post gives the claim back)
 
     # Another restart: the store says everything is posted, so nothing is posted or edited again.
     await bot_runner.stop(second_bot)
     requests_before = len(fake.requests)
     third_bot = await bot_runner.start(make_bot(fake, store))
-    await third_bot.relay.run_pass()
+    await relay_of(third_bot).run_pass()
     assert [
         r for r in fake.requests[requests_before:] if r.route.split(" ", 1)[-1].startswith("/channels/")
     ] == []
@@ -116,10 +119,10 @@ async def test_an_upsample_finished_during_a_restart_replies_to_the_sample_it_up
     await queue_song(fake, "alice", artist="queen", genre="pop", samples=1, seed=1)
     job1 = await worker.claim()
     first_id, second_id = await worker.complete(job1, n=2, full=False)
-    first_bot.relay.poke()
+    relay_of(first_bot).poke()
     first_preview = await fake.wait_for(when(lambda: sample_message(fake, first_id)))
     second_preview = await fake.wait_for(when(lambda: sample_message(fake, second_id)))
-    await first_bot.relay.run_pass()  # the pass that posted them has recorded their messages
+    await relay_of(first_bot).run_pass()  # the pass that posted them has recorded their messages
     progress1 = progress_message(fake, job1.id)
     assert progress1 is not None
     assert (await store.get_sample(second_id)).message_id == second_preview.id
@@ -136,7 +139,7 @@ async def test_an_upsample_finished_during_a_restart_replies_to_the_sample_it_up
     # It finishes while no bot runs; the new bot knows nothing of the click.
     (final_id,) = await worker.complete(upsample, n=1, full=True)
     second_bot = await bot_runner.start(make_bot(fake, store))
-    second_bot.relay.poke()
+    relay_of(second_bot).poke()
     final = await fake.wait_for(when(lambda: sample_message(fake, final_id)))
     assert final.replied_to == second_preview.id
     assert final.replied_to not in (first_preview.id, progress1.id, upsample_progress.id)
@@ -166,14 +169,14 @@ async def test_results_that_fail_to_post_part_way_are_finished_later_without_rep
 
     # Both samples go out, then Discord refuses the final progress edit once.
     fake.fail_next("PATCH", "/channels/{channel_id}/messages/{message_id}", status=403, code=50013)
-    await bot.relay.run_pass()
+    await relay_of(bot).run_pass()
     assert all(sample_message(fake, sample_id) for sample_id in sample_ids)
     assert (await store.get_job(job.id)).results_posted_at is None  # the claim was given back
     assert [r.status for r in fake.rejections] == [403]
     assert not progress.content.endswith("✅ Done: 2 samples below.")
 
     # The next pass edits the progress message and does not post the samples again.
-    await bot.relay.run_pass()
+    await relay_of(bot).run_pass()
     assert progress.content.endswith("✅ Done: 2 samples below.")
     for sample_id in sample_ids:
         assert len(_posts_of(fake, sample_id)) == 1
@@ -199,7 +202,7 @@ async def test_two_bots_at_once_post_each_result_once(
         second = await bot_runner.start(make_bot(fake, JobStore(other_engine)))
         sample_ids = [sample_id for job in jobs for sample_id in await worker.complete(job, n=2, full=False)]
 
-        await asyncio.gather(first.relay.run_pass(), second.relay.run_pass())
+        await asyncio.gather(relay_of(first).run_pass(), relay_of(second).run_pass())
 
         for sample_id in sample_ids:
             assert len(_posts_of(fake, sample_id)) == 1
@@ -214,7 +217,7 @@ async def test_a_progress_message_out_of_edits_goes_on_in_a_fresh_one(
     """Discord refuses edits to messages older than an hour once they have had many (30046)."""
     fake, store = fake_discord, sqlite_store
     bot, worker, job, old = await _one_running_job(fake, bot_runner, store)
-    await bot.relay.run_pass()  # shows the job running
+    await relay_of(bot).run_pass()  # shows the job running
 
     fake.fail_next(
         "PATCH",
@@ -224,7 +227,7 @@ async def test_a_progress_message_out_of_edits_goes_on_in_a_fresh_one(
         message="Maximum number of edits to messages older than 1 hour reached. Try again later",
     )
     await worker.progress(job.id, window=2, of=4)
-    await bot.relay.run_pass()
+    await relay_of(bot).run_pass()
 
     assert [(r.status, (r.error or {}).get("code")) for r in fake.rejections] == [(400, 30046)]
     fresh = progress_message(fake, job.id)
@@ -233,10 +236,10 @@ async def test_a_progress_message_out_of_edits_goes_on_in_a_fresh_one(
     assert (await store.get_job(job.id)).progress_message_id == fresh.id
     # Later progress and the results go to the fresh message.
     await worker.progress(job.id, window=3, of=4)
-    await bot.relay.run_pass()
+    await relay_of(bot).run_pass()
     assert "window 3/4" in fresh.content
     await worker.complete(job, n=1, full=False)
-    await bot.relay.run_pass()
+    await relay_of(bot).run_pass()
     assert fresh.content.endswith("✅ Done: 1 sample below.")
 
 
@@ -258,12 +261,12 @@ async def test_a_job_whose_progress_cannot_be_edited_does_not_hold_up_the_others
     # The first job's edit is refused (the bot lost access to the message, say); the same pass still
     # posts the second job's results.
     fake.fail_next("PATCH", "/channels/{channel_id}/messages/{message_id}", status=403, code=50013)
-    await bot.relay.run_pass()
+    await relay_of(bot).run_pass()
     assert [r.status for r in fake.rejections] == [403]
     assert sample_message(fake, sample_ids[0]) is not None
     second_progress = progress_message(fake, second.id)
     assert second_progress is not None and second_progress.content.endswith("✅ Done: 1 sample below.")
     # and the first job's progress shows on the next pass
-    await bot.relay.run_pass()
+    await relay_of(bot).run_pass()
     first_progress = progress_message(fake, first.id)
     assert first_progress is not None and "window 2/4" in first_progress.content

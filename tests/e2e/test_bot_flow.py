@@ -38,13 +38,7 @@ def coarse_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def live_bot(fake: FakeDiscord, store: JobStore) -> JukeBot:
     """A bot whose relay polls the database by itself (no test pokes it): workers drive everything."""
-    return JukeBot(
-        make_settings(),
-        store,
-        sync_guild_ids=[fake.default_guild.id],
-        poll_interval_s=0.2,
-        min_edit_interval_s=0.0,
-    )
+    return JukeBot(make_settings(progress_poll_seconds=0.2), store, sync_guild_ids=[fake.default_guild.id])
 
 
 def top_codes_of(model_dir: Path, pcm: bytes) -> list[int]:

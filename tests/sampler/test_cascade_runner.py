@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from sampler.audio import decode_audio, to_int16_pcm
+from sampler.audio import SAMPLE_RATE, decode_audio, to_int16_pcm
 from sampler.cascade_runner import CascadeRunner, codes_from_bytes
 from sampler.jobspec import JobParams, Style
 from sampler.jukebox.cascade import CascadeState, SampleStyle
@@ -134,7 +134,7 @@ async def test_preview_then_upsample_then_continue(runner: CascadeRunner, sqlite
     assert codes_from_bytes(upsampled[0].codes_level_0).shape == (512,)  # type: ignore[union-attr]
     up_ids = await complete(sqlite_store, up, upsampled)
 
-    more = PREVIEW.model_copy(update={"n_samples": 1, "seconds": 512 / 44100, "levels": "all"})
+    more = PREVIEW.model_copy(update={"n_samples": 1, "seconds": 512 / SAMPLE_RATE, "levels": "all"})
     cont = await claim(
         sqlite_store, kind="continue", model="1b_lyrics", params=more, parent_sample_id=up_ids[0]
     )
@@ -148,9 +148,9 @@ async def test_preview_then_upsample_then_continue(runner: CascadeRunner, sqlite
 async def test_primed_generation_continues_the_clip(runner: CascadeRunner, sqlite_store: JobStore) -> None:
     clip = tiny_audio(batch=1, samples=1024)[0].numpy()
     prime_id = await sqlite_store.store_prime(
-        user_id=2, filename="clip.wav", pcm=to_int16_pcm(clip).tobytes()
+        user_id=2, filename="clip.wav", pcm=to_int16_pcm(clip).tobytes(), sample_rate=SAMPLE_RATE
     )
-    params = PREVIEW.model_copy(update={"prime_seconds": 512 / 44100, "n_samples": 1})
+    params = PREVIEW.model_copy(update={"prime_seconds": 512 / SAMPLE_RATE, "n_samples": 1})
     task = await claim(sqlite_store, kind="generate", model="1b_lyrics", params=params, prime_id=prime_id)
     samples = run(runner, task)
     top = codes_from_bytes(samples[0].codes_level_2)

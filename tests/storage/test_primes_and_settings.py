@@ -19,7 +19,9 @@ from tests.storage.helpers import GUILD, USER, enqueue, row_counts
 
 async def test_prime_round_trip_and_job_reference(store: JobStore, clock: FakeClock) -> None:
     pcm = struct.pack("<4h", 0, 1000, -1000, 32767) * 44_100  # 4 s of 16-bit mono at 44.1 kHz
-    prime_id = await store.store_prime(user_id=USER, guild_id=GUILD, filename="riff.m4a", pcm=pcm)
+    prime_id = await store.store_prime(
+        user_id=USER, guild_id=GUILD, filename="riff.m4a", pcm=pcm, sample_rate=44_100
+    )
     prime = await store.get_prime(prime_id)
     assert (prime.pcm, prime.sample_rate, prime.duration_seconds) == (pcm, 44_100, 4.0)
     assert (prime.filename, prime.user_id, prime.created_at) == ("riff.m4a", USER, clock.now)
@@ -30,9 +32,9 @@ async def test_prime_round_trip_and_job_reference(store: JobStore, clock: FakeCl
 async def test_bad_primes_write_nothing(store: JobStore) -> None:
     before = await row_counts(store.engine)
     with pytest.raises(InvalidPrime, match="no audio"):
-        await store.store_prime(user_id=USER, filename="silence.wav", pcm=b"")
+        await store.store_prime(user_id=USER, filename="silence.wav", pcm=b"", sample_rate=44_100)
     with pytest.raises(InvalidPrime, match="odd number of bytes"):
-        await store.store_prime(user_id=USER, filename="odd.wav", pcm=b"\x00\x01\x02")
+        await store.store_prime(user_id=USER, filename="odd.wav", pcm=b"\x00\x01\x02", sample_rate=44_100)
     assert await row_counts(store.engine) == before
 
 

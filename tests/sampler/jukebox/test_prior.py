@@ -11,7 +11,7 @@ import torch
 from sampler.jukebox.prior import (
     JukeboxPrior,
     LabelConditioner,
-    LabelError,
+    LabelVectorError,
     PriorConfig,
     PriorConfigError,
     PriorInputError,
@@ -265,23 +265,23 @@ def test_decoding_misuse_is_refused_with_a_reason() -> None:
 def test_label_errors_say_what_is_wrong() -> None:
     prior = tiny_prior("top_5b")
     y = tiny_labels("top_5b")
-    with pytest.raises(LabelError, match=r"shape \(batch, 9\)"):
+    with pytest.raises(LabelVectorError, match=r"shape \(batch, 9\)"):
         prior.get_conditioning(y[:, :8])
     bad = y.clone()
     bad[0, 3] = 4111
-    with pytest.raises(LabelError, match=r"artist ids must be in 0\.\.4110"):
+    with pytest.raises(LabelVectorError, match=r"artist ids must be in 0\.\.4110"):
         prior.get_conditioning(bad)
     bad = y.clone()
     bad[0, 4] = -2
-    with pytest.raises(LabelError, match="genre ids"):
+    with pytest.raises(LabelVectorError, match="genre ids"):
         prior.get_conditioning(bad)
     bad = y.clone()
     bad[0, 1] = bad[0, 0]  # offset at the end of the song
-    with pytest.raises(LabelError, match="must start inside the song"):
+    with pytest.raises(LabelVectorError, match="must start inside the song"):
         prior.get_conditioning(bad)
     bad = y.clone()
     bad[0, 0] = 5000  # longer than max_duration (0.1 s)
-    with pytest.raises(LabelError, match="total_length"):
+    with pytest.raises(LabelVectorError, match="total_length"):
         prior.get_conditioning(bad)
     with pytest.raises(PriorInputError, match="no codes from above"):
         prior.get_conditioning(y, torch.zeros(2, 32, dtype=torch.long))
@@ -296,7 +296,7 @@ def test_published_minimum_duration_is_enforced() -> None:
     config = PriorConfig.from_hparams({**PRIOR_HPARAMS["prior_1b_lyrics"], "prior_width": 8})
     labels = LabelConditioner(config)
     too_short = torch.tensor([[17 * 44100, 0, 786432, 0, 0]])
-    with pytest.raises(LabelError, match=r"at least 17\.84 s"):
+    with pytest.raises(LabelVectorError, match=r"at least 17\.84 s"):
         labels.check(too_short)
 
 

@@ -1,0 +1,17 @@
+"""Sizes as people read them. Torch-free: the bot, the CLI and the model-file manager share it."""
+
+from __future__ import annotations
+
+_UNITS = ("KiB", "MiB", "GiB", "TiB")
+
+
+def format_bytes(n: int | float) -> str:
+    """`512 B`, `172.3 KiB`, `24.0 MiB`, `9.7 GiB`: binary units, one decimal above bytes."""
+    if abs(n) < 1024:
+        return f"{int(n)} B"
+    value = float(n)
+    for unit in _UNITS:
+        value /= 1024
+        if abs(value) < 1024 or unit == _UNITS[-1]:
+            return f"{value:.1f} {unit}"
+    raise AssertionError("unreachable")
