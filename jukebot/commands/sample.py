@@ -194,7 +194,7 @@ def run_sample(options: dict[str, Any]) -> None:
     def on_progress(progress: Progress) -> None:
         bar.total = progress.tokens_total
         bar.n = progress.tokens_done
-        bar.set_description(f"level {progress.level} window {progress.window + 1}/{progress.window_count}")
+        bar.set_description(f"level {progress.level} window {progress.window}/{progress.window_count}")
         bar.refresh()
 
     def on_window(current: CascadeState) -> None:
