@@ -19,6 +19,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.command_sync import clear_guild_copies, sync_commands
 from bot.delivery import upload_limit
 from bot.errors import JukebotError, StorageOutage, apology, fit_message
 from bot.requests import Limits
@@ -112,13 +113,9 @@ class JukeBot(commands.Bot):
         self.http_session = aiohttp.ClientSession()
         for extension in EXTENSIONS:
             await self.load_extension(extension)
-        if self.sync_guild_ids:
-            for guild_id in self.sync_guild_ids:
-                guild = discord.Object(id=guild_id)
-                self.tree.copy_global_to(guild=guild)
-                await self.tree.sync(guild=guild)
-        else:
-            await self.tree.sync()
+        await sync_commands(self, self.sync_guild_ids)
+        if not self.sync_guild_ids:
+            self.tasks.create(clear_guild_copies(self), name="clear-guild-commands")
 
     async def close(self) -> None:
         await self.tasks.cancel_all()
