@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 
 import click
 from sqlalchemy.engine import make_url
@@ -10,6 +11,8 @@ from sqlalchemy.exc import DBAPIError
 
 from jukebot.settings import Settings, SettingsError, load_settings
 from sampler.worker.logs import configure_logging
+
+log = logging.getLogger(__name__)
 
 # Postgres SQLSTATEs an operator fixes in DATABASE_URL or on the server.
 _NO_SUCH_DATABASE = "3D000"
@@ -23,6 +26,8 @@ def settings_or_exit() -> Settings:
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
     configure_logging(settings.log_level, settings.log_format)
+    shown = settings.model_dump() | {"database_url": settings.database_url_for_display}  # token: SecretStr
+    log.debug("settings: %s", shown)
     return settings
 
 
@@ -34,6 +39,19 @@ def require_torch(what: str) -> None:
             "(pip install 'jukebot[worker]'; scripts/run.sh does unless JUKEBOT_TORCH=skip), "
             "or set JUKEBOT_GPUS=none to run the bot alone, with workers on other machines."
         )
+
+
+def upgrade_or_exit(settings: Settings) -> None:
+    """Migrate the database to the latest schema, or stop with the sentence that says what to fix."""
+    from storage.migrate import upgrade_to_head
+
+    try:
+        upgrade_to_head(settings.database_url)
+    except Exception as exc:
+        message = database_problem(exc, settings)
+        if message is None:
+            raise
+        raise click.ClickException(message) from None
 
 
 def database_problem(error: BaseException, settings: Settings) -> str | None:

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from jukebot import __version__
-from jukebot.commands import database_problem, require_torch, settings_or_exit
+from jukebot.commands import database_problem, require_torch, settings_or_exit, upgrade_or_exit
 from jukebot.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -50,18 +50,6 @@ def _log_what_is_in_use(settings: Settings, what: str, devices: list[Any]) -> No
     )
 
 
-def _upgrade(settings: Settings) -> None:
-    from storage.migrate import upgrade_to_head
-
-    try:
-        upgrade_to_head(settings.database_url)
-    except Exception as exc:
-        message = database_problem(exc, settings)
-        if message is None:
-            raise
-        raise click.ClickException(message) from None
-
-
 def discord_problem(error: BaseException, settings: Settings) -> str | None:
     """One sentence with the fix for a failed Discord login, or None for anything else."""
     import aiohttp
@@ -70,8 +58,8 @@ def discord_problem(error: BaseException, settings: Settings) -> str | None:
     base = settings.discord_api_base or DISCORD_API_BASE
     if isinstance(error, discord.LoginFailure):
         return (
-            "Discord refused the token: copy the bot's token from https://discord.com/developers/applications "
-            "(Bot → Reset Token) into DISCORD_TOKEN."
+            "Discord refused the token: copy the bot's token from "
+            "https://discord.com/developers/applications (Bot → Reset Token) into DISCORD_TOKEN."
         )
     if isinstance(error, discord.PrivilegedIntentsRequired):
         return f"Discord refused the connection: {error}."
@@ -107,7 +95,7 @@ def run(sync_guilds: tuple[int, ...]) -> None:
         require_torch("local workers")
     devices = _devices(settings) if settings.local_workers else []
     _log_what_is_in_use(settings, "bot", devices)
-    _upgrade(settings)
+    upgrade_or_exit(settings)
     stop = threading.Event()
     pool_thread = None
     if devices:
@@ -194,7 +182,7 @@ def worker(
         raise click.ClickException(str(exc)) from None
     devices = _devices(settings)
     _log_what_is_in_use(settings, "worker", devices)
-    _upgrade(settings)
+    upgrade_or_exit(settings)
     _worker_environment(settings)
     raise SystemExit(
         run_pool(
