@@ -13,8 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from jukebot.settings import Settings
-from sampler.jukebox.registry import MODELS
-from sampler.model_files import MANIFEST, CheckpointVerifier, file_problems, file_status
+from sampler.model_files import CheckpointVerifier, file_problems, model_status
 
 # Rough GPU memory (GiB) a worker needs for each model in fp16: its largest prior plus the VQ-VAE
 # and working memory (README, "Models"). A GPU with less fails that model's jobs with out-of-memory.
@@ -66,35 +65,27 @@ def check_database(settings: Settings) -> Check:
     )
 
 
-def _model_problems(settings: Settings, model: str, verifier: CheckpointVerifier | None) -> list[str]:
-    """What keeps `model` from running (its checkpoints; the id tables ship with the package)."""
-    problems = []
-    for name in MODELS[model].checkpoints:
-        status = file_status(name, settings.model_dir)
-        if status.state in ("missing", "partial"):
-            problems.append(f"{name} {status.state}")
-        elif status.state == "failed":
-            problems.append(f"{name} failed verification (`jukebot models verify {model}`)")
-        elif status.state == "present" and verifier is not None:
-            found = file_problems(MANIFEST[name], status.path, verifier)
-            problems.extend(f"{name}: {problem}" for problem in found)
-    return problems
-
-
 def check_models(settings: Settings, verifier: CheckpointVerifier | None) -> Iterator[Check]:
-    """One line per model; FAIL when no model is complete (a worker would have nothing to serve)."""
+    """One line per model (the files a worker would serve, checked now when not verified before);
+    FAIL when local workers would have no complete model to serve."""
     complete = []
-    for model in MODELS:
-        problems = _model_problems(settings, model, verifier)
-        if not problems:
-            complete.append(model)
-            how = "verified" if verifier is not None else "present (no torch installed: not verified)"
-            yield Check("model", Verdict.OK, f"{model}: {how} in {settings.model_dir}")
-        elif all(problem.endswith(" missing") for problem in problems):
-            yield Check("model", Verdict.WARN, f"{model}: not downloaded: `jukebot models download {model}`")
-        else:
-            shown = "; ".join(problems[:3]) + ("; …" if len(problems) > 3 else "")
-            yield Check("model", Verdict.WARN, f"{model}: {shown}: `jukebot models download {model}`")
+    for model, status in model_status(settings.model_dir).items():
+        if not status.complete:
+            yield Check("model", Verdict.WARN, f"{model}: {status.summary}")
+            continue
+        problems = [
+            f"{file.name}: {problem}"
+            for file in status.files
+            if file.state == "present" and verifier is not None
+            for problem in file_problems(file.name, file.path, verifier)
+        ]
+        if problems:
+            shown = "; ".join(problems[:2]) + ("; …" if len(problems) > 2 else "")
+            yield Check("model", Verdict.WARN, f"{model}: {shown}: `jukebot models verify {model}`")
+            continue
+        complete.append(model)
+        how = "verified" if verifier is not None else "present (no torch installed: not verified)"
+        yield Check("model", Verdict.OK, f"{model}: {how} in {settings.model_dir}")
     if not complete and settings.local_workers:
         yield Check(
             "models",

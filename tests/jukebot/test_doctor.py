@@ -71,7 +71,7 @@ def test_models_complete_missing_and_damaged(
     settings = settings_for(monkeypatch, JUKEBOT_MODEL_DIR=str(tiny_models))
     checks = {c.message.split(":")[0]: c for c in check_models(settings, verifier_for(tiny_models))}
     assert checks["1b_lyrics"].verdict is Verdict.OK and "verified" in checks["1b_lyrics"].message
-    assert checks["5b"].verdict is Verdict.WARN and "`jukebot models download 5b`" in checks["5b"].message
+    assert checks["5b"].verdict is Verdict.WARN and "jukebot models download 5b" in checks["5b"].message
     assert "models" not in {c.name for c in checks.values()}  # one complete model: nothing blocks
 
     empty = settings_for(monkeypatch, JUKEBOT_MODEL_DIR=str(tmp_path / "none"))
