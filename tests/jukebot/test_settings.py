@@ -143,7 +143,6 @@ def test_operations_settings(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -
         "JUKEBOT_WORKER_LEASE_SECONDS": "120",
         "JUKEBOT_WORKER_REQUEUE_SECONDS": "10",
         "JUKEBOT_WORKER_CHECKPOINT_SECONDS": "0",
-        "JUKEBOT_PROGRESS_EDIT_SECONDS": "2.5",
     }.items():
         monkeypatch.setenv(name, value)
     settings = load_settings()
@@ -152,7 +151,6 @@ def test_operations_settings(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -
     assert settings.discord_gateway == "ws://proxy:7878"
     config = settings.worker_config()
     assert (config.lease_seconds, config.requeue_seconds, config.checkpoint_seconds) == (120, 10, 0)
-    assert settings.progress_edit_seconds == 2.5
 
 
 @pytest.mark.parametrize(
