@@ -11,14 +11,16 @@ import contextlib
 import logging
 import secrets
 import signal
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import aiohttp
 import discord
+import yarl
 from discord import app_commands
 from discord.ext import commands
 
+from bot.command_sync import clear_guild_copies, sync_commands
 from bot.delivery import upload_limit
 from bot.errors import JukebotError, StorageOutage, apology, fit_message
 from bot.requests import Limits
@@ -112,13 +114,9 @@ class JukeBot(commands.Bot):
         self.http_session = aiohttp.ClientSession()
         for extension in EXTENSIONS:
             await self.load_extension(extension)
-        if self.sync_guild_ids:
-            for guild_id in self.sync_guild_ids:
-                guild = discord.Object(id=guild_id)
-                self.tree.copy_global_to(guild=guild)
-                await self.tree.sync(guild=guild)
-        else:
-            await self.tree.sync()
+        await sync_commands(self, self.sync_guild_ids)
+        if not self.sync_guild_ids:
+            self.tasks.create(clear_guild_copies(self), name="clear-guild-commands")
 
     async def close(self) -> None:
         await self.tasks.cancel_all()
@@ -153,9 +151,34 @@ class JukeBot(commands.Bot):
         return self.http_session
 
 
+@contextlib.contextmanager
+def discord_endpoints(settings: Settings) -> Iterator[None]:
+    """Point discord.py at the configured REST base and gateway (e.g. a rate-limit proxy) meanwhile.
+
+    discord.py keeps both as class attributes, so this holds for every client in the process.
+    """
+    old_base, old_gateway = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
+    if settings.discord_api_base:
+        discord.http.Route.BASE = settings.discord_api_base
+    if settings.discord_gateway:
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway)
+    try:
+        yield
+    finally:
+        discord.http.Route.BASE = old_base
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = old_gateway
+
+
 async def run_bot(settings: Settings, store: JobStore, *, sync_guild_ids: Sequence[int] = ()) -> None:
     """Run the bot until SIGTERM/SIGINT (or a fatal error), then close it gracefully."""
     token = settings.require_token()
+    with discord_endpoints(settings):
+        await _run_until_stopped(settings, store, token, sync_guild_ids)
+
+
+async def _run_until_stopped(
+    settings: Settings, store: JobStore, token: str, sync_guild_ids: Sequence[int]
+) -> None:
     bot = JukeBot(settings, store, sync_guild_ids=sync_guild_ids)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()

@@ -6,6 +6,7 @@ Every variable is `JUKEBOT_<FIELD>`; the two everybody knows also work bare
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Annotated
@@ -19,6 +20,8 @@ from sqlalchemy.exc import ArgumentError
 from sampler.batch_sizes import DEFAULT_MAX_BATCH_SIZE, format_batch_sizes, parse_batch_sizes
 from sampler.jukebox.registry import DEFAULT_MIRRORS
 from sampler.model_files import default_model_dir
+from sampler.worker.logs import LogFormat, log_level_number
+from sampler.worker.runtime import WorkerConfig
 
 APP_NAME = "jukebot"
 
@@ -41,13 +44,28 @@ def default_database_url() -> str:
     return f"sqlite+aiosqlite:///{data_dir / 'jukebot.sqlite3'}"
 
 
+def hide_password(url: str) -> str:
+    """`url` with its password replaced by ***, for logs and messages (also when it does not parse)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def _worker_default(name: str) -> float:
+    """A worker timing's default, defined once in WorkerConfig."""
+    default = next(f.default for f in dataclasses.fields(WorkerConfig) if f.name == name)
+    assert isinstance(default, float)
+    return default
+
+
 def normalise_database_url(url: str) -> str:
     """Return `url` with an async driver, or raise ValueError saying what is wrong."""
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: e.g. a port that is no number
         raise ValueError(
-            f"{url!r} is not a database URL; use e.g. postgresql://user@host/db or sqlite:///path/to/file.sqlite3"
+            f"{hide_password(url)!r} is not a database URL; use e.g. postgresql://user@host/db or sqlite:///path/to/file.sqlite3"
         ) from None
     driver = _ASYNC_DRIVERS.get(parsed.drivername)
     if driver is None:
@@ -129,6 +147,15 @@ class Settings(BaseSettings):
     # Progress messages: how often the bot reads job state, and how often one message may be edited.
     progress_poll_seconds: float = Field(default=5.0, gt=0)
     progress_min_edit_seconds: float = Field(default=5.0, ge=0)
+    # Operations: logging (bot and workers alike), Discord endpoints, worker and relay timing.
+    log_level: str = "INFO"
+    log_format: LogFormat = "text"
+    # Another REST base (e.g. a rate-limit proxy: http://proxy:8080/api/v10) and gateway (ws://…).
+    discord_api_base: str | None = None
+    discord_gateway: str | None = None
+    worker_lease_seconds: float = Field(default=_worker_default("lease_seconds"), gt=0)
+    worker_requeue_seconds: float = Field(default=_worker_default("requeue_seconds"), gt=0)
+    worker_checkpoint_seconds: float = Field(default=_worker_default("checkpoint_seconds"), ge=0)
 
     @field_validator("database_url")
     @classmethod
@@ -152,6 +179,22 @@ class Settings(BaseSettings):
             return [part if part.endswith("/") else part + "/" for part in value.replace(",", " ").split()]
         return value
 
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        log_level_number(value)
+        return value.strip().upper()
+
+    @field_validator("discord_api_base", "discord_gateway")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        url = value.strip().rstrip("/")
+        if not re.match(r"(https?|wss?)://[^/]+", url):
+            raise ValueError(f"{url!r} is not a URL; use e.g. http://proxy:8080/api/v10 or ws://proxy:7878")
+        return url
+
     @field_validator("gpus")
     @classmethod
     def _check_gpus(cls, value: str) -> str:
@@ -168,6 +211,18 @@ class Settings(BaseSettings):
     @classmethod
     def _check_batch_sizes(cls, value: str) -> str:
         return format_batch_sizes(parse_batch_sizes(value))
+
+    @property
+    def database_url_for_display(self) -> str:
+        return hide_password(self.database_url)
+
+    def worker_config(self) -> WorkerConfig:
+        """The worker timings an operator sets (the rest keep WorkerConfig's defaults)."""
+        return WorkerConfig(
+            lease_seconds=self.worker_lease_seconds,
+            requeue_seconds=self.worker_requeue_seconds,
+            checkpoint_seconds=self.worker_checkpoint_seconds,
+        )
 
     @property
     def local_workers(self) -> bool:

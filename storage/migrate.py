@@ -21,6 +21,9 @@ from storage.engine import create_engine
 from storage.models import Base
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+# Key of the Postgres advisory lock that serialises schema changes (bot and worker start together
+# and both migrate; without it both create alembic_version and one dies on a unique violation).
+MIGRATION_LOCK_KEY = 0x6A756B65626F74  # "jukebot"
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -35,6 +38,9 @@ async def _run_alembic(url: str, action: str, revision: str) -> None:
     engine = create_engine(url, sqlite_foreign_keys=False)
     try:
         async with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                # Released at commit; a second migrator waits here, then finds the work done.
+                await connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
 
             def run(sync_connection: Connection) -> None:
                 getattr(command, action)(alembic_config(sync_connection), revision)

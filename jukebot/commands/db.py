@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from jukebot.commands import settings_or_exit
+from jukebot.commands import settings_or_exit, upgrade_or_exit
 
 
 @click.group()
@@ -15,10 +15,7 @@ def db() -> None:
 @db.command()
 def upgrade() -> None:
     """Apply every pending migration to the configured database."""
-    from storage.migrate import upgrade_to_head
-
-    settings = settings_or_exit()
-    upgrade_to_head(settings.database_url)
+    upgrade_or_exit(settings_or_exit())
     click.echo("database is at the latest schema")
 
 

@@ -7,8 +7,10 @@ A style sweep repeats `--artist`/`--genre` (one per sample, or one for all), e.g
 `--artist="ella fitzgerald" --genre=jazz --artist=metallica --genre=metal`: sample I gets style I.
 
 writes `NAME/level_L/item_I.wav` (and `.ogg`) per sampled level, `NAME/styles.json` (each item's
-style) and `NAME/level_L/data.pth.tar` (`{"zs": [codes of level 0, 1, 2]}`) that
-`--mode=continue|upsample --codes_file=…` reads back.
+style) and `NAME/level_L/data.pth.tar` (`{"zs": [codes of level 0, 1, 2], "labels": {artist, genre,
+lyrics, total_length, styles, …}}`) that `--mode=continue|upsample --codes_file=…` reads back: label
+flags not given come from the file, as the original's saved labels did. `--audio_file=a.wav,b.wav`
+primes sample i with file i (cycled).
 After every window the state goes to `NAME/checkpoint.pt`: the same command run again resumes.
 """
 
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from jukebot.commands import settings_or_exit
 from sampler.batch_sizes import DEFAULT_MAX_BATCH_SIZE, format_batch_sizes, parse_batch_sizes
@@ -62,7 +65,7 @@ def _floats(text: str, name: str, count: int = 3) -> tuple[float, ...]:
 @click.option("--hop_fraction", default="0.5,0.5,0.125", show_default=True)
 @click.option("--mode", type=click.Choice(MODES), default="ancestral", show_default=True)
 @click.option("--codes_file", type=click.Path(dir_okay=False, path_type=Path), default=None)
-@click.option("--audio_file", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--audio_file", default=None, help="Prompt audio; a,b,… primes sample i with file i (cycled).")
 @click.option("--prompt_length_in_seconds", type=float, default=None)
 @click.option(
     "--artist", multiple=True, default=("unknown",), show_default=True, help="Repeat: one per sample."
@@ -90,10 +93,30 @@ def _floats(text: str, name: str, count: int = 3) -> tuple[float, ...]:
 @click.option("--no-progress", "no_progress", is_flag=True, help="No progress bar.")
 def sample(**options: Any) -> None:
     """Sample music offline, as the original sample.py does (resumable)."""
-    run_sample(options)
+    context = click.get_current_context()
+    given = {name for name in options if context.get_parameter_source(name) is not ParameterSource.DEFAULT}
+    run_sample(options, given)
 
 
-def run_sample(options: dict[str, Any]) -> None:
+# Flags a codes file's saved labels stand in for when they are not given again.
+LABEL_FLAGS = ("artist", "genre", "lyrics", "total_sample_length_in_seconds")
+EXIT_INTERRUPTED = 130  # as a shell reports a run ended by Ctrl-C
+
+
+def _audio_files(value: str | None, mode: str, prompt_seconds: float | None) -> list[Path]:
+    """The prompt files of `--mode=primed`, each checked to exist (before any model is loaded)."""
+    if mode != "primed":
+        return []
+    if not value or prompt_seconds is None:
+        raise click.UsageError("--mode=primed needs --audio_file and --prompt_length_in_seconds")
+    files = [Path(part.strip()) for part in value.split(",") if part.strip()]
+    for path in files:
+        if not path.is_file():
+            raise click.BadParameter(f"{path} does not exist or is not a file", param_hint="--audio_file")
+    return files
+
+
+def run_sample(options: dict[str, Any], given: set[str] | frozenset[str] = frozenset()) -> None:
     import torch
     from tqdm import tqdm
 
@@ -105,6 +128,15 @@ def run_sample(options: dict[str, Any]) -> None:
 
     if options["sr"] != SAMPLE_RATE:
         raise click.BadParameter(f"Jukebox models run at {SAMPLE_RATE} Hz", param_hint="--sr")
+    mode = options["mode"]
+    n = options["n_samples"]
+    audio_files = _audio_files(options["audio_file"], mode, options["prompt_length_in_seconds"])
+    saved_codes: tuple[Any, ...] | None = None
+    if mode in ("continue", "upsample"):
+        if options["codes_file"] is None:
+            raise click.UsageError(f"--mode={mode} needs --codes_file")
+        saved_codes, saved_labels = _read_codes(options["codes_file"], n)
+        options = _with_saved_labels(options, given, saved_labels)
     model_dir = options["model_dir"] or settings_or_exit().model_dir
     device = options["device"] or ("cuda:0" if torch.cuda.is_available() else "cpu")
     fp16 = options["fp16"] if options["fp16"] is not None else device.startswith("cuda")
@@ -131,25 +163,24 @@ def run_sample(options: dict[str, Any]) -> None:
     except (ModelFilesError, OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
 
-    prompt = codes = None
+    prompt = None
+    codes = saved_codes
     if mode == "primed":
-        if options["audio_file"] is None or options["prompt_length_in_seconds"] is None:
-            raise click.UsageError("--mode=primed needs --audio_file and --prompt_length_in_seconds")
         length = prompt_length_samples(options["prompt_length_in_seconds"])
-        try:
-            audio = decode_audio(options["audio_file"], max_seconds=None, max_bytes=None)
-        except AudioError as exc:
-            raise click.ClickException(f"{options['audio_file']}: {exc}") from None
-        if audio.shape[0] < length:
-            raise click.ClickException(
-                f"{options['audio_file']} is {audio.shape[0] / SAMPLE_RATE:.2f} s long, shorter than the "
-                f"{options['prompt_length_in_seconds']:g} s prompt"
-            )
-        prompt = torch.from_numpy(audio[:length]).unsqueeze(0).repeat(n, 1)
-    elif mode in ("continue", "upsample"):
-        if options["codes_file"] is None:
-            raise click.UsageError(f"--mode={mode} needs --codes_file")
-        codes = _read_codes(options["codes_file"], n)
+        prompts = []
+        for path in audio_files:
+            try:
+                audio = decode_audio(path, max_seconds=None, max_bytes=None)
+            except AudioError as exc:
+                raise click.ClickException(f"{path}: {exc}") from None
+            if audio.shape[0] < length:
+                raise click.ClickException(
+                    f"{path} is {audio.shape[0] / SAMPLE_RATE:.2f} s long, shorter than the "
+                    f"{options['prompt_length_in_seconds']:g} s prompt"
+                )
+            prompts.append(torch.from_numpy(audio[:length]))
+        prompt = torch.stack([prompts[i % len(prompts)] for i in range(n)])  # as the original cycles them
+    elif codes is not None:
         if mode == "upsample":
             levels = tuple(level for level in levels if level < 2) or (0, 1)
             sample_length = codes[2].shape[1] * cascade.hops[2]
@@ -181,6 +212,15 @@ def run_sample(options: dict[str, Any]) -> None:
     checkpoint = out_dir / "checkpoint.pt"
     fingerprint = _fingerprint({**options, "styles": styles if sweep else None}, lyrics)
     _write_styles(out_dir, styles, lyrics, levels)
+    labels: dict[str, str | int] = {
+        "model": options["model"],
+        "artist": request.artist,
+        "genre": request.genre,
+        "lyrics": lyrics,
+        "total_length": request.total_length,  # raw samples, as the original's labels count them
+        "sample_length": request.sample_length,
+        "styles": json.dumps(styles),  # each sample's [artist, genre]
+    }
     state = None
     if checkpoint.is_file() and (out_dir / "checkpoint.json").is_file():
         saved = json.loads((out_dir / "checkpoint.json").read_text())
@@ -194,7 +234,7 @@ def run_sample(options: dict[str, Any]) -> None:
     def on_progress(progress: Progress) -> None:
         bar.total = progress.tokens_total
         bar.n = progress.tokens_done
-        bar.set_description(f"level {progress.level} window {progress.window + 1}/{progress.window_count}")
+        bar.set_description(f"level {progress.level} window {progress.window}/{progress.window_count}")
         bar.refresh()
 
     def on_window(current: CascadeState) -> None:
@@ -205,18 +245,27 @@ def run_sample(options: dict[str, Any]) -> None:
         for level in levels:
             finished = current.codes[level].shape[1] * cascade.hops[level] >= sample_length
             if finished and level not in written_levels:
-                _write_level(out_dir, cascade, current, level, encode_audio, wav_bytes)
+                _write_level(out_dir, cascade, current, level, encode_audio, wav_bytes, labels)
                 written_levels.add(level)
 
     try:
         final = cascade.sample(request, state, on_progress=on_progress, on_window=on_window)
     except SamplingError as exc:
         raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        bar.close()
+        saved = (
+            f"the finished windows are saved in {checkpoint}"
+            if checkpoint.is_file()
+            else "no window had finished yet"
+        )
+        click.echo(f"Interrupted: {saved}. Run the same command again to resume.", err=True)
+        raise SystemExit(EXIT_INTERRUPTED) from None
     finally:
         bar.close()
     for level in levels:
         if level not in written_levels:
-            _write_level(out_dir, cascade, final, level, encode_audio, wav_bytes)
+            _write_level(out_dir, cascade, final, level, encode_audio, wav_bytes, labels)
     click.echo(f"wrote {', '.join(f'level_{level}' for level in sorted(levels))} under {out_dir}")
     if sweep:
         for index, (artist, genre) in enumerate(styles):
@@ -261,20 +310,44 @@ def _write_styles(out_dir: Path, styles: list[tuple[str, str]], lyrics: str, lev
 
 
 def _write_level(
-    out_dir: Path, cascade: Any, state: Any, level: int, encode_audio: Any, wav_bytes: Any
+    out_dir: Path,
+    cascade: Any,
+    state: Any,
+    level: int,
+    encode_audio: Any,
+    wav_bytes: Any,
+    labels: dict[str, str | int],
 ) -> None:
     import torch
 
     level_dir = out_dir / f"level_{level}"
     level_dir.mkdir(parents=True, exist_ok=True)
-    torch.save({"zs": [codes.clone() for codes in state.codes]}, level_dir / "data.pth.tar")
+    torch.save({"zs": [codes.clone() for codes in state.codes], "labels": labels}, level_dir / "data.pth.tar")
     audio = cascade.decode(state.codes[level], level).numpy()
     for index, row in enumerate(audio):
         (level_dir / f"item_{index}.wav").write_bytes(wav_bytes(row, SAMPLE_RATE))
         (level_dir / f"item_{index}.ogg").write_bytes(encode_audio(row, SAMPLE_RATE, "ogg", 128_000))
 
 
-def _read_codes(path: Path, n_samples: int) -> tuple[Any, ...]:
+def _with_saved_labels(
+    options: dict[str, Any], given: set[str] | frozenset[str], saved: dict[str, Any]
+) -> dict[str, Any]:
+    """`options` with each label flag not given taken from the codes file (the original saved them)."""
+    options = dict(options)
+    styles = json.loads(saved["styles"]) if isinstance(saved.get("styles"), str) else []
+    if "artist" not in given and styles:
+        options["artist"] = tuple(artist for artist, _ in styles)
+    if "genre" not in given and styles:
+        options["genre"] = tuple(genre for _, genre in styles)
+    if not given & {"lyrics", "lyrics_file"} and isinstance(saved.get("lyrics"), str):
+        options["lyrics"] = saved["lyrics"]
+    if "total_sample_length_in_seconds" not in given and isinstance(saved.get("total_length"), int):
+        options["total_sample_length_in_seconds"] = saved["total_length"] / SAMPLE_RATE
+    return options
+
+
+def _read_codes(path: Path, n_samples: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The codes of a data.pth.tar and the labels saved with them ({} in files written before labels)."""
     import torch
 
     try:
@@ -291,7 +364,8 @@ def _read_codes(path: Path, n_samples: int) -> tuple[Any, ...]:
         raise click.ClickException(
             f"{path} holds {zs[2].shape[0]} samples; pass --n_samples={zs[2].shape[0]}"
         )
-    return tuple(z.long() if z.numel() else None for z in zs)
+    labels = data.get("labels")
+    return tuple(z.long() if z.numel() else None for z in zs), labels if isinstance(labels, dict) else {}
 
 
 def _fingerprint(options: dict[str, Any], lyrics: str) -> str:

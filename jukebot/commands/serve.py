@@ -6,16 +6,19 @@ import asyncio
 import logging
 import os
 import threading
+from typing import Any
 
 import click
 
-from jukebot.commands import require_torch, settings_or_exit
+from jukebot import __version__
+from jukebot.commands import database_problem, require_torch, settings_or_exit, upgrade_or_exit
 from jukebot.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
 
 RUNNER = "sampler.cascade_runner:make_runner"
 POOL_SHUTDOWN_SECONDS = 90.0
+DISCORD_API_BASE = "https://discord.com/api/v10"  # discord.py's own, named for messages
 
 
 def _worker_environment(settings: Settings) -> None:
@@ -34,18 +37,52 @@ def _devices(settings: Settings) -> list:  # type: ignore[type-arg]
         raise click.ClickException(str(exc)) from None
 
 
-def _upgrade(settings: Settings) -> None:
-    from storage.migrate import upgrade_to_head
+def _log_what_is_in_use(settings: Settings, what: str, devices: list[Any]) -> None:
+    """The first line an operator reads: which database, model directory and devices this run uses."""
+    workers = ", ".join(str(d) for d in devices) if devices else "none (JUKEBOT_GPUS=none)"
+    log.info(
+        "jukebot %s %s: database %s, models in %s, workers on %s",
+        __version__,
+        what,
+        settings.database_url_for_display,
+        settings.model_dir,
+        workers,
+    )
 
-    try:
-        upgrade_to_head(settings.database_url)
-    except OSError as exc:
-        raise click.ClickException(f"cannot reach the database at {settings.database_url}: {exc}") from None
+
+def discord_problem(error: BaseException, settings: Settings) -> str | None:
+    """One sentence with the fix for a failed Discord login, or None for anything else."""
+    import aiohttp
+    import discord
+
+    base = settings.discord_api_base or DISCORD_API_BASE
+    if isinstance(error, discord.LoginFailure):
+        return (
+            "Discord refused the token: copy the bot's token from "
+            "https://discord.com/developers/applications (Bot → Reset Token) into DISCORD_TOKEN."
+        )
+    if isinstance(error, discord.PrivilegedIntentsRequired):
+        return f"Discord refused the connection: {error}."
+    if isinstance(error, discord.HTTPException):
+        return (
+            f"Discord answered {error.status} at {base} ({error.text or 'no reason given'}): try again later."
+        )
+    if isinstance(error, aiohttp.ClientError | OSError | asyncio.TimeoutError):
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return (
+            f"Cannot reach Discord at {base} ({reason}): check the network"
+            f"{' and JUKEBOT_DISCORD_API_BASE' if settings.discord_api_base else ''}."
+        )
+    return None
 
 
 @click.command()
 @click.option(
-    "--sync-guild", "sync_guilds", multiple=True, type=int, help="Sync commands to this server at once."
+    "--sync-guild",
+    "sync_guilds",
+    multiple=True,
+    type=int,
+    help="Sync the commands to this server only (they appear at once) and clear the global ones.",
 )
 def run(sync_guilds: tuple[int, ...]) -> None:
     """Start the Discord bot and the local workers (migrating the database first)."""
@@ -56,25 +93,37 @@ def run(sync_guilds: tuple[int, ...]) -> None:
         raise click.ClickException(str(exc)) from None
     if settings.local_workers:
         require_torch("local workers")
-    _upgrade(settings)
+    devices = _devices(settings) if settings.local_workers else []
+    _log_what_is_in_use(settings, "bot", devices)
+    upgrade_or_exit(settings)
     stop = threading.Event()
     pool_thread = None
-    if settings.local_workers:
+    if devices:
         from sampler.worker.pool import run_pool
 
-        devices = _devices(settings)
         _worker_environment(settings)
         pool_thread = threading.Thread(
             target=run_pool,
             args=(settings.database_url, devices, RUNNER),
-            kwargs=dict(stop=stop, install_signal_handlers=False, shutdown_timeout=POOL_SHUTDOWN_SECONDS),
+            kwargs=dict(
+                config=settings.worker_config(),
+                stop=stop,
+                install_signal_handlers=False,
+                shutdown_timeout=POOL_SHUTDOWN_SECONDS,
+                log_level=logging.getLogger().level,
+                log_format=settings.log_format,
+            ),
             name="worker-pool",
             daemon=True,
         )
         pool_thread.start()
-        log.info("local workers on %s", ", ".join(str(d) for d in devices))
     try:
         asyncio.run(_run_bot(settings, sync_guilds))
+    except Exception as exc:
+        message = discord_problem(exc, settings) or database_problem(exc, settings)
+        if message is None:
+            raise
+        raise click.ClickException(message) from None
     finally:
         stop.set()
         if pool_thread is not None:
@@ -94,13 +143,55 @@ async def _run_bot(settings: Settings, sync_guilds: tuple[int, ...]) -> None:
 
 
 @click.command()
-def worker() -> None:
+@click.option(
+    "--lease-seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="A job whose worker is silent this long goes back to the queue (JUKEBOT_WORKER_LEASE_SECONDS).",
+)
+@click.option(
+    "--requeue-seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="How often a worker recovers the jobs of dead workers (JUKEBOT_WORKER_REQUEUE_SECONDS).",
+)
+@click.option(
+    "--checkpoint-seconds",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="At most one checkpoint per this many seconds (JUKEBOT_WORKER_CHECKPOINT_SECONDS).",
+)
+def worker(
+    lease_seconds: float | None, requeue_seconds: float | None, checkpoint_seconds: float | None
+) -> None:
     """Run workers only (no Discord token), e.g. on another GPU machine sharing the database."""
     from sampler.worker.pool import run_pool
+    from sampler.worker.runtime import WorkerConfigError
 
     settings = settings_or_exit()
     require_torch("workers")
-    _upgrade(settings)
+    overrides = {
+        "worker_lease_seconds": lease_seconds,
+        "worker_requeue_seconds": requeue_seconds,
+        "worker_checkpoint_seconds": checkpoint_seconds,
+    }
+    settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    try:
+        config = settings.worker_config()
+    except WorkerConfigError as exc:
+        raise click.ClickException(str(exc)) from None
     devices = _devices(settings)
+    _log_what_is_in_use(settings, "worker", devices)
+    upgrade_or_exit(settings)
     _worker_environment(settings)
-    raise SystemExit(run_pool(settings.database_url, devices, RUNNER, shutdown_timeout=POOL_SHUTDOWN_SECONDS))
+    raise SystemExit(
+        run_pool(
+            settings.database_url,
+            devices,
+            RUNNER,
+            config=config,
+            shutdown_timeout=POOL_SHUTDOWN_SECONDS,
+            log_level=logging.getLogger().level,
+            log_format=settings.log_format,
+        )
+    )

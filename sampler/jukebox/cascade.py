@@ -100,7 +100,9 @@ class Progress:
     """Reported per chunk of sampled tokens."""
 
     level: int
-    window: int  # 0-based among this level's windows still to sample
+    # The window being sampled, counted 1..window_count over the windows this level samples (in
+    # primed/continue mode windows whose tokens are all known are not counted); shown as is.
+    window: int
     window_count: int
     tokens_done: int  # new tokens of this level sampled so far
     tokens_total: int  # new tokens this level samples in all
@@ -484,14 +486,14 @@ class Cascade:
             ]
             tokens_total = sum(w.new_tokens for w in windows)
             tokens_done = sum(w.new_tokens for w in windows[:done])
-            for window in windows[done:]:
+            for number, window in enumerate(windows[done:], start=done + 1):
                 if request.rng == "window":
                     generator.manual_seed(window_seed(request.seed, level, window.index))
 
                 report = functools.partial(
                     self._report,
                     state,
-                    Progress(level, window.index, len(windows), tokens_done, tokens_total, levels),
+                    Progress(level, number, len(windows), tokens_done, tokens_total, levels),
                     on_progress,
                     should_stop,
                 )

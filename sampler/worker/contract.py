@@ -169,6 +169,7 @@ class ProgressReporter(Protocol):
     ) -> None:
         """Where the run is. Tokens count over the whole job (all levels it samples), so
         `tokens_done / tokens_total` is the job's progress unless `fraction` says otherwise.
+        `window` counts 1..`window_count` over the windows this level samples (it is shown as is).
         Cheap: the worker writes the latest report at a throttled rate."""
         ...
 

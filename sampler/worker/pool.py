@@ -28,6 +28,7 @@ from types import FrameType
 from typing import Any
 
 from sampler.worker.contract import DeviceError, DeviceSpec, factory_exists
+from sampler.worker.logs import LOG_FORMATS, configure_logging
 from sampler.worker.runtime import EXIT_CONFIG, EXIT_OK, WorkerConfig, worker_main
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ class WorkerPool:
         max_restart_backoff: float = 60.0,
         stable_seconds: float = 60.0,
         log_level: int = logging.INFO,
+        log_format: str = "text",
     ) -> None:
         if not devices:
             raise DeviceError("The pool needs at least one device ('cpu' or 'cuda:N').")
@@ -93,6 +95,7 @@ class WorkerPool:
         self.max_restart_backoff = max_restart_backoff
         self.stable_seconds = stable_seconds  # a worker that lived this long restarts without delay
         self.log_level = log_level
+        self.log_format = log_format  # worker processes log like the pool (spawn starts them bare)
         self._context = multiprocessing.get_context("spawn")  # fork would copy CUDA state and threads
         self.slots = [_Slot(device) for device in dict.fromkeys(devices)]
         # `wake()` (safe from a signal handler) ends the supervisor's wait at once.
@@ -122,6 +125,7 @@ class WorkerPool:
                 self.config,
                 True,
                 self.log_level,
+                self.log_format,
             ),
             name=f"jukebot-worker-{slot.device}",
         )
@@ -230,6 +234,7 @@ def run_pool(
     restart_backoff: float = 1.0,
     install_signal_handlers: bool = True,
     log_level: int = logging.INFO,
+    log_format: str = "text",
 ) -> int:
     """Run workers until SIGTERM/SIGINT or `stop` is set; returns a process exit status.
 
@@ -244,6 +249,7 @@ def run_pool(
         config=config,
         restart_backoff=restart_backoff,
         log_level=log_level,
+        log_format=log_format,
     )
     previous: dict[int, object] = {}
     if install_signal_handlers:
@@ -291,9 +297,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--restart-backoff", type=float, default=1.0)
     parser.add_argument("--shutdown-timeout", type=float, default=60.0)
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default="text")
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s [pool] %(name)s: %(message)s")
+    configure_logging(level, args.log_format, context="pool")
     try:
         devices = _parse_devices(args.devices)
         config = WorkerConfig(
@@ -313,6 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutdown_timeout=args.shutdown_timeout,
             restart_backoff=args.restart_backoff,
             log_level=level,
+            log_format=args.log_format,
         )
     except ValueError as exc:  # DeviceError, RunnerFactoryError, WorkerConfigError
         print(f"error: {exc}", file=sys.stderr)

@@ -59,6 +59,7 @@ from sampler.worker.contract import (
     StopReason,
     load_runner_factory,
 )
+from sampler.worker.logs import configure_logging
 from storage import WORKER_PRESENCE_SECONDS, JobStatus, JobStore, LeaseLost, StorageError, create_engine
 from storage.errors import InvalidSample, PrimeNotFound, SampleNotFound, database_unreachable
 from storage.records import ClaimedJob
@@ -398,6 +399,7 @@ class Worker:
         requeuer = asyncio.create_task(self._requeue_loop(stop))
         presence = asyncio.create_task(self._presence_loop(stop))
         idle_wait = self.config.poll_seconds
+        log.debug("worker %s timings: %s", self.worker_id, self.config)
         try:
             while not stop.is_set():
                 # Only models complete on disk, re-read each time: a download that finishes is served
@@ -734,12 +736,10 @@ def worker_main(
     config: WorkerConfig | None = None,
     watch_parent: bool = True,
     log_level: int = logging.INFO,
+    log_format: str = "text",
 ) -> None:
     """The body of a worker process (the pool's `spawn` target); exits 0 after a graceful stop."""
-    logging.basicConfig(
-        level=log_level,
-        format=f"%(asctime)s %(levelname)s [worker {device_name} pid {os.getpid()}] %(name)s: %(message)s",
-    )
+    configure_logging(log_level, log_format, context=f"worker {device_name} pid {os.getpid()}")
     sys.exit(run_worker(database_url, device_name, runner_factory_path, config, watch_parent=watch_parent))
 
 

@@ -10,10 +10,7 @@ import argparse
 import asyncio
 import logging
 
-import discord
-import yarl
-
-from bot.bot import JukeBot
+from bot.bot import JukeBot, discord_endpoints
 from storage.engine import create_engine
 from storage.store import JobStore
 from tests.bot.harness import make_settings
@@ -22,18 +19,20 @@ POLL_INTERVAL_S = 0.1
 
 
 async def serve(args: argparse.Namespace) -> None:
-    discord.http.Route.BASE = args.api_base
-    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(args.gateway)
+    settings = make_settings(
+        discord_api_base=args.api_base, discord_gateway=args.gateway, progress_poll_seconds=POLL_INTERVAL_S
+    )
     engine = create_engine(args.database_url)
     try:
         bot = JukeBot(
-            make_settings(progress_poll_seconds=POLL_INTERVAL_S),
+            settings,
             JobStore(engine),
             sync_guild_ids=[args.guild_id],
         )
         bot._connection.guild_ready_timeout = 0.05  # the fake sends every guild right after READY
-        async with bot:
-            await bot.start(args.token)
+        with discord_endpoints(settings):  # the settings an operator uses for a proxy
+            async with bot:
+                await bot.start(args.token)
     finally:
         await engine.dispose()
 

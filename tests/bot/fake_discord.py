@@ -2190,15 +2190,17 @@ def _json_response(data: Any, status: int = 200, headers: Mapping[str, str] | No
 
 @contextlib.contextmanager
 def discord_py_pointed_at(fake: FakeDiscord) -> Iterator[None]:
-    """Points discord.py's REST base and gateway URL at the fake; restores them on exit."""
-    old_base, old_gateway = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
-    discord.http.Route.BASE = fake.api_base
-    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(fake.gateway_url)
-    try:
+    """Points discord.py's REST base and gateway URL at the fake; restores them on exit.
+
+    Through the bot's own JUKEBOT_DISCORD_API_BASE / JUKEBOT_DISCORD_GATEWAY settings, as an
+    operator points it at a rate-limit proxy.
+    """
+    from bot.bot import discord_endpoints
+    from jukebot.settings import Settings
+
+    settings = Settings.model_construct(discord_api_base=fake.api_base, discord_gateway=fake.gateway_url)
+    with discord_endpoints(settings):
         yield
-    finally:
-        discord.http.Route.BASE = old_base
-        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = old_gateway
 
 
 @contextlib.asynccontextmanager

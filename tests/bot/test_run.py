@@ -6,8 +6,9 @@ import asyncio
 import os
 import signal
 
-from bot.bot import run_bot
+from bot.bot import JukeBot, run_bot
 from storage.store import JobStore
+from tests.bot.conftest import BotRunner
 from tests.bot.fake_discord import FakeDiscord
 from tests.bot.harness import make_settings, sqlite_store
 
@@ -24,3 +25,33 @@ async def test_run_bot_stops_gracefully_on_sigterm(fake_discord: FakeDiscord, sq
     await fake_discord.wait_for(lambda: not fake_discord.live_sessions)
     # The handler was removed again: the default disposition is back.
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def _scopes_listing(fake: FakeDiscord) -> dict[str, int]:
+    """How often each command shows in the test server: its own copies plus the global ones."""
+    names = [*fake.synced_commands(fake.default_guild), *fake.synced_commands()]
+    return {name: names.count(name) for name in names}
+
+
+async def test_guild_run_then_global_run_lists_each_command_once(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    guild_bot = await bot_runner.start(
+        JukeBot(make_settings(), sqlite_store, sync_guild_ids=[fake_discord.default_guild.id])
+    )
+    assert "jukebox" in fake_discord.synced_commands(fake_discord.default_guild)
+    assert set(_scopes_listing(fake_discord).values()) == {1}
+    await bot_runner.stop(guild_bot)
+
+    global_bot = await bot_runner.start(JukeBot(make_settings(), sqlite_store))
+    await fake_discord.wait_for(lambda: not fake_discord.synced_commands(fake_discord.default_guild))
+    assert "jukebox" in fake_discord.synced_commands()
+    assert set(_scopes_listing(fake_discord).values()) == {1}
+    await bot_runner.stop(global_bot)
+
+    await bot_runner.start(
+        JukeBot(make_settings(), sqlite_store, sync_guild_ids=[fake_discord.default_guild.id])
+    )
+    assert not fake_discord.synced_commands()
+    assert "jukebox" in _scopes_listing(fake_discord)
+    assert set(_scopes_listing(fake_discord).values()) == {1}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from click.testing import CliRunner, Result
 
 from jukebot.cli import main
 from sampler.audio import decode_audio, wav_bytes
+from sampler.jukebox.cascade import Cascade
 from tests.sampler.jukebox.conftest import tiny_audio
 from tests.tiny_model_dir import write_tiny_model_dir
 
@@ -30,7 +32,12 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_model_dir(tmp_path_factory.mktemp("models"))
 
 
-def sample(model_dir: Path, out: Path, *args: str) -> Result:
+def sample(model_dir: Path, out: Path, *args: str, labels: bool = True) -> Result:
+    label_flags = [
+        "--artist=Alan Jackson",
+        "--genre=Country",
+        "--lyrics=Way down yonder on the Chattahoochee",
+    ]
     base = [
         "sample",
         "--model=1b_lyrics",
@@ -40,9 +47,7 @@ def sample(model_dir: Path, out: Path, *args: str) -> Result:
         "--n_samples=2",
         "--hop_fraction=0.5,0.5,0.5",
         "--max_batch_size=2",
-        "--artist=Alan Jackson",
-        "--genre=Country",
-        "--lyrics=Way down yonder on the Chattahoochee",
+        *(label_flags if labels else []),
         "--seed=3",
         "--device=cpu",
         "--fp32",
@@ -158,3 +163,75 @@ def test_bad_flags_say_what_is_wrong(model_dir: Path, tmp_path: Path, args: list
     result = sample(model_dir, tmp_path / "bad", *args)
     assert result.exit_code != 0
     assert message in result.output
+
+
+def test_upsample_reads_the_labels_and_length_saved_with_the_codes(model_dir: Path, tmp_path: Path) -> None:
+    preview = sample(model_dir, tmp_path / "preview", "--levels=1", "--total_sample_length_in_seconds=0.09")
+    assert preview.exit_code == 0, preview.output
+    saved = torch.load(tmp_path / "preview/level_2/data.pth.tar", weights_only=True)["labels"]
+    assert saved["artist"] == "Alan Jackson" and saved["total_length"] == int(0.09 * 44100)
+    up = sample(
+        model_dir,
+        tmp_path / "up",
+        "--mode=upsample",
+        f"--codes_file={tmp_path / 'preview/level_2/data.pth.tar'}",
+        labels=False,  # not repeated: they come from the codes file
+    )
+    assert up.exit_code == 0, up.output
+    assert torch.load(tmp_path / "up/level_0/data.pth.tar", weights_only=True)["labels"] == saved
+
+
+def test_comma_separated_audio_files_prime_one_sample_each(model_dir: Path, tmp_path: Path) -> None:
+    clips = []
+    for seed in (1, 2):
+        clip = tmp_path / f"clip{seed}.wav"
+        audio = tiny_audio(batch=1, samples=1024, seed=seed)[0].numpy()
+        clip.write_bytes(wav_bytes(audio, 44100))
+        clips.append(clip)
+    prompt = "--prompt_length_in_seconds=0.012"
+    both = sample(
+        model_dir, tmp_path / "both", "--mode=primed", f"--audio_file={clips[0]},{clips[1]}", prompt
+    )
+    assert both.exit_code == 0, both.output
+    zs = codes(tmp_path / "both" / "level_2" / "data.pth.tar")
+    for row, clip in enumerate(clips):
+        alone = sample(model_dir, tmp_path / clip.stem, "--mode=primed", f"--audio_file={clip}", prompt)
+        assert alone.exit_code == 0, alone.output
+        assert torch.equal(
+            zs[2][row, :32], codes(tmp_path / clip.stem / "level_2" / "data.pth.tar")[2][0, :32]
+        )
+    assert not torch.equal(zs[2][0, :32], zs[2][1, :32])
+
+
+def test_prompt_problems_are_found_before_loading_a_model(tmp_path: Path) -> None:
+    no_models = tmp_path / "no-models"  # loading would fail: these errors must come first
+    missing = sample(
+        no_models, tmp_path / "out", "--mode=primed", "--audio_file=nope.wav", "--prompt_length_in_seconds=1"
+    )
+    assert missing.exit_code == 2 and "nope.wav does not exist or is not a file" in missing.output
+    assert "Traceback" not in missing.output and "models download" not in missing.output
+    bare = sample(no_models, tmp_path / "out", "--mode=primed")
+    assert "--mode=primed needs --audio_file and --prompt_length_in_seconds" in bare.output
+
+
+def test_ctrl_c_says_how_to_resume(model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_sample = Cascade.sample
+
+    def interrupted_after_one_window(self: Cascade, request: Any, state: Any = None, **kwargs: Any) -> Any:
+        def on_window(current: Any) -> None:
+            kwargs["on_window"](current)
+            raise KeyboardInterrupt  # what Ctrl-C raises, here right after the first stored window
+
+        return real_sample(self, request, state, **(kwargs | {"on_window": on_window}))
+
+    monkeypatch.setattr(Cascade, "sample", interrupted_after_one_window)
+    out = tmp_path / "song"
+    stopped = sample(model_dir, out, "--levels=1")
+    assert stopped.exit_code == 130
+    assert f"Interrupted: the finished windows are saved in {out / 'checkpoint.pt'}." in stopped.output
+    assert "Run the same command again to resume." in stopped.output
+    monkeypatch.setattr(Cascade, "sample", real_sample)
+    resumed = sample(model_dir, out, "--levels=1")
+    assert (
+        resumed.exit_code == 0 and "resuming from" in resumed.output and "(1 windows done)" in resumed.output
+    )

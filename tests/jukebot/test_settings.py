@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,55 @@ def test_a_bad_prime_size_names_the_variable_and_the_forms(
     with pytest.raises(SettingsError, match=r"^Bad value for JUKEBOT_MAX_PRIME_BYTES: ") as info:
         load_settings()
     assert "\n" not in str(info.value)
+
+
+def test_operations_settings(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {
+        "JUKEBOT_LOG_LEVEL": "debug",
+        "JUKEBOT_LOG_FORMAT": "json",
+        "JUKEBOT_DISCORD_API_BASE": "http://proxy:8080/api/v10/",
+        "JUKEBOT_DISCORD_GATEWAY": "ws://proxy:7878",
+        "JUKEBOT_WORKER_LEASE_SECONDS": "120",
+        "JUKEBOT_WORKER_REQUEUE_SECONDS": "10",
+        "JUKEBOT_WORKER_CHECKPOINT_SECONDS": "0",
+    }.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings()
+    assert (settings.log_level, settings.log_format) == ("DEBUG", "json")
+    assert settings.discord_api_base == "http://proxy:8080/api/v10"
+    assert settings.discord_gateway == "ws://proxy:7878"
+    config = settings.worker_config()
+    assert (config.lease_seconds, config.requeue_seconds, config.checkpoint_seconds) == (120, 10, 0)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("JUKEBOT_LOG_LEVEL", "loud", "Bad value for JUKEBOT_LOG_LEVEL: unknown log level 'loud'"),
+        ("JUKEBOT_LOG_FORMAT", "xml", "Bad value for JUKEBOT_LOG_FORMAT:"),
+        (
+            "JUKEBOT_DISCORD_API_BASE",
+            "proxy:8080",
+            "Bad value for JUKEBOT_DISCORD_API_BASE: 'proxy:8080' is not",
+        ),
+        ("JUKEBOT_WORKER_LEASE_SECONDS", "0", "Bad value for JUKEBOT_WORKER_LEASE_SECONDS:"),
+    ],
+)
+def test_bad_operations_settings_are_one_sentence(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str, says: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match="^" + re.escape(says)):
+        load_settings()
+
+
+def test_database_url_password_is_hidden_in_errors_and_display(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://jukebot:s3cret@db/jukebot")
+    assert load_settings().database_url_for_display == "postgresql+asyncpg://jukebot:***@db/jukebot"
+    for bad in ("postgresql://jukebot:s3cret@db:port/jukebot", "bogus+x://jukebot:s3cret@db/jukebot"):
+        monkeypatch.setenv("DATABASE_URL", bad)
+        with pytest.raises(SettingsError) as info:
+            load_settings()
+        assert "s3cret" not in str(info.value)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import sqlite3
 import subprocess
 import sys
@@ -115,6 +117,31 @@ async def _columns(url: str) -> dict[str, set[str]]:
             return await connection.run_sync(names)
     finally:
         await engine.dispose()
+
+
+async def test_concurrent_upgrades_of_an_empty_database_both_succeed(
+    empty_db_url: str, tmp_path: Path
+) -> None:
+    # Bot and worker start together and both migrate: the second waits for the first.
+    env = {**os.environ, "DATABASE_URL": empty_db_url, "PYTHONPATH": str(Path(__file__).parents[2])}
+    upgrades = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "jukebot",
+            "db",
+            "upgrade",
+            env=env,
+            cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        for _ in range(2)
+    ]
+    outputs = await asyncio.wait_for(asyncio.gather(*(p.communicate() for p in upgrades)), timeout=120)
+    assert [p.returncode for p in upgrades] == [0, 0], [out.decode()[-2000:] for out, _ in outputs]
+    assert await current_revision_async(empty_db_url) == head_revision()
+    assert await schema_diff_async(empty_db_url) == []
 
 
 async def test_0002_keeps_rows_counts_finished_jobs_as_posted_and_downgrades(empty_db_url: str) -> None:

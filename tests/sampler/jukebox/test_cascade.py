@@ -117,7 +117,13 @@ def test_continue_extends_earlier_codes(cascade: Cascade) -> None:
 
 def test_primed_continues_the_prompt_codes(cascade: Cascade) -> None:
     prompt = tiny_audio(batch=2, samples=512)
-    state = cascade.sample(request(mode="primed", prompt=prompt))
+    seen: list[Progress] = []
+    state = cascade.sample(request(mode="primed", prompt=prompt), on_progress=seen.append)
+    # Windows whose tokens the prompt fills are not sampled, nor counted: 1..count per level.
+    for level in range(3):
+        at_level = [p for p in seen if p.level == level]
+        (count,) = {p.window_count for p in at_level}
+        assert sorted({p.window for p in at_level}) == list(range(1, count + 1))
     prompt_codes = cascade.vqvae.encode(prompt)
     for level in range(3):
         assert torch.equal(state.codes[level][:, : prompt_codes[level].shape[1]], prompt_codes[level])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -23,7 +24,7 @@ import pytest
 from sampler.audio import decode_audio
 from sampler.worker.contract import DeviceError, DeviceSpec, JobTask, RunnerFactoryError
 from sampler.worker.pool import devices_from_setting, main
-from sampler.worker.runtime import EXIT_CONFIG, pid_of
+from sampler.worker.runtime import EXIT_CONFIG, EXIT_OK, pid_of
 from storage import JobKind, JobStatus, JobStore, create_engine
 from storage.records import ClaimedJob, Job
 from tests.holding import HOLD_DIR_VARIABLE, held_files, release_file
@@ -273,6 +274,17 @@ async def test_poison_job_fails_and_the_pool_keeps_serving(pools: Any, store: Jo
     failed = await finished(store, poison)
     assert failed.status is JobStatus.FAILED and failed.attempts == 2
     assert "RuntimeError: toy runner crashed on purpose" in (failed.error or "")
+
+
+async def test_workers_log_at_the_pools_level_and_format(pools: Callable[..., PoolProcess]) -> None:
+    pool = pools(extra=["-v", "--log-format", "json"])
+    await pool.ready()
+    assert await pool.terminate() == EXIT_OK
+    entries = [json.loads(line) for line in pool.log().splitlines() if line.startswith("{")]
+    assert len(entries) == len(pool.log().splitlines()), pool.log()  # every line is JSON
+    worker_lines = [e for e in entries if e.get("process", "").startswith("worker cpu pid ")]
+    assert any(e["level"] == "DEBUG" and "timings" in e["message"] for e in worker_lines), entries
+    assert not [e for e in entries if e["logger"].startswith(("aiosqlite", "alembic"))]
 
 
 async def test_a_bad_runner_path_stops_the_pool_with_a_config_error(tmp_path: Path) -> None:

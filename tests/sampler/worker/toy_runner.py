@@ -215,7 +215,7 @@ class ToyRunner:
         window_count = math.ceil((plan.total_tokens - plan.start_tokens) / TOKENS_PER_WINDOW)
         while codes[level].shape[1] < plan.total_tokens:
             start = codes[level].shape[1]
-            window = (start - plan.start_tokens) // TOKENS_PER_WINDOW
+            window = (start - plan.start_tokens) // TOKENS_PER_WINDOW + 1  # counted from 1
             size = min(TOKENS_PER_WINDOW, plan.total_tokens - start)
             new = np.empty((n, size), dtype=np.int16)
             for chunk in range(0, size, CHUNK_TOKENS):
