@@ -222,6 +222,10 @@ class Settings(BaseSettings):
             lease_seconds=self.worker_lease_seconds,
             requeue_seconds=self.worker_requeue_seconds,
             checkpoint_seconds=self.worker_checkpoint_seconds,
+            runner_options=(
+                ("model_dir", str(self.model_dir)),
+                ("max_batch_size", self.max_batch_size),
+            ),
         )
 
     @property

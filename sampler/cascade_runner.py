@@ -1,14 +1,13 @@
 """The real job runner: turns a claimed job into Jukebox samples with the cascade.
 
-Built once per worker process (`make_runner(device)`), it keeps each model's cascade loaded
-between jobs. The model directory and batch sizes come from the environment the pool was
-started with (`JUKEBOT_MODEL_DIR`, `JUKEBOT_MAX_BATCH_SIZE`), which `jukebot run|worker` set.
+Built once per worker process (`make_runner(device, options)`), it keeps each model's cascade
+loaded between jobs. The model directory and batch sizes are runner options (`model_dir`,
+`max_batch_size`) in the worker's config, which `jukebot run|worker` fill from their settings.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +44,7 @@ from sampler.worker.contract import (
     ModelNotHere,
     OutOfMemory,
     ProgressReporter,
+    RunnerOptions,
     Stage,
     StopCheck,
     StopReason,
@@ -64,11 +64,6 @@ LOWER_TEMPERATURE = 0.99  # the reference's temperature for the upsamplers
 
 class InvalidJobInput(JobFailed):
     """The job's parent sample or prime cannot be sampled from; the message says why."""
-
-
-def _max_batch_size() -> BatchSizes:
-    text = os.environ.get("JUKEBOT_MAX_BATCH_SIZE", "")
-    return parse_batch_sizes(text) if text.strip() else DEFAULT_MAX_BATCH_SIZE
 
 
 def codes_from_bytes(data: bytes | None) -> torch.Tensor | None:
@@ -95,11 +90,18 @@ def _sample_styles(params: JobParams, sings: bool) -> tuple[SampleStyle, ...] | 
 class CascadeRunner:
     """A `sampler.worker.contract.JobRunner` backed by the Jukebox cascade."""
 
-    def __init__(self, device: DeviceSpec, model_dir: Path, *, dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self,
+        device: DeviceSpec,
+        model_dir: Path,
+        *,
+        dtype: torch.dtype | None = None,
+        max_batch_size: BatchSizes = DEFAULT_MAX_BATCH_SIZE,
+    ) -> None:
         self.device = device
         self.model_dir = Path(model_dir)
         self.dtype = dtype or (torch.float16 if device.is_cuda else torch.float32)
-        self.max_batch_size = _max_batch_size()
+        self.max_batch_size = max_batch_size
         self._cascades: dict[str, Cascade] = {}
         self._models_seen: frozenset[str] | None = None
 
@@ -320,7 +322,14 @@ class CascadeRunner:
         return out
 
 
-def make_runner(device: DeviceSpec) -> CascadeRunner:
-    """The runner factory named by `jukebot run|worker` (`sampler.cascade_runner:make_runner`)."""
-    model_dir = Path(os.environ.get("JUKEBOT_MODEL_DIR") or default_model_dir())
-    return CascadeRunner(device, model_dir)
+def make_runner(device: DeviceSpec, options: RunnerOptions | None = None) -> CascadeRunner:
+    """The runner factory named by `jukebot run|worker` (`sampler.cascade_runner:make_runner`).
+
+    Options: `model_dir` (default: the settings' default) and `max_batch_size` (e.g. `16,16,3`).
+    """
+    options = options or {}
+    model_dir = Path(options["model_dir"]) if options.get("model_dir") else default_model_dir()
+    sizes = options.get("max_batch_size", "").strip()
+    return CascadeRunner(
+        device, model_dir, max_batch_size=parse_batch_sizes(sizes) if sizes else DEFAULT_MAX_BATCH_SIZE
+    )

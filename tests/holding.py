@@ -20,7 +20,14 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, Protocol
 
-from sampler.worker.contract import DeviceSpec, JobRunner, JobTask, ProgressReporter, StopCheck
+from sampler.worker.contract import (
+    DeviceSpec,
+    JobRunner,
+    JobTask,
+    ProgressReporter,
+    RunnerOptions,
+    StopCheck,
+)
 from storage.records import NewSample
 
 HOLD_DIR_VARIABLE = "JUKEBOT_TEST_HOLD_DIR"
@@ -113,15 +120,15 @@ def _file_gate() -> FileGate:
     return FileGate(Path(os.environ[HOLD_DIR_VARIABLE]))
 
 
-def held_toy_runner(device: DeviceSpec) -> HoldingRunner:
+def held_toy_runner(device: DeviceSpec, options: RunnerOptions | None = None) -> HoldingRunner:
     """`tests.holding:held_toy_runner`: the toy runner, held after each run's first checkpoint."""
     from tests.sampler.worker.toy_runner import make_runner
 
-    return HoldingRunner(make_runner(device), _file_gate())
+    return HoldingRunner(make_runner(device, options), _file_gate())
 
 
-def held_cascade_runner(device: DeviceSpec) -> HoldingRunner:
+def held_cascade_runner(device: DeviceSpec, options: RunnerOptions | None = None) -> HoldingRunner:
     """`tests.holding:held_cascade_runner`: the Jukebox runner, held after each run's first checkpoint."""
     from sampler.cascade_runner import make_runner
 
-    return HoldingRunner(make_runner(device), _file_gate())
+    return HoldingRunner(make_runner(device, options), _file_gate())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 from typing import Any
 
@@ -19,12 +18,6 @@ log = logging.getLogger(__name__)
 RUNNER = "sampler.cascade_runner:make_runner"
 POOL_SHUTDOWN_SECONDS = 90.0
 DISCORD_API_BASE = "https://discord.com/api/v10"  # discord.py's own, named for messages
-
-
-def _worker_environment(settings: Settings) -> None:
-    """What spawned worker processes read: they inherit the environment, not our settings object."""
-    os.environ["JUKEBOT_MODEL_DIR"] = str(settings.model_dir)
-    os.environ["JUKEBOT_MAX_BATCH_SIZE"] = settings.max_batch_size
 
 
 def _devices(settings: Settings) -> list:  # type: ignore[type-arg]
@@ -101,7 +94,6 @@ def run(sync_guilds: tuple[int, ...]) -> None:
     if devices:
         from sampler.worker.pool import run_pool
 
-        _worker_environment(settings)
         pool_thread = threading.Thread(
             target=run_pool,
             args=(settings.database_url, devices, RUNNER),
@@ -183,7 +175,6 @@ def worker(
     devices = _devices(settings)
     _log_what_is_in_use(settings, "worker", devices)
     upgrade_or_exit(settings)
-    _worker_environment(settings)
     raise SystemExit(
         run_pool(
             settings.database_url,

@@ -17,7 +17,7 @@ import enum
 import importlib
 import importlib.util
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -200,7 +200,10 @@ class JobRunner(Protocol):
     def run(self, task: JobTask, report: ProgressReporter, should_stop: StopCheck) -> list[NewSample]: ...
 
 
-RunnerFactory = Callable[[DeviceSpec], JobRunner]
+# The runner's own settings (e.g. its model directory), as the pool was given them
+# (`--runner-option KEY=VALUE`, or `jukebot run|worker` from its settings).
+RunnerOptions = Mapping[str, str]
+RunnerFactory = Callable[[DeviceSpec, RunnerOptions], JobRunner]
 
 
 class RunnerFactoryError(ValueError):

@@ -279,6 +279,16 @@ def _parse_devices(values: Sequence[str]) -> list[DeviceSpec]:
     return [DeviceSpec(name) for name in names]
 
 
+def _parse_runner_options(items: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    options = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--runner-option {item!r} must look like KEY=VALUE (e.g. model_dir=/models)")
+        options.append((key.strip(), value))
+    return tuple(options)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     defaults = WorkerConfig()
     parser = argparse.ArgumentParser(
@@ -294,6 +304,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cancel-poll-seconds", type=float, default=defaults.cancel_poll_seconds)
     parser.add_argument("--requeue-seconds", type=float, default=defaults.requeue_seconds)
     parser.add_argument("--checkpoint-seconds", type=float, default=defaults.checkpoint_seconds)
+    parser.add_argument(
+        "--runner-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting handed to the runner factory, e.g. model_dir=/models (repeatable)",
+    )
     parser.add_argument("--restart-backoff", type=float, default=1.0)
     parser.add_argument("--shutdown-timeout", type=float, default=60.0)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -311,6 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cancel_poll_seconds=args.cancel_poll_seconds,
             requeue_seconds=args.requeue_seconds,
             checkpoint_seconds=args.checkpoint_seconds,
+            runner_options=_parse_runner_options(args.runner_option),
         )
         return run_pool(
             args.database_url,

@@ -93,6 +93,8 @@ class WorkerConfig:
     # seconds to minutes, so each is stored; this keeps tiny or very fast windows from spending
     # their time in the database.
     checkpoint_seconds: float = 1.0
+    # The runner's own settings, handed to its factory: (key, value) pairs, e.g. ("model_dir", "…").
+    runner_options: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         seconds = ("lease_seconds", "poll_seconds", "max_poll_seconds", "progress_seconds")
@@ -755,7 +757,7 @@ def run_worker(
     try:
         device = DeviceSpec(device_name)
         factory = load_runner_factory(runner_factory_path)
-        runner = factory(device)
+        runner = factory(device, dict((config or WorkerConfig()).runner_options))
     except (RunnerFactoryError, ValueError) as exc:
         log.error("cannot start a worker on %s: %s", device_name, exc)
         return EXIT_CONFIG

@@ -82,7 +82,15 @@ class Services:
         runner, env = RUNNER, worker_environment(model_dir)
         if hold_dir is not None:
             runner, env[HOLD_DIR_VARIABLE] = HELD_RUNNER, str(hold_dir)
-        service = ServiceProcess(pool_command(db_url, runner, extra), env, self._log_file("pool"))
+        # The runner's settings travel in the worker's config, as `jukebot worker` passes them.
+        options = [
+            "--runner-option",
+            f"model_dir={model_dir}",
+            "--runner-option",
+            f"max_batch_size={MAX_BATCH_SIZE}",
+        ]
+        command = pool_command(db_url, runner, [*options, *(extra or [])])
+        service = ServiceProcess(command, env, self._log_file("pool"))
         self.started.append(service)
         return service
 

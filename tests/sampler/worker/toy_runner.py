@@ -43,6 +43,7 @@ from sampler.worker.contract import (
     ModelNotHere,
     OutOfMemory,
     ProgressReporter,
+    RunnerOptions,
     Stage,
     StopCheck,
     raise_if_stopped,
@@ -257,7 +258,7 @@ class ToyRunner:
         return samples
 
 
-def make_runner(device: DeviceSpec) -> ToyRunner:
+def make_runner(device: DeviceSpec, options: RunnerOptions | None = None) -> ToyRunner:
     """The runner factory the pool imports as `tests.sampler.worker.toy_runner:make_runner`."""
     return ToyRunner(device)
 

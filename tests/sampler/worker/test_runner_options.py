@@ -1,0 +1,60 @@
+"""A runner's own settings (model directory, batch sizes) travel in the worker's config, not the
+environment: `jukebot run|worker` fill them from their settings, the pool hands them to the factory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+from jukebot.settings import Settings
+from sampler.batch_sizes import DEFAULT_MAX_BATCH_SIZE
+from sampler.cascade_runner import make_runner
+from sampler.worker import runtime
+from sampler.worker.contract import DeviceSpec, JobRunner
+from sampler.worker.pool import _parse_runner_options
+from sampler.worker.runtime import EXIT_CONFIG, WorkerConfig, run_worker
+
+
+def test_the_settings_put_the_model_dir_and_batch_sizes_in_the_worker_config(tmp_path: Path) -> None:
+    settings = Settings(model_dir=tmp_path, max_batch_size="8,4,2")  # type: ignore[call-arg]
+    options = dict(settings.worker_config().runner_options)
+    assert options == {"model_dir": str(tmp_path), "max_batch_size": "8,4,2"}
+
+
+def test_the_cascade_runner_reads_its_options_and_not_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JUKEBOT_MAX_BATCH_SIZE", "1")  # what the old environment route read
+    runner = make_runner(DeviceSpec.cpu(), {"model_dir": str(tmp_path), "max_batch_size": "2,3,4"})
+    assert runner.model_dir == tmp_path and runner.max_batch_size == (2, 3, 4)
+    assert (
+        make_runner(DeviceSpec.cpu(), {"model_dir": str(tmp_path)}).max_batch_size == DEFAULT_MAX_BATCH_SIZE
+    )
+
+
+def test_the_worker_hands_its_config_options_to_the_factory(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[Mapping[str, str]] = []
+
+    def factory(device: DeviceSpec, options: Mapping[str, str]) -> JobRunner:
+        seen.append(options)
+        raise ValueError("the test stops here")
+
+    monkeypatch.setattr(runtime, "load_runner_factory", lambda path: factory)
+    config = WorkerConfig(runner_options=(("model_dir", "/models"), ("max_batch_size", "3")))
+    with caplog.at_level(logging.ERROR):
+        assert run_worker("sqlite+aiosqlite:///unused", "cpu", "any:factory", config) == EXIT_CONFIG
+    assert seen == [{"model_dir": "/models", "max_batch_size": "3"}]
+
+
+def test_pool_runner_options_are_key_value_pairs() -> None:
+    assert _parse_runner_options(["model_dir=/m", "max_batch_size=4, 4, 2"]) == (
+        ("model_dir", "/m"),
+        ("max_batch_size", "4, 4, 2"),
+    )
+    with pytest.raises(ValueError, match="must look like KEY=VALUE"):
+        _parse_runner_options(["model_dir"])
