@@ -37,7 +37,7 @@ All three give the full forward pass's outputs up to float rounding.
 `Transformer.set_static_decode(True)` swaps the single-token path for a static-shape step (a fixed key
 range per kind under a mask, the position as a device tensor, nothing read back): the same keys, the
 same tokens, logits bit for bit at 8-slot blocks and within float rounding at 64-slot blocks. Off by
-default until it is measured faster (on the CPU it is not; bench/README.md).
+default until it is measured faster (on the CPU it is slower: `bench/sampling.py --static-decode`).
 """
 
 from __future__ import annotations
