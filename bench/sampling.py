@@ -199,6 +199,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-reference", action="store_true", help="time ours only")
+    parser.add_argument(
+        "--static-decode", action="store_true", help="ours with the static-shape decode step (off by default)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.quick:
@@ -211,6 +214,7 @@ def main(argv: list[str] | None = None) -> None:
         "(ours and the reference take turns)"
     )
     print("ours = default draws (rng='window'); exact = reference draws (rng='reference'), codes compared")
+    print(f"decode step: {'static' if args.static_decode else 'sliced (the default)'}")
     header = (
         f"{'model':<18}{'batch':>6}{'ours tok/s':>12}{'exact tok/s':>13}{'ref tok/s':>11}"
         f"{'ours/ref':>10}{'exact/ref':>11}  same codes"
@@ -223,6 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for model_cases in models.values():
             prior, start_token = build_prior(model_cases[0], args.seed)
+            prior.set_static_decode(args.static_decode)
             reference = None
             if not args.skip_reference:
                 weights = Path(tmp) / "weights.pt"

@@ -718,6 +718,10 @@ class JukeboxPrior(nn.Module):
         if self.config.lyric_encoder:
             self.prime_prior.transformer.set_fast_attention(fast)
 
+    def set_static_decode(self, static: bool) -> None:
+        """Sample with the static-shape decode step (`Transformer.set_static_decode`); off by default."""
+        self.prior.transformer.set_static_decode(static)
+
     def load_state_dict(
         self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
     ) -> Any:
@@ -915,8 +919,13 @@ class JukeboxPrior(nn.Module):
         else:
             assert token is not None
             x = torch.embedding(x_emb, token.reshape(-1))
-        x_cond = cond.x_cond[:, 0] if cond.x_cond.shape[1] == 1 else cond.x_cond[:, pos]
-        x = x + pos_emb[pos]
+        if transformer.static_decode:  # the position only as a device tensor: rows by index_select
+            at = state.cache.position().view(1)
+            x_cond = cond.x_cond[:, 0] if cond.x_cond.shape[1] == 1 else cond.x_cond.index_select(1, at)[:, 0]
+            x = x + pos_emb.index_select(0, at)
+        else:
+            x_cond = cond.x_cond[:, 0] if cond.x_cond.shape[1] == 1 else cond.x_cond[:, pos]
+            x = x + pos_emb[pos]
         x = x + x_cond
         state.pending_start, state.pending = False, None
         h = transformer.decode(x, state.cache)

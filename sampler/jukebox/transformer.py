@@ -16,7 +16,8 @@ A model's compute dtype is the dtype of its Conv1D weights, chosen once (`Transf
 the residual stream runs in it, LayerNorm and softmax in fp32, and the output is returned in fp32.
 
 Incremental decoding uses a `KVCache` preallocated once per window (`Transformer.new_cache`). Each layer
-keeps only what its attention function can ever read again:
+keeps only what its attention function can ever read again; one `AttentionGeometry` per kind owns that
+layout (cache shape, slot of a position, keys it reads, masks), and the attention paths ask it:
 
 =========== ================================== ========================================
 attn_func   cache shape (per k and v)          slot of position p
@@ -32,6 +33,11 @@ cross       (N, H, n_enc, D)                   k, v of the encoder states, compu
 `Transformer.forward(x, cache=...)` runs x as the next positions of the cache: one full structured
 pass when the cache is empty (prefill), a single-token fast path, or a masked chunk path otherwise.
 All three give the full forward pass's outputs up to float rounding.
+
+`Transformer.set_static_decode(True)` swaps the single-token path for a static-shape step (a fixed key
+range per kind under a mask, the position as a device tensor, nothing read back): the same keys, the
+same tokens, logits bit for bit at 8-slot blocks and within float rounding at 64-slot blocks. Off by
+default until it is measured faster (on the CPU it is slower: `bench/sampling.py --static-decode`).
 """
 
 from __future__ import annotations
@@ -254,7 +260,7 @@ def _pad_positions(x: Tensor, multiple: int) -> Tensor:
 
 @dataclass
 class LayerKV:
-    """One layer's cached keys and values; the layout depends on the layer's attention function.
+    """One layer's cached keys and values; the layout is its attention kind's (`AttentionGeometry`).
 
     `k_flat`/`v_flat` (N·H, slots, D) view the same storage with the slot dims flattened (a transpose
     column is contiguous in it), so a decoding step reads its keys with one slice and one `bmm`.
@@ -266,6 +272,7 @@ class LayerKV:
     v_flat: Tensor = field(init=False, repr=False)
     k_slots: Tensor = field(init=False, repr=False)  # (N, H, slots, D): where a step writes
     v_slots: Tensor = field(init=False, repr=False)
+    slots: int = field(init=False, repr=False)
     # The layer's weights as `decode` reads them, fetched from the modules on the cache's first
     # step (a cache lives one window): attribute lookups on modules cost microseconds a token.
     attn_weights: tuple[Tensor, ...] | None = field(default=None, init=False, repr=False)
@@ -279,6 +286,7 @@ class LayerKV:
         self.v_flat = self.v.reshape(n * h, -1, d)
         self.k_slots = self.k_flat.view(n, h, -1, d)
         self.v_slots = self.v_flat.view(n, h, -1, d)
+        self.slots = self.k_flat.shape[1]
 
 
 @dataclass
@@ -291,10 +299,368 @@ class KVCache:
     dtype: torch.dtype
     pos: int = 0
     owner: int = field(default=0, repr=False)  # id() of the transformer that made it
+    # The static step's position on the cache's device, valid while `_pos_tensor_at == pos`
+    # (prefill advances `pos` on the host; the next static step copies it over once).
+    _pos_tensor: Tensor | None = field(default=None, repr=False)
+    _pos_tensor_at: int = field(default=-1, repr=False)
+    key_index: Tensor | None = field(default=None, repr=False)  # arange over the most slots a layer has
+    kind_slots: dict[int, int] | None = field(default=None, repr=False)  # slots of each attention kind
+
+    def position(self) -> Tensor:
+        """`pos` as a 0-dim int64 tensor on the cache's device (written, never read back)."""
+        if self._pos_tensor is None:
+            device = self.layers[0].k.device
+            self._pos_tensor = torch.zeros((), dtype=torch.int64, device=device)
+            self.key_index = torch.arange(max(layer.slots for layer in self.layers), device=device)
+        if self._pos_tensor_at != self.pos:
+            self._pos_tensor.fill_(self.pos)
+            self._pos_tensor_at = self.pos
+        return self._pos_tensor
+
+    def advance_position(self) -> None:
+        """One static step done: the host and the device position move on together."""
+        assert self._pos_tensor is not None
+        self._pos_tensor.add_(1)
+        self.pos += 1
+        self._pos_tensor_at = self.pos
+
+
+@dataclass(frozen=True)
+class StaticRead:
+    """What every layer of one attention kind does at one position in the static step, as device
+    tensors of fixed shapes (computed once per kind and step from the position tensor).
+
+    write: (1,) the slot the new k, v go to; None: nothing is written (cross-attention).
+    keep_old: 0-dim bool, True when the position is past what the layer keeps: the slot's old value is
+        written back (prime attention past its window).
+    index: (K,) the flat slots read, in the order the sliced path reads them; None: every slot.
+    mask: (K,) bool, True for the keys the position sees; None: all of them.
+    empty: 0-dim bool, True when no key is visible (the output is the c_proj bias); None: never.
+    """
+
+    write: Tensor | None = None
+    keep_old: Tensor | None = None
+    index: Tensor | None = None
+    mask: Tensor | None = None
+    empty: Tensor | None = None
+
+
+class AttentionGeometry:
+    """Where one attention kind keeps its keys and which ones each position reads: the one place that
+    knows the kind's layout. Positions are window positions; slots index the layer's flat cache
+    (N·H, slots, D), `slots` being how many the cache holds (it depends on max_len for some kinds).
+
+    The sliced decode step reads the contiguous slot range `visible(pos)`; the chunk path reads the key
+    positions of `chunk_keys` under `mask`; the static step reads a fixed range under `static_read`'s
+    mask; the full pass uses `full`. All of them see the same keys.
+    """
+
+    kind = DENSE
+
+    def __init__(self, block_ctx: int, prime_window: int, encoder_len: int) -> None:
+        self.block_ctx = block_ctx
+        self.prime_window = prime_window
+        self.encoder_len = encoder_len
+
+    def cache_shape(self, batch: int, heads: int, max_len: int, head_dim: int) -> tuple[int, ...]:
+        return (batch, heads, max_len, head_dim)
+
+    def slot(self, pos: int, slots: int) -> int:
+        """The flat slot that keeps position `pos`'s k, v; -1 when it is not kept."""
+        return pos
+
+    def visible(self, pos: int, slots: int) -> tuple[int, int]:
+        """The flat slots [first, last) position `pos` reads (every key it sees, in order).
+        An empty range means the position sees no key: the attention output is exactly zero."""
+        return 0, pos + 1
+
+    def mask(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
+        """Which key positions (1, K) each query position (Q, 1) sees."""
+        return k_pos <= q_pos
+
+    def no_keys(self, q_pos: Tensor) -> Tensor | None:
+        """Query positions (Q,) that see no key at all (their output is zero); None if there are none."""
+        return None
+
+    def write(self, cache: LayerKV, k: Tensor, v: Tensor, start: int) -> None:
+        """Store k, v (N, H, c, D) of positions start..start+c-1 where this kind keeps them."""
+        end = start + k.shape[2]
+        cache.k[:, :, start:end] = k
+        cache.v[:, :, start:end] = v
+
+    def chunk_keys(self, cache: LayerKV, k: Tensor, v: Tensor, start: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Store the chunk's k, v (N, H, c, D) at start.. and return the keys, values and key positions
+        (K,) the chunk may read: older ones from the cache (before a ring is overwritten) and its own."""
+        self.write(cache, k, v, start)
+        end = start + k.shape[2]
+        return cache.k[:, :, :end], cache.v[:, :, :end], torch.arange(end, device=k.device)
+
+    def full(self, q: Tensor, k: Tensor, v: Tensor, fast: bool) -> Tensor:
+        """Attention over positions 0..L-1 of q, k, v (N, H, L, D)."""
+        length = q.shape[2]
+        return _attend(q, k, v, _causal_mask(length, length, q.device), fast)
+
+    def static_read(self, pos: Tensor, slots: int, key_index: Tensor) -> StaticRead:
+        """This kind's `StaticRead` at the position tensor `pos`; `key_index` is an arange of ≥ slots."""
+        return StaticRead(write=pos.view(1), mask=key_index[:slots] <= pos)
+
+
+class DenseGeometry(AttentionGeometry):
+    """Every earlier position: (N, H, max_len, D), position p in slot p."""
+
+
+class PrimeGeometry(AttentionGeometry):
+    """The lyric prefix (+ one block): (N, H, prime_window, D), position p in slot p while p fits."""
+
+    kind = PRIME
+
+    def cache_shape(self, batch: int, heads: int, max_len: int, head_dim: int) -> tuple[int, ...]:
+        return (batch, heads, self.prime_window, head_dim)
+
+    def slot(self, pos: int, slots: int) -> int:
+        return pos if pos < self.prime_window else -1
+
+    def visible(self, pos: int, slots: int) -> tuple[int, int]:
+        return 0, min(pos + 1, self.prime_window)
+
+    def mask(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
+        return (k_pos <= q_pos) & (k_pos < self.prime_window)
+
+    def write(self, cache: LayerKV, k: Tensor, v: Tensor, start: int) -> None:
+        stop = min(start + k.shape[2], self.prime_window)
+        if stop > start:
+            cache.k[:, :, start:stop] = k[:, :, : stop - start]
+            cache.v[:, :, start:stop] = v[:, :, : stop - start]
+
+    def chunk_keys(self, cache: LayerKV, k: Tensor, v: Tensor, start: int) -> tuple[Tensor, Tensor, Tensor]:
+        device = k.device
+        old = torch.arange(0, min(start, self.prime_window), device=device)
+        keys, values = torch.cat([cache.k[:, :, old], k], dim=2), torch.cat([cache.v[:, :, old], v], dim=2)
+        self.write(cache, k, v, start)
+        return keys, values, torch.cat([old, torch.arange(start, start + k.shape[2], device=device)])
+
+    def full(self, q: Tensor, k: Tensor, v: Tensor, fast: bool) -> Tensor:
+        length = q.shape[2]
+        window = min(self.prime_window, length)
+        mask = _causal_mask(length, window, q.device)
+        return _attend(q, k[:, :, :window], v[:, :, :window], mask, fast)
+
+    def static_read(self, pos: Tensor, slots: int, key_index: Tensor) -> StaticRead:
+        window = self.prime_window
+        return StaticRead(
+            write=pos.clamp(max=window - 1).view(1), keep_old=pos >= window, mask=key_index[:window] <= pos
+        )
+
+
+class _BlockedGeometry(AttentionGeometry):
+    """Kinds that work on blocks of block_ctx positions (the full pass pads to whole blocks)."""
+
+    def full(self, q: Tensor, k: Tensor, v: Tensor, fast: bool) -> Tensor:
+        length, b = q.shape[2], self.block_ctx
+        q, k, v = (_pad_positions(t, b) for t in (q, k, v))
+        return self._blocks(q, k, v, fast, q.shape[2] // b)[:, :, :length]
+
+    def _blocks(self, q: Tensor, k: Tensor, v: Tensor, fast: bool, rows: int) -> Tensor:
+        raise NotImplementedError
+
+
+class BlockGeometry(_BlockedGeometry):
+    """The current block so far: a ring of block_ctx slots, position p in slot p % block_ctx."""
+
+    kind = BLOCK
+
+    def cache_shape(self, batch: int, heads: int, max_len: int, head_dim: int) -> tuple[int, ...]:
+        return (batch, heads, self.block_ctx, head_dim)
+
+    def slot(self, pos: int, slots: int) -> int:
+        return pos % slots
+
+    def visible(self, pos: int, slots: int) -> tuple[int, int]:
+        return 0, pos % self.block_ctx + 1
+
+    def mask(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
+        b = self.block_ctx
+        return (k_pos <= q_pos) & (k_pos // b == q_pos // b)
+
+    def write(self, cache: LayerKV, k: Tensor, v: Tensor, start: int) -> None:
+        c, slots = k.shape[2], cache.slots
+        if c == 1:  # a decoding step: a plain integer slot
+            slot = start % slots
+            cache.k[:, :, slot] = k[:, :, 0]
+            cache.v[:, :, slot] = v[:, :, 0]
+            return
+        end = start + c
+        first = max(start, end - slots)  # only the newest `slots` positions matter
+        pos = torch.arange(first, end, device=k.device)
+        cache.k[:, :, pos % slots] = k[:, :, first - start :]
+        cache.v[:, :, pos % slots] = v[:, :, first - start :]
+
+    def _first_kept(self, start: int) -> int:
+        """The oldest position a chunk starting at `start` may read."""
+        return (start // self.block_ctx) * self.block_ctx
+
+    def chunk_keys(self, cache: LayerKV, k: Tensor, v: Tensor, start: int) -> tuple[Tensor, Tensor, Tensor]:
+        device = k.device
+        old = torch.arange(self._first_kept(start), start, device=device)
+        ring = old % cache.slots
+        keys, values = torch.cat([cache.k[:, :, ring], k], dim=2), torch.cat([cache.v[:, :, ring], v], dim=2)
+        self.write(cache, k, v, start)
+        return keys, values, torch.cat([old, torch.arange(start, start + k.shape[2], device=device)])
+
+    def _blocks(self, q: Tensor, k: Tensor, v: Tensor, fast: bool, rows: int) -> Tensor:
+        n, h, padded, d = q.shape
+        b = self.block_ctx
+        grid = (n, h * rows, b, d)
+        a = _attend(q.reshape(grid), k.reshape(grid), v.reshape(grid), _causal_mask(b, b, q.device), fast)
+        return a.view(n, h, padded, d)
+
+    def static_read(self, pos: Tensor, slots: int, key_index: Tensor) -> StaticRead:
+        in_block = pos % self.block_ctx
+        return StaticRead(write=in_block.view(1), mask=key_index[:slots] <= in_block)
+
+
+class PrevBlockGeometry(BlockGeometry):
+    """All of the previous block: a ring of 2·block_ctx slots, position p in slot p % (2·block_ctx).
+    Block 0 sees no key (the reference attends to zeros: the output is the c_proj bias)."""
+
+    kind = PREV_BLOCK
+
+    def cache_shape(self, batch: int, heads: int, max_len: int, head_dim: int) -> tuple[int, ...]:
+        return (batch, heads, 2 * self.block_ctx, head_dim)
+
+    def visible(self, pos: int, slots: int) -> tuple[int, int]:
+        b = self.block_ctx
+        if pos < b:
+            return 0, 0
+        first = ((pos // b - 1) % 2) * b
+        return first, first + b
+
+    def mask(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
+        b = self.block_ctx
+        return k_pos // b == q_pos // b - 1
+
+    def no_keys(self, q_pos: Tensor) -> Tensor | None:
+        return q_pos // self.block_ctx == 0
+
+    def _first_kept(self, start: int) -> int:
+        return max(0, (start // self.block_ctx - 1) * self.block_ctx)
+
+    def _blocks(self, q: Tensor, k: Tensor, v: Tensor, fast: bool, rows: int) -> Tensor:
+        n, h, padded, d = q.shape
+        b = self.block_ctx
+
+        def previous(t: Tensor) -> Tensor:
+            t = t.view(n, h, rows, b, d)
+            return torch.cat([torch.zeros_like(t[:, :, :1]), t[:, :, :-1]], dim=2).view(n, h * rows, b, d)
+
+        a = _attend(q.reshape(n, h * rows, b, d), previous(k), previous(v), None, fast)
+        return a.view(n, h, padded, d)
+
+    def static_read(self, pos: Tensor, slots: int, key_index: Tensor) -> StaticRead:
+        b = self.block_ctx
+        first = (pos // b - 1).remainder(2) * b
+        return StaticRead(write=(pos % slots).view(1), index=key_index[:b] + first, empty=pos < b)
+
+
+class TransposeGeometry(_BlockedGeometry):
+    """The same offset in every earlier block: (N, H, block_ctx, rows, D), position p at
+    (p % block_ctx, p // block_ctx), so that a column is contiguous in the flat cache."""
+
+    kind = TRANSPOSE
+
+    def cache_shape(self, batch: int, heads: int, max_len: int, head_dim: int) -> tuple[int, ...]:
+        return (batch, heads, self.block_ctx, -(-max_len // self.block_ctx), head_dim)
+
+    def slot(self, pos: int, slots: int) -> int:
+        b = self.block_ctx
+        return (pos % b) * (slots // b) + pos // b
+
+    def visible(self, pos: int, slots: int) -> tuple[int, int]:
+        slot = self.slot(pos, slots)
+        return slot - pos // self.block_ctx, slot + 1  # the column so far
+
+    def mask(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
+        b = self.block_ctx
+        return (k_pos <= q_pos) & (k_pos % b == q_pos % b)
+
+    def write(self, cache: LayerKV, k: Tensor, v: Tensor, start: int) -> None:
+        b, c = self.block_ctx, k.shape[2]
+        if c == 1:  # a decoding step: plain integer slots
+            cache.k[:, :, start % b, start // b] = k[:, :, 0]
+            cache.v[:, :, start % b, start // b] = v[:, :, 0]
+            return
+        pos = torch.arange(start, start + c, device=k.device)
+        cache.k[:, :, pos % b, pos // b] = k
+        cache.v[:, :, pos % b, pos // b] = v
+
+    def chunk_keys(self, cache: LayerKV, k: Tensor, v: Tensor, start: int) -> tuple[Tensor, Tensor, Tensor]:
+        self.write(cache, k, v, start)
+        end, b = start + k.shape[2], self.block_ctx
+        n, h, _, rows, d = cache.k.shape
+        keys = cache.k.transpose(2, 3).reshape(n, h, rows * b, d)[:, :, :end]
+        values = cache.v.transpose(2, 3).reshape(n, h, rows * b, d)[:, :, :end]
+        return keys, values, torch.arange(end, device=k.device)
+
+    def _blocks(self, q: Tensor, k: Tensor, v: Tensor, fast: bool, rows: int) -> Tensor:
+        n, h, padded, d = q.shape
+        b = self.block_ctx
+
+        def columns(t: Tensor) -> Tensor:
+            return t.view(n, h, rows, b, d).transpose(2, 3).reshape(n, h * b, rows, d)
+
+        a = _attend(columns(q), columns(k), columns(v), _causal_mask(rows, rows, q.device), fast)
+        return a.view(n, h, b, rows, d).transpose(2, 3).reshape(n, h, padded, d)
+
+    def static_read(self, pos: Tensor, slots: int, key_index: Tensor) -> StaticRead:
+        b = self.block_ctx
+        rows = slots // b
+        row, column_start = pos // b, (pos % b) * rows
+        return StaticRead(
+            write=(column_start + row).view(1),
+            index=key_index[:rows] + column_start,
+            mask=key_index[:rows] <= row,
+        )
+
+
+class CrossGeometry(AttentionGeometry):
+    """The lyric encoder's states: (N, H, n_enc, D), computed once per window, all read, none written."""
+
+    kind = CROSS
+
+    def cache_shape(self, batch: int, heads: int, max_len: int, head_dim: int) -> tuple[int, ...]:
+        return (batch, heads, self.encoder_len, head_dim)
+
+    def slot(self, pos: int, slots: int) -> int:
+        return -1
+
+    def visible(self, pos: int, slots: int) -> tuple[int, int]:
+        return 0, slots
+
+    def full(self, q: Tensor, k: Tensor, v: Tensor, fast: bool) -> Tensor:
+        return _attend(q, k, v, None, fast)
+
+    def static_read(self, pos: Tensor, slots: int, key_index: Tensor) -> StaticRead:
+        return StaticRead()
+
+
+GEOMETRIES: dict[int, type[AttentionGeometry]] = {
+    g.kind: g
+    for g in (
+        DenseGeometry,
+        BlockGeometry,
+        TransposeGeometry,
+        PrevBlockGeometry,
+        PrimeGeometry,
+        CrossGeometry,
+    )
+}
 
 
 class FactoredAttention(nn.Module):
-    """One attention layer with the attention function `attn_func` (keys: c_attn, c_enc_kv, c_proj)."""
+    """One attention layer with the attention function `attn_func` (keys: c_attn, c_enc_kv, c_proj).
+
+    Which positions it keeps and reads is its `geometry`'s; only cross-attention's projections differ.
+    """
 
     def __init__(self, config: TransformerConfig, attn_func: int) -> None:
         super().__init__()
@@ -306,8 +672,10 @@ class FactoredAttention(nn.Module):
         self.prime_window = config.prime_window
         self.head_dim = config.head_dim
         self.fast = False
+        self.geometry = GEOMETRIES[attn_func](config.block_ctx, config.prime_window, config.encoder_len)
+        self.cross = attn_func == CROSS
         width, n_state, scale = config.width, config.n_state, config.init_scale
-        if attn_func == CROSS:
+        if self.cross:
             self.c_attn = Conv1D(width, n_state, scale)  # queries only
             self.c_enc_kv = Conv1D(width, 2 * n_state, scale)
         else:
@@ -331,8 +699,7 @@ class FactoredAttention(nn.Module):
         self, x: Tensor, encoder_states: Tensor | None = None, cache: LayerKV | None = None
     ) -> Tensor:
         """Attention over positions 0..L-1 of `x` (N, L, width); fills `cache` with them when given."""
-        length = x.shape[1]
-        if self.attn_func == CROSS:
+        if self.cross:
             q = _split_heads(self.c_attn(x), self.heads)
             if cache is not None:
                 k, v = cache.k, cache.v
@@ -342,113 +709,30 @@ class FactoredAttention(nn.Module):
                         "a cross-attention layer needs the lyric encoder's states (encoder_kv)"
                     )
                 k, v = self.encoder_kv(encoder_states)
-            return self.c_proj(_merge_heads(_attend(q, k, v, None, self.fast)))
-        q, k, v = self._qkv(x)
-        if cache is not None:
-            self._write_prefix(cache, k, v)
-        f, b = self.attn_func, self.block_ctx
-        if f == DENSE:
-            a = _attend(q, k, v, _causal_mask(length, length, x.device), self.fast)
-        elif f == PRIME:
-            window = min(self.prime_window, length)
-            a = _attend(
-                q, k[:, :, :window], v[:, :, :window], _causal_mask(length, window, x.device), self.fast
-            )
         else:
-            q, k, v = (_pad_positions(t, b) for t in (q, k, v))
-            n, h, padded, d = q.shape
-            rows = padded // b
-            if f == BLOCK:
-                grid = (n, h * rows, b, d)
-                a = _attend(
-                    q.reshape(grid), k.reshape(grid), v.reshape(grid), _causal_mask(b, b, x.device), self.fast
-                )
-                a = a.view(n, h, padded, d)
-            elif f == TRANSPOSE:
-
-                def columns(t: Tensor) -> Tensor:
-                    return t.view(n, h, rows, b, d).transpose(2, 3).reshape(n, h * b, rows, d)
-
-                mask = _causal_mask(rows, rows, x.device)
-                a = _attend(columns(q), columns(k), columns(v), mask, self.fast)
-                a = a.view(n, h, b, rows, d).transpose(2, 3).reshape(n, h, padded, d)
-            else:  # PREV_BLOCK: block j sees all of block j-1; block 0 sees zeros (output = c_proj bias)
-
-                def previous(t: Tensor) -> Tensor:
-                    t = t.view(n, h, rows, b, d)
-                    return torch.cat([torch.zeros_like(t[:, :, :1]), t[:, :, :-1]], dim=2).view(
-                        n, h * rows, b, d
-                    )
-
-                a = _attend(q.reshape(n, h * rows, b, d), previous(k), previous(v), None, self.fast)
-                a = a.view(n, h, padded, d)
-            a = a[:, :, :length]
-        return self.c_proj(_merge_heads(a))
+            q, k, v = self._qkv(x)
+            if cache is not None:
+                self._write_prefix(cache, k, v)
+        return self.c_proj(_merge_heads(self.geometry.full(q, k, v, self.fast)))
 
     # ---- cache layout
 
     def new_cache(self, batch: int, max_len: int, dtype: torch.dtype, device: torch.device) -> LayerKV:
-        h, d, b = self.heads, self.n_state // self.heads, self.block_ctx
-        if self.attn_func == DENSE:
-            shape: tuple[int, ...] = (batch, h, max_len, d)
-        elif self.attn_func == TRANSPOSE:
-            shape = (batch, h, b, -(-max_len // b), d)
-        elif self.attn_func == BLOCK:
-            shape = (batch, h, b, d)
-        elif self.attn_func == PREV_BLOCK:
-            shape = (batch, h, 2 * b, d)
-        elif self.attn_func == PRIME:
-            shape = (batch, h, self.prime_window, d)
-        else:  # CROSS: filled by Transformer.new_cache from the encoder states
-            shape = (batch, h, self.encoder_len, d)
+        shape = self.geometry.cache_shape(batch, self.heads, max_len, self.head_dim)
         return LayerKV(
             torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device)
         )
 
     def _write(self, cache: LayerKV, k: Tensor, v: Tensor, start: int) -> None:
         """Store k, v (N, H, c, D) of positions start..start+c-1 where this layer keeps them."""
-        f, b, c = self.attn_func, self.block_ctx, k.shape[2]
-        end = start + c
-        if c == 1 and f in (TRANSPOSE, BLOCK, PREV_BLOCK):  # decoding step: plain integer slots
-            if f == TRANSPOSE:
-                cache.k[:, :, start % b, start // b] = k[:, :, 0]
-                cache.v[:, :, start % b, start // b] = v[:, :, 0]
-            else:
-                slot = start % cache.k.shape[2]
-                cache.k[:, :, slot] = k[:, :, 0]
-                cache.v[:, :, slot] = v[:, :, 0]
-            return
-        if f == DENSE:
-            cache.k[:, :, start:end] = k
-            cache.v[:, :, start:end] = v
-        elif f == PRIME:
-            stop = min(end, self.prime_window)
-            if stop > start:
-                cache.k[:, :, start:stop] = k[:, :, : stop - start]
-                cache.v[:, :, start:stop] = v[:, :, : stop - start]
-        elif f == TRANSPOSE:
-            pos = torch.arange(start, end, device=k.device)
-            cache.k[:, :, pos % b, pos // b] = k
-            cache.v[:, :, pos % b, pos // b] = v
-        else:  # BLOCK / PREV_BLOCK ring buffers: only the newest `slots` positions matter
-            slots = cache.k.shape[2]
-            first = max(start, end - slots)
-            pos = torch.arange(first, end, device=k.device)
-            cache.k[:, :, pos % slots] = k[:, :, first - start :]
-            cache.v[:, :, pos % slots] = v[:, :, first - start :]
+        self.geometry.write(cache, k, v, start)
 
     def _write_prefix(self, cache: LayerKV, k: Tensor, v: Tensor) -> None:
         self._write(cache, k, v, 0)
 
     # ---- one new position
 
-    def decode(self, x: Tensor, cache: LayerKV, pos: int) -> Tensor:
-        """The hot path: x (N, width) normed input at position `pos` → output (N, width).
-
-        Same maths and kernels as the module path (tests keep a slow single-position oracle) with
-        the fewest tensor ops: 2-D activations, the new k, v written into their slot, keys read as
-        one contiguous slice of the flat cache.
-        """
+    def _decode_weights(self, cache: LayerKV) -> tuple[Tensor, ...]:
         weights = cache.attn_weights
         if weights is None:
             weights = cache.attn_weights = (
@@ -458,37 +742,31 @@ class FactoredAttention(nn.Module):
                 self.c_proj.b,
                 _cpu_scalar(_score_scale(self.head_dim)),
             )
-        attn_w, attn_b, proj_w, proj_b, score_scale = weights
-        n, heads, head_dim, f = x.shape[0], self.heads, self.head_dim, self.attn_func
-        if f == CROSS:
+        return weights
+
+    def decode(self, x: Tensor, cache: LayerKV, pos: int) -> Tensor:
+        """The hot path: x (N, width) normed input at position `pos` → output (N, width).
+
+        Same maths and kernels as the module path (tests keep a slow single-position oracle) with
+        the fewest tensor ops: 2-D activations, the new k, v written into their slot, keys read as
+        one contiguous slice of the flat cache.
+        """
+        attn_w, attn_b, proj_w, proj_b, score_scale = self._decode_weights(cache)
+        n, heads, head_dim, geometry = x.shape[0], self.heads, self.head_dim, self.geometry
+        slots = cache.slots
+        first, last = geometry.visible(pos, slots)
+        if self.cross:
             q = torch.addmm(attn_b, x, attn_w)
-            keys, values = cache.k_flat, cache.v_flat
         else:
             qkv = torch.addmm(attn_b, x, attn_w).view(n, 3, heads, head_dim)
-            b = self.block_ctx
-            if f == TRANSPOSE:
-                rows = cache.k.shape[3]
-                slot = (pos % b) * rows + pos // b
-                first, last = slot - pos // b, slot + 1  # the column so far
-            elif f == DENSE:
-                slot, first, last = pos, 0, pos + 1
-            elif f == BLOCK:
-                slot = pos % b
-                first, last = 0, slot + 1
-            elif f == PREV_BLOCK:
-                slot = pos % (2 * b)
-                first = ((pos // b - 1) % 2) * b
-                last = first + b
-            else:  # PRIME: stops storing once the window is full
-                slot = pos if pos < self.prime_window else -1
-                first, last = 0, min(pos + 1, self.prime_window)
+            slot = geometry.slot(pos, slots)
             if slot >= 0:
                 cache.k_slots.select(2, slot).copy_(qkv.select(1, 1))
                 cache.v_slots.select(2, slot).copy_(qkv.select(1, 2))
-            if f == PREV_BLOCK and pos < b:  # attends to zero keys and values: the output is exactly zero
+            if first == last:  # attends to zero keys and values: the output is exactly zero
                 return proj_b.expand(n, proj_b.shape[0])
             q = qkv.select(1, 0)  # (N, H, D): already (N·H, 1, D) for one head
-            keys, values = cache.k_flat[:, first:last], cache.v_flat[:, first:last]
+        keys, values = cache.k_flat[:, first:last], cache.v_flat[:, first:last]
         if heads != 1 or q.dim() != 3:
             q = q.reshape(n * heads, 1, head_dim)
         if self.fast:
@@ -503,55 +781,67 @@ class FactoredAttention(nn.Module):
             a = torch.bmm(probs, values)
         return torch.addmm(proj_b, a.view(n, heads * head_dim), proj_w)
 
+    def decode_static(self, x: Tensor, cache: LayerKV, read: StaticRead) -> Tensor:
+        """`decode` with shapes that do not depend on the position: the keys of a fixed slot range
+        under `read.mask`, the position only in device tensors, k and v written by `index_copy_`.
+
+        Masked keys get zero probability (−1e9 before the softmax), so they add exact zeros to p·v;
+        the cache is zeroed when made, so whatever they hold is finite.
+        """
+        attn_w, attn_b, proj_w, proj_b, _ = self._decode_weights(cache)
+        n, heads, head_dim = x.shape[0], self.heads, self.head_dim
+        if self.cross:
+            q = torch.addmm(attn_b, x, attn_w)
+        else:
+            qkv = torch.addmm(attn_b, x, attn_w).view(n, 3, heads, head_dim)
+            if read.write is not None:
+                new_k, new_v = qkv.select(1, 1).unsqueeze(2), qkv.select(1, 2).unsqueeze(2)
+                if read.keep_old is not None:
+                    new_k = torch.where(read.keep_old, cache.k_slots.index_select(2, read.write), new_k)
+                    new_v = torch.where(read.keep_old, cache.v_slots.index_select(2, read.write), new_v)
+                cache.k_slots.index_copy_(2, read.write, new_k)
+                cache.v_slots.index_copy_(2, read.write, new_v)
+            q = qkv.select(1, 0)
+        if read.index is None:
+            keys, values = cache.k_flat, cache.v_flat
+        else:
+            keys, values = cache.k_flat.index_select(1, read.index), cache.v_flat.index_select(1, read.index)
+        if heads != 1 or q.dim() != 3:
+            q = q.reshape(n * heads, 1, head_dim)
+        if self.fast:
+            scale = 1.0 / math.sqrt(head_dim)
+            a = F.scaled_dot_product_attention(q, keys, values, attn_mask=read.mask, scale=scale)
+        else:
+            w = torch.bmm(q, keys.transpose(1, 2))
+            w.mul_(_score_scale(head_dim))
+            if w.dtype != torch.float32:
+                w = w.float()
+            if read.mask is not None:
+                w = torch.where(read.mask, w, MASK_VALUE)
+            probs = torch.softmax(w, dim=-1)
+            if values.dtype != torch.float32:
+                probs = probs.to(values.dtype)
+            a = torch.bmm(probs, values)
+        out = torch.addmm(proj_b, a.view(n, heads * head_dim), proj_w)
+        if read.empty is not None:
+            out = torch.where(read.empty, proj_b, out)
+        return out
+
     # ---- several new positions after a non-empty cache
 
     def chunk(self, x: Tensor, cache: LayerKV, start: int) -> Tensor:
         """Outputs at positions start..start+c-1 for x (N, c, width), given everything before in `cache`."""
-        f, b, c = self.attn_func, self.block_ctx, x.shape[1]
-        device = x.device
-        if f == CROSS:
+        if self.cross:
             q = _split_heads(self.c_attn(x), self.heads)
             return self.c_proj(_merge_heads(_attend(q, cache.k, cache.v, None, self.fast)))
         q, k, v = self._qkv(x)
-        end = start + c
-        q_pos = torch.arange(start, end, device=device)
-        # Gather the keys this chunk may read (older ones from the cache, before the ring is overwritten).
-        if f in (DENSE, TRANSPOSE):
-            self._write(cache, k, v, start)
-            if f == DENSE:
-                keys, values = cache.k[:, :, :end], cache.v[:, :, :end]
-            else:
-                n, h, _, rows, d = cache.k.shape
-                keys = cache.k.transpose(2, 3).reshape(n, h, rows * b, d)[:, :, :end]
-                values = cache.v.transpose(2, 3).reshape(n, h, rows * b, d)[:, :, :end]
-            k_pos = torch.arange(end, device=device)
-        else:
-            if f == PRIME:
-                first = 0
-                old = torch.arange(0, min(start, self.prime_window), device=device)
-                old_k, old_v = cache.k[:, :, old], cache.v[:, :, old]
-            else:
-                first = (start // b) * b if f == BLOCK else max(0, (start // b - 1) * b)
-                old = torch.arange(first, start, device=device)
-                slots = cache.k.shape[2]
-                old_k, old_v = cache.k[:, :, old % slots], cache.v[:, :, old % slots]
-            keys, values = torch.cat([old_k, k], dim=2), torch.cat([old_v, v], dim=2)
-            k_pos = torch.cat([old, q_pos])
-            self._write(cache, k, v, start)
-        qp, kp = q_pos[:, None], k_pos[None, :]
-        if f == DENSE:
-            mask = kp <= qp
-        elif f == TRANSPOSE:
-            mask = (kp <= qp) & (kp % b == qp % b)
-        elif f == BLOCK:
-            mask = (kp <= qp) & (kp // b == qp // b)
-        elif f == PREV_BLOCK:
-            mask = kp // b == qp // b - 1
-        else:  # PRIME
-            mask = (kp <= qp) & (kp < self.prime_window)
-        a = _attend(q, keys, values, mask, self.fast)
-        if f == PREV_BLOCK:  # queries of block 0 attend to zeros in the reference: exactly 0
-            a = torch.where((q_pos // b == 0)[:, None], 0.0, a)
+        geometry = self.geometry
+        keys, values, k_pos = geometry.chunk_keys(cache, k, v, start)
+        q_pos = torch.arange(start, start + x.shape[1], device=x.device)
+        a = _attend(q, keys, values, geometry.mask(q_pos[:, None], k_pos[None, :]), self.fast)
+        empty = geometry.no_keys(q_pos)
+        if empty is not None:  # those queries attend to zeros in the reference: exactly 0
+            a = torch.where(empty[:, None], 0.0, a)
         return self.c_proj(_merge_heads(a))
 
 
@@ -570,9 +860,11 @@ class ResidualBlock(nn.Module):
         m = self.mlp(self.ln_1(x + a))
         return x + a + m
 
-    def decode(self, x: Tensor, cache: LayerKV, pos: int) -> Tensor:
+    def decode(self, x: Tensor, cache: LayerKV, pos: int, read: StaticRead | None = None) -> Tensor:
         """One position, x (N, width): `forward` after `attn.decode`, with in-place ops where the
-        result is the same bits (x·sigmoid(1.702x) = sigmoid(1.702x)·x; (x + a) + m)."""
+        result is the same bits (x·sigmoid(1.702x) = sigmoid(1.702x)·x; (x + a) + m).
+
+        With `read`, the static step: `attn.decode_static` and the scalar as a Python float."""
         weights = cache.block_weights
         if weights is None:
             fc, proj = self.mlp.c_fc, self.mlp.c_proj
@@ -591,7 +883,11 @@ class ResidualBlock(nn.Module):
                 _cpu_scalar(GELU_SCALE),
             )
         attn, ln0_w, ln0_b, ln1_w, ln1_b, fc_w, fc_b, proj_w, proj_b, shape, eps, gelu_scale = weights
-        a = attn.decode(_norm(x, shape, ln0_w, ln0_b, eps), cache, pos)
+        normed = _norm(x, shape, ln0_w, ln0_b, eps)
+        if read is None:
+            a = attn.decode(normed, cache, pos)
+        else:
+            a, gelu_scale = attn.decode_static(normed, cache, read), GELU_SCALE
         s = x + a
         h = torch.addmm(fc_b, _norm(s, shape, ln1_w, ln1_b, eps), fc_w)
         g = h.mul(gelu_scale)
@@ -619,6 +915,9 @@ class Transformer(nn.Module):
         blocks = [ResidualBlock(config, f) for f in config.attn_funcs]
         self._attn_mods = nn.ModuleList(blocks)  # the checkpoints' key name
         self._blocks: list[ResidualBlock] = blocks  # typed view of the same modules
+        self.static_decode = False
+        # one geometry per attention kind, in the order the kinds first appear
+        self._geometries = list({b.attn.attn_func: b.attn.geometry for b in blocks}.values())
 
     @property
     def dtype(self) -> torch.dtype:
@@ -635,6 +934,12 @@ class Transformer(nn.Module):
         """Use `F.scaled_dot_product_attention` (True) or the reference arithmetic (False)."""
         for block in self._blocks:
             block.attn.fast = fast
+
+    def set_static_decode(self, static: bool) -> None:
+        """Decode with the static-shape step (True: `decode_static`) or the sliced one (False, the
+        default). Same keys, same tokens; the static step's logits match to float rounding (bit for
+        bit at small blocks) and it reads nothing back, so it can be captured in a CUDA graph."""
+        self.static_decode = static
 
     def new_cache(
         self, batch: int, max_len: int | None = None, encoder_states: Tensor | None = None
@@ -701,9 +1006,30 @@ class Transformer(nn.Module):
         The caller guarantees the cache is this transformer's, for this batch, with room left
         (`forward` checks; `JukeboxPrior.step` checks once per call).
         """
+        if self.static_decode:
+            return self.decode_static(x, cache)
         pos = cache.pos
         h = x.to(cache.dtype)
         for block, layer in zip(self._blocks, cache.layers, strict=True):
             h = block.decode(h, layer, pos)
         cache.pos = pos + 1
+        return h.float()
+
+    def decode_static(self, x: Tensor, cache: KVCache) -> Tensor:
+        """`decode` with no shape that depends on the position and no value read back: the position
+        is `cache.position()`, a device tensor, and each attention kind's reads are worked out from it
+        once per step (`AttentionGeometry.static_read`) and shared by its layers."""
+        pos = cache.position()
+        key_index = cache.key_index
+        assert key_index is not None
+        slots = cache.kind_slots
+        if slots is None:
+            slots = cache.kind_slots = {
+                b.attn.attn_func: kv.slots for b, kv in zip(self._blocks, cache.layers, strict=True)
+            }
+        reads = {g.kind: g.static_read(pos, slots[g.kind], key_index) for g in self._geometries}
+        h = x.to(cache.dtype)
+        for block, layer in zip(self._blocks, cache.layers, strict=True):
+            h = block.decode(h, layer, 0, reads[block.attn.attn_func])
+        cache.advance_position()
         return h.float()
