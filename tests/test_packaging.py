@@ -94,3 +94,13 @@ def test_the_bot_alone_runs_without_torch_as_far_as_discord(tmp_path: Path) -> N
     # No network here (or a fake token where there is): Discord refuses, and only Discord.
     assert result.returncode != 0
     assert "discord" in output.lower()
+
+
+@pytest.mark.parametrize(
+    "args", [["models", "download", "vqvae"], ["models", "verify"], ["models", "import", "."], ["sample"]]
+)
+def test_commands_that_need_torch_say_so_in_one_sentence_without_it(args: list[str], tmp_path: Path) -> None:
+    result = _jukebot_without_torch(*args, JUKEBOT_MODEL_DIR=str(tmp_path))
+    assert result.returncode == 1, result.stderr
+    assert "need torch, which is not installed here: install the worker extra" in result.stderr
+    assert "Traceback" not in result.stderr and "ModuleNotFoundError" not in result.stderr

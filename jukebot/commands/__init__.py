@@ -31,6 +31,10 @@ def settings_or_exit() -> Settings:
     return settings
 
 
+# What a bot-only host (no `worker` extra) cannot do, as `require_torch` names it.
+TORCH_USERS = "Model files (verifying, importing) and offline sampling"
+
+
 def require_torch(what: str) -> None:
     """Stop with one sentence when torch (the `worker` extra) is not installed: a bot-only host has none."""
     if importlib.util.find_spec("torch") is None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from jukebot.commands import settings_or_exit
+from jukebot.commands import TORCH_USERS, require_torch, settings_or_exit
 from sampler.jukebox.registry import CHECKPOINTS, MODELS
 from sampler.model_files import (
     CheckpointVerifier,
@@ -25,6 +25,7 @@ from sampler.units import format_bytes
 
 def default_verifier() -> CheckpointVerifier:
     """Checks every key and shape against the architecture the file is for (published, or its sidecar's)."""
+    require_torch(TORCH_USERS)
     from sampler.loading import expected_shapes_for
 
     model_dir = settings_or_exit().model_dir
@@ -192,6 +193,7 @@ def import_command(path: Path, model: str | None, name: str | None, replace: boo
     Each part is checked against its architecture, written in the original format into the model
     directory and verified; nothing is written when any part does not fit.
     """
+    require_torch(TORCH_USERS)
     from sampler.model_import import import_checkpoints
 
     settings = settings_or_exit()

@@ -25,7 +25,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from jukebot.commands import settings_or_exit
+from jukebot.commands import TORCH_USERS, require_torch, settings_or_exit
 from sampler.batch_sizes import DEFAULT_MAX_BATCH_SIZE, format_batch_sizes, parse_batch_sizes
 from sampler.jukebox.registry import DEFAULT_MODEL, MODELS, SAMPLE_RATE
 
@@ -93,6 +93,7 @@ def _floats(text: str, name: str, count: int = 3) -> tuple[float, ...]:
 @click.option("--no-progress", "no_progress", is_flag=True, help="No progress bar.")
 def sample(**options: Any) -> None:
     """Sample music offline, as the original sample.py does (resumable)."""
+    require_torch(TORCH_USERS)
     context = click.get_current_context()
     given = {name for name in options if context.get_parameter_source(name) is not ParameterSource.DEFAULT}
     run_sample(options, given)
