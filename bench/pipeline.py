@@ -165,7 +165,6 @@ def running_pool(url: str, model_dir: Path, log_file: Path, checkpoint_seconds: 
     """`python -m sampler.worker.pool` with one CPU worker; yields the seconds from start to serving."""
     env = os.environ | {
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-        "JUKEBOT_MODEL_DIR": str(model_dir),
         "OMP_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
     }
@@ -177,6 +176,8 @@ def running_pool(url: str, model_dir: Path, log_file: Path, checkpoint_seconds: 
         url,
         "--runner",
         RUNNER,
+        "--runner-option",
+        f"model_dir={model_dir}",
         "--devices",
         "cpu",
         "--checkpoint-seconds",

@@ -53,7 +53,7 @@ USER_AGENT = "jukebot-model-downloader/2"
 
 
 def default_model_dir() -> Path:
-    """Models live under the user's cache directory unless JUKEBOT_MODEL_DIR says otherwise."""
+    """The user's cache directory: the settings' default (JUKEBOT_MODEL_DIR overrides it there)."""
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("jukebot")) / "models"
