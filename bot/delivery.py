@@ -9,6 +9,7 @@ CPU-bound (decode + encode): call `files_for_sample` through `asyncio.to_thread`
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -101,6 +102,20 @@ def group_for_messages(files: Sequence[AudioFile], limit_bytes: int) -> list[lis
     if current:
         groups.append(current)
     return groups
+
+
+async def grouped_files_or_reason(
+    audio: bytes, audio_format: str, limit_bytes: int, stem: str, duration_seconds: float
+) -> tuple[list[list[AudioFile]], DeliveryImpossible | None]:
+    """A sample's files grouped into messages under the limit, encoded off the event loop; when it
+    cannot fit at all, one message without files and the reason (the caller says it in the text)."""
+    try:
+        files = await asyncio.to_thread(
+            files_for_sample, audio, audio_format, limit_bytes, stem, duration_seconds
+        )
+    except DeliveryImpossible as exc:
+        return [[]], exc
+    return group_for_messages(files, limit_bytes), None
 
 
 def with_picture(

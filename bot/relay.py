@@ -314,19 +314,11 @@ class ProgressRelay:
             if style is not None:
                 content += f"\nStyle: **{discord.utils.escape_markdown(style)}**"
             stem = f"jukebot_sample_{sample.id}"
-            try:
-                files = await asyncio.to_thread(
-                    delivery.files_for_sample,
-                    sample.audio,
-                    sample.audio_format,
-                    limit,
-                    stem,
-                    sample.duration_seconds,
-                )
-                groups = delivery.group_for_messages(files, limit)
-            except delivery.DeliveryImpossible as exc:
-                groups = [[]]
-                content += f"\n⚠️ {exc} Re-send it later with `/sample {sample.id}`."
+            groups, impossible = await delivery.grouped_files_or_reason(
+                sample.audio, sample.audio_format, limit, stem, sample.duration_seconds
+            )
+            if impossible is not None:
+                content += f"\n⚠️ {impossible} Re-send it later with `/sample {sample.id}`."
             picture = await asyncio.to_thread(
                 pictures.picture_for_sample,
                 sample.audio,

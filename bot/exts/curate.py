@@ -171,19 +171,11 @@ class Curate(commands.Cog):
         limit = delivery.upload_limit(interaction.filesize_limit, None)
         content = curating.piece_text(sample_id, job_id, interaction.user.id, piece)
         stem = f"jukebot_sample_{sample_id}"
-        try:
-            files = await asyncio.to_thread(
-                delivery.files_for_sample,
-                piece.audio,
-                curating.PIECE_FORMAT,
-                limit,
-                stem,
-                piece.duration_seconds,
-            )
-            groups = delivery.group_for_messages(files, limit)
-        except delivery.DeliveryImpossible as exc:
-            groups = [[]]
-            content = fit_message(f"{content}\n⚠️ {exc} Re-send it later with `/sample {sample_id}`.")
+        groups, impossible = await delivery.grouped_files_or_reason(
+            piece.audio, curating.PIECE_FORMAT, limit, stem, piece.duration_seconds
+        )
+        if impossible is not None:
+            content = fit_message(f"{content}\n⚠️ {impossible} Re-send it later with `/sample {sample_id}`.")
         strip = delivery.AudioFile(
             f"{stem}_order.png", piece.strip, f"{stem}: the {len(piece.order)} samples in the order they play"
         )
