@@ -15,7 +15,12 @@ import numpy as np
 import torch
 
 from sampler.audio import OutputFormat, encode_audio
-from sampler.batch_sizes import DEFAULT_MAX_BATCH_SIZE, BatchSizes, parse_batch_sizes
+from sampler.batch_sizes import (
+    DEFAULT_MAX_BATCH_SIZE,
+    BatchSizes,
+    format_batch_sizes,
+    parse_batch_sizes,
+)
 from sampler.jobspec import InvalidJobParams, JobParams, is_full_quality, parse_params
 from sampler.jukebox.cascade import (
     Cascade,
@@ -95,6 +100,14 @@ def _sample_styles(params: JobParams, sings: bool) -> tuple[SampleStyle, ...] | 
     )
 
 
+def free_device_memory(device: DeviceSpec) -> int | None:
+    """Free bytes on a GPU; None on the CPU, which has no memory budget of its own."""
+    if not device.is_cuda:
+        return None
+    free, _total = torch.cuda.mem_get_info(device.name)
+    return free
+
+
 class CascadeRunner:
     """A `sampler.worker.contract.JobRunner` backed by the Jukebox cascade."""
 
@@ -152,27 +165,29 @@ class CascadeRunner:
         return self._resident[model]
 
     def _decide_residency(self, model: str) -> bool:
-        if self.resident_priors != "auto" or not self.device.is_cuda:
-            keep = keep_priors_resident(self.resident_priors, None, 0)
+        setting = self.resident_priors
+        # measured with no other model loaded: `cascade` drops them first
+        free = free_device_memory(self.device) if setting == "auto" else None
+        if free is None:
+            keep = keep_priors_resident(setting, None, 0)
             log.info(
                 "%s priors on %s: %s (resident_priors=%s)",
                 model,
                 self.device,
                 "resident" if keep else "loaded per level",
-                self.resident_priors,
+                setting,
             )
             return keep
-        # measured with no other model loaded: `cascade` drops them first
-        free, _ = torch.cuda.mem_get_info(self.device.name)
         estimate = resident_estimate(ModelDirectory(self.model_dir, model), self.dtype, self.max_batch_size)
-        keep = keep_priors_resident("auto", free, estimate.total)
+        keep = keep_priors_resident(setting, free, estimate.total)
         log.info(
-            "%s priors on %s: %s (resident_priors=auto): they need %s at batch sizes %s; %s free",
+            "%s priors on %s: %s (resident_priors=%s): they need %s at batch sizes %s; %s free",
             model,
             self.device,
             "resident" if keep else "loaded per level",
+            setting,
             estimate.describe(),
-            ",".join(map(str, self.max_batch_size)),
+            format_batch_sizes(self.max_batch_size),
             format_bytes(free),
         )
         return keep

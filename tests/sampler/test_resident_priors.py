@@ -7,16 +7,19 @@ The real runner on the tiny model directory; loads are counted at the real loade
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from sampler import cascade_runner
 from sampler.cascade_runner import CascadeRunner, make_runner
 from sampler.jukebox.cascade import Cascade
 from sampler.loading import ModelDirectory, resident_estimate
 from sampler.residency import ResidentEstimate, ResidentPriors, keep_priors_resident, parse_resident_priors
+from sampler.units import format_bytes
 from sampler.worker.contract import DeviceSpec, WarmsUp
 from sampler.worker.runtime import Worker
 from storage import JobStatus
@@ -61,6 +64,32 @@ async def test_resident_priors_load_once_across_levels_and_jobs(
     assert runner.cascade("5b").priors.acquire(2) is top
 
 
+@pytest.mark.parametrize(("spare", "resident"), [(0, True), (-1, False)])
+async def test_auto_keeps_the_priors_where_the_free_memory_holds_the_estimate(
+    model_dir: Path,
+    sqlite_store: JobStore,
+    loads: list[tuple[str, int]],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    spare: int,
+    resident: bool,
+) -> None:
+    runner = cpu_runner(model_dir, "auto")
+    needed = resident_estimate(ModelDirectory(model_dir, "5b"), runner.dtype, runner.max_batch_size)
+    # a GPU's free memory, as the device would report it
+    monkeypatch.setattr(cascade_runner, "free_device_memory", lambda device: needed.total + spare)
+    preview = PREVIEW.model_copy(update={"n_samples": 1})  # the top level only
+    with caplog.at_level(logging.INFO, logger="sampler.cascade_runner"):
+        for _ in range(2):
+            run(runner, await claim(sqlite_store, kind="generate", model="5b", params=preview))
+    assert loads == [("5b", 2)] * (1 if resident else 2)
+    decisions = [r.getMessage() for r in caplog.records if r.getMessage().startswith("5b priors on cpu")]
+    assert decisions == [
+        f"5b priors on cpu: {'resident' if resident else 'loaded per level'} (resident_priors=auto): "
+        f"they need {needed.describe()} at batch sizes 16,16,3; {format_bytes(needed.total + spare)} free"
+    ]
+
+
 async def test_off_loads_each_level_for_each_job(
     model_dir: Path, sqlite_store: JobStore, loads: list[tuple[str, int]]
 ) -> None:
@@ -99,15 +128,14 @@ async def test_a_worker_loads_the_priors_as_it_starts_and_its_jobs_reuse_them(
             return len(loads) == 3
 
         await wait_until(loaded, what="the warm-up to load three priors")
-        for _ in range(2):
-            job_id = await sqlite_store.enqueue(
-                kind="generate", model="1b_lyrics", params=FULL.to_json(), channel_id=1, user_id=2
-            )
+        job_id = await sqlite_store.enqueue(
+            kind="generate", model="1b_lyrics", params=FULL.to_json(), channel_id=1, user_id=2
+        )
 
-            async def succeeded(job_id: int = job_id) -> bool:
-                return (await sqlite_store.get_job(job_id)).status is JobStatus.SUCCEEDED
+        async def succeeded() -> bool:
+            return (await sqlite_store.get_job(job_id)).status is JobStatus.SUCCEEDED
 
-            await wait_until(succeeded, within=60, what=f"job #{job_id} to succeed")
+        await wait_until(succeeded, within=60, what="the job to succeed")
     finally:
         stop.set()
         await asyncio.wait_for(serving, 60)
