@@ -18,8 +18,8 @@ ResidentPriors = Literal["auto", "on", "off"]
 RESIDENT_PRIORS_CHOICES: tuple[ResidentPriors, ...] = get_args(ResidentPriors)
 DEFAULT_RESIDENT_PRIORS: ResidentPriors = "auto"
 
-# Room beyond weights and KV caches: the allocator's slack, prefill and decode temporaries,
-# the decoded audio.
+# Room beyond the priors' weights and KV caches: the VQ-VAE (7 MiB), the allocator's slack, prefill
+# and decode temporaries, the decoded audio.
 WORKING_BYTES = 2 * 2**30
 
 
