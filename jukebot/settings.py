@@ -20,6 +20,7 @@ from sqlalchemy.exc import ArgumentError
 from sampler.batch_sizes import DEFAULT_MAX_BATCH_SIZE, format_batch_sizes, parse_batch_sizes
 from sampler.jukebox.registry import DEFAULT_MIRRORS
 from sampler.model_files import default_model_dir
+from sampler.residency import DEFAULT_RESIDENT_PRIORS, ResidentPriors, parse_resident_priors
 from sampler.worker.logs import LogFormat, log_level_number
 from sampler.worker.runtime import WorkerConfig
 
@@ -130,6 +131,9 @@ class Settings(BaseSettings):
     gpus: str = "auto"
     # Samples sampled at once per level (0, 1, 2): lower these when a GPU runs out of memory.
     max_batch_size: str = format_batch_sizes(DEFAULT_MAX_BATCH_SIZE)
+    # Keep a model's three priors loaded across levels and jobs: "auto" (where the GPU has room),
+    # "on" or "off" (load each level's prior and free it after).
+    resident_priors: ResidentPriors = DEFAULT_RESIDENT_PRIORS
     # Mirrors tried in order for model downloads (see sampler.jukebox.registry.DEFAULT_MIRRORS).
     model_mirrors: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_MIRRORS))
 
@@ -207,6 +211,11 @@ class Settings(BaseSettings):
             raise ValueError("use 'auto', 'cpu', 'none' or GPU indices such as '0,1'") from None
         return text
 
+    @field_validator("resident_priors", mode="before")
+    @classmethod
+    def _parse_resident_priors(cls, value: object) -> object:
+        return parse_resident_priors(value) if isinstance(value, str) else value
+
     @field_validator("max_batch_size")
     @classmethod
     def _check_batch_sizes(cls, value: str) -> str:
@@ -225,6 +234,7 @@ class Settings(BaseSettings):
             runner_options=(
                 ("model_dir", str(self.model_dir)),
                 ("max_batch_size", self.max_batch_size),
+                ("resident_priors", self.resident_priors),
             ),
         )
 

@@ -1,8 +1,9 @@
 """The real job runner: turns a claimed job into Jukebox samples with the cascade.
 
 Built once per worker process (`make_runner(device, options)`), it keeps each model's cascade
-loaded between jobs. The model directory and batch sizes are runner options (`model_dir`,
-`max_batch_size`) in the worker's config, which `jukebot run|worker` fill from their settings.
+loaded between jobs, and its priors too where the device has room (`resident_priors`). The model
+directory, batch sizes and residency are runner options (`model_dir`, `max_batch_size`,
+`resident_priors`) in the worker's config, which `jukebot run|worker` fill from their settings.
 """
 
 from __future__ import annotations
@@ -14,7 +15,12 @@ import numpy as np
 import torch
 
 from sampler.audio import OutputFormat, encode_audio
-from sampler.batch_sizes import DEFAULT_MAX_BATCH_SIZE, BatchSizes, parse_batch_sizes
+from sampler.batch_sizes import (
+    DEFAULT_MAX_BATCH_SIZE,
+    BatchSizes,
+    format_batch_sizes,
+    parse_batch_sizes,
+)
 from sampler.jobspec import InvalidJobParams, JobParams, is_full_quality, parse_params
 from sampler.jukebox.cascade import (
     Cascade,
@@ -26,9 +32,9 @@ from sampler.jukebox.cascade import (
     SamplingRequest,
 )
 from sampler.jukebox.checkpoint import CheckpointError
-from sampler.jukebox.registry import MODELS, SAMPLE_RATE
+from sampler.jukebox.registry import MODEL_PREFERENCE, MODELS, SAMPLE_RATE
 from sampler.jukebox.windows import prompt_length_samples, sample_length_samples
-from sampler.loading import load_cascade
+from sampler.loading import ModelDirectory, load_cascade, resident_estimate
 from sampler.model_files import (
     ModelFilesError,
     ModelFilesMissing,
@@ -36,6 +42,13 @@ from sampler.model_files import (
     default_model_dir,
     model_status,
 )
+from sampler.residency import (
+    DEFAULT_RESIDENT_PRIORS,
+    ResidentPriors,
+    keep_priors_resident,
+    parse_resident_priors,
+)
+from sampler.units import format_bytes
 from sampler.worker.contract import (
     BadCheckpoint,
     DeviceSpec,
@@ -87,6 +100,14 @@ def _sample_styles(params: JobParams, sings: bool) -> tuple[SampleStyle, ...] | 
     )
 
 
+def free_device_memory(device: DeviceSpec) -> int | None:
+    """Free bytes on a GPU; None on the CPU, which has no memory budget of its own."""
+    if not device.is_cuda:
+        return None
+    free, _total = torch.cuda.mem_get_info(device.name)
+    return free
+
+
 class CascadeRunner:
     """A `sampler.worker.contract.JobRunner` backed by the Jukebox cascade."""
 
@@ -97,12 +118,15 @@ class CascadeRunner:
         *,
         dtype: torch.dtype | None = None,
         max_batch_size: BatchSizes = DEFAULT_MAX_BATCH_SIZE,
+        resident_priors: ResidentPriors = DEFAULT_RESIDENT_PRIORS,
     ) -> None:
         self.device = device
         self.model_dir = Path(model_dir)
         self.dtype = dtype or (torch.float16 if device.is_cuda else torch.float32)
         self.max_batch_size = max_batch_size
+        self.resident_priors = resident_priors
         self._cascades: dict[str, Cascade] = {}
+        self._resident: dict[str, bool] = {}  # per model, decided once
         self._models_seen: frozenset[str] | None = None
 
     @property
@@ -130,9 +154,74 @@ class CascadeRunner:
                 model,
                 device=self.device.name,
                 dtype=self.dtype,
-                keep_priors=not self.device.is_cuda,
+                keep_priors=self.keeps_priors(model),
             )
         return self._cascades[model]
+
+    def keeps_priors(self, model: str) -> bool:
+        """Whether `model`'s priors stay loaded across levels and jobs (decided and logged once)."""
+        if model not in self._resident:
+            self._resident[model] = self._decide_residency(model)
+        return self._resident[model]
+
+    def _decide_residency(self, model: str) -> bool:
+        setting = self.resident_priors
+        # measured with no other model loaded: `cascade` drops them first
+        free = free_device_memory(self.device) if setting == "auto" else None
+        if free is None:
+            keep = keep_priors_resident(setting, None, 0)
+            log.info(
+                "%s priors on %s: %s (resident_priors=%s)",
+                model,
+                self.device,
+                "resident" if keep else "loaded per level",
+                setting,
+            )
+            return keep
+        estimate = resident_estimate(ModelDirectory(self.model_dir, model), self.dtype, self.max_batch_size)
+        keep = keep_priors_resident(setting, free, estimate.total)
+        log.info(
+            "%s priors on %s: %s (resident_priors=%s): they need %s at batch sizes %s; %s free",
+            model,
+            self.device,
+            "resident" if keep else "loaded per level",
+            setting,
+            estimate.describe(),
+            format_batch_sizes(self.max_batch_size),
+            format_bytes(free),
+        )
+        return keep
+
+    def warm_up(self) -> None:
+        """Called once at worker start, before the first claim: load the cascade of the model the bot
+        picks first among those served (one model's priors are loaded at a time) and, its priors
+        resident, every prior, then let the cascade prepare its decoders at the batch sizes."""
+        served = self.models
+        model = next((name for name in MODEL_PREFERENCE if name in served), None)
+        if model is None:
+            log.info("warm-up: no model is complete in %s; nothing to load", self.model_dir)
+            return
+        cascade = self.cascade(model)
+        if not self.keeps_priors(model):
+            log.info("warm-up: %s priors load with each level; only its VQ-VAE is loaded now", model)
+            return
+        try:
+            for level in range(cascade.levels):
+                cascade.priors.acquire(level)
+            # compiled and captured decoders, where the cascade has them
+            prepare = getattr(cascade, "warm_up", None)
+            if prepare is not None:
+                prepare(self.max_batch_size)
+        except torch.OutOfMemoryError:
+            # more than the estimate: jobs load each level's prior and free it after
+            self._resident[model] = False
+            self._cascades.clear()
+            if self.device.is_cuda:
+                torch.cuda.empty_cache()
+            log.warning(
+                "warm-up: %s priors do not fit on %s together; they load per level", model, self.device
+            )
+            raise
 
     # ---- building the request
 
@@ -325,11 +414,16 @@ class CascadeRunner:
 def make_runner(device: DeviceSpec, options: RunnerOptions | None = None) -> CascadeRunner:
     """The runner factory named by `jukebot run|worker` (`sampler.cascade_runner:make_runner`).
 
-    Options: `model_dir` (default: the settings' default) and `max_batch_size` (e.g. `16,16,3`).
+    Options: `model_dir` (default: the settings' default), `max_batch_size` (e.g. `16,16,3`) and
+    `resident_priors` (`auto`, `on` or `off`).
     """
     options = options or {}
     model_dir = Path(options["model_dir"]) if options.get("model_dir") else default_model_dir()
     sizes = options.get("max_batch_size", "").strip()
+    resident = parse_resident_priors(options.get("resident_priors") or DEFAULT_RESIDENT_PRIORS)
     return CascadeRunner(
-        device, model_dir, max_batch_size=parse_batch_sizes(sizes) if sizes else DEFAULT_MAX_BATCH_SIZE
+        device,
+        model_dir,
+        max_batch_size=parse_batch_sizes(sizes) if sizes else DEFAULT_MAX_BATCH_SIZE,
+        resident_priors=resident,
     )

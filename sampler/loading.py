@@ -8,6 +8,7 @@ when asked, so a worker short of memory can keep only the level it samples.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from pathlib import Path
@@ -15,12 +16,14 @@ from typing import Any
 
 import torch
 
+from sampler.batch_sizes import BatchSizes
 from sampler.jukebox.cascade import Cascade, PriorSource
 from sampler.jukebox.checkpoint import CheckpointError, load_checkpoint
 from sampler.jukebox.prior import JukeboxPrior, PriorConfig
 from sampler.jukebox.registry import MODELS, PRIOR_HPARAMS, VQVAE_HPARAMS
 from sampler.jukebox.vqvae import VQVAE, VQVAEConfig
 from sampler.model_files import model_path, require_checkpoints
+from sampler.residency import ResidentEstimate
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +79,16 @@ class ModelDirectory:
             vqvae.bottleneck.float()  # codebooks and distances stay fp32
         return vqvae.eval()
 
+    def prior_on_meta(self, level: int, dtype: torch.dtype = torch.float32) -> JukeboxPrior:
+        """The level's prior as it loads, without memory: shapes and dtypes, no weights."""
+        with torch.device("meta"):
+            return JukeboxPrior(self.prior_config(level), dtype=dtype)
+
     def load_prior(
         self, level: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
     ) -> JukeboxPrior:
-        name = self.prior_names[level]
-        with torch.device("meta"):
-            prior = JukeboxPrior(self.prior_config(level), dtype=dtype)
-        load_checkpoint(prior, self.paths[name], device=device, name=self.model)
+        prior = self.prior_on_meta(level, dtype)
+        load_checkpoint(prior, self.paths[self.prior_names[level]], device=device, name=self.model)
         return prior.eval()
 
 
@@ -112,6 +118,26 @@ class LazyPriors(PriorSource):
             self._priors[level] = None
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+
+
+def resident_estimate(
+    directory: ModelDirectory, dtype: torch.dtype, batch_sizes: BatchSizes
+) -> ResidentEstimate:
+    """What the model's priors hold on the device when all three stay loaded: their weights as they
+    load (the compute dtype, fp32 where the dtype policy keeps it) and each level's KV cache at its
+    batch size, as sampling allocates it. Every level's cache counts at once: persistent decode
+    buffers and levels sampled side by side keep them all. Built on the meta device: no memory."""
+    weights = kv_caches = 0
+    for level, batch in enumerate(batch_sizes):
+        prior = directory.prior_on_meta(level, dtype)
+        weights += sum(t.nbytes for t in itertools.chain(prior.parameters(), prior.buffers()))
+        transformer = prior.prior.transformer
+        config = transformer.config
+        # cross-attention keys and values are computed from the lyric encoder's states
+        states = torch.empty(batch, config.encoder_len, config.width, device="meta")
+        cache = transformer.new_cache(batch, encoder_states=states if config.encoder_len else None)
+        kv_caches += sum(layer.k.nbytes + layer.v.nbytes for layer in cache.layers)
+    return ResidentEstimate(weights=weights, kv_caches=kv_caches)
 
 
 def load_cascade(

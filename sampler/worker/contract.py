@@ -6,7 +6,7 @@ window through `ProgressReporter`, checks `should_stop` at least once per chunk 
 shutdown take effect within seconds, even inside a long window), and returns the finished
 samples. Failures that retrying cannot fix are raised as `JobFailed` (a runner translates its
 own such errors into it); the worker keeps their message on the job. Anything else counts as a
-crash and the job is retried.
+crash and the job is retried. A runner may also prepare itself once, at worker start (`WarmsUp`).
 
 No torch here: the pool and the bot import this module.
 """
@@ -198,6 +198,16 @@ class JobRunner(Protocol):
         ...
 
     def run(self, task: JobTask, report: ProgressReporter, should_stop: StopCheck) -> list[NewSample]: ...
+
+
+@runtime_checkable
+class WarmsUp(Protocol):
+    """A runner that prepares itself once, at worker start (optional: a runner without `warm_up` is
+    not asked). The worker calls it in the runner's thread before its first claim and logs how long
+    it took; what it does is the runner's business. If it raises, the worker logs that and serves
+    anyway, so a runner must still load what a job needs when the job runs."""
+
+    def warm_up(self) -> None: ...
 
 
 # The runner's own settings (e.g. its model directory), as the pool was given them

@@ -57,6 +57,7 @@ from sampler.worker.contract import (
     OutOfMemory,
     RunnerFactoryError,
     StopReason,
+    WarmsUp,
     load_runner_factory,
 )
 from sampler.worker.logs import configure_logging
@@ -403,6 +404,8 @@ class Worker:
         idle_wait = self.config.poll_seconds
         log.debug("worker %s timings: %s", self.worker_id, self.config)
         try:
+            await self.advertise()  # queued jobs wait for this worker while it warms up
+            await self._warm_up()
             while not stop.is_set():
                 # Only models complete on disk, re-read each time: a download that finishes is served
                 # at once, and a job another machine could run is never claimed (and failed) here.
@@ -437,6 +440,24 @@ class Worker:
             with contextlib.suppress(Exception):
                 await self.store.forget_worker(self.worker_id)
         log.info("worker %s stopped", self.worker_id)
+
+    async def _warm_up(self) -> None:
+        """Let the runner prepare itself (in its thread) before the first claim; a failure is logged
+        and the worker serves anyway."""
+        if not isinstance(self.runner, WarmsUp):
+            return
+        started = time.monotonic()
+        log.info("worker %s: warming up its runner", self.worker_id)
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self.runner.warm_up)
+        except Exception:
+            log.exception(
+                "worker %s: warming up failed after %.1f s; serving anyway (jobs load what they need)",
+                self.worker_id,
+                time.monotonic() - started,
+            )
+            return
+        log.info("worker %s: runner warmed up in %.1f s", self.worker_id, time.monotonic() - started)
 
     async def advertise(self) -> frozenset[str]:
         """The models this worker serves now; the workers table learns of a change at once, and is told

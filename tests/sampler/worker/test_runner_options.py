@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from jukebot.settings import Settings
 from sampler.batch_sizes import DEFAULT_MAX_BATCH_SIZE
@@ -19,9 +20,12 @@ from sampler.worker.runtime import EXIT_CONFIG, WorkerConfig, run_worker
 
 
 def test_the_settings_put_the_model_dir_and_batch_sizes_in_the_worker_config(tmp_path: Path) -> None:
-    settings = Settings(model_dir=tmp_path, max_batch_size="8,4,2")  # type: ignore[call-arg]
+    settings = Settings(model_dir=tmp_path, max_batch_size="8,4,2", resident_priors="OFF")  # type: ignore[call-arg]
     options = dict(settings.worker_config().runner_options)
-    assert options == {"model_dir": str(tmp_path), "max_batch_size": "8,4,2"}
+    assert options == {"model_dir": str(tmp_path), "max_batch_size": "8,4,2", "resident_priors": "off"}
+    assert dict(Settings().worker_config().runner_options)["resident_priors"] == "auto"  # type: ignore[call-arg]
+    with pytest.raises(ValidationError, match="resident_priors must be one of auto, on, off"):
+        Settings(resident_priors="sometimes")  # type: ignore[call-arg]
 
 
 def test_the_cascade_runner_reads_its_options_and_not_the_environment(
