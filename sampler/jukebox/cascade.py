@@ -31,6 +31,9 @@ Mode = Literal["ancestral", "primed", "continue", "upsample"]
 RngMode = Literal["window", "reference"]
 MODES: tuple[str, ...] = ("ancestral", "primed", "continue", "upsample")
 STATE_FORMAT = 1
+# The reference's prefill chunks per level (finest first): known tokens fed 32 or 16 at a time.
+REFERENCE_CHUNK_SIZE: tuple[int, int, int] = (32, 32, 16)
+ONE_PASS = 0  # a chunk size of 0: a window's whole known part in one prefill pass
 
 
 class SamplingError(ValueError):
@@ -63,7 +66,9 @@ class SamplingRequest:
     (timing conditioning and lyric windows); it must be at least `sample_length` and at least
     the top prior's minimum duration. Per-level tuples are indexed by level (0 = finest).
     `styles` gives each sample its own labels (a style sweep, in one batch); None: every sample
-    has `artist`, `genre` and `lyrics`.
+    has `artist`, `genre` and `lyrics`. `chunk_size` is how many known tokens of a window each
+    prefill pass takes, per level (`ONE_PASS`: all of them); None: `default_chunk_size` of the
+    cascade's device.
     """
 
     mode: Mode
@@ -80,7 +85,7 @@ class SamplingRequest:
     top_k: int = 0
     top_p: float = 0.0
     max_batch_size: tuple[int, int, int] = (16, 16, 3)
-    chunk_size: tuple[int, int, int] = (32, 32, 16)
+    chunk_size: tuple[int, int, int] | None = None
     seed: int = 0
     rng: RngMode = "window"
     # primed: prompt audio (n_samples, T) float in [-1, 1]; its codes at every level are continued.
@@ -154,6 +159,15 @@ class CascadeState:
         )
 
 
+def default_chunk_size(device: torch.device | str, rng: RngMode) -> tuple[int, int, int]:
+    """The prefill chunking of a request that names none: the reference's chunks on the CPU and
+    for rng="reference" (parity runs round as jukebox-infer does); one pass on an accelerator,
+    where each chunk costs a pass of kernel launches for a few tokens of work."""
+    if torch.device(device).type == "cpu" or rng == "reference":
+        return REFERENCE_CHUNK_SIZE
+    return (ONE_PASS, ONE_PASS, ONE_PASS)
+
+
 def window_seed(seed: int, level: int, window: int) -> int:
     """The seed of one window's draws: mixed from the job seed, the level and the window index."""
     mixed = np.random.SeedSequence([seed & 0xFFFFFFFFFFFFFFFF, level, window]).generate_state(2, np.uint32)
@@ -204,6 +218,17 @@ def draw_fast(logits: Tensor, generator: torch.Generator) -> Tensor:
     u = torch.rand(logits.shape[0], 1, dtype=torch.float64, generator=generator, device=generator.device)
     target = u.to(cdf.device).mul_(cdf[:, -1:])
     return torch.searchsorted(cdf, target, right=True)[:, 0]
+
+
+def prefill_known(prior: JukeboxPrior, state: SamplingState, ids: Tensor, chunk_size: int) -> None:
+    """Feed a window's known ids (N, k) to `state`, `chunk_size` per prefill pass (`ONE_PASS`: all).
+
+    The ids are the cascade's own (sampled, or encoded from the prompt) or given codes that `check`
+    validated, so their range is not checked again: that would read values back from the device.
+    """
+    size = chunk_size if chunk_size != ONE_PASS else max(ids.shape[1], 1)
+    for first in range(0, ids.shape[1], size):
+        prior.prefill(state, ids[:, first : first + size], check_ids=False)
 
 
 def sample_steps(
@@ -348,8 +373,10 @@ class Cascade:
             raise SamplingError("temperatures must be positive")
         if any(not 0 < h <= 1 for h in request.hop_fraction):
             raise SamplingError("hop fractions must be in (0, 1]")
-        if any(b < 1 for b in request.max_batch_size) or any(c < 1 for c in request.chunk_size):
-            raise SamplingError("max_batch_size and chunk_size must be at least 1")
+        if any(b < 1 for b in request.max_batch_size):
+            raise SamplingError("max_batch_size must be at least 1")
+        if request.chunk_size is not None and any(c < 0 for c in request.chunk_size):
+            raise SamplingError(f"chunk_size must be at least 1, or {ONE_PASS} for one pass")
         levels = tuple(sorted(set(request.levels)))
         if not levels or any(not 0 <= level < self.levels for level in levels):
             raise SamplingError(f"levels must be a non-empty subset of 0..{top}, got {request.levels}")
@@ -388,6 +415,10 @@ class Cascade:
                     raise SamplingError(
                         f"the codes of level {level} are longer than sample_length; cut them or ask for more"
                     )
+                # checked once here, so that prefilling them reads nothing back from the device
+                bins = self.vqvae.config.l_bins
+                if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= bins):
+                    raise SamplingError(f"the codes of level {level} must be in 0..{bins - 1}")
         # Every sampled level below the top is conditioned on the whole length of the level above.
         for level in levels:
             if level == top:
@@ -409,6 +440,13 @@ class Cascade:
                         f"{have / self.sample_rate:.2f} s of the "
                         f"{request.sample_length / self.sample_rate:.2f} s asked"
                     )
+
+    def chunk_size(self, request: SamplingRequest, level: int) -> int:
+        """Known tokens per prefill pass at `level` (`ONE_PASS`: all of them)."""
+        sizes = request.chunk_size
+        if sizes is None:
+            sizes = default_chunk_size(self.device, request.rng)
+        return sizes[level]
 
     def _given_codes(self, request: SamplingRequest, level: int) -> Tensor | None:
         if request.codes is None:
@@ -568,7 +606,7 @@ class Cascade:
                 generator,
                 report_rows,
                 progress_every,
-                request.chunk_size[level],
+                self.chunk_size(request, level),
             )
             sampled.append(new)
         return torch.cat(sampled, dim=0)
@@ -587,9 +625,7 @@ class Cascade:
         chunk_size: int,
     ) -> Tensor:
         state = prior.start(cond, window.sample_tokens)
-        ids = prior.codes_to_ids(known)
-        for first in range(0, ids.shape[1], chunk_size):
-            prior.prefill(state, ids[:, first : first + chunk_size])
+        prefill_known(prior, state, prior.codes_to_ids(known), chunk_size)
         ids = sample_steps(
             prior,
             state,

@@ -15,8 +15,8 @@ for 1b_lyrics music code c is id c + 79, see `codes_to_ids` / `ids_to_codes`)::
     cond = prior.get_conditioning(y, z_cond)          # once per window
     logits = prior.logits(ids, cond)                  # teacher-forced (N, T, bins)
 
-    state = prior.start(cond)                         # empty window (1b: lyric prefix already fed)
-    prior.prefill(state, prime_ids[:, :k])            # known tokens, in any number of chunks
+    state = prior.start(cond)                         # empty window (1b: the lyric prefix queued)
+    prior.prefill(state, prime_ids[:, :k])            # known tokens, in one pass or in chunks
     prior.prefill(state, prime_ids[:, k:])
     token = None
     for _ in range(new_tokens):
@@ -25,7 +25,9 @@ for 1b_lyrics music code c is id c + 79, see `codes_to_ids` / `ids_to_codes`)::
 
 The state keeps the newest known token pending: `prefill` processes every position whose input it
 was given except the last, so the first `step` after `start`/`prefill` takes no token, and every
-later `step` takes the token drawn from the previous step's logits.
+later `step` takes the token drawn from the previous step's logits. For 1b_lyrics `start` queues the
+lyric prefix the same way: the first `prefill` processes it in the same pass as the known music
+tokens (or the first `step` processes it alone when there are none).
 """
 
 from __future__ import annotations
@@ -609,7 +611,9 @@ class SamplingState:
     cond: Conditioning
     cache: KVCache
     pending_start: bool  # position 0's input (the start embedding) has not been processed
-    pending: Tensor | None  # (N, 1) newest known id: the input of the next position
+    # (N, k) known ids not processed yet, the inputs of the next positions: the newest known id
+    # (k = 1), or right after `start` the 1b_lyrics lyric prefix (see `prefix_queued`)
+    pending: Tensor | None
     owner: int
     prefix_len: int = 0
     # what `step` reads every token, fetched from the modules once per window
@@ -623,7 +627,12 @@ class SamplingState:
     @property
     def music_pos(self) -> int:
         """Music positions processed: the window index of the token the next `step` predicts."""
-        return self.cache.pos - self.prefix_len
+        return 0 if self.prefix_queued else self.cache.pos - self.prefix_len
+
+    @property
+    def prefix_queued(self) -> bool:
+        """1b_lyrics, right after `start`: the lyric prefix waits to be fed with the first prefill."""
+        return self.pending_start and self.pending is not None
 
 
 class JukeboxPrior(nn.Module):
@@ -832,8 +841,9 @@ class JukeboxPrior(nn.Module):
     def start(self, cond: Conditioning, max_len: int | None = None) -> SamplingState:
         """An empty decoding state for one window of up to `max_len` music tokens (default n_ctx).
 
-        The KV cache is allocated here once. 1b_lyrics: the lyric prefix is processed now, so the
-        state's next output predicts the first music token.
+        The KV cache is allocated here once. 1b_lyrics: the lyric prefix is queued as pending input,
+        so that the first `prefill` runs it and the known music tokens in one pass (the first `step`
+        runs it alone if nothing is prefilled); either way the next output predicts a music token.
         """
         max_len = self.n_ctx if max_len is None else max_len
         if not 1 <= max_len <= self.n_ctx:
@@ -842,23 +852,29 @@ class JukeboxPrior(nn.Module):
         state = SamplingState(
             cond, cache, pending_start=True, pending=None, owner=id(self), prefix_len=self.prefix_len
         )
-        if cond.prefix_ids is not None:
-            self._feed(state, cond.prefix_ids)
+        state.pending = cond.prefix_ids  # 1b_lyrics: queued for the first prefill (or step)
         return state
 
     @torch.no_grad()
-    def prefill(self, state: SamplingState, ids: Tensor, return_logits: bool = False) -> Tensor | None:
+    def prefill(
+        self, state: SamplingState, ids: Tensor, return_logits: bool = False, *, check_ids: bool = True
+    ) -> Tensor | None:
         """Append known ids (N, k) to the window: processes every position whose input is now known
-        except the newest id, which stays pending for the next `step`/`prefill`.
+        except the newest id, which stays pending for the next `step`/`prefill`. One call is one
+        pass of the transformer (the first one, from an empty window, is the full structured pass).
 
-        Returns the logits (N, positions processed, bins) when `return_logits`, else None.
+        Returns the logits (N, music positions processed, bins) when `return_logits`, else None.
+        `check_ids=False` skips the range check of `ids`, which reads two values back from the device
+        (for ids the caller made itself or validated already); dtype and shape are still checked.
         """
         self._check_state(state)
-        ids = self._check_ids(ids, "ids", self.bins)
+        ids = self._check_ids(ids, "ids", self.bins, check_range=check_ids)
         self._check_batch(state.cond, ids.shape[0])
         if ids.shape[1] == 0:
             raise PriorInputError("prefill needs at least one token")
-        return self._feed(state, ids, return_logits)
+        prefix_rows = self.prefix_len if state.prefix_queued else 0  # a queued lyric prefix: no music logits
+        logits = self._feed(state, ids, return_logits)
+        return logits[:, prefix_rows:] if logits is not None and prefix_rows else logits
 
     @torch.inference_mode()
     def step(self, state: SamplingState, ids: Tensor | None = None, *, check_ids: bool = True) -> Tensor:
@@ -881,6 +897,8 @@ class JukeboxPrior(nn.Module):
         if ids is None:
             if not has_pending:
                 raise PriorInputError("step() needs the token drawn from the previous step's logits")
+            if state.prefix_queued:  # nothing was prefilled: the lyric prefix goes alone
+                self._feed_queued_prefix(state)
             token = state.pending
         else:
             if has_pending:
@@ -939,11 +957,18 @@ class JukeboxPrior(nn.Module):
 
     def _check_room(self, state: SamplingState, count: int) -> None:
         if state.pos + count > state.cache.max_len:
-            used = state.pos - self.prefix_len
+            used = state.music_pos
             room = state.cache.max_len - self.prefix_len
+            asked = state.pos + count - self.prefix_len - used  # music positions (a queued prefix aside)
             raise PriorInputError(
-                f"the window holds {room} tokens: {used} are processed and {count} more were asked for"
+                f"the window holds {room} tokens: {used} are processed and {asked} more were asked for"
             )
+
+    def _feed_queued_prefix(self, state: SamplingState) -> None:
+        """Run the lyric prefix that `start` queued in a pass of its own (its last id stays pending)."""
+        prefix, state.pending = state.pending, None
+        assert prefix is not None
+        self._feed(state, prefix)
 
     def _feed(self, state: SamplingState, ids: Tensor, return_logits: bool = False) -> Tensor | None:
         """Queue = [pending input] + ids; process all of it but the last id, which becomes pending."""

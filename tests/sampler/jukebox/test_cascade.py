@@ -154,6 +154,11 @@ def test_lyrics_models_sample_with_lyrics() -> None:
             "level 1 is conditioned on level 2, whose codes cover",
         ),
         (dict(levels=(0, 1), sample_length=256), "upsampling level 1 needs at least one full window"),
+        (
+            dict(mode="upsample", levels=(0, 1), codes=(None, None, torch.full((2, 128), 64))),
+            "the codes of level 2 must be in 0..63",
+        ),
+        (dict(chunk_size=(8, -1, 8)), "chunk_size must be at least 1, or 0 for one pass"),
         (dict(mode="primed"), "primed mode needs prompt audio"),
         (dict(mode="primed", prompt=torch.zeros(2, 4096)), "must be shorter than the sample"),
         (dict(top_k=5, top_p=0.9), "use top_k or top_p, not both"),

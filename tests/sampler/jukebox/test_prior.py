@@ -225,9 +225,11 @@ def test_one_b_lyrics_ids_and_prefix() -> None:
     cond = prior.get_conditioning(tiny_labels("top_1b_lyrics"))
     assert cond.prefix_ids is not None and cond.prefix_ids.shape == (2, 16)
     state = prior.start(cond)
-    assert (state.pos, state.music_pos) == (16, 0)  # the lyric prefix is processed, its last id pending
-    # A lyric id drawn in the music part is fed back unchanged, like the reference.
+    # the lyric prefix is queued for the first prefill; with none, the first step runs it first
+    assert (state.pos, state.music_pos, state.prefix_queued) == (0, 0, True)
     prior.step(state)
+    assert (state.pos, state.music_pos, state.prefix_queued) == (17, 1, False)
+    # A lyric id drawn in the music part is fed back unchanged, like the reference.
     prior.step(state, torch.tensor([3, 100]))
 
 

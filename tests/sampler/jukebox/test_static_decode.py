@@ -7,14 +7,8 @@ device tensor: same keys, so the same logits bit for bit where the masked softma
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
-
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from sampler.jukebox.cascade import Cascade, SamplingRequest, draw
 from sampler.jukebox.prior import JukeboxPrior, PriorConfig
@@ -25,6 +19,7 @@ from sampler.jukebox.transformer import (
     TransposeGeometry,
 )
 from tests.sampler.jukebox.conftest import make_tiny_vqvae, redraw_parameters
+from tests.sampler.jukebox.dispatch_count import dispatched, read_backs
 from tests.sampler.jukebox.tiny_priors import (
     TINY_PRIOR_HPARAMS,
     TINY_SAMPLE_RATE,
@@ -154,23 +149,6 @@ def test_a_static_step_without_the_transpose_mask_parts_from_the_sliced_step(
     assert worst > 1e-2 and not same
 
 
-@contextmanager
-def _dispatched() -> Iterator[Counter[str]]:
-    """Counts every aten op that runs inside the block."""
-    seen: Counter[str] = Counter()
-
-    class Count(TorchDispatchMode):
-        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-            seen[str(func.overloadpacket)] += 1
-            return func(*args, **(kwargs or {}))
-
-    with Count():
-        yield seen
-
-
-READ_BACKS = ("aten._local_scalar_dense", "aten.item", "aten.is_nonzero", "aten.equal")
-
-
 @pytest.mark.parametrize("kind", ["up0", "top_5b_lyrics", "top_1b_lyrics"])
 def test_a_static_step_reads_nothing_back(kind: str) -> None:
     prior = tiny_prior(kind, seed=1)
@@ -179,14 +157,14 @@ def test_a_static_step_reads_nothing_back(kind: str) -> None:
     with torch.inference_mode():
         token = prior.step_in_inference_mode(state).argmax(-1)
         for _ in range(20):  # across a block boundary (blocks of 8)
-            with _dispatched() as ops:
+            with dispatched() as ops:
                 token = prior.step_in_inference_mode(state, token, check_ids=False).argmax(-1)
             assert ops["aten.addmm"] > 0  # the counter sees the step
-            assert not [op for op in READ_BACKS if ops[op]], ops
+            assert not read_backs(ops), ops
         # the same counter sees the read-back of the range check
-        with _dispatched() as ops:
+        with dispatched() as ops:
             prior.step_in_inference_mode(state, token, check_ids=True)
-        assert any(ops[op] for op in READ_BACKS)
+        assert read_backs(ops)
 
 
 def test_a_multi_window_cascade_with_the_static_step_gives_the_same_codes() -> None:

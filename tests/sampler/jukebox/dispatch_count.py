@@ -1,0 +1,32 @@
+"""Counting the aten ops a block of code dispatches, to show what it reads back from the device."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from torch.utils._python_dispatch import TorchDispatchMode
+
+# The ops that copy a value from a tensor to the host (a stall on an accelerator).
+READ_BACKS = ("aten._local_scalar_dense", "aten.item", "aten.is_nonzero", "aten.equal")
+
+
+@contextmanager
+def dispatched() -> Iterator[Counter[str]]:
+    """Counts every aten op that runs inside the block."""
+    seen: Counter[str] = Counter()
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            seen[str(func.overloadpacket)] += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        yield seen
+
+
+def read_backs(ops: Counter[str]) -> list[str]:
+    """The read-back ops among `ops`."""
+    return [op for op in READ_BACKS if ops[op]]
