@@ -41,6 +41,7 @@ from sampler.worker.contract import (
     DeviceSpec,
     JobFailed,
     JobTask,
+    LevelProgress,
     ModelNotHere,
     OutOfMemory,
     ProgressReporter,
@@ -97,8 +98,10 @@ class CascadeRunner:
         *,
         dtype: torch.dtype | None = None,
         max_batch_size: BatchSizes = DEFAULT_MAX_BATCH_SIZE,
+        overlap_levels: bool | None = None,
     ) -> None:
         self.device = device
+        self.overlap_levels = overlap_levels  # None: the cascade's default for the device
         self.model_dir = Path(model_dir)
         self.dtype = dtype or (torch.float16 if device.is_cuda else torch.float32)
         self.max_batch_size = max_batch_size
@@ -246,18 +249,24 @@ class CascadeRunner:
         }
         # tokens of lower levels weigh less: one top token costs about as much as one lower token
         total_tokens = sum(level_tokens.values())
-        order = sorted(request.levels, reverse=True)
 
         def on_progress(progress: Progress) -> None:
-            before = sum(level_tokens[level] for level in order[: order.index(progress.level)])
-            stage = Stage.SAMPLING if progress.level == 2 else Stage.UPSAMPLING
+            # levels may sample at once (on CUDA): each says where it stands
+            levels = [
+                LevelProgress(p.level, p.window, p.window_count, p.tokens_done, p.tokens_total, p.sampling)
+                for p in progress.by_level
+            ]
+            top_sampling = progress.level == 2 or any(
+                p.level == 2 and p.tokens_done < p.tokens_total for p in levels
+            )
             report.progress(
-                stage,
+                Stage.SAMPLING if top_sampling else Stage.UPSAMPLING,
                 progress.level,
                 progress.window,
                 progress.window_count,
-                before + progress.tokens_done,
+                sum(p.tokens_done for p in levels),
                 total_tokens,
+                levels=levels,
             )
 
         stop_reason: list[StopReason] = []
@@ -277,6 +286,7 @@ class CascadeRunner:
                 # serialised only if the worker stores it (it keeps the newest of fast windows)
                 on_window=lambda current: report.checkpoint(current.snapshot().to_bytes),
                 should_stop=stop,
+                overlap_levels=self.overlap_levels,
             )
         except SamplingCancelled:
             raise_if_stopped(lambda: stop_reason[-1] if stop_reason else StopReason.SHUTDOWN)
