@@ -256,11 +256,12 @@ class CascadeRunner:
                 LevelProgress(p.level, p.window, p.window_count, p.tokens_done, p.tokens_total, p.sampling)
                 for p in progress.by_level
             ]
-            top_sampling = progress.level == 2 or any(
+            # "sampling" until the top level is done, though lower levels may sample beside it
+            top_level_left = progress.level == 2 or any(
                 p.level == 2 and p.tokens_done < p.tokens_total for p in levels
             )
             report.progress(
-                Stage.SAMPLING if top_sampling else Stage.UPSAMPLING,
+                Stage.SAMPLING if top_level_left else Stage.UPSAMPLING,
                 progress.level,
                 progress.window,
                 progress.window_count,

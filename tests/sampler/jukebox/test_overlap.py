@@ -14,7 +14,15 @@ from typing import Any
 import pytest
 import torch
 
-from sampler.jukebox.cascade import Cascade, CascadeState, Progress, SamplingCancelled, SamplingRequest
+from sampler.jukebox.cascade import (
+    Cascade,
+    CascadeState,
+    PriorSource,
+    Progress,
+    SamplingCancelled,
+    SamplingRequest,
+)
+from sampler.jukebox.prior import JukeboxPrior
 from sampler.jukebox.schedule import overlap_by_default
 from sampler.jukebox.windows import Window
 from tests.sampler.jukebox.test_cascade import make_cascade, request
@@ -27,8 +35,8 @@ WAIT_SECONDS = 60.0  # only reached if the scheduler is broken (a level that nev
 class HeldCascade(Cascade):
     """A cascade whose windows can be held at their start (outside the scheduler's lock), or fail."""
 
-    def __init__(self, base: Cascade) -> None:
-        super().__init__(base.vqvae, base.priors)
+    def __init__(self, base: Cascade, priors: PriorSource | None = None) -> None:
+        super().__init__(base.vqvae, priors or base.priors)
         self.holds: dict[tuple[int, int], threading.Event] = {}  # (level, window index) -> go
         self.fail_at: tuple[int, int] | None = None
 
@@ -248,6 +256,38 @@ def test_an_error_in_one_level_stops_the_other_and_surfaces(
         )
     assert not sampling_threads()
     assert windows and windows[-1] != {1: 4, 0: 8}
+
+
+class HeldPriors(PriorSource):
+    """The cascade's priors, noting which levels are held (acquired, not yet released)."""
+
+    def __init__(self, base: PriorSource) -> None:
+        super().__init__([base.acquire(level) for level in range(3)])
+        self.held: set[int] = set()
+        self.together: set[int] = set()  # the most levels held at once
+        self.acquired: list[int] = []
+        self.lock = threading.Lock()
+
+    def acquire(self, level: int) -> JukeboxPrior:
+        with self.lock:
+            self.held.add(level)
+            self.acquired.append(level)
+            self.together = max(self.together, set(self.held), key=len)
+        return super().acquire(level)
+
+    def release(self, level: int) -> None:
+        with self.lock:
+            self.held.remove(level)
+
+
+def test_overlapping_levels_hold_their_priors_together_and_release_each(
+    cascade: Cascade, in_turn: CascadeState
+) -> None:
+    priors = HeldPriors(cascade.priors)
+    held = HeldCascade(cascade, priors)
+    release = hold_level_one(1, held, until_level_zero=1)
+    held.sample(upsample_request(in_turn), on_window=release, overlap_levels=True)
+    assert priors.together == {0, 1} and sorted(priors.acquired) == [0, 1] and priors.held == set()
 
 
 def test_levels_overlap_by_default_on_cuda_only() -> None:
