@@ -87,13 +87,20 @@ def status_line(job: Job, queue_position: int | None = None, sample_count: int |
     return f"{MARK_FAILED} Failed: {reason}"
 
 
+def level_name(level: int) -> str:
+    return LEVEL_NAMES.get(level, f"level {level}")
+
+
 def running_lines(job: Job) -> str:
     stage = job.stage or "starting"
     where = [stage]
-    if job.level is not None:
-        where.append(LEVEL_NAMES.get(job.level, f"level {job.level}"))
-    if job.window is not None and job.window_count:
-        where.append(f"window {job.window}/{job.window_count}")
+    if len(job.level_windows) > 1:  # levels sampling at once
+        where += [f"{level_name(at.level)} window {at.window}/{at.window_count}" for at in job.level_windows]
+    else:
+        if job.level is not None:
+            where.append(level_name(job.level))
+        if job.window is not None and job.window_count:
+            where.append(f"window {job.window}/{job.window_count}")
     details = [progress_bar(job.progress)]
     if job.tokens_per_second is not None:
         details.append(f"{job.tokens_per_second:,.0f} tokens/s")

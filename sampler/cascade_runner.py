@@ -54,6 +54,7 @@ from sampler.worker.contract import (
     DeviceSpec,
     JobFailed,
     JobTask,
+    LevelProgress,
     ModelNotHere,
     OutOfMemory,
     ProgressReporter,
@@ -119,8 +120,10 @@ class CascadeRunner:
         dtype: torch.dtype | None = None,
         max_batch_size: BatchSizes = DEFAULT_MAX_BATCH_SIZE,
         resident_priors: ResidentPriors = DEFAULT_RESIDENT_PRIORS,
+        overlap_levels: bool | None = None,
     ) -> None:
         self.device = device
+        self.overlap_levels = overlap_levels  # None: the cascade's default for the device
         self.model_dir = Path(model_dir)
         self.dtype = dtype or (torch.float16 if device.is_cuda else torch.float32)
         self.max_batch_size = max_batch_size
@@ -157,6 +160,12 @@ class CascadeRunner:
                 keep_priors=self.keeps_priors(model),
             )
         return self._cascades[model]
+
+    def _overlaps(self, model: str) -> bool | None:
+        """Levels sampled at once hold two or three priors together: only when they stay resident."""
+        if self.overlap_levels is None and not self.keeps_priors(model):
+            return False
+        return self.overlap_levels
 
     def keeps_priors(self, model: str) -> bool:
         """Whether `model`'s priors stay loaded across levels and jobs (decided and logged once)."""
@@ -335,18 +344,25 @@ class CascadeRunner:
         }
         # tokens of lower levels weigh less: one top token costs about as much as one lower token
         total_tokens = sum(level_tokens.values())
-        order = sorted(request.levels, reverse=True)
 
         def on_progress(progress: Progress) -> None:
-            before = sum(level_tokens[level] for level in order[: order.index(progress.level)])
-            stage = Stage.SAMPLING if progress.level == 2 else Stage.UPSAMPLING
+            # levels may sample at once (on CUDA): each says where it stands
+            levels = [
+                LevelProgress(p.level, p.window, p.window_count, p.tokens_done, p.tokens_total, p.sampling)
+                for p in progress.by_level
+            ]
+            # "sampling" until the top level is done, though lower levels may sample beside it
+            top_level_left = progress.level == 2 or any(
+                p.level == 2 and p.tokens_done < p.tokens_total for p in levels
+            )
             report.progress(
-                stage,
+                Stage.SAMPLING if top_level_left else Stage.UPSAMPLING,
                 progress.level,
                 progress.window,
                 progress.window_count,
-                before + progress.tokens_done,
+                sum(p.tokens_done for p in levels),
                 total_tokens,
+                levels=levels,
             )
 
         stop_reason: list[StopReason] = []
@@ -366,6 +382,7 @@ class CascadeRunner:
                 # serialised only if the worker stores it (it keeps the newest of fast windows)
                 on_window=lambda current: report.checkpoint(current.snapshot().to_bytes),
                 should_stop=stop,
+                overlap_levels=self._overlaps(job.model),
             )
         except SamplingCancelled:
             raise_if_stopped(lambda: stop_reason[-1] if stop_reason else StopReason.SHUTDOWN)

@@ -154,6 +154,8 @@ class JobRow(Base):
     tokens_total: Mapped[int | None] = mapped_column(BigInteger)
     tokens_per_second: Mapped[float | None] = mapped_column(Float)
     eta_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # levels sampling at once: [{"level": 1, "window": 3, "window_count": 4}, …], top first
+    level_windows: Mapped[list[dict[str, int]] | None] = mapped_column(JSON)
 
     checkpoint: Mapped[bytes | None] = mapped_column(LargeBinary)
     checkpoint_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -14,6 +14,15 @@ from storage.models import FINISHED_STATUSES, JobKind, JobStatus
 
 
 @dataclass(frozen=True, slots=True)
+class LevelWindow:
+    """A level sampling now and the window it samples, 1..window_count."""
+
+    level: int
+    window: int
+    window_count: int
+
+
+@dataclass(frozen=True, slots=True)
 class Job:
     id: int
     guild_id: int | None
@@ -53,6 +62,9 @@ class Job:
     # The bot posting them right now, and until when its claim holds (then another bot may take over).
     results_posting_owner: str | None = field(default=None, kw_only=True)
     results_posting_expires_at: datetime | None = field(default=None, kw_only=True)
+    # Every level sampling at once (a runner that overlaps levels), top first; `level` and `window`
+    # then name one of them. Empty when one level samples at a time.
+    level_windows: tuple[LevelWindow, ...] = field(default=(), kw_only=True)
 
     @property
     def finished(self) -> bool:

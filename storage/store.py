@@ -12,7 +12,7 @@ import json
 import math
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -75,6 +75,7 @@ from storage.records import (
     GuildSettings,
     Heartbeat,
     Job,
+    LevelWindow,
     NewSample,
     Prime,
     RankedSample,
@@ -138,6 +139,7 @@ def _job_fields(values: dict[str, Any]) -> dict[str, Any]:
     values["kind"] = JobKind(values["kind"])
     values["status"] = JobStatus(values["status"])
     values["has_checkpoint"] = bool(values["has_checkpoint"])
+    values["level_windows"] = tuple(LevelWindow(**window) for window in values.get("level_windows") or ())
     return values
 
 
@@ -564,8 +566,10 @@ class JobStore:
         tokens_total: int | None = None,
         tokens_per_second: float | None = None,
         eta_at: datetime | None = None,
+        level_windows: Sequence[LevelWindow] = (),
     ) -> None:
-        """Record where the job is. `progress` is the fraction of the whole job (clamped to 0..1)."""
+        """Record where the job is. `progress` is the fraction of the whole job (clamped to 0..1);
+        `level_windows` the levels sampling at once, if more than one may (see `Job.level_windows`)."""
         fraction = min(max(float(progress), 0.0), 1.0) if math.isfinite(progress) else 0.0
         rate = tokens_per_second if tokens_per_second is None or math.isfinite(tokens_per_second) else None
         now = self._clock()
@@ -584,6 +588,7 @@ class JobStore:
                     "tokens_total": tokens_total,
                     "tokens_per_second": rate,
                     "eta_at": eta_at,
+                    "level_windows": [asdict(window) for window in level_windows] or None,
                     "updated_at": now,
                 },
             )

@@ -233,9 +233,13 @@ def run_sample(options: dict[str, Any], given: set[str] | frozenset[str] = froze
     written_levels: set[int] = set()
 
     def on_progress(progress: Progress) -> None:
-        bar.total = progress.tokens_total
-        bar.n = progress.tokens_done
-        bar.set_description(f"level {progress.level} window {progress.window}/{progress.window_count}")
+        # the whole run: on CUDA levels sample at once
+        bar.total = sum(level.tokens_total for level in progress.by_level)
+        bar.n = sum(level.tokens_done for level in progress.by_level)
+        sampling = [level for level in progress.by_level if level.sampling]
+        bar.set_description(
+            " · ".join(f"level {p.level} window {p.window}/{p.window_count}" for p in sampling)
+        )
         bar.refresh()
 
     def on_window(current: CascadeState) -> None:

@@ -5,16 +5,17 @@ tokens advancing by a hop (spec §4). After every window the codes so far form a
 that serialises to bytes; sampling from a saved state gives the same final codes as an unbroken
 run, because each window's random draws come from a generator seeded by (seed, level, window)
 (or, in `rng="reference"` mode, from one generator whose state is saved with the codes: the
-reference's RNG order, kept for parity tests against jukebox-infer).
+reference's RNG order, kept for parity tests against jukebox-infer). With `overlap_levels` a lower
+level's windows start while the level above still samples (sampler/jukebox/schedule.py): the same
+codes, since every window has its own seed.
 """
 
 from __future__ import annotations
 
-import functools
 import io
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -25,7 +26,7 @@ from sampler.jukebox.labels import Label, LabelConfig, Labeller, LabelVersion
 from sampler.jukebox.prior import Conditioning, JukeboxPrior, PriorConfig, SamplingState
 from sampler.jukebox.registry import SAMPLE_RATE
 from sampler.jukebox.vqvae import VQVAE
-from sampler.jukebox.windows import Window, plan_level
+from sampler.jukebox.windows import Window, cond_span, plan_level
 
 Mode = Literal["ancestral", "primed", "continue", "upsample"]
 RngMode = Literal["window", "reference"]
@@ -101,8 +102,20 @@ class SamplingRequest:
 
 
 @dataclass(frozen=True)
+class LevelProgress:
+    """Where one level of a request stands."""
+
+    level: int
+    window: int  # the window being sampled (or next), 1..window_count; window_count once finished
+    window_count: int
+    tokens_done: int  # new tokens of this level sampled so far
+    tokens_total: int  # new tokens this level samples in all
+    sampling: bool  # a window of this level is being sampled now (not: waiting, finished, not begun)
+
+
+@dataclass(frozen=True)
 class Progress:
-    """Reported per chunk of sampled tokens."""
+    """Reported per chunk of sampled tokens, by the level that sampled them."""
 
     level: int
     # The window being sampled, counted 1..window_count over the windows this level samples (in
@@ -112,6 +125,8 @@ class Progress:
     tokens_done: int  # new tokens of this level sampled so far
     tokens_total: int  # new tokens this level samples in all
     levels: tuple[int, ...]  # the levels this request samples, top first
+    # Every level of `levels` as it stands now, top first. When levels overlap, several are `sampling`.
+    by_level: tuple[LevelProgress, ...] = ()
 
 
 @dataclass
@@ -493,73 +508,35 @@ class Cascade:
         on_window: Callable[[CascadeState], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
         progress_every: int = 32,
+        overlap_levels: bool | None = None,
     ) -> CascadeState:
         """Sample `request`, resuming from `state` when given; returns the final state.
 
         `on_window(state)` runs after every finished window (store it to resume later);
         `should_stop()` is polled every `progress_every` tokens and stops with SamplingCancelled.
+        `overlap_levels` lets a lower level's windows start while the level above still samples
+        (same codes; rng="window" only; default: `schedule.overlap_by_default`). The callbacks never
+        run at once, but may run on other threads than the caller's.
         """
+        # imported here: the scheduler reads this module's types
+        from sampler.jukebox.schedule import LevelScheduler, overlap_by_default
+
         self.check(request)
         state = self.initial_state(request) if state is None else state
         if len(state.codes) != self.levels or any(c.shape[0] != request.n_samples for c in state.codes):
             raise SamplingError("the saved state does not match this request's number of samples")
-        levels = tuple(sorted(set(request.levels), reverse=True))
-        # on the sampling device: draws from CUDA logits need a CUDA generator
-        generator = torch.Generator(device=self.device)
-        if request.rng == "reference":
-            assert state.rng_state is not None
-            generator.set_state(state.rng_state)
-        for level in levels:
-            state.level_base.setdefault(level, state.codes[level].shape[1])
-            windows = self.plan(request, state, level)
-            done = state.windows_done.get(level, 0)
-            if done >= len(windows):
-                continue
-            prior = self.priors.acquire(level)
-            labeller = self._labellers[level]
-            # one label per row: a style sweep conditions each sample on its own style
-            labels = [
-                labeller.label(style.artist, style.genre, style.lyrics, request.total_length)
-                for style in request.sample_styles()
-            ]
-            tokens_total = sum(w.new_tokens for w in windows)
-            tokens_done = sum(w.new_tokens for w in windows[:done])
-            for number, window in enumerate(windows[done:], start=done + 1):
-                if request.rng == "window":
-                    generator.manual_seed(window_seed(request.seed, level, window.index))
-
-                report = functools.partial(
-                    self._report,
-                    state,
-                    Progress(level, number, len(windows), tokens_done, tokens_total, levels),
-                    on_progress,
-                    should_stop,
-                )
-                new_codes = self._sample_window(
-                    prior, labeller, labels, request, state, window, generator, report, progress_every
-                )
-                state.codes[level] = torch.cat([state.codes[level], new_codes.cpu()], dim=1)
-                state.windows_done[level] = state.windows_done.get(level, 0) + 1
-                tokens_done += window.new_tokens
-                if request.rng == "reference":
-                    state.rng_state = generator.get_state()
-                if on_window is not None:
-                    on_window(state)
-            self.priors.release(level)
-        return state
-
-    @staticmethod
-    def _report(
-        state: CascadeState,
-        at_window_start: Progress,
-        on_progress: Callable[[Progress], None] | None,
-        should_stop: Callable[[], bool] | None,
-        new_tokens: int,
-    ) -> None:
-        if on_progress is not None:
-            on_progress(replace(at_window_start, tokens_done=at_window_start.tokens_done + new_tokens))
-        if should_stop is not None and should_stop():
-            raise SamplingCancelled(state)
+        overlap = overlap_by_default(self.device) if overlap_levels is None else overlap_levels
+        scheduler = LevelScheduler(
+            self,
+            request,
+            state,
+            on_progress=on_progress,
+            on_window=on_window,
+            should_stop=should_stop,
+            progress_every=progress_every,
+            overlap=overlap,
+        )
+        return scheduler.run()
 
     def _sample_window(
         self,
@@ -580,8 +557,8 @@ class Cascade:
         if config.is_upsampler:
             down = config.cond_downsample
             assert down is not None
-            above = state.codes[level + 1]
-            z_cond = above[:, window.start // down : (window.start + config.n_ctx) // down]
+            first, end = cond_span(window, config.n_ctx, down)
+            z_cond = state.codes[level + 1][:, first:end]
         y = torch.from_numpy(labeller.batch_y(labels, window.start))  # (N, label_length), row i = sample i
         batch = request.max_batch_size[level]
         sampled: list[Tensor] = []

@@ -45,6 +45,14 @@ class Window:
         return self.start + self.sample_tokens
 
 
+def cond_span(window: Window, n_ctx: int, cond_downsample: int) -> tuple[int, int]:
+    """The codes of the level above that an upsampler window is conditioned on: [first, end).
+
+    A lower level's window can start once the level above holds `end` codes (levels may overlap).
+    """
+    return window.start // cond_downsample, (window.start + n_ctx) // cond_downsample
+
+
 def plan_level(level: int, current_tokens: int, total_tokens: int, n_ctx: int, hop: int) -> list[Window]:
     """The windows that bring a level from `current_tokens` known codes to `total_tokens`.
 

@@ -17,7 +17,7 @@ import enum
 import importlib
 import importlib.util
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -153,8 +153,21 @@ class JobTask:
     prime: Prime | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class LevelProgress:
+    """Where one level of a job stands, for a runner that may sample several levels at once."""
+
+    level: int
+    window: int  # the window being sampled (or next), 1..window_count
+    window_count: int
+    tokens_done: int  # this level's tokens
+    tokens_total: int
+    sampling: bool  # a window of this level is being sampled now
+
+
 class ProgressReporter(Protocol):
-    """How a runner talks back to the worker (called from the runner's thread)."""
+    """How a runner talks back to the worker: from the runner's thread, or threads it starts, one
+    call at a time."""
 
     def progress(
         self,
@@ -166,10 +179,13 @@ class ProgressReporter(Protocol):
         tokens_total: int,
         *,
         fraction: float | None = None,
+        levels: Sequence[LevelProgress] = (),
     ) -> None:
         """Where the run is. Tokens count over the whole job (all levels it samples), so
         `tokens_done / tokens_total` is the job's progress unless `fraction` says otherwise.
         `window` counts 1..`window_count` over the windows this level samples (it is shown as is).
+        `levels` (every level the job samples) lets the worker show each level sampling at once and
+        time each one: the job ends with its slowest level.
         Cheap: the worker writes the latest report at a throttled rate."""
         ...
 

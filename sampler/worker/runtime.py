@@ -5,7 +5,7 @@ An asyncio loop does all the database work; the runner samples in a thread of it
 
 * heartbeat every lease/3, and poll for a cancel request every `cancel_poll_seconds`;
 * progress is written at most every `progress_seconds` (the latest report wins), with tokens/s
-  and an ETA computed here;
+  and an ETA computed here (each level timed on its own when the runner samples several at once);
 * checkpoints are stored while the next window samples, at most one per `checkpoint_seconds`
   (a newer one held back is stored once that time has passed, and always before the job is
   released or retried, so a stop never loses a finished window);
@@ -39,7 +39,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -53,6 +53,7 @@ from sampler.worker.contract import (
     JobInterrupted,
     JobRunner,
     JobTask,
+    LevelProgress,
     ModelNotHere,
     OutOfMemory,
     RunnerFactoryError,
@@ -63,7 +64,7 @@ from sampler.worker.contract import (
 from sampler.worker.logs import configure_logging
 from storage import WORKER_PRESENCE_SECONDS, JobStatus, JobStore, LeaseLost, StorageError, create_engine
 from storage.errors import InvalidSample, PrimeNotFound, SampleNotFound, database_unreachable
-from storage.records import ClaimedJob
+from storage.records import ClaimedJob, LevelWindow
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -180,10 +181,54 @@ class _Progress:
     tokens_total: int
     tokens_per_second: float | None
     eta_at: datetime | None
+    level_windows: tuple[LevelWindow, ...] = ()
 
 
 _STOP_PRIORITY = {StopReason.SHUTDOWN: 1, StopReason.CANCEL: 2, StopReason.LEASE_LOST: 3}
 RATE_WINDOW_SECONDS = 30.0  # tokens/s is measured over this much recent time
+
+
+class _RateMeter:
+    """Tokens per second over the last `RATE_WINDOW_SECONDS` of reports."""
+
+    def __init__(self) -> None:
+        self._recent: deque[tuple[float, int]] = deque()
+
+    def add(self, now: float, tokens_done: int) -> float | None:
+        self._recent.append((now, tokens_done))
+        while len(self._recent) > 2 and now - self._recent[1][0] > RATE_WINDOW_SECONDS:
+            self._recent.popleft()
+        start_time, start_tokens = self._recent[0]
+        if now <= start_time or tokens_done <= start_tokens:
+            return None
+        return (tokens_done - start_tokens) / (now - start_time)
+
+
+class LevelTimer:
+    """Times each level of a job on its own, for a runner that samples several levels at once."""
+
+    def __init__(self) -> None:
+        self._meters: dict[int, _RateMeter] = {}
+
+    def estimate(
+        self, levels: Sequence[LevelProgress], remaining: int, now: float
+    ) -> tuple[float | None, float | None]:
+        """(tokens/s of all levels, seconds left) at monotonic time `now`, `remaining` tokens of the
+        job left. The job ends with its slowest level, and no sooner than all levels' rate allows
+        (which drops once a level that sampled beside the others is done)."""
+        rates = {}
+        for progress in levels:
+            rate = self._meters.setdefault(progress.level, _RateMeter()).add(now, progress.tokens_done)
+            if rate and progress.tokens_done < progress.tokens_total:
+                rates[progress.level] = rate
+        if not rates:
+            return None, None
+        combined = sum(rates.values())
+        seconds = max(
+            remaining / combined,
+            *((p.tokens_total - p.tokens_done) / rates[p.level] for p in levels if p.level in rates),
+        )
+        return combined, seconds
 
 
 class _Run:
@@ -221,25 +266,19 @@ class _Reporter:
 
     def __init__(self, worker: Worker, run: _Run, loop: asyncio.AbstractEventLoop) -> None:
         self._worker, self._run, self._loop = worker, run, loop
-        self._recent: deque[tuple[float, int]] = deque()
+        self._meter = _RateMeter()
         self._rate_key: tuple[str, int | None] | None = None
+        self._level_timer = LevelTimer()
         self._pending: concurrent.futures.Future[None] | None = None
         self._held: Checkpoint | None = None  # the newest checkpoint, not sent yet (too soon after the last)
         self._sent_at = -math.inf
         self._interval = worker.config.checkpoint_seconds
 
-    def _rate(self, stage: str, level: int | None, tokens_done: int) -> float | None:
-        now = time.monotonic()
+    def _rate(self, stage: str, level: int | None, tokens_done: int, now: float) -> float | None:
         if self._rate_key != (stage, level):  # another model samples at another speed
             self._rate_key = (stage, level)
-            self._recent.clear()
-        self._recent.append((now, tokens_done))
-        while len(self._recent) > 2 and now - self._recent[1][0] > RATE_WINDOW_SECONDS:
-            self._recent.popleft()
-        start_time, start_tokens = self._recent[0]
-        if now <= start_time or tokens_done <= start_tokens:
-            return None
-        return (tokens_done - start_tokens) / (now - start_time)
+            self._meter = _RateMeter()
+        return self._meter.add(now, tokens_done)
 
     def progress(
         self,
@@ -251,15 +290,22 @@ class _Reporter:
         tokens_total: int,
         *,
         fraction: float | None = None,
+        levels: Sequence[LevelProgress] = (),
     ) -> None:
-        rate = self._rate(stage, level, tokens_done)
+        now = time.monotonic()
         remaining = max(tokens_total - tokens_done, 0)
-        eta = datetime.now(UTC) + timedelta(seconds=remaining / rate) if rate else None
+        if levels:
+            rate, seconds = self._level_timer.estimate(levels, remaining, now)
+        else:
+            rate = self._rate(stage, level, tokens_done, now)
+            seconds = remaining / rate if rate else None
+        eta = datetime.now(UTC) + timedelta(seconds=seconds) if seconds is not None else None
         if fraction is None:
             fraction = tokens_done / tokens_total if tokens_total > 0 else 0.0
+        sampling = tuple(LevelWindow(p.level, p.window, p.window_count) for p in levels if p.sampling)
         run = self._run
         run.latest = _Progress(
-            stage, fraction, level, window, window_count, tokens_done, tokens_total, rate, eta
+            stage, fraction, level, window, window_count, tokens_done, tokens_total, rate, eta, sampling
         )
         if not run.progress_signalled:  # after `latest` is set: the writer clears the flag before reading it
             run.progress_signalled = True
@@ -701,6 +747,7 @@ class Worker:
                 tokens_total=latest.tokens_total,
                 tokens_per_second=latest.tokens_per_second,
                 eta_at=latest.eta_at,
+                level_windows=latest.level_windows,
             )
             run.written = latest
             self._database_back()

@@ -60,3 +60,10 @@ def test_pipeline_bench_quick_run_prints_the_overhead_ratio() -> None:
     assert re.search(r"between queued jobs: \d+ ms", out), out
     ratio = re.search(r"overhead ratio \(median of the turns\): (\d+\.\d+)", out)
     assert ratio is not None and float(ratio.group(1)) > 0, out
+
+
+def test_overlap_bench_dry_run_samples_both_ways_to_identical_codes() -> None:
+    out = _run("bench/overlap.py", "--dry-run")
+    assert re.search(r"in turn\s+\d+\.\d+ s\s+\d+\.\d+ tokens/s", out), out
+    assert re.search(r"at once\s+\d+\.\d+ s\s+\d+\.\d+ tokens/s", out), out
+    assert "identical codes: yes" in out, out

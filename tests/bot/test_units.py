@@ -39,7 +39,7 @@ from bot.requests import (
 from sampler.audio import SAMPLE_RATE, decode_audio, encode_audio
 from sampler.user_text import quote_user_text, shorten_user_text
 from storage.models import JobKind, JobStatus
-from storage.records import GuildSettings, Job
+from storage.records import GuildSettings, Job, LevelWindow
 from tests.bot.harness import make_settings, tone
 
 LIMITS = Limits.resolve(make_settings())
@@ -173,6 +173,21 @@ def test_render_job_in_each_state() -> None:
                  tokens_per_second=412.3, eta_at=eta)
     )  # fmt: skip
     assert "🎛️ Running: sampling · top level (preview) · window 2/8" in running
+    both = (LevelWindow(1, 3, 5), LevelWindow(0, 2, 20))
+    overlapping = render_job(
+        make_job(
+            status=JobStatus.RUNNING,
+            stage="upsampling",
+            level=0,
+            window=2,
+            window_count=20,
+            level_windows=both,
+        )
+    )
+    assert (
+        "Running: upsampling · middle level window 3/5 · bottom level (full quality) window 2/20\n"
+        in overlapping
+    )
     assert f"`[█████░░░░░░░░░░░░░░░]  25%` · 412 tokens/s · done <t:{int(eta.timestamp())}:R>" in running
     assert parse_progress_message(running) == (12, False)
     done = render_job(make_job(status=JobStatus.SUCCEEDED), sample_count=2)

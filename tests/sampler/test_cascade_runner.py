@@ -21,6 +21,7 @@ from sampler.worker.contract import (
     JobCancelled,
     JobInterrupted,
     JobTask,
+    LevelProgress,
     ModelNotHere,
     StopReason,
 )
@@ -60,12 +61,16 @@ class Recorder:
 
     def __init__(self, stop_after: int | None = None, reason: StopReason = StopReason.SHUTDOWN) -> None:
         self.reports: list[tuple[object, ...]] = []
+        self.levels: list[tuple[LevelProgress, ...]] = []  # each report's levels
         self.checkpoints: list[bytes] = []
         self.handed_over: list[bytes | Callable[[], bytes]] = []  # as the runner handed them over
         self.stop_after, self.reason = stop_after, reason
 
-    def progress(self, stage, level, window, window_count, tokens_done, tokens_total, *, fraction=None):  # type: ignore[no-untyped-def]
+    def progress(
+        self, stage, level, window, window_count, tokens_done, tokens_total, *, fraction=None, levels=()
+    ):  # type: ignore[no-untyped-def]
         self.reports.append((str(stage), level, window, tokens_done, tokens_total))
+        self.levels.append(tuple(levels))
 
     def checkpoint(self, blob: bytes | Callable[[], bytes]) -> None:
         self.handed_over.append(blob)
@@ -175,6 +180,31 @@ async def test_interrupted_job_resumes_to_the_same_codes(
     resumed = run(runner, JobTask(task.job, stopping.checkpoints[-1]))
     for level in ("codes_level_0", "codes_level_1", "codes_level_2"):
         assert getattr(resumed[0], level) == getattr(unbroken[0], level)
+
+
+async def test_levels_sampled_at_once_give_the_same_samples_and_report_each_level(
+    runner: CascadeRunner, model_dir: Path, sqlite_store: JobStore
+) -> None:
+    params = PREVIEW.model_copy(update={"levels": "all", "n_samples": 1})
+    in_turn = run(runner, await claim(sqlite_store, kind="generate", model="5b", params=params))
+    overlapping = CascadeRunner(DeviceSpec.cpu(), model_dir, overlap_levels=True)
+    recorder = Recorder()
+    at_once = run(
+        overlapping, await claim(sqlite_store, kind="generate", model="5b", params=params), recorder
+    )
+    for level in ("codes_level_0", "codes_level_1", "codes_level_2"):
+        assert getattr(at_once[0], level) == getattr(in_turn[0], level)
+    sampling = [
+        (report, levels) for report, levels in zip(recorder.reports, recorder.levels, strict=True) if levels
+    ]
+    assert all([p.level for p in levels] == [2, 1, 0] for _, levels in sampling)
+    # the job's tokens are every level's, and only grow
+    assert all(report[3] == sum(p.tokens_done for p in levels) for report, levels in sampling)
+    done = [report[3] for report, _ in sampling]
+    assert done == sorted(done) and done[-1] == sampling[-1][0][4]
+    stages = [str(report[0]) for report, _ in sampling]
+    assert stages == sorted(stages)  # "sampling" while the top level is, then "upsampling"
+    assert stages[0] == "sampling" and stages[-1] == "upsampling"
 
 
 async def test_cancel_and_missing_models(

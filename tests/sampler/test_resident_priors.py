@@ -99,6 +99,17 @@ async def test_off_loads_each_level_for_each_job(
     assert loads == [("5b", 2), ("5b", 1), ("5b", 0)] * 2  # top first, freed after its level
 
 
+@pytest.mark.parametrize(("resident", "overlaps"), [("on", True), ("off", False)])
+def test_levels_sample_at_once_by_default_only_while_their_priors_stay_resident(
+    model_dir: Path, resident: ResidentPriors, overlaps: bool
+) -> None:
+    # None: the cascade's default for the device (on for CUDA), which holds two or three priors at once
+    runner = cpu_runner(model_dir, resident)
+    assert runner._overlaps("5b") is (None if overlaps else False)
+    runner.overlap_levels = True  # an explicit choice is the operator's
+    assert runner._overlaps("5b") is True
+
+
 async def test_warm_up_loads_the_preferred_models_priors_before_any_job(
     model_dir: Path, sqlite_store: JobStore, loads: list[tuple[str, int]], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -28,6 +28,7 @@ from storage.migrate import (
     upgrade_to_head_async,
 )
 from storage.models import Base, UTCDateTime
+from storage.store import JobStore
 
 TABLES = {"jobs", "samples", "votes", "primes", "guild_settings", "workers"}
 
@@ -342,7 +343,10 @@ async def test_0005_allows_curate_jobs_and_refuses_to_downgrade_over_them(empty_
     await upgrade_async(url, "0005")
     await insert(id=1, kind="curate")
     await insert(id=2, kind="generate")
-    assert await schema_diff_async(url) == []
+    # what 0005 leaves differs from the models only by the columns later revisions add
+    assert [(diff[0], diff[2], diff[3].name) for diff in await schema_diff_async(url)] == [
+        ("add_column", "jobs", "level_windows")
+    ]
     with pytest.raises(RuntimeError, match="1 curate job"):
         await downgrade_async(url, "0004")
     assert await current_revision_async(url) == "0005"  # nothing undone
@@ -356,3 +360,27 @@ async def test_0005_allows_curate_jobs_and_refuses_to_downgrade_over_them(empty_
     with pytest.raises(sa.exc.IntegrityError):
         await insert(id=3, kind="curate")
     assert await _read(url, sa.select(JOBS_0001.c.id, JOBS_0001.c.kind)) == [(2, "generate")]
+
+
+async def test_0006_adds_level_windows_that_older_rows_leave_empty(empty_db_url: str) -> None:
+    url = empty_db_url
+    job = {"id": 1, "channel_id": 1, "user_id": 2, "model": "5b", "params": {}, "kind": "generate"}
+    job |= {"status": "queued", "priority": 0, "attempts": 0, "max_attempts": 1, "progress": 0.0}
+    job |= {"created_at": T0, "updated_at": T0}
+    await upgrade_async(url, "0005")
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(JOBS_0001.insert(), [job])
+    finally:
+        await engine.dispose()
+    await upgrade_async(url, "0006")
+    assert "level_windows" in (await _columns(url))["jobs"]
+    engine = create_engine(url)
+    try:
+        assert (await JobStore(engine).get_job(1)).level_windows == ()
+    finally:
+        await engine.dispose()
+    await downgrade_async(url, "0005")
+    assert "level_windows" not in (await _columns(url))["jobs"]
+    assert await _read(url, sa.select(JOBS_0001.c.id, JOBS_0001.c.status)) == [(1, "queued")]

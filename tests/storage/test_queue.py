@@ -15,6 +15,7 @@ from storage import (
     JobStatus,
     JobStore,
     LeaseLost,
+    LevelWindow,
     create_engine,
 )
 from storage.store import CLAIM_ORDER, jobs
@@ -217,6 +218,12 @@ async def test_progress_and_completion(store: JobStore, clock: FakeClock) -> Non
     assert (job.stage, job.progress, job.level, job.window, job.window_count) == ("upsampling", 1.0, 1, 2, 5)
     assert (job.tokens_done, job.tokens_total, job.tokens_per_second, job.eta_at) == (1000, 4000, 120.5, eta)
     assert job.progress_message_id == 999_999_999_999
+    assert job.level_windows == ()  # one level at a time
+    both = (LevelWindow(1, 3, 5), LevelWindow(0, 2, 20))
+    await store.report_progress(
+        job_id, "gpu-0", stage="upsampling", progress=0.5, level=0, level_windows=both
+    )
+    assert (await store.get_job(job_id)).level_windows == both
     await store.save_checkpoint(job_id, "gpu-0", b"x" * 10)
 
     clock.advance(5)
