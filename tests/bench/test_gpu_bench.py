@@ -8,13 +8,35 @@ and the budget skips instead of overrunning.
 from __future__ import annotations
 
 import io
+import types
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import torch
 
 from bench.gpu_facts import split_step
-from bench.gpu_models import PRIORS, attn_funcs, build_prior, prior_config, step_bytes
+from bench.gpu_models import (
+    PRIORS,
+    attn_funcs,
+    build_prior,
+    prior_config,
+    random_conditioning,
+    random_ids,
+    step_bytes,
+)
+from bench.gpu_paths import (
+    ENGINE_MODULE,
+    PATHS,
+    StaticStepper,
+    WindowPlan,
+    inverse_cdf,
+    prefilled,
+    time_path,
+    window_uniforms,
+)
 from bench.gpu_record import Budget, Recorder, run_part
+from sampler.jukebox.cascade import sample_steps
 from sampler.jukebox.transformer import BLOCK, CROSS, DENSE, PREV_BLOCK, PRIME, TRANSPOSE, Conv1D
 
 # ---- without a run
@@ -117,3 +139,101 @@ def test_a_part_that_overruns_the_budget_is_stopped() -> None:
     assert "BudgetSpent" in recorder.records[0]["error"] and recorder.records[1]["status"] == "stopped"
     run_part(recorder, Budget(0.3, reserve=0.0), "C", "too big", 1.0, forever)  # does not start at all
     assert recorder.records[-2]["kind"] == "skip" and "budget" in recorder.records[-2]["reason"]
+
+
+# ---- the decode paths on a tiny slice
+
+
+@pytest.fixture
+def tiny_upsampler() -> tuple[Any, Any, torch.Tensor]:
+    spec = PRIORS["upsampler"]
+    prior = build_prior(
+        spec, dry_run=True, device=torch.device("cpu"), dtype=torch.float32, layers=spec.layers
+    )
+    return (
+        prior,
+        random_conditioning(prior, 3, torch.device("cpu")),
+        random_ids(prior, 3, 20, torch.device("cpu")),
+    )
+
+
+def test_the_stepper_draws_what_the_eager_static_step_draws(tiny_upsampler: Any) -> None:
+    prior, cond, known = tiny_upsampler
+    uniforms = window_uniforms(3, 1 + 4 * 6, torch.device("cpu"), seed=3)
+    stepper = StaticStepper(prior, prefilled(prior, cond, known, 60), uniforms, per_call=4, capture=False)
+    while stepper.done < uniforms.shape[0]:
+        stepper.advance()
+    stepper.close()
+    prior.set_static_decode(True)
+    state, token, eager = prefilled(prior, cond, known, 60), None, []
+    with torch.inference_mode():
+        for t in range(uniforms.shape[0]):
+            token = inverse_cdf(prior.step_in_inference_mode(state, token, check_ids=False), uniforms[t])
+            eager.append(token)
+    prior.set_static_decode(False)
+    assert torch.equal(stepper.tokens, torch.stack(eager, 1))
+    assert not torch.equal(stepper.tokens, torch.roll(stepper.tokens, 1, dims=1))  # the draws do vary
+
+
+@dataclass
+class _Options:
+    path: str
+    tokens_per_call: int
+    compile: bool
+
+
+def _stand_in_engine(broken: bool) -> types.ModuleType:
+    """The API the sampling engine will have (WindowDecoder.sample_window), over today's loop."""
+
+    class WindowDecoder:
+        def __init__(self, prior: Any, batch: int, options: _Options) -> None:
+            self.prior, self.options = prior, options
+
+        def sample_window(
+            self,
+            *,
+            cond: Any,
+            known_ids: torch.Tensor,
+            new_tokens: int,
+            temperature: float,
+            top_k: int,
+            top_p: float,
+            generator: torch.Generator,
+            report: Any,
+            progress_every: int,
+        ) -> torch.Tensor:
+            if broken:
+                raise NotImplementedError("not yet")
+            state = prefilled(self.prior, cond, known_ids, known_ids.shape[1] + new_tokens)
+            return sample_steps(
+                self.prior,
+                state,
+                new_tokens,
+                temperature,
+                top_k,
+                top_p,
+                generator,
+                report,
+                progress_every,
+                exact=False,
+            )
+
+    module = types.ModuleType(ENGINE_MODULE)
+    module.DecodeOptions = _Options  # type: ignore[attr-defined]
+    module.WindowDecoder = WindowDecoder  # type: ignore[attr-defined]
+    return module
+
+
+def test_decode_rows_go_through_the_engine_when_it_exists_and_fall_back_when_it_fails(
+    tiny_upsampler: Any,
+) -> None:
+    prior, cond, known = tiny_upsampler
+    plan = WindowPlan(first=known.shape[1], segment=16, timed=1, profiled=16)
+    path = next(p for p in PATHS if p.name == "graph K=16")
+    common: dict[str, Any] = dict(capture=False, compile_backend="eager", profile=True)
+    timing = time_path(path, prior, cond, known, plan, engine=_stand_in_engine(False), **common)
+    assert timing.engine == ENGINE_MODULE and timing.engine_error is None
+    assert timing.tokens.shape == (3, 3 * 16) and timing.profile is not None and timing.profile.events > 0
+    fallback = time_path(path, prior, cond, known, plan, engine=_stand_in_engine(True), **common)
+    assert fallback.engine == "bench" and "NotImplementedError" in (fallback.engine_error or "")
+    assert fallback.tokens.shape == (3, 1 + 3 * 16) and len(fallback.segments_ms) == 1
