@@ -1,21 +1,27 @@
-"""bench/gpu.py: the parts that need no run (the facts, the split, the slices, the budget).
+"""bench/gpu.py: the dry run end to end (as CI runs it), and the parts that need no run.
 
 The bench runs once on a GPU that nobody here can reach, so these tests hold it to what that run
-needs: the arithmetic of the split and the scaling holds, a failing part does not stop the others,
-and the budget skips instead of overrunning.
+needs: every section leaves records or says why not, a failing section does not stop the others,
+the budget skips instead of overrunning, and the arithmetic of the split and the scaling holds.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import math
+import os
+import subprocess
+import sys
 import types
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from bench.gpu_facts import split_step
+from bench.gpu_facts import H100_BANDWIDTH, split_step
 from bench.gpu_models import (
     PRIORS,
     attn_funcs,
@@ -38,6 +44,91 @@ from bench.gpu_paths import (
 from bench.gpu_record import Budget, Recorder, run_part
 from sampler.jukebox.cascade import sample_steps
 from sampler.jukebox.transformer import BLOCK, CROSS, DENSE, PREV_BLOCK, PRIME, TRANSPOSE, Conv1D
+
+ROOT = Path(__file__).resolve().parents[2]
+SECTIONS = "ABCDEFGHI"
+
+
+def _dry_run(out: Path, *args: str) -> tuple[str, list[dict[str, Any]]]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.gpu", "--dry-run", "--out", str(out), *args],
+        cwd=ROOT,
+        env=os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return proc.stdout, records
+
+
+@pytest.mark.slow
+def test_dry_run_covers_every_section_and_goes_on_past_a_failing_one(tmp_path: Path) -> None:
+    stdout, records = _dry_run(tmp_path, "--inject-failure", "F")
+    on_disk = [json.loads(line) for line in (tmp_path / "gpu.jsonl").read_text().splitlines()]
+    assert on_disk == records
+
+    measured = {r["section"] for r in records if r["kind"] not in ("section", "skip", "error")}
+    assert measured == set(SECTIONS) - {"F"}
+    f_errors = [r for r in records if r["section"] == "F" and r["kind"] == "error"]
+    assert len(f_errors) == 3 and all("injected" in r["error"] for r in f_errors)
+    assert [r for r in records if r["kind"] == "error" and r["section"] != "F"] == []
+    # the parts after F still ran: the scale check, the compiled rows, D
+    assert [r["path"] for r in records if r["kind"] == "scale_check"] == ["static"]
+    assert any(r["kind"] == "kernels" for r in records if r["t_s"] > f_errors[-1]["t_s"])
+
+    decode = [r for r in records if r["kind"] == "decode"]
+    runnable = [p.name for p in PATHS if not p.name.endswith("max-autotune blocks")]
+    assert sorted((r["prior"], r["path"]) for r in decode) == sorted((p, n) for p in PRIORS for n in runnable)
+    assert any(
+        r["kind"] == "skip" and "max-autotune" in r["what"] and "inductor" in r["reason"] for r in records
+    )
+    for r in decode:
+        assert math.isclose(r["streaming_ms"] + r["fixed_ms"], r["ms_per_step"], rel_tol=1e-5, abs_tol=1e-6)
+        h100 = r["bytes_per_step"] / (H100_BANDWIDTH * r["efficiency"]) * 1e3 + r["fixed_ms"]
+        assert math.isclose(r["h100_ms_per_step"], h100, rel_tol=1e-5, abs_tol=1e-6)
+        scaled = r["extras_ms_per_step"] + r["per_layer_ms"] * r["depth"]
+        assert math.isclose(r["ms_per_step"], scaled, rel_tol=1e-5)
+        assert r["tokens_in_range"] and r["kernels_per_step_slice"] > 0
+    for r in (r for r in decode if "compiled" in r["path"]):  # one graph per attention kind
+        slice_config = prior_config(PRIORS[r["prior"]], True, PRIORS[r["prior"]].layers)
+        assert r["compiled_graphs"] == len(set(attn_funcs(slice_config))), r
+
+    checks = [r for r in records if r["kind"] == "check"]
+    assert len(checks) == 3 * 3 + 3 * 2 + 1  # H per prior, the compiled rows' checks, the overlap
+    assert all(r["tokens_equal"] == r["steps"] for r in checks), checks
+    assert all(r.get("max_logit_diff", 0.0) <= 1e-5 for r in checks)  # fp32 at 16-slot blocks: float rounding
+    assert all(r["logits_bitwise_equal"] for r in checks if "logits_bitwise_equal" in r)
+
+    summary = (tmp_path / "summary.txt").read_text()
+    assert "5b_lyrics stack" in summary and "1b_lyrics stack" in summary
+    assert stdout.rstrip().endswith(summary.rstrip())
+    rows = next(r for r in records if r["kind"] == "summary")["rows"]
+    complete = [row for row in rows if row["here"]["total"] is not None]
+    assert len(complete) >= 2 * 6
+    for row in complete:
+        parts = [*row["here"]["levels"].values(), row["prefill"]]
+        assert math.isclose(row["here"]["total"], sum(parts), rel_tol=1e-5)
+
+
+def test_a_budget_too_small_skips_every_part_with_a_reason(tmp_path: Path) -> None:
+    stdout, records = _dry_run(tmp_path, "--budget", "0")
+    parts = [r for r in records if r["kind"] == "section"]
+    skips = [r for r in records if r["kind"] == "skip"]
+    assert parts and all(r["status"] == "skipped" for r in parts)
+    assert {r["what"] for r in skips} >= {r["part"] for r in parts}
+    assert all("budget" in r["reason"] or "inductor" in r["reason"] for r in skips)
+    assert not [r for r in records if r["kind"] not in ("section", "skip", "summary")]
+    assert "5b_lyrics stack" in stdout and (tmp_path / "summary.txt").exists()
+
+
+def test_sections_picks_what_runs_besides_a_and_i(tmp_path: Path) -> None:
+    _, records = _dry_run(tmp_path, "--sections", "B")
+    assert {r["section"] for r in records} == {"A", "B", "I"}
+    assert any(r["kind"] == "gemm" for r in records)
+
 
 # ---- without a run
 
