@@ -11,8 +11,8 @@ from typing import Any, TypeVar
 import torch
 
 from bench.gpu_facts import StepSplit, split_step
-from bench.gpu_paths import ProfileTally, WindowPlan
 from bench.gpu_record import Budget, Recorder, guarded
+from bench.gpu_timing import ProfileTally, WindowPlan
 from sampler.jukebox.prior import PriorConfig
 
 T = TypeVar("T")

@@ -35,19 +35,19 @@ from bench.gpu_paths import (
     PATHS,
     DecodePath,
     StaticStepper,
-    Timing,
     inverse_cdf,
     layers_skipped,
     prefilled,
     reset_compiled,
-    time_path,
     window_uniforms,
 )
+from bench.gpu_timing import Timing, time_path
 from sampler.jukebox.prior import Conditioning, JukeboxPrior
 
 EAGER_AND_GRAPH = tuple(path for path in PATHS if path.compile_mode is None)
 COMPILED = tuple(path for path in PATHS if path.compile_mode is not None)
 CHECK_STEPS = 64
+GRAPH_K16 = next(path for path in PATHS if path.name == "graph K=16")
 
 
 @dataclasses.dataclass
@@ -145,6 +145,7 @@ def decode_row(ctx: Context, run: SliceRun, path: DecodePath, scale_check: bool 
         path=path.name,
         engine=timing.engine,
         engine_error=timing.engine_error,
+        profile_error=timing.profile_error,
         layers_measured=layers,
         depth=depth,
         slice_ms_per_step=timing.ms_per_step,
@@ -196,7 +197,7 @@ def decode_paths(ctx: Context, names: tuple[str, ...], paths: tuple[DecodePath, 
 def _decode_and_check(ctx: Context, run: SliceRun, path: DecodePath) -> None:
     decode_row(ctx, run, path)
     if path.compile_mode is not None:
-        graph_checks(ctx, run, path.compile_mode)
+        graph_checks(ctx, run, path)
 
 
 def _estimate(ctx: Context, spec: PriorSpec, path: DecodePath) -> float:
@@ -381,13 +382,16 @@ def stepper_run(
         stepper.close()
 
 
-def graph_checks(ctx: Context, run: SliceRun, compile_mode: str | None = None) -> None:
-    """The captured path against the same calls run eagerly, and twice against itself."""
+def graph_checks(ctx: Context, run: SliceRun, path: DecodePath = GRAPH_K16) -> None:
+    """`path` (captured, K tokens a call) against the same calls run eagerly without compiling, and
+    twice against itself."""
     steps = CHECK_STEPS if not ctx.dry_run else 32
-    label = "graph K=16" + ("" if compile_mode is None else f" + {compile_mode} blocks")
-    eager_tokens, eager_logits = stepper_run(ctx, run, steps, capture=False)
-    tokens, logits = stepper_run(ctx, run, steps, capture=ctx.capture, compile_mode=compile_mode)
-    again, again_logits = stepper_run(ctx, run, steps, capture=ctx.capture, compile_mode=compile_mode)
+    label, mode, per_call = path.name, path.compile_mode, path.per_call
+    eager_tokens, eager_logits = stepper_run(ctx, run, steps, capture=False, per_call=per_call)
+    tokens, logits = stepper_run(ctx, run, steps, capture=ctx.capture, compile_mode=mode, per_call=per_call)
+    again, again_logits = stepper_run(
+        ctx, run, steps, capture=ctx.capture, compile_mode=mode, per_call=per_call
+    )
     outcomes = (
         (
             "vs eager static (same uniforms)",

@@ -61,7 +61,7 @@ class Recorder:
     def emit(self, section: str, kind: str, **fields: Any) -> dict[str, Any]:
         record = _jsonable({"section": section, "kind": kind, **fields})
         record["t_s"] = round(time.perf_counter() - self._start, 3)
-        line = json.dumps(record)
+        line = json.dumps(record, default=str)  # an unforeseen type must not lose the figure
         print(line, file=self._stream, flush=True)
         if self._file is not None:
             self._file.write(line + "\n")

@@ -148,7 +148,7 @@ def table(records: Sequence[Record]) -> tuple[list[Record], str]:
     lines = [
         f"I. Seconds per minute of audio, {3} samples, measured on {env.get('name', 'an unknown device')}"
         f"{' (DRY RUN: tiny sizes, not a measurement)' if env.get('dry_run') else ''}",
-        f"   H100 = {FORMULA}; prefill is compute-bound and kept as measured.",
+        f"   Projection: {FORMULA}. Prefill is compute-bound: kept as measured.",
         f"   Target: {TARGET_SECONDS:.0f} s on one H100.",
     ]
     head = (

@@ -93,7 +93,12 @@ def _prefill_row(ctx: Context, run: SliceRun, known: torch.Tensor, method: str, 
         levels=list(run.spec.levels),
         s_per_min={level: full_s / known_len * PREFILL_TOKENS_PER_MINUTE[level] for level in run.spec.levels},
         peak_memory_gb=_peak_gb(ctx),
-        note="compute-bound: the H100 figure is taken as measured (same matrix rate as an H200)",
+        note="compute-bound: the H100 figure is taken as measured (same matrix rate as an H200)"
+        + (
+            "; start() feeds the lyric prefix first, so the music goes through the chunk path"
+            if prior.config.single_enc_dec
+            else ""
+        ),
     )
 
 

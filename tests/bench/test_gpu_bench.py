@@ -35,13 +35,12 @@ from bench.gpu_paths import (
     ENGINE_MODULE,
     PATHS,
     StaticStepper,
-    WindowPlan,
     inverse_cdf,
     prefilled,
-    time_path,
     window_uniforms,
 )
 from bench.gpu_record import Budget, Recorder, run_part
+from bench.gpu_timing import WindowPlan, time_path
 from sampler.jukebox.cascade import sample_steps
 from sampler.jukebox.transformer import BLOCK, CROSS, DENSE, PREV_BLOCK, PRIME, TRANSPOSE, Conv1D
 
