@@ -1,237 +1,189 @@
-"""GPU sampling speed of the published architectures: seconds per minute of audio, per level.
+"""The sampling engine on a GPU: the figures GPU-PLAN.md §5 asks of one ≤ 10-minute run.
 
-Speed does not depend on the weights, so every prior is built at its published size with random
-weights (no download). For each stack (5b_lyrics, 1b_lyrics: the top prior plus the two upsamplers)
-and each number of samples, we time the cascade's per-token loop (`sample_steps`: prior step → logits
-→ draw) for `--steps` tokens from the middle of a window (attention cost grows with the position, the
-middle is its average), and scale to one minute of audio (20 671 / 82 684 / 330 736 tokens at levels
-2 / 1 / 0, jukebox-spec §7). Windows' prefill is compute-bound and small (spec §7): not timed here.
+Sections, run in order of value (a part that will not fit the budget is skipped with a reason):
 
-The memory-bandwidth bound per step is (weights read per step + KV cache read per step) / bandwidth;
-`--bandwidth` defaults to the spec's H100 SXM / H200 figures by device name. Levers, each timed on
-its own so that its gain shows:
+    A  device, versions, measured copy and read bandwidth
+    B  constants: host µs per eager op, µs per kernel in a CUDA graph, LayerNorm, M ≤ 16 GEMMs
+    C  decode ms/step per prior and path at batch 3, fp16, mid-window: kernels, busy fraction,
+       s/min, × bound, the streaming/fixed split and the H100 projection, setup s, peak memory
+    H  correctness: static vs sliced logits and tokens, graph vs eager, two runs equal
+    E  prefill of one window per prior: the reference's chunks vs one pass
+    G  two upsampler graphs on two streams (levels 1 and 0 at once)
+    F  per-window extras: conditioner, lyric encoder + cross k/v, VQ-VAE decode of 3 × 60 s
+    C  the upsampler at full depth (checks the slice scaling)
+    D  the ten costliest kernels of the best path per prior (again after the compiled rows)
+    C  the compiled paths (the risk: minutes of compiling on a fresh machine)
+    I  the summary table (also rewritten to --out after every part, so a time-out leaves one)
 
-    fp32 ref-attn   weights fp32, reference attention arithmetic (what the original does, minus fp16)
-    bf16 ref-attn   weights cast to bf16 once (the original re-casts fp32 weights every call)
-    bf16 sdpa       + F.scaled_dot_product_attention kernels
-    fp16 sdpa       fp16 instead of bf16
+Random weights at the published sizes; the decode and prefill rows run on layer slices scaled to
+full depth (`gpu_models`). Every figure is a JSON line on stdout and in `--out DIR/gpu.jsonl`,
+flushed as it is measured; the summary table is printed last and written to `DIR/summary.txt`.
 
-KV caches are static (preallocated once per window) in every row. Usage:
-
-    python3 bench/gpu.py                       # on a GPU machine: both stacks, 1 and 3 samples
-    python3 bench/gpu.py --stacks 1b_lyrics --samples 1 --steps 64
-    python3 bench/gpu.py --dry-run             # CPU, tiny shapes: checks the script end to end
+    python -m bench.gpu --budget 540 --out $OUT        # on the GPU machine
+    python -m bench.gpu --dry-run                       # CPU, tiny sizes, every section but capture
+    python -m bench.gpu --dry-run --device cuda --budget 120   # a GPU smoke test, with capture
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import math
 import sys
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sampler.jukebox.cascade import sample_steps
-from sampler.jukebox.prior import Conditioning, JukeboxPrior, PriorConfig
-from sampler.jukebox.registry import SAMPLE_RATE
-from sampler.jukebox.transformer import CROSS, Conv1D
+import torch
 
-STACKS = {
-    "5b_lyrics": ("prior_5b_lyrics", "upsampler_level_1", "upsampler_level_0"),
-    "1b_lyrics": ("prior_1b_lyrics", "upsampler_level_1", "upsampler_level_0"),
-}
-# jukebox-spec §7: HBM bandwidth of the machines the bound is quoted for (bytes/s)
-BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12}
-LEVERS = (
-    ("fp32 ref-attn", torch.float32, False),
-    ("bf16 ref-attn", torch.bfloat16, False),
-    ("bf16 sdpa", torch.bfloat16, True),
-    ("fp16 sdpa", torch.float16, True),
-)
-MINUTE = (60 * SAMPLE_RATE // 128) * 128  # one minute of audio, rounded to the top hop as the reference does
+import bench.gpu_imports  # noqa: F401  (before the sampler: the GPU image lacks unidecode)
+from bench.gpu_context import Context
+from bench.gpu_decode import COMPILED, EAGER_AND_GRAPH, correctness, costliest, decode_paths, scale_check
+from bench.gpu_micro import bandwidth, environment, gemms, launch_costs, layernorm
+from bench.gpu_models import PRIORS
+from bench.gpu_paths import engine_module
+from bench.gpu_record import SUMMARY_FILE, Budget, Recorder, run_part
+from bench.gpu_summary import table
+from bench.gpu_window import conditioner, lyric_encoder, overlap, prefill, vqvae_decode
+
+SECTIONS = "ABCDEFGHI"
 
 
 @dataclass(frozen=True)
-class Timing:
-    seconds_per_step: float
-    weight_bytes: int
-    kv_bytes: int
+class Part:
+    """One budgeted unit of a section. Estimates are seconds at published sizes on the GPU and at dry-run
+    sizes on the CPU; a part's rows check the budget again on their own."""
+
+    section: str
+    name: str
+    gpu_s: float
+    dry_s: float
+    run: Callable[[Context], None]
+    needs_inductor: bool = False
 
 
-def tiny(config: PriorConfig) -> PriorConfig:
-    """The same architecture kind shrunk for a CPU dry run (attention patterns kept)."""
-    changes: dict[str, int] = dict(prior_width=32, n_ctx=64, blocks=8)
-    if config.is_upsampler:
-        changes.update(prior_depth=3, cond_width=16, cond_depth=2)
-    elif config.single_enc_dec:
-        changes.update(prior_depth=16, n_tokens=16)  # layer 15 is prime attention
-    elif config.lyric_encoder:
-        changes.update(
-            prior_depth=19, n_tokens=16, prime_width=16, prime_depth=2, prime_blocks=4
-        )  # 18: cross
-    return dataclasses.replace(config, **changes)  # type: ignore[arg-type]
+def _compiled(name: str, index: int) -> Callable[[Context], None]:
+    return lambda ctx: decode_paths(ctx, (name,), (COMPILED[index],))
 
 
-def random_conditioning(prior: JukeboxPrior, batch: int, device: torch.device) -> Conditioning:
-    """Conditioning of the right shapes; its values do not change the speed."""
-    cfg = prior.config
-    width = cfg.prior_width
-    encoder_states = prefix_ids = None
-    if cfg.lyric_encoder:
-        encoder_states = torch.randn(batch, cfg.n_tokens, width, device=device)
-    if cfg.single_enc_dec:
-        prefix_ids = torch.randint(0, cfg.n_vocab, (batch, cfg.n_tokens), device=device)
-    return Conditioning(
-        start=torch.randn(batch, 1, width, device=device) * 0.02,
-        x_cond=torch.randn(batch, cfg.seq_len, width, device=device) * 0.02,
-        encoder_states=encoder_states,
-        prefix_ids=prefix_ids,
-    )
+PARTS = (
+    Part("A", "environment", 15, 0.2, environment),
+    Part("A", "bandwidth", 5, 0.5, bandwidth),
+    Part("B", "launch costs", 5, 0.5, launch_costs),
+    Part("B", "layernorm", 3, 0.3, layernorm),
+    Part("B", "gemms", 15, 1, gemms),
+    Part(
+        "C",
+        "decode: eager and graph paths",
+        15,
+        2,
+        lambda ctx: decode_paths(ctx, tuple(PRIORS), EAGER_AND_GRAPH),
+    ),
+    Part("H", "correctness", 20, 2, correctness),
+    Part("E", "prefill", 10, 1, prefill),
+    Part("G", "overlap", 15, 1, overlap),
+    Part("F", "conditioner", 5, 0.5, conditioner),
+    Part("F", "lyric encoder", 5, 0.5, lyric_encoder),
+    Part("F", "vqvae decode", 10, 1, vqvae_decode),
+    Part("C", "decode: upsampler at full depth (scale check)", 15, 2, scale_check),
+    Part("D", "costliest kernels (eager and graph paths)", 1, 0.1, costliest),
+    Part("C", "decode: compiled upsampler", 120, 3, _compiled("upsampler", 0)),
+    Part("C", "decode: compiled 5b_lyrics", 155, 4, _compiled("5b_lyrics", 0)),
+    Part("C", "decode: compiled 1b_lyrics", 190, 5, _compiled("1b_lyrics", 0)),
+    Part("C", "decode: max-autotune upsampler", 480, 3, _compiled("upsampler", 1), needs_inductor=True),
+    Part("D", "costliest kernels (all paths)", 1, 0.1, costliest),
+)
 
 
-def weight_bytes_per_step(prior: JukeboxPrior) -> int:
-    """Matmul weights read by one decoding step: the transformer's Conv1Ds (not the cross-attention
-    k, v projection, which runs once per window) and the output head."""
-    total = 0
-    for name, module in prior.prior.transformer.named_modules():
-        if isinstance(module, Conv1D) and not name.endswith("c_enc_kv"):
-            total += module.w.numel() * module.w.element_size()
-    assert prior.prior.x_out is not None
-    return total + prior.prior.x_out.weight.numel() * prior.prior.x_out.weight.element_size()
-
-
-def kv_bytes_per_step(prior: JukeboxPrior, batch: int, position: int) -> int:
-    """KV cache entries one step at `position` reads, summed over layers (spec §3.3)."""
-    cfg = prior.config.transformer_config()
-    b, itemsize = cfg.block_ctx, torch.empty(0, dtype=prior.dtype).element_size()
-    keys = 0
-    for func in cfg.attn_funcs:
-        keys += {
-            0: position + 1,  # dense
-            1: position % b + 1,  # block
-            2: position // b + 1,  # transpose column
-            3: b,  # previous block
-            CROSS: cfg.encoder_len,
-            7: min(position + 1, cfg.prime_window),
-        }[func]
-    return 2 * keys * cfg.n_state * batch * itemsize
-
-
-def time_level(prior: JukeboxPrior, batch: int, steps: int, device: torch.device) -> Timing:
-    cond = random_conditioning(prior, batch, device)
-    n_ctx = prior.n_ctx
-    steps = min(steps, n_ctx - 1)
-    first = max(1, n_ctx // 2 - steps // 2)
-    generator = torch.Generator(device=device).manual_seed(0)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-    def window() -> float:
-        state = prior.start(cond, max_len=first + steps + 1)
-        known = torch.randint(0, prior.config.l_bins, (batch, first), device=device)
-        chunk = 512
-        for start in range(0, first, chunk):
-            prior.prefill(state, prior.codes_to_ids(known[:, start : start + chunk]))
-        warm = 2  # the first steps warm the kernels up: the clock starts after them
-        begin: list[float] = []
-
-        def start_clock(done: int) -> None:
-            if not begin:
-                sync()
-                begin.append(time.perf_counter())
-
-        sample_steps(
-            prior, state, steps, 1.0, 0, 0.0, generator, start_clock, progress_every=warm, exact=False
-        )
-        sync()
-        return (time.perf_counter() - begin[0]) / (steps - warm)
-
-    best = min(window() for _ in range(2))
-    middle = prior.prefix_len + n_ctx // 2
-    return Timing(best, weight_bytes_per_step(prior), kv_bytes_per_step(prior, batch, middle))
-
-
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--stacks", nargs="+", choices=sorted(STACKS), default=["5b_lyrics", "1b_lyrics"])
-    parser.add_argument("--samples", nargs="+", type=int, default=[1, 3])
-    parser.add_argument("--steps", type=int, default=128, help="tokens timed per level and lever")
-    parser.add_argument("--levers", nargs="+", choices=[name for name, _, _ in LEVERS], default=None)
-    parser.add_argument("--bandwidth", type=float, default=None, help="HBM bytes/s (default: by device name)")
-    parser.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes, a few steps")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="tiny sizes (CPU unless --device): checks the bench"
+    )
+    parser.add_argument(
+        "--budget", type=float, default=None, help="seconds for the whole run (default: no limit)"
+    )
+    parser.add_argument("--out", type=Path, default=None, help="folder for gpu.jsonl and summary.txt")
+    parser.add_argument(
+        "--sections",
+        default=SECTIONS,
+        help="letters to run, e.g. C,H or CH (default all; A and I always run: the others need A's figures)",
+    )
+    parser.add_argument("--device", default=None, help="cuda (default when there is one) or cpu")
+    parser.add_argument(
+        "--engine",
+        choices=("auto", "bench"),
+        default="auto",
+        help="auto: decode rows through sampler.jukebox.decoding where it exists; bench: the bench's own",
+    )
+    parser.add_argument(
+        "--compile-backend",
+        default=None,
+        help="torch.compile backend of the compiled rows (default: inductor; aot_eager in a dry run)",
+    )
+    parser.add_argument(
+        "--inject-failure", default=None, metavar="SECTION", help=argparse.SUPPRESS
+    )  # tests only
     args = parser.parse_args(argv)
+    args.sections = set(args.sections.upper().replace(",", "").replace(" ", ""))
+    unknown = args.sections - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections {sorted(unknown)}: choose from {', '.join(SECTIONS)}")
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
+    if not args.dry_run and args.device != "cuda":
+        parser.error("published sizes need a GPU: run on a CUDA machine, or pass --dry-run")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda, but torch sees no CUDA device")
+    return args
 
-    if args.dry_run:
-        device = torch.device("cpu")
-        steps, bandwidth, device_name = min(args.steps, 8), args.bandwidth or 50e9, "CPU (dry run)"
-    else:
-        if not torch.cuda.is_available():
-            parser.error("no CUDA device: run on a GPU machine, or pass --dry-run")
-        device = torch.device("cuda")
-        device_name = torch.cuda.get_device_name()
-        known = next((bw for key, bw in BANDWIDTH.items() if key in device_name), None)
-        bandwidth = args.bandwidth or known
-        if bandwidth is None:
-            parser.error(f"unknown HBM bandwidth for {device_name}: pass --bandwidth BYTES_PER_S")
-        steps = args.steps
-        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 rows stay the reference arithmetic
-    levers = [lever for lever in LEVERS if args.levers is None or lever[0] in args.levers]
-    print(f"{device_name}, bound at {bandwidth / 1e12:.2f} TB/s, {steps} timed steps per level")
-    print("s/min = seconds of sampling per minute of audio; bound = memory-bandwidth bound (spec §7)")
 
-    for stack in args.stacks:
-        for samples in args.samples:
-            print(f"\n{stack}, {samples} sample(s)")
-            header = (
-                f"{'level':<24}{'lever':<16}{'ms/step':>9}{'s/min':>10}"
-                f"{'bound s/min':>13}{'× bound':>9}{'gain':>7}"
-            )
-            print(header)
-            print("-" * len(header))
-            totals: dict[str, float] = {}
-            bound_total = 0.0
-            for name in STACKS[stack]:
-                config = PriorConfig.published(name)
-                if args.dry_run:
-                    config = tiny(config)
-                tokens = MINUTE // config.raw_to_tokens
-                with torch.device(device):
-                    torch.manual_seed(0)
-                    prior = JukeboxPrior(config).eval()
-                previous = None
-                bound = 0.0
-                for lever, dtype, fast in levers:
-                    prior.to_compute_dtype(dtype)
-                    prior.set_fast_attention(fast)
-                    timing = time_level(prior, samples, steps, device)
-                    per_minute = timing.seconds_per_step * tokens
-                    bound = tokens * (timing.weight_bytes + timing.kv_bytes) / bandwidth
-                    gain = "" if previous is None else f"{previous / timing.seconds_per_step:.2f}×"
-                    previous = timing.seconds_per_step
-                    totals[lever] = totals.get(lever, 0.0) + per_minute
-                    print(
-                        f"{name:<24}{lever:<16}{timing.seconds_per_step * 1e3:>9.2f}{per_minute:>10.1f}"
-                        f"{bound:>13.1f}{per_minute / bound:>8.2f}×{gain:>7}",
-                        flush=True,
-                    )
-                bound_total += bound  # the bound of the last (lowest-precision) lever
-                del prior
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-            for lever, total in totals.items():
-                print(
-                    f"{'total ' + stack:<24}{lever:<16}{'':>9}{total:>10.1f}"
-                    f"{bound_total:>13.1f}{total / bound_total:>8.2f}×"
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    recorder = Recorder(args.out)
+    budget = Budget(args.budget, reserve=2.0 if args.dry_run else 15.0)
+    engine, engine_error = engine_module() if args.engine == "auto" else (None, None)
+    ctx = Context(
+        recorder=recorder,
+        budget=budget,
+        device=device,
+        dry_run=args.dry_run,
+        engine=engine,
+        compile_backend=args.compile_backend or ("aot_eager" if args.dry_run else "inductor"),
+        inject_failure=args.inject_failure,
+        engine_error=engine_error,
+    )
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 checks stay fp32
+    try:
+        for part in PARTS:
+            if part.section not in args.sections and part.section != "A":  # A: what every other needs
+                continue
+            if part.needs_inductor and ctx.compile_backend != "inductor":
+                recorder.skip(
+                    part.section, part.name, f"needs inductor; this run compiles with {ctx.compile_backend}"
                 )
-            if not math.isfinite(bound_total) or bound_total <= 0:
-                raise RuntimeError("the bandwidth bound came out non-positive")
+                continue
+            run_part(
+                recorder,
+                budget,
+                part.section,
+                part.name,
+                ctx.seconds(part.gpu_s, part.dry_s),
+                partial(part.run, ctx),
+                inject_failure=part.section == (args.inject_failure or "").upper(),
+            )
+            recorder.write_text(SUMMARY_FILE, table(recorder.records)[1])
+        rows, text = table(recorder.records)
+        recorder.emit("I", "summary", rows=rows)
+        recorder.write_text(SUMMARY_FILE, text)
+        print(text, flush=True)
+    finally:
+        recorder.close()
 
 
 if __name__ == "__main__":

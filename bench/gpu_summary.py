@@ -1,0 +1,207 @@
+"""Section I of `bench/gpu.py`: seconds per minute of audio per level and in total, for each lever,
+measured here and projected to an H100, against the bound and the 528 s target.
+
+Computed from whatever records exist (a time-out still gets a summary of what was measured); a
+lever missing a figure shows "-" and no total. Each lever adds one change to the row above it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from bench.gpu_facts import FORMULA, H100_BANDWIDTH, STEPS_PER_MINUTE, TARGET_SECONDS
+from bench.gpu_models import PRIORS, STACKS
+
+# (label, decode path, prefill method): cumulative, in the order GPU-PLAN §3 applies them.
+LEVERS = (
+    ("today: sliced, reference-chunk prefill", "sliced", "reference chunks"),
+    ("+ one-pass prefill", "sliced", "one pass"),
+    ("+ static step", "static", "one pass"),
+    ("+ CUDA graph, K=1", "graph K=1", "one pass"),
+    ("+ K=16 tokens per replay", "graph K=16", "one pass"),
+    ("+ compiled blocks", "graph K=16 + compiled blocks", "one pass"),
+    ("+ max-autotune blocks", "graph K=16 + max-autotune blocks", "one pass"),
+)
+Record = dict[str, Any]
+
+
+def _latest(records: Sequence[Record], kind: str, **match: Any) -> Record | None:
+    found = [r for r in records if r.get("kind") == kind and all(r.get(k) == v for k, v in match.items())]
+    return found[-1] if found else None
+
+
+def _per_level(record: Record | None, field: str, level: int) -> float | None:
+    if record is None:
+        return None
+    values = record.get(field) or {}
+    value = values.get(str(level), values.get(level))  # type: ignore[call-overload]
+    return None if value is None else float(value)
+
+
+def _sum(values: Sequence[float | None]) -> float | None:
+    return None if any(v is None for v in values) else sum(v for v in values if v is not None)
+
+
+def _bound(records: Sequence[Record], stack: str, bandwidth: float) -> float | None:
+    """The stack's bound: each level's smallest bytes per step (any path), streamed at `bandwidth`."""
+    total = 0.0
+    for prior in STACKS[stack]:
+        rows = [r for r in records if r.get("kind") == "decode" and r.get("prior") == prior]
+        if not rows:
+            return None
+        least = min(int(r["bytes_per_step"]) for r in rows)
+        total += sum(STEPS_PER_MINUTE[level] * least / bandwidth for level in PRIORS[prior].levels)
+    return total
+
+
+def stack_rows(records: Sequence[Record], stack: str) -> list[Record]:
+    """One row per lever: per-level seconds here and on an H100, totals, × bound, gain."""
+    top, upsampler = STACKS[stack]
+    env = _latest(records, "env", section="A") or {}
+    bandwidth = _latest(records, "bandwidth", section="A") or {}
+    nominal = env.get("nominal_tb_s") or bandwidth.get("read_tb_s")
+    bound_here = None if nominal is None else _bound(records, stack, float(nominal) * 1e12)
+    bound_h100 = _bound(records, stack, H100_BANDWIDTH)
+    rows: list[Record] = []
+    previous: Record | None = None
+    for label, path, method in LEVERS:
+        decode_top = _latest(records, "decode", prior=top, path=path)
+        decode_up = _latest(records, "decode", prior=upsampler, path=path)
+        prefill_top = _latest(records, "prefill", prior=top, method=method)
+        prefill_up = _latest(records, "prefill", prior=upsampler, method=method)
+        prefill = _sum(
+            [
+                _per_level(prefill_top, "s_per_min", 2),
+                _per_level(prefill_up, "s_per_min", 1),
+                _per_level(prefill_up, "s_per_min", 0),
+            ]
+        )
+        row: Record = dict(stack=stack, lever=label, path=path, prefill_method=method, prefill=prefill)
+        for where, field in (("here", "s_per_min"), ("h100", "h100_s_per_min")):
+            levels = {
+                2: _per_level(decode_top, field, 2),
+                1: _per_level(decode_up, field, 1),
+                0: _per_level(decode_up, field, 0),
+            }
+            total = _sum([*levels.values(), prefill])
+            bound = bound_here if where == "here" else bound_h100
+            row[where] = dict(
+                levels={str(k): v for k, v in levels.items()},
+                total=total,
+                x_bound=None if total is None or not bound else total / bound,
+            )
+        h100_total = row["h100"]["total"]
+        row["x_target"] = None if h100_total is None else h100_total / TARGET_SECONDS
+        last = previous["here"]["total"] if previous is not None else None
+        row["gain"] = None if last is None or row["here"]["total"] is None else last / row["here"]["total"]
+        rows.append(row)
+        previous = row
+    return rows
+
+
+def overlap_row(records: Sequence[Record], rows: list[Record]) -> Record | None:
+    """Levels 1 and 0 at once (estimated from section G) applied to the last complete lever: level 1
+    runs beside the first quarter of level 0, at G's interleaved rate; the rest of level 0 alone."""
+    overlap = _latest(records, "overlap", section="G")
+    complete = [r for r in rows if r["here"]["total"] is not None]
+    if overlap is None or not complete or not overlap.get("alone_steps_per_s"):
+        return None
+    alone = sum(overlap["alone_steps_per_s"]) / len(overlap["alone_steps_per_s"])
+    together = float(overlap["together_steps_per_s_each"])
+    n1, n0 = STEPS_PER_MINUTE[1], STEPS_PER_MINUTE[0]
+    factor = (n1 / together + (n0 - n1) / alone) / ((n0 + n1) / alone)
+    base = complete[-1]
+    row: Record = dict(
+        stack=base["stack"],
+        lever="+ levels 1 and 0 at once (est. from G)",
+        path=base["path"],
+        prefill_method=base["prefill_method"],
+        prefill=base["prefill"],
+        overlap_factor=factor,
+    )
+    for where in ("here", "h100"):
+        levels = dict(base[where]["levels"])
+        both = levels["1"] + levels["0"]
+        levels["1"], levels["0"] = 0.0, both * factor
+        total = _sum([*levels.values(), base["prefill"]])
+        ratio = base[where]["x_bound"] / base[where]["total"] if base[where]["x_bound"] else None
+        row[where] = dict(
+            levels=levels, total=total, x_bound=None if ratio is None or total is None else total * ratio
+        )
+    row["x_target"] = row["h100"]["total"] / TARGET_SECONDS
+    row["gain"] = base["here"]["total"] / row["here"]["total"]
+    return row
+
+
+def _cell(value: float | None, width: int, suffix: str = "") -> str:
+    return (
+        f"{'-':>{width}}"
+        if value is None
+        else f"{value:>{width - len(suffix)}.{1 if value < 100 else 0}f}{suffix}"
+    )
+
+
+def table(records: Sequence[Record]) -> tuple[list[Record], str]:
+    """All rows of I and their text table."""
+    env = _latest(records, "env", section="A") or {}
+    lines = [
+        f"I. Seconds per minute of audio, {3} samples, measured on {env.get('name', 'an unknown device')}"
+        f"{' (DRY RUN: tiny sizes, not a measurement)' if env.get('dry_run') else ''}",
+        f"   Projection: {FORMULA}. Prefill is compute-bound: kept as measured.",
+        f"   Target: {TARGET_SECONDS:.0f} s on one H100.",
+    ]
+    head = (
+        f"{'lever':<40}{'L2':>8}{'L1':>8}{'L0':>8}{'prefill':>9}{'total':>9}{'x bound':>9} |"
+        f"{'H100 L2':>8}{'L1':>8}{'L0':>8}{'total':>9}{'x bound':>9}{'x 528s':>8}{'gain':>7}"
+    )
+    all_rows: list[Record] = []
+    for stack in STACKS:
+        rows = stack_rows(records, stack)
+        extra = overlap_row(records, rows)
+        if extra is not None:
+            rows.append(extra)
+        all_rows += rows
+        lines += ["", f"{stack} stack", head, "-" * len(head)]
+        for row in rows:
+            here, h100 = row["here"], row["h100"]
+            lines.append(
+                f"{row['lever'][:39]:<40}"
+                + "".join(_cell(here["levels"][k], 8) for k in ("2", "1", "0"))
+                + _cell(row["prefill"], 9)
+                + _cell(here["total"], 9)
+                + _cell(here["x_bound"], 9, "x")
+                + " |"
+                + "".join(_cell(h100["levels"][k], 8) for k in ("2", "1", "0"))
+                + _cell(h100["total"], 9)
+                + _cell(h100["x_bound"], 9, "x")
+                + _cell(row["x_target"], 8, "x")
+                + _cell(row["gain"], 7, "x")
+            )
+    extras = [r for r in records if r.get("section") == "F" and r.get("kind") != "section"]
+    if extras:
+        parts = []
+        for r in extras:
+            if "s_per_min" in r:
+                parts.append(f"{r['kind']} {sum(float(v) for v in r['s_per_min'].values()):.1f} s/min")
+            elif "seconds" in r:
+                parts.append(f"{r['kind']} {float(r['seconds']):.2f} s for 3 x 60 s")
+        lines += ["", "Per-window extras (not in the totals): " + "; ".join(parts)]
+    checks = [r for r in records if r.get("section") == "H" and r.get("kind") == "check"]
+    failed = [r for r in checks if r.get("tokens_equal") != r.get("steps")]
+    lines += [
+        "",
+        f"Correctness (H): {len(checks) - len(failed)} of {len(checks)} checks with all tokens equal",
+    ]
+    lines += [
+        f"  differs: {r['check']} [{r.get('prior')}, {r.get('dtype')}] first at {r.get('first_mismatch')}"
+        for r in failed
+    ]
+    problems = [r for r in records if r.get("kind") in ("error", "skip")]
+    if problems:
+        lines += ["", f"Skipped or failed ({len(problems)}):"]
+        lines += [
+            f"  {r['section']} {r['kind']}: {r.get('what')}: {r.get('reason') or r.get('error')}"[:160]
+            for r in problems
+        ]
+    return all_rows, "\n".join(lines)
