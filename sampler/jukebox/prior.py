@@ -718,6 +718,10 @@ class JukeboxPrior(nn.Module):
         if self.config.lyric_encoder:
             self.prime_prior.transformer.set_fast_attention(fast)
 
+    def new_cache(self, batch: int) -> KVCache:
+        """A KV cache for `batch` sequences of a whole window, to pass to `start` again and again."""
+        return self.prior.transformer.new_cache(batch, self.config.seq_len, reusable=True)
+
     def set_static_decode(self, static: bool) -> None:
         """Sample with the static-shape decode step (`Transformer.set_static_decode`); off by default."""
         self.prior.transformer.set_static_decode(static)
@@ -829,16 +833,24 @@ class JukeboxPrior(nn.Module):
     # ---- incremental decoding
 
     @torch.no_grad()
-    def start(self, cond: Conditioning, max_len: int | None = None) -> SamplingState:
+    def start(
+        self, cond: Conditioning, max_len: int | None = None, cache: KVCache | None = None
+    ) -> SamplingState:
         """An empty decoding state for one window of up to `max_len` music tokens (default n_ctx).
 
-        The KV cache is allocated here once. 1b_lyrics: the lyric prefix is processed now, so the
-        state's next output predicts the first music token.
+        The KV cache is allocated here once, or `cache` (made by `new_cache(reusable=True)`) is
+        emptied and reused. 1b_lyrics: the lyric prefix is processed now, so the state's next output
+        predicts the first music token.
         """
         max_len = self.n_ctx if max_len is None else max_len
         if not 1 <= max_len <= self.n_ctx:
             raise PriorInputError(f"max_len must be in 1..{self.n_ctx} music tokens, got {max_len}")
-        cache = self.prior.transformer.new_cache(cond.batch, self.prefix_len + max_len, cond.encoder_states)
+        transformer = self.prior.transformer
+        if cache is None:
+            cache = transformer.new_cache(cond.batch, self.prefix_len + max_len, cond.encoder_states)
+        else:
+            self._check_batch(cond, cache.batch)
+            transformer.reuse(cache, self.prefix_len + max_len, cond.encoder_states)
         state = SamplingState(
             cond, cache, pending_start=True, pending=None, owner=id(self), prefix_len=self.prefix_len
         )
