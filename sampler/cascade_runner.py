@@ -26,6 +26,7 @@ from sampler.jukebox.cascade import (
     SamplingRequest,
 )
 from sampler.jukebox.checkpoint import CheckpointError
+from sampler.jukebox.decoding import DecodeOptions, decode_options
 from sampler.jukebox.registry import MODELS, SAMPLE_RATE
 from sampler.jukebox.windows import prompt_length_samples, sample_length_samples
 from sampler.loading import load_cascade
@@ -97,8 +98,10 @@ class CascadeRunner:
         *,
         dtype: torch.dtype | None = None,
         max_batch_size: BatchSizes = DEFAULT_MAX_BATCH_SIZE,
+        decode: DecodeOptions | None = None,
     ) -> None:
         self.device = device
+        self.decode = decode
         self.model_dir = Path(model_dir)
         self.dtype = dtype or (torch.float16 if device.is_cuda else torch.float32)
         self.max_batch_size = max_batch_size
@@ -131,6 +134,7 @@ class CascadeRunner:
                 device=self.device.name,
                 dtype=self.dtype,
                 keep_priors=not self.device.is_cuda,
+                decode=self.decode,
             )
         return self._cascades[model]
 
@@ -325,11 +329,16 @@ class CascadeRunner:
 def make_runner(device: DeviceSpec, options: RunnerOptions | None = None) -> CascadeRunner:
     """The runner factory named by `jukebot run|worker` (`sampler.cascade_runner:make_runner`).
 
-    Options: `model_dir` (default: the settings' default) and `max_batch_size` (e.g. `16,16,3`).
+    Options: `model_dir` (default: the settings' default), `max_batch_size` (e.g. `16,16,3`), and
+    `decode_path` / `decode_compile` (the sampling loop; default: the device's, see `decode_options`).
     """
     options = options or {}
     model_dir = Path(options["model_dir"]) if options.get("model_dir") else default_model_dir()
     sizes = options.get("max_batch_size", "").strip()
+    decode = decode_options(device.name, options.get("decode_path"), options.get("decode_compile"))
     return CascadeRunner(
-        device, model_dir, max_batch_size=parse_batch_sizes(sizes) if sizes else DEFAULT_MAX_BATCH_SIZE
+        device,
+        model_dir,
+        max_batch_size=parse_batch_sizes(sizes) if sizes else DEFAULT_MAX_BATCH_SIZE,
+        decode=decode,
     )

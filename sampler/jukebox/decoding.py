@@ -25,7 +25,7 @@ import functools
 import logging
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -77,6 +77,22 @@ def default_decode_options(device: torch.device | str) -> DecodeOptions:
     if torch.device(device).type == "cuda":
         return DecodeOptions(path="graph", compile=True)
     return DecodeOptions()
+
+
+def decode_options(
+    device: torch.device | str, path: str | None = None, compile: str | None = None
+) -> DecodeOptions:
+    """The runner options `decode_path` (sliced, static, graph) and `decode_compile` (0/1, false/true)
+    over `default_decode_options(device)`; ValueError names a bad value."""
+    options = default_decode_options(device)
+    if path:
+        options = replace(options, path=path)  # type: ignore[arg-type]  # checked by DecodeOptions
+    if compile:
+        flags = {"0": False, "false": False, "1": True, "true": True}
+        if compile.strip().lower() not in flags:
+            raise ValueError(f"decode_compile must be 0 or 1, got {compile!r}")
+        options = replace(options, compile=flags[compile.strip().lower()])
+    return options
 
 
 @functools.cache
@@ -312,7 +328,9 @@ class WindowDecoder:
         if self.device.type != "cuda":
             raise RuntimeError(f"CUDA graphs need a CUDA device, this prior is on {self.device}")
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._graph_pool), torch.inference_mode():
+        # thread_local: the worker's other threads (heartbeats, progress) may touch CUDA meanwhile
+        capture = torch.cuda.graph(graph, pool=self._graph_pool, capture_error_mode="thread_local")
+        with capture, torch.inference_mode():
             run()
         self._graph_pool = graph.pool()  # the graphs of one decoder share their memory
         cache = self.cache

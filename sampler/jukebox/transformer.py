@@ -15,7 +15,8 @@ Numbers and quirks follow jukebox-spec §2.1 and §3 (the key names match the pu
 A model's compute dtype is the dtype of its Conv1D weights, chosen once (`Transformer.to_compute_dtype`):
 the residual stream runs in it, LayerNorm and softmax in fp32, and the output is returned in fp32.
 
-Incremental decoding uses a `KVCache` preallocated once per window (`Transformer.new_cache`). Each layer
+Incremental decoding uses a `KVCache` preallocated once per window (`Transformer.new_cache`), or once
+for many windows (`new_cache(reusable=True)`, emptied by `reuse`: sampler/jukebox/decoding.py). Each layer
 keeps only what its attention function can ever read again; one `AttentionGeometry` per kind owns that
 layout (cache shape, slot of a position, keys it reads, masks), and the attention paths ask it:
 
@@ -38,6 +39,8 @@ All three give the full forward pass's outputs up to float rounding.
 range per kind under a mask, the position as a device tensor, nothing read back): the same keys, the
 same tokens, logits bit for bit at 8-slot blocks and within float rounding at 64-slot blocks. Off by
 default until it is measured faster (on the CPU it is slower: `bench/sampling.py --static-decode`).
+Each residual block of that step is one function of tensors (`static_block_step`), so that
+`torch.compile` can make one graph per attention kind of it (`Transformer.decode_static(step=…)`).
 """
 
 from __future__ import annotations

@@ -293,3 +293,24 @@ def test_inductor_compiled_blocks_give_the_eager_static_tokens() -> None:
         assert counters["stats"]["unique_graphs"] == 3
     finally:
         torch._dynamo.reset()
+
+
+def test_warm_up_compiles_every_levels_blocks_before_the_first_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    monkeypatch.setattr(decoding, "COMPILE_BACKEND", counter)
+    try:
+        priors = [tiny_prior("up0", seed=1), tiny_prior("up1", seed=2), tiny_prior("top_1b_lyrics", seed=3)]
+        vqvae = make_tiny_vqvae()
+        options = DecodeOptions(path="static", compile=True)
+        cascade = Cascade(vqvae, priors, decode=options)
+        cascade.warm_up([2])
+        # the upsamplers share their 3 graphs (same shapes); 1b_lyrics' blocks of 10 and prime layer: 4
+        assert counter.frame_count == 7
+        request = replace(_cascade_request("top_1b_lyrics"), sample_length=1024, max_batch_size=(2, 2, 2))
+        got = cascade.sample(request)
+        assert counter.frame_count == 7  # nothing left to compile
+        want = Cascade(vqvae, priors).sample(request)
+        assert all(torch.equal(a, b) for a, b in zip(want.codes, got.codes, strict=True))
+    finally:
+        torch._dynamo.reset()
