@@ -314,3 +314,31 @@ def test_warm_up_compiles_every_levels_blocks_before_the_first_job(monkeypatch: 
         assert all(torch.equal(a, b) for a, b in zip(want.codes, got.codes, strict=True))
     finally:
         torch._dynamo.reset()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+@pytest.mark.parametrize(
+    ("dtype", "compile"), [(torch.float32, False), (torch.float16, False), (torch.float32, True)]
+)
+def test_on_cuda_graph_replays_give_the_eager_static_tokens(
+    dtype: torch.dtype, compile: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The captured calls replay the eager static step's kernels (compiled: inductor's, in fp32 the
+    same tokens at these sizes); no fallback is logged."""
+    torch._dynamo.reset()
+    kind, device = "top_5b_lyrics", torch.device("cuda")
+    prior = tiny_prior(kind, seed=1).to(device).to_compute_dtype(dtype)
+    static = WindowDecoder(prior, BATCH, DecodeOptions(path="static", tokens_per_call=5))
+    with caplog.at_level(logging.WARNING, logger="sampler.jukebox.decoding"):
+        graph = WindowDecoder(prior, BATCH, DecodeOptions(path="graph", tokens_per_call=5, compile=compile))
+        for index, (known, temperature, top_k, top_p) in enumerate(WINDOWS):
+            cond = prior.get_conditioning(tiny_labels(kind, seed=index).to(device))
+            ids = prior.codes_to_ids(tiny_codes(kind, seed=index)).to(device)[:, :known]
+            tokens = []
+            for decoder in (static, graph):
+                generator = torch.Generator(device=device).manual_seed(index)
+                new = prior.n_ctx - known
+                tokens.append(decoder.sample_window(cond, ids, new, temperature, top_k, top_p, generator))
+            assert torch.equal(tokens[0], tokens[1]), f"window {index}"
+    assert graph.path == "graph" and not caplog.records
+    torch._dynamo.reset()
