@@ -14,6 +14,7 @@ compared too ("same codes"): a speed-up that changed the maths would show there.
     python3 bench/sampling.py                 # the three issue sizes (a few minutes on 2 cores)
     python3 bench/sampling.py --quick         # seconds-long smoke run at toy sizes
     python3 bench/sampling.py --sizes small   # only width 128 / depth 4 / n_ctx 512, batch 1 and 4
+    python3 bench/sampling.py --decode-path static  # ours with the persistent window decoder
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sampler.jukebox.cascade import sample_steps
+from sampler.jukebox.decoding import DECODE_PATHS, DecodeOptions, DecodePath, window_decoder
 from sampler.jukebox.prior import Conditioning, JukeboxPrior, PriorConfig
 
 BINS = 2048
@@ -164,18 +166,31 @@ def reference_state_dict(prior: JukeboxPrior, start_token: Tensor) -> dict[str, 
     return state
 
 
-def ours_once(prior: JukeboxPrior, start_token: Tensor, case: Case, seed: int, exact: bool) -> Tensor:
-    """One full ancestral window with the cascade's per-token loop; returns the codes (N, n_ctx).
+def ours_once(
+    prior: JukeboxPrior,
+    start_token: Tensor,
+    case: Case,
+    seed: int,
+    exact: bool,
+    decode_path: DecodePath = "sliced",
+) -> Tensor:
+    """One full ancestral window with the cascade's sampling loop; returns the codes (N, n_ctx).
 
-    `exact` draws as the reference (rng="reference"); otherwise as the cascade's default rng="window".
+    `exact` draws as the reference (rng="reference", always the sliced loop); otherwise as the
+    cascade's default rng="window", on `decode_path` (sliced: `sample_steps`; static: the persistent
+    `WindowDecoder`, as `Cascade(decode=...)` runs it).
     """
     batch, width = case.batch, case.width
     cond = Conditioning(
         start=start_token.view(1, 1, width).expand(batch, 1, width).contiguous(),
         x_cond=torch.zeros(batch, 1, width),
     )
-    state = prior.start(cond)
     generator = torch.Generator().manual_seed(seed)
+    if not exact and decode_path != "sliced":
+        decoder = window_decoder(prior, batch, DecodeOptions(path=decode_path))
+        none = torch.zeros(batch, 0, dtype=torch.long)
+        return decoder.sample_window(cond, none, case.n_ctx, 1.0, 0, 0.0, generator)
+    state = prior.start(cond)
     return sample_steps(prior, state, case.n_ctx, 1.0, 0, 0.0, generator, exact=exact)
 
 
@@ -202,6 +217,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--static-decode", action="store_true", help="ours with the static-shape decode step (off by default)"
     )
+    parser.add_argument(
+        "--decode-path",
+        choices=[p for p in DECODE_PATHS if p != "graph"],
+        default="sliced",
+        help="ours (rng='window') on the per-token loop (sliced, the CPU default) or the persistent "
+        "window decoder (static); static also times sliced and prints the ratio",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.quick:
@@ -215,9 +237,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     print("ours = default draws (rng='window'); exact = reference draws (rng='reference'), codes compared")
     print(f"decode step: {'static' if args.static_decode else 'sliced (the default)'}")
+    print(f"decode path of ours: {args.decode_path}")
+    versus_sliced = f"{args.decode_path + '/sliced':>15}" if args.decode_path != "sliced" else ""
     header = (
         f"{'model':<18}{'batch':>6}{'ours tok/s':>12}{'exact tok/s':>13}{'ref tok/s':>11}"
-        f"{'ours/ref':>10}{'exact/ref':>11}  same codes"
+        f"{'ours/ref':>10}{'exact/ref':>11}{versus_sliced}  same codes"
     )
     print(header)
     print("-" * len(header))
@@ -237,35 +261,52 @@ def main(argv: list[str] | None = None) -> None:
                 )
             try:
                 for case in model_cases:
-                    print(measure(case, prior, start_token, reference, rounds, args.seed), flush=True)
+                    row = measure(case, prior, start_token, reference, rounds, args.seed, args.decode_path)
+                    print(row, flush=True)
             finally:
                 if reference is not None:
                     reference.close()
 
 
 def measure(
-    case: Case, prior: JukeboxPrior, start_token: Tensor, reference: Reference | None, rounds: int, seed: int
+    case: Case,
+    prior: JukeboxPrior,
+    start_token: Tensor,
+    reference: Reference | None,
+    rounds: int,
+    seed: int,
+    decode_path: DecodePath = "sliced",
 ) -> str:
-    """One table row: after a warm-up of each, `rounds` rounds in which ours (default draws), ours
-    (exact draws) and the reference each sample one window; the best time of each is kept."""
-    fast = partial(ours_once, prior, start_token, case, seed, False)
+    """One table row: after a warm-up of each, `rounds` rounds in which ours (default draws, on
+    `decode_path`), ours (exact draws), the reference and, for another path than sliced, ours on the
+    sliced loop each sample one window; the best time of each is kept."""
+    fast = partial(ours_once, prior, start_token, case, seed, False, decode_path)
     exact = partial(ours_once, prior, start_token, case, seed, True)
-    fast()
+    sliced = partial(ours_once, prior, start_token, case, seed, False) if decode_path != "sliced" else None
+    fast_codes = fast()
     _, exact_codes = timed(exact)
     ref_codes = reference.run(case.batch)[1] if reference is not None else None
-    fast_times, exact_times, ref_times = [], [], []
+    sliced_codes = sliced() if sliced is not None else fast_codes
+    fast_times, exact_times, ref_times, sliced_times = [], [], [], []
     for _ in range(rounds):
         fast_times.append(timed(fast)[0])
         exact_times.append(timed(exact)[0])
         if reference is not None:
             ref_times.append(reference.run(case.batch)[0])
+        if sliced is not None:
+            sliced_times.append(timed(sliced)[0])
     tokens = case.batch * case.n_ctx
     fast_s, exact_s = min(fast_times), min(exact_times)
     row = f"{case.name:<18}{case.batch:>6}{tokens / fast_s:>12.0f}{tokens / exact_s:>13.0f}"
     if reference is not None:
         ref_s = min(ref_times)
-        same = "yes" if torch.equal(exact_codes, ref_codes) else "NO"
-        row += f"{tokens / ref_s:>11.0f}{ref_s / fast_s:>9.2f}×{ref_s / exact_s:>10.2f}×  {same}"
+        row += f"{tokens / ref_s:>11.0f}{ref_s / fast_s:>9.2f}×{ref_s / exact_s:>10.2f}×"
+    if sliced is not None:
+        # on the CPU every path draws the same codes (rng="window"): a difference is a bug
+        same_window = "" if torch.equal(fast_codes, sliced_codes) else " (≠ codes)"
+        row += f"{min(sliced_times) / fast_s:>14.2f}×{same_window}"
+    if reference is not None:
+        row += f"  {'yes' if torch.equal(exact_codes, ref_codes) else 'NO'}"
     return row
 
 

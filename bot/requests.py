@@ -15,6 +15,7 @@ from bot.errors import AttachmentRejected, ChannelNotAllowed, InvalidRequest, Li
 from bot.vocab import resolve_labels, resolve_styles
 from jukebot.settings import Settings
 from sampler.jobspec import (
+    DEFAULT_SAMPLES,
     DEFAULT_TEMPERATURE,
     MAX_LYRICS_CHARS,
     MAX_PRIME_SECONDS,
@@ -32,7 +33,6 @@ from storage.records import GuildSettings, Job
 T = TypeVar("T")
 
 DEFAULT_LENGTH_SECONDS = 20.0
-DEFAULT_SAMPLES = 3
 DEFAULT_CONTINUE_SECONDS = 10.0
 MAX_SEED = 2**31 - 1
 # Lyrics longer than this do not fit comfortably in a slash-command option; the modal takes them.

@@ -21,7 +21,7 @@ from sampler.batch_sizes import (
     format_batch_sizes,
     parse_batch_sizes,
 )
-from sampler.jobspec import InvalidJobParams, JobParams, is_full_quality, parse_params
+from sampler.jobspec import DEFAULT_SAMPLES, InvalidJobParams, JobParams, is_full_quality, parse_params
 from sampler.jukebox.cascade import (
     Cascade,
     CascadeState,
@@ -32,6 +32,7 @@ from sampler.jukebox.cascade import (
     SamplingRequest,
 )
 from sampler.jukebox.checkpoint import CheckpointError
+from sampler.jukebox.decoding import DecodeOptions, decode_options
 from sampler.jukebox.registry import MODEL_PREFERENCE, MODELS, SAMPLE_RATE
 from sampler.jukebox.windows import prompt_length_samples, sample_length_samples
 from sampler.loading import ModelDirectory, load_cascade, resident_estimate
@@ -109,6 +110,11 @@ def free_device_memory(device: DeviceSpec) -> int | None:
     return free
 
 
+def warm_up_batch_sizes(max_batch_size: BatchSizes) -> tuple[int, ...]:
+    """Per level, the batch a job of the default number of samples runs in."""
+    return tuple(min(size, DEFAULT_SAMPLES) for size in max_batch_size)
+
+
 class CascadeRunner:
     """A `sampler.worker.contract.JobRunner` backed by the Jukebox cascade."""
 
@@ -121,9 +127,11 @@ class CascadeRunner:
         max_batch_size: BatchSizes = DEFAULT_MAX_BATCH_SIZE,
         resident_priors: ResidentPriors = DEFAULT_RESIDENT_PRIORS,
         overlap_levels: bool | None = None,
+        decode: DecodeOptions | None = None,
     ) -> None:
         self.device = device
         self.overlap_levels = overlap_levels  # None: the cascade's default for the device
+        self.decode = decode
         self.model_dir = Path(model_dir)
         self.dtype = dtype or (torch.float16 if device.is_cuda else torch.float32)
         self.max_batch_size = max_batch_size
@@ -158,6 +166,7 @@ class CascadeRunner:
                 device=self.device.name,
                 dtype=self.dtype,
                 keep_priors=self.keeps_priors(model),
+                decode=self.decode,
             )
         return self._cascades[model]
 
@@ -217,10 +226,8 @@ class CascadeRunner:
         try:
             for level in range(cascade.levels):
                 cascade.priors.acquire(level)
-            # compiled and captured decoders, where the cascade has them
-            prepare = getattr(cascade, "warm_up", None)
-            if prepare is not None:
-                prepare(self.max_batch_size)
+            # compiled and captured decoders for the batches a default job samples in
+            cascade.warm_up(warm_up_batch_sizes(self.max_batch_size))
         except torch.OutOfMemoryError:
             # more than the estimate: jobs load each level's prior and free it after
             self._resident[model] = False
@@ -431,16 +438,19 @@ class CascadeRunner:
 def make_runner(device: DeviceSpec, options: RunnerOptions | None = None) -> CascadeRunner:
     """The runner factory named by `jukebot run|worker` (`sampler.cascade_runner:make_runner`).
 
-    Options: `model_dir` (default: the settings' default), `max_batch_size` (e.g. `16,16,3`) and
-    `resident_priors` (`auto`, `on` or `off`).
+    Options: `model_dir` (default: the settings' default), `max_batch_size` (e.g. `16,16,3`),
+    `resident_priors` (`auto`, `on` or `off`) and `decode_path` / `decode_compile` (the sampling
+    loop; default: the device's, see `decode_options`).
     """
     options = options or {}
     model_dir = Path(options["model_dir"]) if options.get("model_dir") else default_model_dir()
     sizes = options.get("max_batch_size", "").strip()
     resident = parse_resident_priors(options.get("resident_priors") or DEFAULT_RESIDENT_PRIORS)
+    decode = decode_options(device.name, options.get("decode_path"), options.get("decode_compile"))
     return CascadeRunner(
         device,
         model_dir,
         max_batch_size=parse_batch_sizes(sizes) if sizes else DEFAULT_MAX_BATCH_SIZE,
         resident_priors=resident,
+        decode=decode,
     )

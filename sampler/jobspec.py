@@ -18,6 +18,7 @@ Levels = Literal["top", "all"]
 # Reference defaults (openai sample.py / Colab): hop fractions and temperatures by level 0, 1, 2.
 DEFAULT_HOP_FRACTION = (0.5, 0.5, 0.125)
 DEFAULT_TEMPERATURE = 0.98
+DEFAULT_SAMPLES = 3  # samples a /jukebox job makes unless asked: one batch at every level
 MAX_LYRICS_CHARS = 6000
 # The shortest prime clip (and `prime_seconds`) the bot accepts. The sampler itself needs only one
 # top-level token (128 samples), so a clip the bot accepts never fails later in a worker.

@@ -19,6 +19,7 @@ import torch
 from sampler.batch_sizes import BatchSizes
 from sampler.jukebox.cascade import Cascade, PriorSource
 from sampler.jukebox.checkpoint import CheckpointError, load_checkpoint
+from sampler.jukebox.decoding import DecodeOptions
 from sampler.jukebox.prior import JukeboxPrior, PriorConfig
 from sampler.jukebox.registry import MODELS, PRIOR_HPARAMS, VQVAE_HPARAMS
 from sampler.jukebox.vqvae import VQVAE, VQVAEConfig
@@ -147,12 +148,15 @@ def load_cascade(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     keep_priors: bool = True,
+    decode: DecodeOptions | None = None,
 ) -> Cascade:
-    """The cascade of `model` from the model directory (ModelFilesMissing names the download command)."""
+    """The cascade of `model` from the model directory (ModelFilesMissing names the download command).
+    `decode`: the sampling loop (None: the device's default)."""
     directory = ModelDirectory(model_dir, model)
     vqvae = directory.load_vqvae(device)
     # the id tables ship with the package (sampler/jukebox/data/ids)
-    return Cascade(vqvae, LazyPriors(directory, device, dtype, keep=keep_priors), device=device)
+    priors = LazyPriors(directory, device, dtype, keep=keep_priors)
+    return Cascade(vqvae, priors, device=device, decode=decode)
 
 
 def expected_shapes_for(name: str, model_dir: Path | str | None = None) -> dict[str, tuple[int, ...]]:

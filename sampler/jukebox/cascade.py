@@ -16,7 +16,7 @@ import io
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ from sampler.jukebox.prior import Conditioning, JukeboxPrior, PriorConfig, Sampl
 from sampler.jukebox.registry import SAMPLE_RATE
 from sampler.jukebox.vqvae import VQVAE
 from sampler.jukebox.windows import Window, cond_span, plan_level
+
+if TYPE_CHECKING:
+    from sampler.jukebox.decoding import DecodeOptions
 
 Mode = Literal["ancestral", "primed", "continue", "upsample"]
 RngMode = Literal["window", "reference"]
@@ -229,10 +232,15 @@ def draw_fast(logits: Tensor, generator: torch.Generator) -> Tensor:
     accumulated in fp64 so that u·total < total always, and zero-probability ids (filtered) are
     never picked.
     """
-    cdf = torch.softmax(logits, dim=-1).cumsum(dim=-1, dtype=torch.float64)
     u = torch.rand(logits.shape[0], 1, dtype=torch.float64, generator=generator, device=generator.device)
-    target = u.to(cdf.device).mul_(cdf[:, -1:])
-    return torch.searchsorted(cdf, target, right=True)[:, 0]
+    return invert_cdf(logits, u.to(logits.device))
+
+
+def invert_cdf(logits: Tensor, u: Tensor) -> Tensor:
+    """The ids (N,) whose interval of the CDF of softmax(logits) (N, bins) holds u·total, u (N, 1) fp64
+    uniforms in [0, 1): `draw_fast` given its uniforms."""
+    cdf = torch.softmax(logits, dim=-1).cumsum(dim=-1, dtype=torch.float64)
+    return torch.searchsorted(cdf, u.mul(cdf[:, -1:]), right=True)[:, 0]
 
 
 def prefill_known(prior: JukeboxPrior, state: SamplingState, ids: Tensor, chunk_size: int) -> None:
@@ -331,7 +339,10 @@ class Cascade:
         *,
         device: torch.device | str = "cpu",
         ids_dir: str | None = None,
+        decode: DecodeOptions | None = None,
     ) -> None:
+        from sampler.jukebox.decoding import default_decode_options  # decoding imports this module
+
         self.vqvae = vqvae
         self.priors = priors if isinstance(priors, PriorSource) else PriorSource(priors)
         self.device = torch.device(device)
@@ -341,6 +352,21 @@ class Cascade:
         self._labellers = [
             Labeller(label_config(self.priors.config(level)), ids_dir) for level in range(self.levels)
         ]
+        # How rng="window" samples (`sampler.jukebox.decoding`); the exact draw takes the sliced loop.
+        self.decode_options = default_decode_options(self.device) if decode is None else decode
+
+    def warm_up(self, batch_sizes: Sequence[int]) -> None:
+        """Build the persistent decoder of every level's prior now (compile, capture), level L's for a
+        batch of `batch_sizes[L]`, so that the first job does not wait for it. Nothing to do on the
+        sliced path."""
+        from sampler.jukebox.decoding import window_decoder
+
+        if self.decode_options.path == "sliced":
+            return
+        for level in range(self.levels):
+            prior = self.priors.acquire(level)
+            window_decoder(prior, batch_sizes[level], self.decode_options).prepare()
+            self.priors.release(level)
 
     # ---- validation
 
@@ -601,6 +627,23 @@ class Cascade:
         progress_every: int,
         chunk_size: int,
     ) -> Tensor:
+        if request.rng == "window" and self.decode_options.path != "sliced":
+            from sampler.jukebox.decoding import window_decoder
+
+            decoder = window_decoder(prior, known.shape[0], self.decode_options)
+            new = decoder.sample_window(
+                cond,
+                prior.codes_to_ids(known),
+                window.new_tokens,
+                temperature,
+                request.top_k,
+                request.top_p,
+                generator,
+                report,
+                progress_every,
+                chunk_size=chunk_size,
+            )
+            return prior.ids_to_codes(new)
         state = prior.start(cond, window.sample_tokens)
         prefill_known(prior, state, prior.codes_to_ids(known), chunk_size)
         ids = sample_steps(

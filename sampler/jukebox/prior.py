@@ -727,6 +727,10 @@ class JukeboxPrior(nn.Module):
         if self.config.lyric_encoder:
             self.prime_prior.transformer.set_fast_attention(fast)
 
+    def new_cache(self, batch: int) -> KVCache:
+        """A KV cache for `batch` sequences of a whole window, to pass to `start` again and again."""
+        return self.prior.transformer.new_cache(batch, self.config.seq_len, reusable=True)
+
     def set_static_decode(self, static: bool) -> None:
         """Sample with the static-shape decode step (`Transformer.set_static_decode`); off by default."""
         self.prior.transformer.set_static_decode(static)
@@ -838,17 +842,25 @@ class JukeboxPrior(nn.Module):
     # ---- incremental decoding
 
     @torch.no_grad()
-    def start(self, cond: Conditioning, max_len: int | None = None) -> SamplingState:
+    def start(
+        self, cond: Conditioning, max_len: int | None = None, cache: KVCache | None = None
+    ) -> SamplingState:
         """An empty decoding state for one window of up to `max_len` music tokens (default n_ctx).
 
-        The KV cache is allocated here once. 1b_lyrics: the lyric prefix is queued as pending input,
-        so that the first `prefill` runs it and the known music tokens in one pass (the first `step`
-        runs it alone if nothing is prefilled); either way the next output predicts a music token.
+        The KV cache is allocated here once, or `cache` (made by `new_cache(reusable=True)`) is
+        emptied and reused. 1b_lyrics: the lyric prefix is queued as pending input, so that the first
+        `prefill` runs it and the known music tokens in one pass (the first `step` runs it alone if
+        nothing is prefilled); either way the next output predicts a music token.
         """
         max_len = self.n_ctx if max_len is None else max_len
         if not 1 <= max_len <= self.n_ctx:
             raise PriorInputError(f"max_len must be in 1..{self.n_ctx} music tokens, got {max_len}")
-        cache = self.prior.transformer.new_cache(cond.batch, self.prefix_len + max_len, cond.encoder_states)
+        transformer = self.prior.transformer
+        if cache is None:
+            cache = transformer.new_cache(cond.batch, self.prefix_len + max_len, cond.encoder_states)
+        else:
+            self._check_batch(cond, cache.batch)
+            transformer.reuse(cache, self.prefix_len + max_len, cond.encoder_states)
         state = SamplingState(
             cond, cache, pending_start=True, pending=None, owner=id(self), prefix_len=self.prefix_len
         )
@@ -898,7 +910,7 @@ class JukeboxPrior(nn.Module):
             if not has_pending:
                 raise PriorInputError("step() needs the token drawn from the previous step's logits")
             if state.prefix_queued:  # nothing was prefilled: the lyric prefix goes alone
-                self._feed_queued_prefix(state)
+                self.feed_queued_prefix(state)
             token = state.pending
         else:
             if has_pending:
@@ -964,7 +976,7 @@ class JukeboxPrior(nn.Module):
                 f"the window holds {room} tokens: {used} are processed and {asked} more were asked for"
             )
 
-    def _feed_queued_prefix(self, state: SamplingState) -> None:
+    def feed_queued_prefix(self, state: SamplingState) -> None:
         """Run the lyric prefix that `start` queued in a pass of its own (its last id stays pending)."""
         prefix, state.pending = state.pending, None
         assert prefix is not None

@@ -15,7 +15,8 @@ Numbers and quirks follow jukebox-spec §2.1 and §3 (the key names match the pu
 A model's compute dtype is the dtype of its Conv1D weights, chosen once (`Transformer.to_compute_dtype`):
 the residual stream runs in it, LayerNorm and softmax in fp32, and the output is returned in fp32.
 
-Incremental decoding uses a `KVCache` preallocated once per window (`Transformer.new_cache`). Each layer
+Incremental decoding uses a `KVCache` preallocated once per window (`Transformer.new_cache`), or once
+for many windows (`new_cache(reusable=True)`, emptied by `reuse`: sampler/jukebox/decoding.py). Each layer
 keeps only what its attention function can ever read again; one `AttentionGeometry` per kind owns that
 layout (cache shape, slot of a position, keys it reads, masks), and the attention paths ask it:
 
@@ -38,11 +39,14 @@ All three give the full forward pass's outputs up to float rounding.
 range per kind under a mask, the position as a device tensor, nothing read back): the same keys, the
 same tokens, logits bit for bit at 8-slot blocks and within float rounding at 64-slot blocks. Off by
 default until it is measured faster (on the CPU it is slower: `bench/sampling.py --static-decode`).
+Each residual block of that step is one function of tensors (`static_block_step`), so that
+`torch.compile` can make one graph per attention kind of it (`Transformer.decode_static(step=…)`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -179,11 +183,14 @@ class Conv1D(nn.Module):
         return out.view(*x.shape[:-1], self.n_out)
 
 
+LAYER_NORM_EPS = 1e-5
+
+
 class LayerNorm(nn.LayerNorm):
     """LayerNorm (eps 1e-5) computed in fp32 whatever the input dtype; returns the input dtype."""
 
     def __init__(self, width: int) -> None:
-        super().__init__(width, eps=1e-5)
+        super().__init__(width, eps=LAYER_NORM_EPS)
 
     def forward(self, x: Tensor) -> Tensor:
         return _norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
@@ -277,6 +284,7 @@ class LayerKV:
     # step (a cache lives one window): attribute lookups on modules cost microseconds a token.
     attn_weights: tuple[Tensor, ...] | None = field(default=None, init=False, repr=False)
     block_weights: tuple[Any, ...] | None = field(default=None, init=False, repr=False)
+    static_weights: tuple[Tensor, ...] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         n, h, d = self.k.shape[0], self.k.shape[1], self.k.shape[-1]
@@ -316,6 +324,16 @@ class KVCache:
             self._pos_tensor.fill_(self.pos)
             self._pos_tensor_at = self.pos
         return self._pos_tensor
+
+    def restart(self) -> None:
+        """Back to position 0 for a new window; the device position is written by the next static step."""
+        self.pos = 0
+        self._pos_tensor_at = -1
+
+    def moved_on_device(self, steps: int) -> None:
+        """A replayed CUDA graph advanced the device position by `steps`: the host follows."""
+        self.pos += steps
+        self._pos_tensor_at = self.pos
 
     def advance_position(self) -> None:
         """One static step done: the host and the device position move on together."""
@@ -781,52 +799,6 @@ class FactoredAttention(nn.Module):
             a = torch.bmm(probs, values)
         return torch.addmm(proj_b, a.view(n, heads * head_dim), proj_w)
 
-    def decode_static(self, x: Tensor, cache: LayerKV, read: StaticRead) -> Tensor:
-        """`decode` with shapes that do not depend on the position: the keys of a fixed slot range
-        under `read.mask`, the position only in device tensors, k and v written by `index_copy_`.
-
-        Masked keys get zero probability (−1e9 before the softmax), so they add exact zeros to p·v;
-        the cache is zeroed when made, so whatever they hold is finite.
-        """
-        attn_w, attn_b, proj_w, proj_b, _ = self._decode_weights(cache)
-        n, heads, head_dim = x.shape[0], self.heads, self.head_dim
-        if self.cross:
-            q = torch.addmm(attn_b, x, attn_w)
-        else:
-            qkv = torch.addmm(attn_b, x, attn_w).view(n, 3, heads, head_dim)
-            if read.write is not None:
-                new_k, new_v = qkv.select(1, 1).unsqueeze(2), qkv.select(1, 2).unsqueeze(2)
-                if read.keep_old is not None:
-                    new_k = torch.where(read.keep_old, cache.k_slots.index_select(2, read.write), new_k)
-                    new_v = torch.where(read.keep_old, cache.v_slots.index_select(2, read.write), new_v)
-                cache.k_slots.index_copy_(2, read.write, new_k)
-                cache.v_slots.index_copy_(2, read.write, new_v)
-            q = qkv.select(1, 0)
-        if read.index is None:
-            keys, values = cache.k_flat, cache.v_flat
-        else:
-            keys, values = cache.k_flat.index_select(1, read.index), cache.v_flat.index_select(1, read.index)
-        if heads != 1 or q.dim() != 3:
-            q = q.reshape(n * heads, 1, head_dim)
-        if self.fast:
-            scale = 1.0 / math.sqrt(head_dim)
-            a = F.scaled_dot_product_attention(q, keys, values, attn_mask=read.mask, scale=scale)
-        else:
-            w = torch.bmm(q, keys.transpose(1, 2))
-            w.mul_(_score_scale(head_dim))
-            if w.dtype != torch.float32:
-                w = w.float()
-            if read.mask is not None:
-                w = torch.where(read.mask, w, MASK_VALUE)
-            probs = torch.softmax(w, dim=-1)
-            if values.dtype != torch.float32:
-                probs = probs.to(values.dtype)
-            a = torch.bmm(probs, values)
-        out = torch.addmm(proj_b, a.view(n, heads * head_dim), proj_w)
-        if read.empty is not None:
-            out = torch.where(read.empty, proj_b, out)
-        return out
-
     # ---- several new positions after a non-empty cache
 
     def chunk(self, x: Tensor, cache: LayerKV, start: int) -> Tensor:
@@ -860,11 +832,9 @@ class ResidualBlock(nn.Module):
         m = self.mlp(self.ln_1(x + a))
         return x + a + m
 
-    def decode(self, x: Tensor, cache: LayerKV, pos: int, read: StaticRead | None = None) -> Tensor:
+    def decode(self, x: Tensor, cache: LayerKV, pos: int) -> Tensor:
         """One position, x (N, width): `forward` after `attn.decode`, with in-place ops where the
-        result is the same bits (x·sigmoid(1.702x) = sigmoid(1.702x)·x; (x + a) + m).
-
-        With `read`, the static step: `attn.decode_static` and the scalar as a Python float."""
+        result is the same bits (x·sigmoid(1.702x) = sigmoid(1.702x)·x; (x + a) + m)."""
         weights = cache.block_weights
         if weights is None:
             fc, proj = self.mlp.c_fc, self.mlp.c_proj
@@ -883,17 +853,129 @@ class ResidualBlock(nn.Module):
                 _cpu_scalar(GELU_SCALE),
             )
         attn, ln0_w, ln0_b, ln1_w, ln1_b, fc_w, fc_b, proj_w, proj_b, shape, eps, gelu_scale = weights
-        normed = _norm(x, shape, ln0_w, ln0_b, eps)
-        if read is None:
-            a = attn.decode(normed, cache, pos)
-        else:
-            a, gelu_scale = attn.decode_static(normed, cache, read), GELU_SCALE
-        s = x + a
-        h = torch.addmm(fc_b, _norm(s, shape, ln1_w, ln1_b, eps), fc_w)
-        g = h.mul(gelu_scale)
-        g.sigmoid_()
-        g.mul_(h)
-        return s.add_(torch.addmm(proj_b, g, proj_w))
+        s = x + attn.decode(_norm(x, shape, ln0_w, ln0_b, eps), cache, pos)
+        return _add_mlp(s, shape, ln1_w, ln1_b, eps, fc_w, fc_b, proj_w, proj_b, gelu_scale)
+
+    def static_weights(self) -> tuple[Tensor, ...]:
+        """The tensors `static_block_step` reads, in its order (detached: no autograd in decoding)."""
+        attn, mlp = self.attn, self.mlp
+        tensors = (
+            self.ln_0.weight,
+            self.ln_0.bias,
+            attn.c_attn.w,
+            attn.c_attn.b,
+            attn.c_proj.w,
+            attn.c_proj.b,
+            self.ln_1.weight,
+            self.ln_1.bias,
+            mlp.c_fc.w,
+            mlp.c_fc.b,
+            mlp.c_proj.w,
+            mlp.c_proj.b,
+        )
+        return tuple(t.detach() for t in tensors)
+
+    def decode_static(
+        self, x: Tensor, cache: LayerKV, read: StaticRead, step: BlockStep | None = None
+    ) -> Tensor:
+        """`decode` as the static step: `static_block_step` (or `step`, e.g. a compiled form of it)."""
+        weights = cache.static_weights
+        if weights is None:
+            weights = cache.static_weights = self.static_weights()
+        attn = self.attn
+        return (step or static_block_step)(
+            x, cache.k_flat, cache.v_flat, weights, read, attn.heads, attn.cross, attn.fast
+        )
+
+
+def static_block_step(
+    x: Tensor,
+    k_flat: Tensor,
+    v_flat: Tensor,
+    weights: tuple[Tensor, ...],
+    read: StaticRead,
+    heads: int,
+    cross: bool,
+    fast: bool,
+) -> Tensor:
+    """One residual block at one position with shapes that do not depend on the position: x (N, width)
+    → (N, width), the ops of `ResidualBlock.decode` with `FactoredAttention.decode`'s sliced key range
+    replaced by the keys of a fixed slot range under `read.mask`, the position only in device tensors,
+    and k, v written by `index_copy_`. Scalars are Python floats (no CPU tensors: it may be captured
+    in a CUDA graph or compiled).
+
+    Tensors only, one per buffer (`k_flat`, `v_flat`: the layer's (N·H, slots, D) cache), so that
+    `torch.compile` makes one graph per attention kind whatever the layer. Masked keys get zero
+    probability (−1e9 before the softmax), so they add exact zeros to p·v; caches are zeroed when
+    made, so whatever they hold is finite.
+    """
+    ln0_w, ln0_b, attn_w, attn_b, attn_proj_w, attn_proj_b, ln1_w, ln1_b, fc_w, fc_b, proj_w, proj_b = weights
+    n, width = x.shape
+    head_dim = k_flat.shape[2]
+    shape = (width,)
+    normed = _norm(x, shape, ln0_w, ln0_b, LAYER_NORM_EPS)
+    if cross:
+        q = torch.addmm(attn_b, normed, attn_w)
+    else:
+        qkv = torch.addmm(attn_b, normed, attn_w).view(n, 3, heads, head_dim)
+        if read.write is not None:
+            k_slots, v_slots = k_flat.view(n, heads, -1, head_dim), v_flat.view(n, heads, -1, head_dim)
+            new_k, new_v = qkv.select(1, 1).unsqueeze(2), qkv.select(1, 2).unsqueeze(2)
+            if read.keep_old is not None:
+                new_k = torch.where(read.keep_old, k_slots.index_select(2, read.write), new_k)
+                new_v = torch.where(read.keep_old, v_slots.index_select(2, read.write), new_v)
+            k_slots.index_copy_(2, read.write, new_k)
+            v_slots.index_copy_(2, read.write, new_v)
+        q = qkv.select(1, 0)
+    if read.index is None:
+        keys, values = k_flat, v_flat
+    else:
+        keys, values = k_flat.index_select(1, read.index), v_flat.index_select(1, read.index)
+    if heads != 1 or q.dim() != 3:
+        q = q.reshape(n * heads, 1, head_dim)
+    if fast:
+        scale = 1.0 / math.sqrt(head_dim)
+        a = F.scaled_dot_product_attention(q, keys, values, attn_mask=read.mask, scale=scale)
+    else:
+        w = torch.bmm(q, keys.transpose(1, 2))
+        w.mul_(_score_scale(head_dim))
+        if w.dtype != torch.float32:
+            w = w.float()
+        if read.mask is not None:
+            w = torch.where(read.mask, w, MASK_VALUE)
+        probs = torch.softmax(w, dim=-1)
+        if values.dtype != torch.float32:
+            probs = probs.to(values.dtype)
+        a = torch.bmm(probs, values)
+    attended = torch.addmm(attn_proj_b, a.view(n, heads * head_dim), attn_proj_w)
+    if read.empty is not None:
+        attended = torch.where(read.empty, attn_proj_b, attended)
+    s = x + attended
+    return _add_mlp(s, shape, ln1_w, ln1_b, LAYER_NORM_EPS, fc_w, fc_b, proj_w, proj_b, GELU_SCALE)
+
+
+def _add_mlp(
+    s: Tensor,
+    shape: tuple[int, ...],
+    ln_w: Tensor,
+    ln_b: Tensor,
+    eps: float,
+    fc_w: Tensor,
+    fc_b: Tensor,
+    proj_w: Tensor,
+    proj_b: Tensor,
+    gelu_scale: Tensor | float,
+) -> Tensor:
+    """`s + mlp(ln_1(s))` of one position (N, width), with in-place ops where the result is the same
+    bits (x·sigmoid(1.702x) = sigmoid(1.702x)·x); `s` is overwritten."""
+    h = torch.addmm(fc_b, _norm(s, shape, ln_w, ln_b, eps), fc_w)
+    g = h.mul(gelu_scale)
+    g.sigmoid_()
+    g.mul_(h)
+    return s.add_(torch.addmm(proj_b, g, proj_w))
+
+
+BlockStep = Callable[[Tensor, Tensor, Tensor, tuple[Tensor, ...], StaticRead, int, bool, bool], Tensor]
 
 
 def _cpu_scalar(value: float) -> Tensor:
@@ -942,12 +1024,18 @@ class Transformer(nn.Module):
         self.static_decode = static
 
     def new_cache(
-        self, batch: int, max_len: int | None = None, encoder_states: Tensor | None = None
+        self,
+        batch: int,
+        max_len: int | None = None,
+        encoder_states: Tensor | None = None,
+        *,
+        reusable: bool = False,
     ) -> KVCache:
         """An empty cache for `batch` sequences of up to `max_len` positions (default: seq_len).
 
         Cross-attention layers need the lyric encoder's states (N, n_enc, width) now: their keys and
-        values are computed once here.
+        values are computed once here. `reusable`: a cache to `reuse` for many windows, whose
+        cross-attention keys and values are zeroed buffers that each window's states are copied into.
         """
         max_len = self.config.seq_len if max_len is None else max_len
         if not 0 < max_len <= self.config.seq_len:
@@ -956,7 +1044,9 @@ class Transformer(nn.Module):
         layers = []
         for block in self._blocks:
             attn = block.attn
-            if attn.attn_func == CROSS:
+            if attn.attn_func == CROSS and reusable:
+                layers.append(attn.new_cache(batch, max_len, param.dtype, param.device))
+            elif attn.attn_func == CROSS:
                 if encoder_states is None or encoder_states.shape[0] != batch:
                     raise KVCacheError(
                         f"this transformer has cross-attention layers: pass the lyric encoder's states "
@@ -967,6 +1057,30 @@ class Transformer(nn.Module):
             else:
                 layers.append(attn.new_cache(batch, max_len, param.dtype, param.device))
         return KVCache(layers, batch, max_len, param.dtype, owner=id(self))
+
+    def reuse(self, cache: KVCache, max_len: int, encoder_states: Tensor | None = None) -> None:
+        """Empty a `reusable` cache for a new window of up to `max_len` positions, in place (same
+        buffers: what earlier windows wrote stays, finite, and is never read unmasked).
+
+        Cross-attention layers take `encoder_states`' keys and values: the full pass and the chunk path
+        read them as computed (`k`, `v`), the decode steps from the cache's own buffers (`k_flat`).
+        """
+        if cache.owner != id(self):
+            raise KVCacheError("this KV cache was made by another transformer")
+        if not 0 < max_len <= cache.max_len:
+            raise KVCacheError(f"max_len must be in 1..{cache.max_len} for this cache, got {max_len}")
+        for block, layer in zip(self._blocks, cache.layers, strict=True):
+            if block.attn.attn_func != CROSS:
+                continue
+            if encoder_states is None or encoder_states.shape[0] != cache.batch:
+                raise KVCacheError(
+                    f"this transformer has cross-attention layers: pass the lyric encoder's states "
+                    f"for all {cache.batch} sequences"
+                )
+            layer.k, layer.v = block.attn.encoder_kv(encoder_states)
+            layer.k_slots.copy_(layer.k)
+            layer.v_slots.copy_(layer.v)
+        cache.restart()
 
     def forward(
         self, x: Tensor, encoder_states: Tensor | None = None, cache: KVCache | None = None
@@ -1015,10 +1129,11 @@ class Transformer(nn.Module):
         cache.pos = pos + 1
         return h.float()
 
-    def decode_static(self, x: Tensor, cache: KVCache) -> Tensor:
+    def decode_static(self, x: Tensor, cache: KVCache, step: BlockStep | None = None) -> Tensor:
         """`decode` with no shape that depends on the position and no value read back: the position
         is `cache.position()`, a device tensor, and each attention kind's reads are worked out from it
-        once per step (`AttentionGeometry.static_read`) and shared by its layers."""
+        once per step (`AttentionGeometry.static_read`) and shared by its layers. `step` replaces
+        `static_block_step` (a compiled form of it)."""
         pos = cache.position()
         key_index = cache.key_index
         assert key_index is not None
@@ -1030,6 +1145,6 @@ class Transformer(nn.Module):
         reads = {g.kind: g.static_read(pos, slots[g.kind], key_index) for g in self._geometries}
         h = x.to(cache.dtype)
         for block, layer in zip(self._blocks, cache.layers, strict=True):
-            h = block.decode(h, layer, 0, reads[block.attn.attn_func])
+            h = block.decode_static(h, layer, reads[block.attn.attn_func], step)
         cache.advance_position()
         return h.float()

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from sampler.jukebox.checkpoint import save_checkpoint
+from sampler.jukebox.transformer import StaticRead, TransposeGeometry
 from sampler.jukebox.vqvae import VQVAE, VQVAEConfig
 
 # Same architecture as the published VQ-VAE, scaled down: hops 4, 8, 16.
@@ -85,6 +86,20 @@ def single_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def without_transpose_mask(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Negative control of the static step: transpose layers read their whole column unmasked."""
+    masked = TransposeGeometry.static_read
+
+    def unmasked(
+        self: TransposeGeometry, pos: torch.Tensor, slots: int, key_index: torch.Tensor
+    ) -> StaticRead:
+        read = masked(self, pos, slots, key_index)
+        return StaticRead(write=read.write, index=read.index)
+
+    monkeypatch.setattr(TransposeGeometry, "static_read", unmasked)
 
 
 @pytest.fixture

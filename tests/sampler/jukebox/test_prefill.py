@@ -95,7 +95,7 @@ def test_one_b_lyrics_runs_the_lyric_prefix_and_the_prime_in_one_pass() -> None:
     assert lengths == [prior.prefix_len + KNOWN]  # start, the 16 lyric ids and 39 music ids: one pass
     lengths.clear()
     separate = prior.start(cond)
-    prior._feed_queued_prefix(separate)  # what start() did before: the prefix in a pass of its own
+    prior.feed_queued_prefix(separate)  # what start() did before: the prefix in a pass of its own
     separate_logits = prior.prefill(separate, ids, return_logits=True)
     assert lengths == [prior.prefix_len, KNOWN]
     handle.remove()

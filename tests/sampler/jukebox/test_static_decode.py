@@ -11,23 +11,19 @@ import pytest
 import torch
 
 from sampler.jukebox.cascade import Cascade, SamplingRequest, draw
-from sampler.jukebox.prior import JukeboxPrior, PriorConfig
+from sampler.jukebox.prior import JukeboxPrior
 from sampler.jukebox.transformer import (
-    StaticRead,
     Transformer,
     TransformerConfig,
-    TransposeGeometry,
 )
-from tests.sampler.jukebox.conftest import make_tiny_vqvae, redraw_parameters
+from tests.sampler.jukebox.conftest import make_tiny_vqvae
 from tests.sampler.jukebox.dispatch_count import dispatched, read_backs
 from tests.sampler.jukebox.tiny_priors import (
-    TINY_PRIOR_HPARAMS,
-    TINY_SAMPLE_RATE,
-    TINY_VQVAE_HPARAMS,
     tiny_codes,
     tiny_labels,
     tiny_prior,
     tiny_z_cond,
+    wide_tiny_prior,
 )
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -80,15 +76,6 @@ def test_static_step_gives_the_bits_of_the_sliced_step(
         assert torch.equal(a.k, b.k) and torch.equal(a.v, b.v)
 
 
-def _wide_prior(kind: str) -> JukeboxPrior:
-    """A tiny prior with 64-slot blocks (n_ctx 256, blocks 4)."""
-    hparams = {**TINY_PRIOR_HPARAMS[kind], "n_ctx": 256, "blocks": 4}
-    config = PriorConfig.from_hparams(hparams, TINY_VQVAE_HPARAMS, sr=TINY_SAMPLE_RATE)
-    prior = JukeboxPrior(config).eval()
-    redraw_parameters(prior, 7)
-    return prior
-
-
 def _run_side_by_side(prior: JukeboxPrior, kind: str, known: int) -> tuple[float, bool]:
     """Sample a window with the sliced and the static step from the same draws; the static side
     feeds back its own tokens. Returns the largest logit difference and whether all tokens agree."""
@@ -126,26 +113,17 @@ def _run_side_by_side(prior: JukeboxPrior, kind: str, known: int) -> tuple[float
 
 @pytest.mark.parametrize("kind", ["up0", "top_5b_lyrics", "top_1b_lyrics"])
 def test_static_step_at_64_slot_blocks_keeps_tokens_and_logits(kind: str) -> None:
-    prior = _wide_prior(kind)
+    prior = wide_tiny_prior(kind)
     worst, same = _run_side_by_side(prior, kind, known=100)
     assert same
     assert worst <= 1e-5
 
 
 def test_a_static_step_without_the_transpose_mask_parts_from_the_sliced_step(
-    monkeypatch: pytest.MonkeyPatch,
+    without_transpose_mask: None,
 ) -> None:
     """Negative control: the comparison above sees a mask removed."""
-    unmasked = TransposeGeometry.static_read
-
-    def without_mask(
-        self: TransposeGeometry, pos: torch.Tensor, slots: int, key_index: torch.Tensor
-    ) -> StaticRead:
-        read = unmasked(self, pos, slots, key_index)
-        return StaticRead(write=read.write, index=read.index)
-
-    monkeypatch.setattr(TransposeGeometry, "static_read", without_mask)
-    worst, same = _run_side_by_side(_wide_prior("up0"), "up0", known=100)
+    worst, same = _run_side_by_side(wide_tiny_prior("up0"), "up0", known=100)
     assert worst > 1e-2 and not same
 
 

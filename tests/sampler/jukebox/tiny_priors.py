@@ -95,6 +95,16 @@ def tiny_prior(kind: str, seed: int = 0) -> JukeboxPrior:
     return prior
 
 
+def wide_tiny_prior(kind: str, seed: int = 7) -> JukeboxPrior:
+    """A tiny prior with 64-slot blocks (n_ctx 256, blocks 4): masked softmax rows as long as the
+    published ones, where the static step matches the sliced one to float rounding only."""
+    hparams = {**TINY_PRIOR_HPARAMS[kind], "n_ctx": 256, "blocks": 4}
+    config = PriorConfig.from_hparams(hparams, TINY_VQVAE_HPARAMS, sr=TINY_SAMPLE_RATE)
+    prior = JukeboxPrior(config).eval()
+    redraw_parameters(prior, seed)
+    return prior
+
+
 def tiny_labels(kind: str, batch: int = 2, seed: int = 0, total_length: int = 2048) -> torch.Tensor:
     """Label vectors y (batch, label_width) for one window at a varying offset, lyric ids drawn at random.
 

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from jukebot.settings import Settings
 from sampler.batch_sizes import DEFAULT_MAX_BATCH_SIZE
 from sampler.cascade_runner import make_runner
+from sampler.jukebox.decoding import DecodeOptions
 from sampler.worker import runtime
 from sampler.worker.contract import DeviceSpec, JobRunner
 from sampler.worker.pool import _parse_runner_options
@@ -37,6 +38,17 @@ def test_the_cascade_runner_reads_its_options_and_not_the_environment(
     assert (
         make_runner(DeviceSpec.cpu(), {"model_dir": str(tmp_path)}).max_batch_size == DEFAULT_MAX_BATCH_SIZE
     )
+
+
+def test_the_cascade_runner_takes_the_decode_loop_from_its_options(tmp_path: Path) -> None:
+    runner = make_runner(DeviceSpec.cpu(), {"model_dir": str(tmp_path)})
+    assert runner.decode == DecodeOptions(path="sliced")  # the CPU's default
+    options = {"model_dir": str(tmp_path), "decode_path": "static", "decode_compile": "1"}
+    assert make_runner(DeviceSpec.cpu(), options).decode == DecodeOptions(path="static", compile=True)
+    with pytest.raises(ValueError, match="decode path must be one of sliced, static, graph"):
+        make_runner(DeviceSpec.cpu(), {"decode_path": "fast"})
+    with pytest.raises(ValueError, match="decode_compile must be 0 or 1"):
+        make_runner(DeviceSpec.cpu(), {"decode_compile": "yes please"})
 
 
 def test_the_worker_hands_its_config_options_to_the_factory(

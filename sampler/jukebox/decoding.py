@@ -1,0 +1,358 @@
+"""The persistent window decoder: window after window in the same device buffers, K tokens a call.
+
+GPU-PLAN.md §4 steps 3–5. A `WindowDecoder` belongs to one (prior, batch). It allocates the KV cache
+and every per-window buffer once, copies each window's conditioning into them, prefills into the same
+cache, and samples with the static-shape step (`Transformer.decode_static`): the position, the next
+input, the draw's uniforms and the drawn ids all live on the device, so a call of K tokens reads
+nothing back and has fixed shapes and addresses. That call can then be
+
+* run eagerly (path "static"),
+* captured once in a CUDA graph and replayed ⌈new / K⌉ times a window (path "graph"; the last
+  new mod K tokens replay a one-token graph),
+* and, either way, run each residual block as one `torch.compile`d graph per attention kind
+  (`compile`).
+
+The draws are today's `rng="window"` draws (`draw_fast`): one uniform per row and token, drawn for the
+whole window at its start. On the CPU generator that is the same stream as drawing them token by token,
+so on the CPU the static path gives the sliced path's tokens (tests/sampler/jukebox/test_decoding.py).
+On CUDA it is another stream of the same distribution, as window mode allows.
+`rng="reference"` (the exact draw of parity runs) stays on the sliced loop (`cascade.sample_steps`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from sampler.jukebox.cascade import ONE_PASS, SamplingError, filter_logits, invert_cdf, prefill_known
+from sampler.jukebox.prior import Conditioning, JukeboxPrior
+from sampler.jukebox.transformer import BlockStep, static_block_step
+
+log = logging.getLogger(__name__)
+
+DecodePath = Literal["sliced", "static", "graph"]
+DECODE_PATHS: tuple[DecodePath, ...] = ("sliced", "static", "graph")
+# What `torch.compile` hands the block graphs to; tests swap in a graph-counting backend.
+COMPILE_BACKEND: str | Callable[..., Any] = "inductor"
+# Dynamo keeps at most `recompile_limit` (8) graphs per function: one per attention kind (≤ 5) times
+# every batch size and prior width a worker decodes needs more.
+COMPILED_GRAPHS_LIMIT = 64
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How the sampling loop runs (rng="window" only; the exact draw always takes the sliced loop).
+
+    path: "sliced" (the per-token loop of `cascade.sample_steps`), "static" (the persistent decoder,
+        eager) or "graph" (the persistent decoder's calls captured in CUDA graphs; CUDA only, else
+        it falls back to "static" with one log line).
+    tokens_per_call: K, the tokens one call (one graph replay) samples; progress and cancel run
+        between calls.
+    compile: each residual block as one `torch.compile(fullgraph=True, dynamic=False)` graph per
+        attention kind (static and graph paths).
+    """
+
+    path: DecodePath = "sliced"
+    tokens_per_call: int = 16
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.path not in DECODE_PATHS:
+            raise ValueError(f"decode path must be one of {', '.join(DECODE_PATHS)}, got {self.path!r}")
+        if self.tokens_per_call < 1:
+            raise ValueError(f"tokens_per_call must be at least 1, got {self.tokens_per_call}")
+
+
+def default_decode_options(device: torch.device | str) -> DecodeOptions:
+    """The estimated fastest on `device`: CUDA graphs of compiled blocks on CUDA (GPU-PLAN.md §3); the
+    sliced loop on the CPU, where the static step is slower (bench/sampling.py --decode-path)."""
+    if torch.device(device).type == "cuda":
+        return DecodeOptions(path="graph", compile=True)
+    return DecodeOptions()
+
+
+def decode_options(
+    device: torch.device | str, path: str | None = None, compile: str | None = None
+) -> DecodeOptions:
+    """The runner options `decode_path` (sliced, static, graph) and `decode_compile` (0/1, false/true)
+    over `default_decode_options(device)`; ValueError names a bad value."""
+    options = default_decode_options(device)
+    if path:
+        options = replace(options, path=path)  # type: ignore[arg-type]  # checked by DecodeOptions
+    if compile:
+        flags = {"0": False, "false": False, "1": True, "true": True}
+        if compile.strip().lower() not in flags:
+            raise ValueError(f"decode_compile must be 0 or 1, got {compile!r}")
+        options = replace(options, compile=flags[compile.strip().lower()])
+    return options
+
+
+@functools.cache
+def compiled_block_step(backend: str | Callable[..., Any]) -> BlockStep:
+    """`static_block_step` compiled: one graph per attention kind (and batch and width), shared by
+    every decoder of the process (dynamo caches graphs per function)."""
+    limit = torch._dynamo.config.recompile_limit
+    torch._dynamo.config.recompile_limit = max(limit, COMPILED_GRAPHS_LIMIT)
+    compiled = torch.compile(static_block_step, fullgraph=True, dynamic=False, backend=backend)
+    return compiled  # type: ignore[return-value]
+
+
+class WindowDecoder:
+    """Samples windows of one prior for a batch of `batch` sequences in buffers allocated once.
+
+    Holds the prior weakly (it may be freed once its level is done; the decoder goes with it when
+    made by `window_decoder`) and its token model's tensors strongly while it lives.
+    """
+
+    def __init__(self, prior: JukeboxPrior, batch: int, options: DecodeOptions) -> None:
+        if options.path == "sliced":
+            raise ValueError("the sliced path has no persistent decoder: use cascade.sample_steps")
+        config = prior.config
+        if not 1 <= options.tokens_per_call <= config.n_ctx:
+            raise ValueError(f"tokens_per_call must be in 1..{config.n_ctx} (n_ctx), got {options}")
+        self._prior = weakref.ref(prior)
+        self.batch, self.options = batch, options
+        self.path: DecodePath = options.path  # "static" after a failed capture
+        model = prior.prior
+        assert model.x_out is not None
+        self._transformer = model.transformer
+        self._x_emb = model.x_emb.weight.detach()
+        self._pos_emb = model.pos_emb.pos_emb.detach()
+        self._x_out = model.x_out.weight.detach()
+        self._readd_cond = model.readd_cond
+        self.device = self._x_emb.device
+        self._n_ctx = config.n_ctx
+        self._block_step: BlockStep | None = compiled_block_step(COMPILE_BACKEND) if options.compile else None
+        # Normal tensors, even if made inside inference mode: compiled code and CUDA graphs take
+        # them as inputs window after window (GPU-PLAN §2: caches made in inference mode broke
+        # the compiled step).
+        with torch.inference_mode(False), torch.no_grad():
+            self.cache = prior.new_cache(batch)
+            self.cache.position()  # allocates the device position and key index
+            width, device = config.prior_width, self.device
+            self._start = torch.zeros(batch, 1, width, device=device)
+            self._x_cond = torch.zeros(batch, config.seq_len, width, device=device)
+            self._x_in = torch.zeros(batch, width, device=device)  # the next step's input embedding
+            self._drawn = torch.zeros((), dtype=torch.int64, device=device)  # tokens drawn this window
+            self._ids = torch.zeros(batch, config.n_ctx, dtype=torch.int64, device=device)
+            self._uniforms = torch.zeros(config.n_ctx, batch, 1, dtype=torch.float64, device=device)
+            self._temperature = torch.ones((), device=device)
+        self._calls: dict[tuple[int, int, float], Callable[[], None]] = {}
+        self._graph_pool: Any = None
+
+    # ---- the window
+
+    def sample_window(
+        self,
+        cond: Conditioning,
+        known_ids: Tensor,
+        new_tokens: int,
+        temperature: float,
+        top_k: int,
+        top_p: float,
+        generator: torch.Generator,
+        report: Callable[[int], None] | None = None,
+        progress_every: int = 32,
+        *,
+        chunk_size: int | None = None,
+    ) -> Tensor:
+        """One window: prefill `known_ids` (N, k) (in chunks of `chunk_size`; None: one pass), then
+        draw `new_tokens` ids; returns them (N, new_tokens).
+
+        `report(done)` runs between calls, every `progress_every` tokens rounded to a multiple of K,
+        and after the last token; it may raise to cancel.
+        """
+        prior = self._prior()
+        if prior is None:
+            raise SamplingError("this decoder's prior has been freed")
+        known = known_ids.shape[1]
+        if new_tokens <= 0 or known + new_tokens > self._n_ctx:
+            raise SamplingError(
+                f"a window holds {self._n_ctx} tokens: cannot sample {new_tokens} after {known} known"
+            )
+        if cond.batch != self.batch or known_ids.shape[0] != self.batch:
+            raise SamplingError(f"this decoder samples batches of {self.batch}, got {cond.batch}")
+        per_call = self.options.tokens_per_call
+        many, one = self._call(per_call, top_k, top_p), self._call(1, top_k, top_p)
+        self._begin(prior, cond, known_ids, new_tokens, temperature, generator, chunk_size)
+        every = per_call * max(1, round(progress_every / per_call))
+        done = 0
+        with torch.inference_mode():
+            while done < new_tokens:
+                if new_tokens - done >= per_call:
+                    many()
+                    done += per_call
+                else:
+                    one()
+                    done += 1
+                if report is not None and (done % every == 0 or done == new_tokens):
+                    report(done)
+        return self._ids[:, :new_tokens].clone()
+
+    def prepare(self, top_k: int = 0, top_p: float = 0.0) -> None:
+        """Compile and capture now what windows with this filter will call (at worker start)."""
+        self._call(self.options.tokens_per_call, top_k, top_p)
+        self._call(1, top_k, top_p)
+
+    @torch.no_grad()
+    def _begin(
+        self,
+        prior: JukeboxPrior,
+        cond: Conditioning,
+        known_ids: Tensor,
+        new_tokens: int,
+        temperature: float,
+        generator: torch.Generator,
+        chunk_size: int | None,
+    ) -> None:
+        """The window's conditioning into the buffers, its known ids into the cache, its draws."""
+        if cond.x_cond.shape[1] not in (1, self._x_cond.shape[1]):
+            raise SamplingError(
+                f"x_cond holds {cond.x_cond.shape[1]} positions; this prior has {self._x_cond.shape[1]}"
+            )
+        self._start.copy_(cond.start)
+        self._x_cond.copy_(cond.x_cond)  # a single row (N, 1, W) is the same at every position
+        persistent = Conditioning(self._start, self._x_cond, cond.encoder_states, cond.prefix_ids)
+        known = known_ids.shape[1]
+        state = prior.start(persistent, known + new_tokens, cache=self.cache)
+        if known:
+            prefill_known(prior, state, known_ids, ONE_PASS if chunk_size is None else chunk_size)
+        elif state.prefix_queued:  # 1b_lyrics with nothing known: the lyric prefix goes alone
+            prior.feed_queued_prefix(state)
+        # The first step's input: the start embedding, or the newest known id (still pending).
+        if state.pending_start:
+            self._x_in.copy_(self._start[:, 0])
+        else:
+            assert state.pending is not None
+            self._x_in.copy_(torch.embedding(self._x_emb, state.pending.reshape(-1)))
+        state.pending_start, state.pending = False, None
+        self.cache.position()  # the device position from the host's, once
+        self._drawn.zero_()
+        self._temperature.fill_(temperature)
+        uniforms = self._uniforms[:new_tokens]
+        # One draw of T×N uniforms is the stream of T draws of N on the CPU generator.
+        if generator.device == uniforms.device:
+            torch.rand(uniforms.shape, dtype=torch.float64, generator=generator, out=uniforms)
+        else:
+            uniforms.copy_(
+                torch.rand(uniforms.shape, dtype=torch.float64, generator=generator, device=generator.device)
+            )
+
+    # ---- calls of K tokens
+
+    def _token(self, top_k: int, top_p: float) -> None:
+        """One token on the device: step, temperature, filter, draw, feed back. Nothing read back."""
+        cache = self.cache
+        at = cache.position().view(1)
+        x_cond = self._x_cond.index_select(1, at)[:, 0]
+        x = self._x_in + self._pos_emb.index_select(0, at)
+        x = x + x_cond
+        h = self._transformer.decode_static(x, cache, self._block_step)
+        if self._readd_cond:
+            h = h + x_cond
+        logits = F.linear(h, self._x_out)
+        logits.div_(self._temperature)  # x / 1.0 is x: the same bits as skipping it
+        logits = filter_logits(logits, top_k, top_p)
+        drawn = self._drawn.view(1)
+        token = invert_cdf(logits, self._uniforms.index_select(0, drawn)[0])
+        self._ids.index_copy_(1, drawn, token.view(-1, 1))
+        self._x_in.copy_(torch.embedding(self._x_emb, token))
+        self._drawn.add_(1)
+
+    def _run(self, steps: int, top_k: int, top_p: float) -> None:
+        for _ in range(steps):
+            self._token(top_k, top_p)
+
+    def _call(self, steps: int, top_k: int, top_p: float) -> Callable[[], None]:
+        """The call that samples `steps` tokens with this filter: `_run` itself, or the replay of its
+        CUDA graph. Made (compiled, captured) on first use, before any window state is set."""
+        key = (steps, top_k, top_p)
+        call = self._calls.get(key)
+        if call is None:
+            call = self._calls[key] = self._make_call(steps, top_k, top_p)
+        return call
+
+    def _make_call(self, steps: int, top_k: int, top_p: float) -> Callable[[], None]:
+        run = functools.partial(self._run, steps, top_k, top_p)
+        if self._block_step is not None or self.path == "graph":
+            # A first run on rewound buffers: compiles the blocks, and warms up before a capture.
+            try:
+                self._rehearse(run)
+            except Exception as exc:
+                if self._block_step is None:
+                    raise
+                log.warning("compiling the decode blocks failed (%s): decoding with eager blocks", exc)
+                self._block_step = None
+                self._rehearse(run)
+        if self.path == "graph":
+            try:
+                return self._capture(run, steps)
+            except Exception as exc:
+                log.warning(
+                    "no CUDA graph for the decode step (%s): decoding with the eager static step", exc
+                )
+                self.path = "static"
+            finally:
+                self._rewind()
+        return run
+
+    def _rewind(self) -> None:
+        """Position 0, nothing drawn: a state any call can run from (between windows only)."""
+        self.cache.restart()
+        self.cache.position()
+        self._drawn.zero_()
+
+    def _rehearse(self, run: Callable[[], None]) -> None:
+        self._rewind()
+        if self.device.type == "cuda":
+            # warm up on a side stream, as CUDA graph capture wants
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side), torch.inference_mode():
+                run()
+            torch.cuda.current_stream(self.device).wait_stream(side)
+        else:
+            with torch.inference_mode():
+                run()
+        self._rewind()
+
+    def _capture(self, run: Callable[[], None], steps: int) -> Callable[[], None]:
+        """`run` captured in a CUDA graph; the call replays it and moves the host position on."""
+        if self.device.type != "cuda":
+            raise RuntimeError(f"CUDA graphs need a CUDA device, this prior is on {self.device}")
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: the worker's other threads (heartbeats, progress) may touch CUDA meanwhile
+        capture = torch.cuda.graph(graph, pool=self._graph_pool, capture_error_mode="thread_local")
+        with capture, torch.inference_mode():
+            run()
+        self._graph_pool = graph.pool()  # the graphs of one decoder share their memory
+        cache = self.cache
+
+        def replay() -> None:
+            graph.replay()
+            cache.moved_on_device(steps)
+
+        return replay
+
+
+_DECODERS: weakref.WeakKeyDictionary[JukeboxPrior, dict[tuple[int, DecodeOptions], WindowDecoder]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def window_decoder(prior: JukeboxPrior, batch: int, options: DecodeOptions) -> WindowDecoder:
+    """The decoder of (prior, batch, options), made on first use; it lives as long as the prior."""
+    decoders = _DECODERS.setdefault(prior, {})
+    key = (batch, options)
+    decoder = decoders.get(key)
+    if decoder is None:
+        decoder = decoders[key] = WindowDecoder(prior, batch, options)
+    return decoder
