@@ -419,6 +419,7 @@ def adapters(
 ) -> list[tuple[str, Adapter]]:
     """The adapters to try in order: the engine's (for the modes it has), then the bench's own."""
     own = ("bench", bench_adapter(path, capture, compile_backend))
-    if engine is None or path.compile_mode not in (None, "default"):
+    # the sliced loop has no persistent decoder: it is `sample_steps` either way
+    if engine is None or path.kind == "sliced" or path.compile_mode not in (None, "default"):
         return [own]
     return [(ENGINE_MODULE, engine_adapter(engine, path)), own]

@@ -327,3 +327,34 @@ def test_decode_rows_go_through_the_engine_when_it_exists_and_fall_back_when_it_
     fallback = time_path(path, prior, cond, known, plan, engine=_stand_in_engine(True), **common)
     assert fallback.engine == "bench" and "NotImplementedError" in (fallback.engine_error or "")
     assert fallback.tokens.shape == (3, 1 + 3 * 16) and len(fallback.segments_ms) == 1
+
+
+@pytest.mark.slow
+def test_the_device_check_script_runs_its_three_steps_into_out(tmp_path: Path) -> None:
+    """scripts/gpu-check.sh is what a session lent a GPU runs, once, on a machine with torch alone:
+    here on the CPU with no time to spare, every step must still leave its files (at most 8 come back)."""
+    proc = subprocess.run(
+        ["bash", "scripts/gpu-check.sh", "1"],
+        cwd=ROOT,
+        env=os.environ
+        | {"OUT": str(tmp_path), "GPU_CHECK_DEVICE": "cpu", "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert files == [
+        "cuda-tests.log",
+        "env.txt",
+        "full/gpu.jsonl",
+        "full/summary.txt",
+        "smoke/gpu.jsonl",
+        "smoke/summary.txt",
+    ], proc.stdout + proc.stderr
+    assert "torch " in (tmp_path / "env.txt").read_text()
+    tests = (tmp_path / "cuda-tests.log").read_text()
+    assert " passed" in tests and "failed" not in tests and "error" not in tests.lower(), tests
+    for part in ("smoke", "full"):  # a spent budget: each section is skipped with its reason
+        records = [json.loads(line) for line in (tmp_path / part / "gpu.jsonl").read_text().splitlines()]
+        assert any(r.get("kind") == "skip" and r.get("reason") for r in records), records

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The device check for a session lent a GPU: one command on the device machine, every figure written
+# under $OUT as it comes (see bench/README.md). The machine's image has torch but none of our other
+# packages, so only torch-only code runs there (bench.gpu_imports stands in for unidecode).
+#
+#   on the device:  bash scripts/gpu-check.sh [BUDGET_SECONDS, default 480]
+#   dry run here:   OUT=/tmp/gpu-check GPU_CHECK_DEVICE=cpu bash scripts/gpu-check.sh 120
+#
+# Files back (at most 8): env.txt, cuda-tests.log, smoke/{gpu.jsonl,summary.txt}, full/{gpu.jsonl,summary.txt}.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+: "${OUT:?set OUT to the folder that comes back}"
+budget=${1:-480}
+device=${GPU_CHECK_DEVICE:-cuda}
+python=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
+started=$(date +%s)
+left() { echo $((budget - ($(date +%s) - started))); }
+
+{
+    nvidia-smi || true
+    "$python" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available() and torch.cuda.get_device_name())"
+    "$python" -c "import triton; print('triton', triton.__version__)" || true
+} >"$OUT/env.txt" 2>&1
+
+# 1. The engine's CUDA tests: graph replays against the eager static step, fp32 and fp16, compiled.
+#    Only the model tests' conftest is loaded (the root one needs the database packages).
+timeout 150 "$python" -c "
+import sys
+import bench.gpu_imports  # noqa: F401
+import pytest
+sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '-o', 'addopts=', '--confcutdir=tests/sampler/jukebox',
+                      'tests/sampler/jukebox/test_decoding.py', '-k', 'cuda or graph']))
+" 2>&1 | tee "$OUT/cuda-tests.log" | tail -n 15
+
+# 2. The bench at tiny sizes on the device: every section, graph capture included (about a minute).
+"$python" -m bench.gpu --dry-run --device "$device" --budget 60 --out "$OUT/smoke" 2>&1 | tail -n 25
+
+# 3. The bench at published sizes with the time that is left (a dry run here repeats step 2's sizes).
+full=()
+[ "$device" = cpu ] && full=(--dry-run)
+"$python" -m bench.gpu "${full[@]}" --device "$device" --budget "$(left)" --out "$OUT/full" 2>&1 | tail -n 60
