@@ -36,8 +36,9 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sampler.engine_settings import DECODE_PATHS, DecodePath
 from sampler.jukebox.cascade import sample_steps
-from sampler.jukebox.decoding import DECODE_PATHS, DecodeOptions, DecodePath, window_decoder
+from sampler.jukebox.decoding import DecodeOptions, window_decoder
 from sampler.jukebox.prior import Conditioning, JukeboxPrior, PriorConfig
 
 BINS = 2048

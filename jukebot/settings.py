@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Annotated
 
 import platformdirs
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from sampler.batch_sizes import DEFAULT_MAX_BATCH_SIZE, format_batch_sizes, parse_batch_sizes
+from sampler.engine_settings import AUTO, DecodePathSetting, Switch, parse_decode_path, parse_switch
 from sampler.jukebox.registry import DEFAULT_MIRRORS
 from sampler.model_files import default_model_dir
 from sampler.residency import DEFAULT_RESIDENT_PRIORS, ResidentPriors, parse_resident_priors
@@ -134,6 +135,11 @@ class Settings(BaseSettings):
     # Keep a model's three priors loaded across levels and jobs: "auto" (where the GPU has room),
     # "on" or "off" (load each level's prior and free it after).
     resident_priors: ResidentPriors = DEFAULT_RESIDENT_PRIORS
+    # The sampling engine, "auto" being the device's fastest: the decode loop (sliced, static or
+    # graph), its blocks compiled by torch.compile, and the middle and bottom levels sampled at once.
+    decode_path: DecodePathSetting = AUTO
+    decode_compile: Switch = AUTO
+    overlap_levels: Switch = AUTO
     # Mirrors tried in order for model downloads (see sampler.jukebox.registry.DEFAULT_MIRRORS).
     model_mirrors: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_MIRRORS))
 
@@ -216,6 +222,16 @@ class Settings(BaseSettings):
     def _parse_resident_priors(cls, value: object) -> object:
         return parse_resident_priors(value) if isinstance(value, str) else value
 
+    @field_validator("decode_path", mode="before")
+    @classmethod
+    def _parse_decode_path(cls, value: object) -> object:
+        return parse_decode_path(value) if isinstance(value, str) else value
+
+    @field_validator("decode_compile", "overlap_levels", mode="before")
+    @classmethod
+    def _parse_switch(cls, value: object, info: ValidationInfo) -> object:
+        return parse_switch(info.field_name or "", value) if isinstance(value, str) else value
+
     @field_validator("max_batch_size")
     @classmethod
     def _check_batch_sizes(cls, value: str) -> str:
@@ -235,6 +251,9 @@ class Settings(BaseSettings):
                 ("model_dir", str(self.model_dir)),
                 ("max_batch_size", self.max_batch_size),
                 ("resident_priors", self.resident_priors),
+                ("decode_path", self.decode_path),
+                ("decode_compile", self.decode_compile),
+                ("overlap_levels", self.overlap_levels),
             ),
         )
 

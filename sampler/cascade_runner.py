@@ -9,6 +9,7 @@ directory, batch sizes and residency are runner options (`model_dir`, `max_batch
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from sampler.batch_sizes import (
     format_batch_sizes,
     parse_batch_sizes,
 )
+from sampler.engine_settings import AUTO, parse_switch, switch_value
 from sampler.jobspec import DEFAULT_SAMPLES, InvalidJobParams, JobParams, is_full_quality, parse_params
 from sampler.jukebox.cascade import (
     Cascade,
@@ -439,18 +441,24 @@ def make_runner(device: DeviceSpec, options: RunnerOptions | None = None) -> Cas
     """The runner factory named by `jukebot run|worker` (`sampler.cascade_runner:make_runner`).
 
     Options: `model_dir` (default: the settings' default), `max_batch_size` (e.g. `16,16,3`),
-    `resident_priors` (`auto`, `on` or `off`) and `decode_path` / `decode_compile` (the sampling
-    loop; default: the device's, see `decode_options`).
+    `resident_priors` (`auto`, `on` or `off`), `decode_path` / `decode_compile` (the sampling loop;
+    default: the device's, see `decode_options`) and `overlap_levels` (`auto`, `on` or `off`).
     """
     options = options or {}
     model_dir = Path(options["model_dir"]) if options.get("model_dir") else default_model_dir()
     sizes = options.get("max_batch_size", "").strip()
     resident = parse_resident_priors(options.get("resident_priors") or DEFAULT_RESIDENT_PRIORS)
     decode = decode_options(device.name, options.get("decode_path"), options.get("decode_compile"))
+    overlap = switch_value(parse_switch("overlap_levels", options.get("overlap_levels") or AUTO))
+    if device.is_cuda:
+        # cuBLAS keeps a workspace per stream; a fixed one keeps levels sampled at once on two
+        # streams deterministic (resumed jobs reproduce their codes). Read at its first call.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     return CascadeRunner(
         device,
         model_dir,
         max_batch_size=parse_batch_sizes(sizes) if sizes else DEFAULT_MAX_BATCH_SIZE,
         resident_priors=resident,
+        overlap_levels=overlap,
         decode=decode,
     )

@@ -26,20 +26,26 @@ import logging
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sampler.engine_settings import (
+    AUTO,
+    DECODE_PATHS,
+    DecodePath,
+    parse_decode_path,
+    parse_switch,
+    switch_value,
+)
 from sampler.jukebox.cascade import ONE_PASS, SamplingError, filter_logits, invert_cdf, prefill_known
 from sampler.jukebox.prior import Conditioning, JukeboxPrior
 from sampler.jukebox.transformer import BlockStep, static_block_step
 
 log = logging.getLogger(__name__)
 
-DecodePath = Literal["sliced", "static", "graph"]
-DECODE_PATHS: tuple[DecodePath, ...] = ("sliced", "static", "graph")
 # What `torch.compile` hands the block graphs to; tests swap in a graph-counting backend.
 COMPILE_BACKEND: str | Callable[..., Any] = "inductor"
 # Dynamo keeps at most `recompile_limit` (8) graphs per function: one per attention kind (≤ 5) times
@@ -82,16 +88,15 @@ def default_decode_options(device: torch.device | str) -> DecodeOptions:
 def decode_options(
     device: torch.device | str, path: str | None = None, compile: str | None = None
 ) -> DecodeOptions:
-    """The runner options `decode_path` (sliced, static, graph) and `decode_compile` (0/1, false/true)
-    over `default_decode_options(device)`; ValueError names a bad value."""
+    """The runner options `decode_path` (auto, sliced, static, graph) and `decode_compile` (auto, on,
+    off) over `default_decode_options(device)`; ValueError names a bad value."""
     options = default_decode_options(device)
-    if path:
-        options = replace(options, path=path)  # type: ignore[arg-type]  # checked by DecodeOptions
-    if compile:
-        flags = {"0": False, "false": False, "1": True, "true": True}
-        if compile.strip().lower() not in flags:
-            raise ValueError(f"decode_compile must be 0 or 1, got {compile!r}")
-        options = replace(options, compile=flags[compile.strip().lower()])
+    chosen_path = parse_decode_path(path or AUTO)
+    if chosen_path != AUTO:
+        options = replace(options, path=chosen_path)
+    chosen_compile = switch_value(parse_switch("decode_compile", compile or AUTO))
+    if chosen_compile is not None:
+        options = replace(options, compile=chosen_compile)
     return options
 
 

@@ -21,12 +21,33 @@ from sampler.worker.runtime import EXIT_CONFIG, WorkerConfig, run_worker
 
 
 def test_the_settings_put_the_model_dir_and_batch_sizes_in_the_worker_config(tmp_path: Path) -> None:
-    settings = Settings(model_dir=tmp_path, max_batch_size="8,4,2", resident_priors="OFF")  # type: ignore[call-arg]
+    settings = Settings(  # type: ignore[call-arg]
+        model_dir=tmp_path,
+        max_batch_size="8,4,2",
+        resident_priors="OFF",
+        decode_path="Static",
+        decode_compile="0",
+        overlap_levels="on",
+    )
     options = dict(settings.worker_config().runner_options)
-    assert options == {"model_dir": str(tmp_path), "max_batch_size": "8,4,2", "resident_priors": "off"}
-    assert dict(Settings().worker_config().runner_options)["resident_priors"] == "auto"  # type: ignore[call-arg]
+    assert options == {
+        "model_dir": str(tmp_path),
+        "max_batch_size": "8,4,2",
+        "resident_priors": "off",
+        "decode_path": "static",
+        "decode_compile": "off",
+        "overlap_levels": "on",
+    }
+    defaults = dict(Settings().worker_config().runner_options)  # type: ignore[call-arg]
+    assert [
+        defaults[key] for key in ("resident_priors", "decode_path", "decode_compile", "overlap_levels")
+    ] == ["auto"] * 4
     with pytest.raises(ValidationError, match="resident_priors must be one of auto, on, off"):
         Settings(resident_priors="sometimes")  # type: ignore[call-arg]
+    with pytest.raises(ValidationError, match="decode_path must be one of auto, sliced, static, graph"):
+        Settings(decode_path="fast")  # type: ignore[call-arg]
+    with pytest.raises(ValidationError, match="overlap_levels must be one of auto, on, off, got 'both'"):
+        Settings(overlap_levels="both")  # type: ignore[call-arg]
 
 
 def test_the_cascade_runner_reads_its_options_and_not_the_environment(
@@ -45,10 +66,20 @@ def test_the_cascade_runner_takes_the_decode_loop_from_its_options(tmp_path: Pat
     assert runner.decode == DecodeOptions(path="sliced")  # the CPU's default
     options = {"model_dir": str(tmp_path), "decode_path": "static", "decode_compile": "1"}
     assert make_runner(DeviceSpec.cpu(), options).decode == DecodeOptions(path="static", compile=True)
-    with pytest.raises(ValueError, match="decode path must be one of sliced, static, graph"):
+    auto = {"model_dir": str(tmp_path), "decode_path": "auto", "decode_compile": "auto"}
+    assert make_runner(DeviceSpec.cpu(), auto).decode == DecodeOptions(path="sliced")
+    with pytest.raises(ValueError, match="decode_path must be one of auto, sliced, static, graph"):
         make_runner(DeviceSpec.cpu(), {"decode_path": "fast"})
-    with pytest.raises(ValueError, match="decode_compile must be 0 or 1"):
+    with pytest.raises(ValueError, match="decode_compile must be one of auto, on, off"):
         make_runner(DeviceSpec.cpu(), {"decode_compile": "yes please"})
+
+
+@pytest.mark.parametrize(("setting", "overlap"), [(None, None), ("auto", None), ("ON", True), ("off", False)])
+def test_the_cascade_runner_takes_levels_at_once_from_its_options(
+    tmp_path: Path, setting: str | None, overlap: bool | None
+) -> None:
+    options = {"model_dir": str(tmp_path)} | ({} if setting is None else {"overlap_levels": setting})
+    assert make_runner(DeviceSpec.cpu(), options).overlap_levels is overlap  # None: the device's default
 
 
 def test_the_worker_hands_its_config_options_to_the_factory(
