@@ -386,13 +386,20 @@ def bench_adapter(path: DecodePath, capture: bool, compile_backend: str) -> Adap
     return functools.partial(_run_loop, path)
 
 
-def engine_adapter(module: ModuleType, path: DecodePath) -> Adapter:
+def engine_adapter(module: ModuleType, path: DecodePath, compile_backend: str) -> Adapter:
     def run(job: WindowJob) -> Sampled:
         options = module.DecodeOptions(
             path=path.kind, tokens_per_call=path.per_call, compile=path.compile_mode is not None
         )
-        start = time.perf_counter()
-        decoder = module.WindowDecoder(job.prior, job.cond.batch, options)
+        start, graphs_before = time.perf_counter(), compiled_graph_count()
+        # the engine compiles with its module's backend: this run's (aot_eager in a dry run)
+        engine_backend, module.COMPILE_BACKEND = module.COMPILE_BACKEND, compile_backend
+        try:
+            decoder = module.WindowDecoder(job.prior, job.cond.batch, options)
+            decoder.prepare()  # compile and capture now, as a worker does at start
+        finally:
+            module.COMPILE_BACKEND = engine_backend
+        sync(job.known.device)
         setup = time.perf_counter() - start
         generator = torch.Generator(device=job.known.device).manual_seed(job.seed)
         try:
@@ -409,7 +416,7 @@ def engine_adapter(module: ModuleType, path: DecodePath) -> Adapter:
             )
         finally:
             job.prior.set_static_decode(False)
-        return Sampled(ids, setup, ENGINE_MODULE)
+        return Sampled(ids, setup, ENGINE_MODULE, compiled_graph_count() - graphs_before)
 
     return run
 
@@ -422,4 +429,4 @@ def adapters(
     # the sliced loop has no persistent decoder: it is `sample_steps` either way
     if engine is None or path.kind == "sliced" or path.compile_mode not in (None, "default"):
         return [own]
-    return [(ENGINE_MODULE, engine_adapter(engine, path)), own]
+    return [(ENGINE_MODULE, engine_adapter(engine, path, compile_backend)), own]

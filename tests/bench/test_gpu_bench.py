@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import types
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,7 @@ from bench.gpu_paths import (
 )
 from bench.gpu_record import Budget, Recorder, run_part
 from bench.gpu_timing import WindowPlan, time_path
-from sampler.jukebox.cascade import sample_steps
+from sampler.jukebox import decoding
 from sampler.jukebox.transformer import BLOCK, CROSS, DENSE, PREV_BLOCK, PRIME, TRANSPOSE, Conv1D
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -265,52 +264,17 @@ def test_the_stepper_draws_what_the_eager_static_step_draws(tiny_upsampler: Any)
     assert not torch.equal(stepper.tokens, torch.roll(stepper.tokens, 1, dims=1))  # the draws do vary
 
 
-@dataclass
-class _Options:
-    path: str
-    tokens_per_call: int
-    compile: bool
-
-
-def _stand_in_engine(broken: bool) -> types.ModuleType:
-    """The API the sampling engine will have (WindowDecoder.sample_window), over today's loop."""
+def _broken_engine() -> types.ModuleType:
+    """An engine whose decoder fails: the bench must fall back to its own path and say why."""
 
     class WindowDecoder:
-        def __init__(self, prior: Any, batch: int, options: _Options) -> None:
-            self.prior, self.options = prior, options
-
-        def sample_window(
-            self,
-            *,
-            cond: Any,
-            known_ids: torch.Tensor,
-            new_tokens: int,
-            temperature: float,
-            top_k: int,
-            top_p: float,
-            generator: torch.Generator,
-            report: Any,
-            progress_every: int,
-        ) -> torch.Tensor:
-            if broken:
-                raise NotImplementedError("not yet")
-            state = prefilled(self.prior, cond, known_ids, known_ids.shape[1] + new_tokens)
-            return sample_steps(
-                self.prior,
-                state,
-                new_tokens,
-                temperature,
-                top_k,
-                top_p,
-                generator,
-                report,
-                progress_every,
-                exact=False,
-            )
+        def __init__(self, prior: Any, batch: int, options: Any) -> None:
+            raise NotImplementedError("not yet")
 
     module = types.ModuleType(ENGINE_MODULE)
-    module.DecodeOptions = _Options  # type: ignore[attr-defined]
+    module.DecodeOptions = decoding.DecodeOptions  # type: ignore[attr-defined]
     module.WindowDecoder = WindowDecoder  # type: ignore[attr-defined]
+    module.COMPILE_BACKEND = decoding.COMPILE_BACKEND  # type: ignore[attr-defined]
     return module
 
 
@@ -321,10 +285,10 @@ def test_decode_rows_go_through_the_engine_when_it_exists_and_fall_back_when_it_
     plan = WindowPlan(first=known.shape[1], segment=16, timed=1, profiled=16)
     path = next(p for p in PATHS if p.name == "graph K=16")
     common: dict[str, Any] = dict(capture=False, compile_backend="eager", profile=True)
-    timing = time_path(path, prior, cond, known, plan, engine=_stand_in_engine(False), **common)
+    timing = time_path(path, prior, cond, known, plan, engine=decoding, **common)
     assert timing.engine == ENGINE_MODULE and timing.engine_error is None
     assert timing.tokens.shape == (3, 3 * 16) and timing.profile is not None and timing.profile.events > 0
-    fallback = time_path(path, prior, cond, known, plan, engine=_stand_in_engine(True), **common)
+    fallback = time_path(path, prior, cond, known, plan, engine=_broken_engine(), **common)
     assert fallback.engine == "bench" and "NotImplementedError" in (fallback.engine_error or "")
     assert fallback.tokens.shape == (3, 1 + 3 * 16) and len(fallback.segments_ms) == 1
 
