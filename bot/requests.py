@@ -34,6 +34,7 @@ T = TypeVar("T")
 
 DEFAULT_LENGTH_SECONDS = 20.0
 DEFAULT_CONTINUE_SECONDS = 10.0
+MAX_HISTORY_PAGE = 1000  # /history pages of ten jobs
 MAX_SEED = 2**31 - 1
 # Lyrics longer than this do not fit comfortably in a slash-command option; the modal takes them.
 LYRICS_OPTION_CHARS = 1000
@@ -309,6 +310,17 @@ def build_upsample(parent_params: JobParams) -> ValidatedJob:
 
 
 MAX_STORED_ID = 2**63 - 1  # job and sample ids are signed 64-bit integers in both databases
+
+
+def history_page(value: object) -> int:
+    """A `/history` page, refused outside 1..MAX_HISTORY_PAGE (Discord's client keeps to it; a forged
+    payload need not, and the offset would overflow the database's integers or go negative)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_HISTORY_PAGE:
+        return value
+    raise InvalidRequest(
+        f"There is no page {shorten_user_text(str(value), limit=30)} of job history: pages go from 1 "
+        f"to {MAX_HISTORY_PAGE}."
+    )
 
 
 def stored_id(value: object, what: str) -> int:

@@ -115,6 +115,19 @@ class JobParams(BaseModel):
         style = self.styles[index]
         return style if style.lyrics is not None else style.model_copy(update={"lyrics": self.lyrics})
 
+    def describe_labels(self) -> str:
+        """What the job is conditioned on, as people read it: 'the beatles / rock', or for a style
+        sweep 'a sweep of 3 styles' (its own artist and genres are only the defaults)."""
+        if self.styles is not None:
+            return f"a sweep of {len(self.styles)} styles"
+        return self.style_of(0).describe()
+
+    def describe_sample_labels(self, index: int) -> str:
+        """Sample `index`'s labels as people read them (a sweep's sample has its own style)."""
+        if self.styles is not None and not 0 <= index < len(self.styles):
+            return self.describe_labels()
+        return self.style_of(index).describe()
+
     def for_sample(self, index: int) -> JobParams:
         """These params narrowed to sample `index`'s labels, for a job that continues or upsamples it."""
         if self.styles is None:

@@ -11,6 +11,7 @@ from bot.bot import JukeBot
 from bot.errors import JobNotInServer
 from bot.options import JobId
 from bot.progress import render_queue
+from bot.requests import MAX_HISTORY_PAGE, history_page
 from sampler.jobspec import params_or_defaults
 from storage.models import JobStatus, utcnow
 
@@ -61,8 +62,9 @@ class Jobs(commands.Cog):
         self,
         interaction: discord.Interaction[JukeBot],
         user: discord.User | discord.Member | None = None,
-        page: app_commands.Range[int, 1, 1000] = 1,
+        page: app_commands.Range[int, 1, MAX_HISTORY_PAGE] = 1,
     ) -> None:
+        page = history_page(page)
         guild_id = actions.guild_id_of(interaction)
         who = user or interaction.user
         jobs = await self.bot.store.recent_jobs(
@@ -78,9 +80,9 @@ class Jobs(commands.Cog):
                 await self.bot.store.samples_for_job(job.id) if job.status == JobStatus.SUCCEEDED else []
             )
             made = f" → samples {', '.join(f'#{s.id}' for s in samples)}" if samples else ""
-            artist = params_or_defaults(job.params).artist
+            labels = params_or_defaults(job.params).describe_labels()
             lines.append(
-                f"• Job #{job.id} · {job.kind.value} · {job.model} · {artist} · "
+                f"• Job #{job.id} · {job.kind.value} · {job.model} · {labels} · "
                 f"{job.status.value} · <t:{int(job.created_at.timestamp())}:R>{made}"
             )
         if len(jobs) == HISTORY_PAGE:

@@ -111,8 +111,7 @@ class Samples(commands.Cog):
             return
         lines = [f"**Top samples {heading}**"]
         for place, entry in enumerate(ranked, start=1):
-            params = params_or_defaults(entry.params)
-            what = f"{params.artist} · {', '.join(params.genres)}"
+            what = params_or_defaults(entry.params).describe_sample_labels(entry.sample.index)
             lines.append(
                 f"{place}. Sample #{entry.sample.id} · 👍 {entry.votes} · {what} · by <@{entry.user_id}> "
                 f"in <#{entry.channel_id}> (`/sample {entry.sample.id}`)"

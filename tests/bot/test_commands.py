@@ -91,7 +91,10 @@ async def test_queue_history_top_and_sample(
     history = await reply_of(
         fake, await fake.invoke_command("history", {"user": fake.user("alice")}, user=fake.user("bob"))
     )
-    assert "Job #2 · generate" in history and "Job #1 · generate · 5b_lyrics · queen · succeeded" in history
+    assert (
+        "Job #2 · generate" in history
+        and "Job #1 · generate · 5b_lyrics · queen / unknown · succeeded" in history
+    )
     assert f"→ samples #{sample_id}" in history
 
     top = await fake.invoke_command("top", {"period": "all"})
@@ -103,6 +106,30 @@ async def test_queue_history_top_and_sample(
     assert resent.original is not None and not resent.original.ephemeral
     assert resent.original.attachments[0].data == (await sqlite_store.get_sample(sample_id)).audio
     assert resent.original.buttons[0]["label"] == "👍 1"
+
+
+async def test_history_and_top_name_each_style_of_a_sweep(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    """A sweep's own artist and genres are only defaults ("unknown"): what each sample was made
+    with is its style."""
+    fake, store = fake_discord, sqlite_store
+    bot = await bot_runner.start(make_bot(fake, store))
+    record = await fake.invoke_command("jukebox", {"model": "5b", "styles": "queen / rock; abba / pop"})
+    assert (await reply_of(fake, record)).startswith("Queued as job #1.")
+    worker = PlayedWorker(store)
+    first, second = await worker.complete(await worker.claim(), n=2, full=False)
+    relay_of(bot).poke()
+    message = await fake.wait_for(when(lambda: sample_message(fake, second)))
+    await fake.click(message, f"jukebot:vote:{second}", user=fake.user("bob"))
+
+    history = await reply_of(fake, await fake.invoke_command("history"))
+    assert "Job #1 · generate · 5b · a sweep of 2 styles · succeeded" in history, history
+    top = await fake.invoke_command("top", {"period": "all"})
+    await fake.wait_for(lambda: top.original is not None)
+    assert top.original is not None
+    assert f"1. Sample #{second} · 👍 1 · abba / pop · " in top.original.content, top.original.content
+    assert f"2. Sample #{first} · 👍 0 · queen / rock · " in top.original.content, top.original.content
 
 
 async def test_sample_of_a_primed_preview_offers_upsample(

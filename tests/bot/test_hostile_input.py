@@ -203,6 +203,22 @@ async def test_ids_no_database_can_hold_get_a_specific_reply(
     assert await job_count(sqlite_store) == 0
 
 
+@pytest.mark.parametrize(
+    ("page", "shown"),
+    [(2**63, "9223372036854775808"), (0, "0"), (-5, "-5"), (1001, "1001"), (int("9" * 80), None)],
+    ids=["2^63", "0", "negative", "past-the-last", "80-digits"],
+)
+async def test_history_pages_no_client_can_ask_for_get_a_specific_reply(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore, page: int, shown: str | None
+) -> None:
+    await bot_runner.start(make_bot(fake_discord, sqlite_store))
+    record = await fake_discord.invoke_command("history", {"page": page}, forged=True)
+    if shown is None:  # a float with orjson, an int quoted shortened without it
+        shown = "1e+80" if HAS_ORJSON else f"{'9' * 30}… (80 characters)"
+    expected = f"There is no page {shown} of job history: pages go from 1 to 1000."
+    assert await reply_of(fake_discord, record) == expected
+
+
 @pytest.mark.parametrize("button", ["vote", "upsample", "continue"])
 async def test_buttons_with_forged_ids_get_a_specific_reply(
     fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore, button: str
