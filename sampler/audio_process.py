@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,12 @@ from sampler.audio import AudioError, AudioInfo
 log = logging.getLogger(__name__)
 
 DECODE_TIMEOUT_S = 30.0
+# Children at once; more wait their turn. Each is an interpreter with FFmpeg holding a whole file:
+# a burst of attachments must not start a hundred of them.
+MAX_CONCURRENT_DECODERS = max(2, os.cpu_count() or 2)
+_decoder_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])  # so the child imports this very code
 _STDERR_TAIL_CHARS = 2000
 # The errors a child may report by name; anything else it raises is a crash.
@@ -88,6 +95,17 @@ async def decode_in_child(
 
 
 async def _run(
+    op: str, options: dict[str, Any], data: bytes, timeout_s: float | None
+) -> tuple[dict[str, Any], bytes]:
+    loop = asyncio.get_running_loop()
+    slots = _decoder_slots.get(loop)
+    if slots is None:
+        slots = _decoder_slots[loop] = asyncio.Semaphore(MAX_CONCURRENT_DECODERS)
+    async with slots:  # the timeout counts from the child's start, not from the wait for a slot
+        return await _run_child(op, options, data, timeout_s)
+
+
+async def _run_child(
     op: str, options: dict[str, Any], data: bytes, timeout_s: float | None
 ) -> tuple[dict[str, Any], bytes]:
     timeout = DECODE_TIMEOUT_S if timeout_s is None else timeout_s

@@ -3,16 +3,19 @@ cross the boundary intact, and a decoder that crashes, hangs or dies costs one a
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+from sampler import audio_process
 from sampler.audio import (
     SAMPLE_RATE,
     AudioTooLong,
@@ -110,3 +113,34 @@ async def test_a_hanging_decoder_is_stopped_at_its_timeout(
     if pid_file.exists():  # it got as far as hanging (on a loaded machine it may not): killed and reaped
         with pytest.raises(ProcessLookupError):
             os.kill(int(pid_file.read_text()), 0)
+
+
+async def test_a_burst_of_attachments_runs_a_few_decoders_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hundred attachments at once must not start a hundred interpreters: the rest wait their turn."""
+    monkeypatch.setattr(audio_process, "MAX_CONCURRENT_DECODERS", 2)
+    start = asyncio.create_subprocess_exec
+    live, most = 0, 0
+
+    async def counted(*args: Any, **kwargs: Any) -> asyncio.subprocess.Process:
+        nonlocal live, most
+        child = await start(*args, **kwargs)
+        live += 1
+        most = max(most, live)
+        wait = child.wait
+
+        async def waited() -> int:
+            nonlocal live
+            code = await wait()
+            if child.returncode is not None and not getattr(child, "counted_out", False):
+                child.counted_out = True  # type: ignore[attr-defined]
+                live -= 1
+            return code
+
+        child.wait = waited  # type: ignore[method-assign]
+        return child
+
+    monkeypatch.setattr(audio_process.asyncio, "create_subprocess_exec", counted)
+    clip = fixture_bytes("noise", "wav")
+    decoded = await asyncio.gather(*(decode_in_child(clip) for _ in range(6)))
+    assert len(decoded) == 6 and all(d.shape == decoded[0].shape for d in decoded)
+    assert most == 2
