@@ -88,7 +88,8 @@ def test_dry_run_covers_every_section_and_goes_on_past_a_failing_one(tmp_path: P
         h100 = r["bytes_per_step"] / (H100_BANDWIDTH * r["efficiency"]) * 1e3 + r["fixed_ms"]
         assert math.isclose(r["h100_ms_per_step"], h100, rel_tol=1e-5, abs_tol=1e-6)
         scaled = r["extras_ms_per_step"] + r["per_layer_ms"] * r["depth"]
-        assert math.isclose(r["ms_per_step"], scaled, rel_tol=1e-5)
+        # records keep 6 decimals: the per-layer figure's rounding is multiplied by the depth
+        assert math.isclose(r["ms_per_step"], scaled, rel_tol=1e-5, abs_tol=1e-6 * (r["depth"] + 2))
         assert r["tokens_in_range"] and r["kernels_per_step_slice"] > 0
     for r in (r for r in decode if "compiled" in r["path"]):  # one graph per attention kind
         slice_config = prior_config(PRIORS[r["prior"]], True, PRIORS[r["prior"]].layers)
