@@ -1,16 +1,19 @@
 """The sampling engine's operator switches: the decode loop (`sampler.jukebox.decoding`) and levels
 sampled at once (`sampler.jukebox.schedule`). "auto" leaves each to the device's default.
 
-Torch-free: the settings validate them here; the runner turns them into engine options.
+Torch-free: the settings validate them here (`parse_choice` for every choice of the kind, priors'
+residency too); the runner turns them into engine options.
 """
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from collections.abc import Mapping
+from typing import Literal, TypeVar, get_args
 
 DecodePath = Literal["sliced", "static", "graph"]
 DECODE_PATHS: tuple[DecodePath, ...] = get_args(DecodePath)
 DecodePathSetting = Literal["auto", "sliced", "static", "graph"]
+DECODE_PATH_SETTINGS: tuple[DecodePathSetting, ...] = get_args(DecodePathSetting)
 Switch = Literal["auto", "on", "off"]
 SWITCHES: tuple[Switch, ...] = get_args(Switch)
 AUTO: Literal["auto"] = "auto"
@@ -18,23 +21,31 @@ AUTO: Literal["auto"] = "auto"
 _SWITCH_ALIASES: dict[str, Switch] = {"1": "on", "true": "on", "0": "off", "false": "off"}
 
 
-def parse_decode_path(text: str) -> DecodePathSetting:
-    """`auto`, `sliced`, `static` or `graph` (any case); ValueError saying what to write."""
+Choice = TypeVar("Choice", bound=str)
+
+
+def parse_choice(
+    name: str, text: str, choices: tuple[Choice, ...], aliases: Mapping[str, Choice] | None = None
+) -> Choice:
+    """One of `choices` (any case, spaces around ignored, `aliases` mapped); ValueError naming the
+    setting and saying what to write."""
     value = text.strip().lower()
-    for choice in (AUTO, *DECODE_PATHS):
+    if aliases is not None and value in aliases:
+        return aliases[value]
+    for choice in choices:
         if value == choice:
             return choice
-    raise ValueError(f"decode_path must be one of {', '.join((AUTO, *DECODE_PATHS))}, got {text!r}")
+    raise ValueError(f"{name} must be one of {', '.join(choices)}, got {text!r}")
+
+
+def parse_decode_path(text: str) -> DecodePathSetting:
+    """`auto`, `sliced`, `static` or `graph`."""
+    return parse_choice("decode_path", text, DECODE_PATH_SETTINGS)
 
 
 def parse_switch(name: str, text: str) -> Switch:
-    """`auto`, `on` or `off` (any case; also 1/0, true/false); ValueError naming the setting."""
-    value = text.strip().lower()
-    value = _SWITCH_ALIASES.get(value, value)
-    for choice in SWITCHES:
-        if value == choice:
-            return choice
-    raise ValueError(f"{name} must be one of {', '.join(SWITCHES)}, got {text!r}")
+    """`auto`, `on` or `off` (also 1/0, true/false)."""
+    return parse_choice(name, text, SWITCHES, _SWITCH_ALIASES)
 
 
 def switch_value(switch: Switch) -> bool | None:

@@ -10,12 +10,11 @@ Torch-free: the settings validate the setting here; the estimate itself is `samp
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, get_args
 
+from sampler.engine_settings import SWITCHES, Switch, parse_choice
 from sampler.units import format_bytes
 
-ResidentPriors = Literal["auto", "on", "off"]
-RESIDENT_PRIORS_CHOICES: tuple[ResidentPriors, ...] = get_args(ResidentPriors)
+ResidentPriors = Switch  # auto, on or off
 DEFAULT_RESIDENT_PRIORS: ResidentPriors = "auto"
 
 # Room beyond the priors' weights and KV caches: the VQ-VAE (7 MiB), the allocator's slack, prefill
@@ -24,12 +23,8 @@ WORKING_BYTES = 2 * 2**30
 
 
 def parse_resident_priors(text: str) -> ResidentPriors:
-    """`auto`, `on` or `off` (any case); ValueError saying what to write."""
-    value = text.strip().lower()
-    for choice in RESIDENT_PRIORS_CHOICES:
-        if value == choice:
-            return choice
-    raise ValueError(f"resident_priors must be one of {', '.join(RESIDENT_PRIORS_CHOICES)}, got {text!r}")
+    """`auto`, `on` or `off` (any case; no 1/0 aliases); ValueError saying what to write."""
+    return parse_choice("resident_priors", text, SWITCHES)
 
 
 @dataclass(frozen=True)
