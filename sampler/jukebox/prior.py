@@ -969,11 +969,11 @@ class JukeboxPrior(nn.Module):
 
     def _check_room(self, state: SamplingState, count: int) -> None:
         if state.pos + count > state.cache.max_len:
-            used = state.music_pos
             room = state.cache.max_len - self.prefix_len
-            asked = state.pos + count - self.prefix_len - used  # music positions (a queued prefix aside)
+            asked = count - self.prefix_len if state.prefix_queued else count  # music positions
             raise PriorInputError(
-                f"the window holds {room} tokens: {used} are processed and {asked} more were asked for"
+                f"the window holds {room} tokens: {state.music_pos} are processed and {asked} more were "
+                "asked for"
             )
 
     def feed_queued_prefix(self, state: SamplingState) -> None:

@@ -978,6 +978,16 @@ def _add_mlp(
 BlockStep = Callable[[Tensor, Tensor, Tensor, tuple[Tensor, ...], StaticRead, int, bool, bool], Tensor]
 
 
+def _encoder_states_for(encoder_states: Tensor | None, batch: int) -> Tensor:
+    """The lyric encoder's states a cross-attention layer needs, for all `batch` sequences."""
+    if encoder_states is None or encoder_states.shape[0] != batch:
+        raise KVCacheError(
+            f"this transformer has cross-attention layers: pass the lyric encoder's states for all {batch} "
+            "sequences"
+        )
+    return encoder_states
+
+
 def _cpu_scalar(value: float) -> Tensor:
     """A Python float as a 0-dim fp32 CPU tensor. Multiplying by it computes exactly as by the float
     (both reach the kernel as an fp32 scalar, for CUDA tensors too) without wrapping and converting
@@ -1047,12 +1057,7 @@ class Transformer(nn.Module):
             if attn.attn_func == CROSS and reusable:
                 layers.append(attn.new_cache(batch, max_len, param.dtype, param.device))
             elif attn.attn_func == CROSS:
-                if encoder_states is None or encoder_states.shape[0] != batch:
-                    raise KVCacheError(
-                        f"this transformer has cross-attention layers: pass the lyric encoder's states "
-                        f"for all {batch} sequences"
-                    )
-                k, v = attn.encoder_kv(encoder_states)
+                k, v = attn.encoder_kv(_encoder_states_for(encoder_states, batch))
                 layers.append(LayerKV(k, v))
             else:
                 layers.append(attn.new_cache(batch, max_len, param.dtype, param.device))
@@ -1072,12 +1077,7 @@ class Transformer(nn.Module):
         for block, layer in zip(self._blocks, cache.layers, strict=True):
             if block.attn.attn_func != CROSS:
                 continue
-            if encoder_states is None or encoder_states.shape[0] != cache.batch:
-                raise KVCacheError(
-                    f"this transformer has cross-attention layers: pass the lyric encoder's states "
-                    f"for all {cache.batch} sequences"
-                )
-            layer.k, layer.v = block.attn.encoder_kv(encoder_states)
+            layer.k, layer.v = block.attn.encoder_kv(_encoder_states_for(encoder_states, cache.batch))
             layer.k_slots.copy_(layer.k)
             layer.v_slots.copy_(layer.v)
         cache.restart()
