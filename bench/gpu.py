@@ -39,7 +39,15 @@ import torch
 
 import bench.gpu_imports  # noqa: F401  (before the sampler: the GPU image lacks unidecode)
 from bench.gpu_context import Context
-from bench.gpu_decode import COMPILED, EAGER_AND_GRAPH, correctness, costliest, decode_paths, scale_check
+from bench.gpu_decode import (
+    COMPILED,
+    EAGER_AND_GRAPH,
+    TRITON,
+    correctness,
+    costliest,
+    decode_paths,
+    scale_check,
+)
 from bench.gpu_micro import bandwidth, environment, gemms, launch_costs, layernorm
 from bench.gpu_models import PRIORS
 from bench.gpu_paths import engine_module
@@ -61,10 +69,26 @@ class Part:
     dry_s: float
     run: Callable[[Context], None]
     needs_inductor: bool = False
+    needs_triton: bool = False
 
 
 def _compiled(name: str, index: int) -> Callable[[Context], None]:
     return lambda ctx: decode_paths(ctx, (name,), (COMPILED[index],))
+
+
+def _triton(name: str) -> Callable[[Context], None]:
+    return lambda ctx: decode_paths(ctx, (name,), TRITON)
+
+
+def triton_unavailable(ctx: Context) -> str | None:
+    """Why the engine's Triton kernels cannot run here (None: they can)."""
+    if ctx.engine is None:
+        return "needs the sampling engine"
+    try:
+        from sampler.jukebox import kernels
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return kernels.unavailable(ctx.device)
 
 
 PARTS = (
@@ -89,7 +113,9 @@ PARTS = (
     Part("C", "decode: upsampler at full depth (scale check)", 15, 2, scale_check),
     Part("D", "costliest kernels (eager and graph paths)", 1, 0.1, costliest),
     Part("C", "decode: compiled upsampler", 120, 3, _compiled("upsampler", 0)),
+    Part("C", "decode: triton upsampler", 45, 30, _triton("upsampler"), needs_triton=True),
     Part("C", "decode: compiled 5b_lyrics", 155, 4, _compiled("5b_lyrics", 0)),
+    Part("C", "decode: triton 5b_lyrics", 60, 40, _triton("5b_lyrics"), needs_triton=True),
     Part("C", "decode: compiled 1b_lyrics", 190, 5, _compiled("1b_lyrics", 0)),
     Part("C", "decode: max-autotune upsampler", 480, 3, _compiled("upsampler", 1), needs_inductor=True),
     Part("D", "costliest kernels (all paths)", 1, 0.1, costliest),
@@ -167,6 +193,10 @@ def main(argv: list[str] | None = None) -> None:
                 recorder.skip(
                     part.section, part.name, f"needs inductor; this run compiles with {ctx.compile_backend}"
                 )
+                continue
+            why = triton_unavailable(ctx) if part.needs_triton else None
+            if why is not None:
+                recorder.skip(part.section, part.name, f"needs Triton kernels: {why}")
                 continue
             run_part(
                 recorder,

@@ -44,8 +44,9 @@ from bench.gpu_paths import (
 from bench.gpu_timing import Timing, time_path
 from sampler.jukebox.prior import Conditioning, JukeboxPrior
 
-EAGER_AND_GRAPH = tuple(path for path in PATHS if path.compile_mode is None)
+EAGER_AND_GRAPH = tuple(path for path in PATHS if path.compile_mode is None and path.kernels == "torch")
 COMPILED = tuple(path for path in PATHS if path.compile_mode is not None)
+TRITON = tuple(path for path in PATHS if path.kernels == "triton")
 CHECK_STEPS = 64
 GRAPH_K16 = next(path for path in PATHS if path.name == "graph K=16")
 
@@ -198,10 +199,14 @@ def _decode_and_check(ctx: Context, run: SliceRun, path: DecodePath) -> None:
     decode_row(ctx, run, path)
     if path.compile_mode is not None:
         graph_checks(ctx, run, path)
+    if path.kernels != "torch":
+        kernel_checks(ctx, run, path)
 
 
 def _estimate(ctx: Context, spec: PriorSpec, path: DecodePath) -> float:
     """Seconds a row should take: compiles cost per attention kind in the slice (one graph each)."""
+    if path.kernels != "torch":  # Triton builds each kernel once; the interpreter is slow
+        return ctx.seconds(45, 30)
     if path.compile_mode is None:
         return ctx.seconds(8, 1.5)
     kinds = len(set(attn_funcs(prior_config(spec, ctx.dry_run, spec.layers))))
@@ -415,6 +420,39 @@ def graph_checks(ctx: Context, run: SliceRun, path: DecodePath = GRAPH_K16) -> N
             dtype=ctx.dtype,
             captured=ctx.capture,
             **logit_fields,
+            **_agreement(want, got),
+        )
+
+
+def engine_window(ctx: Context, run: SliceRun, steps: int, **options: Any) -> Tensor:
+    """Tokens (N, steps) of one window through the engine's decoder with `options`, seed fixed."""
+    assert ctx.engine is not None
+    decoder = ctx.engine.WindowDecoder(run.prior, BATCH, ctx.engine.DecodeOptions(**options))
+    if getattr(decoder, "kernels", "torch") != options.get("kernels", "torch"):
+        raise RuntimeError(f"the engine decodes with {decoder.kernels} blocks, not {options['kernels']}")
+    generator = torch.Generator(device=ctx.device).manual_seed(13)
+    try:
+        return decoder.sample_window(run.cond, run.known, steps, 1.0, 0, 0.0, generator)
+    finally:
+        run.prior.set_static_decode(False)
+
+
+def kernel_checks(ctx: Context, run: SliceRun, path: DecodePath) -> None:
+    """The engine's `path` (its own kernels) against its eager torch static step on the same window
+    and draws, and twice against itself (fixed-order sums: the same tokens every run)."""
+    room = run.prior.config.n_ctx - run.known.shape[1]
+    steps = min(room, CHECK_STEPS if not ctx.dry_run else 8)
+    eager = engine_window(ctx, run, steps, path="static", tokens_per_call=path.per_call)
+    chosen = dict(path=path.kind, tokens_per_call=path.per_call, kernels=path.kernels)
+    tokens = engine_window(ctx, run, steps, **chosen)
+    again = engine_window(ctx, run, steps, **chosen)
+    for what, want, got in (("vs the engine's eager torch step", eager, tokens), ("two runs", tokens, again)):
+        ctx.emit(
+            "H",
+            "check",
+            check=f"{path.name}: {what}",
+            prior=run.spec.name,
+            dtype=ctx.dtype,
             **_agreement(want, got),
         )
 

@@ -47,11 +47,13 @@ class DecodePath:
     kind: str  # "sliced" | "static" | "graph"
     per_call: int = 1
     compile_mode: str | None = None  # torch.compile mode of the per-block compile; None: no compile
+    kernels: str = "torch"  # "triton": the engine's hand-fused block kernels (no bench version)
 
     @property
     def extras_family(self) -> str:
         """Paths whose embedding, head and draw run alike share one extras measurement."""
-        return self.name if self.compile_mode is None else f"graph K={self.per_call}"
+        plain = self.compile_mode is None and self.kernels == "torch"
+        return self.name if plain else f"graph K={self.per_call}"
 
     @property
     def captures(self) -> bool:
@@ -65,6 +67,7 @@ PATHS = (
     DecodePath("graph K=16", "graph", 16),
     DecodePath("graph K=16 + compiled blocks", "graph", 16, "default"),
     DecodePath("graph K=16 + max-autotune blocks", "graph", 16, "max-autotune-no-cudagraphs"),
+    DecodePath("graph K=16 + triton blocks", "graph", 16, kernels="triton"),
 )
 
 
@@ -388,8 +391,9 @@ def bench_adapter(path: DecodePath, capture: bool, compile_backend: str) -> Adap
 
 def engine_adapter(module: ModuleType, path: DecodePath, compile_backend: str) -> Adapter:
     def run(job: WindowJob) -> Sampled:
+        chosen = {} if path.kernels == "torch" else {"kernels": path.kernels}  # older engines lack it
         options = module.DecodeOptions(
-            path=path.kind, tokens_per_call=path.per_call, compile=path.compile_mode is not None
+            path=path.kind, tokens_per_call=path.per_call, compile=path.compile_mode is not None, **chosen
         )
         start, graphs_before = time.perf_counter(), compiled_graph_count()
         # the engine compiles with its module's backend: this run's (aot_eager in a dry run)
@@ -399,6 +403,9 @@ def engine_adapter(module: ModuleType, path: DecodePath, compile_backend: str) -
             decoder.prepare()  # compile and capture now, as a worker does at start
         finally:
             module.COMPILE_BACKEND = engine_backend
+        in_use = getattr(decoder, "kernels", "torch")
+        if in_use != path.kernels:  # the engine fell back (and logged why): not this row's path
+            raise RuntimeError(f"the engine decodes with {in_use} blocks, not {path.kernels}")
         sync(job.known.device)
         setup = time.perf_counter() - start
         generator = torch.Generator(device=job.known.device).manual_seed(job.seed)
@@ -426,6 +433,8 @@ def adapters(
 ) -> list[tuple[str, Adapter]]:
     """The adapters to try in order: the engine's (for the modes it has), then the bench's own."""
     own = ("bench", bench_adapter(path, capture, compile_backend))
+    if path.kernels != "torch":  # the engine's alone
+        return [] if engine is None else [(ENGINE_MODULE, engine_adapter(engine, path, compile_backend))]
     # the sliced loop has no persistent decoder: it is `sample_steps` either way
     if engine is None or path.kind == "sliced" or path.compile_mode not in (None, "default"):
         return [own]

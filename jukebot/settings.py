@@ -18,7 +18,15 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from sampler.batch_sizes import DEFAULT_MAX_BATCH_SIZE, format_batch_sizes, parse_batch_sizes
-from sampler.engine_settings import AUTO, DecodePathSetting, Switch, parse_decode_path, parse_switch
+from sampler.engine_settings import (
+    AUTO,
+    DecodeKernelsSetting,
+    DecodePathSetting,
+    Switch,
+    parse_decode_kernels,
+    parse_decode_path,
+    parse_switch,
+)
 from sampler.jukebox.registry import DEFAULT_MIRRORS
 from sampler.model_files import default_model_dir
 from sampler.residency import DEFAULT_RESIDENT_PRIORS, ResidentPriors, parse_resident_priors
@@ -136,9 +144,11 @@ class Settings(BaseSettings):
     # "on" or "off" (load each level's prior and free it after).
     resident_priors: ResidentPriors = DEFAULT_RESIDENT_PRIORS
     # The sampling engine, "auto" being the device's fastest: the decode loop (sliced, static or
-    # graph), its blocks compiled by torch.compile, and the middle and bottom levels sampled at once.
+    # graph), its blocks compiled by torch.compile or run as hand-fused Triton kernels, and the
+    # middle and bottom levels sampled at once.
     decode_path: DecodePathSetting = AUTO
     decode_compile: Switch = AUTO
+    decode_kernels: DecodeKernelsSetting = AUTO
     overlap_levels: Switch = AUTO
     # Mirrors tried in order for model downloads (see sampler.jukebox.registry.DEFAULT_MIRRORS).
     model_mirrors: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_MIRRORS))
@@ -227,6 +237,11 @@ class Settings(BaseSettings):
     def _parse_decode_path(cls, value: object) -> object:
         return parse_decode_path(value) if isinstance(value, str) else value
 
+    @field_validator("decode_kernels", mode="before")
+    @classmethod
+    def _parse_decode_kernels(cls, value: object) -> object:
+        return parse_decode_kernels(value) if isinstance(value, str) else value
+
     @field_validator("decode_compile", "overlap_levels", mode="before")
     @classmethod
     def _parse_switch(cls, value: object, info: ValidationInfo) -> object:
@@ -253,6 +268,7 @@ class Settings(BaseSettings):
                 ("resident_priors", self.resident_priors),
                 ("decode_path", self.decode_path),
                 ("decode_compile", self.decode_compile),
+                ("decode_kernels", self.decode_kernels),
                 ("overlap_levels", self.overlap_levels),
             ),
         )

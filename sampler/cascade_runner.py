@@ -441,14 +441,17 @@ def make_runner(device: DeviceSpec, options: RunnerOptions | None = None) -> Cas
     """The runner factory named by `jukebot run|worker` (`sampler.cascade_runner:make_runner`).
 
     Options: `model_dir` (default: the settings' default), `max_batch_size` (e.g. `16,16,3`),
-    `resident_priors` (`auto`, `on` or `off`), `decode_path` / `decode_compile` (the sampling loop;
-    default: the device's, see `decode_options`) and `overlap_levels` (`auto`, `on` or `off`).
+    `resident_priors` (`auto`, `on` or `off`), `decode_path` / `decode_compile` / `decode_kernels` (the
+    sampling loop; default: the device's, see `decode_options`) and `overlap_levels` (`auto`, `on` or
+    `off`).
     """
     options = options or {}
     model_dir = Path(options["model_dir"]) if options.get("model_dir") else default_model_dir()
     sizes = options.get("max_batch_size", "").strip()
     resident = parse_resident_priors(options.get("resident_priors") or DEFAULT_RESIDENT_PRIORS)
-    decode = decode_options(device.name, options.get("decode_path"), options.get("decode_compile"))
+    decode = decode_options(
+        device.name, options.get("decode_path"), options.get("decode_compile"), options.get("decode_kernels")
+    )
     overlap = switch_value(parse_switch("overlap_levels", options.get("overlap_levels") or AUTO))
     if device.is_cuda:
         # cuBLAS keeps a workspace per stream; a fixed one keeps levels sampled at once on two

@@ -14,6 +14,10 @@ DecodePath = Literal["sliced", "static", "graph"]
 DECODE_PATHS: tuple[DecodePath, ...] = get_args(DecodePath)
 DecodePathSetting = Literal["auto", "sliced", "static", "graph"]
 DECODE_PATH_SETTINGS: tuple[DecodePathSetting, ...] = get_args(DecodePathSetting)
+DecodeKernels = Literal["torch", "triton"]
+DECODE_KERNELS: tuple[DecodeKernels, ...] = get_args(DecodeKernels)
+DecodeKernelsSetting = Literal["auto", "torch", "triton"]
+DECODE_KERNELS_SETTINGS: tuple[DecodeKernelsSetting, ...] = get_args(DecodeKernelsSetting)
 Switch = Literal["auto", "on", "off"]
 SWITCHES: tuple[Switch, ...] = get_args(Switch)
 AUTO: Literal["auto"] = "auto"
@@ -41,6 +45,11 @@ def parse_choice(
 def parse_decode_path(text: str) -> DecodePathSetting:
     """`auto`, `sliced`, `static` or `graph`."""
     return parse_choice("decode_path", text, DECODE_PATH_SETTINGS)
+
+
+def parse_decode_kernels(text: str) -> DecodeKernelsSetting:
+    """`auto`, `torch` or `triton`."""
+    return parse_choice("decode_kernels", text, DECODE_KERNELS_SETTINGS)
 
 
 def parse_switch(name: str, text: str) -> Switch:

@@ -23,14 +23,16 @@ left() { echo $((budget - ($(date +%s) - started))); }
     "$python" -c "import triton; print('triton', triton.__version__)" || true
 } >"$OUT/env.txt" 2>&1
 
-# 1. The engine's CUDA tests: graph replays against the eager static step, fp32 and fp16, compiled.
+# 1. The engine's CUDA tests: graph replays against the eager static step, fp32 and fp16, compiled;
+#    the Triton kernels compiled, against the torch step and in graphs.
 #    Only the model tests' conftest is loaded (the root one needs the database packages).
-timeout 150 "$python" -c "
+timeout 180 "$python" -c "
 import sys
 import bench.gpu_imports  # noqa: F401
 import pytest
 sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '-o', 'addopts=', '--confcutdir=tests/sampler/jukebox',
-                      'tests/sampler/jukebox/test_decoding.py', '-k', 'cuda or graph']))
+                      'tests/sampler/jukebox/test_decoding.py', 'tests/sampler/jukebox/test_kernels.py',
+                      '-k', 'cuda or graph']))
 " 2>&1 | tee "$OUT/cuda-tests.log" | tail -n 15
 
 # 2. The bench at tiny sizes on the device: every section, graph capture included (about a minute).

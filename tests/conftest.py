@@ -20,6 +20,13 @@ from pathlib import Path
 from typing import NoReturn, TypeVar
 
 import pytest
+import torch
+
+# Triton's kernels (sampler/jukebox/kernels.py) run on the CPU only under its interpreter, which triton
+# chooses when it decorates its own functions, so it is set before anything imports triton (dynamo does).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 from sqlalchemy import delete, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError

@@ -10,7 +10,7 @@ nothing back and has fixed shapes and addresses. That call can then be
 * captured once in a CUDA graph and replayed ⌈new / K⌉ times a window (path "graph"; the last
   new mod K tokens replay a one-token graph),
 * and, either way, run each residual block as one `torch.compile`d graph per attention kind
-  (`compile`).
+  (`compile`), or as five hand-fused Triton kernels (`kernels="triton"`, `sampler.jukebox.kernels`).
 
 The draws are today's `rng="window"` draws (`draw_fast`): one uniform per row and token, drawn for the
 whole window at its start. On the CPU generator that is the same stream as drawing them token by token,
@@ -34,8 +34,11 @@ from torch import Tensor
 
 from sampler.engine_settings import (
     AUTO,
+    DECODE_KERNELS,
     DECODE_PATHS,
+    DecodeKernels,
     DecodePath,
+    parse_decode_kernels,
     parse_decode_path,
     parse_switch,
     switch_value,
@@ -64,15 +67,23 @@ class DecodeOptions:
         between calls.
     compile: each residual block as one `torch.compile(fullgraph=True, dynamic=False)` graph per
         attention kind (static and graph paths).
+    kernels: "torch" (the block's torch ops, compiled or not) or "triton" (each block in five
+        hand-fused kernels, `sampler.jukebox.kernels`; it replaces `compile`'s blocks; where Triton
+        cannot run, the torch step with one log line).
     """
 
     path: DecodePath = "sliced"
     tokens_per_call: int = 16
     compile: bool = False
+    kernels: DecodeKernels = "torch"
 
     def __post_init__(self) -> None:
         if self.path not in DECODE_PATHS:
             raise ValueError(f"decode path must be one of {', '.join(DECODE_PATHS)}, got {self.path!r}")
+        if self.kernels not in DECODE_KERNELS:
+            raise ValueError(
+                f"decode kernels must be one of {', '.join(DECODE_KERNELS)}, got {self.kernels!r}"
+            )
         if self.tokens_per_call < 1:
             raise ValueError(f"tokens_per_call must be at least 1, got {self.tokens_per_call}")
 
@@ -86,10 +97,14 @@ def default_decode_options(device: torch.device | str) -> DecodeOptions:
 
 
 def decode_options(
-    device: torch.device | str, path: str | None = None, compile: str | None = None
+    device: torch.device | str,
+    path: str | None = None,
+    compile: str | None = None,
+    kernels: str | None = None,
 ) -> DecodeOptions:
-    """The runner options `decode_path` (auto, sliced, static, graph) and `decode_compile` (auto, on,
-    off) over `default_decode_options(device)`; ValueError names a bad value."""
+    """The runner options `decode_path` (auto, sliced, static, graph), `decode_compile` (auto, on,
+    off) and `decode_kernels` (auto, torch, triton) over `default_decode_options(device)`; ValueError
+    names a bad value."""
     options = default_decode_options(device)
     chosen_path = parse_decode_path(path or AUTO)
     if chosen_path != AUTO:
@@ -97,6 +112,9 @@ def decode_options(
     chosen_compile = switch_value(parse_switch("decode_compile", compile or AUTO))
     if chosen_compile is not None:
         options = replace(options, compile=chosen_compile)
+    chosen_kernels = parse_decode_kernels(kernels or AUTO)
+    if chosen_kernels != AUTO:
+        options = replace(options, kernels=chosen_kernels)
     return options
 
 
@@ -126,6 +144,7 @@ class WindowDecoder:
         self._prior = weakref.ref(prior)
         self.batch, self.options = batch, options
         self.path: DecodePath = options.path  # "static" after a failed capture
+        self.kernels: DecodeKernels = "torch"  # the blocks' kernels in use, set by _chosen_block_step
         model = prior.prior
         assert model.x_out is not None
         self._transformer = model.transformer
@@ -135,7 +154,7 @@ class WindowDecoder:
         self._readd_cond = model.readd_cond
         self.device = self._x_emb.device
         self._n_ctx = config.n_ctx
-        self._block_step: BlockStep | None = compiled_block_step(COMPILE_BACKEND) if options.compile else None
+        self._block_step = self._chosen_block_step(options)
         # Normal tensors, even if made inside inference mode: compiled code and CUDA graphs take
         # them as inputs window after window (GPU-PLAN §2: caches made in inference mode broke
         # the compiled step).
@@ -152,6 +171,18 @@ class WindowDecoder:
             self._temperature = torch.ones((), device=device)
         self._calls: dict[tuple[int, int, float], Callable[[], None]] = {}
         self._graph_pool: Any = None
+
+    def _chosen_block_step(self, options: DecodeOptions) -> BlockStep | None:
+        """The residual block's step: Triton's, compiled torch, or None (eager torch)."""
+        if options.kernels == "triton":
+            from sampler.jukebox import kernels  # triton is optional: imported only when asked for
+
+            reason = kernels.unavailable(self.device)
+            if reason is None:
+                self.kernels = "triton"
+                return kernels.triton_block_step
+            log.warning("no Triton decode kernels (%s): decoding with the torch block step", reason)
+        return compiled_block_step(COMPILE_BACKEND) if options.compile else None
 
     # ---- the window
 
@@ -294,8 +325,9 @@ class WindowDecoder:
             except Exception as exc:
                 if self._block_step is None:
                     raise
-                log.warning("compiling the decode blocks failed (%s): decoding with eager blocks", exc)
+                log.warning("building the decode blocks failed (%s): decoding with eager torch blocks", exc)
                 self._block_step = None
+                self.kernels = "torch"
                 self._rehearse(run)
         if self.path == "graph":
             try:

@@ -7,6 +7,7 @@ the budget skips instead of overrunning, and the arithmetic of the split and the
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -48,10 +49,13 @@ SECTIONS = "ABCDEFGHI"
 
 
 def _dry_run(out: Path, *args: str) -> tuple[str, list[dict[str, Any]]]:
+    # Without Triton's interpreter (tens of ms a launch) the Triton rows are skipped with their
+    # reason; test_the_triton_row_goes_through_the_engines_kernels runs one.
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run(
         [sys.executable, "-m", "bench.gpu", "--dry-run", "--out", str(out), *args],
         cwd=ROOT,
-        env=os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
+        env=env | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
         capture_output=True,
         text=True,
         timeout=600,
@@ -78,11 +82,14 @@ def test_dry_run_covers_every_section_and_goes_on_past_a_failing_one(tmp_path: P
     assert any(r["kind"] == "kernels" for r in records if r["t_s"] > f_errors[-1]["t_s"])
 
     decode = [r for r in records if r["kind"] == "decode"]
-    runnable = [p.name for p in PATHS if not p.name.endswith("max-autotune blocks")]
+    runnable = [p.name for p in PATHS if not p.name.endswith(("max-autotune blocks", "triton blocks"))]
     assert sorted((r["prior"], r["path"]) for r in decode) == sorted((p, n) for p in PRIORS for n in runnable)
     assert any(
         r["kind"] == "skip" and "max-autotune" in r["what"] and "inductor" in r["reason"] for r in records
     )
+    triton_skips = [r for r in records if r["kind"] == "skip" and "triton" in r["what"]]
+    assert [r["what"] for r in triton_skips] == ["decode: triton upsampler", "decode: triton 5b_lyrics"]
+    assert all("needs Triton kernels: " in r["reason"] for r in triton_skips)
     for r in decode:
         assert math.isclose(r["streaming_ms"] + r["fixed_ms"], r["ms_per_step"], rel_tol=1e-5, abs_tol=1e-6)
         h100 = r["bytes_per_step"] / (H100_BANDWIDTH * r["efficiency"]) * 1e3 + r["fixed_ms"]
@@ -118,7 +125,7 @@ def test_a_budget_too_small_skips_every_part_with_a_reason(tmp_path: Path) -> No
     skips = [r for r in records if r["kind"] == "skip"]
     assert parts and all(r["status"] == "skipped" for r in parts)
     assert {r["what"] for r in skips} >= {r["part"] for r in parts}
-    assert all("budget" in r["reason"] or "inductor" in r["reason"] for r in skips)
+    assert all(any(why in r["reason"] for why in ("budget", "inductor", "needs Triton")) for r in skips)
     assert not [r for r in records if r["kind"] not in ("section", "skip", "summary")]
     assert "5b_lyrics stack" in stdout and (tmp_path / "summary.txt").exists()
 
@@ -292,6 +299,28 @@ def test_decode_rows_go_through_the_engine_when_it_exists_and_fall_back_when_it_
     fallback = time_path(path, prior, cond, known, plan, engine=_broken_engine(), **common)
     assert fallback.engine == "bench" and "NotImplementedError" in (fallback.engine_error or "")
     assert fallback.tokens.shape == (3, 1 + 3 * 16) and len(fallback.segments_ms) == 1
+
+
+@pytest.mark.slow
+def test_the_triton_row_goes_through_the_engines_kernels_and_fails_where_they_cannot_run(
+    tiny_upsampler: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bench has no Triton version of its own: the row is the engine's kernels or an error,
+    never the torch step under the Triton row's name."""
+    from sampler.jukebox import kernels
+
+    prior, cond, known = tiny_upsampler
+    plan = WindowPlan(first=known.shape[1], segment=2, timed=1, profiled=0)
+    # 2 tokens a call, so that the interpreter runs few: progress marks fall every call
+    path = dataclasses.replace(next(p for p in PATHS if p.kernels == "triton"), per_call=2)
+    common: dict[str, Any] = dict(capture=False, compile_backend="eager")
+    timing = time_path(path, prior, cond, known, plan, engine=decoding, **common)
+    assert timing.engine == ENGINE_MODULE and timing.engine_error is None and timing.tokens.shape == (3, 4)
+    monkeypatch.setattr(kernels, "unavailable", lambda device: "no triton here")
+    with pytest.raises(RuntimeError, match="the engine decodes with torch blocks, not triton"):
+        time_path(path, prior, cond, known, plan, engine=decoding, **common)
+    with pytest.raises(RuntimeError, match="no adapter ran graph K=16 \\+ triton blocks"):
+        time_path(path, prior, cond, known, plan, engine=None, **common)
 
 
 @pytest.mark.slow

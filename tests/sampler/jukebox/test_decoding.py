@@ -331,14 +331,22 @@ def test_on_cuda_graph_replays_give_the_eager_static_tokens(
     static = WindowDecoder(prior, BATCH, DecodeOptions(path="static", tokens_per_call=5))
     with caplog.at_level(logging.WARNING, logger="sampler.jukebox.decoding"):
         graph = WindowDecoder(prior, BATCH, DecodeOptions(path="graph", tokens_per_call=5, compile=compile))
-        for index, (known, temperature, top_k, top_p) in enumerate(WINDOWS):
-            cond = prior.get_conditioning(tiny_labels(kind, seed=index).to(device))
-            ids = prior.codes_to_ids(tiny_codes(kind, seed=index)).to(device)[:, :known]
-            tokens = []
-            for decoder in (static, graph):
-                generator = torch.Generator(device=device).manual_seed(index)
-                new = prior.n_ctx - known
-                tokens.append(decoder.sample_window(cond, ids, new, temperature, top_k, top_p, generator))
-            assert torch.equal(tokens[0], tokens[1]), f"window {index}"
+        assert_same_tokens_on_cuda(prior, kind, static, graph)
     assert graph.path == "graph" and not caplog.records
     torch._dynamo.reset()
+
+
+def assert_same_tokens_on_cuda(
+    prior: JukeboxPrior, kind: str, want: WindowDecoder, got: WindowDecoder
+) -> None:
+    """Both decoders draw the same tokens in every window of WINDOWS (same seeds, on the prior's GPU)."""
+    device = prior.prior.x_emb.weight.device
+    for index, (known, temperature, top_k, top_p) in enumerate(WINDOWS):
+        cond = prior.get_conditioning(tiny_labels(kind, seed=index).to(device))
+        ids = prior.codes_to_ids(tiny_codes(kind, seed=index)).to(device)[:, :known]
+        tokens = []
+        for decoder in (want, got):
+            generator = torch.Generator(device=device).manual_seed(index)
+            new = prior.n_ctx - known
+            tokens.append(decoder.sample_window(cond, ids, new, temperature, top_k, top_p, generator))
+        assert torch.equal(tokens[0], tokens[1]), f"window {index}"

@@ -27,6 +27,7 @@ def test_the_settings_put_the_model_dir_and_batch_sizes_in_the_worker_config(tmp
         resident_priors="OFF",
         decode_path="Static",
         decode_compile="0",
+        decode_kernels="Triton",
         overlap_levels="on",
     )
     options = dict(settings.worker_config().runner_options)
@@ -36,16 +37,22 @@ def test_the_settings_put_the_model_dir_and_batch_sizes_in_the_worker_config(tmp
         "resident_priors": "off",
         "decode_path": "static",
         "decode_compile": "off",
+        "decode_kernels": "triton",
         "overlap_levels": "on",
     }
     defaults = dict(Settings().worker_config().runner_options)  # type: ignore[call-arg]
     assert [
-        defaults[key] for key in ("resident_priors", "decode_path", "decode_compile", "overlap_levels")
-    ] == ["auto"] * 4
+        defaults[key]
+        for key in ("resident_priors", "decode_path", "decode_compile", "decode_kernels", "overlap_levels")
+    ] == ["auto"] * 5
     with pytest.raises(ValidationError, match="resident_priors must be one of auto, on, off"):
         Settings(resident_priors="sometimes")  # type: ignore[call-arg]
     with pytest.raises(ValidationError, match="decode_path must be one of auto, sliced, static, graph"):
         Settings(decode_path="fast")  # type: ignore[call-arg]
+    with pytest.raises(
+        ValidationError, match="decode_kernels must be one of auto, torch, triton, got 'cuda'"
+    ):
+        Settings(decode_kernels="cuda")  # type: ignore[call-arg]
     with pytest.raises(ValidationError, match="overlap_levels must be one of auto, on, off, got 'both'"):
         Settings(overlap_levels="both")  # type: ignore[call-arg]
 
@@ -68,6 +75,8 @@ def test_the_cascade_runner_takes_the_decode_loop_from_its_options(tmp_path: Pat
     assert make_runner(DeviceSpec.cpu(), options).decode == DecodeOptions(path="static", compile=True)
     auto = {"model_dir": str(tmp_path), "decode_path": "auto", "decode_compile": "auto"}
     assert make_runner(DeviceSpec.cpu(), auto).decode == DecodeOptions(path="sliced")
+    kernels = {"model_dir": str(tmp_path), "decode_path": "graph", "decode_kernels": "triton"}
+    assert make_runner(DeviceSpec.cpu(), kernels).decode == DecodeOptions(path="graph", kernels="triton")
     with pytest.raises(ValueError, match="decode_path must be one of auto, sliced, static, graph"):
         make_runner(DeviceSpec.cpu(), {"decode_path": "fast"})
     with pytest.raises(ValueError, match="decode_compile must be one of auto, on, off"):

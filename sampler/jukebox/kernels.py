@@ -1,0 +1,346 @@
+"""Hand-fused Triton kernels for the static decode step: one residual block in five launches.
+
+GPU-PLAN.md §4 step 6. At batch ≤ 4 a decode step streams each layer's weights once; what costs is
+the number of kernels per layer (about 27 eager, 8 after inductor). These make it five:
+
+* `linear` (three of the five): y = act(LN(x) @ W + b) + r in one pass, for M ≤ 4 rows: every program
+  normalises the few input rows itself (the LayerNorm prologue, fp32 statistics like
+  `torch.layer_norm`), reads a strip of W once, and adds bias, quick-GELU and the residual in
+  its epilogue;
+* `attend` (one): the decode attention of every attention kind: the new k, v written to their slot,
+  the keys that `StaticRead` names scored, masked, softmaxed online over key tiles and applied to v.
+
+Every sum has a fixed order (no atomics, no split reduction), so a resumed job redraws the same codes
+on the same GPU. Everything accumulates in fp32 and rounds once at the store: in fp32 the results
+equal `static_block_step`'s to float rounding (tests/sampler/jukebox/test_kernels.py, on the CPU
+through Triton's interpreter); in half precision they round less often than the torch ops do.
+
+Triton is optional: on a CUDA build of torch it comes with torch; elsewhere the kernels run only
+under `TRITON_INTERPRET=1` (set before this module is imported), which is how the tests run them.
+`unavailable(device)` says why they cannot run, and the decoder then stays on the torch step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from sampler.jukebox.transformer import (
+    GELU_SCALE,
+    LAYER_NORM_EPS,
+    MASK_VALUE,
+    StaticRead,
+    _score_scale,
+)
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # a CPU-only install without triton: `unavailable` says so
+    triton = None
+
+# The interpreter is chosen when the kernels are decorated, at import: a later TRITON_INTERPRET
+# does not make these kernels run on the CPU.
+INTERPRETED = triton is not None and bool(triton.knobs.runtime.interpret)
+
+# The largest batch (rows) `linear` takes: each program keeps every row's normalised inputs.
+MAX_ROWS = 16
+# Tiles. A program owns LINEAR_BLOCK_N output columns and streams their strip of W in LINEAR_BLOCK_K
+# rows; attention scores ATTEND_BLOCK_KEYS keys at a time. Not tuned: the GPU run measures them.
+LINEAR_BLOCK_N = 32
+LINEAR_BLOCK_K = 64
+ATTEND_BLOCK_KEYS = 32
+
+
+def unavailable(device: torch.device) -> str | None:
+    """Why the kernels cannot run on `device`, or None when they can."""
+    if triton is None:
+        return "triton is not installed"
+    if device.type == "cuda":
+        return None if not INTERPRETED else "TRITON_INTERPRET=1 runs Triton on the CPU only"
+    if device.type == "cpu" and INTERPRETED:
+        return None
+    return f"Triton kernels need a CUDA device (or TRITON_INTERPRET=1 on the CPU), not {device.type}"
+
+
+if triton is not None:
+    # tl.sum, tl.max and tl.zeros are themselves jitted functions, which Triton's interpreter
+    # re-patches at every call (tens of ms each); tl.reduce with their combine functions and tl.full
+    # compile to the same code and run in numpy under the interpreter.
+    _SUM = tl.standard._sum_combine
+    _MAX = tl.standard._elementwise_max
+
+    @triton.jit
+    def _linear_kernel(
+        X,
+        LN_W,
+        LN_B,
+        W,
+        B,
+        R,
+        Y,
+        M,
+        K,
+        N,
+        stride_x,
+        stride_r,
+        stride_y,
+        eps,
+        gelu_scale,
+        NORM: tl.constexpr,
+        GELU: tl.constexpr,
+        RESIDUAL: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+    ):
+        rows = tl.arange(0, BLOCK_M)
+        cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        row_ok = rows < M
+        col_ok = cols < N
+        if NORM:
+            # the rows' mean, then their variance about it (two passes over K, as exact as LayerNorm)
+            total = tl.full([BLOCK_M], 0.0, tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                ks = k0 + tl.arange(0, BLOCK_K)
+                inside = row_ok[:, None] & (ks[None, :] < K)
+                x = tl.load(X + rows[:, None] * stride_x + ks[None, :], mask=inside, other=0.0)
+                total += tl.reduce(x.to(tl.float32), 1, _SUM)
+            mean = total / K
+            squares = tl.full([BLOCK_M], 0.0, tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                ks = k0 + tl.arange(0, BLOCK_K)
+                inside = row_ok[:, None] & (ks[None, :] < K)
+                x = tl.load(X + rows[:, None] * stride_x + ks[None, :], mask=inside, other=0.0)
+                centred = tl.where(inside, x.to(tl.float32) - mean[:, None], 0.0)
+                squares += tl.reduce(centred * centred, 1, _SUM)
+            rstd = 1.0 / tl.sqrt(squares / K + eps)
+        acc = tl.full([BLOCK_M, BLOCK_N], 0.0, tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            k_ok = ks < K
+            x = tl.load(
+                X + rows[:, None] * stride_x + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0
+            )
+            xf = x.to(tl.float32)
+            if NORM:
+                gamma = tl.load(LN_W + ks, mask=k_ok, other=0.0).to(tl.float32)
+                beta = tl.load(LN_B + ks, mask=k_ok, other=0.0).to(tl.float32)
+                xf = (xf - mean[:, None]) * rstd[:, None] * gamma[None, :] + beta[None, :]
+                # torch rounds the normalised rows to the input's dtype before the matrix product
+                xf = xf.to(x.dtype).to(tl.float32)
+            w = tl.load(W + ks[:, None] * N + cols[None, :], mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+            acc += tl.reduce(xf[:, :, None] * w.to(tl.float32)[None, :, :], 1, _SUM)
+        y = acc + tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        if GELU:
+            y = y / (1.0 + tl.exp(-gelu_scale * y))
+        out = row_ok[:, None] & col_ok[None, :]
+        if RESIDUAL:
+            y += tl.load(R + rows[:, None] * stride_r + cols[None, :], mask=out, other=0.0).to(tl.float32)
+        tl.store(Y + rows[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=out)
+
+    @triton.jit
+    def _attend_kernel(
+        QKV,
+        KC,
+        VC,
+        WRITE,
+        KEEP_OLD,
+        INDEX,
+        MASK,
+        EMPTY,
+        OUT,
+        heads,
+        slots,
+        n_keys,
+        stride_qkv,
+        k_offset,
+        v_offset,
+        D,
+        scale,
+        mask_value,
+        HAS_WRITE: tl.constexpr,
+        HAS_KEEP: tl.constexpr,
+        HAS_INDEX: tl.constexpr,
+        HAS_MASK: tl.constexpr,
+        HAS_EMPTY: tl.constexpr,
+        BLOCK_KEYS: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):
+        row = tl.program_id(0)  # n·heads + h: the cache's flat row
+        n = row // heads
+        h = row % heads
+        ds = tl.arange(0, BLOCK_D)
+        d_ok = ds < D
+        head = QKV + n * stride_qkv + h * D
+        q = tl.load(head + ds, mask=d_ok, other=0.0).to(tl.float32)
+        cache_row = row.to(tl.int64) * slots * D
+        everywhere = ds * 0  # scalars are loaded as vectors: masks stay blocks of one shape
+        if HAS_WRITE:
+            slot = tl.load(WRITE + everywhere)
+            new_k = tl.load(head + k_offset + ds, mask=d_ok, other=0.0)
+            new_v = tl.load(head + v_offset + ds, mask=d_ok, other=0.0)
+            write_now = slot >= 0
+            if HAS_KEEP:
+                write_now = write_now & (tl.load(KEEP_OLD + everywhere) == 0)
+            tl.store(KC + cache_row + slot * D + ds, new_k, mask=d_ok & write_now)
+            tl.store(VC + cache_row + slot * D + ds, new_v, mask=d_ok & write_now)
+        best = tl.full([], float("-inf"), tl.float32)
+        total = tl.full([], 0.0, tl.float32)
+        acc = tl.full([BLOCK_D], 0.0, tl.float32)
+        for j0 in range(0, n_keys, BLOCK_KEYS):
+            js = j0 + tl.arange(0, BLOCK_KEYS)
+            j_ok = js < n_keys
+            if HAS_INDEX:
+                key_slots = tl.load(INDEX + js, mask=j_ok, other=0)
+            else:
+                key_slots = js
+            both = j_ok[:, None] & d_ok[None, :]
+            at = KC + cache_row + key_slots[:, None] * D + ds[None, :]
+            k = tl.load(at, mask=both, other=0.0)
+            v = tl.load(VC + cache_row + key_slots[:, None] * D + ds[None, :], mask=both, other=0.0)
+            if HAS_WRITE:
+                # the new key from registers: another thread's store above need not be visible yet
+                fresh = (key_slots[:, None] == slot[None, :]) & write_now[None, :]
+                k = tl.where(fresh, new_k[None, :], k)
+                v = tl.where(fresh, new_v[None, :], v)
+            scores = tl.reduce(k.to(tl.float32) * q[None, :], 1, _SUM) * scale
+            if HAS_MASK:
+                seen = tl.load(MASK + js, mask=j_ok, other=0) != 0
+                scores = tl.where(seen, scores, mask_value)
+            scores = tl.where(j_ok, scores, float("-inf"))
+            new_best = tl.maximum(best, tl.reduce(scores, 0, _MAX))
+            rescale = tl.exp(best - new_best)
+            p = tl.exp(scores - new_best)
+            total = total * rescale + tl.reduce(p, 0, _SUM)
+            acc = acc * rescale + tl.reduce(p[:, None] * v.to(tl.float32), 0, _SUM)
+            best = new_best
+        out = acc / total
+        if HAS_EMPTY:
+            out = tl.where(tl.load(EMPTY + everywhere) != 0, 0.0, out)
+        tl.store(OUT + n * (heads * D) + h * D + ds, out.to(OUT.dtype.element_ty), mask=d_ok)
+
+
+def _require() -> None:
+    if triton is None:
+        raise RuntimeError("triton is not installed")
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _power_of_two(n: int, least: int) -> int:
+    """The smallest power of two ≥ n and ≥ least (Triton's block sizes)."""
+    return max(least, 1 << (n - 1).bit_length())
+
+
+def linear(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    *,
+    norm: tuple[Tensor, Tensor] | None = None,
+    gelu: bool = False,
+    residual: Tensor | None = None,
+) -> Tensor:
+    """act(LN(x) @ weight + bias) + residual for x (M ≤ MAX_ROWS, K), weight (K, N) row-major:
+    `norm` the LayerNorm's (weight, bias), `gelu` quick-GELU. One launch; x's dtype out."""
+    _require()
+    m, k = x.shape
+    n = weight.shape[1]
+    if m > MAX_ROWS:
+        raise ValueError(f"linear takes at most {MAX_ROWS} rows, got {m}")
+    if weight.shape[0] != k or not weight.is_contiguous() or x.stride(1) != 1:
+        raise ValueError("linear wants x (M, K) with unit column stride and a contiguous (K, N) weight")
+    y = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    ln_w, ln_b = norm if norm is not None else (bias, bias)
+    r = residual if residual is not None else y
+    grid = (_cdiv(n, LINEAR_BLOCK_N),)
+    _linear_kernel[grid](
+        x,
+        ln_w,
+        ln_b,
+        weight,
+        bias,
+        r,
+        y,
+        m,
+        k,
+        n,
+        x.stride(0),
+        r.stride(0),
+        y.stride(0),
+        LAYER_NORM_EPS,
+        GELU_SCALE,
+        NORM=norm is not None,
+        GELU=gelu,
+        RESIDUAL=residual is not None,
+        BLOCK_M=_power_of_two(m, 2),
+        BLOCK_N=LINEAR_BLOCK_N,
+        BLOCK_K=LINEAR_BLOCK_K,
+    )
+    return y
+
+
+def attend(qkv: Tensor, k_flat: Tensor, v_flat: Tensor, read: StaticRead, heads: int, cross: bool) -> Tensor:
+    """The decode attention of one position, (N, H·D) out. `qkv` is the block's c_attn output: (N, 3·H·D)
+    (q, k, v; the new k, v go to `read.write`) or, for cross-attention, q alone (N, H·D).
+    `k_flat`, `v_flat`: the layer's (N·H, slots, D) cache, read at `read.index` under `read.mask`."""
+    _require()
+    n = qkv.shape[0]
+    rows, slots, d = k_flat.shape
+    if rows != n * heads or not (k_flat.is_contiguous() and v_flat.is_contiguous() and qkv.is_contiguous()):
+        raise ValueError(f"attend wants contiguous buffers of {n}×{heads} rows, got {tuple(k_flat.shape)}")
+    n_state = heads * d
+    n_keys = slots if read.index is None else read.index.shape[0]
+    out = torch.empty(n, n_state, dtype=qkv.dtype, device=qkv.device)
+    unused = out  # a pointer for the flags that are off (never read)
+    _attend_kernel[(rows,)](
+        qkv,
+        k_flat,
+        v_flat,
+        read.write if read.write is not None else unused,
+        read.keep_old if read.keep_old is not None else unused,
+        read.index if read.index is not None else unused,
+        read.mask if read.mask is not None else unused,
+        read.empty if read.empty is not None else unused,
+        out,
+        heads,
+        slots,
+        n_keys,
+        qkv.stride(0),
+        n_state,
+        2 * n_state,
+        d,
+        _score_scale(d),
+        MASK_VALUE,
+        HAS_WRITE=not cross and read.write is not None,
+        HAS_KEEP=read.keep_old is not None,
+        HAS_INDEX=read.index is not None,
+        HAS_MASK=read.mask is not None,
+        HAS_EMPTY=read.empty is not None,
+        BLOCK_KEYS=ATTEND_BLOCK_KEYS,
+        BLOCK_D=_power_of_two(d, 16),
+    )
+    return out
+
+
+def triton_block_step(
+    x: Tensor,
+    k_flat: Tensor,
+    v_flat: Tensor,
+    weights: tuple[Tensor, ...],
+    read: StaticRead,
+    heads: int,
+    cross: bool,
+    fast: bool,
+) -> Tensor:
+    """`static_block_step` in five kernels (a `BlockStep`): LN + c_attn, attention, c_proj + residual,
+    LN + c_fc + GELU, c_proj + residual. `fast` (the SDPA switch of the torch step) changes nothing."""
+    ln0_w, ln0_b, attn_w, attn_b, attn_proj_w, attn_proj_b, ln1_w, ln1_b, fc_w, fc_b, proj_w, proj_b = weights
+    qkv = linear(x, attn_w, attn_b, norm=(ln0_w, ln0_b))
+    attended = attend(qkv, k_flat, v_flat, read, heads, cross)
+    s = linear(attended, attn_proj_w, attn_proj_b, residual=x)
+    hidden = linear(s, fc_w, fc_b, norm=(ln1_w, ln1_b), gelu=True)
+    return linear(hidden, proj_w, proj_b, residual=s)
