@@ -46,10 +46,13 @@ INTERPRETED = triton is not None and bool(triton.knobs.runtime.interpret)
 # The largest batch (rows) `linear` takes: each program keeps every row's normalised inputs.
 MAX_ROWS = 16
 # Tiles. A program owns LINEAR_BLOCK_N output columns and streams their strip of W in LINEAR_BLOCK_K
-# rows; attention scores ATTEND_BLOCK_KEYS keys at a time. Not tuned: the GPU run measures them.
+# rows; attention scores a tile of keys at a time, as many as keep the tile (keys × head dim, padded to
+# powers of two) within ATTEND_TILE_ELEMENTS, at most ATTEND_MAX_KEYS. Not tuned: the GPU run
+# measures them (bench/gpu_kernels.py times the linear tiles).
 LINEAR_BLOCK_N = 32
 LINEAR_BLOCK_K = 64
-ATTEND_BLOCK_KEYS = 32
+ATTEND_TILE_ELEMENTS = 4096
+ATTEND_MAX_KEYS = 32
 
 
 def unavailable(device: torch.device) -> str | None:
@@ -294,6 +297,7 @@ def attend(qkv: Tensor, k_flat: Tensor, v_flat: Tensor, read: StaticRead, heads:
         raise ValueError(f"attend wants contiguous buffers of {n}×{heads} rows, got {tuple(k_flat.shape)}")
     n_state = heads * d
     n_keys = slots if read.index is None else read.index.shape[0]
+    block_d = _power_of_two(d, 16)
     out = torch.empty(n, n_state, dtype=qkv.dtype, device=qkv.device)
     unused = out  # a pointer for the flags that are off (never read)
     _attend_kernel[(rows,)](
@@ -320,8 +324,8 @@ def attend(qkv: Tensor, k_flat: Tensor, v_flat: Tensor, read: StaticRead, heads:
         HAS_INDEX=read.index is not None,
         HAS_MASK=read.mask is not None,
         HAS_EMPTY=read.empty is not None,
-        BLOCK_KEYS=ATTEND_BLOCK_KEYS,
-        BLOCK_D=_power_of_two(d, 16),
+        BLOCK_KEYS=max(1, min(ATTEND_MAX_KEYS, ATTEND_TILE_ELEMENTS // block_d)),
+        BLOCK_D=block_d,
     )
     return out
 

@@ -21,7 +21,9 @@ from typing import Any
 import pytest
 import torch
 
+from bench.gpu_context import Context
 from bench.gpu_facts import H100_BANDWIDTH, split_step
+from bench.gpu_kernels import TILES, triton_linear_tiles
 from bench.gpu_models import (
     PRIORS,
     attn_funcs,
@@ -88,7 +90,11 @@ def test_dry_run_covers_every_section_and_goes_on_past_a_failing_one(tmp_path: P
         r["kind"] == "skip" and "max-autotune" in r["what"] and "inductor" in r["reason"] for r in records
     )
     triton_skips = [r for r in records if r["kind"] == "skip" and "triton" in r["what"]]
-    assert [r["what"] for r in triton_skips] == ["decode: triton upsampler", "decode: triton 5b_lyrics"]
+    assert [r["what"] for r in triton_skips] == [
+        "triton linear tiles",
+        "decode: triton upsampler",
+        "decode: triton 5b_lyrics",
+    ]
     assert all("needs Triton kernels: " in r["reason"] for r in triton_skips)
     for r in decode:
         assert math.isclose(r["streaming_ms"] + r["fixed_ms"], r["ms_per_step"], rel_tol=1e-5, abs_tol=1e-6)
@@ -321,6 +327,20 @@ def test_the_triton_row_goes_through_the_engines_kernels_and_fails_where_they_ca
         time_path(path, prior, cond, known, plan, engine=decoding, **common)
     with pytest.raises(RuntimeError, match="no adapter ran graph K=16 \\+ triton blocks"):
         time_path(path, prior, cond, known, plan, engine=None, **common)
+
+
+def test_the_triton_tiles_row_times_each_tile_and_leaves_the_default(tmp_path: Path) -> None:
+    from sampler.jukebox import kernels
+
+    recorder = Recorder(None, stream=io.StringIO())
+    ctx = Context(recorder, Budget(60.0, reserve=0.0), torch.device("cpu"), True, decoding, "aot_eager")
+    default = kernels.LINEAR_BLOCK_N, kernels.LINEAR_BLOCK_K
+    triton_linear_tiles(ctx)
+    rows = [r for r in recorder.records if r["kind"] == "triton_linear"]
+    assert [(r["block_n"], r["block_k"]) for r in rows] == list(TILES[:2])
+    assert all(r["us"] > 0 and r["n_in"] == 1920 // 16 for r in rows)
+    assert (kernels.LINEAR_BLOCK_N, kernels.LINEAR_BLOCK_K) == default
+    assert [r["default_tile"] for r in rows] == [tile == default for tile in TILES[:2]]
 
 
 @pytest.mark.slow
