@@ -38,6 +38,7 @@ from bench.gpu_paths import (
     inverse_cdf,
     layers_skipped,
     prefilled,
+    require_kernels,
     reset_compiled,
     window_uniforms,
 )
@@ -317,6 +318,11 @@ def run_steps(
     return torch.stack(fed, 1), torch.stack(drawn, 1), torch.stack(logits)
 
 
+def emit_check(ctx: Context, run: SliceRun, check: str, want: Tensor, got: Tensor, **fields: Any) -> None:
+    """One H record: `check` on `run`'s prior, how far the tokens `got` agree with `want`, and `fields`."""
+    ctx.emit("H", "check", check=check, prior=run.spec.name, **fields, **_agreement(want, got))
+
+
 def _agreement(a: Tensor, b: Tensor) -> dict[str, Any]:
     same = (a == b).all(dim=0)
     mismatched = (~same).nonzero()
@@ -341,14 +347,14 @@ def static_vs_sliced(ctx: Context, run: SliceRun, dtype: torch.dtype) -> None:
         _, drawn, static_logits = run_steps(prior, state, uniforms, force=sliced)
     finally:
         prior.set_static_decode(False)
-    ctx.emit(
-        "H",
-        "check",
-        check="static vs sliced (teacher-forced, same uniforms)",
-        prior=run.spec.name,
+    emit_check(
+        ctx,
+        run,
+        "static vs sliced (teacher-forced, same uniforms)",
+        sliced,
+        drawn,
         dtype=dtype,
         max_logit_diff=float((sliced_logits - static_logits).abs().max()),
-        **_agreement(sliced, drawn),
     )
 
 
@@ -412,15 +418,8 @@ def graph_checks(ctx: Context, run: SliceRun, path: DecodePath = GRAPH_K16) -> N
         ),
     )
     for what, want, got, logit_fields in outcomes:
-        ctx.emit(
-            "H",
-            "check",
-            check=f"{label}: {what}",
-            prior=run.spec.name,
-            dtype=ctx.dtype,
-            captured=ctx.capture,
-            **logit_fields,
-            **_agreement(want, got),
+        emit_check(
+            ctx, run, f"{label}: {what}", want, got, dtype=ctx.dtype, captured=ctx.capture, **logit_fields
         )
 
 
@@ -428,8 +427,7 @@ def engine_window(ctx: Context, run: SliceRun, steps: int, **options: Any) -> Te
     """Tokens (N, steps) of one window through the engine's decoder with `options`, seed fixed."""
     assert ctx.engine is not None
     decoder = ctx.engine.WindowDecoder(run.prior, BATCH, ctx.engine.DecodeOptions(**options))
-    if getattr(decoder, "kernels", "torch") != options.get("kernels", "torch"):
-        raise RuntimeError(f"the engine decodes with {decoder.kernels} blocks, not {options['kernels']}")
+    require_kernels(decoder, options.get("kernels", "torch"))
     generator = torch.Generator(device=ctx.device).manual_seed(13)
     try:
         return decoder.sample_window(run.cond, run.known, steps, 1.0, 0, 0.0, generator)
@@ -447,14 +445,7 @@ def kernel_checks(ctx: Context, run: SliceRun, path: DecodePath) -> None:
     tokens = engine_window(ctx, run, steps, **chosen)
     again = engine_window(ctx, run, steps, **chosen)
     for what, want, got in (("vs the engine's eager torch step", eager, tokens), ("two runs", tokens, again)):
-        ctx.emit(
-            "H",
-            "check",
-            check=f"{path.name}: {what}",
-            prior=run.spec.name,
-            dtype=ctx.dtype,
-            **_agreement(want, got),
-        )
+        emit_check(ctx, run, f"{path.name}: {what}", want, got, dtype=ctx.dtype)
 
 
 def correctness(ctx: Context) -> None:

@@ -403,9 +403,7 @@ def engine_adapter(module: ModuleType, path: DecodePath, compile_backend: str) -
             decoder.prepare()  # compile and capture now, as a worker does at start
         finally:
             module.COMPILE_BACKEND = engine_backend
-        in_use = getattr(decoder, "kernels", "torch")
-        if in_use != path.kernels:  # the engine fell back (and logged why): not this row's path
-            raise RuntimeError(f"the engine decodes with {in_use} blocks, not {path.kernels}")
+        require_kernels(decoder, path.kernels)
         sync(job.known.device)
         setup = time.perf_counter() - start
         generator = torch.Generator(device=job.known.device).manual_seed(job.seed)
@@ -426,6 +424,14 @@ def engine_adapter(module: ModuleType, path: DecodePath, compile_backend: str) -
         return Sampled(ids, setup, ENGINE_MODULE, compiled_graph_count() - graphs_before)
 
     return run
+
+
+def require_kernels(decoder: Any, wanted: str) -> None:
+    """Raise when the engine's decoder fell back (and logged why) from the block kernels asked for:
+    its figures would not be that path's."""
+    in_use = getattr(decoder, "kernels", "torch")  # engines before the Triton kernels: torch
+    if in_use != wanted:
+        raise RuntimeError(f"the engine decodes with {in_use} blocks, not {wanted}")
 
 
 def adapters(

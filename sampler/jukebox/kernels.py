@@ -3,10 +3,10 @@
 GPU-PLAN.md §4 step 6. At batch ≤ 4 a decode step streams each layer's weights once; what costs is
 the number of kernels per layer (about 27 eager, 8 after inductor). These make it five:
 
-* `linear` (three of the five): y = act(LN(x) @ W + b) + r in one pass, for M ≤ 4 rows: every program
-  normalises the few input rows itself (the LayerNorm prologue, fp32 statistics like
-  `torch.layer_norm`), reads a strip of W once, and adds bias, quick-GELU and the residual in
-  its epilogue;
+* `linear` (three of the five): y = act(LN(x) @ W + b) + r in one pass, for a job's few rows (M ≤
+  MAX_ROWS; 3 by default): every program normalises those rows itself (the LayerNorm prologue, fp32
+  statistics like `torch.layer_norm`), reads a strip of W once, and adds bias, quick-GELU and the
+  residual in its epilogue;
 * `attend` (one): the decode attention of every attention kind: the new k, v written to their slot,
   the keys that `StaticRead` names scored, masked, softmaxed online over key tiles and applied to v.
 
@@ -183,7 +183,7 @@ if triton is not None:
             slot = tl.load(WRITE + everywhere)
             new_k = tl.load(head + k_offset + ds, mask=d_ok, other=0.0)
             new_v = tl.load(head + v_offset + ds, mask=d_ok, other=0.0)
-            write_now = slot >= 0
+            write_now = everywhere == 0  # every lane, unless the layer keeps the slot's old k, v
             if HAS_KEEP:
                 write_now = write_now & (tl.load(KEEP_OLD + everywhere) == 0)
             tl.store(KC + cache_row + slot * D + ds, new_k, mask=d_ok & write_now)
@@ -199,9 +199,9 @@ if triton is not None:
             else:
                 key_slots = js
             both = j_ok[:, None] & d_ok[None, :]
-            at = KC + cache_row + key_slots[:, None] * D + ds[None, :]
-            k = tl.load(at, mask=both, other=0.0)
-            v = tl.load(VC + cache_row + key_slots[:, None] * D + ds[None, :], mask=both, other=0.0)
+            at = cache_row + key_slots[:, None] * D + ds[None, :]
+            k = tl.load(KC + at, mask=both, other=0.0)
+            v = tl.load(VC + at, mask=both, other=0.0)
             if HAS_WRITE:
                 # the new key from registers: another thread's store above need not be visible yet
                 fresh = (key_slots[:, None] == slot[None, :]) & write_now[None, :]
