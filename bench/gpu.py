@@ -48,7 +48,7 @@ from bench.gpu_decode import (
     decode_paths,
     scale_check,
 )
-from bench.gpu_kernels import triton_linear_tiles
+from bench.gpu_kernels import triton_attention, triton_linear_tiles
 from bench.gpu_micro import bandwidth, environment, gemms, launch_costs, layernorm
 from bench.gpu_models import PRIORS
 from bench.gpu_paths import engine_module
@@ -99,6 +99,7 @@ PARTS = (
     Part("B", "layernorm", 3, 0.3, layernorm),
     Part("B", "gemms", 15, 1, gemms),
     Part("B", "triton linear tiles", 20, 30, triton_linear_tiles, needs_triton=True),
+    Part("B", "triton attention", 10, 10, triton_attention, needs_triton=True),
     Part(
         "C",
         "decode: eager and graph paths",

@@ -1,7 +1,12 @@
-"""B: the engine's Triton `linear` (LayerNorm prologue + GEMV, `sampler/jukebox/kernels.py`) at the
-published layer shapes, per tile, against the `gemm` rows' `addmm`: which tile streams the weights
-best decides `LINEAR_BLOCK_N` / `LINEAR_BLOCK_K` (GPU-PLAN §4 step 6). Skipped where the kernels
-cannot run (`bench/gpu.py`'s `needs_triton`)."""
+"""B: the engine's Triton kernels (`sampler/jukebox/kernels.py`) alone, at published shapes. Skipped
+where the kernels cannot run (`bench/gpu.py`'s `needs_triton`).
+
+* `linear` (LayerNorm prologue + GEMV) per tile, against the `gemm` rows' `addmm`: which tile streams
+  the weights best decides `LINEAR_BLOCK_N` / `LINEAR_BLOCK_K` (GPU-PLAN §4 step 6).
+* `attend` (scores + mix) for every attention kind of each measured prior, mid-window, its cache
+  rotated past the L2 like a decode step meets it: µs per layer and the k, v bytes read per second,
+  so a layer's attention shows against its weight streaming (the ~13 µs of GPU-PLAN §4 step 6).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,8 @@ import torch
 
 from bench.gpu_context import Context
 from bench.gpu_micro import DRY_SHRINK, LAYER_GEMMS, ROTATE_BYTES, device_ms, graphed
+from bench.gpu_models import PRIORS, prior_config
+from sampler.jukebox.transformer import ATTN_NAMES, CROSS, GEOMETRIES, TransformerConfig
 
 # (BLOCK_N, BLOCK_K) tried; the kernels' default is among them
 TILES = ((16, 64), (32, 64), (64, 64), (32, 128), (16, 128))
@@ -68,3 +75,52 @@ def _shape(
             us=ms * 1e3,
             weight_tb_s=weight_bytes / (ms / 1e3) / 1e12,
         )
+
+
+def triton_attention(ctx: Context) -> None:
+    """µs of `attend` for ROWS samples at every attention kind of each measured prior (full depth)."""
+    from sampler.jukebox import kernels
+
+    for name, spec in PRIORS.items():
+        config = prior_config(spec, ctx.dry_run).transformer_config()
+        for kind in dict.fromkeys(config.attn_funcs):
+            _attention(ctx, kernels, name, config, kind)
+
+
+def _attention(ctx: Context, kernels: ModuleType, prior: str, config: TransformerConfig, kind: int) -> None:
+    heads, d = config.heads, config.head_dim
+    geometry = GEOMETRIES[kind](config.block_ctx, config.prime_window, config.encoder_len)
+    shape = geometry.cache_shape(ROWS, heads, config.seq_len, d)
+    slots = math.prod(shape[2:-1])
+    # mid-window and mid-block, where a decode step meets the average key count
+    pos = torch.tensor(config.seq_len // 2 + config.block_ctx // 2, device=ctx.device)
+    read = geometry.static_read(pos, slots, torch.arange(slots, device=ctx.device))
+    cross = kind == CROSS
+    kv_bytes = 2 * ROWS * heads * slots * d * torch.empty(0, dtype=ctx.dtype).element_size()
+    copies = 2 if ctx.dry_run else min(128, max(2, math.ceil(ROTATE_BYTES / kv_bytes)))
+    caches = [
+        tuple(torch.randn(ROWS * heads, slots, d, device=ctx.device, dtype=ctx.dtype) for _ in range(2))
+        for _ in range(copies)
+    ]
+    qkv = torch.randn(ROWS, (1 if cross else 3) * heads * d, device=ctx.device, dtype=ctx.dtype)
+
+    def calls() -> None:
+        for k_flat, v_flat in caches:
+            kernels.attend(qkv, k_flat, v_flat, read, heads, cross)
+
+    times = device_ms(ctx, graphed(ctx, calls), 1 if ctx.dry_run else 5, warmup=1)
+    ms = statistics.median(times) / copies
+    keys = slots if read.index is None else read.index.shape[0]
+    ctx.emit(
+        "B",
+        "triton_attend",
+        prior=prior,
+        attention=ATTN_NAMES[kind],
+        rows=ROWS * heads,
+        head_dim=d,
+        keys=keys,
+        dtype=ctx.dtype,
+        in_graph=ctx.capture,
+        us=ms * 1e3,
+        kv_tb_s=kv_bytes * keys / slots / (ms / 1e3) / 1e12,
+    )

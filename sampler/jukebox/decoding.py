@@ -10,7 +10,7 @@ nothing back and has fixed shapes and addresses. That call can then be
 * captured once in a CUDA graph and replayed ⌈new / K⌉ times a window (path "graph"; the last
   new mod K tokens replay a one-token graph),
 * and, either way, run each residual block as one `torch.compile`d graph per attention kind
-  (`compile`), or as five hand-fused Triton kernels (`kernels="triton"`, `sampler.jukebox.kernels`).
+  (`compile`), or as six hand-fused Triton kernels (`kernels="triton"`, `sampler.jukebox.kernels`).
 
 The draws are today's `rng="window"` draws (`draw_fast`): one uniform per row and token, drawn for the
 whole window at its start. On the CPU generator that is the same stream as drawing them token by token,
@@ -67,7 +67,7 @@ class DecodeOptions:
         between calls.
     compile: each residual block as one `torch.compile(fullgraph=True, dynamic=False)` graph per
         attention kind (static and graph paths).
-    kernels: "torch" (the block's torch ops, compiled or not) or "triton" (each block in five
+    kernels: "torch" (the block's torch ops, compiled or not) or "triton" (each block in six
         hand-fused kernels, `sampler.jukebox.kernels`; it replaces `compile`'s blocks; where Triton
         cannot run, the torch step with one log line).
     """

@@ -1,14 +1,18 @@
-"""Hand-fused Triton kernels for the static decode step: one residual block in five launches.
+"""Hand-fused Triton kernels for the static decode step: one residual block in six launches.
 
 GPU-PLAN.md §4 step 6. At batch ≤ 4 a decode step streams each layer's weights once; what costs is
-the number of kernels per layer (about 27 eager, 8 after inductor). These make it five:
+the number of kernels per layer (about 27 eager, 8 after inductor). These make it six:
 
-* `linear` (three of the five): y = act(LN(x) @ W + b) + r in one pass, for a job's few rows (M ≤
+* `linear` (four of the six): y = act(LN(x) @ W + b) + r in one pass, for a job's few rows (M ≤
   MAX_ROWS; 3 by default): every program normalises those rows itself (the LayerNorm prologue, fp32
   statistics like `torch.layer_norm`), reads a strip of W once, and adds bias, quick-GELU and the
   residual in its epilogue;
-* `attend` (one): the decode attention of every attention kind: the new k, v written to their slot,
-  the keys that `StaticRead` names scored, masked, softmaxed online over key tiles and applied to v.
+* `attend` (two): the decode attention of every attention kind. A decode step has few (batch ×
+  heads) rows, 3 at the upsamplers' single head, so one program per row would leave a GPU's other
+  multiprocessors idle while three stream the keys. Attention is split where it parallelises without
+  a split reduction: `_score_kernel` scores a tile of keys per program (and writes the new k, v to
+  their slot), `_mix_kernel` takes a strip of head dims per program, softmaxes the row's scores and
+  applies them to v.
 
 Every sum has a fixed order (no atomics, no split reduction), so a resumed job redraws the same codes
 on the same GPU. Everything accumulates in fp32 and rounds once at the store: in fp32 the results
@@ -45,14 +49,17 @@ INTERPRETED = triton is not None and bool(triton.knobs.runtime.interpret)
 
 # The largest batch (rows) `linear` takes: each program keeps every row's normalised inputs.
 MAX_ROWS = 16
-# Tiles. A program owns LINEAR_BLOCK_N output columns and streams their strip of W in LINEAR_BLOCK_K
-# rows; attention scores a tile of keys at a time, as many as keep the tile (keys × head dim, padded to
-# powers of two) within ATTEND_TILE_ELEMENTS, at most ATTEND_MAX_KEYS. Not tuned: the GPU run
-# measures them (bench/gpu_kernels.py times the linear tiles).
+# Tiles. A `linear` program owns LINEAR_BLOCK_N output columns and streams their strip of W in
+# LINEAR_BLOCK_K rows. A scoring program takes as many keys as keep its tile (keys × head dim, padded
+# to powers of two) within ATTEND_TILE_ELEMENTS, at most ATTEND_MAX_KEYS; a mixing program owns
+# MIX_BLOCK_D head dims and walks the keys MIX_BLOCK_KEYS at a time. Not tuned: the GPU run measures
+# them (bench/gpu_kernels.py times the linear tiles and each attention kind).
 LINEAR_BLOCK_N = 32
 LINEAR_BLOCK_K = 64
 ATTEND_TILE_ELEMENTS = 4096
 ATTEND_MAX_KEYS = 32
+MIX_BLOCK_KEYS = 64
+MIX_BLOCK_D = 64
 
 
 def unavailable(device: torch.device) -> str | None:
@@ -143,7 +150,7 @@ if triton is not None:
         tl.store(Y + rows[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=out)
 
     @triton.jit
-    def _attend_kernel(
+    def _score_kernel(
         QKV,
         KC,
         VC,
@@ -151,8 +158,7 @@ if triton is not None:
         KEEP_OLD,
         INDEX,
         MASK,
-        EMPTY,
-        OUT,
+        S,
         heads,
         slots,
         n_keys,
@@ -166,7 +172,6 @@ if triton is not None:
         HAS_KEEP: tl.constexpr,
         HAS_INDEX: tl.constexpr,
         HAS_MASK: tl.constexpr,
-        HAS_EMPTY: tl.constexpr,
         BLOCK_KEYS: tl.constexpr,
         BLOCK_D: tl.constexpr,
     ):
@@ -182,45 +187,78 @@ if triton is not None:
         if HAS_WRITE:
             slot = tl.load(WRITE + everywhere)
             new_k = tl.load(head + k_offset + ds, mask=d_ok, other=0.0)
-            new_v = tl.load(head + v_offset + ds, mask=d_ok, other=0.0)
             write_now = everywhere == 0  # every lane, unless the layer keeps the slot's old k, v
             if HAS_KEEP:
                 write_now = write_now & (tl.load(KEEP_OLD + everywhere) == 0)
-            tl.store(KC + cache_row + slot * D + ds, new_k, mask=d_ok & write_now)
-            tl.store(VC + cache_row + slot * D + ds, new_v, mask=d_ok & write_now)
+            # one program per row stores the new k, v; `_mix_kernel` (the next launch) reads that v
+            if tl.program_id(1) == 0:
+                new_v = tl.load(head + v_offset + ds, mask=d_ok, other=0.0)
+                tl.store(KC + cache_row + slot * D + ds, new_k, mask=d_ok & write_now)
+                tl.store(VC + cache_row + slot * D + ds, new_v, mask=d_ok & write_now)
+        js = tl.program_id(1) * BLOCK_KEYS + tl.arange(0, BLOCK_KEYS)
+        j_ok = js < n_keys
+        if HAS_INDEX:
+            key_slots = tl.load(INDEX + js, mask=j_ok, other=0)
+        else:
+            key_slots = js
+        both = j_ok[:, None] & d_ok[None, :]
+        k = tl.load(KC + cache_row + key_slots[:, None] * D + ds[None, :], mask=both, other=0.0)
+        if HAS_WRITE:
+            # the new key from registers: another program's store above need not be visible yet
+            fresh = (key_slots[:, None] == slot[None, :]) & write_now[None, :]
+            k = tl.where(fresh, new_k[None, :], k)
+        scores = tl.reduce(k.to(tl.float32) * q[None, :], 1, _SUM) * scale
+        if HAS_MASK:
+            seen = tl.load(MASK + js, mask=j_ok, other=0) != 0
+            scores = tl.where(seen, scores, mask_value)
+        tl.store(S + row.to(tl.int64) * n_keys + js, scores, mask=j_ok)
+
+    @triton.jit
+    def _mix_kernel(
+        S,
+        VC,
+        INDEX,
+        EMPTY,
+        OUT,
+        heads,
+        slots,
+        n_keys,
+        D,
+        HAS_INDEX: tl.constexpr,
+        HAS_EMPTY: tl.constexpr,
+        BLOCK_KEYS: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):
+        row = tl.program_id(0)
+        n = row // heads
+        h = row % heads
+        ds = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+        d_ok = ds < D
+        scores_row = S + row.to(tl.int64) * n_keys
+        cache_row = row.to(tl.int64) * slots * D
+        # softmax as torch computes it: the row's maximum first, then exp(s - max) summed in key order
         best = tl.full([], float("-inf"), tl.float32)
+        for j0 in range(0, n_keys, BLOCK_KEYS):
+            js = j0 + tl.arange(0, BLOCK_KEYS)
+            s = tl.load(scores_row + js, mask=js < n_keys, other=float("-inf"))
+            best = tl.maximum(best, tl.reduce(s, 0, _MAX))
         total = tl.full([], 0.0, tl.float32)
         acc = tl.full([BLOCK_D], 0.0, tl.float32)
         for j0 in range(0, n_keys, BLOCK_KEYS):
             js = j0 + tl.arange(0, BLOCK_KEYS)
             j_ok = js < n_keys
+            p = tl.exp(tl.load(scores_row + js, mask=j_ok, other=float("-inf")) - best)
             if HAS_INDEX:
                 key_slots = tl.load(INDEX + js, mask=j_ok, other=0)
             else:
                 key_slots = js
             both = j_ok[:, None] & d_ok[None, :]
-            at = cache_row + key_slots[:, None] * D + ds[None, :]
-            k = tl.load(KC + at, mask=both, other=0.0)
-            v = tl.load(VC + at, mask=both, other=0.0)
-            if HAS_WRITE:
-                # the new key from registers: another thread's store above need not be visible yet
-                fresh = (key_slots[:, None] == slot[None, :]) & write_now[None, :]
-                k = tl.where(fresh, new_k[None, :], k)
-                v = tl.where(fresh, new_v[None, :], v)
-            scores = tl.reduce(k.to(tl.float32) * q[None, :], 1, _SUM) * scale
-            if HAS_MASK:
-                seen = tl.load(MASK + js, mask=j_ok, other=0) != 0
-                scores = tl.where(seen, scores, mask_value)
-            scores = tl.where(j_ok, scores, float("-inf"))
-            new_best = tl.maximum(best, tl.reduce(scores, 0, _MAX))
-            rescale = tl.exp(best - new_best)
-            p = tl.exp(scores - new_best)
-            total = total * rescale + tl.reduce(p, 0, _SUM)
-            acc = acc * rescale + tl.reduce(p[:, None] * v.to(tl.float32), 0, _SUM)
-            best = new_best
+            v = tl.load(VC + cache_row + key_slots[:, None] * D + ds[None, :], mask=both, other=0.0)
+            total += tl.reduce(p, 0, _SUM)
+            acc += tl.reduce(p[:, None] * v.to(tl.float32), 0, _SUM)
         out = acc / total
         if HAS_EMPTY:
-            out = tl.where(tl.load(EMPTY + everywhere) != 0, 0.0, out)
+            out = tl.where(tl.load(EMPTY + ds * 0) != 0, 0.0, out)
         tl.store(OUT + n * (heads * D) + h * D + ds, out.to(OUT.dtype.element_ty), mask=d_ok)
 
 
@@ -298,18 +336,20 @@ def attend(qkv: Tensor, k_flat: Tensor, v_flat: Tensor, read: StaticRead, heads:
     n_state = heads * d
     n_keys = slots if read.index is None else read.index.shape[0]
     block_d = _power_of_two(d, 16)
+    score_keys = max(1, min(ATTEND_MAX_KEYS, ATTEND_TILE_ELEMENTS // block_d))
+    scores = torch.empty(rows, n_keys, dtype=torch.float32, device=qkv.device)
     out = torch.empty(n, n_state, dtype=qkv.dtype, device=qkv.device)
     unused = out  # a pointer for the flags that are off (never read)
-    _attend_kernel[(rows,)](
+    index = read.index if read.index is not None else unused
+    _score_kernel[(rows, _cdiv(n_keys, score_keys))](
         qkv,
         k_flat,
         v_flat,
         read.write if read.write is not None else unused,
         read.keep_old if read.keep_old is not None else unused,
-        read.index if read.index is not None else unused,
+        index,
         read.mask if read.mask is not None else unused,
-        read.empty if read.empty is not None else unused,
-        out,
+        scores,
         heads,
         slots,
         n_keys,
@@ -323,9 +363,23 @@ def attend(qkv: Tensor, k_flat: Tensor, v_flat: Tensor, read: StaticRead, heads:
         HAS_KEEP=read.keep_old is not None,
         HAS_INDEX=read.index is not None,
         HAS_MASK=read.mask is not None,
-        HAS_EMPTY=read.empty is not None,
-        BLOCK_KEYS=max(1, min(ATTEND_MAX_KEYS, ATTEND_TILE_ELEMENTS // block_d)),
+        BLOCK_KEYS=score_keys,
         BLOCK_D=block_d,
+    )
+    _mix_kernel[(rows, _cdiv(d, MIX_BLOCK_D))](
+        scores,
+        v_flat,
+        index,
+        read.empty if read.empty is not None else unused,
+        out,
+        heads,
+        slots,
+        n_keys,
+        d,
+        HAS_INDEX=read.index is not None,
+        HAS_EMPTY=read.empty is not None,
+        BLOCK_KEYS=MIX_BLOCK_KEYS,
+        BLOCK_D=MIX_BLOCK_D,
     )
     return out
 
@@ -340,7 +394,7 @@ def triton_block_step(
     cross: bool,
     fast: bool,
 ) -> Tensor:
-    """`static_block_step` in five kernels (a `BlockStep`): LN + c_attn, attention, c_proj + residual,
+    """`static_block_step` in six kernels (a `BlockStep`): LN + c_attn, attention (two), c_proj + residual,
     LN + c_fc + GELU, c_proj + residual. `fast` (the SDPA switch of the torch step) changes nothing."""
     ln0_w, ln0_b, attn_w, attn_b, attn_proj_w, attn_proj_b, ln1_w, ln1_b, fc_w, fc_b, proj_w, proj_b = weights
     qkv = linear(x, attn_w, attn_b, norm=(ln0_w, ln0_b))

@@ -23,7 +23,7 @@ import torch
 
 from bench.gpu_context import Context
 from bench.gpu_facts import H100_BANDWIDTH, split_step
-from bench.gpu_kernels import TILES, triton_linear_tiles
+from bench.gpu_kernels import TILES, triton_attention, triton_linear_tiles
 from bench.gpu_models import (
     PRIORS,
     attn_funcs,
@@ -44,7 +44,7 @@ from bench.gpu_paths import (
 from bench.gpu_record import Budget, Recorder, run_part
 from bench.gpu_timing import WindowPlan, time_path
 from sampler.jukebox import decoding
-from sampler.jukebox.transformer import BLOCK, CROSS, DENSE, PREV_BLOCK, PRIME, TRANSPOSE, Conv1D
+from sampler.jukebox.transformer import ATTN_NAMES, BLOCK, CROSS, DENSE, PREV_BLOCK, PRIME, TRANSPOSE, Conv1D
 
 ROOT = Path(__file__).resolve().parents[2]
 SECTIONS = "ABCDEFGHI"
@@ -92,6 +92,7 @@ def test_dry_run_covers_every_section_and_goes_on_past_a_failing_one(tmp_path: P
     triton_skips = [r for r in records if r["kind"] == "skip" and "triton" in r["what"]]
     assert [r["what"] for r in triton_skips] == [
         "triton linear tiles",
+        "triton attention",
         "decode: triton upsampler",
         "decode: triton 5b_lyrics",
     ]
@@ -341,6 +342,22 @@ def test_the_triton_tiles_row_times_each_tile_and_leaves_the_default(tmp_path: P
     assert all(r["us"] > 0 and r["n_in"] == 1920 // 16 for r in rows)
     assert (kernels.LINEAR_BLOCK_N, kernels.LINEAR_BLOCK_K) == default
     assert [r["default_tile"] for r in rows] == [tile == default for tile in TILES[:2]]
+
+
+def test_the_triton_attention_row_times_every_attention_kind_of_every_prior() -> None:
+    recorder = Recorder(None, stream=io.StringIO())
+    ctx = Context(recorder, Budget(60.0, reserve=0.0), torch.device("cpu"), True, decoding, "aot_eager")
+    triton_attention(ctx)
+    rows = [r for r in recorder.records if r["kind"] == "triton_attend"]
+    kinds = {
+        name: [ATTN_NAMES[f] for f in dict.fromkeys(attn_funcs(prior_config(spec, True)))]
+        for name, spec in PRIORS.items()
+    }
+    assert [(r["prior"], r["attention"]) for r in rows] == [
+        (p, k) for p, names in kinds.items() for k in names
+    ]
+    assert "cross" in kinds["5b_lyrics"] and "prime" in kinds["1b_lyrics"]
+    assert all(r["us"] > 0 and r["keys"] > 0 and not r["in_graph"] for r in rows)
 
 
 @pytest.mark.slow

@@ -179,9 +179,12 @@ def test_linear_over_several_tiles_is_layer_norm_matmul_gelu_and_residual(
         kernels.linear(torch.zeros(2, 8), torch.zeros(8, 8).t(), torch.zeros(8))
 
 
-def test_attend_over_several_key_tiles_is_masked_softmax_attention() -> None:
-    """70 keys read through an index over three key tiles (the online softmax), every other masked,
-    2 heads; the new k, v written to slot 5 and seen there."""
+def test_attend_over_several_key_tiles_is_masked_softmax_attention(monkeypatch: pytest.MonkeyPatch) -> None:
+    """70 keys read through an index, every other masked, 2 heads: scored in three programs per row,
+    mixed in five key tiles by three programs per row (head dims 0-3, 4-7, 8-11); the new k, v written
+    to slot 5 and seen there."""
+    monkeypatch.setattr(kernels, "MIX_BLOCK_KEYS", 16)
+    monkeypatch.setattr(kernels, "MIX_BLOCK_D", 4)
     generator = torch.Generator().manual_seed(1)
     n, heads, d, slots = 2, 2, 12, 80
     qkv = torch.randn(n, 3 * heads * d, generator=generator)
