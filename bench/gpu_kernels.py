@@ -1,8 +1,9 @@
 """B: the engine's Triton kernels (`sampler/jukebox/kernels.py`) alone, at published shapes. Skipped
 where the kernels cannot run (`bench/gpu.py`'s `needs_triton`).
 
-* `linear` (LayerNorm prologue + GEMV) per tile, against the `gemm` rows' `addmm`: which tile streams
-  the weights best decides `LINEAR_BLOCK_N` / `LINEAR_BLOCK_K` (GPU-PLAN §4 step 6).
+* `linear` (LayerNorm prologue + GEMV) per tile, with the broadcast sum and with `tl.dot`, against the
+  `gemm` rows' `addmm`: which streams the weights best decides `LINEAR_BLOCK_N`, `LINEAR_BLOCK_K` and
+  `LINEAR_DOT` (GPU-PLAN §4 step 6).
 * `attend` (scores + mix) for every attention kind of each measured prior, mid-window, its cache
   rotated past the L2 like a decode step meets it: µs per layer and the k, v bytes read per second,
   so a layer's attention shows against its weight streaming (the ~13 µs of GPU-PLAN §4 step 6).
@@ -11,6 +12,7 @@ where the kernels cannot run (`bench/gpu.py`'s `needs_triton`).
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import statistics
 from types import ModuleType
@@ -53,13 +55,13 @@ def _shape(
     bias = torch.zeros(n_out, device=ctx.device, dtype=ctx.dtype)
     x = torch.randn(ROWS, n_in, device=ctx.device, dtype=ctx.dtype)
     calls = functools.partial(_calls, kernels, x, weights, bias)
-    for block_n, block_k in tiles:
-        default = kernels.LINEAR_BLOCK_N, kernels.LINEAR_BLOCK_K
-        kernels.LINEAR_BLOCK_N, kernels.LINEAR_BLOCK_K = block_n, block_k
+    for (block_n, block_k), dot in itertools.product(tiles, (False, True)):
+        default = kernels.LINEAR_BLOCK_N, kernels.LINEAR_BLOCK_K, kernels.LINEAR_DOT
+        kernels.LINEAR_BLOCK_N, kernels.LINEAR_BLOCK_K, kernels.LINEAR_DOT = block_n, block_k, dot
         try:  # the tile is read when a call launches: captured with it, replayed within
             times = device_ms(ctx, graphed(ctx, calls), 1 if ctx.dry_run else 5, warmup=1)
         finally:
-            kernels.LINEAR_BLOCK_N, kernels.LINEAR_BLOCK_K = default
+            kernels.LINEAR_BLOCK_N, kernels.LINEAR_BLOCK_K, kernels.LINEAR_DOT = default
         ms = statistics.median(times) / copies
         ctx.emit(
             "B",
@@ -69,7 +71,8 @@ def _shape(
             n_out=n_out,
             block_n=block_n,
             block_k=block_k,
-            default_tile=(block_n, block_k) == default,
+            dot=dot,
+            default_tile=(block_n, block_k, dot) == default,
             dtype=ctx.dtype,
             in_graph=ctx.capture,
             us=ms * 1e3,

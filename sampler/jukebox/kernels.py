@@ -5,8 +5,8 @@ the number of kernels per layer (about 27 eager, 8 after inductor). These make i
 
 * `linear` (four of the six): y = act(LN(x) @ W + b) + r in one pass, for a job's few rows (M ≤
   MAX_ROWS; 3 by default): every program normalises those rows itself (the LayerNorm prologue, fp32
-  statistics like `torch.layer_norm`), reads a strip of W once, and adds bias, quick-GELU and the
-  residual in its epilogue;
+  statistics like `torch.layer_norm`), reads a strip of W once (multiplying on the CUDA cores, or on
+  the tensor cores with `LINEAR_DOT`), and adds bias, quick-GELU and the residual in its epilogue;
 * `attend` (two): the decode attention of every attention kind. A decode step has few (batch ×
   heads) rows, 3 at the upsamplers' single head, so one program per row would leave a GPU's other
   multiprocessors idle while three stream the keys. Attention is split where it parallelises without
@@ -56,6 +56,11 @@ MAX_ROWS = 16
 # them (bench/gpu_kernels.py times the linear tiles and each attention kind).
 LINEAR_BLOCK_N = 32
 LINEAR_BLOCK_K = 64
+# How `linear` multiplies a K tile: False, an fp32 broadcast-and-sum on the CUDA cores; True, `tl.dot`
+# on the tensor cores with the rows padded to DOT_ROWS (its least M), which also lets Triton pipeline
+# the weight loads. Which streams the weights faster is for the GPU run to say (bench B times both).
+LINEAR_DOT = False
+DOT_ROWS = 16
 ATTEND_TILE_ELEMENTS = 4096
 ATTEND_MAX_KEYS = 32
 MIX_BLOCK_KEYS = 64
@@ -100,6 +105,7 @@ if triton is not None:
         NORM: tl.constexpr,
         GELU: tl.constexpr,
         RESIDUAL: tl.constexpr,
+        DOT: tl.constexpr,
         BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr,
@@ -140,7 +146,11 @@ if triton is not None:
                 # torch rounds the normalised rows to the input's dtype before the matrix product
                 xf = xf.to(x.dtype).to(tl.float32)
             w = tl.load(W + ks[:, None] * N + cols[None, :], mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-            acc += tl.reduce(xf[:, :, None] * w.to(tl.float32)[None, :, :], 1, _SUM)
+            if DOT:
+                # the tensor-core product; fp32 inputs stay fp32 (no TF32), fp16/bf16 accumulate in fp32
+                acc += tl.dot(xf.to(w.dtype), w, input_precision="ieee")
+            else:
+                acc += tl.reduce(xf[:, :, None] * w.to(tl.float32)[None, :, :], 1, _SUM)
         y = acc + tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
         if GELU:
             y = y / (1.0 + tl.exp(-gelu_scale * y))
@@ -317,7 +327,8 @@ def linear(
         NORM=norm is not None,
         GELU=gelu,
         RESIDUAL=residual is not None,
-        BLOCK_M=_power_of_two(m, 2),
+        DOT=LINEAR_DOT,
+        BLOCK_M=DOT_ROWS if LINEAR_DOT else _power_of_two(m, 2),
         BLOCK_N=LINEAR_BLOCK_N,
         BLOCK_K=LINEAR_BLOCK_K,
     )

@@ -335,13 +335,14 @@ def test_the_triton_tiles_row_times_each_tile_and_leaves_the_default(tmp_path: P
 
     recorder = Recorder(None, stream=io.StringIO())
     ctx = Context(recorder, Budget(60.0, reserve=0.0), torch.device("cpu"), True, decoding, "aot_eager")
-    default = kernels.LINEAR_BLOCK_N, kernels.LINEAR_BLOCK_K
+    default = kernels.LINEAR_BLOCK_N, kernels.LINEAR_BLOCK_K, kernels.LINEAR_DOT
     triton_linear_tiles(ctx)
     rows = [r for r in recorder.records if r["kind"] == "triton_linear"]
-    assert [(r["block_n"], r["block_k"]) for r in rows] == list(TILES[:2])
+    tried = [(n, k, dot) for n, k in TILES[:2] for dot in (False, True)]
+    assert [(r["block_n"], r["block_k"], r["dot"]) for r in rows] == tried
     assert all(r["us"] > 0 and r["n_in"] == 1920 // 16 for r in rows)
-    assert (kernels.LINEAR_BLOCK_N, kernels.LINEAR_BLOCK_K) == default
-    assert [r["default_tile"] for r in rows] == [tile == default for tile in TILES[:2]]
+    assert (kernels.LINEAR_BLOCK_N, kernels.LINEAR_BLOCK_K, kernels.LINEAR_DOT) == default
+    assert [r["default_tile"] for r in rows] == [tile == default for tile in tried]
 
 
 def test_the_triton_attention_row_times_every_attention_kind_of_every_prior() -> None:

@@ -120,6 +120,17 @@ def test_every_block_output_is_the_torch_steps_to_float_rounding(kind: str) -> N
     assert _worst(got, want) < 1e-5
 
 
+def test_with_tensor_core_products_the_block_outputs_stay_within_float_rounding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`LINEAR_DOT`: fp32 inputs multiply in full fp32 (no TF32), so the 1e-5 holds."""
+    monkeypatch.setattr(kernels, "LINEAR_DOT", True)
+    want, got = _walk(
+        tiny_prior("top_1b_lyrics", seed=3), "top_1b_lyrics", torch.float32, kernels.triton_block_step
+    )
+    assert _worst(got, want) < 1e-5
+
+
 def test_the_kernels_without_the_transpose_mask_part_from_the_torch_step(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -134,11 +145,16 @@ def test_the_kernels_without_the_transpose_mask_part_from_the_torch_step(
     assert _worst(got, want) > 1e-2
 
 
-@pytest.mark.parametrize("kind", ["up0", "top_5b_lyrics"])
-def test_in_float16_the_kernels_are_no_further_from_fp32_than_the_torch_step(kind: str) -> None:
+@pytest.mark.parametrize(
+    ("kind", "dot"), [("up0", False), ("top_5b_lyrics", False), ("up0", True)], ids=["up0", "5b", "up0-dot"]
+)
+def test_in_float16_the_kernels_are_no_further_from_fp32_than_the_torch_step(
+    kind: str, dot: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Half precision, the stated tolerance: summing in fp32 and rounding once, each block's output is
     as close to the fp32 step's as the fp16 torch step's is (at most 1.25× its error), and within
-    3 % of its scale."""
+    3 % of its scale; with `linear`'s tensor-core products too."""
+    monkeypatch.setattr(kernels, "LINEAR_DOT", dot)
     exact, _ = _walk(tiny_prior(kind, seed=3), kind, torch.float32, None)
     torch_half, triton_half = _walk(tiny_prior(kind, seed=3), kind, torch.float16, kernels.triton_block_step)
     torch_error = _worst({key: torch_half[key] for key in triton_half}, exact)
@@ -158,10 +174,13 @@ def test_the_decoder_with_the_kernels_gives_the_sliced_loops_tokens_window_after
         assert torch.equal(_decoded(decoder, cond, ids, index, window, prior.n_ctx), want)
 
 
+@pytest.mark.parametrize("dot", [False, True], ids=["sum", "dot"])
 def test_linear_over_several_tiles_is_layer_norm_matmul_gelu_and_residual(
-    monkeypatch: pytest.MonkeyPatch,
+    dot: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Shapes that fill no tile: 3 rows, K = 100 over two K tiles, N = 70 over three N tiles."""
+    """Shapes that fill no tile: 3 rows, K = 100 over two K tiles, N = 70 over three N tiles; the
+    broadcast sum and the tensor-core product."""
+    monkeypatch.setattr(kernels, "LINEAR_DOT", dot)
     monkeypatch.setattr(kernels, "LINEAR_BLOCK_N", 32)
     monkeypatch.setattr(kernels, "LINEAR_BLOCK_K", 64)
     generator = torch.Generator().manual_seed(0)
@@ -212,9 +231,14 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 
 
 @cuda
+@pytest.mark.parametrize("dot", [False, True], ids=["sum", "dot"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_on_cuda_every_block_output_is_the_torch_steps(kind: str) -> None:
-    """fp32 within 1e-5 (TF32 off); fp16 no further from fp32 than the fp16 torch step (× 1.25)."""
+def test_on_cuda_every_block_output_is_the_torch_steps(
+    kind: str, dot: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fp32 within 1e-5 (TF32 off); fp16 no further from fp32 than the fp16 torch step (× 1.25); with
+    `linear`'s broadcast sum and with its tensor-core product."""
+    monkeypatch.setattr(kernels, "LINEAR_DOT", dot)
     device = torch.device("cuda")
     allowed = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
