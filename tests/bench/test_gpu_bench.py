@@ -91,9 +91,9 @@ def test_dry_run_covers_every_section_and_goes_on_past_a_failing_one(tmp_path: P
     )
     triton_skips = [r for r in records if r["kind"] == "skip" and "triton" in r["what"]]
     assert [r["what"] for r in triton_skips] == [
+        "decode: triton upsampler",
         "triton linear tiles",
         "triton attention",
-        "decode: triton upsampler",
         "decode: triton 5b_lyrics",
     ]
     assert all("needs Triton kernels: " in r["reason"] for r in triton_skips)
