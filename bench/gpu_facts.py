@@ -21,6 +21,10 @@ NOMINAL_BANDWIDTH = {"H100": H100_BANDWIDTH, "H200": H200_BANDWIDTH}
 TARGET_SECONDS = 528.0
 BATCH = 3
 
+# GPU-PLAN §4 step 6: above this many seconds per upsampler layer on an H100 (22 MB of fp16 weights
+# take ~6.6 µs to stream; level 0 must run at ≤ ~0.95 ms a step), the upsampler wants hand-fused kernels.
+UPSAMPLER_LAYER_LIMIT = 13e-6
+
 # Per minute of audio (3 samples in one batch), by level (2 = top, 0 = finest): decode steps, and
 # known tokens fed by prefill (GPU-PLAN §3; from the window plans of hop fractions 1/8, 1/2, 1/2).
 STEPS_PER_MINUTE = {2: 20_671, 1: 82_684, 0: 330_736}

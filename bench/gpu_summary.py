@@ -10,7 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from bench.gpu_facts import FORMULA, H100_BANDWIDTH, STEPS_PER_MINUTE, TARGET_SECONDS
+from bench.gpu_facts import (
+    FORMULA,
+    H100_BANDWIDTH,
+    STEPS_PER_MINUTE,
+    TARGET_SECONDS,
+    UPSAMPLER_LAYER_LIMIT,
+)
 from bench.gpu_models import PRIORS, STACKS
 
 # (label, decode path, prefill method): cumulative, in the order GPU-PLAN §3 applies them.
@@ -26,6 +32,7 @@ LEVERS = (
     ("Triton blocks instead", "graph K=16 + triton blocks", "one pass"),
 )
 Record = dict[str, Any]
+TRITON_PATH = LEVERS[-1][1]
 
 
 def _latest(records: Sequence[Record], kind: str, **match: Any) -> Record | None:
@@ -136,6 +143,51 @@ def overlap_row(records: Sequence[Record], rows: list[Record]) -> Record | None:
     return row
 
 
+def _layer_us(record: Record) -> tuple[float, float]:
+    """µs per layer of a decode row, measured and projected to an H100 (the step's projection ratio)."""
+    here = float(record["per_layer_ms"]) * 1e3
+    return here, here * float(record["h100_ms_per_step"]) / float(record["ms_per_step"])
+
+
+def decision_lines(records: Sequence[Record]) -> list[str]:
+    """GPU-PLAN §4 step 6 read off the run: the upsampler's cost per layer on each graph path against
+    UPSAMPLER_LAYER_LIMIT, whether the Triton blocks beat the best torch blocks, and the fastest
+    Triton `linear` variant per shape."""
+    paths = [path for _, path, _ in LEVERS if path.startswith("graph K=16")]
+    rows = {p: r for p in paths if (r := _latest(records, "decode", prior="upsampler", path=p)) is not None}
+    if not rows:
+        return []
+    limit = UPSAMPLER_LAYER_LIMIT * 1e6
+    lines = ["", f"Decision (GPU-PLAN §4 step 6): upsampler µs per layer, here | H100 (limit {limit:.0f} µs)"]
+    for path, record in rows.items():
+        here, h100 = _layer_us(record)
+        lines.append(f"  {path:<34}{here:>8.1f} |{h100:>8.1f}{'  over' if h100 > limit else ''}")
+    torch_rows = {p: _layer_us(r)[1] for p, r in rows.items() if p != TRITON_PATH}
+    best = min(torch_rows, key=torch_rows.__getitem__) if torch_rows else None
+    if best is not None:
+        verdict = (
+            "over: hand-fused kernels wanted" if torch_rows[best] > limit else "within: torch blocks suffice"
+        )
+        lines.append(f"  best torch blocks: {best}, {torch_rows[best]:.1f} µs on an H100, {verdict}")
+    if best is not None and TRITON_PATH in rows:
+        ratio = torch_rows[best] / _layer_us(rows[TRITON_PATH])[1]
+        choice = "triton" if ratio > 1 else "torch"
+        lines.append(
+            f"  triton blocks: {ratio:.2f}x the speed of the best torch blocks: kernels={choice} on CUDA"
+        )
+    tiles = [r for r in records if r.get("kind") == "triton_linear"]
+    for shape in dict.fromkeys((r["n_in"], r["n_out"]) for r in tiles):
+        of_shape = [r for r in tiles if (r["n_in"], r["n_out"]) == shape]
+        fastest = min(of_shape, key=lambda r: float(r["us"]))
+        default = next((r for r in of_shape if r.get("default_tile")), None)
+        lines.append(
+            f"  triton linear {shape[0]}x{shape[1]}: fastest {fastest['block_n']}x{fastest['block_k']}"
+            f"{' dot' if fastest.get('dot') else ''} {float(fastest['us']):.1f} µs"
+            + ("" if default is None else f" (default {float(default['us']):.1f} µs)")
+        )
+    return lines
+
+
 def _cell(value: float | None, width: int, suffix: str = "") -> str:
     return (
         f"{'-':>{width}}"
@@ -189,6 +241,7 @@ def table(records: Sequence[Record]) -> tuple[list[Record], str]:
             elif "seconds" in r:
                 parts.append(f"{r['kind']} {float(r['seconds']):.2f} s for 3 x 60 s")
         lines += ["", "Per-window extras (not in the totals): " + "; ".join(parts)]
+    lines += decision_lines(records)
     checks = [r for r in records if r.get("section") == "H" and r.get("kind") == "check"]
     failed = [r for r in checks if r.get("tokens_equal") != r.get("steps")]
     lines += [

@@ -42,6 +42,7 @@ from bench.gpu_paths import (
     window_uniforms,
 )
 from bench.gpu_record import Budget, Recorder, run_part
+from bench.gpu_summary import decision_lines
 from bench.gpu_timing import WindowPlan, time_path
 from sampler.jukebox import decoding
 from sampler.jukebox.transformer import ATTN_NAMES, BLOCK, CROSS, DENSE, PREV_BLOCK, PRIME, TRANSPOSE, Conv1D
@@ -144,6 +145,50 @@ def test_sections_picks_what_runs_besides_a_and_i(tmp_path: Path) -> None:
 
 
 # ---- without a run
+
+
+def test_the_summary_reads_the_triton_decision_off_the_upsampler_rows() -> None:
+    """Per-layer µs projected with each row's own H100 ratio; the best torch row against the 13 µs
+    limit and against the Triton row; the fastest linear variant per shape."""
+
+    def decode(path: str, per_layer_ms: float, h100_ratio: float) -> dict[str, Any]:
+        return dict(
+            kind="decode", prior="upsampler", path=path, per_layer_ms=per_layer_ms, ms_per_step=10.0,
+            h100_ms_per_step=10.0 * h100_ratio,
+        )  # fmt: skip
+
+    def tile(block_n: int, dot: bool, us: float, default: bool = False) -> dict[str, Any]:
+        return dict(
+            kind="triton_linear", n_in=1920, n_out=1440, block_n=block_n, block_k=64, dot=dot, us=us,
+            default_tile=default,
+        )  # fmt: skip
+
+    records = [
+        decode("sliced", 0.5, 1.0),  # not a graph path: not in the decision
+        decode("graph K=16", 0.030, 1.0),
+        decode("graph K=16 + compiled blocks", 0.016, 1.0),
+        decode("graph K=16 + triton blocks", 0.010, 1.2),
+        tile(32, False, 9.0, default=True),
+        tile(32, True, 7.5),
+        tile(16, False, 8.0),
+    ]
+    lines = decision_lines(records)
+    assert lines[1].startswith("Decision (GPU-PLAN §4 step 6)") and "limit 13 µs" in lines[1]
+    assert lines[2].split() == ["graph", "K=16", "30.0", "|", "30.0", "over"]
+    assert lines[3].split()[-4:] == ["16.0", "|", "16.0", "over"]
+    assert lines[4].split()[-3:] == ["10.0", "|", "12.0"]  # projected with its own ratio, within the limit
+    assert lines[5] == (
+        "  best torch blocks: graph K=16 + compiled blocks, 16.0 µs on an H100, over: hand-fused kernels wanted"
+    )
+    assert lines[6] == "  triton blocks: 1.33x the speed of the best torch blocks: kernels=triton on CUDA"
+    assert lines[7] == "  triton linear 1920x1440: fastest 32x64 dot 7.5 µs (default 9.0 µs)"
+    slow_triton = [*records[:3], decode("graph K=16 + triton blocks", 0.020, 1.0)]
+    assert decision_lines(slow_triton)[-1].endswith(
+        "0.80x the speed of the best torch blocks: kernels=torch on CUDA"
+    )
+    fast_torch = [decode("graph K=16 + compiled blocks", 0.008, 1.0)]
+    assert decision_lines(fast_torch)[-1].endswith("8.0 µs on an H100, within: torch blocks suffice")
+    assert decision_lines([decode("sliced", 0.5, 1.0)]) == []
 
 
 def test_the_split_adds_up_and_projects_to_an_h100() -> None:
