@@ -177,7 +177,7 @@ class WindowDecoder:
         if options.kernels == "triton":
             from sampler.jukebox import kernels  # triton is optional: imported only when asked for
 
-            reason = kernels.unavailable(self.device)
+            reason = kernels.unavailable(self.device, self.batch)
             if reason is None:
                 self.kernels = "triton"
                 return kernels.triton_block_step

@@ -21,7 +21,8 @@ through Triton's interpreter); in half precision they round less often than the 
 
 Triton is optional: on a CUDA build of torch it comes with torch; elsewhere the kernels run only
 under `TRITON_INTERPRET=1` (set before this module is imported), which is how the tests run them.
-`unavailable(device)` says why they cannot run, and the decoder then stays on the torch step.
+`unavailable(device, rows)` says why they cannot run (no triton, no CUDA, a batch over MAX_ROWS), and
+the decoder then stays on the torch step.
 """
 
 from __future__ import annotations
@@ -67,10 +68,12 @@ MIX_BLOCK_KEYS = 64
 MIX_BLOCK_D = 64
 
 
-def unavailable(device: torch.device) -> str | None:
-    """Why the kernels cannot run on `device`, or None when they can."""
+def unavailable(device: torch.device, rows: int = 1) -> str | None:
+    """Why the kernels cannot run on `device` for a batch of `rows` samples, or None when they can."""
     if triton is None:
         return "triton is not installed"
+    if rows > MAX_ROWS:
+        return f"they take at most {MAX_ROWS} samples at once, this batch has {rows}"
     if device.type == "cuda":
         return None if not INTERPRETED else "TRITON_INTERPRET=1 runs Triton on the CPU only"
     if device.type == "cpu" and INTERPRETED:

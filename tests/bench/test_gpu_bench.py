@@ -368,7 +368,7 @@ def test_the_triton_row_goes_through_the_engines_kernels_and_fails_where_they_ca
     common: dict[str, Any] = dict(capture=False, compile_backend="eager")
     timing = time_path(path, prior, cond, known, plan, engine=decoding, **common)
     assert timing.engine == ENGINE_MODULE and timing.engine_error is None and timing.tokens.shape == (3, 4)
-    monkeypatch.setattr(kernels, "unavailable", lambda device: "no triton here")
+    monkeypatch.setattr(kernels, "unavailable", lambda device, rows=1: "no triton here")
     with pytest.raises(RuntimeError, match="the engine decodes with torch blocks, not triton"):
         time_path(path, prior, cond, known, plan, engine=decoding, **common)
     with pytest.raises(RuntimeError, match="no adapter ran graph K=16 \\+ triton blocks"):

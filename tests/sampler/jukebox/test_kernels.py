@@ -269,7 +269,7 @@ def test_on_cuda_graph_replays_of_the_kernels_give_the_eager_torch_steps_tokens(
 def test_where_triton_cannot_run_the_decoder_says_why_once_and_keeps_the_torch_step(
     no_fallback: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(kernels, "unavailable", lambda device: "triton is not installed")
+    monkeypatch.setattr(kernels, "unavailable", lambda device, rows: "triton is not installed")
     with caplog.at_level(logging.WARNING, logger="sampler.jukebox.decoding"):
         decoder = WindowDecoder(tiny_prior("up0", seed=1), BATCH, TRITON)
     assert decoder._block_step is None
@@ -278,10 +278,29 @@ def test_where_triton_cannot_run_the_decoder_says_why_once_and_keeps_the_torch_s
     ]
 
 
+@pytest.mark.parametrize("no_fallback", [None])  # this test expects the warning
+def test_a_batch_over_the_kernels_rows_decodes_with_the_torch_step(
+    no_fallback: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An operator's JUKEBOT_MAX_BATCH_SIZE above MAX_ROWS: the torch step, not a failed job."""
+    batch = kernels.MAX_ROWS + 1
+    with caplog.at_level(logging.WARNING, logger="sampler.jukebox.decoding"):
+        decoder = WindowDecoder(tiny_prior("up0", seed=1), batch, TRITON)
+    assert decoder.kernels == "torch" and decoder._block_step is None
+    assert [r.getMessage() for r in caplog.records] == [
+        f"no Triton decode kernels (they take at most {kernels.MAX_ROWS} samples at once, "
+        f"this batch has {batch}): decoding with the torch block step"
+    ]
+    assert WindowDecoder(tiny_prior("up0", seed=1), kernels.MAX_ROWS, TRITON).kernels == "triton"
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA machines run the kernels compiled")
 def test_the_kernels_say_where_they_cannot_run() -> None:
     assert kernels.unavailable(torch.device("cpu")) is None  # tests/conftest.py chose the interpreter
     assert "CUDA device" in (kernels.unavailable(torch.device("meta")) or "")
+    assert "at most 16 samples at once, this batch has 17" in (
+        kernels.unavailable(torch.device("cpu"), 17) or ""
+    )
 
 
 def test_the_runner_option_chooses_the_kernels() -> None:
