@@ -25,6 +25,7 @@ import functools
 import logging
 import weakref
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -171,6 +172,7 @@ class WindowDecoder:
             self._temperature = torch.ones((), device=device)
         self._calls: dict[tuple[int, int, float], Callable[[], None]] = {}
         self._graph_pool: Any = None
+        self._capture_stream: torch.cuda.Stream | None = None
 
     def _chosen_block_step(self, options: DecodeOptions) -> BlockStep | None:
         """The residual block's step: Triton's, compiled torch, or None (eager torch)."""
@@ -217,11 +219,12 @@ class WindowDecoder:
         if cond.batch != self.batch or known_ids.shape[0] != self.batch:
             raise SamplingError(f"this decoder samples batches of {self.batch}, got {cond.batch}")
         per_call = self.options.tokens_per_call
-        many, one = self._call(per_call, top_k, top_p), self._call(1, top_k, top_p)
-        self._begin(prior, cond, known_ids, new_tokens, temperature, generator, chunk_size)
+        with self._on_device():
+            many, one = self._call(per_call, top_k, top_p), self._call(1, top_k, top_p)
+            self._begin(prior, cond, known_ids, new_tokens, temperature, generator, chunk_size)
         every = per_call * max(1, round(progress_every / per_call))
         done = 0
-        with torch.inference_mode():
+        with self._on_device(), torch.inference_mode():
             while done < new_tokens:
                 if new_tokens - done >= per_call:
                     many()
@@ -235,8 +238,15 @@ class WindowDecoder:
 
     def prepare(self, top_k: int = 0, top_p: float = 0.0) -> None:
         """Compile and capture now what windows with this filter will call (at worker start)."""
-        self._call(self.options.tokens_per_call, top_k, top_p)
-        self._call(1, top_k, top_p)
+        with self._on_device():
+            self._call(self.options.tokens_per_call, top_k, top_p)
+            self._call(1, top_k, top_p)
+
+    def _on_device(self) -> AbstractContextManager[Any]:
+        """The decoder's GPU as the thread's current device. CUDA keeps one per host thread, and
+        a worker's job and level threads start on cuda:0: graph capture streams, Triton launches and
+        the default streams follow the current device, not the tensors'."""
+        return torch.cuda.device(self.device) if self.device.type == "cuda" else nullcontext()
 
     @torch.no_grad()
     def _begin(
@@ -367,7 +377,11 @@ class WindowDecoder:
             raise RuntimeError(f"CUDA graphs need a CUDA device, this prior is on {self.device}")
         graph = torch.cuda.CUDAGraph()
         # thread_local: the worker's other threads (heartbeats, progress) may touch CUDA meanwhile
-        capture = torch.cuda.graph(graph, pool=self._graph_pool, capture_error_mode="thread_local")
+        if self._capture_stream is None:  # torch's default capture stream is on whichever GPU made it first
+            self._capture_stream = torch.cuda.Stream(self.device)
+        capture = torch.cuda.graph(
+            graph, pool=self._graph_pool, stream=self._capture_stream, capture_error_mode="thread_local"
+        )
         with capture, torch.inference_mode():
             run()
         self._graph_pool = graph.pool()  # the graphs of one decoder share their memory

@@ -336,6 +336,20 @@ def test_on_cuda_graph_replays_give_the_eager_static_tokens(
     torch._dynamo.reset()
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+@pytest.mark.parametrize("kernels", ["torch", "triton"])
+def test_on_the_second_gpu_graph_replays_give_the_eager_static_tokens(kernels: str) -> None:
+    """A worker on cuda:1 samples from threads whose current device is cuda:0 (CUDA's per-thread
+    default): its graphs must capture, and its Triton kernels launch, on cuda:1."""
+    kind, device = "top_5b_lyrics", torch.device("cuda:1")
+    assert torch.cuda.current_device() == 0
+    prior = tiny_prior(kind, seed=1).to(device)
+    static = WindowDecoder(prior, BATCH, DecodeOptions(path="static", tokens_per_call=5))
+    graph = WindowDecoder(prior, BATCH, DecodeOptions(path="graph", tokens_per_call=5, kernels=kernels))
+    assert_same_tokens_on_cuda(prior, kind, static, graph)
+    assert graph.path == "graph" and graph.kernels == kernels
+
+
 def assert_same_tokens_on_cuda(
     prior: JukeboxPrior, kind: str, want: WindowDecoder, got: WindowDecoder
 ) -> None:
