@@ -219,21 +219,21 @@ class WindowDecoder:
         if cond.batch != self.batch or known_ids.shape[0] != self.batch:
             raise SamplingError(f"this decoder samples batches of {self.batch}, got {cond.batch}")
         per_call = self.options.tokens_per_call
+        every = per_call * max(1, round(progress_every / per_call))
+        done = 0
         with self._on_device():
             many, one = self._call(per_call, top_k, top_p), self._call(1, top_k, top_p)
             self._begin(prior, cond, known_ids, new_tokens, temperature, generator, chunk_size)
-        every = per_call * max(1, round(progress_every / per_call))
-        done = 0
-        with self._on_device(), torch.inference_mode():
-            while done < new_tokens:
-                if new_tokens - done >= per_call:
-                    many()
-                    done += per_call
-                else:
-                    one()
-                    done += 1
-                if report is not None and (done % every == 0 or done == new_tokens):
-                    report(done)
+            with torch.inference_mode():
+                while done < new_tokens:
+                    if new_tokens - done >= per_call:
+                        many()
+                        done += per_call
+                    else:
+                        one()
+                        done += 1
+                    if report is not None and (done % every == 0 or done == new_tokens):
+                        report(done)
         return self._ids[:, :new_tokens].clone()
 
     def prepare(self, top_k: int = 0, top_p: float = 0.0) -> None:

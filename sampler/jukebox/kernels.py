@@ -331,7 +331,7 @@ def linear(
         GELU=gelu,
         RESIDUAL=residual is not None,
         DOT=LINEAR_DOT,
-        BLOCK_M=DOT_ROWS if LINEAR_DOT else _power_of_two(m, 2),
+        BLOCK_M=_power_of_two(m, DOT_ROWS if LINEAR_DOT else 2),
         BLOCK_N=LINEAR_BLOCK_N,
         BLOCK_K=LINEAR_BLOCK_K,
     )
