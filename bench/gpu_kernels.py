@@ -2,8 +2,8 @@
 where the kernels cannot run (`bench/gpu.py`'s `needs_triton`).
 
 * `linear` (LayerNorm prologue + GEMV) per tile, with the broadcast sum and with `tl.dot`, against the
-  `gemm` rows' `addmm`: which streams the weights best decides `LINEAR_BLOCK_N`, `LINEAR_BLOCK_K` and
-  `LINEAR_DOT` (GPU-PLAN §4 step 6).
+  `gemm` rows' `addmm`: which streams the weights best decides `LINEAR_BLOCK_N`, `LINEAR_BLOCK_K`,
+  `LINEAR_WARPS` and `LINEAR_DOT` (GPU-PLAN §4 step 6).
 * `attend` (scores + mix) for every attention kind of each measured prior, mid-window, its cache
   rotated past the L2 like a decode step meets it: µs per layer and the k, v bytes read per second,
   so a layer's attention shows against its weight streaming (the ~13 µs of GPU-PLAN §4 step 6).
@@ -11,10 +11,12 @@ where the kernels cannot run (`bench/gpu.py`'s `needs_triton`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import itertools
 import math
 import statistics
+from collections.abc import Iterator
+from dataclasses import dataclass
 from types import ModuleType
 
 import torch
@@ -24,8 +26,59 @@ from bench.gpu_micro import DRY_SHRINK, LAYER_GEMMS, ROTATE_BYTES, device_ms, gr
 from bench.gpu_models import PRIORS, prior_config
 from sampler.jukebox.transformer import ATTN_NAMES, CROSS, GEOMETRIES, TransformerConfig
 
-# (BLOCK_N, BLOCK_K) tried; the kernels' default is among them
-TILES = ((16, 64), (32, 64), (64, 64), (32, 128), (16, 128))
+
+@dataclass(frozen=True)
+class Tile:
+    """A way `linear` can run: its program's BLOCK_N × BLOCK_K strip of W, its warps and its product."""
+
+    block_n: int
+    block_k: int
+    warps: int
+    dot: bool
+
+    @property
+    def name(self) -> str:
+        return f"{self.block_n}x{self.block_k}w{self.warps}{' dot' if self.dot else ''}"
+
+    @classmethod
+    def default(cls) -> Tile:
+        from sampler.jukebox import kernels
+
+        return cls(kernels.LINEAR_BLOCK_N, kernels.LINEAR_BLOCK_K, kernels.LINEAR_WARPS, kernels.LINEAR_DOT)
+
+    @contextlib.contextmanager
+    def chosen(self) -> Iterator[None]:
+        """`linear` launches with this tile (it reads the tile at each launch) until the block ends."""
+        from sampler.jukebox import kernels
+
+        default = Tile.default()
+        kernels.LINEAR_BLOCK_N, kernels.LINEAR_BLOCK_K = self.block_n, self.block_k
+        kernels.LINEAR_WARPS, kernels.LINEAR_DOT = self.warps, self.dot
+        try:
+            yield
+        finally:
+            kernels.LINEAR_BLOCK_N, kernels.LINEAR_BLOCK_K = default.block_n, default.block_k
+            kernels.LINEAR_WARPS, kernels.LINEAR_DOT = default.warps, default.dot
+
+
+# (BLOCK_N, BLOCK_K, warps) tried, each with both products; the kernels' default is among them. The
+# 8-warp tiles keep more of W in flight per multiprocessor; none spills registers at ROWS rows on an
+# sm_80 or sm_90 GPU (`python -m bench.kernel_build --tiles`, tests/bench/test_kernel_build.py).
+TILES = tuple(
+    Tile(block_n, block_k, warps, dot)
+    for block_n, block_k, warps in (
+        (16, 64, 4),
+        (32, 64, 4),
+        (64, 64, 4),
+        (32, 128, 4),
+        (16, 128, 4),
+        (32, 128, 8),
+        (16, 256, 8),
+        (32, 256, 8),
+        (16, 512, 8),
+    )
+    for dot in (False, True)
+)
 ROWS = 3  # a job's samples
 
 
@@ -33,7 +86,7 @@ def triton_linear_tiles(ctx: Context) -> None:
     """µs and weight TB/s of LN + GEMV + bias for ROWS rows, each tile, weights rotated past the L2."""
     from sampler.jukebox import kernels
 
-    shapes, tiles = (LAYER_GEMMS[:1], TILES[:2]) if ctx.dry_run else (LAYER_GEMMS, TILES)
+    shapes, tiles = (LAYER_GEMMS[:1], TILES[:4]) if ctx.dry_run else (LAYER_GEMMS, TILES)
     for n_in, n_out in shapes:
         if ctx.dry_run:
             n_in, n_out = n_in // DRY_SHRINK, n_out // DRY_SHRINK
@@ -46,22 +99,17 @@ def _calls(kernels: ModuleType, x: torch.Tensor, weights: list[torch.Tensor], bi
         kernels.linear(x, weight, bias, norm=norm)
 
 
-def _shape(
-    ctx: Context, kernels: ModuleType, n_in: int, n_out: int, tiles: tuple[tuple[int, int], ...]
-) -> None:
+def _shape(ctx: Context, kernels: ModuleType, n_in: int, n_out: int, tiles: tuple[Tile, ...]) -> None:
     weight_bytes = n_in * n_out * torch.empty(0, dtype=ctx.dtype).element_size()
     copies = 2 if ctx.dry_run else min(128, max(2, math.ceil(ROTATE_BYTES / weight_bytes)))
     weights = [torch.randn(n_in, n_out, device=ctx.device, dtype=ctx.dtype) for _ in range(copies)]
     bias = torch.zeros(n_out, device=ctx.device, dtype=ctx.dtype)
     x = torch.randn(ROWS, n_in, device=ctx.device, dtype=ctx.dtype)
     calls = functools.partial(_calls, kernels, x, weights, bias)
-    for (block_n, block_k), dot in itertools.product(tiles, (False, True)):
-        default = kernels.LINEAR_BLOCK_N, kernels.LINEAR_BLOCK_K, kernels.LINEAR_DOT
-        kernels.LINEAR_BLOCK_N, kernels.LINEAR_BLOCK_K, kernels.LINEAR_DOT = block_n, block_k, dot
-        try:  # the tile is read when a call launches: captured with it, replayed within
+    default = Tile.default()
+    for tile in tiles:
+        with tile.chosen():  # the tile is read when a call launches: captured with it, replayed within
             times = device_ms(ctx, graphed(ctx, calls), 1 if ctx.dry_run else 5, warmup=1)
-        finally:
-            kernels.LINEAR_BLOCK_N, kernels.LINEAR_BLOCK_K, kernels.LINEAR_DOT = default
         ms = statistics.median(times) / copies
         ctx.emit(
             "B",
@@ -69,10 +117,12 @@ def _shape(
             m=ROWS,
             n_in=n_in,
             n_out=n_out,
-            block_n=block_n,
-            block_k=block_k,
-            dot=dot,
-            default_tile=(block_n, block_k, dot) == default,
+            block_n=tile.block_n,
+            block_k=tile.block_k,
+            warps=tile.warps,
+            dot=tile.dot,
+            tile=tile.name,
+            default_tile=tile == default,
             dtype=ctx.dtype,
             in_graph=ctx.capture,
             us=ms * 1e3,

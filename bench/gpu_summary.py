@@ -181,8 +181,7 @@ def decision_lines(records: Sequence[Record]) -> list[str]:
         fastest = min(of_shape, key=lambda r: float(r["us"]))
         default = next((r for r in of_shape if r.get("default_tile")), None)
         lines.append(
-            f"  triton linear {shape[0]}x{shape[1]}: fastest {fastest['block_n']}x{fastest['block_k']}"
-            f"{' dot' if fastest.get('dot') else ''} {float(fastest['us']):.1f} µs"
+            f"  triton linear {shape[0]}x{shape[1]}: fastest {fastest['tile']} {float(fastest['us']):.1f} µs"
             + ("" if default is None else f" (default {float(default['us']):.1f} µs)")
         )
     return lines

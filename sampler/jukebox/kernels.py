@@ -57,6 +57,8 @@ MAX_ROWS = 16
 # them (bench/gpu_kernels.py times the linear tiles and each attention kind).
 LINEAR_BLOCK_N = 32
 LINEAR_BLOCK_K = 64
+# The warps of a `linear` program: more keep more of W's loads in flight on its multiprocessor.
+LINEAR_WARPS = 4
 # How `linear` multiplies a K tile: False, an fp32 broadcast-and-sum on the CUDA cores; True, `tl.dot`
 # on the tensor cores with the rows padded to DOT_ROWS (its least M), which also lets Triton pipeline
 # the weight loads. Which streams the weights faster is for the GPU run to say (bench B times both).
@@ -66,6 +68,10 @@ ATTEND_TILE_ELEMENTS = 4096
 ATTEND_MAX_KEYS = 32
 MIX_BLOCK_KEYS = 64
 MIX_BLOCK_D = 64
+# Fused multiply-adds on (one rounding for a·b + c, as torch's own kernels round), said at every
+# launch: Triton 3.10 turns its default off, and a resumed job must draw the same codes after an
+# upgrade of triton.
+FP_FUSION = True
 
 
 def unavailable(device: torch.device, rows: int = 1) -> str | None:
@@ -334,6 +340,8 @@ def linear(
         BLOCK_M=_power_of_two(m, DOT_ROWS if LINEAR_DOT else 2),
         BLOCK_N=LINEAR_BLOCK_N,
         BLOCK_K=LINEAR_BLOCK_K,
+        num_warps=LINEAR_WARPS,
+        enable_fp_fusion=FP_FUSION,
     )
     return y
 
@@ -379,6 +387,7 @@ def attend(qkv: Tensor, k_flat: Tensor, v_flat: Tensor, read: StaticRead, heads:
         HAS_MASK=read.mask is not None,
         BLOCK_KEYS=score_keys,
         BLOCK_D=block_d,
+        enable_fp_fusion=FP_FUSION,
     )
     _mix_kernel[(rows, _cdiv(d, MIX_BLOCK_D))](
         scores,
@@ -394,6 +403,7 @@ def attend(qkv: Tensor, k_flat: Tensor, v_flat: Tensor, read: StaticRead, heads:
         HAS_EMPTY=read.empty is not None,
         BLOCK_KEYS=MIX_BLOCK_KEYS,
         BLOCK_D=MIX_BLOCK_D,
+        enable_fp_fusion=FP_FUSION,
     )
     return out
 

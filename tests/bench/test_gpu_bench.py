@@ -23,7 +23,7 @@ import torch
 
 from bench.gpu_context import Context
 from bench.gpu_facts import H100_BANDWIDTH, split_step
-from bench.gpu_kernels import TILES, triton_attention, triton_linear_tiles
+from bench.gpu_kernels import TILES, Tile, triton_attention, triton_linear_tiles
 from bench.gpu_models import (
     PRIORS,
     attn_funcs,
@@ -159,8 +159,8 @@ def test_the_summary_reads_the_triton_decision_off_the_upsampler_rows() -> None:
 
     def tile(block_n: int, dot: bool, us: float, default: bool = False) -> dict[str, Any]:
         return dict(
-            kind="triton_linear", n_in=1920, n_out=1440, block_n=block_n, block_k=64, dot=dot, us=us,
-            default_tile=default,
+            kind="triton_linear", n_in=1920, n_out=1440, block_n=block_n, block_k=64, warps=4, dot=dot,
+            tile=Tile(block_n, 64, 4, dot).name, us=us, default_tile=default,
         )  # fmt: skip
 
     records = [
@@ -181,7 +181,7 @@ def test_the_summary_reads_the_triton_decision_off_the_upsampler_rows() -> None:
         "  best torch blocks: graph K=16 + compiled blocks, 16.0 µs on an H100, over: hand-fused kernels wanted"
     )
     assert lines[6] == "  triton blocks: 1.33x the speed of the best torch blocks: kernels=triton on CUDA"
-    assert lines[7] == "  triton linear 1920x1440: fastest 32x64 dot 7.5 µs (default 9.0 µs)"
+    assert lines[7] == "  triton linear 1920x1440: fastest 32x64w4 dot 7.5 µs (default 9.0 µs)"
     slow_triton = [*records[:3], decode("graph K=16 + triton blocks", 0.020, 1.0)]
     assert decision_lines(slow_triton)[-1].endswith(
         "0.80x the speed of the best torch blocks: kernels=torch on CUDA"
@@ -380,14 +380,28 @@ def test_the_triton_tiles_row_times_each_tile_and_leaves_the_default(tmp_path: P
 
     recorder = Recorder(None, stream=io.StringIO())
     ctx = Context(recorder, Budget(60.0, reserve=0.0), torch.device("cpu"), True, decoding, "aot_eager")
-    default = kernels.LINEAR_BLOCK_N, kernels.LINEAR_BLOCK_K, kernels.LINEAR_DOT
+    default = Tile.default()
+    assert default in TILES[:4]  # the dry run times the default tile
     triton_linear_tiles(ctx)
     rows = [r for r in recorder.records if r["kind"] == "triton_linear"]
-    tried = [(n, k, dot) for n, k in TILES[:2] for dot in (False, True)]
-    assert [(r["block_n"], r["block_k"], r["dot"]) for r in rows] == tried
+    assert [Tile(r["block_n"], r["block_k"], r["warps"], r["dot"]) for r in rows] == list(TILES[:4])
+    assert [r["tile"] for r in rows] == [tile.name for tile in TILES[:4]]
     assert all(r["us"] > 0 and r["n_in"] == 1920 // 16 for r in rows)
-    assert (kernels.LINEAR_BLOCK_N, kernels.LINEAR_BLOCK_K, kernels.LINEAR_DOT) == default
-    assert [r["default_tile"] for r in rows] == [tile == default for tile in tried]
+    assert Tile.default() == default
+    assert (kernels.LINEAR_BLOCK_N, kernels.LINEAR_WARPS) == (default.block_n, default.warps)
+    assert [r["default_tile"] for r in rows] == [tile == default for tile in TILES[:4]]
+
+
+def test_a_chosen_tile_is_what_linear_launches_with_until_the_block_ends() -> None:
+    from sampler.jukebox import kernels
+
+    default = Tile.default()
+    other = next(tile for tile in TILES if tile.warps != default.warps and tile.dot != default.dot)
+    with pytest.raises(RuntimeError), other.chosen():
+        assert Tile.default() == other
+        assert (kernels.LINEAR_BLOCK_N, kernels.LINEAR_BLOCK_K) == (other.block_n, other.block_k)
+        raise RuntimeError("a failed timing")
+    assert Tile.default() == default
 
 
 def test_the_triton_attention_row_times_every_attention_kind_of_every_prior() -> None:
