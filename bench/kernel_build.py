@@ -42,6 +42,7 @@ from typing import Any
 
 import torch
 
+import bench.gpu_imports  # noqa: F401  (before the sampler: the GPU image lacks unidecode)
 from bench.gpu_kernels import ROWS, TILES, Tile
 from bench.gpu_micro import LAYER_GEMMS
 from bench.gpu_models import PRIORS, prior_config
