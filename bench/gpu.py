@@ -116,7 +116,7 @@ PARTS = (
     Part("C", "decode: compiled upsampler", 120, 3, _compiled("upsampler", 0)),
     Part("C", "decode: triton upsampler", 45, 30, _triton("upsampler"), needs_triton=True),
     # the kernels alone, for tuning them: worth their time once the row above says Triton is in the race
-    Part("B", "triton linear tiles", 50, 30, triton_linear_tiles, needs_triton=True),
+    Part("B", "triton linear tiles", 60, 30, triton_linear_tiles, needs_triton=True),
     Part("B", "triton attention", 10, 10, triton_attention, needs_triton=True),
     Part("C", "decode: compiled 5b_lyrics", 155, 4, _compiled("5b_lyrics", 0)),
     Part("C", "decode: triton 5b_lyrics", 60, 40, _triton("5b_lyrics"), needs_triton=True),

@@ -3,7 +3,7 @@ where the kernels cannot run (`bench/gpu.py`'s `needs_triton`).
 
 * `linear` (LayerNorm prologue + GEMV) per tile, with the broadcast sum and with `tl.dot`, against the
   `gemm` rows' `addmm`: which streams the weights best decides `LINEAR_BLOCK_N`, `LINEAR_BLOCK_K`,
-  `LINEAR_WARPS` and `LINEAR_DOT` (GPU-PLAN §4 step 6).
+  `LINEAR_WARPS`, `LINEAR_STAGES` and `LINEAR_DOT` (GPU-PLAN §4 step 6).
 * `attend` (scores + mix) for every attention kind of each measured prior, mid-window, its cache
   rotated past the L2 like a decode step meets it: µs per layer and the k, v bytes read per second,
   so a layer's attention shows against its weight streaming (the ~13 µs of GPU-PLAN §4 step 6).
@@ -29,22 +29,31 @@ from sampler.jukebox.transformer import ATTN_NAMES, CROSS, GEOMETRIES, Transform
 
 @dataclass(frozen=True)
 class Tile:
-    """A way `linear` can run: its program's BLOCK_N × BLOCK_K strip of W, its warps and its product."""
+    """A way `linear` can run: its program's BLOCK_N × BLOCK_K strip of W, its warps, its product and
+    how many K tiles Triton's pipeliner keeps in flight."""
 
     block_n: int
     block_k: int
     warps: int
     dot: bool
+    stages: int = 3
 
     @property
     def name(self) -> str:
-        return f"{self.block_n}x{self.block_k}w{self.warps}{' dot' if self.dot else ''}"
+        stages = "" if self.stages == 3 else f"s{self.stages}"
+        return f"{self.block_n}x{self.block_k}w{self.warps}{stages}{' dot' if self.dot else ''}"
 
     @classmethod
     def default(cls) -> Tile:
         from sampler.jukebox import kernels
 
-        return cls(kernels.LINEAR_BLOCK_N, kernels.LINEAR_BLOCK_K, kernels.LINEAR_WARPS, kernels.LINEAR_DOT)
+        return cls(
+            kernels.LINEAR_BLOCK_N,
+            kernels.LINEAR_BLOCK_K,
+            kernels.LINEAR_WARPS,
+            kernels.LINEAR_DOT,
+            kernels.LINEAR_STAGES,
+        )
 
     @contextlib.contextmanager
     def chosen(self) -> Iterator[None]:
@@ -53,31 +62,37 @@ class Tile:
 
         default = Tile.default()
         kernels.LINEAR_BLOCK_N, kernels.LINEAR_BLOCK_K = self.block_n, self.block_k
-        kernels.LINEAR_WARPS, kernels.LINEAR_DOT = self.warps, self.dot
+        kernels.LINEAR_WARPS, kernels.LINEAR_DOT, kernels.LINEAR_STAGES = self.warps, self.dot, self.stages
         try:
             yield
         finally:
             kernels.LINEAR_BLOCK_N, kernels.LINEAR_BLOCK_K = default.block_n, default.block_k
             kernels.LINEAR_WARPS, kernels.LINEAR_DOT = default.warps, default.dot
+            kernels.LINEAR_STAGES = default.stages
 
 
-# (BLOCK_N, BLOCK_K, warps) tried, each with both products; the kernels' default is among them. The
-# 8-warp tiles keep more of W in flight per multiprocessor; none spills registers at ROWS rows on an
-# sm_80 or sm_90 GPU (`python -m bench.kernel_build --tiles`, tests/bench/test_kernel_build.py).
-TILES = tuple(
-    Tile(block_n, block_k, warps, dot)
-    for block_n, block_k, warps in (
-        (16, 64, 4),
-        (32, 64, 4),
-        (64, 64, 4),
-        (32, 128, 4),
-        (16, 128, 4),
-        (32, 128, 8),
-        (16, 256, 8),
-        (32, 256, 8),
-        (16, 512, 8),
-    )
-    for dot in (False, True)
+# (BLOCK_N, BLOCK_K, warps) tried, each with both products, and the `tl.dot` form with deeper pipelines
+# (stages change nothing in the broadcast sum, which Triton does not pipeline); the kernels' default is
+# among them. The 8-warp and deeper tiles keep more of W in flight per multiprocessor. None spills
+# registers at ROWS rows on an sm_80 or sm_90 GPU (`python -m bench.kernel_build --tiles`, checked by
+# tests/bench/test_kernel_build.py).
+_STRIPS = (
+    (16, 64, 4),
+    (32, 64, 4),
+    (64, 64, 4),
+    (32, 128, 4),
+    (16, 128, 4),
+    (32, 128, 8),
+    (16, 256, 8),
+    (32, 256, 8),
+    (16, 512, 8),
+)
+TILES = (
+    *(Tile(block_n, block_k, warps, dot) for block_n, block_k, warps in _STRIPS for dot in (False, True)),
+    Tile(32, 64, 4, True, stages=6),
+    Tile(16, 128, 4, True, stages=6),
+    Tile(32, 128, 4, True, stages=5),
+    Tile(16, 256, 8, True, stages=5),
 )
 ROWS = 3  # a job's samples
 
@@ -121,6 +136,7 @@ def _shape(ctx: Context, kernels: ModuleType, n_in: int, n_out: int, tiles: tupl
             block_k=tile.block_k,
             warps=tile.warps,
             dot=tile.dot,
+            stages=tile.stages,
             tile=tile.name,
             default_tile=tile == default,
             dtype=ctx.dtype,

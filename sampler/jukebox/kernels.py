@@ -57,8 +57,11 @@ MAX_ROWS = 16
 # them (bench/gpu_kernels.py times the linear tiles and each attention kind).
 LINEAR_BLOCK_N = 32
 LINEAR_BLOCK_K = 64
-# The warps of a `linear` program: more keep more of W's loads in flight on its multiprocessor.
+# The warps of a `linear` program: more keep more of W's loads in flight on its multiprocessor. Its
+# stages: how many K tiles Triton's software pipeliner loads ahead where it pipelines (the `tl.dot`
+# form's W, through shared memory); 3 is Triton's own default on NVIDIA GPUs.
 LINEAR_WARPS = 4
+LINEAR_STAGES = 3
 # How `linear` multiplies a K tile: False, an fp32 broadcast-and-sum on the CUDA cores; True, `tl.dot`
 # on the tensor cores with the rows padded to DOT_ROWS (its least M), which also lets Triton pipeline
 # the weight loads. Which streams the weights faster is for the GPU run to say (bench B times both).
@@ -341,6 +344,7 @@ def linear(
         BLOCK_N=LINEAR_BLOCK_N,
         BLOCK_K=LINEAR_BLOCK_K,
         num_warps=LINEAR_WARPS,
+        num_stages=LINEAR_STAGES,
         enable_fp_fusion=FP_FUSION,
     )
     return y

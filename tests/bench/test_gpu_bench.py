@@ -384,7 +384,7 @@ def test_the_triton_tiles_row_times_each_tile_and_leaves_the_default(tmp_path: P
     assert default in TILES[:4]  # the dry run times the default tile
     triton_linear_tiles(ctx)
     rows = [r for r in recorder.records if r["kind"] == "triton_linear"]
-    assert [Tile(r["block_n"], r["block_k"], r["warps"], r["dot"]) for r in rows] == list(TILES[:4])
+    assert [Tile(r["block_n"], r["block_k"], r["warps"], r["dot"], r["stages"]) for r in rows] == list(TILES[:4])
     assert [r["tile"] for r in rows] == [tile.name for tile in TILES[:4]]
     assert all(r["us"] > 0 and r["n_in"] == 1920 // 16 for r in rows)
     assert Tile.default() == default
@@ -396,7 +396,7 @@ def test_a_chosen_tile_is_what_linear_launches_with_until_the_block_ends() -> No
     from sampler.jukebox import kernels
 
     default = Tile.default()
-    other = next(tile for tile in TILES if tile.warps != default.warps and tile.dot != default.dot)
+    other = next(tile for tile in TILES if tile.stages != default.stages and tile.dot != default.dot)
     with pytest.raises(RuntimeError), other.chosen():
         assert Tile.default() == other
         assert (kernels.LINEAR_BLOCK_N, kernels.LINEAR_BLOCK_K) == (other.block_n, other.block_k)
