@@ -106,6 +106,10 @@ PARTS = (
         lambda ctx: decode_paths(ctx, tuple(PRIORS), EAGER_AND_GRAPH),
     ),
     Part("H", "correctness", 20, 2, correctness),
+    # GPU-PLAN §4 step 6 next: the upsampler's hand-fused blocks (with and without PDL; Triton compiles
+    # in seconds) and the linear tiles, before the totals' other inputs and the minutes of inductor
+    Part("C", "decode: triton upsampler", 70, 30, _triton("upsampler"), needs_triton=True),
+    Part("B", "triton linear tiles", 60, 30, triton_linear_tiles, needs_triton=True),
     Part("E", "prefill", 10, 1, prefill),
     Part("G", "overlap", 15, 1, overlap),
     Part("F", "conditioner", 5, 0.5, conditioner),
@@ -114,9 +118,6 @@ PARTS = (
     Part("C", "decode: upsampler at full depth (scale check)", 15, 2, scale_check),
     Part("D", "costliest kernels (eager and graph paths)", 1, 0.1, costliest),
     Part("C", "decode: compiled upsampler", 120, 3, _compiled("upsampler", 0)),
-    Part("C", "decode: triton upsampler", 45, 30, _triton("upsampler"), needs_triton=True),
-    # the kernels alone, for tuning them: worth their time once the row above says Triton is in the race
-    Part("B", "triton linear tiles", 60, 30, triton_linear_tiles, needs_triton=True),
     Part("B", "triton attention", 10, 10, triton_attention, needs_triton=True),
     Part("C", "decode: compiled 5b_lyrics", 155, 4, _compiled("5b_lyrics", 0)),
     Part("C", "decode: triton 5b_lyrics", 60, 40, _triton("5b_lyrics"), needs_triton=True),

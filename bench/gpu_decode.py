@@ -11,7 +11,9 @@ and it is split into streaming and fixed parts (`gpu_facts.FORMULA`) for the H10
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
@@ -187,6 +189,10 @@ def decode_paths(ctx: Context, names: tuple[str, ...], paths: tuple[DecodePath, 
         if run is None:
             continue
         for path in paths:
+            why = _cannot_launch(ctx, path)
+            if why is not None:
+                ctx.recorder.skip("C", f"{name}: {path.name}", why)
+                continue
             ctx.row(
                 "C",
                 f"{name}: {path.name}",
@@ -196,12 +202,39 @@ def decode_paths(ctx: Context, names: tuple[str, ...], paths: tuple[DecodePath, 
         del run
 
 
+def _cannot_launch(ctx: Context, path: DecodePath) -> str | None:
+    """Why the kernels cannot launch as `path` asks here (None: they can)."""
+    if not path.pdl:
+        return None
+    from sampler.jukebox import kernels
+
+    if not kernels.pdl_capable(ctx.device):
+        return "programmatic dependent launch needs compiled Triton on a GPU of compute capability 9.0+"
+    return None
+
+
+@contextlib.contextmanager
+def _launches(path: DecodePath) -> Iterator[None]:
+    """The engine's kernels launch as `path` asks (with PDL or not) until the block ends."""
+    if not path.pdl:
+        yield
+        return
+    from sampler.jukebox import kernels
+
+    before, kernels.PDL = kernels.PDL, True
+    try:
+        yield
+    finally:
+        kernels.PDL = before
+
+
 def _decode_and_check(ctx: Context, run: SliceRun, path: DecodePath) -> None:
-    decode_row(ctx, run, path)
-    if path.compile_mode is not None:
-        graph_checks(ctx, run, path)
-    if path.kernels != "torch":
-        kernel_checks(ctx, run, path)
+    with _launches(path):  # captured with it, replayed within
+        decode_row(ctx, run, path)
+        if path.compile_mode is not None:
+            graph_checks(ctx, run, path)
+        if path.kernels != "torch":
+            kernel_checks(ctx, run, path)
 
 
 def _estimate(ctx: Context, spec: PriorSpec, path: DecodePath) -> float:

@@ -3,7 +3,8 @@ where the kernels cannot run (`bench/gpu.py`'s `needs_triton`).
 
 * `linear` (LayerNorm prologue + GEMV) per tile, with the broadcast sum and with `tl.dot`, against the
   `gemm` rows' `addmm`: which streams the weights best decides `LINEAR_BLOCK_N`, `LINEAR_BLOCK_K`,
-  `LINEAR_WARPS`, `LINEAR_STAGES` and `LINEAR_DOT` (GPU-PLAN §4 step 6).
+  `LINEAR_WARPS`, `LINEAR_STAGES` and `LINEAR_DOT` (GPU-PLAN §4 step 6). On sm_90 and later the
+  default tile is timed again with programmatic dependent launch (`kernels.PDL`).
 * `attend` (scores + mix) for every attention kind of each measured prior, mid-window, its cache
   rotated past the L2 like a decode step meets it: µs per layer and the k, v bytes read per second,
   so a layer's attention shows against its weight streaming (the ~13 µs of GPU-PLAN §4 step 6).
@@ -12,6 +13,7 @@ where the kernels cannot run (`bench/gpu.py`'s `needs_triton`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import statistics
@@ -29,19 +31,21 @@ from sampler.jukebox.transformer import ATTN_NAMES, CROSS, GEOMETRIES, Transform
 
 @dataclass(frozen=True)
 class Tile:
-    """A way `linear` can run: its program's BLOCK_N × BLOCK_K strip of W, its warps, its product and
-    how many K tiles Triton's pipeliner keeps in flight."""
+    """A way `linear` can run: its program's BLOCK_N × BLOCK_K strip of W, its warps, its product, how
+    many K tiles Triton's pipeliner keeps in flight, and whether it launches with PDL (`kernels.PDL`)."""
 
     block_n: int
     block_k: int
     warps: int
     dot: bool
     stages: int = 3
+    pdl: bool = False
 
     @property
     def name(self) -> str:
         stages = "" if self.stages == 3 else f"s{self.stages}"
-        return f"{self.block_n}x{self.block_k}w{self.warps}{stages}{' dot' if self.dot else ''}"
+        flags = (" dot" if self.dot else "") + (" pdl" if self.pdl else "")
+        return f"{self.block_n}x{self.block_k}w{self.warps}{stages}{flags}"
 
     @classmethod
     def default(cls) -> Tile:
@@ -53,6 +57,7 @@ class Tile:
             kernels.LINEAR_WARPS,
             kernels.LINEAR_DOT,
             kernels.LINEAR_STAGES,
+            kernels.PDL,
         )
 
     @contextlib.contextmanager
@@ -63,12 +68,13 @@ class Tile:
         default = Tile.default()
         kernels.LINEAR_BLOCK_N, kernels.LINEAR_BLOCK_K = self.block_n, self.block_k
         kernels.LINEAR_WARPS, kernels.LINEAR_DOT, kernels.LINEAR_STAGES = self.warps, self.dot, self.stages
+        kernels.PDL = self.pdl
         try:
             yield
         finally:
             kernels.LINEAR_BLOCK_N, kernels.LINEAR_BLOCK_K = default.block_n, default.block_k
             kernels.LINEAR_WARPS, kernels.LINEAR_DOT = default.warps, default.dot
-            kernels.LINEAR_STAGES = default.stages
+            kernels.LINEAR_STAGES, kernels.PDL = default.stages, default.pdl
 
 
 # (BLOCK_N, BLOCK_K, warps) tried, each with both products, and the `tl.dot` form with deeper pipelines
@@ -102,6 +108,8 @@ def triton_linear_tiles(ctx: Context) -> None:
     from sampler.jukebox import kernels
 
     shapes, tiles = (LAYER_GEMMS[:1], TILES[:4]) if ctx.dry_run else (LAYER_GEMMS, TILES)
+    if kernels.pdl_capable(ctx.device):  # the default tile again, each launch overlapping the last's tail
+        tiles = (*tiles, dataclasses.replace(Tile.default(), pdl=True))
     for n_in, n_out in shapes:
         if ctx.dry_run:
             n_in, n_out = n_in // DRY_SHRINK, n_out // DRY_SHRINK
@@ -137,6 +145,7 @@ def _shape(ctx: Context, kernels: ModuleType, n_in: int, n_out: int, tiles: tupl
             warps=tile.warps,
             dot=tile.dot,
             stages=tile.stages,
+            pdl=tile.pdl,
             tile=tile.name,
             default_tile=tile == default,
             dtype=ctx.dtype,

@@ -48,6 +48,7 @@ class DecodePath:
     per_call: int = 1
     compile_mode: str | None = None  # torch.compile mode of the per-block compile; None: no compile
     kernels: str = "torch"  # "triton": the engine's hand-fused block kernels (no bench version)
+    pdl: bool = False  # the Triton kernels with programmatic dependent launch (`kernels.PDL`)
 
     @property
     def extras_family(self) -> str:
@@ -68,6 +69,7 @@ PATHS = (
     DecodePath("graph K=16 + compiled blocks", "graph", 16, "default"),
     DecodePath("graph K=16 + max-autotune blocks", "graph", 16, "max-autotune-no-cudagraphs"),
     DecodePath("graph K=16 + triton blocks", "graph", 16, kernels="triton"),
+    DecodePath("graph K=16 + triton blocks + PDL", "graph", 16, kernels="triton", pdl=True),
 )
 
 

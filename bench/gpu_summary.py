@@ -30,9 +30,10 @@ LEVERS = (
     ("+ max-autotune blocks", "graph K=16 + max-autotune blocks", "one pass"),
     # not on top of the compiled blocks but instead of them: its gain reads against the row above
     ("Triton blocks instead", "graph K=16 + triton blocks", "one pass"),
+    ("+ PDL launches", "graph K=16 + triton blocks + PDL", "one pass"),
 )
 Record = dict[str, Any]
-TRITON_PATH = LEVERS[-1][1]
+TRITON_PATH, PDL_PATH = LEVERS[-2][1], LEVERS[-1][1]
 
 
 def _latest(records: Sequence[Record], kind: str, **match: Any) -> Record | None:
@@ -162,19 +163,26 @@ def decision_lines(records: Sequence[Record]) -> list[str]:
     for path, record in rows.items():
         here, h100 = _layer_us(record)
         lines.append(f"  {path:<34}{here:>8.1f} |{h100:>8.1f}{'  over' if h100 > limit else ''}")
-    torch_rows = {p: _layer_us(r)[1] for p, r in rows.items() if p != TRITON_PATH}
+    torch_rows = {p: _layer_us(r)[1] for p, r in rows.items() if p not in (TRITON_PATH, PDL_PATH)}
     best = min(torch_rows, key=torch_rows.__getitem__) if torch_rows else None
     if best is not None:
         verdict = (
             "over: hand-fused kernels wanted" if torch_rows[best] > limit else "within: torch blocks suffice"
         )
         lines.append(f"  best torch blocks: {best}, {torch_rows[best]:.1f} µs on an H100, {verdict}")
-    if best is not None and TRITON_PATH in rows:
-        ratio = torch_rows[best] / _layer_us(rows[TRITON_PATH])[1]
+    triton_rows = {p: _layer_us(rows[p])[1] for p in (TRITON_PATH, PDL_PATH) if p in rows}
+    if best is not None and triton_rows:
+        fastest = min(triton_rows, key=triton_rows.__getitem__)
+        ratio = torch_rows[best] / triton_rows[fastest]
         choice = "triton" if ratio > 1 else "torch"
+        with_pdl = " (with PDL)" if fastest == PDL_PATH else ""
         lines.append(
-            f"  triton blocks: {ratio:.2f}x the speed of the best torch blocks: kernels={choice} on CUDA"
+            f"  triton blocks{with_pdl}: {ratio:.2f}x the speed of the best torch blocks: "
+            f"kernels={choice} on CUDA"
         )
+    if len(triton_rows) == 2:
+        gain = triton_rows[TRITON_PATH] / triton_rows[PDL_PATH]
+        lines.append(f"  PDL: {gain:.2f}x the speed of the triton blocks without it: kernels.PDL={gain > 1}")
     tiles = [r for r in records if r.get("kind") == "triton_linear"]
     for shape in dict.fromkeys((r["n_in"], r["n_out"]) for r in tiles):
         of_shape = [r for r in tiles if (r["n_in"], r["n_out"]) == shape]

@@ -58,7 +58,14 @@ _RESOURCES = re.compile(r"REG:(\d+)")
 _SPILLS = ("STL", "LDL")
 _TENSOR_CORES = ("HMMA", "WGMMA", "IMMA")
 # The compile options a launch chooses (the rest are the target's defaults).
-_OPTIONS = ("num_warps", "num_ctas", "num_stages", "enable_fp_fusion", "launch_cooperative_grid")
+_OPTIONS = (
+    "num_warps",
+    "num_ctas",
+    "num_stages",
+    "enable_fp_fusion",
+    "launch_cooperative_grid",
+    "launch_pdl",
+)
 
 
 @dataclass
@@ -90,6 +97,7 @@ class Build:
     num_warps: int
     num_stages: int
     fp_fusion: bool
+    pdl: bool  # launched with programmatic dependent launch, its PTX waiting on the grid before it
     registers: int
     shared_bytes: int
     spill_ops: int
@@ -141,7 +149,8 @@ class Recorder:
         jit = fn.jit_function
         launch = self.launches.get((jit.__name__, str(key)))
         if launch is None:
-            options = {name: compile[name] for name in _OPTIONS}
+            chosen = json.loads(compile["specialization_data"])["options"]  # launch_pdl is only here
+            options = {name: chosen[name] for name in _OPTIONS}
             launch = Launch(
                 jit.__name__, jit, compile["signature"], compile["constants"], compile["configs"][0], options
             )
@@ -152,22 +161,26 @@ class Recorder:
 
 
 @contextlib.contextmanager
-def recording(arch: int, recorder: Recorder | None = None) -> Iterator[Recorder]:
-    """Launches of the engine's kernels are recorded for `arch` (e.g. 90) instead of run."""
+def recording(arch: int) -> Iterator[Recorder]:
+    """Launches of the engine's kernels are recorded for `arch` (e.g. 90) instead of run; they use
+    programmatic dependent launch where `kernels.PDL` asks and `arch` has it."""
     import triton
     from triton import knobs
 
     if kernels.INTERPRETED:
         raise RuntimeError("unset TRITON_INTERPRET: the interpreter compiles nothing")
-    recorder = recorder or Recorder()
+    recorder = Recorder()
     config = triton.runtime.driver
     previous_driver, previous_hook = config._active, knobs.runtime.jit_cache_hook
+    previous_capable = kernels.pdl_capable
     config.set_active(_CompileOnly(arch))  # type: ignore[arg-type]
     knobs.runtime.jit_cache_hook = recorder.hook
+    kernels.pdl_capable = lambda device: arch >= 90  # the tensors are on the CPU: the target decides
     try:
         yield recorder
     finally:
         config._active, knobs.runtime.jit_cache_hook = previous_driver, previous_hook
+        kernels.pdl_capable = previous_capable
         for fn in (kernels._linear_kernel, kernels._score_kernel, kernels._mix_kernel):
             fn.device_caches.clear()  # their binders were made for the compile-only target
 
@@ -248,6 +261,7 @@ def build(launch: Launch, arch: int) -> Build:
         num_warps=compiled.metadata.num_warps,
         num_stages=compiled.metadata.num_stages,
         fp_fusion=compiled.metadata.enable_fp_fusion,
+        pdl=bool(launch.options["launch_pdl"]) and "griddepcontrol.wait" in compiled.asm["ptx"],
         registers=int(registers.group(1)),
         shared_bytes=compiled.metadata.shared,
         spill_ops=sum(n for opcode, n in opcodes.items() if opcode.startswith(_SPILLS)),
@@ -256,26 +270,36 @@ def build(launch: Launch, arch: int) -> Build:
     )
 
 
+def record(
+    arch: int, dtype: torch.dtype, batches: Sequence[int], priors: Sequence[str], tiles: bool = False
+) -> Recorder:
+    """The specializations the decode steps of `priors` launch for `arch` at `batches` samples with
+    either `linear` product (and with `tiles`, bench B's tiles)."""
+    with recording(arch) as recorder:
+        for prior in priors:
+            decode_steps(recorder, prior, dtype, batches)
+        if tiles:
+            linear_tiles(recorder, dtype)
+    return recorder
+
+
+def build_all(recorders: dict[int, Recorder]) -> Iterator[Build]:
+    """Every recorded specialization built for the arch it was recorded for."""
+    jobs = [(launch, arch) for arch, recorder in recorders.items() for launch in recorder.launches.values()]
+    # the compiler's passes and ptxas leave the GIL: threads build several at once
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
+        yield from pool.map(lambda job: build(*job), jobs)
+
+
 def builds(
     archs: Sequence[int],
     dtype: torch.dtype,
     batches: Sequence[int],
     priors: Sequence[str] = tuple(PRIORS),
     tiles: bool = False,
-    recorder: Recorder | None = None,
 ) -> Iterator[Build]:
-    """Every specialization the decode steps of `priors` launch at `batches` samples with either
-    `linear` product (and with `tiles`, bench B's tiles), built for each of `archs`; `recorder`, when
-    given, is the one that records them (its launch counts)."""
-    with recording(archs[0], recorder) as recorder:
-        for prior in priors:
-            decode_steps(recorder, prior, dtype, batches)
-        if tiles:
-            linear_tiles(recorder, dtype)
-    jobs = [(launch, arch) for arch in archs for launch in recorder.launches.values()]
-    # the compiler's passes and ptxas leave the GIL: threads build several at once
-    with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
-        yield from pool.map(lambda job: build(*job), jobs)
+    """`record` for each of `archs`, then `build_all`."""
+    return build_all({arch: record(arch, dtype, batches, priors, tiles) for arch in archs})
 
 
 def _summary(result: Build) -> str:
@@ -286,7 +310,7 @@ def _summary(result: Build) -> str:
     return (
         f"sm_{result.arch} {result.kernel:<14} {','.join(result.users):<28} warps {result.num_warps:>2}  "
         f"regs {result.registers:>3}  smem {result.shared_bytes:>6}  spills {result.spill_ops:>3}  "
-        f"tc {result.tensor_core_ops:>3}  loads {loads}  {constants}"
+        f"tc {result.tensor_core_ops:>3}{'  pdl' if result.pdl else ''}  loads {loads}  {constants}"
     )
 
 
@@ -303,14 +327,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--priors", nargs="+", choices=PRIORS, default=list(PRIORS))
     parser.add_argument("--tiles", action="store_true", help=f"also bench B's linear tiles at {ROWS} rows")
+    parser.add_argument("--pdl", action="store_true", help="with kernels.PDL on (sm_90 and later use it)")
     parser.add_argument("--json", action="store_true", help="one JSON line per build instead of a table")
     args = parser.parse_args(argv)
+    kernels.PDL = args.pdl
+    recorders = {
+        arch: record(arch, DTYPES[args.dtype], args.batch, args.priors, args.tiles) for arch in args.arch
+    }
     spilled = 0
-    recorder = Recorder()
-    for result in builds(args.arch, DTYPES[args.dtype], args.batch, args.priors, args.tiles, recorder):
+    for result in build_all(recorders):
         spilled += result.spill_ops > 0
         print(json.dumps(result.row(), default=str) if args.json else _summary(result), flush=True)
-    per_layer = recorder.launches_per_layer_step()
+    per_layer = recorders[args.arch[0]].launches_per_layer_step()
     if args.json:
         print(json.dumps({"launches_per_layer_step": per_layer}))
     else:

@@ -3,14 +3,14 @@
 # under $OUT as it comes (see bench/README.md). The machine's image has torch but none of our other
 # packages, so only torch-only code runs there (bench.gpu_imports stands in for unidecode).
 #
-#   on the device:  bash scripts/gpu-check.sh [BUDGET_SECONDS, default 480]
+#   on the device:  bash scripts/gpu-check.sh [BUDGET_SECONDS, default 540; run with timeout_s 595]
 #   dry run here:   OUT=/tmp/gpu-check GPU_CHECK_DEVICE=cpu bash scripts/gpu-check.sh 120
 #
 # Files back (at most 8): env.txt, cuda-tests.log, smoke/{gpu.jsonl,summary.txt}, full/{gpu.jsonl,summary.txt}.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 : "${OUT:?set OUT to the folder that comes back}"
-budget=${1:-480}
+budget=${1:-540}
 device=${GPU_CHECK_DEVICE:-cuda}
 python=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
@@ -26,7 +26,7 @@ left() { echo $((budget - ($(date +%s) - started))); }
 # 1. The engine's CUDA tests: graph replays against the eager static step, fp32 and fp16, compiled;
 #    the Triton kernels compiled, against the torch step and in graphs.
 #    Only the model tests' conftest is loaded (the root one needs the database packages).
-timeout 180 "$python" -c "
+timeout 150 "$python" -c "
 import sys
 import bench.gpu_imports  # noqa: F401
 import pytest

@@ -19,6 +19,10 @@ on the same GPU. Everything accumulates in fp32 and rounds once at the store: in
 equal `static_block_step`'s to float rounding (tests/sampler/jukebox/test_kernels.py, on the CPU
 through Triton's interpreter); in half precision they round less often than the torch ops do.
 
+With `PDL` on, a GPU of compute capability 9.0 or later launches each kernel while the one before
+it still runs (programmatic dependent launch): the kernel lets its successor launch at once and waits
+for its predecessor before it reads anything, so the results are the same.
+
 Triton is optional: on a CUDA build of torch it comes with torch; elsewhere the kernels run only
 under `TRITON_INTERPRET=1` (set before this module is imported), which is how the tests run them.
 `unavailable(device, rows)` says why they cannot run (no triton, no CUDA, a batch over MAX_ROWS), and
@@ -43,6 +47,10 @@ try:
     import triton.language as tl
 except ImportError:  # a CPU-only install without triton: `unavailable` says so
     triton = None
+try:
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:  # no triton, or one from before grid dependency control: no PDL
+    gdc_launch_dependents = gdc_wait = None
 
 # The interpreter is chosen when the kernels are decorated, at import: a later TRITON_INTERPRET
 # does not make these kernels run on the CPU.
@@ -71,6 +79,11 @@ ATTEND_TILE_ELEMENTS = 4096
 ATTEND_MAX_KEYS = 32
 MIX_BLOCK_KEYS = 64
 MIX_BLOCK_D = 64
+# Programmatic dependent launch (Hopper and later): each kernel lets the next one launch at once and
+# waits, before its first read, for the one before it to finish, so a launch and its ramp-up overlap
+# the previous kernel's tail instead of following it. The results are the same; whether it is faster
+# inside the decoder's CUDA graphs is for the GPU run to say (bench C's "+ PDL" row), so it is off.
+PDL = False
 # Fused multiply-adds on (one rounding for a·b + c, as torch's own kernels round), said at every
 # launch: Triton 3.10 turns its default off, and a resumed job must draw the same codes after an
 # upgrade of triton.
@@ -88,6 +101,18 @@ def unavailable(device: torch.device, rows: int = 1) -> str | None:
     if device.type == "cpu" and INTERPRETED:
         return None
     return f"Triton kernels need a CUDA device (or TRITON_INTERPRET=1 on the CPU), not {device.type}"
+
+
+def pdl_capable(device: torch.device) -> bool:
+    """Whether `device` runs programmatic dependent launch: a CUDA GPU of compute capability 9.0 or later,
+    with the kernels compiled (the interpreter has no grid dependencies)."""
+    if gdc_wait is None or INTERPRETED or device.type != "cuda":
+        return False
+    return torch.cuda.get_device_capability(device) >= (9, 0)
+
+
+def _pdl(device: torch.device) -> bool:
+    return PDL and pdl_capable(device)
 
 
 if triton is not None:
@@ -118,10 +143,14 @@ if triton is not None:
         GELU: tl.constexpr,
         RESIDUAL: tl.constexpr,
         DOT: tl.constexpr,
+        PDL: tl.constexpr,
         BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr,
     ):
+        if PDL:  # the next kernel may launch now; this one reads nothing before the last one is done
+            gdc_launch_dependents()
+            gdc_wait()
         rows = tl.arange(0, BLOCK_M)
         cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rows < M
@@ -194,9 +223,13 @@ if triton is not None:
         HAS_KEEP: tl.constexpr,
         HAS_INDEX: tl.constexpr,
         HAS_MASK: tl.constexpr,
+        PDL: tl.constexpr,
         BLOCK_KEYS: tl.constexpr,
         BLOCK_D: tl.constexpr,
     ):
+        if PDL:
+            gdc_launch_dependents()
+            gdc_wait()
         row = tl.program_id(0)  # n·heads + h: the cache's flat row
         n = row // heads
         h = row % heads
@@ -248,9 +281,13 @@ if triton is not None:
         D,
         HAS_INDEX: tl.constexpr,
         HAS_EMPTY: tl.constexpr,
+        PDL: tl.constexpr,
         BLOCK_KEYS: tl.constexpr,
         BLOCK_D: tl.constexpr,
     ):
+        if PDL:
+            gdc_launch_dependents()
+            gdc_wait()
         row = tl.program_id(0)
         n = row // heads
         h = row % heads
@@ -320,6 +357,7 @@ def linear(
     ln_w, ln_b = norm if norm is not None else (bias, bias)
     r = residual if residual is not None else y
     grid = (_cdiv(n, LINEAR_BLOCK_N),)
+    pdl = _pdl(x.device)
     _linear_kernel[grid](
         x,
         ln_w,
@@ -340,12 +378,14 @@ def linear(
         GELU=gelu,
         RESIDUAL=residual is not None,
         DOT=LINEAR_DOT,
+        PDL=pdl,
         BLOCK_M=_power_of_two(m, DOT_ROWS if LINEAR_DOT else 2),
         BLOCK_N=LINEAR_BLOCK_N,
         BLOCK_K=LINEAR_BLOCK_K,
         num_warps=LINEAR_WARPS,
         num_stages=LINEAR_STAGES,
         enable_fp_fusion=FP_FUSION,
+        launch_pdl=pdl,
     )
     return y
 
@@ -367,6 +407,7 @@ def attend(qkv: Tensor, k_flat: Tensor, v_flat: Tensor, read: StaticRead, heads:
     out = torch.empty(n, n_state, dtype=qkv.dtype, device=qkv.device)
     unused = out  # a pointer for the flags that are off (never read)
     index = read.index if read.index is not None else unused
+    pdl = _pdl(qkv.device)
     _score_kernel[(rows, _cdiv(n_keys, score_keys))](
         qkv,
         k_flat,
@@ -389,9 +430,11 @@ def attend(qkv: Tensor, k_flat: Tensor, v_flat: Tensor, read: StaticRead, heads:
         HAS_KEEP=read.keep_old is not None,
         HAS_INDEX=read.index is not None,
         HAS_MASK=read.mask is not None,
+        PDL=pdl,
         BLOCK_KEYS=score_keys,
         BLOCK_D=block_d,
         enable_fp_fusion=FP_FUSION,
+        launch_pdl=pdl,
     )
     _mix_kernel[(rows, _cdiv(d, MIX_BLOCK_D))](
         scores,
@@ -405,9 +448,11 @@ def attend(qkv: Tensor, k_flat: Tensor, v_flat: Tensor, read: StaticRead, heads:
         d,
         HAS_INDEX=read.index is not None,
         HAS_EMPTY=read.empty is not None,
+        PDL=pdl,
         BLOCK_KEYS=MIX_BLOCK_KEYS,
         BLOCK_D=MIX_BLOCK_D,
         enable_fp_fusion=FP_FUSION,
+        launch_pdl=pdl,
     )
     return out
 

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from bench.gpu_context import Context
+from bench.gpu_decode import decode_paths
 from bench.gpu_facts import H100_BANDWIDTH, split_step
 from bench.gpu_kernels import TILES, Tile, triton_attention, triton_linear_tiles
 from bench.gpu_models import (
@@ -85,7 +86,7 @@ def test_dry_run_covers_every_section_and_goes_on_past_a_failing_one(tmp_path: P
     assert any(r["kind"] == "kernels" for r in records if r["t_s"] > f_errors[-1]["t_s"])
 
     decode = [r for r in records if r["kind"] == "decode"]
-    runnable = [p.name for p in PATHS if not p.name.endswith(("max-autotune blocks", "triton blocks"))]
+    runnable = [p.name for p in PATHS if "max-autotune blocks" not in p.name and p.kernels == "torch"]
     assert sorted((r["prior"], r["path"]) for r in decode) == sorted((p, n) for p in PRIORS for n in runnable)
     assert any(
         r["kind"] == "skip" and "max-autotune" in r["what"] and "inductor" in r["reason"] for r in records
@@ -185,6 +186,17 @@ def test_the_summary_reads_the_triton_decision_off_the_upsampler_rows() -> None:
     slow_triton = [*records[:3], decode("graph K=16 + triton blocks", 0.020, 1.0)]
     assert decision_lines(slow_triton)[-1].endswith(
         "0.80x the speed of the best torch blocks: kernels=torch on CUDA"
+    )
+    with_pdl = [*records[:4], decode("graph K=16 + triton blocks + PDL", 0.008, 1.2)]
+    lines = decision_lines(with_pdl)
+    assert lines[5].split()[-3:] == ["8.0", "|", "9.6"]
+    assert lines[7] == (
+        "  triton blocks (with PDL): 1.67x the speed of the best torch blocks: kernels=triton on CUDA"
+    )
+    assert lines[8] == "  PDL: 1.25x the speed of the triton blocks without it: kernels.PDL=True"
+    slow_pdl = [*records[:4], decode("graph K=16 + triton blocks + PDL", 0.011, 1.2)]
+    assert decision_lines(slow_pdl)[-1] == (
+        "  PDL: 0.91x the speed of the triton blocks without it: kernels.PDL=False"
     )
     fast_torch = [decode("graph K=16 + compiled blocks", 0.008, 1.0)]
     assert decision_lines(fast_torch)[-1].endswith("8.0 µs on an H100, within: torch blocks suffice")
@@ -375,6 +387,20 @@ def test_the_triton_row_goes_through_the_engines_kernels_and_fails_where_they_ca
         time_path(path, prior, cond, known, plan, engine=None, **common)
 
 
+def test_the_pdl_row_is_skipped_with_its_reason_where_the_gpu_has_no_pdl() -> None:
+    from sampler.jukebox import kernels
+
+    recorder = Recorder(None, stream=io.StringIO())
+    ctx = Context(recorder, Budget(60.0, reserve=0.0), torch.device("cpu"), True, decoding, "aot_eager")
+    pdl = next(p for p in PATHS if p.pdl)
+    decode_paths(ctx, ("upsampler",), (pdl,))
+    assert [(r["kind"], r["what"]) for r in recorder.records] == [
+        ("skip", "upsampler: graph K=16 + triton blocks + PDL")
+    ]
+    assert "compute capability 9.0" in recorder.records[0]["reason"]
+    assert not kernels.PDL
+
+
 def test_the_triton_tiles_row_times_each_tile_and_leaves_the_default(tmp_path: Path) -> None:
     from sampler.jukebox import kernels
 
@@ -384,7 +410,9 @@ def test_the_triton_tiles_row_times_each_tile_and_leaves_the_default(tmp_path: P
     assert default in TILES[:4]  # the dry run times the default tile
     triton_linear_tiles(ctx)
     rows = [r for r in recorder.records if r["kind"] == "triton_linear"]
-    assert [Tile(r["block_n"], r["block_k"], r["warps"], r["dot"], r["stages"]) for r in rows] == list(TILES[:4])
+    assert [Tile(r["block_n"], r["block_k"], r["warps"], r["dot"], r["stages"]) for r in rows] == list(
+        TILES[:4]
+    )
     assert [r["tile"] for r in rows] == [tile.name for tile in TILES[:4]]
     assert all(r["us"] > 0 and r["n_in"] == 1920 // 16 for r in rows)
     assert Tile.default() == default

@@ -89,3 +89,12 @@ print(min(r.spill_ops for r in linear))
     proc = _run(script=script)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert int(proc.stdout) > 0
+
+
+def test_with_pdl_the_kernels_wait_on_the_previous_grid_on_sm90_and_launch_as_before_on_sm80() -> None:
+    proc = _run("--arch", "90", "80", "--pdl", "--priors", "upsampler", "--json")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    builds = [row for row in map(json.loads, proc.stdout.splitlines()) if "kernel" in row]
+    assert {b["kernel"] for b in builds} == {"_linear_kernel", "_score_kernel", "_mix_kernel"}
+    assert all(b["pdl"] == (b["arch"] == 90) and b["constants"]["PDL"] == (b["arch"] == 90) for b in builds)
+    assert all(b["spill_ops"] == 0 for b in builds)

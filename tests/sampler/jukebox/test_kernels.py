@@ -255,9 +255,17 @@ def test_on_cuda_every_block_output_is_the_torch_steps(
 
 
 @cuda
-def test_on_cuda_graph_replays_of_the_kernels_give_the_eager_torch_steps_tokens() -> None:
-    """fp32, window after window: the captured Triton calls draw the eager torch step's tokens."""
-    kind, device = "top_5b_lyrics", torch.device("cuda")
+@pytest.mark.parametrize("pdl", [False, True], ids=["", "pdl"])
+def test_on_cuda_graph_replays_of_the_kernels_give_the_eager_torch_steps_tokens(
+    pdl: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fp32, window after window: the captured Triton calls draw the eager torch step's tokens; also
+    with programmatic dependent launch, each kernel waiting for the last one inside the graph."""
+    device = torch.device("cuda")
+    if pdl and not kernels.pdl_capable(device):
+        pytest.skip("programmatic dependent launch needs compute capability 9.0 or later")
+    monkeypatch.setattr(kernels, "PDL", pdl)
+    kind = "top_5b_lyrics"
     prior = tiny_prior(kind, seed=1).to(device)
     static = WindowDecoder(prior, BATCH, DecodeOptions(path="static", tokens_per_call=5))
     graph = WindowDecoder(prior, BATCH, DecodeOptions(path="graph", tokens_per_call=5, kernels="triton"))
@@ -298,6 +306,18 @@ def test_a_batch_over_the_kernels_rows_decodes_with_the_torch_step(
 def test_the_kernels_say_where_they_cannot_run() -> None:
     assert kernels.unavailable(torch.device("cpu")) is None  # tests/conftest.py chose the interpreter
     assert "CUDA device" in (kernels.unavailable(torch.device("meta")) or "")
+    # the interpreter has no grid dependencies: PDL asked for, the kernels launch as before
+    assert not kernels.pdl_capable(torch.device("cpu"))
+
+
+def test_with_pdl_asked_for_where_it_cannot_run_the_kernels_give_the_same_results(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    generator = torch.Generator().manual_seed(2)
+    x, w, b = (torch.randn(*shape, generator=generator) for shape in ((3, 40), (40, 24), (24,)))
+    before = kernels.linear(x, w, b, gelu=True)
+    monkeypatch.setattr(kernels, "PDL", True)
+    assert torch.equal(kernels.linear(x, w, b, gelu=True), before)
     assert "at most 16 samples at once, this batch has 17" in (
         kernels.unavailable(torch.device("cpu"), 17) or ""
     )
