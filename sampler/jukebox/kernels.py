@@ -148,13 +148,22 @@ if triton is not None:
         BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr,
     ):
-        if PDL:  # the next kernel may launch now; this one reads nothing before the last one is done
-            gdc_launch_dependents()
-            gdc_wait()
         rows = tl.arange(0, BLOCK_M)
         cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rows < M
         col_ok = cols < N
+        if not DOT:
+            # W never changes: its first K tile is on its way while this program waits for the previous
+            # kernel and normalises its rows (the tl.dot form leaves W's loads to Triton's pipeliner)
+            first_ks = tl.arange(0, BLOCK_K)
+            w_first = tl.load(
+                W + first_ks[:, None] * N + cols[None, :],
+                mask=(first_ks < K)[:, None] & col_ok[None, :],
+                other=0.0,
+            )
+        if PDL:  # the next kernel may launch now; this one reads no output of the last before it is done
+            gdc_launch_dependents()
+            gdc_wait()
         if NORM:
             # the rows' mean, then their variance about it (two passes over K, as exact as LayerNorm)
             total = tl.full([BLOCK_M], 0.0, tl.float32)
@@ -186,11 +195,16 @@ if triton is not None:
                 xf = (xf - mean[:, None]) * rstd[:, None] * gamma[None, :] + beta[None, :]
                 # torch rounds the normalised rows to the input's dtype before the matrix product
                 xf = xf.to(x.dtype).to(tl.float32)
-            w = tl.load(W + ks[:, None] * N + cols[None, :], mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+            w_tile = W + ks[:, None] * N + cols[None, :]
             if DOT:
+                w = tl.load(w_tile, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
                 # the tensor-core product; fp32 inputs stay fp32 (no TF32), fp16/bf16 accumulate in fp32
                 acc += tl.dot(xf.to(w.dtype), w, input_precision="ieee")
             else:
+                if k0 == 0:
+                    w = w_first
+                else:
+                    w = tl.load(w_tile, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
                 acc += tl.reduce(xf[:, :, None] * w.to(tl.float32)[None, :, :], 1, _SUM)
         y = acc + tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
         if GELU:
