@@ -14,6 +14,7 @@ each is then compiled for the target down to SASS. Per specialization it reports
     python -m bench.kernel_build                        # sm_90 (H100/H200), fp16, 3 samples
     python -m bench.kernel_build --arch 80 --batch 16   # an A100, the kernels' largest batch
     python -m bench.kernel_build --tiles                # also every linear tile bench B times
+    python -m bench.kernel_build --pdl                  # with kernels.PDL on (sm_90 and later)
 
 Both `linear` products (`kernels.LINEAR_DOT` off and on) are built at every batch; the exit status is
 1 when a build spills registers.
@@ -56,7 +57,7 @@ _OPCODE = re.compile(r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_.]
 _LOAD_BITS = {"U8": 8, "S8": 8, "U16": 16, "S16": 16, "64": 64, "128": 128}
 _RESOURCES = re.compile(r"REG:(\d+)")
 _SPILLS = ("STL", "LDL")
-_TENSOR_CORES = ("HMMA", "WGMMA", "IMMA")
+_TENSOR_CORES = ("HMMA", "HGMMA", "QGMMA", "IMMA")  # HGMMA/QGMMA: Hopper's wgmma
 # The compile options a launch chooses (the rest are the target's defaults).
 _OPTIONS = (
     "num_warps",

@@ -84,9 +84,9 @@ MIX_BLOCK_D = 64
 # the previous kernel's tail instead of following it. The results are the same; whether it is faster
 # inside the decoder's CUDA graphs is for the GPU run to say (bench C's "+ PDL" row), so it is off.
 PDL = False
-# Fused multiply-adds on (one rounding for a·b + c, as torch's own kernels round), said at every
-# launch: Triton 3.10 turns its default off, and a resumed job must draw the same codes after an
-# upgrade of triton.
+# Fused multiply-adds on (one rounding for a·b + c), said at every launch: Triton 3.10 turns its
+# default off, and an upgrade of triton must not change the kernels' rounding (and a resumed job's
+# codes) unasked.
 FP_FUSION = True
 
 
