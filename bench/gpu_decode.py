@@ -41,6 +41,7 @@ from bench.gpu_paths import (
     layers_skipped,
     prefilled,
     require_kernels,
+    require_path,
     reset_compiled,
     window_uniforms,
 )
@@ -463,9 +464,11 @@ def engine_window(ctx: Context, run: SliceRun, steps: int, **options: Any) -> Te
     require_kernels(decoder, options.get("kernels", "torch"))
     generator = torch.Generator(device=ctx.device).manual_seed(13)
     try:
-        return decoder.sample_window(run.cond, run.known, steps, 1.0, 0, 0.0, generator)
+        tokens = decoder.sample_window(run.cond, run.known, steps, 1.0, 0, 0.0, generator)
     finally:
         run.prior.set_static_decode(False)
+    require_path(decoder, options.get("path", "static"), ctx.capture)  # it captures in its first call
+    return tokens
 
 
 def kernel_checks(ctx: Context, run: SliceRun, path: DecodePath) -> None:

@@ -391,7 +391,7 @@ def bench_adapter(path: DecodePath, capture: bool, compile_backend: str) -> Adap
     return functools.partial(_run_loop, path)
 
 
-def engine_adapter(module: ModuleType, path: DecodePath, compile_backend: str) -> Adapter:
+def engine_adapter(module: ModuleType, path: DecodePath, capture: bool, compile_backend: str) -> Adapter:
     def run(job: WindowJob) -> Sampled:
         chosen = {} if path.kernels == "torch" else {"kernels": path.kernels}  # older engines lack it
         options = module.DecodeOptions(
@@ -406,6 +406,7 @@ def engine_adapter(module: ModuleType, path: DecodePath, compile_backend: str) -
         finally:
             module.COMPILE_BACKEND = engine_backend
         require_kernels(decoder, path.kernels)
+        require_path(decoder, path.kind, capture)
         sync(job.known.device)
         setup = time.perf_counter() - start
         generator = torch.Generator(device=job.known.device).manual_seed(job.seed)
@@ -436,14 +437,26 @@ def require_kernels(decoder: Any, wanted: str) -> None:
         raise RuntimeError(f"the engine decodes with {in_use} blocks, not {wanted}")
 
 
+def require_path(decoder: Any, wanted: str, capture: bool) -> None:
+    """Raise when the engine's decoder fell back (and logged why) from the CUDA graph asked for, where
+    graphs can be captured: its figures would be the eager static step's under a graph row's name."""
+    in_use = getattr(decoder, "path", wanted)
+    if capture and wanted == "graph" and in_use != "graph":
+        raise RuntimeError(f"the engine decodes with the {in_use} path, not a CUDA graph (its log says why)")
+
+
 def adapters(
     path: DecodePath, engine: ModuleType | None, capture: bool, compile_backend: str
 ) -> list[tuple[str, Adapter]]:
     """The adapters to try in order: the engine's (for the modes it has), then the bench's own."""
     own = ("bench", bench_adapter(path, capture, compile_backend))
     if path.kernels != "torch":  # the engine's alone
-        return [] if engine is None else [(ENGINE_MODULE, engine_adapter(engine, path, compile_backend))]
+        return (
+            []
+            if engine is None
+            else [(ENGINE_MODULE, engine_adapter(engine, path, capture, compile_backend))]
+        )
     # the sliced loop has no persistent decoder: it is `sample_steps` either way
     if engine is None or path.kind == "sliced" or path.compile_mode not in (None, "default"):
         return [own]
-    return [(ENGINE_MODULE, engine_adapter(engine, path, compile_backend)), own]
+    return [(ENGINE_MODULE, engine_adapter(engine, path, capture, compile_backend)), own]

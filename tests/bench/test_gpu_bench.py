@@ -38,8 +38,10 @@ from bench.gpu_paths import (
     ENGINE_MODULE,
     PATHS,
     StaticStepper,
+    engine_adapter,
     inverse_cdf,
     prefilled,
+    require_path,
     window_uniforms,
 )
 from bench.gpu_record import Budget, Recorder, run_part
@@ -385,6 +387,27 @@ def test_the_triton_row_goes_through_the_engines_kernels_and_fails_where_they_ca
         time_path(path, prior, cond, known, plan, engine=decoding, **common)
     with pytest.raises(RuntimeError, match="no adapter ran graph K=16 \\+ triton blocks"):
         time_path(path, prior, cond, known, plan, engine=None, **common)
+
+
+def test_a_graph_row_whose_capture_failed_in_the_engine_is_an_error_not_the_static_steps_figure() -> None:
+    """The engine falls back to the eager static step when a capture fails (and logs why); a graph row
+    must not report that under its own name where graphs can be captured."""
+
+    class FellBack:
+        def __init__(self, prior: Any, batch: int, options: Any) -> None:
+            self.path, self.kernels = "graph", "torch"
+
+        def prepare(self) -> None:
+            self.path = "static"  # as WindowDecoder does after a failed capture
+
+    engine = types.SimpleNamespace(DecodeOptions=dict, WindowDecoder=FellBack, COMPILE_BACKEND="inductor")
+    job: Any = types.SimpleNamespace(prior=None, cond=types.SimpleNamespace(batch=3))
+    graph = next(p for p in PATHS if p.name == "graph K=16")
+    with pytest.raises(RuntimeError, match="the engine decodes with the static path, not a CUDA graph"):
+        engine_adapter(engine, graph, True, "eager")(job)
+    assert engine.COMPILE_BACKEND == "inductor"
+    require_path(FellBack(None, 3, None), "graph", capture=False)  # the CPU: no graph to capture
+    require_path(types.SimpleNamespace(path="static"), "static", capture=True)
 
 
 def test_the_pdl_row_is_skipped_with_its_reason_where_the_gpu_has_no_pdl() -> None:
