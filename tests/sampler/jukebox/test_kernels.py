@@ -255,7 +255,7 @@ def test_on_cuda_every_block_output_is_the_torch_steps(
 
 
 @cuda
-@pytest.mark.parametrize("pdl", [False, True], ids=["", "pdl"])
+@pytest.mark.parametrize("pdl", [False, True], ids=["plain", "pdl"])
 def test_on_cuda_graph_replays_of_the_kernels_give_the_eager_torch_steps_tokens(
     pdl: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
