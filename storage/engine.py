@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.util import await_only
 
 # How long a SQLite writer waits for another writer before giving up.
 SQLITE_BUSY_TIMEOUT_MS = 60_000
@@ -45,7 +48,7 @@ def create_engine(url: str, *, sqlite_foreign_keys: bool = True, **kwargs: Any) 
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute(f"PRAGMA foreign_keys = {'ON' if sqlite_foreign_keys else 'OFF'}")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _use_wal(cursor)
         cursor.execute("PRAGMA synchronous = NORMAL")  # durable across app crashes in WAL mode
         cursor.close()
 
@@ -55,3 +58,22 @@ def create_engine(url: str, *, sqlite_foreign_keys: bool = True, **kwargs: Any) 
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
+
+
+def _use_wal(cursor: Any) -> None:
+    """Put the database in WAL mode (a no-op once it is). A new file switches once, under a write
+    lock: when two processes open it together (bot and worker both migrating at start), SQLite
+    answers the one that finds the other's switch under way "database is locked" at once, without
+    its busy timeout (waiting could deadlock), so this tries again until the switch is done, for
+    as long as a busy writer would wait."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    pause = 0.005
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except Exception as exc:  # the driver's OperationalError, whichever adapter raised it
+            if "database is locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+        await_only(asyncio.sleep(pause))  # connections are made in the engine's greenlet: the loop runs on
+        pause = min(2 * pause, 0.2)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from datetime import datetime, timedelta
+from pathlib import Path
 
-from sqlalchemy import update
+from sqlalchemy import text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from storage import JobStatus, JobStore
+from storage.engine import create_engine
 from storage.errors import UserJobLimitReached
 from storage.models import JobRow
 from tests.conftest import FakeClock
@@ -119,3 +122,27 @@ async def test_reads_complete_while_another_connection_holds_a_write_transaction
     assert job.stage is None and position == 1 and [j.id for j in unfinished] == [job_id]
     assert counts.queued == 1
     assert (await store.get_job(job_id)).stage == "checkpointing"
+
+
+async def test_a_new_sqlite_file_being_switched_to_wal_by_another_process_is_waited_for(
+    tmp_path: Path,
+) -> None:
+    """Bot and worker open a new database together. The first to switch it to WAL holds the write
+    lock while it does; SQLite answers the other "database is locked" at once, without its busy
+    timeout. Opening must wait for the switch instead of failing (it failed 8 times in 40 for two
+    `jukebot db upgrade` started together)."""
+    path = tmp_path / "new.sqlite3"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        other.execute("CREATE TABLE t (x)")  # a rollback-journal file, as every new one is
+        other.execute("BEGIN IMMEDIATE")  # the lock the other process's switch holds
+        # released only once the event loop runs again: while opening waits for it
+        asyncio.get_running_loop().call_later(0.5, other.execute, "COMMIT")
+        engine = create_engine(f"sqlite+aiosqlite:///{path}")
+        try:
+            async with engine.connect() as connection:
+                assert await connection.scalar(text("PRAGMA journal_mode")) == "wal"
+        finally:
+            await engine.dispose()
+    finally:
+        other.close()
