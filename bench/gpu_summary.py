@@ -111,8 +111,9 @@ def stack_rows(records: Sequence[Record], stack: str) -> list[Record]:
 
 
 def overlap_row(records: Sequence[Record], rows: list[Record]) -> Record | None:
-    """Levels 1 and 0 at once (estimated from section G) applied to the last complete lever: level 1
-    runs beside the first quarter of level 0, at G's interleaved rate; the rest of level 0 alone."""
+    """Levels 1 and 0 at once (estimated from section G) applied to the fastest complete lever (the
+    Triton rows are alternatives, not steps on top of the compiled one): level 1 runs beside the
+    first quarter of level 0, at G's interleaved rate; the rest of level 0 alone."""
     overlap = _latest(records, "overlap", section="G")
     complete = [r for r in rows if r["here"]["total"] is not None]
     if overlap is None or not complete or not overlap.get("alone_steps_per_s"):
@@ -121,7 +122,7 @@ def overlap_row(records: Sequence[Record], rows: list[Record]) -> Record | None:
     together = float(overlap["together_steps_per_s_each"])
     n1, n0 = STEPS_PER_MINUTE[1], STEPS_PER_MINUTE[0]
     factor = (n1 / together + (n0 - n1) / alone) / ((n0 + n1) / alone)
-    base = complete[-1]
+    base = min(complete, key=lambda r: float(r["here"]["total"]))
     row: Record = dict(
         stack=base["stack"],
         lever="+ levels 1 and 0 at once (est. from G)",

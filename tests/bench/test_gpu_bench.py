@@ -45,7 +45,7 @@ from bench.gpu_paths import (
     window_uniforms,
 )
 from bench.gpu_record import Budget, Recorder, run_part
-from bench.gpu_summary import decision_lines
+from bench.gpu_summary import decision_lines, overlap_row
 from bench.gpu_timing import WindowPlan, time_path
 from sampler.jukebox import decoding
 from sampler.jukebox.transformer import ATTN_NAMES, BLOCK, CROSS, DENSE, PREV_BLOCK, PRIME, TRANSPOSE, Conv1D
@@ -203,6 +203,30 @@ def test_the_summary_reads_the_triton_decision_off_the_upsampler_rows() -> None:
     fast_torch = [decode("graph K=16 + compiled blocks", 0.008, 1.0)]
     assert decision_lines(fast_torch)[-1].endswith("8.0 µs on an H100, within: torch blocks suffice")
     assert decision_lines([decode("sliced", 0.5, 1.0)]) == []
+
+
+def test_levels_at_once_are_estimated_on_the_fastest_lever_not_the_last() -> None:
+    """The Triton rows come last in the table but are alternatives: a slower last row must not be the
+    base of the headline estimate."""
+
+    def lever(path: str, level_1: float, level_0: float) -> dict[str, Any]:
+        at = dict(
+            levels={"2": 10.0, "1": level_1, "0": level_0}, total=10.0 + level_1 + level_0 + 5.0, x_bound=2.0
+        )
+        return dict(
+            stack="5b_lyrics", lever=path, path=path, prefill_method="one pass", prefill=5.0, here=at, h100=at
+        )
+
+    rows = [lever("graph K=16", 100.0, 400.0), lever("graph K=16 + compiled blocks", 40.0, 160.0)]
+    rows.append(lever("graph K=16 + triton blocks + PDL", 60.0, 240.0))
+    overlap = dict(
+        section="G", kind="overlap", alone_steps_per_s=[100.0, 100.0], together_steps_per_s_each=60.0
+    )
+    row = overlap_row([overlap], rows)
+    assert row is not None and row["path"] == "graph K=16 + compiled blocks"
+    assert row["here"]["levels"]["1"] == 0.0
+    assert row["here"]["total"] == pytest.approx(10.0 + 5.0 + 200.0 * row["overlap_factor"])
+    assert row["gain"] == pytest.approx(215.0 / row["here"]["total"])
 
 
 def test_the_split_adds_up_and_projects_to_an_h100() -> None:
