@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
@@ -22,6 +21,7 @@ from torch import Tensor
 
 from bench.gpu_context import Context
 from bench.gpu_facts import BATCH, FORMULA, STEPS_PER_MINUTE
+from bench.gpu_kernels import Tile
 from bench.gpu_models import (
     PRIORS,
     PriorSpec,
@@ -214,23 +214,12 @@ def _cannot_launch(ctx: Context, path: DecodePath) -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def _launches(path: DecodePath) -> Iterator[None]:
-    """The engine's kernels launch as `path` asks (with PDL or not) until the block ends."""
-    if not path.pdl:
-        yield
-        return
-    from sampler.jukebox import kernels
-
-    before, kernels.PDL = kernels.PDL, True
-    try:
-        yield
-    finally:
-        kernels.PDL = before
-
-
 def _decode_and_check(ctx: Context, run: SliceRun, path: DecodePath) -> None:
-    with _launches(path):  # captured with it, replayed within
+    # the kernels' own tile, with PDL where the path asks: captured with it, replayed within
+    launches = (
+        dataclasses.replace(Tile.default(), pdl=True).chosen() if path.pdl else contextlib.nullcontext()
+    )
+    with launches:
         decode_row(ctx, run, path)
         if path.compile_mode is not None:
             graph_checks(ctx, run, path)
