@@ -109,7 +109,7 @@ PARTS = (
     # GPU-PLAN §4 step 6 next: the upsampler's hand-fused blocks (with and without PDL; Triton compiles
     # in seconds) and the linear tiles, before the totals' other inputs and the minutes of inductor
     Part("C", "decode: triton upsampler", 70, 30, _triton("upsampler"), needs_triton=True),
-    Part("B", "triton linear tiles", 60, 30, triton_linear_tiles, needs_triton=True),
+    Part("B", "triton linear tiles", 70, 30, triton_linear_tiles, needs_triton=True),
     Part("E", "prefill", 10, 1, prefill),
     Part("G", "overlap", 15, 1, overlap),
     Part("F", "conditioner", 5, 0.5, conditioner),

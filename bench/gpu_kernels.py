@@ -77,10 +77,11 @@ class Tile:
             kernels.LINEAR_STAGES, kernels.PDL = default.stages, default.pdl
 
 
-# (BLOCK_N, BLOCK_K, warps) tried, each with both products, and the `tl.dot` form with deeper pipelines
-# (stages change nothing in the broadcast sum, which Triton does not pipeline); the kernels' default is
-# among them. The 8-warp and deeper tiles keep more of W in flight per multiprocessor. None spills
-# registers at ROWS rows on an sm_80 or sm_90 GPU (`python -m bench.kernel_build --tiles`, checked by
+# (BLOCK_N, BLOCK_K, warps) tried, each with both products at Triton's default pipeline depth, then
+# deeper pipelines of both and one tile unpipelined (stages 1: each K tile of W loaded when it is used, as
+# the broadcast sum did before its loop went through the pipeliner); the kernels' default is among them.
+# The 8-warp, long and deep tiles keep more of W in flight per multiprocessor. None spills registers at
+# ROWS rows on an sm_80 or sm_90 GPU (`python -m bench.kernel_build --tiles`, checked by
 # tests/bench/test_kernel_build.py).
 _STRIPS = (
     (16, 64, 4),
@@ -99,6 +100,10 @@ TILES = (
     Tile(16, 128, 4, True, stages=6),
     Tile(32, 128, 4, True, stages=5),
     Tile(16, 256, 8, True, stages=5),
+    Tile(32, 128, 8, False, stages=5),
+    Tile(16, 256, 8, False, stages=5),
+    Tile(16, 512, 8, False, stages=4),
+    Tile(32, 64, 4, False, stages=1),
 )
 ROWS = 3  # a job's samples
 

@@ -9,7 +9,9 @@ each is then compiled for the target down to SASS. Per specialization it reports
 
 * registers per thread and dynamic shared memory (occupancy);
 * spill instructions: local-memory loads and stores in the SASS (a tile too big for the registers);
-* global loads by width in bits (128: vectorised; 16: one fp16 at a time) and tensor-core instructions.
+* global loads by width in bits (128: vectorised; 16: one fp16 at a time), how many of them are
+  asynchronous copies to shared memory (cp.async: a loop Triton's software pipeliner loads ahead), and
+  tensor-core instructions.
 
     python -m bench.kernel_build                        # sm_90 (H100/H200), fp16, 3 samples
     python -m bench.kernel_build --arch 80 --batch 16   # an A100, the kernels' largest batch
@@ -103,6 +105,7 @@ class Build:
     shared_bytes: int
     spill_ops: int
     loads: dict[int, int]  # global load instructions by width in bits
+    async_copies: int  # of them, cp.async (LDGSTS): the software pipeliner loading ahead to shared memory
     tensor_core_ops: int
 
     def row(self) -> dict[str, Any]:
@@ -267,6 +270,7 @@ def build(launch: Launch, arch: int) -> Build:
         shared_bytes=compiled.metadata.shared,
         spill_ops=sum(n for opcode, n in opcodes.items() if opcode.startswith(_SPILLS)),
         loads=dict(sorted(loads.items())),
+        async_copies=sum(n for opcode, n in opcodes.items() if opcode.startswith("LDGSTS")),
         tensor_core_ops=sum(n for opcode, n in opcodes.items() if opcode.startswith(_TENSOR_CORES)),
     )
 
@@ -311,7 +315,8 @@ def _summary(result: Build) -> str:
     return (
         f"sm_{result.arch} {result.kernel:<14} {','.join(result.users):<28} warps {result.num_warps:>2}  "
         f"regs {result.registers:>3}  smem {result.shared_bytes:>6}  spills {result.spill_ops:>3}  "
-        f"tc {result.tensor_core_ops:>3}{'  pdl' if result.pdl else ''}  loads {loads}  {constants}"
+        f"tc {result.tensor_core_ops:>3}{'  pdl' if result.pdl else ''}  loads {loads} "
+        f"(async {result.async_copies})  {constants}"
     )
 
 

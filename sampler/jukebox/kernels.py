@@ -5,8 +5,9 @@ the number of kernels per layer (about 27 eager, 8 after inductor). These make i
 
 * `linear` (four of the six): y = act(LN(x) @ W + b) + r in one pass, for a job's few rows (M ≤
   MAX_ROWS; 3 by default): every program normalises those rows itself (the LayerNorm prologue, fp32
-  statistics like `torch.layer_norm`), reads a strip of W once (multiplying on the CUDA cores, or on
-  the tensor cores with `LINEAR_DOT`), and adds bias, quick-GELU and the residual in its epilogue;
+  statistics like `torch.layer_norm`), reads a strip of W once, several K tiles ahead through Triton's
+  software pipeline (multiplying on the CUDA cores, or on the tensor cores with `LINEAR_DOT`), and
+  adds bias, quick-GELU and the residual in its epilogue;
 * `attend` (two): the decode attention of every attention kind. A decode step has few (batch ×
   heads) rows, 3 at the upsamplers' single head, so one program per row would leave a GPU's other
   multiprocessors idle while three stream the keys. Attention is split where it parallelises without
@@ -66,8 +67,9 @@ MAX_ROWS = 16
 LINEAR_BLOCK_N = 32
 LINEAR_BLOCK_K = 64
 # The warps of a `linear` program: more keep more of W's loads in flight on its multiprocessor. Its
-# stages: how many K tiles Triton's software pipeliner loads ahead where it pipelines (the `tl.dot`
-# form's W, through shared memory); 3 is Triton's own default on NVIDIA GPUs.
+# stages: the depth of Triton's software pipeline over K, which keeps STAGES - 1 tiles of W (and of the
+# rows) on their way into shared memory (cp.async) while it multiplies one, in both forms; 1 loads each
+# tile when it is used. 3 is Triton's own default on NVIDIA GPUs. The interpreter ignores it.
 LINEAR_WARPS = 4
 LINEAR_STAGES = 3
 # How `linear` multiplies a K tile: False, an fp32 broadcast-and-sum on the CUDA cores; True, `tl.dot`
@@ -123,6 +125,25 @@ if triton is not None:
     _MAX = tl.standard._elementwise_max
 
     @triton.jit
+    def _rows_tile(
+        X, LN_W, LN_B, rows, row_ok, stride_x, k0, K, mean, rstd, NORM: tl.constexpr, BLOCK_K: tl.constexpr
+    ):
+        """The rows' K tile at k0 in fp32, layer-normed with `mean`, `rstd` where NORM."""
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_ok = ks < K
+        x = tl.load(
+            X + rows[:, None] * stride_x + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0
+        )
+        xf = x.to(tl.float32)
+        if NORM:
+            gamma = tl.load(LN_W + ks, mask=k_ok, other=0.0).to(tl.float32)
+            beta = tl.load(LN_B + ks, mask=k_ok, other=0.0).to(tl.float32)
+            xf = (xf - mean[:, None]) * rstd[:, None] * gamma[None, :] + beta[None, :]
+            # torch rounds the normalised rows to the input's dtype before the matrix product
+            xf = xf.to(x.dtype).to(tl.float32)
+        return xf
+
+    @triton.jit
     def _linear_kernel(
         X,
         LN_W,
@@ -144,6 +165,7 @@ if triton is not None:
         RESIDUAL: tl.constexpr,
         DOT: tl.constexpr,
         PDL: tl.constexpr,
+        STAGES: tl.constexpr,
         BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr,
@@ -154,7 +176,7 @@ if triton is not None:
         col_ok = cols < N
         if not DOT:
             # W never changes: its first K tile is on its way while this program waits for the previous
-            # kernel and normalises its rows (the tl.dot form leaves W's loads to Triton's pipeliner)
+            # kernel and normalises its rows (the tl.dot form leaves all of W's loads to the pipeliner)
             first_ks = tl.arange(0, BLOCK_K)
             w_first = tl.load(
                 W + first_ks[:, None] * N + cols[None, :],
@@ -164,6 +186,8 @@ if triton is not None:
         if PDL:  # the next kernel may launch now; this one reads no output of the last before it is done
             gdc_launch_dependents()
             gdc_wait()
+        mean = tl.full([BLOCK_M], 0.0, tl.float32)
+        rstd = tl.full([BLOCK_M], 1.0, tl.float32)
         if NORM:
             # the rows' mean, then their variance about it (two passes over K, as exact as LayerNorm)
             total = tl.full([BLOCK_M], 0.0, tl.float32)
@@ -182,29 +206,25 @@ if triton is not None:
                 squares += tl.reduce(centred * centred, 1, _SUM)
             rstd = 1.0 / tl.sqrt(squares / K + eps)
         acc = tl.full([BLOCK_M, BLOCK_N], 0.0, tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)
-            k_ok = ks < K
-            x = tl.load(
-                X + rows[:, None] * stride_x + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0
-            )
-            xf = x.to(tl.float32)
-            if NORM:
-                gamma = tl.load(LN_W + ks, mask=k_ok, other=0.0).to(tl.float32)
-                beta = tl.load(LN_B + ks, mask=k_ok, other=0.0).to(tl.float32)
-                xf = (xf - mean[:, None]) * rstd[:, None] * gamma[None, :] + beta[None, :]
-                # torch rounds the normalised rows to the input's dtype before the matrix product
-                xf = xf.to(x.dtype).to(tl.float32)
-            w_tile = W + ks[:, None] * N + cols[None, :]
-            if DOT:
-                w = tl.load(w_tile, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-                # the tensor-core product; fp32 inputs stay fp32 (no TF32), fp16/bf16 accumulate in fp32
+        if DOT:
+            # the tensor-core product; fp32 inputs stay fp32 (no TF32), fp16/bf16 accumulate in fp32
+            for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
+                xf = _rows_tile(X, LN_W, LN_B, rows, row_ok, stride_x, k0, K, mean, rstd, NORM, BLOCK_K)
+                ks = k0 + tl.arange(0, BLOCK_K)
+                w = tl.load(
+                    W + ks[:, None] * N + cols[None, :], mask=(ks < K)[:, None] & col_ok[None, :], other=0.0
+                )
                 acc += tl.dot(xf.to(w.dtype), w, input_precision="ieee")
-            else:
-                if k0 == 0:
-                    w = w_first
-                else:
-                    w = tl.load(w_tile, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        else:
+            xf = _rows_tile(X, LN_W, LN_B, rows, row_ok, stride_x, 0, K, mean, rstd, NORM, BLOCK_K)
+            acc += tl.reduce(xf[:, :, None] * w_first.to(tl.float32)[None, :, :], 1, _SUM)
+            # the later tiles through Triton's software pipeliner: STAGES - 1 tiles of W in flight
+            for k0 in tl.range(BLOCK_K, K, BLOCK_K, num_stages=STAGES):
+                xf = _rows_tile(X, LN_W, LN_B, rows, row_ok, stride_x, k0, K, mean, rstd, NORM, BLOCK_K)
+                ks = k0 + tl.arange(0, BLOCK_K)
+                w = tl.load(
+                    W + ks[:, None] * N + cols[None, :], mask=(ks < K)[:, None] & col_ok[None, :], other=0.0
+                )
                 acc += tl.reduce(xf[:, :, None] * w.to(tl.float32)[None, :, :], 1, _SUM)
         y = acc + tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
         if GELU:
@@ -393,6 +413,7 @@ def linear(
         RESIDUAL=residual is not None,
         DOT=LINEAR_DOT,
         PDL=pdl,
+        STAGES=LINEAR_STAGES,
         BLOCK_M=_power_of_two(m, DOT_ROWS if LINEAR_DOT else 2),
         BLOCK_N=LINEAR_BLOCK_N,
         BLOCK_K=LINEAR_BLOCK_K,

@@ -70,6 +70,12 @@ def test_every_kernel_a_decode_step_launches_builds_for_sm90_and_sm80_without_sp
             assert (b["tensor_core_ops"] > 0) == bool(b["constants"].get("DOT")), b
             assert 0 < b["registers"] <= 255 and b["num_warps"] in (4, 8)
             assert b["fp_fusion"] is True  # kernels.FP_FUSION, whatever triton's default
+        every_linear = [b for b in of_arch if b["kernel"] == "_linear_kernel"]
+        for b in every_linear:
+            # both products stream W through the software pipeline: cp.async into shared memory,
+            # STAGES - 1 tiles ahead; one stage loads each tile when it is used
+            assert (b["async_copies"] > 0) == (b["constants"]["STAGES"] > 1), b
+        assert {b["constants"]["STAGES"] for b in every_linear} >= {1, 3}
     # the upsamplers' weights stream in 128-bit loads (their head dim, 480, keeps k and v rows aligned)
     upsampler = [b for b in builds if "upsampler" in b["users"]]
     assert all(b["loads"].get("128", 0) > 0 for b in upsampler)
