@@ -43,6 +43,7 @@ from bench.gpu_decode import (
     COMPILED,
     EAGER_AND_GRAPH,
     TRITON,
+    TUNED,
     correctness,
     costliest,
     decode_paths,
@@ -51,7 +52,7 @@ from bench.gpu_decode import (
 from bench.gpu_kernels import triton_attention, triton_linear_tiles
 from bench.gpu_micro import bandwidth, environment, gemms, launch_costs, layernorm
 from bench.gpu_models import PRIORS
-from bench.gpu_paths import engine_module
+from bench.gpu_paths import DecodePath, engine_module
 from bench.gpu_record import SUMMARY_FILE, Budget, Recorder, run_part
 from bench.gpu_summary import table
 from bench.gpu_window import conditioner, lyric_encoder, overlap, prefill, vqvae_decode
@@ -77,8 +78,8 @@ def _compiled(name: str, index: int) -> Callable[[Context], None]:
     return lambda ctx: decode_paths(ctx, (name,), (COMPILED[index],))
 
 
-def _triton(name: str) -> Callable[[Context], None]:
-    return lambda ctx: decode_paths(ctx, (name,), TRITON)
+def _triton(name: str, paths: tuple[DecodePath, ...] = TRITON) -> Callable[[Context], None]:
+    return lambda ctx: decode_paths(ctx, (name,), paths)
 
 
 def triton_unavailable(ctx: Context) -> str | None:
@@ -107,9 +108,18 @@ PARTS = (
     ),
     Part("H", "correctness", 20, 2, correctness),
     # GPU-PLAN §4 step 6 next: the upsampler's hand-fused blocks (with and without PDL; Triton compiles
-    # in seconds) and the linear tiles, before the totals' other inputs and the minutes of inductor
+    # in seconds), the linear tiles, then the blocks again at the fastest tile, before the totals' other
+    # inputs and the minutes of inductor
     Part("C", "decode: triton upsampler", 70, 30, _triton("upsampler"), needs_triton=True),
     Part("B", "triton linear tiles", 70, 30, triton_linear_tiles, needs_triton=True),
+    Part(
+        "C",
+        "decode: triton upsampler at B's fastest tile",
+        35,
+        30,
+        _triton("upsampler", TUNED),
+        needs_triton=True,
+    ),
     Part("E", "prefill", 10, 1, prefill),
     Part("G", "overlap", 15, 1, overlap),
     Part("F", "conditioner", 5, 0.5, conditioner),
@@ -120,7 +130,7 @@ PARTS = (
     Part("C", "decode: compiled upsampler", 120, 3, _compiled("upsampler", 0)),
     Part("B", "triton attention", 10, 10, triton_attention, needs_triton=True),
     Part("C", "decode: compiled 5b_lyrics", 155, 4, _compiled("5b_lyrics", 0)),
-    Part("C", "decode: triton 5b_lyrics", 60, 40, _triton("5b_lyrics"), needs_triton=True),
+    Part("C", "decode: triton 5b_lyrics", 60, 40, _triton("5b_lyrics", TRITON + TUNED), needs_triton=True),
     Part("C", "decode: compiled 1b_lyrics", 190, 5, _compiled("1b_lyrics", 0)),
     Part("C", "decode: max-autotune upsampler", 480, 3, _compiled("upsampler", 1), needs_inductor=True),
     Part("D", "costliest kernels (all paths)", 1, 0.1, costliest),

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from bench.gpu_context import Context
 from bench.gpu_facts import BATCH, FORMULA, STEPS_PER_MINUTE
-from bench.gpu_kernels import Tile
+from bench.gpu_kernels import Tile, fastest_tile, layer_shapes
 from bench.gpu_models import (
     PRIORS,
     PriorSpec,
@@ -50,7 +50,9 @@ from sampler.jukebox.prior import Conditioning, JukeboxPrior
 
 EAGER_AND_GRAPH = tuple(path for path in PATHS if path.compile_mode is None and path.kernels == "torch")
 COMPILED = tuple(path for path in PATHS if path.compile_mode is not None)
-TRITON = tuple(path for path in PATHS if path.kernels == "triton")
+TRITON = tuple(path for path in PATHS if path.kernels == "triton" and not path.tuned)
+TUNED = tuple(path for path in PATHS if path.tuned)  # after B's tiles: the tile is chosen from them
+TRITON_PATH_NAME, PDL_PATH_NAME = (path.name for path in TRITON)
 CHECK_STEPS = 64
 GRAPH_K16 = next(path for path in PATHS if path.name == "graph K=16")
 
@@ -190,7 +192,7 @@ def decode_paths(ctx: Context, names: tuple[str, ...], paths: tuple[DecodePath, 
         if run is None:
             continue
         for path in paths:
-            why = _cannot_launch(ctx, path)
+            tile, why = launch_tile(ctx, run, path)
             if why is not None:
                 ctx.recorder.skip("C", f"{name}: {path.name}", why)
                 continue
@@ -198,28 +200,61 @@ def decode_paths(ctx: Context, names: tuple[str, ...], paths: tuple[DecodePath, 
                 "C",
                 f"{name}: {path.name}",
                 _estimate(ctx, spec, path),
-                partial(_decode_and_check, ctx, run, path),
+                partial(_decode_and_check, ctx, run, path, tile),
             )
         del run
 
 
-def _cannot_launch(ctx: Context, path: DecodePath) -> str | None:
-    """Why the kernels cannot launch as `path` asks here (None: they can)."""
-    if not path.pdl:
-        return None
+def launch_tile(ctx: Context, run: SliceRun, path: DecodePath) -> tuple[Tile | None, str | None]:
+    """The `linear` tile `path` launches with (None: the kernels' own settings), or why it cannot run
+    here: PDL on a GPU without it, or no tile that B timed at every shape of the prior's layer."""
+    if path.kernels == "torch":
+        return None, None
     from sampler.jukebox import kernels
 
-    if not kernels.pdl_capable(ctx.device):
-        return "programmatic dependent launch needs compiled Triton on a GPU of compute capability 9.0+"
-    return None
-
-
-def _decode_and_check(ctx: Context, run: SliceRun, path: DecodePath) -> None:
-    # the kernels' own tile, with PDL where the path asks: captured with it, replayed within
-    launches = (
-        dataclasses.replace(Tile.default(), pdl=True).chosen() if path.pdl else contextlib.nullcontext()
+    pdl_capable = kernels.pdl_capable(ctx.device)
+    if path.pdl and not pdl_capable:
+        return None, "programmatic dependent launch needs compiled Triton on a GPU of compute capability 9.0+"
+    if not path.tuned:
+        return (dataclasses.replace(Tile.default(), pdl=True) if path.pdl else None), None
+    shapes = layer_shapes(run.prior)
+    choice = fastest_tile(ctx.recorder.records, shapes, ctx.dtype)
+    if choice is None:
+        return None, f"bench B timed no tile at every linear shape of this layer ({shapes}) in {ctx.dtype}"
+    name = run.spec.name
+    with_pdl = _latest_decode(ctx, name, PDL_PATH_NAME)
+    without = _latest_decode(ctx, name, TRITON_PATH_NAME)
+    pdl = bool(
+        pdl_capable
+        and with_pdl is not None
+        and without is not None
+        and float(with_pdl["slice_ms_per_step"]) < float(without["slice_ms_per_step"])
     )
-    with launches:
+    tile = dataclasses.replace(choice.tile, pdl=pdl)
+    ctx.emit(
+        "C",
+        "tuned_tile",
+        prior=name,
+        **tile.fields(),
+        layer_shapes=shapes,
+        linear_us_per_layer=choice.layer_us,
+        default_linear_us_per_layer=choice.default_layer_us,
+    )
+    return tile, None
+
+
+def _latest_decode(ctx: Context, prior: str, path: str) -> dict[str, Any] | None:
+    rows = [
+        r
+        for r in ctx.recorder.records
+        if r["kind"] == "decode" and r.get("prior") == prior and r.get("path") == path
+    ]
+    return rows[-1] if rows else None
+
+
+def _decode_and_check(ctx: Context, run: SliceRun, path: DecodePath, tile: Tile | None) -> None:
+    # the tile (and PDL) the path launches with: captured with it, replayed within
+    with tile.chosen() if tile is not None else contextlib.nullcontext():
         decode_row(ctx, run, path)
         if path.compile_mode is not None:
             graph_checks(ctx, run, path)

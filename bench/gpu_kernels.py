@@ -5,6 +5,8 @@ where the kernels cannot run (`bench/gpu.py`'s `needs_triton`).
   `gemm` rows' `addmm`: which streams the weights best decides `LINEAR_BLOCK_N`, `LINEAR_BLOCK_K`,
   `LINEAR_WARPS`, `LINEAR_STAGES` and `LINEAR_DOT` (GPU-PLAN §4 step 6). On sm_90 and later the
   default tile is timed again with programmatic dependent launch (`kernels.PDL`).
+* `fastest_tile`: the tile these rows time fastest over a prior's layer (its four `linear` shapes), for
+  section C's "B's fastest tile" row: the decode step at the tile B would choose, in the same run.
 * `attend` (scores + mix) for every attention kind of each measured prior, mid-window, its cache
   rotated past the L2 like a decode step meets it: µs per layer and the k, v bytes read per second,
   so a layer's attention shows against its weight streaming (the ~13 µs of GPU-PLAN §4 step 6).
@@ -17,15 +19,17 @@ import dataclasses
 import functools
 import math
 import statistics
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Any
 
 import torch
 
 from bench.gpu_context import Context
-from bench.gpu_micro import DRY_SHRINK, LAYER_GEMMS, ROTATE_BYTES, device_ms, graphed
-from bench.gpu_models import PRIORS, prior_config
+from bench.gpu_micro import LAYER_GEMMS, ROTATE_BYTES, device_ms, graphed
+from bench.gpu_models import PRIORS, build_prior, prior_config
+from sampler.jukebox.prior import JukeboxPrior
 from sampler.jukebox.transformer import ATTN_NAMES, CROSS, GEOMETRIES, TransformerConfig
 
 
@@ -46,6 +50,10 @@ class Tile:
         stages = "" if self.stages == 3 else f"s{self.stages}"
         flags = (" dot" if self.dot else "") + (" pdl" if self.pdl else "")
         return f"{self.block_n}x{self.block_k}w{self.warps}{stages}{flags}"
+
+    def fields(self) -> dict[str, Any]:
+        """The tile as a record's fields: each setting, and its name as `tile`."""
+        return {**dataclasses.asdict(self), "tile": self.name}
 
     @classmethod
     def default(cls) -> Tile:
@@ -112,13 +120,54 @@ def triton_linear_tiles(ctx: Context) -> None:
     """µs and weight TB/s of LN + GEMV + bias for ROWS rows, each tile, weights rotated past the L2."""
     from sampler.jukebox import kernels
 
-    shapes, tiles = (LAYER_GEMMS[:1], TILES[:4]) if ctx.dry_run else (LAYER_GEMMS, TILES)
+    if ctx.dry_run:  # a few tiles at the tiny upsampler's layer, which C's tuned row then decodes with
+        spec = PRIORS["upsampler"]
+        tiny = build_prior(spec, dry_run=True, device=torch.device("meta"), dtype=ctx.dtype, layers=range(1))
+        shapes, tiles = list(dict.fromkeys(layer_shapes(tiny))), TILES[:4]
+    else:
+        shapes, tiles = list(LAYER_GEMMS), TILES
     if kernels.pdl_capable(ctx.device):  # the default tile again, each launch overlapping the last's tail
         tiles = (*tiles, dataclasses.replace(Tile.default(), pdl=True))
     for n_in, n_out in shapes:
-        if ctx.dry_run:
-            n_in, n_out = n_in // DRY_SHRINK, n_out // DRY_SHRINK
         _shape(ctx, kernels, n_in, n_out, tiles)
+
+
+def layer_shapes(prior: JukeboxPrior) -> list[tuple[int, int]]:
+    """(K, N) of each `linear` one residual block of `prior` launches: c_attn, its c_proj, c_fc, c_proj."""
+    weights = prior.prior.transformer._blocks[0].static_weights()
+    return [(int(weights[i].shape[0]), int(weights[i].shape[1])) for i in (2, 4, 8, 10)]
+
+
+@dataclass(frozen=True)
+class TileChoice:
+    """The tile B timed fastest over a layer's shapes, and the µs of one layer's `linear`s at it and at
+    the kernels' default tile (None: the default was not timed at every shape)."""
+
+    tile: Tile
+    layer_us: float
+    default_layer_us: float | None
+
+
+def fastest_tile(
+    records: Sequence[dict[str, Any]], shapes: Sequence[tuple[int, int]], dtype: torch.dtype
+) -> TileChoice | None:
+    """Among the tiles B timed in `dtype` at every one of `shapes` (without PDL, a launch option chosen
+    apart), the one whose µs summed over `shapes` is least; None when no tile was timed at all of them."""
+    timed: dict[Tile, dict[tuple[int, int], float]] = {}
+    for r in records:
+        if r.get("kind") != "triton_linear" or r.get("dtype") != str(dtype) or r.get("pdl"):
+            continue
+        tile = Tile(r["block_n"], r["block_k"], r["warps"], r["dot"], r["stages"])
+        timed.setdefault(tile, {})[(r["n_in"], r["n_out"])] = float(r["us"])
+    layer_us = {
+        tile: sum(us[shape] for shape in shapes)
+        for tile, us in timed.items()
+        if all(shape in us for shape in shapes)
+    }
+    if not layer_us:
+        return None
+    best = min(layer_us, key=layer_us.__getitem__)
+    return TileChoice(best, layer_us[best], layer_us.get(dataclasses.replace(Tile.default(), pdl=False)))
 
 
 def _calls(kernels: ModuleType, x: torch.Tensor, weights: list[torch.Tensor], bias: torch.Tensor) -> None:
@@ -145,13 +194,7 @@ def _shape(ctx: Context, kernels: ModuleType, n_in: int, n_out: int, tiles: tupl
             m=ROWS,
             n_in=n_in,
             n_out=n_out,
-            block_n=tile.block_n,
-            block_k=tile.block_k,
-            warps=tile.warps,
-            dot=tile.dot,
-            stages=tile.stages,
-            pdl=tile.pdl,
-            tile=tile.name,
+            **tile.fields(),
             default_tile=tile == default,
             dtype=ctx.dtype,
             in_graph=ctx.capture,

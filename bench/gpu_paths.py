@@ -49,6 +49,9 @@ class DecodePath:
     compile_mode: str | None = None  # torch.compile mode of the per-block compile; None: no compile
     kernels: str = "torch"  # "triton": the engine's hand-fused block kernels (no bench version)
     pdl: bool = False  # the Triton kernels with programmatic dependent launch (`kernels.PDL`)
+    # the Triton kernels at the `linear` tile bench B timed fastest over the prior's layer in this run,
+    # with PDL where this run's PDL row of the prior beat the one without
+    tuned: bool = False
 
     @property
     def extras_family(self) -> str:
@@ -70,6 +73,7 @@ PATHS = (
     DecodePath("graph K=16 + max-autotune blocks", "graph", 16, "max-autotune-no-cudagraphs"),
     DecodePath("graph K=16 + triton blocks", "graph", 16, kernels="triton"),
     DecodePath("graph K=16 + triton blocks + PDL", "graph", 16, kernels="triton", pdl=True),
+    DecodePath("graph K=16 + triton blocks, B's fastest tile", "graph", 16, kernels="triton", tuned=True),
 )
 
 

@@ -31,9 +31,12 @@ LEVERS = (
     # not on top of the compiled blocks but instead of them: its gain reads against the row above
     ("Triton blocks instead", "graph K=16 + triton blocks", "one pass"),
     ("+ PDL launches", "graph K=16 + triton blocks + PDL", "one pass"),
+    # B's fastest linear tile, with PDL where the row above beat the one before it
+    ("+ B's fastest linear tile", "graph K=16 + triton blocks, B's fastest tile", "one pass"),
 )
 Record = dict[str, Any]
-TRITON_PATH, PDL_PATH = LEVERS[-2][1], LEVERS[-1][1]
+TRITON_PATHS = tuple(path for _, path, _ in LEVERS[-3:])
+TRITON_PATH, PDL_PATH, TUNED_PATH = TRITON_PATHS
 
 
 def _latest(records: Sequence[Record], kind: str, **match: Any) -> Record | None:
@@ -163,27 +166,37 @@ def decision_lines(records: Sequence[Record]) -> list[str]:
     lines = ["", f"Decision (GPU-PLAN §4 step 6): upsampler µs per layer, here | H100 (limit {limit:.0f} µs)"]
     for path, record in rows.items():
         here, h100 = _layer_us(record)
-        lines.append(f"  {path:<34}{here:>8.1f} |{h100:>8.1f}{'  over' if h100 > limit else ''}")
-    torch_rows = {p: _layer_us(r)[1] for p, r in rows.items() if p not in (TRITON_PATH, PDL_PATH)}
+        lines.append(f"  {path:<46}{here:>8.1f} |{h100:>8.1f}{'  over' if h100 > limit else ''}")
+    torch_rows = {p: _layer_us(r)[1] for p, r in rows.items() if p not in TRITON_PATHS}
     best = min(torch_rows, key=torch_rows.__getitem__) if torch_rows else None
     if best is not None:
         verdict = (
             "over: hand-fused kernels wanted" if torch_rows[best] > limit else "within: torch blocks suffice"
         )
         lines.append(f"  best torch blocks: {best}, {torch_rows[best]:.1f} µs on an H100, {verdict}")
-    triton_rows = {p: _layer_us(rows[p])[1] for p in (TRITON_PATH, PDL_PATH) if p in rows}
+    triton_rows = {p: _layer_us(rows[p])[1] for p in TRITON_PATHS if p in rows}
+    tuned = _latest(records, "tuned_tile", prior="upsampler")
     if best is not None and triton_rows:
         fastest = min(triton_rows, key=triton_rows.__getitem__)
         ratio = torch_rows[best] / triton_rows[fastest]
         choice = "triton" if ratio > 1 else "torch"
-        with_pdl = " (with PDL)" if fastest == PDL_PATH else ""
+        how = {TRITON_PATH: "", PDL_PATH: " (with PDL)", TUNED_PATH: " (at B's fastest tile)"}[fastest]
         lines.append(
-            f"  triton blocks{with_pdl}: {ratio:.2f}x the speed of the best torch blocks: "
-            f"kernels={choice} on CUDA"
+            f"  triton blocks{how}: {ratio:.2f}x the speed of the best torch blocks: kernels={choice} on CUDA"
         )
-    if len(triton_rows) == 2:
+    if TRITON_PATH in triton_rows and PDL_PATH in triton_rows:
         gain = triton_rows[TRITON_PATH] / triton_rows[PDL_PATH]
         lines.append(f"  PDL: {gain:.2f}x the speed of the triton blocks without it: kernels.PDL={gain > 1}")
+    if tuned is not None and TUNED_PATH in triton_rows:
+        default = [triton_rows[p] for p in (TRITON_PATH, PDL_PATH) if p in triton_rows]
+        versus = (
+            f", {min(default) / triton_rows[TUNED_PATH]:.2f}x the default tile's speed" if default else ""
+        )
+        lines.append(
+            f"  B's fastest tile {tuned['tile']}: LINEAR_BLOCK_N={tuned['block_n']} "
+            f"LINEAR_BLOCK_K={tuned['block_k']} LINEAR_WARPS={tuned['warps']} "
+            f"LINEAR_STAGES={tuned['stages']} LINEAR_DOT={tuned['dot']}{versus}"
+        )
     tiles = [r for r in records if r.get("kind") == "triton_linear"]
     for shape in dict.fromkeys((r["n_in"], r["n_out"]) for r in tiles):
         of_shape = [r for r in tiles if (r["n_in"], r["n_out"]) == shape]

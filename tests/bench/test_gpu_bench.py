@@ -22,9 +22,9 @@ import pytest
 import torch
 
 from bench.gpu_context import Context
-from bench.gpu_decode import decode_paths
+from bench.gpu_decode import TUNED, SliceRun, decode_paths, launch_tile
 from bench.gpu_facts import H100_BANDWIDTH, split_step
-from bench.gpu_kernels import TILES, Tile, triton_attention, triton_linear_tiles
+from bench.gpu_kernels import TILES, Tile, fastest_tile, layer_shapes, triton_attention, triton_linear_tiles
 from bench.gpu_models import (
     PRIORS,
     attn_funcs,
@@ -97,6 +97,7 @@ def test_dry_run_covers_every_section_and_goes_on_past_a_failing_one(tmp_path: P
     assert [r["what"] for r in triton_skips] == [
         "decode: triton upsampler",
         "triton linear tiles",
+        "decode: triton upsampler at B's fastest tile",
         "triton attention",
         "decode: triton 5b_lyrics",
     ]
@@ -199,6 +200,21 @@ def test_the_summary_reads_the_triton_decision_off_the_upsampler_rows() -> None:
     slow_pdl = [*records[:4], decode("graph K=16 + triton blocks + PDL", 0.011, 1.2)]
     assert decision_lines(slow_pdl)[-1] == (
         "  PDL: 0.91x the speed of the triton blocks without it: kernels.PDL=False"
+    )
+    tuned = dict(
+        kind="tuned_tile", prior="upsampler", tile="16x256w8s5", block_n=16, block_k=256, warps=8, stages=5,
+        dot=False,
+    )  # fmt: skip
+    with_tuned = [*with_pdl, decode("graph K=16 + triton blocks, B's fastest tile", 0.006, 1.2), tuned]
+    lines = decision_lines(with_tuned)
+    assert lines[6].split()[-3:] == ["6.0", "|", "7.2"]
+    assert lines[8] == (
+        "  triton blocks (at B's fastest tile): 2.22x the speed of the best torch blocks: kernels=triton on CUDA"
+    )
+    assert lines[9].startswith("  PDL: 1.25x")
+    assert lines[10] == (
+        "  B's fastest tile 16x256w8s5: LINEAR_BLOCK_N=16 LINEAR_BLOCK_K=256 LINEAR_WARPS=8 LINEAR_STAGES=5 "
+        "LINEAR_DOT=False, 1.33x the default tile's speed"
     )
     fast_torch = [decode("graph K=16 + compiled blocks", 0.008, 1.0)]
     assert decision_lines(fast_torch)[-1].endswith("8.0 µs on an H100, within: torch blocks suffice")
@@ -448,6 +464,121 @@ def test_the_pdl_row_is_skipped_with_its_reason_where_the_gpu_has_no_pdl() -> No
     assert not kernels.PDL
 
 
+def _tile_record(
+    tile: Tile, shape: tuple[int, int], us: float, dtype: str = "torch.float32"
+) -> dict[str, Any]:
+    return dict(
+        section="B", kind="triton_linear", n_in=shape[0], n_out=shape[1], block_n=tile.block_n,
+        block_k=tile.block_k, warps=tile.warps, dot=tile.dot, stages=tile.stages, pdl=tile.pdl,
+        tile=tile.name, dtype=dtype, us=us,
+    )  # fmt: skip
+
+
+def test_the_fastest_tile_is_the_least_layer_time_among_tiles_timed_at_every_shape() -> None:
+    shapes = [(64, 192), (16, 64), (64, 64), (64, 64)]  # a layer: c_fc and c_proj share a shape
+    default = Tile.default()
+    deep, wide, partial_tile = (
+        Tile(16, 128, 8, False, stages=5),
+        Tile(64, 64, 4, True),
+        Tile(16, 64, 4, False),
+    )
+    records = [
+        *(_tile_record(default, shape, 10.0) for shape in dict.fromkeys(shapes)),
+        # deep is slower than wide at the shapes a layer has once, faster at the one it has twice
+        _tile_record(deep, (64, 192), 9.0), _tile_record(deep, (16, 64), 9.0), _tile_record(deep, (64, 64), 4.0),
+        _tile_record(wide, (64, 192), 6.0), _tile_record(wide, (16, 64), 6.0), _tile_record(wide, (64, 64), 8.0),
+        # fastest everywhere it was timed, but not timed at every shape
+        _tile_record(partial_tile, (64, 192), 1.0), _tile_record(partial_tile, (16, 64), 1.0),
+        # not candidates: with PDL (a launch option), or in another dtype
+        _tile_record(dataclasses.replace(wide, pdl=True), (64, 64), 0.5),
+        *(_tile_record(Tile(32, 256, 8, False), shape, 0.5, "torch.float16") for shape in shapes),
+    ]  # fmt: skip
+    choice = fastest_tile(records, shapes, torch.float32)
+    assert choice is not None
+    assert (choice.tile, choice.layer_us, choice.default_layer_us) == (deep, 26.0, 40.0)
+    assert fastest_tile(records, [(64, 192), (16, 64)], torch.float32).tile == partial_tile  # type: ignore[union-attr]
+    assert fastest_tile(records, [(1, 1)], torch.float32) is None
+    assert fastest_tile(records[4:], shapes, torch.float32).default_layer_us is None  # type: ignore[union-attr]
+
+
+def _ctx() -> Context:
+    recorder = Recorder(None, stream=io.StringIO())
+    ctx = Context(recorder, Budget(600.0, reserve=0.0), torch.device("cpu"), True, decoding, "aot_eager")
+    ctx.read_bandwidth = 1e11  # section A's figure, which a row's split needs
+    return ctx
+
+
+def test_the_tuned_row_takes_pdl_only_where_this_runs_pdl_row_beat_the_plain_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sampler.jukebox import kernels
+
+    ctx = _ctx()
+    run = SliceRun.build(ctx, PRIORS["upsampler"])
+    tuned = TUNED[0]
+    tile, why = launch_tile(ctx, run, tuned)
+    assert tile is None and why is not None and "bench B timed no tile at every linear shape" in why
+    best = Tile(16, 64, 4, False, stages=4)
+    for shape in layer_shapes(run.prior):
+        ctx.recorder.records += [_tile_record(best, shape, 1.0), _tile_record(Tile.default(), shape, 2.0)]
+
+    def decode(path: str, ms: float) -> dict[str, Any]:
+        return dict(kind="decode", prior="upsampler", path=path, slice_ms_per_step=ms)
+
+    plain, pdl = (p.name for p in PATHS if p.kernels == "triton" and not p.tuned)
+    for capable, rows, want in (
+        (True, [decode(plain, 2.0), decode(pdl, 1.5)], True),
+        (True, [decode(plain, 2.0), decode(pdl, 2.5)], False),
+        (True, [decode(plain, 2.0)], False),  # PDL not measured
+        (False, [decode(plain, 2.0), decode(pdl, 1.5)], False),  # a GPU without it
+    ):
+        monkeypatch.setattr(kernels, "pdl_capable", lambda device, capable=capable: capable)
+        ctx.recorder.records += rows
+        tile, why = launch_tile(ctx, run, tuned)
+        assert why is None and tile == dataclasses.replace(best, pdl=want)
+        chosen = ctx.recorder.records[-1]
+        assert chosen["kind"] == "tuned_tile" and chosen["tile"] == tile.name and chosen["pdl"] == want
+        assert (chosen["linear_us_per_layer"], chosen["default_linear_us_per_layer"]) == (4.0, 8.0)
+
+
+@pytest.mark.slow
+def test_the_tuned_row_decodes_with_b_s_fastest_tile_and_checks_it_against_the_torch_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sampler.jukebox import kernels
+
+    ctx = _ctx()
+    decode_paths(ctx, ("upsampler",), TUNED)  # B has not run: skipped, and says why
+    assert [(r["kind"], r["what"]) for r in ctx.recorder.records] == [
+        ("skip", "upsampler: graph K=16 + triton blocks, B's fastest tile")
+    ]
+    best = Tile(16, 32, 4, False, stages=2)
+    assert best != Tile.default()
+    shapes = layer_shapes(SliceRun.build(ctx, PRIORS["upsampler"]).prior)
+    for shape in shapes:
+        ctx.recorder.records += [_tile_record(best, shape, 1.0), _tile_record(Tile.default(), shape, 2.0)]
+    launched: list[tuple[int, int, int, int, bool]] = []
+    linear = kernels.linear
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        k = kernels
+        launched.append((k.LINEAR_BLOCK_N, k.LINEAR_BLOCK_K, k.LINEAR_WARPS, k.LINEAR_STAGES, k.LINEAR_DOT))
+        return linear(*args, **kwargs)
+
+    monkeypatch.setattr(kernels, "linear", spy)
+    default = Tile.default()
+    decode_paths(ctx, ("upsampler",), TUNED)
+    records = ctx.recorder.records
+    assert [r for r in records if r["kind"] == "error"] == []
+    assert next(r for r in records if r["kind"] == "tuned_tile")["tile"] == best.name
+    row = next(r for r in records if r["kind"] == "decode")
+    assert row["path"] == TUNED[0].name and row["engine"] == ENGINE_MODULE
+    checks = [r for r in records if r["kind"] == "check"]
+    assert len(checks) == 2 and all(r["tokens_equal"] == r["steps"] for r in checks)
+    assert launched and set(launched) == {(16, 32, 4, 2, False)}
+    assert Tile.default() == default  # the kernels' own tile again after the row
+
+
 def test_the_triton_tiles_row_times_each_tile_and_leaves_the_default(tmp_path: Path) -> None:
     from sampler.jukebox import kernels
 
@@ -457,14 +588,20 @@ def test_the_triton_tiles_row_times_each_tile_and_leaves_the_default(tmp_path: P
     assert default in TILES[:4]  # the dry run times the default tile
     triton_linear_tiles(ctx)
     rows = [r for r in recorder.records if r["kind"] == "triton_linear"]
+    # the dry run: at the tiny upsampler's layer shapes, so that C's tuned row finds its tile
+    layer = layer_shapes(SliceRun.build(ctx, PRIORS["upsampler"]).prior)
+    shapes = list(dict.fromkeys(layer))
+    assert len(shapes) == 3
+    assert [(r["n_in"], r["n_out"]) for r in rows] == [shape for shape in shapes for _ in TILES[:4]]
     assert [Tile(r["block_n"], r["block_k"], r["warps"], r["dot"], r["stages"]) for r in rows] == list(
-        TILES[:4]
+        TILES[:4] * 3
     )
-    assert [r["tile"] for r in rows] == [tile.name for tile in TILES[:4]]
-    assert all(r["us"] > 0 and r["n_in"] == 1920 // 16 for r in rows)
+    assert [r["tile"] for r in rows] == [tile.name for tile in TILES[:4] * 3]
+    assert all(r["us"] > 0 for r in rows)
     assert Tile.default() == default
     assert (kernels.LINEAR_BLOCK_N, kernels.LINEAR_WARPS) == (default.block_n, default.warps)
-    assert [r["default_tile"] for r in rows] == [tile == default for tile in TILES[:4]]
+    assert [r["default_tile"] for r in rows] == [tile == default for tile in TILES[:4] * 3]
+    assert fastest_tile(rows, layer, ctx.dtype) is not None
 
 
 def test_a_chosen_tile_is_what_linear_launches_with_until_the_block_ends() -> None:
