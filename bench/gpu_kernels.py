@@ -30,7 +30,7 @@ from bench.gpu_context import Context
 from bench.gpu_micro import LAYER_GEMMS, ROTATE_BYTES, device_ms, graphed
 from bench.gpu_models import PRIORS, build_prior, prior_config
 from sampler.jukebox.prior import JukeboxPrior
-from sampler.jukebox.transformer import ATTN_NAMES, CROSS, GEOMETRIES, TransformerConfig
+from sampler.jukebox.transformer import ATTN_NAMES, CROSS, GEOMETRIES, LAYER_NORM_EPS, TransformerConfig
 
 
 @dataclass(frozen=True)
@@ -151,11 +151,14 @@ class TileChoice:
 def fastest_tile(
     records: Sequence[dict[str, Any]], shapes: Sequence[tuple[int, int]], dtype: torch.dtype
 ) -> TileChoice | None:
-    """Among the tiles B timed in `dtype` at every one of `shapes` (without PDL, a launch option chosen
-    apart), the one whose µs summed over `shapes` is least; None when no tile was timed at all of them."""
+    """Among the tiles B timed in `dtype` at every one of `shapes` with results that match torch's
+    (without PDL, a launch option chosen apart), the one whose µs summed over `shapes` is least; None
+    when no tile was timed (and right) at all of them."""
     timed: dict[Tile, dict[tuple[int, int], float]] = {}
     for r in records:
         if r.get("kind") != "triton_linear" or r.get("dtype") != str(dtype) or r.get("pdl"):
+            continue
+        if not r.get("matches_torch", False):  # a wrong tile is never chosen, however fast
             continue
         tile = Tile(r["block_n"], r["block_k"], r["warps"], r["dot"], r["stages"])
         timed.setdefault(tile, {})[(r["n_in"], r["n_out"])] = float(r["us"])
@@ -170,23 +173,43 @@ def fastest_tile(
     return TileChoice(best, layer_us[best], layer_us.get(dataclasses.replace(Tile.default(), pdl=False)))
 
 
+# A tile whose `linear` parts from torch's by more than this (max |difference| over max |torch|) is
+# recorded as wrong and never chosen: half precision rounds the output at 2^-11 relative, a missed or
+# doubled K tile is off by tens of percent.
+TILE_TOLERANCE = 1e-2
+
+
+def _unit_norm(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.ones_like(x[0], dtype=torch.float32), torch.zeros_like(x[0], dtype=torch.float32)
+
+
 def _calls(kernels: ModuleType, x: torch.Tensor, weights: list[torch.Tensor], bias: torch.Tensor) -> None:
-    norm = (torch.ones_like(x[0], dtype=torch.float32), torch.zeros_like(x[0], dtype=torch.float32))
+    norm = _unit_norm(x)
     for weight in weights:
         kernels.linear(x, weight, bias, norm=norm)
+
+
+def _error(kernels: ModuleType, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> float:
+    """How far `linear` at the chosen tile is from torch: LayerNorm rows rounded to x's dtype (as torch
+    rounds them before its product), the product and bias in fp32; max |difference| over max |torch|."""
+    got = kernels.linear(x, weight, bias, norm=_unit_norm(x)).float()
+    rows = torch.nn.functional.layer_norm(x.float(), (x.shape[1],), eps=LAYER_NORM_EPS).to(x.dtype)
+    want = rows.float() @ weight.float() + bias.float()
+    return float((got - want).abs().max() / want.abs().max())
 
 
 def _shape(ctx: Context, kernels: ModuleType, n_in: int, n_out: int, tiles: tuple[Tile, ...]) -> None:
     weight_bytes = n_in * n_out * torch.empty(0, dtype=ctx.dtype).element_size()
     copies = 2 if ctx.dry_run else min(128, max(2, math.ceil(ROTATE_BYTES / weight_bytes)))
     weights = [torch.randn(n_in, n_out, device=ctx.device, dtype=ctx.dtype) for _ in range(copies)]
-    bias = torch.zeros(n_out, device=ctx.device, dtype=ctx.dtype)
+    bias = torch.randn(n_out, device=ctx.device, dtype=ctx.dtype)
     x = torch.randn(ROWS, n_in, device=ctx.device, dtype=ctx.dtype)
     calls = functools.partial(_calls, kernels, x, weights, bias)
     default = Tile.default()
     for tile in tiles:
         with tile.chosen():  # the tile is read when a call launches: captured with it, replayed within
             times = device_ms(ctx, graphed(ctx, calls), 1 if ctx.dry_run else 5, warmup=1)
+            error = _error(kernels, x, weights[0], bias)
         ms = statistics.median(times) / copies
         ctx.emit(
             "B",
@@ -200,6 +223,8 @@ def _shape(ctx: Context, kernels: ModuleType, n_in: int, n_out: int, tiles: tupl
             in_graph=ctx.capture,
             us=ms * 1e3,
             weight_tb_s=weight_bytes / (ms / 1e3) / 1e12,
+            error=error,
+            matches_torch=error <= TILE_TOLERANCE,
         )
 
 

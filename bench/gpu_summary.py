@@ -200,12 +200,15 @@ def decision_lines(records: Sequence[Record]) -> list[str]:
     tiles = [r for r in records if r.get("kind") == "triton_linear"]
     for shape in dict.fromkeys((r["n_in"], r["n_out"]) for r in tiles):
         of_shape = [r for r in tiles if (r["n_in"], r["n_out"]) == shape]
-        fastest = min(of_shape, key=lambda r: float(r["us"]))
+        right = [r for r in of_shape if r.get("matches_torch")]
+        wrong = [r["tile"] for r in of_shape if not r.get("matches_torch")]
         default = next((r for r in of_shape if r.get("default_tile")), None)
-        lines.append(
-            f"  triton linear {shape[0]}x{shape[1]}: fastest {fastest['tile']} {float(fastest['us']):.1f} µs"
-            + ("" if default is None else f" (default {float(default['us']):.1f} µs)")
-        )
+        line = f"  triton linear {shape[0]}x{shape[1]}: "
+        if right:
+            fastest = min(right, key=lambda r: float(r["us"]))
+            line += f"fastest {fastest['tile']} {float(fastest['us']):.1f} µs"
+            line += "" if default is None else f" (default {float(default['us']):.1f} µs)"
+        lines.append(line + (f"{'; ' if right else ''}WRONG results: {', '.join(wrong)}" if wrong else ""))
     return lines
 
 

@@ -164,7 +164,7 @@ def test_the_summary_reads_the_triton_decision_off_the_upsampler_rows() -> None:
     def tile(block_n: int, dot: bool, us: float, default: bool = False) -> dict[str, Any]:
         return dict(
             kind="triton_linear", n_in=1920, n_out=1440, block_n=block_n, block_k=64, warps=4, dot=dot,
-            tile=Tile(block_n, 64, 4, dot).name, us=us, default_tile=default,
+            tile=Tile(block_n, 64, 4, dot).name, us=us, default_tile=default, matches_torch=True,
         )  # fmt: skip
 
     records = [
@@ -186,6 +186,10 @@ def test_the_summary_reads_the_triton_decision_off_the_upsampler_rows() -> None:
     )
     assert lines[6] == "  triton blocks: 1.33x the speed of the best torch blocks: kernels=triton on CUDA"
     assert lines[7] == "  triton linear 1920x1440: fastest 32x64w4 dot 7.5 µs (default 9.0 µs)"
+    wrong = [*records[:-1], tile(16, False, 1.0) | dict(matches_torch=False)]
+    assert decision_lines(wrong)[7] == (
+        "  triton linear 1920x1440: fastest 32x64w4 dot 7.5 µs (default 9.0 µs); WRONG results: 16x64w4"
+    )
     slow_triton = [*records[:3], decode("graph K=16 + triton blocks", 0.020, 1.0)]
     assert decision_lines(slow_triton)[-1].endswith(
         "0.80x the speed of the best torch blocks: kernels=torch on CUDA"
@@ -470,7 +474,7 @@ def _tile_record(
     return dict(
         section="B", kind="triton_linear", n_in=shape[0], n_out=shape[1], block_n=tile.block_n,
         block_k=tile.block_k, warps=tile.warps, dot=tile.dot, stages=tile.stages, pdl=tile.pdl,
-        tile=tile.name, dtype=dtype, us=us,
+        tile=tile.name, dtype=dtype, us=us, matches_torch=True,
     )  # fmt: skip
 
 
@@ -489,8 +493,9 @@ def test_the_fastest_tile_is_the_least_layer_time_among_tiles_timed_at_every_sha
         _tile_record(wide, (64, 192), 6.0), _tile_record(wide, (16, 64), 6.0), _tile_record(wide, (64, 64), 8.0),
         # fastest everywhere it was timed, but not timed at every shape
         _tile_record(partial_tile, (64, 192), 1.0), _tile_record(partial_tile, (16, 64), 1.0),
-        # not candidates: with PDL (a launch option), or in another dtype
+        # not candidates: with PDL (a launch option), in another dtype, or wrong
         _tile_record(dataclasses.replace(wide, pdl=True), (64, 64), 0.5),
+        *(_tile_record(Tile(64, 128, 8, False), shape, 0.5) | dict(matches_torch=False) for shape in shapes),
         *(_tile_record(Tile(32, 256, 8, False), shape, 0.5, "torch.float16") for shape in shapes),
     ]  # fmt: skip
     choice = fastest_tile(records, shapes, torch.float32)
@@ -597,11 +602,36 @@ def test_the_triton_tiles_row_times_each_tile_and_leaves_the_default(tmp_path: P
         TILES[:4] * 3
     )
     assert [r["tile"] for r in rows] == [tile.name for tile in TILES[:4] * 3]
-    assert all(r["us"] > 0 for r in rows)
+    assert all(r["us"] > 0 and r["matches_torch"] and r["error"] < 1e-5 for r in rows)  # fp32 here
     assert Tile.default() == default
     assert (kernels.LINEAR_BLOCK_N, kernels.LINEAR_WARPS) == (default.block_n, default.warps)
     assert [r["default_tile"] for r in rows] == [tile == default for tile in TILES[:4] * 3]
     assert fastest_tile(rows, layer, ctx.dtype) is not None
+
+
+def test_a_tile_whose_linear_parts_from_torch_is_recorded_wrong_and_never_chosen(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sampler.jukebox import kernels
+
+    linear = kernels.linear
+    wrong = TILES[1]  # a tile the dry run times, not the default
+
+    def off_at_one_tile(*args: Any, **kwargs: Any) -> torch.Tensor:
+        y = linear(*args, **kwargs)
+        return y * 1.05 if Tile.default() == wrong else y  # as if it missed a few K tiles
+
+    monkeypatch.setattr(kernels, "linear", off_at_one_tile)
+    ctx = _ctx()
+    triton_linear_tiles(ctx)
+    rows = [r for r in ctx.recorder.records if r["kind"] == "triton_linear"]
+    assert {r["tile"] for r in rows if not r["matches_torch"]} == {wrong.name}
+    assert all(0.04 < r["error"] < 0.06 for r in rows if r["tile"] == wrong.name)
+    for r in rows:  # the wrong tile made the fastest: it must still not be chosen
+        r["us"] = 0.1 if r["tile"] == wrong.name else r["us"]
+    layer = layer_shapes(SliceRun.build(ctx, PRIORS["upsampler"]).prior)
+    choice = fastest_tile(rows, layer, ctx.dtype)
+    assert choice is not None and choice.tile != wrong
 
 
 def test_a_chosen_tile_is_what_linear_launches_with_until_the_block_ends() -> None:
