@@ -128,7 +128,7 @@ PARTS = (
     Part("C", "decode: upsampler at full depth (scale check)", 15, 2, scale_check),
     Part("D", "costliest kernels (eager and graph paths)", 1, 0.1, costliest),
     Part("C", "decode: compiled upsampler", 120, 3, _compiled("upsampler", 0)),
-    Part("B", "triton attention", 10, 10, triton_attention, needs_triton=True),
+    Part("B", "triton attention", 20, 10, triton_attention, needs_triton=True),
     Part("C", "decode: compiled 5b_lyrics", 155, 4, _compiled("5b_lyrics", 0)),
     Part("C", "decode: triton 5b_lyrics", 60, 40, _triton("5b_lyrics", TRITON + TUNED), needs_triton=True),
     Part("C", "decode: compiled 1b_lyrics", 190, 5, _compiled("1b_lyrics", 0)),

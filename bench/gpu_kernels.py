@@ -259,19 +259,28 @@ def _attention(ctx: Context, kernels: ModuleType, prior: str, config: Transforme
         for k_flat, v_flat in caches:
             kernels.attend(qkv, k_flat, v_flat, read, heads, cross)
 
-    times = device_ms(ctx, graphed(ctx, calls), 1 if ctx.dry_run else 5, warmup=1)
-    ms = statistics.median(times) / copies
     keys = slots if read.index is None else read.index.shape[0]
-    ctx.emit(
-        "B",
-        "triton_attend",
-        prior=prior,
-        attention=ATTN_NAMES[kind],
-        rows=ROWS * heads,
-        head_dim=d,
-        keys=keys,
-        dtype=ctx.dtype,
-        in_graph=ctx.capture,
-        us=ms * 1e3,
-        kv_tb_s=kv_bytes * keys / slots / (ms / 1e3) / 1e12,
-    )
+    default = kernels.MIX_STAGES
+    # the mix's key loop at the kernels' pipeline depth and unpipelined, to say whether the depth pays;
+    # once where the kernels never pipeline these rows
+    for stages in dict.fromkeys((kernels.mix_stages(d, ctx.dtype), 1)):
+        kernels.MIX_STAGES = stages  # read at each launch: captured with it, replayed within
+        try:
+            times = device_ms(ctx, graphed(ctx, calls), 1 if ctx.dry_run else 5, warmup=1)
+        finally:
+            kernels.MIX_STAGES = default
+        ms = statistics.median(times) / copies
+        ctx.emit(
+            "B",
+            "triton_attend",
+            prior=prior,
+            attention=ATTN_NAMES[kind],
+            rows=ROWS * heads,
+            head_dim=d,
+            keys=keys,
+            mix_stages=stages,
+            dtype=ctx.dtype,
+            in_graph=ctx.capture,
+            us=ms * 1e3,
+            kv_tb_s=kv_bytes * keys / slots / (ms / 1e3) / 1e12,
+        )

@@ -13,7 +13,7 @@ the number of kernels per layer (about 27 eager, 8 after inductor). These make i
   multiprocessors idle while three stream the keys. Attention is split where it parallelises without
   a split reduction: `_score_kernel` scores a tile of keys per program (and writes the new k, v to
   their slot), `_mix_kernel` takes a strip of head dims per program, softmaxes the row's scores and
-  applies them to v.
+  applies them to v, its keys several tiles ahead through Triton's software pipeline.
 
 Every sum has a fixed order (no atomics, no split reduction), so a resumed job redraws the same codes
 on the same GPU. Everything accumulates in fp32 and rounds once at the store: in fp32 the results
@@ -81,6 +81,12 @@ ATTEND_TILE_ELEMENTS = 4096
 ATTEND_MAX_KEYS = 32
 MIX_BLOCK_KEYS = 64
 MIX_BLOCK_D = 64
+# The depth of the software pipeline over a mixing program's keys (their scores, slots and v rows on
+# their way while it weighs one tile): a dense layer's thousands of keys are otherwise one latency per
+# tile. Only where v's rows are 16-byte aligned: cp.async cannot copy 5b_lyrics' 300-byte rows (head
+# dim 150) in more than 2 bytes at a time, and pipelining just its scores spills registers on sm_90.
+# 1 loads each tile when it is used; the interpreter ignores it.
+MIX_STAGES = 3
 # Programmatic dependent launch (Hopper and later): each kernel lets the next one launch at once and
 # waits, before its first read, for the one before it to finish, so a launch and its ramp-up overlap
 # the previous kernel's tail instead of following it. The results are the same; whether it is faster
@@ -316,6 +322,7 @@ if triton is not None:
         HAS_INDEX: tl.constexpr,
         HAS_EMPTY: tl.constexpr,
         PDL: tl.constexpr,
+        STAGES: tl.constexpr,
         BLOCK_KEYS: tl.constexpr,
         BLOCK_D: tl.constexpr,
     ):
@@ -337,7 +344,7 @@ if triton is not None:
             best = tl.maximum(best, tl.reduce(s, 0, _MAX))
         total = tl.full([], 0.0, tl.float32)
         acc = tl.full([BLOCK_D], 0.0, tl.float32)
-        for j0 in range(0, n_keys, BLOCK_KEYS):
+        for j0 in tl.range(0, n_keys, BLOCK_KEYS, num_stages=STAGES):
             js = j0 + tl.arange(0, BLOCK_KEYS)
             j_ok = js < n_keys
             p = tl.exp(tl.load(scores_row + js, mask=j_ok, other=float("-inf")) - best)
@@ -353,6 +360,13 @@ if triton is not None:
         if HAS_EMPTY:
             out = tl.where(tl.load(EMPTY + ds * 0) != 0, 0.0, out)
         tl.store(OUT + n * (heads * D) + h * D + ds, out.to(OUT.dtype.element_ty), mask=d_ok)
+
+
+def mix_stages(head_dim: int, dtype: torch.dtype) -> int:
+    """The mixing kernel's pipeline depth for v rows of `head_dim` in `dtype`: MIX_STAGES where the rows
+    are 16-byte aligned, else 1."""
+    aligned = head_dim * torch.empty(0, dtype=dtype).element_size() % 16 == 0
+    return MIX_STAGES if aligned else 1
 
 
 def _require() -> None:
@@ -484,6 +498,7 @@ def attend(qkv: Tensor, k_flat: Tensor, v_flat: Tensor, read: StaticRead, heads:
         HAS_INDEX=read.index is not None,
         HAS_EMPTY=read.empty is not None,
         PDL=pdl,
+        STAGES=mix_stages(d, v_flat.dtype),
         BLOCK_KEYS=MIX_BLOCK_KEYS,
         BLOCK_D=MIX_BLOCK_D,
         enable_fp_fusion=FP_FUSION,

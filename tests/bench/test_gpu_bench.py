@@ -655,11 +655,20 @@ def test_the_triton_attention_row_times_every_attention_kind_of_every_prior() ->
         name: [ATTN_NAMES[f] for f in dict.fromkeys(attn_funcs(prior_config(spec, True)))]
         for name, spec in PRIORS.items()
     }
-    assert [(r["prior"], r["attention"]) for r in rows] == [
-        (p, k) for p, names in kinds.items() for k in names
+    from sampler.jukebox import kernels
+
+    # each kind at the kernels' mix pipeline depth, then unpipelined (once where they never pipeline)
+    head_dims = {
+        name: prior_config(spec, True).transformer_config().head_dim for name, spec in PRIORS.items()
+    }
+    depths = {p: list(dict.fromkeys((kernels.mix_stages(d, ctx.dtype), 1))) for p, d in head_dims.items()}
+    assert [(r["prior"], r["attention"], r["mix_stages"]) for r in rows] == [
+        (p, k, stages) for p, names in kinds.items() for k in names for stages in depths[p]
     ]
+    assert depths["upsampler"] == [3, 1]
     assert "cross" in kinds["5b_lyrics"] and "prime" in kinds["1b_lyrics"]
     assert all(r["us"] > 0 and r["keys"] > 0 and not r["in_graph"] for r in rows)
+    assert kernels.MIX_STAGES == 3
 
 
 @pytest.mark.slow

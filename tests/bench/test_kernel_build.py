@@ -76,6 +76,11 @@ def test_every_kernel_a_decode_step_launches_builds_for_sm90_and_sm80_without_sp
             # STAGES - 1 tiles ahead; one stage loads each tile when it is used
             assert (b["async_copies"] > 0) == (b["constants"]["STAGES"] > 1), b
         assert {b["constants"]["STAGES"] for b in every_linear} >= {1, 3}
+        mixes = [b for b in of_arch if b["kernel"] == "_mix_kernel"]
+        for b in mixes:  # the keys' loop likewise, where v's rows are 16-byte aligned
+            assert (b["async_copies"] > 0) == (b["constants"]["STAGES"] > 1), b
+        stages = {p: {b["constants"]["STAGES"] for b in mixes if p in b["users"]} for p in PRIORS}
+        assert stages == {"upsampler": {3}, "5b_lyrics": {1}, "1b_lyrics": {3}}  # 5b: 300-byte rows
     # the upsamplers' weights stream in 128-bit loads (their head dim, 480, keeps k and v rows aligned)
     upsampler = [b for b in builds if "upsampler" in b["users"]]
     assert all(b["loads"].get("128", 0) > 0 for b in upsampler)

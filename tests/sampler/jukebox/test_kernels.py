@@ -329,3 +329,11 @@ def test_the_runner_option_chooses_the_kernels() -> None:
     assert decode_options("cuda", kernels=" Triton ").kernels == "triton"
     with pytest.raises(ValueError, match="decode_kernels must be one of auto, torch, triton, got 'cuda'"):
         decode_options("cpu", kernels="cuda")
+
+
+def test_the_mix_pipelines_its_keys_only_where_v_rows_are_16_byte_aligned() -> None:
+    assert kernels.mix_stages(480, torch.float16) == kernels.MIX_STAGES > 1  # the upsamplers
+    assert kernels.mix_stages(128, torch.float32) == kernels.MIX_STAGES
+    assert kernels.mix_stages(150, torch.float16) == 1  # 5b_lyrics: 300-byte rows
+    assert kernels.mix_stages(150, torch.float32) == 1
+    assert kernels.mix_stages(4, torch.float16) == 1
