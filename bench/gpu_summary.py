@@ -209,7 +209,27 @@ def decision_lines(records: Sequence[Record]) -> list[str]:
             line += f"fastest {fastest['tile']} {float(fastest['us']):.1f} µs"
             line += "" if default is None else f" (default {float(default['us']):.1f} µs)"
         lines.append(line + (f"{'; ' if right else ''}WRONG results: {', '.join(wrong)}" if wrong else ""))
+    lines += _mix_line(records)
     return lines
+
+
+def _mix_line(records: Sequence[Record]) -> list[str]:
+    """Whether `attend`'s pipelined key loop pays: µs summed over the kinds B timed both ways."""
+    by_kind: dict[tuple[str, str], dict[int, float]] = {}
+    for r in records:
+        if r.get("kind") == "triton_attend":
+            by_kind.setdefault((r["prior"], r["attention"]), {})[int(r["mix_stages"])] = float(r["us"])
+    both = [us for us in by_kind.values() if len(us) == 2 and 1 in us]
+    if not both:
+        return []
+    depth = next(stages for stages in both[0] if stages != 1)
+    piped = sum(us[depth] for us in both if depth in us)
+    plain = sum(us[1] for us in both if depth in us)
+    gain = plain / piped
+    return [
+        f"  attend, mix keys {depth} stages deep: {gain:.2f}x the speed unpipelined over {len(both)} kinds: "
+        f"kernels.MIX_STAGES={depth if gain > 1 else 1}"
+    ]
 
 
 def _cell(value: float | None, width: int, suffix: str = "") -> str:

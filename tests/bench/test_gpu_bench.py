@@ -220,6 +220,24 @@ def test_the_summary_reads_the_triton_decision_off_the_upsampler_rows() -> None:
         "  B's fastest tile 16x256w8s5: LINEAR_BLOCK_N=16 LINEAR_BLOCK_K=256 LINEAR_WARPS=8 LINEAR_STAGES=5 "
         "LINEAR_DOT=False, 1.33x the default tile's speed"
     )
+
+    def attend(attention: str, stages: int, us: float) -> dict[str, Any]:
+        return dict(kind="triton_attend", prior="upsampler", attention=attention, mix_stages=stages, us=us)
+
+    timed = [
+        attend("block", 3, 2.0),
+        attend("block", 1, 3.0),
+        attend("dense", 3, 4.0),
+        attend("dense", 1, 6.0),
+    ]
+    assert decision_lines([*records, *timed, attend("cross", 1, 9.0)])[-1] == (
+        "  attend, mix keys 3 stages deep: 1.50x the speed unpipelined over 2 kinds: kernels.MIX_STAGES=3"
+    )
+    slower = [attend("block", 3, 3.0), attend("block", 1, 2.0)]
+    assert decision_lines([*records, *slower])[-1].endswith(
+        "0.67x the speed unpipelined over 1 kinds: kernels.MIX_STAGES=1"
+    )
+    assert decision_lines([*records, attend("cross", 1, 9.0)])[-1].startswith("  triton linear")
     fast_torch = [decode("graph K=16 + compiled blocks", 0.008, 1.0)]
     assert decision_lines(fast_torch)[-1].endswith("8.0 µs on an H100, within: torch blocks suffice")
     assert decision_lines([decode("sliced", 0.5, 1.0)]) == []
