@@ -45,6 +45,7 @@ from bench.gpu_paths import (
     reset_compiled,
     window_uniforms,
 )
+from bench.gpu_summary import PDL_PATH, TRITON_PATH, latest
 from bench.gpu_timing import Timing, time_path
 from sampler.jukebox.prior import Conditioning, JukeboxPrior
 
@@ -52,7 +53,6 @@ EAGER_AND_GRAPH = tuple(path for path in PATHS if path.compile_mode is None and 
 COMPILED = tuple(path for path in PATHS if path.compile_mode is not None)
 TRITON = tuple(path for path in PATHS if path.kernels == "triton" and not path.tuned)
 TUNED = tuple(path for path in PATHS if path.tuned)  # after B's tiles: the tile is chosen from them
-TRITON_PATH_NAME, PDL_PATH_NAME = (path.name for path in TRITON)
 CHECK_STEPS = 64
 GRAPH_K16 = next(path for path in PATHS if path.name == "graph K=16")
 
@@ -222,8 +222,8 @@ def launch_tile(ctx: Context, run: SliceRun, path: DecodePath) -> tuple[Tile | N
     if choice is None:
         return None, f"bench B timed no tile at every linear shape of this layer ({shapes}) in {ctx.dtype}"
     name = run.spec.name
-    with_pdl = _latest_decode(ctx, name, PDL_PATH_NAME)
-    without = _latest_decode(ctx, name, TRITON_PATH_NAME)
+    with_pdl = latest(ctx.recorder.records, "decode", prior=name, path=PDL_PATH)
+    without = latest(ctx.recorder.records, "decode", prior=name, path=TRITON_PATH)
     pdl = bool(
         pdl_capable
         and with_pdl is not None
@@ -241,15 +241,6 @@ def launch_tile(ctx: Context, run: SliceRun, path: DecodePath) -> tuple[Tile | N
         default_linear_us_per_layer=choice.default_layer_us,
     )
     return tile, None
-
-
-def _latest_decode(ctx: Context, prior: str, path: str) -> dict[str, Any] | None:
-    rows = [
-        r
-        for r in ctx.recorder.records
-        if r["kind"] == "decode" and r.get("prior") == prior and r.get("path") == path
-    ]
-    return rows[-1] if rows else None
 
 
 def _decode_and_check(ctx: Context, run: SliceRun, path: DecodePath, tile: Tile | None) -> None:

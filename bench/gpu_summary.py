@@ -39,7 +39,7 @@ TRITON_PATHS = tuple(path for _, path, _ in LEVERS[-3:])
 TRITON_PATH, PDL_PATH, TUNED_PATH = TRITON_PATHS
 
 
-def _latest(records: Sequence[Record], kind: str, **match: Any) -> Record | None:
+def latest(records: Sequence[Record], kind: str, **match: Any) -> Record | None:
     found = [r for r in records if r.get("kind") == kind and all(r.get(k) == v for k, v in match.items())]
     return found[-1] if found else None
 
@@ -71,18 +71,18 @@ def _bound(records: Sequence[Record], stack: str, bandwidth: float) -> float | N
 def stack_rows(records: Sequence[Record], stack: str) -> list[Record]:
     """One row per lever: per-level seconds here and on an H100, totals, × bound, gain."""
     top, upsampler = STACKS[stack]
-    env = _latest(records, "env", section="A") or {}
-    bandwidth = _latest(records, "bandwidth", section="A") or {}
+    env = latest(records, "env", section="A") or {}
+    bandwidth = latest(records, "bandwidth", section="A") or {}
     nominal = env.get("nominal_tb_s") or bandwidth.get("read_tb_s")
     bound_here = None if nominal is None else _bound(records, stack, float(nominal) * 1e12)
     bound_h100 = _bound(records, stack, H100_BANDWIDTH)
     rows: list[Record] = []
     previous: Record | None = None
     for label, path, method in LEVERS:
-        decode_top = _latest(records, "decode", prior=top, path=path)
-        decode_up = _latest(records, "decode", prior=upsampler, path=path)
-        prefill_top = _latest(records, "prefill", prior=top, method=method)
-        prefill_up = _latest(records, "prefill", prior=upsampler, method=method)
+        decode_top = latest(records, "decode", prior=top, path=path)
+        decode_up = latest(records, "decode", prior=upsampler, path=path)
+        prefill_top = latest(records, "prefill", prior=top, method=method)
+        prefill_up = latest(records, "prefill", prior=upsampler, method=method)
         prefill = _sum(
             [
                 _per_level(prefill_top, "s_per_min", 2),
@@ -117,7 +117,7 @@ def overlap_row(records: Sequence[Record], rows: list[Record]) -> Record | None:
     """Levels 1 and 0 at once (estimated from section G) applied to the fastest complete lever (the
     Triton rows are alternatives, not steps on top of the compiled one): level 1 runs beside the
     first quarter of level 0, at G's interleaved rate; the rest of level 0 alone."""
-    overlap = _latest(records, "overlap", section="G")
+    overlap = latest(records, "overlap", section="G")
     complete = [r for r in rows if r["here"]["total"] is not None]
     if overlap is None or not complete or not overlap.get("alone_steps_per_s"):
         return None
@@ -159,7 +159,7 @@ def decision_lines(records: Sequence[Record]) -> list[str]:
     UPSAMPLER_LAYER_LIMIT, whether the Triton blocks beat the best torch blocks, and the fastest
     Triton `linear` variant per shape."""
     paths = [path for _, path, _ in LEVERS if path.startswith("graph K=16")]
-    rows = {p: r for p in paths if (r := _latest(records, "decode", prior="upsampler", path=p)) is not None}
+    rows = {p: r for p in paths if (r := latest(records, "decode", prior="upsampler", path=p)) is not None}
     if not rows:
         return []
     limit = UPSAMPLER_LAYER_LIMIT * 1e6
@@ -175,7 +175,7 @@ def decision_lines(records: Sequence[Record]) -> list[str]:
         )
         lines.append(f"  best torch blocks: {best}, {torch_rows[best]:.1f} µs on an H100, {verdict}")
     triton_rows = {p: _layer_us(rows[p])[1] for p in TRITON_PATHS if p in rows}
-    tuned = _latest(records, "tuned_tile", prior="upsampler")
+    tuned = latest(records, "tuned_tile", prior="upsampler")
     if best is not None and triton_rows:
         fastest = min(triton_rows, key=triton_rows.__getitem__)
         ratio = torch_rows[best] / triton_rows[fastest]
@@ -242,7 +242,7 @@ def _cell(value: float | None, width: int, suffix: str = "") -> str:
 
 def table(records: Sequence[Record]) -> tuple[list[Record], str]:
     """All rows of I and their text table."""
-    env = _latest(records, "env", section="A") or {}
+    env = latest(records, "env", section="A") or {}
     lines = [
         f"I. Seconds per minute of audio, {3} samples, measured on {env.get('name', 'an unknown device')}"
         f"{' (DRY RUN: tiny sizes, not a measurement)' if env.get('dry_run') else ''}",
