@@ -12,7 +12,8 @@ Sections, run in order of value (a part that will not fit the budget is skipped 
     F  per-window extras: conditioner, lyric encoder + cross k/v, VQ-VAE decode of 3 × 60 s
     C  the upsampler at full depth (checks the slice scaling)
     D  the ten costliest kernels of the best path per prior (again after the compiled rows)
-    C  the compiled paths (the risk: minutes of compiling on a fresh machine)
+    C  the compiled paths, per block then the whole slice as one graph (the risk: minutes of
+       compiling on a fresh machine)
     I  the summary table (also rewritten to --out after every part, so a time-out leaves one)
 
 Random weights at the published sizes; the decode and prefill rows run on layer slices scaled to
@@ -74,8 +75,12 @@ class Part:
     needs_triton: bool = False
 
 
-def _compiled(name: str, index: int) -> Callable[[Context], None]:
-    return lambda ctx: decode_paths(ctx, (name,), (COMPILED[index],))
+def _compiled(name: str, path: str) -> Callable[[Context], None]:
+    chosen = next(p for p in COMPILED if p.name == path)
+    return lambda ctx: decode_paths(ctx, (name,), (chosen,))
+
+
+BLOCKS, WHOLE_SLICE, MAX_AUTOTUNE = (p.name for p in COMPILED)
 
 
 def _triton(name: str, paths: tuple[DecodePath, ...] = TRITON) -> Callable[[Context], None]:
@@ -127,12 +132,23 @@ PARTS = (
     Part("F", "vqvae decode", 10, 1, vqvae_decode),
     Part("C", "decode: upsampler at full depth (scale check)", 15, 2, scale_check),
     Part("D", "costliest kernels (eager and graph paths)", 1, 0.1, costliest),
-    Part("C", "decode: compiled upsampler", 120, 3, _compiled("upsampler", 0)),
+    Part("C", "decode: compiled upsampler", 120, 3, _compiled("upsampler", BLOCKS)),
     Part("B", "triton attention", 20, 10, triton_attention, needs_triton=True),
-    Part("C", "decode: compiled 5b_lyrics", 155, 4, _compiled("5b_lyrics", 0)),
+    Part("C", "decode: compiled 5b_lyrics", 155, 4, _compiled("5b_lyrics", BLOCKS)),
     Part("C", "decode: triton 5b_lyrics", 60, 40, _triton("5b_lyrics", TRITON + TUNED), needs_triton=True),
-    Part("C", "decode: compiled 1b_lyrics", 190, 5, _compiled("1b_lyrics", 0)),
-    Part("C", "decode: max-autotune upsampler", 480, 3, _compiled("upsampler", 1), needs_inductor=True),
+    # one graph of the whole slice: compile time grows with its layers (GPU-PLAN §4 step 5)
+    Part("C", "decode: whole-slice compiled upsampler", 140, 6, _compiled("upsampler", WHOLE_SLICE)),
+    Part("C", "decode: compiled 1b_lyrics", 190, 5, _compiled("1b_lyrics", BLOCKS)),
+    Part("C", "decode: whole-slice compiled 5b_lyrics", 220, 10, _compiled("5b_lyrics", WHOLE_SLICE)),
+    Part("C", "decode: whole-slice compiled 1b_lyrics", 360, 17, _compiled("1b_lyrics", WHOLE_SLICE)),
+    Part(
+        "C",
+        "decode: max-autotune upsampler",
+        480,
+        3,
+        _compiled("upsampler", MAX_AUTOTUNE),
+        needs_inductor=True,
+    ),
     Part("D", "costliest kernels (all paths)", 1, 0.1, costliest),
 )
 

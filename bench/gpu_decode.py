@@ -54,6 +54,9 @@ COMPILED = tuple(path for path in PATHS if path.compile_mode is not None)
 TRITON = tuple(path for path in PATHS if path.kernels == "triton" and not path.tuned)
 TUNED = tuple(path for path in PATHS if path.tuned)  # after B's tiles: the tile is chosen from them
 CHECK_STEPS = 64
+# Inductor's seconds per layer of a whole-slice graph (a guess: a block graph's ~35 s spread over the
+# ops it fuses; the row records what it took)
+COMPILE_S_PER_SLICE_LAYER = 20
 GRAPH_K16 = next(path for path in PATHS if path.name == "graph K=16")
 
 
@@ -254,11 +257,15 @@ def _decode_and_check(ctx: Context, run: SliceRun, path: DecodePath, tile: Tile 
 
 
 def _estimate(ctx: Context, spec: PriorSpec, path: DecodePath) -> float:
-    """Seconds a row should take: compiles cost per attention kind in the slice (one graph each)."""
+    """Seconds a row should take: per-block compiles cost per attention kind in the slice (one graph
+    each), a whole-slice compile per layer (one graph of them all)."""
     if path.kernels != "torch":  # Triton builds each kernel once; the interpreter is slow
         return ctx.seconds(45, 30)
     if path.compile_mode is None:
         return ctx.seconds(8, 1.5)
+    if path.compile_scope == "slice":
+        layers = len(spec.layers)
+        return ctx.seconds(15 + COMPILE_S_PER_SLICE_LAYER * layers, 1.0 * layers)
     kinds = len(set(attn_funcs(prior_config(spec, ctx.dry_run, spec.layers))))
     per_kind = 150 if path.compile_mode.startswith("max-autotune") else 35
     return ctx.seconds(15 + per_kind * kinds, 2.0 * kinds)
@@ -414,6 +421,7 @@ def stepper_run(
     *,
     capture: bool,
     compile_mode: str | None = None,
+    compile_scope: str = "block",
     per_call: int = 16,
 ) -> tuple[Tensor, Tensor]:
     """Tokens (N, T) and logits (T, N, bins) of the bench's stepper over `steps` calls' worth of tokens."""
@@ -428,6 +436,7 @@ def stepper_run(
         per_call=per_call,
         capture=capture,
         compile_mode=compile_mode,
+        compile_scope=compile_scope,
         compile_backend=ctx.compile_backend,
         keep_logits=True,
     )
@@ -446,12 +455,13 @@ def graph_checks(ctx: Context, run: SliceRun, path: DecodePath = GRAPH_K16) -> N
     """`path` (captured, K tokens a call) against the same calls run eagerly without compiling, and
     twice against itself."""
     steps = CHECK_STEPS if not ctx.dry_run else 32
-    label, mode, per_call = path.name, path.compile_mode, path.per_call
+    label, per_call = path.name, path.per_call
     eager_tokens, eager_logits = stepper_run(ctx, run, steps, capture=False, per_call=per_call)
-    tokens, logits = stepper_run(ctx, run, steps, capture=ctx.capture, compile_mode=mode, per_call=per_call)
-    again, again_logits = stepper_run(
-        ctx, run, steps, capture=ctx.capture, compile_mode=mode, per_call=per_call
+    compiled: dict[str, Any] = dict(
+        compile_mode=path.compile_mode, compile_scope=path.compile_scope, per_call=per_call
     )
+    tokens, logits = stepper_run(ctx, run, steps, capture=ctx.capture, **compiled)
+    again, again_logits = stepper_run(ctx, run, steps, capture=ctx.capture, **compiled)
     outcomes = (
         (
             "vs eager static (same uniforms)",

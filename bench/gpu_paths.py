@@ -12,6 +12,8 @@ it; until then (or if it fails) they run the bench's own version of the path:
              (`StaticStepper`); a dry run runs the same calls uncaptured
     compiled each residual block's static step through `torch.compile` (one graph per attention
              kind), then captured as above
+    slice    the whole layer stack's static step (`Transformer.static_layers`) as one compiled graph:
+             fusion across block boundaries, at a compile time that grows with the layers
 
 `layers_skipped` swaps the transformer for an identity, so that the same path times the embedding,
 the head and the draw alone ("extras", scaled separately from the layers).
@@ -46,7 +48,8 @@ class DecodePath:
     name: str
     kind: str  # "sliced" | "static" | "graph"
     per_call: int = 1
-    compile_mode: str | None = None  # torch.compile mode of the per-block compile; None: no compile
+    compile_mode: str | None = None  # torch.compile mode of the compiled step; None: no compile
+    compile_scope: str = "block"  # "block": one graph per attention kind; "slice": the whole stack
     kernels: str = "torch"  # "triton": the engine's hand-fused block kernels (no bench version)
     pdl: bool = False  # the Triton kernels with programmatic dependent launch (`kernels.PDL`)
     # the Triton kernels at the `linear` tile bench B timed fastest over the prior's layer in this run,
@@ -70,6 +73,7 @@ PATHS = (
     DecodePath("graph K=1", "graph", 1),
     DecodePath("graph K=16", "graph", 16),
     DecodePath("graph K=16 + compiled blocks", "graph", 16, "default"),
+    DecodePath("graph K=16 + whole-slice compile", "graph", 16, "default", compile_scope="slice"),
     DecodePath("graph K=16 + max-autotune blocks", "graph", 16, "max-autotune-no-cudagraphs"),
     DecodePath("graph K=16 + triton blocks", "graph", 16, kernels="triton"),
     DecodePath("graph K=16 + triton blocks + PDL", "graph", 16, kernels="triton", pdl=True),
@@ -172,6 +176,24 @@ def compiled_blocks(prior: JukeboxPrior, mode: str, backend: str) -> Iterator[No
 
 
 @contextmanager
+def compiled_slice(prior: JukeboxPrior, mode: str, backend: str) -> Iterator[None]:
+    """The transformer's whole static layer stack through one compiled function (one graph for the
+    slice). The layers' weight tuples must already be filled (one uncompiled step), or the first step
+    compiles a second graph."""
+    transformer = prior.prior.transformer
+    options: dict[str, Any] = dict(fullgraph=True, dynamic=False, backend=backend)
+    if backend == "inductor":
+        options["mode"] = mode
+    # dynamo caches the graph on the method's code: a second wrapper for this transformer reuses it
+    compiled = torch.compile(transformer.static_layers, **options)
+    object.__setattr__(transformer, "static_layers", compiled)  # shadows the method for decode_static
+    try:
+        yield
+    finally:
+        transformer.__dict__.pop("static_layers", None)
+
+
+@contextmanager
 def layers_skipped(prior: JukeboxPrior) -> Iterator[None]:
     """The transformer as an identity that still moves the position on: what is left of a step is
     its embedding, conditioning, head and draw."""
@@ -214,6 +236,7 @@ class StaticStepper:
         per_call: int,
         capture: bool,
         compile_mode: str | None = None,
+        compile_scope: str = "block",
         compile_backend: str = "inductor",
         keep_logits: bool = False,
         temperature: float = 1.0,
@@ -238,7 +261,8 @@ class StaticStepper:
             before = 0
             if compile_mode is not None:
                 before = compiled_graph_count()
-                self._blocks_swap = compiled_blocks(prior, compile_mode, compile_backend)
+                swap = compiled_slice if compile_scope == "slice" else compiled_blocks
+                self._blocks_swap = swap(prior, compile_mode, compile_backend)
                 self._blocks_swap.__enter__()
             self.call()
             if compile_mode is not None:
@@ -366,6 +390,7 @@ def _run_stepper(path: DecodePath, capture: bool, compile_backend: str, job: Win
         per_call=path.per_call,
         capture=capture,
         compile_mode=path.compile_mode,
+        compile_scope=path.compile_scope,
         compile_backend=compile_backend,
     )
     try:
@@ -460,7 +485,13 @@ def adapters(
             if engine is None
             else [(ENGINE_MODULE, engine_adapter(engine, path, capture, compile_backend))]
         )
-    # the sliced loop has no persistent decoder: it is `sample_steps` either way
-    if engine is None or path.kind == "sliced" or path.compile_mode not in (None, "default"):
+    # the sliced loop has no persistent decoder: it is `sample_steps` either way; the engine compiles
+    # per block in the default mode only
+    if (
+        engine is None
+        or path.kind == "sliced"
+        or path.compile_mode not in (None, "default")
+        or path.compile_scope != "block"
+    ):
         return [own]
     return [(ENGINE_MODULE, engine_adapter(engine, path, capture, compile_backend)), own]

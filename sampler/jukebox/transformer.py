@@ -1142,9 +1142,23 @@ class Transformer(nn.Module):
             slots = cache.kind_slots = {
                 b.attn.attn_func: kv.slots for b, kv in zip(self._blocks, cache.layers, strict=True)
             }
-        reads = {g.kind: g.static_read(pos, slots[g.kind], key_index) for g in self._geometries}
-        h = x.to(cache.dtype)
-        for block, layer in zip(self._blocks, cache.layers, strict=True):
-            h = block.decode_static(h, layer, reads[block.attn.attn_func], step)
+        h = self.static_layers(x.to(cache.dtype), pos, key_index, slots, cache.layers, step)
         cache.advance_position()
         return h.float()
+
+    def static_layers(
+        self,
+        h: Tensor,
+        pos: Tensor,
+        key_index: Tensor,
+        slots: dict[int, int],
+        layers: list[LayerKV],
+        step: BlockStep | None = None,
+    ) -> Tensor:
+        """Every block's static step at the device position `pos`, h (N, width) in the cache dtype.
+        It reads and writes no host state (the caller moves the position on), so the whole stack can
+        be one compiled graph (bench/gpu.py's whole-slice row compiles it)."""
+        reads = {g.kind: g.static_read(pos, slots[g.kind], key_index) for g in self._geometries}
+        for block, layer in zip(self._blocks, layers, strict=True):
+            h = block.decode_static(h, layer, reads[block.attn.attn_func], step)
+        return h

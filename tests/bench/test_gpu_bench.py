@@ -110,12 +110,15 @@ def test_dry_run_covers_every_section_and_goes_on_past_a_failing_one(tmp_path: P
         # records keep 6 decimals: the per-layer figure's rounding is multiplied by the depth
         assert math.isclose(r["ms_per_step"], scaled, rel_tol=1e-5, abs_tol=1e-6 * (r["depth"] + 2))
         assert r["tokens_in_range"] and r["kernels_per_step_slice"] > 0
-    for r in (r for r in decode if "compiled" in r["path"]):  # one graph per attention kind
+    for r in (r for r in decode if "compiled blocks" in r["path"]):  # one graph per attention kind
         slice_config = prior_config(PRIORS[r["prior"]], True, PRIORS[r["prior"]].layers)
         assert r["compiled_graphs"] == len(set(attn_funcs(slice_config))), r
+    whole = [r for r in decode if "whole-slice" in r["path"]]
+    assert len(whole) == 3 and all(r["compiled_graphs"] == 1 for r in whole), whole
 
     checks = [r for r in records if r["kind"] == "check"]
-    assert len(checks) == 3 * 3 + 3 * 2 + 1  # H per prior, the compiled rows' checks, the overlap
+    # H per prior, the two compiled rows' checks per prior, the overlap
+    assert len(checks) == 3 * 3 + 3 * 2 * 2 + 1
     assert all(r["tokens_equal"] == r["steps"] for r in checks), checks
     assert all(r.get("max_logit_diff", 0.0) <= 1e-5 for r in checks)  # fp32 at 16-slot blocks: float rounding
     assert all(r["logits_bitwise_equal"] for r in checks if "logits_bitwise_equal" in r)
@@ -241,6 +244,16 @@ def test_the_summary_reads_the_triton_decision_off_the_upsampler_rows() -> None:
     fast_torch = [decode("graph K=16 + compiled blocks", 0.008, 1.0)]
     assert decision_lines(fast_torch)[-1].endswith("8.0 µs on an H100, within: torch blocks suffice")
     assert decision_lines([decode("sliced", 0.5, 1.0)]) == []
+    whole = [*records[:3], decode("graph K=16 + whole-slice compile", 0.012, 1.0)]
+    lines = decision_lines(whole)
+    assert lines[4].split()[-3:] == ["12.0", "|", "12.0"]  # within the limit
+    assert lines[5] == (
+        "  best torch blocks: graph K=16 + whole-slice compile, 12.0 µs on an H100, within: torch blocks suffice"
+    )
+    assert lines[6] == (
+        "  the whole-slice graph is the bench's own (the engine compiles per block): worth moving into the engine"
+    )
+    assert "bench's own" not in "\n".join(decision_lines(records))
 
 
 def test_levels_at_once_are_estimated_on_the_fastest_lever_not_the_last() -> None:
@@ -398,6 +411,47 @@ def test_the_stepper_draws_what_the_eager_static_step_draws(tiny_upsampler: Any)
     prior.set_static_decode(False)
     assert torch.equal(stepper.tokens, torch.stack(eager, 1))
     assert not torch.equal(stepper.tokens, torch.roll(stepper.tokens, 1, dims=1))  # the draws do vary
+
+
+@pytest.mark.parametrize("name", list(PRIORS))
+def test_the_whole_slice_compile_is_one_graph_with_the_eager_steppers_tokens(name: str) -> None:
+    """Dynamo traces the slice's whole layer stack once (every attention kind, 5b's cross layer and
+    1b's prime layer included) and the traced graph draws the eager stepper's tokens and logits."""
+    from torch._dynamo.testing import CompileCounter
+
+    spec = PRIORS[name]
+    cpu = torch.device("cpu")
+    prior = build_prior(spec, dry_run=True, device=cpu, dtype=torch.float32, layers=spec.layers)
+    cond, known = random_conditioning(prior, 3, cpu), random_ids(prior, 3, 20, cpu)
+    uniforms = window_uniforms(3, 1 + 4 * 5, cpu, seed=5)
+
+    def run(**compiled: Any) -> StaticStepper:
+        stepper = StaticStepper(
+            prior,
+            prefilled(prior, cond, known, 60),
+            uniforms,
+            per_call=4,
+            capture=False,
+            keep_logits=True,
+            **compiled,
+        )
+        while stepper.done < uniforms.shape[0]:
+            stepper.advance()
+        stepper.close()
+        return stepper
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    try:
+        eager = run()
+        whole = run(compile_mode="default", compile_scope="slice", compile_backend=counter)
+        assert counter.frame_count == 1 and whole.compiled_graphs == 1
+        assert "static_layers" not in prior.prior.transformer.__dict__  # the method is back
+    finally:
+        torch._dynamo.reset()
+    assert torch.equal(whole.tokens, eager.tokens)
+    assert whole.logits is not None and eager.logits is not None
+    assert torch.equal(whole.logits, eager.logits)
 
 
 def _broken_engine() -> types.ModuleType:
