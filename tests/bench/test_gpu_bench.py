@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -413,12 +414,9 @@ def test_the_stepper_draws_what_the_eager_static_step_draws(tiny_upsampler: Any)
     assert not torch.equal(stepper.tokens, torch.roll(stepper.tokens, 1, dims=1))  # the draws do vary
 
 
-@pytest.mark.parametrize("name", list(PRIORS))
-def test_the_whole_slice_compile_is_one_graph_with_the_eager_steppers_tokens(name: str) -> None:
-    """Dynamo traces the slice's whole layer stack once (every attention kind, 5b's cross layer and
-    1b's prime layer included) and the traced graph draws the eager stepper's tokens and logits."""
-    from torch._dynamo.testing import CompileCounter
-
+def _stepper_runs(name: str) -> Callable[..., StaticStepper]:
+    """Runs of the bench's stepper over 21 tokens of one window of the prior's tiny slice, each from
+    the same prefilled state and uniforms, with the given compile options."""
     spec = PRIORS[name]
     cpu = torch.device("cpu")
     prior = build_prior(spec, dry_run=True, device=cpu, dtype=torch.float32, layers=spec.layers)
@@ -426,32 +424,54 @@ def test_the_whole_slice_compile_is_one_graph_with_the_eager_steppers_tokens(nam
     uniforms = window_uniforms(3, 1 + 4 * 5, cpu, seed=5)
 
     def run(**compiled: Any) -> StaticStepper:
+        state = prefilled(prior, cond, known, 60)
         stepper = StaticStepper(
-            prior,
-            prefilled(prior, cond, known, 60),
-            uniforms,
-            per_call=4,
-            capture=False,
-            keep_logits=True,
-            **compiled,
+            prior, state, uniforms, per_call=4, capture=False, keep_logits=True, **compiled
         )
         while stepper.done < uniforms.shape[0]:
             stepper.advance()
         stepper.close()
         return stepper
 
+    return run
+
+
+@pytest.mark.parametrize("name", list(PRIORS))
+def test_the_whole_slice_compile_is_one_graph_with_the_eager_steppers_tokens(name: str) -> None:
+    """Dynamo traces the slice's whole layer stack once (every attention kind, 5b's cross layer and
+    1b's prime layer included) and the traced graph draws the eager stepper's tokens and logits."""
+    from torch._dynamo.testing import CompileCounter
+
+    run = _stepper_runs(name)
     torch._dynamo.reset()
     counter = CompileCounter()
     try:
         eager = run()
         whole = run(compile_mode="default", compile_scope="slice", compile_backend=counter)
         assert counter.frame_count == 1 and whole.compiled_graphs == 1
-        assert "static_layers" not in prior.prior.transformer.__dict__  # the method is back
+        assert "static_layers" not in whole.prior.prior.transformer.__dict__  # the method is back
     finally:
         torch._dynamo.reset()
     assert torch.equal(whole.tokens, eager.tokens)
     assert whole.logits is not None and eager.logits is not None
     assert torch.equal(whole.logits, eager.logits)
+
+
+@pytest.mark.slow
+def test_inductor_compiles_the_upsampler_slice_into_one_graph_with_the_eager_tokens() -> None:
+    """The GPU row's compiler on the CPU (about 15 s): one graph of the six layers, the eager
+    stepper's tokens, logits within float rounding."""
+    run = _stepper_runs("upsampler")
+    torch._dynamo.reset()
+    try:
+        eager = run()
+        whole = run(compile_mode="default", compile_scope="slice", compile_backend="inductor")
+    finally:
+        torch._dynamo.reset()
+    assert whole.compiled_graphs == 1
+    assert torch.equal(whole.tokens, eager.tokens)
+    assert whole.logits is not None and eager.logits is not None
+    assert float((whole.logits - eager.logits).abs().max()) <= 1e-5
 
 
 def _broken_engine() -> types.ModuleType:
