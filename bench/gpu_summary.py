@@ -162,8 +162,13 @@ def decision_lines(records: Sequence[Record]) -> list[str]:
     Triton `linear` variant per shape."""
     paths = [path for _, path, _ in LEVERS if path.startswith("graph K=16")]
     rows = {p: r for p in paths if (r := latest(records, "decode", prior="upsampler", path=p)) is not None}
-    if not rows:
-        return []
+    kernels_alone = _linear_lines(records) + _mix_line(records)
+    if not rows:  # B's figures still say which tile and depth to choose
+        return (
+            ["", "Decision (GPU-PLAN §4 step 6): no upsampler decode rows", *kernels_alone]
+            if kernels_alone
+            else []
+        )
     limit = UPSAMPLER_LAYER_LIMIT * 1e6
     lines = ["", f"Decision (GPU-PLAN §4 step 6): upsampler µs per layer, here | H100 (limit {limit:.0f} µs)"]
     for path, record in rows.items():
@@ -204,7 +209,19 @@ def decision_lines(records: Sequence[Record]) -> list[str]:
             f"LINEAR_BLOCK_K={tuned['block_k']} LINEAR_WARPS={tuned['warps']} "
             f"LINEAR_STAGES={tuned['stages']} LINEAR_DOT={tuned['dot']}{versus}"
         )
+    return lines + kernels_alone
+
+
+def _linear_lines(records: Sequence[Record]) -> list[str]:
+    """Per shape B timed: the fastest right tile, its weight TB/s as a share of A's read bandwidth and
+    its programs (output strips) against the SMs, the default tile and cuBLAS's `addmm` at the same
+    rows (B's gemm row). A shape far below the bandwidth with fewer programs than SMs is where a
+    split-K `linear` would pay."""
+    bandwidth = latest(records, "bandwidth", section="A") or {}
+    read_tb_s = bandwidth.get("read_tb_s")
+    sms = (latest(records, "env", section="A") or {}).get("sm_count")
     tiles = [r for r in records if r.get("kind") == "triton_linear"]
+    lines = []
     for shape in dict.fromkeys((r["n_in"], r["n_out"]) for r in tiles):
         of_shape = [r for r in tiles if (r["n_in"], r["n_out"]) == shape]
         right = [r for r in of_shape if r.get("matches_torch")]
@@ -214,9 +231,17 @@ def decision_lines(records: Sequence[Record]) -> list[str]:
         if right:
             fastest = min(right, key=lambda r: float(r["us"]))
             line += f"fastest {fastest['tile']} {float(fastest['us']):.1f} µs"
-            line += "" if default is None else f" (default {float(default['us']):.1f} µs)"
+            if read_tb_s:
+                share = float(fastest["weight_tb_s"]) / float(read_tb_s)
+                line += f", {float(fastest['weight_tb_s']):.2f} TB/s = {share:.0%} of read bandwidth"
+            if sms:
+                line += f", {-(-shape[1] // int(fastest['block_n']))} programs on {sms} SMs"
+            extra = [] if default is None else [f"default {float(default['us']):.1f} µs"]
+            same = dict(m=fastest.get("m"), n_in=shape[0], n_out=shape[1], dtype=fastest.get("dtype"))
+            gemm = latest(records, "gemm", role="layer", **same)
+            extra += [] if gemm is None else [f"addmm {float(gemm['us']):.1f} µs"]
+            line += f" ({'; '.join(extra)})" if extra else ""
         lines.append(line + (f"{'; ' if right else ''}WRONG results: {', '.join(wrong)}" if wrong else ""))
-    lines += _mix_line(records)
     return lines
 
 

@@ -190,6 +190,19 @@ def test_the_summary_reads_the_triton_decision_off_the_upsampler_rows() -> None:
     )
     assert lines[6] == "  triton blocks: 1.33x the speed of the best torch blocks: kernels=triton on CUDA"
     assert lines[7] == "  triton linear 1920x1440: fastest 32x64w4 dot 7.5 µs (default 9.0 µs)"
+    measured = [
+        dict(kind="bandwidth", section="A", read_tb_s=4.0),
+        dict(kind="env", section="A", sm_count=132),
+        dict(kind="gemm", role="layer", m=3, n_in=1920, n_out=1440, dtype="torch.float16", us=11.0),
+        dict(kind="gemm", role="layer", m=8, n_in=1920, n_out=1440, dtype="torch.float16", us=20.0),
+        *records[:4],
+        *(tile(n, dot, us, default) | dict(m=3, dtype="torch.float16", weight_tb_s=us / 10) for n, dot, us, default in
+          ((32, False, 9.0, True), (16, True, 8.0, False))),
+    ]  # fmt: skip
+    assert decision_lines(measured)[7] == (
+        "  triton linear 1920x1440: fastest 16x64w4 dot 8.0 µs, 0.80 TB/s = 20% of read bandwidth, "
+        "90 programs on 132 SMs (default 9.0 µs; addmm 11.0 µs)"
+    )
     wrong = [*records[:-1], tile(16, False, 1.0) | dict(matches_torch=False)]
     assert decision_lines(wrong)[7] == (
         "  triton linear 1920x1440: fastest 32x64w4 dot 7.5 µs (default 9.0 µs); WRONG results: 16x64w4"
@@ -245,6 +258,11 @@ def test_the_summary_reads_the_triton_decision_off_the_upsampler_rows() -> None:
     fast_torch = [decode("graph K=16 + compiled blocks", 0.008, 1.0)]
     assert decision_lines(fast_torch)[-1].endswith("8.0 µs on an H100, within: torch blocks suffice")
     assert decision_lines([decode("sliced", 0.5, 1.0)]) == []
+    assert decision_lines(records[4:]) == [  # B's tiles without a decode row (C failed or was skipped)
+        "",
+        "Decision (GPU-PLAN §4 step 6): no upsampler decode rows",
+        "  triton linear 1920x1440: fastest 32x64w4 dot 7.5 µs (default 9.0 µs)",
+    ]
     whole = [*records[:3], decode("graph K=16 + whole-slice compile", 0.012, 1.0)]
     lines = decision_lines(whole)
     assert lines[4].split()[-3:] == ["12.0", "|", "12.0"]  # within the limit
