@@ -35,7 +35,7 @@ from torch import Tensor
 
 from sampler.jukebox.cascade import sample_steps
 from sampler.jukebox.prior import Conditioning, JukeboxPrior, SamplingState
-from sampler.jukebox.transformer import KVCache, ResidualBlock
+from sampler.jukebox.transformer import BlockStep, KVCache, Transformer, static_block_step
 
 Report = Callable[[int], None]
 ENGINE_MODULE = "sampler.jukebox.decoding"
@@ -116,26 +116,16 @@ def inverse_cdf(logits: Tensor, uniform: Tensor) -> Tensor:
     return torch.searchsorted(cdf, uniform * cdf[:, -1:], right=True)[:, 0]
 
 
-def _block_step(block: ResidualBlock, x: Tensor, layer: Any, read: Any) -> Tensor:
-    return ResidualBlock.decode(block, x, layer, 0, read)
-
-
-def _call_compiled(
-    compiled: Callable[..., Tensor], block: ResidualBlock, x: Tensor, layer: Any, pos: int, read: Any = None
-) -> Tensor:
-    return compiled(block, x, layer, read)
-
-
 def compiled_graph_count() -> int:
     from torch._dynamo.utils import counters
 
     return int(counters["stats"]["unique_graphs"])
 
 
-_COMPILED: dict[tuple[str, str], Callable[..., Tensor]] = {}
+_COMPILED: dict[tuple[str, str], BlockStep] = {}
 
 
-def _compiled_block_step(mode: str, backend: str) -> Callable[..., Tensor]:
+def _compiled_block_step(mode: str, backend: str) -> BlockStep:
     """One `torch.compile` wrapper per (mode, backend) for the whole run, so that a second use (the
     correctness checks) finds the graphs already compiled."""
     key = (mode, backend)
@@ -148,7 +138,7 @@ def _compiled_block_step(mode: str, backend: str) -> Callable[..., Tensor]:
         options: dict[str, Any] = dict(fullgraph=True, dynamic=False, backend=backend)
         if backend == "inductor":
             options["mode"] = mode
-        _COMPILED[key] = torch.compile(_block_step, **options)
+        _COMPILED[key] = torch.compile(static_block_step, **options)  # type: ignore[assignment]
     return _COMPILED[key]
 
 
@@ -161,18 +151,18 @@ def reset_compiled() -> None:
 
 @contextmanager
 def compiled_blocks(prior: JukeboxPrior, mode: str, backend: str) -> Iterator[None]:
-    """Every residual block's static step through one compiled function (weights and caches as
-    arguments: one graph per attention kind). The blocks' weight tuples must already be filled (one
-    uncompiled step), or the first step compiles a second graph per kind."""
-    compiled = _compiled_block_step(mode, backend)
-    blocks = list(prior.prior.transformer._blocks)
-    for block in blocks:  # an instance attribute shadows the method for Transformer.decode_static
-        object.__setattr__(block, "decode", functools.partial(_call_compiled, compiled, block))
+    """Every residual block's static step through one compiled `static_block_step` (weights and caches
+    as arguments: one graph per attention kind), as the engine's `compile` runs it."""
+    transformer = prior.prior.transformer
+    step = _compiled_block_step(mode, backend)
+    # an instance attribute shadows the method for Transformer.decode
+    object.__setattr__(
+        transformer, "decode_static", functools.partial(Transformer.decode_static, transformer, step=step)
+    )
     try:
         yield
     finally:
-        for block in blocks:
-            block.__dict__.pop("decode", None)
+        transformer.__dict__.pop("decode_static", None)
 
 
 @contextmanager

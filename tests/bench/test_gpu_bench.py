@@ -454,25 +454,36 @@ def _stepper_runs(name: str) -> Callable[..., StaticStepper]:
     return run
 
 
+@pytest.mark.parametrize("scope", ["block", "slice"])
 @pytest.mark.parametrize("name", list(PRIORS))
-def test_the_whole_slice_compile_is_one_graph_with_the_eager_steppers_tokens(name: str) -> None:
-    """Dynamo traces the slice's whole layer stack once (every attention kind, 5b's cross layer and
-    1b's prime layer included) and the traced graph draws the eager stepper's tokens and logits."""
+def test_the_steppers_compiled_step_is_one_graph_per_kind_or_slice_with_the_eager_tokens(
+    name: str, scope: str
+) -> None:
+    """The bench's own compiled rows (and H's compiled-vs-eager checks) do compile: dynamo traces one
+    graph per attention kind ("block") or the slice's whole layer stack once ("slice": 5b's cross and
+    1b's prime layer included), and the traced graphs draw the eager stepper's tokens and logits."""
     from torch._dynamo.testing import CompileCounter
+
+    from bench import gpu_paths
 
     run = _stepper_runs(name)
     torch._dynamo.reset()
+    gpu_paths._COMPILED.clear()
     counter = CompileCounter()
     try:
         eager = run()
-        whole = run(compile_mode="default", compile_scope="slice", compile_backend=counter)
-        assert counter.frame_count == 1 and whole.compiled_graphs == 1
-        assert "static_layers" not in whole.prior.prior.transformer.__dict__  # the method is back
+        compiled = run(compile_mode="default", compile_scope=scope, compile_backend=counter)
+        transformer = compiled.prior.prior.transformer
+        assert not {"static_layers", "decode_static"} & set(transformer.__dict__)  # the methods are back
     finally:
         torch._dynamo.reset()
-    assert torch.equal(whole.tokens, eager.tokens)
-    assert whole.logits is not None and eager.logits is not None
-    assert torch.equal(whole.logits, eager.logits)
+        gpu_paths._COMPILED.clear()
+    config = prior_config(PRIORS[name], True, PRIORS[name].layers)
+    graphs = 1 if scope == "slice" else len(set(attn_funcs(config)))
+    assert counter.frame_count == graphs and compiled.compiled_graphs == graphs
+    assert torch.equal(compiled.tokens, eager.tokens)
+    assert compiled.logits is not None and eager.logits is not None
+    assert torch.equal(compiled.logits, eager.logits)
 
 
 @pytest.mark.slow
