@@ -31,7 +31,7 @@ class Context:
     device_name: str = "unknown"
     nominal_bandwidth: float | None = None  # datasheet bytes/s of this device, if the bench knows it
     read_bandwidth: float | None = None  # measured in section A
-    extras: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    extras: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
     profiles: dict[tuple[str, str], ProfileTally] = field(default_factory=dict)
 
     @property

@@ -93,14 +93,18 @@ class SliceRun:
     def layers(self) -> int:
         return self.prior.config.prior_depth
 
-    def time(self, ctx: Context, path: DecodePath, profile: bool, shapes: bool = False) -> Timing:
+    def time(
+        self, ctx: Context, path: DecodePath, profile: bool, shapes: bool = False, engine: bool = True
+    ) -> Timing:
+        """`path` timed on the slice, through the engine where it has the path (engine=False: the
+        bench's own)."""
         return time_path(
             path,
             self.prior,
             self.cond,
             self.known,
             ctx.window_plan(self.prior.config),
-            engine=ctx.engine,
+            engine=ctx.engine if engine else None,
             capture=ctx.capture,
             compile_backend=ctx.compile_backend,
             profile=profile,
@@ -113,16 +117,24 @@ def _kernels_per_step(timing: Timing) -> float | None:
     return None if tally is None or not tally.events else tally.events / tally.steps
 
 
-def extras_of(ctx: Context, run: SliceRun, path: DecodePath) -> dict[str, Any]:
-    """The embedding, head and draw of `path`'s family, measured once per prior."""
-    key = (run.spec.name, path.extras_family)
+def extras_of(ctx: Context, run: SliceRun, path: DecodePath, engine: str) -> dict[str, Any]:
+    """The embedding, head and draw of `path`'s family, measured once per prior and `engine` (the one
+    that ran the row: the engine's step and the bench's differ outside the layers too)."""
+    key = (run.spec.name, path.extras_family, engine)
     if key not in ctx.extras:
         family = next(p for p in PATHS if p.name == path.extras_family)
         with layers_skipped(run.prior):
-            timing = run.time(ctx, family, profile=True)
-        ctx.extras[key] = dict(ms_per_step=timing.ms_per_step, kernels_per_step=_kernels_per_step(timing))
+            timing = run.time(ctx, family, profile=True, engine=engine != "bench")
+        ctx.extras[key] = dict(
+            ms_per_step=timing.ms_per_step, kernels_per_step=_kernels_per_step(timing), engine=timing.engine
+        )
         ctx.emit(
-            "C", "extras", prior=run.spec.name, family=family.name, engine=timing.engine, **ctx.extras[key]
+            "C",
+            "extras",
+            prior=run.spec.name,
+            family=family.name,
+            engine_error=timing.engine_error,
+            **ctx.extras[key],
         )
     return ctx.extras[key]
 
@@ -130,9 +142,11 @@ def extras_of(ctx: Context, run: SliceRun, path: DecodePath) -> dict[str, Any]:
 def decode_row(ctx: Context, run: SliceRun, path: DecodePath, scale_check: bool = False) -> dict[str, Any]:
     """One row of C: time `path` on the slice, scale to full depth, split, project."""
     timing = run.time(ctx, path, profile=True, shapes=path.name == "static" and not scale_check)
+    if path.compile_mode is not None and not timing.compiled_graphs:  # each prior's compiled rows start cold
+        raise RuntimeError(f"{path.name} compiled no graph: its figure would be the eager step's")
     if timing.profile is not None and not scale_check:
         ctx.profiles[(run.spec.name, path.name)] = timing.profile
-    extras = extras_of(ctx, run, path)
+    extras = extras_of(ctx, run, path, timing.engine)
     layers, depth = run.layers, run.depth
     per_layer_ms = (timing.ms_per_step - extras["ms_per_step"]) / layers
     full_ms = extras["ms_per_step"] + per_layer_ms * depth
@@ -160,6 +174,7 @@ def decode_row(ctx: Context, run: SliceRun, path: DecodePath, scale_check: bool 
         depth=depth,
         slice_ms_per_step=timing.ms_per_step,
         extras_ms_per_step=extras["ms_per_step"],
+        extras_engine=extras["engine"],
         per_layer_ms=per_layer_ms,
         **split.as_record(),
         bytes_detail=detail,

@@ -189,7 +189,7 @@ def layers_skipped(prior: JukeboxPrior) -> Iterator[None]:
     its embedding, conditioning, head and draw."""
     transformer = prior.prior.transformer
 
-    def identity(x: Tensor, cache: KVCache) -> Tensor:
+    def identity(x: Tensor, cache: KVCache, step: Any = None) -> Tensor:  # the engine passes its step
         if transformer.static_decode:
             cache.position()
             cache.advance_position()

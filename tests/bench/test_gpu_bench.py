@@ -7,6 +7,7 @@ the budget skips instead of overrunning, and the arithmetic of the split and the
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -111,6 +112,7 @@ def test_dry_run_covers_every_section_and_goes_on_past_a_failing_one(tmp_path: P
         # records keep 6 decimals: the per-layer figure's rounding is multiplied by the depth
         assert math.isclose(r["ms_per_step"], scaled, rel_tol=1e-5, abs_tol=1e-6 * (r["depth"] + 2))
         assert r["tokens_in_range"] and r["kernels_per_step_slice"] > 0
+        assert r["extras_engine"] == r["engine"], r  # the layers less, the same step
     for r in (r for r in decode if "compiled blocks" in r["path"]):  # one graph per attention kind
         slice_config = prior_config(PRIORS[r["prior"]], True, PRIORS[r["prior"]].layers)
         assert r["compiled_graphs"] == len(set(attn_funcs(slice_config))), r
@@ -703,6 +705,21 @@ def test_the_tuned_row_decodes_with_b_s_fastest_tile_and_checks_it_against_the_t
     assert len(checks) == 2 and all(r["tokens_equal"] == r["steps"] for r in checks)
     assert launched and set(launched) == {(16, 32, 4, 2, False)}
     assert Tile.default() == default  # the kernels' own tile again after the row
+
+
+def test_a_compiled_row_that_compiled_nothing_is_an_error_not_the_eager_figure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As the bench's compiled step once was: a swap that the static step never called."""
+    from bench import gpu_paths
+
+    ctx = _ctx()
+    max_autotune = next(p for p in PATHS if p.compile_mode == "max-autotune-no-cudagraphs")  # the bench's own
+    monkeypatch.setattr(gpu_paths, "compiled_blocks", lambda prior, mode, backend: contextlib.nullcontext())
+    decode_paths(ctx, ("upsampler",), (max_autotune,))
+    errors = [r for r in ctx.recorder.records if r["kind"] == "error"]
+    assert len(errors) == 1 and "compiled no graph" in errors[0]["error"]
+    assert [r for r in ctx.recorder.records if r["kind"] == "decode"] == []
 
 
 def test_the_triton_tiles_row_times_each_tile_and_leaves_the_default(tmp_path: Path) -> None:
