@@ -425,6 +425,7 @@ def engine_adapter(module: ModuleType, path: DecodePath, capture: bool, compile_
         finally:
             module.COMPILE_BACKEND = engine_backend
         require_kernels(decoder, path.kernels)
+        require_compiled(decoder, path.compile_mode is not None)
         require_path(decoder, path.kind, capture)
         sync(job.known.device)
         setup = time.perf_counter() - start
@@ -454,6 +455,14 @@ def require_kernels(decoder: Any, wanted: str) -> None:
     in_use = getattr(decoder, "kernels", "torch")  # engines before the Triton kernels: torch
     if in_use != wanted:
         raise RuntimeError(f"the engine decodes with {in_use} blocks, not {wanted}")
+
+
+def require_compiled(decoder: Any, wanted: bool) -> None:
+    """Raise when the engine's decoder was asked to compile its blocks and fell back (and logged why)
+    to eager ones, as it does when the compiler fails on any attention kind: the row would time the
+    eager step under the compiled name (the bench's own compiled path runs instead)."""
+    if wanted and not getattr(decoder, "compiled", True):  # engines before the flag: trusted
+        raise RuntimeError("the engine decodes with eager torch blocks, not compiled ones (its log says why)")
 
 
 def require_path(decoder: Any, wanted: str, capture: bool) -> None:

@@ -146,6 +146,7 @@ class WindowDecoder:
         self.batch, self.options = batch, options
         self.path: DecodePath = options.path  # "static" after a failed capture
         self.kernels: DecodeKernels = "torch"  # the blocks' kernels in use, set by _chosen_block_step
+        self.compiled = False  # whether the torch blocks run compiled (False again after a failed compile)
         model = prior.prior
         assert model.x_out is not None
         self._transformer = model.transformer
@@ -184,6 +185,7 @@ class WindowDecoder:
                 self.kernels = "triton"
                 return kernels.triton_block_step
             log.warning("no Triton decode kernels (%s): decoding with the torch block step", reason)
+        self.compiled = options.compile
         return compiled_block_step(COMPILE_BACKEND) if options.compile else None
 
     # ---- the window
@@ -337,7 +339,7 @@ class WindowDecoder:
                     raise
                 log.warning("building the decode blocks failed (%s): decoding with eager torch blocks", exc)
                 self._block_step = None
-                self.kernels = "torch"
+                self.kernels, self.compiled = "torch", False
                 self._rehearse(run)
         if self.path == "graph":
             try:

@@ -573,6 +573,27 @@ def test_a_graph_row_whose_capture_failed_in_the_engine_is_an_error_not_the_stat
     with pytest.raises(RuntimeError, match="the engine decodes with the static path, not a CUDA graph"):
         engine_adapter(engine, graph, True, "eager")(job)
     assert engine.COMPILE_BACKEND == "inductor"
+
+
+def test_a_compiled_row_whose_engine_fell_back_to_eager_blocks_is_the_benchs_compiled_path() -> None:
+    """The engine's compiler failed on some attention kind after compiling others (it logs it and
+    decodes with eager blocks): the row must not be that figure under the compiled name."""
+
+    class FellBack:
+        def __init__(self, prior: Any, batch: int, options: Any) -> None:
+            self.path, self.kernels, self.compiled = "graph", "torch", True
+
+        def prepare(self) -> None:
+            self.compiled = False  # as WindowDecoder does after a failed compile
+
+    engine = types.SimpleNamespace(DecodeOptions=dict, WindowDecoder=FellBack, COMPILE_BACKEND="inductor")
+    job: Any = types.SimpleNamespace(prior=None, cond=types.SimpleNamespace(batch=3))
+    compiled = next(p for p in PATHS if p.name == "graph K=16 + compiled blocks")
+    with pytest.raises(RuntimeError, match="the engine decodes with eager torch blocks, not compiled ones"):
+        engine_adapter(engine, compiled, False, "eager")(job)
+    graph = next(p for p in PATHS if p.name == "graph K=16")
+    with pytest.raises(AttributeError, match="known"):  # past the checks, to this fake job's missing ids
+        engine_adapter(engine, graph, False, "eager")(job)
     require_path(FellBack(None, 3, None), "graph", capture=False)  # the CPU: no graph to capture
     require_path(types.SimpleNamespace(path="static"), "static", capture=True)
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from typing import Any
 
 import pytest
 import torch
+from torch import Tensor
 from torch._dynamo.testing import CompileCounter
 from torch._dynamo.utils import counters
 
@@ -274,6 +276,41 @@ def test_compiled_blocks_make_one_graph_per_attention_kind(
         assert counter.frame_count == kinds
     finally:
         torch._dynamo.reset()
+
+
+def test_a_compile_that_fails_midway_decodes_with_eager_blocks_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The compiler fails on the second attention kind, after the first compiled: the window still
+    samples the eager static tokens, the log says why, and the decoder no longer claims `compiled`
+    (bench/gpu.py must not time eager blocks under the compiled row's name)."""
+    graphs = []
+
+    def fails_on_the_second(graph: torch.fx.GraphModule, inputs: list[Tensor]) -> Any:
+        graphs.append(graph)
+        if len(graphs) == 2:
+            raise RuntimeError("the compiler gave up")
+        return graph.forward
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(decoding, "COMPILE_BACKEND", fails_on_the_second)
+    try:
+        prior = tiny_prior("up0", seed=1)
+        eager = WindowDecoder(prior, BATCH, DecodeOptions(path="static", tokens_per_call=5))
+        compiled = WindowDecoder(prior, BATCH, DecodeOptions(path="static", tokens_per_call=5, compile=True))
+        assert compiled.compiled
+        window = WINDOWS[0]
+        cond, ids = _window(prior, "up0", 0, window[0])
+        want = _decoded(eager, cond, ids, 0, window, prior.n_ctx)
+        with caplog.at_level(logging.WARNING, logger="sampler.jukebox.decoding"):
+            got = _decoded(compiled, cond, ids, 0, window, prior.n_ctx)
+    finally:
+        torch._dynamo.reset()
+    assert torch.equal(got, want)
+    assert len(graphs) == 2 and not compiled.compiled and not eager.compiled
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert message.startswith("building the decode blocks failed (") and "the compiler gave up" in message
+    assert message.endswith("): decoding with eager torch blocks")
 
 
 @pytest.mark.slow
