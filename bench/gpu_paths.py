@@ -104,8 +104,10 @@ def sync(device: torch.device) -> None:
 
 
 def prefilled(prior: JukeboxPrior, cond: Conditioning, known: Tensor, max_len: int) -> SamplingState:
-    """A window's state with `known` ids (N, k) fed in one prefill call."""
-    state = prior.start(cond, max_len=min(max_len, prior.n_ctx))
+    """A window's state with `known` ids (N, k) fed in one prefill call, in a cache of the whole window
+    as the engine's decoder keeps it: the static step reads every slot of a dense layer's cache, so a
+    shorter one would read fewer keys than the engine's rows do."""
+    state = prior.start(cond, max_len=min(max_len, prior.n_ctx), cache=prior.new_cache(cond.batch))
     prior.prefill(state, known)
     return state
 

@@ -416,6 +416,19 @@ def tiny_upsampler() -> tuple[Any, Any, torch.Tensor]:
     )
 
 
+def test_the_benchs_own_paths_read_as_many_keys_as_the_engines() -> None:
+    """The static step reads every slot of a dense layer's cache (1b_lyrics): the bench's windows keep
+    the engine decoder's cache lengths, or its rows would stream fewer keys than the engine's."""
+    spec = PRIORS["1b_lyrics"]
+    cpu = torch.device("cpu")
+    prior = build_prior(spec, dry_run=True, device=cpu, dtype=torch.float32, layers=spec.layers)
+    cond, known = random_conditioning(prior, 3, cpu), random_ids(prior, 3, 20, cpu)
+    ours = prefilled(prior, cond, known, known.shape[1] + 40).cache.layers
+    engine = decoding.WindowDecoder(prior, 3, decoding.DecodeOptions(path="static")).cache.layers
+    assert DENSE in attn_funcs(prior_config(spec, True, spec.layers))
+    assert [layer.slots for layer in ours] == [layer.slots for layer in engine]
+
+
 def test_the_stepper_draws_what_the_eager_static_step_draws(tiny_upsampler: Any) -> None:
     prior, cond, known = tiny_upsampler
     uniforms = window_uniforms(3, 1 + 4 * 6, torch.device("cpu"), seed=3)
@@ -741,6 +754,31 @@ def test_a_compiled_row_that_compiled_nothing_is_an_error_not_the_eager_figure(
     errors = [r for r in ctx.recorder.records if r["kind"] == "error"]
     assert len(errors) == 1 and "compiled no graph" in errors[0]["error"]
     assert [r for r in ctx.recorder.records if r["kind"] == "decode"] == []
+
+
+def test_g_replays_each_graph_alone_and_interleaved_before_it_starts_a_clock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A graph's first replay (and a stream's first use) costs more than the rest: G times none."""
+    from bench import gpu_window
+
+    events: list[str] = []
+    advance = StaticStepper.advance
+
+    def spy_advance(self: StaticStepper) -> None:
+        events.append(f"advance {id(self)}")
+        advance(self)
+
+    clock = types.SimpleNamespace(perf_counter=lambda: events.append("clock") or float(len(events)))
+    monkeypatch.setattr(StaticStepper, "advance", spy_advance)
+    monkeypatch.setattr(gpu_window, "time", clock)
+    ctx = _ctx()
+    gpu_window.overlap(ctx)
+    before = events[: events.index("clock")]
+    steppers = set(before)
+    assert len(steppers) == 2 and all(before.count(s) == 2 for s in steppers)  # alone, then interleaved
+    (check,) = [r for r in ctx.recorder.records if r["kind"] == "check"]
+    assert check["tokens_equal"] == check["steps"] == 2
 
 
 def test_the_triton_tiles_row_times_each_tile_and_leaves_the_default(tmp_path: Path) -> None:
