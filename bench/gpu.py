@@ -7,13 +7,16 @@ Sections, run in order of value (a part that will not fit the budget is skipped 
     C  decode ms/step per prior and path at batch 3, fp16, mid-window: kernels, busy fraction,
        s/min, × bound, the streaming/fixed split and the H100 projection, setup s, peak memory
     H  correctness: static vs sliced logits and tokens, graph vs eager, two runs equal
+    C  the upsampler's Triton blocks and its compiled blocks (GPU-PLAN §4 step 6's decision)
+    B  the Triton linear tiles, then C again at the fastest tile
     E  prefill of one window per prior: the reference's chunks vs one pass
     G  two upsampler graphs on two streams (levels 1 and 0 at once)
     F  per-window extras: conditioner, lyric encoder + cross k/v, VQ-VAE decode of 3 × 60 s
     C  the upsampler at full depth (checks the slice scaling)
-    D  the ten costliest kernels of the best path per prior (again after the compiled rows)
-    C  the compiled paths, per block then the whole slice as one graph (the risk: minutes of
-       compiling on a fresh machine)
+    D  the ten costliest kernels of the best path per prior (again after the last rows)
+    B  the Triton attention kernel per attention kind
+    C  the other priors compiled and in Triton, then the whole slice as one graph (the risk: minutes
+       of compiling on a fresh machine)
     I  the summary table (also rewritten to --out after every part, so a time-out leaves one)
 
 Random weights at the published sizes; the decode and prefill rows run on layer slices scaled to
@@ -73,18 +76,19 @@ class Part:
     run: Callable[[Context], None]
     needs_inductor: bool = False
     needs_triton: bool = False
+    decodes: tuple[str, tuple[DecodePath, ...]] | None = None  # C's prior and paths
 
 
-def _compiled(name: str, path: str) -> Callable[[Context], None]:
-    chosen = next(p for p in COMPILED if p.name == path)
-    return lambda ctx: decode_paths(ctx, (name,), (chosen,))
+BLOCKS, WHOLE_SLICE, MAX_AUTOTUNE = COMPILED
 
 
-BLOCKS, WHOLE_SLICE, MAX_AUTOTUNE = (p.name for p in COMPILED)
-
-
-def _triton(name: str, paths: tuple[DecodePath, ...] = TRITON) -> Callable[[Context], None]:
-    return lambda ctx: decode_paths(ctx, (name,), paths)
+def _decode(
+    name: str, prior: str, paths: tuple[DecodePath, ...], gpu_s: float, dry_s: float, **needs: bool
+) -> Part:
+    """A part of C: the paths' rows on the prior's slice. Its estimate must cover the slice's build and
+    the first row, or it could start only to skip its row (tests/bench/test_gpu_bench.py checks)."""
+    run = partial(decode_paths, names=(prior,), paths=paths)
+    return Part("C", f"decode: {name}", gpu_s, dry_s, lambda ctx: run(ctx), decodes=(prior, paths), **needs)
 
 
 def triton_unavailable(ctx: Context) -> str | None:
@@ -113,42 +117,28 @@ PARTS = (
     ),
     Part("H", "correctness", 20, 2, correctness),
     # GPU-PLAN §4 step 6 next: the upsampler's hand-fused blocks (with and without PDL; Triton compiles
-    # in seconds), the linear tiles, then the blocks again at the fastest tile, before the totals' other
-    # inputs and the minutes of inductor
-    Part("C", "decode: triton upsampler", 70, 30, _triton("upsampler"), needs_triton=True),
+    # in seconds) and the compiled blocks they must beat (the engine's CUDA default: no verdict without
+    # it), the linear tiles, then the blocks again at the fastest tile, before the totals' other inputs
+    _decode("triton upsampler", "upsampler", TRITON, 70, 30, needs_triton=True),
+    _decode("compiled upsampler", "upsampler", (BLOCKS,), 125, 3),
     Part("B", "triton linear tiles", 70, 30, triton_linear_tiles, needs_triton=True),
-    Part(
-        "C",
-        "decode: triton upsampler at B's fastest tile",
-        35,
-        30,
-        _triton("upsampler", TUNED),
-        needs_triton=True,
-    ),
+    _decode("triton upsampler at B's fastest tile", "upsampler", TUNED, 50, 30, needs_triton=True),
     Part("E", "prefill", 10, 1, prefill),
     Part("G", "overlap", 15, 1, overlap),
     Part("F", "conditioner", 5, 0.5, conditioner),
     Part("F", "lyric encoder", 5, 0.5, lyric_encoder),
     Part("F", "vqvae decode", 10, 1, vqvae_decode),
     Part("C", "decode: upsampler at full depth (scale check)", 15, 2, scale_check),
-    Part("D", "costliest kernels (eager and graph paths)", 1, 0.1, costliest),
-    Part("C", "decode: compiled upsampler", 120, 3, _compiled("upsampler", BLOCKS)),
+    Part("D", "costliest kernels (the paths so far)", 1, 0.1, costliest),
     Part("B", "triton attention", 20, 10, triton_attention, needs_triton=True),
-    Part("C", "decode: compiled 5b_lyrics", 155, 4, _compiled("5b_lyrics", BLOCKS)),
-    Part("C", "decode: triton 5b_lyrics", 60, 40, _triton("5b_lyrics", TRITON + TUNED), needs_triton=True),
+    _decode("compiled 5b_lyrics", "5b_lyrics", (BLOCKS,), 165, 4),
+    _decode("triton 5b_lyrics", "5b_lyrics", TRITON + TUNED, 60, 40, needs_triton=True),
     # one graph of the whole slice: compile time grows with its layers (GPU-PLAN §4 step 5)
-    Part("C", "decode: whole-slice compiled upsampler", 140, 6, _compiled("upsampler", WHOLE_SLICE)),
-    Part("C", "decode: compiled 1b_lyrics", 190, 5, _compiled("1b_lyrics", BLOCKS)),
-    Part("C", "decode: whole-slice compiled 5b_lyrics", 220, 10, _compiled("5b_lyrics", WHOLE_SLICE)),
-    Part("C", "decode: whole-slice compiled 1b_lyrics", 360, 17, _compiled("1b_lyrics", WHOLE_SLICE)),
-    Part(
-        "C",
-        "decode: max-autotune upsampler",
-        480,
-        3,
-        _compiled("upsampler", MAX_AUTOTUNE),
-        needs_inductor=True,
-    ),
+    _decode("whole-slice compiled upsampler", "upsampler", (WHOLE_SLICE,), 140, 6),
+    _decode("compiled 1b_lyrics", "1b_lyrics", (BLOCKS,), 200, 5),
+    _decode("whole-slice compiled 5b_lyrics", "5b_lyrics", (WHOLE_SLICE,), 220, 10),
+    _decode("whole-slice compiled 1b_lyrics", "1b_lyrics", (WHOLE_SLICE,), 360, 17),
+    _decode("max-autotune upsampler", "upsampler", (MAX_AUTOTUNE,), 480, 3, needs_inductor=True),
     Part("D", "costliest kernels (all paths)", 1, 0.1, costliest),
 )
 

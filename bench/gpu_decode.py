@@ -54,6 +54,7 @@ COMPILED = tuple(path for path in PATHS if path.compile_mode is not None)
 TRITON = tuple(path for path in PATHS if path.kernels == "triton" and not path.tuned)
 TUNED = tuple(path for path in PATHS if path.tuned)  # after B's tiles: the tile is chosen from them
 CHECK_STEPS = 64
+BUILD_S = (5.0, 0.5)  # a slice's build: seconds on the GPU, in a dry run
 # Inductor's seconds per layer of a whole-slice graph (a guess: a block graph's ~35 s spread over the
 # ops it fuses; the row records what it took)
 COMPILE_S_PER_SLICE_LAYER = 20
@@ -205,7 +206,7 @@ def decode_paths(ctx: Context, names: tuple[str, ...], paths: tuple[DecodePath, 
         if any(path.compile_mode is not None for path in paths):
             reset_compiled()
         run = ctx.build(
-            "C", f"{name}: build the slice", ctx.seconds(5, 0.5), partial(SliceRun.build, ctx, spec)
+            "C", f"{name}: build the slice", ctx.seconds(*BUILD_S), partial(SliceRun.build, ctx, spec)
         )
         if run is None:
             continue
@@ -217,7 +218,7 @@ def decode_paths(ctx: Context, names: tuple[str, ...], paths: tuple[DecodePath, 
             ctx.row(
                 "C",
                 f"{name}: {path.name}",
-                _estimate(ctx, spec, path),
+                row_estimate(ctx, spec, path),
                 partial(_decode_and_check, ctx, run, path, tile),
             )
         del run
@@ -271,7 +272,7 @@ def _decode_and_check(ctx: Context, run: SliceRun, path: DecodePath, tile: Tile 
             kernel_checks(ctx, run, path)
 
 
-def _estimate(ctx: Context, spec: PriorSpec, path: DecodePath) -> float:
+def row_estimate(ctx: Context, spec: PriorSpec, path: DecodePath) -> float:
     """Seconds a row should take: per-block compiles cost per attention kind in the slice (one graph
     each), a whole-slice compile per layer (one graph of them all)."""
     if path.kernels != "torch":  # Triton builds each kernel once; the interpreter is slow

@@ -137,6 +137,24 @@ def test_dry_run_covers_every_section_and_goes_on_past_a_failing_one(tmp_path: P
         assert math.isclose(row["here"]["total"], sum(parts), rel_tol=1e-5)
 
 
+def test_every_decode_part_has_time_for_its_slice_and_first_row_and_the_decision_comes_early() -> None:
+    """A part whose estimate is below its slice's build plus its first row's estimate could start, build
+    and then skip its only row; and the compiled upsampler (the verdict's baseline) must not wait behind
+    the parts that only refine it."""
+    from bench.gpu import PARTS
+    from bench.gpu_decode import BUILD_S, row_estimate
+
+    ctx = dataclasses.replace(_ctx(), dry_run=False)
+    decodes = [part for part in PARTS if part.decodes is not None]
+    assert len(decodes) == 10
+    for part in decodes:
+        assert part.decodes is not None
+        prior, paths = part.decodes
+        assert part.gpu_s >= BUILD_S[0] + row_estimate(ctx, PRIORS[prior], paths[0]), part.name
+    names = [part.name for part in PARTS]
+    assert names.index("decode: compiled upsampler") < names.index("triton linear tiles")
+
+
 def test_a_budget_too_small_skips_every_part_with_a_reason(tmp_path: Path) -> None:
     stdout, records = _dry_run(tmp_path, "--budget", "0")
     parts = [r for r in records if r["kind"] == "section"]
@@ -260,6 +278,12 @@ def test_the_summary_reads_the_triton_decision_off_the_upsampler_rows() -> None:
     fast_torch = [decode("graph K=16 + compiled blocks", 0.008, 1.0)]
     assert decision_lines(fast_torch)[-1].endswith("8.0 µs on an H100, within: torch blocks suffice")
     assert decision_lines([decode("sliced", 0.5, 1.0)]) == []
+    no_compiled = [records[1], records[3]]  # the compiled row skipped (the budget) or failed
+    lines = decision_lines(no_compiled)
+    assert lines[4] == (
+        "  compiled blocks (the engine's CUDA default) not measured: no verdict on the blocks"
+    )
+    assert not any("best torch blocks" in line or "the speed of the best" in line for line in lines)
     assert decision_lines(records[4:]) == [  # B's tiles without a decode row (C failed or was skipped)
         "",
         "Decision (GPU-PLAN §4 step 6): no upsampler decode rows",
