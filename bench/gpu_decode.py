@@ -6,7 +6,12 @@ and draw: "extras"). The full-depth step is
 
     ms = extras + (slice − extras) × depth / slice layers
 
-and it is split into streaming and fixed parts (`gpu_facts.FORMULA`) for the H100 projection.
+    + (full layers' bytes − slice layers' bytes × depth / slice layers) / read bandwidth
+
+(the last term, `composition_ms`, is zero where the slice's layers are the prior's average mix, as
+at the upsampler; 1b_lyrics' slice holds its one dense layer and a prime layer in 17, so it streams
+more per layer than the whole prior), and it is split into streaming and fixed parts
+(`gpu_facts.FORMULA`) for the H100 projection.
 """
 
 from __future__ import annotations
@@ -113,6 +118,11 @@ class SliceRun:
         )
 
 
+def layer_bytes(detail: dict[str, int]) -> int:
+    """The bytes of `step_bytes` that its layers stream (not the head)."""
+    return detail["weights"] + detail["kv"]
+
+
 def _kernels_per_step(timing: Timing) -> float | None:
     tally = timing.profile
     return None if tally is None or not tally.events else tally.events / tally.steps
@@ -150,9 +160,13 @@ def decode_row(ctx: Context, run: SliceRun, path: DecodePath, scale_check: bool 
     extras = extras_of(ctx, run, path, timing.engine)
     layers, depth = run.layers, run.depth
     per_layer_ms = (timing.ms_per_step - extras["ms_per_step"]) / layers
-    full_ms = extras["ms_per_step"] + per_layer_ms * depth
     config = prior_config(run.spec, ctx.dry_run)
-    detail = step_bytes(config, attn_funcs(config), ctx.dtype, BATCH, static=path.kind != "sliced")
+    static = path.kind != "sliced"
+    detail = step_bytes(config, attn_funcs(config), ctx.dtype, BATCH, static=static)
+    measured = step_bytes(config, attn_funcs(run.prior.config), ctx.dtype, BATCH, static=static)
+    composition_bytes = layer_bytes(detail) - layer_bytes(measured) * depth / layers
+    composition_ms = ctx.split(0.0, round(composition_bytes)).streaming_ms  # at the split's bandwidth
+    full_ms = extras["ms_per_step"] + per_layer_ms * depth + composition_ms
     split = ctx.split(full_ms, detail["total"])
     kernels = _kernels_per_step(timing)
     kernels_per_layer = None
@@ -177,6 +191,7 @@ def decode_row(ctx: Context, run: SliceRun, path: DecodePath, scale_check: bool 
         extras_ms_per_step=extras["ms_per_step"],
         extras_engine=extras["engine"],
         per_layer_ms=per_layer_ms,
+        composition_ms=composition_ms,
         **split.as_record(),
         bytes_detail=detail,
         levels=list(levels),
@@ -195,7 +210,7 @@ def decode_row(ctx: Context, run: SliceRun, path: DecodePath, scale_check: bool 
         peak_memory_gb=None if timing.peak_bytes is None else timing.peak_bytes / 1e9,
         segments_ms=timing.segments_ms,
         tokens_in_range=bool(((timing.tokens >= 0) & (timing.tokens < bins)).all()),
-        formula="ms = extras + (slice - extras) x depth / layers; " + FORMULA,
+        formula="ms = extras + (slice - extras) x depth / layers + composition; " + FORMULA,
     )
 
 

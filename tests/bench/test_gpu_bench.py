@@ -108,7 +108,8 @@ def test_dry_run_covers_every_section_and_goes_on_past_a_failing_one(tmp_path: P
         assert math.isclose(r["streaming_ms"] + r["fixed_ms"], r["ms_per_step"], rel_tol=1e-5, abs_tol=1e-6)
         h100 = r["bytes_per_step"] / (H100_BANDWIDTH * r["efficiency"]) * 1e3 + r["fixed_ms"]
         assert math.isclose(r["h100_ms_per_step"], h100, rel_tol=1e-5, abs_tol=1e-6)
-        scaled = r["extras_ms_per_step"] + r["per_layer_ms"] * r["depth"]
+        scaled = r["extras_ms_per_step"] + r["per_layer_ms"] * r["depth"] + r["composition_ms"]
+        assert (r["composition_ms"] == 0) == (r["prior"] == "upsampler"), r  # its slice is its average
         # records keep 6 decimals: the per-layer figure's rounding is multiplied by the depth
         assert math.isclose(r["ms_per_step"], scaled, rel_tol=1e-5, abs_tol=1e-6 * (r["depth"] + 2))
         assert r["tokens_in_range"] and r["kernels_per_step_slice"] > 0
@@ -380,6 +381,24 @@ def test_bytes_per_step_from_the_shapes_match_the_built_slice_and_the_plan() -> 
     assert step_bytes(top, attn_funcs(top), torch.float16, 3, static=False)["total"] == pytest.approx(
         10.8e9, rel=0.02
     )
+
+
+def test_a_slice_heavier_than_its_priors_average_layer_is_scaled_by_its_bytes() -> None:
+    """At published sizes the upsampler's and 5b_lyrics' slices stream their prior's average layer;
+    1b_lyrics' (its one dense layer and a prime layer in 17) streams ~7 % more per layer, which
+    scaling by the layer count alone would add to every 1b_lyrics figure (composition_ms takes it off)."""
+    from bench.gpu_decode import layer_bytes
+
+    def excess(name: str) -> float:
+        spec = PRIORS[name]
+        full, cut = prior_config(spec, False), prior_config(spec, False, spec.layers)
+        whole = layer_bytes(step_bytes(full, attn_funcs(full), torch.float16, 3, static=True))
+        sliced = layer_bytes(step_bytes(full, attn_funcs(cut), torch.float16, 3, static=True))
+        return sliced * full.prior_depth / len(spec.layers) / whole - 1
+
+    assert excess("upsampler") == 0
+    assert abs(excess("5b_lyrics")) < 0.005
+    assert excess("1b_lyrics") == pytest.approx(0.069, abs=0.01)
 
 
 def _recorder() -> Recorder:
