@@ -123,8 +123,9 @@ def decode_options(
 def compiled_block_step(backend: str | Callable[..., Any]) -> BlockStep:
     """`static_block_step` compiled: one graph per attention kind (and batch and width), shared by
     every decoder of the process (dynamo caches graphs per function)."""
-    limit = torch._dynamo.config.recompile_limit
-    torch._dynamo.config.recompile_limit = max(limit, COMPILED_GRAPHS_LIMIT)
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.7
+    setattr(config, name, max(getattr(config, name), COMPILED_GRAPHS_LIMIT))
     compiled = torch.compile(static_block_step, fullgraph=True, dynamic=False, backend=backend)
     return compiled  # type: ignore[return-value]
 
@@ -178,15 +179,25 @@ class WindowDecoder:
     def _chosen_block_step(self, options: DecodeOptions) -> BlockStep | None:
         """The residual block's step: Triton's, compiled torch, or None (eager torch)."""
         if options.kernels == "triton":
-            from sampler.jukebox import kernels  # triton is optional: imported only when asked for
+            try:  # triton is optional: imported only when asked for
+                from sampler.jukebox import kernels
 
-            reason = kernels.unavailable(self.device, self.batch)
+                reason = kernels.unavailable(self.device, self.batch)
+            except Exception as exc:  # a Triton this module cannot even import with
+                reason = f"{type(exc).__name__}: {exc}"
             if reason is None:
                 self.kernels = "triton"
                 return kernels.triton_block_step
             log.warning("no Triton decode kernels (%s): decoding with the torch block step", reason)
-        self.compiled = options.compile
-        return compiled_block_step(COMPILE_BACKEND) if options.compile else None
+        if not options.compile:
+            return None
+        try:
+            step = compiled_block_step(COMPILE_BACKEND)
+        except Exception as exc:
+            log.warning("no compiled decode blocks (%s): decoding with eager torch blocks", exc)
+            return None
+        self.compiled = True
+        return step
 
     # ---- the window
 

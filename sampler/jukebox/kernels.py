@@ -53,9 +53,13 @@ try:
 except ImportError:  # no triton, or one from before grid dependency control: no PDL
     gdc_launch_dependents = gdc_wait = None
 
+# The oldest Triton with what the kernels use (`triton.knobs`, the `launch_pdl` launch option):
+# an older one (torch 2.5's Triton 3.1, say) is reported by `unavailable`, never launched.
+MIN_TRITON = "3.4"
+TRITON_RECENT = triton is not None and hasattr(triton, "knobs")
 # The interpreter is chosen when the kernels are decorated, at import: a later TRITON_INTERPRET
 # does not make these kernels run on the CPU.
-INTERPRETED = triton is not None and bool(triton.knobs.runtime.interpret)
+INTERPRETED = TRITON_RECENT and bool(triton.knobs.runtime.interpret)
 
 # The largest batch (rows) `linear` takes: each program keeps every row's normalised inputs.
 MAX_ROWS = 16
@@ -102,6 +106,8 @@ def unavailable(device: torch.device, rows: int = 1) -> str | None:
     """Why the kernels cannot run on `device` for a batch of `rows` samples, or None when they can."""
     if triton is None:
         return "triton is not installed"
+    if not TRITON_RECENT:
+        return f"triton {triton.__version__} is older than the kernels need ({MIN_TRITON})"
     if rows > MAX_ROWS:
         return f"they take at most {MAX_ROWS} samples at once, this batch has {rows}"
     if device.type == "cuda":

@@ -286,6 +286,37 @@ def test_where_triton_cannot_run_the_decoder_says_why_once_and_keeps_the_torch_s
     ]
 
 
+def test_a_triton_older_than_the_kernels_need_is_unavailable_with_its_version(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """torch 2.5's Triton 3.1 has no `triton.knobs` nor the `launch_pdl` option: never launched."""
+    monkeypatch.setattr(kernels, "TRITON_RECENT", False)
+    reason = kernels.unavailable(torch.device("cuda"), 3)
+    assert (
+        reason == f"triton {kernels.triton.__version__} is older than the kernels need ({kernels.MIN_TRITON})"
+    )
+
+
+@pytest.mark.parametrize("no_fallback", [None])  # this test expects the warning
+def test_kernels_that_fail_to_import_leave_the_torch_step_and_say_why(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import sys
+
+    import sampler.jukebox
+
+    monkeypatch.delattr(sampler.jukebox, "kernels")
+    monkeypatch.setitem(sys.modules, "sampler.jukebox.kernels", None)  # as an import that raises
+    with caplog.at_level(logging.WARNING, logger="sampler.jukebox.decoding"):
+        decoder = WindowDecoder(tiny_prior("up0", seed=1), BATCH, TRITON)
+    assert decoder.kernels == "torch" and decoder._block_step is None
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert message.startswith(
+        "no Triton decode kernels (ModuleNotFoundError: import of sampler.jukebox.kernels"
+    )
+    assert message.endswith("): decoding with the torch block step")
+
+
 @pytest.mark.parametrize("no_fallback", [None])  # this test expects the warning
 def test_a_batch_over_the_kernels_rows_decodes_with_the_torch_step(
     no_fallback: None, caplog: pytest.LogCaptureFixture
