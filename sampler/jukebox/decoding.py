@@ -172,7 +172,9 @@ class WindowDecoder:
             self._ids = torch.zeros(batch, config.n_ctx, dtype=torch.int64, device=device)
             self._uniforms = torch.zeros(config.n_ctx, batch, 1, dtype=torch.float64, device=device)
             self._temperature = torch.ones((), device=device)
-        self._calls: dict[tuple[int, int, float], Callable[[], None]] = {}
+        # each built call's CUDA graph replay, or None: the eager `_run` (a bound method kept here
+        # would tie the decoder in a reference cycle that outlives its prior until the next gc)
+        self._calls: dict[tuple[int, int, float], Callable[[], None] | None] = {}
         self._graph_pool: Any = None
         self._capture_stream: torch.cuda.Stream | None = None
 
@@ -334,12 +336,12 @@ class WindowDecoder:
         """The call that samples `steps` tokens with this filter: `_run` itself, or the replay of its
         CUDA graph. Made (compiled, captured) on first use, before any window state is set."""
         key = (steps, top_k, top_p)
-        call = self._calls.get(key)
-        if call is None:
-            call = self._calls[key] = self._make_call(steps, top_k, top_p)
-        return call
+        if key not in self._calls:
+            self._calls[key] = self._make_call(steps, top_k, top_p)
+        return self._calls[key] or functools.partial(self._run, steps, top_k, top_p)
 
-    def _make_call(self, steps: int, top_k: int, top_p: float) -> Callable[[], None]:
+    def _make_call(self, steps: int, top_k: int, top_p: float) -> Callable[[], None] | None:
+        """Build (compile, rehearse, capture) the call of `steps` tokens: its graph's replay, or None."""
         run = functools.partial(self._run, steps, top_k, top_p)
         if self._block_step is not None or self.path == "graph":
             # A first run on rewound buffers: compiles the blocks, and warms up before a capture.
@@ -362,7 +364,7 @@ class WindowDecoder:
                 self.path = "static"
             finally:
                 self._rewind()
-        return run
+        return None  # eager: `_call` binds `_run` for each window
 
     def _rewind(self) -> None:
         """Position 0, nothing drawn: a state any call can run from (between windows only)."""

@@ -8,8 +8,10 @@ temperature, and a whole cascade must give the same codes on either path.
 
 from __future__ import annotations
 
+import gc
 import logging
 import types
+import weakref
 from dataclasses import replace
 from typing import Any
 
@@ -205,6 +207,25 @@ def test_the_exact_draw_stays_on_the_sliced_loop() -> None:
     static = Cascade(vqvae, priors, decode=DecodeOptions(path="static")).sample(request)
     assert torch.equal(sliced.codes[2], static.codes[2])
     assert priors[2] not in decoding._DECODERS  # no decoder was made
+
+
+def test_a_freed_prior_takes_its_eager_decoder_and_weights_with_it_without_a_gc() -> None:
+    """The decoder holds its prior weakly and its transformer strongly; nothing of it may sit in a
+    reference cycle, or the weights and KV cache stay on the GPU until a garbage collection."""
+    gc.collect()
+    gc.disable()
+    try:
+        prior = tiny_prior("up0", seed=1)
+        weight = weakref.ref(prior.prior.transformer._blocks[0].attn.c_attn.w)
+        decoder = window_decoder(prior, BATCH, DecodeOptions(path="static", tokens_per_call=4))
+        cond, ids = _window(prior, "up0", 0, WINDOWS[0][0])
+        _decoded(decoder, cond, ids, 0, WINDOWS[0], prior.n_ctx)
+        assert decoder._calls  # a window built its calls
+        freed = weakref.ref(decoder)
+        del decoder, prior, cond, ids
+        assert freed() is None and weight() is None
+    finally:
+        gc.enable()
 
 
 def test_defaults_per_device() -> None:
