@@ -119,11 +119,16 @@ def decode_options(
     return options
 
 
+def dynamo_config() -> Any:
+    """torch._dynamo's config module (a function, so that tests can stand in an older torch's)."""
+    return torch._dynamo.config
+
+
 @functools.cache
 def compiled_block_step(backend: str | Callable[..., Any]) -> BlockStep:
     """`static_block_step` compiled: one graph per attention kind (and batch and width), shared by
     every decoder of the process (dynamo caches graphs per function)."""
-    config = torch._dynamo.config
+    config = dynamo_config()
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.7
     setattr(config, name, max(getattr(config, name), COMPILED_GRAPHS_LIMIT))
     compiled = torch.compile(static_block_step, fullgraph=True, dynamic=False, backend=backend)

@@ -305,33 +305,20 @@ def test_compiled_blocks_build_on_a_torch_before_dynamos_recompile_limit(
 ) -> None:
     """torch < 2.7 (the worker image's 2.5.1) names the per-function graph limit `cache_size_limit`:
     the default CUDA options must still build their decoder, with the limit raised."""
-    real = torch._dynamo.config
-    monkeypatch.setattr(real, "recompile_limit", 8)  # restored after the test
-
-    class Before27:  # the config as torch 2.5 had it: the same but for the new name
-        def __getattr__(self, name: str) -> Any:
-            if name == "recompile_limit":
-                raise AttributeError(name)
-            return getattr(real, name)
-
-        def __setattr__(self, name: str, value: Any) -> None:
-            if name == "recompile_limit":
-                raise AttributeError(name)
-            setattr(real, name, value)
-
-    monkeypatch.setattr(torch._dynamo, "config", Before27())
+    before_27 = types.SimpleNamespace(cache_size_limit=8)  # torch 2.5's name for the limit
+    monkeypatch.setattr(decoding, "dynamo_config", lambda: before_27)
     decoding.compiled_block_step.cache_clear()
     try:
         decoder = WindowDecoder(tiny_prior("up0", seed=1), BATCH, DecodeOptions(path="static", compile=True))
     finally:
         decoding.compiled_block_step.cache_clear()
-    assert decoder.compiled and real.cache_size_limit == decoding.COMPILED_GRAPHS_LIMIT
+    assert decoder.compiled and before_27.cache_size_limit == decoding.COMPILED_GRAPHS_LIMIT
 
 
 def test_a_compiler_that_cannot_be_set_up_decodes_with_eager_blocks_and_says_so(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(torch._dynamo, "config", types.SimpleNamespace())  # neither name
+    monkeypatch.setattr(decoding, "dynamo_config", types.SimpleNamespace)  # neither name
     decoding.compiled_block_step.cache_clear()
     try:
         with caplog.at_level(logging.WARNING, logger="sampler.jukebox.decoding"):
