@@ -19,7 +19,7 @@ import torch
 from sampler.batch_sizes import BatchSizes
 from sampler.jukebox.cascade import Cascade, PriorSource
 from sampler.jukebox.checkpoint import CheckpointError, load_checkpoint
-from sampler.jukebox.decoding import DecodeOptions
+from sampler.jukebox.decoding import DecodeOptions, empty_cuda_cache
 from sampler.jukebox.prior import JukeboxPrior, PriorConfig
 from sampler.jukebox.registry import MODELS, PRIOR_HPARAMS, VQVAE_HPARAMS
 from sampler.jukebox.vqvae import VQVAE, VQVAEConfig
@@ -117,8 +117,7 @@ class LazyPriors(PriorSource):
     def release(self, level: int) -> None:
         if not self.keep:
             self._priors[level] = None
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            empty_cuda_cache()  # another level's thread may be capturing its graphs
 
 
 def resident_estimate(

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import weakref
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -49,6 +50,20 @@ from sampler.jukebox.prior import Conditioning, JukeboxPrior
 from sampler.jukebox.transformer import BlockStep, static_block_step
 
 log = logging.getLogger(__name__)
+
+# Held while a decoder builds its calls (compile, rehearse, capture) and while the allocator's cache
+# is emptied: a CUDA graph capture begins with a device-wide synchronize and an emptied cache, which
+# break a capture another thread has under way (two levels sampled at once build their decoders
+# together when a job resumes mid-overlap). Builds take turns; replays do not wait.
+CUDA_BUILD_LOCK = threading.RLock()
+
+
+def empty_cuda_cache() -> None:
+    """`torch.cuda.empty_cache()` between captures, never during one."""
+    if torch.cuda.is_available():
+        with CUDA_BUILD_LOCK:
+            torch.cuda.empty_cache()
+
 
 # What `torch.compile` hands the block graphs to; tests swap in a graph-counting backend.
 COMPILE_BACKEND: str | Callable[..., Any] = "inductor"
@@ -342,7 +357,8 @@ class WindowDecoder:
         CUDA graph. Made (compiled, captured) on first use, before any window state is set."""
         key = (steps, top_k, top_p)
         if key not in self._calls:
-            self._calls[key] = self._make_call(steps, top_k, top_p)
+            with CUDA_BUILD_LOCK:
+                self._calls[key] = self._make_call(steps, top_k, top_p)
         return self._calls[key] or functools.partial(self._run, steps, top_k, top_p)
 
     def _make_call(self, steps: int, top_k: int, top_p: float) -> Callable[[], None] | None:

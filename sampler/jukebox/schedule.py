@@ -213,6 +213,7 @@ class LevelScheduler:
                 self.progress_every,
             )
             self._commit(run, window, new_codes.cpu(), generator)
+        prior = None  # not held here while the source frees it
         with self._priors_lock:
             self.cascade.priors.release(run.level)
 

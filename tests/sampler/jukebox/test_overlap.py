@@ -6,7 +6,9 @@ an event, so another level is known to sample meanwhile.
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
@@ -22,10 +24,13 @@ from sampler.jukebox.cascade import (
     SamplingCancelled,
     SamplingRequest,
 )
-from sampler.jukebox.prior import JukeboxPrior
+from sampler.jukebox.decoding import DecodeOptions, WindowDecoder
+from sampler.jukebox.prior import JukeboxPrior, PriorConfig
 from sampler.jukebox.schedule import overlap_by_default
 from sampler.jukebox.windows import Window
+from tests.sampler.jukebox.conftest import make_tiny_vqvae
 from tests.sampler.jukebox.test_cascade import make_cascade, request
+from tests.sampler.jukebox.tiny_priors import tiny_prior
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -198,6 +203,49 @@ def test_resuming_from_a_checkpoint_taken_mid_overlap_equals_an_unbroken_run(
         assert same_codes(resumed, in_turn)
 
 
+def test_levels_resumed_mid_overlap_build_their_decoders_in_turn(
+    in_turn: CascadeState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resume with both levels part-way starts both at once, and each builds its decoder's calls
+    (on CUDA: compiles and captures graphs, which another thread's capture would break). The first
+    build waits for a second to come in beside it; none may."""
+    make_call = WindowDecoder._make_call
+    guard, second = threading.Lock(), threading.Event()
+    inside: list[str] = []
+    overlaps: list[list[str]] = []
+    builds: list[str] = []
+
+    def traced(self: WindowDecoder, *args: Any) -> Any:
+        me = threading.current_thread().name
+        with guard:
+            inside.append(me)
+            builds.append(me)
+            first = len(builds) == 1
+            if len(inside) > 1:
+                overlaps.append(list(inside))
+                second.set()
+        try:
+            if first:
+                second.wait(timeout=5)  # time enough for the other level to reach its build
+            return make_call(self, *args)
+        finally:
+            with guard:
+                inside.remove(me)
+
+    monkeypatch.setattr(WindowDecoder, "_make_call", traced)
+    priors = [tiny_prior("up0", seed=1), tiny_prior("up1", seed=2), tiny_prior("top_5b", seed=3)]
+    cascade = Cascade(make_tiny_vqvae(), priors, decode=DecodeOptions(path="static", tokens_per_call=7))
+    state = CascadeState(
+        [in_turn.codes[0][:, :64], in_turn.codes[1][:, :64], in_turn.codes[2]],
+        level_base={1: 0, 0: 0},
+        windows_done={1: 1, 0: 1},
+    )
+    resumed = cascade.sample(upsample_request(in_turn), state, overlap_levels=True)
+    assert overlaps == []
+    assert set(builds) == {"sampling level 1", "sampling level 0"}
+    assert same_codes(resumed, in_turn)
+
+
 def test_a_cancel_during_overlap_stops_every_level_and_resumes(
     cascade: Cascade, held: HeldCascade, in_turn: CascadeState
 ) -> None:
@@ -288,6 +336,48 @@ def test_overlapping_levels_hold_their_priors_together_and_release_each(
     release = hold_level_one(1, held, until_level_zero=1)
     held.sample(upsample_request(in_turn), on_window=release, overlap_levels=True)
     assert priors.together == {0, 1} and sorted(priors.acquired) == [0, 1] and priors.held == set()
+
+
+class FreeingPriors(PriorSource):
+    """Loads a level's prior when acquired and drops it when released, as a worker short of memory
+    does (`LazyPriors(keep=False)`), noting whether the prior was gone right then (no gc)."""
+
+    def __init__(self, made: list[Callable[[], JukeboxPrior]]) -> None:
+        super().__init__([None, None, None])
+        self._made, self._configs = made, [make().config for make in made]
+        self.freed: dict[int, bool] = {}
+
+    def config(self, level: int) -> PriorConfig:
+        return self._configs[level]
+
+    def acquire(self, level: int) -> JukeboxPrior:
+        if self._priors[level] is None:
+            self._priors[level] = self._made[level]()
+        return super().acquire(level)
+
+    def release(self, level: int) -> None:
+        gone = weakref.ref(super().acquire(level))
+        self._priors[level] = None
+        self.freed[level] = gone() is None  # what empty_cache could give back now
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_a_released_prior_is_held_by_nothing_of_the_sampling(in_turn: CascadeState, overlap: bool) -> None:
+    made = [
+        lambda: tiny_prior("up0", seed=1),
+        lambda: tiny_prior("up1", seed=2),
+        lambda: tiny_prior("top_5b", seed=3),
+    ]
+    source = FreeingPriors(made)
+    cascade = Cascade(make_tiny_vqvae(), source, decode=DecodeOptions(path="static", tokens_per_call=7))
+    gc.collect()
+    gc.disable()
+    try:
+        sampled = cascade.sample(request(), overlap_levels=overlap)
+    finally:
+        gc.enable()
+    assert source.freed == {2: True, 1: True, 0: True}
+    assert same_codes(sampled, in_turn)
 
 
 def test_levels_overlap_by_default_on_cuda_only() -> None:
