@@ -21,6 +21,7 @@ On CUDA it is another stream of the same distribution, as window mode allows.
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import threading
@@ -418,7 +419,9 @@ class WindowDecoder:
         capture = torch.cuda.graph(
             graph, pool=self._graph_pool, stream=self._capture_stream, capture_error_mode="thread_local"
         )
-        with capture, torch.inference_mode():
+        # the outer stream context puts the thread's stream back even when the capture's end raises
+        # (torch.cuda.graph's own exit then skips it)
+        with torch.cuda.stream(self._capture_stream), capture, torch.inference_mode():
             run()
         self._graph_pool = graph.pool()  # the graphs of one decoder share their memory
         cache = self.cache
@@ -430,16 +433,25 @@ class WindowDecoder:
         return replay
 
 
-_DECODERS: weakref.WeakKeyDictionary[JukeboxPrior, dict[tuple[int, DecodeOptions], WindowDecoder]] = (
-    weakref.WeakKeyDictionary()
-)
+# Decoders a prior keeps (least recently used first out): a job of more samples than the batch size
+# samples each window in a full batch and a remainder batch, one decoder each, and rebuilding one per
+# window would cost seconds a window. More sizes would keep a whole-window KV cache each until the
+# worker stops; the residency estimate counts these two.
+DECODERS_PER_PRIOR = 2
+_DECODERS: weakref.WeakKeyDictionary[
+    JukeboxPrior, collections.OrderedDict[tuple[int, DecodeOptions], WindowDecoder]
+] = weakref.WeakKeyDictionary()
 
 
 def window_decoder(prior: JukeboxPrior, batch: int, options: DecodeOptions) -> WindowDecoder:
-    """The decoder of (prior, batch, options), made on first use; it lives as long as the prior."""
-    decoders = _DECODERS.setdefault(prior, {})
+    """The decoder of (prior, batch, options), made on first use; it lives as long as the prior, or
+    until DECODERS_PER_PRIOR others of the prior were used since."""
+    decoders = _DECODERS.setdefault(prior, collections.OrderedDict())
     key = (batch, options)
     decoder = decoders.get(key)
     if decoder is None:
+        while len(decoders) >= DECODERS_PER_PRIOR:
+            decoders.popitem(last=False)  # its cache and graphs go before the new ones are allocated
         decoder = decoders[key] = WindowDecoder(prior, batch, options)
+    decoders.move_to_end(key)
     return decoder

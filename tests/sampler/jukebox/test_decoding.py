@@ -228,6 +228,27 @@ def test_a_freed_prior_takes_its_eager_decoder_and_weights_with_it_without_a_gc(
         gc.enable()
 
 
+def test_a_prior_keeps_its_two_latest_decoders() -> None:
+    """A full batch and a remainder batch alternate every window without rebuilding; a third size
+    frees the least recently used (as the residency estimate budgets: not one cache per sample count
+    a job ever asked for)."""
+    assert decoding.DECODERS_PER_PRIOR == 2
+    gc.collect()
+    gc.disable()
+    try:
+        prior = tiny_prior("up0", seed=1)
+        options = DecodeOptions(path="static", tokens_per_call=4)
+        three, two = window_decoder(prior, 3, options), window_decoder(prior, 2, options)
+        assert window_decoder(prior, 3, options) is three and window_decoder(prior, 2, options) is two
+        gone = weakref.ref(three)  # the least recently used now
+        del three
+        one = window_decoder(prior, 1, options)
+        assert gone() is None  # freed when evicted, without a gc
+        assert window_decoder(prior, 2, options) is two and window_decoder(prior, 1, options) is one
+    finally:
+        gc.enable()
+
+
 def test_defaults_per_device() -> None:
     assert default_decode_options("cpu") == DecodeOptions(path="sliced", tokens_per_call=16, compile=False)
     assert default_decode_options("cuda:0") == DecodeOptions(path="graph", tokens_per_call=16, compile=True)
