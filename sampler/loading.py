@@ -124,14 +124,13 @@ def resident_estimate(
     directory: ModelDirectory, dtype: torch.dtype, batch_sizes: BatchSizes
 ) -> ResidentEstimate:
     """What the model's priors hold on the device when all three stay loaded: their weights as they
-    load (the compute dtype, fp32 where the dtype policy keeps it) and each level's KV caches, as
-    sampling allocates them. Every level's caches count at once: persistent decode buffers and levels
-    sampled side by side keep them all, and a prior keeps a decoder for a full batch and one for a
-    job's remainder (`decoding.DECODERS_PER_PRIOR`): at most 2·batch − 1 samples' worth. Built on the
-    meta device: no memory."""
+    load (the compute dtype, fp32 where the dtype policy keeps it) and each level's KV cache at its
+    batch size, as sampling allocates it. Every level's cache counts at once: persistent decode
+    buffers and levels sampled side by side keep them all. (A job of more samples than a batch holds
+    a second cache for its remainder batch while it runs: the working margin's.) Built on the meta
+    device: no memory."""
     weights = kv_caches = 0
-    for level, full in enumerate(batch_sizes):
-        batch = 2 * full - 1  # a full batch and the largest remainder; a cache is linear in its rows
+    for level, batch in enumerate(batch_sizes):
         prior = directory.prior_on_meta(level, dtype)
         weights += sum(t.nbytes for t in itertools.chain(prior.parameters(), prior.buffers()))
         transformer = prior.prior.transformer

@@ -32,7 +32,7 @@ class ResidentEstimate:
     """The device memory a model holds with every prior resident (bytes)."""
 
     weights: int  # the VQ-VAE and all three priors, in the dtypes they load in
-    kv_caches: int  # every level's KV caches (a full batch's and a remainder's), all at once
+    kv_caches: int  # every level's KV cache at its largest batch, all at once
     working: int = WORKING_BYTES
 
     @property

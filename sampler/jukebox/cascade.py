@@ -628,9 +628,10 @@ class Cascade:
         chunk_size: int,
     ) -> Tensor:
         if request.rng == "window" and self.decode_options.path != "sliced":
-            from sampler.jukebox.decoding import window_decoder
+            from sampler.jukebox.decoding import batch_rows, window_decoder
 
-            decoder = window_decoder(prior, known.shape[0], self.decode_options)
+            sizes = batch_rows(request.n_samples, request.max_batch_size[window.level])
+            decoder = window_decoder(prior, known.shape[0], self.decode_options, keep=sizes)
             new = decoder.sample_window(
                 cond,
                 prior.codes_to_ids(known),

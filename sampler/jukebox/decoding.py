@@ -21,12 +21,11 @@ On CUDA it is another stream of the same distribution, as window mode allows.
 
 from __future__ import annotations
 
-import collections
 import functools
 import logging
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
@@ -433,25 +432,30 @@ class WindowDecoder:
         return replay
 
 
-# Decoders a prior keeps (least recently used first out): a job of more samples than the batch size
-# samples each window in a full batch and a remainder batch, one decoder each, and rebuilding one per
-# window would cost seconds a window. More sizes would keep a whole-window KV cache each until the
-# worker stops; the residency estimate counts these two.
-DECODERS_PER_PRIOR = 2
-_DECODERS: weakref.WeakKeyDictionary[
-    JukeboxPrior, collections.OrderedDict[tuple[int, DecodeOptions], WindowDecoder]
-] = weakref.WeakKeyDictionary()
+_DECODERS: weakref.WeakKeyDictionary[JukeboxPrior, dict[tuple[int, DecodeOptions], WindowDecoder]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def window_decoder(prior: JukeboxPrior, batch: int, options: DecodeOptions) -> WindowDecoder:
+def window_decoder(
+    prior: JukeboxPrior, batch: int, options: DecodeOptions, keep: Collection[int] = ()
+) -> WindowDecoder:
     """The decoder of (prior, batch, options), made on first use; it lives as long as the prior, or
-    until DECODERS_PER_PRIOR others of the prior were used since."""
-    decoders = _DECODERS.setdefault(prior, collections.OrderedDict())
+    until a batch of a size neither `batch` nor in `keep` asks for one. A job passes the sizes its
+    batches take (`batch_rows`): a full batch and a remainder alternate every window without
+    rebuilding, and no other size keeps a whole-window KV cache beside them (each size a worker ever
+    sampled used to keep one until it stopped)."""
+    decoders = _DECODERS.setdefault(prior, {})
+    wanted = {batch, *keep}
+    for stale in [key for key in decoders if key[0] not in wanted]:
+        del decoders[stale]  # its cache and graphs go before new ones are allocated
     key = (batch, options)
     decoder = decoders.get(key)
     if decoder is None:
-        while len(decoders) >= DECODERS_PER_PRIOR:
-            decoders.popitem(last=False)  # its cache and graphs go before the new ones are allocated
         decoder = decoders[key] = WindowDecoder(prior, batch, options)
-    decoders.move_to_end(key)
     return decoder
+
+
+def batch_rows(samples: int, batch: int) -> set[int]:
+    """The sizes of the batches `samples` are sampled in, at most `batch` at once."""
+    return {min(batch, samples - first) for first in range(0, samples, batch)}

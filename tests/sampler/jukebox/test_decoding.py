@@ -27,6 +27,7 @@ from sampler.jukebox.decoding import DecodeOptions, WindowDecoder, default_decod
 from sampler.jukebox.prior import Conditioning, JukeboxPrior
 from tests.sampler.jukebox.conftest import make_tiny_vqvae
 from tests.sampler.jukebox.dispatch_count import READ_BACKS, dispatched
+from tests.sampler.jukebox.test_cascade import request
 from tests.sampler.jukebox.tiny_priors import (
     tiny_codes,
     tiny_labels,
@@ -228,25 +229,44 @@ def test_a_freed_prior_takes_its_eager_decoder_and_weights_with_it_without_a_gc(
         gc.enable()
 
 
-def test_a_prior_keeps_its_two_latest_decoders() -> None:
-    """A full batch and a remainder batch alternate every window without rebuilding; a third size
-    frees the least recently used (as the residency estimate budgets: not one cache per sample count
-    a job ever asked for)."""
-    assert decoding.DECODERS_PER_PRIOR == 2
+def test_a_prior_keeps_decoders_for_its_jobs_batch_sizes_only() -> None:
+    """A job's full batch and its remainder alternate every window without rebuilding; a job of
+    other sizes frees them (each size a worker ever sampled used to keep a whole-window KV cache)."""
+    assert decoding.batch_rows(5, 3) == {3, 2} and decoding.batch_rows(3, 3) == {3}
+    assert decoding.batch_rows(2, 16) == {2}
     gc.collect()
     gc.disable()
     try:
         prior = tiny_prior("up0", seed=1)
         options = DecodeOptions(path="static", tokens_per_call=4)
-        three, two = window_decoder(prior, 3, options), window_decoder(prior, 2, options)
-        assert window_decoder(prior, 3, options) is three and window_decoder(prior, 2, options) is two
-        gone = weakref.ref(three)  # the least recently used now
-        del three
-        one = window_decoder(prior, 1, options)
-        assert gone() is None  # freed when evicted, without a gc
-        assert window_decoder(prior, 2, options) is two and window_decoder(prior, 1, options) is one
+        job = decoding.batch_rows(5, 3)
+        three, two = window_decoder(prior, 3, options, keep=job), window_decoder(prior, 2, options, keep=job)
+        assert window_decoder(prior, 3, options, keep=job) is three
+        assert window_decoder(prior, 2, options, keep=job) is two
+        gone = [weakref.ref(three), weakref.ref(two)]
+        del three, two
+        one = window_decoder(prior, 1, options, keep=decoding.batch_rows(1, 3))
+        assert [ref() for ref in gone] == [None, None]  # freed when another job came, without a gc
+        assert window_decoder(prior, 1, options) is one
     finally:
         gc.enable()
+
+
+def test_a_job_with_a_remainder_batch_builds_each_decoder_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """3 samples in batches of 2 at every level: a batch of 2 and one of 1 every window, each level's
+    two decoders built once for the whole job."""
+    built: list[tuple[int, int]] = []
+    init = WindowDecoder.__init__
+
+    def counted(self: WindowDecoder, prior: JukeboxPrior, batch: int, options: DecodeOptions) -> None:
+        built.append((prior.config.level, batch))
+        init(self, prior, batch, options)
+
+    monkeypatch.setattr(WindowDecoder, "__init__", counted)
+    priors = [tiny_prior("up0", seed=1), tiny_prior("up1", seed=2), tiny_prior("top_5b", seed=3)]
+    cascade = Cascade(make_tiny_vqvae(), priors, decode=DecodeOptions(path="static", tokens_per_call=4))
+    cascade.sample(request(n_samples=3, max_batch_size=(2, 2, 2)), overlap_levels=False)
+    assert sorted(built) == [(0, 1), (0, 2), (1, 1), (1, 2), (2, 1), (2, 2)]
 
 
 def test_defaults_per_device() -> None:
