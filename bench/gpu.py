@@ -88,7 +88,7 @@ def _decode(
     """A part of C: the paths' rows on the prior's slice. Its estimate must cover the slice's build and
     the first row, or it could start only to skip its row (tests/bench/test_gpu_bench.py checks)."""
     run = partial(decode_paths, names=(prior,), paths=paths)
-    return Part("C", f"decode: {name}", gpu_s, dry_s, lambda ctx: run(ctx), decodes=(prior, paths), **needs)
+    return Part("C", f"decode: {name}", gpu_s, dry_s, run, decodes=(prior, paths), **needs)
 
 
 def triton_unavailable(ctx: Context) -> str | None:

@@ -137,11 +137,16 @@ def _compiled_block_step(mode: str, backend: str) -> BlockStep:
         for name in ("recompile_limit", "cache_size_limit"):  # the kinds of all three priors
             if hasattr(torch._dynamo.config, name):
                 setattr(torch._dynamo.config, name, 64)
-        options: dict[str, Any] = dict(fullgraph=True, dynamic=False, backend=backend)
-        if backend == "inductor":
-            options["mode"] = mode
-        _COMPILED[key] = torch.compile(static_block_step, **options)  # type: ignore[assignment]
+        _COMPILED[key] = torch.compile(static_block_step, **compile_options(mode, backend))  # type: ignore[assignment]
     return _COMPILED[key]
+
+
+def compile_options(mode: str, backend: str) -> dict[str, Any]:
+    """`torch.compile`'s options for a compiled row: one static graph, `mode` where inductor takes it."""
+    options: dict[str, Any] = dict(fullgraph=True, dynamic=False, backend=backend)
+    if backend == "inductor":
+        options["mode"] = mode
+    return options
 
 
 def reset_compiled() -> None:
@@ -173,11 +178,8 @@ def compiled_slice(prior: JukeboxPrior, mode: str, backend: str) -> Iterator[Non
     slice). The layers' weight tuples must already be filled (one uncompiled step), or the first step
     compiles a second graph."""
     transformer = prior.prior.transformer
-    options: dict[str, Any] = dict(fullgraph=True, dynamic=False, backend=backend)
-    if backend == "inductor":
-        options["mode"] = mode
     # dynamo caches the graph on the method's code: a second wrapper for this transformer reuses it
-    compiled = torch.compile(transformer.static_layers, **options)
+    compiled = torch.compile(transformer.static_layers, **compile_options(mode, backend))
     object.__setattr__(transformer, "static_layers", compiled)  # shadows the method for decode_static
     try:
         yield
