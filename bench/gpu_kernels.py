@@ -3,8 +3,8 @@ where the kernels cannot run (`bench/gpu.py`'s `needs_triton`).
 
 * `linear` (LayerNorm prologue + GEMV) per tile, with the broadcast sum and with `tl.dot`, against the
   `gemm` rows' `addmm`: which streams the weights best decides `LINEAR_BLOCK_N`, `LINEAR_BLOCK_K`,
-  `LINEAR_WARPS`, `LINEAR_STAGES` and `LINEAR_DOT` (GPU-PLAN §4 step 6). On sm_90 and later the
-  default tile is timed again with programmatic dependent launch (`kernels.PDL`).
+  `LINEAR_WARPS`, `LINEAR_STAGES`, `LINEAR_DOT` and `LINEAR_SPLIT_K` (GPU-PLAN §4 step 6). On sm_90
+  and later the default tile is timed again with programmatic dependent launch (`kernels.PDL`).
 * `fastest_tile`: the tile these rows time fastest over a prior's layer (its four `linear` shapes), for
   section C's "B's fastest tile" row: the decode step at the tile B would choose, in the same run.
 * `attend` (scores + mix) for every attention kind of each measured prior, mid-window, its cache
@@ -36,7 +36,8 @@ from sampler.jukebox.transformer import ATTN_NAMES, CROSS, GEOMETRIES, LAYER_NOR
 @dataclass(frozen=True)
 class Tile:
     """A way `linear` can run: its program's BLOCK_N × BLOCK_K strip of W, its warps, its product, how
-    many K tiles Triton's pipeliner keeps in flight, and whether it launches with PDL (`kernels.PDL`)."""
+    many K tiles Triton's pipeliner keeps in flight, whether it launches with PDL (`kernels.PDL`) and
+    the parts it splits K into where its strips leave SMs idle (`kernels.LINEAR_SPLIT_K`)."""
 
     block_n: int
     block_k: int
@@ -44,11 +45,13 @@ class Tile:
     dot: bool
     stages: int = 3
     pdl: bool = False
+    split_k: int = 1
 
     @property
     def name(self) -> str:
         stages = "" if self.stages == 3 else f"s{self.stages}"
         flags = (" dot" if self.dot else "") + (" pdl" if self.pdl else "")
+        flags += f" split{self.split_k}" if self.split_k > 1 else ""
         return f"{self.block_n}x{self.block_k}w{self.warps}{stages}{flags}"
 
     def fields(self) -> dict[str, Any]:
@@ -66,6 +69,7 @@ class Tile:
             kernels.LINEAR_DOT,
             kernels.LINEAR_STAGES,
             kernels.PDL,
+            kernels.LINEAR_SPLIT_K,
         )
 
     @contextlib.contextmanager
@@ -76,13 +80,14 @@ class Tile:
         default = Tile.default()
         kernels.LINEAR_BLOCK_N, kernels.LINEAR_BLOCK_K = self.block_n, self.block_k
         kernels.LINEAR_WARPS, kernels.LINEAR_DOT, kernels.LINEAR_STAGES = self.warps, self.dot, self.stages
-        kernels.PDL = self.pdl
+        kernels.PDL, kernels.LINEAR_SPLIT_K = self.pdl, self.split_k
         try:
             yield
         finally:
             kernels.LINEAR_BLOCK_N, kernels.LINEAR_BLOCK_K = default.block_n, default.block_k
             kernels.LINEAR_WARPS, kernels.LINEAR_DOT = default.warps, default.dot
             kernels.LINEAR_STAGES, kernels.PDL = default.stages, default.pdl
+            kernels.LINEAR_SPLIT_K = default.split_k
 
 
 # (BLOCK_N, BLOCK_K, warps) tried, each with both products at Triton's default pipeline depth, then
@@ -112,7 +117,15 @@ TILES = (
     Tile(16, 256, 8, False, stages=5),
     Tile(16, 512, 8, False, stages=4),
     Tile(32, 64, 4, False, stages=1),
+    # split K where the strips leave SMs idle (the narrow outputs: c_proj at the upsamplers and 1b_lyrics)
+    Tile(32, 64, 4, False, split_k=2),
+    Tile(32, 64, 4, False, split_k=4),
+    Tile(16, 256, 8, False, stages=5, split_k=2),
+    Tile(16, 128, 4, True, stages=6, split_k=2),
+    Tile(32, 128, 4, True, stages=5, split_k=4),
 )
+# The tiles the dry run times: four, then a split one, so that the split's two launches run on the CPU.
+DRY_RUN_TILES = (*TILES[:4], next(tile for tile in TILES if tile.split_k > 1))
 ROWS = 3  # a job's samples
 
 
@@ -123,7 +136,7 @@ def triton_linear_tiles(ctx: Context) -> None:
     if ctx.dry_run:  # a few tiles at the tiny upsampler's layer, which C's tuned row then decodes with
         spec = PRIORS["upsampler"]
         tiny = build_prior(spec, dry_run=True, device=torch.device("meta"), dtype=ctx.dtype, layers=range(1))
-        shapes, tiles = list(dict.fromkeys(layer_shapes(tiny))), TILES[:4]
+        shapes, tiles = list(dict.fromkeys(layer_shapes(tiny))), DRY_RUN_TILES
     else:
         shapes, tiles = list(LAYER_GEMMS), TILES
     if kernels.pdl_capable(ctx.device):  # the default tile again, each launch overlapping the last's tail
@@ -160,7 +173,9 @@ def fastest_tile(
             continue
         if not r.get("matches_torch", False):  # a wrong tile is never chosen, however fast
             continue
-        tile = Tile(r["block_n"], r["block_k"], r["warps"], r["dot"], r["stages"])
+        tile = Tile(
+            r["block_n"], r["block_k"], r["warps"], r["dot"], r["stages"], split_k=r.get("split_k", 1)
+        )
         timed.setdefault(tile, {})[(r["n_in"], r["n_out"])] = float(r["us"])
     layer_us = {
         tile: sum(us[shape] for shape in shapes)
@@ -210,6 +225,7 @@ def _shape(ctx: Context, kernels: ModuleType, n_in: int, n_out: int, tiles: tupl
         with tile.chosen():  # the tile is read when a call launches: captured with it, replayed within
             times = device_ms(ctx, graphed(ctx, calls), 1 if ctx.dry_run else 5, warmup=1)
             error = _error(kernels, x, weights[0], bias)
+            strips, parts = kernels.linear_grid(n_in, n_out, kernels.multiprocessors(ctx.device))
         ms = statistics.median(times) / copies
         ctx.emit(
             "B",
@@ -219,6 +235,8 @@ def _shape(ctx: Context, kernels: ModuleType, n_in: int, n_out: int, tiles: tupl
             n_out=n_out,
             **tile.fields(),
             default_tile=tile == default,
+            programs=strips * parts,
+            k_parts=parts,
             dtype=ctx.dtype,
             in_graph=ctx.capture,
             us=ms * 1e3,

@@ -209,7 +209,8 @@ def decision_lines(records: Sequence[Record]) -> list[str]:
         lines.append(
             f"  B's fastest tile {tuned['tile']}: LINEAR_BLOCK_N={tuned['block_n']} "
             f"LINEAR_BLOCK_K={tuned['block_k']} LINEAR_WARPS={tuned['warps']} "
-            f"LINEAR_STAGES={tuned['stages']} LINEAR_DOT={tuned['dot']}{versus}"
+            f"LINEAR_STAGES={tuned['stages']} LINEAR_DOT={tuned['dot']} "
+            f"LINEAR_SPLIT_K={tuned.get('split_k', 1)}{versus}"
         )
     return lines + kernels_alone
 
@@ -237,7 +238,8 @@ def _linear_lines(records: Sequence[Record]) -> list[str]:
                 share = float(fastest["weight_tb_s"]) / float(read_tb_s)
                 line += f", {float(fastest['weight_tb_s']):.2f} TB/s = {share:.0%} of read bandwidth"
             if sms:
-                line += f", {-(-shape[1] // int(fastest['block_n']))} programs on {sms} SMs"
+                programs = fastest.get("programs", -(-shape[1] // int(fastest["block_n"])))
+                line += f", {programs} programs on {sms} SMs"
             extra = [] if default is None else [f"default {float(default['us']):.1f} µs"]
             same = dict(m=fastest.get("m"), n_in=shape[0], n_out=shape[1], dtype=fastest.get("dtype"))
             gemm = latest(records, "gemm", role="layer", **same)

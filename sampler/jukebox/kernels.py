@@ -7,7 +7,9 @@ the number of kernels per layer (about 27 eager, 8 after inductor). These make i
   MAX_ROWS; 3 by default): every program normalises those rows itself (the LayerNorm prologue, fp32
   statistics like `torch.layer_norm`), reads a strip of W once, several K tiles ahead through Triton's
   software pipeline (multiplying on the CUDA cores, or on the tensor cores with `LINEAR_DOT`), and
-  adds bias, quick-GELU and the residual in its epilogue;
+  adds bias, quick-GELU and the residual in its epilogue. Where a narrow output has fewer strips
+  than the GPU has multiprocessors, `LINEAR_SPLIT_K` > 1 also splits K: each program sums its part of
+  K, and a second launch adds the parts in their order and runs the epilogue;
 * `attend` (two): the decode attention of every attention kind. A decode step has few (batch ×
   heads) rows, 3 at the upsamplers' single head, so one program per row would leave a GPU's other
   multiprocessors idle while three stream the keys. Attention is split where it parallelises without
@@ -15,10 +17,11 @@ the number of kernels per layer (about 27 eager, 8 after inductor). These make i
   their slot), `_mix_kernel` takes a strip of head dims per program, softmaxes the row's scores and
   applies them to v, its keys several tiles ahead through Triton's software pipeline.
 
-Every sum has a fixed order (no atomics, no split reduction), so a resumed job redraws the same codes
-on the same GPU. Everything accumulates in fp32 and rounds once at the store: in fp32 the results
-equal `static_block_step`'s to float rounding (tests/sampler/jukebox/test_kernels.py, on the CPU
-through Triton's interpreter); in half precision they round less often than the torch ops do.
+Every sum has a fixed order (no atomics; a split K's parts are added in part order by one program per
+output), so a resumed job redraws the same codes on the same GPU. Everything accumulates in fp32 and
+rounds once at the store: in fp32 the results equal `static_block_step`'s to float rounding
+(tests/sampler/jukebox/test_kernels.py, on the CPU through Triton's interpreter); in half precision
+they round less often than the torch ops do.
 
 With `PDL` on, a GPU of compute capability 9.0 or later launches each kernel while the one before
 it still runs (programmatic dependent launch): the kernel lets its successor launch at once and waits
@@ -31,6 +34,8 @@ the decoder then stays on the torch step.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import Tensor
@@ -81,6 +86,13 @@ LINEAR_STAGES = 3
 # the weight loads. Which streams the weights faster is for the GPU run to say (bench B times both).
 LINEAR_DOT = False
 DOT_ROWS = 16
+# Split-K: a `linear` whose output strips (N / LINEAR_BLOCK_N) are fewer than the GPU's multiprocessors
+# (the upsamplers' two c_proj, 60 strips on an H100's 132) leaves the rest idle while it streams W. With
+# LINEAR_SPLIT_K > 1 such a launch splits K into that many parts (whole K tiles each, at most one part
+# per K tile): strips × parts programs each write their part's fp32 sums, and a second launch adds the
+# parts in order. 1 never splits. Whether the extra launch pays is for the GPU run to say (bench B's
+# split tiles); the rounding differs from the unsplit sum's, so changing it changes a resumed job's codes.
+LINEAR_SPLIT_K = 1
 ATTEND_TILE_ELEMENTS = 4096
 ATTEND_MAX_KEYS = 32
 MIX_BLOCK_KEYS = 64
@@ -156,6 +168,31 @@ if triton is not None:
         return xf
 
     @triton.jit
+    def _epilogue(
+        acc,
+        B,
+        R,
+        Y,
+        rows,
+        cols,
+        row_ok,
+        col_ok,
+        stride_r,
+        stride_y,
+        gelu_scale,
+        GELU: tl.constexpr,
+        RESIDUAL: tl.constexpr,
+    ):
+        """Y = act(acc + b) + r for the rows × cols tile of fp32 sums `acc`, rounded once at the store."""
+        y = acc + tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        if GELU:
+            y = y / (1.0 + tl.exp(-gelu_scale * y))
+        out = row_ok[:, None] & col_ok[None, :]
+        if RESIDUAL:
+            y += tl.load(R + rows[:, None] * stride_r + cols[None, :], mask=out, other=0.0).to(tl.float32)
+        tl.store(Y + rows[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=out)
+
+    @triton.jit
     def _linear_kernel(
         X,
         LN_W,
@@ -164,9 +201,11 @@ if triton is not None:
         B,
         R,
         Y,
+        PARTIAL,
         M,
         K,
         N,
+        k_per_part,
         stride_x,
         stride_r,
         stride_y,
@@ -176,6 +215,7 @@ if triton is not None:
         GELU: tl.constexpr,
         RESIDUAL: tl.constexpr,
         DOT: tl.constexpr,
+        SPLIT: tl.constexpr,
         PDL: tl.constexpr,
         STAGES: tl.constexpr,
         BLOCK_M: tl.constexpr,
@@ -186,10 +226,13 @@ if triton is not None:
         cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rows < M
         col_ok = cols < N
+        # this program's part of K: all of it unless SPLIT (k_per_part is then whole K tiles)
+        k_start = tl.program_id(1) * k_per_part
+        k_end = tl.minimum(k_start + k_per_part, K)
         if not DOT:
             # W never changes: its first K tile is on its way while this program waits for the previous
             # kernel and normalises its rows (the tl.dot form leaves all of W's loads to the pipeliner)
-            first_ks = tl.arange(0, BLOCK_K)
+            first_ks = k_start + tl.arange(0, BLOCK_K)
             w_first = tl.load(
                 W + first_ks[:, None] * N + cols[None, :],
                 mask=(first_ks < K)[:, None] & col_ok[None, :],
@@ -220,7 +263,7 @@ if triton is not None:
         acc = tl.full([BLOCK_M, BLOCK_N], 0.0, tl.float32)
         if DOT:
             # the tensor-core product; fp32 inputs stay fp32 (no TF32), fp16/bf16 accumulate in fp32
-            for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
+            for k0 in tl.range(k_start, k_end, BLOCK_K, num_stages=STAGES):
                 xf = _rows_tile(X, LN_W, LN_B, rows, row_ok, stride_x, k0, K, mean, rstd, NORM, BLOCK_K)
                 ks = k0 + tl.arange(0, BLOCK_K)
                 w = tl.load(
@@ -228,23 +271,56 @@ if triton is not None:
                 )
                 acc += tl.dot(xf.to(w.dtype), w, input_precision="ieee")
         else:
-            xf = _rows_tile(X, LN_W, LN_B, rows, row_ok, stride_x, 0, K, mean, rstd, NORM, BLOCK_K)
+            xf = _rows_tile(X, LN_W, LN_B, rows, row_ok, stride_x, k_start, K, mean, rstd, NORM, BLOCK_K)
             acc += tl.reduce(xf[:, :, None] * w_first.to(tl.float32)[None, :, :], 1, _SUM)
             # the later tiles through Triton's software pipeliner: STAGES - 1 tiles of W in flight
-            for k0 in tl.range(BLOCK_K, K, BLOCK_K, num_stages=STAGES):
+            for k0 in tl.range(k_start + BLOCK_K, k_end, BLOCK_K, num_stages=STAGES):
                 xf = _rows_tile(X, LN_W, LN_B, rows, row_ok, stride_x, k0, K, mean, rstd, NORM, BLOCK_K)
                 ks = k0 + tl.arange(0, BLOCK_K)
                 w = tl.load(
                     W + ks[:, None] * N + cols[None, :], mask=(ks < K)[:, None] & col_ok[None, :], other=0.0
                 )
                 acc += tl.reduce(xf[:, :, None] * w.to(tl.float32)[None, :, :], 1, _SUM)
-        y = acc + tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-        if GELU:
-            y = y / (1.0 + tl.exp(-gelu_scale * y))
+        if SPLIT:  # the part's sums, for `_linear_parts_kernel` to add in order
+            out = row_ok[:, None] & col_ok[None, :]
+            part = PARTIAL + tl.program_id(1).to(tl.int64) * M * N
+            tl.store(part + rows[:, None] * N + cols[None, :], acc, mask=out)
+        else:
+            _epilogue(
+                acc, B, R, Y, rows, cols, row_ok, col_ok, stride_r, stride_y, gelu_scale, GELU, RESIDUAL
+            )
+
+    @triton.jit
+    def _linear_parts_kernel(
+        PARTIAL,
+        B,
+        R,
+        Y,
+        M,
+        N,
+        parts,
+        stride_r,
+        stride_y,
+        gelu_scale,
+        GELU: tl.constexpr,
+        RESIDUAL: tl.constexpr,
+        PDL: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+    ):
+        """A split `linear`'s second launch: its parts' fp32 sums added in part order, then the epilogue."""
+        if PDL:
+            gdc_launch_dependents()
+            gdc_wait()
+        rows = tl.arange(0, BLOCK_M)
+        cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        row_ok = rows < M
+        col_ok = cols < N
         out = row_ok[:, None] & col_ok[None, :]
-        if RESIDUAL:
-            y += tl.load(R + rows[:, None] * stride_r + cols[None, :], mask=out, other=0.0).to(tl.float32)
-        tl.store(Y + rows[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=out)
+        acc = tl.full([BLOCK_M, BLOCK_N], 0.0, tl.float32)
+        for part in range(0, parts):
+            acc += tl.load(PARTIAL + part * M * N + rows[:, None] * N + cols[None, :], mask=out, other=0.0)
+        _epilogue(acc, B, R, Y, rows, cols, row_ok, col_ok, stride_r, stride_y, gelu_scale, GELU, RESIDUAL)
 
     @triton.jit
     def _score_kernel(
@@ -389,6 +465,34 @@ def _power_of_two(n: int, least: int) -> int:
     return max(least, 1 << (n - 1).bit_length())
 
 
+# Where the interpreter runs the kernels there are no multiprocessors to fill: a split is taken wherever
+# LINEAR_SPLIT_K asks for one, so that the tests on the CPU run it.
+_NO_SM_LIMIT = 1 << 30
+
+
+def multiprocessors(device: torch.device) -> int:
+    """The SMs a launch on `device` can fill (the interpreter: no limit)."""
+    if device.type != "cuda":
+        return _NO_SM_LIMIT
+    return _cuda_multiprocessors(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.cache
+def _cuda_multiprocessors(index: int) -> int:
+    return int(torch.cuda.get_device_properties(index).multi_processor_count)
+
+
+def linear_grid(k: int, n: int, sms: int) -> tuple[int, int]:
+    """(strips, parts) of a `linear` from K to N on a GPU with `sms` multiprocessors: the output strips
+    of LINEAR_BLOCK_N columns, and the parts K is split into (1: not split; see LINEAR_SPLIT_K)."""
+    strips = _cdiv(n, LINEAR_BLOCK_N)
+    if LINEAR_SPLIT_K <= 1 or strips >= sms:
+        return strips, 1
+    k_tiles = _cdiv(k, LINEAR_BLOCK_K)
+    tiles_per_part = _cdiv(k_tiles, min(LINEAR_SPLIT_K, k_tiles))
+    return strips, _cdiv(k_tiles, tiles_per_part)  # no part left empty
+
+
 def linear(
     x: Tensor,
     weight: Tensor,
@@ -399,7 +503,8 @@ def linear(
     residual: Tensor | None = None,
 ) -> Tensor:
     """act(LN(x) @ weight + bias) + residual for x (M ≤ MAX_ROWS, K), weight (K, N) row-major:
-    `norm` the LayerNorm's (weight, bias), `gelu` quick-GELU. One launch; x's dtype out."""
+    `norm` the LayerNorm's (weight, bias), `gelu` quick-GELU. One launch (two where K is split: see
+    LINEAR_SPLIT_K); x's dtype out."""
     _require()
     m, k = x.shape
     n = weight.shape[1]
@@ -410,9 +515,13 @@ def linear(
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
     ln_w, ln_b = norm if norm is not None else (bias, bias)
     r = residual if residual is not None else y
-    grid = (_cdiv(n, LINEAR_BLOCK_N),)
+    strips, parts = linear_grid(k, n, multiprocessors(x.device))
+    split = parts > 1
+    k_per_part = _cdiv(_cdiv(k, LINEAR_BLOCK_K), parts) * LINEAR_BLOCK_K
+    partial = torch.empty(parts, m, n, dtype=torch.float32, device=x.device) if split else y
     pdl = _pdl(x.device)
-    _linear_kernel[grid](
+    block_m = _power_of_two(m, DOT_ROWS if LINEAR_DOT else 2)
+    _linear_kernel[(strips, parts)](
         x,
         ln_w,
         ln_b,
@@ -420,9 +529,11 @@ def linear(
         bias,
         r,
         y,
+        partial,
         m,
         k,
         n,
+        k_per_part,
         x.stride(0),
         r.stride(0),
         y.stride(0),
@@ -432,9 +543,10 @@ def linear(
         GELU=gelu,
         RESIDUAL=residual is not None,
         DOT=LINEAR_DOT,
+        SPLIT=split,
         PDL=pdl,
         STAGES=LINEAR_STAGES,
-        BLOCK_M=_power_of_two(m, DOT_ROWS if LINEAR_DOT else 2),
+        BLOCK_M=block_m,
         BLOCK_N=LINEAR_BLOCK_N,
         BLOCK_K=LINEAR_BLOCK_K,
         num_warps=LINEAR_WARPS,
@@ -442,6 +554,26 @@ def linear(
         enable_fp_fusion=FP_FUSION,
         launch_pdl=pdl,
     )
+    if split:
+        _linear_parts_kernel[(strips,)](
+            partial,
+            bias,
+            r,
+            y,
+            m,
+            n,
+            parts,
+            r.stride(0),
+            y.stride(0),
+            GELU_SCALE,
+            GELU=gelu,
+            RESIDUAL=residual is not None,
+            PDL=pdl,
+            BLOCK_M=_power_of_two(m, 2),
+            BLOCK_N=LINEAR_BLOCK_N,
+            enable_fp_fusion=FP_FUSION,
+            launch_pdl=pdl,
+        )
     return y
 
 

@@ -26,7 +26,15 @@ import torch
 from bench.gpu_context import Context
 from bench.gpu_decode import TUNED, SliceRun, decode_paths, launch_tile
 from bench.gpu_facts import H100_BANDWIDTH, split_step
-from bench.gpu_kernels import TILES, Tile, fastest_tile, layer_shapes, triton_attention, triton_linear_tiles
+from bench.gpu_kernels import (
+    DRY_RUN_TILES,
+    TILES,
+    Tile,
+    fastest_tile,
+    layer_shapes,
+    triton_attention,
+    triton_linear_tiles,
+)
 from bench.gpu_models import (
     PRIORS,
     attn_funcs,
@@ -224,6 +232,14 @@ def test_the_summary_reads_the_triton_decision_off_the_upsampler_rows() -> None:
         "  triton linear 1920x1440: fastest 16x64w4 dot 8.0 µs, 0.80 TB/s = 20% of read bandwidth, "
         "90 programs on 132 SMs (default 9.0 µs; addmm 11.0 µs)"
     )
+    split = Tile(32, 64, 4, False, split_k=2)
+    split_row = tile(32, False, 6.0) | dict(
+        m=3, dtype="torch.float16", weight_tb_s=0.6, split_k=2, programs=90
+    )
+    assert decision_lines([*measured, split_row | dict(tile=split.name)])[7] == (
+        "  triton linear 1920x1440: fastest 32x64w4 split2 6.0 µs, 0.60 TB/s = 15% of read bandwidth, "
+        "90 programs on 132 SMs (default 9.0 µs; addmm 11.0 µs)"
+    )  # the programs the split launched, not the strips alone (45)
     wrong = [*records[:-1], tile(16, False, 1.0) | dict(matches_torch=False)]
     assert decision_lines(wrong)[7] == (
         "  triton linear 1920x1440: fastest 32x64w4 dot 7.5 µs (default 9.0 µs); WRONG results: 16x64w4"
@@ -244,8 +260,8 @@ def test_the_summary_reads_the_triton_decision_off_the_upsampler_rows() -> None:
         "  PDL: 0.91x the speed of the triton blocks without it: kernels.PDL=False"
     )
     tuned = dict(
-        kind="tuned_tile", prior="upsampler", tile="16x256w8s5", block_n=16, block_k=256, warps=8, stages=5,
-        dot=False,
+        kind="tuned_tile", prior="upsampler", tile="16x256w8s5 split2", block_n=16, block_k=256, warps=8,
+        stages=5, dot=False, split_k=2,
     )  # fmt: skip
     with_tuned = [*with_pdl, decode("graph K=16 + triton blocks, B's fastest tile", 0.006, 1.2), tuned]
     lines = decision_lines(with_tuned)
@@ -255,8 +271,8 @@ def test_the_summary_reads_the_triton_decision_off_the_upsampler_rows() -> None:
     )
     assert lines[9].startswith("  PDL: 1.25x")
     assert lines[10] == (
-        "  B's fastest tile 16x256w8s5: LINEAR_BLOCK_N=16 LINEAR_BLOCK_K=256 LINEAR_WARPS=8 LINEAR_STAGES=5 "
-        "LINEAR_DOT=False, 1.33x the default tile's speed"
+        "  B's fastest tile 16x256w8s5 split2: LINEAR_BLOCK_N=16 LINEAR_BLOCK_K=256 LINEAR_WARPS=8 "
+        "LINEAR_STAGES=5 LINEAR_DOT=False LINEAR_SPLIT_K=2, 1.33x the default tile's speed"
     )
 
     def attend(attention: str, stages: int, us: float) -> dict[str, Any]:
@@ -674,7 +690,7 @@ def _tile_record(
     return dict(
         section="B", kind="triton_linear", n_in=shape[0], n_out=shape[1], block_n=tile.block_n,
         block_k=tile.block_k, warps=tile.warps, dot=tile.dot, stages=tile.stages, pdl=tile.pdl,
-        tile=tile.name, dtype=dtype, us=us, matches_torch=True,
+        split_k=tile.split_k, tile=tile.name, dtype=dtype, us=us, matches_torch=True,
     )  # fmt: skip
 
 
@@ -830,22 +846,30 @@ def test_the_triton_tiles_row_times_each_tile_and_leaves_the_default(tmp_path: P
     recorder = Recorder(None, stream=io.StringIO())
     ctx = Context(recorder, Budget(60.0, reserve=0.0), torch.device("cpu"), True, decoding, "aot_eager")
     default = Tile.default()
-    assert default in TILES[:4]  # the dry run times the default tile
+    assert default in DRY_RUN_TILES  # the dry run times the default tile, and a split one
+    assert [tile.split_k > 1 for tile in DRY_RUN_TILES] == [False] * 4 + [True]
     triton_linear_tiles(ctx)
     rows = [r for r in recorder.records if r["kind"] == "triton_linear"]
     # the dry run: at the tiny upsampler's layer shapes, so that C's tuned row finds its tile
     layer = layer_shapes(SliceRun.build(ctx, PRIORS["upsampler"]).prior)
     shapes = list(dict.fromkeys(layer))
     assert len(shapes) == 3
-    assert [(r["n_in"], r["n_out"]) for r in rows] == [shape for shape in shapes for _ in TILES[:4]]
-    assert [Tile(r["block_n"], r["block_k"], r["warps"], r["dot"], r["stages"]) for r in rows] == list(
-        TILES[:4] * 3
-    )
-    assert [r["tile"] for r in rows] == [tile.name for tile in TILES[:4] * 3]
+    assert [(r["n_in"], r["n_out"]) for r in rows] == [shape for shape in shapes for _ in DRY_RUN_TILES]
+    tiles = [
+        Tile(r["block_n"], r["block_k"], r["warps"], r["dot"], r["stages"], split_k=r["split_k"])
+        for r in rows
+    ]
+    assert tiles == list(DRY_RUN_TILES * 3)
+    assert [r["tile"] for r in rows] == [tile.name for tile in DRY_RUN_TILES * 3]
     assert all(r["us"] > 0 and r["matches_torch"] and r["error"] < 1e-5 for r in rows)  # fp32 here
+    # the split tile splits every tiny shape of more than one K tile (the interpreter fills no SMs)
+    splits = {(r["n_in"], r["k_parts"]) for r in rows if r["split_k"] > 1}
+    assert splits == {(n_in, min(DRY_RUN_TILES[-1].split_k, -(-n_in // 64))) for n_in, _ in shapes}
+    assert all(r["programs"] == -(-r["n_out"] // r["block_n"]) * r["k_parts"] for r in rows)
     assert Tile.default() == default
     assert (kernels.LINEAR_BLOCK_N, kernels.LINEAR_WARPS) == (default.block_n, default.warps)
-    assert [r["default_tile"] for r in rows] == [tile == default for tile in TILES[:4] * 3]
+    assert kernels.LINEAR_SPLIT_K == default.split_k == 1
+    assert [r["default_tile"] for r in rows] == [tile == default for tile in DRY_RUN_TILES * 3]
     assert fastest_tile(rows, layer, ctx.dtype) is not None
 
 
@@ -879,9 +903,14 @@ def test_a_chosen_tile_is_what_linear_launches_with_until_the_block_ends() -> No
 
     default = Tile.default()
     other = next(tile for tile in TILES if tile.stages != default.stages and tile.dot != default.dot)
+    split = next(tile for tile in TILES if tile.split_k != default.split_k)
     with pytest.raises(RuntimeError), other.chosen():
         assert Tile.default() == other
         assert (kernels.LINEAR_BLOCK_N, kernels.LINEAR_BLOCK_K) == (other.block_n, other.block_k)
+        raise RuntimeError("a failed timing")
+    assert Tile.default() == default
+    with pytest.raises(RuntimeError), split.chosen():
+        assert Tile.default() == split and kernels.LINEAR_SPLIT_K == split.split_k
         raise RuntimeError("a failed timing")
     assert Tile.default() == default
 

@@ -131,6 +131,20 @@ def test_with_tensor_core_products_the_block_outputs_stay_within_float_rounding(
     assert _worst(got, want) < 1e-5
 
 
+@pytest.mark.parametrize("dot", [False, True], ids=["sum", "dot"])
+def test_with_k_split_the_block_outputs_stay_within_float_rounding(
+    dot: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`LINEAR_SPLIT_K`: 16-row K tiles split the tiny prior's linears into 2 (K 32) and 3 parts (the
+    MLP's K 128, 8 tiles), whose fp32 sums the second launch adds: still within 1e-5 of the torch step."""
+    monkeypatch.setattr(kernels, "LINEAR_DOT", dot)
+    monkeypatch.setattr(kernels, "LINEAR_BLOCK_K", 16)
+    monkeypatch.setattr(kernels, "LINEAR_SPLIT_K", 3)
+    assert [kernels.linear_grid(k, n, 132)[1] for k, n in ((32, 96), (128, 32))] == [2, 3]
+    want, got = _walk(tiny_prior("up0", seed=3), "up0", torch.float32, kernels.triton_block_step)
+    assert _worst(got, want) < 1e-5
+
+
 def test_the_kernels_without_the_transpose_mask_part_from_the_torch_step(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -172,6 +186,46 @@ def test_the_decoder_with_the_kernels_gives_the_sliced_loops_tokens_window_after
         cond, ids = _window(prior, "up0", index, window[0])
         want = _sliced(prior, cond, ids, index, window)
         assert torch.equal(_decoded(decoder, cond, ids, index, window, prior.n_ctx), want)
+
+
+@pytest.mark.parametrize("dot", [False, True], ids=["sum", "dot"])
+@pytest.mark.parametrize("split", [2, 3, 8])
+def test_a_linear_split_over_k_adds_its_parts_to_layer_norm_matmul_gelu_and_residual(
+    dot: bool, split: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """K = 300 is five 64-row tiles: asked for 2, 3 or 8 parts it runs 2 (3 + 2 tiles), 3 (2 + 2 + 1)
+    or 5 (a tile each, none empty), each part's sums in fp32, added in order before the epilogue; the
+    same results to float rounding, and the same bits at every call."""
+    monkeypatch.setattr(kernels, "LINEAR_DOT", dot)
+    monkeypatch.setattr(kernels, "LINEAR_BLOCK_N", 32)
+    monkeypatch.setattr(kernels, "LINEAR_BLOCK_K", 64)
+    monkeypatch.setattr(kernels, "LINEAR_SPLIT_K", split)
+    assert kernels.linear_grid(300, 70, 132) == (3, {2: 2, 3: 3, 8: 5}[split])
+    generator = torch.Generator().manual_seed(1)
+    x, w, b = (torch.randn(*shape, generator=generator) for shape in ((3, 300), (300, 70), (70,)))
+    w *= 0.1  # outputs of a few units: quick-GELU's exp stays finite
+    ln_w, ln_b, r = (torch.randn(*shape, generator=generator) for shape in ((300,), (300,), (3, 70)))
+    h = torch.addmm(b, _norm(x, (300,), ln_w, ln_b, 1e-5), w)
+    got = kernels.linear(x, w, b, norm=(ln_w, ln_b), gelu=True, residual=r)
+    torch.testing.assert_close(got, h * torch.sigmoid(GELU_SCALE * h) + r)
+    assert torch.equal(kernels.linear(x, w, b, norm=(ln_w, ln_b), gelu=True, residual=r), got)
+    torch.testing.assert_close(kernels.linear(x, w, b), torch.addmm(b, x, w))
+
+
+def test_k_is_split_only_where_the_output_strips_leave_multiprocessors_idle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The upsampler's shapes on an H100's 132 SMs at 32-column strips: its two c_proj (60 strips) split,
+    c_attn (180) and c_fc (240) do not; never more parts than K tiles; LINEAR_SPLIT_K 1 never splits."""
+    monkeypatch.setattr(kernels, "LINEAR_BLOCK_N", 32)
+    monkeypatch.setattr(kernels, "LINEAR_BLOCK_K", 64)
+    monkeypatch.setattr(kernels, "LINEAR_SPLIT_K", 4)
+    shapes = ((1920, 5760), (1920, 1920), (1920, 7680), (7680, 1920))
+    assert [kernels.linear_grid(k, n, 132) for k, n in shapes] == [(180, 1), (60, 4), (240, 1), (60, 4)]
+    assert kernels.linear_grid(100, 1920, 132) == (60, 2)  # two K tiles
+    assert kernels.linear_grid(1920, 1920, 60) == (60, 1)  # as many strips as SMs
+    monkeypatch.setattr(kernels, "LINEAR_SPLIT_K", 1)
+    assert kernels.linear_grid(1920, 1920, 132) == (60, 1)
 
 
 @pytest.mark.parametrize("dot", [False, True], ids=["sum", "dot"])
@@ -255,16 +309,21 @@ def test_on_cuda_every_block_output_is_the_torch_steps(
 
 
 @cuda
-@pytest.mark.parametrize("pdl", [False, True], ids=["plain", "pdl"])
+@pytest.mark.parametrize("launch", ["plain", "pdl", "split"])
 def test_on_cuda_graph_replays_of_the_kernels_give_the_eager_torch_steps_tokens(
-    pdl: bool, monkeypatch: pytest.MonkeyPatch
+    launch: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """fp32, window after window: the captured Triton calls draw the eager torch step's tokens; also
-    with programmatic dependent launch, each kernel waiting for the last one inside the graph."""
+    with programmatic dependent launch, each kernel waiting for the last one inside the graph, and with
+    every `linear` split over K (16-row K tiles: 2 to 8 parts), its parts' buffer allocated in the graph."""
     device = torch.device("cuda")
+    pdl = launch == "pdl"
     if pdl and not kernels.pdl_capable(device):
         pytest.skip("programmatic dependent launch needs compute capability 9.0 or later")
     monkeypatch.setattr(kernels, "PDL", pdl)
+    if launch == "split":
+        monkeypatch.setattr(kernels, "LINEAR_BLOCK_K", 16)
+        monkeypatch.setattr(kernels, "LINEAR_SPLIT_K", 8)
     kind = "top_5b_lyrics"
     prior = tiny_prior(kind, seed=1).to(device)
     static = WindowDecoder(prior, BATCH, DecodeOptions(path="static", tokens_per_call=5))
