@@ -121,7 +121,7 @@ PARTS = (
     # it), the linear tiles, then the blocks again at the fastest tile, before the totals' other inputs
     _decode("triton upsampler", "upsampler", TRITON, 70, 30, needs_triton=True),
     _decode("compiled upsampler", "upsampler", (BLOCKS,), 125, 3),
-    Part("B", "triton linear tiles", 70, 30, triton_linear_tiles, needs_triton=True),
+    Part("B", "triton linear tiles", 80, 30, triton_linear_tiles, needs_triton=True),
     _decode("triton upsampler at B's fastest tile", "upsampler", TUNED, 50, 30, needs_triton=True),
     Part("E", "prefill", 10, 1, prefill),
     Part("G", "overlap", 15, 1, overlap),

@@ -117,8 +117,9 @@ TILES = (
     Tile(16, 256, 8, False, stages=5),
     Tile(16, 512, 8, False, stages=4),
     Tile(32, 64, 4, False, stages=1),
-    # split K where the strips leave SMs idle (the narrow outputs: c_proj at the upsamplers and 1b_lyrics)
+    # split K where the strips leave SMs idle (at 32 columns: every upsampler shape, 5b's c_attn)
     Tile(32, 64, 4, False, split_k=2),
+    Tile(32, 64, 4, False, split_k=3),
     Tile(32, 64, 4, False, split_k=4),
     Tile(16, 256, 8, False, stages=5, split_k=2),
     Tile(16, 128, 4, True, stages=6, split_k=2),

@@ -87,7 +87,7 @@ LINEAR_STAGES = 3
 LINEAR_DOT = False
 DOT_ROWS = 16
 # Split-K: a `linear` whose output strips (N / LINEAR_BLOCK_N) are fewer than the GPU's multiprocessors
-# (the upsamplers' two c_proj, 60 strips on an H100's 132) leaves the rest idle while it streams W. With
+# (every upsampler linear: 45 or 60 strips on an H100's 132 SMs) leaves the rest idle while it streams W. With
 # LINEAR_SPLIT_K > 1 such a launch splits K into that many parts (whole K tiles each, at most one part
 # per K tile): strips × parts programs each write their part's fp32 sums, and a second launch adds the
 # parts in order. 1 never splits. Whether the extra launch pays is for the GPU run to say (bench B's

@@ -215,13 +215,20 @@ def test_a_linear_split_over_k_adds_its_parts_to_layer_norm_matmul_gelu_and_resi
 def test_k_is_split_only_where_the_output_strips_leave_multiprocessors_idle(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The upsampler's shapes on an H100's 132 SMs at 32-column strips: its two c_proj (60 strips) split,
-    c_attn (180) and c_fc (240) do not; never more parts than K tiles; LINEAR_SPLIT_K 1 never splits."""
+    """The published layers' shapes on an H100's 132 SMs at 32-column strips: every upsampler linear
+    (45 or 60 strips) and 5b's c_attn (113) split, 5b's MLP (150) does not; never more parts than K
+    tiles; LINEAR_SPLIT_K 1 never splits."""
     monkeypatch.setattr(kernels, "LINEAR_BLOCK_N", 32)
     monkeypatch.setattr(kernels, "LINEAR_BLOCK_K", 64)
     monkeypatch.setattr(kernels, "LINEAR_SPLIT_K", 4)
-    shapes = ((1920, 5760), (1920, 1920), (1920, 7680), (7680, 1920))
-    assert [kernels.linear_grid(k, n, 132) for k, n in shapes] == [(180, 1), (60, 4), (240, 1), (60, 4)]
+    shapes = ((1920, 1440), (480, 1920), (1920, 1920), (4800, 3600), (4800, 4800))
+    assert [kernels.linear_grid(k, n, 132) for k, n in shapes] == [
+        (45, 4),
+        (60, 4),
+        (60, 4),
+        (113, 4),
+        (150, 1),
+    ]
     assert kernels.linear_grid(100, 1920, 132) == (60, 2)  # two K tiles
     assert kernels.linear_grid(1920, 1920, 60) == (60, 1)  # as many strips as SMs
     monkeypatch.setattr(kernels, "LINEAR_SPLIT_K", 1)
