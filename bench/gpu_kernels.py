@@ -257,6 +257,17 @@ def triton_attention(ctx: Context) -> None:
             _attention(ctx, kernels, name, config, kind)
 
 
+@contextlib.contextmanager
+def _set(module: ModuleType, name: str, value: Any) -> Iterator[None]:
+    """`module.name` is `value` (read at each launch: captured with it, replayed within) until the end."""
+    previous = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, previous)
+
+
 def _attention(ctx: Context, kernels: ModuleType, prior: str, config: TransformerConfig, kind: int) -> None:
     heads, d = config.heads, config.head_dim
     geometry = GEOMETRIES[kind](config.block_ctx, config.prime_window, config.encoder_len)
@@ -279,25 +290,28 @@ def _attention(ctx: Context, kernels: ModuleType, prior: str, config: Transforme
             kernels.attend(qkv, k_flat, v_flat, read, heads, cross)
 
     keys = slots if read.index is None else read.index.shape[0]
-    default = kernels.MIX_STAGES
-    # the mix's key loop at the kernels' pipeline depth and unpipelined, to say whether the depth pays;
-    # once where the kernels never pipeline these rows
-    for stages in dict.fromkeys((kernels.mix_stages(d, ctx.dtype), 1)):
-        kernels.MIX_STAGES = stages  # read at each launch: captured with it, replayed within
-        try:
+    # the mix's key loop at the kernels' pipeline depth and unpipelined, to say whether the depth pays
+    # (once where the kernels never pipeline these rows); then in one launch, where the kind can be
+    forms = [(stages, 0) for stages in dict.fromkeys((kernels.mix_stages(d, ctx.dtype), 1))]
+    with _set(kernels, "FUSED_ATTEND_KEYS", kernels.FUSED_MAX_KEYS):
+        fusable = kernels.fused_attend(keys, d, ctx.dtype)
+    forms += [(kernels.MIX_STAGES, kernels.FUSED_MAX_KEYS)] if fusable else []
+    for stages, fused_keys in forms:
+        with _set(kernels, "MIX_STAGES", stages), _set(kernels, "FUSED_ATTEND_KEYS", fused_keys):
             times = device_ms(ctx, graphed(ctx, calls), 1 if ctx.dry_run else 5, warmup=1)
-        finally:
-            kernels.MIX_STAGES = default
         ms = statistics.median(times) / copies
         ctx.emit(
             "B",
             "triton_attend",
             prior=prior,
             attention=ATTN_NAMES[kind],
+            layers=config.attn_funcs.count(kind),
             rows=ROWS * heads,
             head_dim=d,
             keys=keys,
             mix_stages=stages,
+            fused=fused_keys > 0,
+            fused_keys=fused_keys,
             dtype=ctx.dtype,
             in_graph=ctx.capture,
             us=ms * 1e3,

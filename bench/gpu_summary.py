@@ -162,7 +162,7 @@ def decision_lines(records: Sequence[Record]) -> list[str]:
     Triton `linear` variant per shape."""
     paths = [path for _, path, _ in LEVERS if path.startswith("graph K=16")]
     rows = {p: r for p in paths if (r := latest(records, "decode", prior="upsampler", path=p)) is not None}
-    kernels_alone = _linear_lines(records) + _mix_line(records)
+    kernels_alone = _linear_lines(records) + _mix_line(records) + _fused_line(records)
     if not rows:  # B's figures still say which tile and depth to choose
         return (
             ["", "Decision (GPU-PLAN §4 step 6): no upsampler decode rows", *kernels_alone]
@@ -253,7 +253,7 @@ def _mix_line(records: Sequence[Record]) -> list[str]:
     """Whether `attend`'s pipelined key loop pays: µs summed over the kinds B timed both ways."""
     by_kind: dict[tuple[str, str], dict[int, float]] = {}
     for r in records:
-        if r.get("kind") == "triton_attend":
+        if r.get("kind") == "triton_attend" and not r.get("fused"):
             by_kind.setdefault((r["prior"], r["attention"]), {})[int(r["mix_stages"])] = float(r["us"])
     both = [us for us in by_kind.values() if len(us) == 2 and 1 in us]
     if not both:
@@ -265,6 +265,34 @@ def _mix_line(records: Sequence[Record]) -> list[str]:
     return [
         f"  attend, mix keys {depth} stages deep: {gain:.2f}x the speed unpipelined over {len(both)} kinds: "
         f"kernels.MIX_STAGES={depth if gain > 1 else 1}"
+    ]
+
+
+def _fused_line(records: Sequence[Record]) -> list[str]:
+    """Whether one attention launch pays where a kind reads few keys: the upsampler's kinds (most of
+    the time), each weighted by its layers, fused against the faster of its two-launch forms."""
+    two: dict[str, float] = {}
+    one: dict[str, float] = {}
+    layers: dict[str, int] = {}
+    fused_keys = 0
+    for r in records:
+        if r.get("kind") != "triton_attend" or r.get("prior") != "upsampler":
+            continue
+        kind, us = r["attention"], float(r["us"])
+        layers[kind] = int(r.get("layers", 1))
+        if r.get("fused"):
+            one[kind], fused_keys = us, int(r["fused_keys"])
+        else:
+            two[kind] = min(us, two.get(kind, us))
+    both = [kind for kind in one if kind in two]
+    if not both:
+        return []
+    fused = sum(one[kind] * layers[kind] for kind in both)
+    gain = sum(two[kind] * layers[kind] for kind in both) / fused
+    per_layer = fused / sum(layers[kind] for kind in both)
+    return [
+        f"  attend in one launch: {gain:.2f}x the speed of two over the upsampler's {len(both)} kinds "
+        f"({per_layer:.1f} µs a layer): kernels.FUSED_ATTEND_KEYS={fused_keys if gain > 1 else 0}"
     ]
 
 

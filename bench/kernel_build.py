@@ -17,6 +17,7 @@ each is then compiled for the target down to SASS. Per specialization it reports
     python -m bench.kernel_build --arch 80 --batch 16   # an A100, the kernels' largest batch
     python -m bench.kernel_build --tiles                # also every linear tile bench B times
     python -m bench.kernel_build --pdl                  # with kernels.PDL on (sm_90 and later)
+    python -m bench.kernel_build --fused-attention      # with one attention launch where keys are few
 
 Both `linear` products (`kernels.LINEAR_DOT` off and on) are built at every batch; the exit status is
 1 when a build spills registers.
@@ -334,9 +335,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--priors", nargs="+", choices=PRIORS, default=list(PRIORS))
     parser.add_argument("--tiles", action="store_true", help=f"also bench B's linear tiles at {ROWS} rows")
     parser.add_argument("--pdl", action="store_true", help="with kernels.PDL on (sm_90 and later use it)")
+    parser.add_argument(
+        "--fused-attention",
+        action="store_true",
+        help="with kernels.FUSED_ATTEND_KEYS on: one attention launch where a kind reads few keys",
+    )
     parser.add_argument("--json", action="store_true", help="one JSON line per build instead of a table")
     args = parser.parse_args(argv)
     kernels.PDL = args.pdl
+    kernels.FUSED_ATTEND_KEYS = kernels.FUSED_MAX_KEYS if args.fused_attention else 0
     recorders = {
         arch: record(arch, DTYPES[args.dtype], args.batch, args.priors, args.tiles) for arch in args.arch
     }

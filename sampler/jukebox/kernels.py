@@ -1,7 +1,8 @@
 """Hand-fused Triton kernels for the static decode step: one residual block in six launches.
 
 GPU-PLAN.md §4 step 6. At batch ≤ 4 a decode step streams each layer's weights once; what costs is
-the number of kernels per layer (about 27 eager, 8 after inductor). These make it six:
+the number of kernels per layer (about 27 eager, 8 after inductor). These make it six (five with
+`FUSED_ATTEND_KEYS`, seven to ten with `LINEAR_SPLIT_K`):
 
 * `linear` (four of the six): y = act(LN(x) @ W + b) + r in one pass, for a job's few rows (M ≤
   MAX_ROWS; 3 by default): every program normalises those rows itself (the LayerNorm prologue, fp32
@@ -15,7 +16,9 @@ the number of kernels per layer (about 27 eager, 8 after inductor). These make i
   multiprocessors idle while three stream the keys. Attention is split where it parallelises without
   a split reduction: `_score_kernel` scores a tile of keys per program (and writes the new k, v to
   their slot), `_mix_kernel` takes a strip of head dims per program, softmaxes the row's scores and
-  applies them to v, its keys several tiles ahead through Triton's software pipeline.
+  applies them to v, its keys several tiles ahead through Triton's software pipeline. With
+  `FUSED_ATTEND_KEYS`, a kind that reads few keys (every kind of the upsamplers: 64 or 128) runs in
+  one launch instead, `_attend_kernel`: each strip's program scores all of the row's keys itself.
 
 Every sum has a fixed order (no atomics; a split K's parts are added in part order by one program per
 output), so a resumed job redraws the same codes on the same GPU. Everything accumulates in fp32 and
@@ -103,6 +106,16 @@ MIX_BLOCK_D = 64
 # dim 150) in more than 2 bytes at a time, and pipelining just its scores spills registers on sm_90.
 # 1 loads each tile when it is used; the interpreter ignores it.
 MIX_STAGES = 3
+# One launch for the attention of a kind that reads at most this many keys (0: always two), where its
+# k, v rows are 16-byte aligned (not 5b_lyrics' head dim 150 in half precision). Each of a
+# row's head-dim strips then scores every key itself (the full q·k, FUSED_CHUNK_D dims at a time: the
+# keys are read once per strip, from the L2 after the first) before it softmaxes and mixes its strip,
+# and writes its strip of the new k, v. A launch less per layer against redundant scoring: for the GPU
+# run to say (bench B's fused `attend` rows), so it is off. The keys sit in registers: at most 128 keys
+# builds without spilling (`python -m bench.kernel_build --fused-attention`).
+FUSED_ATTEND_KEYS = 0
+FUSED_MAX_KEYS = 128
+FUSED_CHUNK_D = 32
 # Programmatic dependent launch (Hopper and later): each kernel lets the next one launch at once and
 # waits, before its first read, for the one before it to finish, so a launch and its ramp-up overlap
 # the previous kernel's tail instead of following it. The results are the same; whether it is faster
@@ -443,12 +456,116 @@ if triton is not None:
             out = tl.where(tl.load(EMPTY + ds * 0) != 0, 0.0, out)
         tl.store(OUT + n * (heads * D) + h * D + ds, out.to(OUT.dtype.element_ty), mask=d_ok)
 
+    @triton.jit
+    def _attend_kernel(
+        QKV,
+        KC,
+        VC,
+        WRITE,
+        KEEP_OLD,
+        INDEX,
+        MASK,
+        EMPTY,
+        OUT,
+        heads,
+        slots,
+        n_keys,
+        stride_qkv,
+        k_offset,
+        v_offset,
+        D,
+        scale,
+        mask_value,
+        HAS_WRITE: tl.constexpr,
+        HAS_KEEP: tl.constexpr,
+        HAS_INDEX: tl.constexpr,
+        HAS_MASK: tl.constexpr,
+        HAS_EMPTY: tl.constexpr,
+        PDL: tl.constexpr,
+        KEYS: tl.constexpr,
+        CHUNK_D: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):
+        """`_score_kernel` and `_mix_kernel` in one launch, for at most KEYS keys: program (row, strip)
+        scores all the row's keys, softmaxes them and mixes v's strip of head dims."""
+        if PDL:
+            gdc_launch_dependents()
+            gdc_wait()
+        row = tl.program_id(0)
+        n = row // heads
+        h = row % heads
+        head = QKV + n * stride_qkv + h * D
+        cache_row = row.to(tl.int64) * slots * D
+        js = tl.arange(0, KEYS)
+        j_ok = js < n_keys
+        if HAS_INDEX:
+            key_slots = tl.load(INDEX + js, mask=j_ok, other=0)
+        else:
+            key_slots = js
+        if HAS_WRITE:
+            # the new k, v from registers wherever its slot is read: no program waits for another's store
+            slot = tl.load(WRITE + js * 0)
+            write_now = js == js  # every key's lane, unless the layer keeps the slot's old k, v
+            if HAS_KEEP:
+                write_now = write_now & (tl.load(KEEP_OLD + js * 0) == 0)
+            fresh = (key_slots == slot) & write_now
+        scores = tl.full([KEYS], 0.0, tl.float32)
+        for d0 in range(0, D, CHUNK_D):
+            dc = d0 + tl.arange(0, CHUNK_D)
+            dc_ok = dc < D
+            q = tl.load(head + dc, mask=dc_ok, other=0.0).to(tl.float32)
+            k = tl.load(
+                KC + cache_row + key_slots[:, None] * D + dc[None, :],
+                mask=j_ok[:, None] & dc_ok[None, :],
+                other=0.0,
+            )
+            if HAS_WRITE:
+                new_k = tl.load(head + k_offset + dc, mask=dc_ok, other=0.0)
+                k = tl.where(fresh[:, None], new_k[None, :], k)
+            scores += tl.reduce(k.to(tl.float32) * q[None, :], 1, _SUM)
+        scores = scores * scale
+        if HAS_MASK:
+            seen = tl.load(MASK + js, mask=j_ok, other=0) != 0
+            scores = tl.where(seen, scores, mask_value)
+        # softmax as torch computes it: the row's maximum first, then exp(s - max) summed
+        scores = tl.where(j_ok, scores, float("-inf"))
+        p = tl.exp(scores - tl.reduce(scores, 0, _MAX))
+        total = tl.reduce(p, 0, _SUM)
+        ds = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+        d_ok = ds < D
+        both = j_ok[:, None] & d_ok[None, :]
+        v = tl.load(VC + cache_row + key_slots[:, None] * D + ds[None, :], mask=both, other=0.0)
+        if HAS_WRITE:
+            new_v = tl.load(head + v_offset + ds, mask=d_ok, other=0.0)
+            v = tl.where(fresh[:, None], new_v[None, :], v)
+            # each strip's program stores its strip of the new k, v (the next layer's launch reads them)
+            slot_d = tl.load(WRITE + ds * 0)
+            store = d_ok
+            if HAS_KEEP:
+                store = store & (tl.load(KEEP_OLD + ds * 0) == 0)
+            tl.store(KC + cache_row + slot_d * D + ds, tl.load(head + k_offset + ds, mask=d_ok), mask=store)
+            tl.store(VC + cache_row + slot_d * D + ds, new_v, mask=store)
+        out = tl.reduce(p[:, None] * v.to(tl.float32), 0, _SUM) / total
+        if HAS_EMPTY:
+            out = tl.where(tl.load(EMPTY + ds * 0) != 0, 0.0, out)
+        tl.store(OUT + n * (heads * D) + h * D + ds, out.to(OUT.dtype.element_ty), mask=d_ok)
+
+
+def _aligned_rows(head_dim: int, dtype: torch.dtype) -> bool:
+    """Whether k, v rows of `head_dim` in `dtype` are 16-byte aligned (vector loads, cp.async)."""
+    return head_dim * torch.empty(0, dtype=dtype).element_size() % 16 == 0
+
+
+def fused_attend(n_keys: int, head_dim: int, dtype: torch.dtype) -> bool:
+    """Whether `attend` reads `n_keys` keys of `head_dim` in one launch: at most FUSED_ATTEND_KEYS, and
+    rows 16-byte aligned (5b_lyrics' 300-byte rows load 2 bytes at a time, and its 128 keys spill)."""
+    return n_keys <= min(FUSED_ATTEND_KEYS, FUSED_MAX_KEYS) and _aligned_rows(head_dim, dtype)
+
 
 def mix_stages(head_dim: int, dtype: torch.dtype) -> int:
     """The mixing kernel's pipeline depth for v rows of `head_dim` in `dtype`: MIX_STAGES where the rows
     are 16-byte aligned, else 1."""
-    aligned = head_dim * torch.empty(0, dtype=dtype).element_size() % 16 == 0
-    return MIX_STAGES if aligned else 1
+    return MIX_STAGES if _aligned_rows(head_dim, dtype) else 1
 
 
 def _require() -> None:
@@ -578,8 +695,9 @@ def linear(
 
 
 def attend(qkv: Tensor, k_flat: Tensor, v_flat: Tensor, read: StaticRead, heads: int, cross: bool) -> Tensor:
-    """The decode attention of one position, (N, H·D) out. `qkv` is the block's c_attn output: (N, 3·H·D)
-    (q, k, v; the new k, v go to `read.write`) or, for cross-attention, q alone (N, H·D).
+    """The decode attention of one position, (N, H·D) out: two launches, or one where `fused_attend`.
+    `qkv` is the block's c_attn output: (N, 3·H·D) (q, k, v; the new k, v go to `read.write`) or, for
+    cross-attention, q alone (N, H·D).
     `k_flat`, `v_flat`: the layer's (N·H, slots, D) cache, read at `read.index` under `read.mask`."""
     _require()
     n = qkv.shape[0]
@@ -590,11 +708,44 @@ def attend(qkv: Tensor, k_flat: Tensor, v_flat: Tensor, read: StaticRead, heads:
     n_keys = slots if read.index is None else read.index.shape[0]
     block_d = _power_of_two(d, 16)
     score_keys = max(1, min(ATTEND_MAX_KEYS, ATTEND_TILE_ELEMENTS // block_d))
-    scores = torch.empty(rows, n_keys, dtype=torch.float32, device=qkv.device)
     out = torch.empty(n, n_state, dtype=qkv.dtype, device=qkv.device)
     unused = out  # a pointer for the flags that are off (never read)
     index = read.index if read.index is not None else unused
     pdl = _pdl(qkv.device)
+    if fused_attend(n_keys, d, k_flat.dtype):
+        _attend_kernel[(rows, _cdiv(d, MIX_BLOCK_D))](
+            qkv,
+            k_flat,
+            v_flat,
+            read.write if read.write is not None else unused,
+            read.keep_old if read.keep_old is not None else unused,
+            index,
+            read.mask if read.mask is not None else unused,
+            read.empty if read.empty is not None else unused,
+            out,
+            heads,
+            slots,
+            n_keys,
+            qkv.stride(0),
+            n_state,
+            2 * n_state,
+            d,
+            _score_scale(d),
+            MASK_VALUE,
+            HAS_WRITE=not cross and read.write is not None,
+            HAS_KEEP=read.keep_old is not None,
+            HAS_INDEX=read.index is not None,
+            HAS_MASK=read.mask is not None,
+            HAS_EMPTY=read.empty is not None,
+            PDL=pdl,
+            KEYS=_power_of_two(n_keys, 16),
+            CHUNK_D=FUSED_CHUNK_D,
+            BLOCK_D=MIX_BLOCK_D,
+            enable_fp_fusion=FP_FUSION,
+            launch_pdl=pdl,
+        )
+        return out
+    scores = torch.empty(rows, n_keys, dtype=torch.float32, device=qkv.device)
     _score_kernel[(rows, _cdiv(n_keys, score_keys))](
         qkv,
         k_flat,

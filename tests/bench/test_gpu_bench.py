@@ -292,6 +292,22 @@ def test_the_summary_reads_the_triton_decision_off_the_upsampler_rows() -> None:
         "0.67x the speed unpipelined over 1 kinds: kernels.MIX_STAGES=1"
     )
     assert decision_lines([*records, attend("cross", 1, 9.0)])[-1].startswith("  triton linear")
+    # one launch against the faster two-launch form of each upsampler kind, weighted by its layers
+    fused = [
+        attend("block", 3, 1.0) | dict(fused=True, fused_keys=128, layers=24),
+        attend("dense", 3, 3.0) | dict(fused=True, fused_keys=128, layers=8),
+        dict(attend("cross", 1, 1.0), prior="5b_lyrics", fused=True, fused_keys=128),  # not the upsampler
+    ]
+    lines = decision_lines([*records, *timed, *fused])
+    assert lines[-2].startswith("  attend, mix keys 3 stages deep: 1.50x")  # fused rows left out of it
+    assert lines[-1] == (  # (2.0·24 + 4.0·8) / (1.0·24 + 3.0·8) = 80 / 48; 48 µs over 32 layers
+        "  attend in one launch: 1.67x the speed of two over the upsampler's 2 kinds (1.5 µs a layer): "
+        "kernels.FUSED_ATTEND_KEYS=128"
+    )
+    slow_fused = [attend("block", 3, 2.5) | dict(fused=True, fused_keys=128, layers=24)]
+    assert decision_lines([*records, *timed, *slow_fused])[-1].endswith(
+        "0.80x the speed of two over the upsampler's 1 kinds (2.5 µs a layer): kernels.FUSED_ATTEND_KEYS=0"
+    )
     fast_torch = [decode("graph K=16 + compiled blocks", 0.008, 1.0)]
     assert decision_lines(fast_torch)[-1].endswith("8.0 µs on an H100, within: torch blocks suffice")
     assert decision_lines([decode("sliced", 0.5, 1.0)]) == []
@@ -926,18 +942,30 @@ def test_the_triton_attention_row_times_every_attention_kind_of_every_prior() ->
     }
     from sampler.jukebox import kernels
 
-    # each kind at the kernels' mix pipeline depth, then unpipelined (once where they never pipeline)
+    # each kind at the kernels' mix pipeline depth, then unpipelined (once where they never pipeline),
+    # then in one launch where it reads at most 128 keys of 16-byte aligned rows (which pipeline)
     head_dims = {
         name: prior_config(spec, True).transformer_config().head_dim for name, spec in PRIORS.items()
     }
     depths = {p: list(dict.fromkeys((kernels.mix_stages(d, ctx.dtype), 1))) for p, d in head_dims.items()}
-    assert [(r["prior"], r["attention"], r["mix_stages"]) for r in rows] == [
-        (p, k, stages) for p, names in kinds.items() for k in names for stages in depths[p]
+    keys = {(r["prior"], r["attention"]): r["keys"] for r in rows}
+    forms = {
+        (p, k): [(stages, False) for stages in depths[p]]
+        + ([(3, True)] if depths[p][0] == 3 and keys[p, k] <= kernels.FUSED_MAX_KEYS else [])
+        for p, names in kinds.items()
+        for k in names
+    }
+    assert [(r["prior"], r["attention"], r["mix_stages"], r["fused"]) for r in rows] == [
+        (p, k, stages, fused) for p, names in kinds.items() for k in names for stages, fused in forms[p, k]
     ]
     assert depths["upsampler"] == [3, 1]
+    assert all(forms["upsampler", k][-1] == (3, True) for k in kinds["upsampler"])  # every kind fused
     assert "cross" in kinds["5b_lyrics"] and "prime" in kinds["1b_lyrics"]
     assert all(r["us"] > 0 and r["keys"] > 0 and not r["in_graph"] for r in rows)
-    assert kernels.MIX_STAGES == 3
+    ids = {name: kind for kind, name in ATTN_NAMES.items()}
+    for r in rows:
+        assert r["layers"] == attn_funcs(prior_config(PRIORS[r["prior"]], True)).count(ids[r["attention"]])
+    assert (kernels.MIX_STAGES, kernels.FUSED_ATTEND_KEYS) == (3, 0)
 
 
 @pytest.mark.slow

@@ -109,3 +109,23 @@ def test_with_pdl_the_kernels_wait_on_the_previous_grid_on_sm90_and_launch_as_be
     assert {b["kernel"] for b in builds} == {"_linear_kernel", "_score_kernel", "_mix_kernel"}
     assert all(b["pdl"] == (b["arch"] == 90) and b["constants"]["PDL"] == (b["arch"] == 90) for b in builds)
     assert all(b["spill_ops"] == 0 for b in builds)
+
+
+def test_fused_attention_builds_without_spilling_where_a_kind_reads_few_keys() -> None:
+    """`--fused-attention`: every upsampler kind (64 or 128 keys) in one launch, five a layer; the kinds
+    over 128 keys (1b_lyrics' prime and dense) and 5b_lyrics' unaligned 300-byte rows keep their two."""
+    proc = _run("--arch", "90", "80", "--fused-attention", "--json")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    builds = [row for row in lines if "kernel" in row]
+    kernels = {p: {b["kernel"] for b in builds if p in b["users"]} for p in PRIORS}
+    assert kernels["upsampler"] == {"_linear_kernel", "_attend_kernel"}
+    assert kernels["1b_lyrics"] == {"_linear_kernel", "_attend_kernel", "_score_kernel", "_mix_kernel"}
+    assert kernels["5b_lyrics"] == {"_linear_kernel", "_score_kernel", "_mix_kernel"}
+    per_layer = lines[-1]["launches_per_layer_step"]
+    assert (per_layer["upsampler"], per_layer["5b_lyrics"]) == (5.0, 6.0) and 5.0 < per_layer[
+        "1b_lyrics"
+    ] < 5.2
+    fused = [b for b in builds if b["kernel"] == "_attend_kernel"]
+    assert {b["constants"]["KEYS"] for b in fused} == {64, 128}
+    assert all(b["spill_ops"] == 0 for b in builds)

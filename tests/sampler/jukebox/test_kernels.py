@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import replace
+from typing import Any
 
 import pytest
 import torch
@@ -145,6 +146,34 @@ def test_with_k_split_the_block_outputs_stay_within_float_rounding(
     assert _worst(got, want) < 1e-5
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_with_fused_attention_the_block_outputs_stay_within_float_rounding(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`FUSED_ATTEND_KEYS` over every tiny attention kind (all read at most 128 keys): one attention
+    launch per block, within 1e-5 of the torch step, the same k, v written (a kept prime slot too)."""
+    monkeypatch.setattr(kernels, "FUSED_ATTEND_KEYS", kernels.FUSED_MAX_KEYS)
+    monkeypatch.setattr(kernels, "FUSED_CHUNK_D", 8)  # head dims 16: two chunks
+    launched: list[str] = []
+    for name in ("_attend_kernel", "_score_kernel", "_mix_kernel"):
+        kernel = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, _Counted(kernel, name, launched))
+    want, got = _walk(tiny_prior(kind, seed=3), kind, torch.float32, kernels.triton_block_step)
+    assert _worst(got, want) < 1e-5
+    assert set(launched) == {"_attend_kernel"}
+
+
+class _Counted:
+    """A Triton kernel whose launches (`kernel[grid](...)`) are recorded by name."""
+
+    def __init__(self, kernel: Any, name: str, launched: list[str]) -> None:
+        self.kernel, self.name, self.launched = kernel, name, launched
+
+    def __getitem__(self, grid: Any) -> Any:
+        self.launched.append(self.name)
+        return self.kernel[grid]
+
+
 def test_the_kernels_without_the_transpose_mask_part_from_the_torch_step(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -259,12 +288,20 @@ def test_linear_over_several_tiles_is_layer_norm_matmul_gelu_and_residual(
         kernels.linear(torch.zeros(2, 8), torch.zeros(8, 8).t(), torch.zeros(8))
 
 
-def test_attend_over_several_key_tiles_is_masked_softmax_attention(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("fused", [False, True], ids=["two launches", "fused"])
+def test_attend_over_several_key_tiles_is_masked_softmax_attention(
+    fused: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """70 keys read through an index, every other masked, 2 heads: scored in three programs per row,
     mixed in five key tiles by three programs per row (head dims 0-3, 4-7, 8-11); the new k, v written
-    to slot 5 and seen there."""
+    to slot 5 and seen there. Fused: one launch of three programs per row, each scoring all 70 keys
+    (padded to 128) 8 head dims at a time and storing its strip of the new k, v."""
     monkeypatch.setattr(kernels, "MIX_BLOCK_KEYS", 16)
     monkeypatch.setattr(kernels, "MIX_BLOCK_D", 4)
+    monkeypatch.setattr(kernels, "FUSED_CHUNK_D", 8)
+    monkeypatch.setattr(kernels, "FUSED_ATTEND_KEYS", 128 if fused else 0)
+    assert kernels.fused_attend(70, 12, torch.float32) == fused
+    assert not kernels.fused_attend(70, 150, torch.float16)  # 300-byte rows: never fused
     generator = torch.Generator().manual_seed(1)
     n, heads, d, slots = 2, 2, 12, 80
     qkv = torch.randn(n, 3 * heads * d, generator=generator)
@@ -316,13 +353,14 @@ def test_on_cuda_every_block_output_is_the_torch_steps(
 
 
 @cuda
-@pytest.mark.parametrize("launch", ["plain", "pdl", "split"])
+@pytest.mark.parametrize("launch", ["plain", "pdl", "split", "fused"])
 def test_on_cuda_graph_replays_of_the_kernels_give_the_eager_torch_steps_tokens(
     launch: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """fp32, window after window: the captured Triton calls draw the eager torch step's tokens; also
-    with programmatic dependent launch, each kernel waiting for the last one inside the graph, and with
-    every `linear` split over K (16-row K tiles: 2 to 8 parts), its parts' buffer allocated in the graph."""
+    with programmatic dependent launch, each kernel waiting for the last one inside the graph, with
+    every `linear` split over K (16-row K tiles: 2 to 8 parts), its parts' buffer allocated in the graph,
+    and with each attention in one launch (`FUSED_ATTEND_KEYS`)."""
     device = torch.device("cuda")
     pdl = launch == "pdl"
     if pdl and not kernels.pdl_capable(device):
@@ -331,6 +369,8 @@ def test_on_cuda_graph_replays_of_the_kernels_give_the_eager_torch_steps_tokens(
     if launch == "split":
         monkeypatch.setattr(kernels, "LINEAR_BLOCK_K", 16)
         monkeypatch.setattr(kernels, "LINEAR_SPLIT_K", 8)
+    if launch == "fused":
+        monkeypatch.setattr(kernels, "FUSED_ATTEND_KEYS", kernels.FUSED_MAX_KEYS)
     kind = "top_5b_lyrics"
     prior = tiny_prior(kind, seed=1).to(device)
     static = WindowDecoder(prior, BATCH, DecodeOptions(path="static", tokens_per_call=5))
