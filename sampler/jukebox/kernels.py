@@ -712,73 +712,44 @@ def attend(qkv: Tensor, k_flat: Tensor, v_flat: Tensor, read: StaticRead, heads:
     unused = out  # a pointer for the flags that are off (never read)
     index = read.index if read.index is not None else unused
     pdl = _pdl(qkv.device)
-    if fused_attend(n_keys, d, k_flat.dtype):
-        _attend_kernel[(rows, _cdiv(d, MIX_BLOCK_D))](
-            qkv,
-            k_flat,
-            v_flat,
-            read.write if read.write is not None else unused,
-            read.keep_old if read.keep_old is not None else unused,
-            index,
-            read.mask if read.mask is not None else unused,
-            read.empty if read.empty is not None else unused,
-            out,
-            heads,
-            slots,
-            n_keys,
-            qkv.stride(0),
-            n_state,
-            2 * n_state,
-            d,
-            _score_scale(d),
-            MASK_VALUE,
-            HAS_WRITE=not cross and read.write is not None,
-            HAS_KEEP=read.keep_old is not None,
-            HAS_INDEX=read.index is not None,
-            HAS_MASK=read.mask is not None,
-            HAS_EMPTY=read.empty is not None,
-            PDL=pdl,
-            KEYS=_power_of_two(n_keys, 16),
-            CHUNK_D=FUSED_CHUNK_D,
-            BLOCK_D=MIX_BLOCK_D,
-            enable_fp_fusion=FP_FUSION,
-            launch_pdl=pdl,
-        )
-        return out
-    scores = torch.empty(rows, n_keys, dtype=torch.float32, device=qkv.device)
-    _score_kernel[(rows, _cdiv(n_keys, score_keys))](
-        qkv,
-        k_flat,
-        v_flat,
-        read.write if read.write is not None else unused,
-        read.keep_old if read.keep_old is not None else unused,
-        index,
-        read.mask if read.mask is not None else unused,
-        scores,
-        heads,
-        slots,
-        n_keys,
-        qkv.stride(0),
-        n_state,
-        2 * n_state,
-        d,
-        _score_scale(d),
-        MASK_VALUE,
+    # what both the scoring and the one-launch kernel take: the reads, the geometry, the switches
+    reads = [t if t is not None else unused for t in (read.write, read.keep_old, index, read.mask)]
+    geometry = (heads, slots, n_keys, qkv.stride(0), n_state, 2 * n_state, d, _score_scale(d), MASK_VALUE)
+    flags = dict(
         HAS_WRITE=not cross and read.write is not None,
         HAS_KEEP=read.keep_old is not None,
         HAS_INDEX=read.index is not None,
         HAS_MASK=read.mask is not None,
         PDL=pdl,
-        BLOCK_KEYS=score_keys,
-        BLOCK_D=block_d,
         enable_fp_fusion=FP_FUSION,
         launch_pdl=pdl,
+    )
+    empty = read.empty if read.empty is not None else unused
+    if fused_attend(n_keys, d, k_flat.dtype):
+        _attend_kernel[(rows, _cdiv(d, MIX_BLOCK_D))](
+            qkv,
+            k_flat,
+            v_flat,
+            *reads,
+            empty,
+            out,
+            *geometry,
+            **flags,
+            HAS_EMPTY=read.empty is not None,
+            KEYS=_power_of_two(n_keys, 16),
+            CHUNK_D=FUSED_CHUNK_D,
+            BLOCK_D=MIX_BLOCK_D,
+        )
+        return out
+    scores = torch.empty(rows, n_keys, dtype=torch.float32, device=qkv.device)
+    _score_kernel[(rows, _cdiv(n_keys, score_keys))](
+        qkv, k_flat, v_flat, *reads, scores, *geometry, **flags, BLOCK_KEYS=score_keys, BLOCK_D=block_d
     )
     _mix_kernel[(rows, _cdiv(d, MIX_BLOCK_D))](
         scores,
         v_flat,
         index,
-        read.empty if read.empty is not None else unused,
+        empty,
         out,
         heads,
         slots,
@@ -806,8 +777,9 @@ def triton_block_step(
     cross: bool,
     fast: bool,
 ) -> Tensor:
-    """`static_block_step` in six kernels (a `BlockStep`): LN + c_attn, attention (two), c_proj + residual,
-    LN + c_fc + GELU, c_proj + residual. `fast` (the SDPA switch of the torch step) changes nothing."""
+    """`static_block_step` in six kernels (a `BlockStep`): LN + c_attn, attention (two, or one fused),
+    c_proj + residual, LN + c_fc + GELU, c_proj + residual. `fast` (the SDPA switch of the torch step)
+    changes nothing."""
     ln0_w, ln0_b, attn_w, attn_b, attn_proj_w, attn_proj_b, ln1_w, ln1_b, fc_w, fc_b, proj_w, proj_b = weights
     qkv = linear(x, attn_w, attn_b, norm=(ln0_w, ln0_b))
     attended = attend(qkv, k_flat, v_flat, read, heads, cross)
