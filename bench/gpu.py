@@ -118,10 +118,12 @@ PARTS = (
     Part("H", "correctness", 20, 2, correctness),
     # GPU-PLAN §4 step 6 next: the upsampler's hand-fused blocks (with and without PDL; Triton compiles
     # in seconds) and the compiled blocks they must beat (the engine's CUDA default: no verdict without
-    # it), the linear tiles, then the blocks again at the fastest tile, before the totals' other inputs
+    # it), the linear tiles and attention forms, then the blocks again at the fastest of them, before
+    # the totals' other inputs
     _decode("triton upsampler", "upsampler", TRITON, 70, 30, needs_triton=True),
     _decode("compiled upsampler", "upsampler", (BLOCKS,), 125, 3),
     Part("B", "triton linear tiles", 80, 30, triton_linear_tiles, needs_triton=True),
+    Part("B", "triton attention", 20, 10, triton_attention, needs_triton=True),
     _decode("triton upsampler at B's fastest tile", "upsampler", TUNED, 50, 30, needs_triton=True),
     Part("E", "prefill", 10, 1, prefill),
     Part("G", "overlap", 15, 1, overlap),
@@ -130,7 +132,6 @@ PARTS = (
     Part("F", "vqvae decode", 10, 1, vqvae_decode),
     Part("C", "decode: upsampler at full depth (scale check)", 15, 2, scale_check),
     Part("D", "costliest kernels (the paths so far)", 1, 0.1, costliest),
-    Part("B", "triton attention", 20, 10, triton_attention, needs_triton=True),
     _decode("compiled 5b_lyrics", "5b_lyrics", (BLOCKS,), 165, 4),
     _decode("triton 5b_lyrics", "5b_lyrics", TRITON + TUNED, 60, 40, needs_triton=True),
     # one graph of the whole slice: compile time grows with its layers (GPU-PLAN §4 step 5)

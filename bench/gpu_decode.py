@@ -50,7 +50,7 @@ from bench.gpu_paths import (
     reset_compiled,
     window_uniforms,
 )
-from bench.gpu_summary import PDL_PATH, TRITON_PATH, latest
+from bench.gpu_summary import PDL_PATH, TRITON_PATH, fused_attention, latest
 from bench.gpu_timing import Timing, time_path
 from sampler.jukebox.prior import Conditioning, JukeboxPrior
 
@@ -241,7 +241,9 @@ def decode_paths(ctx: Context, names: tuple[str, ...], paths: tuple[DecodePath, 
 
 def launch_tile(ctx: Context, run: SliceRun, path: DecodePath) -> tuple[Tile | None, str | None]:
     """The `linear` tile `path` launches with (None: the kernels' own settings), or why it cannot run
-    here: PDL on a GPU without it, or no tile that B timed at every shape of the prior's layer."""
+    here: PDL on a GPU without it, or no tile that B timed at every shape of the prior's layer. The
+    tuned path also takes PDL where C's rows found it faster, and one attention launch where B's
+    attention rows did for this prior."""
     if path.kernels == "torch":
         return None, None
     from sampler.jukebox import kernels
@@ -264,7 +266,9 @@ def launch_tile(ctx: Context, run: SliceRun, path: DecodePath) -> tuple[Tile | N
         and without is not None
         and float(with_pdl["slice_ms_per_step"]) < float(without["slice_ms_per_step"])
     )
-    tile = dataclasses.replace(choice.tile, pdl=pdl)
+    fused = fused_attention(ctx.recorder.records, name)  # B's attention rows: one launch where it pays
+    fused_keys = fused[3] if fused is not None and fused[0] > 1 else 0
+    tile = dataclasses.replace(choice.tile, pdl=pdl, fused_attend_keys=fused_keys)
     ctx.emit(
         "C",
         "tuned_tile",

@@ -37,7 +37,8 @@ from sampler.jukebox.transformer import ATTN_NAMES, CROSS, GEOMETRIES, LAYER_NOR
 class Tile:
     """A way `linear` can run: its program's BLOCK_N × BLOCK_K strip of W, its warps, its product, how
     many K tiles Triton's pipeliner keeps in flight, whether it launches with PDL (`kernels.PDL`) and
-    the parts it splits K into where its strips leave SMs idle (`kernels.LINEAR_SPLIT_K`)."""
+    the parts it splits K into where its strips leave SMs idle (`kernels.LINEAR_SPLIT_K`); and, for a
+    decode row, whether attention runs in one launch where it can (`kernels.FUSED_ATTEND_KEYS`)."""
 
     block_n: int
     block_k: int
@@ -46,12 +47,14 @@ class Tile:
     stages: int = 3
     pdl: bool = False
     split_k: int = 1
+    fused_attend_keys: int = 0
 
     @property
     def name(self) -> str:
         stages = "" if self.stages == 3 else f"s{self.stages}"
         flags = (" dot" if self.dot else "") + (" pdl" if self.pdl else "")
         flags += f" split{self.split_k}" if self.split_k > 1 else ""
+        flags += " fused-attend" if self.fused_attend_keys else ""
         return f"{self.block_n}x{self.block_k}w{self.warps}{stages}{flags}"
 
     def fields(self) -> dict[str, Any]:
@@ -70,6 +73,7 @@ class Tile:
             kernels.LINEAR_STAGES,
             kernels.PDL,
             kernels.LINEAR_SPLIT_K,
+            kernels.FUSED_ATTEND_KEYS,
         )
 
     @contextlib.contextmanager
@@ -81,6 +85,7 @@ class Tile:
         kernels.LINEAR_BLOCK_N, kernels.LINEAR_BLOCK_K = self.block_n, self.block_k
         kernels.LINEAR_WARPS, kernels.LINEAR_DOT, kernels.LINEAR_STAGES = self.warps, self.dot, self.stages
         kernels.PDL, kernels.LINEAR_SPLIT_K = self.pdl, self.split_k
+        kernels.FUSED_ATTEND_KEYS = self.fused_attend_keys
         try:
             yield
         finally:
@@ -88,6 +93,7 @@ class Tile:
             kernels.LINEAR_WARPS, kernels.LINEAR_DOT = default.warps, default.dot
             kernels.LINEAR_STAGES, kernels.PDL = default.stages, default.pdl
             kernels.LINEAR_SPLIT_K = default.split_k
+            kernels.FUSED_ATTEND_KEYS = default.fused_attend_keys
 
 
 # (BLOCK_N, BLOCK_K, warps) tried, each with both products at Triton's default pipeline depth, then

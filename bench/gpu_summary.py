@@ -210,7 +210,8 @@ def decision_lines(records: Sequence[Record]) -> list[str]:
             f"  B's fastest tile {tuned['tile']}: LINEAR_BLOCK_N={tuned['block_n']} "
             f"LINEAR_BLOCK_K={tuned['block_k']} LINEAR_WARPS={tuned['warps']} "
             f"LINEAR_STAGES={tuned['stages']} LINEAR_DOT={tuned['dot']} "
-            f"LINEAR_SPLIT_K={tuned.get('split_k', 1)}{versus}"
+            f"LINEAR_SPLIT_K={tuned.get('split_k', 1)} FUSED_ATTEND_KEYS={tuned.get('fused_attend_keys', 0)}"
+            f"{versus}"
         )
     return lines + kernels_alone
 
@@ -268,15 +269,16 @@ def _mix_line(records: Sequence[Record]) -> list[str]:
     ]
 
 
-def _fused_line(records: Sequence[Record]) -> list[str]:
-    """Whether one attention launch pays where a kind reads few keys: the upsampler's kinds (most of
-    the time), each weighted by its layers, fused against the faster of its two-launch forms."""
+def fused_attention(records: Sequence[Record], prior: str) -> tuple[float, float, int, int] | None:
+    """B's verdict on one attention launch for `prior`'s kinds that can fuse: (its speed against the
+    faster two-launch form of each kind, weighted by the kind's layers; fused µs a layer; the kinds;
+    the FUSED_ATTEND_KEYS it was timed at), or None when B timed no kind both ways."""
     two: dict[str, float] = {}
     one: dict[str, float] = {}
     layers: dict[str, int] = {}
     fused_keys = 0
     for r in records:
-        if r.get("kind") != "triton_attend" or r.get("prior") != "upsampler":
+        if r.get("kind") != "triton_attend" or r.get("prior") != prior:
             continue
         kind, us = r["attention"], float(r["us"])
         layers[kind] = int(r.get("layers", 1))
@@ -286,12 +288,21 @@ def _fused_line(records: Sequence[Record]) -> list[str]:
             two[kind] = min(us, two.get(kind, us))
     both = [kind for kind in one if kind in two]
     if not both:
-        return []
+        return None
     fused = sum(one[kind] * layers[kind] for kind in both)
     gain = sum(two[kind] * layers[kind] for kind in both) / fused
-    per_layer = fused / sum(layers[kind] for kind in both)
+    return gain, fused / sum(layers[kind] for kind in both), len(both), fused_keys
+
+
+def _fused_line(records: Sequence[Record]) -> list[str]:
+    """Whether one attention launch pays where a kind reads few keys, over the upsampler's kinds (most
+    of the time)."""
+    verdict = fused_attention(records, "upsampler")
+    if verdict is None:
+        return []
+    gain, per_layer, kinds, fused_keys = verdict
     return [
-        f"  attend in one launch: {gain:.2f}x the speed of two over the upsampler's {len(both)} kinds "
+        f"  attend in one launch: {gain:.2f}x the speed of two over the upsampler's {kinds} kinds "
         f"({per_layer:.1f} µs a layer): kernels.FUSED_ATTEND_KEYS={fused_keys if gain > 1 else 0}"
     ]
 

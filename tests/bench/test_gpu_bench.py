@@ -272,7 +272,7 @@ def test_the_summary_reads_the_triton_decision_off_the_upsampler_rows() -> None:
     assert lines[9].startswith("  PDL: 1.25x")
     assert lines[10] == (
         "  B's fastest tile 16x256w8s5 split2: LINEAR_BLOCK_N=16 LINEAR_BLOCK_K=256 LINEAR_WARPS=8 "
-        "LINEAR_STAGES=5 LINEAR_DOT=False LINEAR_SPLIT_K=2, 1.33x the default tile's speed"
+        "LINEAR_STAGES=5 LINEAR_DOT=False LINEAR_SPLIT_K=2 FUSED_ATTEND_KEYS=0, 1.33x the default tile's speed"
     )
 
     def attend(attention: str, stages: int, us: float) -> dict[str, Any]:
@@ -776,6 +776,38 @@ def test_the_tuned_row_takes_pdl_only_where_this_runs_pdl_row_beat_the_plain_one
         chosen = ctx.recorder.records[-1]
         assert chosen["kind"] == "tuned_tile" and chosen["tile"] == tile.name and chosen["pdl"] == want
         assert (chosen["linear_us_per_layer"], chosen["default_linear_us_per_layer"]) == (4.0, 8.0)
+        assert chosen["fused_attend_keys"] == 0  # B timed no attention
+
+
+def test_the_tuned_row_takes_one_attention_launch_only_where_b_found_it_faster_for_its_prior() -> None:
+    ctx = _ctx()
+    run = SliceRun.build(ctx, PRIORS["upsampler"])
+    for shape in layer_shapes(run.prior):
+        ctx.recorder.records.append(_tile_record(Tile.default(), shape, 1.0))
+
+    def attend(prior: str, kind: str, us: float, fused: bool, layers: int = 4) -> dict[str, Any]:
+        return dict(
+            kind="triton_attend", prior=prior, attention=kind, mix_stages=3, fused=fused, fused_keys=128,
+            layers=layers, us=us,
+        )  # fmt: skip
+
+    for rows, want in (
+        ([attend("upsampler", "block", 2.0, False), attend("upsampler", "block", 1.5, True)], 128),
+        ([attend("upsampler", "block", 2.0, False), attend("upsampler", "block", 2.5, True)], 0),
+        # faster in one kind, slower by more in a kind of more layers
+        (
+            [
+                attend("upsampler", "block", 2.0, False), attend("upsampler", "block", 1.0, True, layers=1),
+                attend("upsampler", "transpose-block", 2.0, False), attend("upsampler", "transpose-block", 3.0, True),
+            ],
+            0,
+        ),
+        ([attend("5b_lyrics", "block", 2.0, False), attend("5b_lyrics", "block", 1.0, True)], 0),  # not its prior
+    ):  # fmt: skip
+        ctx.recorder.records = [r for r in ctx.recorder.records if r["kind"] != "triton_attend"] + rows
+        tile, why = launch_tile(ctx, run, TUNED[0])
+        assert why is None and tile is not None and tile.fused_attend_keys == want
+        assert ctx.recorder.records[-1]["fused_attend_keys"] == want
 
 
 @pytest.mark.slow
@@ -803,17 +835,33 @@ def test_the_tuned_row_decodes_with_b_s_fastest_tile_and_checks_it_against_the_t
         return linear(*args, **kwargs)
 
     monkeypatch.setattr(kernels, "linear", spy)
+    for kind in ("block", "transpose-block", "previous-block"):  # B found one attention launch faster
+        ctx.recorder.records += [
+            dict(kind="triton_attend", prior="upsampler", attention=kind, fused=fused, fused_keys=128, us=us)
+            for fused, us in ((False, 2.0), (True, 1.0))
+        ]
+    fused_reads: list[bool] = []
+    fused_attend = kernels.fused_attend
+
+    def fused_spy(*args: Any) -> bool:
+        fused_reads.append(fused_attend(*args))
+        return fused_reads[-1]
+
+    monkeypatch.setattr(kernels, "fused_attend", fused_spy)
     default = Tile.default()
     decode_paths(ctx, ("upsampler",), TUNED)
     records = ctx.recorder.records
     assert [r for r in records if r["kind"] == "error"] == []
-    assert next(r for r in records if r["kind"] == "tuned_tile")["tile"] == best.name
+    chosen = next(r for r in records if r["kind"] == "tuned_tile")
+    assert chosen["tile"] == dataclasses.replace(best, fused_attend_keys=128).name
+    assert fused_reads and all(fused_reads)  # every attention of the row in one launch
     row = next(r for r in records if r["kind"] == "decode")
     assert row["path"] == TUNED[0].name and row["engine"] == ENGINE_MODULE
     checks = [r for r in records if r["kind"] == "check"]
     assert len(checks) == 2 and all(r["tokens_equal"] == r["steps"] for r in checks)
     assert launched and set(launched) == {(16, 32, 4, 2, False)}
     assert Tile.default() == default  # the kernels' own tile again after the row
+    assert kernels.FUSED_ATTEND_KEYS == 0
 
 
 def test_a_compiled_row_that_compiled_nothing_is_an_error_not_the_eager_figure(
