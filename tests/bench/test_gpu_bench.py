@@ -107,8 +107,8 @@ def test_dry_run_covers_every_section_and_goes_on_past_a_failing_one(tmp_path: P
     assert [r["what"] for r in triton_skips] == [
         "decode: triton upsampler",
         "triton linear tiles",
-        "decode: triton upsampler at B's fastest tile",
         "triton attention",
+        "decode: triton upsampler at B's fastest tile",
         "decode: triton 5b_lyrics",
     ]
     assert all("needs Triton kernels: " in r["reason"] for r in triton_skips)
