@@ -53,7 +53,7 @@ from bench.gpu_decode import (
     decode_paths,
     scale_check,
 )
-from bench.gpu_kernels import triton_attention, triton_linear_tiles
+from bench.gpu_kernels import FIRST_SHAPE_S, triton_attention, triton_linear_tiles
 from bench.gpu_micro import bandwidth, environment, gemms, launch_costs, layernorm
 from bench.gpu_models import PRIORS
 from bench.gpu_paths import DecodePath, engine_module
@@ -122,7 +122,9 @@ PARTS = (
     # the totals' other inputs
     _decode("triton upsampler", "upsampler", TRITON, 70, 30, needs_triton=True),
     _decode("compiled upsampler", "upsampler", (BLOCKS,), 125, 3),
-    Part("B", "triton linear tiles", 80, 30, triton_linear_tiles, needs_triton=True),
+    Part(
+        "B", "triton linear tiles", FIRST_SHAPE_S[0], FIRST_SHAPE_S[1], triton_linear_tiles, needs_triton=True
+    ),
     Part("B", "triton attention", 20, 10, triton_attention, needs_triton=True),
     _decode("triton upsampler at B's fastest tile", "upsampler", TUNED, 50, 30, needs_triton=True),
     Part("E", "prefill", 10, 1, prefill),

@@ -134,6 +134,9 @@ TILES = (
 # The tiles the dry run times: four, then a split one, so that the split's two launches run on the CPU.
 DRY_RUN_TILES = (*TILES[:4], next(tile for tile in TILES if tile.split_k > 1))
 ROWS = 3  # a job's samples
+# Seconds (GPU, dry run) of the tiles' first shape (with their builds) and of each later one.
+FIRST_SHAPE_S = (45.0, 15.0)
+NEXT_SHAPE_S = (8.0, 8.0)
 
 
 def triton_linear_tiles(ctx: Context) -> None:
@@ -148,8 +151,12 @@ def triton_linear_tiles(ctx: Context) -> None:
         shapes, tiles = list(LAYER_GEMMS), TILES
     if kernels.pdl_capable(ctx.device):  # the default tile again, each launch overlapping the last's tail
         tiles = (*tiles, dataclasses.replace(Tile.default(), pdl=True))
-    for n_in, n_out in shapes:
-        _shape(ctx, kernels, n_in, n_out, tiles)
+    # one row per shape, the upsampler's first: a short budget still decides its tile. The first row
+    # builds every tile's kernels (about a second each on a GPU), the others only time them.
+    for index, (n_in, n_out) in enumerate(shapes):
+        estimate = ctx.seconds(*FIRST_SHAPE_S) if index == 0 else ctx.seconds(*NEXT_SHAPE_S)
+        body = functools.partial(_shape, ctx, kernels, n_in, n_out, tiles)
+        ctx.row("B", f"triton linear tiles {n_in}x{n_out}", estimate, body)
 
 
 def layer_shapes(prior: JukeboxPrior) -> list[tuple[int, int]]:

@@ -937,6 +937,26 @@ def test_the_triton_tiles_row_times_each_tile_and_leaves_the_default(tmp_path: P
     assert fastest_tile(rows, layer, ctx.dtype) is not None
 
 
+def test_the_tiles_run_shape_by_shape_so_a_short_budget_still_times_the_first() -> None:
+    class FirstRowOnly(Budget):
+        def __init__(self) -> None:
+            super().__init__(None, reserve=0.0)
+            self.asked = 0
+
+        def fits(self, estimate: float) -> bool:
+            self.asked += 1
+            return self.asked == 1
+
+    recorder = Recorder(None, stream=io.StringIO())
+    ctx = Context(recorder, FirstRowOnly(), torch.device("cpu"), True, decoding, "aot_eager")
+    triton_linear_tiles(ctx)
+    shapes = list(dict.fromkeys(layer_shapes(SliceRun.build(ctx, PRIORS["upsampler"]).prior)))
+    timed = {(r["n_in"], r["n_out"]) for r in recorder.records if r["kind"] == "triton_linear"}
+    skipped = [r["what"] for r in recorder.records if r["kind"] == "skip"]
+    assert timed == {shapes[0]}
+    assert skipped == [f"triton linear tiles {k}x{n}" for k, n in shapes[1:]]
+
+
 def test_a_tile_whose_linear_parts_from_torch_is_recorded_wrong_and_never_chosen(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
