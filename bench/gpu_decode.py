@@ -267,8 +267,7 @@ def launch_tile(ctx: Context, run: SliceRun, path: DecodePath) -> tuple[Tile | N
         and float(with_pdl["slice_ms_per_step"]) < float(without["slice_ms_per_step"])
     )
     fused = fused_attention(ctx.recorder.records, name)  # B's attention rows: one launch where it pays
-    fused_keys = fused[3] if fused is not None and fused[0] > 1 else 0
-    tile = dataclasses.replace(choice.tile, pdl=pdl, fused_attend_keys=fused_keys)
+    tile = dataclasses.replace(choice.tile, pdl=pdl, fused_attend_keys=0 if fused is None else fused.setting)
     ctx.emit(
         "C",
         "tuned_tile",

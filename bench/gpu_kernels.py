@@ -65,35 +65,41 @@ class Tile:
     def default(cls) -> Tile:
         from sampler.jukebox import kernels
 
-        return cls(
-            kernels.LINEAR_BLOCK_N,
-            kernels.LINEAR_BLOCK_K,
-            kernels.LINEAR_WARPS,
-            kernels.LINEAR_DOT,
-            kernels.LINEAR_STAGES,
-            kernels.PDL,
-            kernels.LINEAR_SPLIT_K,
-            kernels.FUSED_ATTEND_KEYS,
-        )
+        return cls(**{field: getattr(kernels, constant) for field, constant in _KERNEL_CONSTANTS.items()})
 
     @contextlib.contextmanager
     def chosen(self) -> Iterator[None]:
         """`linear` launches with this tile (it reads the tile at each launch) until the block ends."""
         from sampler.jukebox import kernels
 
-        default = Tile.default()
-        kernels.LINEAR_BLOCK_N, kernels.LINEAR_BLOCK_K = self.block_n, self.block_k
-        kernels.LINEAR_WARPS, kernels.LINEAR_DOT, kernels.LINEAR_STAGES = self.warps, self.dot, self.stages
-        kernels.PDL, kernels.LINEAR_SPLIT_K = self.pdl, self.split_k
-        kernels.FUSED_ATTEND_KEYS = self.fused_attend_keys
-        try:
+        with contextlib.ExitStack() as settings:
+            for field, constant in _KERNEL_CONSTANTS.items():
+                settings.enter_context(_set(kernels, constant, getattr(self, field)))
             yield
-        finally:
-            kernels.LINEAR_BLOCK_N, kernels.LINEAR_BLOCK_K = default.block_n, default.block_k
-            kernels.LINEAR_WARPS, kernels.LINEAR_DOT = default.warps, default.dot
-            kernels.LINEAR_STAGES, kernels.PDL = default.stages, default.pdl
-            kernels.LINEAR_SPLIT_K = default.split_k
-            kernels.FUSED_ATTEND_KEYS = default.fused_attend_keys
+
+
+# Each field of a Tile and the `kernels` module constant it sets.
+_KERNEL_CONSTANTS = {
+    "block_n": "LINEAR_BLOCK_N",
+    "block_k": "LINEAR_BLOCK_K",
+    "warps": "LINEAR_WARPS",
+    "dot": "LINEAR_DOT",
+    "stages": "LINEAR_STAGES",
+    "pdl": "PDL",
+    "split_k": "LINEAR_SPLIT_K",
+    "fused_attend_keys": "FUSED_ATTEND_KEYS",
+}
+
+
+@contextlib.contextmanager
+def _set(module: ModuleType, name: str, value: Any) -> Iterator[None]:
+    """`module.name` is `value` (read at each launch: captured with it, replayed within) until the end."""
+    previous = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, previous)
 
 
 # (BLOCK_N, BLOCK_K, warps) tried, each with both products at Triton's default pipeline depth, then
@@ -268,17 +274,6 @@ def triton_attention(ctx: Context) -> None:
         config = prior_config(spec, ctx.dry_run).transformer_config()
         for kind in dict.fromkeys(config.attn_funcs):
             _attention(ctx, kernels, name, config, kind)
-
-
-@contextlib.contextmanager
-def _set(module: ModuleType, name: str, value: Any) -> Iterator[None]:
-    """`module.name` is `value` (read at each launch: captured with it, replayed within) until the end."""
-    previous = getattr(module, name)
-    setattr(module, name, value)
-    try:
-        yield
-    finally:
-        setattr(module, name, previous)
 
 
 def _attention(ctx: Context, kernels: ModuleType, prior: str, config: TransformerConfig, kind: int) -> None:

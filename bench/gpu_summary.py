@@ -8,6 +8,7 @@ lever missing a figure shows "-" and no total. Each lever adds one change to the
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from bench.gpu_facts import (
@@ -269,10 +270,25 @@ def _mix_line(records: Sequence[Record]) -> list[str]:
     ]
 
 
-def fused_attention(records: Sequence[Record], prior: str) -> tuple[float, float, int, int] | None:
-    """B's verdict on one attention launch for `prior`'s kinds that can fuse: (its speed against the
-    faster two-launch form of each kind, weighted by the kind's layers; fused µs a layer; the kinds;
-    the FUSED_ATTEND_KEYS it was timed at), or None when B timed no kind both ways."""
+@dataclass(frozen=True)
+class FusedVerdict:
+    """B's verdict on one attention launch for a prior's kinds that can fuse: its speed against the
+    faster two-launch form of each kind, weighted by the kind's layers; its µs a layer; the kinds; the
+    FUSED_ATTEND_KEYS it was timed at."""
+
+    gain: float
+    us_per_layer: float
+    kinds: int
+    fused_keys: int
+
+    @property
+    def setting(self) -> int:
+        """The FUSED_ATTEND_KEYS to run with: one launch only where it was faster."""
+        return self.fused_keys if self.gain > 1 else 0
+
+
+def fused_attention(records: Sequence[Record], prior: str) -> FusedVerdict | None:
+    """B's verdict for `prior`, or None when B timed no kind of it both ways."""
     two: dict[str, float] = {}
     one: dict[str, float] = {}
     layers: dict[str, int] = {}
@@ -291,7 +307,7 @@ def fused_attention(records: Sequence[Record], prior: str) -> tuple[float, float
         return None
     fused = sum(one[kind] * layers[kind] for kind in both)
     gain = sum(two[kind] * layers[kind] for kind in both) / fused
-    return gain, fused / sum(layers[kind] for kind in both), len(both), fused_keys
+    return FusedVerdict(gain, fused / sum(layers[kind] for kind in both), len(both), fused_keys)
 
 
 def _fused_line(records: Sequence[Record]) -> list[str]:
@@ -300,10 +316,9 @@ def _fused_line(records: Sequence[Record]) -> list[str]:
     verdict = fused_attention(records, "upsampler")
     if verdict is None:
         return []
-    gain, per_layer, kinds, fused_keys = verdict
     return [
-        f"  attend in one launch: {gain:.2f}x the speed of two over the upsampler's {kinds} kinds "
-        f"({per_layer:.1f} µs a layer): kernels.FUSED_ATTEND_KEYS={fused_keys if gain > 1 else 0}"
+        f"  attend in one launch: {verdict.gain:.2f}x the speed of two over the upsampler's {verdict.kinds} "
+        f"kinds ({verdict.us_per_layer:.1f} µs a layer): kernels.FUSED_ATTEND_KEYS={verdict.setting}"
     ]
 
 

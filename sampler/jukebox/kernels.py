@@ -637,7 +637,6 @@ def linear(
     k_per_part = _cdiv(_cdiv(k, LINEAR_BLOCK_K), parts) * LINEAR_BLOCK_K
     partial = torch.empty(parts, m, n, dtype=torch.float32, device=x.device) if split else y
     pdl = _pdl(x.device)
-    block_m = _power_of_two(m, DOT_ROWS if LINEAR_DOT else 2)
     _linear_kernel[(strips, parts)](
         x,
         ln_w,
@@ -663,7 +662,7 @@ def linear(
         SPLIT=split,
         PDL=pdl,
         STAGES=LINEAR_STAGES,
-        BLOCK_M=block_m,
+        BLOCK_M=_power_of_two(m, DOT_ROWS if LINEAR_DOT else 2),
         BLOCK_N=LINEAR_BLOCK_N,
         BLOCK_K=LINEAR_BLOCK_K,
         num_warps=LINEAR_WARPS,
@@ -706,8 +705,6 @@ def attend(qkv: Tensor, k_flat: Tensor, v_flat: Tensor, read: StaticRead, heads:
         raise ValueError(f"attend wants contiguous buffers of {n}×{heads} rows, got {tuple(k_flat.shape)}")
     n_state = heads * d
     n_keys = slots if read.index is None else read.index.shape[0]
-    block_d = _power_of_two(d, 16)
-    score_keys = max(1, min(ATTEND_MAX_KEYS, ATTEND_TILE_ELEMENTS // block_d))
     out = torch.empty(n, n_state, dtype=qkv.dtype, device=qkv.device)
     unused = out  # a pointer for the flags that are off (never read)
     index = read.index if read.index is not None else unused
@@ -741,6 +738,8 @@ def attend(qkv: Tensor, k_flat: Tensor, v_flat: Tensor, read: StaticRead, heads:
             BLOCK_D=MIX_BLOCK_D,
         )
         return out
+    block_d = _power_of_two(d, 16)
+    score_keys = max(1, min(ATTEND_MAX_KEYS, ATTEND_TILE_ELEMENTS // block_d))
     scores = torch.empty(rows, n_keys, dtype=torch.float32, device=qkv.device)
     _score_kernel[(rows, _cdiv(n_keys, score_keys))](
         qkv, k_flat, v_flat, *reads, scores, *geometry, **flags, BLOCK_KEYS=score_keys, BLOCK_D=block_d
