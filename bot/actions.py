@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot.curating import style_params
-from bot.errors import InvalidRequest, JukebotError, NotInServer, SampleNotInServer
+from bot.errors import BotLacksPermission, InvalidRequest, JukebotError, NotInServer, SampleNotInServer
 from bot.requests import (
     Limits,
     ValidatedJob,
@@ -65,11 +64,41 @@ def queued_reply(job: Job, notes: tuple[str, ...] = ()) -> str:
     return "\n".join(lines)
 
 
+# What the bot needs in a channel to post a job's progress and results there (replying to the
+# message that asked for it needs the history).
+POSTING_PERMISSIONS = {
+    "view_channel": "View Channel",
+    "send_messages": "Send Messages",
+    "attach_files": "Attach Files",
+    "read_message_history": "Read Message History",
+}
+
+
+def check_bot_can_post(interaction: discord.Interaction[Any]) -> None:
+    """Refuse a job whose results the bot could not post in this channel (Discord says what the bot
+    may do here with every interaction), rather than queue hours of work no one would see."""
+    granted = interaction.app_permissions
+    in_thread = isinstance(interaction.channel, discord.Thread)
+    needed = {**POSTING_PERMISSIONS}
+    if in_thread:
+        del needed["send_messages"]
+        needed["send_messages_in_threads"] = "Send Messages in Threads"
+    missing = [label for name, label in needed.items() if not getattr(granted, name)]
+    if missing:
+        raise BotLacksPermission(
+            f"I cannot post results in this channel: I am missing the {', '.join(missing)} "
+            f"permission{'s' if len(missing) > 1 else ''} here. Ask a moderator to grant "
+            f"{'them' if len(missing) > 1 else 'it'} to me, or use me in another channel."
+        )
+
+
 async def check_can_enqueue(bot: JukeBot, interaction: discord.Interaction[Any]) -> Limits:
-    """The channel allow-list and the user's running/queued job limits; returns the server's limits."""
+    """The channel allow-list, the bot's permission to post here and the user's running/queued job
+    limits; returns the server's limits."""
     guild_id = guild_id_of(interaction)
     limits = await bot.limits_for(guild_id)
-    check_channel(limits, interaction.channel_id or 0)
+    check_channel(limits, interaction.channel_id or 0, getattr(interaction.channel, "parent_id", None))
+    check_bot_can_post(interaction)
     mine = [job for job in await bot.store.unfinished_jobs(guild_id) if job.user_id == interaction.user.id]
     check_capacity(limits, mine)
     return limits
@@ -97,7 +126,7 @@ async def _maker_in_guild(bot: JukeBot, job_id: int, sample_id: int, guild_id: i
 
 def _parent_params(job: Job) -> JobParams:
     try:
-        return parse_params(style_params(job.params))  # a curated piece's record is not a parameter
+        return parse_params(job.params)
     except InvalidJobParams as exc:
         raise JukebotError(
             f"The job that made this sample has parameters this bot cannot reuse ({exc})."

@@ -41,6 +41,10 @@ EXTENSIONS = (
 )
 
 
+# Set in `interaction.extras` by a command that deferred publicly (its answer is for everyone).
+PUBLIC_THINKING = "public_thinking"
+
+
 def user_message(error: BaseException) -> str | None:
     """The message to show for an error a person can act on, or None for a bug."""
     if isinstance(error, app_commands.CommandInvokeError | app_commands.TransformerError):
@@ -74,6 +78,11 @@ async def report_error(interaction: discord.Interaction[Any], error: BaseExcepti
     message = fit_message(message)
     try:
         if interaction.response.is_done():
+            if interaction.extras.get(PUBLIC_THINKING):
+                # The first followup would fill the public "thinking…" message, whatever it asks:
+                # take that message away so the error reaches only the user.
+                with contextlib.suppress(discord.HTTPException):
+                    await interaction.delete_original_response()
             await interaction.followup.send(message, ephemeral=True)
         else:
             await interaction.response.send_message(message, ephemeral=True)

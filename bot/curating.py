@@ -9,32 +9,30 @@ Every refusal is a `JukebotError` raised before anything is stored.
 from __future__ import annotations
 
 import enum
+import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any, Literal
 
 import numpy as np
 
 from bot.errors import MAX_MESSAGE_CHARS, InvalidRequest, JobNotInServer, JukebotError
-from bot.requests import stored_id
+from bot.requests import TOP_COUNT, stored_id, top_since
 from sampler.audio import SAMPLE_RATE, AudioError, decode_audio, encode_audio
 from sampler.curation import Clip, CurationError, FingerprintUnavailable, curate
-from sampler.jobspec import InvalidJobParams, JobParams, parse_params
+from sampler.jobspec import CURATION_KEY, InvalidJobParams, JobParams, parse_params
 from sampler.user_text import shorten_user_text
 from storage.models import utcnow
 from storage.records import Job, NewSample, Sample
 from storage.store import JobStore
 
-# The job params key that records what a curated piece was made of; the rest are the style a
-# continuation of it uses.
-CURATION_KEY = "curation"
-PERIODS = {"day": timedelta(days=1), "week": timedelta(days=7), "month": timedelta(days=30), "all": None}
-TOP_COUNT = 10  # `top:` joins what /top lists
 PIECE_FORMAT: Literal["ogg"] = "ogg"  # Opus in Ogg at the workers' stored bitrate (sampler/cascade_runner.py)
 PIECE_BITRATE = 160_000
-MAX_ID_TEXT_CHARS = 1000  # a `samples:` list longer than this is not a list of at most ~100 ids
+MAX_ID_TEXT_CHARS = 1000
+# The longest piece one /curate makes: the bot decodes every sample into memory (~10 MB a minute, a
+# few copies at once), and pieces can be joined again, so without a bound one member could exhaust it.
+MAX_PIECE_SECONDS = 30 * 60  # a `samples:` list longer than this is not a list of at most ~100 ids
 
 Progress = Callable[[str], None]  # a line saying how far the work is
 
@@ -107,6 +105,23 @@ def check_count(count: int, max_count: int, what: str) -> None:
         )
 
 
+def check_duration(seconds: Sequence[float]) -> None:
+    """Refuse samples that together last longer than a piece may (before any is decoded)."""
+    total = sum(seconds)
+    if total > MAX_PIECE_SECONDS:
+        raise InvalidRequest(
+            f"Those {len(seconds)} samples last {format_minutes(total)} together; one /curate joins at "
+            f"most {format_minutes(MAX_PIECE_SECONDS)} of audio. Pick fewer or shorter samples with "
+            '`samples:` (e.g. "12, 15, 19").'
+        )
+
+
+def format_minutes(seconds: float) -> str:
+    minutes = math.ceil(seconds / 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if hours else f"{minutes} min"
+
+
 async def resolve(store: JobStore, guild_id: int, selection: Selection, max_count: int) -> list[int]:
     """The ids of the samples the selection names, all made in this server; refusals are specific."""
     given = [
@@ -134,12 +149,8 @@ async def resolve(store: JobStore, guild_id: int, selection: Selection, max_coun
         check_count(len(infos), max_count, f"<@{selection.user}>'s samples here")
         return [info.id for info in infos]
     if selection.top is not None:
-        if selection.top not in PERIODS:
-            raise InvalidRequest(f"`top:` is one of {', '.join(PERIODS)}.")
-        delta = PERIODS[selection.top]
-        ranked = await store.top_samples(
-            guild_id, since=None if delta is None else utcnow() - delta, limit=min(TOP_COUNT, max_count)
-        )
+        since = top_since(selection.top, utcnow())
+        ranked = await store.top_samples(guild_id, since=since, limit=min(TOP_COUNT, max_count))
         check_count(len(ranked), max_count, f"this server's samples ({selection.describe()})")
         return [entry.sample.id for entry in ranked]
     assert selection.sample_ids is not None
@@ -229,11 +240,6 @@ def make_piece(samples: Sequence[Sample], similarity: Similarity, progress: Prog
     )
 
 
-def style_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    """A job's params without the curation record: what `parse_params` reads (labels, lyrics…)."""
-    return {key: value for key, value in params.items() if key != CURATION_KEY}
-
-
 def piece_params(last_job: Job, last_index: int, piece: Piece, selection: Selection) -> dict[str, Any]:
     """The curate job's params: the style of the piece's last sample (`last_index` in `last_job`, a
     sweep's own style for that sample), then the record.
@@ -245,7 +251,7 @@ def piece_params(last_job: Job, last_index: int, piece: Piece, selection: Select
     where the piece has crossfades.)
     """
     try:
-        style = parse_params(style_params(last_job.params)).for_sample(last_index)
+        style = parse_params(last_job.params).for_sample(last_index)
     except (InvalidJobParams, IndexError):
         style = JobParams()  # parameters an older bot wrote: continue with the defaults
     style = style.model_copy(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import socket
+from collections.abc import Sequence
 from enum import Enum
 
 import sqlalchemy.exc
@@ -31,6 +32,10 @@ class LimitReached(JukebotError):
 
 class ChannelNotAllowed(JukebotError):
     """The server restricted the bot to some channels and this is not one of them."""
+
+
+class BotLacksPermission(JukebotError):
+    """The bot may not post (or attach files) where the request was made; says which permission."""
 
 
 class UnknownLabel(JukebotError):
@@ -132,3 +137,26 @@ def apology(error_id: str) -> str:
 def fit_message(text: str) -> str:
     """`text` cut to what Discord accepts in one message: a last guard, for text no one shortened."""
     return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 1] + "…"
+
+
+def shorten(text: str, limit: int) -> str:
+    """`text` in at most `limit` characters, a cut marked with '…'."""
+    return text if len(text) <= limit else text[: max(limit - 1, 0)] + "…"
+
+
+def fit_line(start: str, middle: str, end: str, room: int, *, least: int = 12) -> str:
+    """`start + middle + end` in `room` characters by shortening `middle` (user text such as labels;
+    never below `least`), so the mentions and timestamps around it stay whole."""
+    return start + shorten(middle, max(room - len(start) - len(end), least)) + end
+
+
+def listed(items: Sequence[str], room: int, *, more: str = "and {n} more", separator: str = ", ") -> str:
+    """As many whole `items` as fit in `room` characters, then `more` with the number left out."""
+    shown: list[str] = []
+    for index, item in enumerate(items):
+        left = len(items) - index - 1
+        tail = (separator + more.format(n=left)) if left else ""
+        if len(separator.join([*shown, item]) + tail) > room and shown:
+            return separator.join([*shown, more.format(n=len(items) - index)])
+        shown.append(item)
+    return separator.join(shown)

@@ -16,6 +16,9 @@ BAR_WIDTH = 20
 MARK_QUEUED, MARK_RUNNING, MARK_CANCELLING = "⏳", "🎛️", "✋"
 MARK_DONE, MARK_FAILED, MARK_CANCELLED = "✅", "❌", "🛑"
 MAX_REASON_CHARS = 1200
+# /queue lists this many of the user's jobs and of the server's running ones, then counts the rest:
+# each line is under ~100 characters, so both lists fit one message.
+QUEUE_LISTED, RUNNING_LISTED = 10, 8
 LEVEL_NAMES = {2: "top level (preview)", 1: "middle level", 0: "bottom level (full quality)"}
 
 
@@ -51,6 +54,19 @@ def quality_label(params: JobParams, *, long: bool = False) -> str:
     if is_full_quality(params):
         return "full quality"
     return "preview (top level only)" if long else "preview"
+
+
+def job_quality(job: Job) -> str:
+    """What a stored job's samples are, as a re-post says it."""
+    if job.kind == JobKind.CURATE:
+        return "curated piece"
+    return quality_label(params_or_defaults(job.params), long=True)
+
+
+def can_upsample(job: Job) -> bool:
+    """Whether the job's samples are previews that Upsample takes to full quality (not a curated
+    piece, which is joined audio: its samples upsample on their own)."""
+    return job.kind != JobKind.CURATE and not is_full_quality(params_or_defaults(job.params))
 
 
 def header(job: Job) -> str:
@@ -121,7 +137,7 @@ def render_queue(
     lines = ["**Your jobs**"]
     if not user_jobs:
         lines.append("You have no job waiting or running.")
-    for job in user_jobs:
+    for job in user_jobs[:QUEUE_LISTED]:
         if job.status == JobStatus.QUEUED:
             position = positions.get(job.id)
             state = f"queued, position {position}" if position else "queued"
@@ -132,13 +148,17 @@ def render_queue(
             if job.eta_at is not None:
                 state += f", done {relative_time(job.eta_at)}" if job.eta_at > now else ", finishing"
         lines.append(f"• Job #{job.id} ({job.kind.value}, {job.model}): {state}")
+    if len(user_jobs) > QUEUE_LISTED:
+        lines.append(f"• and {len(user_jobs) - QUEUE_LISTED} more (`/history` lists them)")
     lines.append("**Running now**")
     if not running:
         lines.append("Nothing is running; a worker takes the next job as soon as one is queued.")
-    for job in running:
+    for job in running[:RUNNING_LISTED]:
         eta = f", done {relative_time(job.eta_at)}" if job.eta_at is not None else ""
         lines.append(
             f"• Job #{job.id} for <@{job.user_id}> ({job.kind.value}, {job.model}): "
             f"{int(job.progress * 100)}%{eta}"
         )
+    if len(running) > RUNNING_LISTED:
+        lines.append(f"• and {len(running) - RUNNING_LISTED} more")
     return "\n".join(lines)

@@ -15,6 +15,12 @@ Either way the next try (this bot or another) posts only the samples without a m
 final progress text. Results of upsample and continue jobs reply to the parent sample's message,
 found in the store after a restart too. Each sample's first message also carries its picture
 (bot/pictures.py) when that fits the upload limit beside the audio.
+
+Results that can never go out are given up, so they cannot hold up the others: when Discord says the
+bot cannot post in the job's channel (no access, no permission, the channel deleted) the results are
+marked posted with one warning in the log (the samples stay stored: `/sample` re-sends them). Other
+failures are retried, the first at the next pass, then after a growing wait per job (its claim is
+given back with a time before which nobody retries it, so the jobs behind it in the list go on).
 """
 
 from __future__ import annotations
@@ -51,6 +57,14 @@ OLD_MESSAGE_EDITS_EXHAUSTED = 30046
 # How long a claim on a job's results holds without renewal: the wait before another bot finishes
 # posting for one that was killed mid-post. Renewed every third of it, also during a long upload.
 RESULTS_LEASE_S = 30.0
+# Discord's answers that mean the bot cannot post in the channel at all: trying again will not help.
+CANNOT_POST_THERE = {
+    50001: "Missing Access",
+    50013: "Missing Permissions",
+    10003: "Unknown Channel",
+}
+# The longest wait between two tries at posting a job's results that keep failing.
+MAX_RETRY_DELAY_S = 600.0
 
 
 class _ResultsClaimLost(Exception):
@@ -84,6 +98,7 @@ class ProgressRelay:
         self.poster_id = f"bot:{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._watched: dict[int, _Watched] = {}
         self._posting: set[int] = set()  # jobs whose progress message is being posted right now
+        self._failures: dict[int, int] = {}  # tries in a row at posting a job's results that failed
         self._wake = asyncio.Event()
         self._pass_lock = asyncio.Lock()
 
@@ -140,9 +155,19 @@ class ProgressRelay:
                     finished.add(job.id)
                     try:
                         await self._finish(job)
-                    except Exception:  # e.g. no permission in that channel: the others still go out
-                        log.exception("job #%s: posting the results failed; trying again later", job.id)
-            # Jobs we watched that ended another way: posted elsewhere, gone, or without a progress message.
+                    except Exception as exc:  # e.g. Discord had a hiccup: the others still go out
+                        failures = self._failures.get(job.id, 0)
+                        if failures <= 1:
+                            log.exception("job #%s: posting the results failed; trying again later", job.id)
+                        else:  # its traceback is in the log already
+                            log.warning(
+                                "job #%s: posting the results failed again (try %d): %r; next try in %.0f s",
+                                job.id,
+                                failures,
+                                exc,
+                                self._retry_delay(failures),
+                            )
+            # Jobs we watched that ended another way: posted elsewhere, or gone.
             for job_id in [j for j in self._watched if j not in still_running and j not in finished]:
                 try:
                     job = await self.store.get_job(job_id)
@@ -153,9 +178,8 @@ class ProgressRelay:
                     continue  # queued after this pass listed the unfinished jobs
                 if job.results_posted_at is not None or job.guild_id not in guild_ids:
                     self._watched.pop(job_id, None)
-                elif job.progress_message_id is None:
-                    await self._finish(job)
-                # else: more than a batch finished at once; a later pass lists it
+                    self._failures.pop(job_id, None)
+                # else: more than a batch finished at once, or waiting to retry; a later pass lists it
 
     async def _update(self, job: Job, queue_position: int | None) -> None:
         if job.progress_message_id is None:
@@ -196,7 +220,9 @@ class ProgressRelay:
         self._posting.add(job_id)
         try:
             job = await self.store.get_job(job_id)
-            if job.progress_message_id is not None:
+            # A job that finished first (fast, or while no bot ran) gets its results and final text
+            # from `_finish` instead, in a fresh message.
+            if job.progress_message_id is not None or job.finished:
                 return
             watched = self._watched.setdefault(job.id, _Watched())
             position = await self.store.queue_position(job.id) if job.status == JobStatus.QUEUED else None
@@ -227,6 +253,7 @@ class ProgressRelay:
             return  # posted already, or another bot is posting them (if it dies, its claim expires)
         posted = asyncio.Event()
         renewing = asyncio.create_task(self._renew_claim(job.id, posted), name=f"results-claim-{job.id}")
+        cannot_post: discord.HTTPException | None = None
         try:
             sample_count = None
             if job.status == JobStatus.SUCCEEDED:
@@ -241,18 +268,50 @@ class ProgressRelay:
         except _ResultsClaimLost:
             log.warning("job #%s: another bot took over posting its results; leaving the rest to it", job.id)
             return
-        except BaseException:  # also a shutdown mid-post: the next pass (or bot) finishes the job now
-            try:
-                await self.store.release_results_posting(job.id, self.poster_id)
-            except Exception:
-                log.exception("job #%s: results half-posted; the claim expires in time", job.id)
+        except discord.HTTPException as exc:
+            if exc.code not in CANNOT_POST_THERE:
+                failures = self._failures[job.id] = self._failures.get(job.id, 0) + 1
+                await self._give_back(job, self._retry_delay(failures))
+                raise
+            cannot_post = exc  # no use trying again: given up below, still holding the claim
+        except Exception:
+            failures = self._failures[job.id] = self._failures.get(job.id, 0) + 1
+            await self._give_back(job, self._retry_delay(failures))
+            raise
+        except BaseException:  # a shutdown mid-post: the next pass (or bot) finishes the job now
+            await self._give_back(job, 0.0)
             raise
         finally:
             posted.set()
             await renewing  # lets a renewal in flight end (cancelling it could break its connection)
+        if cannot_post is not None:
+            log.warning(
+                "job #%s: giving up posting its results in channel %s: Discord answered HTTP %s, "
+                "error %s (%s); its samples stay stored (`/sample` re-sends them)",
+                job.id,
+                job.channel_id,
+                cannot_post.status,
+                cannot_post.code,
+                CANNOT_POST_THERE[cannot_post.code],
+            )
         if not await self.store.finish_results_posting(job.id, self.poster_id):
             log.warning("job #%s: results posted, but another bot took over the claim meanwhile", job.id)
         self._watched.pop(job.id, None)
+        self._failures.pop(job.id, None)
+
+    def _retry_delay(self, failures: int) -> float:
+        """How long to wait before trying again to post results that failed `failures` times in a row:
+        not at all after the first failure (the next pass tries), then doubling, up to a limit."""
+        if failures <= 1:
+            return 0.0
+        return min(self.poll_interval_s * 2 ** (failures - 1), MAX_RETRY_DELAY_S)
+
+    async def _give_back(self, job: Job, retry_after_s: float) -> None:
+        """Give the claim on the results back after a failed try, for a try after `retry_after_s`."""
+        try:
+            await self.store.release_results_posting(job.id, self.poster_id, retry_after_s=retry_after_s)
+        except Exception:
+            log.exception("job #%s: results half-posted; the claim expires in time", job.id)
 
     async def _renew_claim(self, job_id: int, posted: asyncio.Event) -> None:
         """Keep the claim alive until `posted` is set, through uploads longer than the lease."""

@@ -9,9 +9,10 @@ from __future__ import annotations
 import random
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import TypeVar
 
-from bot.errors import AttachmentRejected, ChannelNotAllowed, InvalidRequest, LimitReached
+from bot.errors import AttachmentRejected, ChannelNotAllowed, InvalidRequest, LimitReached, listed
 from bot.vocab import resolve_labels, resolve_styles
 from jukebot.settings import Settings
 from sampler.jobspec import (
@@ -38,6 +39,18 @@ MAX_HISTORY_PAGE = 1000  # /history pages of ten jobs
 MAX_SEED = 2**31 - 1
 # Lyrics longer than this do not fit comfortably in a slash-command option; the modal takes them.
 LYRICS_OPTION_CHARS = 1000
+CHANNEL_LIST_CHARS = 1500  # allowed channels named in one reply (a mention is ~22 characters)
+# /top and /curate top: which samples count (made within the period), and how many of the most-voted.
+TOP_PERIODS = {"day": timedelta(days=1), "week": timedelta(days=7), "month": timedelta(days=30), "all": None}
+TOP_COUNT = 10
+
+
+def top_since(period: str, now: datetime) -> datetime | None:
+    """When samples must have been made to count in `period` (None: ever)."""
+    if period not in TOP_PERIODS:
+        raise InvalidRequest(f"The period is one of {', '.join(TOP_PERIODS)}, not {quote_user_text(period)}.")
+    delta = TOP_PERIODS[period]
+    return None if delta is None else now - delta
 
 
 @dataclass(frozen=True)
@@ -72,9 +85,11 @@ def _or(override: T | None, default: T) -> T:
     return default if override is None else override
 
 
-def check_channel(limits: Limits, channel_id: int) -> None:
-    if limits.allowed_channel_ids and channel_id not in limits.allowed_channel_ids:
-        where = ", ".join(f"<#{channel}>" for channel in limits.allowed_channel_ids)
+def check_channel(limits: Limits, channel_id: int, parent_id: int | None = None) -> None:
+    """Refuse a channel off the server's allow-list; a thread counts as its parent channel."""
+    allowed = limits.allowed_channel_ids
+    if allowed and channel_id not in allowed and parent_id not in allowed:
+        where = listed([f"<#{channel}>" for channel in allowed], CHANNEL_LIST_CHARS)
         raise ChannelNotAllowed(f"Jukebox is not available in this channel. Use it in {where}.")
 
 

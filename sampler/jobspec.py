@@ -24,6 +24,9 @@ MAX_LYRICS_CHARS = 6000
 # top-level token (128 samples), so a clip the bot accepts never fails later in a worker.
 MIN_PRIME_SECONDS = 0.5
 MAX_PRIME_SECONDS = 600.0
+# A curated piece's job keeps the record of what it joined under this params key, beside the style
+# a continuation of it uses; the record is not a parameter, and reading params leaves it out.
+CURATION_KEY = "curation"
 
 
 class InvalidJobParams(ValueError):
@@ -146,7 +149,10 @@ class JobParams(BaseModel):
 
 
 def parse_params(params: Any) -> JobParams:
-    """Read a job row's params back, or raise InvalidJobParams with the first problem."""
+    """Read a job row's params back (a curation record left out), or raise InvalidJobParams with the
+    first problem."""
+    if isinstance(params, Mapping) and CURATION_KEY in params:
+        params = {key: value for key, value in params.items() if key != CURATION_KEY}
     try:
         return JobParams.model_validate(params)
     except ValidationError as exc:

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Row,
     String,
     Table,
+    Text,
     and_,
     case,
     delete,
@@ -104,10 +105,17 @@ WORKER_PRESENCE_SECONDS = 30.0
 WORKER_STALE_SECONDS = 4 * WORKER_PRESENCE_SECONDS
 FORGET_WORKER_AFTER = timedelta(days=1)  # stale rows are deleted after this long
 
+# A job's params as the text stored, decoded by `_read_params`: one damaged row (a hand edit, a JSON
+# value that is no object) must not make every listing or claim that reads it raise.
+PARAMS_TEXT = sql_cast(jobs.c.params, Text).label("params")
+# Params that cannot be read come out as {UNREADABLE_PARAMS_KEY: why}: a mapping like any other to
+# the bot (which shows params it cannot parse as the defaults), but no valid job spec; `claim` fails
+# such a job instead of handing it to a worker.
+UNREADABLE_PARAMS_KEY = "unreadable_stored_params"
 # Listings leave the (possibly megabytes of) checkpoint in the database.
-JOB_COLUMNS = [column for column in jobs.c if column.name != "checkpoint"] + [
-    jobs.c.checkpoint.is_not(None).label("has_checkpoint")
-]
+JOB_COLUMNS = [
+    PARAMS_TEXT if column.name == "params" else column for column in jobs.c if column.name != "checkpoint"
+] + [jobs.c.checkpoint.is_not(None).label("has_checkpoint")]
 CLAIMED_JOB_COLUMNS = [*JOB_COLUMNS, jobs.c.checkpoint]
 SAMPLE_INFO_COLUMNS = [
     column for column in samples.c if column.name not in {"audio", *(f"codes_level_{i}" for i in CODE_LEVELS)}
@@ -135,7 +143,30 @@ def _claimed_job(row: Row[Any]) -> ClaimedJob:
     return ClaimedJob(**_job_fields(dict(row._mapping)))
 
 
+def _read_params(stored: object) -> dict[str, Any]:
+    """A job's params from their stored text; `{UNREADABLE_PARAMS_KEY: why}` when they are no JSON object."""
+    if not isinstance(stored, str):
+        return {UNREADABLE_PARAMS_KEY: "the job has no parameters stored"}
+    try:
+        value = json.loads(stored)
+    except ValueError as exc:
+        return {UNREADABLE_PARAMS_KEY: f"the stored parameters are not valid JSON ({exc})"}
+    if not isinstance(value, dict):
+        return {
+            UNREADABLE_PARAMS_KEY: f"the stored parameters are a JSON {type(value).__name__}, not an object"
+        }
+    return value
+
+
+def unreadable_params(params: Mapping[str, Any]) -> str | None:
+    """Why a job's stored params could not be read, or None when they could (see `UNREADABLE_PARAMS_KEY`)."""
+    if len(params) == 1 and isinstance(reason := params.get(UNREADABLE_PARAMS_KEY), str):
+        return reason
+    return None
+
+
 def _job_fields(values: dict[str, Any]) -> dict[str, Any]:
+    values["params"] = _read_params(values["params"])
     values["kind"] = JobKind(values["kind"])
     values["status"] = JobStatus(values["status"])
     values["has_checkpoint"] = bool(values["has_checkpoint"])
@@ -175,6 +206,8 @@ def _serialise_params(params: object) -> dict[str, Any]:
     """Check params are a JSON object under the size limit; return them as they will read back."""
     if not isinstance(params, Mapping) or not all(isinstance(key, str) for key in params):
         raise InvalidJob("job parameters must be a JSON object (a mapping with string keys)")
+    if UNREADABLE_PARAMS_KEY in params:
+        raise InvalidJob(f"job parameters cannot use the key {UNREADABLE_PARAMS_KEY!r}")
     try:
         text = json.dumps(params, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
     except (TypeError, ValueError) as exc:
@@ -261,10 +294,14 @@ class JobStore:
 
     def _lease_end(self, lease_seconds: float) -> ColumnElement[datetime]:
         """When a lease taken or renewed now runs out, by the same clock as `_lease_now`."""
+        return self._lease_now_plus(timedelta(seconds=lease_seconds))
+
+    def _lease_now_plus(self, offset: timedelta) -> ColumnElement[datetime]:
+        """`_lease_now()` moved by `offset` (negative: a time in the past), by the same clock."""
         if self._lease_clock is None and self.engine.dialect.name == "postgresql":
-            end = func.statement_timestamp() + literal(timedelta(seconds=lease_seconds), Interval())
-            return sql_cast(end, UTCDateTime())
-        return literal(self._clock() + timedelta(seconds=lease_seconds), UTCDateTime())
+            moved = func.statement_timestamp() + literal(offset, Interval())
+            return sql_cast(moved, UTCDateTime())
+        return literal(self._clock() + offset, UTCDateTime())
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncConnection]:
@@ -432,7 +469,9 @@ class JobStore:
         `requeue_expired` does; a job out of attempts is left for `requeue_expired` to fail.
 
         One statement: the sub-select locks the row it picks (and skips rows other
-        claimers hold) on Postgres; SQLite runs one writer at a time.
+        claimers hold) on Postgres; SQLite runs one writer at a time. A job whose stored params
+        cannot be read (not a JSON object: a hand edit, damage) fails then, with the reason, and
+        the next job is taken instead: no worker could run it, and it must not block the queue.
         """
         if not worker_id:
             raise StorageError("a worker needs a non-empty worker id to claim jobs")
@@ -470,8 +509,28 @@ class JobStore:
             .returning(*CLAIMED_JOB_COLUMNS)
         )
         async with self._transaction() as connection:
-            row = (await connection.execute(statement)).first()
-        return None if row is None else _claimed_job(row)
+            while True:  # each round fails one job of unreadable params, or ends
+                row = (await connection.execute(statement)).first()
+                if row is None:
+                    return None
+                job = _claimed_job(row)
+                reason = unreadable_params(job.params)
+                if reason is None:
+                    return job
+                await connection.execute(
+                    update(jobs)
+                    .where(jobs.c.id == job.id, jobs.c.lease_owner == worker_id)
+                    .values(
+                        status=JobStatus.FAILED.value,
+                        error=(
+                            f"This job cannot run: {reason}. Its parameters were damaged after it "
+                            "was queued; queue it again."
+                        )[:MAX_ERROR_CHARS],
+                        finished_at=now,
+                        updated_at=now,
+                        **_lease_cleared(),
+                    )
+                )
 
     async def _update_held(
         self,
@@ -736,7 +795,7 @@ class JobStore:
 
     async def active_lease_owners(self) -> list[str]:
         """The workers holding running or cancelling jobs (a restarted worker looks for its predecessor)."""
-        async with self._transaction() as connection:
+        async with self._reading() as connection:
             rows = await connection.execute(
                 select(jobs.c.lease_owner)
                 .distinct()
@@ -748,7 +807,7 @@ class JobStore:
             return sorted(row.lease_owner for row in rows)
 
     async def is_cancel_requested(self, job_id: int) -> bool:
-        async with self._transaction() as connection:
+        async with self._reading() as connection:
             owner = await self._owner(connection, job_id)
         return owner.status in (JobStatus.CANCELLING, JobStatus.CANCELLED)
 
@@ -857,7 +916,7 @@ class JobStore:
         return _job(row)
 
     async def get_checkpoint(self, job_id: int) -> bytes | None:
-        async with self._transaction() as connection:
+        async with self._reading() as connection:
             row = (await connection.execute(select(jobs.c.checkpoint).where(jobs.c.id == job_id))).first()
         if row is None:
             raise JobNotFound(job_id)
@@ -885,9 +944,10 @@ class JobStore:
     async def claim_results_posting(self, job_id: int, poster_id: str, lease_seconds: float) -> bool:
         """Claim posting the finished job's results for `lease_seconds`: True for one caller at a time.
 
-        False means they were all posted already, or another bot's claim still holds (nothing to do
-        now). A claim that expired, its bot killed mid-post, goes to the next caller, who posts the
-        samples without a message yet. Raises `JobNotFinished` for a job still queued or running.
+        False means they were all posted already, or another bot's claim still holds, or a failed
+        try asked to wait before the next (nothing to do now). A claim that expired, its bot killed
+        mid-post, goes to the next caller, who posts the samples without a message yet. Raises
+        `JobNotFinished` for a job still queued or running.
         """
         _check_lease(lease_seconds)
         now = self._clock()
@@ -950,25 +1010,33 @@ class JobStore:
             results_posting_expires_at=None,
         )
 
-    async def release_results_posting(self, job_id: int, poster_id: str) -> None:
-        """Posting failed part-way (or the bot is stopping): give the claim back for a later try now.
+    async def release_results_posting(
+        self, job_id: int, poster_id: str, *, retry_after_s: float = 0.0
+    ) -> None:
+        """Posting failed part-way (or the bot is stopping): give the claim back for a later try,
+        now, or only after `retry_after_s` (nobody may claim them until then, and
+        `finished_jobs_unposted` leaves them out: a job that keeps failing waits, the others go on).
 
         Samples already posted keep their `message_id`, so the next try posts only the rest.
         Does nothing if the claim is no longer ours.
         """
+        if not math.isfinite(retry_after_s) or retry_after_s < 0:
+            raise StorageError(f"retry_after_s must be a number of seconds >= 0, got {retry_after_s!r}")
+        retry_at = self._clock() + timedelta(seconds=retry_after_s) if retry_after_s > 0 else None
         await self._update_posting(
-            job_id, poster_id, results_posting_owner=None, results_posting_expires_at=None
+            job_id, poster_id, results_posting_owner=None, results_posting_expires_at=retry_at
         )
 
     async def finished_jobs_unposted(self, guild_id: int | None = None, limit: int = 100) -> list[Job]:
-        """Finished jobs (of one server, or all) with a progress message but no results posted
-        yet, that no bot is posting right now, in the order they finished."""
+        """Finished jobs (of one server, or all) whose results are not posted yet, that no bot is
+        posting right now nor waits to retry (see `release_results_posting`), in the order they
+        finished. Also those without a progress message: a bot that stopped between queueing a
+        job and posting its message, while the job ran, posts the results in a fresh message."""
         _check_page(limit, 0)
         statement = select(*JOB_COLUMNS).where(
             jobs.c.results_posted_at.is_(None),
             self._posting_free(self._clock()),
             jobs.c.status.in_([status.value for status in FINISHED_STATUSES]),
-            jobs.c.progress_message_id.is_not(None),
         )
         if guild_id is not None:
             statement = statement.where(jobs.c.guild_id == guild_id)
@@ -1300,7 +1368,7 @@ class JobStore:
                 vote_total,
                 jobs.c.user_id.label("job_user_id"),
                 jobs.c.channel_id,
-                jobs.c.params,
+                PARAMS_TEXT,
             )
             .select_from(
                 samples.join(jobs, samples.c.job_id == jobs.c.id).outerjoin(
@@ -1321,7 +1389,7 @@ class JobStore:
                 votes=int(row.votes),
                 user_id=row.job_user_id,
                 channel_id=row.channel_id,
-                params=row.params,
+                params=_read_params(row.params),
             )
             for row in rows
         ]
@@ -1329,17 +1397,20 @@ class JobStore:
     # ------------------------------------------------------------------ which worker serves what
 
     async def record_worker(self, worker_id: str, models: Collection[str]) -> None:
-        """Say that `worker_id` is alive and serves `models` now (rows of long-dead workers go)."""
+        """Say that `worker_id` is alive and serves `models` now (rows of long-dead workers go).
+
+        Seen "now" by the lease clock (the database's on Postgres), as `served_models` reads it: a
+        worker machine whose clock is off by minutes still counts as present.
+        """
         if not worker_id:
             raise StorageError("a worker needs a non-empty worker id")
-        now = self._clock()
-        values = {"models": sorted(models), "last_seen_at": now}
+        values = {"models": sorted(models), "last_seen_at": self._lease_now()}
         statement = self._insert(workers).values(worker_id=worker_id, **values)
         statement = statement.on_conflict_do_update(index_elements=["worker_id"], set_=values)
         async with self._transaction() as connection:
             await connection.execute(statement)
             await connection.execute(
-                delete(workers).where(workers.c.last_seen_at < now - FORGET_WORKER_AFTER)
+                delete(workers).where(workers.c.last_seen_at < self._lease_now_plus(-FORGET_WORKER_AFTER))
             )
 
     async def forget_worker(self, worker_id: str) -> None:
@@ -1348,9 +1419,9 @@ class JobStore:
             await connection.execute(delete(workers).where(workers.c.worker_id == worker_id))
 
     async def served_models(self) -> frozenset[str]:
-        """The models some live worker serves (one seen within WORKER_STALE_SECONDS)."""
-        since = self._clock() - timedelta(seconds=WORKER_STALE_SECONDS)
-        async with self._transaction() as connection:
+        """The models some live worker serves (one seen within WORKER_STALE_SECONDS, by the lease clock)."""
+        since = self._lease_now_plus(-timedelta(seconds=WORKER_STALE_SECONDS))
+        async with self._reading() as connection:
             rows = await connection.execute(select(workers.c.models).where(workers.c.last_seen_at >= since))
             return frozenset(model for (models,) in rows for model in models)
 

@@ -11,12 +11,12 @@ from discord.ext import commands
 
 from bot import actions
 from bot.bot import JukeBot
-from bot.errors import InvalidRequest
-from bot.requests import Limits
+from bot.errors import InvalidRequest, listed
+from bot.requests import CHANNEL_LIST_CHARS, Limits
 
 
 def _describe(limits: Limits) -> str:
-    channels = ", ".join(f"<#{c}>" for c in limits.allowed_channel_ids) or "every channel"
+    channels = listed([f"<#{c}>" for c in limits.allowed_channel_ids], CHANNEL_LIST_CHARS) or "every channel"
     return (
         f"Longest song: {limits.max_length_seconds:g} s\n"
         f"Samples per job: {limits.max_samples_per_job}\n"
@@ -122,6 +122,12 @@ class Admin(commands.Cog):
                 if channel.id not in allowed:
                     raise InvalidRequest(f"{channel.mention} is not on the allow-list; nothing changed.")
                 allowed.remove(channel.id)
+                if not allowed:  # an empty allow-list means every channel: say so rather than open them
+                    raise InvalidRequest(
+                        f"{channel.mention} is the only allowed channel: without it the jukebox would work "
+                        "everywhere. Allow another channel first, or choose `allow everywhere` if that "
+                        "is what you want."
+                    )
             new = tuple(allowed) or None
         await self.bot.store.set_guild_settings(dataclasses.replace(current, allowed_channel_ids=new))
         limits = await self.bot.limits_for(guild_id)

@@ -24,6 +24,7 @@ from bot.actions import guild_id_of
 from bot.bot import JukeBot, user_message
 from bot.errors import fit_message
 from bot.options import JobId
+from bot.requests import TOP_PERIODS
 from bot.views import sample_view
 from storage.records import Sample
 
@@ -90,7 +91,7 @@ class Curate(commands.Cog):
         top="Join this server's most-voted samples of a period (what /top lists)",
         samples='Join these samples, by number: "12, 15, 19"',
     )
-    @app_commands.choices(top=[app_commands.Choice(name=name, value=name) for name in curating.PERIODS])
+    @app_commands.choices(top=[app_commands.Choice(name=name, value=name) for name in TOP_PERIODS])
     async def curate(
         self,
         interaction: discord.Interaction[JukeBot],
@@ -120,6 +121,7 @@ class Curate(commands.Cog):
         max_count = self.bot.settings.max_curate_samples
         sample_ids = await curating.resolve(store, guild_id, selection, max_count)
         loaded: list[Sample] = [await store.get_sample(sample_id) for sample_id in sample_ids]
+        curating.check_duration([sample.duration_seconds for sample in loaded])
         similarity = curating.similarity_to_use(loaded)
         if self._one_at_a_time.locked():
             await interaction.edit_original_response(

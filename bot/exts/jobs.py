@@ -8,14 +8,15 @@ from discord.ext import commands
 
 from bot import actions
 from bot.bot import JukeBot
-from bot.errors import JobNotInServer
+from bot.errors import MAX_MESSAGE_CHARS, JobNotInServer, fit_line, listed
 from bot.options import JobId
-from bot.progress import render_queue
+from bot.progress import QUEUE_LISTED, render_queue
 from bot.requests import MAX_HISTORY_PAGE, history_page
 from sampler.jobspec import params_or_defaults
 from storage.models import JobStatus, utcnow
 
 HISTORY_PAGE = 10
+SAMPLE_IDS_CHARS = 48  # a job's sample numbers in one /history line: the first few, then a count
 
 
 class Jobs(commands.Cog):
@@ -49,7 +50,7 @@ class Jobs(commands.Cog):
         mine = [job for job in unfinished if job.user_id == interaction.user.id]
         positions = {
             job.id: await self.bot.store.queue_position(job.id)
-            for job in mine
+            for job in mine[:QUEUE_LISTED]
             if job.status == JobStatus.QUEUED
         }
         running = [job for job in unfinished if job.status != JobStatus.QUEUED]
@@ -74,19 +75,25 @@ class Jobs(commands.Cog):
             none = "no jobs here" if page == 1 else f"no jobs on page {page}"
             await interaction.response.send_message(f"{who.mention} has {none}.", ephemeral=True)
             return
-        lines = [f"**Jobs of {who.mention}**, page {page}"]
+        head = f"**Jobs of {who.mention}**, page {page}"
+        tail = f"More: `/history page:{page + 1}`" if len(jobs) == HISTORY_PAGE else None
+        room = (MAX_MESSAGE_CHARS - len(head) - len(tail or "")) // len(jobs) - 2  # a newline each
+        lines = [head]
         for job in jobs:
             samples = (
                 await self.bot.store.samples_for_job(job.id) if job.status == JobStatus.SUCCEEDED else []
             )
-            made = f" → samples {', '.join(f'#{s.id}' for s in samples)}" if samples else ""
-            labels = params_or_defaults(job.params).describe_labels()
+            made = f" → samples {listed([f'#{s.id}' for s in samples], SAMPLE_IDS_CHARS)}" if samples else ""
             lines.append(
-                f"• Job #{job.id} · {job.kind.value} · {job.model} · {labels} · "
-                f"{job.status.value} · <t:{int(job.created_at.timestamp())}:R>{made}"
+                fit_line(
+                    f"• Job #{job.id} · {job.kind.value} · {job.model} · ",
+                    params_or_defaults(job.params).describe_labels(),
+                    f" · {job.status.value} · <t:{int(job.created_at.timestamp())}:R>{made}",
+                    room,
+                )
             )
-        if len(jobs) == HISTORY_PAGE:
-            lines.append(f"More: `/history page:{page + 1}`")
+        if tail is not None:
+            lines.append(tail)
         await interaction.response.send_message("\n".join(lines), ephemeral=True)
 
 

@@ -17,12 +17,13 @@ from discord.ext import commands
 from bot import actions, vocab
 from bot.attachments import fetch_prime
 from bot.bot import JukeBot
-from bot.errors import JukebotError
+from bot.errors import InvalidRequest, JukebotError
 from bot.requests import (
     MAX_SEED,
     GenerateOptions,
     availability_note,
     build_generate,
+    check_model,
     default_model,
     has_lyrics,
 )
@@ -57,7 +58,7 @@ class LyricsModal(discord.ui.Modal, title="Lyrics"):
     def __init__(self, cog: Jukebox, options: GenerateOptions, prime: discord.Attachment | None) -> None:
         super().__init__(timeout=30 * 60)
         self.cog, self.options, self.prime = cog, options, prime
-        self.lyrics.default = (options.lyrics or "")[:MODAL_LYRICS_CHARS] or None
+        self.lyrics.default = options.lyrics or None  # the command refuses lyrics the form cannot hold
 
     async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
         async with self.cog.bot.reporting_errors(interaction):
@@ -107,8 +108,11 @@ class Jukebox(commands.Cog):
         seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
         full: bool = False,
     ) -> None:
+        if not lyrics_modal:  # else a form may have to be the first answer
+            await interaction.response.defer(ephemeral=True, thinking=True)  # before the database
         if model is None:
             model = default_model(await self.bot.store.served_models())
+        check_model(model)
         options = GenerateOptions(
             model=model,
             artist=artist,
@@ -123,11 +127,18 @@ class Jukebox(commands.Cog):
             prime_seconds=prime_seconds,
         )
         if lyrics_modal and has_lyrics(model):
-            # A modal must be the first answer; cheap checks first so a refusal is not behind a form.
+            # Cheap checks first so a refusal is not behind a form.
+            if len(lyrics or "") > MODAL_LYRICS_CHARS:
+                raise InvalidRequest(
+                    f"Your lyrics are {len(lyrics or ''):,} characters, more than the form's "
+                    f"{MODAL_LYRICS_CHARS:,}: send them in `lyrics` without `lyrics_modal` "
+                    f"(up to {MAX_LYRICS_CHARS:,}), or shorten them."
+                )
             await actions.check_can_enqueue(self.bot, interaction)
             await interaction.response.send_modal(LyricsModal(self, options, prime))
             return
-        await interaction.response.defer(ephemeral=True, thinking=True)
+        if lyrics_modal:  # a model without lyrics: no form; the job is queued with a note
+            await interaction.response.defer(ephemeral=True, thinking=True)
         await self.submit(interaction, options, prime)
 
     async def submit(

@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import io
-from datetime import timedelta
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
 from bot import actions, delivery, pictures
-from bot.bot import JukeBot
+from bot.bot import PUBLIC_THINKING, JukeBot
+from bot.errors import MAX_MESSAGE_CHARS, fit_line
 from bot.options import SampleId
-from bot.progress import quality_label
+from bot.progress import can_upsample, job_quality
+from bot.requests import TOP_COUNT, TOP_PERIODS, top_since
 from bot.views import DYNAMIC_ITEMS, sample_view
-from sampler.jobspec import is_full_quality, params_or_defaults
+from sampler.jobspec import params_or_defaults
 from storage.models import utcnow
 
-PERIODS = {"week": timedelta(days=7), "month": timedelta(days=30), "all": None}
-TOP_LIMIT = 10
+TOP_HEADINGS = {"day": "today", "week": "this week", "month": "this month", "all": "of all time"}
 
 
 class Samples(commands.Cog):
@@ -59,6 +59,7 @@ class Samples(commands.Cog):
         guild_id = actions.guild_id_of(interaction)
         stored, job = await actions.sample_in_guild(self.bot, id, guild_id)  # refusals stay private
         await interaction.response.defer(thinking=True)
+        interaction.extras[PUBLIC_THINKING] = True
         limit = delivery.upload_limit(interaction.filesize_limit, None)
         stem = f"jukebot_sample_{stored.id}"
         files = await asyncio.to_thread(
@@ -80,12 +81,11 @@ class Samples(commands.Cog):
         )
         groups = delivery.with_picture(delivery.group_for_messages(files, limit), picture, limit)
         votes = await self.bot.store.vote_count(stored.id)
-        params = params_or_defaults(job.params)
         content = (
             f"**Sample #{stored.id}** · job #{job.id} by <@{job.user_id}> · "
-            f"{stored.duration_seconds:.1f} s · {quality_label(params, long=True)}"
+            f"{stored.duration_seconds:.1f} s · {job_quality(job)}"
         )
-        view = sample_view(stored.id, votes, can_upsample=not is_full_quality(params))
+        view = sample_view(stored.id, votes, can_upsample=can_upsample(job))
         for index, group in enumerate(groups):
             uploads = [
                 discord.File(io.BytesIO(f.data), filename=f.filename, description=f.description)
@@ -98,23 +98,27 @@ class Samples(commands.Cog):
 
     @app_commands.command(name="top", description="The most-voted samples in this server")
     @app_commands.guild_only()
-    @app_commands.describe(period="Which samples count: made this week, this month, or ever")
-    @app_commands.choices(period=[app_commands.Choice(name=name, value=name) for name in PERIODS])
+    @app_commands.describe(period="Which samples count: made today, this week, this month, or ever")
+    @app_commands.choices(period=[app_commands.Choice(name=name, value=name) for name in TOP_PERIODS])
     async def top(self, interaction: discord.Interaction[JukeBot], period: str = "week") -> None:
         guild_id = actions.guild_id_of(interaction)
-        since_delta = PERIODS[period]
-        since = utcnow() - since_delta if since_delta is not None else None
-        ranked = await self.bot.store.top_samples(guild_id, since=since, limit=TOP_LIMIT)
-        heading = {"week": "this week", "month": "this month", "all": "of all time"}[period]
+        since = top_since(period, utcnow())
+        ranked = await self.bot.store.top_samples(guild_id, since=since, limit=TOP_COUNT)
+        heading = TOP_HEADINGS[period]
         if not ranked:
             await interaction.response.send_message(f"No samples {heading} yet: make one with /jukebox.")
             return
-        lines = [f"**Top samples {heading}**"]
+        head = f"**Top samples {heading}**"
+        room = (MAX_MESSAGE_CHARS - len(head)) // len(ranked) - 1  # a newline each
+        lines = [head]
         for place, entry in enumerate(ranked, start=1):
-            what = params_or_defaults(entry.params).describe_sample_labels(entry.sample.index)
             lines.append(
-                f"{place}. Sample #{entry.sample.id} · 👍 {entry.votes} · {what} · by <@{entry.user_id}> "
-                f"in <#{entry.channel_id}> (`/sample {entry.sample.id}`)"
+                fit_line(
+                    f"{place}. Sample #{entry.sample.id} · 👍 {entry.votes} · ",
+                    params_or_defaults(entry.params).describe_sample_labels(entry.sample.index),
+                    f" · by <@{entry.user_id}> in <#{entry.channel_id}> (`/sample {entry.sample.id}`)",
+                    room,
+                )
             )
         await interaction.response.send_message("\n".join(lines))
 

@@ -10,6 +10,9 @@ Behaviour copied from the real Discord where a bot could get it wrong:
 - an interaction can be acknowledged once (40060), its token expires (50027), attachments bigger
   than the guild's `attachment_size_limit` are refused (40005), content/choices/components over
   Discord's limits are refused (50035), privileged intents are refused (4014);
+- a channel's overwrite can take permissions from the bot (`FakeChannel.bot_denied`): interactions
+  there carry the rest as `app_permissions`, and posting without View Channel (50001), Send
+  Messages or, with files, Attach Files (50013) is refused;
 - command options are checked against the synced schema (unknown or missing options, choices,
   ranges) before anything reaches the bot, as the Discord client does.
 
@@ -215,6 +218,9 @@ class FakeChannel:
     position: int = 0
     type: int = 0  # 0: guild text, 1: DM
     recipients: list[FakeUser] = field(default_factory=list)
+    # Permission bits this channel's overwrite takes from the bot (e.g. a moderator removed Send
+    # Messages here): interactions carry what is left as `app_permissions`, and posts need it.
+    bot_denied: int = 0
 
     def payload(self) -> JSON:
         if self.type == 1:
@@ -940,6 +946,11 @@ class FakeDiscord:
 
     # ---------------------------------------------------------------- interactions (test side)
 
+    def bot_permissions_in(self, channel: FakeChannel) -> int:
+        """The bot's permissions in a guild channel: its roles' less the channel's overwrite."""
+        assert channel.guild_id is not None
+        return self.guilds[channel.guild_id].permissions_of(self.bot_user.id) & ~channel.bot_denied
+
     def _interaction_base(
         self, kind: int, data: JSON, user: FakeUser, guild: FakeGuild, channel: FakeChannel, locale: str
     ) -> InteractionRecord:
@@ -962,7 +973,7 @@ class FakeDiscord:
             "member": guild.member_payload(user.id, with_permissions=True),
             "token": token,
             "version": 1,
-            "app_permissions": str(guild.permissions_of(self.bot_user.id)),
+            "app_permissions": str(self.bot_permissions_in(channel)),
             "locale": locale,
             "guild_locale": guild.locale,
             "entitlements": [],
@@ -1935,8 +1946,9 @@ class FakeDiscord:
         if not record.acknowledged or record.type == INTERACTION_AUTOCOMPLETE:
             raise DiscordAPIError(404, 10015, "Unknown Webhook")
         body, uploads = await self._read_body(request)
-        if record.original is not None and record.original.loading:
-            # The first followup after a deferral fills the "thinking" message, keeping its visibility.
+        if record.original is not None and record.original.loading and not record.original.deleted:
+            # The first followup after a deferral fills the "thinking" message, keeping its visibility
+            # (once that message is deleted, a followup is a message of its own, ephemeral if asked).
             message = await self._edit_message(record.original, body, uploads)
         else:
             flags = int(body.get("flags") or 0) & FLAG_EPHEMERAL
@@ -1982,6 +1994,12 @@ class FakeDiscord:
     async def _post_message(self, request: web.Request) -> web.Response:
         channel = self._channel_or_404(request)
         body, uploads = await self._read_body(request)
+        if channel.guild_id is not None:
+            granted = discord.Permissions(self.bot_permissions_in(channel))
+            if not granted.view_channel:
+                raise DiscordAPIError(403, 50001, "Missing Access")
+            if not granted.send_messages or (uploads and not granted.attach_files):
+                raise DiscordAPIError(403, 50013, "Missing Permissions")
         if int(body.get("flags") or 0) & FLAG_EPHEMERAL:
             raise _form_error(
                 "flags", "MESSAGE_FLAGS_INVALID", "Only interaction responses can be ephemeral."

@@ -241,6 +241,12 @@ async def test_admin_sets_limits_and_channels(
     assert f"Allowed channels: <#{music.id}>" in saved
     refused = await reply_of(fake, await fake.invoke_command("jukebox", {"length": 40.0}, channel=music))
     assert "the limit in this server is 30 s" in refused
+    last = await reply_of(
+        fake,
+        await fake.invoke_command("jukebot-admin channels", {"action": "remove", "channel": music}, user=mod),
+    )
+    assert last.startswith(f"<#{music.id}> is the only allowed channel: without it the jukebox would work ")
+    assert (await sqlite_store.get_guild_settings(fake.default_guild.id)).allowed_channel_ids == (music.id,)
     everywhere = await reply_of(
         fake, await fake.invoke_command("jukebot-admin channels", {"action": "all"}, user=mod)
     )

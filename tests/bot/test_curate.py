@@ -134,6 +134,8 @@ async def test_curating_a_jobs_samples_posts_one_piece_that_is_stored_resent_and
     await fake.wait_for(lambda: resent.original is not None and not resent.original.loading)
     again = bot_messages(fake)[-1]
     assert again.content.startswith("**Sample #4** · job #2") and again.attachments[0].data == piece.audio
+    assert again.content.endswith(" s · curated piece")  # not a preview: no Upsample button either
+    assert again.custom_ids == ["jukebot:vote:4", "jukebot:continue:4"]
 
     # continuable from its concatenated top-level codes, in the style of its last sample; not upsampled
     continued = await reply_of(fake, await fake.invoke_command("continue", {"sample": 4, "seconds": 5.0}))

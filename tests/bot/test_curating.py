@@ -11,10 +11,10 @@ from bot.curating import (
     Piece,
     Selection,
     Similarity,
+    check_duration,
     parse_sample_ids,
     piece_params,
     piece_text,
-    style_params,
 )
 from bot.errors import MAX_MESSAGE_CHARS, InvalidRequest
 from bot.progress import header
@@ -97,7 +97,7 @@ def test_the_piece_continues_in_the_style_of_its_last_sample() -> None:
         "left_out_silent": [],
         "similarity": "chromaprint",
     }
-    style = parse_params(style_params(params))
+    style = parse_params(params)
     assert (style.artist, style.genres, style.n_samples, style.levels) == (
         "ella fitzgerald",
         ("jazz",),
@@ -114,12 +114,22 @@ def test_the_piece_continues_in_the_style_of_its_last_sample() -> None:
             "styles": [{"artist": "a", "genres": ["jazz"]}, {"artist": "b", "genres": ["metal"]}],
         }
     )
-    swept = parse_params(style_params(piece_params(sweep, 1, piece(2), Selection(job=1))))
+    swept = parse_params(piece_params(sweep, 1, piece(2), Selection(job=1)))
     assert (swept.artist, swept.genres, swept.styles) == ("b", ("metal",), None)
     # parameters this bot cannot read: the defaults
-    assert parse_params(style_params(piece_params(job({"bogus": 1}), 0, piece(2), Selection(top="week"))))
+    assert parse_params(piece_params(job({"bogus": 1}), 0, piece(2), Selection(top="week")))
 
 
 def test_a_curate_job_has_a_progress_header() -> None:
     curated = replace(job({"artist": "x"}), kind=JobKind.CURATE)
     assert header(curated).startswith("**Job #1** · curated piece for <@4>")
+
+
+def test_samples_too_long_to_join_in_the_bots_memory_are_refused() -> None:
+    check_duration([600.0, 600.0, 600.0])  # 30 minutes: the most
+    with pytest.raises(InvalidRequest) as refused:
+        check_duration([2999.0, 3000.0, 600.5])  # pieces joined again
+    assert str(refused.value) == (
+        "Those 3 samples last 1 h 50 min together; one /curate joins at most 30 min of audio. Pick "
+        'fewer or shorter samples with `samples:` (e.g. "12, 15, 19").'
+    )

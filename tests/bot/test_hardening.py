@@ -205,6 +205,9 @@ async def test_cancel_and_queue_are_acknowledged_while_another_connection_writes
         assert "• Job #1 (generate, 5b_lyrics): queued, position 1" in await reply_of(fake, queue)
         cancel = await fake.invoke_command("cancel", {"job": 1}, user=alice, timeout_s=DISCORD_ACK_DEADLINE_S)
         assert cancel.deferred
+        # /jukebox without a model reads which models the workers serve before it answers
+        song = await fake.invoke_command("jukebox", user=fake.user("bob"), timeout_s=DISCORD_ACK_DEADLINE_S)
+        assert song.deferred
         assert (await db_store.get_job(1)).status == JobStatus.QUEUED  # the cancel waits for the writer
     finally:
         release.set()
@@ -212,6 +215,7 @@ async def test_cancel_and_queue_are_acknowledged_while_another_connection_writes
         await writer_engine.dispose()
     assert await reply_of(fake, cancel) == "Job #1 is cancelled; it had not started."
     assert (await db_store.get_job(1)).status == JobStatus.CANCELLED
+    assert (await reply_of(fake, song)).startswith("Queued as job #2.")
 
 
 async def test_jobs_queued_while_a_prime_downloads_refuse_it_and_the_clip_is_not_kept(

@@ -21,7 +21,9 @@ from bot.errors import (
     LimitReached,
     StorageOutage,
     UnknownLabel,
+    fit_line,
     fit_message,
+    listed,
 )
 from bot.progress import MARK_CANCELLED, MARK_DONE, MARK_FAILED, progress_bar, render_job, render_queue
 from bot.requests import (
@@ -82,6 +84,9 @@ def test_limits_take_server_overrides_over_settings() -> None:
     with pytest.raises(ChannelNotAllowed, match="Use it in <#5>"):
         check_channel(limits, 6)
     check_channel(LIMITS, 6)  # no allow-list: everywhere
+    check_channel(limits, 7, parent_id=5)  # a thread of an allowed channel
+    with pytest.raises(ChannelNotAllowed):
+        check_channel(limits, 7, parent_id=6)
 
 
 def test_build_generate_defaults_and_canonical_labels() -> None:
@@ -291,3 +296,17 @@ def test_storage_outages_are_recognised_through_the_errors_that_wrap_them() -> N
 def test_a_reply_is_cut_to_discords_limit() -> None:
     assert fit_message("x" * 2000) == "x" * 2000
     assert fit_message("x" * 6000) == "x" * 1999 + "…"
+
+
+def test_lists_keep_whole_items_and_lines_shorten_their_middle() -> None:
+    ids = [f"#{n}" for n in range(10, 30)]
+    assert listed(ids[:3], 100) == "#10, #11, #12"
+    assert listed(ids, 30) == "#10, #11, #12, and 17 more"
+    assert len(listed(ids, 30)) <= 30
+    assert listed(ids, 32) == "#10, #11, #12, #13, and 16 more"
+    assert listed(["a-long-first-item"], 5) == "a-long-first-item"  # one item is never dropped
+    assert listed([], 10) == ""
+    line = fit_line("• Job #1 · ", "queen / rock, pop, jazz", " · <t:1:R>", 35)
+    assert line == "• Job #1 · queen / rock,… · <t:1:R>" and len(line) == 35
+    assert fit_line("a ", "b", " c", 30) == "a b c"
+    assert fit_line("start ", "x" * 40, " end", 10) == "start " + "x" * 11 + "…" + " end"  # never below 12

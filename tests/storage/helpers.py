@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from storage import JobKind, JobStore, NewSample
-from storage.models import Base
+from storage.models import Base, JobRow
 
 GUILD = 111_111_111_111_111_111
 CHANNEL = 222_222_222_222_222_222
@@ -59,3 +62,26 @@ async def row_counts(engine: AsyncEngine) -> dict[str, int]:
         for table in Base.metadata.sorted_tables:
             counts[table.name] = int(await connection.scalar(select(func.count()).select_from(table)) or 0)
     return counts
+
+
+@contextlib.asynccontextmanager
+async def write_held(engine: AsyncEngine, job_id: int) -> AsyncIterator[None]:
+    """Inside: another connection's write transaction on the job's row, as a worker's long checkpoint
+    write holds it (on SQLite, the one write lock); committed on the way out."""
+    holding, release = asyncio.Event(), asyncio.Event()
+
+    async def hold_a_write() -> None:
+        async with engine.connect() as connection:
+            transaction = await connection.begin()  # SQLite: BEGIN IMMEDIATE, the write lock
+            await connection.execute(update(JobRow).where(JobRow.id == job_id).values(stage="checkpointing"))
+            holding.set()
+            await release.wait()
+            await transaction.commit()
+
+    writer = asyncio.create_task(hold_a_write())
+    try:
+        await holding.wait()
+        yield
+    finally:
+        release.set()
+        await writer

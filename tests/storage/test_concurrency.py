@@ -7,15 +7,14 @@ import sqlite3
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import text, update
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from storage import JobStatus, JobStore
 from storage.engine import create_engine
 from storage.errors import UserJobLimitReached
-from storage.models import JobRow
 from tests.conftest import FakeClock
-from tests.storage.helpers import GUILD, MODEL, USER, enqueue
+from tests.storage.helpers import GUILD, MODEL, USER, enqueue, write_held
 
 USERS = [USER + i for i in range(20)]
 # Far beyond a read's few milliseconds; a read that waits for the writer never finishes in the test.
@@ -93,19 +92,7 @@ async def test_reads_complete_while_another_connection_holds_a_write_transaction
     store: JobStore, engine: AsyncEngine
 ) -> None:
     job_id = await enqueue(store)
-    holding, release = asyncio.Event(), asyncio.Event()
-
-    async def hold_a_write() -> None:
-        async with engine.connect() as connection:
-            transaction = await connection.begin()  # SQLite: BEGIN IMMEDIATE, the write lock
-            await connection.execute(update(JobRow).where(JobRow.id == job_id).values(stage="checkpointing"))
-            holding.set()
-            await release.wait()
-            await transaction.commit()
-
-    writer = asyncio.create_task(hold_a_write())
-    try:
-        await holding.wait()
+    async with write_held(engine, job_id):
         reads = asyncio.gather(
             store.get_job(job_id),
             store.queue_position(job_id),
@@ -115,9 +102,6 @@ async def test_reads_complete_while_another_connection_holds_a_write_transaction
             store.vote_counts([1]),
         )
         job, position, unfinished, counts, *_ = await asyncio.wait_for(reads, READ_DEADLINE_S)
-    finally:
-        release.set()
-        await writer
     # The reads saw the last commit, not the write in progress.
     assert job.stage is None and position == 1 and [j.id for j in unfinished] == [job_id]
     assert counts.queued == 1

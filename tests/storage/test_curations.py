@@ -29,14 +29,15 @@ async def store_piece(store: JobStore, **fields: Any) -> tuple[int, int]:
 
 
 async def test_a_curation_is_a_succeeded_posted_job_with_one_votable_sample(store: JobStore) -> None:
-    _, ingredients = await finished_job(store, samples=2)
+    ingredients_job, ingredients = await finished_job(store, samples=2)
     job_id, sample_id = await store_piece(store)
 
     job = await store.get_job(job_id)
     assert (job.kind, job.status, job.progress) == (JobKind.CURATE, JobStatus.SUCCEEDED, 1.0)
     assert job.params == CURATION_PARAMS
     assert job.results_posted_at is not None  # the bot posts it itself: the relay must not
-    assert await store.finished_jobs_unposted(GUILD) == []
+    # (only the ingredients' job, which has no progress message here, waits for the relay)
+    assert [unposted.id for unposted in await store.finished_jobs_unposted(GUILD)] == [ingredients_job]
     assert await store.claim("w", [MODEL], lease_seconds=60) is None  # nothing for a worker
     (info,) = await store.samples_for_job(job_id)
     assert (info.id, info.index, info.levels, info.duration_seconds) == (sample_id, 0, (2,), 33.5)

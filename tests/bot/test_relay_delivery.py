@@ -1,0 +1,204 @@
+"""Results that cannot go out never hold up the others, and results nobody announced still go out.
+
+The real bot against the fake Discord; the test plays the worker through the real store and drives the
+relay's passes itself (`run_pass`), so each check sees a whole pass.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from bot.bot import JukeBot
+from storage.engine import create_engine
+from storage.models import utcnow
+from storage.records import ClaimedJob
+from storage.store import JobStore
+from tests.bot.conftest import BotRunner
+from tests.bot.fake_discord import FakeDiscord, FakeMessage
+from tests.bot.harness import (
+    PlayedWorker,
+    bot_messages,
+    make_bot,
+    progress_message,
+    relay_of,
+    sample_message,
+    sqlite_store,
+    when,
+)
+from tests.conftest import FakeClock
+
+__all__ = ["sqlite_store"]
+
+
+def _job_messages(fake: FakeDiscord, job_id: int, channel: str = "general") -> list[FakeMessage]:
+    return [m for m in bot_messages(fake, channel) if m.content.startswith(f"**Job #{job_id}**")]
+
+
+async def _queued_and_claimed(
+    fake: FakeDiscord, worker: PlayedWorker, user: str, channel: str, seed: int
+) -> ClaimedJob:
+    record = await fake.invoke_command(
+        "jukebox",
+        {"artist": "queen", "genre": "pop", "samples": 1, "seed": seed},
+        user=fake.user(user),
+        channel=fake.channel(channel),
+    )
+    await fake.wait_for(lambda: record.original is not None and not record.original.loading)
+    job = await worker.claim()
+    await fake.wait_for(when(lambda: progress_message(fake, job.id, channel)))
+    return job
+
+
+async def test_results_for_a_deleted_channel_are_given_up_once_and_do_not_block_later_results(
+    fake_discord: FakeDiscord,
+    bot_runner: BotRunner,
+    sqlite_store: JobStore,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fake, store = fake_discord, sqlite_store
+    bot = await bot_runner.start(make_bot(fake, store))
+    relay = relay_of(bot)
+    relay.finished_batch = 2  # results per server per pass: as many as the jobs that cannot go out
+    worker = PlayedWorker(store)
+    lost = [
+        await _queued_and_claimed(fake, worker, "alice", "music", seed=1),
+        await _queued_and_claimed(fake, worker, "bob", "music", seed=2),
+    ]
+    later = await _queued_and_claimed(fake, worker, "mod", "general", seed=3)
+
+    # #music is deleted; its jobs finish first, then the job in #general.
+    music = fake.channel("music")
+    fake.default_guild.channels.remove(music)
+    del fake.channels[music.id]
+    for job in lost:
+        await worker.complete(job, n=1, full=False)
+    (later_sample,) = await worker.complete(later, n=1, full=False)
+
+    caplog.set_level(logging.WARNING, logger="bot.relay")
+    await relay.run_pass()  # the two jobs of #music: Discord answers 404 Unknown Channel
+    await relay.run_pass()
+    assert sample_message(fake, later_sample) is not None
+    done = progress_message(fake, later.id)
+    assert done is not None and done.content.endswith("✅ Done: 1 sample below.")
+    for job in lost:
+        assert (await store.get_job(job.id)).results_posted_at is not None
+        # its sample stays stored, for `/sample` to re-send
+        assert [info.message_id for info in await store.samples_for_job(job.id)] == [None]
+
+    # One warning per job given up, naming the job, the channel and Discord's answer; no traceback.
+    relay_records = [r for r in caplog.records if r.name == "bot.relay"]
+    assert [r.levelno for r in relay_records] == [logging.WARNING, logging.WARNING]
+    for record, job in zip(relay_records, lost, strict=True):
+        message = record.getMessage()
+        assert f"job #{job.id}:" in message and str(music.id) in message and "10003" in message, message
+        assert record.exc_info is None
+
+    # Never tried again.
+    tried = len(fake.calls())
+    await relay.run_pass()
+    assert not [call for call in fake.calls()[tried:] if f"/channels/{music.id}/" in call.path]
+
+
+async def test_results_that_keep_failing_wait_between_tries_and_let_the_next_results_through(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    fake = fake_discord
+    clock = FakeClock(utcnow())
+    store = JobStore(sqlite_store.engine, clock=clock)
+    bot = await bot_runner.start(make_bot(fake, store))
+    relay = relay_of(bot)
+    relay.finished_batch = 1
+    worker = PlayedWorker(store)
+    failing = await _queued_and_claimed(fake, worker, "alice", "general", seed=1)
+    later = await _queued_and_claimed(fake, worker, "bob", "general", seed=2)
+    (failing_sample,) = await worker.complete(failing, n=1, full=False)
+    clock.advance(1)
+    (later_sample,) = await worker.complete(later, n=1, full=False)
+
+    # Discord fails the first job's upload twice (503: discord.py does not retry it itself).
+    fake.fail_next("POST", "/channels/{channel_id}/messages", status=503, times=2)
+    await relay.run_pass()  # fails; tried again at the next pass
+    await relay.run_pass()  # fails again: it waits a while now
+    assert [r.status for r in fake.rejections] == [503, 503]
+    await relay.run_pass()  # ... and the job behind it goes out meanwhile
+    assert sample_message(fake, later_sample) is not None
+    assert sample_message(fake, failing_sample) is None
+    assert (await store.get_job(failing.id)).results_posted_at is None
+
+    # Once its wait is over, it goes out, once.
+    clock.advance(relay.poll_interval_s * 2 + 1)
+    await relay.run_pass()
+    assert sample_message(fake, failing_sample) is not None
+    finished = progress_message(fake, failing.id)
+    assert finished is not None and finished.content.endswith("✅ Done: 1 sample below.")
+    assert (await store.get_job(failing.id)).results_posted_at is not None
+    await relay.run_pass()
+    assert len([m for m in bot_messages(fake) if f"**Sample #{failing_sample}**" in m.content]) == 1
+
+
+async def test_a_job_that_finished_while_no_bot_had_announced_it_gets_its_results_in_a_fresh_message(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    """The bot committed the job, was killed before posting its progress message, and the job ran
+    and finished while no bot was up: the next bot posts its results."""
+    fake, store = fake_discord, sqlite_store
+    job_id = await store.enqueue(  # what the killed bot had written
+        kind="generate",
+        model="1b_lyrics",
+        params={"artist": "queen", "genres": ["pop"], "seconds": 10, "n_samples": 1, "seed": 1},
+        channel_id=fake.channel("general").id,
+        user_id=fake.user("alice").id,
+        guild_id=fake.default_guild.id,
+    )
+    worker = PlayedWorker(store)
+    job = await worker.claim()
+    assert job.id == job_id
+    (sample_id,) = await worker.complete(job, n=1, full=False)
+
+    bot: JukeBot = await bot_runner.start(make_bot(fake, store))
+    await relay_of(bot).run_pass()
+    posted = sample_message(fake, sample_id)
+    assert posted is not None and f"<@{fake.user('alice').id}>" in posted.content
+    (final,) = _job_messages(fake, job_id)
+    assert final.content.endswith("✅ Done: 1 sample below.")
+    assert (await store.get_job(job_id)).results_posted_at is not None
+
+    # An announcement that comes only now (another bot's, late) posts no progress message after it.
+    await relay_of(bot).announce(job_id)
+    await relay_of(bot).run_pass()
+    assert _job_messages(fake, job_id) == [final]
+    assert len([m for m in bot_messages(fake) if f"**Sample #{sample_id}**" in m.content]) == 1
+
+
+async def test_a_retry_waits_in_the_store_and_a_lost_permission_gives_up_the_results(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, db_url: str
+) -> None:
+    """The claim, the wait before a retry and the give-up are the store's: on both databases."""
+    fake = fake_discord
+    engine = create_engine(db_url)
+    try:
+        clock = FakeClock(utcnow())
+        store = JobStore(engine, clock=clock)
+        bot = await bot_runner.start(make_bot(fake, store))
+        relay = relay_of(bot)
+        worker = PlayedWorker(store)
+        job = await _queued_and_claimed(fake, worker, "alice", "general", seed=1)
+        (sample_id,) = await worker.complete(job, n=1, full=False)
+        fake.fail_next("POST", "/channels/{channel_id}/messages", status=503, times=2)
+        await relay.run_pass()
+        await relay.run_pass()
+        waiting = await store.get_job(job.id)
+        assert waiting.results_posting_owner is None and waiting.results_posting_expires_at is not None
+        assert waiting.results_posting_expires_at > clock.now
+        assert await store.finished_jobs_unposted() == []
+        assert await store.claim_results_posting(job.id, "another-bot", 30.0) is False
+        clock.advance(relay.poll_interval_s * 2 + 1)
+        fake.fail_next("POST", "/channels/{channel_id}/messages", status=403, code=50013)
+        await relay.run_pass()
+        assert (await store.get_job(job.id)).results_posted_at is not None
+        assert sample_message(fake, sample_id) is None
+        assert [(r.status, (r.error or {}).get("code")) for r in fake.rejections][-1] == (403, 50013)
+    finally:
+        await engine.dispose()
