@@ -41,7 +41,7 @@ async def fetch_prime(
     if size > PROBE_BYTES:
         head = await _download(session, url, filename, PROBE_BYTES, byte_range=(0, PROBE_BYTES - 1))
         try:
-            await probe_in_child(head, max_seconds=limits.max_prime_seconds)
+            await probe_in_child(head, max_seconds=limits.max_prime_seconds, prefix=True)
         except (NotAudio, EmptyAudio, AudioTooLong, DecoderFailed) as exc:
             raise AttachmentRejected(_about(filename, exc)) from None
         except AudioError:
@@ -55,8 +55,9 @@ async def fetch_prime(
         raise AttachmentRejected(_about(filename, exc)) from None
     seconds = len(audio) / SAMPLE_RATE
     if seconds < MIN_PRIME_SECONDS:
+        held = len(audio) * 1000 // SAMPLE_RATE  # ms, rounded down: 0.49995 s must not read as 0.50
         raise AttachmentRejected(
-            f"The attachment {quote_user_text(filename)} is too short: it holds {seconds:.2f} s of audio "
+            f"The attachment {quote_user_text(filename)} is too short: it holds {held / 1000:.3f} s of audio "
             f"(whatever its header claims), and a prime needs at least {MIN_PRIME_SECONDS:g} s. "
             "Attach a longer clip."
         )

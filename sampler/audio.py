@@ -90,15 +90,26 @@ class EmptyAudio(AudioError):
 
 
 class SilentAudio(AudioError):
-    """Every sample is below the silence threshold."""
+    """Every sample is below the silence threshold. `channel_peak_db`, when given, is the loudest
+    sample of any one channel: louder than the threshold, the channels cancel out in the mono mix."""
 
-    def __init__(self, peak_db: float, threshold_db: float) -> None:
+    def __init__(self, peak_db: float, threshold_db: float, *, channel_peak_db: float | None = None) -> None:
         self.peak_db = peak_db
         self.threshold_db = threshold_db
-        super().__init__(
-            f"The audio is silent: its loudest sample is {_format_db(peak_db)}, below the "
-            f"{threshold_db:g} dBFS threshold. Attach a clip with audible sound."
-        )
+        self.channel_peak_db = channel_peak_db
+        if channel_peak_db is not None and channel_peak_db >= threshold_db:
+            message = (
+                "The audio is silent once its channels are mixed to mono: they cancel out (one is the "
+                f"other phase-inverted). A channel alone peaks at {_format_db(channel_peak_db)}, the mix "
+                f"at {_format_db(peak_db)}, below the {threshold_db:g} dBFS threshold. Invert the "
+                "polarity of one channel, or export one channel alone, and attach it again."
+            )
+        else:
+            message = (
+                f"The audio is silent: its loudest sample is {_format_db(peak_db)}, below the "
+                f"{threshold_db:g} dBFS threshold. Attach a clip with audible sound."
+            )
+        super().__init__(message)
 
 
 class AudioTooLong(AudioError):
@@ -145,6 +156,10 @@ class DoesNotFit(AudioError):
 
 class EncoderUnavailable(AudioError):
     """This PyAV/FFmpeg build lacks the encoder a format needs."""
+
+
+def _dbfs(peak: float) -> float:
+    return 20 * math.log10(peak) if peak > 0 else -math.inf
 
 
 def _format_db(db: float) -> str:
@@ -320,7 +335,11 @@ def _check_sample_rate(sample_rate: int) -> None:
 
 
 def probe(
-    source: AudioSource, *, max_bytes: int | None = None, max_seconds: float | None = None
+    source: AudioSource,
+    *,
+    max_bytes: int | None = None,
+    max_seconds: float | None = None,
+    prefix: bool = False,
 ) -> AudioInfo:
     """Read only the header of `source` (bytes or a path): duration, rate, channels, codec, container.
 
@@ -329,6 +348,7 @@ def probe(
     Works on the first bytes of a file for most formats, so the bot can refuse an attachment before
     downloading it all; on such a prefix the duration of WAV, Ogg and header-less MP3 is a lower bound
     (FFmpeg derives it from the bytes present), and a prefix that cuts a header reads as CorruptAudio.
+    `prefix=True` says `source` is such a prefix, so AudioTooLong gives that length as "at least".
     """
     data = _read_source(source, max_bytes)
     container, stream = _open(data)
@@ -340,14 +360,17 @@ def probe(
             codec=stream.codec_context.codec.canonical_name,
             container=_container_name(container),
         )
-    _check_header_length(info.duration_seconds, max_seconds)
+    at_least = prefix and not _header_duration_is_exact(info.container, data)
+    _check_header_length(info.duration_seconds, max_seconds, at_least=at_least)
     return info
 
 
-def _check_header_length(header_seconds: float | None, max_seconds: float | None) -> None:
+def _check_header_length(
+    header_seconds: float | None, max_seconds: float | None, *, at_least: bool = False
+) -> None:
     if max_seconds is not None and header_seconds is not None:
         if header_seconds > max_seconds + LENGTH_SLACK_SECONDS:
-            raise AudioTooLong(max_seconds, header_seconds)
+            raise AudioTooLong(max_seconds, header_seconds, at_least=at_least)
 
 
 def _header_duration_is_exact(container_name: str, data: bytes) -> bool:
@@ -399,7 +422,8 @@ def decode_audio(
 
     Limits are checked as early as possible: bytes before opening, the header's duration before
     decoding, and the decoded length while decoding (a lying header cannot make us decode forever).
-    Channels are averaged. `silence_threshold_db=None` accepts silent audio.
+    Channels are averaged. `silence_threshold_db=None` accepts silent audio. A NaN or infinite
+    sample makes the file CorruptAudio.
     """
     data = _read_source(source, max_bytes)
     container, stream = _open(data)
@@ -420,12 +444,26 @@ def decode_audio(
         max_samples = None if limit is None else math.ceil(limit * sample_rate)
         chunks: list[np.ndarray] = []
         n_samples = 0
+        channel_peak = 0.0  # of any one channel: a mix whose channels cancel out is told apart from silence
 
         def take(frames: list[av.AudioFrame]) -> None:
-            nonlocal n_samples
+            nonlocal n_samples, channel_peak
             for out in frames:
                 interleaved = out.to_ndarray().reshape(-1, len(out.layout.channels))  # (samples, channels)
-                mono = interleaved.mean(axis=1, dtype=np.float32)
+                with np.errstate(invalid="ignore", over="ignore"):  # non-finite input is refused below
+                    mono = interleaved.mean(axis=1, dtype=np.float32)
+                # Float PCM can hold NaN/inf (a broken plugin or export): the clip would pass as silent
+                # (NaN compares false) or as full scale (inf), and resampling smears either over its
+                # neighbours. No sound is to be made of it, so the file is refused.
+                finite = np.isfinite(mono)
+                if not finite.all():
+                    at = (n_samples + int(np.argmin(finite))) / sample_rate
+                    raise CorruptAudio(
+                        f"The file holds invalid samples (NaN or infinite values), the first at {at:.2f} s: "
+                        "the file is damaged. Export it again and re-attach it."
+                    )
+                if silence_threshold_db is not None and interleaved.shape[1] > 1 and interleaved.size:
+                    channel_peak = max(channel_peak, float(np.max(np.abs(interleaved))))
                 chunks.append(np.asarray(mono, dtype=np.float32))
                 n_samples += mono.shape[0]
             if max_samples is not None and max_seconds is not None and n_samples > max_samples:
@@ -466,10 +504,9 @@ def decode_audio(
 
     audio = np.clip(np.concatenate(chunks), -1.0, 1.0)
     if silence_threshold_db is not None:
-        peak = float(np.max(np.abs(audio)))
-        peak_db = 20 * math.log10(peak) if peak > 0 else -math.inf
+        peak_db = _dbfs(float(np.max(np.abs(audio))))
         if peak_db < silence_threshold_db:
-            raise SilentAudio(peak_db, silence_threshold_db)
+            raise SilentAudio(peak_db, silence_threshold_db, channel_peak_db=_dbfs(min(channel_peak, 1.0)))
     return audio
 
 

@@ -64,10 +64,10 @@ class DecoderFailed(AudioError):
 
 
 async def probe_in_child(
-    data: bytes, *, max_seconds: float | None = None, timeout_s: float | None = None
+    data: bytes, *, max_seconds: float | None = None, prefix: bool = False, timeout_s: float | None = None
 ) -> AudioInfo:
-    """`audio.probe` of `data`, run in a child process."""
-    header, _ = await _run("probe", {"max_seconds": max_seconds}, data, timeout_s)
+    """`audio.probe` of `data` (with `prefix=True`, only a file's first bytes), run in a child process."""
+    header, _ = await _run("probe", {"max_seconds": max_seconds, "prefix": prefix}, data, timeout_s)
     return AudioInfo(**header["info"])
 
 
@@ -167,7 +167,7 @@ def _child_main(op: str, options_json: str) -> None:
     out = sys.stdout.buffer
     try:
         if op == "probe":
-            info = audio.probe(data, max_seconds=options["max_seconds"])
+            info = audio.probe(data, max_seconds=options["max_seconds"], prefix=options["prefix"])
             out.write(json.dumps({"info": dataclasses.asdict(info)}).encode() + b"\n")
         elif op == "decode":
             samples = audio.decode_audio(data, **options).astype("<f4")

@@ -174,8 +174,14 @@ def order_by_similarity(matrix: np.ndarray) -> list[int]:
 
 
 def even_loudness(audio: np.ndarray, target_dbfs: float = TARGET_RMS_DBFS) -> np.ndarray:
-    """Scale to `target_dbfs` RMS, then down as needed so the peak stays under `PEAK_CEILING`."""
+    """Scale to `target_dbfs` RMS, then down as needed so the peak stays under `PEAK_CEILING`.
+
+    NaN and infinite samples (a damaged file) count as silence: one would make the gain NaN or 0
+    and so mute the whole clip, and with it the crossfades on either side.
+    """
     samples = np.asarray(audio, dtype=np.float32)
+    if not np.isfinite(samples).all():
+        samples = np.nan_to_num(samples, nan=0.0, posinf=0.0, neginf=0.0)
     rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) if samples.size else 0.0
     if rms == 0.0:
         return samples
@@ -189,19 +195,30 @@ def even_loudness(audio: np.ndarray, target_dbfs: float = TARGET_RMS_DBFS) -> np
 def crossfade_concat(
     clips: Sequence[np.ndarray], sample_rate: int = SAMPLE_RATE, fade_s: float = CROSSFADE_S
 ) -> np.ndarray:
-    """Join clips with equal-power crossfades; a fade never takes more than half of either clip."""
+    """Join clips with equal-power crossfades; a fade never takes more than half of either clip.
+
+    The output is allocated once and each clip faded in where it lands: growing it join by join
+    copied the whole piece at every join (quadratic time, twice the piece's memory).
+    """
     if not clips:
         return np.zeros(0, dtype=np.float32)
-    out = np.asarray(clips[0], dtype=np.float32)
-    for clip in clips[1:]:
-        nxt = np.asarray(clip, dtype=np.float32)
-        fade = min(round(fade_s * sample_rate), out.shape[0] // 2, nxt.shape[0] // 2)
-        if fade == 0:
-            out = np.concatenate([out, nxt])
-            continue
-        ramp = np.linspace(0.0, math.pi / 2, fade, dtype=np.float32)
-        joint = out[-fade:] * np.cos(ramp) + nxt[:fade] * np.sin(ramp)
-        out = np.concatenate([out[:-fade], joint, nxt[fade:]])
+    sizes = [len(clip) for clip in clips]
+    fades = []
+    length = sizes[0]  # of the piece so far: a fade takes at most half of it
+    for size in sizes[1:]:
+        fade = min(round(fade_s * sample_rate), length // 2, size // 2)
+        fades.append(fade)
+        length += size - fade
+    out = np.empty(length, dtype=np.float32)
+    end = sizes[0]
+    out[:end] = clips[0]
+    for clip, fade in zip(clips[1:], fades, strict=True):
+        part = np.asarray(clip, dtype=np.float32)
+        if fade:
+            ramp = np.linspace(0.0, math.pi / 2, fade, dtype=np.float32)
+            out[end - fade : end] = out[end - fade : end] * np.cos(ramp) + part[:fade] * np.sin(ramp)
+        out[end : end + part.shape[0] - fade] = part[fade:]
+        end += part.shape[0] - fade
     return out
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import io
 import math
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -295,6 +296,15 @@ def _png(image: Image.Image) -> bytes:
     return out.getvalue()
 
 
+def _printable(text: str) -> str:
+    """`text` on one line: control characters, line breaks and undecodable bytes (a file name may
+    hold any) become U+FFFD. Pillow refuses to measure text with a newline."""
+    return "".join(
+        "\N{REPLACEMENT CHARACTER}" if unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp") else ch
+        for ch in text
+    )
+
+
 def _fit(draw: ImageDraw.ImageDraw, text: str, width: float) -> str:
     font = _font()
     if draw.textlength(text, font=font) <= width:
@@ -352,7 +362,7 @@ def render_strip(
         caption_top = y + tile_height + 2
         draw.text(
             (x, caption_top),
-            _fit(draw, f"{index + 1}. {label}", tile_width),
+            _fit(draw, f"{index + 1}. {_printable(label)}", tile_width),
             fill=_NAMED[LABEL_TEXT],
             font=font,
         )

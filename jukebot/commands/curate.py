@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +28,34 @@ def _inputs(paths: tuple[Path, ...]) -> list[Path]:
         else:
             files.append(path)
     return files
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether `a` names the file `b` (through links, `..` or another spelling of the path)."""
+    try:
+        return a.exists() and os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write `data` to a new file beside `path`, then rename it over `path`: a crash or a full disk
+    never leaves a half-written piece, nor truncates the one that was there."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
+    try:
+        # Through os.open, not tempfile: the file gets the usual permissions (0o666 less the umask).
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise click.ClickException(f"Could not write {path}: {exc.strerror or exc}.") from None
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 @click.command()
@@ -67,6 +97,14 @@ def curate(inputs: tuple[Path, ...], output: Path, fade: float, picture: Path | 
     if picture is not None and picture.suffix.lower() != ".png":
         raise click.UsageError(f"The picture is a PNG: name it .png, not {picture.name!r}.")
     files = _inputs(inputs)
+    # Checked before the work, which may take minutes, rather than failing to write after it.
+    for option, path in (("-o", output), ("--picture", picture)):
+        if path is None:
+            continue
+        if not path.parent.is_dir():
+            raise click.UsageError(f"{option} {path}: the folder {path.parent} does not exist.")
+        if any(_same_file(path, file) for file in files):
+            raise click.UsageError(f"{option} {path} is one of the clips to join: it would overwrite it.")
     clips = []
     for path in tqdm(files, desc="decoding", unit="clip", leave=False):
         try:
@@ -97,9 +135,11 @@ def curate(inputs: tuple[Path, ...], output: Path, fade: float, picture: Path | 
         data = wav_bytes(result.audio)
     else:
         data = encode_audio(result.audio, SAMPLE_RATE, "mp3" if suffix == ".mp3" else "ogg", OUTPUT_BITRATE)
-    output.write_bytes(data)
-    if picture is not None:
-        picture.write_bytes(strip_picture([clips[i] for i in result.order], result.join_scores))
+    # Drawn before anything is written: a picture that cannot be drawn costs no half-finished output.
+    drawn = None if picture is None else strip_picture([clips[i] for i in result.order], result.join_scores)
+    _write_atomically(output, data)
+    if picture is not None and drawn is not None:
+        _write_atomically(picture, drawn)
 
     click.echo("Order (similarity to the clip before):")
     for position, index in enumerate(result.order):

@@ -148,6 +148,21 @@ async def test_not_audio_is_refused_from_the_first_bytes(
     assert await job_count(sqlite_store) == 0
 
 
+async def test_too_long_from_the_first_bytes_says_at_least(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    await bot_runner.start(make_bot(fake_discord, sqlite_store))
+    # 200 s of Opus at 6 kbit/s: its first 64 KiB tell well over a minute, not the whole length.
+    quiet = Upload("long.ogg", encode_audio(0.01 * tone(200.0), SAMPLE_RATE, "ogg", 6_000))
+    assert len(quiet.data) > 64 * 1024
+    record = await fake_discord.invoke_command("jukebox", {}, attachments={"prime": quiet})
+    reply = await reply_of(fake_discord, record)
+    assert "'long.ogg' is too long: The audio is at least " in reply and "but the limit is" in reply
+    downloads = fake_discord.calls(route="/attachments/{channel_id}/{attachment_id}/{filename}")
+    assert [r.headers.get("Range") for r in downloads] == ["bytes=0-65535"]  # the header only
+    assert await job_count(sqlite_store) == 0
+
+
 async def test_lyrics_for_a_model_without_lyrics_are_ignored_with_a_note(
     fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
 ) -> None:

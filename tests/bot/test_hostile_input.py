@@ -131,9 +131,16 @@ HOSTILE_PRIMES = [
     pytest.param(
         {},
         Upload("hours.wav", wav_with_header(44_100, _pcm(4096 / 2 / 44_100), claimed_bytes=0xFFFF_FF00)),
-        "The attachment 'hours.wav' is too short: it holds 0.05 s of audio (whatever its header claims), "
+        "The attachment 'hours.wav' is too short: it holds 0.046 s of audio (whatever its header claims), "
         "and a prime needs at least 0.5 s. Attach a longer clip.",
         id="header-claims-hours-4KB-of-data",
+    ),
+    pytest.param(
+        {},
+        Upload("short.wav", wav_with_header(44_100, _pcm(22_047 / 44_100))),  # 0.49993 s
+        "The attachment 'short.wav' is too short: it holds 0.499 s of audio (whatever its header claims), "
+        "and a prime needs at least 0.5 s. Attach a longer clip.",
+        id="just-under-the-minimum-is-not-rounded-up-to-it",
     ),
     pytest.param(
         {"prime_seconds": -1.0},

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile
 from click.testing import CliRunner
 from PIL import Image
 
@@ -101,3 +102,81 @@ def test_curate_draws_its_order_as_a_strip(tmp_path: Path) -> None:
 
     refused = CliRunner().invoke(main, [*args, "--picture", str(tmp_path / "strip.jpg")])
     assert refused.exit_code == 2 and "name it .png" in refused.output
+
+
+def _two_clips(folder: Path) -> list[str]:
+    (folder / "a.wav").write_bytes(wav_bytes(melody(MELODY_A, 2.0, seed=1)))
+    (folder / "b.wav").write_bytes(wav_bytes(melody(MELODY_B, 2.0, seed=2)))
+    return [str(folder / "a.wav"), str(folder / "b.wav")]
+
+
+def test_curate_refuses_an_output_it_cannot_or_must_not_write(tmp_path: Path) -> None:
+    clips = _two_clips(tmp_path)
+    before = (tmp_path / "a.wav").read_bytes()
+    runner = CliRunner()
+    missing = tmp_path / "no" / "such" / "piece.ogg"
+    result = runner.invoke(main, ["curate", *clips, "-o", str(missing)])
+    assert result.exit_code == 2 and f"the folder {missing.parent} does not exist" in result.output
+    result = runner.invoke(
+        main, ["curate", *clips, "-o", str(tmp_path / "p.wav"), "--picture", str(missing.with_suffix(".png"))]
+    )
+    assert result.exit_code == 2 and "--picture" in result.output and not (tmp_path / "p.wav").exists()
+    # An input under another spelling, or the folder it is in, is still that input.
+    for same in (str(tmp_path / "a.wav"), str(tmp_path / "sub" / ".." / "a.wav")):
+        (tmp_path / "sub").mkdir(exist_ok=True)
+        result = runner.invoke(main, ["curate", str(tmp_path), "-o", same])
+        assert result.exit_code == 2 and "is one of the clips to join" in result.output, result.output
+    assert (tmp_path / "a.wav").read_bytes() == before
+
+
+def test_curate_replaces_the_output_in_one_step(tmp_path: Path) -> None:
+    clips = _two_clips(tmp_path)
+    out = tmp_path / "out" / "piece.wav"
+    out.parent.mkdir()
+    out.write_bytes(b"the piece of an earlier run")
+    earlier = tmp_path / "earlier.wav"
+    earlier.hardlink_to(out)  # someone still reading the earlier piece (a player, a copy)
+    result = CliRunner().invoke(main, ["curate", *clips, "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    # The new piece was written beside it and renamed over it: the earlier file was never rewritten.
+    assert earlier.read_bytes() == b"the piece of an earlier run"
+    assert decode_audio(out.read_bytes(), max_seconds=None).shape[0] > 44100
+    assert sorted(p.name for p in out.parent.iterdir()) == ["piece.wav"]  # no temporary file left
+
+
+def test_a_failed_write_keeps_the_earlier_piece(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clips = _two_clips(tmp_path)
+    out = tmp_path / "out" / "piece.ogg"
+    out.parent.mkdir()
+    out.write_bytes(b"the piece of an earlier run")
+
+    def disk_full(src: object, dst: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("os.replace", disk_full)
+    result = CliRunner().invoke(main, ["curate", *clips, "-o", str(out)])
+    assert result.exit_code == 1 and f"Could not write {out}: No space left on device" in result.output
+    assert out.read_bytes() == b"the piece of an earlier run"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["piece.ogg"]
+
+
+def test_curate_draws_names_with_a_newline_and_refuses_nan(tmp_path: Path) -> None:
+    odd = tmp_path / "odd\nname.wav"
+    odd.write_bytes(wav_bytes(melody(MELODY_A, 2.0, seed=1)))
+    plain = tmp_path / "plain.wav"
+    plain.write_bytes(wav_bytes(melody(MELODY_B, 2.0, seed=2)))
+    strip = tmp_path / "strip.png"
+    args = ["curate", str(odd), str(plain), "-o", str(tmp_path / "piece.ogg"), "--picture", str(strip)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert Image.open(strip).format == "PNG"
+    # One NaN sample came out as a silent clip reported as joined; the file is damaged: say so.
+    damaged = melody(MELODY_A, 2.0, seed=3)
+    damaged[1000] = np.nan
+    nan = tmp_path / "nan.wav"
+    buffer = io.BytesIO()
+    soundfile.write(buffer, damaged, 44100, format="WAV", subtype="FLOAT")
+    nan.write_bytes(buffer.getvalue())
+    result = CliRunner().invoke(main, ["curate", str(nan), str(plain), "-o", str(tmp_path / "nan.ogg")])
+    assert result.exit_code == 1 and f"{nan}: The file holds invalid samples" in result.output
+    assert not (tmp_path / "nan.ogg").exists()

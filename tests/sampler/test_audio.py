@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile
 
 from sampler import audio
 from sampler.audio import (
@@ -228,6 +229,48 @@ def test_silence_is_refused_with_the_threshold() -> None:
     )
 
 
+def float_wav(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
+    """A 32-bit float WAV of (samples,) or (channels, samples) audio: the format that can hold NaN and inf."""
+    planar = np.atleast_2d(np.asarray(audio, dtype=np.float32))
+    buffer = io.BytesIO()
+    soundfile.write(buffer, planar.T, sample_rate, format="WAV", subtype="FLOAT")
+    return buffer.getvalue()
+
+
+def test_nan_or_infinite_samples_make_the_file_damaged() -> None:
+    loud = sine(amplitude=0.5)
+    one_nan = loud.copy()
+    one_nan[30_000] = np.nan  # at 0.68 s: it made the whole clip count as silent
+    all_inf = np.full(SAMPLE_RATE, np.inf, np.float32)  # it passed as a full-scale prime
+    resampled = sine(sample_rate=48_000)
+    resampled[48_000] = np.inf  # at 1 s; resampling turns it into NaN around it
+    anti_inf = np.stack([loud, loud])
+    anti_inf[0, 100], anti_inf[1, 100] = np.inf, -np.inf  # their mean is NaN
+    cases = [(one_nan, SAMPLE_RATE, 0.68), (all_inf, SAMPLE_RATE, 0.0), (resampled, 48_000, 1.0)]
+    cases.append((anti_inf, SAMPLE_RATE, 0.0))
+    for audio_in, rate, at in cases:
+        for threshold in (audio.DEFAULT_SILENCE_DB, None):  # the bot's, and `jukebot curate`'s
+            with pytest.raises(CorruptAudio, match=r"invalid samples \(NaN or infinite values\)") as caught:
+                decode_audio(float_wav(audio_in, rate), silence_threshold_db=threshold)
+            first = float(str(caught.value).split("the first at ")[1].split(" s")[0])
+            assert first == pytest.approx(at, abs=0.011)
+    assert decode_audio(float_wav(loud)).shape == loud.shape  # finite float WAV still decodes
+
+
+def test_channels_that_cancel_out_are_told_apart_from_silence() -> None:
+    left = sine(amplitude=0.5)
+    for fmt in ("wav", "flac"):  # lossless: lossy stereo coding does not keep anti-phase apart
+        with pytest.raises(SilentAudio, match=r"channels are mixed to mono: they cancel out") as caught:
+            decode_audio(encode(np.stack([left, -left]), SAMPLE_RATE, fmt))
+        assert "A channel alone peaks at -6.0 dBFS" in str(caught.value)
+    # Channels that are silent themselves get the plain message.
+    with pytest.raises(SilentAudio, match=r"^The audio is silent: its loudest sample is digital silence"):
+        decode_audio(encode(np.zeros((2, SAMPLE_RATE), np.float32), SAMPLE_RATE, "wav"))
+    quiet = sine(amplitude=10 ** (-70 / 20))
+    with pytest.raises(SilentAudio, match=r"^The audio is silent: its loudest sample is -\d"):
+        decode_audio(encode(np.stack([quiet, -quiet]), SAMPLE_RATE, "wav"))
+
+
 def test_too_long_from_the_header() -> None:
     with pytest.raises(AudioTooLong) as caught:
         decode_audio(fixture_bytes("sine", "mp3"), max_seconds=2)
@@ -246,6 +289,20 @@ def test_probe_refuses_by_header_length() -> None:
     with pytest.raises(AudioTooLong, match=r"3\.0 s long.*limit is 2 s"):
         probe(head, max_seconds=2)
     assert probe(head, max_seconds=3).duration_seconds == pytest.approx(3.0)
+
+
+def test_probe_of_first_bytes_says_at_least_where_the_length_is_a_lower_bound() -> None:
+    # 200 s of Opus at 6 kbit/s: its first 64 KiB hold well over a minute, but not all of it.
+    opus = encode_audio(np.zeros(200 * SAMPLE_RATE, np.float32), SAMPLE_RATE, "ogg", 6_000)
+    head = opus[: 64 * 1024]
+    assert len(opus) > len(head)
+    with pytest.raises(AudioTooLong) as caught:
+        probe(head, max_seconds=60, prefix=True)
+    assert caught.value.at_least and 60 < caught.value.actual_seconds < 200
+    assert f"is at least {caught.value.actual_seconds:.1f} s long" in str(caught.value)
+    # MP3 with LAME's Info tag (and FLAC) state their length up front: exact even from a prefix.
+    with pytest.raises(AudioTooLong, match=r"The audio is 3\.0 s long.*limit is 2 s"):
+        probe(fixture_bytes("sine", "mp3")[:4096], max_seconds=2, prefix=True)
 
 
 def test_too_long_while_decoding_despite_a_lying_header() -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import sys
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -106,6 +108,65 @@ def test_crossfade_and_loudness() -> None:
     spiky = np.zeros(1000, np.float32)
     spiky[10] = 1.0
     assert np.max(np.abs(even_loudness(spiky))) <= 0.99 + 1e-6
+
+
+def _crossfade_concat_by_copying(clips: list[np.ndarray], fade_s: float) -> np.ndarray:
+    """The first `crossfade_concat`, which grew the piece join by join: the reference for its result."""
+    out = np.asarray(clips[0], dtype=np.float32)
+    for clip in clips[1:]:
+        nxt = np.asarray(clip, dtype=np.float32)
+        fade = min(round(fade_s * SAMPLE_RATE), out.shape[0] // 2, nxt.shape[0] // 2)
+        if fade == 0:
+            out = np.concatenate([out, nxt])
+            continue
+        ramp = np.linspace(0.0, math.pi / 2, fade, dtype=np.float32)
+        joint = out[-fade:] * np.cos(ramp) + nxt[:fade] * np.sin(ramp)
+        out = np.concatenate([out[:-fade], joint, nxt[fade:]])
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lengths=st.lists(st.sampled_from([0, 1, 2, 3, 7, 100, 4_000, 30_000, 50_000]), min_size=1, max_size=8),
+    fade_s=st.sampled_from([0.0, 0.001, 0.05, CROSSFADE_S, 2.0]),
+    seed=st.integers(0, 2**16),
+)
+def test_crossfade_is_bit_for_bit_the_join_by_join_result(
+    lengths: list[int], fade_s: float, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    clips = [rng.uniform(-1, 1, n).astype(np.float32) for n in lengths]
+    joined = crossfade_concat(clips, fade_s=fade_s)
+    expected = _crossfade_concat_by_copying(clips, fade_s)
+    assert joined.dtype == np.float32 and joined.tobytes() == expected.tobytes()
+
+
+def test_crossfade_builds_the_piece_once() -> None:
+    # Growing the piece join by join held the old and the new copy at once: twice the piece.
+    clips = [melody(MELODY_A, 1.0, seed=i) for i in range(40)]
+    tracemalloc.start()
+    try:
+        joined = crossfade_concat(clips)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert joined.shape[0] == 40 * SAMPLE_RATE - 39 * round(CROSSFADE_S * SAMPLE_RATE)
+    assert peak < 1.25 * joined.nbytes
+
+
+def test_damaged_samples_do_not_mute_a_clip_or_its_joins() -> None:
+    for bad in (np.nan, np.inf, -np.inf):
+        clip = melody(MELODY_A, 2.0)
+        clip[1000] = bad
+        level = even_loudness(clip)
+        assert np.isfinite(level).all() and level[1000] == 0.0
+        rms_db = 20 * np.log10(np.sqrt(np.mean(level.astype(np.float64) ** 2)))
+        assert rms_db == pytest.approx(-20.0, abs=0.1)
+    nan_clip = melody(MELODY_B, 3.0, seed=2)
+    nan_clip[SAMPLE_RATE] = np.nan
+    result = curate([Clip("a", melody(MELODY_A, 3.0, seed=1)), Clip("nan", nan_clip)])
+    assert np.isfinite(result.audio).all()
+    assert np.sqrt(np.mean(result.audio.astype(np.float64) ** 2)) > 0.05  # both clips are heard
 
 
 def test_curate_puts_similar_clips_side_by_side() -> None:

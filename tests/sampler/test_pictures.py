@@ -159,3 +159,17 @@ def test_a_strip_shows_each_picture_in_order_with_captions() -> None:
     second_x, second_y = strip_tile_origin(1, 200, 80, 3)
     second_caption = brightness(strip[second_y + 80 + 14 : second_y + 80 + 26, second_x : second_x + 200])
     assert second_caption.max() > first_caption.max() + 50
+
+
+def test_a_strip_caption_is_one_line_whatever_the_file_name_holds() -> None:
+    # A file name may hold a newline (Pillow refused to measure it), other control characters or
+    # bytes that are not UTF-8 (surrogates); each is drawn as one replacement character.
+    tile = render_sample_picture(tone(1.0), RATE, width=200, height=80)
+    names = ["odd\nname.wav", "cr\rlf\r\n.wav", "esc\x1b[31m.wav", "bad\udcff.wav", "para\u2029.wav"]
+    strip = pixels(render_strip([tile] * len(names), names, [0.5] * (len(names) - 1), columns=5))
+    plain = pixels(render_strip([tile] * len(names), ["n"] * len(names), [0.5] * (len(names) - 1), columns=5))
+    assert strip.shape == plain.shape
+    x, y = strip_tile_origin(0, 200, 80, 5)
+    first_line, second_line = slice(y + 80, y + 80 + 14), slice(y + 80 + 14, y + 80 + 26)
+    assert strip[first_line, x : x + 200].max() > 150  # the name is written...
+    assert np.array_equal(strip[second_line, x : x + 200], plain[second_line, x : x + 200])  # ...on one line
