@@ -126,7 +126,20 @@ def _outage_of_one(error: BaseException) -> StorageOutage | None:
         return StorageOutage.UNREACHABLE
     if isinstance(error, ConnectionError | socket.gaierror):  # asyncpg raises these while connecting
         return StorageOutage.UNREACHABLE
+    if isinstance(error, TimeoutError) and _raised_by_database_driver(error):
+        return StorageOutage.UNREACHABLE  # a statement's time limit: the database went silent
     return None
+
+
+def _raised_by_database_driver(error: BaseException) -> bool:
+    """Whether `error` came out of the database layers (not e.g. out of a download's own timeout)."""
+    trace = error.__traceback__
+    while trace is not None:
+        module = str(trace.tb_frame.f_globals.get("__name__", ""))
+        if module.startswith(("asyncpg", "sqlalchemy", "aiosqlite")):
+            return True
+        trace = trace.tb_next
+    return False
 
 
 def apology(error_id: str) -> str:

@@ -17,9 +17,22 @@ SQLITE_BUSY_TIMEOUT_MS = 60_000
 # Execution option for a connection whose transactions only read: on SQLite they begin with a
 # deferred BEGIN and read the last committed snapshot (WAL) instead of queueing for the write lock.
 READ_ONLY = "jukebot_read_only"
+# Postgres: how long connecting, and then each statement, may take before the call fails with
+# TimeoutError and its connection is discarded. A network path that goes silent (a NAT or firewall
+# forgetting the connection, a failover leaving the old address dead) sends no reset: without these
+# a call on it would wait forever. Generous, as a backstop for every caller (statements of ours that
+# wait on a lock wait for short transactions); workers bound their calls more tightly (to the lease).
+POSTGRES_CONNECT_TIMEOUT_SECONDS = 10.0
+POSTGRES_STATEMENT_TIMEOUT_SECONDS = 60.0
 
 
-def create_engine(url: str, *, sqlite_foreign_keys: bool = True, **kwargs: Any) -> AsyncEngine:
+def create_engine(
+    url: str,
+    *,
+    sqlite_foreign_keys: bool = True,
+    bounded_statements: bool = True,
+    **kwargs: Any,
+) -> AsyncEngine:
     """An async engine for a `postgresql+asyncpg://` or `sqlite+aiosqlite:///` URL.
 
     SQLite gets WAL (readers and the writer never wait for each other), a busy timeout
@@ -27,11 +40,21 @@ def create_engine(url: str, *, sqlite_foreign_keys: bool = True, **kwargs: Any) 
     for every transaction not marked `READ_ONLY`, so that a read-then-write transaction takes
     the write lock up front instead of failing to upgrade a stale read snapshot. Transactions
     on a connection with the `READ_ONLY` execution option begin deferred and never wait.
-    `sqlite_foreign_keys=False` is for migrations, which rebuild tables that others reference.
+    `sqlite_foreign_keys=False` is for migrations, which rebuild tables that others reference;
+    `bounded_statements=False` too (on Postgres one waits for another's migration, however long).
+
+    Postgres gets a pre-ping on checkout and time limits on connecting and on each statement
+    (asyncpg's `timeout` and `command_timeout`, overridable through `connect_args`): a call on a
+    connection that went silent raises TimeoutError, and the connection is discarded, not reused.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         kwargs.setdefault("pool_pre_ping", True)
+        if parsed.get_driver_name() == "asyncpg":
+            connect_args = kwargs["connect_args"] = dict(kwargs.get("connect_args", {}))
+            connect_args.setdefault("timeout", POSTGRES_CONNECT_TIMEOUT_SECONDS)
+            if bounded_statements:
+                connect_args.setdefault("command_timeout", POSTGRES_STATEMENT_TIMEOUT_SECONDS)
         return create_async_engine(url, **kwargs)
 
     if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):

@@ -1,4 +1,6 @@
-"""Progress messages and results: owns the `ProgressRelay` and its background task.
+"""Progress messages and results: owns the `ProgressRelay` and its background task, and recovers the
+jobs of workers that died (workers do this too, but a bot whose workers are all gone must not show
+their jobs running, or their users' cancels stopping, for ever).
 
 Other features never call the relay: they announce through the bot's event dispatch
 (`bot.dispatch("job_queued", job, reply_to)`, `bot.dispatch("job_cancel_requested", job_id)`),
@@ -9,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 from discord.ext import commands
 
 from bot.bot import JukeBot
 from bot.relay import ProgressRelay
 from storage.records import Job
+
+log = logging.getLogger(__name__)
 
 
 class Progress(commands.Cog):
@@ -25,17 +30,34 @@ class Progress(commands.Cog):
             poll_interval_s=bot.settings.progress_poll_seconds,
             min_edit_interval_s=bot.settings.progress_min_edit_seconds,
         )
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def cog_load(self) -> None:
-        self._task = self.bot.tasks.create(self.relay.run(), name="progress-relay")
+        self._tasks = [
+            self.bot.tasks.create(self.relay.run(), name="progress-relay"),
+            self.bot.tasks.create(self._recover_expired(), name="recover-expired-leases"),
+        ]
 
     async def cog_unload(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
+        self._tasks = []
+
+    async def _recover_expired(self) -> None:
+        """Every `worker_requeue_seconds`, as workers do: a job whose worker stopped heartbeating goes
+        back to the queue (or fails, out of attempts; a cancel in progress ends as cancelled)."""
+        while True:
+            await asyncio.sleep(self.bot.settings.worker_requeue_seconds)  # a period, not a wait for state
+            try:
+                changed = await self.bot.store.requeue_expired()
+            except Exception as exc:  # e.g. the database is away: the next round tries again
+                log.warning("could not recover the jobs of dead workers: %r", exc)
+                continue
+            if changed:
+                log.info("recovered the jobs of dead workers: %s", changed)
+                self.relay.poke()
 
     @commands.Cog.listener()
     async def on_job_queued(self, job: Job, reply_to: int | None) -> None:

@@ -17,9 +17,13 @@ An asyncio loop does all the database work; the runner samples in a thread of it
 
 While the database is unreachable the job goes on: sampling continues, only the newest
 checkpoint is kept in memory, and heartbeats, progress, checkpoints and the job's end are tried
-again with growing pauses until the database is back. Only the database can say the lease is lost
-(another worker holds the job, or the lease ran out by the database's clock), and only that stops
-the run. A worker restarted on the same machine and device resumes at once the job its
+again with growing pauses until the database is back. A call the database does not answer in time
+(a network path gone silent drops packets without a reset) counts as the database being away:
+each try is bounded (`WorkerConfig.call_seconds`, a quarter of the lease; a whole lease for one
+carrying a checkpoint or samples) and the connection it hung on is discarded; tries that waited
+through an outage are made again at once when it ends. Only the database can say the lease is
+lost (another worker holds the job, or the lease ran out by the database's clock), and only that
+stops the run. A worker restarted on the same machine and device resumes at once the job its
 predecessor (a process that is gone) held, instead of waiting for the lease to run out.
 """
 
@@ -117,6 +121,19 @@ class WorkerConfig:
     @property
     def heartbeat_seconds(self) -> float:
         return self.lease_seconds / 3
+
+    @property
+    def call_seconds(self) -> float:
+        """How long one try of a database call may go unanswered before it counts as the database
+        being away (its connection is then discarded): a quarter of the lease, so a heartbeat that
+        hangs is given up, and tried again on a new connection, while the lease still runs."""
+        return self.lease_seconds / 4
+
+    @property
+    def bulk_call_seconds(self) -> float:
+        """The same for a call that carries megabytes (a checkpoint, the samples, a job's inputs): a
+        whole lease. The heartbeat has connections of its own, so the lease does not wait on it."""
+        return self.lease_seconds
 
 
 def make_worker_id(device: DeviceSpec) -> str:
@@ -363,6 +380,10 @@ class _Reporter:
             await self._worker._save_checkpoint(self._run, _checkpoint_bytes(held))
 
 
+class _Superseded(TimeoutError):
+    """A store call that waited through an outage was cut short: the database answers other calls."""
+
+
 # ----------------------------------------------------------------------------- the worker
 
 
@@ -388,6 +409,13 @@ class Worker:
         self._recorded_at = -math.inf
         # Set while database calls fail for want of a database (read by the runner thread too).
         self.database_away = False
+        # A SQLite file does not go silent, and its writers legitimately wait for one another (the
+        # busy timeout): its calls are not cut short.
+        self._calls_bounded = store.engine.dialect.name != "sqlite"
+        # The time limits of `_until_stored` tries in flight: True for those that were in flight when
+        # the database was found away (probably waiting on a connection that went silent).
+        self._tries: dict[asyncio.Timeout, bool] = {}
+        self._superseded: set[asyncio.Timeout] = set()
         self._predecessors_checked_at = -math.inf
 
     # ---------------------------------------------------------------- database outages
@@ -396,6 +424,7 @@ class Worker:
         """Note a failed store call; True when the database was unreachable (worth trying again)."""
         if not database_unreachable(exc):
             return False
+        self._tries = dict.fromkeys(self._tries, True)
         if not self.database_away:
             self.database_away = True
             log.warning(
@@ -411,20 +440,55 @@ class Worker:
         if self.database_away:
             self.database_away = False
             log.warning("worker %s: the database is reachable again", self.worker_id)
+            # Tries that waited through the outage are cut short now, not at their time limit (a
+            # checkpoint's is a whole lease, while the runner waits for it): they try again at once.
+            now = asyncio.get_running_loop().time()
+            for limit, hung in self._tries.items():
+                if hung and not limit.expired():
+                    self._superseded.add(limit)
+                    limit.reschedule(now)
+
+    async def _call(self, call: Awaitable[T], *, bulk: bool = False, tracked: bool = False) -> T:
+        """One try of a store call, given up after `call_seconds` (`bulk_call_seconds` with `bulk`)
+        with a TimeoutError, which counts as the database being away (`database_unreachable`). The
+        call is cancelled mid-way, so the connection it hung on is invalidated, never reused.
+        A `tracked` try in flight through an outage raises `_Superseded` once the database is back."""
+        if not self._calls_bounded:
+            return await call
+        seconds = self.config.bulk_call_seconds if bulk else self.config.call_seconds
+        limit = asyncio.timeout(seconds)
+        if tracked:
+            self._tries[limit] = False
+        try:
+            async with limit:
+                return await call
+        except TimeoutError as exc:
+            if not limit.expired():
+                raise  # the driver's own time limit (storage.engine)
+            if limit in self._superseded:
+                raise _Superseded("the database is back; trying again on a new connection") from exc
+            raise TimeoutError(f"the database did not answer within {seconds:g} s") from exc
+        finally:
+            self._tries.pop(limit, None)
+            self._superseded.discard(limit)
 
     def _pause(self, failures: int) -> float:
         return min(0.25 * 2 ** min(failures - 1, 16), self.config.retry_max_seconds)
 
-    async def _until_stored(self, what: str, call: Callable[[], Awaitable[T]], tries: int = 1) -> T:
+    async def _until_stored(
+        self, what: str, call: Callable[[], Awaitable[T]], tries: int = 1, *, bulk: bool = False
+    ) -> T:
         """Make one store call, trying again while the database is unreachable, for as long as that
         lasts (only the database can say the job is no longer ours: `LeaseLost` ends it). Other
-        errors are raised after `tries` tries."""
+        errors are raised after `tries` tries. Each try is bounded in time (`_call`)."""
         outages = errors = 0
         while True:
             try:
-                result = await call()
+                result = await self._call(call(), bulk=bulk, tracked=True)
             except StorageError:
                 raise
+            except _Superseded:
+                continue
             except Exception as exc:
                 if self._database_failed(what, exc):
                     outages += 1
@@ -457,11 +521,11 @@ class Worker:
                 # at once, and a job another machine could run is never claimed (and failed) here.
                 models = await self.advertise()
                 try:
-                    job = await self.store.claim(
-                        self.worker_id,
-                        models,
-                        self.config.lease_seconds,
-                        orphaned_by=await self._gone_predecessors(),
+                    orphaned_by = await self._gone_predecessors()
+                    job = await self._call(
+                        self.store.claim(
+                            self.worker_id, models, self.config.lease_seconds, orphaned_by=orphaned_by
+                        )
                     )
                     self._database_back()
                 except Exception as exc:
@@ -484,7 +548,7 @@ class Worker:
                 with contextlib.suppress(asyncio.CancelledError):
                     await helper
             with contextlib.suppress(Exception):
-                await self.store.forget_worker(self.worker_id)
+                await self._call(self.store.forget_worker(self.worker_id))
         log.info("worker %s stopped", self.worker_id)
 
     async def _warm_up(self) -> None:
@@ -521,7 +585,7 @@ class Worker:
                 )
         if models != self._recorded or time.monotonic() - self._recorded_at >= WORKER_PRESENCE_SECONDS:
             try:
-                await self.store.record_worker(self.worker_id, models)
+                await self._call(self.store.record_worker(self.worker_id, models))
             except Exception as exc:
                 if not self._database_failed("recording the models it serves", exc):
                     log.exception(
@@ -543,7 +607,7 @@ class Worker:
         before the first claim, then every `requeue_seconds`)."""
         if time.monotonic() - self._predecessors_checked_at < self.config.requeue_seconds:
             return []
-        owners = await self.store.active_lease_owners()
+        owners = await self._call(self.store.active_lease_owners())
         self._predecessors_checked_at = time.monotonic()
         gone = [owner for owner in owners if predecessor_is_gone(self.worker_id, owner)]
         if gone:
@@ -557,7 +621,7 @@ class Worker:
         # being cancelled, and puts back in the queue those of models no worker here serves.
         while not stop.is_set():
             try:
-                for job_id, status in await self.store.requeue_expired():
+                for job_id, status in await self._call(self.store.requeue_expired()):
                     log.warning("job #%s: its worker stopped heartbeating; now %s", job_id, status.value)
             except Exception as exc:
                 if not self._database_failed("recovering expired leases", exc):
@@ -597,7 +661,7 @@ class Worker:
         try:
             try:
                 task = await self._until_stored(
-                    f"job #{job.id}: reading its inputs", lambda: self._task_for(job)
+                    f"job #{job.id}: reading its inputs", lambda: self._task_for(job), bulk=True
                 )
                 loop = asyncio.get_running_loop()
                 reporter = _Reporter(self, run, loop)
@@ -646,6 +710,7 @@ class Worker:
                 await self._until_stored(
                     f"job #{job.id}: storing its samples",
                     lambda: self.store.complete(job.id, self.worker_id, samples),
+                    bulk=True,
                 )
             except InvalidSample as exc:  # a runner bug: the same run would produce it again
                 return await self._fail(run, f"The sampler produced an invalid result: {exc}")
@@ -697,7 +762,9 @@ class Worker:
             wait = self.config.heartbeat_seconds
             await asyncio.sleep(min(wait, self._pause(failures)) if failures else wait)
             try:
-                beat = await self.store.heartbeat(run.job.id, self.worker_id, self.config.lease_seconds)
+                beat = await self._call(
+                    self.store.heartbeat(run.job.id, self.worker_id, self.config.lease_seconds)
+                )
             except LeaseLost as exc:
                 log.warning("%s", exc)
                 run.stop(StopReason.LEASE_LOST)
@@ -716,7 +783,7 @@ class Worker:
         while True:
             await asyncio.sleep(self.config.cancel_poll_seconds)
             try:
-                if await self.store.is_cancel_requested(run.job.id):
+                if await self._call(self.store.is_cancel_requested(run.job.id)):
                     run.stop(StopReason.CANCEL)
             except Exception as exc:
                 if not self._database_failed(f"job #{run.job.id}: checking for a cancel", exc):
@@ -735,19 +802,21 @@ class Worker:
         if latest is None or latest is run.written:
             return
         try:
-            await self.store.report_progress(
-                run.job.id,
-                self.worker_id,
-                stage=latest.stage,
-                progress=latest.fraction,
-                level=latest.level,
-                window=latest.window,
-                window_count=latest.window_count,
-                tokens_done=latest.tokens_done,
-                tokens_total=latest.tokens_total,
-                tokens_per_second=latest.tokens_per_second,
-                eta_at=latest.eta_at,
-                level_windows=latest.level_windows,
+            await self._call(
+                self.store.report_progress(
+                    run.job.id,
+                    self.worker_id,
+                    stage=latest.stage,
+                    progress=latest.fraction,
+                    level=latest.level,
+                    window=latest.window,
+                    window_count=latest.window_count,
+                    tokens_done=latest.tokens_done,
+                    tokens_total=latest.tokens_total,
+                    tokens_per_second=latest.tokens_per_second,
+                    eta_at=latest.eta_at,
+                    level_windows=latest.level_windows,
+                )
             )
             run.written = latest
             self._database_back()
@@ -764,6 +833,7 @@ class Worker:
                 f"job #{run.job.id}: storing a checkpoint",
                 lambda: self.store.save_checkpoint(run.job.id, self.worker_id, blob),
                 tries=self.config.checkpoint_retries,
+                bulk=True,
             )
         except LeaseLost:
             run.stop(StopReason.LEASE_LOST)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import storage.engine
 from bot.delivery import AudioFile, files_for_sample, group_for_messages, upload_limit
 from bot.errors import (
     AttachmentRejected,
@@ -291,6 +292,25 @@ def test_storage_outages_are_recognised_through_the_errors_that_wrap_them() -> N
         assert StorageOutage.of(wrapped) is StorageOutage.UNREACHABLE
     assert StorageOutage.of(RuntimeError("a bug")) is None
     assert StorageOutage.of(OSError(errno.EACCES, "Permission denied")) is None
+
+
+async def test_a_statement_that_outlives_its_time_limit_is_a_database_outage(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database that went silent ends a call with TimeoutError: the user hears the database is away,
+    not an apology for a bug; a timeout of anything else is not blamed on the database."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("statements have a time limit on Postgres (SQLite is a local file)")
+    monkeypatch.setattr(storage.engine, "POSTGRES_STATEMENT_TIMEOUT_SECONDS", 0.2)
+    engine = storage.engine.create_engine(db_url)
+    try:
+        with pytest.raises(TimeoutError) as timed_out:
+            async with engine.connect() as connection:
+                await connection.exec_driver_sql("SELECT pg_sleep(2)")
+    finally:
+        await engine.dispose()
+    assert StorageOutage.of(timed_out.value) is StorageOutage.UNREACHABLE
+    assert StorageOutage.of(TimeoutError()) is None
 
 
 def test_a_reply_is_cut_to_discords_limit() -> None:

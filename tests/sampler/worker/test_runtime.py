@@ -24,6 +24,7 @@ from sampler.worker.contract import DeviceSpec, JobInterrupted, JobTask, Progres
 from sampler.worker.runtime import JobOutcome, Worker, WorkerConfig, WorkerConfigError, pid_of
 from storage import JobKind, JobStatus, JobStore, create_engine
 from storage.migrate import upgrade_to_head
+from storage.records import ClaimedJob
 from storage.store import workers
 from tests.holding import EventGate, HoldingRunner
 from tests.sampler.worker.toy_runner import (
@@ -133,6 +134,19 @@ async def serving(make_worker: Any) -> AsyncIterator[Any]:
     for stop, task in running:
         stop.set()
         await asyncio.wait_for(task, 30)
+
+
+async def assert_sampled_once_and_stored(store: JobStore, claimed: ClaimedJob, toy_env: Path) -> None:
+    """The toy job of 2 s succeeded on its first attempt, sampled in one unbroken run (each window once),
+    and its stored codes are the reference's: what riding out a database outage must leave."""
+    job = await store.get_job(claimed.id)
+    assert job.status is JobStatus.SUCCEEDED and job.attempts == 0 and job.error is None
+    sample = await store.get_sample((await store.samples_for_job(claimed.id))[0].id)
+    np.testing.assert_array_equal(codes_of(sample, 2), reference_codes(JobTask(job=claimed))[2][0])
+    log = read_log(toy_env, claimed.id)
+    assert [event["event"] for event in log].count("start") == 1  # one run, never restarted
+    windows = [event["start"] for event in log if event["event"] == "window"]
+    assert windows == [w * TOKENS_PER_WINDOW for w in range(round(2.0 / SECONDS_PER_WINDOW))]
 
 
 def codes_of(sample: Any, level: int) -> np.ndarray:
@@ -543,14 +557,7 @@ async def test_a_database_outage_mid_job_costs_no_attempt_and_changes_no_code(
         gate.release["checkpoint 3"].set()
         assert await asyncio.wait_for(running, 60) is JobOutcome.SUCCEEDED
 
-        job = await store.get_job(job_id)
-        assert job.status is JobStatus.SUCCEEDED and job.attempts == 0 and job.error is None
-        sample = await store.get_sample((await store.samples_for_job(job_id))[0].id)
-        np.testing.assert_array_equal(codes_of(sample, 2), reference_codes(JobTask(job=claimed))[2][0])
-        log = read_log(toy_env, job_id)
-        assert [event["event"] for event in log].count("start") == 1  # one run, never restarted
-        windows = [event["start"] for event in log if event["event"] == "window"]
-        assert windows == [w * TOKENS_PER_WINDOW for w in range(round(2.0 / SECONDS_PER_WINDOW))]
+        await assert_sampled_once_and_stored(store, claimed, toy_env)
     finally:
         worker.close()
         await engine.dispose()

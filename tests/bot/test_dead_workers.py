@@ -1,0 +1,62 @@
+"""A bot whose workers all died (the GPU machine is gone, no worker runs beside the bot) still
+recovers their jobs when the leases run out: nothing shows "running" for ever, and a cancel ends."""
+
+from __future__ import annotations
+
+from storage.models import JobStatus, utcnow
+from storage.store import JobStore
+from tests.bot.conftest import BotRunner
+from tests.bot.fake_discord import FakeDiscord
+from tests.bot.harness import (
+    PlayedWorker,
+    make_bot,
+    make_settings,
+    progress_message,
+    queue_song,
+    reply_of,
+    sqlite_store,
+    when,
+)
+from tests.conftest import FakeClock
+from tests.waiting import wait_until
+
+__all__ = ["sqlite_store"]
+
+LEASE_S = 600  # PlayedWorker's
+
+
+async def test_the_bot_recovers_the_jobs_of_a_worker_that_died(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    fake = fake_discord
+    clock = FakeClock(utcnow())
+    store = JobStore(sqlite_store.engine, clock=clock)
+    await bot_runner.start(make_bot(fake, store, make_settings(worker_requeue_seconds=0.05)))
+    bob = fake.user("bob")
+    await queue_song(fake, "alice")
+    await queue_song(fake, "bob")
+    worker = PlayedWorker(store)  # it claims both jobs, then its machine goes away
+    first, second = await worker.claim(), await worker.claim()
+    cancel = await reply_of(fake, await fake.invoke_command("cancel", {"job": second.id}, user=bob))
+    assert cancel.startswith(f"Job #{second.id} is stopping")
+    refused = await reply_of(fake, await fake.invoke_command("jukebox", {}, user=bob))
+    assert refused.startswith("You have 1 job running"), refused  # the cancelling one
+
+    clock.advance(LEASE_S + 1)  # no heartbeat: the leases run out
+
+    async def recovered() -> bool:
+        statuses = ((await store.get_job(first.id)).status, (await store.get_job(second.id)).status)
+        return statuses == (JobStatus.QUEUED, JobStatus.CANCELLED)
+
+    await wait_until(recovered, 10.0, "the bot to recover the dead worker's jobs")
+    shown = await fake.wait_for(
+        when(
+            lambda: progress_message(fake, first.id).content.endswith(
+                "Queued: position 1 in the queue (attempt 2)."
+            )
+        ),
+    )
+    assert shown
+    assert (await store.get_job(first.id)).attempts == 1
+    again = await reply_of(fake, await fake.invoke_command("jukebox", {}, user=bob))
+    assert again.startswith("Queued as job #3."), again

@@ -1,0 +1,203 @@
+"""A database path that goes silent mid-job: packets dropped, no reset (a NAT or firewall forgetting
+the connection, a failover leaving the old address dead). A TCP proxy on loopback in front of the
+real Postgres stops forwarding; the worker must notice in bounded time, sample on, and store its
+progress once traffic flows again, on new connections."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from sampler.worker.contract import DeviceSpec
+from sampler.worker.runtime import JobOutcome, Worker
+from storage import JobStatus, JobStore, create_engine
+from tests.holding import EventGate, HoldingRunner
+from tests.sampler.worker import test_runtime
+from tests.sampler.worker.test_runtime import EVERY_CHECKPOINT, assert_sampled_once_and_stored, claim, enqueue
+from tests.sampler.worker.toy_runner import (
+    ToyRunner,
+)
+from tests.waiting import wait_until
+
+toy_env = test_runtime.toy_env  # the fixture: the toy runner's log directory
+
+# The lease the worker holds the job with: each database call is given up after a quarter of it.
+LEASE_SECONDS = 30.0
+
+
+class _Flow:
+    """One client connection through the proxy and its upstream connection to Postgres."""
+
+    def __init__(self, client: asyncio.StreamWriter) -> None:
+        self.client = client
+        self.upstream: asyncio.StreamWriter | None = None
+        self.dead = False  # forgotten by the path: nothing goes through, ever again
+        self.hung = False  # the client sent something after it went dead (a call waited on it)
+        self.client_closed = False
+
+
+class BlackholeProxy:
+    """Forwards TCP to Postgres until `go_dark()`: then every connection it carries, and every new
+    one, swallows what is sent either way without closing (the peer hears nothing, not even a
+    reset). After `resume()` new connections are forwarded again; the ones that went dark stay
+    dead, as when a NAT forgets a flow."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._target = (host, port)
+        self._dark = False
+        self._flows: list[_Flow] = []
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def go_dark(self) -> None:
+        self._dark = True
+        for flow in self._flows:
+            flow.dead = True
+
+    def resume(self) -> None:
+        self._dark = False
+
+    def hung_and_open(self) -> int:
+        """Connections a call hung on that the client has not closed (kept for reuse)."""
+        return sum(flow.hung and not flow.client_closed for flow in self._flows)
+
+    def connections_after_resume(self) -> int:
+        return sum(not flow.dead for flow in self._flows)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for flow in self._flows:
+            for writer in (flow.client, flow.upstream):
+                if writer is not None:
+                    writer.transport.abort()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        flow = _Flow(writer)
+        self._flows.append(flow)
+        if self._dark:  # the path is gone: the connection "opens" and hears nothing back
+            flow.dead = True
+            self._spawn(self._pipe(reader, None, flow, from_client=True))
+            return
+        upstream_reader, flow.upstream = await asyncio.open_connection(*self._target)
+        self._spawn(self._pipe(reader, flow.upstream, flow, from_client=True))
+        self._spawn(self._pipe(upstream_reader, writer, flow, from_client=False))
+
+    async def _pipe(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter | None,
+        flow: _Flow,
+        *,
+        from_client: bool,
+    ) -> None:
+        try:
+            while data := await reader.read(65536):
+                if flow.dead:
+                    flow.hung |= from_client
+                    continue  # swallowed: no answer, no reset
+                assert writer is not None
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            if from_client:
+                flow.client_closed = True
+                if flow.upstream is not None:
+                    flow.upstream.transport.abort()  # let the Postgres backend go
+            elif not flow.dead:
+                flow.client.transport.abort()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+async def test_a_silent_database_path_is_noticed_in_time_and_the_job_goes_on(
+    db_url: str, toy_env: Path
+) -> None:
+    address = make_url(db_url)
+    proxy = BlackholeProxy(address.host or "127.0.0.1", address.port or 5432)
+    proxied_url = address.set(host="127.0.0.1", port=await proxy.start()).render_as_string(False)
+    direct_engine = create_engine(db_url)
+    direct = JobStore(direct_engine)  # the test's own view, not through the proxy
+    worker_engine = create_engine(proxied_url)  # exactly what a worker process builds
+    store = JobStore(worker_engine)
+    gate = EventGate(at=("checkpoint 1", "checkpoint 3"))
+    config = dataclasses.replace(EVERY_CHECKPOINT, lease_seconds=LEASE_SECONDS, retry_max_seconds=0.2)
+    worker = Worker(store, HoldingRunner(ToyRunner(DeviceSpec.cpu()), gate), DeviceSpec.cpu(), config=config)
+    running: asyncio.Task[JobOutcome] | None = None
+    try:
+        job_id = await enqueue(direct, params={"seconds": 2.0})
+        claimed = await claim(store, worker)
+        running = asyncio.create_task(worker.run_job(claimed))
+        assert await asyncio.to_thread(gate.held["checkpoint 1"].wait, 60), "no first checkpoint"
+        await wait_until(lambda: direct.get_checkpoint(job_id), what="the first checkpoint stored")
+
+        proxy.go_dark()
+        gate.release["checkpoint 1"].set()  # sampling goes on; every call through the proxy hangs
+
+        async def database_away() -> bool:
+            assert running is not None and not running.done(), f"the run ended: {running}"
+            return worker.database_away
+
+        # A call is given up after a quarter of the lease (plus closing what it hung on): the worker
+        # knows the database is away long before the lease, by the database's clock, runs out.
+        await wait_until(database_away, LEASE_SECONDS / 2, "the worker to notice the silent database")
+
+        async def sampled_on() -> bool:
+            assert running is not None and not running.done(), f"the run ended: {running}"
+            return gate.held["checkpoint 3"].is_set()  # handed over two checkpoints it could not store
+
+        await wait_until(sampled_on, 60, "the runner to sample on while the database is away")
+        job = await direct.get_job(job_id)
+        assert job.status is JobStatus.RUNNING and job.lease_owner == worker.worker_id
+
+        proxy.resume()
+        gate.release["checkpoint 3"].set()
+
+        async def database_back() -> bool:
+            return not worker.database_away
+
+        await wait_until(database_back, LEASE_SECONDS / 2, "the worker to reach the database again")
+        # The checkpoint that hung through the outage is tried again at once on a new connection (not
+        # after its own time limit, a whole lease, with the runner waiting for it): the job ends soon.
+        assert await asyncio.wait_for(running, LEASE_SECONDS / 2) is JobOutcome.SUCCEEDED
+        assert proxy.connections_after_resume() > 0  # what it stored went through new connections
+
+        async def hung_connections_closed() -> bool:
+            return proxy.hung_and_open() == 0
+
+        # Every connection a call hung on was thrown away, not kept in the pool for another call.
+        await wait_until(hung_connections_closed, 10, "the connections calls hung on to be discarded")
+
+        await assert_sampled_once_and_stored(direct, claimed, toy_env)
+    finally:
+        await proxy.close()  # hung calls fail at once (reset): nothing below waits on them
+        for release in gate.release.values():
+            release.set()
+        for _ in range(20):  # each cancel ends one wait (the run stores what it holds on its way out)
+            if running is None or running.done():
+                break
+            running.cancel()
+            await asyncio.wait([running], timeout=1)
+        await asyncio.wait_for(asyncio.to_thread(worker.close), 60)
+        await worker_engine.dispose()
+        await direct_engine.dispose()
