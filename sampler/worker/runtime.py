@@ -33,6 +33,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import enum
+import hashlib
 import logging
 import math
 import os
@@ -137,8 +138,23 @@ class WorkerConfig:
 
 
 def make_worker_id(device: DeviceSpec) -> str:
-    """host/pid/device — unique per process, and says where a job runs (stored as the lease owner)."""
-    return f"{socket.gethostname()}/{os.getpid()}/{device}"
+    """host/pid/device — unique per process, and says where a job runs (stored as the lease owner).
+    The host part carries where its process ids mean the same processes (`_pid_scope`)."""
+    scope = _pid_scope()
+    host = f"{socket.gethostname()}~{scope}" if scope else socket.gethostname()
+    return f"{host}/{os.getpid()}/{device}"
+
+
+def _pid_scope() -> str:
+    """A short mark of this kernel's boot and this process-id namespace ('' where neither can be
+    read): machines cloned from one image, or containers, may share a host name, and a process id
+    says nothing about a process in another of them."""
+    parts = []
+    with contextlib.suppress(OSError):
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
+    with contextlib.suppress(OSError):
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:8] if parts else ""
 
 
 def pid_of(worker_id: str) -> int:
@@ -147,8 +163,9 @@ def pid_of(worker_id: str) -> int:
 
 
 def predecessor_is_gone(worker_id: str, owner: str) -> bool:
-    """True when lease owner `owner` was a worker on this worker's machine and device whose process
-    has exited (a killed worker the pool restarted): its job can be resumed at once."""
+    """True when lease owner `owner` was a worker on this worker's machine (the same host name, boot and
+    process-id namespace) and device whose process has exited (a killed worker the pool restarted):
+    its job can be resumed at once. Anyone else's lease runs out first."""
     try:
         host, pid, device = owner.rsplit("/", 2)
         my_host, my_pid, my_device = worker_id.rsplit("/", 2)

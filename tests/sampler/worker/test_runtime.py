@@ -5,6 +5,10 @@ from __future__ import annotations
 import ast
 import asyncio
 import dataclasses
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -21,7 +25,15 @@ from sampler.audio import decode_audio
 from sampler.jukebox.registry import MODELS
 from sampler.model_files import model_path
 from sampler.worker.contract import DeviceSpec, JobInterrupted, JobTask, ProgressReporter, StopCheck
-from sampler.worker.runtime import JobOutcome, Worker, WorkerConfig, WorkerConfigError, pid_of
+from sampler.worker.runtime import (
+    JobOutcome,
+    Worker,
+    WorkerConfig,
+    WorkerConfigError,
+    make_worker_id,
+    pid_of,
+    predecessor_is_gone,
+)
 from storage import JobKind, JobStatus, JobStore, create_engine
 from storage.migrate import upgrade_to_head
 from storage.records import ClaimedJob
@@ -427,6 +439,21 @@ async def test_worker_only_claims_models_its_runner_serves(
     await enqueue(live_store, model="5b_lyrics")
     assert await live_store.claim(worker.worker_id, worker.runner.models, 10) is None
     assert pid_of(worker.worker_id) > 0 and worker.worker_id.endswith("/cpu")
+
+
+def test_a_lease_owner_is_gone_only_where_its_process_id_means_the_same_process() -> None:
+    """Two machines cloned from one image (or two containers) can share a host name: a process id
+    from the other says nothing here, so its lease must run out rather than be taken over."""
+    me = make_worker_id(DeviceSpec.cpu())
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    exited.wait()
+    here = me.rsplit("/", 2)[0]
+    assert here.startswith(f"{socket.gethostname()}~")
+    assert predecessor_is_gone(me, f"{here}/{exited.pid}/cpu")  # restarted here: resumed at once
+    assert not predecessor_is_gone(me, f"{here}/{exited.pid}/cuda:0")  # another device's
+    assert not predecessor_is_gone(me, f"{socket.gethostname()}~0000beef/{exited.pid}/cpu")  # a twin's
+    assert not predecessor_is_gone(me, f"{socket.gethostname()}/{exited.pid}/cpu")  # an older worker's id
+    assert not predecessor_is_gone(me, f"{here}/{os.getpid()}/cpu")  # running
 
 
 class ScriptedCheckpoints:
