@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from jukebot.settings import Settings
-from sampler.model_files import CheckpointVerifier, file_problems, model_status
+from sampler.model_files import CheckpointVerifier, file_problems, model_dir_problem, model_status
 
 # Rough GPU memory (GiB) a worker needs for each model in fp16: its largest prior plus the VQ-VAE
 # and working memory (README, "Models"). A GPU with less fails that model's jobs with out-of-memory.
@@ -43,12 +43,24 @@ def has_torch() -> bool:
 
 
 def check_database(settings: Settings) -> Check:
-    from jukebot.commands import database_problem
-    from storage.migrate import current_revision_async, head_revision
+    """Reachable and at the latest schema? Creates nothing (a missing SQLite file is a warning)."""
+    from jukebot.commands import database_problem, sqlite_path_problem
+    from storage.migrate import check_known_revision, current_revision_async, head_revision
 
     shown = settings.database_url_for_display
+    problem = sqlite_path_problem(settings)
+    if problem is not None:
+        return Check("database", Verdict.FAIL, problem)
+    if settings.sqlite_path is not None and not settings.sqlite_path.exists():
+        return Check(
+            "database",
+            Verdict.WARN,
+            f"{shown} does not exist yet, so is empty: `jukebot db upgrade` creates it "
+            "(or `jukebot run`/`worker`, which migrate first)",
+        )
     try:
         current = asyncio.run(current_revision_async(settings.database_url))
+        check_known_revision(current)
     except Exception as exc:
         message = database_problem(exc, settings)
         if message is None:
@@ -68,6 +80,10 @@ def check_database(settings: Settings) -> Check:
 def check_models(settings: Settings, verifier: CheckpointVerifier | None) -> Iterator[Check]:
     """One line per model (the files a worker would serve, checked now when not verified before);
     FAIL when local workers would have no complete model to serve."""
+    problem = model_dir_problem(settings.model_dir)
+    if problem is not None:  # unreadable, or a file: no model in it can be checked
+        yield Check("models", Verdict.FAIL if settings.local_workers else Verdict.WARN, problem)
+        return
     complete = []
     for model, status in model_status(settings.model_dir).items():
         if not status.complete:

@@ -10,11 +10,12 @@ import dataclasses
 import re
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import platformdirs
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from sampler.batch_sizes import DEFAULT_MAX_BATCH_SIZE, format_batch_sizes, parse_batch_sizes
@@ -30,7 +31,7 @@ from sampler.engine_settings import (
 from sampler.jukebox.registry import DEFAULT_MIRRORS
 from sampler.model_files import default_model_dir
 from sampler.residency import DEFAULT_RESIDENT_PRIORS, ResidentPriors, parse_resident_priors
-from sampler.worker.logs import LogFormat, log_level_number
+from sampler.worker.logs import LOG_LEVELS, LogFormat
 from sampler.worker.runtime import WorkerConfig
 
 APP_NAME = "jukebot"
@@ -54,12 +55,27 @@ def default_database_url() -> str:
     return f"sqlite+aiosqlite:///{data_dir / 'jukebot.sqlite3'}"
 
 
+# Stands for a hidden query-string password while a URL is rendered (which would %-encode "***").
+_HIDDEN = "JUKEBOTHIDDENPASSWORD"
+
+
 def hide_password(url: str) -> str:
-    """`url` with its password replaced by ***, for logs and messages (also when it does not parse)."""
+    """`url` with its password replaced by ***, for logs and messages (also when it does not parse).
+
+    Hides the password after the user name, `password=` in the query string, and all of a password
+    that holds an unencoded `@` (which leaves the rest of it in the host).
+    """
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
+        if parsed.host and "@" in parsed.host:
+            parsed = parsed.set(password=_HIDDEN, host=parsed.host.rpartition("@")[2])
+        if "password" in parsed.query:
+            parsed = parsed.update_query_dict({"password": _HIDDEN})
+        shown = parsed.render_as_string(hide_password=True)
     except (ArgumentError, ValueError):
-        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+        shown = re.sub(r"(://[^:/@]*:).*@", r"\1***@", url)
+        shown = re.sub(r"([?&]password=)[^&]*", r"\1***", shown)
+    return shown.replace(_HIDDEN, "***")
 
 
 def _worker_default(name: str) -> float:
@@ -69,8 +85,29 @@ def _worker_default(name: str) -> float:
     return default
 
 
+# libpq's sslmode values, which asyncpg takes as `ssl` (a URL's `sslmode` is translated to it).
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+_TARGET_SESSION_ATTRS = ("any", "primary", "standby", "prefer-standby", "read-write", "read-only")
+# Query parameters a Postgres URL may carry: what asyncpg's connect() takes, plus libpq's sslmode.
+POSTGRES_QUERY_PARAMETERS = (
+    "host",
+    "port",
+    "user",
+    "password",
+    "ssl",
+    "sslmode",
+    "target_session_attrs",
+    "prepared_statement_cache_size",
+)
+
+
 def normalise_database_url(url: str) -> str:
     """Return `url` with an async driver, or raise ValueError saying what is wrong."""
+    if not url.strip():
+        raise ValueError(
+            "it is empty; set it to a database URL, e.g. postgresql://user@host/db, "
+            "or remove it for the default SQLite file"
+        )
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError):  # ValueError: e.g. a port that is no number
@@ -82,24 +119,96 @@ def normalise_database_url(url: str) -> str:
         raise ValueError(
             f"database driver {parsed.drivername!r} is not supported; use postgresql:// or sqlite:///"
         )
-    if driver.startswith("sqlite") and not parsed.database:
-        raise ValueError("a SQLite URL needs a file path, e.g. sqlite:///path/to/jukebot.sqlite3")
-    if driver.startswith("postgresql") and not parsed.host and not parsed.query.get("host"):
-        raise ValueError("a Postgres URL needs a host, e.g. postgresql://user@127.0.0.1:5432/jukebot")
+    if driver.startswith("sqlite"):
+        if not parsed.database:
+            raise ValueError("a SQLite URL needs a file path, e.g. sqlite:///path/to/jukebot.sqlite3")
+        if parsed.database.startswith("~"):
+            parsed = parsed.set(database=str(Path(parsed.database).expanduser()))
+    else:
+        parsed = _check_postgres_url(parsed)
     return parsed.set(drivername=driver).render_as_string(hide_password=False)
 
 
+def _check_postgres_url(parsed: URL) -> URL:
+    """`parsed` with libpq's sslmode as asyncpg's ssl, or ValueError for what asyncpg cannot use."""
+    if parsed.host and "@" in parsed.host:
+        raise ValueError(
+            "the password holds an unencoded '@': write it as %40 (e.g. postgresql://user:p%40ss@host/db)"
+        )
+    if not parsed.host and not parsed.query.get("host"):
+        raise ValueError("a Postgres URL needs a host, e.g. postgresql://user@127.0.0.1:5432/jukebot")
+    if not parsed.database:
+        raise ValueError(
+            "a Postgres URL needs a database name after the host, e.g. postgresql://user@127.0.0.1:5432/jukebot"
+        )
+    unknown = sorted(set(parsed.query) - set(POSTGRES_QUERY_PARAMETERS))
+    if unknown:
+        raise ValueError(
+            f"unknown query parameter{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
+            f"in the Postgres URL; it accepts {', '.join(POSTGRES_QUERY_PARAMETERS)}"
+        )
+    query_ports = [part for value in _query_values(parsed, "port") for part in value.split(",")]
+    for port in [parsed.port, *query_ports]:
+        if port is not None and (not re.fullmatch(r"[0-9]+", str(port)) or not 1 <= int(port) <= 65535):
+            raise ValueError(f"port {port} is not a port number; use one from 1 to 65535, e.g. 5432")
+    if "sslmode" in parsed.query:
+        if "ssl" in parsed.query:
+            raise ValueError("give ssl or sslmode in the Postgres URL, not both")
+        parsed = parsed.update_query_dict({"ssl": parsed.query["sslmode"]}).difference_update_query(
+            ["sslmode"]
+        )
+    _check_choice(parsed, "ssl", SSL_MODES)
+    _check_choice(parsed, "target_session_attrs", _TARGET_SESSION_ATTRS)
+    for size in _query_values(parsed, "prepared_statement_cache_size"):
+        if not re.fullmatch(r"[0-9]+", size):
+            raise ValueError(
+                f"prepared_statement_cache_size={size} in the Postgres URL is not a whole number"
+            )
+    return parsed
+
+
+def _query_values(parsed: URL, name: str) -> list[str]:
+    value = parsed.query.get(name)
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _check_choice(parsed: URL, name: str, choices: tuple[str, ...]) -> None:
+    values = _query_values(parsed, name)
+    if len(values) > 1:
+        raise ValueError(f"{name} appears {len(values)} times in the Postgres URL; give it once")
+    if values and values[0] not in choices:
+        shown = "sslmode/ssl" if name == "ssl" else name
+        raise ValueError(f"{shown}={values[0]} in the Postgres URL is not one of {', '.join(choices)}")
+
+
 def _split_ints(value: object) -> object:
-    """Accept `1,2,3`, `1 2 3`, a JSON-ish list or an empty string for id lists."""
+    """Accept `1,2,3`, `1 2 3`, a JSON-ish list or an empty string for id lists (ids are positive)."""
     if isinstance(value, str):
         parts = value.strip().strip("[]").replace(",", " ").split()
-        try:
-            return [int(part) for part in parts]
-        except ValueError:
+        if not all(re.fullmatch(r"[0-9]+", part) and int(part) > 0 for part in parts):
             raise ValueError(
-                "use channel ids separated by commas, e.g. 123456789012345678,234567890123456789"
-            ) from None
+                "use channel ids separated by commas, e.g. 123456789012345678,234567890123456789 "
+                "(each a positive whole number)"
+            )
+        return [int(part) for part in parts]
     return value
+
+
+def _parse_mirror(part: str) -> str:
+    """One mirror root, ending in `/`, or ValueError when it is not an http(s) URL with a host."""
+    try:
+        split = urlsplit(part)
+        host = split.hostname
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        host = None
+        split = None
+    if split is None or split.scheme not in {"http", "https"} or not host:
+        raise ValueError(
+            f"{part!r} is not a mirror URL; use http(s) roots separated by commas, e.g. {DEFAULT_MIRRORS[0]}"
+        )
+    return part if part.endswith("/") else part + "/"
 
 
 _BYTE_UNITS = {
@@ -124,7 +233,12 @@ def parse_byte_size(value: object) -> object:
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="JUKEBOT_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix="JUKEBOT_",
+        env_file=".env",
+        # utf-8-sig: UTF-8, with or without the byte-order mark some Windows editors write.
+        env_file_encoding="utf-8-sig",
+        extra="ignore",
+        allow_inf_nan=False,  # no setting is infinite or not a number
     )
 
     discord_token: SecretStr | None = Field(
@@ -196,14 +310,21 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_mirrors(cls, value: object) -> object:
         if isinstance(value, str):
-            return [part if part.endswith("/") else part + "/" for part in value.replace(",", " ").split()]
+            return [_parse_mirror(part) for part in value.replace(",", " ").split()]
         return value
+
+    @field_validator("model_dir")
+    @classmethod
+    def _expand_model_dir(cls, value: Path) -> Path:
+        return value.expanduser()
 
     @field_validator("log_level")
     @classmethod
     def _check_log_level(cls, value: str) -> str:
-        log_level_number(value)
-        return value.strip().upper()
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"unknown log level {value!r}; use one of {', '.join(LOG_LEVELS)}")
+        return level
 
     @field_validator("discord_api_base", "discord_gateway")
     @classmethod
@@ -252,9 +373,31 @@ class Settings(BaseSettings):
     def _check_batch_sizes(cls, value: str) -> str:
         return format_batch_sizes(parse_batch_sizes(value))
 
+    # Defined last, so it runs before every other validator: an empty value (`JUKEBOT_GPUS=` in
+    # .env) means the default. DATABASE_URL is the exception: an empty one is refused, as a worker
+    # whose shared database went missing from its settings must not start on a SQLite file of its own.
+    @field_validator("*", mode="before")
+    @classmethod
+    def _empty_means_default(cls, value: object, info: ValidationInfo) -> object:
+        name = info.field_name
+        if name is None or name == "database_url" or not isinstance(value, str) or value.strip():
+            return value
+        return cls.model_fields[name].get_default(call_default_factory=True)
+
     @property
     def database_url_for_display(self) -> str:
         return hide_password(self.database_url)
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The file of a SQLite database (None for Postgres, memory and `file:` URI databases)."""
+        parsed = make_url(self.database_url)
+        database = parsed.database
+        if parsed.get_backend_name() != "sqlite" or not database or "uri" in parsed.query:
+            return None
+        if database == ":memory:" or database.startswith("file:"):
+            return None
+        return Path(database)
 
     def worker_config(self) -> WorkerConfig:
         """The worker timings an operator sets (the rest keep WorkerConfig's defaults)."""
@@ -298,6 +441,13 @@ def load_settings(**overrides: object) -> Settings:
     """Read the settings, turning validation errors into one clear sentence."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
+    except UnicodeDecodeError as exc:
+        raise SettingsError(
+            f"Cannot read {_env_file()}: it is not UTF-8 text (byte {exc.start} is "
+            f"{exc.object[exc.start]:#04x}; e.g. UTF-16 from Windows Notepad): save it as UTF-8."
+        ) from None
+    except OSError as exc:
+        raise SettingsError(f"Cannot read {_env_file()} ({exc.strerror or exc}): fix or remove it.") from None
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "settings"
@@ -306,3 +456,9 @@ def load_settings(**overrides: object) -> Settings:
             env = "DATABASE_URL"
         message = str(first["msg"]).removeprefix("Value error, ")
         raise SettingsError(f"Bad value for {env}: {message}.") from None
+
+
+def _env_file() -> Path:
+    env_file = Settings.model_config.get("env_file")
+    assert isinstance(env_file, str)
+    return Path(env_file).absolute()

@@ -26,6 +26,36 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 MIGRATION_LOCK_KEY = 0x6A756B65626F74  # "jukebot"
 
 
+class UnknownSchemaRevision(Exception):
+    """The database's schema is at a revision these migrations do not have: a newer jukebot (or
+    another program) migrated it. Upgrading or checking it stops before changing anything."""
+
+    def __init__(self, revision: str, head: str | None) -> None:
+        super().__init__(f"the database's schema revision {revision} is not one of ours (latest {head})")
+        self.revision = revision
+        self.head = head
+
+    @property
+    def newer(self) -> bool:
+        """Whether the revision looks like one of ours from a later release (ours are numbered)."""
+        return bool(
+            self.head
+            and self.revision.isdigit()
+            and self.head.isdigit()
+            and int(self.revision) > int(self.head)
+        )
+
+
+def known_revisions() -> set[str]:
+    return {script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
+
+
+def check_known_revision(revision: str | None) -> None:
+    """Raise UnknownSchemaRevision when `revision` (a database's current one) is not in our migrations."""
+    if revision is not None and revision not in known_revisions():
+        raise UnknownSchemaRevision(revision, head_revision())
+
+
 def alembic_config(connection: Connection | None = None) -> Config:
     """An Alembic config for our migrations; `connection` is the one env.py runs them on."""
     config = Config()
@@ -35,7 +65,7 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 
 async def _run_alembic(url: str, action: str, revision: str) -> None:
-    engine = create_engine(url, sqlite_foreign_keys=False)
+    engine = create_engine(url, sqlite_foreign_keys=False, bounded_statements=False)
     try:
         async with engine.begin() as connection:
             if connection.dialect.name == "postgresql":
@@ -43,6 +73,8 @@ async def _run_alembic(url: str, action: str, revision: str) -> None:
                 await connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
 
             def run(sync_connection: Connection) -> None:
+                # Alembic would fail on a revision it cannot find with a bare CommandError.
+                check_known_revision(MigrationContext.configure(sync_connection).get_current_revision())
                 getattr(command, action)(alembic_config(sync_connection), revision)
 
             await connection.run_sync(run)

@@ -142,6 +142,9 @@ class JobRow(Base):
     priority: Mapped[int] = mapped_column(Integer)  # lower runs first
     attempts: Mapped[int] = mapped_column(Integer)  # leases lost so far
     max_attempts: Mapped[int] = mapped_column(Integer)
+    # The user's running-jobs limit when this job was queued: a claim leaves it queued while that
+    # many of the user's jobs in the server run (None: no limit).
+    max_running_per_user: Mapped[int | None] = mapped_column(Integer)
     lease_owner: Mapped[str | None] = mapped_column(String(255))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 

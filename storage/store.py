@@ -114,7 +114,9 @@ PARAMS_TEXT = sql_cast(jobs.c.params, Text).label("params")
 UNREADABLE_PARAMS_KEY = "unreadable_stored_params"
 # Listings leave the (possibly megabytes of) checkpoint in the database.
 JOB_COLUMNS = [
-    PARAMS_TEXT if column.name == "params" else column for column in jobs.c if column.name != "checkpoint"
+    PARAMS_TEXT if column.name == "params" else column
+    for column in jobs.c
+    if column.name not in ("checkpoint", "max_running_per_user")
 ] + [jobs.c.checkpoint.is_not(None).label("has_checkpoint")]
 CLAIMED_JOB_COLUMNS = [*JOB_COLUMNS, jobs.c.checkpoint]
 SAMPLE_INFO_COLUMNS = [
@@ -126,6 +128,8 @@ SAMPLE_INFO_COLUMNS = [
 CLAIM_ORDER = (jobs.c.priority, jobs.c.id)
 # Postgres advisory lock that lets one enqueue at a time count the user's jobs and insert.
 ENQUEUE_LOCK_KEY = int.from_bytes(b"jukebotQ", "big")
+# Postgres advisory lock that lets one claim at a time count the user's running jobs and take one.
+CLAIM_LOCK_KEY = int.from_bytes(b"jukebotC", "big")
 
 
 def claim_order_key(job: Job) -> tuple[int, int]:
@@ -344,7 +348,8 @@ class JobStore:
 
         With `max_running_per_user` / `max_queued_per_user`, the user's unfinished jobs in the
         server are counted in the insert's transaction, one enqueue at a time, so a burst cannot
-        overshoot: one job too many raises `UserJobLimitReached`.
+        overshoot: one job too many raises `UserJobLimitReached`. The job keeps
+        `max_running_per_user`: `claim` leaves it queued while that many of the user's jobs run.
         """
         try:
             job_kind = JobKind(kind)
@@ -400,6 +405,7 @@ class JobStore:
                     priority=priority,
                     attempts=0,
                     max_attempts=max_attempts,
+                    max_running_per_user=max_running_per_user,
                     progress=0.0,
                     created_at=now,
                     updated_at=now,
@@ -462,7 +468,9 @@ class JobStore:
     ) -> ClaimedJob | None:
         """Take the next job for one of `models`, or None when there is none.
 
-        Besides queued jobs it takes a running job whose lease ran out (its worker went silent:
+        A queued job waits while its user has as many jobs running in its server as the limit it
+        was queued with (`enqueue(max_running_per_user=…)`): later jobs, other users' first, go
+        ahead of it. Besides queued jobs it takes a running job whose lease ran out (its worker went silent:
         it waits for the lease, not also for the next `requeue_expired`), and first of all a
         running job held by one of `orphaned_by`, lease owners the caller knows are dead (a
         predecessor on its own machine and device). Taking over a job counts an attempt, as
@@ -481,8 +489,22 @@ class JobStore:
         now = self._clock()
         running = and_(jobs.c.status == JobStatus.RUNNING.value, jobs.c.attempts + 1 < jobs.c.max_attempts)
         orphaned = and_(running, jobs.c.lease_owner.in_(sorted(orphaned_by)))
+        users_jobs = jobs.alias("users_jobs")
+        users_running = (
+            select(func.count())
+            .select_from(users_jobs)
+            .where(
+                users_jobs.c.user_id == jobs.c.user_id,
+                users_jobs.c.guild_id.is_not_distinct_from(jobs.c.guild_id),
+                users_jobs.c.status.in_([status.value for status in ACTIVE_STATUSES]),
+            )
+            .scalar_subquery()
+        )
         takeable = or_(
-            jobs.c.status == JobStatus.QUEUED.value,
+            and_(
+                jobs.c.status == JobStatus.QUEUED.value,
+                or_(jobs.c.max_running_per_user.is_(None), users_running < jobs.c.max_running_per_user),
+            ),
             and_(running, jobs.c.lease_expires_at < self._lease_now()),
             orphaned,
         )
@@ -509,6 +531,10 @@ class JobStore:
             .returning(*CLAIMED_JOB_COLUMNS)
         )
         async with self._transaction() as connection:
+            if self.engine.dialect.name == "postgresql":
+                # Claims one at a time: two at once could each count a user's running jobs below the
+                # limit and take one each (SQLite's write transactions already run alone).
+                await connection.execute(select(func.pg_advisory_xact_lock(CLAIM_LOCK_KEY)))
             while True:  # each round fails one job of unreadable params, or ends
                 row = (await connection.execute(statement)).first()
                 if row is None:

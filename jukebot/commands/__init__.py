@@ -22,7 +22,7 @@ _LOGIN_REFUSED = ("28000", "28P01")
 def settings_or_exit() -> Settings:
     """Load settings (and log as they say), or stop with the one sentence that says what to set."""
     try:
-        settings = load_settings()
+        settings = load_settings()  # a .env that is not UTF-8 is a SettingsError too
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
     configure_logging(settings.log_level, settings.log_format)
@@ -49,6 +49,9 @@ def upgrade_or_exit(settings: Settings) -> None:
     """Migrate the database to the latest schema, or stop with the sentence that says what to fix."""
     from storage.migrate import upgrade_to_head
 
+    problem = sqlite_path_problem(settings)
+    if problem is not None:
+        raise click.ClickException(problem)
     try:
         upgrade_to_head(settings.database_url)
     except Exception as exc:
@@ -58,12 +61,63 @@ def upgrade_or_exit(settings: Settings) -> None:
         raise click.ClickException(message) from None
 
 
+def sqlite_path_problem(settings: Settings) -> str | None:
+    """One sentence when DATABASE_URL's SQLite file cannot be one (a directory, or under a file).
+
+    Checked before connecting: a failed connect leaves aiosqlite's thread racing the event loop's
+    shutdown, which may print a traceback after the error.
+    """
+    path = settings.sqlite_path
+    if path is None:
+        return None
+    if path.is_dir():
+        return (
+            f"DATABASE_URL names the directory {path}, not a SQLite file: add a file name, "
+            f"e.g. sqlite:///{path / 'jukebot.sqlite3'}."
+        )
+    existing = next((parent for parent in path.parents if parent.exists()), None)
+    if existing is not None and not existing.is_dir():
+        return (
+            f"DATABASE_URL's SQLite file {path} would be inside {existing}, which is a file, "
+            "not a directory: point DATABASE_URL at a file in a directory."
+        )
+    return None
+
+
 def database_problem(error: BaseException, settings: Settings) -> str | None:
     """One sentence with the fix for a database that cannot be used, or None for anything else.
 
     Never shows the password: the URL is the settings' display form.
     """
+    specific = specific_database_problem(error, settings)
+    if specific is not None:
+        return specific
     shown = settings.database_url_for_display
+    if isinstance(error, DBAPIError):
+        return f"The database at {shown} failed: {_first_line(error.orig)}."
+    if isinstance(error, OSError):
+        return f"Cannot reach the database at {shown} ({_first_line(error)}): start it or fix DATABASE_URL."
+    return None
+
+
+def specific_database_problem(error: BaseException, settings: Settings) -> str | None:
+    """The sentence for a database problem with a fix of its own (no such database, a refused
+    user, not a SQLite file, a schema from a newer jukebot), or None."""
+    from storage.migrate import UnknownSchemaRevision
+
+    shown = settings.database_url_for_display
+    if isinstance(error, UnknownSchemaRevision):
+        if error.newer:
+            return (
+                f"The database's schema (revision {error.revision}) is newer than this jukebot knows "
+                f"(latest {error.head}): upgrade jukebot on this machine (machines sharing one database "
+                f"must run the same version); the database at {shown} was not changed."
+            )
+        return (
+            f"The database at {shown} has schema revision {error.revision}, which this jukebot does not "
+            f"know (latest {error.head}): if a newer jukebot migrated it, upgrade jukebot on this machine, "
+            "else point DATABASE_URL at jukebot's own database (it was not changed)."
+        )
     if isinstance(error, DBAPIError):
         code = getattr(error.orig, "sqlstate", None)
         url = make_url(settings.database_url)
@@ -77,9 +131,11 @@ def database_problem(error: BaseException, settings: Settings) -> str | None:
                 f"Postgres refused user {url.username!r} ({_first_line(error.orig)}): "
                 f"fix the user or password in DATABASE_URL ({shown})."
             )
-        return f"The database at {shown} failed: {_first_line(error.orig)}."
-    if isinstance(error, OSError):
-        return f"Cannot reach the database at {shown} ({_first_line(error)}): start it or fix DATABASE_URL."
+        if settings.sqlite_path is not None and "file is not a database" in str(error.orig):
+            return (
+                f"{settings.sqlite_path} is not a SQLite database: point DATABASE_URL at jukebot's "
+                "database file, or at a new file name to start an empty one."
+            )
     return None
 
 

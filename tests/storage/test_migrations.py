@@ -17,9 +17,11 @@ from click.testing import CliRunner
 from sqlalchemy import inspect
 from sqlalchemy.engine import make_url
 
+import storage.engine
 from jukebot.cli import main
 from storage.engine import create_engine
 from storage.migrate import (
+    MIGRATION_LOCK_KEY,
     current_revision_async,
     downgrade_async,
     schema_diff,
@@ -29,6 +31,7 @@ from storage.migrate import (
 )
 from storage.models import Base, UTCDateTime
 from storage.store import JobStore
+from tests.waiting import wait_until
 
 TABLES = {"jobs", "samples", "votes", "primes", "guild_settings", "workers"}
 
@@ -143,6 +146,40 @@ async def test_concurrent_upgrades_of_an_empty_database_both_succeed(
     assert [p.returncode for p in upgrades] == [0, 0], [out.decode()[-2000:] for out, _ in outputs]
     assert await current_revision_async(empty_db_url) == head_revision()
     assert await schema_diff_async(empty_db_url) == []
+
+
+async def test_a_migration_waits_for_another_longer_than_a_statement_may_take(
+    empty_db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Statements are bounded on Postgres (a silent network must not hang a caller), but a migrator
+    waits for another process's migration however long that takes."""
+    if not empty_db_url.startswith("postgresql"):
+        pytest.skip("only Postgres migrations wait for each other (SQLite has its busy timeout)")
+    monkeypatch.setattr(storage.engine, "POSTGRES_STATEMENT_TIMEOUT_SECONDS", 0.5)
+    bounded = create_engine(empty_db_url)
+    try:
+        with pytest.raises(TimeoutError):
+            async with bounded.connect() as connection:
+                await connection.exec_driver_sql("SELECT pg_sleep(1.5)")
+        async with bounded.connect() as other_migrator:
+            await other_migrator.exec_driver_sql(f"SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})")
+            upgrading = asyncio.create_task(upgrade_to_head_async(empty_db_url))
+
+            async def waiting() -> bool:
+                async with bounded.connect() as connection:
+                    waiters = await connection.exec_driver_sql(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                    )
+                    return bool(waiters.scalar())
+
+            await wait_until(waiting, 30.0, "the migrator to wait for the other one")
+            await asyncio.sleep(1.5)  # longer than a statement may take: the wait itself is the input
+            assert not upgrading.done()
+            await other_migrator.exec_driver_sql(f"SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})")
+        await asyncio.wait_for(upgrading, 60)
+    finally:
+        await bounded.dispose()
+    assert await current_revision_async(empty_db_url) == head_revision()
 
 
 async def test_0002_keeps_rows_counts_finished_jobs_as_posted_and_downgrades(empty_db_url: str) -> None:
@@ -344,8 +381,9 @@ async def test_0005_allows_curate_jobs_and_refuses_to_downgrade_over_them(empty_
     await insert(id=1, kind="curate")
     await insert(id=2, kind="generate")
     # what 0005 leaves differs from the models only by the columns later revisions add
-    assert [(diff[0], diff[2], diff[3].name) for diff in await schema_diff_async(url)] == [
-        ("add_column", "jobs", "level_windows")
+    assert sorted((diff[0], diff[2], diff[3].name) for diff in await schema_diff_async(url)) == [
+        ("add_column", "jobs", "level_windows"),
+        ("add_column", "jobs", "max_running_per_user"),
     ]
     with pytest.raises(RuntimeError, match="1 curate job"):
         await downgrade_async(url, "0004")
@@ -384,3 +422,28 @@ async def test_0006_adds_level_windows_that_older_rows_leave_empty(empty_db_url:
     await downgrade_async(url, "0005")
     assert "level_windows" not in (await _columns(url))["jobs"]
     assert await _read(url, sa.select(JOBS_0001.c.id, JOBS_0001.c.status)) == [(1, "queued")]
+
+
+async def test_0007_adds_the_running_limit_that_older_jobs_leave_empty(empty_db_url: str) -> None:
+    url = empty_db_url
+    job = {"channel_id": 1, "user_id": 2, "model": "5b", "params": {}, "kind": "generate"}
+    job |= {"status": "queued", "priority": 0, "attempts": 0, "max_attempts": 1, "progress": 0.0}
+    job |= {"created_at": T0, "updated_at": T0}
+    await upgrade_async(url, "0006")
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(JOBS_0001.insert(), [{**job, "id": 1}, {**job, "id": 2}])
+    finally:
+        await engine.dispose()
+    await upgrade_async(url, "0007")
+    assert "max_running_per_user" in (await _columns(url))["jobs"]
+    engine = create_engine(url)
+    try:  # jobs queued before it have no limit: both of the user's run at once, as they did
+        store = JobStore(engine)
+        taken = [await store.claim(worker, ["5b"], lease_seconds=60) for worker in ("a", "b")]
+        assert [job.id for job in taken if job is not None] == [1, 2]
+    finally:
+        await engine.dispose()
+    await downgrade_async(url, "0006")
+    assert "max_running_per_user" not in (await _columns(url))["jobs"]

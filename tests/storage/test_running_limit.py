@@ -1,0 +1,38 @@
+"""A user's running-jobs limit holds when workers claim, not only when jobs are queued: with several
+workers free, a user's queued jobs wait while their limit of jobs runs, and other users go first."""
+
+from __future__ import annotations
+
+import asyncio
+
+from storage import JobStore
+from tests.storage.helpers import GUILD, MODEL, USER, enqueue, finished_job, new_sample
+
+OTHER_USER = USER + 1
+
+
+async def test_a_users_queued_jobs_wait_while_their_limit_of_jobs_runs(store: JobStore) -> None:
+    mine = [await enqueue(store, max_running_per_user=1, max_queued_per_user=3) for _ in range(3)]
+    theirs = await enqueue(store, user_id=OTHER_USER, max_running_per_user=1)
+    elsewhere = await enqueue(store, guild_id=GUILD + 1, max_running_per_user=1)  # another server's limit
+    unlimited = await enqueue(store, user_id=USER + 2)  # queued without a limit (an older bot)
+
+    taken = [await store.claim(f"worker-{n}", [MODEL], lease_seconds=60) for n in range(5)]
+    assert [job.id if job else None for job in taken] == [mine[0], theirs, elsewhere, unlimited, None]
+
+    await store.complete(mine[0], "worker-0", [new_sample()])
+    nxt = await store.claim("worker-0", [MODEL], lease_seconds=60)
+    assert nxt is not None and nxt.id == mine[1]  # the user's next, once their job ended
+
+
+async def test_a_burst_of_claims_takes_one_job_of_a_user_limited_to_one(store: JobStore) -> None:
+    mine = [await enqueue(store, max_running_per_user=1, max_queued_per_user=8) for _ in range(8)]
+    claims = await asyncio.gather(*(store.claim(f"worker-{n}", [MODEL], 60) for n in range(8)))
+    assert [job.id for job in claims if job is not None] == [mine[0]]
+
+
+async def test_a_finished_job_does_not_count_as_running(store: JobStore) -> None:
+    await finished_job(store)
+    queued = await enqueue(store, max_running_per_user=1)
+    claimed = await store.claim("worker-a", [MODEL], lease_seconds=60)
+    assert claimed is not None and claimed.id == queued
