@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import sys
 import time
 import urllib.error
@@ -95,6 +96,10 @@ class VerificationError(ModelFilesError):
     pass
 
 
+class ModelDirError(ModelFilesError):
+    """The model directory itself cannot be read, created or written (not one of its files)."""
+
+
 class ModelFilesMissing(ModelFilesError):
     """For the operator (it names paths and commands): users get a message of their own."""
 
@@ -131,6 +136,55 @@ def model_path(model_dir: Path, checkpoint_name: str) -> Path:
             f"Unknown checkpoint {checkpoint_name!r}: use one of {', '.join(CHECKPOINTS)}."
         )
     return Path(model_dir) / CHECKPOINTS[checkpoint_name].path
+
+
+def model_dir_problem(model_dir: Path) -> str | None:
+    """Why the model directory cannot be read (a file, no permission), in one sentence; None when it
+    can (a directory that does not exist yet is fine: nothing is downloaded)."""
+    path = Path(model_dir)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        return (
+            f"The model directory {path} cannot exist, because a folder above it is a file: "
+            "set JUKEBOT_MODEL_DIR to a folder."
+        )
+    except OSError as exc:
+        return (
+            f"Cannot read the model directory {path} ({exc.strerror or exc}): fix its permissions or set "
+            "JUKEBOT_MODEL_DIR to a folder this user can read."
+        )
+    if not stat.S_ISDIR(mode):
+        return f"The model directory {path} is a file, not a folder: set JUKEBOT_MODEL_DIR to a folder."
+    if not os.access(path, os.R_OK | os.X_OK):
+        return (
+            f"Cannot read the model directory {path} (permission denied): fix its permissions or set "
+            "JUKEBOT_MODEL_DIR to a folder this user can read."
+        )
+    return None
+
+
+def prepare_model_dir(model_dir: Path) -> Path:
+    """The model directory, created if needed, or ModelDirError saying why it cannot be written."""
+    path = Path(model_dir)
+    problem = model_dir_problem(path)
+    if problem is not None:
+        raise ModelDirError(problem)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelDirError(
+            f"Cannot create the model directory {path} ({exc.strerror or exc}): create it, or set "
+            "JUKEBOT_MODEL_DIR to a folder this user can write."
+        ) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ModelDirError(
+            f"Cannot write to the model directory {path} (permission denied): fix its permissions or set "
+            "JUKEBOT_MODEL_DIR to a folder this user can write."
+        )
+    return path
 
 
 def missing_checkpoints(model_dir: Path, model: str) -> list[str]:
@@ -184,6 +238,19 @@ class CheckpointVerifier:
             self._shapes[name] = {key: tuple(shape) for key, shape in self.expected_shapes_for(name).items()}
         return self._shapes[name]
 
+    def architecture_problem(self, name: str) -> str | None:
+        """Why the architecture `name` is checked against cannot be worked out (a malformed
+        `.hparams.json` sidecar), or None. Such a problem is the sidecar's, not the checkpoint's."""
+        from sampler.jukebox.checkpoint import CheckpointError
+
+        try:
+            self.shapes(name)
+        except CheckpointError as exc:
+            return str(exc)
+        except (ValueError, KeyError, TypeError) as exc:
+            return f"its .hparams.json sidecar does not describe a {name} ({exc}); fix or delete it"
+        return None
+
     def min_size(self, name: str) -> int | None:
         """No genuine copy is smaller: every weight in fp16, the narrowest type the files use."""
         shapes = self.shapes(name)
@@ -197,7 +264,7 @@ class CheckpointVerifier:
         try:
             state = self.load_state_dict(path)
         except CheckpointError as exc:
-            return [str(exc)]
+            return [name_the_checkpoint(str(exc), name)]
         except Exception as exc:
             return [f"cannot be loaded as a checkpoint ({type(exc).__name__}: {str(exc)[:200]})"]
         expected = self.shapes(name)
@@ -210,6 +277,12 @@ class CheckpointVerifier:
         return []
 
 
+def name_the_checkpoint(message: str, name: str) -> str:
+    """The checkpoint reader's advice names a placeholder model when it is not told which file it
+    reads: put the checkpoint's name in."""
+    return message.replace("`jukebot models download <model>`", f"`jukebot models download {name}`")
+
+
 def _count(shape: tuple[int, ...]) -> int:
     n = 1
     for dim in shape:
@@ -220,6 +293,9 @@ def _count(shape: tuple[int, ...]) -> int:
 def file_problems(name: str, path: Path, verifier: CheckpointVerifier | None) -> list[str]:
     """Everything wrong with `path` as a copy of checkpoint `name`; [] when it checks out."""
     verifier = verifier or CheckpointVerifier()
+    architecture = verifier.architecture_problem(name)
+    if architecture is not None:
+        return [architecture]
     size, least = path.stat().st_size, verifier.min_size(name)
     if least is not None and size < least:
         return [f"it is {format_bytes(size)}, but a genuine {name} is at least {format_bytes(least)}"]
@@ -283,16 +359,18 @@ class VerifyResult:
     problems: list[str]
     checks: str  # "shapes" or "loads"
     moved_to: Path | None = None  # where a bad file was moved aside
+    fix: str | None = None  # what to do, when fetching the file again is not it
 
     @property
     def message(self) -> str:
         if self.ok:
             return f"OK  {self.name}: {self.path} ({_CHECK_WORDS[self.checks]})"
         where = f"; moved aside to {self.moved_to}" if self.moved_to else ""
-        return (
-            f"BAD {self.name}: {self.path}: {'; '.join(self.problems)}{where}. "
-            f"Run `jukebot models download {self.name}` to fetch it again."
-        )
+        problems = "; ".join(self.problems)
+        fix = self.fix or f"Run `jukebot models download {self.name}` to fetch it again."
+        if self.fix is None and f"`jukebot models download {self.name}`" in problems:
+            fix = ""  # the problem already says it
+        return f"BAD {self.name}: {self.path}: {problems}{where}. {fix}".rstrip()
 
 
 _CHECK_WORDS = {
@@ -314,6 +392,11 @@ def verify_file(
     """Check one present file; a bad one is moved aside so the next download fetches it afresh."""
     path = model_path(model_dir, name)
     checks = _checks_done(verifier)
+    architecture = verifier.architecture_problem(name) if verifier is not None else None
+    if architecture is not None:  # the sidecar is wrong, not the checkpoint: it stays where it is
+        return VerifyResult(
+            name, path, False, [architecture], checks, fix="The checkpoint itself was left in place."
+        )
     problems = file_problems(name, path, verifier)
     cache = VerifiedCache(model_dir)
     if not problems:
@@ -662,11 +745,18 @@ def download_file(
     options = options or DownloadOptions()
     model_dir = Path(model_dir)
     path = model_path(model_dir, name)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    prepare_model_dir(model_dir)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DownloadError(f"Cannot create {path.parent} for {name} ({exc.strerror or exc}).") from None
     health = health or MirrorHealth(mirrors, options.notify)
     with _directory_lock(model_dir, options.notify):
         if path.is_file():
             return DownloadResult(name, path, downloaded=False)
+        architecture = verifier.architecture_problem(name) if verifier is not None else None
+        if architecture is not None:
+            raise VerificationError(f"{name} cannot be checked once downloaded: {architecture}.")
         if not mirrors:
             raise DownloadError(f"No mirror configured for {name}: set {MIRRORS_ENV}.")
         url = _download_to_part(name, path, list(mirrors), verifier, options, health)
@@ -791,6 +881,7 @@ def download(
     options = options or DownloadOptions()
     model_dir = Path(model_dir)
     names = resolve_names(name)
+    prepare_model_dir(model_dir)  # before any request: a directory that cannot be written stops here
     health = MirrorHealth(mirrors, options.notify)
     planned = plan_download(names, model_dir, health, options)
     if planned and health.all_down():

@@ -36,7 +36,14 @@ from sampler.jukebox.checkpoint import (
 )
 from sampler.jukebox.registry import CHECKPOINTS, MODELS
 from sampler.loading import expected_shapes_for
-from sampler.model_files import CheckpointVerifier, ModelFilesError, model_path, verify_file
+from sampler.model_files import (
+    CheckpointVerifier,
+    ModelFilesError,
+    model_dir_problem,
+    model_path,
+    prepare_model_dir,
+    verify_file,
+)
 
 StateDict = Mapping[str, torch.Tensor]
 _HF_KEY = re.compile(r"^(vqvae|priors\.\d+)\.")
@@ -74,24 +81,48 @@ def import_checkpoints(
         raise ModelImportError(f"Unknown model {model!r}: use one of {', '.join(MODELS)}.")
     if name is not None and name not in CHECKPOINTS:
         raise ModelImportError(f"Unknown checkpoint {name!r}: use one of {', '.join(CHECKPOINTS)}.")
+    problem = model_dir_problem(model_dir)
+    if problem is not None:
+        raise ModelImportError(problem)
     originals = sorted(source.rglob("*.pth.tar")) if source.is_dir() else []
+    if source.is_dir() and not originals and not _hf_weight_files(source):
+        raise ModelImportError(
+            f"{source} holds no checkpoint files: give original *.pth.tar files (one, or a folder of them) "
+            "or a Hugging Face copy's folder (pytorch_model*.bin or model*.safetensors)."
+        )
     try:
         if originals:
             if name is not None and len(originals) > 1:
                 raise ModelImportError(f"--name fits one file, but {source} holds {len(originals)}.")
             planned = [(_original_name(file, model_dir, name), file) for file in originals]
+            prepare_model_dir(model_dir)
             return [_install_copy(n, file, model_dir, replace, notify) for n, file in planned]
         if source.is_file():
             state = read_checkpoint(source, device="meta")
             if not any(_HF_KEY.match(key) for key in state):
                 chosen = _original_name(source, model_dir, name)
+                prepare_model_dir(model_dir)
                 return [_install_copy(chosen, source, model_dir, replace, notify)]
             parts = split_hf_state_dict(read_checkpoint(source))
         else:
             parts = load_hf_checkpoint(source)
     except CheckpointError as exc:
-        raise ModelImportError(f"Cannot import {source}: {exc}.") from None
+        raise ModelImportError(f"Cannot import {source}: {_import_advice(str(exc))}.") from None
     return _install_parts(parts, source, model_dir, model, replace, notify)
+
+
+def _hf_weight_files(folder: Path) -> list[Path]:
+    """The files of a Hugging Face copy's weights in `folder` (sharded or not), of either format."""
+    return [path for pattern in ("*.bin", "*.safetensors") for path in folder.glob(pattern) if path.is_file()]
+
+
+# The checkpoint reader's advice for a bad file: right for the model directory, not for a file to import.
+_DOWNLOAD_ADVICE = re.compile(r"re-download it with `jukebot models download <model>`")
+
+
+def _import_advice(message: str) -> str:
+    """A reader's error about a file being imported: a good copy of it is what to import instead."""
+    return _DOWNLOAD_ADVICE.sub("import a good copy of it instead", message)
 
 
 # ----------------------------------------------------------------------------- original files
@@ -125,7 +156,7 @@ def _original_name(file: Path, model_dir: Path, name: str | None) -> str:
     try:
         check_state_dict(state, expected_shapes_for(name, model_dir), what=f"{file} (as {name})")
     except CheckpointError as exc:
-        raise ModelImportError(f"{exc} Nothing was imported.") from None
+        raise ModelImportError(f"{_import_advice(str(exc))} Nothing was imported.") from None
     return name
 
 
@@ -167,7 +198,8 @@ def _install_parts(
         try:
             check_state_dict(state, expected_shapes_for(name, model_dir), what=f"{source}'s {name}")
         except CheckpointError as exc:
-            raise ModelImportError(f"{exc} Nothing was imported.") from None
+            raise ModelImportError(f"{_import_advice(str(exc))} Nothing was imported.") from None
+    prepare_model_dir(model_dir)
     results = []
     for name, state in planned:
         target = model_path(model_dir, name)

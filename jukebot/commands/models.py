@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -16,6 +18,7 @@ from sampler.model_files import (
     ModelFilesError,
     download,
     file_status,
+    model_dir_problem,
     model_status,
     resolve_names,
     verify_file,
@@ -56,6 +59,29 @@ def _names_or_exit(name: str) -> list[str]:
         raise click.ClickException(str(exc)) from None
 
 
+def _readable_model_dir(model_dir: Path) -> Path:
+    """The model directory, or the sentence that says why it cannot be read (a file, no permission)."""
+    problem = model_dir_problem(model_dir)
+    if problem is not None:
+        raise click.ClickException(problem)
+    return model_dir
+
+
+class Seconds(click.ParamType):
+    """A positive, finite number of seconds (a timeout): NaN and infinity are refused, as `worker` does."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(seconds) or seconds <= 0:
+            self.fail(f"must be a positive number of seconds, got {value}", param, ctx)
+        return seconds
+
+
 @click.group()
 def models() -> None:
     """List, download, import and verify the Jukebox model files."""
@@ -65,9 +91,10 @@ def models() -> None:
 def list_models() -> None:
     """Show each published model, its files and whether they are downloaded and verified."""
     settings = settings_or_exit()
-    click.echo(f"Model directory: {settings.model_dir}")
+    model_dir = _readable_model_dir(settings.model_dir)
+    click.echo(f"Model directory: {model_dir}")
     click.echo(f"Mirrors: {', '.join(settings.model_mirrors)}")
-    for name, status in model_status(settings.model_dir).items():
+    for name, status in model_status(model_dir).items():
         kind = "lyrics" if MODELS[name].has_lyrics else "no lyrics"
         click.echo(f"\n{name} ({kind}): {status.summary}")
         for file in status.files:
@@ -80,14 +107,14 @@ def list_models() -> None:
 @click.argument("name")
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Seconds(),
     default=60.0,
     show_default=True,
     help="Seconds without data, mid-download, before an attempt is abandoned (and retried).",
 )
 @click.option(
     "--connect-timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Seconds(),
     default=10.0,
     show_default=True,
     help="Seconds to connect to a mirror and get an answer; a mirror that fails this is skipped.",
@@ -151,6 +178,7 @@ def verify_command(name: str | None) -> None:
     """
     names = _names_or_exit(name or "all")
     settings = settings_or_exit()
+    _readable_model_dir(settings.model_dir)
     verifier = _context().make_verifier()
     problems = 0
     checked = 0

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +34,12 @@ from sampler.jukebox.registry import DEFAULT_MODEL, MODELS, SAMPLE_RATE
 MODES = ("ancestral", "primed", "continue", "upsample")
 
 
-def _floats(text: str, name: str, count: int = 3) -> tuple[float, ...]:
+def _floats(text: str, name: str, example: str, count: int = 3) -> tuple[float, ...]:
     try:
         values = tuple(float(part) for part in text.replace(" ", "").split(",") if part)
     except ValueError:
         raise click.BadParameter(
-            f"use {count} comma-separated numbers, e.g. 0.5,0.5,0.125", param_hint=name
+            f"use {count} comma-separated numbers, e.g. {example}", param_hint=name
         ) from None
     if len(values) == 1:
         values = values * count
@@ -111,81 +113,289 @@ def _audio_files(value: str | None, mode: str, prompt_seconds: float | None) -> 
     if not value or prompt_seconds is None:
         raise click.UsageError("--mode=primed needs --audio_file and --prompt_length_in_seconds")
     files = [Path(part.strip()) for part in value.split(",") if part.strip()]
+    if not files:
+        raise click.BadParameter(
+            f"{value!r} names no file: give a file, or a,b,… for one per sample", param_hint="--audio_file"
+        )
     for path in files:
         if not path.is_file():
             raise click.BadParameter(f"{path} does not exist or is not a file", param_hint="--audio_file")
     return files
 
 
+def _seconds(value: float, flag: str) -> float:
+    """A duration flag: a positive, finite number of seconds."""
+    if not math.isfinite(value) or value <= 0:
+        raise click.BadParameter(f"give a positive number of seconds, got {value:g}", param_hint=flag)
+    return value
+
+
+def _device(text: str | None) -> str:
+    """`--device`, checked against this machine: cpu, or a CUDA GPU that is there."""
+    import torch
+
+    if text is None:
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(text.strip())
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise click.BadParameter(f"{text!r} is not a device: use cpu or cuda:N", param_hint="--device")
+    if device.type == "cpu":
+        return "cpu"
+    if not torch.cuda.is_available():
+        why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise click.BadParameter(f"{text} is not available ({why}): use --device=cpu", param_hint="--device")
+    index, count = device.index or 0, torch.cuda.device_count()
+    if index >= count:
+        raise click.BadParameter(
+            f"there is no GPU {index} here: use cuda:0 to cuda:{count - 1}", param_hint="--device"
+        )
+    return f"cuda:{index}"
+
+
+def _output_dir(name: str) -> Path:
+    """`--name`, checked to be a folder this run can create or write into."""
+    out_dir = Path(name)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise click.BadParameter(
+            f"{out_dir} is a file, not a folder: pass another --name", param_hint="--name"
+        )
+    existing = out_dir.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise click.BadParameter(
+            f"{out_dir} cannot be created: {existing} is a file; pass another --name", param_hint="--name"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise click.BadParameter(
+            f"{out_dir} cannot be written: no write permission in {existing}; pass another --name",
+            param_hint="--name",
+        )
+    return out_dir
+
+
+def _refuse_own_outputs(out_dir: Path, levels: tuple[int, ...], inputs: list[tuple[str, Path]]) -> None:
+    """Stop when an input is a file this run writes (its level folders, styles, checkpoint): reading it
+    while writing it would overwrite the input. Other files under NAME, and resumes, are fine."""
+    level_dirs = [(out_dir / f"level_{level}").resolve() for level in levels]
+    files = {(out_dir / name).resolve() for name in OWN_FILES}
+    for flag, path in inputs:
+        resolved = path.resolve()
+        if resolved in files or any(resolved.is_relative_to(folder) for folder in level_dirs):
+            raise click.BadParameter(
+                f"{path} is among the files this run writes into {out_dir}, so it would be overwritten: "
+                "pass another --name",
+                param_hint=flag,
+            )
+
+
+def _known_styles(model: str, styles: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Each (artist, genre) checked against the model's label tables, as the bot checks them: a name
+    the model does not know would silently be 'unknown' (id 0). A name found only by forgiving case,
+    accents or punctuation is replaced by the table's spelling, which is what the labels look up."""
+    from sampler.jukebox.labels import (
+        LabelError,
+        UnknownArtist,
+        UnknownGenre,
+        Vocabulary,
+        artist_id,
+        genre_ids,
+    )
+
+    vocabulary = Vocabulary.for_model(model)
+    version = vocabulary.version
+    known: dict[tuple[str, str], tuple[str, str]] = {}
+    for artist, genre in styles:
+        if (artist, genre) in known:
+            continue
+        try:
+            found_artist = vocabulary.resolve_artist(artist)
+        except UnknownArtist as exc:
+            raise click.BadParameter(
+                _unknown_label(model, "artist", artist, exc.suggestions), param_hint="--artist"
+            ) from None
+        try:
+            found_genre = vocabulary.resolve_genres(genre)
+        except UnknownGenre as exc:
+            raise click.BadParameter(
+                _unknown_label(model, "genre", exc.unknown_word or genre, exc.suggestions),
+                param_hint="--genre",
+            ) from None
+        except LabelError as exc:  # too many genres
+            raise click.BadParameter(str(exc), param_hint="--genre") from None
+        use_artist = artist if artist_id(artist, version) == found_artist.id else found_artist.name
+        use_genre = genre if genre_ids(genre, version) == list(found_genre.ids) else found_genre.text
+        for flag, typed, used in (("--artist", artist, use_artist), ("--genre", genre, use_genre)):
+            if typed != used:
+                click.echo(f"{flag} {typed!r} is read as {used!r}, the spelling {model} knows", err=True)
+        known[(artist, genre)] = (use_artist, use_genre)
+    return [known[style] for style in styles]
+
+
+def _unknown_label(model: str, what: str, name: str, suggestions: list[str]) -> str:
+    if suggestions:
+        closest = ", ".join(repr(found) for found in suggestions)
+        return (
+            f"{model} does not know the {what} {name!r}: use one of the closest ({closest}), "
+            f"or --{what}=unknown for none in particular"
+        )
+    return (
+        f"{model} does not know the {what} {name!r} and none is close: check the spelling, "
+        f"or use --{what}=unknown for none in particular"
+    )
+
+
+def _audio_problem(path: Path, error: Exception) -> str:
+    """The decoder's sentence, in the command line's terms (it speaks of attaching, as the bot does)."""
+    text = str(error).strip()
+    match = re.fullmatch(r"(.*?)\.?\s*Attach (.+?)\.?", text, flags=re.DOTALL)
+    if match:
+        text = f"{match[1]}: use {match[2]} instead"
+    text = re.sub(r"^(This|The) (audio )?file ", "it ", text)
+    return f"--audio_file {path}: {text.rstrip('.')}."
+
+
+def _prompts(files: list[Path], seconds: float, n: int, sample_length: int) -> Any:  # a tensor (n, samples)
+    """Each sample's prompt audio (file i for sample i, cycled), decoded before any model loads."""
+    import torch
+
+    from sampler.audio import AudioError, decode_audio
+    from sampler.jukebox.windows import TOP_HOP, prompt_length_samples
+
+    length = prompt_length_samples(seconds)
+    if length <= 0:
+        raise click.BadParameter(
+            f"give at least {TOP_HOP / SAMPLE_RATE:.4f} s, got {seconds:g}",
+            param_hint="--prompt_length_in_seconds",
+        )
+    if length >= sample_length:
+        raise click.BadParameter(
+            f"the prompt ({seconds:g} s) must be shorter than --sample_length_in_seconds",
+            param_hint="--prompt_length_in_seconds",
+        )
+    prompts = []
+    for path in files:
+        try:
+            audio = decode_audio(path, max_seconds=None, max_bytes=None)
+        except AudioError as exc:
+            raise click.ClickException(_audio_problem(path, exc)) from None
+        except OSError as exc:
+            raise click.ClickException(
+                f"--audio_file {path} cannot be read ({exc.strerror or exc})."
+            ) from None
+        if audio.shape[0] < length:
+            raise click.ClickException(
+                f"{path} is {audio.shape[0] / SAMPLE_RATE:.2f} s long, shorter than the {seconds:g} s prompt"
+            )
+        prompts.append(torch.from_numpy(audio[:length]))
+    return torch.stack([prompts[i % len(prompts)] for i in range(n)])  # as the original cycles them
+
+
+def _lyrics(options: dict[str, Any]) -> str:
+    path = options["lyrics_file"]
+    if path is None:
+        return str(options["lyrics"])
+    try:
+        return str(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "it is not UTF-8 text"
+        raise click.BadParameter(f"{path} cannot be read ({why})", param_hint="--lyrics_file") from None
+
+
+# What a run writes into NAME besides its level folders.
+OWN_FILES = ("styles.json", "checkpoint.pt", "checkpoint.json", "checkpoint.tmp")
+
+
 def run_sample(options: dict[str, Any], given: set[str] | frozenset[str] = frozenset()) -> None:
     import torch
     from tqdm import tqdm
 
-    from sampler.audio import AudioError, decode_audio, encode_audio, wav_bytes
+    from sampler.audio import encode_audio, wav_bytes
     from sampler.jukebox.cascade import CascadeState, Progress, SampleStyle, SamplingError, SamplingRequest
-    from sampler.jukebox.windows import prompt_length_samples, sample_length_samples
+    from sampler.jukebox.checkpoint import CheckpointError
+    from sampler.jukebox.windows import TOP_HOP, sample_length_samples
     from sampler.loading import load_cascade
     from sampler.model_files import ModelFilesError
 
+    # Every flag is checked first: a run refused for a bad one loads no model and writes nothing.
     if options["sr"] != SAMPLE_RATE:
         raise click.BadParameter(f"Jukebox models run at {SAMPLE_RATE} Hz", param_hint="--sr")
     mode = options["mode"]
-    n = options["n_samples"]
-    audio_files = _audio_files(options["audio_file"], mode, options["prompt_length_in_seconds"])
-    saved_codes: tuple[Any, ...] | None = None
-    if mode in ("continue", "upsample"):
-        if options["codes_file"] is None:
-            raise click.UsageError(f"--mode={mode} needs --codes_file")
-        saved_codes, saved_labels = _read_codes(options["codes_file"], n)
-        options = _with_saved_labels(options, given, saved_labels)
-    model_dir = options["model_dir"] or settings_or_exit().model_dir
-    device = options["device"] or ("cuda:0" if torch.cuda.is_available() else "cpu")
-    fp16 = options["fp16"] if options["fp16"] is not None else device.startswith("cuda")
-    dtype = torch.float16 if fp16 else torch.float32
-    lyrics = options["lyrics_file"].read_text() if options["lyrics_file"] else options["lyrics"]
-    hop = _floats(options["hop_fraction"], "--hop_fraction")
-    temps = _floats(options["temperature"], "--temperature")
+    out_dir = _output_dir(options["name"])
+    seconds = _seconds(options["sample_length_in_seconds"], "--sample_length_in_seconds")
+    sample_length = sample_length_samples(seconds)
+    if sample_length <= 0:
+        raise click.BadParameter(
+            f"give at least {TOP_HOP / SAMPLE_RATE:.4f} s, got {seconds:g}",
+            param_hint="--sample_length_in_seconds",
+        )
+    if options["total_sample_length_in_seconds"] is not None:
+        _seconds(options["total_sample_length_in_seconds"], "--total_sample_length_in_seconds")
+    if options["prompt_length_in_seconds"] is not None and mode == "primed":
+        _seconds(options["prompt_length_in_seconds"], "--prompt_length_in_seconds")
+    hop = _floats(options["hop_fraction"], "--hop_fraction", "0.5,0.5,0.125")
+    if any(not 0 < h <= 1 for h in hop):
+        raise click.BadParameter(
+            "each hop fraction must be in (0, 1], e.g. 0.5,0.5,0.125", param_hint="--hop_fraction"
+        )
+    temps = _floats(options["temperature"], "--temperature", "0.99,0.99,0.99")
+    if any(not math.isfinite(t) or t <= 0 for t in temps):
+        raise click.BadParameter(
+            "temperatures must be positive numbers, e.g. 0.99", param_hint="--temperature"
+        )
+    if not math.isfinite(options["top_p"]):
+        raise click.BadParameter("give a number from 0 to 1", param_hint="--top_p")
+    if options["top_k"] and options["top_p"]:
+        raise click.UsageError("use --top_k or --top_p, not both")
     try:
         batch = parse_batch_sizes(options["max_batch_size"])
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--max_batch_size") from None
-    out_dir = Path(options["name"])
-    styles = _styles(options["artist"], options["genre"], options["n_samples"])
+    device = _device(options["device"])
+    levels = tuple(range(3 - options["levels"], 3))
+    if mode == "upsample":
+        levels = tuple(level for level in levels if level < 2) or (0, 1)
+    audio_files = _audio_files(options["audio_file"], mode, options["prompt_length_in_seconds"])
+    inputs = [("--audio_file", path) for path in audio_files]
+    if mode in ("continue", "upsample"):
+        if options["codes_file"] is None:
+            raise click.UsageError(f"--mode={mode} needs --codes_file")
+        inputs.append(("--codes_file", options["codes_file"]))
+    _refuse_own_outputs(out_dir, levels, inputs)
+    saved_codes: tuple[Any, ...] | None = None
+    if mode in ("continue", "upsample"):
+        saved_codes, saved_labels, count = _read_codes(options["codes_file"], options["n_samples"])
+        options = {**options, "n_samples": count}  # as many as the codes hold
+        options = _with_saved_labels(options, given, saved_labels)
+        if options["total_sample_length_in_seconds"] is not None:
+            _seconds(options["total_sample_length_in_seconds"], "--total_sample_length_in_seconds")
+    lyrics = _lyrics(options)  # after the codes file's labels: they may hold the lyrics
+    styles = _known_styles(
+        options["model"], _styles(options["artist"], options["genre"], options["n_samples"])
+    )
     n = len(styles)
     options = {**options, "artist": styles[0][0], "genre": styles[0][1], "n_samples": n}
     sweep = len(set(styles)) > 1
-    mode = options["mode"]
-    sample_length = sample_length_samples(options["sample_length_in_seconds"])
-    total_seconds = options["total_sample_length_in_seconds"] or options["sample_length_in_seconds"]
-    levels = tuple(range(3 - options["levels"], 3))
+    prompt = None
+    if mode == "primed":
+        prompt = _prompts(audio_files, options["prompt_length_in_seconds"], n, sample_length)
+    model_dir = options["model_dir"] or settings_or_exit().model_dir
+    fp16 = options["fp16"] if options["fp16"] is not None else device.startswith("cuda")
+    dtype = torch.float16 if fp16 else torch.float32
+    total_seconds = options["total_sample_length_in_seconds"] or seconds
 
     try:
         cascade = load_cascade(model_dir, options["model"], device=device, dtype=dtype)
-    except (ModelFilesError, OSError, ValueError) as exc:
+    except (ModelFilesError, CheckpointError, OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
 
-    prompt = None
     codes = saved_codes
-    if mode == "primed":
-        length = prompt_length_samples(options["prompt_length_in_seconds"])
-        prompts = []
-        for path in audio_files:
-            try:
-                audio = decode_audio(path, max_seconds=None, max_bytes=None)
-            except AudioError as exc:
-                raise click.ClickException(f"{path}: {exc}") from None
-            if audio.shape[0] < length:
-                raise click.ClickException(
-                    f"{path} is {audio.shape[0] / SAMPLE_RATE:.2f} s long, shorter than the "
-                    f"{options['prompt_length_in_seconds']:g} s prompt"
-                )
-            prompts.append(torch.from_numpy(audio[:length]))
-        prompt = torch.stack([prompts[i % len(prompts)] for i in range(n)])  # as the original cycles them
-    elif codes is not None:
-        if mode == "upsample":
-            levels = tuple(level for level in levels if level < 2) or (0, 1)
-            sample_length = codes[2].shape[1] * cascade.hops[2]
-            total_seconds = max(total_seconds, sample_length / SAMPLE_RATE)
+    if mode == "upsample" and codes is not None and codes[2] is not None:
+        sample_length = codes[2].shape[1] * cascade.hops[2]
+        total_seconds = max(total_seconds, sample_length / SAMPLE_RATE)
     total_length = max(int(total_seconds * SAMPLE_RATE), sample_length)
     top_min = cascade.priors.config(2).min_duration or 0.0
     total_length = max(total_length, int(top_min * SAMPLE_RATE) + 1)
@@ -208,8 +418,17 @@ def run_sample(options: dict[str, Any], given: set[str] | frozenset[str] = froze
         prompt=prompt,
         codes=codes,
     )
+    try:  # what only the model can tell (its song length, lyrics): still nothing written
+        cascade.check(request)
+    except SamplingError as exc:
+        raise click.ClickException(str(exc)) from None
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.ClickException(
+            f"Cannot create {out_dir} ({exc.strerror or exc}): pass another --name."
+        ) from None
     checkpoint = out_dir / "checkpoint.pt"
     fingerprint = _fingerprint({**options, "styles": styles if sweep else None}, lyrics)
     _write_styles(out_dir, styles, lyrics, levels)
@@ -351,8 +570,9 @@ def _with_saved_labels(
     return options
 
 
-def _read_codes(path: Path, n_samples: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """The codes of a data.pth.tar and the labels saved with them ({} in files written before labels)."""
+def _read_codes(path: Path, n_samples: int | None) -> tuple[tuple[Any, ...], dict[str, Any], int]:
+    """The codes of a data.pth.tar, the labels saved with them ({} in files written before labels) and
+    how many samples they hold (`n_samples`, when given, must be that many)."""
     import torch
 
     try:
@@ -363,14 +583,19 @@ def _read_codes(path: Path, n_samples: int) -> tuple[tuple[Any, ...], dict[str, 
             "sample"
         ) from None
     zs = data.get("zs") if isinstance(data, dict) else None
-    if not isinstance(zs, list | tuple) or len(zs) != 3 or not all(isinstance(z, torch.Tensor) for z in zs):
+    if (
+        not isinstance(zs, list | tuple)
+        or len(zs) != 3
+        or not all(isinstance(z, torch.Tensor) and z.dim() == 2 for z in zs)
+    ):
         raise click.ClickException(f"{path} has no codes for 3 levels under 'zs'")
-    if zs[2].shape[0] != n_samples:
+    if n_samples is not None and zs[2].shape[0] != n_samples:
         raise click.ClickException(
             f"{path} holds {zs[2].shape[0]} samples; pass --n_samples={zs[2].shape[0]}"
         )
     labels = data.get("labels")
-    return tuple(z.long() if z.numel() else None for z in zs), labels if isinstance(labels, dict) else {}
+    codes = tuple(z.long() if z.numel() else None for z in zs)
+    return codes, labels if isinstance(labels, dict) else {}, zs[2].shape[0]
 
 
 def _fingerprint(options: dict[str, Any], lyrics: str) -> str:

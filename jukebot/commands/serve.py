@@ -161,6 +161,11 @@ def worker(
     from sampler.worker.runtime import WorkerConfigError
 
     settings = settings_or_exit()
+    if not settings.local_workers:
+        raise click.ClickException(
+            "JUKEBOT_GPUS=none says this machine runs no workers, so `jukebot worker` has nothing to "
+            "run: set JUKEBOT_GPUS to auto, cpu or GPU numbers such as 0,1 here."
+        )
     require_torch("workers")
     overrides = {
         "worker_lease_seconds": lease_seconds,

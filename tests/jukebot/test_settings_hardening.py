@@ -403,3 +403,12 @@ def test_db_check_names_a_postgres_role_that_does_not_exist(monkeypatch: pytest.
     line = one_sentence(invoke("db", "check"))
     assert line.startswith("Error: Postgres refused user 'jukebot_no_such_role' (role ")
     assert "fix the user or password in DATABASE_URL" in line and SECRET not in line
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_a_worker_on_a_machine_set_to_run_no_workers_is_one_sentence(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JUKEBOT_GPUS", "none")
+    assert one_sentence(invoke("worker")) == (
+        "Error: JUKEBOT_GPUS=none says this machine runs no workers, so `jukebot worker` has nothing to "
+        "run: set JUKEBOT_GPUS to auto, cpu or GPU numbers such as 0,1 here."
+    )
