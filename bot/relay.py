@@ -99,6 +99,8 @@ class ProgressRelay:
         self._watched: dict[int, _Watched] = {}
         self._posting: set[int] = set()  # jobs whose progress message is being posted right now
         self._failures: dict[int, int] = {}  # tries in a row at posting a job's results that failed
+        # Running jobs whose channel Discord says the bot cannot post in, and when it said so.
+        self._channel_lost_at: dict[int, float] = {}
         self._wake = asyncio.Event()
         self._pass_lock = asyncio.Lock()
 
@@ -143,10 +145,29 @@ class ProgressRelay:
             ours = [job for job in unfinished if job.guild_id in guild_ids]
             for job in ours:
                 self.track(job.id)
+                lost_at = self._channel_lost_at.get(job.id)
+                if lost_at is not None and time.monotonic() - lost_at < MAX_RETRY_DELAY_S:
+                    continue  # its channel is gone or closed to the bot: try again now and then
                 try:
                     await self._update(job, positions.get(job.id))
-                except Exception:  # e.g. no permission in that channel: the other jobs still update
-                    log.exception("job #%s: updating its progress message failed; trying again later", job.id)
+                    self._channel_lost_at.pop(job.id, None)
+                except discord.HTTPException as exc:
+                    if exc.code not in CANNOT_POST_THERE:
+                        log.exception("job #%s: updating its progress message failed; trying again", job.id)
+                    elif lost_at is None:
+                        log.warning(
+                            "job #%s: cannot show its progress in channel %s (Discord error %s, %s); "
+                            "trying again every %.0f s",
+                            job.id,
+                            job.channel_id,
+                            exc.code,
+                            CANNOT_POST_THERE[exc.code],
+                            MAX_RETRY_DELAY_S,
+                        )
+                    if exc.code in CANNOT_POST_THERE:
+                        self._channel_lost_at[job.id] = time.monotonic()
+                except Exception:  # the other jobs still update
+                    log.exception("job #%s: updating its progress message failed; trying again", job.id)
             still_running = {job.id for job in ours}
             # Results the store says nobody posted yet: also those that finished while no bot ran.
             finished: set[int] = set()
@@ -179,6 +200,7 @@ class ProgressRelay:
                 if job.results_posted_at is not None or job.guild_id not in guild_ids:
                     self._watched.pop(job_id, None)
                     self._failures.pop(job_id, None)
+                    self._channel_lost_at.pop(job_id, None)
                 # else: more than a batch finished at once, or waiting to retry; a later pass lists it
 
     async def _update(self, job: Job, queue_position: int | None) -> None:
@@ -298,6 +320,7 @@ class ProgressRelay:
             log.warning("job #%s: results posted, but another bot took over the claim meanwhile", job.id)
         self._watched.pop(job.id, None)
         self._failures.pop(job.id, None)
+        self._channel_lost_at.pop(job.id, None)
 
     def _retry_delay(self, failures: int) -> float:
         """How long to wait before trying again to post results that failed `failures` times in a row:

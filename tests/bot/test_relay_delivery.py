@@ -202,3 +202,32 @@ async def test_a_retry_waits_in_the_store_and_a_lost_permission_gives_up_the_res
         assert [(r.status, (r.error or {}).get("code")) for r in fake.rejections][-1] == (403, 50013)
     finally:
         await engine.dispose()
+
+
+async def test_progress_in_a_deleted_channel_is_given_up_with_one_warning_until_much_later(
+    fake_discord: FakeDiscord,
+    bot_runner: BotRunner,
+    sqlite_store: JobStore,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A running job whose channel is gone: not a traceback and a refused request every few seconds
+    for the hours it samples."""
+    fake, store = fake_discord, sqlite_store
+    bot = await bot_runner.start(make_bot(fake, store))
+    relay = relay_of(bot)
+    worker = PlayedWorker(store)
+    job = await _queued_and_claimed(fake, worker, "alice", "music", seed=1)
+    music = fake.channel("music")
+    fake.default_guild.channels.remove(music)
+    del fake.channels[music.id]
+
+    caplog.set_level(logging.WARNING, logger="bot.relay")
+    for window in range(1, 4):  # the job samples on; each pass has news to show
+        await worker.progress(job.id, window=window, of=4)
+        tried = len(fake.calls())
+        await relay.run_pass()
+        to_music = [call for call in fake.calls()[tried:] if f"/channels/{music.id}/" in call.path]
+        assert len(to_music) == (2 if window == 1 else 0), to_music  # the edit, then a fresh message
+    relay_records = [r for r in caplog.records if r.name == "bot.relay"]
+    assert [(r.levelno, r.exc_info) for r in relay_records] == [(logging.WARNING, None)]
+    assert f"job #{job.id}: cannot show its progress in channel {music.id}" in relay_records[0].getMessage()
