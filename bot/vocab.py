@@ -110,7 +110,12 @@ def _resolve_style(model: str, style: str) -> ResolvedLabels:
                 f"The {what} is {len(text)} characters long; no name Jukebox knows is longer than "
                 f"{MAX_NAME_CHARS}. Did you forget a ';' between two styles?"
             )
-    return resolve_labels(model, artist or None, genres or None)
+    try:
+        return resolve_labels(model, artist or None, genres or None)
+    except UnknownLabel as exc:
+        if style.count("/") > 1:  # e.g. 'Ella Fitzgerald / jazz, Metallica / metal'
+            raise UnknownLabel(f"{exc} Is this two styles? Separate styles with ';'.") from None
+        raise
 
 
 def suggest_styles(model: str, typed: str) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bot import vocab
+from bot.errors import UnknownLabel
 from sampler.jukebox.registry import MODELS
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
@@ -72,3 +73,10 @@ def test_styles_are_split_resolved_and_suggested() -> None:
     assert vocab.suggest_styles("5b", "metallica / rock, hea")[0] == "metallica / rock, heavy metal"
     # Discord takes choices of at most 100 characters: a longer list gets no suggestions, not cut ones
     assert vocab.suggest_styles("5b", done * 2 + "metall") == []
+    # two styles joined by another separator than ';'
+    for joined in ("Ella Fitzgerald / jazz, Metallica / metal", "Ella Fitzgerald / jazz | Metallica / metal"):
+        with pytest.raises(UnknownLabel, match=r"Is this two styles\? Separate styles with ';'\.$"):
+            vocab.resolve_styles("5b", joined)
+    with pytest.raises(UnknownLabel) as one_style:
+        vocab.resolve_styles("5b", "Ella Fitzgerald / jazzz")
+    assert "two styles" not in str(one_style.value)
