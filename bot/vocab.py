@@ -36,8 +36,12 @@ def suggest_artists(model: str, typed: str, limit: int = MAX_CHOICES) -> list[st
 def suggest_genres(model: str, typed: str, limit: int = MAX_CHOICES) -> list[str]:
     """Suggestions for the genre being typed; earlier comma-separated genres are kept as a prefix."""
     done, _, current = typed.rpartition(",")
-    prefix = ", ".join(split_genres(done))
-    found = vocabulary(model).suggest_genres(current.strip(), min(limit, MAX_CHOICES))
+    earlier = split_genres(done)
+    vocab = vocabulary(model)
+    if len(earlier) >= vocab.max_genres:  # e.g. 1b_lyrics takes one genre: suggest no second
+        return []
+    prefix = ", ".join(earlier)
+    found = vocab.suggest_genres(current.strip(), min(limit, MAX_CHOICES))
     choices = [f"{prefix}, {name}" if prefix else name for name in found]
     return [choice for choice in choices if len(choice) <= 100][:MAX_CHOICES]
 

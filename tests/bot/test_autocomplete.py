@@ -60,6 +60,12 @@ def test_suggestions_are_capped_and_resolvable(model: str) -> None:
     assert resolved.artist == artists[0]
 
 
+def test_genres_are_suggested_only_up_to_what_the_model_takes() -> None:
+    assert vocab.suggest_genres("1b_lyrics", "rock")  # its one genre
+    assert vocab.suggest_genres("1b_lyrics", "rock, po") == []  # no second: 1b_lyrics takes one
+    assert vocab.suggest_genres("5b", "rock, po")[0].startswith("rock, po")
+
+
 def test_styles_are_split_resolved_and_suggested() -> None:
     resolved = vocab.resolve_styles("5b", "AC/DC / rock; AC/DC; Ella Fitzgerald/jazz, blues; unknown")
     assert [(r.artist, r.genres) for r in resolved] == [
