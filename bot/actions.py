@@ -8,15 +8,24 @@ through the bot's event dispatch (`job_queued`; the progress extension posts the
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot.errors import BotLacksPermission, InvalidRequest, JukebotError, NotInServer, SampleNotInServer
+from bot.errors import (
+    BotLacksPermission,
+    InvalidRequest,
+    JukebotError,
+    LimitReached,
+    NotInServer,
+    SampleNotInServer,
+)
 from bot.requests import (
     Limits,
     ValidatedJob,
+    availability_note,
     build_continue,
     build_upsample,
     capacity_refusal,
@@ -25,8 +34,8 @@ from bot.requests import (
 )
 from sampler.jobspec import InvalidJobParams, JobParams, is_full_quality, parse_params
 from sampler.user_text import quote_user_text
-from storage.errors import StorageError, UserJobLimitReached
-from storage.models import JobKind
+from storage.errors import AlreadyUpsampled, StorageError, UserJobLimitReached
+from storage.models import JobKind, JobStatus
 from storage.records import Job, Sample
 
 if TYPE_CHECKING:
@@ -64,6 +73,8 @@ def queued_reply(job: Job, notes: tuple[str, ...] = ()) -> str:
     return "\n".join(lines)
 
 
+# A sample lasts its asked length rounded up to whole codes: that much over the limit is within it.
+LENGTH_ROUNDING_SECONDS = 0.5
 # What the bot needs in a channel to post a job's progress and results there (replying to the
 # message that asked for it needs the history).
 POSTING_PERMISSIONS = {
@@ -150,6 +161,13 @@ async def request_upsample(
     if 2 not in sample.levels:
         raise InvalidRequest(f"Sample #{sample_id} has no top-level codes stored, so it cannot be upsampled.")
     limits = await check_can_enqueue(bot, interaction)
+    if sample.duration_seconds > limits.max_length_seconds + LENGTH_ROUNDING_SECONDS:
+        # Upsampling costs GPU time for every second of the sample (continues can make it long).
+        raise LimitReached(
+            f"Sample #{sample_id} is {sample.duration_seconds:.0f} s long, and this server takes songs of "
+            f"at most {limits.max_length_seconds:g} s to full quality. Ask an admin to raise the "
+            "longest song (`/jukebot-admin limits max_length`)."
+        )
     validated = build_upsample(parent_params.for_sample(sample.index))
     return await enqueue_and_announce(
         bot,
@@ -188,6 +206,22 @@ async def request_continue(
     )
 
 
+async def _already_upsampled(bot: JukeBot, earlier: AlreadyUpsampled) -> InvalidRequest:
+    """The refusal of a second upsample of one sample, saying where the first one's result is."""
+    sample_id, job_id = earlier.sample_id, earlier.job_id
+    if earlier.status != JobStatus.SUCCEEDED.value:
+        return InvalidRequest(
+            f"Sample #{sample_id} is already being upsampled as job #{job_id}; its full-quality version "
+            "is posted when that job ends."
+        )
+    made = [sample.id for sample in await bot.store.samples_for_job(job_id)]
+    again = f" (`/sample {made[0]}` posts it again)" if made else ""
+    return InvalidRequest(
+        f"Sample #{sample_id} was upsampled already, by job #{job_id}: its full-quality version is "
+        f"sample {', '.join(f'#{made_id}' for made_id in made)}{again}."
+    )
+
+
 async def enqueue_and_announce(
     bot: JukeBot,
     interaction: discord.Interaction[Any],
@@ -203,8 +237,12 @@ async def enqueue_and_announce(
     """Queue the job (the store counts the user's jobs against `limits` as it inserts), answer the
     (deferred) interaction, then announce the job to the other features.
 
-    The reply goes first, so the user's "Queued as job #N" arrives before the progress message.
+    The reply goes first, so the user's "Queued as job #N" arrives before the progress message; it
+    says so when no worker serves the model yet.
     """
+    served = availability_note(model, await bot.store.served_models())
+    if served is not None:
+        validated = dataclasses.replace(validated, notes=(*validated.notes, served))
     try:
         job_id = await bot.store.enqueue(
             kind=kind,
@@ -220,6 +258,8 @@ async def enqueue_and_announce(
         )
     except UserJobLimitReached as reached:
         raise capacity_refusal(reached) from None
+    except AlreadyUpsampled as earlier:
+        raise await _already_upsampled(bot, earlier) from None
     except StorageError as exc:
         raise JukebotError(str(exc)) from None
     interaction.extras["job_id"] = job_id

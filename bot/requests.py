@@ -308,12 +308,21 @@ def _resolve_sweep(limits: Limits, options: GenerateOptions) -> tuple[Style, ...
     return tuple(Style(artist=labels.artist, genres=labels.genres) for labels in resolved)
 
 
-def build_continue(limits: Limits, parent_params: JobParams, seconds: float | None) -> ValidatedJob:
-    """A continue job adds `seconds` to a sample, keeping its labels and lyrics."""
+def build_continue(
+    limits: Limits, parent_params: JobParams, seconds: float | None, rng: random.Random | None = None
+) -> ValidatedJob:
+    """A continue job adds `seconds` to a sample, keeping its labels and lyrics, with a seed of its own:
+    each Continue is another take (the parent's seed would sample the same continuation again)."""
     added = DEFAULT_CONTINUE_SECONDS if seconds is None else float(seconds)
     check_length(limits, added, what="continuation")
     params = parent_params.model_copy(
-        update={"seconds": added, "n_samples": 1, "total_seconds": None, "prime_seconds": None}
+        update={
+            "seconds": added,
+            "n_samples": 1,
+            "total_seconds": None,
+            "prime_seconds": None,
+            "seed": (rng or random.Random()).randint(0, MAX_SEED),
+        }
     )
     return ValidatedJob(JobParams.model_validate(params.model_dump()))
 

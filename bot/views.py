@@ -106,11 +106,19 @@ class ContinueButton(
         bot = _bot(interaction)
         async with bot.reporting_errors(interaction):
             stored_id(self.sample_id, "sample")  # a forged custom_id may carry any number
+            # Refusals first, so none comes only after the user filled in the form.
+            await actions.check_sample_in_guild(bot, interaction, self.sample_id)
+            await actions.check_can_enqueue(bot, interaction)
             reply_to = interaction.message.id if interaction.message else None
-            await interaction.response.send_modal(ContinueModal(self.sample_id, reply_to))
+            form = ContinueModal(self.sample_id, reply_to)
+            await interaction.response.send_modal(form)
+            form.stop()  # `submit_continue_form` answers it, in this process or the next one
 
 
 class ContinueModal(discord.ui.Modal, title="Continue this sample"):
+    """The Continue form. Its whole state is in its custom_id, and the samples extension answers
+    every submission (`submit_continue_form`): a form opened before a restart still works."""
+
     seconds: discord.ui.TextInput[ContinueModal] = discord.ui.TextInput(
         label="Seconds to add",
         custom_id="seconds",
@@ -120,16 +128,39 @@ class ContinueModal(discord.ui.Modal, title="Continue this sample"):
     )
 
     def __init__(self, sample_id: int, reply_to: int | None) -> None:
-        super().__init__(custom_id=f"jukebot:continue-modal:{sample_id}", timeout=15 * 60)
-        self.sample_id = sample_id
-        self.reply_to = reply_to
+        reply = f":{reply_to}" if reply_to is not None else ""
+        super().__init__(custom_id=f"jukebot:continue-modal:{sample_id}{reply}")
 
-    async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
-        bot = _bot(interaction)
-        async with bot.reporting_errors(interaction):
-            seconds = actions.parse_seconds(self.seconds.value)
-            await interaction.response.defer(ephemeral=True, thinking=True)
-            await actions.request_continue(bot, interaction, self.sample_id, seconds, reply_to=self.reply_to)
+
+CONTINUE_FORM = re.compile(r"jukebot:continue-modal:(?P<sample_id>[0-9]+)(?::(?P<reply_to>[0-9]+))?")
+
+
+async def submit_continue_form(interaction: discord.Interaction[Any]) -> None:
+    """Queue the continuation a submitted Continue form asks for; other interactions are left alone."""
+    data = cast("dict[str, Any]", interaction.data or {})
+    found = CONTINUE_FORM.fullmatch(str(data.get("custom_id", "")))
+    if interaction.type != discord.InteractionType.modal_submit or found is None:
+        return
+    bot = _bot(interaction)
+    async with bot.reporting_errors(interaction):
+        sample_id = stored_id(int(found["sample_id"]), "sample")
+        reply_to = int(found["reply_to"]) if found["reply_to"] else None
+        seconds = actions.parse_seconds(_form_value(data, "seconds"))
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        await actions.request_continue(bot, interaction, sample_id, seconds, reply_to=reply_to)
+
+
+def _form_value(data: dict[str, Any], custom_id: str) -> str:
+    """A submitted form's text input (in rows, or in labels), '' when absent."""
+    stack: list[Any] = list(data.get("components", []))
+    while stack:
+        component = stack.pop()
+        if component.get("custom_id") == custom_id and "value" in component:
+            return str(component["value"] or "")
+        stack.extend(component.get("components", []) or [])
+        if "component" in component:
+            stack.append(component["component"])
+    return ""
 
 
 def _custom_ids(message: discord.Message) -> set[str]:

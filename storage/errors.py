@@ -94,6 +94,17 @@ class UserJobLimitReached(StorageError):
         self.limit = limit
 
 
+class AlreadyUpsampled(StorageError):
+    """The sample already has an upsample job queued, running or done (`job_id`, `status`): another
+    would sample the same codes again (its draws are seeded alike); nothing was written."""
+
+    def __init__(self, sample_id: int, job_id: int, status: str) -> None:
+        super().__init__(f"Sample #{sample_id} already has an upsample job: #{job_id} ({status}).")
+        self.sample_id = sample_id
+        self.job_id = job_id
+        self.status = status
+
+
 # What a lost connection raises (the driver's own exceptions, by name: the drivers are optional).
 _UNREACHABLE_DRIVER_ERRORS = {"PostgresConnectionError", "OperatorInterventionError"}
 

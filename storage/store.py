@@ -40,6 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from storage.engine import READ_ONLY
 from storage.errors import (
+    AlreadyUpsampled,
     InvalidGuildSettings,
     InvalidJob,
     InvalidPrime,
@@ -386,6 +387,9 @@ class JobStore:
             )
             if parent_sample_id is not None:
                 await self._require_sample(connection, parent_sample_id)
+            if job_kind is JobKind.UPSAMPLE:
+                assert parent_sample_id is not None
+                await self._refuse_second_upsample(connection, parent_sample_id)
             if prime_id is not None:
                 found = await connection.scalar(select(primes.c.id).where(primes.c.id == prime_id))
                 if found is None:
@@ -414,6 +418,39 @@ class JobStore:
             )
         assert job_id is not None
         return int(job_id)
+
+    async def set_running_limit_of_queued(self, guild_id: int, max_running_per_user: int | None) -> int:
+        """Give the server's queued jobs a new running-jobs limit (an admin changed it: it applies to
+        the jobs already waiting too); returns how many jobs changed."""
+        if max_running_per_user is not None:
+            _check_count("max_running_per_user", max_running_per_user, minimum=1)
+        async with self._transaction() as connection:
+            result = await connection.execute(
+                update(jobs)
+                .where(jobs.c.guild_id == guild_id, jobs.c.status == JobStatus.QUEUED.value)
+                .values(max_running_per_user=max_running_per_user, updated_at=self._clock())
+                .returning(jobs.c.id)
+            )
+            return len(result.all())
+
+    async def _refuse_second_upsample(self, connection: AsyncConnection, sample_id: int) -> None:
+        """An upsample of a sample that one queued, running or done already covers is refused (the
+        enqueue lock makes a burst of clicks count too); after a failure or a cancel it may run again."""
+        alive = [*(status.value for status in UNFINISHED_STATUSES), JobStatus.SUCCEEDED.value]
+        earlier = (
+            await connection.execute(
+                select(jobs.c.id, jobs.c.status)
+                .where(
+                    jobs.c.kind == JobKind.UPSAMPLE.value,
+                    jobs.c.parent_sample_id == sample_id,
+                    jobs.c.status.in_(alive),
+                )
+                .order_by(jobs.c.id)
+                .limit(1)
+            )
+        ).first()
+        if earlier is not None:
+            raise AlreadyUpsampled(sample_id, earlier.id, earlier.status)
 
     async def _one_enqueue_at_a_time(self, connection: AsyncConnection) -> None:
         """Hold the enqueue lock until the transaction ends.
@@ -933,6 +970,27 @@ class JobStore:
         if status in FINISHED_STATUSES:
             raise JobAlreadyFinished(job_id, status.value)
         return status
+
+    async def cancel_guild_jobs(self, guild_id: int) -> list[tuple[int, JobStatus]]:
+        """The bot left the server: its queued jobs are cancelled, its running ones stop after their
+        current step (nobody there could see their results). Returns (job id, new status) pairs."""
+        now = self._clock()
+        queued = jobs.c.status == JobStatus.QUEUED.value
+        async with self._transaction() as connection:
+            rows = await connection.execute(
+                update(jobs)
+                .where(
+                    jobs.c.guild_id == guild_id,
+                    jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]),
+                )
+                .values(
+                    status=case((queued, JobStatus.CANCELLED.value), else_=JobStatus.CANCELLING.value),
+                    finished_at=case((queued, literal(now, UTCDateTime())), else_=None),
+                    updated_at=now,
+                )
+                .returning(jobs.c.id, jobs.c.status)
+            )
+            return sorted((row.id, JobStatus(row.status)) for row in rows)
 
     async def get_job(self, job_id: int) -> Job:
         async with self._reading() as connection:

@@ -90,6 +90,8 @@ class Admin(commands.Cog):
                 raise InvalidRequest("Give at least one limit to change (or reset:true).")
         await self.bot.store.set_guild_settings(dataclasses.replace(current, **changes))  # type: ignore[arg-type]
         limits = await self.bot.limits_for(guild_id)
+        # The jobs already waiting follow the new running limit too (a worker checks it as it claims).
+        await self.bot.store.set_running_limit_of_queued(guild_id, limits.max_running_jobs_per_user)
         await interaction.followup.send("Saved.\n" + _describe(limits), ephemeral=True)
 
     @group.command(name="channels", description="Allow the jukebox in a channel, remove one, or allow all")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import discord
 from discord import app_commands
 from discord.ext import commands
@@ -15,6 +17,8 @@ from bot.requests import MAX_HISTORY_PAGE, history_page
 from sampler.jobspec import params_or_defaults
 from storage.models import JobStatus, utcnow
 
+log = logging.getLogger(__name__)
+
 HISTORY_PAGE = 10
 SAMPLE_IDS_CHARS = 48  # a job's sample numbers in one /history line: the first few, then a count
 
@@ -22,6 +26,13 @@ SAMPLE_IDS_CHARS = 48  # a job's sample numbers in one /history line: the first 
 class Jobs(commands.Cog):
     def __init__(self, bot: JukeBot) -> None:
         self.bot = bot
+
+    @commands.Cog.listener()
+    async def on_guild_remove(self, guild: discord.Guild) -> None:
+        """Removed from a server: its jobs would use GPU time for results no one there could see."""
+        stopped = await self.bot.store.cancel_guild_jobs(guild.id)
+        if stopped:
+            log.info("left server %s: cancelled its jobs %s", guild.id, [job_id for job_id, _ in stopped])
 
     @app_commands.command(name="cancel", description="Stop one of your jobs")
     @app_commands.guild_only()
@@ -34,9 +45,13 @@ class Jobs(commands.Cog):
         status = await self.bot.store.request_cancel(job, interaction.user.id)
         self.bot.dispatch("job_cancel_requested", job)
         if status == JobStatus.CANCELLED:
-            message = f"Job #{job} is cancelled; it had not started."
-        else:
-            message = f"Job #{job} is stopping; it ends after its current step and keeps nothing."
+            before = "it was waiting to be tried again" if found.attempts else "it had not started"
+            message = f"Job #{job} is cancelled; {before}."
+        else:  # a job past its last step (encoding its audio) finishes all the same
+            message = (
+                f"Job #{job} is stopping after its current step; nothing of it is posted, unless it "
+                "finishes first."
+            )
         await interaction.followup.send(message, ephemeral=True)
 
     @app_commands.command(

@@ -21,7 +21,6 @@ from bot.errors import InvalidRequest, JukebotError
 from bot.requests import (
     MAX_SEED,
     GenerateOptions,
-    availability_note,
     build_generate,
     check_model,
     default_model,
@@ -170,9 +169,6 @@ class Jukebox(commands.Cog):
                 raise JukebotError(str(exc)) from None
         else:
             validated = build_generate(limits, options)
-        served = availability_note(options.model, await self.bot.store.served_models())
-        if served is not None:
-            validated = dataclasses.replace(validated, notes=(*validated.notes, served))
         try:
             await actions.enqueue_and_announce(
                 self.bot, interaction, limits, JobKind.GENERATE, options.model, validated, prime_id=prime_id

@@ -15,7 +15,7 @@ from bot.errors import MAX_MESSAGE_CHARS, fit_line
 from bot.options import SampleId
 from bot.progress import can_upsample, job_quality
 from bot.requests import TOP_COUNT, TOP_PERIODS, top_since
-from bot.views import DYNAMIC_ITEMS, sample_view
+from bot.views import DYNAMIC_ITEMS, sample_view, submit_continue_form
 from sampler.jobspec import params_or_defaults
 from storage.models import utcnow
 
@@ -32,6 +32,10 @@ class Samples(commands.Cog):
 
     async def cog_unload(self) -> None:
         self.bot.remove_dynamic_items(*DYNAMIC_ITEMS)
+
+    @commands.Cog.listener()
+    async def on_interaction(self, interaction: discord.Interaction[JukeBot]) -> None:
+        await submit_continue_form(interaction)  # the Continue form, also one opened before a restart
 
     @app_commands.command(name="upsample", description="Take a preview sample to full quality")
     @app_commands.guild_only()

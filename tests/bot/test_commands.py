@@ -175,7 +175,8 @@ async def test_running_job_cancel_and_failure_edit_the_progress_message(
     cancel = await fake.invoke_command("cancel", {"job": first.id}, user=fake.user("alice"))
     assert (
         await reply_of(fake, cancel)
-        == f"Job #{first.id} is stopping; it ends after its current step and keeps nothing."
+        == f"Job #{first.id} is stopping after its current step; nothing of it is posted, unless it finishes "
+        "first."
     )
     progress1 = await fake.wait_for(when(lambda: progress_message(fake, first.id)))
     await fake.wait_for(lambda: "✋ Cancelling" in progress1.content)
@@ -270,3 +271,18 @@ async def test_jukebox_defaults_to_a_served_model_and_says_when_no_worker_has_on
         "(available now: 1b_lyrics)."
     )
     assert (await sqlite_store.get_job(2)).model == "5b"
+
+
+async def test_a_changed_running_limit_applies_to_the_jobs_already_waiting(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    fake, store = fake_discord, sqlite_store
+    await bot_runner.start(make_bot(fake, store))
+    for _ in range(3):
+        await reply_of(fake, await fake.invoke_command("jukebox", {}, user=fake.user("alice")))
+    saved = await reply_of(
+        fake, await fake.invoke_command("jukebot-admin limits", {"max_running": 2}, user=fake.user("mod"))
+    )
+    assert "Running jobs per user: 2" in saved
+    claims = [await store.claim(f"worker-{n}", ["5b_lyrics"], 60) for n in range(3)]
+    assert [job.id if job else None for job in claims] == [1, 2, None]  # two of alice's three at once

@@ -60,3 +60,7 @@ async def test_the_bot_recovers_the_jobs_of_a_worker_that_died(
     assert (await store.get_job(first.id)).attempts == 1
     again = await reply_of(fake, await fake.invoke_command("jukebox", {}, user=bob))
     assert again.startswith("Queued as job #3."), again
+    requeued = await fake.invoke_command("cancel", {"job": first.id}, user=fake.user("alice"))
+    assert (
+        await reply_of(fake, requeued) == f"Job #{first.id} is cancelled; it was waiting to be tried again."
+    )

@@ -112,7 +112,8 @@ async def test_the_progress_extension_owns_the_relay_task(sqlite_store: JobStore
     bot = JukeBot(make_settings(), sqlite_store)
     assert len(bot.tasks) == 0  # the client alone runs nothing
     await bot.load_extension("bot.exts.progress")
-    assert len(bot.tasks) == 1 and bot.get_cog("Progress") is not None
+    # the relay, and the recovery of dead workers' jobs
+    assert len(bot.tasks) == 2 and bot.get_cog("Progress") is not None
     await bot.unload_extension("bot.exts.progress")
     assert len(bot.tasks) == 0 and bot.get_cog("Progress") is None
     await bot.close()

@@ -12,7 +12,7 @@ import pytest
 
 from bot.bot import JukeBot
 from storage.engine import create_engine
-from storage.models import utcnow
+from storage.models import JobStatus, utcnow
 from storage.records import ClaimedJob
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
@@ -23,11 +23,13 @@ from tests.bot.harness import (
     make_bot,
     progress_message,
     relay_of,
+    reply_of,
     sample_message,
     sqlite_store,
     when,
 )
 from tests.conftest import FakeClock
+from tests.waiting import wait_until
 
 __all__ = ["sqlite_store"]
 
@@ -231,3 +233,22 @@ async def test_progress_in_a_deleted_channel_is_given_up_with_one_warning_until_
     relay_records = [r for r in caplog.records if r.name == "bot.relay"]
     assert [(r.levelno, r.exc_info) for r in relay_records] == [(logging.WARNING, None)]
     assert f"job #{job.id}: cannot show its progress in channel {music.id}" in relay_records[0].getMessage()
+
+
+async def test_the_jobs_of_a_server_the_bot_left_are_cancelled(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    """Removed from a server, the bot could post nothing there: its jobs must not use GPU time."""
+    fake, store = fake_discord, sqlite_store
+    await bot_runner.start(make_bot(fake, store))
+    worker = PlayedWorker(store)
+    running = await _queued_and_claimed(fake, worker, "alice", "general", seed=1)
+    await reply_of(fake, await fake.invoke_command("jukebox", {"samples": 1}, user=fake.user("bob")))
+    await fake.dispatch("GUILD_DELETE", {"id": str(fake.default_guild.id)})
+
+    async def stopped() -> bool:
+        statuses = [(await store.get_job(job_id)).status for job_id in (running.id, running.id + 1)]
+        return statuses == [JobStatus.CANCELLING, JobStatus.CANCELLED]
+
+    await wait_until(stopped, 10.0, "the jobs of the server the bot left to stop")
+    assert await store.claim(worker.worker_id, ["5b_lyrics"], 60) is None

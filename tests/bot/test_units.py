@@ -142,6 +142,10 @@ def test_continue_and_upsample_keep_the_labels() -> None:
         build_continue(LIMITS, parent, 90.0)
     up = build_upsample(parent).params
     assert up.levels == "all" and up.n_samples == 1 and up.artist == "queen"
+    assert up.seed == parent.seed  # the preview's own codes, upsampled
+    # each Continue is another take: a seed of its own, not the parent's (which would repeat it)
+    takes = {build_continue(LIMITS, parent, 8.0, random.Random(n)).params.seed for n in range(3)}
+    assert len(takes) == 3 and parent.seed not in takes
 
 
 # ------------------------------------------------------------------ progress
