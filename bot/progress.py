@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from sampler.jobspec import JobParams, is_full_quality, params_or_defaults
-from storage.models import JobKind, JobStatus
+from storage.models import JobKind, JobStatus, utcnow
 from storage.records import Job
 
 BAR_WIDTH = 20
@@ -83,13 +83,18 @@ def header(job: Job) -> str:
     )
 
 
-def status_line(job: Job, queue_position: int | None = None, sample_count: int | None = None) -> str:
+def status_line(
+    job: Job,
+    queue_position: int | None = None,
+    sample_count: int | None = None,
+    now: datetime | None = None,
+) -> str:
     if job.status == JobStatus.QUEUED:
         where = f"position {queue_position} in the queue" if queue_position else "waiting in the queue"
         retry = f" (attempt {job.attempts + 1})" if job.attempts else ""
         return f"{MARK_QUEUED} Queued: {where}{retry}."
     if job.status == JobStatus.RUNNING:
-        return running_lines(job)
+        return running_lines(job, now or utcnow())
     if job.status == JobStatus.CANCELLING:
         return f"{MARK_CANCELLING} Cancelling: stopping after the current step."
     if job.status == JobStatus.SUCCEEDED:
@@ -103,11 +108,17 @@ def status_line(job: Job, queue_position: int | None = None, sample_count: int |
     return f"{MARK_FAILED} Failed: {reason}"
 
 
+def eta_text(eta_at: datetime, now: datetime) -> str:
+    """'done in 5 minutes' (each reader's client counts down), or 'finishing' once that time is past:
+    never 'done 7 minutes ago' for a job still running."""
+    return f"done {relative_time(eta_at)}" if eta_at > now else "finishing"
+
+
 def level_name(level: int) -> str:
     return LEVEL_NAMES.get(level, f"level {level}")
 
 
-def running_lines(job: Job) -> str:
+def running_lines(job: Job, now: datetime) -> str:
     stage = job.stage or "starting"
     where = [stage]
     if len(job.level_windows) > 1:  # levels sampling at once
@@ -121,13 +132,19 @@ def running_lines(job: Job) -> str:
     if job.tokens_per_second is not None:
         details.append(f"{job.tokens_per_second:,.0f} tokens/s")
     if job.eta_at is not None:
-        details.append(f"done {relative_time(job.eta_at)}")
+        details.append(eta_text(job.eta_at, now))
     return f"{MARK_RUNNING} Running: {' · '.join(where)}\n{' · '.join(details)}"
 
 
-def render_job(job: Job, *, queue_position: int | None = None, sample_count: int | None = None) -> str:
-    """The whole progress message for the job's current state."""
-    return f"{header(job)}\n{status_line(job, queue_position, sample_count)}"
+def render_job(
+    job: Job,
+    *,
+    queue_position: int | None = None,
+    sample_count: int | None = None,
+    now: datetime | None = None,
+) -> str:
+    """The whole progress message for the job's current state (`now`: the clock, for tests)."""
+    return f"{header(job)}\n{status_line(job, queue_position, sample_count, now)}"
 
 
 def render_queue(
@@ -146,7 +163,7 @@ def render_queue(
         else:
             state = f"running, {int(job.progress * 100)}%"
             if job.eta_at is not None:
-                state += f", done {relative_time(job.eta_at)}" if job.eta_at > now else ", finishing"
+                state += f", {eta_text(job.eta_at, now)}"
         lines.append(f"• Job #{job.id} ({job.kind.value}, {job.model}): {state}")
     if len(user_jobs) > QUEUE_LISTED:
         lines.append(f"• and {len(user_jobs) - QUEUE_LISTED} more (`/history` lists them)")
@@ -154,7 +171,7 @@ def render_queue(
     if not running:
         lines.append("Nothing is running; a worker takes the next job as soon as one is queued.")
     for job in running[:RUNNING_LISTED]:
-        eta = f", done {relative_time(job.eta_at)}" if job.eta_at is not None else ""
+        eta = f", {eta_text(job.eta_at, now)}" if job.eta_at is not None else ""
         lines.append(
             f"• Job #{job.id} for <@{job.user_id}> ({job.kind.value}, {job.model}): "
             f"{int(job.progress * 100)}%{eta}"

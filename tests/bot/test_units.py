@@ -8,7 +8,7 @@ import re
 import subprocess
 import sys
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -180,7 +180,8 @@ def test_render_job_in_each_state() -> None:
     eta = datetime(2025, 1, 1, 12, 5, tzinfo=UTC)
     running = render_job(
         make_job(status=JobStatus.RUNNING, stage="sampling", level=2, window=2, window_count=8, progress=0.25,
-                 tokens_per_second=412.3, eta_at=eta)
+                 tokens_per_second=412.3, eta_at=eta),
+        now=eta - timedelta(minutes=5),
     )  # fmt: skip
     assert "🎛️ Running: sampling · top level (preview) · window 2/8" in running
     both = (LevelWindow(1, 3, 5), LevelWindow(0, 2, 20))
@@ -218,6 +219,14 @@ def test_render_queue() -> None:
     assert "• Job #4 (generate, 5b_lyrics): queued, position 2" in text
     assert "• Job #5 (generate, 5b_lyrics): running, 50%, done <t:" in text
     assert "You have no job" in render_queue([], {}, [], T0)
+    # an ETA already past reads "finishing", in both lists, not "done 7 minutes ago"
+    late = render_queue(mine, {4: 2}, [mine[1]], T0.replace(hour=14))
+    assert (
+        "running, 50%, finishing" in late
+        and f"for <@{mine[1].user_id}> (generate, 5b_lyrics): 50%, finishing" in late
+    )
+    running = render_job(make_job(id=6, status=JobStatus.RUNNING, progress=0.5, eta_at=T0), now=T0)
+    assert running.endswith("50%` · finishing"), running
 
 
 # ------------------------------------------------------------------ delivery
