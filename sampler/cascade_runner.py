@@ -8,8 +8,10 @@ directory, batch sizes and residency are runner options (`model_dir`, `max_batch
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -37,13 +39,16 @@ from sampler.jukebox.checkpoint import CheckpointError
 from sampler.jukebox.decoding import DecodeOptions, decode_options
 from sampler.jukebox.registry import MODEL_PREFERENCE, MODELS, SAMPLE_RATE
 from sampler.jukebox.windows import prompt_length_samples, sample_length_samples
-from sampler.loading import ModelDirectory, load_cascade, resident_estimate
+from sampler.loading import LazyPriors, ModelDirectory, ModelFileUnusable, load_cascade, resident_estimate
 from sampler.model_files import (
     ModelFilesError,
     ModelFilesMissing,
+    VerifiedCache,
     available_models,
     default_model_dir,
+    model_path,
     model_status,
+    require_checkpoints,
 )
 from sampler.residency import (
     DEFAULT_RESIDENT_PRIORS,
@@ -67,6 +72,7 @@ from sampler.worker.contract import (
     StopReason,
     raise_if_stopped,
 )
+from sampler.worker.memory import is_out_of_memory
 from storage.models import JobKind
 from storage.records import NewSample
 
@@ -83,7 +89,19 @@ class InvalidJobInput(JobFailed):
     """The job's parent sample or prime cannot be sampled from; the message says why."""
 
 
+class DecodeDidNotFit(RuntimeError):
+    """The final decode ran out of memory even one sample at a time with the priors freed. Not a
+    `JobFailed`: the worker retries the job (an attempt counted), which resumes from its checkpoint,
+    where every window is sampled, and only decodes. The message must not read as out of memory
+    (the runtime fails those at once)."""
+
+
+# The checkpoint reader's advice, which the runner replaces with its own (verify, then download).
+_READER_HINT = re.compile(r";?\s*(?:re-)?download it with `jukebot models download [^`]*`")
+
+
 def codes_from_bytes(data: bytes | None) -> torch.Tensor | None:
+    """Stored codes (int16, little-endian) as a tensor; ValueError for an odd number of bytes."""
     if not data:
         return None
     return torch.from_numpy(np.frombuffer(data, dtype="<i2").astype(np.int64))
@@ -141,11 +159,18 @@ class CascadeRunner:
         self._cascades: dict[str, Cascade] = {}
         self._resident: dict[str, bool] = {}  # per model, decided once
         self._models_seen: frozenset[str] | None = None
+        # checkpoint name -> (size, mtime_ns) of a file found unusable, while it stays as it was (also
+        # recorded in the model directory's verification cache, where that can be written)
+        self._unusable: dict[str, tuple[int, int]] = {}
 
     @property
     def models(self) -> frozenset[str]:
-        """The models complete in the model directory now (stat calls: the worker asks before each claim)."""
-        models = available_models(self.model_dir)
+        """The models complete in the model directory now (stat calls: the worker asks before each claim),
+        less those with a file this runner found unusable."""
+        unusable = self._still_unusable()
+        models = frozenset(
+            name for name in available_models(self.model_dir) if unusable.isdisjoint(MODELS[name].checkpoints)
+        )
         if models != self._models_seen:
             self._models_seen = models
             statuses = model_status(self.model_dir)
@@ -156,7 +181,63 @@ class CascadeRunner:
             )
         return models
 
+    def _still_unusable(self) -> set[str]:
+        """The files found unusable that have not changed since (a new copy is tried again)."""
+        for name, seen in list(self._unusable.items()):
+            try:
+                stat = model_path(self.model_dir, name).stat()
+            except OSError:
+                stat = None
+            if stat is None or (stat.st_size, stat.st_mtime_ns) != seen:
+                self._unusable.pop(name, None)
+        return set(self._unusable)
+
+    def _drop(self, model: str) -> None:
+        """Forget `model`'s cascade and free its priors (loaded again from the files when next needed)."""
+        cascade = self._cascades.pop(model, None)
+        if cascade is not None and isinstance(cascade.priors, LazyPriors):
+            cascade.priors.free()  # now: a traceback may still hold the cascade
+
+    def _stop_serving(self, exc: ModelFileUnusable) -> str:
+        """A file of the model is damaged: record the verdict, so that `models` (of this worker, and of
+        any other reading the same model directory) drops every model using it until the file changes,
+        and say what the operator should do."""
+        self._drop(exc.model)
+        detail = _READER_HINT.sub("", exc.detail)
+        try:
+            stat = exc.path.stat()
+        except OSError:
+            pass  # gone meanwhile: `models` sees that
+        else:
+            self._unusable[exc.name] = (stat.st_size, stat.st_mtime_ns)
+        where = "recorded in the model directory's verification cache"
+        try:
+            VerifiedCache(self.model_dir).put(exc.name, exc.path, ok=False, checks="loads", problems=[detail])
+        except OSError as err:
+            where = f"remembered until the worker restarts (the verification cache cannot be written: {err})"
+        self._models_seen = None  # log the model directory's status at the next claim
+        return (
+            f"A file of {exc.model} cannot be used ({exc.name}): {detail}. This worker stops serving the "
+            f"models that use it ({where}). Run `jukebot models verify {exc.model}` (it moves the damaged "
+            f"file aside), then `jukebot models download {exc.model}`."
+        )
+
+    def _load_per_level(self, model: str, why: str) -> None:
+        """The priors of `model` do not fit on the device together: from now on each level's prior is
+        loaded when its level samples and freed after."""
+        self._resident[model] = False
+        self._drop(model)
+        log.warning(
+            "%s: %s priors do not fit on %s together; they load per level from now on",
+            why,
+            model,
+            self.device,
+        )
+
     def cascade(self, model: str) -> Cascade:
+        if model in self._cascades and not self.keeps_priors(model):
+            # its priors load from the files with each level: fail before sampling if one is gone
+            require_checkpoints(self.model_dir, model)
         if model not in self._cascades:
             # one model's priors at a time on the device: drop the others first
             self._cascades.clear()
@@ -221,24 +302,23 @@ class CascadeRunner:
         if model is None:
             log.info("warm-up: no model is complete in %s; nothing to load", self.model_dir)
             return
-        cascade = self.cascade(model)
-        if not self.keeps_priors(model):
-            log.info("warm-up: %s priors load with each level; only its VQ-VAE is loaded now", model)
-            return
         try:
+            cascade = self.cascade(model)
+            if not self.keeps_priors(model):
+                log.info("warm-up: %s priors load with each level; only its VQ-VAE is loaded now", model)
+                return
             for level in range(cascade.levels):
                 cascade.priors.acquire(level)
             # compiled and captured decoders for the batches a default job samples in
             cascade.warm_up(warm_up_batch_sizes(self.max_batch_size))
-        except torch.OutOfMemoryError:
+        except ModelFileUnusable as exc:  # the worker serves the other models
+            log.error("warm-up: %s", self._stop_serving(exc))
+            return
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
             # more than the estimate: jobs load each level's prior and free it after
-            self._resident[model] = False
-            self._cascades.clear()
-            if self.device.is_cuda:
-                torch.cuda.empty_cache()
-            log.warning(
-                "warm-up: %s priors do not fit on %s together; they load per level", model, self.device
-            )
+            self._load_per_level(model, "warm-up")
             raise
 
     # ---- building the request
@@ -275,7 +355,13 @@ class CascadeRunner:
             parent = task.parent
             if parent is None:
                 raise InvalidJobInput(f"This {job.kind} job has no sample to work on.")
-            levels_codes = [codes_from_bytes(parent.codes(level)) for level in range(3)]
+            try:
+                levels_codes = [codes_from_bytes(parent.codes(level)) for level in range(3)]
+            except ValueError:  # an odd number of bytes: not int16 codes
+                raise InvalidJobInput(
+                    f"The saved codes of sample {parent.id} are damaged, so it cannot be used to "
+                    f"{job.kind}: pick another sample."
+                ) from None
             top = levels_codes[2]
             if top is None:
                 raise InvalidJobInput(f"Sample {parent.id} has no top-level codes to {job.kind}.")
@@ -317,9 +403,21 @@ class CascadeRunner:
 
     def run(self, task: JobTask, report: ProgressReporter, should_stop: StopCheck) -> list[NewSample]:
         try:
-            return self._run(task, report, should_stop)
+            resume: CascadeState | None = None
+            while True:
+                try:
+                    return self._run(task, report, should_stop, resume)
+                except _PriorsDoNotFit as retry:
+                    resume = retry.state
+                # out of the handler: the out-of-memory traceback, and the priors its frames held, is gone
+                gc.collect()
+                if self.device.is_cuda:
+                    torch.cuda.empty_cache()
         except ModelFilesMissing as exc:  # gone since the claim: back to the queue for a worker that has it
+            self._drop(task.job.model)
             raise ModelNotHere(str(exc)) from exc
+        except ModelFileUnusable as exc:  # damaged: every job would read it again; a worker with a good copy
+            raise ModelNotHere(f"{self._stop_serving(exc)} The job goes back to the queue.") from exc
         except (ModelFilesError, InvalidJobParams) as exc:
             # Jukebox's own failures that already say what to do; the runtime knows only JobFailed.
             raise JobFailed(str(exc)) from exc
@@ -330,14 +428,25 @@ class CascadeRunner:
                 f"(it moves a damaged file aside), then `jukebot models download {model}`."
             ) from exc
 
-    def _run(self, task: JobTask, report: ProgressReporter, should_stop: StopCheck) -> list[NewSample]:
+    def _run(
+        self,
+        task: JobTask,
+        report: ProgressReporter,
+        should_stop: StopCheck,
+        resume: CascadeState | None = None,
+    ) -> list[NewSample]:
+        """One try at the job; `resume`: the state to go on from instead of the task's checkpoint (a
+        retry in this process)."""
         job = task.job
         report.progress(Stage.LOADING, None, None, None, 0, 1)
         cascade = self.cascade(job.model)
         raise_if_stopped(should_stop)
         request = self.plan(task, cascade)
         try:
-            state = CascadeState.from_bytes(task.checkpoint) if task.checkpoint else None
+            if resume is not None:
+                state: CascadeState | None = resume
+            else:
+                state = CascadeState.from_bytes(task.checkpoint) if task.checkpoint else None
         except SamplingError as exc:
             raise BadCheckpoint(f"The saved progress of job {job.id} cannot be used: {exc}") from None
         if request.mode == "primed" and state is None:
@@ -375,6 +484,13 @@ class CascadeRunner:
             )
 
         stop_reason: list[StopReason] = []
+        latest: list[CascadeState] = []  # the newest window's state, to retry from
+
+        def on_window(current: CascadeState) -> None:
+            snapshot = current.snapshot()
+            latest[:] = [snapshot]
+            # serialised only if the worker stores it (it keeps the newest of fast windows)
+            report.checkpoint(snapshot.to_bytes)
 
         def stop() -> bool:
             reason = should_stop()
@@ -388,21 +504,58 @@ class CascadeRunner:
                 request,
                 initial,
                 on_progress=on_progress,
-                # serialised only if the worker stores it (it keeps the newest of fast windows)
-                on_window=lambda current: report.checkpoint(current.snapshot().to_bytes),
+                on_window=on_window,
                 should_stop=stop,
                 overlap_levels=self._overlaps(job.model),
             )
         except SamplingCancelled:
             raise_if_stopped(lambda: stop_reason[-1] if stop_reason else StopReason.SHUTDOWN)
             raise
-        except torch.OutOfMemoryError as exc:
-            raise OutOfMemory(self.device, detail=str(exc)[:120]) from None
         except SamplingError as exc:
             raise JobFailed(f"This job cannot be sampled: {exc}.") from None
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            if self.keeps_priors(job.model):
+                # the priors held together (and their caches) did not fit: load them per level and go
+                # on from the newest window, as the warm-up does
+                self._load_per_level(job.model, f"job #{job.id}")
+                raise _PriorsDoNotFit(latest[0] if latest else state) from None
+            raise OutOfMemory(self.device, detail=str(exc)[:120]) from None
         raise_if_stopped(should_stop)
         report.progress(Stage.DECODING, None, None, None, total_tokens, total_tokens)
         return self.samples(task, cascade, request, final)
+
+    def decode_audio(self, cascade: Cascade, codes: torch.Tensor, level: int) -> np.ndarray:
+        """Audio (N, T) of codes (N, tokens), decoded one sample at a time: the decode then needs the
+        memory of one sample only, and each sample's audio is the same whatever the number of samples
+        (a batch's convolutions round differently, by about an int16 step at most). Out of memory, it frees
+        the priors (they load again with the next job) and tries again; still out of memory,
+        `DecodeDidNotFit`."""
+        return np.concatenate(
+            [self._decode_one(cascade, codes[index : index + 1], level) for index in range(codes.shape[0])]
+        )
+
+    def _decode_one(self, cascade: Cascade, codes: torch.Tensor, level: int) -> np.ndarray:
+        while True:
+            try:
+                return cascade.decode(codes, level).numpy()
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                failure = f"{type(exc).__name__}: {str(exc).strip()[:200]}"
+            # out of the handler: the traceback's frames no longer hold the decode's tensors
+            gc.collect()
+            priors = cascade.priors
+            if not (isinstance(priors, LazyPriors) and priors.loaded):
+                break
+            log.warning("decoding on %s ran out of memory (%s): freeing the priors", self.device, failure)
+            priors.free()
+        log.warning("decoding one sample on %s ran out of memory, the priors freed: %s", self.device, failure)
+        raise DecodeDidNotFit(
+            f"the audio did not fit on {self.device} to decode, even one sample at a time; the job is "
+            "retried from its saved progress, which only decodes"
+        )
 
     def samples(
         self, task: JobTask, cascade: Cascade, request: SamplingRequest, state: CascadeState
@@ -414,7 +567,7 @@ class CascadeRunner:
             if state.codes[level].shape[1] * cascade.hops[level] >= request.sample_length
         ]
         finest = min(complete)
-        audio = cascade.decode(state.codes[finest], finest).numpy()
+        audio = self.decode_audio(cascade, state.codes[finest], finest)
         params: JobParams = parse_params(task.job.params)
         out = []
         for index in range(request.n_samples):
@@ -435,6 +588,14 @@ class CascadeRunner:
                 )
             )
         return out
+
+
+class _PriorsDoNotFit(Exception):
+    """Out of memory with the priors resident: try again loading them per level, from `state`."""
+
+    def __init__(self, state: CascadeState | None) -> None:
+        super().__init__("the priors do not fit together")
+        self.state = state
 
 
 def make_runner(device: DeviceSpec, options: RunnerOptions | None = None) -> CascadeRunner:

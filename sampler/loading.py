@@ -8,9 +8,11 @@ when asked, so a worker short of memory can keep only the level it samples.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +25,9 @@ from sampler.jukebox.decoding import DecodeOptions, empty_cuda_cache
 from sampler.jukebox.prior import JukeboxPrior, PriorConfig
 from sampler.jukebox.registry import MODELS, PRIOR_HPARAMS, VQVAE_HPARAMS
 from sampler.jukebox.vqvae import VQVAE, VQVAEConfig
-from sampler.model_files import model_path, require_checkpoints
+from sampler.model_files import ModelFilesMissing, model_path, require_checkpoints
 from sampler.residency import ResidentEstimate
+from sampler.worker.memory import is_out_of_memory
 
 log = logging.getLogger(__name__)
 
@@ -54,27 +57,62 @@ def _hparams(checkpoint: Path, published: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+class ModelFileUnusable(CheckpointError):
+    """A file of the model is present but cannot be used: damaged, truncated, of another architecture
+    than its sidecar (or the published one) says, or its sidecar unreadable. Names the file
+    (`name`, the registry's checkpoint name, and `path`) so that the verdict can be recorded;
+    `detail` is the reader's own explanation (for the operator: it names paths)."""
+
+    def __init__(self, model: str, name: str, path: Path, detail: str) -> None:
+        self.model, self.name, self.path, self.detail = model, name, path, detail
+        super().__init__(detail)
+
+
 class ModelDirectory:
-    """The checkpoints of one published model (e.g. '1b_lyrics') in a model directory."""
+    """The checkpoints of one published model (e.g. '1b_lyrics') in a model directory.
+
+    A file that went missing since (deleted or moved while a worker serves the model) raises
+    `ModelFilesMissing`; one that is there but cannot be used, `ModelFileUnusable`."""
 
     def __init__(self, model_dir: Path | str, model: str) -> None:
         self.model_dir = Path(model_dir)
         self.model = model
         self.paths = require_checkpoints(self.model_dir, model)
         self.published = MODELS[model]
-        self.vqvae_hparams = _hparams(self.paths[self.published.vqvae], VQVAE_HPARAMS)
+        with self._reading(self.published.vqvae):
+            self.vqvae_hparams = _hparams(self.paths[self.published.vqvae], VQVAE_HPARAMS)
         self.prior_names = self.published.priors
+
+    @contextlib.contextmanager
+    def _reading(self, name: str) -> Iterator[None]:
+        """Tell a file gone (ModelFilesMissing) from one that cannot be used (ModelFileUnusable)."""
+        path = self.paths[name]
+        try:
+            yield
+        except ModelFileUnusable:
+            raise
+        except CheckpointError as exc:
+            if not path.is_file():
+                raise ModelFilesMissing(self.model, self.model_dir, [name]) from None
+            if exc.__cause__ is not None and is_out_of_memory(exc.__cause__):
+                raise exc.__cause__ from None  # the reader ran out of memory: the file may be fine
+            raise ModelFileUnusable(self.model, name, path, str(exc)) from exc
+        except FileNotFoundError:
+            raise ModelFilesMissing(self.model, self.model_dir, [name]) from None
 
     def prior_config(self, level: int) -> PriorConfig:
         name = self.prior_names[level]
-        hparams = _hparams(self.paths[name], PRIOR_HPARAMS[name])
+        with self._reading(name):
+            hparams = _hparams(self.paths[name], PRIOR_HPARAMS[name])
         return PriorConfig.from_hparams(hparams, self.vqvae_hparams)
 
     def load_vqvae(self, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> VQVAE:
         config = VQVAEConfig.from_hparams(self.vqvae_hparams)
         with torch.device("meta"):
             vqvae = VQVAE(config)
-        load_checkpoint(vqvae, self.paths[self.published.vqvae], device=device, name=self.published.vqvae)
+        name = self.published.vqvae
+        with self._reading(name):
+            load_checkpoint(vqvae, self.paths[name], device=device, name=name)
         if dtype is not None:
             vqvae.to(dtype=dtype)
             vqvae.bottleneck.float()  # codebooks and distances stay fp32
@@ -89,7 +127,9 @@ class ModelDirectory:
         self, level: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
     ) -> JukeboxPrior:
         prior = self.prior_on_meta(level, dtype)
-        load_checkpoint(prior, self.paths[self.prior_names[level]], device=device, name=self.model)
+        name = self.prior_names[level]
+        with self._reading(name):
+            load_checkpoint(prior, self.paths[name], device=device, name=self.model)
         return prior.eval()
 
 
@@ -118,6 +158,17 @@ class LazyPriors(PriorSource):
         if not self.keep:
             self._priors[level] = None
             empty_cuda_cache()  # another level's thread may be capturing its graphs
+
+    @property
+    def loaded(self) -> tuple[int, ...]:
+        """The levels whose prior is on the device now."""
+        return tuple(level for level, prior in enumerate(self._priors) if prior is not None)
+
+    def free(self) -> None:
+        """Drop every loaded prior (e.g. to make room for the final decode); a later `acquire` loads
+        its level again. Not while the cascade samples."""
+        self._priors = [None] * len(self._priors)
+        empty_cuda_cache()
 
 
 def resident_estimate(

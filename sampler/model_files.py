@@ -320,10 +320,21 @@ class VerifiedCache:
         return data if isinstance(data, dict) else {}
 
     def _write(self, data: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Replace the cache; one that cannot be written (a full disk, a read-only directory) is a
+        warning, not a failure: it is only a cache, and the files are checked again next time."""
         tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            log.warning(
+                "cannot update %s (%s): the files are fine, but they will be checked again next time",
+                self.path,
+                exc.strerror or exc,
+            )
 
     def get(self, name: str, path: Path, data: dict[str, Any] | None = None) -> dict[str, Any] | None:
         entry = (self._read() if data is None else data).get(CHECKPOINTS[name].path)

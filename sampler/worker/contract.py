@@ -221,7 +221,8 @@ class WarmsUp(Protocol):
     """A runner that prepares itself once, at worker start (optional: a runner without `warm_up` is
     not asked). The worker calls it in the runner's thread before its first claim and logs how long
     it took; what it does is the runner's business. If it raises, the worker logs that and serves
-    anyway, so a runner must still load what a job needs when the job runs."""
+    anyway, so a runner must still load what a job needs when the job runs; only an error that says
+    the device cannot run at all (no CUDA, no such GPU, a broken driver) stops the worker."""
 
     def warm_up(self) -> None: ...
 

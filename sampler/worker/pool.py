@@ -3,8 +3,10 @@
 `run_pool` blocks until SIGTERM/SIGINT (or a `stop` event), then stops every worker
 gracefully — each releases its running job back to the queue with its checkpoint — waits up
 to `shutdown_timeout`, and kills what is left (those jobs come back when their lease expires).
-A worker that exits with `EXIT_CONFIG` (bad runner path, missing device) is not restarted;
-any other death is, after a backoff that doubles while deaths keep coming quickly.
+A worker that exits with `EXIT_CONFIG` (bad runner path, a device that is missing or cannot
+run) is not restarted; any other death is, after a backoff that doubles while deaths keep coming
+quickly or before the worker ever finished warming up (e.g. the kernel's out-of-memory killer
+striking while a big model loads, however long that takes).
 
     python -m sampler.worker.pool --database-url URL --runner package.module:function --devices cpu
 """
@@ -29,7 +31,15 @@ from typing import Any
 
 from sampler.worker.contract import DeviceError, DeviceSpec, factory_exists
 from sampler.worker.logs import LOG_FORMATS, configure_logging
-from sampler.worker.runtime import EXIT_CONFIG, EXIT_OK, WorkerConfig, worker_main
+from sampler.worker.runtime import (
+    EXIT_CONFIG,
+    EXIT_OK,
+    STATE_JOB,
+    STATE_SERVING,
+    WorkerConfig,
+    WorkerState,
+    worker_main,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +72,7 @@ class _Slot:
 
     device: DeviceSpec
     process: BaseProcess | None = None
+    state: WorkerState | None = None  # shared with the process: serving yet, the job it runs
     started_at: float = 0.0
     quick_deaths: int = 0
     restart_at: float | None = None
@@ -93,7 +104,8 @@ class WorkerPool:
         self.config = config or WorkerConfig()
         self.restart_backoff = restart_backoff
         self.max_restart_backoff = max_restart_backoff
-        self.stable_seconds = stable_seconds  # a worker that lived this long restarts without delay
+        # a worker that warmed up and then lived this long restarts without delay
+        self.stable_seconds = stable_seconds
         self.log_level = log_level
         self.log_format = log_format  # worker processes log like the pool (spawn starts them bare)
         self._context = multiprocessing.get_context("spawn")  # fork would copy CUDA state and threads
@@ -116,6 +128,8 @@ class WorkerPool:
             self._spawn(slot)
 
     def _spawn(self, slot: _Slot) -> None:
+        # Lock-free: a worker killed while writing it must not leave a lock the pool would wait on.
+        state = self._context.RawArray("q", 2)
         process = self._context.Process(
             target=worker_main,
             args=(
@@ -126,11 +140,12 @@ class WorkerPool:
                 True,
                 self.log_level,
                 self.log_format,
+                state,
             ),
             name=f"jukebot-worker-{slot.device}",
         )
         process.start()
-        slot.process, slot.started_at, slot.restart_at = process, time.monotonic(), None
+        slot.process, slot.state, slot.started_at, slot.restart_at = process, state, time.monotonic(), None
         log.info("worker on %s started (pid %s)", slot.device, process.pid)
 
     @property
@@ -172,23 +187,33 @@ class WorkerPool:
             log.error("worker on %s cannot start (see its log above); not restarting it", slot.device)
             return
         lived = now - slot.started_at
-        slot.quick_deaths = 0 if lived >= self.stable_seconds else slot.quick_deaths + 1
+        serving = slot.state is not None and slot.state[STATE_SERVING] == 1
+        job = slot.state[STATE_JOB] if slot.state is not None else 0
+        slot.state = None
+        # Only a worker that got to serve and then lived a while restarts at once. One that dies before
+        # it finished warming up (the OOM killer while a model loads, however long loading takes)
+        # would die the same way again: each such death doubles the wait, like quick deaths.
+        stable = serving and lived >= self.stable_seconds
+        slot.quick_deaths = 0 if stable else slot.quick_deaths + 1
         delay = (
             0.0
             if slot.quick_deaths == 0
-            else min(self.restart_backoff * 2 ** (slot.quick_deaths - 1), self.max_restart_backoff)
+            else min(self.restart_backoff * 2 ** min(slot.quick_deaths - 1, 32), self.max_restart_backoff)
         )
-        how = (
-            f"was killed by {_signal_name(-exitcode)}"
-            if exitcode and exitcode < 0
-            else f"exited ({exitcode})"
-        )
+        if exitcode == -signal.SIGKILL:
+            how = "was killed by SIGKILL (often the kernel's out-of-memory killer: check `dmesg`)"
+        elif exitcode and exitcode < 0:
+            how = f"was killed by {_signal_name(-exitcode)}"
+        else:
+            how = f"exited ({exitcode})"
         log.warning(
-            "worker on %s %s after %.1f s; restarting in %.1f s (its job resumes from its checkpoint)",
+            "worker on %s %s after %.1f s%s; restarting in %.1f s%s",
             slot.device,
             how,
             lived,
+            "" if serving else ", before it finished warming up",
             delay,
+            f" (job #{job} resumes from its checkpoint)" if job else "",
         )
         slot.restart_at = now + delay
 
@@ -305,6 +330,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requeue-seconds", type=float, default=defaults.requeue_seconds)
     parser.add_argument("--checkpoint-seconds", type=float, default=defaults.checkpoint_seconds)
     parser.add_argument(
+        "--crash-backoff-seconds",
+        type=float,
+        default=defaults.crash_backoff_seconds,
+        help="wait after a job crashed before claiming again (doubles while crashes repeat)",
+    )
+    parser.add_argument(
         "--runner-option",
         action="append",
         default=[],
@@ -328,6 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             cancel_poll_seconds=args.cancel_poll_seconds,
             requeue_seconds=args.requeue_seconds,
             checkpoint_seconds=args.checkpoint_seconds,
+            crash_backoff_seconds=args.crash_backoff_seconds,
+            max_crash_backoff_seconds=max(defaults.max_crash_backoff_seconds, args.crash_backoff_seconds),
             runner_options=_parse_runner_options(args.runner_option),
         )
         return run_pool(

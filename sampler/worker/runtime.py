@@ -49,9 +49,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from sampler.worker.contract import (
+    DeviceError,
     DeviceSpec,
     JobCancelled,
     JobFailed,
@@ -67,6 +68,7 @@ from sampler.worker.contract import (
     load_runner_factory,
 )
 from sampler.worker.logs import configure_logging
+from sampler.worker.memory import is_out_of_memory
 from storage import WORKER_PRESENCE_SECONDS, JobStatus, JobStore, LeaseLost, StorageError, create_engine
 from storage.errors import InvalidSample, PrimeNotFound, SampleNotFound, database_unreachable
 from storage.records import ClaimedJob, LevelWindow
@@ -78,7 +80,23 @@ EXIT_OK = 0
 EXIT_CRASH = 1
 EXIT_CONFIG = 78  # EX_CONFIG: restarting will not help (bad runner path, no such device)
 
-# Where the user can shrink a job that does not fit; named in out-of-memory errors.
+# What a worker process tells its pool, in the shared `WorkerState` (see `sampler.worker.pool`).
+STATE_SERVING = 0  # 1 once the worker finished warming up and claims jobs
+STATE_JOB = 1  # the id of the job it runs now (0: none)
+
+
+class WorkerState(Protocol):
+    """Integers a worker process shares with its pool (a lock-free `multiprocessing` array: a worker
+    killed mid-write must not leave a lock held), indexed by `STATE_SERVING` and `STATE_JOB`."""
+
+    def __getitem__(self, index: int) -> int: ...
+
+    def __setitem__(self, index: int, value: int) -> None: ...
+
+
+class DeviceUnusable(DeviceError):
+    """The worker's device cannot run jobs (found at start or by the runner's warm-up): the worker
+    exits with EXIT_CONFIG instead of claiming jobs that would all fail."""
 
 
 class WorkerConfigError(ValueError):
@@ -102,15 +120,23 @@ class WorkerConfig:
     checkpoint_seconds: float = 1.0
     # The runner's own settings, handed to its factory: (key, value) pairs, e.g. ("model_dir", "…").
     runner_options: tuple[tuple[str, str], ...] = ()
+    # After a job crashed, wait this long before the next claim (doubling while crashes follow one
+    # another, up to `max_crash_backoff_seconds`): a crash that repeats does not burn every queued
+    # job's attempts within a second, and another worker may take the job meanwhile.
+    crash_backoff_seconds: float = 1.0
+    max_crash_backoff_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         seconds = ("lease_seconds", "poll_seconds", "max_poll_seconds", "progress_seconds")
-        for name in (*seconds, "cancel_poll_seconds", "requeue_seconds", "retry_max_seconds"):
+        backoff = ("crash_backoff_seconds", "max_crash_backoff_seconds")
+        for name in (*seconds, "cancel_poll_seconds", "requeue_seconds", "retry_max_seconds", *backoff):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
                 raise WorkerConfigError(f"{name} must be a positive number of seconds, got {value!r}")
         if self.max_poll_seconds < self.poll_seconds:
             raise WorkerConfigError("max_poll_seconds must be at least poll_seconds")
+        if self.max_crash_backoff_seconds < self.crash_backoff_seconds:
+            raise WorkerConfigError("max_crash_backoff_seconds must be at least crash_backoff_seconds")
         if self.checkpoint_retries < 1:
             raise WorkerConfigError("checkpoint_retries must be at least 1")
         if not math.isfinite(self.checkpoint_seconds) or self.checkpoint_seconds < 0:
@@ -415,8 +441,13 @@ class Worker:
         *,
         config: WorkerConfig | None = None,
         worker_id: str | None = None,
+        state: WorkerState | None = None,
     ) -> None:
         self.store, self.runner, self.device = store, runner, device
+        self.state = state  # shared with the pool, which reads it when this process dies
+        self.warmed_up = False  # the warm-up is over (or there was none): claiming jobs
+        self.running_job: int | None = None  # the id of the job `serve` runs now
+        self._crash_streak = 0  # jobs that crashed one after another (the claim backoff grows with it)
         self.config = config or WorkerConfig()
         self.worker_id = worker_id or make_worker_id(device)
         # One thread for every run: CUDA state and model caches stay on one thread.
@@ -533,6 +564,7 @@ class Worker:
         try:
             await self.advertise()  # queued jobs wait for this worker while it warms up
             await self._warm_up()
+            self._serving()
             while not stop.is_set():
                 # Only models complete on disk, re-read each time: a download that finishes is served
                 # at once, and a job another machine could run is never claimed (and failed) here.
@@ -554,11 +586,19 @@ class Worker:
                     idle_wait = min(idle_wait * 2, self.config.max_poll_seconds)
                     continue
                 idle_wait = self.config.poll_seconds
+                crashes = self._crash_streak
+                self._running(job.id)
                 try:
                     await self.run_job(job, stop)
                 except Exception:  # e.g. the database went away while recording the end
                     log.exception("job #%s: recording its outcome failed; its lease will expire", job.id)
                     await _wait(stop, self.config.max_poll_seconds)
+                finally:
+                    self._running(None)
+                if self._crash_streak > crashes:
+                    await self._back_off_after_crash(stop)
+                else:
+                    self._crash_streak = 0
         finally:
             for helper in (requeuer, presence):
                 helper.cancel()
@@ -568,16 +608,55 @@ class Worker:
                 await self._call(self.store.forget_worker(self.worker_id))
         log.info("worker %s stopped", self.worker_id)
 
+    def _serving(self) -> None:
+        self.warmed_up = True
+        if self.state is not None:
+            self.state[STATE_SERVING] = 1
+
+    def _running(self, job_id: int | None) -> None:
+        self.running_job = job_id
+        if self.state is not None:
+            self.state[STATE_JOB] = job_id or 0
+
+    async def _back_off_after_crash(self, stop: asyncio.Event) -> None:
+        """Wait before the next claim after a crash: the same job (queued again) or the next one would
+        otherwise be claimed at once, and a crash that repeats would use up every queued job's
+        attempts within a second. Meanwhile another worker may take the job."""
+        streak = self._crash_streak
+        delay = min(
+            self.config.crash_backoff_seconds * 2 ** min(streak - 1, 32),
+            self.config.max_crash_backoff_seconds,
+        )
+        log.warning(
+            "worker %s: %s; waiting %.1f s before claiming again",
+            self.worker_id,
+            "a job crashed" if streak == 1 else f"{streak} jobs crashed in a row",
+            delay,
+        )
+        await _wait(stop, delay)
+
     async def _warm_up(self) -> None:
-        """Let the runner prepare itself (in its thread) before the first claim; a failure is logged
-        and the worker serves anyway."""
+        """Let the runner prepare itself (in its thread) before the first claim.
+
+        A failure is logged and the worker serves anyway (jobs load what they need), except one that
+        says the device itself cannot run (`_device_unusable`: no CUDA in this torch build, no such GPU,
+        a GPU held by another process in exclusive mode, a broken driver): every job would fail the
+        same way, so the worker raises `DeviceUnusable` and claims nothing. Anything else may well
+        not recur in a job: running out of memory while loading every prior at once (jobs load one
+        level at a time, or sample smaller batches), one model's damaged file (jobs of the other
+        models run; a job of that model fails with what to fetch), a bug in an optional step."""
         if not isinstance(self.runner, WarmsUp):
             return
         started = time.monotonic()
         log.info("worker %s: warming up its runner", self.worker_id)
         try:
             await asyncio.get_running_loop().run_in_executor(self._executor, self.runner.warm_up)
-        except Exception:
+        except Exception as exc:
+            if _device_unusable(exc):
+                raise DeviceUnusable(
+                    f"{self.device} cannot run jobs: warming up its runner failed with "
+                    f"{_last_line(exc)}, which every job on it would hit too"
+                ) from exc
             log.exception(
                 "worker %s: warming up failed after %.1f s; serving anyway (jobs load what they need)",
                 self.worker_id,
@@ -718,7 +797,7 @@ class Worker:
             except Exception as exc:
                 if run.should_stop() is StopReason.LEASE_LOST:
                     return self._abandoned(job)
-                if _is_out_of_memory(exc):
+                if is_out_of_memory(exc):
                     return await self._fail(run, str(OutOfMemory(self.device, detail=_last_line(exc))))
                 return await self._crashed(run, exc)
             if run.should_stop() is StopReason.LEASE_LOST:
@@ -756,6 +835,7 @@ class Worker:
         return JobOutcome.FAILED
 
     async def _crashed(self, run: _Run, exc: BaseException) -> JobOutcome:
+        self._crash_streak += 1  # `serve` waits before its next claim
         log.error(
             "job #%s: the runner crashed\n%s",
             run.job.id,
@@ -874,13 +954,65 @@ def _last_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message[0]}" if message else type(exc).__name__
 
 
-def _is_out_of_memory(exc: BaseException) -> bool:
-    # torch.cuda.OutOfMemoryError (and MPS's) by name: this module does not import torch.
-    return (
-        isinstance(exc, MemoryError)
-        or type(exc).__name__ == "OutOfMemoryError"
-        or "out of memory" in str(exc).lower()[:200]
-    )
+# What torch and CUDA say when the device itself cannot run anything: no CUDA in this torch build, no
+# such GPU, a GPU another process holds in exclusive mode, a missing or broken driver, a GPU too old
+# or too new for this build. Every job on such a device fails the same way.
+_DEVICE_UNUSABLE_WORDS = (
+    "torch not compiled with cuda enabled",
+    "no cuda-capable device is detected",
+    "busy or unavailable",
+    "found no nvidia driver",
+    "cuda driver initialization failed",
+    "driver version is insufficient",
+    "nvidia driver on your system is too old",
+    "invalid device ordinal",
+    "no kernel image is available for execution on the device",
+    "cuda unknown error",
+)
+
+
+def _device_unusable(exc: BaseException) -> bool:
+    """Whether `exc` says the device cannot run at all (not: ran out of memory, or a bad input)."""
+    text = str(exc).lower()[:400]
+    return not is_out_of_memory(exc) and any(words in text for words in _DEVICE_UNUSABLE_WORDS)
+
+
+def check_device(device: DeviceSpec) -> None:
+    """Raise `DeviceUnusable` (one sentence) when `device` cannot run in this process: a CUDA device
+    this torch build or machine does not have, or one that cannot allocate (a broken driver, a GPU
+    held by another process in exclusive mode, or full). The CPU always can. torch is imported here
+    only for a CUDA device (such a worker's runner needs it anyway); this module does not import it."""
+    if not device.is_cuda:
+        return
+    try:
+        import torch
+    except ImportError:
+        raise DeviceUnusable(f"{device} needs torch, which is not installed") from None
+    if torch.version.cuda is None:
+        raise DeviceUnusable(
+            f"{device} is not usable: this torch build ({torch.__version__}) has no CUDA support; "
+            "install a CUDA build of torch, or run the worker on 'cpu'"
+        )
+    if not torch.cuda.is_available():
+        raise DeviceUnusable(
+            f"{device} is not usable: CUDA finds no usable GPU (no GPU, or its driver is missing or "
+            "broken: check `nvidia-smi`)"
+        )
+    visible = torch.cuda.device_count()
+    if device.index is None or device.index >= visible:
+        raise DeviceUnusable(
+            f"{device} is not there: this machine shows GPUs 0 to {visible - 1} "
+            "(CUDA_VISIBLE_DEVICES may hide some)"
+        )
+    try:
+        probe = torch.ones(1, device=device.name)
+        torch.cuda.synchronize(device.name)
+        del probe
+    except Exception as exc:
+        raise DeviceUnusable(
+            f"{device} cannot allocate memory ({_last_line(exc)}): another process may hold it in "
+            "exclusive mode or fill it, or its driver is broken"
+        ) from None
 
 
 # ----------------------------------------------------------------------------- the worker process
@@ -894,10 +1026,15 @@ def worker_main(
     watch_parent: bool = True,
     log_level: int = logging.INFO,
     log_format: str = "text",
+    state: WorkerState | None = None,
 ) -> None:
     """The body of a worker process (the pool's `spawn` target); exits 0 after a graceful stop."""
     configure_logging(log_level, log_format, context=f"worker {device_name} pid {os.getpid()}")
-    sys.exit(run_worker(database_url, device_name, runner_factory_path, config, watch_parent=watch_parent))
+    sys.exit(
+        run_worker(
+            database_url, device_name, runner_factory_path, config, watch_parent=watch_parent, state=state
+        )
+    )
 
 
 def run_worker(
@@ -907,30 +1044,47 @@ def run_worker(
     config: WorkerConfig | None = None,
     *,
     watch_parent: bool = False,
+    state: WorkerState | None = None,
 ) -> int:
-    """Build the runner, then serve until SIGTERM/SIGINT (or the parent process goes away)."""
+    """Check the device, build the runner, then serve until SIGTERM/SIGINT (or the parent process goes
+    away). EXIT_CONFIG when restarting cannot help: a device that cannot run, a bad runner factory."""
     try:
         device = DeviceSpec(device_name)
+        check_device(device)
         factory = load_runner_factory(runner_factory_path)
         runner = factory(device, dict((config or WorkerConfig()).runner_options))
-    except (RunnerFactoryError, ValueError) as exc:
-        log.error("cannot start a worker on %s: %s", device_name, exc)
+    except (RunnerFactoryError, ValueError) as exc:  # DeviceError (DeviceUnusable) is a ValueError
+        log.error("cannot start a worker on %s: %s.", device_name, str(exc).rstrip("."))
         return EXIT_CONFIG
-    return asyncio.run(_serve_process(database_url, device, runner, config or WorkerConfig(), watch_parent))
+    return asyncio.run(
+        _serve_process(database_url, device, runner, config or WorkerConfig(), watch_parent, state)
+    )
 
 
 async def _serve_process(
-    database_url: str, device: DeviceSpec, runner: JobRunner, config: WorkerConfig, watch_parent: bool
+    database_url: str,
+    device: DeviceSpec,
+    runner: JobRunner,
+    config: WorkerConfig,
+    watch_parent: bool,
+    state: WorkerState | None = None,
 ) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, _on_signal, stop, signum)
-    watcher = asyncio.create_task(_watch_parent(stop, os.getppid())) if watch_parent else None
     engine = create_engine(database_url)
-    worker = Worker(JobStore(engine), runner, device, config=config)
+    worker = Worker(JobStore(engine), runner, device, config=config, state=state)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, _on_signal, stop, signum, worker)
+    watcher = asyncio.create_task(_watch_parent(stop, os.getppid())) if watch_parent else None
     try:
         await worker.serve(stop)
+    except DeviceUnusable as exc:
+        log.error(
+            "worker %s stops without claiming a job: %s; fix the device or the pool's device list.",
+            worker.worker_id,
+            exc,
+        )
+        return EXIT_CONFIG
     finally:
         if watcher is not None:
             watcher.cancel()
@@ -939,8 +1093,14 @@ async def _serve_process(
     return EXIT_OK
 
 
-def _on_signal(stop: asyncio.Event, signum: int) -> None:
-    log.info("%s received: stopping after releasing the running job", signal.Signals(signum).name)
+def _on_signal(stop: asyncio.Event, signum: int, worker: Worker | None = None) -> None:
+    name = signal.Signals(signum).name
+    if worker is not None and worker.running_job is not None:
+        log.info("%s received: stopping after releasing job #%s to the queue", name, worker.running_job)
+    elif worker is not None and isinstance(worker.runner, WarmsUp) and not worker.warmed_up:
+        log.info("%s received: stopping once the runner's warm-up ends (no job running)", name)
+    else:
+        log.info("%s received: stopping (no job running)", name)
     stop.set()
 
 
@@ -957,10 +1117,15 @@ async def _watch_parent(stop: asyncio.Event, parent_pid: int, every: float = 1.0
 __all__ = [
     "EXIT_CONFIG",
     "EXIT_OK",
+    "STATE_JOB",
+    "STATE_SERVING",
+    "DeviceUnusable",
     "JobOutcome",
     "Worker",
     "WorkerConfig",
     "WorkerConfigError",
+    "WorkerState",
+    "check_device",
     "make_worker_id",
     "pid_of",
     "run_worker",

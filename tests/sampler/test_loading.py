@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from jukebot.cli import main
 from sampler.jukebox.checkpoint import CheckpointMismatch, save_checkpoint
 from sampler.jukebox.registry import CHECKPOINTS
-from sampler.loading import ModelDirectory, expected_shapes_for, load_cascade
+from sampler.loading import ModelDirectory, ModelFileUnusable, expected_shapes_for, load_cascade
 from sampler.model_files import ModelFilesMissing, model_path
 from tests.sampler.jukebox.tiny_priors import tiny_prior
 from tests.tiny_model_dir import write_tiny_model_dir
@@ -48,8 +48,14 @@ def test_a_mis_shaped_file_fails_loading_with_the_keys_named(model_dir: Path, tm
     shutil.copytree(model_dir, broken)
     state = tiny_prior("top_5b").state_dict()  # another kind of prior in the 1b_lyrics slot
     save_checkpoint(state, model_path(broken, "prior_1b_lyrics"))
-    with pytest.raises(CheckpointMismatch, match="does not fit the model"):
+    with pytest.raises(ModelFileUnusable, match="does not fit the model") as raised:
         ModelDirectory(broken, "1b_lyrics").load_prior(2)
+    # the file is named, so that a worker can record the verdict
+    assert isinstance(raised.value.__cause__, CheckpointMismatch)
+    assert (raised.value.name, raised.value.path) == (
+        "prior_1b_lyrics",
+        model_path(broken, "prior_1b_lyrics"),
+    )
     with pytest.raises(ModelFilesMissing, match="jukebot models download 5b"):
         load_cascade(broken, "5b")
 
