@@ -83,14 +83,20 @@ def header(job: Job) -> str:
     )
 
 
+HELD = "waiting until one of your running jobs here ends"  # a queued job its user's running limit holds
+
+
 def status_line(
     job: Job,
     queue_position: int | None = None,
     sample_count: int | None = None,
     now: datetime | None = None,
+    held: bool = False,
 ) -> str:
     if job.status == JobStatus.QUEUED:
         where = f"position {queue_position} in the queue" if queue_position else "waiting in the queue"
+        if held:
+            where = HELD
         retry = f" (attempt {job.attempts + 1})" if job.attempts else ""
         return f"{MARK_QUEUED} Queued: {where}{retry}."
     if job.status == JobStatus.RUNNING:
@@ -142,9 +148,11 @@ def render_job(
     queue_position: int | None = None,
     sample_count: int | None = None,
     now: datetime | None = None,
+    held: bool = False,
 ) -> str:
-    """The whole progress message for the job's current state (`now`: the clock, for tests)."""
-    return f"{header(job)}\n{status_line(job, queue_position, sample_count, now)}"
+    """The whole progress message for the job's current state (`now`: the clock, for tests; `held`:
+    queued behind its user's running limit)."""
+    return f"{header(job)}\n{status_line(job, queue_position, sample_count, now, held)}"
 
 
 def render_queue(
@@ -157,7 +165,7 @@ def render_queue(
     for job in user_jobs[:QUEUE_LISTED]:
         if job.status == JobStatus.QUEUED:
             position = positions.get(job.id)
-            state = f"queued, position {position}" if position else "queued"
+            state = f"queued, position {position}" if position else f"queued, {HELD}"
         elif job.status == JobStatus.CANCELLING:
             state = "cancelling"
         else:

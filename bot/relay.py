@@ -44,7 +44,7 @@ from sampler.jobspec import is_full_quality, params_or_defaults, sweep_style
 from storage.errors import JobNotFound, SampleNotFound
 from storage.models import JobStatus
 from storage.records import Job
-from storage.store import claim_order_key
+from storage.store import queue_places
 
 if TYPE_CHECKING:
     from bot.bot import JukeBot
@@ -141,7 +141,7 @@ class ProgressRelay:
         async with self._pass_lock:
             guild_ids = {guild.id for guild in self.bot.guilds}
             unfinished = await self.store.unfinished_jobs()
-            positions = _queue_positions(unfinished)
+            places = queue_places(unfinished)
             ours = [job for job in unfinished if job.guild_id in guild_ids]
             for job in ours:
                 self.track(job.id)
@@ -149,7 +149,7 @@ class ProgressRelay:
                 if lost_at is not None and time.monotonic() - lost_at < MAX_RETRY_DELAY_S:
                     continue  # its channel is gone or closed to the bot: try again now and then
                 try:
-                    await self._update(job, positions.get(job.id))
+                    await self._update(job, places.place.get(job.id), job.id in places.held)
                     self._channel_lost_at.pop(job.id, None)
                 except discord.HTTPException as exc:
                     if exc.code not in CANNOT_POST_THERE:
@@ -203,12 +203,12 @@ class ProgressRelay:
                     self._channel_lost_at.pop(job_id, None)
                 # else: more than a batch finished at once, or waiting to retry; a later pass lists it
 
-    async def _update(self, job: Job, queue_position: int | None) -> None:
+    async def _update(self, job: Job, queue_position: int | None, held: bool) -> None:
         if job.progress_message_id is None:
             await self.post_progress_message(job.id)
             return
         watched = self._watched[job.id]
-        text = render_job(job, queue_position=queue_position)
+        text = render_job(job, queue_position=queue_position, held=held)
         if text == watched.text or time.monotonic() - watched.edited_at < self.min_edit_interval_s:
             return
         await self._edit(job, text)
@@ -247,8 +247,8 @@ class ProgressRelay:
             if job.progress_message_id is not None or job.finished:
                 return
             watched = self._watched.setdefault(job.id, _Watched())
-            position = await self.store.queue_position(job.id) if job.status == JobStatus.QUEUED else None
-            text = render_job(job, queue_position=position)
+            places = queue_places(await self.store.unfinished_jobs())
+            text = render_job(job, queue_position=places.place.get(job.id), held=job.id in places.held)
             channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
             reply_to = watched.reply_to or await self._parent_message(job)
             reference = self._reference(job.channel_id, job.guild_id, reply_to)
@@ -441,12 +441,3 @@ class ProgressRelay:
             if first is not None:
                 await self.store.set_sample_message(sample.id, first.id)
         return len(infos)
-
-
-def _queue_positions(unfinished: list[Job]) -> dict[int, int]:
-    """1-based queue places in the order workers claim jobs (priority, then age)."""
-    queued = sorted(
-        (job for job in unfinished if job.status == JobStatus.QUEUED),
-        key=claim_order_key,
-    )
-    return {job.id: position for position, job in enumerate(queued, start=1)}

@@ -65,6 +65,9 @@ class Job:
     # Every level sampling at once (a runner that overlaps levels), top first; `level` and `window`
     # then name one of them. Empty when one level samples at a time.
     level_windows: tuple[LevelWindow, ...] = field(default=(), kw_only=True)
+    # The user's running-jobs limit the job waits under (`claim` leaves it queued while that many of
+    # the user's jobs in the server run); None: none.
+    max_running_per_user: int | None = field(default=None, kw_only=True)
 
     @property
     def finished(self) -> bool:

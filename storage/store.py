@@ -115,9 +115,7 @@ PARAMS_TEXT = sql_cast(jobs.c.params, Text).label("params")
 UNREADABLE_PARAMS_KEY = "unreadable_stored_params"
 # Listings leave the (possibly megabytes of) checkpoint in the database.
 JOB_COLUMNS = [
-    PARAMS_TEXT if column.name == "params" else column
-    for column in jobs.c
-    if column.name not in ("checkpoint", "max_running_per_user")
+    PARAMS_TEXT if column.name == "params" else column for column in jobs.c if column.name != "checkpoint"
 ] + [jobs.c.checkpoint.is_not(None).label("has_checkpoint")]
 CLAIMED_JOB_COLUMNS = [*JOB_COLUMNS, jobs.c.checkpoint]
 SAMPLE_INFO_COLUMNS = [
@@ -136,6 +134,35 @@ CLAIM_LOCK_KEY = int.from_bytes(b"jukebotC", "big")
 def claim_order_key(job: Job) -> tuple[int, int]:
     """`CLAIM_ORDER` for a job already read: sort queued jobs by it to number their places."""
     return (job.priority, job.id)
+
+
+@dataclass(frozen=True)
+class QueuePlaces:
+    """Where queued jobs stand, by the rules `claim` takes them by: `place` numbers those that go to
+    the next free workers in turn; `held` are those waiting for one of their user's running jobs to
+    end (their user's running limit), which jobs behind them pass."""
+
+    place: dict[int, int]
+    held: frozenset[int]
+
+
+def queue_places(unfinished: Iterable[Job]) -> QueuePlaces:
+    """The places of the queued jobs among `unfinished` (every unfinished job, of every server)."""
+    unfinished = list(unfinished)
+    busy: dict[tuple[int, int | None], int] = {}  # (user, server) -> jobs running, or placed before
+    for job in unfinished:
+        if job.status in ACTIVE_STATUSES:
+            busy[job.user_id, job.guild_id] = busy.get((job.user_id, job.guild_id), 0) + 1
+    place: dict[int, int] = {}
+    held: set[int] = set()
+    for job in sorted((j for j in unfinished if j.status == JobStatus.QUEUED), key=claim_order_key):
+        mine = busy.get((job.user_id, job.guild_id), 0)
+        if job.max_running_per_user is not None and mine >= job.max_running_per_user:
+            held.add(job.id)
+            continue
+        place[job.id] = len(place) + 1
+        busy[job.user_id, job.guild_id] = mine + 1  # the next of theirs waits for this one
+    return QueuePlaces(place, frozenset(held))
 
 
 def _job(row: Row[Any]) -> Job:
@@ -1127,22 +1154,13 @@ class JobStore:
         return await self._jobs(statement.order_by(jobs.c.finished_at, jobs.c.id).limit(limit))
 
     async def queue_position(self, job_id: int) -> int | None:
-        """1-based place among queued jobs in the order workers take them; None if not queued."""
-        async with self._reading() as connection:
-            job = (
-                await connection.execute(select(jobs.c.status, jobs.c.priority).where(jobs.c.id == job_id))
-            ).first()
-            if job is None:
-                raise JobNotFound(job_id)
-            if job.status != JobStatus.QUEUED.value:
-                return None
-            ahead = or_(
-                jobs.c.priority < job.priority, and_(jobs.c.priority == job.priority, jobs.c.id < job_id)
-            )
-            count = await connection.scalar(
-                select(func.count()).select_from(jobs).where(jobs.c.status == JobStatus.QUEUED.value, ahead)
-            )
-        return int(count or 0) + 1
+        """1-based place among queued jobs in the order workers take them (`queue_places`); None if
+        not queued, or held back by its user's running limit."""
+        unfinished = await self.unfinished_jobs()
+        if not any(job.id == job_id for job in unfinished):
+            await self.get_job(job_id)  # JobNotFound for an unknown id
+            return None
+        return queue_places(unfinished).place.get(job_id)
 
     async def user_job_counts(self, user_id: int, guild_id: int | None = None) -> UserJobCounts:
         """How many of the user's jobs wait and run (in one server, or everywhere)."""

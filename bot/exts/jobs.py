@@ -12,10 +12,11 @@ from bot import actions
 from bot.bot import JukeBot
 from bot.errors import MAX_MESSAGE_CHARS, JobNotInServer, fit_line, listed
 from bot.options import JobId
-from bot.progress import QUEUE_LISTED, render_queue
+from bot.progress import render_queue
 from bot.requests import MAX_HISTORY_PAGE, history_page
 from sampler.jobspec import params_or_defaults
 from storage.models import JobStatus, utcnow
+from storage.store import queue_places
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +62,10 @@ class Jobs(commands.Cog):
     async def queue(self, interaction: discord.Interaction[JukeBot]) -> None:
         guild_id = actions.guild_id_of(interaction)
         await interaction.response.defer(ephemeral=True, thinking=True)
-        unfinished = await self.bot.store.unfinished_jobs(guild_id)
+        everywhere = await self.bot.store.unfinished_jobs()  # the queue is every server's
+        unfinished = [job for job in everywhere if job.guild_id == guild_id]
         mine = [job for job in unfinished if job.user_id == interaction.user.id]
-        positions = {
-            job.id: await self.bot.store.queue_position(job.id)
-            for job in mine[:QUEUE_LISTED]
-            if job.status == JobStatus.QUEUED
-        }
+        positions = queue_places(everywhere).place
         running = [job for job in unfinished if job.status != JobStatus.QUEUED]
         await interaction.followup.send(render_queue(mine, positions, running, utcnow()), ephemeral=True)
 

@@ -286,3 +286,24 @@ async def test_a_changed_running_limit_applies_to_the_jobs_already_waiting(
     assert "Running jobs per user: 2" in saved
     claims = [await store.claim(f"worker-{n}", ["5b_lyrics"], 60) for n in range(3)]
     assert [job.id if job else None for job in claims] == [1, 2, None]  # two of alice's three at once
+
+
+async def test_jobs_held_by_their_users_running_limit_say_so_and_others_pass_them(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    fake, store = fake_discord, sqlite_store
+    bot = await bot_runner.start(make_bot(fake, store))
+    for _ in range(3):
+        await reply_of(fake, await fake.invoke_command("jukebox", {}, user=fake.user("alice")))
+    await PlayedWorker(store).claim()  # alice's first job runs: her limit is one
+    await reply_of(fake, await fake.invoke_command("jukebox", {}, user=fake.user("bob")))
+    await relay_of(bot).run_pass()
+    for job_id in (2, 3):
+        held = progress_message(fake, job_id)
+        assert held is not None and held.content.endswith(
+            "⏳ Queued: waiting until one of your running jobs here ends."
+        ), held.content
+    bobs = progress_message(fake, 4)
+    assert bobs is not None and bobs.content.endswith("⏳ Queued: position 1 in the queue.")
+    queue = await reply_of(fake, await fake.invoke_command("queue", user=fake.user("alice")))
+    assert "• Job #2 (generate, 5b_lyrics): queued, waiting until one of your running jobs here ends" in queue

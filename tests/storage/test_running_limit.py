@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from storage import JobStore
+from storage.store import queue_places
 from tests.storage.helpers import GUILD, MODEL, USER, enqueue, finished_job, new_sample
 
 OTHER_USER = USER + 1
@@ -36,3 +37,18 @@ async def test_a_finished_job_does_not_count_as_running(store: JobStore) -> None
     queued = await enqueue(store, max_running_per_user=1)
     claimed = await store.claim("worker-a", [MODEL], lease_seconds=60)
     assert claimed is not None and claimed.id == queued
+
+
+async def test_queue_places_follow_the_claim_rules(store: JobStore) -> None:
+    """A job held back by its user's running limit has no place: the jobs behind it go first."""
+    mine = [await enqueue(store, max_running_per_user=1, max_queued_per_user=3) for _ in range(3)]
+    theirs = await enqueue(store, user_id=OTHER_USER, max_running_per_user=1)
+    assert [await store.queue_position(job_id) for job_id in [*mine, theirs]] == [1, None, None, 2]
+    places = queue_places(await store.unfinished_jobs())
+    assert places.place == {mine[0]: 1, theirs: 2} and places.held == {mine[1], mine[2]}
+
+    claimed = await store.claim("worker-a", [MODEL], lease_seconds=60)
+    assert claimed is not None and claimed.id == mine[0]
+    assert [await store.queue_position(job_id) for job_id in [*mine[1:], theirs]] == [None, None, 1]
+    nxt = await store.claim("worker-b", [MODEL], lease_seconds=60)
+    assert nxt is not None and nxt.id == theirs  # as the places said
