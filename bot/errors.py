@@ -149,7 +149,7 @@ def apology(error_id: str) -> str:
 
 def fit_message(text: str) -> str:
     """`text` cut to what Discord accepts in one message: a last guard, for text no one shortened."""
-    return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 1] + "…"
+    return shorten(text, MAX_MESSAGE_CHARS)
 
 
 def shorten(text: str, limit: int) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
+from bot.errors import shorten
 from sampler.jobspec import JobParams, is_full_quality, params_or_defaults
 from storage.models import JobKind, JobStatus, utcnow
 from storage.records import Job
@@ -94,9 +95,10 @@ def status_line(
     held: bool = False,
 ) -> str:
     if job.status == JobStatus.QUEUED:
-        where = f"position {queue_position} in the queue" if queue_position else "waiting in the queue"
         if held:
             where = HELD
+        else:
+            where = f"position {queue_position} in the queue" if queue_position else "waiting in the queue"
         retry = f" (attempt {job.attempts + 1})" if job.attempts else ""
         return f"{MARK_QUEUED} Queued: {where}{retry}."
     if job.status == JobStatus.RUNNING:
@@ -108,9 +110,7 @@ def status_line(
         return f"{MARK_DONE} Done:{count} below."
     if job.status == JobStatus.CANCELLED:
         return f"{MARK_CANCELLED} Cancelled."
-    reason = (job.error or "no reason given").strip()
-    if len(reason) > MAX_REASON_CHARS:
-        reason = reason[: MAX_REASON_CHARS - 1] + "…"
+    reason = shorten((job.error or "no reason given").strip(), MAX_REASON_CHARS)
     return f"{MARK_FAILED} Failed: {reason}"
 
 

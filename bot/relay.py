@@ -151,23 +151,20 @@ class ProgressRelay:
                 try:
                     await self._update(job, places.place.get(job.id), job.id in places.held)
                     self._channel_lost_at.pop(job.id, None)
-                except discord.HTTPException as exc:
-                    if exc.code not in CANNOT_POST_THERE:
+                except Exception as exc:  # the other jobs still update
+                    why = _cannot_post_there(exc)
+                    if why is None:
                         log.exception("job #%s: updating its progress message failed; trying again", job.id)
-                    elif lost_at is None:
+                        continue
+                    if lost_at is None:
                         log.warning(
-                            "job #%s: cannot show its progress in channel %s (Discord error %s, %s); "
-                            "trying again every %.0f s",
+                            "job #%s: cannot show its progress in channel %s (%s); trying again every %.0f s",
                             job.id,
                             job.channel_id,
-                            exc.code,
-                            CANNOT_POST_THERE[exc.code],
+                            why,
                             MAX_RETRY_DELAY_S,
                         )
-                    if exc.code in CANNOT_POST_THERE:
-                        self._channel_lost_at[job.id] = time.monotonic()
-                except Exception:  # the other jobs still update
-                    log.exception("job #%s: updating its progress message failed; trying again", job.id)
+                    self._channel_lost_at[job.id] = time.monotonic()
             still_running = {job.id for job in ours}
             # Results the store says nobody posted yet: also those that finished while no bot ran.
             finished: set[int] = set()
@@ -275,7 +272,7 @@ class ProgressRelay:
             return  # posted already, or another bot is posting them (if it dies, its claim expires)
         posted = asyncio.Event()
         renewing = asyncio.create_task(self._renew_claim(job.id, posted), name=f"results-claim-{job.id}")
-        cannot_post: discord.HTTPException | None = None
+        cannot_post: str | None = None
         try:
             sample_count = None
             if job.status == JobStatus.SUCCEEDED:
@@ -290,16 +287,13 @@ class ProgressRelay:
         except _ResultsClaimLost:
             log.warning("job #%s: another bot took over posting its results; leaving the rest to it", job.id)
             return
-        except discord.HTTPException as exc:
-            if exc.code not in CANNOT_POST_THERE:
+        except Exception as exc:
+            cannot_post = _cannot_post_there(exc)
+            if cannot_post is None:
                 failures = self._failures[job.id] = self._failures.get(job.id, 0) + 1
                 await self._give_back(job, self._retry_delay(failures))
                 raise
-            cannot_post = exc  # no use trying again: given up below, still holding the claim
-        except Exception:
-            failures = self._failures[job.id] = self._failures.get(job.id, 0) + 1
-            await self._give_back(job, self._retry_delay(failures))
-            raise
+            # no use trying again: given up below, still holding the claim
         except BaseException:  # a shutdown mid-post: the next pass (or bot) finishes the job now
             await self._give_back(job, 0.0)
             raise
@@ -308,13 +302,11 @@ class ProgressRelay:
             await renewing  # lets a renewal in flight end (cancelling it could break its connection)
         if cannot_post is not None:
             log.warning(
-                "job #%s: giving up posting its results in channel %s: Discord answered HTTP %s, "
-                "error %s (%s); its samples stay stored (`/sample` re-sends them)",
+                "job #%s: giving up posting its results in channel %s: %s; its samples stay stored "
+                "(`/sample` re-sends them)",
                 job.id,
                 job.channel_id,
-                cannot_post.status,
-                cannot_post.code,
-                CANNOT_POST_THERE[cannot_post.code],
+                cannot_post,
             )
         if not await self.store.finish_results_posting(job.id, self.poster_id):
             log.warning("job #%s: results posted, but another bot took over the claim meanwhile", job.id)
@@ -441,3 +433,11 @@ class ProgressRelay:
             if first is not None:
                 await self.store.set_sample_message(sample.id, first.id)
         return len(infos)
+
+
+def _cannot_post_there(exc: BaseException) -> str | None:
+    """What Discord said, when `exc` says the bot cannot post in the channel at all (trying again
+    will not help); None for anything else."""
+    if isinstance(exc, discord.HTTPException) and exc.code in CANNOT_POST_THERE:
+        return f"Discord answered HTTP {exc.status}, error {exc.code} ({CANNOT_POST_THERE[exc.code]})"
+    return None

@@ -965,23 +965,10 @@ class JobStore:
 
         Returns the new status (asking again while cancelling returns `cancelling`).
         """
-        now = self._clock()
-        queued = jobs.c.status == JobStatus.QUEUED.value
         async with self._transaction() as connection:
             row = (
                 await connection.execute(
-                    update(jobs)
-                    .where(
-                        jobs.c.id == job_id,
-                        jobs.c.user_id == user_id,
-                        jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]),
-                    )
-                    .values(
-                        status=case((queued, JobStatus.CANCELLED.value), else_=JobStatus.CANCELLING.value),
-                        finished_at=case((queued, literal(now, UTCDateTime())), else_=None),
-                        updated_at=now,
-                    )
-                    .returning(jobs.c.status)
+                    self._cancel(jobs.c.id == job_id, jobs.c.user_id == user_id).returning(jobs.c.status)
                 )
             ).first()
             if row is not None:
@@ -1001,23 +988,26 @@ class JobStore:
     async def cancel_guild_jobs(self, guild_id: int) -> list[tuple[int, JobStatus]]:
         """The bot left the server: its queued jobs are cancelled, its running ones stop after their
         current step (nobody there could see their results). Returns (job id, new status) pairs."""
-        now = self._clock()
-        queued = jobs.c.status == JobStatus.QUEUED.value
         async with self._transaction() as connection:
             rows = await connection.execute(
-                update(jobs)
-                .where(
-                    jobs.c.guild_id == guild_id,
-                    jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]),
-                )
-                .values(
-                    status=case((queued, JobStatus.CANCELLED.value), else_=JobStatus.CANCELLING.value),
-                    finished_at=case((queued, literal(now, UTCDateTime())), else_=None),
-                    updated_at=now,
-                )
-                .returning(jobs.c.id, jobs.c.status)
+                self._cancel(jobs.c.guild_id == guild_id).returning(jobs.c.id, jobs.c.status)
             )
             return sorted((row.id, JobStatus(row.status)) for row in rows)
+
+    def _cancel(self, *which: ColumnElement[bool]) -> Any:
+        """The cancel of the queued and running jobs `which` selects: queued -> cancelled now,
+        running -> cancelling (its worker stops after the current step)."""
+        now = self._clock()
+        queued = jobs.c.status == JobStatus.QUEUED.value
+        return (
+            update(jobs)
+            .where(*which, jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]))
+            .values(
+                status=case((queued, JobStatus.CANCELLED.value), else_=JobStatus.CANCELLING.value),
+                finished_at=case((queued, literal(now, UTCDateTime())), else_=None),
+                updated_at=now,
+            )
+        )
 
     async def get_job(self, job_id: int) -> Job:
         async with self._reading() as connection:

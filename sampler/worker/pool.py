@@ -38,6 +38,7 @@ from sampler.worker.runtime import (
     STATE_SERVING,
     WorkerConfig,
     WorkerState,
+    doubling_delay,
     worker_main,
 )
 
@@ -198,7 +199,7 @@ class WorkerPool:
         delay = (
             0.0
             if slot.quick_deaths == 0
-            else min(self.restart_backoff * 2 ** min(slot.quick_deaths - 1, 32), self.max_restart_backoff)
+            else doubling_delay(self.restart_backoff, slot.quick_deaths, self.max_restart_backoff)
         )
         if exitcode == -signal.SIGKILL:
             how = "was killed by SIGKILL (often the kernel's out-of-memory killer: check `dmesg`)"

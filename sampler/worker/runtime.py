@@ -623,9 +623,8 @@ class Worker:
         otherwise be claimed at once, and a crash that repeats would use up every queued job's
         attempts within a second. Meanwhile another worker may take the job."""
         streak = self._crash_streak
-        delay = min(
-            self.config.crash_backoff_seconds * 2 ** min(streak - 1, 32),
-            self.config.max_crash_backoff_seconds,
+        delay = doubling_delay(
+            self.config.crash_backoff_seconds, streak, self.config.max_crash_backoff_seconds
         )
         log.warning(
             "worker %s: %s; waiting %.1f s before claiming again",
@@ -946,6 +945,11 @@ async def _wait(event: asyncio.Event, seconds: float) -> None:
     """Wait until `event` is set or `seconds` pass, whichever comes first."""
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(event.wait(), seconds)
+
+
+def doubling_delay(first: float, times: int, most: float) -> float:
+    """The wait after the `times`-th failure in a row: `first`, doubling each time, at most `most`."""
+    return min(first * 2 ** min(times - 1, 32), most)
 
 
 def _last_line(exc: BaseException) -> str:
