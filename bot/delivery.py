@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,6 +24,10 @@ MAX_FILES_PER_MESSAGE = 10
 # A part below this bitrate sounds worse than splitting it further.
 MIN_PART_BITRATE = 32_000
 _EXTENSIONS = {"ogg": "ogg", "opus": "ogg", "mp3": "mp3", "wav": "wav", "flac": "flac"}
+# One re-encode at a time per bot process, whoever asks (the relay, /sample, /curate): each decodes a
+# whole sample (~10 MB a minute), so a burst of /sample of a long one would otherwise hold that many
+# times over and take every core. The others wait their turn; their interactions are deferred.
+_REENCODING = threading.BoundedSemaphore(1)
 
 
 class DeliveryImpossible(JukebotError):
@@ -51,6 +56,11 @@ def files_for_sample(
     extension = _EXTENSIONS.get(audio_format.lower(), audio_format.lower())
     if len(audio) <= limit_bytes:
         return [AudioFile(f"{stem}.{extension}", audio, f"{stem} ({duration_seconds:.1f} s)")]
+    with _REENCODING:
+        return _reencoded(audio, limit_bytes, stem, duration_seconds)
+
+
+def _reencoded(audio: bytes, limit_bytes: int, stem: str, duration_seconds: float) -> list[AudioFile]:
     try:
         samples = decode_audio(audio, max_bytes=None, max_seconds=None, silence_threshold_db=None)
     except AudioError as exc:

@@ -960,17 +960,15 @@ class JobStore:
 
     # ------------------------------------------------------------------ bot side
 
-    async def request_cancel(self, job_id: int, user_id: int) -> JobStatus:
-        """The job's owner asks to stop it: queued -> cancelled now, running -> cancelling.
+    async def request_cancel(self, job_id: int, user_id: int | None) -> JobStatus:
+        """The job's owner `user_id` (None: a moderator, for any owner) asks to stop it: queued ->
+        cancelled now, running -> cancelling.
 
         Returns the new status (asking again while cancelling returns `cancelling`).
         """
+        which = [jobs.c.id == job_id] if user_id is None else [jobs.c.id == job_id, jobs.c.user_id == user_id]
         async with self._transaction() as connection:
-            row = (
-                await connection.execute(
-                    self._cancel(jobs.c.id == job_id, jobs.c.user_id == user_id).returning(jobs.c.status)
-                )
-            ).first()
+            row = (await connection.execute(self._cancel(*which).returning(jobs.c.status))).first()
             if row is not None:
                 return JobStatus(row.status)
             current = (
@@ -978,7 +976,7 @@ class JobStore:
             ).first()
         if current is None:
             raise JobNotFound(job_id)
-        if current.user_id != user_id:
+        if user_id is not None and current.user_id != user_id:
             raise NotJobOwner(job_id)
         status = JobStatus(current.status)
         if status in FINISHED_STATUSES:

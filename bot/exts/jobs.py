@@ -35,7 +35,9 @@ class Jobs(commands.Cog):
         if stopped:
             log.info("left server %s: cancelled its jobs %s", guild.id, [job_id for job_id, _ in stopped])
 
-    @app_commands.command(name="cancel", description="Stop one of your jobs")
+    @app_commands.command(
+        name="cancel", description="Stop one of your jobs (moderators: anyone's job in this server)"
+    )
     @app_commands.guild_only()
     @app_commands.describe(job="The job's number (see /queue)")
     async def cancel(self, interaction: discord.Interaction[JukeBot], job: JobId) -> None:
@@ -43,14 +45,21 @@ class Jobs(commands.Cog):
         found = await self.bot.store.get_job(job)
         if found.guild_id != actions.guild_id_of(interaction):
             raise JobNotInServer(job)
-        status = await self.bot.store.request_cancel(job, interaction.user.id)
+        # Members who may manage messages in the channel moderate it: they stop anyone's job (a
+        # runaway queue, an offensive prompt) without asking the person who started it.
+        someone_elses = found.user_id != interaction.user.id
+        moderating = someone_elses and interaction.permissions.manage_messages
+        status = await self.bot.store.request_cancel(job, None if moderating else interaction.user.id)
         self.bot.dispatch("job_cancel_requested", job)
+        if moderating:
+            log.info("job %s of user %s cancelled by moderator %s", job, found.user_id, interaction.user.id)
+        whose = f"Job #{job} (started by <@{found.user_id}>)" if moderating else f"Job #{job}"
         if status == JobStatus.CANCELLED:
             before = "it was waiting to be tried again" if found.attempts else "it had not started"
-            message = f"Job #{job} is cancelled; {before}."
+            message = f"{whose} is cancelled; {before}."
         else:  # a job past its last step (encoding its audio) finishes all the same
             message = (
-                f"Job #{job} is stopping after its current step; nothing of it is posted, unless it "
+                f"{whose} is stopping after its current step; nothing of it is posted, unless it "
                 "finishes first."
             )
         await interaction.followup.send(message, ephemeral=True)

@@ -266,15 +266,20 @@ def sample_steps(
     progress_every: int = 32,
     *,
     exact: bool = True,
+    uniforms: Tensor | None = None,
 ) -> Tensor:
     """The per-token loop: `count` × (prior step → logits / temperature → filter → draw).
 
     `state` comes from `prior.start`/`prefill`; returns the drawn ids (N, count). `report(done)` runs
     every `progress_every` tokens and after the last one. `exact` draws as the reference does
-    (`draw`); otherwise with the cheaper `draw_fast` (another random stream, same distribution).
+    (`draw`); otherwise with the cheaper `draw_fast` (another random stream, same distribution),
+    or, given `uniforms` (count, N, 1) fp64, by inverting the CDF at those (draw_fast's stream
+    when they were drawn from the same generator in one go).
     """
     if count <= 0:
         raise SamplingError(f"the number of tokens to sample must be positive, got {count}")
+    if uniforms is not None and (exact or uniforms.shape[0] != count):
+        raise SamplingError(f"{count} rows of uniforms for draw_fast expected, got {tuple(uniforms.shape)}")
     pick = draw if exact else draw_fast
     out = []
     token: Tensor | None = None
@@ -286,7 +291,12 @@ def sample_steps(
             if temperature != 1.0:  # x / 1.0 is x: skipping it changes no bits
                 logits.div_(temperature)
             logits = filter_logits(logits, top_k, top_p)
-            token = pick(logits.float(), generator)
+            if uniforms is None:
+                token = pick(logits.float(), generator)
+            else:
+                if step == 0:  # to the logits' device once, not per token
+                    uniforms = uniforms.to(logits.device)
+                token = invert_cdf(logits.float(), uniforms[step])
             out.append(token)
             if report is not None and ((step + 1) % progress_every == 0 or step + 1 == count):
                 report(step + 1)
@@ -587,6 +597,18 @@ class Cascade:
             z_cond = state.codes[level + 1][:, first:end]
         y = torch.from_numpy(labeller.batch_y(labels, window.start))  # (N, label_length), row i = sample i
         batch = request.max_batch_size[level]
+        uniforms = None
+        if request.rng == "window":
+            # One uniform per token and sample for the whole window, drawn before the rows are split
+            # into batches: sample i's draws are then the same whatever the worker's batch size
+            # (a job resumed on a worker with another JUKEBOT_MAX_BATCH_SIZE keeps its codes). With a
+            # single batch this is the stream the decoder drew itself.
+            uniforms = torch.rand(
+                (window.new_tokens, request.n_samples, 1),
+                dtype=torch.float64,
+                generator=generator,
+                device=generator.device,
+            )
         sampled: list[Tensor] = []
         for first_row in range(0, request.n_samples, batch):
             part = slice(first_row, first_row + batch)
@@ -610,6 +632,7 @@ class Cascade:
                 report_rows,
                 progress_every,
                 self.chunk_size(request, level),
+                None if uniforms is None else uniforms[:, part],
             )
             sampled.append(new)
         return torch.cat(sampled, dim=0)
@@ -626,6 +649,7 @@ class Cascade:
         report: Callable[[int], None],
         progress_every: int,
         chunk_size: int,
+        uniforms: Tensor | None = None,
     ) -> Tensor:
         if request.rng == "window" and self.decode_options.path != "sliced":
             from sampler.jukebox.decoding import batch_rows, window_decoder
@@ -643,6 +667,7 @@ class Cascade:
                 report,
                 progress_every,
                 chunk_size=chunk_size,
+                uniforms=uniforms,
             )
             return prior.ids_to_codes(new)
         state = prior.start(cond, window.sample_tokens)
@@ -658,6 +683,7 @@ class Cascade:
             report,
             progress_every,
             exact=request.rng == "reference",
+            uniforms=uniforms,
         )
         return prior.ids_to_codes(ids)
 

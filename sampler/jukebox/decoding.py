@@ -236,9 +236,13 @@ class WindowDecoder:
         progress_every: int = 32,
         *,
         chunk_size: int | None = None,
+        uniforms: Tensor | None = None,
     ) -> Tensor:
         """One window: prefill `known_ids` (N, k) (in chunks of `chunk_size`; None: one pass), then
         draw `new_tokens` ids; returns them (N, new_tokens).
+
+        The draws take `uniforms` (new_tokens, N, 1) fp64 when given (the cascade's, drawn for all
+        its samples), else (new_tokens, N, 1) uniforms drawn from `generator` at the window's start.
 
         `report(done)` runs between calls, every `progress_every` tokens rounded to a multiple of K,
         and after the last token; it may raise to cancel.
@@ -258,7 +262,7 @@ class WindowDecoder:
         done = 0
         with self._on_device():
             many, one = self._call(per_call, top_k, top_p), self._call(1, top_k, top_p)
-            self._begin(prior, cond, known_ids, new_tokens, temperature, generator, chunk_size)
+            self._begin(prior, cond, known_ids, new_tokens, temperature, generator, chunk_size, uniforms)
             with torch.inference_mode():
                 while done < new_tokens:
                     if new_tokens - done >= per_call:
@@ -293,6 +297,7 @@ class WindowDecoder:
         temperature: float,
         generator: torch.Generator,
         chunk_size: int | None,
+        given_uniforms: Tensor | None = None,
     ) -> None:
         """The window's conditioning into the buffers, its known ids into the cache, its draws."""
         if cond.x_cond.shape[1] not in (1, self._x_cond.shape[1]):
@@ -319,8 +324,14 @@ class WindowDecoder:
         self._drawn.zero_()
         self._temperature.fill_(temperature)
         uniforms = self._uniforms[:new_tokens]
+        if given_uniforms is not None:
+            if given_uniforms.shape != uniforms.shape:
+                raise SamplingError(
+                    f"uniforms of shape {tuple(uniforms.shape)} expected, got {tuple(given_uniforms.shape)}"
+                )
+            uniforms.copy_(given_uniforms)
         # One draw of T×N uniforms is the stream of T draws of N on the CPU generator.
-        if generator.device == uniforms.device:
+        elif generator.device == uniforms.device:
             torch.rand(uniforms.shape, dtype=torch.float64, generator=generator, out=uniforms)
         else:
             uniforms.copy_(

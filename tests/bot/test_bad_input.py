@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import discord
 import pytest
 
 from sampler.audio import SAMPLE_RATE, encode_audio, wav_bytes
+from storage.models import JobStatus
 from storage.records import GuildSettings
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
@@ -262,7 +264,8 @@ async def test_cancel_of_someone_elses_job_and_other_cancel_mistakes(
     await reply_of(fake_discord, await fake_discord.invoke_command("jukebox", {}, user=alice))
     theirs = await fake_discord.invoke_command("cancel", {"job": 1}, user=bob)
     assert await reply_of(fake_discord, theirs) == (
-        "Job #1 belongs to someone else; only the person who started it can cancel it."
+        "Job #1 belongs to someone else; only the person who started it, or a member who may manage "
+        "messages here, can cancel it."
     )
     missing = await fake_discord.invoke_command("cancel", {"job": 42}, user=alice)
     assert (
@@ -274,6 +277,33 @@ async def test_cancel_of_someone_elses_job_and_other_cancel_mistakes(
     assert await reply_of(fake_discord, again) == (
         "Job #1 has already finished (cancelled); there is nothing left to cancel."
     )
+
+
+async def test_a_moderator_cancels_anyones_job_in_the_server(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    """Members who may manage messages stop a runaway or offensive job without its owner."""
+    moderator = fake_discord.add_user("moderator")
+    guild = fake_discord.default_guild
+    fake_discord.add_member(guild, moderator, permissions=discord.Permissions(manage_messages=True).value)
+    await bot_runner.start(make_bot(fake_discord, sqlite_store))
+    alice = fake_discord.user("alice")
+    for _ in range(2):
+        await reply_of(fake_discord, await fake_discord.invoke_command("jukebox", {}, user=alice))
+    assert (await PlayedWorker(sqlite_store).claim()).id == 1  # job 1 runs
+    stopped = await fake_discord.invoke_command("cancel", {"job": 1}, user=moderator)
+    assert await reply_of(fake_discord, stopped) == (
+        f"Job #1 (started by <@{alice.id}>) is stopping after its current step; nothing of it is "
+        "posted, unless it finishes first."
+    )
+    queued = await fake_discord.invoke_command("cancel", {"job": 2}, user=moderator)
+    assert await reply_of(fake_discord, queued) == (
+        f"Job #2 (started by <@{alice.id}>) is cancelled; it had not started."
+    )
+    assert [(await sqlite_store.get_job(n)).status for n in (1, 2)] == [
+        JobStatus.CANCELLING,
+        JobStatus.CANCELLED,
+    ]
 
 
 async def test_unexpected_errors_get_an_apology_with_an_id_and_are_logged(

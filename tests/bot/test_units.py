@@ -7,13 +7,17 @@ import random
 import re
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import storage.engine
+from bot import delivery
 from bot.delivery import AudioFile, files_for_sample, group_for_messages, upload_limit
 from bot.errors import (
     AttachmentRejected,
@@ -253,6 +257,36 @@ def test_audio_too_big_is_reencoded_or_split_never_dropped() -> None:
     assert parts[0].filename in (f"s1_part1of{len(parts)}.ogg", f"s1_part1of{len(parts)}.mp3")
     total = sum(len(decode_audio(p.data, max_seconds=None)) for p in parts) / SAMPLE_RATE
     assert abs(total - 20.0) < 0.2
+
+
+def test_reencodes_run_one_at_a_time_whoever_asks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A burst of /sample of a long sample must not decode it once per request at the same time."""
+    audio = encode_audio(tone(4.0), SAMPLE_RATE, "ogg", 192_000)
+    real_decode, inside, most, count = delivery.decode_audio, [0], [0], threading.Lock()
+
+    def counted_decode(*args: Any, **kwargs: Any) -> Any:
+        with count:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        try:
+            assert not delivery._REENCODING.acquire(blocking=False)  # held by this re-encode
+            return real_decode(*args, **kwargs)
+        finally:
+            with count:
+                inside[0] -= 1
+
+    monkeypatch.setattr(delivery, "decode_audio", counted_decode)
+    start = threading.Barrier(4)
+
+    def one() -> list[AudioFile]:
+        start.wait()
+        return files_for_sample(audio, "ogg", len(audio) // 2, "s1", 4.0)
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: one(), range(4)))
+    assert most[0] == 1 and all(len(files) == 1 for files in results)
+    assert delivery._REENCODING.acquire(blocking=False)  # and released after
+    delivery._REENCODING.release()
 
 
 def test_group_for_messages_respects_size_and_count() -> None:

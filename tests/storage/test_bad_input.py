@@ -113,6 +113,16 @@ async def test_only_the_owner_cancels_and_finished_jobs_stay_finished(store: Job
     assert job.status is JobStatus.FAILED and job.error == "CUDA out of memory"
     with pytest.raises(LeaseLost, match="already failed"):
         await store.release(job_id, "gpu-0")
+    with pytest.raises(JobAlreadyFinished, match="already finished \\(failed\\)"):
+        await store.request_cancel(job_id, None)  # a moderator's cancel does not reopen it either
+
+
+async def test_a_moderators_cancel_stops_anyones_job(store: JobStore) -> None:
+    running, queued = await enqueue(store), await enqueue(store)
+    claimed = await store.claim("gpu-0", [MODEL], lease_seconds=30)
+    assert claimed is not None and claimed.id == running
+    assert await store.request_cancel(running, None) is JobStatus.CANCELLING
+    assert await store.request_cancel(queued, None) is JobStatus.CANCELLED
 
 
 async def test_bad_pages(store: JobStore) -> None:

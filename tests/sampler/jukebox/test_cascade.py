@@ -80,6 +80,15 @@ def test_resuming_from_any_window_equals_an_unbroken_run(cascade: Cascade, rng: 
         assert all(torch.equal(a, b) for a, b in zip(unbroken.codes, resumed.codes, strict=True))
 
 
+def test_a_job_resumed_with_other_batch_sizes_equals_an_unbroken_run(cascade: Cascade) -> None:
+    """A worker killed mid-job, the job taken up by a worker with another JUKEBOT_MAX_BATCH_SIZE."""
+    saved: list[bytes] = []
+    unbroken = cascade.sample(request(), on_window=lambda s: saved.append(s.to_bytes()))
+    for blob in saved[1::4]:
+        resumed = cascade.sample(request(max_batch_size=(2, 1, 1)), CascadeState.from_bytes(blob))
+        assert all(torch.equal(a, b) for a, b in zip(unbroken.codes, resumed.codes, strict=True))
+
+
 def test_cancel_stops_inside_a_window_and_keeps_finished_windows(cascade: Cascade) -> None:
     calls = 0
 

@@ -498,3 +498,16 @@ def assert_same_tokens_on_cuda(
             new = prior.n_ctx - known
             tokens.append(decoder.sample_window(cond, ids, new, temperature, top_k, top_p, generator))
         assert torch.equal(tokens[0], tokens[1]), f"window {index}"
+
+
+@pytest.mark.parametrize("path", ["sliced", "static"])
+def test_a_samples_codes_do_not_depend_on_the_workers_batch_size(path: str) -> None:
+    """A job resumed on a worker with another JUKEBOT_MAX_BATCH_SIZE keeps its codes: each window's
+    uniforms are drawn for all samples before the rows are split into batches."""
+    priors = [tiny_prior("up0", seed=1), tiny_prior("up1", seed=2), tiny_prior("top_5b", seed=3)]
+    cascade = Cascade(make_tiny_vqvae(), priors, decode=DecodeOptions(path=path, tokens_per_call=4))
+    base = replace(_cascade_request("top_5b"), n_samples=3)
+    whole = cascade.sample(replace(base, max_batch_size=(3, 3, 3)), overlap_levels=False)
+    for sizes in [(1, 1, 1), (2, 2, 2), (2, 1, 3)]:
+        split = cascade.sample(replace(base, max_batch_size=sizes), overlap_levels=False)
+        assert all(torch.equal(a, b) for a, b in zip(whole.codes, split.codes, strict=True)), sizes
