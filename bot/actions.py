@@ -9,6 +9,7 @@ through the bot's event dispatch (`job_queued`; the progress extension posts the
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ import discord
 from bot.errors import (
     BotLacksPermission,
     InvalidRequest,
+    JobNotInServer,
     JukebotError,
     LimitReached,
     NotInServer,
@@ -40,6 +42,8 @@ from storage.records import Job, Sample
 
 if TYPE_CHECKING:
     from bot.bot import JukeBot
+
+log = logging.getLogger(__name__)
 
 
 def guild_id_of(interaction: discord.Interaction[Any]) -> int:
@@ -268,3 +272,25 @@ async def enqueue_and_announce(
     await interaction.followup.send(queued_reply(job, validated.notes), ephemeral=True)
     bot.dispatch("job_queued", job, reply_to)
     return job
+
+
+async def cancel_job(bot: JukeBot, interaction: discord.Interaction[Any], job_id: int) -> str:
+    """Cancel `job_id` for the interaction's user (`/cancel` and the Cancel button); returns the reply.
+
+    Members who may manage messages in the channel moderate it: they stop anyone's job in the server
+    (a runaway queue, an offensive prompt) without asking the person who started it.
+    """
+    found = await bot.store.get_job(job_id)
+    if found.guild_id != guild_id_of(interaction):
+        raise JobNotInServer(job_id)
+    moderating = found.user_id != interaction.user.id and interaction.permissions.manage_messages
+    status = await bot.store.request_cancel(job_id, None if moderating else interaction.user.id)
+    bot.dispatch("job_cancel_requested", job_id)
+    if moderating:
+        log.info("job %s of user %s cancelled by moderator %s", job_id, found.user_id, interaction.user.id)
+    whose = f"Job #{job_id} (started by <@{found.user_id}>)" if moderating else f"Job #{job_id}"
+    if status == JobStatus.CANCELLED:
+        before = "it was waiting to be tried again" if found.attempts else "it had not started"
+        return f"{whose} is cancelled; {before}."
+    # a job past its last step (encoding its audio) finishes all the same
+    return f"{whose} is stopping after its current step; nothing of it is posted, unless it finishes first."

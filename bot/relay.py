@@ -39,7 +39,7 @@ import discord
 
 from bot import delivery, pictures
 from bot.progress import quality_label, render_job
-from bot.views import sample_view
+from bot.views import progress_view, sample_view
 from sampler.jobspec import is_full_quality, params_or_defaults, sweep_style
 from storage.errors import JobNotFound, SampleNotFound
 from storage.models import JobStatus
@@ -216,14 +216,14 @@ class ProgressRelay:
         watched = self._watched.setdefault(job.id, _Watched())
         old = channel.get_partial_message(job.progress_message_id)
         try:
-            await old.edit(content=text, allowed_mentions=NO_MENTIONS)
+            await old.edit(content=text, view=progress_view(job), allowed_mentions=NO_MENTIONS)
         except discord.HTTPException as exc:
             # Someone deleted the progress message, or it is over an hour old and out of edits: go on
             # in a fresh one at the bottom of the channel (edits work again there).
             gone = isinstance(exc, discord.NotFound)
             if not gone and exc.code != OLD_MESSAGE_EDITS_EXHAUSTED:
                 raise
-            message = await channel.send(text, allowed_mentions=NO_MENTIONS)
+            message = await channel.send(text, view=progress_view(job), allowed_mentions=NO_MENTIONS)  # type: ignore[arg-type]
             await self.store.set_progress_message(job.id, message.id)
             if not gone:  # remove the stale one
                 try:
@@ -249,7 +249,12 @@ class ProgressRelay:
             channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
             reply_to = watched.reply_to or await self._parent_message(job)
             reference = self._reference(job.channel_id, job.guild_id, reply_to)
-            message = await channel.send(text, allowed_mentions=NO_MENTIONS, reference=reference)  # type: ignore[arg-type]
+            message = await channel.send(
+                text,
+                view=progress_view(job),  # type: ignore[arg-type]
+                allowed_mentions=NO_MENTIONS,
+                reference=reference,  # type: ignore[arg-type]
+            )
             await self.store.set_progress_message(job.id, message.id)
             watched.text, watched.edited_at = text, time.monotonic()
         finally:

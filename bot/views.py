@@ -1,8 +1,9 @@
-"""The buttons under every posted sample: vote, upsample, continue (and the continue modal).
+"""The buttons under every posted sample: vote, upsample, continue (and the continue modal); and
+the Cancel button under a job's progress message while it is queued or running.
 
-Each is a `discord.ui.DynamicItem` whose `custom_id` carries the sample id; the rest of the
-state is in the database. The samples extension registers them when it loads, so buttons on
-messages posted before a restart keep working.
+Each is a `discord.ui.DynamicItem` whose `custom_id` carries the sample (or job) id; the rest of the
+state is in the database. The extension that owns each registers it when it loads (samples: the
+sample buttons, jobs: Cancel), so buttons on messages posted before a restart keep working.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import discord
 
 from bot import actions
 from bot.requests import DEFAULT_CONTINUE_SECONDS, stored_id
+from storage.models import JobStatus
+from storage.records import Job
 
 if TYPE_CHECKING:
     from bot.bot import JukeBot
@@ -186,3 +189,46 @@ def sample_view(sample_id: int, votes: int, can_upsample: bool) -> discord.ui.Vi
 
 
 DYNAMIC_ITEMS = (VoteButton, UpsampleButton, ContinueButton)
+
+
+class CancelButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"jukebot:cancel:(?P<job_id>[0-9]+)"
+):
+    """Under a job's progress message: `/cancel` for that job, with the same rules and replies."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Cancel", style=discord.ButtonStyle.danger, custom_id=f"jukebot:cancel:{job_id}"
+            )
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> CancelButton:
+        return cls(int(match["job_id"]))
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        bot = _bot(interaction)
+        async with bot.reporting_errors(interaction):
+            stored_id(self.job_id, "job")  # a forged custom_id may carry any number
+            await interaction.response.defer(
+                ephemeral=True, thinking=True
+            )  # the cancel may wait for a writer
+            message = await actions.cancel_job(bot, interaction, self.job_id)
+            await interaction.followup.send(message, ephemeral=True)
+
+
+# A job that can still be stopped: queued (also while waiting to be tried again) or running.
+CANCELLABLE = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
+
+
+def progress_view(job: Job) -> discord.ui.View | None:
+    """The components of a job's progress message: Cancel while it can be stopped, then none."""
+    if job.status not in CANCELLABLE:
+        return None
+    view = discord.ui.View(timeout=None)
+    view.add_item(CancelButton(job.id))
+    return view

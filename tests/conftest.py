@@ -10,6 +10,7 @@ except under CI=true where that is a failure.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import uuid
@@ -33,6 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from sampler.worker.logs import HANDLER_NAME
 from storage.engine import create_engine
 from storage.migrate import upgrade_to_head
 from storage.models import Base, JobRow
@@ -202,3 +204,17 @@ async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
 @pytest.fixture
 def store(engine: AsyncEngine, clock: FakeClock) -> JobStore:
     return JobStore(engine, clock=clock)
+
+
+@pytest.fixture(autouse=True)
+def _entry_point_logging_undone() -> Iterator[None]:
+    """A test that runs an entry point in-process (`main([...])`) sets up the root logger for the
+    process: its handler writes to that test's captured stderr, closed afterwards, and its level stays.
+    Both are undone after each test, so no later test depends on which ran before it."""
+    root = logging.getLogger()
+    level = root.level
+    yield
+    for handler in [h for h in root.handlers if h.get_name() == HANDLER_NAME]:
+        root.removeHandler(handler)
+        handler.close()
+    root.setLevel(level)

@@ -1,4 +1,4 @@
-"""`/cancel`, `/queue` and `/history`."""
+"""`/cancel` (and the Cancel button under progress messages), `/queue` and `/history`."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from discord.ext import commands
 
 from bot import actions
 from bot.bot import JukeBot
-from bot.errors import MAX_MESSAGE_CHARS, JobNotInServer, fit_line, listed
+from bot.errors import MAX_MESSAGE_CHARS, fit_line, listed
 from bot.options import JobId
 from bot.progress import render_queue
 from bot.requests import MAX_HISTORY_PAGE, history_page
+from bot.views import CancelButton
 from sampler.jobspec import params_or_defaults
 from storage.models import JobStatus, utcnow
 from storage.store import queue_places
@@ -27,6 +28,13 @@ SAMPLE_IDS_CHARS = 48  # a job's sample numbers in one /history line: the first 
 class Jobs(commands.Cog):
     def __init__(self, bot: JukeBot) -> None:
         self.bot = bot
+
+    async def cog_load(self) -> None:
+        # The Cancel button under progress messages, also under those posted before a restart.
+        self.bot.add_dynamic_items(CancelButton)
+
+    async def cog_unload(self) -> None:
+        self.bot.remove_dynamic_items(CancelButton)
 
     @commands.Cog.listener()
     async def on_guild_remove(self, guild: discord.Guild) -> None:
@@ -42,26 +50,7 @@ class Jobs(commands.Cog):
     @app_commands.describe(job="The job's number (see /queue)")
     async def cancel(self, interaction: discord.Interaction[JukeBot], job: JobId) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)  # the cancel may wait for a writer
-        found = await self.bot.store.get_job(job)
-        if found.guild_id != actions.guild_id_of(interaction):
-            raise JobNotInServer(job)
-        # Members who may manage messages in the channel moderate it: they stop anyone's job (a
-        # runaway queue, an offensive prompt) without asking the person who started it.
-        someone_elses = found.user_id != interaction.user.id
-        moderating = someone_elses and interaction.permissions.manage_messages
-        status = await self.bot.store.request_cancel(job, None if moderating else interaction.user.id)
-        self.bot.dispatch("job_cancel_requested", job)
-        if moderating:
-            log.info("job %s of user %s cancelled by moderator %s", job, found.user_id, interaction.user.id)
-        whose = f"Job #{job} (started by <@{found.user_id}>)" if moderating else f"Job #{job}"
-        if status == JobStatus.CANCELLED:
-            before = "it was waiting to be tried again" if found.attempts else "it had not started"
-            message = f"{whose} is cancelled; {before}."
-        else:  # a job past its last step (encoding its audio) finishes all the same
-            message = (
-                f"{whose} is stopping after its current step; nothing of it is posted, unless it "
-                "finishes first."
-            )
+        message = await actions.cancel_job(self.bot, interaction, job)
         await interaction.followup.send(message, ephemeral=True)
 
     @app_commands.command(

@@ -57,6 +57,11 @@ def log_level_number(level: str | int) -> int:
     return number
 
 
+# The name of the root handler `configure_logging` installs (tests remove it after a test that ran a
+# process's entry point in-process: it writes to that test's captured, then closed, stderr).
+HANDLER_NAME = "jukebot"
+
+
 def configure_logging(
     level: str | int = "INFO", log_format: str = "text", context: str | None = None
 ) -> None:
@@ -65,6 +70,7 @@ def configure_logging(
     `context` names the process in every line (e.g. "worker cuda:0 pid 123").
     """
     handler = logging.StreamHandler()
+    handler.set_name(HANDLER_NAME)
     if log_format == "json":
         handler.setFormatter(JsonFormatter(context))
     else:

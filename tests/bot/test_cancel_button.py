@@ -1,0 +1,82 @@
+"""The Cancel button under a job's progress message: the same rules and replies as `/cancel`, gone
+once the job can no longer be stopped, and working after a restart."""
+
+from __future__ import annotations
+
+import discord
+
+from bot.progress import MARK_CANCELLED, MARK_CANCELLING
+from storage.models import JobStatus
+from storage.store import JobStore
+from tests.bot.conftest import BotRunner
+from tests.bot.fake_discord import FakeDiscord, FakeMessage
+from tests.bot.harness import (
+    PlayedWorker,
+    make_bot,
+    queue_song,
+    recorded_progress_message,
+    reply_of,
+    sqlite_store,
+)
+
+__all__ = ["sqlite_store"]
+
+NOT_YOURS = (
+    "Job #{job} belongs to someone else; only the person who started it, or a member who may manage "
+    "messages here, can cancel it."
+)
+
+
+async def _progress_with_button(fake: FakeDiscord, store: JobStore, job_id: int) -> FakeMessage:
+    message = fake.message(await recorded_progress_message(store, job_id))
+    await fake.wait_for(lambda: message.custom_ids == [f"jukebot:cancel:{job_id}"] or None)
+    return message
+
+
+async def test_the_owner_cancels_a_queued_job_with_the_button_and_the_button_goes(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    await bot_runner.start(make_bot(fake_discord, sqlite_store))
+    await queue_song(fake_discord)
+    message = await _progress_with_button(fake_discord, sqlite_store, 1)
+    bob, alice = fake_discord.user("bob"), fake_discord.user("alice")
+    refused = await fake_discord.click(message, "jukebot:cancel:1", user=bob)
+    assert await reply_of(fake_discord, refused) == NOT_YOURS.format(job=1)
+    assert (await sqlite_store.get_job(1)).status is JobStatus.QUEUED
+    cancelled = await fake_discord.click(message, "jukebot:cancel:1", user=alice)
+    assert await reply_of(fake_discord, cancelled) == "Job #1 is cancelled; it had not started."
+    await fake_discord.wait_for(
+        lambda: (message.content.startswith("**Job #1**") and MARK_CANCELLED in message.content) or None
+    )
+    await fake_discord.wait_for(lambda: message.custom_ids == [] or None)
+    again = await fake_discord.click(message, "jukebot:cancel:1", user=alice, forged=True)  # a stale client
+    assert await reply_of(fake_discord, again) == (
+        "Job #1 has already finished (cancelled); there is nothing left to cancel."
+    )
+
+
+async def test_a_moderator_stops_a_running_job_with_the_button_after_a_restart(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    moderator = fake_discord.add_user("moderator")
+    fake_discord.add_member(
+        fake_discord.default_guild, moderator, permissions=discord.Permissions(manage_messages=True).value
+    )
+    first = await bot_runner.start(make_bot(fake_discord, sqlite_store))
+    await queue_song(fake_discord)
+    message = await _progress_with_button(fake_discord, sqlite_store, 1)
+    worker = PlayedWorker(sqlite_store)
+    assert (await worker.claim()).id == 1
+    await bot_runner.stop(first)
+    await bot_runner.start(make_bot(fake_discord, sqlite_store))  # the button outlives the process
+    stopped = await fake_discord.click(message, "jukebot:cancel:1", user=moderator)
+    alice = fake_discord.user("alice")
+    assert await reply_of(fake_discord, stopped) == (
+        f"Job #1 (started by <@{alice.id}>) is stopping after its current step; nothing of it is "
+        "posted, unless it finishes first."
+    )
+    assert (await sqlite_store.get_job(1)).status is JobStatus.CANCELLING
+    # "cancelling": nothing left to press
+    await fake_discord.wait_for(
+        lambda: (MARK_CANCELLING in message.content and message.custom_ids == []) or None
+    )
