@@ -5,13 +5,14 @@ A progress message starts with `**Job #<id>**`, and its last line starts with a 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 
 from bot.errors import shorten
 from sampler.jobspec import JobParams, is_full_quality, params_or_defaults
 from storage.models import JobKind, JobStatus, utcnow
 from storage.records import Job
+from storage.store import QueuePlaces
 
 BAR_WIDTH = 20
 MARK_QUEUED, MARK_RUNNING, MARK_CANCELLING = "⏳", "🎛️", "✋"
@@ -87,20 +88,33 @@ def header(job: Job) -> str:
 HELD = "waiting until one of your running jobs here ends"  # a queued job its user's running limit holds
 
 
+def unserved(model: str) -> str:
+    """A queued job no live worker can take: its model is on none of them (or none runs)."""
+    return f"waiting for a worker with the {model} model (none is running now)"
+
+
+def queue_wait(job: Job, places: QueuePlaces | None) -> str:
+    """Where a queued job stands, in words: its place among those workers take next, or what it
+    waits for (`places` from `queue_places`; None: not known)."""
+    if places is None:
+        return "waiting in the queue"
+    if job.id in places.held:
+        return HELD
+    if job.id in places.unserved:
+        return unserved(job.model)
+    place = places.place.get(job.id)
+    return f"position {place} in the queue" if place else "waiting in the queue"
+
+
 def status_line(
     job: Job,
-    queue_position: int | None = None,
+    places: QueuePlaces | None = None,
     sample_count: int | None = None,
     now: datetime | None = None,
-    held: bool = False,
 ) -> str:
     if job.status == JobStatus.QUEUED:
-        if held:
-            where = HELD
-        else:
-            where = f"position {queue_position} in the queue" if queue_position else "waiting in the queue"
         retry = f" (attempt {job.attempts + 1})" if job.attempts else ""
-        return f"{MARK_QUEUED} Queued: {where}{retry}."
+        return f"{MARK_QUEUED} Queued: {queue_wait(job, places)}{retry}."
     if job.status == JobStatus.RUNNING:
         return running_lines(job, now or utcnow())
     if job.status == JobStatus.CANCELLING:
@@ -145,27 +159,23 @@ def running_lines(job: Job, now: datetime) -> str:
 def render_job(
     job: Job,
     *,
-    queue_position: int | None = None,
+    places: QueuePlaces | None = None,
     sample_count: int | None = None,
     now: datetime | None = None,
-    held: bool = False,
 ) -> str:
-    """The whole progress message for the job's current state (`now`: the clock, for tests; `held`:
-    queued behind its user's running limit)."""
-    return f"{header(job)}\n{status_line(job, queue_position, sample_count, now, held)}"
+    """The whole progress message for the job's current state (`places`: where queued jobs stand;
+    `now`: the clock, for tests)."""
+    return f"{header(job)}\n{status_line(job, places, sample_count, now)}"
 
 
-def render_queue(
-    user_jobs: Sequence[Job], positions: Mapping[int, int | None], running: Sequence[Job], now: datetime
-) -> str:
+def render_queue(user_jobs: Sequence[Job], places: QueuePlaces, running: Sequence[Job], now: datetime) -> str:
     """The /queue reply: the user's own jobs with position or progress, then what runs right now."""
     lines = ["**Your jobs**"]
     if not user_jobs:
         lines.append("You have no job waiting or running.")
     for job in user_jobs[:QUEUE_LISTED]:
         if job.status == JobStatus.QUEUED:
-            position = positions.get(job.id)
-            state = f"queued, position {position}" if position else f"queued, {HELD}"
+            state = f"queued, {queue_wait(job, places)}"
         elif job.status == JobStatus.CANCELLING:
             state = "cancelling"
         else:

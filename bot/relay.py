@@ -44,7 +44,7 @@ from sampler.jobspec import is_full_quality, params_or_defaults, sweep_style
 from storage.errors import JobNotFound, SampleNotFound
 from storage.models import JobStatus
 from storage.records import Job
-from storage.store import queue_places
+from storage.store import QueuePlaces, queue_places
 
 if TYPE_CHECKING:
     from bot.bot import JukeBot
@@ -141,7 +141,7 @@ class ProgressRelay:
         async with self._pass_lock:
             guild_ids = {guild.id for guild in self.bot.guilds}
             unfinished = await self.store.unfinished_jobs()
-            places = queue_places(unfinished)
+            places = queue_places(unfinished, await self.store.served_models())
             ours = [job for job in unfinished if job.guild_id in guild_ids]
             for job in ours:
                 self.track(job.id)
@@ -149,7 +149,7 @@ class ProgressRelay:
                 if lost_at is not None and time.monotonic() - lost_at < MAX_RETRY_DELAY_S:
                     continue  # its channel is gone or closed to the bot: try again now and then
                 try:
-                    await self._update(job, places.place.get(job.id), job.id in places.held)
+                    await self._update(job, places)
                     self._channel_lost_at.pop(job.id, None)
                 except Exception as exc:  # the other jobs still update
                     why = _cannot_post_there(exc)
@@ -200,12 +200,12 @@ class ProgressRelay:
                     self._channel_lost_at.pop(job_id, None)
                 # else: more than a batch finished at once, or waiting to retry; a later pass lists it
 
-    async def _update(self, job: Job, queue_position: int | None, held: bool) -> None:
+    async def _update(self, job: Job, places: QueuePlaces) -> None:
         if job.progress_message_id is None:
             await self.post_progress_message(job.id)
             return
         watched = self._watched[job.id]
-        text = render_job(job, queue_position=queue_position, held=held)
+        text = render_job(job, places=places)
         if text == watched.text or time.monotonic() - watched.edited_at < self.min_edit_interval_s:
             return
         await self._edit(job, text)
@@ -244,8 +244,8 @@ class ProgressRelay:
             if job.progress_message_id is not None or job.finished:
                 return
             watched = self._watched.setdefault(job.id, _Watched())
-            places = queue_places(await self.store.unfinished_jobs())
-            text = render_job(job, queue_position=places.place.get(job.id), held=job.id in places.held)
+            places = queue_places(await self.store.unfinished_jobs(), await self.store.served_models())
+            text = render_job(job, places=places)
             channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
             reply_to = watched.reply_to or await self._parent_message(job)
             reference = self._reference(job.channel_id, job.guild_id, reply_to)

@@ -10,6 +10,7 @@ from jukebot import __version__
 from jukebot.commands.curate import curate
 from jukebot.commands.db import db
 from jukebot.commands.doctor import doctor
+from jukebot.commands.jobs import jobs
 from jukebot.commands.models import models
 from jukebot.commands.sample import sample
 from jukebot.commands.serve import run, worker
@@ -46,6 +47,6 @@ def _add_verbose(command: click.Command) -> None:
             _add_verbose(child)
 
 
-for _command in (curate, db, doctor, models, sample, run, worker):
+for _command in (curate, db, doctor, jobs, models, sample, run, worker):
     main.add_command(_command)
 _add_verbose(main)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from storage.models import JobStatus
+
 
 class StorageError(Exception):
     """Base class; `str(error)` is a user-readable sentence."""
@@ -130,3 +135,13 @@ def database_unreachable(error: BaseException) -> bool:
             return True
         pending += [current.__cause__, current.__context__, getattr(current, "orig", None)]
     return False
+
+
+class JobNotRetryable(StorageError):
+    """`JobStore.retry_job` refused a job that exists: it is not failed or cancelled (`status`), or it
+    could not run again; nothing was written."""
+
+    def __init__(self, job_id: int, status: JobStatus, reason: str) -> None:
+        super().__init__(f"Job #{job_id} was not retried: {reason}.")
+        self.job_id = job_id
+        self.status = status

@@ -174,3 +174,17 @@ class GuildSettings:
     max_queued_jobs_per_user: int | None = None
     allowed_channel_ids: tuple[int, ...] | None = None
     updated_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PruneReport:
+    """What `JobStore.prune_finished` dropped (in a dry run: would drop)."""
+
+    job_ids: tuple[int, ...]  # the jobs whose checkpoint went
+    checkpoint_bytes: int
+    prime_ids: tuple[int, ...]  # the uploaded clips whose audio went
+    prime_bytes: int
+
+    @property
+    def freed_bytes(self) -> int:
+        return self.checkpoint_bytes + self.prime_bytes

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mappi
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 from sqlalchemy import (
     ColumnElement,
@@ -48,6 +48,7 @@ from storage.errors import (
     JobAlreadyFinished,
     JobNotFinished,
     JobNotFound,
+    JobNotRetryable,
     LeaseLost,
     NotJobOwner,
     OversizeParameters,
@@ -80,6 +81,7 @@ from storage.records import (
     LevelWindow,
     NewSample,
     Prime,
+    PruneReport,
     RankedSample,
     Sample,
     SampleInfo,
@@ -140,14 +142,19 @@ def claim_order_key(job: Job) -> tuple[int, int]:
 class QueuePlaces:
     """Where queued jobs stand, by the rules `claim` takes them by: `place` numbers those that go to
     the next free workers in turn; `held` are those waiting for one of their user's running jobs to
-    end (their user's running limit), which jobs behind them pass."""
+    end (their user's running limit), which jobs behind them pass; `unserved` those whose model no
+    live worker serves (when that was asked), which take no place either."""
 
     place: dict[int, int]
     held: frozenset[int]
+    unserved: frozenset[int] = frozenset()
 
 
-def queue_places(unfinished: Iterable[Job]) -> QueuePlaces:
-    """The places of the queued jobs among `unfinished` (every unfinished job, of every server)."""
+def queue_places(unfinished: Iterable[Job], served: Collection[str] | None = None) -> QueuePlaces:
+    """The places of the queued jobs among `unfinished` (every unfinished job, of every server).
+
+    With `served` (the models live workers serve, `JobStore.served_models`), jobs of other models
+    are `unserved`: no worker takes them now, so the jobs behind them move up."""
     unfinished = list(unfinished)
     busy: dict[tuple[int, int | None], int] = {}  # (user, server) -> jobs running, or placed before
     for job in unfinished:
@@ -155,14 +162,18 @@ def queue_places(unfinished: Iterable[Job]) -> QueuePlaces:
             busy[job.user_id, job.guild_id] = busy.get((job.user_id, job.guild_id), 0) + 1
     place: dict[int, int] = {}
     held: set[int] = set()
+    unserved: set[int] = set()
     for job in sorted((j for j in unfinished if j.status == JobStatus.QUEUED), key=claim_order_key):
+        if served is not None and job.model not in served:
+            unserved.add(job.id)
+            continue
         mine = busy.get((job.user_id, job.guild_id), 0)
         if job.max_running_per_user is not None and mine >= job.max_running_per_user:
             held.add(job.id)
             continue
         place[job.id] = len(place) + 1
         busy[job.user_id, job.guild_id] = mine + 1  # the next of theirs waits for this one
-    return QueuePlaces(place, frozenset(held))
+    return QueuePlaces(place, frozenset(held), frozenset(unserved))
 
 
 def _job(row: Row[Any]) -> Job:
@@ -296,6 +307,28 @@ def _check_new_sample(sample: NewSample, job_model: str) -> dict[str, Any]:
 
 def _lease_cleared() -> dict[str, Any]:
     return {"lease_owner": None, "lease_expires_at": None}
+
+
+# The jobs an operator may put back in the queue (`JobStore.retry_job`), and whose leftovers
+# `JobStore.prune_finished` frees once they are old.
+RETRYABLE_STATUSES = (JobStatus.FAILED, JobStatus.CANCELLED)
+# Job ids are 32-bit integers on Postgres (`Integer`): a larger id names no job.
+MAX_JOB_ID = 2**31 - 1
+
+
+def _finished_before(table: Any, cutoff: datetime) -> ColumnElement[bool]:
+    """The rows of `table` (jobs, or an alias) failed or cancelled before `cutoff`: never true for a row
+    without a finish time, NOT of it neither NULL (three-valued logic would keep it out of both)."""
+    return and_(
+        table.c.status.in_([status.value for status in RETRYABLE_STATUSES]),
+        table.c.finished_at.is_not(None),
+        table.c.finished_at < literal(cutoff, UTCDateTime()),
+    )
+
+
+# A prime clip whose audio `prune_finished` dropped: the row stays (jobs point at it; its length
+# still tells a picture how much was primed), with no audio.
+PRIME_PRUNED = func.length(primes.c.pcm) == 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -1005,6 +1038,188 @@ class JobStore:
                 finished_at=case((queued, literal(now, UTCDateTime())), else_=None),
                 updated_at=now,
             )
+        )
+
+    # ------------------------------------------------------------------ operator: list, retry, prune
+
+    async def list_jobs(self, status: JobStatus | str | None = None, limit: int = 20) -> list[Job]:
+        """Every job, or those of one `status`, newest first (at most `limit`, 1 to 1000)."""
+        _check_page(limit, 0)
+        statement = select(*JOB_COLUMNS)
+        if status is not None:
+            try:
+                wanted = JobStatus(status)
+            except ValueError:
+                known = ", ".join(member.value for member in JobStatus)
+                raise StorageError(f"Unknown job status {status!r}; use one of: {known}.") from None
+            statement = statement.where(jobs.c.status == wanted.value)
+        return await self._jobs(statement.order_by(jobs.c.id.desc()).limit(limit))
+
+    async def retry_job(self, job_id: int) -> Job:
+        """An operator puts a failed or cancelled job back in the queue (its cause fixed); returns it.
+
+        Its checkpoint stays, so the next worker resumes from it (no sampled window is lost); its
+        attempts count from 0 again; its error, finish time and lease are cleared, and its results
+        count as not posted, nobody's claim on posting them either, so the bot edits its progress
+        message as it runs and posts the new results. Its priority, progress message and running
+        limit stay; the time and rate the last run estimated go.
+
+        The change is one conditional statement, under the enqueue lock: of two retries at once one
+        wins and the other is refused with the status the first left. Refused (`JobNotRetryable`,
+        nothing written): a job queued, running, cancelling or succeeded; one whose prime clip's audio
+        `prune_finished` dropped (it would start from a clip it no longer has); an upsample of a sample
+        that another upsample job now covers (queued, running or done), as `enqueue` refuses a second
+        one. `JobNotFound` for an unknown id.
+        """
+        if isinstance(job_id, bool) or not isinstance(job_id, int) or not 1 <= job_id <= MAX_JOB_ID:
+            raise JobNotFound(job_id)
+        other = jobs.alias("other_jobs")
+        alive = [*(status.value for status in UNFINISHED_STATUSES), JobStatus.SUCCEEDED.value]
+        upsampled_elsewhere = (
+            select(other.c.id)
+            .where(
+                other.c.kind == JobKind.UPSAMPLE.value,
+                other.c.parent_sample_id == jobs.c.parent_sample_id,
+                other.c.id != jobs.c.id,
+                other.c.status.in_(alive),
+            )
+            .exists()
+        )
+        prime_pruned = select(primes.c.id).where(primes.c.id == jobs.c.prime_id, PRIME_PRUNED).exists()
+        now = self._clock()
+        statement = (
+            update(jobs)
+            .where(
+                jobs.c.id == job_id,
+                jobs.c.status.in_([status.value for status in RETRYABLE_STATUSES]),
+                ~prime_pruned,
+                or_(jobs.c.kind != JobKind.UPSAMPLE.value, ~upsampled_elsewhere),
+            )
+            .values(
+                status=JobStatus.QUEUED.value,
+                attempts=0,
+                error=None,
+                finished_at=None,
+                eta_at=None,
+                tokens_per_second=None,
+                results_posted_at=None,
+                results_posting_owner=None,
+                results_posting_expires_at=None,
+                updated_at=now,
+                **_lease_cleared(),
+            )
+            .returning(jobs.c.id)
+        )
+        async with self._transaction() as connection:
+            # Serialised with enqueues (an upsample queued meanwhile) and prunes (a clip emptied
+            # meanwhile): the checks above see what they committed (SQLite: one writer at a time).
+            await self._one_enqueue_at_a_time(connection)
+            if (await connection.execute(statement)).first() is None:
+                await self._raise_not_retryable(connection, job_id)
+            # Read back, not RETURNING: SQLite 3.40 returns `checkpoint IS NOT NULL` as true for a
+            # NULL checkpoint there (in a table whose primary key is a named constraint, as here).
+            row = (await connection.execute(select(*JOB_COLUMNS).where(jobs.c.id == job_id))).one()
+        return _job(row)
+
+    async def _raise_not_retryable(self, connection: AsyncConnection, job_id: int) -> NoReturn:
+        """Say why `retry_job` left the job as it was."""
+        job = (
+            await connection.execute(
+                select(jobs.c.status, jobs.c.kind, jobs.c.parent_sample_id, jobs.c.prime_id).where(
+                    jobs.c.id == job_id
+                )
+            )
+        ).first()
+        if job is None:
+            raise JobNotFound(job_id)
+        status = JobStatus(job.status)
+        if status not in RETRYABLE_STATUSES:
+            raise JobNotRetryable(
+                job_id, status, f"it is {status.value} (only a failed or cancelled job can be)"
+            )
+        if job.prime_id is not None:
+            pruned = await connection.scalar(
+                select(primes.c.id).where(primes.c.id == job.prime_id, PRIME_PRUNED)
+            )
+            if pruned is not None:
+                raise JobNotRetryable(
+                    job_id,
+                    status,
+                    f"the audio of its prime clip #{job.prime_id} was pruned, so it cannot run again "
+                    "(ask for a new job with the clip)",
+                )
+        if job.kind == JobKind.UPSAMPLE.value and job.parent_sample_id is not None:
+            try:
+                await self._refuse_second_upsample(connection, job.parent_sample_id)
+            except AlreadyUpsampled as exc:
+                raise JobNotRetryable(
+                    job_id,
+                    status,
+                    f"sample #{exc.sample_id} already has upsample job #{exc.job_id} ({exc.status})",
+                ) from None
+        raise JobNotRetryable(job_id, status, f"it changed while being retried ({status.value}); try again")
+
+    async def prune_finished(self, older_than: timedelta, *, dry_run: bool = False) -> PruneReport:
+        """Free what failed and cancelled jobs that finished more than `older_than` ago (by the
+        store's clock) keep: their checkpoints, and the audio of their prime clips that no other job
+        needs. Returns what went, or with `dry_run` what would go (nothing is written then).
+
+        A clip stays while any job that is not such a job uses it: queued, running or succeeded (the
+        pictures of its samples, and of their upsamples, read the clip), or failed or cancelled more
+        recently. Its row stays, with its length but no audio: jobs point at it, and `retry_job`
+        refuses a job whose clip is gone. Job rows, samples and votes are never touched; a job pruned
+        and retried later starts over. Under the enqueue lock, so a retry or enqueue in the meantime
+        cannot use a clip this empties (SQLite: one writer at a time).
+        """
+        if not isinstance(older_than, timedelta) or older_than <= timedelta(0):
+            raise StorageError(f"prune jobs finished a positive time ago, got {older_than!r}")
+        now = self._clock()
+        try:
+            cutoff = now - older_than
+        except OverflowError:  # before the first day a datetime holds: nothing finished that long ago
+            return PruneReport(job_ids=(), checkpoint_bytes=0, prime_ids=(), prime_bytes=0)
+        old = _finished_before(jobs, cutoff)
+        users = jobs.alias("prime_users")
+        prime_prunable = and_(
+            func.length(primes.c.pcm) > 0,
+            select(users.c.id)
+            .where(users.c.prime_id == primes.c.id, _finished_before(users, cutoff))
+            .exists(),
+            ~select(users.c.id)
+            .where(users.c.prime_id == primes.c.id, ~_finished_before(users, cutoff))
+            .exists(),
+        )
+        checkpoint_sizes = select(jobs.c.id, func.length(jobs.c.checkpoint)).where(
+            old, jobs.c.checkpoint.is_not(None)
+        )
+        prime_sizes = select(primes.c.id, func.length(primes.c.pcm)).where(prime_prunable)
+        if dry_run:
+            async with self._reading() as connection:
+                checkpoints = {int(row[0]): int(row[1]) for row in await connection.execute(checkpoint_sizes)}
+                clips = {int(row[0]): int(row[1]) for row in await connection.execute(prime_sizes)}
+        else:
+            async with self._transaction() as connection:
+                await self._one_enqueue_at_a_time(connection)
+                checkpoints = {int(row[0]): int(row[1]) for row in await connection.execute(checkpoint_sizes)}
+                clips = {int(row[0]): int(row[1]) for row in await connection.execute(prime_sizes)}
+                # The same conditions again, in the statements that write: what they changed is what
+                # is counted (no IN list of ids, however many jobs there are).
+                dropped = await connection.execute(
+                    update(jobs)
+                    .where(old, jobs.c.checkpoint.is_not(None))
+                    .values(checkpoint=None, checkpoint_updated_at=None, updated_at=now)
+                    .returning(jobs.c.id)
+                )
+                checkpoints = {row.id: checkpoints.get(row.id, 0) for row in dropped}
+                emptied = await connection.execute(
+                    update(primes).where(prime_prunable).values(pcm=b"").returning(primes.c.id)
+                )
+                clips = {row.id: clips.get(row.id, 0) for row in emptied}
+        return PruneReport(
+            job_ids=tuple(sorted(checkpoints)),
+            checkpoint_bytes=sum(checkpoints.values()),
+            prime_ids=tuple(sorted(clips)),
+            prime_bytes=sum(clips.values()),
         )
 
     async def get_job(self, job_id: int) -> Job:

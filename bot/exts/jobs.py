@@ -63,9 +63,9 @@ class Jobs(commands.Cog):
         everywhere = await self.bot.store.unfinished_jobs()  # the queue is every server's
         unfinished = [job for job in everywhere if job.guild_id == guild_id]
         mine = [job for job in unfinished if job.user_id == interaction.user.id]
-        positions = queue_places(everywhere).place
+        places = queue_places(everywhere, await self.bot.store.served_models())
         running = [job for job in unfinished if job.status != JobStatus.QUEUED]
-        await interaction.followup.send(render_queue(mine, positions, running, utcnow()), ephemeral=True)
+        await interaction.followup.send(render_queue(mine, places, running, utcnow()), ephemeral=True)
 
     @app_commands.command(name="history", description="Jobs someone (you by default) ran in this server")
     @app_commands.guild_only()

@@ -142,3 +142,40 @@ def specific_database_problem(error: BaseException, settings: Settings) -> str |
 def _first_line(error: object) -> str:
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__
+
+
+def require_current_schema(settings: Settings, missing: str) -> str | None:
+    """Stop with one sentence unless the database exists, answers and is at the latest schema;
+    returns that revision. Creates nothing: a SQLite file that does not exist yet is reported
+    (`missing` says what that means, e.g. "it holds no jobs"), not made."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from storage.migrate import check_known_revision, current_revision, head_revision
+
+    where = settings.database_url_for_display
+    head = head_revision()
+    problem = sqlite_path_problem(settings)
+    if problem is not None:
+        raise click.ClickException(problem)
+    if settings.sqlite_path is not None and not settings.sqlite_path.exists():
+        raise click.ClickException(
+            f"the database at {where} does not exist yet, so {missing}: run `jukebot db upgrade`, "
+            "which creates it (jukebot run and jukebot worker do on start)"
+        )
+    try:
+        current = current_revision(settings.database_url)
+        check_known_revision(current)
+    except Exception as exc:
+        message = specific_database_problem(exc, settings)
+        if message is not None:
+            raise click.ClickException(message) from None
+        if not isinstance(exc, OSError | SQLAlchemyError):
+            raise
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        raise click.ClickException(f"cannot reach the database at {where}: {reason}") from None
+    if current != head:
+        raise click.ClickException(
+            f"the database at {where} is at schema {current or 'none (empty)'}, not {head}: "
+            "run `jukebot db upgrade` (jukebot run and jukebot worker do on start)"
+        )
+    return head

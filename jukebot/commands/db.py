@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from jukebot.commands import settings_or_exit, specific_database_problem, sqlite_path_problem, upgrade_or_exit
+from jukebot.commands import require_current_schema, settings_or_exit, upgrade_or_exit
 
 
 @click.group()
@@ -25,35 +25,10 @@ def check() -> None:
 
     Creates nothing: a SQLite file that does not exist yet is reported, not made.
     """
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from storage.migrate import check_known_revision, current_revision, head_revision
+    from storage.migrate import head_revision
 
     settings = settings_or_exit()
-    where = settings.database_url_for_display
-    head = head_revision()
-    problem = sqlite_path_problem(settings)
-    if problem is not None:
-        raise click.ClickException(problem)
-    if settings.sqlite_path is not None and not settings.sqlite_path.exists():
-        raise click.ClickException(
-            f"the database at {where} does not exist yet, so is at schema none (empty), not {head}: "
-            "run `jukebot db upgrade`, which creates it (jukebot run and jukebot worker do on start)"
-        )
-    try:
-        current = current_revision(settings.database_url)
-        check_known_revision(current)
-    except Exception as exc:
-        message = specific_database_problem(exc, settings)
-        if message is not None:
-            raise click.ClickException(message) from None
-        if not isinstance(exc, OSError | SQLAlchemyError):
-            raise
-        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-        raise click.ClickException(f"cannot reach the database at {where}: {reason}") from None
-    if current != head:
-        raise click.ClickException(
-            f"the database at {where} is at schema {current or 'none (empty)'}, not {head}: "
-            "run `jukebot db upgrade` (jukebot run and jukebot worker do on start)"
-        )
-    click.echo(f"the database at {where} answers and is at the latest schema ({head})")
+    head = require_current_schema(settings, f"is at schema none (empty), not {head_revision()}")
+    click.echo(
+        f"the database at {settings.database_url_for_display} answers and is at the latest schema ({head})"
+    )

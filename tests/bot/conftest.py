@@ -34,6 +34,10 @@ async def fake_discord() -> AsyncIterator[FakeDiscord]:
         fake.add_member(guild, fake.add_user("alice"))
         fake.add_member(guild, fake.add_user("bob"))
         fake.add_member(guild, fake.add_user("mod"), permissions=discord.Permissions(manage_guild=True).value)
+        # may manage messages: cancels anyone's job
+        fake.add_member(
+            guild, fake.add_user("moderator"), permissions=discord.Permissions(manage_messages=True).value
+        )
         with discord_py_pointed_at(fake):
             yield fake
 

@@ -83,9 +83,15 @@ class PlayedWorker:
     worker_id: str = "test-worker"
     claimed: list[ClaimedJob] = field(default_factory=list)
 
+    async def start(self) -> None:
+        """Say it is alive and serves every model, as a worker does before it claims: the queue
+        places the bot shows count only jobs some live worker can take."""
+        await self.store.record_worker(self.worker_id, ALL_MODELS)
+
     async def claim(self) -> ClaimedJob:
-        """The next queued job. Polled, as a worker does: on Postgres a claim skips a row locked
-        for a moment (the bot recording the job's progress message)."""
+        """The next queued job (after `start`). Polled, as a worker does: on Postgres a claim skips a
+        row locked for a moment (the bot recording the job's progress message)."""
+        await self.start()
         job = await wait_until(
             lambda: self.store.claim(self.worker_id, ALL_MODELS, lease_seconds=600),
             within=10.0,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import discord
 import pytest
 
 from sampler.audio import SAMPLE_RATE, encode_audio, wav_bytes
@@ -283,11 +282,8 @@ async def test_a_moderator_cancels_anyones_job_in_the_server(
     fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
 ) -> None:
     """Members who may manage messages stop a runaway or offensive job without its owner."""
-    moderator = fake_discord.add_user("moderator")
-    guild = fake_discord.default_guild
-    fake_discord.add_member(guild, moderator, permissions=discord.Permissions(manage_messages=True).value)
     await bot_runner.start(make_bot(fake_discord, sqlite_store))
-    alice = fake_discord.user("alice")
+    alice, moderator = fake_discord.user("alice"), fake_discord.user("moderator")
     for _ in range(2):
         await reply_of(fake_discord, await fake_discord.invoke_command("jukebox", {}, user=alice))
     assert (await PlayedWorker(sqlite_store).claim()).id == 1  # job 1 runs

@@ -3,8 +3,6 @@ once the job can no longer be stopped, and working after a restart."""
 
 from __future__ import annotations
 
-import discord
-
 from bot.progress import MARK_CANCELLED, MARK_CANCELLING
 from storage.models import JobStatus
 from storage.store import JobStore
@@ -58,10 +56,7 @@ async def test_the_owner_cancels_a_queued_job_with_the_button_and_the_button_goe
 async def test_a_moderator_stops_a_running_job_with_the_button_after_a_restart(
     fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
 ) -> None:
-    moderator = fake_discord.add_user("moderator")
-    fake_discord.add_member(
-        fake_discord.default_guild, moderator, permissions=discord.Permissions(manage_messages=True).value
-    )
+    moderator = fake_discord.user("moderator")
     first = await bot_runner.start(make_bot(fake_discord, sqlite_store))
     await queue_song(fake_discord)
     message = await _progress_with_button(fake_discord, sqlite_store, 1)

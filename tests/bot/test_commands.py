@@ -273,6 +273,28 @@ async def test_jukebox_defaults_to_a_served_model_and_says_when_no_worker_has_on
     assert (await sqlite_store.get_job(2)).model == "5b"
 
 
+async def test_a_job_no_live_worker_can_take_says_so_and_the_jobs_behind_it_move_up(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    fake, store = fake_discord, sqlite_store
+    bot = await bot_runner.start(make_bot(fake, store))
+    await store.record_worker("gpu-box/1/cuda:0", ["1b_lyrics"])  # as a worker with only 1b_lyrics
+    await reply_of(fake, await fake.invoke_command("jukebox", {"model": "5b"}, user=fake.user("alice")))
+    await reply_of(fake, await fake.invoke_command("jukebox", {"model": "1b_lyrics"}, user=fake.user("bob")))
+    await relay_of(bot).run_pass()
+    waiting, next_up = progress_message(fake, 1), progress_message(fake, 2)
+    assert waiting is not None and waiting.content.endswith(
+        "⏳ Queued: waiting for a worker with the 5b model (none is running now)."
+    ), waiting.content
+    assert next_up is not None and next_up.content.endswith("⏳ Queued: position 1 in the queue.")
+    queue = await reply_of(fake, await fake.invoke_command("queue", user=fake.user("alice")))
+    assert "• Job #1 (generate, 5b): queued, waiting for a worker with the 5b model" in queue
+    await store.record_worker("gpu-box/2/cuda:0", ["5b"])  # a worker with 5b starts: job 1 goes first
+    await relay_of(bot).run_pass()
+    shown = await fake.wait_for(lambda: progress_message(fake, 1))
+    assert shown.content.endswith("⏳ Queued: position 1 in the queue."), shown.content
+
+
 async def test_a_changed_running_limit_applies_to_the_jobs_already_waiting(
     fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
 ) -> None:

@@ -43,6 +43,7 @@ async def test_the_bot_recovers_the_jobs_of_a_worker_that_died(
     assert refused.startswith("You have 1 job running"), refused  # the cancelling one
 
     clock.advance(LEASE_S + 1)  # no heartbeat: the leases run out
+    await PlayedWorker(store, worker_id="another-worker").start()  # one that lives, for the queue place
 
     async def recovered() -> bool:
         statuses = ((await store.get_job(first.id)).status, (await store.get_job(second.id)).status)

@@ -39,6 +39,7 @@ async def test_jukebox_preview_vote_upsample_final(
     store, fake = live_store, fake_discord
     bot = await bot_runner.start(make_bot(fake, store))
     alice, bob = fake.user("alice"), fake.user("bob")
+    await PlayedWorker(store).start()  # a worker is up, waiting for jobs
 
     # /jukebox with a prime: deferred at once, then an ephemeral confirmation.
     record = await fake.invoke_command(

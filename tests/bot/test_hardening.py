@@ -181,6 +181,7 @@ async def test_cancel_and_queue_are_acknowledged_while_another_connection_writes
     """A worker's long write (a checkpoint) holds the write lock (SQLite) or the job's row (Postgres)."""
     fake = fake_discord
     await bot_runner.start(make_bot(fake, db_store))
+    await PlayedWorker(db_store).start()  # a worker is up: job 1 has a place in the queue
     alice = fake.user("alice")
     assert (await reply_of(fake, await fake.invoke_command("jukebox", {}, user=alice))).startswith(
         "Queued as job #1."

@@ -47,6 +47,7 @@ from sampler.audio import SAMPLE_RATE, decode_audio, encode_audio
 from sampler.user_text import quote_user_text, shorten_user_text
 from storage.models import JobKind, JobStatus
 from storage.records import GuildSettings, Job, LevelWindow
+from storage.store import QueuePlaces
 from tests.bot.harness import make_settings, tone
 
 LIMITS = Limits.resolve(make_settings())
@@ -176,11 +177,17 @@ def test_progress_bar() -> None:
 
 
 def test_render_job_in_each_state() -> None:
-    queued = render_job(make_job(), queue_position=3)
+    queued = render_job(make_job(), places=QueuePlaces({12: 3}, frozenset()))
     assert queued.startswith(
         "**Job #12** · new song for <@3>\n5b_lyrics · the beatles · rock · 20 s · 2 samples"
     )
     assert queued.endswith("⏳ Queued: position 3 in the queue.")
+    held = render_job(make_job(), places=QueuePlaces({}, frozenset({12})))
+    assert held.endswith("⏳ Queued: waiting until one of your running jobs here ends.")
+    unserved = render_job(make_job(), places=QueuePlaces({}, frozenset(), frozenset({12})))
+    assert unserved.endswith(
+        "⏳ Queued: waiting for a worker with the 5b_lyrics model (none is running now)."
+    )
     eta = datetime(2025, 1, 1, 12, 5, tzinfo=UTC)
     running = render_job(
         make_job(status=JobStatus.RUNNING, stage="sampling", level=2, window=2, window_count=8, progress=0.25,
@@ -219,12 +226,13 @@ def test_render_queue() -> None:
         make_job(id=4),
         make_job(id=5, status=JobStatus.RUNNING, progress=0.5, eta_at=T0.replace(hour=13)),
     ]
-    text = render_queue(mine, {4: 2}, [mine[1]], T0)
-    assert "• Job #4 (generate, 5b_lyrics): queued, position 2" in text
+    places = QueuePlaces({4: 2}, frozenset())
+    text = render_queue(mine, places, [mine[1]], T0)
+    assert "• Job #4 (generate, 5b_lyrics): queued, position 2 in the queue" in text
     assert "• Job #5 (generate, 5b_lyrics): running, 50%, done <t:" in text
-    assert "You have no job" in render_queue([], {}, [], T0)
+    assert "You have no job" in render_queue([], places, [], T0)
     # an ETA already past reads "finishing", in both lists, not "done 7 minutes ago"
-    late = render_queue(mine, {4: 2}, [mine[1]], T0.replace(hour=14))
+    late = render_queue(mine, places, [mine[1]], T0.replace(hour=14))
     assert (
         "running, 50%, finishing" in late
         and f"for <@{mine[1].user_id}> (generate, 5b_lyrics): 50%, finishing" in late

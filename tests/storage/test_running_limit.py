@@ -52,3 +52,16 @@ async def test_queue_places_follow_the_claim_rules(store: JobStore) -> None:
     assert [await store.queue_position(job_id) for job_id in [*mine[1:], theirs]] == [None, None, 1]
     nxt = await store.claim("worker-b", [MODEL], lease_seconds=60)
     assert nxt is not None and nxt.id == theirs  # as the places said
+
+
+async def test_queue_places_count_only_the_jobs_a_live_worker_serves(store: JobStore) -> None:
+    """A job whose model no live worker serves has no place: the jobs behind it are taken first."""
+    other_model = "1b_lyrics" if MODEL != "1b_lyrics" else "5b"
+    stranded = await enqueue(store, model=other_model)
+    mine = await enqueue(store)
+    places = queue_places(await store.unfinished_jobs(), served={MODEL})
+    assert places.place == {mine: 1} and places.unserved == {stranded} and not places.held
+    everything = queue_places(await store.unfinished_jobs())  # not asked: every model counts
+    assert everything.place == {stranded: 1, mine: 2} and not everything.unserved
+    claimed = await store.claim("worker-a", [MODEL], lease_seconds=60)
+    assert claimed is not None and claimed.id == mine  # as the places said

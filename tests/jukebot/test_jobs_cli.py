@@ -1,0 +1,291 @@
+"""`jukebot jobs list | retry | prune`, through the command line, on a SQLite database file."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import sqlite3
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+from click.testing import CliRunner, Result
+
+from jukebot.cli import main
+from storage import JobKind, JobStatus, JobStore, create_engine
+from tests.conftest import FakeClock
+from tests.storage.helpers import MODEL, USER, enqueue, finished_job
+
+T = TypeVar("T")
+WORKER = "worker-a"
+# The command line runs on the real clock: jobs made by this one finished a month ago.
+A_MONTH_AGO = datetime.now(UTC) - timedelta(days=30)
+
+
+@pytest.fixture
+def database(clean_env: Path, sqlite_template: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A migrated SQLite file that the command line uses (JUKEBOT_DATABASE_URL); its URL."""
+    path = clean_env / "jukebot.sqlite3"
+    shutil.copyfile(sqlite_template, path)
+    url = f"sqlite+aiosqlite:///{path}"
+    monkeypatch.setenv("JUKEBOT_DATABASE_URL", url)
+    return url
+
+
+def with_store(url: str, action: Callable[[JobStore], Awaitable[T]], clock: FakeClock | None = None) -> T:
+    async def run() -> T:
+        engine = create_engine(url)
+        try:
+            return await action(JobStore(engine, clock=clock or FakeClock(A_MONTH_AGO)))
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+async def failed_job(store: JobStore, checkpoint: bytes | None, reason: str, **fields: object) -> int:
+    job_id = await enqueue(store, **fields)
+    claimed = await store.claim(WORKER, [MODEL], lease_seconds=60)
+    assert claimed is not None and claimed.id == job_id
+    if checkpoint is not None:
+        await store.save_checkpoint(job_id, WORKER, checkpoint)
+    await store.fail(job_id, WORKER, reason)
+    return job_id
+
+
+def jobs(*args: str) -> Result:
+    return CliRunner().invoke(main, ["jobs", *args])
+
+
+# ---------------------------------------------------------------------------- list
+
+
+def test_list_shows_the_newest_jobs_one_line_each(database: str) -> None:
+    reason = "CUDA out of memory\n  at level 1, window 3\n" + "x" * 500
+
+    async def make(store: JobStore) -> tuple[int, int, int, int]:
+        failed = await failed_job(store, b"codes", reason, guild_id=None)
+        done, _ = await finished_job(store)
+        cancelled = await enqueue(store, kind=JobKind.GENERATE, model="5b")
+        await store.request_cancel(cancelled, USER)
+        queued = await enqueue(store, model="1b_lyrics")
+        return failed, done, cancelled, queued
+
+    failed, done, cancelled, queued = with_store(database, make)
+    created = A_MONTH_AGO.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    listed = jobs("list")
+
+    assert listed.exit_code == 0, listed.output
+    lines = listed.output.splitlines()
+    assert [line.split()[0] for line in lines] == [f"#{queued}", f"#{cancelled}", f"#{done}", f"#{failed}"]
+    assert lines[0] == (
+        f"#{queued} queued generate 1b_lyrics guild=111111111111111111 user={USER} created={created} "
+        "attempts=0/3 checkpoint=no"
+    )
+    assert lines[1].startswith(f"#{cancelled} cancelled generate 5b ") and "error" not in lines[1]
+    assert lines[2].startswith(f"#{done} succeeded generate 5b_lyrics ") and lines[2].endswith(
+        "checkpoint=no"
+    )
+    head, error = lines[3].split(" error: ")
+    assert head == (
+        f"#{failed} failed generate 5b_lyrics guild=DM user={USER} created={created} attempts=0/3 "
+        "checkpoint=yes"
+    )
+    assert error.startswith("CUDA out of memory at level 1, window 3 xxx") and error.endswith("…")
+    assert len(error) == 160
+
+    only_failed = jobs("list", "--status", "failed")
+    assert only_failed.exit_code == 0 and only_failed.output.splitlines() == [lines[3]]
+    newest = jobs("list", "--limit", "2")
+    assert newest.exit_code == 0 and newest.output.splitlines() == lines[:2]
+    none = jobs("list", "--status", "running")
+    assert (none.exit_code, none.output) == (0, "no running jobs\n")
+
+
+def test_list_creates_no_database(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = clean_env / "not-yet" / "jukebot.sqlite3"
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{missing}")
+
+    listed = jobs("list")
+
+    assert listed.exit_code == 1
+    assert listed.output == (
+        f"Error: the database at sqlite+aiosqlite:///{missing} does not exist yet, so it holds no jobs: "
+        "run `jukebot db upgrade`, which creates it (jukebot run and jukebot worker do on start)\n"
+    )
+    assert not missing.parent.exists()
+
+
+def test_a_database_not_migrated_says_to_upgrade(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    empty = clean_env / "empty.sqlite3"
+    sqlite3.connect(empty).close()
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{empty}")
+
+    for args in (["list"], ["retry", "1"], ["prune", "--older-than", "1"]):
+        result = jobs(*args)
+        assert result.exit_code == 1, args
+        assert (
+            "is at schema none (empty), not " in result.output and "run `jukebot db upgrade`" in result.output
+        )
+        assert result.output.count("\n") == 1, result.output
+
+
+def test_an_unreachable_database_is_one_sentence(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://jukebot:s3cret@127.0.0.1:{port}/jukebot")
+
+    listed = jobs("list")
+
+    assert listed.exit_code == 1
+    assert listed.output.startswith(
+        f"Error: cannot reach the database at postgresql+asyncpg://jukebot:***@127.0.0.1:{port}/"
+    )
+    assert "s3cret" not in listed.output and listed.output.count("\n") == 1
+
+
+# ---------------------------------------------------------------------------- retry
+
+
+def test_retry_queues_failed_and_cancelled_jobs_and_refuses_the_others(database: str) -> None:
+    async def make(store: JobStore) -> tuple[int, int, int, int]:
+        failed = await failed_job(store, b"windows 1-7", "out of memory")
+        cancelled = await enqueue(store)
+        await store.request_cancel(cancelled, USER)
+        done, _ = await finished_job(store)
+        queued = await enqueue(store, model="5b")
+        return failed, cancelled, done, queued
+
+    failed, cancelled, done, queued = with_store(database, make)
+
+    result = jobs("retry", str(failed), str(queued), str(cancelled), "424242", str(done), str(failed))
+
+    assert result.exit_code == 1
+    assert result.stdout.splitlines() == [
+        f"Job #{failed} is queued again; it resumes from its checkpoint.",
+        f"Job #{cancelled} is queued again; it starts over (it has no checkpoint).",
+    ]
+    assert result.stderr.splitlines() == [
+        f"Job #{queued} was not retried: it is queued (only a failed or cancelled job can be).",
+        "Job #424242 was not retried: there is no such job.",
+        f"Job #{done} was not retried: it is succeeded (only a failed or cancelled job can be).",
+        "Error: 3 of 5 jobs were not retried (see above).",
+    ]
+
+    async def read(store: JobStore) -> list[tuple[JobStatus, str | None]]:
+        return [
+            ((job := await store.get_job(i)).status, job.error) for i in (failed, cancelled, done, queued)
+        ]
+
+    assert with_store(database, read) == [
+        (JobStatus.QUEUED, None),
+        (JobStatus.QUEUED, None),
+        (JobStatus.SUCCEEDED, None),
+        (JobStatus.QUEUED, None),
+    ]
+    claimed = with_store(database, lambda store: store.claim("worker-b", [MODEL], lease_seconds=60))
+    assert claimed is not None and (claimed.id, claimed.checkpoint) == (failed, b"windows 1-7")
+
+    again = jobs("retry", str(failed))
+    assert again.exit_code == 1
+    assert again.stderr == (
+        f"Job #{failed} was not retried: it is running (only a failed or cancelled job can be).\n"
+        "Error: the job was not retried (see above).\n"
+    )
+
+
+def test_retry_of_only_retryable_jobs_exits_0(database: str) -> None:
+    failed = with_store(database, lambda store: failed_job(store, None, "damaged model file"))
+    result = jobs("retry", str(failed))
+    assert (result.exit_code, result.output) == (
+        0,
+        f"Job #{failed} is queued again; it starts over (it has no checkpoint).\n",
+    )
+
+
+# ---------------------------------------------------------------------------- prune
+
+
+def test_prune_says_what_it_frees_and_a_dry_run_frees_nothing(database: str) -> None:
+    async def make(store: JobStore) -> tuple[int, int, int]:
+        clip = await store.store_prime(
+            user_id=USER, filename="a.wav", pcm=b"\x00\x01" * 1000, sample_rate=44_100
+        )
+        old = await failed_job(store, b"c" * 1000, "out of memory", prime_id=clip)
+        await failed_job(store, b"k" * 10, "out of memory")
+        return clip, old
+
+    clip, old = with_store(database, make)
+    with_store(database, lambda store: failed_job(store, b"r" * 10, "oom"), FakeClock())  # in 2025: old too
+    young = with_store(
+        database,
+        lambda store: failed_job(store, b"y" * 10, "oom"),
+        FakeClock(datetime.now(UTC) - timedelta(days=1)),
+    )
+
+    dry = jobs("prune", "--older-than", "10", "--dry-run")
+    assert (dry.exit_code, dry.output) == (
+        0,
+        "dry run: would drop the checkpoints of 3 jobs (1,020 bytes) and the audio of 1 prime clip "
+        "(2,000 bytes), freeing 3,020 bytes (2.9 KiB); nothing was changed\n",
+    )
+    assert with_store(database, lambda store: store.get_checkpoint(old)) == b"c" * 1000
+
+    nothing = jobs("prune", "--older-than", "365000")
+    assert (nothing.exit_code, nothing.output) == (
+        0,
+        "dropped the checkpoints of 0 jobs (0 bytes) and the audio of 0 prime clips (0 bytes): 0 bytes freed\n",
+    )
+
+    pruned = jobs("prune", "--older-than", "1.5")
+    assert (pruned.exit_code, pruned.output) == (
+        0,
+        "dropped the checkpoints of 3 jobs (1,020 bytes) and the audio of 1 prime clip (2,000 bytes): "
+        "3,020 bytes (2.9 KiB) freed\n",
+    )
+    assert with_store(database, lambda store: store.get_checkpoint(old)) is None
+    assert with_store(database, lambda store: store.get_checkpoint(young)) == b"y" * 10
+    assert with_store(database, lambda store: store.get_prime(clip)).pcm == b""
+
+    refused = jobs("retry", str(old))
+    assert refused.exit_code == 1
+    assert refused.stderr.splitlines()[0] == (
+        f"Job #{old} was not retried: the audio of its prime clip #{clip} was pruned, so it cannot run "
+        "again (ask for a new job with the clip)."
+    )
+
+
+@pytest.mark.parametrize("days", ["0", "-1", "-0.5", "nan", "inf", "-inf", "abc", ""])
+def test_prune_refuses_an_age_that_is_no_positive_number_of_days(database: str, days: str) -> None:
+    old = with_store(database, lambda store: failed_job(store, b"c" * 10, "oom"))
+
+    result = jobs("prune", "--older-than", days)
+
+    assert (result.exit_code, result.output) == (
+        1,
+        f"Error: --older-than takes a positive number of days, got {days!r}\n",
+    )
+    assert with_store(database, lambda store: store.get_checkpoint(old)) == b"c" * 10
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["retry"],
+        ["retry", "abc"],
+        ["retry", "0"],
+        ["list", "--limit", "0"],
+        ["list", "--limit", "1001"],
+        ["list", "--status", "broken"],
+        ["prune"],
+    ],
+)
+def test_bad_arguments_are_usage_errors(database: str, args: list[str]) -> None:
+    result = jobs(*args)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and result.output.splitlines()[-1].startswith("Error: ")
