@@ -1,0 +1,47 @@
+"""A job an operator retries (`jukebot jobs retry`) after it failed: the bot shows it queued and
+running again in its progress message, and posts its results once it succeeds."""
+
+from __future__ import annotations
+
+from bot.progress import MARK_DONE, MARK_FAILED
+from storage.store import JobStore
+from tests.bot.conftest import BotRunner
+from tests.bot.fake_discord import FakeDiscord
+from tests.bot.harness import (
+    PlayedWorker,
+    make_bot,
+    progress_message,
+    queue_song,
+    relay_of,
+    sample_message,
+    sqlite_store,
+    when,
+)
+
+__all__ = ["sqlite_store"]
+
+
+async def test_a_retried_job_runs_again_from_its_checkpoint_and_its_results_go_out(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    fake, store = fake_discord, sqlite_store
+    bot = await bot_runner.start(make_bot(fake, store))
+    await queue_song(fake)
+    worker = PlayedWorker(store)
+    job = await worker.claim()
+    await store.save_checkpoint(job.id, worker.worker_id, b"two windows of codes")
+    await store.fail(job.id, worker.worker_id, "The model file is damaged; the operator was told.")
+    await relay_of(bot).run_pass()
+    failed = await fake.wait_for(when(lambda: progress_message(fake, job.id)))
+    assert MARK_FAILED in failed.content
+
+    await store.retry_job(job.id)  # what `jukebot jobs retry` does, its cause fixed
+    await relay_of(bot).run_pass()
+    await fake.wait_for(lambda: "Queued: position 1 in the queue." in failed.content or None)
+    assert failed.custom_ids == [f"jukebot:cancel:{job.id}"]  # it can be stopped again
+    again = await worker.claim()
+    assert again.id == job.id and again.checkpoint == b"two windows of codes"  # resumes, loses nothing
+    (sample_id,) = await worker.complete(again, n=1, full=False)
+    await relay_of(bot).run_pass()
+    await fake.wait_for(when(lambda: sample_message(fake, sample_id)))
+    await fake.wait_for(lambda: (MARK_DONE in failed.content and failed.custom_ids == []) or None)
