@@ -183,7 +183,11 @@ def _job(row: Row[Any]) -> Job:
 
 
 def _claimed_job(row: Row[Any]) -> ClaimedJob:
-    return ClaimedJob(**_job_fields(dict(row._mapping)))
+    values = dict(row._mapping)
+    # From the checkpoint itself: SQLite (3.40) answers `checkpoint IS NOT NULL` in a RETURNING
+    # clause with true for a NULL checkpoint.
+    values["has_checkpoint"] = values["checkpoint"] is not None
+    return ClaimedJob(**_job_fields(values))
 
 
 def _read_params(stored: object) -> dict[str, Any]:

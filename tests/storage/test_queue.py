@@ -110,7 +110,7 @@ async def test_stalled_worker_is_requeued_with_checkpoint_then_failed(
 ) -> None:
     job_id = await enqueue(store, max_attempts=3)
     first = await claim(store, "gpu-0", lease=30)
-    assert first.checkpoint is None
+    assert first.checkpoint is None and not first.has_checkpoint
     await store.save_checkpoint(job_id, "gpu-0", b"codes-after-window-1")
     clock.advance(20)
     await store.heartbeat(job_id, "gpu-0", lease_seconds=30)  # renewed: alive until t=50
