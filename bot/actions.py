@@ -36,7 +36,7 @@ from bot.requests import (
 )
 from sampler.jobspec import InvalidJobParams, JobParams, is_full_quality, parse_params
 from sampler.user_text import quote_user_text
-from storage.errors import AlreadyUpsampled, StorageError, UserJobLimitReached
+from storage.errors import AlreadyUpsampled, NotJobOwner, StorageError, UserJobLimitReached
 from storage.models import JobKind, JobStatus
 from storage.records import Job, Sample
 
@@ -277,13 +277,24 @@ async def enqueue_and_announce(
 async def cancel_job(bot: JukeBot, interaction: discord.Interaction[Any], job_id: int) -> str:
     """Cancel `job_id` for the interaction's user (`/cancel` and the Cancel button); returns the reply.
 
-    Members who may manage messages in the channel moderate it: they stop anyone's job in the server
-    (a runaway queue, an offensive prompt) without asking the person who started it.
+    Members who may manage messages in the job's channel moderate it: there they stop anyone's job
+    (a runaway queue, an offensive prompt) without asking the person who started it. Discord gives
+    the interaction's permissions for the channel it came from, so a moderator cancels from the
+    job's own channel (its Cancel button, or `/cancel` there): Manage Messages in one channel is no
+    power over the jobs of channels they may not even see.
     """
     found = await bot.store.get_job(job_id)
     if found.guild_id != guild_id_of(interaction):
         raise JobNotInServer(job_id)
-    moderating = found.user_id != interaction.user.id and interaction.permissions.manage_messages
+    someone_elses = found.user_id != interaction.user.id
+    moderator = interaction.permissions.manage_messages
+    if someone_elses and moderator and interaction.channel_id != found.channel_id:
+        raise NotJobOwner(
+            job_id,
+            hint="as a moderator, cancel it from the channel it runs in "
+            "(its Cancel button, or /cancel there)",
+        )
+    moderating = someone_elses and moderator
     status = await bot.store.request_cancel(job_id, None if moderating else interaction.user.id)
     bot.dispatch("job_cancel_requested", job_id)
     if moderating:

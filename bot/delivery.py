@@ -4,15 +4,16 @@ The store keeps each sample compressed (the worker's choice of format and bitrat
 copy fits the upload limit it is sent as it is; otherwise it is re-encoded at the best bitrate
 that fits, and when even a low bitrate does not fit it is split into consecutive parts. A sample
 is never dropped: if nothing fits, `DeliveryImpossible` says how to get it another way.
-CPU-bound (decode + encode): call `files_for_sample` through `asyncio.to_thread`.
+CPU-bound (decode + encode): await `files_in_turn`, which re-encodes one sample at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
-import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from bot.errors import JukebotError
@@ -24,10 +25,12 @@ MAX_FILES_PER_MESSAGE = 10
 # A part below this bitrate sounds worse than splitting it further.
 MIN_PART_BITRATE = 32_000
 _EXTENSIONS = {"ogg": "ogg", "opus": "ogg", "mp3": "mp3", "wav": "wav", "flac": "flac"}
-# One re-encode at a time per bot process, whoever asks (the relay, /sample, /curate): each decodes a
-# whole sample (~10 MB a minute), so a burst of /sample of a long one would otherwise hold that many
-# times over and take every core. The others wait their turn; their interactions are deferred.
-_REENCODING = threading.BoundedSemaphore(1)
+# One re-encode at a time per bot process, whoever asks (the relay, /sample, /curate), in a thread of
+# its own: each decodes a whole sample (~10 MB a minute), so a burst of /sample of a long one would
+# otherwise hold that many copies and take every core. The others wait in its queue, not in the
+# threads the event loop shares (name lookups, pictures), which stay free; their interactions are
+# deferred.
+_REENCODER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jukebot-reencode")
 
 
 class DeliveryImpossible(JukebotError):
@@ -56,8 +59,18 @@ def files_for_sample(
     extension = _EXTENSIONS.get(audio_format.lower(), audio_format.lower())
     if len(audio) <= limit_bytes:
         return [AudioFile(f"{stem}.{extension}", audio, f"{stem} ({duration_seconds:.1f} s)")]
-    with _REENCODING:
-        return _reencoded(audio, limit_bytes, stem, duration_seconds)
+    return _reencoded(audio, limit_bytes, stem, duration_seconds)
+
+
+async def files_in_turn(
+    audio: bytes, audio_format: str, limit_bytes: int, stem: str, duration_seconds: float
+) -> list[AudioFile]:
+    """`files_for_sample` off the event loop: the stored copy at once when it fits, else the
+    re-encode in its turn on the re-encoding thread."""
+    if len(audio) <= limit_bytes:
+        return files_for_sample(audio, audio_format, limit_bytes, stem, duration_seconds)
+    work = functools.partial(files_for_sample, audio, audio_format, limit_bytes, stem, duration_seconds)
+    return await asyncio.get_running_loop().run_in_executor(_REENCODER, work)
 
 
 def _reencoded(audio: bytes, limit_bytes: int, stem: str, duration_seconds: float) -> list[AudioFile]:
@@ -120,9 +133,7 @@ async def grouped_files_or_reason(
     """A sample's files grouped into messages under the limit, encoded off the event loop; when it
     cannot fit at all, one message without files and the reason (the caller says it in the text)."""
     try:
-        files = await asyncio.to_thread(
-            files_for_sample, audio, audio_format, limit_bytes, stem, duration_seconds
-        )
+        files = await files_in_turn(audio, audio_format, limit_bytes, stem, duration_seconds)
     except DeliveryImpossible as exc:
         return [[]], exc
     return group_for_messages(files, limit_bytes), None

@@ -66,13 +66,8 @@ class Samples(commands.Cog):
         interaction.extras[PUBLIC_THINKING] = True
         limit = delivery.upload_limit(interaction.filesize_limit, None)
         stem = f"jukebot_sample_{stored.id}"
-        files = await asyncio.to_thread(
-            delivery.files_for_sample,
-            stored.audio,
-            stored.audio_format,
-            limit,
-            stem,
-            stored.duration_seconds,
+        files = await delivery.files_in_turn(
+            stored.audio, stored.audio_format, limit, stem, stored.duration_seconds
         )
         prime_part = await pictures.prime_part_seconds(self.bot.store, job)
         picture = await asyncio.to_thread(

@@ -264,7 +264,7 @@ async def test_cancel_of_someone_elses_job_and_other_cancel_mistakes(
     theirs = await fake_discord.invoke_command("cancel", {"job": 1}, user=bob)
     assert await reply_of(fake_discord, theirs) == (
         "Job #1 belongs to someone else; only the person who started it, or a member who may manage "
-        "messages here, can cancel it."
+        "messages in its channel, can cancel it."
     )
     missing = await fake_discord.invoke_command("cancel", {"job": 42}, user=alice)
     assert (
@@ -287,6 +287,15 @@ async def test_a_moderator_cancels_anyones_job_in_the_server(
     for _ in range(2):
         await reply_of(fake_discord, await fake_discord.invoke_command("jukebox", {}, user=alice))
     assert (await PlayedWorker(sqlite_store).claim()).id == 1  # job 1 runs
+    # Discord gives the permissions of the channel a command comes from: a moderator there is no
+    # moderator of the jobs of other channels (they may not even see them)
+    elsewhere = fake_discord.channel("music")
+    refused = await fake_discord.invoke_command("cancel", {"job": 1}, user=moderator, channel=elsewhere)
+    assert await reply_of(fake_discord, refused) == (
+        "Job #1 belongs to someone else; as a moderator, cancel it from the channel it runs in (its "
+        "Cancel button, or /cancel there)."
+    )
+    assert (await sqlite_store.get_job(1)).status is JobStatus.RUNNING
     stopped = await fake_discord.invoke_command("cancel", {"job": 1}, user=moderator)
     assert await reply_of(fake_discord, stopped) == (
         f"Job #1 (started by <@{alice.id}>) is stopping after its current step; nothing of it is "

@@ -21,7 +21,7 @@ __all__ = ["sqlite_store"]
 
 NOT_YOURS = (
     "Job #{job} belongs to someone else; only the person who started it, or a member who may manage "
-    "messages here, can cancel it."
+    "messages in its channel, can cancel it."
 )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import random
 import re
@@ -267,34 +268,45 @@ def test_audio_too_big_is_reencoded_or_split_never_dropped() -> None:
     assert abs(total - 20.0) < 0.2
 
 
-def test_reencodes_run_one_at_a_time_whoever_asks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A burst of /sample of a long sample must not decode it once per request at the same time."""
+async def test_reencodes_run_one_at_a_time_and_leave_the_shared_threads_free(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A burst of /sample of a long sample decodes it one request at a time, and the requests waiting
+    their turn hold none of the threads the event loop shares (name lookups, pictures, curation)."""
     audio = encode_audio(tone(4.0), SAMPLE_RATE, "ogg", 192_000)
     real_decode, inside, most, count = delivery.decode_audio, [0], [0], threading.Lock()
+    first_may_go = threading.Event()
 
-    def counted_decode(*args: Any, **kwargs: Any) -> Any:
+    def held_decode(*args: Any, **kwargs: Any) -> Any:
         with count:
             inside[0] += 1
             most[0] = max(most[0], inside[0])
         try:
-            assert not delivery._REENCODING.acquire(blocking=False)  # held by this re-encode
+            assert first_may_go.wait(timeout=30)  # the first re-encode runs until the test lets it go
             return real_decode(*args, **kwargs)
         finally:
             with count:
                 inside[0] -= 1
 
-    monkeypatch.setattr(delivery, "decode_audio", counted_decode)
-    start = threading.Barrier(4)
-
-    def one() -> list[AudioFile]:
-        start.wait()
-        return files_for_sample(audio, "ogg", len(audio) // 2, "s1", 4.0)
-
-    with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda _: one(), range(4)))
+    monkeypatch.setattr(delivery, "decode_audio", held_decode)
+    loop = asyncio.get_running_loop()
+    shared = ThreadPoolExecutor(4)  # the loop's default threads, fewer than the requests
+    loop.set_default_executor(shared)
+    try:
+        burst = [
+            asyncio.create_task(delivery.files_in_turn(audio, "ogg", len(audio) // 2, f"s{n}", 4.0))
+            for n in range(8)
+        ]
+        # While the first re-encode runs and seven wait, other thread work still gets a thread.
+        assert await asyncio.wait_for(asyncio.to_thread(lambda: 42), timeout=10) == 42
+        first_may_go.set()
+        results = await asyncio.gather(*burst)
+    finally:
+        first_may_go.set()
+        shared.shutdown(wait=True)
     assert most[0] == 1 and all(len(files) == 1 for files in results)
-    assert delivery._REENCODING.acquire(blocking=False)  # and released after
-    delivery._REENCODING.release()
+    fits = await delivery.files_in_turn(audio, "ogg", len(audio), "s", 4.0)  # fits: no re-encode at all
+    assert fits[0].data == audio
 
 
 def test_group_for_messages_respects_size_and_count() -> None:
