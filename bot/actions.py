@@ -36,7 +36,13 @@ from bot.requests import (
 )
 from sampler.jobspec import InvalidJobParams, JobParams, is_full_quality, parse_params
 from sampler.user_text import quote_user_text
-from storage.errors import AlreadyUpsampled, NotJobOwner, StorageError, UserJobLimitReached
+from storage.errors import (
+    AlreadyUpsampled,
+    JobAlreadyFinished,
+    NotJobOwner,
+    StorageError,
+    UserJobLimitReached,
+)
 from storage.models import JobKind, JobStatus
 from storage.records import Job, Sample
 
@@ -274,8 +280,9 @@ async def enqueue_and_announce(
     return job
 
 
-async def cancel_job(bot: JukeBot, interaction: discord.Interaction[Any], job_id: int) -> str:
-    """Cancel `job_id` for the interaction's user (`/cancel` and the Cancel button); returns the reply.
+async def cancel_rights(bot: JukeBot, interaction: discord.Interaction[Any], job_id: int) -> tuple[Job, bool]:
+    """The job the interaction's user may cancel, and whether they do so as a moderator; refused
+    (`JukebotError`/`StorageError`) when it is in another server, not theirs, or finished.
 
     Members who may manage messages in the job's channel moderate it: there they stop anyone's job
     (a runaway queue, an offensive prompt) without asking the person who started it. Discord gives
@@ -288,13 +295,23 @@ async def cancel_job(bot: JukeBot, interaction: discord.Interaction[Any], job_id
         raise JobNotInServer(job_id)
     someone_elses = found.user_id != interaction.user.id
     moderator = interaction.permissions.manage_messages
-    if someone_elses and moderator and interaction.channel_id != found.channel_id:
+    if someone_elses and not moderator:
+        raise NotJobOwner(job_id)
+    if someone_elses and interaction.channel_id != found.channel_id:
         raise NotJobOwner(
             job_id,
             hint="as a moderator, cancel it from the channel it runs in "
             "(its Cancel button, or /cancel there)",
         )
-    moderating = someone_elses and moderator
+    if found.finished:
+        raise JobAlreadyFinished(job_id, found.status.value)
+    return found, someone_elses
+
+
+async def cancel_job(bot: JukeBot, interaction: discord.Interaction[Any], job_id: int) -> str:
+    """Cancel `job_id` for the interaction's user (`/cancel`, the Cancel button's confirmation) by the
+    rules of `cancel_rights`; returns the reply."""
+    found, moderating = await cancel_rights(bot, interaction, job_id)
     status = await bot.store.request_cancel(job_id, None if moderating else interaction.user.id)
     bot.dispatch("job_cancel_requested", job_id)
     if moderating:
@@ -305,3 +322,12 @@ async def cancel_job(bot: JukeBot, interaction: discord.Interaction[Any], job_id
         return f"{whose} is cancelled; {before}."
     # a job past its last step (encoding its audio) finishes all the same
     return f"{whose} is stopping after its current step; nothing of it is posted, unless it finishes first."
+
+
+def cancel_question(job: Job, moderating: bool) -> str:
+    """What the Cancel button asks before it cancels: a stray click must not end hours of sampling."""
+    whose = f"job #{job.id} (started by <@{job.user_id}>)" if moderating else f"job #{job.id}"
+    if job.status == JobStatus.QUEUED:
+        return f"Cancel {whose}? It has not started{' this attempt' if job.attempts else ''}."
+    done = f"{int(job.progress * 100)}% done" if job.status == JobStatus.RUNNING else "stopping already"
+    return f"Cancel {whose}? It is running ({done}); what it sampled so far is not posted."

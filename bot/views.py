@@ -1,9 +1,11 @@
 """The buttons under every posted sample: vote, upsample, continue (and the continue modal); and
-the Cancel button under a job's progress message while it is queued or running.
+the Cancel button under a job's progress message while it is queued or running (and the private
+question it asks first).
 
 Each is a `discord.ui.DynamicItem` whose `custom_id` carries the sample (or job) id; the rest of the
 state is in the database. The extension that owns each registers it when it loads (samples: the
-sample buttons, jobs: Cancel), so buttons on messages posted before a restart keep working.
+sample buttons, jobs: Cancel and its confirmation), so buttons on messages posted before a restart
+keep working.
 """
 
 from __future__ import annotations
@@ -194,7 +196,7 @@ DYNAMIC_ITEMS = (VoteButton, UpsampleButton, ContinueButton)
 class CancelButton(
     discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"jukebot:cancel:(?P<job_id>[0-9]+)"
 ):
-    """Under a job's progress message: `/cancel` for that job, with the same rules and replies."""
+    """Under a job's progress message: asks (privately) before it cancels, by `/cancel`'s rules."""
 
     def __init__(self, job_id: int) -> None:
         super().__init__(
@@ -214,11 +216,46 @@ class CancelButton(
         bot = _bot(interaction)
         async with bot.reporting_errors(interaction):
             stored_id(self.job_id, "job")  # a forged custom_id may carry any number
-            await interaction.response.defer(
-                ephemeral=True, thinking=True
-            )  # the cancel may wait for a writer
+            await interaction.response.defer(ephemeral=True, thinking=True)  # before reading the store
+            job, moderating = await actions.cancel_rights(bot, interaction, self.job_id)
+            confirm = discord.ui.View(timeout=None)
+            confirm.add_item(ConfirmCancelButton(self.job_id))
+            await interaction.followup.send(
+                actions.cancel_question(job, moderating), view=confirm, ephemeral=True
+            )
+
+
+class ConfirmCancelButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"jukebot:cancel-confirm:(?P<job_id>[0-9]+)"
+):
+    """The "Yes, cancel it" under the Cancel button's question; the rules are checked again."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=f"Yes, cancel job #{job_id}",
+                style=discord.ButtonStyle.danger,
+                custom_id=f"jukebot:cancel-confirm:{job_id}",
+            )
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> ConfirmCancelButton:
+        return cls(int(match["job_id"]))
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        bot = _bot(interaction)
+        async with bot.reporting_errors(interaction):
+            stored_id(self.job_id, "job")  # a forged custom_id may carry any number
+            await interaction.response.defer()  # the cancel may wait for a writer
             message = await actions.cancel_job(bot, interaction, self.job_id)
-            await interaction.followup.send(message, ephemeral=True)
+            await interaction.edit_original_response(content=message, view=None)
+
+
+CANCEL_ITEMS = (CancelButton, ConfirmCancelButton)
 
 
 # A job that can still be stopped: queued (also while waiting to be tried again) or running.

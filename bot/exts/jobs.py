@@ -14,7 +14,7 @@ from bot.errors import MAX_MESSAGE_CHARS, fit_line, listed
 from bot.options import JobId
 from bot.progress import render_queue
 from bot.requests import MAX_HISTORY_PAGE, history_page
-from bot.views import CancelButton
+from bot.views import CANCEL_ITEMS
 from sampler.jobspec import params_or_defaults
 from storage.models import JobStatus, utcnow
 from storage.store import queue_places
@@ -31,10 +31,10 @@ class Jobs(commands.Cog):
 
     async def cog_load(self) -> None:
         # The Cancel button under progress messages, also under those posted before a restart.
-        self.bot.add_dynamic_items(CancelButton)
+        self.bot.add_dynamic_items(*CANCEL_ITEMS)
 
     async def cog_unload(self) -> None:
-        self.bot.remove_dynamic_items(CancelButton)
+        self.bot.remove_dynamic_items(*CANCEL_ITEMS)
 
     @commands.Cog.listener()
     async def on_guild_remove(self, guild: discord.Guild) -> None:
