@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from bot.errors import shorten
+from bot.errors import fit_message, shorten
 from sampler.jobspec import JobParams, is_full_quality, params_or_defaults
 from storage.models import JobKind, JobStatus, utcnow
 from storage.records import Job
@@ -19,7 +19,7 @@ MARK_QUEUED, MARK_RUNNING, MARK_CANCELLING = "⏳", "🎛️", "✋"
 MARK_DONE, MARK_FAILED, MARK_CANCELLED = "✅", "❌", "🛑"
 MAX_REASON_CHARS = 1200
 # /queue lists this many of the user's jobs and of the server's running ones, then counts the rest:
-# each line is under ~100 characters, so both lists fit one message.
+# each line is under ~120 characters, so both lists fit one message (`fit_message` guards the rest).
 QUEUE_LISTED, RUNNING_LISTED = 10, 8
 LEVEL_NAMES = {2: "top level (preview)", 1: "middle level", 0: "bottom level (full quality)"}
 
@@ -196,4 +196,4 @@ def render_queue(user_jobs: Sequence[Job], places: QueuePlaces, running: Sequenc
         )
     if len(running) > RUNNING_LISTED:
         lines.append(f"• and {len(running) - RUNNING_LISTED} more")
-    return "\n".join(lines)
+    return fit_message("\n".join(lines))

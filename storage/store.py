@@ -154,8 +154,11 @@ def queue_places(unfinished: Iterable[Job], served: Collection[str] | None = Non
     """The places of the queued jobs among `unfinished` (every unfinished job, of every server).
 
     With `served` (the models live workers serve, `JobStore.served_models`), jobs of other models
-    are `unserved`: no worker takes them now, so the jobs behind them move up."""
+    are `unserved`: no worker takes them now, so the jobs behind them move up. An empty `served`
+    counts every model, as None does: with no worker up at all (they restart, say) the order of the
+    queue is still the news, and every queued message would flip twice for nothing."""
     unfinished = list(unfinished)
+    served = served or None
     busy: dict[tuple[int, int | None], int] = {}  # (user, server) -> jobs running, or placed before
     for job in unfinished:
         if job.status in ACTIVE_STATUSES:

@@ -153,9 +153,12 @@ def _days(text: str) -> timedelta:
     if not math.isfinite(days) or days <= 0:
         raise click.ClickException(f"--older-than takes a positive number of days, got {text!r}")
     try:
-        return timedelta(days=days)
+        age = timedelta(days=days)
     except OverflowError:
         return timedelta.max
+    if age <= timedelta(0):  # under a microsecond
+        raise click.ClickException(f"--older-than {text} is under a microsecond; give a number of days")
+    return age
 
 
 def _size(count: int) -> str:

@@ -278,8 +278,10 @@ def sample_steps(
     """
     if count <= 0:
         raise SamplingError(f"the number of tokens to sample must be positive, got {count}")
-    if uniforms is not None and (exact or uniforms.shape[0] != count):
-        raise SamplingError(f"{count} rows of uniforms for draw_fast expected, got {tuple(uniforms.shape)}")
+    if uniforms is not None and exact:
+        raise SamplingError("the exact (reference) draw takes no uniforms: it draws from the generator")
+    if uniforms is not None and uniforms.shape[0] != count:
+        raise SamplingError(f"{count} rows of uniforms expected, got {tuple(uniforms.shape)}")
     pick = draw if exact else draw_fast
     out = []
     token: Tensor | None = None

@@ -13,9 +13,11 @@ nothing back and has fixed shapes and addresses. That call can then be
   (`compile`), or as six hand-fused Triton kernels (`kernels="triton"`, `sampler.jukebox.kernels`).
 
 The draws are today's `rng="window"` draws (`draw_fast`): one uniform per row and token, drawn for the
-whole window at its start. On the CPU generator that is the same stream as drawing them token by token,
-so on the CPU the static path gives the sliced path's tokens (tests/sampler/jukebox/test_decoding.py).
-On CUDA it is another stream of the same distribution, as window mode allows.
+whole window at its start. The cascade draws them for all its samples and hands each batch its rows
+(`sample_window(uniforms=…)`), as it does to the sliced loop, so every path takes the same draws. A
+decoder given none draws its own: on the CPU generator that is the same stream as drawing them token
+by token, so on the CPU the static path gives the sliced path's tokens
+(tests/sampler/jukebox/test_decoding.py); on CUDA another stream of the same distribution.
 `rng="reference"` (the exact draw of parity runs) stays on the sliced loop (`cascade.sample_steps`).
 """
 

@@ -273,6 +273,14 @@ def test_prune_refuses_an_age_that_is_no_positive_number_of_days(database: str, 
     assert with_store(database, lambda store: store.get_checkpoint(old)) == b"c" * 10
 
 
+def test_prune_refuses_an_age_under_a_microsecond(database: str) -> None:
+    result = jobs("prune", "--older-than", "1e-12")
+    assert (result.exit_code, result.output) == (
+        1,
+        "Error: --older-than 1e-12 is under a microsecond; give a number of days\n",
+    )
+
+
 @pytest.mark.parametrize(
     "args",
     [

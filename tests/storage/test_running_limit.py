@@ -63,5 +63,7 @@ async def test_queue_places_count_only_the_jobs_a_live_worker_serves(store: JobS
     assert places.place == {mine: 1} and places.unserved == {stranded} and not places.held
     everything = queue_places(await store.unfinished_jobs())  # not asked: every model counts
     assert everything.place == {stranded: 1, mine: 2} and not everything.unserved
+    # no worker up at all (a restart): the order still, not "waiting for a worker" on every job
+    assert queue_places(await store.unfinished_jobs(), served=set()) == everything
     claimed = await store.claim("worker-a", [MODEL], lease_seconds=60)
     assert claimed is not None and claimed.id == mine  # as the places said
