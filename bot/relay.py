@@ -41,7 +41,7 @@ from bot import delivery, pictures
 from bot.progress import quality_label, render_job
 from bot.views import progress_view, sample_view
 from sampler.jobspec import is_full_quality, params_or_defaults, sweep_style
-from storage.errors import JobNotFound, SampleNotFound
+from storage.errors import JobNotFinished, JobNotFound, SampleNotFound
 from storage.models import JobStatus
 from storage.records import Job
 from storage.store import QueuePlaces, queue_places
@@ -273,7 +273,11 @@ class ProgressRelay:
 
     async def _finish(self, job: Job) -> None:
         """Post a finished job's results (or failure) and its final progress text, once."""
-        if not await self.store.claim_results_posting(job.id, self.poster_id, self.results_lease_s):
+        try:
+            claimed = await self.store.claim_results_posting(job.id, self.poster_id, self.results_lease_s)
+        except JobNotFinished:  # an operator retried it since this pass listed it: it runs again
+            return
+        if not claimed:
             return  # posted already, or another bot is posting them (if it dies, its claim expires)
         posted = asyncio.Event()
         renewing = asyncio.create_task(self._renew_claim(job.id, posted), name=f"results-claim-{job.id}")

@@ -3,7 +3,13 @@ running again in its progress message, and posts its results once it succeeds.""
 
 from __future__ import annotations
 
+import logging
+
+import pytest
+
 from bot.progress import MARK_DONE, MARK_FAILED
+from storage.models import JobStatus
+from storage.records import Job
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
 from tests.bot.fake_discord import FakeDiscord
@@ -45,3 +51,33 @@ async def test_a_retried_job_runs_again_from_its_checkpoint_and_its_results_go_o
     await relay_of(bot).run_pass()
     await fake.wait_for(when(lambda: sample_message(fake, sample_id)))
     await fake.wait_for(lambda: (MARK_DONE in failed.content and failed.custom_ids == []) or None)
+
+
+async def test_a_job_retried_while_the_relay_lists_it_is_left_to_run_without_an_error(
+    fake_discord: FakeDiscord,
+    bot_runner: BotRunner,
+    sqlite_store: JobStore,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The relay lists the failed job, then the operator's retry lands before it claims the results."""
+    fake, store = fake_discord, sqlite_store
+    bot = await bot_runner.start(make_bot(fake, store))
+    await queue_song(fake)
+    worker = PlayedWorker(store)
+    job = await worker.claim()
+    await store.fail(job.id, worker.worker_id, "out of memory")
+    listing = store.finished_jobs_unposted
+
+    async def listed_then_retried(guild_id: int, limit: int) -> list[Job]:
+        found = await listing(guild_id, limit=limit)
+        if any(listed.id == job.id for listed in found):
+            await store.retry_job(job.id)
+        return found
+
+    monkeypatch.setattr(store, "finished_jobs_unposted", listed_then_retried)
+    with caplog.at_level(logging.WARNING, logger="bot.relay"):
+        await relay_of(bot).run_pass()
+    assert not [record for record in caplog.records if record.name == "bot.relay"], caplog.text
+    assert (await store.get_job(job.id)).status is JobStatus.QUEUED
+    assert relay_of(bot)._failures.get(job.id) is None  # no back-off for a job that did not fail to post
