@@ -1069,7 +1069,7 @@ class JobStore:
         attempts count from 0 again; its error, finish time and lease are cleared, and its results
         count as not posted, nobody's claim on posting them either, so the bot edits its progress
         message as it runs and posts the new results. Its priority, progress message and running
-        limit stay; the time and rate the last run estimated go.
+        limit stay; the last run's progress, time and rate go.
 
         The change is one conditional statement, under the enqueue lock: of two retries at once one
         wins and the other is refused with the status the first left. Refused (`JobNotRetryable`,
@@ -1107,6 +1107,16 @@ class JobStore:
                 attempts=0,
                 error=None,
                 finished_at=None,
+                # the last run's progress: shown until the next run's first report (models may take
+                # minutes to load), it would say 98 % of a job that starts over after a prune
+                stage=None,
+                progress=0.0,
+                level=None,
+                window=None,
+                window_count=None,
+                tokens_done=None,
+                tokens_total=None,
+                level_windows=None,
                 eta_at=None,
                 tokens_per_second=None,
                 results_posted_at=None,

@@ -80,6 +80,9 @@ async def test_a_retried_failed_job_is_queued_fresh_and_resumes_from_its_checkpo
     assert await store.retry(job_id, WORKER, "crash") is JobStatus.QUEUED  # one attempt used
     assert (await store.claim(WORKER, [MODEL], lease_seconds=60)) is not None
     await store.save_checkpoint(job_id, WORKER, b"windows 1-7")
+    await store.report_progress(
+        job_id, WORKER, stage="sampling", progress=0.9, level=0, window=7, window_count=8
+    )
     await store.set_progress_message(job_id, 777)
     await store.fail(job_id, WORKER, OOM)
     assert await store.claim_results_posting(job_id, "bot", 30)  # the bot posts the failure
@@ -99,6 +102,8 @@ async def test_a_retried_failed_job_is_queued_fresh_and_resumes_from_its_checkpo
     assert (job.results_posted_at, job.results_posting_owner, job.results_posting_expires_at) == (None,) * 3
     assert (job.lease_owner, job.lease_expires_at, job.updated_at) == (None, None, clock.now)
     assert job.progress_message_id == 777  # the bot edits the same message as it runs
+    # the failed run's progress goes: the next run reports its own (it may start over after a prune)
+    assert (job.stage, job.progress, job.level, job.window, job.window_count) == (None, 0.0, None, None, None)
     # The bot sees it again as a job to follow, not as results to post.
     assert [j.id for j in await store.unfinished_jobs()] == [job_id]
     assert await store.finished_jobs_unposted() == []
