@@ -312,7 +312,11 @@ async def cancel_job(bot: JukeBot, interaction: discord.Interaction[Any], job_id
     """Cancel `job_id` for the interaction's user (`/cancel`, the Cancel button's confirmation) by the
     rules of `cancel_rights`; returns the reply."""
     found, moderating = await cancel_rights(bot, interaction, job_id)
-    status = await bot.store.request_cancel(job_id, None if moderating else interaction.user.id)
+    status = await bot.store.request_cancel(
+        job_id,
+        None if moderating else interaction.user.id,
+        reason=f"by a moderator, <@{interaction.user.id}>" if moderating else None,
+    )
     bot.dispatch("job_cancel_requested", job_id)
     if moderating:
         log.info("job %s of user %s cancelled by moderator %s", job_id, found.user_id, interaction.user.id)

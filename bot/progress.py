@@ -118,14 +118,19 @@ def status_line(
     if job.status == JobStatus.RUNNING:
         return running_lines(job, now or utcnow())
     if job.status == JobStatus.CANCELLING:
-        return f"{MARK_CANCELLING} Cancelling: stopping after the current step."
+        return f"{MARK_CANCELLING} Cancelling{_cancel_reason(job)}: stopping after the current step."
     if job.status == JobStatus.SUCCEEDED:
         count = "" if sample_count is None else f" {sample_count} sample{'s' if sample_count != 1 else ''}"
         return f"{MARK_DONE} Done:{count} below."
     if job.status == JobStatus.CANCELLED:
-        return f"{MARK_CANCELLED} Cancelled."
+        return f"{MARK_CANCELLED} Cancelled{_cancel_reason(job)}."
     reason = shorten((job.error or "no reason given").strip(), MAX_REASON_CHARS)
     return f"{MARK_FAILED} Failed: {reason}"
+
+
+def _cancel_reason(job: Job) -> str:
+    """` (by a moderator, @x)` when someone else than its user cancelled the job, else ''."""
+    return f" ({shorten(job.error.strip(), MAX_REASON_CHARS)})" if job.error and job.error.strip() else ""
 
 
 def eta_text(eta_at: datetime, now: datetime) -> str:

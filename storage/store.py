@@ -1000,15 +1000,19 @@ class JobStore:
 
     # ------------------------------------------------------------------ bot side
 
-    async def request_cancel(self, job_id: int, user_id: int | None) -> JobStatus:
+    async def request_cancel(
+        self, job_id: int, user_id: int | None, *, reason: str | None = None
+    ) -> JobStatus:
         """The job's owner `user_id` (None: a moderator, for any owner) asks to stop it: queued ->
-        cancelled now, running -> cancelling.
+        cancelled now, running -> cancelling. `reason` is shown with it (see `_cancel`).
 
         Returns the new status (asking again while cancelling returns `cancelling`).
         """
         which = [jobs.c.id == job_id] if user_id is None else [jobs.c.id == job_id, jobs.c.user_id == user_id]
         async with self._transaction() as connection:
-            row = (await connection.execute(self._cancel(*which).returning(jobs.c.status))).first()
+            row = (
+                await connection.execute(self._cancel(*which, reason=reason).returning(jobs.c.status))
+            ).first()
             if row is not None:
                 return JobStatus(row.status)
             current = (
@@ -1028,13 +1032,17 @@ class JobStore:
         current step (nobody there could see their results). Returns (job id, new status) pairs."""
         async with self._transaction() as connection:
             rows = await connection.execute(
-                self._cancel(jobs.c.guild_id == guild_id).returning(jobs.c.id, jobs.c.status)
+                self._cancel(
+                    jobs.c.guild_id == guild_id, reason="the bot was removed from this server"
+                ).returning(jobs.c.id, jobs.c.status)
             )
             return sorted((row.id, JobStatus(row.status)) for row in rows)
 
-    def _cancel(self, *which: ColumnElement[bool]) -> Any:
+    def _cancel(self, *which: ColumnElement[bool], reason: str | None = None) -> Any:
         """The cancel of the queued and running jobs `which` selects: queued -> cancelled now,
-        running -> cancelling (its worker stops after the current step)."""
+        running -> cancelling (its worker stops after the current step). `reason` (e.g. "by a
+        moderator") is kept as the job's error for its progress message; None clears an earlier
+        crash's note, which is no longer the news."""
         now = self._clock()
         queued = jobs.c.status == JobStatus.QUEUED.value
         return (
@@ -1043,6 +1051,7 @@ class JobStore:
             .values(
                 status=case((queued, JobStatus.CANCELLED.value), else_=JobStatus.CANCELLING.value),
                 finished_at=case((queued, literal(now, UTCDateTime())), else_=None),
+                error=None if reason is None else reason[:MAX_ERROR_CHARS],
                 updated_at=now,
             )
         )

@@ -115,6 +115,10 @@ class PlayedWorker:
             eta_at=utcnow() + timedelta(minutes=5),
         )
 
+    async def cancelled(self, job_id: int) -> None:
+        """Stop a job being cancelled after the current step, as a worker does."""
+        await self.store.mark_cancelled(job_id, self.worker_id)
+
     async def complete(self, job: ClaimedJob, *, n: int, full: bool, seconds: float = 2.0) -> list[int]:
         samples = []
         for index in range(n):

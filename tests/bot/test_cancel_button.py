@@ -3,7 +3,7 @@ once the job can no longer be stopped, and working after a restart."""
 
 from __future__ import annotations
 
-from bot.progress import MARK_CANCELLED, MARK_CANCELLING
+from bot.progress import MARK_CANCELLED
 from storage.models import JobStatus
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
@@ -13,6 +13,7 @@ from tests.bot.harness import (
     make_bot,
     queue_song,
     recorded_progress_message,
+    relay_of,
     reply_of,
     sqlite_store,
 )
@@ -86,7 +87,7 @@ async def test_a_moderator_stops_a_running_job_with_the_button_after_a_restart(
     worker = PlayedWorker(sqlite_store)
     assert (await worker.claim()).id == 1
     await bot_runner.stop(first)
-    await bot_runner.start(make_bot(fake_discord, sqlite_store))  # the button outlives the process
+    bot = await bot_runner.start(make_bot(fake_discord, sqlite_store))  # the button outlives the process
     await worker.progress(1, window=3, of=8)
     question = await _question(
         fake_discord, await fake_discord.click(message, "jukebot:cancel:1", user=moderator)
@@ -101,7 +102,11 @@ async def test_a_moderator_stops_a_running_job_with_the_button_after_a_restart(
         "posted, unless it finishes first."
     )
     assert (await sqlite_store.get_job(1)).status is JobStatus.CANCELLING
-    # "cancelling": nothing left to press
+    # "cancelling", and by whom, for the job's user to read: nothing left to press
+    by = f"✋ Cancelling (by a moderator, <@{moderator.id}>): stopping after the current step."
+    await fake_discord.wait_for(lambda: (message.content.endswith(by) and message.custom_ids == []) or None)
+    await worker.cancelled(1)  # the worker stops after its step
+    await relay_of(bot).run_pass()
     await fake_discord.wait_for(
-        lambda: (MARK_CANCELLING in message.content and message.custom_ids == []) or None
+        lambda: message.content.endswith(f"🛑 Cancelled (by a moderator, <@{moderator.id}>).") or None
     )
