@@ -284,28 +284,33 @@ async def cancel_rights(bot: JukeBot, interaction: discord.Interaction[Any], job
     """The job the interaction's user may cancel, and whether they do so as a moderator; refused
     (`JukebotError`/`StorageError`) when it is in another server, not theirs, or finished.
 
-    Members who may manage messages in the job's channel moderate it: there they stop anyone's job
-    (a runaway queue, an offensive prompt) without asking the person who started it. Discord gives
-    the interaction's permissions for the channel it came from, so a moderator cancels from the
-    job's own channel (its Cancel button, or `/cancel` there): Manage Messages in one channel is no
-    power over the jobs of channels they may not even see.
+    Members who may manage messages in the job's channel moderate it: they stop anyone's job there
+    (a runaway queue, an offensive prompt) without asking the person who started it. Manage
+    Messages in one channel is no power over the jobs of another (`may_moderate`).
     """
     found = await bot.store.get_job(job_id)
     if found.guild_id != guild_id_of(interaction):
         raise JobNotInServer(job_id)
-    someone_elses = found.user_id != interaction.user.id
-    moderator = interaction.permissions.manage_messages
-    if someone_elses and not moderator:
+    moderating = found.user_id != interaction.user.id
+    if moderating and not may_moderate(interaction, found.channel_id):
         raise NotJobOwner(job_id)
-    if someone_elses and interaction.channel_id != found.channel_id:
-        raise NotJobOwner(
-            job_id,
-            hint="as a moderator, cancel it from the channel it runs in "
-            "(its Cancel button, or /cancel there)",
-        )
     if found.finished:
         raise JobAlreadyFinished(job_id, found.status.value)
-    return found, someone_elses
+    return found, moderating
+
+
+def may_moderate(interaction: discord.Interaction[Any], channel_id: int) -> bool:
+    """Whether the interaction's member may manage messages in `channel_id`. Discord gives the
+    interaction's permissions for the channel it comes from; for another channel (or thread) the
+    bot's cache of the server's channels, roles and overwrites says, and a channel it does not
+    know gives no such right."""
+    if interaction.channel_id == channel_id:
+        return interaction.permissions.manage_messages
+    member, guild = interaction.user, interaction.guild
+    if guild is None or not isinstance(member, discord.Member):
+        return False
+    channel = guild.get_channel_or_thread(channel_id)
+    return channel is not None and channel.permissions_for(member).manage_messages
 
 
 async def cancel_job(bot: JukeBot, interaction: discord.Interaction[Any], job_id: int) -> str:

@@ -27,15 +27,10 @@ class JobNotFound(StorageError):
 
 
 class NotJobOwner(StorageError):
-    def __init__(self, job_id: int, hint: str | None = None) -> None:
+    def __init__(self, job_id: int) -> None:
         super().__init__(
-            f"Job #{job_id} belongs to someone else; "
-            + (
-                hint
-                or "only the person who started it, or a member who may manage messages in its channel, "
-                "can cancel it"
-            )
-            + "."
+            f"Job #{job_id} belongs to someone else; only the person who started it, or a member who "
+            "may manage messages in its channel, can cancel it."
         )
         self.job_id = job_id
 

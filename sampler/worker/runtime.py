@@ -521,7 +521,7 @@ class Worker:
             self._superseded.discard(limit)
 
     def _pause(self, failures: int) -> float:
-        return min(0.25 * 2 ** min(failures - 1, 16), self.config.retry_max_seconds)
+        return doubling_delay(0.25, failures, self.config.retry_max_seconds)
 
     async def _until_stored(
         self, what: str, call: Callable[[], Awaitable[T]], tries: int = 1, *, bulk: bool = False

@@ -13,6 +13,8 @@ Behaviour copied from the real Discord where a bot could get it wrong:
 - a channel's overwrite can take permissions from the bot (`FakeChannel.bot_denied`): interactions
   there carry the rest as `app_permissions`, and posting without View Channel (50001), Send
   Messages or, with files, Attach Files (50013) is refused;
+- a channel's member overwrites (`FakeChannel.member_overwrites`) change what a member may do there:
+  an interaction carries the member's permissions in the channel it comes from, not elsewhere;
 - command options are checked against the synced schema (unknown or missing options, choices,
   ranges) before anything reaches the bot, as the Discord client does.
 
@@ -221,6 +223,9 @@ class FakeChannel:
     # Permission bits this channel's overwrite takes from the bot (e.g. a moderator removed Send
     # Messages here): interactions carry what is left as `app_permissions`, and posts need it.
     bot_denied: int = 0
+    # Member overwrites: user id -> (allowed bits, denied bits) in this channel, e.g. Manage Messages
+    # for a channel's own moderator. Sent in `permission_overwrites`; interactions here carry them.
+    member_overwrites: dict[int, tuple[int, int]] = field(default_factory=dict)
 
     def payload(self) -> JSON:
         if self.type == 1:
@@ -231,7 +236,10 @@ class FakeChannel:
             "guild_id": str(self.guild_id),
             "name": self.name,
             "position": self.position,
-            "permission_overwrites": [],
+            "permission_overwrites": [
+                {"id": str(user_id), "type": 1, "allow": str(allow), "deny": str(deny)}
+                for user_id, (allow, deny) in self.member_overwrites.items()
+            ],
             "nsfw": False,
             "parent_id": None,
             "topic": None,
@@ -284,7 +292,18 @@ class FakeGuild:
             return discord.Permissions.all().value
         return value
 
-    def member_payload(self, user_id: int, *, with_permissions: bool = False) -> JSON:
+    def permissions_in(self, channel: FakeChannel, user_id: int) -> int:
+        """A member's permissions in `channel`: the guild's, then the member's overwrite there (this
+        fake has no role overwrites), as Discord computes them for an interaction."""
+        value = self.permissions_of(user_id)
+        if value & discord.Permissions(administrator=True).value:
+            return value
+        allow, deny = channel.member_overwrites.get(user_id, (0, 0))
+        return (value & ~deny) | allow
+
+    def member_payload(
+        self, user_id: int, *, with_permissions: bool = False, channel: FakeChannel | None = None
+    ) -> JSON:
         member = self.members[user_id]
         payload: JSON = {
             "user": member.user.payload(),
@@ -299,7 +318,8 @@ class FakeGuild:
             "communication_disabled_until": None,
         }
         if with_permissions:
-            payload["permissions"] = str(self.permissions_of(user_id))
+            value = self.permissions_of(user_id) if channel is None else self.permissions_in(channel, user_id)
+            payload["permissions"] = str(value)
         return payload
 
     def payload(self, *, full: bool) -> JSON:
@@ -960,7 +980,7 @@ class FakeDiscord:
             )
         interaction_id = self._snowflake()
         token = f"aW50ZXJhY3Rpb24.{interaction_id}.{secrets.token_urlsafe(32)}"
-        channel_payload = channel.payload() | {"permissions": str(guild.permissions_of(user.id))}
+        channel_payload = channel.payload() | {"permissions": str(guild.permissions_in(channel, user.id))}
         payload: JSON = {
             "id": str(interaction_id),
             "application_id": str(self.application_id),
@@ -970,7 +990,7 @@ class FakeDiscord:
             "guild": {"id": str(guild.id), "locale": guild.locale, "features": []},
             "channel_id": str(channel.id),
             "channel": channel_payload,
-            "member": guild.member_payload(user.id, with_permissions=True),
+            "member": guild.member_payload(user.id, with_permissions=True, channel=channel),
             "token": token,
             "version": 1,
             "app_permissions": str(self.bot_permissions_in(channel)),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import discord
 import pytest
 
 from sampler.audio import SAMPLE_RATE, encode_audio, wav_bytes
@@ -287,15 +288,6 @@ async def test_a_moderator_cancels_anyones_job_in_the_server(
     for _ in range(2):
         await reply_of(fake_discord, await fake_discord.invoke_command("jukebox", {}, user=alice))
     assert (await PlayedWorker(sqlite_store).claim()).id == 1  # job 1 runs
-    # Discord gives the permissions of the channel a command comes from: a moderator there is no
-    # moderator of the jobs of other channels (they may not even see them)
-    elsewhere = fake_discord.channel("music")
-    refused = await fake_discord.invoke_command("cancel", {"job": 1}, user=moderator, channel=elsewhere)
-    assert await reply_of(fake_discord, refused) == (
-        "Job #1 belongs to someone else; as a moderator, cancel it from the channel it runs in (its "
-        "Cancel button, or /cancel there)."
-    )
-    assert (await sqlite_store.get_job(1)).status is JobStatus.RUNNING
     stopped = await fake_discord.invoke_command("cancel", {"job": 1}, user=moderator)
     assert await reply_of(fake_discord, stopped) == (
         f"Job #1 (started by <@{alice.id}>) is stopping after its current step; nothing of it is "
@@ -309,6 +301,35 @@ async def test_a_moderator_cancels_anyones_job_in_the_server(
         JobStatus.CANCELLING,
         JobStatus.CANCELLED,
     ]
+
+
+async def test_a_channels_own_moderator_cancels_its_jobs_and_no_others(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    """Manage Messages in one channel (an overwrite there) is no power over another channel's jobs,
+    wherever the command comes from: Discord gives an interaction the permissions of its own channel."""
+    fake = fake_discord
+    general, music = fake.channel("general"), fake.channel("music")
+    keeper = fake.add_user("keeper")
+    fake.add_member(fake.default_guild, keeper)
+    music.member_overwrites[keeper.id] = (discord.Permissions(manage_messages=True).value, 0)
+    await bot_runner.start(make_bot(fake, sqlite_store))
+    alice = fake.user("alice")
+    await reply_of(fake, await fake.invoke_command("jukebox", {}, user=alice, channel=general))  # job 1
+    await reply_of(fake, await fake.invoke_command("jukebox", {}, user=alice, channel=music))  # job 2
+    for where in (general, music):
+        refused = await fake.invoke_command("cancel", {"job": 1}, user=keeper, channel=where)
+        assert await reply_of(fake, refused) == (
+            "Job #1 belongs to someone else; only the person who started it, or a member who may manage "
+            "messages in its channel, can cancel it."
+        )
+    assert (await sqlite_store.get_job(1)).status is JobStatus.QUEUED
+    # job 2 runs in their channel: theirs to stop, even typed elsewhere (the bot knows the overwrite)
+    stopped = await fake.invoke_command("cancel", {"job": 2}, user=keeper, channel=general)
+    assert (
+        await reply_of(fake, stopped)
+        == f"Job #2 (started by <@{alice.id}>) is cancelled; it had not started."
+    )
 
 
 async def test_unexpected_errors_get_an_apology_with_an_id_and_are_logged(
