@@ -20,11 +20,12 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 MAX_ERROR_CHARS = 160  # of a failed job's error in `jobs list`
+CANCELLED_BY_OPERATOR = "by the operator"  # the reason a progress message shows
 
 
 @click.group()
 def jobs() -> None:
-    """Look at jobs, retry failed ones, free what old failed ones keep."""
+    """Look at jobs, cancel or retry them, free what old failed ones keep."""
 
 
 def _with_store(action: Callable[[JobStore], Awaitable[T]]) -> T:
@@ -141,6 +142,38 @@ def retry(job_ids: tuple[int, ...]) -> None:
     if refused:
         verb = "was" if refused == 1 else "were"
         raise click.ClickException(f"{refused} of {len(wanted)} jobs {verb} not retried (see above).")
+
+
+@jobs.command()
+@click.argument("job_ids", metavar="ID...", nargs=-1, required=True, type=click.IntRange(min=1))
+def cancel(job_ids: tuple[int, ...]) -> None:
+    """Cancel queued or running jobs, whoever started them (a server the bot left while it was
+    offline, a job hogging the GPUs): queued ones at once, running ones after their worker's current
+    step. Their progress messages say "by the operator". Exits 1 when any was not cancelled."""
+    from storage.errors import JobAlreadyFinished, JobNotFound
+
+    wanted = list(dict.fromkeys(job_ids))  # each once, in the order given
+
+    async def cancel_each(store: JobStore) -> list[str | None]:
+        outcomes: list[str | None] = []
+        for job_id in wanted:
+            try:
+                status = await store.request_cancel(job_id, None, reason=CANCELLED_BY_OPERATOR)
+            except JobNotFound:
+                outcomes.append(f"Job #{job_id} was not cancelled: there is no such job.")
+            except JobAlreadyFinished as exc:
+                outcomes.append(f"Job #{job_id} was not cancelled: it has already finished ({exc.status}).")
+            else:
+                outcomes.append(None)
+                done = "is cancelled" if status == JobStatus.CANCELLED else "stops after its current step"
+                click.echo(f"Job #{job_id} {done}.")
+        return outcomes
+
+    refused = [outcome for outcome in _with_store(cancel_each) if outcome is not None]
+    for outcome in refused:
+        click.echo(outcome, err=True)
+    if refused:
+        raise click.ClickException(f"{len(refused)} of {len(wanted)} jobs not cancelled (see above).")
 
 
 def _days(text: str) -> timedelta:

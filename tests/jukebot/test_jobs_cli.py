@@ -152,6 +152,37 @@ def test_an_unreachable_database_is_one_sentence(clean_env: Path, monkeypatch: p
 # ---------------------------------------------------------------------------- retry
 
 
+def test_cancel_stops_anyones_queued_or_running_jobs_and_names_the_others(database: str) -> None:
+    async def make(store: JobStore) -> tuple[int, int, int]:
+        done, _ = await finished_job(store)
+        running = await enqueue(store)
+        assert (await store.claim(WORKER, [MODEL], lease_seconds=60)) is not None
+        queued = await enqueue(store, user_id=USER + 1)
+        return running, queued, done
+
+    running, queued, done = with_store(database, make)
+    result = jobs("cancel", str(queued), str(running), str(done), "999", str(queued))
+
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Job #{queued} is cancelled.\n"
+        f"Job #{running} stops after its current step.\n"
+        f"Job #{done} was not cancelled: it has already finished (succeeded).\n"
+        "Job #999 was not cancelled: there is no such job.\n"
+        "Error: 2 of 4 jobs not cancelled (see above).\n"
+    )
+
+    async def states(store: JobStore) -> list[tuple[JobStatus, str | None]]:
+        found = [await store.get_job(job_id) for job_id in (running, queued, done)]
+        return [(job.status, job.error) for job in found]
+
+    assert with_store(database, states) == [
+        (JobStatus.CANCELLING, "by the operator"),  # its progress message says who
+        (JobStatus.CANCELLED, "by the operator"),
+        (JobStatus.SUCCEEDED, None),
+    ]
+
+
 def test_retry_queues_failed_and_cancelled_jobs_and_refuses_the_others(database: str) -> None:
     async def make(store: JobStore) -> tuple[int, int, int, int]:
         failed = await failed_job(store, b"windows 1-7", "out of memory")
