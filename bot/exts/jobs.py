@@ -37,6 +37,27 @@ class Jobs(commands.Cog):
         self.bot.remove_dynamic_items(*CANCEL_ITEMS)
 
     @commands.Cog.listener()
+    async def on_ready(self) -> None:
+        """Jobs of servers the bot is not in (removed while it was offline: no `on_guild_remove`)
+        would use GPU time for results nobody could see. The bot does not cancel them itself: another
+        bot (another token) on the same database may serve those servers. It tells the operator."""
+        try:
+            unfinished = await self.bot.store.unfinished_jobs()
+        except Exception:  # the database may be down at start; the relay says so soon enough
+            log.debug("could not look for jobs of servers this bot left", exc_info=True)
+            return
+        ours = {guild.id for guild in self.bot.guilds}
+        strays = [job.id for job in unfinished if job.guild_id is not None and job.guild_id not in ours]
+        if strays:
+            log.warning(
+                "jobs %s belong to servers this bot is not in (removed while it was offline?): they "
+                "run, but their results cannot be posted; if no other bot serves those servers, "
+                "`jukebot jobs cancel %s`",
+                ", ".join(f"#{job_id}" for job_id in strays),
+                " ".join(str(job_id) for job_id in strays),
+            )
+
+    @commands.Cog.listener()
     async def on_guild_remove(self, guild: discord.Guild) -> None:
         """Removed from a server: its jobs would use GPU time for results no one there could see."""
         stopped = await self.bot.store.cancel_guild_jobs(guild.id)

@@ -3,6 +3,10 @@ recovers their jobs when the leases run out: nothing shows "running" for ever, a
 
 from __future__ import annotations
 
+import logging
+
+import pytest
+
 from storage.models import JobStatus, utcnow
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
@@ -65,3 +69,38 @@ async def test_the_bot_recovers_the_jobs_of_a_worker_that_died(
     assert (
         await reply_of(fake, requeued) == f"Job #{first.id} is cancelled; it was waiting to be tried again."
     )
+
+
+async def test_the_bot_names_the_jobs_of_servers_it_was_removed_from_while_offline(
+    fake_discord: FakeDiscord,
+    bot_runner: BotRunner,
+    sqlite_store: JobStore,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """No `on_guild_remove` fires for a server that removed the bot while it was offline: at start
+    it tells the operator which jobs can never be posted, and how to cancel them."""
+    fake, store = fake_discord, sqlite_store
+    params = {"artist": "the beatles", "genre": "rock", "lyrics": "", "seconds": 20}
+    gone = await store.enqueue(
+        kind="generate", model="5b_lyrics", params=params, guild_id=4242, channel_id=4343, user_id=1
+    )
+    here = await store.enqueue(
+        kind="generate",
+        model="5b_lyrics",
+        params=params,
+        guild_id=fake.default_guild.id,
+        channel_id=fake.channel("general").id,
+        user_id=fake.user("alice").id,
+    )
+    with caplog.at_level(logging.WARNING, logger="bot.exts.jobs"):
+        await bot_runner.start(make_bot(fake, store))
+
+        async def warned() -> str | None:
+            return next((r.getMessage() for r in caplog.records if r.name == "bot.exts.jobs"), None)
+
+        message = await wait_until(warned, 10.0, "the warning about jobs of servers the bot left")
+    assert (
+        message.startswith(f"jobs #{gone} belong to servers this bot is not in") and f"#{here}" not in message
+    )
+    assert message.endswith(f"`jukebot jobs cancel {gone}`")
+    assert (await store.get_job(gone)).status is JobStatus.QUEUED  # told, not cancelled
