@@ -83,6 +83,9 @@ async def test_queue_history_top_and_sample(
     message = sample_message(fake, sample_id)
     assert message is not None
     await fake.click(message, f"jukebot:vote:{sample_id}", user=fake.user("bob"))
+    await fake.wait_for(
+        lambda: message.buttons[0]["label"] == "👍 1"
+    )  # the click answers before the vote is stored
 
     await reply_of(fake, await fake.invoke_command("jukebox", {}, user=fake.user("alice")))
     queue = await reply_of(fake, await fake.invoke_command("queue", user=fake.user("alice")))
@@ -122,6 +125,9 @@ async def test_history_and_top_name_each_style_of_a_sweep(
     relay_of(bot).poke()
     message = await fake.wait_for(when(lambda: sample_message(fake, second)))
     await fake.click(message, f"jukebot:vote:{second}", user=fake.user("bob"))
+    await fake.wait_for(
+        lambda: message.buttons[0]["label"] == "👍 1"
+    )  # the click answers before the vote is stored
 
     history = await reply_of(fake, await fake.invoke_command("history"))
     assert "Job #1 · generate · 5b · a sweep of 2 styles · succeeded" in history, history
