@@ -323,6 +323,11 @@ RETRYABLE_STATUSES = (JobStatus.FAILED, JobStatus.CANCELLED)
 MAX_JOB_ID = 2**31 - 1
 
 
+async def _sizes(connection: AsyncConnection, statement: Any) -> dict[int, int]:
+    """The (id, size) rows a `prune_finished` statement selects, as a dict."""
+    return {int(row[0]): int(row[1]) for row in await connection.execute(statement)}
+
+
 def _finished_before(table: Any, cutoff: datetime) -> ColumnElement[bool]:
     """The rows of `table` (jobs, or an alias) failed or cancelled before `cutoff`: never true for a row
     without a finish time, NOT of it neither NULL (three-valued logic would keep it out of both)."""
@@ -1221,13 +1226,13 @@ class JobStore:
         prime_sizes = select(primes.c.id, func.length(primes.c.pcm)).where(prime_prunable)
         if dry_run:
             async with self._reading() as connection:
-                checkpoints = {int(row[0]): int(row[1]) for row in await connection.execute(checkpoint_sizes)}
-                clips = {int(row[0]): int(row[1]) for row in await connection.execute(prime_sizes)}
+                checkpoints = await _sizes(connection, checkpoint_sizes)
+                clips = await _sizes(connection, prime_sizes)
         else:
             async with self._transaction() as connection:
                 await self._one_enqueue_at_a_time(connection)
-                checkpoints = {int(row[0]): int(row[1]) for row in await connection.execute(checkpoint_sizes)}
-                clips = {int(row[0]): int(row[1]) for row in await connection.execute(prime_sizes)}
+                checkpoints = await _sizes(connection, checkpoint_sizes)
+                clips = await _sizes(connection, prime_sizes)
                 # The same conditions again, in the statements that write: what they changed is what
                 # is counted (no IN list of ids, however many jobs there are).
                 dropped = await connection.execute(

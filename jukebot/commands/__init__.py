@@ -94,9 +94,9 @@ def database_problem(error: BaseException, settings: Settings) -> str | None:
         return specific
     shown = settings.database_url_for_display
     if isinstance(error, DBAPIError):
-        return f"The database at {shown} failed: {_first_line(error.orig)}."
+        return f"The database at {shown} failed: {first_line(error.orig)}."
     if isinstance(error, OSError):
-        return f"Cannot reach the database at {shown} ({_first_line(error)}): start it or fix DATABASE_URL."
+        return f"Cannot reach the database at {shown} ({first_line(error)}): start it or fix DATABASE_URL."
     return None
 
 
@@ -128,7 +128,7 @@ def specific_database_problem(error: BaseException, settings: Settings) -> str |
             )
         if code in _LOGIN_REFUSED:
             return (
-                f"Postgres refused user {url.username!r} ({_first_line(error.orig)}): "
+                f"Postgres refused user {url.username!r} ({first_line(error.orig)}): "
                 f"fix the user or password in DATABASE_URL ({shown})."
             )
         if settings.sqlite_path is not None and "file is not a database" in str(error.orig):
@@ -139,7 +139,8 @@ def specific_database_problem(error: BaseException, settings: Settings) -> str |
     return None
 
 
-def _first_line(error: object) -> str:
+def first_line(error: object) -> str:
+    """The first line of what `error` says, or its type's name when it says nothing."""
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__
 
@@ -171,7 +172,7 @@ def require_current_schema(settings: Settings, missing: str) -> str | None:
             raise click.ClickException(message) from None
         if not isinstance(exc, OSError | SQLAlchemyError):
             raise
-        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        reason = first_line(getattr(exc, "orig", None) or exc)
         raise click.ClickException(f"cannot reach the database at {where}: {reason}") from None
     if current != head:
         raise click.ClickException(

@@ -1,4 +1,4 @@
-"""`jukebot jobs …`: look at jobs, put failed ones back in the queue, free what old ones keep."""
+"""`jukebot jobs …`: look at jobs, cancel them, put failed ones back in the queue, free what old ones keep."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import click
 
-from jukebot.commands import database_problem, require_current_schema, settings_or_exit
+from jukebot.commands import database_problem, first_line, require_current_schema, settings_or_exit
 from jukebot.settings import Settings
 from storage.models import JobStatus
 
@@ -61,7 +61,7 @@ def _database_problem(error: Exception, settings: Settings) -> str | None:
 
     message = database_problem(error, settings)
     if message is None and isinstance(error, SQLAlchemyError):
-        reason = str(getattr(error, "orig", None) or error).splitlines()[0]
+        reason = first_line(getattr(error, "orig", None) or error)
         message = f"the database at {settings.database_url_for_display} failed: {reason}"
     return message
 

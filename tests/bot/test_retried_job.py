@@ -9,7 +9,7 @@ import pytest
 
 from bot.progress import MARK_DONE, MARK_FAILED
 from storage.models import JobStatus
-from storage.records import Job
+from storage.records import ClaimedJob, Job
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
 from tests.bot.fake_discord import FakeDiscord
@@ -27,16 +27,27 @@ from tests.bot.harness import (
 __all__ = ["sqlite_store"]
 
 
+async def _failed_job(
+    fake: FakeDiscord, store: JobStore, reason: str, checkpoint: bytes | None = None
+) -> tuple[PlayedWorker, ClaimedJob]:
+    """/jukebox, then a played worker takes the job (saves `checkpoint`) and gives it up."""
+    await queue_song(fake)
+    worker = PlayedWorker(store)
+    job = await worker.claim()
+    if checkpoint is not None:
+        await store.save_checkpoint(job.id, worker.worker_id, checkpoint)
+    await store.fail(job.id, worker.worker_id, reason)
+    return worker, job
+
+
 async def test_a_retried_job_runs_again_from_its_checkpoint_and_its_results_go_out(
     fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
 ) -> None:
     fake, store = fake_discord, sqlite_store
     bot = await bot_runner.start(make_bot(fake, store))
-    await queue_song(fake)
-    worker = PlayedWorker(store)
-    job = await worker.claim()
-    await store.save_checkpoint(job.id, worker.worker_id, b"two windows of codes")
-    await store.fail(job.id, worker.worker_id, "The model file is damaged; the operator was told.")
+    worker, job = await _failed_job(
+        fake, store, "The model file is damaged; the operator was told.", b"two windows of codes"
+    )
     await relay_of(bot).run_pass()
     failed = await fake.wait_for(when(lambda: progress_message(fake, job.id)))
     assert MARK_FAILED in failed.content
@@ -63,10 +74,7 @@ async def test_a_job_retried_while_the_relay_lists_it_is_left_to_run_without_an_
     """The relay lists the failed job, then the operator's retry lands before it claims the results."""
     fake, store = fake_discord, sqlite_store
     bot = await bot_runner.start(make_bot(fake, store))
-    await queue_song(fake)
-    worker = PlayedWorker(store)
-    job = await worker.claim()
-    await store.fail(job.id, worker.worker_id, "out of memory")
+    _, job = await _failed_job(fake, store, "out of memory")
     listing = store.finished_jobs_unposted
 
     async def listed_then_retried(guild_id: int, limit: int) -> list[Job]:
