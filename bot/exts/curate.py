@@ -20,7 +20,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import curating, delivery
-from bot.actions import guild_id_of
+from bot.actions import check_bot_can_post, guild_id_of
 from bot.bot import JukeBot, user_message
 from bot.errors import fit_message
 from bot.options import JobId
@@ -117,6 +117,7 @@ class Curate(commands.Cog):
     async def _curate(
         self, interaction: discord.Interaction[JukeBot], guild_id: int, selection: curating.Selection
     ) -> None:
+        check_bot_can_post(interaction)  # before minutes of joining: the piece is posted here
         store = self.bot.store
         max_count = self.bot.settings.max_curate_samples
         sample_ids = await curating.resolve(store, guild_id, selection, max_count)
@@ -147,7 +148,19 @@ class Curate(commands.Cog):
             sample=curating.piece_sample(piece),
         )
         interaction.extras["job_id"] = job_id
-        await self._post(interaction, guild_id, job_id, sample_id, piece)
+        try:
+            await self._post(interaction, guild_id, job_id, sample_id, piece)
+        except discord.HTTPException as exc:
+            # Stored already (the relay never posts a piece): say where it is, not "something went wrong".
+            log.warning(
+                "could not post curated sample %s in channel %s: %s", sample_id, interaction.channel_id, exc
+            )
+            said = (exc.text.splitlines() or [str(exc.status)])[0]
+            await interaction.edit_original_response(
+                content=f"Sample #{sample_id} is made and stored, but I could not post it in this channel "
+                f"(Discord said: {said}). `/sample {sample_id}` posts it where I may."
+            )
+            return
         await interaction.edit_original_response(
             content=f"Done: sample #{sample_id} is posted in this channel "
             f"(similarity: {piece.similarity.description})."

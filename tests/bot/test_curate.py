@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import cast
 
+import discord
 import numpy as np
 import pytest
 from PIL import Image
@@ -301,3 +302,46 @@ async def test_a_piece_over_the_upload_limit_goes_out_in_parts_that_each_fit(
     audio = [a for m in posted for a in m.attachments if not a.filename.endswith(".png")]
     heard = sum(decode_audio(a.data, max_seconds=None, silence_threshold_db=None).shape[0] for a in audio)
     assert abs(heard / SAMPLE_RATE - piece.duration_seconds) < 0.5
+
+
+async def test_curate_is_refused_at_once_where_the_bot_cannot_post_the_piece(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    fake, store = fake_discord, sqlite_store
+    await bot_runner.start(make_bot(fake, store))
+    await made_job(fake, store, 3)
+    music = fake.channel("music")
+    music.bot_denied = discord.Permissions(attach_files=True).value
+    jobs_before = await job_count(store)
+
+    reply = await final_reply(fake, await fake.invoke_command("curate", {"job": 1}, channel=music))
+
+    assert reply.startswith("I cannot post results in this channel: I am missing the Attach Files permission")
+    assert await job_count(store) == jobs_before  # nothing joined, nothing stored
+    assert not bot_messages(fake, "music")
+
+
+async def test_a_piece_discord_refuses_to_take_is_kept_and_the_reply_says_how_to_get_it(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    fake, store = fake_discord, sqlite_store
+    await bot_runner.start(make_bot(fake, store))
+    await made_job(fake, store, 3)
+    before = len(bot_messages(fake))
+    # The channel goes away (or the bot's access to it) while the samples are joined.
+    fake.fail_next(
+        "POST", "/channels/{channel_id}/messages", status=403, code=50001, message="Missing Access"
+    )
+
+    reply = await final_reply(fake, await fake.invoke_command("curate", {"job": 1}))
+
+    assert reply == (
+        "Sample #4 is made and stored, but I could not post it in this channel (Discord said: Missing "
+        "Access). `/sample 4` posts it where I may."
+    )
+    piece = await store.get_sample(4)
+    assert (await store.get_job(piece.job_id)).kind == JobKind.CURATE and piece.audio
+    assert len(bot_messages(fake)) == before
+    resent = await fake.invoke_command("sample", {"id": 4}, channel=fake.channel("music"))
+    await fake.wait_for(lambda: resent.original is not None and not resent.original.loading)
+    assert bot_messages(fake, "music")[-1].content.startswith("**Sample #4** · job #2 by ")
