@@ -40,6 +40,12 @@ TRUNCATION_SLACK_SECONDS = 0.1
 # Sample rates real recordings use; a header outside them is damaged or crafted (2**31 - 1 Hz made the
 # resampler try to allocate gigabytes).
 MIN_SOURCE_RATE, MAX_SOURCE_RATE = 4_000, 768_000
+# FFmpeg's resampler takes at most this many channels (SWR_CH_MAX); more is refused by name.
+MAX_SOURCE_CHANNELS = 64
+# The demuxers (FFmpeg's names) a file may be opened with. Left to itself FFmpeg tries every demuxer it
+# has, and some read other files: `concat` turned a 50-byte text attachment into the audio of a file on
+# the bot's disk. `mov` reads MP4/M4A, `matroska` WebM, `asf` WMA.
+AUDIO_DEMUXERS = "wav,w64,aiff,flac,ogg,mp3,aac,mov,matroska,caf,au,ape,wv,amr,asf,tta"
 
 AudioSource = bytes | bytearray | memoryview | str | os.PathLike[str]
 OutputFormat = Literal["ogg", "mp3"]
@@ -83,6 +89,10 @@ class ImpossibleSampleRate(CorruptAudio):
             f"({MIN_SOURCE_RATE:,} to {MAX_SOURCE_RATE:,} Hz are accepted): the file is damaged. "
             "Export it again and re-attach it."
         )
+
+
+class UnsupportedAudio(AudioError):
+    """Real audio in a shape the decoder cannot take (no decoder for its codec, too many channels)."""
 
 
 class EmptyAudio(AudioError):
@@ -306,7 +316,7 @@ def _open(data: bytes) -> tuple[av.container.InputContainer, av.AudioStream]:
         raise EmptyAudio("The file is empty (0 bytes). Attach an audio file.")
     sniffed = _sniff_audio(head)
     try:
-        container = av.open(io.BytesIO(data), mode="r")
+        container = av.open(io.BytesIO(data), mode="r", options={"format_whitelist": AUDIO_DEMUXERS})
     except (av.error.FFmpegError, ValueError) as exc:
         if sniffed is not None:
             raise CorruptAudio(
@@ -321,11 +331,25 @@ def _open(data: bytes) -> tuple[av.container.InputContainer, av.AudioStream]:
         raise _not_audio(head, detail)
     stream = container.streams.audio[0]
     try:
+        if stream.codec_context is None:  # FFmpeg knows the container but has no decoder for the codec
+            raise UnsupportedAudio(
+                f"This file's sound is in a codec I cannot decode. Convert it to {_ACCEPTED_FORMATS} and "
+                "attach it again."
+            )
         _check_sample_rate(int(stream.codec_context.sample_rate or 0))
-    except ImpossibleSampleRate:
+        _check_channels(int(stream.codec_context.channels or 0))
+    except AudioError:
         container.close()
         raise
     return container, stream
+
+
+def _check_channels(channels: int) -> None:
+    if channels > MAX_SOURCE_CHANNELS:
+        raise UnsupportedAudio(
+            f"This file has {channels} audio channels; I take at most {MAX_SOURCE_CHANNELS}. Mix it down "
+            "to mono or stereo and attach it again."
+        )
 
 
 def _check_sample_rate(sample_rate: int) -> None:
@@ -469,6 +493,15 @@ def decode_audio(
             if max_samples is not None and max_seconds is not None and n_samples > max_samples:
                 raise AudioTooLong(max_seconds, n_samples / sample_rate, at_least=True)
 
+        def resample(frame: av.AudioFrame | None) -> list[av.AudioFrame]:
+            try:
+                return resampler.resample(frame)
+            except av.error.FFmpegError as exc:
+                raise CorruptAudio(
+                    "The audio stream could not be converted (its channel layout or sample format is "
+                    "damaged). Export the file again and re-attach it."
+                ) from exc
+
         input_shape: tuple[str, str, int] | None = None
         for frame in _frames(container, stream):
             shape = (frame.format.name, frame.layout.name, frame.sample_rate)
@@ -476,13 +509,20 @@ def decode_audio(
                 # A stream may change layout or rate midway (joined MP3s, radio rips); a resampler
                 # serves one input shape, so flush it and start another.
                 if input_shape is not None:
-                    take(resampler.resample(None))
+                    take(resample(None))
                     resampler = av.AudioResampler(format="flt", rate=sample_rate)
                 _check_sample_rate(frame.sample_rate)
+                _check_channels(len(frame.layout.channels))
                 input_shape = shape
+            if max_samples is not None and max_seconds is not None:
+                # Refused before it is resampled: one frame may hold minutes (a Matroska block of raw
+                # PCM whose header says 1 s), which resampled to float would take gigabytes.
+                coming = math.ceil(frame.samples * sample_rate / frame.sample_rate)
+                if n_samples + coming > max_samples:
+                    raise AudioTooLong(max_seconds, (n_samples + coming) / sample_rate, at_least=True)
             frame.pts = None  # the resampler only needs samples; broken timestamps must not stop it
-            take(resampler.resample(frame))
-        take(resampler.resample(None))
+            take(resample(frame))
+        take(resample(None))
 
     if n_samples == 0:
         if header_seconds is not None and header_seconds > TRUNCATION_SLACK_SECONDS:

@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -37,6 +38,28 @@ _decoder_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Sem
 )
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])  # so the child imports this very code
 _STDERR_TAIL_CHARS = 2000
+# What the child's environment keeps: what an interpreter needs, not the bot's secrets (DISCORD_TOKEN,
+# DATABASE_URL), since the child runs FFmpeg on hostile bytes.
+_CHILD_ENVIRONMENT = (
+    "PATH",
+    "PYTHONHOME",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TMPDIR",
+    "TEMP",
+    "TMP",
+    "SYSTEMROOT",
+)
+# The child's data memory: an interpreter with FFmpeg and numpy writes ~0.1 GiB, decoding keeps the file
+# and a few float copies of the clip. A file that would take more (a decoder bomb the checks missed) meets
+# MemoryError in the child, not the machine's OOM killer, which might pick a GPU worker. RLIMIT_DATA, not
+# RLIMIT_AS: thread arenas and stacks reserve address space by the core count without using it.
+_CHILD_BASE_BYTES = 2 << 30
+_CHILD_BYTES_PER_SECOND = audio.SAMPLE_RATE * 4 * 16
+_CHILD_COPIES_OF_FILE = 4
+# One thread for BLAS: the child sums a clip, it needs no pool (nor its per-thread buffers).
+_CHILD_SETTINGS = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 # The errors a child may report by name; anything else it raises is a crash.
 _ERRORS: dict[str, type[AudioError]] = {
     cls.__name__: cls
@@ -44,6 +67,7 @@ _ERRORS: dict[str, type[AudioError]] = {
         audio.NotAudio,
         audio.CorruptAudio,
         audio.ImpossibleSampleRate,
+        audio.UnsupportedAudio,
         audio.EmptyAudio,
         audio.SilentAudio,
         audio.AudioTooLong,
@@ -110,7 +134,8 @@ async def _run_child(
 ) -> tuple[dict[str, Any], bytes]:
     timeout = DECODE_TIMEOUT_S if timeout_s is None else timeout_s
     inherited = os.environ.get("PYTHONPATH")
-    env = os.environ | {"PYTHONPATH": os.pathsep.join(p for p in (inherited, _PACKAGE_ROOT) if p)}
+    env = {key: os.environ[key] for key in _CHILD_ENVIRONMENT if key in os.environ}
+    env |= _CHILD_SETTINGS | {"PYTHONPATH": os.pathsep.join(p for p in (inherited, _PACKAGE_ROOT) if p)}
     child = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -160,11 +185,37 @@ def _exit_reason(returncode: int) -> str:
     return f"failed (exit status {returncode})"
 
 
+def memory_limit_bytes(max_seconds: float | None, file_bytes: int) -> int | None:
+    """The child's data-memory limit for a file of `file_bytes` and clips of at most `max_seconds`
+    (None: no limit)."""
+    if max_seconds is None:
+        return None
+    return (
+        _CHILD_BASE_BYTES
+        + _CHILD_COPIES_OF_FILE * file_bytes
+        + math.ceil(max_seconds * _CHILD_BYTES_PER_SECOND)
+    )
+
+
+def _limit_memory(limit: int | None) -> None:
+    try:  # Unix only
+        import resource
+    except ImportError:
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    if limit is None or (soft != resource.RLIM_INFINITY and soft <= limit):
+        return  # a tighter limit set by the operator stays
+    resource.setrlimit(
+        resource.RLIMIT_DATA, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard)
+    )
+
+
 def _child_main(op: str, options_json: str) -> None:
     """In the child: decode stdin, answer on stdout. Unexpected exceptions exit non-zero with a traceback."""
     options = json.loads(options_json)
     data = sys.stdin.buffer.read()
     out = sys.stdout.buffer
+    _limit_memory(memory_limit_bytes(options.get("max_seconds"), len(data)))
     try:
         if op == "probe":
             info = audio.probe(data, max_seconds=options["max_seconds"], prefix=options["prefix"])
@@ -177,7 +228,15 @@ def _child_main(op: str, options_json: str) -> None:
             raise SystemExit(f"unknown operation {op!r}")
     except AudioError as exc:
         out.write(json.dumps({"error": type(exc).__name__, "message": str(exc)}).encode() + b"\n")
+    except MemoryError:
+        out.write(json.dumps({"error": "CorruptAudio", "message": _TOO_MUCH_MEMORY}).encode() + b"\n")
     out.flush()
+
+
+_TOO_MUCH_MEMORY = (
+    "Decoding this file took far more memory than a clip of its length needs: it is damaged or "
+    "crafted. Export it again and re-attach it."
+)
 
 
 if __name__ == "__main__":

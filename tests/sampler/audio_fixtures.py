@@ -214,11 +214,28 @@ def multichannel(fmt: str, channels: int, seconds: float = 1.0) -> tuple[bytes, 
     return _soundfile_bytes(planar, SAMPLE_RATE, container, "PCM_16"), planar.mean(axis=0)
 
 
-def wav_with_header(sample_rate: int, pcm: bytes, *, claimed_bytes: int | None = None) -> bytes:
-    """A 16-bit mono PCM WAV written by hand, so the header can lie: any sample rate, and a data
-    chunk claiming `claimed_bytes` (e.g. hours) while holding only `pcm`."""
+def wav_with_header(
+    sample_rate: int,
+    pcm: bytes,
+    *,
+    claimed_bytes: int | None = None,
+    channels: int = 1,
+    bits_per_sample: int = 16,
+) -> bytes:
+    """A PCM WAV (16-bit mono unless told) written by hand, so the header can lie: any sample rate,
+    channel count or sample width, and a data chunk claiming `claimed_bytes` (e.g. hours) while
+    holding only `pcm`."""
     size = len(pcm) if claimed_bytes is None else claimed_bytes
-    fmt = struct.pack("<HHIIHH", 1, 1, sample_rate, (sample_rate * 2) & 0xFFFFFFFF, 2, 16)
+    block_align = channels * bits_per_sample // 8
+    fmt = struct.pack(
+        "<HHIIHH",
+        1,
+        channels,
+        sample_rate,
+        (sample_rate * block_align) & 0xFFFFFFFF,
+        block_align,
+        bits_per_sample,
+    )
     riff = struct.pack("<I", (36 + size) & 0xFFFFFFFF)
     return (
         b"RIFF" + riff + b"WAVEfmt " + struct.pack("<I", 16) + fmt + b"data" + struct.pack("<I", size) + pcm

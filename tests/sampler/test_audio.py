@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import io
 import itertools
+import struct
 import wave
+from fractions import Fraction
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import soundfile
@@ -22,6 +25,7 @@ from sampler.audio import (
     EmptyAudio,
     NotAudio,
     SilentAudio,
+    UnsupportedAudio,
     decode_audio,
     encode_audio,
     encode_to_fit,
@@ -41,6 +45,7 @@ from tests.sampler.audio_fixtures import (
     png_bytes,
     signal,
     sine,
+    wav_with_header,
     wav_with_zero_frames,
     white_noise,
 )
@@ -314,6 +319,77 @@ def test_too_long_while_decoding_despite_a_lying_header() -> None:
     assert caught.value.at_least and 2.05 < caught.value.actual_seconds < 2.3
     assert f"at least {caught.value.actual_seconds:.1f} s long" in str(caught.value)
     assert "limit is 2 s" in str(caught.value)
+
+
+def _matroska_pcm_claiming_one_second(seconds: float, rate: int = 4_000) -> bytes:
+    """Raw 8-bit PCM in ONE Matroska block (one decoded frame of `seconds`), the Segment's Duration
+    patched to 1 s: header and prefix checks pass, and a 24 MB file of this decoded to 7.6 GB."""
+    samples = int(seconds * rate)
+    tone = (np.sin(2 * np.pi * 440 * np.arange(samples) / rate) * 100 + 128).astype(np.uint8)
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="matroska") as container:
+        stream = container.add_stream("pcm_u8", rate=rate, layout="mono")
+        frame = av.AudioFrame.from_ndarray(tone[None, :], format="u8", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = rate, 0, Fraction(1, rate)
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    data = bytearray(buffer.getvalue())
+    duration = data.find(b"\x44\x89")  # EBML id of Duration, in milliseconds
+    size = {0x88: 8, 0x84: 4}[data[duration + 2]]
+    data[duration + 3 : duration + 3 + size] = struct.pack(">d" if size == 8 else ">f", 1000.0)
+    return bytes(data)
+
+
+def test_one_huge_frame_is_refused_before_it_is_resampled(monkeypatch: pytest.MonkeyPatch) -> None:
+    bomb = _matroska_pcm_claiming_one_second(600.0)
+    assert probe(bomb, max_seconds=60).duration_seconds == pytest.approx(1.0)
+    resampled = 0
+    real_resampler = av.AudioResampler
+
+    class CountingResampler:
+        def __init__(self, **kwargs: object) -> None:
+            self._real = real_resampler(**kwargs)
+
+        def resample(self, frame: av.AudioFrame | None) -> list[av.AudioFrame]:
+            nonlocal resampled
+            resampled += 0 if frame is None else frame.samples
+            return self._real.resample(frame)
+
+    monkeypatch.setattr(av, "AudioResampler", CountingResampler)
+    with pytest.raises(AudioTooLong, match=r"at least 600\.0 s long, but the limit is 60 s") as caught:
+        decode_audio(bomb, max_seconds=60)
+    assert caught.value.at_least
+    assert resampled == 0  # 600 s of floats at 44.1 kHz were never made
+
+
+def test_a_playlist_naming_files_on_this_machine_is_not_audio(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FFmpeg's `concat` demuxer would read the files a text attachment names (relative to the bot's
+    working directory): only audio demuxers may open a file."""
+    (tmp_path / "secret.wav").write_bytes(fixture_bytes("sine", "wav"))
+    monkeypatch.chdir(tmp_path)
+    playlist = b"ffconcat version 1.0\nfile secret.wav\n"
+    for read in (decode_audio, probe):
+        with pytest.raises(NotAudio, match=r"This file is not audio \(it looks like a text file\)"):
+            read(playlist)
+
+
+@pytest.mark.parametrize("channels", [65, 512])
+def test_more_channels_than_the_resampler_takes_are_refused_by_count(channels: int) -> None:
+    pcm = np.zeros((SAMPLE_RATE // 10, channels), dtype="<i2").tobytes()
+    data = wav_with_header(SAMPLE_RATE, pcm, channels=channels)
+    message = f"This file has {channels} audio channels; I take at most 64. Mix it down"
+    for read in (decode_audio, probe):
+        with pytest.raises(UnsupportedAudio, match=message):
+            read(data)
+
+
+def test_a_codec_with_no_decoder_is_refused_as_such() -> None:
+    data = wav_with_header(SAMPLE_RATE, b"\0" * 1000, bits_per_sample=0)  # no PCM codec has 0 bits
+    for read in (decode_audio, probe):
+        with pytest.raises(UnsupportedAudio, match="in a codec I cannot decode"):
+            read(data)
 
 
 def test_length_at_the_limit_passes() -> None:

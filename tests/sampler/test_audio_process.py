@@ -4,6 +4,7 @@ cross the boundary intact, and a decoder that crashes, hangs or dies costs one a
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from sampler.audio import (
     CorruptAudio,
     ImpossibleSampleRate,
     NotAudio,
+    UnsupportedAudio,
     decode_audio,
     probe,
 )
@@ -80,6 +82,38 @@ async def test_impossible_sample_rates_are_refused_by_header_and_decode(rate: in
     with pytest.raises(ImpossibleSampleRate, match=expected):  # 2**31 - 1 was a MemoryError here
         await decode_in_child(data)
     assert issubclass(ImpossibleSampleRate, CorruptAudio)  # the bot calls the file damaged
+
+
+async def test_an_unsupported_file_is_refused_by_name_not_as_a_decoder_crash() -> None:
+    """65 channels raised inside FFmpeg's resampler: the child exited 1 and the user read "the decoder
+    failed"."""
+    data = wav_with_header(SAMPLE_RATE, np.zeros((4410, 65), dtype="<i2").tobytes(), channels=65)
+    with pytest.raises(UnsupportedAudio, match="This file has 65 audio channels; I take at most 64"):
+        await decode_in_child(data)
+
+
+async def test_the_child_gets_no_secrets_and_a_memory_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The child runs FFmpeg on hostile bytes: it must not hold the bot's token or database password,
+    and a decoder bomb must meet MemoryError in it, not the machine's OOM killer."""
+    monkeypatch.setenv("DISCORD_TOKEN", "secret-token")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://jukebot:secret@db/jukebot")
+    seen = tmp_path / "seen.json"
+    report = f"""
+import atexit, json, os, resource
+def report():
+    limit = resource.getrlimit(resource.RLIMIT_DATA)[0]
+    open({str(seen)!r}, "w").write(json.dumps({{"environ": sorted(os.environ), "data_limit": limit}}))
+atexit.register(report)
+"""
+    _dying_interpreter(tmp_path, monkeypatch, textwrap.dedent(report))
+    data = fixture_bytes("sine", "wav")
+    await decode_in_child(data, max_seconds=60.0)
+    child = json.loads(seen.read_text())
+    assert "DISCORD_TOKEN" not in child["environ"] and "DATABASE_URL" not in child["environ"]
+    assert child["data_limit"] == audio_process.memory_limit_bytes(60.0, len(data))
+    assert child["data_limit"] < 3 << 30
 
 
 def _dying_interpreter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: str) -> None:
