@@ -24,6 +24,13 @@ READ_ONLY = "jukebot_read_only"
 # wait on a lock wait for short transactions); workers bound their calls more tightly (to the lease).
 POSTGRES_CONNECT_TIMEOUT_SECONDS = 10.0
 POSTGRES_STATEMENT_TIMEOUT_SECONDS = 60.0
+# Postgres, the server's side of the same: a client that vanished mid-transaction (power lost, a NAT
+# that forgot the flow: no FIN or RST ever arrives) would keep its locks, the claim lock among them,
+# until the server's TCP keepalive gives up (2 h 11 min by default), and every claim would wait.
+# Our transactions never idle between statements, so the server ends one that does after this, and
+# probes an idle connection's peer after POSTGRES_KEEPALIVE_SECONDS of quiet (three probes, that apart).
+POSTGRES_IDLE_IN_TRANSACTION_SECONDS = 60.0
+POSTGRES_KEEPALIVE_SECONDS = 20
 
 
 def create_engine(
@@ -45,7 +52,8 @@ def create_engine(
 
     Postgres gets a pre-ping on checkout and time limits on connecting and on each statement
     (asyncpg's `timeout` and `command_timeout`, overridable through `connect_args`): a call on a
-    connection that went silent raises TimeoutError, and the connection is discarded, not reused.
+    connection that went silent raises TimeoutError, and the connection is discarded, not reused;
+    and server-side limits for a client that vanished (`_bound_postgres_sessions`).
     """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
@@ -55,7 +63,10 @@ def create_engine(
             connect_args.setdefault("timeout", POSTGRES_CONNECT_TIMEOUT_SECONDS)
             if bounded_statements:
                 connect_args.setdefault("command_timeout", POSTGRES_STATEMENT_TIMEOUT_SECONDS)
-        return create_async_engine(url, **kwargs)
+        engine = create_async_engine(url, **kwargs)
+        if bounded_statements and parsed.get_backend_name() == "postgresql":
+            event.listen(engine.sync_engine, "connect", _bound_postgres_sessions)
+        return engine
 
     if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
         Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
@@ -81,6 +92,22 @@ def create_engine(
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
+
+
+def _bound_postgres_sessions(dbapi_connection: Any, _record: Any) -> None:
+    """Server-side limits for a session whose client vanished (see POSTGRES_IDLE_IN_TRANSACTION_SECONDS).
+
+    Set by a statement, not as startup parameters, which a pooler such as PgBouncer refuses."""
+    idle_ms = round(POSTGRES_IDLE_IN_TRANSACTION_SECONDS * 1000)
+    settings = {
+        "idle_in_transaction_session_timeout": idle_ms,
+        "tcp_keepalives_idle": POSTGRES_KEEPALIVE_SECONDS,
+        "tcp_keepalives_interval": POSTGRES_KEEPALIVE_SECONDS,
+        "tcp_keepalives_count": 3,
+    }
+    calls = ", ".join(f"set_config('{name}', '{value}', false)" for name, value in settings.items())
+    # On the driver's own connection, outside any transaction: a transaction's rollback would undo it.
+    dbapi_connection.run_async(lambda connection: connection.execute(f"SELECT {calls}"))
 
 
 def _use_wal(cursor: Any) -> None:

@@ -965,6 +965,10 @@ class JobStore:
                         jobs.c.lease_expires_at < expired_before,
                     )
                     .order_by(jobs.c.id)
+                    # A row another transaction holds (its worker's write in flight, or a client that
+                    # vanished mid-write, until the server ends it) waits for a later pass; the others
+                    # are recovered now.
+                    .with_for_update(skip_locked=True)
                 )
             ).all()
             for job in expired:
