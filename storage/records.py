@@ -76,7 +76,8 @@ class Job:
 
 @dataclass(frozen=True, slots=True)
 class ClaimedJob(Job):
-    """What a worker gets from `claim`: the job plus the checkpoint to resume from."""
+    """What a worker gets from `claim`: the job plus the checkpoint to resume from (None when it has
+    none, or when the claim left it out: `has_checkpoint` then says whether there is one)."""
 
     checkpoint: bytes | None
 

@@ -120,6 +120,7 @@ JOB_COLUMNS = [
     PARAMS_TEXT if column.name == "params" else column for column in jobs.c if column.name != "checkpoint"
 ] + [jobs.c.checkpoint.is_not(None).label("has_checkpoint")]
 CLAIMED_JOB_COLUMNS = [*JOB_COLUMNS, jobs.c.checkpoint]
+CLAIMED_JOB_COLUMNS_WITHOUT_BLOB = [*JOB_COLUMNS, func.length(jobs.c.checkpoint).label("checkpoint_bytes")]
 SAMPLE_INFO_COLUMNS = [
     column for column in samples.c if column.name not in {"audio", *(f"codes_level_{i}" for i in CODE_LEVELS)}
 ]
@@ -187,9 +188,13 @@ def _job(row: Row[Any]) -> Job:
 
 def _claimed_job(row: Row[Any]) -> ClaimedJob:
     values = dict(row._mapping)
-    # From the checkpoint itself: SQLite (3.40) answers `checkpoint IS NOT NULL` in a RETURNING
-    # clause with true for a NULL checkpoint.
-    values["has_checkpoint"] = values["checkpoint"] is not None
+    # From the checkpoint (or its length) itself: SQLite (3.40) answers `checkpoint IS NOT NULL` in a
+    # RETURNING clause with true for a NULL checkpoint.
+    if "checkpoint_bytes" in values:
+        values["has_checkpoint"] = values.pop("checkpoint_bytes") is not None
+        values["checkpoint"] = None
+    else:
+        values["has_checkpoint"] = values["checkpoint"] is not None
     return ClaimedJob(**_job_fields(values))
 
 
@@ -574,8 +579,13 @@ class JobStore:
         lease_seconds: float,
         *,
         orphaned_by: Collection[str] = (),
+        with_checkpoint: bool = True,
     ) -> ClaimedJob | None:
         """Take the next job for one of `models`, or None when there is none.
+
+        `with_checkpoint=False` leaves the checkpoint (up to megabytes) out of the answer: the caller
+        reads it with `get_checkpoint` once the job is its own, and `has_checkpoint` says whether to.
+        A worker does, so that the claim, which serialises every worker's claims, stays small.
 
         A queued job waits while its user has as many jobs running in its server as the limit it
         was queued with (`enqueue(max_running_per_user=…)`): later jobs, other users' first, go
@@ -637,7 +647,7 @@ class JobStore:
                 started_at=func.coalesce(jobs.c.started_at, literal(now, UTCDateTime())),
                 updated_at=now,
             )
-            .returning(*CLAIMED_JOB_COLUMNS)
+            .returning(*(CLAIMED_JOB_COLUMNS if with_checkpoint else CLAIMED_JOB_COLUMNS_WITHOUT_BLOB))
         )
         async with self._transaction() as connection:
             if self.engine.dialect.name == "postgresql":

@@ -572,8 +572,15 @@ class Worker:
                 try:
                     orphaned_by = await self._gone_predecessors()
                     job = await self._call(
+                        # The checkpoint comes later, under the bulk time limit (`_task_for`): read in the
+                        # claim, megabytes over a slow link outlasted the claim's limit at every try,
+                        # and no job behind it was ever claimed.
                         self.store.claim(
-                            self.worker_id, models, self.config.lease_seconds, orphaned_by=orphaned_by
+                            self.worker_id,
+                            models,
+                            self.config.lease_seconds,
+                            orphaned_by=orphaned_by,
+                            with_checkpoint=False,
                         )
                     )
                     self._database_back()
@@ -735,7 +742,7 @@ class Worker:
             job.model,
             self.worker_id,
             job.attempts + 1,
-            ", resuming from a checkpoint" if job.checkpoint else "",
+            ", resuming from a checkpoint" if job.has_checkpoint else "",
         )
         helpers = [
             asyncio.create_task(self._heartbeat_loop(run)),
@@ -822,7 +829,10 @@ class Worker:
     async def _task_for(self, job: ClaimedJob) -> JobTask:
         parent = None if job.parent_sample_id is None else await self.store.get_sample(job.parent_sample_id)
         prime = None if job.prime_id is None else await self.store.get_prime(job.prime_id)
-        return JobTask(job=job, checkpoint=job.checkpoint, parent=parent, prime=prime)
+        checkpoint = job.checkpoint
+        if checkpoint is None and job.has_checkpoint:
+            checkpoint = await self.store.get_checkpoint(job.id)  # ours now: only we write it
+        return JobTask(job=job, checkpoint=checkpoint, parent=parent, prime=prime)
 
     async def _fail(self, run: _Run, reason: str) -> JobOutcome:
         await self._flush_progress(run)

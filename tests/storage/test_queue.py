@@ -191,6 +191,25 @@ async def test_cancelling_job_whose_worker_died_becomes_cancelled(store: JobStor
     assert job.status is JobStatus.CANCELLED and job.attempts == 0
 
 
+async def test_a_claim_without_the_checkpoint_says_whether_there_is_one(
+    store: JobStore, clock: FakeClock
+) -> None:
+    with_one = await enqueue(store, user_id=USER)
+    without = await enqueue(store, user_id=USER + 1)
+    await claim(store, "gpu-0", lease=30)
+    await store.save_checkpoint(with_one, "gpu-0", b"codes" * 1000)
+    clock.advance(31)
+    assert await store.requeue_expired() == [(with_one, JobStatus.QUEUED)]
+
+    first = await store.claim("gpu-1", [MODEL], lease_seconds=30, with_checkpoint=False)
+    assert first is not None and first.id == with_one
+    assert first.has_checkpoint and first.checkpoint is None
+    assert await store.get_checkpoint(with_one) == b"codes" * 1000
+    second = await store.claim("gpu-2", [MODEL], lease_seconds=30, with_checkpoint=False)
+    assert second is not None and second.id == without
+    assert not second.has_checkpoint and second.checkpoint is None
+
+
 async def test_release_requeues_without_an_attempt_and_keeps_the_checkpoint(store: JobStore) -> None:
     job_id = await enqueue(store)
     await claim(store, "gpu-0")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -14,15 +15,13 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import make_url
 
-from sampler.worker.contract import DeviceSpec
+from sampler.worker.contract import DeviceSpec, JobTask, ProgressReporter, StopCheck
 from sampler.worker.runtime import JobOutcome, Worker
-from storage import JobStatus, JobStore, create_engine
+from storage import JobStatus, JobStore, NewSample, create_engine
 from tests.holding import EventGate, HoldingRunner
 from tests.sampler.worker import test_runtime
 from tests.sampler.worker.test_runtime import EVERY_CHECKPOINT, assert_sampled_once_and_stored, claim, enqueue
-from tests.sampler.worker.toy_runner import (
-    ToyRunner,
-)
+from tests.sampler.worker.toy_runner import ToyRunner
 from tests.waiting import wait_until
 
 toy_env = test_runtime.toy_env  # the fixture: the toy runner's log directory
@@ -46,10 +45,12 @@ class BlackholeProxy:
     """Forwards TCP to Postgres until `go_dark()`: then every connection it carries, and every new
     one, swallows what is sent either way without closing (the peer hears nothing, not even a
     reset). After `resume()` new connections are forwarded again; the ones that went dark stay
-    dead, as when a NAT forgets a flow."""
+    dead, as when a NAT forgets a flow. `downstream_bytes_per_second`: each connection's answers
+    come at most that fast (a slow link from the database)."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, *, downstream_bytes_per_second: float | None = None) -> None:
         self._target = (host, port)
+        self._downstream_rate = downstream_bytes_per_second
         self._dark = False
         self._flows: list[_Flow] = []
         self._server: asyncio.Server | None = None
@@ -117,6 +118,8 @@ class BlackholeProxy:
                 assert writer is not None
                 writer.write(data)
                 await writer.drain()
+                if not from_client and self._downstream_rate is not None:
+                    await asyncio.sleep(len(data) / self._downstream_rate)  # the link's bandwidth
         except (ConnectionError, OSError):
             pass
         finally:
@@ -198,6 +201,67 @@ async def test_a_silent_database_path_is_noticed_in_time_and_the_job_goes_on(
                 break
             running.cancel()
             await asyncio.wait([running], timeout=1)
+        await asyncio.wait_for(asyncio.to_thread(worker.close), 60)
+        await worker_engine.dispose()
+        await direct_engine.dispose()
+
+
+class CheckpointReadingRunner:
+    """Records the checkpoint each run gets, then runs `inner` from scratch (a made-up checkpoint of
+    megabytes means nothing to the toy runner)."""
+
+    def __init__(self, inner: ToyRunner) -> None:
+        self.inner, self.models = inner, inner.models
+        self.checkpoints: list[bytes | None] = []
+
+    def run(self, task: JobTask, report: ProgressReporter, should_stop: StopCheck) -> list[NewSample]:
+        self.checkpoints.append(task.checkpoint)
+        return self.inner.run(dataclasses.replace(task, checkpoint=None), report, should_stop)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+async def test_a_big_checkpoint_over_a_slow_link_is_read_after_the_claim(db_url: str, toy_env: Path) -> None:
+    """A claim is bounded by a quarter of the lease (and holds up every worker's claims): carrying a
+    checkpoint of megabytes over a slow link, it ran out of time at every try, and this worker never
+    claimed anything again. The checkpoint is read once the job is the worker's, under the limit of
+    a call that carries megabytes (a whole lease)."""
+    lease = 8.0  # a claim may take 2 s, reading the checkpoint 8 s; the link needs 4 s for it
+    address = make_url(db_url)
+    proxy = BlackholeProxy(
+        address.host or "127.0.0.1", address.port or 5432, downstream_bytes_per_second=256 * 1024
+    )
+    proxied_url = address.set(host="127.0.0.1", port=await proxy.start()).render_as_string(False)
+    direct_engine = create_engine(db_url)
+    direct = JobStore(direct_engine)
+    worker_engine = create_engine(proxied_url)
+    config = dataclasses.replace(EVERY_CHECKPOINT, lease_seconds=lease, retry_max_seconds=0.2)
+    runner = CheckpointReadingRunner(ToyRunner(DeviceSpec.cpu()))
+    worker = Worker(JobStore(worker_engine), runner, DeviceSpec.cpu(), config=config)
+    stop = asyncio.Event()
+    serving: asyncio.Task[None] | None = None
+    try:
+        job_id = await enqueue(direct, params={"seconds": 1.0, "n_samples": 1})
+        # It ran before on a worker that was stopped: 1 MiB of codes wait to be resumed from.
+        assert (await direct.claim("stopped-worker", ["5b_lyrics"], lease_seconds=60)) is not None
+        big = os.urandom(1 << 20)
+        await direct.save_checkpoint(job_id, "stopped-worker", big)
+        await direct.release(job_id, "stopped-worker")
+
+        serving = asyncio.create_task(worker.serve(stop))
+
+        async def finished() -> bool:
+            assert serving is not None and not serving.done(), f"the worker stopped: {serving}"
+            return (await direct.get_job(job_id)).status is JobStatus.SUCCEEDED
+
+        await wait_until(finished, 60, "the job to be claimed, resumed and finished over the slow link")
+        assert (await direct.get_job(job_id)).attempts == 0  # no try of it was lost
+        assert runner.checkpoints == [big]
+    finally:
+        stop.set()
+        if serving is not None:
+            await asyncio.wait_for(serving, 60)
+        await proxy.close()
         await asyncio.wait_for(asyncio.to_thread(worker.close), 60)
         await worker_engine.dispose()
         await direct_engine.dispose()
