@@ -423,6 +423,16 @@ class _Reporter:
             await self._worker._save_checkpoint(self._run, _checkpoint_bytes(held))
 
 
+class StoreCallTooSlow(Exception):
+    """One store call failed as if the database were away, try after try, while the database
+    answered this worker's other calls: too big for the link, or for a statement time limit the
+    database sets. Raised (the job crashes and goes back to the queue) rather than tried forever."""
+
+
+# Tries of such a call, each given twice the time of the one before.
+SLOW_CALL_TRIES = 3
+
+
 class _Superseded(TimeoutError):
     """A store call that waited through an outage was cut short: the database answers other calls."""
 
@@ -465,6 +475,7 @@ class Worker:
         self._tries: dict[asyncio.Timeout, bool] = {}
         self._superseded: set[asyncio.Timeout] = set()
         self._predecessors_checked_at = -math.inf
+        self._answered = 0  # store calls answered so far (`_until_stored` tells a slow call from an outage)
 
     # ---------------------------------------------------------------- database outages
 
@@ -496,20 +507,27 @@ class Worker:
                     self._superseded.add(limit)
                     limit.reschedule(now)
 
-    async def _call(self, call: Awaitable[T], *, bulk: bool = False, tracked: bool = False) -> T:
-        """One try of a store call, given up after `call_seconds` (`bulk_call_seconds` with `bulk`)
-        with a TimeoutError, which counts as the database being away (`database_unreachable`). The
-        call is cancelled mid-way, so the connection it hung on is invalidated, never reused.
-        A `tracked` try in flight through an outage raises `_Superseded` once the database is back."""
+    async def _call(
+        self, call: Awaitable[T], *, bulk: bool = False, tracked: bool = False, patience: float = 1.0
+    ) -> T:
+        """One try of a store call, given up after `call_seconds` (`bulk_call_seconds` with `bulk`;
+        times `patience`) with a TimeoutError, which counts as the database being away
+        (`database_unreachable`). The call is cancelled mid-way, so the connection it hung on is
+        invalidated, never reused. A `tracked` try in flight through an outage raises `_Superseded`
+        once the database is back."""
         if not self._calls_bounded:
-            return await call
-        seconds = self.config.bulk_call_seconds if bulk else self.config.call_seconds
+            result = await call
+            self._answered += 1
+            return result
+        seconds = (self.config.bulk_call_seconds if bulk else self.config.call_seconds) * patience
         limit = asyncio.timeout(seconds)
         if tracked:
             self._tries[limit] = False
         try:
             async with limit:
-                return await call
+                result = await call
+            self._answered += 1
+            return result
         except TimeoutError as exc:
             if not limit.expired():
                 raise  # the driver's own time limit (storage.engine)
@@ -528,17 +546,34 @@ class Worker:
     ) -> T:
         """Make one store call, trying again while the database is unreachable, for as long as that
         lasts (only the database can say the job is no longer ours: `LeaseLost` ends it). Other
-        errors are raised after `tries` tries. Each try is bounded in time (`_call`)."""
-        outages = errors = 0
+        errors are raised after `tries` tries. Each try is bounded in time (`_call`); a call that
+        fails as in an outage while the database answers other calls is given more time, and raised
+        as `StoreCallTooSlow` after `SLOW_CALL_TRIES` such tries."""
+        outages = errors = slow = 0
         while True:
+            answered = self._answered
             try:
-                result = await self._call(call(), bulk=bulk, tracked=True)
+                result = await self._call(call(), bulk=bulk, tracked=True, patience=2.0**slow)
             except StorageError:
                 raise
             except _Superseded:
                 continue
             except Exception as exc:
-                if self._database_failed(what, exc):
+                if database_unreachable(exc) and self._answered > answered:
+                    # Not an outage: heartbeats got through meanwhile. Most likely megabytes over a slow
+                    # link, which the same limit would cut short forever while the lease is renewed.
+                    slow += 1
+                    if slow >= SLOW_CALL_TRIES:
+                        raise StoreCallTooSlow(
+                            f"{what} failed {slow} times in a row ({_last_line(exc)}) while the database "
+                            "answered other calls: too slow a link, or a statement time limit, for it"
+                        ) from exc
+                    log.warning(
+                        "%s failed while the database answers (%s); trying with more time",
+                        what,
+                        _last_line(exc),
+                    )
+                elif self._database_failed(what, exc):
                     outages += 1
                 else:
                     errors += 1

@@ -45,12 +45,19 @@ class BlackholeProxy:
     """Forwards TCP to Postgres until `go_dark()`: then every connection it carries, and every new
     one, swallows what is sent either way without closing (the peer hears nothing, not even a
     reset). After `resume()` new connections are forwarded again; the ones that went dark stay
-    dead, as when a NAT forgets a flow. `downstream_bytes_per_second`: each connection's answers
-    come at most that fast (a slow link from the database)."""
+    dead, as when a NAT forgets a flow. `downstream_bytes_per_second` / `upstream_bytes_per_second`:
+    each connection's answers / requests go at most that fast (a slow link)."""
 
-    def __init__(self, host: str, port: int, *, downstream_bytes_per_second: float | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        downstream_bytes_per_second: float | None = None,
+        upstream_bytes_per_second: float | None = None,
+    ) -> None:
         self._target = (host, port)
-        self._downstream_rate = downstream_bytes_per_second
+        self._rates = {False: downstream_bytes_per_second, True: upstream_bytes_per_second}
         self._dark = False
         self._flows: list[_Flow] = []
         self._server: asyncio.Server | None = None
@@ -118,8 +125,9 @@ class BlackholeProxy:
                 assert writer is not None
                 writer.write(data)
                 await writer.drain()
-                if not from_client and self._downstream_rate is not None:
-                    await asyncio.sleep(len(data) / self._downstream_rate)  # the link's bandwidth
+                rate = self._rates[from_client]
+                if rate is not None:
+                    await asyncio.sleep(len(data) / rate)  # the link's bandwidth
         except (ConnectionError, OSError):
             pass
         finally:
@@ -265,3 +273,77 @@ async def test_a_big_checkpoint_over_a_slow_link_is_read_after_the_claim(db_url:
         await asyncio.wait_for(asyncio.to_thread(worker.close), 60)
         await worker_engine.dispose()
         await direct_engine.dispose()
+
+
+class BigFirstCheckpointRunner:
+    """Hands over a checkpoint of 1 MiB first (a long job's codes), then runs `inner`; the worker
+    stores a run's checkpoints in turn, so the job cannot end before that one is stored."""
+
+    def __init__(self, inner: ToyRunner) -> None:
+        self.inner, self.models = inner, inner.models
+
+    def run(self, task: JobTask, report: ProgressReporter, should_stop: StopCheck) -> list[NewSample]:
+        report.checkpoint(os.urandom(1 << 20))
+        return self.inner.run(task, report, should_stop)
+
+
+async def _run_over_a_slow_uplink(db_url: str, bytes_per_second: float, job_fields: dict[str, Any]) -> Any:
+    """Run one job on a worker whose requests reach Postgres at `bytes_per_second`; the job as it
+    ended, or the test fails after 90 s."""
+    address = make_url(db_url)
+    proxy = BlackholeProxy(
+        address.host or "127.0.0.1", address.port or 5432, upstream_bytes_per_second=bytes_per_second
+    )
+    proxied_url = address.set(host="127.0.0.1", port=await proxy.start()).render_as_string(False)
+    direct_engine = create_engine(db_url)
+    direct = JobStore(direct_engine)
+    worker_engine = create_engine(proxied_url)
+    # A checkpoint's first try may take 4 s (a whole lease), then 8 s, then 16 s.
+    config = dataclasses.replace(EVERY_CHECKPOINT, lease_seconds=4.0, retry_max_seconds=0.2)
+    runner = BigFirstCheckpointRunner(ToyRunner(DeviceSpec.cpu()))
+    worker = Worker(JobStore(worker_engine), runner, DeviceSpec.cpu(), config=config)
+    stop = asyncio.Event()
+    serving = asyncio.create_task(worker.serve(stop))
+    try:
+        job_id = await enqueue(direct, params={"seconds": 0.5}, **job_fields)
+
+        async def ended() -> Any:
+            assert not serving.done(), f"the worker stopped: {serving}"
+            job = await direct.get_job(job_id)
+            return job if job.finished else None
+
+        return await wait_until(ended, 90, "the job to end")
+    finally:
+        stop.set()
+        await asyncio.wait_for(serving, 60)
+        await proxy.close()
+        await asyncio.wait_for(asyncio.to_thread(worker.close), 60)
+        await worker_engine.dispose()
+        await direct_engine.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+async def test_a_checkpoint_slower_than_its_time_limit_gets_more_time_while_heartbeats_get_through(
+    db_url: str, toy_env: Path
+) -> None:
+    """1 MiB at 192 KiB/s takes 5.3 s, more than the 4 s a try had: each try was cut short and begun
+    again, the lease renewed all along, and the job never ended, its GPU held."""
+    job = await _run_over_a_slow_uplink(db_url, 192 * 1024, {})
+    assert job.status is JobStatus.SUCCEEDED and job.attempts == 0
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+async def test_a_checkpoint_that_never_fits_its_time_crashes_the_job_instead_of_holding_it_forever(
+    db_url: str, toy_env: Path
+) -> None:
+    job = await _run_over_a_slow_uplink(db_url, 16 * 1024, {"max_attempts": 1})  # 64 s for 1 MiB
+    assert job.status is JobStatus.FAILED
+    assert (
+        job.error is not None
+        and (
+            f"the last error was: StoreCallTooSlow: job #{job.id}: storing a checkpoint failed 3 times in a row"
+        )
+        in job.error
+    )
