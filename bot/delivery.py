@@ -28,7 +28,7 @@ _EXTENSIONS = {"ogg": "ogg", "opus": "ogg", "mp3": "mp3", "wav": "wav", "flac": 
 # One re-encode at a time per bot process, whoever asks (the relay, /sample, /curate), in a thread of
 # its own: each decodes a whole sample (~10 MB a minute), so a burst of /sample of a long one would
 # otherwise hold that many copies and take every core. The others wait in its queue, not in the
-# threads the event loop shares (name lookups, pictures), which stay free; their interactions are
+# threads the event loop shares (name lookups, curation), which stay free; their interactions are
 # deferred.
 _REENCODER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jukebot-reencode")
 

@@ -3,13 +3,15 @@ the bounded work of decoding the stored audio to draw it. No Discord calls here.
 
 A picture is a convenience: when the audio cannot be decoded or is too long to draw cheaply, the
 sample goes out without one (`delivery.with_picture` also drops it when it does not fit the limit).
-Decoding and drawing are CPU work: call `picture_for_sample` through `asyncio.to_thread`.
+Decoding and drawing are CPU work: await `picture_in_turn`, which draws one picture at a time.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
-import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from bot.delivery import AudioFile
 from sampler.audio import AudioError, decode_audio
@@ -25,8 +27,10 @@ log = logging.getLogger(__name__)
 PICTURE_SAMPLE_RATE = int(2 * MAX_HZ)
 # Longer samples (continues of continues) go out without a picture: decoding them holds ~8 MB a minute.
 PICTURE_MAX_SECONDS = 600.0
-# One picture at a time per bot process, whoever asks (the relay, /sample): bounds memory and CPU.
-_DRAWING = threading.BoundedSemaphore(1)
+# One picture at a time per bot process, whoever asks (the relay, /sample): bounds memory and CPU. In a
+# thread of its own, as delivery's re-encodes: the pictures waiting their turn wait in its queue, not
+# in the threads the event loop shares (name lookups, curation), which a burst of /sample would hold.
+_DRAWER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jukebot-picture")
 # How far `prime_part_seconds` follows parents (an upsample of a continue of a primed sample...).
 _MAX_PARENT_STEPS = 8
 
@@ -34,29 +38,39 @@ _MAX_PARENT_STEPS = 8
 def picture_for_sample(
     audio: bytes, audio_format: str, stem: str, duration_seconds: float, prime_seconds: float | None
 ) -> AudioFile | None:
-    """`{stem}.png` of the stored audio, its first `prime_seconds` marked; None when not drawn."""
+    """`{stem}.png` of the stored audio, its first `prime_seconds` marked; None when not drawn.
+    Blocks while it decodes and draws: from the event loop, await `picture_in_turn` instead."""
     if duration_seconds > PICTURE_MAX_SECONDS:
         return None
-    with _DRAWING:
-        try:
-            samples = decode_audio(
-                audio,
-                sample_rate=PICTURE_SAMPLE_RATE,
-                max_bytes=None,
-                max_seconds=PICTURE_MAX_SECONDS,
-                silence_threshold_db=None,
-            )
-        except AudioError as exc:
-            log.warning("%s: no picture, its stored %s audio does not decode: %s", stem, audio_format, exc)
-            return None
-        try:
-            png = render_sample_picture(samples, PICTURE_SAMPLE_RATE, prime_seconds=prime_seconds)
-        except Exception:  # a picture is a convenience: the audio goes out without one
-            log.exception("%s: drawing its picture failed", stem)
-            return None
+    try:
+        samples = decode_audio(
+            audio,
+            sample_rate=PICTURE_SAMPLE_RATE,
+            max_bytes=None,
+            max_seconds=PICTURE_MAX_SECONDS,
+            silence_threshold_db=None,
+        )
+    except AudioError as exc:
+        log.warning("%s: no picture, its stored %s audio does not decode: %s", stem, audio_format, exc)
+        return None
+    try:
+        png = render_sample_picture(samples, PICTURE_SAMPLE_RATE, prime_seconds=prime_seconds)
+    except Exception:  # a picture is a convenience: the audio goes out without one
+        log.exception("%s: drawing its picture failed", stem)
+        return None
     seconds = samples.shape[0] / PICTURE_SAMPLE_RATE
     marked = f", the first {prime_seconds:.1f} s from the prime" if prime_seconds else ""
     return AudioFile(f"{stem}.png", png, f"{stem}: spectrogram and loudness over {seconds:.1f} s{marked}")
+
+
+async def picture_in_turn(
+    audio: bytes, audio_format: str, stem: str, duration_seconds: float, prime_seconds: float | None
+) -> AudioFile | None:
+    """`picture_for_sample` off the event loop, in its turn on the drawing thread."""
+    if duration_seconds > PICTURE_MAX_SECONDS:
+        return None  # nothing to draw: no need to wait for the others
+    work = functools.partial(picture_for_sample, audio, audio_format, stem, duration_seconds, prime_seconds)
+    return await asyncio.get_running_loop().run_in_executor(_DRAWER, work)
 
 
 async def prime_part_seconds(store: JobStore, job: Job) -> float | None:

@@ -17,10 +17,11 @@ found in the store after a restart too. Each sample's first message also carries
 (bot/pictures.py) when that fits the upload limit beside the audio.
 
 Results that can never go out are given up, so they cannot hold up the others: when Discord says the
-bot cannot post in the job's channel (no access, no permission, the channel deleted) the results are
-marked posted with one warning in the log (the samples stay stored: `/sample` re-sends them). Other
-failures are retried, the first at the next pass, then after a growing wait per job (its claim is
-given back with a time before which nobody retries it, so the jobs behind it in the list go on).
+bot cannot post in the job's channel (no access, no permission, the channel deleted, the thread locked)
+the results are marked posted with one warning in the log (the samples stay stored: `/sample` re-sends
+them). Other failures are retried, the first at the next pass, then after a growing wait per job (its
+claim is given back with a time before which nobody retries it, so the jobs behind it in the list go
+on). A progress message in a thread that was archived goes on in a fresh message, which un-archives it.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ NO_MENTIONS = discord.AllowedMentions.none()
 NOTIFY_USER = discord.AllowedMentions(everyone=False, roles=False, users=True, replied_user=False)
 # Discord caps the edits of messages older than an hour (JSON error code 30046); real jobs run for hours.
 OLD_MESSAGE_EDITS_EXHAUSTED = 30046
+# Discord refuses edits in an archived thread (archived after an hour to a week without messages); a
+# message sent there un-archives it, unless a moderator locked it.
+THREAD_ARCHIVED = 50083
 # How long a claim on a job's results holds without renewal: the wait before another bot finishes
 # posting for one that was killed mid-post. Renewed every third of it, also during a long upload.
 RESULTS_LEASE_S = 30.0
@@ -62,6 +66,8 @@ CANNOT_POST_THERE = {
     50001: "Missing Access",
     50013: "Missing Permissions",
     10003: "Unknown Channel",
+    THREAD_ARCHIVED: "Thread is archived",
+    160005: "Thread is locked",
 }
 # The longest wait between two tries at posting a job's results that keep failing.
 MAX_RETRY_DELAY_S = 600.0
@@ -218,10 +224,11 @@ class ProgressRelay:
         try:
             await old.edit(content=text, view=progress_view(job), allowed_mentions=NO_MENTIONS)
         except discord.HTTPException as exc:
-            # Someone deleted the progress message, or it is over an hour old and out of edits: go on
-            # in a fresh one at the bottom of the channel (edits work again there).
+            # Someone deleted the progress message, it is over an hour old and out of edits, or its
+            # thread was archived: go on in a fresh one at the bottom of the channel (edits work again
+            # there; sending it un-archives the thread).
             gone = isinstance(exc, discord.NotFound)
-            if not gone and exc.code != OLD_MESSAGE_EDITS_EXHAUSTED:
+            if not gone and exc.code not in (OLD_MESSAGE_EDITS_EXHAUSTED, THREAD_ARCHIVED):
                 raise
             message = await channel.send(text, view=progress_view(job), allowed_mentions=NO_MENTIONS)  # type: ignore[arg-type]
             await self.store.set_progress_message(job.id, message.id)
@@ -402,8 +409,7 @@ class ProgressRelay:
             )
             if impossible is not None:
                 content += f"\n⚠️ {impossible} Re-send it later with `/sample {sample.id}`."
-            picture = await asyncio.to_thread(
-                pictures.picture_for_sample,
+            picture = await pictures.picture_in_turn(
                 sample.audio,
                 sample.audio_format,
                 stem,

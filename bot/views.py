@@ -150,12 +150,12 @@ async def submit_continue_form(interaction: discord.Interaction[Any]) -> None:
     async with bot.reporting_errors(interaction):
         sample_id = stored_id(int(found["sample_id"]), "sample")
         reply_to = int(found["reply_to"]) if found["reply_to"] else None
-        seconds = actions.parse_seconds(_form_value(data, "seconds"))
+        seconds = actions.parse_seconds(form_value(data, "seconds"))
         await interaction.response.defer(ephemeral=True, thinking=True)
         await actions.request_continue(bot, interaction, sample_id, seconds, reply_to=reply_to)
 
 
-def _form_value(data: dict[str, Any], custom_id: str) -> str:
+def form_value(data: dict[str, Any], custom_id: str) -> str:
     """A submitted form's text input (in rows, or in labels), '' when absent."""
     stack: list[Any] = list(data.get("components", []))
     while stack:

@@ -112,15 +112,23 @@ class Admin(commands.Cog):
         guild_id = actions.guild_id_of(interaction)
         await interaction.response.defer(ephemeral=True, thinking=True)  # saving may wait for a writer
         current = await self.bot.store.get_guild_settings(guild_id)
-        allowed = list(current.allowed_channel_ids or ())
+        # Edit the list in force, which is the bot's JUKEBOT_ALLOWED_CHANNELS until the server has its
+        # own. What is saved replaces that setting here: () is "every channel", not "use the setting".
+        allowed = list(Limits.resolve(self.bot.settings, current).allowed_channel_ids)
         if action == "all":
-            new: tuple[int, ...] | None = None
+            new: tuple[int, ...] = ()
         else:
             if channel is None:
                 raise InvalidRequest(f"Name the channel to {action}.")
             if action == "allow" and channel.id not in allowed:
                 allowed.append(channel.id)
             elif action == "remove":
+                if not allowed:
+                    raise InvalidRequest(
+                        f"The jukebox works in every channel here, so there is no list to remove "
+                        f"{channel.mention} from; nothing changed. Allow the channels it should work in "
+                        "instead."
+                    )
                 if channel.id not in allowed:
                     raise InvalidRequest(f"{channel.mention} is not on the allow-list; nothing changed.")
                 allowed.remove(channel.id)
@@ -130,7 +138,7 @@ class Admin(commands.Cog):
                         "everywhere. Allow another channel first, or choose `allow everywhere` if that "
                         "is what you want."
                     )
-            new = tuple(allowed) or None
+            new = tuple(allowed)
         await self.bot.store.set_guild_settings(dataclasses.replace(current, allowed_channel_ids=new))
         limits = await self.bot.limits_for(guild_id)
         await interaction.followup.send("Saved.\n" + _describe(limits), ephemeral=True)

@@ -2,13 +2,21 @@
 
 Lyrics: type them in `lyrics`, or set `lyrics_modal:true` to get a form with a large text box
 (what you typed in `lyrics` is filled in). With the 5b model (no lyrics) both are ignored with
-a note. Everything is validated before anything is queued.
+a note. Everything is validated before anything is queued. The rest of a request waiting for its
+form is kept in memory only: a form submitted after a restart, or after `LYRICS_FORM_HOURS`, queues
+nothing and gives the user their lyrics back to paste into a new one.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import io
+import re
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, cast
 
 import discord
 from discord import app_commands
@@ -17,7 +25,7 @@ from discord.ext import commands
 from bot import actions, vocab
 from bot.attachments import fetch_prime
 from bot.bot import JukeBot
-from bot.errors import InvalidRequest, JukebotError
+from bot.errors import MAX_MESSAGE_CHARS, InvalidRequest, JukebotError
 from bot.requests import (
     MAX_SEED,
     GenerateOptions,
@@ -26,12 +34,18 @@ from bot.requests import (
     default_model,
     has_lyrics,
 )
+from bot.views import form_value
 from sampler.jobspec import MAX_LYRICS_CHARS, MAX_PRIME_SECONDS, MIN_PRIME_SECONDS
 from sampler.jukebox.registry import DEFAULT_MODEL, MODELS, SAMPLE_RATE
 from storage.errors import StorageError
 from storage.models import JobKind
 
 MODAL_LYRICS_CHARS = 4000  # Discord's limit for one text input
+# How long an opened lyrics form can be submitted: time to write a song (a prime's Discord link lasts
+# about a day).
+LYRICS_FORM_HOURS = 12
+MAX_OPEN_LYRICS_FORMS = 1000  # requests kept waiting for their form, ~10 kB each; the oldest goes
+LYRICS_FORM = re.compile(r"jukebot:lyrics-form:(?P<key>[0-9a-f]{16})")
 STYLES_OPTION_CHARS = 2000  # 16 styles of long names fit
 MODEL_CHOICES = [  # the default first
     app_commands.Choice(name=f"{model.name}: {model.summary}", value=model.name)
@@ -44,7 +58,20 @@ def _model_of(interaction: discord.Interaction[Any]) -> str:
     return model if isinstance(model, str) and model in MODELS else DEFAULT_MODEL
 
 
+@dataclass(frozen=True)
+class _WaitingForLyrics:
+    """A /jukebox request waiting for its lyrics form."""
+
+    user_id: int
+    options: GenerateOptions
+    prime: discord.Attachment | None
+    opened_at: float  # time.monotonic()
+
+
 class LyricsModal(discord.ui.Modal, title="Lyrics"):
+    """The lyrics form. The Jukebox cog answers every submission (`Jukebox.on_interaction`), also one
+    whose request it no longer holds, so no submission ever fails without an answer."""
+
     lyrics: discord.ui.TextInput[LyricsModal] = discord.ui.TextInput(
         label="Lyrics",
         custom_id="lyrics",
@@ -54,21 +81,70 @@ class LyricsModal(discord.ui.Modal, title="Lyrics"):
         required=False,
     )
 
-    def __init__(self, cog: Jukebox, options: GenerateOptions, prime: discord.Attachment | None) -> None:
-        super().__init__(timeout=30 * 60)
-        self.cog, self.options, self.prime = cog, options, prime
-        self.lyrics.default = options.lyrics or None  # the command refuses lyrics the form cannot hold
-
-    async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
-        async with self.cog.bot.reporting_errors(interaction):
-            await interaction.response.defer(ephemeral=True, thinking=True)
-            options = dataclasses.replace(self.options, lyrics=self.lyrics.value)
-            await self.cog.submit(interaction, options, self.prime)
+    def __init__(self, key: str, lyrics: str | None) -> None:
+        super().__init__(custom_id=f"jukebot:lyrics-form:{key}")
+        self.lyrics.default = lyrics or None  # the command refuses lyrics the form cannot hold
 
 
 class Jukebox(commands.Cog):
     def __init__(self, bot: JukeBot) -> None:
         self.bot = bot
+        # Requests waiting for their lyrics form, by the key in the form's custom_id, oldest first.
+        self.waiting_for_lyrics: OrderedDict[str, _WaitingForLyrics] = OrderedDict()
+        self.lyrics_form_timeout_s = LYRICS_FORM_HOURS * 3600.0
+
+    def _wait_for_lyrics(self, request: _WaitingForLyrics) -> str:
+        """Keep `request` for its form; returns the form's key."""
+        while self.waiting_for_lyrics:  # forget the expired ones, and the oldest beyond the limit
+            oldest = next(iter(self.waiting_for_lyrics.values()))
+            expired = time.monotonic() - oldest.opened_at >= self.lyrics_form_timeout_s
+            if not expired and len(self.waiting_for_lyrics) < MAX_OPEN_LYRICS_FORMS:
+                break
+            self.waiting_for_lyrics.popitem(last=False)
+        key = secrets.token_hex(8)
+        self.waiting_for_lyrics[key] = request
+        return key
+
+    @commands.Cog.listener()
+    async def on_interaction(self, interaction: discord.Interaction[JukeBot]) -> None:
+        """Queue the job a submitted lyrics form completes, or give the lyrics back when the request is
+        gone; other interactions are left alone."""
+        data = cast("dict[str, Any]", interaction.data or {})
+        found = LYRICS_FORM.fullmatch(str(data.get("custom_id", "")))
+        if interaction.type != discord.InteractionType.modal_submit or found is None:
+            return
+        lyrics = form_value(data, "lyrics")
+        async with self.bot.reporting_errors(interaction):
+            request = self.waiting_for_lyrics.get(found["key"])
+            if request is None or request.user_id != interaction.user.id:  # a forged form is not theirs
+                await self._give_lyrics_back(interaction, lyrics)
+                return
+            del self.waiting_for_lyrics[found["key"]]
+            if time.monotonic() - request.opened_at >= self.lyrics_form_timeout_s:
+                await self._give_lyrics_back(interaction, lyrics)
+                return
+            await interaction.response.defer(ephemeral=True, thinking=True)
+            await self.submit(interaction, dataclasses.replace(request.options, lyrics=lyrics), request.prime)
+
+    async def _give_lyrics_back(self, interaction: discord.Interaction[Any], lyrics: str) -> None:
+        """Answer a form whose request is gone (a restart, or open too long): nothing is queued, and the
+        user gets what they typed back, in the message when it fits, else as a text file."""
+        expired = (
+            f"This lyrics form expired (the bot restarted, or it was open more than {LYRICS_FORM_HOURS} "
+            "hours), so nothing was queued. Run /jukebox again with `lyrics_modal:true`"
+        )
+        if not lyrics.strip():
+            await interaction.response.send_message(expired + ".", ephemeral=True)
+            return
+        inline = f"{expired} and paste your lyrics back in:\n```\n{lyrics}\n```"
+        if len(inline) <= MAX_MESSAGE_CHARS and "```" not in lyrics:
+            await interaction.response.send_message(inline, ephemeral=True)
+            return
+        await interaction.response.send_message(
+            f"{expired} and paste your lyrics back in: they are in the attached lyrics.txt.",
+            file=discord.File(io.BytesIO(lyrics.encode()), filename="lyrics.txt"),
+            ephemeral=True,
+        )
 
     @app_commands.command(
         name="jukebox", description="Make a song with OpenAI Jukebox (a quick preview first)"
@@ -134,7 +210,12 @@ class Jukebox(commands.Cog):
                     f"(up to {MAX_LYRICS_CHARS:,}), or shorten them."
                 )
             await actions.check_can_enqueue(self.bot, interaction)
-            await interaction.response.send_modal(LyricsModal(self, options, prime))
+            key = self._wait_for_lyrics(
+                _WaitingForLyrics(interaction.user.id, options, prime, opened_at=time.monotonic())
+            )
+            form = LyricsModal(key, lyrics)
+            await interaction.response.send_modal(form)
+            form.stop()  # `on_interaction` answers it, in this process or (giving the lyrics back) the next
             return
         if lyrics_modal:  # a model without lyrics: no form; the job is queued with a note
             await interaction.response.defer(ephemeral=True, thinking=True)

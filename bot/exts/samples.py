@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 
 import discord
@@ -70,8 +69,7 @@ class Samples(commands.Cog):
             stored.audio, stored.audio_format, limit, stem, stored.duration_seconds
         )
         prime_part = await pictures.prime_part_seconds(self.bot.store, job)
-        picture = await asyncio.to_thread(
-            pictures.picture_for_sample,
+        picture = await pictures.picture_in_turn(
             stored.audio,
             stored.audio_format,
             stem,

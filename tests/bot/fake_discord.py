@@ -15,6 +15,9 @@ Behaviour copied from the real Discord where a bot could get it wrong:
   Messages or, with files, Attach Files (50013) is refused;
 - a channel's member overwrites (`FakeChannel.member_overwrites`) change what a member may do there:
   an interaction carries the member's permissions in the channel it comes from, not elsewhere;
+- a thread (`fake.add_thread`) takes its channel's permissions; in an archived one
+  (`FakeChannel.archived`) edits and deletes are refused (400, 50083) and a message sent un-archives
+  it, and in a locked one (`FakeChannel.locked`) the bot may neither post nor edit (403, 160005);
 - command options are checked against the synced schema (unknown or missing options, choices,
   ranges) before anything reaches the bot, as the Discord client does.
 
@@ -70,6 +73,7 @@ INTERACTION_COMMAND, INTERACTION_COMPONENT, INTERACTION_AUTOCOMPLETE, INTERACTIO
 CALLBACK_MESSAGE, CALLBACK_DEFERRED_MESSAGE, CALLBACK_DEFERRED_UPDATE, CALLBACK_UPDATE = 4, 5, 6, 7
 CALLBACK_AUTOCOMPLETE, CALLBACK_MODAL = 8, 9
 FLAG_EPHEMERAL, FLAG_LOADING = 1 << 6, 1 << 7
+THREAD_PUBLIC = 11  # channel type
 
 # Command option types.
 OPT_SUB_COMMAND, OPT_SUB_GROUP, OPT_STRING, OPT_INTEGER, OPT_BOOLEAN = 1, 2, 3, 4, 5
@@ -110,6 +114,7 @@ EVERYONE_PERMISSIONS = discord.Permissions(
     embed_links=True,
     add_reactions=True,
     use_application_commands=True,
+    send_messages_in_threads=True,
 ).value
 BOT_PERMISSIONS = EVERYONE_PERMISSIONS | discord.Permissions(manage_messages=True).value
 
@@ -218,7 +223,7 @@ class FakeChannel:
     name: str
     guild_id: int | None
     position: int = 0
-    type: int = 0  # 0: guild text, 1: DM
+    type: int = 0  # 0: guild text, 1: DM, 11: public thread
     recipients: list[FakeUser] = field(default_factory=list)
     # Permission bits this channel's overwrite takes from the bot (e.g. a moderator removed Send
     # Messages here): interactions carry what is left as `app_permissions`, and posts need it.
@@ -226,10 +231,40 @@ class FakeChannel:
     # Member overwrites: user id -> (allowed bits, denied bits) in this channel, e.g. Manage Messages
     # for a channel's own moderator. Sent in `permission_overwrites`; interactions here carry them.
     member_overwrites: dict[int, tuple[int, int]] = field(default_factory=dict)
+    # A thread's channel (its permissions are that channel's), and whether the thread is archived
+    # (by a moderator, or automatically after a while without messages) or locked by a moderator.
+    parent_id: int | None = None
+    owner_id: int = 0
+    archived: bool = False
+    locked: bool = False
+
+    @property
+    def is_thread(self) -> bool:
+        return self.type == THREAD_PUBLIC
 
     def payload(self) -> JSON:
         if self.type == 1:
             return {"id": str(self.id), "type": 1, "recipients": [u.payload() for u in self.recipients]}
+        if self.is_thread:
+            return {
+                "id": str(self.id),
+                "type": self.type,
+                "guild_id": str(self.guild_id),
+                "name": self.name,
+                "parent_id": str(self.parent_id),
+                "owner_id": str(self.owner_id),
+                "message_count": 0,
+                "member_count": 1,
+                "rate_limit_per_user": 0,
+                "last_message_id": None,
+                "flags": 0,
+                "thread_metadata": {
+                    "archived": self.archived,
+                    "auto_archive_duration": 1440,
+                    "archive_timestamp": datetime.now(UTC).isoformat(),
+                    "locked": self.locked,
+                },
+            }
         return {
             "id": str(self.id),
             "type": self.type,
@@ -275,6 +310,12 @@ class FakeGuild:
             f"guild {self.name!r} has no channel {name!r}; it has {[c.name for c in self.channels]}"
         )
 
+    def overwritten_by(self, channel: FakeChannel) -> FakeChannel:
+        """The channel whose overwrites apply in `channel`: its own, or a thread's channel."""
+        if channel.parent_id is None:
+            return channel
+        return next(c for c in self.channels if c.id == channel.parent_id)
+
     def role(self, role_id: int) -> FakeRole:
         return next(r for r in self.roles if r.id == role_id)
 
@@ -294,11 +335,12 @@ class FakeGuild:
 
     def permissions_in(self, channel: FakeChannel, user_id: int) -> int:
         """A member's permissions in `channel`: the guild's, then the member's overwrite there (this
-        fake has no role overwrites), as Discord computes them for an interaction."""
+        fake has no role overwrites; a thread has its channel's), as Discord computes them for an
+        interaction."""
         value = self.permissions_of(user_id)
         if value & discord.Permissions(administrator=True).value:
             return value
-        allow, deny = channel.member_overwrites.get(user_id, (0, 0))
+        allow, deny = self.overwritten_by(channel).member_overwrites.get(user_id, (0, 0))
         return (value & ~deny) | allow
 
     def member_payload(
@@ -360,9 +402,9 @@ class FakeGuild:
                 large=False,
                 unavailable=False,
                 member_count=len(self.members),
-                channels=[c.payload() for c in self.channels],
+                channels=[c.payload() for c in self.channels if not c.is_thread],
                 members=[self.member_payload(uid) for uid in self.members],
-                threads=[],
+                threads=[c.payload() for c in self.channels if c.is_thread and not c.archived],
                 presences=[],
                 voice_states=[],
                 stage_instances=[],
@@ -790,6 +832,22 @@ class FakeDiscord:
         self.channels[channel.id] = channel
         return channel
 
+    def add_thread(self, parent: FakeChannel, name: str) -> FakeChannel:
+        """A public thread in `parent`, started by the guild's owner; `fake.channel(name)` finds it."""
+        assert parent.guild_id is not None and not parent.is_thread
+        guild = self.guilds[parent.guild_id]
+        thread = FakeChannel(
+            self._snowflake(),
+            name,
+            guild.id,
+            type=THREAD_PUBLIC,
+            parent_id=parent.id,
+            owner_id=guild.owner_id,
+        )
+        guild.channels.append(thread)
+        self.channels[thread.id] = thread
+        return thread
+
     def add_member(
         self,
         guild: FakeGuild,
@@ -969,7 +1027,8 @@ class FakeDiscord:
     def bot_permissions_in(self, channel: FakeChannel) -> int:
         """The bot's permissions in a guild channel: its roles' less the channel's overwrite."""
         assert channel.guild_id is not None
-        return self.guilds[channel.guild_id].permissions_of(self.bot_user.id) & ~channel.bot_denied
+        guild = self.guilds[channel.guild_id]
+        return guild.permissions_of(self.bot_user.id) & ~guild.overwritten_by(channel).bot_denied
 
     def _interaction_base(
         self, kind: int, data: JSON, user: FakeUser, guild: FakeGuild, channel: FakeChannel, locale: str
@@ -2018,8 +2077,11 @@ class FakeDiscord:
             granted = discord.Permissions(self.bot_permissions_in(channel))
             if not granted.view_channel:
                 raise DiscordAPIError(403, 50001, "Missing Access")
-            if not granted.send_messages or (uploads and not granted.attach_files):
+            may_send = granted.send_messages_in_threads if channel.is_thread else granted.send_messages
+            if not may_send or (uploads and not granted.attach_files):
                 raise DiscordAPIError(403, 50013, "Missing Permissions")
+        if channel.locked:  # only members who may manage threads post there; the bot may not
+            raise DiscordAPIError(403, 160005, "Thread is locked")
         if int(body.get("flags") or 0) & FLAG_EPHEMERAL:
             raise _form_error(
                 "flags", "MESSAGE_FLAGS_INVALID", "Only interaction responses can be ephemeral."
@@ -2033,6 +2095,7 @@ class FakeDiscord:
             earlier = self._nonces.get(nonce)
             if earlier is not None and time.monotonic() - earlier[1] < NONCE_WINDOW_S:
                 return _json_response(self.message_payload(self.messages[earlier[0]]))
+        channel.archived = False  # a message un-archives its thread, as the Discord client shows
         message = await self._create_message(channel.id, body, uploads)
         if nonce is not None:
             self._nonces[nonce] = (message.id, time.monotonic())
@@ -2045,13 +2108,24 @@ class FakeDiscord:
         message = self._message_or_404(request)
         if message.author.id != self.bot_user.id:
             raise DiscordAPIError(403, 50005, "Cannot edit a message authored by another user")
+        self._check_thread_open(self.channels[message.channel_id])
         body, uploads = await self._read_body(request)
         await self._edit_message(message, body, uploads)
         return _json_response(self.message_payload(message))
 
     async def _delete_message_route(self, request: web.Request) -> web.Response:
-        await self._delete_message(self._message_or_404(request))
+        message = self._message_or_404(request)
+        self._check_thread_open(self.channels[message.channel_id])
+        await self._delete_message(message)
         return web.Response(status=204)
+
+    @staticmethod
+    def _check_thread_open(channel: FakeChannel) -> None:
+        """Discord refuses changes to the messages of an archived thread, and the bot's in a locked one."""
+        if channel.archived:
+            raise DiscordAPIError(400, 50083, "Thread is archived")
+        if channel.locked:
+            raise DiscordAPIError(403, 160005, "Thread is locked")
 
     async def _typing(self, request: web.Request) -> web.Response:
         self._channel_or_404(request)
@@ -2077,7 +2151,7 @@ class FakeDiscord:
         return _json_response(self._guild_or_404(request).payload(full=False))
 
     async def _get_guild_channels(self, request: web.Request) -> web.Response:
-        return _json_response([c.payload() for c in self._guild_or_404(request).channels])
+        return _json_response([c.payload() for c in self._guild_or_404(request).channels if not c.is_thread])
 
     async def _get_member(self, request: web.Request) -> web.Response:
         guild = self._guild_or_404(request)

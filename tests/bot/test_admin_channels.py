@@ -1,0 +1,91 @@
+"""`/jukebot-admin channels` edits the allow-list in force, also when it comes from the bot's
+JUKEBOT_ALLOWED_CHANNELS setting; "allow everywhere" overrides that setting in the server.
+
+Each test runs on SQLite and Postgres (`db_url`), with the real bot against the fake Discord.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from storage.engine import create_engine
+from storage.records import GuildSettings
+from storage.store import JobStore
+from tests.bot.conftest import BotRunner
+from tests.bot.fake_discord import FakeChannel, FakeDiscord
+from tests.bot.harness import make_bot, make_settings, reply_of
+
+
+@pytest.fixture
+async def db_store(db_url: str) -> AsyncIterator[JobStore]:
+    """A store with the real clock on each database kind."""
+    engine = create_engine(db_url)
+    yield JobStore(engine)
+    await engine.dispose()
+
+
+async def _channels(fake: FakeDiscord, action: str, channel: FakeChannel | None = None) -> str:
+    options: dict[str, object] = {"action": action}
+    if channel is not None:
+        options["channel"] = channel
+    return await reply_of(
+        fake, await fake.invoke_command("jukebot-admin channels", options, user=fake.user("mod"))
+    )
+
+
+async def _jukebox_in(fake: FakeDiscord, channel: FakeChannel) -> str:
+    return await reply_of(fake, await fake.invoke_command("jukebox", {"samples": 1}, channel=channel))
+
+
+async def test_channels_edits_the_allow_list_from_the_setting(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, db_store: JobStore
+) -> None:
+    fake, store = fake_discord, db_store
+    general, music = fake.channel("general"), fake.channel("music")
+    guild_id = fake.default_guild.id
+    await bot_runner.start(make_bot(fake, store, make_settings(allowed_channels=[general.id])))
+
+    refused = await _channels(fake, "remove", general)  # it is on the list in force, the only one
+    assert refused.startswith(f"<#{general.id}> is the only allowed channel: without it the jukebox")
+    assert await store.get_guild_settings(guild_id) == GuildSettings(guild_id=guild_id)
+
+    added = await _channels(fake, "allow", music)
+    assert added.endswith(f"Allowed channels: <#{general.id}>, <#{music.id}>")
+    assert (await store.get_guild_settings(guild_id)).allowed_channel_ids == (general.id, music.id)
+    assert (await _jukebox_in(fake, general)).startswith("Queued as job #")  # still allowed
+    assert (await _jukebox_in(fake, music)).startswith("Queued as job #")
+
+    removed = await _channels(fake, "remove", general)
+    assert removed.endswith(f"Allowed channels: <#{music.id}>")
+    assert (await _jukebox_in(fake, general)).startswith("Jukebox is not available in this channel.")
+
+
+async def test_allow_everywhere_overrides_the_setting_and_survives_a_restart(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, db_store: JobStore
+) -> None:
+    fake, store = fake_discord, db_store
+    general, music = fake.channel("general"), fake.channel("music")
+    guild_id = fake.default_guild.id
+    settings = make_settings(allowed_channels=[general.id])
+    bot = await bot_runner.start(make_bot(fake, store, settings))
+    assert (await _jukebox_in(fake, music)).startswith("Jukebox is not available in this channel.")
+
+    everywhere = await _channels(fake, "all")
+    assert everywhere.endswith("Allowed channels: every channel")
+    # Stored as an empty list ("every channel here"), not as no override ("the bot's setting").
+    assert (await store.get_guild_settings(guild_id)).allowed_channel_ids == ()
+    await bot_runner.stop(bot)
+    await bot_runner.start(make_bot(fake, store, settings))
+    assert (await _jukebox_in(fake, music)).startswith("Queued as job #")
+    show = await reply_of(fake, await fake.invoke_command("jukebot-admin show", user=fake.user("mod")))
+    assert show.endswith("Allowed channels: every channel")
+
+    # From every channel, allowing one makes a list of that one.
+    assert (await _channels(fake, "allow", music)).endswith(f"Allowed channels: <#{music.id}>")
+    assert (await store.get_guild_settings(guild_id)).allowed_channel_ids == (music.id,)
+    # No override (a server that never used the command) is the bot's setting again.
+    await store.set_guild_settings(GuildSettings(guild_id=guild_id, allowed_channel_ids=None))
+    assert (await store.get_guild_settings(guild_id)).allowed_channel_ids is None
+    assert (await _jukebox_in(fake, music)).startswith("Jukebox is not available in this channel.")

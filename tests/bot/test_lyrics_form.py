@@ -1,0 +1,86 @@
+"""The lyrics form of `/jukebox lyrics_modal:true` never fails silently: a form whose request the bot no
+longer holds (it restarted, or the form stayed open too long) queues nothing and gives the user their
+lyrics back, in the reply when they fit, else as a text file.
+
+The real bot against the fake Discord.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from storage.store import JobStore
+from tests.bot.conftest import BotRunner
+from tests.bot.fake_discord import FakeDiscord
+from tests.bot.harness import job_count, make_bot, reply_of, sqlite_store
+
+__all__ = ["sqlite_store"]
+
+EXPIRED = (
+    "This lyrics form expired (the bot restarted, or it was open more than 12 hours), so nothing was "
+    "queued. Run /jukebox again with `lyrics_modal:true`"
+)
+
+
+async def test_a_form_submitted_after_a_restart_gives_the_lyrics_back_as_a_file(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    fake = fake_discord
+    bot = await bot_runner.start(make_bot(fake, sqlite_store))
+    opened = await fake.invoke_command("jukebox", {"lyrics_modal": True, "lyrics": "first line"})
+    await bot_runner.stop(bot)
+    await bot_runner.start(make_bot(fake, sqlite_store))
+
+    # As long as the form takes, too long for one message; a ``` in it would break a code block.
+    verse = "Frère Jacques, dormez-vous? ```ding, dang, dong```\n"
+    lyrics = (verse * 80)[:4000]
+    submitted = await fake.submit_modal(opened, {"lyrics": lyrics}, timeout_s=5)
+    assert await reply_of(fake, submitted) == (
+        f"{EXPIRED} and paste your lyrics back in: they are in the attached lyrics.txt."
+    )
+    assert submitted.original is not None
+    (attached,) = submitted.original.attachments
+    assert attached.filename == "lyrics.txt" and attached.data.decode() == lyrics
+    assert await job_count(sqlite_store) == 0
+    assert fake.rejections == []
+
+
+async def test_an_expired_form_gives_short_lyrics_back_in_the_reply(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    fake = fake_discord
+    bot = await bot_runner.start(make_bot(fake, sqlite_store))
+    opened = await fake.invoke_command("jukebox", {"lyrics_modal": True})
+    empty = await fake.invoke_command("jukebox", {"lyrics_modal": True})
+    # by name: `load_extension` executes the extension module afresh, so its classes are not importable
+    cog: Any = bot.get_cog("Jukebox")
+    cog.lyrics_form_timeout_s = 0.0  # as if both had been open longer than that
+
+    lyrics = "  la la la\n\nthe second verse  "
+    reply = await reply_of(fake, await fake.submit_modal(opened, {"lyrics": lyrics}))
+    assert reply == f"{EXPIRED} and paste your lyrics back in:\n```\n{lyrics}\n```"
+    assert await reply_of(fake, await fake.submit_modal(empty, {"lyrics": ""})) == f"{EXPIRED}."
+    assert await job_count(sqlite_store) == 0
+    assert fake.rejections == []
+
+
+async def test_a_form_queues_only_for_whoever_opened_it(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    fake = fake_discord
+    await bot_runner.start(make_bot(fake, sqlite_store))
+    opened = await fake.invoke_command("jukebox", {"lyrics_modal": True}, user=fake.user("alice"))
+
+    # Someone else sends a submission of alice's form (a tampered client can): not theirs to use.
+    forged = await fake.submit_modal(opened, {"lyrics": "bob's words"}, user=fake.user("bob"))
+    assert (await reply_of(fake, forged)).startswith(EXPIRED)
+    assert await job_count(sqlite_store) == 0
+
+    mine = await fake.submit_modal(opened, {"lyrics": "alice's words"})
+    assert (await reply_of(fake, mine)).startswith("Queued as job #1.")
+    job = await sqlite_store.get_job(1)
+    assert job.user_id == fake.user("alice").id and job.params["lyrics"] == "alice's words"
+    # A form is answered once: sent again, it gives the lyrics back instead of queueing twice.
+    again = await fake.submit_modal(opened, {"lyrics": "alice's words"})
+    assert (await reply_of(fake, again)).startswith(EXPIRED)
+    assert await job_count(sqlite_store) == 1
