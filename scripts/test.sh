@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv.sh
 
-jukebot_install worker,test "$(jukebot_torch_choice)"
+torch=$(jukebot_torch_choice) # its own line: a bad JUKEBOT_TORCH stops here (set -e)
+jukebot_install worker,test "$torch"
 
 # Chromaprint (curation's fingerprints) is a system library: Debian's libchromaprint1.
 if ! ldconfig -p | grep -q libchromaprint; then

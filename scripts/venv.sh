@@ -86,9 +86,33 @@ PY
     esac
 }
 
+# Whether the virtual environment's interpreter $2 is the same Python version as PYTHON=$1 (an
+# explicit PYTHON=python3.12 must not be ignored because .venv was made with 3.11). A PYTHON that is not
+# there is left for jukebot_make_venv to name; the venv stays.
+jukebot_venv_matches() {
+    local asked venv_version
+    command -v "$1" >/dev/null 2>&1 || return 0
+    asked=$("$1" -c 'import sys; print(*sys.version_info[:2])' 2>/dev/null) || return 0
+    venv_version=$("$2" -c 'import sys; print(*sys.version_info[:2])' 2>/dev/null) || return 1
+    if [ "$asked" != "$venv_version" ]; then
+        echo "$JUKEBOT_VENV has Python ${venv_version/ /.}, PYTHON=$1 is ${asked/ /.}: making it again" >&2
+        return 1
+    fi
+}
+
 jukebot_install() {
     local extras=$1 torch=$2 python=$JUKEBOT_VENV/bin/python stamp=$JUKEBOT_VENV/.jukebot-installed want
     local torch_stamp=$JUKEBOT_VENV/.jukebot-torch
+    case $torch in
+    cpu | cuda | skip) ;;
+    *) # never an unpinned torch (a multi-GB CUDA build of whatever is newest)
+        echo "jukebot_install: the torch build must be cpu, cuda or skip, not '$torch'" >&2
+        return 1
+        ;;
+    esac
+    if [ -n "${PYTHON:-}" ] && [ "$PYTHON" != "$python" ] && [ -f "$JUKEBOT_VENV/pyvenv.cfg" ]; then
+        jukebot_venv_matches "$PYTHON" "$python" || rm -rf "$JUKEBOT_VENV"
+    fi
     if ! "$python" -m pip --version >/dev/null 2>&1; then
         jukebot_make_venv
     fi

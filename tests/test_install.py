@@ -209,3 +209,43 @@ def test_without_root_the_missing_venv_package_is_one_clear_sentence(tmp_path: P
         f"'sudo apt-get install python{version}-venv', or set PYTHON to a Python 3.11+ that can"
     )
     assert not apt_log.exists() and not (tmp_path / "venv").exists()
+
+
+def test_a_bad_torch_setting_stops_the_test_script_before_it_installs_anything(tmp_path: Path) -> None:
+    """`jukebot_install worker,test "$(jukebot_torch_choice)"` went on after the refusal with an empty
+    choice, and pip installed the newest CUDA torch (6 GB)."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / "python-calls.log"
+    bin_dir.mkdir()
+    _program(bin_dir, "python3", f'echo "$*" >> {calls}\nexit 1\n')
+    env = _plain_env(
+        PATH=f"{bin_dir}:{os.environ['PATH']}", JUKEBOT_TORCH="gpu", JUKEBOT_VENV=str(tmp_path / "venv")
+    )
+    result = subprocess.run(
+        [BASH, "scripts/test.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip() == "JUKEBOT_TORCH must be auto, cpu, cuda or skip, not 'gpu'"
+    assert not calls.exists() and not (tmp_path / "venv").exists()
+
+
+def test_installing_refuses_a_torch_build_it_does_not_know(tmp_path: Path) -> None:
+    result = _in_venv_sh('jukebot_install worker ""', _plain_env(JUKEBOT_VENV=str(tmp_path / "venv")))
+    assert result.returncode != 0
+    assert result.stderr.strip() == "jukebot_install: the torch build must be cpu, cuda or skip, not ''"
+    assert not (tmp_path / "venv").exists()
+
+
+def test_a_venv_of_another_python_than_the_one_asked_for_is_made_again(tmp_path: Path) -> None:
+    """PYTHON=python3.12 was ignored once .venv existed (made with 3.11): the version must match."""
+    _program(tmp_path, "python-3.10", "echo 3 10\n")
+    env = _plain_env(JUKEBOT_VENV=".venv-x")
+    asked = sys.executable
+    version = "{}.{}".format(*sys.version_info[:2])
+    other = _in_venv_sh(f"jukebot_venv_matches {asked} {tmp_path / 'python-3.10'}", env)
+    assert other.returncode == 1
+    assert other.stderr.strip() == f".venv-x has Python 3.10, PYTHON={asked} is {version}: making it again"
+    same = _in_venv_sh(f"jukebot_venv_matches {asked} {asked}", env)
+    assert (same.returncode, same.stderr) == (0, "")
+    # A PYTHON that is not there is named by jukebot_make_venv when needed; the venv is kept.
+    missing = _in_venv_sh(f"jukebot_venv_matches no-such-python {tmp_path / 'python-3.10'}", env)
+    assert (missing.returncode, missing.stderr) == (0, "")
