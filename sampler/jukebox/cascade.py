@@ -426,6 +426,13 @@ class Cascade:
             raise SamplingError("temperatures must be positive")
         if any(not 0 < h <= 1 for h in request.hop_fraction):
             raise SamplingError("hop fractions must be in (0, 1]")
+        for level, fraction in enumerate(request.hop_fraction[: self.levels]):
+            n_ctx = self.priors.config(level).n_ctx
+            if int(fraction * n_ctx) < 1:  # `plan` moves each window by this many tokens
+                raise SamplingError(
+                    f"the hop fraction of level {level} ({fraction:g}) moves its {n_ctx}-token window by "
+                    f"less than one token: give at least {1 / n_ctx:.6g}"
+                )
         if any(b < 1 for b in request.max_batch_size):
             raise SamplingError("max_batch_size must be at least 1")
         if request.chunk_size is not None and any(c < 0 for c in request.chunk_size):

@@ -217,3 +217,15 @@ def test_an_artist_found_by_forgiving_its_spelling_is_labelled_as_the_model_know
     assert "--artist 'celine dion' is read as 'céline dion', the spelling 1b_lyrics knows" in result.output
     labels = torch.load(tmp_path / "dion/level_2/data.pth.tar", weights_only=True)["labels"]
     assert labels["artist"] == "céline dion"  # 'celine dion' would have been id 0: no artist at all
+
+
+def test_a_hop_under_one_token_is_refused_before_anything_is_written(model_dir: Path, tmp_path: Path) -> None:
+    """0.01 of a tiny model's window is no token: the cascade crashed after loading, with NAME made."""
+    out = tmp_path / "out"
+    result = run(model_dir, out, "--hop_fraction=0.01,0.5,0.5", "--n_samples=1")
+    line = one_sentence(result)
+    assert line == (
+        "Error: the hop fraction of level 0 (0.01) moves its 64-token window by less than one token: "
+        "give at least 0.015625"
+    )
+    assert not out.exists()
