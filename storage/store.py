@@ -328,6 +328,12 @@ RETRYABLE_STATUSES = (JobStatus.FAILED, JobStatus.CANCELLED)
 MAX_JOB_ID = 2**31 - 1
 
 
+def _could_be_job_id(job_id: object) -> bool:
+    """Whether `job_id` fits the id column (1..MAX_JOB_ID): any other names no job, and must not reach
+    the database (Postgres refuses an int4 parameter out of range; SQLite one past 64 bits)."""
+    return not isinstance(job_id, bool) and isinstance(job_id, int) and 1 <= job_id <= MAX_JOB_ID
+
+
 async def _sizes(connection: AsyncConnection, statement: Any) -> dict[int, int]:
     """The (id, size) rows a `prune_finished` statement selects, as a dict."""
     return {int(row[0]): int(row[1]) for row in await connection.execute(statement)}
@@ -1027,6 +1033,8 @@ class JobStore:
 
         Returns the new status (asking again while cancelling returns `cancelling`).
         """
+        if not _could_be_job_id(job_id):
+            raise JobNotFound(job_id)
         which = [jobs.c.id == job_id] if user_id is None else [jobs.c.id == job_id, jobs.c.user_id == user_id]
         async with self._transaction() as connection:
             row = (
@@ -1106,7 +1114,7 @@ class JobStore:
         that another upsample job now covers (queued, running or done), as `enqueue` refuses a second
         one. `JobNotFound` for an unknown id.
         """
-        if isinstance(job_id, bool) or not isinstance(job_id, int) or not 1 <= job_id <= MAX_JOB_ID:
+        if not _could_be_job_id(job_id):
             raise JobNotFound(job_id)
         other = jobs.alias("other_jobs")
         alive = [*(status.value for status in UNFINISHED_STATUSES), JobStatus.SUCCEEDED.value]
@@ -1268,6 +1276,8 @@ class JobStore:
         )
 
     async def get_job(self, job_id: int) -> Job:
+        if not _could_be_job_id(job_id):
+            raise JobNotFound(job_id)
         async with self._reading() as connection:
             row = (await connection.execute(select(*JOB_COLUMNS).where(jobs.c.id == job_id))).first()
         if row is None:
@@ -1275,6 +1285,8 @@ class JobStore:
         return _job(row)
 
     async def get_checkpoint(self, job_id: int) -> bytes | None:
+        if not _could_be_job_id(job_id):
+            raise JobNotFound(job_id)
         async with self._reading() as connection:
             row = (await connection.execute(select(jobs.c.checkpoint).where(jobs.c.id == job_id))).first()
         if row is None:

@@ -161,7 +161,8 @@ def test_cancel_stops_anyones_queued_or_running_jobs_and_names_the_others(databa
         return running, queued, done
 
     running, queued, done = with_store(database, make)
-    result = jobs("cancel", str(queued), str(running), str(done), "999", str(queued))
+    huge = str(2**64)  # past the id column's range (Postgres: int4; SQLite: 64 bits)
+    result = jobs("cancel", str(queued), str(running), str(done), "999", huge, str(queued))
 
     assert result.exit_code == 1
     assert result.output == (
@@ -169,7 +170,8 @@ def test_cancel_stops_anyones_queued_or_running_jobs_and_names_the_others(databa
         f"Job #{running} stops after its current step.\n"
         f"Job #{done} was not cancelled: it has already finished (succeeded).\n"
         "Job #999 was not cancelled: there is no such job.\n"
-        "Error: 2 of 4 jobs not cancelled (see above).\n"
+        f"Job #{huge} was not cancelled: there is no such job.\n"
+        "Error: 3 of 5 jobs not cancelled (see above).\n"
     )
 
     async def states(store: JobStore) -> list[tuple[JobStatus, str | None]]:

@@ -166,11 +166,19 @@ async def test_jobs_not_failed_or_cancelled_are_refused_and_left_as_they_were(
     assert await store.get_job(job_id) == before
 
 
-@pytest.mark.parametrize("job_id", [12345, 2**31, 0, -1])
+@pytest.mark.parametrize("job_id", [12345, 2**31, 2**64, 0, -1])
 async def test_an_unknown_job_is_not_found(store: JobStore, job_id: int) -> None:
+    """Ids past the column's range too: Postgres refused them as an int4 parameter, SQLite past 64 bits
+    with an OverflowError, so `jobs cancel 2147483648` named a database failure."""
     await failed_job(store)
     with pytest.raises(JobNotFound):
         await store.retry_job(job_id)
+    with pytest.raises(JobNotFound):
+        await store.request_cancel(job_id, None)
+    with pytest.raises(JobNotFound):
+        await store.get_job(job_id)
+    with pytest.raises(JobNotFound):
+        await store.get_checkpoint(job_id)
 
 
 async def test_of_concurrent_retries_of_one_job_exactly_one_wins(store: JobStore, db_url: str) -> None:
