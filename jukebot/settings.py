@@ -33,6 +33,7 @@ from sampler.model_files import default_model_dir
 from sampler.residency import DEFAULT_RESIDENT_PRIORS, ResidentPriors, parse_resident_priors
 from sampler.worker.logs import LOG_LEVELS, LogFormat
 from sampler.worker.runtime import WorkerConfig
+from storage.models import MAX_INTEGER
 
 APP_NAME = "jukebot"
 
@@ -270,8 +271,8 @@ class Settings(BaseSettings):
     # Limits a server owner tunes (per-guild overrides live in the database).
     max_length_seconds: float = Field(default=60.0, gt=0)
     max_samples_per_job: int = Field(default=3, ge=1, le=16)
-    max_running_jobs_per_user: int = Field(default=1, ge=1)
-    max_queued_jobs_per_user: int = Field(default=3, ge=1)
+    max_running_jobs_per_user: int = Field(default=1, ge=1, le=MAX_INTEGER)  # stored with each job
+    max_queued_jobs_per_user: int = Field(default=3, ge=1, le=MAX_INTEGER)
     allowed_channels: Annotated[list[int], NoDecode] = Field(default_factory=list)
     max_prime_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
     max_prime_seconds: float = Field(default=60.0, gt=0)
@@ -343,9 +344,11 @@ class Settings(BaseSettings):
         if text in {"auto", "cpu", "none"}:
             return text
         try:
-            [int(part) for part in text.replace(",", " ").split()]
+            indices = [int(part) for part in text.replace(",", " ").split()]
         except ValueError:
-            raise ValueError("use 'auto', 'cpu', 'none' or GPU indices such as '0,1'") from None
+            indices = []
+        if not indices or min(indices) < 0:  # "," alone meant one CPU worker, silently
+            raise ValueError("use 'auto', 'cpu', 'none' or GPU indices such as '0,1'")
         return text
 
     @field_validator("resident_priors", mode="before")

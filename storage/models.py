@@ -31,6 +31,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 PRIME_SAMPLE_WIDTH = 2  # bytes per sample: 16-bit PCM
+# The largest value an Integer column holds (Postgres' int4): ids, attempts, per-user job limits.
+MAX_INTEGER = 2**31 - 1
 
 
 class JobKind(enum.StrEnum):

@@ -60,6 +60,7 @@ from storage.errors import (
 from storage.models import (
     ACTIVE_STATUSES,
     FINISHED_STATUSES,
+    MAX_INTEGER,
     PRIME_SAMPLE_WIDTH,
     UNFINISHED_STATUSES,
     GuildSettingsRow,
@@ -253,8 +254,8 @@ def _check_snowflake(name: str, value: object, *, optional: bool = False) -> Non
 
 
 def _check_count(name: str, value: object, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InvalidJob(f"{name} must be an integer of at least {minimum}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= MAX_INTEGER:
+        raise InvalidJob(f"{name} must be an integer from {minimum} to {MAX_INTEGER:,}, got {value!r}")
 
 
 def _serialise_params(params: object) -> dict[str, Any]:
@@ -325,7 +326,7 @@ def _lease_cleared() -> dict[str, Any]:
 # `JobStore.prune_finished` frees once they are old.
 RETRYABLE_STATUSES = (JobStatus.FAILED, JobStatus.CANCELLED)
 # Job ids are 32-bit integers on Postgres (`Integer`): a larger id names no job.
-MAX_JOB_ID = 2**31 - 1
+MAX_JOB_ID = MAX_INTEGER
 
 
 def _could_be_job_id(job_id: object) -> bool:
@@ -448,7 +449,7 @@ class JobStore:
         _check_snowflake("guild_id", guild_id, optional=True)
         _check_snowflake("channel_id", channel_id)
         _check_snowflake("user_id", user_id)
-        if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > 2**31 - 1:
+        if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > MAX_INTEGER:
             raise InvalidJob(f"priority must be an integer, got {priority!r}")
         _check_count("max_attempts", max_attempts, minimum=1)
         for name, limit in (

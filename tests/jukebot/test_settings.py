@@ -89,6 +89,16 @@ def test_lists_and_limits_from_env(clean_env: Path, monkeypatch: pytest.MonkeyPa
     ("name", "value", "needle"),
     [
         ("JUKEBOT_GPUS", "first", "Bad value for JUKEBOT_GPUS: use 'auto', 'cpu', 'none' or GPU indices"),
+        # no index at all, or a negative one (silently one CPU worker, or refused only at start)
+        ("JUKEBOT_GPUS", ",", "Bad value for JUKEBOT_GPUS: use 'auto', 'cpu', 'none' or GPU indices"),
+        ("JUKEBOT_GPUS", "0,-1", "Bad value for JUKEBOT_GPUS: use 'auto', 'cpu', 'none' or GPU indices"),
+        # "unlimited" past what the database stores with each job: every enqueue failed on Postgres
+        (
+            "JUKEBOT_MAX_RUNNING_JOBS_PER_USER",
+            "3000000000",
+            "Bad value for JUKEBOT_MAX_RUNNING_JOBS_PER_USER",
+        ),
+        ("JUKEBOT_MAX_QUEUED_JOBS_PER_USER", "3000000000", "Bad value for JUKEBOT_MAX_QUEUED_JOBS_PER_USER"),
         ("JUKEBOT_MAX_SAMPLES_PER_JOB", "0", "Bad value for JUKEBOT_MAX_SAMPLES_PER_JOB"),
         (
             "JUKEBOT_ALLOWED_CHANNELS",

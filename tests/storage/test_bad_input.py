@@ -51,7 +51,8 @@ async def test_oversize_parameters_are_rejected(store: JobStore) -> None:
         ({"model": ""}, "model name"),
         ({"user_id": -1}, "user_id must be a Discord id"),
         ({"channel_id": "123"}, "channel_id must be a Discord id"),
-        ({"max_attempts": 0}, "max_attempts must be an integer of at least 1"),
+        ({"max_attempts": 0}, "max_attempts must be an integer from 1 to 2,147,483,647"),
+        ({"max_running_per_user": 2**31}, "max_running_per_user must be an integer from 1 to 2,147,483,647"),
         ({"kind": JobKind.UPSAMPLE}, "needs the sample to upsample"),
     ],
 )
