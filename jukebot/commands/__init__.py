@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 
 import click
 from sqlalchemy.engine import make_url
@@ -29,6 +30,16 @@ def settings_or_exit() -> Settings:
     shown = settings.model_dump() | {"database_url": settings.database_url_for_display}  # token: SecretStr
     log.debug("settings: %s", shown)
     return settings
+
+
+class FiniteFloatRange(click.FloatRange):
+    """click's FloatRange without NaN, which passes every bound check (each comparison with it is false)."""
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value} is not a number", param, ctx)
+        return number
 
 
 # What a bot-only host (no `worker` extra) cannot do, as `require_torch` names it.

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from jukebot.commands import FiniteFloatRange
+
 if TYPE_CHECKING:
     from sampler.curation import Clip
 
@@ -70,7 +72,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
     help="The joined piece: .ogg (Opus), .mp3 or .wav.",
 )
 @click.option(
-    "--fade", default=0.5, show_default=True, type=click.FloatRange(0, 10), help="Crossfade seconds."
+    "--fade", default=0.5, show_default=True, type=FiniteFloatRange(0, 10), help="Crossfade seconds."
 )
 @click.option(
     "--picture",

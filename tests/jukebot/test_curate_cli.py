@@ -67,6 +67,12 @@ def test_curate_says_what_is_wrong(tmp_path: Path) -> None:
     empty.mkdir()
     result = runner.invoke(main, ["curate", str(empty), "-o", str(tmp_path / "x.ogg")])
     assert result.exit_code == 2 and "holds no audio files" in result.output
+    for fade in ("nan", "-1", "11"):  # NaN passed click's range check and crashed after all the work
+        result = runner.invoke(
+            main, ["curate", str(one), str(one), "-o", str(tmp_path / "x.ogg"), "--fade", fade]
+        )
+        assert result.exit_code == 2 and "Invalid value for '--fade'" in result.output, result.output
+        assert "Traceback" not in result.output
 
 
 def test_curate_draws_its_order_as_a_strip(tmp_path: Path) -> None:
