@@ -133,8 +133,10 @@ def specific_database_problem(error: BaseException, settings: Settings) -> str |
         code = getattr(error.orig, "sqlstate", None)
         url = make_url(settings.database_url)
         if code == _NO_SUCH_DATABASE:
+            # The host may come in the query string (`postgresql:///db?host=/run/postgresql`).
+            host = url.host or url.query.get("host") or "the local server"
             return (
-                f"Database {url.database!r} does not exist on {url.host}: create it "
+                f"Database {url.database!r} does not exist on {host}: create it "
                 f"(e.g. `createdb {url.database}`) or point DATABASE_URL at another one ({shown})."
             )
         if code in _LOGIN_REFUSED:

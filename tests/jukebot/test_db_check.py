@@ -6,9 +6,11 @@ import socket
 
 import pytest
 from click.testing import CliRunner, Result
+from sqlalchemy.engine import make_url
 
 from jukebot.cli import main
 from storage.migrate import head_revision
+from tests.conftest import POSTGRES_URL
 
 
 def _check(monkeypatch: pytest.MonkeyPatch, url: str) -> Result:
@@ -40,3 +42,17 @@ def test_an_unreachable_database_is_one_sentence_without_the_password(
         f"Error: cannot reach the database at postgresql+asyncpg://jukebot:***@127.0.0.1:{port}/jukebot: "
     )
     assert "s3cret" not in result.output and result.output.count("\n") == 1
+
+
+@pytest.mark.postgres
+def test_a_missing_database_named_with_its_host_in_the_query_says_which_host(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The README's query-string form; the message said "does not exist on None"."""
+    postgres = make_url(POSTGRES_URL)
+    url = f"postgresql://{postgres.username}@/jukebot_no_such_db?host={postgres.host}&port={postgres.port}"
+    result = _check(monkeypatch, url)
+    assert result.exit_code == 1
+    assert result.output.startswith(
+        f"Error: Database 'jukebot_no_such_db' does not exist on {postgres.host}: create it"
+    ), result.output
