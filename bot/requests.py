@@ -25,6 +25,7 @@ from sampler.jobspec import (
     Style,
 )
 from sampler.jukebox.registry import DEFAULT_MODEL, MODEL_PREFERENCE, MODELS
+from sampler.jukebox.windows import prompt_length_samples, sample_length_samples
 from sampler.units import format_bytes
 from sampler.user_text import quote_user_text, shorten_user_text
 from storage.errors import UserJobLimitReached
@@ -270,7 +271,9 @@ def build_generate(
                 f"{options.prime_duration:.1f} s long; use at most {options.prime_duration:.1f} s."
             )
         used = prime_seconds if prime_seconds is not None else options.prime_duration
-        if used >= seconds:
+        # Measured as the worker will: both rounded down to whole top-level hops, where a length a hair
+        # over the prime (10.001 s after 10 s) is no longer than it, and the job would fail there.
+        if sample_length_samples(seconds) <= prompt_length_samples(min(used, options.prime_duration)):
             raise InvalidRequest(
                 f"The length ({seconds:g} s) includes the prime ({used:.1f} s), so it must be longer than "
                 "the prime; raise `length` or lower `prime_seconds`."

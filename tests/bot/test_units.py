@@ -45,6 +45,7 @@ from bot.requests import (
     stored_id,
 )
 from sampler.audio import SAMPLE_RATE, decode_audio, encode_audio
+from sampler.jukebox.windows import TOP_HOP, prompt_length_samples, sample_length_samples
 from sampler.user_text import quote_user_text, shorten_user_text
 from storage.models import JobKind, JobStatus
 from storage.records import GuildSettings, Job, LevelWindow
@@ -129,6 +130,16 @@ def test_build_generate_defaults_and_canonical_labels() -> None:
 def test_build_generate_refusals(options: GenerateOptions, error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=message):
         build_generate(LIMITS, options)
+
+
+def test_a_length_is_longer_than_its_prime_as_the_worker_measures_both() -> None:
+    """Both in whole top-level hops, rounded down (`sampler.jukebox.windows`): 10.001 s after a 10 s
+    prime passed here and then failed in the worker, "must be longer than it"."""
+    with pytest.raises(InvalidRequest, match=r"The length \(10\.001 s\) includes the prime \(10\.0 s\)"):
+        build_generate(LIMITS, GenerateOptions(model="5b", length=10.001, prime_duration=10.0))
+    one_hop_more = 10.0 + 2 * TOP_HOP / SAMPLE_RATE
+    accepted = build_generate(LIMITS, GenerateOptions(model="5b", length=one_hop_more, prime_duration=10.0))
+    assert sample_length_samples(accepted.params.seconds) > prompt_length_samples(10.0)
 
 
 def test_prime_metadata_checks() -> None:
