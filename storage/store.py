@@ -86,6 +86,7 @@ from storage.records import (
     RankedSample,
     Sample,
     SampleInfo,
+    SampleOrigin,
     UserJobCounts,
 )
 
@@ -503,15 +504,19 @@ class JobStore:
         assert job_id is not None
         return int(job_id)
 
-    async def set_running_limit_of_queued(self, guild_id: int, max_running_per_user: int | None) -> int:
-        """Give the server's queued jobs a new running-jobs limit (an admin changed it: it applies to
-        the jobs already waiting too); returns how many jobs changed."""
+    async def set_running_limit_of_unfinished(self, guild_id: int, max_running_per_user: int | None) -> int:
+        """Give the server's unfinished jobs a new running-jobs limit (an admin changed it: it applies to
+        the jobs already waiting too, and to running ones once they go back to the queue: a restart
+        must not bring the old limit back); returns how many jobs changed."""
         if max_running_per_user is not None:
             _check_count("max_running_per_user", max_running_per_user, minimum=1)
         async with self._transaction() as connection:
             result = await connection.execute(
                 update(jobs)
-                .where(jobs.c.guild_id == guild_id, jobs.c.status == JobStatus.QUEUED.value)
+                .where(
+                    jobs.c.guild_id == guild_id,
+                    jobs.c.status.in_([status.value for status in UNFINISHED_STATUSES]),
+                )
                 .values(max_running_per_user=max_running_per_user, updated_at=self._clock())
                 .returning(jobs.c.id)
             )
@@ -1505,6 +1510,23 @@ class JobStore:
             )
             return [_sample_info(row._mapping) for row in rows]
 
+    async def samples_of_jobs(self, job_ids: Iterable[int]) -> dict[int, list[SampleInfo]]:
+        """The samples of each of the jobs, in index order, in one query (a job without samples, or
+        unknown, has an empty list)."""
+        wanted = sorted(set(job_ids))
+        found: dict[int, list[SampleInfo]] = {job_id: [] for job_id in wanted}
+        if not wanted:
+            return found
+        async with self._reading() as connection:
+            rows = await connection.execute(
+                select(*SAMPLE_INFO_COLUMNS)
+                .where(samples.c.job_id.in_(wanted))
+                .order_by(samples.c.job_id, samples.c.index)
+            )
+            for row in rows:
+                found[row.job_id].append(_sample_info(row._mapping))
+        return found
+
     async def user_samples(self, guild_id: int, user_id: int, limit: int = 100) -> list[SampleInfo]:
         """The samples of the user's jobs in the server, oldest first (at most `limit`)."""
         _check_page(limit, 0)
@@ -1520,16 +1542,26 @@ class JobStore:
 
     async def sample_guilds(self, sample_ids: Iterable[int]) -> dict[int, int | None]:
         """The server each of the samples was made in (None: a direct message); unknown ids are absent."""
+        return {
+            sample_id: origin.guild_id
+            for sample_id, origin in (await self.sample_origins(sample_ids)).items()
+        }
+
+    async def sample_origins(self, sample_ids: Iterable[int]) -> dict[int, SampleOrigin]:
+        """Where each of the samples was made, and by whom; unknown ids are absent."""
         wanted = sorted(set(sample_ids))
         if not wanted:
             return {}
         async with self._reading() as connection:
             rows = await connection.execute(
-                select(samples.c.id, jobs.c.guild_id)
+                select(samples.c.id, samples.c.job_id, jobs.c.guild_id, jobs.c.channel_id, jobs.c.user_id)
                 .select_from(samples.join(jobs, samples.c.job_id == jobs.c.id))
                 .where(samples.c.id.in_(wanted))
             )
-            return {int(row[0]): row[1] for row in rows}
+            return {
+                int(row.id): SampleOrigin(row.job_id, row.guild_id, row.channel_id, row.user_id)
+                for row in rows
+            }
 
     async def store_curation(
         self,

@@ -46,8 +46,12 @@ class Admin(commands.Cog):
 
     @group.command(name="show", description="Show the limits in this server")
     async def show(self, interaction: discord.Interaction[JukeBot]) -> None:
-        limits = await self.bot.limits_for(actions.guild_id_of(interaction))
-        await interaction.response.send_message(_describe(limits), ephemeral=True)
+        guild_id = actions.guild_id_of(interaction)
+        await interaction.response.defer(
+            ephemeral=True, thinking=True
+        )  # before the database, which may be slow
+        limits = await self.bot.limits_for(guild_id)
+        await interaction.followup.send(_describe(limits), ephemeral=True)
 
     @group.command(name="limits", description="Change this server's limits (leave an option out to keep it)")
     @app_commands.describe(
@@ -90,8 +94,9 @@ class Admin(commands.Cog):
                 raise InvalidRequest("Give at least one limit to change (or reset:true).")
         await self.bot.store.set_guild_settings(dataclasses.replace(current, **changes))  # type: ignore[arg-type]
         limits = await self.bot.limits_for(guild_id)
-        # The jobs already waiting follow the new running limit too (a worker checks it as it claims).
-        await self.bot.store.set_running_limit_of_queued(guild_id, limits.max_running_jobs_per_user)
+        # The jobs already waiting follow the new running limit too (a worker checks it as it claims), and
+        # so do running ones once they go back to the queue.
+        await self.bot.store.set_running_limit_of_unfinished(guild_id, limits.max_running_jobs_per_user)
         await interaction.followup.send("Saved.\n" + _describe(limits), ephemeral=True)
 
     @group.command(name="channels", description="Allow the jukebox in a channel, remove one, or allow all")

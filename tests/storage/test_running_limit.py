@@ -26,6 +26,22 @@ async def test_a_users_queued_jobs_wait_while_their_limit_of_jobs_runs(store: Jo
     assert nxt is not None and nxt.id == mine[1]  # the user's next, once their job ended
 
 
+async def test_a_lowered_limit_holds_for_running_jobs_that_go_back_to_the_queue(store: JobStore) -> None:
+    """An admin lowers the limit from 3 to 1 while three of a user's jobs run; the workers restart and
+    hand them back: one may run again, not three (they kept the old limit)."""
+    mine = [await enqueue(store, max_running_per_user=3, max_queued_per_user=3) for _ in range(3)]
+    for n in range(3):
+        assert await store.claim(f"worker-{n}", [MODEL], lease_seconds=60) is not None
+    elsewhere = await enqueue(store, guild_id=GUILD + 1, max_running_per_user=3)
+
+    assert await store.set_running_limit_of_unfinished(GUILD, 1) == 3
+    for n, job_id in enumerate(mine):
+        await store.release(job_id, f"worker-{n}")
+    claimed = [await store.claim(f"worker-{n}", [MODEL], lease_seconds=60) for n in range(3, 6)]
+    assert [job.id if job else None for job in claimed] == [mine[0], elsewhere, None]
+    assert (await store.get_job(elsewhere)).max_running_per_user == 3  # another server's, unchanged
+
+
 async def test_a_burst_of_claims_takes_one_job_of_a_user_limited_to_one(store: JobStore) -> None:
     mine = [await enqueue(store, max_running_per_user=1, max_queued_per_user=8) for _ in range(8)]
     claims = await asyncio.gather(*(store.claim(f"worker-{n}", [MODEL], 60) for n in range(8)))
