@@ -517,7 +517,7 @@ def decode_audio(
             if max_samples is not None and max_seconds is not None:
                 # Refused before it is resampled: one frame may hold minutes (a Matroska block of raw
                 # PCM whose header says 1 s), which resampled to float would take gigabytes.
-                coming = math.ceil(frame.samples * sample_rate / frame.sample_rate)
+                coming = math.ceil(frame.samples * sample_rate / max(frame.sample_rate, 1))
                 if n_samples + coming > max_samples:
                     raise AudioTooLong(max_seconds, (n_samples + coming) / sample_rate, at_least=True)
             frame.pts = None  # the resampler only needs samples; broken timestamps must not stop it
