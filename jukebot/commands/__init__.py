@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+from typing import Any
 
 import click
 from sqlalchemy.engine import make_url
@@ -35,7 +36,7 @@ def settings_or_exit() -> Settings:
 class FiniteFloatRange(click.FloatRange):
     """click's FloatRange without NaN, which passes every bound check (each comparison with it is false)."""
 
-    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> float:
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
         number = super().convert(value, param, ctx)
         if not math.isfinite(number):
             self.fail(f"{value} is not a number", param, ctx)
