@@ -13,7 +13,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from jukebot.settings import Settings
-from sampler.model_files import CheckpointVerifier, file_problems, model_dir_problem, model_status
+from sampler.model_files import (
+    CheckpointVerifier,
+    ModelFileUnreadable,
+    file_problems,
+    model_dir_problem,
+    model_status,
+)
 
 # Rough GPU memory (GiB) a worker needs for each model in fp16: its largest prior plus the VQ-VAE
 # and working memory (README, "Models"). A GPU with less fails that model's jobs with out-of-memory.
@@ -89,12 +95,20 @@ def check_models(settings: Settings, verifier: CheckpointVerifier | None) -> Ite
         if not status.complete:
             yield Check("model", Verdict.WARN, f"{model}: {status.summary}")
             continue
-        problems = [
-            f"{file.name}: {problem}"
-            for file in status.files
-            if file.state == "present" and verifier is not None
-            for problem in file_problems(file.name, file.path, verifier)
-        ]
+        problems: list[str] = []
+        unreadable: list[str] = []  # its permissions, not the file: no `models verify` to suggest
+        for file in status.files:
+            if file.state != "present" or verifier is None:
+                continue
+            try:
+                problems += [
+                    f"{file.name}: {problem}" for problem in file_problems(file.name, file.path, verifier)
+                ]
+            except ModelFileUnreadable as exc:
+                unreadable.append(exc.problem)
+        if unreadable:
+            yield Check("model", Verdict.WARN, f"{model}: {unreadable[0]}")
+            continue
         if problems:
             shown = "; ".join(problems[:2]) + ("; …" if len(problems) > 2 else "")
             yield Check("model", Verdict.WARN, f"{model}: {shown}: `jukebot models verify {model}`")

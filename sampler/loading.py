@@ -25,17 +25,19 @@ from sampler.jukebox.decoding import DecodeOptions, empty_cuda_cache
 from sampler.jukebox.prior import JukeboxPrior, PriorConfig
 from sampler.jukebox.registry import MODELS, PRIOR_HPARAMS, VQVAE_HPARAMS
 from sampler.jukebox.vqvae import VQVAE, VQVAEConfig
-from sampler.model_files import ModelFilesMissing, model_path, require_checkpoints
+from sampler.model_files import (
+    ModelFilesMissing,
+    ModelFileUnreadable,
+    file_status,
+    model_path,
+    require_checkpoints,
+    sidecar_path,
+    unreadable_problem,
+)
 from sampler.residency import ResidentEstimate
 from sampler.worker.memory import is_out_of_memory
 
 log = logging.getLogger(__name__)
-
-SIDECAR_SUFFIX = ".hparams.json"
-
-
-def sidecar_path(checkpoint: Path) -> Path:
-    return checkpoint.with_name(checkpoint.name + SIDECAR_SUFFIX)
 
 
 def write_sidecar(checkpoint: Path, hparams: dict[str, Any]) -> Path:
@@ -46,11 +48,13 @@ def write_sidecar(checkpoint: Path, hparams: dict[str, Any]) -> Path:
 
 def _hparams(checkpoint: Path, published: dict[str, Any]) -> dict[str, Any]:
     sidecar = sidecar_path(checkpoint)
-    if not sidecar.is_file():
-        return published
     try:
         data = json.loads(sidecar.read_text())
-    except (OSError, ValueError) as exc:
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):  # none: the published one
+        return published
+    except OSError as exc:  # there but not readable by this user: its permissions, not damage
+        raise ModelFileUnreadable(sidecar, unreadable_problem(sidecar, exc)) from None
+    except ValueError as exc:
         raise CheckpointError(f"cannot read {sidecar}: {exc}; fix or delete it") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{sidecar} must hold a JSON object of hparams")
@@ -72,7 +76,8 @@ class ModelDirectory:
     """The checkpoints of one published model (e.g. '1b_lyrics') in a model directory.
 
     A file that went missing since (deleted or moved while a worker serves the model) raises
-    `ModelFilesMissing`; one that is there but cannot be used, `ModelFileUnusable`."""
+    `ModelFilesMissing`; one this user may not read, `ModelFileUnreadable` (a ModelFilesMissing: the
+    file may be fine); one that is there but cannot be used, `ModelFileUnusable`."""
 
     def __init__(self, model_dir: Path | str, model: str) -> None:
         self.model_dir = Path(model_dir)
@@ -85,20 +90,30 @@ class ModelDirectory:
 
     @contextlib.contextmanager
     def _reading(self, name: str) -> Iterator[None]:
-        """Tell a file gone (ModelFilesMissing) from one that cannot be used (ModelFileUnusable)."""
+        """Tell a file gone (ModelFilesMissing) or one this user may not read (ModelFileUnreadable)
+        from one that cannot be used (ModelFileUnusable): only that one is damaged."""
         path = self.paths[name]
         try:
             yield
         except ModelFileUnusable:
             raise
         except CheckpointError as exc:
-            if not path.is_file():
-                raise ModelFilesMissing(self.model, self.model_dir, [name]) from None
+            self._raise_unless_here(name)
             if exc.__cause__ is not None and is_out_of_memory(exc.__cause__):
                 raise exc.__cause__ from None  # the reader ran out of memory: the file may be fine
             raise ModelFileUnusable(self.model, name, path, str(exc)) from exc
-        except FileNotFoundError:
-            raise ModelFilesMissing(self.model, self.model_dir, [name]) from None
+        except OSError as exc:  # opening or reading failed: no verdict on the file
+            self._raise_unless_here(name)
+            where = Path(exc.filename) if isinstance(exc.filename, str) else path
+            raise ModelFileUnreadable(where, unreadable_problem(where, exc), self.model) from None
+
+    def _raise_unless_here(self, name: str) -> None:
+        """ModelFilesMissing when the file is gone, ModelFileUnreadable when this user may not read it."""
+        status = file_status(name, self.model_dir)
+        if status.state == "unreadable":
+            raise ModelFileUnreadable(status.path, status.description, self.model)
+        if status.state in ("missing", "partial"):
+            raise ModelFilesMissing(self.model, self.model_dir, [name])
 
     def prior_config(self, level: int) -> PriorConfig:
         name = self.prior_names[level]

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 MIRRORS_ENV = "JUKEBOT_MODEL_MIRRORS"
 VERIFIED_CACHE = ".verified.json"
+SIDECAR_SUFFIX = ".hparams.json"
 LOCK_FILE = ".download.lock"
 USER_AGENT = "jukebot-model-downloader/2"
 
@@ -112,6 +113,51 @@ class ModelFilesMissing(ModelFilesError):
         )
 
 
+class ModelFileUnreadable(ModelFilesMissing):
+    """A file (or folder) of the model directory is there, but the user running jukebot cannot read it:
+    its permissions, most often. Not damage: it is never moved aside, fetched again or recorded as
+    failing verification. A ModelFilesMissing because, to this user, the model is not here: a worker
+    gives the job back to the queue, for a worker that can read it. `problem` is a clause for longer
+    messages."""
+
+    def __init__(self, path: Path, problem: str, model: str = "") -> None:
+        self.path, self.problem = Path(path), problem
+        self.model, self.model_dir, self.missing = model, self.path.parent, []
+        ModelFilesError.__init__(self, problem[:1].upper() + problem[1:] + ".")
+
+
+def unreadable_problem(path: Path, error: OSError | None = None) -> str:
+    """Why `path`, which is there, cannot be read, and what to do (`error`: what reading it raised;
+    None: access was refused before trying)."""
+    if error is None or isinstance(error, PermissionError):
+        return (
+            f"cannot read {path} (permission denied): fix its permissions "
+            "(the user running jukebot needs read access)"
+        )
+    return f"cannot read {path} ({error.strerror or error}): check the disk or file system it is on"
+
+
+def _folder_problem(folder: Path, error: OSError | None = None) -> str:
+    """Why a folder in the model directory cannot be looked into, and what to do."""
+    reason = "permission denied" if error is None or isinstance(error, PermissionError) else error.strerror
+    return (
+        f"cannot read {folder} in the model directory ({reason or error}): fix its permissions or set "
+        "JUKEBOT_MODEL_DIR to a folder this user can read"
+    )
+
+
+def require_readable(path: Path) -> None:
+    """ModelFileUnreadable when `path` is there but cannot be opened and read; an absent file is the
+    caller's to tell apart."""
+    try:
+        with open(path, "rb") as handle:
+            handle.read(1)
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return
+    except OSError as exc:
+        raise ModelFileUnreadable(path, unreadable_problem(path, exc)) from None
+
+
 # ----------------------------------------------------------------------------- names and paths
 
 
@@ -136,6 +182,11 @@ def model_path(model_dir: Path, checkpoint_name: str) -> Path:
             f"Unknown checkpoint {checkpoint_name!r}: use one of {', '.join(CHECKPOINTS)}."
         )
     return Path(model_dir) / CHECKPOINTS[checkpoint_name].path
+
+
+def sidecar_path(checkpoint: Path) -> Path:
+    """Where a checkpoint's architecture is written when it is not the published one (see loading)."""
+    return checkpoint.with_name(checkpoint.name + SIDECAR_SUFFIX)
 
 
 def model_dir_problem(model_dir: Path) -> str | None:
@@ -163,6 +214,10 @@ def model_dir_problem(model_dir: Path) -> str | None:
             f"Cannot read the model directory {path} (permission denied): fix its permissions or set "
             "JUKEBOT_MODEL_DIR to a folder this user can read."
         )
+    for folder in sorted({(path / entry.path).parent for entry in CHECKPOINTS.values()}):
+        if os.path.isdir(folder) and not os.access(folder, os.R_OK | os.X_OK):
+            problem = _folder_problem(folder)
+            return problem[:1].upper() + problem[1:] + "."
     return None
 
 
@@ -187,11 +242,39 @@ def prepare_model_dir(model_dir: Path) -> Path:
     return path
 
 
+def _file_size(path: Path) -> int | None:
+    """The size of the regular file at `path`, or None when there is none; OSError when a folder on the
+    way cannot be looked into."""
+    try:
+        mode_and_size = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return mode_and_size.st_size if stat.S_ISREG(mode_and_size.st_mode) else None
+
+
+def _closed_folder(model_dir: Path, path: Path) -> Path:
+    """The folder that keeps this user from `path`: the model directory, or the file's own folder."""
+    return next(
+        (folder for folder in (Path(model_dir), path.parent) if not os.access(folder, os.X_OK)), path.parent
+    )
+
+
 def missing_checkpoints(model_dir: Path, model: str) -> list[str]:
-    """Checkpoint names of `model` whose files are not in the model directory (in cascade order)."""
+    """Checkpoint names of `model` whose files are not in the model directory (in cascade order);
+    ModelFileUnreadable when a folder they are in cannot be looked into."""
     if model not in MODELS:
         raise UnknownModelName(f"Unknown model {model!r}: use one of {', '.join(MODELS)}.")
-    return [name for name in MODELS[model].checkpoints if not model_path(model_dir, name).is_file()]
+    missing = []
+    for name in MODELS[model].checkpoints:
+        path = model_path(model_dir, name)
+        try:
+            size = _file_size(path)
+        except OSError as exc:
+            folder = _closed_folder(model_dir, path)
+            raise ModelFileUnreadable(folder, _folder_problem(folder, exc), model) from None
+        if size is None:
+            missing.append(name)
+    return missing
 
 
 def require_checkpoints(model_dir: Path, model: str) -> dict[str, Path]:
@@ -265,6 +348,9 @@ class CheckpointVerifier:
             state = self.load_state_dict(path)
         except CheckpointError as exc:
             return [name_the_checkpoint(str(exc), name)]
+        except OSError as exc:  # opening or reading failed: the file may be fine
+            where = Path(exc.filename) if isinstance(exc.filename, str) else path
+            raise ModelFileUnreadable(where, unreadable_problem(where, exc)) from None
         except Exception as exc:
             return [f"cannot be loaded as a checkpoint ({type(exc).__name__}: {str(exc)[:200]})"]
         expected = self.shapes(name)
@@ -291,8 +377,10 @@ def _count(shape: tuple[int, ...]) -> int:
 
 
 def file_problems(name: str, path: Path, verifier: CheckpointVerifier | None) -> list[str]:
-    """Everything wrong with `path` as a copy of checkpoint `name`; [] when it checks out."""
+    """Everything wrong with `path` as a copy of checkpoint `name`; [] when it checks out.
+    ModelFileUnreadable (not a problem of the file) when it, or its sidecar, cannot be read."""
     verifier = verifier or CheckpointVerifier()
+    require_readable(path)
     architecture = verifier.architecture_problem(name)
     if architecture is not None:
         return [architecture]
@@ -307,10 +395,32 @@ def _checks_done(verifier: CheckpointVerifier | None) -> str:
 
 
 class VerifiedCache:
-    """`.verified.json`: the result of the last check of each file, valid while its size and mtime hold."""
+    """`.verified.json`: the result of the last check of each file, valid while its size and mtime hold,
+    and those of the sidecars that say what architecture it was checked against."""
 
     def __init__(self, model_dir: Path) -> None:
-        self.path = Path(model_dir) / VERIFIED_CACHE
+        self.model_dir = Path(model_dir)
+        self.path = self.model_dir / VERIFIED_CACHE
+
+    def _signature(self, name: str, path: Path) -> dict[str, Any]:
+        """What a verdict on `path` holds for: its size and mtime, and those of its sidecar and the
+        VQ-VAE's (a prior's shapes depend on both), each only when there is one (OSError: no stat)."""
+        checkpoint = path.stat()
+        sidecars = {}
+        for checked_against in dict.fromkeys((name, "vqvae")):
+            sidecar = sidecar_path(model_path(self.model_dir, checked_against))
+            try:
+                sidecar_stat = sidecar.stat()
+            except FileNotFoundError:
+                continue
+            sidecars[CHECKPOINTS[checked_against].path + SIDECAR_SUFFIX] = [
+                sidecar_stat.st_size,
+                sidecar_stat.st_mtime_ns,
+            ]
+        signature: dict[str, Any] = dict(size=checkpoint.st_size, mtime_ns=checkpoint.st_mtime_ns)
+        if sidecars:  # an entry without sidecars is what verdicts from before sidecars counted look like
+            signature["sidecars"] = sidecars
+        return signature
 
     def _read(self) -> dict[str, Any]:
         try:
@@ -331,7 +441,7 @@ class VerifiedCache:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
             log.warning(
-                "cannot update %s (%s): the files are fine, but they will be checked again next time",
+                "cannot update %s (%s): it is only a cache; the files will be checked again next time",
                 self.path,
                 exc.strerror or exc,
             )
@@ -341,18 +451,19 @@ class VerifiedCache:
         if not isinstance(entry, dict):
             return None
         try:
-            stat = path.stat()
+            signature = self._signature(name, path)
         except OSError:
             return None
-        if entry.get("size") != stat.st_size or entry.get("mtime_ns") != stat.st_mtime_ns:
+        if any(entry.get(key) != value for key, value in signature.items()) or (
+            "sidecars" in entry and "sidecars" not in signature
+        ):
             return None
         return entry
 
     def put(self, name: str, path: Path, ok: bool, checks: str, problems: Sequence[str] = ()) -> None:
         data = self._read()
-        stat = path.stat()
         data[CHECKPOINTS[name].path] = dict(
-            size=stat.st_size, mtime_ns=stat.st_mtime_ns, ok=ok, checks=checks, problems=list(problems)
+            self._signature(name, path), ok=ok, checks=checks, problems=list(problems)
         )
         self._write(data)
 
@@ -371,11 +482,14 @@ class VerifyResult:
     checks: str  # "shapes" or "loads"
     moved_to: Path | None = None  # where a bad file was moved aside
     fix: str | None = None  # what to do, when fetching the file again is not it
+    unreadable: bool = False  # it could not be read (the problem says why): nothing known about it
 
     @property
     def message(self) -> str:
         if self.ok:
             return f"OK  {self.name}: {self.path} ({_CHECK_WORDS[self.checks]})"
+        if self.unreadable:
+            return f"UNREADABLE {self.name}: {'; '.join(self.problems)}."
         where = f"; moved aside to {self.moved_to}" if self.moved_to else ""
         problems = "; ".join(self.problems)
         fix = self.fix or f"Run `jukebot models download {self.name}` to fetch it again."
@@ -400,15 +514,20 @@ def _move_aside(bad: Path, final: Path) -> Path:
 def verify_file(
     name: str, model_dir: Path, verifier: CheckpointVerifier | None = None, move_bad_aside: bool = True
 ) -> VerifyResult:
-    """Check one present file; a bad one is moved aside so the next download fetches it afresh."""
+    """Check one present file; a bad one is moved aside so the next download fetches it afresh. One
+    that cannot be read is left alone and nothing is recorded: its permissions are the problem."""
     path = model_path(model_dir, name)
     checks = _checks_done(verifier)
-    architecture = verifier.architecture_problem(name) if verifier is not None else None
+    try:
+        require_readable(path)
+        architecture = verifier.architecture_problem(name) if verifier is not None else None
+        problems = [] if architecture is not None else file_problems(name, path, verifier)
+    except ModelFileUnreadable as exc:
+        return VerifyResult(name, path, False, [exc.problem], checks, unreadable=True)
     if architecture is not None:  # the sidecar is wrong, not the checkpoint: it stays where it is
         return VerifyResult(
             name, path, False, [architecture], checks, fix="The checkpoint itself was left in place."
         )
-    problems = file_problems(name, path, verifier)
     cache = VerifiedCache(model_dir)
     if not problems:
         cache.put(name, path, ok=True, checks=checks)
@@ -416,14 +535,24 @@ def verify_file(
     if not move_bad_aside:
         cache.put(name, path, ok=False, checks=checks, problems=problems)
         return VerifyResult(name, path, False, problems, checks)
+    try:
+        aside = _move_aside(path, path)
+    except OSError as exc:  # a read-only mount, say: the verdict is still worth keeping
+        cache.put(name, path, ok=False, checks=checks, problems=problems)
+        fix = (
+            f"It could not be moved aside, because {path.parent} cannot be written ({exc.strerror or exc}): "
+            "replace it with a good copy where the model directory is writable (for a read-only mount, at "
+            f"its source), or make the folder writable and run `jukebot models verify {name}` again."
+        )
+        return VerifyResult(name, path, False, problems, checks, fix=fix)
     cache.forget(name)
-    return VerifyResult(name, path, False, problems, checks, moved_to=_move_aside(path, path))
+    return VerifyResult(name, path, False, problems, checks, moved_to=aside)
 
 
 # ----------------------------------------------------------------------------- status
 
 
-FileState = Literal["verified", "present", "failed", "partial", "missing"]
+FileState = Literal["verified", "present", "failed", "unreadable", "partial", "missing"]
 
 
 @dataclass(frozen=True)
@@ -433,6 +562,7 @@ class FileStatus:
     state: FileState
     size: int | None  # bytes on disk (of the .part while partial)
     checks: str | None = None
+    problem: str | None = None  # why it is unreadable, and what to do
 
     @property
     def relative_path(self) -> str:
@@ -451,23 +581,34 @@ class FileStatus:
             return "present, not verified yet"
         if self.state == "failed":
             return "failed verification: run `jukebot models verify` for details"
+        if self.state == "unreadable":
+            return self.problem or unreadable_problem(self.path)
         if self.state == "partial":
             return "partly downloaded: `jukebot models download` resumes it"
         return "missing"
 
 
 def file_status(name: str, model_dir: Path, cache: dict[str, Any] | None = None) -> FileStatus:
-    """Cheap status of one file: stat calls and the verification cache only."""
+    """Cheap status of one file: stat and access calls and the verification cache only. Never raises
+    for a file or folder this user may not read (workers ask before each claim): that is "unreadable"."""
     path = model_path(model_dir, name)
-    if path.is_file():
+    try:
+        size = _file_size(path)
+        part_size = _file_size(_part_path(path)) if size is None else None
+    except OSError as exc:
+        folder = _closed_folder(model_dir, path)
+        return FileStatus(name, path, "unreadable", None, problem=_folder_problem(folder, exc))
+    if size is not None:
+        # the worker reads the sidecar too: a checkpoint it cannot have the architecture of is no use
+        for needed in (path, sidecar_path(path)):
+            if os.access(needed, os.F_OK) and not os.access(needed, os.R_OK):
+                return FileStatus(name, path, "unreadable", size, problem=unreadable_problem(needed))
         entry = VerifiedCache(model_dir).get(name, path, cache)
-        size = path.stat().st_size
         if entry is None:
             return FileStatus(name, path, "present", size)
         return FileStatus(name, path, "verified" if entry.get("ok") else "failed", size, entry.get("checks"))
-    part = _part_path(path)
-    if part.is_file():
-        return FileStatus(name, path, "partial", part.stat().st_size)
+    if part_size is not None:
+        return FileStatus(name, path, "partial", part_size)
     return FileStatus(name, path, "missing", None)
 
 
@@ -489,6 +630,13 @@ class ModelStatus:
     @property
     def summary(self) -> str:
         """For the operator: 'ready', or what is missing and the command that fixes it."""
+        unreadable = list(
+            dict.fromkeys(status.description for status in self.files if status.state == "unreadable")
+        )
+        if unreadable:  # nothing to fetch: the files may well be fine
+            return unreadable[0] + (
+                f" (and {len(unreadable) - 1} more like it)" if len(unreadable) > 1 else ""
+            )
         if self.complete:
             unverified = [status.name for status in self.files if status.state == "present"]
             return "ready" + (f" ({', '.join(unverified)} not verified yet)" if unverified else "")

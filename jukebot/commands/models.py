@@ -152,10 +152,13 @@ def download_command(
     except ModelFilesError as exc:
         raise click.ClickException(str(exc)) from None
     for result in report.results:
+        status = file_status(result.name, settings.model_dir)
         if result.downloaded:
             click.echo(f"{result.name}: downloaded ({result.path})")
-        elif file_status(result.name, settings.model_dir).state == "verified":
+        elif status.state == "verified":
             click.echo(f"{result.name}: already present ({result.path})")
+        elif status.state == "unreadable":
+            click.echo(f"{result.name}: already present, but {status.description}")
         else:  # a damaged file is only found by verify, which moves it aside for the next download
             click.echo(
                 f"{result.name}: already present ({result.path}), not verified: "
@@ -174,7 +177,8 @@ def download_command(
 def verify_command(name: str | None) -> None:
     """Load each downloaded file and check its keys and shapes (or checksum); exit 1 on any problem.
 
-    A bad file is moved aside to <file>.corrupt, so the next download fetches it afresh.
+    A bad file is moved aside to <file>.corrupt, so the next download fetches it afresh; one that
+    cannot be read (its permissions) is left as it is.
     """
     names = _names_or_exit(name or "all")
     settings = settings_or_exit()
@@ -190,6 +194,10 @@ def verify_command(name: str | None) -> None:
                 click.echo(f"MISSING {file_name}: {status.path}; run `jukebot models download {name}`.")
             continue
         checked += 1
+        if status.state == "unreadable":  # nothing to load: it may well be fine
+            problems += 1
+            click.echo(f"UNREADABLE {file_name}: {status.description}.")
+            continue
         result = verify_file(file_name, settings.model_dir, verifier)
         problems += not result.ok
         click.echo(result.message)
