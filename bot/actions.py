@@ -8,9 +8,12 @@ through the bot's event dispatch (`job_queued`; the progress extension posts the
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import enum
 import logging
 import math
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -21,6 +24,7 @@ from bot.errors import (
     JobNotInServer,
     JukebotError,
     LimitReached,
+    MadeInHiddenChannel,
     NotInServer,
     SampleNotInServer,
 )
@@ -44,7 +48,7 @@ from storage.errors import (
     UserJobLimitReached,
 )
 from storage.models import JobKind, JobStatus
-from storage.records import Job, Sample
+from storage.records import Job, Sample, SampleInfo
 
 if TYPE_CHECKING:
     from bot.bot import JukeBot
@@ -125,24 +129,152 @@ async def check_can_enqueue(bot: JukeBot, interaction: discord.Interaction[Any])
     return limits
 
 
-async def sample_in_guild(bot: JukeBot, sample_id: int, guild_id: int) -> tuple[Sample, Job]:
-    """The sample and the job that made it, refusing samples made in another server."""
+async def usable_sample(
+    bot: JukeBot, interaction: discord.Interaction[Any], sample_id: int
+) -> tuple[Sample, Job]:
+    """The sample and the job that made it, refused unless the interaction's member may use it (`Viewer`)."""
     sample = await bot.store.get_sample(sample_id)
-    return sample, await _maker_in_guild(bot, sample.job_id, sample_id, guild_id)
+    return sample, await _usable_job_of(bot, interaction, sample)
 
 
-async def check_sample_in_guild(bot: JukeBot, interaction: discord.Interaction[Any], sample_id: int) -> None:
-    """Refuse a sample made in another server (or any sample from a direct message), without its audio."""
+async def check_usable_sample(bot: JukeBot, interaction: discord.Interaction[Any], sample_id: int) -> None:
+    """Refuse a sample the interaction's member may not use (`Viewer`), without reading its audio."""
+    await _usable_job_of(bot, interaction, await bot.store.get_sample_info(sample_id))
+
+
+async def _usable_job_of(bot: JukeBot, interaction: discord.Interaction[Any], sample: SampleInfo) -> Job:
     guild_id = guild_id_of(interaction)
-    info = await bot.store.get_sample_info(sample_id)
-    await _maker_in_guild(bot, info.job_id, sample_id, guild_id)
-
-
-async def _maker_in_guild(bot: JukeBot, job_id: int, sample_id: int, guild_id: int) -> Job:
-    job = await bot.store.get_job(job_id)
+    job = await bot.store.get_job(sample.job_id)
     if job.guild_id != guild_id:
-        raise SampleNotInServer(sample_id)
+        raise SampleNotInServer(sample.id)
+    if not await Viewer(bot, interaction).may_use(job.channel_id, job.user_id):
+        raise MadeInHiddenChannel("sample", sample.id)
     return job
+
+
+class Viewer:
+    """What one interaction's member may use of what was made in the server: their own samples and
+    jobs wherever they were made, and others' made in channels they may read (View Channel and Read
+    Message History there), so a private channel's songs stay in it. Decided per channel once.
+
+    Discord gives the interaction's permissions for the channel it comes from; for another channel (or
+    thread) the bot's cache of the server's channels, roles and overwrites says (`_permissions_in`),
+    without a request to Discord but for a channel the cache lacks (`_uncached_channel`).
+    """
+
+    def __init__(self, bot: JukeBot, interaction: discord.Interaction[Any]) -> None:
+        self._bot = bot
+        self._interaction = interaction
+        self._readable: dict[int, bool] = {}
+
+    async def may_use(self, channel_id: int, maker_id: int) -> bool:
+        """Whether the member may use what `maker_id` made in `channel_id`."""
+        if maker_id == self._interaction.user.id:
+            return True
+        if channel_id not in self._readable:
+            self._readable[channel_id] = await self._may_read(channel_id)
+        return self._readable[channel_id]
+
+    async def _may_read(self, channel_id: int) -> bool:
+        permissions = _permissions_in(self._interaction, channel_id)
+        if permissions is not None:
+            return _reads(permissions)
+        uncached = await _uncached_channel(self._bot, channel_id)
+        if uncached is _NoThread.DELETED:
+            # Its messages went with it and no channel's privacy is at stake any more: what was made
+            # there stays the server's, as a user would expect of songs that outlived their channel.
+            # (Discord no longer says which channel a deleted thread was in: its samples go the same way.)
+            return True
+        if isinstance(uncached, _ThreadOf):
+            in_parent = _permissions_in(self._interaction, uncached.parent_id)
+            if in_parent is None:  # the thread's channel was deleted, and the thread with it
+                return True
+            return _reads(in_parent) and _knows_thread(uncached, self._interaction.user.id, in_parent)
+        return False  # a channel the bot may not see, or Discord did not answer: not shown
+
+
+def _reads(permissions: discord.Permissions) -> bool:
+    return permissions.view_channel and permissions.read_message_history
+
+
+def _knows_thread(thread: discord.Thread | _ThreadOf, user_id: int, permissions: discord.Permissions) -> bool:
+    """Whether the member is known to be in the thread. The cache does not list a private thread's
+    members: its owner and those who may manage threads in it are; others only from inside it (the
+    interaction's own permissions)."""
+    private = thread.is_private() if isinstance(thread, discord.Thread) else thread.private
+    return not private or thread.owner_id == user_id or permissions.manage_threads
+
+
+def _permissions_in(interaction: discord.Interaction[Any], channel_id: int) -> discord.Permissions | None:
+    """The interaction's member's permissions in `channel_id`, None where the bot's cache lacks the
+    channel (deleted, or a thread archived since). Discord gives the interaction's permissions for the
+    channel it comes from; for another channel (or thread) the bot's cache of the server's channels,
+    roles and overwrites says."""
+    if interaction.channel_id == channel_id:
+        return interaction.permissions
+    member, guild = interaction.user, interaction.guild
+    if guild is None or not isinstance(member, discord.Member):
+        return discord.Permissions.none()
+    channel = guild.get_channel_or_thread(channel_id)
+    if channel is None:
+        return None
+    try:
+        permissions = channel.permissions_for(member)
+    except discord.ClientException:  # a thread whose channel the cache lacks
+        return discord.Permissions.none()
+    if isinstance(channel, discord.Thread) and not _knows_thread(channel, member.id, permissions):
+        return discord.Permissions.none()
+    return permissions
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _ThreadOf:
+    """A thread the bot's cache lacks (archived, or private without the bot)."""
+
+    parent_id: int
+    private: bool
+    owner_id: int | None
+
+
+class _NoThread(enum.Enum):
+    """A channel the bot's cache lacks that is not a thread Discord shows it."""
+
+    DELETED = "deleted"
+    HIDDEN = "hidden"  # Discord does not show it to the bot
+
+
+# What Discord said, per bot, of channels its cache lacks. The cache holds every channel of a server
+# but only its active threads, so an id it does not know is a deleted channel or thread, or a thread
+# archived since (or private): only Discord tells them apart, and its answer never changes (a deleted
+# channel stays deleted, a thread keeps its channel), so it is asked once per channel, not per use.
+_UNCACHED: weakref.WeakKeyDictionary[discord.Client, dict[int, _ThreadOf | _NoThread]] = (
+    weakref.WeakKeyDictionary()
+)
+# An unanswered lookup counts as "may not see" (and is asked again next time): bounded, as it may
+# come before an answer that must reach Discord within 3 s (the Continue button's form).
+UNCACHED_LOOKUP_SECONDS = 1.0
+
+
+async def _uncached_channel(bot: JukeBot, channel_id: int) -> _ThreadOf | _NoThread | None:
+    known = _UNCACHED.setdefault(bot, {})
+    if channel_id in known:
+        return known[channel_id]
+    try:
+        channel = await asyncio.wait_for(bot.fetch_channel(channel_id), UNCACHED_LOOKUP_SECONDS)
+    except discord.NotFound:
+        found: _ThreadOf | _NoThread = _NoThread.DELETED
+    except discord.Forbidden:
+        found = _NoThread.HIDDEN
+    except (discord.HTTPException, discord.InvalidData, TimeoutError):
+        log.warning("could not look up channel %s to decide who may use its samples", channel_id)
+        return None
+    else:
+        if isinstance(channel, discord.Thread) and channel.parent_id is not None:
+            found = _ThreadOf(channel.parent_id, channel.is_private(), channel.owner_id)
+        else:
+            found = _NoThread.HIDDEN  # a channel that is not in the cache but exists: not one the bot may see
+    known[channel_id] = found
+    return found
 
 
 def _parent_params(job: Job) -> JobParams:
@@ -158,8 +290,7 @@ async def request_upsample(
     bot: JukeBot, interaction: discord.Interaction[Any], sample_id: int, *, reply_to: int | None = None
 ) -> Job:
     """Queue the upsampling of a preview and announce it (the interaction is deferred)."""
-    guild_id = guild_id_of(interaction)
-    sample, parent_job = await sample_in_guild(bot, sample_id, guild_id)
+    sample, parent_job = await usable_sample(bot, interaction, sample_id)
     if parent_job.kind == JobKind.CURATE:
         raise InvalidRequest(
             f"Sample #{sample_id} is a curated piece joined from other samples; upsample those instead "
@@ -200,8 +331,7 @@ async def request_continue(
     reply_to: int | None = None,
 ) -> Job:
     """Queue a continuation of a sample and announce it (the interaction is deferred)."""
-    guild_id = guild_id_of(interaction)
-    sample, parent_job = await sample_in_guild(bot, sample_id, guild_id)
+    sample, parent_job = await usable_sample(bot, interaction, sample_id)
     limits = await check_can_enqueue(bot, interaction)
     validated = build_continue(limits, _parent_params(parent_job).for_sample(sample.index), seconds)
     return await enqueue_and_announce(
@@ -300,17 +430,10 @@ async def cancel_rights(bot: JukeBot, interaction: discord.Interaction[Any], job
 
 
 def may_moderate(interaction: discord.Interaction[Any], channel_id: int) -> bool:
-    """Whether the interaction's member may manage messages in `channel_id`. Discord gives the
-    interaction's permissions for the channel it comes from; for another channel (or thread) the
-    bot's cache of the server's channels, roles and overwrites says, and a channel it does not
-    know gives no such right."""
-    if interaction.channel_id == channel_id:
-        return interaction.permissions.manage_messages
-    member, guild = interaction.user, interaction.guild
-    if guild is None or not isinstance(member, discord.Member):
-        return False
-    channel = guild.get_channel_or_thread(channel_id)
-    return channel is not None and channel.permissions_for(member).manage_messages
+    """Whether the interaction's member may manage messages in `channel_id`; a channel the bot's
+    cache lacks gives no such right."""
+    permissions = _permissions_in(interaction, channel_id)
+    return permissions is not None and permissions.manage_messages
 
 
 async def cancel_job(bot: JukeBot, interaction: discord.Interaction[Any], job_id: int) -> str:

@@ -11,20 +11,21 @@ from __future__ import annotations
 import enum
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 import numpy as np
 
-from bot.errors import MAX_MESSAGE_CHARS, InvalidRequest, JobNotInServer, JukebotError
+from bot.errors import MAX_MESSAGE_CHARS, InvalidRequest, JobNotInServer, JukebotError, MadeInHiddenChannel
 from bot.requests import TOP_COUNT, stored_id, top_since
 from sampler.audio import SAMPLE_RATE, AudioError, decode_audio, encode_audio
 from sampler.curation import Clip, CurationError, FingerprintUnavailable, curate
 from sampler.jobspec import CURATION_KEY, InvalidJobParams, JobParams, parse_params
 from sampler.user_text import shorten_user_text
 from storage.models import utcnow
-from storage.records import Job, NewSample, Sample
+from storage.records import Job, NewSample, RankedSample, Sample, SampleOrigin
 from storage.store import JobStore
 
 PIECE_FORMAT: Literal["ogg"] = "ogg"  # Opus in Ogg at the workers' stored bitrate (sampler/cascade_runner.py)
@@ -122,8 +123,29 @@ def format_minutes(seconds: float) -> str:
     return f"{hours} h {minutes} min" if hours else f"{minutes} min"
 
 
-async def resolve(store: JobStore, guild_id: int, selection: Selection, max_count: int) -> list[int]:
-    """The ids of the samples the selection names, all made in this server; refusals are specific."""
+# Whether the member asking may use what a user made in a channel: (channel id, maker's user id).
+# The bot decides it from Discord's permissions (`bot.actions.Viewer.may_use`).
+MayUse = Callable[[int, int], Awaitable[bool]]
+# /top ranks the samples a member may use among this many of the server's most voted.
+TOP_CANDIDATES = 100
+# `user:` joins the samples a member may use among the user's first this many in the server.
+MAX_USER_SAMPLES = 1000
+
+
+async def top_ranked(
+    store: JobStore, guild_id: int, since: datetime | None, count: int, may_use: MayUse
+) -> list[RankedSample]:
+    """The server's `count` most-voted samples (made since `since`) that the member may use."""
+    candidates = await store.top_samples(guild_id, since=since, limit=max(count, TOP_CANDIDATES))
+    return [entry for entry in candidates if await may_use(entry.channel_id, entry.user_id)][:count]
+
+
+async def resolve(
+    store: JobStore, guild_id: int, selection: Selection, max_count: int, may_use: MayUse
+) -> list[int]:
+    """The ids of the samples the selection names, all made in this server, in channels the member
+    may see (`may_use`: a job or listed samples elsewhere are refused, a user's or the top's are left
+    out); refusals are specific."""
     given = [
         value is not None for value in (selection.job, selection.user, selection.top, selection.sample_ids)
     ]
@@ -136,36 +158,54 @@ async def resolve(store: JobStore, guild_id: int, selection: Selection, max_coun
         job = await store.get_job(stored_id(selection.job, "job"))
         if job.guild_id != guild_id:
             raise JobNotInServer(job.id)
+        if not await may_use(job.channel_id, job.user_id):
+            raise MadeInHiddenChannel("job", job.id)
         ids = [info.id for info in await store.samples_for_job(job.id)]
         check_count(len(ids), max_count, f"job #{job.id}'s samples")
         return ids
     if selection.user is not None:
-        infos = await store.user_samples(guild_id, selection.user, limit=max_count + 1)
-        if len(infos) > max_count:
+        theirs = await store.user_samples(guild_id, selection.user, limit=MAX_USER_SAMPLES)
+        origins = await store.sample_origins(info.id for info in theirs)
+        ids = [info.id for info in theirs if await _may_use_sample(origins[info.id], may_use)]
+        if len(ids) > max_count:
             raise InvalidRequest(
                 f"<@{selection.user}> has more than {max_count} samples here; one /curate joins at most "
                 f'{max_count}. List the ones you want with `samples:` (e.g. "12, 15, 19").'
             )
-        check_count(len(infos), max_count, f"<@{selection.user}>'s samples here")
-        return [info.id for info in infos]
+        check_count(len(ids), max_count, f"<@{selection.user}>'s samples here")
+        return ids
     if selection.top is not None:
         since = top_since(selection.top, utcnow())
-        ranked = await store.top_samples(guild_id, since=since, limit=min(TOP_COUNT, max_count))
+        ranked = await top_ranked(store, guild_id, since, min(TOP_COUNT, max_count), may_use)
         check_count(len(ranked), max_count, f"this server's samples ({selection.describe()})")
         return [entry.sample.id for entry in ranked]
     assert selection.sample_ids is not None
     ids = parse_sample_ids(selection.sample_ids, max_count)
-    guilds = await store.sample_guilds(ids)
-    unknown = [sample_id for sample_id in ids if sample_id not in guilds]
+    origins = await store.sample_origins(ids)
+    unknown = [sample_id for sample_id in ids if sample_id not in origins]
     if unknown:
         raise InvalidRequest(f"There is no {_numbers('sample', unknown)}; check the numbers (see /top).")
-    foreign = [sample_id for sample_id in ids if guilds[sample_id] != guild_id]
+    foreign = [sample_id for sample_id in ids if origins[sample_id].guild_id != guild_id]
     if foreign:
         raise InvalidRequest(
-            f"{_numbers('Sample', foreign).capitalize()} {'was' if len(foreign) == 1 else 'were'} made in "
-            "another server; you can only curate samples made here."
+            f"{_numbers('Sample', foreign).capitalize()} {_were(foreign)} made in another server; you can "
+            "only curate samples made here."
+        )
+    hidden = [sample_id for sample_id in ids if not await _may_use_sample(origins[sample_id], may_use)]
+    if hidden:
+        raise InvalidRequest(
+            f"{_numbers('Sample', hidden).capitalize()} {_were(hidden)} made in a channel you cannot see; "
+            "you can only curate samples made in channels you can read, and your own."
         )
     return ids
+
+
+async def _may_use_sample(origin: SampleOrigin, may_use: MayUse) -> bool:
+    return await may_use(origin.channel_id, origin.user_id)
+
+
+def _were(ids: Sequence[int]) -> str:
+    return "was" if len(ids) == 1 else "were"
 
 
 def _numbers(what: str, ids: Sequence[int]) -> str:

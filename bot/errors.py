@@ -55,6 +55,17 @@ class SampleNotInServer(JukebotError):
         self.sample_id = sample_id
 
 
+class MadeInHiddenChannel(JukebotError):
+    """A sample or job made in a channel the member may not read (see `bot.actions.Viewer`)."""
+
+    def __init__(self, what: str, number: int) -> None:
+        super().__init__(
+            f"{what.capitalize()} #{number} was made in a channel you cannot see; you can only use "
+            f"{what}s made in channels you can read, and your own."
+        )
+        self.number = number
+
+
 class JobNotInServer(JukebotError):
     def __init__(self, job_id: int) -> None:
         super().__init__(f"Job #{job_id} belongs to another server; see /queue for your jobs here.")

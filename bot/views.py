@@ -10,7 +10,10 @@ keep working.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, cast
 
 import discord
@@ -53,13 +56,43 @@ class VoteButton(
         bot = _bot(interaction)
         async with bot.reporting_errors(interaction):
             stored_id(self.sample_id, "sample")  # a forged custom_id may carry any number
-            # The custom id is whatever the client sent: only samples made in this server get votes.
-            await actions.check_sample_in_guild(bot, interaction, self.sample_id)
-            await interaction.response.defer()  # before the write, which may wait for another writer
-            _, votes = await bot.store.toggle_vote(self.sample_id, interaction.user.id)
+            await interaction.response.defer()  # before the database, which may be slow or busy writing
+            # The custom id is whatever the client sent: only samples this member may use get votes.
+            await actions.check_usable_sample(bot, interaction, self.sample_id)
+            await bot.store.toggle_vote(self.sample_id, interaction.user.id)
             message = interaction.message
             can_upsample = message is None or f"jukebot:upsample:{self.sample_id}" in _custom_ids(message)
-            await interaction.edit_original_response(view=sample_view(self.sample_id, votes, can_upsample))
+            # Clicks at once each edit the label: one at a time per message, each with the count as
+            # stored just before, so the last edit to land shows every vote (not its own click's count).
+            async with _LABEL_EDITS.one_at_a_time(message.id if message else self.sample_id):
+                votes = await bot.store.vote_count(self.sample_id)
+                await interaction.edit_original_response(
+                    view=sample_view(self.sample_id, votes, can_upsample)
+                )
+
+
+class _OneAtATime:
+    """A lock per key, held by one task at a time; a key's lock goes once nobody holds or awaits it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[int, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def one_at_a_time(self, key: int) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+_LABEL_EDITS = _OneAtATime()  # by message id: one bot process's edits of a vote button's label
 
 
 class UpsampleButton(
@@ -112,7 +145,7 @@ class ContinueButton(
         async with bot.reporting_errors(interaction):
             stored_id(self.sample_id, "sample")  # a forged custom_id may carry any number
             # Refusals first, so none comes only after the user filled in the form.
-            await actions.check_sample_in_guild(bot, interaction, self.sample_id)
+            await actions.check_usable_sample(bot, interaction, self.sample_id)
             await actions.check_can_enqueue(bot, interaction)
             reply_to = interaction.message.id if interaction.message else None
             form = ContinueModal(self.sample_id, reply_to)

@@ -142,6 +142,16 @@ class Sample(SampleInfo):
 
 
 @dataclass(frozen=True, slots=True)
+class SampleOrigin:
+    """Where a sample was made, and by whom: its job, that job's server and channel, its user."""
+
+    job_id: int
+    guild_id: int | None
+    channel_id: int
+    user_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class RankedSample:
     sample: SampleInfo
     votes: int

@@ -1691,6 +1691,9 @@ class JobStore:
 
     async def toggle_vote(self, sample_id: int, user_id: int) -> tuple[bool, int]:
         """Add the user's vote, or take it back if there was one; returns (voted now, total votes).
+        The total is as this transaction counted it: on Postgres (read committed) another user's vote
+        committed meanwhile may be missing from it, never from the stored votes; `vote_count` after
+        the commit counts it (what the vote button shows).
 
         Safe when the same user clicks twice at once: a vote inserted concurrently is
         seen through the unique constraint and toggled off, as two clicks in a row would.

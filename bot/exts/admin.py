@@ -47,9 +47,8 @@ class Admin(commands.Cog):
     @group.command(name="show", description="Show the limits in this server")
     async def show(self, interaction: discord.Interaction[JukeBot]) -> None:
         guild_id = actions.guild_id_of(interaction)
-        await interaction.response.defer(
-            ephemeral=True, thinking=True
-        )  # before the database, which may be slow
+        # Acknowledged before the database is read: a remote one may take longer than Discord's 3 s.
+        await interaction.response.defer(ephemeral=True, thinking=True)
         limits = await self.bot.limits_for(guild_id)
         await interaction.followup.send(_describe(limits), ephemeral=True)
 

@@ -20,7 +20,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import curating, delivery
-from bot.actions import check_bot_can_post, guild_id_of
+from bot.actions import Viewer, check_bot_can_post, guild_id_of
 from bot.bot import JukeBot, user_message
 from bot.errors import fit_message
 from bot.options import JobId
@@ -120,7 +120,8 @@ class Curate(commands.Cog):
         check_bot_can_post(interaction)  # before minutes of joining: the piece is posted here
         store = self.bot.store
         max_count = self.bot.settings.max_curate_samples
-        sample_ids = await curating.resolve(store, guild_id, selection, max_count)
+        viewer = Viewer(self.bot, interaction)  # samples of channels the member cannot see stay out
+        sample_ids = await curating.resolve(store, guild_id, selection, max_count, viewer.may_use)
         loaded: list[Sample] = [await store.get_sample(sample_id) for sample_id in sample_ids]
         curating.check_duration([sample.duration_seconds for sample in loaded])
         similarity = curating.similarity_to_use(loaded)

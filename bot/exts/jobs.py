@@ -17,11 +17,13 @@ from bot.requests import MAX_HISTORY_PAGE, history_page
 from bot.views import CANCEL_ITEMS
 from sampler.jobspec import params_or_defaults
 from storage.models import JobStatus, utcnow
+from storage.records import Job
 from storage.store import queue_places
 
 log = logging.getLogger(__name__)
 
 HISTORY_PAGE = 10
+HISTORY_SCAN = 200  # jobs read at a time while looking for a page of those the member may see
 SAMPLE_IDS_CHARS = 48  # a job's sample numbers in one /history line: the first few, then a count
 
 
@@ -97,36 +99,57 @@ class Jobs(commands.Cog):
         user: discord.User | discord.Member | None = None,
         page: app_commands.Range[int, 1, MAX_HISTORY_PAGE] = 1,
     ) -> None:
-        page = history_page(page)
         guild_id = actions.guild_id_of(interaction)
+        # Acknowledged before the database is read: a remote one may take longer than Discord's 3 s.
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        page = history_page(page)
         who = user or interaction.user
-        jobs = await self.bot.store.recent_jobs(
-            who.id, guild_id, limit=HISTORY_PAGE, offset=(page - 1) * HISTORY_PAGE
-        )
+        jobs = await self._history_page(interaction, who.id, guild_id, page)
         if not jobs:
             none = "no jobs here" if page == 1 else f"no jobs on page {page}"
-            await interaction.response.send_message(f"{who.mention} has {none}.", ephemeral=True)
+            await interaction.followup.send(f"{who.mention} has {none}.", ephemeral=True)
             return
+        made = await self.bot.store.samples_of_jobs(
+            job.id for job in jobs if job.status == JobStatus.SUCCEEDED
+        )
         head = f"**Jobs of {who.mention}**, page {page}"
         tail = f"More: `/history page:{page + 1}`" if len(jobs) == HISTORY_PAGE else None
         room = (MAX_MESSAGE_CHARS - len(head) - len(tail or "")) // len(jobs) - 2  # a newline each
         lines = [head]
         for job in jobs:
-            samples = (
-                await self.bot.store.samples_for_job(job.id) if job.status == JobStatus.SUCCEEDED else []
-            )
-            made = f" → samples {listed([f'#{s.id}' for s in samples], SAMPLE_IDS_CHARS)}" if samples else ""
+            samples = [f"#{sample.id}" for sample in made.get(job.id, [])]
+            listing = f" → samples {listed(samples, SAMPLE_IDS_CHARS)}" if samples else ""
             lines.append(
                 fit_line(
                     f"• Job #{job.id} · {job.kind.value} · {job.model} · ",
                     params_or_defaults(job.params).describe_labels(),
-                    f" · {job.status.value} · <t:{int(job.created_at.timestamp())}:R>{made}",
+                    f" · {job.status.value} · <t:{int(job.created_at.timestamp())}:R>{listing}",
                     room,
                 )
             )
         if tail is not None:
             lines.append(tail)
-        await interaction.response.send_message("\n".join(lines), ephemeral=True)
+        await interaction.followup.send("\n".join(lines), ephemeral=True)
+
+    async def _history_page(
+        self, interaction: discord.Interaction[JukeBot], user_id: int, guild_id: int, page: int
+    ) -> list[Job]:
+        """The user's jobs on `page`, newest first, counting only those the member may see: pages of
+        another member's history leave out jobs made in channels the member cannot see."""
+        store = self.bot.store
+        skip = (page - 1) * HISTORY_PAGE
+        if user_id == interaction.user.id:  # one's own jobs, all of them
+            return await store.recent_jobs(user_id, guild_id, limit=HISTORY_PAGE, offset=skip)
+        viewer = actions.Viewer(self.bot, interaction)
+        shown: list[Job] = []
+        offset = 0
+        while len(shown) < skip + HISTORY_PAGE:
+            batch = await store.recent_jobs(user_id, guild_id, limit=HISTORY_SCAN, offset=offset)
+            shown += [job for job in batch if await viewer.may_use(job.channel_id, job.user_id)]
+            if len(batch) < HISTORY_SCAN:
+                break
+            offset += HISTORY_SCAN
+        return shown[skip : skip + HISTORY_PAGE]
 
 
 async def setup(bot: JukeBot) -> None:

@@ -8,7 +8,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot import actions, delivery, pictures
+from bot import actions, curating, delivery, pictures
 from bot.bot import PUBLIC_THINKING, JukeBot
 from bot.errors import MAX_MESSAGE_CHARS, fit_line
 from bot.options import SampleId
@@ -59,10 +59,12 @@ class Samples(commands.Cog):
     @app_commands.guild_only()
     @app_commands.describe(id="The sample's number")
     async def sample(self, interaction: discord.Interaction[JukeBot], id: SampleId) -> None:
-        guild_id = actions.guild_id_of(interaction)
-        stored, job = await actions.sample_in_guild(self.bot, id, guild_id)  # refusals stay private
+        actions.guild_id_of(interaction)  # a direct message is refused before anything public
+        # Acknowledged before the database is read: a remote one may take longer than Discord's 3 s. A
+        # refusal still reaches only the user (the error handler takes the public "thinking…" away).
         await interaction.response.defer(thinking=True)
         interaction.extras[PUBLIC_THINKING] = True
+        stored, job = await actions.usable_sample(self.bot, interaction, id)
         limit = delivery.upload_limit(interaction.filesize_limit, None)
         stem = f"jukebot_sample_{stored.id}"
         files = await delivery.files_in_turn(
@@ -100,10 +102,13 @@ class Samples(commands.Cog):
     async def top(self, interaction: discord.Interaction[JukeBot], period: str = "week") -> None:
         guild_id = actions.guild_id_of(interaction)
         since = top_since(period, utcnow())
-        ranked = await self.bot.store.top_samples(guild_id, since=since, limit=TOP_COUNT)
+        await interaction.response.defer(thinking=True)  # before the database: see /sample
+        interaction.extras[PUBLIC_THINKING] = True
+        viewer = actions.Viewer(self.bot, interaction)
+        ranked = await curating.top_ranked(self.bot.store, guild_id, since, TOP_COUNT, viewer.may_use)
         heading = TOP_HEADINGS[period]
         if not ranked:
-            await interaction.response.send_message(f"No samples {heading} yet: make one with /jukebox.")
+            await interaction.followup.send(f"No samples {heading} yet: make one with /jukebox.")
             return
         head = f"**Top samples {heading}**"
         room = (MAX_MESSAGE_CHARS - len(head)) // len(ranked) - 1  # a newline each
@@ -117,7 +122,7 @@ class Samples(commands.Cog):
                     room,
                 )
             )
-        await interaction.response.send_message("\n".join(lines))
+        await interaction.followup.send("\n".join(lines))
 
 
 async def setup(bot: JukeBot) -> None:

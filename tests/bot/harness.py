@@ -200,11 +200,20 @@ async def sqlite_store(sqlite_template: Path, tmp_path: Path) -> AsyncIterator[J
     await engine.dispose()
 
 
+def answer_of(record: InteractionRecord) -> FakeMessage | None:
+    """The bot's answer to an interaction once given: its response, or its first followup where the
+    response is the clicked public message (a deferred update, whose answer to the clicker follows)
+    or was taken away (a public "thinking…" message making way for a private refusal)."""
+    original = record.original
+    clicked = original is record.source_message and original is not None and not original.ephemeral
+    if original is not None and (original.deleted or clicked):
+        return next((message for message in record.followups if not message.loading), None)
+    return original if original is not None and not original.loading else None
+
+
 async def reply_of(fake: FakeDiscord, record: InteractionRecord) -> str:
     """The text of the (ephemeral) answer to an interaction, once the bot has given it."""
-    message = await fake.wait_for(
-        lambda: record.original if record.original is not None and not record.original.loading else None
-    )
+    message = await fake.wait_for(lambda: answer_of(record))
     assert message.ephemeral, f"the reply {message.content!r} is public"
     return message.content
 

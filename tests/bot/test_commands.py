@@ -10,6 +10,7 @@ from tests.bot.conftest import BotRunner
 from tests.bot.fake_discord import CALLBACK_MODAL, FakeAttachment, FakeDiscord, InvalidOptionError, Upload
 from tests.bot.harness import (
     PlayedWorker,
+    answer_of,
     job_count,
     make_bot,
     prime_wav,
@@ -100,9 +101,9 @@ async def test_queue_history_top_and_sample(
     )
     assert f"→ samples #{sample_id}" in history
 
-    top = await fake.invoke_command("top", {"period": "all"})
-    await fake.wait_for(lambda: top.original is not None)
-    assert top.original is not None and f"1. Sample #{sample_id} · 👍 1 · queen" in top.original.content
+    asked = await fake.invoke_command("top", {"period": "all"})
+    top = await fake.wait_for(lambda: answer_of(asked))
+    assert f"1. Sample #{sample_id} · 👍 1 · queen" in top.content
 
     resent = await fake.invoke_command("sample", {"id": sample_id})
     await fake.wait_for(lambda: resent.original is not None and not resent.original.loading)
@@ -131,11 +132,10 @@ async def test_history_and_top_name_each_style_of_a_sweep(
 
     history = await reply_of(fake, await fake.invoke_command("history"))
     assert "Job #1 · generate · 5b · a sweep of 2 styles · succeeded" in history, history
-    top = await fake.invoke_command("top", {"period": "all"})
-    await fake.wait_for(lambda: top.original is not None)
-    assert top.original is not None
-    assert f"1. Sample #{second} · 👍 1 · abba / pop · " in top.original.content, top.original.content
-    assert f"2. Sample #{first} · 👍 0 · queen / rock · " in top.original.content, top.original.content
+    asked = await fake.invoke_command("top", {"period": "all"})
+    top = await fake.wait_for(lambda: answer_of(asked))
+    assert f"1. Sample #{second} · 👍 1 · abba / pop · " in top.content, top.content
+    assert f"2. Sample #{first} · 👍 0 · queen / rock · " in top.content, top.content
 
 
 async def test_sample_of_a_primed_preview_offers_upsample(

@@ -18,7 +18,15 @@ from storage.records import GuildSettings
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
 from tests.bot.fake_discord import FakeDiscord, FakeUser
-from tests.bot.harness import PlayedWorker, bot_messages, job_count, make_bot, reply_of, sqlite_store
+from tests.bot.harness import (
+    PlayedWorker,
+    answer_of,
+    bot_messages,
+    job_count,
+    make_bot,
+    reply_of,
+    sqlite_store,
+)
 
 __all__ = ["sqlite_store"]
 
@@ -102,7 +110,7 @@ async def test_top_with_long_labels_fits_one_message(
     await _jobs(store, fake, fake.user("alice"), 2, samples=5)
 
     top = await fake.invoke_command("top", {"period": "day"})
-    message = await fake.wait_for(lambda: top.original)
+    message = await fake.wait_for(lambda: answer_of(top))
     assert len(message.content) <= MAX_MESSAGE_CHARS and fake.rejections == [], message.content
     lines = message.content.splitlines()
     assert lines[0] == "**Top samples today**" and len(lines) == 11
