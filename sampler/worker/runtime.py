@@ -412,15 +412,30 @@ class _Reporter:
         self._pending = None
         return True
 
-    async def flush(self, *, store_held: bool = True) -> None:
+    async def flush(self) -> None:
         """Wait for the checkpoint being stored, then store the one held back, if any (call on the
-        loop once the run has ended; a finished job does not need its last checkpoint)."""
+        loop once a run stopped before its end, so that the next attempt resumes from there)."""
         future, self._pending = self._pending, None
         if future is not None:
             await asyncio.wrap_future(future)
         held, self._held = self._held, None
-        if held is not None and store_held:
+        if held is not None:
             await self._worker._save_checkpoint(self._run, _checkpoint_bytes(held))
+
+    async def drop_pending(self, job_id: int) -> None:
+        """The run has finished: its samples hold the codes, so no checkpoint is needed any more. The
+        one being stored is stopped, not waited for: a store too slow for it (`StoreCallTooSlow`) must
+        not cost the finished samples."""
+        future, self._pending, self._held = self._pending, None, None
+        if future is None:
+            return
+        future.cancel()
+        wrapped = asyncio.wrap_future(future)
+        await asyncio.wait([wrapped])
+        if not wrapped.cancelled() and wrapped.exception() is not None:
+            log.info(
+                "job #%s: its last checkpoint was not stored (%s); not needed", job_id, wrapped.exception()
+            )
 
 
 class StoreCallTooSlow(Exception):
@@ -809,7 +824,10 @@ class Worker:
                     )
                     finished = True
                 finally:
-                    await reporter.flush(store_held=not finished)
+                    if finished:
+                        await reporter.drop_pending(job.id)
+                    else:
+                        await reporter.flush()
             except LeaseLost:
                 raise
             except JobCancelled:
@@ -851,6 +869,8 @@ class Worker:
                 )
             except InvalidSample as exc:  # a runner bug: the same run would produce it again
                 return await self._fail(run, f"The sampler produced an invalid result: {exc}")
+            except StoreCallTooSlow as exc:  # the samples do not fit the link: back to the queue, saying why
+                return await self._crashed(run, exc)
             log.info("job #%s succeeded with %d samples", job.id, len(samples))
             return JobOutcome.SUCCEEDED
         except LeaseLost as exc:

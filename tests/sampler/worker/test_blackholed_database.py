@@ -287,7 +287,25 @@ class BigFirstCheckpointRunner:
         return self.inner.run(task, report, should_stop)
 
 
-async def _run_over_a_slow_uplink(db_url: str, bytes_per_second: float, job_fields: dict[str, Any]) -> Any:
+class BigLastCheckpointRunner:
+    """Runs `inner`, then hands over a checkpoint of 1 MiB after its last window, as the cascade does
+    before it decodes, and returns the samples."""
+
+    def __init__(self, inner: ToyRunner) -> None:
+        self.inner, self.models = inner, inner.models
+
+    def run(self, task: JobTask, report: ProgressReporter, should_stop: StopCheck) -> list[NewSample]:
+        samples = self.inner.run(task, report, should_stop)
+        report.checkpoint(os.urandom(1 << 20))
+        return samples
+
+
+async def _run_over_a_slow_uplink(
+    db_url: str,
+    bytes_per_second: float,
+    job_fields: dict[str, Any],
+    runner_type: type[BigFirstCheckpointRunner | BigLastCheckpointRunner] = BigFirstCheckpointRunner,
+) -> Any:
     """Run one job on a worker whose requests reach Postgres at `bytes_per_second`; the job as it
     ended, or the test fails after 90 s."""
     address = make_url(db_url)
@@ -300,7 +318,7 @@ async def _run_over_a_slow_uplink(db_url: str, bytes_per_second: float, job_fiel
     worker_engine = create_engine(proxied_url)
     # A checkpoint's first try may take 4 s (a whole lease), then 8 s, then 16 s.
     config = dataclasses.replace(EVERY_CHECKPOINT, lease_seconds=4.0, retry_max_seconds=0.2)
-    runner = BigFirstCheckpointRunner(ToyRunner(DeviceSpec.cpu()))
+    runner = runner_type(ToyRunner(DeviceSpec.cpu()))
     worker = Worker(JobStore(worker_engine), runner, DeviceSpec.cpu(), config=config)
     stop = asyncio.Event()
     serving = asyncio.create_task(worker.serve(stop))
@@ -347,3 +365,14 @@ async def test_a_checkpoint_that_never_fits_its_time_crashes_the_job_instead_of_
         )
         in job.error
     )
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+async def test_a_last_checkpoint_that_never_fits_does_not_cost_the_finished_samples(
+    db_url: str, toy_env: Path
+) -> None:
+    """A finished run needs no checkpoint (its samples hold the codes): waiting for one the link cannot
+    carry crashed the job and threw the samples away."""
+    job = await _run_over_a_slow_uplink(db_url, 16 * 1024, {"max_attempts": 1}, BigLastCheckpointRunner)
+    assert job.status is JobStatus.SUCCEEDED and job.error is None
