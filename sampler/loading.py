@@ -52,9 +52,9 @@ def _hparams(checkpoint: Path, published: dict[str, Any]) -> dict[str, Any]:
         data = json.loads(sidecar.read_text())
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):  # none: the published one
         return published
-    except OSError as exc:  # there but not readable by this user: its permissions, not damage
+    except PermissionError as exc:  # there but not readable by this user: its permissions, not damage
         raise ModelFileUnreadable(sidecar, unreadable_problem(sidecar, exc)) from None
-    except ValueError as exc:
+    except (OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read {sidecar}: {exc}; fix or delete it") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{sidecar} must hold a JSON object of hparams")
@@ -102,10 +102,14 @@ class ModelDirectory:
             if exc.__cause__ is not None and is_out_of_memory(exc.__cause__):
                 raise exc.__cause__ from None  # the reader ran out of memory: the file may be fine
             raise ModelFileUnusable(self.model, name, path, str(exc)) from exc
-        except OSError as exc:  # opening or reading failed: no verdict on the file
+        except (PermissionError, FileNotFoundError):
+            # Gone, or this user may not read it (no verdict on the file): as `file_status` sees it,
+            # which also decides whether the model is served.
             self._raise_unless_here(name)
-            where = Path(exc.filename) if isinstance(exc.filename, str) else path
-            raise ModelFileUnreadable(where, unreadable_problem(where, exc), self.model) from None
+            raise
+        # Anything else (EIO on a failing disk; a denial `file_status` does not see, from a security
+        # module) is raised as it is: the job crashes, is tried again after a pause, then fails with
+        # the reason. Released instead, it was claimed again at once, forever: the model looks served.
 
     def _raise_unless_here(self, name: str) -> None:
         """ModelFilesMissing when the file is gone, ModelFileUnreadable when this user may not read it."""

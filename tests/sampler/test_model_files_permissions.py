@@ -10,14 +10,16 @@ run in a child process without the capabilities that let root read anything (tes
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
 import pytest
 
 from sampler.cascade_runner import CascadeRunner
-from sampler.loading import expected_shapes_for, sidecar_path
+from sampler.loading import ModelDirectory, expected_shapes_for, sidecar_path
 from sampler.model_files import (
+    MODELS,
     CheckpointVerifier,
     ModelFilesMissing,
     ModelFileUnreadable,
@@ -160,3 +162,25 @@ async def test_the_worker_gives_back_a_job_whose_file_it_cannot_read_and_records
     set_mode(path, 0o644)
     assert runner.models == {"1b_lyrics", "5b"}
     assert os.access(path, os.R_OK)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(errno.EIO, "Input/output error"),  # a failing disk
+        PermissionError(errno.EACCES, "Permission denied"),  # a security module: the file looks readable
+    ],
+)
+def test_a_read_error_the_file_status_does_not_see_is_raised_not_taken_for_a_missing_file(
+    models: Path, error: OSError
+) -> None:
+    """Taken for "unreadable" (a ModelFilesMissing), the job went back to the queue with no attempt
+    counted while the model stayed served: the same worker claimed it again at once, forever. Raised,
+    the job crashes, is tried again after a pause, and fails with the reason."""
+    directory = ModelDirectory(models, "1b_lyrics")
+    name = MODELS["1b_lyrics"].priors[2]
+    assert file_status(name, models).state in ("verified", "present")
+    with pytest.raises(OSError) as raised, directory._reading(name):
+        raise error
+    assert raised.value is error and not isinstance(raised.value, ModelFilesMissing)
+    assert "1b_lyrics" in available_models(models)
