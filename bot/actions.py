@@ -157,6 +157,8 @@ class Viewer:
     jobs wherever they were made, and others' made in channels they may read (View Channel and Read
     Message History there), so a private channel's songs stay in it. Decided per channel once.
 
+    What was made in a channel or thread that no longer exists is its maker's alone.
+
     Discord gives the interaction's permissions for the channel it comes from; for another channel (or
     thread) the bot's cache of the server's channels, roles and overwrites says (`_permissions_in`),
     without a request to Discord but for a channel the cache lacks (`_uncached_channel`).
@@ -175,22 +177,46 @@ class Viewer:
             self._readable[channel_id] = await self._may_read(channel_id)
         return self._readable[channel_id]
 
+    async def may_show_here(self, channel_id: int, maker_id: int) -> bool:
+        """Whether what `maker_id` made in `channel_id` may be listed or joined in a reply posted
+        publicly in the interaction's channel (/top, /curate top:/user:): the member may use it, and
+        everyone who reads here may read there too, as it was made here or in a channel the server's
+        @everyone role may read. (Ephemeral replies keep `may_use`: only the member reads them.)"""
+        if not await self.may_use(channel_id, maker_id):
+            return False
+        return channel_id == self._interaction.channel_id or _everyone_reads(self._interaction, channel_id)
+
     async def _may_read(self, channel_id: int) -> bool:
         permissions = _permissions_in(self._interaction, channel_id)
         if permissions is not None:
             return _reads(permissions)
         uncached = await _uncached_channel(self._bot, channel_id)
         if uncached is _NoThread.DELETED:
-            # Its messages went with it and no channel's privacy is at stake any more: what was made
-            # there stays the server's, as a user would expect of songs that outlived their channel.
-            # (Discord no longer says which channel a deleted thread was in: its samples go the same way.)
-            return True
+            # Who could read it can no longer be told: Discord does not say which channel a deleted
+            # thread was in, and that channel may still be private. What was made there stays its
+            # maker's alone (`may_use` lets them), rather than become the whole server's.
+            return False
         if isinstance(uncached, _ThreadOf):
             in_parent = _permissions_in(self._interaction, uncached.parent_id)
-            if in_parent is None:  # the thread's channel was deleted, and the thread with it
-                return True
+            if in_parent is None:  # the thread's channel was deleted, and the thread with it: as above
+                return False
             return _reads(in_parent) and _knows_thread(uncached, self._interaction.user.id, in_parent)
         return False  # a channel the bot may not see, or Discord did not answer: not shown
+
+
+def _everyone_reads(interaction: discord.Interaction[Any], channel_id: int) -> bool:
+    """Whether the server's @everyone role may read `channel_id` by the bot's cache; a channel or
+    thread the cache lacks, or a private thread, is not known to be readable by all."""
+    guild = interaction.guild
+    if guild is None:
+        return False
+    channel = guild.get_channel_or_thread(channel_id)
+    if channel is None or (isinstance(channel, discord.Thread) and channel.is_private()):
+        return False
+    try:
+        return _reads(channel.permissions_for(guild.default_role))
+    except discord.ClientException:  # a thread whose channel the cache lacks
+        return False
 
 
 def _reads(permissions: discord.Permissions) -> bool:
@@ -346,9 +372,20 @@ async def request_continue(
     )
 
 
-async def _already_upsampled(bot: JukeBot, earlier: AlreadyUpsampled) -> InvalidRequest:
-    """The refusal of a second upsample of one sample, saying where the first one's result is."""
+async def _already_upsampled(
+    bot: JukeBot, interaction: discord.Interaction[Any], earlier: AlreadyUpsampled
+) -> InvalidRequest:
+    """The refusal of a second upsample of one sample, saying where the first one's result is; its
+    job and sample numbers only to a member who may use them (`Viewer`)."""
     sample_id, job_id = earlier.sample_id, earlier.job_id
+    first = await bot.store.get_job(job_id)
+    if not await Viewer(bot, interaction).may_use(first.channel_id, first.user_id):
+        done = earlier.status == JobStatus.SUCCEEDED.value
+        being = "was upsampled already" if done else "is already being upsampled"
+        return InvalidRequest(
+            f"Sample #{sample_id} {being}, in a channel you cannot see; whoever asked for it "
+            "there can share its full-quality version."
+        )
     if earlier.status != JobStatus.SUCCEEDED.value:
         return InvalidRequest(
             f"Sample #{sample_id} is already being upsampled as job #{job_id}; its full-quality version "
@@ -399,7 +436,7 @@ async def enqueue_and_announce(
     except UserJobLimitReached as reached:
         raise capacity_refusal(reached) from None
     except AlreadyUpsampled as earlier:
-        raise await _already_upsampled(bot, earlier) from None
+        raise await _already_upsampled(bot, interaction, earlier) from None
     except StorageError as exc:
         raise JukebotError(str(exc)) from None
     interaction.extras["job_id"] = job_id

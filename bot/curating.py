@@ -141,11 +141,18 @@ async def top_ranked(
 
 
 async def resolve(
-    store: JobStore, guild_id: int, selection: Selection, max_count: int, may_use: MayUse
+    store: JobStore,
+    guild_id: int,
+    selection: Selection,
+    max_count: int,
+    may_use: MayUse,
+    may_gather: MayUse | None = None,
 ) -> list[int]:
     """The ids of the samples the selection names, all made in this server, in channels the member
-    may see (`may_use`: a job or listed samples elsewhere are refused, a user's or the top's are left
-    out); refusals are specific."""
+    may see (`may_use`: a job or listed samples elsewhere are refused); a user's or the top's are
+    gathered by `may_gather` (default `may_use`) and the others left out: the piece is posted
+    publicly, so the bot passes `Viewer.may_show_here`. Refusals are specific."""
+    gather = may_use if may_gather is None else may_gather
     given = [
         value is not None for value in (selection.job, selection.user, selection.top, selection.sample_ids)
     ]
@@ -166,7 +173,7 @@ async def resolve(
     if selection.user is not None:
         theirs = await store.user_samples(guild_id, selection.user, limit=MAX_USER_SAMPLES)
         origins = await store.sample_origins(info.id for info in theirs)
-        ids = [info.id for info in theirs if await _may_use_sample(origins[info.id], may_use)]
+        ids = [info.id for info in theirs if await _may_use_sample(origins[info.id], gather)]
         if len(ids) > max_count:
             raise InvalidRequest(
                 f"<@{selection.user}> has more than {max_count} samples here; one /curate joins at most "
@@ -176,7 +183,7 @@ async def resolve(
         return ids
     if selection.top is not None:
         since = top_since(selection.top, utcnow())
-        ranked = await top_ranked(store, guild_id, since, min(TOP_COUNT, max_count), may_use)
+        ranked = await top_ranked(store, guild_id, since, min(TOP_COUNT, max_count), gather)
         check_count(len(ranked), max_count, f"this server's samples ({selection.describe()})")
         return [entry.sample.id for entry in ranked]
     assert selection.sample_ids is not None

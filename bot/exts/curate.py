@@ -121,7 +121,9 @@ class Curate(commands.Cog):
         store = self.bot.store
         max_count = self.bot.settings.max_curate_samples
         viewer = Viewer(self.bot, interaction)  # samples of channels the member cannot see stay out
-        sample_ids = await curating.resolve(store, guild_id, selection, max_count, viewer.may_use)
+        sample_ids = await curating.resolve(
+            store, guild_id, selection, max_count, viewer.may_use, viewer.may_show_here
+        )
         loaded: list[Sample] = [await store.get_sample(sample_id) for sample_id in sample_ids]
         curating.check_duration([sample.duration_seconds for sample in loaded])
         similarity = curating.similarity_to_use(loaded)

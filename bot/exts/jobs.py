@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 
 HISTORY_PAGE = 10
 HISTORY_SCAN = 200  # jobs read at a time while looking for a page of those the member may see
+# The most of another member's jobs one /history reads looking for those the member may see: the
+# rest are not looked through (the reply says so), however many they have in hidden channels.
+HISTORY_SCAN_LIMIT = 1000
 SAMPLE_IDS_CHARS = 48  # a job's sample numbers in one /history line: the first few, then a count
 
 
@@ -87,7 +90,14 @@ class Jobs(commands.Cog):
         unfinished = [job for job in everywhere if job.guild_id == guild_id]
         mine = [job for job in unfinished if job.user_id == interaction.user.id]
         places = queue_places(everywhere, await self.bot.store.served_models())
-        running = [job for job in unfinished if job.status != JobStatus.QUEUED]
+        viewer = actions.Viewer(
+            self.bot, interaction
+        )  # others' jobs of channels the member cannot see stay out
+        running = [
+            job
+            for job in unfinished
+            if job.status != JobStatus.QUEUED and await viewer.may_use(job.channel_id, job.user_id)
+        ]
         await interaction.followup.send(render_queue(mine, places, running, utcnow()), ephemeral=True)
 
     @app_commands.command(name="history", description="Jobs someone (you by default) ran in this server")
@@ -104,16 +114,24 @@ class Jobs(commands.Cog):
         await interaction.response.defer(ephemeral=True, thinking=True)
         page = history_page(page)
         who = user or interaction.user
-        jobs = await self._history_page(interaction, who.id, guild_id, page)
+        jobs, capped = await self._history_page(interaction, who.id, guild_id, page)
+        older = (
+            f"Older jobs may be hidden: only their latest {HISTORY_SCAN_LIMIT:,} jobs were looked "
+            "through for those made in channels you can read."
+            if capped
+            else None
+        )
         if not jobs:
             none = "no jobs here" if page == 1 else f"no jobs on page {page}"
-            await interaction.followup.send(f"{who.mention} has {none}.", ephemeral=True)
+            none = f"{who.mention} has {none}" + (" that you can see." if capped else ".")
+            await interaction.followup.send(none + (f"\n{older}" if older else ""), ephemeral=True)
             return
         made = await self.bot.store.samples_of_jobs(
             job.id for job in jobs if job.status == JobStatus.SUCCEEDED
         )
         head = f"**Jobs of {who.mention}**, page {page}"
-        tail = f"More: `/history page:{page + 1}`" if len(jobs) == HISTORY_PAGE else None
+        more = f"More: `/history page:{page + 1}`" if len(jobs) == HISTORY_PAGE else None
+        tail = "\n".join(line for line in (more, older) if line) or None
         room = (MAX_MESSAGE_CHARS - len(head) - len(tail or "")) // len(jobs) - 2  # a newline each
         lines = [head]
         for job in jobs:
@@ -133,23 +151,29 @@ class Jobs(commands.Cog):
 
     async def _history_page(
         self, interaction: discord.Interaction[JukeBot], user_id: int, guild_id: int, page: int
-    ) -> list[Job]:
+    ) -> tuple[list[Job], bool]:
         """The user's jobs on `page`, newest first, counting only those the member may see: pages of
-        another member's history leave out jobs made in channels the member cannot see."""
+        another member's history leave out jobs made in channels the member cannot see, looking
+        through at most their latest HISTORY_SCAN_LIMIT jobs; and whether older ones went unread."""
         store = self.bot.store
         skip = (page - 1) * HISTORY_PAGE
         if user_id == interaction.user.id:  # one's own jobs, all of them
-            return await store.recent_jobs(user_id, guild_id, limit=HISTORY_PAGE, offset=skip)
+            return await store.recent_jobs(user_id, guild_id, limit=HISTORY_PAGE, offset=skip), False
         viewer = actions.Viewer(self.bot, interaction)
         shown: list[Job] = []
         offset = 0
+        capped = False
         while len(shown) < skip + HISTORY_PAGE:
-            batch = await store.recent_jobs(user_id, guild_id, limit=HISTORY_SCAN, offset=offset)
-            shown += [job for job in batch if await viewer.may_use(job.channel_id, job.user_id)]
-            if len(batch) < HISTORY_SCAN:
+            if offset >= HISTORY_SCAN_LIMIT:
+                capped = True
                 break
-            offset += HISTORY_SCAN
-        return shown[skip : skip + HISTORY_PAGE]
+            limit = min(HISTORY_SCAN, HISTORY_SCAN_LIMIT - offset)
+            batch = await store.recent_jobs(user_id, guild_id, limit=limit, offset=offset)
+            shown += [job for job in batch if await viewer.may_use(job.channel_id, job.user_id)]
+            if len(batch) < limit:
+                break
+            offset += limit
+        return shown[skip : skip + HISTORY_PAGE], capped
 
 
 async def setup(bot: JukeBot) -> None:

@@ -105,7 +105,8 @@ class Samples(commands.Cog):
         await interaction.response.defer(thinking=True)  # before the database: see /sample
         interaction.extras[PUBLIC_THINKING] = True
         viewer = actions.Viewer(self.bot, interaction)
-        ranked = await curating.top_ranked(self.bot.store, guild_id, since, TOP_COUNT, viewer.may_use)
+        # A public reply: only what everyone reading this channel may see (`Viewer.may_show_here`).
+        ranked = await curating.top_ranked(self.bot.store, guild_id, since, TOP_COUNT, viewer.may_show_here)
         heading = TOP_HEADINGS[period]
         if not ranked:
             await interaction.followup.send(f"No samples {heading} yet: make one with /jukebox.")

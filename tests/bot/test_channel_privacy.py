@@ -1,13 +1,14 @@
 """Samples and jobs made in a channel stay with those who may read it: a member who cannot see
 #music neither re-posts, continues, upsamples, votes on nor curates its samples from another channel,
 and the listings (/top, /history, /curate user:/top:) leave them out for that member. A sample's maker
-always may use it; a deleted channel's samples stay the server's, an archived thread's stay its
-channel's. Decided from Discord's permissions, the bot's cache for other channels than the
+always may use it; a deleted channel's or thread's are its maker's alone, an archived thread's stay
+its channel's. Public listings keep to what all who read their channel may see (test_public_listings.py). Decided from Discord's permissions, the bot's cache for other channels than the
 interaction's own."""
 
 from __future__ import annotations
 
 import discord
+import pytest
 
 from bot.bot import JukeBot
 from storage.store import JobStore
@@ -44,6 +45,26 @@ async def hidden_from(fake: FakeDiscord, bot: JukeBot, member: str, channel: str
 
     await wait_until(known, within=10.0, what=f"the bot to know {member} cannot see #{channel}")
     return user
+
+
+READ = discord.Permissions(view_channel=True, read_message_history=True).value
+
+
+async def private_music(fake: FakeDiscord, bot: JukeBot, reader: str) -> None:
+    """#music made private as a moderator does: @everyone loses View Channel there, `reader` keeps it
+    (the fake has no role overwrites: Discord's CHANNEL_UPDATE carries the @everyone one)."""
+    guild, music, user = fake.default_guild, fake.channel("music"), fake.user(reader)
+    music.member_overwrites[user.id] = (READ, 0)
+    payload = music.payload()
+    payload["permission_overwrites"].append({"id": str(guild.id), "type": 0, "allow": "0", "deny": str(READ)})
+    await fake.dispatch("CHANNEL_UPDATE", payload)
+
+    async def known() -> bool:
+        cached = bot.get_channel(music.id)
+        assert isinstance(cached, discord.TextChannel)
+        return cached.overwrites_for(cached.guild.default_role).view_channel is False
+
+    await wait_until(known, within=10.0, what="the bot to know #music is private")
 
 
 async def made(store: JobStore, fake: FakeDiscord, user: str, channel_id: int, n: int = 1) -> list[int]:
@@ -123,8 +144,16 @@ async def test_listings_leave_out_what_a_member_cannot_see(
     assert f"Sample #{hidden} " not in seen_by_alice and seen_by_alice.startswith(
         f"**Top samples of all time**\n1. Sample #{second} · 👍 0"
     ), seen_by_alice
+    # Bob's /top is public in #general: it lists #music's sample only because @everyone may read
+    # #music (Alice is kept out by her own overwrite alone); a channel closed to @everyone stays out of
+    # public listings elsewhere (test_public_listings.py). Alice's /top there leaves it out all the same.
     seen_by_bob = (await posted(fake, await fake.invoke_command("top", {"period": "all"}, user=bob))).content
     assert f"1. Sample #{hidden} · 👍 3" in seen_by_bob, seen_by_bob
+    await private_music(fake, bot, "bob")
+    seen_by_bob = (await posted(fake, await fake.invoke_command("top", {"period": "all"}, user=bob))).content
+    assert f"Sample #{hidden} " not in seen_by_bob and f"1. Sample #{second} " in seen_by_bob, seen_by_bob
+    in_music = fake.invoke_command("top", {"period": "all"}, user=bob, channel=music)
+    assert f"1. Sample #{hidden} · 👍 3" in (await posted(fake, await in_music)).content
 
     history = await reply_of(fake, await fake.invoke_command("history", {"user": bob}, user=alice))
     assert "• Job #1 " in history and "• Job #2 " not in history, history
@@ -148,7 +177,7 @@ async def test_listings_leave_out_what_a_member_cannot_see(
         assert sorted(piece.params["curation"]["sample_ids"]) == [first, second], selection
 
 
-async def test_a_deleted_channels_samples_stay_the_servers_and_an_archived_threads_stay_its_channels(
+async def test_a_deleted_channels_samples_are_their_makers_alone_and_an_archived_threads_stay_its_channels(
     fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
 ) -> None:
     fake, store = fake_discord, sqlite_store
@@ -161,9 +190,17 @@ async def test_a_deleted_channels_samples_stay_the_servers_and_an_archived_threa
     (from_deleted,) = await made(store, fake, "bob", deleted_channel)
     (from_thread,) = await made(store, fake, "bob", thread.id)
 
+    # Who could read a deleted channel (or a deleted thread's channel) cannot be told: only its maker
+    # may use what was made there, and it stays in their listings.
     for _ in range(2):
-        shown = await posted(fake, await fake.invoke_command("sample", {"id": from_deleted}, user=alice))
-        assert shown.attachments
+        refused = await fake.invoke_command("sample", {"id": from_deleted}, user=alice)
+        assert await reply_of(fake, refused) == hidden_sample(from_deleted)
+    bob = fake.user("bob")
+    assert (
+        await posted(fake, await fake.invoke_command("sample", {"id": from_deleted}, user=bob))
+    ).attachments
+    history = await reply_of(fake, await fake.invoke_command("history", user=bob))
+    assert "• Job #1 " in history, history
     refused = await fake.invoke_command("sample", {"id": from_thread}, user=alice)
     assert await reply_of(fake, refused) == hidden_sample(from_thread)
     moderator = fake.user("moderator")  # reads #music
@@ -173,3 +210,64 @@ async def test_a_deleted_channels_samples_stay_the_servers_and_an_archived_threa
     # Discord was asked once about each channel the cache lacks, whatever used them since
     asked = sorted(call.path.rsplit("/", 1)[-1] for call in fake.calls("GET", CHANNEL_LOOKUP))
     assert asked == sorted([str(deleted_channel), str(thread.id)])
+
+
+async def test_an_upsample_made_in_a_hidden_channel_is_not_named_to_who_cannot_see_it(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    fake, store = fake_discord, sqlite_store
+    bot = await bot_runner.start(make_bot(fake, store))
+    alice = await hidden_from(fake, bot, "alice", "music")
+    bob = fake.user("bob")
+    (preview,) = await made(store, fake, "alice", fake.channel("general").id)  # job 1, hers
+    # Bob upsamples it from #music, which Alice cannot see (job 2).
+    asked = await fake.invoke_command(
+        "upsample", {"sample": preview}, user=bob, channel=fake.channel("music")
+    )
+    assert (await reply_of(fake, asked)).startswith("Queued as job #2.")
+
+    running = await reply_of(fake, await fake.invoke_command("upsample", {"sample": preview}, user=alice))
+    assert running == (
+        f"Sample #{preview} is already being upsampled, in a channel you cannot see; whoever asked for "
+        "it there can share its full-quality version."
+    ), running
+    worker = PlayedWorker(store)
+    (full,) = await worker.complete(await worker.claim(), n=1, full=True)
+    done = await reply_of(fake, await fake.invoke_command("upsample", {"sample": preview}, user=alice))
+    assert done == (
+        f"Sample #{preview} was upsampled already, in a channel you cannot see; whoever asked for it "
+        "there can share its full-quality version."
+    ), done
+    assert f"#{full}" not in done and "job #2" not in done
+    # Bob, who reads #music, is told where it is.
+    told = await reply_of(fake, await fake.invoke_command("upsample", {"sample": preview}, user=bob))
+    assert told.startswith(f"Sample #{preview} was upsampled already, by job #2"), told
+
+
+async def test_another_members_history_looks_through_a_bounded_number_of_their_jobs(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake, store = fake_discord, sqlite_store
+    bot = await bot_runner.start(make_bot(fake, store))
+    jobs_extension = bot.extensions["bot.exts.jobs"]  # the module the bot loaded
+    monkeypatch.setattr(jobs_extension, "HISTORY_SCAN", 2)
+    monkeypatch.setattr(jobs_extension, "HISTORY_SCAN_LIMIT", 4, raising=False)
+    alice = await hidden_from(fake, bot, "alice", "music")
+    bob = fake.user("bob")
+    for channel in ("general", "music", "music", "music", "music"):  # job 1 she may see, then 4 she may not
+        await store.enqueue(
+            kind="generate",
+            model="5b",
+            params={"artist": "queen"},
+            channel_id=fake.channel(channel).id,
+            user_id=bob.id,
+            guild_id=fake.default_guild.id,
+        )
+
+    history = await reply_of(fake, await fake.invoke_command("history", {"user": bob}, user=alice))
+    assert history == (
+        f"<@{bob.id}> has no jobs here that you can see.\nOlder jobs may be hidden: only their latest 4 "
+        "jobs were looked through for those made in channels you can read."
+    ), history
+    own = await reply_of(fake, await fake.invoke_command("history", user=bob))  # his own: all of them
+    assert "• Job #1 " in own and "• Job #5 " in own and "Older jobs" not in own, own
