@@ -118,7 +118,12 @@ class Admin(commands.Cog):
         current = await self.bot.store.get_guild_settings(guild_id)
         # Edit the list in force, which is the bot's JUKEBOT_ALLOWED_CHANNELS until the server has its
         # own. What is saved replaces that setting here: () is "every channel", not "use the setting".
-        allowed = list(Limits.resolve(self.bot.settings, current).allowed_channel_ids)
+        in_force = Limits.resolve(self.bot.settings, current).allowed_channel_ids
+        allowed = list(in_force)
+        if current.allowed_channel_ids is None and interaction.guild is not None:
+            # The setting is one list for every server: only this server's channels of it become its own
+            # (others' ids copied here would close this server when its last channel is removed).
+            allowed = [channel_id for channel_id in allowed if interaction.guild.get_channel(channel_id)]
         if action == "all":
             new: tuple[int, ...] = ()
         else:
@@ -127,7 +132,7 @@ class Admin(commands.Cog):
             if action == "allow" and channel.id not in allowed:
                 allowed.append(channel.id)
             elif action == "remove":
-                if not allowed:
+                if not in_force:
                     raise InvalidRequest(
                         f"The jukebox works in every channel here, so there is no list to remove "
                         f"{channel.mention} from; nothing changed. Allow the channels it should work in "

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import discord
 import pytest
 
+from bot.bot import JukeBot
 from storage.engine import create_engine
 from storage.records import GuildSettings
 from storage.store import JobStore
@@ -89,3 +91,30 @@ async def test_allow_everywhere_overrides_the_setting_and_survives_a_restart(
     await store.set_guild_settings(GuildSettings(guild_id=guild_id, allowed_channel_ids=None))
     assert (await store.get_guild_settings(guild_id)).allowed_channel_ids is None
     assert (await _jukebox_in(fake, music)).startswith("Jukebox is not available in this channel.")
+
+
+async def test_the_settings_channels_of_other_servers_are_not_copied_into_this_ones_list(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, db_store: JobStore
+) -> None:
+    """JUKEBOT_ALLOWED_CHANNELS is one list for every server. Editing it in another server copied the
+    first server's channel into that server's list: removing its own last channel then passed the
+    "would leave it empty" guard and closed the server (/jukebox said "use it in" a channel it has not)."""
+    fake, store = fake_discord, db_store
+    general = fake.channel("general")
+    other = fake.add_guild("Other Server", channels=("lobby", "songs"))
+    songs = fake.channel("songs", other)
+    fake.add_member(other, fake.user("mod"), permissions=discord.Permissions(manage_guild=True).value)
+    settings = make_settings(allowed_channels=[general.id])
+    await bot_runner.start(JukeBot(settings, store, sync_guild_ids=[fake.default_guild.id, other.id]))
+
+    async def channels(action: str) -> str:
+        options = {"action": action, "channel": songs}
+        command = await fake.invoke_command(
+            "jukebot-admin channels", options, user=fake.user("mod"), guild=other, channel=songs
+        )
+        return await reply_of(fake, command)
+
+    assert (await channels("allow")).endswith(f"Allowed channels: <#{songs.id}>")
+    assert (await store.get_guild_settings(other.id)).allowed_channel_ids == (songs.id,)
+    assert (await channels("remove")).startswith(f"<#{songs.id}> is the only allowed channel")
+    assert (await store.get_guild_settings(other.id)).allowed_channel_ids == (songs.id,)
