@@ -24,8 +24,8 @@ from discord.ext import commands
 
 from bot import actions, vocab
 from bot.attachments import fetch_prime
-from bot.bot import JukeBot
-from bot.errors import MAX_MESSAGE_CHARS, InvalidRequest, JukebotError
+from bot.bot import JukeBot, user_message
+from bot.errors import MAX_MESSAGE_CHARS, InvalidRequest, JukebotError, fit_message
 from bot.requests import (
     MAX_SEED,
     GenerateOptions,
@@ -124,27 +124,39 @@ class Jukebox(commands.Cog):
                 await self._give_lyrics_back(interaction, lyrics)
                 return
             await interaction.response.defer(ephemeral=True, thinking=True)
-            await self.submit(interaction, dataclasses.replace(request.options, lyrics=lyrics), request.prime)
+            try:
+                await self.submit(
+                    interaction, dataclasses.replace(request.options, lyrics=lyrics), request.prime
+                )
+            except Exception as exc:  # refused now (a limit reached meanwhile, the prime): lyrics back too
+                refusal = user_message(exc)
+                if refusal is None:
+                    raise
+                await self._give_lyrics_back(interaction, lyrics, refusal.rstrip() + "\nNothing was queued.")
 
-    async def _give_lyrics_back(self, interaction: discord.Interaction[Any], lyrics: str) -> None:
-        """Answer a form whose request is gone (a restart, or open too long): nothing is queued, and the
-        user gets what they typed back, in the message when it fits, else as a text file."""
-        expired = (
+    async def _give_lyrics_back(
+        self, interaction: discord.Interaction[Any], lyrics: str, why: str | None = None
+    ) -> None:
+        """Answer a form that queued nothing: its request is gone (a restart, or open too long), or `why`.
+        The user gets what they typed back, in the message when it fits, else as a text file."""
+        said = why or (
             f"This lyrics form expired (the bot restarted, or it was open more than {LYRICS_FORM_HOURS} "
-            "hours), so nothing was queued. Run /jukebox again with `lyrics_modal:true`"
+            "hours), so nothing was queued."
         )
-        if not lyrics.strip():
-            await interaction.response.send_message(expired + ".", ephemeral=True)
-            return
-        inline = f"{expired} and paste your lyrics back in:\n```\n{lyrics}\n```"
-        if len(inline) <= MAX_MESSAGE_CHARS and "```" not in lyrics:
-            await interaction.response.send_message(inline, ephemeral=True)
-            return
-        await interaction.response.send_message(
-            f"{expired} and paste your lyrics back in: they are in the attached lyrics.txt.",
-            file=discord.File(io.BytesIO(lyrics.encode()), filename="lyrics.txt"),
-            ephemeral=True,
-        )
+        again = " Run /jukebox again with `lyrics_modal:true`"
+        content, files = said + again + ".", []
+        if lyrics.strip():
+            inline = f"{said}{again} and paste your lyrics back in:\n```\n{lyrics}\n```"
+            if len(inline) <= MAX_MESSAGE_CHARS and "```" not in lyrics:
+                content = inline
+            else:
+                content = f"{said}{again} and paste your lyrics back in: they are in the attached lyrics.txt."
+                files = [discord.File(io.BytesIO(lyrics.encode()), filename="lyrics.txt")]
+        content = fit_message(content)
+        if interaction.response.is_done():  # deferred: the answer replaces "thinking…"
+            await interaction.edit_original_response(content=content, attachments=files)
+        else:
+            await interaction.response.send_message(content, files=files, ephemeral=True)
 
     @app_commands.command(
         name="jukebox", description="Make a song with OpenAI Jukebox (a quick preview first)"
@@ -209,7 +221,9 @@ class Jukebox(commands.Cog):
                     f"{MODAL_LYRICS_CHARS:,}: send them in `lyrics` without `lyrics_modal` "
                     f"(up to {MAX_LYRICS_CHARS:,}), or shorten them."
                 )
-            await actions.check_can_enqueue(self.bot, interaction)
+            limits = await actions.check_can_enqueue(self.bot, interaction)
+            # Length, samples and labels too: refused now, not after the lyrics are written.
+            build_generate(limits, dataclasses.replace(options, prime_seconds=None))
             key = self._wait_for_lyrics(
                 _WaitingForLyrics(interaction.user.id, options, prime, opened_at=time.monotonic())
             )

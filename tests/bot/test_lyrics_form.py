@@ -12,7 +12,7 @@ from typing import Any
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
 from tests.bot.fake_discord import FakeDiscord
-from tests.bot.harness import job_count, make_bot, reply_of, sqlite_store
+from tests.bot.harness import job_count, make_bot, make_settings, reply_of, sqlite_store
 
 __all__ = ["sqlite_store"]
 
@@ -83,4 +83,32 @@ async def test_a_form_queues_only_for_whoever_opened_it(
     # A form is answered once: sent again, it gives the lyrics back instead of queueing twice.
     again = await fake.submit_modal(opened, {"lyrics": "alice's words"})
     assert (await reply_of(fake, again)).startswith(EXPIRED)
+    assert await job_count(sqlite_store) == 1
+
+
+async def test_a_length_over_the_servers_limit_is_refused_before_the_form_opens(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    fake = fake_discord
+    await bot_runner.start(make_bot(fake, sqlite_store))
+    opened = await fake.invoke_command("jukebox", {"lyrics_modal": True, "length": 120.0})
+    assert opened.modal is None  # it opened, and the refusal came after the lyrics were written
+    assert "limit in this server is 60 s" in await reply_of(fake, opened)
+
+
+async def test_a_form_refused_when_it_is_sent_gives_the_lyrics_back(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    fake = fake_discord
+    await bot_runner.start(make_bot(fake, sqlite_store, make_settings(max_queued_jobs_per_user=1)))
+    opened = await fake.invoke_command("jukebox", {"lyrics_modal": True})
+    queued = await reply_of(fake, await fake.invoke_command("jukebox", {"samples": 1}))
+    assert queued.startswith("Queued as job #1."), queued  # the user's one place, taken meanwhile
+
+    lyrics = "an hour of careful verse"
+    reply = await reply_of(fake, await fake.submit_modal(opened, {"lyrics": lyrics}))
+    assert reply.endswith(
+        "Nothing was queued. Run /jukebox again with `lyrics_modal:true` and paste your lyrics back in:\n"
+        f"```\n{lyrics}\n```"
+    ), reply
     assert await job_count(sqlite_store) == 1
