@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+import os
 from typing import Any
 
 import click
@@ -74,7 +75,8 @@ def upgrade_or_exit(settings: Settings) -> None:
 
 
 def sqlite_path_problem(settings: Settings) -> str | None:
-    """One sentence when DATABASE_URL's SQLite file cannot be one (a directory, or under a file).
+    """One sentence when DATABASE_URL's SQLite file cannot be one (a directory, under a file, in a folder
+    this user may not write, or a file it may not read and write).
 
     Checked before connecting: a failed connect leaves aiosqlite's thread racing the event loop's
     shutdown, which may print a traceback after the error.
@@ -92,6 +94,16 @@ def sqlite_path_problem(settings: Settings) -> str | None:
         return (
             f"DATABASE_URL's SQLite file {path} would be inside {existing}, which is a file, "
             "not a directory: point DATABASE_URL at a file in a directory."
+        )
+    if not path.exists() and existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        return (
+            f"DATABASE_URL's SQLite file {path} cannot be created: this user may not write in {existing}. "
+            "Change that folder's permissions, or point DATABASE_URL at a folder this user may write in."
+        )
+    if path.is_file() and not os.access(path, os.R_OK | os.W_OK):
+        return (
+            f"DATABASE_URL's SQLite file {path} cannot be read and written by this user: fix its "
+            "permissions, or point DATABASE_URL at another file."
         )
     return None
 

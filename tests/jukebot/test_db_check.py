@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
@@ -11,6 +12,7 @@ from sqlalchemy.engine import make_url
 from jukebot.cli import main
 from storage.migrate import head_revision
 from tests.conftest import POSTGRES_URL
+from tests.unprivileged import without_read_privileges
 
 
 def _check(monkeypatch: pytest.MonkeyPatch, url: str) -> Result:
@@ -56,3 +58,31 @@ def test_a_missing_database_named_with_its_host_in_the_query_says_which_host(
     assert result.output.startswith(
         f"Error: Database 'jukebot_no_such_db' does not exist on {postgres.host}: create it"
     ), result.output
+
+
+@without_read_privileges
+def test_a_sqlite_file_in_a_folder_this_user_may_not_write_is_one_sentence(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """SQLite's own "unable to open database file" named no folder, and aiosqlite's thread sometimes
+    printed a traceback after it."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    database = folder / "jukebot.sqlite3"
+    folder.chmod(0o555)
+    try:
+        monkeypatch.setenv("DATABASE_URL", f"sqlite:///{database}")
+        results = [
+            CliRunner().invoke(main, [command, "upgrade" if command == "db" else "list"])
+            for command in ("db", "jobs")
+        ]
+    finally:
+        folder.chmod(0o755)
+    for result in results:
+        assert result.exit_code == 1
+        assert result.output == (
+            f"Error: DATABASE_URL's SQLite file {database} cannot be created: this user may not write in "
+            f"{folder}. Change that folder's permissions, or point DATABASE_URL at a folder this user may "
+            "write in.\n"
+        )
+    assert not database.exists()
