@@ -336,6 +336,11 @@ class CascadeRunner:
             mode, sample_length = "ancestral", new_length
         elif job.kind == JobKind.GENERATE:
             assert task.prime is not None
+            if len(task.prime.pcm) % 2:  # 16-bit samples: a hand edit or a partial restore cut one
+                raise InvalidJobInput(
+                    f"The saved audio of clip #{job.prime_id} is damaged (an odd number of bytes): queue "
+                    "the job again with the clip attached."
+                )
             pcm = np.frombuffer(task.prime.pcm, dtype="<i2").astype(np.float32) / 32768.0
             wanted = len(pcm) if params.prime_seconds is None else int(params.prime_seconds * SAMPLE_RATE)
             length = prompt_length_samples(min(wanted, len(pcm)) / SAMPLE_RATE)
@@ -455,6 +460,11 @@ class CascadeRunner:
             cascade.check(request)
         except SamplingError as exc:
             raise JobFailed(f"This job cannot be sampled: {exc}.") from None
+        if state is not None:
+            try:
+                cascade.check_state(request, state)
+            except SamplingError as exc:
+                raise BadCheckpoint(f"The saved progress of job {job.id} cannot be used: {exc}") from None
         initial = state or cascade.initial_state(request)
         level_tokens = {
             level: sum(w.new_tokens for w in cascade.plan(request, initial, level))

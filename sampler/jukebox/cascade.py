@@ -169,12 +169,17 @@ class CascadeState:
             raise SamplingError(f"the saved sampling state is unreadable ({exc})") from None
         if not isinstance(raw, dict) or raw.get("format") != STATE_FORMAT:
             raise SamplingError("the saved sampling state has an unknown format")
-        return cls(
-            codes=[codes.long() for codes in raw["codes"]],
-            level_base={int(k): int(v) for k, v in raw["level_base"].items()},
-            windows_done={int(k): int(v) for k, v in raw["windows_done"].items()},
-            rng_state=raw["rng_state"],
-        )
+        try:
+            return cls(
+                codes=[codes.long() for codes in raw["codes"]],
+                level_base={int(k): int(v) for k, v in raw["level_base"].items()},
+                windows_done={int(k): int(v) for k, v in raw["windows_done"].items()},
+                rng_state=raw["rng_state"],
+            )
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:  # damaged, or another version's
+            raise SamplingError(
+                f"the saved sampling state is incomplete ({type(exc).__name__}: {exc})"
+            ) from None
 
 
 def default_chunk_size(device: torch.device | str, rng: RngMode) -> tuple[int, int, int]:
@@ -534,6 +539,23 @@ class Cascade:
         if request.rng == "reference":
             rng_state = torch.Generator(device=self.device).manual_seed(request.seed).get_state()
         return CascadeState(codes=codes, rng_state=rng_state)
+
+    def check_state(self, request: SamplingRequest, state: CascadeState) -> None:
+        """Raise SamplingError for a saved state that cannot be this request's (damaged, or written by
+        a version that planned its windows otherwise): resuming from it would crash at every attempt."""
+        if len(state.codes) != self.levels:
+            raise SamplingError(f"it holds codes of {len(state.codes)} levels, the model has {self.levels}")
+        for level, codes in enumerate(state.codes):
+            if codes.dim() != 2 or codes.shape[0] != request.n_samples:
+                shape = tuple(codes.shape)
+                raise SamplingError(
+                    f"its level-{level} codes have shape {shape}, not ({request.n_samples}, tokens)"
+                )
+            if codes.shape[1] * self.hops[level] > request.sample_length:
+                raise SamplingError(f"its level-{level} codes are longer than the song")
+        for level, done in state.windows_done.items():
+            if not 0 <= level < self.levels or not 0 <= done <= len(self.plan(request, state, level)):
+                raise SamplingError(f"it counts {done} windows done at level {level}, more than there are")
 
     def plan(self, request: SamplingRequest, state: CascadeState, level: int) -> list[Window]:
         config = self.priors.config(level)

@@ -8,8 +8,11 @@ real.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import io
 import logging
+import re
 import shutil
 import weakref
 from collections.abc import Callable, Iterator
@@ -22,22 +25,24 @@ import torch
 from sqlalchemy import text
 
 from sampler import cascade_runner
+from sampler.audio import SAMPLE_RATE, to_int16_pcm
 from sampler.cascade_runner import CascadeRunner, codes_to_bytes
 from sampler.jukebox.cascade import Cascade, CascadeState
 from sampler.jukebox.registry import MODELS
 from sampler.loading import LazyPriors, ModelDirectory
 from sampler.model_files import ModelFilesMissing, VerifiedCache, model_path, model_status
 from sampler.residency import ResidentPriors
-from sampler.worker.contract import DeviceSpec, ModelNotHere
+from sampler.worker.contract import BadCheckpoint, DeviceSpec, JobFailed, ModelNotHere
 from sampler.worker.memory import is_out_of_memory
 from sampler.worker.runtime import JobOutcome, Worker
 from storage import JobStatus
 from storage.records import NewSample
 from storage.store import JobStore
-from tests.sampler.test_cascade_runner import PREVIEW, claim, model_dir, run, sqlite_store
+from tests.sampler.jukebox.conftest import tiny_audio
+from tests.sampler.test_cascade_runner import PREVIEW, claim, model_dir, run, runner, sqlite_store
 from tests.sampler.test_resident_priors import loads
 
-__all__ = ["loads", "model_dir", "sqlite_store"]
+__all__ = ["loads", "model_dir", "runner", "sqlite_store"]
 
 CPU = DeviceSpec.cpu()
 FULL = PREVIEW.model_copy(update={"levels": "all", "n_samples": 1})  # levels 0, 1 and 2
@@ -411,3 +416,59 @@ async def test_damaged_parent_codes_fail_the_job_once_with_a_sentence(
         f"The saved codes of sample {sample_id} are damaged, so it cannot be used to continue: "
         "pick another sample."
     )
+
+
+def _saved_state(**fields: object) -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"format": 1, **fields}, buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        ("rng_state missing", "incomplete (KeyError: 'rng_state')"),
+        ("codes as lists", "incomplete (AttributeError"),
+        ("windows done past the plan", "it counts 99 windows done at level 2, more than there are"),
+        ("codes longer than the song", "its level-2 codes are longer than the song"),
+        ("another batch", "its level-0 codes have shape (2, 0), not (1, tokens)"),
+    ],
+)
+async def test_a_saved_state_that_cannot_be_this_jobs_fails_it_at_once_saying_why(
+    runner: CascadeRunner, sqlite_store: JobStore, damage: str, reason: str
+) -> None:
+    """A state of the right format number but damaged, or written by a version that planned windows
+    otherwise, crashed the run (KeyError, AttributeError, ValueError…) at every attempt, each after
+    loading the model; the job failed only when all were spent, saying "KeyError: 'rng_state'"."""
+    params = PREVIEW.model_copy(update={"n_samples": 1})
+    task = await claim(sqlite_store, kind="generate", model="1b_lyrics", params=params)
+    empty = [torch.zeros(1, 0, dtype=torch.long) for _ in range(3)]
+    states = {
+        "rng_state missing": _saved_state(codes=empty, level_base={}, windows_done={}),
+        "codes as lists": _saved_state(codes=[[], [], []], level_base={}, windows_done={}, rng_state=None),
+        "windows done past the plan": CascadeState(empty, {}, {2: 99}, None).to_bytes(),
+        "codes longer than the song": CascadeState(
+            [*empty[:2], torch.zeros(1, 5000, dtype=torch.long)], {}, {}, None
+        ).to_bytes(),
+        "another batch": CascadeState([torch.zeros(2, 0, dtype=torch.long)] * 3, {}, {}, None).to_bytes(),
+    }
+    damaged = dataclasses.replace(task, checkpoint=states[damage])
+    with pytest.raises(BadCheckpoint, match=re.escape(reason)) as failed:
+        run(runner, damaged)
+    assert str(failed.value).startswith(f"The saved progress of job {task.job.id} cannot be used: ")
+
+
+async def test_a_clip_whose_saved_audio_lost_a_byte_fails_the_job_saying_so(
+    runner: CascadeRunner, sqlite_store: JobStore
+) -> None:
+    clip = to_int16_pcm(tiny_audio(batch=1, samples=1024)[0].numpy()).tobytes()
+    prime_id = await sqlite_store.store_prime(user_id=2, filename="c.wav", pcm=clip, sample_rate=SAMPLE_RATE)
+    async with sqlite_store.engine.begin() as connection:  # a hand edit, a partial restore
+        await connection.execute(
+            text("UPDATE primes SET pcm = :pcm WHERE id = :id"), {"pcm": clip[:-1], "id": prime_id}
+        )
+    params = PREVIEW.model_copy(update={"n_samples": 1})
+    task = await claim(sqlite_store, kind="generate", model="1b_lyrics", params=params, prime_id=prime_id)
+    task = dataclasses.replace(task, prime=await sqlite_store.get_prime(prime_id))
+    with pytest.raises(JobFailed, match=rf"The saved audio of clip #{prime_id} is damaged \(an odd number"):
+        run(runner, task)
