@@ -231,7 +231,8 @@ class ProgressRelay:
             if not gone and exc.code not in (OLD_MESSAGE_EDITS_EXHAUSTED, THREAD_ARCHIVED):
                 raise
             message = await channel.send(text, view=progress_view(job), allowed_mentions=NO_MENTIONS)  # type: ignore[arg-type]
-            await self.store.set_progress_message(job.id, message.id)
+            if not await self._recorded(job.id, message, replacing=old.id):
+                return  # another bot on this database went on in a fresh message first: it stands
             if not gone:  # remove the stale one
                 try:
                     await old.delete()
@@ -262,10 +263,21 @@ class ProgressRelay:
                 allowed_mentions=NO_MENTIONS,
                 reference=reference,  # type: ignore[arg-type]
             )
-            await self.store.set_progress_message(job.id, message.id)
-            watched.text, watched.edited_at = text, time.monotonic()
+            if await self._recorded(job.id, message, replacing=None):
+                watched.text, watched.edited_at = text, time.monotonic()
         finally:
             self._posting.discard(job_id)
+
+    async def _recorded(self, job_id: int, message: discord.Message, *, replacing: int | None) -> bool:
+        """Record `message` as the job's progress message unless another bot sharing the database
+        recorded one first (both saw none, or the same old one); then ours is deleted, so one stays."""
+        if await self.store.replace_progress_message(job_id, message.id, replacing=replacing):
+            return True
+        try:
+            await message.delete()
+        except discord.HTTPException:
+            log.warning("job #%s: could not delete a second progress message %s", job_id, message.id)
+        return False
 
     def _reference(
         self, channel_id: int, guild_id: int | None, message_id: int | None

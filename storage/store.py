@@ -1314,6 +1314,23 @@ class JobStore:
     async def set_progress_message(self, job_id: int, message_id: int) -> None:
         await self._set_job_fields(job_id, progress_message_id=message_id)
 
+    async def replace_progress_message(self, job_id: int, message_id: int, *, replacing: int | None) -> bool:
+        """Record `message_id` as the job's progress message only while it is still `replacing` (None:
+        the job has none yet); False when another bot on this database recorded one first, whose
+        message then stands (the caller deletes its own). JobNotFound for an unknown id."""
+        async with self._transaction() as connection:
+            result = await connection.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.progress_message_id.is_not_distinct_from(replacing))
+                .values(progress_message_id=message_id, updated_at=self._clock())
+                .returning(jobs.c.id)
+            )
+            if result.first() is not None:
+                return True
+            if (await connection.execute(select(jobs.c.id).where(jobs.c.id == job_id))).first() is None:
+                raise JobNotFound(job_id)
+            return False
+
     def _posting_free(self, now: datetime) -> ColumnElement[bool]:
         """Nobody posts the results: never claimed, given back, or the claimer's lease ran out."""
         return or_(jobs.c.results_posting_expires_at.is_(None), jobs.c.results_posting_expires_at < now)

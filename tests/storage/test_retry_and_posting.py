@@ -317,3 +317,15 @@ async def test_sample_message_rejects_bad_input_and_unknown_samples(store: JobSt
         await store.set_sample_message(77, 1)
     assert await row_counts(store.engine) == before
     assert (await store.get_sample(sample_id)).message_id is None
+
+
+async def test_a_progress_message_is_recorded_only_over_the_one_the_caller_saw(store: JobStore) -> None:
+    job_id = await enqueue(store)
+    assert await store.replace_progress_message(job_id, 10, replacing=None)
+    assert not await store.replace_progress_message(job_id, 11, replacing=None)  # another bot's, later
+    assert not await store.replace_progress_message(job_id, 12, replacing=9)
+    assert (await store.get_job(job_id)).progress_message_id == 10
+    assert await store.replace_progress_message(job_id, 13, replacing=10)  # a fresh one for a deleted one
+    assert (await store.get_job(job_id)).progress_message_id == 13
+    with pytest.raises(JobNotFound):
+        await store.replace_progress_message(job_id + 1, 14, replacing=None)
