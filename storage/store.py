@@ -1299,21 +1299,6 @@ class JobStore:
             raise JobNotFound(job_id)
         return row.checkpoint
 
-    async def _set_job_fields(self, job_id: int, **values: Any) -> None:
-        """Set bookkeeping columns of a job whatever its status; JobNotFound for an unknown id."""
-        async with self._transaction() as connection:
-            result = await connection.execute(
-                update(jobs)
-                .where(jobs.c.id == job_id)
-                .values(**values, updated_at=self._clock())
-                .returning(jobs.c.id)
-            )
-            if result.first() is None:
-                raise JobNotFound(job_id)
-
-    async def set_progress_message(self, job_id: int, message_id: int) -> None:
-        await self._set_job_fields(job_id, progress_message_id=message_id)
-
     async def replace_progress_message(self, job_id: int, message_id: int, *, replacing: int | None) -> bool:
         """Record `message_id` as the job's progress message only while it is still `replacing` (None:
         the job has none yet); False when another bot on this database recorded one first, whose
@@ -1556,13 +1541,6 @@ class JobStore:
         )
         async with self._reading() as connection:
             return [_sample_info(row._mapping) for row in await connection.execute(statement)]
-
-    async def sample_guilds(self, sample_ids: Iterable[int]) -> dict[int, int | None]:
-        """The server each of the samples was made in (None: a direct message); unknown ids are absent."""
-        return {
-            sample_id: origin.guild_id
-            for sample_id, origin in (await self.sample_origins(sample_ids)).items()
-        }
 
     async def sample_origins(self, sample_ids: Iterable[int]) -> dict[int, SampleOrigin]:
         """Where each of the samples was made, and by whom; unknown ids are absent."""

@@ -90,9 +90,7 @@ class Jobs(commands.Cog):
         unfinished = [job for job in everywhere if job.guild_id == guild_id]
         mine = [job for job in unfinished if job.user_id == interaction.user.id]
         places = queue_places(everywhere, await self.bot.store.served_models())
-        viewer = actions.Viewer(
-            self.bot, interaction
-        )  # others' jobs of channels the member cannot see stay out
+        viewer = actions.Viewer(self.bot, interaction)  # others' jobs of channels they cannot see stay out
         running = [
             job
             for job in unfinished

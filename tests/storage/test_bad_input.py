@@ -83,7 +83,7 @@ async def test_unknown_job_ids(store: JobStore) -> None:
         store.get_checkpoint(missing),
         store.queue_position(missing),
         store.is_cancel_requested(missing),
-        store.set_progress_message(missing, 1),
+        store.replace_progress_message(missing, 1, replacing=None),
         store.request_cancel(missing, USER),
         store.heartbeat(missing, "w", 30),
         store.save_checkpoint(missing, "w", b""),

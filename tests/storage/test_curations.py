@@ -65,7 +65,7 @@ async def test_curate_jobs_are_not_queued(store: JobStore) -> None:
     assert await row_counts(store.engine) == before
 
 
-async def test_user_samples_and_sample_guilds(store: JobStore) -> None:
+async def test_user_samples_and_sample_origins(store: JobStore) -> None:
     _, mine = await finished_job(store, samples=2)
     _, others = await finished_job(store, samples=1, user_id=USER + 1)
     _, elsewhere = await finished_job(store, samples=1, guild_id=GUILD + 1)
@@ -73,5 +73,9 @@ async def test_user_samples_and_sample_guilds(store: JobStore) -> None:
     assert [info.id for info in await store.user_samples(GUILD, USER, limit=1)] == mine[:1]
     assert [info.id for info in await store.user_samples(GUILD, USER + 1)] == others
     assert await store.user_samples(GUILD + 2, USER) == []
-    guilds = await store.sample_guilds([*mine, *elsewhere, 9999])
-    assert guilds == {mine[0]: GUILD, mine[1]: GUILD, elsewhere[0]: GUILD + 1}
+    origins = await store.sample_origins([*mine, *elsewhere, 9999])
+    assert {sample_id: origin.guild_id for sample_id, origin in origins.items()} == {
+        mine[0]: GUILD,
+        mine[1]: GUILD,
+        elsewhere[0]: GUILD + 1,
+    }

@@ -232,7 +232,7 @@ async def test_progress_and_completion(store: JobStore, clock: FakeClock) -> Non
         job_id, "gpu-0", stage="upsampling", progress=1.7, level=1, window=2, window_count=5,
         tokens_done=1000, tokens_total=4000, tokens_per_second=120.5, eta_at=eta,
     )  # fmt: skip
-    await store.set_progress_message(job_id, 999_999_999_999)
+    await store.replace_progress_message(job_id, 999_999_999_999, replacing=None)
     job = await store.get_job(job_id)
     assert (job.stage, job.progress, job.level, job.window, job.window_count) == ("upsampling", 1.0, 1, 2, 5)
     assert (job.tokens_done, job.tokens_total, job.tokens_per_second, job.eta_at) == (1000, 4000, 120.5, eta)

@@ -154,7 +154,7 @@ async def test_a_bot_killed_mid_post_leaves_the_rest_to_the_next_once_its_claim_
     store: JobStore, clock: FakeClock
 ) -> None:
     job_id, (first, second, third) = await finished_job(store, samples=3)
-    await store.set_progress_message(job_id, 10_000)
+    await store.replace_progress_message(job_id, 10_000, replacing=None)
     assert await store.claim_results_posting(job_id, "bot-a", LEASE)
     await store.set_sample_message(first, 20_001)
     # bot-a dies here: it neither finishes nor gives the claim back.
@@ -241,7 +241,7 @@ async def test_finished_jobs_unposted_lists_what_a_bot_still_has_to_post(
     clock.advance(1)
     still_running = await running_job(store)
     for job_id in (succeeded, failed, cancelled, still_running):
-        await store.set_progress_message(job_id, 10_000 + job_id)
+        await store.replace_progress_message(job_id, 10_000 + job_id, replacing=None)
 
     listed = await store.finished_jobs_unposted()
     # In the order they finished; also the one without a progress message (the bot posts its

@@ -83,7 +83,7 @@ async def test_a_retried_failed_job_is_queued_fresh_and_resumes_from_its_checkpo
     await store.report_progress(
         job_id, WORKER, stage="sampling", progress=0.9, level=0, window=7, window_count=8
     )
-    await store.set_progress_message(job_id, 777)
+    await store.replace_progress_message(job_id, 777, replacing=None)
     await store.fail(job_id, WORKER, OOM)
     assert await store.claim_results_posting(job_id, "bot", 30)  # the bot posts the failure
     assert await store.finish_results_posting(job_id, "bot")
