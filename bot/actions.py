@@ -208,15 +208,11 @@ def _everyone_reads(interaction: discord.Interaction[Any], channel_id: int) -> b
     """Whether the server's @everyone role may read `channel_id` by the bot's cache; a channel or
     thread the cache lacks, or a private thread, is not known to be readable by all."""
     guild = interaction.guild
-    if guild is None:
+    cached = None if guild is None else _cached_permissions(guild, channel_id, guild.default_role)
+    if cached is None:
         return False
-    channel = guild.get_channel_or_thread(channel_id)
-    if channel is None or (isinstance(channel, discord.Thread) and channel.is_private()):
-        return False
-    try:
-        return _reads(channel.permissions_for(guild.default_role))
-    except discord.ClientException:  # a thread whose channel the cache lacks
-        return False
+    channel, permissions = cached
+    return not (isinstance(channel, discord.Thread) and channel.is_private()) and _reads(permissions)
 
 
 def _reads(permissions: discord.Permissions) -> bool:
@@ -241,16 +237,27 @@ def _permissions_in(interaction: discord.Interaction[Any], channel_id: int) -> d
     member, guild = interaction.user, interaction.guild
     if guild is None or not isinstance(member, discord.Member):
         return discord.Permissions.none()
+    cached = _cached_permissions(guild, channel_id, member)
+    if cached is None:
+        return None
+    channel, permissions = cached
+    if isinstance(channel, discord.Thread) and not _knows_thread(channel, member.id, permissions):
+        return discord.Permissions.none()
+    return permissions
+
+
+def _cached_permissions(
+    guild: discord.Guild, channel_id: int, who: discord.Member | discord.Role
+) -> tuple[discord.abc.GuildChannel | discord.Thread, discord.Permissions] | None:
+    """The channel or thread from the bot's cache and `who`'s permissions there (none for a thread
+    whose channel the cache lacks); None where the cache lacks the channel itself."""
     channel = guild.get_channel_or_thread(channel_id)
     if channel is None:
         return None
     try:
-        permissions = channel.permissions_for(member)
+        return channel, channel.permissions_for(who)
     except discord.ClientException:  # a thread whose channel the cache lacks
-        return discord.Permissions.none()
-    if isinstance(channel, discord.Thread) and not _knows_thread(channel, member.id, permissions):
-        return discord.Permissions.none()
-    return permissions
+        return channel, discord.Permissions.none()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
