@@ -8,7 +8,8 @@ followed by the final progress text. Passes run every `poll_interval_s` or at on
 Exactly once, across restarts and several bot processes: before posting a job's results the
 relay claims them in the store for `results_lease_s` (`claim_results_posting`; one holder at a
 time), renews it while posting (every third of the lease, and before each message it sends), and
-records the message each sample went out in as soon as it is sent (`set_sample_message`); each
+records the message each sample went out in as soon as it is sent (`set_sample_message`; for a
+sample split over several messages, how many of them are out, after each); each
 message carries a nonce, so Discord answers a repeat sent within minutes with the first one. If
 posting fails part-way the claim is given back; if the bot is killed mid-post the claim expires.
 Either way the next try (this bot or another) posts only the samples without a message, then the
@@ -403,7 +404,7 @@ class ProgressRelay:
         reply_to = await self._results_reply_target(job)
         prime_part = await pictures.prime_part_seconds(self.store, job)
         for position, info in enumerate(infos, start=1):
-            if info.message_id is not None:
+            if info.posted:
                 continue  # posted by an earlier try that failed part-way
             sample = await self.store.get_sample(info.id)
             params = params_or_defaults(job.params)
@@ -419,23 +420,29 @@ class ProgressRelay:
             groups, impossible = await delivery.grouped_files_or_reason(
                 sample.audio, sample.audio_format, limit, stem, sample.duration_seconds
             )
-            if impossible is not None:
-                content += f"\n⚠️ {impossible} Re-send it later with `/sample {sample.id}`."
-            picture = await pictures.picture_in_turn(
-                sample.audio,
-                sample.audio_format,
-                stem,
-                sample.duration_seconds,
-                prime_part,
-            )
-            groups = delivery.with_picture(groups, picture, limit)
+            # An earlier try sent the first messages of this sample: send only the rest. Discord's nonce
+            # would stop a repeat for a few minutes only, and tries go on for longer. When the split
+            # differs now (the server's upload limit changed), the parts sent do not match: start over.
+            first_id, start = None, 0
+            if info.message_id is not None and info.message_parts_total == len(groups):
+                first_id, start = info.message_id, info.message_parts_sent or 0
+            if start == 0:
+                if impossible is not None:
+                    content += f"\n⚠️ {impossible} Re-send it later with `/sample {sample.id}`."
+                picture = await pictures.picture_in_turn(
+                    sample.audio,
+                    sample.audio_format,
+                    stem,
+                    sample.duration_seconds,
+                    prime_part,
+                )
+                groups = delivery.with_picture(groups, picture, limit)
             view = sample_view(sample.id, votes.get(sample.id, 0), can_upsample=not full_quality)
             reference = self._reference(job.channel_id, job.guild_id, reply_to)
-            first: discord.Message | None = None
-            for index, group in enumerate(groups):
+            for index in range(start, len(groups)):
                 uploads = [
                     discord.File(io.BytesIO(f.data), filename=f.filename, description=f.description)
-                    for f in group
+                    for f in groups[index]
                 ]
                 await self._keep_claim(job)
                 # Discord answers a message sent again with the same nonce (within minutes) with the
@@ -450,6 +457,7 @@ class ProgressRelay:
                         allowed_mentions=NOTIFY_USER if position == 1 else NO_MENTIONS,
                         nonce=nonce,
                     )
+                    first_id = first.id
                 else:
                     await channel.send(
                         f"Sample #{sample.id}, continued ({index + 1}/{len(groups)})",
@@ -457,8 +465,11 @@ class ProgressRelay:
                         allowed_mentions=NO_MENTIONS,
                         nonce=nonce,
                     )
-            if first is not None:
-                await self.store.set_sample_message(sample.id, first.id)
+                assert first_id is not None
+                if index + 1 < len(groups):
+                    await self.store.set_sample_message(sample.id, first_id, parts=(index + 1, len(groups)))
+            if first_id is not None:
+                await self.store.set_sample_message(sample.id, first_id)
         return len(infos)
 
 

@@ -196,6 +196,9 @@ class SampleRow(Base):
     codes_level_2: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     message_id: Mapped[int | None] = mapped_column(BigInteger)  # the Discord message that carries it
+    # A sample posted over several messages, part-way: this many of that many are out (NULL: all).
+    message_parts_sent: Mapped[int | None] = mapped_column(Integer)
+    message_parts_total: Mapped[int | None] = mapped_column(Integer)
 
 
 class VoteRow(Base):

@@ -126,7 +126,15 @@ class SampleInfo:
     audio_format: str
     audio_bitrate: int | None
     created_at: datetime
-    message_id: int | None  # the Discord message the bot posted it in, once posted
+    message_id: int | None  # the Discord message the bot posted it in (its first, when in several)
+    # While a sample posted in several messages is part-way: how many of how many are out; else None.
+    message_parts_sent: int | None
+    message_parts_total: int | None
+
+    @property
+    def posted(self) -> bool:
+        """Whether the bot posted all of it (a later try sends only the parts not sent)."""
+        return self.message_id is not None and self.message_parts_sent is None
 
 
 @dataclass(frozen=True, slots=True)

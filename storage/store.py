@@ -1611,8 +1611,12 @@ class JobStore:
             )
         return int(job_id), int(sample_id)
 
-    async def set_sample_message(self, sample_id: int, message_id: int) -> None:
-        """Record the Discord message the sample was posted in (replaces an earlier one)."""
+    async def set_sample_message(
+        self, sample_id: int, message_id: int, *, parts: tuple[int, int] | None = None
+    ) -> None:
+        """Record the Discord message the sample was posted in (replaces an earlier one): all of it, or
+        with `parts` = (sent, total), the first of `total` messages, `sent` of them out so far (a
+        later try sends the rest; see `SampleInfo.posted`)."""
         if (
             isinstance(message_id, bool)
             or not isinstance(message_id, int)
@@ -1622,11 +1626,19 @@ class JobStore:
                 f"sample #{sample_id}: the message id must be a Discord message id "
                 f"(a non-negative integer), got {message_id!r}"
             )
+        sent, total = parts if parts is not None else (None, None)
+        if parts is not None and not (
+            all(isinstance(n, int) and not isinstance(n, bool) for n in parts)
+            and 1 <= parts[0] < parts[1] <= MAX_INTEGER
+        ):
+            raise InvalidSample(
+                f"sample #{sample_id}: parts must be (sent, total) with 1 <= sent < total, got {parts!r}"
+            )
         async with self._transaction() as connection:
             result = await connection.execute(
                 update(samples)
                 .where(samples.c.id == sample_id)
-                .values(message_id=message_id)
+                .values(message_id=message_id, message_parts_sent=sent, message_parts_total=total)
                 .returning(samples.c.id)
             )
             if result.first() is None:

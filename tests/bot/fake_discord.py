@@ -694,6 +694,7 @@ class _InjectedFailure:
     body: JSON
     headers: dict[str, str]
     times: int
+    skip: int = 0  # matching requests answered before the failures start
 
 
 # --------------------------------------------------------------------------- the server
@@ -955,8 +956,10 @@ class FakeDiscord:
         message: str = "injected failure",
         retry_after: float = 0.05,
         times: int = 1,
+        after: int = 0,
     ) -> None:
-        """The next `times` requests to route (pattern as in `calls`) get this error instead of a result.
+        """The next `times` requests to route (pattern as in `calls`) get this error instead of a result;
+        with `after`, only those that come after that many more matching ones (which are answered).
 
         status=429 produces a real rate-limit answer (retry_after in the body and a `Via` header,
         without which discord.py reads it as a Cloudflare ban)."""
@@ -965,7 +968,7 @@ class FakeDiscord:
         if status == 429:
             body = {"message": "You are being rate limited.", "retry_after": retry_after, "global": False}
             headers = {"Via": "1.1 google", "Retry-After": str(retry_after), "X-RateLimit-Scope": "user"}
-        self._failures.append(_InjectedFailure(method.upper(), route, status, body, headers, times))
+        self._failures.append(_InjectedFailure(method.upper(), route, status, body, headers, times, after))
 
     def hold(self, method: str, route: str, *, after: int = 0, handled: bool = False) -> HeldRequest:
         """Hold the request to route (pattern as in `calls`) that comes after `after` matching ones;
@@ -973,6 +976,11 @@ class FakeDiscord:
         held = HeldRequest(method.upper(), route, after, handled)
         self._holds.append(held)
         return held
+
+    def let_nonces_expire(self) -> None:
+        """Simulates the minutes after which Discord no longer matches a message nonce: a message sent
+        again with an earlier nonce is a new message."""
+        self._nonces.clear()
 
     def expire_interaction(self, record: InteractionRecord) -> None:
         """Simulates the 15-minute lifetime of an interaction token: its webhook calls now fail (50027)."""
@@ -1757,6 +1765,9 @@ class FakeDiscord:
     def _take_failure(self, method: str, route: str) -> _InjectedFailure | None:
         for failure in self._failures:
             if failure.method == method and failure.route == route and failure.times > 0:
+                if failure.skip > 0:
+                    failure.skip -= 1
+                    continue
                 failure.times -= 1
                 if failure.times == 0:
                     self._failures.remove(failure)

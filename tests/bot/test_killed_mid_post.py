@@ -10,18 +10,22 @@ claim, no waiting).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.relay import RESULTS_LEASE_S
 from storage.engine import create_engine
 from storage.models import utcnow
+from storage.records import ClaimedJob
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
 from tests.bot.fake_discord import FakeDiscord, FakeMessage
@@ -53,6 +57,47 @@ def start_bot_process(fake: FakeDiscord, db_url: str, log_file: Path) -> subproc
         return subprocess.Popen(command, cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT)
 
 
+async def _queued_and_claimed(
+    fake: FakeDiscord, worker: PlayedWorker, *, samples: int
+) -> tuple[ClaimedJob, FakeMessage]:
+    """Once the bot process is up: a member's job, claimed by `worker`, and its progress message."""
+    await fake.wait_for(
+        lambda: "jukebox" in fake.synced_commands(fake.default_guild), timeout_s=START_TIMEOUT_S
+    )
+    await fake.wait_for(lambda: fake.live_sessions, timeout_s=START_TIMEOUT_S)
+    record = await fake.invoke_command(
+        "jukebox", {"artist": "queen", "genre": "pop", "samples": samples, "seed": 1}, user=fake.user("alice")
+    )
+    await fake.wait_for(lambda: record.original is not None and not record.original.loading)
+    job = await worker.claim()
+    return job, await fake.wait_for(when(lambda: progress_message(fake, job.id)))
+
+
+async def _kill(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL: no cleanup runs in the bot."""
+    process.send_signal(signal.SIGKILL)
+    assert await asyncio.to_thread(process.wait, 30) == -signal.SIGKILL
+
+
+@contextlib.asynccontextmanager
+async def bot_process(
+    fake: FakeDiscord, db_url: str, tmp_path: Path
+) -> AsyncIterator[tuple[subprocess.Popen[bytes], AsyncEngine]]:
+    """A bot in a process of its own on `db_url`, and an engine on that database for the test; its log
+    printed at the end (pytest shows it when the test fails)."""
+    engine = create_engine(db_url)
+    log_file = tmp_path / "bot.log"
+    process = start_bot_process(fake, db_url, log_file)
+    try:
+        yield process, engine
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        await engine.dispose()
+        print(f"---- bot process log\n{log_file.read_text(errors='replace')[-6000:]}")
+
+
 def posts_of(fake: FakeDiscord, sample_id: int) -> list[FakeMessage]:
     return [
         m for m in fake.channel_messages(fake.channel("general")) if f"**Sample #{sample_id}**" in m.content
@@ -66,22 +111,10 @@ async def test_a_bot_killed_after_sample_1_of_3_leaves_samples_2_and_3_to_the_ne
     fake_discord: FakeDiscord, bot_runner: BotRunner, db_url: str, tmp_path: Path, sample_2_posted: bool
 ) -> None:
     fake = fake_discord
-    engine = create_engine(db_url)
-    log_file = tmp_path / "bot.log"
-    process = start_bot_process(fake, db_url, log_file)
-    try:
+    async with bot_process(fake, db_url, tmp_path) as (process, engine):
         store = JobStore(engine)
-        await fake.wait_for(
-            lambda: "jukebox" in fake.synced_commands(fake.default_guild), timeout_s=START_TIMEOUT_S
-        )
-        await fake.wait_for(lambda: fake.live_sessions, timeout_s=START_TIMEOUT_S)
-        record = await fake.invoke_command(
-            "jukebox", {"artist": "queen", "genre": "pop", "samples": 3, "seed": 1}, user=fake.user("alice")
-        )
-        await fake.wait_for(lambda: record.original is not None and not record.original.loading)
         worker = PlayedWorker(store)
-        job = await worker.claim()
-        progress = await fake.wait_for(when(lambda: progress_message(fake, job.id)))
+        job, progress = await _queued_and_claimed(fake, worker, samples=3)
 
         # Only the samples are posted to the channel from here on: let sample 1 through, hold sample 2.
         held = fake.hold("POST", "/channels/{channel_id}/messages", after=1, handled=sample_2_posted)
@@ -93,8 +126,7 @@ async def test_a_bot_killed_after_sample_1_of_3_leaves_samples_2_and_3_to_the_ne
         # Sample 1's message was recorded before sample 2 went out.
         assert [info.message_id for info in await store.samples_for_job(job.id)] == [first.id, None, None]
 
-        process.send_signal(signal.SIGKILL)
-        assert await asyncio.to_thread(process.wait, 30) == -signal.SIGKILL
+        await _kill(process)
         held.drop()  # its sender is dead: not done, or its answer is lost
         await fake.wait_for(lambda: not fake.live_sessions)
         assert not progress.content.endswith(DONE)
@@ -119,12 +151,6 @@ async def test_a_bot_killed_after_sample_1_of_3_leaves_samples_2_and_3_to_the_ne
         dropped = [] if sample_2_posted else [("POST /channels/{channel_id}/messages", 503)]
         assert [(r.route, r.status) for r in fake.rejections] == dropped
         assert fake.unknown_requests == []
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        await engine.dispose()
-        print(f"---- bot process log\n{log_file.read_text(errors='replace')[-6000:]}")
 
 
 async def test_an_upload_longer_than_the_lease_keeps_the_claim_on_the_results(
@@ -161,3 +187,49 @@ async def test_an_upload_longer_than_the_lease_keeps_the_claim_on_the_results(
     await relay_of(bot).run_pass()
     assert len(posts_of(fake, sample_id)) == 1
     assert (await store.get_job(job.id)).results_posted_at == clock.now
+
+
+async def test_a_bot_killed_between_the_parts_of_a_sample_leaves_only_the_later_parts_to_the_next_bot(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, db_url: str, tmp_path: Path
+) -> None:
+    """The new bot starts after Discord stopped matching nonces (minutes later): only the store knows
+    that part 1 went out."""
+    fake = fake_discord
+    fake.default_guild.attachment_size_limit = 20_000  # a 12 s sample goes out in several messages
+    async with bot_process(fake, db_url, tmp_path) as (process, engine):
+        store = JobStore(engine)
+        worker = PlayedWorker(store)
+        job, progress = await _queued_and_claimed(fake, worker, samples=1)
+
+        held = fake.hold("POST", "/channels/{channel_id}/messages", after=1)  # part 2 of the sample
+        (sample_id,) = await worker.complete(job, n=1, full=False, seconds=12.0)
+        await fake.wait_for(lambda: held.arrived, timeout_s=START_TIMEOUT_S)
+        first = sample_message(fake, sample_id)
+        assert first is not None
+        info = await store.get_sample_info(sample_id)
+        assert (info.message_id, info.message_parts_sent) == (first.id, 1)
+
+        await _kill(process)
+        held.drop()
+        await fake.wait_for(lambda: not fake.live_sessions)
+        fake.let_nonces_expire()
+
+        later = FakeClock(utcnow() + timedelta(seconds=RESULTS_LEASE_S + 1))
+        second = make_bot(fake, JobStore(engine, clock=later))
+        # A real server's limit is never below what discord.py derives from its boost tier; this one is
+        # (to split a short sample), so the new bot is told it, as a member's command would tell it.
+        second._upload_limits[fake.default_guild.id] = fake.default_guild.attachment_size_limit
+        await bot_runner.start(second)
+        relay_of(second).poke()
+        await fake.wait_for(lambda: progress.content.endswith("✅ Done: 1 sample below."), timeout_s=120)
+        await relay_of(second).run_pass()
+
+        assert posts_of(fake, sample_id) == [first]
+        messages = fake.channel_messages(fake.channel("general"))
+        stems = [
+            a.filename.rsplit(".", 1)[0] for m in messages for a in m.attachments if "_part" in a.filename
+        ]
+        total = info.message_parts_total
+        assert total is not None and total >= 2
+        assert stems == [f"jukebot_sample_{sample_id}_part{i}of{total}" for i in range(1, total + 1)]
+        assert (await store.get_sample_info(sample_id)).posted

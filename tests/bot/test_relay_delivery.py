@@ -252,3 +252,43 @@ async def test_the_jobs_of_a_server_the_bot_left_are_cancelled(
 
     await wait_until(stopped, 10.0, "the jobs of the server the bot left to stop")
     assert await store.claim(worker.worker_id, ["5b_lyrics"], 60) is None
+
+
+async def test_a_sample_in_parts_whose_later_part_keeps_failing_never_posts_its_first_part_twice(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    fake = fake_discord
+    fake.default_guild.attachment_size_limit = 20_000  # a 12 s sample goes out in several messages
+    clock = FakeClock(utcnow())
+    store = JobStore(sqlite_store.engine, clock=clock)
+    bot = await bot_runner.start(make_bot(fake, store))
+    relay = relay_of(bot)
+    worker = PlayedWorker(store)
+    job = await _queued_and_claimed(fake, worker, "alice", "general", seed=1)
+    (sample_id,) = await worker.complete(job, n=1, full=False, seconds=12.0)
+
+    # Part 1 goes out; part 2 fails, at this try and the next (503: discord.py does not retry it).
+    fake.fail_next("POST", "/channels/{channel_id}/messages", status=503, after=1, times=2)
+    await relay.run_pass()
+    first = sample_message(fake, sample_id)
+    assert first is not None
+    info = await store.get_sample_info(sample_id)
+    assert (info.message_id, info.message_parts_sent) == (first.id, 1) and not info.posted
+    await relay.run_pass()
+    assert [r.status for r in fake.rejections] == [503, 503]
+
+    # The next try comes after Discord stopped matching the nonces (minutes): only the rest goes out.
+    fake.let_nonces_expire()
+    clock.advance(relay.poll_interval_s * 2 + 1)
+    await relay.run_pass()
+    firsts = [m for m in bot_messages(fake) if f"**Sample #{sample_id}**" in m.content]
+    assert firsts == [first]
+    names = [a.filename for m in bot_messages(fake) for a in m.attachments if "_part" in a.filename]
+    total = info.message_parts_total
+    assert total is not None and total >= 2
+    stems = [name.rsplit(".", 1)[0] for name in names]
+    assert stems == [f"jukebot_sample_{sample_id}_part{i}of{total}" for i in range(1, total + 1)]
+    info = await store.get_sample_info(sample_id)
+    assert info.posted and info.message_id == first.id and info.message_parts_total is None
+    done = progress_message(fake, job.id)
+    assert done is not None and done.content.endswith("✅ Done: 1 sample below.")

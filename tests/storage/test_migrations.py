@@ -384,6 +384,8 @@ async def test_0005_allows_curate_jobs_and_refuses_to_downgrade_over_them(empty_
     assert sorted((diff[0], diff[2], diff[3].name) for diff in await schema_diff_async(url)) == [
         ("add_column", "jobs", "level_windows"),
         ("add_column", "jobs", "max_running_per_user"),
+        ("add_column", "samples", "message_parts_sent"),
+        ("add_column", "samples", "message_parts_total"),
     ]
     with pytest.raises(RuntimeError, match="1 curate job"):
         await downgrade_async(url, "0004")
@@ -448,3 +450,39 @@ async def test_0007_adds_the_running_limit_that_older_jobs_leave_empty(empty_db_
         await engine.dispose()
     await downgrade_async(url, "0006")
     assert "max_running_per_user" not in (await _columns(url))["jobs"]
+
+
+async def test_0008_adds_sample_message_parts_that_older_samples_leave_empty(empty_db_url: str) -> None:
+    url = empty_db_url
+    job = {"id": 1, "channel_id": 1, "user_id": 2, "model": "5b", "params": {}, "kind": "generate"}
+    job |= {"status": "succeeded", "priority": 0, "attempts": 0, "max_attempts": 1, "progress": 1.0}
+    job |= {"created_at": T0, "updated_at": T0, "finished_at": FINISHED_AT}
+    sample = {"job_id": 1, "levels_mask": 4, "model": "5b", "audio_format": "ogg"}
+    sample |= {"seed": 7, "duration_seconds": 1.0, "audio": b"OggS", "created_at": T0}
+    message = sa.table("samples", sa.column("id"), sa.column("message_id", sa.BigInteger()))
+    await upgrade_async(url, "0007")
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(JOBS_0001.insert(), [job])
+            await connection.execute(
+                SAMPLES_0001.insert(), [{**sample, "id": 1, "index": 0}, {**sample, "id": 2, "index": 1}]
+            )
+            await connection.execute(message.update().where(message.c.id == 1).values(message_id=99))
+    finally:
+        await engine.dispose()
+    await upgrade_async(url, "0008")
+    assert {"message_parts_sent", "message_parts_total"} <= (await _columns(url))["samples"]
+    await upgrade_to_head_async(url)
+    engine = create_engine(url)
+    try:  # a sample posted before it went out whole; one not posted is still to post, whole
+        infos = await JobStore(engine).samples_for_job(1)
+        assert [(i.message_id, i.message_parts_sent, i.posted) for i in infos] == [
+            (99, None, True),
+            (None, None, False),
+        ]
+    finally:
+        await engine.dispose()
+    await downgrade_async(url, "0007")
+    assert not {"message_parts_sent", "message_parts_total"} & (await _columns(url))["samples"]
+    assert await _read(url, sa.select(message).order_by(message.c.id)) == [(1, 99), (2, None)]

@@ -329,3 +329,26 @@ async def test_a_progress_message_is_recorded_only_over_the_one_the_caller_saw(s
     assert (await store.get_job(job_id)).progress_message_id == 13
     with pytest.raises(JobNotFound):
         await store.replace_progress_message(job_id + 1, 14, replacing=None)
+
+
+async def test_a_sample_posted_part_way_records_how_far_and_counts_as_posted_only_when_whole(
+    store: JobStore,
+) -> None:
+    job_id, (sample_id,) = await finished_job(store)
+    assert not (await store.get_sample_info(sample_id)).posted
+    await store.set_sample_message(sample_id, 40, parts=(1, 3))
+    await store.set_sample_message(sample_id, 40, parts=(2, 3))
+    info = await store.get_sample_info(sample_id)
+    assert (info.message_id, info.message_parts_sent, info.message_parts_total) == (40, 2, 3)
+    assert not info.posted and not (await store.get_sample(sample_id)).posted
+    assert [i.message_parts_sent for i in await store.samples_for_job(job_id)] == [2]
+
+    await store.set_sample_message(sample_id, 40)  # the last part went out
+    info = await store.get_sample_info(sample_id)
+    assert (info.message_id, info.message_parts_sent, info.message_parts_total) == (40, None, None)
+    assert info.posted
+
+    for bad in ((0, 3), (3, 3), (4, 3), (1, 2**31), (True, 3), (1.0, 3)):
+        with pytest.raises(InvalidSample, match=r"parts must be \(sent, total\)"):
+            await store.set_sample_message(sample_id, 41, parts=bad)  # type: ignore[arg-type]
+    assert (await store.get_sample_info(sample_id)).message_id == 40
