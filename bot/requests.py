@@ -31,6 +31,7 @@ from sampler.user_text import quote_user_text, shorten_user_text
 from storage.errors import UserJobLimitReached
 from storage.models import JobStatus
 from storage.records import GuildSettings, Job
+from storage.store import running_limit_in_force
 
 T = TypeVar("T")
 
@@ -72,7 +73,7 @@ class Limits:
         return cls(
             max_length_seconds=_or(guild.max_length_seconds, settings.max_length_seconds),
             max_samples_per_job=_or(guild.max_samples_per_job, settings.max_samples_per_job),
-            max_running_jobs_per_user=_or(
+            max_running_jobs_per_user=running_limit_in_force(
                 guild.max_running_jobs_per_user, settings.max_running_jobs_per_user
             ),
             max_queued_jobs_per_user=_or(guild.max_queued_jobs_per_user, settings.max_queued_jobs_per_user),

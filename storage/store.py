@@ -328,6 +328,35 @@ def _lease_cleared() -> dict[str, Any]:
 RETRYABLE_STATUSES = (JobStatus.FAILED, JobStatus.CANCELLED)
 # Job ids are 32-bit integers on Postgres (`Integer`): a larger id names no job.
 MAX_JOB_ID = MAX_INTEGER
+# The error `cancel_guild_jobs` leaves on the jobs of a server the bot was removed from; `retry_job`
+# reads it to refuse them.
+LEFT_SERVER_REASON = "the bot was removed from this server"
+
+
+def running_limit_in_force(server_limit: int | None, bot_wide: int) -> int:
+    """A user's running-jobs limit in a server: the server's own (`/jukebot-admin limits`, kept in
+    guild_settings), or else the bot-wide setting (JUKEBOT_MAX_RUNNING_JOBS_PER_USER). The bot's
+    `Limits` and `JobStore.retry_job` both take it from here."""
+    return bot_wide if server_limit is None else server_limit
+
+
+def _left_its_server() -> ColumnElement[bool]:
+    """The jobs (rows of `jobs`) cancelled because the bot was removed from their server, in which no
+    job was queued after they ended: no bot is known to serve that server since. Never NULL."""
+    later = jobs.alias("later_jobs")
+    queued_since = (
+        select(later.c.id)
+        .where(later.c.guild_id == jobs.c.guild_id, later.c.created_at > jobs.c.finished_at)
+        .exists()
+    )
+    return and_(
+        jobs.c.status == JobStatus.CANCELLED.value,
+        jobs.c.guild_id.is_not(None),
+        jobs.c.finished_at.is_not(None),
+        jobs.c.error.is_not(None),
+        jobs.c.error == LEFT_SERVER_REASON,
+        ~queued_since,
+    )
 
 
 def _could_be_job_id(job_id: object) -> bool:
@@ -1065,9 +1094,9 @@ class JobStore:
         current step (nobody there could see their results). Returns (job id, new status) pairs."""
         async with self._transaction() as connection:
             rows = await connection.execute(
-                self._cancel(
-                    jobs.c.guild_id == guild_id, reason="the bot was removed from this server"
-                ).returning(jobs.c.id, jobs.c.status)
+                self._cancel(jobs.c.guild_id == guild_id, reason=LEFT_SERVER_REASON).returning(
+                    jobs.c.id, jobs.c.status
+                )
             )
             return sorted((row.id, JobStatus(row.status)) for row in rows)
 
@@ -1104,24 +1133,35 @@ class JobStore:
             statement = statement.where(jobs.c.status == wanted.value)
         return await self._jobs(statement.order_by(jobs.c.id.desc()).limit(limit))
 
-    async def retry_job(self, job_id: int) -> Job:
+    async def retry_job(self, job_id: int, *, bot_wide_running_limit: int | None = None) -> Job:
         """An operator puts a failed or cancelled job back in the queue (its cause fixed); returns it.
 
         Its checkpoint stays, so the next worker resumes from it (no sampled window is lost); its
         attempts count from 0 again; its error, finish time and lease are cleared, and its results
         count as not posted, nobody's claim on posting them either, so the bot edits its progress
-        message as it runs and posts the new results. Its priority, progress message and running
-        limit stay; the last run's progress, time and rate go.
+        message as it runs and posts the new results. Its priority and progress message stay; the
+        last run's progress, time and rate go.
 
-        The change is one conditional statement, under the enqueue lock: of two retries at once one
-        wins and the other is refused with the status the first left. Refused (`JobNotRetryable`,
+        Its running limit (`max_running_per_user`, which a claim respects) becomes the one in force
+        now, as a job queued now gets (`running_limit_in_force`): its server's own (guild_settings)
+        or else `bot_wide_running_limit`, the bot-wide setting; without that, the limit the job was
+        queued with stands in for the bot-wide one.
+
+        The change is one conditional statement (its running limit follows in the same transaction),
+        under the enqueue lock: of two retries at once one wins and the other is refused with the
+        status the first left. Refused (`JobNotRetryable`,
         nothing written): a job queued, running, cancelling or succeeded; one whose prime clip's audio
         `prune_finished` dropped (it would start from a clip it no longer has); an upsample of a sample
         that another upsample job now covers (queued, running or done), as `enqueue` refuses a second
-        one. `JobNotFound` for an unknown id.
+        one; one cancelled because the bot was removed from its server (`cancel_guild_jobs`) when no
+        job was queued in that server since (none that proves a bot serves it again): the relay posts
+        only in servers the bot is in, so it would use GPU time for results nobody is shown.
+        `JobNotFound` for an unknown id.
         """
         if not _could_be_job_id(job_id):
             raise JobNotFound(job_id)
+        if bot_wide_running_limit is not None:
+            _check_count("bot_wide_running_limit", bot_wide_running_limit, minimum=1)
         other = jobs.alias("other_jobs")
         alive = [*(status.value for status in UNFINISHED_STATUSES), JobStatus.SUCCEEDED.value]
         upsampled_elsewhere = (
@@ -1143,6 +1183,7 @@ class JobStore:
                 jobs.c.status.in_([status.value for status in RETRYABLE_STATUSES]),
                 ~prime_pruned,
                 or_(jobs.c.kind != JobKind.UPSAMPLE.value, ~upsampled_elsewhere),
+                ~_left_its_server(),
             )
             .values(
                 status=JobStatus.QUEUED.value,
@@ -1167,14 +1208,26 @@ class JobStore:
                 updated_at=now,
                 **_lease_cleared(),
             )
-            .returning(jobs.c.id)
+            .returning(jobs.c.id, jobs.c.guild_id, jobs.c.max_running_per_user)
         )
         async with self._transaction() as connection:
             # Serialised with enqueues (an upsample queued meanwhile) and prunes (a clip emptied
             # meanwhile): the checks above see what they committed (SQLite: one writer at a time).
             await self._one_enqueue_at_a_time(connection)
-            if (await connection.execute(statement)).first() is None:
+            retried = (await connection.execute(statement)).first()
+            if retried is None:
                 await self._raise_not_retryable(connection, job_id)
+            # The server's limit is read after the job is queued (and its row locked) in this
+            # transaction: an admin's change that lands before this read is seen here, and one after it
+            # reaches this job through `set_running_limit_of_unfinished`, which waits for this commit.
+            bot_wide = bot_wide_running_limit
+            if bot_wide is None:  # the limit it was queued with stands in for the bot-wide one
+                bot_wide = retried.max_running_per_user
+            limit = await self._running_limit_now(connection, retried.guild_id, bot_wide)
+            if limit != retried.max_running_per_user:
+                await connection.execute(
+                    update(jobs).where(jobs.c.id == job_id).values(max_running_per_user=limit)
+                )
             # Read back, not RETURNING: SQLite 3.40 returns `checkpoint IS NOT NULL` as true for a
             # NULL checkpoint there (in a table whose primary key is a named constraint, as here).
             row = (await connection.execute(select(*JOB_COLUMNS).where(jobs.c.id == job_id))).one()
@@ -1216,7 +1269,30 @@ class JobStore:
                     status,
                     f"sample #{exc.sample_id} already has upsample job #{exc.job_id} ({exc.status})",
                 ) from None
+        left = await connection.scalar(select(jobs.c.guild_id).where(jobs.c.id == job_id, _left_its_server()))
+        if left is not None:
+            raise JobNotRetryable(
+                job_id,
+                status,
+                f"it was cancelled because the bot was removed from its server ({left}), where no job "
+                "was queued since: its results could not be posted there",
+            )
         raise JobNotRetryable(job_id, status, f"it changed while being retried ({status.value}); try again")
+
+    async def _running_limit_now(
+        self, connection: AsyncConnection, guild_id: int | None, bot_wide: int | None
+    ) -> int | None:
+        """The running-jobs limit a job of `guild_id` queued now gets (`running_limit_in_force`)."""
+        server_limit = None
+        if guild_id is not None:
+            server_limit = await connection.scalar(
+                select(guild_settings.c.max_running_jobs_per_user).where(
+                    guild_settings.c.guild_id == guild_id
+                )
+            )
+        if bot_wide is None:  # none given, and an older bot queued the job without one
+            return server_limit
+        return running_limit_in_force(server_limit, bot_wide)
 
     async def prune_finished(self, older_than: timedelta, *, dry_run: bool = False) -> PruneReport:
         """Free what failed and cancelled jobs that finished more than `older_than` ago (by the

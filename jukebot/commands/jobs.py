@@ -28,14 +28,15 @@ def jobs() -> None:
     """Look at jobs, cancel or retry them, free what old failed ones keep."""
 
 
-def _with_store(action: Callable[[JobStore], Awaitable[T]]) -> T:
+def _with_store(action: Callable[[JobStore], Awaitable[T]], settings: Settings | None = None) -> T:
     """Run `action` on the configured database, which must exist and be at the latest schema (as
-    `jukebot db check` asks; nothing is created or migrated); stop with one sentence when it cannot."""
+    `jukebot db check` asks; nothing is created or migrated); stop with one sentence when it cannot.
+    `settings`: those loaded already (else they are loaded here)."""
     from storage.engine import create_engine
     from storage.errors import StorageError
     from storage.store import JobStore
 
-    settings = settings_or_exit()
+    settings = settings or settings_or_exit()
     require_current_schema(settings, "it holds no jobs")
 
     async def run() -> T:
@@ -110,18 +111,24 @@ def list_jobs(status: str | None, limit: int) -> None:
 def retry(job_ids: tuple[int, ...]) -> None:
     """Put failed or cancelled jobs back in the queue, resuming from their checkpoints.
 
-    Each job's attempts start again and its results are posted anew when it finishes. A job that is
-    not failed or cancelled is refused (the others still go back); exits 1 when any was refused.
+    Each job's attempts start again and its results are posted anew when it finishes. Its running-jobs
+    limit becomes the one in force now: its server's own, else JUKEBOT_MAX_RUNNING_JOBS_PER_USER as
+    this command's settings have it. A job that is not failed or cancelled is refused, and so is one
+    cancelled because the bot was removed from its server (the others still go back); exits 1 when
+    any was refused.
     """
     from storage.errors import JobNotFound, JobNotRetryable
 
     wanted = list(dict.fromkeys(job_ids))  # each once, in the order given
+    # The bot-wide limit is the bot's setting: this command reads the same settings (environment, .env).
+    settings = settings_or_exit()
+    bot_wide = settings.max_running_jobs_per_user
 
     async def retry_each(store: JobStore) -> list[tuple[int, Job | str]]:
         outcomes: list[tuple[int, Job | str]] = []
         for job_id in wanted:
             try:
-                outcomes.append((job_id, await store.retry_job(job_id)))
+                outcomes.append((job_id, await store.retry_job(job_id, bot_wide_running_limit=bot_wide)))
             except JobNotFound:
                 outcomes.append((job_id, f"Job #{job_id} was not retried: there is no such job."))
             except JobNotRetryable as exc:
@@ -129,7 +136,7 @@ def retry(job_ids: tuple[int, ...]) -> None:
         return outcomes
 
     refused = 0
-    for job_id, outcome in _with_store(retry_each):
+    for job_id, outcome in _with_store(retry_each, settings):
         if isinstance(outcome, str):
             refused += 1
             click.echo(outcome, err=True)

@@ -1,0 +1,43 @@
+"""A job of a server the bot was removed from, retried by the operator (`jukebot jobs retry`): the bot
+cancelled it when it left (`on_guild_remove`), and the relay shows and posts only the jobs of servers the
+bot is in, so run again it would use GPU time for results nobody sees. The retry refuses it."""
+
+from __future__ import annotations
+
+import pytest
+
+from storage.errors import JobNotRetryable
+from storage.models import JobStatus
+from storage.store import JobStore
+from tests.bot.conftest import BotRunner
+from tests.bot.fake_discord import FakeDiscord
+from tests.bot.harness import PlayedWorker, make_bot, progress_message, sqlite_store, when
+from tests.waiting import wait_until
+
+__all__ = ["sqlite_store"]
+
+
+async def test_a_job_of_a_server_the_bot_left_is_not_retried(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    fake, store = fake_discord, sqlite_store
+    bot = await bot_runner.start(make_bot(fake, store))
+    worker = PlayedWorker(store)
+    record = await fake.invoke_command("jukebox", {"samples": 1}, user=fake.user("alice"))
+    await fake.wait_for(lambda: record.original is not None and not record.original.loading)
+    job = await worker.claim()
+    await fake.wait_for(when(lambda: progress_message(fake, job.id, "general")))
+    await fake.dispatch("GUILD_DELETE", {"id": str(fake.default_guild.id)})
+
+    async def stopping() -> bool:
+        return (await store.get_job(job.id)).status is JobStatus.CANCELLING
+
+    await wait_until(stopping, 10.0, "the job of the server the bot left to stop")
+    await worker.cancelled(job.id)
+    assert fake.default_guild.id not in {guild.id for guild in bot.guilds}
+
+    with pytest.raises(JobNotRetryable, match="the bot was removed from its server"):
+        await store.retry_job(job.id)  # what `jukebot jobs retry` does
+
+    assert (await store.get_job(job.id)).status is JobStatus.CANCELLED
+    assert await store.claim(worker.worker_id, ["5b_lyrics"], 60) is None  # no GPU time for it
