@@ -15,7 +15,7 @@ import itertools
 import math
 import os
 import wave
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -425,7 +425,9 @@ def _ogg_is_truncated(data: bytes) -> bool:
     return 0 < len(data) - offset < 27 and data[offset : offset + 4] in (b"OggS", b"Ogg", b"Og", b"O")
 
 
-def _frames(container: av.container.InputContainer, stream: av.AudioStream) -> Iterator[av.AudioFrame]:
+def _frames(
+    container: av.container.InputContainer, stream: av.AudioStream
+) -> Generator[av.AudioFrame, None, None]:
     try:
         yield from container.decode(stream)
     except av.error.FFmpegError as exc:
@@ -441,6 +443,7 @@ def decode_audio(
     max_bytes: int | None = DEFAULT_MAX_BYTES,
     max_seconds: float | None = DEFAULT_MAX_SECONDS,
     silence_threshold_db: float | None = DEFAULT_SILENCE_DB,
+    first_seconds: float | None = None,
 ) -> np.ndarray:
     """Decode any common audio file to mono float32 at `sample_rate`, in [-1, 1].
 
@@ -448,7 +451,16 @@ def decode_audio(
     decoding, and the decoded length while decoding (a lying header cannot make us decode forever).
     Channels are averaged. `silence_threshold_db=None` accepts silent audio. A NaN or infinite
     sample makes the file CorruptAudio.
+
+    `first_seconds` decodes only the start: decoding stops once that much is decoded, and the audio
+    returned is its first `ceil(first_seconds * sample_rate)` samples (all of them, when the file is
+    shorter), the same samples a whole decode begins with. The rest of the file is not decoded, so
+    it is not checked either: the silence threshold applies to the start returned, and a file cut
+    short after it is not called truncated.
     """
+    if first_seconds is not None and not (math.isfinite(first_seconds) and first_seconds > 0):
+        raise ValueError(f"first_seconds must be a positive number of seconds, got {first_seconds!r}")
+    wanted = None if first_seconds is None else math.ceil(first_seconds * sample_rate)
     data = _read_source(source, max_bytes)
     container, stream = _open(data)
     with container:
@@ -503,7 +515,8 @@ def decode_audio(
                 ) from exc
 
         input_shape: tuple[str, str, int] | None = None
-        for frame in _frames(container, stream):
+        frames = _frames(container, stream)
+        for frame in frames:
             shape = (frame.format.name, frame.layout.name, frame.sample_rate)
             if shape != input_shape:
                 # A stream may change layout or rate midway (joined MP3s, radio rips); a resampler
@@ -522,7 +535,11 @@ def decode_audio(
                     raise AudioTooLong(max_seconds, (n_samples + coming) / sample_rate, at_least=True)
             frame.pts = None  # the resampler only needs samples; broken timestamps must not stop it
             take(resample(frame))
-        take(resample(None))
+            if wanted is not None and n_samples >= wanted:
+                break  # the start asked for is there: what a flush would add lies past it
+        else:
+            take(resample(None))
+        frames.close()
 
     if n_samples == 0:
         if header_seconds is not None and header_seconds > TRUNCATION_SLACK_SECONDS:
@@ -533,7 +550,8 @@ def decode_audio(
         raise EmptyAudio("The audio file contains no samples (0 s of sound). Attach a clip with sound in it.")
     decoded_seconds = n_samples / sample_rate
     if (
-        header_seconds is not None
+        (wanted is None or n_samples < wanted)  # stopped at the start asked for: the rest is unread
+        and header_seconds is not None
         and _header_duration_is_exact(container_name, data)
         and decoded_seconds < header_seconds - max(TRUNCATION_SLACK_SECONDS, 0.02 * header_seconds)
     ):
@@ -542,7 +560,7 @@ def decode_audio(
             f"{decoded_seconds:.1f} s could be decoded. Export it again and re-attach it."
         )
 
-    audio = np.clip(np.concatenate(chunks), -1.0, 1.0)
+    audio = np.clip(np.concatenate(chunks)[:wanted], -1.0, 1.0)
     if silence_threshold_db is not None:
         peak_db = _dbfs(float(np.max(np.abs(audio))))
         if peak_db < silence_threshold_db:
