@@ -42,6 +42,9 @@ EXTENSIONS = (
 
 
 # Set in `interaction.extras` by a command that deferred publicly (its answer is for everyone).
+# A rate limit longer than this raises discord.RateLimited instead of waiting inside the call (30 s is
+# discord.py's least): a background loop then moves on to other channels rather than stall behind one.
+MAX_RATE_LIMIT_WAIT_S = 30.0
 PUBLIC_THINKING = "public_thinking"
 
 
@@ -111,6 +114,7 @@ class JukeBot(commands.Bot):
             tree_cls=JukeTree,
             help_command=None,
             allowed_mentions=discord.AllowedMentions.none(),
+            max_ratelimit_timeout=MAX_RATE_LIMIT_WAIT_S,
         )
         self.settings = settings
         self.store = store

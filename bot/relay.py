@@ -22,7 +22,9 @@ bot cannot post in the job's channel (no access, no permission, the channel dele
 the results are marked posted with one warning in the log (the samples stay stored: `/sample` re-sends
 them). Other failures are retried, the first at the next pass, then after a growing wait per job (its
 claim is given back with a time before which nobody retries it, so the jobs behind it in the list go
-on). A progress message in a thread that was archived goes on in a fresh message, which un-archives it.
+on). A rate limit longer than discord.py waits (`MAX_RATE_LIMIT_WAIT_S`) is such a wait too, as long
+as Discord asked; a progress edit it refuses waits for a later pass. A progress message in a thread
+that was archived goes on in a fresh message, which un-archives it.
 """
 
 from __future__ import annotations
@@ -158,6 +160,8 @@ class ProgressRelay:
                 try:
                     await self._update(job, places)
                     self._channel_lost_at.pop(job.id, None)
+                except discord.RateLimited:  # a long wait in its channel (discord.py logs it): later
+                    continue
                 except Exception as exc:  # the other jobs still update
                     why = _cannot_post_there(exc)
                     if why is None:
@@ -313,6 +317,15 @@ class ProgressRelay:
             else:
                 channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
                 await channel.send(text, allowed_mentions=NO_MENTIONS)
+        except discord.RateLimited as exc:  # longer than discord.py waits: the others go on meanwhile
+            await self._give_back(job, exc.retry_after)
+            log.warning(
+                "job #%s: Discord asks to wait %.0f s before posting in channel %s again; trying then",
+                job.id,
+                exc.retry_after,
+                job.channel_id,
+            )
+            return
         except _ResultsClaimLost:
             log.warning("job #%s: another bot took over posting its results; leaving the rest to it", job.id)
             return

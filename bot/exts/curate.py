@@ -153,12 +153,15 @@ class Curate(commands.Cog):
         interaction.extras["job_id"] = job_id
         try:
             await self._post(interaction, guild_id, job_id, sample_id, piece)
-        except discord.HTTPException as exc:
+        except (discord.HTTPException, discord.RateLimited) as exc:
             # Stored already (the relay never posts a piece): say where it is, not "something went wrong".
             log.warning(
                 "could not post curated sample %s in channel %s: %s", sample_id, interaction.channel_id, exc
             )
-            said = (exc.text.splitlines() or [str(exc.status)])[0]
+            if isinstance(exc, discord.RateLimited):  # longer than the bot waits inside a command
+                said = f"wait {exc.retry_after:.0f} s before posting here again"
+            else:
+                said = (exc.text.splitlines() or [str(exc.status)])[0]
             await interaction.edit_original_response(
                 content=f"Sample #{sample_id} is made and stored, but I could not post it in this channel "
                 f"(Discord said: {said}). `/sample {sample_id}` posts it where I may."

@@ -345,3 +345,21 @@ async def test_a_piece_discord_refuses_to_take_is_kept_and_the_reply_says_how_to
     resent = await fake.invoke_command("sample", {"id": 4}, channel=fake.channel("music"))
     await fake.wait_for(lambda: resent.original is not None and not resent.original.loading)
     assert bot_messages(fake, "music")[-1].content.startswith("**Sample #4** · job #2 by ")
+
+
+async def test_a_piece_discord_asks_to_wait_for_is_kept_and_the_reply_says_how_long(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    fake, store = fake_discord, sqlite_store
+    await bot_runner.start(make_bot(fake, store))
+    await made_job(fake, store, 3)
+    before = len(bot_messages(fake))
+    fake.fail_next("POST", "/channels/{channel_id}/messages", status=429, retry_after=120.0)
+
+    reply = await final_reply(fake, await fake.invoke_command("curate", {"job": 1}))
+
+    assert reply == (
+        "Sample #4 is made and stored, but I could not post it in this channel (Discord said: wait 120 s "
+        "before posting here again). `/sample 4` posts it where I may."
+    )
+    assert (await store.get_sample(4)).audio and len(bot_messages(fake)) == before

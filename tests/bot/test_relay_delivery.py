@@ -6,7 +6,9 @@ relay's passes itself (`run_pass`), so each check sees a whole pass.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from datetime import timedelta
 
 import pytest
 
@@ -292,3 +294,69 @@ async def test_a_sample_in_parts_whose_later_part_keeps_failing_never_posts_its_
     assert info.posted and info.message_id == first.id and info.message_parts_total is None
     done = progress_message(fake, job.id)
     assert done is not None and done.content.endswith("✅ Done: 1 sample below.")
+
+
+async def test_a_long_rate_limit_in_one_channel_does_not_hold_the_results_of_another(
+    fake_discord: FakeDiscord,
+    bot_runner: BotRunner,
+    sqlite_store: JobStore,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fake = fake_discord
+    clock = FakeClock(utcnow())
+    store = JobStore(sqlite_store.engine, clock=clock)
+    bot = await bot_runner.start(make_bot(fake, store))
+    relay = relay_of(bot)
+    worker = PlayedWorker(store)
+    limited = await _queued_and_claimed(fake, worker, "alice", "music", seed=1)
+    other = await _queued_and_claimed(fake, worker, "bob", "general", seed=2)
+    (limited_sample,) = await worker.complete(limited, n=1, full=False)
+    clock.advance(1)
+    (other_sample,) = await worker.complete(other, n=1, full=False)
+
+    # Discord asks the bot to wait two minutes before posting in #music again.
+    fake.fail_next("POST", "/channels/{channel_id}/messages", status=429, retry_after=120.0)
+    caplog.set_level(logging.WARNING, logger="bot.relay")
+    passing = asyncio.create_task(relay.run_pass())
+    # Bounded waits for the outcome (a loaded machine), far below the two minutes asked for.
+    await fake.wait_for(when(lambda: sample_message(fake, other_sample)), timeout_s=30)
+    await asyncio.wait_for(passing, timeout=30)
+    done = progress_message(fake, other.id)
+    assert done is not None and done.content.endswith("✅ Done: 1 sample below.")
+    assert [r.status for r in fake.rejections] == [429]
+
+    # #music's results wait for the time Discord asked for, in the store (any bot honours it).
+    assert sample_message(fake, limited_sample, "music") is None
+    job = await store.get_job(limited.id)
+    assert job.results_posted_at is None and job.results_posting_owner is None
+    assert job.results_posting_expires_at == clock.now + timedelta(seconds=120)
+    (warning,) = [r for r in caplog.records if r.name == "bot.relay"]
+    assert f"job #{limited.id}:" in warning.getMessage() and "120 s" in warning.getMessage()
+    assert warning.levelno == logging.WARNING and warning.exc_info is None
+
+
+async def test_a_long_rate_limit_on_one_progress_message_does_not_hold_the_others(
+    fake_discord: FakeDiscord,
+    bot_runner: BotRunner,
+    sqlite_store: JobStore,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fake, store = fake_discord, sqlite_store
+    bot = await bot_runner.start(make_bot(fake, store))
+    relay = relay_of(bot)
+    relay.min_edit_interval_s = 0.0
+    worker = PlayedWorker(store)
+    limited = await _queued_and_claimed(fake, worker, "alice", "music", seed=1)
+    other = await _queued_and_claimed(fake, worker, "bob", "general", seed=2)
+    await relay.run_pass()
+    await worker.progress(limited.id, window=1, of=4)
+    await worker.progress(other.id, window=1, of=4)
+
+    fake.fail_next("PATCH", "/channels/{channel_id}/messages/{message_id}", status=429, retry_after=120.0)
+    caplog.set_level(logging.WARNING, logger="bot.relay")
+    # A bounded wait for the pass (a loaded machine), far below the two minutes asked for.
+    await asyncio.wait_for(relay.run_pass(), timeout=30)
+    assert [r.status for r in fake.rejections] == [429]
+    edited = progress_message(fake, other.id)
+    assert edited is not None and "1/4" in edited.content, edited
+    assert [r for r in caplog.records if r.name == "bot.relay"] == []  # discord.py logs the 429 once
