@@ -147,9 +147,26 @@ async def _usable_job_of(bot: JukeBot, interaction: discord.Interaction[Any], sa
     job = await bot.store.get_job(sample.job_id)
     if job.guild_id != guild_id:
         raise SampleNotInServer(sample.id)
-    if not await Viewer(bot, interaction).may_use(job.channel_id, job.user_id):
+    if not await _may_use_job(bot, interaction, job):
         raise MadeInHiddenChannel("sample", sample.id)
     return job
+
+
+async def _may_use_job(bot: JukeBot, interaction: discord.Interaction[Any], job: Job) -> bool:
+    """Whether the member may use what `job` made (`Viewer`); also an upsample of a sample they made,
+    wherever it was asked for: the full-quality version of their own song is theirs too (the one
+    upsample of a sample may have been asked for in a channel they cannot see)."""
+    if await Viewer(bot, interaction).may_use(job.channel_id, job.user_id):
+        return True
+    return await _upsample_of_theirs(bot, interaction, job)
+
+
+async def _upsample_of_theirs(bot: JukeBot, interaction: discord.Interaction[Any], job: Job) -> bool:
+    """Whether `job` upsamples a sample the interaction's member made."""
+    if job.kind != JobKind.UPSAMPLE or job.parent_sample_id is None:
+        return False
+    parent = (await bot.store.sample_origins([job.parent_sample_id])).get(job.parent_sample_id)
+    return parent is not None and parent.user_id == interaction.user.id
 
 
 class Viewer:
@@ -386,7 +403,8 @@ async def _already_upsampled(
     job and sample numbers only to a member who may use them (`Viewer`)."""
     sample_id, job_id = earlier.sample_id, earlier.job_id
     first = await bot.store.get_job(job_id)
-    if not await Viewer(bot, interaction).may_use(first.channel_id, first.user_id):
+    reads_there = await Viewer(bot, interaction).may_use(first.channel_id, first.user_id)
+    if not reads_there and not await _upsample_of_theirs(bot, interaction, first):
         done = earlier.status == JobStatus.SUCCEEDED.value
         being = "was upsampled already" if done else "is already being upsampled"
         return InvalidRequest(
@@ -394,9 +412,15 @@ async def _already_upsampled(
             "there can share its full-quality version."
         )
     if earlier.status != JobStatus.SUCCEEDED.value:
+        where = (
+            "is posted when that job ends"
+            if reads_there  # else posted where they cannot see it: they ask again then
+            else f"is posted in another channel when that job ends; `/upsample sample:{sample_id}` then "
+            "says how to post it here"
+        )
         return InvalidRequest(
-            f"Sample #{sample_id} is already being upsampled as job #{job_id}; its full-quality version "
-            "is posted when that job ends."
+            f"Sample #{sample_id} is already being upsampled as job #{job_id}; its full-quality "
+            f"version {where}."
         )
     made = [sample.id for sample in await bot.store.samples_for_job(job_id)]
     again = f" (`/sample {made[0]}` posts it again)" if made else ""

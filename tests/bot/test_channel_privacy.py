@@ -218,11 +218,11 @@ async def test_an_upsample_made_in_a_hidden_channel_is_not_named_to_who_cannot_s
     fake, store = fake_discord, sqlite_store
     bot = await bot_runner.start(make_bot(fake, store))
     alice = await hidden_from(fake, bot, "alice", "music")
-    bob = fake.user("bob")
-    (preview,) = await made(store, fake, "alice", fake.channel("general").id)  # job 1, hers
-    # Bob upsamples it from #music, which Alice cannot see (job 2).
+    moderator = fake.user("moderator")
+    (preview,) = await made(store, fake, "bob", fake.channel("general").id)  # job 1, Bob's
+    # The moderator upsamples it from #music, which Alice cannot see (job 2).
     asked = await fake.invoke_command(
-        "upsample", {"sample": preview}, user=bob, channel=fake.channel("music")
+        "upsample", {"sample": preview}, user=moderator, channel=fake.channel("music")
     )
     assert (await reply_of(fake, asked)).startswith("Queued as job #2.")
 
@@ -239,9 +239,40 @@ async def test_an_upsample_made_in_a_hidden_channel_is_not_named_to_who_cannot_s
         "there can share its full-quality version."
     ), done
     assert f"#{full}" not in done and "job #2" not in done
-    # Bob, who reads #music, is told where it is.
-    told = await reply_of(fake, await fake.invoke_command("upsample", {"sample": preview}, user=bob))
+    refused = await reply_of(fake, await fake.invoke_command("sample", {"id": full}, user=alice))
+    assert refused == hidden_sample(full)
+    # The moderator, who reads #music, is told where it is.
+    told = await reply_of(fake, await fake.invoke_command("upsample", {"sample": preview}, user=moderator))
     assert told.startswith(f"Sample #{preview} was upsampled already, by job #2"), told
+
+
+async def test_the_maker_of_a_sample_may_use_its_upsample_made_in_a_channel_they_cannot_see(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    fake, store = fake_discord, sqlite_store
+    bot = await bot_runner.start(make_bot(fake, store))
+    alice = await hidden_from(fake, bot, "alice", "music")
+    (preview,) = await made(store, fake, "alice", fake.channel("general").id)  # job 1, hers
+    asked = await fake.invoke_command(
+        "upsample", {"sample": preview}, user=fake.user("bob"), channel=fake.channel("music")
+    )
+    assert (await reply_of(fake, asked)).startswith("Queued as job #2.")
+
+    # The one upsample of her sample runs where she cannot see: she is told where it will be.
+    running = await reply_of(fake, await fake.invoke_command("upsample", {"sample": preview}, user=alice))
+    assert running == (
+        f"Sample #{preview} is already being upsampled as job #2; its full-quality version is posted in "
+        f"another channel when that job ends; `/upsample sample:{preview}` then says how to post it here."
+    ), running
+    worker = PlayedWorker(store)
+    (full,) = await worker.complete(await worker.claim(), n=1, full=True)
+    done = await reply_of(fake, await fake.invoke_command("upsample", {"sample": preview}, user=alice))
+    assert done == (
+        f"Sample #{preview} was upsampled already, by job #2: its full-quality version is sample #{full} "
+        f"(`/sample {full}` posts it again)."
+    ), done
+    message = await posted(fake, await fake.invoke_command("sample", {"id": full}, user=alice))
+    assert message.content.startswith(f"**Sample #{full}**") and message.attachments
 
 
 async def test_another_members_history_looks_through_a_bounded_number_of_their_jobs(
