@@ -10,6 +10,7 @@ from datetime import datetime
 
 from bot.errors import fit_message, shorten
 from sampler.jobspec import JobParams, is_full_quality, params_or_defaults
+from sampler.user_text import public_label
 from storage.models import JobKind, JobStatus, utcnow
 from storage.records import Job
 from storage.store import QueuePlaces
@@ -21,6 +22,7 @@ MAX_REASON_CHARS = 1200
 # /queue lists this many of the user's jobs and of the server's running ones, then counts the rest:
 # each line is under ~120 characters, so both lists fit one message (`fit_message` guards the rest).
 QUEUE_LISTED, RUNNING_LISTED = 10, 8
+MAX_LABEL_CHARS = 200  # an artist's or genres' text in a progress message (no name Jukebox knows is longer)
 LEVEL_NAMES = {2: "top level (preview)", 1: "middle level", 0: "bottom level (full quality)"}
 
 
@@ -38,7 +40,8 @@ def relative_time(moment: datetime) -> str:
 
 def describe_params(kind: JobKind, model: str, params: JobParams) -> str:
     """One line saying what the job makes, e.g. '5b_lyrics · the beatles · rock · 20 s · 3 samples'."""
-    parts = [model, params.artist, ", ".join(params.genres)]
+    labels = (params.artist, ", ".join(params.genres))  # as stored, also by an older bot: shown safely
+    parts = [model, *(shorten(public_label(label), MAX_LABEL_CHARS) for label in labels)]
     if params.styles:
         parts[1:] = [f"a sweep of {len(params.styles)} styles"]
     if kind == JobKind.CONTINUE:

@@ -45,6 +45,7 @@ from bot import delivery, pictures
 from bot.progress import quality_label, render_job
 from bot.views import progress_view, sample_view
 from sampler.jobspec import is_full_quality, params_or_defaults, sweep_style
+from sampler.user_text import public_label
 from storage.errors import JobNotFinished, JobNotFound, SampleNotFound
 from storage.models import JobStatus
 from storage.records import Job
@@ -428,7 +429,7 @@ class ProgressRelay:
             )
             style = sweep_style(job.params, sample.index)
             if style is not None:
-                content += f"\nStyle: **{discord.utils.escape_markdown(style)}**"
+                content += f"\nStyle: **{public_label(style)}**"
             stem = f"jukebot_sample_{sample.id}"
             groups, impossible = await delivery.grouped_files_or_reason(
                 sample.audio, sample.audio_format, limit, stem, sample.duration_seconds

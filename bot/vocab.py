@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bot.errors import UnknownLabel
-from sampler.jukebox.labels import LabelError, Vocabulary
+from sampler.jukebox.labels import LabelError, ResolvedGenres, Vocabulary
 from sampler.jukebox.registry import DEFAULT_MODEL
-from sampler.user_text import quote_user_text
+from sampler.user_text import plain_words, quote_user_text
 
 MAX_CHOICES = 25  # Discord refuses more autocomplete choices than this
 
@@ -58,11 +58,25 @@ def resolve_labels(model: str, artist: str | None, genres: str | None) -> Resolv
     try:
         resolved_artist = vocab.resolve_artist(artist).name if artist and artist.strip() else "unknown"
         names = split_genres(genres or "") or ["unknown"]
-        texts = tuple(vocab.resolve_genres(name).text for name in names)
+        texts = tuple(_plain_genre(vocab, vocab.resolve_genres(name)) for name in names)
         vocab.resolve_genres(list(texts))  # the limit on genres counts all of them together
     except LabelError as exc:
         raise UnknownLabel(str(exc)) from None
     return ResolvedLabels(resolved_artist, texts)
+
+
+def _plain_genre(vocab: Vocabulary, genre: ResolvedGenres) -> str:
+    """The genre text to store and show. v2 keeps what was typed, read as a bag of words: every other
+    character is a separator, so 'pop\\n# ✅ ||rock||' is the genre 'pop rock' and would put a line,
+    a heading and a spoiler in public messages. Its words alone name the same genre; a v3 genre is a
+    name from the vocabulary already."""
+    for plain in (plain_words(genre.text), plain_words(genre.text.lower())):
+        try:
+            if plain and vocab.resolve_genres(plain).ids == genre.ids:
+                return plain
+        except LabelError:
+            pass
+    return genre.text
 
 
 # Style sweeps: `styles` lists several artist / genre pairs, e.g. "Ella Fitzgerald / jazz; Metallica / metal".

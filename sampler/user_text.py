@@ -7,6 +7,8 @@ user text (an artist, a genre, a file name, a number typed in a form) goes throu
 
 from __future__ import annotations
 
+import unicodedata
+
 QUOTE_LIMIT = 60
 
 
@@ -25,3 +27,26 @@ def shorten_user_text(text: str, limit: int = QUOTE_LIMIT) -> str:
 
 def _length(text: str) -> str:
     return f" ({len(text):,} characters)"
+
+
+# Kept in a label's shown text besides ASCII letters and digits: the marks of names such as "r&b",
+# "hip-hop", "rock 'n' roll" or "R.E.M.", none of which Discord reads as markup.
+LABEL_MARKS = "'&-."
+
+
+def plain_words(text: str, keep: str = LABEL_MARKS) -> str:
+    """`text` with every character but ASCII letters, digits and `keep` as a space, runs of spaces as
+    one: `'pop\\n# ✅ ||rock||'` → `'pop rock'`. For text kept for its words alone (a v2 genre), which
+    then shows on one line, without markup, links, mentions or invisible characters."""
+    return " ".join("".join(c if (c.isascii() and c.isalnum()) or c in keep else " " for c in text).split())
+
+
+_MARKUP = str.maketrans({c: "\\" + c for c in "\\*_~|`[<"})  # mid-line markup: # > - only start a line
+
+
+def public_label(text: str) -> str:
+    """A stored label (artist, genres) as a public message shows it: on one line (line breaks, control
+    and format characters such as right-to-left overrides or zero-width ones as spaces) with Discord's
+    markup escaped, so `*nsync` shows as typed and stored text cannot add lines, links or mentions."""
+    spaced = "".join(" " if unicodedata.category(c)[0] in "CZ" and c != " " else c for c in text)
+    return " ".join(spaced.split()).translate(_MARKUP)

@@ -16,6 +16,7 @@ from bot.progress import render_queue
 from bot.requests import MAX_HISTORY_PAGE, history_page
 from bot.views import CANCEL_ITEMS
 from sampler.jobspec import params_or_defaults
+from sampler.user_text import public_label
 from storage.models import JobStatus, utcnow
 from storage.records import Job
 from storage.store import queue_places
@@ -138,7 +139,7 @@ class Jobs(commands.Cog):
             lines.append(
                 fit_line(
                     f"• Job #{job.id} · {job.kind.value} · {job.model} · ",
-                    params_or_defaults(job.params).describe_labels(),
+                    public_label(params_or_defaults(job.params).describe_labels()),
                     f" · {job.status.value} · <t:{int(job.created_at.timestamp())}:R>{listing}",
                     room,
                 )

@@ -16,6 +16,7 @@ from bot.progress import can_upsample, job_quality
 from bot.requests import TOP_COUNT, TOP_PERIODS, top_since
 from bot.views import DYNAMIC_ITEMS, sample_view, submit_continue_form
 from sampler.jobspec import params_or_defaults
+from sampler.user_text import public_label
 from storage.models import utcnow
 
 TOP_HEADINGS = {"day": "today", "week": "this week", "month": "this month", "all": "of all time"}
@@ -118,7 +119,7 @@ class Samples(commands.Cog):
             lines.append(
                 fit_line(
                     f"{place}. Sample #{entry.sample.id} · 👍 {entry.votes} · ",
-                    params_or_defaults(entry.params).describe_sample_labels(entry.sample.index),
+                    public_label(params_or_defaults(entry.params).describe_sample_labels(entry.sample.index)),
                     f" · by <@{entry.user_id}> in <#{entry.channel_id}> (`/sample {entry.sample.id}`)",
                     room,
                 )
