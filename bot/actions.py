@@ -315,7 +315,7 @@ async def _uncached_channel(bot: JukeBot, channel_id: int) -> _ThreadOf | _NoThr
         found: _ThreadOf | _NoThread = _NoThread.DELETED
     except discord.Forbidden:
         found = _NoThread.HIDDEN
-    except (discord.HTTPException, discord.InvalidData, TimeoutError):
+    except (discord.HTTPException, discord.RateLimited, discord.InvalidData, TimeoutError):
         log.warning("could not look up channel %s to decide who may use its samples", channel_id)
         return None
     else:

@@ -127,7 +127,14 @@ class JukeBot(commands.Bot):
         self.http_session = aiohttp.ClientSession()
         for extension in EXTENSIONS:
             await self.load_extension(extension)
-        await sync_commands(self, self.sync_guild_ids)
+        try:
+            await sync_commands(self, self.sync_guild_ids)
+        except discord.RateLimited as exc:  # restarts in a row: Discord limits syncs; start all the same
+            log.warning(
+                "Discord asks to wait %.0f s before syncing the commands again; the commands of the last "
+                "sync stand until the next start",
+                exc.retry_after,
+            )
         if not self.sync_guild_ids:
             self.tasks.create(clear_guild_copies(self), name="clear-guild-commands")
 

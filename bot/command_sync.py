@@ -42,8 +42,17 @@ async def clear_guild_copies(bot: commands.Bot) -> None:
     await bot.wait_until_ready()
     tree: app_commands.CommandTree[commands.Bot] = bot.tree
     for guild in bot.guilds:
-        if not await tree.fetch_commands(guild=guild):
-            continue
-        tree.clear_commands(guild=guild)
-        await tree.sync(guild=guild)
+        try:
+            if not await tree.fetch_commands(guild=guild):
+                continue
+            tree.clear_commands(guild=guild)
+            await tree.sync(guild=guild)
+        except discord.RateLimited as exc:
+            log.warning(
+                "Discord asks to wait %.0f s before changing commands again: the server-only copies in the "
+                "bot's servers from server %s on stay until the next start",
+                exc.retry_after,
+                guild.id,
+            )
+            return
         log.info("removed the server-only copies of the commands in server %s (%s)", guild.id, guild.name)

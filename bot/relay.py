@@ -48,7 +48,7 @@ from sampler.jobspec import is_full_quality, params_or_defaults, sweep_style
 from sampler.user_text import public_label
 from storage.errors import JobNotFinished, JobNotFound, SampleNotFound
 from storage.models import JobStatus
-from storage.records import Job
+from storage.records import Job, MessageParts
 from storage.store import QueuePlaces, queue_places
 
 if TYPE_CHECKING:
@@ -111,6 +111,8 @@ class ProgressRelay:
         self._failures: dict[int, int] = {}  # tries in a row at posting a job's results that failed
         # Running jobs whose channel Discord says the bot cannot post in, and when it said so.
         self._channel_lost_at: dict[int, float] = {}
+        # Replaced progress messages whose deletion waits out a rate limit: id -> (job, message, what).
+        self._to_delete: dict[int, tuple[int, discord.PartialMessage | discord.Message, str]] = {}
         self._wake = asyncio.Event()
         self._pass_lock = asyncio.Lock()
 
@@ -149,6 +151,8 @@ class ProgressRelay:
 
     async def run_pass(self) -> None:
         async with self._pass_lock:
+            for job_id, message, what in [self._to_delete.pop(key) for key in list(self._to_delete)]:
+                await self._delete(job_id, message, what)
             guild_ids = {guild.id for guild in self.bot.guilds}
             unfinished = await self.store.unfinished_jobs()
             places = queue_places(unfinished, await self.store.served_models())
@@ -240,10 +244,7 @@ class ProgressRelay:
             if not await self._recorded(job.id, message, replacing=old.id):
                 return  # another bot on this database went on in a fresh message first: it stands
             if not gone:  # remove the stale one
-                try:
-                    await old.delete()
-                except discord.HTTPException:
-                    log.warning("job #%s: could not delete its old progress message %s", job.id, old.id)
+                await self._delete(job.id, old, "its old progress message")
         watched.text, watched.edited_at = text, time.monotonic()
 
     async def post_progress_message(self, job_id: int) -> None:
@@ -279,11 +280,22 @@ class ProgressRelay:
         recorded one first (both saw none, or the same old one); then ours is deleted, so one stays."""
         if await self.store.replace_progress_message(job_id, message.id, replacing=replacing):
             return True
+        await self._delete(job_id, message, "a second progress message")
+        return False
+
+    async def _delete(
+        self, job_id: int, message: discord.PartialMessage | discord.Message, what: str
+    ) -> None:
+        """Delete a progress message that another one replaced. One that Discord asks to wait for (a long
+        rate limit) is tried again at the passes after, until it goes."""
         try:
             await message.delete()
+        except discord.RateLimited:
+            self._to_delete[message.id] = (job_id, message, what)
+        except discord.NotFound:
+            pass  # someone deleted it already
         except discord.HTTPException:
-            log.warning("job #%s: could not delete a second progress message %s", job_id, message.id)
-        return False
+            log.warning("job #%s: could not delete %s %s", job_id, what, message.id)
 
     def _reference(
         self, channel_id: int, guild_id: int | None, message_id: int | None
@@ -431,15 +443,17 @@ class ProgressRelay:
             if style is not None:
                 content += f"\nStyle: **{public_label(style)}**"
             stem = f"jukebot_sample_{sample.id}"
+            # An earlier try sent the first messages of this sample: send only the rest, split as then
+            # (Discord's nonce stops a repeat for a few minutes only, and tries go on for longer). That
+            # split still fits unless the server's upload limit shrank since: then start over.
+            parts = info.message_parts if info.message_id is not None else None
+            split_limit = limit if parts is None or parts.upload_limit > limit else parts.upload_limit
             groups, impossible = await delivery.grouped_files_or_reason(
-                sample.audio, sample.audio_format, limit, stem, sample.duration_seconds
+                sample.audio, sample.audio_format, split_limit, stem, sample.duration_seconds
             )
-            # An earlier try sent the first messages of this sample: send only the rest. Discord's nonce
-            # would stop a repeat for a few minutes only, and tries go on for longer. When the split
-            # differs now (the server's upload limit changed), the parts sent do not match: start over.
             first_id, start = None, 0
-            if info.message_id is not None and info.message_parts_total == len(groups):
-                first_id, start = info.message_id, info.message_parts_sent or 0
+            if parts is not None and parts.upload_limit == split_limit and parts.total == len(groups):
+                first_id, start = info.message_id, parts.sent
             if start == 0:
                 if impossible is not None:
                     content += f"\n⚠️ {impossible} Re-send it later with `/sample {sample.id}`."
@@ -450,7 +464,7 @@ class ProgressRelay:
                     sample.duration_seconds,
                     prime_part,
                 )
-                groups = delivery.with_picture(groups, picture, limit)
+                groups = delivery.with_picture(groups, picture, split_limit)
             view = sample_view(sample.id, votes.get(sample.id, 0), can_upsample=not full_quality)
             reference = self._reference(job.channel_id, job.guild_id, reply_to)
             for index in range(start, len(groups)):
@@ -461,7 +475,8 @@ class ProgressRelay:
                 await self._keep_claim(job)
                 # Discord answers a message sent again with the same nonce (within minutes) with the
                 # first one: a bot killed after sending, before recording it, does not post it twice.
-                nonce = f"sample-{sample.id}-{index}"
+                # The split is in it: a message of another split is another message.
+                nonce = sample_nonce(sample.id, index, split_limit)
                 if index == 0:
                     first = await channel.send(
                         content,
@@ -481,10 +496,17 @@ class ProgressRelay:
                     )
                 assert first_id is not None
                 if index + 1 < len(groups):
-                    await self.store.set_sample_message(sample.id, first_id, parts=(index + 1, len(groups)))
+                    sent = MessageParts(index + 1, len(groups), split_limit)
+                    await self.store.set_sample_message(sample.id, first_id, parts=sent)
             if first_id is not None:
                 await self.store.set_sample_message(sample.id, first_id)
         return len(infos)
+
+
+def sample_nonce(sample_id: int, index: int, split_limit: int) -> str:
+    """The nonce of a sample's message `index` when split to fit `split_limit` bytes: at most 25
+    characters, as Discord allows (ids are 32-bit; a limit under 4 GiB is 8 hex digits)."""
+    return f"s{sample_id}-{index}-{split_limit:x}"
 
 
 def _cannot_post_there(exc: BaseException) -> str | None:

@@ -196,9 +196,11 @@ class SampleRow(Base):
     codes_level_2: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     message_id: Mapped[int | None] = mapped_column(BigInteger)  # the Discord message that carries it
-    # A sample posted over several messages, part-way: this many of that many are out (NULL: all).
+    # A sample posted over several messages, part-way: this many of that many are out, split to fit that
+    # upload limit (NULL: all of it, or none).
     message_parts_sent: Mapped[int | None] = mapped_column(Integer)
     message_parts_total: Mapped[int | None] = mapped_column(Integer)
+    message_parts_limit: Mapped[int | None] = mapped_column(BigInteger)  # bytes the split fits
 
 
 class VoteRow(Base):
@@ -223,6 +225,16 @@ class GuildSettingsRow(Base):
     max_queued_jobs_per_user: Mapped[int | None] = mapped_column(Integer)
     allowed_channel_ids: Mapped[list[int] | None] = mapped_column(JSON)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class LeftGuildRow(Base):
+    """A server the bot was removed from (`on_guild_remove`), until it is in it again: an operator's retry
+    refuses its jobs, whose results the bot could not post there."""
+
+    __tablename__ = "left_guilds"
+
+    guild_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    left_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class WorkerRow(Base):

@@ -127,14 +127,33 @@ class SampleInfo:
     audio_bitrate: int | None
     created_at: datetime
     message_id: int | None  # the Discord message the bot posted it in (its first, when in several)
-    # While a sample posted in several messages is part-way: how many of how many are out; else None.
+    # While a sample posted in several messages is part-way (`message_parts`); else None.
     message_parts_sent: int | None
     message_parts_total: int | None
+    message_parts_limit: int | None
 
     @property
     def posted(self) -> bool:
         """Whether the bot posted all of it (a later try sends only the parts not sent)."""
         return self.message_id is not None and self.message_parts_sent is None
+
+    @property
+    def message_parts(self) -> MessageParts | None:
+        """How far posting it in several messages got, while part-way."""
+        sent, total, limit = self.message_parts_sent, self.message_parts_total, self.message_parts_limit
+        if sent is None or total is None or limit is None:
+            return None
+        return MessageParts(sent, total, limit)
+
+
+@dataclass(frozen=True, slots=True)
+class MessageParts:
+    """A sample posted part-way: `sent` of its `total` messages are out, its audio split to fit an
+    upload limit of `upload_limit` bytes (the same split again gives the same parts)."""
+
+    sent: int
+    total: int
+    upload_limit: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,6 +67,7 @@ from storage.models import (
     JobKind,
     JobRow,
     JobStatus,
+    LeftGuildRow,
     PrimeRow,
     SampleRow,
     UTCDateTime,
@@ -80,6 +81,7 @@ from storage.records import (
     Heartbeat,
     Job,
     LevelWindow,
+    MessageParts,
     NewSample,
     Prime,
     PruneReport,
@@ -102,6 +104,7 @@ samples = cast(Table, SampleRow.__table__)
 votes = cast(Table, VoteRow.__table__)
 primes = cast(Table, PrimeRow.__table__)
 guild_settings = cast(Table, GuildSettingsRow.__table__)
+left_guilds = cast(Table, LeftGuildRow.__table__)
 workers = cast(Table, WorkerRow.__table__)
 
 # A worker says which models it serves at least this often (and whenever that changes)…
@@ -328,8 +331,7 @@ def _lease_cleared() -> dict[str, Any]:
 RETRYABLE_STATUSES = (JobStatus.FAILED, JobStatus.CANCELLED)
 # Job ids are 32-bit integers on Postgres (`Integer`): a larger id names no job.
 MAX_JOB_ID = MAX_INTEGER
-# The error `cancel_guild_jobs` leaves on the jobs of a server the bot was removed from; `retry_job`
-# reads it to refuse them.
+# The error `cancel_guild_jobs` leaves on the jobs of a server the bot was removed from.
 LEFT_SERVER_REASON = "the bot was removed from this server"
 
 
@@ -338,25 +340,6 @@ def running_limit_in_force(server_limit: int | None, bot_wide: int) -> int:
     guild_settings), or else the bot-wide setting (JUKEBOT_MAX_RUNNING_JOBS_PER_USER). The bot's
     `Limits` and `JobStore.retry_job` both take it from here."""
     return bot_wide if server_limit is None else server_limit
-
-
-def _left_its_server() -> ColumnElement[bool]:
-    """The jobs (rows of `jobs`) cancelled because the bot was removed from their server, in which no
-    job was queued after they ended: no bot is known to serve that server since. Never NULL."""
-    later = jobs.alias("later_jobs")
-    queued_since = (
-        select(later.c.id)
-        .where(later.c.guild_id == jobs.c.guild_id, later.c.created_at > jobs.c.finished_at)
-        .exists()
-    )
-    return and_(
-        jobs.c.status == JobStatus.CANCELLED.value,
-        jobs.c.guild_id.is_not(None),
-        jobs.c.finished_at.is_not(None),
-        jobs.c.error.is_not(None),
-        jobs.c.error == LEFT_SERVER_REASON,
-        ~queued_since,
-    )
 
 
 def _could_be_job_id(job_id: object) -> bool:
@@ -1098,7 +1081,20 @@ class JobStore:
                     jobs.c.id, jobs.c.status
                 )
             )
+            # Kept until the bot is in the server again (`mark_guilds_present`): `retry_job` refuses its jobs.
+            await connection.execute(delete(left_guilds).where(left_guilds.c.guild_id == guild_id))
+            await connection.execute(left_guilds.insert().values(guild_id=guild_id, left_at=self._clock()))
             return sorted((row.id, JobStatus(row.status)) for row in rows)
+
+    async def mark_guilds_present(self, guild_ids: Iterable[int]) -> None:
+        """The bot is in these servers (again): their jobs may be retried. Called when it starts and when
+        it joins a server."""
+        wanted = sorted(set(guild_ids))
+        for start in range(0, len(wanted), 1000):  # bounded statements for a bot in many servers
+            async with self._transaction() as connection:
+                await connection.execute(
+                    delete(left_guilds).where(left_guilds.c.guild_id.in_(wanted[start : start + 1000]))
+                )
 
     def _cancel(self, *which: ColumnElement[bool], reason: str | None = None) -> Any:
         """The cancel of the queued and running jobs `which` selects: queued -> cancelled now,
@@ -1153,9 +1149,9 @@ class JobStore:
         nothing written): a job queued, running, cancelling or succeeded; one whose prime clip's audio
         `prune_finished` dropped (it would start from a clip it no longer has); an upsample of a sample
         that another upsample job now covers (queued, running or done), as `enqueue` refuses a second
-        one; one cancelled because the bot was removed from its server (`cancel_guild_jobs`) when no
-        job was queued in that server since (none that proves a bot serves it again): the relay posts
-        only in servers the bot is in, so it would use GPU time for results nobody is shown.
+        one; a job of a server the bot was removed from (`cancel_guild_jobs`) and is not in again
+        (`mark_guilds_present`), whatever it ended as: the relay posts only in servers the bot is in,
+        so it would use GPU time for results nobody is shown.
         `JobNotFound` for an unknown id.
         """
         if not _could_be_job_id(job_id):
@@ -1183,7 +1179,7 @@ class JobStore:
                 jobs.c.status.in_([status.value for status in RETRYABLE_STATUSES]),
                 ~prime_pruned,
                 or_(jobs.c.kind != JobKind.UPSAMPLE.value, ~upsampled_elsewhere),
-                ~_left_its_server(),
+                ~select(left_guilds.c.guild_id).where(left_guilds.c.guild_id == jobs.c.guild_id).exists(),
             )
             .values(
                 status=JobStatus.QUEUED.value,
@@ -1269,13 +1265,17 @@ class JobStore:
                     status,
                     f"sample #{exc.sample_id} already has upsample job #{exc.job_id} ({exc.status})",
                 ) from None
-        left = await connection.scalar(select(jobs.c.guild_id).where(jobs.c.id == job_id, _left_its_server()))
+        left = await connection.scalar(
+            select(left_guilds.c.guild_id)
+            .select_from(jobs.join(left_guilds, left_guilds.c.guild_id == jobs.c.guild_id))
+            .where(jobs.c.id == job_id)
+        )
         if left is not None:
             raise JobNotRetryable(
                 job_id,
                 status,
-                f"it was cancelled because the bot was removed from its server ({left}), where no job "
-                "was queued since: its results could not be posted there",
+                f"the bot was removed from its server ({left}) and is not in it again: its results could "
+                "not be posted there",
             )
         raise JobNotRetryable(job_id, status, f"it changed while being retried ({status.value}); try again")
 
@@ -1688,11 +1688,11 @@ class JobStore:
         return int(job_id), int(sample_id)
 
     async def set_sample_message(
-        self, sample_id: int, message_id: int, *, parts: tuple[int, int] | None = None
+        self, sample_id: int, message_id: int, *, parts: MessageParts | None = None
     ) -> None:
         """Record the Discord message the sample was posted in (replaces an earlier one): all of it, or
-        with `parts` = (sent, total), the first of `total` messages, `sent` of them out so far (a
-        later try sends the rest; see `SampleInfo.posted`)."""
+        with `parts`, the first of several messages, how many are out so far and how its audio was split
+        (a later try sends the rest; see `SampleInfo.posted`)."""
         if (
             isinstance(message_id, bool)
             or not isinstance(message_id, int)
@@ -1702,19 +1702,29 @@ class JobStore:
                 f"sample #{sample_id}: the message id must be a Discord message id "
                 f"(a non-negative integer), got {message_id!r}"
             )
-        sent, total = parts if parts is not None else (None, None)
-        if parts is not None and not (
-            all(isinstance(n, int) and not isinstance(n, bool) for n in parts)
-            and 1 <= parts[0] < parts[1] <= MAX_INTEGER
-        ):
-            raise InvalidSample(
-                f"sample #{sample_id}: parts must be (sent, total) with 1 <= sent < total, got {parts!r}"
-            )
+        values: dict[str, int | None] = {"sent": None, "total": None, "limit": None}
+        if parts is not None:
+            numbers = (parts.sent, parts.total, parts.upload_limit)
+            if not (
+                all(isinstance(n, int) and not isinstance(n, bool) for n in numbers)
+                and 1 <= parts.sent < parts.total <= MAX_INTEGER
+                and 1 <= parts.upload_limit <= MAX_SNOWFLAKE
+            ):
+                raise InvalidSample(
+                    f"sample #{sample_id}: parts must say 1 <= sent < total messages, split under a "
+                    f"positive upload limit, got {parts!r}"
+                )
+            values = {"sent": parts.sent, "total": parts.total, "limit": parts.upload_limit}
         async with self._transaction() as connection:
             result = await connection.execute(
                 update(samples)
                 .where(samples.c.id == sample_id)
-                .values(message_id=message_id, message_parts_sent=sent, message_parts_total=total)
+                .values(
+                    message_id=message_id,
+                    message_parts_sent=values["sent"],
+                    message_parts_total=values["total"],
+                    message_parts_limit=values["limit"],
+                )
                 .returning(samples.c.id)
             )
             if result.first() is None:

@@ -47,12 +47,13 @@ class Jobs(commands.Cog):
         """Jobs of servers the bot is not in (removed while it was offline: no `on_guild_remove`)
         would use GPU time for results nobody could see. The bot does not cancel them itself: another
         bot (another token) on the same database may serve those servers. It tells the operator."""
+        ours = {guild.id for guild in self.bot.guilds}
         try:
+            await self.bot.store.mark_guilds_present(ours)  # their jobs may be retried again
             unfinished = await self.bot.store.unfinished_jobs()
         except Exception:  # the database may be down at start; the relay says so soon enough
             log.debug("could not look for jobs of servers this bot left", exc_info=True)
             return
-        ours = {guild.id for guild in self.bot.guilds}
         strays = [job.id for job in unfinished if job.guild_id is not None and job.guild_id not in ours]
         if strays:
             log.warning(
@@ -62,6 +63,12 @@ class Jobs(commands.Cog):
                 ", ".join(f"#{job_id}" for job_id in strays),
                 " ".join(str(job_id) for job_id in strays),
             )
+
+    @commands.Cog.listener("on_guild_join")
+    @commands.Cog.listener("on_guild_available")
+    async def on_guild_back(self, guild: discord.Guild) -> None:
+        """Added (back) to a server, or Discord shows it again: the operator may retry its jobs again."""
+        await self.bot.store.mark_guilds_present([guild.id])
 
     @commands.Cog.listener()
     async def on_guild_remove(self, guild: discord.Guild) -> None:

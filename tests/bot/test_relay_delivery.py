@@ -13,12 +13,13 @@ from datetime import timedelta
 import pytest
 
 from bot.bot import JukeBot
+from bot.relay import sample_nonce
 from storage.engine import create_engine
 from storage.models import JobStatus, utcnow
 from storage.records import ClaimedJob
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
-from tests.bot.fake_discord import FakeDiscord, FakeMessage
+from tests.bot.fake_discord import MAX_NONCE, FakeDiscord, FakeMessage
 from tests.bot.harness import (
     PlayedWorker,
     bot_messages,
@@ -360,3 +361,54 @@ async def test_a_long_rate_limit_on_one_progress_message_does_not_hold_the_other
     edited = progress_message(fake, other.id)
     assert edited is not None and "1/4" in edited.content, edited
     assert [r for r in caplog.records if r.name == "bot.relay"] == []  # discord.py logs the 429 once
+
+
+@pytest.mark.parametrize("new_limit", [10 * 1024 * 1024, 12_000], ids=["limit-grew", "limit-shrank"])
+async def test_a_sample_in_parts_whose_server_limit_changed_between_tries_still_goes_out_whole(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore, new_limit: int
+) -> None:
+    """Part 1 went out, part 2 failed; the next try comes within Discord's nonce window, under another
+    upload limit (a boost gained or lost; or, after a restart, the limit the bot had from a command is
+    gone). A bigger limit: the rest of the same split follows. A smaller one: the split that was sent
+    no longer fits, so the sample goes out again split anew, in messages of their own."""
+    fake = fake_discord
+    fake.default_guild.attachment_size_limit = 20_000  # a 12 s sample goes out in several messages
+    store = sqlite_store
+    bot = await bot_runner.start(make_bot(fake, store))
+    relay = relay_of(bot)
+    worker = PlayedWorker(store)
+    job = await _queued_and_claimed(fake, worker, "alice", "general", seed=1)
+    (sample_id,) = await worker.complete(job, n=1, full=False, seconds=12.0)
+    fake.fail_next("POST", "/channels/{channel_id}/messages", status=503, after=1, times=1)
+    await relay.run_pass()
+    parts = (await store.get_sample_info(sample_id)).message_parts
+    assert parts is not None and (parts.sent, parts.upload_limit) == (1, 20_000) and parts.total >= 2
+    first = sample_message(fake, sample_id)
+    assert first is not None
+
+    fake.default_guild.attachment_size_limit = new_limit
+    assert job.guild_id is not None
+    bot._upload_limits[job.guild_id] = new_limit  # as a member's next command tells the bot
+    await relay.run_pass()
+
+    info = await store.get_sample_info(sample_id)
+    assert info.posted
+    messages = [m for m in bot_messages(fake) if not m.content.startswith("**Job #")]
+    stems = [a.filename.rsplit(".", 1)[0] for m in messages for a in m.attachments if "_part" in a.filename]
+    old_split = [f"jukebot_sample_{sample_id}_part{i}of{parts.total}" for i in range(1, parts.total + 1)]
+    if new_limit > 20_000:
+        assert stems == old_split and info.message_id == first.id
+        assert [m for m in messages if f"**Sample #{sample_id}**" in m.content] == [first]
+    else:
+        total = len(stems) - 1
+        assert total > parts.total and stems[0] == old_split[0]
+        new_split = [f"jukebot_sample_{sample_id}_part{i}of{total}" for i in range(1, total + 1)]
+        assert stems[1:] == new_split and info.message_id not in (None, first.id)
+        assert all(sum(a.size for a in m.attachments) <= new_limit for m in messages[1:])
+    done = progress_message(fake, job.id)
+    assert done is not None and done.content.endswith("✅ Done: 1 sample below.")
+
+
+def test_a_sample_nonce_fits_discords_limit_for_the_largest_ids_parts_and_limits() -> None:
+    nonce = sample_nonce(2**31 - 1, 999, 2**32 - 1)
+    assert len(nonce) <= MAX_NONCE and sample_nonce(1, 0, 20_000) != sample_nonce(1, 0, 12_000)

@@ -1,6 +1,7 @@
 """A job of a server the bot was removed from, retried by the operator (`jukebot jobs retry`): the bot
 cancelled it when it left (`on_guild_remove`), and the relay shows and posts only the jobs of servers the
-bot is in, so run again it would use GPU time for results nobody sees. The retry refuses it."""
+bot is in, so run again it would use GPU time for results nobody sees. The retry refuses it until the bot
+is added back (`on_guild_join`)."""
 
 from __future__ import annotations
 
@@ -41,3 +42,14 @@ async def test_a_job_of_a_server_the_bot_left_is_not_retried(
 
     assert (await store.get_job(job.id)).status is JobStatus.CANCELLED
     assert await store.claim(worker.worker_id, ["5b_lyrics"], 60) is None  # no GPU time for it
+
+    # Added back to the server: the job may go back, and the bot shows it again.
+    await fake.dispatch("GUILD_CREATE", fake.default_guild.payload(full=True))
+
+    async def retried() -> bool:
+        try:
+            return (await store.retry_job(job.id)).status is JobStatus.QUEUED
+        except JobNotRetryable:
+            return False  # the bot has not recorded that it is back yet
+
+    await wait_until(retried, 10.0, "the job to be retried once the bot is back in its server")

@@ -54,8 +54,8 @@ def test_retry_refuses_a_job_of_a_server_the_bot_was_removed_from(database: str)
         f"Job #{failed} is queued again; it starts over (it has no checkpoint)."
     ]
     assert result.stderr.splitlines() == [
-        f"Job #{left} was not retried: it was cancelled because the bot was removed from its server ({GUILD}), "
-        "where no job was queued since: its results could not be posted there.",
+        f"Job #{left} was not retried: the bot was removed from its server ({GUILD}) and is not in it "
+        "again: its results could not be posted there.",
         "Error: 1 of 2 jobs was not retried (see above).",
     ]
     status = with_store(database, lambda store: store.get_job(left)).status

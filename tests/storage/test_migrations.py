@@ -33,7 +33,7 @@ from storage.models import Base, UTCDateTime
 from storage.store import JobStore
 from tests.waiting import wait_until
 
-TABLES = {"jobs", "samples", "votes", "primes", "guild_settings", "workers"}
+TABLES = {"jobs", "samples", "votes", "primes", "guild_settings", "workers", "left_guilds"}
 
 
 async def table_names(url: str) -> set[str]:
@@ -116,7 +116,7 @@ async def _columns(url: str) -> dict[str, set[str]]:
 
             def names(sync: Any) -> dict[str, set[str]]:
                 inspector = inspect(sync)
-                return {t: {c["name"] for c in inspector.get_columns(t)} for t in ("jobs", "samples")}
+                return {t: {c["name"] for c in inspector.get_columns(t)} for t in inspector.get_table_names()}
 
             return await connection.run_sync(names)
     finally:
@@ -381,9 +381,12 @@ async def test_0005_allows_curate_jobs_and_refuses_to_downgrade_over_them(empty_
     await insert(id=1, kind="curate")
     await insert(id=2, kind="generate")
     # what 0005 leaves differs from the models only by the columns later revisions add
-    assert sorted((diff[0], diff[2], diff[3].name) for diff in await schema_diff_async(url)) == [
+    diffs = await schema_diff_async(url)
+    assert sorted(diff[1].name for diff in diffs if diff[0] == "add_table") == ["left_guilds"]
+    assert sorted((diff[0], diff[2], diff[3].name) for diff in diffs if diff[0] != "add_table") == [
         ("add_column", "jobs", "level_windows"),
         ("add_column", "jobs", "max_running_per_user"),
+        ("add_column", "samples", "message_parts_limit"),
         ("add_column", "samples", "message_parts_sent"),
         ("add_column", "samples", "message_parts_total"),
     ]
@@ -472,7 +475,9 @@ async def test_0008_adds_sample_message_parts_that_older_samples_leave_empty(emp
     finally:
         await engine.dispose()
     await upgrade_async(url, "0008")
-    assert {"message_parts_sent", "message_parts_total"} <= (await _columns(url))["samples"]
+    assert {"message_parts_sent", "message_parts_total", "message_parts_limit"} <= (await _columns(url))[
+        "samples"
+    ]
     await upgrade_to_head_async(url)
     engine = create_engine(url)
     try:  # a sample posted before it went out whole; one not posted is still to post, whole
@@ -484,5 +489,18 @@ async def test_0008_adds_sample_message_parts_that_older_samples_leave_empty(emp
     finally:
         await engine.dispose()
     await downgrade_async(url, "0007")
-    assert not {"message_parts_sent", "message_parts_total"} & (await _columns(url))["samples"]
+    assert (
+        not {"message_parts_sent", "message_parts_total", "message_parts_limit"}
+        & (await _columns(url))["samples"]
+    )
     assert await _read(url, sa.select(message).order_by(message.c.id)) == [(1, 99), (2, None)]
+
+
+async def test_0009_adds_left_guilds_and_takes_it_away_again(empty_db_url: str) -> None:
+    url = empty_db_url
+    await upgrade_async(url, "0008")
+    assert "left_guilds" not in await _columns(url)
+    await upgrade_async(url, "0009")
+    assert (await _columns(url))["left_guilds"] == {"guild_id", "left_at"}
+    await downgrade_async(url, "0008")
+    assert "left_guilds" not in await _columns(url)

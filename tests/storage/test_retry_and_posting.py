@@ -18,6 +18,7 @@ from storage import (
     StorageError,
     create_engine,
 )
+from storage.records import MessageParts
 from tests.conftest import FakeClock
 from tests.storage.helpers import GUILD, MODEL, enqueue, finished_job, new_sample, row_counts
 
@@ -336,19 +337,34 @@ async def test_a_sample_posted_part_way_records_how_far_and_counts_as_posted_onl
 ) -> None:
     job_id, (sample_id,) = await finished_job(store)
     assert not (await store.get_sample_info(sample_id)).posted
-    await store.set_sample_message(sample_id, 40, parts=(1, 3))
-    await store.set_sample_message(sample_id, 40, parts=(2, 3))
+    await store.set_sample_message(sample_id, 40, parts=MessageParts(1, 3, 20_000))
+    await store.set_sample_message(sample_id, 40, parts=MessageParts(2, 3, 20_000))
     info = await store.get_sample_info(sample_id)
-    assert (info.message_id, info.message_parts_sent, info.message_parts_total) == (40, 2, 3)
+    assert (info.message_id, info.message_parts) == (40, MessageParts(2, 3, 20_000))
     assert not info.posted and not (await store.get_sample(sample_id)).posted
-    assert [i.message_parts_sent for i in await store.samples_for_job(job_id)] == [2]
+    assert [i.message_parts for i in await store.samples_for_job(job_id)] == [MessageParts(2, 3, 20_000)]
 
     await store.set_sample_message(sample_id, 40)  # the last part went out
     info = await store.get_sample_info(sample_id)
-    assert (info.message_id, info.message_parts_sent, info.message_parts_total) == (40, None, None)
-    assert info.posted
+    assert (info.message_id, info.message_parts_sent, info.message_parts_total, info.message_parts_limit) == (
+        40,
+        None,
+        None,
+        None,
+    )
+    assert info.posted and info.message_parts is None
 
-    for bad in ((0, 3), (3, 3), (4, 3), (1, 2**31), (True, 3), (1.0, 3)):
-        with pytest.raises(InvalidSample, match=r"parts must be \(sent, total\)"):
-            await store.set_sample_message(sample_id, 41, parts=bad)  # type: ignore[arg-type]
+    bad_parts = [
+        (0, 3, 1),
+        (3, 3, 1),
+        (4, 3, 1),
+        (1, 2**31, 1),
+        (True, 3, 1),
+        (1.0, 3, 1),
+        (1, 3, 0),
+        (1, 3, 2**63),
+    ]
+    for bad in bad_parts:
+        with pytest.raises(InvalidSample, match=r"parts must say 1 <= sent < total messages"):
+            await store.set_sample_message(sample_id, 41, parts=MessageParts(*bad))  # type: ignore[arg-type]
     assert (await store.get_sample_info(sample_id)).message_id == 40

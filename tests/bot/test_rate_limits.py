@@ -1,0 +1,86 @@
+"""Rate limits longer than the bot waits inside a call (`MAX_RATE_LIMIT_WAIT_S`: discord.py raises
+`discord.RateLimited`, which is not a `discord.HTTPException`) are handled where they can come: the bot
+starts all the same, a replaced progress message still goes, a channel lookup counts as unanswered.
+(The relay's own waits are in test_relay_delivery.py.)"""
+
+from __future__ import annotations
+
+import logging
+
+import discord
+import pytest
+
+from bot import actions
+from storage.store import JobStore
+from tests.bot.conftest import BotRunner
+from tests.bot.fake_discord import FakeDiscord
+from tests.bot.harness import (
+    PlayedWorker,
+    bot_messages,
+    make_bot,
+    progress_message,
+    relay_of,
+    sqlite_store,
+    when,
+)
+
+__all__ = ["sqlite_store"]
+
+
+async def test_a_rate_limited_command_sync_at_start_does_not_stop_the_bot(
+    fake_discord: FakeDiscord,
+    bot_runner: BotRunner,
+    sqlite_store: JobStore,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Restarts in a row (a crash loop, deploys) meet Discord's limit on command syncs: the commands of
+    the last sync stand, and the bot starts."""
+    fake = fake_discord
+    fake.fail_next(
+        "PUT", "/applications/{application_id}/guilds/{guild_id}/commands", status=429, retry_after=120.0
+    )
+    caplog.set_level(logging.WARNING, logger="bot.bot")
+    bot = await bot_runner.start(make_bot(fake, sqlite_store))
+    assert bot.is_ready()
+    (warning,) = [r for r in caplog.records if r.name == "bot.bot"]
+    assert "wait 120 s before syncing the commands again" in warning.getMessage()
+
+
+async def test_a_replaced_progress_message_whose_delete_is_rate_limited_goes_at_a_later_pass(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    """The old message was out of edits (30046): the relay goes on in a fresh one and deletes the old
+    one; Discord asks to wait for that delete: a later pass deletes it, and one progress message stays."""
+    fake, store = fake_discord, sqlite_store
+    bot = await bot_runner.start(make_bot(fake, store))
+    relay = relay_of(bot)
+    relay.min_edit_interval_s = 0.0
+    worker = PlayedWorker(store)
+    record = await fake.invoke_command("jukebox", {"samples": 1}, user=fake.user("alice"))
+    await fake.wait_for(lambda: record.original is not None and not record.original.loading)
+    job = await worker.claim()
+    old = await fake.wait_for(when(lambda: progress_message(fake, job.id)))
+
+    await worker.progress(job.id, window=1, of=4)
+    fake.fail_next("PATCH", "/channels/{channel_id}/messages/{message_id}", status=400, code=30046)
+    fake.fail_next("DELETE", "/channels/{channel_id}/messages/{message_id}", status=429, retry_after=120.0)
+    await relay.run_pass()
+    assert [r.status for r in fake.rejections] == [400, 429] and not old.deleted
+    await relay.run_pass()
+
+    shown = [m for m in bot_messages(fake) if m.content.startswith(f"**Job #{job.id}**") and not m.deleted]
+    assert len(shown) == 1 and shown[0] is not old and old.deleted
+
+
+class _RateLimitedBot:
+    """Stands in for the bot whose lookup of a channel Discord asks to wait for."""
+
+    async def fetch_channel(self, channel_id: int) -> object:
+        raise discord.RateLimited(120.0)
+
+
+async def test_a_rate_limited_channel_lookup_counts_as_unanswered() -> None:
+    """Who may use a sample of a channel the cache lacks: a lookup Discord asks to wait for counts as
+    unanswered ("not shown"), as an HTTP error does; /queue, /history, /top and /curate leave that one
+    entry out instead of failing whole."""
+    assert await actions._uncached_channel(_RateLimitedBot(), 42) is None  # type: ignore[arg-type]
