@@ -152,7 +152,11 @@ class ProgressRelay:
     async def run_pass(self) -> None:
         async with self._pass_lock:
             for job_id, message, what in [self._to_delete.pop(key) for key in list(self._to_delete)]:
-                await self._delete(job_id, message, what)
+                try:
+                    await self._delete(job_id, message, what)
+                except Exception as exc:  # e.g. the connection dropped: the jobs go on; it goes later
+                    log.warning("job #%s: could not delete %s %s yet: %r", job_id, what, message.id, exc)
+                    self._to_delete[message.id] = (job_id, message, what)
             guild_ids = {guild.id for guild in self.bot.guilds}
             unfinished = await self.store.unfinished_jobs()
             places = queue_places(unfinished, await self.store.served_models())

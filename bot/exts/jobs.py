@@ -64,10 +64,10 @@ class Jobs(commands.Cog):
                 " ".join(str(job_id) for job_id in strays),
             )
 
-    @commands.Cog.listener("on_guild_join")
-    @commands.Cog.listener("on_guild_available")
-    async def on_guild_back(self, guild: discord.Guild) -> None:
-        """Added (back) to a server, or Discord shows it again: the operator may retry its jobs again."""
+    @commands.Cog.listener()
+    async def on_guild_join(self, guild: discord.Guild) -> None:
+        """Added (back) to a server: the operator may retry its jobs again. (At start `on_ready` says so
+        for every server the bot is in, in one go.)"""
         await self.bot.store.mark_guilds_present([guild.id])
 
     @commands.Cog.listener()

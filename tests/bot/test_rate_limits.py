@@ -84,3 +84,36 @@ async def test_a_rate_limited_channel_lookup_counts_as_unanswered() -> None:
     unanswered ("not shown"), as an HTTP error does; /queue, /history, /top and /curate leave that one
     entry out instead of failing whole."""
     assert await actions._uncached_channel(_RateLimitedBot(), 42) is None  # type: ignore[arg-type]
+
+
+class _DeleteFails:
+    """A replaced progress message whose delete, retried at a pass, meets a connection error."""
+
+    id = 1234
+
+    async def delete(self) -> None:
+        raise ConnectionResetError("connection reset by peer")
+
+
+async def test_a_pending_delete_that_meets_a_connection_error_does_not_stop_the_pass(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    """A pending delete retried at a pass meets a connection error (which discord.py raises after its own
+    retries): the pass goes on with the jobs, and the delete is kept for the next pass."""
+    fake, store = fake_discord, sqlite_store
+    bot = await bot_runner.start(make_bot(fake, store))
+    relay = relay_of(bot)
+    relay.min_edit_interval_s = 0.0
+    worker = PlayedWorker(store)
+    record = await fake.invoke_command("jukebox", {"samples": 1}, user=fake.user("alice"))
+    await fake.wait_for(lambda: record.original is not None and not record.original.loading)
+    job = await worker.claim()
+    await fake.wait_for(when(lambda: progress_message(fake, job.id)))
+    await worker.progress(job.id, window=3, of=4)
+
+    relay._to_delete[_DeleteFails.id] = (job.id, _DeleteFails(), "its old progress message")  # type: ignore[assignment]
+    await relay.run_pass()
+
+    shown = progress_message(fake, job.id)
+    assert shown is not None and "3/4" in shown.content
+    assert _DeleteFails.id in relay._to_delete

@@ -12,8 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from bot.errors import MAX_MESSAGE_CHARS
+from bot.vocab import resolve_labels
 from sampler.jobspec import JobParams
+from sampler.jukebox.labels import LabelVersion, Vocabulary, genre_ids
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
 from tests.bot.fake_discord import FakeDiscord, FakeMessage
@@ -136,3 +140,18 @@ async def test_labels_stored_before_the_fix_show_on_one_line_without_markup(
 def _present(message: Any) -> FakeMessage:
     assert message is not None
     return message
+
+
+@pytest.mark.parametrize("typed", ["soundtrack/musical", "soundtrack/television", "Soundtrack/Musical"])
+def test_a_1b_lyrics_genre_with_a_slash_is_stored_as_the_name_the_model_is_labelled_with(typed: str) -> None:
+    """1b_lyrics (v3 labels) knows 'soundtrack/musical' (id 306). Stored as its plain words it would be
+    'soundtrack musical', which the forgiving `resolve_genres` maps to the same id but the worker's
+    labelling (`Labeller.label` -> `genre_ids`: the exact table key, unknown -> 0) does not: the job
+    would be sampled with genre 0 ('unknown'), silently."""
+    vocab = Vocabulary.for_model("1b_lyrics")
+    assert vocab.version is LabelVersion.V3
+    chosen = vocab.resolve_genres(typed).ids
+    assert chosen != (0,)
+    stored = resolve_labels("1b_lyrics", None, typed).genres
+    # what sampler/cascade_runner.py hands the Labeller: " ".join(params.genres)
+    assert tuple(genre_ids(" ".join(stored), LabelVersion.V3)) == chosen, stored

@@ -7,7 +7,7 @@ import os
 import sqlite3
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 import storage.engine
 from jukebot.cli import main
 from storage.engine import create_engine
+from storage.errors import JobNotRetryable
 from storage.migrate import (
     MIGRATION_LOCK_KEY,
     current_revision_async,
@@ -29,7 +30,7 @@ from storage.migrate import (
     upgrade_async,
     upgrade_to_head_async,
 )
-from storage.models import Base, UTCDateTime
+from storage.models import Base, JobStatus, UTCDateTime
 from storage.store import JobStore
 from tests.waiting import wait_until
 
@@ -496,11 +497,58 @@ async def test_0008_adds_sample_message_parts_that_older_samples_leave_empty(emp
     assert await _read(url, sa.select(message).order_by(message.c.id)) == [(1, 99), (2, None)]
 
 
-async def test_0009_adds_left_guilds_and_takes_it_away_again(empty_db_url: str) -> None:
+async def test_0009_records_the_servers_older_bots_left_and_takes_the_table_away_again(
+    empty_db_url: str,
+) -> None:
+    """A bot before 0009 cancelled the jobs of a server it was removed from with the reason below; a job
+    queued in that server after means a bot serves it again."""
     url = empty_db_url
+    reason = "the bot was removed from this server"
+    job = {"channel_id": 1, "user_id": 2, "model": "5b", "params": {}, "kind": "generate"}
+    job |= {"priority": 0, "attempts": 0, "max_attempts": 1, "progress": 0.0, "updated_at": T0}
+    later = T0 + timedelta(hours=1)
+    guild_job = sa.table("jobs", sa.column("id"), sa.column("guild_id"), sa.column("error"))
     await upgrade_async(url, "0008")
-    assert "left_guilds" not in await _columns(url)
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as connection:
+            rows = [
+                {
+                    **job,
+                    "id": 1,
+                    "status": "cancelled",
+                    "created_at": T0,
+                    "finished_at": T0,
+                },  # server 10 left
+                {**job, "id": 2, "status": "failed", "created_at": T0, "finished_at": T0},  # 10, before
+                {**job, "id": 3, "status": "cancelled", "created_at": T0, "finished_at": T0},  # 20 left...
+                {**job, "id": 4, "status": "queued", "created_at": later, "finished_at": None},  # ...and back
+                {
+                    **job,
+                    "id": 5,
+                    "status": "cancelled",
+                    "created_at": T0,
+                    "finished_at": T0,
+                },  # 30: by its user
+            ]
+            await connection.execute(JOBS_0001.insert(), rows)
+            for job_id, guild_id, error in [(1, 10, reason), (2, 10, "CUDA"), (3, 20, reason), (4, 20, None)]:
+                await connection.execute(
+                    guild_job.update().where(guild_job.c.id == job_id).values(guild_id=guild_id, error=error)
+                )
+            await connection.execute(guild_job.update().where(guild_job.c.id == 5).values(guild_id=30))
+    finally:
+        await engine.dispose()
     await upgrade_async(url, "0009")
-    assert (await _columns(url))["left_guilds"] == {"guild_id", "left_at"}
+    engine = create_engine(url)
+    try:
+        store = JobStore(engine)
+        with pytest.raises(JobNotRetryable, match=r"removed from its server \(10\)"):
+            await store.retry_job(2)  # failed before the bot left: refused all the same
+        assert (await store.retry_job(5)).status is JobStatus.QUEUED
+    finally:
+        await engine.dispose()
+    left = sa.table("left_guilds", sa.column("guild_id"))
+    assert await _read(url, sa.select(left.c.guild_id)) == [(10,)]
     await downgrade_async(url, "0008")
     assert "left_guilds" not in await _columns(url)
