@@ -14,8 +14,9 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from bot.delivery import AudioFile
-from sampler.audio import AudioError, decode_audio
+from sampler.audio import SAMPLE_RATE, AudioError, decode_audio
 from sampler.jobspec import params_or_defaults
+from sampler.jukebox.windows import TOP_HOP
 from sampler.pictures import MAX_HZ, render_sample_picture
 from storage.errors import JobNotFound, PrimeNotFound, SampleNotFound
 from storage.models import JobKind
@@ -91,7 +92,12 @@ async def prime_part_seconds(store: JobStore, job: Job) -> float | None:
                 return None
             parent = await store.get_sample_info(job.parent_sample_id)
             if job.kind == JobKind.CONTINUE:
-                return parent.duration_seconds
+                if (await store.get_job(parent.job_id)).kind != JobKind.CURATE:
+                    return parent.duration_seconds
+                # A curated piece is continued from its ingredients' codes end to end (untrimmed, no
+                # crossfades), which last longer than the piece's own audio: they are the prime's part.
+                top = (await store.get_sample(parent.id)).codes(2)
+                return None if not top else len(top) // 2 * TOP_HOP / SAMPLE_RATE
             job = await store.get_job(parent.job_id)  # an upsample: the same length as its parent
         except (PrimeNotFound, SampleNotFound, JobNotFound):
             return None

@@ -33,6 +33,9 @@ CROSSFADE_S = 0.5
 # Chromaprint items come about 8 a second; search alignments up to ~3 s apart.
 MAX_FINGERPRINT_OFFSET = 24
 MIN_FINGERPRINT_OVERLAP = 4
+# Chromaprint gives no item for about the first 3 s of audio: a shorter clip (a loop, a one-shot) has an
+# empty fingerprint and would score 0.5 against everything. Clips shorter than this are looped to it.
+MIN_FINGERPRINT_SECONDS = 6.0
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -102,6 +105,14 @@ def fingerprint(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray
     printer.feed(pcm.tobytes())
     raw, _ = chromaprint.decode_fingerprint(printer.finish())
     return np.asarray(raw, dtype=np.int64).astype(np.uint32)
+
+
+def looped(audio: np.ndarray, seconds: float, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """`audio` repeated end to end until it lasts at least `seconds` (as it is when it does already)."""
+    wanted = math.ceil(seconds * sample_rate)
+    if audio.shape[0] == 0 or audio.shape[0] >= wanted:
+        return audio
+    return np.tile(audio, math.ceil(wanted / audio.shape[0]))[:wanted]
 
 
 def fingerprint_similarity(a: np.ndarray, b: np.ndarray, max_offset: int = MAX_FINGERPRINT_OFFSET) -> float:
@@ -250,7 +261,7 @@ def curate(
     else:
         features = []
         for done, i in enumerate(kept, start=1):
-            features.append(fingerprint(trimmed[i]))
+            features.append(fingerprint(looped(trimmed[i], MIN_FINGERPRINT_SECONDS)))
             if progress is not None:
                 progress("fingerprinting", done, len(kept))
         score = fingerprint_similarity

@@ -19,11 +19,16 @@ OUTPUT_BITRATE = 160_000
 
 
 def _inputs(paths: tuple[Path, ...]) -> list[Path]:
-    """Files as given, and the audio files inside each folder (sorted by name, not recursive)."""
+    """Files as given, and the audio files inside each folder (sorted by name, not recursive; hidden
+    files left out: macOS leaves a `._name.wav` of metadata beside each file it copies to a stick)."""
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+            found = sorted(
+                p
+                for p in path.iterdir()
+                if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in AUDIO_SUFFIXES
+            )
             if not found:
                 raise click.UsageError(f"{path} holds no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}).")
             files.extend(found)
@@ -89,7 +94,7 @@ def curate(inputs: tuple[Path, ...], output: Path, fade: float, picture: Path | 
     import numpy as np
     from tqdm import tqdm
 
-    from sampler.audio import SAMPLE_RATE, AudioError, decode_audio, encode_audio, wav_bytes
+    from sampler.audio import SAMPLE_RATE, AudioError, EmptyAudio, decode_audio, encode_audio, wav_bytes
     from sampler.curation import Clip, CurationError
     from sampler.curation import curate as curate_clips
 
@@ -113,6 +118,8 @@ def curate(inputs: tuple[Path, ...], output: Path, fade: float, picture: Path | 
             audio = decode_audio(
                 path.read_bytes(), max_seconds=None, max_bytes=None, silence_threshold_db=None
             )
+        except EmptyAudio:  # no sound at all: left out like a silent clip
+            audio = np.zeros(0, dtype=np.float32)
         except AudioError as exc:
             raise click.ClickException(f"{path}: {exc}") from None
         clips.append(Clip(path.name, audio))
