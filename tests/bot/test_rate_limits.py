@@ -11,9 +11,11 @@ import discord
 import pytest
 
 from bot import actions
+from bot.relay import ProgressRelay
+from storage.records import ClaimedJob
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
-from tests.bot.fake_discord import FakeDiscord
+from tests.bot.fake_discord import FakeDiscord, FakeMessage
 from tests.bot.harness import (
     PlayedWorker,
     bot_messages,
@@ -25,6 +27,21 @@ from tests.bot.harness import (
 )
 
 __all__ = ["sqlite_store"]
+
+
+async def _running_job(
+    fake: FakeDiscord, bot_runner: BotRunner, store: JobStore
+) -> tuple[ProgressRelay, PlayedWorker, ClaimedJob, FakeMessage]:
+    """A started bot whose relay edits at every pass, and a member's job a worker runs, with its progress
+    message."""
+    bot = await bot_runner.start(make_bot(fake, store))
+    relay = relay_of(bot)
+    relay.min_edit_interval_s = 0.0
+    worker = PlayedWorker(store)
+    record = await fake.invoke_command("jukebox", {"samples": 1}, user=fake.user("alice"))
+    await fake.wait_for(lambda: record.original is not None and not record.original.loading)
+    job = await worker.claim()
+    return relay, worker, job, await fake.wait_for(when(lambda: progress_message(fake, job.id)))
 
 
 async def test_a_rate_limited_command_sync_at_start_does_not_stop_the_bot(
@@ -51,15 +68,8 @@ async def test_a_replaced_progress_message_whose_delete_is_rate_limited_goes_at_
 ) -> None:
     """The old message was out of edits (30046): the relay goes on in a fresh one and deletes the old
     one; Discord asks to wait for that delete: a later pass deletes it, and one progress message stays."""
-    fake, store = fake_discord, sqlite_store
-    bot = await bot_runner.start(make_bot(fake, store))
-    relay = relay_of(bot)
-    relay.min_edit_interval_s = 0.0
-    worker = PlayedWorker(store)
-    record = await fake.invoke_command("jukebox", {"samples": 1}, user=fake.user("alice"))
-    await fake.wait_for(lambda: record.original is not None and not record.original.loading)
-    job = await worker.claim()
-    old = await fake.wait_for(when(lambda: progress_message(fake, job.id)))
+    fake = fake_discord
+    relay, worker, job, old = await _running_job(fake, bot_runner, sqlite_store)
 
     await worker.progress(job.id, window=1, of=4)
     fake.fail_next("PATCH", "/channels/{channel_id}/messages/{message_id}", status=400, code=30046)
@@ -100,15 +110,8 @@ async def test_a_pending_delete_that_meets_a_connection_error_does_not_stop_the_
 ) -> None:
     """A pending delete retried at a pass meets a connection error (which discord.py raises after its own
     retries): the pass goes on with the jobs, and the delete is kept for the next pass."""
-    fake, store = fake_discord, sqlite_store
-    bot = await bot_runner.start(make_bot(fake, store))
-    relay = relay_of(bot)
-    relay.min_edit_interval_s = 0.0
-    worker = PlayedWorker(store)
-    record = await fake.invoke_command("jukebox", {"samples": 1}, user=fake.user("alice"))
-    await fake.wait_for(lambda: record.original is not None and not record.original.loading)
-    job = await worker.claim()
-    await fake.wait_for(when(lambda: progress_message(fake, job.id)))
+    fake = fake_discord
+    relay, worker, job, _ = await _running_job(fake, bot_runner, sqlite_store)
     await worker.progress(job.id, window=3, of=4)
 
     relay._to_delete[_DeleteFails.id] = (job.id, _DeleteFails(), "its old progress message")  # type: ignore[assignment]

@@ -7,13 +7,14 @@ relay's passes itself (`run_pass`), so each check sees a whole pass.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from datetime import timedelta
 
 import pytest
 
 from bot.bot import JukeBot
-from bot.relay import sample_nonce
+from bot.relay import ProgressRelay, sample_nonce
 from storage.engine import create_engine
 from storage.models import JobStatus, utcnow
 from storage.records import ClaimedJob
@@ -106,21 +107,40 @@ async def test_results_for_a_deleted_channel_are_given_up_once_and_do_not_block_
     assert not [call for call in fake.calls()[tried:] if f"/channels/{music.id}/" in call.path]
 
 
+@dataclasses.dataclass
+class _TwoFinished:
+    clock: FakeClock
+    store: JobStore
+    relay: ProgressRelay
+    first: tuple[ClaimedJob, int]  # (job, its sample), finished first
+    second: tuple[ClaimedJob, int]
+
+
+async def _two_finished_jobs(
+    fake: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore, first_channel: str, second_channel: str
+) -> _TwoFinished:
+    """A started bot on a store with a clock, and two members' jobs (alice's in `first_channel`, then
+    bob's), each finished with one sample whose results are not posted yet."""
+    clock = FakeClock(utcnow())
+    store = JobStore(sqlite_store.engine, clock=clock)
+    bot = await bot_runner.start(make_bot(fake, store))
+    worker = PlayedWorker(store)
+    first = await _queued_and_claimed(fake, worker, "alice", first_channel, seed=1)
+    second = await _queued_and_claimed(fake, worker, "bob", second_channel, seed=2)
+    (first_sample,) = await worker.complete(first, n=1, full=False)
+    clock.advance(1)
+    (second_sample,) = await worker.complete(second, n=1, full=False)
+    return _TwoFinished(clock, store, relay_of(bot), (first, first_sample), (second, second_sample))
+
+
 async def test_results_that_keep_failing_wait_between_tries_and_let_the_next_results_through(
     fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
 ) -> None:
     fake = fake_discord
-    clock = FakeClock(utcnow())
-    store = JobStore(sqlite_store.engine, clock=clock)
-    bot = await bot_runner.start(make_bot(fake, store))
-    relay = relay_of(bot)
+    two = await _two_finished_jobs(fake, bot_runner, sqlite_store, "general", "general")
+    clock, store, relay = two.clock, two.store, two.relay
     relay.finished_batch = 1
-    worker = PlayedWorker(store)
-    failing = await _queued_and_claimed(fake, worker, "alice", "general", seed=1)
-    later = await _queued_and_claimed(fake, worker, "bob", "general", seed=2)
-    (failing_sample,) = await worker.complete(failing, n=1, full=False)
-    clock.advance(1)
-    (later_sample,) = await worker.complete(later, n=1, full=False)
+    (failing, failing_sample), (_, later_sample) = two.first, two.second
 
     # Discord fails the first job's upload twice (503: discord.py does not retry it itself).
     fake.fail_next("POST", "/channels/{channel_id}/messages", status=503, times=2)
@@ -257,11 +277,23 @@ async def test_the_jobs_of_a_server_the_bot_left_are_cancelled(
     assert await store.claim(worker.worker_id, ["5b_lyrics"], 60) is None
 
 
-async def test_a_sample_in_parts_whose_later_part_keeps_failing_never_posts_its_first_part_twice(
-    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
-) -> None:
-    fake = fake_discord
-    fake.default_guild.attachment_size_limit = 20_000  # a 12 s sample goes out in several messages
+@dataclasses.dataclass
+class _PartWay:
+    bot: JukeBot
+    relay: ProgressRelay
+    store: JobStore
+    clock: FakeClock
+    job: ClaimedJob
+    sample_id: int
+    first: FakeMessage  # the sample's first message, which went out
+
+
+async def _sample_part_way(
+    fake: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore, *, failures: int
+) -> _PartWay:
+    """A 12 s sample split into several messages under a 20,000-byte limit, after one pass: part 1
+    went out, part 2 failed (503: discord.py does not retry it), and fails `failures` tries in all."""
+    fake.default_guild.attachment_size_limit = 20_000
     clock = FakeClock(utcnow())
     store = JobStore(sqlite_store.engine, clock=clock)
     bot = await bot_runner.start(make_bot(fake, store))
@@ -269,12 +301,21 @@ async def test_a_sample_in_parts_whose_later_part_keeps_failing_never_posts_its_
     worker = PlayedWorker(store)
     job = await _queued_and_claimed(fake, worker, "alice", "general", seed=1)
     (sample_id,) = await worker.complete(job, n=1, full=False, seconds=12.0)
-
-    # Part 1 goes out; part 2 fails, at this try and the next (503: discord.py does not retry it).
-    fake.fail_next("POST", "/channels/{channel_id}/messages", status=503, after=1, times=2)
+    fake.fail_next("POST", "/channels/{channel_id}/messages", status=503, after=1, times=failures)
     await relay.run_pass()
     first = sample_message(fake, sample_id)
     assert first is not None
+    return _PartWay(bot, relay, store, clock, job, sample_id, first)
+
+
+async def test_a_sample_in_parts_whose_later_part_keeps_failing_never_posts_its_first_part_twice(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    fake = fake_discord
+    # Part 2 fails at this try and the next.
+    part_way = await _sample_part_way(fake, bot_runner, sqlite_store, failures=2)
+    relay, store, clock = part_way.relay, part_way.store, part_way.clock
+    job, sample_id, first = part_way.job, part_way.sample_id, part_way.first
     info = await store.get_sample_info(sample_id)
     assert (info.message_id, info.message_parts_sent) == (first.id, 1) and not info.posted
     await relay.run_pass()
@@ -304,16 +345,9 @@ async def test_a_long_rate_limit_in_one_channel_does_not_hold_the_results_of_ano
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     fake = fake_discord
-    clock = FakeClock(utcnow())
-    store = JobStore(sqlite_store.engine, clock=clock)
-    bot = await bot_runner.start(make_bot(fake, store))
-    relay = relay_of(bot)
-    worker = PlayedWorker(store)
-    limited = await _queued_and_claimed(fake, worker, "alice", "music", seed=1)
-    other = await _queued_and_claimed(fake, worker, "bob", "general", seed=2)
-    (limited_sample,) = await worker.complete(limited, n=1, full=False)
-    clock.advance(1)
-    (other_sample,) = await worker.complete(other, n=1, full=False)
+    two = await _two_finished_jobs(fake, bot_runner, sqlite_store, "music", "general")
+    clock, store, relay = two.clock, two.store, two.relay
+    (limited, limited_sample), (other, other_sample) = two.first, two.second
 
     # Discord asks the bot to wait two minutes before posting in #music again.
     fake.fail_next("POST", "/channels/{channel_id}/messages", status=429, retry_after=120.0)
@@ -372,19 +406,11 @@ async def test_a_sample_in_parts_whose_server_limit_changed_between_tries_still_
     gone). A bigger limit: the rest of the same split follows. A smaller one: the split that was sent
     no longer fits, so the sample goes out again split anew, in messages of their own."""
     fake = fake_discord
-    fake.default_guild.attachment_size_limit = 20_000  # a 12 s sample goes out in several messages
-    store = sqlite_store
-    bot = await bot_runner.start(make_bot(fake, store))
-    relay = relay_of(bot)
-    worker = PlayedWorker(store)
-    job = await _queued_and_claimed(fake, worker, "alice", "general", seed=1)
-    (sample_id,) = await worker.complete(job, n=1, full=False, seconds=12.0)
-    fake.fail_next("POST", "/channels/{channel_id}/messages", status=503, after=1, times=1)
-    await relay.run_pass()
+    part_way = await _sample_part_way(fake, bot_runner, sqlite_store, failures=1)
+    bot, relay, store = part_way.bot, part_way.relay, part_way.store
+    job, sample_id, first = part_way.job, part_way.sample_id, part_way.first
     parts = (await store.get_sample_info(sample_id)).message_parts
     assert parts is not None and (parts.sent, parts.upload_limit) == (1, 20_000) and parts.total >= 2
-    first = sample_message(fake, sample_id)
-    assert first is not None
 
     fake.default_guild.attachment_size_limit = new_limit
     assert job.guild_id is not None
