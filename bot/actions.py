@@ -81,7 +81,7 @@ def parse_seconds(text: str) -> float | None:
 def queued_reply(job: Job, notes: tuple[str, ...] = ()) -> str:
     lines = [
         f"Queued as job #{job.id}. Its progress is posted in <#{job.channel_id}>; cancel it with `/cancel "
-        f"{job.id}`."
+        f"job:{job.id}`."
     ]
     lines.extend(f"Note: {note}" for note in notes)
     return "\n".join(lines)

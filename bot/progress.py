@@ -10,6 +10,7 @@ from datetime import datetime
 
 from bot.errors import fit_message, shorten
 from sampler.jobspec import JobParams, is_full_quality, params_or_defaults
+from sampler.units import count_of
 from sampler.user_text import public_label
 from storage.models import JobKind, JobStatus, utcnow
 from storage.records import Job
@@ -43,13 +44,13 @@ def describe_params(kind: JobKind, model: str, params: JobParams) -> str:
     labels = (params.artist, ", ".join(params.genres))  # as stored, also by an older bot: shown safely
     parts = [model, *(shorten(public_label(label), MAX_LABEL_CHARS) for label in labels)]
     if params.styles:
-        parts[1:] = [f"a sweep of {len(params.styles)} styles"]
+        parts[1:] = [params.describe_labels()]  # "a sweep of N styles"
     if kind == JobKind.CONTINUE:
         parts.append(f"+{params.seconds:g} s")
     elif kind == JobKind.GENERATE:
         parts.append(f"{params.seconds:g} s")
         samples = params.n_samples
-        parts.append(f"{samples} sample{'s' if samples != 1 else ''}")
+        parts.append(count_of(samples, "sample"))
         parts.append(quality_label(params))
     return " · ".join(parts)
 
@@ -88,7 +89,8 @@ def header(job: Job) -> str:
     )
 
 
-HELD = "waiting until one of your running jobs here ends"  # a queued job its user's running limit holds
+# A queued job its user's running limit holds: behind their running jobs, or their queued ones ahead of it.
+HELD = "waiting until an earlier job of yours here ends"
 
 
 def unserved(model: str) -> str:
@@ -123,7 +125,7 @@ def status_line(
     if job.status == JobStatus.CANCELLING:
         return f"{MARK_CANCELLING} Cancelling{_cancel_reason(job)}: stopping after the current step."
     if job.status == JobStatus.SUCCEEDED:
-        count = "" if sample_count is None else f" {sample_count} sample{'s' if sample_count != 1 else ''}"
+        count = "" if sample_count is None else f" {count_of(sample_count, 'sample')}"
         return f"{MARK_DONE} Done:{count} below."
     if job.status == JobStatus.CANCELLED:
         return f"{MARK_CANCELLED} Cancelled{_cancel_reason(job)}."

@@ -156,6 +156,12 @@ def has_lyrics(model: str) -> bool:
     return MODELS[model].has_lyrics
 
 
+def no_lyrics_note(model: str, what: str) -> str:
+    """The note for lyrics asked of `model`, which has none: `what` happened instead."""
+    singing = " or ".join(name for name, spec in MODELS.items() if spec.has_lyrics)
+    return f"The {model} model does not sing lyrics, so {what}; choose {singing} to use them."
+
+
 def check_length(limits: Limits, seconds: float, what: str = "length") -> None:
     if not seconds > 0:
         raise InvalidRequest(f"The {what} must be a positive number of seconds, got {seconds:g}.")
@@ -215,10 +221,7 @@ def build_generate(
 
     lyrics = (options.lyrics or "").strip()
     if lyrics and not has_lyrics(options.model):
-        notes.append(
-            f"The {options.model} model does not sing lyrics, so your lyrics were ignored; "
-            "choose 5b_lyrics or 1b_lyrics to use them."
-        )
+        notes.append(no_lyrics_note(options.model, "your lyrics were ignored"))
         lyrics = ""
     if len(lyrics) > MAX_LYRICS_CHARS:
         raise InvalidRequest(

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sampler.jukebox.registry import MODELS, PRIOR_HPARAMS
+from sampler.units import count_of
 
 Levels = Literal["top", "all"]
 
@@ -122,7 +123,7 @@ class JobParams(BaseModel):
         """What the job is conditioned on, as people read it: 'the beatles / rock', or for a style
         sweep 'a sweep of 3 styles' (its own artist and genres are only the defaults)."""
         if self.styles is not None:
-            return f"a sweep of {len(self.styles)} styles"
+            return f"a sweep of {count_of(len(self.styles), 'style')}"
         return self.style_of(0).describe()
 
     def describe_sample_labels(self, index: int) -> str:

@@ -1,4 +1,4 @@
-"""Sizes as people read them. Torch-free: the bot, the CLI and the model-file manager share it."""
+"""Sizes and counts as people read them. Torch-free: the bot, the CLI and the model-file manager share it."""
 
 from __future__ import annotations
 
@@ -15,3 +15,8 @@ def format_bytes(n: int | float) -> str:
         if abs(value) < 1024 or unit == _UNITS[-1]:
             return f"{value:.1f} {unit}"
     raise AssertionError("unreachable")
+
+
+def count_of(count: int, word: str) -> str:
+    """`1 sample`, `3 samples`: a count and a regular English noun."""
+    return f"{count} {word}{'' if count == 1 else 's'}"

@@ -120,7 +120,7 @@ class Jobs(commands.Cog):
         await interaction.response.defer(ephemeral=True, thinking=True)
         page = history_page(page)
         who = user or interaction.user
-        jobs, capped = await self._history_page(interaction, who.id, guild_id, page)
+        jobs, capped, has_more = await self._history_page(interaction, who.id, guild_id, page)
         older = (
             f"Older jobs may be hidden: only their latest {HISTORY_SCAN_LIMIT:,} jobs were looked "
             "through for those made in channels you can read."
@@ -136,7 +136,9 @@ class Jobs(commands.Cog):
             job.id for job in jobs if job.status == JobStatus.SUCCEEDED
         )
         head = f"**Jobs of {who.mention}**, page {page}"
-        more = f"More: `/history page:{page + 1}`" if len(jobs) == HISTORY_PAGE else None
+        # Another member's history: the next page is theirs only with `user:` (else it is the reader's).
+        whose = "" if who.id == interaction.user.id else f" with `user:` {who.mention}"
+        more = f"More: `/history page:{page + 1}`{whose}" if has_more else None
         tail = "\n".join(line for line in (more, older) if line) or None
         room = (MAX_MESSAGE_CHARS - len(head) - len(tail or "")) // len(jobs) - 2  # a newline each
         lines = [head]
@@ -157,19 +159,21 @@ class Jobs(commands.Cog):
 
     async def _history_page(
         self, interaction: discord.Interaction[JukeBot], user_id: int, guild_id: int, page: int
-    ) -> tuple[list[Job], bool]:
+    ) -> tuple[list[Job], bool, bool]:
         """The user's jobs on `page`, newest first, counting only those the member may see: pages of
         another member's history leave out jobs made in channels the member cannot see, looking
-        through at most their latest HISTORY_SCAN_LIMIT jobs; and whether older ones went unread."""
+        through at most their latest HISTORY_SCAN_LIMIT jobs; whether older ones went unread; and
+        whether a next page has any (one job more is read to know)."""
         store = self.bot.store
         skip = (page - 1) * HISTORY_PAGE
         if user_id == interaction.user.id:  # one's own jobs, all of them
-            return await store.recent_jobs(user_id, guild_id, limit=HISTORY_PAGE, offset=skip), False
+            own = await store.recent_jobs(user_id, guild_id, limit=HISTORY_PAGE + 1, offset=skip)
+            return own[:HISTORY_PAGE], False, len(own) > HISTORY_PAGE
         viewer = actions.Viewer(self.bot, interaction)
         shown: list[Job] = []
         offset = 0
         capped = False
-        while len(shown) < skip + HISTORY_PAGE:
+        while len(shown) < skip + HISTORY_PAGE + 1:
             if offset >= HISTORY_SCAN_LIMIT:
                 capped = True
                 break
@@ -179,7 +183,7 @@ class Jobs(commands.Cog):
             if len(batch) < limit:
                 break
             offset += limit
-        return shown[skip : skip + HISTORY_PAGE], capped
+        return shown[skip : skip + HISTORY_PAGE], capped, len(shown) > skip + HISTORY_PAGE
 
 
 async def setup(bot: JukeBot) -> None:

@@ -33,6 +33,7 @@ from bot.requests import (
     check_model,
     default_model,
     has_lyrics,
+    no_lyrics_note,
 )
 from bot.views import form_value
 from sampler.jobspec import MAX_LYRICS_CHARS, MAX_PRIME_SECONDS, MIN_PRIME_SECONDS
@@ -231,17 +232,22 @@ class Jukebox(commands.Cog):
             await interaction.response.send_modal(form)
             form.stop()  # `on_interaction` answers it, in this process or (giving the lyrics back) the next
             return
+        notes: tuple[str, ...] = ()
         if lyrics_modal:  # a model without lyrics: no form; the job is queued with a note
             await interaction.response.defer(ephemeral=True, thinking=True)
-        await self.submit(interaction, options, prime)
+            if not (lyrics or "").strip():  # typed lyrics get `build_generate`'s note instead
+                notes = (no_lyrics_note(model, "no lyrics form opened"),)
+        await self.submit(interaction, options, prime, notes)
 
     async def submit(
         self,
         interaction: discord.Interaction[Any],
         options: GenerateOptions,
         prime: discord.Attachment | None,
+        notes: tuple[str, ...] = (),
     ) -> None:
-        """Validate everything, store the prime, queue the job and answer (the response is deferred)."""
+        """Validate everything, store the prime, queue the job and answer (the response is deferred),
+        with `notes` for the user besides those of the validation."""
         guild_id = actions.guild_id_of(interaction)
         limits = await actions.check_can_enqueue(self.bot, interaction)
         # Labels, length and samples first: they cost nothing, the prime costs a download.
@@ -264,6 +270,7 @@ class Jukebox(commands.Cog):
                 raise JukebotError(str(exc)) from None
         else:
             validated = build_generate(limits, options)
+        validated = dataclasses.replace(validated, notes=(*notes, *validated.notes))
         try:
             await actions.enqueue_and_announce(
                 self.bot, interaction, limits, JobKind.GENERATE, options.model, validated, prime_id=prime_id

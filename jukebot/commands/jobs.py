@@ -12,6 +12,7 @@ import click
 
 from jukebot.commands import database_problem, first_line, require_current_schema, settings_or_exit
 from jukebot.settings import Settings
+from sampler.units import count_of
 from storage.models import JobStatus
 
 if TYPE_CHECKING:
@@ -211,10 +212,6 @@ def _size(count: int) -> str:
     return f"{count:,} bytes" if unit == "bytes" else f"{count:,} bytes ({scaled:.1f} {unit})"
 
 
-def _plural(count: int, word: str) -> str:
-    return f"{count} {word}{'' if count == 1 else 's'}"
-
-
 @jobs.command()
 @click.option(
     "--older-than",
@@ -231,9 +228,9 @@ def prune(older_than: str, dry_run: bool) -> None:
     age = _days(older_than)
     report: PruneReport = _with_store(lambda store: store.prune_finished(age, dry_run=dry_run))
     checkpoints = (
-        f"the checkpoints of {_plural(len(report.job_ids), 'job')} ({report.checkpoint_bytes:,} bytes)"
+        f"the checkpoints of {count_of(len(report.job_ids), 'job')} ({report.checkpoint_bytes:,} bytes)"
     )
-    clips = f"the audio of {_plural(len(report.prime_ids), 'prime clip')} ({report.prime_bytes:,} bytes)"
+    clips = f"the audio of {count_of(len(report.prime_ids), 'prime clip')} ({report.prime_bytes:,} bytes)"
     if dry_run:
         click.echo(
             f"dry run: would drop {checkpoints} and {clips}, freeing {_size(report.freed_bytes)}; "

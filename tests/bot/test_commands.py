@@ -329,9 +329,9 @@ async def test_jobs_held_by_their_users_running_limit_say_so_and_others_pass_the
     for job_id in (2, 3):
         held = progress_message(fake, job_id)
         assert held is not None and held.content.endswith(
-            "⏳ Queued: waiting until one of your running jobs here ends."
+            "⏳ Queued: waiting until an earlier job of yours here ends."
         ), held.content
     bobs = progress_message(fake, 4)
     assert bobs is not None and bobs.content.endswith("⏳ Queued: position 1 in the queue.")
     queue = await reply_of(fake, await fake.invoke_command("queue", user=fake.user("alice")))
-    assert "• Job #2 (generate, 5b_lyrics): queued, waiting until one of your running jobs here ends" in queue
+    assert "• Job #2 (generate, 5b_lyrics): queued, waiting until an earlier job of yours here ends" in queue

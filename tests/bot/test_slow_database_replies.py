@@ -84,9 +84,9 @@ async def test_history_of_ten_jobs_answers_in_time_over_a_remote_database(
         assert asked.ack_latency is not None and asked.ack_latency < DISCORD_DEADLINE_S
         history = await fake.wait_for(lambda: answer_of(asked))
     assert history.ephemeral
-    lines = history.content.splitlines()
-    assert [line.split(" · ")[0] for line in lines[1:-1]] == [f"• Job #{n}" for n in range(10, 0, -1)]
-    assert all(f"→ samples #{n}" in line for n, line in zip(range(10, 0, -1), lines[1:-1], strict=True))
+    lines = history.content.splitlines()  # a page of ten: no next page to offer
+    assert [line.split(" · ")[0] for line in lines[1:]] == [f"• Job #{n}" for n in range(10, 0, -1)]
+    assert all(f"→ samples #{n}" in line for n, line in zip(range(10, 0, -1), lines[1:], strict=True))
 
 
 @pytest.mark.parametrize("asked", ["/top", "/jukebot-admin show", "/sample", "the vote button"])

@@ -195,7 +195,7 @@ def test_render_job_in_each_state() -> None:
     )
     assert queued.endswith("⏳ Queued: position 3 in the queue.")
     held = render_job(make_job(), places=QueuePlaces({}, frozenset({12})))
-    assert held.endswith("⏳ Queued: waiting until one of your running jobs here ends.")
+    assert held.endswith("⏳ Queued: waiting until an earlier job of yours here ends.")
     unserved = render_job(make_job(), places=QueuePlaces({}, frozenset(), frozenset({12})))
     assert unserved.endswith(
         "⏳ Queued: waiting for a worker with the 5b_lyrics model (none is running now)."
