@@ -5,11 +5,12 @@ A progress message starts with `**Job #<id>**`, and its last line starts with a 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 from bot.errors import fit_message, shorten
-from sampler.jobspec import JobParams, is_full_quality, params_or_defaults
+from sampler.jobspec import JobParams, is_full_quality, params_or_defaults, sweep_style
 from sampler.units import count_of
 from sampler.user_text import public_label
 from storage.models import JobKind, JobStatus, utcnow
@@ -207,3 +208,9 @@ def render_queue(user_jobs: Sequence[Job], places: QueuePlaces, running: Sequenc
     if len(running) > RUNNING_LISTED:
         lines.append(f"• and {len(running) - RUNNING_LISTED} more")
     return fit_message("\n".join(lines))
+
+
+def style_line(params: Mapping[str, Any], index: int) -> str:
+    """The line naming sample `index`'s style under its post, for a style sweep's sample; else ''."""
+    style = sweep_style(params, index)
+    return "" if style is None else f"\nStyle: **{public_label(style)}**"

@@ -42,10 +42,9 @@ from typing import TYPE_CHECKING
 import discord
 
 from bot import delivery, pictures
-from bot.progress import quality_label, render_job
+from bot.progress import quality_label, render_job, style_line
 from bot.views import progress_view, sample_view
-from sampler.jobspec import is_full_quality, params_or_defaults, sweep_style
-from sampler.user_text import public_label
+from sampler.jobspec import is_full_quality, params_or_defaults
 from storage.errors import JobNotFinished, JobNotFound, SampleNotFound
 from storage.models import JobStatus
 from storage.records import Job, MessageParts
@@ -443,9 +442,7 @@ class ProgressRelay:
                 f"<@{job.user_id}> **Sample #{sample.id}** · job #{job.id} · {position}/{len(infos)} · "
                 f"{sample.duration_seconds:.1f} s · {quality} · seed {sample.seed}"
             )
-            style = sweep_style(job.params, sample.index)
-            if style is not None:
-                content += f"\nStyle: **{public_label(style)}**"
+            content += style_line(job.params, sample.index)
             stem = f"jukebot_sample_{sample.id}"
             # An earlier try sent the first messages of this sample: send only the rest, split as then
             # (Discord's nonce stops a repeat for a few minutes only, and tries go on for longer). That

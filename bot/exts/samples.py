@@ -12,7 +12,7 @@ from bot import actions, curating, delivery, pictures
 from bot.bot import PUBLIC_THINKING, JukeBot
 from bot.errors import MAX_MESSAGE_CHARS, fit_line
 from bot.options import SampleId
-from bot.progress import can_upsample, job_quality
+from bot.progress import can_upsample, job_quality, style_line
 from bot.requests import TOP_COUNT, TOP_PERIODS, top_since
 from bot.views import DYNAMIC_ITEMS, sample_view, submit_continue_form
 from sampler.jobspec import params_or_defaults
@@ -84,7 +84,7 @@ class Samples(commands.Cog):
         content = (
             f"**Sample #{stored.id}** · job #{job.id} by <@{job.user_id}> · "
             f"{stored.duration_seconds:.1f} s · {job_quality(job)}"
-        )
+        ) + style_line(job.params, stored.index)
         view = sample_view(stored.id, votes, can_upsample=can_upsample(job))
         for index, group in enumerate(groups):
             uploads = [

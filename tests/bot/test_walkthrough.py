@@ -8,7 +8,17 @@ from storage.models import JobKind
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
 from tests.bot.fake_discord import FakeDiscord
-from tests.bot.harness import make_bot, progress_message, queue_song, relay_of, reply_of, sqlite_store, when
+from tests.bot.harness import (
+    PlayedWorker,
+    answer_of,
+    make_bot,
+    progress_message,
+    queue_song,
+    relay_of,
+    reply_of,
+    sqlite_store,
+    when,
+)
 
 __all__ = ["sqlite_store"]  # the fixture
 
@@ -117,3 +127,18 @@ async def test_history_of_exactly_a_page_offers_no_next_page(
     for reader in (alice, fake.user("bob")):
         reply = await reply_of(fake, await fake.invoke_command("history", {"user": alice}, user=reader))
         assert len(reply.splitlines()) == 11 and "More:" not in reply, reply
+
+
+async def test_a_sweeps_sample_posted_again_names_its_style(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    """`/sample` re-posts a style sweep's sample with the style it was made in, as its first post does."""
+    fake = fake_discord
+    await bot_runner.start(make_bot(fake, sqlite_store))
+    await queue_song(fake, styles="the beatles / pop; ella fitzgerald / jazz", model="5b_lyrics")
+    worker = PlayedWorker(sqlite_store)
+    await worker.complete(await worker.claim(), n=2, full=False, seconds=0.5)
+    record = await fake.invoke_command("sample", {"id": 2})
+    posted = await fake.wait_for(lambda: answer_of(record))
+    assert posted.content.startswith("**Sample #2** · job #1 by ") and posted.attachments, posted.content
+    assert posted.content.splitlines()[1:] == ["Style: **ella fitzgerald / jazz**"], posted.content
