@@ -293,7 +293,7 @@ class ProgressRelay:
         rate limit) is tried again at the passes after, until it goes."""
         try:
             await message.delete()
-        except discord.RateLimited:
+        except (discord.RateLimited, discord.DiscordServerError):  # for now: the next pass tries again
             self._to_delete[message.id] = (job_id, message, what)
         except discord.NotFound:
             pass  # someone deleted it already

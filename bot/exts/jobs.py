@@ -138,7 +138,7 @@ class Jobs(commands.Cog):
         head = f"**Jobs of {who.mention}**, page {page}"
         # Another member's history: the next page is theirs only with `user:` (else it is the reader's).
         whose = "" if who.id == interaction.user.id else f" with `user:` {who.mention}"
-        more = f"More: `/history page:{page + 1}`{whose}" if has_more else None
+        more = f"More: `/history page:{page + 1}`{whose}" if has_more and page < MAX_HISTORY_PAGE else None
         tail = "\n".join(line for line in (more, older) if line) or None
         room = (MAX_MESSAGE_CHARS - len(head) - len(tail or "")) // len(jobs) - 2  # a newline each
         lines = [head]
@@ -174,8 +174,8 @@ class Jobs(commands.Cog):
         offset = 0
         capped = False
         while len(shown) < skip + HISTORY_PAGE + 1:
-            if offset >= HISTORY_SCAN_LIMIT:
-                capped = True
+            if offset >= HISTORY_SCAN_LIMIT:  # older ones go unread, if there are any
+                capped = bool(await store.recent_jobs(user_id, guild_id, limit=1, offset=offset))
                 break
             limit = min(HISTORY_SCAN, HISTORY_SCAN_LIMIT - offset)
             batch = await store.recent_jobs(user_id, guild_id, limit=limit, offset=offset)

@@ -6,6 +6,7 @@ starts all the same, a replaced progress message still goes, a channel lookup co
 from __future__ import annotations
 
 import logging
+import types
 
 import discord
 import pytest
@@ -120,3 +121,23 @@ async def test_a_pending_delete_that_meets_a_connection_error_does_not_stop_the_
     shown = progress_message(fake, job.id)
     assert shown is not None and "3/4" in shown.content
     assert _DeleteFails.id in relay._to_delete
+
+
+class _DeleteMeetsServerError:
+    """A replaced progress message whose delete meets Discord's 503 (a transient server error)."""
+
+    id = 4321
+
+    async def delete(self) -> None:
+        raise discord.DiscordServerError(types.SimpleNamespace(status=503, reason="Service Unavailable"), "")
+
+
+async def test_a_pending_delete_that_meets_a_discord_server_error_is_kept(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    """A 5xx from Discord is as passing as a rate limit: the delete is tried again at the next pass."""
+    bot = await bot_runner.start(make_bot(fake_discord, sqlite_store))
+    relay = relay_of(bot)
+    relay._to_delete[_DeleteMeetsServerError.id] = (1, _DeleteMeetsServerError(), "its old progress message")  # type: ignore[assignment]
+    await relay.run_pass()
+    assert _DeleteMeetsServerError.id in relay._to_delete

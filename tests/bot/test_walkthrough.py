@@ -3,6 +3,11 @@ what each reply says must be right, specific and consistent with the README and 
 
 from __future__ import annotations
 
+import sys
+
+import pytest
+
+from bot.requests import MAX_HISTORY_PAGE
 from sampler.jobspec import JobParams
 from storage.models import JobKind
 from storage.store import JobStore
@@ -142,3 +147,48 @@ async def test_a_sweeps_sample_posted_again_names_its_style(
     posted = await fake.wait_for(lambda: answer_of(record))
     assert posted.content.startswith("**Sample #2** · job #1 by ") and posted.attachments, posted.content
     assert posted.content.splitlines()[1:] == ["Style: **ella fitzgerald / jazz**"], posted.content
+
+
+async def test_last_history_page_offers_no_page_past_the_maximum(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A member with more than MAX_HISTORY_PAGE pages of jobs reads the last page: no hint to a page
+    past it, which Discord's option range and `history_page` refuse. (The store is shifted so that 11
+    jobs stand at page 1000's offset, instead of storing 10,001 jobs.)"""
+    fake = fake_discord
+    await bot_runner.start(make_bot(fake, sqlite_store))
+    await _jobs_of(sqlite_store, fake, "alice", 11)
+    real = sqlite_store.recent_jobs
+    shift = (MAX_HISTORY_PAGE - 1) * sys.modules["bot.exts.jobs"].HISTORY_PAGE
+
+    async def shifted(user_id: int, guild_id: int | None = None, limit: int = 10, offset: int = 0):  # type: ignore[no-untyped-def]
+        return await real(user_id, guild_id, limit=limit, offset=max(0, offset - shift))
+
+    monkeypatch.setattr(sqlite_store, "recent_jobs", shifted)
+    alice = fake.user("alice")
+    reply = await reply_of(fake, await fake.invoke_command("history", {"page": MAX_HISTORY_PAGE}, user=alice))
+    assert f"page:{MAX_HISTORY_PAGE + 1}" not in reply, reply
+
+
+@pytest.mark.parametrize("older", [0, 1])
+async def test_another_members_last_page_at_the_scan_limit_says_older_jobs_may_be_hidden_only_if_any(
+    fake_discord: FakeDiscord,
+    bot_runner: BotRunner,
+    sqlite_store: JobStore,
+    monkeypatch: pytest.MonkeyPatch,
+    older: int,
+) -> None:
+    """alice has exactly HISTORY_SCAN_LIMIT jobs (here made 20 so the test stores few), all visible to
+    bob. Her last page (2) is complete: nothing older exists, so "Older jobs may be hidden" would be
+    false; with one job more it is true."""
+    fake = fake_discord
+    await bot_runner.start(make_bot(fake, sqlite_store))
+    # discord.py loads an extension as a fresh module object: patch the one the bot runs.
+    monkeypatch.setattr(sys.modules["bot.exts.jobs"], "HISTORY_SCAN_LIMIT", 20)
+    await _jobs_of(sqlite_store, fake, "alice", 20 + older)
+    alice = fake.user("alice")
+    reply = await reply_of(
+        fake, await fake.invoke_command("history", {"user": alice, "page": 2}, user=fake.user("bob"))
+    )
+    assert reply.count("• Job #") == 10, reply
+    assert ("Older jobs may be hidden" in reply) is bool(older), reply
