@@ -68,7 +68,15 @@ class Jobs(commands.Cog):
     async def on_guild_join(self, guild: discord.Guild) -> None:
         """Added (back) to a server: the operator may retry its jobs again. (At start `on_ready` says so
         for every server the bot is in, in one go.)"""
-        await self.bot.store.mark_guilds_present([guild.id])
+        try:
+            await self.bot.store.mark_guilds_present([guild.id])
+        except Exception as exc:  # e.g. the database is away: the next start records it
+            log.warning(
+                "joined server %s but could not record it (%r): `jukebot jobs retry` refuses its jobs of "
+                "before until the bot's next start",
+                guild.id,
+                exc,
+            )
 
     @commands.Cog.listener()
     async def on_guild_remove(self, guild: discord.Guild) -> None:

@@ -156,7 +156,7 @@ def curate(inputs: tuple[Path, ...], output: Path, fade: float, picture: Path | 
         click.echo(f"{position + 1:>4}. {clips[index].name}{score}")
     left_out = [clips[i].name for i in range(len(clips)) if i not in result.order]
     if left_out:
-        click.echo(f"Left out (silent): {', '.join(left_out)}")
+        click.echo(f"Left out (no sound: silent or empty): {', '.join(left_out)}")
     mean = float(np.mean(result.join_scores)) if result.join_scores else 0.0
     click.echo(f"Wrote {output} ({result.duration_seconds:.1f} s, mean join similarity {mean:.3f}).")
     if picture is not None:

@@ -5,6 +5,8 @@ is added back (`on_guild_join`)."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from storage.errors import JobNotRetryable
@@ -55,3 +57,31 @@ async def test_a_job_of_a_server_the_bot_left_is_not_retried(
             return False  # the bot has not recorded that it is back yet
 
     await wait_until(retried, 10.0, "the job to be retried once the bot is back in its server")
+
+
+async def test_a_join_the_database_cannot_record_is_one_warning_saying_what_it_means(
+    fake_discord: FakeDiscord,
+    bot_runner: BotRunner,
+    sqlite_store: JobStore,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fake, store = fake_discord, sqlite_store
+    await bot_runner.start(make_bot(fake, store))
+    await fake.dispatch("GUILD_DELETE", {"id": str(fake.default_guild.id)})
+
+    async def database_away(guild_ids: object) -> None:
+        raise ConnectionRefusedError("the database is away")
+
+    monkeypatch.setattr(store, "mark_guilds_present", database_away)
+    caplog.set_level(logging.WARNING)
+    joined = fake.default_guild.payload(full=True)
+    joined.pop("unavailable", None)
+    await fake.dispatch("GUILD_CREATE", joined)
+
+    async def warned() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if "could not record it" in r.getMessage()]
+
+    (warning,) = await wait_until(warned, 10.0, "the warning")
+    assert str(fake.default_guild.id) in warning.getMessage() and "next start" in warning.getMessage()
+    assert warning.exc_info is None  # one line, no traceback

@@ -64,7 +64,7 @@ def test_an_empty_file_in_the_folder_is_left_out_like_a_silent_one(tmp_path: Pat
     result = CliRunner().invoke(main, ["curate", str(clips), "-o", str(out), "--picture", str(strip)])
     assert result.exit_code == 0, result.output
     assert sorted(name for name, _ in _order(result.output)) == ["a.wav", "b.wav"]
-    assert "Left out (silent): c-empty.wav, d-silent.wav" in result.output
+    assert "Left out (no sound: silent or empty): c-empty.wav, d-silent.wav" in result.output
     assert out.stat().st_size > 0 and strip.stat().st_size > 0
 
 
