@@ -25,6 +25,9 @@ MAX_REASON_CHARS = 1200
 # each line is under ~120 characters, so both lists fit one message (`fit_message` guards the rest).
 QUEUE_LISTED, RUNNING_LISTED = 10, 8
 MAX_LABEL_CHARS = 200  # an artist's or genres' text in a progress message (no name Jukebox knows is longer)
+# A running job shows at most this much: 100% means done, and decoding and compressing the audio
+# (reported as all tokens sampled) may take minutes more.
+RUNNING_MAX_FRACTION = 0.99
 LEVEL_NAMES = {2: "top level (preview)", 1: "middle level", 0: "bottom level (full quality)"}
 
 
@@ -149,6 +152,11 @@ def level_name(level: int) -> str:
     return LEVEL_NAMES.get(level, f"level {level}")
 
 
+def running_fraction(job: Job) -> float:
+    """The part of a running job shown done: never 100% before it is."""
+    return min(max(job.progress, 0.0), RUNNING_MAX_FRACTION)
+
+
 def running_lines(job: Job, now: datetime) -> str:
     stage = job.stage or "starting"
     where = [stage]
@@ -159,7 +167,7 @@ def running_lines(job: Job, now: datetime) -> str:
             where.append(level_name(job.level))
         if job.window is not None and job.window_count:
             where.append(f"window {job.window}/{job.window_count}")
-    details = [progress_bar(job.progress)]
+    details = [progress_bar(running_fraction(job))]
     if job.tokens_per_second is not None:
         details.append(f"{job.tokens_per_second:,.0f} tokens/s")
     if job.eta_at is not None:
@@ -190,7 +198,7 @@ def render_queue(user_jobs: Sequence[Job], places: QueuePlaces, running: Sequenc
         elif job.status == JobStatus.CANCELLING:
             state = "cancelling"
         else:
-            state = f"running, {int(job.progress * 100)}%"
+            state = f"running, {int(running_fraction(job) * 100)}%"
             if job.eta_at is not None:
                 state += f", {eta_text(job.eta_at, now)}"
         lines.append(f"• Job #{job.id} ({job.kind.value}, {job.model}): {state}")
@@ -203,7 +211,7 @@ def render_queue(user_jobs: Sequence[Job], places: QueuePlaces, running: Sequenc
         eta = f", {eta_text(job.eta_at, now)}" if job.eta_at is not None else ""
         lines.append(
             f"• Job #{job.id} for <@{job.user_id}> ({job.kind.value}, {job.model}): "
-            f"{int(job.progress * 100)}%{eta}"
+            f"{int(running_fraction(job) * 100)}%{eta}"
         )
     if len(running) > RUNNING_LISTED:
         lines.append(f"• and {len(running) - RUNNING_LISTED} more")

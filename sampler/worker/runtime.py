@@ -333,6 +333,12 @@ class _Reporter:
         self._held: Checkpoint | None = None  # the newest checkpoint, not sent yet (too soon after the last)
         self._sent_at = -math.inf
         self._interval = worker.config.checkpoint_seconds
+        # The job's progress never goes backwards on screen: a run resumed from a checkpoint starts at
+        # what the last attempt showed (its first reports, e.g. loading models, say 0 of 1 tokens),
+        # and a retry inside the run does not drop below what this run showed.
+        job = run.job
+        resumed = job is not None and job.has_checkpoint and math.isfinite(job.progress)
+        self._shown = job.progress if resumed else 0.0
 
     def _rate(self, stage: str, level: int | None, tokens_done: int, now: float) -> float | None:
         if self._rate_key != (stage, level):  # another model samples at another speed
@@ -362,6 +368,8 @@ class _Reporter:
         eta = datetime.now(UTC) + timedelta(seconds=seconds) if seconds is not None else None
         if fraction is None:
             fraction = tokens_done / tokens_total if tokens_total > 0 else 0.0
+        if math.isfinite(fraction):
+            fraction = self._shown = max(fraction, self._shown)
         sampling = tuple(LevelWindow(p.level, p.window, p.window_count) for p in levels if p.sampling)
         run = self._run
         run.latest = _Progress(
