@@ -41,10 +41,10 @@ EXTENSIONS = (
 )
 
 
-# Set in `interaction.extras` by a command that deferred publicly (its answer is for everyone).
 # A rate limit longer than this raises discord.RateLimited instead of waiting inside the call (30 s is
 # discord.py's least): a background loop then moves on to other channels rather than stall behind one.
 MAX_RATE_LIMIT_WAIT_S = 30.0
+# Set in `interaction.extras` by a command that deferred publicly (its answer is for everyone).
 PUBLIC_THINKING = "public_thinking"
 
 

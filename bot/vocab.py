@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bot.errors import UnknownLabel
-from sampler.jukebox.labels import LabelError, ResolvedGenres, Vocabulary, genre_keys
+from sampler.jukebox.labels import LabelError, ResolvedGenres, Vocabulary, genre_ids
 from sampler.jukebox.registry import DEFAULT_MODEL
 from sampler.user_text import plain_words, quote_user_text
 
@@ -69,26 +69,21 @@ def _plain_genre(vocab: Vocabulary, genre: ResolvedGenres) -> str:
     """The genre text to store and show. v2 keeps what was typed, read as a bag of words: every other
     character is a separator, so 'pop\\n# ✅ ||rock||' is the genre 'pop rock' and would put a line,
     a heading and a spoiler in public messages. Its words alone name the same genre; a v3 genre is a
-    name from the vocabulary already. The words stand in only where the model's own lookup (the one
-    the worker labels with) gives them the same ids as the text: a v3 name such as 'soundtrack/musical'
-    stays as it is."""
-    labelled = _model_genre_ids(vocab, genre.text)
+    name from the vocabulary already. The words stand in only where the model's own lookup
+    (`genre_ids`, which the worker labels with) gives them the same ids as the text: a v3 name such
+    as 'soundtrack/musical' stays as it is."""
+    labelled = genre_ids(genre.text, vocab.version, vocab.ids_dir)
     for plain in (plain_words(genre.text), plain_words(genre.text.lower())):
         try:
             if (
                 plain
                 and vocab.resolve_genres(plain).ids == genre.ids
-                and _model_genre_ids(vocab, plain) == labelled
+                and genre_ids(plain, vocab.version, vocab.ids_dir) == labelled
             ):
                 return plain
         except LabelError:
             pass
     return genre.text
-
-
-def _model_genre_ids(vocab: Vocabulary, text: str) -> list[int]:
-    """The ids the model is labelled with for `text` (`Labeller`; unknown words are 0)."""
-    return [vocab.genres.get(key) for key in genre_keys(text, vocab.version)]
 
 
 # Style sweeps: `styles` lists several artist / genre pairs, e.g. "Ella Fitzgerald / jazz; Metallica / metal".

@@ -1082,8 +1082,9 @@ class JobStore:
                 )
             )
             # Kept until the bot is in the server again (`mark_guilds_present`): `retry_job` refuses its jobs.
-            await connection.execute(delete(left_guilds).where(left_guilds.c.guild_id == guild_id))
-            await connection.execute(left_guilds.insert().values(guild_id=guild_id, left_at=self._clock()))
+            left = {"left_at": self._clock()}
+            statement = self._insert(left_guilds).values(guild_id=guild_id, **left)
+            await connection.execute(statement.on_conflict_do_update(index_elements=["guild_id"], set_=left))
             return sorted((row.id, JobStatus(row.status)) for row in rows)
 
     async def mark_guilds_present(self, guild_ids: Iterable[int]) -> None:
