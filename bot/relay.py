@@ -290,7 +290,7 @@ class ProgressRelay:
         self, job_id: int, message: discord.PartialMessage | discord.Message, what: str
     ) -> None:
         """Delete a progress message that another one replaced. One that Discord asks to wait for (a long
-        rate limit) is tried again at the passes after, until it goes."""
+        rate limit) or fails with a server error is tried again at the passes after, until it goes."""
         try:
             await message.delete()
         except (discord.RateLimited, discord.DiscordServerError):  # for now: the next pass tries again

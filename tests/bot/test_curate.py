@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator
-from typing import cast
+from typing import Any, cast
 
 import discord
 import numpy as np
@@ -321,23 +321,34 @@ async def test_curate_is_refused_at_once_where_the_bot_cannot_post_the_piece(
     assert not bot_messages(fake, "music")
 
 
-async def test_a_piece_discord_refuses_to_take_is_kept_and_the_reply_says_how_to_get_it(
-    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+@pytest.mark.parametrize(
+    ("failure", "said"),
+    [
+        # The channel goes away (or the bot's access to it) while the samples are joined.
+        ({"status": 403, "code": 50001, "message": "Missing Access"}, "Missing Access"),
+        # Discord asks the bot to wait longer than it waits inside a command.
+        ({"status": 429, "retry_after": 120.0}, "wait 120 s before posting here again"),
+    ],
+    ids=["refused", "rate-limited"],
+)
+async def test_a_piece_discord_does_not_take_is_kept_and_the_reply_says_how_to_get_it(
+    fake_discord: FakeDiscord,
+    bot_runner: BotRunner,
+    sqlite_store: JobStore,
+    failure: dict[str, Any],
+    said: str,
 ) -> None:
     fake, store = fake_discord, sqlite_store
     await bot_runner.start(make_bot(fake, store))
     await made_job(fake, store, 3)
     before = len(bot_messages(fake))
-    # The channel goes away (or the bot's access to it) while the samples are joined.
-    fake.fail_next(
-        "POST", "/channels/{channel_id}/messages", status=403, code=50001, message="Missing Access"
-    )
+    fake.fail_next("POST", "/channels/{channel_id}/messages", **failure)
 
     reply = await final_reply(fake, await fake.invoke_command("curate", {"job": 1}))
 
     assert reply == (
-        "Sample #4 is made and stored, but I could not post it in this channel (Discord said: Missing "
-        "Access). `/sample 4` posts it where I may."
+        f"Sample #4 is made and stored, but I could not post it in this channel (Discord said: {said}). "
+        "`/sample 4` posts it where I may."
     )
     piece = await store.get_sample(4)
     assert (await store.get_job(piece.job_id)).kind == JobKind.CURATE and piece.audio
@@ -345,21 +356,3 @@ async def test_a_piece_discord_refuses_to_take_is_kept_and_the_reply_says_how_to
     resent = await fake.invoke_command("sample", {"id": 4}, channel=fake.channel("music"))
     await fake.wait_for(lambda: resent.original is not None and not resent.original.loading)
     assert bot_messages(fake, "music")[-1].content.startswith("**Sample #4** · job #2 by ")
-
-
-async def test_a_piece_discord_asks_to_wait_for_is_kept_and_the_reply_says_how_long(
-    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
-) -> None:
-    fake, store = fake_discord, sqlite_store
-    await bot_runner.start(make_bot(fake, store))
-    await made_job(fake, store, 3)
-    before = len(bot_messages(fake))
-    fake.fail_next("POST", "/channels/{channel_id}/messages", status=429, retry_after=120.0)
-
-    reply = await final_reply(fake, await fake.invoke_command("curate", {"job": 1}))
-
-    assert reply == (
-        "Sample #4 is made and stored, but I could not post it in this channel (Discord said: wait 120 s "
-        "before posting here again). `/sample 4` posts it where I may."
-    )
-    assert (await store.get_sample(4)).audio and len(bot_messages(fake)) == before
