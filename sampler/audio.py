@@ -15,11 +15,12 @@ import itertools
 import math
 import os
 import wave
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import av
 import av.error
@@ -282,18 +283,40 @@ class AudioInfo:
     container: str
 
 
-def _read_source(source: AudioSource, max_bytes: int | None) -> bytes:
-    """The file's bytes, refusing an oversized one before reading it (path) or decoding it (bytes)."""
+@contextmanager
+def _opened_source(source: AudioSource, max_bytes: int | None) -> Iterator[BinaryIO]:
+    """`source` as a seekable binary file, refusing an oversized one before reading it. A path is read
+    as decoding goes, never whole: a prompt taken from the start of an hour-long WAV reads megabytes."""
     if isinstance(source, bytes | bytearray | memoryview):
         data = bytes(source)
         if max_bytes is not None and len(data) > max_bytes:
             raise AudioTooLarge(max_bytes, len(data))
-        return data
+        yield io.BytesIO(data)
+        return
     path = Path(source)
     size = path.stat().st_size
     if max_bytes is not None and size > max_bytes:
         raise AudioTooLarge(max_bytes, size)
-    return path.read_bytes()
+    with path.open("rb") as file:
+        yield file
+
+
+def _size(file: BinaryIO) -> int:
+    was = file.tell()
+    try:
+        return file.seek(0, io.SEEK_END)
+    finally:
+        file.seek(was)
+
+
+def _read_at(file: BinaryIO, offset: int, n: int) -> bytes:
+    """Up to `n` bytes at `offset`, leaving the file where it was: FFmpeg may be reading from it."""
+    was = file.tell()
+    try:
+        file.seek(offset)
+        return file.read(n)
+    finally:
+        file.seek(was)
 
 
 def _container_name(container: av.container.InputContainer) -> str:
@@ -309,14 +332,15 @@ def _header_duration(container: av.container.InputContainer, stream: av.AudioStr
     return None
 
 
-def _open(data: bytes) -> tuple[av.container.InputContainer, av.AudioStream]:
-    """Open `data` and pick its first audio stream, classifying failures as NotAudio/CorruptAudio."""
-    head = data[:64]
-    if not data:
+def _open(file: BinaryIO) -> tuple[av.container.InputContainer, av.AudioStream]:
+    """Open `file` and pick its first audio stream, classifying failures as NotAudio/CorruptAudio."""
+    head = _read_at(file, 0, 64)
+    if not head:
         raise EmptyAudio("The file is empty (0 bytes). Attach an audio file.")
     sniffed = _sniff_audio(head)
+    file.seek(0)
     try:
-        container = av.open(io.BytesIO(data), mode="r", options={"format_whitelist": AUDIO_DEMUXERS})
+        container = av.open(file, mode="r", options={"format_whitelist": AUDIO_DEMUXERS})
     except (av.error.FFmpegError, ValueError) as exc:
         if sniffed is not None:
             raise CorruptAudio(
@@ -374,17 +398,17 @@ def probe(
     (FFmpeg derives it from the bytes present), and a prefix that cuts a header reads as CorruptAudio.
     `prefix=True` says `source` is such a prefix, so AudioTooLong gives that length as "at least".
     """
-    data = _read_source(source, max_bytes)
-    container, stream = _open(data)
-    with container:
-        info = AudioInfo(
-            duration_seconds=_header_duration(container, stream),
-            sample_rate=int(stream.codec_context.sample_rate or 0),
-            channels=int(stream.codec_context.channels or 0),
-            codec=stream.codec_context.codec.canonical_name,
-            container=_container_name(container),
-        )
-    at_least = prefix and not _header_duration_is_exact(info.container, data)
+    with _opened_source(source, max_bytes) as file:
+        container, stream = _open(file)
+        with container:
+            info = AudioInfo(
+                duration_seconds=_header_duration(container, stream),
+                sample_rate=int(stream.codec_context.sample_rate or 0),
+                channels=int(stream.codec_context.channels or 0),
+                codec=stream.codec_context.codec.canonical_name,
+                container=_container_name(container),
+            )
+        at_least = prefix and not _header_duration_is_exact(info.container, file)
     _check_header_length(info.duration_seconds, max_seconds, at_least=at_least)
     return info
 
@@ -397,32 +421,37 @@ def _check_header_length(
             raise AudioTooLong(max_seconds, header_seconds, at_least=at_least)
 
 
-def _header_duration_is_exact(container_name: str, data: bytes) -> bool:
+def _header_duration_is_exact(container_name: str, file: BinaryIO) -> bool:
     """Whether the header states the length outright (so decoding much less means truncation)."""
     if container_name in ("flac", "mp4"):
         return True
     if container_name == "mp3":
         # A Xing/Info/VBRI frame states the frame count; without one FFmpeg guesses from the file size.
         start = 0
-        if data[:3] == b"ID3" and len(data) >= 10:
-            start = 10 + ((data[6] << 21) | (data[7] << 14) | (data[8] << 7) | data[9])
-        first_frame = data[start : start + 200]
+        id3 = _read_at(file, 0, 10)
+        if id3[:3] == b"ID3" and len(id3) == 10:
+            start = 10 + ((id3[6] << 21) | (id3[7] << 14) | (id3[8] << 7) | id3[9])
+        first_frame = _read_at(file, start, 200)
         return any(tag in first_frame for tag in (b"Xing", b"Info", b"VBRI"))
     return False
 
 
-def _ogg_is_truncated(data: bytes) -> bool:
-    """True when the last Ogg page runs past the end of the data (a cut download, a partial copy)."""
-    offset = 0
-    while offset + 27 <= len(data) and data[offset : offset + 4] == b"OggS":
-        n_segments = data[offset + 26]
+def _ogg_is_truncated(file: BinaryIO) -> bool:
+    """True when the last Ogg page runs past the end of the file (a cut download, a partial copy)."""
+    size, offset = _size(file), 0
+    while offset + 27 <= size:
+        header = _read_at(file, offset, 27)
+        if header[:4] != b"OggS":
+            break
+        n_segments = header[26]
         table_end = offset + 27 + n_segments
-        if table_end > len(data):
+        if table_end > size:
             return True
-        offset = table_end + sum(data[offset + 27 : table_end])
-        if offset > len(data):
+        offset = table_end + sum(_read_at(file, offset + 27, n_segments))
+        if offset > size:
             return True
-    return 0 < len(data) - offset < 27 and data[offset : offset + 4] in (b"OggS", b"Ogg", b"Og", b"O")
+    rest = _read_at(file, offset, 4)
+    return 0 < size - offset < 27 and rest in (b"OggS", b"Ogg", b"Og", b"O")
 
 
 def _frames(
@@ -444,6 +473,7 @@ def decode_audio(
     max_seconds: float | None = DEFAULT_MAX_SECONDS,
     silence_threshold_db: float | None = DEFAULT_SILENCE_DB,
     first_seconds: float | None = None,
+    silence_of_whole_file: bool = False,
 ) -> np.ndarray:
     """Decode any common audio file to mono float32 at `sample_rate`, in [-1, 1].
 
@@ -456,19 +486,40 @@ def decode_audio(
     returned is its first `ceil(first_seconds * sample_rate)` samples (all of them, when the file is
     shorter), the same samples a whole decode begins with. The rest of the file is not decoded, so
     it is not checked either: the silence threshold applies to the start returned, and a file cut
-    short after it is not called truncated.
+    short after it is not called truncated. With `silence_of_whole_file` a silent start is returned
+    when the file has sound later: the rest is decoded (not kept) until some sound is found.
     """
     if first_seconds is not None and not (math.isfinite(first_seconds) and first_seconds > 0):
         raise ValueError(f"first_seconds must be a positive number of seconds, got {first_seconds!r}")
     wanted = None if first_seconds is None else math.ceil(first_seconds * sample_rate)
-    data = _read_source(source, max_bytes)
-    container, stream = _open(data)
+    with _opened_source(source, max_bytes) as file:
+        return _decode(
+            file,
+            sample_rate=sample_rate,
+            max_seconds=max_seconds,
+            silence_threshold_db=silence_threshold_db,
+            wanted=wanted,
+            silence_of_whole_file=silence_of_whole_file,
+        )
+
+
+def _decode(
+    file: BinaryIO,
+    *,
+    sample_rate: int,
+    max_seconds: float | None,
+    silence_threshold_db: float | None,
+    wanted: int | None,
+    silence_of_whole_file: bool,
+) -> np.ndarray:
+    """`decode_audio` on an open file; `wanted` is the number of samples asked for (None: all)."""
+    container, stream = _open(file)
     with container:
         container_name = _container_name(container)
         header_seconds = _header_duration(container, stream)
         limit = None if max_seconds is None else max_seconds + LENGTH_SLACK_SECONDS
         _check_header_length(header_seconds, max_seconds)
-        if container_name == "ogg" and _ogg_is_truncated(data):
+        if container_name == "ogg" and _ogg_is_truncated(file):
             raise CorruptAudio(
                 "This Ogg file is truncated: its last page is cut off. Export it again and re-attach it."
             )
@@ -481,9 +532,10 @@ def decode_audio(
         chunks: list[np.ndarray] = []
         n_samples = 0
         channel_peak = 0.0  # of any one channel: a mix whose channels cancel out is told apart from silence
+        peak = 0.0  # of the mix, over all that was decoded (kept or not)
 
         def take(frames: list[av.AudioFrame]) -> None:
-            nonlocal n_samples, channel_peak
+            nonlocal n_samples, channel_peak, peak
             for out in frames:
                 interleaved = out.to_ndarray().reshape(-1, len(out.layout.channels))  # (samples, channels)
                 with np.errstate(invalid="ignore", over="ignore"):  # non-finite input is refused below
@@ -500,7 +552,10 @@ def decode_audio(
                     )
                 if silence_threshold_db is not None and interleaved.shape[1] > 1 and interleaved.size:
                     channel_peak = max(channel_peak, float(np.max(np.abs(interleaved))))
-                chunks.append(np.asarray(mono, dtype=np.float32))
+                if mono.size:
+                    peak = max(peak, float(np.max(np.abs(mono))))
+                if wanted is None or n_samples < wanted:  # past the start asked for, only its peak counts
+                    chunks.append(np.asarray(mono, dtype=np.float32))
                 n_samples += mono.shape[0]
             if max_samples is not None and max_seconds is not None and n_samples > max_samples:
                 raise AudioTooLong(max_seconds, n_samples / sample_rate, at_least=True)
@@ -513,6 +568,9 @@ def decode_audio(
                     "The audio stream could not be converted (its channel layout or sample format is "
                     "damaged). Export the file again and re-attach it."
                 ) from exc
+
+        def silent(peak: float) -> bool:
+            return silence_threshold_db is not None and _dbfs(min(peak, 1.0)) < silence_threshold_db
 
         input_shape: tuple[str, str, int] | None = None
         frames = _frames(container, stream)
@@ -535,7 +593,7 @@ def decode_audio(
                     raise AudioTooLong(max_seconds, (n_samples + coming) / sample_rate, at_least=True)
             frame.pts = None  # the resampler only needs samples; broken timestamps must not stop it
             take(resample(frame))
-            if wanted is not None and n_samples >= wanted:
+            if wanted is not None and n_samples >= wanted and not (silence_of_whole_file and silent(peak)):
                 break  # the start asked for is there: what a flush would add lies past it
         else:
             take(resample(None))
@@ -552,7 +610,7 @@ def decode_audio(
     if (
         (wanted is None or n_samples < wanted)  # stopped at the start asked for: the rest is unread
         and header_seconds is not None
-        and _header_duration_is_exact(container_name, data)
+        and _header_duration_is_exact(container_name, file)
         and decoded_seconds < header_seconds - max(TRUNCATION_SLACK_SECONDS, 0.02 * header_seconds)
     ):
         raise CorruptAudio(
@@ -562,7 +620,7 @@ def decode_audio(
 
     audio = np.clip(np.concatenate(chunks)[:wanted], -1.0, 1.0)
     if silence_threshold_db is not None:
-        peak_db = _dbfs(float(np.max(np.abs(audio))))
+        peak_db = _dbfs(min(peak, 1.0) if silence_of_whole_file else float(np.max(np.abs(audio))))
         if peak_db < silence_threshold_db:
             raise SilentAudio(peak_db, silence_threshold_db, channel_peak_db=_dbfs(min(channel_peak, 1.0)))
     return audio

@@ -262,7 +262,7 @@ def _prompts(files: list[Path], seconds: float, n: int, sample_length: int) -> A
     """Each sample's prompt audio (file i for sample i, cycled), decoded before any model loads."""
     import torch
 
-    from sampler.audio import AudioError, SilentAudio, decode_audio
+    from sampler.audio import AudioError, decode_audio
     from sampler.jukebox.windows import TOP_HOP, prompt_length_samples
 
     length = prompt_length_samples(seconds)
@@ -279,15 +279,15 @@ def _prompts(files: list[Path], seconds: float, n: int, sample_length: int) -> A
     prompts = []
     for path in files:
         try:
-            # Only the prompt is decoded: an hour-long file would be gigabytes of float audio.
-            try:
-                audio = decode_audio(
-                    path, max_seconds=None, max_bytes=None, first_seconds=length / SAMPLE_RATE
-                )
-            except SilentAudio:
-                # A silent start may open a file that is not silent, which a prompt may be taken from:
-                # only the whole file tells, as it always has.
-                audio = decode_audio(path, max_seconds=None, max_bytes=None)
+            # Only the prompt is kept: an hour-long file would be gigabytes of float audio. A silent
+            # start may open a file that is not silent, which a prompt may be taken from.
+            audio = decode_audio(
+                path,
+                max_seconds=None,
+                max_bytes=None,
+                first_seconds=length / SAMPLE_RATE,
+                silence_of_whole_file=True,
+            )
         except AudioError as exc:
             raise click.ClickException(_audio_problem(path, exc)) from None
         except OSError as exc:

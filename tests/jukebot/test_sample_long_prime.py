@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +35,13 @@ def tone_second(rate: int = SAMPLE_RATE) -> np.ndarray:
     return (0.25 * np.sin(2 * np.pi * 441 * np.arange(rate) / rate)).astype(np.float32)
 
 
-def write_long_flac(path: Path, seconds: int = LONG_SECONDS, silent_start: int = 0) -> Path:
-    """A long mono FLAC written a second at a time (never the whole file in memory): `silent_start`
-    seconds of digital silence, then the tone."""
+def write_long_flac(
+    path: Path, seconds: int = LONG_SECONDS, silent_start: int = 0, file_format: str = "FLAC"
+) -> Path:
+    """A long mono FLAC (or `file_format`) written a second at a time (never the whole file in memory):
+    `silent_start` seconds of digital silence, then the tone."""
     tone, silence = tone_second(), np.zeros(SAMPLE_RATE, np.float32)
-    with soundfile.SoundFile(path, "w", SAMPLE_RATE, 1, "PCM_16", format="FLAC") as out:
+    with soundfile.SoundFile(path, "w", SAMPLE_RATE, 1, "PCM_16", format=file_format) as out:
         for second in range(seconds):
             out.write(silence if second < silent_start else tone)
     return path
@@ -83,6 +85,40 @@ def test_the_prompt_of_a_long_file_takes_a_fraction_of_its_whole_decode_in_memor
         tracemalloc.stop()
     assert prompt.shape == (2, prompt_length_samples(2.0))
     assert peak < whole_float_bytes / 4, f"peak {peak / 2**20:.0f} MiB while decoding a 2 s prompt"
+
+
+def traced_peak(run: Callable[[], object]) -> int:
+    """The most memory Python and numpy held at once while `run` ran, in bytes."""
+    tracemalloc.start()  # numpy reports its arrays to tracemalloc
+    try:
+        run()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_long_wav_is_read_only_as_far_as_the_prompt(tmp_path: Path) -> None:
+    # Uncompressed, the file itself is 53 MB: reading it whole to decode its first 2 s was the cost.
+    wav = write_long_flac(tmp_path / "ten_minutes.wav", file_format="WAV")
+    assert wav.stat().st_size > LONG_SECONDS * SAMPLE_RATE * 2
+    peak = traced_peak(lambda: _prompts([wav], 2.0, 1, BIG))
+    assert peak < wav.stat().st_size / 8, f"peak {peak / 2**20:.0f} MiB while reading a 2 s prompt"
+
+
+def test_a_silent_start_is_looked_past_without_keeping_the_rest(
+    tmp_path: Path, decoded_seconds: list[float]
+) -> None:
+    # Nine minutes of silence, then the tone: the file is not silent, so its silent start is a prompt.
+    late = write_long_flac(tmp_path / "late_tone.flac", silent_start=LONG_SECONDS - 60)
+    prompts: list[Any] = []
+    peak = traced_peak(lambda: prompts.append(_prompts([late], 2.0, 1, BIG)))
+    assert prompts[0].shape == (1, prompt_length_samples(2.0)) and not prompts[0].any()
+    assert peak < LONG_SECONDS * SAMPLE_RATE * 4 / 8, f"peak {peak / 2**20:.0f} MiB"
+    # The search stops at the first sound instead of decoding the rest.
+    decoded_seconds[0] = 0.0
+    early = write_long_flac(tmp_path / "early_tone.flac", silent_start=5)
+    assert not _prompts([early], 2.0, 1, BIG).any()
+    assert decoded_seconds[0] < 10, f"decoded {decoded_seconds[0]:.0f} s to find sound at 5 s"
 
 
 @pytest.mark.usefixtures("single_thread")

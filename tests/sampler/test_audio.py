@@ -129,6 +129,16 @@ def test_layout_change_midstream_decodes(rate: int) -> None:
     assert peak_frequency(decoded, SAMPLE_RATE) == pytest.approx(440.0, abs=1.0)
 
 
+@pytest.mark.parametrize("fmt", FIXTURE_FORMATS)
+def test_a_path_decodes_as_its_bytes_do(fmt: str, tmp_path: Path) -> None:
+    # A path is read as decoding goes, and the checks beside it (an Ogg file's last page, an MP3
+    # header's length) read the same file: none of them may move FFmpeg's place in it.
+    path = tmp_path / "clip"
+    path.write_bytes(fixture_bytes("noise", fmt, 48_000, 2))
+    assert np.array_equal(decode_audio(path), decode_audio(path.read_bytes()))
+    assert probe(path) == probe(path.read_bytes())
+
+
 def test_decode_from_path_and_resample_rate(tmp_path: Path) -> None:
     path = tmp_path / "clip.flac"
     path.write_bytes(fixture_bytes("sine", "flac", 48_000))
@@ -199,11 +209,14 @@ def test_random_bytes_are_not_audio() -> None:
         decode_audio(noise)
 
 
+@pytest.mark.parametrize("from_path", [False, True], ids=["bytes", "path"])
 @pytest.mark.parametrize("fmt", ["mp3", "ogg_vorbis", "ogg_opus", "flac", "m4a"])
-def test_truncated_file_is_corrupt(fmt: str) -> None:
+def test_truncated_file_is_corrupt(fmt: str, from_path: bool, tmp_path: Path) -> None:
     data = fixture_bytes("noise", fmt)
+    cut = tmp_path / "cut"
+    cut.write_bytes(data[: len(data) // 2])
     with pytest.raises(CorruptAudio, match=r"truncated|damaged"):
-        decode_audio(data[: len(data) // 2])
+        decode_audio(cut if from_path else cut.read_bytes())
 
 
 @pytest.mark.parametrize("fmt", ["mp3", "ogg_vorbis", "ogg_opus", "flac"])
