@@ -96,8 +96,8 @@ async def prime_part_seconds(store: JobStore, job: Job) -> float | None:
                     return parent.duration_seconds
                 # A curated piece is continued from its ingredients' codes end to end (untrimmed, no
                 # crossfades), which last longer than the piece's own audio: they are the prime's part.
-                top = (await store.get_sample(parent.id)).codes(2)
-                return None if not top else len(top) // 2 * TOP_HOP / SAMPLE_RATE
+                top = await store.codes_count(parent.id, 2)
+                return None if not top else top * TOP_HOP / SAMPLE_RATE
             job = await store.get_job(parent.job_id)  # an upsample: the same length as its parent
         except (PrimeNotFound, SampleNotFound, JobNotFound):
             return None

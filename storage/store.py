@@ -96,6 +96,7 @@ MAX_PARAMS_BYTES = 64 * 1024  # serialised JSON; lyrics are the big part
 MAX_ERROR_CHARS = 4000
 MAX_SNOWFLAKE = 2**63 - 1
 CODE_LEVELS = (0, 1, 2)
+CODE_BYTES = 2  # codes are stored as int16
 
 Clock = Callable[[], datetime]
 
@@ -302,7 +303,7 @@ def _check_new_sample(sample: NewSample, job_model: str) -> dict[str, Any]:
     for level in CODE_LEVELS:
         data = getattr(sample, f"codes_level_{level}")
         if data is not None:
-            if not isinstance(data, bytes | bytearray) or len(data) % 2:
+            if not isinstance(data, bytes | bytearray) or len(data) % CODE_BYTES:
                 raise InvalidSample(
                     f"{where}: codes of level {level} must be int16 bytes (an even byte count)"
                 )
@@ -1579,6 +1580,17 @@ class JobStore:
         if row is None:
             raise SampleNotFound(sample_id)
         return _sample_info(row._mapping)
+
+    async def codes_count(self, sample_id: int, level: int) -> int | None:
+        """How many codes of `level` the sample holds (None: none stored), without reading them."""
+        column = samples.c[f"codes_level_{level}"]
+        async with self._reading() as connection:
+            row = (
+                await connection.execute(select(func.length(column)).where(samples.c.id == sample_id))
+            ).first()
+        if row is None:
+            raise SampleNotFound(sample_id)
+        return None if row[0] is None else int(row[0]) // CODE_BYTES
 
     async def samples_for_job(self, job_id: int) -> list[SampleInfo]:
         async with self._reading() as connection:
