@@ -8,11 +8,13 @@ Layout under `model_dir` (the same relative paths as under a mirror root):
 The artist/genre id tables ship with the package (sampler/jukebox/data/ids): nothing to fetch.
 
 Downloads try the mirrors in order. A mirror that cannot be reached (DNS, refused, no answer within the
-connect timeout) is reported once and skipped for every later file; one that serves a file far smaller
-than the architecture's weights is a wrong copy, not a download to resume. Downloads are resumable
-(`<file>.part` + `Range`), retried with backoff after a transfer breaks off, verified (keys and shapes,
-by the loader sampling uses) and only then renamed into place, so a file under its final name is always
-complete. Everything here is synchronous (`urllib`); async callers use `asyncio.to_thread`.
+connect timeout) is reported once and skipped for every later file. One that serves a file far smaller
+than the architecture's weights, or a whole copy that fails verification (keys and shapes, by the loader
+sampling uses), has a wrong copy: a failed mirror for that file, nothing of it kept to resume, and the
+next mirror is tried (when none has a good copy, the last damaged one is kept as `<file>.corrupt`).
+Downloads are resumable (`<file>.part` + `Range`), retried with backoff after a transfer breaks off,
+verified and only then renamed into place, so a file under its final name is always complete.
+Everything here is synchronous (`urllib`); async callers use `asyncio.to_thread`.
 """
 
 from __future__ import annotations
@@ -794,8 +796,9 @@ def _too_small(url: str, name: str, total: int, least: int | None) -> _Unavailab
     return None
 
 
-def _fetch(url: str, part: Path, least: int | None, options: DownloadOptions, name: str) -> None:
-    """One attempt: bring `part` to the full remote size, resuming from what it holds."""
+def _fetch(url: str, part: Path, least: int | None, options: DownloadOptions, name: str) -> bool:
+    """One attempt: bring `part` to the full remote size, resuming from what it holds. True when it
+    did resume: some of `part` was there before (from this mirror or another, in this run or one before)."""
     have = part.stat().st_size if part.exists() else 0
     try:
         response = _open(url, {"Range": f"bytes={have}-"} if have else {}, options)
@@ -804,7 +807,7 @@ def _fetch(url: str, part: Path, least: int | None, options: DownloadOptions, na
             if exc.code == 416 and have:
                 match = _UNSATISFIED_RANGE.match(exc.headers.get("Content-Range", ""))
                 if match and int(match.group(1)) == have:
-                    return  # the part already holds the whole file
+                    return True  # the part already holds the whole file
                 part.unlink()  # larger than the remote file: not a prefix of it
                 raise _Transient(
                     f"{url}: partial file did not match the remote file; starting over"
@@ -819,11 +822,11 @@ def _fetch(url: str, part: Path, least: int | None, options: DownloadOptions, na
                 part.unlink(missing_ok=True)
                 raise _Transient(f"{url}: server answered a different range than asked; starting over")
             total = int(match.group(3)) if match.group(3) != "*" else None
-            mode = "ab"
+            mode, resumed = "ab", True
         else:  # 200: the server ignored Range (or there was none): start over cleanly
             have = 0
             total = int(content_length) if content_length is not None else None
-            mode = "wb"
+            mode, resumed = "wb", False
         if total is not None and (wrong := _too_small(url, name, total, least)):
             raise wrong  # nothing written: a wrong copy is never resumed
         if total is not None:
@@ -868,6 +871,7 @@ def _fetch(url: str, part: Path, least: int | None, options: DownloadOptions, na
     if total is None and (wrong := _too_small(url, name, have, least)):
         part.unlink()
         raise wrong
+    return resumed
 
 
 @contextlib.contextmanager
@@ -919,15 +923,7 @@ def download_file(
         if not mirrors:
             raise DownloadError(f"No mirror configured for {name}: set {MIRRORS_ENV}.")
         url = _download_to_part(name, path, list(mirrors), verifier, options, health)
-        part = _part_path(path)
-        problems = file_problems(name, part, verifier)
-        if problems:
-            aside = _move_aside(part, path)
-            raise VerificationError(
-                f"{name} downloaded from {url} but is not valid: {'; '.join(problems)}. "
-                f"It was moved aside to {aside}; run `jukebot models download {name}` to fetch it again."
-            )
-        os.replace(part, path)
+        os.replace(_part_path(path), path)
         VerifiedCache(model_dir).put(name, path, ok=True, checks=_checks_done(verifier))
         log.info("%s: downloaded from %s to %s", name, url, path)
         return DownloadResult(name, path, downloaded=True, url=url)
@@ -941,49 +937,114 @@ def _download_to_part(
     options: DownloadOptions,
     health: MirrorHealth,
 ) -> str:
-    """Retry rounds over the live roots in order; return the URL that completed the .part."""
+    """Retry rounds over the live roots in order; return the URL whose copy completed the .part and
+    passed verification.
+
+    A copy that arrives whole but fails verification is that mirror's failure for this file, like one
+    far too small: it is said once, moved aside to `<file>.corrupt` (nothing of it is resumed) and the
+    next mirror is tried. Only a copy that resumed an earlier partial file is fetched once more, afresh,
+    from the same mirror first: the damage may be the earlier file's.
+    """
     part = _part_path(path)
     least = (verifier or CheckpointVerifier()).min_size(name)
     failures: list[str] = []
     not_found: dict[str, str] = {}
+    damaged: dict[str, str] = {}  # root -> its URL and what is wrong with its copy
+    aside: Path | None = None  # where this call put the last damaged copy
+
+    def candidates() -> list[str]:
+        return [root for root in roots if not (root in health.down or root in not_found or root in damaged)]
+
     for round_ in range(options.retries + 1):
         if round_:
             delay = options.backoff * 2 ** (round_ - 1)
             options.notify(f"{name}: retrying in {delay:g} s ({failures[-1]})")
             time.sleep(delay)
         transient = False
-        for root in roots:
-            if root in health.down or root in not_found:
-                continue
+        for root in candidates():
             url = _url(root, name)
             try:
-                _fetch(url, part, least, options, name)
-                return url
+                resumed = _fetch(url, part, least, options, name)
+                problems = _copy_problems(name, part, verifier)
+                if problems and resumed:
+                    aside = _move_aside(part, path)
+                    options.notify(
+                        f"{name}: the copy resumed from an earlier partial download is damaged "
+                        f"({_why(problems)}); fetching it afresh from {root}"
+                    )
+                    _fetch(url, part, least, options, name)
+                    problems = _copy_problems(name, part, verifier)
             except _MirrorDown as exc:
                 health.mark_down(root, str(exc))
+                continue
             except _Unavailable as exc:
                 not_found[root] = f"{url} ({exc})"
+                continue
             except _Transient as exc:
                 transient = True
                 failures.append(str(exc) if str(exc).startswith(url) else f"{url}: {exc}")
+                continue
             except _Fatal as exc:
                 raise DownloadError(f"Download of {name} failed: {exc}.") from None
+            if not problems:
+                if aside is not None:  # a damaged copy this call set aside: the good one replaces it
+                    aside.unlink(missing_ok=True)
+                return url
+            aside = _move_aside(part, path)
+            damaged[root] = f"{url} served a damaged copy ({_why(problems)})"
+            if candidates():
+                options.notify(
+                    f"mirror {root} served a damaged copy of {CHECKPOINTS[name].path} ({_why(problems)}); "
+                    "trying the next mirror"
+                )
         if not transient:
-            break  # every root is down or lacks the file: another round would change nothing
+            break  # every root is down, lacks the file or has a bad copy: another round changes nothing
     if all(root in health.down for root in roots):
         raise NoMirrorReachable({root: health.down[root] for root in roots})
-    if not failures:
-        reasons = [not_found[root] if root in not_found else f"{root} (down)" for root in roots]
-        raise NotFoundOnMirrors(
-            f"{name} not found on any mirror: tried {', '.join(reasons)}; "
-            f"set {MIRRORS_ENV} to a mirror that has it."
+    if failures:
+        then = (
+            f"The partial file {part} is kept: run the download again to resume."
+            if part.exists()
+            else "Run the download again to retry."
         )
-    then = (
-        f"The partial file {part} is kept: run the download again to resume."
-        if part.exists()
-        else "Run the download again to retry."
+        others = f" ({'; '.join(damaged.values())})" if damaged else ""
+        raise DownloadError(
+            f"Download of {name} failed after {round_ + 1} attempts: {failures[-1]}{others}. {then}"
+        )
+    reasons = [
+        damaged.get(root) or not_found.get(root) or f"{root} (down: {health.down.get(root, 'no answer')})"
+        for root in roots
+    ]
+    if damaged:
+        raise VerificationError(
+            f"No good copy of {name} on any mirror: {'; '.join(reasons)}. The last damaged copy was moved "
+            f"aside to {aside}; set {MIRRORS_ENV} to a mirror with a good copy, or install one you have "
+            "with `jukebot models import`."
+        )
+    raise NotFoundOnMirrors(
+        f"{name} not found on any mirror: tried {', '.join(reasons)}; "
+        f"set {MIRRORS_ENV} to a mirror that has it."
     )
-    raise DownloadError(f"Download of {name} failed after {round_ + 1} attempts: {failures[-1]}. {then}")
+
+
+# The checkpoint reader's advice and file names fit a file in the model directory, not a copy being
+# downloaded: its .part is moved aside, and downloading it is what is under way.
+_DOWNLOAD_ADVICE = re.compile(r"[;:]?\s*re-download it with `jukebot models download [^`]*`")
+
+
+def _copy_problems(name: str, part: Path, verifier: CheckpointVerifier | None) -> list[str]:
+    """What is wrong with a downloaded copy (in `part`), worded for the mirror that served it."""
+    problems = []
+    for problem in file_problems(name, part, verifier):
+        problem = _DOWNLOAD_ADVICE.sub("", problem)
+        for named, plain in ((f"cannot read checkpoint {part}: ", ""), (f"checkpoint {part}: ", "")):
+            problem = problem.replace(named, plain)
+        problems.append(problem.replace(f"checkpoint {part}", "it").replace(str(part), "the copy"))
+    return problems
+
+
+def _why(problems: Sequence[str]) -> str:
+    return "; ".join(problem.rstrip(". ") for problem in problems)
 
 
 @dataclass(frozen=True)
@@ -997,26 +1058,43 @@ def plan_download(
     model_dir: Path,
     health: MirrorHealth,
     options: DownloadOptions,
+    verifier: CheckpointVerifier | None = None,
 ) -> list[PlannedFile]:
     """Which of `names` are still missing, and their sizes: one HEAD request per file at the first live
-    mirror that has it. A mirror that does not connect is marked down here, before anything is written."""
+    mirror that has it. A mirror that does not connect is marked down here, before anything is written.
+    A size the download would refuse as far too small (see `CheckpointVerifier.min_size`) is that
+    mirror's wrong copy, not the file's size: the next mirror is asked; None when none tells one."""
     planned = []
     for name in names:
         if model_path(model_dir, name).is_file():
             continue
+        least = _least_size(name, verifier)
         size = None
         for root in health.alive():
             try:
                 with _open(_url(root, name), {}, options, method="HEAD") as response:
                     length = response.headers.get("Content-Length")
                     size = int(length) if length is not None and length.isdigit() else None
-                break
             except _MirrorDown as exc:
                 health.mark_down(root, str(exc))
+                continue
             except urllib.error.HTTPError as exc:
                 exc.close()  # not here, or no HEAD: the download itself tells
+                continue
+            if size is not None and least is not None and size < least:
+                size = None  # a copy the download refuses from its size
+                continue
+            break
         planned.append(PlannedFile(name, size))
     return planned
+
+
+def _least_size(name: str, verifier: CheckpointVerifier | None) -> int | None:
+    """The smallest genuine copy of `name`, or None when that is not known (no shapes to go by, or a
+    sidecar that does not say them: the download reports that)."""
+    if verifier is None or verifier.architecture_problem(name) is not None:
+        return None
+    return verifier.min_size(name)
 
 
 @dataclass
@@ -1042,7 +1120,7 @@ def download(
     names = resolve_names(name)
     prepare_model_dir(model_dir)  # before any request: a directory that cannot be written stops here
     health = MirrorHealth(mirrors, options.notify)
-    planned = plan_download(names, model_dir, health, options)
+    planned = plan_download(names, model_dir, health, options, verifier)
     if planned and health.all_down():
         raise NoMirrorReachable(health.down)
     report = DownloadReport(planned)

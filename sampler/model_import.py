@@ -13,11 +13,11 @@ anything is written, and verified again from disk afterwards (the loader samplin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -30,6 +30,7 @@ from sampler.jukebox.checkpoint import (
     CheckpointError,
     check_state_dict,
     load_hf_checkpoint,
+    new_partial_file,
     read_checkpoint,
     save_checkpoint,
     split_hf_state_dict,
@@ -96,12 +97,14 @@ def import_checkpoints(
                 raise ModelImportError(f"--name fits one file, but {source} holds {len(originals)}.")
             planned = [(_original_name(file, model_dir, name), file) for file in originals]
             prepare_model_dir(model_dir)
+            _require_writable(model_dir, [n for n, _ in planned], replace)
             return [_install_copy(n, file, model_dir, replace, notify) for n, file in planned]
         if source.is_file():
             state = read_checkpoint(source, device="meta")
             if not any(_HF_KEY.match(key) for key in state):
                 chosen = _original_name(source, model_dir, name)
                 prepare_model_dir(model_dir)
+                _require_writable(model_dir, [chosen], replace)
                 return [_install_copy(chosen, source, model_dir, replace, notify)]
             parts = split_hf_state_dict(read_checkpoint(source))
         else:
@@ -167,16 +170,60 @@ def _install_copy(
     if target.exists() and not replace:
         notify(f"{name}: {target} is already there; kept (--replace overwrites it)")
         return ImportResult(name, target, "kept")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".partial", dir=target.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(file, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _writing(target, source=file):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = new_partial_file(target)  # a downloaded file's mode (the umask's), not mkstemp's 0600
+        try:
+            shutil.copyfile(file, tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     return _verified(name, model_dir, f"{file}")
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _unwritable(folder: Path) -> ModelImportError:
+    return ModelImportError(
+        f"Cannot write to {folder} in the model directory (permission denied): fix its permissions "
+        "(the user running jukebot needs write access)."
+    )
+
+
+def _require_writable(model_dir: Path, names: list[str], replace: bool) -> None:
+    """Before anything is written: every folder a file will be written into can be (the nearest one
+    there, for one still to be created); ModelImportError naming the first that cannot."""
+    for name in names:
+        target = model_path(model_dir, name)
+        if target.exists() and not replace:
+            continue  # kept: nothing written
+        folder = target.parent
+        while not folder.exists() and folder != model_dir and folder != folder.parent:
+            folder = folder.parent
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise _unwritable(folder)
+
+
+@contextlib.contextmanager
+def _writing(target: Path, source: Path | None = None) -> Iterator[None]:
+    """Writing `target` (beside it, then renamed), maybe copying `source`: an OSError is one sentence,
+    and the partial file is gone already (the writer removes it)."""
+    try:
+        yield
+    except OSError as exc:
+        if source is not None and exc.filename == str(source):
+            raise ModelImportError(
+                f"Cannot read {source} ({exc.strerror or exc}): fix its permissions; nothing was imported "
+                "from it."
+            ) from None
+        if isinstance(exc, PermissionError):
+            raise _unwritable(target.parent) from None
+        raise ModelImportError(
+            f"Cannot write {target} ({exc.strerror or exc}): check the disk or file system it is on; "
+            "nothing was written in its place."
+        ) from None
 
 
 # ----------------------------------------------------------------------------- Hugging Face copies
@@ -200,6 +247,7 @@ def _install_parts(
         except CheckpointError as exc:
             raise ModelImportError(f"{_import_advice(str(exc))} Nothing was imported.") from None
     prepare_model_dir(model_dir)
+    _require_writable(model_dir, [name for name, _ in planned], replace)
     results = []
     for name, state in planned:
         target = model_path(model_dir, name)
@@ -207,7 +255,8 @@ def _install_parts(
             notify(f"{name}: {target} is already there; kept (--replace overwrites it)")
             results.append(ImportResult(name, target, "kept"))
             continue
-        save_checkpoint(state, target)  # the original format, atomically
+        with _writing(target):
+            save_checkpoint(state, target)  # the original format, atomically, with a download's mode
         results.append(_verified(name, model_dir, f"{source}"))
     return results
 

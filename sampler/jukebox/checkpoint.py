@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
@@ -161,6 +162,25 @@ def _weights_of(payload: Any, path: Path, name: str | None) -> StateDict:
     return state
 
 
+def new_partial_file(path: Path) -> Path:
+    """A new, empty file beside `path`, to write it under and then rename into place.
+
+    Created with the mode any new file gets (0666 less the umask), as a downloaded checkpoint is, not
+    `tempfile.mkstemp`'s 0600: the file keeps it once renamed, and a worker running as another user
+    must be able to read the model. OSError (PermissionError: the folder cannot be written) when it
+    cannot be created; then nothing was.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(tempfile.TMP_MAX):
+        tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.partial")
+        try:
+            os.close(os.open(tmp, flags, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"no unused name for a partial file beside {path}")
+
+
 def save_checkpoint(
     module_or_state: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike[str]
 ) -> Path:
@@ -170,8 +190,7 @@ def save_checkpoint(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # write beside the target and rename, so an interrupted save never replaces a good file
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".partial", dir=path.parent)
-    os.close(fd)
+    tmp = new_partial_file(path)
     try:
         torch.save({"model": state}, tmp)
         os.replace(tmp, path)
