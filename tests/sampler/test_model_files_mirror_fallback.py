@@ -9,7 +9,6 @@ downloading never comes from a copy the size rule refuses.
 from __future__ import annotations
 
 import io
-import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -185,16 +184,6 @@ def published_vqvae() -> bytes:
         {"model": {key: torch.zeros(shape, dtype=torch.float16) for key, shape in shapes.items()}}, buffer
     )
     return buffer.getvalue()
-
-
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    for name in list(os.environ):
-        if name.startswith("JUKEBOT_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
-    return tmp_path
 
 
 def jukebot_download(model_dir: Path, *mirrors: str) -> Result:

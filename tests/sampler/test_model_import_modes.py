@@ -31,16 +31,6 @@ __all__ = ["originals", "set_mode"]
 
 
 @pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    for name in list(os.environ):
-        if name.startswith("JUKEBOT_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
-    return tmp_path
-
-
-@pytest.fixture
 def umask(request: pytest.FixtureRequest) -> Iterator[int]:
     value: int = request.param
     before = os.umask(value)
