@@ -24,17 +24,30 @@ def _inputs(paths: tuple[Path, ...]) -> list[Path]:
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found = sorted(
-                p
-                for p in path.iterdir()
-                if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in AUDIO_SUFFIXES
-            )
+            try:
+                found = sorted(
+                    p
+                    for p in path.iterdir()
+                    if not p.name.startswith(".") and p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()
+                )
+            except OSError as exc:  # a folder that cannot be listed, or listed but not entered
+                raise click.UsageError(f"The folder {path} {_unreadable(exc)}") from None
+            for file in found:  # before any work, as click checks a file named on the command line
+                if not os.access(file, os.R_OK):
+                    raise click.UsageError(f"{file} {_unreadable(PermissionError())}")
             if not found:
                 raise click.UsageError(f"{path} holds no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}).")
             files.extend(found)
         else:
             files.append(path)
     return files
+
+
+def _unreadable(error: OSError) -> str:
+    """The rest of the sentence that says a file or folder cannot be read, and what to do."""
+    if isinstance(error, PermissionError):
+        return "cannot be read (permission denied): fix its permissions."
+    return f"cannot be read ({error.strerror or error})."
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -110,6 +123,12 @@ def curate(inputs: tuple[Path, ...], output: Path, fade: float, picture: Path | 
             continue
         if not path.parent.is_dir():
             raise click.UsageError(f"{option} {path}: the folder {path.parent} does not exist.")
+        # The piece goes to a new file beside `path` that replaces it: the folder must be writable.
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            raise click.UsageError(
+                f"{option} {path}: the folder {path.parent} cannot be written: fix its permissions, "
+                "or write elsewhere."
+            )
         if any(_same_file(path, file) for file in files):
             raise click.UsageError(f"{option} {path} is one of the clips to join: it would overwrite it.")
     clips = []
@@ -122,6 +141,8 @@ def curate(inputs: tuple[Path, ...], output: Path, fade: float, picture: Path | 
             audio = np.zeros(0, dtype=np.float32)
         except AudioError as exc:
             raise click.ClickException(f"{path}: {exc}") from None
+        except OSError as exc:  # made unreadable since it was checked, or a read error
+            raise click.ClickException(f"{path} {_unreadable(exc)}") from None
         clips.append(Clip(path.name, audio))
 
     bars: dict[str, tqdm[None]] = {}

@@ -104,6 +104,35 @@ def sample(**options: Any) -> None:
 # Flags a codes file's saved labels stand in for when they are not given again.
 LABEL_FLAGS = ("artist", "genre", "lyrics", "total_sample_length_in_seconds")
 EXIT_INTERRUPTED = 130  # as a shell reports a run ended by Ctrl-C
+# Flags that only some modes read: given with another mode they would be silently ignored (a run
+# that forgot --mode=primed would sample hours of unprimed music), so they are refused.
+MODE_FLAGS: dict[str, tuple[str, ...]] = {
+    "audio_file": ("primed",),
+    "prompt_length_in_seconds": ("primed",),
+    "codes_file": ("continue", "upsample"),
+}
+
+
+def _refuse_unused_flags(mode: str, given: set[str] | frozenset[str]) -> None:
+    """Stop at a flag the user gave that `mode` does not read."""
+    for name, modes in MODE_FLAGS.items():
+        if name in given and mode not in modes:
+            uses = " or ".join(f"--mode={used}" for used in modes)
+            raise click.UsageError(
+                f"--{name} is used only with {uses}, not --mode={mode}; add {uses}, or leave it out"
+            )
+
+
+def _unused_files_note(files: list[Path], n: int) -> None:
+    """Say which prompt files prime no sample (files past the n-th are never read), as the original
+    would not."""
+    if n < len(files):
+        unused = ", ".join(str(path) for path in files[n:])
+        click.echo(
+            f"--audio_file: {len(files)} files for {n} sample{'s' if n > 1 else ''}, so {unused} "
+            f"primes nothing (--n_samples={len(files)} or more uses every file)",
+            err=True,
+        )
 
 
 def _audio_files(value: str | None, mode: str, prompt_seconds: float | None) -> list[Path]:
@@ -332,6 +361,7 @@ def run_sample(options: dict[str, Any], given: set[str] | frozenset[str] = froze
     if options["sr"] != SAMPLE_RATE:
         raise click.BadParameter(f"Jukebox models run at {SAMPLE_RATE} Hz", param_hint="--sr")
     mode = options["mode"]
+    _refuse_unused_flags(mode, given)
     out_dir = _output_dir(options["name"])
     seconds = _seconds(options["sample_length_in_seconds"], "--sample_length_in_seconds")
     sample_length = sample_length_samples(seconds)
@@ -381,10 +411,15 @@ def run_sample(options: dict[str, Any], given: set[str] | frozenset[str] = froze
         if options["total_sample_length_in_seconds"] is not None:
             _seconds(options["total_sample_length_in_seconds"], "--total_sample_length_in_seconds")
     lyrics = _lyrics(options)  # after the codes file's labels: they may hold the lyrics
+    if mode == "primed" and options["n_samples"] is None and _style_count(options) == 1:
+        # One sample per prompt file, as a style sweep makes one per style.
+        options = {**options, "n_samples": len(audio_files)}
     styles = _known_styles(
         options["model"], _styles(options["artist"], options["genre"], options["n_samples"])
     )
     n = len(styles)
+    if mode == "primed":
+        _unused_files_note(audio_files, n)
     options = {**options, "artist": styles[0][0], "genre": styles[0][1], "n_samples": n}
     sweep = len(set(styles)) > 1
     prompt = None
@@ -502,6 +537,11 @@ def run_sample(options: dict[str, Any], given: set[str] | frozenset[str] = froze
     if sweep:
         for index, (artist, genre) in enumerate(styles):
             click.echo(f"  item_{index}: {artist} / {genre}")
+
+
+def _style_count(options: dict[str, Any]) -> int:
+    """How many styles --artist/--genre name (1 unless a style sweep)."""
+    return max(len(options["artist"]), len(options["genre"]))
 
 
 def _styles(

@@ -1,0 +1,108 @@
+"""`jukebot sample` refuses flags its mode would ignore and primes one sample per prompt file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from sampler.audio import wav_bytes
+from tests.jukebot.test_sample_cli import codes, model_dir, single_thread
+from tests.jukebot.test_sample_cli_hardening import one_sentence, run
+from tests.sampler.jukebox.conftest import tiny_audio
+
+__all__ = ["model_dir", "single_thread"]  # fixtures shared with the end-to-end tests
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def clip(path: Path, seed: int) -> Path:
+    path.write_bytes(wav_bytes(tiny_audio(batch=1, samples=1024, seed=seed)[0].numpy(), 44100))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--audio_file=/nonexistent.wav", "--prompt_length_in_seconds=5"],
+            "--audio_file is used only with --mode=primed, not --mode=ancestral; add --mode=primed, "
+            "or leave it out",
+        ),
+        (
+            ["--prompt_length_in_seconds=0.012"],
+            "--prompt_length_in_seconds is used only with --mode=primed, not --mode=ancestral",
+        ),
+        (
+            ["--codes_file=/nonexistent.pth.tar"],
+            "--codes_file is used only with --mode=continue or --mode=upsample, not --mode=ancestral; "
+            "add --mode=continue or --mode=upsample, or leave it out",
+        ),
+    ],
+)
+def test_a_flag_the_mode_does_not_use_is_refused_before_anything_is_written(
+    model_dir: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
+    """Left out of --mode, these ran an unprimed ancestral song and exited 0."""
+    out = tmp_path / "out"
+    result = run(model_dir, out, "--levels=1", *args)
+    assert result.exit_code == 2 and message in one_sentence(result), result.output
+    assert not out.exists()
+
+
+def test_flags_of_another_mode_than_the_one_given_are_refused(model_dir: Path, tmp_path: Path) -> None:
+    prompt = clip(tmp_path / "prompt.wav", seed=1)
+    preview = run(model_dir, tmp_path / "preview", "--levels=1", "--n_samples=1")
+    assert preview.exit_code == 0, preview.output
+    top = tmp_path / "preview" / "level_2" / "data.pth.tar"
+    primed = run(
+        model_dir,
+        tmp_path / "primed",
+        "--mode=primed",
+        f"--audio_file={prompt}",
+        "--prompt_length_in_seconds=0.012",
+        f"--codes_file={top}",
+    )
+    assert "--codes_file is used only with --mode=continue or --mode=upsample, not --mode=primed" in (
+        one_sentence(primed)
+    )
+    up = run(model_dir, tmp_path / "up", "--mode=upsample", f"--codes_file={top}", f"--audio_file={prompt}")
+    assert "--audio_file is used only with --mode=primed, not --mode=upsample" in one_sentence(up)
+    assert not (tmp_path / "primed").exists() and not (tmp_path / "up").exists()
+
+
+def test_each_prompt_file_primes_a_sample_when_n_samples_is_left_out(model_dir: Path, tmp_path: Path) -> None:
+    """As a style sweep makes one sample per style: the second file was silently unused (1 sample)."""
+    first, second = clip(tmp_path / "one.wav", seed=1), clip(tmp_path / "two.wav", seed=2)
+    prompt = "--prompt_length_in_seconds=0.012"
+    both = run(
+        model_dir, tmp_path / "both", "--levels=1", "--mode=primed", f"--audio_file={first},{second}", prompt
+    )
+    assert both.exit_code == 0, both.output
+    zs = codes(tmp_path / "both" / "level_2" / "data.pth.tar")[2]
+    assert zs.shape[0] == 2
+    alone = run(
+        model_dir, tmp_path / "alone", "--levels=1", "--mode=primed", f"--audio_file={second}", prompt
+    )
+    assert alone.exit_code == 0, alone.output
+    assert torch.equal(zs[1, :32], codes(tmp_path / "alone" / "level_2" / "data.pth.tar")[2][0, :32])
+
+
+def test_fewer_samples_than_prompt_files_says_which_files_prime_nothing(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    first, second = clip(tmp_path / "one.wav", seed=1), clip(tmp_path / "two.wav", seed=2)
+    out = tmp_path / "out"
+    result = run(
+        model_dir,
+        out,
+        "--levels=1",
+        "--n_samples=1",
+        "--mode=primed",
+        f"--audio_file={first},{second}",
+        "--prompt_length_in_seconds=0.012",
+    )
+    assert result.exit_code == 0, result.output  # as the original: the first file primes the one sample
+    assert f"--audio_file: 2 files for 1 sample, so {second} primes nothing (--n_samples=2" in result.output
+    assert codes(out / "level_2" / "data.pth.tar")[2].shape[0] == 1
