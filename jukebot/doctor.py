@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import enum
 import importlib.util
-from collections.abc import Callable, Iterator
+import logging
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
-from jukebot.settings import Settings
+from jukebot.settings import Settings, misspelled_variables
 from sampler.model_files import (
     CheckpointVerifier,
     ModelFileUnreadable,
@@ -188,6 +189,13 @@ def check_codecs() -> Check:
 def check_token(settings: Settings, online: bool) -> Check:
     """Is a token set; with `online`, does Discord accept it (one login, no gateway connection)?"""
     token = settings.discord_token.get_secret_value().strip() if settings.discord_token else ""
+    if not token and not settings.local_workers:  # neither `jukebot run` nor `jukebot worker` can start
+        return Check(
+            "discord",
+            Verdict.FAIL,
+            "no DISCORD_TOKEN on a host with no workers (JUKEBOT_GPUS=none): `jukebot run` needs the "
+            "bot's token; or set JUKEBOT_GPUS for a worker-only machine",
+        )
     if not token:
         return Check(
             "discord",
@@ -213,13 +221,31 @@ async def _login(settings: Settings, token: str) -> str:
 
     from bot.bot import discord_endpoints
 
-    client = discord.Client(intents=discord.Intents.none())
-    with discord_endpoints(settings):
-        try:
-            await client.login(token)
-            return str(client.user)
-        finally:
-            await client.close()
+    # discord.py logs its login (and warns of the intents a check has no use for) between the
+    # check lines: its errors still show.
+    discord_log = logging.getLogger("discord")
+    level = discord_log.level
+    discord_log.setLevel(logging.ERROR)
+    try:
+        client = discord.Client(intents=discord.Intents.none())
+        with discord_endpoints(settings):
+            try:
+                await client.login(token)
+                return str(client.user)
+            finally:
+                await client.close()
+    finally:
+        discord_log.setLevel(level)
+
+
+def check_variables(environ: Mapping[str, str] | None = None) -> Iterator[Check]:
+    """A `JUKEBOT_` variable that is no setting but close to one is ignored: one line for each."""
+    for name, meant in misspelled_variables(environ):
+        yield Check(
+            "settings",
+            Verdict.WARN,
+            f"{name} is not a jukebot setting, so it is ignored: did you mean {meant}?",
+        )
 
 
 def run_checks(
@@ -229,6 +255,7 @@ def run_checks(
     make_verifier: Callable[[], CheckpointVerifier] | None = None,
 ) -> Iterator[Check]:
     torch_installed = has_torch()
+    yield from check_variables()
     yield check_database(settings)
     verifier = (make_verifier() if make_verifier else CheckpointVerifier()) if torch_installed else None
     yield from check_models(settings, verifier)

@@ -7,12 +7,15 @@ Every variable is `JUKEBOT_<FIELD>`; the two everybody knows also work bare
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
 
 import platformdirs
+from dotenv import dotenv_values
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
@@ -36,6 +39,8 @@ from sampler.worker.runtime import WorkerConfig
 from storage.models import MAX_INTEGER
 
 APP_NAME = "jukebot"
+ENV_PREFIX = "JUKEBOT_"
+DAY_SECONDS = 24 * 3600
 
 # Plain driver names a user may type, mapped to the async drivers we run on.
 _ASYNC_DRIVERS = {
@@ -68,6 +73,9 @@ def hide_password(url: str) -> str:
     """
     try:
         parsed = make_url(url)
+        if parsed.database and "@" in parsed.database:
+            # `user:p@ss/word@host/db`: the password's tail reads as the database; hide up to the last @.
+            raise ValueError(url)
         if parsed.host and "@" in parsed.host:
             parsed = parsed.set(password=_HIDDEN, host=parsed.host.rpartition("@")[2])
         if "password" in parsed.query:
@@ -132,7 +140,7 @@ def normalise_database_url(url: str) -> str:
 
 def _check_postgres_url(parsed: URL) -> URL:
     """`parsed` with libpq's sslmode as asyncpg's ssl, or ValueError for what asyncpg cannot use."""
-    if parsed.host and "@" in parsed.host:
+    if (parsed.host and "@" in parsed.host) or (parsed.database and "@" in parsed.database):
         raise ValueError(
             "the password holds an unencoded '@': write it as %40 (e.g. postgresql://user:p%40ss@host/db)"
         )
@@ -205,7 +213,19 @@ def _parse_mirror(part: str) -> str:
     except ValueError:  # e.g. an unclosed IPv6 bracket
         host = None
         split = None
-    if split is None or split.scheme not in {"http", "https"} or not host:
+    try:
+        port_ok = split is not None and (split.port is None or split.port > 0)
+    except ValueError:  # not a number, or past 65535
+        port_ok = False
+    if (
+        split is None
+        or split.scheme not in {"http", "https"}
+        or not host
+        or not re.fullmatch(r"[a-z0-9.-]+|[0-9a-f:.]+", host)  # a name, an IPv4 or IPv6 address
+        or not port_ok
+        or split.query
+        or split.fragment
+    ):
         raise ValueError(
             f"{part!r} is not a mirror URL; use http(s) roots separated by commas, e.g. {DEFAULT_MIRRORS[0]}"
         )
@@ -234,7 +254,7 @@ def parse_byte_size(value: object) -> object:
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="JUKEBOT_",
+        env_prefix=ENV_PREFIX,
         env_file=".env",
         # utf-8-sig: UTF-8, with or without the byte-order mark some Windows editors write.
         env_file_encoding="utf-8-sig",
@@ -288,9 +308,12 @@ class Settings(BaseSettings):
     # Another REST base (e.g. a rate-limit proxy: http://proxy:8080/api/v10) and gateway (ws://…).
     discord_api_base: str | None = None
     discord_gateway: str | None = None
-    worker_lease_seconds: float = Field(default=_worker_default("lease_seconds"), gt=0)
-    worker_requeue_seconds: float = Field(default=_worker_default("requeue_seconds"), gt=0)
-    worker_checkpoint_seconds: float = Field(default=_worker_default("checkpoint_seconds"), ge=0)
+    # At most a day: a lease is added to the database's clock, and past year 9999 no date holds it.
+    worker_lease_seconds: float = Field(default=_worker_default("lease_seconds"), gt=0, le=DAY_SECONDS)
+    worker_requeue_seconds: float = Field(default=_worker_default("requeue_seconds"), gt=0, le=DAY_SECONDS)
+    worker_checkpoint_seconds: float = Field(
+        default=_worker_default("checkpoint_seconds"), ge=0, le=DAY_SECONDS
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -311,7 +334,10 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_mirrors(cls, value: object) -> object:
         if isinstance(value, str):
-            return [_parse_mirror(part) for part in value.replace(",", " ").split()]
+            mirrors = [_parse_mirror(part) for part in value.replace(",", " ").split()]
+            if not mirrors:  # "," alone: no mirror to download from
+                raise ValueError(f"name at least one mirror root, e.g. {DEFAULT_MIRRORS[0]}")
+            return mirrors
         return value
 
     @field_validator("model_dir")
@@ -329,12 +355,22 @@ class Settings(BaseSettings):
 
     @field_validator("discord_api_base", "discord_gateway")
     @classmethod
-    def _check_endpoint(cls, value: str | None) -> str | None:
+    def _check_endpoint(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None or not value.strip():
             return None
         url = value.strip().rstrip("/")
-        if not re.match(r"(https?|wss?)://[^/]+", url):
-            raise ValueError(f"{url!r} is not a URL; use e.g. http://proxy:8080/api/v10 or ws://proxy:7878")
+        # REST goes over HTTP, the gateway over WebSocket: the other scheme fails only at login.
+        schemes, example = (
+            (
+                ("http", "https"),
+                "http://proxy:8080/api/v10",
+            )
+            if info.field_name == "discord_api_base"
+            else (("ws", "wss"), "ws://proxy:7878")
+        )
+        split = urlsplit(url)
+        if split.scheme not in schemes or not split.netloc or re.search(r"\s", url):
+            raise ValueError(f"{url!r} is not a {' or '.join(schemes)} URL; use e.g. {example}")
         return url
 
     @field_validator("gpus")
@@ -442,6 +478,17 @@ class Settings(BaseSettings):
 
 def load_settings(**overrides: object) -> Settings:
     """Read the settings, turning validation errors into one clear sentence."""
+    env_file = _env_file()
+    # pydantic-settings reads `.env` only when it is a file: a folder or a broken link there would be
+    # passed over in silence, and a worker whose DATABASE_URL is in it would start on a SQLite file.
+    if env_file.is_symlink() and not env_file.exists():
+        raise SettingsError(
+            f"Cannot read {env_file}: it links to {os.readlink(env_file)}, which does not exist."
+        )
+    if env_file.exists() and not env_file.is_file():
+        raise SettingsError(
+            f"Cannot read {env_file}: it is not a file (a folder?): remove it, or make it a file."
+        )
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except UnicodeDecodeError as exc:
@@ -459,6 +506,54 @@ def load_settings(**overrides: object) -> Settings:
             env = "DATABASE_URL"
         message = str(first["msg"]).removeprefix("Value error, ")
         raise SettingsError(f"Bad value for {env}: {message}.") from None
+
+
+def misspelled_variables(environ: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+    """(variable, setting it is probably meant to be) for each `JUKEBOT_` variable in the environment
+    or `.env` that is no setting but one or two typed letters away from one (`JUKEBOT_GPU`): such a
+    variable is ignored, which an operator would not notice. Other `JUKEBOT_` variables (the install
+    scripts' own) are not settings and are not named."""
+    names = {name.upper() for name in (os.environ if environ is None else environ)}
+    env_file = _env_file()
+    if env_file.is_file():
+        try:
+            names |= {name.upper() for name in dotenv_values(env_file, encoding="utf-8-sig")}
+        except (OSError, UnicodeDecodeError):  # load_settings says so
+            pass
+    known = {
+        name
+        for field_name, field in Settings.model_fields.items()
+        for name in _env_names(field_name, field.validation_alias)
+    }
+    found = []
+    for name in sorted(names - known):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        close = [k for k in sorted(known) if k.startswith(ENV_PREFIX) and _typo_distance(name, k) <= 2]
+        if close:
+            found.append((name, close[0]))
+    return found
+
+
+def _env_names(field_name: str, alias: object) -> list[str]:
+    if isinstance(alias, AliasChoices):
+        return [str(choice).upper() for choice in alias.choices]
+    return [f"{ENV_PREFIX}{field_name.upper()}"]
+
+
+def _typo_distance(a: str, b: str) -> int:
+    """Edits (a letter added, dropped or changed, two neighbours swapped) that make `a` into `b`."""
+    previous2: list[int] = []
+    previous = list(range(len(b) + 1))
+    for i, letter in enumerate(a, start=1):
+        current = [i]
+        for j, other in enumerate(b, start=1):
+            cost = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (letter != other))
+            if i > 1 and j > 1 and letter == b[j - 2] and a[i - 2] == other:
+                cost = min(cost, previous2[j - 2] + 1)
+            current.append(cost)
+        previous2, previous = previous, current
+    return previous[-1]
 
 
 def _env_file() -> Path:

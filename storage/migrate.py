@@ -15,6 +15,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 
 from storage.engine import create_engine
@@ -46,6 +47,28 @@ class UnknownSchemaRevision(Exception):
         )
 
 
+class ForeignTables(Exception):
+    """The database has no jukebot schema but holds tables with the names of jukebot's: another
+    program's database (or one whose first migration did not finish). Nothing is changed in it."""
+
+    def __init__(self, tables: list[str]) -> None:
+        super().__init__(
+            f"the database holds tables named like jukebot's ({', '.join(tables)}) but no schema"
+        )
+        self.tables = tables
+
+
+def _revision_of(connection: Connection) -> str | None:
+    """The database's schema revision; ForeignTables when it has none but holds tables named like ours
+    (upgrading would stop on "table already exists", in the middle of the first migration)."""
+    revision = MigrationContext.configure(connection).get_current_revision()
+    if revision is None:
+        taken = sorted(set(inspect(connection).get_table_names()) & set(Base.metadata.tables))
+        if taken:
+            raise ForeignTables(taken)
+    return revision
+
+
 def known_revisions() -> set[str]:
     return {script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
 
@@ -74,7 +97,7 @@ async def _run_alembic(url: str, action: str, revision: str) -> None:
 
             def run(sync_connection: Connection) -> None:
                 # Alembic would fail on a revision it cannot find with a bare CommandError.
-                check_known_revision(MigrationContext.configure(sync_connection).get_current_revision())
+                check_known_revision(_revision_of(sync_connection))
                 getattr(command, action)(alembic_config(sync_connection), revision)
 
             await connection.run_sync(run)
@@ -108,9 +131,7 @@ async def current_revision_async(url: str) -> str | None:
     engine = create_engine(url)
     try:
         async with engine.connect() as connection:
-            return await connection.run_sync(
-                lambda sync_connection: MigrationContext.configure(sync_connection).get_current_revision()
-            )
+            return await connection.run_sync(_revision_of)
     finally:
         await engine.dispose()
 

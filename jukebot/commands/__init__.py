@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import importlib.util
 import logging
 import math
@@ -12,7 +13,7 @@ import click
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from jukebot.settings import Settings, SettingsError, load_settings
+from jukebot.settings import Settings, SettingsError, load_settings, misspelled_variables
 from sampler.worker.logs import configure_logging
 
 log = logging.getLogger(__name__)
@@ -22,13 +23,16 @@ _NO_SUCH_DATABASE = "3D000"
 _LOGIN_REFUSED = ("28000", "28P01")
 
 
-def settings_or_exit() -> Settings:
+def settings_or_exit(*, warn_misspelled: bool = True) -> Settings:
     """Load settings (and log as they say), or stop with the one sentence that says what to set."""
     try:
         settings = load_settings()  # a .env that is not UTF-8 is a SettingsError too
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
     configure_logging(settings.log_level, settings.log_format)
+    if warn_misspelled:
+        for name, meant in misspelled_variables():
+            log.warning("%s is not a jukebot setting, so it is ignored: did you mean %s?", name, meant)
     shown = settings.model_dump() | {"database_url": settings.database_url_for_display}  # token: SecretStr
     log.debug("settings: %s", shown)
     return settings
@@ -127,9 +131,16 @@ def database_problem(error: BaseException, settings: Settings) -> str | None:
 def specific_database_problem(error: BaseException, settings: Settings) -> str | None:
     """The sentence for a database problem with a fix of its own (no such database, a refused
     user, not a SQLite file, a schema from a newer jukebot), or None."""
-    from storage.migrate import UnknownSchemaRevision
+    from storage.migrate import ForeignTables, UnknownSchemaRevision
 
     shown = settings.database_url_for_display
+    if isinstance(error, ForeignTables):
+        return (
+            f"The database at {shown} has no jukebot schema but holds tables named like jukebot's "
+            f"({', '.join(error.tables)}): it is another program's database, or jukebot's first "
+            "migration did not finish there; point DATABASE_URL at jukebot's own or an empty database "
+            "(it was not changed)."
+        )
     if isinstance(error, UnknownSchemaRevision):
         if error.newer:
             return (
@@ -153,8 +164,11 @@ def specific_database_problem(error: BaseException, settings: Settings) -> str |
                 f"(e.g. `createdb {url.database}`) or point DATABASE_URL at another one ({shown})."
             )
         if code in _LOGIN_REFUSED:
+            # The user may come in the query string (`?user=`); with neither, asyncpg takes PGUSER or
+            # the OS user.
+            user = url.username or url.query.get("user") or os.environ.get("PGUSER") or getpass.getuser()
             return (
-                f"Postgres refused user {url.username!r} ({first_line(error.orig)}): "
+                f"Postgres refused user {user!r} ({first_line(error.orig)}): "
                 f"fix the user or password in DATABASE_URL ({shown})."
             )
         if settings.sqlite_path is not None and "file is not a database" in str(error.orig):

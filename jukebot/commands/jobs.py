@@ -226,7 +226,8 @@ def prune(older_than: str, dry_run: bool) -> None:
     jobs use. Job rows, samples and votes stay; a pruned job retried later starts over (one whose
     clip went cannot be retried)."""
     age = _days(older_than)
-    report: PruneReport = _with_store(lambda store: store.prune_finished(age, dry_run=dry_run))
+    settings = settings_or_exit()
+    report: PruneReport = _with_store(lambda store: store.prune_finished(age, dry_run=dry_run), settings)
     checkpoints = (
         f"the checkpoints of {count_of(len(report.job_ids), 'job')} ({report.checkpoint_bytes:,} bytes)"
     )
@@ -238,3 +239,9 @@ def prune(older_than: str, dry_run: bool) -> None:
         )
     else:
         click.echo(f"dropped {checkpoints} and {clips}: {_size(report.freed_bytes)} freed")
+        if settings.sqlite_path is not None and report.freed_bytes:
+            # VACUUM rewrites the whole file under a lock the bot and workers would wait on.
+            click.echo(
+                f"the database reuses that space for new jobs; {settings.sqlite_path} itself shrinks "
+                f"only after `sqlite3 {settings.sqlite_path} VACUUM`, run while jukebot is stopped"
+            )

@@ -10,8 +10,14 @@ from typing import Any
 import click
 
 from jukebot import __version__
-from jukebot.commands import database_problem, require_torch, settings_or_exit, upgrade_or_exit
-from jukebot.settings import Settings, SettingsError
+from jukebot.commands import (
+    FiniteFloatRange,
+    database_problem,
+    require_torch,
+    settings_or_exit,
+    upgrade_or_exit,
+)
+from jukebot.settings import DAY_SECONDS, Settings, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -137,19 +143,19 @@ async def _run_bot(settings: Settings, sync_guilds: tuple[int, ...]) -> None:
 @click.command()
 @click.option(
     "--lease-seconds",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloatRange(min=0, min_open=True, max=DAY_SECONDS),
     default=None,
     help="A job whose worker is silent this long goes back to the queue (JUKEBOT_WORKER_LEASE_SECONDS).",
 )
 @click.option(
     "--requeue-seconds",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloatRange(min=0, min_open=True, max=DAY_SECONDS),
     default=None,
     help="How often a worker recovers the jobs of dead workers (JUKEBOT_WORKER_REQUEUE_SECONDS).",
 )
 @click.option(
     "--checkpoint-seconds",
-    type=click.FloatRange(min=0),
+    type=FiniteFloatRange(min=0, max=DAY_SECONDS),
     default=None,
     help="At most one checkpoint per this many seconds (JUKEBOT_WORKER_CHECKPOINT_SECONDS).",
 )

@@ -113,6 +113,11 @@ async def test_token_offline_and_online(monkeypatch: pytest.MonkeyPatch) -> None
         assert not fake.requests  # offline means offline
         online: Check = await asyncio.to_thread(check_token, good, True)
         assert online.verdict is Verdict.OK and "jukebot-test" in online.message
+        # The command's lines are its checks': discord.py's own log of the login stays out of them.
+        env = endpoints | {"DISCORD_TOKEN": fake.token, "JUKEBOT_GPUS": "none"}
+        result = await asyncio.to_thread(CliRunner().invoke, main, ["doctor", "--online"], env=env)
+        assert "ok   discord   Discord accepts the token" in result.output
+        assert "discord.client" not in result.output and "intent" not in result.output, result.output
         bad = settings_for(monkeypatch, DISCORD_TOKEN="wrong", **endpoints)
         refused: Check = await asyncio.to_thread(check_token, bad, True)
         assert refused.verdict is Verdict.FAIL and refused.message.startswith("Discord refused the token")
@@ -124,6 +129,8 @@ def test_exit_status_follows_blocking_checks(clean_env: Path, tiny_models: Path)
         main, ["doctor"], env=env | {"JUKEBOT_GPUS": "auto", "JUKEBOT_MODEL_DIR": "/nope"}
     )
     assert blocked.exit_code == 1 and "FAIL models" in blocked.output
-    fine = CliRunner().invoke(main, ["doctor"], env=env | {"JUKEBOT_MODEL_DIR": str(tiny_models)})
+    fine = CliRunner().invoke(
+        main, ["doctor"], env=env | {"JUKEBOT_MODEL_DIR": str(tiny_models), "DISCORD_TOKEN": "x"}
+    )
     assert fine.exit_code == 0, fine.output
     assert fine.output.splitlines()[0].startswith("warn database") and "nothing blocks" in fine.output
