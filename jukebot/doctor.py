@@ -92,6 +92,7 @@ def check_models(settings: Settings, verifier: CheckpointVerifier | None) -> Ite
         yield Check("models", Verdict.FAIL if settings.local_workers else Verdict.WARN, problem)
         return
     complete = []
+    damaged = False
     for model, status in model_status(settings.model_dir).items():
         if not status.complete:
             yield Check("model", Verdict.WARN, f"{model}: {status.summary}")
@@ -111,6 +112,7 @@ def check_models(settings: Settings, verifier: CheckpointVerifier | None) -> Ite
             yield Check("model", Verdict.WARN, f"{model}: {unreadable[0]}")
             continue
         if problems:
+            damaged = True
             shown = "; ".join(problems[:2]) + ("; …" if len(problems) > 2 else "")
             yield Check("model", Verdict.WARN, f"{model}: {shown}: `jukebot models verify {model}`")
             continue
@@ -118,11 +120,16 @@ def check_models(settings: Settings, verifier: CheckpointVerifier | None) -> Ite
         how = "verified" if verifier is not None else "present (no torch installed: not verified)"
         yield Check("model", Verdict.OK, f"{model}: {how} in {settings.model_dir}")
     if not complete and settings.local_workers:
+        # A damaged file is skipped by `download` as present: `verify` moves it aside first.
+        how = (
+            "`jukebot models verify` (it moves damaged files aside), then `jukebot models download 1b_lyrics`"
+            if damaged
+            else "`jukebot models download 1b_lyrics`"
+        )
         yield Check(
             "models",
             Verdict.FAIL,
-            f"no complete model in {settings.model_dir}: `jukebot models download 1b_lyrics` "
-            "(or set JUKEBOT_MODEL_DIR to where they are)",
+            f"no complete model in {settings.model_dir}: {how} (or set JUKEBOT_MODEL_DIR to where they are)",
         )
 
 

@@ -86,6 +86,16 @@ def test_models_complete_missing_and_damaged(
     (check,) = [c for c in check_models(settings, verifier_for(damaged)) if "1b_lyrics" in c.message[:10]]
     assert check.verdict is Verdict.WARN and "prior_1b_lyrics:" in check.message
 
+    # The only model damaged: `download` alone would skip the file as present.
+    only = write_tiny_model_dir(tmp_path / "only", models=("1b_lyrics",))
+    top = model_path(only, "prior_1b_lyrics")
+    top.write_bytes(top.read_bytes()[:100])
+    settings = settings_for(monkeypatch, JUKEBOT_MODEL_DIR=str(only))
+    (blocked,) = [c for c in check_models(settings, verifier_for(only)) if c.verdict is Verdict.FAIL]
+    assert "`jukebot models verify` (it moves damaged files aside), then `jukebot models download" in (
+        blocked.message
+    )
+
 
 @pytest.mark.usefixtures("clean_env")
 def test_devices(monkeypatch: pytest.MonkeyPatch) -> None:
