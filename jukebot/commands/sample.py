@@ -474,6 +474,12 @@ def run_sample(options: dict[str, Any], given: set[str] | frozenset[str] = froze
         ) from None
     checkpoint = out_dir / "checkpoint.pt"
     fingerprint = _fingerprint({**options, "styles": styles if sweep else None}, lyrics)
+    earlier = _set_aside_another_run(out_dir, fingerprint, options["codes_file"])
+    if earlier is not None:
+        click.echo(
+            f"{out_dir} held the output of a run with other flags: moved to {earlier}; this run starts over",
+            err=True,
+        )
     _write_styles(out_dir, styles, lyrics, levels)
     labels: dict[str, str | int] = {
         "model": options["model"],
@@ -644,6 +650,34 @@ def _read_codes(path: Path, n_samples: int | None) -> tuple[tuple[Any, ...], dic
     labels = data.get("labels")
     codes = tuple(z.long() if z.numel() else None for z in zs)
     return codes, labels if isinstance(labels, dict) else {}, zs[2].shape[0]
+
+
+# What a run writes in NAME (besides the level folders): another run's are set aside, never mixed in.
+RUN_FILES = ("checkpoint.pt", "checkpoint.json", "checkpoint.tmp", "styles.json")
+
+
+def _set_aside_another_run(out_dir: Path, fingerprint: str, codes_file: Path | None) -> Path | None:
+    """Move the output of a run with other flags (another seed, fewer samples, ...) to
+    `NAME/earlier-N/`, so that its items are neither overwritten nor left beside this run's; the level
+    folder holding `codes_file` stays (an upsample into the preview's NAME: its codes go on with it).
+    Returns where they went, or None when NAME holds no other run's output (or this run's, to resume)."""
+    try:
+        saved = json.loads((out_dir / "checkpoint.json").read_text()).get("fingerprint")
+    except (OSError, ValueError, AttributeError):  # no run recorded (none finished a window)
+        return None
+    if saved == fingerprint:
+        return None
+    found = [out_dir / name for name in (*RUN_FILES, "level_0", "level_1", "level_2")]
+    source = None if codes_file is None else codes_file.resolve().parent
+    found = [path for path in found if path.exists() and path.resolve() != source]
+    number = 1
+    while (out_dir / f"earlier-{number}").exists():
+        number += 1
+    target = out_dir / f"earlier-{number}"
+    target.mkdir()
+    for path in found:
+        os.replace(path, target / path.name)
+    return target
 
 
 def _fingerprint(options: dict[str, Any], lyrics: str) -> str:

@@ -106,3 +106,48 @@ def test_fewer_samples_than_prompt_files_says_which_files_prime_nothing(
     assert result.exit_code == 0, result.output  # as the original: the first file primes the one sample
     assert f"--audio_file: 2 files for 1 sample, so {second} primes nothing (--n_samples=2" in result.output
     assert codes(out / "level_2" / "data.pth.tar")[2].shape[0] == 1
+
+
+def test_a_run_with_other_flags_sets_the_earlier_output_aside(model_dir: Path, tmp_path: Path) -> None:
+    """Another seed and fewer samples into the same NAME: the earlier run's items were overwritten or
+    left beside the new ones (a level_2 of 1 item next to a stale item_1)."""
+    out = tmp_path / "song"
+    first = run(model_dir, out, "--levels=1", "--n_samples=2", "--seed=1")
+    assert first.exit_code == 0, first.output
+    before = {path.name: path.read_bytes() for path in (out / "level_2").iterdir()}
+    assert "item_1.wav" in before
+
+    second = run(model_dir, out, "--levels=1", "--n_samples=1", "--seed=2")
+    assert second.exit_code == 0, second.output
+    assert f"{out} held the output of a run with other flags: moved to {out / 'earlier-1'}" in second.output
+    kept = {path.name: path.read_bytes() for path in (out / "earlier-1" / "level_2").iterdir()}
+    assert kept == before
+    assert sorted(path.name for path in (out / "level_2").iterdir()) == sorted(
+        name for name in before if not name.startswith("item_1")
+    )
+    assert codes(out / "level_2" / "data.pth.tar")[2].shape[0] == 1
+
+    again = run(model_dir, out, "--levels=1", "--n_samples=1", "--seed=2")  # the same run: it resumes
+    assert again.exit_code == 0 and "resuming from" in again.output and "moved to" not in again.output
+    assert not (out / "earlier-2").exists()
+
+
+def test_an_upsample_into_the_previews_name_keeps_the_codes_it_goes_on_from(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "song"
+    preview = run(model_dir, out, "--levels=1", "--n_samples=1")
+    assert preview.exit_code == 0, preview.output
+    top = (out / "level_2" / "data.pth.tar").read_bytes()
+    upsample = run(
+        model_dir,
+        out,
+        "--levels=3",
+        "--n_samples=1",
+        "--mode=upsample",
+        f"--codes_file={out / 'level_2' / 'data.pth.tar'}",
+    )
+    assert upsample.exit_code == 0, upsample.output
+    assert (out / "level_2" / "data.pth.tar").read_bytes() == top  # its input, still beside its result
+    assert (out / "level_0" / "data.pth.tar").is_file()
+    assert (out / "earlier-1" / "styles.json").is_file()  # the preview's own record, set aside
