@@ -414,8 +414,15 @@ def run_sample(options: dict[str, Any], given: set[str] | frozenset[str] = froze
     if mode == "primed" and options["n_samples"] is None and _style_count(options) == 1:
         # One sample per prompt file, as a style sweep makes one per style.
         options = {**options, "n_samples": len(audio_files)}
+    # What the codes file stood in for, so that a mismatch names it rather than flags not typed.
+    from_codes = (
+        {flag for flag in ("artist", "genre", "n_samples") if flag not in given}
+        if mode in ("continue", "upsample")
+        else set()
+    )
     styles = _known_styles(
-        options["model"], _styles(options["artist"], options["genre"], options["n_samples"])
+        options["model"],
+        _styles(options["artist"], options["genre"], options["n_samples"], from_codes=from_codes),
     )
     n = len(styles)
     if mode == "primed":
@@ -551,18 +558,35 @@ def _style_count(options: dict[str, Any]) -> int:
 
 
 def _styles(
-    artists: tuple[str, ...], genres: tuple[str, ...], n_samples: int | None
+    artists: tuple[str, ...],
+    genres: tuple[str, ...],
+    n_samples: int | None,
+    *,
+    from_codes: set[str] | frozenset[str] = frozenset(),
 ) -> list[tuple[str, str]]:
-    """(artist, genre) per sample: each option given once (for all samples) or once per sample."""
+    """(artist, genre) per sample: each option given once (for all samples) or once per sample.
+    `from_codes` names the options a codes file's saved labels filled in (not typed)."""
     count = max(len(artists), len(genres))
-    for flag, values in (("--artist", artists), ("--genre", genres)):
+    for name, values in (("artist", artists), ("genre", genres)):
         if len(values) not in (1, count):
+            if name in from_codes:
+                typed = "genre" if name == "artist" else "artist"
+                raise click.BadParameter(
+                    f"the codes file holds one {name} per sample ({len(values)}), which does not match "
+                    f"the {count} --{typed} values given: give --{name} too (once, or {count} times)",
+                    param_hint=f"--{typed}",
+                )
             raise click.BadParameter(
                 f"give it once (for every sample) or once per sample ({count}), got {len(values)}",
-                param_hint=flag,
+                param_hint=f"--{name}",
             )
     n = n_samples or count
     if count > 1 and n != count:
+        if "n_samples" in from_codes:
+            raise click.BadParameter(
+                f"{count} styles for the {n} samples in the codes file: give one style per sample",
+                param_hint="--artist/--genre",
+            )
         raise click.BadParameter(
             f"{count} styles for {n} samples: give one style per sample, or leave --n_samples out",
             param_hint="--n_samples",
@@ -613,15 +637,20 @@ def _with_saved_labels(
     """`options` with each label flag not given taken from the codes file (the original saved them)."""
     options = dict(options)
     styles = json.loads(saved["styles"]) if isinstance(saved.get("styles"), str) else []
+    # A saved label the same for every sample counts as given once: the other may then be swept.
     if "artist" not in given and styles:
-        options["artist"] = tuple(artist for artist, _ in styles)
+        options["artist"] = _once_if_same(tuple(artist for artist, _ in styles))
     if "genre" not in given and styles:
-        options["genre"] = tuple(genre for _, genre in styles)
+        options["genre"] = _once_if_same(tuple(genre for _, genre in styles))
     if not given & {"lyrics", "lyrics_file"} and isinstance(saved.get("lyrics"), str):
         options["lyrics"] = saved["lyrics"]
     if "total_sample_length_in_seconds" not in given and isinstance(saved.get("total_length"), int):
         options["total_sample_length_in_seconds"] = saved["total_length"] / SAMPLE_RATE
     return options
+
+
+def _once_if_same(values: tuple[str, ...]) -> tuple[str, ...]:
+    return values[:1] if len(set(values)) == 1 else values
 
 
 def _read_codes(path: Path, n_samples: int | None) -> tuple[tuple[Any, ...], dict[str, Any], int]:

@@ -151,3 +151,43 @@ def test_an_upsample_into_the_previews_name_keeps_the_codes_it_goes_on_from(
     assert (out / "level_2" / "data.pth.tar").read_bytes() == top  # its input, still beside its result
     assert (out / "level_0" / "data.pth.tar").is_file()
     assert (out / "earlier-1" / "styles.json").is_file()  # the preview's own record, set aside
+
+
+def test_a_style_mismatch_with_a_codes_file_names_the_codes_file_not_flags_never_typed(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    one_style = tmp_path / "one_style"
+    made = run(
+        model_dir, one_style, "--levels=1", "--n_samples=2", "--artist=Alan Jackson", "--genre=Country"
+    )
+    assert made.exit_code == 0, made.output
+    swept = tmp_path / "swept"
+    made = run(
+        model_dir,
+        swept,
+        "--levels=1",
+        "--artist=Alan Jackson",
+        "--artist=Ella Fitzgerald",
+        "--genre=Country",
+        "--genre=Jazz",
+    )
+    assert made.exit_code == 0, made.output
+    more = ["--mode=continue", "--levels=1", "--sample_length_in_seconds=0.0581"]
+
+    three = ["--artist=Alan Jackson", "--artist=Ella Fitzgerald", "--artist=Frank Sinatra"]
+    refused = run(
+        model_dir, tmp_path / "a", *more, f"--codes_file={one_style / 'level_2/data.pth.tar'}", *three
+    )
+    assert "3 styles for the 2 samples in the codes file: give one style per sample" in one_sentence(refused)
+    refused = run(model_dir, tmp_path / "b", *more, f"--codes_file={swept / 'level_2/data.pth.tar'}", *three)
+    assert (
+        "the codes file holds one genre per sample (2), which does not match the 3 --artist values given: "
+        "give --genre too" in one_sentence(refused)
+    )
+    # The codes file's one genre for every sample counts as given once: the artists may be swept.
+    two = three[:2]
+    swept_on = run(
+        model_dir, tmp_path / "c", *more, f"--codes_file={one_style / 'level_2/data.pth.tar'}", *two
+    )
+    assert swept_on.exit_code == 0, swept_on.output
+    assert "item_1: Ella Fitzgerald / Country" in swept_on.output
