@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import platformdirs
 from dotenv import dotenv_values
@@ -110,6 +110,10 @@ POSTGRES_QUERY_PARAMETERS = (
 )
 
 
+# Query parameters a SQLite URL may carry (SQLAlchemy's pysqlite/aiosqlite dialect).
+SQLITE_QUERY_PARAMETERS = ("timeout", "uri", "mode", "cache", "check_same_thread", "nolock", "immutable")
+
+
 def normalise_database_url(url: str) -> str:
     """Return `url` with an async driver, or raise ValueError saying what is wrong."""
     if not url.strip():
@@ -131,6 +135,15 @@ def normalise_database_url(url: str) -> str:
     if driver.startswith("sqlite"):
         if not parsed.database:
             raise ValueError("a SQLite URL needs a file path, e.g. sqlite:///path/to/jukebot.sqlite3")
+        # SQLAlchemy drops a query part without `=`: read the raw one.
+        raw_query = url.partition("?")[2]
+        names = {name or raw_query for name, _ in parse_qsl(raw_query, keep_blank_values=True)}
+        unknown = sorted(names - set(SQLITE_QUERY_PARAMETERS))
+        if unknown:  # `?` in a file name starts a query string: `/data/a?b.sqlite3` would open `/data/a`
+            raise ValueError(
+                f"the SQLite URL's query string has {', '.join(unknown)}, which SQLite does not take (it "
+                f"accepts {', '.join(SQLITE_QUERY_PARAMETERS)}); write a '?' in the file name as %3F"
+            )
         if parsed.database.startswith("~"):
             parsed = parsed.set(database=str(Path(parsed.database).expanduser()))
     else:
@@ -503,7 +516,8 @@ def load_settings(**overrides: object) -> Settings:
         field = ".".join(str(part) for part in first["loc"]) or "settings"
         env = f"JUKEBOT_{field.upper()}"
         if field in {"database_url", "JUKEBOT_DATABASE_URL", "DATABASE_URL"}:
-            env = "DATABASE_URL"
+            # The one read: JUKEBOT_DATABASE_URL wins when both are set (also empty).
+            env = "JUKEBOT_DATABASE_URL" if _is_set("JUKEBOT_DATABASE_URL") else "DATABASE_URL"
         message = str(first["msg"]).removeprefix("Value error, ")
         raise SettingsError(f"Bad value for {env}: {message}.") from None
 
@@ -554,6 +568,19 @@ def _typo_distance(a: str, b: str) -> int:
             current.append(cost)
         previous2, previous = previous, current
     return previous[-1]
+
+
+def _is_set(name: str) -> bool:
+    """Whether `name` is in the environment or `.env` (any case, as settings are read)."""
+    if any(key.upper() == name for key in os.environ):
+        return True
+    env_file = _env_file()
+    try:
+        return env_file.is_file() and any(
+            key.upper() == name for key in dotenv_values(env_file, encoding="utf-8-sig")
+        )
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def _env_file() -> Path:

@@ -252,3 +252,28 @@ def test_sqlite_file_untouched_by_a_refused_upgrade(tmp_path: Path, monkeypatch:
         tables = [row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
         assert tables == ["votes"]
         assert connection.execute("SELECT who FROM votes").fetchall() == [("them",)]
+
+
+def test_a_question_mark_in_a_sqlite_path_is_refused_not_cut_off(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{clean_env}/q?r.sqlite3")  # would open a file named "q"
+    with pytest.raises(
+        SettingsError, match=r"query string has r\.sqlite3, which SQLite does not take .* as %3F"
+    ):
+        load_settings()
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{clean_env}/q%3Fr.sqlite3")
+    assert load_settings().sqlite_path == clean_env / "q?r.sqlite3"
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{clean_env}/db.sqlite3?timeout=30")
+    assert load_settings().sqlite_path == clean_env / "db.sqlite3"
+
+
+def test_a_bad_database_url_names_the_variable_it_was_read_from(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "sqlite:///fine.sqlite3")
+    monkeypatch.setenv("JUKEBOT_DATABASE_URL", "")  # wins over DATABASE_URL, also empty
+    with pytest.raises(SettingsError, match=r"^Bad value for JUKEBOT_DATABASE_URL: it is empty"):
+        load_settings()
+    monkeypatch.delenv("JUKEBOT_DATABASE_URL")
+    monkeypatch.setenv("DATABASE_URL", "")
+    with pytest.raises(SettingsError, match=r"^Bad value for DATABASE_URL: it is empty"):
+        load_settings()
