@@ -624,7 +624,10 @@ def _write_level(
 
     level_dir = out_dir / f"level_{level}"
     level_dir.mkdir(parents=True, exist_ok=True)
-    torch.save({"zs": [codes.clone() for codes in state.codes], "labels": labels}, level_dir / "data.pth.tar")
+    # The levels down to this one, as the original saves them when a level is done: the lower levels'
+    # codes, partly sampled by then (levels at once, or a preview resumed), are their own files'.
+    zs = [codes.clone() if at >= level else codes[:, :0].clone() for at, codes in enumerate(state.codes)]
+    torch.save({"zs": zs, "labels": labels}, level_dir / "data.pth.tar")
     audio = cascade.decode(state.codes[level], level).numpy()
     for index, row in enumerate(audio):
         (level_dir / f"item_{index}.wav").write_bytes(wav_bytes(row, SAMPLE_RATE))
@@ -710,8 +713,9 @@ def _set_aside_another_run(out_dir: Path, fingerprint: str, codes_file: Path | N
 
 
 def _fingerprint(options: dict[str, Any], lyrics: str) -> str:
-    relevant = {
-        k: str(v) for k, v in sorted(options.items()) if k not in {"no_progress", "device", "model_dir"}
-    }
+    """What makes a run the same run. Not the levels: each window's draws depend on its level and place
+    alone, so a preview (`--levels=1`) goes on to the full song (`--levels=3`) from its top level."""
+    ignored = {"no_progress", "device", "model_dir", "levels"}
+    relevant = {k: str(v) for k, v in sorted(options.items()) if k not in ignored}
     relevant["lyrics"] = lyrics
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()

@@ -191,3 +191,22 @@ def test_a_style_mismatch_with_a_codes_file_names_the_codes_file_not_flags_never
     )
     assert swept_on.exit_code == 0, swept_on.output
     assert "item_1: Ella Fitzgerald / Country" in swept_on.output
+
+
+def test_a_preview_goes_on_to_the_full_song_from_its_top_level(model_dir: Path, tmp_path: Path) -> None:
+    """`--levels=1`, listened to, then `--levels=3` into the same NAME: the top level is the preview's
+    (not sampled again, nor set aside), and every level is what one `--levels=3` run makes."""
+    out = tmp_path / "song"
+    preview = run(model_dir, out, "--levels=1", "--n_samples=2")
+    assert preview.exit_code == 0, preview.output
+    top = (out / "level_2" / "item_0.wav").read_bytes()
+    full = run(model_dir, out, "--levels=3", "--n_samples=2")
+    assert full.exit_code == 0, full.output
+    assert "resuming from" in full.output and not (out / "earlier-1").exists()
+    assert (out / "level_2" / "item_0.wav").read_bytes() == top
+    direct = run(model_dir, tmp_path / "direct", "--levels=3", "--n_samples=2")
+    assert direct.exit_code == 0, direct.output
+    for level in (0, 1, 2):
+        ours = codes(out / f"level_{level}" / "data.pth.tar")
+        theirs = codes(tmp_path / "direct" / f"level_{level}" / "data.pth.tar")
+        assert all(a.equal(b) for a, b in zip(ours, theirs, strict=True))
