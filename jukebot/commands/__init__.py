@@ -7,6 +7,7 @@ import importlib.util
 import logging
 import math
 import os
+import re
 from typing import Any
 
 import click
@@ -36,6 +37,14 @@ def settings_or_exit(*, warn_misspelled: bool = True) -> Settings:
     shown = settings.model_dump() | {"database_url": settings.database_url_for_display}  # token: SecretStr
     log.debug("settings: %s", shown)
     return settings
+
+
+def file_wording(text: str) -> str:
+    """An audio error's sentence (written for the bot, which speaks of attachments) for a file named on
+    the command line."""
+    text = re.sub(r"\s*Export (?:it|the file) again and re-attach it\.", " Export it again.", text)
+    text = re.sub(r",? and attach it again\.", ".", text)
+    return re.sub(r"\s*Attach (.+?)\.$", r" Use \1 instead.", text.strip(), flags=re.DOTALL)
 
 
 class FiniteFloatRange(click.FloatRange):

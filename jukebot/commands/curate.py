@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from jukebot.commands import FiniteFloatRange
+from jukebot.commands import FiniteFloatRange, file_wording
 
 if TYPE_CHECKING:
     from sampler.curation import Clip
@@ -140,7 +140,7 @@ def curate(inputs: tuple[Path, ...], output: Path, fade: float, picture: Path | 
         except EmptyAudio:  # no sound at all: left out like a silent clip
             audio = np.zeros(0, dtype=np.float32)
         except AudioError as exc:
-            raise click.ClickException(f"{path}: {exc}") from None
+            raise click.ClickException(f"{path}: {file_wording(str(exc))}") from None
         except OSError as exc:  # made unreadable since it was checked, or a read error
             raise click.ClickException(f"{path} {_unreadable(exc)}") from None
         clips.append(Clip(path.name, audio))

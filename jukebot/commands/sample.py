@@ -27,7 +27,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from jukebot.commands import TORCH_USERS, require_torch, settings_or_exit
+from jukebot.commands import TORCH_USERS, file_wording, require_torch, settings_or_exit
 from sampler.batch_sizes import DEFAULT_MAX_BATCH_SIZE, format_batch_sizes, parse_batch_sizes
 from sampler.jukebox.registry import DEFAULT_MODEL, MODELS, SAMPLE_RATE
 
@@ -279,8 +279,8 @@ def _unknown_label(model: str, what: str, name: str, suggestions: list[str]) -> 
 
 def _audio_problem(path: Path, error: Exception) -> str:
     """The decoder's sentence, in the command line's terms (it speaks of attaching, as the bot does)."""
-    text = str(error).strip()
-    match = re.fullmatch(r"(.*?)\.?\s*Attach (.+?)\.?", text, flags=re.DOTALL)
+    text = file_wording(str(error))
+    match = re.fullmatch(r"(.*?)\.?\s*Use (.+?) instead\.", text, flags=re.DOTALL)
     if match:
         text = f"{match[1]}: use {match[2]} instead"
     text = re.sub(r"^(This|The) (audio )?file ", "it ", text)
