@@ -26,6 +26,7 @@ from sampler.jukebox.prior import JukeboxPrior, PriorConfig
 from sampler.jukebox.registry import MODELS, PRIOR_HPARAMS, VQVAE_HPARAMS
 from sampler.jukebox.vqvae import VQVAE, VQVAEConfig
 from sampler.model_files import (
+    SIDECAR_FIX,
     ModelFilesMissing,
     ModelFileUnreadable,
     file_status,
@@ -55,7 +56,7 @@ def _hparams(checkpoint: Path, published: dict[str, Any]) -> dict[str, Any]:
     except PermissionError as exc:  # there but not readable by this user: its permissions, not damage
         raise ModelFileUnreadable(sidecar, unreadable_problem(sidecar, exc)) from None
     except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read {sidecar}: {exc}; fix or delete it") from None
+        raise CheckpointError(f"cannot read {sidecar}: {exc}; {SIDECAR_FIX}") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{sidecar} must hold a JSON object of hparams")
     return data

@@ -66,6 +66,14 @@ def default_model_dir() -> Path:
 # ----------------------------------------------------------------------------- errors
 
 
+# What to do about a sidecar that cannot be read: deleting it would make a custom architecture fail
+# verification as the published one (and be moved aside).
+SIDECAR_FIX = (
+    "fix it (delete it only if the checkpoint has the published architecture: without it, it is "
+    "checked as one)"
+)
+
+
 class ModelFilesError(Exception):
     """Base class: something about the model files is wrong; the message says what to do."""
 
@@ -333,7 +341,7 @@ class CheckpointVerifier:
         except CheckpointError as exc:
             return str(exc)
         except (ValueError, KeyError, TypeError) as exc:
-            return f"its .hparams.json sidecar does not describe a {name} ({exc}); fix or delete it"
+            return f"its .hparams.json sidecar does not describe a {name} ({exc}); {SIDECAR_FIX}"
         return None
 
     def min_size(self, name: str) -> int | None:
