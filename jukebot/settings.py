@@ -265,6 +265,14 @@ def parse_byte_size(value: object) -> object:
     return int(float(match.group(1)) * _BYTE_UNITS[unit])
 
 
+# Each Discord endpoint's schemes, and an example: REST goes over HTTP, the gateway over WebSocket
+# (the other scheme fails only at login).
+_ENDPOINT_SCHEMES = {
+    "discord_api_base": (("http", "https"), "http://proxy:8080/api/v10"),
+    "discord_gateway": (("ws", "wss"), "ws://proxy:7878"),
+}
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -372,15 +380,7 @@ class Settings(BaseSettings):
         if value is None or not value.strip():
             return None
         url = value.strip().rstrip("/")
-        # REST goes over HTTP, the gateway over WebSocket: the other scheme fails only at login.
-        schemes, example = (
-            (
-                ("http", "https"),
-                "http://proxy:8080/api/v10",
-            )
-            if info.field_name == "discord_api_base"
-            else (("ws", "wss"), "ws://proxy:7878")
-        )
+        schemes, example = _ENDPOINT_SCHEMES[info.field_name or ""]
         split = urlsplit(url)
         if split.scheme not in schemes or not split.netloc or re.search(r"\s", url):
             raise ValueError(f"{url!r} is not a {' or '.join(schemes)} URL; use e.g. {example}")
@@ -517,7 +517,7 @@ def load_settings(**overrides: object) -> Settings:
         env = f"JUKEBOT_{field.upper()}"
         if field in {"database_url", "JUKEBOT_DATABASE_URL", "DATABASE_URL"}:
             # The one read: JUKEBOT_DATABASE_URL wins when both are set (also empty).
-            env = "JUKEBOT_DATABASE_URL" if _is_set("JUKEBOT_DATABASE_URL") else "DATABASE_URL"
+            env = "JUKEBOT_DATABASE_URL" if "JUKEBOT_DATABASE_URL" in _variable_names() else "DATABASE_URL"
         message = str(first["msg"]).removeprefix("Value error, ")
         raise SettingsError(f"Bad value for {env}: {message}.") from None
 
@@ -527,13 +527,7 @@ def misspelled_variables(environ: Mapping[str, str] | None = None) -> list[tuple
     or `.env` that is no setting but one or two typed letters away from one (`JUKEBOT_GPU`): such a
     variable is ignored, which an operator would not notice. Other `JUKEBOT_` variables (the install
     scripts' own) are not settings and are not named."""
-    names = {name.upper() for name in (os.environ if environ is None else environ)}
-    env_file = _env_file()
-    if env_file.is_file():
-        try:
-            names |= {name.upper() for name in dotenv_values(env_file, encoding="utf-8-sig")}
-        except (OSError, UnicodeDecodeError):  # load_settings says so
-            pass
+    names = _variable_names(environ)
     known = {
         name
         for field_name, field in Settings.model_fields.items()
@@ -570,17 +564,18 @@ def _typo_distance(a: str, b: str) -> int:
     return previous[-1]
 
 
-def _is_set(name: str) -> bool:
-    """Whether `name` is in the environment or `.env` (any case, as settings are read)."""
-    if any(key.upper() == name for key in os.environ):
-        return True
+def _variable_names(environ: Mapping[str, str] | None = None) -> set[str]:
+    """The names set in the environment (or `environ`) and in `.env`, upper-cased: settings are read
+    in any case. A `.env` that cannot be read adds none (`load_settings` says why)."""
+    names = {name.upper() for name in (os.environ if environ is None else environ)}
     env_file = _env_file()
-    try:
-        return env_file.is_file() and any(
-            key.upper() == name for key in dotenv_values(env_file, encoding="utf-8-sig")
-        )
-    except (OSError, UnicodeDecodeError):
-        return False
+    if env_file.is_file():
+        encoding = Settings.model_config.get("env_file_encoding")
+        try:
+            names |= {name.upper() for name in dotenv_values(env_file, encoding=encoding)}
+        except (OSError, UnicodeDecodeError):
+            pass
+    return names
 
 
 def _env_file() -> Path:

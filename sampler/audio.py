@@ -301,22 +301,26 @@ def _opened_source(source: AudioSource, max_bytes: int | None) -> Iterator[Binar
         yield file
 
 
-def _size(file: BinaryIO) -> int:
+@contextmanager
+def _place_kept(file: BinaryIO) -> Iterator[None]:
+    """Inside, `file` may be moved about: it is put back where it was, as FFmpeg may be reading it."""
     was = file.tell()
     try:
-        return file.seek(0, io.SEEK_END)
+        yield
     finally:
         file.seek(was)
+
+
+def _size(file: BinaryIO) -> int:
+    with _place_kept(file):
+        return file.seek(0, io.SEEK_END)
 
 
 def _read_at(file: BinaryIO, offset: int, n: int) -> bytes:
-    """Up to `n` bytes at `offset`, leaving the file where it was: FFmpeg may be reading from it."""
-    was = file.tell()
-    try:
+    """Up to `n` bytes at `offset`, leaving the file where it was."""
+    with _place_kept(file):
         file.seek(offset)
         return file.read(n)
-    finally:
-        file.seek(was)
 
 
 def _container_name(container: av.container.InputContainer) -> str:

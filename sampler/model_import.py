@@ -30,10 +30,10 @@ from sampler.jukebox.checkpoint import (
     CheckpointError,
     check_state_dict,
     load_hf_checkpoint,
-    new_partial_file,
     read_checkpoint,
     save_checkpoint,
     split_hf_state_dict,
+    written_in_place,
 )
 from sampler.jukebox.registry import CHECKPOINTS, MODELS
 from sampler.loading import expected_shapes_for
@@ -172,13 +172,8 @@ def _install_copy(
         return ImportResult(name, target, "kept")
     with _writing(target, source=file):
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = new_partial_file(target)  # a downloaded file's mode (the umask's), not mkstemp's 0600
-        try:
+        with written_in_place(target) as tmp:  # a downloaded file's mode (the umask's), not 0600
             shutil.copyfile(file, tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
     return _verified(name, model_dir, f"{file}")
 
 

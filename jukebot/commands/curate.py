@@ -134,9 +134,7 @@ def curate(inputs: tuple[Path, ...], output: Path, fade: float, picture: Path | 
     clips = []
     for path in tqdm(files, desc="decoding", unit="clip", leave=False):
         try:
-            audio = decode_audio(
-                path.read_bytes(), max_seconds=None, max_bytes=None, silence_threshold_db=None
-            )
+            audio = decode_audio(path, max_seconds=None, max_bytes=None, silence_threshold_db=None)
         except EmptyAudio:  # no sound at all: left out like a silent clip
             audio = np.zeros(0, dtype=np.float32)
         except AudioError as exc:

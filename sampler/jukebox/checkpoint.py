@@ -16,13 +16,14 @@ a half-loaded model.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import secrets
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,8 +163,10 @@ def _weights_of(payload: Any, path: Path, name: str | None) -> StateDict:
     return state
 
 
-def new_partial_file(path: Path) -> Path:
-    """A new, empty file beside `path`, to write it under and then rename into place.
+@contextlib.contextmanager
+def written_in_place(path: Path) -> Iterator[Path]:
+    """A new, empty file beside `path` to write; renamed to `path` when the block ends, removed if it
+    fails, so an interrupted write never replaces a good file.
 
     Created with the mode any new file gets (0666 less the umask), as a downloaded checkpoint is, not
     `tempfile.mkstemp`'s 0600: the file keeps it once renamed, and a worker running as another user
@@ -177,8 +180,15 @@ def new_partial_file(path: Path) -> Path:
             os.close(os.open(tmp, flags, 0o666))
         except FileExistsError:
             continue
-        return tmp
-    raise FileExistsError(f"no unused name for a partial file beside {path}")
+        break
+    else:
+        raise FileExistsError(f"no unused name for a partial file beside {path}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def save_checkpoint(
@@ -189,14 +199,8 @@ def save_checkpoint(
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # write beside the target and rename, so an interrupted save never replaces a good file
-    tmp = new_partial_file(path)
-    try:
+    with written_in_place(path) as tmp:
         torch.save({"model": state}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -28,7 +28,9 @@ from sampler.model_files import (
     model_path,
 )
 from tests.sampler.http_fixture import FileServer, running_file_server
-from tests.sampler.test_model_files import TINY_SHAPES, quick, shapes_verifier, tiny_checkpoint
+from tests.sampler.test_model_files import TINY_SHAPES, model_dir, quick, shapes_verifier, tiny_checkpoint
+
+__all__ = ["model_dir"]  # a fixture shared with the other download tests
 
 VQVAE_PATH = CHECKPOINTS["vqvae"].path  # "5b/vqvae.pth.tar"
 
@@ -48,11 +50,6 @@ def first() -> Iterator[FileServer]:
 def second() -> Iterator[FileServer]:
     with running_file_server() as running:
         yield running
-
-
-@pytest.fixture
-def model_dir(tmp_path: Path) -> Path:
-    return tmp_path / "models"
 
 
 def leftovers(model_dir: Path) -> list[str]:

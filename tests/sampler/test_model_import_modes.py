@@ -98,30 +98,24 @@ def contents(folder: Path) -> list[str]:
 
 
 @pytest.mark.usefixtures("clean_env")
+@pytest.mark.parametrize("kind", ["original", "hugging_face"])
 @without_read_privileges
-def test_an_original_file_into_a_folder_that_cannot_be_written_is_one_sentence(
-    originals: Path, tmp_path: Path, set_mode: SetMode
+def test_an_import_into_a_folder_that_cannot_be_written_is_one_sentence_and_writes_nothing(
+    kind: str, originals: Path, tmp_path: Path, set_mode: SetMode
 ) -> None:
-    model_dir = empty_model_dir(originals, tmp_path / "models")
-    before = contents(model_dir)
-    set_mode(model_dir / "5b", 0o555)
-    result = jukebot_import(model_dir, str(model_path(originals, "vqvae")))
-    assert error_lines(result) == [unwritable_sentence(model_dir / "5b")]
-    assert contents(model_dir) == before
-
-
-@pytest.mark.usefixtures("clean_env")
-@without_read_privileges
-def test_a_hugging_face_copy_into_a_folder_that_cannot_be_written_writes_nothing(
-    originals: Path, tmp_path: Path, set_mode: SetMode
-) -> None:
-    hf = write_hf_copy(originals, tmp_path / "jukebox-1b-lyrics", shards=1)
+    source = (
+        model_path(originals, "vqvae")
+        if kind == "original"
+        else write_hf_copy(originals, tmp_path / "jukebox-1b-lyrics", shards=1)
+    )
     model_dir = empty_model_dir(originals, tmp_path / "models")
     before = contents(model_dir)
     set_mode(model_dir / "5b", 0o555)  # the VQ-VAE and upsamplers go there; the top prior elsewhere
-    result = jukebot_import(model_dir, str(hf))
+    result = jukebot_import(model_dir, str(source))
     assert error_lines(result) == [unwritable_sentence(model_dir / "5b")]
-    assert contents(model_dir) == before  # not even the top prior, whose folder could be written
+    assert (
+        contents(model_dir) == before
+    )  # a Hugging Face copy: not even the top prior, whose folder could be written
 
 
 @without_read_privileges
