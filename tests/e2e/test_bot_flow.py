@@ -25,6 +25,7 @@ from tests.bot.conftest import BotRunner, bot_runner, fake_discord
 from tests.bot.fake_discord import CALLBACK_DEFERRED_MESSAGE, CALLBACK_DEFERRED_UPDATE, FakeDiscord, Upload
 from tests.bot.harness import make_settings, prime_wav, progress_message, sample_message, when
 from tests.e2e.conftest import Services, write_coarse_tiny_model_dir
+from tests.holding import release_file
 
 __all__ = ["bot_runner", "fake_discord"]  # fixtures shared with the bot tests
 pytestmark = pytest.mark.slow
@@ -64,9 +65,14 @@ async def test_jukebox_prime_preview_vote_upsample_and_restart_with_real_workers
     sqlite_url: str,
     sqlite_store: JobStore,
     coarse_models: Path,
+    tmp_path: Path,
 ) -> None:
     fake, store = fake_discord, sqlite_store
-    pool = services.pool(sqlite_url, coarse_models)
+    # Each job holds after its first window until the test lets it go: on any machine, however fast,
+    # its progress shows mid-job, and the bot restart lands while the upsample runs.
+    hold_dir = tmp_path / "hold"
+    hold_dir.mkdir()
+    pool = services.pool(sqlite_url, coarse_models, hold_dir=hold_dir)
     bot = await bot_runner.start(live_bot(fake, store))
     alice, bob = fake.user("alice"), fake.user("bob")
 
@@ -94,10 +100,13 @@ async def test_jukebox_prime_preview_vote_upsample_and_restart_with_real_workers
     # The worker's progress reaches the progress message; then one message per preview.
     progress = await fake.wait_for(when(lambda: progress_message(fake, 1)), timeout_s=30)
     await fake.wait_for(
+        lambda: "top level (preview)" in progress.content and "window" in progress.content,
+        timeout_s=SAMPLE_TIMEOUT_S,
+    )
+    release_file(hold_dir, 1).touch()
+    await fake.wait_for(
         lambda: progress.content.endswith("✅ Done: 2 samples below."), timeout_s=SAMPLE_TIMEOUT_S
     )
-    shown = [revision.content for revision in progress.revisions]
-    assert any("top level (preview)" in text and "window" in text for text in shown), shown
     infos = await store.samples_for_job(1)
     assert [info.index for info in infos] == [0, 1]
     previews = [await fake.wait_for(when(lambda i=info.id: sample_message(fake, i))) for info in infos]  # type: ignore[misc]
@@ -139,7 +148,7 @@ async def test_jukebox_prime_preview_vote_upsample_and_restart_with_real_workers
     upsample_progress = await fake.wait_for(when(lambda: progress_message(fake, 2)), timeout_s=30)
     assert upsample_progress.replied_to == first.id
 
-    # The bot goes down while the worker is upsampling, and comes back.
+    # The bot goes down while the worker is upsampling (held after its first window), and comes back.
     await fake.wait_for(lambda: "window" in upsample_progress.content, timeout_s=SAMPLE_TIMEOUT_S)
     await bot_runner.stop(bot)
     assert (await store.get_job(2)).status is JobStatus.RUNNING, "the restart should land mid-job"
@@ -151,6 +160,7 @@ async def test_jukebox_prime_preview_vote_upsample_and_restart_with_real_workers
     assert clicked.response_type == CALLBACK_DEFERRED_UPDATE
     await fake.wait_for(lambda: first.buttons[0]["label"] == "👍 2")
     assert await store.vote_count(sid) == 2
+    release_file(hold_dir, 2).touch()
 
     # The same progress message keeps updating until the final file is posted.
     await fake.wait_for(
