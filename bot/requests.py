@@ -37,6 +37,10 @@ T = TypeVar("T")
 
 DEFAULT_LENGTH_SECONDS = 20.0
 DEFAULT_CONTINUE_SECONDS = 10.0
+# The shortest length or continuation asked for, and the longest a command's option takes (a server's
+# own limit, at most this, is checked after).
+MIN_LENGTH_SECONDS = 1.0
+MAX_LENGTH_OPTION_SECONDS = 600.0
 MAX_HISTORY_PAGE = 1000  # /history pages of ten jobs
 MAX_SEED = 2**31 - 1
 # Lyrics longer than this do not fit comfortably in a slash-command option; the modal takes them.
@@ -163,8 +167,8 @@ def no_lyrics_note(model: str, what: str) -> str:
 
 
 def check_length(limits: Limits, seconds: float, what: str = "length") -> None:
-    if not seconds > 0:
-        raise InvalidRequest(f"The {what} must be a positive number of seconds, got {seconds:g}.")
+    if not seconds >= MIN_LENGTH_SECONDS:  # the Continue form is free text: 0.001 gets here
+        raise InvalidRequest(f"The {what} must be at least {MIN_LENGTH_SECONDS:g} s, got {seconds:g} s.")
     if seconds > limits.max_length_seconds:
         raise LimitReached(
             f"The {what} is {seconds:g} s, but the limit in this server is {limits.max_length_seconds:g} s; "

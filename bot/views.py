@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from bot.bot import JukeBot
 
 VOTE_EMOJI = "👍"
+MAX_SNOWFLAKE = 2**63 - 1  # Discord's ids are 64-bit, and no message id reaches the top bit
 
 
 def _bot(interaction: discord.Interaction[Any]) -> JukeBot:
@@ -182,10 +183,20 @@ async def submit_continue_form(interaction: discord.Interaction[Any]) -> None:
     bot = _bot(interaction)
     async with bot.reporting_errors(interaction):
         sample_id = stored_id(int(found["sample_id"]), "sample")
-        reply_to = int(found["reply_to"]) if found["reply_to"] else None
+        reply_to = _form_reply_target(interaction, found["reply_to"])
         seconds = actions.parse_seconds(form_value(data, "seconds"))
         await interaction.response.defer(ephemeral=True, thinking=True)
         await actions.request_continue(bot, interaction, sample_id, seconds, reply_to=reply_to)
+
+
+def _form_reply_target(interaction: discord.Interaction[Any], in_custom_id: str | None) -> int | None:
+    """The message the job's posts reply to: the one whose Continue button opened the form (Discord
+    sends it with the submission), else the id the form's custom_id kept. A forged one may carry any
+    number: one that is no message id would make every post of the job fail, so none is used."""
+    if interaction.message is not None:
+        return interaction.message.id
+    value = int(in_custom_id) if in_custom_id else None
+    return value if value is not None and 0 < value <= MAX_SNOWFLAKE else None
 
 
 def form_value(data: dict[str, Any], custom_id: str) -> str:

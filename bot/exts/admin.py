@@ -12,7 +12,7 @@ from discord.ext import commands
 from bot import actions
 from bot.bot import JukeBot
 from bot.errors import InvalidRequest, listed
-from bot.requests import CHANNEL_LIST_CHARS, Limits
+from bot.requests import CHANNEL_LIST_CHARS, MAX_LENGTH_OPTION_SECONDS, MIN_LENGTH_SECONDS, Limits
 
 
 def _describe(limits: Limits) -> str:
@@ -63,7 +63,7 @@ class Admin(commands.Cog):
     async def limits(
         self,
         interaction: discord.Interaction[JukeBot],
-        max_length: app_commands.Range[float, 1.0, 600.0] | None = None,
+        max_length: app_commands.Range[float, MIN_LENGTH_SECONDS, MAX_LENGTH_OPTION_SECONDS] | None = None,
         max_samples: app_commands.Range[int, 1, 16] | None = None,
         max_running: app_commands.Range[int, 1, 100] | None = None,
         max_queued: app_commands.Range[int, 1, 100] | None = None,

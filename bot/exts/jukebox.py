@@ -9,12 +9,14 @@ nothing and gives the user their lyrics back to paste into a new one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import re
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -25,9 +27,11 @@ from discord.ext import commands
 from bot import actions, vocab
 from bot.attachments import fetch_prime
 from bot.bot import JukeBot, user_message
-from bot.errors import MAX_MESSAGE_CHARS, InvalidRequest, JukebotError, fit_message
+from bot.errors import MAX_MESSAGE_CHARS, InvalidRequest, JukebotError, LimitReached, fit_message
 from bot.requests import (
+    MAX_LENGTH_OPTION_SECONDS,
     MAX_SEED,
+    MIN_LENGTH_SECONDS,
     GenerateOptions,
     build_generate,
     check_model,
@@ -46,6 +50,9 @@ MODAL_LYRICS_CHARS = 4000  # Discord's limit for one text input
 # about a day).
 LYRICS_FORM_HOURS = 12
 MAX_OPEN_LYRICS_FORMS = 1000  # requests kept waiting for their form, ~10 kB each; the oldest goes
+# Forms one member keeps open (opening one queues nothing, so no job limit applies): their oldest goes
+# first, so one member opening forms again and again never expires anyone else's.
+MAX_OPEN_LYRICS_FORMS_PER_USER = 3
 LYRICS_FORM = re.compile(r"jukebot:lyrics-form:(?P<key>[0-9a-f]{16})")
 STYLES_OPTION_CHARS = 2000  # 16 styles of long names fit
 MODEL_CHOICES = [  # the default first
@@ -93,9 +100,29 @@ class Jukebox(commands.Cog):
         # Requests waiting for their lyrics form, by the key in the form's custom_id, oldest first.
         self.waiting_for_lyrics: OrderedDict[str, _WaitingForLyrics] = OrderedDict()
         self.lyrics_form_timeout_s = LYRICS_FORM_HOURS * 3600.0
+        # Members whose clip is downloading or decoding now. The job limits are checked before the
+        # download and enforced only when the job is stored: without one clip at a time, a burst of
+        # requests from one member would download and decode them all, for one place in the queue.
+        self.fetching_prime: set[int] = set()
+
+    @contextlib.contextmanager
+    def _one_clip_at_a_time(self, user_id: int) -> Iterator[None]:
+        if user_id in self.fetching_prime:
+            raise LimitReached(
+                "Your previous clip is still being downloaded and checked; wait for its answer, then "
+                "send this request again."
+            )
+        self.fetching_prime.add(user_id)
+        try:
+            yield
+        finally:
+            self.fetching_prime.discard(user_id)
 
     def _wait_for_lyrics(self, request: _WaitingForLyrics) -> str:
         """Keep `request` for its form; returns the form's key."""
+        theirs = [key for key, kept in self.waiting_for_lyrics.items() if kept.user_id == request.user_id]
+        for key in theirs[: len(theirs) - MAX_OPEN_LYRICS_FORMS_PER_USER + 1]:
+            del self.waiting_for_lyrics[key]
         while self.waiting_for_lyrics:  # forget the expired ones, and the oldest beyond the limit
             oldest = next(iter(self.waiting_for_lyrics.values()))
             expired = time.monotonic() - oldest.opened_at >= self.lyrics_form_timeout_s
@@ -141,8 +168,8 @@ class Jukebox(commands.Cog):
         """Answer a form that queued nothing: its request is gone (a restart, or open too long), or `why`.
         The user gets what they typed back, in the message when it fits, else as a text file."""
         said = why or (
-            f"This lyrics form expired (the bot restarted, or it was open more than {LYRICS_FORM_HOURS} "
-            "hours), so nothing was queued."
+            f"This lyrics form expired (the bot restarted, it was open more than {LYRICS_FORM_HOURS} "
+            f"hours, or you opened {MAX_OPEN_LYRICS_FORMS_PER_USER} newer ones), so nothing was queued."
         )
         again = " Run /jukebox again with `lyrics_modal:true`"
         content, files = said + again + ".", []
@@ -189,7 +216,7 @@ class Jukebox(commands.Cog):
         lyrics_modal: bool = False,
         prime: discord.Attachment | None = None,
         prime_seconds: app_commands.Range[float, MIN_PRIME_SECONDS, MAX_PRIME_SECONDS] | None = None,
-        length: app_commands.Range[float, 1.0, 600.0] | None = None,
+        length: app_commands.Range[float, MIN_LENGTH_SECONDS, MAX_LENGTH_OPTION_SECONDS] | None = None,
         samples: app_commands.Range[int, 1, 16] | None = None,
         model: str | None = None,
         temperature: app_commands.Range[float, 0.1, 2.0] | None = None,
@@ -254,7 +281,8 @@ class Jukebox(commands.Cog):
         build_generate(limits, dataclasses.replace(options, prime_seconds=None))
         prime_id = None
         if prime is not None:
-            decoded = await fetch_prime(self.bot.session(), prime.url, prime.filename, prime.size, limits)
+            with self._one_clip_at_a_time(interaction.user.id):
+                decoded = await fetch_prime(self.bot.session(), prime.url, prime.filename, prime.size, limits)
             validated = build_generate(
                 limits, dataclasses.replace(options, prime_duration=decoded.duration_seconds)
             )

@@ -13,7 +13,13 @@ from bot.bot import PUBLIC_THINKING, JukeBot
 from bot.errors import MAX_MESSAGE_CHARS, fit_line
 from bot.options import SampleId
 from bot.progress import can_upsample, job_quality, style_line
-from bot.requests import TOP_COUNT, TOP_PERIODS, top_since
+from bot.requests import (
+    MAX_LENGTH_OPTION_SECONDS,
+    MIN_LENGTH_SECONDS,
+    TOP_COUNT,
+    TOP_PERIODS,
+    top_since,
+)
 from bot.views import DYNAMIC_ITEMS, sample_view, submit_continue_form
 from sampler.jobspec import params_or_defaults
 from sampler.user_text import public_label
@@ -51,7 +57,7 @@ class Samples(commands.Cog):
         self,
         interaction: discord.Interaction[JukeBot],
         sample: SampleId,
-        seconds: app_commands.Range[float, 1.0, 600.0] | None = None,
+        seconds: app_commands.Range[float, MIN_LENGTH_SECONDS, MAX_LENGTH_OPTION_SECONDS] | None = None,
     ) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         await actions.request_continue(self.bot, interaction, sample, seconds)

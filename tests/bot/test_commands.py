@@ -64,6 +64,39 @@ async def test_continue_button_opens_a_modal_and_queues_a_continuation(
     assert (await reply_of(fake, command)).startswith("Queued as job #3.")
 
 
+async def test_the_continue_form_refuses_less_than_a_second(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    """The form is free text: a length the command's option would refuse is refused here too, not
+    queued as a job that adds no music."""
+    fake = fake_discord
+    bot = await bot_runner.start(make_bot(fake, sqlite_store))
+    sample_id = await _preview(fake, sqlite_store, bot)
+    opened = await fake.click(sample_message(fake, sample_id), f"jukebot:continue:{sample_id}")
+    refused = await fake.submit_modal(opened, {"seconds": "0.001"})
+    assert await reply_of(fake, refused) == "The continuation must be at least 1 s, got 0.001 s."
+    assert await job_count(sqlite_store) == 1
+
+
+async def test_a_forged_continue_form_replies_to_the_message_it_was_opened_from(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    """The form's custom_id keeps the message to reply to; a tampered client may send any number
+    there (80 digits, which no Discord id is): the job's posts reply to the button's own message."""
+    fake = fake_discord
+    bot = await bot_runner.start(make_bot(fake, sqlite_store))
+    sample_id = await _preview(fake, sqlite_store, bot)
+    message = sample_message(fake, sample_id)
+    assert message is not None
+    opened = await fake.click(message, f"jukebot:continue:{sample_id}", user=fake.user("bob"))
+    assert opened.modal is not None
+    opened.modal["custom_id"] = f"jukebot:continue-modal:{sample_id}:" + "9" * 80
+    submitted = await fake.submit_modal(opened, {"seconds": "5"})
+    assert (await reply_of(fake, submitted)).startswith("Queued as job #2.")
+    progress = await fake.wait_for(when(lambda: progress_message(fake, 2)))
+    assert progress.replied_to == message.id
+
+
 async def test_lyrics_modal(fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore) -> None:
     fake = fake_discord
     await bot_runner.start(make_bot(fake, sqlite_store))

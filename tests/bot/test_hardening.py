@@ -107,6 +107,42 @@ async def test_a_burst_from_twenty_users_queues_exactly_their_limits(
     assert fake.rejections == []
 
 
+ATTACHMENT_ROUTE = "/attachments/{channel_id}/{attachment_id}/{filename}"
+
+
+async def test_a_burst_of_requests_with_clips_downloads_one_clip_per_member_at_a_time(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, db_store: JobStore
+) -> None:
+    """The job limits are checked before a clip downloads and enforced when the job is stored: a
+    member's second clip while the first is still downloading is refused at once, not downloaded
+    and decoded for a place in the queue that one of them cannot have. Others are not held up."""
+    fake = fake_discord
+    await bot_runner.start(make_bot(fake, db_store))
+    alice, bob = fake.user("alice"), fake.user("bob")
+    clip = {"prime": Upload("riff.wav", prime_wav(3.0))}
+    held = fake.hold("GET", ATTACHMENT_ROUTE)
+    first = await fake.invoke_command("jukebox", {"length": 20.0}, attachments=clip, user=alice)
+    await fake.wait_for(lambda: held.arrived)
+
+    burst = await asyncio.gather(
+        *(fake.invoke_command("jukebox", {"length": 20.0}, attachments=clip, user=alice) for _ in range(3))
+    )
+    for record in burst:
+        assert await reply_of(fake, record) == (
+            "Your previous clip is still being downloaded and checked; wait for its answer, then send "
+            "this request again."
+        )
+    others = await fake.invoke_command("jukebox", {"length": 20.0}, attachments=clip, user=bob)
+    assert (await reply_of(fake, others)).startswith("Queued as job #")
+    held.release()
+    assert (await reply_of(fake, first)).startswith("Queued as job #")
+    assert len({call.path for call in fake.calls("GET", ATTACHMENT_ROUTE)}) == 2  # alice's first, bob's
+    again = await fake.invoke_command("jukebox", {"length": 20.0}, attachments=clip, user=alice)
+    assert (await reply_of(fake, again)).startswith("Queued as job #")  # one at a time, not one in all
+    assert await job_count(db_store) == 3
+    assert fake.rejections == []
+
+
 async def test_a_forged_vote_on_another_servers_sample_or_from_a_dm_is_refused(
     fake_discord: FakeDiscord, bot_runner: BotRunner, db_store: JobStore
 ) -> None:

@@ -7,7 +7,10 @@ The real bot against the fake Discord.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
+
+import pytest
 
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
@@ -17,8 +20,8 @@ from tests.bot.harness import job_count, make_bot, make_settings, reply_of, sqli
 __all__ = ["sqlite_store"]
 
 EXPIRED = (
-    "This lyrics form expired (the bot restarted, or it was open more than 12 hours), so nothing was "
-    "queued. Run /jukebox again with `lyrics_modal:true`"
+    "This lyrics form expired (the bot restarted, it was open more than 12 hours, or you opened 3 newer "
+    "ones), so nothing was queued. Run /jukebox again with `lyrics_modal:true`"
 )
 
 
@@ -112,3 +115,28 @@ async def test_a_form_refused_when_it_is_sent_gives_the_lyrics_back(
         f"```\n{lyrics}\n```"
     ), reply
     assert await job_count(sqlite_store) == 1
+
+
+async def test_one_member_opening_forms_again_and_again_expires_only_their_own(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening a form queues nothing, so no job limit holds it back: the bot-wide cap on open forms
+    must not let one member push everyone else's out."""
+    fake = fake_discord
+    bot = await bot_runner.start(make_bot(fake, sqlite_store))
+    cog: Any = bot.get_cog("Jukebox")
+    extension = sys.modules[type(cog).__module__]  # loaded afresh by `load_extension`: not importable
+    monkeypatch.setattr(extension, "MAX_OPEN_LYRICS_FORMS", 5)
+    alices = await fake.invoke_command("jukebox", {"lyrics_modal": True}, user=fake.user("alice"))
+    bobs = [
+        await fake.invoke_command("jukebox", {"lyrics_modal": True}, user=fake.user("bob")) for _ in range(6)
+    ]
+    assert all(opened.modal is not None for opened in [alices, *bobs])
+
+    queued = await fake.submit_modal(alices, {"lyrics": "alice's words"})
+    assert (await reply_of(fake, queued)).startswith("Queued as job #1.")
+    assert (await reply_of(fake, await fake.submit_modal(bobs[2], {"lyrics": "x"}))).startswith(EXPIRED)
+    assert (await reply_of(fake, await fake.submit_modal(bobs[3], {"lyrics": "y"}))).startswith(
+        "Queued as job #2."
+    )
+    assert await job_count(sqlite_store) == 2
