@@ -323,6 +323,8 @@ class ProgressRelay:
         renewing = asyncio.create_task(self._renew_claim(job.id, posted), name=f"results-claim-{job.id}")
         cannot_post: str | None = None
         try:
+            # As it is now: the listing may be older than an operator's retry and the run that followed.
+            job = await self.store.get_job(job.id)
             sample_count = None
             if job.status == JobStatus.SUCCEEDED:
                 sample_count = await self._post_samples(job)

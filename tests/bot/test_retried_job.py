@@ -89,3 +89,33 @@ async def test_a_job_retried_while_the_relay_lists_it_is_left_to_run_without_an_
     assert not [record for record in caplog.records if record.name == "bot.relay"], caplog.text
     assert (await store.get_job(job.id)).status is JobStatus.QUEUED
     assert relay_of(bot)._failures.get(job.id) is None  # no back-off for a job that did not fail to post
+
+
+async def test_a_job_retried_and_finished_while_the_relay_lists_it_gets_its_new_results_posted(
+    fake_discord: FakeDiscord,
+    bot_runner: BotRunner,
+    sqlite_store: JobStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The relay lists the failed job; before it claims the results the operator retries it and a
+    worker finishes it: the claim succeeds (the job is finished again), and what goes out is the
+    job as it is now, its samples, not the failure the listing saw."""
+    fake, store = fake_discord, sqlite_store
+    bot = await bot_runner.start(make_bot(fake, store))
+    worker, job = await _failed_job(fake, store, "out of memory")
+    listing = store.finished_jobs_unposted
+    made: list[int] = []
+
+    async def listed_then_retried_and_finished(guild_id: int, limit: int) -> list[Job]:
+        found = await listing(guild_id, limit=limit)
+        if any(listed.id == job.id for listed in found) and not made:
+            await store.retry_job(job.id)
+            made.extend(await worker.complete(await worker.claim(), n=1, full=False))
+        return found
+
+    monkeypatch.setattr(store, "finished_jobs_unposted", listed_then_retried_and_finished)
+    await relay_of(bot).run_pass()
+    (sample_id,) = made
+    await fake.wait_for(when(lambda: sample_message(fake, sample_id)))
+    progress = await fake.wait_for(when(lambda: progress_message(fake, job.id)))
+    assert MARK_DONE in progress.content and MARK_FAILED not in progress.content
