@@ -25,7 +25,7 @@ from sampler.curation import Clip, CurationError, FingerprintUnavailable, curate
 from sampler.jobspec import CURATION_KEY, InvalidJobParams, JobParams, parse_params
 from sampler.user_text import shorten_user_text
 from storage.models import utcnow
-from storage.records import Job, NewSample, RankedSample, Sample, SampleOrigin
+from storage.records import Job, NewSample, RankedSample, Sample, SampleInfo, SampleOrigin
 from storage.store import JobStore
 
 PIECE_FORMAT: Literal["ogg"] = "ogg"  # Opus in Ogg at the workers' stored bitrate (sampler/cascade_runner.py)
@@ -221,12 +221,12 @@ def _numbers(what: str, ids: Sequence[int]) -> str:
     return f"{what}{'s' if len(ids) > 1 else ''} {listed}{more}"
 
 
-def similarity_to_use(samples: Sequence[Sample]) -> Similarity:
+def similarity_to_use(samples: Sequence[SampleInfo]) -> Similarity:
     """Chromaprint where it is installed; else the samples' stored top-level codes (all made here)."""
     try:
         import chromaprint  # noqa: F401  (pyacoustid's binding loads libchromaprint on import)
     except (ImportError, OSError) as exc:
-        missing = [sample.id for sample in samples if sample.codes(2) is None]
+        missing = [sample.id for sample in samples if 2 not in sample.levels]
         if missing:  # no similarity without a system library for these: say what to install
             raise InvalidRequest(str(FingerprintUnavailable(str(exc) or type(exc).__name__))) from None
         return Similarity.CODES

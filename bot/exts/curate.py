@@ -3,7 +3,8 @@
 The joining runs in a thread of the bot (`asyncio.to_thread`), not in a worker: workers are GPU
 processes that claim queued jobs by model, and this is a few seconds to minutes of CPU over samples
 the bot already reads from the store. One curation runs at a time per bot (`_one_at_a_time`), so a
-burst cannot take every core; whoever has to wait is told so. Progress goes into the (private)
+burst cannot take every core; whoever has to wait is told so, and one per member runs or waits
+(`_one_per_member`), its samples' audio loaded only when its turn comes. Progress goes into the (private)
 deferred reply at most once per `progress_min_edit_seconds` (a setting); the piece is posted in the channel.
 """
 
@@ -13,7 +14,7 @@ import asyncio
 import contextlib
 import io
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import discord
 from discord import app_commands
@@ -22,7 +23,7 @@ from discord.ext import commands
 from bot import curating, delivery
 from bot.actions import Viewer, check_bot_can_post, guild_id_of
 from bot.bot import JukeBot, user_message
-from bot.errors import fit_message
+from bot.errors import LimitReached, fit_message
 from bot.options import JobId
 from bot.requests import TOP_PERIODS
 from bot.views import sample_view
@@ -78,6 +79,9 @@ class Curate(commands.Cog):
     def __init__(self, bot: JukeBot) -> None:
         self.bot = bot
         self._one_at_a_time = asyncio.Semaphore(1)
+        # Members with a curation running or waiting its turn: one each, so that nobody's burst makes
+        # everyone wait (and each waits holding nothing: the audio loads when its turn comes).
+        self._curating: set[int] = set()
         # Called in the curation's thread before the samples are joined: tests hold a curation there.
         self.before_joining: Callable[[], None] | None = None
 
@@ -124,23 +128,12 @@ class Curate(commands.Cog):
         sample_ids = await curating.resolve(
             store, guild_id, selection, max_count, viewer.may_use, viewer.may_show_here
         )
-        loaded: list[Sample] = [await store.get_sample(sample_id) for sample_id in sample_ids]
-        curating.check_duration([sample.duration_seconds for sample in loaded])
-        similarity = curating.similarity_to_use(loaded)
-        if self._one_at_a_time.locked():
-            await interaction.edit_original_response(
-                content="Another curation is running in this bot; yours starts as soon as it ends…"
-            )
-        async with self._one_at_a_time:
-            prefix = f"Joining {len(loaded)} samples ({selection.describe()}): "
-            reply = _ThrottledReply(interaction, prefix, self.bot.settings.progress_min_edit_seconds)
-            showing = asyncio.create_task(reply.run(), name="curate-progress")
-            try:
-                piece = await asyncio.to_thread(self._join, loaded, similarity, reply.post)
-            finally:
-                reply.stop()
-                await showing
-        last = loaded[sample_ids.index(piece.order[-1])]
+        infos = [await store.get_sample_info(sample_id) for sample_id in sample_ids]
+        curating.check_duration([sample.duration_seconds for sample in infos])
+        similarity = curating.similarity_to_use(infos)
+        with self._one_per_member(interaction.user.id):
+            piece = await self._join_in_turn(interaction, selection, sample_ids, similarity)
+        last = infos[sample_ids.index(piece.order[-1])]
         last_job = await store.get_job(last.job_id)
         job_id, sample_id = await store.store_curation(
             guild_id=guild_id,
@@ -171,6 +164,43 @@ class Curate(commands.Cog):
             content=f"Done: sample #{sample_id} is posted in this channel "
             f"(similarity: {piece.similarity.description})."
         )
+
+    @contextlib.contextmanager
+    def _one_per_member(self, user_id: int) -> Iterator[None]:
+        if user_id in self._curating:
+            raise LimitReached(
+                "Your earlier /curate is still being made (or waits its turn); wait for its answer, "
+                "then ask again."
+            )
+        self._curating.add(user_id)
+        try:
+            yield
+        finally:
+            self._curating.discard(user_id)
+
+    async def _join_in_turn(
+        self,
+        interaction: discord.Interaction[JukeBot],
+        selection: curating.Selection,
+        sample_ids: list[int],
+        similarity: curating.Similarity,
+    ) -> curating.Piece:
+        """Wait for the curation running now, if any (saying so), then load the samples and join them."""
+        if self._one_at_a_time.locked():
+            await interaction.edit_original_response(
+                content="Another curation is running in this bot; yours starts as soon as it ends…"
+            )
+        async with self._one_at_a_time:
+            loaded = [await self.bot.store.get_sample(sample_id) for sample_id in sample_ids]
+            prefix = f"Joining {len(loaded)} samples ({selection.describe()}): "
+            reply = _ThrottledReply(interaction, prefix, self.bot.settings.progress_min_edit_seconds)
+            showing = asyncio.create_task(reply.run(), name="curate-progress")
+            try:
+                piece = await asyncio.to_thread(self._join, loaded, similarity, reply.post)
+            finally:
+                reply.stop()
+                await showing
+        return piece
 
     def _join(
         self, loaded: list[Sample], similarity: curating.Similarity, progress: curating.Progress

@@ -266,7 +266,12 @@ async def test_a_long_curation_leaves_the_bot_answering_and_the_next_one_waits_i
         assert time.monotonic() - started < 3.0  # Discord's limit for an answer
         assert not release.is_set() and first.original is not None and first.original.loading
 
-        second = await fake.invoke_command("curate", {"top": "all"})
+        # One each: the same member's second waits for nothing, it is refused; another member's waits.
+        again = await fake.invoke_command("curate", {"top": "all"})
+        assert await final_reply(fake, again) == (
+            "Your earlier /curate is still being made (or waits its turn); wait for its answer, then ask again."
+        )
+        second = await fake.invoke_command("curate", {"top": "all"}, user=fake.user("bob"))
         await fake.wait_for(
             lambda: (
                 second.original is not None
