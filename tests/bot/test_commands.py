@@ -7,7 +7,15 @@ from bot.bot import JukeBot
 from storage.models import JobKind, JobStatus
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
-from tests.bot.fake_discord import CALLBACK_MODAL, FakeAttachment, FakeDiscord, InvalidOptionError, Upload
+from tests.bot.fake_discord import (
+    CALLBACK_MODAL,
+    FakeAttachment,
+    FakeDiscord,
+    FakeMessage,
+    InteractionRecord,
+    InvalidOptionError,
+    Upload,
+)
 from tests.bot.harness import (
     PlayedWorker,
     answer_of,
@@ -35,15 +43,26 @@ async def _preview(fake: FakeDiscord, store: JobStore, bot: JukeBot, user: str =
     return sample_id
 
 
+async def _continue_form(
+    fake: FakeDiscord, bot_runner: BotRunner, store: JobStore
+) -> tuple[int, FakeMessage, InteractionRecord]:
+    """A posted preview, and the Continue form bob opened from its message."""
+    bot = await bot_runner.start(make_bot(fake, store))
+    sample_id = await _preview(fake, store, bot)
+    message = sample_message(fake, sample_id)
+    assert message is not None
+    return (
+        sample_id,
+        message,
+        await fake.click(message, f"jukebot:continue:{sample_id}", user=fake.user("bob")),
+    )
+
+
 async def test_continue_button_opens_a_modal_and_queues_a_continuation(
     fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
 ) -> None:
     fake = fake_discord
-    bot = await bot_runner.start(make_bot(fake, sqlite_store))
-    sample_id = await _preview(fake, sqlite_store, bot)
-    message = sample_message(fake, sample_id)
-    assert message is not None
-    opened = await fake.click(message, f"jukebot:continue:{sample_id}", user=fake.user("bob"))
+    sample_id, message, opened = await _continue_form(fake, bot_runner, sqlite_store)
     assert opened.response_type == CALLBACK_MODAL
     bad = await fake.submit_modal(opened, {"seconds": "soon"})
     assert await reply_of(fake, bad) == "'soon' is not a number of seconds; type e.g. 10 or 12.5."
@@ -70,9 +89,7 @@ async def test_the_continue_form_refuses_less_than_a_second(
     """The form is free text: a length the command's option would refuse is refused here too, not
     queued as a job that adds no music."""
     fake = fake_discord
-    bot = await bot_runner.start(make_bot(fake, sqlite_store))
-    sample_id = await _preview(fake, sqlite_store, bot)
-    opened = await fake.click(sample_message(fake, sample_id), f"jukebot:continue:{sample_id}")
+    _, _, opened = await _continue_form(fake, bot_runner, sqlite_store)
     refused = await fake.submit_modal(opened, {"seconds": "0.001"})
     assert await reply_of(fake, refused) == "The continuation must be at least 1 s, got 0.001 s."
     assert await job_count(sqlite_store) == 1
@@ -84,11 +101,7 @@ async def test_a_forged_continue_form_replies_to_the_message_it_was_opened_from(
     """The form's custom_id keeps the message to reply to; a tampered client may send any number
     there (80 digits, which no Discord id is): the job's posts reply to the button's own message."""
     fake = fake_discord
-    bot = await bot_runner.start(make_bot(fake, sqlite_store))
-    sample_id = await _preview(fake, sqlite_store, bot)
-    message = sample_message(fake, sample_id)
-    assert message is not None
-    opened = await fake.click(message, f"jukebot:continue:{sample_id}", user=fake.user("bob"))
+    sample_id, message, opened = await _continue_form(fake, bot_runner, sqlite_store)
     assert opened.modal is not None
     opened.modal["custom_id"] = f"jukebot:continue-modal:{sample_id}:" + "9" * 80
     submitted = await fake.submit_modal(opened, {"seconds": "5"})
