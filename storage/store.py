@@ -26,6 +26,7 @@ from sqlalchemy import (
     and_,
     case,
     delete,
+    false,
     func,
     literal,
     or_,
@@ -378,8 +379,9 @@ class _Owner:
 class JobStore:
     """The database side of jukebot. Pass an engine from `storage.create_engine`.
 
-    Leases are decided by one clock every worker shares: the database's on Postgres (workers on
-    several machines would otherwise steal or strand jobs by their clock skew), and on SQLite, which
+    Leases (a worker's on its job, a bot's on posting a job's results) are decided by one clock every
+    worker and bot shares: the database's on Postgres (those on several machines would otherwise
+    steal or strand jobs by their clock skew), and on SQLite, which
     lives on one machine, that machine's. `clock` (timezone-aware UTC) replaces it, and stamps rows;
     tests pass a controllable one.
     """
@@ -605,6 +607,7 @@ class JobStore:
         *,
         orphaned_by: Collection[str] = (),
         with_checkpoint: bool = True,
+        reclaim_own: bool = False,
     ) -> ClaimedJob | None:
         """Take the next job for one of `models`, or None when there is none.
 
@@ -620,6 +623,12 @@ class JobStore:
         predecessor on its own machine and device). Taking over a job counts an attempt, as
         `requeue_expired` does; a job out of attempts is left for `requeue_expired` to fail.
 
+        `reclaim_own=True` says the caller runs no job, yet an earlier claim of its may have been
+        committed with its answer lost (the connection dropped, the call timed out): a running job
+        still held under `worker_id` is then taken back before any other, its lease renewed and no
+        attempt counted (nobody else ran it), and one a user asked to cancel meanwhile is cancelled.
+        The claims' lock (below) makes the earlier claim's commit, if any, seen here.
+
         One statement: the sub-select locks the row it picks (and skips rows other
         claimers hold) on Postgres; SQLite runs one writer at a time. A job whose stored params
         cannot be read (not a JSON object: a hand edit, damage) fails then, with the reason, and
@@ -633,6 +642,8 @@ class JobStore:
         now = self._clock()
         running = and_(jobs.c.status == JobStatus.RUNNING.value, jobs.c.attempts + 1 < jobs.c.max_attempts)
         orphaned = and_(running, jobs.c.lease_owner.in_(sorted(orphaned_by)))
+        own = jobs.c.lease_owner == worker_id
+        lost_claim = and_(jobs.c.status == JobStatus.RUNNING.value, own) if reclaim_own else false()
         users_jobs = jobs.alias("users_jobs")
         users_running = (
             select(func.count())
@@ -651,11 +662,12 @@ class JobStore:
             ),
             and_(running, jobs.c.lease_expires_at < self._lease_now()),
             orphaned,
+            lost_claim,
         )
         next_job = (
             select(jobs.c.id)
             .where(takeable, jobs.c.model.in_(sorted(models)))
-            .order_by(case((orphaned, 0), else_=1), *CLAIM_ORDER)
+            .order_by(case((lost_claim, 0), (orphaned, 1), else_=2), *CLAIM_ORDER)
             .limit(1)
             .with_for_update(skip_locked=True)
             .scalar_subquery()
@@ -666,7 +678,7 @@ class JobStore:
             .where(jobs.c.id == next_job, takeable)
             .values(
                 status=JobStatus.RUNNING.value,
-                attempts=case((taken_over, jobs.c.attempts + 1), else_=jobs.c.attempts),
+                attempts=case((and_(taken_over, ~lost_claim), jobs.c.attempts + 1), else_=jobs.c.attempts),
                 lease_owner=worker_id,
                 lease_expires_at=self._lease_end(lease_seconds),
                 started_at=func.coalesce(jobs.c.started_at, literal(now, UTCDateTime())),
@@ -679,6 +691,14 @@ class JobStore:
                 # Claims one at a time: two at once could each count a user's running jobs below the
                 # limit and take one each (SQLite's write transactions already run alone).
                 await connection.execute(select(func.pg_advisory_xact_lock(CLAIM_LOCK_KEY)))
+            if reclaim_own:  # its lost claim's job, cancelled meanwhile: nobody runs it, so it ends now
+                await connection.execute(
+                    update(jobs)
+                    .where(own, jobs.c.status == JobStatus.CANCELLING.value)
+                    .values(
+                        status=JobStatus.CANCELLED.value, finished_at=now, updated_at=now, **_lease_cleared()
+                    )
+                )
             while True:  # each round fails one job of unreadable params, or ends
                 row = (await connection.execute(statement)).first()
                 if row is None:
@@ -838,12 +858,24 @@ class JobStore:
             if model is None:
                 raise JobNotFound(job_id)
             rows = [_check_new_sample(sample, model) for sample in new_samples]
+            # The samples (megabytes) go in first, the job's row is changed last: on Postgres that
+            # update locks the row until the commit, and the worker's heartbeats, which must go on
+            # renewing the lease through a long upload, update the same row. A lease lost meanwhile
+            # raises there, and the rollback takes the samples with it.
+            sample_ids = []
+            for values in rows:
+                sample_id = await connection.scalar(
+                    samples.insert().values(job_id=job_id, created_at=now, **values).returning(samples.c.id)
+                )
+                sample_ids.append(int(sample_id))
             await self._update_held(
                 connection,
                 job_id,
                 worker_id,
                 {
                     "status": JobStatus.SUCCEEDED.value,
+                    # a cancel that came too late leaves no reason on a job that succeeded
+                    "error": case((jobs.c.status == JobStatus.CANCELLING.value, None), else_=jobs.c.error),
                     "progress": 1.0,
                     "checkpoint": None,
                     "checkpoint_updated_at": None,
@@ -852,12 +884,6 @@ class JobStore:
                     **_lease_cleared(),
                 },
             )
-            sample_ids = []
-            for values in rows:
-                sample_id = await connection.scalar(
-                    samples.insert().values(job_id=job_id, created_at=now, **values).returning(samples.c.id)
-                )
-                sample_ids.append(int(sample_id))
         return sample_ids
 
     async def fail(self, job_id: int, worker_id: str, reason: str) -> None:
@@ -1394,9 +1420,13 @@ class JobStore:
                 raise JobNotFound(job_id)
             return False
 
-    def _posting_free(self, now: datetime) -> ColumnElement[bool]:
-        """Nobody posts the results: never claimed, given back, or the claimer's lease ran out."""
-        return or_(jobs.c.results_posting_expires_at.is_(None), jobs.c.results_posting_expires_at < now)
+    def _posting_free(self) -> ColumnElement[bool]:
+        """Nobody posts the results: never claimed, given back, or the claimer's lease ran out (by the
+        lease clock, as a worker's lease: bots on several machines share one database)."""
+        return or_(
+            jobs.c.results_posting_expires_at.is_(None),
+            jobs.c.results_posting_expires_at < self._lease_now(),
+        )
 
     async def claim_results_posting(self, job_id: int, poster_id: str, lease_seconds: float) -> bool:
         """Claim posting the finished job's results for `lease_seconds`: True for one caller at a time.
@@ -1416,11 +1446,11 @@ class JobStore:
                         jobs.c.id == job_id,
                         jobs.c.results_posted_at.is_(None),
                         jobs.c.status.in_([status.value for status in FINISHED_STATUSES]),
-                        self._posting_free(now),
+                        self._posting_free(),
                     )
                     .values(
                         results_posting_owner=poster_id,
-                        results_posting_expires_at=now + timedelta(seconds=lease_seconds),
+                        results_posting_expires_at=self._lease_end(lease_seconds),
                         updated_at=now,
                     )
                     .returning(jobs.c.id)
@@ -1454,7 +1484,7 @@ class JobStore:
         A claim that ran out but that nobody took over is still ours, and is renewed.
         """
         _check_lease(lease_seconds)
-        expires = self._clock() + timedelta(seconds=lease_seconds)
+        expires = self._lease_end(lease_seconds)
         return await self._update_posting(job_id, poster_id, results_posting_expires_at=expires)
 
     async def finish_results_posting(self, job_id: int, poster_id: str) -> bool:
@@ -1479,7 +1509,7 @@ class JobStore:
         """
         if not math.isfinite(retry_after_s) or retry_after_s < 0:
             raise StorageError(f"retry_after_s must be a number of seconds >= 0, got {retry_after_s!r}")
-        retry_at = self._clock() + timedelta(seconds=retry_after_s) if retry_after_s > 0 else None
+        retry_at = self._lease_now_plus(timedelta(seconds=retry_after_s)) if retry_after_s > 0 else None
         await self._update_posting(
             job_id, poster_id, results_posting_owner=None, results_posting_expires_at=retry_at
         )
@@ -1492,7 +1522,7 @@ class JobStore:
         _check_page(limit, 0)
         statement = select(*JOB_COLUMNS).where(
             jobs.c.results_posted_at.is_(None),
-            self._posting_free(self._clock()),
+            self._posting_free(),
             jobs.c.status.in_([status.value for status in FINISHED_STATUSES]),
         )
         if guild_id is not None:

@@ -24,7 +24,9 @@ carrying a checkpoint or samples) and the connection it hung on is discarded; tr
 through an outage are made again at once when it ends. Only the database can say the lease is
 lost (another worker holds the job, or the lease ran out by the database's clock), and only that
 stops the run. A worker restarted on the same machine and device resumes at once the job its
-predecessor (a process that is gone) held, instead of waiting for the lease to run out.
+predecessor (a process that is gone) held, instead of waiting for the lease to run out; a job whose
+claim the database committed but whose answer never arrived is taken back by the next claim, costing
+no attempt.
 """
 
 from __future__ import annotations
@@ -498,6 +500,8 @@ class Worker:
         self._tries: dict[asyncio.Timeout, bool] = {}
         self._superseded: set[asyncio.Timeout] = set()
         self._predecessors_checked_at = -math.inf
+        # A claim failed: it may have been committed with only its answer lost (see `serve`).
+        self._claim_unanswered = False
         self._answered = 0  # store calls answered so far (`_until_stored` tells a slow call from an outage)
 
     # ---------------------------------------------------------------- database outages
@@ -639,10 +643,16 @@ class Worker:
                             self.config.lease_seconds,
                             orphaned_by=orphaned_by,
                             with_checkpoint=False,
+                            reclaim_own=self._claim_unanswered,
                         )
                     )
+                    self._claim_unanswered = False
                     self._database_back()
                 except Exception as exc:
+                    # A claim committed whose answer was lost (the connection dropped, the call timed out)
+                    # left a job running under this worker's id, which nobody would run until its lease
+                    # ran out (at the cost of an attempt): the next claim takes it back.
+                    self._claim_unanswered = True
                     if not self._database_failed("claiming a job", exc):
                         log.exception("worker %s: claiming a job failed; retrying", self.worker_id)
                     job = None
