@@ -75,6 +75,15 @@ class _ThrottledReply:
         self._changed.set()
 
 
+async def _tell(interaction: discord.Interaction[JukeBot], content: str) -> None:
+    """The private reply's last word. A curation that waited its turn long may outlive the reply's
+    15-minute token: the piece is stored and posted all the same, so that is a log line."""
+    try:
+        await interaction.edit_original_response(content=content)
+    except discord.HTTPException as exc:
+        log.warning("could not update the /curate reply to user %s: %s", interaction.user.id, exc)
+
+
 class Curate(commands.Cog):
     def __init__(self, bot: JukeBot) -> None:
         self.bot = bot
@@ -155,14 +164,16 @@ class Curate(commands.Cog):
                 said = f"wait {exc.retry_after:.0f} s before posting here again"
             else:
                 said = (exc.text.splitlines() or [str(exc.status)])[0]
-            await interaction.edit_original_response(
-                content=f"Sample #{sample_id} is made and stored, but I could not post it in this channel "
-                f"(Discord said: {said}). `/sample {sample_id}` posts it where I may."
+            await _tell(
+                interaction,
+                f"Sample #{sample_id} is made and stored, but I could not post it in this channel "
+                f"(Discord said: {said}). `/sample {sample_id}` posts it where I may.",
             )
             return
-        await interaction.edit_original_response(
-            content=f"Done: sample #{sample_id} is posted in this channel "
-            f"(similarity: {piece.similarity.description})."
+        await _tell(
+            interaction,
+            f"Done: sample #{sample_id} is posted in this channel "
+            f"(similarity: {piece.similarity.description}).",
         )
 
     @contextlib.contextmanager

@@ -361,3 +361,43 @@ async def test_a_piece_discord_does_not_take_is_kept_and_the_reply_says_how_to_g
     resent = await fake.invoke_command("sample", {"id": 4}, channel=fake.channel("music"))
     await fake.wait_for(lambda: resent.original is not None and not resent.original.loading)
     assert bot_messages(fake, "music")[-1].content.startswith("**Sample #4** · job #2 by ")
+
+
+async def test_a_curation_that_outlives_its_interaction_token_still_posts_its_piece_quietly(
+    fake_discord: FakeDiscord,
+    bot_runner: BotRunner,
+    sqlite_store: JobStore,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A curation that waited its turn long enough outlives the 15-minute token of its private reply:
+    the piece is still stored and posted (with the bot's own token), and the replies it can no longer
+    edit are a log line, not an error with a traceback and an apology that cannot be sent either."""
+    fake, store = fake_discord, sqlite_store
+    bot = await bot_runner.start(make_bot(fake, store))
+    await made_job(fake, store, 2)
+    cog = cast(Curate, bot.get_cog("Curate"))
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:  # runs in the curation's thread
+        holding.set()
+        assert release.wait(timeout=60), "the test never released the curation"
+
+    cog.before_joining = hold
+    try:
+        record = await fake.invoke_command("curate", {"job": 1})
+
+        async def held() -> bool:
+            return holding.is_set()
+
+        await wait_until(held, within=30, what="the curation to reach its hook")
+        fake.expire_interaction(record)
+    finally:
+        cog.before_joining = None
+        release.set()
+
+    async def reply_given_up() -> bool:
+        return "could not update the /curate reply" in caplog.text
+
+    await wait_until(reply_given_up, within=30, what="the curation to give up its reply")
+    assert sample_message(fake, 3) is not None and (await store.get_sample_info(3)).posted
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
