@@ -11,13 +11,14 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlsplit
 
 import platformdirs
 from dotenv import dotenv_values
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, ValidationInfo, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -110,8 +111,33 @@ POSTGRES_QUERY_PARAMETERS = (
 )
 
 
-# Query parameters a SQLite URL may carry (SQLAlchemy's pysqlite/aiosqlite dialect).
-SQLITE_QUERY_PARAMETERS = ("timeout", "uri", "mode", "cache", "check_same_thread", "nolock", "immutable")
+# Query parameters a SQLite URL may carry: `timeout`, the seconds a writer waits for another's lock
+# before failing (storage.engine makes it SQLite's busy timeout; 60 by default).
+SQLITE_QUERY_PARAMETERS = ("timeout",)
+# The longest SQLite `timeout` (seconds): a day, like the worker timings.
+MAX_SQLITE_TIMEOUT_SECONDS = DAY_SECONDS
+# Why each SQLite URI parameter (and the driver's check_same_thread) cannot work for jukebot, which
+# opens its database by path, reads and writes it, and shares it with its workers' processes. With
+# `uri=true` a path not spelled `file:…` is a plain file name (`?mode=ro` would be part of it); without
+# it SQLite ignores them all; so they are refused rather than passed on.
+_REFUSED_SQLITE_PARAMETERS = {
+    "uri": "jukebot opens the SQLite file by its path, so uri is not needed: remove it",
+    "mode": (
+        "jukebot writes to its database (so a read-only one, mode=ro, cannot work) and creates the "
+        "file when it is missing: remove it"
+    ),
+    "cache": (
+        "jukebot's processes each keep their own cache and wait for each other's writes; a shared "
+        "cache would make a writer fail at once instead of waiting: remove it"
+    ),
+    "immutable": "jukebot writes to its database, so it cannot be immutable: remove it",
+    "nolock": "the bot and its workers write the database together and need SQLite's locks: remove it",
+    "vfs": "jukebot uses SQLite's default VFS: remove it",
+    "check_same_thread": (
+        "jukebot's SQLite driver uses each connection on one thread of its own, so "
+        "check_same_thread changes nothing: remove it"
+    ),
+}
 
 
 def normalise_database_url(url: str) -> str:
@@ -132,23 +158,61 @@ def normalise_database_url(url: str) -> str:
         raise ValueError(
             f"database driver {parsed.drivername!r} is not supported; use postgresql:// or sqlite:///"
         )
+    if _holds_nul(parsed):
+        where = "SQLite file name" if driver.startswith("sqlite") else "URL"
+        raise ValueError(
+            f"the {where} holds a NUL byte (%00), which no file or database name may hold: remove it"
+        )
     if driver.startswith("sqlite"):
         if not parsed.database:
             raise ValueError("a SQLite URL needs a file path, e.g. sqlite:///path/to/jukebot.sqlite3")
-        # SQLAlchemy drops a query part without `=`: read the raw one.
-        raw_query = url.partition("?")[2]
-        names = {name or raw_query for name, _ in parse_qsl(raw_query, keep_blank_values=True)}
-        unknown = sorted(names - set(SQLITE_QUERY_PARAMETERS))
-        if unknown:  # `?` in a file name starts a query string: `/data/a?b.sqlite3` would open `/data/a`
+        _check_sqlite_query(url, parsed)
+        if parsed.database.startswith("file:"):  # a URI, which only uri=true (refused) would read as one
             raise ValueError(
-                f"the SQLite URL's query string has {', '.join(unknown)}, which SQLite does not take (it "
-                f"accepts {', '.join(SQLITE_QUERY_PARAMETERS)}); write a '?' in the file name as %3F"
+                "jukebot opens SQLite files by path, not by file: URI; write the path itself, "
+                "e.g. sqlite:////path/to/jukebot.sqlite3"
             )
         if parsed.database.startswith("~"):
             parsed = parsed.set(database=str(Path(parsed.database).expanduser()))
     else:
         parsed = _check_postgres_url(parsed)
     return parsed.set(drivername=driver).render_as_string(hide_password=False)
+
+
+def _holds_nul(parsed: URL) -> bool:
+    """Whether a part of `parsed` holds a NUL byte (a `%00`, decoded), which the OS and drivers refuse."""
+    parts = [parsed.username, parsed.password, parsed.host, parsed.database, *parsed.query]
+    parts += [value for name in parsed.query for value in _query_values(parsed, name)]
+    return any(part is not None and "\0" in part for part in parts)
+
+
+def _check_sqlite_query(url: str, parsed: URL) -> None:
+    """ValueError unless the SQLite URL's query string is at most one number `timeout`."""
+    # SQLAlchemy drops a query part without `=`: read the raw one.
+    raw_query = url.partition("?")[2]
+    names = {name or raw_query for name, _ in parse_qsl(raw_query, keep_blank_values=True)}
+    refused = sorted(names & set(_REFUSED_SQLITE_PARAMETERS))
+    if refused:
+        name = refused[0]
+        raise ValueError(
+            f"the SQLite URL's query string has {name}, which jukebot cannot use: "
+            f"{_REFUSED_SQLITE_PARAMETERS[name]} (a SQLite URL takes only timeout=SECONDS)"
+        )
+    unknown = sorted(names - set(SQLITE_QUERY_PARAMETERS))
+    if unknown:  # `?` in a file name starts a query string: `/data/a?b.sqlite3` would open `/data/a`
+        raise ValueError(
+            f"the SQLite URL's query string has {', '.join(unknown)}, which SQLite does not take (it "
+            f"accepts {', '.join(SQLITE_QUERY_PARAMETERS)}); write a '?' in the file name as %3F"
+        )
+    timeouts = _query_values(parsed, "timeout")
+    if len(timeouts) > 1:
+        raise ValueError(f"timeout appears {len(timeouts)} times in the SQLite URL; give it once")
+    for timeout in timeouts:
+        if not re.fullmatch(r"[0-9]+(\.[0-9]+)?", timeout) or float(timeout) > MAX_SQLITE_TIMEOUT_SECONDS:
+            raise ValueError(
+                f"timeout={timeout} in the SQLite URL is not a number of seconds from 0 to "
+                f"{MAX_SQLITE_TIMEOUT_SECONDS}, e.g. timeout=30"
+            )
 
 
 def _check_postgres_url(parsed: URL) -> URL:
@@ -366,6 +430,15 @@ class Settings(BaseSettings):
     def _expand_model_dir(cls, value: Path) -> Path:
         return value.expanduser()
 
+    @field_validator("*")
+    @classmethod
+    def _path_without_nul(cls, value: object) -> object:
+        """Refuse a path holding a NUL byte (from .env: the environment cannot hold one), which every
+        file operation on it would fail on with a traceback."""
+        if isinstance(value, Path) and "\0" in str(value):
+            raise ValueError("the path holds a NUL byte, which no file or folder name may hold: remove it")
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _check_log_level(cls, value: str) -> str:
@@ -436,6 +509,18 @@ class Settings(BaseSettings):
             return value
         return cls.model_fields[name].get_default(call_default_factory=True)
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        own_url = _OwnDatabaseUrl(settings_cls, env_settings, dotenv_settings)
+        return init_settings, own_url, env_settings, dotenv_settings, file_secret_settings
+
     @property
     def database_url_for_display(self) -> str:
         return hide_password(self.database_url)
@@ -489,6 +574,32 @@ class Settings(BaseSettings):
         return self.discord_token.get_secret_value().strip()
 
 
+class _OwnDatabaseUrl(PydanticBaseSettingsSource):
+    """JUKEBOT_DATABASE_URL, from the environment or else from `.env`, ahead of DATABASE_URL from either:
+    jukebot's own name wins wherever it is set over the generic one, which another program on the
+    machine may export. (Without this the environment's DATABASE_URL would beat `.env`'s
+    JUKEBOT_DATABASE_URL, the environment being read first for either name.)"""
+
+    def __init__(
+        self,
+        settings_cls: type[BaseSettings],
+        *sources: PydanticBaseSettingsSource,
+    ) -> None:
+        super().__init__(settings_cls)
+        self._sources = sources
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads the one variable
+
+    def __call__(self) -> dict[str, Any]:
+        for source in self._sources:  # the environment, then .env
+            variables = getattr(source, "env_vars", None) or {}
+            for name, value in variables.items():
+                if name.upper() == "JUKEBOT_DATABASE_URL" and value is not None:
+                    return {"JUKEBOT_DATABASE_URL": value}
+        return {}
+
+
 def load_settings(**overrides: object) -> Settings:
     """Read the settings, turning validation errors into one clear sentence."""
     env_file = _env_file()
@@ -516,7 +627,8 @@ def load_settings(**overrides: object) -> Settings:
         field = ".".join(str(part) for part in first["loc"]) or "settings"
         env = f"JUKEBOT_{field.upper()}"
         if field in {"database_url", "JUKEBOT_DATABASE_URL", "DATABASE_URL"}:
-            # The one read: JUKEBOT_DATABASE_URL wins when both are set (also empty).
+            # The one read: JUKEBOT_DATABASE_URL, in the environment or .env, wins over DATABASE_URL
+            # (also when empty; see _OwnDatabaseUrl).
             env = "JUKEBOT_DATABASE_URL" if "JUKEBOT_DATABASE_URL" in _variable_names() else "DATABASE_URL"
         message = str(first["msg"]).removeprefix("Value error, ")
         raise SettingsError(f"Bad value for {env}: {message}.") from None

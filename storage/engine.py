@@ -45,7 +45,8 @@ def create_engine(
     SQLite gets WAL (readers and the writer never wait for each other), a busy timeout
     (concurrent writers wait instead of failing), enforced foreign keys, and `BEGIN IMMEDIATE`
     for every transaction not marked `READ_ONLY`, so that a read-then-write transaction takes
-    the write lock up front instead of failing to upgrade a stale read snapshot. Transactions
+    the write lock up front instead of failing to upgrade a stale read snapshot (the busy timeout is
+    the URL's `?timeout=SECONDS`, else SQLITE_BUSY_TIMEOUT_MS). Transactions
     on a connection with the `READ_ONLY` execution option begin deferred and never wait.
     `sqlite_foreign_keys=False` is for migrations, which rebuild tables that others reference;
     `bounded_statements=False` too (on Postgres one waits for another's migration, however long).
@@ -71,7 +72,9 @@ def create_engine(
     if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
         Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     connect_args = dict(kwargs.pop("connect_args", {}))
-    connect_args.setdefault("timeout", SQLITE_BUSY_TIMEOUT_MS / 1000)
+    # The URL's `?timeout=SECONDS` (the driver's, SQLite's busy timeout) or ours; connect_args beat both.
+    busy_timeout_ms = round(float(connect_args.get("timeout", sqlite_timeout_seconds(url))) * 1000)
+    connect_args["timeout"] = busy_timeout_ms / 1000
     engine = create_async_engine(url, connect_args=connect_args, **kwargs)
 
     @event.listens_for(engine.sync_engine, "connect")
@@ -80,9 +83,9 @@ def create_engine(
         # begin lazily and run SELECTs outside any transaction.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
         cursor.execute(f"PRAGMA foreign_keys = {'ON' if sqlite_foreign_keys else 'OFF'}")
-        _use_wal(cursor)
+        _use_wal(cursor, busy_timeout_ms)
         cursor.execute("PRAGMA synchronous = NORMAL")  # durable across app crashes in WAL mode
         cursor.close()
 
@@ -110,13 +113,22 @@ def _bound_postgres_sessions(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.run_async(lambda connection: connection.execute(f"SELECT {calls}"))
 
 
-def _use_wal(cursor: Any) -> None:
+def sqlite_timeout_seconds(url: str) -> float:
+    """How long a writer on the SQLite database at `url` waits for another's lock: its `?timeout=`
+    (seconds), else SQLITE_BUSY_TIMEOUT_MS."""
+    timeout = make_url(url).query.get("timeout")
+    if isinstance(timeout, str):
+        return float(timeout)
+    return SQLITE_BUSY_TIMEOUT_MS / 1000
+
+
+def _use_wal(cursor: Any, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS) -> None:
     """Put the database in WAL mode (a no-op once it is). A new file switches once, under a write
     lock: when two processes open it together (bot and worker both migrating at start), SQLite
     answers the one that finds the other's switch under way "database is locked" at once, without
     its busy timeout (waiting could deadlock), so this tries again until the switch is done, for
     as long as a busy writer would wait."""
-    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    deadline = time.monotonic() + busy_timeout_ms / 1000
     pause = 0.005
     while True:
         try:
