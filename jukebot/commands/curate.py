@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,27 +22,61 @@ OUTPUT_BITRATE = 160_000
 
 def _inputs(paths: tuple[Path, ...]) -> list[Path]:
     """Files as given, and the audio files inside each folder (sorted by name, not recursive; hidden
-    files left out: macOS leaves a `._name.wav` of metadata beside each file it copies to a stick)."""
+    files left out: macOS leaves a `._name.wav` of metadata beside each file it copies to a stick).
+
+    Anything else named as audio (a FIFO, whose read would wait forever; a broken link; a link loop)
+    is refused by name, before any work."""
     files: list[Path] = []
     for path in paths:
-        if path.is_dir():
-            try:
-                found = sorted(
-                    p
-                    for p in path.iterdir()
-                    if not p.name.startswith(".") and p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()
-                )
-            except OSError as exc:  # a folder that cannot be listed, or listed but not entered
-                raise click.UsageError(f"The folder {path} {_unreadable(exc)}") from None
-            for file in found:  # before any work, as click checks a file named on the command line
-                if not os.access(file, os.R_OK):
-                    raise click.UsageError(f"{file} {_unreadable(PermissionError())}")
-            if not found:
-                raise click.UsageError(f"{path} holds no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}).")
-            files.extend(found)
-        else:
+        if not path.is_dir():
+            _refuse_unless_regular(path)
             files.append(path)
+            continue
+        try:
+            named = sorted(
+                p for p in path.iterdir() if not p.name.startswith(".") and p.suffix.lower() in AUDIO_SUFFIXES
+            )
+            # A folder in it is not looked into (is_dir is False for a broken link or a link loop).
+            found = [file for file in named if not file.is_dir()]
+        except OSError as exc:  # a folder that cannot be listed, or listed but not entered
+            raise click.UsageError(f"The folder {path} {_unreadable(exc)}") from None
+        for file in found:  # before any work, as click checks a file named on the command line
+            _refuse_unless_regular(file)
+            if not os.access(file, os.R_OK):
+                raise click.UsageError(f"{file} {_unreadable(PermissionError())}")
+        if not found:
+            raise click.UsageError(f"{path} holds no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}).")
+        files.extend(found)
     return files
+
+
+def _refuse_unless_regular(path: Path) -> None:
+    """Stop, naming `path`, unless it is (or links to) a regular file."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise click.UsageError(
+                f"{path} is a broken link (to {os.readlink(path)}): fix it, or remove it."
+            ) from None
+        raise click.UsageError(f"{path} {_unreadable(FileNotFoundError(2, os.strerror(2)))}") from None
+    except OSError as exc:  # a link loop, or a folder on the way that cannot be entered
+        if exc.errno == errno.ELOOP:
+            raise click.UsageError(
+                f"{path} is a link that loops back on itself: fix it, or remove it."
+            ) from None
+        raise click.UsageError(f"{path} {_unreadable(exc)}") from None
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISFIFO(mode):
+        what = "a FIFO (named pipe)"
+    elif stat.S_ISSOCK(mode):
+        what = "a socket"
+    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        what = "a device"
+    else:
+        what = "not a regular file"
+    raise click.UsageError(f"{path} is {what}, not an audio file: pass audio files, or folders of them.")
 
 
 def _unreadable(error: OSError) -> str:
@@ -58,10 +94,33 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve()
 
 
+def _probe_writable(option: str, path: Path) -> None:
+    """Create and remove a file beside `path`, as `_write_atomically` will: permissions are not all
+    that stops a write (a read-only or special file system such as /sys refuses even root)."""
+    probe = _temporary_beside(path)
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as exc:
+        raise click.UsageError(
+            f"{option} {path}: no file can be created in the folder {path.parent} "
+            f"({exc.strerror or exc}): write elsewhere."
+        ) from None
+    finally:
+        try:
+            probe.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def _temporary_beside(path: Path) -> Path:
+    """A new hidden name beside `path` for the file that is written, then renamed over it."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
+
+
 def _write_atomically(path: Path, data: bytes) -> None:
     """Write `data` to a new file beside `path`, then rename it over `path`: a crash or a full disk
     never leaves a half-written piece, nor truncates the one that was there."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
+    temporary = _temporary_beside(path)
     try:
         # Through os.open, not tempfile: the file gets the usual permissions (0o666 less the umask).
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -131,6 +190,7 @@ def curate(inputs: tuple[Path, ...], output: Path, fade: float, picture: Path | 
             )
         if any(_same_file(path, file) for file in files):
             raise click.UsageError(f"{option} {path} is one of the clips to join: it would overwrite it.")
+        _probe_writable(option, path)
     clips = []
     for path in tqdm(files, desc="decoding", unit="clip", leave=False):
         try:

@@ -388,6 +388,8 @@ def run_sample(options: dict[str, Any], given: set[str] | frozenset[str] = froze
         raise click.BadParameter("give a number from 0 to 1", param_hint="--top_p")
     if options["top_k"] and options["top_p"]:
         raise click.UsageError("use --top_k or --top_p, not both")
+    if {"lyrics", "lyrics_file"} <= given:  # else one of them would be silently dropped
+        raise click.UsageError("use --lyrics or --lyrics_file, not both")
     try:
         batch = parse_batch_sizes(options["max_batch_size"])
     except ValueError as exc:
@@ -401,6 +403,7 @@ def run_sample(options: dict[str, Any], given: set[str] | frozenset[str] = froze
     if mode in ("continue", "upsample"):
         if options["codes_file"] is None:
             raise click.UsageError(f"--mode={mode} needs --codes_file")
+        _check_codes_path(options["codes_file"])
         inputs.append(("--codes_file", options["codes_file"]))
     _refuse_own_outputs(out_dir, levels, inputs)
     saved_codes: tuple[Any, ...] | None = None
@@ -656,32 +659,112 @@ def _once_if_same(values: tuple[str, ...]) -> tuple[str, ...]:
     return values[:1] if len(set(values)) == 1 else values
 
 
+# What `jukebot sample` (and the original Jukebox) writes: a file of torch.save's, in its zip format
+# (torch >= 1.6) or the older one, which opens with a pickled magic number.
+TORCH_ZIP_MAGIC = b"PK\x03\x04"
+TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"
+CODES_FILE_HINT = "pass a data.pth.tar written by jukebot sample"
+
+
+def _bad_codes_file(path: Path, why: str) -> click.BadParameter:
+    return click.BadParameter(f"{path} {why}", param_hint="--codes_file")
+
+
+def _check_codes_path(path: Path) -> None:
+    """Stop unless `path` names a regular file (or a link to one): reading a FIFO would wait forever."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        what = "is a broken link" if path.is_symlink() else "does not exist"
+        raise _bad_codes_file(path, f"{what}: {CODES_FILE_HINT}") from None
+    except OSError as exc:  # a link loop, a folder on the way that cannot be entered
+        raise _bad_codes_file(path, f"cannot be read ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(mode):
+        raise _bad_codes_file(path, f"is not a regular file: {CODES_FILE_HINT}")
+
+
+def _load_codes_file(path: Path) -> Any:
+    """What torch.save wrote to `path`, loading tensors, dicts, lists and plain values only: the
+    reason for any failure is said in words (torch's own, which may advise loading with
+    `weights_only=False`, i.e. running whatever code the file holds, is never passed on)."""
+    import pickle
+    import warnings
+    import zipfile
+
+    import torch
+
+    _check_codes_path(path)
+    try:
+        with path.open("rb") as file:
+            head = file.read(len(TORCH_LEGACY_MAGIC))
+    except OSError as exc:
+        raise _bad_codes_file(path, f"cannot be read ({exc.strerror or exc})") from None
+    not_codes = f"is not a jukebot or Jukebox codes file ({{}}): {CODES_FILE_HINT}"
+    if not head:
+        raise _bad_codes_file(path, f"is empty: {CODES_FILE_HINT}")
+    if head.startswith(TORCH_ZIP_MAGIC):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError):
+            names = None  # cut short: a zip's table of contents is at its end
+        if names is not None and not any(name.endswith("/data.pkl") for name in names):
+            raise _bad_codes_file(path, not_codes.format("a zip archive, not a file torch.save wrote"))
+    elif not head.startswith(TORCH_LEGACY_MAGIC):
+        raise _bad_codes_file(path, not_codes.format("not a file torch.save wrote"))
+    damaged = (
+        "is damaged (cut short, or changed since it was written): write it again with jukebot sample, "
+        "or pass another"
+    )
+    try:
+        with warnings.catch_warnings():  # torch's warnings about the file's pickle protocol and such
+            warnings.simplefilter("ignore")
+            return torch.load(path, weights_only=True, map_location="cpu")
+    except OSError as exc:
+        raise _bad_codes_file(path, f"cannot be read ({exc.strerror or exc})") from None
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" in str(exc):  # a class or function: no codes file holds one
+            raise _bad_codes_file(
+                path, not_codes.format("it holds Python objects other than codes")
+            ) from None
+        raise _bad_codes_file(path, damaged) from None
+    except Exception:  # a zip or pickle cut short or changed: RuntimeError, EOFError, ...
+        raise _bad_codes_file(path, damaged) from None
+
+
 def _read_codes(path: Path, n_samples: int | None) -> tuple[tuple[Any, ...], dict[str, Any], int]:
     """The codes of a data.pth.tar, the labels saved with them ({} in files written before labels) and
     how many samples they hold (`n_samples`, when given, must be that many)."""
     import torch
 
-    try:
-        data = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as exc:
-        raise click.ClickException(
-            f"cannot read codes from {path} ({type(exc).__name__}); pass a data.pth.tar written by jukebot "
-            "sample"
-        ) from None
+    data = _load_codes_file(path)
     zs = data.get("zs") if isinstance(data, dict) else None
     if (
         not isinstance(zs, list | tuple)
         or len(zs) != 3
         or not all(isinstance(z, torch.Tensor) and z.dim() == 2 for z in zs)
     ):
-        raise click.ClickException(f"{path} has no codes for 3 levels under 'zs'")
-    if n_samples is not None and zs[2].shape[0] != n_samples:
-        raise click.ClickException(
-            f"{path} holds {zs[2].shape[0]} samples; pass --n_samples={zs[2].shape[0]}"
+        raise _bad_codes_file(
+            path,
+            f"is not a jukebot or Jukebox codes file (no codes for 3 levels under 'zs'): {CODES_FILE_HINT}",
+        )
+    if any(z.is_floating_point() or z.is_complex() or z.dtype == torch.bool for z in zs):
+        raise _bad_codes_file(path, f"holds codes that are not whole numbers: {CODES_FILE_HINT}")
+    count = zs[2].shape[0]
+    if count == 0 or any(z.numel() and z.shape[0] != count for z in zs):
+        rows = ", ".join(str(z.shape[0]) for z in zs)
+        raise _bad_codes_file(
+            path, f"holds no samples or a different number per level ({rows}): {CODES_FILE_HINT}"
+        )
+    if n_samples is not None and count != n_samples:
+        raise click.BadParameter(
+            f"{path} holds {count} samples; pass --n_samples={count}", param_hint="--n_samples"
         )
     labels = data.get("labels")
     codes = tuple(z.long() if z.numel() else None for z in zs)
-    return codes, labels if isinstance(labels, dict) else {}, zs[2].shape[0]
+    return codes, labels if isinstance(labels, dict) else {}, count
 
 
 # What a run writes in NAME (besides the level folders): another run's are set aside, never mixed in.
