@@ -26,14 +26,14 @@ from sampler.jukebox.prior import JukeboxPrior, PriorConfig
 from sampler.jukebox.registry import MODELS, PRIOR_HPARAMS, VQVAE_HPARAMS
 from sampler.jukebox.vqvae import VQVAE, VQVAEConfig
 from sampler.model_files import (
-    SIDECAR_FIX,
     ModelFilesMissing,
     ModelFileUnreadable,
+    SidecarError,
     file_status,
     model_path,
+    read_sidecar,
     require_checkpoints,
     sidecar_path,
-    unreadable_problem,
 )
 from sampler.residency import ResidentEstimate
 from sampler.worker.memory import is_out_of_memory
@@ -48,18 +48,13 @@ def write_sidecar(checkpoint: Path, hparams: dict[str, Any]) -> Path:
 
 
 def _hparams(checkpoint: Path, published: dict[str, Any]) -> dict[str, Any]:
-    sidecar = sidecar_path(checkpoint)
+    """The architecture in `checkpoint`'s sidecar, or `published` when it has none. ModelFileUnreadable
+    when this user may not read the sidecar; CheckpointError (what to fix) when it is malformed."""
     try:
-        data = json.loads(sidecar.read_text())
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):  # none: the published one
-        return published
-    except PermissionError as exc:  # there but not readable by this user: its permissions, not damage
-        raise ModelFileUnreadable(sidecar, unreadable_problem(sidecar, exc)) from None
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read {sidecar}: {exc}; {SIDECAR_FIX}") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{sidecar} must hold a JSON object of hparams")
-    return data
+        data = read_sidecar(checkpoint)
+    except SidecarError as exc:
+        raise CheckpointError(str(exc)) from None
+    return published if data is None else data
 
 
 class ModelFileUnusable(CheckpointError):

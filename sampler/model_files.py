@@ -20,6 +20,7 @@ Everything here is synchronous (`urllib`); async callers use `asyncio.to_thread`
 from __future__ import annotations
 
 import contextlib
+import errno
 import http.client
 import json
 import logging
@@ -147,6 +148,28 @@ def unreadable_problem(path: Path, error: OSError | None = None) -> str:
     return f"cannot read {path} ({error.strerror or error}): check the disk or file system it is on"
 
 
+def _link_loop_problem(model_dir: Path, path: Path, name: str) -> str | None:
+    """Which symbolic link on the way to `path` (itself, or a folder of the model directory) loops, and
+    what to do; None when none does."""
+    model_dir = Path(model_dir)
+    on_the_way = [path, *(folder for folder in path.parents if model_dir in (folder, *folder.parents))]
+    for candidate in reversed(on_the_way):  # the outermost first: it is what the ones below go through
+        if not os.path.islink(candidate):
+            continue
+        try:
+            os.stat(candidate)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                continue
+            if candidate == path:
+                return (
+                    f"{path} is a symbolic link loop: point the link at the checkpoint file, or remove it "
+                    f"and run `jukebot models download {name}`"
+                )
+            return f"{candidate} in the model directory is a symbolic link loop: point the link at a folder"
+    return None
+
+
 def _folder_problem(folder: Path, error: OSError | None = None) -> str:
     """Why a folder in the model directory cannot be looked into, and what to do."""
     reason = "permission denied" if error is None or isinstance(error, PermissionError) else error.strerror
@@ -199,6 +222,35 @@ def sidecar_path(checkpoint: Path) -> Path:
     return checkpoint.with_name(checkpoint.name + SIDECAR_SUFFIX)
 
 
+class SidecarError(ModelFilesError):
+    """A checkpoint's `.hparams.json` sidecar is there but does not hold a JSON object: the sidecar is
+    what to fix, not the checkpoint (the message says how)."""
+
+
+def read_sidecar(checkpoint: Path) -> dict[str, Any] | None:
+    """The hparams in `checkpoint`'s sidecar; None when it has none (it has the published architecture).
+    ModelFileUnreadable when this user may not read it; SidecarError when it is not a JSON object."""
+    sidecar = sidecar_path(checkpoint)
+    try:
+        data = json.loads(sidecar.read_text())
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):  # none: the published one
+        return None
+    except PermissionError as exc:  # there but not readable by this user: its permissions, not damage
+        raise ModelFileUnreadable(sidecar, unreadable_problem(sidecar, exc)) from None
+    except (OSError, ValueError) as exc:  # bad JSON or UTF-8, a failing disk
+        raise SidecarError(f"cannot read {sidecar}: {exc}; {SIDECAR_FIX}") from None
+    if not isinstance(data, dict):
+        raise SidecarError(
+            f"{sidecar} holds a JSON {_JSON_TYPES.get(type(data), type(data).__name__)}, not the JSON object "
+            f"of hparams a sidecar holds; {SIDECAR_FIX}"
+        )
+    return data
+
+
+_JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
+_JSON_TYPES[type(None)] = "null"
+
+
 def model_dir_problem(model_dir: Path) -> str | None:
     """Why the model directory cannot be read (a file, no permission), in one sentence; None when it
     can (a directory that does not exist yet is fine: nothing is downloaded)."""
@@ -213,6 +265,11 @@ def model_dir_problem(model_dir: Path) -> str | None:
             "set JUKEBOT_MODEL_DIR to a folder."
         )
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return (
+                f"The model directory {path} is a symbolic link loop (or goes through one): point the link "
+                "at a folder, or set JUKEBOT_MODEL_DIR to a folder."
+            )
         return (
             f"Cannot read the model directory {path} ({exc.strerror or exc}): fix its permissions or set "
             "JUKEBOT_MODEL_DIR to a folder this user can read."
@@ -280,6 +337,9 @@ def missing_checkpoints(model_dir: Path, model: str) -> list[str]:
         try:
             size = _file_size(path)
         except OSError as exc:
+            loop = _link_loop_problem(model_dir, path, name) if exc.errno == errno.ELOOP else None
+            if loop is not None:
+                raise ModelFileUnreadable(path, loop, model) from None
             folder = _closed_folder(model_dir, path)
             raise ModelFileUnreadable(folder, _folder_problem(folder, exc), model) from None
         if size is None:
@@ -298,6 +358,9 @@ def require_checkpoints(model_dir: Path, model: str) -> dict[str, Path]:
 # ----------------------------------------------------------------------------- verification
 
 ShapeMap = Mapping[str, tuple[int, ...]]
+VQVAE = "vqvae"  # the checkpoint every prior's architecture depends on
+# A file the VQ-VAE's sidecar keeps from being checked: said once, against that sidecar, then this.
+NOT_CHECKED_FOR_VQVAE = "its shapes depend on the VQ-VAE's sidecar, which is wrong (see vqvae)"
 
 
 def load_state_dict_meta(path: Path) -> Mapping[str, Any]:
@@ -331,14 +394,33 @@ class CheckpointVerifier:
             self._shapes[name] = {key: tuple(shape) for key, shape in self.expected_shapes_for(name).items()}
         return self._shapes[name]
 
+    def architecture_fault(self, name: str) -> tuple[str, str] | None:
+        """Whose `.hparams.json` sidecar keeps the architecture `name` is checked against from being
+        worked out, and why: (`name`, problem) for its own, ("vqvae", problem) for the VQ-VAE's, which
+        every prior's shapes depend on; None when nothing does. Such a problem is the sidecar's, never
+        the checkpoint's."""
+        if name != VQVAE and (vqvae := self._own_architecture_problem(VQVAE)) is not None:
+            return VQVAE, vqvae
+        own = self._own_architecture_problem(name)
+        return None if own is None else (name, own)
+
     def architecture_problem(self, name: str) -> str | None:
         """Why the architecture `name` is checked against cannot be worked out (a malformed
-        `.hparams.json` sidecar), or None. Such a problem is the sidecar's, not the checkpoint's."""
+        `.hparams.json` sidecar, its own or the VQ-VAE's), or None."""
+        fault = self.architecture_fault(name)
+        if fault is None:
+            return None
+        owner, problem = fault
+        if owner == name:
+            return problem
+        return f"its shapes depend on the VQ-VAE's sidecar, which is wrong: {problem}"
+
+    def _own_architecture_problem(self, name: str) -> str | None:
         from sampler.jukebox.checkpoint import CheckpointError
 
         try:
             self.shapes(name)
-        except CheckpointError as exc:
+        except (CheckpointError, SidecarError) as exc:
             return str(exc)
         except (ValueError, KeyError, TypeError) as exc:
             return f"its .hparams.json sidecar does not describe a {name} ({exc}); {SIDECAR_FIX}"
@@ -391,9 +473,10 @@ def file_problems(name: str, path: Path, verifier: CheckpointVerifier | None) ->
     ModelFileUnreadable (not a problem of the file) when it, or its sidecar, cannot be read."""
     verifier = verifier or CheckpointVerifier()
     require_readable(path)
-    architecture = verifier.architecture_problem(name)
-    if architecture is not None:
-        return [architecture]
+    fault = verifier.architecture_fault(name)
+    if fault is not None:  # the sidecar's problem, said against the file whose sidecar it is
+        owner, problem = fault
+        return [problem if owner == name else f"not checked: {NOT_CHECKED_FOR_VQVAE}"]
     size, least = path.stat().st_size, verifier.min_size(name)
     if least is not None and size < least:
         return [f"it is {format_bytes(size)}, but a genuine {name} is at least {format_bytes(least)}"]
@@ -493,6 +576,14 @@ class VerifyResult:
     moved_to: Path | None = None  # where a bad file was moved aside
     fix: str | None = None  # what to do, when fetching the file again is not it
     unreadable: bool = False  # it could not be read (the problem says why): nothing known about it
+    # whose sidecar is wrong (this file's name, or "vqvae": every prior's shapes depend on its sidecar);
+    # the checkpoint was not checked, and is left in place
+    sidecar_of: str | None = None
+
+    @property
+    def not_checked(self) -> bool:
+        """Not checked because another file's sidecar (the VQ-VAE's) is wrong: nothing known about it."""
+        return self.sidecar_of is not None and self.sidecar_of != self.name
 
     @property
     def message(self) -> str:
@@ -500,6 +591,8 @@ class VerifyResult:
             return f"OK  {self.name}: {self.path} ({_CHECK_WORDS[self.checks]})"
         if self.unreadable:
             return f"UNREADABLE {self.name}: {'; '.join(self.problems)}."
+        if self.not_checked:
+            return f"NOT CHECKED {self.name}: {self.path}: {'; '.join(self.problems)}. {self.fix}"
         where = f"; moved aside to {self.moved_to}" if self.moved_to else ""
         problems = "; ".join(self.problems)
         fix = self.fix or f"Run `jukebot models download {self.name}` to fetch it again."
@@ -530,13 +623,21 @@ def verify_file(
     checks = _checks_done(verifier)
     try:
         require_readable(path)
-        architecture = verifier.architecture_problem(name) if verifier is not None else None
-        problems = [] if architecture is not None else file_problems(name, path, verifier)
+        fault = verifier.architecture_fault(name) if verifier is not None else None
+        problems = [] if fault is not None else file_problems(name, path, verifier)
     except ModelFileUnreadable as exc:
         return VerifyResult(name, path, False, [exc.problem], checks, unreadable=True)
-    if architecture is not None:  # the sidecar is wrong, not the checkpoint: it stays where it is
+    if fault is not None:  # a sidecar is wrong, not the checkpoint: it stays where it is
+        owner = fault[0]
+        problem = verifier.architecture_problem(name) if verifier is not None else None
         return VerifyResult(
-            name, path, False, [architecture], checks, fix="The checkpoint itself was left in place."
+            name,
+            path,
+            False,
+            [problem or fault[1]],
+            checks,
+            fix="The checkpoint itself was left in place.",
+            sidecar_of=owner,
         )
     cache = VerifiedCache(model_dir)
     if not problems:
@@ -562,7 +663,9 @@ def verify_file(
 # ----------------------------------------------------------------------------- status
 
 
-FileState = Literal["verified", "present", "failed", "unreadable", "partial", "missing"]
+# bad_sidecar: present, but its sidecar (or the VQ-VAE's, which every prior's shapes depend on) is not a
+# JSON object: it cannot be used, and there is nothing to fetch: the sidecar is what to fix.
+FileState = Literal["verified", "present", "failed", "unreadable", "bad_sidecar", "partial", "missing"]
 
 
 @dataclass(frozen=True)
@@ -593,6 +696,8 @@ class FileStatus:
             return "failed verification: run `jukebot models verify` for details"
         if self.state == "unreadable":
             return self.problem or unreadable_problem(self.path)
+        if self.state == "bad_sidecar":
+            return self.problem or f"its sidecar {sidecar_path(self.path)} is wrong; {SIDECAR_FIX}"
         if self.state == "partial":
             return "partly downloaded: `jukebot models download` resumes it"
         return "missing"
@@ -606,6 +711,9 @@ def file_status(name: str, model_dir: Path, cache: dict[str, Any] | None = None)
         size = _file_size(path)
         part_size = _file_size(_part_path(path)) if size is None else None
     except OSError as exc:
+        loop = _link_loop_problem(model_dir, path, name) if exc.errno == errno.ELOOP else None
+        if loop is not None:  # not a permission: the link is what to fix
+            return FileStatus(name, path, "unreadable", None, problem=loop)
         folder = _closed_folder(model_dir, path)
         return FileStatus(name, path, "unreadable", None, problem=_folder_problem(folder, exc))
     if size is not None:
@@ -613,6 +721,9 @@ def file_status(name: str, model_dir: Path, cache: dict[str, Any] | None = None)
         for needed in (path, sidecar_path(path)):
             if os.access(needed, os.F_OK) and not os.access(needed, os.R_OK):
                 return FileStatus(name, path, "unreadable", size, problem=unreadable_problem(needed))
+        sidecar = _sidecar_status_problem(name, model_dir)
+        if sidecar is not None:
+            return FileStatus(name, path, "bad_sidecar", size, problem=sidecar)
         entry = VerifiedCache(model_dir).get(name, path, cache)
         if entry is None:
             return FileStatus(name, path, "present", size)
@@ -620,6 +731,22 @@ def file_status(name: str, model_dir: Path, cache: dict[str, Any] | None = None)
     if part_size is not None:
         return FileStatus(name, path, "partial", part_size)
     return FileStatus(name, path, "missing", None)
+
+
+def _sidecar_status_problem(name: str, model_dir: Path) -> str | None:
+    """Why `name` cannot be used for its sidecar's sake, or the VQ-VAE's (read, not yet checked against
+    the architecture: that takes torch, and `models verify`); None when neither is malformed. A
+    sidecar this user may not read is left to whoever reads it."""
+    for owner in dict.fromkeys((name, VQVAE)):
+        try:
+            read_sidecar(model_path(model_dir, owner))
+        except SidecarError as exc:
+            if owner == name:
+                return str(exc)
+            return "cannot be used until the VQ-VAE's sidecar is fixed (see vqvae)"
+        except ModelFileUnreadable:
+            continue
+    return None
 
 
 @dataclass(frozen=True)
@@ -646,6 +773,14 @@ class ModelStatus:
         if unreadable:  # nothing to fetch: the files may well be fine
             return unreadable[0] + (
                 f" (and {len(unreadable) - 1} more like it)" if len(unreadable) > 1 else ""
+            )
+        sidecars = [status for status in self.files if status.state == "bad_sidecar"]
+        if sidecars:  # nothing to fetch either: the sidecar is what to fix
+            first = sidecars[0]
+            return f"{first.name}: {first.description}" + (
+                f" ({', '.join(status.name for status in sidecars[1:])} cannot be used until then)"
+                if len(sidecars) > 1 and first.name == VQVAE
+                else ""
             )
         if self.complete:
             unverified = [status.name for status in self.files if status.state == "present"]

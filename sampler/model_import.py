@@ -110,7 +110,12 @@ def import_checkpoints(
         else:
             parts = load_hf_checkpoint(source)
     except CheckpointError as exc:
-        raise ModelImportError(f"Cannot import {source}: {_import_advice(str(exc))}.") from None
+        why = _import_advice(str(exc)).rstrip(".")
+        if source.is_dir():
+            raise ModelImportError(f"Nothing in {source} could be imported: {why}.") from None
+        raise ModelImportError(f"Cannot import {source}: {why}.") from None
+    if not parts:  # never "ready" after importing nothing
+        raise ModelImportError(f"Nothing in {source} could be imported: it holds no Jukebox weights.")
     return _install_parts(parts, source, model_dir, model, replace, notify)
 
 

@@ -13,6 +13,7 @@ import click
 from jukebot.commands import TORCH_USERS, require_torch, settings_or_exit
 from sampler.jukebox.registry import CHECKPOINTS, MODELS
 from sampler.model_files import (
+    NOT_CHECKED_FOR_VQVAE,
     CheckpointVerifier,
     DownloadOptions,
     ModelFilesError,
@@ -157,7 +158,7 @@ def download_command(
             click.echo(f"{result.name}: downloaded ({result.path})")
         elif status.state == "verified":
             click.echo(f"{result.name}: already present ({result.path})")
-        elif status.state == "unreadable":
+        elif status.state in ("unreadable", "bad_sidecar"):  # downloading again fixes neither
             click.echo(f"{result.name}: already present, but {status.description}")
         else:  # a damaged file is only found by verify, which moves it aside for the next download
             click.echo(
@@ -186,6 +187,7 @@ def verify_command(name: str | None) -> None:
     verifier = _context().make_verifier()
     problems = 0
     checked = 0
+    sidecars_said: set[str] = set()  # whose wrong sidecar was reported: once, against that sidecar
     for file_name in names:
         status = file_status(file_name, settings.model_dir)
         if status.state in ("missing", "partial"):
@@ -199,6 +201,12 @@ def verify_command(name: str | None) -> None:
             click.echo(f"UNREADABLE {file_name}: {status.description}.")
             continue
         result = verify_file(file_name, settings.model_dir, verifier)
+        if result.sidecar_of is not None and result.sidecar_of in sidecars_said:
+            # the VQ-VAE's sidecar, said above: this file was not checked, and is no second problem
+            click.echo(f"NOT CHECKED {file_name}: {result.path}: {NOT_CHECKED_FOR_VQVAE}; left in place.")
+            continue
+        if result.sidecar_of is not None:
+            sidecars_said.add(result.sidecar_of)
         problems += not result.ok
         click.echo(result.message)
     if checked == 0 and problems == 0:

@@ -17,10 +17,12 @@ a half-loaded model.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
 import secrets
+import stat
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -118,8 +120,36 @@ def _explain_load_failure(path: Path, error: Exception, name: str | None) -> Che
     elif head[:1] != b"\x80" and head != _ZIP_MAGIC:
         why = "it is not a PyTorch checkpoint (no zip or pickle header)"
     else:
-        why = f"the file is corrupt ({type(error).__name__}: {text.splitlines()[0] if text else 'no detail'})"
+        why = f"the file is corrupt or not a checkpoint ({type(error).__name__}: {load_error_cause(error)})"
     return CheckpointError(f"cannot read checkpoint {path}: {why}; {_redownload_hint(name)}")
+
+
+# Sentences of torch's own text that are advice, not a cause: chiefly to load the file again without
+# weights_only, which would run whatever code a file from the internet carries. Never passed on.
+_TORCH_ADVICE = re.compile(
+    r"weights.only|arbitrary code|trusted source|file an issue|documentation|pytorch\.org", re.IGNORECASE
+)
+_TORCH_OPCODE = re.compile(r"^Unsupported operand (\d+)$")
+
+
+def load_error_cause(error: Exception) -> str:
+    """The technical cause in an error `torch.load` raised, without torch's advice (see `_TORCH_ADVICE`):
+    what to put in a message about a file that could not be loaded."""
+    text = str(error)
+    if not text.strip():
+        return "the file ends early" if isinstance(error, EOFError) else "no detail"
+    kept = []
+    for line in text.splitlines():
+        for sentence in re.split(r"(?<=[.:])\s+", line.strip()):
+            sentence = sentence.strip()
+            if not sentence or _TORCH_ADVICE.search(sentence) or sentence.endswith("Unpickler error:"):
+                continue
+            opcode = _TORCH_OPCODE.match(sentence)
+            kept.append(f"unsupported pickle opcode {opcode[1]}" if opcode else sentence)
+    cause = " ".join(kept).strip()
+    if len(cause) > 200:
+        cause = cause[:199] + "…"
+    return cause or "it holds something other than tensors and plain containers"
 
 
 def read_checkpoint(
@@ -133,7 +163,8 @@ def read_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(
-            f"checkpoint {path} does not exist; download it with "
+            not_a_file_problem(path)
+            or f"checkpoint {path} does not exist; download it with "
             f"`jukebot models download {name or '<model>'}`"
         )
     try:
@@ -141,6 +172,40 @@ def read_checkpoint(
     except Exception as e:  # unpickling garbage raises anything (a text file: IndexError)
         raise _explain_load_failure(path, e, name) from e
     return _weights_of(payload, path, name)
+
+
+_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def not_a_file_problem(path: Path) -> str | None:
+    """Why `path`, which is not a regular file, is not one: something else by that name, a symbolic link
+    to nothing or a link loop (what to do included); None when nothing is there. PermissionError (or
+    another OSError) when that cannot be told."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        if not os.path.islink(path):
+            return None  # nothing there (or a folder above it is missing)
+        return (
+            f"{path} is a broken symbolic link (to {os.readlink(path)}, which does not exist): point it at "
+            "the checkpoint file, or remove it"
+        )
+    except NotADirectoryError:
+        return None
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        return f"{path} is a symbolic link loop: point the link at the checkpoint file, or remove it"
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((kind for test, kind in _KINDS if test(mode)), "not a regular file")
+    return f"{path} is {kind}, not a checkpoint file: put the checkpoint file itself there, or remove it"
 
 
 def _weights_of(payload: Any, path: Path, name: str | None) -> StateDict:
@@ -517,6 +582,16 @@ def _hf_files(root: Path) -> list[Path]:
                 raise CheckpointError(
                     f"{index} is not a valid shard index ({e}); re-download the model"
                 ) from e
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise CheckpointError(
+                    f"{index} is not a valid shard index (its weight_map is not a map of keys to shard "
+                    "file names); re-download the model"
+                )
+            if not weight_map:
+                raise CheckpointError(
+                    f"{index} is not a valid shard index: its weight_map is empty, so it names no weights "
+                    "and no shard file to read them from; re-download the model"
+                )
             files = [root / name for name in sorted(set(weight_map.values()))]
             absent = [f.name for f in files if not f.is_file()]
             if absent:
@@ -571,4 +646,6 @@ def load_hf_checkpoint(path: str | os.PathLike[str]) -> dict[str, StateDict]:
                     f"key {key!r} appears in more than one shard ({file.name}); re-download the model"
                 )
             merged[key] = value
+    if not merged:
+        raise CheckpointError(f"{path} holds no weights; re-download the model")
     return split_hf_state_dict(merged)

@@ -11,6 +11,7 @@ run in a child process without the capabilities that let root read anything (tes
 from __future__ import annotations
 
 import errno
+import json
 import os
 from pathlib import Path
 
@@ -125,9 +126,13 @@ def test_a_changed_sidecar_undoes_the_verdict(models: Path) -> None:
     for name in ("vqvae", "prior_1b_lyrics"):
         assert verify_file(name, models, verifier).ok
         assert file_status(name, models).state == "verified"
-    sidecar_path(model_path(models, "vqvae")).write_text("garbage{\n")
+    sidecar = sidecar_path(model_path(models, "vqvae"))
+    sidecar.write_text(json.dumps(json.loads(sidecar.read_text())))  # the same hparams, written anew
     assert file_status("vqvae", models).state == "present"
     assert file_status("prior_1b_lyrics", models).state == "present"  # its shapes follow the VQ-VAE's
+    sidecar.write_text("garbage{\n")  # one that cannot be read: the sidecar is what to fix
+    assert file_status("vqvae", models).state == "bad_sidecar"
+    assert file_status("prior_1b_lyrics", models).state == "bad_sidecar"
 
 
 def test_a_sidecar_that_appears_undoes_the_verdict(models: Path) -> None:

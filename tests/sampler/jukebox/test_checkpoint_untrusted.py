@@ -1,0 +1,109 @@
+"""The checkpoint reader on files that are not good checkpoints: it says what is wrong with the file and
+never passes on torch's advice to load it again without `weights_only` (which would run any code a file
+from the internet carries); a path that is not a regular file is said to be what it is."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from sampler.jukebox.checkpoint import CheckpointError, load_hf_checkpoint, read_checkpoint, save_checkpoint
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+UNSAFE_ADVICE = ("weights_only", "arbitrary code", "trusted source", "file an issue", "Re-running")
+
+
+class _RunsACommand:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, ("echo this should never run",))
+
+
+def _tiny_checkpoint(path: Path) -> Path:
+    return save_checkpoint({"a.weight": torch.ones(64, 64), "a.bias": torch.zeros(64)}, path)
+
+
+def _corrupt_files(folder: Path) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    files["random bytes"] = folder / "random.pth.tar"
+    files["random bytes"].write_bytes(bytes(range(256)) * 40)
+    files["random bytes behind a pickle header"] = folder / "pickle_header.pth.tar"
+    files["random bytes behind a pickle header"].write_bytes(b"\x80\x02" + bytes(range(35, 256)) * 20)
+    good = _tiny_checkpoint(folder / "good.pth.tar").read_bytes()
+    files["a truncated tiny checkpoint"] = folder / "truncated.pth.tar"
+    files["a truncated tiny checkpoint"].write_bytes(good[: len(good) // 3])
+    files["a plain pickle of os.system"] = folder / "plain_pickle.pth.tar"
+    files["a plain pickle of os.system"].write_bytes(pickle.dumps({"model": _RunsACommand()}, protocol=4))
+    files["a protocol 2 pickle of os.system"] = folder / "pickle2.pth.tar"
+    files["a protocol 2 pickle of os.system"].write_bytes(
+        pickle.dumps({"model": _RunsACommand()}, protocol=2)
+    )
+    files["torch.save of os.system"] = folder / "torch_save.pth.tar"
+    torch.save({"model": _RunsACommand()}, files["torch.save of os.system"])
+    files["a plain pickle of an arbitrary object"] = folder / "object.pth.tar"
+    files["a plain pickle of an arbitrary object"].write_bytes(pickle.dumps({"model": {1, 2, 3}}, protocol=4))
+    return files
+
+
+def test_no_corrupt_file_gets_torchs_advice_to_load_it_unsafely(tmp_path: Path) -> None:
+    for what, path in _corrupt_files(tmp_path).items():
+        with pytest.raises(CheckpointError) as caught:
+            read_checkpoint(path, name="vqvae")
+        message = str(caught.value)
+        for advice in UNSAFE_ADVICE:
+            assert advice.lower() not in message.lower(), (what, message)
+        assert str(path) in message and "\n" not in message, (what, message)
+        assert "jukebot models download vqvae" in message, (what, message)
+
+
+def test_a_damaged_pickle_keeps_a_short_technical_cause(tmp_path: Path) -> None:
+    files = _corrupt_files(tmp_path)
+    with pytest.raises(CheckpointError) as caught:
+        read_checkpoint(files["a plain pickle of os.system"])
+    assert "corrupt or not a checkpoint (UnpicklingError: unsupported pickle opcode " in str(caught.value)
+    with pytest.raises(CheckpointError, match=r"carries a Python object \(posix\.system\)"):
+        read_checkpoint(files["torch.save of os.system"])
+
+
+@pytest.mark.parametrize(
+    ("kind", "said"),
+    [
+        ("fifo", "is a named pipe (FIFO), not a checkpoint file"),
+        ("folder", "is a folder, not a checkpoint file"),
+        ("broken link", "is a broken symbolic link (to "),
+        ("link loop", "is a symbolic link loop"),
+    ],
+)
+def test_a_path_that_is_not_a_regular_file_is_said_to_be_what_it_is(
+    tmp_path: Path, kind: str, said: str
+) -> None:
+    path = tmp_path / "vqvae.pth.tar"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "broken link":
+        path.symlink_to(tmp_path / "gone.pth.tar")
+    else:
+        path.symlink_to(path)
+    with pytest.raises(CheckpointError) as caught:
+        read_checkpoint(path, name="vqvae")
+    message = str(caught.value)
+    assert f"{path} {said}" in message
+    assert "does not exist" not in message.replace("which does not exist", "")
+
+
+def test_an_hf_index_naming_no_shard_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": {}}))
+    (tmp_path / "pytorch_model-00001-of-00001.bin").write_bytes(bytes(range(256)) * 16)
+    with pytest.raises(CheckpointError, match="its weight_map is empty"):
+        load_hf_checkpoint(tmp_path)
+    (tmp_path / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": ["a"]}))
+    with pytest.raises(CheckpointError, match="is not a valid shard index"):
+        load_hf_checkpoint(tmp_path)
