@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sampler.jukebox.checkpoint import load_error_cause
 from sampler.jukebox.labels import Label, LabelConfig, Labeller, LabelVersion
 from sampler.jukebox.prior import Conditioning, JukeboxPrior, PriorConfig, SamplingState
 from sampler.jukebox.registry import SAMPLE_RATE
@@ -165,8 +166,8 @@ class CascadeState:
     def from_bytes(cls, data: bytes) -> CascadeState:
         try:
             raw = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
-        except Exception as exc:
-            raise SamplingError(f"the saved sampling state is unreadable ({exc})") from None
+        except Exception as exc:  # torch's own text may advise weights_only=False: only the cause
+            raise SamplingError(f"the saved sampling state is unreadable ({load_error_cause(exc)})") from None
         if not isinstance(raw, dict) or raw.get("format") != STATE_FORMAT:
             raise SamplingError("the saved sampling state has an unknown format")
         try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,17 @@ def test_an_hf_index_naming_no_shard_is_refused(tmp_path: Path) -> None:
     (tmp_path / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": ["a"]}))
     with pytest.raises(CheckpointError, match="is not a valid shard index"):
         load_hf_checkpoint(tmp_path)
+
+
+def test_a_damaged_sampling_state_is_refused_without_torchs_advice() -> None:
+    """A saved state carrying a Python object (a damaged or planted checkpoint row or file): the
+    refusal says it is unreadable, and never that loading it without weights_only would work."""
+    import io
+
+    from sampler.jukebox.cascade import CascadeState, SamplingError
+
+    planted = io.BytesIO()
+    torch.save({"format": 1, "run": os.system}, planted)
+    with pytest.raises(SamplingError, match="the saved sampling state is unreadable") as refused:
+        CascadeState.from_bytes(planted.getvalue())
+    assert not re.search("weights.only|arbitrary code", str(refused.value), re.IGNORECASE), refused.value
