@@ -11,7 +11,8 @@ style) and `NAME/level_L/data.pth.tar` (`{"zs": [codes of level 0, 1, 2], "label
 lyrics, total_length, styles, …}}`) that `--mode=continue|upsample --codes_file=…` reads back: label
 flags not given come from the file, as the original's saved labels did. `--audio_file=a.wav,b.wav`
 primes sample i with file i (cycled).
-After every window the state goes to `NAME/checkpoint.pt`: the same command run again resumes.
+After every window the state goes to `NAME/checkpoint.pt`: the same command run again resumes (on the
+same inputs: a `--codes_file` or `--audio_file` that now holds other codes or audio is another run).
 """
 
 from __future__ import annotations
@@ -450,8 +451,10 @@ def run_sample(options: dict[str, Any], given: set[str] | frozenset[str] = froze
         sample_length = codes[2].shape[1] * cascade.hops[2]
         total_seconds = max(total_seconds, sample_length / SAMPLE_RATE)
     total_length = max(int(total_seconds * SAMPLE_RATE), sample_length)
-    top_min = cascade.priors.config(2).min_duration or 0.0
-    total_length = max(total_length, int(top_min * SAMPLE_RATE) + 1)
+    min_seconds = cascade.priors.config(2).min_duration or 0.0
+    total_length = _at_least_the_shortest_song(
+        options["model"], min_seconds, total_seconds, total_length, given
+    )
     request = SamplingRequest(
         mode=mode,
         sample_length=sample_length,
@@ -475,6 +478,12 @@ def run_sample(options: dict[str, Any], given: set[str] | frozenset[str] = froze
         cascade.check(request)
     except SamplingError as exc:
         raise click.ClickException(str(exc)) from None
+    # Priors load when their level starts: a damaged one would be found after files are written (a
+    # level-0 one after hours of sampling the top level). Their keys and shapes are checked now.
+    try:
+        _check_priors(model_dir, options["model"], levels)
+    except (ModelFilesError, CheckpointError) as exc:
+        raise click.ClickException(_model_file_problem(exc, options["model"]) + ".") from None
 
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -483,7 +492,7 @@ def run_sample(options: dict[str, Any], given: set[str] | frozenset[str] = froze
             f"Cannot create {out_dir} ({exc.strerror or exc}): pass another --name."
         ) from None
     checkpoint = out_dir / "checkpoint.pt"
-    fingerprint = _fingerprint({**options, "styles": styles if sweep else None}, lyrics)
+    fingerprint = _fingerprint({**options, "styles": styles if sweep else None}, lyrics, codes, prompt)
     earlier = _set_aside_another_run(out_dir, fingerprint, options["codes_file"])
     if earlier is not None:
         click.echo(
@@ -535,6 +544,14 @@ def run_sample(options: dict[str, Any], given: set[str] | frozenset[str] = froze
         final = cascade.sample(request, state, on_progress=on_progress, on_window=on_window)
     except SamplingError as exc:
         raise click.ClickException(str(exc)) from None
+    except (ModelFilesError, CheckpointError) as exc:  # a model file changed or damaged since the check
+        bar.close()
+        saved = (
+            f"The finished windows are saved in {checkpoint}: run the same command again to resume."
+            if checkpoint.is_file()
+            else "No window had finished yet."
+        )
+        raise click.ClickException(f"{_model_file_problem(exc, options['model'])}. {saved}") from None
     except KeyboardInterrupt:
         bar.close()
         saved = (
@@ -553,6 +570,74 @@ def run_sample(options: dict[str, Any], given: set[str] | frozenset[str] = froze
     if sweep:
         for index, (artist, genre) in enumerate(styles):
             click.echo(f"  item_{index}: {artist} / {genre}")
+
+
+def _at_least_the_shortest_song(
+    model: str, min_seconds: float, total_seconds: float, total_length: int, given: Any
+) -> int:
+    """The song length the labels claim (in samples), at least the model's shortest (its timing
+    conditioning starts there; the original refuses shorter). One the user gave that is shorter is
+    refused; the default (the sample length) is raised to it, and that is said."""
+    least = math.ceil(min_seconds * SAMPLE_RATE)  # what the cascade accepts
+    if total_length >= least:
+        return total_length
+    if "total_sample_length_in_seconds" in given:
+        if total_seconds < min_seconds:
+            raise click.BadParameter(
+                f"{model} needs a song of at least {min_seconds:g} s (its timing labels start there), "
+                f"got {total_seconds:g}: give {min_seconds:g} or more",
+                param_hint="--total_sample_length_in_seconds",
+            )
+        return least  # the minimum itself, a sample short by rounding
+    raised = int(min_seconds * SAMPLE_RATE) + 1
+    click.echo(
+        f"--total_sample_length_in_seconds: labelled as a {min_seconds:g} s song, the shortest {model} "
+        f"takes (not {total_seconds:g} s); give it to say how long the song is",
+        err=True,
+    )
+    return raised
+
+
+def _check_priors(model_dir: Path, model: str, levels: tuple[int, ...]) -> None:
+    """Check that the prior of each level in `levels` holds the keys and shapes it must (as `jukebot
+    models verify` does, reading no weights), or was found to by an earlier check of the same file.
+    ModelFileUnusable names the first that does not; ModelFileUnreadable, one this user cannot read."""
+    from sampler.loading import ModelFileUnusable, expected_shapes_for
+    from sampler.model_files import CheckpointVerifier, VerifiedCache, file_problems, model_path
+
+    verifier = CheckpointVerifier(expected_shapes_for=lambda name: expected_shapes_for(name, model_dir))
+    cache = VerifiedCache(model_dir)
+    for level in sorted(set(levels), reverse=True):  # in the order they are used
+        name = MODELS[model].priors[level]
+        path = model_path(model_dir, name)
+        entry = cache.get(name, path)
+        if entry is not None and entry.get("checks") == "shapes":
+            problems = [] if entry.get("ok") else [str(problem) for problem in entry.get("problems", [])]
+        else:
+            problems = file_problems(name, path, verifier)
+            if os.access(model_dir, os.W_OK):  # kept for the next run, and `jukebot models list`
+                cache.put(name, path, ok=not problems, checks="shapes", problems=problems)
+        if problems:
+            raise ModelFileUnusable(model, name, path, "; ".join(problems) or "it failed verification")
+
+
+def _model_file_problem(exc: Exception, model: str) -> str:
+    """A model file that cannot be used, in one sentence: which file, and what to run."""
+    from sampler.loading import ModelFileUnusable
+    from sampler.model_files import ModelFilesMissing
+
+    if isinstance(exc, ModelFileUnusable):
+        detail = exc.detail.rstrip(".")
+        where = "" if str(exc.path) in detail else f", {exc.path},"
+        fetch = f"`jukebot models download {model}`"
+        then = "" if fetch in detail else f", then {fetch} to fetch it again"
+        return (
+            f"the {exc.name} file of {model}{where} cannot be used: {detail}. "
+            f"Run `jukebot models verify {model}` (it moves a bad file aside){then}"
+        )
+    if isinstance(exc, ModelFilesMissing):  # gone, or unreadable: it says what to do
+        return str(exc).rstrip(".")
+    return f"{str(exc).rstrip('.')}. Run `jukebot models verify {model}` to check the model's files"
 
 
 def _style_count(options: dict[str, Any]) -> int:
@@ -795,10 +880,32 @@ def _set_aside_another_run(out_dir: Path, fingerprint: str, codes_file: Path | N
     return target
 
 
-def _fingerprint(options: dict[str, Any], lyrics: str) -> str:
+def _tensors_digest(tensors: tuple[Any, ...]) -> str:
+    """A hash of what `tensors` (None for a level without codes) hold: shape, type and values."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        if tensor is None:
+            digest.update(b"none;")
+            continue
+        data = tensor.detach().cpu().contiguous()
+        digest.update(f"{data.dtype}{tuple(data.shape)};".encode())
+        digest.update(data.numpy().tobytes())
+    return "sha256:" + digest.hexdigest()
+
+
+def _fingerprint(
+    options: dict[str, Any], lyrics: str, codes: tuple[Any, ...] | None = None, prompt: Any = None
+) -> str:
     """What makes a run the same run. Not the levels: each window's draws depend on its level and place
-    alone, so a preview (`--levels=1`) goes on to the full song (`--levels=3`) from its top level."""
+    alone, so a preview (`--levels=1`) goes on to the full song (`--levels=3`) from its top level.
+    The inputs count by what they hold, not by their paths: the codes read from `--codes_file` and
+    the prompt audio decoded from `--audio_file`. A file made again (another preview into the same
+    NAME, a prompt replaced in place) makes another run, which does not resume on the old one."""
     ignored = {"no_progress", "device", "model_dir", "levels"}
     relevant = {k: str(v) for k, v in sorted(options.items()) if k not in ignored}
     relevant["lyrics"] = lyrics
+    if codes is not None:
+        relevant["codes_file"] = _tensors_digest(codes)
+    if prompt is not None:
+        relevant["audio_file"] = _tensors_digest((prompt,))
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
