@@ -11,20 +11,30 @@ import enum
 import importlib.util
 import logging
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from jukebot.settings import Settings, misspelled_variables
 from sampler.model_files import (
+    SIDECAR_FIX,
+    VQVAE,
     CheckpointVerifier,
+    FileStatus,
     ModelFileUnreadable,
+    SidecarError,
     file_problems,
     model_dir_problem,
+    model_path,
     model_status,
+    read_sidecar,
+    sidecar_path,
 )
 
 # Rough GPU memory (GiB) a worker needs for each model in fp16: its largest prior plus the VQ-VAE
 # and working memory (README, "Models"). A GPU with less fails that model's jobs with out-of-memory.
 GPU_MEMORY_GIB = {"1b_lyrics": 4.0, "5b": 10.0, "5b_lyrics": 11.5}
+# The model `download` is advised for when none is complete: the smallest.
+FIRST_MODEL = "1b_lyrics"
 # The codecs results are encoded with (ogg → Opus, mp3 → LAME) and primes decoded with.
 NEEDED_CODECS = {"libopus": "Ogg/Opus results", "libmp3lame": "MP3 results", "mp3": "MP3 primes"}
 
@@ -86,14 +96,41 @@ def check_database(settings: Settings) -> Check:
 
 def check_models(settings: Settings, verifier: CheckpointVerifier | None) -> Iterator[Check]:
     """One line per model (the files a worker would serve, checked now when not verified before);
-    FAIL when local workers would have no complete model to serve."""
+    FAIL when local workers would have no complete model to serve, with what would make one so."""
     problem = model_dir_problem(settings.model_dir)
     if problem is not None:  # unreadable, or a file: no model in it can be checked
         yield Check("models", Verdict.FAIL if settings.local_workers else Verdict.WARN, problem)
         return
     complete = []
-    damaged = False
+    blocked: dict[str, _Blocked] = {}  # why each model that is not complete is not
     for model, status in model_status(settings.model_dir).items():
+        blocked[model] = why = _Blocked(
+            on_disk=not any(file.state in ("missing", "partial") for file in status.files),
+            damaged=any(file.state == "failed" for file in status.files),
+        )
+        if any(file.state == "unreadable" for file in status.files):
+            why.unreadable = True
+            yield Check("model", Verdict.WARN, f"{model}: {status.summary}")
+            continue
+        try:
+            faults = _sidecar_faults(settings, status.files, verifier)
+        except ModelFileUnreadable as exc:
+            why.unreadable = True
+            yield Check("model", Verdict.WARN, f"{model}: {exc.problem}")
+            continue
+        if faults:  # the sidecar is what to fix (said once, against it): nothing to verify or fetch
+            why.sidecars = [sidecar_path(model_path(settings.model_dir, owner)) for owner in faults]
+            # a worker's verdict on a file whose sidecar is what is wrong (the VQ-VAE's: every file's) is
+            # no damage to move aside
+            explained = {file.name for file in status.files} if VQVAE in faults else set(faults)
+            why.damaged = any(file.state == "failed" and file.name not in explained for file in status.files)
+            said = "; ".join(f"{owner}: {problem}" for owner, problem in faults.items())
+            to_fetch = [file.name for file in status.files if file.state in ("missing", "partial")]
+            if to_fetch:
+                said += f"; {len(to_fetch)} of {len(status.files)} files to fetch: "
+                said += f"jukebot models download {model}"
+            yield Check("model", Verdict.WARN, f"{model}: {said}")
+            continue
         if not status.complete:
             yield Check("model", Verdict.WARN, f"{model}: {status.summary}")
             continue
@@ -109,28 +146,89 @@ def check_models(settings: Settings, verifier: CheckpointVerifier | None) -> Ite
             except ModelFileUnreadable as exc:
                 unreadable.append(exc.problem)
         if unreadable:
+            why.unreadable = True
             yield Check("model", Verdict.WARN, f"{model}: {unreadable[0]}")
             continue
         if problems:
-            damaged = True
+            why.damaged = True
             shown = "; ".join(problems[:2]) + ("; …" if len(problems) > 2 else "")
             yield Check("model", Verdict.WARN, f"{model}: {shown}: `jukebot models verify {model}`")
             continue
+        del blocked[model]
         complete.append(model)
         how = "verified" if verifier is not None else "present (no torch installed: not verified)"
         yield Check("model", Verdict.OK, f"{model}: {how} in {settings.model_dir}")
     if not complete and settings.local_workers:
-        # A damaged file is skipped by `download` as present: `verify` moves it aside first.
-        how = (
-            "`jukebot models verify` (it moves damaged files aside), then `jukebot models download 1b_lyrics`"
-            if damaged
-            else "`jukebot models download 1b_lyrics`"
-        )
         yield Check(
             "models",
             Verdict.FAIL,
-            f"no complete model in {settings.model_dir}: {how} (or set JUKEBOT_MODEL_DIR to where they are)",
+            f"no complete model in {settings.model_dir}: {_what_makes_one_complete(blocked)} "
+            "(or set JUKEBOT_MODEL_DIR to where they are)",
         )
+
+
+@dataclass
+class _Blocked:
+    """Why a model cannot be served, as far as what fixes it goes."""
+
+    on_disk: bool  # every file is there (none missing or partly downloaded)
+    damaged: bool = False  # a file failed verification: `models verify` moves it aside for `download`
+    unreadable: bool = False  # a file or folder this user cannot read: its permissions, not the file
+    sidecars: list[Path] = field(default_factory=list)  # sidecars to fix: nothing to fetch for them
+
+
+def _what_makes_one_complete(blocked: Mapping[str, _Blocked]) -> str:
+    """The advice that makes a model servable: for the models whose every file is there (fixing what is
+    wrong with them is enough), else for 1b_lyrics, the one to fetch. A sidecar is named, with the fix
+    its line above gave (`download` would skip its checkpoint as present); a damaged file is moved aside
+    by `verify` first (`download` skips it too)."""
+    on_disk = {model: why for model, why in blocked.items() if why.on_disk}
+    candidates = on_disk or {FIRST_MODEL: blocked[FIRST_MODEL]}
+    sidecars = list(dict.fromkeys(sidecar for why in candidates.values() for sidecar in why.sidecars))
+    parts = [f"{sidecar} is wrong (see above): {SIDECAR_FIX}" for sidecar in sidecars]
+    if any(why.unreadable for why in candidates.values()):
+        parts.append("make the files above readable by the user running jukebot (see above)")
+    damaged = [model for model, why in candidates.items() if why.damaged]
+    if damaged:
+        parts.append(
+            "`jukebot models verify` (it moves damaged files aside), "
+            f"then `jukebot models download {damaged[0]}`"
+        )
+    elif not on_disk:
+        parts.append(f"`jukebot models download {FIRST_MODEL}`")
+    return "; ".join(parts)
+
+
+def _sidecar_faults(
+    settings: Settings, files: tuple[FileStatus, ...], verifier: CheckpointVerifier | None
+) -> dict[str, str]:
+    """Whose `.hparams.json` sidecar keeps a file of the model from being used, and why (the problem
+    names the sidecar and says how to fix it): one that is not a JSON object (seen without torch), or
+    (with torch) whose hparams describe no architecture. Also for a file a worker recorded as failing
+    verification: a sidecar it could not build the model from. ModelFileUnreadable when a sidecar
+    cannot be read."""
+    states = {file.name: file for file in files}
+    faults: dict[str, str] = {}
+    for file in files:
+        if file.state == "bad_sidecar":
+            owner = _malformed_sidecar_owner(settings, file.name)
+            faults.setdefault(owner, states[owner].description if owner in states else file.description)
+        elif file.state in ("present", "failed") and verifier is not None:
+            fault = verifier.architecture_fault(file.name)
+            if fault is not None:
+                faults.setdefault(*fault)
+    return faults
+
+
+def _malformed_sidecar_owner(settings: Settings, name: str) -> str:
+    """Whose sidecar, of `name`'s own and the VQ-VAE's, makes `name` a bad_sidecar file."""
+    try:
+        read_sidecar(model_path(settings.model_dir, name))
+    except SidecarError:
+        return name
+    except ModelFileUnreadable:
+        pass
+    return VQVAE
 
 
 def check_devices(settings: Settings, torch_installed: bool) -> Iterator[Check]:

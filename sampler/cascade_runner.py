@@ -39,8 +39,16 @@ from sampler.jukebox.checkpoint import CheckpointError
 from sampler.jukebox.decoding import DecodeOptions, decode_options
 from sampler.jukebox.registry import MODEL_PREFERENCE, MODELS, SAMPLE_RATE
 from sampler.jukebox.windows import prompt_length_samples, sample_length_samples
-from sampler.loading import LazyPriors, ModelDirectory, ModelFileUnusable, load_cascade, resident_estimate
+from sampler.loading import (
+    LazyPriors,
+    ModelDirectory,
+    ModelFileUnusable,
+    SidecarFault,
+    load_cascade,
+    resident_estimate,
+)
 from sampler.model_files import (
+    SIDECAR_FIX,
     ModelFilesError,
     ModelFilesMissing,
     VerifiedCache,
@@ -49,6 +57,7 @@ from sampler.model_files import (
     model_path,
     model_status,
     require_checkpoints,
+    sidecar_path,
 )
 from sampler.residency import (
     DEFAULT_RESIDENT_PRIORS,
@@ -83,6 +92,10 @@ STORED_FORMAT: OutputFormat = (
 )
 STORED_BITRATE = 160_000
 LOWER_TEMPERATURE = 0.99  # the reference's temperature for the upsamplers
+
+
+# (size, mtime_ns) of a checkpoint, then of the sidecars its architecture comes from (None: not there)
+_Signature = tuple[tuple[int, int] | None, ...]
 
 
 class InvalidJobInput(JobFailed):
@@ -159,9 +172,10 @@ class CascadeRunner:
         self._cascades: dict[str, Cascade] = {}
         self._resident: dict[str, bool] = {}  # per model, decided once
         self._models_seen: frozenset[str] | None = None
-        # checkpoint name -> (size, mtime_ns) of a file found unusable, while it stays as it was (also
-        # recorded in the model directory's verification cache, where that can be written)
-        self._unusable: dict[str, tuple[int, int]] = {}
+        # checkpoint name -> `_signature` of a file found unusable, while it and the sidecars its
+        # architecture comes from stay as they were (also recorded in the model directory's verification
+        # cache, where that can be written)
+        self._unusable: dict[str, _Signature] = {}
 
     @property
     def models(self) -> frozenset[str]:
@@ -182,15 +196,31 @@ class CascadeRunner:
         return models
 
     def _still_unusable(self) -> set[str]:
-        """The files found unusable that have not changed since (a new copy is tried again)."""
+        """The files found unusable that have not changed since, nor their sidecars (a new copy, or a
+        fixed sidecar, is tried again)."""
         for name, seen in list(self._unusable.items()):
-            try:
-                stat = model_path(self.model_dir, name).stat()
-            except OSError:
-                stat = None
-            if stat is None or (stat.st_size, stat.st_mtime_ns) != seen:
+            if self._signature(name) != seen:
                 self._unusable.pop(name, None)
         return set(self._unusable)
+
+    def _signature(self, name: str) -> _Signature | None:
+        """(size, mtime_ns) of checkpoint `name`, of its sidecar and of the VQ-VAE's (a prior's
+        architecture depends on both: None for one not there), as the verification cache keys a
+        verdict; None when the checkpoint itself cannot be looked at (gone: `models` sees that)."""
+        checkpoint = model_path(self.model_dir, name)
+        paths = [
+            checkpoint,
+            *(sidecar_path(model_path(self.model_dir, of)) for of in dict.fromkeys((name, "vqvae"))),
+        ]
+        stats: list[tuple[int, int] | None] = []
+        for path in paths:
+            try:
+                stat = path.stat()
+            except OSError:
+                stats.append(None)
+            else:
+                stats.append((stat.st_size, stat.st_mtime_ns))
+        return None if stats[0] is None else tuple(stats)
 
     def _drop(self, model: str) -> None:
         """Forget `model`'s cascade and free its priors (loaded again from the files when next needed)."""
@@ -199,23 +229,29 @@ class CascadeRunner:
             cascade.priors.free()  # now: a traceback may still hold the cascade
 
     def _stop_serving(self, exc: ModelFileUnusable) -> str:
-        """A file of the model is damaged: record the verdict, so that `models` (of this worker, and of
-        any other reading the same model directory) drops every model using it until the file changes,
-        and say what the operator should do."""
+        """A file of the model is damaged, or its sidecar (or the VQ-VAE's) describes no architecture:
+        record the verdict, so that `models` (of this worker, and of any other reading the same model
+        directory) drops every model using it until the file or its sidecars change, and say what the
+        operator should do: for a sidecar, fix it (fetching the checkpoint again changes nothing)."""
         self._drop(exc.model)
         detail = _READER_HINT.sub("", exc.detail)
-        try:
-            stat = exc.path.stat()
-        except OSError:
-            pass  # gone meanwhile: `models` sees that
-        else:
-            self._unusable[exc.name] = (stat.st_size, stat.st_mtime_ns)
+        if exc.sidecar is not None and SIDECAR_FIX not in detail:
+            detail = f"{exc.sidecar} does not describe its architecture ({detail}); {SIDECAR_FIX}"
+        signature = self._signature(exc.name)
+        if signature is not None:  # gone meanwhile: `models` sees that
+            self._unusable[exc.name] = signature
         where = "recorded in the model directory's verification cache"
         try:
             VerifiedCache(self.model_dir).put(exc.name, exc.path, ok=False, checks="loads", problems=[detail])
         except OSError as err:
             where = f"remembered until the worker restarts (the verification cache cannot be written: {err})"
         self._models_seen = None  # log the model directory's status at the next claim
+        if exc.sidecar is not None:  # the detail names it and says how to fix it
+            return (
+                f"The sidecar of a file of {exc.model} ({exc.name}) cannot be used: {detail}. This worker "
+                f"stops serving the models that use it ({where}) until the sidecar changes; the "
+                "checkpoint itself is not damaged, and downloading it again does not help."
+            )
         return (
             f"A file of {exc.model} cannot be used ({exc.name}): {detail}. This worker stops serving the "
             f"models that use it ({where}). Run `jukebot models verify {exc.model}` (it moves the damaged "
@@ -426,6 +462,8 @@ class CascadeRunner:
         except (ModelFilesError, InvalidJobParams) as exc:
             # Jukebox's own failures that already say what to do; the runtime knows only JobFailed.
             raise JobFailed(str(exc)) from exc
+        except SidecarFault as exc:  # a sidecar to fix, not a file to fetch again
+            raise JobFailed(f"A model file of {task.job.model} cannot be used: {exc}.") from exc
         except CheckpointError as exc:  # a damaged model file: the next attempt would read it again
             model = task.job.model
             raise JobFailed(

@@ -12,9 +12,9 @@ import contextlib
 import itertools
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -22,10 +22,11 @@ from sampler.batch_sizes import BatchSizes
 from sampler.jukebox.cascade import Cascade, PriorSource
 from sampler.jukebox.checkpoint import CheckpointError, load_checkpoint
 from sampler.jukebox.decoding import DecodeOptions, empty_cuda_cache
-from sampler.jukebox.prior import JukeboxPrior, PriorConfig
+from sampler.jukebox.prior import JukeboxPrior, PriorConfig, hparam_type_problem
 from sampler.jukebox.registry import MODELS, PRIOR_HPARAMS, VQVAE_HPARAMS
-from sampler.jukebox.vqvae import VQVAE, VQVAEConfig
+from sampler.jukebox.vqvae import VQVAE, VQVAEConfig, VQVAEConfigError
 from sampler.model_files import (
+    SIDECAR_FIX,
     ModelFilesMissing,
     ModelFileUnreadable,
     SidecarError,
@@ -47,24 +48,87 @@ def write_sidecar(checkpoint: Path, hparams: dict[str, Any]) -> Path:
     return path
 
 
+class SidecarFault(CheckpointError):
+    """A checkpoint's `.hparams.json` sidecar does not describe an architecture: not a JSON object, or
+    hparams the model cannot be built from (a key missing, unknown, or of the wrong type). The sidecar
+    (`sidecar`) is what to fix, not the checkpoint; the message names it and says how."""
+
+    def __init__(self, sidecar: Path, message: str) -> None:
+        self.sidecar = sidecar
+        super().__init__(message)
+
+
 def _hparams(checkpoint: Path, published: dict[str, Any]) -> dict[str, Any]:
     """The architecture in `checkpoint`'s sidecar, or `published` when it has none. ModelFileUnreadable
-    when this user may not read the sidecar; CheckpointError (what to fix) when it is malformed."""
+    when this user may not read the sidecar; SidecarFault (what to fix) when it is malformed."""
     try:
         data = read_sidecar(checkpoint)
     except SidecarError as exc:
-        raise CheckpointError(str(exc)) from None
+        raise SidecarFault(sidecar_path(checkpoint), str(exc)) from None
     return published if data is None else data
+
+
+_Config = TypeVar("_Config")
+
+
+def _from_sidecar(name: str, checkpoint: Path, build: Callable[[], _Config]) -> _Config:
+    """`build()`, the config of checkpoint `name` from the hparams of its sidecar: SidecarFault naming
+    that sidecar, the hparam and the fix when they describe no architecture this code can build."""
+    try:
+        return build()
+    except (ValueError, TypeError, KeyError) as exc:  # PriorConfigError, VQVAEConfigError, …
+        sidecar = sidecar_path(checkpoint)
+        raise SidecarFault(
+            sidecar, f"{sidecar} does not describe the architecture of {name} ({exc}); {SIDECAR_FIX}"
+        ) from None
+
+
+def vqvae_config(checkpoint: Path, hparams: dict[str, Any]) -> VQVAEConfig:
+    """The VQ-VAE config of `hparams` (its sidecar's, at `checkpoint`), each value of the type it
+    must have; SidecarFault naming the sidecar and the hparam otherwise."""
+
+    def build() -> VQVAEConfig:
+        for key, value in hparams.items():
+            problem = hparam_type_problem(VQVAEConfig, key, value)
+            if problem is not None:  # a sidecar's "64": said here, not as a TypeError deep inside
+                raise VQVAEConfigError(f"VQ-VAE hparam {key!r} {problem}")
+        return VQVAEConfig.from_hparams(hparams)
+
+    if hparams is VQVAE_HPARAMS:
+        return build()
+    return _from_sidecar("vqvae", checkpoint, build)
+
+
+def prior_config(
+    name: str,
+    checkpoint: Path,
+    hparams: dict[str, Any],
+    vqvae_checkpoint: Path,
+    vqvae_hparams: dict[str, Any],
+) -> PriorConfig:
+    """The config of prior `name` from its hparams (its sidecar's, at `checkpoint`, or the published
+    ones) on the VQ-VAE of `vqvae_hparams` (checked first: `vqvae_config`). SidecarFault names the
+    sidecar at fault: the prior's own, else the VQ-VAE's it cannot be built on."""
+
+    def build() -> PriorConfig:
+        return PriorConfig.from_hparams(hparams, vqvae_hparams)
+
+    if hparams is not PRIOR_HPARAMS[name]:
+        return _from_sidecar(name, checkpoint, build)
+    if vqvae_hparams is not VQVAE_HPARAMS:
+        return _from_sidecar("vqvae", vqvae_checkpoint, build)
+    return build()
 
 
 class ModelFileUnusable(CheckpointError):
     """A file of the model is present but cannot be used: damaged, truncated, of another architecture
     than its sidecar (or the published one) says, or its sidecar unreadable. Names the file
     (`name`, the registry's checkpoint name, and `path`) so that the verdict can be recorded;
-    `detail` is the reader's own explanation (for the operator: it names paths)."""
+    `detail` is the reader's own explanation (for the operator: it names paths). `sidecar`: the
+    file's sidecar, when it is what is wrong (it describes no architecture), not the checkpoint."""
 
-    def __init__(self, model: str, name: str, path: Path, detail: str) -> None:
-        self.model, self.name, self.path, self.detail = model, name, path, detail
+    def __init__(self, model: str, name: str, path: Path, detail: str, sidecar: Path | None = None) -> None:
+        self.model, self.name, self.path, self.detail, self.sidecar = model, name, path, detail, sidecar
         super().__init__(detail)
 
 
@@ -80,8 +144,10 @@ class ModelDirectory:
         self.model = model
         self.paths = require_checkpoints(self.model_dir, model)
         self.published = MODELS[model]
-        with self._reading(self.published.vqvae):
-            self.vqvae_hparams = _hparams(self.paths[self.published.vqvae], VQVAE_HPARAMS)
+        vqvae = self.published.vqvae
+        with self._reading(vqvae):
+            self.vqvae_hparams = _hparams(self.paths[vqvae], VQVAE_HPARAMS)
+            self.vqvae_config = vqvae_config(self.paths[vqvae], self.vqvae_hparams)
         self.prior_names = self.published.priors
 
     @contextlib.contextmanager
@@ -97,7 +163,8 @@ class ModelDirectory:
             self._raise_unless_here(name)
             if exc.__cause__ is not None and is_out_of_memory(exc.__cause__):
                 raise exc.__cause__ from None  # the reader ran out of memory: the file may be fine
-            raise ModelFileUnusable(self.model, name, path, str(exc)) from exc
+            sidecar = exc.sidecar if isinstance(exc, SidecarFault) else None
+            raise ModelFileUnusable(self.model, name, path, str(exc), sidecar) from exc
         except (PermissionError, FileNotFoundError):
             # Gone, or this user may not read it (no verdict on the file): as `file_status` sees it,
             # which also decides whether the model is served.
@@ -116,15 +183,17 @@ class ModelDirectory:
             raise ModelFilesMissing(self.model, self.model_dir, [name])
 
     def prior_config(self, level: int) -> PriorConfig:
-        name = self.prior_names[level]
+        name, vqvae = self.prior_names[level], self.published.vqvae
         with self._reading(name):
             hparams = _hparams(self.paths[name], PRIOR_HPARAMS[name])
-        return PriorConfig.from_hparams(hparams, self.vqvae_hparams)
+        # the file whose sidecar is at fault is the one said to be unusable: the VQ-VAE's, when the prior
+        # has the published architecture and cannot be built on the VQ-VAE its sidecar describes
+        with self._reading(name if hparams is not PRIOR_HPARAMS[name] else vqvae):
+            return prior_config(name, self.paths[name], hparams, self.paths[vqvae], self.vqvae_hparams)
 
     def load_vqvae(self, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> VQVAE:
-        config = VQVAEConfig.from_hparams(self.vqvae_hparams)
         with torch.device("meta"):
-            vqvae = VQVAE(config)
+            vqvae = VQVAE(self.vqvae_config)
         name = self.published.vqvae
         with self._reading(name):
             load_checkpoint(vqvae, self.paths[name], device=device, name=name)
@@ -240,11 +309,14 @@ def expected_shapes_for(name: str, model_dir: Path | str | None = None) -> dict[
             published if model_dir is None else _hparams(model_path(Path(model_dir), checkpoint), published)
         )
 
+    vqvae_path = model_path(Path(model_dir or "."), "vqvae")
     vqvae_hparams = hparams("vqvae", VQVAE_HPARAMS)
+    vqvae = vqvae_config(vqvae_path, vqvae_hparams)  # a prior's shapes depend on it too
     with torch.device("meta"):
         if name == "vqvae":
-            module: torch.nn.Module = VQVAE(VQVAEConfig.from_hparams(vqvae_hparams))
+            module: torch.nn.Module = VQVAE(vqvae)
         else:
-            config = PriorConfig.from_hparams(hparams(name, PRIOR_HPARAMS[name]), vqvae_hparams)
+            path = model_path(Path(model_dir or "."), name)
+            config = prior_config(name, path, hparams(name, PRIOR_HPARAMS[name]), vqvae_path, vqvae_hparams)
             module = JukeboxPrior(config)
     return expected_shapes(module)
