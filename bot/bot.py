@@ -1,6 +1,6 @@
 """`JukeBot`: the discord.py client. It knows no feature: each is an extension in `bot/exts/`.
 
-`run_bot(settings, store)` is what `jukebot run` calls: it logs in, runs until SIGTERM/SIGINT
+`run_bot(settings, store)` is what `jukebot run` calls: it logs in, runs until SIGTERM/SIGINT/SIGHUP
 or `close()`, and shuts down cleanly (background tasks cancelled, HTTP session closed).
 """
 
@@ -26,6 +26,7 @@ from bot.errors import JukebotError, StorageOutage, apology, fit_message
 from bot.requests import Limits
 from bot.tasks import BackgroundTasks
 from jukebot.settings import Settings
+from sampler.stop_signals import STOP_SIGNALS
 from storage.errors import LeaseLost, StorageError
 from storage.store import JobStore
 
@@ -190,7 +191,7 @@ def discord_endpoints(settings: Settings) -> Iterator[None]:
 
 
 async def run_bot(settings: Settings, store: JobStore, *, sync_guild_ids: Sequence[int] = ()) -> None:
-    """Run the bot until SIGTERM/SIGINT (or a fatal error), then close it gracefully."""
+    """Run the bot until SIGTERM/SIGINT/SIGHUP (or a fatal error), then close it gracefully."""
     token = settings.require_token()
     with discord_endpoints(settings):
         await _run_until_stopped(settings, store, token, sync_guild_ids)
@@ -203,7 +204,7 @@ async def _run_until_stopped(
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     installed: list[signal.Signals] = []
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in STOP_SIGNALS:
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not on Windows / not main thread
             loop.add_signal_handler(signum, stopping.set)
             installed.append(signum)

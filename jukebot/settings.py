@@ -42,6 +42,11 @@ from storage.models import MAX_INTEGER
 APP_NAME = "jukebot"
 ENV_PREFIX = "JUKEBOT_"
 DAY_SECONDS = 24 * 3600
+# The shortest lease and requeue period: a lease shorter than a few heartbeats' round trips is lost by
+# a healthy worker (0.001 s failed a live worker's job as dead at every try); a requeue period near 0
+# makes an idle worker write to the database in a loop.
+MIN_LEASE_SECONDS = 5.0
+MIN_REQUEUE_SECONDS = 0.05
 
 # Plain driver names a user may type, mapped to the async drivers we run on.
 _ASYNC_DRIVERS = {
@@ -394,8 +399,12 @@ class Settings(BaseSettings):
     discord_api_base: str | None = None
     discord_gateway: str | None = None
     # At most a day: a lease is added to the database's clock, and past year 9999 no date holds it.
-    worker_lease_seconds: float = Field(default=_worker_default("lease_seconds"), gt=0, le=DAY_SECONDS)
-    worker_requeue_seconds: float = Field(default=_worker_default("requeue_seconds"), gt=0, le=DAY_SECONDS)
+    worker_lease_seconds: float = Field(
+        default=_worker_default("lease_seconds"), ge=MIN_LEASE_SECONDS, le=DAY_SECONDS
+    )
+    worker_requeue_seconds: float = Field(
+        default=_worker_default("requeue_seconds"), ge=MIN_REQUEUE_SECONDS, le=DAY_SECONDS
+    )
     worker_checkpoint_seconds: float = Field(
         default=_worker_default("checkpoint_seconds"), ge=0, le=DAY_SECONDS
     )

@@ -17,7 +17,7 @@ from jukebot.commands import (
     settings_or_exit,
     upgrade_or_exit,
 )
-from jukebot.settings import DAY_SECONDS, Settings, SettingsError
+from jukebot.settings import DAY_SECONDS, MIN_LEASE_SECONDS, MIN_REQUEUE_SECONDS, Settings, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -143,13 +143,13 @@ async def _run_bot(settings: Settings, sync_guilds: tuple[int, ...]) -> None:
 @click.command()
 @click.option(
     "--lease-seconds",
-    type=FiniteFloatRange(min=0, min_open=True, max=DAY_SECONDS),
+    type=FiniteFloatRange(min=MIN_LEASE_SECONDS, max=DAY_SECONDS),
     default=None,
     help="A job whose worker is silent this long goes back to the queue (JUKEBOT_WORKER_LEASE_SECONDS).",
 )
 @click.option(
     "--requeue-seconds",
-    type=FiniteFloatRange(min=0, min_open=True, max=DAY_SECONDS),
+    type=FiniteFloatRange(min=MIN_REQUEUE_SECONDS, max=DAY_SECONDS),
     default=None,
     help="How often a worker recovers the jobs of dead workers (JUKEBOT_WORKER_REQUEUE_SECONDS).",
 )

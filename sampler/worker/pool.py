@@ -1,6 +1,6 @@
 """The worker pool: one `spawn`ed worker process per device, restarted when it dies.
 
-`run_pool` blocks until SIGTERM/SIGINT (or a `stop` event), then stops every worker
+`run_pool` blocks until SIGTERM/SIGINT/SIGHUP (or a `stop` event), then stops every worker
 gracefully — each releases its running job back to the queue with its checkpoint — waits up
 to `shutdown_timeout`, and kills what is left (those jobs come back when their lease expires).
 A worker that exits with `EXIT_CONFIG` (bad runner path, a device that is missing or cannot
@@ -29,6 +29,7 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import Any
 
+from sampler.stop_signals import STOP_SIGNALS
 from sampler.worker.contract import DeviceError, DeviceSpec, factory_exists
 from sampler.worker.logs import LOG_FORMATS, configure_logging
 from sampler.worker.runtime import (
@@ -262,7 +263,7 @@ def run_pool(
     log_level: int = logging.INFO,
     log_format: str = "text",
 ) -> int:
-    """Run workers until SIGTERM/SIGINT or `stop` is set; returns a process exit status.
+    """Run workers until SIGTERM/SIGINT/SIGHUP or `stop` is set; returns a process exit status.
 
     Signal handlers can only be installed from the main thread; from another thread pass
     `install_signal_handlers=False` and set `stop` instead.
@@ -285,7 +286,7 @@ def run_pool(
             stop.set()
             pool.wake()
 
-        for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        for stop_signal in STOP_SIGNALS:
             previous[stop_signal] = signal.signal(stop_signal, on_signal)
     try:
         pool.start()

@@ -53,6 +53,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+from sampler.stop_signals import STOP_SIGNALS
 from sampler.worker.contract import (
     DeviceError,
     DeviceSpec,
@@ -1133,7 +1134,7 @@ def run_worker(
     watch_parent: bool = False,
     state: WorkerState | None = None,
 ) -> int:
-    """Check the device, build the runner, then serve until SIGTERM/SIGINT (or the parent process goes
+    """Check the device, build the runner, then serve until SIGTERM/SIGINT/SIGHUP (or the parent process goes
     away). EXIT_CONFIG when restarting cannot help: a device that cannot run, a bad runner factory."""
     try:
         device = DeviceSpec(device_name)
@@ -1160,7 +1161,7 @@ async def _serve_process(
     stop = asyncio.Event()
     engine = create_engine(database_url)
     worker = Worker(JobStore(engine), runner, device, config=config, state=state)
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, _on_signal, stop, signum, worker)
     watcher = asyncio.create_task(_watch_parent(stop, os.getppid())) if watch_parent else None
     try:

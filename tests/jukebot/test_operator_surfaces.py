@@ -178,6 +178,30 @@ def test_worker_timings_past_a_day_are_refused(name: str, monkeypatch: pytest.Mo
     load_settings()
 
 
+@pytest.mark.parametrize(
+    "name,value,floor",
+    [("JUKEBOT_WORKER_LEASE_SECONDS", "0.001", "5"), ("JUKEBOT_WORKER_REQUEUE_SECONDS", "0.001", "0.05")],
+)
+def test_a_lease_or_requeue_period_too_short_to_work_is_refused(
+    name: str, value: str, floor: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 0.001 s lease failed a live worker's job as dead at every try; a 0.001 s requeue period kept an
+    idle worker writing to the database in a loop."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(
+        SettingsError, match=rf"Bad value for {name}: Input should be greater than or equal to {floor}"
+    ):
+        load_settings()
+    monkeypatch.setenv(name, floor)
+    load_settings()
+
+
+@pytest.mark.parametrize("flag,floor", [("--lease-seconds", "5.0"), ("--requeue-seconds", "0.05")])
+def test_worker_timing_flags_too_short_to_work_are_refused(flag: str, floor: str) -> None:
+    code, output = invoke("worker", flag, "0.001")
+    assert code == 2 and f"0.001 is not in the range {floor}<=x<=86400" in output, output
+
+
 @pytest.mark.parametrize("flag", ["--lease-seconds", "--requeue-seconds", "--checkpoint-seconds"])
 def test_worker_timing_flags_past_a_day_are_refused(flag: str) -> None:
     code, output = invoke("worker", flag, "1e12")

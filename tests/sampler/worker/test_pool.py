@@ -244,6 +244,30 @@ async def test_two_pools_share_one_queue_without_running_a_job_twice(
 
 
 @pytest.mark.slow
+async def test_a_hangup_stops_a_worker_and_its_pool_as_gracefully_as_sigterm(
+    pools: Any, store: JobStore, hold_dir: Path
+) -> None:
+    """A closed terminal or ssh session sends SIGHUP to the pool and its workers: each releases its
+    job with its checkpoint, costing no attempt (by default SIGHUP killed them where they stood, and
+    the job waited for a new worker to take it over at the cost of an attempt)."""
+    pool = pools(held=True, extra=["--lease-seconds", "600", "--requeue-seconds", "600"])
+    job_id = await enqueue(store, params={"seconds": 5.0})
+    owner = (await held(store, hold_dir, job_id)).lease_owner
+    assert owner is not None
+    os.kill(pid_of(owner), signal.SIGHUP)
+
+    async def released() -> Job | None:
+        job = await store.get_job(job_id)
+        return job if job.status is JobStatus.QUEUED else None
+
+    job = await wait_until(released, 30, "the worker to release its job")
+    assert job.attempts == 0 and job.has_checkpoint and job.lease_owner is None
+    assert "SIGHUP received: stopping after releasing job" in pool.log()
+    assert await pool.terminate(signal.SIGHUP) == 0
+    assert "SIGHUP received: stopping the workers gracefully" in pool.log()
+
+
+@pytest.mark.slow
 async def test_sigterm_releases_the_running_job_and_the_next_start_finishes_it(
     pools: Any, store: JobStore, log_dir: Path, hold_dir: Path
 ) -> None:
