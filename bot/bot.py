@@ -26,7 +26,7 @@ from bot.errors import JukebotError, StorageOutage, apology, fit_message
 from bot.requests import Limits
 from bot.tasks import BackgroundTasks
 from jukebot.settings import Settings
-from sampler.stop_signals import STOP_SIGNALS
+from sampler.worker.stop_signals import STOP_SIGNALS
 from storage.errors import LeaseLost, StorageError
 from storage.store import JobStore
 

@@ -29,7 +29,6 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import Any
 
-from sampler.stop_signals import STOP_SIGNALS
 from sampler.worker.contract import DeviceError, DeviceSpec, factory_exists
 from sampler.worker.logs import LOG_FORMATS, configure_logging
 from sampler.worker.runtime import (
@@ -42,6 +41,7 @@ from sampler.worker.runtime import (
     doubling_delay,
     worker_main,
 )
+from sampler.worker.stop_signals import STOP_SIGNALS
 
 log = logging.getLogger(__name__)
 

@@ -53,7 +53,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from sampler.stop_signals import STOP_SIGNALS
 from sampler.worker.contract import (
     DeviceError,
     DeviceSpec,
@@ -72,6 +71,7 @@ from sampler.worker.contract import (
 )
 from sampler.worker.logs import configure_logging
 from sampler.worker.memory import is_out_of_memory
+from sampler.worker.stop_signals import STOP_SIGNALS
 from storage import WORKER_PRESENCE_SECONDS, JobStatus, JobStore, LeaseLost, StorageError, create_engine
 from storage.errors import InvalidSample, PrimeNotFound, SampleNotFound, database_unreachable
 from storage.records import ClaimedJob, LevelWindow
