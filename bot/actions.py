@@ -9,11 +9,13 @@ through the bot's event dispatch (`job_queued`; the progress extension posts the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import enum
 import logging
 import math
 import weakref
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -54,6 +56,25 @@ if TYPE_CHECKING:
     from bot.bot import JukeBot
 
 log = logging.getLogger(__name__)
+
+
+class OnePerMember:
+    """Members with one of something under way (a clip downloading, a curation): a second one is
+    refused with `refusal` while the first lasts."""
+
+    def __init__(self, refusal: str) -> None:
+        self._refusal = refusal
+        self._busy: set[int] = set()
+
+    @contextlib.contextmanager
+    def held_by(self, user_id: int) -> Iterator[None]:
+        if user_id in self._busy:
+            raise LimitReached(self._refusal)
+        self._busy.add(user_id)
+        try:
+            yield
+        finally:
+            self._busy.discard(user_id)
 
 
 def guild_id_of(interaction: discord.Interaction[Any]) -> int:

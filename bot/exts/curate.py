@@ -4,7 +4,7 @@ The joining runs in a thread of the bot (`asyncio.to_thread`), not in a worker: 
 processes that claim queued jobs by model, and this is a few seconds to minutes of CPU over samples
 the bot already reads from the store. One curation runs at a time per bot (`_one_at_a_time`), so a
 burst cannot take every core; whoever has to wait is told so, and one per member runs or waits
-(`_one_per_member`), its samples' audio loaded only when its turn comes. Progress goes into the (private)
+(`_curating`), its samples' audio loaded only when its turn comes. Progress goes into the (private)
 deferred reply at most once per `progress_min_edit_seconds` (a setting); the piece is posted in the channel.
 """
 
@@ -14,16 +14,16 @@ import asyncio
 import contextlib
 import io
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
 from bot import curating, delivery
-from bot.actions import Viewer, check_bot_can_post, guild_id_of
+from bot.actions import OnePerMember, Viewer, check_bot_can_post, guild_id_of
 from bot.bot import JukeBot, user_message
-from bot.errors import LimitReached, fit_message
+from bot.errors import fit_message
 from bot.options import JobId
 from bot.requests import TOP_PERIODS
 from bot.views import sample_view
@@ -90,7 +90,10 @@ class Curate(commands.Cog):
         self._one_at_a_time = asyncio.Semaphore(1)
         # Members with a curation running or waiting its turn: one each, so that nobody's burst makes
         # everyone wait (and each waits holding nothing: the audio loads when its turn comes).
-        self._curating: set[int] = set()
+        self._curating = OnePerMember(
+            "Your earlier /curate is still being made (or waits its turn); wait for its answer, then "
+            "ask again."
+        )
         # Called in the curation's thread before the samples are joined: tests hold a curation there.
         self.before_joining: Callable[[], None] | None = None
 
@@ -140,7 +143,7 @@ class Curate(commands.Cog):
         infos = [await store.get_sample_info(sample_id) for sample_id in sample_ids]
         curating.check_duration([sample.duration_seconds for sample in infos])
         similarity = curating.similarity_to_use(infos)
-        with self._one_per_member(interaction.user.id):
+        with self._curating.held_by(interaction.user.id):
             piece = await self._join_in_turn(interaction, selection, sample_ids, similarity)
         last = infos[sample_ids.index(piece.order[-1])]
         last_job = await store.get_job(last.job_id)
@@ -175,19 +178,6 @@ class Curate(commands.Cog):
             f"Done: sample #{sample_id} is posted in this channel "
             f"(similarity: {piece.similarity.description}).",
         )
-
-    @contextlib.contextmanager
-    def _one_per_member(self, user_id: int) -> Iterator[None]:
-        if user_id in self._curating:
-            raise LimitReached(
-                "Your earlier /curate is still being made (or waits its turn); wait for its answer, "
-                "then ask again."
-            )
-        self._curating.add(user_id)
-        try:
-            yield
-        finally:
-            self._curating.discard(user_id)
 
     async def _join_in_turn(
         self,

@@ -9,14 +9,12 @@ nothing and gives the user their lyrics back to paste into a new one.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
 import re
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -27,7 +25,7 @@ from discord.ext import commands
 from bot import actions, vocab
 from bot.attachments import fetch_prime
 from bot.bot import JukeBot, user_message
-from bot.errors import MAX_MESSAGE_CHARS, InvalidRequest, JukebotError, LimitReached, fit_message
+from bot.errors import MAX_MESSAGE_CHARS, InvalidRequest, JukebotError, fit_message
 from bot.requests import (
     MAX_LENGTH_OPTION_SECONDS,
     MAX_SEED,
@@ -103,20 +101,10 @@ class Jukebox(commands.Cog):
         # Members whose clip is downloading or decoding now. The job limits are checked before the
         # download and enforced only when the job is stored: without one clip at a time, a burst of
         # requests from one member would download and decode them all, for one place in the queue.
-        self.fetching_prime: set[int] = set()
-
-    @contextlib.contextmanager
-    def _one_clip_at_a_time(self, user_id: int) -> Iterator[None]:
-        if user_id in self.fetching_prime:
-            raise LimitReached(
-                "Your previous clip is still being downloaded and checked; wait for its answer, then "
-                "send this request again."
-            )
-        self.fetching_prime.add(user_id)
-        try:
-            yield
-        finally:
-            self.fetching_prime.discard(user_id)
+        self.fetching_prime = actions.OnePerMember(
+            "Your previous clip is still being downloaded and checked; wait for its answer, then send "
+            "this request again."
+        )
 
     def _wait_for_lyrics(self, request: _WaitingForLyrics) -> str:
         """Keep `request` for its form; returns the form's key."""
@@ -281,7 +269,7 @@ class Jukebox(commands.Cog):
         build_generate(limits, dataclasses.replace(options, prime_seconds=None))
         prime_id = None
         if prime is not None:
-            with self._one_clip_at_a_time(interaction.user.id):
+            with self.fetching_prime.held_by(interaction.user.id):
                 decoded = await fetch_prime(self.bot.session(), prime.url, prime.filename, prime.size, limits)
             validated = build_generate(
                 limits, dataclasses.replace(options, prime_duration=decoded.duration_seconds)
