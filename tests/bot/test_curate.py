@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import sys
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bot.bot import JukeBot
 from bot.exts.curate import Curate
 from sampler.audio import SAMPLE_RATE, decode_audio, encode_audio
 from storage.engine import create_engine
@@ -236,12 +238,12 @@ async def test_each_bad_selection_gets_its_own_reply_and_stores_nothing(
     assert await job_count(store) == jobs_before
 
 
-async def test_a_long_curation_leaves_the_bot_answering_and_the_next_one_waits_its_turn(
-    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
-) -> None:
-    fake, store = fake_discord, sqlite_store
-    bot = await bot_runner.start(make_bot(fake, store))
-    await made_job(fake, store, 2)
+@contextlib.asynccontextmanager
+async def curation_held(
+    bot: JukeBot, fake: FakeDiscord
+) -> AsyncIterator[tuple[InteractionRecord, threading.Event]]:
+    """`/curate job:1`, held in its thread before it joins until the block ends; its record, and the
+    event that lets it go on."""
     found = bot.get_cog("Curate")
     # load_extension imports the module afresh: the class is not the one imported here
     assert found is not None and type(found).__name__ == Curate.__name__
@@ -252,14 +254,26 @@ async def test_a_long_curation_leaves_the_bot_answering_and_the_next_one_waits_i
         holding.set()
         assert release.wait(timeout=60), "the test never released the curation"
 
+    async def held() -> bool:
+        return holding.is_set()
+
     cog.before_joining = hold
     try:
-        first = await fake.invoke_command("curate", {"job": 1})
-
-        async def held() -> bool:
-            return holding.is_set()
-
+        record = await fake.invoke_command("curate", {"job": 1})
         await wait_until(held, within=30, what="the curation to reach its hook")
+        yield record, release
+    finally:
+        cog.before_joining = None
+        release.set()
+
+
+async def test_a_long_curation_leaves_the_bot_answering_and_the_next_one_waits_its_turn(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    fake, store = fake_discord, sqlite_store
+    bot = await bot_runner.start(make_bot(fake, store))
+    await made_job(fake, store, 2)
+    async with curation_held(bot, fake) as (first, release):
         started = time.monotonic()
         queue = await fake.invoke_command("queue", {})
         await fake.wait_for(lambda: queue.original is not None and not queue.original.loading)
@@ -278,9 +292,6 @@ async def test_a_long_curation_leaves_the_bot_answering_and_the_next_one_waits_i
                 and second.original.content.startswith("Another curation is running in this bot")
             )
         )
-    finally:
-        cog.before_joining = None
-        release.set()
     assert (await final_reply(fake, first)).startswith("Done: sample #3 ")
     assert (await final_reply(fake, second)).startswith("Done: sample #4 ")
     assert (await store.get_job(3)).params["curation"]["selection"] == "the top 10 of all time"
@@ -375,25 +386,8 @@ async def test_a_curation_that_outlives_its_interaction_token_still_posts_its_pi
     fake, store = fake_discord, sqlite_store
     bot = await bot_runner.start(make_bot(fake, store))
     await made_job(fake, store, 2)
-    cog = cast(Curate, bot.get_cog("Curate"))
-    holding, release = threading.Event(), threading.Event()
-
-    def hold() -> None:  # runs in the curation's thread
-        holding.set()
-        assert release.wait(timeout=60), "the test never released the curation"
-
-    cog.before_joining = hold
-    try:
-        record = await fake.invoke_command("curate", {"job": 1})
-
-        async def held() -> bool:
-            return holding.is_set()
-
-        await wait_until(held, within=30, what="the curation to reach its hook")
+    async with curation_held(bot, fake) as (record, _):
         fake.expire_interaction(record)
-    finally:
-        cog.before_joining = None
-        release.set()
 
     async def reply_given_up() -> bool:
         return "could not update the /curate reply" in caplog.text
