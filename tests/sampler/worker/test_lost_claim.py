@@ -7,28 +7,21 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Collection
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sampler.worker.contract import DeviceSpec
-from sampler.worker.runtime import Worker, WorkerConfig
+from sampler.worker.runtime import Worker
 from storage import JobKind, JobStatus, JobStore
 from storage.records import ClaimedJob, Job
 from tests.conftest import FakeClock
+from tests.sampler.worker.test_runtime import FAST, toy_env
 from tests.sampler.worker.toy_runner import ToyRunner
 from tests.waiting import wait_until
 
-FAST = WorkerConfig(
-    lease_seconds=30.0,
-    poll_seconds=0.05,
-    max_poll_seconds=0.2,
-    progress_seconds=0.1,
-    cancel_poll_seconds=0.1,
-    requeue_seconds=0.5,
-)
+__all__ = ["toy_env"]
 
 
 class AnswerLostOnce(JobStore):
@@ -47,16 +40,6 @@ class AnswerLostOnce(JobStore):
             self.lost.append(job.id)
             raise ConnectionResetError("the connection was lost after the COMMIT")
         return job
-
-
-@pytest.fixture
-def toy_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    log_dir = tmp_path / "toy-log"
-    log_dir.mkdir()
-    monkeypatch.setenv("JUKEBOT_TOY_LOG_DIR", str(log_dir))
-    monkeypatch.setenv("JUKEBOT_TOY_WORK", "20")
-    monkeypatch.delenv("JUKEBOT_TOY_MODEL_DIR", raising=False)
-    monkeypatch.delenv("JUKEBOT_TOY_MODELS", raising=False)
 
 
 @pytest.mark.parametrize("max_attempts", [1, 3])
