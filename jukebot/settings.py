@@ -536,12 +536,11 @@ class Settings(BaseSettings):
 
     @property
     def sqlite_path(self) -> Path | None:
-        """The file of a SQLite database (None for Postgres, memory and `file:` URI databases)."""
+        """The file of a SQLite database (None for Postgres and memory databases; `file:` URIs and
+        `?uri=` are refused when the URL is read)."""
         parsed = make_url(self.database_url)
         database = parsed.database
-        if parsed.get_backend_name() != "sqlite" or not database or "uri" in parsed.query:
-            return None
-        if database == ":memory:" or database.startswith("file:"):
+        if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
             return None
         return Path(database)
 
