@@ -22,9 +22,9 @@ from sampler.batch_sizes import BatchSizes
 from sampler.jukebox.cascade import Cascade, PriorSource
 from sampler.jukebox.checkpoint import CheckpointError, load_checkpoint
 from sampler.jukebox.decoding import DecodeOptions, empty_cuda_cache
-from sampler.jukebox.prior import JukeboxPrior, PriorConfig, hparam_type_problem
+from sampler.jukebox.prior import JukeboxPrior, PriorConfig
 from sampler.jukebox.registry import MODELS, PRIOR_HPARAMS, VQVAE_HPARAMS
-from sampler.jukebox.vqvae import VQVAE, VQVAEConfig, VQVAEConfigError
+from sampler.jukebox.vqvae import VQVAE, VQVAEConfig
 from sampler.model_files import (
     SIDECAR_FIX,
     ModelFilesMissing,
@@ -87,16 +87,9 @@ def vqvae_config(checkpoint: Path, hparams: dict[str, Any]) -> VQVAEConfig:
     """The VQ-VAE config of `hparams` (its sidecar's, at `checkpoint`), each value of the type it
     must have; SidecarFault naming the sidecar and the hparam otherwise."""
 
-    def build() -> VQVAEConfig:
-        for key, value in hparams.items():
-            problem = hparam_type_problem(VQVAEConfig, key, value)
-            if problem is not None:  # a sidecar's "64": said here, not as a TypeError deep inside
-                raise VQVAEConfigError(f"VQ-VAE hparam {key!r} {problem}")
-        return VQVAEConfig.from_hparams(hparams)
-
     if hparams is VQVAE_HPARAMS:
-        return build()
-    return _from_sidecar("vqvae", checkpoint, build)
+        return VQVAEConfig.from_hparams(hparams)
+    return _from_sidecar("vqvae", checkpoint, lambda: VQVAEConfig.from_hparams(hparams))
 
 
 def prior_config(

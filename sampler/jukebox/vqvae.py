@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sampler.jukebox.hparams import hparam_type_problem
+
 # Raw samples per chunk: about 12 s at 44.1 kHz. The published level-0 stacks need about 1 s
 # of context on each side of a chunk, so the recomputed overlap stays a modest fraction.
 DEFAULT_CHUNK_SAMPLES = 1 << 19
@@ -85,6 +87,10 @@ class VQVAEConfig:
         missing = [name for name in required if name not in hparams]
         if missing:
             raise VQVAEConfigError(f"VQ-VAE hparams lack required key(s): {', '.join(missing)}")
+        for key, value in hparams.items():
+            problem = hparam_type_problem(cls, key, value)
+            if problem is not None:  # a sidecar's "64": said here, not as a TypeError deep inside
+                raise VQVAEConfigError(f"VQ-VAE hparam {key!r} {problem}")
         return cls(**{name: hparams[name] for name in known if name in hparams})
 
     @classmethod
