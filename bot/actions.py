@@ -15,8 +15,8 @@ import enum
 import logging
 import math
 import weakref
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import discord
 
@@ -56,6 +56,36 @@ if TYPE_CHECKING:
     from bot.bot import JukeBot
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# A form (a modal) cannot be deferred: it must be Discord's first answer, within 3 s of the click.
+# Checks before it that the database has not answered by then are left to the form's submission,
+# which makes every check again, so a slow database costs a refusal after the form, not the form.
+FORM_CHECKS_SECONDS = 1.5
+_checks_left_running: set[asyncio.Task[Any]] = set()
+
+
+async def checked_before_form(checks: Coroutine[Any, Any, T]) -> T | None:
+    """What `checks` returns (or raises), or None when they take longer than `FORM_CHECKS_SECONDS`:
+    they then go on unawaited, so no database call is cut off midway, and their outcome is dropped."""
+    task = asyncio.ensure_future(checks)
+    done, _ = await asyncio.wait({task}, timeout=FORM_CHECKS_SECONDS)
+    if task in done:
+        return task.result()
+    log.warning(
+        "The database did not answer the checks before a form within %s s; the form opens and its "
+        "submission checks again",
+        FORM_CHECKS_SECONDS,
+    )
+    _checks_left_running.add(task)
+    task.add_done_callback(_drop_late_checks)
+    return None
+
+
+def _drop_late_checks(task: asyncio.Task[Any]) -> None:
+    _checks_left_running.discard(task)
+    if not task.cancelled():
+        task.exception()  # a late refusal or a database error: the submission meets it again
 
 
 class OnePerMember:

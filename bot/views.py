@@ -146,12 +146,15 @@ class ContinueButton(
         async with bot.reporting_errors(interaction):
             stored_id(self.sample_id, "sample")  # a forged custom_id may carry any number
             # Refusals first, so none comes only after the user filled in the form.
-            await actions.check_usable_sample(bot, interaction, self.sample_id)
-            await actions.check_can_enqueue(bot, interaction)
+            await actions.checked_before_form(self._refusals_first(bot, interaction))
             reply_to = interaction.message.id if interaction.message else None
             form = ContinueModal(self.sample_id, reply_to)
             await interaction.response.send_modal(form)
             form.stop()  # `submit_continue_form` answers it, in this process or the next one
+
+    async def _refusals_first(self, bot: JukeBot, interaction: discord.Interaction[Any]) -> None:
+        await actions.check_usable_sample(bot, interaction, self.sample_id)
+        await actions.check_can_enqueue(bot, interaction)
 
 
 class ContinueModal(discord.ui.Modal, title="Continue this sample"):

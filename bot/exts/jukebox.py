@@ -72,6 +72,9 @@ class _WaitingForLyrics:
     options: GenerateOptions
     prime: discord.Attachment | None
     opened_at: float  # time.monotonic()
+    # False: the database was too slow to choose the default model before the form had to open, so
+    # the submission chooses it.
+    model_chosen: bool = True
 
 
 class LyricsModal(discord.ui.Modal, title="Lyrics"):
@@ -140,10 +143,11 @@ class Jukebox(commands.Cog):
                 await self._give_lyrics_back(interaction, lyrics)
                 return
             await interaction.response.defer(ephemeral=True, thinking=True)
+            options = dataclasses.replace(request.options, lyrics=lyrics)
             try:
-                await self.submit(
-                    interaction, dataclasses.replace(request.options, lyrics=lyrics), request.prime
-                )
+                if not request.model_chosen:
+                    options = await self._with_default_model(options)
+                await self.submit(interaction, options, request.prime)
             except Exception as exc:  # refused now (a limit reached meanwhile, the prime): lyrics back too
                 refusal = user_message(exc)
                 if refusal is None:
@@ -211,13 +215,10 @@ class Jukebox(commands.Cog):
         seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
         full: bool = False,
     ) -> None:
-        if not lyrics_modal:  # else a form may have to be the first answer
-            await interaction.response.defer(ephemeral=True, thinking=True)  # before the database
-        if model is None:
-            model = default_model(await self.bot.store.served_models())
-        check_model(model)
+        if model is not None:
+            check_model(model)
         options = GenerateOptions(
-            model=model,
+            model=model or DEFAULT_MODEL,  # chosen below from the served models when not given
             artist=artist,
             genres=genre,
             styles=styles,
@@ -229,30 +230,70 @@ class Jukebox(commands.Cog):
             full=full,
             prime_seconds=prime_seconds,
         )
-        if lyrics_modal and has_lyrics(model):
-            # Cheap checks first so a refusal is not behind a form.
-            if len(lyrics or "") > MODAL_LYRICS_CHARS:
-                raise InvalidRequest(
-                    f"Your lyrics are {len(lyrics or ''):,} characters, more than the form's "
-                    f"{MODAL_LYRICS_CHARS:,}: send them in `lyrics` without `lyrics_modal` "
-                    f"(up to {MAX_LYRICS_CHARS:,}), or shorten them."
-                )
-            limits = await actions.check_can_enqueue(self.bot, interaction)
-            # Length, samples and labels too: refused now, not after the lyrics are written.
-            build_generate(limits, dataclasses.replace(options, prime_seconds=None))
-            key = self._wait_for_lyrics(
-                _WaitingForLyrics(interaction.user.id, options, prime, opened_at=time.monotonic())
+        if lyrics_modal:
+            await self._lyrics_form_or_submit(interaction, options, prime, model_given=model is not None)
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)  # before the database
+        if model is None:
+            options = await self._with_default_model(options)
+        await self.submit(interaction, options, prime)
+
+    async def _with_default_model(self, options: GenerateOptions) -> GenerateOptions:
+        return dataclasses.replace(options, model=default_model(await self.bot.store.served_models()))
+
+    async def _lyrics_form_or_submit(
+        self,
+        interaction: discord.Interaction[JukeBot],
+        options: GenerateOptions,
+        prime: discord.Attachment | None,
+        *,
+        model_given: bool,
+    ) -> None:
+        """Open the lyrics form, the first answer, so refusals that do not need the lyrics come before
+        it; or, for a model without lyrics, queue the job with a note."""
+        checked = await actions.checked_before_form(
+            self._checks_before_form(interaction, options, model_given)
+        )
+        model_chosen = checked is not None or model_given
+        options = checked or options
+        if has_lyrics(options.model) or not model_chosen:
+            self._check_form_holds(options.lyrics)  # the checks may not have got this far
+            request = _WaitingForLyrics(
+                interaction.user.id, options, prime, opened_at=time.monotonic(), model_chosen=model_chosen
             )
-            form = LyricsModal(key, lyrics)
+            key = self._wait_for_lyrics(request)
+            form = LyricsModal(key, options.lyrics)
             await interaction.response.send_modal(form)
             form.stop()  # `on_interaction` answers it, in this process or (giving the lyrics back) the next
             return
+        await interaction.response.defer(ephemeral=True, thinking=True)
         notes: tuple[str, ...] = ()
-        if lyrics_modal:  # a model without lyrics: no form; the job is queued with a note
-            await interaction.response.defer(ephemeral=True, thinking=True)
-            if not (lyrics or "").strip():  # typed lyrics get `build_generate`'s note instead
-                notes = (no_lyrics_note(model, "no lyrics form opened"),)
+        if not (options.lyrics or "").strip():  # typed lyrics get `build_generate`'s note instead
+            notes = (no_lyrics_note(options.model, "no lyrics form opened"),)
         await self.submit(interaction, options, prime, notes)
+
+    async def _checks_before_form(
+        self, interaction: discord.Interaction[JukeBot], options: GenerateOptions, model_given: bool
+    ) -> GenerateOptions:
+        """The options with their model chosen, once the request passed every check that needs no lyrics
+        (a model without lyrics opens no form: `submit` checks it)."""
+        if not model_given:
+            options = await self._with_default_model(options)
+        if has_lyrics(options.model):
+            self._check_form_holds(options.lyrics)  # cheap checks first
+            limits = await actions.check_can_enqueue(self.bot, interaction)
+            # Length, samples and labels too: refused now, not after the lyrics are written.
+            build_generate(limits, dataclasses.replace(options, prime_seconds=None))
+        return options
+
+    @staticmethod
+    def _check_form_holds(lyrics: str | None) -> None:
+        if len(lyrics or "") > MODAL_LYRICS_CHARS:
+            raise InvalidRequest(
+                f"Your lyrics are {len(lyrics or ''):,} characters, more than the form's "
+                f"{MODAL_LYRICS_CHARS:,}: send them in `lyrics` without `lyrics_modal` "
+                f"(up to {MAX_LYRICS_CHARS:,}), or shorten them."
+            )
 
     async def submit(
         self,

@@ -13,12 +13,13 @@ import pytest
 
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
-from tests.bot.fake_discord import FakeDiscord, InteractionRecord
+from tests.bot.fake_discord import CALLBACK_MODAL, FakeDiscord, InteractionRecord
 from tests.bot.harness import (
     PlayedWorker,
     answer_of,
     make_bot,
     queue_song,
+    reply_of,
     sample_message,
     sqlite_store,
 )
@@ -124,3 +125,52 @@ async def test_it_acknowledges_before_it_reads_the_database(
     }
     assert answer.content.startswith(expected[asked]), answer.content
     assert answer.ephemeral == (asked == "/jukebot-admin show")
+
+
+async def test_the_continue_form_opens_in_time_and_its_submission_checks_what_the_database_did_not_answer(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A form cannot be deferred, so checks that need the database open it only if the database
+    answers in time; otherwise the form opens and its submission makes them."""
+    fake, store = fake_discord, sqlite_store
+    bot = await bot_runner.start(make_bot(fake, store))
+    sample_id = await _preview(fake, store, bot)
+    message = sample_message(fake, sample_id)
+    assert message is not None
+    await queue_song(fake, "bob")
+    await PlayedWorker(store).claim()  # bob's job runs: at his running limit, he may queue nothing
+
+    for user in ("bob", "mod"):
+        opened = await acknowledged_before_reading(
+            monkeypatch,
+            lambda user=user, **wait: fake.click(
+                message, f"jukebot:continue:{sample_id}", user=fake.user(user), **wait
+            ),
+        )
+        assert opened.response_type == CALLBACK_MODAL, user
+        answer = await reply_of(fake, await fake.submit_modal(opened, {"seconds": "5"}))
+        if user == "bob":
+            assert answer.startswith("You have 1 job running"), answer
+        else:
+            assert answer.startswith("Queued as job #3."), answer
+    assert (await store.get_job(3)).parent_sample_id == sample_id
+    assert fake.rejections == []
+
+
+async def test_the_lyrics_form_opens_in_time_and_its_submission_chooses_the_default_model(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake, store = fake_discord, sqlite_store
+    await bot_runner.start(make_bot(fake, store))
+    await store.record_worker("small-gpu", ["1b_lyrics"])  # the default is the best model served
+
+    opened = await acknowledged_before_reading(
+        monkeypatch,
+        lambda **wait: fake.invoke_command("jukebox", {"lyrics_modal": True, "artist": "queen"}, **wait),
+    )
+    assert opened.response_type == CALLBACK_MODAL
+    answer = await reply_of(fake, await fake.submit_modal(opened, {"lyrics": "a line to sing"}))
+    assert answer.startswith("Queued as job #1."), answer
+    job = await store.get_job(1)
+    assert (job.model, job.params["lyrics"]) == ("1b_lyrics", "a line to sing")
+    assert fake.rejections == []
