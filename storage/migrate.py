@@ -87,7 +87,9 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return config
 
 
-async def _run_alembic(url: str, action: str, revision: str) -> None:
+async def _run_alembic(url: str, action: str, revision: str) -> str | None:
+    """Run `action` to `revision`; returns the revision the database was at (read under the lock, so a
+    migrator that waited for another sees the other's work)."""
     engine = create_engine(url, sqlite_foreign_keys=False, bounded_statements=False)
     try:
         async with engine.begin() as connection:
@@ -95,18 +97,20 @@ async def _run_alembic(url: str, action: str, revision: str) -> None:
                 # Released at commit; a second migrator waits here, then finds the work done.
                 await connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
 
-            def run(sync_connection: Connection) -> None:
+            def run(sync_connection: Connection) -> str | None:
+                before = _revision_of(sync_connection)
                 # Alembic would fail on a revision it cannot find with a bare CommandError.
-                check_known_revision(_revision_of(sync_connection))
+                check_known_revision(before)
                 getattr(command, action)(alembic_config(sync_connection), revision)
+                return before
 
-            await connection.run_sync(run)
+            return await connection.run_sync(run)
     finally:
         await engine.dispose()
 
 
-async def upgrade_to_head_async(url: str) -> None:
-    await _run_alembic(url, "upgrade", "head")
+async def upgrade_to_head_async(url: str) -> str | None:
+    return await _run_alembic(url, "upgrade", "head")
 
 
 async def upgrade_async(url: str, revision: str) -> None:
@@ -118,9 +122,10 @@ async def downgrade_async(url: str, revision: str = "base") -> None:
     await _run_alembic(url, "downgrade", revision)
 
 
-def upgrade_to_head(url: str) -> None:
-    """Apply every pending migration to the database at `url` (call with no event loop running)."""
-    asyncio.run(upgrade_to_head_async(url))
+def upgrade_to_head(url: str) -> str | None:
+    """Apply every pending migration to the database at `url` (call with no event loop running);
+    returns the revision it was at (None: no schema yet)."""
+    return asyncio.run(upgrade_to_head_async(url))
 
 
 def downgrade(url: str, revision: str = "base") -> None:

@@ -71,15 +71,16 @@ def require_torch(what: str) -> None:
         )
 
 
-def upgrade_or_exit(settings: Settings) -> None:
-    """Migrate the database to the latest schema, or stop with the sentence that says what to fix."""
+def upgrade_or_exit(settings: Settings) -> str | None:
+    """Migrate the database to the latest schema, or stop with the sentence that says what to fix;
+    returns the schema revision it was at (None: none, an empty database)."""
     from storage.migrate import upgrade_to_head
 
     problem = sqlite_path_problem(settings)
     if problem is not None:
         raise click.ClickException(problem)
     try:
-        upgrade_to_head(settings.database_url)
+        return upgrade_to_head(settings.database_url)
     except Exception as exc:
         message = database_problem(exc, settings)
         if message is None:

@@ -14,9 +14,18 @@ def db() -> None:
 
 @db.command()
 def upgrade() -> None:
-    """Apply every pending migration to the configured database."""
-    upgrade_or_exit(settings_or_exit())
-    click.echo("database is at the latest schema")
+    """Apply every pending migration to the configured database, saying whether there was any."""
+    from storage.migrate import head_revision
+
+    settings = settings_or_exit()
+    before, head = upgrade_or_exit(settings), head_revision()
+    where = f"the database at {settings.database_url_for_display}"
+    if before == head:
+        click.echo(f"{where} is already at the latest schema ({head}): nothing to migrate")
+    else:
+        click.echo(
+            f"{where} was at schema {before or 'none (empty)'} and is now at the latest schema ({head})"
+        )
 
 
 @db.command()

@@ -332,8 +332,15 @@ def test_cli_db_upgrade_creates_the_tables(
     result = CliRunner().invoke(main, ["db", "upgrade"], catch_exceptions=False)
 
     assert result.exit_code == 0, result.output
-    assert "latest schema" in result.output
+    assert result.output.endswith(
+        f" was at schema none (empty) and is now at the latest schema ({head_revision()})\n"
+    )
     assert schema_diff(empty_db_url) == []
+    again = CliRunner().invoke(main, ["db", "upgrade"], catch_exceptions=False)
+    assert (again.exit_code, again.output.split(" is ", 1)[1]) == (
+        0,
+        f"already at the latest schema ({head_revision()}): nothing to migrate\n",
+    )
     if url.get_backend_name() == "sqlite":
         assert url.database is not None
         with sqlite3.connect(url.database) as connection:
@@ -341,6 +348,23 @@ def test_cli_db_upgrade_creates_the_tables(
                 row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")
             }
         assert TABLES <= names
+
+
+def test_cli_db_upgrade_says_which_schema_it_migrated_from(
+    empty_db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("JUKEBOT_DATABASE_URL", raising=False)
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    monkeypatch.setenv("DATABASE_URL", empty_db_url)
+    asyncio.run(upgrade_async(empty_db_url, "0001"))
+
+    result = CliRunner().invoke(main, ["db", "upgrade"], catch_exceptions=False)
+
+    assert result.exit_code == 0, result.output
+    assert result.output.endswith(
+        f" was at schema 0001 and is now at the latest schema ({head_revision()})\n"
+    )
+    assert schema_diff(empty_db_url) == []
 
 
 def test_migrations_ship_inside_the_package() -> None:
