@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from sampler.jukebox.registry import CHECKPOINTS, DEFAULT_MIRRORS, MODELS
 from sampler.units import format_bytes
+from sampler.user_text import shorten_user_text
 
 try:  # Advisory locking keeps two processes from writing the same .part; POSIX only.
     import fcntl
@@ -663,6 +664,7 @@ def verify_file(
 # ----------------------------------------------------------------------------- status
 
 
+FAILURE_SHOWN_CHARS = 300  # of a recorded verification failure, in a status line
 # bad_sidecar: present, but its sidecar (or the VQ-VAE's, which every prior's shapes depend on) is not a
 # JSON object: it cannot be used, and there is nothing to fetch: the sidecar is what to fix.
 FileState = Literal["verified", "present", "failed", "unreadable", "bad_sidecar", "partial", "missing"]
@@ -692,8 +694,9 @@ class FileStatus:
             return f"verified ({_CHECK_WORDS[self.checks or 'loads']})"
         if self.state == "present":
             return "present, not verified yet"
-        if self.state == "failed":
-            return "failed verification: run `jukebot models verify` for details"
+        if self.state == "failed":  # with the reason recorded, which `verify` (or a worker) found
+            why = f" ({shorten_user_text(self.problem, FAILURE_SHOWN_CHARS)})" if self.problem else ""
+            return f"failed verification{why}: run `jukebot models verify` for details"
         if self.state == "unreadable":
             return self.problem or unreadable_problem(self.path)
         if self.state == "bad_sidecar":
@@ -727,7 +730,11 @@ def file_status(name: str, model_dir: Path, cache: dict[str, Any] | None = None)
         entry = VerifiedCache(model_dir).get(name, path, cache)
         if entry is None:
             return FileStatus(name, path, "present", size)
-        return FileStatus(name, path, "verified" if entry.get("ok") else "failed", size, entry.get("checks"))
+        if entry.get("ok"):
+            return FileStatus(name, path, "verified", size, entry.get("checks"))
+        recorded = entry.get("problems")
+        problem = "; ".join(map(str, recorded)) if isinstance(recorded, list) and recorded else None
+        return FileStatus(name, path, "failed", size, entry.get("checks"), problem)
     if part_size is not None:
         return FileStatus(name, path, "partial", part_size)
     return FileStatus(name, path, "missing", None)

@@ -105,3 +105,15 @@ def test_a_workers_verdict_on_a_file_whose_sidecar_is_wrong_still_names_the_side
     (blocking,) = lines(result, "FAIL models")
     assert str(sidecar) in blocking and SIDECAR_FIX in blocking, blocking
     assert "models download" not in blocking and "models verify" not in blocking, blocking
+
+
+def test_models_list_shows_why_a_recorded_verdict_failed(clean_env: Path) -> None:
+    """A worker (or `sample`) that found a file unusable recorded why: the list says it, so the operator
+    need not run `verify` to learn it."""
+    model_dir = write_tiny_model_dir(clean_env / "models", models=("1b_lyrics",))
+    top = model_path(model_dir, "prior_1b_lyrics")
+    why = "layer 3's attention weights are (64, 32), the sidecar says (64, 48)"
+    VerifiedCache(model_dir).put("prior_1b_lyrics", top, ok=False, checks="loads", problems=[why])
+    listed = CliRunner().invoke(main, ["models", "list"], env={"JUKEBOT_MODEL_DIR": str(model_dir)})
+    assert listed.exit_code == 0, listed.output
+    assert f"failed verification ({why}): run `jukebot models verify` for details" in listed.output
