@@ -39,8 +39,11 @@ from bot.requests import (
     capacity_refusal,
     check_capacity,
     check_channel,
+    tokens_seconds,
 )
 from sampler.jobspec import InvalidJobParams, JobParams, is_full_quality, parse_params
+from sampler.jukebox.registry import MAX_SONG_SECONDS
+from sampler.jukebox.windows import TOP_HOP, longest_song_samples
 from sampler.user_text import quote_user_text
 from storage.errors import (
     AlreadyUpsampled,
@@ -403,6 +406,12 @@ async def request_upsample(
     if 2 not in sample.levels:
         raise InvalidRequest(f"Sample #{sample_id} has no top-level codes stored, so it cannot be upsampled.")
     limits = await check_can_enqueue(bot, interaction)
+    top_tokens = await bot.store.codes_count(sample_id, 2)
+    if top_tokens is not None and top_tokens * TOP_HOP > longest_song_samples():  # made long by continues
+        raise InvalidRequest(
+            f"Sample #{sample_id} is {tokens_seconds(top_tokens)} long, and the models take songs shorter "
+            f"than {MAX_SONG_SECONDS:g} s, so it cannot be upsampled."
+        )
     if sample.duration_seconds > limits.max_length_seconds + LENGTH_ROUNDING_SECONDS:
         # Upsampling costs GPU time for every second of the sample (continues can make it long).
         raise LimitReached(
@@ -434,7 +443,13 @@ async def request_continue(
     """Queue a continuation of a sample and announce it (the interaction is deferred)."""
     sample, parent_job = await usable_sample(bot, interaction, sample_id)
     limits = await check_can_enqueue(bot, interaction)
-    validated = build_continue(limits, _parent_params(parent_job).for_sample(sample.index), seconds)
+    validated = build_continue(
+        limits,
+        _parent_params(parent_job).for_sample(sample.index),
+        seconds,
+        sample_id=sample_id,
+        parent_tokens=await bot.store.codes_count(sample_id, 2),
+    )
     return await enqueue_and_announce(
         bot,
         interaction,

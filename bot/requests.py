@@ -6,6 +6,7 @@ wrong and what to do instead; nothing is written to the store before all checks 
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -24,8 +25,13 @@ from sampler.jobspec import (
     JobParams,
     Style,
 )
-from sampler.jukebox.registry import DEFAULT_MODEL, MODEL_PREFERENCE, MODELS
-from sampler.jukebox.windows import prompt_length_samples, sample_length_samples
+from sampler.jukebox.registry import DEFAULT_MODEL, MAX_SONG_SECONDS, MODEL_PREFERENCE, MODELS, SAMPLE_RATE
+from sampler.jukebox.windows import (
+    TOP_HOP,
+    longest_song_samples,
+    prompt_length_samples,
+    sample_length_samples,
+)
 from sampler.units import format_bytes
 from sampler.user_text import quote_user_text, shorten_user_text
 from storage.errors import UserJobLimitReached
@@ -40,7 +46,7 @@ DEFAULT_CONTINUE_SECONDS = 10.0
 # The shortest length or continuation asked for, and the longest a command's option takes (a server's
 # own limit, at most this, is checked after).
 MIN_LENGTH_SECONDS = 1.0
-MAX_LENGTH_OPTION_SECONDS = 600.0
+MAX_LENGTH_OPTION_SECONDS = MAX_SONG_SECONDS
 MAX_HISTORY_PAGE = 1000  # /history pages of ten jobs
 MAX_SEED = 2**31 - 1
 # Lyrics longer than this do not fit comfortably in a slash-command option; the modal takes them.
@@ -319,13 +325,48 @@ def _resolve_sweep(limits: Limits, options: GenerateOptions) -> tuple[Style, ...
     return tuple(Style(artist=labels.artist, genres=labels.genres) for labels in resolved)
 
 
+def tokens_seconds(tokens: int) -> str:
+    """How long `tokens` top-level codes play, in tenths of a second rounded down (599.99 s is not
+    "600.0 s", which a song must stay under)."""
+    return f"{math.floor(tokens * TOP_HOP / SAMPLE_RATE * 10) / 10:.1f} s"
+
+
+def check_continuable(sample_id: int, parent_tokens: int | None, added: float = MIN_LENGTH_SECONDS) -> None:
+    """Refuse to continue a sample of `parent_tokens` top-level codes by `added` seconds when the song
+    would reach the models' longest (the worker would only fail the job), saying how much fits."""
+    if parent_tokens is None:
+        raise InvalidRequest(f"Sample #{sample_id} has no top-level codes stored, so it cannot be continued.")
+    parent = parent_tokens * TOP_HOP
+    room = longest_song_samples() - parent
+    if parent + sample_length_samples(added) <= longest_song_samples():
+        return
+    said = (
+        f"Sample #{sample_id} is {tokens_seconds(parent_tokens)} long, and songs stay under "
+        f"{MAX_SONG_SECONDS:g} s"
+    )
+    most = math.floor((room + TOP_HOP) / SAMPLE_RATE * 10) / 10  # tenths of a second, rounded down
+    while most > 0 and sample_length_samples(most) > room:  # (float rounding)
+        most = round(most - 0.1, 1)
+    if most < MIN_LENGTH_SECONDS:
+        raise LimitReached(f"{said}: it cannot be continued any further.")
+    raise LimitReached(f"{said}: continue it by at most {most:g} s.")
+
+
 def build_continue(
-    limits: Limits, parent_params: JobParams, seconds: float | None, rng: random.Random | None = None
+    limits: Limits,
+    parent_params: JobParams,
+    seconds: float | None,
+    *,
+    sample_id: int,
+    parent_tokens: int | None,
+    rng: random.Random | None = None,
 ) -> ValidatedJob:
-    """A continue job adds `seconds` to a sample, keeping its labels and lyrics, with a seed of its own:
-    each Continue is another take (the parent's seed would sample the same continuation again)."""
+    """A continue job adds `seconds` to a sample of `parent_tokens` top-level codes, keeping its labels and
+    lyrics, with a seed of its own: each Continue is another take (the parent's seed would sample the
+    same continuation again)."""
     added = DEFAULT_CONTINUE_SECONDS if seconds is None else float(seconds)
     check_length(limits, added, what="continuation")
+    check_continuable(sample_id, parent_tokens, added)
     params = parent_params.model_copy(
         update={
             "seconds": added,

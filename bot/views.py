@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 import discord
 
 from bot import actions
-from bot.requests import DEFAULT_CONTINUE_SECONDS, stored_id
+from bot.requests import DEFAULT_CONTINUE_SECONDS, check_continuable, stored_id
 from storage.models import JobStatus
 from storage.records import Job
 
@@ -155,6 +155,7 @@ class ContinueButton(
     async def _refusals_first(self, bot: JukeBot, interaction: discord.Interaction[Any]) -> None:
         await actions.check_usable_sample(bot, interaction, self.sample_id)
         await actions.check_can_enqueue(bot, interaction)
+        check_continuable(self.sample_id, await bot.store.codes_count(self.sample_id, 2))
 
 
 class ContinueModal(discord.ui.Modal, title="Continue this sample"):

@@ -32,7 +32,7 @@ from sampler.engine_settings import (
     parse_decode_path,
     parse_switch,
 )
-from sampler.jukebox.registry import DEFAULT_MIRRORS
+from sampler.jukebox.registry import DEFAULT_MIRRORS, MAX_SONG_SECONDS
 from sampler.model_files import default_model_dir
 from sampler.residency import DEFAULT_RESIDENT_PRIORS, ResidentPriors, parse_resident_priors
 from sampler.worker.logs import LOG_LEVELS, LogFormat
@@ -379,7 +379,7 @@ class Settings(BaseSettings):
     model_mirrors: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_MIRRORS))
 
     # Limits a server owner tunes (per-guild overrides live in the database).
-    max_length_seconds: float = Field(default=60.0, gt=0)
+    max_length_seconds: float = Field(default=60.0, gt=0, le=MAX_SONG_SECONDS)
     max_samples_per_job: int = Field(default=3, ge=1, le=16)
     max_running_jobs_per_user: int = Field(default=1, ge=1, le=MAX_INTEGER)  # stored with each job
     max_queued_jobs_per_user: int = Field(default=3, ge=1, le=MAX_INTEGER)

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from sampler.jukebox.registry import MODELS, PRIOR_HPARAMS
+from sampler.jukebox.registry import MAX_SONG_SECONDS, MODELS, PRIOR_HPARAMS
 from sampler.units import count_of
 
 Levels = Literal["top", "all"]
@@ -74,9 +74,9 @@ class JobParams(BaseModel):
     styles: tuple[Style, ...] | None = Field(default=None, min_length=1, max_length=16)
     # generate: length of the sample; continue: seconds to add to the parent; upsample: ignored
     # (the parent's length is upsampled).
-    seconds: float = Field(default=20.0, gt=0, le=600)
+    seconds: float = Field(default=20.0, gt=0, le=MAX_SONG_SECONDS)
     # The song length the labels claim (timing conditioning). None: max(seconds, the model minimum).
-    total_seconds: float | None = Field(default=None, gt=0, le=600)
+    total_seconds: float | None = Field(default=None, gt=0, le=MAX_SONG_SECONDS)
     n_samples: int = Field(default=1, ge=1, le=16)
     temperature: float = Field(default=DEFAULT_TEMPERATURE, gt=0, le=2)
     seed: int = Field(default=0, ge=0, lt=2**63)

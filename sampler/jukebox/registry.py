@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 SAMPLE_RATE = 44100
+# Every published top prior's max_duration: it takes songs shorter than this (the original refuses
+# one this long or longer).
+MAX_SONG_SECONDS = 600.0
 
 # Path of each checkpoint relative to a mirror root (the original CDN's `jukebox/models/`).
 # The same relative path is used under the local model directory.
@@ -92,7 +95,7 @@ PRIOR_HPARAMS: dict[str, dict[str, Any]] = {
             blocks=128,
             init_scale=0.1,
             min_duration=60.0,
-            max_duration=600.0,
+            max_duration=MAX_SONG_SECONDS,
             merged_decoder=True,
             fp16_params=True,
         ),
@@ -122,7 +125,7 @@ PRIOR_HPARAMS: dict[str, dict[str, Any]] = {
             prime_pos_init=False,
             prime_spread=None,
             min_duration=23.8,
-            max_duration=600.0,
+            max_duration=MAX_SONG_SECONDS,
             use_tokens=True,
             n_tokens=512,
             merged_decoder=True,
@@ -145,7 +148,7 @@ PRIOR_HPARAMS: dict[str, dict[str, Any]] = {
             init_scale=0.2,
             labels_v3=True,
             min_duration=17.84,
-            max_duration=600.0,
+            max_duration=MAX_SONG_SECONDS,
             use_tokens=True,
             n_tokens=384,
             single_enc_dec=True,

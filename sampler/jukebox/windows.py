@@ -5,9 +5,10 @@ Pure integer logic shared by the cascade, progress reporting and ETA estimates.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from sampler.jukebox.registry import SAMPLE_RATE
+from sampler.jukebox.registry import MAX_SONG_SECONDS, SAMPLE_RATE
 
 TOP_HOP = 128  # raw samples per top-level token; audio lengths are multiples of it
 
@@ -87,3 +88,9 @@ def prompt_length_samples(prompt_seconds: float, sr: int = SAMPLE_RATE) -> int:
 def sample_length_samples(seconds: float, sr: int = SAMPLE_RATE) -> int:
     """A duration in raw samples, rounded down to a multiple of the top hop."""
     return (int(seconds * sr) // TOP_HOP) * TOP_HOP
+
+
+def longest_song_samples(max_seconds: float = MAX_SONG_SECONDS, sr: int = SAMPLE_RATE) -> int:
+    """The longest song, in raw samples (a multiple of the top hop), of a top prior that takes songs
+    shorter than `max_seconds`."""
+    return ((math.ceil(max_seconds * sr) - 1) // TOP_HOP) * TOP_HOP

@@ -119,8 +119,13 @@ class PlayedWorker:
         """Stop a job being cancelled after the current step, as a worker does."""
         await self.store.mark_cancelled(job_id, self.worker_id)
 
-    async def complete(self, job: ClaimedJob, *, n: int, full: bool, seconds: float = 2.0) -> list[int]:
+    async def complete(
+        self, job: ClaimedJob, *, n: int, full: bool, seconds: float = 2.0, codes_seconds: float | None = None
+    ) -> list[int]:
+        """Store `n` samples of `seconds` of audio, with codes for `codes_seconds` (the audio's length
+        unless given: a curated piece's codes outlast its crossfaded audio)."""
         samples = []
+        length = int((seconds if codes_seconds is None else codes_seconds) * SAMPLE_RATE)
         for index in range(n):
             audio = encode_audio(tone(seconds, 330.0 + 110 * index), SAMPLE_RATE, "ogg", 64_000)
             samples.append(
@@ -131,9 +136,9 @@ class PlayedWorker:
                     audio=audio,
                     audio_format="ogg",
                     audio_bitrate=64_000,
-                    codes_level_2=codes(int(seconds * SAMPLE_RATE) // 128, index),
-                    codes_level_1=codes(int(seconds * SAMPLE_RATE) // 32, index) if full else None,
-                    codes_level_0=codes(int(seconds * SAMPLE_RATE) // 8, index) if full else None,
+                    codes_level_2=codes(length // 128, index),
+                    codes_level_1=codes(length // 32, index) if full else None,
+                    codes_level_0=codes(length // 8, index) if full else None,
                 )
             )
         return await self.store.complete(job.id, self.worker_id, samples)

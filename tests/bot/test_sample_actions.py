@@ -25,10 +25,14 @@ from tests.bot.harness import (
 __all__ = ["sqlite_store"]
 
 
-async def _posted_preview(fake: FakeDiscord, store: JobStore, bot: object, seconds: float = 2.0) -> int:
+async def _posted_preview(
+    fake: FakeDiscord, store: JobStore, bot: object, seconds: float = 2.0, codes_seconds: float | None = None
+) -> int:
     await queue_song(fake, "alice", artist="queen", samples=1)
     worker = PlayedWorker(store)
-    (sample_id,) = await worker.complete(await worker.claim(), n=1, full=False, seconds=seconds)
+    (sample_id,) = await worker.complete(
+        await worker.claim(), n=1, full=False, seconds=seconds, codes_seconds=codes_seconds
+    )
     relay_of(bot).poke()  # type: ignore[arg-type]
     await fake.wait_for(when(lambda: sample_message(fake, sample_id)))
     return sample_id
@@ -147,3 +151,41 @@ async def test_a_continue_form_opened_before_a_restart_still_queues(
     assert (job.kind, job.parent_sample_id, job.params["seconds"]) == (JobKind.CONTINUE, sample_id, 7.5)
     progress = await fake.wait_for(when(lambda: progress_message(fake, 2)))
     assert progress.replied_to == message.id  # under the sample it continues, as before the restart
+
+
+async def test_a_song_stays_under_the_models_longest_when_continued_or_upsampled(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    """Every model takes songs shorter than 600 s, and a worker fails a longer job only after its wait in
+    the queue: the bot refuses it at once, saying how much fits (a server may allow 600 s songs, and
+    continues, or a curated piece, make a sample long)."""
+    fake, store = fake_discord, sqlite_store
+    bot = await bot_runner.start(make_bot(fake, store))
+    await store.set_guild_settings(GuildSettings(guild_id=fake.default_guild.id, max_length_seconds=600.0))
+    full = await _posted_preview(fake, store, bot, codes_seconds=599.5)  # 599.498 s of whole codes
+    message = sample_message(fake, full)
+    assert message is not None
+    no_more = (
+        f"Sample #{full} is 599.4 s long, and songs stay under 600 s: it cannot be continued any further."
+    )
+    refused = await fake.click(message, f"jukebot:continue:{full}", user=fake.user("bob"))
+    assert refused.response_type != CALLBACK_MODAL
+    assert await reply_of(fake, refused) == no_more
+    assert (
+        await reply_of(fake, await fake.invoke_command("continue", {"sample": full, "seconds": 1})) == no_more
+    )
+
+    almost = await _posted_preview(fake, store, bot, codes_seconds=590.0)
+    too_long = await fake.invoke_command("continue", {"sample": almost, "seconds": 20}, user=fake.user("bob"))
+    assert await reply_of(fake, too_long) == (
+        f"Sample #{almost} is 589.9 s long, and songs stay under 600 s: continue it by at most 10 s."
+    )
+    fits = await fake.invoke_command("continue", {"sample": almost, "seconds": 10}, user=fake.user("bob"))
+    assert (await reply_of(fake, fits)).startswith("Queued as job #3."), await reply_of(fake, fits)
+
+    over = await _posted_preview(fake, store, bot, codes_seconds=600.3)  # continued before this check
+    assert await reply_of(fake, await fake.invoke_command("upsample", {"sample": over})) == (
+        f"Sample #{over} is 600.2 s long, and the models take songs shorter than 600 s, so it cannot be upsampled."
+    )
+    assert await job_count(store) == 4
+    assert fake.rejections == []

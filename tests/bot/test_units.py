@@ -33,6 +33,7 @@ from bot.errors import (
 )
 from bot.progress import MARK_CANCELLED, MARK_DONE, MARK_FAILED, progress_bar, render_job, render_queue
 from bot.requests import (
+    MIN_LENGTH_SECONDS,
     GenerateOptions,
     Limits,
     availability_note,
@@ -40,12 +41,18 @@ from bot.requests import (
     build_generate,
     build_upsample,
     check_channel,
+    check_continuable,
     check_prime_metadata,
     default_model,
     stored_id,
 )
 from sampler.audio import SAMPLE_RATE, decode_audio, encode_audio
-from sampler.jukebox.windows import TOP_HOP, prompt_length_samples, sample_length_samples
+from sampler.jukebox.windows import (
+    TOP_HOP,
+    longest_song_samples,
+    prompt_length_samples,
+    sample_length_samples,
+)
 from sampler.user_text import quote_user_text, shorten_user_text
 from storage.models import JobKind, JobStatus
 from storage.records import GuildSettings, Job, LevelWindow
@@ -150,19 +157,51 @@ def test_prime_metadata_checks() -> None:
         check_prime_metadata(LIMITS, "a.wav", 3 * 1024 * 1024)
 
 
+PREVIEW_TOKENS = 20 * SAMPLE_RATE // TOP_HOP  # a 20 s preview's top-level codes
+
+
 def test_continue_and_upsample_keep_the_labels() -> None:
     parent = build_generate(LIMITS, GenerateOptions(model="5b_lyrics", artist="queen", lyrics="la")).params
-    cont = build_continue(LIMITS, parent, 8.0).params
+    cont = build_continue(LIMITS, parent, 8.0, sample_id=1, parent_tokens=PREVIEW_TOKENS).params
     assert (cont.artist, cont.lyrics, cont.seconds, cont.n_samples) == ("queen", "la", 8.0, 1)
-    assert build_continue(LIMITS, parent, None).params.seconds == 10.0
+    assert (
+        build_continue(LIMITS, parent, None, sample_id=1, parent_tokens=PREVIEW_TOKENS).params.seconds == 10.0
+    )
     with pytest.raises(LimitReached, match="continuation is 90 s"):
-        build_continue(LIMITS, parent, 90.0)
+        build_continue(LIMITS, parent, 90.0, sample_id=1, parent_tokens=PREVIEW_TOKENS)
     up = build_upsample(parent).params
     assert up.levels == "all" and up.n_samples == 1 and up.artist == "queen"
     assert up.seed == parent.seed  # the preview's own codes, upsampled
     # each Continue is another take: a seed of its own, not the parent's (which would repeat it)
-    takes = {build_continue(LIMITS, parent, 8.0, random.Random(n)).params.seed for n in range(3)}
+    takes = {
+        build_continue(
+            LIMITS, parent, 8.0, sample_id=1, parent_tokens=PREVIEW_TOKENS, rng=random.Random(n)
+        ).params.seed
+        for n in range(3)
+    }
     assert len(takes) == 3 and parent.seed not in takes
+
+
+def test_a_continuation_keeps_the_song_under_the_models_longest() -> None:
+    """Every published model takes songs shorter than 600 s: a continuation past that is refused here,
+    saying how much still fits, instead of failing in a worker after its wait in the queue."""
+    limits = replace(LIMITS, max_length_seconds=600.0)
+    parent = build_generate(limits, GenerateOptions(model="5b_lyrics", artist="queen")).params
+    tokens = 590 * SAMPLE_RATE // TOP_HOP  # 589.99 s
+    assert build_continue(limits, parent, 10.0, sample_id=7, parent_tokens=tokens).params.seconds == 10.0
+    with pytest.raises(LimitReached) as refused:
+        build_continue(limits, parent, 10.1, sample_id=7, parent_tokens=tokens)
+    assert str(refused.value) == (
+        "Sample #7 is 589.9 s long, and songs stay under 600 s: continue it by at most 10 s."
+    )
+    full = longest_song_samples() // TOP_HOP
+    with pytest.raises(
+        LimitReached, match=r"^Sample #7 is 599.9 s long, .*: it cannot be continued any further\.$"
+    ):
+        check_continuable(7, full)
+    check_continuable(7, full - int(MIN_LENGTH_SECONDS * SAMPLE_RATE) // TOP_HOP - 1)
+    with pytest.raises(InvalidRequest, match="no top-level codes"):
+        check_continuable(7, None)
 
 
 # ------------------------------------------------------------------ progress

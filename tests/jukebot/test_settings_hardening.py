@@ -412,3 +412,13 @@ def test_a_worker_on_a_machine_set_to_run_no_workers_is_one_sentence(monkeypatch
         "Error: JUKEBOT_GPUS=none says this machine runs no workers, so `jukebot worker` has nothing to "
         "run: set JUKEBOT_GPUS to auto, cpu or GPU numbers such as 0,1 here."
     )
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_the_longest_song_is_one_the_models_take(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every model takes songs shorter than 600 s: a longer limit would let users queue jobs that
+    only fail in a worker."""
+    monkeypatch.setenv("JUKEBOT_MAX_LENGTH_SECONDS", "600")
+    assert load_settings().max_length_seconds == 600.0
+    refused = bad_setting(monkeypatch, "JUKEBOT_MAX_LENGTH_SECONDS", "900")
+    assert "JUKEBOT_MAX_LENGTH_SECONDS" in refused and "less than or equal to 600" in refused
