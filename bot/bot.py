@@ -23,6 +23,7 @@ from discord.ext import commands
 from bot.command_sync import clear_guild_copies, sync_commands
 from bot.delivery import upload_limit
 from bot.errors import JukebotError, StorageOutage, apology, fit_message
+from bot.options import forged_option
 from bot.requests import Limits
 from bot.tasks import BackgroundTasks
 from jukebot.settings import Settings
@@ -95,6 +96,13 @@ async def report_error(interaction: discord.Interaction[Any], error: BaseExcepti
 
 
 class JukeTree(app_commands.CommandTree["JukeBot"]):
+    async def interaction_check(self, interaction: discord.Interaction[JukeBot], /) -> bool:
+        """Every command's options within what it declared to Discord (`forged_option`)."""
+        problem = forged_option(interaction)
+        if problem is not None:
+            raise app_commands.CheckFailure(problem)
+        return True
+
     async def on_error(
         self, interaction: discord.Interaction[JukeBot], error: app_commands.AppCommandError
     ) -> None:

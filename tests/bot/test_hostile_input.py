@@ -23,6 +23,7 @@ from discord.utils import HAS_ORJSON
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
+from sampler.user_text import QUOTE_LIMIT
 from storage.engine import create_engine
 from storage.models import JobStatus
 from storage.store import JobStore
@@ -145,13 +146,13 @@ HOSTILE_PRIMES = [
     pytest.param(
         {"prime_seconds": -1.0},
         Upload("riff.wav", prime_wav(2.0)),
-        "prime_seconds must be from 0.5 to 600 seconds, got -1.",
+        "The option `prime_seconds` must be between 0.5 and 600, got -1.",
         id="prime-seconds-negative",
     ),
     pytest.param(
         {"prime_seconds": 0.1},
         Upload("riff.wav", prime_wav(2.0)),
-        "prime_seconds must be from 0.5 to 600 seconds, got 0.1.",
+        "The option `prime_seconds` must be between 0.5 and 600, got 0.1.",
         id="prime-seconds-below-the-minimum",
     ),
 ]
@@ -221,8 +222,13 @@ async def test_history_pages_no_client_can_ask_for_get_a_specific_reply(
     await bot_runner.start(make_bot(fake_discord, sqlite_store))
     record = await fake_discord.invoke_command("history", {"page": page}, forged=True)
     if shown is None:  # a float with orjson, an int quoted shortened without it
-        shown = "1e+80" if HAS_ORJSON else f"{'9' * 30}… (80 characters)"
-    expected = f"There is no page {shown} of job history: pages go from 1 to 1000."
+        expected = (
+            "The option `page` must be a whole number."
+            if HAS_ORJSON
+            else f"The option `page` must be between 1 and 1,000, got {'9' * QUOTE_LIMIT}… (80 characters)."
+        )
+    else:
+        expected = f"The option `page` must be between 1 and 1,000, got {shown}."
     assert await reply_of(fake_discord, record) == expected
 
 
@@ -419,3 +425,46 @@ async def test_a_full_disk_is_named_and_nothing_is_lost(
     )
     assert again.startswith("Queued as job #2.")
     await PlayedWorker(sqlite_store).claim()  # the stored jobs are whole and usable
+
+
+@pytest.mark.parametrize(
+    ("command", "options", "expected"),
+    [
+        ("jukebot-admin limits", {"max_length": 1e9}, "`max_length` must be between 1 and 600, got 1e+09"),
+        ("jukebot-admin limits", {"max_length": 0.5}, "`max_length` must be between 1 and 600, got 0.5"),
+        (
+            "jukebot-admin limits",
+            {"max_queued": 2**70},
+            f"`max_queued` must be between 1 and 100, got {2**70}",
+        ),
+        ("jukebox", {"temperature": 100}, "`temperature` must be between 0.1 and 2, got 100"),
+        ("jukebox", {"samples": 0}, "`samples` must be between 1 and 16, got 0"),
+        ("jukebox", {"model": "6b"}, "`model` is one of 5b_lyrics, 5b, 1b_lyrics, not '6b'"),
+        ("jukebox", {"seed": "7"}, "`seed` must be a whole number"),
+    ],
+    ids=[
+        "admin-length-1e9",
+        "admin-length-half-second",
+        "admin-queued-2^70",
+        "temperature",
+        "samples",
+        "model",
+        "seed-text",
+    ],
+)
+async def test_options_outside_what_the_command_declared_are_refused(
+    fake_discord: FakeDiscord,
+    bot_runner: BotRunner,
+    sqlite_store: JobStore,
+    command: str,
+    options: dict[str, Any],
+    expected: str,
+) -> None:
+    """discord.py's `Range` and choices only tell Discord's client what to send; a tampered client sends
+    anything (a server limit of 10**9 s was saved, and 2**70 queued jobs failed with an apology)."""
+    fake = fake_discord
+    await bot_runner.start(make_bot(fake, sqlite_store))
+    record = await fake.invoke_command(command, options, user=fake.user("mod"), forged=True)
+    assert await reply_of(fake, record) == f"The option {expected}."
+    assert await job_count(sqlite_store) == 0
+    assert (await sqlite_store.get_guild_settings(fake.default_guild.id)).max_length_seconds is None
