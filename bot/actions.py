@@ -14,6 +14,7 @@ import dataclasses
 import enum
 import logging
 import math
+import re
 import weakref
 from collections.abc import Coroutine, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -116,19 +117,29 @@ def guild_id_of(interaction: discord.Interaction[Any]) -> int:
     return interaction.guild_id
 
 
+SECONDS_UNIT = re.compile(r"\s*(?:s|secs?|seconds?)\.?\s*$", re.IGNORECASE)
+THOUSANDS_COMMA = re.compile(r"[0-9],[0-9]{3}(?![0-9])")
+
+
 def parse_seconds(text: str) -> float | None:
-    """The continue modal's field: empty means the default."""
-    text = text.strip().removesuffix("s").strip()
-    if not text:
+    """The continue modal's field (`10`, `12.5`, `12,5`, `10 s`, `10 seconds`): empty means the default."""
+    typed = text.strip()
+    number = SECONDS_UNIT.sub("", typed)
+    if not number:
         return None
+    if THOUSANDS_COMMA.search(number):  # 1,000: a thousand, or one with a decimal comma?
+        raise InvalidRequest(
+            f"{quote_user_text(typed)} could be read two ways; type the seconds without a thousands "
+            "separator, e.g. 10 or 12.5."
+        )
     try:
-        value = float(text.replace(",", "."))
+        value = float(number.replace(",", "."))
     except ValueError:
         raise InvalidRequest(
-            f"{quote_user_text(text)} is not a number of seconds; type e.g. 10 or 12.5."
+            f"{quote_user_text(typed)} is not a number of seconds; type e.g. 10 or 12.5."
         ) from None
     if not math.isfinite(value) or value <= 0:
-        raise InvalidRequest(f"The seconds to add must be a positive number, got {quote_user_text(text)}.")
+        raise InvalidRequest(f"The seconds to add must be a positive number, got {quote_user_text(typed)}.")
     return value
 
 
@@ -405,6 +416,9 @@ async def request_upsample(
         raise InvalidRequest(f"Sample #{sample_id} is already full quality; there is nothing to upsample.")
     if 2 not in sample.levels:
         raise InvalidRequest(f"Sample #{sample_id} has no top-level codes stored, so it cannot be upsampled.")
+    earlier = await bot.store.upsample_covering(sample_id)
+    if earlier is not None:  # before the limits: waiting for a place would not make it upsampled
+        raise await _already_upsampled(bot, interaction, earlier)
     limits = await check_can_enqueue(bot, interaction)
     top_tokens = await bot.store.codes_count(sample_id, 2)
     if top_tokens is not None and top_tokens * TOP_HOP > longest_song_samples():  # made long by continues
@@ -476,6 +490,11 @@ async def _already_upsampled(
         return InvalidRequest(
             f"Sample #{sample_id} {being}, in a channel you cannot see; whoever asked for it "
             "there can share its full-quality version."
+        )
+    if earlier.status == JobStatus.CANCELLING.value:  # it posts nothing, but runs until it stops
+        return InvalidRequest(
+            f"Sample #{sample_id}'s upsample, job #{job_id}, is being cancelled and posts nothing: "
+            "upsample it again once that job has stopped (its progress message says so)."
         )
     if earlier.status != JobStatus.SUCCEEDED.value:
         where = (

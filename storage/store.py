@@ -540,21 +540,15 @@ class JobStore:
     async def _refuse_second_upsample(self, connection: AsyncConnection, sample_id: int) -> None:
         """An upsample of a sample that one queued, running or done already covers is refused (the
         enqueue lock makes a burst of clicks count too); after a failure or a cancel it may run again."""
-        alive = [*(status.value for status in UNFINISHED_STATUSES), JobStatus.SUCCEEDED.value]
-        earlier = (
-            await connection.execute(
-                select(jobs.c.id, jobs.c.status)
-                .where(
-                    jobs.c.kind == JobKind.UPSAMPLE.value,
-                    jobs.c.parent_sample_id == sample_id,
-                    jobs.c.status.in_(alive),
-                )
-                .order_by(jobs.c.id)
-                .limit(1)
-            )
-        ).first()
+        earlier = await _upsample_covering(connection, sample_id)
         if earlier is not None:
-            raise AlreadyUpsampled(sample_id, earlier.id, earlier.status)
+            raise earlier
+
+    async def upsample_covering(self, sample_id: int) -> AlreadyUpsampled | None:
+        """The upsample job, queued, running or done, that a new upsample of the sample would repeat
+        (as the refusal `enqueue` would raise), or None: for a refusal before any other check."""
+        async with self._reading() as connection:
+            return await _upsample_covering(connection, sample_id)
 
     async def _one_enqueue_at_a_time(self, connection: AsyncConnection) -> None:
         """Hold the enqueue lock until the transaction ends.
@@ -2003,6 +1997,23 @@ def _check_lease(lease_seconds: float) -> None:
 def _check_page(limit: int, offset: int) -> None:
     if not 1 <= limit <= 1000 or offset < 0:
         raise StorageError(f"ask for 1 to 1000 rows from offset >= 0 (got limit={limit}, offset={offset})")
+
+
+async def _upsample_covering(connection: AsyncConnection, sample_id: int) -> AlreadyUpsampled | None:
+    alive = [*(status.value for status in UNFINISHED_STATUSES), JobStatus.SUCCEEDED.value]
+    earlier = (
+        await connection.execute(
+            select(jobs.c.id, jobs.c.status)
+            .where(
+                jobs.c.kind == JobKind.UPSAMPLE.value,
+                jobs.c.parent_sample_id == sample_id,
+                jobs.c.status.in_(alive),
+            )
+            .order_by(jobs.c.id)
+            .limit(1)
+        )
+    ).first()
+    return None if earlier is None else AlreadyUpsampled(sample_id, earlier.id, earlier.status)
 
 
 def _check_guild_settings(settings: GuildSettings) -> None:

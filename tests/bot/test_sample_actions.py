@@ -189,3 +189,46 @@ async def test_a_song_stays_under_the_models_longest_when_continued_or_upsampled
     )
     assert await job_count(store) == 4
     assert fake.rejections == []
+
+
+async def test_an_upsampled_sample_says_so_before_any_limit_and_a_cancelled_upsample_promises_nothing(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    """Waiting for a place in the queue, or a longer server limit, would not make the sample upsampled
+    again: where its full-quality version is comes first. An upsample being cancelled posts nothing,
+    so a second one is not told to wait for it."""
+    fake, store = fake_discord, sqlite_store
+    bot = await bot_runner.start(make_bot(fake, store))
+    sample_id = await _posted_preview(fake, store, bot)
+    message = sample_message(fake, sample_id)
+    assert message is not None
+    worker = PlayedWorker(store)
+
+    assert (await reply_of(fake, await fake.invoke_command("upsample", {"sample": sample_id}))).startswith(
+        "Queued as job #2."
+    )
+    running = await worker.claim()
+    await reply_of(fake, await fake.invoke_command("cancel", {"job": running.id}))
+    assert (await store.get_job(running.id)).status == JobStatus.CANCELLING
+    stopping = await fake.click(message, f"jukebot:upsample:{sample_id}", user=fake.user("bob"))
+    assert await reply_of(fake, stopping) == (
+        f"Sample #{sample_id}'s upsample, job #2, is being cancelled and posts nothing: upsample it again "
+        "once that job has stopped (its progress message says so)."
+    )
+    await worker.cancelled(running.id)
+    again = await fake.click(message, f"jukebot:upsample:{sample_id}", user=fake.user("bob"))
+    assert (await reply_of(fake, again)).startswith("Queued as job #3."), await reply_of(fake, again)
+    (full,) = await worker.complete(await worker.claim(), n=1, full=True)
+
+    await queue_song(fake, "bob")
+    await worker.claim()  # bob's song runs: he is at his running limit
+    guild = fake.default_guild.id
+    await store.set_guild_settings(GuildSettings(guild_id=guild, max_length_seconds=1.0))
+    done = (
+        f"Sample #{sample_id} was upsampled already, by job #3: its full-quality version is sample #{full} "
+        f"(`/sample {full}` posts it again)."
+    )
+    for user in ("bob", "mod"):  # at his running limit; past the server's longest song
+        late = await fake.click(message, f"jukebot:upsample:{sample_id}", user=fake.user(user))
+        assert await reply_of(fake, late) == done, user
+    assert fake.rejections == []

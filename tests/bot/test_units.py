@@ -19,6 +19,7 @@ import pytest
 
 import storage.engine
 from bot import delivery
+from bot.actions import parse_seconds
 from bot.delivery import AudioFile, files_for_sample, group_for_messages, upload_limit
 from bot.errors import (
     AttachmentRejected,
@@ -447,3 +448,40 @@ def test_lists_keep_whole_items_and_lines_shorten_their_middle() -> None:
     assert line == "• Job #1 · queen / rock,… · <t:1:R>" and len(line) == 35
     assert fit_line("a ", "b", " c", 30) == "a b c"
     assert fit_line("start ", "x" * 40, " end", 10) == "start " + "x" * 11 + "…" + " end"  # never below 12
+
+
+@pytest.mark.parametrize(
+    ("typed", "seconds"),
+    [
+        ("10", 10.0),
+        (" 12.5 ", 12.5),
+        ("12,5", 12.5),
+        ("5s", 5.0),
+        ("10 sec", 10.0),
+        ("10 Seconds", 10.0),
+        ("1e1", 10.0),
+        ("٥", 5.0),
+        ("", None),
+        (" s ", None),
+    ],
+)
+def test_the_continue_form_reads_the_seconds_as_people_type_them(typed: str, seconds: float | None) -> None:
+    assert parse_seconds(typed) == seconds
+
+
+@pytest.mark.parametrize(
+    ("typed", "refusal"),
+    [
+        (
+            "1,000",
+            "'1,000' could be read two ways; type the seconds without a thousands separator, e.g. 10 or 12.5.",
+        ),
+        ("10 seconds please", "'10 seconds please' is not a number of seconds; type e.g. 10 or 12.5."),
+        ("-5 s", "The seconds to add must be a positive number, got '-5 s'."),
+        ("nan", "The seconds to add must be a positive number, got 'nan'."),
+    ],
+)
+def test_the_continue_form_refuses_what_it_cannot_read_quoting_it_whole(typed: str, refusal: str) -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        parse_seconds(typed)
+    assert str(refused.value) == refusal
