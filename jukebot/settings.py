@@ -146,8 +146,21 @@ _REFUSED_SQLITE_PARAMETERS = {
 
 
 def normalise_database_url(url: str) -> str:
-    """Return `url` with an async driver, or raise ValueError saying what is wrong."""
-    if not url.strip():
+    """Return `url` with an async driver, or raise ValueError saying what is wrong.
+
+    Spaces and line breaks around it are dropped (as around a `.env` value): no file or database name
+    ends in one that an operator meant, and they would be invisible in every message."""
+    try:
+        url.encode("utf-8")
+    except UnicodeEncodeError as exc:  # bytes the environment held that are not UTF-8 (surrogate escapes)
+        byte = ord(url[exc.start]) - 0xDC00 if 0xDC80 <= ord(url[exc.start]) <= 0xDCFF else None
+        which = f" (byte {byte:#04x} at character {exc.start + 1})" if byte is not None else ""
+        raise ValueError(
+            f"it is not UTF-8 text{which}; set it again as UTF-8, writing any other character of a "
+            "file name or password %-encoded (e.g. %FF)"
+        ) from None
+    url = url.strip()
+    if not url:
         raise ValueError(
             "it is empty; set it to a database URL, e.g. postgresql://user@host/db, "
             "or remove it for the default SQLite file"
@@ -172,6 +185,12 @@ def normalise_database_url(url: str) -> str:
         if not parsed.database:
             raise ValueError("a SQLite URL needs a file path, e.g. sqlite:///path/to/jukebot.sqlite3")
         _check_sqlite_query(url, parsed)
+        if parsed.database == ":memory:" or parsed.database.startswith("file::memory:"):
+            raise ValueError(
+                "an in-memory SQLite database (:memory:) lives only as long as one process, and jukebot "
+                "shares its database with its worker processes, so it needs a file: give its path, "
+                "e.g. sqlite:////path/to/jukebot.sqlite3"
+            )
         if parsed.database.startswith("file:"):  # a URI, which only uri=true (refused) would read as one
             raise ValueError(
                 "jukebot opens SQLite files by path, not by file: URI; write the path itself, "

@@ -18,7 +18,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 
-from storage.engine import create_engine
+from storage.engine import READ_ONLY, create_engine
 from storage.models import Base
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -133,9 +133,12 @@ def downgrade(url: str, revision: str = "base") -> None:
 
 
 async def current_revision_async(url: str) -> str | None:
+    """The database's schema revision (None: none yet). Only reads: on SQLite it reads the last commit
+    and never waits for a writer (a worker holding the write lock)."""
     engine = create_engine(url)
     try:
         async with engine.connect() as connection:
+            await connection.execution_options(**{READ_ONLY: True})
             return await connection.run_sync(_revision_of)
     finally:
         await engine.dispose()
@@ -155,6 +158,7 @@ async def schema_diff_async(url: str) -> list[Any]:
     engine = create_engine(url)
     try:
         async with engine.connect() as connection:
+            await connection.execution_options(**{READ_ONLY: True})  # reads only, as above
 
             def compare(sync_connection: Connection) -> list[Any]:
                 context = MigrationContext.configure(sync_connection, opts={"compare_type": True})

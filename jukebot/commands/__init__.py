@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import getpass
 import importlib.util
 import logging
 import math
 import os
 import re
+import stat
+from pathlib import Path
 from typing import Any
 
 import click
@@ -98,6 +101,9 @@ def sqlite_path_problem(settings: Settings) -> str | None:
     path = settings.sqlite_path
     if path is None:
         return None
+    special = _special_file_problem(path)
+    if special is not None:
+        return special
     if path.is_dir():
         return (
             f"DATABASE_URL names the directory {path}, not a SQLite file: add a file name, "
@@ -122,6 +128,42 @@ def sqlite_path_problem(settings: Settings) -> str | None:
     return None
 
 
+# What `stat` calls a file that is neither a regular file nor a directory.
+_SPECIAL_FILES = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _special_file_problem(path: Path) -> str | None:
+    """The sentence for a SQLite path that is a link to nothing, a loop of links, or a file that is no
+    regular file (a FIFO, a socket, a device), none of which SQLite can open or create; else None."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return (
+                f"DATABASE_URL's SQLite file {path} is a loop of links (a link that leads back to "
+                "itself): fix or remove the link, or point DATABASE_URL at the database file itself."
+            )
+        if exc.errno == errno.ENOENT and path.is_symlink():
+            return (
+                f"DATABASE_URL's SQLite file {path} is a link to {os.readlink(path)}, which does not "
+                "exist (SQLite cannot create a file through it): point DATABASE_URL at the database file "
+                "itself, or remove the link so that `jukebot db upgrade` creates a new database there."
+            )
+        return None
+    for test, kind in _SPECIAL_FILES:
+        if test(mode):
+            return (
+                f"DATABASE_URL's SQLite file {path} is {kind}, not a regular file: point DATABASE_URL at "
+                "jukebot's database file, or at a new file name to start an empty one."
+            )
+    return None
+
+
 def database_problem(error: BaseException, settings: Settings) -> str | None:
     """One sentence with the fix for a database that cannot be used, or None for anything else.
 
@@ -133,9 +175,36 @@ def database_problem(error: BaseException, settings: Settings) -> str | None:
     shown = settings.database_url_for_display
     if isinstance(error, DBAPIError):
         return f"The database at {shown} failed: {first_line(error.orig)}."
-    if isinstance(error, OSError):
+    if isinstance(error, TimeoutError):
+        return timed_out(settings)
+    if isinstance(error, OSError) and not raised_by_output(error):
         return f"Cannot reach the database at {shown} ({first_line(error)}): start it or fix DATABASE_URL."
     return None
+
+
+def timed_out(settings: Settings) -> str:
+    """The sentence for a database call that timed out (asyncpg's TimeoutError): the database was reached,
+    but a statement waited past its limit (for a lock another process holds) or the connection went
+    silent."""
+    from storage import engine
+
+    return (
+        f"The database at {settings.database_url_for_display} timed out: a statement waited over "
+        f"{engine.POSTGRES_STATEMENT_TIMEOUT_SECONDS:g} s, e.g. for a lock another process holds (a stuck "
+        "transaction: see pg_stat_activity), or the server did not answer within "
+        f"{engine.POSTGRES_CONNECT_TIMEOUT_SECONDS:g} s (a host or network gone silent); try again."
+    )
+
+
+def raised_by_output(error: BaseException) -> bool:
+    """Whether `error` came from writing the command's output (click.echo to a pipe whose reader left, a
+    full disk, a closed stdout), not from the database's connection."""
+    frame = error.__traceback__
+    while frame is not None:
+        if frame.tb_frame.f_code is click.utils.echo.__code__:
+            return True
+        frame = frame.tb_next
+    return False
 
 
 def specific_database_problem(error: BaseException, settings: Settings) -> str | None:
@@ -220,6 +289,8 @@ def require_current_schema(settings: Settings, missing: str) -> str | None:
         message = specific_database_problem(exc, settings)
         if message is not None:
             raise click.ClickException(message) from None
+        if isinstance(exc, TimeoutError):
+            raise click.ClickException(timed_out(settings)) from None
         if not isinstance(exc, OSError | SQLAlchemyError):
             raise
         reason = first_line(getattr(exc, "orig", None) or exc)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import math
+import shlex
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -114,9 +115,10 @@ def retry(job_ids: tuple[int, ...]) -> None:
 
     Each job's attempts start again and its results are posted anew when it finishes. Its running-jobs
     limit becomes the one in force now: its server's own, else JUKEBOT_MAX_RUNNING_JOBS_PER_USER as
-    this command's settings have it. A job that is not failed or cancelled is refused, and so is one
-    cancelled because the bot was removed from its server (the others still go back); exits 1 when
-    any was refused.
+    this command's settings have it. Refused by name (the others still go back): a job that is not
+    failed or cancelled, one whose prime clip was pruned, an upsample another job already covers, and
+    a job of a server the bot was removed from, until the bot is in it again. Exits 1 when any was
+    refused.
     """
     from storage.errors import JobNotFound, JobNotRetryable
 
@@ -124,9 +126,10 @@ def retry(job_ids: tuple[int, ...]) -> None:
     # The bot-wide limit is the bot's setting: this command reads the same settings (environment, .env).
     settings = settings_or_exit()
     bot_wide = settings.max_running_jobs_per_user
+    # Filled as each job's retry commits, so those done are reported even when a later one fails.
+    outcomes: list[tuple[int, Job | str]] = []
 
-    async def retry_each(store: JobStore) -> list[tuple[int, Job | str]]:
-        outcomes: list[tuple[int, Job | str]] = []
+    async def retry_each(store: JobStore) -> None:
         for job_id in wanted:
             try:
                 outcomes.append((job_id, await store.retry_job(job_id, bot_wide_running_limit=bot_wide)))
@@ -134,17 +137,19 @@ def retry(job_ids: tuple[int, ...]) -> None:
                 outcomes.append((job_id, f"Job #{job_id} was not retried: there is no such job."))
             except JobNotRetryable as exc:
                 outcomes.append((job_id, str(exc)))
-        return outcomes
 
-    refused = 0
-    for job_id, outcome in _with_store(retry_each, settings):
-        if isinstance(outcome, str):
-            refused += 1
-            click.echo(outcome, err=True)
-        elif outcome.has_checkpoint:
-            click.echo(f"Job #{job_id} is queued again; it resumes from its checkpoint.")
-        else:
-            click.echo(f"Job #{job_id} is queued again; it starts over (it has no checkpoint).")
+    def report() -> int:
+        for job_id, outcome in outcomes:
+            if isinstance(outcome, str):
+                click.echo(outcome, err=True)
+            elif outcome.has_checkpoint:
+                click.echo(f"Job #{job_id} is queued again; it resumes from its checkpoint.")
+            else:
+                click.echo(f"Job #{job_id} is queued again; it starts over (it has no checkpoint).")
+        return sum(isinstance(outcome, str) for _job_id, outcome in outcomes)
+
+    _each_or_exit(retry_each, settings, wanted, outcomes, report, "retried")
+    refused = report()
     if refused == len(wanted) == 1:
         raise click.ClickException("the job was not retried (see above).")
     if refused:
@@ -161,44 +166,92 @@ def cancel(job_ids: tuple[int, ...]) -> None:
     from storage.errors import JobAlreadyFinished, JobNotFound
 
     wanted = list(dict.fromkeys(job_ids))  # each once, in the order given
+    settings = settings_or_exit()
+    # (job, what happened, whether it was cancelled), filled as each commits; printed after the work,
+    # so that output that cannot be written (a reader that left: `| head -1`) stops no cancel.
+    outcomes: list[tuple[int, str, bool]] = []
 
-    async def cancel_each(store: JobStore) -> list[str | None]:
-        outcomes: list[str | None] = []
+    async def cancel_each(store: JobStore) -> None:
         for job_id in wanted:
             try:
                 status = await store.request_cancel(job_id, None, reason=CANCELLED_BY_OPERATOR)
             except JobNotFound:
-                outcomes.append(f"Job #{job_id} was not cancelled: there is no such job.")
+                outcomes.append((job_id, f"Job #{job_id} was not cancelled: there is no such job.", False))
             except JobAlreadyFinished as exc:
-                outcomes.append(f"Job #{job_id} was not cancelled: it has already finished ({exc.status}).")
+                outcomes.append(
+                    (
+                        job_id,
+                        f"Job #{job_id} was not cancelled: it has already finished ({exc.status}).",
+                        False,
+                    )
+                )
             else:
-                outcomes.append(None)
                 done = "is cancelled" if status == JobStatus.CANCELLED else "stops after its current step"
-                click.echo(f"Job #{job_id} {done}.")
-        return outcomes
+                outcomes.append((job_id, f"Job #{job_id} {done}.", True))
 
-    refused = [outcome for outcome in _with_store(cancel_each) if outcome is not None]
-    for outcome in refused:
-        click.echo(outcome, err=True)
+    def report() -> int:
+        for _job_id, text, cancelled in outcomes:
+            if cancelled:
+                click.echo(text)
+        refused = [text for _job_id, text, cancelled in outcomes if not cancelled]
+        for text in refused:
+            click.echo(text, err=True)
+        return len(refused)
+
+    _each_or_exit(cancel_each, settings, wanted, outcomes, report, "cancelled")
+    refused = report()
     if refused:
-        raise click.ClickException(f"{len(refused)} of {len(wanted)} jobs not cancelled (see above).")
+        raise click.ClickException(f"{refused} of {len(wanted)} jobs not cancelled (see above).")
 
 
-def _days(text: str) -> timedelta:
-    """`--older-than`: a positive, finite number of days (so large that no job is that old: the most
-    a timedelta holds)."""
+def _each_or_exit(
+    action: Callable[[JobStore], Awaitable[None]],
+    settings: Settings,
+    wanted: list[int],
+    outcomes: list[Any],
+    report: Callable[[], int],
+    verb: str,
+) -> None:
+    """Run `action`, which handles the `wanted` jobs in turn and appends one outcome each; when it
+    stops with an error (a time-out, a lost database), print the outcomes of the jobs it handled
+    before (each committed) and then stop, naming the job it stopped at and those not tried."""
+    started = False
+
+    async def run(store: JobStore) -> None:
+        nonlocal started
+        started = True
+        await action(store)
+
+    try:
+        _with_store(run, settings)
+    except click.ClickException as exc:
+        done = len(outcomes)
+        if not started or done >= len(wanted):
+            raise
+        report()
+        left = wanted[done + 1 :]
+        named = ", ".join(f"#{job_id}" for job_id in left)
+        rest = f"; jobs {named} were not tried" if len(left) > 1 else f"; job {named} was not tried"
+        rest = rest if left else ""
+        raise click.ClickException(f"job #{wanted[done]} was not {verb}{rest}: {exc.message}") from None
+
+
+def _days(_ctx: click.Context | None, param: click.Parameter | None, text: str) -> timedelta:
+    """`--older-than`: a positive number of days. One too large for a timedelta (`1e308`, and so `inf`
+    and `1e309`, which overflows a float to it) means the most a timedelta holds: older than any job
+    could be, so nothing is pruned."""
     try:
         days = float(text)
     except ValueError:
         days = math.nan
-    if not math.isfinite(days) or days <= 0:
-        raise click.ClickException(f"--older-than takes a positive number of days, got {text!r}")
+    if math.isnan(days) or days <= 0:
+        raise click.BadParameter(f"takes a positive number of days, got {text!r}", param=param)
     try:
         age = timedelta(days=days)
     except OverflowError:
         return timedelta.max
     if age <= timedelta(0):  # under a microsecond
-        raise click.ClickException(f"--older-than {text} is under a microsecond; give a number of days")
+        raise click.BadParameter(f"{text} is under a microsecond; give a number of days", param=param)
     return age
 
 
@@ -218,14 +271,18 @@ def _size(count: int) -> str:
     "older_than",
     metavar="DAYS",
     required=True,
-    help="Failed and cancelled jobs that finished more than DAYS days ago (fractions too: 0.5).",
+    callback=_days,
+    help=(
+        "Failed and cancelled jobs that finished more than DAYS days ago (fractions too: 0.5; a number "
+        "no job's age reaches, up to inf, prunes nothing)."
+    ),
 )
 @click.option("--dry-run", is_flag=True, help="Only say what would be freed.")
-def prune(older_than: str, dry_run: bool) -> None:
+def prune(older_than: timedelta, dry_run: bool) -> None:
     """Drop the checkpoints of old failed and cancelled jobs, and the audio of prime clips only such
     jobs use. Job rows, samples and votes stay; a pruned job retried later starts over (one whose
     clip went cannot be retried)."""
-    age = _days(older_than)
+    age = older_than
     settings = settings_or_exit()
     report: PruneReport = _with_store(lambda store: store.prune_finished(age, dry_run=dry_run), settings)
     checkpoints = (
@@ -241,7 +298,8 @@ def prune(older_than: str, dry_run: bool) -> None:
         click.echo(f"dropped {checkpoints} and {clips}: {_size(report.freed_bytes)} freed")
         if settings.sqlite_path is not None and report.freed_bytes:
             # VACUUM rewrites the whole file under a lock the bot and workers would wait on.
+            path = str(settings.sqlite_path)
             click.echo(
-                f"the database reuses that space for new jobs; {settings.sqlite_path} itself shrinks "
-                f"only after `sqlite3 {settings.sqlite_path} VACUUM`, run while jukebot is stopped"
+                f"the database reuses that space for new jobs; {path} itself shrinks "
+                f"only after `sqlite3 {shlex.quote(path)} VACUUM`, run while jukebot is stopped"
             )
