@@ -31,6 +31,7 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    true,
     update,
 )
 from sqlalchemy import cast as sql_cast
@@ -602,6 +603,7 @@ class JobStore:
         orphaned_by: Collection[str] = (),
         with_checkpoint: bool = True,
         reclaim_own: bool = False,
+        take_expired: bool = True,
     ) -> ClaimedJob | None:
         """Take the next job for one of `models`, or None when there is none.
 
@@ -616,6 +618,9 @@ class JobStore:
         running job held by one of `orphaned_by`, lease owners the caller knows are dead (a
         predecessor on its own machine and device). Taking over a job counts an attempt, as
         `requeue_expired` does; a job out of attempts is left for `requeue_expired` to fail.
+
+        `take_expired=False` leaves running jobs whose lease ran out to their workers (a database that
+        was away for longer than a lease: they renew it when they see it back).
 
         `reclaim_own=True` says the caller runs no job, yet an earlier claim of its may have been
         committed with its answer lost (the connection dropped, the call timed out): a running job
@@ -654,7 +659,7 @@ class JobStore:
                 jobs.c.status == JobStatus.QUEUED.value,
                 or_(jobs.c.max_running_per_user.is_(None), users_running < jobs.c.max_running_per_user),
             ),
-            and_(running, jobs.c.lease_expires_at < self._lease_now()),
+            and_(running, jobs.c.lease_expires_at < self._lease_now()) if take_expired else false(),
             orphaned,
             lost_claim,
         )
@@ -724,16 +729,16 @@ class JobStore:
         values: Mapping[str, Any],
         *returning: ColumnElement[Any],
     ) -> Row[Any]:
-        """Apply `values` to a job `worker_id` holds (running or cancelling, its lease not run out),
-        or raise why not. A lease that ran out is lost even before anyone takes the job: `claim`
-        may hand it to another worker at any moment."""
+        """Apply `values` to a job `worker_id` holds (running or cancelling), or raise why not. A lease
+        that ran out stays its worker's until someone takes the job (`claim`, `requeue_expired`): a
+        worker cut off from the database for longer than its lease renews it, and stores what it did
+        meanwhile, once the database is back. The row lock makes the two exclusive."""
         statement = (
             update(jobs)
             .where(
                 jobs.c.id == job_id,
                 jobs.c.lease_owner == worker_id,
                 jobs.c.status.in_([status.value for status in ACTIVE_STATUSES]),
-                jobs.c.lease_expires_at >= self._lease_now(),
             )
             .values(**values)
             .returning(jobs.c.status, *returning)
@@ -758,8 +763,6 @@ class JobStore:
             detail = f"it has already {owner.status.value}"
         elif owner.status == JobStatus.QUEUED:
             detail = "its lease expired and it went back to the queue"
-        elif owner.lease_owner == worker_id:
-            detail = "its lease ran out before it was renewed, so another worker may take it"
         else:
             detail = f"worker {owner.lease_owner!r} holds it now"
         raise LeaseLost(job_id, worker_id, detail)
@@ -839,7 +842,9 @@ class JobStore:
     async def complete(self, job_id: int, worker_id: str, new_samples: Sequence[NewSample]) -> list[int]:
         """Store the results and mark the job succeeded, in one transaction; returns sample ids.
 
-        The checkpoint is dropped: the samples now hold the codes.
+        The checkpoint is dropped: the samples now hold the codes. A job that already succeeded with
+        these samples (their indices and seeds) returns their ids: an earlier try of this call was
+        committed with its answer lost (cut off mid-commit), and the worker tries again.
         """
         if not new_samples:
             raise InvalidSample(f"job #{job_id} cannot succeed without at least one sample")
@@ -848,10 +853,20 @@ class JobStore:
             raise InvalidSample(f"job #{job_id}: two samples share an index ({sorted(indices)})")
         now = self._clock()
         async with self._transaction() as connection:
-            model = await connection.scalar(select(jobs.c.model).where(jobs.c.id == job_id))
-            if model is None:
+            job = (
+                await connection.execute(
+                    select(jobs.c.model, jobs.c.status, jobs.c.lease_owner).where(jobs.c.id == job_id)
+                )
+            ).first()
+            if job is None:
                 raise JobNotFound(job_id)
-            rows = [_check_new_sample(sample, model) for sample in new_samples]
+            if job.status == JobStatus.SUCCEEDED.value:
+                stored = await self._same_samples(connection, job_id, new_samples)
+                if stored is not None:
+                    return stored
+            if job.status not in [status.value for status in ACTIVE_STATUSES] or job.lease_owner != worker_id:
+                await self._raise_lease_lost(connection, job_id, worker_id)  # before megabytes are sent
+            rows = [_check_new_sample(sample, job.model) for sample in new_samples]
             # The samples (megabytes) go in first, the job's row is changed last: on Postgres that
             # update locks the row until the commit, and the worker's heartbeats, which must go on
             # renewing the lease through a long upload, update the same row. A lease lost meanwhile
@@ -879,6 +894,22 @@ class JobStore:
                 },
             )
         return sample_ids
+
+    @staticmethod
+    async def _same_samples(
+        connection: AsyncConnection, job_id: int, new_samples: Sequence[NewSample]
+    ) -> list[int] | None:
+        """The ids of the job's stored samples, in the order of `new_samples`, when they are those
+        (by index and seed); else None."""
+        stored = await connection.execute(
+            select(samples.c.index, samples.c.id, samples.c.seed).where(samples.c.job_id == job_id)
+        )
+        by_index = {int(index): (int(sample_id), seed) for index, sample_id, seed in stored}
+        if len(by_index) != len(new_samples) or any(
+            by_index.get(sample.index, (None, None))[1] != sample.seed for sample in new_samples
+        ):
+            return None
+        return [by_index[sample.index][0] for sample in new_samples]
 
     async def fail(self, job_id: int, worker_id: str, reason: str) -> None:
         """Give the job up for good with `reason` (shown to the user). The checkpoint is kept."""
@@ -1001,11 +1032,14 @@ class JobStore:
             owner = await self._owner(connection, job_id)
         return owner.status in (JobStatus.CANCELLING, JobStatus.CANCELLED)
 
-    async def requeue_expired(self, now: datetime | None = None) -> list[tuple[int, JobStatus]]:
+    async def requeue_expired(
+        self, now: datetime | None = None, *, spare_owner: str | None = None
+    ) -> list[tuple[int, JobStatus]]:
         """Recover jobs whose worker stopped heartbeating; returns (job id, new status) pairs.
 
         Back to `queued` with one more attempt (checkpoint kept); `failed` once
-        `max_attempts` leases were lost; a job being cancelled becomes `cancelled`. `now` (for
+        `max_attempts` leases were lost; a job being cancelled becomes `cancelled`. A job held by
+        `spare_owner` (the worker scanning, which knows it runs it) is left alone. `now` (for
         tests) replaces the lease clock.
         """
         expired_before = self._lease_now() if now is None else literal(now, UTCDateTime())
@@ -1018,6 +1052,7 @@ class JobStore:
                     .where(
                         jobs.c.status.in_([status.value for status in ACTIVE_STATUSES]),
                         jobs.c.lease_expires_at < expired_before,
+                        true() if spare_owner is None else jobs.c.lease_owner.is_distinct_from(spare_owner),
                     )
                     .order_by(jobs.c.id)
                     # A row another transaction holds (its worker's write in flight, or a client that

@@ -22,8 +22,11 @@ again with growing pauses until the database is back. A call the database does n
 each try is bounded (`WorkerConfig.call_seconds`, a quarter of the lease; a whole lease for one
 carrying a checkpoint or samples) and the connection it hung on is discarded; tries that waited
 through an outage are made again at once when it ends. Only the database can say the lease is
-lost (another worker holds the job, or the lease ran out by the database's clock), and only that
-stops the run. A worker restarted on the same machine and device resumes at once the job its
+lost (another worker holds the job, or it went back to the queue), and only that stops the run:
+a lease that ran out while the database was away stays the worker's until someone takes the job,
+and for a lease after the database is back no worker takes over, or requeues, such a job (nor
+ever its own), so a worker cut off for longer than its lease renews it and stores its work.
+A worker restarted on the same machine and device resumes at once the job its
 predecessor (a process that is gone) held, instead of waiting for the lease to run out; a job whose
 claim the database committed but whose answer never arrived is taken back by the next claim, costing
 no attempt.
@@ -493,6 +496,7 @@ class Worker:
         self._recorded_at = -math.inf
         # Set while database calls fail for want of a database (read by the runner thread too).
         self.database_away = False
+        self._database_back_at = -math.inf  # when it was last found back (the event loop's clock)
         # A SQLite file does not go silent, and its writers legitimately wait for one another (the
         # busy timeout): its calls are not cut short.
         self._calls_bounded = store.engine.dialect.name != "sqlite"
@@ -526,6 +530,7 @@ class Worker:
     def _database_back(self) -> None:
         if self.database_away:
             self.database_away = False
+            self._database_back_at = asyncio.get_running_loop().time()
             log.warning("worker %s: the database is reachable again", self.worker_id)
             # Tries that waited through the outage are cut short now, not at their time limit (a
             # checkpoint's is a whole lease, while the runner waits for it): they try again at once.
@@ -565,6 +570,14 @@ class Worker:
         finally:
             self._tries.pop(limit, None)
             self._superseded.discard(limit)
+
+    def _sparing_lapsed_leases(self) -> bool:
+        """While the database is away, and for a lease after its return: the leases that ran out
+        meanwhile are left to their workers, which renew them and store what they did once they see
+        it back (as this worker does its own), rather than taken over, losing that work and an
+        attempt."""
+        since_back = asyncio.get_running_loop().time() - self._database_back_at
+        return self.database_away or since_back < self.config.lease_seconds
 
     def _pause(self, failures: int) -> float:
         return doubling_delay(0.25, failures, self.config.retry_max_seconds)
@@ -645,6 +658,7 @@ class Worker:
                             orphaned_by=orphaned_by,
                             with_checkpoint=False,
                             reclaim_own=self._claim_unanswered,
+                            take_expired=not self._sparing_lapsed_leases(),
                         )
                     )
                     self._claim_unanswered = False
@@ -792,7 +806,15 @@ class Worker:
         # being cancelled, and puts back in the queue those of models no worker here serves.
         while not stop.is_set():
             try:
-                for job_id, status in await self._call(self.store.requeue_expired()):
+                if self.database_away:  # found back by this scan's call, or another
+                    await self._call(self.store.served_models())
+                    self._database_back()
+                recovered = (
+                    []
+                    if self._sparing_lapsed_leases()
+                    else await self._call(self.store.requeue_expired(spare_owner=self.worker_id))
+                )
+                for job_id, status in recovered:
                     log.warning("job #%s: its worker stopped heartbeating; now %s", job_id, status.value)
             except Exception as exc:
                 if not self._database_failed("recovering expired leases", exc):

@@ -4,6 +4,8 @@ recovers their jobs when the leases run out: nothing shows "running" for ever, a
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import pytest
 
@@ -27,6 +29,7 @@ from tests.waiting import wait_until
 __all__ = ["sqlite_store"]
 
 LEASE_S = 600  # PlayedWorker's
+T = TypeVar("T")
 
 
 async def test_the_bot_recovers_the_jobs_of_a_worker_that_died(
@@ -104,3 +107,71 @@ async def test_the_bot_names_the_jobs_of_servers_it_was_removed_from_while_offli
     )
     assert message.endswith(f"`jukebot jobs cancel {gone}`")
     assert (await store.get_job(gone)).status is JobStatus.QUEUED  # told, not cancelled
+
+
+class StoreThatGoesAway(JobStore):
+    """The store the bot's lease recovery uses, unreachable while `away` (a connection refused, as from
+    a database that is down), recording the calls answered."""
+
+    away = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.failed: list[str] = []
+        self.answered: list[str] = []
+
+    async def _as_the_database_is(self, name: str, call: Awaitable[T]) -> T:
+        if self.away:
+            call.close()  # type: ignore[attr-defined]
+            self.failed.append(name)
+            raise ConnectionRefusedError(111, "Connection refused")
+        result = await call
+        self.answered.append(name)
+        return result
+
+    async def requeue_expired(self, *args: Any, **kwargs: Any) -> list[tuple[int, JobStatus]]:
+        return await self._as_the_database_is("requeue_expired", super().requeue_expired(*args, **kwargs))
+
+    async def served_models(self) -> frozenset[str]:
+        return await self._as_the_database_is("served_models", super().served_models())
+
+
+async def test_after_an_outage_the_bot_leaves_lapsed_leases_to_their_workers_for_a_lease(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    """A database away for longer than a lease: the worker, which sampled on meanwhile, renews its
+    lease when it sees the database back. The bot's recovery, which runs beside it, must not put
+    the job back in the queue first (that lost every window sampled during the outage, and an
+    attempt); a worker that really died is still recovered, a lease later."""
+    fake = fake_discord
+    clock = FakeClock(utcnow())
+    store = StoreThatGoesAway(sqlite_store.engine, clock=clock)
+    settings = make_settings(worker_requeue_seconds=0.05, worker_lease_seconds=5.0)
+    await bot_runner.start(make_bot(fake, store, settings))
+    await queue_song(fake, "alice")
+    worker = PlayedWorker(store)
+    job = await worker.claim()
+
+    store.away = True
+
+    async def a_recovery_failed() -> bool:
+        return "requeue_expired" in store.failed
+
+    await wait_until(a_recovery_failed, 10.0, "the bot's recovery to meet the outage")
+    clock.advance(LEASE_S + 1)  # the lease runs out while the database is away
+    answered_before = len(store.answered)
+    store.away = False
+
+    async def the_bot_saw_it_back() -> bool:
+        return len(store.answered) > answered_before
+
+    await wait_until(the_bot_saw_it_back, 10.0, "the bot to find the database back")
+    await store.heartbeat(job.id, worker.worker_id, LEASE_S)  # the worker renews its lease: still its own
+    assert (await store.get_job(job.id)).status is JobStatus.RUNNING
+
+    clock.advance(LEASE_S + 1)  # now it really died
+
+    async def recovered() -> bool:
+        return (await store.get_job(job.id)).status is JobStatus.QUEUED
+
+    await wait_until(recovered, 30.0, "the bot to recover the job of a worker that died")

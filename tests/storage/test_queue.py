@@ -324,17 +324,26 @@ async def test_a_job_whose_lease_ran_out_is_claimed_without_waiting_for_a_requeu
     assert await store.requeue_expired() == []
 
 
-async def test_a_lease_that_ran_out_is_lost_even_before_anyone_takes_the_job(
+async def test_a_lease_that_ran_out_stays_its_workers_until_someone_takes_the_job(
     store: JobStore, clock: FakeClock
 ) -> None:
+    """A worker cut off from the database for longer than its lease (an outage of a minute) stores what
+    it did meanwhile when the database is back, as long as nobody took the job; once someone has, it
+    is told so."""
     job_id = await enqueue(store)
     await claim(store, "gpu-0", lease=30)
     clock.advance(31)
-    with pytest.raises(LeaseLost, match="lease ran out"):
-        await store.heartbeat(job_id, "gpu-0", lease_seconds=30)
-    with pytest.raises(LeaseLost, match="lease ran out"):
+    await store.save_checkpoint(job_id, "gpu-0", b"made during the outage")
+    await store.heartbeat(job_id, "gpu-0", lease_seconds=30)  # renewed
+    assert await store.requeue_expired() == []
+    clock.advance(31)
+    assert await store.requeue_expired(spare_owner="gpu-0") == []  # the worker scanning runs it itself
+    assert await store.claim("gpu-1", [MODEL], lease_seconds=30, take_expired=False) is None  # just back
+    taken = await store.claim("gpu-1", [MODEL], lease_seconds=30)
+    assert taken is not None and taken.checkpoint == b"made during the outage" and taken.attempts == 1
+    with pytest.raises(LeaseLost, match="'gpu-1' holds it now"):
         await store.save_checkpoint(job_id, "gpu-0", b"late")
-    assert (await store.get_job(job_id)).lease_owner == "gpu-0"  # nothing written
+    assert (await store.get_job(job_id)).lease_owner == "gpu-1"
 
 
 async def test_a_dead_predecessors_job_is_taken_over_at_once_and_first(
@@ -364,3 +373,26 @@ async def test_a_job_out_of_attempts_is_not_taken_over_but_failed_by_the_scan(
     clock.advance(31)
     assert await store.claim("gpu-1", [MODEL], lease_seconds=30, orphaned_by=["gpu-0"]) is None
     assert await store.requeue_expired() == [(job_id, JobStatus.FAILED)]
+
+
+async def test_a_completion_whose_answer_was_lost_is_made_again_harmlessly(store: JobStore) -> None:
+    """A worker cut off mid-commit (its call timed out, or was cut short when the database came back)
+    does not know its samples were stored, and tries again: that is the same success, not a crash on
+    the samples' unique index, nor a lost lease."""
+    job_id = await enqueue(store)
+    await claim(store, "gpu-0")
+    stored = await store.complete(job_id, "gpu-0", [new_sample(0), new_sample(1)])
+    assert await store.complete(job_id, "gpu-0", [new_sample(1), new_sample(0)]) == stored[::-1]
+    with pytest.raises(LeaseLost, match="it has already succeeded"):  # other samples: not this call's
+        await store.complete(job_id, "gpu-0", [new_sample(0, seed=99), new_sample(1)])
+    assert [sample.id for sample in await store.samples_for_job(job_id)] == stored
+
+
+async def test_a_completion_for_a_job_no_longer_held_sends_no_samples(store: JobStore) -> None:
+    job_id = await enqueue(store)
+    await claim(store, "gpu-0")
+    await store.request_cancel(job_id, USER)
+    await store.mark_cancelled(job_id, "gpu-0")
+    with pytest.raises(LeaseLost, match="it has already cancelled"):
+        await store.complete(job_id, "gpu-0", [new_sample(0)])
+    assert await store.samples_for_job(job_id) == []

@@ -588,3 +588,110 @@ async def test_a_database_outage_mid_job_costs_no_attempt_and_changes_no_code(
     finally:
         worker.close()
         await engine.dispose()
+
+
+class WritesHeldAfterOutage(JobStore):
+    """The running worker's store: once `held`, its heartbeats and its job's end wait for `released`,
+    so that the worker beside gets the first word after the outage, the moment that decides."""
+
+    held = False
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(engine)
+        self.released = asyncio.Event()
+
+    async def _after_release(self) -> None:
+        if self.held:
+            await self.released.wait()
+
+    async def heartbeat(self, *args: Any, **kwargs: Any) -> Any:
+        await self._after_release()
+        return await super().heartbeat(*args, **kwargs)
+
+    async def complete(self, *args: Any, **kwargs: Any) -> Any:
+        await self._after_release()
+        return await super().complete(*args, **kwargs)
+
+
+class CountingClaims(JobStore):
+    """The worker beside's store: counts its claims and recovery scans that the database answered."""
+
+    answered = 0
+
+    async def claim(self, *args: Any, **kwargs: Any) -> Any:
+        job = await super().claim(*args, **kwargs)
+        self.answered += 1
+        return job
+
+    async def requeue_expired(self, *args: Any, **kwargs: Any) -> Any:
+        recovered = await super().requeue_expired(*args, **kwargs)
+        self.answered += 1
+        return recovered
+
+
+@pytest.mark.postgres
+async def test_an_outage_longer_than_the_lease_loses_no_work_to_a_worker_waiting_beside(
+    outage_postgres: ThrowawayPostgres, toy_env: Path
+) -> None:
+    """A database away for longer than a lease, over the job's end: its worker stores the result once
+    the database is back, and the idle worker beside it, which saw the outage too, neither takes the
+    job over nor puts it back in the queue (which lost every window sampled meanwhile, and an
+    attempt)."""
+    lease = 4.0
+    config = dataclasses.replace(EVERY_CHECKPOINT, lease_seconds=lease, retry_max_seconds=0.2)
+    engines = [create_engine(outage_postgres.url) for _ in range(2)]
+    store, beside_store = (
+        WritesHeldAfterOutage(engines[0]),
+        CountingClaims(engines[1]),
+    )  # the database's clock
+    gate = EventGate(at=("checkpoint 1",))
+    worker = Worker(store, HoldingRunner(ToyRunner(DeviceSpec.cpu()), gate), DeviceSpec.cpu(), config=config)
+    beside = Worker(
+        beside_store,
+        ToyRunner(DeviceSpec.cpu()),
+        DeviceSpec.cpu(),
+        config=config,
+        worker_id="another-machine",
+    )
+    stop_beside = asyncio.Event()
+    serving_beside: asyncio.Task[None] | None = None
+    try:
+        job_id = await enqueue(store, params={"seconds": 2.0})
+        claimed = await claim(store, worker)
+        serving_beside = asyncio.create_task(beside.serve(stop_beside))
+        running = asyncio.create_task(worker.run_job(claimed))
+        assert await asyncio.to_thread(gate.held["checkpoint 1"].wait, 60), "no first checkpoint"
+        await wait_until(lambda: store.get_checkpoint(job_id), what="the first checkpoint stored")
+
+        outage_postgres.stop()
+        stopped_at = time.monotonic()
+        gate.release["checkpoint 1"].set()  # sampling goes on to the end, without a database
+        windows = round(2.0 / SECONDS_PER_WINDOW)
+
+        async def outage_outlasted_the_lease_after_the_last_window() -> bool:
+            sampled = [event for event in read_log(toy_env, job_id) if event["event"] == "window"]
+            assert not running.done(), f"the run ended during the outage: {running}"
+            return len(sampled) == windows and time.monotonic() - stopped_at > 2 * lease
+
+        await wait_until(
+            outage_outlasted_the_lease_after_the_last_window, 120, "the outage to outlast the lease"
+        )
+        assert beside.database_away, "the worker beside never saw the outage"
+        store.held, answered = True, beside_store.answered
+        outage_postgres.start()
+
+        async def beside_had_its_say() -> bool:  # claims, and with `requeue_seconds` 0.5 a recovery scan
+            return beside_store.answered >= answered + 10
+
+        await wait_until(beside_had_its_say, 60, "the worker beside to claim and scan after the outage")
+        store.released.set()
+        assert await asyncio.wait_for(running, 60) is JobOutcome.SUCCEEDED
+        await assert_sampled_once_and_stored(store, claimed, toy_env)
+    finally:
+        stop_beside.set()
+        if serving_beside is not None:
+            await asyncio.wait_for(serving_beside, 60)
+        worker.close()
+        beside.close()
+        for engine in engines:
+            await engine.dispose()
