@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import itertools
 import math
+import operator
 import os
 import wave
 from collections.abc import Generator, Iterator, Sequence
@@ -693,20 +694,58 @@ def _format_spec(fmt: str) -> _FormatSpec:
     return spec
 
 
+# The bitrates (bit/s) each encoder opens with, for mono: others fail deep in FFmpeg.
+BITRATE_RANGES: dict[str, tuple[int, int]] = {"ogg": (500, 256_000), "mp3": (8_000, 320_000)}
+SAMPLE_RATE_RANGE = (8_000, 384_000)  # Hz: what encode_audio takes (it resamples to the codec's rate)
+# The encoders turn a few samples into an empty file (Opus below about half a millisecond, MP3 when
+# resampled): shorter audio is padded with silence to one 20 ms Opus frame.
+MIN_ENCODED_SECONDS = 0.02
+
+
 def _as_mono(audio: np.ndarray) -> np.ndarray:
+    """Mono float32 samples in [-1, 1]: float audio clipped (NaN as silence), signed integer PCM
+    (int16, int32…) scaled by its dtype's full scale; ValueError for other shapes and dtypes."""
     audio = np.asarray(audio)
     if audio.ndim != 1:
         raise ValueError(f"expected mono audio of shape (samples,), got shape {audio.shape}")
+    if audio.dtype.kind == "i":  # integer PCM: full scale is the dtype's range (int16: 32768)
+        audio = audio.astype(np.float32) / np.float32(-np.iinfo(audio.dtype).min)
+    elif audio.dtype.kind != "f":
+        raise ValueError(
+            f"audio must be float samples in [-1, 1] or signed integer PCM, got dtype {audio.dtype}"
+        )
     # NaN/inf would make the encoder emit garbage; clamp to the legal range.
     return np.clip(np.nan_to_num(audio.astype(np.float32, copy=False)), -1.0, 1.0)
 
 
+def _whole_in(value: object, name: str, low: int, high: int, unit: str) -> int:
+    if not isinstance(value, (bool, np.bool_)):
+        try:
+            number = operator.index(value)  # type: ignore[arg-type]
+        except TypeError:
+            pass
+        else:
+            if low <= number <= high:
+                return number
+    raise ValueError(f"{name} must be a whole number of {unit} from {low} to {high}, got {value!r}")
+
+
 def encode_audio(audio: np.ndarray, sample_rate: int, fmt: OutputFormat, bitrate: int) -> bytes:
-    """Encode mono float audio (samples,) to `fmt` ("ogg" = Opus in Ogg, "mp3") at `bitrate` bit/s."""
+    """Encode mono audio (samples,) at `sample_rate` Hz to `fmt` ("ogg" = Opus in Ogg, "mp3") at
+    `bitrate` bit/s. Float audio is clipped to [-1, 1]; signed integer PCM (int16…) is scaled by its
+    dtype's full scale. Audio shorter than 20 ms is padded with silence to 20 ms (the encoders
+    turn a few samples into an empty file). ValueError naming the argument for a sample rate outside
+    8000..384000 Hz or a bitrate the encoder does not take (`BITRATE_RANGES`); EmptyAudio for no
+    samples."""
     spec = _format_spec(fmt)
+    sample_rate = _whole_in(sample_rate, "sample_rate", *SAMPLE_RATE_RANGE, "Hz")
+    bitrate = _whole_in(bitrate, f"the {fmt} bitrate", *BITRATE_RANGES[fmt], "bit/s")
     samples = _as_mono(audio)
     if samples.shape[0] == 0:
         raise EmptyAudio("There is no audio to encode (0 samples).")
+    shortest = math.ceil(MIN_ENCODED_SECONDS * sample_rate)
+    if samples.shape[0] < shortest:
+        samples = np.concatenate([samples, np.zeros(shortest - samples.shape[0], np.float32)])
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format=spec.container) as container:
         stream = container.add_stream(spec.codec, rate=spec.sample_rate, layout="mono")

@@ -27,6 +27,7 @@ from sampler.jukebox.registry import MODELS, PRIOR_HPARAMS, VQVAE_HPARAMS
 from sampler.jukebox.vqvae import VQVAE, VQVAEConfig
 from sampler.model_files import (
     SIDECAR_FIX,
+    ModelFilesError,
     ModelFilesMissing,
     ModelFileUnreadable,
     SidecarError,
@@ -270,6 +271,35 @@ def resident_estimate(
     return ResidentEstimate(weights=weights, kv_caches=kv_caches)
 
 
+class LoadOptionError(ModelFilesError, ValueError):
+    """`load_cascade` was asked for a dtype or device it cannot load onto (as UnknownModelName is
+    raised for a model name it does not know); the message names the argument and what to give."""
+
+
+LOAD_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_load_options(device: object, dtype: object) -> torch.device:
+    """The torch.device of `device`, checked to exist here, after `dtype` was checked to be one the model
+    computes in; LoadOptionError naming the argument otherwise."""
+    if not isinstance(dtype, torch.dtype) or dtype not in LOAD_DTYPES:
+        names = ", ".join(str(t) for t in LOAD_DTYPES)
+        raise LoadOptionError(f"dtype must be one of {names}, got {dtype!r}")
+    if not isinstance(device, (str, torch.device)):
+        raise LoadOptionError(f"device must be a torch.device or a name like 'cpu' or 'cuda', got {device!r}")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise LoadOptionError(
+            f"device {device!r} is not a torch device: give e.g. 'cpu', 'cuda' or 'cuda:1'"
+        ) from None
+    try:  # torch's own failures: "Torch not compiled with CUDA enabled", "invalid device ordinal"
+        torch.empty(0, device=parsed)
+    except (AssertionError, RuntimeError) as exc:
+        raise LoadOptionError(f"device {device!r} is not available here ({str(exc).strip()[:120]})") from None
+    return parsed
+
+
 def load_cascade(
     model_dir: Path | str,
     model: str,
@@ -280,12 +310,14 @@ def load_cascade(
     decode: DecodeOptions | None = None,
 ) -> Cascade:
     """The cascade of `model` from the model directory (ModelFilesMissing names the download command).
-    `decode`: the sampling loop (None: the device's default)."""
+    `dtype`: float32, float16 or bfloat16; `device` must exist here (LoadOptionError, a ValueError,
+    before anything loads). `decode`: the sampling loop (None: the device's default)."""
+    check_load_options(device, dtype)
     directory = ModelDirectory(model_dir, model)
     vqvae = directory.load_vqvae(device)
     # the id tables ship with the package (sampler/jukebox/data/ids)
     priors = LazyPriors(directory, device, dtype, keep=keep_priors)
-    return Cascade(vqvae, priors, device=device, decode=decode)
+    return Cascade(vqvae, priors, device=device, decode=decode, name=model)
 
 
 def expected_shapes_for(name: str, model_dir: Path | str | None = None) -> dict[str, tuple[int, ...]]:

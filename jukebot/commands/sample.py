@@ -30,7 +30,7 @@ from click.core import ParameterSource
 
 from jukebot.commands import TORCH_USERS, file_wording, require_torch, settings_or_exit
 from sampler.batch_sizes import DEFAULT_MAX_BATCH_SIZE, format_batch_sizes, parse_batch_sizes
-from sampler.jukebox.registry import DEFAULT_MODEL, MODELS, SAMPLE_RATE
+from sampler.jukebox.registry import DEFAULT_MODEL, MIN_TEMPERATURE, MODELS, SAMPLE_RATE, SEED_LIMIT
 
 MODES = ("ancestral", "primed", "continue", "upsample")
 
@@ -78,7 +78,7 @@ def _floats(text: str, name: str, example: str, count: int = 3) -> tuple[float, 
 )
 @click.option("--lyrics", default="", help="Lyrics text (or --lyrics_file).")
 @click.option("--lyrics_file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, SEED_LIMIT - 1), default=0, show_default=True)
 @click.option(
     "--temperature", default="0.99", show_default=True, help="One value, or three for levels 0,1,2."
 )
@@ -381,9 +381,10 @@ def run_sample(options: dict[str, Any], given: set[str] | frozenset[str] = froze
             "each hop fraction must be in (0, 1], e.g. 0.5,0.5,0.125", param_hint="--hop_fraction"
         )
     temps = _floats(options["temperature"], "--temperature", "0.99,0.99,0.99")
-    if any(not math.isfinite(t) or t <= 0 for t in temps):
+    if any(not math.isfinite(t) or t < MIN_TEMPERATURE for t in temps):
         raise click.BadParameter(
-            "temperatures must be positive numbers, e.g. 0.99", param_hint="--temperature"
+            f"temperatures must be numbers of at least {MIN_TEMPERATURE:g}, e.g. 0.99",
+            param_hint="--temperature",
         )
     if not math.isfinite(options["top_p"]):
         raise click.BadParameter("give a number from 0 to 1", param_hint="--top_p")

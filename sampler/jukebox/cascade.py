@@ -12,11 +12,16 @@ codes, since every window has its own seed.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
+import json
 import math
+import numbers
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -25,7 +30,7 @@ from torch import Tensor
 from sampler.jukebox.checkpoint import load_error_cause
 from sampler.jukebox.labels import Label, LabelConfig, Labeller, LabelVersion
 from sampler.jukebox.prior import Conditioning, JukeboxPrior, PriorConfig, SamplingState
-from sampler.jukebox.registry import SAMPLE_RATE
+from sampler.jukebox.registry import MIN_TEMPERATURE, SAMPLE_RATE, SEED_LIMIT
 from sampler.jukebox.vqvae import VQVAE
 from sampler.jukebox.windows import Window, cond_span, plan_level
 
@@ -35,6 +40,7 @@ if TYPE_CHECKING:
 Mode = Literal["ancestral", "primed", "continue", "upsample"]
 RngMode = Literal["window", "reference"]
 MODES: tuple[str, ...] = ("ancestral", "primed", "continue", "upsample")
+RNG_MODES: tuple[str, ...] = ("window", "reference")
 STATE_FORMAT = 1
 # The reference's prefill chunks per level (finest first): known tokens fed 32 or 16 at a time.
 REFERENCE_CHUNK_SIZE: tuple[int, int, int] = (32, 32, 16)
@@ -143,10 +149,19 @@ class CascadeState:
     level_base: dict[int, int] = field(default_factory=dict)
     windows_done: dict[int, int] = field(default_factory=dict)
     rng_state: Tensor | None = None  # rng="reference": the generator after the last window
+    # What the request it was sampled for holds (`Cascade.request_digest`: one hash per field), so that
+    # it is never resumed by another request. None: saved by an earlier version, compared with nothing.
+    request_digest: dict[str, str] | None = None
 
     def snapshot(self) -> CascadeState:
         """A copy that later windows leave alone (sampling replaces code tensors, never writes into them)."""
-        return CascadeState(list(self.codes), dict(self.level_base), dict(self.windows_done), self.rng_state)
+        return CascadeState(
+            list(self.codes),
+            dict(self.level_base),
+            dict(self.windows_done),
+            self.rng_state,
+            None if self.request_digest is None else dict(self.request_digest),
+        )
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
@@ -157,6 +172,8 @@ class CascadeState:
                 "level_base": dict(self.level_base),
                 "windows_done": dict(self.windows_done),
                 "rng_state": self.rng_state,
+                # a key earlier versions do not read: they still load the state
+                "request_digest": None if self.request_digest is None else dict(self.request_digest),
             },
             buffer,
         )
@@ -171,16 +188,83 @@ class CascadeState:
         if not isinstance(raw, dict) or raw.get("format") != STATE_FORMAT:
             raise SamplingError("the saved sampling state has an unknown format")
         try:
+            digest = raw.get("request_digest")  # absent from the states of earlier versions
+            if digest is not None:
+                digest = {str(k): str(v) for k, v in digest.items()}
             return cls(
                 codes=[codes.long() for codes in raw["codes"]],
                 level_base={int(k): int(v) for k, v in raw["level_base"].items()},
                 windows_done={int(k): int(v) for k, v in raw["windows_done"].items()},
                 rng_state=raw["rng_state"],
+                request_digest=digest,
             )
         except (KeyError, TypeError, AttributeError, ValueError) as exc:  # damaged, or another version's
             raise SamplingError(
                 f"the saved sampling state is incomplete ({type(exc).__name__}: {exc})"
             ) from None
+
+
+_T = TypeVar("_T")
+
+
+def _whole(value: object, name: str) -> int:
+    """`value` as an int (an int or a numpy integer, not a bool); SamplingError naming `name` otherwise."""
+    if not isinstance(value, (bool, np.bool_)):
+        try:
+            return operator.index(value)  # type: ignore[arg-type]
+        except TypeError:
+            pass
+    raise SamplingError(f"{name} must be a whole number, got {value!r}")
+
+
+def _number(value: object, name: str) -> float:
+    """`value` as a finite float (an int or float, numpy's too, not a bool); SamplingError otherwise."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise SamplingError(f"{name} must be a number, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise SamplingError(f"{name} must be a finite number, got {value!r}")
+    return number
+
+
+def _is_integer(tensor: Tensor) -> bool:
+    """Whole-number ids with values to read (a meta tensor has none)."""
+    integer = not (tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool)
+    return integer and tensor.device.type != "meta"
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return f"a {type(value).__name__}"
+
+
+def _plain_numbers(request: SamplingRequest) -> SamplingRequest:
+    """`request` (which passed `check`) with Python ints and floats where it may hold numpy's, and
+    tuples where it may hold lists: the same request, for the code that reads it."""
+    return dataclasses.replace(
+        request,
+        sample_length=int(request.sample_length),
+        total_length=int(request.total_length),
+        n_samples=int(request.n_samples),
+        levels=tuple(int(level) for level in request.levels),
+        temperature=tuple(float(t) for t in request.temperature),  # type: ignore[arg-type]
+        hop_fraction=tuple(float(h) for h in request.hop_fraction),  # type: ignore[arg-type]
+        top_k=int(request.top_k),
+        top_p=float(request.top_p),
+        max_batch_size=tuple(int(b) for b in request.max_batch_size),  # type: ignore[arg-type]
+        chunk_size=None if request.chunk_size is None else tuple(int(c) for c in request.chunk_size),  # type: ignore[arg-type]
+        seed=int(request.seed),
+        styles=None if request.styles is None else tuple(request.styles),
+    )
+
+
+def _tensor_digest(tensor: Tensor, dtype: torch.dtype) -> str:
+    """A hash of what `tensor` holds, as `dtype` (so that an int32 and an int64 copy hash alike)."""
+    data = tensor.detach().to("cpu", dtype).contiguous()
+    digest = hashlib.sha256(repr(tuple(data.shape)).encode())
+    digest.update(data.numpy().tobytes())
+    return digest.hexdigest()
 
 
 def default_chunk_size(device: torch.device | str, rng: RngMode) -> tuple[int, int, int]:
@@ -358,10 +442,12 @@ class Cascade:
         device: torch.device | str = "cpu",
         ids_dir: str | None = None,
         decode: DecodeOptions | None = None,
+        name: str | None = None,
     ) -> None:
         from sampler.jukebox.decoding import default_decode_options  # decoding imports this module
 
         self.vqvae = vqvae
+        self.name = name  # the model's registry name (`load_cascade`), part of each state's request digest
         self.priors = priors if isinstance(priors, PriorSource) else PriorSource(priors)
         self.device = torch.device(device)
         self.levels = vqvae.config.levels
@@ -389,123 +475,196 @@ class Cascade:
     # ---- validation
 
     def check(self, request: SamplingRequest) -> None:
-        """Raise SamplingError for a request that cannot be sampled, before any work is done."""
+        """Raise SamplingError for a request that cannot be sampled, before any work is done: a field of
+        the wrong type (whole numbers, finite numbers, one value per level of the model), out of
+        range, or that this model cannot sample."""
+        if not isinstance(request, SamplingRequest):
+            raise SamplingError(f"the request must be a SamplingRequest, got {type(request).__name__}")
         top = self.levels - 1
         top_config = self.priors.config(top)
         top_hop = self.hops[top]
-        if request.mode not in MODES:
+        if not isinstance(request.mode, str) or request.mode not in MODES:
             raise SamplingError(f"unknown mode {request.mode!r}: use one of {', '.join(MODES)}")
-        if request.n_samples < 1:
+        if not isinstance(request.rng, str) or request.rng not in RNG_MODES:
+            raise SamplingError(f"unknown rng {request.rng!r}: use one of {', '.join(RNG_MODES)}")
+        n_samples = _whole(request.n_samples, "n_samples")
+        if n_samples < 1:
             raise SamplingError("n_samples must be at least 1")
-        if request.sample_length <= 0 or request.sample_length % top_hop:
+        sample_length = _whole(request.sample_length, "sample_length")
+        total_length = _whole(request.total_length, "total_length")
+        seed = _whole(request.seed, "seed")
+        if not 0 <= seed < SEED_LIMIT:
+            raise SamplingError(f"seed must be from 0 to 2**64 - 1, got {seed}")
+        top_k = _whole(request.top_k, "top_k")
+        top_p = _number(request.top_p, "top_p")
+        temperatures = self._per_level(request.temperature, "temperature", _number)
+        hop_fractions = self._per_level(request.hop_fraction, "hop_fraction", _number)
+        batch_sizes = self._per_level(request.max_batch_size, "max_batch_size", _whole)
+        chunk_sizes = (
+            [] if request.chunk_size is None else self._per_level(request.chunk_size, "chunk_size", _whole)
+        )
+        if not isinstance(request.levels, (tuple, list)):
             raise SamplingError(
-                f"sample_length must be a positive multiple of {top_hop} samples, got {request.sample_length}"
+                f"levels must be a tuple of levels, e.g. (2,) or (0, 1, 2); got {request.levels!r}"
             )
-        if request.total_length < request.sample_length:
+        levels = tuple(sorted({_whole(level, "each of levels") for level in request.levels}))
+        if not levels or any(not 0 <= level < self.levels for level in levels):
+            raise SamplingError(f"levels must be a non-empty subset of 0..{top}, got {request.levels}")
+        self._check_styles(request, n_samples)
+        if sample_length <= 0 or sample_length % top_hop:
             raise SamplingError(
-                f"total_length ({request.total_length}) must be at least sample_length "
-                f"({request.sample_length})"
+                f"sample_length must be a positive multiple of {top_hop} samples, got {sample_length}"
+            )
+        if total_length < sample_length:
+            raise SamplingError(
+                f"total_length ({total_length}) must be at least sample_length ({sample_length})"
             )
         min_total = math.ceil((top_config.min_duration or 0.0) * self.sample_rate)
-        if request.total_length < min_total:
+        if total_length < min_total:
             raise SamplingError(
                 f"this model needs a total length of at least {top_config.min_duration:g} s "
-                f"({min_total} samples); got {request.total_length / self.sample_rate:.2f} s"
+                f"({min_total} samples); got {total_length / self.sample_rate:.2f} s"
             )
         max_total = (top_config.max_duration or math.inf) * self.sample_rate
-        if top_config.max_duration and request.total_length >= max_total:
+        if top_config.max_duration and total_length >= max_total:
             raise SamplingError(
                 f"this model handles songs shorter than {top_config.max_duration:g} s; "
-                f"got {request.total_length / self.sample_rate:.2f} s"
-            )
-        if request.styles is not None and len(request.styles) != request.n_samples:
-            raise SamplingError(
-                f"give one style per sample: {len(request.styles)} styles for {request.n_samples} samples"
+                f"got {total_length / self.sample_rate:.2f} s"
             )
         if any(style.lyrics.strip() for style in request.sample_styles()) and not top_config.use_tokens:
             raise SamplingError("this model has no lyrics conditioning: leave the lyrics empty")
-        if request.top_k and request.top_p:
+        if top_k and top_p:
             raise SamplingError("use top_k or top_p, not both")
-        if request.top_k < 0 or not 0.0 <= request.top_p <= 1.0:
+        if top_k < 0 or not 0.0 <= top_p <= 1.0:
             raise SamplingError("top_k must be >= 0 and top_p in [0, 1]")
-        if any(t <= 0 for t in request.temperature):
-            raise SamplingError("temperatures must be positive")
-        if any(not 0 < h <= 1 for h in request.hop_fraction):
+        for level, temperature in enumerate(temperatures):
+            if temperature < MIN_TEMPERATURE:
+                raise SamplingError(
+                    f"the temperature of level {level} must be at least {MIN_TEMPERATURE:g}, "
+                    f"got {temperature!r}"
+                )
+        if any(not 0 < h <= 1 for h in hop_fractions):
             raise SamplingError("hop fractions must be in (0, 1]")
-        for level, fraction in enumerate(request.hop_fraction[: self.levels]):
+        for level, fraction in enumerate(hop_fractions):
             n_ctx = self.priors.config(level).n_ctx
             if int(fraction * n_ctx) < 1:  # `plan` moves each window by this many tokens
                 raise SamplingError(
                     f"the hop fraction of level {level} ({fraction:g}) moves its {n_ctx}-token window by "
                     f"less than one token: give at least {1 / n_ctx:.6g}"
                 )
-        if any(b < 1 for b in request.max_batch_size):
+        if any(b < 1 for b in batch_sizes):
             raise SamplingError("max_batch_size must be at least 1")
-        if request.chunk_size is not None and any(c < 0 for c in request.chunk_size):
+        if any(c < 0 for c in chunk_sizes):
             raise SamplingError(f"chunk_size must be at least 1, or {ONE_PASS} for one pass")
-        levels = tuple(sorted(set(request.levels)))
-        if not levels or any(not 0 <= level < self.levels for level in levels):
-            raise SamplingError(f"levels must be a non-empty subset of 0..{top}, got {request.levels}")
         if request.mode == "upsample" and top in levels:
             raise SamplingError("upsample samples the lower levels only: leave the top level out")
         if request.mode == "primed":
-            if request.prompt is None:
-                raise SamplingError("primed mode needs prompt audio")
-            if request.prompt.dim() != 2 or request.prompt.shape[0] != request.n_samples:
-                raise SamplingError(
-                    f"the prompt must be audio of shape ({request.n_samples}, samples), "
-                    f"got {tuple(request.prompt.shape)}"
-                )
-            length = request.prompt.shape[1]
-            if length < top_hop or length % top_hop:
-                raise SamplingError(
-                    f"the prompt must be a positive multiple of {top_hop} samples long, got {length}"
-                )
-            if length >= request.sample_length:
-                raise SamplingError(
-                    f"the prompt ({length / self.sample_rate:.2f} s) must be shorter than the sample "
-                    f"({request.sample_length / self.sample_rate:.2f} s)"
-                )
+            self._check_prompt(request, n_samples, sample_length)
         if request.mode in ("continue", "upsample"):
-            if request.codes is None or len(request.codes) != self.levels:
-                raise SamplingError(f"{request.mode} mode needs codes for each of the {self.levels} levels")
-            for level, codes in enumerate(request.codes):
-                if codes is None:
-                    continue
-                if codes.dim() != 2 or codes.shape[0] != request.n_samples:
-                    raise SamplingError(
-                        f"codes of level {level} must have shape ({request.n_samples}, tokens), "
-                        f"got {tuple(codes.shape)}"
-                    )
-                if codes.shape[1] * self.hops[level] > request.sample_length:
-                    raise SamplingError(
-                        f"the codes of level {level} are longer than sample_length; cut them or ask for more"
-                    )
-                # checked once here, so that prefilling them reads nothing back from the device
-                bins = self.vqvae.config.l_bins
-                if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= bins):
-                    raise SamplingError(f"the codes of level {level} must be in 0..{bins - 1}")
+            self._check_codes(request, n_samples, sample_length)
         # Every sampled level below the top is conditioned on the whole length of the level above.
         for level in levels:
             if level == top:
                 continue
             config = self.priors.config(level)
             window_samples = config.n_ctx * self.hops[level]
-            if request.sample_length < window_samples:
+            if sample_length < window_samples:
                 raise SamplingError(
                     f"upsampling level {level} needs at least one full window "
                     f"({window_samples / self.sample_rate:.2f} s) of codes above; "
-                    f"got {request.sample_length / self.sample_rate:.2f} s"
+                    f"got {sample_length / self.sample_rate:.2f} s"
                 )
             if level + 1 not in levels:
                 given = self._given_codes(request, level + 1)
                 have = 0 if given is None else given.shape[1] * self.hops[level + 1]
-                if have < request.sample_length:
+                if have < sample_length:
                     raise SamplingError(
                         f"level {level} is conditioned on level {level + 1}, whose codes cover "
                         f"{have / self.sample_rate:.2f} s of the "
-                        f"{request.sample_length / self.sample_rate:.2f} s asked"
+                        f"{sample_length / self.sample_rate:.2f} s asked"
                     )
+
+    def _per_level(self, values: object, name: str, convert: Callable[[object, str], _T]) -> list[_T]:
+        """One value per level of the model, each through `convert` (SamplingError naming it otherwise)."""
+        if not isinstance(values, (tuple, list)):
+            raise SamplingError(
+                f"{name} must be a tuple of one value per level ({self.levels}), got {values!r}"
+            )
+        if len(values) != self.levels:
+            raise SamplingError(
+                f"{name} must hold one value per level ({self.levels}), got {len(values)}: {tuple(values)}"
+            )
+        return [convert(value, f"the {name} of level {level}") for level, value in enumerate(values)]
+
+    @staticmethod
+    def _check_styles(request: SamplingRequest, n_samples: int) -> None:
+        if request.styles is not None:
+            if not isinstance(request.styles, (tuple, list)) or not all(
+                isinstance(style, SampleStyle) for style in request.styles
+            ):
+                raise SamplingError(
+                    f"styles must be a tuple of SampleStyle(artist, genre, lyrics), got {request.styles!r}"
+                )
+            if len(request.styles) != n_samples:
+                raise SamplingError(
+                    f"give one style per sample: {len(request.styles)} styles for {n_samples} samples"
+                )
+        for index, style in enumerate(request.sample_styles()):
+            for name in ("artist", "genre", "lyrics"):
+                value = getattr(style, name)
+                if not isinstance(value, str):
+                    what = name if request.styles is None else f"the {name} of style {index}"
+                    raise SamplingError(f"{what} must be text, got {value!r}")
+
+    def _check_prompt(self, request: SamplingRequest, n_samples: int, sample_length: int) -> None:
+        prompt, top_hop = request.prompt, self.hops[-1]
+        if prompt is None:
+            raise SamplingError("primed mode needs prompt audio")
+        if not isinstance(prompt, Tensor) or not prompt.is_floating_point() or prompt.device.type == "meta":
+            raise SamplingError(f"the prompt must be a float tensor of audio, got {_describe(prompt)}")
+        if prompt.dim() != 2 or prompt.shape[0] != n_samples:
+            raise SamplingError(
+                f"the prompt must be audio of shape ({n_samples}, samples), got {tuple(prompt.shape)}"
+            )
+        length = prompt.shape[1]
+        if length < top_hop or length % top_hop:
+            raise SamplingError(
+                f"the prompt must be a positive multiple of {top_hop} samples long, got {length}"
+            )
+        if length >= sample_length:
+            raise SamplingError(
+                f"the prompt ({length / self.sample_rate:.2f} s) must be shorter than the sample "
+                f"({sample_length / self.sample_rate:.2f} s)"
+            )
+        # checked once here: a NaN was encoded as silence, a loud prompt as clipped noise
+        if not bool(torch.isfinite(prompt).all()):
+            raise SamplingError("the prompt holds NaN or infinite samples: give audio in [-1, 1]")
+        peak = float(prompt.abs().max())
+        if peak > 1.0:
+            raise SamplingError(f"the prompt must be audio in [-1, 1], its peak is {peak:g}: scale it down")
+
+    def _check_codes(self, request: SamplingRequest, n_samples: int, sample_length: int) -> None:
+        if not isinstance(request.codes, (tuple, list)) or len(request.codes) != self.levels:
+            raise SamplingError(f"{request.mode} mode needs codes for each of the {self.levels} levels")
+        bins = self.vqvae.config.l_bins
+        for level, codes in enumerate(request.codes):
+            if codes is None:
+                continue
+            if not isinstance(codes, Tensor) or not _is_integer(codes):
+                raise SamplingError(
+                    f"the codes of level {level} must be an integer tensor, got {_describe(codes)}"
+                )
+            if codes.dim() != 2 or codes.shape[0] != n_samples:
+                raise SamplingError(
+                    f"codes of level {level} must have shape ({n_samples}, tokens), got {tuple(codes.shape)}"
+                )
+            if codes.shape[1] * self.hops[level] > sample_length:
+                raise SamplingError(
+                    f"the codes of level {level} are longer than sample_length; cut them or ask for more"
+                )
+            # checked once here, so that prefilling them reads nothing back from the device
+            if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= bins):
+                raise SamplingError(f"the codes of level {level} must be in 0..{bins - 1}")
 
     def chunk_size(self, request: SamplingRequest, level: int) -> int:
         """Known tokens per prefill pass at `level` (`ONE_PASS`: all of them)."""
@@ -521,8 +680,9 @@ class Cascade:
 
     # ---- state
 
-    def initial_state(self, request: SamplingRequest) -> CascadeState:
-        """Codes every level starts from: empty, the prompt's codes, or the codes given."""
+    def initial_state(self, request: SamplingRequest, digest: dict[str, str] | None = None) -> CascadeState:
+        """Codes every level starts from: empty, the prompt's codes, or the codes given; the state records
+        the request's digest (`digest`: its `request_digest`, when already computed)."""
         n = request.n_samples
         if request.mode == "primed":
             assert request.prompt is not None
@@ -539,14 +699,78 @@ class Cascade:
         rng_state = None
         if request.rng == "reference":
             rng_state = torch.Generator(device=self.device).manual_seed(request.seed).get_state()
-        return CascadeState(codes=codes, rng_state=rng_state)
+        request_digest = self.request_digest(request) if digest is None else dict(digest)
+        return CascadeState(codes=codes, rng_state=rng_state, request_digest=request_digest)
 
-    def check_state(self, request: SamplingRequest, state: CascadeState) -> None:
-        """Raise SamplingError for a saved state that cannot be this request's (damaged, or written by
-        a version that planned its windows otherwise): resuming from it would crash at every attempt."""
+    def request_digest(self, request: SamplingRequest) -> dict[str, str]:
+        """One hash per field of `request` that decides its codes, kept in the states sampled for it so
+        that `check_state` refuses them to another request. Not `levels` (a preview's state goes on to
+        the full song, and a run stopped at one level resumes with others), `max_batch_size` or
+        `chunk_size` (the same draws in any batching), nor the device. The prompt and codes count by
+        what the request holds (in upsample mode the input codes, not the state's)."""
+        fields: dict[str, Any] = {
+            "model": [
+                self.name,
+                list(self.hops),
+                self.vqvae.config.l_bins,
+                [self.priors.config(level).n_ctx for level in range(self.levels)],
+            ],
+            "mode": request.mode,
+            "sample_length": int(request.sample_length),
+            "total_length": int(request.total_length),
+            "n_samples": int(request.n_samples),
+            "styles": [[style.artist, style.genre, style.lyrics] for style in request.sample_styles()],
+            "temperature": [float(t) for t in request.temperature],
+            "top_k": int(request.top_k),
+            "top_p": float(request.top_p),
+            "hop_fraction": [float(h) for h in request.hop_fraction],
+            "seed": int(request.seed),
+            "rng": request.rng,
+        }
+        if request.mode == "primed" and request.prompt is not None:
+            fields["prompt"] = _tensor_digest(request.prompt, torch.float32)
+        if request.mode in ("continue", "upsample") and request.codes is not None:
+            fields["codes"] = [
+                None if codes is None or not codes.numel() else _tensor_digest(codes, torch.long)
+                for codes in request.codes
+            ]
+        return {
+            name: hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+            for name, value in fields.items()
+        }
+
+    def check_state(
+        self, request: SamplingRequest, state: CascadeState, digest: dict[str, str] | None = None
+    ) -> None:
+        """Raise SamplingError for a saved state that cannot be this request's: saved for another request
+        (its `request` digest differs), damaged, or written by a version that planned its windows
+        otherwise; resuming from it would crash at every attempt or give codes of the wrong length.
+        `request` passed `check`; `digest`: its `request_digest`, when already computed."""
+        if not isinstance(state, CascadeState):
+            raise SamplingError(f"it is {_describe(state)}, not a CascadeState")
+        if not isinstance(state.codes, list) or not all(isinstance(codes, Tensor) for codes in state.codes):
+            raise SamplingError(
+                f"its codes must be a list of tensors, one per level, got {_describe(state.codes)}"
+            )
+        if state.request_digest is not None:
+            if not isinstance(state.request_digest, dict):
+                raise SamplingError(
+                    f"its request digest must be a dict, got {_describe(state.request_digest)}"
+                )
+            now = self.request_digest(request) if digest is None else digest
+            differ = [
+                name for name, value in state.request_digest.items() if name in now and now[name] != value
+            ]
+            if differ:
+                raise SamplingError(
+                    f"it was saved for another request (other {', '.join(differ)}): start without it"
+                )
         if len(state.codes) != self.levels:
             raise SamplingError(f"it holds codes of {len(state.codes)} levels, the model has {self.levels}")
+        bins = self.vqvae.config.l_bins
         for level, codes in enumerate(state.codes):
+            if not _is_integer(codes):
+                raise SamplingError(f"its level-{level} codes are {codes.dtype}, not whole numbers")
             if codes.dim() != 2 or codes.shape[0] != request.n_samples:
                 shape = tuple(codes.shape)
                 raise SamplingError(
@@ -554,9 +778,58 @@ class Cascade:
                 )
             if codes.shape[1] * self.hops[level] > request.sample_length:
                 raise SamplingError(f"its level-{level} codes are longer than the song")
+            if codes.numel():
+                low, high = int(codes.min()), int(codes.max())
+                if low < 0 or high >= bins:
+                    raise SamplingError(
+                        f"its level-{level} codes must be in 0..{bins - 1}, found {low}..{high}"
+                    )
+        for name, table in (("level_base", state.level_base), ("windows_done", state.windows_done)):
+            if not isinstance(table, dict):
+                raise SamplingError(f"its {name} must be a dict of level: count, got {_describe(table)}")
+            for level, count in table.items():
+                if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level < self.levels:
+                    raise SamplingError(
+                        f"its {name} names level {level!r}; the model has levels 0..{self.levels - 1}"
+                    )
+                if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                    raise SamplingError(f"its {name} of level {level} is {count!r}, not a count from 0 up")
+        for level, base in state.level_base.items():
+            if base > state.codes[level].shape[1]:
+                raise SamplingError(
+                    f"its level-{level} codes hold {state.codes[level].shape[1]} tokens, fewer than the "
+                    f"{base} the level began with"
+                )
         for level, done in state.windows_done.items():
-            if not 0 <= level < self.levels or not 0 <= done <= len(self.plan(request, state, level)):
+            windows = self.plan(request, state, level)
+            if done > len(windows):
                 raise SamplingError(f"it counts {done} windows done at level {level}, more than there are")
+            if done and level not in state.level_base:
+                raise SamplingError(
+                    f"it counts {done} windows done at level {level} but not where the level began"
+                )
+        for level, base in state.level_base.items():
+            done = state.windows_done.get(level, 0)
+            expected = base + sum(window.new_tokens for window in self.plan(request, state, level)[:done])
+            if state.codes[level].shape[1] != expected:
+                raise SamplingError(
+                    f"its level-{level} codes hold {state.codes[level].shape[1]} tokens, not the {expected} "
+                    f"of its {done} windows done"
+                )
+        if request.rng == "reference":
+            if state.rng_state is None:
+                if any(state.windows_done.values()):
+                    raise SamplingError(
+                        'it holds no random generator state, which rng="reference" needs to resume'
+                    )
+            else:
+                try:
+                    torch.Generator(device=self.device).set_state(state.rng_state)
+                except (TypeError, RuntimeError):
+                    raise SamplingError(
+                        f"its random generator state ({_describe(state.rng_state)}) does not fit a "
+                        f"generator on {self.device}"
+                    ) from None
 
     def plan(self, request: SamplingRequest, state: CascadeState, level: int) -> list[Window]:
         config = self.priors.config(level)
@@ -580,6 +853,8 @@ class Cascade:
     ) -> CascadeState:
         """Sample `request`, resuming from `state` when given; returns the final state.
 
+        `state` is checked first (`check_state`: SamplingError when it was saved for another request or
+        is damaged) and left alone: sampling goes on in a copy, which it returns.
         `on_window(state)` runs after every finished window (store it to resume later);
         `should_stop()` is polled every `progress_every` tokens and stops with SamplingCancelled.
         `overlap_levels` lets a lower level's windows start while the level above still samples
@@ -590,9 +865,24 @@ class Cascade:
         from sampler.jukebox.schedule import LevelScheduler, overlap_by_default
 
         self.check(request)
-        state = self.initial_state(request) if state is None else state
-        if len(state.codes) != self.levels or any(c.shape[0] != request.n_samples for c in state.codes):
-            raise SamplingError("the saved state does not match this request's number of samples")
+        request = _plain_numbers(request)
+        if isinstance(progress_every, (bool, np.bool_)) or not isinstance(progress_every, (int, np.integer)):
+            raise SamplingError(f"progress_every must be a whole number of tokens, got {progress_every!r}")
+        if progress_every < 1:
+            raise SamplingError(f"progress_every must be at least 1 token, got {progress_every}")
+        digest = self.request_digest(request)
+        if state is None:
+            state = self.initial_state(request, digest)
+        else:
+            try:
+                self.check_state(request, state, digest)
+            except SamplingError as exc:
+                raise SamplingError(f"the saved sampling state cannot be used: {exc}") from None
+            state = state.snapshot()  # the caller's state is left as it was
+            state.codes = [codes.to("cpu", torch.long) for codes in state.codes]  # int16 as saved, too
+            state.request_digest = dict(digest)  # a state of an earlier version (no digest) gets this one's
+            if request.rng == "reference" and state.rng_state is None:  # nothing sampled yet (check_state)
+                state.rng_state = torch.Generator(device=self.device).manual_seed(request.seed).get_state()
         overlap = overlap_by_default(self.device) if overlap_levels is None else overlap_levels
         scheduler = LevelScheduler(
             self,
@@ -722,6 +1012,8 @@ class Cascade:
     # ---- audio
 
     def decode(self, codes: Tensor, level: int) -> Tensor:
-        """Codes of one level (N, T) -> audio (N, T * hop) float32 in [-1, 1]."""
-        audio = self.vqvae.decode(codes.to(self.device), level)
+        """Codes of one level (N, T), of any integer dtype (a state's are int64, saved ones int16), -> audio
+        (N, T * hop) float32 in [-1, 1]. VQVAEInputError (a ValueError) for anything else: another type,
+        shape or range, no samples (N = 0) or no tokens."""
+        audio = self.vqvae.decode(codes, level)  # on the VQ-VAE's device
         return audio.float().clamp(-1.0, 1.0).cpu()

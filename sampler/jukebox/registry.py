@@ -14,6 +14,9 @@ SAMPLE_RATE = 44100
 # Every published top prior's max_duration: it takes songs shorter than this (the original refuses
 # one this long or longer).
 MAX_SONG_SECONDS = 600.0
+SEED_LIMIT = 2**64  # seeds are 0 .. 2**64 - 1: what torch's manual_seed takes
+# The lowest sampling temperature: the fp32 logits divided by it stay finite (a subnormal one made them inf).
+MIN_TEMPERATURE = 1e-6
 
 # Path of each checkpoint relative to a mirror root (the original CDN's `jukebox/models/`).
 # The same relative path is used under the local model directory.

@@ -29,6 +29,7 @@ from sampler.jukebox.cascade import (
     LevelProgress,
     Progress,
     SamplingCancelled,
+    SamplingError,
     SamplingRequest,
     window_seed,
 )
@@ -127,7 +128,8 @@ class LevelScheduler:
         # on the sampling device: draws from CUDA logits need a CUDA generator
         generator = torch.Generator(device=self.cascade.device)
         if self.request.rng == "reference":
-            assert self.state.rng_state is not None
+            if self.state.rng_state is None:  # `Cascade.sample` gives a new state one; a resumed one has it
+                raise SamplingError('rng="reference" needs the random generator state of the run it resumes')
             generator.set_state(self.state.rng_state)
         for level in self.order:
             self._sample_level(self._levels[level], generator)

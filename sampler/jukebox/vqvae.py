@@ -11,6 +11,7 @@ Level numbering is the original one: level 0 is the finest (hop 8), level 2 the 
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, fields
 from typing import Any, cast
@@ -431,12 +432,20 @@ class VQVAE(nn.Module):
     ) -> torch.Tensor:
         """Codes of `level` (N, T_l) -> audio (N, T_l * hop_l), in the conv dtype, not clamped.
 
-        `codes` is either that level's tensor or the list of every level's codes (finest first),
-        of which only `codes[level]` is used, as in the original. `chunk_samples=None` decodes in
-        one pass.
+        `codes` is either that level's tensor, of any integer dtype (a saved state's int16 too), or the
+        list of every level's codes (finest first), of which only `codes[level]` is used, as in the
+        original. `chunk_samples=None` decodes in one pass. VQVAEInputError for anything else.
         """
+        try:
+            if isinstance(level, bool):
+                raise TypeError
+            level = operator.index(level)
+        except TypeError:
+            raise VQVAEInputError(f"level must be a whole number, got {level!r}") from None
         self._check_levels(level, level + 1)
         if not isinstance(codes, torch.Tensor):
+            if not isinstance(codes, (list, tuple)):
+                raise VQVAEInputError(f"codes must be an integer tensor, got {_describe(codes)}")
             codes = list(codes)
             if len(codes) != self.config.levels:
                 raise VQVAEInputError(
@@ -447,7 +456,7 @@ class VQVAE(nn.Module):
         self._check_codes(codes, level)
         hop, total = self.hop_lengths[level], codes.shape[-1]
         decoder, codebook = self.decoder(level), self.codebook(level)
-        codes = codes.to(self.device)
+        codes = codes.to(self.device, torch.long)  # the codebook's lookup takes int64 (or int32) ids only
         chunk = total if chunk_samples is None else max(1, chunk_samples // hop)
         margin = self.decode_margin[level]
         pieces = []
@@ -493,6 +502,8 @@ class VQVAE(nn.Module):
             raise VQVAEInputError(
                 f"codes of level {level} must be shaped (batch, tokens); got {tuple(codes.shape)}"
             )
+        if codes.shape[0] == 0:
+            raise VQVAEInputError(f"codes of level {level} hold no samples: got shape {tuple(codes.shape)}")
         lo, hi = int(codes.min()), int(codes.max())
         if lo < 0 or hi >= self.config.l_bins:
             raise VQVAEInputError(
