@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import errno
 import getpass
 import importlib.util
 import logging
 import math
 import os
 import re
-import stat
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from jukebot.settings import Settings, SettingsError, load_settings, misspelled_variables
+from sampler.files import not_a_file
 from sampler.worker.logs import configure_logging
 
 log = logging.getLogger(__name__)
@@ -128,40 +127,31 @@ def sqlite_path_problem(settings: Settings) -> str | None:
     return None
 
 
-# What `stat` calls a file that is neither a regular file nor a directory.
-_SPECIAL_FILES = (
-    (stat.S_ISFIFO, "a FIFO (named pipe)"),
-    (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-)
-
-
 def _special_file_problem(path: Path) -> str | None:
     """The sentence for a SQLite path that is a link to nothing, a loop of links, or a file that is no
-    regular file (a FIFO, a socket, a device), none of which SQLite can open or create; else None."""
+    regular file (a FIFO, a socket, a device), none of which SQLite can open or create; else None (a
+    folder has a sentence of its own)."""
     try:
-        mode = path.stat().st_mode
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            return (
-                f"DATABASE_URL's SQLite file {path} is a loop of links (a link that leads back to "
-                "itself): fix or remove the link, or point DATABASE_URL at the database file itself."
-            )
-        if exc.errno == errno.ENOENT and path.is_symlink():
-            return (
-                f"DATABASE_URL's SQLite file {path} is a link to {os.readlink(path)}, which does not "
-                "exist (SQLite cannot create a file through it): point DATABASE_URL at the database file "
-                "itself, or remove the link so that `jukebot db upgrade` creates a new database there."
-            )
+        found = not_a_file(path)
+    except OSError:  # a folder on the way that cannot be entered: the checks after this say so
         return None
-    for test, kind in _SPECIAL_FILES:
-        if test(mode):
-            return (
-                f"DATABASE_URL's SQLite file {path} is {kind}, not a regular file: point DATABASE_URL at "
-                "jukebot's database file, or at a new file name to start an empty one."
-            )
-    return None
+    if found is None or found.missing or found.what == "a folder":
+        return None
+    if found.link_loop:
+        return (
+            f"DATABASE_URL's SQLite file {path} is a loop of links (a link that leads back to "
+            "itself): fix or remove the link, or point DATABASE_URL at the database file itself."
+        )
+    if found.broken_link:
+        return (
+            f"DATABASE_URL's SQLite file {path} is a link to {found.link_target}, which does not "
+            "exist (SQLite cannot create a file through it): point DATABASE_URL at the database file "
+            "itself, or remove the link so that `jukebot db upgrade` creates a new database there."
+        )
+    return (
+        f"DATABASE_URL's SQLite file {path} is {found.what}, not a regular file: point DATABASE_URL at "
+        "jukebot's database file, or at a new file name to start an empty one."
+    )
 
 
 def database_problem(error: BaseException, settings: Settings) -> str | None:

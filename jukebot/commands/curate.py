@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import secrets
-import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
 from jukebot.commands import FiniteFloatRange, file_wording
+from sampler.files import not_a_file
 
 if TYPE_CHECKING:
     from sampler.curation import Clip
@@ -53,30 +52,20 @@ def _inputs(paths: tuple[Path, ...]) -> list[Path]:
 def _refuse_unless_regular(path: Path) -> None:
     """Stop, naming `path`, unless it is (or links to) a regular file."""
     try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        if path.is_symlink():
-            raise click.UsageError(
-                f"{path} is a broken link (to {os.readlink(path)}): fix it, or remove it."
-            ) from None
-        raise click.UsageError(f"{path} {_unreadable(FileNotFoundError(2, os.strerror(2)))}") from None
-    except OSError as exc:  # a link loop, or a folder on the way that cannot be entered
-        if exc.errno == errno.ELOOP:
-            raise click.UsageError(
-                f"{path} is a link that loops back on itself: fix it, or remove it."
-            ) from None
+        found = not_a_file(path)
+    except OSError as exc:  # a folder on the way that cannot be entered
         raise click.UsageError(f"{path} {_unreadable(exc)}") from None
-    if stat.S_ISREG(mode):
+    if found is None:
         return
-    if stat.S_ISFIFO(mode):
-        what = "a FIFO (named pipe)"
-    elif stat.S_ISSOCK(mode):
-        what = "a socket"
-    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        what = "a device"
-    else:
-        what = "not a regular file"
-    raise click.UsageError(f"{path} is {what}, not an audio file: pass audio files, or folders of them.")
+    if found.missing:
+        raise click.UsageError(f"{path} {_unreadable(FileNotFoundError(2, os.strerror(2)))}")
+    if found.broken_link:
+        raise click.UsageError(f"{path} is a broken link (to {found.link_target}): fix it, or remove it.")
+    if found.link_loop:
+        raise click.UsageError(f"{path} is a link that loops back on itself: fix it, or remove it.")
+    raise click.UsageError(
+        f"{path} is {found.what}, not an audio file: pass audio files, or folders of them."
+    )
 
 
 def _unreadable(error: OSError) -> str:

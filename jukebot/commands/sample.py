@@ -30,6 +30,7 @@ from click.core import ParameterSource
 
 from jukebot.commands import TORCH_USERS, file_wording, require_torch, settings_or_exit
 from sampler.batch_sizes import DEFAULT_MAX_BATCH_SIZE, format_batch_sizes, parse_batch_sizes
+from sampler.files import not_a_file
 from sampler.jukebox.registry import DEFAULT_MODEL, MIN_TEMPERATURE, MODELS, SAMPLE_RATE, SEED_LIMIT
 
 MODES = ("ancestral", "primed", "continue", "upsample")
@@ -758,17 +759,14 @@ def _bad_codes_file(path: Path, why: str) -> click.BadParameter:
 
 def _check_codes_path(path: Path) -> None:
     """Stop unless `path` names a regular file (or a link to one): reading a FIFO would wait forever."""
-    import stat
-
     try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        what = "is a broken link" if path.is_symlink() else "does not exist"
-        raise _bad_codes_file(path, f"{what}: {CODES_FILE_HINT}") from None
-    except OSError as exc:  # a link loop, a folder on the way that cannot be entered
+        found = not_a_file(path)
+    except OSError as exc:  # a folder on the way that cannot be entered
         raise _bad_codes_file(path, f"cannot be read ({exc.strerror or exc})") from None
-    if not stat.S_ISREG(mode):
-        raise _bad_codes_file(path, f"is not a regular file: {CODES_FILE_HINT}")
+    if found is None:
+        return
+    said = "does not exist" if found.missing else f"is {found.what}"
+    raise _bad_codes_file(path, f"{said}: {CODES_FILE_HINT}")
 
 
 def _load_codes_file(path: Path) -> Any:

@@ -17,12 +17,10 @@ a half-loaded model.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import re
 import secrets
-import stat
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -32,6 +30,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from sampler.files import not_a_file
 
 Shape = tuple[int, ...]
 StateDict = dict[str, torch.Tensor]
@@ -174,38 +174,23 @@ def read_checkpoint(
     return _weights_of(payload, path, name)
 
 
-_KINDS = (
-    (stat.S_ISDIR, "a folder"),
-    (stat.S_ISFIFO, "a named pipe (FIFO)"),
-    (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-)
-
-
 def not_a_file_problem(path: Path) -> str | None:
     """Why `path`, which is not a regular file, is not one: something else by that name, a symbolic link
     to nothing or a link loop (what to do included); None when nothing is there. PermissionError (or
     another OSError) when that cannot be told."""
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        if not os.path.islink(path):
-            return None  # nothing there (or a folder above it is missing)
+    found = not_a_file(path)
+    if found is None or found.missing:
+        return None
+    if found.broken_link:
         return (
-            f"{path} is a broken symbolic link (to {os.readlink(path)}, which does not exist): point it at "
+            f"{path} is a broken symbolic link (to {found.link_target}, which does not exist): point it at "
             "the checkpoint file, or remove it"
         )
-    except NotADirectoryError:
-        return None
-    except OSError as exc:
-        if exc.errno != errno.ELOOP:
-            raise
+    if found.link_loop:
         return f"{path} is a symbolic link loop: point the link at the checkpoint file, or remove it"
-    if stat.S_ISREG(mode):
-        return None
-    kind = next((kind for test, kind in _KINDS if test(mode)), "not a regular file")
-    return f"{path} is {kind}, not a checkpoint file: put the checkpoint file itself there, or remove it"
+    return (
+        f"{path} is {found.what}, not a checkpoint file: put the checkpoint file itself there, or remove it"
+    )
 
 
 def _weights_of(payload: Any, path: Path, name: str | None) -> StateDict:

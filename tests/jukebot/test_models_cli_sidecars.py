@@ -119,7 +119,7 @@ def test_import_of_an_hf_folder_that_names_no_weights_fails(tmp_path: Path) -> N
 @pytest.mark.parametrize(
     ("kind", "said"),
     [
-        ("fifo", "is a named pipe (FIFO), not a checkpoint file"),
+        ("fifo", "is a FIFO (named pipe), not a checkpoint file"),
         ("folder", "is a folder, not a checkpoint file"),
         ("broken link", "is a broken symbolic link"),
     ],

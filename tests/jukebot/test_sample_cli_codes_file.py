@@ -129,8 +129,8 @@ DAMAGED = (
     [
         (_missing, f"does not exist: {HINT}"),
         (_broken_link, f"is a broken link: {HINT}"),
-        (_link_loop, "cannot be read (Too many levels of symbolic links)"),
-        (_fifo, f"is not a regular file: {HINT}"),
+        (_link_loop, f"is a loop of links: {HINT}"),
+        (_fifo, f"is a FIFO (named pipe): {HINT}"),
         (_empty, f"is empty: {HINT}"),
         (_not_torch, f"{NOT_CODES} (not a file torch.save wrote): {HINT}"),
         (_plain_pickle, f"{NOT_CODES} (not a file torch.save wrote): {HINT}"),

@@ -75,7 +75,7 @@ def test_a_damaged_pickle_keeps_a_short_technical_cause(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("kind", "said"),
     [
-        ("fifo", "is a named pipe (FIFO), not a checkpoint file"),
+        ("fifo", "is a FIFO (named pipe), not a checkpoint file"),
         ("folder", "is a folder, not a checkpoint file"),
         ("broken link", "is a broken symbolic link (to "),
         ("link loop", "is a symbolic link loop"),
