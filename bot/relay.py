@@ -13,9 +13,14 @@ sample split over several messages, how many of them are out, after each); each
 message carries a nonce, so Discord answers a repeat sent within minutes with the first one. If
 posting fails part-way the claim is given back; if the bot is killed mid-post the claim expires.
 Either way the next try (this bot or another) posts only the samples without a message, then the
-final progress text. Results of upsample and continue jobs reply to the parent sample's message,
-found in the store after a restart too. Each sample's first message also carries its picture
-(bot/pictures.py) when that fits the upload limit beside the audio.
+final progress text. When the database cannot be reached just after a message went out (or when the
+claim is to be given back, or the results marked posted), the bot keeps what it could not write in
+memory and writes it first at each pass until it can: however long the outage lasts (longer than
+Discord matches a nonce), this bot never sends that message again. (A bot killed during such an
+outage forgets it; and after an outage longer than the claim, another bot sharing the database may
+claim the results before this one writes it.) Results of upsample and continue jobs reply to the
+parent sample's message, found in the store after a restart too. Each sample's first message also
+carries its picture (bot/pictures.py) when that fits the upload limit beside the audio.
 
 Results that can never go out are given up, so they cannot hold up the others: when Discord says the
 bot cannot post in the job's channel (no access, no permission, the channel deleted, the thread locked)
@@ -45,7 +50,7 @@ from bot import delivery, pictures
 from bot.progress import quality_label, render_job, style_line
 from bot.views import progress_view, sample_view
 from sampler.jobspec import is_full_quality, params_or_defaults
-from storage.errors import JobNotFinished, JobNotFound, SampleNotFound
+from storage.errors import JobNotFinished, JobNotFound, SampleNotFound, database_unreachable
 from storage.models import JobStatus
 from storage.records import Job, MessageParts
 from storage.store import QueuePlaces, queue_places
@@ -112,6 +117,13 @@ class ProgressRelay:
         self._channel_lost_at: dict[int, float] = {}
         # Replaced progress messages whose deletion waits out a rate limit: id -> (job, message, what).
         self._to_delete: dict[int, tuple[int, discord.PartialMessage | discord.Message, str]] = {}
+        # What went out to Discord but could not be written to the store (its database was away), for
+        # `_write_behind` to write before each pass: a sample's message (sample id -> its first message,
+        # and how many of its messages are out, or None for all of them), claims on results to give
+        # back (job id -> retry after), and jobs whose results all went out, to mark posted.
+        self._unrecorded: dict[int, tuple[int, MessageParts | None]] = {}
+        self._unreleased: dict[int, float] = {}
+        self._unmarked: set[int] = set()
         self._wake = asyncio.Event()
         self._pass_lock = asyncio.Lock()
 
@@ -150,6 +162,7 @@ class ProgressRelay:
 
     async def run_pass(self) -> None:
         async with self._pass_lock:
+            await self._write_behind()  # raises while the database is still away: nothing goes out
             for job_id, message, what in [self._to_delete.pop(key) for key in list(self._to_delete)]:
                 try:
                     await self._delete(job_id, message, what)
@@ -368,11 +381,24 @@ class ProgressRelay:
                 job.channel_id,
                 cannot_post,
             )
-        if not await self.store.finish_results_posting(job.id, self.poster_id):
-            log.warning("job #%s: results posted, but another bot took over the claim meanwhile", job.id)
-        self._watched.pop(job.id, None)
-        self._failures.pop(job.id, None)
-        self._channel_lost_at.pop(job.id, None)
+        self._unmarked.add(job.id)
+        await self._mark_posted(job.id)
+
+    async def _mark_posted(self, job_id: int) -> None:
+        """Mark the results of a job in `_unmarked` posted: all went out (or were given up). Kept there
+        while the database cannot be reached, else the next try would send the final text again."""
+        try:
+            finished = await self.store.finish_results_posting(job_id, self.poster_id)
+        except Exception as exc:
+            if not database_unreachable(exc):
+                self._unmarked.discard(job_id)
+            raise
+        self._unmarked.discard(job_id)
+        if not finished:
+            log.warning("job #%s: results posted, but another bot took over the claim meanwhile", job_id)
+        self._watched.pop(job_id, None)
+        self._failures.pop(job_id, None)
+        self._channel_lost_at.pop(job_id, None)
 
     def _retry_delay(self, failures: int) -> float:
         """How long to wait before trying again to post results that failed `failures` times in a row:
@@ -382,11 +408,61 @@ class ProgressRelay:
         return min(self.poll_interval_s * 2 ** (failures - 1), MAX_RETRY_DELAY_S)
 
     async def _give_back(self, job: Job, retry_after_s: float) -> None:
-        """Give the claim on the results back after a failed try, for a try after `retry_after_s`."""
+        """Give the claim on the results back after a failed try, for a try after `retry_after_s`.
+        While the database cannot be reached that waits for the next pass (`_write_behind`): a claim
+        that nobody gave back holds until it runs out."""
         try:
             await self.store.release_results_posting(job.id, self.poster_id, retry_after_s=retry_after_s)
-        except Exception:
-            log.exception("job #%s: results half-posted; the claim expires in time", job.id)
+        except Exception as exc:
+            if database_unreachable(exc):
+                self._unreleased[job.id] = retry_after_s
+                log.warning(
+                    "job #%s: results half-posted; the claim is given back once the database is back", job.id
+                )
+            else:
+                log.exception("job #%s: results half-posted; the claim expires in time", job.id)
+
+    async def _record_sample_message(
+        self, sample_id: int, message_id: int, parts: MessageParts | None = None
+    ) -> None:
+        """Record the message(s) of the sample that went out (see `store.set_sample_message`). While the
+        database cannot be reached the record stays in `_unrecorded`, for `_write_behind`: a try that
+        found no record would send the message again, a second post once Discord forgot its nonce."""
+        record = self._unrecorded[sample_id] = (message_id, parts)
+        try:
+            await self.store.set_sample_message(sample_id, message_id, parts=parts)
+        except Exception as exc:
+            if not database_unreachable(exc) and self._unrecorded.get(sample_id) == record:
+                del self._unrecorded[sample_id]
+            raise
+        if self._unrecorded.get(sample_id) == record:
+            del self._unrecorded[sample_id]
+
+    async def _write_behind(self) -> None:
+        """Write what went out while the database was away (see `__init__`), before a pass does anything
+        else. Raises while it is still away: the pass waits for the next (nothing is sent twice)."""
+        for sample_id, (message_id, parts) in list(self._unrecorded.items()):
+            try:
+                await self._record_sample_message(sample_id, message_id, parts)
+            except Exception as exc:
+                if database_unreachable(exc):
+                    raise
+                log.warning("sample #%s: could not record its message %s: %r", sample_id, message_id, exc)
+        for job_id in sorted(self._unmarked):
+            try:
+                await self._mark_posted(job_id)
+            except Exception as exc:
+                if database_unreachable(exc):
+                    raise
+                log.warning("job #%s: could not mark its results posted: %r", job_id, exc)
+        for job_id, retry_after_s in list(self._unreleased.items()):
+            try:
+                await self.store.release_results_posting(job_id, self.poster_id, retry_after_s=retry_after_s)
+            except Exception as exc:
+                if database_unreachable(exc):
+                    raise
+                log.warning("job #%s: could not give back the claim on its results: %r", job_id, exc)
+            del self._unreleased[job_id]
 
     async def _renew_claim(self, job_id: int, posted: asyncio.Event) -> None:
         """Keep the claim alive until `posted` is set, through uploads longer than the lease."""
@@ -500,9 +576,9 @@ class ProgressRelay:
                 assert first_id is not None
                 if index + 1 < len(groups):
                     sent = MessageParts(index + 1, len(groups), split_limit)
-                    await self.store.set_sample_message(sample.id, first_id, parts=sent)
+                    await self._record_sample_message(sample.id, first_id, sent)
             if first_id is not None:
-                await self.store.set_sample_message(sample.id, first_id)
+                await self._record_sample_message(sample.id, first_id)
         return len(infos)
 
 

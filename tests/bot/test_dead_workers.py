@@ -109,7 +109,7 @@ async def test_the_bot_names_the_jobs_of_servers_it_was_removed_from_while_offli
     assert (await store.get_job(gone)).status is JobStatus.QUEUED  # told, not cancelled
 
 
-class StoreThatGoesAway(JobStore):
+class RecoveryCallsThatFail(JobStore):
     """The store the bot's lease recovery uses, unreachable while `away` (a connection refused, as from
     a database that is down), recording the calls answered."""
 
@@ -145,7 +145,7 @@ async def test_after_an_outage_the_bot_leaves_lapsed_leases_to_their_workers_for
     attempt); a worker that really died is still recovered, a lease later."""
     fake = fake_discord
     clock = FakeClock(utcnow())
-    store = StoreThatGoesAway(sqlite_store.engine, clock=clock)
+    store = RecoveryCallsThatFail(sqlite_store.engine, clock=clock)
     settings = make_settings(worker_requeue_seconds=0.05, worker_lease_seconds=5.0)
     await bot_runner.start(make_bot(fake, store, settings))
     await queue_song(fake, "alice")

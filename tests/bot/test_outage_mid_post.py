@@ -1,0 +1,231 @@
+"""The database goes away right after a sample's message went out, before the bot recorded it: once it
+is back, the bot records that message instead of sending it again, however long the outage lasted.
+
+Discord matches a message's nonce for a few minutes only (`fake.let_nonces_expire()`): after a longer
+outage a message sent again is a second post, so only the bot's memory of what it sent prevents one.
+The real bot runs against the fake Discord; the test drives the relay's passes (`run_pass`) and holds
+Discord's answer to the upload (a barrier, no timing) while it takes the database away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from bot.bot import JukeBot
+from bot.relay import RESULTS_LEASE_S, ProgressRelay
+from storage.models import utcnow
+from storage.records import ClaimedJob
+from storage.store import JobStore
+from tests.bot.conftest import BotRunner
+from tests.bot.fake_discord import FakeDiscord, FakeMessage, HeldRequest
+from tests.bot.harness import (
+    PlayedWorker,
+    bot_messages,
+    make_bot,
+    progress_message,
+    relay_of,
+    sqlite_store,
+    when,
+)
+from tests.conftest import FakeClock
+
+__all__ = ["sqlite_store"]
+
+MESSAGES = "/channels/{channel_id}/messages"
+
+
+class StoreThatGoesAway(JobStore):
+    """The bot's store, whose database cannot be reached while `away`: every call refused (a connection
+    refused, as from a database that is down), counted in `refused`."""
+
+    away = False
+    refused = 0
+
+    def _check(self) -> None:
+        if self.away:
+            self.refused += 1
+            raise ConnectionRefusedError(111, "Connection refused")
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
+        self._check()
+        async with super()._transaction() as connection:
+            yield connection
+
+    @contextlib.asynccontextmanager
+    async def _reading(self) -> AsyncIterator[AsyncConnection]:
+        self._check()
+        async with super()._reading() as connection:
+            yield connection
+
+
+@dataclasses.dataclass
+class _Finished:
+    bot: JukeBot
+    relay: ProgressRelay
+    store: StoreThatGoesAway  # the bot's
+    checks: JobStore  # the test's, on the same database, always reachable
+    clock: FakeClock
+    job: ClaimedJob
+    progress: FakeMessage
+
+
+async def _finished_job(fake: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore) -> _Finished:
+    clock = FakeClock(utcnow())
+    store = StoreThatGoesAway(sqlite_store.engine, clock=clock)
+    checks = JobStore(sqlite_store.engine, clock=clock)
+    bot = await bot_runner.start(make_bot(fake, store))
+    record = await fake.invoke_command(
+        "jukebox", {"artist": "queen", "genre": "pop", "samples": 2, "seed": 1}, user=fake.user("alice")
+    )
+    await fake.wait_for(lambda: record.original is not None and not record.original.loading)
+    job = await PlayedWorker(checks).claim()
+    progress = await fake.wait_for(when(lambda: progress_message(fake, job.id)))
+    return _Finished(bot, relay_of(bot), store, checks, clock, job, progress)
+
+
+async def _away_once_sent(fake: FakeDiscord, finished: _Finished, held: HeldRequest) -> None:
+    """A pass posts the results; once Discord has done the held message, the database goes away before
+    the bot hears back (it cannot record it)."""
+    passing = asyncio.create_task(finished.relay.run_pass())
+    await fake.wait_for(lambda: held.arrived)
+    finished.store.away = True
+    held.release()
+    await passing  # the relay logs the failure; its later passes meet the outage until it ends
+    assert finished.store.refused >= 1
+
+
+def _posts_of(fake: FakeDiscord, sample_id: int) -> list[FakeMessage]:
+    return [m for m in bot_messages(fake) if f"**Sample #{sample_id}**" in m.content]
+
+
+@pytest.mark.parametrize("outage", ["short", "longer-than-the-nonce"])
+async def test_a_sample_sent_just_before_the_database_went_away_is_recorded_not_sent_again(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore, outage: str
+) -> None:
+    fake = fake_discord
+    finished = await _finished_job(fake, bot_runner, sqlite_store)
+    relay, store, checks, clock, job = (
+        finished.relay,
+        finished.store,
+        finished.checks,
+        finished.clock,
+        finished.job,
+    )
+    held = fake.hold("POST", MESSAGES, handled=True)  # sample 1's message: posted, the answer held
+    sample_ids = await PlayedWorker(checks).complete(job, n=2, full=False)
+    await _away_once_sent(fake, finished, held)
+    (first,) = _posts_of(fake, sample_ids[0])
+    assert [info.message_id for info in await checks.samples_for_job(job.id)] == [None, None]
+    assert _posts_of(fake, sample_ids[1]) == []
+
+    if outage != "short":
+        # Minutes: Discord forgot the nonce, and the claim on the results ran out meanwhile.
+        fake.let_nonces_expire()
+        clock.advance(RESULTS_LEASE_S + 1)
+    store.away = False
+    await relay.run_pass()
+
+    assert [len(_posts_of(fake, sample_id)) for sample_id in sample_ids] == [1, 1]
+    assert _posts_of(fake, sample_ids[0]) == [first]
+    second = _posts_of(fake, sample_ids[1])[0]
+    assert [info.message_id for info in await checks.samples_for_job(job.id)] == [first.id, second.id]
+    assert (await checks.get_job(job.id)).results_posted_at is not None
+    done = progress_message(fake, job.id)
+    assert done is finished.progress and done.content.endswith("✅ Done: 2 samples below.")
+    assert fake.rejections == [] and fake.unknown_requests == []
+
+
+async def test_a_part_sent_just_before_the_database_went_away_is_recorded_not_sent_again(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    """A sample split over several messages: part 1 went out, then the database went away for minutes.
+    Only the later parts follow."""
+    fake = fake_discord
+    fake.default_guild.attachment_size_limit = 20_000  # a 12 s sample goes out in several messages
+    finished = await _finished_job(fake, bot_runner, sqlite_store)
+    relay, store, checks, clock, job = (
+        finished.relay,
+        finished.store,
+        finished.checks,
+        finished.clock,
+        finished.job,
+    )
+    assert job.guild_id is not None
+    finished.bot._upload_limits[job.guild_id] = 20_000  # as the member's command told the bot
+    held = fake.hold("POST", MESSAGES, handled=True)  # part 1
+    (sample_id,) = await PlayedWorker(checks).complete(job, n=1, full=False, seconds=12.0)
+    await _away_once_sent(fake, finished, held)
+    (first,) = _posts_of(fake, sample_id)
+    assert (await checks.get_sample_info(sample_id)).message_id is None
+
+    fake.let_nonces_expire()
+    clock.advance(RESULTS_LEASE_S + 1)
+    store.away = False
+    await relay.run_pass()
+
+    assert _posts_of(fake, sample_id) == [first]
+    stems = [
+        a.filename.rsplit(".", 1)[0]
+        for m in bot_messages(fake)
+        for a in m.attachments
+        if "_part" in a.filename
+    ]
+    total = len(stems)
+    assert total >= 2
+    assert stems == [f"jukebot_sample_{sample_id}_part{i}of{total}" for i in range(1, total + 1)]
+    info = await checks.get_sample_info(sample_id)
+    assert info.posted and info.message_id == first.id
+    done = progress_message(fake, job.id)
+    assert done is not None and done.content.endswith("✅ Done: 1 sample below.")
+    assert fake.rejections == [] and fake.unknown_requests == []
+
+
+async def test_results_all_sent_just_before_the_database_went_away_are_marked_posted_not_sent_again(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    """A job that ran while no bot did has no progress message: its final text goes out in a message of
+    its own, the last one. The database goes away before the bot marks the results posted."""
+    fake = fake_discord
+    clock = FakeClock(utcnow())
+    store = StoreThatGoesAway(sqlite_store.engine, clock=clock)
+    checks = JobStore(sqlite_store.engine, clock=clock)
+    job_id = await checks.enqueue(
+        kind="generate",
+        model="5b_lyrics",
+        params={"artist": "queen", "genre": "pop", "lyrics": "", "seconds": 20, "samples": 1},
+        guild_id=fake.default_guild.id,
+        channel_id=fake.channel("general").id,
+        user_id=fake.user("alice").id,
+    )
+    worker = PlayedWorker(checks)
+    job = await worker.claim()
+    assert job.id == job_id
+    (sample_id,) = await worker.complete(job, n=1, full=False)
+    held = fake.hold("POST", MESSAGES, after=1, handled=True)  # the final text, after the sample
+    bot = await bot_runner.start(make_bot(fake, store))  # its first pass posts the results
+    relay = relay_of(bot)
+    await fake.wait_for(lambda: held.arrived)
+    store.away = True
+    held.release()
+    with pytest.raises(OSError):
+        await relay.run_pass()  # waits for the first pass to end; then meets the outage itself
+    (final,) = [m for m in bot_messages(fake) if m.content.startswith(f"**Job #{job_id}**")]
+    assert (await checks.get_job(job_id)).results_posted_at is None
+
+    fake.let_nonces_expire()
+    clock.advance(RESULTS_LEASE_S + 1)
+    store.away = False
+    await relay.run_pass()
+
+    assert [m for m in bot_messages(fake) if m.content.startswith(f"**Job #{job_id}**")] == [final]
+    assert final.content.endswith("✅ Done: 1 sample below.")
+    assert len(_posts_of(fake, sample_id)) == 1
+    assert (await checks.get_job(job_id)).results_posted_at is not None
+    assert fake.rejections == [] and fake.unknown_requests == []
