@@ -122,6 +122,8 @@ class ProgressRelay:
         # and how many of its messages are out, or None for all of them), claims on results to give
         # back (job id -> retry after), and jobs whose results all went out, to mark posted.
         self._unrecorded: dict[int, tuple[int, MessageParts | None]] = {}
+        # The same for progress messages: job id -> (the message, the one it replaces).
+        self._unrecorded_progress: dict[int, tuple[discord.Message, int | None]] = {}
         self._unreleased: dict[int, float] = {}
         self._unmarked: set[int] = set()
         self._wake = asyncio.Event()
@@ -265,7 +267,7 @@ class ProgressRelay:
 
     async def post_progress_message(self, job_id: int) -> None:
         """Post the job's progress message (once) and record its id in the store."""
-        if job_id in self._posting:  # the command and a relay pass may both try: one posts
+        if job_id in self._posting or job_id in self._unrecorded_progress:  # one posts; one is out
             return
         self._posting.add(job_id)
         try:
@@ -294,7 +296,16 @@ class ProgressRelay:
     async def _recorded(self, job_id: int, message: discord.Message, *, replacing: int | None) -> bool:
         """Record `message` as the job's progress message unless another bot sharing the database
         recorded one first (both saw none, or the same old one); then ours is deleted, so one stays."""
-        if await self.store.replace_progress_message(job_id, message.id, replacing=replacing):
+        record = self._unrecorded_progress[job_id] = (message, replacing)
+        try:
+            recorded = await self.store.replace_progress_message(job_id, message.id, replacing=replacing)
+        except Exception as exc:  # the database away: `_write_behind` records it, so none is sent again
+            if not database_unreachable(exc) and self._unrecorded_progress.get(job_id) == record:
+                del self._unrecorded_progress[job_id]
+            raise
+        if self._unrecorded_progress.get(job_id) == record:
+            del self._unrecorded_progress[job_id]
+        if recorded:
             return True
         await self._delete(job_id, message, "a second progress message")
         return False
@@ -441,6 +452,13 @@ class ProgressRelay:
     async def _write_behind(self) -> None:
         """Write what went out while the database was away (see `__init__`), before a pass does anything
         else. Raises while it is still away: the pass waits for the next (nothing is sent twice)."""
+        for job_id, (message, replacing) in list(self._unrecorded_progress.items()):
+            try:
+                await self._recorded(job_id, message, replacing=replacing)
+            except Exception as exc:
+                if database_unreachable(exc):
+                    raise
+                log.warning("job #%s: could not record its progress message %s: %r", job_id, message.id, exc)
         for sample_id, (message_id, parts) in list(self._unrecorded.items()):
             try:
                 await self._record_sample_message(sample_id, message_id, parts)

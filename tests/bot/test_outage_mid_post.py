@@ -34,6 +34,7 @@ from tests.bot.harness import (
     when,
 )
 from tests.conftest import FakeClock
+from tests.waiting import wait_until
 
 __all__ = ["sqlite_store"]
 
@@ -228,4 +229,42 @@ async def test_results_all_sent_just_before_the_database_went_away_are_marked_po
     assert final.content.endswith("✅ Done: 1 sample below.")
     assert len(_posts_of(fake, sample_id)) == 1
     assert (await checks.get_job(job_id)).results_posted_at is not None
+    assert fake.rejections == [] and fake.unknown_requests == []
+
+
+async def test_a_progress_message_sent_just_before_the_database_went_away_is_recorded_not_sent_again(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    """The job's progress message went out; the database went away before the bot recorded it. The
+    next pass records it and goes on editing it, instead of posting a second one and leaving the
+    first stuck on its old text."""
+    fake = fake_discord
+    clock = FakeClock(utcnow())
+    store = StoreThatGoesAway(sqlite_store.engine, clock=clock)
+    checks = JobStore(sqlite_store.engine, clock=clock)
+    bot = await bot_runner.start(make_bot(fake, store))
+    relay = relay_of(bot)
+    held = fake.hold("POST", MESSAGES, handled=True)  # the progress message: posted, the answer held
+    record = await fake.invoke_command("jukebox", {"artist": "queen", "samples": 1}, user=fake.user("alice"))
+    await fake.wait_for(lambda: held.arrived)
+    store.away = True
+    held.release()
+
+    async def the_record_was_refused() -> bool:
+        return store.refused >= 1
+
+    await wait_until(the_record_was_refused, what="the bot to fail recording its progress message")
+    (first,) = [m for m in bot_messages(fake) if m.content.startswith("**Job #1**")]
+    assert (await checks.get_job(1)).progress_message_id is None
+    await fake.wait_for(lambda: record.original is not None and not record.original.loading)
+
+    store.away = False
+    await relay.run_pass()
+    await relay.post_progress_message(1)  # as the command's announcement would, again
+    job = await PlayedWorker(checks).claim()
+    await relay.run_pass()
+
+    assert [m for m in bot_messages(fake) if m.content.startswith("**Job #1**")] == [first]
+    assert (await checks.get_job(job.id)).progress_message_id == first.id
+    assert "Running" in first.content or "running" in first.content, first.content
     assert fake.rejections == [] and fake.unknown_requests == []
