@@ -4,8 +4,10 @@
 gracefully — each releases its running job back to the queue with its checkpoint — waits up
 to `shutdown_timeout`, and kills what is left (those jobs come back when their lease expires).
 A worker that exits with `EXIT_CONFIG` (bad runner path, a device that is missing or cannot
-run) is not restarted; any other death is, after a backoff that doubles while deaths keep coming
-quickly or before the worker ever finished warming up (e.g. the kernel's out-of-memory killer
+run) is not restarted, nor is one that exits with `EXIT_OK`: it was told to stop (a stop signal, which
+a terminal, ssh or systemd send to the pool's whole process group at once, the pool's host with it)
+and released its job. Any other death is restarted, after a backoff that doubles while deaths keep
+coming quickly or before the worker ever finished warming up (e.g. the kernel's out-of-memory killer
 striking while a big model loads, however long that takes).
 
     python -m sampler.worker.pool --database-url URL --runner package.module:function --devices cpu
@@ -79,6 +81,7 @@ class _Slot:
     quick_deaths: int = 0
     restart_at: float | None = None
     disabled: bool = False
+    stopped: bool = False  # exited 0, told to stop by a signal of its own: not restarted
     restarts: int = field(default=0)
 
 
@@ -187,6 +190,15 @@ class WorkerPool:
         if exitcode == EXIT_CONFIG:
             slot.disabled = True
             log.error("worker on %s cannot start (see its log above); not restarting it", slot.device)
+            return
+        if exitcode == EXIT_OK:
+            # A worker exits 0 only once told to stop (a stop signal; its pool gone), its job released.
+            # A terminal (Ctrl-C, closed), ssh or systemd signal the whole process group at once: the
+            # pool's host learns of it too, but `jukebot run` passes the stop on only once its bot has
+            # closed. Restarting the worker meanwhile would start one only to stop it again (or claim
+            # the job it just released, or load a model the shutdown then waits for).
+            slot.stopped, slot.state = True, None
+            log.info("worker on %s stopped on a stop signal (exit 0); not restarting it", slot.device)
             return
         lived = now - slot.started_at
         serving = slot.state is not None and slot.state[STATE_SERVING] == 1

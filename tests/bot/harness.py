@@ -228,3 +228,29 @@ async def queue_song(fake: FakeDiscord, user: str = "alice", **options: Any) -> 
     reply = await reply_of(fake, await fake.invoke_command("jukebox", options, user=fake.user(user)))
     assert reply.startswith("Queued as job #"), reply
     return reply
+
+
+def sample_posts(fake: FakeDiscord, sample_id: int, channel: str = "general") -> list[FakeMessage]:
+    """Every message in `channel` that shows sample `sample_id` (exactly one once it is posted once)."""
+    return [
+        m for m in fake.channel_messages(fake.channel(channel)) if f"**Sample #{sample_id}**" in m.content
+    ]
+
+
+async def assert_posted_once(
+    fake: FakeDiscord,
+    store: JobStore,
+    job_id: int,
+    sample_ids: list[int],
+    first: FakeMessage,
+    progress: FakeMessage,
+) -> None:
+    """Each sample of the job posted exactly once (the first in `first`) and recorded as such, and the
+    job's progress message still `progress`: what a bot that stopped or died mid-post must leave."""
+    assert [len(sample_posts(fake, sample_id)) for sample_id in sample_ids] == [1] * len(sample_ids)
+    posted = [sample_message(fake, sample_id) for sample_id in sample_ids]
+    assert posted[0] is first
+    assert [info.message_id for info in await store.samples_for_job(job_id)] == [
+        message.id for message in posted if message is not None
+    ]
+    assert progress_message(fake, job_id) is progress

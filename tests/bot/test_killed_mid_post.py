@@ -31,10 +31,12 @@ from tests.bot.conftest import BotRunner
 from tests.bot.fake_discord import FakeDiscord, FakeMessage
 from tests.bot.harness import (
     PlayedWorker,
+    assert_posted_once,
     make_bot,
     progress_message,
     relay_of,
     sample_message,
+    sample_posts,
     sqlite_store,
     when,
 )
@@ -98,12 +100,6 @@ async def bot_process(
         print(f"---- bot process log\n{log_file.read_text(errors='replace')[-6000:]}")
 
 
-def posts_of(fake: FakeDiscord, sample_id: int) -> list[FakeMessage]:
-    return [
-        m for m in fake.channel_messages(fake.channel("general")) if f"**Sample #{sample_id}**" in m.content
-    ]
-
-
 @pytest.mark.parametrize(
     "sample_2_posted", [False, True], ids=["before-discord-got-sample-2", "before-the-bot-heard-back"]
 )
@@ -140,13 +136,7 @@ async def test_a_bot_killed_after_sample_1_of_3_leaves_samples_2_and_3_to_the_ne
         await relay_of(second).run_pass()  # waits out the pass that posted them
 
         # Sample 2 sent again with its nonce: Discord answers with the message it already posted.
-        assert [len(posts_of(fake, sample_id)) for sample_id in sample_ids] == [1, 1, 1]
-        posted = [sample_message(fake, sample_id) for sample_id in sample_ids]
-        assert posted[0] is first
-        assert [info.message_id for info in await store.samples_for_job(job.id)] == [
-            message.id for message in posted if message is not None
-        ]
-        assert progress_message(fake, job.id) is progress  # the same message reached its final state
+        await assert_posted_once(fake, store, job.id, sample_ids, first, progress)
         assert (await store.get_job(job.id)).results_posted_at is not None
         dropped = [] if sample_2_posted else [("POST /channels/{channel_id}/messages", 503)]
         assert [(r.route, r.status) for r in fake.rejections] == dropped
@@ -185,7 +175,7 @@ async def test_an_upload_longer_than_the_lease_keeps_the_claim_on_the_results(
     held.release()
     await fake.wait_for(lambda: progress.content.endswith("✅ Done: 1 sample below."))
     await relay_of(bot).run_pass()
-    assert len(posts_of(fake, sample_id)) == 1
+    assert len(sample_posts(fake, sample_id)) == 1
     assert (await store.get_job(job.id)).results_posted_at == clock.now
 
 
@@ -224,7 +214,7 @@ async def test_a_bot_killed_between_the_parts_of_a_sample_leaves_only_the_later_
         await fake.wait_for(lambda: progress.content.endswith("✅ Done: 1 sample below."), timeout_s=120)
         await relay_of(second).run_pass()
 
-        assert posts_of(fake, sample_id) == [first]
+        assert sample_posts(fake, sample_id) == [first]
         messages = fake.channel_messages(fake.channel("general"))
         stems = [
             a.filename.rsplit(".", 1)[0] for m in messages for a in m.attachments if "_part" in a.filename
