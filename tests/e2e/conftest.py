@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import shutil
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -124,13 +123,6 @@ async def services(tmp_path: Path) -> AsyncIterator[Services]:
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny random-weight 1b_lyrics and 5b (with the VQ-VAE and upsamplers) in a model directory."""
     return write_tiny_model_dir(tmp_path_factory.mktemp("tiny-models"), models=("1b_lyrics", "5b"))
-
-
-@pytest.fixture
-async def sqlite_url(sqlite_template: Path, tmp_path: Path) -> str:
-    path = tmp_path / "e2e.sqlite3"
-    shutil.copyfile(sqlite_template, path)
-    return f"sqlite+aiosqlite:///{path}"
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -53,13 +52,6 @@ async def fake() -> AsyncIterator[FakeDiscord]:
         guild = fake.add_guild("Test Server", channels=("general",))
         fake.add_member(guild, fake.add_user("alice"))
         yield fake
-
-
-@pytest.fixture
-def sqlite_url(sqlite_template: Path, tmp_path: Path) -> str:
-    path = tmp_path / "jukebot.sqlite3"
-    shutil.copyfile(sqlite_template, path)
-    return f"sqlite+aiosqlite:///{path}"
 
 
 @pytest.fixture
