@@ -24,6 +24,7 @@ from typing import Literal
 
 import torch
 
+from sampler.files import not_a_file
 from sampler.jukebox.checkpoint import (
     PRIOR_PARTS,
     VQVAE_PART,
@@ -76,8 +77,19 @@ def import_checkpoints(
     checkpoint a single original file is (found from its path or shapes otherwise).
     """
     source, model_dir = Path(source), Path(model_dir)
-    if not source.exists():
-        raise ModelImportError(f"{source} does not exist.")
+    try:
+        found = not_a_file(source)
+    except OSError as exc:  # a folder on the way that cannot be entered
+        raise ModelImportError(
+            f"{source} cannot be read ({exc.strerror or exc}): fix its permissions."
+        ) from None
+    if found is not None and found.what != "a folder":
+        if found.missing:
+            raise ModelImportError(f"{source} does not exist.")
+        target = f" (to {found.link_target}, which does not exist)" if found.broken_link else ""
+        raise ModelImportError(
+            f"{source} is {found.what}{target}: give a checkpoint file, or a folder of them."
+        )
     if model is not None and model not in MODELS:
         raise ModelImportError(f"Unknown model {model!r}: use one of {', '.join(MODELS)}.")
     if name is not None and name not in CHECKPOINTS:

@@ -32,13 +32,29 @@ def settings_or_exit(*, warn_misspelled: bool = True) -> Settings:
         settings = load_settings()  # a .env that is not UTF-8 is a SettingsError too
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
-    configure_logging(settings.log_level, settings.log_format)
-    if warn_misspelled:
-        for name, meant in misspelled_variables():
-            log.warning("%s is not a jukebot setting, so it is ignored: did you mean %s?", name, meant)
+    _start_logging(settings.log_level, settings.log_format, warn_misspelled=warn_misspelled)
     shown = settings.model_dump() | {"database_url": settings.database_url_for_display}  # token: SecretStr
     log.debug("settings: %s", shown)
     return settings
+
+
+def logging_without_settings() -> None:
+    """For a command that needs no setting (`curate`, `sample --model_dir`): log as the settings say
+    (`-v`, JUKEBOT_LOG_LEVEL, JUKEBOT_LOG_FORMAT) and warn of a misspelled variable, as every command
+    does; settings that cannot be read (an unrelated bad value) leave logging's defaults, and the
+    command goes on."""
+    try:
+        settings_or_exit()
+    except click.ClickException:
+        fields = Settings.model_fields
+        _start_logging(fields["log_level"].default, fields["log_format"].default, warn_misspelled=True)
+
+
+def _start_logging(level: str, log_format: Any, *, warn_misspelled: bool) -> None:
+    configure_logging(level, log_format)
+    if warn_misspelled:
+        for name, meant in misspelled_variables():
+            log.warning("%s is not a jukebot setting, so it is ignored: did you mean %s?", name, meant)
 
 
 def file_wording(text: str) -> str:

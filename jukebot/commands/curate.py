@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from jukebot.commands import FiniteFloatRange, file_wording
+from jukebot.commands import FiniteFloatRange, file_wording, logging_without_settings
 from sampler.files import not_a_file
 
 if TYPE_CHECKING:
@@ -152,6 +152,7 @@ def curate(inputs: tuple[Path, ...], output: Path, fade: float, picture: Path | 
     gets a Chromaprint fingerprint, and every pair is scored; the order starts from the most
     similar pair and grows by nearest neighbour. Joins are crossfaded at even loudness.
     """
+    logging_without_settings()
     import numpy as np
     from tqdm import tqdm
 

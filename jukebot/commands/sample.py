@@ -28,7 +28,13 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from jukebot.commands import TORCH_USERS, file_wording, require_torch, settings_or_exit
+from jukebot.commands import (
+    TORCH_USERS,
+    file_wording,
+    logging_without_settings,
+    require_torch,
+    settings_or_exit,
+)
 from sampler.batch_sizes import DEFAULT_MAX_BATCH_SIZE, format_batch_sizes, parse_batch_sizes
 from sampler.files import not_a_file
 from sampler.jukebox.registry import DEFAULT_MODEL, MIN_TEMPERATURE, MODELS, SAMPLE_RATE, SEED_LIMIT
@@ -438,6 +444,8 @@ def run_sample(options: dict[str, Any], given: set[str] | frozenset[str] = froze
     prompt = None
     if mode == "primed":
         prompt = _prompts(audio_files, options["prompt_length_in_seconds"], n, sample_length)
+    if options["model_dir"] is not None:
+        logging_without_settings()
     model_dir = options["model_dir"] or settings_or_exit().model_dir
     fp16 = options["fp16"] if options["fp16"] is not None else device.startswith("cuda")
     dtype = torch.float16 if fp16 else torch.float32

@@ -41,6 +41,8 @@ Mode = Literal["ancestral", "primed", "continue", "upsample"]
 RngMode = Literal["window", "reference"]
 MODES: tuple[str, ...] = ("ancestral", "primed", "continue", "upsample")
 RNG_MODES: tuple[str, ...] = ("window", "reference")
+# Samples one request takes (each holds its codes for the whole song): far more than a GPU batches.
+MAX_SAMPLES_PER_REQUEST = 1024
 STATE_FORMAT = 1
 # The reference's prefill chunks per level (finest first): known tokens fed 32 or 16 at a time.
 REFERENCE_CHUNK_SIZE: tuple[int, int, int] = (32, 32, 16)
@@ -488,8 +490,8 @@ class Cascade:
         if not isinstance(request.rng, str) or request.rng not in RNG_MODES:
             raise SamplingError(f"unknown rng {request.rng!r}: use one of {', '.join(RNG_MODES)}")
         n_samples = _whole(request.n_samples, "n_samples")
-        if n_samples < 1:
-            raise SamplingError("n_samples must be at least 1")
+        if not 1 <= n_samples <= MAX_SAMPLES_PER_REQUEST:
+            raise SamplingError(f"n_samples must be from 1 to {MAX_SAMPLES_PER_REQUEST:,}, got {n_samples}")
         sample_length = _whole(request.sample_length, "sample_length")
         total_length = _whole(request.total_length, "total_length")
         seed = _whole(request.seed, "seed")
@@ -535,8 +537,9 @@ class Cascade:
             raise SamplingError("this model has no lyrics conditioning: leave the lyrics empty")
         if top_k and top_p:
             raise SamplingError("use top_k or top_p, not both")
-        if top_k < 0 or not 0.0 <= top_p <= 1.0:
-            raise SamplingError("top_k must be >= 0 and top_p in [0, 1]")
+        bins = self.vqvae.config.l_bins
+        if not 0 <= top_k <= bins or not 0.0 <= top_p <= 1.0:
+            raise SamplingError(f"top_k must be from 0 to {bins} (the codebook's size) and top_p in [0, 1]")
         for level, temperature in enumerate(temperatures):
             if temperature < MIN_TEMPERATURE:
                 raise SamplingError(

@@ -150,3 +150,30 @@ def test_a_link_loop_in_the_model_directory_is_said_to_be_one(tmp_path: Path) ->
         result = models(model_dir, *args)
         assert f"{vqvae} is a symbolic link loop" in result.output, result.output
         assert "permission" not in result.output
+
+
+@pytest.mark.usefixtures("clean_env")
+@pytest.mark.parametrize(
+    ("kind", "said"),
+    [
+        ("missing", "does not exist."),
+        (
+            "broken link",
+            "is a broken link (to GONE, which does not exist): give a checkpoint file, or a folder of them.",
+        ),
+        ("link loop", "is a loop of links: give a checkpoint file, or a folder of them."),
+        ("fifo", "is a FIFO (named pipe): give a checkpoint file, or a folder of them."),
+    ],
+)
+def test_import_names_what_the_path_given_is_when_it_is_no_file(tmp_path: Path, kind: str, said: str) -> None:
+    """The PATH argument itself, not only a file in a folder: click's own check said "does not exist"
+    of a broken link or a loop, and a FIFO was read as a Hugging Face copy."""
+    path, gone = tmp_path / "vqvae.pth.tar", tmp_path / "gone.pth.tar"
+    if kind == "broken link":
+        path.symlink_to(gone)
+    elif kind == "link loop":
+        path.symlink_to(path)
+    elif kind == "fifo":
+        os.mkfifo(path)
+    result = models(tmp_path / "models", "import", str(path))
+    assert (result.exit_code, result.output) == (1, f"Error: {path} {said.replace('GONE', str(gone))}\n")

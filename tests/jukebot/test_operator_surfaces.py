@@ -301,3 +301,35 @@ def test_a_bad_database_url_names_the_variable_it_was_read_from(monkeypatch: pyt
     monkeypatch.setenv("DATABASE_URL", "")
     with pytest.raises(SettingsError, match=r"^Bad value for DATABASE_URL: it is empty"):
         load_settings()
+
+
+def test_commands_that_need_no_setting_warn_of_a_misspelled_one_too(tmp_path: Path) -> None:
+    """`curate` and `sample --model_dir` read no setting, yet every command warns of a misspelled
+    variable, and an unrelated bad setting stops neither."""
+    import numpy as np
+
+    from sampler.audio import SAMPLE_RATE, wav_bytes
+
+    tone = np.sin(np.arange(3 * SAMPLE_RATE) * 2 * np.pi * 440 / SAMPLE_RATE).astype(np.float32) * 0.5
+    for name in ("a.wav", "b.wav"):
+        (tmp_path / name).write_bytes(wav_bytes(tone))
+    warning = "JUKEBOT_GPU is not a jukebot setting, so it is ignored: did you mean JUKEBOT_GPUS?"
+    misspelled = {"JUKEBOT_GPU": "cpu", "JUKEBOT_MAX_LENGTH_SECONDS": "9000"}  # and one out of range
+
+    code, output = invoke(
+        "curate",
+        str(tmp_path / "a.wav"),
+        str(tmp_path / "b.wav"),
+        "-o",
+        str(tmp_path / "piece.ogg"),
+        **misspelled,
+    )
+    assert code == 0 and (tmp_path / "piece.ogg").is_file(), output
+    assert output.count(warning) == 1, output
+
+    empty = tmp_path / "no-models"
+    empty.mkdir()
+    _code, output = invoke(
+        "sample", "--model=1b_lyrics", f"--model_dir={empty}", f"--name={tmp_path / 'run'}", **misspelled
+    )
+    assert output.count(warning) == 1, output

@@ -263,6 +263,8 @@ def test_an_upsample_run_resumes_on_its_input_codes_not_the_states(
         ({"total_length": None}, "total_length must be a whole number"),
         ({"n_samples": 2.0}, "n_samples must be a whole number"),
         ({"n_samples": True}, "n_samples must be a whole number, got True"),
+        ({"n_samples": 2**64 - 1}, "n_samples must be from 1 to 1,024"),  # before a tuple of styles that long
+        ({"top_k": 2**64 + 5}, r"top_k must be from 0 to \d+ \(the codebook's size\)"),
         ({"levels": 2}, "levels must be a tuple of levels"),
         ({"levels": (2.0,)}, "each of levels must be a whole number"),
         ({"seed": None}, "seed must be a whole number, got None"),
