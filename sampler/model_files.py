@@ -862,6 +862,10 @@ class _Unavailable(Exception):
     """This root does not serve the file (404, 403, a far too small file): try the next, no retry."""
 
 
+class _WrongCopy(_Unavailable):
+    """This root serves a file far too small to be the checkpoint: it has it, but not a good copy."""
+
+
 class _Transient(Exception):
     """A failure worth retrying (from the same .part)."""
 
@@ -937,9 +941,9 @@ _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
 
 
-def _too_small(url: str, name: str, total: int, least: int | None) -> _Unavailable | None:
+def _too_small(url: str, name: str, total: int, least: int | None) -> _WrongCopy | None:
     if least is not None and total < least:
-        return _Unavailable(
+        return _WrongCopy(
             f"serves {format_bytes(total)}, but a genuine {name} is at least {format_bytes(least)}: "
             "a wrong or truncated copy"
         )
@@ -1099,6 +1103,7 @@ def _download_to_part(
     least = (verifier or CheckpointVerifier()).min_size(name)
     failures: list[str] = []
     not_found: dict[str, str] = {}
+    wrong_copies: set[str] = set()  # of `not_found`: roots that served a far too small file
     damaged: dict[str, str] = {}  # root -> its URL and what is wrong with its copy
     aside: Path | None = None  # where this call put the last damaged copy
 
@@ -1129,6 +1134,8 @@ def _download_to_part(
                 continue
             except _Unavailable as exc:
                 not_found[root] = f"{url} ({exc})"
+                if isinstance(exc, _WrongCopy):
+                    wrong_copies.add(root)
                 continue
             except _Transient as exc:
                 transient = True
@@ -1170,6 +1177,11 @@ def _download_to_part(
             f"No good copy of {name} on any mirror: {'; '.join(reasons)}. The last damaged copy was moved "
             f"aside to {aside}; set {MIRRORS_ENV} to a mirror with a good copy, or install one you have "
             "with `jukebot models import`."
+        )
+    if wrong_copies:  # found, but never a good copy: "not found" would send the operator looking
+        raise NotFoundOnMirrors(
+            f"No good copy of {name} on any mirror: tried {', '.join(reasons)}; set {MIRRORS_ENV} to a "
+            "mirror with a good copy, or install one you have with `jukebot models import`."
         )
     raise NotFoundOnMirrors(
         f"{name} not found on any mirror: tried {', '.join(reasons)}; "

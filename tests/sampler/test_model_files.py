@@ -249,6 +249,9 @@ def test_a_far_too_small_file_is_a_failed_mirror_not_a_download_to_resume(
     assert "serves 6.8 KiB, but a genuine vqvae is at least 12.4 KiB: a wrong or truncated copy" in str(
         info.value
     )
+    # found, just not good: "not found" would send the operator looking for the file
+    assert str(info.value).startswith("No good copy of vqvae on any mirror: tried ")
+    assert str(info.value).endswith("or install one you have with `jukebot models import`.")
     assert not (model_dir / (VQVAE_PATH + ".part")).exists()
 
 
