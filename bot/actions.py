@@ -66,12 +66,12 @@ T = TypeVar("T")
 # Checks before it that the database has not answered by then are left to the form's submission,
 # which makes every check again, so a slow database costs a refusal after the form, not the form.
 FORM_CHECKS_SECONDS = 1.5
-_checks_left_running: set[asyncio.Task[Any]] = set()
 
 
-async def checked_before_form(checks: Coroutine[Any, Any, T]) -> T | None:
+async def checked_before_form(bot: JukeBot, checks: Coroutine[Any, Any, T]) -> T | None:
     """What `checks` returns (or raises), or None when they take longer than `FORM_CHECKS_SECONDS`:
-    they then go on unawaited, so no database call is cut off midway, and their outcome is dropped."""
+    they then go on as one of the bot's tasks (cancelled when it closes), so no database call is cut
+    off midway, and their outcome is dropped."""
     task = asyncio.ensure_future(checks)
     done, _ = await asyncio.wait({task}, timeout=FORM_CHECKS_SECONDS)
     if task in done:
@@ -81,15 +81,13 @@ async def checked_before_form(checks: Coroutine[Any, Any, T]) -> T | None:
         "submission checks again",
         FORM_CHECKS_SECONDS,
     )
-    _checks_left_running.add(task)
-    task.add_done_callback(_drop_late_checks)
+    bot.tasks.create(_outcome_dropped(task), name="checks left to a form's submission")
     return None
 
 
-def _drop_late_checks(task: asyncio.Task[Any]) -> None:
-    _checks_left_running.discard(task)
-    if not task.cancelled():
-        task.exception()  # a late refusal or a database error: the submission meets it again
+async def _outcome_dropped(task: asyncio.Task[Any]) -> None:
+    with contextlib.suppress(Exception):  # a late refusal or a database error: the submission meets it
+        await task
 
 
 class OnePerMember:

@@ -146,7 +146,7 @@ class ContinueButton(
         async with bot.reporting_errors(interaction):
             stored_id(self.sample_id, "sample")  # a forged custom_id may carry any number
             # Refusals first, so none comes only after the user filled in the form.
-            await actions.checked_before_form(self._refusals_first(bot, interaction))
+            await actions.checked_before_form(bot, self._refusals_first(bot, interaction))
             reply_to = interaction.message.id if interaction.message else None
             form = ContinueModal(self.sample_id, reply_to)
             await interaction.response.send_modal(form)

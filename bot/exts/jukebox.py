@@ -252,7 +252,7 @@ class Jukebox(commands.Cog):
         """Open the lyrics form, the first answer, so refusals that do not need the lyrics come before
         it; or, for a model without lyrics, queue the job with a note."""
         checked = await actions.checked_before_form(
-            self._checks_before_form(interaction, options, model_given)
+            self.bot, self._checks_before_form(interaction, options, model_given)
         )
         model_chosen = checked is not None or model_given
         options = checked or options
