@@ -122,8 +122,11 @@ class ProgressRelay:
         # and how many of its messages are out, or None for all of them), claims on results to give
         # back (job id -> retry after), and jobs whose results all went out, to mark posted.
         self._unrecorded: dict[int, tuple[int, MessageParts | None]] = {}
-        # The same for progress messages: job id -> (the message, the one it replaces).
-        self._unrecorded_progress: dict[int, tuple[discord.Message, int | None]] = {}
+        # The same for progress messages: job id -> (the message, the id of the one it replaces, and that
+        # one to delete once it is recorded: out of edits or in an archived thread, not deleted already).
+        self._unrecorded_progress: dict[
+            int, tuple[discord.Message, int | None, discord.PartialMessage | None]
+        ] = {}
         self._unreleased: dict[int, float] = {}
         self._unmarked: set[int] = set()
         self._wake = asyncio.Event()
@@ -259,10 +262,8 @@ class ProgressRelay:
             if not gone and exc.code not in (OLD_MESSAGE_EDITS_EXHAUSTED, THREAD_ARCHIVED):
                 raise
             message = await channel.send(text, view=progress_view(job), allowed_mentions=NO_MENTIONS)  # type: ignore[arg-type]
-            if not await self._recorded(job.id, message, replacing=old.id):
+            if not await self._recorded(job.id, message, replacing=old.id, stale=None if gone else old):
                 return  # another bot on this database went on in a fresh message first: it stands
-            if not gone:  # remove the stale one
-                await self._delete(job.id, old, "its old progress message")
         watched.text, watched.edited_at = text, time.monotonic()
 
     async def post_progress_message(self, job_id: int) -> None:
@@ -293,10 +294,18 @@ class ProgressRelay:
         finally:
             self._posting.discard(job_id)
 
-    async def _recorded(self, job_id: int, message: discord.Message, *, replacing: int | None) -> bool:
+    async def _recorded(
+        self,
+        job_id: int,
+        message: discord.Message,
+        *,
+        replacing: int | None,
+        stale: discord.PartialMessage | None = None,
+    ) -> bool:
         """Record `message` as the job's progress message unless another bot sharing the database
-        recorded one first (both saw none, or the same old one); then ours is deleted, so one stays."""
-        record = self._unrecorded_progress[job_id] = (message, replacing)
+        recorded one first (both saw none, or the same old one); then ours is deleted, so one stays.
+        Once recorded, the `stale` one it replaces is deleted."""
+        record = self._unrecorded_progress[job_id] = (message, replacing, stale)
         try:
             recorded = await self.store.replace_progress_message(job_id, message.id, replacing=replacing)
         except Exception as exc:  # the database away: `_write_behind` records it, so none is sent again
@@ -306,6 +315,8 @@ class ProgressRelay:
         if self._unrecorded_progress.get(job_id) == record:
             del self._unrecorded_progress[job_id]
         if recorded:
+            if stale is not None:
+                await self._delete(job_id, stale, "its old progress message")
             return True
         await self._delete(job_id, message, "a second progress message")
         return False
@@ -452,9 +463,9 @@ class ProgressRelay:
     async def _write_behind(self) -> None:
         """Write what went out while the database was away (see `__init__`), before a pass does anything
         else. Raises while it is still away: the pass waits for the next (nothing is sent twice)."""
-        for job_id, (message, replacing) in list(self._unrecorded_progress.items()):
+        for job_id, (message, replacing, stale) in list(self._unrecorded_progress.items()):
             try:
-                await self._recorded(job_id, message, replacing=replacing)
+                await self._recorded(job_id, message, replacing=replacing, stale=stale)
             except Exception as exc:
                 if database_unreachable(exc):
                     raise

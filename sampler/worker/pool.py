@@ -158,6 +158,11 @@ class WorkerPool:
         """False once every device's worker was given up (config errors)."""
         return any(not slot.disabled for slot in self.slots)
 
+    @property
+    def serving(self) -> bool:
+        """Some device's worker runs, or will be restarted: not every one given up or stopped."""
+        return any(not (slot.disabled or slot.stopped) for slot in self.slots)
+
     def pids(self) -> dict[str, int | None]:
         return {
             slot.device.name: slot.process.pid
@@ -302,8 +307,10 @@ def run_pool(
             previous[stop_signal] = signal.signal(stop_signal, on_signal)
     try:
         pool.start()
-        while not stop.is_set() and pool.alive:
+        while not stop.is_set() and pool.serving:
             pool.supervise()
+        if not stop.is_set() and pool.alive:
+            log.info("every worker stopped on a stop signal of its own; the pool stops too")
     finally:
         pool.stop(shutdown_timeout)
         for signal_number, handler in previous.items():

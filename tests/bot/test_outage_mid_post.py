@@ -29,7 +29,9 @@ from tests.bot.harness import (
     bot_messages,
     make_bot,
     progress_message,
+    recorded_progress_message,
     relay_of,
+    reply_of,
     sqlite_store,
     when,
 )
@@ -268,3 +270,46 @@ async def test_a_progress_message_sent_just_before_the_database_went_away_is_rec
     assert (await checks.get_job(job.id)).progress_message_id == first.id
     assert "Running" in first.content or "running" in first.content, first.content
     assert fake.rejections == [] and fake.unknown_requests == []
+
+
+async def test_a_fresh_progress_message_recorded_after_the_outage_takes_the_old_one_away(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    """In an archived thread the progress message cannot be edited: a fresh one goes out, and the old
+    one is deleted once the fresh one is recorded. The database went away in between: the old one goes
+    when the record is written, not left stuck on its old text beside the fresh one."""
+    fake = fake_discord
+    store = StoreThatGoesAway(sqlite_store.engine)
+    checks = JobStore(sqlite_store.engine)
+    thread = fake.add_thread(fake.channel("general"), "songs")
+    bot = await bot_runner.start(make_bot(fake, store))
+    relay = relay_of(bot)
+    reply = await reply_of(fake, await fake.invoke_command("jukebox", {"samples": 1}, channel=thread))
+    assert reply.startswith("Queued as job #1."), reply
+    await recorded_progress_message(checks, 1)
+    worker = PlayedWorker(checks)
+    job = await worker.claim()
+    first = progress_message(fake, job.id, "songs")
+    assert first is not None
+
+    thread.archived = True
+    await worker.progress(job.id, window=1, of=10)
+    held = fake.hold("POST", MESSAGES, handled=True)  # the fresh progress message
+    passing = asyncio.create_task(relay.run_pass())
+    await fake.wait_for(lambda: held.arrived)
+    store.away = True
+    held.release()
+    with contextlib.suppress(ConnectionRefusedError):
+        await passing
+    fresh = next(
+        m for m in bot_messages(fake, "songs") if m.content.startswith("**Job #1**") and m is not first
+    )
+    assert not first.deleted and (await checks.get_job(job.id)).progress_message_id == first.id
+
+    store.away = False
+    await relay.run_pass()
+    assert first.deleted and progress_message(fake, job.id, "songs") is fresh
+    assert (await checks.get_job(job.id)).progress_message_id == fresh.id
+    await worker.progress(job.id, window=2, of=10)
+    await relay.run_pass()
+    assert "2/10" in fresh.content
