@@ -1033,14 +1033,14 @@ class JobStore:
         return owner.status in (JobStatus.CANCELLING, JobStatus.CANCELLED)
 
     async def requeue_expired(
-        self, now: datetime | None = None, *, spare_owner: str | None = None
+        self, now: datetime | None = None, *, spare_job: int | None = None
     ) -> list[tuple[int, JobStatus]]:
         """Recover jobs whose worker stopped heartbeating; returns (job id, new status) pairs.
 
         Back to `queued` with one more attempt (checkpoint kept); `failed` once
-        `max_attempts` leases were lost; a job being cancelled becomes `cancelled`. A job held by
-        `spare_owner` (the worker scanning, which knows it runs it) is left alone. `now` (for
-        tests) replaces the lease clock.
+        `max_attempts` leases were lost; a job being cancelled becomes `cancelled`. `spare_job`, the
+        one the worker scanning runs now (it knows it is alive), is left alone. `now` (for tests)
+        replaces the lease clock.
         """
         expired_before = self._lease_now() if now is None else literal(now, UTCDateTime())
         now = now or self._clock()
@@ -1052,7 +1052,7 @@ class JobStore:
                     .where(
                         jobs.c.status.in_([status.value for status in ACTIVE_STATUSES]),
                         jobs.c.lease_expires_at < expired_before,
-                        true() if spare_owner is None else jobs.c.lease_owner.is_distinct_from(spare_owner),
+                        true() if spare_job is None else jobs.c.id != spare_job,
                     )
                     .order_by(jobs.c.id)
                     # A row another transaction holds (its worker's write in flight, or a client that

@@ -25,7 +25,7 @@ through an outage are made again at once when it ends. Only the database can say
 lost (another worker holds the job, or it went back to the queue), and only that stops the run:
 a lease that ran out while the database was away stays the worker's until someone takes the job,
 and for a lease after the database is back no worker takes over, or requeues, such a job (nor
-ever its own), so a worker cut off for longer than its lease renews it and stores its work.
+ever the one it runs), so a worker cut off for longer than its lease renews it and stores its work.
 A worker restarted on the same machine and device resumes at once the job its
 predecessor (a process that is gone) held, instead of waiting for the lease to run out; a job whose
 claim the database committed but whose answer never arrived is taken back by the next claim, costing
@@ -812,7 +812,7 @@ class Worker:
                 recovered = (
                     []
                     if self._sparing_lapsed_leases()
-                    else await self._call(self.store.requeue_expired(spare_owner=self.worker_id))
+                    else await self._call(self.store.requeue_expired(spare_job=self.running_job))
                 )
                 for job_id, status in recovered:
                     log.warning("job #%s: its worker stopped heartbeating; now %s", job_id, status.value)

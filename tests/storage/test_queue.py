@@ -337,7 +337,7 @@ async def test_a_lease_that_ran_out_stays_its_workers_until_someone_takes_the_jo
     await store.heartbeat(job_id, "gpu-0", lease_seconds=30)  # renewed
     assert await store.requeue_expired() == []
     clock.advance(31)
-    assert await store.requeue_expired(spare_owner="gpu-0") == []  # the worker scanning runs it itself
+    assert await store.requeue_expired(spare_job=job_id) == []  # the worker scanning runs it itself
     assert await store.claim("gpu-1", [MODEL], lease_seconds=30, take_expired=False) is None  # just back
     taken = await store.claim("gpu-1", [MODEL], lease_seconds=30)
     assert taken is not None and taken.checkpoint == b"made during the outage" and taken.attempts == 1
