@@ -839,7 +839,7 @@ class Cascade:
         total = request.sample_length // self.hops[level]
         hop = int(request.hop_fraction[level] * config.n_ctx)
         base = state.level_base.get(level, state.codes[level].shape[1])
-        return plan_level(level, base, total, config.n_ctx, hop)
+        return plan_level(level, base, total, config.n_ctx, hop, reference_partial=request.rng == "reference")
 
     # ---- sampling
 

@@ -54,12 +54,22 @@ def cond_span(window: Window, n_ctx: int, cond_downsample: int) -> tuple[int, in
     return window.start // cond_downsample, (window.start + n_ctx) // cond_downsample
 
 
-def plan_level(level: int, current_tokens: int, total_tokens: int, n_ctx: int, hop: int) -> list[Window]:
+def plan_level(
+    level: int,
+    current_tokens: int,
+    total_tokens: int,
+    n_ctx: int,
+    hop: int,
+    *,
+    reference_partial: bool = False,
+) -> list[Window]:
     """The windows that bring a level from `current_tokens` known codes to `total_tokens`.
 
     Full windows follow `window_starts`; windows whose tokens are all known are dropped. A level
-    shorter than one window is sampled as one partial window, as the reference does: it then samples
-    `current + total` tokens (or a full window ending `total` tokens after the known ones).
+    shorter than one window is sampled as one partial window up to `total_tokens`. The reference's
+    partial window (`reference_partial`, for parity) samples `total` tokens after the known ones
+    instead: `current + total` tokens in all, or a full window ending `total` tokens after them, so a
+    short continuation or primed song came out longer than asked, and longer than its own request.
     """
     windows: list[Window] = []
     if total_tokens >= n_ctx:
@@ -71,6 +81,9 @@ def plan_level(level: int, current_tokens: int, total_tokens: int, n_ctx: int, h
                 windows.append(Window(level, index, start, n_ctx, new))
                 known = max(known, end)
         return windows
+    if not reference_partial:
+        new = total_tokens - current_tokens
+        return [Window(level, 0, 0, total_tokens, new)] if new > 0 else []
     if current_tokens < n_ctx - total_tokens:
         sample_tokens, start = current_tokens + total_tokens, 0
     else:

@@ -449,3 +449,31 @@ def test_load_cascade_refuses_a_dtype_or_device_it_cannot_load_onto(
 def test_load_cascade_refuses_cuda_where_there_is_none(model_dir: Path) -> None:
     with pytest.raises(LoadOptionError, match="device 'cuda' is not available here"):
         load_cascade(model_dir, "1b_lyrics", device="cuda")
+
+
+# ---- a song shorter than one window
+
+
+@pytest.mark.parametrize("mode", ["continue", "primed"])
+def test_a_song_shorter_than_a_window_ends_at_its_length_and_resumes(
+    cascade: Cascade, top_codes: torch.Tensor, mode: str
+) -> None:
+    """The reference's partial window samples `sample_length` more after the known codes: a 0.75-window
+    song continued from half a window came out 1.25 windows long (longer than asked, and than its own
+    request, so a saved state of it was refused on resume). Ours ends at the length asked; the
+    reference's order (`rng="reference"`, for parity) keeps the reference's length."""
+    short, known = LENGTH * 3 // 4, LENGTH // 2
+    hop = cascade.hops[2]
+    given: dict[str, Any] = (
+        {"codes": (None, None, top_codes[:, : known // hop])}
+        if mode == "continue"
+        else {"prompt": torch.zeros(2, known)}
+    )
+    wanted = request(mode=mode, sample_length=short, **given)
+    saved: list[bytes] = []
+    done = cascade.sample(wanted, on_window=lambda state: saved.append(state.to_bytes()))
+    assert done.codes[2].shape == (2, short // hop)
+    resumed = cascade.sample(wanted, CascadeState.from_bytes(saved[-1]))
+    assert torch.equal(resumed.codes[2], done.codes[2])
+    reference = cascade.sample(dataclasses.replace(wanted, rng="reference"))
+    assert reference.codes[2].shape == (2, (known + short) // hop)
