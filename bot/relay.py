@@ -35,14 +35,16 @@ that was archived goes on in a fresh message, which un-archives it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import os
 import secrets
 import socket
 import time
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import discord
 
@@ -128,7 +130,7 @@ class ProgressRelay:
             int, tuple[discord.Message, int | None, discord.PartialMessage | None]
         ] = {}
         self._unreleased: dict[int, float] = {}
-        self._unmarked: set[int] = set()
+        self._unmarked: dict[int, bool] = {}  # job id -> True
         self._wake = asyncio.Event()
         self._pass_lock = asyncio.Lock()
 
@@ -305,15 +307,8 @@ class ProgressRelay:
         """Record `message` as the job's progress message unless another bot sharing the database
         recorded one first (both saw none, or the same old one); then ours is deleted, so one stays.
         Once recorded, the `stale` one it replaces is deleted."""
-        record = self._unrecorded_progress[job_id] = (message, replacing, stale)
-        try:
+        with _kept_until_written(self._unrecorded_progress, job_id, (message, replacing, stale)):
             recorded = await self.store.replace_progress_message(job_id, message.id, replacing=replacing)
-        except Exception as exc:  # the database away: `_write_behind` records it, so none is sent again
-            if not database_unreachable(exc) and self._unrecorded_progress.get(job_id) == record:
-                del self._unrecorded_progress[job_id]
-            raise
-        if self._unrecorded_progress.get(job_id) == record:
-            del self._unrecorded_progress[job_id]
         if recorded:
             if stale is not None:
                 await self._delete(job_id, stale, "its old progress message")
@@ -403,19 +398,13 @@ class ProgressRelay:
                 job.channel_id,
                 cannot_post,
             )
-        self._unmarked.add(job.id)
         await self._mark_posted(job.id)
 
     async def _mark_posted(self, job_id: int) -> None:
-        """Mark the results of a job in `_unmarked` posted: all went out (or were given up). Kept there
-        while the database cannot be reached, else the next try would send the final text again."""
-        try:
+        """Mark the results of a job posted: all went out (or were given up). Kept in `_unmarked` while the
+        database cannot be reached, else the next try would send the final text again."""
+        with _kept_until_written(self._unmarked, job_id, True):
             finished = await self.store.finish_results_posting(job_id, self.poster_id)
-        except Exception as exc:
-            if not database_unreachable(exc):
-                self._unmarked.discard(job_id)
-            raise
-        self._unmarked.discard(job_id)
         if not finished:
             log.warning("job #%s: results posted, but another bot took over the claim meanwhile", job_id)
         self._watched.pop(job_id, None)
@@ -434,10 +423,9 @@ class ProgressRelay:
         While the database cannot be reached that waits for the next pass (`_write_behind`): a claim
         that nobody gave back holds until it runs out."""
         try:
-            await self.store.release_results_posting(job.id, self.poster_id, retry_after_s=retry_after_s)
+            await self._release(job.id, retry_after_s)
         except Exception as exc:
             if database_unreachable(exc):
-                self._unreleased[job.id] = retry_after_s
                 log.warning(
                     "job #%s: results half-posted; the claim is given back once the database is back", job.id
                 )
@@ -450,48 +438,28 @@ class ProgressRelay:
         """Record the message(s) of the sample that went out (see `store.set_sample_message`). While the
         database cannot be reached the record stays in `_unrecorded`, for `_write_behind`: a try that
         found no record would send the message again, a second post once Discord forgot its nonce."""
-        record = self._unrecorded[sample_id] = (message_id, parts)
-        try:
+        with _kept_until_written(self._unrecorded, sample_id, (message_id, parts)):
             await self.store.set_sample_message(sample_id, message_id, parts=parts)
-        except Exception as exc:
-            if not database_unreachable(exc) and self._unrecorded.get(sample_id) == record:
-                del self._unrecorded[sample_id]
-            raise
-        if self._unrecorded.get(sample_id) == record:
-            del self._unrecorded[sample_id]
+
+    async def _release(self, job_id: int, retry_after_s: float) -> None:
+        """Give the claim on a job's results back, kept in `_unreleased` while the database is away."""
+        with _kept_until_written(self._unreleased, job_id, retry_after_s):
+            await self.store.release_results_posting(job_id, self.poster_id, retry_after_s=retry_after_s)
 
     async def _write_behind(self) -> None:
         """Write what went out while the database was away (see `__init__`), before a pass does anything
         else. Raises while it is still away: the pass waits for the next (nothing is sent twice)."""
         for job_id, (message, replacing, stale) in list(self._unrecorded_progress.items()):
-            try:
-                await self._recorded(job_id, message, replacing=replacing, stale=stale)
-            except Exception as exc:
-                if database_unreachable(exc):
-                    raise
-                log.warning("job #%s: could not record its progress message %s: %r", job_id, message.id, exc)
+            what = f"job #{job_id}: its progress message {message.id}"
+            await _written_behind(what, self._recorded(job_id, message, replacing=replacing, stale=stale))
         for sample_id, (message_id, parts) in list(self._unrecorded.items()):
-            try:
-                await self._record_sample_message(sample_id, message_id, parts)
-            except Exception as exc:
-                if database_unreachable(exc):
-                    raise
-                log.warning("sample #%s: could not record its message %s: %r", sample_id, message_id, exc)
+            what = f"sample #{sample_id}: its message {message_id}"
+            await _written_behind(what, self._record_sample_message(sample_id, message_id, parts))
         for job_id in sorted(self._unmarked):
-            try:
-                await self._mark_posted(job_id)
-            except Exception as exc:
-                if database_unreachable(exc):
-                    raise
-                log.warning("job #%s: could not mark its results posted: %r", job_id, exc)
+            await _written_behind(f"job #{job_id}: its results posted", self._mark_posted(job_id))
         for job_id, retry_after_s in list(self._unreleased.items()):
-            try:
-                await self.store.release_results_posting(job_id, self.poster_id, retry_after_s=retry_after_s)
-            except Exception as exc:
-                if database_unreachable(exc):
-                    raise
-                log.warning("job #%s: could not give back the claim on its results: %r", job_id, exc)
-            del self._unreleased[job_id]
+            what = f"job #{job_id}: its claim on the results given back"
+            await _written_behind(what, self._release(job_id, retry_after_s))
 
     async def _renew_claim(self, job_id: int, posted: asyncio.Event) -> None:
         """Keep the claim alive until `posted` is set, through uploads longer than the lease."""
@@ -623,3 +591,39 @@ def _cannot_post_there(exc: BaseException) -> str | None:
     if isinstance(exc, discord.HTTPException) and exc.code in CANNOT_POST_THERE:
         return f"Discord answered HTTP {exc.status}, error {exc.code} ({CANNOT_POST_THERE[exc.code]})"
     return None
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+@contextlib.contextmanager
+def _kept_until_written(pending: dict[K, V], key: K, record: V) -> Iterator[None]:
+    """Keep `record` in `pending` for the store write in the `with` body: it stays while the database
+    cannot be reached (`ProgressRelay._write_behind` writes it at the next passes), and goes once
+    written or refused for another reason (unless a newer record replaced it meanwhile)."""
+    pending[key] = record
+    try:
+        yield
+    except Exception as exc:
+        if database_unreachable(exc):
+            raise
+        _drop(pending, key, record)
+        raise
+    _drop(pending, key, record)
+
+
+async def _written_behind(what: str, write: Awaitable[Any]) -> None:
+    """One write of `_write_behind`: raised while the database is away, logged when refused otherwise
+    (a deleted sample, say: it must not hold up the others)."""
+    try:
+        await write
+    except Exception as exc:
+        if database_unreachable(exc):
+            raise
+        log.warning("could not record %s: %r", what, exc)
+
+
+def _drop(pending: dict[K, V], key: K, record: V) -> None:
+    if key in pending and pending[key] == record:
+        del pending[key]
