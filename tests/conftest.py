@@ -180,6 +180,14 @@ def sqlite_url(sqlite_template: Path, tmp_path: Path) -> str:
     return f"sqlite+aiosqlite:///{path}"
 
 
+@pytest.fixture
+async def sqlite_store(sqlite_url: str) -> AsyncIterator[JobStore]:
+    """A store on this test's own SQLite file (`sqlite_url`), with the real clock."""
+    engine = create_engine(sqlite_url)
+    yield JobStore(engine)
+    await engine.dispose()
+
+
 DATABASES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 from sqlalchemy import func, select
 
 from bot.bot import JukeBot
@@ -18,7 +15,6 @@ from bot.relay import ProgressRelay
 from jukebot.settings import Settings
 from sampler.audio import SAMPLE_RATE, encode_audio, wav_bytes
 from sampler.jukebox.registry import MODELS
-from storage.engine import create_engine
 from storage.models import JobRow, utcnow
 from storage.records import ClaimedJob, NewSample
 from storage.store import JobStore
@@ -193,16 +189,6 @@ def when(predicate: Callable[[], Any]) -> Callable[[], Any]:
             return None
 
     return check
-
-
-@pytest.fixture
-async def sqlite_store(sqlite_template: Path, tmp_path: Path) -> AsyncIterator[JobStore]:
-    """A store on a copy of the migrated SQLite template, with the real clock."""
-    path = tmp_path / "bot.sqlite3"
-    shutil.copyfile(sqlite_template, path)
-    engine = create_engine(f"sqlite+aiosqlite:///{path}")
-    yield JobStore(engine)
-    await engine.dispose()
 
 
 def answer_of(record: InteractionRecord) -> FakeMessage | None:

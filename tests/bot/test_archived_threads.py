@@ -23,10 +23,7 @@ from tests.bot.harness import (
     relay_of,
     reply_of,
     sample_message,
-    sqlite_store,
 )
-
-__all__ = ["sqlite_store"]
 
 
 async def _queued_in(fake: FakeDiscord, store: JobStore, thread: FakeChannel) -> ClaimedJob:

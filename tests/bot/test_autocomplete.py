@@ -10,9 +10,7 @@ from sampler.jukebox.registry import MODELS
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
 from tests.bot.fake_discord import FakeDiscord
-from tests.bot.harness import make_bot, sqlite_store
-
-__all__ = ["sqlite_store"]
+from tests.bot.harness import make_bot
 
 
 async def test_autocomplete_ranks_typos_and_accents_and_never_exceeds_25(

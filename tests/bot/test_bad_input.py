@@ -21,12 +21,9 @@ from tests.bot.harness import (
     make_settings,
     prime_wav,
     reply_of,
-    sqlite_store,
     tone,
 )
 from tests.sampler.audio_fixtures import png_bytes, wav_with_zero_frames
-
-__all__ = ["sqlite_store"]
 
 
 def _corrupt_ogg() -> bytes:

@@ -15,10 +15,7 @@ from tests.bot.harness import (
     recorded_progress_message,
     relay_of,
     reply_of,
-    sqlite_store,
 )
-
-__all__ = ["sqlite_store"]
 
 NOT_YOURS = (
     "Job #{job} belongs to someone else; only the person who started it, or a member who may manage "

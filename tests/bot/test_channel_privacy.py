@@ -14,11 +14,9 @@ from bot.bot import JukeBot
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
 from tests.bot.fake_discord import FakeDiscord, FakeMessage, FakeUser, InteractionRecord
-from tests.bot.harness import PlayedWorker, answer_of, job_count, make_bot, reply_of, sqlite_store
+from tests.bot.harness import PlayedWorker, answer_of, job_count, make_bot, reply_of
 from tests.bot.test_curate import final_reply
 from tests.waiting import wait_until
-
-__all__ = ["sqlite_store"]
 
 VIEW = discord.Permissions(view_channel=True).value
 CHANNEL_LOOKUP = "/channels/{channel_id}"

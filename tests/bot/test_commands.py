@@ -27,11 +27,8 @@ from tests.bot.harness import (
     relay_of,
     reply_of,
     sample_message,
-    sqlite_store,
     when,
 )
-
-__all__ = ["sqlite_store"]
 
 
 async def _preview(fake: FakeDiscord, store: JobStore, bot: JukeBot, user: str = "alice") -> int:

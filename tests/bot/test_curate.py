@@ -35,11 +35,8 @@ from tests.bot.harness import (
     queue_song,
     reply_of,
     sample_message,
-    sqlite_store,
     tone,
 )
-
-__all__ = ["sqlite_store"]
 from tests.waiting import wait_until
 
 WORKING = ("Joining ", "Another curation is running")

@@ -20,13 +20,10 @@ from tests.bot.harness import (
     progress_message,
     queue_song,
     reply_of,
-    sqlite_store,
     when,
 )
 from tests.conftest import FakeClock
 from tests.waiting import wait_until
-
-__all__ = ["sqlite_store"]
 
 LEASE_S = 600  # PlayedWorker's
 T = TypeVar("T")

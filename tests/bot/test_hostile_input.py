@@ -36,13 +36,10 @@ from tests.bot.harness import (
     prime_wav,
     progress_message,
     recorded_progress_message,
-    sqlite_store,
     when,
 )
 from tests.bot.test_bad_input import reply_of
 from tests.sampler.audio_fixtures import multichannel, sine, wav_with_header
-
-__all__ = ["sqlite_store"]
 
 MAX_ID = "9,223,372,036,854,775,807"
 

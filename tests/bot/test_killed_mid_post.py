@@ -37,13 +37,10 @@ from tests.bot.harness import (
     relay_of,
     sample_message,
     sample_posts,
-    sqlite_store,
     when,
 )
 from tests.conftest import FakeClock
 from tests.waiting import wait_until
-
-__all__ = ["sqlite_store"]
 
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 60.0  # a fresh interpreter importing discord.py, on two shared cores

@@ -9,9 +9,7 @@ from pathlib import Path
 
 from bot.bot import JukeBot
 from storage.store import JobStore
-from tests.bot.harness import make_settings, sqlite_store
-
-__all__ = ["sqlite_store"]
+from tests.bot.harness import make_settings
 
 BOT_DIR = Path(__file__).resolve().parents[2] / "bot"
 

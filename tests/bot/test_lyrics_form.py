@@ -15,9 +15,7 @@ import pytest
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
 from tests.bot.fake_discord import FakeDiscord
-from tests.bot.harness import job_count, make_bot, make_settings, reply_of, sqlite_store
-
-__all__ = ["sqlite_store"]
+from tests.bot.harness import job_count, make_bot, make_settings, reply_of
 
 EXPIRED = (
     "This lyrics form expired (the bot restarted, it was open more than 12 hours, or you opened 3 newer "

@@ -25,10 +25,7 @@ from tests.bot.harness import (
     job_count,
     make_bot,
     reply_of,
-    sqlite_store,
 )
-
-__all__ = ["sqlite_store"]
 
 # About the longest labels a model knows: a long artist name and five long genres.
 LONG_ARTIST = "the presidents of the united states of america and the rest of the very long band name"

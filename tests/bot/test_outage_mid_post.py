@@ -32,13 +32,10 @@ from tests.bot.harness import (
     recorded_progress_message,
     relay_of,
     reply_of,
-    sqlite_store,
     when,
 )
 from tests.conftest import FakeClock
 from tests.waiting import wait_until
-
-__all__ = ["sqlite_store"]
 
 MESSAGES = "/channels/{channel_id}/messages"
 

@@ -22,13 +22,10 @@ from tests.bot.harness import (
     queue_song,
     relay_of,
     sample_message,
-    sqlite_store,
     tone,
     when,
 )
 from tests.waiting import wait_until
-
-__all__ = ["sqlite_store"]
 
 
 class HeldDecode:

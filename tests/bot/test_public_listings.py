@@ -9,11 +9,9 @@ from __future__ import annotations
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
 from tests.bot.fake_discord import FakeDiscord
-from tests.bot.harness import PlayedWorker, make_bot, reply_of, sqlite_store
+from tests.bot.harness import PlayedWorker, make_bot, reply_of
 from tests.bot.test_channel_privacy import made, posted, private_music
 from tests.bot.test_curate import final_reply
-
-__all__ = ["sqlite_store"]
 
 
 async def test_public_listings_leave_out_a_private_channels_samples_even_for_its_readers(

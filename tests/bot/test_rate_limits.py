@@ -23,11 +23,8 @@ from tests.bot.harness import (
     make_bot,
     progress_message,
     relay_of,
-    sqlite_store,
     when,
 )
-
-__all__ = ["sqlite_store"]
 
 
 async def _running_job(

@@ -29,13 +29,10 @@ from tests.bot.harness import (
     relay_of,
     reply_of,
     sample_message,
-    sqlite_store,
     when,
 )
 from tests.conftest import FakeClock
 from tests.waiting import wait_until
-
-__all__ = ["sqlite_store"]
 
 
 def _job_messages(fake: FakeDiscord, job_id: int, channel: str = "general") -> list[FakeMessage]:

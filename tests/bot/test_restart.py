@@ -19,11 +19,8 @@ from tests.bot.harness import (
     queue_song,
     relay_of,
     sample_message,
-    sqlite_store,
     when,
 )
-
-__all__ = ["sqlite_store"]
 
 
 async def test_restart_resumes_progress_posts_missed_results_and_old_buttons_work(

@@ -20,11 +20,8 @@ from tests.bot.harness import (
     queue_song,
     relay_of,
     sample_message,
-    sqlite_store,
     when,
 )
-
-__all__ = ["sqlite_store"]
 
 
 async def _failed_job(

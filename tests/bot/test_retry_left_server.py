@@ -14,10 +14,8 @@ from storage.models import JobStatus
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
 from tests.bot.fake_discord import FakeDiscord
-from tests.bot.harness import PlayedWorker, make_bot, progress_message, sqlite_store, when
+from tests.bot.harness import PlayedWorker, make_bot, progress_message, when
 from tests.waiting import wait_until
-
-__all__ = ["sqlite_store"]
 
 
 async def test_a_job_of_a_server_the_bot_left_is_not_retried(

@@ -10,9 +10,7 @@ from bot.bot import JukeBot, run_bot
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
 from tests.bot.fake_discord import FakeDiscord
-from tests.bot.harness import make_settings, sqlite_store
-
-__all__ = ["sqlite_store"]
+from tests.bot.harness import make_settings
 
 
 async def test_run_bot_stops_gracefully_on_sigterm(fake_discord: FakeDiscord, sqlite_store: JobStore) -> None:

@@ -18,11 +18,8 @@ from tests.bot.harness import (
     relay_of,
     reply_of,
     sample_message,
-    sqlite_store,
     when,
 )
-
-__all__ = ["sqlite_store"]
 
 
 async def _posted_preview(

@@ -21,11 +21,8 @@ from tests.bot.harness import (
     queue_song,
     reply_of,
     sample_message,
-    sqlite_store,
 )
 from tests.bot.test_commands import _preview
-
-__all__ = ["sqlite_store"]
 
 DISCORD_DEADLINE_S = 3.0
 # A read on a remote Postgres some 60 ms away: pool ping, BEGIN, the query, COMMIT.

@@ -7,9 +7,7 @@ from __future__ import annotations
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
 from tests.bot.fake_discord import FakeDiscord, FakeMessage
-from tests.bot.harness import bot_messages, make_bot, sqlite_store
-
-__all__ = ["sqlite_store"]
+from tests.bot.harness import bot_messages, make_bot
 
 
 async def test_a_progress_message_two_bots_post_at_once_is_kept_once(

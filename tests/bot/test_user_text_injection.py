@@ -29,11 +29,8 @@ from tests.bot.harness import (
     queue_song,
     relay_of,
     sample_message,
-    sqlite_store,
     when,
 )
-
-__all__ = ["sqlite_store"]
 
 # A genre of known words joined by what Discord reads as markup: a forged status line, a heading, a
 # spoiler, a code fence left open, a right-to-left override and a zero-width space.

@@ -21,11 +21,8 @@ from tests.bot.harness import (
     queue_song,
     relay_of,
     reply_of,
-    sqlite_store,
     when,
 )
-
-__all__ = ["sqlite_store"]  # the fixture
 
 
 async def _jobs_of(store: JobStore, fake: FakeDiscord, user: str, count: int) -> None:

@@ -126,13 +126,6 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-async def sqlite_store(sqlite_url: str) -> AsyncIterator[JobStore]:
-    engine = create_engine(sqlite_url)
-    yield JobStore(engine)
-    await engine.dispose()
-
-
-@pytest.fixture
 async def any_store(db_url: str) -> AsyncIterator[JobStore]:
     """A store on each database kind (SQLite and Postgres)."""
     engine = create_engine(db_url)

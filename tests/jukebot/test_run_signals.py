@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from sampler.worker.runtime import pid_of
-from storage import JobKind, JobStatus, JobStore, create_engine
+from storage import JobKind, JobStatus, JobStore
 from storage.records import Job
 from tests.bot.fake_discord import FakeDiscord
 from tests.bot.harness import queue_song
@@ -52,13 +52,6 @@ async def fake() -> AsyncIterator[FakeDiscord]:
         guild = fake.add_guild("Test Server", channels=("general",))
         fake.add_member(guild, fake.add_user("alice"))
         yield fake
-
-
-@pytest.fixture
-async def store(sqlite_url: str) -> AsyncIterator[JobStore]:
-    engine = create_engine(sqlite_url)
-    yield JobStore(engine)
-    await engine.dispose()
 
 
 @pytest.fixture
@@ -146,8 +139,9 @@ async def held_mid_job(store: JobStore, hold_dir: Path, job_id: int) -> Job:
     ids=["sigterm", "sigterm-to-the-group", "ctrl-c", "hangup"],
 )
 async def test_a_signal_mid_job_releases_the_job_with_its_checkpoint_at_no_attempt(
-    fake: FakeDiscord, store: JobStore, hold_dir: Path, jukebot_run: JukebotRun, how: str
+    fake: FakeDiscord, sqlite_store: JobStore, hold_dir: Path, jukebot_run: JukebotRun, how: str
 ) -> None:
+    store = sqlite_store  # on the database `jukebot run` uses
     await fake.wait_for(
         lambda: fake.live_sessions and fake.synced_commands(fake.default_guild), timeout_s=START_TIMEOUT_S
     )
@@ -189,12 +183,13 @@ async def test_a_signal_mid_job_releases_the_job_with_its_checkpoint_at_no_attem
 
 
 async def test_ctrl_c_on_jukebot_worker_mid_job_releases_the_job_and_no_worker_restarts(
-    store: JobStore,
+    sqlite_store: JobStore,
     sqlite_url: str,
     hold_dir: Path,
     launch: Callable[[list[str], dict[str, str]], JukebotRun],
 ) -> None:
     """`jukebot worker` (no bot) in a terminal: Ctrl-C reaches the pool and its worker at once."""
+    store = sqlite_store
     env = settings_environment(sqlite_url, **worker_settings(hold_dir))
     worker = launch(["worker"], env)
     params = {"artist": "the beatles", "genres": ["rock"], "seconds": 5.0, "seed": 11}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,6 @@ from sampler.worker.contract import (
 )
 from sampler.worker.runtime import JobOutcome, Worker
 from storage import JobStatus
-from storage.engine import create_engine
 from storage.records import NewSample
 from storage.store import JobStore
 from tests.sampler.jukebox.conftest import tiny_audio
@@ -46,15 +45,6 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def runner(model_dir: Path) -> CascadeRunner:
     torch.set_num_threads(1)
     return CascadeRunner(DeviceSpec.cpu(), model_dir)
-
-
-@pytest.fixture
-async def sqlite_store(sqlite_template: Path, tmp_path: Path) -> AsyncIterator[JobStore]:
-    path = tmp_path / "jobs.sqlite3"
-    shutil.copyfile(sqlite_template, path)
-    engine = create_engine(f"sqlite+aiosqlite:///{path}")
-    yield JobStore(engine)
-    await engine.dispose()
 
 
 class Recorder:

@@ -35,11 +35,11 @@ from sampler.model_files import (
 )
 from sampler.worker.contract import DeviceSpec, ModelNotHere
 from storage.store import JobStore
-from tests.sampler.test_cascade_runner import PREVIEW, claim, run, sqlite_store
+from tests.sampler.test_cascade_runner import PREVIEW, claim, run
 from tests.tiny_model_dir import write_tiny_model_dir
 from tests.unprivileged import SetMode, set_mode, without_read_privileges
 
-__all__ = ["set_mode", "sqlite_store"]
+__all__ = ["set_mode"]
 
 
 def cannot_read(path: Path) -> str:

@@ -27,10 +27,7 @@ from sampler.worker.runtime import JobOutcome, Worker, WorkerConfig
 from storage import JobKind, JobStore
 from storage.models import utcnow
 from storage.records import NewSample
-from tests.bot.harness import sqlite_store
 from tests.tiny_model_dir import write_tiny_model_dir
-
-__all__ = ["sqlite_store"]  # the fixture
 
 FAST = WorkerConfig(lease_seconds=30.0, poll_seconds=0.05, progress_seconds=0.01, cancel_poll_seconds=0.1)
 WAIT_S = 60.0  # a write that never lands fails the test instead of hanging it

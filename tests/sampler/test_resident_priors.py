@@ -24,12 +24,12 @@ from sampler.worker.contract import DeviceSpec, WarmsUp
 from sampler.worker.runtime import Worker
 from storage import JobStatus
 from storage.store import JobStore
-from tests.sampler.test_cascade_runner import PREVIEW, claim, model_dir, run, sqlite_store
+from tests.sampler.test_cascade_runner import PREVIEW, claim, model_dir, run
 from tests.sampler.worker.test_runtime import FAST
 from tests.tiny_model_dir import write_tiny_model_dir
 from tests.waiting import wait_until
 
-__all__ = ["model_dir", "sqlite_store"]
+__all__ = ["model_dir"]
 
 FULL = PREVIEW.model_copy(update={"levels": "all", "n_samples": 1})  # levels 0, 1 and 2
 

@@ -39,10 +39,10 @@ from storage import JobStatus
 from storage.records import NewSample
 from storage.store import JobStore
 from tests.sampler.jukebox.conftest import tiny_audio
-from tests.sampler.test_cascade_runner import PREVIEW, claim, model_dir, run, runner, sqlite_store
+from tests.sampler.test_cascade_runner import PREVIEW, claim, model_dir, run, runner
 from tests.sampler.test_resident_priors import loads
 
-__all__ = ["loads", "model_dir", "runner", "sqlite_store"]
+__all__ = ["loads", "model_dir", "runner"]
 
 CPU = DeviceSpec.cpu()
 FULL = PREVIEW.model_copy(update={"levels": "all", "n_samples": 1})  # levels 0, 1 and 2

@@ -24,10 +24,10 @@ from sampler.worker.contract import DeviceSpec, ModelNotHere
 from sampler.worker.runtime import JobOutcome, Worker
 from storage import JobStatus
 from storage.store import JobStore
-from tests.sampler.test_cascade_runner import PREVIEW, claim, model_dir, run, sqlite_store
+from tests.sampler.test_cascade_runner import PREVIEW, claim, model_dir, run
 from tests.sampler.test_runner_robustness import worker_of
 
-__all__ = ["model_dir", "sqlite_store", "worker_of"]
+__all__ = ["model_dir", "worker_of"]
 
 CPU = DeviceSpec.cpu()
 
