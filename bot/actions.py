@@ -40,11 +40,11 @@ from bot.requests import (
     capacity_refusal,
     check_capacity,
     check_channel,
+    song_room,
     tokens_seconds,
 )
 from sampler.jobspec import InvalidJobParams, JobParams, is_full_quality, parse_params
 from sampler.jukebox.registry import MAX_SONG_SECONDS
-from sampler.jukebox.windows import TOP_HOP, longest_song_samples
 from sampler.user_text import quote_user_text
 from storage.errors import (
     AlreadyUpsampled,
@@ -419,7 +419,7 @@ async def request_upsample(
         raise await _already_upsampled(bot, interaction, earlier)
     limits = await check_can_enqueue(bot, interaction)
     top_tokens = await bot.store.codes_count(sample_id, 2)
-    if top_tokens is not None and top_tokens * TOP_HOP > longest_song_samples():  # made long by continues
+    if top_tokens is not None and song_room(top_tokens) < 0:  # made long by continues
         raise InvalidRequest(
             f"Sample #{sample_id} is {tokens_seconds(top_tokens)} long, and the models take songs shorter "
             f"than {MAX_SONG_SECONDS:g} s, so it cannot be upsampled."

@@ -331,14 +331,19 @@ def tokens_seconds(tokens: int) -> str:
     return f"{math.floor(tokens * TOP_HOP / SAMPLE_RATE * 10) / 10:.1f} s"
 
 
+def song_room(tokens: int) -> int:
+    """Raw samples a song of `tokens` top-level codes may still grow by (negative: longer than the models
+    take already)."""
+    return longest_song_samples() - tokens * TOP_HOP
+
+
 def check_continuable(sample_id: int, parent_tokens: int | None, added: float = MIN_LENGTH_SECONDS) -> None:
     """Refuse to continue a sample of `parent_tokens` top-level codes by `added` seconds when the song
     would reach the models' longest (the worker would only fail the job), saying how much fits."""
     if parent_tokens is None:
         raise InvalidRequest(f"Sample #{sample_id} has no top-level codes stored, so it cannot be continued.")
-    parent = parent_tokens * TOP_HOP
-    room = longest_song_samples() - parent
-    if parent + sample_length_samples(added) <= longest_song_samples():
+    room = song_room(parent_tokens)
+    if sample_length_samples(added) <= room:
         return
     said = (
         f"Sample #{sample_id} is {tokens_seconds(parent_tokens)} long, and songs stay under "

@@ -446,7 +446,9 @@ def run_sample(options: dict[str, Any], given: set[str] | frozenset[str] = froze
         prompt = _prompts(audio_files, options["prompt_length_in_seconds"], n, sample_length)
     if options["model_dir"] is not None:
         logging_without_settings()
-    model_dir = options["model_dir"] or settings_or_exit().model_dir
+        model_dir = options["model_dir"]
+    else:
+        model_dir = settings_or_exit().model_dir
     fp16 = options["fp16"] if options["fp16"] is not None else device.startswith("cuda")
     dtype = torch.float16 if fp16 else torch.float32
     total_seconds = options["total_sample_length_in_seconds"] or seconds
