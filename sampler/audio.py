@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import itertools
 import math
-import operator
 import os
 import wave
 from collections.abc import Generator, Iterator, Sequence
@@ -28,7 +27,7 @@ import av.error
 import numpy as np
 
 from sampler.jukebox.registry import SAMPLE_RATE
-from sampler.units import format_bytes
+from sampler.units import format_bytes, whole_number
 
 DEFAULT_MAX_BYTES = 25 * 1024 * 1024
 DEFAULT_MAX_SECONDS = 60.0
@@ -719,14 +718,9 @@ def _as_mono(audio: np.ndarray) -> np.ndarray:
 
 
 def _whole_in(value: object, name: str, low: int, high: int, unit: str) -> int:
-    if not isinstance(value, (bool, np.bool_)):
-        try:
-            number = operator.index(value)  # type: ignore[arg-type]
-        except TypeError:
-            pass
-        else:
-            if low <= number <= high:
-                return number
+    number = whole_number(value)
+    if number is not None and low <= number <= high:
+        return number
     raise ValueError(f"{name} must be a whole number of {unit} from {low} to {high}, got {value!r}")
 
 

@@ -18,7 +18,6 @@ import io
 import json
 import math
 import numbers
-import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -33,6 +32,7 @@ from sampler.jukebox.prior import Conditioning, JukeboxPrior, PriorConfig, Sampl
 from sampler.jukebox.registry import MIN_TEMPERATURE, SAMPLE_RATE, SEED_LIMIT
 from sampler.jukebox.vqvae import VQVAE
 from sampler.jukebox.windows import Window, cond_span, plan_level
+from sampler.units import whole_number
 
 if TYPE_CHECKING:
     from sampler.jukebox.decoding import DecodeOptions
@@ -210,13 +210,11 @@ _T = TypeVar("_T")
 
 
 def _whole(value: object, name: str) -> int:
-    """`value` as an int (an int or a numpy integer, not a bool); SamplingError naming `name` otherwise."""
-    if not isinstance(value, (bool, np.bool_)):
-        try:
-            return operator.index(value)  # type: ignore[arg-type]
-        except TypeError:
-            pass
-    raise SamplingError(f"{name} must be a whole number, got {value!r}")
+    """`value` as an int (`whole_number`); SamplingError naming `name` otherwise."""
+    number = whole_number(value)
+    if number is None:
+        raise SamplingError(f"{name} must be a whole number, got {value!r}")
+    return number
 
 
 def _number(value: object, name: str) -> float:

@@ -11,7 +11,6 @@ Level numbering is the original one: level 0 is the finest (hop 8), level 2 the 
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, fields
 from typing import Any, cast
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sampler.jukebox.hparams import hparam_type_problem
+from sampler.units import whole_number
 
 # Raw samples per chunk: about 12 s at 44.1 kHz. The published level-0 stacks need about 1 s
 # of context on each side of a chunk, so the recomputed overlap stays a modest fraction.
@@ -436,12 +436,10 @@ class VQVAE(nn.Module):
         list of every level's codes (finest first), of which only `codes[level]` is used, as in the
         original. `chunk_samples=None` decodes in one pass. VQVAEInputError for anything else.
         """
-        try:
-            if isinstance(level, bool):
-                raise TypeError
-            level = operator.index(level)
-        except TypeError:
-            raise VQVAEInputError(f"level must be a whole number, got {level!r}") from None
+        whole = whole_number(level)
+        if whole is None:
+            raise VQVAEInputError(f"level must be a whole number, got {level!r}")
+        level = whole
         self._check_levels(level, level + 1)
         if not isinstance(codes, torch.Tensor):
             if not isinstance(codes, (list, tuple)):
