@@ -16,9 +16,11 @@ Either way the next try (this bot or another) posts only the samples without a m
 final progress text. When the database cannot be reached just after a message went out (or when the
 claim is to be given back, or the results marked posted), the bot keeps what it could not write in
 memory and writes it first at each pass until it can: however long the outage lasts (longer than
-Discord matches a nonce), this bot never sends that message again. (A bot killed during such an
+Discord matches a nonce), this bot never sends that message again. A bot killed during such an
 outage forgets it; and after an outage longer than the claim, another bot sharing the database may
-claim the results before this one writes it.) Results of upsample and continue jobs reply to the
+claim the results before this one writes it: so a bot that takes over a claim that ran out (rather
+than one given back) first reads the channel's messages since the job finished for its own sample
+messages without a record, and goes on after them. Results of upsample and continue jobs reply to the
 parent sample's message, found in the store after a restart too. Each sample's first message also
 carries its picture (bot/pictures.py) when that fits the upload limit beside the audio.
 
@@ -44,6 +46,7 @@ import socket
 import time
 from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import discord
@@ -81,6 +84,11 @@ CANNOT_POST_THERE = {
 }
 # The longest wait between two tries at posting a job's results that keep failing.
 MAX_RETRY_DELAY_S = 600.0
+# A bot that takes over a claim that ran out reads up to this many of the channel's messages, from a
+# margin before the job finished (the clocks of its worker and of Discord may differ), for the sample
+# messages its predecessor sent without a record.
+HISTORY_SCAN_LIMIT = 500
+HISTORY_SCAN_MARGIN = timedelta(minutes=10)
 
 
 class _ResultsClaimLost(Exception):
@@ -131,6 +139,9 @@ class ProgressRelay:
         ] = {}
         self._unreleased: dict[int, float] = {}
         self._unmarked: dict[int, bool] = {}  # job id -> True
+        # Jobs whose results claim this bot took over from one that ran out, until it read the channel's
+        # history for messages sent without a record (kept through a failed try that gives the claim back).
+        self._unread_history: set[int] = set()
         self._wake = asyncio.Event()
         self._pass_lock = asyncio.Lock()
 
@@ -344,25 +355,28 @@ class ProgressRelay:
     async def _finish(self, job: Job) -> None:
         """Post a finished job's results (or failure) and its final progress text, once."""
         try:
-            claimed = await self.store.claim_results_posting(job.id, self.poster_id, self.results_lease_s)
+            claim = await self.store.claim_results_posting(job.id, self.poster_id, self.results_lease_s)
         except JobNotFinished:  # an operator retried it since this pass listed it: it runs again
             return
-        if not claimed:
+        if claim is None:
             return  # posted already, or another bot is posting them (if it dies, its claim expires)
+        if claim.taken_over_from not in (None, self.poster_id):
+            self._unread_history.add(job.id)
         posted = asyncio.Event()
         renewing = asyncio.create_task(self._renew_claim(job.id, posted), name=f"results-claim-{job.id}")
         cannot_post: str | None = None
         try:
             # As it is now: the listing may be older than an operator's retry and the run that followed.
             job = await self.store.get_job(job.id)
+            earlier = _EarlierMessages(self, job) if job.id in self._unread_history else None
             sample_count = None
             if job.status == JobStatus.SUCCEEDED:
-                sample_count = await self._post_samples(job)
+                sample_count = await self._post_samples(job, earlier)
             text = render_job(job, sample_count=sample_count)
             await self._keep_claim(job)
             if job.progress_message_id is not None:
                 await self._edit(job, text)
-            else:
+            elif earlier is None or text not in await earlier.texts():
                 channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
                 await channel.send(text, allowed_mentions=NO_MENTIONS)
         except discord.RateLimited as exc:  # longer than discord.py waits: the others go on meanwhile
@@ -410,6 +424,7 @@ class ProgressRelay:
         self._watched.pop(job_id, None)
         self._failures.pop(job_id, None)
         self._channel_lost_at.pop(job_id, None)
+        self._unread_history.discard(job_id)
 
     def _retry_delay(self, failures: int) -> float:
         """How long to wait before trying again to post results that failed `failures` times in a row:
@@ -500,7 +515,7 @@ class ProgressRelay:
             return watched.reply_to  # the message whose button started the job
         return await self._parent_message(job) or job.progress_message_id
 
-    async def _post_samples(self, job: Job) -> int:
+    async def _post_samples(self, job: Job, earlier: _EarlierMessages | None) -> int:
         infos = await self.store.samples_for_job(job.id)
         votes = await self.store.vote_counts(info.id for info in infos)
         limit = self.bot.upload_limit(job.guild_id)
@@ -514,7 +529,7 @@ class ProgressRelay:
             params = params_or_defaults(job.params)
             full_quality, quality = is_full_quality(params), quality_label(params, long=True)
             content = (
-                f"<@{job.user_id}> **Sample #{sample.id}** · job #{job.id} · {position}/{len(infos)} · "
+                f"{_sample_header(job, sample.id)}{position}/{len(infos)} · "
                 f"{sample.duration_seconds:.1f} s · {quality} · seed {sample.seed}"
             )
             content += style_line(job.params, sample.index)
@@ -530,6 +545,17 @@ class ProgressRelay:
             first_id, start = None, 0
             if parts is not None and parts.upload_limit == split_limit and parts.total == len(groups):
                 first_id, start = info.message_id, parts.sent
+            if earlier is not None:  # the bot before may have sent more than it recorded
+                found_id, found = await earlier.sent_of(sample.id, len(groups), first_id, start)
+                if found > start:
+                    assert found_id is not None
+                    first_id, start = found_id, found
+                    parts_sent = (
+                        MessageParts(start, len(groups), split_limit) if start < len(groups) else None
+                    )
+                    await self._record_sample_message(sample.id, first_id, parts_sent)
+                    if parts_sent is None:
+                        continue
             if start == 0:
                 if impossible is not None:
                     content += f"\n⚠️ {impossible} Re-send it later with `/sample {sample.id}`."
@@ -565,7 +591,7 @@ class ProgressRelay:
                     first_id = first.id
                 else:
                     await channel.send(
-                        f"Sample #{sample.id}, continued ({index + 1}/{len(groups)})",
+                        _continued_text(sample.id, index, len(groups)),
                         files=uploads,
                         allowed_mentions=NO_MENTIONS,
                         nonce=nonce,
@@ -577,6 +603,66 @@ class ProgressRelay:
             if first_id is not None:
                 await self._record_sample_message(sample.id, first_id)
         return len(infos)
+
+
+def _sample_header(job: Job, sample_id: int) -> str:
+    """How the first message of a sample of `job` begins."""
+    return f"<@{job.user_id}> **Sample #{sample_id}** · job #{job.id} · "
+
+
+def _continued_text(sample_id: int, index: int, total: int) -> str:
+    """The text of a sample's message `index` (from 0) after the first, of `total`."""
+    return f"Sample #{sample_id}, continued ({index + 1}/{total})"
+
+
+class _EarlierMessages:
+    """The bot's own messages in a job's channel since shortly before the job finished, read once, when
+    first asked: what a bot that took over a claim that ran out finds its predecessor sent unrecorded."""
+
+    def __init__(self, relay: ProgressRelay, job: Job) -> None:
+        self._relay = relay
+        self._job = job
+        self._by_text: dict[str, int] | None = None
+
+    async def texts(self) -> dict[str, int]:
+        """Each message's text and id (the first, for a text sent twice)."""
+        if self._by_text is None:
+            self._by_text = await self._read()
+            self._relay._unread_history.discard(self._job.id)
+        return self._by_text
+
+    async def sent_of(
+        self, sample_id: int, total: int, first_id: int | None, start: int
+    ) -> tuple[int | None, int]:
+        """The sample's first message and how many of its `total` messages are out, given what the store
+        knows (`first_id`, `start`) and what the channel shows after it."""
+        texts = await self.texts()
+        if first_id is None:
+            header = _sample_header(self._job, sample_id)
+            first_id = next((id_ for text, id_ in texts.items() if text.startswith(header)), None)
+            if first_id is None:
+                return None, 0
+            start = 1
+        while start < total and _continued_text(sample_id, start, total) in texts:
+            start += 1
+        return first_id, start
+
+    async def _read(self) -> dict[str, int]:
+        relay, job = self._relay, self._job
+        assert relay.bot.user is not None
+        since = (job.finished_at or job.created_at) - HISTORY_SCAN_MARGIN
+        channel = relay.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+        by_text: dict[str, int] = {}
+        history = channel.history(
+            limit=HISTORY_SCAN_LIMIT,
+            after=discord.Object(discord.utils.time_snowflake(since)),
+            oldest_first=True,
+        )
+        async for message in history:
+            # The relay's own messages; not `/sample` re-sends (interaction replies, sent by webhook).
+            if message.author.id == relay.bot.user.id and message.webhook_id is None:
+                by_text.setdefault(message.content, message.id)
+        return by_text
 
 
 def sample_nonce(sample_id: int, index: int, split_limit: int) -> str:

@@ -147,6 +147,15 @@ class SampleInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class ResultsClaim:
+    """A claim on posting a finished job's results (`JobStore.claim_results_posting`).
+    `taken_over_from`: the bot whose claim ran out before it gave it back (killed, or cut off from the
+    database): messages it sent may have no record."""
+
+    taken_over_from: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class MessageParts:
     """A sample posted part-way: `sent` of its `total` messages are out, its audio split to fit an
     upload limit of `upload_limit` bytes (the same split again gives the same parts)."""

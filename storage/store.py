@@ -88,6 +88,7 @@ from storage.records import (
     Prime,
     PruneReport,
     RankedSample,
+    ResultsClaim,
     Sample,
     SampleInfo,
     SampleOrigin,
@@ -1457,17 +1458,26 @@ class JobStore:
             jobs.c.results_posting_expires_at < self._lease_now(),
         )
 
-    async def claim_results_posting(self, job_id: int, poster_id: str, lease_seconds: float) -> bool:
-        """Claim posting the finished job's results for `lease_seconds`: True for one caller at a time.
+    async def claim_results_posting(
+        self, job_id: int, poster_id: str, lease_seconds: float
+    ) -> ResultsClaim | None:
+        """Claim posting the finished job's results for `lease_seconds`: a claim for one caller at a time.
 
-        False means they were all posted already, or another bot's claim still holds, or a failed
+        None means they were all posted already, or another bot's claim still holds, or a failed
         try asked to wait before the next (nothing to do now). A claim that expired, its bot killed
-        mid-post, goes to the next caller, who posts the samples without a message yet. Raises
+        mid-post, goes to the next caller, who posts the samples without a message yet; the claim
+        names that bot (`taken_over_from`), whose last messages may have gone out unrecorded. Raises
         `JobNotFinished` for a job still queued or running.
         """
         _check_lease(lease_seconds)
         now = self._clock()
         async with self._transaction() as connection:
+            # The row locked first (SQLite's write lock already is), so the holder read is the one replaced.
+            earlier = (
+                await connection.execute(
+                    select(jobs.c.results_posting_owner).where(jobs.c.id == job_id).with_for_update()
+                )
+            ).scalar_one_or_none()
             claimed = (
                 await connection.execute(
                     update(jobs)
@@ -1486,11 +1496,11 @@ class JobStore:
                 )
             ).first()
             if claimed is not None:
-                return True
+                return ResultsClaim(taken_over_from=earlier)
             owner = await self._owner(connection, job_id)
         if owner.status not in FINISHED_STATUSES:
             raise JobNotFinished(job_id, owner.status.value)
-        return False
+        return None
 
     async def _update_posting(self, job_id: int, poster_id: str, **values: Any) -> bool:
         """Change the claim's row if `poster_id` still holds it (nobody took it over, not finished)."""

@@ -2072,6 +2072,12 @@ class FakeDiscord:
 
     async def _list_messages(self, request: web.Request) -> web.Response:
         channel = self._channel_or_404(request)
+        if channel.guild_id is not None:
+            granted = discord.Permissions(self.bot_permissions_in(channel))
+            if not granted.view_channel:
+                raise DiscordAPIError(403, 50001, "Missing Access")
+            if not granted.read_message_history:  # Discord: "no messages will be returned"
+                return _json_response([])
         limit = min(int(request.query.get("limit", 50)), 100)
         before = int(request.query.get("before", 1 << 63))
         after = int(request.query.get("after", 0))

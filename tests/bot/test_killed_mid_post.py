@@ -98,11 +98,20 @@ async def bot_process(
 
 
 @pytest.mark.parametrize(
-    "sample_2_posted", [False, True], ids=["before-discord-got-sample-2", "before-the-bot-heard-back"]
+    ("sample_2_posted", "nonce_forgotten"),
+    [(False, False), (True, False), (True, True)],
+    ids=["before-discord-got-sample-2", "before-the-bot-heard-back", "before-the-bot-heard-back-minutes-ago"],
 )
 async def test_a_bot_killed_after_sample_1_of_3_leaves_samples_2_and_3_to_the_next_bot(
-    fake_discord: FakeDiscord, bot_runner: BotRunner, db_url: str, tmp_path: Path, sample_2_posted: bool
+    fake_discord: FakeDiscord,
+    bot_runner: BotRunner,
+    db_url: str,
+    tmp_path: Path,
+    sample_2_posted: bool,
+    nonce_forgotten: bool,
 ) -> None:
+    """Minutes later Discord no longer matches the nonce: the next bot finds sample 2's message in the
+    channel (it took over a claim that ran out, so its predecessor may have sent more than it recorded)."""
     fake = fake_discord
     async with bot_process(fake, db_url, tmp_path) as (process, engine):
         store = JobStore(engine)
@@ -124,6 +133,8 @@ async def test_a_bot_killed_after_sample_1_of_3_leaves_samples_2_and_3_to_the_ne
         await fake.wait_for(lambda: not fake.live_sessions)
         assert not progress.content.endswith(DONE)
         assert (await store.get_job(job.id)).results_posted_at is None
+        if nonce_forgotten:
+            fake.let_nonces_expire()
 
         # A new bot, once the dead bot's claim has run out.
         later = FakeClock(utcnow() + timedelta(seconds=RESULTS_LEASE_S + 1))
@@ -132,7 +143,8 @@ async def test_a_bot_killed_after_sample_1_of_3_leaves_samples_2_and_3_to_the_ne
         await fake.wait_for(lambda: progress.content.endswith(DONE))
         await relay_of(second).run_pass()  # waits out the pass that posted them
 
-        # Sample 2 sent again with its nonce: Discord answers with the message it already posted.
+        # Sample 2 sent again with its nonce, Discord answering with the message it already posted; or,
+        # the nonce forgotten, found in the channel's history and recorded without sending it again.
         await assert_posted_once(fake, store, job.id, sample_ids, first, progress)
         assert (await store.get_job(job.id)).results_posted_at is not None
         dropped = [] if sample_2_posted else [("POST /channels/{channel_id}/messages", 503)]
@@ -167,7 +179,7 @@ async def test_an_upload_longer_than_the_lease_keeps_the_claim_on_the_results(
         return expires == clock.now + timedelta(seconds=0.3)
 
     await wait_until(renewed, 10, "the claim to be renewed during the upload")
-    assert await store.claim_results_posting(job.id, "another-bot", RESULTS_LEASE_S) is False
+    assert await store.claim_results_posting(job.id, "another-bot", RESULTS_LEASE_S) is None
 
     held.release()
     await fake.wait_for(lambda: progress.content.endswith("✅ Done: 1 sample below."))
@@ -176,11 +188,14 @@ async def test_an_upload_longer_than_the_lease_keeps_the_claim_on_the_results(
     assert (await store.get_job(job.id)).results_posted_at == clock.now
 
 
+@pytest.mark.parametrize(
+    "part_2_posted", [False, True], ids=["before-discord-got-part-2", "before-the-bot-heard-back"]
+)
 async def test_a_bot_killed_between_the_parts_of_a_sample_leaves_only_the_later_parts_to_the_next_bot(
-    fake_discord: FakeDiscord, bot_runner: BotRunner, db_url: str, tmp_path: Path
+    fake_discord: FakeDiscord, bot_runner: BotRunner, db_url: str, tmp_path: Path, part_2_posted: bool
 ) -> None:
-    """The new bot starts after Discord stopped matching nonces (minutes later): only the store knows
-    that part 1 went out."""
+    """The new bot starts after Discord stopped matching nonces (minutes later): the store knows that
+    part 1 went out, and the channel's history shows part 2 when Discord posted it."""
     fake = fake_discord
     fake.default_guild.attachment_size_limit = 20_000  # a 12 s sample goes out in several messages
     async with bot_process(fake, db_url, tmp_path) as (process, engine):
@@ -188,7 +203,7 @@ async def test_a_bot_killed_between_the_parts_of_a_sample_leaves_only_the_later_
         worker = PlayedWorker(store)
         job, progress = await _queued_and_claimed(fake, worker, samples=1)
 
-        held = fake.hold("POST", "/channels/{channel_id}/messages", after=1)  # part 2 of the sample
+        held = fake.hold("POST", "/channels/{channel_id}/messages", after=1, handled=part_2_posted)  # part 2
         (sample_id,) = await worker.complete(job, n=1, full=False, seconds=12.0)
         await fake.wait_for(lambda: held.arrived, timeout_s=START_TIMEOUT_S)
         first = sample_message(fake, sample_id)

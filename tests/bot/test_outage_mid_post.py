@@ -187,11 +187,14 @@ async def test_a_part_sent_just_before_the_database_went_away_is_recorded_not_se
     assert fake.rejections == [] and fake.unknown_requests == []
 
 
+@pytest.mark.parametrize("goes_on", ["the-same-bot", "another-bot"])
 async def test_results_all_sent_just_before_the_database_went_away_are_marked_posted_not_sent_again(
-    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore, goes_on: str
 ) -> None:
     """A job that ran while no bot did has no progress message: its final text goes out in a message of
-    its own, the last one. The database goes away before the bot marks the results posted."""
+    its own, the last one. The database goes away before the bot marks the results posted; the bot
+    marks them once it is back, or another bot that took over the claim meanwhile finds the text in
+    the channel (the final text has no nonce: it would go out again even within minutes)."""
     fake = fake_discord
     clock = FakeClock(utcnow())
     store = StoreThatGoesAway(sqlite_store.engine, clock=clock)
@@ -221,6 +224,10 @@ async def test_results_all_sent_just_before_the_database_went_away_are_marked_po
 
     fake.let_nonces_expire()
     clock.advance(RESULTS_LEASE_S + 1)
+    if goes_on == "another-bot":
+        other = await bot_runner.start(make_bot(fake, JobStore(sqlite_store.engine, clock=clock)))
+        await relay_of(other).run_pass()
+        assert (await checks.get_job(job_id)).results_posted_at is not None
     store.away = False
     await relay.run_pass()
 
@@ -310,3 +317,37 @@ async def test_a_fresh_progress_message_recorded_after_the_outage_takes_the_old_
     await worker.progress(job.id, window=2, of=10)
     await relay.run_pass()
     assert "2/10" in fresh.content
+
+
+async def test_a_bot_taking_over_a_claim_that_ran_out_in_an_outage_finds_what_was_sent_and_posts_the_rest(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    """Bot A sent sample 1, then lost its database for minutes: its claim on the results ran out, and
+    bot B, which reaches the database, took the results over before A could record that message. B
+    reads the channel, records sample 1's message and sends only sample 2; A, back, sends nothing."""
+    fake = fake_discord
+    finished = await _finished_job(fake, bot_runner, sqlite_store)
+    checks, clock, job = finished.checks, finished.clock, finished.job
+    held = fake.hold("POST", MESSAGES, handled=True)  # sample 1's message: posted, the answer held
+    sample_ids = await PlayedWorker(checks).complete(job, n=2, full=False)
+    await _away_once_sent(fake, finished, held)
+    (first,) = _posts_of(fake, sample_ids[0])
+    assert fake.calls("GET", MESSAGES) == []  # a bot posting under its own claim reads no history
+
+    fake.let_nonces_expire()
+    clock.advance(RESULTS_LEASE_S + 1)
+    other = await bot_runner.start(make_bot(fake, JobStore(sqlite_store.engine, clock=clock)))
+    await relay_of(other).run_pass()
+    assert len(fake.calls("GET", MESSAGES)) == 1
+    second = _posts_of(fake, sample_ids[1])
+    assert [len(_posts_of(fake, sample_id)) for sample_id in sample_ids] == [1, 1]
+    assert [info.message_id for info in await checks.samples_for_job(job.id)] == [first.id, second[0].id]
+    assert (await checks.get_job(job.id)).results_posted_at is not None
+
+    finished.store.away = False
+    await finished.relay.run_pass()  # A writes what it kept; its claim is gone: it posts nothing
+    assert _posts_of(fake, sample_ids[0]) == [first] and _posts_of(fake, sample_ids[1]) == second
+    assert [info.message_id for info in await checks.samples_for_job(job.id)] == [first.id, second[0].id]
+    done = progress_message(fake, job.id)
+    assert done is finished.progress and done.content.endswith("✅ Done: 2 samples below.")
+    assert fake.rejections == [] and fake.unknown_requests == []

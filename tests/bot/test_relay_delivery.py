@@ -215,7 +215,7 @@ async def test_a_retry_waits_in_the_store_and_a_lost_permission_gives_up_the_res
         assert waiting.results_posting_owner is None and waiting.results_posting_expires_at is not None
         assert waiting.results_posting_expires_at > clock.now
         assert await store.finished_jobs_unposted() == []
-        assert await store.claim_results_posting(job.id, "another-bot", 30.0) is False
+        assert await store.claim_results_posting(job.id, "another-bot", 30.0) is None
         clock.advance(relay.poll_interval_s * 2 + 1)
         fake.fail_next("POST", "/channels/{channel_id}/messages", status=403, code=50013)
         await relay.run_pass()

@@ -42,7 +42,7 @@ async def test_results_posting_claims_follow_the_databases_clock(engine: AsyncEn
 
     # A bot whose clock is ahead takes nothing over that is not expired, nor lists it as free.
     assert await on_time.claim_results_posting(job_id, "bot-a", LEASE)
-    assert await ahead.claim_results_posting(job_id, "bot-b", LEASE) is False
+    assert await ahead.claim_results_posting(job_id, "bot-b", LEASE) is None
     assert job_id not in [job.id for job in await ahead.finished_jobs_unposted()]
     await on_time.release_results_posting(job_id, "bot-a")
 
@@ -52,11 +52,11 @@ async def test_results_posting_claims_follow_the_databases_clock(engine: AsyncEn
     expires = (await on_time.get_job(job_id)).results_posting_expires_at
     assert expires is not None
     assert abs((expires - await database_now(engine)).total_seconds() - LEASE) < 10
-    assert await on_time.claim_results_posting(job_id, "bot-a", LEASE) is False
+    assert await on_time.claim_results_posting(job_id, "bot-a", LEASE) is None
     assert await behind.renew_results_posting(job_id, "bot-c", LEASE)
-    assert await on_time.claim_results_posting(job_id, "bot-a", LEASE) is False
+    assert await on_time.claim_results_posting(job_id, "bot-a", LEASE) is None
     # …and a try that failed waits the time it asked for, by the same clock.
     await behind.release_results_posting(job_id, "bot-c", retry_after_s=LEASE)
-    assert await on_time.claim_results_posting(job_id, "bot-a", LEASE) is False
+    assert await on_time.claim_results_posting(job_id, "bot-a", LEASE) is None
     assert job_id not in [job.id for job in await on_time.finished_jobs_unposted()]
-    assert await ahead.claim_results_posting(job_id, "bot-b", LEASE) is False
+    assert await ahead.claim_results_posting(job_id, "bot-b", LEASE) is None

@@ -18,7 +18,7 @@ from storage import (
     StorageError,
     create_engine,
 )
-from storage.records import MessageParts
+from storage.records import MessageParts, ResultsClaim
 from tests.conftest import FakeClock
 from tests.storage.helpers import GUILD, MODEL, enqueue, finished_job, new_sample, row_counts
 
@@ -121,15 +121,15 @@ async def test_claim_results_posting_is_for_finished_jobs_one_holder_at_a_time(
 
     await store.complete(job_id, "worker-a", [new_sample(0)])
     clock.advance(3)
-    assert await store.claim_results_posting(job_id, "bot-a", LEASE) is True
+    assert await store.claim_results_posting(job_id, "bot-a", LEASE) == ResultsClaim(taken_over_from=None)
     job = await store.get_job(job_id)
     assert (job.results_posting_owner, job.results_posting_expires_at, job.results_posted_at) == (
         "bot-a",
         clock.now + timedelta(seconds=LEASE),
         None,
     )
-    assert await store.claim_results_posting(job_id, "bot-a", LEASE) is False  # held, even by itself
-    assert await store.claim_results_posting(job_id, "bot-b", LEASE) is False
+    assert await store.claim_results_posting(job_id, "bot-a", LEASE) is None  # held, even by itself
+    assert await store.claim_results_posting(job_id, "bot-b", LEASE) is None
 
     clock.advance(3)
     assert await store.finish_results_posting(job_id, "bot-a") is True
@@ -140,7 +140,7 @@ async def test_claim_results_posting_is_for_finished_jobs_one_holder_at_a_time(
         None,
     )
     clock.advance(LEASE * 10)  # posted is for good: no claim, renewal or second finish after that
-    assert await store.claim_results_posting(job_id, "bot-b", LEASE) is False
+    assert await store.claim_results_posting(job_id, "bot-b", LEASE) is None
     assert await store.renew_results_posting(job_id, "bot-a", LEASE) is False
     assert await store.finish_results_posting(job_id, "bot-a") is False
     assert (await store.get_job(job_id)).results_posted_at == clock.now - timedelta(seconds=LEASE * 10)
@@ -161,11 +161,12 @@ async def test_a_bot_killed_mid_post_leaves_the_rest_to_the_next_once_its_claim_
     # bot-a dies here: it neither finishes nor gives the claim back.
 
     clock.advance(LEASE - 1)
-    assert await store.claim_results_posting(job_id, "bot-b", LEASE) is False  # still bot-a's
+    assert await store.claim_results_posting(job_id, "bot-b", LEASE) is None  # still bot-a's
     assert await store.finished_jobs_unposted() == []  # nobody else should try yet
     clock.advance(2)
     assert [job.id for job in await store.finished_jobs_unposted()] == [job_id]
-    assert await store.claim_results_posting(job_id, "bot-b", LEASE) is True
+    # bot-b is told whose claim it took over: that bot's last message may have gone out unrecorded.
+    assert await store.claim_results_posting(job_id, "bot-b", LEASE) == ResultsClaim(taken_over_from="bot-a")
     unposted = [info.id for info in await store.samples_for_job(job_id) if info.message_id is None]
     assert unposted == [second, third]
 
@@ -179,7 +180,7 @@ async def test_a_bot_killed_mid_post_leaves_the_rest_to_the_next_once_its_claim_
     assert await store.renew_results_posting(job_id, "bot-b", LEASE) is True
     await store.set_sample_message(second, 20_002)
     clock.advance(LEASE - 1)  # past the first expiry, within the renewed one
-    assert await store.claim_results_posting(job_id, "bot-c", LEASE) is False
+    assert await store.claim_results_posting(job_id, "bot-c", LEASE) is None
     await store.set_sample_message(third, 20_003)
     assert await store.finish_results_posting(job_id, "bot-b") is True
     assert [info.message_id for info in await store.samples_for_job(job_id)] == [20_001, 20_002, 20_003]
@@ -193,7 +194,7 @@ async def test_a_released_claim_can_be_taken_at_once(store: JobStore, clock: Fak
     await store.release_results_posting(job_id, "bot-a")  # e.g. Discord refused a message
     job = await store.get_job(job_id)
     assert (job.results_posting_owner, job.results_posting_expires_at, job.results_posted_at) == (None,) * 3
-    assert await store.claim_results_posting(job_id, "bot-b", LEASE) is True
+    assert await store.claim_results_posting(job_id, "bot-b", LEASE) == ResultsClaim(taken_over_from=None)
 
 
 async def test_bots_racing_to_post_results_never_both_hold_the_claim(db_url: str) -> None:
@@ -210,17 +211,22 @@ async def test_bots_racing_to_post_results_never_both_hold_the_claim(db_url: str
                 bots[n % len(bots)].claim_results_posting(job_id, name, LEASE) for n, name in enumerate(names)
             ]
             results = await asyncio.gather(*calls)
-            assert sorted(results) == [False] * 5 + [True], job_id
+            assert results.count(None) == 5, job_id
+            (winner,) = [n for n, claim in enumerate(results) if claim is not None]
+            assert results[winner] == ResultsClaim(taken_over_from=None)
             holder = (await bots[0].get_job(job_id)).results_posting_owner
-            assert holder == names[results.index(True)]
+            assert holder == names[winner]
 
         clock.advance(LEASE + 1)  # every holder was killed: their claims run out together
         for job_id in job_ids:
             calls = [bot.claim_results_posting(job_id, f"next-{n}", LEASE) for n, bot in enumerate(bots * 2)]
+            taken_from = (await bots[0].get_job(job_id)).results_posting_owner
             results = await asyncio.gather(*calls)
-            assert sorted(results) == [False] * 5 + [True], job_id
+            assert results.count(None) == 5, job_id
+            (winner,) = [n for n, claim in enumerate(results) if claim is not None]
+            assert results[winner] == ResultsClaim(taken_over_from=taken_from)
             holder = (await bots[0].get_job(job_id)).results_posting_owner
-            assert holder == f"next-{results.index(True)}"
+            assert holder == f"next-{winner}"
     finally:
         for engine in engines:
             await engine.dispose()

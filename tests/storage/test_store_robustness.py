@@ -145,7 +145,7 @@ async def test_results_given_back_with_a_wait_are_neither_listed_nor_claimable_u
         await store.release_results_posting(job_id, "bot-a", retry_after_s=-1.0)
     await store.release_results_posting(job_id, "bot-a", retry_after_s=60.0)
     assert [job.id for job in await store.finished_jobs_unposted(GUILD)] == [other]
-    assert await store.claim_results_posting(job_id, "bot-b", 30.0) is False
+    assert await store.claim_results_posting(job_id, "bot-b", 30.0) is None
     clock.advance(61)
     assert [job.id for job in await store.finished_jobs_unposted(GUILD)] == [job_id, other]
     assert await store.claim_results_posting(job_id, "bot-b", 30.0)
