@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import math
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -19,12 +19,13 @@ from typing import Any, Literal
 import numpy as np
 
 from bot.errors import MAX_MESSAGE_CHARS, InvalidRequest, JobNotInServer, JukebotError, MadeInHiddenChannel
-from bot.requests import TOP_COUNT, stored_id, top_since
+from bot.requests import TOP_COUNT, may_continue, stored_id, tokens_seconds, top_since
 from sampler.audio import SAMPLE_RATE, AudioError, decode_audio, encode_audio
 from sampler.curation import Clip, CurationError, FingerprintUnavailable, curate
 from sampler.jobspec import CURATION_KEY, InvalidJobParams, JobParams, parse_params
+from sampler.jukebox.registry import MAX_SONG_SECONDS
 from sampler.user_text import shorten_user_text
-from storage.models import utcnow
+from storage.models import JobKind, utcnow
 from storage.records import Job, NewSample, RankedSample, Sample, SampleInfo, SampleOrigin
 from storage.store import JobStore
 
@@ -132,6 +133,15 @@ TOP_CANDIDATES = 100
 MAX_USER_SAMPLES = 1000
 
 
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """The samples a selection names, in order, and those of its samples left out because a curated
+    piece also gathered already holds them (sample id -> that piece): each is heard once."""
+
+    sample_ids: list[int]
+    inside: dict[int, int]
+
+
 async def top_ranked(
     store: JobStore, guild_id: int, since: datetime | None, count: int, may_use: MayUse
 ) -> list[RankedSample]:
@@ -147,11 +157,12 @@ async def resolve(
     max_count: int,
     may_use: MayUse,
     may_gather: MayUse | None = None,
-) -> list[int]:
+) -> Resolved:
     """The ids of the samples the selection names, all made in this server, in channels the member
     may see (`may_use`: a job or listed samples elsewhere are refused); a user's or the top's are
     gathered by `may_gather` (default `may_use`) and the others left out: the piece is posted
-    publicly, so the bot passes `Viewer.may_show_here`. Refusals are specific."""
+    publicly, so the bot passes `Viewer.may_show_here`. A gathered sample that a gathered piece
+    already holds is left out too (listed, it is refused). Refusals are specific."""
     gather = may_use if may_gather is None else may_gather
     given = [
         value is not None for value in (selection.job, selection.user, selection.top, selection.sample_ids)
@@ -169,7 +180,7 @@ async def resolve(
             raise MadeInHiddenChannel("job", job.id)
         ids = [info.id for info in await store.samples_for_job(job.id)]
         check_count(len(ids), max_count, f"job #{job.id}'s samples")
-        return ids
+        return Resolved(ids, {})
     if selection.user is not None:
         theirs = await store.user_samples(guild_id, selection.user, limit=MAX_USER_SAMPLES)
         origins = await store.sample_origins(info.id for info in theirs)
@@ -179,13 +190,12 @@ async def resolve(
                 f"<@{selection.user}> has more than {max_count} samples here; one /curate joins at most "
                 f'{max_count}. List the ones you want with `samples:` (e.g. "12, 15, 19").'
             )
-        check_count(len(ids), max_count, f"<@{selection.user}>'s samples here")
-        return ids
+        return await _each_once(store, ids, max_count, f"<@{selection.user}>'s samples here")
     if selection.top is not None:
         since = top_since(selection.top, utcnow())
         ranked = await top_ranked(store, guild_id, since, min(TOP_COUNT, max_count), gather)
-        check_count(len(ranked), max_count, f"this server's samples ({selection.describe()})")
-        return [entry.sample.id for entry in ranked]
+        ids = [entry.sample.id for entry in ranked]
+        return await _each_once(store, ids, max_count, f"this server's samples ({selection.describe()})")
     assert selection.sample_ids is not None
     ids = parse_sample_ids(selection.sample_ids, max_count)
     origins = await store.sample_origins(ids)
@@ -204,7 +214,53 @@ async def resolve(
             f"{_numbers('Sample', hidden).capitalize()} {_were(hidden)} made in a channel you cannot see; "
             "you can only curate samples made in channels you can read, and your own."
         )
-    return ids
+    inside = await pieces_holding(store, ids)
+    if inside:
+        held, piece = next(iter(inside.items()))
+        raise InvalidRequest(
+            f"Sample #{held} is already in piece #{piece}, which you listed too: it would play twice. "
+            f"List the piece or its samples, not both."
+        )
+    return Resolved(ids, {})
+
+
+async def _each_once(store: JobStore, ids: list[int], max_count: int, what: str) -> Resolved:
+    """`ids` less the samples a curated piece among them holds, at least two of them."""
+    inside = await pieces_holding(store, ids)
+    kept = [sample_id for sample_id in ids if sample_id not in inside]
+    check_count(len(kept), max_count, what + (" not already in a piece among them" if inside else ""))
+    return Resolved(kept, inside)
+
+
+async def pieces_holding(store: JobStore, ids: Sequence[int]) -> dict[int, int]:
+    """Those of `ids` that a curated piece among `ids` holds (also inside a piece it holds), each with
+    the first such piece: joined with it, they would play twice."""
+    wanted = set(ids)
+    holding: dict[int, int] = {}
+    for sample_id in ids:
+        for held in await _ingredients(store, sample_id):
+            if held in wanted and held != sample_id:
+                holding.setdefault(held, sample_id)
+    return holding
+
+
+async def _ingredients(store: JobStore, sample_id: int) -> set[int]:
+    """The samples a curated piece was joined from, those of the pieces among them too; none for a
+    sample that is not a piece."""
+    found: set[int] = set()
+    pending = [sample_id]
+    while pending:
+        info = await store.get_sample_info(pending.pop())
+        job = await store.get_job(info.job_id)
+        if job.kind != JobKind.CURATE:
+            continue
+        record = job.params.get(CURATION_KEY)
+        listed = record.get("sample_ids") if isinstance(record, dict) else None
+        for held in listed if isinstance(listed, list) else []:
+            if isinstance(held, int) and held not in found:
+                found.add(held)
+                pending.append(held)
+    return found
 
 
 async def _may_use_sample(origin: SampleOrigin, may_use: MayUse) -> bool:
@@ -326,8 +382,16 @@ def piece_sample(piece: Piece) -> NewSample:
     )
 
 
-def piece_text(sample_id: int, job_id: int, user_id: int, piece: Piece) -> str:
-    """The message above the piece: what it is, the order with each join's score, within 2,000 chars."""
+def continuable(piece: Piece) -> bool:
+    """Whether a continuation of the piece fits: it starts from all its samples' top-level codes."""
+    return may_continue(None if piece.top_codes is None else len(piece.top_codes) // 2)
+
+
+def piece_text(
+    sample_id: int, job_id: int, user_id: int, piece: Piece, inside: Mapping[int, int] | None = None
+) -> str:
+    """The message above the piece: what it is, the order with each join's score, what was left out
+    (silent, or already `inside` a piece joined), within 2,000 chars."""
     minutes, seconds = divmod(round(piece.duration_seconds), 60)
     head = (
         f"**Sample #{sample_id}** · job #{job_id} · curated by <@{user_id}> from {len(piece.order)} "
@@ -336,8 +400,17 @@ def piece_text(sample_id: int, job_id: int, user_id: int, piece: Piece) -> str:
     tail = []
     if piece.left_out:
         tail.append(f"Left out (silent): {', '.join(f'#{i}' for i in piece.left_out)}")
+    for held_by in sorted(set((inside or {}).values())):
+        held = [f"#{held}" for held, piece_id in (inside or {}).items() if piece_id == held_by]
+        tail.append(f"Left out (already in #{held_by}): {', '.join(held)}")
     if piece.top_codes is None:
         tail.append("Some ingredients have no top-level codes stored, so this piece cannot be continued.")
+    elif not continuable(piece):
+        codes_seconds = tokens_seconds(len(piece.top_codes) // 2)
+        tail.append(
+            f"A continuation would start from all its samples' codes, {codes_seconds} together, and songs "
+            f"stay under {MAX_SONG_SECONDS:g} s: this piece cannot be continued."
+        )
     else:
         tail.append(f"`/continue sample:{sample_id}` extends it from its last sample.")
     steps = [f"#{piece.order[0]}"] + [

@@ -53,6 +53,7 @@ import discord
 
 from bot import delivery, pictures
 from bot.progress import quality_label, render_job, style_line
+from bot.requests import may_continue
 from bot.views import progress_view, sample_view
 from sampler.jobspec import is_full_quality, params_or_defaults
 from storage.errors import JobNotFinished, JobNotFound, SampleNotFound, database_unreachable
@@ -567,7 +568,13 @@ class ProgressRelay:
                     prime_part,
                 )
                 groups = delivery.with_picture(groups, picture, split_limit)
-            view = sample_view(sample.id, votes.get(sample.id, 0), can_upsample=not full_quality)
+            codes = sample.codes(2)
+            view = sample_view(
+                sample.id,
+                votes.get(sample.id, 0),
+                can_upsample=not full_quality,
+                can_continue=may_continue(None if codes is None else len(codes) // 2),
+            )
             reference = self._reference(job.channel_id, job.guild_id, reply_to)
             for index in range(start, len(groups)):
                 uploads = [

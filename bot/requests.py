@@ -357,6 +357,15 @@ def check_continuable(sample_id: int, parent_tokens: int | None, added: float = 
     raise LimitReached(f"{said}: continue it by at most {most:g} s.")
 
 
+def may_continue(parent_tokens: int | None) -> bool:
+    """Whether a sample of `parent_tokens` top-level codes can be continued at all (its Continue button)."""
+    try:
+        check_continuable(0, parent_tokens)
+    except (InvalidRequest, LimitReached):
+        return False
+    return True
+
+
 def build_continue(
     limits: Limits,
     parent_params: JobParams,

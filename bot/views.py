@@ -62,13 +62,15 @@ class VoteButton(
             await actions.check_usable_sample(bot, interaction, self.sample_id)
             await bot.store.toggle_vote(self.sample_id, interaction.user.id)
             message = interaction.message
-            can_upsample = message is None or f"jukebot:upsample:{self.sample_id}" in _custom_ids(message)
+            shown = set() if message is None else _custom_ids(message)
+            can_upsample = message is None or f"jukebot:upsample:{self.sample_id}" in shown
+            can_continue = message is None or f"jukebot:continue:{self.sample_id}" in shown
             # Clicks at once each edit the label: one at a time per message, each with the count as
             # stored just before, so the last edit to land shows every vote (not its own click's count).
             async with _LABEL_EDITS.one_at_a_time(message.id if message else self.sample_id):
                 votes = await bot.store.vote_count(self.sample_id)
                 await interaction.edit_original_response(
-                    view=sample_view(self.sample_id, votes, can_upsample)
+                    view=sample_view(self.sample_id, votes, can_upsample, can_continue)
                 )
 
 
@@ -228,13 +230,15 @@ def _custom_ids(message: discord.Message) -> set[str]:
     return found
 
 
-def sample_view(sample_id: int, votes: int, can_upsample: bool) -> discord.ui.View:
-    """One row under a sample: vote (with the count), Upsample (previews only), Continue."""
+def sample_view(sample_id: int, votes: int, can_upsample: bool, can_continue: bool = True) -> discord.ui.View:
+    """One row under a sample: vote (with the count), Upsample (previews only), Continue (unless it
+    cannot be continued at all)."""
     view = discord.ui.View(timeout=None)
     view.add_item(VoteButton(sample_id, votes))
     if can_upsample:
         view.add_item(UpsampleButton(sample_id))
-    view.add_item(ContinueButton(sample_id))
+    if can_continue:
+        view.add_item(ContinueButton(sample_id))
     return view
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 
@@ -217,12 +218,11 @@ def crossfade_concat(
     if not clips:
         return np.zeros(0, dtype=np.float32)
     sizes = [len(clip) for clip in clips]
-    fades = []
-    length = sizes[0]  # of the piece so far: a fade takes at most half of it
-    for size in sizes[1:]:
-        fade = min(round(fade_s * sample_rate), length // 2, size // 2)
-        fades.append(fade)
-        length += size - fade
+    # Half of the clip before, not of the piece so far: a clip's fade in takes at most its first half,
+    # so its fade out (at most its second half) never reaches into it, and a clip shorter than two
+    # fades is still heard whole, at its own level, between two long ones.
+    fades = [min(round(fade_s * sample_rate), before // 2, after // 2) for before, after in pairwise(sizes)]
+    length = sizes[0] + sum(size - fade for size, fade in zip(sizes[1:], fades, strict=True))
     out = np.empty(length, dtype=np.float32)
     end = sizes[0]
     out[:end] = clips[0]

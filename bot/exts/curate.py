@@ -128,7 +128,7 @@ class Curate(commands.Cog):
             message = user_message(exc)
             if message is None:
                 raise  # the tree's error handler logs it and apologises
-            await interaction.edit_original_response(content=fit_message(message))
+            await _tell(interaction, fit_message(message))
 
     async def _curate(
         self, interaction: discord.Interaction[JukeBot], guild_id: int, selection: curating.Selection
@@ -137,9 +137,10 @@ class Curate(commands.Cog):
         store = self.bot.store
         max_count = self.bot.settings.max_curate_samples
         viewer = Viewer(self.bot, interaction)  # samples of channels the member cannot see stay out
-        sample_ids = await curating.resolve(
+        resolved = await curating.resolve(
             store, guild_id, selection, max_count, viewer.may_use, viewer.may_show_here
         )
+        sample_ids = resolved.sample_ids
         infos = [await store.get_sample_info(sample_id) for sample_id in sample_ids]
         curating.check_duration([sample.duration_seconds for sample in infos])
         similarity = curating.similarity_to_use(infos)
@@ -157,7 +158,7 @@ class Curate(commands.Cog):
         )
         interaction.extras["job_id"] = job_id
         try:
-            await self._post(interaction, guild_id, job_id, sample_id, piece)
+            await self._post(interaction, guild_id, job_id, sample_id, piece, resolved.inside)
         except (discord.HTTPException, discord.RateLimited) as exc:
             # Stored already (the relay never posts a piece): say where it is, not "something went wrong".
             log.warning(
@@ -217,11 +218,12 @@ class Curate(commands.Cog):
         job_id: int,
         sample_id: int,
         piece: curating.Piece,
+        inside: dict[int, int],
     ) -> None:
         """The piece in the channel: its audio (split to fit the upload limit), the order as a strip, the
         buttons; the message is recorded so the piece's buttons and /sample work like any sample's."""
         limit = delivery.upload_limit(interaction.filesize_limit, None)
-        content = curating.piece_text(sample_id, job_id, interaction.user.id, piece)
+        content = curating.piece_text(sample_id, job_id, interaction.user.id, piece, inside)
         stem = f"jukebot_sample_{sample_id}"
         groups, impossible = await delivery.grouped_files_or_reason(
             piece.audio, curating.PIECE_FORMAT, limit, stem, piece.duration_seconds
@@ -233,7 +235,7 @@ class Curate(commands.Cog):
         )
         groups = delivery.with_picture(groups, strip, limit)
         channel = self.bot.get_partial_messageable(interaction.channel_id or 0, guild_id=guild_id)
-        view = sample_view(sample_id, 0, can_upsample=False)
+        view = sample_view(sample_id, 0, can_upsample=False, can_continue=curating.continuable(piece))
         for index, group in enumerate(groups):
             uploads = [
                 discord.File(io.BytesIO(f.data), filename=f.filename, description=f.description)

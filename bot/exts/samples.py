@@ -18,6 +18,7 @@ from bot.requests import (
     MIN_LENGTH_SECONDS,
     TOP_COUNT,
     TOP_PERIODS,
+    may_continue,
     top_since,
 )
 from bot.views import DYNAMIC_ITEMS, sample_view, submit_continue_form
@@ -91,7 +92,13 @@ class Samples(commands.Cog):
             f"**Sample #{stored.id}** · job #{job.id} by <@{job.user_id}> · "
             f"{stored.duration_seconds:.1f} s · {job_quality(job)}"
         ) + style_line(job.params, stored.index)
-        view = sample_view(stored.id, votes, can_upsample=can_upsample(job))
+        codes = stored.codes(2)
+        view = sample_view(
+            stored.id,
+            votes,
+            can_upsample=can_upsample(job),
+            can_continue=may_continue(None if codes is None else len(codes) // 2),
+        )
         for index, group in enumerate(groups):
             uploads = [
                 discord.File(io.BytesIO(f.data), filename=f.filename, description=f.description)

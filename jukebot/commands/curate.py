@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,17 +20,43 @@ AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".opus", ".mp3", ".m4a", ".
 OUTPUT_BITRATE = 160_000
 
 
-def _inputs(paths: tuple[Path, ...]) -> list[Path]:
+@dataclass(frozen=True, slots=True)
+class _Inputs:
+    """The clips to join, each file once, and what was left out of them on the way."""
+
+    files: list[Path]
+    repeated: list[Path]  # a file already among `files` (named twice, by a folder and by name, a link)
+
+
+def _inputs(paths: tuple[Path, ...]) -> _Inputs:
     """Files as given, and the audio files inside each folder (sorted by name, not recursive; hidden
     files left out: macOS leaves a `._name.wav` of metadata beside each file it copies to a stick).
+
+    Each file is joined once, however many times it is named (by a folder and by name, under another
+    spelling, through a link).
 
     Anything else named as audio (a FIFO, whose read would wait forever; a broken link; a link loop)
     is refused by name, before any work."""
     files: list[Path] = []
+    repeated: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+
+    def add(file: Path) -> None:
+        try:
+            found = file.stat()
+        except OSError as exc:  # gone, or made unreadable, since it was checked
+            raise click.UsageError(f"{file} {_unreadable(exc)}") from None
+        key = (found.st_dev, found.st_ino)
+        if key in seen:
+            repeated.append(file)
+        else:
+            seen.add(key)
+            files.append(file)
+
     for path in paths:
         if not path.is_dir():
             _refuse_unless_regular(path)
-            files.append(path)
+            add(path)
             continue
         try:
             named = sorted(
@@ -45,8 +72,9 @@ def _inputs(paths: tuple[Path, ...]) -> list[Path]:
                 raise click.UsageError(f"{file} {_unreadable(PermissionError())}")
         if not found:
             raise click.UsageError(f"{path} holds no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}).")
-        files.extend(found)
-    return files
+        for file in found:
+            add(file)
+    return _Inputs(files, repeated)
 
 
 def _refuse_unless_regular(path: Path) -> None:
@@ -165,7 +193,8 @@ def curate(inputs: tuple[Path, ...], output: Path, fade: float, picture: Path | 
         raise click.UsageError(f"Write the piece as .ogg, .mp3 or .wav, not {suffix or 'no extension'!r}.")
     if picture is not None and picture.suffix.lower() != ".png":
         raise click.UsageError(f"The picture is a PNG: name it .png, not {picture.name!r}.")
-    files = _inputs(inputs)
+    gathered = _inputs(inputs)
+    files = gathered.files
     # Checked before the work, which may take minutes, rather than failing to write after it.
     for option, path in (("-o", output), ("--picture", picture)):
         if path is None:
@@ -181,6 +210,8 @@ def curate(inputs: tuple[Path, ...], output: Path, fade: float, picture: Path | 
         if any(_same_file(path, file) for file in files):
             raise click.UsageError(f"{option} {path} is one of the clips to join: it would overwrite it.")
         _probe_writable(option, path)
+    if gathered.repeated:
+        click.echo(f"Named more than once, joined once: {', '.join(map(str, gathered.repeated))}")
     clips = []
     for path in tqdm(files, desc="decoding", unit="clip", leave=False):
         try:

@@ -165,7 +165,10 @@ async def test_a_song_stays_under_the_models_longest_when_continued_or_upsampled
     no_more = (
         f"Sample #{full} is 599.4 s long, and songs stay under 600 s: it cannot be continued any further."
     )
-    refused = await fake.click(message, f"jukebot:continue:{full}", user=fake.user("bob"))
+    # No Continue button where no continuation fits; a message posted before that rule still has one.
+    assert f"jukebot:continue:{full}" not in message.custom_ids
+    assert f"jukebot:vote:{full}" in message.custom_ids
+    refused = await fake.click(message, f"jukebot:continue:{full}", user=fake.user("bob"), forged=True)
     assert refused.response_type != CALLBACK_MODAL
     assert await reply_of(fake, refused) == no_more
     assert (

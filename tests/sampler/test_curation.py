@@ -111,7 +111,9 @@ def test_crossfade_and_loudness() -> None:
 
 
 def _crossfade_concat_by_copying(clips: list[np.ndarray], fade_s: float) -> np.ndarray:
-    """The first `crossfade_concat`, which grew the piece join by join: the reference for its result."""
+    """The first `crossfade_concat`, which grew the piece join by join, each fade limited by half of the
+    piece so far: the reference for clips of at least twice the fade (tests/sampler/test_curation_fades.py
+    has today's rule, half of the clip before)."""
     out = np.asarray(clips[0], dtype=np.float32)
     for clip in clips[1:]:
         nxt = np.asarray(clip, dtype=np.float32)
@@ -123,22 +125,6 @@ def _crossfade_concat_by_copying(clips: list[np.ndarray], fade_s: float) -> np.n
         joint = out[-fade:] * np.cos(ramp) + nxt[:fade] * np.sin(ramp)
         out = np.concatenate([out[:-fade], joint, nxt[fade:]])
     return out
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    lengths=st.lists(st.sampled_from([0, 1, 2, 3, 7, 100, 4_000, 30_000, 50_000]), min_size=1, max_size=8),
-    fade_s=st.sampled_from([0.0, 0.001, 0.05, CROSSFADE_S, 2.0]),
-    seed=st.integers(0, 2**16),
-)
-def test_crossfade_is_bit_for_bit_the_join_by_join_result(
-    lengths: list[int], fade_s: float, seed: int
-) -> None:
-    rng = np.random.default_rng(seed)
-    clips = [rng.uniform(-1, 1, n).astype(np.float32) for n in lengths]
-    joined = crossfade_concat(clips, fade_s=fade_s)
-    expected = _crossfade_concat_by_copying(clips, fade_s)
-    assert joined.dtype == np.float32 and joined.tobytes() == expected.tobytes()
 
 
 def test_crossfade_builds_the_piece_once() -> None:
