@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import sys
 import tracemalloc
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -110,14 +111,19 @@ def test_crossfade_and_loudness() -> None:
     assert np.max(np.abs(even_loudness(spiky))) <= 0.99 + 1e-6
 
 
-def _crossfade_concat_by_copying(clips: list[np.ndarray], fade_s: float) -> np.ndarray:
-    """The first `crossfade_concat`, which grew the piece join by join, each fade limited by half of the
-    piece so far: the reference for clips of at least twice the fade (tests/sampler/test_curation_fades.py
-    has today's rule, half of the clip before)."""
+def _crossfade_concat_by_copying(
+    clips: list[np.ndarray], fade_s: float, *, half_of: Literal["piece", "clip"] = "piece"
+) -> np.ndarray:
+    """The piece grown join by join, each fade limited by half of the clip after it and by half of the
+    piece so far (the first `crossfade_concat`: the reference for clips of at least twice the fade) or,
+    `half_of="clip"`, of the clip before it (today's rule, tests/sampler/test_curation_fades.py)."""
     out = np.asarray(clips[0], dtype=np.float32)
+    before = out.shape[0]
     for clip in clips[1:]:
         nxt = np.asarray(clip, dtype=np.float32)
-        fade = min(round(fade_s * SAMPLE_RATE), out.shape[0] // 2, nxt.shape[0] // 2)
+        limit = out.shape[0] if half_of == "piece" else before
+        fade = min(round(fade_s * SAMPLE_RATE), limit // 2, nxt.shape[0] // 2)
+        before = nxt.shape[0]
         if fade == 0:
             out = np.concatenate([out, nxt])
             continue
