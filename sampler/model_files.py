@@ -20,6 +20,7 @@ Everything here is synchronous (`urllib`); async callers use `asyncio.to_thread`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import http.client
 import json
@@ -678,6 +679,9 @@ class FileStatus:
     size: int | None  # bytes on disk (of the .part while partial)
     checks: str | None = None
     problem: str | None = None  # why it is unreadable, and what to do
+    # partial files an interrupted import left beside it (see `leftover_partials`), and their bytes
+    leftovers: int = 0
+    leftover_bytes: int = 0
 
     @property
     def relative_path(self) -> str:
@@ -690,6 +694,17 @@ class FileStatus:
 
     @property
     def description(self) -> str:
+        """Its state, and the partial files an interrupted import left beside it, if any."""
+        if not self.leftovers:
+            return self.state_description
+        size = format_bytes(self.leftover_bytes)
+        return (
+            f"{self.state_description}; {_leftover_files(self.leftovers)} ({size}) from an interrupted "
+            "import: removed by the next `jukebot models import` or `jukebot models download`"
+        )
+
+    @property
+    def state_description(self) -> str:
         if self.state == "verified":
             return f"verified ({_CHECK_WORDS[self.checks or 'loads']})"
         if self.state == "present":
@@ -706,9 +721,20 @@ class FileStatus:
         return "missing"
 
 
-def file_status(name: str, model_dir: Path, cache: dict[str, Any] | None = None) -> FileStatus:
+def file_status(
+    name: str, model_dir: Path, cache: dict[str, Any] | None = None, *, leftovers: bool = False
+) -> FileStatus:
     """Cheap status of one file: stat and access calls and the verification cache only. Never raises
-    for a file or folder this user may not read (workers ask before each claim): that is "unreadable"."""
+    for a file or folder this user may not read (workers ask before each claim): that is "unreadable".
+    `leftovers`: also count the partial files an interrupted import left beside it (lists its folder)."""
+    status = _file_status(name, model_dir, cache)
+    if not leftovers:
+        return status
+    count, size = _leftovers(status.path)
+    return dataclasses.replace(status, leftovers=count, leftover_bytes=size) if count else status
+
+
+def _file_status(name: str, model_dir: Path, cache: dict[str, Any] | None) -> FileStatus:
     path = model_path(model_dir, name)
     try:
         size = _file_size(path)
@@ -775,7 +801,7 @@ class ModelStatus:
     def summary(self) -> str:
         """For the operator: 'ready', or what is missing and the command that fixes it."""
         unreadable = list(
-            dict.fromkeys(status.description for status in self.files if status.state == "unreadable")
+            dict.fromkeys(status.state_description for status in self.files if status.state == "unreadable")
         )
         if unreadable:  # nothing to fetch: the files may well be fine
             return unreadable[0] + (
@@ -784,7 +810,7 @@ class ModelStatus:
         sidecars = [status for status in self.files if status.state == "bad_sidecar"]
         if sidecars:  # nothing to fetch either: the sidecar is what to fix
             first = sidecars[0]
-            return f"{first.name}: {first.description}" + (
+            return f"{first.name}: {first.state_description}" + (
                 f" ({', '.join(status.name for status in sidecars[1:])} cannot be used until then)"
                 if len(sidecars) > 1 and first.name == VQVAE
                 else ""
@@ -797,18 +823,26 @@ class ModelStatus:
         return f"{len(self.to_fetch)} of {len(self.files)} files to fetch: {fix}"
 
 
-def model_status(model_dir: Path) -> dict[str, ModelStatus]:
-    """Every published model's status in `model_dir` (stat calls and one small JSON read: cheap)."""
+def model_status(model_dir: Path, *, leftovers: bool = True) -> dict[str, ModelStatus]:
+    """Every published model's status in `model_dir` (stat calls, one small JSON read and, with
+    `leftovers`, a listing of each folder for partial files an interrupted import left: cheap)."""
     cache = VerifiedCache(model_dir)._read()
+    statuses = {
+        name: file_status(name, model_dir, cache, leftovers=leftovers)
+        for name in dict.fromkeys(file for model in MODELS.values() for file in model.checkpoints)
+    }
     return {
-        name: ModelStatus(name, tuple(file_status(file, model_dir, cache) for file in model.checkpoints))
+        name: ModelStatus(name, tuple(statuses[file] for file in model.checkpoints))
         for name, model in MODELS.items()
     }
 
 
 def available_models(model_dir: Path) -> frozenset[str]:
-    """The models whose every file is present and not known to be bad: what a worker can serve."""
-    return frozenset(name for name, status in model_status(model_dir).items() if status.complete)
+    """The models whose every file is present and not known to be bad: what a worker can serve (asked
+    before each claim: stat calls only)."""
+    return frozenset(
+        name for name, status in model_status(model_dir, leftovers=False).items() if status.complete
+    )
 
 
 # ----------------------------------------------------------------------------- download
@@ -876,6 +910,65 @@ class _Fatal(Exception):
 
 def _part_path(path: Path) -> Path:
     return path.with_name(path.name + ".part")
+
+
+# What `sampler.jukebox.checkpoint.written_in_place` (the import's writer) names the file it writes
+# beside `<file>`: `<file>.<8 hex digits>.partial`, a new name each time. A writer killed mid-write
+# (SIGKILL, the OOM killer, a power cut) leaves it there: a "leftover".
+_PARTIAL_NAME = r"\.[0-9a-f]{8}\.partial"
+
+
+def leftover_partials(path: Path) -> list[Path]:
+    """The partial files of `path` that a writer left beside it (see `_PARTIAL_NAME`), sorted; [] when
+    its folder cannot be read. Some may be a live writer's: remove them only holding `model_dir_lock`."""
+    pattern = re.compile(re.escape(path.name) + _PARTIAL_NAME)
+    try:
+        with os.scandir(path.parent) as entries:
+            return sorted(
+                path.parent / entry.name
+                for entry in entries
+                if pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False)
+            )
+    except OSError:
+        return []
+
+
+def _leftovers(path: Path) -> tuple[int, int]:
+    """How many partial files a killed writer left beside `path`, and their bytes."""
+    count = size = 0
+    for leftover in leftover_partials(path):
+        with contextlib.suppress(OSError):  # gone meanwhile
+            size += leftover.lstat().st_size
+            count += 1
+    return count, size
+
+
+def _remove_leftover_partials(model_dir: Path, notify: Callable[[str], None]) -> None:
+    """Remove what killed writers left of every checkpoint's file. Only under `model_dir_lock`, which
+    every writer of the directory holds while it writes: any partial file found then is no live one's."""
+    removed, size = 0, 0
+    for relative in sorted({entry.path for entry in CHECKPOINTS.values()}):
+        for leftover in leftover_partials(Path(model_dir) / relative):
+            try:
+                bytes_ = leftover.lstat().st_size
+                leftover.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                log.warning(
+                    "cannot remove %s, left by an interrupted import (%s)", leftover, exc.strerror or exc
+                )
+                continue
+            removed, size = removed + 1, size + bytes_
+    if removed:
+        notify(
+            f"removed {_leftover_files(removed)} ({format_bytes(size)}) from {model_dir}, left by an "
+            "interrupted import"
+        )
+
+
+def _leftover_files(count: int) -> str:
+    return f"{count} leftover partial file{'' if count == 1 else 's'}"
 
 
 def _url(root: str, name: str) -> str:
@@ -1029,9 +1122,12 @@ def _fetch(url: str, part: Path, least: int | None, options: DownloadOptions, na
 
 
 @contextlib.contextmanager
-def _directory_lock(model_dir: Path, notify: Callable[[str], None]) -> Iterator[None]:
-    """One downloader per model directory at a time (two workers starting together, say)."""
-    if fcntl is None:  # pragma: no cover
+def model_dir_lock(model_dir: Path, notify: Callable[[str], None]) -> Iterator[None]:
+    """One writer per model directory at a time (two workers downloading together, an import during a
+    download). Every writer holds it while it writes, so the first thing one does with it is remove
+    the partial files a killed writer left (see `leftover_partials`): no live writer's is among them.
+    OSError when the lock file cannot be opened."""
+    if fcntl is None:  # pragma: no cover - no lock: a partial file may be a live writer's; kept
         yield
         return
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -1039,9 +1135,10 @@ def _directory_lock(model_dir: Path, notify: Callable[[str], None]) -> Iterator[
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            notify(f"waiting for another download into {model_dir} to finish")
+            notify(f"waiting for another download or import into {model_dir} to finish")
             fcntl.flock(handle, fcntl.LOCK_EX)
         try:
+            _remove_leftover_partials(model_dir, notify)
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
@@ -1068,7 +1165,7 @@ def download_file(
     except OSError as exc:
         raise DownloadError(f"Cannot create {path.parent} for {name} ({exc.strerror or exc}).") from None
     health = health or MirrorHealth(mirrors, options.notify)
-    with _directory_lock(model_dir, options.notify):
+    with model_dir_lock(model_dir, options.notify):
         if path.is_file():
             return DownloadResult(name, path, downloaded=False)
         architecture = verifier.architecture_problem(name) if verifier is not None else None

@@ -39,8 +39,10 @@ from sampler.jukebox.checkpoint import (
 from sampler.jukebox.registry import CHECKPOINTS, MODELS
 from sampler.loading import expected_shapes_for
 from sampler.model_files import (
+    LOCK_FILE,
     CheckpointVerifier,
     ModelFilesError,
+    model_dir_lock,
     model_dir_problem,
     model_path,
     prepare_model_dir,
@@ -110,14 +112,16 @@ def import_checkpoints(
             planned = [(_original_name(file, model_dir, name), file) for file in originals]
             prepare_model_dir(model_dir)
             _require_writable(model_dir, [n for n, _ in planned], replace)
-            return [_install_copy(n, file, model_dir, replace, notify) for n, file in planned]
+            with _writer(model_dir, notify):
+                return [_install_copy(n, file, model_dir, replace, notify) for n, file in planned]
         if source.is_file():
             state = read_checkpoint(source, device="meta")
             if not any(_HF_KEY.match(key) for key in state):
                 chosen = _original_name(source, model_dir, name)
                 prepare_model_dir(model_dir)
                 _require_writable(model_dir, [chosen], replace)
-                return [_install_copy(chosen, source, model_dir, replace, notify)]
+                with _writer(model_dir, notify):
+                    return [_install_copy(chosen, source, model_dir, replace, notify)]
             parts = split_hf_state_dict(read_checkpoint(source))
         else:
             parts = load_hf_checkpoint(source)
@@ -219,6 +223,23 @@ def _require_writable(model_dir: Path, names: list[str], replace: bool) -> None:
 
 
 @contextlib.contextmanager
+def _writer(model_dir: Path, notify: Callable[[str], None]) -> Iterator[None]:
+    """Holding the model directory's lock, as downloads do: one writer at a time, and the partial files
+    an earlier import left when it was killed are removed first (none is a live writer's then)."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(model_dir_lock(model_dir, notify))
+        except OSError as exc:
+            lock = model_dir / LOCK_FILE
+            raise ModelImportError(
+                f"Cannot lock {lock} ({exc.strerror or exc}), which keeps writers of the model directory "
+                "from writing at once: fix its permissions (the user running jukebot needs write access); "
+                "nothing was imported."
+            ) from None
+        yield
+
+
+@contextlib.contextmanager
 def _writing(target: Path, source: Path | None = None) -> Iterator[None]:
     """Writing `target` (beside it, then renamed), maybe copying `source`: an OSError is one sentence,
     and the partial file is gone already (the writer removes it)."""
@@ -260,6 +281,17 @@ def _install_parts(
             raise ModelImportError(f"{_import_advice(str(exc))} Nothing was imported.") from None
     prepare_model_dir(model_dir)
     _require_writable(model_dir, [name for name, _ in planned], replace)
+    with _writer(model_dir, notify):
+        return _write_parts(planned, source, model_dir, replace, notify)
+
+
+def _write_parts(
+    planned: list[tuple[str, StateDict]],
+    source: Path,
+    model_dir: Path,
+    replace: bool,
+    notify: Callable[[str], None],
+) -> list[ImportResult]:
     results = []
     for name, state in planned:
         target = model_path(model_dir, name)

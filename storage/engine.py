@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -69,13 +70,22 @@ def create_engine(
             event.listen(engine.sync_engine, "connect", _bound_postgres_sessions)
         return engine
 
+    database: Path | None = None
     if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
-        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        database = Path(parsed.database).expanduser()
+        _make_private_folders(database.parent)
     connect_args = dict(kwargs.pop("connect_args", {}))
     # The URL's `?timeout=SECONDS` (the driver's, SQLite's busy timeout) or ours; connect_args beat both.
     busy_timeout_ms = round(float(connect_args.get("timeout", sqlite_timeout_seconds(url))) * 1000)
     connect_args["timeout"] = busy_timeout_ms / 1000
     engine = create_async_engine(url, connect_args=connect_args, **kwargs)
+
+    if database is not None:
+        private = database
+
+        @event.listens_for(engine.sync_engine, "do_connect")
+        def _create_private(*_args: Any) -> None:
+            _create_private_file(private)  # then the driver connects (None: its own connect)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
@@ -95,6 +105,37 @@ def create_engine(
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
+
+
+# The database holds users' clips, audio and lyrics: what jukebot creates for it is for its own user
+# only, whatever the umask would let others read. SQLite gives the -wal and -shm the main file's mode.
+PRIVATE_FOLDER_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+
+
+def _make_private_folders(folder: Path) -> None:
+    """Create `folder` and whichever folders above it are missing, each PRIVATE_FOLDER_MODE (less the
+    umask); one that is there keeps its mode (an operator may have chosen it)."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    for new in reversed(missing):
+        try:
+            os.mkdir(new, PRIVATE_FOLDER_MODE)
+        except FileExistsError:  # made meanwhile (another process starting): its mode is its maker's
+            if not new.is_dir():
+                raise
+
+
+def _create_private_file(database: Path) -> None:
+    """Create the SQLite file, empty (SQLite's new database), PRIVATE_FILE_MODE (less the umask), before
+    SQLite opens it, which would create it readable by all under the usual umask. One that is there is
+    left as it is, mode included. An error is left to SQLite's open, which says it in its own words."""
+    try:
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE))
+    except OSError:  # there already (FileExistsError), or SQLite cannot create it either
+        pass
 
 
 def _bound_postgres_sessions(dbapi_connection: Any, _record: Any) -> None:

@@ -218,6 +218,10 @@ def written_in_place(path: Path) -> Iterator[Path]:
     """A new, empty file beside `path` to write; renamed to `path` when the block ends, removed if it
     fails, so an interrupted write never replaces a good file.
 
+    Named `<path>.<8 hex digits>.partial`, a new name each time. A process killed mid-write (SIGKILL:
+    no clean-up runs) leaves it: `sampler.model_files.leftover_partials` finds such files, and a writer
+    of the model directory removes them once it holds the directory's lock (`model_dir_lock`).
+
     Created with the mode any new file gets (0666 less the umask), as a downloaded checkpoint is, not
     `tempfile.mkstemp`'s 0600: the file keeps it once renamed, and a worker running as another user
     must be able to read the model. OSError (PermissionError: the folder cannot be written) when it
