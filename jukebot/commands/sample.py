@@ -13,17 +13,23 @@ flags not given come from the file, as the original's saved labels did. `--audio
 primes sample i with file i (cycled).
 After every window the state goes to `NAME/checkpoint.pt`: the same command run again resumes (on the
 same inputs: a `--codes_file` or `--audio_file` that now holds other codes or audio is another run).
+It and `NAME/checkpoint.json` (which run it is) are replaced whole, never written in place, so a kill,
+power loss or full disk leaves the last saved window; a saved state damaged anyway is moved to
+`NAME/earlier-N/` and the run starts over. One run at a time writes into NAME: it holds `NAME/.lock`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import math
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import click
 from click.core import ParameterSource
@@ -38,6 +44,11 @@ from jukebot.commands import (
 from sampler.batch_sizes import DEFAULT_MAX_BATCH_SIZE, format_batch_sizes, parse_batch_sizes
 from sampler.files import not_a_file
 from sampler.jukebox.registry import DEFAULT_MODEL, MIN_TEMPERATURE, MODELS, SAMPLE_RATE, SEED_LIMIT
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on Windows
+    fcntl = None  # type: ignore[assignment]
 
 MODES = ("ancestral", "primed", "continue", "upsample")
 
@@ -351,15 +362,117 @@ def _lyrics(options: dict[str, Any]) -> str:
 
 
 # What a run writes into NAME besides its level folders.
-OWN_FILES = ("styles.json", "checkpoint.pt", "checkpoint.json", "checkpoint.tmp")
+OWN_FILES = ("styles.json", "checkpoint.pt", "checkpoint.json", "checkpoint.tmp", ".lock")
+# Held (flock) by the run writing into NAME, with its process id inside: one run per NAME at a time.
+LOCK_FILE = ".lock"
+
+
+class _NotWritten(Exception):
+    """A file of the run could not be written (a full disk, say): the one-line message says what to do."""
+
+
+def _lock_holder(handle: IO[str]) -> str:
+    """' (pid N)' of the run holding the lock file open as `handle`, when it wrote its pid there."""
+    try:
+        handle.seek(0)
+        text = handle.read(32).strip()
+    except (OSError, ValueError):
+        text = ""
+    return f" (pid {text})" if text.isdigit() else ""
+
+
+def _in_use(out_dir: Path, handle: IO[str]) -> click.ClickException:
+    return click.ClickException(
+        f"{out_dir} is in use by another `jukebot sample` run{_lock_holder(handle)}: "
+        "wait for it to finish, or pass another --name."
+    )
+
+
+def _refuse_if_in_use(out_dir: Path) -> None:
+    """Stop, before a model loads, when another run holds NAME's lock. Only a look (it creates
+    nothing): `_run_lock` takes the lock once NAME exists."""
+    if fcntl is None:  # pragma: no cover
+        return
+    try:
+        handle = open(out_dir / LOCK_FILE)
+    except OSError:  # no run has locked NAME yet (or it cannot be read: `_run_lock` says so)
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _in_use(out_dir, handle) from None
+        except OSError:  # a filesystem without locks: `_run_lock` goes on without one
+            return
+
+
+@contextlib.contextmanager
+def _run_lock(out_dir: Path) -> Iterator[None]:
+    """NAME's lock, held for the whole run: another run into NAME would set this run's files aside
+    (`_set_aside_another_run`) while it writes them, and overwrite them."""
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    path = out_dir / LOCK_FILE
+    try:
+        handle = open(path, "a+")
+    except OSError as exc:
+        raise click.ClickException(
+            f"Cannot create {path} ({exc.strerror or exc}): pass another --name."
+        ) from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _in_use(out_dir, handle) from None
+        except OSError:  # a filesystem without locks: nothing to hold
+            pass
+        else:
+            try:  # which process holds it, for the message of a run refused
+                handle.seek(0)
+                handle.truncate()
+                handle.write(f"{os.getpid()}\n")
+                handle.flush()
+            except OSError:
+                pass
+        yield
+
+
+def _sync_folder(folder: Path) -> None:
+    """Flush `folder`'s entries (a rename into it) to disk, where the filesystem can."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # a filesystem that cannot sync a folder: the rename is still made
+        pass
+    finally:
+        os.close(fd)
+
+
+def _replace_whole(path: Path, data: bytes, tmp: Path) -> None:
+    """`data` as `path`, so that a kill or power loss at any moment leaves the old file or the new one,
+    never part of one: written to `tmp`, flushed to disk, then renamed over `path`. On any failure
+    (a full disk: OSError) `tmp` is removed and `path` left as it was."""
+    try:
+        with open(tmp, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+    _sync_folder(path.parent)
 
 
 def run_sample(options: dict[str, Any], given: set[str] | frozenset[str] = frozenset()) -> None:
     import torch
-    from tqdm import tqdm
 
-    from sampler.audio import encode_audio, wav_bytes
-    from sampler.jukebox.cascade import CascadeState, Progress, SampleStyle, SamplingError, SamplingRequest
+    from sampler.jukebox.cascade import SampleStyle, SamplingError, SamplingRequest
     from sampler.jukebox.checkpoint import CheckpointError
     from sampler.jukebox.windows import TOP_HOP, sample_length_samples
     from sampler.loading import load_cascade
@@ -453,6 +566,7 @@ def run_sample(options: dict[str, Any], given: set[str] | frozenset[str] = froze
     dtype = torch.float16 if fp16 else torch.float32
     total_seconds = options["total_sample_length_in_seconds"] or seconds
 
+    _refuse_if_in_use(out_dir)  # before the minutes a model takes to load
     try:
         cascade = load_cascade(model_dir, options["model"], device=device, dtype=dtype)
     except (ModelFilesError, CheckpointError, OSError, ValueError) as exc:
@@ -503,15 +617,69 @@ def run_sample(options: dict[str, Any], given: set[str] | frozenset[str] = froze
         raise click.ClickException(
             f"Cannot create {out_dir} ({exc.strerror or exc}): pass another --name."
         ) from None
-    checkpoint = out_dir / "checkpoint.pt"
+    with _run_lock(out_dir):
+        _sample_into(out_dir, cascade, request, options, styles, lyrics, codes, prompt, levels)
+
+
+def _sample_into(
+    out_dir: Path,
+    cascade: Any,
+    request: Any,
+    options: dict[str, Any],
+    styles: list[tuple[str, str]],
+    lyrics: str,
+    codes: tuple[Any, ...] | None,
+    prompt: Any,
+    levels: tuple[int, ...],
+) -> None:
+    """Sample `request` into `out_dir`, which this run holds the lock of: resumed from its checkpoint
+    when it holds this run's, after setting aside another run's output or a damaged saved state."""
+    from tqdm import tqdm
+
+    from sampler.audio import encode_audio, wav_bytes
+    from sampler.jukebox.cascade import CascadeState, Progress, SamplingError
+    from sampler.jukebox.checkpoint import CheckpointError
+    from sampler.model_files import ModelFilesError
+
+    sweep = len(set(styles)) > 1
+    sample_length = request.sample_length
+    checkpoint, record, tmp = (
+        out_dir / "checkpoint.pt",
+        out_dir / "checkpoint.json",
+        out_dir / "checkpoint.tmp",
+    )
     fingerprint = _fingerprint({**options, "styles": styles if sweep else None}, lyrics, codes, prompt)
-    earlier = _set_aside_another_run(out_dir, fingerprint, options["codes_file"])
-    if earlier is not None:
-        click.echo(
-            f"{out_dir} held the output of a run with other flags: moved to {earlier}; this run starts over",
-            err=True,
-        )
-    _write_styles(out_dir, styles, lyrics, levels)
+    set_aside = _set_aside_another_run(out_dir, fingerprint, options["codes_file"])
+    if set_aside is not None:
+        click.echo(set_aside, err=True)
+    state = None
+    if checkpoint.is_file() and record.is_file():  # this run's (another run's is set aside)
+        try:
+            data = checkpoint.read_bytes()
+        except OSError as exc:
+            raise click.ClickException(
+                f"{checkpoint} cannot be read ({exc.strerror or exc}): fix that, or pass another --name."
+            ) from None
+        try:
+            state = CascadeState.from_bytes(data)
+            cascade.check_state(request, state)
+        except SamplingError as exc:  # cut short, another version's, ...: kept, not resumed
+            state = None
+            earlier = _move_aside(out_dir, options["codes_file"])
+            click.echo(
+                f"{checkpoint} cannot be resumed from, as {str(exc).rstrip('.')}: moved to {earlier}; "
+                "this run starts over",
+                err=True,
+            )
+        else:
+            click.echo(f"resuming from {checkpoint} ({sum(state.windows_done.values())} windows done)")
+    try:
+        _write_styles(out_dir, styles, lyrics, levels)
+    except OSError as exc:
+        raise click.ClickException(
+            f"Cannot write {out_dir / 'styles.json'} ({exc.strerror or exc}): "
+            "fix that, or pass another --name."
+        ) from None
     labels: dict[str, str | int] = {
         "model": options["model"],
         "artist": request.artist,
@@ -521,15 +689,10 @@ def run_sample(options: dict[str, Any], given: set[str] | frozenset[str] = froze
         "sample_length": request.sample_length,
         "styles": json.dumps(styles),  # each sample's [artist, genre]
     }
-    state = None
-    if checkpoint.is_file() and (out_dir / "checkpoint.json").is_file():
-        saved = json.loads((out_dir / "checkpoint.json").read_text())
-        if saved.get("fingerprint") == fingerprint:
-            state = CascadeState.from_bytes(checkpoint.read_bytes())
-            click.echo(f"resuming from {checkpoint} ({sum(state.windows_done.values())} windows done)")
 
     bar = tqdm(total=1, unit="tok", disable=options["no_progress"], dynamic_ncols=True)
     written_levels: set[int] = set()
+    recorded = state is not None  # checkpoint.json names this run already
 
     def on_progress(progress: Progress) -> None:
         # the whole run: on CUDA levels sample at once
@@ -541,43 +704,65 @@ def run_sample(options: dict[str, Any], given: set[str] | frozenset[str] = froze
         )
         bar.refresh()
 
+    def saved() -> str:
+        return (
+            "the last saved window is kept: run the same command again to resume from it"
+            if checkpoint.is_file()
+            else "no window was saved yet: run the same command again to start over"
+        )
+
+    def write_level(current: CascadeState, level: int) -> None:
+        try:
+            _write_level(out_dir, cascade, current, level, encode_audio, wav_bytes, labels)
+        except OSError as exc:
+            where = exc.filename or out_dir / f"level_{level}"  # named by `_write_bytes`
+            raise _NotWritten(f"Cannot write {where} ({exc.strerror or exc}); {saved()}.") from None
+        written_levels.add(level)
+
     def on_window(current: CascadeState) -> None:
-        tmp = checkpoint.with_suffix(".tmp")
-        tmp.write_bytes(current.to_bytes())
-        os.replace(tmp, checkpoint)
-        (out_dir / "checkpoint.json").write_text(json.dumps({"fingerprint": fingerprint}))
+        nonlocal recorded
+        try:
+            if not recorded:  # which run the state is of: written first, so no state is without it
+                _replace_whole(record, json.dumps({"fingerprint": fingerprint}).encode(), tmp)
+                recorded = True
+            _replace_whole(checkpoint, current.to_bytes(), tmp)
+        except OSError as exc:
+            raise _NotWritten(
+                f"Cannot save the checkpoint {checkpoint} ({exc.strerror or exc}); {saved()}."
+            ) from None
         for level in levels:
             finished = current.codes[level].shape[1] * cascade.hops[level] >= sample_length
             if finished and level not in written_levels:
-                _write_level(out_dir, cascade, current, level, encode_audio, wav_bytes, labels)
-                written_levels.add(level)
+                write_level(current, level)
 
     try:
         final = cascade.sample(request, state, on_progress=on_progress, on_window=on_window)
+        for level in levels:
+            if level not in written_levels:
+                write_level(final, level)
+    except _NotWritten as exc:
+        raise click.ClickException(str(exc)) from None
     except SamplingError as exc:
         raise click.ClickException(str(exc)) from None
     except (ModelFilesError, CheckpointError) as exc:  # a model file changed or damaged since the check
         bar.close()
-        saved = (
+        kept = (
             f"The finished windows are saved in {checkpoint}: run the same command again to resume."
             if checkpoint.is_file()
             else "No window had finished yet."
         )
-        raise click.ClickException(f"{_model_file_problem(exc, options['model'])}. {saved}") from None
+        raise click.ClickException(f"{_model_file_problem(exc, options['model'])}. {kept}") from None
     except KeyboardInterrupt:
         bar.close()
-        saved = (
+        kept = (
             f"the finished windows are saved in {checkpoint}"
             if checkpoint.is_file()
             else "no window had finished yet"
         )
-        click.echo(f"Interrupted: {saved}. Run the same command again to resume.", err=True)
+        click.echo(f"Interrupted: {kept}. Run the same command again to resume.", err=True)
         raise SystemExit(EXIT_INTERRUPTED) from None
     finally:
         bar.close()
-    for level in levels:
-        if level not in written_levels:
-            _write_level(out_dir, cascade, final, level, encode_audio, wav_bytes, labels)
     click.echo(f"wrote {', '.join(f'level_{level}' for level in sorted(levels))} under {out_dir}")
     if sweep:
         for index, (artist, genre) in enumerate(styles):
@@ -727,11 +912,23 @@ def _write_level(
     # The levels down to this one, as the original saves them when a level is done: the lower levels'
     # codes, partly sampled by then (levels at once, or a preview resumed), are their own files'.
     zs = [codes.clone() if at >= level else codes[:, :0].clone() for at, codes in enumerate(state.codes)]
-    torch.save({"zs": zs, "labels": labels}, level_dir / "data.pth.tar")
+    data = io.BytesIO()  # written by Python: torch's own writer fails a full disk with a RuntimeError
+    torch.save({"zs": zs, "labels": labels}, data)
+    _write_bytes(level_dir / "data.pth.tar", data.getvalue())
     audio = cascade.decode(state.codes[level], level).numpy()
     for index, row in enumerate(audio):
-        (level_dir / f"item_{index}.wav").write_bytes(wav_bytes(row, SAMPLE_RATE))
-        (level_dir / f"item_{index}.ogg").write_bytes(encode_audio(row, SAMPLE_RATE, "ogg", 128_000))
+        _write_bytes(level_dir / f"item_{index}.wav", wav_bytes(row, SAMPLE_RATE))
+        _write_bytes(level_dir / f"item_{index}.ogg", encode_audio(row, SAMPLE_RATE, "ogg", 128_000))
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    """`path.write_bytes(data)`, its OSError naming `path` (a full disk's does not)."""
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = str(path)
+        raise
 
 
 def _with_saved_labels(
@@ -865,17 +1062,35 @@ def _read_codes(path: Path, n_samples: int | None) -> tuple[tuple[Any, ...], dic
 RUN_FILES = ("checkpoint.pt", "checkpoint.json", "checkpoint.tmp", "styles.json")
 
 
-def _set_aside_another_run(out_dir: Path, fingerprint: str, codes_file: Path | None) -> Path | None:
-    """Move the output of a run with other flags (another seed, fewer samples, ...) to
-    `NAME/earlier-N/`, so that its items are neither overwritten nor left beside this run's; the level
-    folder holding `codes_file` stays (an upsample into the preview's NAME: its codes go on with it).
-    Returns where they went, or None when NAME holds no other run's output (or this run's, to resume)."""
+def _recorded_run(out_dir: Path) -> tuple[str | None, str | None]:
+    """The fingerprint of the run NAME/checkpoint.json records (None when none is), and why the run
+    whose state NAME holds cannot be told (None when it can): a record cut short or changed, or a
+    checkpoint.pt without one (a run of an earlier version stopped between writing the two)."""
+    record, checkpoint = out_dir / "checkpoint.json", out_dir / "checkpoint.pt"
     try:
-        saved = json.loads((out_dir / "checkpoint.json").read_text()).get("fingerprint")
-    except (OSError, ValueError, AttributeError):  # no run recorded (none finished a window)
-        return None
-    if saved == fingerprint:
-        return None
+        saved = json.loads(record.read_bytes())
+    except FileNotFoundError:
+        if checkpoint.exists():
+            return None, (
+                f"{checkpoint} has no checkpoint.json beside it, so the run it holds cannot be resumed"
+            )
+        return None, None  # no run recorded (none finished a window)
+    except OSError as exc:
+        raise click.ClickException(
+            f"{record} cannot be read ({exc.strerror or exc}): fix that, or pass another --name."
+        ) from None
+    except ValueError:  # not JSON (cut short), or not text
+        saved = None
+    fingerprint = saved.get("fingerprint") if isinstance(saved, dict) else None
+    if not isinstance(fingerprint, str):
+        return None, f"{record} is damaged (cut short or changed), so the run it records cannot be resumed"
+    return fingerprint, None
+
+
+def _move_aside(out_dir: Path, codes_file: Path | None) -> Path:
+    """Move a run's output (its files, its level folders) to `NAME/earlier-N/`, so that its items are
+    neither overwritten nor left beside another run's; the level folder holding `codes_file` stays
+    (an upsample into the preview's NAME: its codes go on with it). Returns where they went."""
     found = [out_dir / name for name in (*RUN_FILES, "level_0", "level_1", "level_2")]
     source = None if codes_file is None else codes_file.resolve().parent
     found = [path for path in found if path.exists() and path.resolve() != source]
@@ -883,10 +1098,28 @@ def _set_aside_another_run(out_dir: Path, fingerprint: str, codes_file: Path | N
     while (out_dir / f"earlier-{number}").exists():
         number += 1
     target = out_dir / f"earlier-{number}"
-    target.mkdir()
-    for path in found:
-        os.replace(path, target / path.name)
+    try:
+        target.mkdir()
+        for path in found:
+            os.replace(path, target / path.name)
+    except OSError as exc:
+        raise click.ClickException(
+            f"Cannot move the earlier output in {out_dir} to {target} ({exc.strerror or exc}): "
+            "move it yourself, or pass another --name."
+        ) from None
     return target
+
+
+def _set_aside_another_run(out_dir: Path, fingerprint: str, codes_file: Path | None) -> str | None:
+    """Move the output of a run with other flags (another seed, fewer samples, ...), or of a run that
+    cannot be told (its record damaged), aside (`_move_aside`). Returns what was done, in words, or
+    None when NAME holds no other run's output (or this run's, to resume)."""
+    recorded, problem = _recorded_run(out_dir)
+    if problem is None:
+        if recorded is None or recorded == fingerprint:
+            return None
+        problem = f"{out_dir} held the output of a run with other flags"
+    return f"{problem}: moved to {_move_aside(out_dir, codes_file)}; this run starts over"
 
 
 def _tensors_digest(tensors: tuple[Any, ...]) -> str:
