@@ -5,6 +5,7 @@ A progress message starts with `**Job #<id>**`, and its last line starts with a 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -102,9 +103,24 @@ def unserved(model: str) -> str:
     return f"waiting for a worker with the {model} model (none is running now)"
 
 
-def queue_wait(job: Job, places: QueuePlaces | None) -> str:
-    """Where a queued job stands, in words: its place among those workers take next, or what it
-    waits for (`places` from `queue_places`; None: not known)."""
+# A progress message gives the exact place of the first queued jobs, and further back only a bound
+# that changes now and then ("past position 50"): each claim moves every queued job up one, and
+# editing hundreds of messages for it outruns what Discord lets a bot edit (about 5 per 5 s a channel).
+EXACT_PLACES = 20
+
+
+def place_bound(place: int) -> int:
+    """The largest of 20, 50, 100, 200, 500, 1000, … below `place` (over EXACT_PLACES)."""
+    bound, steps = EXACT_PLACES, itertools.cycle((5 / 2, 2, 2))  # 20 → 50 → 100 → 200 → 500 → …
+    while (following := round(bound * next(steps))) < place:
+        bound = following
+    return bound
+
+
+def queue_wait(job: Job, places: QueuePlaces | None, *, exact: bool = True) -> str:
+    """Where a queued job stands, in words: its place among those workers take next (past
+    `EXACT_PLACES`, unless `exact`, a bound), or what it waits for (`places` from `queue_places`;
+    None: not known)."""
     if places is None:
         return "waiting in the queue"
     if job.id in places.held:
@@ -112,7 +128,11 @@ def queue_wait(job: Job, places: QueuePlaces | None) -> str:
     if job.id in places.unserved:
         return unserved(job.model)
     place = places.place.get(job.id)
-    return f"position {place} in the queue" if place else "waiting in the queue"
+    if not place:
+        return "waiting in the queue"
+    if exact or place <= EXACT_PLACES:
+        return f"position {place} in the queue"
+    return f"past position {place_bound(place)} in the queue"
 
 
 def status_line(
@@ -123,7 +143,7 @@ def status_line(
 ) -> str:
     if job.status == JobStatus.QUEUED:
         retry = f" (attempt {job.attempts + 1})" if job.attempts else ""
-        return f"{MARK_QUEUED} Queued: {queue_wait(job, places)}{retry}."
+        return f"{MARK_QUEUED} Queued: {queue_wait(job, places, exact=False)}{retry}."
     if job.status == JobStatus.RUNNING:
         return running_lines(job, now or utcnow())
     if job.status == JobStatus.CANCELLING:

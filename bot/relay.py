@@ -2,8 +2,10 @@
 
 One background task. Each pass lists the unfinished jobs of the servers the bot is in, edits
 their progress messages (only when the text changed, at most once per `min_edit_interval_s`
-per message), then posts the results of finished jobs the store lists as not posted yet,
-followed by the final progress text. Passes run every `poll_interval_s` or at once after `poke()`.
+per message, and within Discord's rate limits, `EditBudget`: running jobs' first, then the queue's
+from its front, the rest at later passes), then posts the results of finished jobs the store lists
+as not posted yet, followed by the final progress text. Passes run every `poll_interval_s` or at
+once after `poke()`.
 
 Exactly once, across restarts and several bot processes: before posting a job's results the
 relay claims them in the store for `results_lease_s` (`claim_results_posting`; one holder at a
@@ -37,6 +39,7 @@ that was archived goes on in a fresh message, which un-archives it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import io
 import logging
@@ -83,6 +86,12 @@ CANNOT_POST_THERE = {
     THREAD_ARCHIVED: "Thread is archived",
     160005: "Thread is locked",
 }
+# Discord lets a bot send or edit about 5 messages per 5 s in a channel, and 50 requests a second in all;
+# past that discord.py waits, holding up the whole pass (results, new jobs' messages). Progress edits past
+# these budgets wait for a later pass: running jobs' first, then the front of the queue's.
+EDITS_PER_CHANNEL = 4
+EDIT_WINDOW_S = 5.0
+EDITS_PER_PASS = 40
 # The longest wait between two tries at posting a job's results that keep failing.
 MAX_RETRY_DELAY_S = 600.0
 # A bot that takes over a claim that ran out reads up to this many of the channel's messages, from a
@@ -101,6 +110,41 @@ class _Watched:
     text: str | None = None
     edited_at: float = float("-inf")  # time.monotonic() of the last edit
     reply_to: int | None = None  # message that results should reply to
+
+
+class EditBudget:
+    """How many progress edits may go out now: `per_channel` in any `window_s` in one channel, and
+    `per_pass` in one pass."""
+
+    def __init__(
+        self,
+        per_channel: int = EDITS_PER_CHANNEL,
+        window_s: float = EDIT_WINDOW_S,
+        per_pass: int = EDITS_PER_PASS,
+    ) -> None:
+        self.per_channel, self.window_s, self.per_pass = per_channel, window_s, per_pass
+        self._sent: dict[int, collections.deque[float]] = {}  # channel -> when its last edits went out
+        self._this_pass = 0
+
+    def new_pass(self) -> None:
+        self._this_pass = 0
+        now = time.monotonic()
+        for channel_id in [
+            c for c, sent in self._sent.items() if not sent or now - sent[-1] >= self.window_s
+        ]:
+            del self._sent[channel_id]
+
+    def take(self, channel_id: int) -> bool:
+        """One edit in `channel_id` now, if the budgets allow it."""
+        now = time.monotonic()
+        sent = self._sent.setdefault(channel_id, collections.deque())
+        while sent and now - sent[0] >= self.window_s:
+            sent.popleft()
+        if len(sent) >= self.per_channel or self._this_pass >= self.per_pass:
+            return False
+        sent.append(now)
+        self._this_pass += 1
+        return True
 
 
 class ProgressRelay:
@@ -143,6 +187,7 @@ class ProgressRelay:
         # Jobs whose results claim this bot took over from one that ran out, until it read the channel's
         # history for messages sent without a record (kept through a failed try that gives the claim back).
         self._unread_history: set[int] = set()
+        self.edit_budget = EditBudget()
         self._wake = asyncio.Event()
         self._pass_lock = asyncio.Lock()
 
@@ -192,7 +237,8 @@ class ProgressRelay:
             unfinished = await self.store.unfinished_jobs()
             places = queue_places(unfinished, await self.store.served_models())
             ours = [job for job in unfinished if job.guild_id in guild_ids]
-            for job in ours:
+            self.edit_budget.new_pass()
+            for job in sorted(ours, key=lambda job: _update_order(job, places)):
                 self.track(job.id)
                 lost_at = self._channel_lost_at.get(job.id)
                 if lost_at is not None and time.monotonic() - lost_at < MAX_RETRY_DELAY_S:
@@ -253,13 +299,14 @@ class ProgressRelay:
 
     async def _update(self, job: Job, places: QueuePlaces) -> None:
         if job.progress_message_id is None:
-            await self.post_progress_message(job.id)
+            await self.post_progress_message(job.id, places)
             return
         watched = self._watched[job.id]
         text = render_job(job, places=places)
         if text == watched.text or time.monotonic() - watched.edited_at < self.min_edit_interval_s:
             return
-        await self._edit(job, text)
+        if self.edit_budget.take(job.channel_id):  # else at a later pass, with the text as it is then
+            await self._edit(job, text)
 
     async def _edit(self, job: Job, text: str) -> None:
         assert job.progress_message_id is not None
@@ -280,8 +327,9 @@ class ProgressRelay:
                 return  # another bot on this database went on in a fresh message first: it stands
         watched.text, watched.edited_at = text, time.monotonic()
 
-    async def post_progress_message(self, job_id: int) -> None:
-        """Post the job's progress message (once) and record its id in the store."""
+    async def post_progress_message(self, job_id: int, places: QueuePlaces | None = None) -> None:
+        """Post the job's progress message (once) and record its id in the store (`places`: the
+        queue's, if the caller has them)."""
         if job_id in self._posting or job_id in self._unrecorded_progress:  # one posts; one is out
             return
         self._posting.add(job_id)
@@ -292,7 +340,8 @@ class ProgressRelay:
             if job.progress_message_id is not None or job.finished:
                 return
             watched = self._watched.setdefault(job.id, _Watched())
-            places = queue_places(await self.store.unfinished_jobs(), await self.store.served_models())
+            if places is None:
+                places = queue_places(await self.store.unfinished_jobs(), await self.store.served_models())
             text = render_job(job, places=places)
             channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
             reply_to = watched.reply_to or await self._parent_message(job)
@@ -610,6 +659,17 @@ class ProgressRelay:
             if first_id is not None:
                 await self._record_sample_message(sample.id, first_id)
         return len(infos)
+
+
+def _update_order(job: Job, places: QueuePlaces) -> tuple[int, int]:
+    """The order a pass updates progress messages in, the most useful first (the edit budget may not
+    reach the last): new jobs' messages, running jobs', then the queue's from its front."""
+    if job.progress_message_id is None:
+        return (0, 0)
+    if job.status != JobStatus.QUEUED:
+        return (1, 0)
+    place = places.place.get(job.id)
+    return (2, place) if place is not None else (3, 0)
 
 
 def _sample_header(job: Job, sample_id: int) -> str:
