@@ -27,6 +27,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -54,6 +55,8 @@ class JobStatus(enum.StrEnum):
 ACTIVE_STATUSES = (JobStatus.RUNNING, JobStatus.CANCELLING)  # a worker holds the lease
 UNFINISHED_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLING)
 FINISHED_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+# The rows of the partial index ix_jobs_guild_unposted: jobs whose results are not all posted yet.
+UNPOSTED = "results_posted_at IS NULL"
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -122,7 +125,19 @@ class JobRow(Base):
         Index("ix_jobs_claim", "status", "model", "priority", "created_at", "id"),
         Index("ix_jobs_user", "user_id", "status"),
         Index("ix_jobs_guild", "guild_id", "status"),
-        # The bot's "finished but results not posted" scan: a NULL lookup, few rows match.
+        # The bot's "finished but results not posted" scan of each server, every few seconds: only the jobs
+        # whose results are not out (few) are in it, in the order the scan lists them. A query uses it only
+        # if its WHERE says `results_posted_at IS NULL` (this very condition, ANDed with the rest).
+        Index(
+            "ix_jobs_guild_unposted",
+            "guild_id",
+            "finished_at",
+            "id",
+            sqlite_where=text(UNPOSTED),
+            postgresql_where=text(UNPOSTED),
+        ),
+        # The same scan of every server at once (a NULL lookup, few rows match): without it SQLite would
+        # walk every finished job (ix_jobs_claim's status) to find them.
         Index("ix_jobs_unposted", "results_posted_at", "status"),
     )
 

@@ -1560,6 +1560,8 @@ class JobStore:
         job and posting its message, while the job ran, posts the results in a fresh message."""
         _check_page(limit, 0)
         statement = select(*JOB_COLUMNS).where(
+            # Literally the condition of the partial index ix_jobs_guild_unposted (guild_id, finished_at,
+            # id), so both databases read a server's unposted jobs from it in this order: keep it so.
             jobs.c.results_posted_at.is_(None),
             self._posting_free(),
             jobs.c.status.in_([status.value for status in FINISHED_STATUSES]),
@@ -1933,8 +1935,16 @@ class JobStore:
     ) -> list[RankedSample]:
         """The server's samples (made since `since`, if given) by votes, then newest first."""
         _check_page(limit, 0)
-        totals = select(votes.c.sample_id, func.count().label("votes")).group_by(votes.c.sample_id).subquery()
-        vote_total = func.coalesce(totals.c.votes, 0).label("votes")
+        # Counted for each of the server's samples only (a lookup in the votes' (sample_id, user_id)
+        # index), never for every server's votes.
+        vote_total = (
+            select(func.count())
+            .select_from(votes)
+            .where(votes.c.sample_id == samples.c.id)
+            .correlate(samples)
+            .scalar_subquery()
+            .label("votes")
+        )
         statement = (
             select(
                 *SAMPLE_INFO_COLUMNS,
@@ -1943,11 +1953,7 @@ class JobStore:
                 jobs.c.channel_id,
                 PARAMS_TEXT,
             )
-            .select_from(
-                samples.join(jobs, samples.c.job_id == jobs.c.id).outerjoin(
-                    totals, totals.c.sample_id == samples.c.id
-                )
-            )
+            .select_from(samples.join(jobs, samples.c.job_id == jobs.c.id))
             .where(jobs.c.guild_id == guild_id)
             .order_by(vote_total.desc(), samples.c.created_at.desc(), samples.c.id.desc())
             .limit(limit)
