@@ -46,6 +46,9 @@ EXTENSIONS = (
 # A rate limit longer than this raises discord.RateLimited instead of waiting inside the call (30 s is
 # discord.py's least): a background loop then moves on to other channels rather than stall behind one.
 MAX_RATE_LIMIT_WAIT_S = 30.0
+# A command sync Discord fails at start (an outage, a restart loop's rate limit) is tried again after
+# this long, doubling up to the last: the bot starts meanwhile, with the commands of the last sync.
+SYNC_RETRY_S = (30.0, 600.0)
 # Set in `interaction.extras` by a command that deferred publicly (its answer is for everyone).
 PUBLIC_THINKING = "public_thinking"
 
@@ -131,21 +134,46 @@ class JukeBot(commands.Bot):
         self.tasks = BackgroundTasks()
         self.http_session: aiohttp.ClientSession | None = None
         self._upload_limits: dict[int, int] = {}  # guild id -> the last attachment_size_limit seen
+        self.sync_retry_s = SYNC_RETRY_S
 
     async def setup_hook(self) -> None:
         self.http_session = aiohttp.ClientSession()
         for extension in EXTENSIONS:
             await self.load_extension(extension)
-        try:
-            await sync_commands(self, self.sync_guild_ids)
-        except discord.RateLimited as exc:  # restarts in a row: Discord limits syncs; start all the same
-            log.warning(
-                "Discord asks to wait %.0f s before syncing the commands again; the commands of the last "
-                "sync stand until the next start",
-                exc.retry_after,
-            )
+        wait = await self._synced_or_wait()
+        if wait is not None:
+            self.tasks.create(self._sync_later(wait), name="sync-commands")
         if not self.sync_guild_ids:
             self.tasks.create(clear_guild_copies(self), name="clear-guild-commands")
+
+    async def _synced_or_wait(self, first_wait_s: float | None = None) -> float | None:
+        """Sync the commands; when Discord cannot now, how long to wait before trying again."""
+        if first_wait_s is None:
+            first_wait_s = self.sync_retry_s[0]
+        try:
+            await sync_commands(self, self.sync_guild_ids)
+        except discord.RateLimited as exc:  # restarts in a row: Discord limits syncs
+            reason, wait = f"Discord asks to wait {exc.retry_after:.0f} s", max(exc.retry_after, first_wait_s)
+        except (discord.DiscordServerError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            reason, wait = f"Discord could not be reached ({exc!r})", first_wait_s
+        else:
+            return None
+        log.warning(
+            "could not sync the commands: %s; trying again in %.0f s (the commands of the last sync stand "
+            "meanwhile)",
+            reason,
+            wait,
+        )
+        return wait
+
+    async def _sync_later(self, wait_s: float) -> None:
+        while True:
+            await asyncio.sleep(wait_s)  # a period to wait out, not a wait for some state
+            following = await self._synced_or_wait(min(wait_s * 2, self.sync_retry_s[1]))
+            if following is None:
+                log.info("commands synced")
+                return
+            wait_s = following
 
     async def close(self) -> None:
         await self.tasks.cancel_all()

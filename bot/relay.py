@@ -168,6 +168,7 @@ class ProgressRelay:
         self._watched: dict[int, _Watched] = {}
         self._posting: set[int] = set()  # jobs whose progress message is being posted right now
         self._failures: dict[int, int] = {}  # tries in a row at posting a job's results that failed
+        self._update_failures: dict[int, int] = {}  # passes in a row a job's progress edit failed
         # Running jobs whose channel Discord says the bot cannot post in, and when it said so.
         self._channel_lost_at: dict[int, float] = {}
         # Replaced progress messages whose deletion waits out a rate limit: id -> (job, message, what).
@@ -246,12 +247,21 @@ class ProgressRelay:
                 try:
                     await self._update(job, places)
                     self._channel_lost_at.pop(job.id, None)
+                    self._update_failures.pop(job.id, None)
                 except discord.RateLimited:  # a long wait in its channel (discord.py logs it): later
                     continue
                 except Exception as exc:  # the other jobs still update
                     why = _cannot_post_there(exc)
                     if why is None:
-                        log.exception("job #%s: updating its progress message failed; trying again", job.id)
+                        failures = self._update_failures[job.id] = self._update_failures.get(job.id, 0) + 1
+                        if failures == 1:
+                            log.exception(
+                                "job #%s: updating its progress message failed; trying again", job.id
+                            )
+                        else:  # its traceback is in the log already: one line per pass, not one per failure
+                            log.warning(
+                                "job #%s: updating its progress message failed again: %r", job.id, exc
+                            )
                         continue
                     if lost_at is None:
                         log.warning(
@@ -294,6 +304,7 @@ class ProgressRelay:
                 if job.results_posted_at is not None or job.guild_id not in guild_ids:
                     self._watched.pop(job_id, None)
                     self._failures.pop(job_id, None)
+                    self._update_failures.pop(job_id, None)
                     self._channel_lost_at.pop(job_id, None)
                 # else: more than a batch finished at once, or waiting to retry; a later pass lists it
 
@@ -322,7 +333,12 @@ class ProgressRelay:
             gone = isinstance(exc, discord.NotFound)
             if not gone and exc.code not in (OLD_MESSAGE_EDITS_EXHAUSTED, THREAD_ARCHIVED):
                 raise
-            message = await channel.send(text, view=progress_view(job), allowed_mentions=NO_MENTIONS)  # type: ignore[arg-type]
+            message = await channel.send(
+                text,
+                view=progress_view(job),  # type: ignore[arg-type]
+                allowed_mentions=NO_MENTIONS,
+                nonce=progress_nonce(job.id, replacing=old.id),
+            )
             if not await self._recorded(job.id, message, replacing=old.id, stale=None if gone else old):
                 return  # another bot on this database went on in a fresh message first: it stands
         watched.text, watched.edited_at = text, time.monotonic()
@@ -351,6 +367,7 @@ class ProgressRelay:
                 view=progress_view(job),  # type: ignore[arg-type]
                 allowed_mentions=NO_MENTIONS,
                 reference=reference,  # type: ignore[arg-type]
+                nonce=progress_nonce(job.id, replacing=None),
             )
             if await self._recorded(job.id, message, replacing=None):
                 watched.text, watched.edited_at = text, time.monotonic()
@@ -390,6 +407,9 @@ class ProgressRelay:
             pass  # someone deleted it already
         except discord.HTTPException:
             log.warning("job #%s: could not delete %s %s", job_id, what, message.id)
+        except Exception as exc:  # the connection dropped, a time-out: the next pass tries again
+            log.warning("job #%s: could not delete %s %s yet: %r", job_id, what, message.id, exc)
+            self._to_delete[message.id] = (job_id, message, what)
 
     def _reference(
         self, channel_id: int, guild_id: int | None, message_id: int | None
@@ -428,7 +448,7 @@ class ProgressRelay:
                 await self._edit(job, text)
             elif earlier is None or text not in await earlier.texts():
                 channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
-                await channel.send(text, allowed_mentions=NO_MENTIONS)
+                await channel.send(text, allowed_mentions=NO_MENTIONS, nonce=final_text_nonce(job))
         except discord.RateLimited as exc:  # longer than discord.py waits: the others go on meanwhile
             await self._give_back(job, exc.retry_after)
             log.warning(
@@ -473,6 +493,7 @@ class ProgressRelay:
             log.warning("job #%s: results posted, but another bot took over the claim meanwhile", job_id)
         self._watched.pop(job_id, None)
         self._failures.pop(job_id, None)
+        self._update_failures.pop(job_id, None)
         self._channel_lost_at.pop(job_id, None)
         self._unread_history.discard(job_id)
 
@@ -736,6 +757,28 @@ def sample_nonce(sample_id: int, index: int, split_limit: int) -> str:
     """The nonce of a sample's message `index` when split to fit `split_limit` bytes: at most 25
     characters, as Discord allows (ids are 32-bit; a limit under 4 GiB is 8 hex digits)."""
     return f"s{sample_id}-{index}-{split_limit:x}"
+
+
+def progress_nonce(job_id: int, *, replacing: int | None) -> str:
+    """The nonce of a job's progress message (or of the fresh one `replacing` an old one): sent again
+    after its answer was lost, Discord answers with the message it made (at most 25 characters)."""
+    return f"p{job_id:x}" if replacing is None else f"p{job_id:x}-{_base36(replacing)}"
+
+
+def final_text_nonce(job: Job) -> str:
+    """The nonce of a job's final text in a message of its own; a retried job's later end is another."""
+    finished = 0 if job.finished_at is None else int(job.finished_at.timestamp())
+    return f"f{job.id:x}-{finished:x}"
+
+
+def _base36(number: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    text = ""
+    while True:
+        number, digit = divmod(number, 36)
+        text = digits[digit] + text
+        if number == 0:
+            return text
 
 
 def _cannot_post_there(exc: BaseException) -> str | None:

@@ -1436,11 +1436,19 @@ class JobStore:
     async def replace_progress_message(self, job_id: int, message_id: int, *, replacing: int | None) -> bool:
         """Record `message_id` as the job's progress message only while it is still `replacing` (None:
         the job has none yet); False when another bot on this database recorded one first, whose
-        message then stands (the caller deletes its own). JobNotFound for an unknown id."""
+        message then stands (the caller deletes its own). True when it is recorded already (a message
+        sent again with its nonce is the one sent first, also to another bot on the same token).
+        JobNotFound for an unknown id."""
         async with self._transaction() as connection:
             result = await connection.execute(
                 update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.progress_message_id.is_not_distinct_from(replacing))
+                .where(
+                    jobs.c.id == job_id,
+                    or_(
+                        jobs.c.progress_message_id.is_not_distinct_from(replacing),
+                        jobs.c.progress_message_id == message_id,
+                    ),
+                )
                 .values(progress_message_id=message_id, updated_at=self._clock())
                 .returning(jobs.c.id)
             )

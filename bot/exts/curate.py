@@ -16,6 +16,7 @@ import io
 import logging
 from collections.abc import Callable
 
+import aiohttp
 import discord
 from discord import app_commands
 from discord.ext import commands
@@ -25,12 +26,18 @@ from bot.actions import OnePerMember, Viewer, check_bot_can_post, guild_id_of
 from bot.bot import JukeBot, user_message
 from bot.errors import fit_message
 from bot.options import JobId
+from bot.relay import sample_nonce
 from bot.requests import TOP_PERIODS
 from bot.views import sample_view
 from storage.records import Sample
 
 log = logging.getLogger(__name__)
 NO_MENTIONS = discord.AllowedMentions.none()
+# What a request to Discord may end in besides an answer: an error, or none (a dropped connection, a
+# time-out), after which it may or may not have been done.
+DISCORD_FAILURES = (discord.HTTPException, discord.RateLimited, aiohttp.ClientError, OSError, TimeoutError)
+# Of those, the ones where Discord may have done it: tried once more with the same nonce.
+ANSWER_MAYBE_LOST = (discord.DiscordServerError, aiohttp.ClientError, OSError, TimeoutError)
 
 
 class _ThrottledReply:
@@ -64,8 +71,8 @@ class _ThrottledReply:
                 await self.interaction.edit_original_response(
                     content=fit_message(self.prefix + (self._latest or ""))
                 )
-            except discord.HTTPException:
-                log.warning("could not show curation progress to user %s", self.interaction.user.id)
+            except DISCORD_FAILURES as exc:  # the curation goes on: only this line is not shown
+                log.warning("could not show curation progress to user %s: %r", self.interaction.user.id, exc)
             with contextlib.suppress(TimeoutError):  # the throttle, cut short by `stop`
                 await asyncio.wait_for(self._stopping.wait(), timeout=self.interval_s)
 
@@ -80,8 +87,8 @@ async def _tell(interaction: discord.Interaction[JukeBot], content: str) -> None
     15-minute token: the piece is stored and posted all the same, so that is a log line."""
     try:
         await interaction.edit_original_response(content=content)
-    except discord.HTTPException as exc:
-        log.warning("could not update the /curate reply to user %s: %s", interaction.user.id, exc)
+    except DISCORD_FAILURES as exc:
+        log.warning("could not update the /curate reply to user %s: %r", interaction.user.id, exc)
 
 
 class Curate(commands.Cog):
@@ -158,22 +165,26 @@ class Curate(commands.Cog):
         )
         interaction.extras["job_id"] = job_id
         try:
-            await self._post(interaction, guild_id, job_id, sample_id, piece, resolved.inside)
-        except (discord.HTTPException, discord.RateLimited) as exc:
+            first_id = await self._post(interaction, guild_id, job_id, sample_id, piece, resolved.inside)
+        except DISCORD_FAILURES as exc:
             # Stored already (the relay never posts a piece): say where it is, not "something went wrong".
             log.warning(
                 "could not post curated sample %s in channel %s: %s", sample_id, interaction.channel_id, exc
             )
             if isinstance(exc, discord.RateLimited):  # longer than the bot waits inside a command
                 said = f"wait {exc.retry_after:.0f} s before posting here again"
-            else:
+            elif isinstance(exc, discord.HTTPException):
                 said = (exc.text.splitlines() or [str(exc.status)])[0]
+            else:
+                said = "no answer"
             await _tell(
                 interaction,
                 f"Sample #{sample_id} is made and stored, but I could not post it in this channel "
                 f"(Discord said: {said}). `/sample {sample_id}` posts it where I may.",
             )
             return
+        # (out of the `try`: a database error is not Discord's)
+        await self.bot.store.set_sample_message(sample_id, first_id)  # its buttons and /sample find it
         await _tell(
             interaction,
             f"Done: sample #{sample_id} is posted in this channel "
@@ -219,9 +230,10 @@ class Curate(commands.Cog):
         sample_id: int,
         piece: curating.Piece,
         inside: dict[int, int],
-    ) -> None:
+    ) -> int:
         """The piece in the channel: its audio (split to fit the upload limit), the order as a strip, the
-        buttons; the message is recorded so the piece's buttons and /sample work like any sample's."""
+        buttons; the id of its first message, which the caller records so that the piece's buttons and
+        /sample work like any sample's."""
         limit = delivery.upload_limit(interaction.filesize_limit, None)
         content = curating.piece_text(sample_id, job_id, interaction.user.id, piece, inside)
         stem = f"jukebot_sample_{sample_id}"
@@ -236,20 +248,34 @@ class Curate(commands.Cog):
         groups = delivery.with_picture(groups, strip, limit)
         channel = self.bot.get_partial_messageable(interaction.channel_id or 0, guild_id=guild_id)
         view = sample_view(sample_id, 0, can_upsample=False, can_continue=curating.continuable(piece))
+        sent: list[discord.Message] = []
         for index, group in enumerate(groups):
-            uploads = [
-                discord.File(io.BytesIO(f.data), filename=f.filename, description=f.description)
-                for f in group
-            ]
-            if index == 0:
-                first = await channel.send(content, files=uploads, view=view, allowed_mentions=NO_MENTIONS)
-                await self.bot.store.set_sample_message(sample_id, first.id)
-            else:
-                await channel.send(
-                    f"Sample #{sample_id}, continued ({index + 1}/{len(groups)})",
-                    files=uploads,
-                    allowed_mentions=NO_MENTIONS,
+            text = content if index == 0 else f"Sample #{sample_id}, continued ({index + 1}/{len(groups)})"
+            # As the relay's samples: sent again after a lost answer, Discord answers with the first.
+            nonce = sample_nonce(sample_id, index, limit)
+            try:
+                sent.append(await _send(channel, text, group, view if index == 0 else None, nonce))
+            except ANSWER_MAYBE_LOST as exc:  # (Discord's 500s, discord.py has tried again already)
+                log.warning(
+                    "curated sample %s: no answer to message %d (%r); again", sample_id, index + 1, exc
                 )
+                sent.append(await _send(channel, text, group, view if index == 0 else None, nonce))
+        return sent[0].id
+
+
+async def _send(
+    channel: discord.PartialMessageable,
+    text: str,
+    files: list[delivery.AudioFile],
+    view: discord.ui.View | None,
+    nonce: str,
+) -> discord.Message:
+    uploads = [
+        discord.File(io.BytesIO(f.data), filename=f.filename, description=f.description) for f in files
+    ]
+    if view is None:
+        return await channel.send(text, files=uploads, allowed_mentions=NO_MENTIONS, nonce=nonce)
+    return await channel.send(text, files=uploads, view=view, allowed_mentions=NO_MENTIONS, nonce=nonce)
 
 
 async def setup(bot: JukeBot) -> None:

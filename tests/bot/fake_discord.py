@@ -695,6 +695,8 @@ class _InjectedFailure:
     headers: dict[str, str]
     times: int
     skip: int = 0  # matching requests answered before the failures start
+    handled: bool = False  # done first: the answer is lost, as at Discord's edge
+    dropped: bool = False  # no answer at all: the connection is cut (the client sees it reset)
 
 
 # --------------------------------------------------------------------------- the server
@@ -957,9 +959,14 @@ class FakeDiscord:
         retry_after: float = 0.05,
         times: int = 1,
         after: int = 0,
+        handled: bool = False,
+        dropped: bool = False,
     ) -> None:
         """The next `times` requests to route (pattern as in `calls`) get this error instead of a result;
         with `after`, only those that come after that many more matching ones (which are answered).
+        With `handled`, each is done first, its answer replaced by the error: Discord did it, but the
+        sender cannot know (an answer lost between Discord's servers). With `dropped`, the connection is
+        cut instead of any answer (a reset, or a network path gone: not an HTTP error).
 
         status=429 produces a real rate-limit answer (retry_after in the body and a `Via` header,
         without which discord.py reads it as a Cloudflare ban)."""
@@ -968,7 +975,10 @@ class FakeDiscord:
         if status == 429:
             body = {"message": "You are being rate limited.", "retry_after": retry_after, "global": False}
             headers = {"Via": "1.1 google", "Retry-After": str(retry_after), "X-RateLimit-Scope": "user"}
-        self._failures.append(_InjectedFailure(method.upper(), route, status, body, headers, times, after))
+        failure = _InjectedFailure(
+            method.upper(), route, status, body, headers, times, after, handled, dropped
+        )
+        self._failures.append(failure)
 
     def hold(self, method: str, route: str, *, after: int = 0, handled: bool = False) -> HeldRequest:
         """Hold the request to route (pattern as in `calls`) that comes after `after` matching ones;
@@ -1723,6 +1733,12 @@ class FakeDiscord:
                 )
             failure = self._take_failure(request.method, route.split(" ", 1)[1])
             if failure is not None:
+                if failure.handled:
+                    await handler(request)
+                if failure.dropped and request.transport is not None:
+                    record.error = {"message": "the test cut the connection"}
+                    request.transport.abort()
+                    raise asyncio.CancelledError  # aiohttp's way to end a handler whose client is gone
                 record.status, record.error = failure.status, failure.body
                 return _json_response(failure.body, failure.status, failure.headers)
             if (

@@ -14,9 +14,10 @@ import pytest
 from storage.records import ClaimedJob
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
-from tests.bot.fake_discord import FakeChannel, FakeDiscord
+from tests.bot.fake_discord import FakeChannel, FakeDiscord, FakeMessage
 from tests.bot.harness import (
     PlayedWorker,
+    bot_messages,
     make_bot,
     progress_message,
     recorded_progress_message,
@@ -104,3 +105,28 @@ async def test_a_locked_thread_costs_one_warning_per_job_not_one_error_per_pass(
     tried = len(fake.calls())
     await relay.run_pass()  # never tried again
     assert not [call for call in fake.calls()[tried:] if f"/channels/{thread.id}/" in call.path]
+
+
+async def test_an_old_progress_message_whose_delete_met_a_cut_connection_goes_at_a_later_pass(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    """The relay goes on in a fresh message and deletes the old one; that delete meets a cut connection
+    (not an HTTP error): a later pass deletes it, so one progress message stays."""
+    fake, store = fake_discord, sqlite_store
+    thread = fake.add_thread(fake.channel("general"), "songs")
+    bot = await bot_runner.start(make_bot(fake, store))
+    job = await _queued_in(fake, store, thread)
+    thread.archived = True
+    # twice: aiohttp sends an idempotent request again, once, on a connection cut after reuse
+    fake.fail_next("DELETE", "/channels/{channel_id}/messages/{message_id}", dropped=True, times=2)
+    await PlayedWorker(store).progress(job.id, window=1, of=10)
+
+    def shown() -> list[FakeMessage]:
+        return [
+            m for m in bot_messages(fake, "songs") if m.content.startswith("**Job #1**") and not m.deleted
+        ]
+
+    await relay_of(bot).run_pass()
+    assert len(shown()) == 2  # the old one's delete got no answer
+    await relay_of(bot).run_pass()
+    assert len(shown()) == 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import types
+from typing import Any
 
 import discord
 import pytest
@@ -42,23 +43,36 @@ async def _running_job(
     return relay, worker, job, await fake.wait_for(when(lambda: progress_message(fake, job.id)))
 
 
-async def test_a_rate_limited_command_sync_at_start_does_not_stop_the_bot(
+@pytest.mark.parametrize(
+    ("failure", "said"),
+    [
+        ({"status": 429, "retry_after": 120.0}, "Discord asks to wait 120 s; trying again in 120 s"),
+        ({"status": 503}, "Discord could not be reached (DiscordServerError("),
+    ],
+    ids=["rate-limited", "discord-down"],
+)
+async def test_a_command_sync_discord_refuses_at_start_does_not_stop_the_bot_and_is_tried_again(
     fake_discord: FakeDiscord,
     bot_runner: BotRunner,
     sqlite_store: JobStore,
     caplog: pytest.LogCaptureFixture,
+    failure: dict[str, Any],
+    said: str,
 ) -> None:
-    """Restarts in a row (a crash loop, deploys) meet Discord's limit on command syncs: the commands of
-    the last sync stand, and the bot starts."""
+    """Restarts in a row (a crash loop, deploys) meet Discord's limit on command syncs, or Discord is
+    down for a while (a 503 stopped the bot, and `jukebot run` its workers with it): the commands of
+    the last sync stand, the bot starts, and syncs them later."""
     fake = fake_discord
-    fake.fail_next(
-        "PUT", "/applications/{application_id}/guilds/{guild_id}/commands", status=429, retry_after=120.0
-    )
+    fake.fail_next("PUT", "/applications/{application_id}/guilds/{guild_id}/commands", **failure)
     caplog.set_level(logging.WARNING, logger="bot.bot")
-    bot = await bot_runner.start(make_bot(fake, sqlite_store))
+    bot = make_bot(fake, sqlite_store)
+    bot.sync_retry_s = (0.0, 0.0)  # the wait before trying again, cut to nothing here
+    await bot_runner.start(bot)
     assert bot.is_ready()
     (warning,) = [r for r in caplog.records if r.name == "bot.bot"]
-    assert "wait 120 s before syncing the commands again" in warning.getMessage()
+    assert said in warning.getMessage() and "the commands of the last sync stand" in warning.getMessage()
+    if failure["status"] == 503:
+        await fake.wait_for(lambda: "jukebox" in fake.synced_commands(fake.default_guild))
 
 
 async def test_a_replaced_progress_message_whose_delete_is_rate_limited_goes_at_a_later_pass(
