@@ -47,7 +47,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -94,10 +94,10 @@ EDIT_WINDOW_S = 5.0
 EDITS_PER_PASS = 40
 # The longest wait between two tries at posting a job's results that keep failing.
 MAX_RETRY_DELAY_S = 600.0
-# A bot that takes over a claim that ran out reads up to this many of the channel's messages, from a
-# margin before the job finished (the clocks of its worker and of Discord may differ), for the sample
-# messages its predecessor sent without a record.
-HISTORY_SCAN_LIMIT = 500
+# A bot that takes over a claim that ran out reads up to this many of the channel's messages, newest
+# first, back to a margin before the job finished (the clocks of its worker and of Discord may differ),
+# for the sample messages its predecessor sent without a record.
+HISTORY_SCAN_LIMIT = 1000
 HISTORY_SCAN_MARGIN = timedelta(minutes=10)
 
 
@@ -121,14 +121,15 @@ class EditBudget:
         per_channel: int = EDITS_PER_CHANNEL,
         window_s: float = EDIT_WINDOW_S,
         per_pass: int = EDITS_PER_PASS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.per_channel, self.window_s, self.per_pass = per_channel, window_s, per_pass
+        self.per_channel, self.window_s, self.per_pass, self.clock = per_channel, window_s, per_pass, clock
         self._sent: dict[int, collections.deque[float]] = {}  # channel -> when its last edits went out
         self._this_pass = 0
 
     def new_pass(self) -> None:
         self._this_pass = 0
-        now = time.monotonic()
+        now = self.clock()
         for channel_id in [
             c for c, sent in self._sent.items() if not sent or now - sent[-1] >= self.window_s
         ]:
@@ -136,7 +137,7 @@ class EditBudget:
 
     def take(self, channel_id: int) -> bool:
         """One edit in `channel_id` now, if the budgets allow it."""
-        now = time.monotonic()
+        now = self.clock()
         sent = self._sent.setdefault(channel_id, collections.deque())
         while sent and now - sent[0] >= self.window_s:
             sent.popleft()
@@ -183,7 +184,7 @@ class ProgressRelay:
         self._unrecorded_progress: dict[
             int, tuple[discord.Message, int | None, discord.PartialMessage | None]
         ] = {}
-        self._unreleased: dict[int, float] = {}
+        self._unreleased: dict[int, tuple[float, bool]] = {}  # job id -> (retry after, history unread)
         self._unmarked: dict[int, bool] = {}  # job id -> True
         # Jobs whose results claim this bot took over from one that ran out, until it read the channel's
         # history for messages sent without a record (kept through a failed try that gives the claim back).
@@ -239,8 +240,9 @@ class ProgressRelay:
             places = queue_places(unfinished, await self.store.served_models())
             ours = [job for job in unfinished if job.guild_id in guild_ids]
             self.edit_budget.new_pass()
-            for job in sorted(ours, key=lambda job: _update_order(job, places)):
+            for job in ours:
                 self.track(job.id)
+            for job in sorted(ours, key=lambda job: self._update_order(job, places)):
                 lost_at = self._channel_lost_at.get(job.id)
                 if lost_at is not None and time.monotonic() - lost_at < MAX_RETRY_DELAY_S:
                     continue  # its channel is gone or closed to the bot: try again now and then
@@ -307,6 +309,18 @@ class ProgressRelay:
                     self._update_failures.pop(job_id, None)
                     self._channel_lost_at.pop(job_id, None)
                 # else: more than a batch finished at once, or waiting to retry; a later pass lists it
+
+    def _update_order(self, job: Job, places: QueuePlaces) -> tuple[int, float, int, int]:
+        """The order a pass updates progress messages in (the edit budget may not reach the last): new
+        jobs' messages first, then the one edited longest ago (none stays stale for good while others
+        change every pass), and among those running jobs', then the queue's from its front."""
+        if job.progress_message_id is None:
+            return (0, 0.0, 0, 0)
+        edited_at = self._watched[job.id].edited_at
+        if job.status != JobStatus.QUEUED:
+            return (1, edited_at, 0, 0)
+        place = places.place.get(job.id)
+        return (1, edited_at, 1, place) if place is not None else (1, edited_at, 2, 0)
 
     async def _update(self, job: Job, places: QueuePlaces) -> None:
         if job.progress_message_id is None:
@@ -528,9 +542,13 @@ class ProgressRelay:
             await self.store.set_sample_message(sample_id, message_id, parts=parts)
 
     async def _release(self, job_id: int, retry_after_s: float) -> None:
-        """Give the claim on a job's results back, kept in `_unreleased` while the database is away."""
-        with _kept_until_written(self._unreleased, job_id, retry_after_s):
-            await self.store.release_results_posting(job_id, self.poster_id, retry_after_s=retry_after_s)
+        """Give the claim on a job's results back, kept in `_unreleased` while the database is away; one
+        taken over whose channel this bot did not read yet says so (the next bot reads it)."""
+        unread = job_id in self._unread_history
+        with _kept_until_written(self._unreleased, job_id, (retry_after_s, unread)):
+            await self.store.release_results_posting(
+                job_id, self.poster_id, retry_after_s=retry_after_s, history_unread=unread
+            )
 
     async def _write_behind(self) -> None:
         """Write what went out while the database was away (see `__init__`), before a pass does anything
@@ -543,7 +561,7 @@ class ProgressRelay:
             await _written_behind(what, self._record_sample_message(sample_id, message_id, parts))
         for job_id in sorted(self._unmarked):
             await _written_behind(f"job #{job_id}: its results posted", self._mark_posted(job_id))
-        for job_id, retry_after_s in list(self._unreleased.items()):
+        for job_id, (retry_after_s, _) in list(self._unreleased.items()):
             what = f"job #{job_id}: its claim on the results given back"
             await _written_behind(what, self._release(job_id, retry_after_s))
 
@@ -617,7 +635,7 @@ class ProgressRelay:
             if parts is not None and parts.upload_limit == split_limit and parts.total == len(groups):
                 first_id, start = info.message_id, parts.sent
             if earlier is not None:  # the bot before may have sent more than it recorded
-                found_id, found = await earlier.sent_of(sample.id, len(groups), first_id, start)
+                found_id, found = await earlier.sent_of(sample.id, groups, first_id, start)
                 if found > start:
                     assert found_id is not None
                     first_id, start = found_id, found
@@ -682,15 +700,8 @@ class ProgressRelay:
         return len(infos)
 
 
-def _update_order(job: Job, places: QueuePlaces) -> tuple[int, int]:
-    """The order a pass updates progress messages in, the most useful first (the edit budget may not
-    reach the last): new jobs' messages, running jobs', then the queue's from its front."""
-    if job.progress_message_id is None:
-        return (0, 0)
-    if job.status != JobStatus.QUEUED:
-        return (1, 0)
-    place = places.place.get(job.id)
-    return (2, place) if place is not None else (3, 0)
+def _holds(names: frozenset[str], files: list[delivery.AudioFile]) -> bool:
+    return {file.filename for file in files} <= names
 
 
 def _sample_header(job: Job, sample_id: int) -> str:
@@ -710,46 +721,54 @@ class _EarlierMessages:
     def __init__(self, relay: ProgressRelay, job: Job) -> None:
         self._relay = relay
         self._job = job
-        self._by_text: dict[str, int] | None = None
+        self._by_text: dict[str, tuple[int, frozenset[str]]] | None = None
 
-    async def texts(self) -> dict[str, int]:
-        """Each message's text and id (the first, for a text sent twice)."""
+    async def texts(self) -> dict[str, tuple[int, frozenset[str]]]:
+        """Each message's text, id and attachments' file names (the first, for a text sent twice)."""
         if self._by_text is None:
             self._by_text = await self._read()
             self._relay._unread_history.discard(self._job.id)
         return self._by_text
 
     async def sent_of(
-        self, sample_id: int, total: int, first_id: int | None, start: int
+        self, sample_id: int, groups: list[list[delivery.AudioFile]], first_id: int | None, start: int
     ) -> tuple[int | None, int]:
-        """The sample's first message and how many of its `total` messages are out, given what the store
-        knows (`first_id`, `start`) and what the channel shows after it."""
+        """The sample's first message and how many of its messages (`groups`: their files, as this bot
+        splits them) are out, given what the store knows (`first_id`, `start`) and what the channel
+        shows after it. A message counts only with the files of this split: one of another split (the
+        upload limit changed meanwhile) does not, and posting starts over, as the store's record would."""
         texts = await self.texts()
         if first_id is None:
             header = _sample_header(self._job, sample_id)
-            first_id = next((id_ for text, id_ in texts.items() if text.startswith(header)), None)
-            if first_id is None:
+            found = next((sent for text, sent in texts.items() if text.startswith(header)), None)
+            if found is None or not _holds(found[1], groups[0]):
                 return None, 0
-            start = 1
-        while start < total and _continued_text(sample_id, start, total) in texts:
+            first_id, start = found[0], 1
+        while start < len(groups):
+            sent = texts.get(_continued_text(sample_id, start, len(groups)))
+            if sent is None or not _holds(sent[1], groups[start]):
+                break
             start += 1
         return first_id, start
 
-    async def _read(self) -> dict[str, int]:
+    async def _read(self) -> dict[str, tuple[int, frozenset[str]]]:
         relay, job = self._relay, self._job
         assert relay.bot.user is not None
         since = (job.finished_at or job.created_at) - HISTORY_SCAN_MARGIN
         channel = relay.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
-        by_text: dict[str, int] = {}
+        by_text: dict[str, tuple[int, frozenset[str]]] = {}
+        # Newest first: the predecessor's messages are among the latest; a busy channel's older
+        # chatter since the job finished may run past the limit.
         history = channel.history(
             limit=HISTORY_SCAN_LIMIT,
             after=discord.Object(discord.utils.time_snowflake(since)),
-            oldest_first=True,
+            oldest_first=False,
         )
         async for message in history:
             # The relay's own messages; not `/sample` re-sends (interaction replies, sent by webhook).
             if message.author.id == relay.bot.user.id and message.webhook_id is None:
-                by_text.setdefault(message.content, message.id)
+                names = frozenset(attachment.filename for attachment in message.attachments)
+                by_text[message.content] = (message.id, names)  # older ones, read later, replace it
         return by_text
 
 

@@ -1545,20 +1545,23 @@ class JobStore:
         )
 
     async def release_results_posting(
-        self, job_id: int, poster_id: str, *, retry_after_s: float = 0.0
+        self, job_id: int, poster_id: str, *, retry_after_s: float = 0.0, history_unread: bool = False
     ) -> None:
         """Posting failed part-way (or the bot is stopping): give the claim back for a later try,
         now, or only after `retry_after_s` (nobody may claim them until then, and
         `finished_jobs_unposted` leaves them out: a job that keeps failing waits, the others go on).
 
         Samples already posted keep their `message_id`, so the next try posts only the rest.
-        Does nothing if the claim is no longer ours.
+        `history_unread`: the claim was taken over from one that ran out, and the channel not read yet
+        for what went out unrecorded: the next claim names a holder (`ResultsClaim.taken_over_from`,
+        one that holds nothing), so that the next bot reads it. Does nothing if the claim is no longer ours.
         """
         if not math.isfinite(retry_after_s) or retry_after_s < 0:
             raise StorageError(f"retry_after_s must be a number of seconds >= 0, got {retry_after_s!r}")
         retry_at = self._lease_now_plus(timedelta(seconds=retry_after_s)) if retry_after_s > 0 else None
+        owner = f"{poster_id} (channel unread)"[:255] if history_unread else None
         await self._update_posting(
-            job_id, poster_id, results_posting_owner=None, results_posting_expires_at=retry_at
+            job_id, poster_id, results_posting_owner=owner, results_posting_expires_at=retry_at
         )
 
     async def finished_jobs_unposted(self, guild_id: int | None = None, limit: int = 100) -> list[Job]:

@@ -980,6 +980,10 @@ class FakeDiscord:
         )
         self._failures.append(failure)
 
+    def clear_failures(self) -> None:
+        """Discord is back: the failures `fail_next` set up and not yet met are dropped."""
+        self._failures.clear()
+
     def hold(self, method: str, route: str, *, after: int = 0, handled: bool = False) -> HeldRequest:
         """Hold the request to route (pattern as in `calls`) that comes after `after` matching ones;
         `handled`: handle it, then hold its answer."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from bot.progress import EXACT_PLACES, place_bound
-from bot.relay import EDITS_PER_CHANNEL
+from bot.relay import EDIT_WINDOW_S, EDITS_PER_CHANNEL, EditBudget
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
 from tests.bot.fake_discord import FakeDiscord
@@ -23,14 +23,7 @@ async def test_a_claim_in_a_long_queue_edits_within_discords_limits_running_job_
 ) -> None:
     fake, store = fake_discord, sqlite_store
     for user_id in range(1, QUEUED + 1):  # one job each: no user's limit holds any back
-        await store.enqueue(
-            kind="generate",
-            model="5b_lyrics",
-            params={"artist": "queen", "genre": "pop", "seconds": 20, "samples": 1},
-            channel_id=fake.channel("general").id,
-            user_id=user_id,
-            guild_id=fake.default_guild.id,
-        )
+        await _queue(fake, store, user_id)
     bot = await bot_runner.start(make_bot(fake, store))
     relay = relay_of(bot)
     await relay.run_pass()  # after the first pass, which posted every progress message
@@ -58,6 +51,17 @@ async def test_a_claim_in_a_long_queue_edits_within_discords_limits_running_job_
         assert _last_line(fake, job_id) == f"⏳ Queued: {shown} in the queue.", job_id
 
 
+async def _queue(fake: FakeDiscord, store: JobStore, user_id: int) -> None:
+    await store.enqueue(
+        kind="generate",
+        model="5b_lyrics",
+        params={"artist": "queen", "genre": "pop", "seconds": 20, "samples": 1},
+        channel_id=fake.channel("general").id,
+        user_id=user_id,
+        guild_id=fake.default_guild.id,
+    )
+
+
 def _job_of(fake: FakeDiscord, path: str) -> int:
     message = fake.message(int(path.rsplit("/", 1)[1]))
     return int(message.content.split("#", 1)[1].split("*", 1)[0])
@@ -75,3 +79,28 @@ def _last_line(fake: FakeDiscord, job_id: int) -> str:
 )
 def test_places_past_the_front_show_the_bound_before_them(place: int, bound: int) -> None:
     assert place_bound(place) == bound
+
+
+async def test_queued_messages_are_not_left_stale_while_running_jobs_change_every_pass(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    """Four running jobs in one channel whose progress changes at every pass would take the whole
+    channel budget every time: the message edited longest ago goes first, so the queue's move too."""
+    fake, store = fake_discord, sqlite_store
+    for user_id in range(1, 7):
+        await _queue(fake, store, user_id)
+    bot = await bot_runner.start(make_bot(fake, store))
+    relay = relay_of(bot)
+    await relay.run_pass()
+    assert _last_line(fake, 6) == "⏳ Queued: position 6 in the queue."
+    workers = [PlayedWorker(store, worker_id=f"worker-{n}") for n in range(4)]
+    for worker in workers:
+        await worker.claim()  # jobs 1 to 4 run; 5 and 6 move up to places 1 and 2
+    now = [0.0]
+    relay.edit_budget = EditBudget(clock=lambda: now[0])
+    for window in range(1, 4):  # a pass every 5 s, as the relay polls: a fresh window each
+        now[0] += EDIT_WINDOW_S
+        for job_id, worker in enumerate(workers, start=1):
+            await worker.progress(job_id, window=window, of=100)
+        await relay.run_pass()
+    assert _last_line(fake, 6) == "⏳ Queued: position 2 in the queue."
