@@ -12,7 +12,7 @@ import enum
 import math
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -136,10 +136,13 @@ MAX_USER_SAMPLES = 1000
 @dataclass(frozen=True, slots=True)
 class Resolved:
     """The samples a selection names, in order, and those of its samples left out because a curated
-    piece also gathered already holds them (sample id -> that piece): each is heard once."""
+    piece also gathered already holds them (`inside`: sample id -> that piece) or, pieces themselves,
+    share samples with a piece gathered before them (`sharing`: piece id -> that piece): each is
+    heard once."""
 
     sample_ids: list[int]
     inside: dict[int, int]
+    sharing: dict[int, int] = field(default_factory=dict)
 
 
 async def top_ranked(
@@ -162,7 +165,8 @@ async def resolve(
     may see (`may_use`: a job or listed samples elsewhere are refused); a user's or the top's are
     gathered by `may_gather` (default `may_use`) and the others left out: the piece is posted
     publicly, so the bot passes `Viewer.may_show_here`. A gathered sample that a gathered piece
-    already holds is left out too (listed, it is refused). Refusals are specific."""
+    already holds is left out too, and so is a gathered piece sharing samples with one gathered before
+    it (listed, either is refused). Refusals are specific."""
     gather = may_use if may_gather is None else may_gather
     given = [
         value is not None for value in (selection.job, selection.user, selection.top, selection.sample_ids)
@@ -214,34 +218,78 @@ async def resolve(
             f"{_numbers('Sample', hidden).capitalize()} {_were(hidden)} made in a channel you cannot see; "
             "you can only curate samples made in channels you can read, and your own."
         )
-    inside = await pieces_holding(store, ids)
+    held = {sample_id: await _ingredients(store, sample_id) for sample_id in ids}
+    inside = pieces_holding(ids, held)
     if inside:
-        held, piece = next(iter(inside.items()))
+        sample_id, piece = next(iter(inside.items()))
         raise InvalidRequest(
-            f"Sample #{held} is already in piece #{piece}, which you listed too: it would play twice. "
+            f"Sample #{sample_id} is already in piece #{piece}, which you listed too: it would play twice. "
             f"List the piece or its samples, not both."
         )
+    pieces = [sample_id for sample_id in ids if held[sample_id]]
+    for later_index, later in enumerate(pieces):
+        for earlier in pieces[:later_index]:
+            shared = held[earlier] & held[later]
+            if shared:
+                raise InvalidRequest(
+                    f"Pieces #{earlier} and #{later} both hold sample #{min(shared)}: it would play "
+                    "twice. List one of them."
+                )
     return Resolved(ids, {})
 
 
 async def _each_once(store: JobStore, ids: list[int], max_count: int, what: str) -> Resolved:
-    """`ids` less the samples a curated piece among them holds, at least two of them."""
-    inside = await pieces_holding(store, ids)
-    kept = [sample_id for sample_id in ids if sample_id not in inside]
-    check_count(len(kept), max_count, what + (" not already in a piece among them" if inside else ""))
-    return Resolved(kept, inside)
+    """`ids` less the samples a curated piece among them holds and the pieces sharing samples with
+    one gathered before them, at least two of them."""
+    held = {sample_id: await _ingredients(store, sample_id) for sample_id in ids}
+    sharing = _sharing(ids, held)
+    # The samples only a piece left out for sharing holds are not in the piece: they are joined.
+    inside = pieces_holding([sample_id for sample_id in ids if sample_id not in sharing], held)
+    kept = [sample_id for sample_id in ids if sample_id not in inside and sample_id not in sharing]
+    why = [
+        *(["not already in a piece among them"] if inside else []),
+        *(["not sharing samples with another piece among them"] if sharing else []),
+    ]
+    check_count(len(kept), max_count, " ".join([what, " and ".join(why)]) if why else what)
+    return Resolved(kept, inside, sharing)
 
 
-async def pieces_holding(store: JobStore, ids: Sequence[int]) -> dict[int, int]:
+def pieces_holding(ids: Sequence[int], held: Mapping[int, set[int]]) -> dict[int, int]:
     """Those of `ids` that a curated piece among `ids` holds (also inside a piece it holds), each with
-    the first such piece: joined with it, they would play twice."""
+    the first such piece: joined with it, they would play twice (`held`: each id's `_ingredients`)."""
     wanted = set(ids)
     holding: dict[int, int] = {}
     for sample_id in ids:
-        for held in await _ingredients(store, sample_id):
-            if held in wanted and held != sample_id:
-                holding.setdefault(held, sample_id)
+        for inner in held[sample_id]:
+            if inner in wanted and inner != sample_id:
+                holding.setdefault(inner, sample_id)
     return holding
+
+
+def _sharing(ids: Sequence[int], held: Mapping[int, set[int]]) -> dict[int, int]:
+    """The pieces among `ids` (in gathered order) left out because they share samples with a piece
+    kept before them, each with that piece. A piece inside another gathered piece is decided after
+    it (and is left out as inside it where that one is kept, not here); the others in gathered order."""
+    undecided = [sample_id for sample_id in ids if held[sample_id]]
+    kept: list[int] = []
+    heard: set[int] = set()  # the pieces kept and all they hold
+    sharing: dict[int, int] = {}
+    while undecided:
+        waiting = set(undecided)
+        piece = next(
+            (p for p in undecided if not any(p in held[other] for other in waiting if other != p)),
+            undecided[0],  # (pieces never hold each other round in a ring; were the store to say so)
+        )
+        undecided.remove(piece)
+        if piece in heard:
+            continue  # inside a kept piece
+        first = next((other for other in kept if held[other] & held[piece]), None)
+        if first is not None:
+            sharing[piece] = first
+        else:
+            kept.append(piece)
+            heard |= held[piece] | {piece}
+    return {piece: sharing[piece] for piece in ids if piece in sharing}  # in gathered order
 
 
 async def _ingredients(store: JobStore, sample_id: int) -> set[int]:
@@ -388,10 +436,16 @@ def continuable(piece: Piece) -> bool:
 
 
 def piece_text(
-    sample_id: int, job_id: int, user_id: int, piece: Piece, inside: Mapping[int, int] | None = None
+    sample_id: int,
+    job_id: int,
+    user_id: int,
+    piece: Piece,
+    inside: Mapping[int, int] | None = None,
+    sharing: Mapping[int, int] | None = None,
 ) -> str:
     """The message above the piece: what it is, the order with each join's score, what was left out
-    (silent, or already `inside` a piece joined), within 2,000 chars."""
+    (silent, already `inside` a piece joined, or a piece `sharing` samples with one joined), within
+    2,000 chars."""
     minutes, seconds = divmod(round(piece.duration_seconds), 60)
     head = (
         f"**Sample #{sample_id}** · job #{job_id} · curated by <@{user_id}> from {len(piece.order)} "
@@ -403,6 +457,9 @@ def piece_text(
     for held_by in sorted(set((inside or {}).values())):
         held = [f"#{held}" for held, piece_id in (inside or {}).items() if piece_id == held_by]
         tail.append(f"Left out (already in #{held_by}): {', '.join(held)}")
+    for shared_with in sorted(set((sharing or {}).values())):
+        pieces = [f"#{piece_id}" for piece_id, other in (sharing or {}).items() if other == shared_with]
+        tail.append(f"Left out (shares samples with #{shared_with}): {', '.join(pieces)}")
     if piece.top_codes is None:
         tail.append("Some ingredients have no top-level codes stored, so this piece cannot be continued.")
     elif not continuable(piece):

@@ -165,7 +165,7 @@ class Curate(commands.Cog):
         )
         interaction.extras["job_id"] = job_id
         try:
-            first_id = await self._post(interaction, guild_id, job_id, sample_id, piece, resolved.inside)
+            first_id = await self._post(interaction, guild_id, job_id, sample_id, piece, resolved)
         except DISCORD_FAILURES as exc:
             # Stored already (the relay never posts a piece): say where it is, not "something went wrong".
             log.warning(
@@ -229,13 +229,15 @@ class Curate(commands.Cog):
         job_id: int,
         sample_id: int,
         piece: curating.Piece,
-        inside: dict[int, int],
+        resolved: curating.Resolved,
     ) -> int:
         """The piece in the channel: its audio (split to fit the upload limit), the order as a strip, the
         buttons; the id of its first message, which the caller records so that the piece's buttons and
         /sample work like any sample's."""
         limit = delivery.upload_limit(interaction.filesize_limit, None)
-        content = curating.piece_text(sample_id, job_id, interaction.user.id, piece, inside)
+        content = curating.piece_text(
+            sample_id, job_id, interaction.user.id, piece, resolved.inside, resolved.sharing
+        )
         stem = f"jukebot_sample_{sample_id}"
         groups, impossible = await delivery.grouped_files_or_reason(
             piece.audio, curating.PIECE_FORMAT, limit, stem, piece.duration_seconds

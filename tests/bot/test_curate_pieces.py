@@ -124,3 +124,80 @@ async def test_a_refusal_after_the_reply_token_expired_is_a_log_line_not_an_erro
     await wait_until(reply_given_up, within=30, what="the curation to give up its reply")
     assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
     assert [job.id for job in await store.list_jobs()] == [1]
+
+
+async def _two_pieces_sharing_sample_2(fake: FakeDiscord, store: JobStore, maker: str = "alice") -> None:
+    """Samples #1 to #3 (job 1, alice's); `maker` joins #1, #2 into piece #4 and #2, #3 into #5."""
+    await made_job(fake, store, 3)
+    for listed, made in (("1, 2", 4), ("2, 3", 5)):
+        curate = await fake.invoke_command("curate", {"samples": listed}, user=fake.user(maker))
+        reply = await final_reply(fake, curate)
+        assert reply.startswith(f"Done: sample #{made} "), reply
+
+
+@pytest.mark.parametrize(
+    ("selection", "joined", "lines"),
+    [
+        ("user", [3, 4], ["Left out (already in #4): #1, #2", "Left out (shares samples with #4): #5"]),
+        ("top", [1, 5], ["Left out (already in #5): #2, #3", "Left out (shares samples with #5): #4"]),
+    ],
+)
+async def test_of_two_gathered_pieces_sharing_a_sample_the_later_one_is_left_out(
+    fake_discord: FakeDiscord,
+    bot_runner: BotRunner,
+    sqlite_store: JobStore,
+    selection: str,
+    joined: list[int],
+    lines: list[str],
+) -> None:
+    """#4 and #5 both hold #2: joined together, #2 would play twice. The piece gathered first stays (a
+    user's samples come oldest first, the top newest first with no votes), the other is left out, and
+    the samples only it held are joined on their own: #1, #2 and #3 are each heard once."""
+    fake, store = fake_discord, sqlite_store
+    await bot_runner.start(make_bot(fake, store))
+    await _two_pieces_sharing_sample_2(fake, store)
+
+    options = {"user": fake.user("alice")} if selection == "user" else {"top": "all"}
+    reply = await final_reply(fake, await fake.invoke_command("curate", options))
+    assert reply.startswith("Done: sample #6 "), reply
+    record = (await store.get_job(4)).params["curation"]
+    assert sorted(record["sample_ids"]) == joined
+    message = sample_message(fake, 6)
+    assert message is not None
+    content = message.content.splitlines()
+    assert [line for line in content if line.startswith("Left out")] == lines, content
+
+
+@pytest.mark.parametrize(
+    ("selection", "refusal"),
+    [
+        (
+            {"user": "bob"},
+            "Curating joins at least two samples, and <@{bob}>'s samples here not sharing samples with "
+            "another piece among them come to 1.",
+        ),
+        (
+            {"samples": "4, 5"},
+            "Pieces #4 and #5 both hold sample #2: it would play twice. List one of them.",
+        ),
+    ],
+    ids=["user", "samples"],
+)
+async def test_two_pieces_sharing_a_sample_are_never_joined_together(
+    fake_discord: FakeDiscord,
+    bot_runner: BotRunner,
+    sqlite_store: JobStore,
+    selection: dict[str, str],
+    refusal: str,
+) -> None:
+    """bob's pieces #4 and #5 hold alice's #2 both: his samples come to one once #5 is left out, and
+    listing the two is refused."""
+    fake, store = fake_discord, sqlite_store
+    await bot_runner.start(make_bot(fake, store))
+    await _two_pieces_sharing_sample_2(fake, store, maker="bob")
+
+    bob = fake.user("bob")
+    options = {"user": bob} if selection.get("user") == "bob" else selection
+    reply = await final_reply(fake, await fake.invoke_command("curate", options, user=bob))
+    assert reply.startswith(refusal.format(bob=bob.id)), reply
+    assert sorted(job.id for job in await store.list_jobs()) == [1, 2, 3]  # nothing stored
