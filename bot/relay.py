@@ -2,8 +2,8 @@
 
 One background task. Each pass lists the unfinished jobs of the servers the bot is in, edits
 their progress messages (only when the text changed, at most once per `min_edit_interval_s`
-per message, and within Discord's rate limits, `EditBudget`: running jobs' first, then the queue's
-from its front, the rest at later passes), then posts the results of finished jobs the store lists
+per message, and within Discord's rate limits, `EditBudget`: the message edited longest ago first,
+the rest at later passes), then posts the results of finished jobs the store lists
 as not posted yet, followed by the final progress text. Passes run every `poll_interval_s` or at
 once after `poke()`.
 
@@ -88,7 +88,7 @@ CANNOT_POST_THERE = {
 }
 # Discord lets a bot send or edit about 5 messages per 5 s in a channel, and 50 requests a second in all;
 # past that discord.py waits, holding up the whole pass (results, new jobs' messages). Progress edits past
-# these budgets wait for a later pass: running jobs' first, then the front of the queue's.
+# these budgets wait for a later pass (the message edited longest ago goes first: `_update_order`).
 EDITS_PER_CHANNEL = 4
 EDIT_WINDOW_S = 5.0
 EDITS_PER_PASS = 40
