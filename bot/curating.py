@@ -432,7 +432,7 @@ def piece_sample(piece: Piece) -> NewSample:
 
 def continuable(piece: Piece) -> bool:
     """Whether a continuation of the piece fits: it starts from all its samples' top-level codes."""
-    return may_continue(None if piece.top_codes is None else len(piece.top_codes) // 2)
+    return may_continue(piece.top_codes)
 
 
 def piece_text(

@@ -184,7 +184,7 @@ class ProgressRelay:
         self._unrecorded_progress: dict[
             int, tuple[discord.Message, int | None, discord.PartialMessage | None]
         ] = {}
-        self._unreleased: dict[int, tuple[float, bool]] = {}  # job id -> (retry after, history unread)
+        self._unreleased: dict[int, float] = {}
         self._unmarked: dict[int, bool] = {}  # job id -> True
         # Jobs whose results claim this bot took over from one that ran out, until it read the channel's
         # history for messages sent without a record (kept through a failed try that gives the claim back).
@@ -304,10 +304,7 @@ class ProgressRelay:
                 if not job.finished:
                     continue  # queued after this pass listed the unfinished jobs
                 if job.results_posted_at is not None or job.guild_id not in guild_ids:
-                    self._watched.pop(job_id, None)
-                    self._failures.pop(job_id, None)
-                    self._update_failures.pop(job_id, None)
-                    self._channel_lost_at.pop(job_id, None)
+                    self._forget(job_id)
                 # else: more than a batch finished at once, or waiting to retry; a later pass lists it
 
     def _update_order(self, job: Job, places: QueuePlaces) -> tuple[int, float, int, int]:
@@ -505,6 +502,10 @@ class ProgressRelay:
             finished = await self.store.finish_results_posting(job_id, self.poster_id)
         if not finished:
             log.warning("job #%s: results posted, but another bot took over the claim meanwhile", job_id)
+        self._forget(job_id)
+
+    def _forget(self, job_id: int) -> None:
+        """A job whose results are out (here or elsewhere): nothing of it is kept."""
         self._watched.pop(job_id, None)
         self._failures.pop(job_id, None)
         self._update_failures.pop(job_id, None)
@@ -545,7 +546,7 @@ class ProgressRelay:
         """Give the claim on a job's results back, kept in `_unreleased` while the database is away; one
         taken over whose channel this bot did not read yet says so (the next bot reads it)."""
         unread = job_id in self._unread_history
-        with _kept_until_written(self._unreleased, job_id, (retry_after_s, unread)):
+        with _kept_until_written(self._unreleased, job_id, retry_after_s):
             await self.store.release_results_posting(
                 job_id, self.poster_id, retry_after_s=retry_after_s, history_unread=unread
             )
@@ -561,7 +562,7 @@ class ProgressRelay:
             await _written_behind(what, self._record_sample_message(sample_id, message_id, parts))
         for job_id in sorted(self._unmarked):
             await _written_behind(f"job #{job_id}: its results posted", self._mark_posted(job_id))
-        for job_id, (retry_after_s, _) in list(self._unreleased.items()):
+        for job_id, retry_after_s in list(self._unreleased.items()):
             what = f"job #{job_id}: its claim on the results given back"
             await _written_behind(what, self._release(job_id, retry_after_s))
 
@@ -656,12 +657,11 @@ class ProgressRelay:
                     prime_part,
                 )
                 groups = delivery.with_picture(groups, picture, split_limit)
-            codes = sample.codes(2)
             view = sample_view(
                 sample.id,
                 votes.get(sample.id, 0),
                 can_upsample=not full_quality,
-                can_continue=may_continue(None if codes is None else len(codes) // 2),
+                can_continue=may_continue(sample.codes(2)),
             )
             reference = self._reference(job.channel_id, job.guild_id, reply_to)
             for index in range(start, len(groups)):
@@ -686,7 +686,7 @@ class ProgressRelay:
                     first_id = first.id
                 else:
                     await channel.send(
-                        _continued_text(sample.id, index, len(groups)),
+                        continued_text(sample.id, index, len(groups)),
                         files=uploads,
                         allowed_mentions=NO_MENTIONS,
                         nonce=nonce,
@@ -709,7 +709,7 @@ def _sample_header(job: Job, sample_id: int) -> str:
     return f"<@{job.user_id}> **Sample #{sample_id}** · job #{job.id} · "
 
 
-def _continued_text(sample_id: int, index: int, total: int) -> str:
+def continued_text(sample_id: int, index: int, total: int) -> str:
     """The text of a sample's message `index` (from 0) after the first, of `total`."""
     return f"Sample #{sample_id}, continued ({index + 1}/{total})"
 
@@ -745,7 +745,7 @@ class _EarlierMessages:
                 return None, 0
             first_id, start = found[0], 1
         while start < len(groups):
-            sent = texts.get(_continued_text(sample_id, start, len(groups)))
+            sent = texts.get(continued_text(sample_id, start, len(groups)))
             if sent is None or not _holds(sent[1], groups[start]):
                 break
             start += 1

@@ -357,10 +357,11 @@ def check_continuable(sample_id: int, parent_tokens: int | None, added: float = 
     raise LimitReached(f"{said}: continue it by at most {most:g} s.")
 
 
-def may_continue(parent_tokens: int | None) -> bool:
-    """Whether a sample of `parent_tokens` top-level codes can be continued at all (its Continue button)."""
+def may_continue(top_codes: bytes | None) -> bool:
+    """Whether a sample whose top-level codes are `top_codes` (int16, as stored) can be continued at all
+    (its Continue button)."""
     try:
-        check_continuable(0, parent_tokens)
+        check_continuable(0, None if top_codes is None else len(top_codes) // 2)
     except (InvalidRequest, LimitReached):
         return False
     return True

@@ -26,7 +26,7 @@ from bot.actions import OnePerMember, Viewer, check_bot_can_post, guild_id_of
 from bot.bot import JukeBot, user_message
 from bot.errors import fit_message
 from bot.options import JobId
-from bot.relay import sample_nonce
+from bot.relay import continued_text, sample_nonce
 from bot.requests import TOP_PERIODS
 from bot.views import sample_view
 from storage.records import Sample
@@ -252,7 +252,7 @@ class Curate(commands.Cog):
         view = sample_view(sample_id, 0, can_upsample=False, can_continue=curating.continuable(piece))
         sent: list[discord.Message] = []
         for index, group in enumerate(groups):
-            text = content if index == 0 else f"Sample #{sample_id}, continued ({index + 1}/{len(groups)})"
+            text = content if index == 0 else continued_text(sample_id, index, len(groups))
             # As the relay's samples: sent again after a lost answer, Discord answers with the first.
             nonce = sample_nonce(sample_id, index, limit)
             try:

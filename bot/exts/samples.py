@@ -92,12 +92,8 @@ class Samples(commands.Cog):
             f"**Sample #{stored.id}** · job #{job.id} by <@{job.user_id}> · "
             f"{stored.duration_seconds:.1f} s · {job_quality(job)}"
         ) + style_line(job.params, stored.index)
-        codes = stored.codes(2)
         view = sample_view(
-            stored.id,
-            votes,
-            can_upsample=can_upsample(job),
-            can_continue=may_continue(None if codes is None else len(codes) // 2),
+            stored.id, votes, can_upsample=can_upsample(job), can_continue=may_continue(stored.codes(2))
         )
         for index, group in enumerate(groups):
             uploads = [
