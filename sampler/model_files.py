@@ -42,7 +42,7 @@ from typing import Any, Literal
 from tqdm import tqdm
 
 from sampler.jukebox.registry import CHECKPOINTS, DEFAULT_MIRRORS, MODELS
-from sampler.units import format_bytes
+from sampler.units import count_of, format_bytes
 from sampler.user_text import shorten_user_text
 
 try:  # Advisory locking keeps two processes from writing the same .part; POSIX only.
@@ -697,9 +697,9 @@ class FileStatus:
         """Its state, and the partial files an interrupted import left beside it, if any."""
         if not self.leftovers:
             return self.state_description
-        size = format_bytes(self.leftover_bytes)
+        files = count_of(self.leftovers, LEFTOVER)
         return (
-            f"{self.state_description}; {_leftover_files(self.leftovers)} ({size}) from an interrupted "
+            f"{self.state_description}; {files} ({format_bytes(self.leftover_bytes)}) from an interrupted "
             "import: removed by the next `jukebot models import` or `jukebot models download`"
         )
 
@@ -916,6 +916,7 @@ def _part_path(path: Path) -> Path:
 # beside `<file>`: `<file>.<8 hex digits>.partial`, a new name each time. A writer killed mid-write
 # (SIGKILL, the OOM killer, a power cut) leaves it there: a "leftover".
 _PARTIAL_NAME = r"\.[0-9a-f]{8}\.partial"
+LEFTOVER = "leftover partial file"
 
 
 def leftover_partials(path: Path) -> list[Path]:
@@ -962,13 +963,9 @@ def _remove_leftover_partials(model_dir: Path, notify: Callable[[str], None]) ->
             removed, size = removed + 1, size + bytes_
     if removed:
         notify(
-            f"removed {_leftover_files(removed)} ({format_bytes(size)}) from {model_dir}, left by an "
+            f"removed {count_of(removed, LEFTOVER)} ({format_bytes(size)}) from {model_dir}, left by an "
             "interrupted import"
         )
-
-
-def _leftover_files(count: int) -> str:
-    return f"{count} leftover partial file{'' if count == 1 else 's'}"
 
 
 def _url(root: str, name: str) -> str:
