@@ -125,6 +125,20 @@ def deadline(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
+@contextmanager
+def alarm_held() -> Iterator[None]:
+    """Hold the budget's alarm back while the block runs, and raise it after: the profiler stopped
+    half-way through its start or stop stays on for every later measurement (and crashes the exit)."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)  # an alarm that came meanwhile fires now
+
+
 def release_memory(collect: bool = True) -> None:
     """Hand cached GPU memory back; `collect` first frees cycles (a few 100 ms with dynamo loaded)."""
     if collect:

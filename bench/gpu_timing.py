@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from bench.gpu_paths import DecodePath, WindowJob, adapters, sync
+from bench.gpu_record import alarm_held
 from sampler.jukebox.prior import Conditioning, JukeboxPrior
 
 
@@ -137,8 +138,9 @@ class _SegmentClock:
         self.marks.append(time.perf_counter())
         if self.profile and len(self.marks) == self.timed + 1:
             try:
-                self.profiler = _start_profiler(self.device, self.shapes)
-                self.profiling = True
+                with alarm_held():
+                    self.profiler = _start_profiler(self.device, self.shapes)
+                    self.profiling = True
             except Exception as exc:
                 self.profile_error = f"{type(exc).__name__}: {exc}"
         elif self.profiling and len(self.marks) == self.timed + 2:
@@ -148,7 +150,8 @@ class _SegmentClock:
         if self.profiling:
             self.profiling = False
             try:
-                self.profiler.stop()
+                with alarm_held():
+                    self.profiler.stop()
             except Exception as exc:
                 self.profiler, self.profile_error = None, f"{type(exc).__name__}: {exc}"
 
@@ -193,6 +196,9 @@ def time_path(
                 raise
             engine_error = f"{type(exc).__name__}: {exc}"
             continue
+        except BaseException:  # the budget's alarm: the profiler must not stay on for later parts
+            clock.stop()
+            raise
         sync(device)
         clock.stop()
         expected = plan.timed + (2 if profile else 1)

@@ -54,7 +54,7 @@ from bench.gpu_paths import (
     require_path,
     window_uniforms,
 )
-from bench.gpu_record import Budget, Recorder, run_part
+from bench.gpu_record import Budget, BudgetSpent, Recorder, alarm_held, run_part
 from bench.gpu_summary import decision_lines, overlap_row
 from bench.gpu_timing import WindowPlan, time_path
 from sampler.jukebox import decoding
@@ -475,6 +475,28 @@ def test_a_part_that_overruns_the_budget_is_stopped() -> None:
     assert recorder.records[-2]["kind"] == "skip" and "budget" in recorder.records[-2]["reason"]
 
 
+@pytest.mark.skipif(not hasattr(__import__("signal"), "pthread_sigmask"), reason="needs POSIX signal masks")
+def test_an_alarm_held_back_is_raised_when_the_block_ends() -> None:
+    """The profiler's start and stop run with the budget's alarm held back: one that fires inside
+    them would leave the profiler half on."""
+    import signal
+
+    def on_alarm(signum: int, frame: object) -> None:
+        raise BudgetSpent("the --budget ran out in this part")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    reached = []
+    try:
+        with pytest.raises(BudgetSpent):
+            with alarm_held():
+                signal.raise_signal(signal.SIGALRM)
+                reached.append("the rest of the block")
+        assert reached == ["the rest of the block"]
+        assert signal.SIGALRM not in signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+
+
 # ---- the decode paths on a tiny slice
 
 
@@ -620,6 +642,29 @@ def test_decode_rows_go_through_the_engine_when_it_exists_and_fall_back_when_it_
     fallback = time_path(path, prior, cond, known, plan, engine=_broken_engine(), **common)
     assert fallback.engine == "bench" and "NotImplementedError" in (fallback.engine_error or "")
     assert fallback.tokens.shape == (3, 1 + 3 * 16) and len(fallback.segments_ms) == 1
+
+
+def test_a_budget_spent_while_profiling_stops_the_profiler(
+    tiny_upsampler: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The budget's alarm stops a row mid-profile: a profiler left on would slow every later
+    measurement (and crashed the interpreter at exit)."""
+    from bench import gpu_timing
+
+    prior, cond, known = tiny_upsampler
+    plan = WindowPlan(first=known.shape[1], segment=4, timed=1, profiled=4)
+    path = next(p for p in PATHS if p.name == "static")
+
+    def spent_while_profiled(device: torch.device) -> None:  # the alarm at the profiled segment's end
+        if torch.autograd.profiler._is_profiler_enabled:
+            raise BudgetSpent("the --budget ran out in this part")
+
+    monkeypatch.setattr(gpu_timing, "sync", spent_while_profiled)
+    with pytest.raises(BudgetSpent):
+        time_path(
+            path, prior, cond, known, plan, engine=None, capture=False, compile_backend="eager", profile=True
+        )
+    assert not torch.autograd.profiler._is_profiler_enabled
 
 
 @pytest.mark.slow
