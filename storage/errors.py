@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -113,11 +114,18 @@ class AlreadyUpsampled(StorageError):
 
 # What a lost connection raises (the driver's own exceptions, by name: the drivers are optional).
 _UNREACHABLE_DRIVER_ERRORS = {"PostgresConnectionError", "OperatorInterventionError"}
+# SQLite's primary result codes for a file that cannot be written for now: another process holds its
+# lock past the busy timeout (BUSY, LOCKED), a disk error (IOERR), a full disk (FULL), a file that
+# cannot be opened (CANTOPEN) or a lock protocol error (PROTOCOL). Its outage, where Postgres's is a
+# lost connection.
+_SQLITE_UNAVAILABLE_CODES = {5, 6, 10, 13, 14, 15}
 
 
 def database_unreachable(error: BaseException) -> bool:
     """True when `error`, or what caused it, says the database could not be reached (stopped,
-    restarting, the network cut): the same call is worth trying again later, unlike a refused write."""
+    restarting, the network cut) or, for SQLite, could not be written for now (locked by another
+    process, a disk error, a full disk): the same call is worth trying again later, unlike a refused
+    write."""
     from sqlalchemy.exc import DBAPIError
 
     seen: set[int] = set()
@@ -132,6 +140,10 @@ def database_unreachable(error: BaseException) -> bool:
         if isinstance(current, DBAPIError) and current.connection_invalidated:
             return True
         if {cls.__name__ for cls in type(current).__mro__} & _UNREACHABLE_DRIVER_ERRORS:
+            return True
+        if isinstance(current, sqlite3.Error) and (
+            ((getattr(current, "sqlite_errorcode", None) or 0) & 0xFF) in _SQLITE_UNAVAILABLE_CODES
+        ):
             return True
         pending += [current.__cause__, current.__context__, getattr(current, "orig", None)]
     return False

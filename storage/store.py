@@ -639,54 +639,60 @@ class JobStore:
         _check_lease(lease_seconds)
         if not models:
             return None
-        now = self._clock()
-        running = and_(jobs.c.status == JobStatus.RUNNING.value, jobs.c.attempts + 1 < jobs.c.max_attempts)
-        orphaned = and_(running, jobs.c.lease_owner.in_(sorted(orphaned_by)))
-        own = jobs.c.lease_owner == worker_id
-        lost_claim = and_(jobs.c.status == JobStatus.RUNNING.value, own) if reclaim_own else false()
-        users_jobs = jobs.alias("users_jobs")
-        users_running = (
-            select(func.count())
-            .select_from(users_jobs)
-            .where(
-                users_jobs.c.user_id == jobs.c.user_id,
-                users_jobs.c.guild_id.is_not_distinct_from(jobs.c.guild_id),
-                users_jobs.c.status.in_([status.value for status in ACTIVE_STATUSES]),
-            )
-            .scalar_subquery()
-        )
-        takeable = or_(
-            and_(
-                jobs.c.status == JobStatus.QUEUED.value,
-                or_(jobs.c.max_running_per_user.is_(None), users_running < jobs.c.max_running_per_user),
-            ),
-            and_(running, jobs.c.lease_expires_at < self._lease_now()) if take_expired else false(),
-            orphaned,
-            lost_claim,
-        )
-        next_job = (
-            select(jobs.c.id)
-            .where(takeable, jobs.c.model.in_(sorted(models)))
-            .order_by(case((lost_claim, 0), (orphaned, 1), else_=2), *CLAIM_ORDER)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-            .scalar_subquery()
-        )
-        taken_over = jobs.c.status == JobStatus.RUNNING.value
-        statement = (
-            update(jobs)
-            .where(jobs.c.id == next_job, takeable)
-            .values(
-                status=JobStatus.RUNNING.value,
-                attempts=case((and_(taken_over, ~lost_claim), jobs.c.attempts + 1), else_=jobs.c.attempts),
-                lease_owner=worker_id,
-                lease_expires_at=self._lease_end(lease_seconds),
-                started_at=func.coalesce(jobs.c.started_at, literal(now, UTCDateTime())),
-                updated_at=now,
-            )
-            .returning(*(CLAIMED_JOB_COLUMNS if with_checkpoint else CLAIMED_JOB_COLUMNS_WITHOUT_BLOB))
-        )
         async with self._transaction() as connection:
+            # The times are read once the transaction holds the lock (SQLite's BEGIN IMMEDIATE waits for
+            # it): read before, a claim that waited got a lease shortened by the wait.
+            now = self._clock()
+            running = and_(
+                jobs.c.status == JobStatus.RUNNING.value, jobs.c.attempts + 1 < jobs.c.max_attempts
+            )
+            orphaned = and_(running, jobs.c.lease_owner.in_(sorted(orphaned_by)))
+            own = jobs.c.lease_owner == worker_id
+            lost_claim = and_(jobs.c.status == JobStatus.RUNNING.value, own) if reclaim_own else false()
+            users_jobs = jobs.alias("users_jobs")
+            users_running = (
+                select(func.count())
+                .select_from(users_jobs)
+                .where(
+                    users_jobs.c.user_id == jobs.c.user_id,
+                    users_jobs.c.guild_id.is_not_distinct_from(jobs.c.guild_id),
+                    users_jobs.c.status.in_([status.value for status in ACTIVE_STATUSES]),
+                )
+                .scalar_subquery()
+            )
+            takeable = or_(
+                and_(
+                    jobs.c.status == JobStatus.QUEUED.value,
+                    or_(jobs.c.max_running_per_user.is_(None), users_running < jobs.c.max_running_per_user),
+                ),
+                and_(running, jobs.c.lease_expires_at < self._lease_now()) if take_expired else false(),
+                orphaned,
+                lost_claim,
+            )
+            next_job = (
+                select(jobs.c.id)
+                .where(takeable, jobs.c.model.in_(sorted(models)))
+                .order_by(case((lost_claim, 0), (orphaned, 1), else_=2), *CLAIM_ORDER)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+                .scalar_subquery()
+            )
+            taken_over = jobs.c.status == JobStatus.RUNNING.value
+            statement = (
+                update(jobs)
+                .where(jobs.c.id == next_job, takeable)
+                .values(
+                    status=JobStatus.RUNNING.value,
+                    attempts=case(
+                        (and_(taken_over, ~lost_claim), jobs.c.attempts + 1), else_=jobs.c.attempts
+                    ),
+                    lease_owner=worker_id,
+                    lease_expires_at=self._lease_end(lease_seconds),
+                    started_at=func.coalesce(jobs.c.started_at, literal(now, UTCDateTime())),
+                    updated_at=now,
+                )
+                .returning(*(CLAIMED_JOB_COLUMNS if with_checkpoint else CLAIMED_JOB_COLUMNS_WITHOUT_BLOB))
+            )
             if self.engine.dialect.name == "postgresql":
                 # Claims one at a time: two at once could each count a user's running jobs below the
                 # limit and take one each (SQLite's write transactions already run alone).
@@ -1510,9 +1516,14 @@ class JobStore:
             raise JobNotFinished(job_id, owner.status.value)
         return None
 
-    async def _update_posting(self, job_id: int, poster_id: str, **values: Any) -> bool:
-        """Change the claim's row if `poster_id` still holds it (nobody took it over, not finished)."""
+    async def _update_posting(
+        self, job_id: int, poster_id: str, *, lease_seconds: float | None = None, **values: Any
+    ) -> bool:
+        """Change the claim's row if `poster_id` still holds it (nobody took it over, not finished);
+        `lease_seconds`: renew the claim for that long from when the transaction holds the lock."""
         async with self._transaction() as connection:
+            if lease_seconds is not None:
+                values["results_posting_expires_at"] = self._lease_end(lease_seconds)
             result = await connection.execute(
                 update(jobs)
                 .where(
@@ -1531,8 +1542,7 @@ class JobStore:
         A claim that ran out but that nobody took over is still ours, and is renewed.
         """
         _check_lease(lease_seconds)
-        expires = self._lease_end(lease_seconds)
-        return await self._update_posting(job_id, poster_id, results_posting_expires_at=expires)
+        return await self._update_posting(job_id, poster_id, lease_seconds=lease_seconds)
 
     async def finish_results_posting(self, job_id: int, poster_id: str) -> bool:
         """Everything went out: mark the results posted for good. False if the claim was lost."""

@@ -1,0 +1,139 @@
+"""SQLite's outage: another process holds the database file's write lock past the busy timeout. The
+worker treats it as it treats a Postgres it cannot reach: it keeps what the job made and writes it
+once the lock is gone, at no cost of an attempt (before, one 'database is locked' threw a finished
+job's samples away and left it running under a worker that had moved on)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import shutil
+from pathlib import Path
+from typing import Any
+
+from sampler.worker.contract import DeviceSpec
+from sampler.worker.runtime import JobOutcome, Worker
+from storage import JobStatus, JobStore, create_engine
+from tests.sampler.worker.test_runtime import FAST, claim, enqueue, toy_env  # noqa: F401
+from tests.sampler.worker.toy_runner import ToyRunner
+from tests.sqlite_lock import WriteLock
+from tests.waiting import wait_until
+
+BUSY_TIMEOUT_S = 0.5  # the worker's engine waits this long for the lock, not SQLite's default 60 s
+
+
+class LockedStore(JobStore):
+    """Takes the write lock just before the `lock_at`-th call of method `method` goes to the database."""
+
+    def __init__(self, engine: Any, path: Path, method: str, lock_at: int = 1) -> None:
+        super().__init__(engine)
+        self.lock = WriteLock(path)
+        self._method, self._lock_at, self._calls = method, lock_at, 0
+
+    def __getattribute__(self, name: str) -> Any:
+        attribute = super().__getattribute__(name)
+        if name != object.__getattribute__(self, "_method"):
+            return attribute
+
+        async def locked_first(*args: Any, **kwargs: Any) -> Any:
+            self._calls += 1
+            if self._calls == self._lock_at:
+                self.lock.take()
+            return await attribute(*args, **kwargs)
+
+        return locked_first
+
+
+def _locked_store(sqlite_template: Path, tmp_path: Path, method: str, lock_at: int = 1) -> LockedStore:
+    path = tmp_path / "jukebot.sqlite3"
+    shutil.copyfile(sqlite_template, path)
+    engine = create_engine(f"sqlite+aiosqlite:///{path}?timeout={BUSY_TIMEOUT_S}")
+    return LockedStore(engine, path, method, lock_at)
+
+
+async def _released_once_noticed(worker: Worker, store: LockedStore, running: asyncio.Task[Any]) -> None:
+    """Hold the lock until the worker says the database is away (or the run ended), then release it."""
+
+    async def noticed() -> bool:
+        return running.done() or (store.lock.held and worker.database_away)
+
+    await wait_until(noticed, 60, "the worker to notice the locked database")
+    store.lock.release()
+
+
+async def test_a_finished_job_is_stored_once_the_lock_is_gone(
+    sqlite_template: Path,
+    tmp_path: Path,
+    toy_env: Path,  # noqa: F811
+) -> None:
+    store = _locked_store(sqlite_template, tmp_path, "complete")
+    worker = Worker(store, ToyRunner(DeviceSpec.cpu()), DeviceSpec.cpu(), config=FAST)
+    try:
+        job_id = await enqueue(store, params={"seconds": 1.0})
+        running = asyncio.create_task(worker.run_job(await claim(store, worker)))
+        await _released_once_noticed(worker, store, running)
+        assert await asyncio.wait_for(running, 60) is JobOutcome.SUCCEEDED
+        job = await store.get_job(job_id)
+        assert job.status is JobStatus.SUCCEEDED and job.attempts == 0
+        assert len(await store.samples_for_job(job_id)) == 1
+    finally:
+        store.lock.release()
+        worker.close()
+        await store.engine.dispose()
+
+
+async def test_a_lock_at_a_checkpoint_costs_no_attempt(
+    sqlite_template: Path,
+    tmp_path: Path,
+    toy_env: Path,  # noqa: F811
+) -> None:
+    store = _locked_store(sqlite_template, tmp_path, "save_checkpoint", lock_at=2)
+    worker = Worker(
+        store,
+        ToyRunner(DeviceSpec.cpu()),
+        DeviceSpec.cpu(),
+        config=dataclasses.replace(FAST, checkpoint_seconds=0),
+    )
+    try:
+        job_id = await enqueue(store, params={"seconds": 1.0})
+        running = asyncio.create_task(worker.run_job(await claim(store, worker)))
+        await _released_once_noticed(worker, store, running)
+        assert await asyncio.wait_for(running, 60) is JobOutcome.SUCCEEDED
+        job = await store.get_job(job_id)
+        assert job.status is JobStatus.SUCCEEDED and job.attempts == 0, (job.status, job.attempts, job.error)
+    finally:
+        store.lock.release()
+        worker.close()
+        await store.engine.dispose()
+
+
+async def test_a_serving_worker_keeps_a_finished_job_on_its_last_attempt(
+    sqlite_template: Path,
+    tmp_path: Path,
+    toy_env: Path,  # noqa: F811
+) -> None:
+    store = _locked_store(sqlite_template, tmp_path, "complete")
+    worker = Worker(store, ToyRunner(DeviceSpec.cpu()), DeviceSpec.cpu(), config=FAST)
+    stop = asyncio.Event()
+    try:
+        job_id = await enqueue(store, params={"seconds": 1.0}, max_attempts=1)
+        serving = asyncio.create_task(worker.serve(stop))
+
+        async def lock_taken() -> bool:
+            return store.lock.held or serving.done()
+
+        await wait_until(lock_taken, 60, "the worker to store the finished job")
+        await _released_once_noticed(worker, store, serving)
+
+        async def finished() -> bool:
+            return (await store.get_job(job_id)).finished
+
+        await wait_until(finished, 60, "the job to finish")
+        stop.set()
+        await asyncio.wait_for(serving, 30)
+        job = await store.get_job(job_id)
+        assert job.status is JobStatus.SUCCEEDED, (job.status, job.attempts, job.error)
+    finally:
+        store.lock.release()
+        worker.close()
+        await store.engine.dispose()
