@@ -88,7 +88,8 @@ async def report_error(interaction: discord.Interaction[Any], error: BaseExcepti
         if interaction.response.is_done():
             if interaction.extras.get(PUBLIC_THINKING):
                 # The first followup would fill the public "thinking…" message, whatever it asks:
-                # take that message away so the error reaches only the user.
+                # take that message away so the error reaches only the user. A command clears the
+                # flag once its own followup filled that message: what it posted stays.
                 with contextlib.suppress(discord.HTTPException):
                     await interaction.delete_original_response()
             await interaction.followup.send(message, ephemeral=True)

@@ -13,6 +13,8 @@ import socket
 from collections.abc import Sequence
 from enum import Enum
 
+import aiohttp
+import discord
 import sqlalchemy.exc
 
 MAX_MESSAGE_CHARS = 2000  # Discord refuses longer message content (error 50035) and the user hears nothing
@@ -84,11 +86,15 @@ class StorageOutage(Enum):
 
     DISK_FULL = "the database's disk is full"
     UNREACHABLE = "the database cannot be reached"
+    BUSY = "the database file is locked by another process"
 
     def reply(self, error_id: str) -> str:
         if self is StorageOutage.DISK_FULL:
             problem = "The bot's storage is full, so this could not be saved"
             retry = "please try again later"
+        elif self is StorageOutage.BUSY:
+            problem = "The bot's database is busy with other work, so this could not be done"
+            retry = "please try again in a minute"
         else:
             problem = "The bot cannot reach its database right now, so this could not be done"
             retry = "please try again in a few minutes"
@@ -127,6 +133,8 @@ def _outage_of_one(error: BaseException) -> StorageOutage | None:
         return StorageOutage.DISK_FULL
     if sqlite_code in ("SQLITE_CANTOPEN", "SQLITE_IOERR"):
         return StorageOutage.UNREACHABLE
+    if sqlite_code in ("SQLITE_BUSY", "SQLITE_LOCKED"):  # held past the busy timeout
+        return StorageOutage.BUSY
     sqlstate = getattr(error, "sqlstate", None)
     if isinstance(sqlstate, str):
         if sqlstate == _PG_DISK_FULL:
@@ -184,3 +192,17 @@ def listed(items: Sequence[str], room: int, *, more: str = "and {n} more", separ
             return separator.join([*shown, more.format(n=len(items) - index)])
         shown.append(item)
     return separator.join(shown)
+
+
+# What sending a message may end in besides an answer: Discord's refusal, or none (a dropped
+# connection, a time-out: the message may still show up).
+DISCORD_FAILURES = (discord.HTTPException, discord.RateLimited, aiohttp.ClientError, OSError, TimeoutError)
+
+
+def discord_said(exc: BaseException) -> str:
+    """Discord's reason for not taking a message (a `DISCORD_FAILURES`), in a few words for the member."""
+    if isinstance(exc, discord.RateLimited):  # longer than the bot waits inside a command
+        return f"wait {exc.retry_after:.0f} s before posting here again"
+    if isinstance(exc, discord.HTTPException):
+        return (exc.text.splitlines() or [f"HTTP {exc.status}"])[0]
+    return "no answer"

@@ -24,19 +24,16 @@ from discord.ext import commands
 from bot import curating, delivery
 from bot.actions import OnePerMember, Viewer, check_bot_can_post, guild_id_of
 from bot.bot import JukeBot, user_message
-from bot.errors import fit_message
+from bot.errors import DISCORD_FAILURES, discord_said, fit_message
 from bot.options import JobId
 from bot.relay import continued_text, sample_nonce
 from bot.requests import TOP_PERIODS
 from bot.views import sample_view
-from storage.records import Sample
+from storage.records import MessageParts, Sample
 
 log = logging.getLogger(__name__)
 NO_MENTIONS = discord.AllowedMentions.none()
-# What a request to Discord may end in besides an answer: an error, or none (a dropped connection, a
-# time-out), after which it may or may not have been done.
-DISCORD_FAILURES = (discord.HTTPException, discord.RateLimited, aiohttp.ClientError, OSError, TimeoutError)
-# Of those, the ones where Discord may have done it: tried once more with the same nonce.
+# Of `DISCORD_FAILURES`, the ones where Discord may have done it: tried once more with the same nonce.
 ANSWER_MAYBE_LOST = (discord.DiscordServerError, aiohttp.ClientError, OSError, TimeoutError)
 
 
@@ -166,21 +163,36 @@ class Curate(commands.Cog):
         interaction.extras["job_id"] = job_id
         try:
             first_id = await self._post(interaction, guild_id, job_id, sample_id, piece, resolved)
+        except _PostedPartWay as part_way:
+            # Its first messages are in the channel, with its buttons: recorded as the relay records a
+            # sample posted part-way (`posted` stays false), and the reply says what is there.
+            exc, parts = part_way.failure, part_way.parts
+            log.warning(
+                "curated sample %s: only %d of its %d messages posted in channel %s: %s",
+                sample_id,
+                parts.sent,
+                parts.total,
+                interaction.channel_id,
+                exc,
+            )
+            await self.bot.store.set_sample_message(sample_id, part_way.first_id, parts=parts)
+            posted = "part 1" if parts.sent == 1 else f"parts 1–{parts.sent}"
+            await _tell(
+                interaction,
+                f"Sample #{sample_id} is made and stored, and comes in {parts.total} parts: I posted "
+                f"{posted} in this channel, but not the rest (Discord said: {discord_said(exc)}). "
+                f"`/sample {sample_id}` posts it whole where I may.",
+            )
+            return
         except DISCORD_FAILURES as exc:
             # Stored already (the relay never posts a piece): say where it is, not "something went wrong".
             log.warning(
                 "could not post curated sample %s in channel %s: %s", sample_id, interaction.channel_id, exc
             )
-            if isinstance(exc, discord.RateLimited):  # longer than the bot waits inside a command
-                said = f"wait {exc.retry_after:.0f} s before posting here again"
-            elif isinstance(exc, discord.HTTPException):
-                said = (exc.text.splitlines() or [str(exc.status)])[0]
-            else:
-                said = "no answer"
             await _tell(
                 interaction,
                 f"Sample #{sample_id} is made and stored, but I could not post it in this channel "
-                f"(Discord said: {said}). `/sample {sample_id}` posts it where I may.",
+                f"(Discord said: {discord_said(exc)}). `/sample {sample_id}` posts it where I may.",
             )
             return
         # (out of the `try`: a database error is not Discord's)
@@ -233,7 +245,7 @@ class Curate(commands.Cog):
     ) -> int:
         """The piece in the channel: its audio (split to fit the upload limit), the order as a strip, the
         buttons; the id of its first message, which the caller records so that the piece's buttons and
-        /sample work like any sample's."""
+        /sample work like any sample's. Raises `_PostedPartWay` when Discord took only its first messages."""
         limit = delivery.upload_limit(interaction.filesize_limit, None)
         content = curating.piece_text(
             sample_id, job_id, interaction.user.id, piece, resolved.inside, resolved.sharing
@@ -256,13 +268,29 @@ class Curate(commands.Cog):
             # As the relay's samples: sent again after a lost answer, Discord answers with the first.
             nonce = sample_nonce(sample_id, index, limit)
             try:
-                sent.append(await _send(channel, text, group, view if index == 0 else None, nonce))
-            except ANSWER_MAYBE_LOST as exc:  # (Discord's 500s, discord.py has tried again already)
-                log.warning(
-                    "curated sample %s: no answer to message %d (%r); again", sample_id, index + 1, exc
-                )
-                sent.append(await _send(channel, text, group, view if index == 0 else None, nonce))
+                try:
+                    sent.append(await _send(channel, text, group, view if index == 0 else None, nonce))
+                except ANSWER_MAYBE_LOST as exc:  # (Discord's 500s, discord.py has tried again already)
+                    log.warning(
+                        "curated sample %s: no answer to message %d (%r); again", sample_id, index + 1, exc
+                    )
+                    sent.append(await _send(channel, text, group, view if index == 0 else None, nonce))
+            except DISCORD_FAILURES as exc:
+                if not sent:
+                    raise  # nothing of it is in the channel
+                raise _PostedPartWay(sent[0].id, MessageParts(len(sent), len(groups), limit), exc) from exc
         return sent[0].id
+
+
+class _PostedPartWay(Exception):
+    """Discord took the first `parts.sent` of the piece's messages (the first is `first_id`), then
+    refused the next, or did not answer it (`failure`)."""
+
+    def __init__(self, first_id: int, parts: MessageParts, failure: BaseException) -> None:
+        super().__init__(f"{parts.sent} of {parts.total} messages posted: {failure!r}")
+        self.first_id = first_id
+        self.parts = parts
+        self.failure = failure
 
 
 async def _send(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 
 import discord
 from discord import app_commands
@@ -10,7 +11,7 @@ from discord.ext import commands
 
 from bot import actions, curating, delivery, pictures
 from bot.bot import PUBLIC_THINKING, JukeBot
-from bot.errors import MAX_MESSAGE_CHARS, fit_line
+from bot.errors import DISCORD_FAILURES, MAX_MESSAGE_CHARS, JukebotError, discord_said, fit_line
 from bot.options import SampleId
 from bot.progress import can_upsample, job_quality, style_line
 from bot.requests import (
@@ -26,6 +27,7 @@ from sampler.jobspec import params_or_defaults
 from sampler.user_text import public_label
 from storage.models import utcnow
 
+log = logging.getLogger(__name__)
 TOP_HEADINGS = {"day": "today", "week": "this week", "month": "this month", "all": "of all time"}
 
 
@@ -102,8 +104,21 @@ class Samples(commands.Cog):
             ]
             if index == 0:
                 await interaction.followup.send(content, files=uploads, view=view)
-            else:
+                # The "thinking…" message is part 1 now: an error after this must leave it in place.
+                interaction.extras.pop(PUBLIC_THINKING, None)
+                continue
+            try:
                 await interaction.followup.send(f"Sample #{stored.id}, continued", files=uploads)
+            except DISCORD_FAILURES as exc:
+                log.warning(
+                    "sample %s: part %d of %d was not posted: %r", stored.id, index + 1, len(groups), exc
+                )
+                posted = "part 1 is" if index == 1 else f"parts 1–{index} are"
+                raise JukebotError(
+                    f"Sample #{stored.id} comes in {len(groups)} parts: {posted} posted above, but part "
+                    f"{index + 1} could not be posted (Discord said: {discord_said(exc)}). "
+                    f"`/sample {stored.id}` posts the whole sample again."
+                ) from exc
 
     @app_commands.command(name="top", description="The most-voted samples in this server")
     @app_commands.guild_only()

@@ -412,6 +412,25 @@ def test_storage_outages_are_recognised_through_the_errors_that_wrap_them() -> N
     assert StorageOutage.of(OSError(errno.EACCES, "Permission denied")) is None
 
 
+def test_a_sqlite_file_locked_past_the_busy_timeout_is_a_busy_database(tmp_path: Path) -> None:
+    import sqlite3
+
+    holder = sqlite3.connect(tmp_path / "jukebot.sqlite3", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    waiter = sqlite3.connect(tmp_path / "jukebot.sqlite3", timeout=0.05, isolation_level=None)
+    try:
+        with pytest.raises(sqlite3.OperationalError) as locked:
+            waiter.execute("BEGIN IMMEDIATE")
+    finally:
+        waiter.close()
+        holder.close()
+    try:
+        raise RuntimeError("while voting") from locked.value
+    except RuntimeError as wrapped:
+        assert StorageOutage.of(wrapped) is StorageOutage.BUSY
+    assert StorageOutage.BUSY.reply("error 1f2e").startswith("The bot's database is busy")
+
+
 async def test_a_statement_that_outlives_its_time_limit_is_a_database_outage(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
