@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 import discord
 
 from bot import actions
+from bot.errors import InvalidRequest
 from bot.requests import DEFAULT_CONTINUE_SECONDS, check_continuable, stored_id
 from storage.models import JobStatus
 from storage.records import Job
@@ -60,18 +61,38 @@ class VoteButton(
             await interaction.response.defer()  # before the database, which may be slow or busy writing
             # The custom id is whatever the client sent: only samples this member may use get votes.
             await actions.check_usable_sample(bot, interaction, self.sample_id)
-            await bot.store.toggle_vote(self.sample_id, interaction.user.id)
-            message = interaction.message
+            # The label edit redraws the clicked message's whole row: only on a message that really
+            # carries this button, or a forged click would swap any message's buttons for these.
+            message = await _clicked_message(interaction)
             shown = set() if message is None else _custom_ids(message)
-            can_upsample = message is None or f"jukebot:upsample:{self.sample_id}" in shown
-            can_continue = message is None or f"jukebot:continue:{self.sample_id}" in shown
+            if message is None or f"jukebot:vote:{self.sample_id}" not in shown:
+                raise InvalidRequest(
+                    f"This message has no vote button for sample #{self.sample_id}, so your vote was "
+                    "not counted. Vote under the sample's own message, or post it again with "
+                    f"`/sample {self.sample_id}`."
+                )
+            await bot.store.toggle_vote(self.sample_id, interaction.user.id)
+            can_upsample = f"jukebot:upsample:{self.sample_id}" in shown
+            can_continue = f"jukebot:continue:{self.sample_id}" in shown
             # Clicks at once each edit the label: one at a time per message, each with the count as
             # stored just before, so the last edit to land shows every vote (not its own click's count).
-            async with _LABEL_EDITS.one_at_a_time(message.id if message else self.sample_id):
+            async with _LABEL_EDITS.one_at_a_time(message.id):
                 votes = await bot.store.vote_count(self.sample_id)
                 await interaction.edit_original_response(
                     view=sample_view(self.sample_id, votes, can_upsample, can_continue)
                 )
+
+
+async def _clicked_message(interaction: discord.Interaction[Any]) -> discord.Message | None:
+    """The clicked message as Discord stores it, None if it is gone: the copy that comes with a
+    forged click may list the forged button too. After a deferred update the original response is
+    the clicked message, read with the interaction's token (no channel permission needed)."""
+    if interaction.message is None:
+        return None
+    try:
+        return await interaction.original_response()
+    except discord.NotFound:
+        return None
 
 
 class _OneAtATime:
@@ -302,6 +323,15 @@ class ConfirmCancelButton(
         bot = _bot(interaction)
         async with bot.reporting_errors(interaction):
             stored_id(self.job_id, "job")  # a forged custom_id may carry any number
+            # The answer replaces the clicked message: only the private question may be it, or a
+            # forged click would rewrite any public message (and take its buttons away).
+            clicked = interaction.message
+            if clicked is None or not clicked.flags.ephemeral:
+                raise InvalidRequest(
+                    "This button works only under the private question the Cancel button asks; "
+                    f"nothing was cancelled. To cancel job #{self.job_id}, use the Cancel button "
+                    "under its progress message, or `/cancel`."
+                )
             await interaction.response.defer()  # the cancel may wait for a writer
             message = await actions.cancel_job(bot, interaction, self.job_id)
             await interaction.edit_original_response(content=message, view=None)
