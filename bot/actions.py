@@ -358,11 +358,20 @@ class _NoThread(enum.Enum):
 
 # What Discord said, per bot, of channels its cache lacks. The cache holds every channel of a server
 # but only its active threads, so an id it does not know is a deleted channel or thread, or a thread
-# archived since (or private): only Discord tells them apart, and its answer never changes (a deleted
-# channel stays deleted, a thread keeps its channel), so it is asked once per channel, not per use.
+# archived since (or private): only Discord tells them apart, and its answer does not change (a deleted
+# channel stays deleted, a thread keeps its channel; a thread deleted since, `thread_deleted`, says
+# so), so it is asked once per channel, not per use.
 _UNCACHED: weakref.WeakKeyDictionary[discord.Client, dict[int, _ThreadOf | _NoThread]] = (
     weakref.WeakKeyDictionary()
 )
+
+
+def thread_deleted(bot: JukeBot, thread_id: int) -> None:
+    """Discord said a thread was deleted: what was made there is its maker's alone from now on (an
+    answer kept from when it was archived said its channel's readers may use it)."""
+    _UNCACHED.setdefault(bot, {})[thread_id] = _NoThread.DELETED
+
+
 # An unanswered lookup counts as "may not see" (and is asked again next time): bounded, as it may
 # come before an answer that must reach Discord within 3 s (the Continue button's form).
 UNCACHED_LOOKUP_SECONDS = 1.0

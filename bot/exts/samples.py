@@ -46,6 +46,10 @@ class Samples(commands.Cog):
     async def on_interaction(self, interaction: discord.Interaction[JukeBot]) -> None:
         await submit_continue_form(interaction)  # the Continue form, also one opened before a restart
 
+    @commands.Cog.listener()
+    async def on_raw_thread_delete(self, payload: discord.RawThreadDeleteEvent) -> None:
+        actions.thread_deleted(self.bot, payload.thread_id)  # also one archived, not in the cache
+
     @app_commands.command(name="upsample", description="Take a preview sample to full quality")
     @app_commands.guild_only()
     @app_commands.describe(sample="The sample's number (shown above its audio)")

@@ -851,6 +851,19 @@ class FakeDiscord:
         self.channels[thread.id] = thread
         return thread
 
+    async def delete_thread(self, thread: FakeChannel) -> None:
+        """Someone deletes `thread`: Discord forgets it (its id 404s) and tells the bots (THREAD_DELETE)."""
+        assert thread.is_thread and thread.guild_id is not None
+        self.guilds[thread.guild_id].channels.remove(thread)
+        del self.channels[thread.id]
+        payload = {
+            "id": str(thread.id),
+            "guild_id": str(thread.guild_id),
+            "parent_id": str(thread.parent_id),
+            "type": thread.type,
+        }
+        await self.dispatch("THREAD_DELETE", payload)
+
     def add_member(
         self,
         guild: FakeGuild,

@@ -210,6 +210,30 @@ async def test_a_deleted_channels_samples_are_their_makers_alone_and_an_archived
     assert asked == sorted([str(deleted_channel), str(thread.id)])
 
 
+async def test_an_archived_thread_deleted_since_the_bot_looked_it_up_is_its_makers_alone(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    """Discord's answer about an archived thread is kept, but a thread can still be deleted: then what
+    was made there is its maker's alone, as for any deleted thread."""
+    fake, store = fake_discord, sqlite_store
+    thread = fake.add_thread(fake.channel("music"), "jam")
+    thread.archived = True
+    await bot_runner.start(make_bot(fake, store))
+    (from_thread,) = await made(store, fake, "bob", thread.id)
+    moderator = fake.user("moderator")  # reads #music, did not make it
+    assert (
+        await posted(fake, await fake.invoke_command("sample", {"id": from_thread}, user=moderator))
+    ).attachments
+
+    await fake.delete_thread(thread)  # the bot hears of it before the next command (one gateway, in order)
+    refused = await fake.invoke_command("sample", {"id": from_thread}, user=moderator)
+    assert await reply_of(fake, refused) == hidden_sample(from_thread)
+    bob = fake.user("bob")
+    assert (
+        await posted(fake, await fake.invoke_command("sample", {"id": from_thread}, user=bob))
+    ).attachments
+
+
 async def test_an_upsample_made_in_a_hidden_channel_is_not_named_to_who_cannot_see_it(
     fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
 ) -> None:
