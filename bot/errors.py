@@ -120,9 +120,11 @@ class StorageOutage(Enum):
         return None
 
 
-# SQLSTATEs (Postgres): 53100 disk_full; class 08 connection exceptions; 57P01-57P03 shutting down.
+# SQLSTATEs (Postgres): 53100 disk_full; class 08 connection exceptions; 57P01-57P03 shutting down;
+# 53300 every connection taken.
 _PG_DISK_FULL = "53100"
 _PG_GONE = ("57P01", "57P02", "57P03")
+_PG_NO_CONNECTION_LEFT = "53300"  # too_many_connections
 
 
 def _outage_of_one(error: BaseException) -> StorageOutage | None:
@@ -139,7 +141,7 @@ def _outage_of_one(error: BaseException) -> StorageOutage | None:
     if isinstance(sqlstate, str):
         if sqlstate == _PG_DISK_FULL:
             return StorageOutage.DISK_FULL
-        if sqlstate.startswith("08") or sqlstate in _PG_GONE:
+        if sqlstate.startswith("08") or sqlstate in _PG_GONE or sqlstate == _PG_NO_CONNECTION_LEFT:
             return StorageOutage.UNREACHABLE
     if isinstance(error, sqlalchemy.exc.DBAPIError) and error.connection_invalidated:
         return StorageOutage.UNREACHABLE

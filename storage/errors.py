@@ -114,6 +114,9 @@ class AlreadyUpsampled(StorageError):
 
 # What a lost connection raises (the driver's own exceptions, by name: the drivers are optional).
 _UNREACHABLE_DRIVER_ERRORS = {"PostgresConnectionError", "OperatorInterventionError"}
+# Postgres's class 53, insufficient resources: its connections all taken (53300), its disk full,
+# its memory: a server up but unable to take the call for now.
+_PG_OUT_OF_RESOURCES = "53"
 # SQLite's primary result codes for a file that cannot be written for now: another process holds its
 # lock past the busy timeout (BUSY, LOCKED), a disk error (IOERR), a full disk (FULL), a file that
 # cannot be opened (CANTOPEN) or a lock protocol error (PROTOCOL). Its outage, where Postgres's is a
@@ -123,9 +126,9 @@ _SQLITE_UNAVAILABLE_CODES = {5, 6, 10, 13, 14, 15}
 
 def database_unreachable(error: BaseException) -> bool:
     """True when `error`, or what caused it, says the database could not be reached (stopped,
-    restarting, the network cut) or, for SQLite, could not be written for now (locked by another
-    process, a disk error, a full disk): the same call is worth trying again later, unlike a refused
-    write."""
+    restarting, the network cut, every connection taken) or could not be written for now (a full
+    disk; SQLite's file locked by another process, a disk error): the same call is worth trying again
+    later, unlike a refused write."""
     from sqlalchemy.exc import DBAPIError
 
     seen: set[int] = set()
@@ -140,6 +143,9 @@ def database_unreachable(error: BaseException) -> bool:
         if isinstance(current, DBAPIError) and current.connection_invalidated:
             return True
         if {cls.__name__ for cls in type(current).__mro__} & _UNREACHABLE_DRIVER_ERRORS:
+            return True
+        sqlstate = getattr(current, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate.startswith(_PG_OUT_OF_RESOURCES):
             return True
         if isinstance(current, sqlite3.Error) and (
             ((getattr(current, "sqlite_errorcode", None) or 0) & 0xFF) in _SQLITE_UNAVAILABLE_CODES
