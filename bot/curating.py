@@ -20,6 +20,7 @@ import numpy as np
 
 from bot.errors import MAX_MESSAGE_CHARS, InvalidRequest, JobNotInServer, JukebotError, MadeInHiddenChannel
 from bot.requests import TOP_COUNT, may_continue, stored_id, tokens_seconds, top_since
+from jukebot.settings import MAX_USER_SAMPLES
 from sampler.audio import SAMPLE_RATE, AudioError, decode_audio, encode_audio
 from sampler.curation import Clip, CurationError, FingerprintUnavailable, curate
 from sampler.jobspec import CURATION_KEY, InvalidJobParams, JobParams, parse_params
@@ -129,8 +130,6 @@ def format_minutes(seconds: float) -> str:
 MayUse = Callable[[int, int], Awaitable[bool]]
 # /top ranks the samples a member may use among this many of the server's most voted.
 TOP_CANDIDATES = 100
-# `user:` joins the samples a member may use among the user's first this many in the server.
-MAX_USER_SAMPLES = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +185,7 @@ async def resolve(
         check_count(len(ids), max_count, f"job #{job.id}'s samples")
         return Resolved(ids, {})
     if selection.user is not None:
+        # among the user's first MAX_USER_SAMPLES here (which also bounds JUKEBOT_MAX_CURATE_SAMPLES)
         theirs = await store.user_samples(guild_id, selection.user, limit=MAX_USER_SAMPLES)
         origins = await store.sample_origins(info.id for info in theirs)
         ids = [info.id for info in theirs if await _may_use_sample(origins[info.id], gather)]

@@ -22,12 +22,12 @@ from sampler.model_files import (
     FileStatus,
     ModelFileUnreadable,
     SidecarError,
-    file_problems,
     model_dir_problem,
     model_path,
     model_status,
     read_sidecar,
     sidecar_path,
+    verify_file,
 )
 
 # Rough GPU memory (GiB) a worker needs for each model in fp16: its largest prior plus the VQ-VAE
@@ -95,8 +95,9 @@ def check_database(settings: Settings) -> Check:
 
 
 def check_models(settings: Settings, verifier: CheckpointVerifier | None) -> Iterator[Check]:
-    """One line per model (the files a worker would serve, checked now when not verified before);
-    FAIL when local workers would have no complete model to serve, with what would make one so."""
+    """One line per model (the files a worker would serve, checked now when not verified before, and
+    the verdicts recorded); FAIL when local workers would have no complete model to serve, with what
+    would make one so."""
     problem = model_dir_problem(settings.model_dir)
     if problem is not None:  # unreadable, or a file: no model in it can be checked
         yield Check("models", Verdict.FAIL if settings.local_workers else Verdict.WARN, problem)
@@ -139,12 +140,13 @@ def check_models(settings: Settings, verifier: CheckpointVerifier | None) -> Ite
         for file in status.files:
             if file.state != "present" or verifier is None:
                 continue
-            try:
-                problems += [
-                    f"{file.name}: {problem}" for problem in file_problems(file.name, file.path, verifier)
-                ]
-            except ModelFileUnreadable as exc:
-                unreadable.append(exc.problem)
+            # Recorded as `models verify` records it, so `models list` shows the verdict and the next run
+            # does not read the file again; a damaged file is left in place: a check moves nothing.
+            result = verify_file(file.name, settings.model_dir, verifier, move_bad_aside=False)
+            if result.unreadable:
+                unreadable += result.problems
+            elif not result.ok:
+                problems += [f"{file.name}: {problem}" for problem in result.problems]
         if unreadable:
             why.unreadable = True
             yield Check("model", Verdict.WARN, f"{model}: {unreadable[0]}")

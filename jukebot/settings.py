@@ -47,6 +47,13 @@ DAY_SECONDS = 24 * 3600
 # makes an idle worker write to the database in a loop.
 MIN_LEASE_SECONDS = 5.0
 MIN_REQUEUE_SECONDS = 0.05
+# A `user:` curation gathers from the user's first this many samples in the server, so one /curate can
+# join no more. Defined here for bot/curating.py, which imports this module (through bot.requests), so
+# this one cannot import it from there.
+MAX_USER_SAMPLES = 1000
+# The longest time between two reads of job progress: results and progress reach Discord only at a
+# read, so a longer one leaves every message looking stalled.
+MAX_PROGRESS_POLL_SECONDS = 3600.0
 
 # Plain driver names a user may type, mapped to the async drivers we run on.
 _ASYNC_DRIVERS = {
@@ -306,6 +313,32 @@ def _split_ints(value: object) -> object:
     return value
 
 
+# Credentials in a mirror URL (`http://user:password@host/`): a user name or password runs from `://` to
+# an `@` before the path (it may hold `,`, which separates mirrors, so this is looked for before splitting).
+_MIRROR_CREDENTIALS = re.compile(r"(://)[^/?#\s]*@")
+
+
+def _shown_mirror(part: str) -> str:
+    """`part` for a message, anything from `://` to its last `@` (which may be a password, or part of
+    one holding `/` or `#`) shown as ***."""
+    return re.sub(r"(://).*@", r"\1***@", part)
+
+
+def _refuse_mirror_credentials(value: str) -> None:
+    """ValueError, naming the mirror with its credentials hidden, when one holds a user name or
+    password: the downloader sends none (urllib would take `user:password@host` for a host name and
+    fail to resolve it), and the mirrors are shown in `models list`, errors and the `-v` dump."""
+    if _MIRROR_CREDENTIALS.search(value) is None:
+        return
+    masked = _MIRROR_CREDENTIALS.sub(r"\1***@", value)
+    shown = next(part for part in masked.replace(",", " ").split() if "://***@" in part)
+    raise ValueError(
+        f"{shown!r} holds credentials (user:password@), which mirrors do not support: a mirror is a "
+        "plain http(s) folder of the model files, read without logging in; give its URL without "
+        "user:password"
+    )
+
+
 def _parse_mirror(part: str) -> str:
     """One mirror root, ending in `/`, or ValueError when it is not an http(s) URL with a host."""
     try:
@@ -328,7 +361,8 @@ def _parse_mirror(part: str) -> str:
         or split.fragment
     ):
         raise ValueError(
-            f"{part!r} is not a mirror URL; use http(s) roots separated by commas, e.g. {DEFAULT_MIRRORS[0]}"
+            f"{_shown_mirror(part)!r} is not a mirror URL; use http(s) roots separated by commas, "
+            f"e.g. {DEFAULT_MIRRORS[0]}"
         )
     return part if part.endswith("/") else part + "/"
 
@@ -406,10 +440,10 @@ class Settings(BaseSettings):
     max_prime_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
     max_prime_seconds: float = Field(default=60.0, gt=0)
     # Most samples one /curate may join (decoding and fingerprinting them is the bot's CPU work).
-    max_curate_samples: int = Field(default=50, ge=2)
+    max_curate_samples: int = Field(default=50, ge=2, le=MAX_USER_SAMPLES)
 
     # Progress messages: how often the bot reads job state, and how often one message may be edited.
-    progress_poll_seconds: float = Field(default=5.0, gt=0)
+    progress_poll_seconds: float = Field(default=5.0, gt=0, le=MAX_PROGRESS_POLL_SECONDS)
     progress_min_edit_seconds: float = Field(default=5.0, ge=0)
     # Operations: logging (bot and workers alike), Discord endpoints, worker and relay timing.
     log_level: str = "INFO"
@@ -447,6 +481,7 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_mirrors(cls, value: object) -> object:
         if isinstance(value, str):
+            _refuse_mirror_credentials(value)
             mirrors = [_parse_mirror(part) for part in value.replace(",", " ").split()]
             if not mirrors:  # "," alone: no mirror to download from
                 raise ValueError(f"name at least one mirror root, e.g. {DEFAULT_MIRRORS[0]}")
