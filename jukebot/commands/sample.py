@@ -167,7 +167,16 @@ def _audio_files(value: str | None, mode: str, prompt_seconds: float | None) -> 
         )
     for path in files:
         if not path.is_file():
-            raise click.BadParameter(f"{path} does not exist or is not a file", param_hint="--audio_file")
+            # A file whose name holds a comma is split like a list: say so rather than just "missing".
+            whole = Path(value.strip())
+            split = (
+                f" (--audio_file separates files with commas; rename {whole} to use it)"
+                if len(files) > 1 and whole.is_file()
+                else ""
+            )
+            raise click.BadParameter(
+                f"{path} does not exist or is not a file{split}", param_hint="--audio_file"
+            )
     return files
 
 
@@ -205,6 +214,12 @@ def _device(text: str | None) -> str:
 
 def _output_dir(name: str) -> Path:
     """`--name`, checked to be a folder this run can create or write into."""
+    if not name.strip():  # Path("") is ".": the run's files would be strewn in the current folder
+        raise click.BadParameter(
+            "give the name of the output folder, e.g. --name=sample "
+            "(an empty one would write into the current folder)",
+            param_hint="--name",
+        )
     out_dir = Path(name)
     if out_dir.exists() and not out_dir.is_dir():
         raise click.BadParameter(
@@ -472,6 +487,7 @@ def _replace_whole(path: Path, data: bytes, tmp: Path) -> None:
 def run_sample(options: dict[str, Any], given: set[str] | frozenset[str] = frozenset()) -> None:
     import torch
 
+    from jukebot.commands.serve import model_dir_refusal
     from sampler.jukebox.cascade import SampleStyle, SamplingError, SamplingRequest
     from sampler.jukebox.checkpoint import CheckpointError
     from sampler.jukebox.windows import TOP_HOP, sample_length_samples
@@ -562,6 +578,12 @@ def run_sample(options: dict[str, Any], given: set[str] | frozenset[str] = froze
         model_dir = options["model_dir"]
     else:
         model_dir = settings_or_exit().model_dir
+    # A model directory that is a file (or unreadable) would be reported as a model to download.
+    problem = model_dir_refusal(model_dir)
+    if problem is not None:
+        if options["model_dir"] is not None:
+            problem = problem.replace("set JUKEBOT_MODEL_DIR to", "pass --model_dir")
+        raise click.ClickException(problem)
     fp16 = options["fp16"] if options["fp16"] is not None else device.startswith("cuda")
     dtype = torch.float16 if fp16 else torch.float32
     total_seconds = options["total_sample_length_in_seconds"] or seconds
@@ -573,6 +595,8 @@ def run_sample(options: dict[str, Any], given: set[str] | frozenset[str] = froze
         raise click.ClickException(str(exc)) from None
 
     codes = saved_codes
+    if mode == "continue" and codes is not None:
+        _refuse_nothing_to_continue(codes, cascade.hops, sample_length, options["codes_file"])
     if mode == "upsample" and codes is not None and codes[2] is not None:
         sample_length = codes[2].shape[1] * cascade.hops[2]
         total_seconds = max(total_seconds, sample_length / SAMPLE_RATE)
@@ -767,6 +791,22 @@ def _sample_into(
     if sweep:
         for index, (artist, genre) in enumerate(styles):
             click.echo(f"  item_{index}: {artist} / {genre}")
+
+
+def _refuse_nothing_to_continue(
+    codes: tuple[Any, ...], hops: tuple[int, ...], sample_length: int, path: Path
+) -> None:
+    """Stop a continuation that would sample nothing new (a copy of the codes) or less than the codes
+    hold. Checked once the VQ-VAE is read: its hops turn tokens into seconds."""
+    have = max(
+        (level.shape[1] * hop for level, hop in zip(codes, hops, strict=True) if level is not None), default=0
+    )
+    if sample_length <= have:
+        raise click.BadParameter(
+            f"the sample length ({sample_length / SAMPLE_RATE:.2f} s) must be longer than the codes in "
+            f"{path} ({have / SAMPLE_RATE:.2f} s) to continue them: ask for more",
+            param_hint="--sample_length_in_seconds",
+        )
 
 
 def _at_least_the_shortest_song(

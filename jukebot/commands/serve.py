@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import re
 import threading
+from pathlib import Path
 from typing import Any
 
 import click
@@ -36,6 +39,26 @@ def _devices(settings: Settings) -> list:  # type: ignore[type-arg]
         raise click.ClickException(str(exc)) from None
 
 
+def model_dir_refusal(model_dir: Path) -> str | None:
+    """Why no model at all can be read from `model_dir` (a file, a link loop, no permission on it), as
+    `jukebot models list` says it; None when it can, or does not exist yet. A model folder inside it
+    that cannot be read is not: the other models' files still can."""
+    from sampler.model_files import model_dir_problem
+
+    problem = model_dir_problem(model_dir)
+    if problem is None or (model_dir.is_dir() and os.access(model_dir, os.R_OK | os.X_OK)):
+        return None
+    return problem
+
+
+def _refuse_unusable_model_dir(settings: Settings) -> None:
+    """Stop before local workers start on a model directory they cannot read: they would run,
+    serving no model, with only a log line to say why."""
+    problem = model_dir_refusal(settings.model_dir)
+    if problem is not None:
+        raise click.ClickException(problem)
+
+
 def _log_what_is_in_use(settings: Settings, what: str, devices: list[Any]) -> None:
     """The first line an operator reads: which database, model directory and devices this run uses."""
     workers = ", ".join(str(d) for d in devices) if devices else "none (JUKEBOT_GPUS=none)"
@@ -49,12 +72,44 @@ def _log_what_is_in_use(settings: Settings, what: str, devices: list[Any]) -> No
     )
 
 
-def discord_problem(error: BaseException, settings: Settings) -> str | None:
+# Discord's JSON error codes for a server the bot cannot sync commands to: retrying cannot help.
+UNKNOWN_GUILD, MISSING_ACCESS = 10004, 50001
+
+
+def _sync_guild_problem(error: BaseException, sync_guilds: tuple[int, ...]) -> str | None:
+    """The sentence for a --sync-guild server the bot is not in (or may not add commands to)."""
+    import discord
+
+    if not isinstance(error, discord.HTTPException) or error.code not in (UNKNOWN_GUILD, MISSING_ACCESS):
+        return None
+    url = getattr(error.response, "url", None)
+    found = re.search(r"/guilds/(\d+)/commands", str(getattr(url, "path", "")))
+    if found is None or int(found[1]) not in sync_guilds:  # not the sync of a --sync-guild server
+        return None
+    if error.code == UNKNOWN_GUILD:
+        why = f"Discord knows no server {found[1]} that the bot is in ({error.status} Unknown Guild)"
+    else:
+        why = (
+            f"Discord gives the bot no access to server {found[1]} ({error.status} Missing Access: it is not "
+            "in that server, or was invited without the applications.commands scope)"
+        )
+    return (
+        f"{why}, so the bot cannot sync its commands there: check --sync-guild (a server's id), "
+        "or invite the bot to that server."
+    )
+
+
+def discord_problem(
+    error: BaseException, settings: Settings, sync_guilds: tuple[int, ...] = ()
+) -> str | None:
     """One sentence with the fix for a failed Discord login, or None for anything else."""
     import aiohttp
     import discord
 
     base = settings.discord_api_base or DISCORD_API_BASE
+    synced = _sync_guild_problem(error, sync_guilds)
+    if synced is not None:
+        return synced
     if isinstance(error, discord.LoginFailure):
         return (
             "Discord refused the token: copy the bot's token from "
@@ -75,12 +130,32 @@ def discord_problem(error: BaseException, settings: Settings) -> str | None:
     return None
 
 
+MAX_DISCORD_ID = 2**63 - 1  # ids are snowflakes: positive 64-bit signed numbers
+
+
+class DiscordId(click.ParamType):
+    """A Discord server id, refused as a usage error before anything starts when it cannot be one."""
+
+    name = "server_id"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        number = click.INT.convert(value, param, ctx)
+        if not 1 <= number <= MAX_DISCORD_ID:
+            self.fail(
+                f"{value} is not a Discord server id (1 to {MAX_DISCORD_ID}): copy the server's id in "
+                "Discord (right-click the server, Copy Server ID)",
+                param,
+                ctx,
+            )
+        return int(number)
+
+
 @click.command()
 @click.option(
     "--sync-guild",
     "sync_guilds",
     multiple=True,
-    type=int,
+    type=DiscordId(),
     help="Sync the commands to this server only (they appear at once) and clear the global ones.",
 )
 def run(sync_guilds: tuple[int, ...]) -> None:
@@ -92,6 +167,7 @@ def run(sync_guilds: tuple[int, ...]) -> None:
         raise click.ClickException(str(exc)) from None
     if settings.local_workers:
         require_torch("local workers")
+        _refuse_unusable_model_dir(settings)
     devices = _devices(settings) if settings.local_workers else []
     _log_what_is_in_use(settings, "bot", devices)
     upgrade_or_exit(settings)
@@ -118,7 +194,7 @@ def run(sync_guilds: tuple[int, ...]) -> None:
     try:
         asyncio.run(_run_bot(settings, sync_guilds))
     except Exception as exc:
-        message = discord_problem(exc, settings) or database_problem(exc, settings)
+        message = discord_problem(exc, settings, sync_guilds) or database_problem(exc, settings)
         if message is None:
             raise
         raise click.ClickException(message) from None
@@ -173,6 +249,7 @@ def worker(
             "run: set JUKEBOT_GPUS to auto, cpu or GPU numbers such as 0,1 here."
         )
     require_torch("workers")
+    _refuse_unusable_model_dir(settings)
     overrides = {
         "worker_lease_seconds": lease_seconds,
         "worker_requeue_seconds": requeue_seconds,
