@@ -294,9 +294,14 @@ def check_load_options(device: object, dtype: object) -> torch.device:
             f"device {device!r} is not a torch device: give e.g. 'cpu', 'cuda' or 'cuda:1'"
         ) from None
     try:  # torch's own failures: "Torch not compiled with CUDA enabled", "invalid device ordinal"
-        torch.empty(0, device=parsed)
+        probe = torch.empty(0, device=parsed)
     except (AssertionError, RuntimeError) as exc:
         raise LoadOptionError(f"device {device!r} is not available here ({str(exc).strip()[:120]})") from None
+    if probe.is_meta:  # it takes the probe, but weights there hold no values to sample from
+        raise LoadOptionError(
+            f"device {str(parsed)!r} holds no data (only shapes), so nothing can be sampled on it: "
+            "give e.g. 'cpu' or 'cuda'"
+        )
     return parsed
 
 

@@ -259,29 +259,19 @@ def _known_styles(model: str, styles: list[tuple[str, str]]) -> list[tuple[str, 
     """Each (artist, genre) checked against the model's label tables, as the bot checks them: a name
     the model does not know would silently be 'unknown' (id 0). A name found only by forgiving case,
     accents or punctuation is replaced by the table's spelling, which is what the labels look up."""
-    from sampler.jukebox.labels import (
-        LabelError,
-        UnknownArtist,
-        UnknownGenre,
-        Vocabulary,
-        artist_id,
-        genre_ids,
-    )
+    from sampler.jukebox.labels import LabelError, UnknownArtist, UnknownGenre, Vocabulary
 
     vocabulary = Vocabulary.for_model(model)
-    version = vocabulary.version
     known: dict[tuple[str, str], tuple[str, str]] = {}
     for artist, genre in styles:
         if (artist, genre) in known:
             continue
         try:
-            found_artist = vocabulary.resolve_artist(artist)
+            use_artist, use_genre = vocabulary.label_spellings(artist, genre)
         except UnknownArtist as exc:
             raise click.BadParameter(
                 _unknown_label(model, "artist", artist, exc.suggestions), param_hint="--artist"
             ) from None
-        try:
-            found_genre = vocabulary.resolve_genres(genre)
         except UnknownGenre as exc:
             raise click.BadParameter(
                 _unknown_label(model, "genre", exc.unknown_word or genre, exc.suggestions),
@@ -289,8 +279,6 @@ def _known_styles(model: str, styles: list[tuple[str, str]]) -> list[tuple[str, 
             ) from None
         except LabelError as exc:  # too many genres
             raise click.BadParameter(str(exc), param_hint="--genre") from None
-        use_artist = artist if artist_id(artist, version) == found_artist.id else found_artist.name
-        use_genre = genre if genre_ids(genre, version) == list(found_genre.ids) else found_genre.text
         for flag, typed, used in (("--artist", artist, use_artist), ("--genre", genre, use_genre)):
             if typed != used:
                 click.echo(f"{flag} {typed!r} is read as {used!r}, the spelling {model} knows", err=True)

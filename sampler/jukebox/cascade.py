@@ -27,7 +27,16 @@ import torch
 from torch import Tensor
 
 from sampler.jukebox.checkpoint import load_error_cause
-from sampler.jukebox.labels import Label, LabelConfig, Labeller, LabelVersion
+from sampler.jukebox.labels import (
+    Label,
+    LabelConfig,
+    LabelError,
+    Labeller,
+    LabelVersion,
+    UnknownArtist,
+    UnknownGenre,
+    Vocabulary,
+)
 from sampler.jukebox.prior import Conditioning, JukeboxPrior, PriorConfig, SamplingState
 from sampler.jukebox.registry import MIN_TEMPERATURE, SAMPLE_RATE, SEED_LIMIT
 from sampler.jukebox.vqvae import VQVAE
@@ -563,6 +572,8 @@ class Cascade:
             self._check_prompt(request, n_samples, sample_length)
         if request.mode in ("continue", "upsample"):
             self._check_codes(request, n_samples, sample_length)
+        if request.mode == "continue":
+            self._check_something_to_add(request, levels, sample_length)
         # Every sampled level below the top is conditioned on the whole length of the level above.
         for level in levels:
             if level == top:
@@ -597,8 +608,7 @@ class Cascade:
             )
         return [convert(value, f"the {name} of level {level}") for level, value in enumerate(values)]
 
-    @staticmethod
-    def _check_styles(request: SamplingRequest, n_samples: int) -> None:
+    def _check_styles(self, request: SamplingRequest, n_samples: int) -> None:
         if request.styles is not None:
             if not isinstance(request.styles, (tuple, list)) or not all(
                 isinstance(style, SampleStyle) for style in request.styles
@@ -616,6 +626,66 @@ class Cascade:
                 if not isinstance(value, str):
                     what = name if request.styles is None else f"the {name} of style {index}"
                     raise SamplingError(f"{what} must be text, got {value!r}")
+        self._label_spellings(request)
+
+    def _vocabulary(self) -> Vocabulary:
+        """The artists and genres of the top prior's label tables, which `jukebot sample` checks names
+        against too."""
+        top = self._labellers[self.levels - 1]
+        return Vocabulary.for_version(top.config.version, top.ids_dir)
+
+    def _label_spellings(self, request: SamplingRequest) -> list[tuple[str, str]]:
+        """Each sample's (artist, genre) as the labels must read them (`Vocabulary.label_spellings`):
+        SamplingError for a name the model does not know, which the labels would read as 'unknown'."""
+        vocabulary = self._vocabulary()
+        spelled: dict[tuple[str, str], tuple[str, str]] = {}
+        for index, style in enumerate(request.sample_styles()):
+            named = (style.artist, style.genre)
+            if named in spelled:
+                continue
+            try:
+                spelled[named] = vocabulary.label_spellings(*named)
+            except LabelError as exc:
+                where = "" if request.styles is None else f"style {index}: "
+                raise SamplingError(where + self._unknown_label(style, exc)) from None
+        return [spelled[(style.artist, style.genre)] for style in request.sample_styles()]
+
+    def _unknown_label(self, style: SampleStyle, exc: LabelError) -> str:
+        """What `jukebot sample` says of a name its model does not know, in the API's terms."""
+        model = self.name or "this model"
+        if isinstance(exc, UnknownArtist):
+            what, name = "the artist", style.artist
+        elif isinstance(exc, UnknownGenre):
+            what, name = "the genre", style.genre
+            if exc.unknown_word and exc.unknown_word != style.genre:  # v2: one word of several
+                what, name = "the genre word", exc.unknown_word
+        else:  # too many genres: says how many the model takes
+            return str(exc)
+        if not name.strip():
+            return f"{what} is empty: give one {model} knows, or 'unknown' for none in particular"
+        within = f" in {style.genre!r}" if what == "the genre word" else ""
+        if exc.suggestions:
+            closest = ", ".join(repr(found) for found in exc.suggestions)
+            return (
+                f"{model} does not know {what} {name!r}{within}: use one of the closest ({closest}), "
+                "or 'unknown' for none in particular"
+            )
+        return (
+            f"{model} does not know {what} {name!r}{within} and none is close: check the spelling, "
+            "or use 'unknown' for none in particular"
+        )
+
+    def _spelled(self, request: SamplingRequest) -> SamplingRequest:
+        """`request` (checked) with each artist and genre as the labels must read them."""
+        spellings = self._label_spellings(request)
+        if request.styles is None:
+            artist, genre = spellings[0]
+            return dataclasses.replace(request, artist=artist, genre=genre)
+        styles = tuple(
+            SampleStyle(artist, genre, style.lyrics)
+            for (artist, genre), style in zip(spellings, request.styles, strict=True)
+        )
+        return dataclasses.replace(request, styles=styles)
 
     def _check_prompt(self, request: SamplingRequest, n_samples: int, sample_length: int) -> None:
         prompt, top_hop = request.prompt, self.hops[-1]
@@ -659,13 +729,38 @@ class Cascade:
                 raise SamplingError(
                     f"codes of level {level} must have shape ({n_samples}, tokens), got {tuple(codes.shape)}"
                 )
-            if codes.shape[1] * self.hops[level] > sample_length:
+            have = codes.shape[1] * self.hops[level]
+            if have > sample_length and request.mode == "continue":
+                raise SamplingError(
+                    f"continue mode adds to the codes given, but those of level {level} "
+                    f"({have / self.sample_rate:.2f} s) are longer than sample_length "
+                    f"({sample_length / self.sample_rate:.2f} s): ask for a longer sample_length"
+                )
+            if have > sample_length:
                 raise SamplingError(
                     f"the codes of level {level} are longer than sample_length; cut them or ask for more"
                 )
             # checked once here, so that prefilling them reads nothing back from the device
             if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= bins):
                 raise SamplingError(f"the codes of level {level} must be in 0..{bins - 1}")
+
+    def _check_something_to_add(
+        self, request: SamplingRequest, levels: tuple[int, ...], sample_length: int
+    ) -> None:
+        """Continue mode with every level asked already whole would hand the codes back unchanged.
+        (Upsample mode with whole codes above is its normal use.)"""
+        have = 0
+        for level in levels:
+            codes = self._given_codes(request, level)
+            have = 0 if codes is None else codes.shape[1] * self.hops[level]
+            if have < sample_length:
+                return
+        seconds = have / self.sample_rate
+        raise SamplingError(
+            f"continue mode adds to the codes given, but those of level {levels[-1]} already cover the "
+            f"{seconds:.2f} s of sample_length ({sample_length / self.sample_rate:.2f} s): "
+            "ask for a longer sample_length"
+        )
 
     def chunk_size(self, request: SamplingRequest, level: int) -> int:
         """Known tokens per prefill pass at `level` (`ONE_PASS`: all of them)."""
@@ -709,6 +804,10 @@ class Cascade:
         the full song, and a run stopped at one level resumes with others), `max_batch_size` or
         `chunk_size` (the same draws in any batching), nor the device. The prompt and codes count by
         what the request holds (in upsample mode the input codes, not the state's)."""
+        try:  # the names as the labels read them: 'celine dion' samples as 'céline dion' does
+            spellings = self._label_spellings(request)
+        except (SamplingError, AttributeError, TypeError):  # a request that did not pass `check`: as given
+            spellings = [(style.artist, style.genre) for style in request.sample_styles()]
         fields: dict[str, Any] = {
             "model": [
                 self.name,
@@ -720,7 +819,10 @@ class Cascade:
             "sample_length": int(request.sample_length),
             "total_length": int(request.total_length),
             "n_samples": int(request.n_samples),
-            "styles": [[style.artist, style.genre, style.lyrics] for style in request.sample_styles()],
+            "styles": [
+                [artist, genre, style.lyrics]
+                for (artist, genre), style in zip(spellings, request.sample_styles(), strict=True)
+            ],
             "temperature": [float(t) for t in request.temperature],
             "top_k": int(request.top_k),
             "top_p": float(request.top_p),
@@ -866,7 +968,7 @@ class Cascade:
         from sampler.jukebox.schedule import LevelScheduler, overlap_by_default
 
         self.check(request)
-        request = _plain_numbers(request)
+        request = self._spelled(_plain_numbers(request))
         if isinstance(progress_every, (bool, np.bool_)) or not isinstance(progress_every, (int, np.integer)):
             raise SamplingError(f"progress_every must be a whole number of tokens, got {progress_every!r}")
         if progress_every < 1:

@@ -698,6 +698,19 @@ class Vocabulary:
             raise TooManyGenres(len(ids), limit, self.version, quote_user_text(" ".join(texts)))
         return ResolvedGenres(" ".join(texts), tuple(ids))
 
+    def label_spellings(self, artist: str, genre: str) -> tuple[str, str]:
+        """The artist and genre to hand to `Labeller.label`: each as given when the reference looks it
+        up to the id it resolves to, else the table's spelling (the reference reads 'celine dion' as
+        'unknown', id 0, where `resolve_artist` forgave the accent). Raises what `resolve_artist` and
+        `resolve_genres` raise."""
+        found_artist = self.resolve_artist(artist)
+        found_genre = self.resolve_genres(genre)
+        if artist_id(artist, self.version, self.ids_dir) != found_artist.id:
+            artist = found_artist.name
+        if genre_ids(genre, self.version, self.ids_dir) != list(found_genre.ids):
+            genre = found_genre.text
+        return artist, genre
+
     def _resolve_genre(self, name: str) -> tuple[str, list[int]]:
         keys = genre_keys(name, self.version)
         if all(key in self.genres.ids for key in keys) and keys != [""]:

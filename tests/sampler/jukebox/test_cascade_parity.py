@@ -103,7 +103,7 @@ SWEEP_CASES: dict[str, dict[str, Any]] = {
             SampleStyle("alan jackson", "country", "Chattahoochee, it gets hotter than a hoochie coochie"),
             SampleStyle("ella fitzgerald", "jazz", "A-tisket, a-tasket"),
             SampleStyle(
-                "metallica", "metal", "Exit light, enter night, take my hand, off to never never land"
+                "metallica", "thrash metal", "Exit light, enter night, take my hand, off to never never land"
             ),
         ),
     ),
