@@ -22,7 +22,7 @@ from bot.errors import MAX_MESSAGE_CHARS, InvalidRequest, JobNotInServer, Jukebo
 from bot.requests import TOP_COUNT, may_continue, stored_id, tokens_seconds, top_since
 from jukebot.settings import MAX_USER_SAMPLES
 from sampler.audio import SAMPLE_RATE, AudioError, decode_audio, encode_audio
-from sampler.curation import Clip, CurationError, FingerprintUnavailable, curate
+from sampler.curation import MAX_PIECE_SECONDS, Clip, CurationError, FingerprintUnavailable, curate
 from sampler.jobspec import CURATION_KEY, InvalidJobParams, JobParams, parse_params
 from sampler.jukebox.registry import MAX_SONG_SECONDS
 from sampler.user_text import shorten_user_text
@@ -33,9 +33,6 @@ from storage.store import JobStore
 PIECE_FORMAT: Literal["ogg"] = "ogg"  # Opus in Ogg at the workers' stored bitrate (sampler/cascade_runner.py)
 PIECE_BITRATE = 160_000
 MAX_ID_TEXT_CHARS = 1000
-# The longest piece one /curate makes: the bot decodes every sample into memory (~10 MB a minute, a
-# few copies at once), and pieces can be joined again, so without a bound one member could exhaust it.
-MAX_PIECE_SECONDS = 30 * 60  # a `samples:` list longer than this is not a list of at most ~100 ids
 
 Progress = Callable[[str], None]  # a line saying how far the work is
 

@@ -32,11 +32,21 @@ from sampler.units import format_bytes, whole_number
 DEFAULT_MAX_BYTES = 25 * 1024 * 1024
 DEFAULT_MAX_SECONDS = 60.0
 DEFAULT_SILENCE_DB = -60.0
-# Encoders pad to whole frames (1152 samples for MP3, 1024 for AAC, 20 ms for Opus): a clip cut at
-# exactly the limit may come back a frame longer, which should not be refused.
+# How much longer than the limit a clip may decode: a lossless one, a sample or two of rounding. Lossy
+# encoders add a delay and pad to whole frames, so a clip cut at exactly the limit comes back longer,
+# which should not be refused: up to 1105 samples of delay plus a frame for LAME's MP3, 1024 of
+# priming plus a frame for AAC, under `PADDED_FRAMES` frames in all (0.19 s for an MP3 at 8 kHz).
 LENGTH_SLACK_SECONDS = 0.05
+PADDED_FRAMES = 3
+PADDED_CODECS = frozenset({"mp3", "mp3float", "mp2", "mp2float", "aac", "aac_fixed", "opus", "libopus"})
+MAX_LENGTH_SLACK_SECONDS = 0.5  # whatever frame size a header states
 # How much shorter than its header says a stream may decode before we call it truncated: two codec frames.
 TRUNCATION_SLACK_SECONDS = 0.1
+
+# Packets the decoder may refuse before a file is called damaged: some (an ID3 tag between joined
+# MP3s), and no more than a small share of those that decode.
+BAD_PACKETS_ALLOWED = 4
+BAD_PACKET_SHARE = 0.02
 
 # Sample rates real recordings use; a header outside them is damaged or crafted (2**31 - 1 Hz made the
 # resampler try to allocate gigabytes).
@@ -412,16 +422,26 @@ def probe(
                 codec=stream.codec_context.codec.canonical_name,
                 container=_container_name(container),
             )
+            slack = _length_slack(stream)
         at_least = prefix and not _header_duration_is_exact(info.container, file)
-    _check_header_length(info.duration_seconds, max_seconds, at_least=at_least)
+    _check_header_length(info.duration_seconds, max_seconds, slack, at_least=at_least)
     return info
 
 
+def _length_slack(stream: av.AudioStream) -> float:
+    """Seconds past the limit `stream` may decode to and still count as cut at the limit."""
+    context = stream.codec_context
+    frame_size, rate = int(context.frame_size or 0), int(context.sample_rate or 0)
+    if context.name not in PADDED_CODECS or frame_size <= 0 or rate <= 0:
+        return LENGTH_SLACK_SECONDS
+    return min(MAX_LENGTH_SLACK_SECONDS, max(LENGTH_SLACK_SECONDS, PADDED_FRAMES * frame_size / rate))
+
+
 def _check_header_length(
-    header_seconds: float | None, max_seconds: float | None, *, at_least: bool = False
+    header_seconds: float | None, max_seconds: float | None, slack: float, *, at_least: bool = False
 ) -> None:
     if max_seconds is not None and header_seconds is not None:
-        if header_seconds > max_seconds + LENGTH_SLACK_SECONDS:
+        if header_seconds > max_seconds + slack:
             raise AudioTooLong(max_seconds, header_seconds, at_least=at_least)
 
 
@@ -438,6 +458,14 @@ def _header_duration_is_exact(container_name: str, file: BinaryIO) -> bool:
         first_frame = _read_at(file, start, 200)
         return any(tag in first_frame for tag in (b"Xing", b"Info", b"VBRI"))
     return False
+
+
+def _header_duration_is_guess(container_name: str, file: BinaryIO) -> bool:
+    """Whether FFmpeg made the duration up from the first frame's bitrate and the file's size: an ADTS
+    stream, an MP3 without a Xing/Info/VBRI frame (VBR, or MP3s joined at different bitrates)."""
+    return container_name == "aac" or (
+        container_name == "mp3" and not _header_duration_is_exact(container_name, file)
+    )
 
 
 def _ogg_is_truncated(file: BinaryIO) -> bool:
@@ -461,12 +489,28 @@ def _ogg_is_truncated(file: BinaryIO) -> bool:
 def _frames(
     container: av.container.InputContainer, stream: av.AudioStream
 ) -> Generator[av.AudioFrame, None, None]:
+    """The decoded frames of `stream`. A packet the decoder refuses is skipped while few are: MP3s
+    joined with `cat` carry an ID3 tag midway, which the demuxer hands over as a packet. A file where
+    more fail (past `BAD_PACKETS_ALLOWED` and a `BAD_PACKET_SHARE` of those decoded), or where
+    nothing but failures comes, is damaged."""
+    damaged = "The audio stream is damaged and could not be decoded. Export the file again and re-attach it."
+    good = bad = n_frames = 0
     try:
-        yield from container.decode(stream)
+        for packet in container.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.error.InvalidDataError as exc:
+                bad += 1
+                if bad > max(BAD_PACKETS_ALLOWED, BAD_PACKET_SHARE * good):
+                    raise CorruptAudio(damaged) from exc
+                continue
+            good += 1
+            n_frames += len(frames)
+            yield from frames
     except av.error.FFmpegError as exc:
-        raise CorruptAudio(
-            "The audio stream is damaged and could not be decoded. Export the file again and re-attach it."
-        ) from exc
+        raise CorruptAudio(damaged) from exc
+    if bad and not n_frames:
+        raise CorruptAudio(damaged)
 
 
 def decode_audio(
@@ -521,8 +565,12 @@ def _decode(
     with container:
         container_name = _container_name(container)
         header_seconds = _header_duration(container, stream)
-        limit = None if max_seconds is None else max_seconds + LENGTH_SLACK_SECONDS
-        _check_header_length(header_seconds, max_seconds)
+        slack = _length_slack(stream)
+        limit = None if max_seconds is None else max_seconds + slack
+        if not _header_duration_is_guess(container_name, file):
+            # A guess may be far off either way (a VBR MP3 read at its first frame's bitrate): such a
+            # file is judged by what decodes, which stops once past the limit.
+            _check_header_length(header_seconds, max_seconds, slack)
         if container_name == "ogg" and _ogg_is_truncated(file):
             raise CorruptAudio(
                 "This Ogg file is truncated: its last page is cut off. Export it again and re-attach it."

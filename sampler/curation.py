@@ -26,6 +26,10 @@ import numpy as np
 from sampler.audio import SAMPLE_RATE
 
 MIN_CLIPS = 2
+# The longest piece one curation makes (/curate, `jukebot curate`): every clip is decoded into memory
+# (~10 MB a minute, a few copies at once), and pieces can be joined again, so without a bound one member
+# could exhaust it.
+MAX_PIECE_SECONDS = 30 * 60
 SILENCE_DB = -50.0  # quieter than this counts as silence when trimming
 TRIM_MARGIN_S = 0.1  # kept around the sound when trimming
 TARGET_RMS_DBFS = -20.0

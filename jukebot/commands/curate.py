@@ -184,8 +184,16 @@ def curate(inputs: tuple[Path, ...], output: Path, fade: float, picture: Path | 
     import numpy as np
     from tqdm import tqdm
 
-    from sampler.audio import SAMPLE_RATE, AudioError, EmptyAudio, decode_audio, encode_audio, wav_bytes
-    from sampler.curation import Clip, CurationError
+    from sampler.audio import (
+        SAMPLE_RATE,
+        AudioError,
+        AudioTooLong,
+        EmptyAudio,
+        decode_audio,
+        encode_audio,
+        wav_bytes,
+    )
+    from sampler.curation import MAX_PIECE_SECONDS, Clip, CurationError
     from sampler.curation import curate as curate_clips
 
     suffix = output.suffix.lower()
@@ -213,16 +221,29 @@ def curate(inputs: tuple[Path, ...], output: Path, fade: float, picture: Path | 
     if gathered.repeated:
         click.echo(f"Named more than once, joined once: {', '.join(map(str, gathered.repeated))}")
     clips = []
+    total_seconds = 0.0
     for path in tqdm(files, desc="decoding", unit="clip", leave=False):
+        # The clips are held in memory together: bounded as the bot bounds /curate, so a small file
+        # that decodes to hours (a silent FLAC) is refused by its header or once past the rest.
+        left = max(0.0, MAX_PIECE_SECONDS - total_seconds)
         try:
-            audio = decode_audio(path, max_seconds=None, max_bytes=None, silence_threshold_db=None)
+            audio = decode_audio(path, max_seconds=left, max_bytes=None, silence_threshold_db=None)
         except EmptyAudio:  # no sound at all: left out like a silent clip
             audio = np.zeros(0, dtype=np.float32)
+        except AudioTooLong as exc:
+            length = f"at least {exc.actual_seconds:.1f}" if exc.at_least else f"{exc.actual_seconds:.1f}"
+            before = f" (those before it last {total_seconds:.1f} s)" if total_seconds else ""
+            raise click.ClickException(
+                f"{path}: it is {length} s long, and the clips joined may last at most "
+                f"{MAX_PIECE_SECONDS // 60} min ({MAX_PIECE_SECONDS} s) together{before}. "
+                "Trim it, or join fewer or shorter clips."
+            ) from None
         except AudioError as exc:
             raise click.ClickException(f"{path}: {file_wording(str(exc))}") from None
         except OSError as exc:  # made unreadable since it was checked, or a read error
             raise click.ClickException(f"{path} {_unreadable(exc)}") from None
         clips.append(Clip(path.name, audio))
+        total_seconds += len(audio) / SAMPLE_RATE
 
     bars: dict[str, tqdm[None]] = {}
 
