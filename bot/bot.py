@@ -27,7 +27,7 @@ from bot.options import forged_option
 from bot.requests import Limits
 from bot.tasks import BackgroundTasks
 from jukebot.settings import Settings
-from sampler.worker.stop_signals import STOP_SIGNALS
+from sampler.worker.stop_signals import handled_stop_signals
 from storage.errors import LeaseLost, StorageError
 from storage.store import JobStore
 
@@ -241,7 +241,7 @@ async def _run_until_stopped(
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     installed: list[signal.Signals] = []
-    for signum in STOP_SIGNALS:
+    for signum in handled_stop_signals():  # one ignored at start (`nohup jukebot run`) stays ignored
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not on Windows / not main thread
             loop.add_signal_handler(signum, stopping.set)
             installed.append(signum)

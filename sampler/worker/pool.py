@@ -20,12 +20,14 @@ import contextlib
 import logging
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.resource_tracker
+import os
 import signal
 import socket
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from types import FrameType
@@ -37,13 +39,15 @@ from sampler.worker.runtime import (
     EXIT_CONFIG,
     EXIT_OK,
     STATE_JOB,
+    STATE_LAST_ATTEMPT,
     STATE_SERVING,
+    STATE_SIZE,
     WorkerConfig,
     WorkerState,
     doubling_delay,
     worker_main,
 )
-from sampler.worker.stop_signals import STOP_SIGNALS
+from sampler.worker.stop_signals import STOP_SIGNALS, handled_stop_signals
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +138,7 @@ class WorkerPool:
 
     def _spawn(self, slot: _Slot) -> None:
         # Lock-free: a worker killed while writing it must not leave a lock the pool would wait on.
-        state = self._context.RawArray("q", 2)
+        state = self._context.RawArray("q", STATE_SIZE)
         process = self._context.Process(
             target=worker_main,
             args=(
@@ -146,10 +150,15 @@ class WorkerPool:
                 self.log_level,
                 self.log_format,
                 state,
+                os.getpid(),  # the worker stops once this process is gone, even before it looks
             ),
             name=f"jukebot-worker-{slot.device}",
         )
-        process.start()
+        # `process.start()` starts the resource tracker if it is not running yet, which unblocks SIGINT
+        # and SIGTERM in this thread: started first, it cannot undo the mask below.
+        multiprocessing.resource_tracker.ensure_running()
+        with _stop_signals_blocked():
+            process.start()
         slot.process, slot.state, slot.started_at, slot.restart_at = process, state, time.monotonic(), None
         log.info("worker on %s started (pid %s)", slot.device, process.pid)
 
@@ -208,7 +217,14 @@ class WorkerPool:
         lived = now - slot.started_at
         serving = slot.state is not None and slot.state[STATE_SERVING] == 1
         job = slot.state[STATE_JOB] if slot.state is not None else 0
+        last_attempt = slot.state is not None and slot.state[STATE_LAST_ATTEMPT] == 1
         slot.state = None
+        if not job:
+            resumes = ""
+        elif last_attempt:
+            resumes = f" (job #{job} is out of attempts: it fails once its lease runs out)"
+        else:
+            resumes = f" (job #{job} resumes from its checkpoint)"
         # Only a worker that got to serve and then lived a while restarts at once. One that dies before
         # it finished warming up (the OOM killer while a model loads, however long loading takes)
         # would die the same way again: each such death doubles the wait, like quick deaths.
@@ -232,7 +248,7 @@ class WorkerPool:
             lived,
             "" if serving else ", before it finished warming up",
             delay,
-            f" (job #{job} resumes from its checkpoint)" if job else "",
+            resumes,
         )
         slot.restart_at = now + delay
 
@@ -258,6 +274,22 @@ class WorkerPool:
         self._wake_reader.close()
         self._wake_writer.close()
         log.info("all workers stopped")
+
+
+@contextlib.contextmanager
+def _stop_signals_blocked() -> Iterator[None]:
+    """Block the stop signals in this thread while it spawns a worker, which inherits the mask: one
+    sent while the worker still imports (Ctrl-C signals the whole process group) then waits for its
+    handlers and stops it cleanly, rather than kill it with a traceback (which the pool would restart).
+    Signals sent to the pool meanwhile are delivered once the mask is restored."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _signal_name(signum: int) -> str:
@@ -303,7 +335,7 @@ def run_pool(
             stop.set()
             pool.wake()
 
-        for stop_signal in STOP_SIGNALS:
+        for stop_signal in handled_stop_signals():  # one ignored at start (nohup) stays ignored
             previous[stop_signal] = signal.signal(stop_signal, on_signal)
     try:
         pool.start()

@@ -74,7 +74,7 @@ from sampler.worker.contract import (
 )
 from sampler.worker.logs import configure_logging
 from sampler.worker.memory import is_out_of_memory
-from sampler.worker.stop_signals import STOP_SIGNALS
+from sampler.worker.stop_signals import STOP_SIGNALS, handled_stop_signals
 from storage import WORKER_PRESENCE_SECONDS, JobStatus, JobStore, LeaseLost, StorageError, create_engine
 from storage.errors import InvalidSample, PrimeNotFound, SampleNotFound, database_unreachable
 from storage.records import ClaimedJob, LevelWindow
@@ -89,11 +89,14 @@ EXIT_CONFIG = 78  # EX_CONFIG: restarting will not help (bad runner path, no suc
 # What a worker process tells its pool, in the shared `WorkerState` (see `sampler.worker.pool`).
 STATE_SERVING = 0  # 1 once the worker finished warming up and claims jobs
 STATE_JOB = 1  # the id of the job it runs now (0: none)
+# 1 when that job is out of attempts should this worker die: it then fails rather than resume
+STATE_LAST_ATTEMPT = 2
+STATE_SIZE = 3
 
 
 class WorkerState(Protocol):
     """Integers a worker process shares with its pool (a lock-free `multiprocessing` array: a worker
-    killed mid-write must not leave a lock held), indexed by `STATE_SERVING` and `STATE_JOB`."""
+    killed mid-write must not leave a lock held), indexed by the `STATE_*` constants above."""
 
     def __getitem__(self, index: int) -> int: ...
 
@@ -505,6 +508,7 @@ class Worker:
         self._tries: dict[asyncio.Timeout, bool] = {}
         self._superseded: set[asyncio.Timeout] = set()
         self._predecessors_checked_at = -math.inf
+        self._predecessors_settled: set[str] = set()  # gone ones whose jobs were seen to (said once)
         # A claim failed: it may have been committed with only its answer lost (see `serve`).
         self._claim_unanswered = False
         self._answered = 0  # store calls answered so far (`_until_stored` tells a slow call from an outage)
@@ -677,7 +681,8 @@ class Worker:
                     continue
                 idle_wait = self.config.poll_seconds
                 crashes = self._crash_streak
-                self._running(job.id)
+                # `claim` takes over a dead worker's job only while attempts + 1 < max_attempts.
+                self._running(job.id, last_attempt=job.attempts + 1 >= job.max_attempts)
                 try:
                     await self.run_job(job, stop)
                 except Exception:  # e.g. the database went away while recording the end
@@ -703,9 +708,10 @@ class Worker:
         if self.state is not None:
             self.state[STATE_SERVING] = 1
 
-    def _running(self, job_id: int | None) -> None:
+    def _running(self, job_id: int | None, *, last_attempt: bool = False) -> None:
         self.running_job = job_id
         if self.state is not None:
+            self.state[STATE_LAST_ATTEMPT] = int(last_attempt)
             self.state[STATE_JOB] = job_id or 0
 
     async def _back_off_after_crash(self, stop: asyncio.Event) -> None:
@@ -795,11 +801,45 @@ class Worker:
         owners = await self._call(self.store.active_lease_owners())
         self._predecessors_checked_at = time.monotonic()
         gone = [owner for owner in owners if predecessor_is_gone(self.worker_id, owner)]
-        if gone:
-            log.warning(
-                "worker %s: %s exited holding a job; resuming it now", self.worker_id, ", ".join(gone)
-            )
+        new = [owner for owner in gone if owner not in self._predecessors_settled]
+        if new:
+            await self._settle_predecessors(new)
+            self._predecessors_settled.update(new)
         return gone
+
+    async def _settle_predecessors(self, gone: Sequence[str]) -> None:
+        """Say what becomes of the jobs gone predecessors held (once each), and end a job that was being
+        cancelled: its worker is known dead, so nobody would run it before its lease ran out."""
+        for job in await self._call(self.store.running_jobs()):
+            owner = job.lease_owner
+            if owner is None or owner not in gone:
+                continue
+            if job.status is JobStatus.CANCELLING:
+                try:
+                    await self._call(self.store.mark_cancelled(job.id, owner))
+                except LeaseLost:  # another worker (or the scan) ended it meanwhile
+                    continue
+                log.info(
+                    "worker %s: %s exited while job #%s was being cancelled; it is cancelled now",
+                    self.worker_id,
+                    owner,
+                    job.id,
+                )
+            elif job.attempts + 1 < job.max_attempts:  # what `claim` takes over (`orphaned_by`)
+                log.warning(
+                    "worker %s: %s exited holding a job; resuming it now (job #%s)",
+                    self.worker_id,
+                    owner,
+                    job.id,
+                )
+            else:
+                log.warning(
+                    "worker %s: %s exited holding job #%s, which has no attempts left; it fails once "
+                    "its lease runs out",
+                    self.worker_id,
+                    owner,
+                    job.id,
+                )
 
     async def _requeue_loop(self, stop: asyncio.Event) -> None:
         # Claims take jobs whose lease ran out; this scan fails jobs out of attempts, cancels the ones
@@ -1137,14 +1177,64 @@ def worker_main(
     log_level: int = logging.INFO,
     log_format: str = "text",
     state: WorkerState | None = None,
+    pool_pid: int | None = None,
 ) -> None:
-    """The body of a worker process (the pool's `spawn` target); exits 0 after a graceful stop."""
-    configure_logging(log_level, log_format, context=f"worker {device_name} pid {os.getpid()}")
-    sys.exit(
-        run_worker(
-            database_url, device_name, runner_factory_path, config, watch_parent=watch_parent, state=state
+    """The body of a worker process (the pool's `spawn` target); exits 0 after a graceful stop.
+
+    `pool_pid` is the pool's process: once it is gone the worker stops (it may be gone already)."""
+    try:
+        # First thing: the pool spawns us with the stop signals blocked, so one sent while we were
+        # still importing (Ctrl-C signals the whole process group) waits for these handlers: it is
+        # delivered as they are unblocked, and stops us.
+        _stop_while_starting()
+        configure_logging(log_level, log_format, context=f"worker {device_name} pid {os.getpid()}")
+        code = run_worker(
+            database_url,
+            device_name,
+            runner_factory_path,
+            config,
+            watch_parent=watch_parent,
+            state=state,
+            parent_pid=pool_pid,
         )
-    )
+    except _StoppedWhileStarting as stopped:
+        log.info("%s received while starting: stopping before claiming any job", stopped.name)
+        code = EXIT_OK
+    sys.exit(code)
+
+
+class _StoppedWhileStarting(BaseException):
+    """A stop signal arrived before the worker served: nothing to release, so it stops at once.
+    A BaseException, like KeyboardInterrupt, so that a runner factory's `except Exception` lets it by."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.name = signal.Signals(signum).name
+
+
+def _raise_stopped(signum: int, _frame: object) -> None:
+    raise _StoppedWhileStarting(signum)
+
+
+def _stop_while_starting() -> None:
+    for signum in handled_stop_signals():
+        signal.signal(signum, _raise_stopped)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+def _defer_stop_signals() -> list[int]:
+    """From here on, note a stop signal for the serving loop (which handles it) instead of raising."""
+    received: list[int] = []
+    for signum in STOP_SIGNALS:
+        if signal.getsignal(signum) is _raise_stopped:
+            signal.signal(signum, lambda number, _frame: received.append(number))
+    return received
+
+
+def _parent_gone(parent_pid: int | None) -> bool:
+    # Reparented (to init or a subreaper) once the pool died, however early that happened.
+    return parent_pid is not None and os.getppid() != parent_pid
 
 
 def run_worker(
@@ -1155,19 +1245,35 @@ def run_worker(
     *,
     watch_parent: bool = False,
     state: WorkerState | None = None,
+    parent_pid: int | None = None,
 ) -> int:
-    """Check the device, build the runner, then serve until SIGTERM/SIGINT/SIGHUP (or the parent process goes
-    away). EXIT_CONFIG when restarting cannot help: a device that cannot run, a bad runner factory."""
+    """Check the device, build the runner, then serve until SIGTERM/SIGINT/SIGHUP (or, with
+    `watch_parent`, the parent process `parent_pid` goes away). EXIT_CONFIG when restarting cannot
+    help: a device that cannot run, a bad runner factory."""
+    if watch_parent and parent_pid is None:
+        parent_pid = os.getppid()
     try:
+        if watch_parent and _parent_gone(parent_pid):
+            log.warning("the pool (pid %s) is gone; stopping before building the runner", parent_pid)
+            return EXIT_OK
         device = DeviceSpec(device_name)
         check_device(device)
         factory = load_runner_factory(runner_factory_path)
         runner = factory(device, dict((config or WorkerConfig()).runner_options))
+        received = _defer_stop_signals()
     except (RunnerFactoryError, ValueError) as exc:  # DeviceError (DeviceUnusable) is a ValueError
         log.error("cannot start a worker on %s: %s.", device_name, str(exc).rstrip("."))
         return EXIT_CONFIG
     return asyncio.run(
-        _serve_process(database_url, device, runner, config or WorkerConfig(), watch_parent, state)
+        _serve_process(
+            database_url,
+            device,
+            runner,
+            config or WorkerConfig(),
+            parent_pid if watch_parent else None,
+            state,
+            received,
+        )
     )
 
 
@@ -1176,18 +1282,26 @@ async def _serve_process(
     device: DeviceSpec,
     runner: JobRunner,
     config: WorkerConfig,
-    watch_parent: bool,
+    parent_pid: int | None,
     state: WorkerState | None = None,
+    received: Sequence[int] = (),
 ) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     engine = create_engine(database_url)
     worker = Worker(JobStore(engine), runner, device, config=config, state=state)
-    for signum in STOP_SIGNALS:
+    for signum in handled_stop_signals():
         loop.add_signal_handler(signum, _on_signal, stop, signum, worker)
-    watcher = asyncio.create_task(_watch_parent(stop, os.getppid())) if watch_parent else None
+    # Checked once the loop's handlers are in: a signal is then either noted before or handled after.
+    if received:
+        _on_signal(stop, received[0], worker)
+    if _parent_gone(parent_pid):
+        log.warning("the pool (pid %s) is gone; stopping before claiming any job", parent_pid)
+        stop.set()
+    watcher = asyncio.create_task(_watch_parent(stop, parent_pid)) if parent_pid is not None else None
     try:
-        await worker.serve(stop)
+        if not stop.is_set():
+            await worker.serve(stop)
     except DeviceUnusable as exc:
         log.error(
             "worker %s stops without claiming a job: %s; fix the device or the pool's device list.",
@@ -1217,7 +1331,7 @@ def _on_signal(stop: asyncio.Event, signum: int, worker: Worker | None = None) -
 async def _watch_parent(stop: asyncio.Event, parent_pid: int, every: float = 1.0) -> None:
     """Stop gracefully if the pool dies without telling us (e.g. kill -9): no orphan workers."""
     while not stop.is_set():
-        if os.getppid() != parent_pid:
+        if _parent_gone(parent_pid):
             log.warning("the pool (pid %s) is gone; stopping", parent_pid)
             stop.set()
             return
@@ -1228,7 +1342,9 @@ __all__ = [
     "EXIT_CONFIG",
     "EXIT_OK",
     "STATE_JOB",
+    "STATE_LAST_ATTEMPT",
     "STATE_SERVING",
+    "STATE_SIZE",
     "DeviceUnusable",
     "JobOutcome",
     "Worker",
