@@ -68,6 +68,7 @@ def test_models_list_refuses_a_mirror_with_credentials_in_one_line(tmp_path: Pat
     env = {
         "JUKEBOT_MODEL_DIR": str(tmp_path / "models"),
         "JUKEBOT_MODEL_MIRRORS": f"http://user:{PASSWORD}@127.0.0.1:8080/models/",
+        "JUKEBOT_LOG_LEVEL": None,  # `-v` sets it in this process: restored after each run
     }
     for args in (["models", "list"], ["-v", "models", "list"], ["models", "download", "vqvae"]):
         result: Result = CliRunner().invoke(main, args, env=env)
