@@ -19,11 +19,20 @@ from sampler.curation import MAX_PIECE_SECONDS
 from tests.sampler.audio_fixtures import sine
 
 
-def _encoded(container_format: str, codec: str, audio: np.ndarray, rate: int, **options: str) -> bytes:
+def _encoded(
+    container_format: str,
+    codec: str,
+    audio: np.ndarray,
+    rate: int,
+    bit_rate: int | None = None,
+    **options: str,
+) -> bytes:
     buffer = io.BytesIO()
     with av.open(buffer, "w", format=container_format, options=options) as container:
         stream = container.add_stream(codec, rate=rate, layout="mono")
         assert isinstance(stream, av.AudioStream)
+        if bit_rate is not None:
+            stream.bit_rate = bit_rate
         for start in range(0, len(audio), 4096):
             frame = av.AudioFrame.from_ndarray(audio[None, start : start + 4096], format="flt", layout="mono")
             frame.sample_rate, frame.pts, frame.time_base = rate, start, Fraction(1, rate)
@@ -41,18 +50,8 @@ def _mp3(
         audio = (np.random.default_rng(0).standard_normal(round(seconds * rate)) * 0.3).astype(np.float32)
     else:
         audio = sine(seconds, sample_rate=rate)
-    options = {"write_xing": "1" if tagged else "0", "id3v2_version": "4" if tagged else "0"}
-    buffer = io.BytesIO()
-    with av.open(buffer, "w", format="mp3", options=options) as container:
-        stream = container.add_stream("libmp3lame", rate=rate, layout="mono")
-        assert isinstance(stream, av.AudioStream)
-        stream.bit_rate = bitrate
-        for start in range(0, len(audio), 4096):
-            frame = av.AudioFrame.from_ndarray(audio[None, start : start + 4096], format="flt", layout="mono")
-            frame.sample_rate, frame.pts, frame.time_base = rate, start, Fraction(1, rate)
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-    return buffer.getvalue()
+    xing, id3 = ("1", "4") if tagged else ("0", "0")
+    return _encoded("mp3", "libmp3lame", audio, rate, bitrate, write_xing=xing, id3v2_version=id3)
 
 
 def _adts(seconds: float, rate: int) -> bytes:

@@ -6,13 +6,15 @@ job's samples away and left it running under a worker that had moved on)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from sampler.worker.contract import DeviceSpec
-from sampler.worker.runtime import JobOutcome, Worker
+from sampler.worker.runtime import JobOutcome, Worker, WorkerConfig
 from storage import JobStatus, JobStore, create_engine
 from tests.sampler.worker.test_runtime import FAST, claim, enqueue, toy_env  # noqa: F401
 from tests.sampler.worker.toy_runner import ToyRunner
@@ -28,27 +30,34 @@ class LockedStore(JobStore):
     def __init__(self, engine: Any, path: Path, method: str, lock_at: int = 1) -> None:
         super().__init__(engine)
         self.lock = WriteLock(path)
-        self._method, self._lock_at, self._calls = method, lock_at, 0
+        calls = 0
+        unlocked = getattr(self, method)
 
-    def __getattribute__(self, name: str) -> Any:
-        attribute = super().__getattribute__(name)
-        if name != object.__getattribute__(self, "_method"):
-            return attribute
-
-        async def locked_first(*args: Any, **kwargs: Any) -> Any:
-            self._calls += 1
-            if self._calls == self._lock_at:
+        async def locked_at(*args: Any, **kwargs: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == lock_at:
                 self.lock.take()
-            return await attribute(*args, **kwargs)
+            return await unlocked(*args, **kwargs)
 
-        return locked_first
+        setattr(self, method, locked_at)
 
 
-def _locked_store(sqlite_template: Path, tmp_path: Path, method: str, lock_at: int = 1) -> LockedStore:
+@contextlib.asynccontextmanager
+async def _worker_on_a_locked_store(
+    sqlite_template: Path, tmp_path: Path, method: str, lock_at: int = 1, config: WorkerConfig = FAST
+) -> AsyncIterator[tuple[LockedStore, Worker]]:
     path = tmp_path / "jukebot.sqlite3"
     shutil.copyfile(sqlite_template, path)
     engine = create_engine(f"sqlite+aiosqlite:///{path}?timeout={BUSY_TIMEOUT_S}")
-    return LockedStore(engine, path, method, lock_at)
+    store = LockedStore(engine, path, method, lock_at)
+    worker = Worker(store, ToyRunner(DeviceSpec.cpu()), DeviceSpec.cpu(), config=config)
+    try:
+        yield store, worker
+    finally:
+        store.lock.release()
+        worker.close()
+        await engine.dispose()
 
 
 async def _released_once_noticed(worker: Worker, store: LockedStore, running: asyncio.Task[Any]) -> None:
@@ -61,25 +70,25 @@ async def _released_once_noticed(worker: Worker, store: LockedStore, running: as
     store.lock.release()
 
 
+async def _run_through_the_lock(store: LockedStore, worker: Worker) -> int:
+    """Run a queued job; the lock taken on its way is released once the worker noticed it."""
+    job_id = await enqueue(store, params={"seconds": 1.0})
+    running = asyncio.create_task(worker.run_job(await claim(store, worker)))
+    await _released_once_noticed(worker, store, running)
+    assert await asyncio.wait_for(running, 60) is JobOutcome.SUCCEEDED
+    return job_id
+
+
 async def test_a_finished_job_is_stored_once_the_lock_is_gone(
     sqlite_template: Path,
     tmp_path: Path,
     toy_env: Path,  # noqa: F811
 ) -> None:
-    store = _locked_store(sqlite_template, tmp_path, "complete")
-    worker = Worker(store, ToyRunner(DeviceSpec.cpu()), DeviceSpec.cpu(), config=FAST)
-    try:
-        job_id = await enqueue(store, params={"seconds": 1.0})
-        running = asyncio.create_task(worker.run_job(await claim(store, worker)))
-        await _released_once_noticed(worker, store, running)
-        assert await asyncio.wait_for(running, 60) is JobOutcome.SUCCEEDED
+    async with _worker_on_a_locked_store(sqlite_template, tmp_path, "complete") as (store, worker):
+        job_id = await _run_through_the_lock(store, worker)
         job = await store.get_job(job_id)
         assert job.status is JobStatus.SUCCEEDED and job.attempts == 0
         assert len(await store.samples_for_job(job_id)) == 1
-    finally:
-        store.lock.release()
-        worker.close()
-        await store.engine.dispose()
 
 
 async def test_a_lock_at_a_checkpoint_costs_no_attempt(
@@ -87,24 +96,13 @@ async def test_a_lock_at_a_checkpoint_costs_no_attempt(
     tmp_path: Path,
     toy_env: Path,  # noqa: F811
 ) -> None:
-    store = _locked_store(sqlite_template, tmp_path, "save_checkpoint", lock_at=2)
-    worker = Worker(
-        store,
-        ToyRunner(DeviceSpec.cpu()),
-        DeviceSpec.cpu(),
-        config=dataclasses.replace(FAST, checkpoint_seconds=0),
-    )
-    try:
-        job_id = await enqueue(store, params={"seconds": 1.0})
-        running = asyncio.create_task(worker.run_job(await claim(store, worker)))
-        await _released_once_noticed(worker, store, running)
-        assert await asyncio.wait_for(running, 60) is JobOutcome.SUCCEEDED
+    config = dataclasses.replace(FAST, checkpoint_seconds=0)
+    async with _worker_on_a_locked_store(
+        sqlite_template, tmp_path, "save_checkpoint", lock_at=2, config=config
+    ) as (store, worker):
+        job_id = await _run_through_the_lock(store, worker)
         job = await store.get_job(job_id)
         assert job.status is JobStatus.SUCCEEDED and job.attempts == 0, (job.status, job.attempts, job.error)
-    finally:
-        store.lock.release()
-        worker.close()
-        await store.engine.dispose()
 
 
 async def test_a_serving_worker_keeps_a_finished_job_on_its_last_attempt(
@@ -112,10 +110,8 @@ async def test_a_serving_worker_keeps_a_finished_job_on_its_last_attempt(
     tmp_path: Path,
     toy_env: Path,  # noqa: F811
 ) -> None:
-    store = _locked_store(sqlite_template, tmp_path, "complete")
-    worker = Worker(store, ToyRunner(DeviceSpec.cpu()), DeviceSpec.cpu(), config=FAST)
     stop = asyncio.Event()
-    try:
+    async with _worker_on_a_locked_store(sqlite_template, tmp_path, "complete") as (store, worker):
         job_id = await enqueue(store, params={"seconds": 1.0}, max_attempts=1)
         serving = asyncio.create_task(worker.serve(stop))
 
@@ -133,7 +129,3 @@ async def test_a_serving_worker_keeps_a_finished_job_on_its_last_attempt(
         await asyncio.wait_for(serving, 30)
         job = await store.get_job(job_id)
         assert job.status is JobStatus.SUCCEEDED, (job.status, job.attempts, job.error)
-    finally:
-        store.lock.release()
-        worker.close()
-        await store.engine.dispose()
