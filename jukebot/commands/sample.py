@@ -38,6 +38,7 @@ from jukebot.commands import (
     TORCH_USERS,
     file_wording,
     logging_without_settings,
+    model_dir_refusal,
     require_torch,
     settings_or_exit,
 )
@@ -475,7 +476,6 @@ def _replace_whole(path: Path, data: bytes, tmp: Path) -> None:
 def run_sample(options: dict[str, Any], given: set[str] | frozenset[str] = frozenset()) -> None:
     import torch
 
-    from jukebot.commands.serve import model_dir_refusal
     from sampler.jukebox.cascade import SampleStyle, SamplingError, SamplingRequest
     from sampler.jukebox.checkpoint import CheckpointError
     from sampler.jukebox.windows import TOP_HOP, sample_length_samples

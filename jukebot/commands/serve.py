@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 import threading
-from pathlib import Path
 from typing import Any
 
 import click
@@ -16,6 +14,7 @@ from jukebot import __version__
 from jukebot.commands import (
     FiniteFloatRange,
     database_problem,
+    model_dir_refusal,
     require_torch,
     settings_or_exit,
     upgrade_or_exit,
@@ -37,18 +36,6 @@ def _devices(settings: Settings) -> list:  # type: ignore[type-arg]
         return list(devices_from_setting(settings.gpu_indices()))
     except DeviceError as exc:
         raise click.ClickException(str(exc)) from None
-
-
-def model_dir_refusal(model_dir: Path) -> str | None:
-    """Why no model at all can be read from `model_dir` (a file, a link loop, no permission on it), as
-    `jukebot models list` says it; None when it can, or does not exist yet. A model folder inside it
-    that cannot be read is not: the other models' files still can."""
-    from sampler.model_files import model_dir_problem
-
-    problem = model_dir_problem(model_dir)
-    if problem is None or (model_dir.is_dir() and os.access(model_dir, os.R_OK | os.X_OK)):
-        return None
-    return problem
 
 
 def _refuse_unusable_model_dir(settings: Settings) -> None:
