@@ -195,30 +195,58 @@ async def test_the_bot_leaves_an_ignored_sighup_ignored(monkeypatch: pytest.Monk
 # ----------------------------------------------------------------------------- Ctrl-C at start
 
 
+class PoolInThread:
+    """`jukebot run`'s pool in a thread, and everything it logs from its start.
+
+    The worker may be spawned before the test body runs, and `caplog.text` holds only the current
+    phase's records (the spawn line landed in setup's on a fast machine), so this keeps its own."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.handler = _Collecting()
+
+    def log(self) -> str:
+        return "\n".join(record.getMessage() for record in list(self.handler.records))
+
+
+class _Collecting(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 @pytest.fixture
 def pool_in_thread(
     db_url: str, gate: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> Iterator[threading.Event]:
-    """`jukebot run`'s pool: run_pool in a thread, without signal handlers, stopped by an event."""
+) -> Iterator[PoolInThread]:
+    """run_pool in a thread, without signal handlers, stopped by an event."""
     monkeypatch.setenv(GATE_VARIABLE, str(gate))
     caplog.set_level(logging.INFO)
-    stop = threading.Event()
+    pool = PoolInThread()
+    pool_logger = logging.getLogger("sampler.worker.pool")
+    pool_logger.addHandler(pool.handler)
     thread = threading.Thread(
         target=run_pool,
         args=(db_url, [DeviceSpec.cpu()], GATED_RUNNER),
         kwargs={
             "config": WorkerConfig(poll_seconds=0.05, max_poll_seconds=0.2),
-            "stop": stop,
+            "stop": pool.stop,
             "install_signal_handlers": False,
             "shutdown_timeout": 20,
             "restart_backoff": 0.05,
         },
     )
     thread.start()
-    yield stop
-    stop.set()
-    (gate / "open").touch()
-    thread.join(60)
+    try:
+        yield pool
+    finally:
+        pool.stop.set()
+        (gate / "open").touch()
+        thread.join(60)
+        pool_logger.removeHandler(pool.handler)
     assert not thread.is_alive()
 
 
@@ -226,16 +254,16 @@ def pool_in_thread(
 @pytest.mark.parametrize("when", ["at_spawn", "building_the_runner"])
 async def test_ctrl_c_while_a_worker_starts_stops_it_quietly_for_good(
     when: str,
-    pool_in_thread: threading.Event,
+    pool_in_thread: PoolInThread,
     gate: Path,
-    caplog: pytest.LogCaptureFixture,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     """Ctrl-C signals the whole process group: a worker still importing or building its runner stops
     with exit 0 (no KeyboardInterrupt traceback), and the pool does not start another."""
+    pool = pool_in_thread
 
     async def spawned() -> list[int]:
-        return started_pids(caplog.text)
+        return started_pids(pool.log())
 
     pid = (await wait_until(spawned, 30, "the worker to be spawned"))[0]
     if when == "building_the_runner":
@@ -247,12 +275,14 @@ async def test_ctrl_c_while_a_worker_starts_stops_it_quietly_for_good(
     os.kill(pid, signal.SIGINT)
 
     async def noted() -> bool:
-        return "worker on cpu" in caplog.text and ("stopped" in caplog.text or "restarting" in caplog.text)
+        log = pool.log()
+        return "stopped on a stop signal" in log or "restarting" in log
 
     await wait_until(noted, 60, "the pool to note its worker's exit")
     err = capfd.readouterr().err
-    assert "stopped on a stop signal (exit 0); not restarting it" in caplog.text, caplog.text
-    assert len(started_pids(caplog.text)) == 1
+    log = pool.log()
+    assert "stopped on a stop signal (exit 0); not restarting it" in log, log
+    assert len(started_pids(log)) == 1
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
 
 
