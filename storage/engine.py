@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import Connection, ExceptionContext, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.util import await_only
 
@@ -32,6 +32,11 @@ POSTGRES_STATEMENT_TIMEOUT_SECONDS = 60.0
 # probes an idle connection's peer after POSTGRES_KEEPALIVE_SECONDS of quiet (three probes, that apart).
 POSTGRES_IDLE_IN_TRANSACTION_SECONDS = 60.0
 POSTGRES_KEEPALIVE_SECONDS = 20
+# Postgres refuses a write with read_only_sql_transaction when the address a client reconnected to
+# after a failover is a standby not yet promoted (or the old primary come back as one). A session
+# opened there stays read-only after the promotion, so the connection is discarded like a lost one:
+# the call is an outage (`storage.errors.database_unreachable`), tried again on a new connection.
+_PG_READ_ONLY_TRANSACTION = "25006"
 
 
 def create_engine(
@@ -55,7 +60,8 @@ def create_engine(
     Postgres gets a pre-ping on checkout and time limits on connecting and on each statement
     (asyncpg's `timeout` and `command_timeout`, overridable through `connect_args`): a call on a
     connection that went silent raises TimeoutError, and the connection is discarded, not reused;
-    and server-side limits for a client that vanished (`_bound_postgres_sessions`).
+    and server-side limits for a client that vanished (`_bound_postgres_sessions`). A connection to a
+    server that takes no writes (a standby, after a failover) is discarded like a lost one.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
@@ -66,8 +72,10 @@ def create_engine(
             if bounded_statements:
                 connect_args.setdefault("command_timeout", POSTGRES_STATEMENT_TIMEOUT_SECONDS)
         engine = create_async_engine(url, **kwargs)
-        if bounded_statements and parsed.get_backend_name() == "postgresql":
-            event.listen(engine.sync_engine, "connect", _bound_postgres_sessions)
+        if parsed.get_backend_name() == "postgresql":
+            event.listen(engine.sync_engine, "handle_error", _read_only_server_is_a_lost_connection)
+            if bounded_statements:
+                event.listen(engine.sync_engine, "connect", _bound_postgres_sessions)
         return engine
 
     database: Path | None = None
@@ -136,6 +144,11 @@ def _create_private_file(database: Path) -> None:
         os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE))
     except OSError:  # there already (FileExistsError), or SQLite cannot create it either
         pass
+
+
+def _read_only_server_is_a_lost_connection(context: ExceptionContext) -> None:
+    if getattr(context.original_exception, "sqlstate", None) == _PG_READ_ONLY_TRANSACTION:
+        context.is_disconnect = True
 
 
 def _bound_postgres_sessions(dbapi_connection: Any, _record: Any) -> None:
