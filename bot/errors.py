@@ -8,14 +8,13 @@ anything else that is not a `JukebotError` a short apology; both with an error i
 
 from __future__ import annotations
 
-import errno
-import socket
 from collections.abc import Sequence
 from enum import Enum
 
 import aiohttp
 import discord
-import sqlalchemy.exc
+
+from storage.errors import Outage, outage_of
 
 MAX_MESSAGE_CHARS = 2000  # Discord refuses longer message content (error 50035) and the user hears nothing
 
@@ -82,11 +81,12 @@ class NotInServer(JukebotError):
 
 
 class StorageOutage(Enum):
-    """The store itself failed: not the user's fault, nothing saved before is lost, retrying later works."""
+    """The store itself failed: not the user's fault, nothing saved before is lost, retrying later works.
+    One member per `storage.errors.Outage`, which decides which (`of`)."""
 
-    DISK_FULL = "the database's disk is full"
-    UNREACHABLE = "the database cannot be reached"
-    BUSY = "the database file is locked by another process"
+    DISK_FULL = Outage.DISK_FULL.value
+    UNREACHABLE = Outage.UNREACHABLE.value
+    BUSY = Outage.BUSY.value
 
     def reply(self, error_id: str) -> str:
         if self is StorageOutage.DISK_FULL:
@@ -106,61 +106,8 @@ class StorageOutage(Enum):
     @classmethod
     def of(cls, error: BaseException) -> StorageOutage | None:
         """The outage behind `error` (or the errors it wraps), or None for anything else."""
-        seen: set[int] = set()
-        todo: list[BaseException | None] = [error]
-        while todo:
-            current = todo.pop()
-            if current is None or id(current) in seen:
-                continue
-            seen.add(id(current))
-            found = _outage_of_one(current)
-            if found is not None:
-                return found
-            todo += [current.__cause__, current.__context__, getattr(current, "orig", None)]
-        return None
-
-
-# SQLSTATEs (Postgres): 53100 disk_full; class 08 connection exceptions; 57P01-57P03 shutting down;
-# 53300 every connection taken.
-_PG_DISK_FULL = "53100"
-_PG_GONE = ("57P01", "57P02", "57P03")
-_PG_NO_CONNECTION_LEFT = "53300"  # too_many_connections
-
-
-def _outage_of_one(error: BaseException) -> StorageOutage | None:
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return StorageOutage.DISK_FULL
-    sqlite_code = getattr(error, "sqlite_errorname", None)
-    if sqlite_code == "SQLITE_FULL":
-        return StorageOutage.DISK_FULL
-    if sqlite_code in ("SQLITE_CANTOPEN", "SQLITE_IOERR"):
-        return StorageOutage.UNREACHABLE
-    if sqlite_code in ("SQLITE_BUSY", "SQLITE_LOCKED"):  # held past the busy timeout
-        return StorageOutage.BUSY
-    sqlstate = getattr(error, "sqlstate", None)
-    if isinstance(sqlstate, str):
-        if sqlstate == _PG_DISK_FULL:
-            return StorageOutage.DISK_FULL
-        if sqlstate.startswith("08") or sqlstate in _PG_GONE or sqlstate == _PG_NO_CONNECTION_LEFT:
-            return StorageOutage.UNREACHABLE
-    if isinstance(error, sqlalchemy.exc.DBAPIError) and error.connection_invalidated:
-        return StorageOutage.UNREACHABLE
-    if isinstance(error, ConnectionError | socket.gaierror):  # asyncpg raises these while connecting
-        return StorageOutage.UNREACHABLE
-    if isinstance(error, TimeoutError) and _raised_by_database_driver(error):
-        return StorageOutage.UNREACHABLE  # a statement's time limit: the database went silent
-    return None
-
-
-def _raised_by_database_driver(error: BaseException) -> bool:
-    """Whether `error` came out of the database layers (not e.g. out of a download's own timeout)."""
-    trace = error.__traceback__
-    while trace is not None:
-        module = str(trace.tb_frame.f_globals.get("__name__", ""))
-        if module.startswith(("asyncpg", "sqlalchemy", "aiosqlite")):
-            return True
-        trace = trace.tb_next
-    return False
+        outage = outage_of(error, from_store=False)
+        return None if outage is None else cls[outage.name]
 
 
 def apology(error_id: str) -> str:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 import sqlite3
+from enum import Enum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -112,23 +115,40 @@ class AlreadyUpsampled(StorageError):
         self.status = status
 
 
-# What a lost connection raises (the driver's own exceptions, by name: the drivers are optional).
+class Outage(Enum):
+    """Why the database could not take a call for now (`outage_of`): the same call is worth trying
+    again later, unlike a refused write, and nothing stored before is lost."""
+
+    UNREACHABLE = "the database cannot be reached"
+    BUSY = "the database file is locked by another process"
+    DISK_FULL = "the database's disk is full"
+
+
+# The drivers' own exceptions for a lost connection (by name: the drivers are optional): asyncpg's for
+# SQLSTATE classes 08 (connection exception) and 57 (operator intervention: shutting down, restarting).
 _UNREACHABLE_DRIVER_ERRORS = {"PostgresConnectionError", "OperatorInterventionError"}
-# Postgres's class 53, insufficient resources: its connections all taken (53300), its disk full,
-# its memory: a server up but unable to take the call for now.
+# Postgres SQLSTATEs: class 08 and 57 as above (for drivers that raise them by code); class 53,
+# insufficient resources: its disk full (53100), its connections all taken (53300), its memory.
+_PG_UNREACHABLE_CLASSES = ("08", "57")
 _PG_OUT_OF_RESOURCES = "53"
-# SQLite's primary result codes for a file that cannot be written for now: another process holds its
-# lock past the busy timeout (BUSY, LOCKED), a disk error (IOERR), a full disk (FULL), a file that
-# cannot be opened (CANTOPEN) or a lock protocol error (PROTOCOL). Its outage, where Postgres's is a
-# lost connection.
-_SQLITE_UNAVAILABLE_CODES = {5, 6, 10, 13, 14, 15}
+_PG_DISK_FULL = "53100"
+# SQLite's primary result codes (extended codes carry them in their low byte) for a file that cannot
+# be written for now: its outage, where Postgres's is a lost connection.
+_SQLITE_BUSY_CODES = {5, 6}  # BUSY, LOCKED: another process holds the lock past the busy timeout
+_SQLITE_FULL = 13
+_SQLITE_UNREACHABLE_CODES = {10, 14, 15}  # IOERR (a disk error), CANTOPEN, PROTOCOL (a lock protocol error)
+_DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+_DATABASE_LAYERS = ("asyncpg", "sqlalchemy", "aiosqlite")
 
 
-def database_unreachable(error: BaseException) -> bool:
-    """True when `error`, or what caused it, says the database could not be reached (stopped,
-    restarting, the network cut, every connection taken) or could not be written for now (a full
-    disk; SQLite's file locked by another process, a disk error): the same call is worth trying again
-    later, unlike a refused write."""
+def outage_of(error: BaseException, *, from_store: bool = True) -> Outage | None:
+    """The outage behind `error` or the errors it wraps: the database stopped, restarting, cut off by
+    the network, a standby that takes no writes, every connection taken (UNREACHABLE); SQLite's file
+    locked by another process (BUSY); a full disk (DISK_FULL). None for anything else.
+
+    `from_store=False` is for an error that may come from anything (the bot's central handler): an
+    OSError that is not a refused or reset connection then counts only when the database layers
+    raised it (a time-out of a download is no database outage); a store call's OSError always does."""
     from sqlalchemy.exc import DBAPIError
 
     seen: set[int] = set()
@@ -138,20 +158,50 @@ def database_unreachable(error: BaseException) -> bool:
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, OSError):  # refused, reset, timed out
-            return True
+        if isinstance(current, OSError):
+            if current.errno in _DISK_FULL_ERRNOS:
+                return Outage.DISK_FULL
+            if (
+                from_store
+                or isinstance(current, ConnectionError | socket.gaierror)
+                or _raised_by_database_layers(current)
+            ):
+                return Outage.UNREACHABLE
         if isinstance(current, DBAPIError) and current.connection_invalidated:
-            return True
+            return Outage.UNREACHABLE
         if {cls.__name__ for cls in type(current).__mro__} & _UNREACHABLE_DRIVER_ERRORS:
-            return True
+            return Outage.UNREACHABLE
         sqlstate = getattr(current, "sqlstate", None)
-        if isinstance(sqlstate, str) and sqlstate.startswith(_PG_OUT_OF_RESOURCES):
-            return True
-        if isinstance(current, sqlite3.Error) and (
-            ((getattr(current, "sqlite_errorcode", None) or 0) & 0xFF) in _SQLITE_UNAVAILABLE_CODES
-        ):
-            return True
+        if isinstance(sqlstate, str):
+            if sqlstate == _PG_DISK_FULL:
+                return Outage.DISK_FULL
+            if sqlstate.startswith((*_PG_UNREACHABLE_CLASSES, _PG_OUT_OF_RESOURCES)):
+                return Outage.UNREACHABLE
+        if isinstance(current, sqlite3.Error):
+            code = (getattr(current, "sqlite_errorcode", None) or 0) & 0xFF
+            if code in _SQLITE_BUSY_CODES:
+                return Outage.BUSY
+            if code == _SQLITE_FULL:
+                return Outage.DISK_FULL
+            if code in _SQLITE_UNREACHABLE_CODES:
+                return Outage.UNREACHABLE
         pending += [current.__cause__, current.__context__, getattr(current, "orig", None)]
+    return None
+
+
+def database_unreachable(error: BaseException) -> bool:
+    """True when `error`, from a store call, says the database could not be reached or written for
+    now (`outage_of`): the same call is worth trying again later, unlike a refused write."""
+    return outage_of(error) is not None
+
+
+def _raised_by_database_layers(error: BaseException) -> bool:
+    """Whether `error` came out of the database layers (not e.g. out of a download's own time-out)."""
+    trace = error.__traceback__
+    while trace is not None:
+        if str(trace.tb_frame.f_globals.get("__name__", "")).startswith(_DATABASE_LAYERS):
+            return True
+        trace = trace.tb_next
     return False
 
 

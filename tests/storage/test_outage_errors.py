@@ -3,10 +3,14 @@ call again later) and which are refusals, on the real databases."""
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import secrets
 import shutil
+import socket
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import make_url, text
@@ -67,3 +71,57 @@ async def test_a_sqlite_file_locked_past_its_timeout_is_an_outage(
             await connection.execute(text("SELECT * FROM no_such_table"))
     assert not database_unreachable(bad.value)
     await engine.dispose()
+
+
+async def test_a_postgres_down_behind_a_name_with_two_addresses_is_an_outage_for_members(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A usual /etc/hosts gives `localhost` both ::1 and 127.0.0.1: with the server down, asyncio
+    raises one plain OSError ("Multiple exceptions: …"), no ConnectionRefusedError. Workers rode it out,
+    but a member was told "something went wrong" instead of "cannot reach the database"."""
+    loop = asyncio.get_running_loop()
+    resolve = loop.getaddrinfo
+
+    async def both_loopbacks(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host != "localhost":
+            return await resolve(host, port, *args, **kwargs)
+        return [
+            (socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("::1", port, 0, 0)),
+            (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("127.0.0.1", port)),
+        ]
+
+    monkeypatch.setattr(loop, "getaddrinfo", both_loopbacks)
+    with socket.socket() as unused:  # a port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    engine = create_engine(make_url(POSTGRES_URL).set(host="localhost", port=port).render_as_string(False))
+    try:
+        with pytest.raises(OSError, match="Multiple exceptions") as down:
+            async with engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+    finally:
+        await engine.dispose()
+    assert database_unreachable(down.value)
+    assert StorageOutage.of(down.value) is StorageOutage.UNREACHABLE
+    assert StorageOutage.of(OSError("Multiple exceptions: not from the database")) is None
+
+
+def test_the_bot_calls_an_outage_only_what_the_worker_rides_out() -> None:
+    """One classifier (`outage_of`): the bot's view of an error is the store's, narrowed to errors the
+    database layers raised where the error could come from anything."""
+    sqlite_io = sqlite3.OperationalError("disk I/O error")
+    sqlite_io.sqlite_errorcode = 10 | (3 << 8)  # an extended code, as Python reports them
+    sqlite_io.sqlite_errorname = "SQLITE_IOERR_WRITE"
+    errors: list[BaseException] = [
+        sqlite_io,
+        OSError(errno.ENOSPC, "No space left on device"),
+        ConnectionResetError(104, "reset"),
+        TimeoutError(),
+        OSError(errno.EACCES, "Permission denied"),
+        RuntimeError("a bug"),
+    ]
+    for error in errors:
+        bot_view = StorageOutage.of(error)
+        assert bot_view is None or database_unreachable(error), error
+    assert StorageOutage.of(sqlite_io) is StorageOutage.UNREACHABLE  # was missed: extended codes
+    assert StorageOutage.of(TimeoutError()) is None and database_unreachable(TimeoutError())
