@@ -584,7 +584,7 @@ def run_sample(options: dict[str, Any], given: set[str] | frozenset[str] = froze
 
     codes = saved_codes
     if mode == "continue" and codes is not None:
-        _refuse_nothing_to_continue(codes, cascade.hops, sample_length, options["codes_file"])
+        _refuse_nothing_to_continue(codes, cascade.hops, levels, sample_length, options["codes_file"])
     if mode == "upsample" and codes is not None and codes[2] is not None:
         sample_length = codes[2].shape[1] * cascade.hops[2]
         total_seconds = max(total_seconds, sample_length / SAMPLE_RATE)
@@ -782,17 +782,20 @@ def _sample_into(
 
 
 def _refuse_nothing_to_continue(
-    codes: tuple[Any, ...], hops: tuple[int, ...], sample_length: int, path: Path
+    codes: tuple[Any, ...], hops: tuple[int, ...], levels: tuple[int, ...], sample_length: int, path: Path
 ) -> None:
-    """Stop a continuation that would sample nothing new (a copy of the codes) or less than the codes
-    hold. Checked once the VQ-VAE is read: its hops turn tokens into seconds."""
-    have = max(
+    """Stop a continuation that would sample nothing new (every level asked already whole: the Model
+    API's rule, `continued_codes_length`) or less than the codes hold. Checked once the VQ-VAE is
+    read: its hops turn tokens into seconds."""
+    from sampler.jukebox.cascade import continued_codes_length
+
+    longest = max(
         (level.shape[1] * hop for level, hop in zip(codes, hops, strict=True) if level is not None), default=0
     )
-    if sample_length <= have:
+    if sample_length < longest or continued_codes_length(codes, hops, levels, sample_length) is not None:
         raise click.BadParameter(
             f"the sample length ({sample_length / SAMPLE_RATE:.2f} s) must be longer than the codes in "
-            f"{path} ({have / SAMPLE_RATE:.2f} s) to continue them: ask for more",
+            f"{path} ({longest / SAMPLE_RATE:.2f} s) to continue them: ask for more",
             param_hint="--sample_length_in_seconds",
         )
 

@@ -440,6 +440,22 @@ def label_config(config: PriorConfig) -> LabelConfig:
     )
 
 
+def continued_codes_length(
+    codes: Sequence[Tensor | None], hops: Sequence[int], levels: Sequence[int], sample_length: int
+) -> int | None:
+    """Continue mode's one rule (the Model API's and `jukebot sample`'s): the length the codes of the
+    highest level asked cover when every level asked already covers `sample_length`, so that there
+    is nothing to add; None when some level asked has something to sample. Top codes alone with
+    lower levels asked are upsampled."""
+    have = 0
+    for level in sorted(levels):
+        given = codes[level]
+        have = 0 if given is None else given.shape[1] * hops[level]
+        if have < sample_length:
+            return None
+    return have
+
+
 class Cascade:
     """A VQ-VAE plus one prior per level, sampled top first."""
 
@@ -749,16 +765,13 @@ class Cascade:
     ) -> None:
         """Continue mode with every level asked already whole would hand the codes back unchanged.
         (Upsample mode with whole codes above is its normal use.)"""
-        have = 0
-        for level in levels:
-            codes = self._given_codes(request, level)
-            have = 0 if codes is None else codes.shape[1] * self.hops[level]
-            if have < sample_length:
-                return
-        seconds = have / self.sample_rate
+        codes = request.codes if request.codes is not None else (None,) * len(self.hops)
+        have = continued_codes_length(codes, self.hops, levels, sample_length)
+        if have is None:
+            return
         raise SamplingError(
             f"continue mode adds to the codes given, but those of level {levels[-1]} already cover the "
-            f"{seconds:.2f} s of sample_length ({sample_length / self.sample_rate:.2f} s): "
+            f"{have / self.sample_rate:.2f} s of sample_length ({sample_length / self.sample_rate:.2f} s): "
             "ask for a longer sample_length"
         )
 

@@ -104,12 +104,12 @@ def top_codes(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 @pytest.mark.usefixtures("single_thread")
 @pytest.mark.parametrize(
-    ("seconds", "asked"),
-    [("0.0465", "0.05"), ("0.03", "0.03")],
-    ids=["as-long", "shorter"],
+    ("seconds", "asked", "levels"),
+    [("0.0465", "0.05", ["--levels=1"]), ("0.03", "0.03", []), ("0.03", "0.03", ["--levels=1"])],
+    ids=["as-long-top-only", "shorter", "shorter-top-only"],
 )
 def test_continue_refuses_a_sample_length_not_longer_than_the_codes(
-    model_dir: Path, top_codes: Path, tmp_path: Path, seconds: str, asked: str
+    model_dir: Path, top_codes: Path, tmp_path: Path, seconds: str, asked: str, levels: list[str]
 ) -> None:
     out = tmp_path / "more"
     result = run(
@@ -118,6 +118,7 @@ def test_continue_refuses_a_sample_length_not_longer_than_the_codes(
         "--mode=continue",
         f"--codes_file={top_codes}",
         f"--sample_length_in_seconds={seconds}",
+        *levels,
     )
     assert result.exit_code == 2, result.output
     assert error_line(result) == (
@@ -125,6 +126,25 @@ def test_continue_refuses_a_sample_length_not_longer_than_the_codes(
         f"longer than the codes in {top_codes} (0.05 s) to continue them: ask for more"
     )
     assert not out.exists()
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_continue_at_the_codes_length_upsamples_the_levels_they_lack(
+    model_dir: Path, top_codes: Path, tmp_path: Path
+) -> None:
+    """The Model API's rule (`continued_codes_length`): continuing whole top codes with the lower levels
+    asked samples those levels, as `Cascade.check` allows; only every level whole is refused."""
+    from sampler.jukebox.cascade import continued_codes_length
+
+    top = torch.load(top_codes, weights_only=True)["zs"]
+    assert continued_codes_length(top, (8, 32, 128), (0, 1, 2), 128 * top[2].shape[1]) is None
+    assert continued_codes_length(top, (8, 32, 128), (2,), 128 * top[2].shape[1]) is not None
+    out = tmp_path / "whole"
+    result = run(
+        model_dir, out, "--mode=continue", f"--codes_file={top_codes}", "--sample_length_in_seconds=0.0465"
+    )
+    assert result.exit_code == 0, result.output
+    assert {path.name for path in out.glob("level_*")} == {"level_0", "level_1", "level_2"}
 
 
 @pytest.mark.usefixtures("single_thread")
