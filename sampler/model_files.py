@@ -253,9 +253,10 @@ _JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", boo
 _JSON_TYPES[type(None)] = "null"
 
 
-def model_dir_problem(model_dir: Path) -> str | None:
+def model_dir_problem(model_dir: Path, *, choose_another: str = "set JUKEBOT_MODEL_DIR to") -> str | None:
     """Why the model directory cannot be read (a file, no permission), in one sentence; None when it
-    can (a directory that does not exist yet is fine: nothing is downloaded)."""
+    can (a directory that does not exist yet is fine: nothing is downloaded). `choose_another` is how
+    the reader picks another folder ("pass --model_dir" where a flag chose it)."""
     path = Path(model_dir)
     try:
         mode = path.stat().st_mode
@@ -264,24 +265,24 @@ def model_dir_problem(model_dir: Path) -> str | None:
     except NotADirectoryError:
         return (
             f"The model directory {path} cannot exist, because a folder above it is a file: "
-            "set JUKEBOT_MODEL_DIR to a folder."
+            f"{choose_another} a folder."
         )
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             return (
                 f"The model directory {path} is a symbolic link loop (or goes through one): point the link "
-                "at a folder, or set JUKEBOT_MODEL_DIR to a folder."
+                f"at a folder, or {choose_another} a folder."
             )
         return (
-            f"Cannot read the model directory {path} ({exc.strerror or exc}): fix its permissions or set "
-            "JUKEBOT_MODEL_DIR to a folder this user can read."
+            f"Cannot read the model directory {path} ({exc.strerror or exc}): fix its permissions or "
+            f"{choose_another} a folder this user can read."
         )
     if not stat.S_ISDIR(mode):
-        return f"The model directory {path} is a file, not a folder: set JUKEBOT_MODEL_DIR to a folder."
+        return f"The model directory {path} is a file, not a folder: {choose_another} a folder."
     if not os.access(path, os.R_OK | os.X_OK):
         return (
-            f"Cannot read the model directory {path} (permission denied): fix its permissions or set "
-            "JUKEBOT_MODEL_DIR to a folder this user can read."
+            f"Cannot read the model directory {path} (permission denied): fix its permissions or "
+            f"{choose_another} a folder this user can read."
         )
     for folder in sorted({(path / entry.path).parent for entry in CHECKPOINTS.values()}):
         if os.path.isdir(folder) and not os.access(folder, os.R_OK | os.X_OK):

@@ -89,13 +89,13 @@ def require_torch(what: str) -> None:
         )
 
 
-def model_dir_refusal(model_dir: Path) -> str | None:
+def model_dir_refusal(model_dir: Path, **wording: str) -> str | None:
     """Why no model at all can be read from `model_dir` (a file, a link loop, no permission on it), as
     `jukebot models list` says it; None when it can, or does not exist yet. A model folder inside it
-    that cannot be read is not: the other models' files still can."""
+    that cannot be read is not: the other models' files still can. `wording`: `model_dir_problem`'s."""
     from sampler.model_files import model_dir_problem
 
-    problem = model_dir_problem(model_dir)
+    problem = model_dir_problem(model_dir, **wording)
     if problem is None or (model_dir.is_dir() and os.access(model_dir, os.R_OK | os.X_OK)):
         return None
     return problem

@@ -567,10 +567,9 @@ def run_sample(options: dict[str, Any], given: set[str] | frozenset[str] = froze
     else:
         model_dir = settings_or_exit().model_dir
     # A model directory that is a file (or unreadable) would be reported as a model to download.
-    problem = model_dir_refusal(model_dir)
+    chosen_by_flag = {"choose_another": "pass --model_dir"} if options["model_dir"] is not None else {}
+    problem = model_dir_refusal(model_dir, **chosen_by_flag)
     if problem is not None:
-        if options["model_dir"] is not None:
-            problem = problem.replace("set JUKEBOT_MODEL_DIR to", "pass --model_dir")
         raise click.ClickException(problem)
     fp16 = options["fp16"] if options["fp16"] is not None else device.startswith("cuda")
     dtype = torch.float16 if fp16 else torch.float32
