@@ -284,7 +284,8 @@ def _not_audio(head: bytes, detail: str = "") -> NotAudio:
 
 @dataclass(frozen=True)
 class AudioInfo:
-    """What a file's header says; `duration_seconds` is None where the header does not tell."""
+    """What a file's header says; `duration_seconds` is None where the header does not tell, and only
+    FFmpeg's guess for an ADTS AAC or an MP3 without a Xing/Info/VBRI frame (see `probe`)."""
 
     duration_seconds: float | None
     sample_rate: int
@@ -408,9 +409,12 @@ def probe(
     Raises NotAudio/CorruptAudio/EmptyAudio for what cannot be opened, AudioTooLarge past
     `max_bytes`, and AudioTooLong when the header's duration exceeds `max_seconds`.
     Works on the first bytes of a file for most formats, so the bot can refuse an attachment before
-    downloading it all; on such a prefix the duration of WAV, Ogg and header-less MP3 is a lower bound
-    (FFmpeg derives it from the bytes present), and a prefix that cuts a header reads as CorruptAudio.
+    downloading it all; on such a prefix the duration of WAV and Ogg is a lower bound (FFmpeg derives
+    it from the bytes present), and a prefix that cuts a header reads as CorruptAudio.
     `prefix=True` says `source` is such a prefix, so AudioTooLong gives that length as "at least".
+    An ADTS AAC or an MP3 without a Xing/Info/VBRI frame states no length: the duration reported is
+    FFmpeg's guess from the bytes present and the first frames' bitrate, off either way (a VBR MP3
+    with a quiet start reads as minutes), so it refuses nothing; `decode_audio` judges such a file.
     """
     with _opened_source(source, max_bytes) as file:
         container, stream = _open(file)
@@ -423,8 +427,10 @@ def probe(
                 container=_container_name(container),
             )
             slack = _length_slack(stream)
+        guess = _header_duration_is_guess(info.container, file)
         at_least = prefix and not _header_duration_is_exact(info.container, file)
-    _check_header_length(info.duration_seconds, max_seconds, slack, at_least=at_least)
+    if not guess:
+        _check_header_length(info.duration_seconds, max_seconds, slack, at_least=at_least)
     return info
 
 
