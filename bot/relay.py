@@ -714,6 +714,11 @@ def continued_text(sample_id: int, index: int, total: int) -> str:
     return f"Sample #{sample_id}, continued ({index + 1}/{total})"
 
 
+def first_parts(count: int) -> str:
+    """The first `count` messages of a sample in parts, as a reply names them ("parts 1–3")."""
+    return "part 1" if count == 1 else f"parts 1–{count}"
+
+
 class _EarlierMessages:
     """The bot's own messages in a job's channel since shortly before the job finished, read once, when
     first asked: what a bot that took over a claim that ran out finds its predecessor sent unrecorded."""

@@ -26,7 +26,7 @@ from bot.actions import OnePerMember, Viewer, check_bot_can_post, guild_id_of
 from bot.bot import JukeBot, user_message
 from bot.errors import DISCORD_FAILURES, discord_said, fit_message
 from bot.options import JobId
-from bot.relay import continued_text, sample_nonce
+from bot.relay import continued_text, first_parts, sample_nonce
 from bot.requests import TOP_PERIODS
 from bot.views import sample_view
 from storage.records import MessageParts, Sample
@@ -176,11 +176,11 @@ class Curate(commands.Cog):
                 exc,
             )
             await self.bot.store.set_sample_message(sample_id, part_way.first_id, parts=parts)
-            posted = "part 1" if parts.sent == 1 else f"parts 1–{parts.sent}"
             await _tell(
                 interaction,
                 f"Sample #{sample_id} is made and stored, and comes in {parts.total} parts: I posted "
-                f"{posted} in this channel, but not the rest (Discord said: {discord_said(exc)}). "
+                f"{first_parts(parts.sent)} in this channel, but not the rest "
+                f"(Discord said: {discord_said(exc)}). "
                 f"`/sample {sample_id}` posts it whole where I may.",
             )
             return

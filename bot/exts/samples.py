@@ -14,6 +14,7 @@ from bot.bot import PUBLIC_THINKING, JukeBot
 from bot.errors import DISCORD_FAILURES, MAX_MESSAGE_CHARS, JukebotError, discord_said, fit_line
 from bot.options import SampleId
 from bot.progress import can_upsample, job_quality, style_line
+from bot.relay import continued_text, first_parts
 from bot.requests import (
     MAX_LENGTH_OPTION_SECONDS,
     MIN_LENGTH_SECONDS,
@@ -112,14 +113,15 @@ class Samples(commands.Cog):
                 interaction.extras.pop(PUBLIC_THINKING, None)
                 continue
             try:
-                await interaction.followup.send(f"Sample #{stored.id}, continued", files=uploads)
+                await interaction.followup.send(continued_text(stored.id, index, len(groups)), files=uploads)
             except DISCORD_FAILURES as exc:
                 log.warning(
                     "sample %s: part %d of %d was not posted: %r", stored.id, index + 1, len(groups), exc
                 )
-                posted = "part 1 is" if index == 1 else f"parts 1–{index} are"
+                verb = "is" if index == 1 else "are"
                 raise JukebotError(
-                    f"Sample #{stored.id} comes in {len(groups)} parts: {posted} posted above, but part "
+                    f"Sample #{stored.id} comes in {len(groups)} parts: {first_parts(index)} {verb} posted "
+                    f"above, but part "
                     f"{index + 1} could not be posted (Discord said: {discord_said(exc)}). "
                     f"`/sample {stored.id}` posts the whole sample again."
                 ) from exc

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import re
 
+from bot.relay import continued_text
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
 from tests.bot.fake_discord import FakeDiscord
@@ -85,3 +86,33 @@ async def test_piece_whose_second_part_is_refused_is_recorded_part_way_and_the_r
     assert [m.content.startswith("**Sample #4** · job #2 by ") for m in sample_posts(fake, 4, "music")] == [
         True
     ]
+
+
+async def test_sample_in_parts_numbers_its_later_parts_as_the_relay_does(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    """`/sample` of a sample in parts: its later messages say which part of how many, as the relay's
+    and `/curate`'s do (it said only "continued")."""
+    fake, store = fake_discord, sqlite_store
+    bot = await bot_runner.start(make_bot(fake, store))
+    await queue_song(fake, "alice", artist="queen", samples=1, length=20)
+    worker = PlayedWorker(store)
+    (sid,) = await worker.complete(await worker.claim(), n=1, full=False, seconds=20.0)
+    relay_of(bot).poke()
+    await fake.wait_for(when(lambda: sample_posts(fake, sid) or None))
+    fake.default_guild.attachment_size_limit = 40_000  # the sample no longer fits one message
+
+    record = await fake.invoke_command("sample", {"id": sid}, user=fake.user("bob"))
+
+    def later_parts() -> list[str]:
+        return [f.content for f in record.followups if not f.ephemeral and f is not record.original]
+
+    second = await fake.wait_for(lambda: later_parts()[:1] or None)
+    counted = re.fullmatch(rf"Sample #{sid}, continued \(2/(\d+)\)", second[0])
+    assert counted is not None, second
+    total = int(counted[1])
+    await fake.wait_for(lambda: len(later_parts()) == total - 1)
+    assert later_parts() == [continued_text(sid, index, total) for index in range(1, total)]
+    assert record.original is not None and record.original.content.startswith(
+        f"**Sample #{sid}** · job #1 by "
+    )
