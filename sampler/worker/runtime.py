@@ -26,6 +26,9 @@ lost (another worker holds the job, or it went back to the queue), and only that
 a lease that ran out while the database was away stays the worker's until someone takes the job,
 and for a lease after the database is back no worker takes over, or requeues, such a job (nor
 ever the one it runs), so a worker cut off for longer than its lease renews it and stores its work.
+A worker that is stopping (a stop signal, or its pool gone: nobody would ever kill it) waits for the
+database only until the job's lease has run out, then leaves the job to its lease (it comes back
+from its last stored checkpoint) and exits, freeing its device.
 A worker restarted on the same machine and device resumes at once the job its
 predecessor (a process that is gone) held, instead of waiting for the lease to run out; a job whose
 claim the database committed but whose answer never arrived is taken back by the next claim, costing
@@ -234,6 +237,8 @@ class JobOutcome(enum.StrEnum):
     RETRYING = "retrying"  # crashed; queued again with one more attempt
     RELEASED = "released"  # shutdown; queued again, no attempt counted
     ABANDONED = "abandoned"  # the lease was lost; nothing written
+    # stopping while the database stayed away until the lease ran out: the lease brings the job back
+    LEFT_TO_LEASE = "left to its lease"
 
 
 # ----------------------------------------------------------------------------- one running job
@@ -469,6 +474,13 @@ class _Superseded(TimeoutError):
     """A store call that waited through an outage was cut short: the database answers other calls."""
 
 
+class LeftToLease(Exception):
+    """The worker is stopping (a stop signal, or its pool is gone) and the database stayed unreachable
+    until the job's lease ran out: what it was storing is given up, and the worker exits (freeing its
+    device) instead of trying for ever. Past the lease the job is no longer the worker's to end: it
+    goes back to the queue once the database is back, from its last stored checkpoint."""
+
+
 # ----------------------------------------------------------------------------- the worker
 
 
@@ -512,6 +524,10 @@ class Worker:
         # A claim failed: it may have been committed with only its answer lost (see `serve`).
         self._claim_unanswered = False
         self._answered = 0  # store calls answered so far (`_until_stored` tells a slow call from an outage)
+        self._stop: asyncio.Event | None = None  # set once the worker is stopping (`serve`, `run_job`)
+        # When the running job's lease was last renewed, as far as this worker knows (the loop's clock,
+        # once the claim or heartbeat was answered: the lease surely runs out a lease after it).
+        self._renewed_at = -math.inf
 
     # ---------------------------------------------------------------- database outages
 
@@ -545,18 +561,28 @@ class Worker:
                     limit.reschedule(now)
 
     async def _call(
-        self, call: Awaitable[T], *, bulk: bool = False, tracked: bool = False, patience: float = 1.0
+        self,
+        call: Awaitable[T],
+        *,
+        bulk: bool = False,
+        tracked: bool = False,
+        patience: float = 1.0,
+        until: float | None = None,
     ) -> T:
         """One try of a store call, given up after `call_seconds` (`bulk_call_seconds` with `bulk`;
         times `patience`) with a TimeoutError, which counts as the database being away
         (`database_unreachable`). The call is cancelled mid-way, so the connection it hung on is
         invalidated, never reused. A `tracked` try in flight through an outage raises `_Superseded`
-        once the database is back."""
+        once the database is back. `until` (the loop's clock) ends the try sooner, but leaves it at
+        least `call_seconds`."""
         if not self._calls_bounded:
             result = await call
             self._answered += 1
             return result
         seconds = (self.config.bulk_call_seconds if bulk else self.config.call_seconds) * patience
+        if until is not None:
+            left = until - asyncio.get_running_loop().time()
+            seconds = min(seconds, max(left, self.config.call_seconds))
         limit = asyncio.timeout(seconds)
         if tracked:
             self._tries[limit] = False
@@ -593,12 +619,18 @@ class Worker:
         lasts (only the database can say the job is no longer ours: `LeaseLost` ends it). Other
         errors are raised after `tries` tries. Each try is bounded in time (`_call`); a call that
         fails as in an outage while the database answers other calls is given more time, and raised
-        as `StoreCallTooSlow` after `SLOW_CALL_TRIES` such tries."""
+        as `StoreCallTooSlow` after `SLOW_CALL_TRIES` such tries.
+
+        Once the worker is stopping, an outage is waited out only until the job's lease has run out
+        (`LeftToLease`): nobody would ever stop a worker whose pool is gone, and past its lease the
+        job is no longer this worker's to end."""
         outages = errors = slow = 0
         while True:
             answered = self._answered
             try:
-                result = await self._call(call(), bulk=bulk, tracked=True, patience=2.0**slow)
+                result = await self._call(
+                    call(), bulk=bulk, tracked=True, patience=2.0**slow, until=self._lease_end_if_stopping()
+                )
             except StorageError:
                 raise
             except _Superseded:
@@ -620,15 +652,36 @@ class Worker:
                     )
                 elif self._database_failed(what, exc):
                     outages += 1
+                    self._give_up_past_the_lease(what, exc)
                 else:
                     errors += 1
                     if errors >= tries:
                         raise
                     log.exception("%s failed (try %d); retrying", what, errors)
-                await asyncio.sleep(self._pause(outages + errors))
+                pause = self._pause(outages + errors)
+                lease_end = self._lease_end_if_stopping()
+                if lease_end is not None:  # wake for a last try as the lease runs out
+                    pause = max(min(pause, lease_end - asyncio.get_running_loop().time()), 0.0)
+                await asyncio.sleep(pause)
                 continue
             self._database_back()
             return result
+
+    def _lease_end_if_stopping(self) -> float | None:
+        """While the worker stops: when (the loop's clock) the running job's lease has surely run out."""
+        if self._stop is None or not self._stop.is_set():
+            return None
+        return self._renewed_at + self.config.lease_seconds
+
+    def _give_up_past_the_lease(self, what: str, exc: BaseException) -> None:
+        """Raise `LeftToLease` when the worker is stopping and the job's lease has run out."""
+        lease_end = self._lease_end_if_stopping()
+        if lease_end is None or asyncio.get_running_loop().time() < lease_end:
+            return
+        raise LeftToLease(
+            f"{what} is given up: the worker is stopping and the database has been unreachable "
+            f"({_last_line(exc)}) until the job's lease of {self.config.lease_seconds:g} s ran out"
+        ) from exc
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
@@ -637,6 +690,7 @@ class Worker:
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Claim and run jobs until `stop` is set; a running job is then released to the queue."""
+        self._stop = stop
         requeuer = asyncio.create_task(self._requeue_loop(stop))
         presence = asyncio.create_task(self._presence_loop(stop))
         idle_wait = self.config.poll_seconds
@@ -866,6 +920,9 @@ class Worker:
     async def run_job(self, job: ClaimedJob, stop: asyncio.Event | None = None) -> JobOutcome:
         """Run one claimed job to its end and record how it ended; returns a `JobOutcome`."""
         run = _Run(job)
+        if stop is not None:
+            self._stop = stop
+        self._renewed_at = asyncio.get_running_loop().time()  # the claim was answered before this
         log.info(
             "job #%s (%s, %s) claimed by %s, attempt %s%s",
             job.id,
@@ -909,7 +966,7 @@ class Worker:
                         await reporter.drop_pending(job.id)
                     else:
                         await reporter.flush()
-            except LeaseLost:
+            except (LeaseLost, LeftToLease):
                 raise
             except JobCancelled:
                 if run.should_stop() is StopReason.LEASE_LOST:
@@ -957,6 +1014,16 @@ class Worker:
         except LeaseLost as exc:
             log.warning("%s", exc)
             return self._abandoned(job)
+        except LeftToLease as exc:
+            log.warning(
+                "%s; worker %s leaves job #%s to its lease and exits, freeing its device. That loses "
+                "nothing the lease would not: like any job whose lease ran out, it goes back to the "
+                "queue and resumes from its last stored checkpoint",
+                exc,
+                self.worker_id,
+                job.id,
+            )
+            return JobOutcome.LEFT_TO_LEASE
 
     def _abandoned(self, job: ClaimedJob) -> JobOutcome:
         log.warning("job #%s: lease lost; %s drops it without writing results", job.id, self.worker_id)
@@ -1017,6 +1084,7 @@ class Worker:
                     log.exception("job #%s: heartbeat failed; trying again", run.job.id)
                 continue
             failures = 0
+            self._renewed_at = asyncio.get_running_loop().time()
             self._database_back()
             if beat.cancel_requested:
                 run.stop(StopReason.CANCEL)
