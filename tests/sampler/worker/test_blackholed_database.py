@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sampler.worker.contract import DeviceSpec, JobTask, ProgressReporter, StopCheck
 from sampler.worker.runtime import JobOutcome, Worker
@@ -204,14 +205,8 @@ async def test_a_silent_database_path_is_noticed_in_time_and_the_job_goes_on(
         await proxy.close()  # hung calls fail at once (reset): nothing below waits on them
         for release in gate.release.values():
             release.set()
-        for _ in range(20):  # each cancel ends one wait (the run stores what it holds on its way out)
-            if running is None or running.done():
-                break
-            running.cancel()
-            await asyncio.wait([running], timeout=1)
-        await asyncio.wait_for(asyncio.to_thread(worker.close), 60)
-        await worker_engine.dispose()
-        await direct_engine.dispose()
+        # each cancel ends one wait (the run stores what it holds on its way out)
+        await end_run(running, worker, worker_engine, direct_engine)
 
 
 class CheckpointReadingRunner:
@@ -376,3 +371,16 @@ async def test_a_last_checkpoint_that_never_fits_does_not_cost_the_finished_samp
     carry crashed the job and threw the samples away."""
     job = await _run_over_a_slow_uplink(db_url, 16 * 1024, {"max_attempts": 1}, BigLastCheckpointRunner)
     assert job.status is JobStatus.SUCCEEDED and job.error is None
+
+
+async def end_run(running: asyncio.Task[Any] | None, worker: Worker, *engines: AsyncEngine) -> None:
+    """A test's teardown: cancel `running` until it ends (each cancel ends one wait), close `worker`,
+    dispose of `engines`."""
+    for _ in range(20):
+        if running is None or running.done():
+            break
+        running.cancel()
+        await asyncio.wait([running], timeout=1)
+    await asyncio.wait_for(asyncio.to_thread(worker.close), 60)
+    for engine in engines:
+        await engine.dispose()

@@ -26,7 +26,7 @@ from storage import JobStatus, JobStore, create_engine
 from storage.records import ClaimedJob, Job
 from tests.holding import HOLD_DIR_VARIABLE, EventGate, HoldingRunner
 from tests.sampler.worker import test_runtime
-from tests.sampler.worker.test_blackholed_database import BlackholeProxy
+from tests.sampler.worker.test_blackholed_database import BlackholeProxy, end_run
 from tests.sampler.worker.test_pool import HELD_RUNNER, _gone, held
 from tests.sampler.worker.test_runtime import EVERY_CHECKPOINT, claim, enqueue
 from tests.sampler.worker.toy_runner import ToyRunner
@@ -119,14 +119,7 @@ async def test_a_worker_stopping_while_the_database_is_silent_gives_up_once_the_
     finally:
         await proxy.close()  # hung calls fail at once (reset): nothing below waits on them
         stop.set()
-        for _ in range(20):  # each cancel ends one wait (the unfixed worker retried for ever)
-            if running is None or running.done():
-                break
-            running.cancel()
-            await asyncio.wait([running], timeout=1)
-        await asyncio.wait_for(asyncio.to_thread(worker.close), 60)
-        await worker_engine.dispose()
-        await direct_engine.dispose()
+        await end_run(running, worker, worker_engine, direct_engine)  # the unfixed worker retried for ever
 
 
 @pytest.mark.slow
