@@ -2018,6 +2018,17 @@ class JobStore:
         async with self._transaction() as connection:
             await connection.execute(delete(workers).where(workers.c.worker_id == worker_id))
 
+    async def live_workers(self) -> list[str]:
+        """The ids of the workers seen within WORKER_STALE_SECONDS (by the lease clock), sorted."""
+        since = self._lease_now_plus(-timedelta(seconds=WORKER_STALE_SECONDS))
+        async with self._reading() as connection:
+            rows = await connection.execute(
+                select(workers.c.worker_id)
+                .where(workers.c.last_seen_at >= since)
+                .order_by(workers.c.worker_id)
+            )
+            return [worker_id for (worker_id,) in rows]
+
     async def served_models(self) -> frozenset[str]:
         """The models some live worker serves (one seen within WORKER_STALE_SECONDS, by the lease clock)."""
         since = self._lease_now_plus(-timedelta(seconds=WORKER_STALE_SECONDS))

@@ -204,15 +204,29 @@ def predecessor_is_gone(worker_id: str, owner: str) -> bool:
     """True when lease owner `owner` was a worker on this worker's machine (the same host name, boot and
     process-id namespace) and device whose process has exited (a killed worker the pool restarted):
     its job can be resumed at once. Anyone else's lease runs out first."""
+    pid = _other_process_on_my_device(worker_id, owner)
+    return pid is not None and not _process_running(pid)
+
+
+def shares_my_device(worker_id: str, other: str) -> bool:
+    """True when worker id `other` is another process on this worker's machine and device that still
+    runs: two workers on one GPU share its memory and time."""
+    pid = _other_process_on_my_device(worker_id, other)
+    return pid is not None and _process_running(pid)
+
+
+def _other_process_on_my_device(worker_id: str, other: str) -> int | None:
+    """The process id in worker id `other` when it names another process on `worker_id`'s machine and
+    device, else None."""
     try:
-        host, pid, device = owner.rsplit("/", 2)
+        host, pid, device = other.rsplit("/", 2)
         my_host, my_pid, my_device = worker_id.rsplit("/", 2)
-        other = int(pid)
+        other_pid = int(pid)
     except ValueError:  # not a worker id of ours
-        return False
-    if (host, device) != (my_host, my_device) or pid == my_pid or other <= 0:
-        return False
-    return not _process_running(other)
+        return None
+    if (host, device) != (my_host, my_device) or pid == my_pid or other_pid <= 0:
+        return None
+    return other_pid
 
 
 def _process_running(pid: int) -> bool:
@@ -697,6 +711,7 @@ class Worker:
         log.debug("worker %s timings: %s", self.worker_id, self.config)
         try:
             await self.advertise()  # queued jobs wait for this worker while it warms up
+            await self._warn_if_the_gpu_is_shared()
             await self._warm_up()
             self._serving()
             while not stop.is_set():
@@ -839,6 +854,29 @@ class Worker:
             else:
                 self._recorded, self._recorded_at = models, time.monotonic()
         return models
+
+    async def _warn_if_the_gpu_is_shared(self) -> None:
+        """Say so when another worker on this machine runs on this GPU (`jukebot worker` started twice,
+        or beside `jukebot run`'s workers): its jobs would run out of memory, or at half speed, and
+        fail saying to lower a setting. Once, at start; CPU workers share cores by design."""
+        if not self.device.is_cuda:
+            return
+        try:
+            live = await self._call(self.store.live_workers())
+        except Exception as exc:
+            if not self._database_failed("looking for other workers on this GPU", exc):
+                log.exception("worker %s: looking for other workers on this GPU failed", self.worker_id)
+            return
+        sharers = [str(pid_of(other)) for other in live if shares_my_device(self.worker_id, other)]
+        if sharers:
+            log.warning(
+                "worker %s: another worker on this machine runs on %s too (pid %s): workers on one GPU "
+                "share its memory and time, so jobs may run out of memory or run at a fraction of the "
+                "speed; stop the extra worker, or give each worker a GPU of its own (JUKEBOT_GPUS)",
+                self.worker_id,
+                self.device,
+                ", ".join(sharers),
+            )
 
     async def _presence_loop(self, stop: asyncio.Event) -> None:
         """Keeps the workers table fresh through jobs that run for hours (the claim loop waits on them)."""

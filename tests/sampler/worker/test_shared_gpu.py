@@ -1,0 +1,105 @@
+"""Two workers on one GPU (`jukebot worker` started twice, or beside `jukebot run`'s own workers): they
+share its memory and time, and their jobs failed "out of memory" telling members to lower a setting.
+A worker now says so at start, naming the other process. The other worker here is a live process of
+this machine recorded in the workers table as a worker on the GPU, as a real one records itself."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from sampler.worker.contract import DeviceSpec
+from sampler.worker.runtime import Worker, make_worker_id
+from storage import JobStore
+from tests.sampler.worker.test_runtime import FAST, live_store, toy_env  # noqa: F401
+from tests.sampler.worker.toy_runner import ToyRunner
+from tests.waiting import wait_until
+
+SHARED = "another worker on this machine runs on"
+Start = Callable[[DeviceSpec], Awaitable[Worker]]
+
+
+@pytest.fixture
+def other_process() -> Iterator[subprocess.Popen[bytes]]:
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait()
+
+
+def worker_id_of(pid: int, device: DeviceSpec) -> str:
+    """The worker id process `pid` of this machine has as a worker on `device` (`make_worker_id`)."""
+    host = make_worker_id(device).rsplit("/", 2)[0]
+    return f"{host}/{pid}/{device}"
+
+
+@pytest.fixture
+async def started(live_store: JobStore, toy_env: Path) -> AsyncIterator[Start]:  # noqa: F811
+    """`start(device)`: a worker on `device` serving until the test ends, once it has warmed up."""
+    stop = asyncio.Event()
+    running: list[tuple[Worker, asyncio.Task[None]]] = []
+
+    async def start(device: DeviceSpec) -> Worker:
+        worker = Worker(live_store, ToyRunner(device), device, config=FAST)
+        running.append((worker, asyncio.create_task(worker.serve(stop))))
+
+        async def warmed_up() -> bool:
+            return worker.warmed_up
+
+        await wait_until(warmed_up, 30, "the worker to warm up")
+        return worker
+
+    yield start
+    stop.set()
+    for worker, task in running:
+        await asyncio.wait_for(task, 30)
+        worker.close()
+
+
+def shared_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and SHARED in r.getMessage()
+    ]
+
+
+async def test_a_worker_on_a_gpu_another_worker_of_this_machine_runs_on_says_so(
+    live_store: JobStore,  # noqa: F811
+    started: Start,
+    other_process: subprocess.Popen[bytes],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    gpu = DeviceSpec.cuda(0)
+    await live_store.record_worker(worker_id_of(other_process.pid, gpu), ["5b_lyrics"])
+    await live_store.record_worker(worker_id_of(other_process.pid, DeviceSpec.cuda(1)), ["5b_lyrics"])
+    caplog.set_level(logging.WARNING)
+    await started(gpu)
+    (warning,) = shared_warnings(caplog)
+    assert f"runs on cuda:0 too (pid {other_process.pid})" in warning
+    assert "give each worker a GPU of its own (JUKEBOT_GPUS)" in warning
+
+
+@pytest.mark.parametrize("case", ["another GPU", "a process that exited", "CPU workers"])
+async def test_no_warning_where_the_gpu_is_not_shared(
+    live_store: JobStore,  # noqa: F811
+    started: Start,
+    other_process: subprocess.Popen[bytes],
+    caplog: pytest.LogCaptureFixture,
+    case: str,
+) -> None:
+    mine = DeviceSpec.cpu() if case == "CPU workers" else DeviceSpec.cuda(0)
+    other = DeviceSpec.cuda(1) if case == "another GPU" else mine
+    if case == "a process that exited":  # a predecessor: its job is resumed, nothing shares the GPU
+        other_process.kill()
+        other_process.wait()
+    await live_store.record_worker(worker_id_of(other_process.pid, other), ["5b_lyrics"])
+    caplog.set_level(logging.WARNING)
+    await started(mine)
+    assert shared_warnings(caplog) == []
