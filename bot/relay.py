@@ -68,6 +68,10 @@ if TYPE_CHECKING:
     from bot.bot import JukeBot
 
 log = logging.getLogger(__name__)
+# A progress edit is a small request: one unanswered this long (discord.py's own waits for a rate
+# limit, MAX_RATE_LIMIT_WAIT_S, included) is given up for this pass, so that one hung request holds up
+# no other job's progress nor the results behind it (aiohttp's own limit is 5 minutes).
+PROGRESS_EDIT_TIMEOUT_S = 60.0
 NO_MENTIONS = discord.AllowedMentions.none()
 NOTIFY_USER = discord.AllowedMentions(everyone=False, roles=False, users=True, replied_user=False)
 # Discord caps the edits of messages older than an hour (JSON error code 30046); real jobs run for hours.
@@ -336,7 +340,8 @@ class ProgressRelay:
         watched = self._watched.setdefault(job.id, _Watched())
         old = channel.get_partial_message(job.progress_message_id)
         try:
-            await old.edit(content=text, view=progress_view(job), allowed_mentions=NO_MENTIONS)
+            async with asyncio.timeout(PROGRESS_EDIT_TIMEOUT_S):
+                await old.edit(content=text, view=progress_view(job), allowed_mentions=NO_MENTIONS)
         except discord.HTTPException as exc:
             # Someone deleted the progress message, it is over an hour old and out of edits, or its
             # thread was archived: go on in a fresh one at the bottom of the channel (edits work again

@@ -1,0 +1,61 @@
+"""A progress edit Discord never answers (a hung request: aiohttp gives up only after 5 minutes) held
+the relay's pass, so every other job's progress, in every server, and the results behind it waited
+with it. An edit is now given up after PROGRESS_EDIT_TIMEOUT_S and tried again at a later pass."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot import relay as relay_module
+from storage.store import JobStore
+from tests.bot.conftest import BotRunner
+from tests.bot.fake_discord import FakeDiscord
+from tests.bot.harness import PlayedWorker, make_bot, progress_message, relay_of, when
+
+
+async def test_a_hung_progress_edit_holds_up_no_other_jobs_progress(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake, store = fake_discord, sqlite_store
+    monkeypatch.setattr(relay_module, "PROGRESS_EDIT_TIMEOUT_S", 0.5)
+    job_ids = {}
+    for channel in ("general", "music"):
+        job_ids[channel] = await store.enqueue(
+            kind="generate",
+            model="1b_lyrics",
+            params={"artist": "queen", "genres": ["pop"], "seconds": 10, "n_samples": 1, "seed": 1},
+            channel_id=fake.channel(channel).id,
+            user_id=fake.user("alice").id,
+            guild_id=fake.default_guild.id,
+        )
+    bot = await bot_runner.start(make_bot(fake, store))
+    relay = relay_of(bot)
+    relay.min_edit_interval_s = 0.0
+    await fake.wait_for(when(lambda: all(progress_message(fake, j, c) for c, j in job_ids.items())))
+    worker = PlayedWorker(store)
+    await worker.start()
+    first = await worker.claim()
+    assert first.id == job_ids["general"]
+    hung = fake.hold("PATCH", "/channels/{channel_id}/messages/{message_id}")
+    try:
+        await worker.progress(first.id, window=1, of=4)
+        relay.poke()
+        await fake.wait_for(lambda: hung.arrived)  # the general job's edit: Discord never answers it
+        second = await worker.claim()
+        await worker.progress(second.id, window=2, of=4)
+        relay.poke()
+
+        def music_shows_its_progress() -> bool:
+            message = progress_message(fake, second.id, "music")
+            return message is not None and "2/4" in message.content
+
+        await fake.wait_for(music_shows_its_progress, timeout_s=20)
+    finally:
+        hung.release()
+
+    def general_shows_its_progress() -> bool:  # tried again at a later pass
+        message = progress_message(fake, first.id, "general")
+        return message is not None and "1/4" in message.content
+
+    relay.poke()
+    await fake.wait_for(general_shows_its_progress, timeout_s=20)
