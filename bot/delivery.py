@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 from bot.errors import JukebotError
 from sampler.audio import SAMPLE_RATE, AudioError, DoesNotFit, decode_audio, split_to_fit
@@ -24,6 +25,7 @@ DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
 MAX_FILES_PER_MESSAGE = 10
 # A part below this bitrate sounds worse than splitting it further.
 MIN_PART_BITRATE = 32_000
+T = TypeVar("T")
 _EXTENSIONS = {"ogg": "ogg", "opus": "ogg", "mp3": "mp3", "wav": "wav", "flac": "flac"}
 # One re-encode at a time per bot process, whoever asks (the relay, /sample, /curate), in a thread of
 # its own: each decodes a whole sample (~10 MB a minute), so a burst of /sample of a long one would
@@ -35,6 +37,30 @@ _REENCODER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jukebot-reenc
 
 class DeliveryImpossible(JukebotError):
     """A sample cannot be uploaded here even split into parts."""
+
+
+class NotInTime(JukebotError):
+    """Work on a single-thread queue (`in_turn`) had not been done by its deadline: the work queued
+    ahead of it was long. Its turn is given up (not started, if it had not started)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The bot is busy preparing other samples right now, so this one could not be made ready in "
+            "time; please ask again in a few minutes."
+        )
+
+
+async def in_turn(executor: ThreadPoolExecutor, work: Callable[[], T], deadline: float | None = None) -> T:
+    """`work()` in its turn on `executor`; by `deadline` (the event loop's clock) or `NotInTime`."""
+    loop = asyncio.get_running_loop()
+    future = loop.run_in_executor(executor, work)
+    if deadline is None:
+        return await future
+    try:
+        # On time-out the future is cancelled: work still queued never starts.
+        return await asyncio.wait_for(future, timeout=max(deadline - loop.time(), 0.0))
+    except TimeoutError:
+        raise NotInTime() from None
 
 
 @dataclass(frozen=True)
@@ -63,14 +89,19 @@ def files_for_sample(
 
 
 async def files_in_turn(
-    audio: bytes, audio_format: str, limit_bytes: int, stem: str, duration_seconds: float
+    audio: bytes,
+    audio_format: str,
+    limit_bytes: int,
+    stem: str,
+    duration_seconds: float,
+    deadline: float | None = None,
 ) -> list[AudioFile]:
     """`files_for_sample` off the event loop: the stored copy at once when it fits, else the
-    re-encode in its turn on the re-encoding thread."""
+    re-encode in its turn on the re-encoding thread (by `deadline`: `in_turn`)."""
     if len(audio) <= limit_bytes:
         return files_for_sample(audio, audio_format, limit_bytes, stem, duration_seconds)
     work = functools.partial(files_for_sample, audio, audio_format, limit_bytes, stem, duration_seconds)
-    return await asyncio.get_running_loop().run_in_executor(_REENCODER, work)
+    return await in_turn(_REENCODER, work, deadline)
 
 
 def _reencoded(audio: bytes, limit_bytes: int, stem: str, duration_seconds: float) -> list[AudioFile]:

@@ -8,12 +8,11 @@ Decoding and drawing are CPU work: await `picture_in_turn`, which draws one pict
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
-from bot.delivery import AudioFile
+from bot.delivery import AudioFile, in_turn
 from sampler.audio import SAMPLE_RATE, AudioError, decode_audio
 from sampler.jobspec import params_or_defaults
 from sampler.jukebox.windows import TOP_HOP
@@ -65,13 +64,19 @@ def picture_for_sample(
 
 
 async def picture_in_turn(
-    audio: bytes, audio_format: str, stem: str, duration_seconds: float, prime_seconds: float | None
+    audio: bytes,
+    audio_format: str,
+    stem: str,
+    duration_seconds: float,
+    prime_seconds: float | None,
+    deadline: float | None = None,
 ) -> AudioFile | None:
-    """`picture_for_sample` off the event loop, in its turn on the drawing thread."""
+    """`picture_for_sample` off the event loop, in its turn on the drawing thread (by `deadline`:
+    `delivery.in_turn`)."""
     if duration_seconds > PICTURE_MAX_SECONDS:
         return None  # nothing to draw: no need to wait for the others
     work = functools.partial(picture_for_sample, audio, audio_format, stem, duration_seconds, prime_seconds)
-    return await asyncio.get_running_loop().run_in_executor(_DRAWER, work)
+    return await in_turn(_DRAWER, work, deadline)
 
 
 async def prime_part_seconds(store: JobStore, job: Job) -> float | None:

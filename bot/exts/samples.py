@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 
@@ -30,11 +31,20 @@ from storage.models import utcnow
 
 log = logging.getLogger(__name__)
 TOP_HEADINGS = {"day": "today", "week": "this week", "month": "this month", "all": "of all time"}
+# An interaction's token lasts 15 minutes: a /sample whose files (re-encoded, pictured in turn with
+# every other sample the bot prepares) are not ready by this is given up while the member can still
+# be told, with the time left for the uploads.
+SAMPLE_READY_WITHIN_S = 12 * 60.0
 
 
 class Samples(commands.Cog):
     def __init__(self, bot: JukeBot) -> None:
         self.bot = bot
+        # One /sample per member at a time: each may re-encode a long sample, in the queue the relay's
+        # results wait in too.
+        self._resending = actions.OnePerMember(
+            "Your previous /sample is still being prepared; wait for it, then ask again."
+        )
 
     async def cog_load(self) -> None:
         # The buttons under posted samples, also under those posted before a restart.
@@ -75,6 +85,11 @@ class Samples(commands.Cog):
     @app_commands.describe(id="The sample's number")
     async def sample(self, interaction: discord.Interaction[JukeBot], id: SampleId) -> None:
         actions.guild_id_of(interaction)  # a direct message is refused before anything public
+        with self._resending.held_by(interaction.user.id):  # refused privately, before "thinking…"
+            await self._resend(interaction, id)
+
+    async def _resend(self, interaction: discord.Interaction[JukeBot], id: int) -> None:
+        ready_by = asyncio.get_running_loop().time() + SAMPLE_READY_WITHIN_S
         # Acknowledged before the database is read: a remote one may take longer than Discord's 3 s. A
         # refusal still reaches only the user (the error handler takes the public "thinking…" away).
         await interaction.response.defer(thinking=True)
@@ -83,15 +98,11 @@ class Samples(commands.Cog):
         limit = delivery.upload_limit(interaction.filesize_limit, None)
         stem = f"jukebot_sample_{stored.id}"
         files = await delivery.files_in_turn(
-            stored.audio, stored.audio_format, limit, stem, stored.duration_seconds
+            stored.audio, stored.audio_format, limit, stem, stored.duration_seconds, ready_by
         )
         prime_part = await pictures.prime_part_seconds(self.bot.store, job)
         picture = await pictures.picture_in_turn(
-            stored.audio,
-            stored.audio_format,
-            stem,
-            stored.duration_seconds,
-            prime_part,
+            stored.audio, stored.audio_format, stem, stored.duration_seconds, prime_part, ready_by
         )
         groups = delivery.with_picture(delivery.group_for_messages(files, limit), picture, limit)
         votes = await self.bot.store.vote_count(stored.id)

@@ -91,6 +91,8 @@ MAX_CONTENT, MAX_EMBEDS, MAX_FILES, MAX_ROWS, MAX_ROW_WIDTH, MAX_CUSTOM_ID, MAX_
 # A message nonce is at most 25 characters. With enforce_nonce, Discord answers the author's message
 # with the same nonce from "the past few minutes" instead of creating another (the fake keeps 5).
 MAX_NONCE, NONCE_WINDOW_S = 25, 300.0
+# An interaction's token works for 15 minutes; its webhook calls fail after (401, 50027).
+INTERACTION_TOKEN_LIFETIME_S = 15 * 60.0
 # Embed limits: per field of one embed, and all the text of a message's embeds together.
 EMBED_TEXT_LIMITS = {"title": 256, "description": 4096, "footer.text": 2048, "author.name": 256}
 MAX_EMBED_FIELDS, MAX_FIELD_NAME, MAX_FIELD_VALUE, MAX_EMBEDS_TOTAL = 25, 256, 1024, 6000
@@ -732,6 +734,7 @@ class FakeDiscord:
         self.requests: list[RequestRecord] = []
         self.sessions: dict[str, GatewaySession] = {}
         self.gateway_received: list[JSON] = []  # every frame a bot sent (heartbeats excluded)
+        self.token_lifetime_s = INTERACTION_TOKEN_LIFETIME_S  # a test may shorten it, as 15 minutes
 
         self._failures: list[_InjectedFailure] = []
         self._holds: list[HeldRequest] = []
@@ -1963,7 +1966,7 @@ class FakeDiscord:
             or int(request.match_info.get("application_id", self.application_id)) != self.application_id
         ):
             raise DiscordAPIError(404, 10015, "Unknown Webhook")
-        if record.expired:
+        if record.expired or time.monotonic() - record.created_at > self.token_lifetime_s:
             raise DiscordAPIError(401, 50027, "Invalid Webhook Token")
         return record
 

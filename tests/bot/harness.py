@@ -240,3 +240,13 @@ async def assert_posted_once(
         message.id for message in posted if message is not None
     ]
     assert progress_message(fake, job_id) is progress
+
+
+async def posted_preview(fake: FakeDiscord, store: JobStore, bot: JukeBot, seconds: float = 20.0) -> int:
+    """A one-sample preview job by alice, played to success and posted by the relay; its sample's id."""
+    await queue_song(fake, "alice", artist="queen", samples=1, length=seconds)
+    worker = PlayedWorker(store)
+    (sample_id,) = await worker.complete(await worker.claim(), n=1, full=False, seconds=seconds)
+    relay_of(bot).poke()
+    await fake.wait_for(when(lambda: sample_posts(fake, sample_id) or None))
+    return sample_id

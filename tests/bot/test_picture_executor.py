@@ -102,7 +102,11 @@ async def test_a_burst_of_sample_commands_leaves_the_shared_threads_free(
     held_decode.entered.clear()
     # Fewer shared threads than requests; the loop shuts them down when it closes.
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(2))
-    burst = [await fake.invoke_command("sample", {"id": sample_id}) for _ in range(4)]  # deferred at once
+    # Four members (one /sample in preparation per member), each deferred at once.
+    burst = [
+        await fake.invoke_command("sample", {"id": sample_id}, user=fake.user(name))
+        for name in ("alice", "bob", "mod", "moderator")
+    ]
 
     async def drawing() -> bool:
         return held_decode.entered.is_set()

@@ -12,7 +12,7 @@ from bot.relay import continued_text
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
 from tests.bot.fake_discord import FakeDiscord
-from tests.bot.harness import PlayedWorker, bot_messages, make_bot, queue_song, relay_of, sample_posts, when
+from tests.bot.harness import bot_messages, make_bot, posted_preview, sample_posts
 from tests.bot.test_curate import final_reply, made_job
 
 MISSING_PERMISSIONS = {"status": 403, "code": 50013, "message": "Missing Permissions"}
@@ -22,12 +22,7 @@ async def test_sample_whose_second_part_is_refused_keeps_its_first_and_says_whic
     fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
 ) -> None:
     fake, store = fake_discord, sqlite_store
-    bot = await bot_runner.start(make_bot(fake, store))
-    await queue_song(fake, "alice", artist="queen", samples=1, length=20)
-    worker = PlayedWorker(store)
-    (sid,) = await worker.complete(await worker.claim(), n=1, full=False, seconds=20.0)
-    relay_of(bot).poke()
-    await fake.wait_for(when(lambda: sample_posts(fake, sid) or None))
+    sid = await posted_preview(fake, store, await bot_runner.start(make_bot(fake, store)))
     fake.default_guild.attachment_size_limit = 40_000  # the sample no longer fits one message
     # The first followup fills the public "thinking…" message (part 1); the second (part 2) is refused.
     fake.fail_next("POST", "/webhooks/{application_id}/{token}", after=1, **MISSING_PERMISSIONS)
@@ -94,12 +89,7 @@ async def test_sample_in_parts_numbers_its_later_parts_as_the_relay_does(
     """`/sample` of a sample in parts: its later messages say which part of how many, as the relay's
     and `/curate`'s do (it said only "continued")."""
     fake, store = fake_discord, sqlite_store
-    bot = await bot_runner.start(make_bot(fake, store))
-    await queue_song(fake, "alice", artist="queen", samples=1, length=20)
-    worker = PlayedWorker(store)
-    (sid,) = await worker.complete(await worker.claim(), n=1, full=False, seconds=20.0)
-    relay_of(bot).poke()
-    await fake.wait_for(when(lambda: sample_posts(fake, sid) or None))
+    sid = await posted_preview(fake, store, await bot_runner.start(make_bot(fake, store)))
     fake.default_guild.attachment_size_limit = 40_000  # the sample no longer fits one message
 
     record = await fake.invoke_command("sample", {"id": sid}, user=fake.user("bob"))

@@ -1,0 +1,76 @@
+"""`/sample` prepares a sample's files and picture in turn with every other sample the bot prepares
+(one thread each, shared with the relay's results and /curate). A long queue ahead of it outlived the
+interaction's 15-minute token: nothing was posted, the public "thinking…" stayed, and even the error
+reply was refused (401, 50027). Now a /sample not ready in time is given up while the member can still
+be told, and a member has one /sample in preparation at a time."""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import pytest
+
+from bot import pictures
+from bot.delivery import NotInTime
+from storage.store import JobStore
+from tests.bot.conftest import BotRunner
+from tests.bot.fake_discord import FakeDiscord, InteractionRecord
+from tests.bot.harness import make_bot, posted_preview, sample_posts
+
+TOKEN_LIFETIME_S = 3.0  # stands for Discord's 15 minutes
+READY_WITHIN_S = 1.0  # stands for the bot's 12
+
+
+def private_reply(record: InteractionRecord) -> str | None:
+    return next((f.content for f in record.followups if f.ephemeral), None)
+
+
+async def test_a_sample_not_ready_in_time_is_given_up_while_the_member_can_be_told(
+    fake_discord: FakeDiscord,
+    bot_runner: BotRunner,
+    sqlite_store: JobStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = fake_discord
+    sid = await posted_preview(fake, sqlite_store, await bot_runner.start(make_bot(fake, sqlite_store)))
+    monkeypatch.setattr(sys.modules["bot.exts.samples"], "SAMPLE_READY_WITHIN_S", READY_WITHIN_S)
+    fake.token_lifetime_s = TOKEN_LIFETIME_S
+    go_on = threading.Event()
+    pictures._DRAWER.submit(go_on.wait, 60)  # work queued ahead, longer than the token lives
+    try:
+        record = await fake.invoke_command("sample", {"id": sid}, user=fake.user("bob"))
+        told = await fake.wait_for(lambda: private_reply(record), timeout_s=10)
+    finally:
+        go_on.set()
+    assert told == str(NotInTime())
+    assert record.original is not None and record.original.deleted  # no "thinking…" left behind
+    assert fake.rejections == []  # all within the token's life
+    assert len(sample_posts(fake, sid)) == 1  # nothing posted half-way
+
+    fake.token_lifetime_s = 60.0
+    again = await fake.invoke_command("sample", {"id": sid}, user=fake.user("bob"))
+    await fake.wait_for(lambda: len(sample_posts(fake, sid)) == 2 or None, timeout_s=20)
+    assert private_reply(again) is None
+
+
+async def test_a_member_has_one_sample_in_preparation_at_a_time(
+    fake_discord: FakeDiscord,
+    bot_runner: BotRunner,
+    sqlite_store: JobStore,
+) -> None:
+    fake = fake_discord
+    sid = await posted_preview(fake, sqlite_store, await bot_runner.start(make_bot(fake, sqlite_store)))
+    go_on = threading.Event()
+    pictures._DRAWER.submit(go_on.wait, 60)
+    try:
+        first = await fake.invoke_command("sample", {"id": sid}, user=fake.user("bob"))
+        second = await fake.invoke_command("sample", {"id": sid}, user=fake.user("bob"))
+        refused = await fake.wait_for(lambda: (second.original and second.original.content) or None)
+        others = await fake.invoke_command("sample", {"id": sid}, user=fake.user("alice"))
+    finally:
+        go_on.set()
+    assert refused == "Your previous /sample is still being prepared; wait for it, then ask again."
+    assert second.original is not None and second.original.ephemeral
+    await fake.wait_for(lambda: len(sample_posts(fake, sid)) == 3 or None, timeout_s=20)
+    assert private_reply(first) is None and private_reply(others) is None
