@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 import discord
 
 from bot import actions
-from bot.errors import InvalidRequest
+from bot.errors import DISCORD_FAILURES, InvalidRequest, JukebotError, discord_said
 from bot.requests import DEFAULT_CONTINUE_SECONDS, check_continuable, stored_id
 from storage.models import JobStatus
 from storage.records import Job
@@ -71,16 +71,26 @@ class VoteButton(
                     "not counted. Vote under the sample's own message, or post it again with "
                     f"`/sample {self.sample_id}`."
                 )
-            await bot.store.toggle_vote(self.sample_id, interaction.user.id)
+            voted, _ = await bot.store.toggle_vote(self.sample_id, interaction.user.id)
             can_upsample = f"jukebot:upsample:{self.sample_id}" in shown
             can_continue = f"jukebot:continue:{self.sample_id}" in shown
             # Clicks at once each edit the label: one at a time per message, each with the count as
             # stored just before, so the last edit to land shows every vote (not its own click's count).
             async with _LABEL_EDITS.one_at_a_time(message.id):
                 votes = await bot.store.vote_count(self.sample_id)
-                await interaction.edit_original_response(
-                    view=sample_view(self.sample_id, votes, can_upsample, can_continue)
-                )
+                try:
+                    await interaction.edit_original_response(
+                        view=sample_view(self.sample_id, votes, can_upsample, can_continue)
+                    )
+                except DISCORD_FAILURES as exc:
+                    # The vote is stored: an apology would read as "not counted", and a second click
+                    # takes it back. Say what counts (Discord caps edits of messages over an hour old).
+                    done = "Your vote is counted" if voted else "Your vote is taken back"
+                    raise JukebotError(
+                        f"{done}: sample #{self.sample_id} has {votes} vote{'' if votes == 1 else 's'} "
+                        f"now. The button could not show it (Discord said: {discord_said(exc)}); it "
+                        "will at the next vote."
+                    ) from exc
 
 
 async def _clicked_message(interaction: discord.Interaction[Any]) -> discord.Message | None:
