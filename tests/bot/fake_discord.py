@@ -93,6 +93,24 @@ MAX_CONTENT, MAX_EMBEDS, MAX_FILES, MAX_ROWS, MAX_ROW_WIDTH, MAX_CUSTOM_ID, MAX_
 MAX_NONCE, NONCE_WINDOW_S = 25, 300.0
 # An interaction's token works for 15 minutes; its webhook calls fail after (401, 50027).
 INTERACTION_TOKEN_LIFETIME_S = 15 * 60.0
+# Application commands: description 1-100, at most 25 options (and choices), option and choice
+# names and string choice values within 100, string option lengths within 6000, and at most 8000
+# characters of names, descriptions and choices in one command.
+MAX_COMMAND_DESCRIPTION, MAX_COMMAND_OPTIONS, MAX_STRING_OPTION_LENGTH, MAX_COMMAND_CHARS = (
+    100,
+    25,
+    6000,
+    8000,
+)
+# Modals: title up to 45, at most 5 rows; a text input's label up to 45, placeholder up to 100, value
+# and length bounds up to 4000.
+MAX_MODAL_TITLE, MAX_MODAL_ROWS, MAX_INPUT_LABEL, MAX_INPUT_PLACEHOLDER, MAX_INPUT_LENGTH = (
+    45,
+    5,
+    45,
+    100,
+    4000,
+)
 # Embed limits: per field of one embed, and all the text of a message's embeds together.
 EMBED_TEXT_LIMITS = {"title": 256, "description": 4096, "footer.text": 2048, "author.name": 256}
 MAX_EMBED_FIELDS, MAX_FIELD_NAME, MAX_FIELD_VALUE, MAX_EMBEDS_TOTAL = 25, 256, 1024, 6000
@@ -169,9 +187,86 @@ class DiscordAPIError(Exception):
 def _form_error(field_path: str, error_code: str, message: str) -> DiscordAPIError:
     """Discord's 50035 shape: errors nested by the field's path ("data.choices" -> data -> choices)."""
     errors: JSON = {"_errors": [{"code": error_code, "message": message}]}
-    for part in reversed(field_path.split(".")):
+    for part in reversed(field_path.split(".") if field_path else []):  # "": the whole body
         errors = {part: errors}
     return DiscordAPIError(400, 50035, "Invalid Form Body", errors)
+
+
+def _check_length(value: object, low: int, high: int, path: str) -> None:
+    if not isinstance(value, str) or not low <= len(value) <= high:
+        raise _form_error(path, "BASE_TYPE_BAD_LENGTH", f"Must be between {low} and {high} in length.")
+
+
+def _check_command_schema(body: JSON) -> None:
+    """What Discord checks of a chat command's definition (its name is checked by the caller)."""
+    if body.get("type", 1) != 1:
+        return  # user and message commands have no description or options
+    _check_length(body.get("description"), 1, MAX_COMMAND_DESCRIPTION, "description")
+    chars = (
+        len(body["name"]) + len(body["description"]) + _check_options(body.get("options") or [], "options")
+    )
+    if chars > MAX_COMMAND_CHARS:
+        raise _form_error(
+            "", "APPLICATION_COMMAND_TOO_LARGE", f"Command exceeds maximum size ({MAX_COMMAND_CHARS})"
+        )
+
+
+def _check_options(options: list[JSON], path: str) -> int:
+    """Check `options` (and a sub-command's own); the characters they count towards the command's size."""
+    if len(options) > MAX_COMMAND_OPTIONS:
+        raise _form_error(path, "BASE_TYPE_MAX_LENGTH", f"Must be {MAX_COMMAND_OPTIONS} or fewer in length.")
+    chars = 0
+    for index, option in enumerate(options):
+        where = f"{path}.{index}"
+        _check_length(option.get("name"), 1, 32, f"{where}.name")
+        _check_length(option.get("description"), 1, MAX_COMMAND_DESCRIPTION, f"{where}.description")
+        chars += len(option["name"]) + len(option["description"])
+        for bound in ("min_length", "max_length"):
+            if bound in option and not 0 <= int(option[bound]) <= MAX_STRING_OPTION_LENGTH:
+                raise _form_error(
+                    f"{where}.{bound}",
+                    "NUMBER_TYPE_MAX",
+                    f"Must be between 0 and {MAX_STRING_OPTION_LENGTH}.",
+                )
+        choices = option.get("choices") or []
+        if len(choices) > MAX_CHOICES:
+            raise _form_error(
+                f"{where}.choices", "BASE_TYPE_MAX_LENGTH", f"Must be {MAX_CHOICES} or fewer in length."
+            )
+        for number, choice in enumerate(choices):
+            _check_length(choice.get("name"), 1, 100, f"{where}.choices.{number}.name")
+            if isinstance(choice.get("value"), str):
+                _check_length(choice["value"], 1, 100, f"{where}.choices.{number}.value")
+            chars += len(choice["name"]) + len(str(choice.get("value", "")))
+        chars += _check_options(option.get("options") or [], f"{where}.options")
+    return chars
+
+
+def _check_modal(data: JSON) -> None:
+    _check_length(data.get("custom_id"), 1, 100, "data.custom_id")
+    _check_length(data.get("title"), 1, MAX_MODAL_TITLE, "data.title")
+    rows = data.get("components") or []
+    if len(rows) > MAX_MODAL_ROWS:
+        raise _form_error(
+            "data.components", "BASE_TYPE_MAX_LENGTH", f"Must be {MAX_MODAL_ROWS} or fewer in length."
+        )
+    for row_index, row in enumerate(rows):
+        for index, field_ in enumerate(row.get("components") or []):
+            where = f"data.components.{row_index}.components.{index}"
+            _check_length(field_.get("custom_id"), 1, 100, f"{where}.custom_id")
+            if "label" in field_:
+                _check_length(field_["label"], 1, MAX_INPUT_LABEL, f"{where}.label")
+            if field_.get("placeholder") is not None:
+                _check_length(field_["placeholder"], 0, MAX_INPUT_PLACEHOLDER, f"{where}.placeholder")
+            if field_.get("value") is not None:
+                _check_length(field_["value"], 0, MAX_INPUT_LENGTH, f"{where}.value")
+            for bound, low in (("min_length", 0), ("max_length", 1)):
+                if field_.get(bound) is not None and not low <= int(field_[bound]) <= MAX_INPUT_LENGTH:
+                    raise _form_error(
+                        f"{where}.{bound}",
+                        "NUMBER_TYPE_MAX",
+                        f"Must be between {low} and {MAX_INPUT_LENGTH}.",
+                    )
 
 
 # --------------------------------------------------------------------------- world model
@@ -1904,6 +1999,7 @@ class FakeDiscord:
             raise _form_error(
                 "name", "APPLICATION_COMMAND_INVALID_NAME", f"Invalid command name {body.get('name')!r}"
             )
+        _check_command_schema(body)
         existing = self.commands.get((guild_id, body["name"]))
         command_id = existing.id if existing else self._snowflake()  # Discord keeps ids across re-syncs
         payload = dict(body) | {
@@ -2013,12 +2109,16 @@ class FakeDiscord:
                 raise _form_error(
                     "data.choices.name", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length."
                 )
-        if kind == CALLBACK_MODAL and not (
-            data.get("custom_id") and data.get("title") and data.get("components")
-        ):
-            raise DiscordAPIError(
-                400, 50035, "Invalid Form Body: a modal needs custom_id, title and components"
-            )
+            if any(isinstance(c.get("value"), str) and len(c["value"]) > 100 for c in choices):
+                raise _form_error(
+                    "data.choices.value", "BASE_TYPE_BAD_LENGTH", "Must be 100 or fewer in length."
+                )
+        if kind == CALLBACK_MODAL:
+            if not (data.get("custom_id") and data.get("title") and data.get("components")):
+                raise DiscordAPIError(
+                    400, 50035, "Invalid Form Body: a modal needs custom_id, title and components"
+                )
+            _check_modal(data)
         resource: JSON | None = None
         if kind == CALLBACK_MESSAGE:
             record.original = await self._create_message(record.channel_id, data, uploads, interaction=record)

@@ -505,3 +505,67 @@ async def test_a_reply_over_discords_limits_is_refused_and_leaves_the_user_waiti
     fitting = await fake_discord.invoke_command("say", {"text": "x" * 2000})
     await fake_discord.wait_for(lambda: fitting.original is not None and not fitting.original.loading)
     assert fitting.original is not None and fitting.original.content == "x" * 2000
+
+
+async def test_command_definitions_over_discords_limits_are_refused(
+    fake_discord: FakeDiscord, bot_runner: BotRunner
+) -> None:
+    """discord.py checks some of these itself; a raw sync (or a dict the bot builds) meets Discord's."""
+    bot = await bot_runner.start(ThrowawayBot({}))
+    route = discord.http.Route(
+        "PUT", "/applications/{application_id}/commands", application_id=bot.application_id
+    )
+    option = {"type": 3, "name": "style", "description": "A style"}
+    bad = {
+        "description": {"name": "x", "description": "d" * 101},
+        "choice value": {
+            "name": "x",
+            "description": "d",
+            "options": [option | {"choices": [{"name": "long", "value": "v" * 101}]}],
+        },
+        "too many options": {
+            "name": "x",
+            "description": "d",
+            "options": [option | {"name": f"o{i}"} for i in range(26)],
+        },
+        "string length": {"name": "x", "description": "d", "options": [option | {"max_length": 6001}]},
+        "sub-command option": {
+            "name": "x",
+            "description": "d",
+            "options": [
+                {"type": 1, "name": "sub", "description": "s", "options": [option | {"description": ""}]}
+            ],
+        },
+        "size": {
+            "name": "x",
+            "description": "d",
+            "options": [
+                option
+                | {"name": f"o{i}", "choices": [{"name": "n" * 100, "value": f"{j}" * 100} for j in range(4)]}
+                for i in range(10)
+            ],
+        },
+    }
+    for why, command in bad.items():
+        with pytest.raises(discord.HTTPException) as refused:
+            await bot.http.request(route, json=[command])
+        assert refused.value.status == 400 and refused.value.code == 50035, why
+    synced = await bot.http.request(route, json=[{"name": "x", "description": "d", "options": [option]}])
+    assert [command["name"] for command in synced] == ["x"]
+
+
+def test_modals_over_discords_limits_are_refused() -> None:
+    from tests.bot.fake_discord import DiscordAPIError, _check_modal
+
+    field = {"type": 4, "custom_id": "lyrics", "label": "Lyrics", "style": 2, "max_length": 4000}
+    good = {"custom_id": "m", "title": "Lyrics", "components": [{"type": 1, "components": [field]}]}
+    _check_modal(good)
+    for bad in (
+        good | {"title": "t" * 46},
+        good | {"components": [{"type": 1, "components": [field | {"max_length": 4001}]}]},
+        good | {"components": [{"type": 1, "components": [field | {"label": "l" * 46}]}]},
+        good | {"components": [{"type": 1, "components": [field | {"value": "v" * 4001}]}]},
+        good | {"components": [{"type": 1, "components": [field]}] * 6},
+    ):
+        with pytest.raises(DiscordAPIError):
+            _check_modal(bad)
