@@ -192,6 +192,10 @@ def _form_error(field_path: str, error_code: str, message: str) -> DiscordAPIErr
     return DiscordAPIError(400, 50035, "Invalid Form Body", errors)
 
 
+def _too_long(path: str, limit: int) -> DiscordAPIError:
+    return _form_error(path, "BASE_TYPE_MAX_LENGTH", f"Must be {limit} or fewer in length.")
+
+
 def _check_length(value: object, low: int, high: int, path: str) -> None:
     if not isinstance(value, str) or not low <= len(value) <= high:
         raise _form_error(path, "BASE_TYPE_BAD_LENGTH", f"Must be between {low} and {high} in length.")
@@ -214,7 +218,7 @@ def _check_command_schema(body: JSON) -> None:
 def _check_options(options: list[JSON], path: str) -> int:
     """Check `options` (and a sub-command's own); the characters they count towards the command's size."""
     if len(options) > MAX_COMMAND_OPTIONS:
-        raise _form_error(path, "BASE_TYPE_MAX_LENGTH", f"Must be {MAX_COMMAND_OPTIONS} or fewer in length.")
+        raise _too_long(path, MAX_COMMAND_OPTIONS)
     chars = 0
     for index, option in enumerate(options):
         where = f"{path}.{index}"
@@ -230,9 +234,7 @@ def _check_options(options: list[JSON], path: str) -> int:
                 )
         choices = option.get("choices") or []
         if len(choices) > MAX_CHOICES:
-            raise _form_error(
-                f"{where}.choices", "BASE_TYPE_MAX_LENGTH", f"Must be {MAX_CHOICES} or fewer in length."
-            )
+            raise _too_long(f"{where}.choices", MAX_CHOICES)
         for number, choice in enumerate(choices):
             _check_length(choice.get("name"), 1, 100, f"{where}.choices.{number}.name")
             if isinstance(choice.get("value"), str):
@@ -247,9 +249,7 @@ def _check_modal(data: JSON) -> None:
     _check_length(data.get("title"), 1, MAX_MODAL_TITLE, "data.title")
     rows = data.get("components") or []
     if len(rows) > MAX_MODAL_ROWS:
-        raise _form_error(
-            "data.components", "BASE_TYPE_MAX_LENGTH", f"Must be {MAX_MODAL_ROWS} or fewer in length."
-        )
+        raise _too_long("data.components", MAX_MODAL_ROWS)
     for row_index, row in enumerate(rows):
         for index, field_ in enumerate(row.get("components") or []):
             where = f"data.components.{row_index}.components.{index}"
@@ -1601,23 +1601,19 @@ class FakeDiscord:
     def _validate_content(body: JSON) -> None:
         content = body.get("content")
         if content is not None and len(content) > MAX_CONTENT:
-            raise _form_error("content", "BASE_TYPE_MAX_LENGTH", f"Must be {MAX_CONTENT} or fewer in length.")
+            raise _too_long("content", MAX_CONTENT)
         embeds = body.get("embeds") or []
         if len(embeds) > MAX_EMBEDS:
-            raise _form_error("embeds", "BASE_TYPE_MAX_LENGTH", f"Must be {MAX_EMBEDS} or fewer in length.")
+            raise _too_long("embeds", MAX_EMBEDS)
         FakeDiscord._validate_embeds(embeds)
         components = body.get("components") or []
         flags = int(body.get("flags") or 0)
         if not flags & (1 << 15):  # classic components: at most 5 rows of 5
             if len(components) > MAX_ROWS:
-                raise _form_error(
-                    "components", "BASE_TYPE_MAX_LENGTH", f"Must be {MAX_ROWS} or fewer in length."
-                )
+                raise _too_long("components", MAX_ROWS)
             for row in components:
                 if len(row.get("components", [])) > MAX_ROW_WIDTH:
-                    raise _form_error(
-                        "components", "BASE_TYPE_MAX_LENGTH", f"Must be {MAX_ROW_WIDTH} or fewer in length."
-                    )
+                    raise _too_long("components", MAX_ROW_WIDTH)
         probe = FakeMessage(0, 0, None, FakeUser(0, ""), components=components)
         for custom_id in probe.custom_ids:
             if not 1 <= len(custom_id) <= MAX_CUSTOM_ID:
@@ -1636,28 +1632,16 @@ class FakeDiscord:
                 text = str(value or "")
                 total += len(text)
                 if len(text) > limit:
-                    raise _form_error(
-                        f"embeds.{index}.{path}",
-                        "BASE_TYPE_MAX_LENGTH",
-                        f"Must be {limit} or fewer in length.",
-                    )
+                    raise _too_long(f"embeds.{index}.{path}", limit)
             fields = embed.get("fields") or []
             if len(fields) > MAX_EMBED_FIELDS:
-                raise _form_error(
-                    f"embeds.{index}.fields",
-                    "BASE_TYPE_MAX_LENGTH",
-                    f"Must be {MAX_EMBED_FIELDS} or fewer in length.",
-                )
+                raise _too_long(f"embeds.{index}.fields", MAX_EMBED_FIELDS)
             for number, item in enumerate(fields):
                 for key, limit in (("name", MAX_FIELD_NAME), ("value", MAX_FIELD_VALUE)):
                     text = str(item.get(key) or "")
                     total += len(text)
                     if len(text) > limit:
-                        raise _form_error(
-                            f"embeds.{index}.fields.{number}.{key}",
-                            "BASE_TYPE_MAX_LENGTH",
-                            f"Must be {limit} or fewer in length.",
-                        )
+                        raise _too_long(f"embeds.{index}.fields.{number}.{key}", limit)
         if total > MAX_EMBEDS_TOTAL:
             raise _form_error(
                 "embeds", "MAX_EMBED_SIZE_EXCEEDED", f"Embed size exceeds maximum size of {MAX_EMBEDS_TOTAL}"
@@ -1692,7 +1676,7 @@ class FakeDiscord:
                         "attachments", "ATTACHMENT_NOT_FOUND", f"Unknown attachment id {item_id}."
                     )
         if len(kept) + len(uploads) > MAX_FILES:
-            raise _form_error("files", "BASE_TYPE_MAX_LENGTH", f"Must be {MAX_FILES} or fewer in length.")
+            raise _too_long("files", MAX_FILES)
         content = body["content"] if "content" in body else message.content
         embeds = body["embeds"] if "embeds" in body else message.embeds
         components = body["components"] if "components" in body else message.components
@@ -2102,9 +2086,7 @@ class FakeDiscord:
         if kind == CALLBACK_AUTOCOMPLETE:
             choices = data.get("choices", [])
             if len(choices) > MAX_CHOICES:
-                raise _form_error(
-                    "data.choices", "BASE_TYPE_MAX_LENGTH", f"Must be {MAX_CHOICES} or fewer in length."
-                )
+                raise _too_long("data.choices", MAX_CHOICES)
             if any(not 1 <= len(str(c.get("name", ""))) <= 100 for c in choices):
                 raise _form_error(
                     "data.choices.name", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length."
@@ -2241,7 +2223,7 @@ class FakeDiscord:
             )
         nonce = None if body.get("nonce") is None else str(body["nonce"])
         if nonce is not None and len(nonce) > MAX_NONCE:
-            raise _form_error("nonce", "BASE_TYPE_MAX_LENGTH", f"Must be {MAX_NONCE} or fewer in length.")
+            raise _too_long("nonce", MAX_NONCE)
         if nonce is not None and body.get("enforce_nonce"):
             # Discord: the same author's message with this nonce from the past few minutes is returned
             # instead of creating another.
