@@ -552,12 +552,17 @@ class Worker:
         self._tries = dict.fromkeys(self._tries, True)
         if not self.database_away:
             self.database_away = True
+            then = (
+                "the worker is stopping: it waits for the database until its job's lease runs out"
+                if self._lease_end_if_stopping() is not None
+                else "a running job goes on, and what it reports is kept and stored once the database is back"
+            )
             log.warning(
-                "worker %s: the database is unreachable (%s: %s); a running job goes on, and what it "
-                "reports is kept and stored once the database is back",
+                "worker %s: the database is unreachable (%s: %s); %s",
                 self.worker_id,
                 what,
                 _last_line(exc),
+                then,
             )
         return True
 

@@ -110,6 +110,8 @@ async def test_a_worker_stopping_while_the_database_is_silent_gives_up_once_the_
 
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         left = [message for message in warnings if "leaves job" in message]
+        away = [message for message in warnings if "the database is unreachable" in message]
+        assert away and "the worker is stopping: it waits for the database until its job's lease" in away[0]
         assert len(left) == 1, warnings
         assert f"job #{job_id}: releasing it is given up" in left[0]
         assert "until the job's lease of 4 s ran out" in left[0]
