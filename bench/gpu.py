@@ -31,6 +31,7 @@ flushed as it is measured; the summary table is printed last and written to `DIR
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,7 +58,7 @@ from bench.gpu_kernels import FIRST_SHAPE_S, triton_attention, triton_linear_til
 from bench.gpu_micro import bandwidth, environment, gemms, launch_costs, layernorm
 from bench.gpu_models import PRIORS
 from bench.gpu_paths import DecodePath, engine_module
-from bench.gpu_record import SUMMARY_FILE, Budget, Recorder, run_part
+from bench.gpu_record import SUMMARY_FILE, Budget, DeviceBroken, Recorder, run_part
 from bench.gpu_summary import table
 from bench.gpu_window import conditioner, lyric_encoder, overlap, prefill, vqvae_decode
 
@@ -111,17 +112,18 @@ PARTS = (
     Part(
         "C",
         "decode: eager and graph paths",
-        15,
+        111,  # the sum of its rows' estimates: a part's estimate decides whether it starts
         2,
         lambda ctx: decode_paths(ctx, tuple(PRIORS), EAGER_AND_GRAPH),
     ),
-    Part("H", "correctness", 20, 2, correctness),
-    # GPU-PLAN §4 step 6 next: the upsampler's hand-fused blocks (with and without PDL; Triton compiles
-    # in seconds) and the compiled blocks they must beat (the engine's CUDA default: no verdict without
-    # it), the linear tiles and attention forms, then the blocks again at the fastest of them, before
-    # the totals' other inputs
-    _decode("triton upsampler", "upsampler", TRITON, 70, 30, needs_triton=True),
+    # The compiled blocks next: the engine's CUDA default, and no verdict without them (after the
+    # correctness checks they would start too late in a 540 s run)
     _decode("compiled upsampler", "upsampler", (BLOCKS,), 125, 3),
+    Part("H", "correctness", 57, 2, correctness),
+    # GPU-PLAN §4 step 6 next: the upsampler's hand-fused blocks (with and without PDL; Triton compiles
+    # in seconds), the linear tiles and attention forms, then the blocks again at the fastest of them,
+    # before the totals' other inputs
+    _decode("triton upsampler", "upsampler", TRITON, 95, 30, needs_triton=True),
     Part(
         "B", "triton linear tiles", FIRST_SHAPE_S[0], FIRST_SHAPE_S[1], triton_linear_tiles, needs_triton=True
     ),
@@ -135,7 +137,7 @@ PARTS = (
     Part("C", "decode: upsampler at full depth (scale check)", 15, 2, scale_check),
     Part("D", "costliest kernels (the paths so far)", 1, 0.1, costliest),
     _decode("compiled 5b_lyrics", "5b_lyrics", (BLOCKS,), 165, 4),
-    _decode("triton 5b_lyrics", "5b_lyrics", TRITON + TUNED, 60, 40, needs_triton=True),
+    _decode("triton 5b_lyrics", "5b_lyrics", TRITON + TUNED, 140, 40, needs_triton=True),
     # one graph of the whole slice: compile time grows with its layers (GPU-PLAN §4 step 5)
     _decode("whole-slice compiled upsampler", "upsampler", (WHOLE_SLICE,), 140, 6),
     _decode("compiled 1b_lyrics", "1b_lyrics", (BLOCKS,), 200, 5),
@@ -144,6 +146,22 @@ PARTS = (
     _decode("max-autotune upsampler", "upsampler", (MAX_AUTOTUNE,), 480, 3, needs_inductor=True),
     Part("D", "costliest kernels (all paths)", 1, 0.1, costliest),
 )
+
+
+class LogRecords(logging.Handler):
+    """The sampler's warnings (why the engine fell back from a compiled kernel, a graph, Triton) as
+    records of the part that ran into them: in gpu.jsonl, where the run's figures are, not on a
+    stderr that the run's time-out or a tail may lose."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        super().__init__(logging.WARNING)
+        self.recorder = recorder
+        self.section = "A"
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.recorder.emit(
+            self.section, "log", logger=record.name, level=record.levelname, message=record.getMessage()
+        )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -209,9 +227,17 @@ def main(argv: list[str] | None = None) -> None:
     )
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 checks stay fp32
+    broken: str | None = None  # why the parts left cannot run (`DeviceBroken`)
+    logs = LogRecords(recorder)
+    sampler_log = logging.getLogger("sampler")
+    sampler_log.addHandler(logs)
     try:
         for part in PARTS:
+            logs.section = part.section
             if part.section not in args.sections and part.section != "A":  # A: what every other needs
+                continue
+            if broken is not None:
+                recorder.skip(part.section, part.name, broken)
                 continue
             if part.needs_inductor and ctx.compile_backend != "inductor":
                 recorder.skip(
@@ -222,21 +248,25 @@ def main(argv: list[str] | None = None) -> None:
             if why is not None:
                 recorder.skip(part.section, part.name, f"needs Triton kernels: {why}")
                 continue
-            run_part(
-                recorder,
-                budget,
-                part.section,
-                part.name,
-                ctx.seconds(part.gpu_s, part.dry_s),
-                partial(part.run, ctx),
-                inject_failure=part.section == (args.inject_failure or "").upper(),
-            )
+            try:
+                run_part(
+                    recorder,
+                    budget,
+                    part.section,
+                    part.name,
+                    ctx.seconds(part.gpu_s, part.dry_s),
+                    partial(part.run, ctx),
+                    inject_failure=part.section == (args.inject_failure or "").upper(),
+                )
+            except DeviceBroken as exc:
+                broken = str(exc)
             recorder.write_text(SUMMARY_FILE, table(recorder.records)[1])
         rows, text = table(recorder.records)
         recorder.emit("I", "summary", rows=rows)
         recorder.write_text(SUMMARY_FILE, text)
         print(text, flush=True)
     finally:
+        sampler_log.removeHandler(logs)
         recorder.close()
 
 

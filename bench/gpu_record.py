@@ -139,12 +139,22 @@ def alarm_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, before)  # an alarm that came meanwhile fires now
 
 
+class DeviceBroken(BaseException):
+    """The device failed for good (a sticky CUDA error: an illegal address, a device-side assert):
+    every later call on it fails too, so the parts left are skipped and the run ends with its summary
+    (a BaseException, as `BudgetSpent`: no row's `except Exception` goes on after it)."""
+
+
 def release_memory(collect: bool = True) -> None:
-    """Hand cached GPU memory back; `collect` first frees cycles (a few 100 ms with dynamo loaded)."""
+    """Hand cached GPU memory back; `collect` first frees cycles (a few 100 ms with dynamo loaded).
+    `DeviceBroken` when the device cannot even do that."""
     if collect:
         gc.collect()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.empty_cache()
+        try:
+            torch.cuda.empty_cache()
+        except Exception as exc:
+            raise DeviceBroken(f"the device failed for good: {type(exc).__name__}: {exc}") from exc
 
 
 def guarded(
@@ -181,6 +191,7 @@ def run_part(
 ) -> None:
     """One part of a section under the budget's alarm; always ends with a `section` record."""
     start = time.perf_counter()
+    broken: DeviceBroken | None = None
     if not budget.fits(estimate):
         recorder.skip(section, name, budget.why_not(estimate))
         status = "skipped"
@@ -196,11 +207,19 @@ def run_part(
         except BudgetSpent as exc:
             recorder.error(section, name, exc)
             status = "stopped"
+        except DeviceBroken as exc:
+            broken = exc
         except Exception as exc:
             recorder.error(section, name, exc)
             status = "error"
-        finally:
-            release_memory()
+        if broken is None:
+            try:
+                release_memory()
+            except DeviceBroken as exc:
+                broken = exc
+        if broken is not None:
+            recorder.error(section, name, broken)
+            status = "device broken"
     recorder.emit(
         section,
         "section",
@@ -209,3 +228,5 @@ def run_part(
         wall_s=time.perf_counter() - start,
         estimate_s=estimate,
     )
+    if broken is not None:
+        raise broken
