@@ -687,8 +687,10 @@ class Worker:
             return result
 
     def _lease_end_if_stopping(self) -> float | None:
-        """While the worker stops: when (the loop's clock) the running job's lease has surely run out."""
-        if self._stop is None or not self._stop.is_set():
+        """While the worker stops with the database away: when (the loop's clock) the running job's
+        lease has surely run out. None otherwise: a database that only answers slowly (heartbeats get
+        through, renewing the lease) gets the time it needs, as when not stopping."""
+        if self._stop is None or not self._stop.is_set() or not self.database_away:
             return None
         return self._renewed_at + self.config.lease_seconds
 
@@ -1059,9 +1061,9 @@ class Worker:
             return self._abandoned(job)
         except LeftToLease as exc:
             log.warning(
-                "%s; worker %s leaves job #%s to its lease and exits, freeing its device. That loses "
-                "nothing the lease would not: like any job whose lease ran out, it goes back to the "
-                "queue and resumes from its last stored checkpoint",
+                "%s; worker %s leaves job #%s to its lease and exits, freeing its device. What it had "
+                "not stored is lost, as with a killed worker: the job goes back to the queue once its "
+                "lease ran out and resumes from its last stored checkpoint",
                 exc,
                 self.worker_id,
                 job.id,

@@ -16,6 +16,7 @@ import os
 import signal
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy.engine import make_url
@@ -177,3 +178,44 @@ async def test_an_orphaned_worker_exits_once_its_lease_ran_out_while_the_databas
             os.kill(worker_pid, signal.SIGKILL)
         await pool.stop(within=30)
         await direct_engine.dispose()
+
+
+class SlowComplete(JobStore):
+    """The database answers at once, but the finished samples take 1.5 leases to store (a slow link);
+    the worker is told to stop as they start."""
+
+    def __init__(self, engine: Any, stop: asyncio.Event) -> None:
+        super().__init__(engine)
+        self.stop = stop
+        self.tries = 0
+
+    async def complete(self, *args: Any, **kwargs: Any) -> Any:
+        self.tries += 1
+        self.stop.set()
+        await asyncio.sleep(1.5 * LEASE_SECONDS)  # the upload's time, not a wait for something
+        return await super().complete(*args, **kwargs)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+async def test_a_stopping_worker_still_stores_a_finished_job_over_a_slow_link(
+    db_url: str,
+    toy_env: Path,
+) -> None:
+    """Only a database that is away is waited for no longer than the lease: one that answers slowly
+    (heartbeats renew the lease meanwhile) gets more time, as when not stopping (review: the finished
+    samples were thrown away, the job queued again with an attempt spent)."""
+    engine = create_engine(db_url)
+    stop = asyncio.Event()
+    store = SlowComplete(engine, stop)
+    config = dataclasses.replace(EVERY_CHECKPOINT, lease_seconds=LEASE_SECONDS)
+    worker = Worker(store, ToyRunner(DeviceSpec.cpu()), DeviceSpec.cpu(), config=config)
+    try:
+        job_id = await enqueue(store)
+        outcome = await worker.run_job(await claim(store, worker), stop)
+        job = await store.get_job(job_id)
+        assert outcome is JobOutcome.SUCCEEDED and job.status is JobStatus.SUCCEEDED, (outcome, job.error)
+        assert job.attempts == 0 and len(await store.samples_for_job(job_id)) == 1
+    finally:
+        worker.close()
+        await engine.dispose()
