@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -68,9 +69,9 @@ if TYPE_CHECKING:
     from bot.bot import JukeBot
 
 log = logging.getLogger(__name__)
-# A progress edit is a small request: one unanswered this long (discord.py's own waits for a rate
-# limit, MAX_RATE_LIMIT_WAIT_S, included) is given up for this pass, so that one hung request holds up
-# no other job's progress nor the results behind it (aiohttp's own limit is 5 minutes).
+# A progress edit is a small request: the pass waits this long for one (discord.py's own waits for a
+# rate limit, MAX_RATE_LIMIT_WAIT_S, included), then goes on without it, so that one hung request holds
+# up no other job's progress nor the results behind it (aiohttp's own limit is 5 minutes).
 PROGRESS_EDIT_TIMEOUT_S = 60.0
 NO_MENTIONS = discord.AllowedMentions.none()
 NOTIFY_USER = discord.AllowedMentions(everyone=False, roles=False, users=True, replied_user=False)
@@ -194,6 +195,7 @@ class ProgressRelay:
         # history for messages sent without a record (kept through a failed try that gives the claim back).
         self._unread_history: set[int] = set()
         self.edit_budget = EditBudget()
+        self._slow_edits: dict[int, asyncio.Task[None]] = {}  # job id -> its edit, past its time (`_edit`)
         self._wake = asyncio.Event()
         self._pass_lock = asyncio.Lock()
 
@@ -331,17 +333,43 @@ class ProgressRelay:
         text = render_job(job, places=places)
         if text == watched.text or time.monotonic() - watched.edited_at < self.min_edit_interval_s:
             return
+        if self._slow_edit_of(job.id) is not None:
+            return  # Discord has not answered its last edit yet: never two at once, nor out of order
         if self.edit_budget.take(job.channel_id):  # else at a later pass, with the text as it is then
             await self._edit(job, text)
 
+    def _slow_edit_of(self, job_id: int) -> asyncio.Task[None] | None:
+        """The job's progress edit still under way after PROGRESS_EDIT_TIMEOUT_S, if there is one."""
+        edit = self._slow_edits.get(job_id)
+        if edit is not None and edit.done():
+            del self._slow_edits[job_id]
+            return None
+        return edit
+
     async def _edit(self, job: Job, text: str) -> None:
+        """Edit the job's progress message to `text`, waiting PROGRESS_EDIT_TIMEOUT_S at most: an edit
+        Discord has not answered by then goes on without the pass (`_slow_edits`), never cancelled
+        (discord.py cut short in its wait for a global rate limit leaves every later request waiting)."""
+        if self._slow_edit_of(job.id) is not None:
+            raise TimeoutError(f"Discord has not answered job #{job.id}'s last progress edit yet")
+        edit = asyncio.create_task(self._edit_now(job, text), name=f"progress-edit-{job.id}")
+        done, _ = await asyncio.wait({edit}, timeout=PROGRESS_EDIT_TIMEOUT_S)
+        if edit not in done:
+            self._slow_edits[job.id] = edit
+            edit.add_done_callback(functools.partial(_slow_edit_ended, job.id))
+            raise TimeoutError(
+                f"Discord has not answered job #{job.id}'s progress edit within {PROGRESS_EDIT_TIMEOUT_S:g} "
+                "s; it goes on while the other jobs' progress does"
+            )
+        edit.result()
+
+    async def _edit_now(self, job: Job, text: str) -> None:
         assert job.progress_message_id is not None
         channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
         watched = self._watched.setdefault(job.id, _Watched())
         old = channel.get_partial_message(job.progress_message_id)
         try:
-            async with asyncio.timeout(PROGRESS_EDIT_TIMEOUT_S):
-                await old.edit(content=text, view=progress_view(job), allowed_mentions=NO_MENTIONS)
+            await old.edit(content=text, view=progress_view(job), allowed_mentions=NO_MENTIONS)
         except discord.HTTPException as exc:
             # Someone deleted the progress message, it is over an hour old and out of edits, or its
             # thread was archived: go on in a fresh one at the bottom of the channel (edits work again
@@ -836,6 +864,17 @@ def _kept_until_written(pending: dict[K, V], key: K, record: V) -> Iterator[None
         _drop(pending, key, record)
         raise
     _drop(pending, key, record)
+
+
+def _slow_edit_ended(job_id: int, edit: asyncio.Task[None]) -> None:
+    """An edit past its time ended: say how (its exception is retrieved, not left to the loop)."""
+    if edit.cancelled():
+        return
+    failure = edit.exception()
+    if failure is None:
+        log.info("job #%s: Discord answered its slow progress edit at last", job_id)
+    else:
+        log.warning("job #%s: its slow progress edit failed at last: %r", job_id, failure)
 
 
 async def _written_behind(what: str, write: Awaitable[Any]) -> None:
