@@ -210,9 +210,37 @@ def predecessor_is_gone(worker_id: str, owner: str) -> bool:
 
 def shares_my_device(worker_id: str, other: str) -> bool:
     """True when worker id `other` is another process on this worker's machine and device that still
-    runs: two workers on one GPU share its memory and time."""
+    runs: two workers on one GPU share its memory and time. A worker id names the GPU as its process
+    sees it: with CUDA_VISIBLE_DEVICES, cuda:0 of two processes may be two GPUs, so the physical ones
+    are compared (read from the other's environment; not known: not shared)."""
     pid = _other_process_on_my_device(worker_id, other)
-    return pid is not None and _process_running(pid)
+    if pid is None or not _process_running(pid):
+        return False
+    index = DeviceSpec(worker_id.rsplit("/", 1)[1]).index
+    if index is None:
+        return True
+    mine = _physical_gpu(os.environ.get(CUDA_VISIBLE), index)
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    prefix = CUDA_VISIBLE.encode() + b"="
+    visible = next(
+        (entry[len(prefix) :].decode(errors="replace") for entry in environ if entry.startswith(prefix)), None
+    )
+    theirs = _physical_gpu(visible, index)
+    return mine is not None and mine == theirs
+
+
+CUDA_VISIBLE = "CUDA_VISIBLE_DEVICES"
+
+
+def _physical_gpu(visible: str | None, index: int) -> str | None:
+    """Which GPU cuda:`index` is under CUDA_VISIBLE_DEVICES=`visible` (its entry: an index or a UUID)."""
+    if visible is None:
+        return str(index)
+    entries = [entry.strip() for entry in visible.split(",")]
+    return entries[index] if index < len(entries) and entries[index] else None
 
 
 def _other_process_on_my_device(worker_id: str, other: str) -> int | None:

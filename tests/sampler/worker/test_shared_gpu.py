@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -26,8 +27,17 @@ Start = Callable[[DeviceSpec], Awaitable[Worker]]
 
 
 @pytest.fixture
-def other_process() -> Iterator[subprocess.Popen[bytes]]:
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+def other_process(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Another process of this machine; `CUDA_VISIBLE_DEVICES` as the test's `visible` param says
+    (indirect), and unset in this one."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    visible = getattr(request, "param", None)
+    env = {key: value for key, value in os.environ.items() if key != "CUDA_VISIBLE_DEVICES"}
+    if visible is not None:
+        env["CUDA_VISIBLE_DEVICES"] = visible
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], env=env)
     try:
         yield process
     finally:
@@ -70,6 +80,7 @@ def shared_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     ]
 
 
+@pytest.mark.parametrize("other_process", [None, "0", "0,1"], indirect=True, ids=["all", "just-0", "0-first"])
 async def test_a_worker_on_a_gpu_another_worker_of_this_machine_runs_on_says_so(
     live_store: JobStore,  # noqa: F811
     started: Start,
@@ -102,4 +113,20 @@ async def test_no_warning_where_the_gpu_is_not_shared(
     await live_store.record_worker(worker_id_of(other_process.pid, other), ["5b_lyrics"])
     caplog.set_level(logging.WARNING)
     await started(mine)
+    assert shared_warnings(caplog) == []
+
+
+@pytest.mark.parametrize("other_process", ["1", "1,0"], indirect=True, ids=["just-1", "1-first"])
+async def test_cuda_0_of_a_process_that_sees_another_gpu_is_not_this_gpu(
+    live_store: JobStore,  # noqa: F811
+    started: Start,
+    other_process: subprocess.Popen[bytes],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Two workers pinned with CUDA_VISIBLE_DEVICES both call their GPU cuda:0 (review: each warned
+    of the other)."""
+    gpu = DeviceSpec.cuda(0)
+    await live_store.record_worker(worker_id_of(other_process.pid, gpu), ["5b_lyrics"])
+    caplog.set_level(logging.WARNING)
+    await started(gpu)
     assert shared_warnings(caplog) == []
