@@ -128,10 +128,12 @@ class Outage(Enum):
 # SQLSTATE classes 08 (connection exception) and 57 (operator intervention: shutting down, restarting).
 _UNREACHABLE_DRIVER_ERRORS = {"PostgresConnectionError", "OperatorInterventionError"}
 # Postgres SQLSTATEs: class 08 and 57 as above (for drivers that raise them by code); class 53,
-# insufficient resources: its disk full (53100), its connections all taken (53300), its memory.
+# insufficient resources: its disk full (53100), its connections all taken (53300), its memory; but
+# not a configured limit the statement exceeds (53400, e.g. temp_file_limit): it would every time.
 _PG_UNREACHABLE_CLASSES = ("08", "57")
 _PG_OUT_OF_RESOURCES = "53"
 _PG_DISK_FULL = "53100"
+_PG_CONFIGURED_LIMIT = "53400"
 # SQLite's primary result codes (extended codes carry them in their low byte) for a file that cannot
 # be written for now: its outage, where Postgres's is a lost connection.
 _SQLITE_BUSY_CODES = {5, 6}  # BUSY, LOCKED: another process holds the lock past the busy timeout
@@ -175,6 +177,8 @@ def outage_of(error: BaseException, *, from_store: bool = True) -> Outage | None
         if isinstance(sqlstate, str):
             if sqlstate == _PG_DISK_FULL:
                 return Outage.DISK_FULL
+            if sqlstate == _PG_CONFIGURED_LIMIT:
+                return None
             if sqlstate.startswith((*_PG_UNREACHABLE_CLASSES, _PG_OUT_OF_RESOURCES)):
                 return Outage.UNREACHABLE
         if isinstance(current, sqlite3.Error):

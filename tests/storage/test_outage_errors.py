@@ -125,3 +125,23 @@ def test_the_bot_calls_an_outage_only_what_the_worker_rides_out() -> None:
         assert bot_view is None or database_unreachable(error), error
     assert StorageOutage.of(sqlite_io) is StorageOutage.UNREACHABLE  # was missed: extended codes
     assert StorageOutage.of(TimeoutError()) is None and database_unreachable(TimeoutError())
+
+
+async def test_a_statement_over_a_configured_limit_is_no_outage(db_url: str) -> None:
+    """53400 (a statement past temp_file_limit): the same statement fails so every time, so workers
+    must not retry it for ever nor members be told to come back later (review)."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("a Postgres limit")
+    engine = create_engine(db_url)
+    try:
+        with pytest.raises(DBAPIError) as over:
+            async with engine.connect() as connection:
+                await connection.execute(text("SET temp_file_limit = '64kB'"))
+                await connection.execute(text("SET work_mem = '64kB'"))
+                await connection.execute(
+                    text("SELECT g FROM generate_series(1, 200000) g ORDER BY md5(g::text)")
+                )
+    finally:
+        await engine.dispose()
+    assert getattr(over.value.orig, "sqlstate", None) == "53400", over.value
+    assert not database_unreachable(over.value) and StorageOutage.of(over.value) is None
