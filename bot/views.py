@@ -88,8 +88,7 @@ class VoteButton(
                     done = "Your vote is counted" if voted else "Your vote is taken back"
                     raise JukebotError(
                         f"{done}: sample #{self.sample_id} has {votes} vote{'' if votes == 1 else 's'} "
-                        f"now. The button could not show it (Discord said: {discord_said(exc)}); it "
-                        "will at the next vote."
+                        f"now. The button could not show it (Discord said: {discord_said(exc)})."
                     ) from exc
 
 

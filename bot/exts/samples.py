@@ -101,9 +101,12 @@ class Samples(commands.Cog):
             stored.audio, stored.audio_format, limit, stem, stored.duration_seconds, ready_by
         )
         prime_part = await pictures.prime_part_seconds(self.bot.store, job)
-        picture = await pictures.picture_in_turn(
-            stored.audio, stored.audio_format, stem, stored.duration_seconds, prime_part, ready_by
-        )
+        try:
+            picture = await pictures.picture_in_turn(
+                stored.audio, stored.audio_format, stem, stored.duration_seconds, prime_part, ready_by
+            )
+        except delivery.NotInTime:  # the audio is ready: it goes out without its picture
+            picture = None
         groups = delivery.with_picture(delivery.group_for_messages(files, limit), picture, limit)
         votes = await self.bot.store.vote_count(stored.id)
         content = (

@@ -11,8 +11,7 @@ import threading
 
 import pytest
 
-from bot import pictures
-from bot.delivery import NotInTime
+from bot import delivery, pictures
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
 from tests.bot.fake_discord import FakeDiscord, InteractionRecord
@@ -36,22 +35,47 @@ async def test_a_sample_not_ready_in_time_is_given_up_while_the_member_can_be_to
     sid = await posted_preview(fake, sqlite_store, await bot_runner.start(make_bot(fake, sqlite_store)))
     monkeypatch.setattr(sys.modules["bot.exts.samples"], "SAMPLE_READY_WITHIN_S", READY_WITHIN_S)
     fake.token_lifetime_s = TOKEN_LIFETIME_S
+    fake.default_guild.attachment_size_limit = 40_000  # the sample is re-encoded to fit
     go_on = threading.Event()
-    pictures._DRAWER.submit(go_on.wait, 60)  # work queued ahead, longer than the token lives
+    delivery._REENCODER.submit(go_on.wait, 60)  # work queued ahead, longer than the token lives
     try:
         record = await fake.invoke_command("sample", {"id": sid}, user=fake.user("bob"))
         told = await fake.wait_for(lambda: private_reply(record), timeout_s=10)
     finally:
         go_on.set()
-    assert told == str(NotInTime())
+    assert told == str(delivery.NotInTime())
     assert record.original is not None and record.original.deleted  # no "thinking…" left behind
     assert fake.rejections == []  # all within the token's life
     assert len(sample_posts(fake, sid)) == 1  # nothing posted half-way
 
     fake.token_lifetime_s = 60.0
+    monkeypatch.setattr(sys.modules["bot.exts.samples"], "SAMPLE_READY_WITHIN_S", 60.0)
     again = await fake.invoke_command("sample", {"id": sid}, user=fake.user("bob"))
     await fake.wait_for(lambda: len(sample_posts(fake, sid)) == 2 or None, timeout_s=20)
     assert private_reply(again) is None
+
+
+async def test_a_sample_whose_picture_is_not_ready_in_time_goes_out_without_it(
+    fake_discord: FakeDiscord,
+    bot_runner: BotRunner,
+    sqlite_store: JobStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = fake_discord
+    sid = await posted_preview(fake, sqlite_store, await bot_runner.start(make_bot(fake, sqlite_store)))
+    monkeypatch.setattr(sys.modules["bot.exts.samples"], "SAMPLE_READY_WITHIN_S", READY_WITHIN_S)
+    fake.token_lifetime_s = TOKEN_LIFETIME_S
+    go_on = threading.Event()
+    pictures._DRAWER.submit(go_on.wait, 60)  # pictures queued ahead, longer than the token lives
+    try:
+        record = await fake.invoke_command("sample", {"id": sid}, user=fake.user("bob"))
+        await fake.wait_for(lambda: len(sample_posts(fake, sid)) == 2 or None, timeout_s=10)
+    finally:
+        go_on.set()
+    again = sample_posts(fake, sid)[-1]
+    names = [attachment.filename for attachment in again.attachments]
+    assert names and not [name for name in names if name.endswith(".png")], names
+    assert private_reply(record) is None and fake.rejections == []
 
 
 async def test_a_member_has_one_sample_in_preparation_at_a_time(

@@ -71,7 +71,7 @@ async def test_a_vote_whose_label_edit_discord_refuses_says_it_counts(
         votes = await store.vote_count(sample_id)
         assert told == (
             f"Your vote {counted}: sample #{sample_id} has {votes} vote{'' if votes == 1 else 's'} now. "
-            f"The button could not show it (Discord said: {refusal}); it will at the next vote."
+            f"The button could not show it (Discord said: {refusal})."
         )
         assert message.buttons[0]["label"] == "👍 0"  # unchanged
     assert await store.vote_count(sample_id) == 0
