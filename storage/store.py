@@ -2018,22 +2018,22 @@ class JobStore:
         async with self._transaction() as connection:
             await connection.execute(delete(workers).where(workers.c.worker_id == worker_id))
 
+    def _live(self) -> ColumnElement[bool]:
+        """A worker seen within WORKER_STALE_SECONDS, by the lease clock."""
+        return workers.c.last_seen_at >= self._lease_now_plus(-timedelta(seconds=WORKER_STALE_SECONDS))
+
     async def live_workers(self) -> list[str]:
-        """The ids of the workers seen within WORKER_STALE_SECONDS (by the lease clock), sorted."""
-        since = self._lease_now_plus(-timedelta(seconds=WORKER_STALE_SECONDS))
+        """The ids of the live workers (`_live`), sorted."""
         async with self._reading() as connection:
             rows = await connection.execute(
-                select(workers.c.worker_id)
-                .where(workers.c.last_seen_at >= since)
-                .order_by(workers.c.worker_id)
+                select(workers.c.worker_id).where(self._live()).order_by(workers.c.worker_id)
             )
             return [worker_id for (worker_id,) in rows]
 
     async def served_models(self) -> frozenset[str]:
-        """The models some live worker serves (one seen within WORKER_STALE_SECONDS, by the lease clock)."""
-        since = self._lease_now_plus(-timedelta(seconds=WORKER_STALE_SECONDS))
+        """The models some live worker serves (`_live`)."""
         async with self._reading() as connection:
-            rows = await connection.execute(select(workers.c.models).where(workers.c.last_seen_at >= since))
+            rows = await connection.execute(select(workers.c.models).where(self._live()))
             return frozenset(model for (models,) in rows for model in models)
 
     # ------------------------------------------------------------------ per-server settings

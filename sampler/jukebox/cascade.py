@@ -441,15 +441,15 @@ def label_config(config: PriorConfig) -> LabelConfig:
 
 
 def continued_codes_length(
-    codes: Sequence[Tensor | None], hops: Sequence[int], levels: Sequence[int], sample_length: int
+    codes: Sequence[Tensor | None] | None, hops: Sequence[int], levels: Sequence[int], sample_length: int
 ) -> int | None:
     """Continue mode's one rule (the Model API's and `jukebot sample`'s): the length the codes of the
     highest level asked cover when every level asked already covers `sample_length`, so that there
-    is nothing to add; None when some level asked has something to sample. Top codes alone with
-    lower levels asked are upsampled."""
+    is nothing to add; None when some level asked has something to sample (or no codes are given).
+    Top codes alone with lower levels asked are upsampled."""
     have = 0
     for level in sorted(levels):
-        given = codes[level]
+        given = None if codes is None else codes[level]
         have = 0 if given is None else given.shape[1] * hops[level]
         if have < sample_length:
             return None
@@ -765,8 +765,7 @@ class Cascade:
     ) -> None:
         """Continue mode with every level asked already whole would hand the codes back unchanged.
         (Upsample mode with whole codes above is its normal use.)"""
-        codes = request.codes if request.codes is not None else (None,) * len(self.hops)
-        have = continued_codes_length(codes, self.hops, levels, sample_length)
+        have = continued_codes_length(request.codes, self.hops, levels, sample_length)
         if have is None:
             return
         raise SamplingError(

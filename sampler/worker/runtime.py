@@ -208,6 +208,9 @@ def predecessor_is_gone(worker_id: str, owner: str) -> bool:
     return pid is not None and not _process_running(pid)
 
 
+CUDA_VISIBLE = "CUDA_VISIBLE_DEVICES"
+
+
 def shares_my_device(worker_id: str, other: str) -> bool:
     """True when worker id `other` is another process on this worker's machine and device that still
     runs: two workers on one GPU share its memory and time. A worker id names the GPU as its process
@@ -230,9 +233,6 @@ def shares_my_device(worker_id: str, other: str) -> bool:
     )
     theirs = _physical_gpu(visible, index)
     return mine is not None and mine == theirs
-
-
-CUDA_VISIBLE = "CUDA_VISIBLE_DEVICES"
 
 
 def _physical_gpu(visible: str | None, index: int) -> str | None:

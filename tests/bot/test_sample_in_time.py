@@ -6,8 +6,11 @@ be told, and a member has one /sample in preparation at a time."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -19,6 +22,23 @@ from tests.bot.harness import make_bot, posted_preview, sample_posts
 
 TOKEN_LIFETIME_S = 3.0  # stands for Discord's 15 minutes
 READY_WITHIN_S = 1.0  # stands for the bot's 12
+
+
+@contextlib.contextmanager
+def queued_ahead(executor: ThreadPoolExecutor) -> Iterator[None]:
+    """Work queued ahead on `executor` (the re-encoding or the drawing thread) until the block ends."""
+    go_on = threading.Event()
+    executor.submit(go_on.wait, 60)
+    try:
+        yield
+    finally:
+        go_on.set()
+
+
+def shorten_deadlines(fake: FakeDiscord, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The token's 15 minutes and the bot's 12 as seconds."""
+    monkeypatch.setattr(sys.modules["bot.exts.samples"], "SAMPLE_READY_WITHIN_S", READY_WITHIN_S)
+    fake.token_lifetime_s = TOKEN_LIFETIME_S
 
 
 def private_reply(record: InteractionRecord) -> str | None:
@@ -33,16 +53,11 @@ async def test_a_sample_not_ready_in_time_is_given_up_while_the_member_can_be_to
 ) -> None:
     fake = fake_discord
     sid = await posted_preview(fake, sqlite_store, await bot_runner.start(make_bot(fake, sqlite_store)))
-    monkeypatch.setattr(sys.modules["bot.exts.samples"], "SAMPLE_READY_WITHIN_S", READY_WITHIN_S)
-    fake.token_lifetime_s = TOKEN_LIFETIME_S
+    shorten_deadlines(fake, monkeypatch)
     fake.default_guild.attachment_size_limit = 40_000  # the sample is re-encoded to fit
-    go_on = threading.Event()
-    delivery._REENCODER.submit(go_on.wait, 60)  # work queued ahead, longer than the token lives
-    try:
+    with queued_ahead(delivery._REENCODER):  # longer than the token lives
         record = await fake.invoke_command("sample", {"id": sid}, user=fake.user("bob"))
         told = await fake.wait_for(lambda: private_reply(record), timeout_s=10)
-    finally:
-        go_on.set()
     assert told == str(delivery.NotInTime())
     assert record.original is not None and record.original.deleted  # no "thinking…" left behind
     assert fake.rejections == []  # all within the token's life
@@ -63,15 +78,10 @@ async def test_a_sample_whose_picture_is_not_ready_in_time_goes_out_without_it(
 ) -> None:
     fake = fake_discord
     sid = await posted_preview(fake, sqlite_store, await bot_runner.start(make_bot(fake, sqlite_store)))
-    monkeypatch.setattr(sys.modules["bot.exts.samples"], "SAMPLE_READY_WITHIN_S", READY_WITHIN_S)
-    fake.token_lifetime_s = TOKEN_LIFETIME_S
-    go_on = threading.Event()
-    pictures._DRAWER.submit(go_on.wait, 60)  # pictures queued ahead, longer than the token lives
-    try:
+    shorten_deadlines(fake, monkeypatch)
+    with queued_ahead(pictures._DRAWER):  # longer than the token lives
         record = await fake.invoke_command("sample", {"id": sid}, user=fake.user("bob"))
         await fake.wait_for(lambda: len(sample_posts(fake, sid)) == 2 or None, timeout_s=10)
-    finally:
-        go_on.set()
     again = sample_posts(fake, sid)[-1]
     names = [attachment.filename for attachment in again.attachments]
     assert names and not [name for name in names if name.endswith(".png")], names
@@ -85,15 +95,11 @@ async def test_a_member_has_one_sample_in_preparation_at_a_time(
 ) -> None:
     fake = fake_discord
     sid = await posted_preview(fake, sqlite_store, await bot_runner.start(make_bot(fake, sqlite_store)))
-    go_on = threading.Event()
-    pictures._DRAWER.submit(go_on.wait, 60)
-    try:
+    with queued_ahead(pictures._DRAWER):
         first = await fake.invoke_command("sample", {"id": sid}, user=fake.user("bob"))
         second = await fake.invoke_command("sample", {"id": sid}, user=fake.user("bob"))
         refused = await fake.wait_for(lambda: (second.original and second.original.content) or None)
         others = await fake.invoke_command("sample", {"id": sid}, user=fake.user("alice"))
-    finally:
-        go_on.set()
     assert refused == "Your previous /sample is still being prepared; wait for it, then ask again."
     assert second.original is not None and second.original.ephemeral
     await fake.wait_for(lambda: len(sample_posts(fake, sid)) == 3 or None, timeout_s=20)

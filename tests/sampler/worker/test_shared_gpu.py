@@ -74,7 +74,14 @@ async def started(live_store: JobStore, toy_env: Path) -> AsyncIterator[Start]: 
         worker.close()
 
 
-def shared_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+async def warnings_at_start(
+    store: JobStore, started: Start, caplog: pytest.LogCaptureFixture, others: list[str], mine: DeviceSpec
+) -> list[str]:
+    """The shared-GPU warnings of a worker started on `mine` with the worker ids `others` recorded."""
+    for other in others:
+        await store.record_worker(other, ["5b_lyrics"])
+    caplog.set_level(logging.WARNING)
+    await started(mine)
     return [
         r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and SHARED in r.getMessage()
     ]
@@ -88,11 +95,8 @@ async def test_a_worker_on_a_gpu_another_worker_of_this_machine_runs_on_says_so(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     gpu = DeviceSpec.cuda(0)
-    await live_store.record_worker(worker_id_of(other_process.pid, gpu), ["5b_lyrics"])
-    await live_store.record_worker(worker_id_of(other_process.pid, DeviceSpec.cuda(1)), ["5b_lyrics"])
-    caplog.set_level(logging.WARNING)
-    await started(gpu)
-    (warning,) = shared_warnings(caplog)
+    others = [worker_id_of(other_process.pid, gpu), worker_id_of(other_process.pid, DeviceSpec.cuda(1))]
+    (warning,) = await warnings_at_start(live_store, started, caplog, others, gpu)
     assert f"runs on cuda:0 too (pid {other_process.pid})" in warning
     assert "give each worker a GPU of its own (JUKEBOT_GPUS)" in warning
 
@@ -110,10 +114,8 @@ async def test_no_warning_where_the_gpu_is_not_shared(
     if case == "a process that exited":  # a predecessor: its job is resumed, nothing shares the GPU
         other_process.kill()
         other_process.wait()
-    await live_store.record_worker(worker_id_of(other_process.pid, other), ["5b_lyrics"])
-    caplog.set_level(logging.WARNING)
-    await started(mine)
-    assert shared_warnings(caplog) == []
+    others = [worker_id_of(other_process.pid, other)]
+    assert await warnings_at_start(live_store, started, caplog, others, mine) == []
 
 
 @pytest.mark.parametrize("other_process", ["1", "1,0"], indirect=True, ids=["just-1", "1-first"])
@@ -126,7 +128,5 @@ async def test_cuda_0_of_a_process_that_sees_another_gpu_is_not_this_gpu(
     """Two workers pinned with CUDA_VISIBLE_DEVICES both call their GPU cuda:0 (review: each warned
     of the other)."""
     gpu = DeviceSpec.cuda(0)
-    await live_store.record_worker(worker_id_of(other_process.pid, gpu), ["5b_lyrics"])
-    caplog.set_level(logging.WARNING)
-    await started(gpu)
-    assert shared_warnings(caplog) == []
+    others = [worker_id_of(other_process.pid, gpu)]
+    assert await warnings_at_start(live_store, started, caplog, others, gpu) == []
