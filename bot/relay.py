@@ -73,6 +73,10 @@ log = logging.getLogger(__name__)
 # rate limit, MAX_RATE_LIMIT_WAIT_S, included), then goes on without it, so that one hung request holds
 # up no other job's progress nor the results behind it (aiohttp's own limit is 5 minutes).
 PROGRESS_EDIT_TIMEOUT_S = 60.0
+# A job's results may take minutes to upload (several files of up to the server's upload limit): the
+# pass waits this long for them, then goes on while they go on, so that a slow or hung upload (aiohttp
+# gives up after 5 minutes) holds up no other job's progress nor results.
+RESULTS_WAIT_S = 60.0
 NO_MENTIONS = discord.AllowedMentions.none()
 NOTIFY_USER = discord.AllowedMentions(everyone=False, roles=False, users=True, replied_user=False)
 # Discord caps the edits of messages older than an hour (JSON error code 30046); real jobs run for hours.
@@ -196,6 +200,8 @@ class ProgressRelay:
         self._unread_history: set[int] = set()
         self.edit_budget = EditBudget()
         self._slow_edits: dict[int, asyncio.Task[None]] = {}  # job id -> its edit, past its time (`_edit`)
+        # Job id -> the posting of its results, still under way after RESULTS_WAIT_S (`_post_results`).
+        self._slow_results: dict[int, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._pass_lock = asyncio.Lock()
 
@@ -286,20 +292,7 @@ class ProgressRelay:
             for guild_id in sorted(guild_ids):
                 for job in await self.store.finished_jobs_unposted(guild_id, limit=self.finished_batch):
                     finished.add(job.id)
-                    try:
-                        await self._finish(job)
-                    except Exception as exc:  # e.g. Discord had a hiccup: the others still go out
-                        failures = self._failures.get(job.id, 0)
-                        if failures <= 1:
-                            log.exception("job #%s: posting the results failed; trying again later", job.id)
-                        else:  # its traceback is in the log already
-                            log.warning(
-                                "job #%s: posting the results failed again (try %d): %r; next try in %.0f s",
-                                job.id,
-                                failures,
-                                exc,
-                                self._retry_delay(failures),
-                            )
+                    await self._post_results(job)
             # Jobs we watched that ended another way: posted elsewhere, or gone.
             for job_id in [j for j in self._watched if j not in still_running and j not in finished]:
                 try:
@@ -312,6 +305,55 @@ class ProgressRelay:
                 if job.results_posted_at is not None or job.guild_id not in guild_ids:
                     self._forget(job_id)
                 # else: more than a batch finished at once, or waiting to retry; a later pass lists it
+
+    async def _post_results(self, job: Job) -> None:
+        """Post a finished job's results (`_finish`), waiting RESULTS_WAIT_S at most: results still going
+        out by then go on without the pass (`_slow_results`); a later pass leaves the job to them."""
+        posting = self._slow_results.get(job.id)
+        if posting is not None and not posting.done():
+            return
+        posting = asyncio.create_task(self._finish_logged(job), name=f"results-{job.id}")
+        try:
+            done, _ = await asyncio.wait({posting}, timeout=RESULTS_WAIT_S)
+        except BaseException:  # a stop mid-post: cut it short, which gives the claim back (`_finish`)
+            posting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await posting
+            raise
+        if posting in done:
+            self._slow_results.pop(job.id, None)
+            return
+        self._slow_results[job.id] = posting
+        log.warning(
+            "job #%s: its results are still going out after %g s; the other jobs go on meanwhile",
+            job.id,
+            RESULTS_WAIT_S,
+        )
+
+    async def _finish_logged(self, job: Job) -> None:
+        try:
+            await self._finish(job)
+        except Exception as exc:  # e.g. Discord had a hiccup: the others still go out
+            failures = self._failures.get(job.id, 0)
+            if failures <= 1:
+                log.exception("job #%s: posting the results failed; trying again later", job.id)
+            else:  # its traceback is in the log already
+                log.warning(
+                    "job #%s: posting the results failed again (try %d): %r; next try in %.0f s",
+                    job.id,
+                    failures,
+                    exc,
+                    self._retry_delay(failures),
+                )
+
+    async def stop(self) -> None:
+        """Cut short results still going out past their time: each gives its claim back (`_finish`), for
+        the next bot to post the rest at once."""
+        slow = [posting for posting in self._slow_results.values() if not posting.done()]
+        for posting in slow:
+            posting.cancel()
+        await asyncio.gather(*slow, return_exceptions=True)
+        self._slow_results.clear()
 
     def _update_order(self, job: Job, places: QueuePlaces) -> tuple[int, float, int, int]:
         """The order a pass updates progress messages in (the edit budget may not reach the last): new

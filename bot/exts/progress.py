@@ -46,6 +46,7 @@ class Progress(commands.Cog):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        await self.relay.stop()
 
     async def _recover_expired(self) -> None:
         """Every `worker_requeue_seconds`, as workers do: a job whose worker stopped heartbeating goes

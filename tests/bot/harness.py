@@ -140,6 +140,18 @@ class PlayedWorker:
         return await self.store.complete(job.id, self.worker_id, samples)
 
 
+async def queued_song(fake: FakeDiscord, store: JobStore, channel: str = "general") -> int:
+    """A one-sample 1b_lyrics preview job by alice in `channel`, queued straight in the store; its id."""
+    return await store.enqueue(
+        kind="generate",
+        model="1b_lyrics",
+        params={"artist": "queen", "genres": ["pop"], "seconds": 10, "n_samples": 1, "seed": 1},
+        channel_id=fake.channel(channel).id,
+        user_id=fake.user("alice").id,
+        guild_id=fake.default_guild.id,
+    )
+
+
 def bot_messages(fake: FakeDiscord, channel: str = "general") -> list[FakeMessage]:
     return [m for m in fake.channel_messages(fake.channel(channel)) if m.author.id == fake.bot_user.id]
 

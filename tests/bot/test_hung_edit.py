@@ -11,7 +11,7 @@ from bot import relay as relay_module
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
 from tests.bot.fake_discord import FakeDiscord
-from tests.bot.harness import PlayedWorker, make_bot, progress_message, relay_of, when
+from tests.bot.harness import PlayedWorker, make_bot, progress_message, queued_song, relay_of, when
 
 
 async def test_a_hung_progress_edit_holds_up_no_other_jobs_progress(
@@ -21,14 +21,7 @@ async def test_a_hung_progress_edit_holds_up_no_other_jobs_progress(
     monkeypatch.setattr(relay_module, "PROGRESS_EDIT_TIMEOUT_S", 0.5)
     job_ids = {}
     for channel in ("general", "music"):
-        job_ids[channel] = await store.enqueue(
-            kind="generate",
-            model="1b_lyrics",
-            params={"artist": "queen", "genres": ["pop"], "seconds": 10, "n_samples": 1, "seed": 1},
-            channel_id=fake.channel(channel).id,
-            user_id=fake.user("alice").id,
-            guild_id=fake.default_guild.id,
-        )
+        job_ids[channel] = await queued_song(fake, store, channel)
     bot = await bot_runner.start(make_bot(fake, store))
     relay = relay_of(bot)
     relay.min_edit_interval_s = 0.0

@@ -11,7 +11,7 @@ import pytest
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
 from tests.bot.fake_discord import FakeDiscord, FakeMessage
-from tests.bot.harness import bot_messages, make_bot, relay_of
+from tests.bot.harness import bot_messages, make_bot, queued_song, relay_of
 
 
 @pytest.mark.parametrize("nonce_remembered", [True, False], ids=["within-minutes", "minutes-later"])
@@ -19,14 +19,7 @@ async def test_a_progress_message_two_bots_post_at_once_is_kept_once(
     fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore, nonce_remembered: bool
 ) -> None:
     fake, store = fake_discord, sqlite_store
-    job_id = await store.enqueue(
-        kind="generate",
-        model="1b_lyrics",
-        params={"artist": "queen", "genres": ["pop"], "seconds": 10, "n_samples": 1, "seed": 1},
-        channel_id=fake.channel("general").id,
-        user_id=fake.user("alice").id,
-        guild_id=fake.default_guild.id,
-    )
+    job_id = await queued_song(fake, store)
     first_bots_post = fake.hold("POST", "/channels/{channel_id}/messages")
     first = await bot_runner.start(make_bot(fake, store))
     await fake.wait_for(lambda: first_bots_post.arrived)
