@@ -104,6 +104,27 @@ async def _clicked_message(interaction: discord.Interaction[Any]) -> discord.Mes
         return None
 
 
+async def _require_button(
+    bot: JukeBot, interaction: discord.Interaction[Any], custom_id: str, refusal: str
+) -> None:
+    """Refuse a click on a message that, as Discord stores it, does not carry the button `custom_id`:
+    the copy that comes with a forged click may list it too, and the job would reply to that message.
+    Read from the channel: a request for a job needs Read Message History there anyway, and without it
+    the request's own checks refuse it, saying so."""
+    clicked = interaction.message
+    if clicked is None:
+        raise InvalidRequest(refusal)
+    channel = bot.get_partial_messageable(clicked.channel.id, guild_id=interaction.guild_id)
+    try:
+        stored = await channel.fetch_message(clicked.id)
+    except discord.Forbidden:
+        return
+    except discord.NotFound:
+        raise InvalidRequest(refusal) from None
+    if custom_id not in _custom_ids(stored):
+        raise InvalidRequest(refusal)
+
+
 class _OneAtATime:
     """A lock per key, held by one task at a time; a key's lock goes once nobody holds or awaits it."""
 
@@ -150,6 +171,13 @@ class UpsampleButton(
         async with bot.reporting_errors(interaction):
             stored_id(self.sample_id, "sample")  # a forged custom_id may carry any number
             await interaction.response.defer(ephemeral=True, thinking=True)
+            await _require_button(
+                bot,
+                interaction,
+                f"jukebot:upsample:{self.sample_id}",
+                f"This message has no Upsample button for sample #{self.sample_id}, so nothing was queued. "
+                f"Use the button under the sample's own message, or `/upsample {self.sample_id}`.",
+            )
             reply_to = interaction.message.id if interaction.message else None
             await actions.request_upsample(bot, interaction, self.sample_id, reply_to=reply_to)
 
@@ -185,6 +213,13 @@ class ContinueButton(
             form.stop()  # `submit_continue_form` answers it, in this process or the next one
 
     async def _refusals_first(self, bot: JukeBot, interaction: discord.Interaction[Any]) -> None:
+        await _require_button(
+            bot,
+            interaction,
+            f"jukebot:continue:{self.sample_id}",
+            f"This message has no Continue button for sample #{self.sample_id}, so nothing was queued. "
+            f"Use the button under the sample's own message, or `/continue {self.sample_id}`.",
+        )
         await actions.check_usable_sample(bot, interaction, self.sample_id)
         await actions.check_can_enqueue(bot, interaction)
         check_continuable(self.sample_id, await bot.store.codes_count(self.sample_id, 2))
@@ -342,6 +377,13 @@ class ConfirmCancelButton(
                     "under its progress message, or `/cancel`."
                 )
             await interaction.response.defer()  # the cancel may wait for a writer
+            # The question about another job (the copy in a forged click may list this button too).
+            asked = await _clicked_message(interaction)
+            if asked is None or f"jukebot:cancel-confirm:{self.job_id}" not in _custom_ids(asked):
+                raise InvalidRequest(
+                    f"This question is not about job #{self.job_id}; nothing was cancelled. To cancel "
+                    f"job #{self.job_id}, use the Cancel button under its progress message, or `/cancel`."
+                )
             message = await actions.cancel_job(bot, interaction, self.job_id)
             await interaction.edit_original_response(content=message, view=None)
 

@@ -16,6 +16,7 @@ from tests.bot.fake_discord import FakeDiscord, FakeMessage
 from tests.bot.harness import (
     PlayedWorker,
     answer_of,
+    job_count,
     make_bot,
     progress_message,
     queue_song,
@@ -209,4 +210,78 @@ async def _bob_votes_under(fake: FakeDiscord, store: JobStore, message: FakeMess
         f"jukebot:continue:{sample_id}",
     ]
     assert await store.vote_count(sample_id) == 1
+    assert fake.rejections == []
+
+
+async def test_a_forged_upsample_on_a_message_without_it_queues_nothing(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    """The job would reply to the message the click was forged on (the README: refused)."""
+    fake, store = fake_discord, sqlite_store
+    first, second = await _two_samples(fake, store, bot_runner)
+    message = sample_message(fake, first)
+    assert message is not None
+    before = (_shown(message), await job_count(store))
+
+    forged = await fake.click(message, f"jukebot:upsample:{second}", user=fake.user("bob"), forged=True)
+    assert await reply_of(fake, forged) == (
+        f"This message has no Upsample button for sample #{second}, so nothing was queued. Use the button "
+        f"under the sample's own message, or `/upsample {second}`."
+    )
+    assert (_shown(message), await job_count(store)) == before
+
+    real = await fake.click(message, f"jukebot:upsample:{first}", user=fake.user("bob"))
+    assert (await reply_of(fake, real)).startswith("Queued as job #")
+
+
+async def test_a_forged_continue_on_a_message_without_it_opens_no_form(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    fake, store = fake_discord, sqlite_store
+    first, second = await _two_samples(fake, store, bot_runner)
+    message = sample_message(fake, first)
+    assert message is not None
+    before = (_shown(message), await job_count(store))
+
+    forged = await fake.click(message, f"jukebot:continue:{second}", user=fake.user("bob"), forged=True)
+    assert forged.modal is None
+    assert await reply_of(fake, forged) == (
+        f"This message has no Continue button for sample #{second}, so nothing was queued. Use the button "
+        f"under the sample's own message, or `/continue {second}`."
+    )
+    assert (_shown(message), await job_count(store)) == before
+
+    real = await fake.click(message, f"jukebot:continue:{first}", user=fake.user("bob"))
+    assert real.modal is not None
+    submitted = await fake.submit_modal(real, {"seconds": "5"})
+    assert (await reply_of(fake, submitted)).startswith("Queued as job #")
+
+
+async def test_a_forged_yes_cancel_under_the_question_about_another_job_cancels_nothing(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    fake, store = fake_discord, sqlite_store
+    await bot_runner.start(make_bot(fake, store))
+    asked_about = await _queued_job(fake, "alice")
+    other = await _queued_job(fake, "alice")
+    message = fake.message(await recorded_progress_message(store, asked_about))
+    await fake.wait_for(lambda: message.custom_ids == [f"jukebot:cancel:{asked_about}"] or None)
+    asked = await fake.click(message, f"jukebot:cancel:{asked_about}", user=fake.user("alice"))
+    question = await fake.wait_for(lambda: answer_of(asked))
+    assert question.custom_ids == [f"jukebot:cancel-confirm:{asked_about}"]
+
+    forged = await fake.click(
+        question, f"jukebot:cancel-confirm:{other}", user=fake.user("alice"), forged=True
+    )
+    refusal = await fake.wait_for(lambda: next((m.content for m in forged.followups if m.ephemeral), None))
+    assert refusal == (
+        f"This question is not about job #{other}; nothing was cancelled. To cancel job #{other}, use the "
+        "Cancel button under its progress message, or `/cancel`."
+    )
+    assert (await store.get_job(other)).status is JobStatus.QUEUED
+    assert question.custom_ids == [f"jukebot:cancel-confirm:{asked_about}"]  # still asks
+
+    await fake.click(question, f"jukebot:cancel-confirm:{asked_about}", user=fake.user("alice"))
+    await fake.wait_for(lambda: question.custom_ids == [] or None)
+    assert (await store.get_job(asked_about)).status is JobStatus.CANCELLED
     assert fake.rejections == []
