@@ -444,7 +444,6 @@ async def request_upsample(
     return await enqueue_and_announce(
         bot,
         interaction,
-        limits,
         JobKind.UPSAMPLE,
         sample.model,
         validated,
@@ -474,7 +473,6 @@ async def request_continue(
     return await enqueue_and_announce(
         bot,
         interaction,
-        limits,
         JobKind.CONTINUE,
         sample.model,
         validated,
@@ -525,7 +523,6 @@ async def _already_upsampled(
 async def enqueue_and_announce(
     bot: JukeBot,
     interaction: discord.Interaction[Any],
-    limits: Limits,
     kind: JobKind,
     model: str,
     validated: ValidatedJob,
@@ -534,7 +531,8 @@ async def enqueue_and_announce(
     prime_id: int | None = None,
     reply_to: int | None = None,
 ) -> Job:
-    """Queue the job (the store counts the user's jobs against `limits` as it inserts), answer the
+    """Queue the job (the store counts the user's jobs against the server's limits as it inserts, read
+    in its transaction: an admin's change since the request's checks holds for it too), answer the
     (deferred) interaction, then announce the job to the other features.
 
     The reply goes first, so the user's "Queued as job #N" arrives before the progress message; it
@@ -553,8 +551,9 @@ async def enqueue_and_announce(
             guild_id=guild_id_of(interaction),
             parent_sample_id=parent_sample_id,
             prime_id=prime_id,
-            max_running_per_user=limits.max_running_jobs_per_user,
-            max_queued_per_user=limits.max_queued_jobs_per_user,
+            max_running_per_user=bot.settings.max_running_jobs_per_user,
+            max_queued_per_user=bot.settings.max_queued_jobs_per_user,
+            server_overrides=True,
         )
     except UserJobLimitReached as reached:
         raise capacity_refusal(reached) from None

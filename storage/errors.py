@@ -104,6 +104,15 @@ class UserJobLimitReached(StorageError):
         self.limit = limit
 
 
+class ServerLeft(StorageError):
+    """A job for a server the bot was removed from (`JobStore.cancel_guild_jobs`) and is not in again
+    (`JobStore.mark_guilds_present`): its results could not be posted there; nothing was written."""
+
+    def __init__(self, guild_id: int) -> None:
+        super().__init__(f"The bot was removed from server {guild_id}, so nothing was queued for it.")
+        self.guild_id = guild_id
+
+
 class AlreadyUpsampled(StorageError):
     """The sample already has an upsample job queued, running or done (`job_id`, `status`): another
     would sample the same codes again (its draws are seeded alike); nothing was written."""

@@ -56,6 +56,7 @@ from storage.errors import (
     OversizeParameters,
     PrimeNotFound,
     SampleNotFound,
+    ServerLeft,
     StorageError,
     UserJobLimitReached,
 )
@@ -446,6 +447,7 @@ class JobStore:
         prime_id: int | None = None,
         max_running_per_user: int | None = None,
         max_queued_per_user: int | None = None,
+        server_overrides: bool = False,
     ) -> int:
         """Queue a job and return its id. Lower `priority` runs first. Nothing is written on error.
 
@@ -453,6 +455,13 @@ class JobStore:
         server are counted in the insert's transaction, one enqueue at a time, so a burst cannot
         overshoot: one job too many raises `UserJobLimitReached`. The job keeps
         `max_running_per_user`: `claim` leaves it queued while that many of the user's jobs run.
+        With `server_overrides`, those two stand for the bot-wide settings, and the server's own limits
+        (`change_guild_settings`) take their place where it has them, read in the insert's transaction:
+        an admin's change lands wholly before the job is queued or wholly after (when it reaches the
+        job as it reaches every unfinished one), never half-way, as it could between a caller's read and
+        this insert (a clip's download).
+
+        A job for a server the bot was removed from and is not in again raises `ServerLeft`.
         """
         try:
             job_kind = JobKind(kind)
@@ -484,6 +493,20 @@ class JobStore:
         async with self._transaction() as connection:
             await self._one_enqueue_at_a_time(connection)
             now = self._clock()
+            if guild_id is not None:
+                left = await connection.scalar(
+                    select(left_guilds.c.guild_id).where(left_guilds.c.guild_id == guild_id)
+                )
+                if left is not None:
+                    raise ServerLeft(guild_id)
+            if server_overrides and guild_id is not None:
+                own = await self._guild_settings(connection, guild_id)
+                if max_running_per_user is not None:
+                    max_running_per_user = running_limit_in_force(
+                        own.max_running_jobs_per_user, max_running_per_user
+                    )
+                if max_queued_per_user is not None and own.max_queued_jobs_per_user is not None:
+                    max_queued_per_user = own.max_queued_jobs_per_user
             await self._check_user_limits(
                 connection, user_id, guild_id, max_running_per_user, max_queued_per_user
             )
@@ -528,16 +551,22 @@ class JobStore:
         if max_running_per_user is not None:
             _check_count("max_running_per_user", max_running_per_user, minimum=1)
         async with self._transaction() as connection:
-            result = await connection.execute(
-                update(jobs)
-                .where(
-                    jobs.c.guild_id == guild_id,
-                    jobs.c.status.in_([status.value for status in UNFINISHED_STATUSES]),
-                )
-                .values(max_running_per_user=max_running_per_user, updated_at=self._clock())
-                .returning(jobs.c.id)
+            await self._one_enqueue_at_a_time(connection)  # a job being queued now is reached too
+            return await self._set_running_limit(connection, guild_id, max_running_per_user)
+
+    async def _set_running_limit(
+        self, connection: AsyncConnection, guild_id: int, max_running_per_user: int | None
+    ) -> int:
+        result = await connection.execute(
+            update(jobs)
+            .where(
+                jobs.c.guild_id == guild_id,
+                jobs.c.status.in_([status.value for status in UNFINISHED_STATUSES]),
             )
-            return len(result.all())
+            .values(max_running_per_user=max_running_per_user, updated_at=self._clock())
+            .returning(jobs.c.id)
+        )
+        return len(result.all())
 
     async def _refuse_second_upsample(self, connection: AsyncConnection, sample_id: int) -> None:
         """An upsample of a sample that one queued, running or done already covers is refused (the
@@ -1137,8 +1166,11 @@ class JobStore:
 
     async def cancel_guild_jobs(self, guild_id: int) -> list[tuple[int, JobStatus]]:
         """The bot left the server: its queued jobs are cancelled, its running ones stop after their
-        current step (nobody there could see their results). Returns (job id, new status) pairs."""
+        current step (nobody there could see their results). Returns (job id, new status) pairs.
+        Under the enqueue lock: a job being queued for the server meanwhile is cancelled here, or
+        refused (`ServerLeft`)."""
         async with self._transaction() as connection:
+            await self._one_enqueue_at_a_time(connection)
             rows = await connection.execute(
                 self._cancel(jobs.c.guild_id == guild_id, reason=LEFT_SERVER_REASON).returning(
                     jobs.c.id, jobs.c.status
@@ -2041,9 +2073,12 @@ class JobStore:
     async def get_guild_settings(self, guild_id: int) -> GuildSettings:
         """The server's overrides (all None when it has none)."""
         async with self._reading() as connection:
-            row = (
-                await connection.execute(select(guild_settings).where(guild_settings.c.guild_id == guild_id))
-            ).first()
+            return await self._guild_settings(connection, guild_id)
+
+    async def _guild_settings(self, connection: AsyncConnection, guild_id: int) -> GuildSettings:
+        row = (
+            await connection.execute(select(guild_settings).where(guild_settings.c.guild_id == guild_id))
+        ).first()
         if row is None:
             return GuildSettings(guild_id=guild_id)
         values = dict(row._mapping)
@@ -2053,23 +2088,53 @@ class JobStore:
 
     async def set_guild_settings(self, settings: GuildSettings) -> GuildSettings:
         """Replace the server's overrides with `settings` (None clears one); returns what was stored."""
-        _check_guild_settings(settings)
-        channels = (
-            None if settings.allowed_channel_ids is None else [int(c) for c in settings.allowed_channel_ids]
-        )
-        values = {
-            "max_length_seconds": settings.max_length_seconds,
-            "max_samples_per_job": settings.max_samples_per_job,
-            "max_running_jobs_per_user": settings.max_running_jobs_per_user,
-            "max_queued_jobs_per_user": settings.max_queued_jobs_per_user,
-            "allowed_channel_ids": channels,
-            "updated_at": self._clock(),
-        }
-        statement = self._insert(guild_settings).values(guild_id=settings.guild_id, **values)
-        statement = statement.on_conflict_do_update(index_elements=["guild_id"], set_=values)
+        return await self.change_guild_settings(settings.guild_id, lambda _: settings)
+
+    async def change_guild_settings(
+        self,
+        guild_id: int,
+        change: Callable[[GuildSettings], GuildSettings],
+        *,
+        bot_wide_running_limit: int | None = None,
+    ) -> GuildSettings:
+        """Store `change(the server's overrides now)`, read and written in one transaction under the
+        enqueue lock, so that changes at once each see the one before (none undoes another); returns what
+        was stored. An exception `change` raises writes nothing. With `bot_wide_running_limit`, the
+        server's unfinished jobs get the running limit in force after the change
+        (`set_running_limit_of_unfinished`) in the same transaction."""
+        _check_guild_settings(GuildSettings(guild_id=guild_id))
+        if bot_wide_running_limit is not None:
+            _check_count("bot_wide_running_limit", bot_wide_running_limit, minimum=1)
         async with self._transaction() as connection:
-            await connection.execute(statement)
-        return await self.get_guild_settings(settings.guild_id)
+            await self._one_enqueue_at_a_time(connection)
+            settings = change(await self._guild_settings(connection, guild_id))
+            if settings.guild_id != guild_id:
+                raise InvalidGuildSettings(
+                    f"the settings of server {guild_id} were given for server {settings.guild_id}; nothing "
+                    "was changed."
+                )
+            _check_guild_settings(settings)
+            channels = (
+                None
+                if settings.allowed_channel_ids is None
+                else [int(c) for c in settings.allowed_channel_ids]
+            )
+            values = {
+                "max_length_seconds": settings.max_length_seconds,
+                "max_samples_per_job": settings.max_samples_per_job,
+                "max_running_jobs_per_user": settings.max_running_jobs_per_user,
+                "max_queued_jobs_per_user": settings.max_queued_jobs_per_user,
+                "allowed_channel_ids": channels,
+                "updated_at": self._clock(),
+            }
+            statement = self._insert(guild_settings).values(guild_id=guild_id, **values)
+            await connection.execute(
+                statement.on_conflict_do_update(index_elements=["guild_id"], set_=values)
+            )
+            if bot_wide_running_limit is not None:
+                limit = running_limit_in_force(settings.max_running_jobs_per_user, bot_wide_running_limit)
+                await self._set_running_limit(connection, guild_id, limit)
+            return await self._guild_settings(connection, guild_id)
 
 
 def _check_lease(lease_seconds: float) -> None:

@@ -13,6 +13,7 @@ from bot import actions
 from bot.bot import JukeBot
 from bot.errors import InvalidRequest, listed
 from bot.requests import CHANNEL_LIST_CHARS, MAX_LENGTH_OPTION_SECONDS, MIN_LENGTH_SECONDS, Limits
+from storage.records import GuildSettings
 
 
 def _describe(limits: Limits) -> str:
@@ -71,7 +72,6 @@ class Admin(commands.Cog):
     ) -> None:
         guild_id = actions.guild_id_of(interaction)
         await interaction.response.defer(ephemeral=True, thinking=True)  # saving may wait for a writer
-        current = await self.bot.store.get_guild_settings(guild_id)
         if reset:
             changes: dict[str, object] = dict.fromkeys(
                 (
@@ -91,11 +91,15 @@ class Admin(commands.Cog):
             changes = {name: value for name, value in given.items() if value is not None}
             if not changes:
                 raise InvalidRequest("Give at least one limit to change (or reset:true).")
-        await self.bot.store.set_guild_settings(dataclasses.replace(current, **changes))  # type: ignore[arg-type]
-        limits = await self.bot.limits_for(guild_id)
-        # The jobs already waiting follow the new running limit too (a worker checks it as it claims), and
-        # so do running ones once they go back to the queue.
-        await self.bot.store.set_running_limit_of_unfinished(guild_id, limits.max_running_jobs_per_user)
+        # Changed as stored when saved (an admin's change at once is kept, not undone); the jobs already
+        # waiting follow the new running limit too (a worker checks it as it claims), and so do running
+        # ones once they go back to the queue.
+        stored = await self.bot.store.change_guild_settings(
+            guild_id,
+            lambda current: dataclasses.replace(current, **changes),  # type: ignore[arg-type]
+            bot_wide_running_limit=self.bot.settings.max_running_jobs_per_user,
+        )
+        limits = Limits.resolve(self.bot.settings, stored)
         await interaction.followup.send("Saved.\n" + _describe(limits), ephemeral=True)
 
     @group.command(name="channels", description="Allow the jukebox in a channel, remove one, or allow all")
@@ -115,20 +119,23 @@ class Admin(commands.Cog):
     ) -> None:
         guild_id = actions.guild_id_of(interaction)
         await interaction.response.defer(ephemeral=True, thinking=True)  # saving may wait for a writer
-        current = await self.bot.store.get_guild_settings(guild_id)
-        # Edit the list in force, which is the bot's JUKEBOT_ALLOWED_CHANNELS until the server has its
-        # own. What is saved replaces that setting here: () is "every channel", not "use the setting".
-        in_force = Limits.resolve(self.bot.settings, current).allowed_channel_ids
-        allowed = list(in_force)
-        if current.allowed_channel_ids is None and interaction.guild is not None:
-            # The setting is one list for every server: only this server's channels of it become its own
-            # (others' ids copied here would close this server when its last channel is removed).
-            allowed = [channel_id for channel_id in allowed if interaction.guild.get_channel(channel_id)]
-        if action == "all":
-            new: tuple[int, ...] = ()
-        else:
-            if channel is None:
-                raise InvalidRequest(f"Name the channel to {action}.")
+        if action != "all" and channel is None:
+            raise InvalidRequest(f"Name the channel to {action}.")
+        guild = interaction.guild
+
+        def changed(current: GuildSettings) -> GuildSettings:
+            """The list as stored when saved, with the change (an admin's change at once is kept)."""
+            # Edit the list in force, which is the bot's JUKEBOT_ALLOWED_CHANNELS until the server has its
+            # own. What is saved replaces that setting here: () is "every channel", not "use the setting".
+            in_force = Limits.resolve(self.bot.settings, current).allowed_channel_ids
+            allowed = list(in_force)
+            if current.allowed_channel_ids is None and guild is not None:
+                # The setting is one list for every server: only this server's channels of it become its
+                # own (others' ids copied here would close this server when its last channel is removed).
+                allowed = [channel_id for channel_id in allowed if guild.get_channel(channel_id)]
+            if action == "all":
+                return dataclasses.replace(current, allowed_channel_ids=())
+            assert channel is not None
             if action == "allow" and channel.id not in allowed:
                 allowed.append(channel.id)
             elif action == "remove":
@@ -147,9 +154,10 @@ class Admin(commands.Cog):
                         "everywhere. Allow another channel first, or choose `allow everywhere` if that "
                         "is what you want."
                     )
-            new = tuple(allowed)
-        await self.bot.store.set_guild_settings(dataclasses.replace(current, allowed_channel_ids=new))
-        limits = await self.bot.limits_for(guild_id)
+            return dataclasses.replace(current, allowed_channel_ids=tuple(allowed))
+
+        stored = await self.bot.store.change_guild_settings(guild_id, changed)
+        limits = Limits.resolve(self.bot.settings, stored)
         await interaction.followup.send("Saved.\n" + _describe(limits), ephemeral=True)
 
 

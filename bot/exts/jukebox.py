@@ -312,6 +312,8 @@ class Jukebox(commands.Cog):
         if prime is not None:
             with self.fetching_prime.held_by(interaction.user.id):
                 decoded = await fetch_prime(self.bot.session(), prime.url, prime.filename, prime.size, limits)
+            # As they are now: an admin may have changed them (or the channels) while the clip downloaded.
+            limits = await actions.check_can_enqueue(self.bot, interaction)
             validated = build_generate(
                 limits, dataclasses.replace(options, prime_duration=decoded.duration_seconds)
             )
@@ -330,7 +332,7 @@ class Jukebox(commands.Cog):
         validated = dataclasses.replace(validated, notes=(*notes, *validated.notes))
         try:
             await actions.enqueue_and_announce(
-                self.bot, interaction, limits, JobKind.GENERATE, options.model, validated, prime_id=prime_id
+                self.bot, interaction, JobKind.GENERATE, options.model, validated, prime_id=prime_id
             )
         except JukebotError:  # refused, e.g. jobs queued while the clip downloaded filled the user's places
             if prime_id is not None:

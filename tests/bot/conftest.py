@@ -3,6 +3,7 @@
 - `fake_discord`: a started fake with one guild ("Test Server": #general, #music), members
   alice and bob, and mod (manage-server permission); discord.py's REST base and gateway URL
   point at it for the test and are restored afterwards.
+- `db_store`: a store with the real clock on each database kind (SQLite, Postgres: `db_url`).
 - `bot_runner`: `await bot_runner.start(bot)` logs a `commands.Bot` in and waits for READY;
   `await bot_runner.stop(bot)` closes it (restart tests start a new one on the same fake);
   every bot still running is closed at teardown, and a bot that crashed fails the test.
@@ -18,6 +19,8 @@ import discord
 import pytest
 from discord.ext import commands
 
+from storage.engine import create_engine
+from storage.store import JobStore
 from tests.bot.fake_discord import FakeDiscord, discord_py_pointed_at
 
 BotT = TypeVar("BotT", bound=commands.Bot)
@@ -92,3 +95,11 @@ async def bot_runner(fake_discord: FakeDiscord) -> AsyncIterator[BotRunner]:
         yield runner
     finally:
         await runner.stop_all()
+
+
+@pytest.fixture
+async def db_store(db_url: str) -> AsyncIterator[JobStore]:
+    """A store with the real clock on each database kind."""
+    engine = create_engine(db_url)
+    yield JobStore(engine)
+    await engine.dispose()

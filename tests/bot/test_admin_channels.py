@@ -6,26 +6,14 @@ Each test runs on SQLite and Postgres (`db_url`), with the real bot against the 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import discord
-import pytest
 
 from bot.bot import JukeBot
-from storage.engine import create_engine
 from storage.records import GuildSettings
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
 from tests.bot.fake_discord import FakeChannel, FakeDiscord
 from tests.bot.harness import make_bot, make_settings, reply_of
-
-
-@pytest.fixture
-async def db_store(db_url: str) -> AsyncIterator[JobStore]:
-    """A store with the real clock on each database kind."""
-    engine = create_engine(db_url)
-    yield JobStore(engine)
-    await engine.dispose()
 
 
 async def _channels(fake: FakeDiscord, action: str, channel: FakeChannel | None = None) -> str:

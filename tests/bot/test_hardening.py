@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -32,14 +31,6 @@ from tests.bot.harness import PlayedWorker, job_count, make_bot, prime_wav, prog
 from tests.bot.test_bad_input import _sample_in_other_server, reply_of
 
 DISCORD_ACK_DEADLINE_S = 3.0
-
-
-@pytest.fixture
-async def db_store(db_url: str) -> AsyncIterator[JobStore]:
-    """A store with the real clock on each database kind."""
-    engine = create_engine(db_url)
-    yield JobStore(engine)
-    await engine.dispose()
 
 
 async def _forge(

@@ -3,12 +3,8 @@ interleave: two people voting at once, the first one's label edit overtaken on i
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from functools import partial
 
-import pytest
-
-from storage.engine import create_engine
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
 from tests.bot.fake_discord import FakeDiscord, InteractionRecord
@@ -17,14 +13,6 @@ from tests.bot.test_commands import _preview
 from tests.waiting import wait_until
 
 LABEL_EDIT = "/webhooks/{application_id}/{token}/messages/{message_id}"
-
-
-@pytest.fixture
-async def db_store(db_url: str) -> AsyncIterator[JobStore]:
-    """A store with the real clock on each database kind."""
-    engine = create_engine(db_url)
-    yield JobStore(engine)
-    await engine.dispose()
 
 
 async def test_two_votes_at_once_leave_the_label_at_two(
