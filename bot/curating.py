@@ -236,9 +236,10 @@ async def resolve(
 
 
 async def _each_once(store: JobStore, ids: list[int], max_count: int, what: str) -> Resolved:
-    """`ids` less the samples a curated piece among them holds and the pieces sharing samples with
-    one gathered before them, at least two of them."""
-    held = {sample_id: await _ingredients(store, sample_id) for sample_id in ids}
+    """`ids` less the samples a curated piece, an upsample or a continuation among them holds (the
+    full-quality version of a preview plays the preview's music again, a continuation plays its
+    sample's first) and those sharing samples with one gathered before them, at least two of them."""
+    held = {sample_id: await _ingredients(store, sample_id, made_from=True) for sample_id in ids}
     sharing = _sharing(ids, held)
     # The samples only a piece left out for sharing holds are not in the piece: they are joined.
     inside = pieces_holding([sample_id for sample_id in ids if sample_id not in sharing], held)
@@ -289,20 +290,24 @@ def _sharing(ids: Sequence[int], held: Mapping[int, set[int]]) -> dict[int, int]
     return {piece: sharing[piece] for piece in ids if piece in sharing}  # in gathered order
 
 
-async def _ingredients(store: JobStore, sample_id: int) -> set[int]:
+async def _ingredients(store: JobStore, sample_id: int, *, made_from: bool = False) -> set[int]:
     """The samples a curated piece was joined from, those of the pieces among them too; none for a
-    sample that is not a piece."""
+    sample that is not a piece. With `made_from`, also the sample an upsample or a continuation was
+    made from (and what that one holds): its music plays in it again."""
     found: set[int] = set()
     pending = [sample_id]
     while pending:
         info = await store.get_sample_info(pending.pop())
         job = await store.get_job(info.job_id)
-        if job.kind != JobKind.CURATE:
-            continue
-        record = job.params.get(CURATION_KEY)
-        listed = record.get("sample_ids") if isinstance(record, dict) else None
-        for held in listed if isinstance(listed, list) else []:
-            if isinstance(held, int) and held not in found:
+        inner: list[object] = []
+        if job.kind == JobKind.CURATE:
+            record = job.params.get(CURATION_KEY)
+            listed = record.get("sample_ids") if isinstance(record, dict) else None
+            inner = listed if isinstance(listed, list) else []
+        elif made_from and job.kind in (JobKind.UPSAMPLE, JobKind.CONTINUE):
+            inner = [job.parent_sample_id]
+        for held in inner:
+            if isinstance(held, int) and held not in found and held != sample_id:
                 found.add(held)
                 pending.append(held)
     return found

@@ -23,17 +23,26 @@ from itertools import pairwise
 
 import numpy as np
 
-from sampler.audio import SAMPLE_RATE
+from sampler.audio import DEFAULT_SILENCE_DB, SAMPLE_RATE
 
 MIN_CLIPS = 2
 # The longest piece one curation makes (/curate, `jukebot curate`): every clip is decoded into memory
 # (~10 MB a minute, a few copies at once), and pieces can be joined again, so without a bound one member
 # could exhaust it.
 MAX_PIECE_SECONDS = 30 * 60
-SILENCE_DB = -50.0  # quieter than this counts as silence when trimming
+# Trimming: sound this far under the clip's own peak counts as silence (a quiet take keeps its soft
+# intro), never sound over TRIM_FLOOR_DBFS; a clip whose peak is under the silence threshold every
+# decode of the bot uses (DEFAULT_SILENCE_DB) is silent.
+TRIM_BELOW_PEAK_DB = 50.0
+TRIM_FLOOR_DBFS = -80.0
 TRIM_MARGIN_S = 0.1  # kept around the sound when trimming
 TARGET_RMS_DBFS = -20.0
 PEAK_CEILING = 0.99
+# A clip's level is capped so that its loudest samples but the top 0.1 % stay under the limiter's
+# knee: one click must not set the level of the whole clip. The few over it are shaped softly under
+# PEAK_CEILING (`soft_limited`).
+ROBUST_PEAK_PERCENTILE = 99.9
+LIMIT_KNEE = 0.8 * PEAK_CEILING
 CROSSFADE_S = 0.5
 # Chromaprint items come about 8 a second; search alignments up to ~3 s apart.
 MAX_FINGERPRINT_OFFSET = 24
@@ -82,18 +91,26 @@ class CurationResult:
 
 
 def trim_silence(
-    audio: np.ndarray, sample_rate: int = SAMPLE_RATE, threshold_db: float = SILENCE_DB, keep_s: float = 0.1
+    audio: np.ndarray,
+    sample_rate: int = SAMPLE_RATE,
+    below_peak_db: float = TRIM_BELOW_PEAK_DB,
+    keep_s: float = 0.1,
 ) -> np.ndarray:
-    """Drop leading and trailing samples quieter than `threshold_db`, keeping `keep_s` of margin.
+    """Drop leading and trailing samples more than `below_peak_db` under the clip's peak (and under
+    TRIM_FLOOR_DBFS), keeping `keep_s` of margin.
 
-    All-quiet audio comes back empty: the caller decides what silence means for it.
+    A clip whose peak is under DEFAULT_SILENCE_DB comes back empty: the caller decides what silence
+    means for it.
     """
     samples = np.asarray(audio, dtype=np.float32)
     if samples.ndim != 1:
         raise ValueError(f"expected mono audio of shape (samples,), got shape {samples.shape}")
-    loud = np.flatnonzero(np.abs(samples) >= 10 ** (threshold_db / 20))
-    if loud.size == 0:
+    magnitude = np.abs(np.nan_to_num(samples, nan=0.0, posinf=0.0, neginf=0.0))
+    peak = float(magnitude.max()) if magnitude.size else 0.0
+    if peak < 10 ** (DEFAULT_SILENCE_DB / 20):
         return samples[:0]
+    threshold = max(peak * 10 ** (-below_peak_db / 20), 10 ** (TRIM_FLOOR_DBFS / 20))
+    loud = np.flatnonzero(magnitude >= threshold)
     keep = round(keep_s * sample_rate)
     return samples[max(0, int(loud[0]) - keep) : min(samples.shape[0], int(loud[-1]) + 1 + keep)]
 
@@ -193,7 +210,8 @@ def order_by_similarity(matrix: np.ndarray) -> list[int]:
 
 
 def even_loudness(audio: np.ndarray, target_dbfs: float = TARGET_RMS_DBFS) -> np.ndarray:
-    """Scale to `target_dbfs` RMS, then down as needed so the peak stays under `PEAK_CEILING`.
+    """Scale to `target_dbfs` RMS, then down as needed so that all but the loudest 0.1 % of samples
+    stay under `LIMIT_KNEE`; those (a click, a pop) are limited softly under `PEAK_CEILING`.
 
     NaN and infinite samples (a damaged file) count as silence: one would make the gain NaN or 0
     and so mute the whole clip, and with it the crossfades on either side.
@@ -205,16 +223,39 @@ def even_loudness(audio: np.ndarray, target_dbfs: float = TARGET_RMS_DBFS) -> np
     if rms == 0.0:
         return samples
     gain = 10 ** (target_dbfs / 20) / rms
-    peak = float(np.max(np.abs(samples))) * gain
-    if peak > PEAK_CEILING:
-        gain *= PEAK_CEILING / peak
-    return (samples * gain).astype(np.float32)
+    loud = float(np.percentile(np.abs(samples), ROBUST_PEAK_PERCENTILE)) * gain
+    if loud > LIMIT_KNEE:
+        gain *= LIMIT_KNEE / loud
+    return soft_limited((samples * gain).astype(np.float32))
+
+
+def soft_limited(audio: np.ndarray, ceiling: float = PEAK_CEILING, knee: float = LIMIT_KNEE) -> np.ndarray:
+    """`audio` (changed in place) with samples over `knee` bent smoothly towards `ceiling`, none past it."""
+    magnitude = np.abs(audio)
+    over = magnitude > knee
+    if over.any():
+        room = ceiling - knee
+        audio[over] = np.sign(audio[over]) * (knee + room * np.tanh((magnitude[over] - knee) / room))
+    return audio
+
+
+def fade_gains(tail: np.ndarray, head: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The gains of a crossfade from `tail` (the end of the piece so far) into `head` (the start of
+    the next clip) that keep the level steady: equal power for unrelated sound (cos and sin), equal
+    gain for the same sound in phase (where equal power would swell by 3 dB), and between them by the
+    two parts' correlation. Sound in opposite phase (a negative correlation) fades at equal power."""
+    energy = math.sqrt(float(tail @ tail) * float(head @ head))
+    correlation = min(max(float(tail @ head) / energy, 0.0), 1.0) if energy > 0 else 0.0
+    angle = np.linspace(0.0, math.pi / 2, tail.shape[0], dtype=np.float32)
+    norm = np.sqrt(np.float32(1.0) + np.float32(correlation) * np.sin(2 * angle))
+    return np.cos(angle) / norm, np.sin(angle) / norm
 
 
 def crossfade_concat(
     clips: Sequence[np.ndarray], sample_rate: int = SAMPLE_RATE, fade_s: float = CROSSFADE_S
 ) -> np.ndarray:
-    """Join clips with equal-power crossfades; a fade never takes more than half of either clip.
+    """Join clips with crossfades at a steady level (`fade_gains`); a fade never takes more than half
+    of either clip.
 
     The output is allocated once and each clip faded in where it lands: growing it join by join
     copied the whole piece at every join (quadratic time, twice the piece's memory).
@@ -233,8 +274,8 @@ def crossfade_concat(
     for clip, fade in zip(clips[1:], fades, strict=True):
         part = np.asarray(clip, dtype=np.float32)
         if fade:
-            ramp = np.linspace(0.0, math.pi / 2, fade, dtype=np.float32)
-            out[end - fade : end] = out[end - fade : end] * np.cos(ramp) + part[:fade] * np.sin(ramp)
+            fade_out, fade_in = fade_gains(out[end - fade : end], part[:fade])
+            out[end - fade : end] = out[end - fade : end] * fade_out + part[:fade] * fade_in
         out[end : end + part.shape[0] - fade] = part[fade:]
         end += part.shape[0] - fade
     return out

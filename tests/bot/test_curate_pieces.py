@@ -8,7 +8,7 @@ import pytest
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
 from tests.bot.fake_discord import FakeDiscord
-from tests.bot.harness import PlayedWorker, make_bot, queue_song, sample_message
+from tests.bot.harness import PlayedWorker, make_bot, queue_song, reply_of, sample_message
 from tests.bot.test_curate import curation_held, final_reply, made_job, silent_job
 from tests.waiting import wait_until
 
@@ -201,3 +201,30 @@ async def test_two_pieces_sharing_a_sample_are_never_joined_together(
     reply = await final_reply(fake, await fake.invoke_command("curate", options, user=bob))
     assert reply.startswith(refusal.format(bob=bob.id)), reply
     assert sorted(job.id for job in await store.list_jobs()) == [1, 2, 3]  # nothing stored
+
+
+async def test_a_users_samples_leave_out_those_an_upsample_or_a_continuation_of_theirs_plays_again(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    """alice's previews #1 and #2; #3 is #1 at full quality, #4 continues #2 (its start is #2): the
+    piece joins #3 and #4, not each song twice (review: lo-fi, then hi-fi, then again)."""
+    fake, store = fake_discord, sqlite_store
+    await bot_runner.start(make_bot(fake, store))
+    await made_job(fake, store, 2)  # job 1: samples #1 and #2
+    worker = PlayedWorker(store)
+    for command, options in (("upsample", {"sample": 1}), ("continue", {"sample": 2, "seconds": 2.0})):
+        record = await fake.invoke_command(command, options)
+        assert (await reply_of(fake, record)).startswith("Queued as job #")
+        await worker.complete(await worker.claim(), n=1, full=command == "upsample")
+
+    reply = await final_reply(fake, await fake.invoke_command("curate", {"user": fake.user("alice")}))
+    assert reply.startswith("Done: sample #5 "), reply
+    assert sorted((await store.get_job(4)).params["curation"]["sample_ids"]) == [3, 4]
+    message = sample_message(fake, 5)
+    assert message is not None
+    lines = message.content.splitlines()
+    assert "Left out (already in #3): #1" in lines and "Left out (already in #4): #2" in lines
+
+    # Listed by number, they are the member's choice: joined as asked.
+    reply = await final_reply(fake, await fake.invoke_command("curate", {"samples": "1, 3"}))
+    assert reply.startswith("Done: sample #6 "), reply
