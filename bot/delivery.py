@@ -171,14 +171,17 @@ async def grouped_files_or_reason(
 
 
 def with_picture(
-    groups: list[list[AudioFile]], picture: AudioFile | None, limit_bytes: int
+    groups: list[list[AudioFile]], picture: AudioFile | None, limit_bytes: int, *, own_message: bool = False
 ) -> list[list[AudioFile]]:
     """The messages' files with `picture` added to the first message (the one with the buttons) when it
-    fits there; it never pushes a message over the limit or the file count: without room it is left out."""
+    fits there; it never pushes a message over the limit or the file count: without room it is left out
+    or, with `own_message`, goes in a message of its own after the others (where it fits the limit)."""
     if picture is None or not groups:
         return groups
     first = groups[0]
     size = sum(len(file.data) for file in first) + len(picture.data)
-    if len(first) >= MAX_FILES_PER_MESSAGE or size > limit_bytes:
-        return groups
-    return [[*first, picture], *groups[1:]]
+    if len(first) < MAX_FILES_PER_MESSAGE and size <= limit_bytes:
+        return [[*first, picture], *groups[1:]]
+    if own_message and len(picture.data) <= limit_bytes:
+        return [*groups, [picture]]
+    return groups

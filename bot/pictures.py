@@ -59,7 +59,8 @@ def picture_for_sample(
         log.exception("%s: drawing its picture failed", stem)
         return None
     seconds = samples.shape[0] / PICTURE_SAMPLE_RATE
-    marked = f", the first {prime_seconds:.1f} s from the prime" if prime_seconds else ""
+    # The marked part is a prime clip, or the sample a continue extends: given to the model, not made.
+    marked = f", the first {prime_seconds:.1f} s given to the model (tinted)" if prime_seconds else ""
     return AudioFile(f"{stem}.png", png, f"{stem}: spectrogram and loudness over {seconds:.1f} s{marked}")
 
 

@@ -32,7 +32,7 @@ from sampler.jukebox.windows import (
     prompt_length_samples,
     sample_length_samples,
 )
-from sampler.units import format_bytes
+from sampler.units import format_bytes_apart
 from sampler.user_text import quote_user_text, shorten_user_text
 from storage.errors import UserJobLimitReached
 from storage.models import JobStatus
@@ -189,10 +189,10 @@ def check_prime_metadata(limits: Limits, filename: str, size: int) -> None:
             f"The attachment {quote_user_text(filename)} is empty (0 bytes). Attach an audio file."
         )
     if size > limits.max_prime_bytes:
+        shown, limit = format_bytes_apart(size, limits.max_prime_bytes)
         raise AttachmentRejected(
-            f"The attachment {quote_user_text(filename)} is {format_bytes(size)}, larger than the "
-            f"{format_bytes(limits.max_prime_bytes)} limit for a prime. Attach a shorter clip or a "
-            "compressed format (OGG, MP3, M4A)."
+            f"The attachment {quote_user_text(filename)} is {shown}, larger than the {limit} limit for a "
+            "prime. Attach a shorter clip or a compressed format (OGG, MP3, M4A)."
         )
 
 

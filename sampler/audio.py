@@ -27,7 +27,7 @@ import av.error
 import numpy as np
 
 from sampler.jukebox.registry import SAMPLE_RATE
-from sampler.units import format_bytes, whole_number
+from sampler.units import format_bytes, format_bytes_apart, whole_number
 
 DEFAULT_MAX_BYTES = 25 * 1024 * 1024
 DEFAULT_MAX_SECONDS = 60.0
@@ -153,8 +153,9 @@ class AudioTooLarge(AudioError):
     def __init__(self, limit_bytes: int, actual_bytes: int) -> None:
         self.limit_bytes = limit_bytes
         self.actual_bytes = actual_bytes
+        size, limit = format_bytes_apart(actual_bytes, limit_bytes)
         super().__init__(
-            f"The file is {format_bytes(actual_bytes)}, larger than the {format_bytes(limit_bytes)} limit. "
+            f"The file is {size}, larger than the {limit} limit. "
             "Attach a shorter clip or a compressed format (OGG, MP3, M4A)."
         )
 

@@ -11,15 +11,24 @@ _UNITS = ("KiB", "MiB", "GiB", "TiB")
 
 
 def format_bytes(n: int | float) -> str:
-    """`512 B`, `172.3 KiB`, `24.0 MiB`, `9.7 GiB`: binary units, one decimal above bytes."""
+    """`512 B`, `172.3 KiB`, `24.0 MiB`, `9.7 GiB`: binary units, one decimal above bytes (a size that
+    rounds to 1024.0 of a unit is 1.0 of the next)."""
     if abs(n) < 1024:
         return f"{int(n)} B"
     value = float(n)
     for unit in _UNITS:
         value /= 1024
-        if abs(value) < 1024 or unit == _UNITS[-1]:
+        if abs(round(value, 1)) < 1024 or unit == _UNITS[-1]:
             return f"{value:.1f} {unit}"
     raise AssertionError("unreachable")
+
+
+def format_bytes_apart(size: int, limit: int) -> tuple[str, str]:
+    """`size` and `limit` for "is {size}, larger than the {limit} limit": as `format_bytes` writes them,
+    or in exact bytes where those read the same (a file a byte over 25 MiB is not "25.0 MiB, larger
+    than the 25.0 MiB limit" but "26,214,401 bytes, larger than the 26,214,400-byte limit")."""
+    shown = format_bytes(size), format_bytes(limit)
+    return shown if shown[0] != shown[1] else (f"{size:,} bytes", f"{limit:,}-byte")
 
 
 def count_of(count: int, word: str) -> str:

@@ -259,7 +259,7 @@ class Curate(commands.Cog):
         strip = delivery.AudioFile(
             f"{stem}_order.png", piece.strip, f"{stem}: the {len(piece.order)} samples in the order they play"
         )
-        groups = delivery.with_picture(groups, strip, limit)
+        groups = delivery.with_picture(groups, strip, limit, own_message=True)  # the order is the point
         channel = self.bot.get_partial_messageable(interaction.channel_id or 0, guild_id=guild_id)
         view = sample_view(sample_id, 0, can_upsample=False, can_continue=curating.continuable(piece))
         sent: list[discord.Message] = []

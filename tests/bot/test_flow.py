@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
-
-from storage.engine import create_engine
 from storage.models import JobKind, JobStatus
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
@@ -25,18 +20,10 @@ from tests.bot.harness import (
 )
 
 
-@pytest.fixture
-async def live_store(db_url: str) -> AsyncIterator[JobStore]:
-    """A store on each database kind with the real clock (ETAs and ages are real times here)."""
-    engine = create_engine(db_url)
-    yield JobStore(engine)
-    await engine.dispose()
-
-
 async def test_jukebox_preview_vote_upsample_final(
-    fake_discord: FakeDiscord, bot_runner: BotRunner, live_store: JobStore
+    fake_discord: FakeDiscord, bot_runner: BotRunner, db_store: JobStore
 ) -> None:
-    store, fake = live_store, fake_discord
+    store, fake = db_store, fake_discord
     bot = await bot_runner.start(make_bot(fake, store))
     alice, bob = fake.user("alice"), fake.user("bob")
     await PlayedWorker(store).start()  # a worker is up, waiting for jobs
@@ -170,9 +157,9 @@ async def test_jukebox_preview_vote_upsample_final(
 
 
 async def test_style_sweep_labels_each_result_and_its_continuations(
-    fake_discord: FakeDiscord, bot_runner: BotRunner, live_store: JobStore
+    fake_discord: FakeDiscord, bot_runner: BotRunner, db_store: JobStore
 ) -> None:
-    store, fake = live_store, fake_discord
+    store, fake = db_store, fake_discord
     bot = await bot_runner.start(make_bot(fake, store))
     choices = await fake.autocomplete("jukebox", "styles", "Ella Fitzgerald / jaz")
     assert choices[0]["value"] == "Ella Fitzgerald / jazz"

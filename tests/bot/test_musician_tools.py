@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import numpy as np
 import pytest
 
 from bot.pictures import prime_part_seconds
 from sampler.audio import SAMPLE_RATE, encode_audio
-from storage.engine import create_engine
 from storage.records import NewSample
 from storage.store import JobStore
 from tests.bot.harness import PlayedWorker, tone
 
 
-@pytest.fixture
-async def live_store(db_url: str) -> AsyncIterator[JobStore]:
-    engine = create_engine(db_url)
-    yield JobStore(engine)
-    await engine.dispose()
-
-
 async def test_a_continued_pieces_prime_part_is_its_ingredients_codes_not_its_shorter_audio(
-    live_store: JobStore,
+    db_store: JobStore,
 ) -> None:
-    store = live_store
+    store = db_store
     # Two 10 s ingredients, trimmed and crossfaded into a 15 s piece; its stored top-level codes are
     # both ingredients' codes end to end (20 s), and a continue starts from all of them.
     codes = np.arange(2 * 10 * SAMPLE_RATE // 128, dtype="<i2") % 2048

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
@@ -13,7 +12,6 @@ from bot.delivery import AudioFile, with_picture
 from bot.pictures import PICTURE_SAMPLE_RATE, picture_for_sample, prime_part_seconds
 from sampler.audio import SAMPLE_RATE, decode_audio, encode_audio
 from sampler.pictures import PICTURE_HEIGHT, PICTURE_WIDTH, render_sample_picture
-from storage.engine import create_engine
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
 from tests.bot.fake_discord import FakeAttachment, FakeDiscord, Upload
@@ -29,13 +27,6 @@ from tests.bot.harness import (
     tone,
     when,
 )
-
-
-@pytest.fixture
-async def live_store(db_url: str) -> AsyncIterator[JobStore]:
-    engine = create_engine(db_url)
-    yield JobStore(engine)
-    await engine.dispose()
 
 
 def pictures_of(attachments: list[FakeAttachment]) -> list[FakeAttachment]:
@@ -57,9 +48,9 @@ def expected_picture(audio: bytes, prime_seconds: float | None) -> bytes:
 
 
 async def test_each_preview_carries_a_picture_with_the_prime_marked(
-    fake_discord: FakeDiscord, bot_runner: BotRunner, live_store: JobStore
+    fake_discord: FakeDiscord, bot_runner: BotRunner, db_store: JobStore
 ) -> None:
-    fake, store = fake_discord, live_store
+    fake, store = fake_discord, db_store
     bot = await bot_runner.start(make_bot(fake, store))
     record = await fake.invoke_command(
         "jukebox",
@@ -95,9 +86,9 @@ async def test_each_preview_carries_a_picture_with_the_prime_marked(
 
 
 async def test_under_a_tiny_upload_limit_the_audio_goes_out_without_its_picture(
-    fake_discord: FakeDiscord, bot_runner: BotRunner, live_store: JobStore
+    fake_discord: FakeDiscord, bot_runner: BotRunner, db_store: JobStore
 ) -> None:
-    fake, store = fake_discord, live_store
+    fake, store = fake_discord, db_store
     # Room for the stored audio (what PlayedWorker stores for a 2 s sample) and a kilobyte more.
     limit = len(encode_audio(tone(2.0, 330.0), SAMPLE_RATE, "ogg", 64_000)) + 1024
     fake.default_guild.attachment_size_limit = limit
@@ -124,6 +115,10 @@ def test_with_picture_keeps_every_message_under_the_limit_and_the_file_count() -
     assert with_picture([[audio] * 10], picture, 100_000) == [[audio] * 10]
     assert with_picture([[]], picture, 1000) == [[picture]]  # the audio could not go out: still a picture
     assert with_picture([[audio]], None, 1000) == [[audio]]
+    # With `own_message` (a curated piece's order strip), no room beside the audio is a message of its own.
+    assert with_picture([[audio]], picture, 899, own_message=True) == [[audio], [picture]]
+    assert with_picture([[audio] * 10], picture, 100_000, own_message=True) == [[audio] * 10, [picture]]
+    assert with_picture([[audio]], picture, 199, own_message=True) == [[audio]]  # over the limit alone
 
 
 def test_a_picture_is_skipped_not_fatal_when_the_audio_does_not_decode() -> None:
@@ -131,11 +126,13 @@ def test_a_picture_is_skipped_not_fatal_when_the_audio_does_not_decode() -> None
     good = encode_audio(tone(1.0), SAMPLE_RATE, "ogg", 64_000)
     drawn = picture_for_sample(good, "ogg", "jukebot_sample_9", 1.0, 0.5)
     assert drawn is not None and drawn.filename == "jukebot_sample_9.png"
+    # The tinted part is what the model was given: a prime, or the sample a continue extends.
+    assert drawn.description.endswith(", the first 0.5 s given to the model (tinted)")
     assert Image.open(io.BytesIO(drawn.data)).size == (PICTURE_WIDTH, PICTURE_HEIGHT)
 
 
-async def test_the_prime_part_follows_continues_and_upsamples(live_store: JobStore) -> None:
-    store = live_store
+async def test_the_prime_part_follows_continues_and_upsamples(db_store: JobStore) -> None:
+    store = db_store
     worker = PlayedWorker(store)
     pcm = (tone(3.0) * 32767).astype("<i2").tobytes()
     prime_id = await store.store_prime(

@@ -168,7 +168,10 @@ async def test_a_song_stays_under_the_models_longest_when_continued_or_upsampled
     # No Continue button where no continuation fits; a message posted before that rule still has one.
     assert f"jukebot:continue:{full}" not in message.custom_ids
     assert f"jukebot:vote:{full}" in message.custom_ids
-    refused = await fake.click(message, f"jukebot:continue:{full}", user=fake.user("bob"), forged=True)
+    # As one posted before that rule: the same message with a Continue button (Discord stores it so).
+    button = {"type": 2, "custom_id": f"jukebot:continue:{full}", "style": 2, "label": "Continue"}
+    message.components.append({"type": 1, "components": [button]})
+    refused = await fake.click(message, f"jukebot:continue:{full}", user=fake.user("bob"))
     assert refused.response_type != CALLBACK_MODAL
     assert await reply_of(fake, refused) == no_more
     assert (
