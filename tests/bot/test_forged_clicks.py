@@ -9,6 +9,8 @@ that sample's (a progress message lost its Cancel button).
 
 from __future__ import annotations
 
+import pytest
+
 from storage.models import JobStatus
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
@@ -213,48 +215,30 @@ async def _bob_votes_under(fake: FakeDiscord, store: JobStore, message: FakeMess
     assert fake.rejections == []
 
 
-async def test_a_forged_upsample_on_a_message_without_it_queues_nothing(
-    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+@pytest.mark.parametrize("button", ["upsample", "continue"])  # each also a command of that name
+async def test_a_forged_upsample_or_continue_on_a_message_without_it_queues_nothing(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore, button: str
 ) -> None:
-    """The job would reply to the message the click was forged on (the README: refused)."""
+    """The job would reply to the message the click was forged on (the README: refused); a forged
+    Continue opens no form."""
     fake, store = fake_discord, sqlite_store
     first, second = await _two_samples(fake, store, bot_runner)
     message = sample_message(fake, first)
     assert message is not None
     before = (_shown(message), await job_count(store))
 
-    forged = await fake.click(message, f"jukebot:upsample:{second}", user=fake.user("bob"), forged=True)
-    assert await reply_of(fake, forged) == (
-        f"This message has no Upsample button for sample #{second}, so nothing was queued. Use the button "
-        f"under the sample's own message, or `/upsample {second}`."
-    )
-    assert (_shown(message), await job_count(store)) == before
-
-    real = await fake.click(message, f"jukebot:upsample:{first}", user=fake.user("bob"))
-    assert (await reply_of(fake, real)).startswith("Queued as job #")
-
-
-async def test_a_forged_continue_on_a_message_without_it_opens_no_form(
-    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
-) -> None:
-    fake, store = fake_discord, sqlite_store
-    first, second = await _two_samples(fake, store, bot_runner)
-    message = sample_message(fake, first)
-    assert message is not None
-    before = (_shown(message), await job_count(store))
-
-    forged = await fake.click(message, f"jukebot:continue:{second}", user=fake.user("bob"), forged=True)
+    forged = await fake.click(message, f"jukebot:{button}:{second}", user=fake.user("bob"), forged=True)
     assert forged.modal is None
     assert await reply_of(fake, forged) == (
-        f"This message has no Continue button for sample #{second}, so nothing was queued. Use the button "
-        f"under the sample's own message, or `/continue {second}`."
+        f"This message has no {button.capitalize()} button for sample #{second}, so nothing was queued. "
+        f"Use the button under the sample's own message, or `/{button} {second}`."
     )
     assert (_shown(message), await job_count(store)) == before
 
-    real = await fake.click(message, f"jukebot:continue:{first}", user=fake.user("bob"))
-    assert real.modal is not None
-    submitted = await fake.submit_modal(real, {"seconds": "5"})
-    assert (await reply_of(fake, submitted)).startswith("Queued as job #")
+    real = await fake.click(message, f"jukebot:{button}:{first}", user=fake.user("bob"))
+    if real.modal is not None:  # Continue's form
+        real = await fake.submit_modal(real, {"seconds": "5"})
+    assert (await reply_of(fake, real)).startswith("Queued as job #")
 
 
 async def test_a_forged_yes_cancel_under_the_question_about_another_job_cancels_nothing(
