@@ -105,7 +105,7 @@ def trim_silence(
     samples = np.asarray(audio, dtype=np.float32)
     if samples.ndim != 1:
         raise ValueError(f"expected mono audio of shape (samples,), got shape {samples.shape}")
-    magnitude = np.abs(np.nan_to_num(samples, nan=0.0, posinf=0.0, neginf=0.0))
+    magnitude = np.nan_to_num(np.abs(samples), copy=False, nan=0.0, posinf=0.0)  # one copy: clips are long
     peak = float(magnitude.max()) if magnitude.size else 0.0
     if peak < 10 ** (DEFAULT_SILENCE_DB / 20):
         return samples[:0]
@@ -223,7 +223,7 @@ def even_loudness(audio: np.ndarray, target_dbfs: float = TARGET_RMS_DBFS) -> np
     if rms == 0.0:
         return samples
     gain = 10 ** (target_dbfs / 20) / rms
-    loud = float(np.percentile(np.abs(samples), ROBUST_PEAK_PERCENTILE)) * gain
+    loud = float(np.percentile(np.abs(samples), ROBUST_PEAK_PERCENTILE, overwrite_input=True)) * gain
     if loud > LIMIT_KNEE:
         gain *= LIMIT_KNEE / loud
     return soft_limited((samples * gain).astype(np.float32))
