@@ -27,7 +27,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -659,8 +659,10 @@ def _sample_into(
         out_dir / "checkpoint.json",
         out_dir / "checkpoint.tmp",
     )
-    fingerprint = _fingerprint({**options, "styles": styles if sweep else None}, lyrics, codes, prompt)
-    set_aside = _set_aside_another_run(out_dir, fingerprint, options["codes_file"])
+    fingerprint = _run_fingerprint(cascade, request)
+    # A run an earlier version recorded by its flags as spelled: still resumed when they are the same.
+    spelled = _flags_fingerprint({**options, "styles": styles if sweep else None}, lyrics, codes, prompt)
+    set_aside = _set_aside_another_run(out_dir, {fingerprint, spelled}, options["codes_file"])
     if set_aside is not None:
         click.echo(set_aside, err=True)
     state = None
@@ -1140,13 +1142,16 @@ def _move_aside(out_dir: Path, codes_file: Path | None) -> Path:
     return target
 
 
-def _set_aside_another_run(out_dir: Path, fingerprint: str, codes_file: Path | None) -> str | None:
+def _set_aside_another_run(
+    out_dir: Path, fingerprints: Collection[str], codes_file: Path | None
+) -> str | None:
     """Move the output of a run with other flags (another seed, fewer samples, ...), or of a run that
     cannot be told (its record damaged), aside (`_move_aside`). Returns what was done, in words, or
-    None when NAME holds no other run's output (or this run's, to resume)."""
+    None when NAME holds no other run's output (or this run's, to resume: recorded with one of
+    `fingerprints`)."""
     recorded, problem = _recorded_run(out_dir)
     if problem is None:
-        if recorded is None or recorded == fingerprint:
+        if recorded is None or recorded in fingerprints:
             return None
         problem = f"{out_dir} held the output of a run with other flags"
     return f"{problem}: moved to {_move_aside(out_dir, codes_file)}; this run starts over"
@@ -1165,14 +1170,24 @@ def _tensors_digest(tensors: tuple[Any, ...]) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def _fingerprint(
+def _run_fingerprint(cascade: Any, request: Any) -> str:
+    """What makes a run the same run: what decides its codes (`Cascade.request_digest`), as parsed. Not
+    the levels: each window's draws depend on its level and place alone, so a preview (`--levels=1`)
+    goes on to the full song (`--levels=3`) from its top level; not the batch sizes (the usual change
+    after running out of memory), the device or the precision; not how a flag or a path is spelled
+    (`--hop_fraction=0.5` is 0.5,0.5,0.5; `--name=./song` is `song`). The inputs count by what they
+    hold: the codes read from `--codes_file` and the prompt decoded from `--audio_file`. A file made
+    again (another preview into the same NAME, a prompt replaced in place) makes another run, which
+    does not resume on the old one."""
+    digest = json.dumps(cascade.request_digest(request), sort_keys=True)
+    return "request:" + hashlib.sha256(digest.encode()).hexdigest()
+
+
+def _flags_fingerprint(
     options: dict[str, Any], lyrics: str, codes: tuple[Any, ...] | None = None, prompt: Any = None
 ) -> str:
-    """What makes a run the same run. Not the levels: each window's draws depend on its level and place
-    alone, so a preview (`--levels=1`) goes on to the full song (`--levels=3`) from its top level.
-    The inputs count by what they hold, not by their paths: the codes read from `--codes_file` and
-    the prompt audio decoded from `--audio_file`. A file made again (another preview into the same
-    NAME, a prompt replaced in place) makes another run, which does not resume on the old one."""
+    """The fingerprint versions before `_run_fingerprint` recorded: the flags as spelled (less the
+    levels, the device, the model directory and the progress bar), the inputs by what they hold."""
     ignored = {"no_progress", "device", "model_dir", "levels"}
     relevant = {k: str(v) for k, v in sorted(options.items()) if k not in ignored}
     relevant["lyrics"] = lyrics

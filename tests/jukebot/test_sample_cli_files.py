@@ -340,3 +340,42 @@ def test_a_full_disk_while_writing_a_level_names_the_file_and_the_rerun_writes_i
     assert sorted(path.name for path in (out / "level_2").iterdir()) == sorted(
         path.name for path in (tmp_path / "fresh" / "level_2").iterdir()
     )
+
+
+# ---- the same run, however its flags are written
+
+
+@pytest.mark.parametrize(
+    "rerun_flags",
+    [("--max_batch_size=1",), ("--hop_fraction=0.5",), ("--name=./song",), ("--fp16", "--device=cpu")],
+    ids=["smaller-batches", "hop-spelled-once", "name-spelled-otherwise", "fp16"],
+)
+def test_the_same_run_resumes_with_other_batches_or_spellings(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rerun_flags: tuple[str, ...]
+) -> None:
+    """A run stopped (out of memory, say) and run again with smaller batches, or its flags written
+    otherwise, was set aside and started over (review): the batch sizes, the precision and the
+    spellings do not decide its codes, so it resumes."""
+    monkeypatch.chdir(tmp_path)
+    stopped_after(model_dir, Path("song"), 2, *PREVIEW)
+    again = run(model_dir, Path("song"), *PREVIEW, *rerun_flags)
+    assert again.exit_code == 0, again.output
+    assert "resuming from" in again.output and "earlier-1" not in again.output, again.output
+
+
+def test_a_run_an_earlier_version_recorded_by_its_flags_resumes(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Earlier versions recorded a run by its flags as spelled (`_flags_fingerprint`): such a run, rerun
+    with the same flags, resumes."""
+    from jukebot.commands import sample as sample_command
+
+    out = tmp_path / "song"
+    with pytest.MonkeyPatch.context() as patch:  # the earlier version's record
+        patch.setattr(sample_command, "_run_fingerprint", lambda cascade, request: "flags:as-spelled")
+        stopped_after(model_dir, out, 2, *PREVIEW)
+    monkeypatch.setattr(sample_command, "_flags_fingerprint", lambda *args, **kwargs: "flags:as-spelled")
+    again = run(model_dir, out, *PREVIEW)
+    assert again.exit_code == 0, again.output
+    assert "resuming from" in again.output, again.output
+    assert same_as_a_fresh_run(model_dir, out, tmp_path / "fresh", *PREVIEW)
