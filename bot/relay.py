@@ -61,9 +61,9 @@ from bot.requests import may_continue
 from bot.views import progress_view, sample_view
 from sampler.jobspec import is_full_quality, params_or_defaults
 from storage.errors import JobNotFinished, JobNotFound, SampleNotFound, database_unreachable
-from storage.models import JobStatus
+from storage.models import JobKind, JobStatus
 from storage.records import Job, MessageParts
-from storage.store import QueuePlaces, queue_places
+from storage.store import JobStore, QueuePlaces, queue_places
 
 if TYPE_CHECKING:
     from bot.bot import JukeBot
@@ -174,7 +174,7 @@ class ProgressRelay:
         self.finished_batch = finished_batch  # results posted per server per pass; the rest next pass
         self.results_lease_s = results_lease_s
         # Who holds a results claim in the store: unique per bot process, also across restarts.
-        self.poster_id = f"bot:{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.poster_id = new_poster_id()
         self._watched: dict[int, _Watched] = {}
         self._posting: set[int] = set()  # jobs whose progress message is being posted right now
         self._failures: dict[int, int] = {}  # tries in a row at posting a job's results that failed
@@ -642,18 +642,7 @@ class ProgressRelay:
             await _written_behind(what, self._release(job_id, retry_after_s))
 
     async def _renew_claim(self, job_id: int, posted: asyncio.Event) -> None:
-        """Keep the claim alive until `posted` is set, through uploads longer than the lease."""
-        while True:
-            try:
-                await asyncio.wait_for(posted.wait(), timeout=self.results_lease_s / 3)
-                return
-            except TimeoutError:
-                pass
-            try:
-                if not await self.store.renew_results_posting(job_id, self.poster_id, self.results_lease_s):
-                    return  # taken over: `_keep_claim` stops the posting before its next message
-            except Exception:  # e.g. a database blip: the next renewal tries again
-                log.warning("job #%s: could not renew the claim on its results", job_id, exc_info=True)
+        await renew_claim(self.store, job_id, self.poster_id, self.results_lease_s, posted)
 
     async def _keep_claim(self, job: Job) -> None:
         """Renew our claim on the job's results before sending the next message."""
@@ -735,7 +724,7 @@ class ProgressRelay:
             view = sample_view(
                 sample.id,
                 votes.get(sample.id, 0),
-                can_upsample=not full_quality,
+                can_upsample=not full_quality and job.kind != JobKind.CURATE,  # a piece: its samples are
                 can_continue=may_continue(sample.codes(2)),
             )
             reference = self._reference(job.channel_id, job.guild_id, reply_to)
@@ -775,6 +764,28 @@ class ProgressRelay:
         return len(infos)
 
 
+def new_poster_id(what: str = "bot") -> str:
+    """Who holds a results claim in the store: unique per bot process, also across restarts."""
+    return f"{what}:{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+async def renew_claim(
+    store: JobStore, job_id: int, poster_id: str, lease_s: float, posted: asyncio.Event
+) -> None:
+    """Keep a claim on a job's results alive until `posted` is set, through uploads longer than the lease."""
+    while True:
+        try:
+            await asyncio.wait_for(posted.wait(), timeout=lease_s / 3)
+            return
+        except TimeoutError:
+            pass
+        try:
+            if not await store.renew_results_posting(job_id, poster_id, lease_s):
+                return  # taken over: the poster stops before its next message (`_keep_claim`)
+        except Exception:  # e.g. a database blip: the next renewal tries again
+            log.warning("job #%s: could not renew the claim on its results", job_id, exc_info=True)
+
+
 def _holds(names: frozenset[str], files: list[delivery.AudioFile]) -> bool:
     return {file.filename for file in files} <= names
 
@@ -782,6 +793,14 @@ def _holds(names: frozenset[str], files: list[delivery.AudioFile]) -> bool:
 def _sample_header(job: Job, sample_id: int) -> str:
     """How the first message of a sample of `job` begins."""
     return f"<@{job.user_id}> **Sample #{sample_id}** · job #{job.id} · "
+
+
+def _posted_headers(job: Job, sample_id: int) -> tuple[str, ...]:
+    """How the first message of a sample of `job` begins, as this relay posts it, and for a curated
+    piece as `/curate` posts it (a bot that stopped mid-post leaves its piece to the relay)."""
+    if job.kind == JobKind.CURATE:
+        return (_sample_header(job, sample_id), f"**Sample #{sample_id}** · job #{job.id} · curated by ")
+    return (_sample_header(job, sample_id),)
 
 
 def continued_text(sample_id: int, index: int, total: int) -> str:
@@ -819,8 +838,8 @@ class _EarlierMessages:
         upload limit changed meanwhile) does not, and posting starts over, as the store's record would."""
         texts = await self.texts()
         if first_id is None:
-            header = _sample_header(self._job, sample_id)
-            found = next((sent for text, sent in texts.items() if text.startswith(header)), None)
+            headers = _posted_headers(self._job, sample_id)
+            found = next((sent for text, sent in texts.items() if text.startswith(headers)), None)
             if found is None or not _holds(found[1], groups[0]):
                 return None, 0
             first_id, start = found[0], 1

@@ -1780,13 +1780,19 @@ class JobStore:
         model: str,
         params: Mapping[str, Any],
         sample: NewSample,
+        poster_id: str | None = None,
+        posting_lease_s: float = 30.0,
     ) -> tuple[int, int]:
         """Record a piece the bot joined from stored samples: a `curate` job, already succeeded with
         `sample` as its one result, in one transaction; returns (job id, sample id).
 
-        It is never queued (no worker claims it) and counts as posted: the bot that made it posts it
-        itself, so the relay leaves it alone. `params` say what it was made of.
+        It is never queued (no worker claims it). With `poster_id`, the bot that made it holds the claim
+        on posting it (`claim_results_posting`, for `posting_lease_s`): it posts it itself, renews the
+        claim meanwhile and finishes it (`finish_results_posting`); if it stops or dies first, the claim
+        is given back or runs out and the relay posts it, as any job's results. Without, it counts as
+        posted. `params` say what it was made of.
         """
+        _check_lease(posting_lease_s)
         if not isinstance(model, str) or not model.strip() or len(model) > 64:
             raise InvalidJob(f"model must be a model name such as '5b_lyrics', got {model!r}")
         stored_params = _serialise_params(params)
@@ -1815,7 +1821,14 @@ class JobStore:
                     started_at=now,
                     finished_at=now,
                     updated_at=now,
-                    results_posted_at=now,
+                    **(
+                        {"results_posted_at": now}
+                        if poster_id is None
+                        else {
+                            "results_posting_owner": poster_id,
+                            "results_posting_expires_at": self._lease_end(posting_lease_s),
+                        }
+                    ),
                 )
                 .returning(jobs.c.id)
             )

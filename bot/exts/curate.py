@@ -15,18 +15,19 @@ import contextlib
 import io
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import aiohttp
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot import curating, delivery
+from bot import curating, delivery, relay
 from bot.actions import OnePerMember, Viewer, check_bot_can_post, guild_id_of
 from bot.bot import JukeBot, user_message
 from bot.errors import DISCORD_FAILURES, discord_said, fit_message
 from bot.options import JobId
-from bot.relay import continued_text, first_parts, sample_nonce
+from bot.relay import continued_text, first_parts, new_poster_id, sample_nonce
 from bot.requests import TOP_PERIODS
 from bot.views import sample_view
 from storage.records import MessageParts, Sample
@@ -152,6 +153,9 @@ class Curate(commands.Cog):
             piece = await self._join_in_turn(interaction, selection, sample_ids, similarity)
         last = infos[sample_ids.index(piece.order[-1])]
         last_job = await store.get_job(last.job_id)
+        # Its posting is claimed as the relay claims a job's results: a bot that stops or dies before
+        # the piece is out leaves it to the relay (this bot's, or the next one's), not unposted for good.
+        poster = new_poster_id("curate")
         job_id, sample_id = await store.store_curation(
             guild_id=guild_id,
             channel_id=interaction.channel_id or 0,
@@ -159,10 +163,37 @@ class Curate(commands.Cog):
             model=last.model,
             params=curating.piece_params(last_job, last.index, piece, selection),
             sample=curating.piece_sample(piece),
+            poster_id=poster,
+            posting_lease_s=relay.RESULTS_LEASE_S,
         )
         interaction.extras["job_id"] = job_id
+        posted = asyncio.Event()
+        renewing = asyncio.create_task(
+            relay.renew_claim(store, job_id, poster, relay.RESULTS_LEASE_S, posted),
+            name=f"curate-claim-{job_id}",
+        )
         try:
-            first_id = await self._post(interaction, guild_id, job_id, sample_id, piece, resolved)
+            made = _Made(guild_id, job_id, sample_id, piece, resolved)
+            reply = await self._post_piece(interaction, made)
+        except BaseException:  # stopped, or a failure no reply covers: the relay posts what is missing
+            with contextlib.suppress(Exception):  # (else the claim runs out: the same, a lease later)
+                await store.release_results_posting(job_id, poster, history_unread=True)
+            raise
+        finally:
+            posted.set()
+            await renewing
+        await store.finish_results_posting(job_id, poster)
+        await _tell(interaction, reply)
+
+    async def _post_piece(
+        self,
+        interaction: discord.Interaction[JukeBot],
+        made: _Made,
+    ) -> str:
+        """Post the stored piece; returns what the reply says: where it is, or what Discord refused."""
+        sample_id, piece = made.sample_id, made.piece
+        try:
+            first_id = await self._post(interaction, made)
         except _PostedPartWay as part_way:
             # Its first messages are in the channel, with its buttons: recorded as the relay records a
             # sample posted part-way (`posted` stays false), and the reply says what is there.
@@ -176,32 +207,26 @@ class Curate(commands.Cog):
                 exc,
             )
             await self.bot.store.set_sample_message(sample_id, part_way.first_id, parts=parts)
-            await _tell(
-                interaction,
+            return (
                 f"Sample #{sample_id} is made and stored, and comes in {parts.total} parts: I posted "
                 f"{first_parts(parts.sent)} in this channel, but not the rest "
                 f"(Discord said: {discord_said(exc)}). "
-                f"`/sample {sample_id}` posts it whole where I may.",
+                f"`/sample {sample_id}` posts it whole where I may."
             )
-            return
         except DISCORD_FAILURES as exc:
-            # Stored already (the relay never posts a piece): say where it is, not "something went wrong".
+            # Stored already, and posting it again would meet the same refusal: say where it is, not
+            # "something went wrong".
             log.warning(
                 "could not post curated sample %s in channel %s: %s", sample_id, interaction.channel_id, exc
             )
-            await _tell(
-                interaction,
+            return (
                 f"Sample #{sample_id} is made and stored, but I could not post it in this channel "
-                f"(Discord said: {discord_said(exc)}). `/sample {sample_id}` posts it where I may.",
+                f"(Discord said: {discord_said(exc)}). `/sample {sample_id}` posts it where I may."
             )
-            return
         # (out of the `try`: a database error is not Discord's)
         await self.bot.store.set_sample_message(sample_id, first_id)  # its buttons and /sample find it
-        await _tell(
-            interaction,
-            f"Done: sample #{sample_id} is posted in this channel "
-            f"(similarity: {piece.similarity.description}).",
-        )
+        similarity = piece.similarity.description
+        return f"Done: sample #{sample_id} is posted in this channel (similarity: {similarity})."
 
     async def _join_in_turn(
         self,
@@ -237,15 +262,18 @@ class Curate(commands.Cog):
     async def _post(
         self,
         interaction: discord.Interaction[JukeBot],
-        guild_id: int,
-        job_id: int,
-        sample_id: int,
-        piece: curating.Piece,
-        resolved: curating.Resolved,
+        made: _Made,
     ) -> int:
         """The piece in the channel: its audio (split to fit the upload limit), the order as a strip, the
         buttons; the id of its first message, which the caller records so that the piece's buttons and
         /sample work like any sample's. Raises `_PostedPartWay` when Discord took only its first messages."""
+        guild_id, job_id, sample_id, piece, resolved = (
+            made.guild_id,
+            made.job_id,
+            made.sample_id,
+            made.piece,
+            made.resolved,
+        )
         limit = delivery.upload_limit(interaction.filesize_limit, None)
         content = curating.piece_text(
             sample_id, job_id, interaction.user.id, piece, resolved.inside, resolved.sharing
@@ -280,6 +308,17 @@ class Curate(commands.Cog):
                     raise  # nothing of it is in the channel
                 raise _PostedPartWay(sent[0].id, MessageParts(len(sent), len(groups), limit), exc) from exc
         return sent[0].id
+
+
+@dataclass(frozen=True, slots=True)
+class _Made:
+    """A piece stored and to post: where, its job and sample, and what it was joined from."""
+
+    guild_id: int
+    job_id: int
+    sample_id: int
+    piece: curating.Piece
+    resolved: curating.Resolved
 
 
 class _PostedPartWay(Exception):

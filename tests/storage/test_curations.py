@@ -79,3 +79,19 @@ async def test_user_samples_and_sample_origins(store: JobStore) -> None:
         mine[1]: GUILD,
         elsewhere[0]: GUILD + 1,
     }
+
+
+async def test_a_piece_its_bot_posts_is_claimed_until_posted_or_given_back(store: JobStore) -> None:
+    """With `poster_id`, the bot that made the piece holds the claim on posting it: nobody else may
+    post it meanwhile, and once it gives the claim back (stopping) the relay may."""
+    job_id, _ = await store_piece(store, poster_id="curate:this-bot", posting_lease_s=600.0)
+    assert (await store.get_job(job_id)).results_posted_at is None
+    assert await store.claim_results_posting(job_id, "bot:another", 30.0) is None  # held
+    await store.release_results_posting(job_id, "curate:this-bot", history_unread=True)
+    claim = await store.claim_results_posting(job_id, "bot:another", 30.0)
+    assert claim is not None and claim.taken_over_from is not None  # to read the channel first
+
+    posted, _ = await store_piece(store, poster_id="curate:this-bot")
+    assert await store.finish_results_posting(posted, "curate:this-bot")
+    assert (await store.get_job(posted)).results_posted_at is not None
+    assert await store.claim_results_posting(posted, "bot:another", 30.0) is None
