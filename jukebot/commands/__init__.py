@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 # Postgres SQLSTATEs an operator fixes in DATABASE_URL or on the server.
 _NO_SUCH_DATABASE = "3D000"
 _LOGIN_REFUSED = ("28000", "28P01")
+_INSUFFICIENT_PRIVILEGE = "42501"
 
 
 def settings_or_exit(*, warn_misspelled: bool = True) -> Settings:
@@ -268,10 +269,36 @@ def specific_database_problem(error: BaseException, settings: Settings) -> str |
                 f"Postgres refused user {user!r} ({first_line(error.orig)}): "
                 f"fix the user or password in DATABASE_URL ({shown})."
             )
-        if settings.sqlite_path is not None and "file is not a database" in str(error.orig):
+        if code == _INSUFFICIENT_PRIVILEGE:
+            user = url.username or url.query.get("user") or os.environ.get("PGUSER") or getpass.getuser()
             return (
-                f"{settings.sqlite_path} is not a SQLite database: point DATABASE_URL at jukebot's "
+                f"Postgres user {user!r} may not use the database at {shown} as jukebot needs "
+                f"({first_line(error.orig)}): make it the database's owner (`ALTER DATABASE "
+                f"{url.database} OWNER TO {user}`; on Postgres 15 and later a user that does not own the "
+                "database may not create tables in its public schema), or point DATABASE_URL at a user "
+                "that owns it."
+            )
+        sqlite_path = settings.sqlite_path
+        said = str(error.orig)
+        if sqlite_path is not None and "file is not a database" in said:
+            return (
+                f"{sqlite_path} is not a SQLite database: point DATABASE_URL at jukebot's "
                 "database file, or at a new file name to start an empty one."
+            )
+        if sqlite_path is not None and "database is locked" in said:
+            from storage.engine import sqlite_timeout_seconds
+
+            return (
+                f"The database at {shown} timed out: another process held its write lock past SQLite's "
+                f"{sqlite_timeout_seconds(settings.database_url):g} s (a jukebot run or worker busy "
+                "writing, or another program with the file open in a transaction); try again, or stop "
+                "the process holding it."
+            )
+        if sqlite_path is not None and "readonly database" in said:
+            return (
+                f"{sqlite_path} cannot be written: this user may not write the file or its folder "
+                f"{sqlite_path.parent} (SQLite writes its -wal and -shm files beside it); fix their "
+                "permissions, or point DATABASE_URL at a file in a folder this user may write."
             )
     return None
 

@@ -1,0 +1,93 @@
+"""A database jukebot reaches but may not use as it needs: a Postgres user without rights on it, a
+SQLite file another process holds locked, a SQLite file in a folder this user may not write. Each was
+"cannot reach the database" or the driver's bare words; each is now one sentence with its fix."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy.engine import make_url
+
+from jukebot.cli import main
+from tests.conftest import POSTGRES_URL, TEST_DATABASE_PREFIX, _in_thread, _maintenance_engine
+from tests.unprivileged import SetMode, set_mode, without_read_privileges
+
+__all__ = ["set_mode"]  # a fixture
+
+pytestmark = pytest.mark.usefixtures("clean_env")
+
+
+def invoke(*args: str, **env: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args), env=env)
+    return result.exit_code, result.output
+
+
+async def _as_superuser(statement: str) -> None:
+    engine = _maintenance_engine()
+    try:
+        async with engine.connect() as connection:
+            await connection.exec_driver_sql(statement)
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+def role_without_rights() -> Iterator[str]:
+    name = f"{TEST_DATABASE_PREFIX}{uuid.uuid4().hex[:12]}"
+    _in_thread(lambda: asyncio.run(_as_superuser(f'CREATE ROLE "{name}" LOGIN')))
+    try:
+        yield name
+    finally:
+        _in_thread(lambda: asyncio.run(_as_superuser(f'DROP ROLE IF EXISTS "{name}"')))
+
+
+@pytest.mark.postgres
+def test_a_postgres_user_without_rights_is_told_how_to_give_them(
+    postgres_database: str, role_without_rights: str
+) -> None:
+    server = make_url(POSTGRES_URL)
+    url = f"postgresql://{role_without_rights}@{server.host}:{server.port}/{postgres_database}"
+    for command in (("jobs", "list"), ("db", "upgrade")):
+        code, output = invoke(*command, DATABASE_URL=url)
+        assert code == 1, output
+        assert f"Postgres user '{role_without_rights}' may not use the database at" in output, output
+        assert f"ALTER DATABASE {postgres_database} OWNER TO {role_without_rights}" in output, output
+        assert "cannot reach" not in output.lower()
+
+
+def test_a_sqlite_file_another_process_holds_locked_is_named_as_a_time_out(tmp_path: Path) -> None:
+    path = tmp_path / "jukebot.sqlite3"
+    url = f"sqlite:///{path}?timeout=0.2"
+    assert invoke("db", "upgrade", DATABASE_URL=url)[0] == 0
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # another process's write transaction, left open
+        code, output = invoke("db", "upgrade", DATABASE_URL=url)
+    finally:
+        holder.close()
+    assert code == 1, output
+    assert "timed out: another process held its write lock past SQLite's 0.2 s" in output, output
+    assert invoke("db", "upgrade", DATABASE_URL=url)[0] == 0  # once it lets go
+
+
+@without_read_privileges
+def test_a_sqlite_file_in_a_folder_this_user_may_not_write_names_the_folder(
+    tmp_path: Path, set_mode: SetMode
+) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    path = folder / "jukebot.sqlite3"
+    url = f"sqlite:///{path}"
+    assert invoke("db", "upgrade", DATABASE_URL=url)[0] == 0
+    set_mode(folder, 0o555)
+    code, output = invoke("jobs", "list", DATABASE_URL=url)
+    assert code == 1, output
+    assert f"{path} cannot be written: this user may not write the file or its folder {folder}" in output, (
+        output
+    )
