@@ -488,6 +488,19 @@ class Settings(BaseSettings):
             return mirrors
         return value
 
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _fold_log_format(cls, value: object) -> object:
+        """`JSON` or ` json\r` (a line of a .env saved with Windows line ends) as `json`, like the other
+        choices."""
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("model_dir", mode="before")
+    @classmethod
+    def _strip_model_dir(cls, value: object) -> object:
+        """Whitespace around the path (a `\r` of a Windows line end) is no part of a folder's name."""
+        return value.strip() if isinstance(value, str) else value
+
     @field_validator("model_dir")
     @classmethod
     def _expand_model_dir(cls, value: Path) -> Path:

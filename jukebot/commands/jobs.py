@@ -25,6 +25,28 @@ MAX_ERROR_CHARS = 160  # of a failed job's error in `jobs list`
 CANCELLED_BY_OPERATOR = "by the operator"  # the reason a progress message shows
 
 
+class JobIdType(click.ParamType):
+    """A job's id as `jobs list` shows it (`#12` is taken too); anything else is refused saying so,
+    not as "not a valid integer range" (which suggested that ranges such as 1-3 are taken)."""
+
+    name = "id"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        else:
+            text = str(value).strip().removeprefix("#")
+            if not text.isascii() or not text.isdigit():
+                self.fail(f"{value!r} is no job id: give whole numbers, e.g. 12 (as `jobs list` shows them)")
+            number = int(text)
+        if number < 1:
+            self.fail(f"{value!r} is no job id: ids start at 1")
+        return number
+
+
+JOB_ID = JobIdType()
+
+
 @click.group()
 def jobs() -> None:
     """Look at jobs, cancel or retry them, free what old failed ones keep."""
@@ -109,7 +131,7 @@ def list_jobs(status: str | None, limit: int) -> None:
 
 
 @jobs.command()
-@click.argument("job_ids", metavar="ID...", nargs=-1, required=True, type=click.IntRange(min=1))
+@click.argument("job_ids", metavar="ID...", nargs=-1, required=True, type=JOB_ID)
 def retry(job_ids: tuple[int, ...]) -> None:
     """Put failed or cancelled jobs back in the queue, resuming from their checkpoints.
 
@@ -158,7 +180,7 @@ def retry(job_ids: tuple[int, ...]) -> None:
 
 
 @jobs.command()
-@click.argument("job_ids", metavar="ID...", nargs=-1, required=True, type=click.IntRange(min=1))
+@click.argument("job_ids", metavar="ID...", nargs=-1, required=True, type=JOB_ID)
 def cancel(job_ids: tuple[int, ...]) -> None:
     """Cancel queued or running jobs, whoever started them (a server the bot left while it was
     offline, a job hogging the GPUs): queued ones at once, running ones after their worker's current

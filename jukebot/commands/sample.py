@@ -80,29 +80,41 @@ def _floats(text: str, name: str, example: str, count: int = 3) -> tuple[float, 
 )
 @click.option("--sample_length_in_seconds", type=float, default=20.0, show_default=True)
 @click.option(
-    "--total_sample_length_in_seconds", type=float, default=None, help="Song length for the labels."
+    "--total_sample_length_in_seconds",
+    type=float,
+    default=None,
+    help="Song length for the labels (default: the sample length, at least the model's shortest song).",
 )
 @click.option("--sr", type=int, default=SAMPLE_RATE, show_default=True, help=f"Must be {SAMPLE_RATE}.")
 @click.option("--n_samples", type=click.IntRange(1, 64), default=None, help="Default: one per style, or 1.")
 @click.option("--hop_fraction", default="0.5,0.5,0.125", show_default=True)
 @click.option("--mode", type=click.Choice(MODES), default="ancestral", show_default=True)
-@click.option("--codes_file", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option(
+    "--codes_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="A data.pth.tar to continue or upsample.",
+)
 @click.option("--audio_file", default=None, help="Prompt audio; a,b,… primes sample i with file i (cycled).")
-@click.option("--prompt_length_in_seconds", type=float, default=None)
+@click.option(
+    "--prompt_length_in_seconds", type=float, default=None, help="Seconds of the prompt to continue (primed)."
+)
 @click.option(
     "--artist", multiple=True, default=("unknown",), show_default=True, help="Repeat: one per sample."
 )
 @click.option(
     "--genre", multiple=True, default=("unknown",), show_default=True, help="Repeat: one per sample."
 )
-@click.option("--lyrics", default="", help="Lyrics text (or --lyrics_file).")
+@click.option("--lyrics", default="", help="Lyrics text (or --lyrics_file; default: none).")
 @click.option("--lyrics_file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None)
 @click.option("--seed", type=click.IntRange(0, SEED_LIMIT - 1), default=0, show_default=True)
 @click.option(
     "--temperature", default="0.99", show_default=True, help="One value, or three for levels 0,1,2."
 )
-@click.option("--top_k", type=click.IntRange(0), default=0)
-@click.option("--top_p", type=click.FloatRange(0, 1), default=0.0)
+@click.option("--top_k", type=click.IntRange(0), default=0, show_default=True, help="0: no top-k cut.")
+@click.option(
+    "--top_p", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="0: no nucleus cut."
+)
 @click.option(
     "--max_batch_size",
     default=format_batch_sizes(DEFAULT_MAX_BATCH_SIZE),
@@ -111,7 +123,12 @@ def _floats(text: str, name: str, example: str, count: int = 3) -> tuple[float, 
 )
 @click.option("--device", default=None, help="cpu or cuda:N (default: cuda:0 when present).")
 @click.option("--fp16/--fp32", default=None, help="Half-precision transformers (default: on for CUDA).")
-@click.option("--model_dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option(
+    "--model_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the models are (default: JUKEBOT_MODEL_DIR, else the user cache folder).",
+)
 @click.option("--no-progress", "no_progress", is_flag=True, help="No progress bar.")
 def sample(**options: Any) -> None:
     """Sample music offline, as the original sample.py does (resumable)."""

@@ -137,6 +137,12 @@ class DiscordId(click.ParamType):
         return int(number)
 
 
+def _setting_default(field: str) -> str:
+    """What a flag that falls back on a setting shows as its default: the setting, and its own default."""
+    variable = f"JUKEBOT_{field.upper()}"
+    return f"{variable}, else {Settings.model_fields[field].default:g}"
+
+
 @click.command()
 @click.option(
     "--sync-guild",
@@ -208,19 +214,22 @@ async def _run_bot(settings: Settings, sync_guilds: tuple[int, ...]) -> None:
     "--lease-seconds",
     type=FiniteFloatRange(min=MIN_LEASE_SECONDS, max=DAY_SECONDS),
     default=None,
-    help="A job whose worker is silent this long goes back to the queue (JUKEBOT_WORKER_LEASE_SECONDS).",
+    show_default=_setting_default("worker_lease_seconds"),
+    help="A job whose worker is silent this long goes back to the queue.",
 )
 @click.option(
     "--requeue-seconds",
     type=FiniteFloatRange(min=MIN_REQUEUE_SECONDS, max=DAY_SECONDS),
     default=None,
-    help="How often a worker recovers the jobs of dead workers (JUKEBOT_WORKER_REQUEUE_SECONDS).",
+    show_default=_setting_default("worker_requeue_seconds"),
+    help="How often a worker recovers the jobs of dead workers.",
 )
 @click.option(
     "--checkpoint-seconds",
     type=FiniteFloatRange(min=0, max=DAY_SECONDS),
     default=None,
-    help="At most one checkpoint per this many seconds (JUKEBOT_WORKER_CHECKPOINT_SECONDS).",
+    show_default=_setting_default("worker_checkpoint_seconds"),
+    help="At most one checkpoint per this many seconds.",
 )
 def worker(
     lease_seconds: float | None, requeue_seconds: float | None, checkpoint_seconds: float | None

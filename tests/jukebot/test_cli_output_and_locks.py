@@ -338,6 +338,40 @@ def test_the_vacuum_hint_quotes_the_path(
     assert f"only after `sqlite3 '{path}' VACUUM`, run while jukebot is stopped" in result.output
 
 
+# ---------------------------------------------------------------- --help
+
+
+def test_every_flag_with_a_default_shows_it() -> None:
+    """The README: `jukebot COMMAND --help` lists every flag with its default. The worker's timings
+    (which fall back on settings) and `sample`'s --top_k/--top_p showed none (operator audit)."""
+
+    def commands(command: click.Command, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+        if isinstance(command, click.Group):
+            for name, sub in command.commands.items():
+                yield from commands(sub, (*path, name))
+        else:
+            yield path
+
+    silent = []
+    for path in commands(main):
+        command = main
+        for name in path:
+            assert isinstance(command, click.Group)
+            command = command.commands[name]
+        for option in command.params:
+            given_or_none = not isinstance(option.default, str | int | float | tuple)  # (bool is an int)
+            if not isinstance(option, click.Option) or option.required or given_or_none:
+                continue
+            if option.is_flag and not option.secondary_opts:
+                continue  # off unless given
+            if option.show_default or "default" in (option.help or "").lower():
+                continue
+            silent.append(f"{' '.join(path)} {option.opts[0]}")
+    assert silent == []
+    flat = " ".join(cli("worker", "--help").output.split())
+    assert "[default: (JUKEBOT_WORKER_LEASE_SECONDS, else 60)" in flat, flat
+
+
 # ---------------------------------------------------------------- retry --help
 
 

@@ -313,3 +313,15 @@ def test_bad_arguments_are_usage_errors(database: str, args: list[str]) -> None:
     result = jobs(*args)
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output and result.output.splitlines()[-1].startswith("Error: ")
+
+
+@pytest.mark.parametrize("command", ["cancel", "retry"])
+def test_a_job_id_is_a_whole_number_as_list_shows_it(database: str, command: str) -> None:
+    """`1-3` was "not a valid integer range" (as if ranges were taken); `#4` as `jobs list` shows it
+    was refused (operator audit)."""
+    result = jobs(command, "1-3")
+    assert result.exit_code == 2, result.output
+    assert "'1-3' is no job id: give whole numbers, e.g. 12 (as `jobs list` shows them)" in result.output
+    assert "range" not in result.output
+    result = jobs(command, "#4")
+    assert result.exit_code == 1 and "#4" in result.output and "no job id" not in result.output, result.output

@@ -163,6 +163,18 @@ def test_operations_settings(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -
     assert (config.lease_seconds, config.requeue_seconds, config.checkpoint_seconds) == (120, 10, 0)
 
 
+def test_choices_and_paths_written_loosely_are_read_as_meant(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`JSON` was refused where `debug` was taken, and a `\r` a Windows .env leaves at a line's end
+    became part of the model folder's name (operator audit)."""
+    monkeypatch.setenv("JUKEBOT_LOG_FORMAT", " JSON\r")
+    monkeypatch.setenv("JUKEBOT_MODEL_DIR", f"{clean_env}/models\r")
+    settings = load_settings()
+    assert settings.log_format == "json"
+    assert settings.model_dir == clean_env / "models"
+
+
 @pytest.mark.parametrize(
     ("name", "value", "says"),
     [
