@@ -572,17 +572,23 @@ class CascadeRunner:
             raise OutOfMemory(self.device, detail=str(exc)[:120]) from None
         raise_if_stopped(should_stop)
         report.progress(Stage.DECODING, None, None, None, total_tokens, total_tokens)
-        return self.samples(task, cascade, request, final)
+        return self.samples(task, cascade, request, final, should_stop)
 
-    def decode_audio(self, cascade: Cascade, codes: torch.Tensor, level: int) -> np.ndarray:
+    def decode_audio(
+        self, cascade: Cascade, codes: torch.Tensor, level: int, should_stop: StopCheck | None = None
+    ) -> np.ndarray:
         """Audio (N, T) of codes (N, tokens), decoded one sample at a time: the decode then needs the
         memory of one sample only, and each sample's audio is the same whatever the number of samples
         (a batch's convolutions round differently, by about an int16 step at most). Out of memory, it frees
         the priors (they load again with the next job) and tries again; still out of memory,
-        `DecodeDidNotFit`."""
-        return np.concatenate(
-            [self._decode_one(cascade, codes[index : index + 1], level) for index in range(codes.shape[0])]
-        )
+        `DecodeDidNotFit`. `should_stop` is asked before each sample: a long decode (minutes on a CPU)
+        stops for a shutdown as sampling does, its windows all stored."""
+        decoded = []
+        for index in range(codes.shape[0]):
+            if should_stop is not None:
+                raise_if_stopped(should_stop)
+            decoded.append(self._decode_one(cascade, codes[index : index + 1], level))
+        return np.concatenate(decoded)
 
     def _decode_one(self, cascade: Cascade, codes: torch.Tensor, level: int) -> np.ndarray:
         while True:
@@ -606,19 +612,27 @@ class CascadeRunner:
         )
 
     def samples(
-        self, task: JobTask, cascade: Cascade, request: SamplingRequest, state: CascadeState
+        self,
+        task: JobTask,
+        cascade: Cascade,
+        request: SamplingRequest,
+        state: CascadeState,
+        should_stop: StopCheck | None = None,
     ) -> list[NewSample]:
-        """Decode each sample's finest complete level and store it compressed, with every level's codes."""
+        """Decode each sample's finest complete level and store it compressed, with every level's codes;
+        `should_stop` is asked before each sample's decode and encode."""
         complete = [
             level
             for level in range(3)
             if state.codes[level].shape[1] * cascade.hops[level] >= request.sample_length
         ]
         finest = min(complete)
-        audio = self.decode_audio(cascade, state.codes[finest], finest)
+        audio = self.decode_audio(cascade, state.codes[finest], finest, should_stop)
         params: JobParams = parse_params(task.job.params)
         out = []
         for index in range(request.n_samples):
+            if should_stop is not None:
+                raise_if_stopped(should_stop)
             levels = {
                 f"codes_level_{level}": codes_to_bytes(state.codes[level][index])
                 for level in range(3)

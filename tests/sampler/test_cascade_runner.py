@@ -24,6 +24,7 @@ from sampler.worker.contract import (
     JobTask,
     LevelProgress,
     ModelNotHere,
+    Stage,
     StopReason,
 )
 from sampler.worker.runtime import JobOutcome, Worker
@@ -171,6 +172,31 @@ async def test_interrupted_job_resumes_to_the_same_codes(
     resumed = run(runner, JobTask(task.job, stopping.checkpoints[-1]))
     for level in ("codes_level_0", "codes_level_1", "codes_level_2"):
         assert getattr(resumed[0], level) == getattr(unbroken[0], level)
+
+
+class StopWhileDecoding(Recorder):
+    """Asks the run to stop (a shutdown) once it reports decoding, every window stored."""
+
+    def should_stop(self) -> StopReason | None:
+        decoding = any(report[0] == str(Stage.DECODING) for report in self.reports)
+        return StopReason.SHUTDOWN if decoding else None
+
+
+async def test_a_stop_while_decoding_interrupts_the_run_and_the_resume_only_decodes(
+    runner: CascadeRunner, sqlite_store: JobStore
+) -> None:
+    """The decode and encode of every sample (minutes on a CPU) never asked whether to stop: a worker
+    stopping then outlived its shutdown time, was killed, and its job counted an attempt (review)."""
+    params = PREVIEW.model_copy(update={"n_samples": 2})
+    unbroken = run(runner, await claim(sqlite_store, kind="generate", model="5b", params=params))
+    task = await claim(sqlite_store, kind="generate", model="5b", params=params)
+    stopping = StopWhileDecoding()
+    with pytest.raises(JobInterrupted):
+        run(runner, task, stopping)
+    resumed = Recorder()
+    samples = run(runner, JobTask(task.job, stopping.checkpoints[-1]), resumed)
+    assert [sample.codes_level_2 for sample in samples] == [sample.codes_level_2 for sample in unbroken]
+    assert not [report for report in resumed.reports if report[0] == str(Stage.SAMPLING)]  # only decodes
 
 
 async def test_levels_sampled_at_once_give_the_same_samples_and_report_each_level(
