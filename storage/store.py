@@ -358,13 +358,13 @@ async def _sizes(connection: AsyncConnection, statement: Any) -> dict[int, int]:
     return {int(row[0]): int(row[1]) for row in await connection.execute(statement)}
 
 
-def _finished_before(table: Any, cutoff: datetime) -> ColumnElement[bool]:
+def _finished_before(table: Any, cutoff: ColumnElement[datetime]) -> ColumnElement[bool]:
     """The rows of `table` (jobs, or an alias) failed or cancelled before `cutoff`: never true for a row
     without a finish time, NOT of it neither NULL (three-valued logic would keep it out of both)."""
     return and_(
         table.c.status.in_([status.value for status in RETRYABLE_STATUSES]),
         table.c.finished_at.is_not(None),
-        table.c.finished_at < literal(cutoff, UTCDateTime()),
+        table.c.finished_at < cutoff,
     )
 
 
@@ -385,8 +385,9 @@ class JobStore:
     Leases (a worker's on its job, a bot's on posting a job's results) are decided by one clock every
     worker and bot shares: the database's on Postgres (those on several machines would otherwise
     steal or strand jobs by their clock skew), and on SQLite, which
-    lives on one machine, that machine's. `clock` (timezone-aware UTC) replaces it, and stamps rows;
-    tests pass a controllable one.
+    lives on one machine, that machine's. Jobs' finish times are stamped by it too, and `prune_finished`
+    measures their age by it. `clock` (timezone-aware UTC) replaces it, and stamps rows; tests pass a
+    controllable one.
     """
 
     def __init__(self, engine: AsyncEngine, *, clock: Clock | None = None) -> None:
@@ -731,7 +732,10 @@ class JobStore:
                     update(jobs)
                     .where(own, jobs.c.status == JobStatus.CANCELLING.value)
                     .values(
-                        status=JobStatus.CANCELLED.value, finished_at=now, updated_at=now, **_lease_cleared()
+                        status=JobStatus.CANCELLED.value,
+                        finished_at=self._lease_now(),
+                        updated_at=now,
+                        **_lease_cleared(),
                     )
                 )
             while True:  # each round fails one job of unreadable params, or ends
@@ -751,7 +755,7 @@ class JobStore:
                             f"This job cannot run: {reason}. Its parameters were damaged after it "
                             "was queued; queue it again."
                         )[:MAX_ERROR_CHARS],
-                        finished_at=now,
+                        finished_at=self._lease_now(),
                         updated_at=now,
                         **_lease_cleared(),
                     )
@@ -924,7 +928,7 @@ class JobStore:
                     "progress": 1.0,
                     "checkpoint": None,
                     "checkpoint_updated_at": None,
-                    "finished_at": now,
+                    "finished_at": self._lease_now(),
                     "updated_at": now,
                     **_lease_cleared(),
                 },
@@ -958,7 +962,7 @@ class JobStore:
                 {
                     "status": JobStatus.FAILED.value,
                     "error": (reason or "the worker gave no reason")[:MAX_ERROR_CHARS],
-                    "finished_at": now,
+                    "finished_at": self._lease_now(),
                     "updated_at": now,
                     **_lease_cleared(),
                 },
@@ -1003,9 +1007,7 @@ class JobStore:
                     ),
                     "attempts": case((cancelling, jobs.c.attempts), else_=attempts),
                     "error": case((cancelling, jobs.c.error), (out_of_attempts, gave_up), else_=will_retry),
-                    "finished_at": case(
-                        (or_(cancelling, out_of_attempts), literal(now, UTCDateTime())), else_=None
-                    ),
+                    "finished_at": case((or_(cancelling, out_of_attempts), self._lease_now()), else_=None),
                     "updated_at": now,
                     **_lease_cleared(),
                 },
@@ -1027,7 +1029,7 @@ class JobStore:
                 worker_id,
                 {
                     "status": case((cancelling, JobStatus.CANCELLED.value), else_=JobStatus.QUEUED.value),
-                    "finished_at": case((cancelling, literal(now, UTCDateTime())), else_=None),
+                    "finished_at": case((cancelling, self._lease_now()), else_=None),
                     "updated_at": now,
                     **_lease_cleared(),
                 },
@@ -1044,7 +1046,7 @@ class JobStore:
                 worker_id,
                 {
                     "status": JobStatus.CANCELLED.value,
-                    "finished_at": now,
+                    "finished_at": self._lease_now(),
                     "updated_at": now,
                     **_lease_cleared(),
                 },
@@ -1102,12 +1104,12 @@ class JobStore:
                 values: dict[str, Any] = {"updated_at": now, **_lease_cleared()}
                 if job.status == JobStatus.CANCELLING.value:
                     new_status = JobStatus.CANCELLED
-                    values |= {"finished_at": now}
+                    values |= {"finished_at": self._lease_now()}
                 elif attempts >= job.max_attempts:
                     new_status = JobStatus.FAILED
                     values |= {
                         "attempts": attempts,
-                        "finished_at": now,
+                        "finished_at": self._lease_now(),
                         "error": (
                             f"The worker stopped responding {attempts} times (last worker: "
                             f"{job.lease_owner}); "
@@ -1204,7 +1206,7 @@ class JobStore:
             .where(*which, jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]))
             .values(
                 status=case((queued, JobStatus.CANCELLED.value), else_=JobStatus.CANCELLING.value),
-                finished_at=case((queued, literal(now, UTCDateTime())), else_=None),
+                finished_at=case((queued, self._lease_now()), else_=None),
                 error=None if reason is None else reason[:MAX_ERROR_CHARS],
                 updated_at=now,
             )
@@ -1406,9 +1408,12 @@ class JobStore:
             raise StorageError(f"prune jobs finished a positive time ago, got {older_than!r}")
         now = self._clock()
         try:
-            cutoff = now - older_than
+            now - older_than
         except OverflowError:  # before the first day a datetime holds: nothing finished that long ago
             return PruneReport(job_ids=(), checkpoint_bytes=0, prime_ids=(), prime_bytes=0)
+        # By the clock finish times are stamped with (the database's on Postgres, as leases): a worker
+        # or operator machine whose clock is days off neither prunes a fresh failure nor keeps an old one.
+        cutoff = self._lease_now_plus(-older_than)
         old = _finished_before(jobs, cutoff)
         users = jobs.alias("prime_users")
         prime_prunable = and_(
@@ -1819,7 +1824,7 @@ class JobStore:
                     progress=1.0,
                     created_at=now,
                     started_at=now,
-                    finished_at=now,
+                    finished_at=self._lease_now(),
                     updated_at=now,
                     **(
                         {"results_posted_at": now}

@@ -60,3 +60,27 @@ async def test_results_posting_claims_follow_the_databases_clock(engine: AsyncEn
     assert await on_time.claim_results_posting(job_id, "bot-a", LEASE) is None
     assert job_id not in [job.id for job in await on_time.finished_jobs_unposted()]
     assert await ahead.claim_results_posting(job_id, "bot-b", LEASE) is None
+
+
+@pytest.mark.postgres
+async def test_prune_measures_a_jobs_age_by_the_databases_clock(engine: AsyncEngine) -> None:
+    """A GPU machine whose clock was a month behind stamped its failures a month old: `jobs prune
+    --older-than 7` dropped the checkpoint of a job that failed seconds ago, and an operator machine
+    whose clock was ahead did the same (kill audit)."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("on SQLite every worker runs on the database's machine, with its clock")
+    month = timedelta(days=30)
+    worker, operator_ahead = store_with_clock_off_by(engine, -month), store_with_clock_off_by(engine, month)
+    on_time = JobStore(engine)
+    job_id = await on_time.enqueue(
+        kind="generate", model="5b", params={"seconds": 20}, channel_id=1, user_id=2
+    )
+    claimed = await worker.claim("gpu-box/1/cuda:0", {"5b"}, LEASE)
+    assert claimed is not None and claimed.id == job_id
+    await worker.save_checkpoint(job_id, "gpu-box/1/cuda:0", b"four hours of windows")
+    await worker.fail(job_id, "gpu-box/1/cuda:0", "Out of memory")
+
+    for operator in (on_time, operator_ahead):
+        assert (await operator.prune_finished(timedelta(days=7))).job_ids == ()
+    assert (await on_time.get_job(job_id)).has_checkpoint
+    assert (await on_time.prune_finished(timedelta(seconds=0.001))).job_ids == (job_id,)  # once old
