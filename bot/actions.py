@@ -50,6 +50,7 @@ from storage.errors import (
     AlreadyUpsampled,
     JobAlreadyFinished,
     NotJobOwner,
+    ServerLeft,
     StorageError,
     UserJobLimitReached,
 )
@@ -541,20 +542,32 @@ async def enqueue_and_announce(
     served = availability_note(model, await bot.store.served_models())
     if served is not None:
         validated = dataclasses.replace(validated, notes=(*validated.notes, served))
-    try:
-        job_id = await bot.store.enqueue(
+    guild_id = guild_id_of(interaction)
+
+    async def enqueue() -> int:
+        return await bot.store.enqueue(
             kind=kind,
             model=model,
             params=validated.params.to_json(),
             channel_id=interaction.channel_id or 0,
             user_id=interaction.user.id,
-            guild_id=guild_id_of(interaction),
+            guild_id=guild_id,
             parent_sample_id=parent_sample_id,
             prime_id=prime_id,
             max_running_per_user=bot.settings.max_running_jobs_per_user,
             max_queued_per_user=bot.settings.max_queued_jobs_per_user,
             server_overrides=True,
         )
+
+    try:
+        try:
+            job_id = await enqueue()
+        except ServerLeft:
+            if bot.get_guild(guild_id) is None:
+                raise
+            # Back in the server, but the database missed it (away when the bot joined): say so now.
+            await bot.store.mark_guilds_present([guild_id])
+            job_id = await enqueue()
     except UserJobLimitReached as reached:
         raise capacity_refusal(reached) from None
     except AlreadyUpsampled as earlier:

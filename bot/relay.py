@@ -324,6 +324,7 @@ class ProgressRelay:
             self._slow_results.pop(job.id, None)
             return
         self._slow_results[job.id] = posting
+        posting.add_done_callback(functools.partial(_forget_slow, self._slow_results, job.id))
         log.warning(
             "job #%s: its results are still going out after %g s; the other jobs go on meanwhile",
             job.id,
@@ -925,6 +926,12 @@ def _kept_until_written(pending: dict[K, V], key: K, record: V) -> Iterator[None
         _drop(pending, key, record)
         raise
     _drop(pending, key, record)
+
+
+def _forget_slow(slow: dict[int, asyncio.Task[None]], job_id: int, ended: asyncio.Task[None]) -> None:
+    """A posting past its time ended: forget it (unless another took its place)."""
+    if slow.get(job_id) is ended:
+        del slow[job_id]
 
 
 def _slow_edit_ended(job_id: int, edit: asyncio.Task[None]) -> None:

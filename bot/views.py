@@ -125,6 +125,18 @@ async def _require_button(
         raise InvalidRequest(refusal)
 
 
+async def _require_continue_button(
+    bot: JukeBot, interaction: discord.Interaction[Any], sample_id: int
+) -> None:
+    await _require_button(
+        bot,
+        interaction,
+        f"jukebot:continue:{sample_id}",
+        f"This message has no Continue button for sample #{sample_id}, so nothing was queued. "
+        f"Use the button under the sample's own message, or `/continue {sample_id}`.",
+    )
+
+
 class _OneAtATime:
     """A lock per key, held by one task at a time; a key's lock goes once nobody holds or awaits it."""
 
@@ -213,13 +225,7 @@ class ContinueButton(
             form.stop()  # `submit_continue_form` answers it, in this process or the next one
 
     async def _refusals_first(self, bot: JukeBot, interaction: discord.Interaction[Any]) -> None:
-        await _require_button(
-            bot,
-            interaction,
-            f"jukebot:continue:{self.sample_id}",
-            f"This message has no Continue button for sample #{self.sample_id}, so nothing was queued. "
-            f"Use the button under the sample's own message, or `/continue {self.sample_id}`.",
-        )
+        await _require_continue_button(bot, interaction, self.sample_id)
         await actions.check_usable_sample(bot, interaction, self.sample_id)
         await actions.check_can_enqueue(bot, interaction)
         check_continuable(self.sample_id, await bot.store.codes_count(self.sample_id, 2))
@@ -257,6 +263,8 @@ async def submit_continue_form(interaction: discord.Interaction[Any]) -> None:
         reply_to = _form_reply_target(interaction, found["reply_to"])
         seconds = actions.parse_seconds(form_value(data, "seconds"))
         await interaction.response.defer(ephemeral=True, thinking=True)
+        if interaction.message is not None:  # again: the checks before the form may have been too slow
+            await _require_continue_button(bot, interaction, sample_id)
         await actions.request_continue(bot, interaction, sample_id, seconds, reply_to=reply_to)
 
 

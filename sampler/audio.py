@@ -27,7 +27,7 @@ import av.error
 import numpy as np
 
 from sampler.jukebox.registry import SAMPLE_RATE
-from sampler.units import format_bytes, format_bytes_apart, whole_number
+from sampler.units import format_bytes_apart, format_bytes_pair, whole_number
 
 DEFAULT_MAX_BYTES = 25 * 1024 * 1024
 DEFAULT_MAX_SECONDS = 60.0
@@ -170,9 +170,10 @@ class DoesNotFit(AudioError):
         self.smallest_bytes = smallest_bytes
         self.smallest_format = smallest_format
         self.smallest_bitrate = smallest_bitrate
+        budget, smallest = format_bytes_pair(max_bytes, smallest_bytes)
         super().__init__(
-            f"The audio does not fit in {format_bytes(max_bytes)}: the smallest encoding "
-            f"({smallest_format} at {smallest_bitrate // 1000} kbit/s) is {format_bytes(smallest_bytes)}."
+            f"The audio does not fit in {budget}: the smallest encoding "
+            f"({smallest_format} at {smallest_bitrate // 1000} kbit/s) is {smallest}."
         )
 
 

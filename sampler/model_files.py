@@ -42,7 +42,7 @@ from typing import Any, Literal
 from tqdm import tqdm
 
 from sampler.jukebox.registry import CHECKPOINTS, DEFAULT_MIRRORS, MODELS
-from sampler.units import count_of, format_bytes
+from sampler.units import count_of, format_bytes, format_bytes_pair
 from sampler.user_text import shorten_user_text
 
 try:  # Advisory locking keeps two processes from writing the same .part; POSIX only.
@@ -482,7 +482,8 @@ def file_problems(name: str, path: Path, verifier: CheckpointVerifier | None) ->
         return [problem if owner == name else f"not checked: {NOT_CHECKED_FOR_VQVAE}"]
     size, least = path.stat().st_size, verifier.min_size(name)
     if least is not None and size < least:
-        return [f"it is {format_bytes(size)}, but a genuine {name} is at least {format_bytes(least)}"]
+        shown, least_shown = format_bytes_pair(size, least)
+        return [f"it is {shown}, but a genuine {name} is at least {least_shown}"]
     return verifier.problems(name, path)
 
 
@@ -1034,9 +1035,9 @@ _UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
 
 def _too_small(url: str, name: str, total: int, least: int | None) -> _WrongCopy | None:
     if least is not None and total < least:
+        shown, least_shown = format_bytes_pair(total, least)
         return _WrongCopy(
-            f"serves {format_bytes(total)}, but a genuine {name} is at least {format_bytes(least)}: "
-            "a wrong or truncated copy"
+            f"serves {shown}, but a genuine {name} is at least {least_shown}: a wrong or truncated copy"
         )
     return None
 
@@ -1077,10 +1078,8 @@ def _fetch(url: str, part: Path, least: int | None, options: DownloadOptions, na
         if total is not None:
             free = shutil.disk_usage(part.parent).free
             if total - have > free:
-                raise _Fatal(
-                    f"{name} needs {format_bytes(total - have)} more but {part.parent} has only "
-                    f"{format_bytes(free)} free"
-                )
+                needed, free_shown = format_bytes_pair(total - have, free)
+                raise _Fatal(f"{name} needs {needed} more but {part.parent} has only {free_shown} free")
 
         show = options.progress if options.progress is not None else sys.stderr.isatty()
         with (

@@ -23,12 +23,18 @@ def format_bytes(n: int | float) -> str:
     raise AssertionError("unreachable")
 
 
+def format_bytes_pair(first: int, second: int) -> tuple[str, str]:
+    """Two sizes as `format_bytes` writes them, or in exact bytes where those read the same (a size
+    300 bytes over a 25 MiB budget is not "25.0 MiB" against "25.0 MiB")."""
+    shown = format_bytes(first), format_bytes(second)
+    return shown if shown[0] != shown[1] else (f"{first:,} bytes", f"{second:,} bytes")
+
+
 def format_bytes_apart(size: int, limit: int) -> tuple[str, str]:
-    """`size` and `limit` for "is {size}, larger than the {limit} limit": as `format_bytes` writes them,
-    or in exact bytes where those read the same (a file a byte over 25 MiB is not "25.0 MiB, larger
-    than the 25.0 MiB limit" but "26,214,401 bytes, larger than the 26,214,400-byte limit")."""
-    shown = format_bytes(size), format_bytes(limit)
-    return shown if shown[0] != shown[1] else (f"{size:,} bytes", f"{limit:,}-byte")
+    """`size` and `limit` for "is {size}, larger than the {limit} limit" (`format_bytes_pair`: a file a
+    byte over 25 MiB is "26,214,401 bytes, larger than the 26,214,400-byte limit")."""
+    shown, limit_shown = format_bytes_pair(size, limit)
+    return shown, limit_shown.replace(" bytes", "-byte") if limit_shown.endswith(" bytes") else limit_shown
 
 
 def count_of(count: int, word: str) -> str:

@@ -287,12 +287,20 @@ class Curate(commands.Cog):
         strip = delivery.AudioFile(
             f"{stem}_order.png", piece.strip, f"{stem}: the {len(piece.order)} samples in the order they play"
         )
+        audio_messages = len(groups)
         groups = delivery.with_picture(groups, strip, limit, own_message=True)  # the order is the point
         channel = self.bot.get_partial_messageable(interaction.channel_id or 0, guild_id=guild_id)
         view = sample_view(sample_id, 0, can_upsample=False, can_continue=curating.continuable(piece))
         sent: list[discord.Message] = []
         for index, group in enumerate(groups):
-            text = content if index == 0 else continued_text(sample_id, index, len(groups))
+            # The audio's parts numbered as the relay numbers a sample's (a bot taking over a piece whose
+            # poster stopped finds them so); the strip, when it has a message of its own, is no part.
+            if index == 0:
+                text = content
+            elif index < audio_messages:
+                text = continued_text(sample_id, index, audio_messages)
+            else:
+                text = f"Sample #{sample_id}: the order its samples play in"
             # As the relay's samples: sent again after a lost answer, Discord answers with the first.
             nonce = sample_nonce(sample_id, index, limit)
             try:

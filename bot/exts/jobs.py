@@ -73,7 +73,7 @@ class Jobs(commands.Cog):
         except Exception as exc:  # e.g. the database is away: the next start records it
             log.warning(
                 "joined server %s but could not record it (%r): `jukebot jobs retry` refuses its jobs of "
-                "before until the bot's next start",
+                "before until the bot's next start, or its members' next request for a job there",
                 guild.id,
                 exc,
             )

@@ -27,7 +27,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -677,9 +677,15 @@ def _sample_into(
         out_dir / "checkpoint.tmp",
     )
     fingerprint = _run_fingerprint(cascade, request)
-    # A run an earlier version recorded by its flags as spelled: still resumed when they are the same.
+    # A run an earlier version recorded by its flags as spelled: still resumed when they are the same,
+    # or when its saved state was sampled for this request (its digest says so).
     spelled = _flags_fingerprint({**options, "styles": styles if sweep else None}, lyrics, codes, prompt)
-    set_aside = _set_aside_another_run(out_dir, {fingerprint, spelled}, options["codes_file"])
+    set_aside = _set_aside_another_run(
+        out_dir,
+        {fingerprint, spelled},
+        options["codes_file"],
+        same_request=lambda: _state_sampled_for(checkpoint, cascade, request),
+    )
     if set_aside is not None:
         click.echo(set_aside, err=True)
     state = None
@@ -722,7 +728,8 @@ def _sample_into(
 
     bar = tqdm(total=1, unit="tok", disable=options["no_progress"], dynamic_ncols=True)
     written_levels: set[int] = set()
-    recorded = state is not None  # checkpoint.json names this run already
+    # checkpoint.json names this run already (one an earlier version wrote is written again, as now)
+    recorded = state is not None and _recorded_run(out_dir)[0] == fingerprint
 
     def on_progress(progress: Progress) -> None:
         # the whole run: on CUDA levels sample at once
@@ -1160,18 +1167,37 @@ def _move_aside(out_dir: Path, codes_file: Path | None) -> Path:
 
 
 def _set_aside_another_run(
-    out_dir: Path, fingerprints: Collection[str], codes_file: Path | None
+    out_dir: Path,
+    fingerprints: Collection[str],
+    codes_file: Path | None,
+    same_request: Callable[[], bool] = lambda: False,
 ) -> str | None:
     """Move the output of a run with other flags (another seed, fewer samples, ...), or of a run that
     cannot be told (its record damaged), aside (`_move_aside`). Returns what was done, in words, or
     None when NAME holds no other run's output (or this run's, to resume: recorded with one of
-    `fingerprints`)."""
+    `fingerprints`, or by an earlier version with its saved state sampled for this request:
+    `same_request`)."""
     recorded, problem = _recorded_run(out_dir)
     if problem is None:
-        if recorded is None or recorded in fingerprints:
+        if recorded is None or recorded in fingerprints or same_request():
             return None
         problem = f"{out_dir} held the output of a run with other flags"
     return f"{problem}: moved to {_move_aside(out_dir, codes_file)}; this run starts over"
+
+
+def _state_sampled_for(checkpoint: Path, cascade: Any, request: Any) -> bool:
+    """Whether the state saved in `checkpoint` records that it was sampled for `request` (states of
+    versions before the request digest cannot tell: False)."""
+    from sampler.jukebox.cascade import CascadeState, SamplingError
+
+    try:
+        state = CascadeState.from_bytes(checkpoint.read_bytes())
+        if not isinstance(state, CascadeState) or state.request_digest is None:
+            return False
+        cascade.check_state(request, state)
+    except (OSError, SamplingError):
+        return False
+    return True
 
 
 def _tensors_digest(tensors: tuple[Any, ...]) -> str:

@@ -310,7 +310,13 @@ async def test_a_piece_over_the_upload_limit_goes_out_in_parts_that_each_fit(
     # The order strip, with no room beside the audio, follows in a message of its own (review: left out).
     pictures = [(m, a.filename) for m in posted for a in m.attachments if a.filename.endswith(".png")]
     assert [name for _, name in pictures] == ["jukebot_sample_4_order.png"]
-    assert pictures[0][0] is posted[-1]
+    assert pictures[0][0] is posted[-1] and posted[-1].content == "Sample #4: the order its samples play in"
+    # The audio's parts are numbered among themselves, as the relay numbers a sample's (review: a bot
+    # taking over a piece whose poster stopped did not find them, and posted them again).
+    parts = len(posted) - 1
+    assert [m.content for m in posted[1:-1]] == [
+        f"Sample #4, continued ({i}/{parts})" for i in range(2, parts + 1)
+    ]
 
 
 async def test_curate_is_refused_at_once_where_the_bot_cannot_post_the_piece(

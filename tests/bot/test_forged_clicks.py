@@ -269,3 +269,25 @@ async def test_a_forged_yes_cancel_under_the_question_about_another_job_cancels_
     await fake.wait_for(lambda: question.custom_ids == [] or None)
     assert (await store.get_job(asked_about)).status is JobStatus.CANCELLED
     assert fake.rejections == []
+
+
+async def test_a_forged_continue_whose_form_opened_before_the_checks_ended_queues_nothing(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    """Checks slower than Discord allows before a form leave it to the submission (review: a forger
+    could slow the message read with a burst of clicks, and the submission queued the job)."""
+    fake, store = fake_discord, sqlite_store
+    first, second = await _two_samples(fake, store, bot_runner)
+    message = sample_message(fake, first)
+    assert message is not None
+    before = await job_count(store)
+    read = fake.hold("GET", "/channels/{channel_id}/messages/{message_id}")  # past the form's checks
+    forged = await fake.click(message, f"jukebot:continue:{second}", user=fake.user("bob"), forged=True)
+    await fake.wait_for(lambda: forged.modal is not None or None)
+    read.release()
+    submitted = await fake.submit_modal(forged, {"seconds": "5"})
+    assert await reply_of(fake, submitted) == (
+        f"This message has no Continue button for sample #{second}, so nothing was queued. Use the button "
+        f"under the sample's own message, or `/continue {second}`."
+    )
+    assert await job_count(store) == before

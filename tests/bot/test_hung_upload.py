@@ -82,6 +82,11 @@ async def test_a_hung_results_upload_holds_up_no_other_jobs_results(
     ]  # a sample, the final text
     assert fake.rejections == []
 
+    async def slow_posting_forgotten() -> bool:
+        return relay._slow_results == {}  # ended, it is not kept (review)
+
+    await wait_until(slow_posting_forgotten, 10.0, "the ended slow posting to be forgotten")
+
 
 async def test_a_bot_stopped_while_results_are_slow_hands_them_on_at_once(
     fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore, monkeypatch: pytest.MonkeyPatch

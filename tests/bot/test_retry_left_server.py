@@ -14,7 +14,7 @@ from storage.models import JobStatus
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
 from tests.bot.fake_discord import FakeDiscord
-from tests.bot.harness import PlayedWorker, make_bot, progress_message, when
+from tests.bot.harness import PlayedWorker, make_bot, progress_message, queue_song, when
 from tests.waiting import wait_until
 
 
@@ -83,3 +83,8 @@ async def test_a_join_the_database_cannot_record_is_one_warning_saying_what_it_m
     (warning,) = await wait_until(warned, 10.0, "the warning")
     assert str(fake.default_guild.id) in warning.getMessage() and "next start" in warning.getMessage()
     assert warning.exc_info is None  # one line, no traceback
+
+    # The database back, a member's request for a job there records the join it missed (review: every
+    # /jukebox was refused as "removed from the server" until the bot restarted).
+    monkeypatch.undo()
+    assert (await queue_song(fake, "alice", artist="queen", samples=1)).startswith("Queued as job #")
