@@ -437,6 +437,11 @@ def continuable(piece: Piece) -> bool:
     return may_continue(piece.top_codes)
 
 
+def piece_header(sample_id: int, job_id: int) -> str:
+    """How a curated piece's message begins (the relay finds a piece a stopped bot posted by it)."""
+    return f"**Sample #{sample_id}** · job #{job_id} · curated by "
+
+
 def piece_text(
     sample_id: int,
     job_id: int,
@@ -450,7 +455,7 @@ def piece_text(
     2,000 chars."""
     minutes, seconds = divmod(round(piece.duration_seconds), 60)
     head = (
-        f"**Sample #{sample_id}** · job #{job_id} · curated by <@{user_id}> from {len(piece.order)} "
+        f"{piece_header(sample_id, job_id)}<@{user_id}> from {len(piece.order)} "
         f"samples · {minutes}:{seconds:02d} · similarity: {piece.similarity.description}"
     )
     tail = []

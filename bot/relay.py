@@ -48,14 +48,14 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import discord
 
-from bot import delivery, pictures
+from bot import curating, delivery, pictures
 from bot.progress import quality_label, render_job, style_line
 from bot.requests import may_continue
 from bot.views import progress_view, sample_view
@@ -519,48 +519,46 @@ class ProgressRelay:
             return  # posted already, or another bot is posting them (if it dies, its claim expires)
         if claim.taken_over_from not in (None, self.poster_id):
             self._unread_history.add(job.id)
-        posted = asyncio.Event()
-        renewing = asyncio.create_task(self._renew_claim(job.id, posted), name=f"results-claim-{job.id}")
         cannot_post: str | None = None
-        try:
-            # As it is now: the listing may be older than an operator's retry and the run that followed.
-            job = await self.store.get_job(job.id)
-            earlier = _EarlierMessages(self, job) if job.id in self._unread_history else None
-            sample_count = None
-            if job.status == JobStatus.SUCCEEDED:
-                sample_count = await self._post_samples(job, earlier)
-            text = render_job(job, sample_count=sample_count)
-            await self._keep_claim(job)
-            if job.progress_message_id is not None:
-                await self._edit(job, text)
-            elif earlier is None or text not in await earlier.texts():
-                channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
-                await channel.send(text, allowed_mentions=NO_MENTIONS, nonce=final_text_nonce(job))
-        except discord.RateLimited as exc:  # longer than discord.py waits: the others go on meanwhile
-            await self._give_back(job, exc.retry_after)
-            log.warning(
-                "job #%s: Discord asks to wait %.0f s before posting in channel %s again; trying then",
-                job.id,
-                exc.retry_after,
-                job.channel_id,
-            )
-            return
-        except _ResultsClaimLost:
-            log.warning("job #%s: another bot took over posting its results; leaving the rest to it", job.id)
-            return
-        except Exception as exc:
-            cannot_post = _cannot_post_there(exc)
-            if cannot_post is None:
-                failures = self._failures[job.id] = self._failures.get(job.id, 0) + 1
-                await self._give_back(job, self._retry_delay(failures))
+        async with claim_renewed(self.store, job.id, self.poster_id, self.results_lease_s):
+            try:
+                # As it is now: the listing may be older than an operator's retry and the run that followed.
+                job = await self.store.get_job(job.id)
+                earlier = _EarlierMessages(self, job) if job.id in self._unread_history else None
+                sample_count = None
+                if job.status == JobStatus.SUCCEEDED:
+                    sample_count = await self._post_samples(job, earlier)
+                text = render_job(job, sample_count=sample_count)
+                await self._keep_claim(job)
+                if job.progress_message_id is not None:
+                    await self._edit(job, text)
+                elif earlier is None or text not in await earlier.texts():
+                    channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+                    await channel.send(text, allowed_mentions=NO_MENTIONS, nonce=final_text_nonce(job))
+            except discord.RateLimited as exc:  # longer than discord.py waits: the others go on meanwhile
+                await self._give_back(job, exc.retry_after)
+                log.warning(
+                    "job #%s: Discord asks to wait %.0f s before posting in channel %s again; trying then",
+                    job.id,
+                    exc.retry_after,
+                    job.channel_id,
+                )
+                return
+            except _ResultsClaimLost:
+                log.warning(
+                    "job #%s: another bot took over posting its results; leaving the rest to it", job.id
+                )
+                return
+            except Exception as exc:
+                cannot_post = _cannot_post_there(exc)
+                if cannot_post is None:
+                    failures = self._failures[job.id] = self._failures.get(job.id, 0) + 1
+                    await self._give_back(job, self._retry_delay(failures))
+                    raise
+                # no use trying again: given up below, still holding the claim
+            except BaseException:  # a shutdown mid-post: the next pass (or bot) finishes the job now
+                await self._give_back(job, 0.0)
                 raise
-            # no use trying again: given up below, still holding the claim
-        except BaseException:  # a shutdown mid-post: the next pass (or bot) finishes the job now
-            await self._give_back(job, 0.0)
-            raise
-        finally:
-            posted.set()
-            await renewing  # lets a renewal in flight end (cancelling it could break its connection)
         if cannot_post is not None:
             log.warning(
                 "job #%s: giving up posting its results in channel %s: %s; its samples stay stored "
@@ -641,9 +639,6 @@ class ProgressRelay:
         for job_id, retry_after_s in list(self._unreleased.items()):
             what = f"job #{job_id}: its claim on the results given back"
             await _written_behind(what, self._release(job_id, retry_after_s))
-
-    async def _renew_claim(self, job_id: int, posted: asyncio.Event) -> None:
-        await renew_claim(self.store, job_id, self.poster_id, self.results_lease_s, posted)
 
     async def _keep_claim(self, job: Job) -> None:
         """Renew our claim on the job's results before sending the next message."""
@@ -770,10 +765,24 @@ def new_poster_id(what: str = "bot") -> str:
     return f"{what}:{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
-async def renew_claim(
+@contextlib.asynccontextmanager
+async def claim_renewed(store: JobStore, job_id: int, poster_id: str, lease_s: float) -> AsyncIterator[None]:
+    """Keep a claim on a job's results alive while the block posts them, through uploads longer than
+    the lease; on leaving, a renewal in flight is let end (cancelling it could break its connection)."""
+    posted = asyncio.Event()
+    renewing = asyncio.create_task(
+        _renewing(store, job_id, poster_id, lease_s, posted), name=f"claim-{job_id}"
+    )
+    try:
+        yield
+    finally:
+        posted.set()
+        await renewing
+
+
+async def _renewing(
     store: JobStore, job_id: int, poster_id: str, lease_s: float, posted: asyncio.Event
 ) -> None:
-    """Keep a claim on a job's results alive until `posted` is set, through uploads longer than the lease."""
     while True:
         try:
             await asyncio.wait_for(posted.wait(), timeout=lease_s / 3)
@@ -800,7 +809,7 @@ def _posted_headers(job: Job, sample_id: int) -> tuple[str, ...]:
     """How the first message of a sample of `job` begins, as this relay posts it, and for a curated
     piece as `/curate` posts it (a bot that stopped mid-post leaves its piece to the relay)."""
     if job.kind == JobKind.CURATE:
-        return (_sample_header(job, sample_id), f"**Sample #{sample_id}** · job #{job.id} · curated by ")
+        return (_sample_header(job, sample_id), curating.piece_header(sample_id, job.id))
     return (_sample_header(job, sample_id),)
 
 

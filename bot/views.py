@@ -104,13 +104,17 @@ async def _clicked_message(interaction: discord.Interaction[Any]) -> discord.Mes
         return None
 
 
-async def _require_button(
-    bot: JukeBot, interaction: discord.Interaction[Any], custom_id: str, refusal: str
+async def _require_sample_button(
+    bot: JukeBot, interaction: discord.Interaction[Any], action: str, sample_id: int
 ) -> None:
-    """Refuse a click on a message that, as Discord stores it, does not carry the button `custom_id`:
-    the copy that comes with a forged click may list it too, and the job would reply to that message.
-    Read from the channel: a request for a job needs Read Message History there anyway, and without it
-    the request's own checks refuse it, saying so."""
+    """Refuse a click on a message that, as Discord stores it, does not carry the `action` button
+    (upsample, continue) of `sample_id`: the copy that comes with a forged click may list it too, and the
+    job would reply to that message. Read from the channel: a request for a job needs Read Message
+    History there anyway, and without it the request's own checks refuse it, saying so."""
+    refusal = (
+        f"This message has no {action.capitalize()} button for sample #{sample_id}, so nothing was queued. "
+        f"Use the button under the sample's own message, or `/{action} {sample_id}`."
+    )
     clicked = interaction.message
     if clicked is None:
         raise InvalidRequest(refusal)
@@ -121,20 +125,8 @@ async def _require_button(
         return
     except discord.NotFound:
         raise InvalidRequest(refusal) from None
-    if custom_id not in _custom_ids(stored):
+    if f"jukebot:{action}:{sample_id}" not in _custom_ids(stored):
         raise InvalidRequest(refusal)
-
-
-async def _require_continue_button(
-    bot: JukeBot, interaction: discord.Interaction[Any], sample_id: int
-) -> None:
-    await _require_button(
-        bot,
-        interaction,
-        f"jukebot:continue:{sample_id}",
-        f"This message has no Continue button for sample #{sample_id}, so nothing was queued. "
-        f"Use the button under the sample's own message, or `/continue {sample_id}`.",
-    )
 
 
 class _OneAtATime:
@@ -183,13 +175,7 @@ class UpsampleButton(
         async with bot.reporting_errors(interaction):
             stored_id(self.sample_id, "sample")  # a forged custom_id may carry any number
             await interaction.response.defer(ephemeral=True, thinking=True)
-            await _require_button(
-                bot,
-                interaction,
-                f"jukebot:upsample:{self.sample_id}",
-                f"This message has no Upsample button for sample #{self.sample_id}, so nothing was queued. "
-                f"Use the button under the sample's own message, or `/upsample {self.sample_id}`.",
-            )
+            await _require_sample_button(bot, interaction, "upsample", self.sample_id)
             reply_to = interaction.message.id if interaction.message else None
             await actions.request_upsample(bot, interaction, self.sample_id, reply_to=reply_to)
 
@@ -225,7 +211,7 @@ class ContinueButton(
             form.stop()  # `submit_continue_form` answers it, in this process or the next one
 
     async def _refusals_first(self, bot: JukeBot, interaction: discord.Interaction[Any]) -> None:
-        await _require_continue_button(bot, interaction, self.sample_id)
+        await _require_sample_button(bot, interaction, "continue", self.sample_id)
         await actions.check_usable_sample(bot, interaction, self.sample_id)
         await actions.check_can_enqueue(bot, interaction)
         check_continuable(self.sample_id, await bot.store.codes_count(self.sample_id, 2))
@@ -264,7 +250,7 @@ async def submit_continue_form(interaction: discord.Interaction[Any]) -> None:
         seconds = actions.parse_seconds(form_value(data, "seconds"))
         await interaction.response.defer(ephemeral=True, thinking=True)
         if interaction.message is not None:  # again: the checks before the form may have been too slow
-            await _require_continue_button(bot, interaction, sample_id)
+            await _require_sample_button(bot, interaction, "continue", sample_id)
         await actions.request_continue(bot, interaction, sample_id, seconds, reply_to=reply_to)
 
 

@@ -167,21 +167,14 @@ class Curate(commands.Cog):
             posting_lease_s=relay.RESULTS_LEASE_S,
         )
         interaction.extras["job_id"] = job_id
-        posted = asyncio.Event()
-        renewing = asyncio.create_task(
-            relay.renew_claim(store, job_id, poster, relay.RESULTS_LEASE_S, posted),
-            name=f"curate-claim-{job_id}",
-        )
-        try:
-            made = _Made(guild_id, job_id, sample_id, piece, resolved)
-            reply = await self._post_piece(interaction, made)
-        except BaseException:  # stopped, or a failure no reply covers: the relay posts what is missing
-            with contextlib.suppress(Exception):  # (else the claim runs out: the same, a lease later)
-                await store.release_results_posting(job_id, poster, history_unread=True)
-            raise
-        finally:
-            posted.set()
-            await renewing
+        async with relay.claim_renewed(store, job_id, poster, relay.RESULTS_LEASE_S):
+            try:
+                made = _Made(guild_id, job_id, sample_id, piece, resolved)
+                reply = await self._post_piece(interaction, made)
+            except BaseException:  # stopped, or a failure no reply covers: the relay posts what is missing
+                with contextlib.suppress(Exception):  # (else the claim runs out: the same, a lease later)
+                    await store.release_results_posting(job_id, poster, history_unread=True)
+                raise
         await store.finish_results_posting(job_id, poster)
         await _tell(interaction, reply)
 

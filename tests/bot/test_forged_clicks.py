@@ -62,6 +62,13 @@ async def _queued_job(fake: FakeDiscord, user: str) -> int:
     return int(reply.split("#")[1].split(".")[0])
 
 
+async def _with_its_cancel_button(fake: FakeDiscord, store: JobStore, job_id: int) -> FakeMessage:
+    """The job's progress message, once it shows the Cancel button."""
+    message = fake.message(await recorded_progress_message(store, job_id))
+    await fake.wait_for(lambda: message.custom_ids == [f"jukebot:cancel:{job_id}"] or None)
+    return message
+
+
 def _shown(message: FakeMessage) -> tuple[str, list[dict[str, object]], int]:
     """What a click must leave as it was: the text, the buttons (labels too) and the edit count."""
     return message.content, [dict(button) for button in message.buttons], len(message.edits)
@@ -93,8 +100,7 @@ async def test_a_forged_yes_cancel_on_a_progress_message_is_refused_even_for_the
     fake, store = fake_discord, sqlite_store
     await bot_runner.start(make_bot(fake, store))
     job_id = await _queued_job(fake, "alice")
-    message = fake.message(await recorded_progress_message(store, job_id))
-    await fake.wait_for(lambda: message.custom_ids == [f"jukebot:cancel:{job_id}"] or None)
+    message = await _with_its_cancel_button(fake, store, job_id)
     content = message.content
 
     forged = await fake.click(
@@ -248,8 +254,7 @@ async def test_a_forged_yes_cancel_under_the_question_about_another_job_cancels_
     await bot_runner.start(make_bot(fake, store))
     asked_about = await _queued_job(fake, "alice")
     other = await _queued_job(fake, "alice")
-    message = fake.message(await recorded_progress_message(store, asked_about))
-    await fake.wait_for(lambda: message.custom_ids == [f"jukebot:cancel:{asked_about}"] or None)
+    message = await _with_its_cancel_button(fake, store, asked_about)
     asked = await fake.click(message, f"jukebot:cancel:{asked_about}", user=fake.user("alice"))
     question = await fake.wait_for(lambda: answer_of(asked))
     assert question.custom_ids == [f"jukebot:cancel-confirm:{asked_about}"]
