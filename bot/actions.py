@@ -163,16 +163,21 @@ POSTING_PERMISSIONS = {
 }
 
 
-def check_bot_can_post(interaction: discord.Interaction[Any]) -> None:
-    """Refuse a job whose results the bot could not post in this channel (Discord says what the bot
-    may do here with every interaction), rather than queue hours of work no one would see."""
-    granted = interaction.app_permissions
-    in_thread = isinstance(interaction.channel, discord.Thread)
+def missing_posting_permissions(granted: discord.Permissions, *, in_thread: bool) -> list[str]:
+    """The names of the permissions the bot lacks, of those it needs to post results (`granted` in a
+    channel, or in a thread, which takes Send Messages in Threads instead of Send Messages)."""
     needed = {**POSTING_PERMISSIONS}
     if in_thread:
         del needed["send_messages"]
         needed["send_messages_in_threads"] = "Send Messages in Threads"
-    missing = [label for name, label in needed.items() if not getattr(granted, name)]
+    return [label for name, label in needed.items() if not getattr(granted, name)]
+
+
+def check_bot_can_post(interaction: discord.Interaction[Any]) -> None:
+    """Refuse a job whose results the bot could not post in this channel (Discord says what the bot
+    may do here with every interaction), rather than queue hours of work no one would see."""
+    in_thread = isinstance(interaction.channel, discord.Thread)
+    missing = missing_posting_permissions(interaction.app_permissions, in_thread=in_thread)
     if missing:
         raise BotLacksPermission(
             f"I cannot post results in this channel: I am missing the {', '.join(missing)} "

@@ -3,9 +3,9 @@
 One background task. Each pass lists the unfinished jobs of the servers the bot is in, edits
 their progress messages (only when the text changed, at most once per `min_edit_interval_s`
 per message, and within Discord's rate limits, `EditBudget`: the message edited longest ago first,
-the rest at later passes), then posts the results of finished jobs the store lists
-as not posted yet, followed by the final progress text. Passes run every `poll_interval_s` or at
-once after `poke()`.
+the rest at later passes, as are those past PROGRESS_PASS_WAIT_S when Discord is slow), then posts
+the results of finished jobs the store lists as not posted yet, followed by the final progress text.
+Passes run every `poll_interval_s` or at once after `poke()`.
 
 Exactly once, across restarts and several bot processes: before posting a job's results the
 relay claims them in the store for `results_lease_s` (`claim_results_posting`; one holder at a
@@ -28,8 +28,10 @@ carries its picture (bot/pictures.py) when that fits the upload limit beside the
 
 Results that can never go out are given up, so they cannot hold up the others: when Discord says the
 bot cannot post in the job's channel (no access, no permission, the channel deleted, the thread locked)
-the results are marked posted with one warning in the log (the samples stay stored: `/sample` re-sends
-them). Other failures are retried, the first at the next pass, then after a growing wait per job (its
+the results are marked posted with one warning in the log, and the progress message says so with the
+samples' numbers where Discord still lets the bot edit it (they stay stored: `/sample` re-sends them).
+A reply Discord refuses (Read Message History taken from the bot) goes out as a message of its own.
+Other failures are retried, the first at the next pass, then after a growing wait per job (its
 claim is given back with a time before which nobody retries it, so the jobs behind it in the list go
 on). A rate limit longer than discord.py waits (`MAX_RATE_LIMIT_WAIT_S`) is such a wait too, as long
 as Discord asked; a progress edit it refuses waits for a later pass. A progress message in a thread
@@ -55,7 +57,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import discord
 
-from bot import curating, delivery, pictures
+from bot import curating, delivery, pictures, progress
+from bot.actions import missing_posting_permissions
+from bot.errors import fit_message
 from bot.progress import quality_label, render_job, style_line
 from bot.requests import may_continue
 from bot.views import progress_view, sample_view
@@ -73,6 +77,10 @@ log = logging.getLogger(__name__)
 # rate limit, MAX_RATE_LIMIT_WAIT_S, included), then goes on without it, so that one hung request holds
 # up no other job's progress nor the results behind it (aiohttp's own limit is 5 minutes).
 PROGRESS_EDIT_TIMEOUT_S = 60.0
+# All of a pass's progress messages wait this long at most: past it, the edits not sent yet wait for the
+# next pass, so that the results behind them and new jobs' messages (`announce`) wait no longer when
+# Discord is slow (discord.py tries a request Discord answers with a 500 five times, over 25 s).
+PROGRESS_PASS_WAIT_S = 15.0
 # A job's results may take minutes to upload (several files of up to the server's upload limit): the
 # pass waits this long for them, then goes on while they go on, so that a slow or hung upload (aiohttp
 # gives up after 5 minutes) holds up no other job's progress nor results.
@@ -88,10 +96,14 @@ THREAD_ARCHIVED = 50083
 # posting for one that was killed mid-post. Renewed every third of it, also during a long upload.
 RESULTS_LEASE_S = 30.0
 # Discord's answers that mean the bot cannot post in the channel at all: trying again will not help.
+MISSING_PERMISSIONS = 50013
+UNKNOWN_CHANNEL = 10003
+# Discord refuses a reply from a bot that may not read the channel's history (`send_replying`).
+REPLY_NEEDS_HISTORY = 160002
 CANNOT_POST_THERE = {
     50001: "Missing Access",
-    50013: "Missing Permissions",
-    10003: "Unknown Channel",
+    MISSING_PERMISSIONS: "Missing Permissions",
+    UNKNOWN_CHANNEL: "Unknown Channel",
     THREAD_ARCHIVED: "Thread is archived",
     160005: "Thread is locked",
 }
@@ -254,29 +266,40 @@ class ProgressRelay:
             self.edit_budget.new_pass()
             for job in ours:
                 self.track(job.id)
+            updates_until = time.monotonic() + PROGRESS_PASS_WAIT_S
             for job in sorted(ours, key=lambda job: self._update_order(job, places)):
+                wait_s = min(updates_until - time.monotonic(), PROGRESS_EDIT_TIMEOUT_S)
+                if wait_s <= 0:
+                    break  # Discord is slow to answer: the rest wait for the next pass, the results do not
                 lost_at = self._channel_lost_at.get(job.id)
                 if lost_at is not None and time.monotonic() - lost_at < MAX_RETRY_DELAY_S:
                     continue  # its channel is gone or closed to the bot: try again now and then
                 try:
-                    await self._update(job, places)
+                    await self._update(job, places, wait_s)
                     self._channel_lost_at.pop(job.id, None)
                     self._update_failures.pop(job.id, None)
                 except discord.RateLimited:  # a long wait in its channel (discord.py logs it): later
                     continue
                 except Exception as exc:  # the other jobs still update
+                    # Tried now: a message whose edits keep failing (slowly) goes behind the others.
+                    self._watched[job.id].edited_at = time.monotonic()
                     why = _cannot_post_there(exc)
                     if why is None:
                         failures = self._update_failures[job.id] = self._update_failures.get(job.id, 0) + 1
-                        if failures == 1:
+                        if failures == 1 and not isinstance(exc, TimeoutError):  # a slow Discord says enough
                             log.exception(
                                 "job #%s: updating its progress message failed; trying again", job.id
                             )
                         else:  # its traceback is in the log already: one line per pass, not one per failure
                             log.warning(
-                                "job #%s: updating its progress message failed again: %r", job.id, exc
+                                "job #%s: updating its progress message failed%s: %r",
+                                job.id,
+                                " again" if failures > 1 else "",
+                                exc,
                             )
                         continue
+                    if isinstance(exc, discord.HTTPException) and exc.code == UNKNOWN_CHANNEL:
+                        await self._channel_gone(job)
                     if lost_at is None:
                         log.warning(
                             "job #%s: cannot show its progress in channel %s (%s); trying again every %.0f s",
@@ -349,12 +372,29 @@ class ProgressRelay:
 
     async def stop(self) -> None:
         """Cut short results still going out past their time: each gives its claim back (`_finish`), for
-        the next bot to post the rest at once."""
-        slow = [posting for posting in self._slow_results.values() if not posting.done()]
-        for posting in slow:
-            posting.cancel()
+        the next bot to post the rest at once; and progress edits Discord has not answered yet."""
+        slow = [
+            task for task in (*self._slow_results.values(), *self._slow_edits.values()) if not task.done()
+        ]
+        for task in slow:
+            task.cancel()
         await asyncio.gather(*slow, return_exceptions=True)
         self._slow_results.clear()
+        self._slow_edits.clear()
+
+    async def _channel_gone(self, job: Job) -> None:
+        """Discord says the job's channel is no more: its queued jobs are cancelled, as when the bot saw it
+        deleted (`on_guild_channel_delete`), which it does not when that happened while it was offline,
+        nor for the threads of a deleted channel it had not seen since it started."""
+        try:
+            cancelled = await self.store.cancel_queued_in_channel(job.channel_id)
+        except Exception as exc:  # e.g. the database is away: the next pass's edit tries again
+            log.warning(
+                "channel %s is gone, but its queued jobs could not be cancelled: %r", job.channel_id, exc
+            )
+            return
+        if cancelled:
+            log.info("channel %s is gone: cancelled its queued jobs %s", job.channel_id, cancelled)
 
     def _update_order(self, job: Job, places: QueuePlaces) -> tuple[int, float, int, int]:
         """The order a pass updates progress messages in (the edit budget may not reach the last): new
@@ -368,7 +408,7 @@ class ProgressRelay:
         place = places.place.get(job.id)
         return (1, edited_at, 1, place) if place is not None else (1, edited_at, 2, 0)
 
-    async def _update(self, job: Job, places: QueuePlaces) -> None:
+    async def _update(self, job: Job, places: QueuePlaces, wait_s: float = PROGRESS_EDIT_TIMEOUT_S) -> None:
         if job.progress_message_id is None:
             await self.post_progress_message(job.id, places)
             return
@@ -379,7 +419,7 @@ class ProgressRelay:
         if self._slow_edit_of(job.id) is not None:
             return  # Discord has not answered its last edit yet: never two at once, nor out of order
         if self.edit_budget.take(job.channel_id):  # else at a later pass, with the text as it is then
-            await self._edit(job, text)
+            await self._edit(job, text, wait_s)
 
     def _slow_edit_of(self, job_id: int) -> asyncio.Task[None] | None:
         """The job's progress edit still under way after PROGRESS_EDIT_TIMEOUT_S, if there is one."""
@@ -389,20 +429,21 @@ class ProgressRelay:
             return None
         return edit
 
-    async def _edit(self, job: Job, text: str) -> None:
-        """Edit the job's progress message to `text`, waiting PROGRESS_EDIT_TIMEOUT_S at most: an edit
-        Discord has not answered by then goes on without the pass (`_slow_edits`), never cancelled
-        (discord.py cut short in its wait for a global rate limit leaves every later request waiting)."""
+    async def _edit(self, job: Job, text: str, wait_s: float = PROGRESS_EDIT_TIMEOUT_S) -> None:
+        """Edit the job's progress message to `text`, waiting `wait_s` at most: an edit Discord has not
+        answered by then (a hung request, or one discord.py retries after Discord's 500s) goes on without
+        the pass (`_slow_edits`), never cancelled (discord.py cut short in its wait for a global rate
+        limit leaves every later request waiting)."""
         if self._slow_edit_of(job.id) is not None:
             raise TimeoutError(f"Discord has not answered job #{job.id}'s last progress edit yet")
         edit = asyncio.create_task(self._edit_now(job, text), name=f"progress-edit-{job.id}")
-        done, _ = await asyncio.wait({edit}, timeout=PROGRESS_EDIT_TIMEOUT_S)
+        done, _ = await asyncio.wait({edit}, timeout=wait_s)
         if edit not in done:
             self._slow_edits[job.id] = edit
             edit.add_done_callback(functools.partial(_slow_edit_ended, job.id))
             raise TimeoutError(
-                f"Discord has not answered job #{job.id}'s progress edit within {PROGRESS_EDIT_TIMEOUT_S:g} "
-                "s; it goes on while the other jobs' progress does"
+                f"Discord has not answered job #{job.id}'s progress edit within {wait_s:.3g} s; it goes "
+                "on while the other jobs' progress does"
             )
         edit.result()
 
@@ -449,11 +490,12 @@ class ProgressRelay:
             channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
             reply_to = watched.reply_to or await self._parent_message(job)
             reference = self._reference(job.channel_id, job.guild_id, reply_to)
-            message = await channel.send(
+            message = await send_replying(
+                channel,
+                reference,
                 text,
-                view=progress_view(job),  # type: ignore[arg-type]
+                view=progress_view(job),
                 allowed_mentions=NO_MENTIONS,
-                reference=reference,  # type: ignore[arg-type]
                 nonce=progress_nonce(job.id, replacing=None),
             )
             if await self._recorded(job.id, message, replacing=None):
@@ -559,15 +601,57 @@ class ProgressRelay:
             except BaseException:  # a shutdown mid-post: the next pass (or bot) finishes the job now
                 await self._give_back(job, 0.0)
                 raise
-        if cannot_post is not None:
-            log.warning(
-                "job #%s: giving up posting its results in channel %s: %s; its samples stay stored "
-                "(`/sample` re-sends them)",
-                job.id,
-                job.channel_id,
-                cannot_post,
-            )
+            if cannot_post is not None:
+                log.warning(
+                    "job #%s: giving up posting its results in channel %s: %s; its samples stay stored "
+                    "(`/sample` re-sends them)",
+                    job.id,
+                    job.channel_id,
+                    cannot_post,
+                )
+                await self._say_not_posted(job, cannot_post)  # under the claim: no other bot posts meanwhile
         await self._mark_posted(job.id)
+
+    async def _say_not_posted(self, job: Job, why: str) -> None:
+        """Samples Discord would not take in the job's channel (a permission taken from the bot mid-job):
+        say so where the requester looks, in the job's progress message (else a message of its own),
+        with the numbers `/sample` re-sends them by. Nothing more when Discord refuses that too."""
+        if job.status != JobStatus.SUCCEEDED:
+            return  # its final text was what Discord refused: nothing else to tell
+        try:
+            unposted = [f"#{info.id}" for info in await self.store.samples_for_job(job.id) if not info.posted]
+            if not unposted:
+                return
+            missing = self._missing_permissions(job.channel_id)
+            reason = (
+                f"I am missing the {', '.join(missing)} permission{'s' if len(missing) > 1 else ''} here"
+                if missing
+                else f"Discord refused them: {why}"
+            )
+            text = fit_message(
+                f"{progress.header(job)}\n{progress.MARK_DONE} Done, but I could not post its samples here "
+                f"({reason}). `/sample` re-sends them, here once I may or in another channel: "
+                f"{', '.join(unposted)}."
+            )
+            await self._keep_claim(job)
+            if job.progress_message_id is not None:
+                pending = self._slow_edit_of(job.id)
+                if pending is not None:  # an earlier edit Discord has not answered yet: this one lands last
+                    await asyncio.wait({pending}, timeout=PROGRESS_EDIT_TIMEOUT_S)
+                await self._edit(job, text)
+            else:
+                channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+                await channel.send(text, allowed_mentions=NO_MENTIONS, nonce=final_text_nonce(job))
+        except Exception as exc:  # the channel is gone, or closed to the bot altogether (warned above)
+            log.info("job #%s: could not say in channel %s why either: %r", job.id, job.channel_id, exc)
+
+    def _missing_permissions(self, channel_id: int) -> list[str]:
+        """What the bot lacks to post results in the channel, as its cache knows it ([] when unknown)."""
+        channel = self.bot.get_channel(channel_id)
+        if not isinstance(channel, discord.abc.GuildChannel | discord.Thread):
+            return []
+        granted = channel.permissions_for(channel.guild.me)
+        return missing_posting_permissions(granted, in_thread=isinstance(channel, discord.Thread))
 
     async def _mark_posted(self, job_id: int) -> None:
         """Mark the results of a job posted: all went out (or were given up). Kept in `_unmarked` while the
@@ -735,11 +819,12 @@ class ProgressRelay:
                 # The split is in it: a message of another split is another message.
                 nonce = sample_nonce(sample.id, index, split_limit)
                 if index == 0:
-                    first = await channel.send(
+                    first = await send_replying(
+                        channel,
+                        reference,
                         content,
                         files=uploads,
                         view=view,
-                        reference=reference,  # type: ignore[arg-type]
                         allowed_mentions=NOTIFY_USER if position == 1 else NO_MENTIONS,
                         nonce=nonce,
                     )
@@ -758,6 +843,26 @@ class ProgressRelay:
             if first_id is not None:
                 await self._record_sample_message(sample.id, first_id)
         return len(infos)
+
+
+async def send_replying(
+    channel: discord.PartialMessageable,
+    reference: discord.MessageReference | None,
+    content: str,
+    **kwargs: Any,
+) -> discord.Message:
+    """`channel.send` as a reply to `reference`; as a message of its own when Discord refuses the reply
+    (a bot needs Read Message History to reply, which a moderator may take from it mid-job)."""
+    if reference is None:
+        return await channel.send(content, **kwargs)
+    try:
+        return await channel.send(content, reference=reference, **kwargs)
+    except discord.Forbidden as exc:
+        if exc.code not in (REPLY_NEEDS_HISTORY, MISSING_PERMISSIONS):
+            raise
+        for upload in kwargs.get("files") or ():
+            upload.reset()  # read once by the refused request
+        return await channel.send(content, **kwargs)
 
 
 def new_poster_id(what: str = "bot") -> str:

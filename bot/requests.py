@@ -21,6 +21,7 @@ from sampler.jobspec import (
     DEFAULT_TEMPERATURE,
     MAX_LYRICS_CHARS,
     MAX_PRIME_SECONDS,
+    MIN_LENGTH_SECONDS,
     MIN_PRIME_SECONDS,
     JobParams,
     Style,
@@ -43,9 +44,7 @@ T = TypeVar("T")
 
 DEFAULT_LENGTH_SECONDS = 20.0
 DEFAULT_CONTINUE_SECONDS = 10.0
-# The shortest length or continuation asked for, and the longest a command's option takes (a server's
-# own limit, at most this, is checked after).
-MIN_LENGTH_SECONDS = 1.0
+# The longest length a command's option takes (a server's own limit, at most this, is checked after).
 MAX_LENGTH_OPTION_SECONDS = MAX_SONG_SECONDS
 MAX_HISTORY_PAGE = 1000  # /history pages of ten jobs
 MAX_SEED = 2**31 - 1

@@ -10,6 +10,7 @@ import dataclasses
 import os
 import re
 from collections.abc import Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlsplit
@@ -32,6 +33,7 @@ from sampler.engine_settings import (
     parse_decode_path,
     parse_switch,
 )
+from sampler.jobspec import MAX_PRIME_SECONDS, MIN_LENGTH_SECONDS, MIN_PRIME_SECONDS
 from sampler.jukebox.registry import DEFAULT_MIRRORS, MAX_SONG_SECONDS
 from sampler.model_files import default_model_dir
 from sampler.residency import DEFAULT_RESIDENT_PRIORS, ResidentPriors, parse_resident_priors
@@ -378,13 +380,13 @@ def parse_byte_size(value: object) -> object:
     """Accept a number of bytes or one with a unit: `26214400`, `25MiB`, `25 MB` (MB = 10^6, MiB = 2^20)."""
     if not isinstance(value, str):
         return value
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", value)
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", value)
     unit = match.group(2).lower() if match else None
     if match is None or unit not in _BYTE_UNITS:
         raise ValueError(
             "use a number of bytes, or one with a unit, e.g. 26214400 or 25MiB (also kB, MB, KiB, GiB)"
         )
-    return int(float(match.group(1)) * _BYTE_UNITS[unit])
+    return int(Decimal(match.group(1)) * _BYTE_UNITS[unit])  # exact, however many digits
 
 
 # Each Discord endpoint's schemes, and an example: REST goes over HTTP, the gateway over WebSocket
@@ -432,13 +434,13 @@ class Settings(BaseSettings):
     model_mirrors: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_MIRRORS))
 
     # Limits a server owner tunes (per-guild overrides live in the database).
-    max_length_seconds: float = Field(default=60.0, gt=0, le=MAX_SONG_SECONDS)
+    max_length_seconds: float = Field(default=60.0, ge=MIN_LENGTH_SECONDS, le=MAX_SONG_SECONDS)
     max_samples_per_job: int = Field(default=3, ge=1, le=16)
     max_running_jobs_per_user: int = Field(default=1, ge=1, le=MAX_INTEGER)  # stored with each job
     max_queued_jobs_per_user: int = Field(default=3, ge=1, le=MAX_INTEGER)
     allowed_channels: Annotated[list[int], NoDecode] = Field(default_factory=list)
-    max_prime_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
-    max_prime_seconds: float = Field(default=60.0, gt=0)
+    max_prime_bytes: int = Field(default=25 * 1024 * 1024, gt=0, le=MAX_INTEGER)
+    max_prime_seconds: float = Field(default=60.0, ge=MIN_PRIME_SECONDS, le=MAX_PRIME_SECONDS)
     # Most samples one /curate may join (decoding and fingerprinting them is the bot's CPU work).
     max_curate_samples: int = Field(default=50, ge=2, le=MAX_USER_SAMPLES)
 

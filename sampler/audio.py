@@ -42,6 +42,9 @@ PADDED_CODECS = frozenset({"mp3", "mp3float", "mp2", "mp2float", "aac", "aac_fix
 MAX_LENGTH_SLACK_SECONDS = 0.5  # whatever frame size a header states
 # How much shorter than its header says a stream may decode before we call it truncated: two codec frames.
 TRUNCATION_SLACK_SECONDS = 0.1
+# A decoded clip peaking over this (+6 dBFS: float PCM, far past the overshoot of a full-scale clip
+# resampled) is scaled down to full scale rather than clipped.
+SCALED_DOWN_ABOVE_PEAK = 2.0
 
 # Packets the decoder may refuse before a file is called damaged: some (an ID3 tag between joined
 # MP3s), and no more than a small share of those that decode.
@@ -678,7 +681,16 @@ def _decode(
             f"{decoded_seconds:.1f} s could be decoded. Export it again and re-attach it."
         )
 
-    audio = np.clip(np.concatenate(chunks)[:wanted], -1.0, 1.0)
+    audio = np.concatenate(chunks)[:wanted]
+    kept_peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+    if kept_peak > SCALED_DOWN_ABOVE_PEAK:
+        # Float PCM far past full scale: a float mix exported without a limiter, or integer sample values
+        # written as floats. Clipped, it would be a square wave; scaled down it sounds as it was meant to.
+        audio = audio * np.float32(1.0 / kept_peak)
+        peak, channel_peak = peak / kept_peak, channel_peak / kept_peak
+    audio = np.clip(
+        audio, -1.0, 1.0
+    )  # a resampled full-scale clip overshoots a little (and so may a float one)
     if silence_threshold_db is not None:
         peak_db = _dbfs(min(peak, 1.0) if silence_of_whole_file else float(np.max(np.abs(audio))))
         if peak_db < silence_threshold_db:
@@ -841,6 +853,7 @@ def encode_to_fit(
     bitrate for these encoders), so a fit costs about log2(len(ladder)) encodes. Raises `DoesNotFit`
     with the smallest size reached when nothing at or above `min_bitrate` fits.
     """
+    sample_rate = _whole_in(sample_rate, "sample_rate", *SAMPLE_RATE_RANGE, "Hz")  # before it divides
     samples = _as_mono(audio)
     duration = samples.shape[0] / sample_rate
     smallest: tuple[int, str, int] | None = None

@@ -8,10 +8,12 @@ directory, batch sizes and residency are runner options (`model_dir`, `max_batch
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import os
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +45,7 @@ from sampler.loading import (
     LazyPriors,
     ModelDirectory,
     ModelFileUnusable,
+    PriorDoesNotFit,
     SidecarFault,
     load_cascade,
     resident_estimate,
@@ -67,13 +70,12 @@ from sampler.residency import (
 )
 from sampler.units import format_bytes
 from sampler.worker.contract import (
-    BadCheckpoint,
     DeviceSpec,
+    JobDidNotFit,
     JobFailed,
     JobTask,
     LevelProgress,
     ModelNotHere,
-    OutOfMemory,
     ProgressReporter,
     RunnerOptions,
     Stage,
@@ -100,6 +102,10 @@ _Signature = tuple[tuple[int, int] | None, ...]
 
 class InvalidJobInput(JobFailed):
     """The job's parent sample or prime cannot be sampled from; the message says why."""
+
+
+# How long a worker serves no job of a model that did not fit in its device's free memory.
+DOES_NOT_FIT_PAUSE_S = 600.0
 
 
 class DecodeDidNotFit(RuntimeError):
@@ -176,14 +182,21 @@ class CascadeRunner:
         # architecture comes from stay as they were (also recorded in the model directory's verification
         # cache, where that can be written)
         self._unusable: dict[str, _Signature] = {}
+        # model -> time.monotonic() until which it is not served: it did not fit (`_does_not_fit`)
+        self._does_not_fit_until: dict[str, float] = {}
+        self._overlap_off: set[str] = set()  # models whose priors did not fit two at once
 
     @property
     def models(self) -> frozenset[str]:
         """The models complete in the model directory now (stat calls: the worker asks before each claim),
         less those with a file this runner found unusable."""
         unusable = self._still_unusable()
+        now = time.monotonic()
         models = frozenset(
-            name for name in available_models(self.model_dir) if unusable.isdisjoint(MODELS[name].checkpoints)
+            name
+            for name in available_models(self.model_dir)
+            if unusable.isdisjoint(MODELS[name].checkpoints)
+            and self._does_not_fit_until.get(name, now) <= now
         )
         if models != self._models_seen:
             self._models_seen = models
@@ -270,6 +283,24 @@ class CascadeRunner:
             self.device,
         )
 
+    def _does_not_fit(self, model: str, what: str, failure: BaseException) -> str:
+        """`what` of the model (a prior alone, its VQ-VAE, a window of one sample) does not fit in the
+        device's memory free now: this worker serves the model no more for DOES_NOT_FIT_PAUSE_S (a worker
+        with more memory may take its jobs; another process on the GPU may free some meanwhile). The
+        job's message (`JobDidNotFit`), which must not read as out of memory: torch's words are logged."""
+        log.warning("%s: %s of %s does not fit: %s", self.device, what, model, str(failure).strip()[:200])
+        self._drop(model)
+        gc.collect()
+        if self.device.is_cuda:
+            torch.cuda.empty_cache()
+        self._does_not_fit_until[model] = time.monotonic() + DOES_NOT_FIT_PAUSE_S
+        self._models_seen = None  # log the model directory's status at the next claim
+        return (
+            f"the {model} model ({what}) does not fit in the memory {self.device} has free; this worker "
+            f"takes no {model} job for the next {DOES_NOT_FIT_PAUSE_S / 60:g} minutes (one with more "
+            "memory may)"
+        )
+
     def cascade(self, model: str) -> Cascade:
         if model in self._cascades and not self.keeps_priors(model):
             # its priors load from the files with each level: fail before sampling if one is gone
@@ -290,8 +321,9 @@ class CascadeRunner:
         return self._cascades[model]
 
     def _overlaps(self, model: str) -> bool | None:
-        """Levels sampled at once hold two or three priors together: only when they stay resident."""
-        if self.overlap_levels is None and not self.keeps_priors(model):
+        """Levels sampled at once hold two or three priors together: only when they stay resident, and
+        not once a prior did not fit beside another (`_overlap_off`)."""
+        if model in self._overlap_off or (self.overlap_levels is None and not self.keeps_priors(model)):
             return False
         return self.overlap_levels
 
@@ -445,11 +477,12 @@ class CascadeRunner:
     def run(self, task: JobTask, report: ProgressReporter, should_stop: StopCheck) -> list[NewSample]:
         try:
             resume: CascadeState | None = None
+            batch: BatchSizes | None = None
             while True:
                 try:
-                    return self._run(task, report, should_stop, resume)
-                except _PriorsDoNotFit as retry:
-                    resume = retry.state
+                    return self._run(task, report, should_stop, resume, batch)
+                except _TryAgainSmaller as retry:
+                    resume, batch = retry.state, retry.batch or batch
                 # out of the handler: the out-of-memory traceback, and the priors its frames held, is gone
                 gc.collect()
                 if self.device.is_cuda:
@@ -471,38 +504,50 @@ class CascadeRunner:
                 f"(it moves a damaged file aside), then `jukebot models download {model}`."
             ) from exc
 
+    @staticmethod
+    def _saved_state(task: JobTask, cascade: Cascade, request: SamplingRequest) -> CascadeState | None:
+        """The job's checkpoint to go on from; None to start over when it cannot be this job's (damaged,
+        or written by a version that planned otherwise): each window's draws are seeded by (seed, level,
+        window), so the run makes the codes an unbroken one makes, and the job is not lost for it."""
+        if not task.checkpoint:
+            return None
+        try:
+            state = CascadeState.from_bytes(task.checkpoint)
+            cascade.check_state(request, state)
+        except SamplingError as exc:
+            log.warning("job #%s: its saved progress cannot be used (%s); starting it over", task.job.id, exc)
+            return None
+        return state
+
     def _run(
         self,
         task: JobTask,
         report: ProgressReporter,
         should_stop: StopCheck,
         resume: CascadeState | None = None,
+        batch: BatchSizes | None = None,
     ) -> list[NewSample]:
-        """One try at the job; `resume`: the state to go on from instead of the task's checkpoint (a
-        retry in this process)."""
+        """One try at the job; `resume`: the state to go on from instead of the task's checkpoint, and
+        `batch` the batch sizes to sample at instead of the runner's (a retry in this process)."""
         job = task.job
         report.progress(Stage.LOADING, None, None, None, 0, 1)
-        cascade = self.cascade(job.model)
+        try:
+            cascade = self.cascade(job.model)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            raise JobDidNotFit(self._does_not_fit(job.model, "its VQ-VAE", exc)) from None
         raise_if_stopped(should_stop)
         request = self.plan(task, cascade)
-        try:
-            if resume is not None:
-                state: CascadeState | None = resume
-            else:
-                state = CascadeState.from_bytes(task.checkpoint) if task.checkpoint else None
-        except SamplingError as exc:
-            raise BadCheckpoint(f"The saved progress of job {job.id} cannot be used: {exc}") from None
-        if request.mode == "primed" and state is None:
-            report.progress(Stage.ENCODING_PRIME, None, None, None, 0, 1)
+        if batch is not None:
+            request = dataclasses.replace(request, max_batch_size=batch)
         try:
             cascade.check(request)
         except SamplingError as exc:
             raise JobFailed(f"This job cannot be sampled: {exc}.") from None
-        if state is not None:
-            try:
-                cascade.check_state(request, state)
-            except SamplingError as exc:
-                raise BadCheckpoint(f"The saved progress of job {job.id} cannot be used: {exc}") from None
+        state = resume if resume is not None else self._saved_state(task, cascade, request)
+        if request.mode == "primed" and state is None:
+            report.progress(Stage.ENCODING_PRIME, None, None, None, 0, 1)
         initial = state or cascade.initial_state(request)
         level_tokens = {
             level: sum(w.new_tokens for w in cascade.plan(request, initial, level))
@@ -564,12 +609,39 @@ class CascadeRunner:
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
+            newest = latest[0] if latest else state
             if self.keeps_priors(job.model):
                 # the priors held together (and their caches) did not fit: load them per level and go
                 # on from the newest window, as the warm-up does
                 self._load_per_level(job.model, f"job #{job.id}")
-                raise _PriorsDoNotFit(latest[0] if latest else state) from None
-            raise OutOfMemory(self.device, detail=str(exc)[:120]) from None
+                raise _TryAgainSmaller(newest) from None
+            if isinstance(exc, PriorDoesNotFit) and self._overlaps(job.model) is not False:
+                # the level above still held its prior: sample the levels one after the other
+                self._overlap_off.add(job.model)
+                log.warning(
+                    "job #%s: %s beside another; levels sample one at a time from now on", job.id, exc
+                )
+                raise _TryAgainSmaller(newest) from None
+            if isinstance(exc, PriorDoesNotFit):  # alone: not the job's doing, and no job of it fits here
+                raise JobDidNotFit(
+                    self._does_not_fit(job.model, f"its level-{exc.level} prior", exc)
+                ) from None
+            level_0, level_1, level_2 = (min(size, request.n_samples) for size in request.max_batch_size)
+            batch_now: BatchSizes = (level_0, level_1, level_2)
+            smaller: BatchSizes = (max(level_0 // 2, 1), max(level_1 // 2, 1), max(level_2 // 2, 1))
+            if smaller != batch_now:
+                # a sample's draws do not depend on the batch it is in: the same codes, in more batches
+                log.warning(
+                    "job #%s: out of memory on %s sampling %s at once (%s); going on from its newest "
+                    "window at %s",
+                    job.id,
+                    self.device,
+                    format_batch_sizes(batch_now),
+                    str(exc).strip()[:120],
+                    format_batch_sizes(smaller),
+                )
+                raise _TryAgainSmaller(newest, smaller) from None
+            raise JobDidNotFit(self._does_not_fit(job.model, "a window of one sample", exc)) from None
         raise_if_stopped(should_stop)
         report.progress(Stage.DECODING, None, None, None, total_tokens, total_tokens)
         return self.samples(task, cascade, request, final, should_stop)
@@ -607,8 +679,9 @@ class CascadeRunner:
             priors.free()
         log.warning("decoding one sample on %s ran out of memory, the priors freed: %s", self.device, failure)
         raise DecodeDidNotFit(
-            f"the audio did not fit on {self.device} to decode, even one sample at a time; the job is "
-            "retried from its saved progress, which only decodes"
+            f"the audio did not fit on {self.device} to decode, even one sample at a time, with the model "
+            "freed (a try from the saved progress only decodes: on a worker with more memory free, it "
+            "may fit; else ask for a shorter song)"
         )
 
     def samples(
@@ -652,12 +725,13 @@ class CascadeRunner:
         return out
 
 
-class _PriorsDoNotFit(Exception):
-    """Out of memory with the priors resident: try again loading them per level, from `state`."""
+class _TryAgainSmaller(Exception):
+    """Out of memory: try again from `state`, the priors loaded per level (they did not fit resident
+    together), or at the smaller `batch` sizes."""
 
-    def __init__(self, state: CascadeState | None) -> None:
-        super().__init__("the priors do not fit together")
-        self.state = state
+    def __init__(self, state: CascadeState | None, batch: BatchSizes | None = None) -> None:
+        super().__init__("out of memory: trying again smaller")
+        self.state, self.batch = state, batch
 
 
 def make_runner(device: DeviceSpec, options: RunnerOptions | None = None) -> CascadeRunner:

@@ -292,6 +292,8 @@ def curate(
     made here) the similarity comes from them; otherwise from Chromaprint fingerprints."""
     if len(clips) < MIN_CLIPS:
         raise CurationError(f"Curating needs at least {MIN_CLIPS} clips; got {len(clips)}.")
+    if not (isinstance(fade_s, int | float) and math.isfinite(fade_s) and fade_s >= 0):
+        raise ValueError(f"fade_s must be a finite number of seconds, 0 or more, got {fade_s!r}")
     if codes is not None and len(codes) != len(clips):
         raise ValueError(f"{len(codes)} code sequences for {len(clips)} clips")
     trimmed = [trim_silence(clip.audio, keep_s=TRIM_MARGIN_S) for clip in clips]

@@ -24,6 +24,8 @@ MAX_LYRICS_CHARS = 6000
 # The shortest prime clip (and `prime_seconds`) the bot accepts. The sampler itself needs only one
 # top-level token (128 samples), so a clip the bot accepts never fails later in a worker.
 MIN_PRIME_SECONDS = 0.5
+# The shortest length or continuation asked for.
+MIN_LENGTH_SECONDS = 1.0
 MAX_PRIME_SECONDS = 600.0
 # A curated piece's job keeps the record of what it joined under this params key, beside the style
 # a continuation of it uses; the record is not a parameter, and reading params leaves it out.

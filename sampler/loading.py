@@ -211,6 +211,17 @@ class ModelDirectory:
         return prior.eval()
 
 
+class PriorDoesNotFit(torch.OutOfMemoryError):
+    """Loading a prior ran out of the device's memory (an out-of-memory error still, for those that
+    handle any): not the job's doing, unlike running out while sampling it."""
+
+    def __init__(self, model: str, level: int, device: object, failure: BaseException) -> None:
+        super().__init__(
+            f"the {model} prior of level {level} does not fit on {device} ({str(failure).strip()[:120]})"
+        )
+        self.model, self.level = model, level
+
+
 class LazyPriors(PriorSource):
     """Loads a level's prior on first use; `keep=False` frees each one when its level is done."""
 
@@ -228,7 +239,12 @@ class LazyPriors(PriorSource):
         prior = self._priors[level]
         if prior is None:
             log.info("loading %s prior of level %d on %s", self.directory.model, level, self.device)
-            prior = self.directory.load_prior(level, self.device, self.dtype)
+            try:
+                prior = self.directory.load_prior(level, self.device, self.dtype)
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                raise PriorDoesNotFit(self.directory.model, level, self.device, exc) from exc
             self._priors[level] = prior
         return prior
 

@@ -47,6 +47,9 @@ def whole_number(value: object) -> int | None:
     float however whole), else None."""
     if isinstance(value, (bool, np.bool_)):
         return None
+    # A tensor or array answers operator.index for one element of any shape, and for a bool dtype too.
+    if getattr(value, "ndim", 0) != 0 or str(getattr(value, "dtype", "")) in ("bool", "torch.bool"):
+        return None
     try:
         return operator.index(value)  # type: ignore[arg-type]
     except TypeError:

@@ -338,6 +338,8 @@ RETRYABLE_STATUSES = (JobStatus.FAILED, JobStatus.CANCELLED)
 MAX_JOB_ID = MAX_INTEGER
 # The error `cancel_guild_jobs` leaves on the jobs of a server the bot was removed from.
 LEFT_SERVER_REASON = "the bot was removed from this server"
+CHANNEL_DELETED_REASON = "its channel was deleted"
+MAX_ETA_SECONDS = 365 * 24 * 3600.0  # an estimate further off is no estimate (and past it, dates overflow)
 
 
 def running_limit_in_force(server_limit: int | None, bot_wide: int) -> int:
@@ -853,11 +855,17 @@ class JobStore:
         tokens_per_second: float | None = None,
         eta_at: datetime | None = None,
         level_windows: Sequence[LevelWindow] = (),
+        eta_seconds: float | None = None,
     ) -> None:
         """Record where the job is. `progress` is the fraction of the whole job (clamped to 0..1);
-        `level_windows` the levels sampling at once, if more than one may (see `Job.level_windows`)."""
+        `level_windows` the levels sampling at once, if more than one may (see `Job.level_windows`).
+        `eta_seconds`, the time left, sets `eta_at` by the clock leases follow (the database's on
+        Postgres), rather than the worker's own, which may be off by hours."""
         fraction = min(max(float(progress), 0.0), 1.0) if math.isfinite(progress) else 0.0
         rate = tokens_per_second if tokens_per_second is None or math.isfinite(tokens_per_second) else None
+        eta: datetime | ColumnElement[datetime] | None = eta_at
+        if eta_seconds is not None and math.isfinite(eta_seconds):
+            eta = self._lease_now_plus(timedelta(seconds=min(max(eta_seconds, 0.0), MAX_ETA_SECONDS)))
         now = self._clock()
         async with self._transaction() as connection:
             await self._update_held(
@@ -873,7 +881,7 @@ class JobStore:
                     "tokens_done": tokens_done,
                     "tokens_total": tokens_total,
                     "tokens_per_second": rate,
-                    "eta_at": eta_at,
+                    "eta_at": eta,
                     "level_windows": [asdict(window) for window in level_windows] or None,
                     "updated_at": now,
                 },
@@ -1183,6 +1191,21 @@ class JobStore:
             statement = self._insert(left_guilds).values(guild_id=guild_id, **left)
             await connection.execute(statement.on_conflict_do_update(index_elements=["guild_id"], set_=left))
             return sorted((row.id, JobStatus(row.status)) for row in rows)
+
+    async def cancel_queued_in_channel(self, channel_id: int) -> list[int]:
+        """The channel or thread was deleted: its queued jobs are cancelled (no worker spends hours on
+        results nobody could see there); running ones finish, their samples kept for `/sample` and
+        `/history`. Returns the ids cancelled."""
+        _check_snowflake("channel_id", channel_id)
+        async with self._transaction() as connection:
+            rows = await connection.execute(
+                self._cancel(
+                    jobs.c.channel_id == channel_id,
+                    jobs.c.status == JobStatus.QUEUED.value,
+                    reason=CHANNEL_DELETED_REASON,
+                ).returning(jobs.c.id)
+            )
+            return sorted(row.id for row in rows)
 
     async def mark_guilds_present(self, guild_ids: Iterable[int]) -> None:
         """The bot is in these servers (again): their jobs may be retried. Called when it starts and when

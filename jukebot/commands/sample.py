@@ -44,7 +44,14 @@ from jukebot.commands import (
 )
 from sampler.batch_sizes import DEFAULT_MAX_BATCH_SIZE, format_batch_sizes, parse_batch_sizes
 from sampler.files import not_a_file
-from sampler.jukebox.registry import DEFAULT_MODEL, MIN_TEMPERATURE, MODELS, SAMPLE_RATE, SEED_LIMIT
+from sampler.jukebox.registry import (
+    DEFAULT_MODEL,
+    MAX_SONG_SECONDS,
+    MIN_TEMPERATURE,
+    MODELS,
+    SAMPLE_RATE,
+    SEED_LIMIT,
+)
 
 try:
     import fcntl
@@ -199,9 +206,14 @@ def _audio_files(value: str | None, mode: str, prompt_seconds: float | None) -> 
 
 
 def _seconds(value: float, flag: str) -> float:
-    """A duration flag: a positive, finite number of seconds."""
+    """A duration flag: a positive number of seconds, shorter than the longest song."""
     if not math.isfinite(value) or value <= 0:
         raise click.BadParameter(f"give a positive number of seconds, got {value:g}", param_hint=flag)
+    if value >= MAX_SONG_SECONDS:
+        raise click.BadParameter(
+            f"give less than {MAX_SONG_SECONDS:g} s (every model takes songs shorter), got {value:g}",
+            param_hint=flag,
+        )
     return value
 
 

@@ -724,11 +724,12 @@ class Cascade:
                 f"({sample_length / self.sample_rate:.2f} s)"
             )
         # checked once here: a NaN was encoded as silence, a loud prompt as clipped noise
-        if not bool(torch.isfinite(prompt).all()):
+        values = prompt.float()  # float8 has no isfinite
+        if not bool(torch.isfinite(values).all()):
             raise SamplingError("the prompt holds NaN or infinite samples: give audio in [-1, 1]")
-        peak = float(prompt.abs().max())
-        if peak > 1.0:
-            raise SamplingError(f"the prompt must be audio in [-1, 1], its peak is {peak:g}: scale it down")
+        peak = float(values.abs().max())
+        if peak > 1.0:  # shown with the digits that tell it from 1
+            raise SamplingError(f"the prompt must be audio in [-1, 1], its peak is {peak!r}: scale it down")
 
     def _check_codes(self, request: SamplingRequest, n_samples: int, sample_length: int) -> None:
         if not isinstance(request.codes, (tuple, list)) or len(request.codes) != self.levels:

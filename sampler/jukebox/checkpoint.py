@@ -308,6 +308,23 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
+def first_non_finite(state: Mapping[str, torch.Tensor], keys: Iterable[str] | None = None) -> str | None:
+    """The key of the first floating-point tensor (of `keys`, default all) holding NaN or an infinity:
+    a damaged file passes the keys-and-shapes check, then samples all-zero codes or crashes mid-job."""
+    for key in state if keys is None else keys:
+        tensor = state[key]
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return key
+    return None
+
+
+def non_finite_problem(key: str) -> str:
+    return (
+        f"holds weights that are not numbers (NaN or infinite values, first in {key}): the file is "
+        f"damaged; {_redownload_hint(None)}"
+    )
+
+
 def _fmt(shape: Shape) -> str:
     return "(" + ", ".join(map(str, shape)) + ")"
 
@@ -342,13 +359,31 @@ def load_state_dict_into(
             )
     with torch.no_grad():
         if on_meta:
-            cast = {k: state[k].to(device=device, dtype=t.dtype) for k, t in targets.items()}
+            cast = {
+                k: _owned(state[k].to(device=device, dtype=t.dtype), state[k]) for k, t in targets.items()
+            }
             module.load_state_dict(cast, strict=True, assign=True)
         else:
             # copy_ casts dtype and device tensor by tensor, without a second full copy
             for key, target in targets.items():
                 target.copy_(state[key])
+    loaded = module.state_dict()
+    bad = first_non_finite(loaded, [key for key in loaded if key in state])  # (buffers may hold -inf masks)
+    if bad is not None:
+        if first_non_finite(state, [bad]) is None:
+            raise CheckpointError(
+                f"{what}: weight {bad} is too large for {loaded[bad].dtype} (it overflows to infinity): "
+                "load the model in float32 or bfloat16"
+            )
+        raise CheckpointError(f"{what} {non_finite_problem(bad)}")
     return module
+
+
+def _owned(tensor: torch.Tensor, read: torch.Tensor) -> torch.Tensor:
+    """`tensor` in memory of its own: a cast that changed nothing returns the tensor read, which is
+    memory-mapped to the file (`_torch_load`), and a model keeping it would change with the file, or
+    die of SIGBUS once the file is cut short in place."""
+    return tensor.clone() if tensor is read else tensor
 
 
 def load_checkpoint(

@@ -132,6 +132,14 @@ class OutOfMemory(JobFailed):
         )
 
 
+class JobDidNotFit(Exception):
+    """The job's model did not fit in the device's memory free now (a prior, the VQ-VAE, or a window of
+    one sample): not the member's doing, and a worker with more memory may run it. The job goes back to
+    the queue with an attempt counted (out of attempts, it fails saying this), and the runner serves the
+    model no more for a while. The message must not read as out of memory (the runtime fails those at
+    once)."""
+
+
 class BadCheckpoint(JobFailed):
     """The job's stored resume checkpoint cannot be read (it does not match this job)."""
 

@@ -63,6 +63,7 @@ from sampler.worker.contract import (
     DeviceError,
     DeviceSpec,
     JobCancelled,
+    JobDidNotFit,
     JobFailed,
     JobInterrupted,
     JobRunner,
@@ -71,6 +72,7 @@ from sampler.worker.contract import (
     ModelNotHere,
     OutOfMemory,
     RunnerFactoryError,
+    Stage,
     StopReason,
     WarmsUp,
     load_runner_factory,
@@ -79,7 +81,14 @@ from sampler.worker.logs import configure_logging
 from sampler.worker.memory import is_out_of_memory
 from sampler.worker.stop_signals import STOP_SIGNALS, handled_stop_signals
 from storage import WORKER_PRESENCE_SECONDS, JobStatus, JobStore, LeaseLost, StorageError, create_engine
-from storage.errors import InvalidSample, PrimeNotFound, SampleNotFound, database_unreachable
+from storage.errors import (
+    InvalidSample,
+    Outage,
+    PrimeNotFound,
+    SampleNotFound,
+    database_unreachable,
+    outage_of,
+)
 from storage.records import ClaimedJob, LevelWindow
 
 log = logging.getLogger(__name__)
@@ -109,6 +118,13 @@ class WorkerState(Protocol):
 class DeviceUnusable(DeviceError):
     """The worker's device cannot run jobs (found at start or by the runner's warm-up): the worker
     exits with EXIT_CONFIG instead of claiming jobs that would all fail."""
+
+
+class DeviceContextLost(DeviceError):
+    """A CUDA error that leaves the process's CUDA context broken (an illegal memory access, a
+    device-side assert): every later job in this process would crash the same way, burning its attempts.
+    The crashed job is recorded as such, and the worker exits with EXIT_CRASH for its pool to start a
+    fresh process, with a fresh context."""
 
 
 class WorkerConfigError(ValueError):
@@ -360,6 +376,10 @@ class _Run:
         # set by the runner thread when it wakes the progress writer, cleared by the writer: one
         # wake-up per write instead of one per report
         self.progress_signalled = False
+        # The runner reported more than loading models (or a checkpoint): what it made is the job's.
+        self.past_loading = False
+        # Released to the queue by the loop while the runner thread still loads models (`_stop_on`).
+        self.released = False
 
     def stop(self, reason: StopReason) -> None:
         with self._lock:
@@ -428,6 +448,8 @@ class _Reporter:
             fraction = self._shown = max(fraction, self._shown)
         sampling = tuple(LevelWindow(p.level, p.window, p.window_count) for p in levels if p.sampling)
         run = self._run
+        if stage != Stage.LOADING:
+            run.past_loading = True
         run.latest = _Progress(
             stage, fraction, level, window, window_count, tokens_done, tokens_total, rate, eta, sampling
         )
@@ -438,6 +460,7 @@ class _Reporter:
             self._send(self._held)  # a held checkpoint is due: store it without waiting for the next window
 
     def checkpoint(self, blob: Checkpoint) -> None:
+        self._run.past_loading = True
         # Stored in the background while the next window samples; the previous checkpoint must be
         # stored before this one is sent, so at most the window in progress is ever unsaved (plus
         # `checkpoint_seconds` when windows come faster than that).
@@ -672,6 +695,7 @@ class Worker:
         (`LeftToLease`): nobody would ever stop a worker whose pool is gone, and past its lease the
         job is no longer this worker's to end."""
         outages = errors = slow = 0
+        stopping_since: float | None = None
         while True:
             answered = self._answered
             try:
@@ -683,7 +707,29 @@ class Worker:
             except _Superseded:
                 continue
             except Exception as exc:
-                if database_unreachable(exc) and self._answered > answered:
+                outage = outage_of(exc)
+                if outage in (Outage.DISK_FULL, Outage.BUSY) and self._answered > answered:
+                    # The database takes small calls (heartbeats) but not this one for now: no room for
+                    # its megabytes, or another process holds SQLite's lock. Waited out as an outage is,
+                    # never given up as too slow: that requeued the job and dropped what it had made.
+                    # A worker told to stop waits a lease at most, then leaves the job to its lease.
+                    outages += 1
+                    if outages == 1:
+                        log.warning(
+                            "%s waits: %s (%s); the job keeps what it made and tries again",
+                            what,
+                            outage.value,
+                            _last_line(exc),
+                        )
+                    now = asyncio.get_running_loop().time()
+                    if self._stop is not None and self._stop.is_set():
+                        stopping_since = now if stopping_since is None else stopping_since
+                        if now - stopping_since >= self.config.lease_seconds:
+                            raise LeftToLease(
+                                f"{what} is given up: the worker is stopping and {outage.value} "
+                                f"({_last_line(exc)}) for a lease of {self.config.lease_seconds:g} s"
+                            ) from exc
+                elif database_unreachable(exc) and self._answered > answered:
                     # Not an outage: heartbeats got through meanwhile. Most likely megabytes over a slow
                     # link, which the same limit would cut short forever while the lease is renewed.
                     slow += 1
@@ -789,6 +835,8 @@ class Worker:
                 self._running(job.id, last_attempt=job.attempts + 1 >= job.max_attempts)
                 try:
                     await self.run_job(job, stop)
+                except DeviceContextLost:
+                    raise  # the job's crash is recorded: this process can run no more
                 except Exception:  # e.g. the database went away while recording the end
                     log.exception("job #%s: recording its outcome failed; its lease will expire", job.id)
                     await _wait(stop, self.config.max_poll_seconds)
@@ -1011,7 +1059,7 @@ class Worker:
             asyncio.create_task(self._progress_loop(run)),
         ]
         if stop is not None:
-            helpers.append(asyncio.create_task(_stop_on(stop, run)))
+            helpers.append(asyncio.create_task(self._stop_on(stop, run)))
         try:
             return await self._run_and_record(run)
         finally:
@@ -1052,6 +1100,8 @@ class Worker:
                 log.info("job #%s cancelled", job.id)
                 return JobOutcome.CANCELLED
             except JobInterrupted as exc:
+                if run.released:  # while its models loaded
+                    return JobOutcome.RELEASED
                 if run.should_stop() is StopReason.LEASE_LOST:
                     return self._abandoned(job)
                 if isinstance(exc, ModelNotHere):
@@ -1064,7 +1114,12 @@ class Worker:
                 return JobOutcome.CANCELLED if status is JobStatus.CANCELLED else JobOutcome.RELEASED
             except (JobFailed, SampleNotFound, PrimeNotFound) as exc:
                 return await self._fail(run, str(exc))
+            except JobDidNotFit as exc:  # another worker may run it: back to the queue, an attempt counted
+                return await self._crashed(run, exc, expected=True)
             except Exception as exc:
+                if run.released:  # the job is the queue's already: a crash of this run is no news to it
+                    log.warning("job #%s: its runner crashed after the job was released: %r", job.id, exc)
+                    return JobOutcome.RELEASED
                 if run.should_stop() is StopReason.LEASE_LOST:
                     return self._abandoned(job)
                 if is_out_of_memory(exc):
@@ -1119,23 +1174,55 @@ class Worker:
         log.warning("job #%s failed: %s", run.job.id, reason)
         return JobOutcome.FAILED
 
-    async def _crashed(self, run: _Run, exc: BaseException) -> JobOutcome:
+    async def _crashed(self, run: _Run, exc: BaseException, *, expected: bool = False) -> JobOutcome:
+        """Back to the queue with an attempt counted (out of attempts: failed). `expected`: a failure the
+        runner foresaw and worded (`JobDidNotFit`), logged without a traceback."""
         self._crash_streak += 1  # `serve` waits before its next claim
-        log.error(
-            "job #%s: the runner crashed\n%s",
-            run.job.id,
-            "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
-        )
+        if expected:
+            log.warning("job #%s: %s", run.job.id, exc)
+        else:
+            log.error(
+                "job #%s: the runner crashed\n%s",
+                run.job.id,
+                "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+            )
         await self._flush_progress(run)
-        reason = _last_line(exc)
+        reason = str(exc) if expected else _last_line(exc)
         status = await self._until_stored(
             f"job #{run.job.id}: recording the crash",
             lambda: self.store.retry(run.job.id, self.worker_id, reason),
         )
         log.warning("job #%s: %s after a crash (%s)", run.job.id, status.value, reason)
+        if _device_context_lost(exc):
+            raise DeviceContextLost(
+                f"{self.device}'s CUDA context is broken ({reason}): this process can run no more jobs"
+            ) from exc
         return JobOutcome.RETRYING if status is JobStatus.QUEUED else JobOutcome(status.value)
 
     # ---------------------------------------------------------------- helpers running beside the runner
+
+    async def _stop_on(self, stop: asyncio.Event, run: _Run) -> None:
+        """Ask the runner to stop once the worker stops. A runner still loading models (minutes for a 5B
+        prior, with no point to stop at) would outlast the pool's shutdown timeout and be killed, the job
+        held until its lease ran out and then costing an attempt: it has made nothing yet in this run,
+        so the job goes back to the queue now; the runner stops once loaded."""
+        await stop.wait()
+        run.stop(StopReason.SHUTDOWN)
+        if run.latest is None or run.latest.stage != Stage.LOADING or run.past_loading:
+            return
+        try:
+            status = await self._call(self.store.release(run.job.id, self.worker_id))
+        except LeaseLost:
+            return
+        except Exception as exc:  # the runner's own stop releases it, if the pool waits for it
+            log.warning("job #%s: could not release it while its models load: %r", run.job.id, exc)
+            return
+        run.released = True
+        log.info(
+            "job #%s released (%s) while its runner loads models; the worker stops once they are loaded",
+            run.job.id,
+            status.value,
+        )
 
     async def _heartbeat_loop(self, run: _Run) -> None:
         failures = 0
@@ -1143,6 +1230,8 @@ class Worker:
             # after a failure, try again sooner: the lease must be renewed as soon as the database is back
             wait = self.config.heartbeat_seconds
             await asyncio.sleep(min(wait, self._pause(failures)) if failures else wait)
+            if run.released:
+                return  # the job is the queue's again
             try:
                 beat = await self._call(
                     self.store.heartbeat(run.job.id, self.worker_id, self.config.lease_seconds)
@@ -1182,7 +1271,7 @@ class Worker:
 
     async def _flush_progress(self, run: _Run) -> None:
         latest = run.latest
-        if latest is None or latest is run.written:
+        if latest is None or latest is run.written or run.released:
             return
         try:
             await self._call(
@@ -1197,7 +1286,10 @@ class Worker:
                     tokens_done=latest.tokens_done,
                     tokens_total=latest.tokens_total,
                     tokens_per_second=latest.tokens_per_second,
-                    eta_at=latest.eta_at,
+                    # the time left, by this machine's clock: the store dates it by the database's
+                    eta_seconds=None
+                    if latest.eta_at is None
+                    else (latest.eta_at - datetime.now(UTC)).total_seconds(),
                     level_windows=latest.level_windows,
                 )
             )
@@ -1221,11 +1313,6 @@ class Worker:
         except LeaseLost:
             run.stop(StopReason.LEASE_LOST)
             raise
-
-
-async def _stop_on(stop: asyncio.Event, run: _Run) -> None:
-    await stop.wait()
-    run.stop(StopReason.SHUTDOWN)
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> None:
@@ -1260,6 +1347,31 @@ _DEVICE_UNUSABLE_WORDS = (
     "no kernel image is available for execution on the device",
     "cuda unknown error",
 )
+
+
+# CUDA errors after which the process's CUDA context is unusable: every later call fails the same way.
+_CONTEXT_LOST_WORDS = (
+    "an illegal memory access was encountered",
+    "device-side assert triggered",
+    "unspecified launch failure",
+    "misaligned address",
+    "an illegal instruction was encountered",
+)
+
+
+def _device_context_lost(exc: BaseException) -> bool:
+    """Whether `exc` (or an error it came from) is a CUDA error that breaks the process's context."""
+    pending: list[BaseException | None] = [exc]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if any(words in str(current).lower()[:400] for words in _CONTEXT_LOST_WORDS):
+            return True
+        pending += [current.__cause__, current.__context__]
+    return False
 
 
 def _device_unusable(exc: BaseException) -> bool:
@@ -1450,6 +1562,9 @@ async def _serve_process(
             exc,
         )
         return EXIT_CONFIG
+    except DeviceContextLost as exc:
+        log.error("worker %s stops: %s; its pool starts a fresh one", worker.worker_id, exc)
+        return EXIT_CRASH
     finally:
         if watcher is not None:
             watcher.cancel()
@@ -1486,6 +1601,7 @@ __all__ = [
     "STATE_LAST_ATTEMPT",
     "STATE_SERVING",
     "STATE_SIZE",
+    "DeviceContextLost",
     "DeviceUnusable",
     "JobOutcome",
     "Worker",

@@ -12,7 +12,9 @@ Behaviour copied from the real Discord where a bot could get it wrong:
   Discord's limits are refused (50035), privileged intents are refused (4014);
 - a channel's overwrite can take permissions from the bot (`FakeChannel.bot_denied`): interactions
   there carry the rest as `app_permissions`, and posting without View Channel (50001), Send
-  Messages or, with files, Attach Files (50013) is refused;
+  Messages or, with files, Attach Files (50013) is refused, as are a reply (160002) or reading a
+  message (50013) without Read Message History, and editing or deleting one without View Channel
+  (50001);
 - a channel's member overwrites (`FakeChannel.member_overwrites`) change what a member may do there:
   an interaction carries the member's permissions in the channel it comes from, not elsewhere;
 - a thread (`fake.add_thread`) takes its channel's permissions; in an archived one
@@ -948,6 +950,24 @@ class FakeDiscord:
         guild.channels.append(thread)
         self.channels[thread.id] = thread
         return thread
+
+    async def deny_bot(self, channel: FakeChannel, denied: discord.Permissions) -> None:
+        """A moderator takes `denied` from the bot in `channel` (an overwrite for the bot; `Permissions()`
+        gives everything back): Discord tells the bots (CHANNEL_UPDATE, with the overwrite)."""
+        assert channel.guild_id is not None and not channel.is_thread
+        channel.bot_denied = denied.value
+        payload = channel.payload()
+        overwrite = {"id": str(self.bot_user.id), "type": 1, "allow": "0", "deny": str(denied.value)}
+        payload["permission_overwrites"] = [*payload["permission_overwrites"], overwrite]
+        await self.dispatch("CHANNEL_UPDATE", payload)
+
+    async def delete_channel(self, channel: FakeChannel) -> None:
+        """Someone deletes `channel`: Discord forgets it (its id 404s) and tells the bots (CHANNEL_DELETE)."""
+        assert channel.guild_id is not None and not channel.is_thread
+        payload = channel.payload()
+        self.guilds[channel.guild_id].channels.remove(channel)
+        del self.channels[channel.id]
+        await self.dispatch("CHANNEL_DELETE", payload)
 
     async def delete_thread(self, thread: FakeChannel) -> None:
         """Someone deletes `thread`: Discord forgets it (its id 404s) and tells the bots (THREAD_DELETE)."""
@@ -2215,6 +2235,10 @@ class FakeDiscord:
             may_send = granted.send_messages_in_threads if channel.is_thread else granted.send_messages
             if not may_send or (uploads and not granted.attach_files):
                 raise DiscordAPIError(403, 50013, "Missing Permissions")
+            # Discord: "when creating a message as a reply to another message, the current user must
+            # have the READ_MESSAGE_HISTORY permission".
+            if body.get("message_reference") and not granted.read_message_history:
+                raise DiscordAPIError(403, 160002, "Cannot reply without permission to read message history")
         if channel.locked:  # only members who may manage threads post there; the bot may not
             raise DiscordAPIError(403, 160005, "Thread is locked")
         if int(body.get("flags") or 0) & FLAG_EPHEMERAL:
@@ -2237,10 +2261,13 @@ class FakeDiscord:
         return _json_response(self.message_payload(message))
 
     async def _get_message(self, request: web.Request) -> web.Response:
-        return _json_response(self.message_payload(self._message_or_404(request)))
+        message = self._message_or_404(request)
+        self._check_bot_may(self.channels[message.channel_id], read_history=True)
+        return _json_response(self.message_payload(message))
 
     async def _patch_message(self, request: web.Request) -> web.Response:
         message = self._message_or_404(request)
+        self._check_bot_may(self.channels[message.channel_id])
         if message.author.id != self.bot_user.id:
             raise DiscordAPIError(403, 50005, "Cannot edit a message authored by another user")
         self._check_thread_open(self.channels[message.channel_id])
@@ -2250,9 +2277,21 @@ class FakeDiscord:
 
     async def _delete_message_route(self, request: web.Request) -> web.Response:
         message = self._message_or_404(request)
+        self._check_bot_may(self.channels[message.channel_id])
         self._check_thread_open(self.channels[message.channel_id])
         await self._delete_message(message)
         return web.Response(status=204)
+
+    def _check_bot_may(self, channel: FakeChannel, *, read_history: bool = False) -> None:
+        """Discord refuses any request about a guild channel's messages to a bot that may not view it
+        (50001), and reading one to a bot without Read Message History (50013)."""
+        if channel.guild_id is None:
+            return
+        granted = discord.Permissions(self.bot_permissions_in(channel))
+        if not granted.view_channel:
+            raise DiscordAPIError(403, 50001, "Missing Access")
+        if read_history and not granted.read_message_history:
+            raise DiscordAPIError(403, 50013, "Missing Permissions")
 
     @staticmethod
     def _check_thread_open(channel: FakeChannel) -> None:

@@ -11,6 +11,7 @@ import dataclasses
 import logging
 from datetime import timedelta
 
+import discord
 import pytest
 
 from bot.bot import JukeBot
@@ -217,7 +218,7 @@ async def test_a_retry_waits_in_the_store_and_a_lost_permission_gives_up_the_res
         assert await store.finished_jobs_unposted() == []
         assert await store.claim_results_posting(job.id, "another-bot", 30.0) is None
         clock.advance(relay.poll_interval_s * 2 + 1)
-        fake.fail_next("POST", "/channels/{channel_id}/messages", status=403, code=50013)
+        fake.channel("general").bot_denied = discord.Permissions(attach_files=True).value  # a moderator
         await relay.run_pass()
         assert (await store.get_job(job.id)).results_posted_at is not None
         assert sample_message(fake, sample_id) is None

@@ -103,6 +103,18 @@ def test_a_refused_run_leaves_a_finished_run_as_it_was(
             ["--total_sample_length_in_seconds=inf"],
             "--total_sample_length_in_seconds: give a positive number",
         ),
+        (  # finite, but past what a count of samples holds: an OverflowError traceback
+            ["--sample_length_in_seconds=1e308"],
+            "--sample_length_in_seconds: give less than 600 s (every model takes songs shorter), got 1e+308",
+        ),
+        (
+            ["--total_sample_length_in_seconds=600"],
+            "--total_sample_length_in_seconds: give less than 600 s",
+        ),
+        (
+            ["--mode=primed", "--audio_file=CLIP", "--prompt_length_in_seconds=1e308"],
+            "--prompt_length_in_seconds: give less than 600 s",
+        ),
         (
             ["--mode=primed", "--audio_file=CLIP", "--prompt_length_in_seconds=nan"],
             "--prompt_length_in_seconds: give a positive number of seconds, got nan",

@@ -422,3 +422,28 @@ def test_the_longest_song_is_one_the_models_take(monkeypatch: pytest.MonkeyPatch
     assert load_settings().max_length_seconds == 600.0
     refused = bad_setting(monkeypatch, "JUKEBOT_MAX_LENGTH_SECONDS", "900")
     assert "JUKEBOT_MAX_LENGTH_SECONDS" in refused and "less than or equal to 600" in refused
+
+
+@pytest.mark.usefixtures("clean_env")
+@pytest.mark.parametrize(
+    ("name", "value", "said"),
+    [
+        # Past about 3.3e12 s the prime decoder's memory limit overflowed: every prime was refused as a
+        # file that crashed the decoder.
+        ("JUKEBOT_MAX_PRIME_SECONDS", "1e15", "less than or equal to 600"),
+        ("JUKEBOT_MAX_PRIME_SECONDS", "0.2", "greater than or equal to 0.5"),  # no prime fits under it
+        ("JUKEBOT_MAX_LENGTH_SECONDS", "0.5", "greater than or equal to 1"),  # no request asks so little
+        ("JUKEBOT_MAX_PRIME_BYTES", "9" * 400, "less than or equal to 2147483647"),  # a traceback before
+        ("JUKEBOT_MAX_PRIME_BYTES", "５MB", "use a number of bytes"),  # a full-width digit read as 5
+    ],
+)
+def test_limits_no_request_could_meet_or_no_number_could_hold_are_refused(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, said: str
+) -> None:
+    assert said in bad_setting(monkeypatch, name, value)
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_a_byte_size_with_decimals_is_read_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JUKEBOT_MAX_PRIME_BYTES", "25.5MiB")
+    assert load_settings().max_prime_bytes == 26_738_688

@@ -275,6 +275,17 @@ def test_nan_or_infinite_samples_make_the_file_damaged() -> None:
     assert decode_audio(float_wav(loud)).shape == loud.shape  # finite float WAV still decodes
 
 
+def test_float_audio_far_past_full_scale_is_scaled_down_not_squared_off() -> None:
+    meant = sine(amplitude=0.5)
+    for gain in (32_767.0, 1e30):  # int16 values written as floats; a float mix with no limiter
+        decoded = decode_audio(float_wav(meant * gain))
+        assert np.max(np.abs(decoded)) == pytest.approx(1.0, abs=1e-6)
+        assert np.allclose(decoded, meant * 2, atol=1e-5)  # the sine it was, at full scale
+    # A little over (a float master's overs, a resampled clip's overshoot): clipped as ever.
+    over = decode_audio(float_wav(sine(amplitude=1.5)))
+    assert np.max(over) == 1.0 and np.mean(np.abs(over) == 1.0) > 0.2
+
+
 def test_channels_that_cancel_out_are_told_apart_from_silence() -> None:
     left = sine(amplitude=0.5)
     for fmt in ("wav", "flac"):  # lossless: lossy stereo coding does not keep anti-phase apart

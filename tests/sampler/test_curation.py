@@ -264,3 +264,10 @@ def test_a_join_of_the_same_sound_in_phase_keeps_its_level() -> None:
     noises = [(0.1 * rng.standard_normal(4 * SAMPLE_RATE)).astype(np.float32) for _ in range(2)]
     levels = window_levels_db(crossfade_concat(noises))
     assert levels.max() - levels.min() < 1.0, (levels.min(), levels.max())
+
+
+@pytest.mark.parametrize("fade_s", [-0.1, float("nan"), float("inf"), "2"])
+def test_curate_refuses_a_fade_that_is_no_length(fade_s: object) -> None:
+    clips = [Clip(f"#{i}", melody(MELODY_A, seconds=2.0, seed=i)) for i in range(2)]
+    with pytest.raises(ValueError, match="fade_s must be a finite number of seconds, 0 or more"):
+        curate(clips, fade_s=fade_s)  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from sampler.audio import EmptyAudio, decode_audio, encode_audio
+from sampler.audio import EmptyAudio, decode_audio, encode_audio, encode_to_fit
 from sampler.jukebox.cascade import (
     Cascade,
     CascadeState,
@@ -263,6 +263,9 @@ def test_an_upsample_run_resumes_on_its_input_codes_not_the_states(
         ({"total_length": None}, "total_length must be a whole number"),
         ({"n_samples": 2.0}, "n_samples must be a whole number"),
         ({"n_samples": True}, "n_samples must be a whole number, got True"),
+        ({"n_samples": torch.tensor(True)}, "n_samples must be a whole number"),  # it sampled one
+        ({"seed": torch.tensor([3])}, "seed must be a whole number"),  # a tensor of one element is no number
+        ({"top_k": np.array([2])}, "top_k must be a whole number"),
         ({"n_samples": 2**64 - 1}, "n_samples must be from 1 to 1,024"),  # before a tuple of styles that long
         ({"top_k": 2**64 + 5}, r"top_k must be from 0 to \d+ \(the codebook's size\)"),
         ({"levels": 2}, "levels must be a tuple of levels"),
@@ -291,6 +294,7 @@ def test_check_refuses_a_field_of_the_wrong_type_or_range(
         {"sample_length": np.int64(LENGTH), "n_samples": np.int32(2), "seed": np.uint64(2**64 - 1)},
         {"temperature": [np.float32(0.5), 1, 0.99], "levels": [2], "top_p": np.float64(0.5)},
         {"seed": 2**64 - 1, "rng": "reference"},
+        {"n_samples": torch.tensor(2), "seed": np.array(7)},  # 0-d: a number
     ],
 )
 def test_check_takes_numpy_numbers_and_lists(cascade: Cascade, fields: dict[str, Any]) -> None:
@@ -418,6 +422,9 @@ def test_integer_pcm_is_scaled_by_its_full_scale(tmp_path: Path) -> None:
 def test_encode_audio_names_a_bad_rate(sample_rate: Any, bitrate: int, reason: str) -> None:
     with pytest.raises(ValueError, match=reason):
         encode_audio(SINE, sample_rate, "ogg", bitrate)
+    if bitrate == 128_000:  # encode_to_fit too (0 Hz divided by zero before its own check)
+        with pytest.raises(ValueError, match=reason):
+            encode_to_fit(SINE, sample_rate, 10**6)
     with pytest.raises(EmptyAudio):
         encode_audio(SINE[:0], 44100, "mp3", 128_000)
 
