@@ -186,12 +186,19 @@ def check_bot_can_post(interaction: discord.Interaction[Any]) -> None:
         )
 
 
+async def check_allowed_channel(bot: JukeBot, interaction: discord.Interaction[Any]) -> Limits:
+    """Refuse a command that posts in a channel off the server's allow-list (`/jukebot-admin channels`):
+    jobs, and the samples and pieces `/sample`, `/top` and `/curate` post. Returns the server's limits."""
+    limits = await bot.limits_for(guild_id_of(interaction))
+    check_channel(limits, interaction.channel_id or 0, getattr(interaction.channel, "parent_id", None))
+    return limits
+
+
 async def check_can_enqueue(bot: JukeBot, interaction: discord.Interaction[Any]) -> Limits:
     """The channel allow-list, the bot's permission to post here and the user's running/queued job
     limits; returns the server's limits."""
     guild_id = guild_id_of(interaction)
-    limits = await bot.limits_for(guild_id)
-    check_channel(limits, interaction.channel_id or 0, getattr(interaction.channel, "parent_id", None))
+    limits = await check_allowed_channel(bot, interaction)
     check_bot_can_post(interaction)
     mine = [job for job in await bot.store.unfinished_jobs(guild_id) if job.user_id == interaction.user.id]
     check_capacity(limits, mine)

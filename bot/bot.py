@@ -11,7 +11,7 @@ import contextlib
 import logging
 import secrets
 import signal
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -66,24 +66,40 @@ def user_message(error: BaseException) -> str | None:
     return None
 
 
+def _what_was_used(interaction: discord.Interaction[Any]) -> str:
+    """The command, button or form an interaction came from, for the log: never what a member typed into
+    it (a form's lyrics are theirs, and may be unreleased)."""
+    if interaction.command is not None:
+        return f"/{interaction.command.qualified_name}"
+    data: Mapping[str, Any] = interaction.data or {}
+    custom_id = data.get("custom_id")
+    return f"{interaction.type.name} {custom_id!r}" if custom_id else interaction.type.name
+
+
+def message_for(interaction: discord.Interaction[Any], error: BaseException) -> str:
+    """What to tell the user about `error`: its own sentence, or for an unexpected one an apology with
+    an id they can quote, under which it is logged."""
+    message = user_message(error)
+    if message is not None:
+        return message
+    job_id = interaction.extras.get("job_id")
+    error_id = f"job #{job_id}" if job_id is not None else f"error {secrets.token_hex(4)}"
+    original = getattr(error, "original", error)
+    outage = StorageOutage.of(original)
+    log.error(
+        "%s (%s) in %s by user %s",
+        f"storage outage: {outage.value}" if outage else "unexpected error",
+        error_id,
+        _what_was_used(interaction),
+        interaction.user.id,
+        exc_info=original,
+    )
+    return outage.reply(error_id) if outage else apology(error_id)
+
+
 async def report_error(interaction: discord.Interaction[Any], error: BaseException) -> None:
     """Tell the user what went wrong, ephemerally; log unexpected errors under an id they can quote."""
-    message = user_message(error)
-    if message is None:
-        job_id = interaction.extras.get("job_id")
-        error_id = f"job #{job_id}" if job_id is not None else f"error {secrets.token_hex(4)}"
-        original = getattr(error, "original", error)
-        outage = StorageOutage.of(original)
-        log.error(
-            "%s (%s) in %s by user %s",
-            f"storage outage: {outage.value}" if outage else "unexpected error",
-            error_id,
-            interaction.command.qualified_name if interaction.command else interaction.data,
-            interaction.user.id,
-            exc_info=original,
-        )
-        message = outage.reply(error_id) if outage else apology(error_id)
-    message = fit_message(message)
+    message = fit_message(message_for(interaction, error))
     try:
         if interaction.response.is_done():
             if interaction.extras.get(PUBLIC_THINKING):

@@ -16,7 +16,7 @@ from sampler.units import count_of
 from sampler.user_text import public_label
 from storage.models import JobKind, JobStatus, utcnow
 from storage.records import Job
-from storage.store import QueuePlaces
+from storage.store import GAVE_UP_AFTER_CRASHES, QueuePlaces
 
 BAR_WIDTH = 20
 MARK_QUEUED, MARK_RUNNING, MARK_CANCELLING = "⏳", "🎛️", "✋"
@@ -154,6 +154,9 @@ def status_line(
     if job.status == JobStatus.CANCELLED:
         return f"{MARK_CANCELLED} Cancelled{_cancel_reason(job)}."
     reason = shorten((job.error or "no reason given").strip(), MAX_REASON_CHARS)
+    if reason.startswith(GAVE_UP_AFTER_CRASHES):
+        # The last exception names the operator's paths and hosts: theirs to read (`jukebot jobs list`).
+        reason = f"the sampler crashed on every attempt ({job.attempts}); the bot's operator can see why."
     return f"{MARK_FAILED} Failed: {reason}"
 
 

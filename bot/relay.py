@@ -98,8 +98,9 @@ RESULTS_LEASE_S = 30.0
 # Discord's answers that mean the bot cannot post in the channel at all: trying again will not help.
 MISSING_PERMISSIONS = 50013
 UNKNOWN_CHANNEL = 10003
-# Discord refuses a reply from a bot that may not read the channel's history (`send_replying`).
-REPLY_NEEDS_HISTORY = 160002
+# Discord refuses a reply from a bot that may not read the channel's history (`send_replying`): 160002
+# ("Cannot reply without permission to read message history"), 160009 in its newer wording, or 50013.
+REPLY_REFUSED = frozenset({160002, 160009, MISSING_PERMISSIONS})
 CANNOT_POST_THERE = {
     50001: "Missing Access",
     MISSING_PERMISSIONS: "Missing Permissions",
@@ -268,9 +269,10 @@ class ProgressRelay:
                 self.track(job.id)
             updates_until = time.monotonic() + PROGRESS_PASS_WAIT_S
             for job in sorted(ours, key=lambda job: self._update_order(job, places)):
-                wait_s = min(updates_until - time.monotonic(), PROGRESS_EDIT_TIMEOUT_S)
-                if wait_s <= 0:
+                left_s = updates_until - time.monotonic()
+                if left_s < PROGRESS_PASS_WAIT_S / 10:
                     break  # Discord is slow to answer: the rest wait for the next pass, the results do not
+                wait_s = min(left_s, PROGRESS_EDIT_TIMEOUT_S)
                 lost_at = self._channel_lost_at.get(job.id)
                 if lost_at is not None and time.monotonic() - lost_at < MAX_RETRY_DELAY_S:
                     continue  # its channel is gone or closed to the bot: try again now and then
@@ -420,6 +422,14 @@ class ProgressRelay:
             return  # Discord has not answered its last edit yet: never two at once, nor out of order
         if self.edit_budget.take(job.channel_id):  # else at a later pass, with the text as it is then
             await self._edit(job, text, wait_s)
+
+    async def _after_pending_edit(self, job: Job) -> None:
+        """Wait (PROGRESS_EDIT_TIMEOUT_S at most) for the job's progress edit Discord has not answered
+        yet, if there is one: the final text goes after it, never under it (`_edit` raises TimeoutError
+        if it is still under way)."""
+        pending = self._slow_edit_of(job.id)
+        if pending is not None:
+            await asyncio.wait({pending}, timeout=PROGRESS_EDIT_TIMEOUT_S)
 
     def _slow_edit_of(self, job_id: int) -> asyncio.Task[None] | None:
         """The job's progress edit still under way after PROGRESS_EDIT_TIMEOUT_S, if there is one."""
@@ -573,6 +583,7 @@ class ProgressRelay:
                 text = render_job(job, sample_count=sample_count)
                 await self._keep_claim(job)
                 if job.progress_message_id is not None:
+                    await self._after_pending_edit(job)
                     await self._edit(job, text)
                 elif earlier is None or text not in await earlier.texts():
                     channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
@@ -602,6 +613,20 @@ class ProgressRelay:
                 await self._give_back(job, 0.0)
                 raise
             if cannot_post is not None:
+                try:  # under the claim: no other bot posts meanwhile
+                    await self._say_not_posted(job, cannot_post)
+                except _ResultsClaimLost:
+                    log.warning(
+                        "job #%s: another bot took over posting its results; leaving it to it", job.id
+                    )
+                    return
+                except TimeoutError:  # an earlier edit still unanswered: the note goes after it, later
+                    failures = self._failures[job.id] = self._failures.get(job.id, 0) + 1
+                    await self._give_back(job, self._retry_delay(failures))
+                    return
+                except BaseException:  # a shutdown: the next pass (or bot) says it now
+                    await self._give_back(job, 0.0)
+                    raise
                 log.warning(
                     "job #%s: giving up posting its results in channel %s: %s; its samples stay stored "
                     "(`/sample` re-sends them)",
@@ -609,13 +634,13 @@ class ProgressRelay:
                     job.channel_id,
                     cannot_post,
                 )
-                await self._say_not_posted(job, cannot_post)  # under the claim: no other bot posts meanwhile
         await self._mark_posted(job.id)
 
     async def _say_not_posted(self, job: Job, why: str) -> None:
         """Samples Discord would not take in the job's channel (a permission taken from the bot mid-job):
         say so where the requester looks, in the job's progress message (else a message of its own),
-        with the numbers `/sample` re-sends them by. Nothing more when Discord refuses that too."""
+        with the numbers `/sample` re-sends them by. Nothing more when Discord refuses that too. Raises
+        TimeoutError while an earlier progress edit is still unanswered (the note would land under it)."""
         if job.status != JobStatus.SUCCEEDED:
             return  # its final text was what Discord refused: nothing else to tell
         try:
@@ -635,14 +660,14 @@ class ProgressRelay:
             )
             await self._keep_claim(job)
             if job.progress_message_id is not None:
-                pending = self._slow_edit_of(job.id)
-                if pending is not None:  # an earlier edit Discord has not answered yet: this one lands last
-                    await asyncio.wait({pending}, timeout=PROGRESS_EDIT_TIMEOUT_S)
+                await self._after_pending_edit(job)
                 await self._edit(job, text)
             else:
                 channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
                 await channel.send(text, allowed_mentions=NO_MENTIONS, nonce=final_text_nonce(job))
-        except Exception as exc:  # the channel is gone, or closed to the bot altogether (warned above)
+        except (TimeoutError, _ResultsClaimLost):
+            raise  # (`_finish`) an earlier edit still unanswered; another bot took over
+        except Exception as exc:  # the channel is gone, or closed to the bot altogether (warned after)
             log.info("job #%s: could not say in channel %s why either: %r", job.id, job.channel_id, exc)
 
     def _missing_permissions(self, channel_id: int) -> list[str]:
@@ -857,8 +882,8 @@ async def send_replying(
         return await channel.send(content, **kwargs)
     try:
         return await channel.send(content, reference=reference, **kwargs)
-    except discord.Forbidden as exc:
-        if exc.code not in (REPLY_NEEDS_HISTORY, MISSING_PERMISSIONS):
+    except discord.HTTPException as exc:
+        if exc.code not in REPLY_REFUSED:
             raise
         for upload in kwargs.get("files") or ():
             upload.reset()  # read once by the refused request

@@ -41,6 +41,7 @@ from storage.records import GuildSettings, Job
 from storage.store import running_limit_in_force
 
 T = TypeVar("T")
+N = TypeVar("N", int, float)
 
 DEFAULT_LENGTH_SECONDS = 20.0
 DEFAULT_CONTINUE_SECONDS = 10.0
@@ -80,12 +81,16 @@ class Limits:
     def resolve(cls, settings: Settings, guild: GuildSettings | None = None) -> Limits:
         guild = guild or GuildSettings(guild_id=0)
         return cls(
-            max_length_seconds=_or(guild.max_length_seconds, settings.max_length_seconds),
-            max_samples_per_job=_or(guild.max_samples_per_job, settings.max_samples_per_job),
+            # A server's own limits tighten the operator's settings, never loosen them: every server
+            # shares the operator's GPUs.
+            max_length_seconds=_tighter(guild.max_length_seconds, settings.max_length_seconds),
+            max_samples_per_job=_tighter(guild.max_samples_per_job, settings.max_samples_per_job),
             max_running_jobs_per_user=running_limit_in_force(
                 guild.max_running_jobs_per_user, settings.max_running_jobs_per_user
             ),
-            max_queued_jobs_per_user=_or(guild.max_queued_jobs_per_user, settings.max_queued_jobs_per_user),
+            max_queued_jobs_per_user=_tighter(
+                guild.max_queued_jobs_per_user, settings.max_queued_jobs_per_user
+            ),
             allowed_channel_ids=tuple(_or(guild.allowed_channel_ids, tuple(settings.allowed_channels))),
             max_prime_bytes=settings.max_prime_bytes,
             max_prime_seconds=settings.max_prime_seconds,
@@ -94,6 +99,10 @@ class Limits:
 
 def _or(override: T | None, default: T) -> T:
     return default if override is None else override
+
+
+def _tighter(override: N | None, ceiling: N) -> N:
+    return ceiling if override is None else min(override, ceiling)
 
 
 def check_channel(limits: Limits, channel_id: int, parent_id: int | None = None) -> None:

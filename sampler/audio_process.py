@@ -146,6 +146,7 @@ async def _run_child(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=env,
+        cwd="/",  # not the bot's folder, where its `.env` may be
     )
     try:
         try:

@@ -339,14 +339,18 @@ MAX_JOB_ID = MAX_INTEGER
 # The error `cancel_guild_jobs` leaves on the jobs of a server the bot was removed from.
 LEFT_SERVER_REASON = "the bot was removed from this server"
 CHANNEL_DELETED_REASON = "its channel was deleted"
+# How the error of a job that crashed on every attempt begins (`retry`); what follows is the worker's
+# last exception, for the operator (paths, hosts), which the bot does not show in public.
+GAVE_UP_AFTER_CRASHES = "The sampler crashed on all "
 MAX_ETA_SECONDS = 365 * 24 * 3600.0  # an estimate further off is no estimate (and past it, dates overflow)
 
 
 def running_limit_in_force(server_limit: int | None, bot_wide: int) -> int:
     """A user's running-jobs limit in a server: the server's own (`/jukebot-admin limits`, kept in
-    guild_settings), or else the bot-wide setting (JUKEBOT_MAX_RUNNING_JOBS_PER_USER). The bot's
+    guild_settings) where it is tighter than the bot-wide setting (JUKEBOT_MAX_RUNNING_JOBS_PER_USER),
+    which is the operator's ceiling: a server's admin may not take more of the shared GPUs. The bot's
     `Limits` and `JobStore.retry_job` both take it from here."""
-    return bot_wide if server_limit is None else server_limit
+    return bot_wide if server_limit is None else min(server_limit, bot_wide)
 
 
 def _could_be_job_id(job_id: object) -> bool:
@@ -459,6 +463,7 @@ class JobStore:
         overshoot: one job too many raises `UserJobLimitReached`. The job keeps
         `max_running_per_user`: `claim` leaves it queued while that many of the user's jobs run.
         With `server_overrides`, those two stand for the bot-wide settings, and the server's own limits
+        (tighter ones: the bot-wide settings are the operator's ceilings)
         (`change_guild_settings`) take their place where it has them, read in the insert's transaction:
         an admin's change lands wholly before the job is queued or wholly after (when it reaches the
         job as it reaches every unfinished one), never half-way, as it could between a caller's read and
@@ -509,7 +514,7 @@ class JobStore:
                         own.max_running_jobs_per_user, max_running_per_user
                     )
                 if max_queued_per_user is not None and own.max_queued_jobs_per_user is not None:
-                    max_queued_per_user = own.max_queued_jobs_per_user
+                    max_queued_per_user = min(own.max_queued_jobs_per_user, max_queued_per_user)
             await self._check_user_limits(
                 connection, user_id, guild_id, max_running_per_user, max_queued_per_user
             )
@@ -991,7 +996,7 @@ class JobStore:
         attempts = jobs.c.attempts + 1
         out_of_attempts = attempts >= jobs.c.max_attempts
         gave_up = (
-            literal("The sampler crashed on all ", String)
+            literal(GAVE_UP_AFTER_CRASHES, String)
             + sql_cast(attempts, String)
             + literal(f" attempts; the last error was: {reason}", String)
         )

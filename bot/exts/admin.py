@@ -27,6 +27,31 @@ def _describe(limits: Limits) -> str:
     )
 
 
+# What each server limit is called, and the setting whose value is its ceiling.
+_CEILINGS = {
+    "max_length_seconds": ("max_length", "JUKEBOT_MAX_LENGTH_SECONDS"),
+    "max_samples_per_job": ("max_samples", "JUKEBOT_MAX_SAMPLES_PER_JOB"),
+    "max_running_jobs_per_user": ("max_running", "JUKEBOT_MAX_RUNNING_JOBS_PER_USER"),
+    "max_queued_jobs_per_user": ("max_queued", "JUKEBOT_MAX_QUEUED_JOBS_PER_USER"),
+}
+
+
+def _check_within_the_operators(changes: dict[str, object], bot_wide: Limits) -> None:
+    """Refuse a limit past the bot's own (its operator's settings): every server shares the operator's
+    GPUs, so a server's admin may tighten a limit, not loosen it."""
+    over = []
+    for name, value in changes.items():
+        ceiling = getattr(bot_wide, name)
+        if isinstance(value, int | float) and value > ceiling:
+            option, setting = _CEILINGS[name]
+            over.append(f"`{option}` {value:g} is over this bot's {ceiling:g} ({setting})")
+    if over:
+        raise InvalidRequest(
+            f"Nothing was changed: {'; '.join(over)}. A server may tighten the limits its bot's operator "
+            "set, not loosen them."
+        )
+
+
 class Admin(commands.Cog):
     group = app_commands.Group(
         name="jukebot-admin",
@@ -91,6 +116,7 @@ class Admin(commands.Cog):
             changes = {name: value for name, value in given.items() if value is not None}
             if not changes:
                 raise InvalidRequest("Give at least one limit to change (or reset:true).")
+            _check_within_the_operators(changes, Limits.resolve(self.bot.settings))
         # Changed as stored when saved (an admin's change at once is kept, not undone); the jobs already
         # waiting follow the new running limit too (a worker checks it as it claims), and so do running
         # ones once they go back to the queue.

@@ -23,7 +23,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import curating, delivery, relay
-from bot.actions import OnePerMember, Viewer, check_bot_can_post, guild_id_of
+from bot.actions import OnePerMember, Viewer, check_allowed_channel, check_bot_can_post, guild_id_of
 from bot.bot import JukeBot, user_message
 from bot.errors import DISCORD_FAILURES, discord_said, fit_message
 from bot.options import JobId
@@ -139,6 +139,7 @@ class Curate(commands.Cog):
         self, interaction: discord.Interaction[JukeBot], guild_id: int, selection: curating.Selection
     ) -> None:
         check_bot_can_post(interaction)  # before minutes of joining: the piece is posted here
+        await check_allowed_channel(self.bot, interaction)
         store = self.bot.store
         max_count = self.bot.settings.max_curate_samples
         viewer = Viewer(self.bot, interaction)  # samples of channels the member cannot see stay out

@@ -24,7 +24,7 @@ from discord.ext import commands
 
 from bot import actions, vocab
 from bot.attachments import fetch_prime
-from bot.bot import JukeBot, user_message
+from bot.bot import JukeBot, message_for
 from bot.errors import MAX_MESSAGE_CHARS, InvalidRequest, JukebotError, fit_message
 from bot.requests import (
     MAX_LENGTH_OPTION_SECONDS,
@@ -148,11 +148,11 @@ class Jukebox(commands.Cog):
                 if not request.model_chosen:
                     options = await self._with_default_model(options)
                 await self.submit(interaction, options, request.prime)
-            except Exception as exc:  # refused now (a limit reached meanwhile, the prime): lyrics back too
-                refusal = user_message(exc)
-                if refusal is None:
-                    raise
-                await self._give_lyrics_back(interaction, lyrics, refusal.rstrip() + "\nNothing was queued.")
+            except Exception as exc:  # refused (a limit reached meanwhile, the prime), or a bug: lyrics back
+                if interaction.extras.get("job_id") is not None:
+                    raise  # it was queued: the usual report, naming the job
+                said = message_for(interaction, exc)
+                await self._give_lyrics_back(interaction, lyrics, said.rstrip() + "\nNothing was queued.")
 
     async def _give_lyrics_back(
         self, interaction: discord.Interaction[Any], lyrics: str, why: str | None = None

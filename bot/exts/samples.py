@@ -94,6 +94,7 @@ class Samples(commands.Cog):
         # refusal still reaches only the user (the error handler takes the public "thinking…" away).
         await interaction.response.defer(thinking=True)
         interaction.extras[PUBLIC_THINKING] = True
+        await actions.check_allowed_channel(self.bot, interaction)
         stored, job = await actions.usable_sample(self.bot, interaction, id)
         limit = delivery.upload_limit(interaction.filesize_limit, None)
         stem = f"jukebot_sample_{stored.id}"
@@ -149,6 +150,7 @@ class Samples(commands.Cog):
         since = top_since(period, utcnow())
         await interaction.response.defer(thinking=True)  # before the database: see /sample
         interaction.extras[PUBLIC_THINKING] = True
+        await actions.check_allowed_channel(self.bot, interaction)
         viewer = actions.Viewer(self.bot, interaction)
         # A public reply: only what everyone reading this channel may see (`Viewer.may_show_here`).
         ranked = await curating.top_ranked(self.bot.store, guild_id, since, TOP_COUNT, viewer.may_show_here)

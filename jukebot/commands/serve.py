@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import sys
 import threading
 from typing import Any
 
@@ -153,6 +154,7 @@ def _setting_default(field: str) -> str:
 )
 def run(sync_guilds: tuple[int, ...]) -> None:
     """Start the Discord bot and the local workers (migrating the database first)."""
+    keep_memory_private()
     settings = settings_or_exit()
     try:
         settings.require_token()
@@ -195,6 +197,21 @@ def run(sync_guilds: tuple[int, ...]) -> None:
         stop.set()
         if pool_thread is not None:
             pool_thread.join(POOL_SHUTDOWN_SECONDS + 10)
+
+
+def keep_memory_private() -> None:
+    """Make this process undumpable (Linux): no other process of its user may read its memory or
+    /proc/<pid>/environ, where the Discord token and the database password are. Above all not the
+    audio decoder's child process, should a hostile attachment take it over (it gets none of them in
+    its own environment). No core dumps either."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_dumpable = 4
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(pr_set_dumpable, 0, 0, 0, 0) != 0:
+        log.warning("could not make the bot's process undumpable (errno %s)", ctypes.get_errno())
 
 
 async def _run_bot(settings: Settings, sync_guilds: tuple[int, ...]) -> None:

@@ -29,7 +29,7 @@ _HEAD = 400  # the words are in the first line; a long message (a prompt echoed 
 def is_out_of_memory(exc: BaseException) -> bool:
     """Whether `exc` says a device (GPU or CPU) ran out of memory: MemoryError, torch's
     OutOfMemoryError, OSError ENOMEM, or the text of a CUDA or CPU allocation failure."""
-    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+    if isinstance(exc, MemoryError) or any(kind.__name__ == "OutOfMemoryError" for kind in type(exc).__mro__):
         return True
     if isinstance(exc, OSError) and exc.errno == errno.ENOMEM:
         return True

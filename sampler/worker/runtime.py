@@ -696,6 +696,7 @@ class Worker:
         job is no longer this worker's to end."""
         outages = errors = slow = 0
         stopping_since: float | None = None
+        answered_before = self._answered  # calls the database answered before this one's first try
         while True:
             answered = self._answered
             try:
@@ -708,9 +709,10 @@ class Worker:
                 continue
             except Exception as exc:
                 outage = outage_of(exc)
-                if outage in (Outage.DISK_FULL, Outage.BUSY) and self._answered > answered:
-                    # The database takes small calls (heartbeats) but not this one for now: no room for
-                    # its megabytes, or another process holds SQLite's lock. Waited out as an outage is,
+                if outage in (Outage.DISK_FULL, Outage.BUSY) and self._answered > answered_before:
+                    # The database takes small calls (heartbeats, since this call's first try) but not this
+                    # one for now: no room for its megabytes, or another process holds SQLite's lock
+                    # (either refused at once, or after a while). Waited out as an outage is,
                     # never given up as too slow: that requeued the job and dropped what it had made.
                     # A worker told to stop waits a lease at most, then leaves the job to its lease.
                     outages += 1
@@ -1177,10 +1179,10 @@ class Worker:
     async def _crashed(self, run: _Run, exc: BaseException, *, expected: bool = False) -> JobOutcome:
         """Back to the queue with an attempt counted (out of attempts: failed). `expected`: a failure the
         runner foresaw and worded (`JobDidNotFit`), logged without a traceback."""
-        self._crash_streak += 1  # `serve` waits before its next claim
-        if expected:
+        if expected:  # (the runner pauses what it foresaw: no need to wait before the next claim)
             log.warning("job #%s: %s", run.job.id, exc)
         else:
+            self._crash_streak += 1  # `serve` waits before its next claim
             log.error(
                 "job #%s: the runner crashed\n%s",
                 run.job.id,

@@ -21,8 +21,10 @@ from tests.bot.harness import (
     make_settings,
     prime_wav,
     reply_of,
+    sample_message,
     tone,
 )
+from tests.bot.test_curate import made_job
 from tests.sampler.audio_fixtures import png_bytes, wav_with_zero_frames
 
 
@@ -189,6 +191,34 @@ async def test_channel_not_allowed(
     assert await job_count(sqlite_store) == 0
     allowed = await fake_discord.invoke_command("jukebox", {}, channel=music)
     assert (await reply_of(fake_discord, allowed)).startswith("Queued as job #1.")
+
+
+async def test_commands_that_post_keep_off_channels_the_allow_list_leaves_out(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    """/sample, /top and /curate posted audio publicly in a channel the server's admin had closed."""
+    fake = fake_discord
+    await bot_runner.start(make_bot(fake, sqlite_store))
+    first, second = await made_job(fake, sqlite_store, 2)  # made in #general while it was open
+    music = fake.channel("music")
+    await sqlite_store.set_guild_settings(
+        GuildSettings(guild_id=fake.default_guild.id, allowed_channel_ids=(music.id,))
+    )
+    general = fake.channel("general")
+    public_before = len([m for m in fake.channel_messages(general) if not m.ephemeral and not m.deleted])
+    refusal = f"Jukebox is not available in this channel. Use it in <#{music.id}>."
+    for command, options in (
+        ("sample", {"id": first}),
+        ("top", {}),
+        ("curate", {"samples": f"{first}, {second}"}),
+    ):
+        record = await fake.invoke_command(command, options, channel=general)
+        assert await reply_of(fake, record) == refusal, command
+    public_after = [m for m in fake.channel_messages(general) if not m.ephemeral and not m.deleted]
+    assert len(public_after) == public_before
+    allowed = await fake.invoke_command("sample", {"id": first}, channel=music)
+    await fake.wait_for(lambda: sample_message(fake, first, "music") is not None)
+    assert allowed.original is not None
 
 
 async def test_running_and_queued_limits_say_when_to_try_again(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from bot.bot import JukeBot
 from storage.models import JobKind, JobStatus
+from storage.records import GuildSettings
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
 from tests.bot.fake_discord import (
@@ -21,6 +22,7 @@ from tests.bot.harness import (
     answer_of,
     job_count,
     make_bot,
+    make_settings,
     prime_wav,
     progress_message,
     queue_song,
@@ -348,7 +350,8 @@ async def test_a_changed_running_limit_applies_to_the_jobs_already_waiting(
     fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
 ) -> None:
     fake, store = fake_discord, sqlite_store
-    await bot_runner.start(make_bot(fake, store))
+    await store.set_guild_settings(GuildSettings(guild_id=fake.default_guild.id, max_running_jobs_per_user=1))
+    await bot_runner.start(make_bot(fake, store, make_settings(max_running_jobs_per_user=3)))
     for _ in range(3):
         await reply_of(fake, await fake.invoke_command("jukebox", {}, user=fake.user("alice")))
     saved = await reply_of(
@@ -378,3 +381,34 @@ async def test_jobs_held_by_their_users_running_limit_say_so_and_others_pass_the
     assert bobs is not None and bobs.content.endswith("⏳ Queued: position 1 in the queue.")
     queue = await reply_of(fake, await fake.invoke_command("queue", user=fake.user("alice")))
     assert "• Job #2 (generate, 5b_lyrics): queued, waiting until an earlier job of yours here ends" in queue
+
+
+async def test_a_server_may_tighten_the_operators_limits_but_not_loosen_them(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    """A server's admin raised every limit past the operator's (600 s songs of 16 samples, 100 jobs
+    running per member) and took the GPUs every server shares."""
+    fake, store = fake_discord, sqlite_store
+    await bot_runner.start(make_bot(fake, store))  # the operator's: 60 s, 3 samples, 1 running, 3 queued
+    loosened = await reply_of(
+        fake,
+        await fake.invoke_command(
+            "jukebot-admin limits", {"max_length": 600.0, "max_running": 100}, user=fake.user("mod")
+        ),
+    )
+    assert loosened == (
+        "Nothing was changed: `max_length` 600 is over this bot's 60 (JUKEBOT_MAX_LENGTH_SECONDS); "
+        "`max_running` 100 is over this bot's 1 (JUKEBOT_MAX_RUNNING_JOBS_PER_USER). A server may "
+        "tighten the limits its bot's operator set, not loosen them."
+    )
+    assert (await store.get_guild_settings(fake.default_guild.id)).max_running_jobs_per_user is None
+    # Stored before this rule (or written to the database by hand): held to the operator's all the same.
+    await store.set_guild_settings(
+        GuildSettings(guild_id=fake.default_guild.id, max_running_jobs_per_user=5, max_queued_jobs_per_user=9)
+    )
+    for _ in range(3):
+        await reply_of(fake, await fake.invoke_command("jukebox", {}, user=fake.user("alice")))
+    refused = await reply_of(fake, await fake.invoke_command("jukebox", {}, user=fake.user("alice")))
+    assert refused.startswith("You have 3 jobs waiting in the queue"), refused
+    claims = [await store.claim(f"worker-{n}", ["5b_lyrics"], 60) for n in range(2)]
+    assert [job.id if job else None for job in claims] == [1, None]  # one at a time, as the operator's

@@ -192,14 +192,14 @@ async def test_admin_commands_refuse_a_forged_interaction_without_manage_server(
     fake = fake_discord
     await bot_runner.start(make_bot(fake, db_store))
     guild = fake.default_guild
-    data = fake._build_command_data("jukebot-admin limits", {"max_queued": 50}, guild, guild.channels[0])
+    data = fake._build_command_data("jukebot-admin limits", {"max_queued": 2}, guild, guild.channels[0])
     record = await _forge(fake, INTERACTION_COMMAND, data, fake.user("alice"), dm=False)
     assert await reply_of(fake, record) == "You are missing Manage Server permission(s) to run this command."
     assert await db_store.get_guild_settings(guild.id) == GuildSettings(guild_id=guild.id)
     # A member who has the permission still can.
-    mod = await fake.invoke_command("jukebot-admin limits", {"max_queued": 50}, user=fake.user("mod"))
+    mod = await fake.invoke_command("jukebot-admin limits", {"max_queued": 2}, user=fake.user("mod"))
     assert (await reply_of(fake, mod)).startswith("Saved.")
-    assert (await db_store.get_guild_settings(guild.id)).max_queued_jobs_per_user == 50
+    assert (await db_store.get_guild_settings(guild.id)).max_queued_jobs_per_user == 2
 
 
 async def test_cancel_and_queue_are_acknowledged_while_another_connection_writes(

@@ -12,11 +12,10 @@ from __future__ import annotations
 import asyncio
 
 from storage.models import JobStatus
-from storage.records import GuildSettings
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
 from tests.bot.fake_discord import FakeDiscord, HeldRequest, InteractionRecord, Upload
-from tests.bot.harness import PlayedWorker, make_bot, prime_wav, queue_song, reply_of
+from tests.bot.harness import PlayedWorker, make_bot, make_settings, prime_wav, queue_song, reply_of
 from tests.waiting import wait_until
 
 ATTACHMENT_DOWNLOAD = ("GET", "/attachments/{channel_id}/{attachment_id}/{filename}")
@@ -46,7 +45,8 @@ async def test_limit_changes_at_once_are_all_kept(
     fake_discord: FakeDiscord, bot_runner: BotRunner, db_store: JobStore
 ) -> None:
     fake = fake_discord
-    await bot_runner.start(make_bot(fake, db_store))
+    ceilings = make_settings(max_running_jobs_per_user=4, max_queued_jobs_per_user=8)  # the operator's
+    await bot_runner.start(make_bot(fake, db_store, ceilings))
     changes = ({"max_running": 2}, {"max_queued": 5}, {"max_samples": 2})
     records = await asyncio.gather(*(_admin(fake, "limits", change) for change in changes))
     for record in records:
@@ -75,8 +75,7 @@ async def test_a_running_limit_lowered_while_a_clip_downloads_holds_for_its_job(
     fake_discord: FakeDiscord, bot_runner: BotRunner, db_store: JobStore
 ) -> None:
     fake, store = fake_discord, db_store
-    await store.set_guild_settings(GuildSettings(guild_id=fake.default_guild.id, max_running_jobs_per_user=3))
-    await bot_runner.start(make_bot(fake, store))
+    await bot_runner.start(make_bot(fake, store, make_settings(max_running_jobs_per_user=3)))
     with_clip, download = await _song_with_a_clip_held(fake)
     await queue_song(fake, "alice", artist="queen", samples=1)
     lowered = await _admin(fake, "limits", {"max_running": 1})

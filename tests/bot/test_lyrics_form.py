@@ -138,3 +138,34 @@ async def test_one_member_opening_forms_again_and_again_expires_only_their_own(
         "Queued as job #2."
     )
     assert await job_count(sqlite_store) == 2
+
+
+async def test_a_bug_while_a_form_is_sent_gives_the_lyrics_back_and_logs_none_of_them(
+    fake_discord: FakeDiscord,
+    bot_runner: BotRunner,
+    sqlite_store: JobStore,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The error log held the whole form, lyrics and all (perhaps unreleased), and the member got an
+    apology without them."""
+    from bot import actions
+
+    fake = fake_discord
+    await bot_runner.start(make_bot(fake, sqlite_store))
+
+    async def a_bug(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(actions, "enqueue_and_announce", a_bug)
+    opened = await fake.invoke_command(
+        "jukebox", {"artist": "queen", "model": "1b_lyrics", "lyrics_modal": True}
+    )
+    lyrics = "my unreleased verse\nSECRET-7f3a"
+    reply = await reply_of(fake, await fake.submit_modal(opened, {"lyrics": lyrics}))
+    assert reply.startswith("Sorry, something went wrong on our side (error ")
+    assert lyrics in reply and "Nothing was queued." in reply
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(logged) == 1 and "modal_submit 'jukebot:lyrics-form:" in logged[0]
+    assert "SECRET-7f3a" not in logged[0]
+    assert await job_count(sqlite_store) == 0

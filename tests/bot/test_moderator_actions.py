@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import discord
@@ -22,9 +23,10 @@ import pytest
 from bot import relay as relay_module
 from bot.relay import ProgressRelay
 from storage.models import JobStatus
+from storage.records import ClaimedJob
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
-from tests.bot.fake_discord import FakeDiscord
+from tests.bot.fake_discord import FakeDiscord, HeldRequest
 from tests.bot.harness import PlayedWorker, make_bot, progress_message, relay_of, sample_message
 from tests.bot.test_relay_delivery import _queued_and_claimed
 from tests.waiting import wait_until
@@ -266,6 +268,21 @@ async def test_a_progress_message_whose_edits_keep_failing_goes_behind_the_other
     assert tried == [failing.id, healthy.id]
 
 
+async def _running_with_an_edit_unanswered(
+    fake: FakeDiscord, bot_runner: BotRunner, store: JobStore
+) -> tuple[ProgressRelay, PlayedWorker, ClaimedJob, HeldRequest]:
+    """A running job whose progress edit Discord does not answer (held past the pass)."""
+    relay = relay_of(await bot_runner.start(make_bot(fake, store)))
+    relay.min_edit_interval_s = 0.0
+    worker = PlayedWorker(store)
+    job = await _queued_and_claimed(fake, worker, "alice", "general", seed=1)
+    await worker.progress(job.id, window=3, of=4)
+    held = fake.hold("PATCH", EDITS)
+    await relay.run_pass()
+    assert held.arrived
+    return relay, worker, job, held
+
+
 async def test_the_note_waits_for_a_progress_edit_discord_has_not_answered_yet(
     fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -273,14 +290,7 @@ async def test_the_note_waits_for_a_progress_edit_discord_has_not_answered_yet(
     for good: the message went on saying "Running", Cancel button and all."""
     monkeypatch.setattr(relay_module, "PROGRESS_PASS_WAIT_S", 0.3)
     fake, store = fake_discord, sqlite_store
-    relay = relay_of(await bot_runner.start(make_bot(fake, store)))
-    relay.min_edit_interval_s = 0.0
-    worker = PlayedWorker(store)
-    job = await _queued_and_claimed(fake, worker, "alice", "general", seed=1)
-    await worker.progress(job.id, window=3, of=4)
-    held = fake.hold("PATCH", EDITS)
-    await relay.run_pass()  # that edit goes on past the pass
-    assert held.arrived
+    relay, worker, job, held = await _running_with_an_edit_unanswered(fake, bot_runner, store)
     await fake.deny_bot(fake.channel("general"), discord.Permissions(attach_files=True))
     await worker.complete(job, n=1, full=False)
     passing = asyncio.create_task(relay.run_pass())
@@ -316,3 +326,31 @@ async def test_a_channel_deleted_unseen_cancels_its_queued_jobs_when_discord_say
     job = await store.get_job(behind)
     assert (job.status, job.error) == (JobStatus.CANCELLED, "its channel was deleted")
     assert (await store.get_job(ahead)).status == JobStatus.RUNNING
+
+
+async def test_a_final_text_waits_for_a_progress_edit_discord_has_not_answered_yet(
+    fake_discord: FakeDiscord,
+    bot_runner: BotRunner,
+    sqlite_store: JobStore,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Its edit was refused at once: an ERROR with a traceback, and the results tried again a pass later."""
+    monkeypatch.setattr(relay_module, "PROGRESS_PASS_WAIT_S", 0.3)
+    fake, store = fake_discord, sqlite_store
+    relay, worker, job, held = await _running_with_an_edit_unanswered(fake, bot_runner, store)
+    (sample_id,) = await worker.complete(job, n=1, full=False)
+    monkeypatch.setattr(relay_module, "RESULTS_WAIT_S", 0.5)  # the pass goes on while the results wait
+    caplog.set_level(logging.WARNING, logger="bot.relay")
+    try:
+        await relay.run_pass()
+        assert sample_message(fake, sample_id) is not None
+    finally:
+        held.release()  # Discord answers the earlier edit: the final text goes after it
+
+    def done() -> bool:
+        shown = progress_message(fake, job.id)
+        return shown is not None and shown.content.endswith("✅ Done: 1 sample below.")
+
+    await fake.wait_for(done)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

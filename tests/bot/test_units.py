@@ -504,3 +504,21 @@ def test_the_continue_form_refuses_what_it_cannot_read_quoting_it_whole(typed: s
     with pytest.raises(InvalidRequest) as refused:
         parse_seconds(typed)
     assert str(refused.value) == refusal
+
+
+def test_a_job_that_crashed_on_every_attempt_shows_no_operator_detail_in_public() -> None:
+    """The worker's last exception (a model path in the operator's home, a database host) was shown in
+    the public progress message; the operator reads it in `jukebot jobs list`."""
+    crashed = make_job(
+        status=JobStatus.FAILED,
+        attempts=3,
+        error="The sampler crashed on all 3 attempts; the last error was: FileNotFoundError: [Errno 2] No "
+        "such file or directory: '/home/op/.cache/jukebot/models/5b/prior_level_2.pth.tar'",
+    )
+    shown = render_job(crashed)
+    assert shown.endswith(
+        f"{MARK_FAILED} Failed: the sampler crashed on every attempt (3); the bot's operator can see why."
+    )
+    assert "/home/op" not in shown
+    refused = make_job(status=JobStatus.FAILED, error="This job cannot be sampled: the prompt is too short.")
+    assert render_job(refused).endswith("Failed: This job cannot be sampled: the prompt is too short.")

@@ -68,10 +68,17 @@ async def test_without_a_server_limit_the_retried_job_follows_the_bot_wide_one(s
     assert (await store.retry_job(under_reset, bot_wide_running_limit=2)).max_running_per_user == 2
 
 
-async def test_the_server_limit_goes_before_the_bot_wide_one(store: JobStore) -> None:
+async def test_a_tighter_server_limit_goes_before_the_bot_wide_one(store: JobStore) -> None:
+    job_id = await failed_job(store, max_running_per_user=3)
+    await set_server_limit(store, 1)
+    assert (await store.retry_job(job_id, bot_wide_running_limit=2)).max_running_per_user == 1
+
+
+async def test_a_looser_server_limit_is_held_to_the_bot_wide_one(store: JobStore) -> None:
+    """The operator's setting is the ceiling: every server shares the GPUs."""
     job_id = await failed_job(store, max_running_per_user=1)
     await set_server_limit(store, 5)
-    assert (await store.retry_job(job_id, bot_wide_running_limit=2)).max_running_per_user == 5
+    assert (await store.retry_job(job_id, bot_wide_running_limit=2)).max_running_per_user == 2
 
 
 async def test_another_servers_limit_is_not_this_jobs(store: JobStore) -> None:

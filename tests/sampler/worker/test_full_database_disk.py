@@ -97,3 +97,33 @@ async def test_a_worker_told_to_stop_waits_for_room_a_lease_at_most(
     finally:
         worker.close()
     assert outcome is JobOutcome.LEFT_TO_LEASE
+
+
+@pytest.mark.usefixtures("toy_env")
+async def test_a_full_disk_refusing_at_once_is_waited_out_too_and_a_stop_ends_the_wait(
+    sqlite_store: JobStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SQLite refuses at once (no heartbeat lands during a try): the wait counted as an outage whose
+    lease heartbeats kept renewing, so a stopping worker never left, the log flapping "unreachable" and
+    "reachable again" at every try."""
+    config = WorkerConfig(lease_seconds=1.0, progress_seconds=0.1, retry_max_seconds=0.2)
+    worker = Worker(sqlite_store, ToyRunner(DeviceSpec.cpu()), DeviceSpec.cpu(), config=config)
+    stop = asyncio.Event()
+
+    async def no_room(*args: Any, **kwargs: Any) -> Any:
+        stop.set()
+        raise disk_full()
+
+    monkeypatch.setattr(sqlite_store, "complete", no_room)
+    params = {"artist": "a", "genres": ["rock"], "seconds": 0.5, "seed": 1, "n_samples": 1}
+    await sqlite_store.enqueue(kind="generate", model="5b", params=params, channel_id=1, user_id=2)
+    claimed = await sqlite_store.claim(worker.worker_id, {"5b"}, 1.0)
+    assert claimed is not None
+    caplog.set_level(logging.WARNING, logger="sampler.worker.runtime")
+    try:
+        outcome = await asyncio.wait_for(worker.run_job(claimed, stop), 60)
+    finally:
+        worker.close()
+    assert outcome is JobOutcome.LEFT_TO_LEASE
+    flapping = [r for r in caplog.records if "reachable again" in r.getMessage()]
+    assert len(flapping) <= 1
