@@ -354,3 +354,28 @@ async def test_a_final_text_waits_for_a_progress_edit_discord_has_not_answered_y
 
     await fake.wait_for(done)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_stop_while_the_note_is_written_gives_the_results_claim_back(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The note was written outside the handler that gives the claim back on a stop: the next bot
+    waited for the claim to run out, then read the channel's history for what this one had sent."""
+    fake, store = fake_discord, sqlite_store
+    relay = relay_of(await bot_runner.start(make_bot(fake, store)))
+    worker = PlayedWorker(store)
+    job = await _queued_and_claimed(fake, worker, "alice", "general", seed=1)
+    await fake.deny_bot(fake.channel("general"), discord.Permissions(attach_files=True))
+    await worker.complete(job, n=1, full=False)
+    writing = asyncio.Event()
+
+    async def note_under_way(*args: Any) -> None:
+        writing.set()
+        await asyncio.Event().wait()  # Discord takes its time: the bot is stopped meanwhile
+
+    monkeypatch.setattr(relay, "_say_not_posted", note_under_way)
+    passing = asyncio.create_task(relay.run_pass())
+    await asyncio.wait_for(writing.wait(), 30)
+    passing.cancel()  # the bot stops
+    await asyncio.gather(passing, return_exceptions=True)
+    assert await store.claim_results_posting(job.id, "bot:next", 30.0) is not None  # at once
