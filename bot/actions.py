@@ -59,6 +59,7 @@ from storage.records import Job, Sample, SampleInfo
 
 if TYPE_CHECKING:
     from bot.bot import JukeBot
+    from storage.store import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +185,19 @@ def check_bot_can_post(interaction: discord.Interaction[Any]) -> None:
             f"permission{'s' if len(missing) > 1 else ''} here. Ask a moderator to grant "
             f"{'them' if len(missing) > 1 else 'it'} to me, or use me in another channel."
         )
+
+
+async def cancel_queued_in_gone_channel(store: JobStore, channel_id: int) -> None:
+    """A channel or thread is gone (the bot saw it deleted, or Discord says 10003 for it): its queued jobs
+    would use GPU time for results nobody could see there, so they are cancelled. Running ones finish:
+    their samples stay for `/sample` and `/history`."""
+    try:
+        cancelled = await store.cancel_queued_in_channel(channel_id)
+    except Exception as exc:  # e.g. the database is away: they run, and their results are given up
+        log.warning("channel %s is gone, but its queued jobs could not be cancelled: %r", channel_id, exc)
+        return
+    if cancelled:
+        log.info("channel %s is gone: cancelled its queued jobs %s", channel_id, cancelled)
 
 
 async def check_allowed_channel(bot: JukeBot, interaction: discord.Interaction[Any]) -> Limits:

@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import discord
 
 from bot import curating, delivery, pictures, progress
-from bot.actions import missing_posting_permissions
+from bot.actions import cancel_queued_in_gone_channel, missing_posting_permissions
 from bot.errors import fit_message
 from bot.progress import quality_label, render_job, style_line
 from bot.requests import may_continue
@@ -95,12 +95,12 @@ THREAD_ARCHIVED = 50083
 # How long a claim on a job's results holds without renewal: the wait before another bot finishes
 # posting for one that was killed mid-post. Renewed every third of it, also during a long upload.
 RESULTS_LEASE_S = 30.0
-# Discord's answers that mean the bot cannot post in the channel at all: trying again will not help.
 MISSING_PERMISSIONS = 50013
 UNKNOWN_CHANNEL = 10003
 # Discord refuses a reply from a bot that may not read the channel's history (`send_replying`): 160002
 # ("Cannot reply without permission to read message history"), 160009 in its newer wording, or 50013.
 REPLY_REFUSED = frozenset({160002, 160009, MISSING_PERMISSIONS})
+# Discord's answers that mean the bot cannot post in the channel at all: trying again will not help.
 CANNOT_POST_THERE = {
     50001: "Missing Access",
     MISSING_PERMISSIONS: "Missing Permissions",
@@ -301,7 +301,8 @@ class ProgressRelay:
                             )
                         continue
                     if isinstance(exc, discord.HTTPException) and exc.code == UNKNOWN_CHANNEL:
-                        await self._channel_gone(job)
+                        # Deleted while no bot ran, or an archived thread of a deleted channel: no event came
+                        await cancel_queued_in_gone_channel(self.store, job.channel_id)
                     if lost_at is None:
                         log.warning(
                             "job #%s: cannot show its progress in channel %s (%s); trying again every %.0f s",
@@ -383,20 +384,6 @@ class ProgressRelay:
         await asyncio.gather(*slow, return_exceptions=True)
         self._slow_results.clear()
         self._slow_edits.clear()
-
-    async def _channel_gone(self, job: Job) -> None:
-        """Discord says the job's channel is no more: its queued jobs are cancelled, as when the bot saw it
-        deleted (`on_guild_channel_delete`), which it does not when that happened while it was offline,
-        nor for the threads of a deleted channel it had not seen since it started."""
-        try:
-            cancelled = await self.store.cancel_queued_in_channel(job.channel_id)
-        except Exception as exc:  # e.g. the database is away: the next pass's edit tries again
-            log.warning(
-                "channel %s is gone, but its queued jobs could not be cancelled: %r", job.channel_id, exc
-            )
-            return
-        if cancelled:
-            log.info("channel %s is gone: cancelled its queued jobs %s", job.channel_id, cancelled)
 
     def _update_order(self, job: Job, places: QueuePlaces) -> tuple[int, float, int, int]:
         """The order a pass updates progress messages in (the edit budget may not reach the last): new
@@ -598,15 +585,12 @@ class ProgressRelay:
                 )
                 return
             except _ResultsClaimLost:
-                log.warning(
-                    "job #%s: another bot took over posting its results; leaving the rest to it", job.id
-                )
+                _log_taken_over(job)
                 return
             except Exception as exc:
                 cannot_post = _cannot_post_there(exc)
                 if cannot_post is None:
-                    failures = self._failures[job.id] = self._failures.get(job.id, 0) + 1
-                    await self._give_back(job, self._retry_delay(failures))
+                    await self._retry_later(job)
                     raise
                 # no use trying again: given up below, still holding the claim
             except BaseException:  # a shutdown mid-post: the next pass (or bot) finishes the job now
@@ -616,13 +600,10 @@ class ProgressRelay:
                 try:  # under the claim: no other bot posts meanwhile
                     await self._say_not_posted(job, cannot_post)
                 except _ResultsClaimLost:
-                    log.warning(
-                        "job #%s: another bot took over posting its results; leaving it to it", job.id
-                    )
+                    _log_taken_over(job)
                     return
                 except TimeoutError:  # an earlier edit still unanswered: the note goes after it, later
-                    failures = self._failures[job.id] = self._failures.get(job.id, 0) + 1
-                    await self._give_back(job, self._retry_delay(failures))
+                    await self._retry_later(job)
                     return
                 except BaseException:  # a shutdown: the next pass (or bot) says it now
                     await self._give_back(job, 0.0)
@@ -694,6 +675,11 @@ class ProgressRelay:
         self._update_failures.pop(job_id, None)
         self._channel_lost_at.pop(job_id, None)
         self._unread_history.discard(job_id)
+
+    async def _retry_later(self, job: Job) -> None:
+        """One more failed try at the job's results: the claim goes back for a try after a growing wait."""
+        failures = self._failures[job.id] = self._failures.get(job.id, 0) + 1
+        await self._give_back(job, self._retry_delay(failures))
 
     def _retry_delay(self, failures: int) -> float:
         """How long to wait before trying again to post results that failed `failures` times in a row:
@@ -888,6 +874,10 @@ async def send_replying(
         for upload in kwargs.get("files") or ():
             upload.reset()  # read once by the refused request
         return await channel.send(content, **kwargs)
+
+
+def _log_taken_over(job: Job) -> None:
+    log.warning("job #%s: another bot took over posting its results; leaving the rest to it", job.id)
 
 
 def new_poster_id(what: str = "bot") -> str:

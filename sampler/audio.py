@@ -688,9 +688,8 @@ def _decode(
         # written as floats. Clipped, it would be a square wave; scaled down it sounds as it was meant to.
         audio = audio * np.float32(1.0 / kept_peak)
         peak, channel_peak = peak / kept_peak, channel_peak / kept_peak
-    audio = np.clip(
-        audio, -1.0, 1.0
-    )  # a resampled full-scale clip overshoots a little (and so may a float one)
+    # A resampled full-scale clip overshoots a little (and so may a float one): clipped.
+    audio = np.clip(audio, -1.0, 1.0)
     if silence_threshold_db is not None:
         peak_db = _dbfs(min(peak, 1.0) if silence_of_whole_file else float(np.max(np.abs(audio))))
         if peak_db < silence_threshold_db:

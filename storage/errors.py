@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import socket
 import sqlite3
+from collections.abc import Iterator
 from enum import Enum
 from typing import TYPE_CHECKING
 
@@ -162,13 +163,7 @@ def outage_of(error: BaseException, *, from_store: bool = True) -> Outage | None
     raised it (a time-out of a download is no database outage); a store call's OSError always does."""
     from sqlalchemy.exc import DBAPIError
 
-    seen: set[int] = set()
-    pending: list[BaseException | None] = [error]
-    while pending:
-        current = pending.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
+    for current in errors_within(error):
         if isinstance(current, OSError):
             if current.errno in _DISK_FULL_ERRNOS:
                 return Outage.DISK_FULL
@@ -198,8 +193,21 @@ def outage_of(error: BaseException, *, from_store: bool = True) -> Outage | None
                 return Outage.DISK_FULL
             if code in _SQLITE_UNREACHABLE_CODES:
                 return Outage.UNREACHABLE
-        pending += [current.__cause__, current.__context__, getattr(current, "orig", None)]
     return None
+
+
+def errors_within(error: BaseException) -> Iterator[BaseException]:
+    """`error`, then the errors it wraps (its cause and context, and a SQLAlchemy error's driver error
+    `orig`), each once: what a wrapper's own message may not say."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        pending += [current.__cause__, current.__context__, getattr(current, "orig", None)]
 
 
 def database_unreachable(error: BaseException) -> bool:

@@ -87,24 +87,11 @@ class Jobs(commands.Cog):
 
     @commands.Cog.listener()
     async def on_guild_channel_delete(self, channel: discord.abc.GuildChannel) -> None:
-        await self._channel_gone(channel.id)
+        await actions.cancel_queued_in_gone_channel(self.bot.store, channel.id)
 
     @commands.Cog.listener()
     async def on_raw_thread_delete(self, payload: discord.RawThreadDeleteEvent) -> None:
-        await self._channel_gone(payload.thread_id)
-
-    async def _channel_gone(self, channel_id: int) -> None:
-        """A channel or thread was deleted: its queued jobs would use GPU time for results nobody could
-        see there. Running ones finish: their samples stay for `/sample` and `/history`."""
-        try:
-            cancelled = await self.bot.store.cancel_queued_in_channel(channel_id)
-        except Exception as exc:  # e.g. the database is away: they run, and their results are given up
-            log.warning(
-                "channel %s was deleted, but its queued jobs could not be cancelled: %r", channel_id, exc
-            )
-            return
-        if cancelled:
-            log.info("channel %s was deleted: cancelled its queued jobs %s", channel_id, cancelled)
+        await actions.cancel_queued_in_gone_channel(self.bot.store, payload.thread_id)
 
     @app_commands.command(
         name="cancel", description="Stop one of your jobs (moderators: anyone's job in this server)"

@@ -87,6 +87,7 @@ from storage.errors import (
     PrimeNotFound,
     SampleNotFound,
     database_unreachable,
+    errors_within,
     outage_of,
 )
 from storage.records import ClaimedJob, LevelWindow
@@ -1363,17 +1364,9 @@ _CONTEXT_LOST_WORDS = (
 
 def _device_context_lost(exc: BaseException) -> bool:
     """Whether `exc` (or an error it came from) is a CUDA error that breaks the process's context."""
-    pending: list[BaseException | None] = [exc]
-    seen: set[int] = set()
-    while pending:
-        current = pending.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        if any(words in str(current).lower()[:400] for words in _CONTEXT_LOST_WORDS):
-            return True
-        pending += [current.__cause__, current.__context__]
-    return False
+    return any(
+        words in str(error).lower()[:400] for error in errors_within(exc) for words in _CONTEXT_LOST_WORDS
+    )
 
 
 def _device_unusable(exc: BaseException) -> bool:

@@ -34,13 +34,20 @@ from tests.waiting import wait_until
 EDITS = "/channels/{channel_id}/messages/{message_id}"
 
 
+async def _bot_with_a_running_job(
+    fake: FakeDiscord, bot_runner: BotRunner, store: JobStore
+) -> tuple[ProgressRelay, PlayedWorker, ClaimedJob]:
+    """A bot, and alice's job in #general claimed by a worker the test plays: its relay, the worker, the job."""
+    relay = relay_of(await bot_runner.start(make_bot(fake, store)))
+    worker = PlayedWorker(store)
+    return relay, worker, await _queued_and_claimed(fake, worker, "alice", "general", seed=1)
+
+
 async def test_samples_refused_for_a_permission_taken_mid_job_are_named_in_the_progress_message(
     fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
 ) -> None:
     fake, store = fake_discord, sqlite_store
-    relay = relay_of(await bot_runner.start(make_bot(fake, store)))
-    worker = PlayedWorker(store)
-    job = await _queued_and_claimed(fake, worker, "alice", "general", seed=1)
+    relay, worker, job = await _bot_with_a_running_job(fake, bot_runner, store)
     await worker.progress(job.id, window=3, of=4)
     await relay.run_pass()
     await fake.deny_bot(fake.channel("general"), discord.Permissions(attach_files=True))
@@ -62,9 +69,7 @@ async def test_results_go_out_unreplied_when_the_bot_may_no_longer_read_the_hist
     fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
 ) -> None:
     fake, store = fake_discord, sqlite_store
-    relay = relay_of(await bot_runner.start(make_bot(fake, store)))
-    worker = PlayedWorker(store)
-    job = await _queued_and_claimed(fake, worker, "alice", "general", seed=1)
+    relay, worker, job = await _bot_with_a_running_job(fake, bot_runner, store)
     await fake.deny_bot(fake.channel("general"), discord.Permissions(read_message_history=True))
     (sample_id,) = await worker.complete(job, n=1, full=False)
     await relay.run_pass()
@@ -272,10 +277,8 @@ async def _running_with_an_edit_unanswered(
     fake: FakeDiscord, bot_runner: BotRunner, store: JobStore
 ) -> tuple[ProgressRelay, PlayedWorker, ClaimedJob, HeldRequest]:
     """A running job whose progress edit Discord does not answer (held past the pass)."""
-    relay = relay_of(await bot_runner.start(make_bot(fake, store)))
+    relay, worker, job = await _bot_with_a_running_job(fake, bot_runner, store)
     relay.min_edit_interval_s = 0.0
-    worker = PlayedWorker(store)
-    job = await _queued_and_claimed(fake, worker, "alice", "general", seed=1)
     await worker.progress(job.id, window=3, of=4)
     held = fake.hold("PATCH", EDITS)
     await relay.run_pass()
@@ -362,9 +365,7 @@ async def test_a_stop_while_the_note_is_written_gives_the_results_claim_back(
     """The note was written outside the handler that gives the claim back on a stop: the next bot
     waited for the claim to run out, then read the channel's history for what this one had sent."""
     fake, store = fake_discord, sqlite_store
-    relay = relay_of(await bot_runner.start(make_bot(fake, store)))
-    worker = PlayedWorker(store)
-    job = await _queued_and_claimed(fake, worker, "alice", "general", seed=1)
+    relay, worker, job = await _bot_with_a_running_job(fake, bot_runner, store)
     await fake.deny_bot(fake.channel("general"), discord.Permissions(attach_files=True))
     await worker.complete(job, n=1, full=False)
     writing = asyncio.Event()

@@ -16,6 +16,7 @@ from sqlalchemy.exc import OperationalError
 from sampler.worker.contract import DeviceSpec
 from sampler.worker.runtime import SLOW_CALL_TRIES, JobOutcome, Worker, WorkerConfig
 from storage import JobStatus
+from storage.records import ClaimedJob
 from storage.store import JobStore
 from tests.sampler.worker.test_runtime import toy_env  # noqa: F401  (a fixture)
 from tests.sampler.worker.toy_runner import ToyRunner
@@ -29,12 +30,34 @@ def disk_full() -> OperationalError:
     return OperationalError("INSERT INTO samples ...", {}, error)
 
 
+def _worker(store: JobStore, lease_seconds: float) -> Worker:
+    config = WorkerConfig(lease_seconds=lease_seconds, progress_seconds=0.1, retry_max_seconds=0.2)
+    return Worker(store, ToyRunner(DeviceSpec.cpu()), DeviceSpec.cpu(), config=config)
+
+
+async def _claimed(store: JobStore, worker: Worker) -> ClaimedJob:
+    params = {"artist": "a", "genres": ["rock"], "seconds": 0.5, "seed": 1, "n_samples": 1}
+    await store.enqueue(kind="generate", model="5b", params=params, channel_id=1, user_id=2)
+    claimed = await store.claim(worker.worker_id, {"5b"}, worker.config.lease_seconds)
+    assert claimed is not None
+    return claimed
+
+
+async def _until_a_heartbeat(worker: Worker) -> None:
+    """Until the database answers a call of the worker's (its heartbeat) after now."""
+    answered = worker._answered
+
+    async def heartbeat_got_through() -> bool:
+        return worker._answered > answered
+
+    await wait_until(heartbeat_got_through, 30.0, "a heartbeat to get through meanwhile")
+
+
 @pytest.mark.usefixtures("toy_env")
 async def test_samples_the_disk_has_no_room_for_wait_for_room_and_cost_no_attempt(
     sqlite_store: JobStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    config = WorkerConfig(lease_seconds=3.0, progress_seconds=0.1, retry_max_seconds=0.2)
-    worker = Worker(sqlite_store, ToyRunner(DeviceSpec.cpu()), DeviceSpec.cpu(), config=config)
+    worker = _worker(sqlite_store, 3.0)
     complete = sqlite_store.complete
     refused = 0
 
@@ -42,26 +65,18 @@ async def test_samples_the_disk_has_no_room_for_wait_for_room_and_cost_no_attemp
         nonlocal refused
         if refused <= SLOW_CALL_TRIES:  # more full-disk refusals than a slow link is given
             refused += 1
-            answered = worker._answered
-
-            async def heartbeat_got_through() -> bool:
-                return worker._answered > answered
-
-            await wait_until(heartbeat_got_through, 30.0, "a heartbeat to get through meanwhile")
+            await _until_a_heartbeat(worker)
             raise disk_full()
         return await complete(*args, **kwargs)
 
     monkeypatch.setattr(sqlite_store, "complete", complete_once_there_is_room)
-    params = {"artist": "a", "genres": ["rock"], "seconds": 0.5, "seed": 1, "n_samples": 1}
-    job_id = await sqlite_store.enqueue(kind="generate", model="5b", params=params, channel_id=1, user_id=2)
-    claimed = await sqlite_store.claim(worker.worker_id, {"5b"}, 3.0)
-    assert claimed is not None
+    claimed = await _claimed(sqlite_store, worker)
     caplog.set_level(logging.WARNING, logger="sampler.worker.runtime")
     try:
         await worker.run_job(claimed)
     finally:
         worker.close()
-    job = await sqlite_store.get_job(job_id)
+    job = await sqlite_store.get_job(claimed.id)
     assert (job.status, job.attempts) == (JobStatus.SUCCEEDED, 0)
     assert refused == SLOW_CALL_TRIES + 1
     said = [r.getMessage() for r in caplog.records if "waits: the database's disk is full" in r.getMessage()]
@@ -73,25 +88,16 @@ async def test_a_worker_told_to_stop_waits_for_room_a_lease_at_most(
     sqlite_store: JobStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Waiting for room never ended: a stopping worker held its GPU until its pool killed it."""
-    config = WorkerConfig(lease_seconds=1.0, progress_seconds=0.1, retry_max_seconds=0.2)
-    worker = Worker(sqlite_store, ToyRunner(DeviceSpec.cpu()), DeviceSpec.cpu(), config=config)
+    worker = _worker(sqlite_store, 1.0)
     stop = asyncio.Event()
 
     async def never_room(*args: Any, **kwargs: Any) -> Any:
-        answered = worker._answered
-
-        async def heartbeat_got_through() -> bool:
-            return worker._answered > answered
-
-        await wait_until(heartbeat_got_through, 30.0, "a heartbeat to get through meanwhile")
+        await _until_a_heartbeat(worker)
         stop.set()  # the worker is told to stop while the disk stays full
         raise disk_full()
 
     monkeypatch.setattr(sqlite_store, "complete", never_room)
-    params = {"artist": "a", "genres": ["rock"], "seconds": 0.5, "seed": 1, "n_samples": 1}
-    await sqlite_store.enqueue(kind="generate", model="5b", params=params, channel_id=1, user_id=2)
-    claimed = await sqlite_store.claim(worker.worker_id, {"5b"}, 1.0)
-    assert claimed is not None
+    claimed = await _claimed(sqlite_store, worker)
     try:
         outcome = await asyncio.wait_for(worker.run_job(claimed, stop), 60)
     finally:
@@ -106,8 +112,7 @@ async def test_a_full_disk_refusing_at_once_is_waited_out_too_and_a_stop_ends_th
     """SQLite refuses at once (no heartbeat lands during a try): the wait counted as an outage whose
     lease heartbeats kept renewing, so a stopping worker never left, the log flapping "unreachable" and
     "reachable again" at every try."""
-    config = WorkerConfig(lease_seconds=1.0, progress_seconds=0.1, retry_max_seconds=0.2)
-    worker = Worker(sqlite_store, ToyRunner(DeviceSpec.cpu()), DeviceSpec.cpu(), config=config)
+    worker = _worker(sqlite_store, 1.0)
     stop = asyncio.Event()
 
     async def no_room(*args: Any, **kwargs: Any) -> Any:
@@ -115,10 +120,7 @@ async def test_a_full_disk_refusing_at_once_is_waited_out_too_and_a_stop_ends_th
         raise disk_full()
 
     monkeypatch.setattr(sqlite_store, "complete", no_room)
-    params = {"artist": "a", "genres": ["rock"], "seconds": 0.5, "seed": 1, "n_samples": 1}
-    await sqlite_store.enqueue(kind="generate", model="5b", params=params, channel_id=1, user_id=2)
-    claimed = await sqlite_store.claim(worker.worker_id, {"5b"}, 1.0)
-    assert claimed is not None
+    claimed = await _claimed(sqlite_store, worker)
     caplog.set_level(logging.WARNING, logger="sampler.worker.runtime")
     try:
         outcome = await asyncio.wait_for(worker.run_job(claimed, stop), 60)
