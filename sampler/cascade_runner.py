@@ -31,6 +31,7 @@ from sampler.jobspec import DEFAULT_SAMPLES, InvalidJobParams, JobParams, is_ful
 from sampler.jukebox.cascade import (
     Cascade,
     CascadeState,
+    NonFiniteLogits,
     Progress,
     SampleStyle,
     SamplingCancelled,
@@ -301,24 +302,34 @@ class CascadeRunner:
             "memory may)"
         )
 
-    def cascade(self, model: str) -> Cascade:
-        if model in self._cascades and not self.keeps_priors(model):
+    def cascade(self, model: str, *, full_precision: bool = False) -> Cascade:
+        """`model`'s cascade, loaded when not yet (dropping any other); `full_precision`: its priors in
+        float32 and loaded per level, for a job whose half-precision logits were not numbers (the
+        next job loads the runner's dtype again)."""
+        dtype = torch.float32 if full_precision else self.dtype
+        keep = self.keeps_priors(model) and not full_precision
+        loaded = self._cascades.get(model)
+        priors = None if loaded is None else loaded.priors
+        if isinstance(priors, LazyPriors) and (priors.dtype, priors.keep) != (dtype, keep):
+            self._drop(model)
+            loaded = None
+        if loaded is not None and not keep:
             # its priors load from the files with each level: fail before sampling if one is gone
             require_checkpoints(self.model_dir, model)
-        if model not in self._cascades:
+        if loaded is None:
             # one model's priors at a time on the device: drop the others first
             self._cascades.clear()
             if self.device.is_cuda:
                 torch.cuda.empty_cache()
-            self._cascades[model] = load_cascade(
+            loaded = self._cascades[model] = load_cascade(
                 self.model_dir,
                 model,
                 device=self.device.name,
-                dtype=self.dtype,
-                keep_priors=self.keeps_priors(model),
+                dtype=dtype,
+                keep_priors=keep,
                 decode=self.decode,
             )
-        return self._cascades[model]
+        return loaded
 
     def _overlaps(self, model: str) -> bool | None:
         """Levels sampled at once hold two or three priors together: only when they stay resident, and
@@ -478,11 +489,13 @@ class CascadeRunner:
         try:
             resume: CascadeState | None = None
             batch: BatchSizes | None = None
+            full_precision = False
             while True:
                 try:
-                    return self._run(task, report, should_stop, resume, batch)
-                except _TryAgainSmaller as retry:
+                    return self._run(task, report, should_stop, resume, batch, full_precision)
+                except _TryAgain as retry:
                     resume, batch = retry.state, retry.batch or batch
+                    full_precision = full_precision or retry.full_precision
                 # out of the handler: the out-of-memory traceback, and the priors its frames held, is gone
                 gc.collect()
                 if self.device.is_cuda:
@@ -526,13 +539,16 @@ class CascadeRunner:
         should_stop: StopCheck,
         resume: CascadeState | None = None,
         batch: BatchSizes | None = None,
+        full_precision: bool = False,
     ) -> list[NewSample]:
         """One try at the job; `resume`: the state to go on from instead of the task's checkpoint, and
-        `batch` the batch sizes to sample at instead of the runner's (a retry in this process)."""
+        `batch` the batch sizes to sample at instead of the runner's (a retry in this process);
+        `full_precision`: the priors in float32, loaded per level (twice the memory of half precision,
+        which the residency decision did not plan for)."""
         job = task.job
         report.progress(Stage.LOADING, None, None, None, 0, 1)
         try:
-            cascade = self.cascade(job.model)
+            cascade = self.cascade(job.model, full_precision=full_precision)
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -599,29 +615,49 @@ class CascadeRunner:
                 on_progress=on_progress,
                 on_window=on_window,
                 should_stop=stop,
-                overlap_levels=self._overlaps(job.model),
+                overlap_levels=False if full_precision else self._overlaps(job.model),
             )
         except SamplingCancelled:
             raise_if_stopped(lambda: stop_reason[-1] if stop_reason else StopReason.SHUTDOWN)
             raise
+        except NonFiniteLogits as exc:
+            newest = latest[0] if latest else state
+            if full_precision or self.dtype == torch.float32:
+                raise JobFailed(
+                    f"This job cannot be sampled: {exc}, in full precision (float32). The {job.model} "
+                    f"model's files may hold damaged weights: run `jukebot models verify {job.model}`."
+                ) from None
+            # half precision overflowed (Jukebox's activations reach float16's 65504 now and then):
+            # the windows before stay, the rest of this job samples in float32
+            log.warning(
+                "job #%s: %s in %s; going on from its newest window in float32",
+                job.id,
+                exc,
+                str(self.dtype).removeprefix("torch."),
+            )
+            raise _TryAgain(newest, full_precision=True) from None
         except SamplingError as exc:
             raise JobFailed(f"This job cannot be sampled: {exc}.") from None
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
             newest = latest[0] if latest else state
-            if self.keeps_priors(job.model):
+            if self.keeps_priors(job.model) and not full_precision:
                 # the priors held together (and their caches) did not fit: load them per level and go
                 # on from the newest window, as the warm-up does
                 self._load_per_level(job.model, f"job #{job.id}")
-                raise _TryAgainSmaller(newest) from None
-            if isinstance(exc, PriorDoesNotFit) and self._overlaps(job.model) is not False:
+                raise _TryAgain(newest) from None
+            if (
+                isinstance(exc, PriorDoesNotFit)
+                and not full_precision
+                and self._overlaps(job.model) is not False
+            ):
                 # the level above still held its prior: sample the levels one after the other
                 self._overlap_off.add(job.model)
                 log.warning(
                     "job #%s: %s beside another; levels sample one at a time from now on", job.id, exc
                 )
-                raise _TryAgainSmaller(newest) from None
+                raise _TryAgain(newest) from None
             if isinstance(exc, PriorDoesNotFit):  # alone: not the job's doing, and no job of it fits here
                 raise JobDidNotFit(
                     self._does_not_fit(job.model, f"its level-{exc.level} prior", exc)
@@ -640,7 +676,7 @@ class CascadeRunner:
                     str(exc).strip()[:120],
                     format_batch_sizes(smaller),
                 )
-                raise _TryAgainSmaller(newest, smaller) from None
+                raise _TryAgain(newest, smaller) from None
             raise JobDidNotFit(self._does_not_fit(job.model, "a window of one sample", exc)) from None
         raise_if_stopped(should_stop)
         report.progress(Stage.DECODING, None, None, None, total_tokens, total_tokens)
@@ -725,13 +761,16 @@ class CascadeRunner:
         return out
 
 
-class _TryAgainSmaller(Exception):
-    """Out of memory: try again from `state`, the priors loaded per level (they did not fit resident
-    together), or at the smaller `batch` sizes."""
+class _TryAgain(Exception):
+    """Try the job again from `state`: out of memory, with the priors loaded per level (they did not
+    fit resident together) or at the smaller `batch` sizes; or, its logits not numbers in half
+    precision, in `full_precision`."""
 
-    def __init__(self, state: CascadeState | None, batch: BatchSizes | None = None) -> None:
-        super().__init__("out of memory: trying again smaller")
-        self.state, self.batch = state, batch
+    def __init__(
+        self, state: CascadeState | None, batch: BatchSizes | None = None, *, full_precision: bool = False
+    ) -> None:
+        super().__init__("trying again from the newest window")
+        self.state, self.batch, self.full_precision = state, batch, full_precision
 
 
 def make_runner(device: DeviceSpec, options: RunnerOptions | None = None) -> CascadeRunner:

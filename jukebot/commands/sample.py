@@ -674,10 +674,11 @@ def _sample_into(
 ) -> None:
     """Sample `request` into `out_dir`, which this run holds the lock of: resumed from its checkpoint
     when it holds this run's, after setting aside another run's output or a damaged saved state."""
+    import torch
     from tqdm import tqdm
 
     from sampler.audio import encode_audio, wav_bytes
-    from sampler.jukebox.cascade import CascadeState, Progress, SamplingError
+    from sampler.jukebox.cascade import CascadeState, NonFiniteLogits, Progress, SamplingError
     from sampler.jukebox.checkpoint import CheckpointError
     from sampler.model_files import ModelFilesError
 
@@ -791,6 +792,19 @@ def _sample_into(
                 write_level(final, level)
     except _NotWritten as exc:
         raise click.ClickException(str(exc)) from None
+    except NonFiniteLogits as exc:
+        bar.close()
+        model = options["model"]
+        if cascade.priors.dtype == torch.float32:
+            raise click.ClickException(
+                f"{exc}, in full precision: the {model} model's files may hold damaged weights "
+                f"(run `jukebot models verify {model}`)."
+            ) from None
+        kept = "the finished windows are saved" if checkpoint.is_file() else "no window had finished yet"
+        raise click.ClickException(
+            f"{exc}, in half precision (it overflows now and then); {kept}: run the same command again "
+            "with --fp32 to go on in full precision."
+        ) from None
     except SamplingError as exc:
         raise click.ClickException(str(exc)) from None
     except (ModelFilesError, CheckpointError) as exc:  # a model file changed or damaged since the check

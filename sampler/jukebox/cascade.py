@@ -62,6 +62,19 @@ class SamplingError(ValueError):
     """A request that cannot be sampled; raised before any sampling, the message says why."""
 
 
+class NonFiniteLogits(SamplingError):
+    """A prior's logits were not numbers (NaN or infinite) for some samples of a window: in half
+    precision a large activation overflows. Found at the window's end (one read-back per window);
+    the draws meanwhile stayed in range, so nothing crashed on the device."""
+
+    def __init__(self, window: Window, rows: int, samples: int) -> None:
+        super().__init__(
+            f"the level-{window.level} prior's outputs were not numbers (NaN or infinite) for {rows} of "
+            f"{samples} samples in window {window.index + 1} of that level"
+        )
+        self.window = window
+
+
 class SamplingCancelled(Exception):
     """`should_stop` asked to stop. `state` holds every finished window (resume from it)."""
 
@@ -310,20 +323,37 @@ def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 0.0) -> Tensor:
     return logits
 
 
-def draw(logits: Tensor, generator: torch.Generator) -> Tensor:
+def mark_non_finite(probs: Tensor, non_finite: Tensor | None) -> Tensor:
+    """The rows (N,) of `probs` (N, bins), a softmax's, that are not a distribution (a NaN or an
+    infinity in the logits makes the whole row NaN), or'ed into `non_finite` when given. On the device:
+    nothing read back."""
+    bad = probs.isnan().any(dim=-1)
+    if non_finite is not None:
+        non_finite.logical_or_(bad)
+    return bad
+
+
+def draw(logits: Tensor, generator: torch.Generator, non_finite: Tensor | None = None) -> Tensor:
     """One categorical draw per row (N, bins) -> (N,), with the exact arithmetic of
-    `torch.distributions.Categorical(logits=…).sample()` so reference RNG streams line up."""
+    `torch.distributions.Categorical(logits=…).sample()` so reference RNG streams line up.
+
+    A row that is no distribution (NaN logits) is marked in `non_finite` (N,) bool and draws an id in
+    range from a uniform row instead: CUDA's multinomial asserts on NaN, which ends the device context.
+    """
     normalised = logits - logits.logsumexp(dim=-1, keepdim=True)
     probs = torch.softmax(normalised, dim=-1)
     if probs.device.type != "cpu" or probs.device != generator.device:
+        bad = mark_non_finite(probs, non_finite)
+        probs = probs.masked_fill(bad[:, None], 1.0)  # a finite row keeps its bits
         return torch.multinomial(probs, 1, True, generator=generator)[:, 0]
+    mark_non_finite(probs, non_finite)  # argmax below picks an id in range even from NaN
     # What CPU `multinomial(probs, 1, replacement=True)` computes, without its input checks:
     # argmax(probs / Exp(1) noise). Same generator draws, same result (tests/…/test_sampling_speed.py).
     noise = torch.empty_like(probs).exponential_(generator=generator)
     return probs.div_(noise).argmax(dim=-1)
 
 
-def draw_fast(logits: Tensor, generator: torch.Generator) -> Tensor:
+def draw_fast(logits: Tensor, generator: torch.Generator, non_finite: Tensor | None = None) -> Tensor:
     """One categorical draw per row (N, bins) -> (N,) by inverting the CDF with one uniform per row.
 
     The same distribution as `draw` from far fewer random numbers (N instead of N·bins), so a
@@ -332,14 +362,22 @@ def draw_fast(logits: Tensor, generator: torch.Generator) -> Tensor:
     never picked.
     """
     u = torch.rand(logits.shape[0], 1, dtype=torch.float64, generator=generator, device=generator.device)
-    return invert_cdf(logits, u.to(logits.device))
+    return invert_cdf(logits, u.to(logits.device), non_finite)
 
 
-def invert_cdf(logits: Tensor, u: Tensor) -> Tensor:
+def invert_cdf(logits: Tensor, u: Tensor, non_finite: Tensor | None = None) -> Tensor:
     """The ids (N,) whose interval of the CDF of softmax(logits) (N, bins) holds u·total, u (N, 1) fp64
-    uniforms in [0, 1): `draw_fast` given its uniforms."""
-    cdf = torch.softmax(logits, dim=-1).cumsum(dim=-1, dtype=torch.float64)
-    return torch.searchsorted(cdf, u.mul(cdf[:, -1:]), right=True)[:, 0]
+    uniforms in [0, 1): `draw_fast` given its uniforms.
+
+    A row that is no distribution (NaN logits: its CDF is NaN, and the search finds no id) is marked in
+    `non_finite` (N,) bool and gets the last id, in range: an id past the embedding would end the
+    device context on CUDA. A finite row's u·total < total always finds an id in range, so the clamp
+    changes none of them."""
+    probs = torch.softmax(logits, dim=-1)
+    mark_non_finite(probs, non_finite)
+    cdf = probs.cumsum(dim=-1, dtype=torch.float64)
+    ids = torch.searchsorted(cdf, u.mul(cdf[:, -1:]), right=True)[:, 0]
+    return ids.clamp_(max=logits.shape[-1] - 1)
 
 
 def prefill_known(prior: JukeboxPrior, state: SamplingState, ids: Tensor, chunk_size: int) -> None:
@@ -366,6 +404,7 @@ def sample_steps(
     *,
     exact: bool = True,
     uniforms: Tensor | None = None,
+    non_finite: Tensor | None = None,
 ) -> Tensor:
     """The per-token loop: `count` × (prior step → logits / temperature → filter → draw).
 
@@ -373,7 +412,8 @@ def sample_steps(
     every `progress_every` tokens and after the last one. `exact` draws as the reference does
     (`draw`); otherwise with the cheaper `draw_fast` (another random stream, same distribution),
     or, given `uniforms` (count, N, 1) fp64, by inverting the CDF at those (draw_fast's stream
-    when they were drawn from the same generator in one go).
+    when they were drawn from the same generator in one go). Rows whose logits were not numbers at
+    some step are marked in `non_finite` (N,) bool (see `invert_cdf`).
     """
     if count <= 0:
         raise SamplingError(f"the number of tokens to sample must be positive, got {count}")
@@ -393,11 +433,11 @@ def sample_steps(
                 logits.div_(temperature)
             logits = filter_logits(logits, top_k, top_p)
             if uniforms is None:
-                token = pick(logits.float(), generator)
+                token = pick(logits.float(), generator, non_finite)
             else:
                 if step == 0:  # to the logits' device once, not per token
                     uniforms = uniforms.to(logits.device)
-                token = invert_cdf(logits.float(), uniforms[step])
+                token = invert_cdf(logits.float(), uniforms[step], non_finite)
             out.append(token)
             if report is not None and ((step + 1) % progress_every == 0 or step + 1 == count):
                 report(step + 1)
@@ -1048,6 +1088,7 @@ class Cascade:
                 device=generator.device,
             )
         sampled: list[Tensor] = []
+        non_finite: list[Tensor] = []
         for first_row in range(0, request.n_samples, batch):
             part = slice(first_row, first_row + batch)
             rows = known[part].shape[0]
@@ -1059,7 +1100,7 @@ class Cascade:
                 # tokens of the window done, averaged over all samples (batches run one after another)
                 report((first_row * window.new_tokens + tokens * rows) // request.n_samples)
 
-            new = self._sample_tokens(
+            new, rows_not_finite = self._sample_tokens(
                 prior,
                 cond,
                 known[part].to(self.device),
@@ -1073,6 +1114,11 @@ class Cascade:
                 None if uniforms is None else uniforms[:, part],
             )
             sampled.append(new)
+            non_finite.append(rows_not_finite)
+        # the window's one read-back of its own (its codes go to the host next): a NaN is not sampled on
+        bad_rows = int(torch.cat(non_finite).sum())
+        if bad_rows:
+            raise NonFiniteLogits(window, bad_rows, request.n_samples)
         return torch.cat(sampled, dim=0)
 
     def _sample_tokens(
@@ -1088,7 +1134,9 @@ class Cascade:
         progress_every: int,
         chunk_size: int,
         uniforms: Tensor | None = None,
-    ) -> Tensor:
+    ) -> tuple[Tensor, Tensor]:
+        """The new codes of one batch's window (N, new_tokens), and which of its rows (N,) drew from
+        logits that were not numbers."""
         if request.rng == "window" and self.decode_options.path != "sliced":
             from sampler.jukebox.decoding import batch_rows, window_decoder
 
@@ -1107,9 +1155,10 @@ class Cascade:
                 chunk_size=chunk_size,
                 uniforms=uniforms,
             )
-            return prior.ids_to_codes(new)
+            return prior.ids_to_codes(new), decoder.non_finite.clone()
         state = prior.start(cond, window.sample_tokens)
         prefill_known(prior, state, prior.codes_to_ids(known), chunk_size)
+        non_finite = torch.zeros(known.shape[0], dtype=torch.bool, device=self.device)
         ids = sample_steps(
             prior,
             state,
@@ -1122,8 +1171,9 @@ class Cascade:
             progress_every,
             exact=request.rng == "reference",
             uniforms=uniforms,
+            non_finite=non_finite,
         )
-        return prior.ids_to_codes(ids)
+        return prior.ids_to_codes(ids), non_finite
 
     # ---- audio
 
