@@ -64,6 +64,14 @@ def _model_of(interaction: discord.Interaction[Any]) -> str:
     return model if isinstance(model, str) and model in MODELS else DEFAULT_MODEL
 
 
+_TOO_OLD = f"it was open more than {LYRICS_FORM_HOURS} hours"
+
+
+def _expired(why: str) -> str:
+    """What a lyrics form whose request was let go for `why` says when it comes back."""
+    return f"This lyrics form expired ({why}), so nothing was queued."
+
+
 @dataclass(frozen=True)
 class _WaitingForLyrics:
     """A /jukebox request waiting for its lyrics form."""
@@ -100,6 +108,8 @@ class Jukebox(commands.Cog):
         self.bot = bot
         # Requests waiting for their lyrics form, by the key in the form's custom_id, oldest first.
         self.waiting_for_lyrics: OrderedDict[str, _WaitingForLyrics] = OrderedDict()
+        # Why a form was let go before it came back (its key: a few bytes), newest last, to say so.
+        self._forms_let_go: OrderedDict[str, str] = OrderedDict()
         self.lyrics_form_timeout_s = LYRICS_FORM_HOURS * 3600.0
         # Members whose clip is downloading or decoding now. The job limits are checked before the
         # download and enforced only when the job is stored: without one clip at a time, a burst of
@@ -113,35 +123,50 @@ class Jukebox(commands.Cog):
         """Keep `request` for its form; returns the form's key."""
         theirs = [key for key, kept in self.waiting_for_lyrics.items() if kept.user_id == request.user_id]
         for key in theirs[: len(theirs) - MAX_OPEN_LYRICS_FORMS_PER_USER + 1]:
-            del self.waiting_for_lyrics[key]
+            self._let_go(key, _expired(f"you opened {MAX_OPEN_LYRICS_FORMS_PER_USER} newer ones"))
         while self.waiting_for_lyrics:  # forget the expired ones, and the oldest beyond the limit
-            oldest = next(iter(self.waiting_for_lyrics.values()))
-            expired = time.monotonic() - oldest.opened_at >= self.lyrics_form_timeout_s
-            if not expired and len(self.waiting_for_lyrics) < MAX_OPEN_LYRICS_FORMS:
+            key, oldest = next(iter(self.waiting_for_lyrics.items()))
+            if time.monotonic() - oldest.opened_at >= self.lyrics_form_timeout_s:
+                self._let_go(key, _expired(_TOO_OLD))
+            elif len(self.waiting_for_lyrics) >= MAX_OPEN_LYRICS_FORMS:
+                self._let_go(key, _expired(f"{MAX_OPEN_LYRICS_FORMS} forms were open; yours was the oldest"))
+            else:
                 break
-            self.waiting_for_lyrics.popitem(last=False)
         key = secrets.token_hex(8)
         self.waiting_for_lyrics[key] = request
         return key
 
+    def _let_go(self, key: str, said: str) -> None:
+        """Forget form `key`'s request, keeping what to say should the form come back."""
+        self.waiting_for_lyrics.pop(key, None)
+        self._forms_let_go[key] = said
+        while len(self._forms_let_go) > 4 * MAX_OPEN_LYRICS_FORMS:  # a few bytes each: a bound all the same
+            self._forms_let_go.popitem(last=False)
+
     @commands.Cog.listener()
     async def on_interaction(self, interaction: discord.Interaction[JukeBot]) -> None:
         """Queue the job a submitted lyrics form completes, or give the lyrics back when the request is
-        gone; other interactions are left alone."""
+        gone, saying why; other interactions are left alone."""
         data = cast("dict[str, Any]", interaction.data or {})
         found = LYRICS_FORM.fullmatch(str(data.get("custom_id", "")))
         if interaction.type != discord.InteractionType.modal_submit or found is None:
             return
-        lyrics = form_value(data, "lyrics")
+        lyrics, key = form_value(data, "lyrics"), found["key"]
         async with self.bot.reporting_errors(interaction):
-            request = self.waiting_for_lyrics.get(found["key"])
-            if request is None or request.user_id != interaction.user.id:  # a forged form is not theirs
-                await self._give_lyrics_back(interaction, lyrics)
+            request = self.waiting_for_lyrics.get(key)
+            if request is None:  # none kept: the bot restarted (or let it go among many since)
+                said = self._forms_let_go.get(key, _expired("the bot restarted since it was opened"))
+                await self._give_lyrics_back(interaction, lyrics, said)
                 return
-            del self.waiting_for_lyrics[found["key"]]
+            if request.user_id != interaction.user.id:  # a forged form is not theirs
+                said = "This lyrics form was opened by someone else, so nothing was queued."
+                await self._give_lyrics_back(interaction, lyrics, said)
+                return
             if time.monotonic() - request.opened_at >= self.lyrics_form_timeout_s:
-                await self._give_lyrics_back(interaction, lyrics)
+                self._let_go(key, _expired(_TOO_OLD))
+                await self._give_lyrics_back(interaction, lyrics, _expired(_TOO_OLD))
                 return
+            self._let_go(key, "This lyrics form was sent already, so nothing more was queued.")
             await interaction.response.defer(ephemeral=True, thinking=True)
             options = dataclasses.replace(request.options, lyrics=lyrics)
             try:
@@ -154,15 +179,9 @@ class Jukebox(commands.Cog):
                 said = message_for(interaction, exc)
                 await self._give_lyrics_back(interaction, lyrics, said.rstrip() + "\nNothing was queued.")
 
-    async def _give_lyrics_back(
-        self, interaction: discord.Interaction[Any], lyrics: str, why: str | None = None
-    ) -> None:
-        """Answer a form that queued nothing: its request is gone (a restart, or open too long), or `why`.
-        The user gets what they typed back, in the message when it fits, else as a text file."""
-        said = why or (
-            f"This lyrics form expired (the bot restarted, it was open more than {LYRICS_FORM_HOURS} "
-            f"hours, or you opened {MAX_OPEN_LYRICS_FORMS_PER_USER} newer ones), so nothing was queued."
-        )
+    async def _give_lyrics_back(self, interaction: discord.Interaction[Any], lyrics: str, said: str) -> None:
+        """Answer a form that queued nothing, saying why (`said`). The user gets what they typed back,
+        in the message when it fits, else as a text file."""
         again = " Run /jukebox again with `lyrics_modal:true`"
         content, files = said + again + ".", []
         if lyrics.strip():

@@ -17,10 +17,10 @@ from tests.bot.conftest import BotRunner
 from tests.bot.fake_discord import FakeDiscord
 from tests.bot.harness import job_count, make_bot, make_settings, reply_of
 
-EXPIRED = (
-    "This lyrics form expired (the bot restarted, it was open more than 12 hours, or you opened 3 newer "
-    "ones), so nothing was queued. Run /jukebox again with `lyrics_modal:true`"
-)
+AGAIN = " Run /jukebox again with `lyrics_modal:true`"
+RESTARTED = "This lyrics form expired (the bot restarted since it was opened), so nothing was queued." + AGAIN
+TOO_OLD = "This lyrics form expired (it was open more than 12 hours), so nothing was queued." + AGAIN
+NEWER = "This lyrics form expired (you opened 3 newer ones), so nothing was queued." + AGAIN
 
 
 async def test_a_form_submitted_after_a_restart_gives_the_lyrics_back_as_a_file(
@@ -37,7 +37,7 @@ async def test_a_form_submitted_after_a_restart_gives_the_lyrics_back_as_a_file(
     lyrics = (verse * 80)[:4000]
     submitted = await fake.submit_modal(opened, {"lyrics": lyrics}, timeout_s=5)
     assert await reply_of(fake, submitted) == (
-        f"{EXPIRED} and paste your lyrics back in: they are in the attached lyrics.txt."
+        f"{RESTARTED} and paste your lyrics back in: they are in the attached lyrics.txt."
     )
     assert submitted.original is not None
     (attached,) = submitted.original.attachments
@@ -59,8 +59,8 @@ async def test_an_expired_form_gives_short_lyrics_back_in_the_reply(
 
     lyrics = "  la la la\n\nthe second verse  "
     reply = await reply_of(fake, await fake.submit_modal(opened, {"lyrics": lyrics}))
-    assert reply == f"{EXPIRED} and paste your lyrics back in:\n```\n{lyrics}\n```"
-    assert await reply_of(fake, await fake.submit_modal(empty, {"lyrics": ""})) == f"{EXPIRED}."
+    assert reply == f"{TOO_OLD} and paste your lyrics back in:\n```\n{lyrics}\n```"
+    assert await reply_of(fake, await fake.submit_modal(empty, {"lyrics": ""})) == f"{TOO_OLD}."
     assert await job_count(sqlite_store) == 0
     assert fake.rejections == []
 
@@ -74,7 +74,9 @@ async def test_a_form_queues_only_for_whoever_opened_it(
 
     # Someone else sends a submission of alice's form (a tampered client can): not theirs to use.
     forged = await fake.submit_modal(opened, {"lyrics": "bob's words"}, user=fake.user("bob"))
-    assert (await reply_of(fake, forged)).startswith(EXPIRED)
+    assert (await reply_of(fake, forged)).startswith(
+        "This lyrics form was opened by someone else, so nothing was queued."
+    )
     assert await job_count(sqlite_store) == 0
 
     mine = await fake.submit_modal(opened, {"lyrics": "alice's words"})
@@ -83,7 +85,9 @@ async def test_a_form_queues_only_for_whoever_opened_it(
     assert job.user_id == fake.user("alice").id and job.params["lyrics"] == "alice's words"
     # A form is answered once: sent again, it gives the lyrics back instead of queueing twice.
     again = await fake.submit_modal(opened, {"lyrics": "alice's words"})
-    assert (await reply_of(fake, again)).startswith(EXPIRED)
+    assert (await reply_of(fake, again)).startswith(
+        "This lyrics form was sent already, so nothing more was queued."
+    )
     assert await job_count(sqlite_store) == 1
 
 
@@ -115,16 +119,23 @@ async def test_a_form_refused_when_it_is_sent_gives_the_lyrics_back(
     assert await job_count(sqlite_store) == 1
 
 
+async def _bot_keeping_forms(
+    count: int, fake: FakeDiscord, bot_runner: BotRunner, store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bot that keeps at most `count` lyrics forms open in all."""
+    bot = await bot_runner.start(make_bot(fake, store))
+    cog: Any = bot.get_cog("Jukebox")
+    extension = sys.modules[type(cog).__module__]  # loaded afresh by `load_extension`: not importable
+    monkeypatch.setattr(extension, "MAX_OPEN_LYRICS_FORMS", count)
+
+
 async def test_one_member_opening_forms_again_and_again_expires_only_their_own(
     fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Opening a form queues nothing, so no job limit holds it back: the bot-wide cap on open forms
     must not let one member push everyone else's out."""
     fake = fake_discord
-    bot = await bot_runner.start(make_bot(fake, sqlite_store))
-    cog: Any = bot.get_cog("Jukebox")
-    extension = sys.modules[type(cog).__module__]  # loaded afresh by `load_extension`: not importable
-    monkeypatch.setattr(extension, "MAX_OPEN_LYRICS_FORMS", 5)
+    await _bot_keeping_forms(5, fake, bot_runner, sqlite_store, monkeypatch)
     alices = await fake.invoke_command("jukebox", {"lyrics_modal": True}, user=fake.user("alice"))
     bobs = [
         await fake.invoke_command("jukebox", {"lyrics_modal": True}, user=fake.user("bob")) for _ in range(6)
@@ -133,7 +144,7 @@ async def test_one_member_opening_forms_again_and_again_expires_only_their_own(
 
     queued = await fake.submit_modal(alices, {"lyrics": "alice's words"})
     assert (await reply_of(fake, queued)).startswith("Queued as job #1.")
-    assert (await reply_of(fake, await fake.submit_modal(bobs[2], {"lyrics": "x"}))).startswith(EXPIRED)
+    assert (await reply_of(fake, await fake.submit_modal(bobs[2], {"lyrics": "x"}))).startswith(NEWER)
     assert (await reply_of(fake, await fake.submit_modal(bobs[3], {"lyrics": "y"}))).startswith(
         "Queued as job #2."
     )
@@ -168,4 +179,21 @@ async def test_a_bug_while_a_form_is_sent_gives_the_lyrics_back_and_logs_none_of
     logged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(logged) == 1 and "modal_submit 'jukebot:lyrics-form:" in logged[0]
     assert "SECRET-7f3a" not in logged[0]
+    assert await job_count(sqlite_store) == 0
+
+
+async def test_a_form_let_go_among_many_peoples_says_so_not_that_its_member_opened_newer_ones(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bot-wide cap lets the oldest form go: its member opened no other, and was told they had."""
+    fake = fake_discord
+    await _bot_keeping_forms(3, fake, bot_runner, sqlite_store, monkeypatch)
+    alices = await fake.invoke_command("jukebox", {"lyrics_modal": True}, user=fake.user("alice"))
+    for name in ("bob", "mod", "moderator"):
+        await fake.invoke_command("jukebox", {"lyrics_modal": True}, user=fake.user(name))
+    reply = await reply_of(fake, await fake.submit_modal(alices, {"lyrics": "la"}))
+    assert reply == (
+        "This lyrics form expired (3 forms were open; yours was the oldest), so nothing was queued. Run "
+        "/jukebox again with `lyrics_modal:true` and paste your lyrics back in:\n```\nla\n```"
+    )
     assert await job_count(sqlite_store) == 0
