@@ -7,6 +7,7 @@ loop use the `*_async` variants.
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
+from sqlalchemy import text as sa_text
 from sqlalchemy.engine import Connection
 
 from storage.engine import READ_ONLY, create_engine
@@ -25,6 +27,15 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # Key of the Postgres advisory lock that serialises schema changes (bot and worker start together
 # and both migrate; without it both create alembic_version and one dies on a unique violation).
 MIGRATION_LOCK_KEY = 0x6A756B65626F74  # "jukebot"
+# Postgres: how long a schema change waits for a lock another session holds on a table (an operator's
+# psql idle in a transaction). Every query on that table queues behind the waiting change, so it gives
+# way after this (the bot's and workers' queries go on), pauses and tries again: MIGRATION_TRIES in all.
+MIGRATION_LOCK_WAIT_SECONDS = 5.0
+MIGRATION_RETRY_PAUSE_SECONDS = 5.0
+MIGRATION_TRIES = 6
+_PG_LOCK_NOT_AVAILABLE = "55P03"
+
+log = logging.getLogger(__name__)
 
 
 class UnknownSchemaRevision(Exception):
@@ -58,6 +69,20 @@ class ForeignTables(Exception):
         self.tables = tables
 
 
+class MigrationBlocked(Exception):
+    """The schema change gave way MIGRATION_TRIES times to locks other sessions hold on jukebot's tables;
+    `holders` describes them. Nothing was changed."""
+
+    def __init__(self, holders: list[str]) -> None:
+        held = "; ".join(holders) or "sessions that have ended since"
+        super().__init__(
+            f"the schema change waited {MIGRATION_TRIES} times for locks other sessions hold on jukebot's "
+            f"tables ({MIGRATION_LOCK_WAIT_SECONDS:g} s each) and gave way each time, so nothing was "
+            f"changed; holding them: {held}"
+        )
+        self.holders = holders
+
+
 def _revision_of(connection: Connection) -> str | None:
     """The database's schema revision; ForeignTables when it has none but holds tables named like ours
     (upgrading would stop on "table already exists", in the middle of the first migration)."""
@@ -89,24 +114,87 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 async def _run_alembic(url: str, action: str, revision: str) -> str | None:
     """Run `action` to `revision`; returns the revision the database was at (read under the lock, so a
-    migrator that waited for another sees the other's work)."""
+    migrator that waited for another sees the other's work). On Postgres a change blocked by another
+    session's lock gives way and tries again (`MIGRATION_LOCK_WAIT_SECONDS`), then MigrationBlocked."""
     engine = create_engine(url, sqlite_foreign_keys=False, bounded_statements=False)
     try:
-        async with engine.begin() as connection:
-            if connection.dialect.name == "postgresql":
-                # Released at commit; a second migrator waits here, then finds the work done.
-                await connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
-
-            def run(sync_connection: Connection) -> str | None:
-                before = _revision_of(sync_connection)
-                # Alembic would fail on a revision it cannot find with a bare CommandError.
-                check_known_revision(before)
-                getattr(command, action)(alembic_config(sync_connection), revision)
-                return before
-
-            return await connection.run_sync(run)
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                return await _run_alembic_once(engine, action, revision)
+            except Exception as exc:
+                if not _lock_not_available(exc):
+                    raise
+            holders = await _lock_holders(engine)
+            if tries >= MIGRATION_TRIES:
+                raise MigrationBlocked(holders) from None
+            log.warning(
+                "the schema change waited %g s for locks on jukebot's tables held by %s; it gave way and "
+                "tries again in %g s (%d of %d)",
+                MIGRATION_LOCK_WAIT_SECONDS,
+                "; ".join(holders) or "sessions that have ended since",
+                MIGRATION_RETRY_PAUSE_SECONDS,
+                tries + 1,
+                MIGRATION_TRIES,
+            )
+            await asyncio.sleep(MIGRATION_RETRY_PAUSE_SECONDS)  # the queries queued behind it go on
     finally:
         await engine.dispose()
+
+
+async def _run_alembic_once(engine: Any, action: str, revision: str) -> str | None:
+    async with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # Released at commit; a second migrator waits here (a migration may take minutes), then
+            # finds the work done.
+            taken = await connection.scalar(
+                sa_text(f"SELECT pg_try_advisory_xact_lock({MIGRATION_LOCK_KEY})")
+            )
+            if not taken:
+                log.warning("waiting for another process's schema change of this database to end")
+                await connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
+            # Set after the advisory lock: that wait is for a migration, not for a stuck session.
+            wait_ms = round(MIGRATION_LOCK_WAIT_SECONDS * 1000)
+            await connection.exec_driver_sql(f"SET LOCAL lock_timeout = {wait_ms}")
+
+        def run(sync_connection: Connection) -> str | None:
+            before = _revision_of(sync_connection)
+            # Alembic would fail on a revision it cannot find with a bare CommandError.
+            check_known_revision(before)
+            getattr(command, action)(alembic_config(sync_connection), revision)
+            return before
+
+        return await connection.run_sync(run)
+
+
+def _lock_not_available(error: BaseException) -> bool:
+    from storage.errors import errors_within
+
+    return any(getattr(e, "sqlstate", None) == _PG_LOCK_NOT_AVAILABLE for e in errors_within(error))
+
+
+async def _lock_holders(engine: Any) -> list[str]:
+    """The other sessions holding locks on jukebot's tables now, oldest transaction first: for a person
+    to end (`pg_terminate_backend(pid)`)."""
+    query = sa_text(
+        "SELECT DISTINCT a.pid, a.application_name, a.state, a.xact_start, a.client_addr "
+        "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid JOIN pg_class c ON c.oid = l.relation "
+        "WHERE l.granted AND a.pid <> pg_backend_pid() AND c.relname = ANY(:tables) "
+        "ORDER BY a.xact_start LIMIT 5"
+    )
+    try:
+        async with engine.connect() as connection:
+            rows = (await connection.execute(query, {"tables": sorted(Base.metadata.tables)})).all()
+    except Exception as exc:  # a description only: the failure to report is the lock's
+        log.warning("could not list the sessions holding locks: %r", exc)
+        return []
+    described = []
+    for pid, application, state, since, address in rows:
+        who = ", ".join(part for part in (application, str(address or "") or "local", state) if part)
+        when = f" since {since:%Y-%m-%d %H:%M:%S %Z}" if since is not None else ""
+        described.append(f"pid {pid} ({who}{when})")
+    return described
 
 
 async def upgrade_to_head_async(url: str) -> str | None:

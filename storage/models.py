@@ -139,6 +139,10 @@ class JobRow(Base):
         # The same scan of every server at once (a NULL lookup, few rows match): without it SQLite would
         # walk every finished job (ix_jobs_claim's status) to find them.
         Index("ix_jobs_unposted", "results_posted_at", "status"),
+        # Whether a job upsamples a sample already (each Upsample click, under the enqueue lock), and
+        # whether any job uses a prime clip (dropping one, `jobs prune`).
+        Index("ix_jobs_parent_sample_id", "parent_sample_id"),
+        Index("ix_jobs_prime_id", "prime_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -377,6 +377,11 @@ def _finished_before(table: Any, cutoff: ColumnElement[datetime]) -> ColumnEleme
 # A prime clip whose audio `prune_finished` dropped: the row stays (jobs point at it; its length
 # still tells a picture how much was primed), with no audio.
 PRIME_PRUNED = func.length(primes.c.pcm) == 0
+# A clip stored this long ago that no job uses was left by a request that failed between storing it and
+# queueing its job (the database went away, the bot stopped): `prune_finished` drops its audio. Far
+# longer than that gap (seconds), and than any clock skew between the bot that stamped the clip and
+# the clock prune reads.
+ORPHANED_CLIP_AGE = timedelta(days=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1423,7 +1428,9 @@ class JobStore:
     async def prune_finished(self, older_than: timedelta, *, dry_run: bool = False) -> PruneReport:
         """Free what failed and cancelled jobs that finished more than `older_than` ago (by the
         store's clock) keep: their checkpoints, and the audio of their prime clips that no other job
-        needs. Returns what went, or with `dry_run` what would go (nothing is written then).
+        needs; and the audio of clips no job uses at all, stored more than `older_than` and
+        `ORPHANED_CLIP_AGE` ago. Returns what went, or with `dry_run` what would go (nothing is
+        written then).
 
         A clip stays while any job that is not such a job uses it: queued, running or succeeded (the
         pictures of its samples, and of their upsamples, read the clip), or failed or cancelled more
@@ -1444,8 +1451,7 @@ class JobStore:
         cutoff = self._lease_now_plus(-older_than)
         old = _finished_before(jobs, cutoff)
         users = jobs.alias("prime_users")
-        prime_prunable = and_(
-            func.length(primes.c.pcm) > 0,
+        used_by_none_but_old = and_(
             select(users.c.id)
             .where(users.c.prime_id == primes.c.id, _finished_before(users, cutoff))
             .exists(),
@@ -1453,6 +1459,11 @@ class JobStore:
             .where(users.c.prime_id == primes.c.id, ~_finished_before(users, cutoff))
             .exists(),
         )
+        orphaned = and_(
+            primes.c.created_at < self._lease_now_plus(-max(older_than, ORPHANED_CLIP_AGE)),
+            ~select(users.c.id).where(users.c.prime_id == primes.c.id).exists(),
+        )
+        prime_prunable = and_(func.length(primes.c.pcm) > 0, or_(used_by_none_but_old, orphaned))
         checkpoint_sizes = select(jobs.c.id, func.length(jobs.c.checkpoint)).where(
             old, jobs.c.checkpoint.is_not(None)
         )

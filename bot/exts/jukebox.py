@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 import re
 import secrets
 import time
@@ -43,6 +44,7 @@ from sampler.jukebox.registry import DEFAULT_MODEL, MODELS, SAMPLE_RATE
 from storage.errors import StorageError
 from storage.models import JobKind
 
+log = logging.getLogger(__name__)
 MODAL_LYRICS_CHARS = 4000  # Discord's limit for one text input
 # How long an opened lyrics form can be submitted: time to write a song (a prime's Discord link lasts
 # about a day).
@@ -353,9 +355,13 @@ class Jukebox(commands.Cog):
             await actions.enqueue_and_announce(
                 self.bot, interaction, JobKind.GENERATE, options.model, validated, prime_id=prime_id
             )
-        except JukebotError:  # refused, e.g. jobs queued while the clip downloaded filled the user's places
+        except Exception:  # refused (jobs queued while the clip downloaded filled the user's places), a
+            # database gone, a bug: the clip is nobody's (`jobs prune` drops what this cannot, a day on)
             if prime_id is not None:
-                await self.bot.store.discard_prime(prime_id)  # kept if a job uses it after all
+                try:
+                    await self.bot.store.discard_prime(prime_id)  # kept if a job uses it after all
+                except Exception as exc:  # the user hears of the first failure, not of this one
+                    log.warning("could not drop clip %s of a request that queued nothing: %r", prime_id, exc)
             raise
 
     @jukebox.autocomplete("artist")

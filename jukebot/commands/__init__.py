@@ -229,9 +229,14 @@ def raised_by_output(error: BaseException) -> bool:
 def specific_database_problem(error: BaseException, settings: Settings) -> str | None:
     """The sentence for a database problem with a fix of its own (no such database, a refused
     user, not a SQLite file, a schema from a newer jukebot), or None."""
-    from storage.migrate import ForeignTables, UnknownSchemaRevision
+    from storage.migrate import ForeignTables, MigrationBlocked, UnknownSchemaRevision
 
     shown = settings.database_url_for_display
+    if isinstance(error, MigrationBlocked):
+        return (
+            f"The database at {shown} was not upgraded: {error}. End those sessions (a psql left in a "
+            "transaction: COMMIT or ROLLBACK it, or `SELECT pg_terminate_backend(PID)`), then start again."
+        )
     if isinstance(error, ForeignTables):
         return (
             f"The database at {shown} has no jukebot schema but holds tables named like jukebot's "

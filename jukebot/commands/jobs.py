@@ -302,8 +302,8 @@ def _size(count: int) -> str:
 @click.option("--dry-run", is_flag=True, help="Only say what would be freed.")
 def prune(older_than: timedelta, dry_run: bool) -> None:
     """Drop the checkpoints of old failed and cancelled jobs, and the audio of prime clips only such
-    jobs use. Job rows, samples and votes stay; a pruned job retried later starts over (one whose
-    clip went cannot be retried)."""
+    jobs use, or no job uses (stored over DAYS days and a day ago). Job rows, samples and votes stay;
+    a pruned job retried later starts over (one whose clip went cannot be retried)."""
     age = older_than
     settings = settings_or_exit()
     report: PruneReport = _with_store(lambda store: store.prune_finished(age, dry_run=dry_run), settings)

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import OperationalError
 
 from storage.engine import create_engine
 from storage.models import JobRow, JobStatus, PrimeRow
@@ -278,5 +279,26 @@ async def test_jobs_queued_while_a_prime_downloads_refuse_it_and_the_clip_is_not
         "starts (or cancel one with /cancel)."
     )
     assert await job_count(db_store) == 3
+    async with db_store.engine.connect() as connection:
+        assert await connection.scalar(select(func.count()).select_from(PrimeRow)) == 0
+
+
+async def test_a_clip_whose_job_the_database_failed_to_queue_is_not_kept_for_nobody(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, db_store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a refusal dropped the stored clip: a database that went away between storing the clip and
+    queueing its job left megabytes no job uses, which no prune freed."""
+    fake = fake_discord
+    bot = await bot_runner.start(make_bot(fake, db_store))
+
+    async def connection_lost(**fields: Any) -> int:
+        raise OperationalError("INSERT INTO jobs", {}, ConnectionResetError("connection was closed"))
+
+    monkeypatch.setattr(bot.store, "enqueue", connection_lost)
+    record = await fake.invoke_command(
+        "jukebox", {"length": 20.0}, attachments={"prime": Upload("riff.wav", prime_wav(3.0))}
+    )
+    assert (await reply_of(fake, record)).startswith("The bot cannot reach its database right now")
+    assert await job_count(db_store) == 0
     async with db_store.engine.connect() as connection:
         assert await connection.scalar(select(func.count()).select_from(PrimeRow)) == 0

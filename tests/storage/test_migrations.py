@@ -18,11 +18,15 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import make_url
 
 import storage.engine
+import storage.migrate
 from jukebot.cli import main
+from jukebot.commands import database_problem
+from jukebot.settings import load_settings
 from storage.engine import create_engine
 from storage.errors import JobNotRetryable
 from storage.migrate import (
     MIGRATION_LOCK_KEY,
+    MigrationBlocked,
     current_revision_async,
     downgrade_async,
     schema_diff,
@@ -408,7 +412,11 @@ async def test_0005_allows_curate_jobs_and_refuses_to_downgrade_over_them(empty_
     # what 0005 leaves differs from the models only by the columns later revisions add
     diffs = await schema_diff_async(url)
     assert sorted(diff[1].name for diff in diffs if diff[0] == "add_table") == ["left_guilds"]
-    assert sorted(diff[1].name for diff in diffs if diff[0] == "add_index") == ["ix_jobs_guild_unposted"]
+    assert sorted(diff[1].name for diff in diffs if diff[0] == "add_index") == [
+        "ix_jobs_guild_unposted",
+        "ix_jobs_parent_sample_id",
+        "ix_jobs_prime_id",
+    ]
     assert sorted(
         (diff[0], diff[2], diff[3].name) for diff in diffs if diff[0] not in {"add_table", "add_index"}
     ) == [
@@ -579,3 +587,94 @@ async def test_0009_records_the_servers_older_bots_left_and_takes_the_table_away
     assert await _read(url, sa.select(left.c.guild_id)) == [(10,)]
     await downgrade_async(url, "0008")
     assert "left_guilds" not in await _columns(url)
+
+
+async def test_0011_indexes_jobs_by_parent_sample_and_prime_and_takes_them_away_again(
+    empty_db_url: str,
+) -> None:
+    url = empty_db_url
+    job = {"channel_id": 1, "user_id": 2, "model": "5b", "params": {}, "kind": "generate", "status": "queued"}
+    job |= {
+        "priority": 0,
+        "attempts": 0,
+        "max_attempts": 1,
+        "progress": 0.0,
+        "created_at": T0,
+        "updated_at": T0,
+    }
+    await upgrade_async(url, "0010")
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(JOBS_0001.insert(), [{**job, "id": 1}])
+    finally:
+        await engine.dispose()
+
+    async def job_indexes() -> set[str]:
+        engine = create_engine(url)
+        try:
+            async with engine.connect() as connection:
+                return await connection.run_sync(
+                    lambda sync: {i["name"] for i in inspect(sync).get_indexes("jobs")}
+                )
+        finally:
+            await engine.dispose()
+
+    await upgrade_async(url, "0011")
+    assert {"ix_jobs_parent_sample_id", "ix_jobs_prime_id"} <= await job_indexes()
+    assert await _read(url, sa.select(JOBS_0001.c.id)) == [(1,)]
+    await downgrade_async(url, "0010")
+    assert not {"ix_jobs_parent_sample_id", "ix_jobs_prime_id"} & await job_indexes()
+    assert await _read(url, sa.select(JOBS_0001.c.id)) == [(1,)]
+
+
+async def test_a_migration_gives_way_to_a_session_holding_a_table_and_says_which(
+    empty_db_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A psql left idle in a transaction that wrote a job: the migration waited for its lock forever,
+    with no word, and every query on jobs queued behind it (the bot's and workers' timed out). It now
+    gives way, tries again, and stops naming the session; nothing is changed, and it goes on once the
+    session ends."""
+    if not empty_db_url.startswith("postgresql"):
+        pytest.skip("SQLite has one writer: a migration waits for it as any writer does (its busy timeout)")
+    monkeypatch.setattr(storage.migrate, "MIGRATION_LOCK_WAIT_SECONDS", 0.3)
+    monkeypatch.setattr(storage.migrate, "MIGRATION_RETRY_PAUSE_SECONDS", 0.1)
+    monkeypatch.setattr(storage.migrate, "MIGRATION_TRIES", 2)
+    await upgrade_async(empty_db_url, "0010")
+    holder = create_engine(empty_db_url)
+    try:
+        async with holder.connect() as session:
+            await session.exec_driver_sql("SET application_name = 'psql'")
+            pid = await session.scalar(sa.text("SELECT pg_backend_pid()"))
+            await session.exec_driver_sql(
+                "UPDATE jobs SET priority = 1 WHERE id = -1"
+            )  # its transaction stays open
+            with pytest.raises(MigrationBlocked) as blocked:
+                await upgrade_to_head_async(empty_db_url)
+            assert f"pid {pid} (psql, " in str(blocked.value) and "idle in transaction since " in str(
+                blocked.value
+            )
+            assert str(blocked.value).startswith(
+                "the schema change waited 2 times for locks other sessions hold on jukebot's tables (0.3 s "
+                "each) and gave way each time, so nothing was changed; holding them: pid "
+            )
+            (retried,) = [
+                r.getMessage() for r in caplog.records if "gave way and tries again" in r.getMessage()
+            ]
+            assert f"pid {pid} (psql" in retried
+            assert await current_revision_async(empty_db_url) == "0010"
+            monkeypatch.setenv("DATABASE_URL", empty_db_url)
+            said = database_problem(blocked.value, load_settings())
+            assert (
+                said is not None
+                and said.startswith("The database at postgresql")
+                and said.endswith(
+                    "End those sessions (a psql left in a transaction: COMMIT or ROLLBACK it, or "
+                    "`SELECT pg_terminate_backend(PID)`), then start again."
+                )
+            )
+            await session.rollback()
+        await upgrade_to_head_async(empty_db_url)
+    finally:
+        await holder.dispose()
+    assert await current_revision_async(empty_db_url) == head_revision()

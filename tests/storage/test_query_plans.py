@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from storage import JobStore
 from storage.models import JobRow, SampleRow, VoteRow
+from storage.store import _upsample_covering
 from tests.conftest import FakeClock
 from tests.storage.helpers import GUILD, USER, enqueue, finished_job
 
@@ -93,12 +94,13 @@ async def seed(store: JobStore, clock: FakeClock) -> None:
 
 
 @contextlib.contextmanager
-def captured_selects(engine: AsyncEngine) -> Iterator[list[tuple[str, Any]]]:
-    """The SELECT statements sent to the database inside, with their parameters, as the driver got them."""
+def captured_selects(engine: AsyncEngine, verb: str = "SELECT") -> Iterator[list[tuple[str, Any]]]:
+    """The statements beginning with `verb` sent to the database inside, with their parameters, as the
+    driver got them."""
     statements: list[tuple[str, Any]] = []
 
     def capture(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
-        if statement.lstrip().upper().startswith("SELECT"):
+        if statement.lstrip().upper().startswith(verb):
             statements.append((statement, parameters))
 
     event.listen(engine.sync_engine, "before_cursor_execute", capture)
@@ -108,9 +110,9 @@ def captured_selects(engine: AsyncEngine) -> Iterator[list[tuple[str, Any]]]:
         event.remove(engine.sync_engine, "before_cursor_execute", capture)
 
 
-async def plan_of(store: JobStore, call: Callable[[], Awaitable[object]]) -> list[str]:
-    """The plan of the one SELECT that `call` runs, one line per step."""
-    with captured_selects(store.engine) as statements:
+async def plan_of(store: JobStore, call: Callable[[], Awaitable[object]], verb: str = "SELECT") -> list[str]:
+    """The plan of the one statement beginning with `verb` that `call` runs, one line per step."""
+    with captured_selects(store.engine, verb) as statements:
         await call()
     assert len(statements) == 1, statements
     ((statement, parameters),) = statements
@@ -192,6 +194,32 @@ async def test_the_migrated_unposted_index_holds_only_unposted_jobs(store: JobSt
     assert "WHERE results_posted_at IS NULL" in definition.replace(
         "(results_posted_at IS NULL)", "results_posted_at IS NULL"
     )
+
+
+async def test_whether_a_job_upsamples_a_sample_or_uses_a_clip_is_a_lookup(
+    store: JobStore, clock: FakeClock
+) -> None:
+    """Asked under the enqueue lock at every Upsample click (every server's enqueue waits on it), and
+    for every clip dropped: both read every job before 0011."""
+    await seed(store, clock)
+    clip = await store.store_prime(user_id=USER, filename="a.wav", pcm=b"\x00\x00" * 10, sample_rate=44_100)
+    _, (sample_id,) = await finished_job(store)
+    if store.engine.dialect.name == "postgresql":
+        async with store.engine.connect() as connection:
+            await connection.execution_options(isolation_level="AUTOCOMMIT")
+            await connection.exec_driver_sql("ANALYZE jobs")
+
+    async def covering() -> None:
+        async with store.engine.connect() as connection:
+            await _upsample_covering(connection, sample_id)
+
+    plans = {
+        "ix_jobs_parent_sample_id": await plan_of(store, covering),
+        "ix_jobs_prime_id": await plan_of(store, lambda: store.discard_prime(clip), "DELETE"),
+    }
+    for index, plan in plans.items():
+        text = "\n".join(plan)
+        assert index in text and full_scans(plan, "jobs") == [], text
 
 
 # ---------------------------------------------------------------- results the rewritten queries give
