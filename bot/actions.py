@@ -395,8 +395,12 @@ _UNCACHED: weakref.WeakKeyDictionary[discord.Client, dict[int, _ThreadOf | _NoTh
 
 def thread_deleted(bot: JukeBot, thread_id: int) -> None:
     """Discord said a thread was deleted: what was made there is its maker's alone from now on (an
-    answer kept from when it was archived said its channel's readers may use it)."""
-    _UNCACHED.setdefault(bot, {})[thread_id] = _NoThread.DELETED
+    answer kept from when it was archived said its channel's readers may use it). Only a kept answer
+    changes: Discord says any thread of any server was deleted, and one never looked up answers
+    "deleted" when it is."""
+    known = _UNCACHED.get(bot)
+    if known is not None and thread_id in known:
+        known[thread_id] = _NoThread.DELETED
 
 
 # An unanswered lookup counts as "may not see" (and is asked again next time): bounded, as it may

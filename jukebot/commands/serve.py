@@ -47,6 +47,22 @@ def _refuse_unusable_model_dir(settings: Settings) -> None:
         raise click.ClickException(problem)
 
 
+def migrate_and_say(settings: Settings) -> None:
+    """Migrate the database as `jukebot db upgrade` does, and log a change of an existing schema: every
+    machine sharing the database must run this version from now on (an older one refuses to start)."""
+    from storage.migrate import head_revision
+
+    before, head = upgrade_or_exit(settings), head_revision()
+    if before is not None and before != head:
+        log.warning(
+            "the database at %s was at schema %s and is now at %s: every machine sharing it must run "
+            "this jukebot version",
+            settings.database_url_for_display,
+            before,
+            head,
+        )
+
+
 def _log_what_is_in_use(settings: Settings, what: str, devices: list[Any]) -> None:
     """The first line an operator reads: which database, model directory and devices this run uses."""
     workers = ", ".join(str(d) for d in devices) if devices else "none (JUKEBOT_GPUS=none)"
@@ -165,7 +181,7 @@ def run(sync_guilds: tuple[int, ...]) -> None:
         _refuse_unusable_model_dir(settings)
     devices = _devices(settings) if settings.local_workers else []
     _log_what_is_in_use(settings, "bot", devices)
-    upgrade_or_exit(settings)
+    migrate_and_say(settings)
     stop = threading.Event()
     pool_thread = None
     if devices:
@@ -275,7 +291,7 @@ def worker(
         raise click.ClickException(str(exc)) from None
     devices = _devices(settings)
     _log_what_is_in_use(settings, "worker", devices)
-    upgrade_or_exit(settings)
+    migrate_and_say(settings)
     raise SystemExit(
         run_pool(
             settings.database_url,

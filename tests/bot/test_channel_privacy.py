@@ -324,3 +324,25 @@ async def test_another_members_history_looks_through_a_bounded_number_of_their_j
     ), history
     own = await reply_of(fake, await fake.invoke_command("history", user=bob))  # his own: all of them
     assert "• Job #1 " in own and "• Job #5 " in own and "Older jobs" not in own, own
+
+
+async def test_threads_deleted_that_the_bot_never_looked_up_leave_nothing_behind(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    """Every thread deleted in every server (forums, ticket bots) was remembered until a restart; a thread
+    deleted before the bot ever asked about it answers "deleted" (404) when it does."""
+    from bot import actions
+
+    fake, store = fake_discord, sqlite_store
+    bot = await bot_runner.start(make_bot(fake, store))
+    for number in range(20):
+        await fake.delete_thread(fake.add_thread(fake.channel("general"), f"ticket-{number}"))
+    jam = fake.add_thread(fake.channel("music"), "jam")
+    jam.archived = True
+    (from_jam,) = await made(store, fake, "bob", jam.id)
+    await fake.delete_thread(jam)
+    assert len(actions._UNCACHED.get(bot, {})) == 0
+    moderator = fake.user("moderator")  # reads #music, did not make it: a deleted thread's sample is Bob's
+    refused = await fake.invoke_command("sample", {"id": from_jam}, user=moderator)
+    assert await reply_of(fake, refused) == hidden_sample(from_jam)
+    assert len(actions._UNCACHED[bot]) == 1

@@ -86,3 +86,27 @@ def test_a_sqlite_file_in_a_folder_this_user_may_not_write_is_one_sentence(
             "write in.\n"
         )
     assert not database.exists()
+
+
+def test_run_and_worker_log_a_schema_they_changed_for_the_other_machines(
+    monkeypatch: pytest.MonkeyPatch, empty_db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker that migrated a shared database obliged every other machine to upgrade, without a word."""
+    import asyncio
+    import logging
+
+    from jukebot.commands.serve import migrate_and_say
+    from jukebot.settings import load_settings
+    from storage.migrate import downgrade_async
+
+    monkeypatch.setenv("DATABASE_URL", empty_db_url)
+    caplog.set_level(logging.INFO)
+    migrate_and_say(load_settings())  # a new database: nothing shared was changed
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    asyncio.run(downgrade_async(empty_db_url, "-1"))  # as an older jukebot left it
+    migrate_and_say(load_settings())
+    (said,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert said.endswith(
+        f"was at schema {int(head_revision() or 0) - 1:04d} and is now at {head_revision()}: every machine "
+        "sharing it must run this jukebot version"
+    )
