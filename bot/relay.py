@@ -315,7 +315,10 @@ class ProgressRelay:
             still_running = {job.id for job in ours}
             # Results the store says nobody posted yet: also those that finished while no bot ran.
             finished: set[int] = set()
-            for guild_id in sorted(guild_ids):
+            # Each server's own batch (one server's backlog does not hold up the others), asked only of
+            # the servers with results waiting: an idle pass costs one query, not one per server.
+            waiting = await self.store.guilds_with_results_unposted()
+            for guild_id in sorted(gid for gid in guild_ids if gid in waiting):
                 for job in await self.store.finished_jobs_unposted(guild_id, limit=self.finished_batch):
                     finished.add(job.id)
                     await self._post_results(job)

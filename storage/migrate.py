@@ -7,6 +7,7 @@ loop use the `*_async` variants.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,10 @@ class MigrationBlocked(Exception):
 def _revision_of(connection: Connection) -> str | None:
     """The database's schema revision; ForeignTables when it has none but holds tables named like ours
     (upgrading would stop on "table already exists", in the middle of the first migration)."""
-    revision = MigrationContext.configure(connection).get_current_revision()
+    heads = MigrationContext.configure(connection).get_current_heads()
+    if len(heads) > 1:  # not ours: jukebot's migrations have one line (Alembic raises a bare CommandError)
+        raise UnknownSchemaRevision(" and ".join(sorted(heads)), head_revision())
+    revision = heads[0] if heads else None
     if revision is None:
         taken = sorted(set(inspect(connection).get_table_names()) & set(Base.metadata.tables))
         if taken:
@@ -94,8 +98,12 @@ def _revision_of(connection: Connection) -> str | None:
     return revision
 
 
-def known_revisions() -> set[str]:
-    return {script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
+@functools.cache
+def known_revisions() -> frozenset[str]:
+    """Every revision of these migrations (read from their files once per process)."""
+    return frozenset(
+        script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()
+    )
 
 
 def check_known_revision(revision: str | None) -> None:
@@ -218,6 +226,53 @@ def upgrade_to_head(url: str) -> str | None:
 
 def downgrade(url: str, revision: str = "base") -> None:
     asyncio.run(downgrade_async(url, revision))
+
+
+_WRITES = ("SELECT", "INSERT", "UPDATE", "DELETE")
+
+
+async def missing_rights_async(url: str) -> list[str]:
+    """What the database user lacks to run jukebot on a migrated Postgres database: rights on its
+    tables (`jobs: INSERT, DELETE`) and on the sequences of their ids, or a session that may not write
+    (a read-only user, a standby). Nothing on SQLite (the file's mode decides, and says so on use).
+
+    A database at the latest schema migrates nothing, so nothing else tries the user's rights before
+    its first job: without this, a worker would log a traceback on every poll."""
+    engine = create_engine(url)
+    try:
+        if engine.dialect.name != "postgresql":
+            return []
+        missing = []
+        async with engine.connect() as connection:
+            if await connection.scalar(sa_text("SHOW transaction_read_only")) == "on":
+                missing.append("any write (its sessions are read-only: a read-only user, or a standby)")
+            for table in sorted(Base.metadata.tables.values(), key=lambda t: t.name):
+                lacking = [
+                    right
+                    for right in _WRITES
+                    if not await connection.scalar(
+                        sa_text("SELECT has_table_privilege(:table, :right)"),
+                        {"table": table.name, "right": right},
+                    )
+                ]
+                if lacking:
+                    missing.append(f"{table.name}: {', '.join(lacking)}")
+                if "id" in table.c and table.c.id.autoincrement is not False and table.c.id.primary_key:
+                    sequence = await connection.scalar(
+                        sa_text("SELECT pg_get_serial_sequence(:table, 'id')"), {"table": table.name}
+                    )
+                    usable = sequence is None or await connection.scalar(
+                        sa_text("SELECT has_sequence_privilege(:sequence, 'USAGE')"), {"sequence": sequence}
+                    )
+                    if not usable:
+                        missing.append(f"{sequence}: USAGE")
+        return missing
+    finally:
+        await engine.dispose()
+
+
+def missing_rights(url: str) -> list[str]:
+    return asyncio.run(missing_rights_async(url))
 
 
 async def current_revision_async(url: str) -> str | None:

@@ -1667,6 +1667,21 @@ class JobStore:
             statement = statement.where(jobs.c.guild_id == guild_id)
         return await self._jobs(statement.order_by(jobs.c.finished_at, jobs.c.id).limit(limit))
 
+    async def guilds_with_results_unposted(self) -> set[int | None]:
+        """The servers that have jobs `finished_jobs_unposted` would list now: a bot's pass asks each of
+        them only (one query when none has, however many servers the bot is in)."""
+        statement = (
+            select(jobs.c.guild_id)
+            .where(
+                jobs.c.results_posted_at.is_(None),  # the partial index's condition, as above
+                self._posting_free(),
+                jobs.c.status.in_([status.value for status in FINISHED_STATUSES]),
+            )
+            .distinct()
+        )
+        async with self._reading() as connection:
+            return set(await connection.scalars(statement))
+
     async def queue_position(self, job_id: int) -> int | None:
         """1-based place among queued jobs in the order workers take them (`queue_places`); None if
         not queued, or held back by its user's running limit."""
@@ -2124,6 +2139,20 @@ class JobStore:
         async with self._reading() as connection:
             rows = await connection.execute(select(workers.c.models).where(self._live()))
             return frozenset(model for (models,) in rows for model in models)
+
+    async def schema_revisions_not_ours(self) -> list[str]:
+        """The database's schema revisions that these migrations do not have: a newer jukebot migrated
+        it since this process started (empty: ours, or no revision table, as in a schema made without
+        migrations)."""
+        from alembic.migration import MigrationContext
+
+        from storage.migrate import known_revisions
+
+        async with self._reading() as connection:
+            heads = await connection.run_sync(
+                lambda sync: MigrationContext.configure(sync).get_current_heads()
+            )
+        return sorted(set(heads) - known_revisions())
 
     # ------------------------------------------------------------------ per-server settings
 

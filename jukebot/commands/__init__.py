@@ -105,18 +105,41 @@ def model_dir_refusal(model_dir: Path, **wording: str) -> str | None:
 def upgrade_or_exit(settings: Settings) -> str | None:
     """Migrate the database to the latest schema, or stop with the sentence that says what to fix;
     returns the schema revision it was at (None: none, an empty database)."""
-    from storage.migrate import upgrade_to_head
+    from storage.migrate import missing_rights, upgrade_to_head
 
     problem = sqlite_path_problem(settings)
     if problem is not None:
         raise click.ClickException(problem)
     try:
-        return upgrade_to_head(settings.database_url)
+        before = upgrade_to_head(settings.database_url)
+        missing = missing_rights(settings.database_url)
     except Exception as exc:
         message = database_problem(exc, settings)
         if message is None:
             raise
         raise click.ClickException(message) from None
+    if missing:
+        user = postgres_user(settings)
+        raise click.ClickException(
+            f"Postgres user {user!r} may not write jukebot's tables at {settings.database_url_for_display} "
+            f"(it lacks {'; '.join(missing)}): grant them (`GRANT SELECT, INSERT, UPDATE, DELETE ON ALL "
+            f"TABLES IN SCHEMA public TO {user}; GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {user}`), "
+            "or point DATABASE_URL at a user that owns the database."
+        )
+    return before
+
+
+def postgres_user(settings: Settings) -> str:
+    """The user DATABASE_URL logs in as: in the URL or its query string (`?user=`); with neither, asyncpg
+    takes PGUSER or the OS user."""
+    url = make_url(settings.database_url)
+    given = url.query.get("user")
+    return (
+        url.username
+        or (given if isinstance(given, str) else None)
+        or os.environ.get("PGUSER")
+        or getpass.getuser()
+    )
 
 
 def sqlite_path_problem(settings: Settings) -> str | None:
@@ -267,15 +290,13 @@ def specific_database_problem(error: BaseException, settings: Settings) -> str |
                 f"(e.g. `createdb {url.database}`) or point DATABASE_URL at another one ({shown})."
             )
         if code in _LOGIN_REFUSED:
-            # The user may come in the query string (`?user=`); with neither, asyncpg takes PGUSER or
-            # the OS user.
-            user = url.username or url.query.get("user") or os.environ.get("PGUSER") or getpass.getuser()
+            user = postgres_user(settings)
             return (
                 f"Postgres refused user {user!r} ({first_line(error.orig)}): "
                 f"fix the user or password in DATABASE_URL ({shown})."
             )
         if code == _INSUFFICIENT_PRIVILEGE:
-            user = url.username or url.query.get("user") or os.environ.get("PGUSER") or getpass.getuser()
+            user = postgres_user(settings)
             return (
                 f"Postgres user {user!r} may not use the database at {shown} as jukebot needs "
                 f"({first_line(error.orig)}): make it the database's owner (`ALTER DATABASE "

@@ -591,6 +591,9 @@ class Worker:
         self._claim_unanswered = False
         self._answered = 0  # store calls answered so far (`_until_stored` tells a slow call from an outage)
         self._stop: asyncio.Event | None = None  # set once the worker is stopping (`serve`, `run_job`)
+        # The database's schema revisions this jukebot does not know, once found (a newer jukebot
+        # migrated it meanwhile): the worker stops, and is not restarted.
+        self.schema_not_ours: list[str] = []
         # When the running job's lease was last renewed, as far as this worker knows (the loop's clock,
         # once the claim or heartbeat was answered: the lease surely runs out a lease after it).
         self._renewed_at = -math.inf
@@ -1034,10 +1037,30 @@ class Worker:
                 )
                 for job_id, status in recovered:
                     log.warning("job #%s: its worker stopped heartbeating; now %s", job_id, status.value)
+                if await self._schema_moved_on():
+                    stop.set()
+                    return
             except Exception as exc:
                 if not self._database_failed("recovering expired leases", exc):
                     log.exception("worker %s: recovering expired leases failed", self.worker_id)
             await _wait(stop, self.config.requeue_seconds)
+
+    async def _schema_moved_on(self) -> bool:
+        """Whether a newer jukebot migrated the database since this worker started: its claims would
+        ignore what the new schema holds (a newer limit, a newer kind of job), so it stops, its job back
+        in the queue for a worker of that version (its own restart refuses the database, saying so)."""
+        self.schema_not_ours = await self._call(self.store.schema_revisions_not_ours())
+        if not self.schema_not_ours:
+            return False
+        log.error(
+            "worker %s stops: the database's schema (revision %s) is newer than this jukebot knows: a "
+            "newer jukebot migrated it; upgrade jukebot on this machine (machines sharing one database "
+            "must run the same version)%s",
+            self.worker_id,
+            ", ".join(self.schema_not_ours),
+            f"; job #{self.running_job} goes back to the queue" if self.running_job is not None else "",
+        )
+        return True
 
     # ---------------------------------------------------------------- one job
 
@@ -1550,6 +1573,8 @@ async def _serve_process(
     try:
         if not stop.is_set():
             await worker.serve(stop)
+        if worker.schema_not_ours:
+            return EXIT_CONFIG  # restarting this version cannot help
     except DeviceUnusable as exc:
         log.error(
             "worker %s stops without claiming a job: %s; fix the device or the pool's device list.",

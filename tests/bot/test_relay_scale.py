@@ -5,7 +5,11 @@ front; further back than 20 a message shows a bound that a claim rarely changes.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 import pytest
+from sqlalchemy import event
 
 from bot.progress import EXACT_PLACES, place_bound
 from bot.relay import EDIT_WINDOW_S, EDITS_PER_CHANNEL, EditBudget
@@ -104,3 +108,41 @@ async def test_queued_messages_are_not_left_stale_while_running_jobs_change_ever
             await worker.progress(job_id, window=window, of=100)
         await relay.run_pass()
     assert _last_line(fake, 6) == "⏳ Queued: position 2 in the queue."
+
+
+async def test_an_idle_pass_asks_the_database_the_same_however_many_servers_the_bot_is_in(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    """Each pass asked every server for its unposted results, one query each: 84 statements a pass for 40
+    servers with nothing to do, every few seconds. It now asks only the servers that have some."""
+    fake, store = fake_discord, sqlite_store
+    bot = await bot_runner.start(make_bot(fake, store))
+    one_server = await _statements_of(store, relay_of(bot).run_pass)
+    await bot_runner.stop(bot)
+    for number in range(40):
+        fake.add_guild(f"Server {number}")
+    bot = await bot_runner.start(make_bot(fake, store))
+    assert len(bot.guilds) == 41
+    assert await _statements_of(store, relay_of(bot).run_pass) == one_server
+
+    # a server with results waiting is still asked, and its results go out
+    await _queue(fake, store, 1)
+    worker = PlayedWorker(store)
+    await worker.complete(await worker.claim(), n=1, full=False)
+    await relay_of(bot).run_pass()
+    assert (await store.get_job(1)).results_posted_at is not None
+
+
+async def _statements_of(store: JobStore, call: Callable[[], Awaitable[object]]) -> int:
+    """How many statements `call` sends to the database."""
+    seen: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+        seen.append(statement)
+
+    event.listen(store.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        await call()
+    finally:
+        event.remove(store.engine.sync_engine, "before_cursor_execute", count)
+    return len(seen)

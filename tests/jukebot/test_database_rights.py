@@ -9,12 +9,14 @@ import sqlite3
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 from sqlalchemy.engine import make_url
 
 from jukebot.cli import main
+from storage.engine import create_engine
 from tests.conftest import POSTGRES_URL, TEST_DATABASE_PREFIX, _in_thread, _maintenance_engine
 from tests.unprivileged import SetMode, set_mode, without_read_privileges
 
@@ -91,3 +93,54 @@ def test_a_sqlite_file_in_a_folder_this_user_may_not_write_names_the_folder(
     assert f"{path} cannot be written: this user may not write the file or its folder {folder}" in output, (
         output
     )
+
+
+@pytest.mark.postgres
+def test_a_postgres_user_that_may_only_read_is_refused_at_start_not_on_every_poll(
+    postgres_database: str, role_without_rights: str
+) -> None:
+    """A database already at the latest schema migrates nothing, so nothing tried the user's rights:
+    `db upgrade` said "already at the latest schema", and a worker logged a traceback on every poll."""
+    server = make_url(POSTGRES_URL)
+    owner = f"postgresql://{server.username}@{server.host}:{server.port}/{postgres_database}"
+    assert invoke("db", "upgrade", DATABASE_URL=owner)[0] == 0
+    database = f'"{postgres_database}"'
+
+    async def grant(statement: str) -> None:
+        engine = create_engine(owner.replace("postgresql://", "postgresql+asyncpg://", 1))
+        try:
+            async with engine.begin() as connection:
+                await connection.exec_driver_sql(statement)
+        finally:
+            await engine.dispose()
+
+    role = f'"{role_without_rights}"'
+    try:
+        _in_thread(lambda: asyncio.run(grant(f"GRANT CONNECT ON DATABASE {database} TO {role}")))
+        _in_thread(lambda: asyncio.run(grant(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")))
+        _refused_until_it_may_write(role_without_rights, postgres_database, grant)
+    finally:  # the role goes before the database: its rights there first
+        _in_thread(lambda: asyncio.run(grant(f"DROP OWNED BY {role}")))
+
+
+def _refused_until_it_may_write(role_without_rights: str, postgres_database: str, grant: Any) -> None:
+    server = make_url(POSTGRES_URL)
+    role = f'"{role_without_rights}"'
+    url = f"postgresql://{role_without_rights}@{server.host}:{server.port}/{postgres_database}"
+    code, output = invoke("db", "upgrade", DATABASE_URL=url)
+    assert code == 1, output
+    assert f"Postgres user '{role_without_rights}' may not write jukebot's tables at" in output, output
+    assert (
+        "(it lacks guild_settings: INSERT, UPDATE, DELETE; jobs: INSERT, UPDATE, DELETE; public.jobs_id_seq: USAGE;"
+        in output
+    )
+    assert f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role_without_rights}" in output, output
+
+    _in_thread(
+        lambda: asyncio.run(grant(f"GRANT INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"))
+    )
+    _in_thread(lambda: asyncio.run(grant(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}")))
+    code, output = invoke(
+        "db", "upgrade", DATABASE_URL=url
+    )  # a user with every right it needs, not the owner
+    assert code == 0 and "already at the latest schema" in output, output

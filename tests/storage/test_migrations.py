@@ -27,6 +27,7 @@ from storage.errors import JobNotRetryable
 from storage.migrate import (
     MIGRATION_LOCK_KEY,
     MigrationBlocked,
+    UnknownSchemaRevision,
     current_revision_async,
     downgrade_async,
     schema_diff,
@@ -678,3 +679,21 @@ async def test_a_migration_gives_way_to_a_session_holding_a_table_and_says_which
     finally:
         await holder.dispose()
     assert await current_revision_async(empty_db_url) == head_revision()
+
+
+async def test_a_revision_table_with_two_rows_is_refused_in_a_sentence(empty_db_url: str) -> None:
+    """Another Alembic program's table beside ours: `db check`, `db upgrade` and `doctor` ended in
+    Alembic's traceback ("more than one head present")."""
+    await upgrade_to_head_async(empty_db_url)
+    engine = create_engine(empty_db_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                sa.text("INSERT INTO alembic_version (version_num) VALUES ('ae1027a6acf')")
+            )
+    finally:
+        await engine.dispose()
+    for call in (upgrade_to_head_async, current_revision_async):
+        with pytest.raises(UnknownSchemaRevision) as refused:
+            await call(empty_db_url)
+        assert refused.value.revision == f"{head_revision()} and ae1027a6acf" and not refused.value.newer

@@ -168,6 +168,17 @@ async def test_unposted_jobs_of_every_server_read_only_unposted_rows(
     assert len(await store.finished_jobs_unposted(limit=25)) == 5
 
 
+async def test_the_servers_with_results_waiting_are_found_reading_only_unposted_rows(
+    store: JobStore, clock: FakeClock
+) -> None:
+    await seed(store, clock)
+    plan = await plan_of(store, store.guilds_with_results_unposted)
+    text = "\n".join(plan)
+    assert [line for line in full_scans(plan, "jobs") if UNPOSTED_INDEX not in line] == [], text
+    assert "ix_jobs_unposted" in text or UNPOSTED_INDEX in text, text
+    assert await store.guilds_with_results_unposted() == {GUILD}
+
+
 async def test_top_samples_count_only_the_server_s_votes(store: JobStore, clock: FakeClock) -> None:
     await seed(store, clock)
     for since in (None, clock.now - timedelta(days=30)):
