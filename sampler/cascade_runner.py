@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
+import math
 import os
 import re
 import time
@@ -107,6 +108,10 @@ class InvalidJobInput(JobFailed):
 
 # How long a worker serves no job of a model that did not fit in its device's free memory.
 DOES_NOT_FIT_PAUSE_S = 600.0
+# How long a model's priors load per level after running out of memory together, before the worker
+# decides again (measuring free memory anew): what took the memory (another process on the GPU, a
+# job's large batch) may be gone, and per-level loading reads every prior from disk each job.
+PER_LEVEL_AFTER_OOM_S = 1800.0
 
 
 class DecodeDidNotFit(RuntimeError):
@@ -177,7 +182,8 @@ class CascadeRunner:
         self.max_batch_size = max_batch_size
         self.resident_priors = resident_priors
         self._cascades: dict[str, Cascade] = {}
-        self._resident: dict[str, bool] = {}  # per model, decided once
+        self._resident: dict[str, bool] = {}  # per model, decided once (again after an out of memory)
+        self._decide_again_at: dict[str, float] = {}  # model -> time.monotonic() of the next decision
         self._models_seen: frozenset[str] | None = None
         # checkpoint name -> `_signature` of a file found unusable, while it and the sidecars its
         # architecture comes from stay as they were (also recorded in the model directory's verification
@@ -276,12 +282,14 @@ class CascadeRunner:
         """The priors of `model` do not fit on the device together: from now on each level's prior is
         loaded when its level samples and freed after."""
         self._resident[model] = False
+        self._decide_again_at[model] = time.monotonic() + PER_LEVEL_AFTER_OOM_S
         self._drop(model)
         log.warning(
-            "%s: %s priors do not fit on %s together; they load per level from now on",
+            "%s: %s priors do not fit on %s together; they load per level for the next %g minutes",
             why,
             model,
             self.device,
+            PER_LEVEL_AFTER_OOM_S / 60,
         )
 
     def _does_not_fit(self, model: str, what: str, failure: BaseException) -> str:
@@ -339,7 +347,8 @@ class CascadeRunner:
         return self.overlap_levels
 
     def keeps_priors(self, model: str) -> bool:
-        """Whether `model`'s priors stay loaded across levels and jobs (decided and logged once)."""
+        """Whether `model`'s priors stay loaded across levels and jobs (decided and logged once, and
+        again at the first job PER_LEVEL_AFTER_OOM_S after they ran out of memory together)."""
         if model not in self._resident:
             self._resident[model] = self._decide_residency(model)
         return self._resident[model]
@@ -486,6 +495,10 @@ class CascadeRunner:
     # ---- running
 
     def run(self, task: JobTask, report: ProgressReporter, should_stop: StopCheck) -> list[NewSample]:
+        model = task.job.model
+        if self._decide_again_at.get(model, math.inf) <= time.monotonic():  # between jobs, not tries
+            del self._decide_again_at[model]
+            self._resident.pop(model, None)
         try:
             resume: CascadeState | None = None
             batch: BatchSizes | None = None

@@ -257,6 +257,32 @@ async def test_priors_that_do_not_fit_together_in_a_job_load_per_level_and_the_j
     assert loads == [("1b_lyrics", 2), ("1b_lyrics", 1), ("1b_lyrics", 0)]
 
 
+async def test_priors_that_ran_out_of_memory_together_are_kept_again_once_memory_is_free(
+    model_dir: Path,
+    sqlite_store: JobStore,
+    loads: list[tuple[str, int]],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One out of memory (another process on the GPU for a while) made every later job read each prior
+    from disk again, for as long as the worker ran. The worker decides again after a while (here at
+    once), measuring the memory free then."""
+    monkeypatch.setattr(cascade_runner, "PER_LEVEL_AFTER_OOM_S", 0.0)
+    plenty = ModelDirectory.load_prior  # the counting loader
+    one_prior_fits(monkeypatch, OUT_OF_MEMORY["cuda"])
+    caplog.set_level(logging.WARNING, logger=cascade_runner.__name__)
+    runner = cpu_runner(model_dir, "on")
+    run(runner, await claim(sqlite_store, kind="generate", model="1b_lyrics", params=FULL))
+    assert runner.keeps_priors("1b_lyrics") is False
+    assert any("they load per level for the next 0 minutes" in r.getMessage() for r in caplog.records)
+    monkeypatch.setattr(ModelDirectory, "load_prior", plenty)  # the other process let go
+    loads.clear()
+    run(runner, await claim(sqlite_store, kind="generate", model="1b_lyrics", params=FULL))
+    run(runner, await claim(sqlite_store, kind="generate", model="1b_lyrics", params=FULL))
+    assert runner.keeps_priors("1b_lyrics") is True
+    assert loads == [("1b_lyrics", 2), ("1b_lyrics", 1), ("1b_lyrics", 0)]  # once for both jobs
+
+
 def test_warm_up_loads_per_level_after_the_cpu_allocator_fails(
     model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
