@@ -310,12 +310,21 @@ class CascadeRunner:
             "memory may)"
         )
 
-    def cascade(self, model: str, *, full_precision: bool = False) -> Cascade:
-        """`model`'s cascade, loaded when not yet (dropping any other); `full_precision`: its priors in
-        float32 and loaded per level, for a job whose half-precision logits were not numbers (the
-        next job loads the runner's dtype again)."""
-        dtype = torch.float32 if full_precision else self.dtype
-        keep = self.keeps_priors(model) and not full_precision
+    def _too_big_to_widen(self, dtype: torch.dtype, what: str) -> str:
+        """The message of a job whose logits overflowed the runner's dtype and whose model does not fit
+        in `dtype`, the wider one it needs to go on (not `_does_not_fit`: the model fits this worker)."""
+        return (
+            f"This job's logits stopped being numbers in {dtype_name(self.dtype)} (an overflow), and going "
+            f"on in {dtype_name(dtype)} needs more memory than {self.device} has free ({what} does not "
+            "fit). Its finished windows are kept; try another seed or a lower temperature."
+        )
+
+    def cascade(self, model: str, dtype: torch.dtype | None = None) -> Cascade:
+        """`model`'s cascade, loaded when not yet (dropping any other); `dtype` other than the runner's:
+        its priors in it and loaded per level, for a job whose logits were not numbers in the runner's
+        dtype (`wider_dtype`; the next job loads the runner's dtype again)."""
+        dtype = dtype or self.dtype
+        keep = self.keeps_priors(model) and dtype == self.dtype
         loaded = self._cascades.get(model)
         priors = None if loaded is None else loaded.priors
         if isinstance(priors, LazyPriors) and (priors.dtype, priors.keep) != (dtype, keep):
@@ -502,13 +511,12 @@ class CascadeRunner:
         try:
             resume: CascadeState | None = None
             batch: BatchSizes | None = None
-            full_precision = False
+            dtype = self.dtype
             while True:
                 try:
-                    return self._run(task, report, should_stop, resume, batch, full_precision)
+                    return self._run(task, report, should_stop, resume, batch, dtype)
                 except _TryAgain as retry:
-                    resume, batch = retry.state, retry.batch or batch
-                    full_precision = full_precision or retry.full_precision
+                    resume, batch, dtype = retry.state, retry.batch or batch, retry.dtype or dtype
                 # out of the handler: the out-of-memory traceback, and the priors its frames held, is gone
                 gc.collect()
                 if self.device.is_cuda:
@@ -552,19 +560,23 @@ class CascadeRunner:
         should_stop: StopCheck,
         resume: CascadeState | None = None,
         batch: BatchSizes | None = None,
-        full_precision: bool = False,
+        dtype: torch.dtype | None = None,
     ) -> list[NewSample]:
         """One try at the job; `resume`: the state to go on from instead of the task's checkpoint, and
         `batch` the batch sizes to sample at instead of the runner's (a retry in this process);
-        `full_precision`: the priors in float32, loaded per level (twice the memory of half precision,
-        which the residency decision did not plan for)."""
+        `dtype`: the priors' (when not the runner's: the logits overflowed it, `wider_dtype`), loaded per
+        level (more memory than the residency decision planned for)."""
         job = task.job
+        dtype = dtype or self.dtype
+        widened = dtype != self.dtype
         report.progress(Stage.LOADING, None, None, None, 0, 1)
         try:
-            cascade = self.cascade(job.model, full_precision=full_precision)
+            cascade = self.cascade(job.model, dtype)
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
+            if widened:
+                raise JobFailed(self._too_big_to_widen(dtype, "its VQ-VAE")) from None
             raise JobDidNotFit(self._does_not_fit(job.model, "its VQ-VAE", exc)) from None
         raise_if_stopped(should_stop)
         request = self.plan(task, cascade)
@@ -628,49 +640,49 @@ class CascadeRunner:
                 on_progress=on_progress,
                 on_window=on_window,
                 should_stop=stop,
-                overlap_levels=False if full_precision else self._overlaps(job.model),
+                overlap_levels=False if widened else self._overlaps(job.model),
             )
         except SamplingCancelled:
             raise_if_stopped(lambda: stop_reason[-1] if stop_reason else StopReason.SHUTDOWN)
             raise
         except NonFiniteLogits as exc:
             newest = latest[0] if latest else state
-            if full_precision or self.dtype == torch.float32:
+            wider = wider_dtype(dtype, self.device)
+            if wider is None:
                 raise JobFailed(
                     f"This job cannot be sampled: {exc}, in full precision (float32). The {job.model} "
                     f"model's files may hold damaged weights: run `jukebot models verify {job.model}`."
                 ) from None
-            # half precision overflowed (Jukebox's activations reach float16's 65504 now and then):
-            # the windows before stay, the rest of this job samples in float32
+            # float16 overflowed (Jukebox's activations reach its 65504 now and then): the windows
+            # before stay, the rest of this job samples with float32's range
             log.warning(
-                "job #%s: %s in %s; going on from its newest window in float32",
+                "job #%s: %s in %s; going on from its newest window in %s",
                 job.id,
                 exc,
-                str(self.dtype).removeprefix("torch."),
+                dtype_name(dtype),
+                dtype_name(wider),
             )
-            raise _TryAgain(newest, full_precision=True) from None
+            raise _TryAgain(newest, dtype=wider) from None
         except SamplingError as exc:
             raise JobFailed(f"This job cannot be sampled: {exc}.") from None
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
             newest = latest[0] if latest else state
-            if self.keeps_priors(job.model) and not full_precision:
+            if self.keeps_priors(job.model) and not widened:
                 # the priors held together (and their caches) did not fit: load them per level and go
                 # on from the newest window, as the warm-up does
                 self._load_per_level(job.model, f"job #{job.id}")
                 raise _TryAgain(newest) from None
-            if (
-                isinstance(exc, PriorDoesNotFit)
-                and not full_precision
-                and self._overlaps(job.model) is not False
-            ):
+            if isinstance(exc, PriorDoesNotFit) and not widened and self._overlaps(job.model) is not False:
                 # the level above still held its prior: sample the levels one after the other
                 self._overlap_off.add(job.model)
                 log.warning(
                     "job #%s: %s beside another; levels sample one at a time from now on", job.id, exc
                 )
                 raise _TryAgain(newest) from None
+            if isinstance(exc, PriorDoesNotFit) and widened:
+                raise JobFailed(self._too_big_to_widen(dtype, f"its level-{exc.level} prior")) from None
             if isinstance(exc, PriorDoesNotFit):  # alone: not the job's doing, and no job of it fits here
                 raise JobDidNotFit(
                     self._does_not_fit(job.model, f"its level-{exc.level} prior", exc)
@@ -690,6 +702,8 @@ class CascadeRunner:
                     format_batch_sizes(smaller),
                 )
                 raise _TryAgain(newest, smaller) from None
+            if widened:
+                raise JobFailed(self._too_big_to_widen(dtype, "a window of one sample")) from None
             raise JobDidNotFit(self._does_not_fit(job.model, "a window of one sample", exc)) from None
         raise_if_stopped(should_stop)
         report.progress(Stage.DECODING, None, None, None, total_tokens, total_tokens)
@@ -776,14 +790,28 @@ class CascadeRunner:
 
 class _TryAgain(Exception):
     """Try the job again from `state`: out of memory, with the priors loaded per level (they did not
-    fit resident together) or at the smaller `batch` sizes; or, its logits not numbers in half
-    precision, in `full_precision`."""
+    fit resident together) or at the smaller `batch` sizes; or, its logits not numbers in the dtype it
+    sampled in, in the wider `dtype`."""
 
     def __init__(
-        self, state: CascadeState | None, batch: BatchSizes | None = None, *, full_precision: bool = False
+        self, state: CascadeState | None, batch: BatchSizes | None = None, *, dtype: torch.dtype | None = None
     ) -> None:
         super().__init__("trying again from the newest window")
-        self.state, self.batch, self.full_precision = state, batch, full_precision
+        self.state, self.batch, self.dtype = state, batch, dtype
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def wider_dtype(dtype: torch.dtype, device: DeviceSpec) -> torch.dtype | None:
+    """What to go on in after logits that were not numbers in `dtype`: from float16, bfloat16 (float32's
+    range at float16's memory) where the device computes it (CUDA from compute capability 8, the CPU),
+    else float32; from bfloat16, float32; from float32, nothing."""
+    if dtype == torch.float16:
+        has_bfloat16 = not device.is_cuda or torch.cuda.get_device_capability(device.index)[0] >= 8
+        return torch.bfloat16 if has_bfloat16 else torch.float32
+    return torch.float32 if dtype != torch.float32 else None
 
 
 def make_runner(device: DeviceSpec, options: RunnerOptions | None = None) -> CascadeRunner:

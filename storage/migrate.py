@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +157,8 @@ async def _run_alembic_once(engine: Any, action: str, revision: str) -> str | No
     async with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             # Released at commit; a second migrator waits here (a migration may take minutes), then
-            # finds the work done.
+            # finds the work done: however long, whatever lock_timeout the server or role sets.
+            await connection.exec_driver_sql("SET LOCAL lock_timeout = 0")
             taken = await connection.scalar(
                 sa_text(f"SELECT pg_try_advisory_xact_lock({MIGRATION_LOCK_KEY})")
             )
@@ -170,10 +173,44 @@ async def _run_alembic_once(engine: Any, action: str, revision: str) -> str | No
             before = _revision_of(sync_connection)
             # Alembic would fail on a revision it cannot find with a bare CommandError.
             check_known_revision(before)
+            if action == "upgrade" and before != head_revision():
+                _check_room_to_migrate(engine.url.database if engine.dialect.name == "sqlite" else None)
             getattr(command, action)(alembic_config(sync_connection), revision)
             return before
 
         return await connection.run_sync(run)
+
+
+class NoRoomToMigrate(Exception):
+    """A SQLite file's disk has less free than a migration may take; nothing was changed."""
+
+    def __init__(self, path: str, size: int, free: int) -> None:
+        super().__init__(
+            f"migrating {path} may take up to twice its size ({size / 2**20:.0f} MiB) more on its disk while "
+            f"it runs (a table copied whole, and the write-ahead log of the copy), and that disk has "
+            f"{free / 2**20:.0f} MiB free"
+        )
+        self.path, self.size, self.free = path, size, free
+
+
+def free_bytes(folder: str) -> int:
+    """The bytes this user may still write on `folder`'s disk."""
+    return shutil.disk_usage(folder).free
+
+
+def _check_room_to_migrate(path: str | None) -> None:
+    """NoRoomToMigrate when the SQLite file at `path` could fill its disk while migrating: SQLite rolls
+    back, but Alembic's cleanup then fails on the table it was copying, and that error ("no such table:
+    _alembic_tmp_jobs") is all that is said."""
+    if not path or path == ":memory:":
+        return
+    try:
+        size = os.path.getsize(path)
+        free = free_bytes(os.path.dirname(os.path.abspath(path)))
+    except OSError:  # not there yet: a new file, nothing to copy
+        return
+    if free < 2 * size:
+        raise NoRoomToMigrate(path, size, free)
 
 
 def _lock_not_available(error: BaseException) -> bool:
@@ -228,7 +265,9 @@ def downgrade(url: str, revision: str = "base") -> None:
     asyncio.run(downgrade_async(url, revision))
 
 
-_WRITES = ("SELECT", "INSERT", "UPDATE", "DELETE")
+# The rights jukebot uses on each of its tables: it deletes from these only (a vote taken back, a clip
+# no job used, a worker forgotten, a server back).
+_DELETED_FROM = frozenset({"votes", "primes", "workers", "left_guilds"})
 
 
 async def missing_rights_async(url: str) -> list[str]:
@@ -247,9 +286,10 @@ async def missing_rights_async(url: str) -> list[str]:
             if await connection.scalar(sa_text("SHOW transaction_read_only")) == "on":
                 missing.append("any write (its sessions are read-only: a read-only user, or a standby)")
             for table in sorted(Base.metadata.tables.values(), key=lambda t: t.name):
+                rights = ("SELECT", "INSERT", "UPDATE", *(("DELETE",) if table.name in _DELETED_FROM else ()))
                 lacking = [
                     right
-                    for right in _WRITES
+                    for right in rights
                     if not await connection.scalar(
                         sa_text("SELECT has_table_privilege(:table, :right)"),
                         {"table": table.name, "right": right},
@@ -261,8 +301,10 @@ async def missing_rights_async(url: str) -> list[str]:
                     sequence = await connection.scalar(
                         sa_text("SELECT pg_get_serial_sequence(:table, 'id')"), {"table": table.name}
                     )
+                    # nextval needs USAGE or UPDATE (the function says whether either is held)
                     usable = sequence is None or await connection.scalar(
-                        sa_text("SELECT has_sequence_privilege(:sequence, 'USAGE')"), {"sequence": sequence}
+                        sa_text("SELECT has_sequence_privilege(:sequence, 'USAGE, UPDATE')"),
+                        {"sequence": sequence},
                     )
                     if not usable:
                         missing.append(f"{sequence}: USAGE")

@@ -252,9 +252,14 @@ def raised_by_output(error: BaseException) -> bool:
 def specific_database_problem(error: BaseException, settings: Settings) -> str | None:
     """The sentence for a database problem with a fix of its own (no such database, a refused
     user, not a SQLite file, a schema from a newer jukebot), or None."""
-    from storage.migrate import ForeignTables, MigrationBlocked, UnknownSchemaRevision
+    from storage.migrate import ForeignTables, MigrationBlocked, NoRoomToMigrate, UnknownSchemaRevision
 
     shown = settings.database_url_for_display
+    if isinstance(error, NoRoomToMigrate):
+        return (
+            f"The database at {shown} was not upgraded: {error}. Free some space on that disk (or move "
+            "the file to a larger one and point DATABASE_URL at it), then start again; nothing was changed."
+        )
     if isinstance(error, MigrationBlocked):
         return (
             f"The database at {shown} was not upgraded: {error}. End those sessions (a psql left in a "

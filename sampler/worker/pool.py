@@ -203,7 +203,10 @@ class WorkerPool:
         slot.process = None
         if exitcode == EXIT_CONFIG:
             slot.disabled = True
-            log.error("worker on %s cannot start (see its log above); not restarting it", slot.device)
+            log.error(
+                "worker on %s cannot run (see its log above: restarting cannot help); not restarting it",
+                slot.device,
+            )
             return
         if exitcode == EXIT_OK:
             # A worker exits 0 only once told to stop (a stop signal; its pool gone), its job released.

@@ -1053,9 +1053,9 @@ class Worker:
         if not self.schema_not_ours:
             return False
         log.error(
-            "worker %s stops: the database's schema (revision %s) is newer than this jukebot knows: a "
-            "newer jukebot migrated it; upgrade jukebot on this machine (machines sharing one database "
-            "must run the same version)%s",
+            "worker %s stops: the database's schema (revision %s) is not one this jukebot knows: a newer "
+            "jukebot migrated it (upgrade jukebot on this machine: machines sharing one database must run "
+            "the same version), or another program wrote it%s",
             self.worker_id,
             ", ".join(self.schema_not_ours),
             f"; job #{self.running_job} goes back to the queue" if self.running_job is not None else "",

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from sampler import cascade_runner
-from sampler.cascade_runner import CascadeRunner
+from sampler.cascade_runner import CascadeRunner, wider_dtype
 from sampler.jukebox.cascade import NonFiniteLogits, SamplingRequest, draw, invert_cdf
 from sampler.jukebox.checkpoint import save_checkpoint
 from sampler.jukebox.decoding import DecodeOptions
@@ -112,16 +112,18 @@ def test_the_cascade_says_which_window_gave_logits_that_are_not_numbers(
     assert (raised.value.window.level, raised.value.window.index) == (2, 0)
 
 
-async def test_a_half_precision_overflow_goes_on_in_float32_and_gives_the_float32_codes(
+async def test_a_half_precision_overflow_goes_on_with_float32s_range_and_gives_its_codes(
     model_dir: Path,  # noqa: F811
     tmp_path: Path,
     sqlite_store: JobStore,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """From float16 it goes on in bfloat16 where the device has it (the CPU does; CUDA from compute
+    capability 8): float32's range at float16's memory."""
     models = overflowing_top_prior(model_dir, tmp_path / "models", OVERFLOWS_FLOAT16)
-    full = run(
-        CascadeRunner(CPU, models, dtype=torch.float32),
+    wide = run(
+        CascadeRunner(CPU, models, dtype=torch.bfloat16),
         await claim(sqlite_store, kind="generate", model="5b", params=JOB),
     )
     loaded = dtypes_loaded(monkeypatch)
@@ -129,25 +131,59 @@ async def test_a_half_precision_overflow_goes_on_in_float32_and_gives_the_float3
     half = CascadeRunner(CPU, models, dtype=torch.float16)
     task = await claim(sqlite_store, kind="generate", model="5b", params=JOB)
     samples = run(half, task)
-    # the top level's first window overflowed: everything after it, that is the whole job, in float32
+    # the top level's first window overflowed: everything after it, that is the whole job, in bfloat16
     for level in (0, 1, 2):
         assert [getattr(s, f"codes_level_{level}") for s in samples] == [
-            getattr(s, f"codes_level_{level}") for s in full
+            getattr(s, f"codes_level_{level}") for s in wide
         ]
     assert loaded[0] == (2, torch.float16) and set(loaded[1:]) == {
-        (0, torch.float32),
-        (1, torch.float32),
-        (2, torch.float32),
+        (0, torch.bfloat16),
+        (1, torch.bfloat16),
+        (2, torch.bfloat16),
     }
     (said,) = [r.getMessage() for r in caplog.records if "not numbers" in r.getMessage()]
     assert said == (
         f"job #{task.job.id}: the level-2 prior's outputs were not numbers (NaN or infinite) for 2 of 2 "
-        "samples in window 1 of that level in float16; going on from its newest window in float32"
+        "samples in window 1 of that level in float16; going on from its newest window in bfloat16"
     )
-    # the next job starts in the runner's half precision again (float32 only for the job that needed it)
+    # the next job starts in the runner's half precision again (bfloat16 only for the job that needed it)
     loaded.clear()
     run(half, await claim(sqlite_store, kind="generate", model="5b", params=JOB))
     assert loaded[0] == (2, torch.float16)
+
+
+def test_without_bfloat16_float16_widens_to_float32_and_float32_to_nothing() -> None:
+    assert wider_dtype(torch.float16, CPU) == torch.bfloat16
+    assert wider_dtype(torch.bfloat16, CPU) == torch.float32
+    assert wider_dtype(torch.float32, CPU) is None
+
+
+async def test_a_model_too_big_for_the_wider_dtype_fails_the_job_and_leaves_the_model_served(
+    model_dir: Path,  # noqa: F811
+    tmp_path: Path,
+    sqlite_store: JobStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The wider dtype's prior did not fit: the job was sent back "does not fit" and the model paused on
+    the worker for 10 minutes, though it fits in float16; back on it, the job overflowed again."""
+    models = overflowing_top_prior(model_dir, tmp_path / "models", OVERFLOWS_FLOAT16)
+    load = ModelDirectory.load_prior
+
+    def only_float16_fits(self: ModelDirectory, level: int, device: Any = "cpu", dtype: Any = None) -> Any:
+        if dtype != torch.float16:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+        return load(self, level, device, dtype)
+
+    monkeypatch.setattr(ModelDirectory, "load_prior", only_float16_fits)
+    half = CascadeRunner(CPU, models, dtype=torch.float16)
+    with pytest.raises(JobFailed) as failed:
+        run(half, await claim(sqlite_store, kind="generate", model="5b", params=JOB))
+    assert str(failed.value) == (
+        "This job's logits stopped being numbers in float16 (an overflow), and going on in bfloat16 needs "
+        "more memory than cpu has free (its level-2 prior does not fit). Its finished windows are kept; "
+        "try another seed or a lower temperature."
+    )
+    assert "5b" in half.models  # still served: it fits in float16
 
 
 async def test_logits_that_are_not_numbers_in_float32_fail_the_job_saying_what_to_check(
@@ -158,7 +194,7 @@ async def test_logits_that_are_not_numbers_in_float32_fail_the_job_saying_what_t
     models = overflowing_top_prior(model_dir, tmp_path / "models", OVERFLOWS_FLOAT32)
     task = await claim(sqlite_store, kind="generate", model="5b", params=JOB)
     with pytest.raises(JobFailed) as failed:
-        run(CascadeRunner(CPU, models), task)  # float32 on the CPU
+        run(CascadeRunner(CPU, models, dtype=torch.bfloat16), task)  # then float32: no number either
     assert str(failed.value) == (
         "This job cannot be sampled: the level-2 prior's outputs were not numbers (NaN or infinite) for 2 "
         "of 2 samples in window 1 of that level, in full precision (float32). The 5b model's files may "

@@ -27,6 +27,7 @@ from storage.errors import JobNotRetryable
 from storage.migrate import (
     MIGRATION_LOCK_KEY,
     MigrationBlocked,
+    NoRoomToMigrate,
     UnknownSchemaRevision,
     current_revision_async,
     downgrade_async,
@@ -155,15 +156,20 @@ async def test_concurrent_upgrades_of_an_empty_database_both_succeed(
 
 
 async def test_a_migration_waits_for_another_longer_than_a_statement_may_take(
-    empty_db_url: str, monkeypatch: pytest.MonkeyPatch
+    empty_db_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Statements are bounded on Postgres (a silent network must not hang a caller), but a migrator
-    waits for another process's migration however long that takes."""
+    waits for another process's migration however long that takes, whatever lock_timeout the database
+    or its role sets (a managed Postgres may)."""
     if not empty_db_url.startswith("postgresql"):
         pytest.skip("only Postgres migrations wait for each other (SQLite has its busy timeout)")
     monkeypatch.setattr(storage.engine, "POSTGRES_STATEMENT_TIMEOUT_SECONDS", 0.5)
     bounded = create_engine(empty_db_url)
     try:
+        async with bounded.connect() as connection:
+            name = make_url(empty_db_url).database
+            await connection.exec_driver_sql(f"ALTER DATABASE \"{name}\" SET lock_timeout = '300ms'")
+            await connection.commit()
         with pytest.raises(TimeoutError):
             async with bounded.connect() as connection:
                 await connection.exec_driver_sql("SELECT pg_sleep(1.5)")
@@ -186,6 +192,8 @@ async def test_a_migration_waits_for_another_longer_than_a_statement_may_take(
     finally:
         await bounded.dispose()
     assert await current_revision_async(empty_db_url) == head_revision()
+    said = [r.getMessage() for r in caplog.records if r.name == "storage.migrate"]
+    assert said == ["waiting for another process's schema change of this database to end"], said
 
 
 async def test_0002_keeps_rows_counts_finished_jobs_as_posted_and_downgrades(empty_db_url: str) -> None:
@@ -697,3 +705,28 @@ async def test_a_revision_table_with_two_rows_is_refused_in_a_sentence(empty_db_
         with pytest.raises(UnknownSchemaRevision) as refused:
             await call(empty_db_url)
         assert refused.value.revision == f"{head_revision()} and ae1027a6acf" and not refused.value.newer
+
+
+async def test_a_sqlite_file_whose_disk_could_fill_while_migrating_is_not_migrated(
+    empty_db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk mid-migration was reported as Alembic's cleanup failing ("no such table:
+    _alembic_tmp_jobs"), the real cause lost. A migration that may need twice the file's size is refused
+    before it starts when the disk has less free (the measure of free space is the OS's: set here)."""
+    if not empty_db_url.startswith("sqlite"):
+        pytest.skip("Postgres keeps its files on the server's disks, and reports a full one itself")
+    await upgrade_async(empty_db_url, "0010")
+    path = make_url(empty_db_url).database
+    assert path is not None
+    size = await asyncio.to_thread(os.path.getsize, path)
+    monkeypatch.setattr(storage.migrate, "free_bytes", lambda folder: 2 * size - 1)
+    with pytest.raises(NoRoomToMigrate) as refused:
+        await upgrade_to_head_async(empty_db_url)
+    assert str(refused.value).startswith(f"migrating {path} may take up to twice its size (")
+    monkeypatch.setenv("DATABASE_URL", empty_db_url)
+    said = database_problem(refused.value, load_settings())
+    assert said is not None and said.endswith("then start again; nothing was changed.")
+    assert await current_revision_async(empty_db_url) == "0010"
+    monkeypatch.setattr(storage.migrate, "free_bytes", lambda folder: 2 * size)
+    await upgrade_to_head_async(empty_db_url)
+    assert await current_revision_async(empty_db_url) == head_revision()

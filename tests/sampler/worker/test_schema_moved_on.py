@@ -44,5 +44,5 @@ async def test_a_worker_stops_once_a_newer_jukebot_migrated_its_database(
     job = await sqlite_store.get_job(job_id)
     assert (job.status, job.attempts, job.lease_owner) == (JobStatus.QUEUED, 0, None)
     (said,) = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert "stops: the database's schema (revision 0099) is newer than this jukebot knows" in said
+    assert "stops: the database's schema (revision 0099) is not one this jukebot knows: a newer" in said
     assert said.endswith(f"; job #{job_id} goes back to the queue")
