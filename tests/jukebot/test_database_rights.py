@@ -131,8 +131,7 @@ def _refused_until_it_may_write(role_without_rights: str, postgres_database: str
     assert code == 1, output
     assert f"Postgres user '{role_without_rights}' may not write jukebot's tables at" in output, output
     assert (
-        "(it lacks guild_settings: INSERT, UPDATE; jobs: INSERT, UPDATE; public.jobs_id_seq: USAGE;"
-        in output
+        "(it lacks guild_settings: INSERT, UPDATE; jobs: INSERT, UPDATE; public.jobs_id_seq: USAGE;" in output
     )
     assert f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role_without_rights}" in output, output
 
