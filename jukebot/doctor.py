@@ -254,7 +254,7 @@ def check_devices(settings: Settings, torch_installed: bool) -> Iterator[Check]:
     from sampler.worker.pool import devices_from_setting
 
     try:
-        devices = devices_from_setting(settings.gpu_indices())
+        devices = devices_from_setting(settings.gpu_indices(), require_gpu=settings.gpus_required)
     except DeviceError as exc:
         yield Check("devices", Verdict.FAIL, str(exc))
         return

@@ -541,14 +541,14 @@ class Settings(BaseSettings):
     @classmethod
     def _check_gpus(cls, value: str) -> str:
         text = value.strip().lower()
-        if text in {"auto", "cpu", "none"}:
+        if text in {"auto", "all", "cpu", "none"}:
             return text
         try:
             indices = [int(part) for part in text.replace(",", " ").split()]
         except ValueError:
             indices = []
         if not indices or min(indices) < 0:  # "," alone meant one CPU worker, silently
-            raise ValueError("use 'auto', 'cpu', 'none' or GPU indices such as '0,1'")
+            raise ValueError("use 'auto', 'all', 'cpu', 'none' or GPU indices such as '0,1'")
         return text
 
     @field_validator("resident_priors", mode="before")
@@ -634,9 +634,15 @@ class Settings(BaseSettings):
     def local_workers(self) -> bool:
         return self.gpus != "none"
 
+    @property
+    def gpus_required(self) -> bool:
+        """`all`: every visible GPU, and none visible is an error (no CPU worker on a GPU host whose
+        CUDA does not work: it would claim jobs for hours each)."""
+        return self.gpus == "all"
+
     def gpu_indices(self) -> list[int] | None:
         """Explicit GPU indices, [] for CPU only, None for 'every visible GPU'."""
-        if self.gpus == "auto":
+        if self.gpus in {"auto", "all"}:
             return None
         if self.gpus in {"cpu", "none"}:
             return []

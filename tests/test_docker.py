@@ -64,6 +64,8 @@ def test_compose_has_postgres_bot_gpu_worker_and_a_model_tool(compose: dict[str,
     devices = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert any("gpu" in device["capabilities"] and device["driver"] == "nvidia" for device in devices)
     assert services["bot"]["environment"]["JUKEBOT_GPUS"] == "none"
+    # no CPU worker on a GPU host whose CUDA does not work (a driver too old): it held jobs for hours
+    assert services["worker"]["environment"]["JUKEBOT_GPUS"] == "all"
     assert "deploy" not in services["bot"]
 
     for name in ("bot", "worker"):
@@ -147,3 +149,11 @@ def test_images_copy_what_the_build_needs_and_dockerignore_keeps_it(image: str) 
         assert not any(fnmatch.fnmatch(source, pattern.strip("/")) for pattern in ignored), source
     # Secrets and local state stay out of the build context.
     assert {".env", ".venv", ".git"} <= set(ignored)
+
+
+def test_the_worker_image_has_a_c_compiler_for_the_compiled_decode() -> None:
+    """The PyTorch runtime image has none: Triton's launchers and inductor failed to build, and the
+    worker decoded eagerly (slower) with one log line saying so."""
+    dockerfile = (REPO / "docker" / "Dockerfile.worker").read_text()
+    installs = [line for line in dockerfile.splitlines() if "apt-get install" in line]
+    assert any(" gcc " in f"{line} " and "libc6-dev" in line for line in installs), installs

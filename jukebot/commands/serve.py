@@ -34,7 +34,7 @@ def _devices(settings: Settings) -> list:  # type: ignore[type-arg]
     from sampler.worker.pool import devices_from_setting
 
     try:
-        return list(devices_from_setting(settings.gpu_indices()))
+        return list(devices_from_setting(settings.gpu_indices(), require_gpu=settings.gpus_required))
     except DeviceError as exc:
         raise click.ClickException(str(exc)) from None
 

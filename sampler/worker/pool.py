@@ -54,14 +54,20 @@ log = logging.getLogger(__name__)
 SUPERVISE_TICK_SECONDS = 0.5  # how often the supervisor looks at the stop flag while nothing dies
 
 
-def devices_from_setting(gpus: Sequence[int] | None) -> list[DeviceSpec]:
-    """The devices to run workers on: None = every visible GPU (one CPU worker when there is none),
-    [] = one CPU worker, [0, 1] = those GPUs (each must be visible)."""
+def devices_from_setting(gpus: Sequence[int] | None, *, require_gpu: bool = False) -> list[DeviceSpec]:
+    """The devices to run workers on: None = every visible GPU (one CPU worker when there is none, a
+    DeviceError with `require_gpu`), [] = one CPU worker, [0, 1] = those GPUs (each must be visible)."""
     if gpus is not None and len(gpus) == 0:
         return [DeviceSpec.cpu()]
     import torch  # only here: the pool itself never needs torch
 
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus is None and not visible and require_gpu:
+        raise DeviceError(
+            f"JUKEBOT_GPUS=all, but torch {torch.__version__} sees no CUDA GPU here (is the NVIDIA driver "
+            f"new enough for CUDA {torch.version.cuda or 'none: a CPU-only torch'}, and is the GPU given to "
+            "this container?); set JUKEBOT_GPUS=auto to run one CPU worker instead"
+        )
     if gpus is None:
         return [DeviceSpec.cuda(index) for index in range(visible)] or [DeviceSpec.cpu()]
     missing = [index for index in gpus if not 0 <= index < visible]

@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 from sqlalchemy.engine import make_url
 
@@ -107,6 +108,12 @@ def test_devices(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cpu.verdict is Verdict.WARN and cpu.message.startswith("no GPU")
     (absent,) = check_devices(settings_for(monkeypatch, JUKEBOT_GPUS="7"), torch_installed=True)
     assert absent.verdict is Verdict.FAIL and "GPU 7 is not visible" in absent.message
+    if not torch.cuda.is_available():  # `all` wants every GPU and at least one: no CPU worker
+        (required,) = check_devices(settings_for(monkeypatch, JUKEBOT_GPUS="all"), torch_installed=True)
+        assert required.verdict is Verdict.FAIL and required.message.startswith(
+            "JUKEBOT_GPUS=all, but torch "
+        )
+        assert required.message.endswith("set JUKEBOT_GPUS=auto to run one CPU worker instead")
 
 
 def test_codecs() -> None:

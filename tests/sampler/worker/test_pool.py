@@ -360,6 +360,11 @@ def test_devices_from_setting() -> None:
     assert devices_from_setting(None) == expected
     with pytest.raises(DeviceError, match="GPU 99 is not visible"):
         devices_from_setting([99])
+    if visible:
+        assert devices_from_setting(None, require_gpu=True) == expected
+    else:  # a GPU host whose CUDA does not work: no CPU worker that would hold jobs for hours
+        with pytest.raises(DeviceError, match=r"JUKEBOT_GPUS=all, but torch .* sees no CUDA GPU here"):
+            devices_from_setting(None, require_gpu=True)
 
 
 def _gone(pid: int) -> bool:
