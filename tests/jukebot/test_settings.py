@@ -88,10 +88,18 @@ def test_lists_and_limits_from_env(clean_env: Path, monkeypatch: pytest.MonkeyPa
 @pytest.mark.parametrize(
     ("name", "value", "needle"),
     [
-        ("JUKEBOT_GPUS", "first", "Bad value for JUKEBOT_GPUS: use 'auto', 'all', 'cpu', 'none' or GPU indices"),
+        (
+            "JUKEBOT_GPUS",
+            "first",
+            "Bad value for JUKEBOT_GPUS: use 'auto', 'all', 'cpu', 'none' or GPU indices",
+        ),
         # no index at all, or a negative one (silently one CPU worker, or refused only at start)
         ("JUKEBOT_GPUS", ",", "Bad value for JUKEBOT_GPUS: use 'auto', 'all', 'cpu', 'none' or GPU indices"),
-        ("JUKEBOT_GPUS", "0,-1", "Bad value for JUKEBOT_GPUS: use 'auto', 'all', 'cpu', 'none' or GPU indices"),
+        (
+            "JUKEBOT_GPUS",
+            "0,-1",
+            "Bad value for JUKEBOT_GPUS: use 'auto', 'all', 'cpu', 'none' or GPU indices",
+        ),
         # "unlimited" past what the database stores with each job: every enqueue failed on Postgres
         (
             "JUKEBOT_MAX_RUNNING_JOBS_PER_USER",
