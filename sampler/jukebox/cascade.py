@@ -323,11 +323,12 @@ def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 0.0) -> Tensor:
     return logits
 
 
-def mark_non_finite(probs: Tensor, non_finite: Tensor | None) -> Tensor:
-    """The rows (N,) of `probs` (N, bins), a softmax's, that are not a distribution (a NaN or an
-    infinity in the logits makes the whole row NaN), or'ed into `non_finite` when given. On the device:
-    nothing read back."""
-    bad = probs.isnan().any(dim=-1)
+def mark_non_finite(total: Tensor, non_finite: Tensor | None) -> Tensor:
+    """The rows (N,) whose `total` (N, 1), a logsumexp of the logits or the sum of their softmax, is
+    not a finite number: a NaN or an infinity among the logits (or every one -inf), so that the row
+    is no distribution. Or'ed into `non_finite` when given; one number per row is looked at, on the
+    device: nothing read back."""
+    bad = ~total[:, 0].isfinite()
     if non_finite is not None:
         non_finite.logical_or_(bad)
     return bad
@@ -340,13 +341,14 @@ def draw(logits: Tensor, generator: torch.Generator, non_finite: Tensor | None =
     A row that is no distribution (NaN logits) is marked in `non_finite` (N,) bool and draws an id in
     range from a uniform row instead: CUDA's multinomial asserts on NaN, which ends the device context.
     """
-    normalised = logits - logits.logsumexp(dim=-1, keepdim=True)
+    total = logits.logsumexp(dim=-1, keepdim=True)
+    normalised = logits - total
     probs = torch.softmax(normalised, dim=-1)
+    bad = mark_non_finite(total, non_finite)
     if probs.device.type != "cpu" or probs.device != generator.device:
-        bad = mark_non_finite(probs, non_finite)
         probs = probs.masked_fill(bad[:, None], 1.0)  # a finite row keeps its bits
         return torch.multinomial(probs, 1, True, generator=generator)[:, 0]
-    mark_non_finite(probs, non_finite)  # argmax below picks an id in range even from NaN
+    # (argmax below picks an id in range even from NaN)
     # What CPU `multinomial(probs, 1, replacement=True)` computes, without its input checks:
     # argmax(probs / Exp(1) noise). Same generator draws, same result (tests/…/test_sampling_speed.py).
     noise = torch.empty_like(probs).exponential_(generator=generator)
@@ -373,10 +375,10 @@ def invert_cdf(logits: Tensor, u: Tensor, non_finite: Tensor | None = None) -> T
     `non_finite` (N,) bool and gets the last id, in range: an id past the embedding would end the
     device context on CUDA. A finite row's u·total < total always finds an id in range, so the clamp
     changes none of them."""
-    probs = torch.softmax(logits, dim=-1)
-    mark_non_finite(probs, non_finite)
-    cdf = probs.cumsum(dim=-1, dtype=torch.float64)
-    ids = torch.searchsorted(cdf, u.mul(cdf[:, -1:]), right=True)[:, 0]
+    cdf = torch.softmax(logits, dim=-1).cumsum(dim=-1, dtype=torch.float64)
+    total = cdf[:, -1:]  # NaN when any probability is (a softmax gives no infinity)
+    mark_non_finite(total, non_finite)
+    ids = torch.searchsorted(cdf, u.mul(total), right=True)[:, 0]
     return ids.clamp_(max=logits.shape[-1] - 1)
 
 

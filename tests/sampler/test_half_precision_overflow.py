@@ -67,22 +67,23 @@ def dtypes_loaded(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, torch.dtyp
 
 
 def test_a_nan_row_draws_an_id_in_range_is_marked_and_leaves_the_other_rows_as_they_were() -> None:
-    logits = torch.randn(3, 16, generator=torch.Generator().manual_seed(0))
-    with_nan = logits.clone()
-    with_nan[1, 5] = float("nan")
-    u = torch.rand(3, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    marked = torch.zeros(3, dtype=torch.bool)
-    ids = invert_cdf(with_nan, u, marked)
-    assert marked.tolist() == [False, True, False]
-    assert 0 <= int(ids[1]) < 16  # was 16: past the embedding
-    clean = invert_cdf(logits, u)
-    assert ids[[0, 2]].tolist() == clean[[0, 2]].tolist()
-    # the reference's exact draw marks it too (on CUDA its multinomial would assert)
+    logits = torch.randn(4, 16, generator=torch.Generator().manual_seed(0))
+    broken = logits.clone()
+    broken[1, 5] = float("nan")
+    broken[2, 3] = float("inf")  # an overflow to infinity: its softmax is NaN too
+    broken[3] = -float("inf")  # nothing left to draw from
+    u = torch.rand(4, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    marked = torch.zeros(4, dtype=torch.bool)
+    ids = invert_cdf(broken, u, marked)
+    assert marked.tolist() == [False, True, True, True]
+    assert int(ids.min()) >= 0 and int(ids.max()) < 16  # was 16: past the embedding
+    assert int(ids[0]) == int(invert_cdf(logits, u)[0])
+    # the reference's exact draw marks them too (on CUDA its multinomial would assert)
     marked.zero_()
-    ids = draw(with_nan, torch.Generator().manual_seed(2), marked)
-    assert marked.tolist() == [False, True, False]
-    assert 0 <= int(ids[1]) < 16
-    assert ids[[0, 2]].tolist() == draw(logits, torch.Generator().manual_seed(2))[[0, 2]].tolist()
+    ids = draw(broken, torch.Generator().manual_seed(2), marked)
+    assert marked.tolist() == [False, True, True, True]
+    assert int(ids.min()) >= 0 and int(ids.max()) < 16
+    assert int(ids[0]) == int(draw(logits, torch.Generator().manual_seed(2))[0])
 
 
 @pytest.mark.parametrize("path", ["sliced", "static"])
