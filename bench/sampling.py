@@ -192,7 +192,8 @@ def ours_once(
         none = torch.zeros(batch, 0, dtype=torch.long)
         return decoder.sample_window(cond, none, case.n_ctx, 1.0, 0, 0.0, generator)
     state = prior.start(cond)
-    return sample_steps(prior, state, case.n_ctx, 1.0, 0, 0.0, generator, exact=exact)
+    row_totals = torch.zeros(batch, dtype=torch.float64)  # the NaN check, as the cascade samples
+    return sample_steps(prior, state, case.n_ctx, 1.0, 0, 0.0, generator, exact=exact, row_totals=row_totals)
 
 
 def timed(fn: Callable[[], Tensor]) -> tuple[float, Tensor]:

@@ -323,39 +323,42 @@ def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 0.0) -> Tensor:
     return logits
 
 
-def mark_non_finite(total: Tensor, non_finite: Tensor | None) -> Tensor:
-    """The rows (N,) whose `total` (N, 1), a logsumexp of the logits or the sum of their softmax, is
-    not a finite number: a NaN or an infinity among the logits (or every one -inf), so that the row
-    is no distribution. Or'ed into `non_finite` when given; one number per row is looked at, on the
-    device: nothing read back."""
-    bad = ~total[:, 0].isfinite()
-    if non_finite is not None:
-        non_finite.logical_or_(bad)
-    return bad
+def add_row_totals(total: Tensor, row_totals: Tensor | None) -> None:
+    """Add each row's `total` (N, 1), a logsumexp of its logits or the sum of its softmax, into
+    `row_totals` (N,) float64: one in-place add per token on the device, nothing read back. A total that
+    is not a finite number (a NaN or an infinity among the logits, or every one -inf: no distribution)
+    leaves the row's sum not finite for good, which `rows_not_finite` reads once per window."""
+    if row_totals is not None:
+        row_totals.add_(total[:, 0])
 
 
-def draw(logits: Tensor, generator: torch.Generator, non_finite: Tensor | None = None) -> Tensor:
+def rows_not_finite(row_totals: Tensor) -> Tensor:
+    """The rows (N,) whose logits were no distribution at some token (see `add_row_totals`)."""
+    return ~row_totals.isfinite()
+
+
+def draw(logits: Tensor, generator: torch.Generator, row_totals: Tensor | None = None) -> Tensor:
     """One categorical draw per row (N, bins) -> (N,), with the exact arithmetic of
     `torch.distributions.Categorical(logits=…).sample()` so reference RNG streams line up.
 
-    A row that is no distribution (NaN logits) is marked in `non_finite` (N,) bool and draws an id in
-    range from a uniform row instead: CUDA's multinomial asserts on NaN, which ends the device context.
+    A row that is no distribution (NaN logits) shows in `row_totals` (`add_row_totals`) and draws an id
+    in range: on CUDA from a uniform row instead (its multinomial asserts on NaN, which ends the device
+    context); on the CPU argmax picks one even from NaN.
     """
     total = logits.logsumexp(dim=-1, keepdim=True)
     normalised = logits - total
     probs = torch.softmax(normalised, dim=-1)
-    bad = mark_non_finite(total, non_finite)
+    add_row_totals(total, row_totals)
     if probs.device.type != "cpu" or probs.device != generator.device:
-        probs = probs.masked_fill(bad[:, None], 1.0)  # a finite row keeps its bits
+        probs = probs.masked_fill(~total.isfinite(), 1.0)  # a finite row keeps its bits
         return torch.multinomial(probs, 1, True, generator=generator)[:, 0]
-    # (argmax below picks an id in range even from NaN)
     # What CPU `multinomial(probs, 1, replacement=True)` computes, without its input checks:
     # argmax(probs / Exp(1) noise). Same generator draws, same result (tests/…/test_sampling_speed.py).
     noise = torch.empty_like(probs).exponential_(generator=generator)
     return probs.div_(noise).argmax(dim=-1)
 
 
-def draw_fast(logits: Tensor, generator: torch.Generator, non_finite: Tensor | None = None) -> Tensor:
+def draw_fast(logits: Tensor, generator: torch.Generator, row_totals: Tensor | None = None) -> Tensor:
     """One categorical draw per row (N, bins) -> (N,) by inverting the CDF with one uniform per row.
 
     The same distribution as `draw` from far fewer random numbers (N instead of N·bins), so a
@@ -364,20 +367,20 @@ def draw_fast(logits: Tensor, generator: torch.Generator, non_finite: Tensor | N
     never picked.
     """
     u = torch.rand(logits.shape[0], 1, dtype=torch.float64, generator=generator, device=generator.device)
-    return invert_cdf(logits, u.to(logits.device), non_finite)
+    return invert_cdf(logits, u.to(logits.device), row_totals)
 
 
-def invert_cdf(logits: Tensor, u: Tensor, non_finite: Tensor | None = None) -> Tensor:
+def invert_cdf(logits: Tensor, u: Tensor, row_totals: Tensor | None = None) -> Tensor:
     """The ids (N,) whose interval of the CDF of softmax(logits) (N, bins) holds u·total, u (N, 1) fp64
     uniforms in [0, 1): `draw_fast` given its uniforms.
 
-    A row that is no distribution (NaN logits: its CDF is NaN, and the search finds no id) is marked in
-    `non_finite` (N,) bool and gets the last id, in range: an id past the embedding would end the
-    device context on CUDA. A finite row's u·total < total always finds an id in range, so the clamp
+    A row that is no distribution (NaN logits: its CDF is NaN, and the search finds no id) shows in
+    `row_totals` (`add_row_totals`) and gets the last id, in range: an id past the embedding would end
+    the device context on CUDA. A finite row's u·total < total always finds an id in range, so the clamp
     changes none of them."""
     cdf = torch.softmax(logits, dim=-1).cumsum(dim=-1, dtype=torch.float64)
     total = cdf[:, -1:]  # NaN when any probability is (a softmax gives no infinity)
-    mark_non_finite(total, non_finite)
+    add_row_totals(total, row_totals)
     ids = torch.searchsorted(cdf, u.mul(total), right=True)[:, 0]
     return ids.clamp_(max=logits.shape[-1] - 1)
 
@@ -406,7 +409,7 @@ def sample_steps(
     *,
     exact: bool = True,
     uniforms: Tensor | None = None,
-    non_finite: Tensor | None = None,
+    row_totals: Tensor | None = None,
 ) -> Tensor:
     """The per-token loop: `count` × (prior step → logits / temperature → filter → draw).
 
@@ -415,7 +418,7 @@ def sample_steps(
     (`draw`); otherwise with the cheaper `draw_fast` (another random stream, same distribution),
     or, given `uniforms` (count, N, 1) fp64, by inverting the CDF at those (draw_fast's stream
     when they were drawn from the same generator in one go). Rows whose logits were not numbers at
-    some step are marked in `non_finite` (N,) bool (see `invert_cdf`).
+    some step show in `row_totals` (N,) float64 (`add_row_totals`).
     """
     if count <= 0:
         raise SamplingError(f"the number of tokens to sample must be positive, got {count}")
@@ -435,11 +438,11 @@ def sample_steps(
                 logits.div_(temperature)
             logits = filter_logits(logits, top_k, top_p)
             if uniforms is None:
-                token = pick(logits.float(), generator, non_finite)
+                token = pick(logits.float(), generator, row_totals)
             else:
                 if step == 0:  # to the logits' device once, not per token
                     uniforms = uniforms.to(logits.device)
-                token = invert_cdf(logits.float(), uniforms[step], non_finite)
+                token = invert_cdf(logits.float(), uniforms[step], row_totals)
             out.append(token)
             if report is not None and ((step + 1) % progress_every == 0 or step + 1 == count):
                 report(step + 1)
@@ -1090,7 +1093,7 @@ class Cascade:
                 device=generator.device,
             )
         sampled: list[Tensor] = []
-        non_finite: list[Tensor] = []
+        totals: list[Tensor] = []
         for first_row in range(0, request.n_samples, batch):
             part = slice(first_row, first_row + batch)
             rows = known[part].shape[0]
@@ -1102,7 +1105,7 @@ class Cascade:
                 # tokens of the window done, averaged over all samples (batches run one after another)
                 report((first_row * window.new_tokens + tokens * rows) // request.n_samples)
 
-            new, rows_not_finite = self._sample_tokens(
+            new, row_totals = self._sample_tokens(
                 prior,
                 cond,
                 known[part].to(self.device),
@@ -1116,9 +1119,9 @@ class Cascade:
                 None if uniforms is None else uniforms[:, part],
             )
             sampled.append(new)
-            non_finite.append(rows_not_finite)
+            totals.append(row_totals)
         # the window's one read-back of its own (its codes go to the host next): a NaN is not sampled on
-        bad_rows = int(torch.cat(non_finite).sum())
+        bad_rows = int(rows_not_finite(torch.cat(totals)).sum())
         if bad_rows:
             raise NonFiniteLogits(window, bad_rows, request.n_samples)
         return torch.cat(sampled, dim=0)
@@ -1137,8 +1140,8 @@ class Cascade:
         chunk_size: int,
         uniforms: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """The new codes of one batch's window (N, new_tokens), and which of its rows (N,) drew from
-        logits that were not numbers."""
+        """The new codes of one batch's window (N, new_tokens), and its rows' totals (N,) float64, not
+        finite for a row that drew from logits that were not numbers (`add_row_totals`)."""
         if request.rng == "window" and self.decode_options.path != "sliced":
             from sampler.jukebox.decoding import batch_rows, window_decoder
 
@@ -1157,10 +1160,10 @@ class Cascade:
                 chunk_size=chunk_size,
                 uniforms=uniforms,
             )
-            return prior.ids_to_codes(new), decoder.non_finite.clone()
+            return prior.ids_to_codes(new), decoder.row_totals.clone()
         state = prior.start(cond, window.sample_tokens)
         prefill_known(prior, state, prior.codes_to_ids(known), chunk_size)
-        non_finite = torch.zeros(known.shape[0], dtype=torch.bool, device=self.device)
+        row_totals = torch.zeros(known.shape[0], dtype=torch.float64, device=self.device)
         ids = sample_steps(
             prior,
             state,
@@ -1173,9 +1176,9 @@ class Cascade:
             progress_every,
             exact=request.rng == "reference",
             uniforms=uniforms,
-            non_finite=non_finite,
+            row_totals=row_totals,
         )
-        return prior.ids_to_codes(ids), non_finite
+        return prior.ids_to_codes(ids), row_totals
 
     # ---- audio
 

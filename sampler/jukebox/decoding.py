@@ -192,8 +192,9 @@ class WindowDecoder:
             self._x_in = torch.zeros(batch, width, device=device)  # the next step's input embedding
             self._drawn = torch.zeros((), dtype=torch.int64, device=device)  # tokens drawn this window
             self._ids = torch.zeros(batch, config.n_ctx, dtype=torch.int64, device=device)
-            # rows whose logits were not numbers at some token of this window (read at its end)
-            self.non_finite = torch.zeros(batch, dtype=torch.bool, device=device)
+            # each row's totals summed over the window's tokens: not finite once its logits were not
+            # numbers (`rows_not_finite`, read at the window's end)
+            self.row_totals = torch.zeros(batch, dtype=torch.float64, device=device)
             self._uniforms = torch.zeros(config.n_ctx, batch, 1, dtype=torch.float64, device=device)
             self._temperature = torch.ones((), device=device)
         # each built call's CUDA graph replay, or None: the eager `_run` (a bound method kept here
@@ -250,7 +251,7 @@ class WindowDecoder:
 
         `report(done)` runs between calls, every `progress_every` tokens rounded to a multiple of K,
         and after the last token; it may raise to cancel. Rows whose logits were not numbers at some
-        token are marked in `non_finite` (their ids stay in range), for the caller to read once.
+        token show in `row_totals` (their ids stay in range), for the caller to read once.
         """
         prior = self._prior()
         if prior is None:
@@ -327,7 +328,7 @@ class WindowDecoder:
         state.pending_start, state.pending = False, None
         self.cache.position()  # the device position from the host's, once
         self._drawn.zero_()
-        self.non_finite.zero_()
+        self.row_totals.zero_()
         self._temperature.fill_(temperature)
         uniforms = self._uniforms[:new_tokens]
         if given_uniforms is not None:
@@ -360,7 +361,7 @@ class WindowDecoder:
         logits.div_(self._temperature)  # x / 1.0 is x: the same bits as skipping it
         logits = filter_logits(logits, top_k, top_p)
         drawn = self._drawn.view(1)
-        token = invert_cdf(logits, self._uniforms.index_select(0, drawn)[0], self.non_finite)
+        token = invert_cdf(logits, self._uniforms.index_select(0, drawn)[0], self.row_totals)
         self._ids.index_copy_(1, drawn, token.view(-1, 1))
         self._x_in.copy_(torch.embedding(self._x_emb, token))
         self._drawn.add_(1)

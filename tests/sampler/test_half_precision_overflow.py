@@ -19,7 +19,7 @@ import torch
 
 from sampler import cascade_runner
 from sampler.cascade_runner import CascadeRunner, wider_dtype
-from sampler.jukebox.cascade import NonFiniteLogits, SamplingRequest, draw, invert_cdf
+from sampler.jukebox.cascade import NonFiniteLogits, SamplingRequest, draw, invert_cdf, rows_not_finite
 from sampler.jukebox.checkpoint import save_checkpoint
 from sampler.jukebox.decoding import DecodeOptions
 from sampler.jukebox.registry import MODELS
@@ -73,15 +73,15 @@ def test_a_nan_row_draws_an_id_in_range_is_marked_and_leaves_the_other_rows_as_t
     broken[2, 3] = float("inf")  # an overflow to infinity: its softmax is NaN too
     broken[3] = -float("inf")  # nothing left to draw from
     u = torch.rand(4, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    marked = torch.zeros(4, dtype=torch.bool)
-    ids = invert_cdf(broken, u, marked)
-    assert marked.tolist() == [False, True, True, True]
+    totals = torch.zeros(4, dtype=torch.float64)
+    ids = invert_cdf(broken, u, totals)
+    assert rows_not_finite(totals).tolist() == [False, True, True, True]
     assert int(ids.min()) >= 0 and int(ids.max()) < 16  # was 16: past the embedding
     assert int(ids[0]) == int(invert_cdf(logits, u)[0])
     # the reference's exact draw marks them too (on CUDA its multinomial would assert)
-    marked.zero_()
-    ids = draw(broken, torch.Generator().manual_seed(2), marked)
-    assert marked.tolist() == [False, True, True, True]
+    totals.zero_()
+    ids = draw(broken, torch.Generator().manual_seed(2), totals)
+    assert rows_not_finite(totals).tolist() == [False, True, True, True]
     assert int(ids.min()) >= 0 and int(ids.max()) < 16
     assert int(ids[0]) == int(draw(logits, torch.Generator().manual_seed(2))[0])
 
