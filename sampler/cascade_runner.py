@@ -310,10 +310,13 @@ class CascadeRunner:
             "memory may)"
         )
 
-    def _too_big_to_widen(self, dtype: torch.dtype, what: str) -> str:
-        """The message of a job whose logits overflowed the runner's dtype and whose model does not fit
-        in `dtype`, the wider one it needs to go on (not `_does_not_fit`: the model fits this worker)."""
-        return (
+    def _not_fitting(self, model: str, dtype: torch.dtype, what: str, failure: BaseException) -> Exception:
+        """What to raise when `what` of the model does not fit even alone: in the runner's dtype,
+        JobDidNotFit (`_does_not_fit`: the model is paused here); in the wider `dtype` a job whose logits
+        overflowed needs to go on, JobFailed saying so (the model fits this worker in its own dtype)."""
+        if dtype == self.dtype:
+            return JobDidNotFit(self._does_not_fit(model, what, failure))
+        return JobFailed(
             f"This job's logits stopped being numbers in {dtype_name(self.dtype)} (an overflow), and going "
             f"on in {dtype_name(dtype)} needs more memory than {self.device} has free ({what} does not "
             "fit). Its finished windows are kept; try another seed or a lower temperature."
@@ -575,9 +578,7 @@ class CascadeRunner:
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
-            if widened:
-                raise JobFailed(self._too_big_to_widen(dtype, "its VQ-VAE")) from None
-            raise JobDidNotFit(self._does_not_fit(job.model, "its VQ-VAE", exc)) from None
+            raise self._not_fitting(job.model, dtype, "its VQ-VAE", exc) from None
         raise_if_stopped(should_stop)
         request = self.plan(task, cascade)
         if batch is not None:
@@ -681,12 +682,8 @@ class CascadeRunner:
                     "job #%s: %s beside another; levels sample one at a time from now on", job.id, exc
                 )
                 raise _TryAgain(newest) from None
-            if isinstance(exc, PriorDoesNotFit) and widened:
-                raise JobFailed(self._too_big_to_widen(dtype, f"its level-{exc.level} prior")) from None
             if isinstance(exc, PriorDoesNotFit):  # alone: not the job's doing, and no job of it fits here
-                raise JobDidNotFit(
-                    self._does_not_fit(job.model, f"its level-{exc.level} prior", exc)
-                ) from None
+                raise self._not_fitting(job.model, dtype, f"its level-{exc.level} prior", exc) from None
             level_0, level_1, level_2 = (min(size, request.n_samples) for size in request.max_batch_size)
             batch_now: BatchSizes = (level_0, level_1, level_2)
             smaller: BatchSizes = (max(level_0 // 2, 1), max(level_1 // 2, 1), max(level_2 // 2, 1))
@@ -702,9 +699,7 @@ class CascadeRunner:
                     format_batch_sizes(smaller),
                 )
                 raise _TryAgain(newest, smaller) from None
-            if widened:
-                raise JobFailed(self._too_big_to_widen(dtype, "a window of one sample")) from None
-            raise JobDidNotFit(self._does_not_fit(job.model, "a window of one sample", exc)) from None
+            raise self._not_fitting(job.model, dtype, "a window of one sample", exc) from None
         raise_if_stopped(should_stop)
         report.progress(Stage.DECODING, None, None, None, total_tokens, total_tokens)
         return self.samples(task, cascade, request, final, should_stop)

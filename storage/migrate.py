@@ -281,33 +281,48 @@ async def missing_rights_async(url: str) -> list[str]:
     try:
         if engine.dialect.name != "postgresql":
             return []
-        missing = []
+        tables = sorted(Base.metadata.tables.values(), key=lambda t: t.name)
+        wanted = [
+            (table.name, right)
+            for table in tables
+            for right in ("SELECT", "INSERT", "UPDATE", *(("DELETE",) if table.name in _DELETED_FROM else ()))
+        ]
+        with_ids = [t.name for t in tables if "id" in t.c and t.c.id.primary_key and t.c.id.autoincrement]
+        # Three statements, not one per table and right: a remote database answers each in a round trip.
         async with engine.connect() as connection:
-            if await connection.scalar(sa_text("SHOW transaction_read_only")) == "on":
-                missing.append("any write (its sessions are read-only: a read-only user, or a standby)")
-            for table in sorted(Base.metadata.tables.values(), key=lambda t: t.name):
-                rights = ("SELECT", "INSERT", "UPDATE", *(("DELETE",) if table.name in _DELETED_FROM else ()))
-                lacking = [
-                    right
-                    for right in rights
-                    if not await connection.scalar(
-                        sa_text("SELECT has_table_privilege(:table, :right)"),
-                        {"table": table.name, "right": right},
-                    )
-                ]
-                if lacking:
-                    missing.append(f"{table.name}: {', '.join(lacking)}")
-                if "id" in table.c and table.c.id.autoincrement is not False and table.c.id.primary_key:
-                    sequence = await connection.scalar(
-                        sa_text("SELECT pg_get_serial_sequence(:table, 'id')"), {"table": table.name}
-                    )
-                    # nextval needs USAGE or UPDATE (the function says whether either is held)
-                    usable = sequence is None or await connection.scalar(
-                        sa_text("SELECT has_sequence_privilege(:sequence, 'USAGE, UPDATE')"),
-                        {"sequence": sequence},
-                    )
-                    if not usable:
-                        missing.append(f"{sequence}: USAGE")
+            read_only = await connection.scalar(sa_text("SHOW transaction_read_only")) == "on"
+            held = list(
+                await connection.scalars(
+                    sa_text(
+                        "SELECT has_table_privilege(t, r) FROM unnest(CAST(:tables AS text[]), "
+                        "CAST(:rights AS text[])) WITH ORDINALITY AS wanted(t, r, n) ORDER BY n"
+                    ),
+                    {"tables": [t for t, _ in wanted], "rights": [r for _, r in wanted]},
+                )
+            )
+            # nextval needs USAGE or UPDATE (the function says whether either is held)
+            sequences = (
+                await connection.execute(
+                    sa_text(
+                        "SELECT t, s, s IS NULL OR has_sequence_privilege(s, 'USAGE, UPDATE') FROM (SELECT "
+                        "t, pg_get_serial_sequence(t, 'id') AS s FROM unnest(CAST(:tables AS text[])) AS "
+                        "wanted(t)) AS serial"
+                    ),
+                    {"tables": with_ids},
+                )
+            ).all()
+        missing = (
+            ["any write (its sessions are read-only: a read-only user, or a standby)"] if read_only else []
+        )
+        unusable = {table: sequence for table, sequence, usable in sequences if not usable}
+        for table in tables:
+            lacking = [
+                right for (name, right), ok in zip(wanted, held, strict=True) if name == table.name and not ok
+            ]
+            if lacking:
+                missing.append(f"{table.name}: {', '.join(lacking)}")
+            if table.name in unusable:
+                missing.append(f"{unusable[table.name]}: USAGE")
         return missing
     finally:
         await engine.dispose()

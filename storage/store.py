@@ -1571,12 +1571,7 @@ class JobStore:
             claimed = (
                 await connection.execute(
                     update(jobs)
-                    .where(
-                        jobs.c.id == job_id,
-                        jobs.c.results_posted_at.is_(None),
-                        jobs.c.status.in_([status.value for status in FINISHED_STATUSES]),
-                        self._posting_free(),
-                    )
+                    .where(jobs.c.id == job_id, *self._finished_unposted())
                     .values(
                         results_posting_owner=poster_id,
                         results_posting_expires_at=self._lease_end(lease_seconds),
@@ -1650,19 +1645,23 @@ class JobStore:
             job_id, poster_id, results_posting_owner=owner, results_posting_expires_at=retry_at
         )
 
+    def _finished_unposted(self) -> tuple[ColumnElement[bool], ...]:
+        """Finished jobs whose results no bot has posted, nor posts now or waits to retry. Literally
+        the condition of the partial index ix_jobs_guild_unposted (guild_id, finished_at, id) first, so
+        both databases read a server's unposted jobs from it: keep it so."""
+        return (
+            jobs.c.results_posted_at.is_(None),
+            self._posting_free(),
+            jobs.c.status.in_([status.value for status in FINISHED_STATUSES]),
+        )
+
     async def finished_jobs_unposted(self, guild_id: int | None = None, limit: int = 100) -> list[Job]:
         """Finished jobs (of one server, or all) whose results are not posted yet, that no bot is
         posting right now nor waits to retry (see `release_results_posting`), in the order they
         finished. Also those without a progress message: a bot that stopped between queueing a
         job and posting its message, while the job ran, posts the results in a fresh message."""
         _check_page(limit, 0)
-        statement = select(*JOB_COLUMNS).where(
-            # Literally the condition of the partial index ix_jobs_guild_unposted (guild_id, finished_at,
-            # id), so both databases read a server's unposted jobs from it in this order: keep it so.
-            jobs.c.results_posted_at.is_(None),
-            self._posting_free(),
-            jobs.c.status.in_([status.value for status in FINISHED_STATUSES]),
-        )
+        statement = select(*JOB_COLUMNS).where(*self._finished_unposted())
         if guild_id is not None:
             statement = statement.where(jobs.c.guild_id == guild_id)
         return await self._jobs(statement.order_by(jobs.c.finished_at, jobs.c.id).limit(limit))
@@ -1670,15 +1669,7 @@ class JobStore:
     async def guilds_with_results_unposted(self) -> set[int | None]:
         """The servers that have jobs `finished_jobs_unposted` would list now: a bot's pass asks each of
         them only (one query when none has, however many servers the bot is in)."""
-        statement = (
-            select(jobs.c.guild_id)
-            .where(
-                jobs.c.results_posted_at.is_(None),  # the partial index's condition, as above
-                self._posting_free(),
-                jobs.c.status.in_([status.value for status in FINISHED_STATUSES]),
-            )
-            .distinct()
-        )
+        statement = select(jobs.c.guild_id).where(*self._finished_unposted()).distinct()
         async with self._reading() as connection:
             return set(await connection.scalars(statement))
 

@@ -165,8 +165,9 @@ class Jukebox(commands.Cog):
                 await self._give_lyrics_back(interaction, lyrics, said)
                 return
             if time.monotonic() - request.opened_at >= self.lyrics_form_timeout_s:
-                self._let_go(key, _expired(_TOO_OLD))
-                await self._give_lyrics_back(interaction, lyrics, _expired(_TOO_OLD))
+                said = _expired(_TOO_OLD)
+                self._let_go(key, said)
+                await self._give_lyrics_back(interaction, lyrics, said)
                 return
             self._let_go(key, "This lyrics form was sent already, so nothing more was queued.")
             await interaction.response.defer(ephemeral=True, thinking=True)
