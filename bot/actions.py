@@ -9,6 +9,7 @@ through the bot's event dispatch (`job_queued`; the progress extension posts the
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import enum
@@ -391,6 +392,8 @@ class _NoThread(enum.Enum):
 _UNCACHED: weakref.WeakKeyDictionary[discord.Client, dict[int, _ThreadOf | _NoThread]] = (
     weakref.WeakKeyDictionary()
 )
+# How many lookups of each channel are in flight, per bot (bounded by the lookups running at once).
+_ASKING: weakref.WeakKeyDictionary[discord.Client, collections.Counter[int]] = weakref.WeakKeyDictionary()
 
 
 def thread_deleted(bot: JukeBot, thread_id: int) -> None:
@@ -398,8 +401,9 @@ def thread_deleted(bot: JukeBot, thread_id: int) -> None:
     answer kept from when it was archived said its channel's readers may use it). Only a kept answer
     changes: Discord says any thread of any server was deleted, and one never looked up answers
     "deleted" when it is."""
-    known = _UNCACHED.get(bot)
-    if known is not None and thread_id in known:
+    known, asking = _UNCACHED.get(bot), _ASKING.get(bot)
+    if known is not None and (thread_id in known or (asking is not None and asking[thread_id] > 0)):
+        # One being looked up: its answer, taken before the deletion, must not overwrite this.
         known[thread_id] = _NoThread.DELETED
 
 
@@ -412,6 +416,8 @@ async def _uncached_channel(bot: JukeBot, channel_id: int) -> _ThreadOf | _NoThr
     known = _UNCACHED.setdefault(bot, {})
     if channel_id in known:
         return known[channel_id]
+    asking = _ASKING.setdefault(bot, collections.Counter())
+    asking[channel_id] += 1
     try:
         channel = await asyncio.wait_for(bot.fetch_channel(channel_id), UNCACHED_LOOKUP_SECONDS)
     except discord.NotFound:
@@ -426,8 +432,11 @@ async def _uncached_channel(bot: JukeBot, channel_id: int) -> _ThreadOf | _NoThr
             found = _ThreadOf(channel.parent_id, channel.is_private(), channel.owner_id)
         else:
             found = _NoThread.HIDDEN  # a channel that is not in the cache but exists: not one the bot may see
-    known[channel_id] = found
-    return found
+    finally:
+        asking[channel_id] -= 1
+        if asking[channel_id] <= 0:
+            del asking[channel_id]
+    return known.setdefault(channel_id, found)  # a deletion heard meanwhile stands
 
 
 def _parent_params(job: Job) -> JobParams:

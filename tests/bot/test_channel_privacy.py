@@ -7,6 +7,8 @@ interaction's own."""
 
 from __future__ import annotations
 
+import asyncio
+
 import discord
 import pytest
 
@@ -232,6 +234,40 @@ async def test_an_archived_thread_deleted_since_the_bot_looked_it_up_is_its_make
     assert (
         await posted(fake, await fake.invoke_command("sample", {"id": from_thread}, user=bob))
     ).attachments
+
+
+async def test_a_thread_deleted_while_the_bot_looks_it_up_is_its_makers_alone(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Discord answers the lookup of an archived thread, the thread is deleted, then the answer arrives:
+    the deletion must stand, not the older answer (which would let its channel's readers use it)."""
+    from bot import actions
+
+    fake, store = fake_discord, sqlite_store
+    monkeypatch.setattr(actions, "UNCACHED_LOOKUP_SECONDS", 30.0)  # the answer is held, not lost
+    heard = asyncio.Event()
+    hear = actions.thread_deleted
+
+    def thread_deleted(bot: JukeBot, thread_id: int) -> None:
+        hear(bot, thread_id)
+        heard.set()
+
+    monkeypatch.setattr(actions, "thread_deleted", thread_deleted)
+    thread = fake.add_thread(fake.channel("music"), "jam")
+    thread.archived = True
+    await bot_runner.start(make_bot(fake, store))
+    (from_thread,) = await made(store, fake, "bob", thread.id)
+    lookup = fake.hold("GET", CHANNEL_LOOKUP, handled=True)  # Discord answered: a thread of #music
+    moderator = fake.user("moderator")  # reads #music, did not make it
+    asked = await fake.invoke_command("sample", {"id": from_thread}, user=moderator)
+    await fake.wait_for(lambda: lookup.arrived)
+    await fake.delete_thread(thread)
+    await asyncio.wait_for(heard.wait(), 10)
+    lookup.release()
+    assert await reply_of(fake, asked) == hidden_sample(from_thread)
+    again = await fake.invoke_command("sample", {"id": from_thread}, user=moderator)
+    assert await reply_of(fake, again) == hidden_sample(from_thread)
+    assert len(fake.calls("GET", CHANNEL_LOOKUP)) == 1
 
 
 async def test_an_upsample_made_in_a_hidden_channel_is_not_named_to_who_cannot_see_it(
