@@ -49,6 +49,8 @@ MAX_RATE_LIMIT_WAIT_S = 30.0
 # A command sync Discord fails at start (an outage, a restart loop's rate limit) is tried again after
 # this long, doubling up to the last: the bot starts meanwhile, with the commands of the last sync.
 SYNC_RETRY_S = (30.0, 600.0)
+# How often the bot reads the database's schema revision: a newer jukebot may migrate it while this runs.
+SCHEMA_CHECK_S = 60.0
 # Set in `interaction.extras` by a command that deferred publicly (its answer is for everyone).
 PUBLIC_THINKING = "public_thinking"
 
@@ -152,6 +154,9 @@ class JukeBot(commands.Bot):
         self.http_session: aiohttp.ClientSession | None = None
         self._upload_limits: dict[int, int] = {}  # guild id -> the last attachment_size_limit seen
         self.sync_retry_s = SYNC_RETRY_S
+        # Set (with its reason) when the bot must stop on its own: `run_bot` closes it and raises that.
+        self.must_stop = asyncio.Event()
+        self.stop_reason: Exception | None = None
 
     async def setup_hook(self) -> None:
         self.http_session = aiohttp.ClientSession()
@@ -162,6 +167,30 @@ class JukeBot(commands.Bot):
             self.tasks.create(self._sync_later(wait), name="sync-commands")
         if not self.sync_guild_ids:
             self.tasks.create(clear_guild_copies(self), name="clear-guild-commands")
+        self.tasks.create(self._watch_schema(), name="watch-schema")
+
+    async def _watch_schema(self) -> None:
+        """Stop once a newer jukebot migrated the database, as workers do: this bot's requests and
+        votes would ignore what the new schema holds. Its restart then refuses the database, saying why."""
+        from storage.migrate import UnknownSchemaRevision, head_revision
+
+        while True:
+            await asyncio.sleep(SCHEMA_CHECK_S)  # a period to wait out, not a wait for some state
+            try:
+                revisions = await self.store.schema_revisions_not_ours()
+            except Exception as exc:  # an outage: the commands say so; read again next period
+                log.debug("could not read the database's schema revision: %r", exc)
+                continue
+            if revisions:
+                log.error(
+                    "the bot stops: the database's schema (revision %s) is not one this jukebot knows: a "
+                    "newer jukebot migrated it (upgrade jukebot on this machine: machines sharing one "
+                    "database must run the same version), or another program wrote it",
+                    ", ".join(revisions),
+                )
+                self.stop_reason = UnknownSchemaRevision(" and ".join(revisions), head_revision())
+                self.must_stop.set()
+                return
 
     async def _synced_or_wait(self, first_wait_s: float | None = None) -> float | None:
         """Sync the commands; when Discord cannot now, how long to wait before trying again."""
@@ -264,9 +293,13 @@ async def _run_until_stopped(
     try:
         async with bot:
             runner = asyncio.create_task(bot.start(token), name="discord-bot")
-            stopper = asyncio.create_task(stopping.wait(), name="wait-for-signal")
-            done, _ = await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
+            stoppers = {
+                asyncio.create_task(stopping.wait(), name="wait-for-signal"),
+                asyncio.create_task(bot.must_stop.wait(), name="wait-for-bot-stop"),
+            }
+            done, _ = await asyncio.wait({runner, *stoppers}, return_when=asyncio.FIRST_COMPLETED)
+            for stopper in stoppers:
+                stopper.cancel()
             if runner in done:
                 runner.result()  # re-raise a login or connection failure
                 return
@@ -274,6 +307,8 @@ async def _run_until_stopped(
             await bot.close()
             with contextlib.suppress(asyncio.CancelledError):
                 await runner
+            if bot.stop_reason is not None:
+                raise bot.stop_reason
     finally:
         for signum in installed:
             loop.remove_signal_handler(signum)

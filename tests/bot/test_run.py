@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 
+import pytest
+from sqlalchemy import text
+
+from bot import bot as bot_module
 from bot.bot import JukeBot, run_bot
+from storage.migrate import UnknownSchemaRevision
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
 from tests.bot.fake_discord import FakeDiscord
-from tests.bot.harness import make_settings
+from tests.bot.harness import answer_of, make_settings
 
 
 async def test_run_bot_stops_gracefully_on_sigterm(fake_discord: FakeDiscord, sqlite_store: JobStore) -> None:
@@ -23,6 +29,33 @@ async def test_run_bot_stops_gracefully_on_sigterm(fake_discord: FakeDiscord, sq
     await fake_discord.wait_for(lambda: not fake_discord.live_sessions)
     # The handler was removed again: the default disposition is back.
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+async def test_the_bot_stops_once_a_newer_jukebot_migrated_its_database(
+    fake_discord: FakeDiscord,
+    sqlite_store: JobStore,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A bot left running while a newer jukebot migrated the database (another machine upgraded first)
+    went on taking requests and votes with its old rules. It now reads the schema now and then, and
+    stops as a signal stops it; `jukebot run` then says to upgrade jukebot here."""
+    monkeypatch.setattr(bot_module, "SCHEMA_CHECK_S", 0.05)
+    settings = make_settings(DISCORD_TOKEN=fake_discord.token)
+    running = asyncio.create_task(run_bot(settings, sqlite_store))
+    await fake_discord.wait_for(lambda: fake_discord.live_sessions and fake_discord.synced_commands())
+    checked = await fake_discord.invoke_command("queue")  # the bot serves: its schema is its own
+    await fake_discord.wait_for(lambda: answer_of(checked))
+    assert not running.done()
+    async with sqlite_store.engine.begin() as connection:
+        await connection.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+
+    with pytest.raises(UnknownSchemaRevision) as stopped:
+        await asyncio.wait_for(running, timeout=10)
+    assert stopped.value.revision == "0099" and stopped.value.newer
+    await fake_discord.wait_for(lambda: not fake_discord.live_sessions)  # closed, not dropped
+    (said,) = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert said.startswith("the bot stops: the database's schema (revision 0099) is not one this jukebot")
 
 
 def _scopes_listing(fake: FakeDiscord) -> dict[str, int]:

@@ -164,6 +164,8 @@ async def test_the_bot_leaves_an_ignored_sighup_ignored(monkeypatch: pytest.Monk
     class StubBot:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             self.closed = asyncio.Event()
+            self.must_stop = asyncio.Event()
+            self.stop_reason = None
 
         async def __aenter__(self) -> StubBot:
             return self
