@@ -477,14 +477,42 @@ def piece_text(
         )
     else:
         tail.append(f"`/continue sample:{sample_id}` extends it from its last sample.")
-    steps = [f"#{piece.order[0]}"] + [
-        f"#{sample}({score:.2f})" for sample, score in zip(piece.order[1:], piece.join_scores, strict=True)
-    ]
+    room = MAX_MESSAGE_CHARS - len(head) - sum(len(line) + 1 for line in tail) - 1
+    order = order_text(piece.order, piece.join_scores, room, more=" more (in the picture)")
+    return "\n".join([head, order, *tail])[:MAX_MESSAGE_CHARS]
+
+
+def order_text(order: Sequence[int], join_scores: Sequence[float], room: int, *, more: str = " more") -> str:
+    """The piece's samples in the order they play, with each join's score, in `room` characters (the
+    first ones, then how many more)."""
     label = "Order (similarity of each join): "
-    room = MAX_MESSAGE_CHARS - len(head) - sum(len(line) + 1 for line in tail) - len(label) - 1
+    steps = [f"#{order[0]}"] + [
+        f"#{sample}({score:.2f})" for sample, score in zip(order[1:], join_scores, strict=True)
+    ]
     shown = " → ".join(steps)
     kept = len(steps)
-    while len(shown) > room and kept > 1:
+    while len(label + shown) > room and kept > 1:
         kept -= 1
-        shown = " → ".join(steps[:kept]) + f" → … {len(steps) - kept} more (in the picture)"
-    return "\n".join([head, label + shown, *tail])[:MAX_MESSAGE_CHARS]
+        shown = " → ".join(steps[:kept]) + f" → … {len(steps) - kept}{more}"
+    return label + shown
+
+
+def order_line(params: Mapping[str, Any], room: int) -> str:
+    """For a post of a curated piece other than `/curate`'s own (`/sample`, or the relay posting a
+    piece whose bot stopped mid-post): a line with its samples in order, from its job's record, in
+    `room` characters. '' for any other job, or a record this bot cannot read."""
+    record = params.get(CURATION_KEY)
+    if not isinstance(record, dict):
+        return ""
+    order, scores = record.get("sample_ids"), record.get("join_scores")
+    if not (
+        isinstance(order, list)
+        and order
+        and all(type(sample) is int for sample in order)
+        and isinstance(scores, list)
+        and len(scores) == len(order) - 1
+        and all(type(score) in (int, float) and math.isfinite(score) for score in scores)
+    ):
+        return ""
+    line = order_text(order, [float(score) for score in scores], room - 1)
+    return "\n" + line if len(line) < room else ""

@@ -59,7 +59,7 @@ import discord
 
 from bot import curating, delivery, pictures, progress
 from bot.actions import cancel_queued_in_gone_channel, missing_posting_permissions
-from bot.errors import fit_message
+from bot.errors import MAX_MESSAGE_CHARS, fit_message
 from bot.progress import quality_label, render_job, style_line
 from bot.requests import may_continue
 from bot.views import progress_view, sample_view
@@ -815,6 +815,7 @@ class ProgressRelay:
                     prime_part,
                 )
                 groups = delivery.with_picture(groups, picture, split_limit)
+            content += curating.order_line(job.params, MAX_MESSAGE_CHARS - len(content))
             view = sample_view(
                 sample.id,
                 votes.get(sample.id, 0),

@@ -114,6 +114,7 @@ class Samples(commands.Cog):
             f"**Sample #{stored.id}** · job #{job.id} by <@{job.user_id}> · "
             f"{stored.duration_seconds:.1f} s · {job_quality(job)}"
         ) + style_line(job.params, stored.index)
+        content += curating.order_line(job.params, MAX_MESSAGE_CHARS - len(content))
         view = sample_view(
             stored.id, votes, can_upsample=can_upsample(job), can_continue=may_continue(stored.codes(2))
         )

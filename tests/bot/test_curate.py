@@ -126,7 +126,9 @@ async def test_curating_a_jobs_samples_posts_one_piece_that_is_stored_resent_and
     await fake.wait_for(lambda: resent.original is not None and not resent.original.loading)
     again = bot_messages(fake)[-1]
     assert again.content.startswith("**Sample #4** · job #2") and again.attachments[0].data == piece.audio
-    assert again.content.endswith(" s · curated piece")  # not a preview: no Upsample button either
+    head, order = again.content.split("\n")
+    assert head.endswith(" s · curated piece")  # not a preview: no Upsample button either
+    assert order.startswith("Order (similarity of each join): #"), order  # what it was joined from
     assert again.custom_ids == ["jukebot:vote:4", "jukebot:continue:4"]
 
     # continuable from its concatenated top-level codes, in the style of its last sample; not upsampled

@@ -4,12 +4,23 @@ back as the bot stops (or run out, if it dies), it is posted by the next bot's r
 
 from __future__ import annotations
 
+from sampler.jobspec import CURATION_KEY
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
 from tests.bot.fake_discord import FakeDiscord
-from tests.bot.harness import make_bot, relay_of, sample_message, sample_posts, when
+from tests.bot.harness import answer_of, make_bot, relay_of, sample_message, sample_posts, when
 from tests.bot.test_curate import final_reply, made_job
 from tests.waiting import wait_until
+
+
+async def order_of(store: JobStore, job_id: int) -> str:
+    """The order line a curated piece's message carries, written out from its job's record."""
+    record = (await store.get_job(job_id)).params[CURATION_KEY]
+    first, *rest = record["sample_ids"]
+    joins = "".join(
+        f" → #{sample}({score:.2f})" for sample, score in zip(rest, record["join_scores"], strict=True)
+    )
+    return f"\nOrder (similarity of each join): #{first}{joins}"
 
 
 async def test_a_piece_whose_post_a_stop_cut_off_is_posted_by_the_next_bot(
@@ -38,6 +49,7 @@ async def test_a_piece_whose_post_a_stop_cut_off_is_posted_by_the_next_bot(
     piece = sample_message(fake, 4)
     assert piece is not None and "jukebot:vote:4" in piece.custom_ids
     assert "jukebot:upsample:4" not in piece.custom_ids  # a piece is not upsampled (its samples are)
+    assert await order_of(store, 2) in piece.content, piece.content  # what it was joined from, in order
 
 
 async def test_a_piece_posted_whole_is_left_alone_by_the_relay(
@@ -51,3 +63,8 @@ async def test_a_piece_posted_whole_is_left_alone_by_the_relay(
     assert (await store.get_job(2)).results_posted_at is not None
     await relay_of(bot).run_pass()
     assert len(sample_posts(fake, 4)) == 1
+    # Posted again, it still says what it was joined from, in order.
+    again = await fake.invoke_command("sample", {"id": 4})
+    message = await fake.wait_for(lambda: answer_of(again))
+    assert message.content.startswith("**Sample #4** · job #2 ") and message.attachments
+    assert message.content.endswith(await order_of(store, 2)), message.content

@@ -12,13 +12,14 @@ from bot.curating import (
     Selection,
     Similarity,
     check_duration,
+    order_line,
     parse_sample_ids,
     piece_params,
     piece_text,
 )
 from bot.errors import MAX_MESSAGE_CHARS, InvalidRequest
 from bot.progress import header
-from sampler.jobspec import parse_params
+from sampler.jobspec import CURATION_KEY, parse_params
 from storage.models import JobKind, JobStatus
 from storage.records import Job
 
@@ -133,3 +134,29 @@ def test_samples_too_long_to_join_in_the_bots_memory_are_refused() -> None:
         "Those 3 samples last 1 h 50 min together; one /curate joins at most 30 min of audio. Pick "
         'fewer or shorter samples with `samples:` (e.g. "12, 15, 19").'
     )
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        None,
+        "1,2,3",
+        {"sample_ids": [1, 2, 3], "join_scores": [0.5]},  # a join's score missing
+        {"sample_ids": [1, "2"], "join_scores": [0.5]},
+        {"sample_ids": [1, 2], "join_scores": [float("nan")]},
+        {"sample_ids": [], "join_scores": []},
+        {"sample_ids": [True, 2], "join_scores": [0.5]},
+    ],
+)
+def test_a_curation_record_this_bot_cannot_read_adds_no_order_line(record: object) -> None:
+    params = {"artist": "queen"} if record is None else {"artist": "queen", CURATION_KEY: record}
+    assert order_line(params, MAX_MESSAGE_CHARS) == ""
+
+
+def test_a_long_order_line_keeps_to_its_room_and_says_how_many_more() -> None:
+    record = {"sample_ids": list(range(1000, 1200)), "join_scores": [0.5] * 199}
+    line = order_line({CURATION_KEY: record}, 300)
+    assert len(line) <= 300 and line.startswith("\nOrder (similarity of each join): #1000 → #1001(0.50)")
+    shown = line.count("#") - 1  # the first sample has no score
+    assert line.endswith(f" → … {200 - shown - 1} more"), line
+    assert order_line({CURATION_KEY: record}, 20) == ""  # not even the first sample fits
