@@ -78,6 +78,18 @@ def test_compose_has_postgres_bot_gpu_worker_and_a_model_tool(compose: dict[str,
     assert services["worker"]["environment"]["DISCORD_TOKEN"] == ""  # a worker never needs it
 
 
+def test_every_long_running_service_rotates_its_log_and_jukebots_run_under_an_init(
+    compose: dict[str, Any],
+) -> None:
+    """Docker's default json-file log grows without end; jukebot as PID 1 would not reap orphans."""
+    services = compose["services"]
+    for name in ("postgres", "bot", "worker"):
+        logging = services[name]["logging"]
+        assert logging["driver"] == "json-file" and logging["options"]["max-size"], name
+        assert int(logging["options"]["max-file"]) >= 2, name
+    assert services["bot"]["init"] is True and services["worker"]["init"] is True
+
+
 def test_every_jukebot_service_reads_the_repository_roots_env(compose: dict[str, Any]) -> None:
     for name in ("bot", "worker", "models"):
         env_file = compose["services"][name]["env_file"]
