@@ -596,6 +596,7 @@ async def enqueue_and_announce(
             max_running_per_user=bot.settings.max_running_jobs_per_user,
             max_queued_per_user=bot.settings.max_queued_jobs_per_user,
             server_overrides=True,
+            max_unfinished_per_user_all_servers=bot.settings.max_jobs_per_user_all_servers or None,
         )
 
     try:

@@ -131,10 +131,19 @@ def check_capacity(limits: Limits, user_jobs: Sequence[Job]) -> None:
         )
 
 
+LISTED_JOBS_ROOM = 200  # characters for the jobs a refusal names: a high limit's list stays short
+
+
 def capacity_refusal(reached: UserJobLimitReached) -> LimitReached:
     """What the user reads when their running or queued jobs are at the limit."""
-    ids = ", ".join(f"#{job_id}" for job_id in reached.job_ids)
+    ids = listed([f"#{job_id}" for job_id in reached.job_ids], LISTED_JOBS_ROOM)
     first = reached.job_ids[0]
+    if reached.all_servers:
+        return LimitReached(
+            f"You have {_count(len(reached.job_ids), 'job')} queued or running in this bot's servers "
+            f"({ids}), and this bot takes at most {reached.limit} per member in all its servers together; "
+            f"try again when job #{first} finishes (or cancel one with /cancel in its server)."
+        )
     if reached.running:
         return LimitReached(
             f"You have {_count(len(reached.job_ids), 'job')} running ({ids}), the limit here is "

@@ -94,15 +94,21 @@ class InvalidGuildSettings(StorageError):
 
 class UserJobLimitReached(StorageError):
     """The user already has as many running (`running=True`) or queued jobs in the server as its
-    limit allows; nothing was written. `job_ids` are those jobs, oldest first."""
+    limit allows, or (`all_servers=True`) as many unfinished jobs in all servers together as the
+    bot-wide limit allows; nothing was written. `job_ids` are those jobs, oldest first."""
 
-    def __init__(self, *, running: bool, job_ids: tuple[int, ...], limit: int) -> None:
-        state = "running" if running else "waiting in the queue"
+    def __init__(
+        self, *, running: bool, job_ids: tuple[int, ...], limit: int, all_servers: bool = False
+    ) -> None:
+        state = (
+            "unfinished in all servers" if all_servers else "running" if running else "waiting in the queue"
+        )
         ids = ", ".join(f"#{job_id}" for job_id in job_ids)
         super().__init__(f"You already have {len(job_ids)} job(s) {state} ({ids}); the limit is {limit}.")
         self.running = running
         self.job_ids = job_ids
         self.limit = limit
+        self.all_servers = all_servers
 
 
 class ServerLeft(StorageError):

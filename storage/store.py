@@ -460,6 +460,7 @@ class JobStore:
         max_running_per_user: int | None = None,
         max_queued_per_user: int | None = None,
         server_overrides: bool = False,
+        max_unfinished_per_user_all_servers: int | None = None,
     ) -> int:
         """Queue a job and return its id. Lower `priority` runs first. Nothing is written on error.
 
@@ -473,6 +474,9 @@ class JobStore:
         an admin's change lands wholly before the job is queued or wholly after (when it reaches the
         job as it reaches every unfinished one), never half-way, as it could between a caller's read and
         this insert (a clip's download).
+
+        With `max_unfinished_per_user_all_servers`, the user's queued and running jobs in every server
+        together are counted the same way (`UserJobLimitReached(all_servers=True)`).
 
         A job for a server the bot was removed from and is not in again raises `ServerLeft`.
         """
@@ -495,6 +499,7 @@ class JobStore:
         for name, limit in (
             ("max_running_per_user", max_running_per_user),
             ("max_queued_per_user", max_queued_per_user),
+            ("max_unfinished_per_user_all_servers", max_unfinished_per_user_all_servers),
         ):
             if limit is not None:
                 _check_count(name, limit, minimum=1)
@@ -523,6 +528,10 @@ class JobStore:
             await self._check_user_limits(
                 connection, user_id, guild_id, max_running_per_user, max_queued_per_user
             )
+            if max_unfinished_per_user_all_servers is not None:
+                await self._check_user_limit_all_servers(
+                    connection, user_id, max_unfinished_per_user_all_servers
+                )
             if parent_sample_id is not None:
                 await self._require_sample(connection, parent_sample_id)
             if job_kind is JobKind.UPSAMPLE:
@@ -634,6 +643,22 @@ class JobStore:
             raise UserJobLimitReached(running=True, job_ids=running, limit=max_running)
         if max_queued is not None and len(queued) >= max_queued:
             raise UserJobLimitReached(running=False, job_ids=queued, limit=max_queued)
+
+    async def _check_user_limit_all_servers(
+        self, connection: AsyncConnection, user_id: int, limit: int
+    ) -> None:
+        unfinished = tuple(
+            await connection.scalars(
+                select(jobs.c.id)
+                .where(
+                    jobs.c.user_id == user_id,
+                    jobs.c.status.in_([status.value for status in UNFINISHED_STATUSES]),
+                )
+                .order_by(jobs.c.id)
+            )
+        )
+        if len(unfinished) >= limit:
+            raise UserJobLimitReached(running=False, job_ids=unfinished, limit=limit, all_servers=True)
 
     # ------------------------------------------------------------------ worker side
 
