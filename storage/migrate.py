@@ -270,10 +270,15 @@ def downgrade(url: str, revision: str = "base") -> None:
 _DELETED_FROM = frozenset({"votes", "primes", "workers", "left_guilds"})
 
 
+class ReadOnlySessions(Exception):
+    """The database user's Postgres sessions take no writes (`transaction_read_only`): the user's or
+    the database's `default_transaction_read_only`, or a standby server. No GRANT changes that."""
+
+
 async def missing_rights_async(url: str) -> list[str]:
     """What the database user lacks to run jukebot on a migrated Postgres database: rights on its
-    tables (`jobs: INSERT, DELETE`) and on the sequences of their ids, or a session that may not write
-    (a read-only user, a standby). Nothing on SQLite (the file's mode decides, and says so on use).
+    tables (`jobs: INSERT, DELETE`) and on the sequences of their ids; `ReadOnlySessions` when its
+    sessions may not write at all. Nothing on SQLite (the file's mode decides, and says so on use).
 
     A database at the latest schema migrates nothing, so nothing else tries the user's rights before
     its first job: without this, a worker would log a traceback on every poll."""
@@ -290,7 +295,8 @@ async def missing_rights_async(url: str) -> list[str]:
         with_ids = [t.name for t in tables if "id" in t.c and t.c.id.primary_key and t.c.id.autoincrement]
         # Three statements, not one per table and right: a remote database answers each in a round trip.
         async with engine.connect() as connection:
-            read_only = await connection.scalar(sa_text("SHOW transaction_read_only")) == "on"
+            if await connection.scalar(sa_text("SHOW transaction_read_only")) == "on":
+                raise ReadOnlySessions()
             held = list(
                 await connection.scalars(
                     sa_text(
@@ -311,9 +317,7 @@ async def missing_rights_async(url: str) -> list[str]:
                     {"tables": with_ids},
                 )
             ).all()
-        missing = (
-            ["any write (its sessions are read-only: a read-only user, or a standby)"] if read_only else []
-        )
+        missing: list[str] = []
         unusable = {table: sequence for table, sequence, usable in sequences if not usable}
         for table in tables:
             lacking = [

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 _NO_SUCH_DATABASE = "3D000"
 _LOGIN_REFUSED = ("28000", "28P01")
 _INSUFFICIENT_PRIVILEGE = "42501"
+_READ_ONLY_TRANSACTION = "25006"
 
 
 def settings_or_exit(*, warn_misspelled: bool = True) -> Settings:
@@ -252,9 +253,25 @@ def raised_by_output(error: BaseException) -> bool:
 def specific_database_problem(error: BaseException, settings: Settings) -> str | None:
     """The sentence for a database problem with a fix of its own (no such database, a refused
     user, not a SQLite file, a schema from a newer jukebot), or None."""
-    from storage.migrate import ForeignTables, MigrationBlocked, NoRoomToMigrate, UnknownSchemaRevision
+    from storage.migrate import (
+        ForeignTables,
+        MigrationBlocked,
+        NoRoomToMigrate,
+        ReadOnlySessions,
+        UnknownSchemaRevision,
+    )
 
     shown = settings.database_url_for_display
+    if isinstance(error, ReadOnlySessions) or (
+        isinstance(error, DBAPIError) and getattr(error.orig, "sqlstate", None) == _READ_ONLY_TRANSACTION
+    ):
+        user = postgres_user(settings)
+        return (
+            f"The database at {shown} takes no writes from Postgres user {user!r}: its sessions are "
+            "read-only (the server is a standby, or `default_transaction_read_only` is on for the user or "
+            f"the database): point DATABASE_URL at the primary server, or turn it off (`ALTER ROLE {user} "
+            "SET default_transaction_read_only = off`, and the same for the database); nothing was changed."
+        )
     if isinstance(error, NoRoomToMigrate):
         return (
             f"The database at {shown} was not upgraded: {error}. Free some space on that disk (or move "

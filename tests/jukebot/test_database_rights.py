@@ -17,7 +17,14 @@ from sqlalchemy.engine import make_url
 
 from jukebot.cli import main
 from storage.engine import create_engine
-from tests.conftest import POSTGRES_URL, TEST_DATABASE_PREFIX, _in_thread, _maintenance_engine
+from tests.conftest import (
+    POSTGRES_URL,
+    TEST_DATABASE_PREFIX,
+    _create_postgres_database,
+    _drop_postgres_database,
+    _in_thread,
+    _maintenance_engine,
+)
 from tests.unprivileged import SetMode, set_mode, without_read_privileges
 
 __all__ = ["set_mode"]  # a fixture
@@ -143,3 +150,48 @@ def _refused_until_it_may_write(role_without_rights: str, postgres_database: str
         "db", "upgrade", DATABASE_URL=url
     )  # a user with every right it needs, not the owner
     assert code == 0 and "already at the latest schema" in output, output
+
+
+@pytest.mark.postgres
+def test_a_postgres_user_whose_sessions_are_read_only_is_told_so_not_to_grant_rights(
+    postgres_database: str, role_without_rights: str
+) -> None:
+    """A role with `default_transaction_read_only` (or a standby): its first migration stopped on the
+    driver's "cannot execute CREATE TABLE in a read-only transaction", and at the latest schema it was
+    told to GRANT rights it already had, which changes nothing."""
+    server = make_url(POSTGRES_URL)
+    name = f"{TEST_DATABASE_PREFIX}{uuid.uuid4().hex[:16]}"  # its own: the role will own it
+    role = f'"{role_without_rights}"'
+
+    async def as_superuser(statement: str) -> None:
+        engine = create_engine(f"postgresql+asyncpg://{server.username}@{server.host}:{server.port}/{name}")
+        try:
+            async with engine.begin() as connection:
+                await connection.exec_driver_sql(statement)
+        finally:
+            await engine.dispose()
+
+    def run(statement: str) -> None:
+        _in_thread(lambda: asyncio.run(as_superuser(statement)))
+
+    url = f"postgresql://{role_without_rights}@{server.host}:{server.port}/{name}"
+    told = (
+        f"The database at postgresql+asyncpg://{role_without_rights}@{server.host}:{server.port}/{name} "
+        f"takes no writes from Postgres user '{role_without_rights}': its sessions are read-only"
+    )
+    _in_thread(lambda: asyncio.run(_create_postgres_database(name)))
+    try:
+        run(f'ALTER DATABASE "{name}" OWNER TO {role}')
+        run(f"ALTER ROLE {role} SET default_transaction_read_only = on")
+        code, output = invoke("db", "upgrade", DATABASE_URL=url)  # an empty database: the first migration
+        assert code == 1 and told in output, output
+        assert f"ALTER ROLE {role_without_rights} SET default_transaction_read_only = off" in output, output
+
+        run(f"ALTER ROLE {role} SET default_transaction_read_only = off")
+        assert invoke("db", "upgrade", DATABASE_URL=url)[0] == 0
+        run(f"ALTER ROLE {role} SET default_transaction_read_only = on")
+        for command in (("db", "upgrade"), ("worker",)):  # at the latest schema: nothing migrates
+            code, output = invoke(*command, DATABASE_URL=url, JUKEBOT_GPUS="cpu")
+            assert code == 1 and told in output and "GRANT" not in output, output
+    finally:  # the database, then the role (its fixture): nothing of the role is left
+        _in_thread(lambda: asyncio.run(_drop_postgres_database(name)))
