@@ -217,6 +217,13 @@ async def check_can_enqueue(bot: JukeBot, interaction: discord.Interaction[Any])
     check_bot_can_post(interaction)
     mine = [job for job in await bot.store.unfinished_jobs(guild_id) if job.user_id == interaction.user.id]
     check_capacity(limits, mine)
+    if bot.settings.max_jobs_per_user_all_servers:
+        try:
+            await bot.store.check_user_limit_all_servers(
+                interaction.user.id, bot.settings.max_jobs_per_user_all_servers
+            )
+        except UserJobLimitReached as reached:
+            raise capacity_refusal(reached) from None
     return limits
 
 

@@ -644,6 +644,12 @@ class JobStore:
         if max_queued is not None and len(queued) >= max_queued:
             raise UserJobLimitReached(running=False, job_ids=queued, limit=max_queued)
 
+    async def check_user_limit_all_servers(self, user_id: int, limit: int) -> None:
+        """Raise `UserJobLimitReached(all_servers=True)` when the user has `limit` unfinished jobs in
+        all servers together: a quick check before the work of a request (`enqueue` checks again)."""
+        async with self._reading() as connection:
+            await self._check_user_limit_all_servers(connection, user_id, limit)
+
     async def _check_user_limit_all_servers(
         self, connection: AsyncConnection, user_id: int, limit: int
     ) -> None:

@@ -6,8 +6,10 @@ from __future__ import annotations
 from bot.bot import JukeBot
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
-from tests.bot.fake_discord import FakeDiscord
-from tests.bot.harness import job_count, make_settings, queue_song, reply_of
+from tests.bot.fake_discord import FakeDiscord, Upload
+from tests.bot.harness import job_count, make_settings, prime_wav, queue_song, reply_of
+
+ATTACHMENT_DOWNLOAD = ("GET", "/attachments/{channel_id}/{attachment_id}/{filename}")
 
 
 async def test_a_member_at_the_bot_wide_limit_is_refused_in_another_server(
@@ -23,7 +25,12 @@ async def test_a_member_at_the_bot_wide_limit_is_refused_in_another_server(
     await queue_song(fake, "alice")  # job 2: within this server's own limit of 3
 
     refused = await fake.invoke_command(
-        "jukebox", {}, user=alice, guild=other, channel=other.channel("lounge")
+        "jukebox",
+        {},
+        user=alice,
+        guild=other,
+        channel=other.channel("lounge"),
+        attachments={"prime": Upload("riff.wav", prime_wav(3.0))},
     )
     assert await reply_of(fake, refused) == (
         "You have 2 jobs queued or running in this bot's servers (#1, #2), and this bot takes at most 2 "
@@ -31,4 +38,5 @@ async def test_a_member_at_the_bot_wide_limit_is_refused_in_another_server(
         "/cancel in its server)."
     )
     assert await job_count(db_store) == 2
+    assert not fake.calls(*ATTACHMENT_DOWNLOAD)  # refused before its clip was fetched and decoded
     await queue_song(fake, "bob")  # another member's jobs are their own
