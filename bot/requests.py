@@ -140,9 +140,9 @@ def capacity_refusal(reached: UserJobLimitReached) -> LimitReached:
     first = reached.job_ids[0]
     if reached.all_servers:
         return LimitReached(
-            f"You have {_count(len(reached.job_ids), 'job')} queued or running in this bot's servers "
-            f"({ids}), and this bot takes at most {reached.limit} per member in all its servers together; "
-            f"try again when job #{first} finishes (or cancel one with /cancel in its server)."
+            f"You have {_count(len(reached.job_ids), 'unfinished job')} in all servers ({ids}), and this bot "
+            f"takes at most {reached.limit} per member in all servers together; try again when job #{first} "
+            "ends (or cancel one with /cancel in its server)."
         )
     if reached.running:
         return LimitReached(

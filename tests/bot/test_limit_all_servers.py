@@ -33,9 +33,8 @@ async def test_a_member_at_the_bot_wide_limit_is_refused_in_another_server(
         attachments={"prime": Upload("riff.wav", prime_wav(3.0))},
     )
     assert await reply_of(fake, refused) == (
-        "You have 2 jobs queued or running in this bot's servers (#1, #2), and this bot takes at most 2 "
-        "per member in all its servers together; try again when job #1 finishes (or cancel one with "
-        "/cancel in its server)."
+        "You have 2 unfinished jobs in all servers (#1, #2), and this bot takes at most 2 per member in "
+        "all servers together; try again when job #1 ends (or cancel one with /cancel in its server)."
     )
     assert await job_count(db_store) == 2
     assert not fake.calls(*ATTACHMENT_DOWNLOAD)  # refused before its clip was fetched and decoded

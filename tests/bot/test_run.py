@@ -54,8 +54,9 @@ async def test_the_bot_stops_once_a_newer_jukebot_migrated_its_database(
         await asyncio.wait_for(running, timeout=10)
     assert stopped.value.revision == "0099" and stopped.value.newer
     await fake_discord.wait_for(lambda: not fake_discord.live_sessions)  # closed, not dropped
-    (said,) = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert said.startswith("the bot stops: the database's schema (revision 0099) is not one this jukebot")
+    (stop,) = [r for r in caplog.records if r.getMessage().startswith("the bot stops")]
+    assert stop.levelno == logging.ERROR
+    assert stop.getMessage().startswith("the bot stops: the database's schema (revision 0099) is not one")
 
 
 def _scopes_listing(fake: FakeDiscord) -> dict[str, int]:
