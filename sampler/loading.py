@@ -33,6 +33,7 @@ from sampler.model_files import (
     SidecarError,
     file_status,
     model_path,
+    name_the_checkpoint,
     read_sidecar,
     require_checkpoints,
     sidecar_path,
@@ -158,7 +159,8 @@ class ModelDirectory:
             if exc.__cause__ is not None and is_out_of_memory(exc.__cause__):
                 raise exc.__cause__ from None  # the reader ran out of memory: the file may be fine
             sidecar = exc.sidecar if isinstance(exc, SidecarFault) else None
-            raise ModelFileUnusable(self.model, name, path, str(exc), sidecar) from exc
+            problem = name_the_checkpoint(str(exc), self.model)  # the advice's placeholder: the model
+            raise ModelFileUnusable(self.model, name, path, problem, sidecar) from exc
         except (PermissionError, FileNotFoundError):
             # Gone, or this user may not read it (no verdict on the file): as `file_status` sees it,
             # which also decides whether the model is served.

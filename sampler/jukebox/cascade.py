@@ -255,6 +255,10 @@ def _is_integer(tensor: Tensor) -> bool:
     return integer and tensor.device.type != "meta"
 
 
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _describe(value: object) -> str:
     if isinstance(value, Tensor):
         return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
@@ -629,6 +633,17 @@ class Cascade:
             raise SamplingError(f"chunk_size must be at least 1, or {ONE_PASS} for one pass")
         if request.mode == "upsample" and top in levels:
             raise SamplingError("upsample samples the lower levels only: leave the top level out")
+        # Given to another mode they went unused: a song forgot its prompt without a word.
+        if request.prompt is not None and request.mode != "primed":
+            raise SamplingError(
+                f"a prompt is sampled from in mode 'primed' only, and this request's mode is "
+                f"{request.mode!r}: set mode='primed', or leave the prompt out"
+            )
+        if request.codes is not None and request.mode not in ("continue", "upsample"):
+            raise SamplingError(
+                f"codes are used in modes 'continue' and 'upsample' only, and this request's mode is "
+                f"{request.mode!r}: set one of them, or leave the codes out"
+            )
         if request.mode == "primed":
             self._check_prompt(request, n_samples, sample_length)
         if request.mode in ("continue", "upsample"):
@@ -710,6 +725,18 @@ class Cascade:
                 where = "" if request.styles is None else f"style {index}: "
                 raise SamplingError(where + self._unknown_label(style, exc)) from None
         return [spelled[(style.artist, style.genre)] for style in request.sample_styles()]
+
+    def _style_ids(self, request: SamplingRequest) -> list[tuple[int, list[int]]] | None:
+        """Each sample's artist id and genre ids, as sampling resolves them; None for a request whose
+        names do not resolve (it did not pass `check`)."""
+        try:
+            vocabulary = self._vocabulary()
+            return [
+                (vocabulary.resolve_artist(style.artist).id, list(vocabulary.resolve_genres(style.genre).ids))
+                for style in request.sample_styles()
+            ]
+        except (LabelError, SamplingError, AttributeError, TypeError):
+            return None
 
     def _unknown_label(self, style: SampleStyle, exc: LabelError) -> str:
         """What `jukebot sample` says of a name its model does not know, in the API's terms."""
@@ -860,8 +887,11 @@ class Cascade:
         """One hash per field of `request` that decides its codes, kept in the states sampled for it so
         that `check_state` refuses them to another request. Not `levels` (a preview's state goes on to
         the full song, and a run stopped at one level resumes with others), `max_batch_size` or
-        `chunk_size` (the same draws in any batching), nor the device. The prompt and codes count by
-        what the request holds (in upsample mode the input codes, not the state's)."""
+        `chunk_size` (the same draws in any batching, but for `rng="reference"`, whose draws follow
+        its batches), nor the device. The prompt and codes count by what the request holds (in
+        upsample mode the input codes, not the state's). Artists and genres count by the ids they
+        resolve to ('The Beatles' samples as 'the beatles' does); "styles", their names as the
+        labels read them, is kept for states of earlier versions, which lack "style_ids"."""
         try:  # the names as the labels read them: 'celine dion' samples as 'céline dion' does
             spellings = self._label_spellings(request)
         except (SamplingError, AttributeError, TypeError):  # a request that did not pass `check`: as given
@@ -888,6 +918,13 @@ class Cascade:
             "seed": int(request.seed),
             "rng": request.rng,
         }
+        ids = self._style_ids(request)
+        if ids is not None:
+            fields["style_ids"] = [
+                [*labels, style.lyrics] for labels, style in zip(ids, request.sample_styles(), strict=True)
+            ]
+        if request.rng == "reference":
+            fields["max_batch_size"] = [int(size) for size in request.max_batch_size]
         if request.mode == "primed" and request.prompt is not None:
             fields["prompt"] = _tensor_digest(request.prompt, torch.float32)
         if request.mode in ("continue", "upsample") and request.codes is not None:
@@ -922,6 +959,9 @@ class Cascade:
             differ = [
                 name for name, value in state.request_digest.items() if name in now and now[name] != value
             ]
+            if "style_ids" in state.request_digest and "style_ids" in now:
+                # Compared by ids: the same artists and genres spelled otherwise are the same styles.
+                differ = ["styles" if name == "style_ids" else name for name in differ if name != "styles"]
             if differ:
                 raise SamplingError(
                     f"it was saved for another request (other {', '.join(differ)}): start without it"
@@ -937,7 +977,11 @@ class Cascade:
                 raise SamplingError(
                     f"its level-{level} codes have shape {shape}, not ({request.n_samples}, tokens)"
                 )
-            if codes.shape[1] * self.hops[level] > request.sample_length:
+            longest = request.sample_length // self.hops[level]
+            base = state.level_base.get(level, 0) if isinstance(state.level_base, dict) else 0
+            if request.rng == "reference" and longest < self.priors.config(level).n_ctx and _is_count(base):
+                longest += base  # the reference's partial window samples the song's length after them
+            if codes.shape[1] > longest:
                 raise SamplingError(f"its level-{level} codes are longer than the song")
             if codes.numel():
                 low, high = int(codes.min()), int(codes.max())
@@ -1031,6 +1075,13 @@ class Cascade:
             raise SamplingError(f"progress_every must be a whole number of tokens, got {progress_every!r}")
         if progress_every < 1:
             raise SamplingError(f"progress_every must be at least 1 token, got {progress_every}")
+        for name, given in (
+            ("on_progress", on_progress),
+            ("on_window", on_window),
+            ("should_stop", should_stop),
+        ):
+            if given is not None and not callable(given):  # else it fails only after a window's work
+                raise SamplingError(f"{name} must be a function (or None), got {given!r}")
         digest = self.request_digest(request)
         if state is None:
             state = self.initial_state(request, digest)

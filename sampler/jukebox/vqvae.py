@@ -496,6 +496,8 @@ class VQVAE(nn.Module):
     def _check_codes(self, codes: torch.Tensor, level: int) -> None:
         if not isinstance(codes, torch.Tensor) or codes.dtype.is_floating_point or codes.dtype == torch.bool:
             raise VQVAEInputError(f"codes must be an integer tensor, got {_describe(codes)}")
+        if codes.device.type == "meta":  # a shape without values: there is nothing to decode
+            raise VQVAEInputError(f"codes must hold values, got {_describe(codes)} on the meta device")
         if codes.dim() != 2 or codes.shape[1] == 0:
             raise VQVAEInputError(
                 f"codes of level {level} must be shaped (batch, tokens); got {tuple(codes.shape)}"

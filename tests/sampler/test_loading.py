@@ -70,8 +70,11 @@ def test_a_file_with_weights_that_are_not_numbers_fails_loading(model_dir: Path,
     key = next(key for key, value in state.items() if value.is_floating_point() and value.ndim == 2)
     state[key][0, 0] = float("nan")
     save_checkpoint(state, path)
-    with pytest.raises(ModelFileUnusable, match=r"NaN or infinite values, first in .*: the file is damaged"):
+    with pytest.raises(
+        ModelFileUnusable, match=r"NaN or infinite values, first in .*: the file is damaged"
+    ) as e:
         ModelDirectory(broken, "1b_lyrics").load_prior(2)
+    assert "re-download it with `jukebot models download 1b_lyrics`" in str(e.value)  # not `<model>`
 
 
 def test_a_weight_too_large_for_half_precision_fails_loading_saying_so(

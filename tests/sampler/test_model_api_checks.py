@@ -358,6 +358,30 @@ def test_check_refuses_codes_that_are_not_whole_numbers(
             cascade.check(wanted)
 
 
+@pytest.mark.parametrize("mode", ["ancestral", "continue", "upsample"])
+def test_check_refuses_a_prompt_another_mode_would_leave_unused(cascade: Cascade, mode: Any) -> None:
+    """A prompt given without mode="primed" was ignored: the song came out unprimed, without a word."""
+    with pytest.raises(SamplingError, match=rf"sampled from in mode 'primed' only, .* mode is '{mode}'"):
+        cascade.check(request(mode=mode, prompt=PROMPT, levels=(0, 1) if mode == "upsample" else (2,)))
+
+
+@pytest.mark.parametrize("mode", ["ancestral", "primed"])
+def test_check_refuses_codes_another_mode_would_leave_unused(
+    cascade: Cascade, top_codes: torch.Tensor, mode: Any
+) -> None:
+    prompt = PROMPT if mode == "primed" else None
+    with pytest.raises(SamplingError, match=rf"'continue' and 'upsample' only, .* mode is '{mode}'"):
+        cascade.check(request(mode=mode, prompt=prompt, codes=(None, None, top_codes)))
+
+
+@pytest.mark.parametrize("callback", ["on_progress", "on_window", "should_stop"])
+def test_sample_refuses_a_callback_that_is_not_a_function_before_any_work(
+    cascade: Cascade, callback: str
+) -> None:
+    with pytest.raises(SamplingError, match=rf"^{callback} must be a function \(or None\), got 5$"):
+        cascade.sample(request(), **{callback: 5})
+
+
 # ---- 8. decode
 
 
@@ -375,6 +399,7 @@ def test_decode_takes_any_integer_dtype(cascade: Cascade, top_codes: torch.Tenso
         (lambda top: top.numpy(), 2, "codes must be an integer tensor, got ndarray"),
         (lambda top: top.float(), 2, "codes must be an integer tensor"),
         (lambda top: top, "2", "level must be a whole number, got '2'"),
+        (lambda top: top.to("meta"), 2, "codes must hold values, got a torch.int64 tensor of shape"),
     ],
 )
 def test_decode_refuses_what_is_not_codes(

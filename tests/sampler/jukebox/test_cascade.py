@@ -89,6 +89,42 @@ def test_a_job_resumed_with_other_batch_sizes_equals_an_unbroken_run(cascade: Ca
         assert all(torch.equal(a, b) for a, b in zip(unbroken.codes, resumed.codes, strict=True))
 
 
+def test_a_reference_state_refuses_other_batch_sizes(cascade: Cascade) -> None:
+    """rng="reference" draws as jukebox-infer does, per batch: resumed with other batch sizes, its codes
+    were neither run's, without a word."""
+    saved: list[bytes] = []
+    cascade.sample(request(rng="reference"), on_window=lambda s: saved.append(s.to_bytes()))
+    other = request(rng="reference", max_batch_size=(2, 1, 1))
+    with pytest.raises(SamplingError, match=r"other max_batch_size"):
+        cascade.sample(other, CascadeState.from_bytes(saved[1]))
+
+
+def test_a_short_primed_song_sampled_as_the_reference_resumes_from_its_own_states(cascade: Cascade) -> None:
+    """The reference's partial window samples the song's length after the prompt, so the song comes
+    out longer than asked (kept for parity); its states were refused as "longer than the song"."""
+    req = request(rng="reference", mode="primed", prompt=tiny_audio(batch=2, samples=256), sample_length=512)
+    saved: list[bytes] = []
+    unbroken = cascade.sample(req, on_window=lambda s: saved.append(s.to_bytes()))
+    assert unbroken.codes[2].shape[1] > 512 // 16  # longer than asked
+    assert saved
+    for blob in saved:
+        resumed = cascade.sample(req, CascadeState.from_bytes(blob))
+        assert all(torch.equal(a, b) for a, b in zip(unbroken.codes, resumed.codes, strict=True))
+
+
+def test_a_state_resumes_with_the_same_names_written_otherwise(cascade: Cascade) -> None:
+    """Names are forgiven their case, accents and spacing when sampled; a state saved for 'The Beatles'
+    was refused to 'the beatles', which samples the same codes."""
+    saved: list[bytes] = []
+    unbroken = cascade.sample(
+        request(artist="The Beatles", genre="Rock"), on_window=lambda s: saved.append(s.to_bytes())
+    )
+    resumed = cascade.sample(request(), CascadeState.from_bytes(saved[1]))
+    assert all(torch.equal(a, b) for a, b in zip(unbroken.codes, resumed.codes, strict=True))
+    with pytest.raises(SamplingError, match=r"other styles\)"):
+        cascade.sample(request(artist="queen"), CascadeState.from_bytes(saved[1]))
+
+
 def test_cancel_stops_inside_a_window_and_keeps_finished_windows(cascade: Cascade) -> None:
     calls = 0
 
