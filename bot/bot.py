@@ -172,7 +172,7 @@ class JukeBot(commands.Bot):
     async def _watch_schema(self) -> None:
         """Stop once a newer jukebot migrated the database, as workers do: this bot's requests and
         votes would ignore what the new schema holds. Its restart then refuses the database, saying why."""
-        from storage.migrate import UnknownSchemaRevision, head_revision
+        from storage.migrate import UnknownSchemaRevision, head_revision, why_schema_not_ours
 
         while True:
             await asyncio.sleep(SCHEMA_CHECK_S)  # a period to wait out, not a wait for some state
@@ -182,12 +182,7 @@ class JukeBot(commands.Bot):
                 log.debug("could not read the database's schema revision: %r", exc)
                 continue
             if revisions:
-                log.error(
-                    "the bot stops: the database's schema (revision %s) is not one this jukebot knows: a "
-                    "newer jukebot migrated it (upgrade jukebot on this machine: machines sharing one "
-                    "database must run the same version), or another program wrote it",
-                    ", ".join(revisions),
-                )
+                log.error("the bot stops: %s", why_schema_not_ours(revisions))
                 self.stop_reason = UnknownSchemaRevision(" and ".join(revisions), head_revision())
                 self.must_stop.set()
                 return

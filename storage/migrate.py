@@ -11,6 +11,7 @@ import functools
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,15 @@ MIGRATION_TRIES = 6
 _PG_LOCK_NOT_AVAILABLE = "55P03"
 
 log = logging.getLogger(__name__)
+
+
+def why_schema_not_ours(revisions: Sequence[str]) -> str:
+    """Why a bot or worker that started on its own schema stops once `revisions` replaced it."""
+    return (
+        f"the database's schema (revision {', '.join(revisions)}) is not one this jukebot knows: a newer "
+        "jukebot migrated it (upgrade jukebot on this machine: machines sharing one database must run the "
+        "same version), or another program wrote it"
+    )
 
 
 class UnknownSchemaRevision(Exception):

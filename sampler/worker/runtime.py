@@ -1049,15 +1049,15 @@ class Worker:
         """Whether a newer jukebot migrated the database since this worker started: its claims would
         ignore what the new schema holds (a newer limit, a newer kind of job), so it stops, its job back
         in the queue for a worker of that version (its own restart refuses the database, saying so)."""
+        from storage.migrate import why_schema_not_ours  # (loaded already: the store's read imports it)
+
         self.schema_not_ours = await self._call(self.store.schema_revisions_not_ours())
         if not self.schema_not_ours:
             return False
         log.error(
-            "worker %s stops: the database's schema (revision %s) is not one this jukebot knows: a newer "
-            "jukebot migrated it (upgrade jukebot on this machine: machines sharing one database must run "
-            "the same version), or another program wrote it%s",
+            "worker %s stops: %s%s",
             self.worker_id,
-            ", ".join(self.schema_not_ours),
+            why_schema_not_ours(self.schema_not_ours),
             f"; job #{self.running_job} goes back to the queue" if self.running_job is not None else "",
         )
         return True
