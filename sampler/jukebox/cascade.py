@@ -255,10 +255,6 @@ def _is_integer(tensor: Tensor) -> bool:
     return integer and tensor.device.type != "meta"
 
 
-def _is_count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
 def _describe(value: object) -> str:
     if isinstance(value, Tensor):
         return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
@@ -968,27 +964,7 @@ class Cascade:
                 )
         if len(state.codes) != self.levels:
             raise SamplingError(f"it holds codes of {len(state.codes)} levels, the model has {self.levels}")
-        bins = self.vqvae.config.l_bins
-        for level, codes in enumerate(state.codes):
-            if not _is_integer(codes):
-                raise SamplingError(f"its level-{level} codes are {codes.dtype}, not whole numbers")
-            if codes.dim() != 2 or codes.shape[0] != request.n_samples:
-                shape = tuple(codes.shape)
-                raise SamplingError(
-                    f"its level-{level} codes have shape {shape}, not ({request.n_samples}, tokens)"
-                )
-            longest = request.sample_length // self.hops[level]
-            base = state.level_base.get(level, 0) if isinstance(state.level_base, dict) else 0
-            if request.rng == "reference" and longest < self.priors.config(level).n_ctx and _is_count(base):
-                longest += base  # the reference's partial window samples the song's length after them
-            if codes.shape[1] > longest:
-                raise SamplingError(f"its level-{level} codes are longer than the song")
-            if codes.numel():
-                low, high = int(codes.min()), int(codes.max())
-                if low < 0 or high >= bins:
-                    raise SamplingError(
-                        f"its level-{level} codes must be in 0..{bins - 1}, found {low}..{high}"
-                    )
+        # The tables first: the codes' length below depends on where each level began.
         for name, table in (("level_base", state.level_base), ("windows_done", state.windows_done)):
             if not isinstance(table, dict):
                 raise SamplingError(f"its {name} must be a dict of level: count, got {_describe(table)}")
@@ -999,6 +975,27 @@ class Cascade:
                     )
                 if isinstance(count, bool) or not isinstance(count, int) or count < 0:
                     raise SamplingError(f"its {name} of level {level} is {count!r}, not a count from 0 up")
+        bins = self.vqvae.config.l_bins
+        for level, codes in enumerate(state.codes):
+            if not _is_integer(codes):
+                raise SamplingError(f"its level-{level} codes are {codes.dtype}, not whole numbers")
+            if codes.dim() != 2 or codes.shape[0] != request.n_samples:
+                shape = tuple(codes.shape)
+                raise SamplingError(
+                    f"its level-{level} codes have shape {shape}, not ({request.n_samples}, tokens)"
+                )
+            longest = request.sample_length // self.hops[level]
+            if request.rng == "reference" and longest < self.priors.config(level).n_ctx:
+                # the reference's partial window samples the song's length after the known codes
+                longest += state.level_base.get(level, 0)
+            if codes.shape[1] > longest:
+                raise SamplingError(f"its level-{level} codes are longer than the song")
+            if codes.numel():
+                low, high = int(codes.min()), int(codes.max())
+                if low < 0 or high >= bins:
+                    raise SamplingError(
+                        f"its level-{level} codes must be in 0..{bins - 1}, found {low}..{high}"
+                    )
         for level, base in state.level_base.items():
             if base > state.codes[level].shape[1]:
                 raise SamplingError(
