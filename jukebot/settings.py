@@ -438,7 +438,7 @@ class Settings(BaseSettings):
     max_samples_per_job: int = Field(default=3, ge=1, le=16)
     max_running_jobs_per_user: int = Field(default=1, ge=1, le=MAX_INTEGER)  # stored with each job
     max_queued_jobs_per_user: int = Field(default=3, ge=1, le=MAX_INTEGER)
-    # A user's queued and running jobs in all the bot's servers together (0: no such limit, only each
+    # A user's unfinished jobs in all servers together (0: no such limit, only each
     # server's): a member of many servers could otherwise queue in each.
     max_jobs_per_user_all_servers: int = Field(default=0, ge=0, le=MAX_INTEGER)
     allowed_channels: Annotated[list[int], NoDecode] = Field(default_factory=list)
