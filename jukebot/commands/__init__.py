@@ -121,10 +121,11 @@ def upgrade_or_exit(settings: Settings) -> str | None:
         raise click.ClickException(message) from None
     if missing:
         user = postgres_user(settings)
+        role = sql_name(user)
         raise click.ClickException(
             f"Postgres user {user!r} may not write jukebot's tables at {settings.database_url_for_display} "
             f"(it lacks {'; '.join(missing)}): grant them (`GRANT SELECT, INSERT, UPDATE, DELETE ON ALL "
-            f"TABLES IN SCHEMA public TO {user}; GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {user}`), "
+            f"TABLES IN SCHEMA public TO {role}; GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}`), "
             "or point DATABASE_URL at a user that owns the database."
         )
     return before
@@ -141,6 +142,15 @@ def postgres_user(settings: Settings) -> str:
         or os.environ.get("PGUSER")
         or getpass.getuser()
     )
+
+
+def sql_name(name: str) -> str:
+    """`name` as a Postgres statement must spell it: quoted when Postgres would otherwise fold it to
+    lower case or read it as a keyword (`"Jukebot"`, `"user"`), so advice run as written changes the
+    role or database it names."""
+    from sqlalchemy.dialects import postgresql
+
+    return str(postgresql.dialect().identifier_preparer.quote(name))
 
 
 def sqlite_path_problem(settings: Settings) -> str | None:
@@ -269,8 +279,9 @@ def specific_database_problem(error: BaseException, settings: Settings) -> str |
         return (
             f"The database at {shown} takes no writes from Postgres user {user!r}: its sessions are "
             "read-only (the server is a standby, or `default_transaction_read_only` is on for the user or "
-            f"the database): point DATABASE_URL at the primary server, or turn it off (`ALTER ROLE {user} "
-            "SET default_transaction_read_only = off`, and the same for the database); nothing was changed."
+            "the database): point DATABASE_URL at the primary server, or turn it off (`ALTER ROLE "
+            f"{sql_name(user)} SET default_transaction_read_only = off`, and the same for the database); "
+            "nothing was changed."
         )
     if isinstance(error, NoRoomToMigrate):
         return (
@@ -322,9 +333,9 @@ def specific_database_problem(error: BaseException, settings: Settings) -> str |
             return (
                 f"Postgres user {user!r} may not use the database at {shown} as jukebot needs "
                 f"({first_line(error.orig)}): make it the database's owner (`ALTER DATABASE "
-                f"{url.database} OWNER TO {user}`; on Postgres 15 and later a user that does not own the "
-                "database may not create tables in its public schema), or point DATABASE_URL at a user "
-                "that owns it."
+                f"{sql_name(url.database or user)} OWNER TO {sql_name(user)}`; on Postgres 15 and later a "
+                "user that does not own the database may not create tables in its public schema), or point "
+                "DATABASE_URL at a user that owns it."
             )
         sqlite_path = settings.sqlite_path
         said = str(error.orig)
