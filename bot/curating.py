@@ -27,7 +27,7 @@ from sampler.jobspec import CURATION_KEY, InvalidJobParams, JobParams, parse_par
 from sampler.jukebox.registry import MAX_SONG_SECONDS
 from sampler.user_text import shorten_user_text
 from storage.models import JobKind, utcnow
-from storage.records import Job, NewSample, RankedSample, Sample, SampleInfo, SampleOrigin
+from storage.records import Job, NewSample, RankedSample, Sample, SampleInfo, SampleOrigin, StoredPiece
 from storage.store import JobStore
 
 PIECE_FORMAT: Literal["ogg"] = "ogg"  # Opus in Ogg at the workers' stored bitrate (sampler/cascade_runner.py)
@@ -325,6 +325,38 @@ def _numbers(what: str, ids: Sequence[int]) -> str:
     listed = ", ".join(f"#{sample_id}" for sample_id in ids[:10])
     more = f" and {len(ids) - 10} more" if len(ids) > 10 else ""
     return f"{what}{'s' if len(ids) > 1 else ''} {listed}{more}"
+
+
+async def joined_before(
+    store: JobStore, guild_id: int, sample_ids: Sequence[int], similarity: Similarity, may_use: MayUse
+) -> StoredPiece | None:
+    """The newest piece of this server joined from exactly these samples with this similarity, among
+    those the member may use: joining is deterministic, so another would be the same piece again
+    (each preview is upsampled once for the same reason). One they may not use is no answer: the
+    member gets a piece of their own."""
+    wanted = set(sample_ids)
+    for piece in await store.curated_pieces(guild_id):
+        record = piece.params.get(CURATION_KEY)
+        if not isinstance(record, dict) or record.get("similarity") != similarity.value:
+            continue
+        joined = [*_ids(record.get("sample_ids")), *_ids(record.get("left_out_silent"))]
+        if set(joined) == wanted and await may_use(piece.origin.channel_id, piece.origin.user_id):
+            return piece
+    return None
+
+
+def _ids(listed: object) -> list[object]:
+    return listed if isinstance(listed, list) else []
+
+
+def joined_before_text(piece: StoredPiece, count: int) -> str:
+    """The answer to a /curate of samples `piece` was joined from: where it is, and how to post it."""
+    origin = piece.origin
+    return (
+        f"These {count} samples were joined already: sample #{piece.sample_id} (curated by "
+        f"<@{origin.user_id}> in <#{origin.channel_id}>), and joining them again makes the same piece. "
+        f"`/sample {piece.sample_id}` posts it here."
+    )
 
 
 def similarity_to_use(samples: Sequence[SampleInfo]) -> Similarity:

@@ -188,6 +188,16 @@ class SampleOrigin:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredPiece:
+    """A curated piece: its sample, where it was made and by whom, and its job's params (which say what
+    it was joined from)."""
+
+    sample_id: int
+    origin: SampleOrigin
+    params: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class RankedSample:
     sample: SampleInfo
     votes: int

@@ -93,6 +93,7 @@ from storage.records import (
     Sample,
     SampleInfo,
     SampleOrigin,
+    StoredPiece,
     UserJobCounts,
 )
 
@@ -1917,6 +1918,25 @@ class JobStore:
                 samples.insert().values(job_id=job_id, created_at=now, **row).returning(samples.c.id)
             )
         return int(job_id), int(sample_id)
+
+    async def curated_pieces(self, guild_id: int) -> list[StoredPiece]:
+        """The server's curated pieces, newest first (each a `curate` job's one sample)."""
+        statement = (
+            select(samples.c.id, jobs.c.id.label("job_id"), jobs.c.channel_id, jobs.c.user_id, PARAMS_TEXT)
+            .select_from(samples.join(jobs, samples.c.job_id == jobs.c.id))
+            .where(jobs.c.guild_id == guild_id, jobs.c.kind == JobKind.CURATE.value)
+            .order_by(samples.c.id.desc())
+        )
+        async with self._reading() as connection:
+            rows = (await connection.execute(statement)).all()
+        return [
+            StoredPiece(
+                sample_id=int(row.id),
+                origin=SampleOrigin(row.job_id, guild_id, row.channel_id, row.user_id),
+                params=_read_params(row.params),
+            )
+            for row in rows
+        ]
 
     async def set_sample_message(
         self, sample_id: int, message_id: int, *, parts: MessageParts | None = None

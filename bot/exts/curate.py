@@ -25,7 +25,7 @@ from discord.ext import commands
 from bot import curating, delivery, relay
 from bot.actions import OnePerMember, Viewer, check_allowed_channel, check_bot_can_post, guild_id_of
 from bot.bot import JukeBot, user_message
-from bot.errors import DISCORD_FAILURES, discord_said, fit_message
+from bot.errors import DISCORD_FAILURES, InvalidRequest, discord_said, fit_message
 from bot.options import JobId
 from bot.relay import continued_text, first_parts, new_poster_id, sample_nonce
 from bot.requests import TOP_PERIODS
@@ -150,6 +150,9 @@ class Curate(commands.Cog):
         infos = [await store.get_sample_info(sample_id) for sample_id in sample_ids]
         curating.check_duration([sample.duration_seconds for sample in infos])
         similarity = curating.similarity_to_use(infos)
+        earlier = await curating.joined_before(store, guild_id, sample_ids, similarity, viewer.may_use)
+        if earlier is not None:
+            raise InvalidRequest(curating.joined_before_text(earlier, len(sample_ids)))
         with self._curating.held_by(interaction.user.id):
             piece = await self._join_in_turn(interaction, selection, sample_ids, similarity)
         last = infos[sample_ids.index(piece.order[-1])]

@@ -95,3 +95,24 @@ async def test_a_piece_its_bot_posts_is_claimed_until_posted_or_given_back(store
     assert await store.finish_results_posting(posted, "curate:this-bot")
     assert (await store.get_job(posted)).results_posted_at is not None
     assert await store.claim_results_posting(posted, "bot:another", 30.0) is None
+
+
+async def test_a_servers_curated_pieces_are_listed_newest_first_with_their_records(store: JobStore) -> None:
+    await finished_job(store, samples=2)  # a job's samples: no piece
+    first_job, first = await store_piece(store)
+    _, elsewhere = await store_piece(store, guild_id=GUILD + 1)
+    second_job, second = await store_piece(store, channel_id=CHANNEL + 1, user_id=USER + 1, params={"x": 1})
+
+    pieces = await store.curated_pieces(GUILD)
+    assert [(piece.sample_id, piece.origin.job_id) for piece in pieces] == [
+        (second, second_job),
+        (first, first_job),
+    ]
+    assert (pieces[0].origin.channel_id, pieces[0].origin.user_id, pieces[0].params) == (
+        CHANNEL + 1,
+        USER + 1,
+        {"x": 1},
+    )
+    assert pieces[1].params == CURATION_PARAMS
+    assert [piece.sample_id for piece in await store.curated_pieces(GUILD + 1)] == [elsewhere]
+    assert await store.curated_pieces(GUILD + 2) == []

@@ -1,0 +1,80 @@
+"""`/curate` of samples a piece here was joined from already: joining is deterministic, so it would
+store and post the same piece again (as a second upsample of a preview would give the same codes).
+The reply names the piece and how to post it; a piece the member may not use is no answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bot import curating
+from bot.curating import Similarity
+from storage.store import JobStore
+from tests.bot.conftest import BotRunner
+from tests.bot.fake_discord import FakeDiscord
+from tests.bot.harness import make_bot
+from tests.bot.test_curate import final_reply, made_job
+from tests.storage.helpers import CHANNEL, GUILD, MODEL, USER, new_sample
+
+
+async def test_the_same_samples_again_name_the_piece_made_of_them_and_store_nothing(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    fake, store = fake_discord, sqlite_store
+    await bot_runner.start(make_bot(fake, store))
+    await made_job(fake, store, 3)  # job 1: samples #1 to #3
+    alice, bob = fake.user("alice"), fake.user("bob")
+    reply = await final_reply(fake, await fake.invoke_command("curate", {"job": 1}, user=alice))
+    assert reply.startswith("Done: sample #4 "), reply
+
+    # Listed in another order, by another member: the same three samples.
+    again = await final_reply(fake, await fake.invoke_command("curate", {"samples": "3, 1, 2"}, user=bob))
+    channel = fake.channel("general").id
+    assert again == (
+        f"These 3 samples were joined already: sample #4 (curated by <@{alice.id}> in <#{channel}>), and "
+        "joining them again makes the same piece. `/sample 4` posts it here."
+    )
+    assert sorted(job.id for job in await store.list_jobs()) == [1, 2]  # nothing stored
+
+    # Fewer of them is another piece.
+    fewer = await final_reply(fake, await fake.invoke_command("curate", {"samples": "1, 2"}, user=bob))
+    assert fewer.startswith("Done: sample #5 "), fewer
+
+
+async def _piece(store: JobStore, record: dict[str, Any], **where: int) -> int:
+    _, sample_id = await store.store_curation(
+        guild_id=where.get("guild_id", GUILD),
+        channel_id=where.get("channel_id", CHANNEL),
+        user_id=USER,
+        model=MODEL,
+        params={"curation": record},
+        sample=new_sample(0, seed=0),
+    )
+    return sample_id
+
+
+async def test_only_a_piece_of_exactly_these_samples_by_this_similarity_that_the_member_may_use_counts(
+    sqlite_store: JobStore,
+) -> None:
+    store = sqlite_store
+    silent_left_out = {"sample_ids": [2, 1], "left_out_silent": [3], "similarity": "chromaprint"}
+    by_codes = {"sample_ids": [1, 2, 3], "similarity": "codes"}
+    hidden = {"sample_ids": [1, 2], "similarity": "chromaprint"}
+    older = await _piece(store, silent_left_out)
+    await _piece(store, by_codes)
+    await _piece(store, hidden, channel_id=CHANNEL + 1)
+    await _piece(store, {"sample_ids": [1, 2, 3, 4], "similarity": "chromaprint"})
+    await _piece(store, {"sample_ids": [1, 2, 3], "similarity": "chromaprint"}, guild_id=GUILD + 1)
+    await _piece(store, {"selection": "no ids: a record this bot cannot read", "similarity": "chromaprint"})
+
+    async def may_use(channel_id: int, user_id: int) -> bool:
+        return channel_id == CHANNEL
+
+    async def found(ids: list[int], similarity: Similarity) -> int | None:
+        piece = await curating.joined_before(store, GUILD, ids, similarity, may_use)
+        return None if piece is None else piece.sample_id
+
+    # The silent sample it left out counts: joined again, it would be left out again.
+    assert await found([3, 1, 2], Similarity.CHROMAPRINT) == older
+    assert await found([1, 2], Similarity.CHROMAPRINT) is None  # only in a channel she cannot read
+    assert await found([1, 2, 3], Similarity.CODES) == older + 1
+    assert await found([1, 3], Similarity.CHROMAPRINT) is None
