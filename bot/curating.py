@@ -533,9 +533,19 @@ def order_line(params: Mapping[str, Any], room: int) -> str:
     """For a post of a curated piece other than `/curate`'s own (`/sample`, or the relay posting a
     piece whose bot stopped mid-post): a line with its samples in order, from its job's record, in
     `room` characters. '' for any other job, or a record this bot cannot read."""
+    recorded = recorded_order(params)
+    if recorded is None:
+        return ""
+    line = order_text(*recorded, room - 1)
+    return "\n" + line if len(line) < room else ""
+
+
+def recorded_order(params: Mapping[str, Any]) -> tuple[list[int], list[float]] | None:
+    """A curated piece's samples in the order they play and each join's score, from its job's record;
+    None for any other job, or a record this bot cannot read."""
     record = params.get(CURATION_KEY)
     if not isinstance(record, dict):
-        return ""
+        return None
     order, scores = record.get("sample_ids"), record.get("join_scores")
     if not (
         isinstance(order, list)
@@ -545,6 +555,5 @@ def order_line(params: Mapping[str, Any], room: int) -> str:
         and len(scores) == len(order) - 1
         and all(type(score) in (int, float) and math.isfinite(score) for score in scores)
     ):
-        return ""
-    line = order_text(order, [float(score) for score in scores], room - 1)
-    return "\n" + line if len(line) < room else ""
+        return None
+    return order, [float(score) for score in scores]

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
+
+from bot import curating
 from bot.delivery import AudioFile, in_turn
 from sampler.audio import SAMPLE_RATE, AudioError, decode_audio
+from sampler.curation import Clip
 from sampler.jobspec import params_or_defaults
 from sampler.jukebox.windows import TOP_HOP
 from sampler.pictures import MAX_HZ, render_sample_picture
@@ -35,6 +40,16 @@ _DRAWER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jukebot-picture"
 _MAX_PARENT_STEPS = 8
 
 
+def _decoded_to_draw(audio: bytes) -> np.ndarray:
+    return decode_audio(
+        audio,
+        sample_rate=PICTURE_SAMPLE_RATE,
+        max_bytes=None,
+        max_seconds=PICTURE_MAX_SECONDS,
+        silence_threshold_db=None,
+    )
+
+
 def picture_for_sample(
     audio: bytes, audio_format: str, stem: str, duration_seconds: float, prime_seconds: float | None
 ) -> AudioFile | None:
@@ -43,13 +58,7 @@ def picture_for_sample(
     if duration_seconds > PICTURE_MAX_SECONDS:
         return None
     try:
-        samples = decode_audio(
-            audio,
-            sample_rate=PICTURE_SAMPLE_RATE,
-            max_bytes=None,
-            max_seconds=PICTURE_MAX_SECONDS,
-            silence_threshold_db=None,
-        )
+        samples = _decoded_to_draw(audio)
     except AudioError as exc:
         log.warning("%s: no picture, its stored %s audio does not decode: %s", stem, audio_format, exc)
         return None
@@ -78,6 +87,62 @@ async def picture_in_turn(
         return None  # nothing to draw: no need to wait for the others
     work = functools.partial(picture_for_sample, audio, audio_format, stem, duration_seconds, prime_seconds)
     return await in_turn(_DRAWER, work, deadline)
+
+
+async def picture_of_sample(
+    store: JobStore,
+    job: Job,
+    audio: bytes,
+    audio_format: str,
+    stem: str,
+    duration_seconds: float,
+    deadline: float | None = None,
+) -> AudioFile | None:
+    """The picture posted with a sample of `job`: for a curated piece the strip of its samples in
+    playing order, as `/curate` posted it (drawn again from the stored samples); else, or when that
+    cannot be drawn, its spectrogram with the part given to the model marked. In its turn on the
+    drawing thread (by `deadline`: `delivery.in_turn`)."""
+    recorded = curating.recorded_order(job.params) if job.kind == JobKind.CURATE else None
+    if recorded is not None:
+        order, join_scores = recorded
+        try:
+            played = [(sample_id, await store.get_sample(sample_id)) for sample_id in order]
+        except SampleNotFound:
+            played = []
+        if played:
+            stored = [(sample_id, sample.audio) for sample_id, sample in played]
+            work = functools.partial(strip_for_piece, stored, join_scores, stem)
+            strip = await in_turn(_DRAWER, work, deadline)
+            if strip is not None:
+                return strip
+    prime_part = await prime_part_seconds(store, job)
+    return await picture_in_turn(audio, audio_format, stem, duration_seconds, prime_part, deadline)
+
+
+def strip_for_piece(played: list[tuple[int, bytes]], join_scores: list[float], stem: str) -> AudioFile | None:
+    """The strip of a curated piece's samples (id, stored audio), in the order they play;
+    None when one does not decode or the strip cannot be drawn. Blocks: one sample decoded at a time."""
+
+    def clips() -> Iterator[Clip]:
+        for sample_id, audio in played:
+            yield Clip(f"#{sample_id}", _decoded_to_draw(audio))
+
+    from jukebot.commands.curate import strip_picture
+
+    try:
+        png = strip_picture(clips(), join_scores, PICTURE_SAMPLE_RATE)
+    except AudioError as exc:
+        log.warning("%s: no strip, a sample's stored audio does not decode: %s", stem, exc)
+        return None
+    except Exception:  # a picture is a convenience: the piece goes out with its spectrogram
+        log.exception("%s: drawing its strip failed", stem)
+        return None
+    return strip_file(stem, png, len(played))
+
+
+def strip_file(stem: str, png: bytes, count: int) -> AudioFile:
+    """A curated piece's strip as the file posted with it."""
+    return AudioFile(f"{stem}_order.png", png, f"{stem}: the {count} samples in the order they play")
 
 
 async def prime_part_seconds(store: JobStore, job: Job) -> float | None:

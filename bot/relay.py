@@ -769,7 +769,6 @@ class ProgressRelay:
         limit = self.bot.upload_limit(job.guild_id)
         channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
         reply_to = await self._results_reply_target(job)
-        prime_part = await pictures.prime_part_seconds(self.store, job)
         for position, info in enumerate(infos, start=1):
             if info.posted:
                 continue  # posted by an earlier try that failed part-way
@@ -807,12 +806,8 @@ class ProgressRelay:
             if start == 0:
                 if impossible is not None:
                     content += f"\n⚠️ {impossible} Re-send it later with `/sample {sample.id}`."
-                picture = await pictures.picture_in_turn(
-                    sample.audio,
-                    sample.audio_format,
-                    stem,
-                    sample.duration_seconds,
-                    prime_part,
+                picture = await pictures.picture_of_sample(
+                    self.store, job, sample.audio, sample.audio_format, stem, sample.duration_seconds
                 )
                 groups = delivery.with_picture(groups, picture, split_limit)
             content += curating.order_line(job.params, MAX_MESSAGE_CHARS - len(content))

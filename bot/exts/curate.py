@@ -22,7 +22,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot import curating, delivery, relay
+from bot import curating, delivery, pictures, relay
 from bot.actions import OnePerMember, Viewer, check_allowed_channel, check_bot_can_post, guild_id_of
 from bot.bot import JukeBot, user_message
 from bot.errors import DISCORD_FAILURES, InvalidRequest, discord_said, fit_message
@@ -281,9 +281,7 @@ class Curate(commands.Cog):
         )
         if impossible is not None:
             content = fit_message(f"{content}\n⚠️ {impossible} Re-send it later with `/sample {sample_id}`.")
-        strip = delivery.AudioFile(
-            f"{stem}_order.png", piece.strip, f"{stem}: the {len(piece.order)} samples in the order they play"
-        )
+        strip = pictures.strip_file(stem, piece.strip, len(piece.order))
         audio_messages = len(groups)
         groups = delivery.with_picture(groups, strip, limit, own_message=True)  # the order is the point
         channel = self.bot.get_partial_messageable(interaction.channel_id or 0, guild_id=guild_id)

@@ -101,10 +101,15 @@ class Samples(commands.Cog):
         files = await delivery.files_in_turn(
             stored.audio, stored.audio_format, limit, stem, stored.duration_seconds, ready_by
         )
-        prime_part = await pictures.prime_part_seconds(self.bot.store, job)
         try:
-            picture = await pictures.picture_in_turn(
-                stored.audio, stored.audio_format, stem, stored.duration_seconds, prime_part, ready_by
+            picture = await pictures.picture_of_sample(
+                self.bot.store,
+                job,
+                stored.audio,
+                stored.audio_format,
+                stem,
+                stored.duration_seconds,
+                ready_by,
             )
         except delivery.NotInTime:  # the audio is ready: it goes out without its picture
             picture = None

@@ -50,6 +50,8 @@ async def test_a_piece_whose_post_a_stop_cut_off_is_posted_by_the_next_bot(
     assert piece is not None and "jukebot:vote:4" in piece.custom_ids
     assert "jukebot:upsample:4" not in piece.custom_ids  # a piece is not upsampled (its samples are)
     assert await order_of(store, 2) in piece.content, piece.content  # what it was joined from, in order
+    # with the strip of its samples in that order, as /curate posts it (it had the piece's spectrogram)
+    assert [a.filename for a in piece.attachments] == ["jukebot_sample_4.ogg", "jukebot_sample_4_order.png"]
 
 
 async def test_a_piece_posted_whole_is_left_alone_by_the_relay(
@@ -68,3 +70,4 @@ async def test_a_piece_posted_whole_is_left_alone_by_the_relay(
     message = await fake.wait_for(lambda: answer_of(again))
     assert message.content.startswith("**Sample #4** · job #2 ") and message.attachments
     assert message.content.endswith(await order_of(store, 2)), message.content
+    assert [a.filename for a in message.attachments] == ["jukebot_sample_4.ogg", "jukebot_sample_4_order.png"]

@@ -9,9 +9,12 @@ import pytest
 from PIL import Image
 
 from bot.delivery import AudioFile, with_picture
-from bot.pictures import PICTURE_SAMPLE_RATE, picture_for_sample, prime_part_seconds
+from bot.pictures import PICTURE_SAMPLE_RATE, picture_for_sample, picture_of_sample, prime_part_seconds
+from jukebot.commands.curate import strip_picture
 from sampler.audio import SAMPLE_RATE, decode_audio, encode_audio
+from sampler.curation import Clip
 from sampler.pictures import PICTURE_HEIGHT, PICTURE_WIDTH, render_sample_picture
+from storage.records import Job, NewSample, Sample
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
 from tests.bot.fake_discord import FakeAttachment, FakeDiscord, Upload
@@ -166,3 +169,58 @@ async def test_the_prime_part_follows_continues_and_upsamples(db_store: JobStore
     assert await part(continued) == pytest.approx(6.0)  # the whole parent came before the new part
     assert await part(upsampled) == pytest.approx(2.0)
     assert await part(upsampled_continue) == pytest.approx(6.0)
+
+
+async def test_a_curated_piece_posted_again_carries_its_strip_drawn_from_its_samples(
+    db_store: JobStore,
+) -> None:
+    """Posted by /curate, a piece carries the strip of its samples in playing order. Posted again
+    (`/sample`, or the relay taking over a piece whose bot stopped), it carried a spectrogram of the
+    piece instead: the strip is drawn again from the stored samples."""
+    store = db_store
+    worker = PlayedWorker(store)
+    await store.enqueue(kind="generate", model="5b", params={}, channel_id=3, user_id=1, guild_id=2)
+    first, second, third = await worker.complete(await worker.claim(), n=3, full=False, seconds=2.0)
+    piece_audio = encode_audio(tone(3.0), SAMPLE_RATE, "ogg", 64_000)
+
+    async def piece(record: dict[str, object]) -> tuple[Job, Sample]:
+        job_id, sample_id = await store.store_curation(
+            guild_id=2,
+            channel_id=3,
+            user_id=1,
+            model="5b",
+            params={"curation": record},
+            sample=NewSample(0, 0, 3.0, piece_audio, "ogg", 64_000, None),
+        )
+        return await store.get_job(job_id), await store.get_sample(sample_id)
+
+    async def picture(job: Job, sample: Sample) -> AudioFile | None:
+        stem = f"jukebot_sample_{sample.id}"
+        return await picture_of_sample(store, job, sample.audio, "ogg", stem, sample.duration_seconds)
+
+    job, sample = await piece({"sample_ids": [third, first, second], "join_scores": [0.5, 0.25]})
+    strip = await picture(job, sample)
+    assert strip is not None and (strip.filename, strip.description) == (
+        f"jukebot_sample_{sample.id}_order.png",
+        f"jukebot_sample_{sample.id}: the 3 samples in the order they play",
+    )
+    clips = [await store.get_sample(sample_id) for sample_id in (third, first, second)]
+    drawn = strip_picture(
+        [
+            Clip(f"#{clip.id}", decode_audio(clip.audio, sample_rate=PICTURE_SAMPLE_RATE, max_seconds=None))
+            for clip in clips
+        ],
+        [0.5, 0.25],
+        PICTURE_SAMPLE_RATE,
+    )
+    assert strip.data == drawn
+
+    # A record this bot cannot read, or one naming a sample that is gone: the piece's own picture.
+    for record in (
+        {"sample_ids": [first, second], "join_scores": []},
+        {"sample_ids": [first, 999], "join_scores": [0.5]},
+    ):
+        job, sample = await piece(record)
+        fallback = await picture(job, sample)
+        assert fallback is not None and fallback.filename == f"jukebot_sample_{sample.id}.png", record
+        assert fallback.data == expected_picture(piece_audio, None)
