@@ -150,11 +150,11 @@ class Curate(commands.Cog):
         infos = [await store.get_sample_info(sample_id) for sample_id in sample_ids]
         curating.check_duration([sample.duration_seconds for sample in infos])
         similarity = curating.similarity_to_use(infos)
-        earlier = await curating.joined_before(store, guild_id, sample_ids, similarity, viewer.may_use)
-        if earlier is not None:
-            raise InvalidRequest(curating.joined_before_text(earlier, len(sample_ids)))
+        await self._not_joined_before(guild_id, sample_ids, similarity, viewer)
         with self._curating.held_by(interaction.user.id):
             piece = await self._join_in_turn(interaction, selection, sample_ids, similarity)
+        # Again: a curation of the same samples that this one waited for has stored its piece by now.
+        await self._not_joined_before(guild_id, sample_ids, similarity, viewer)
         last = infos[sample_ids.index(piece.order[-1])]
         last_job = await store.get_job(last.job_id)
         # Its posting is claimed as the relay claims a job's results: a bot that stops or dies before
@@ -181,6 +181,15 @@ class Curate(commands.Cog):
                 raise
         await store.finish_results_posting(job_id, poster)
         await _tell(interaction, reply)
+
+    async def _not_joined_before(
+        self, guild_id: int, sample_ids: list[int], similarity: curating.Similarity, viewer: Viewer
+    ) -> None:
+        earlier = await curating.joined_before(
+            self.bot.store, guild_id, sample_ids, similarity, viewer.may_use
+        )
+        if earlier is not None:
+            raise InvalidRequest(curating.joined_before_text(earlier, len(sample_ids)))
 
     async def _post_piece(
         self,

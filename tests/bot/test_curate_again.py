@@ -4,15 +4,17 @@ The reply names the piece and how to post it; a piece the member may not use is 
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+from typing import Any, cast
 
 from bot import curating
 from bot.curating import Similarity
+from bot.exts.curate import Curate
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
 from tests.bot.fake_discord import FakeDiscord
-from tests.bot.harness import make_bot
-from tests.bot.test_curate import final_reply, made_job
+from tests.bot.harness import make_bot, when
+from tests.bot.test_curate import curation_held, final_reply, made_job
 from tests.storage.helpers import CHANNEL, GUILD, MODEL, USER, new_sample
 
 
@@ -78,3 +80,24 @@ async def test_only_a_piece_of_exactly_these_samples_by_this_similarity_that_the
     assert await found([1, 2], Similarity.CHROMAPRINT) is None  # only in a channel she cannot read
     assert await found([1, 2, 3], Similarity.CODES) == older + 1
     assert await found([1, 3], Similarity.CHROMAPRINT) is None
+
+
+async def test_a_curation_of_the_same_samples_that_waited_its_turn_names_the_piece_made_meanwhile(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    """Checked before it waits, and again once joined: the curation it waited for stored the piece."""
+    fake, store = fake_discord, sqlite_store
+    bot = await bot_runner.start(make_bot(fake, store))
+    await made_job(fake, store, 3)
+    stored = threading.Event()
+    async with curation_held(bot, fake) as (first, release):  # alice's, of job 1
+        second = await fake.invoke_command("curate", {"samples": "1, 2, 3"}, user=fake.user("bob"))
+        await fake.wait_for(when(lambda: second.original and "starts as soon as" in second.original.content))
+        cog = cast(Curate, bot.get_cog("Curate"))
+        cog.before_joining = lambda: stored.wait(timeout=60) and None  # bob's: once alice's piece is stored
+        release.set()
+        assert (await final_reply(fake, first)).startswith("Done: sample #4 ")
+        stored.set()
+        again = await final_reply(fake, second)
+    assert again.startswith("These 3 samples were joined already: sample #4 "), again
+    assert sorted(job.id for job in await store.list_jobs()) == [1, 2]
