@@ -155,11 +155,17 @@ class LevelScheduler:
             for thread in threads:
                 thread.join()
             raise
-        failure = self._failure
-        if isinstance(failure, SamplingCancelled):
-            raise SamplingCancelled(self.state.snapshot())  # with what the other levels finished since
-        if failure is not None:
-            raise failure
+        # Taken out of the scheduler, and out of this frame as it raises: the failure's traceback holds
+        # the level threads' frames (the scheduler, the windows' tensors), and a cycle through them
+        # would keep all of that, GPU memory too, until the garbage collector happened to run.
+        failure, self._failure = self._failure, None
+        try:
+            if isinstance(failure, SamplingCancelled):
+                raise SamplingCancelled(self.state.snapshot())  # with what the other levels finished since
+            if failure is not None:
+                raise failure
+        finally:
+            failure = None
         return self.state
 
     def _level_thread(self, run: _Level, origin: torch.cuda.Stream | None) -> None:
