@@ -17,8 +17,10 @@ from datetime import datetime, timedelta
 from typing import Any, NoReturn, cast
 
 from sqlalchemy import (
+    Column,
     ColumnElement,
     Interval,
+    MetaData,
     Row,
     String,
     Table,
@@ -28,6 +30,7 @@ from sqlalchemy import (
     delete,
     false,
     func,
+    inspect,
     literal,
     or_,
     select,
@@ -126,6 +129,8 @@ PARAMS_TEXT = sql_cast(jobs.c.params, Text).label("params")
 # the bot (which shows params it cannot parse as the defaults), but no valid job spec; `claim` fails
 # such a job instead of handing it to a worker.
 UNREADABLE_PARAMS_KEY = "unreadable_stored_params"
+# Alembic's own table (its default name and column): which migrations the database has.
+_ALEMBIC_VERSION = Table("alembic_version", MetaData(), Column("version_num", String(32), primary_key=True))
 # Listings leave the (possibly megabytes of) checkpoint in the database.
 JOB_COLUMNS = [
     PARAMS_TEXT if column.name == "params" else column for column in jobs.c if column.name != "checkpoint"
@@ -2186,14 +2191,15 @@ class JobStore:
         """The database's schema revisions that these migrations do not have: a newer jukebot migrated
         it since this process started (empty: ours, or no revision table, as in a schema made without
         migrations)."""
-        from alembic.migration import MigrationContext
-
         from storage.migrate import known_revisions
 
+        # Read with one table object for the process: alembic's `get_current_heads` builds a new one per
+        # call, and the bot and every worker ask every minute, so each call was a new entry in the
+        # engine's statement cache (about 10 MB of them per process, and the useful ones pushed out).
         async with self._reading() as connection:
-            heads = await connection.run_sync(
-                lambda sync: MigrationContext.configure(sync).get_current_heads()
-            )
+            if not await connection.run_sync(lambda sync: inspect(sync).has_table(_ALEMBIC_VERSION.name)):
+                return []
+            heads = (await connection.scalars(select(_ALEMBIC_VERSION.c.version_num))).all()
         return sorted(set(heads) - known_revisions())
 
     # ------------------------------------------------------------------ per-server settings
