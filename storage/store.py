@@ -705,7 +705,8 @@ class JobStore:
         `reclaim_own=True` says the caller runs no job, yet an earlier claim of its may have been
         committed with its answer lost (the connection dropped, the call timed out): a running job
         still held under `worker_id` is then taken back before any other, its lease renewed and no
-        attempt counted (nobody else ran it), and one a user asked to cancel meanwhile is cancelled.
+        attempt counted (nobody else ran it), one a user asked to cancel meanwhile is cancelled, and
+        one of a model not in `models` (gone from the caller's disk since) goes back to the queue.
         The claims' lock (below) makes the earlier claim's commit, if any, seen here.
 
         One statement: the sub-select locks the row it picks (and skips rows other
@@ -786,6 +787,13 @@ class JobStore:
                         updated_at=now,
                         **_lease_cleared(),
                     )
+                )
+                # One of a model it no longer serves (its files left the disk since): back to the queue,
+                # for a worker that has it now, not held for a lease under a worker that never runs it.
+                await connection.execute(
+                    update(jobs)
+                    .where(own, jobs.c.status == JobStatus.RUNNING.value, jobs.c.model.not_in(sorted(models)))
+                    .values(status=JobStatus.QUEUED.value, updated_at=now, **_lease_cleared())
                 )
             while True:  # each round fails one job of unreadable params, or ends
                 row = (await connection.execute(statement)).first()

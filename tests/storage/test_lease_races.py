@@ -177,3 +177,17 @@ async def test_reclaim_own_cancels_its_lost_job_that_a_user_cancelled_meanwhile(
     job = await store.get_job(cancelled)
     assert job.status is JobStatus.CANCELLED and job.lease_owner is None and job.attempts == 0
     assert job.finished_at is not None
+
+
+async def test_reclaim_own_gives_back_its_lost_job_of_a_model_it_no_longer_serves(store: JobStore) -> None:
+    """A worker re-reads its models before each claim: one whose files left the disk between the lost
+    claim and the next held its job, run by nobody, until the lease ran out (and cost an attempt)."""
+    other_model = "1b_lyrics"
+    stranded = await enqueue(store)
+    lost = await store.claim("gpu-0", [MODEL], LEASE)  # committed; gpu-0 never heard of it
+    assert lost is not None and lost.id == stranded
+    assert await store.claim("gpu-0", [other_model], LEASE, reclaim_own=True) is None
+    job = await store.get_job(stranded)
+    assert (job.status, job.lease_owner, job.attempts) == (JobStatus.QUEUED, None, 0)
+    taken = await store.claim("gpu-1", [MODEL], LEASE)  # at once, by a worker that has the model
+    assert taken is not None and taken.id == stranded and taken.attempts == 0
