@@ -263,7 +263,8 @@ async def test_a_long_curation_leaves_the_bot_answering_and_the_next_one_waits_i
 ) -> None:
     fake, store = fake_discord, sqlite_store
     bot = await bot_runner.start(make_bot(fake, store))
-    await made_job(fake, store, 2)
+    await made_job(fake, store, 2)  # job 1: samples #1 and #2, which alice joins (held)
+    await made_job(fake, store, 2)  # job 2: bob's top of all time is #1 to #4, another piece
     async with curation_held(bot, fake) as (first, release):
         started = time.monotonic()
         queue = await fake.invoke_command("queue", {})
@@ -283,9 +284,9 @@ async def test_a_long_curation_leaves_the_bot_answering_and_the_next_one_waits_i
                 and second.original.content.startswith("Another curation is running in this bot")
             )
         )
-    assert (await final_reply(fake, first)).startswith("Done: sample #3 ")
-    assert (await final_reply(fake, second)).startswith("Done: sample #4 ")
-    assert (await store.get_job(3)).params["curation"]["selection"] == "the top 10 of all time"
+    assert (await final_reply(fake, first)).startswith("Done: sample #5 ")
+    assert (await final_reply(fake, second)).startswith("Done: sample #6 ")
+    assert (await store.get_job(4)).params["curation"]["selection"] == "the top 10 of all time"
 
 
 async def test_a_piece_over_the_upload_limit_goes_out_in_parts_that_each_fit(
