@@ -302,8 +302,7 @@ async def _ingredients(store: JobStore, sample_id: int, *, made_from: bool = Fal
         inner: list[object] = []
         if job.kind == JobKind.CURATE:
             record = job.params.get(CURATION_KEY)
-            listed = record.get("sample_ids") if isinstance(record, dict) else None
-            inner = listed if isinstance(listed, list) else []
+            inner = _ids(record.get("sample_ids")) if isinstance(record, dict) else []
         elif made_from and job.kind in (JobKind.UPSAMPLE, JobKind.CONTINUE):
             inner = [job.parent_sample_id]
         for held in inner:

@@ -106,11 +106,10 @@ async def picture_of_sample(
     if recorded is not None:
         order, join_scores = recorded
         try:
-            played = [(sample_id, await store.get_sample(sample_id)) for sample_id in order]
+            stored = [(sample_id, (await store.get_sample(sample_id)).audio) for sample_id in order]
         except SampleNotFound:
-            played = []
-        if played:
-            stored = [(sample_id, sample.audio) for sample_id, sample in played]
+            stored = []
+        if stored:
             work = functools.partial(strip_for_piece, stored, join_scores, stem)
             strip = await in_turn(_DRAWER, work, deadline)
             if strip is not None:

@@ -31,7 +31,7 @@ import tempfile
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import hypothesis.strategies as st
 import pytest
@@ -78,6 +78,8 @@ ALLOWED = {
 
 # Two steps at once (a burst of concurrent calls may move a job twice between two checks).
 ALLOWED2 = {a: set().union(*(ALLOWED[b] for b in ALLOWED[a])) for a in ALLOWED}
+
+T = TypeVar("T")
 
 _TEMPLATE: Path | None = None
 
@@ -263,8 +265,8 @@ class StoreMachine(RuleBasedStateMachine):
 
         return self.run(go())
 
-    def pick(self, ids: list[int], index: int) -> int | None:
-        return ids[index % len(ids)] if ids else None
+    def pick(self, items: list[T], index: int) -> T | None:
+        return items[index % len(items)] if items else None
 
     # ---------------------------------------------------------------- predictions
 
@@ -675,9 +677,9 @@ class StoreMachine(RuleBasedStateMachine):
 
     @rule(index=st.integers(0, 50))
     def heartbeat(self, index: int) -> None:
-        if not self._alive_holding():
+        worker = self.pick(self._alive_holding(), index)
+        if worker is None:
             return
-        worker = self._alive_holding()[index % len(self._alive_holding())]
         before = self.run(self.store.get_job(self.workers[worker].holds))
         beat = self.worker_call(worker, "heartbeat", lambda j: self.store.heartbeat(j, worker, LEASE))
         if beat is not LeaseLost:
@@ -688,9 +690,9 @@ class StoreMachine(RuleBasedStateMachine):
 
     @rule(index=st.integers(0, 50), size=st.integers(1, 64))
     def progress_and_checkpoint(self, index: int, size: int) -> None:
-        if not self._alive_holding():
+        worker = self.pick(self._alive_holding(), index)
+        if worker is None:
             return
-        worker = self._alive_holding()[index % len(self._alive_holding())]
         if (
             self.worker_call(
                 worker,
@@ -712,9 +714,9 @@ class StoreMachine(RuleBasedStateMachine):
 
     @rule(index=st.integers(0, 50), n=st.integers(1, 2))
     def complete(self, index: int, n: int) -> None:
-        if not self._alive_holding():
+        worker = self.pick(self._alive_holding(), index)
+        if worker is None:
             return
-        worker = self._alive_holding()[index % len(self._alive_holding())]
         state = self.workers[worker]
         job_id = state.holds
         state.seed += 1
@@ -742,9 +744,9 @@ class StoreMachine(RuleBasedStateMachine):
 
     @rule(index=st.integers(0, 50), how=st.sampled_from(("fail", "retry", "release", "mark_cancelled")))
     def worker_ends(self, index: int, how: str) -> None:
-        if not self._alive_holding():
+        worker = self.pick(self._alive_holding(), index)
+        if worker is None:
             return
-        worker = self._alive_holding()[index % len(self._alive_holding())]
         state = self.workers[worker]
         job_id = state.holds
         before = self.run(self.store.get_job(job_id))
@@ -782,9 +784,9 @@ class StoreMachine(RuleBasedStateMachine):
 
     @rule(index=st.integers(0, 50))
     def worker_dies(self, index: int) -> None:
-        if not self._alive_holding():
+        worker = self.pick(self._alive_holding(), index)
+        if worker is None:
             return
-        worker = self._alive_holding()[index % len(self._alive_holding())]
         self.log(f"worker {worker} dies holding #{self.workers[worker].holds}")
         self.workers[worker].holds = None
         self.dead.add(worker)
@@ -798,8 +800,9 @@ class StoreMachine(RuleBasedStateMachine):
     def requeue_expired(self, spare: bool, index: int) -> None:
         rows = self.rows()
         spare_job = None
-        if spare and self._alive_holding():
-            spare_job = self.workers[self._alive_holding()[index % len(self._alive_holding())]].holds
+        spared = self.pick(self._alive_holding(), index) if spare else None
+        if spared is not None:
+            spare_job = self.workers[spared].holds
         expected = []
         for j in sorted(rows.values(), key=lambda j: j.id):
             if j.status in ACTIVE_STATUSES and j.lease_expires_at < self.clock.now and j.id != spare_job:
