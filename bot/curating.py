@@ -25,6 +25,7 @@ from sampler.audio import SAMPLE_RATE, AudioError, decode_audio, encode_audio
 from sampler.curation import MAX_PIECE_SECONDS, Clip, CurationError, FingerprintUnavailable, curate
 from sampler.jobspec import CURATION_KEY, InvalidJobParams, JobParams, parse_params
 from sampler.jukebox.registry import MAX_SONG_SECONDS
+from sampler.pictures import strip_picture
 from sampler.user_text import shorten_user_text
 from storage.models import JobKind, utcnow
 from storage.records import Job, NewSample, RankedSample, Sample, SampleInfo, SampleOrigin, StoredPiece
@@ -387,8 +388,6 @@ class Piece:
 def make_piece(samples: Sequence[Sample], similarity: Similarity, progress: Progress) -> Piece:
     """Decode, order and join the samples (CPU work: run it in a thread). `CurationError`s (all
     silent, only one with sound) come back as `InvalidRequest`."""
-    from jukebot.commands.curate import strip_picture
-
     clips = []
     for done, sample in enumerate(samples, start=1):
         progress(f"decoding {done}/{len(samples)}…")

@@ -21,7 +21,7 @@ from sampler.audio import SAMPLE_RATE, AudioError, decode_audio
 from sampler.curation import Clip
 from sampler.jobspec import params_or_defaults
 from sampler.jukebox.windows import TOP_HOP
-from sampler.pictures import MAX_HZ, render_sample_picture
+from sampler.pictures import MAX_HZ, render_sample_picture, strip_picture
 from storage.errors import JobNotFound, PrimeNotFound, SampleNotFound
 from storage.models import JobKind
 from storage.records import Job
@@ -125,8 +125,6 @@ def strip_for_piece(played: list[tuple[int, bytes]], join_scores: list[float], s
     def clips() -> Iterator[Clip]:
         for sample_id, audio in played:
             yield Clip(f"#{sample_id}", _decoded_to_draw(audio))
-
-    from jukebot.commands.curate import strip_picture
 
     try:
         png = strip_picture(clips(), join_scores, PICTURE_SAMPLE_RATE)

@@ -9,7 +9,8 @@ model's own part starts. `render_strip` lays such pictures out in order with a c
 Time runs left to right over the clip's whole length: column c covers [c, c + 1) / width of it.
 Fast on a CPU: a strided STFT with a few frames per column (never more frames than the picture
 shows), frequency rows by a cached weight matrix, and a palette image (small PNGs).
-Torch-free and Discord-free: the bot renders in a thread, `jukebot curate` renders strips.
+Torch-free and Discord-free: the bot renders in a thread, `jukebot curate` and `/curate` render strips
+(`strip_picture`).
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ import functools
 import io
 import math
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image, ImageDraw, ImageFont
+
+from sampler.audio import SAMPLE_RATE
+from sampler.curation import TRIM_MARGIN_S, Clip, trim_silence
 
 PICTURE_WIDTH = 640
 PICTURE_HEIGHT = 160
@@ -370,3 +374,24 @@ def render_strip(
             join = f"join with {index}: {scores[index - 1]:.3f}"
             draw.text((x, caption_top + FONT_SIZE + 3), join, fill=_NAMED[PRIME_LINE], font=font)
     return _png(strip)
+
+
+def strip_picture(
+    ordered: Iterable[Clip], join_scores: Sequence[float], sample_rate: int | None = None
+) -> bytes:
+    """The strip of the clips as they go into the piece (trimmed of silence), in order, their audio at
+    `sample_rate` (default the clips' 44.1 kHz). Each clip is drawn as it comes: a generator that
+    decodes one at a time holds one clip's audio, not the piece's."""
+    rate = SAMPLE_RATE if sample_rate is None else sample_rate
+    names, tiles = [], []
+    for clip in ordered:
+        names.append(clip.name)
+        tiles.append(
+            render_sample_picture(
+                trim_silence(clip.audio, rate, keep_s=TRIM_MARGIN_S),
+                rate,
+                width=STRIP_TILE_WIDTH,
+                height=STRIP_TILE_HEIGHT,
+            )
+        )
+    return render_strip(tiles, names, join_scores)

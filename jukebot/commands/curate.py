@@ -6,17 +6,11 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
 from jukebot.commands import FiniteFloatRange, file_wording, logging_without_settings
 from sampler.files import not_a_file
-
-if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
-
-    from sampler.curation import Clip
 
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".opus", ".mp3", ".m4a", ".aac", ".aiff", ".aif"})
 OUTPUT_BITRATE = 160_000
@@ -197,6 +191,7 @@ def curate(inputs: tuple[Path, ...], output: Path, fade: float, picture: Path | 
     )
     from sampler.curation import MAX_PIECE_SECONDS, Clip, CurationError
     from sampler.curation import curate as curate_clips
+    from sampler.pictures import strip_picture
 
     suffix = output.suffix.lower()
     if suffix not in {".ogg", ".mp3", ".wav"}:
@@ -284,28 +279,3 @@ def curate(inputs: tuple[Path, ...], output: Path, fade: float, picture: Path | 
     click.echo(f"Wrote {output} ({result.duration_seconds:.1f} s, mean join similarity {mean:.3f}).")
     if picture is not None:
         click.echo(f"Drew the order in {picture}.")
-
-
-def strip_picture(
-    ordered: Iterable[Clip], join_scores: Sequence[float], sample_rate: int | None = None
-) -> bytes:
-    """The strip of the clips as they go into the piece (trimmed of silence), in order, their audio at
-    `sample_rate` (default the clips' 44.1 kHz). Each clip is drawn as it comes: a generator that
-    decodes one at a time holds one clip's audio, not the piece's."""
-    from sampler.audio import SAMPLE_RATE
-    from sampler.curation import TRIM_MARGIN_S, trim_silence
-    from sampler.pictures import STRIP_TILE_HEIGHT, STRIP_TILE_WIDTH, render_sample_picture, render_strip
-
-    rate = SAMPLE_RATE if sample_rate is None else sample_rate
-    names, tiles = [], []
-    for clip in ordered:
-        names.append(clip.name)
-        tiles.append(
-            render_sample_picture(
-                trim_silence(clip.audio, rate, keep_s=TRIM_MARGIN_S),
-                rate,
-                width=STRIP_TILE_WIDTH,
-                height=STRIP_TILE_HEIGHT,
-            )
-        )
-    return render_strip(tiles, names, join_scores)

@@ -10,10 +10,9 @@ from PIL import Image
 
 from bot.delivery import AudioFile, with_picture
 from bot.pictures import PICTURE_SAMPLE_RATE, picture_for_sample, picture_of_sample, prime_part_seconds
-from jukebot.commands.curate import strip_picture
 from sampler.audio import SAMPLE_RATE, decode_audio, encode_audio
 from sampler.curation import Clip
-from sampler.pictures import PICTURE_HEIGHT, PICTURE_WIDTH, render_sample_picture
+from sampler.pictures import PICTURE_HEIGHT, PICTURE_WIDTH, render_sample_picture, strip_picture
 from storage.records import Job, NewSample, Sample
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
