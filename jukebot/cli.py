@@ -19,6 +19,7 @@ from jukebot.commands.jobs import jobs
 from jukebot.commands.models import models
 from jukebot.commands.sample import sample
 from jukebot.commands.serve import run, worker
+from jukebot.commands.workers import workers
 
 
 def _verbose(_ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -107,6 +108,6 @@ def _add_verbose(command: click.Command) -> None:
             _add_verbose(child)
 
 
-for _command in (curate, db, doctor, jobs, models, sample, run, worker):
+for _command in (curate, db, doctor, jobs, models, sample, run, worker, workers):
     main.add_command(_command)
 _add_verbose(main)

@@ -35,12 +35,14 @@ from storage.records import (
     Sample,
     SampleInfo,
     UserJobCounts,
+    WorkerSeen,
 )
-from storage.store import MAX_PARAMS_BYTES, WORKER_PRESENCE_SECONDS, JobStore
+from storage.store import MAX_PARAMS_BYTES, WORKER_PRESENCE_SECONDS, WORKER_STALE_SECONDS, JobStore
 
 __all__ = [
     "MAX_PARAMS_BYTES",
     "WORKER_PRESENCE_SECONDS",
+    "WORKER_STALE_SECONDS",
     "ClaimedJob",
     "GuildSettings",
     "Heartbeat",
@@ -70,5 +72,6 @@ __all__ = [
     "SampleNotFound",
     "StorageError",
     "UserJobCounts",
+    "WorkerSeen",
     "create_engine",
 ]

@@ -245,3 +245,17 @@ class PruneReport:
     @property
     def freed_bytes(self) -> int:
         return self.checkpoint_bytes + self.prime_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSeen:
+    """A worker process as the workers table last heard of it: its id (host/pid/device), the models it
+    served then, and how long ago that was by the lease clock. `live`: heard of within
+    WORKER_STALE_SECONDS (the bot counts only those); a silent one stopped without saying so (killed,
+    its machine down) or has lost the database."""
+
+    worker_id: str
+    models: tuple[str, ...]
+    last_seen_at: datetime
+    seconds_ago: float
+    live: bool

@@ -98,6 +98,7 @@ from storage.records import (
     SampleOrigin,
     StoredPiece,
     UserJobCounts,
+    WorkerSeen,
 )
 
 MAX_PARAMS_BYTES = 64 * 1024  # serialised JSON; lyrics are the big part
@@ -2188,6 +2189,32 @@ class JobStore:
                 select(workers.c.worker_id).where(self._live()).order_by(workers.c.worker_id)
             )
             return [worker_id for (worker_id,) in rows]
+
+    async def workers_seen(self) -> list[WorkerSeen]:
+        """Every worker the table holds, live or silent (a silent one's row goes a day after it fell
+        silent), by id; how long ago each was seen is read by the lease clock, as `_live` reads it."""
+        now = self._lease_now().label("now")
+        async with self._reading() as connection:
+            rows = (
+                await connection.execute(
+                    select(workers.c.worker_id, workers.c.models, workers.c.last_seen_at, now).order_by(
+                        workers.c.worker_id
+                    )
+                )
+            ).all()
+        seen = []
+        for worker_id, models, last_seen_at, at in rows:
+            ago = (at - last_seen_at).total_seconds()
+            seen.append(
+                WorkerSeen(
+                    worker_id=worker_id,
+                    models=tuple(models),
+                    last_seen_at=last_seen_at,
+                    seconds_ago=max(ago, 0.0),  # a clock a moment behind the writer's
+                    live=ago <= WORKER_STALE_SECONDS,
+                )
+            )
+        return seen
 
     async def served_models(self) -> frozenset[str]:
         """The models some live worker serves (`_live`)."""

@@ -130,7 +130,18 @@ def test_image_entry_and_health_commands_are_jukebot_subcommands(image: str) -> 
     assert command[:2] == ["jukebot", subcommand]
     assert _command(command[1:2]) is not None, f"{image} runs `jukebot {subcommand}`, which does not exist"
     health = _instruction(text, "HEALTHCHECK")
-    assert health[0] == "jukebot" and _command(health[1:]) is not None, health
+    path = [part for part in health[1:] if not part.startswith("-")]
+    flags = [part for part in health[1:] if part.startswith("-")]
+    health_command = _command(path)
+    assert health[0] == "jukebot" and health_command is not None, health
+    options = {name for param in health_command.params for name in getattr(param, "opts", [])}
+    assert set(flags) <= options, health
+
+
+def test_the_worker_image_is_healthy_while_its_worker_is_alive() -> None:
+    """Not only while the database answers: a hung worker, or one cut off from the database, is not."""
+    health = _instruction((DOCKER / "Dockerfile.worker").read_text(), "HEALTHCHECK")
+    assert health == ["jukebot", "workers", "--here"]
 
 
 @pytest.mark.parametrize("image", sorted(IMAGES))

@@ -52,7 +52,7 @@ def jobs() -> None:
     """Look at jobs, cancel or retry them, free what old failed ones keep."""
 
 
-def _with_store(action: Callable[[JobStore], Awaitable[T]], settings: Settings | None = None) -> T:
+def with_store(action: Callable[[JobStore], Awaitable[T]], settings: Settings | None = None) -> T:
     """Run `action` on the configured database, which must exist and be at the latest schema (as
     `jukebot db check` asks; nothing is created or migrated); stop with one sentence when it cannot.
     `settings`: those loaded already (else they are loaded here)."""
@@ -123,7 +123,7 @@ def _job_line(job: Job) -> str:
 def list_jobs(status: str | None, limit: int) -> None:
     """The newest jobs, one line each (id, status, kind, model, server, user, created, attempts,
     checkpoint, and a failed job's error). Reads only."""
-    found = _with_store(lambda store: store.list_jobs(status, limit))
+    found = with_store(lambda store: store.list_jobs(status, limit))
     if not found:
         click.echo(f"no {status} jobs" if status else "no jobs")
     for job in found:
@@ -245,7 +245,7 @@ def _each_or_exit(
         await action(store)
 
     try:
-        _with_store(run, settings)
+        with_store(run, settings)
     except click.ClickException as exc:
         done = len(outcomes)
         if not started or done >= len(wanted):
@@ -306,7 +306,7 @@ def prune(older_than: timedelta, dry_run: bool) -> None:
     a pruned job retried later starts over (one whose clip went cannot be retried)."""
     age = older_than
     settings = settings_or_exit()
-    report: PruneReport = _with_store(lambda store: store.prune_finished(age, dry_run=dry_run), settings)
+    report: PruneReport = with_store(lambda store: store.prune_finished(age, dry_run=dry_run), settings)
     checkpoints = (
         f"the checkpoints of {count_of(len(report.job_ids), 'job')} ({report.checkpoint_bytes:,} bytes)"
     )

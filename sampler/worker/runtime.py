@@ -194,10 +194,20 @@ class WorkerConfig:
 
 def make_worker_id(device: DeviceSpec) -> str:
     """host/pid/device — unique per process, and says where a job runs (stored as the lease owner).
-    The host part carries where its process ids mean the same processes (`_pid_scope`)."""
+    The host part (`this_machine`) carries where its process ids mean the same processes."""
+    return f"{this_machine()}/{os.getpid()}/{device}"
+
+
+def this_machine() -> str:
+    """The host part of the ids of workers started here: the host name, and `_pid_scope` where it can
+    be read (the same for every process of one container, or of one machine outside containers)."""
     scope = _pid_scope()
-    host = f"{socket.gethostname()}~{scope}" if scope else socket.gethostname()
-    return f"{host}/{os.getpid()}/{device}"
+    return f"{socket.gethostname()}~{scope}" if scope else socket.gethostname()
+
+
+def machine_of(worker_id: str) -> str:
+    """The host part of a worker id from `make_worker_id`."""
+    return worker_id.rsplit("/", 2)[0]
 
 
 def _pid_scope() -> str:
@@ -1629,8 +1639,10 @@ __all__ = [
     "WorkerConfigError",
     "WorkerState",
     "check_device",
+    "machine_of",
     "make_worker_id",
     "pid_of",
     "run_worker",
+    "this_machine",
     "worker_main",
 ]

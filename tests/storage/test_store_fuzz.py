@@ -816,6 +816,93 @@ class StoreMachine(RuleBasedStateMachine):
         self.log(f"requeue_expired(spare_job={spare_job}) -> {got}")
         check(got == expected, f"requeue_expired returned {got}, expected {expected}")
 
+    # ---------------------------------------------------------------- steered situations
+    # Uniform rule choice rarely lines up the few steps where the limits and the lease clock decide:
+    # these rules set them up on purpose, from the same checked calls as the rules above.
+
+    def _idle_workers(self) -> list[str]:
+        """Workers free to claim: alive and running nothing, or dead (a restart claims)."""
+        return [w for w in WORKERS if w in self.dead or self.workers[w].holds is None]
+
+    @rule(
+        user=st.sampled_from(USERS),
+        guild=st.sampled_from((*GUILDS, None)),
+        jobs=st.integers(2, 3),
+        max_running=st.sampled_from((1, 1, 2, None)),
+        max_queued=st.sampled_from((None, 1, 2)),
+        priority=st.sampled_from((1, 1, 0)),
+        claims=st.integers(1, 3),
+    )
+    def user_queues_then_workers_claim(
+        self,
+        user: int,
+        guild: int | None,
+        jobs: int,
+        max_running: int | None,
+        max_queued: int | None,
+        priority: int,
+        claims: int,
+    ) -> None:
+        """One user asks for several jobs in a row in one server, then free workers claim one after
+        another: where the queued limit refuses and the running limit holds a queued job back."""
+        asked = Asked(
+            user,
+            guild,
+            CHANNELS[0],
+            MODELS[0],
+            priority=priority,
+            max_running=max_running,
+            max_queued=max_queued,
+        )
+        for _ in range(jobs):
+            self._enqueue(JobKind.GENERATE, None, asked)
+        for worker in self._idle_workers()[:claims]:
+            self.claim(worker, MODELS, True, LEASE)
+
+    @rule(
+        index=st.integers(0, 50),
+        past=st.sampled_from((0.0, 0.0, 1.0)),
+        then=st.sampled_from(("claim", "claim", "requeue", "heartbeat")),
+    )
+    def lease_runs_out(self, index: int, past: float, then: str) -> None:
+        """The clock reaches the end of a job's lease exactly (still its worker's), or passes it (any
+        worker may take the job over, counting an attempt); then a free worker claims, the requeue
+        scan runs, or the holder's heartbeat comes in late."""
+        rows = self.rows()
+        active = sorted(j.id for j in rows.values() if j.status in ACTIVE_STATUSES)
+        job_id = self.pick(active, index)
+        if job_id is None:
+            return
+        expires = rows[job_id].lease_expires_at
+        assert expires is not None
+        end = expires + timedelta(seconds=past)
+        if end > self.clock.now:
+            self.clock.now = end
+        self.log(f"clock to #{job_id}'s lease end +{past}s")
+        if then == "claim":
+            idle = self._idle_workers()
+            if idle:  # a worker that serves the job's model only: fewer other jobs come first
+                self.claim(idle[index % len(idle)], (rows[job_id].model,), True, LEASE)
+        elif then == "requeue":
+            self.requeue_expired(False, 0)
+        else:
+            holders = self._alive_holding()
+            mine = [i for i, w in enumerate(holders) if self.workers[w].holds == job_id]
+            self.heartbeat(mine[0] if mine else index)
+
+    @rule(
+        user=st.sampled_from(USERS),
+        later=st.sampled_from((60.0, 3600.0, 2 * 86400.0)),
+        days=st.sampled_from((0.0001, 0.01, 1.0)),
+        dry=st.booleans(),
+    )
+    def clip_left_behind(self, user: int, later: float, days: float, dry: bool) -> None:
+        """A request stores its clip and stops before queueing its job (the bot went down); the
+        operator prunes some time later: only a clip that old by both measures goes."""
+        self.store_prime(user)
+        self.advance_clock(later)
+        self.prune(days, dry)
+
     # ---------------------------------------------------------------- bot side: cancel, guilds
 
     @rule(index=st.integers(0, 50), as_owner=st.booleans(), other=st.booleans())
