@@ -49,6 +49,8 @@ DAY_SECONDS = 24 * 3600
 # makes an idle worker write to the database in a loop.
 MIN_LEASE_SECONDS = 5.0
 MIN_REQUEUE_SECONDS = 0.05
+# The shortest stall limit: a sampler may be quiet for a minute on a loaded machine without hanging.
+MIN_STALL_SECONDS = 60.0
 # A `user:` curation gathers from the user's first this many samples in the server, so one /curate can
 # join no more. Defined here for bot/curating.py, which imports this module (through bot.requests), so
 # this one cannot import it from there.
@@ -466,6 +468,9 @@ class Settings(BaseSettings):
     worker_checkpoint_seconds: float = Field(
         default=_worker_default("checkpoint_seconds"), ge=0, le=DAY_SECONDS
     )
+    worker_stall_seconds: float = Field(
+        default=_worker_default("stall_seconds"), ge=MIN_STALL_SECONDS, le=DAY_SECONDS
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -622,6 +627,7 @@ class Settings(BaseSettings):
             lease_seconds=self.worker_lease_seconds,
             requeue_seconds=self.worker_requeue_seconds,
             checkpoint_seconds=self.worker_checkpoint_seconds,
+            stall_seconds=self.worker_stall_seconds,
             runner_options=(
                 ("model_dir", str(self.model_dir)),
                 ("max_batch_size", self.max_batch_size),

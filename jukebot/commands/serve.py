@@ -20,7 +20,14 @@ from jukebot.commands import (
     settings_or_exit,
     upgrade_or_exit,
 )
-from jukebot.settings import DAY_SECONDS, MIN_LEASE_SECONDS, MIN_REQUEUE_SECONDS, Settings, SettingsError
+from jukebot.settings import (
+    DAY_SECONDS,
+    MIN_LEASE_SECONDS,
+    MIN_REQUEUE_SECONDS,
+    MIN_STALL_SECONDS,
+    Settings,
+    SettingsError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -264,8 +271,19 @@ async def _run_bot(settings: Settings, sync_guilds: tuple[int, ...]) -> None:
     show_default=_setting_default("worker_checkpoint_seconds"),
     help="At most one checkpoint per this many seconds.",
 )
+@click.option(
+    "--stall-seconds",
+    type=FiniteFloatRange(min=MIN_STALL_SECONDS, max=DAY_SECONDS),
+    default=None,
+    show_default=_setting_default("worker_stall_seconds"),
+    help="A job whose sampler shows no sign of life this long hangs: back to the queue, its worker "
+    "restarted.",
+)
 def worker(
-    lease_seconds: float | None, requeue_seconds: float | None, checkpoint_seconds: float | None
+    lease_seconds: float | None,
+    requeue_seconds: float | None,
+    checkpoint_seconds: float | None,
+    stall_seconds: float | None,
 ) -> None:
     """Run workers only (no Discord token), e.g. on another GPU machine sharing the database."""
     from sampler.worker.pool import run_pool
@@ -283,6 +301,7 @@ def worker(
         "worker_lease_seconds": lease_seconds,
         "worker_requeue_seconds": requeue_seconds,
         "worker_checkpoint_seconds": checkpoint_seconds,
+        "worker_stall_seconds": stall_seconds,
     }
     settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     try:

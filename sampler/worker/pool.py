@@ -37,6 +37,7 @@ from sampler.worker.contract import DeviceError, DeviceSpec, factory_exists
 from sampler.worker.logs import LOG_FORMATS, configure_logging
 from sampler.worker.runtime import (
     EXIT_CONFIG,
+    EXIT_HUNG,
     EXIT_OK,
     STATE_JOB,
     STATE_LAST_ATTEMPT,
@@ -248,6 +249,8 @@ class WorkerPool:
             how = "was killed by SIGKILL (often the kernel's out-of-memory killer: check `dmesg`)"
         elif exitcode and exitcode < 0:
             how = f"was killed by {_signal_name(-exitcode)}"
+        elif exitcode == EXIT_HUNG:
+            how = f"exited ({exitcode}: its sampler hung)"
         else:
             how = f"exited ({exitcode})"
         log.warning(
@@ -392,6 +395,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requeue-seconds", type=float, default=defaults.requeue_seconds)
     parser.add_argument("--checkpoint-seconds", type=float, default=defaults.checkpoint_seconds)
     parser.add_argument(
+        "--stall-seconds",
+        type=float,
+        default=defaults.stall_seconds,
+        help="a job whose sampler shows no sign of life this long hangs: retried, its worker restarted",
+    )
+    parser.add_argument(
         "--crash-backoff-seconds",
         type=float,
         default=defaults.crash_backoff_seconds,
@@ -421,6 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cancel_poll_seconds=args.cancel_poll_seconds,
             requeue_seconds=args.requeue_seconds,
             checkpoint_seconds=args.checkpoint_seconds,
+            stall_seconds=args.stall_seconds,
             crash_backoff_seconds=args.crash_backoff_seconds,
             max_crash_backoff_seconds=max(defaults.max_crash_backoff_seconds, args.crash_backoff_seconds),
             runner_options=_parse_runner_options(args.runner_option),

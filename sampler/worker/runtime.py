@@ -98,6 +98,9 @@ T = TypeVar("T")
 EXIT_OK = 0
 EXIT_CRASH = 1
 EXIT_CONFIG = 78  # EX_CONFIG: restarting will not help (bad runner path, no such device)
+# EX_SOFTWARE: its runner thread hangs (`RunnerHung`); restarted as a crash. The process exits without
+# waiting for that thread, which would never end.
+EXIT_HUNG = 70
 
 # What a worker process tells its pool, in the shared `WorkerState` (see `sampler.worker.pool`).
 STATE_SERVING = 0  # 1 once the worker finished warming up and claims jobs
@@ -128,6 +131,13 @@ class DeviceContextLost(DeviceError):
     fresh process, with a fresh context."""
 
 
+class RunnerHung(Exception):
+    """The runner showed no sign of life (no progress, checkpoint or stop check) for `stall_seconds`:
+    a GPU that stopped answering, a deadlock. Its thread cannot be stopped, so its job is recorded as
+    crashed (back to the queue from its last checkpoint, an attempt counted) and the worker process
+    exits with EXIT_CRASH without waiting for that thread; its pool starts a fresh one."""
+
+
 class WorkerConfigError(ValueError):
     """A worker timing setting out of range."""
 
@@ -154,11 +164,15 @@ class WorkerConfig:
     # job's attempts within a second, and another worker may take the job meanwhile.
     crash_backoff_seconds: float = 1.0
     max_crash_backoff_seconds: float = 60.0
+    # A runner silent this long (no progress, checkpoint or stop check) hangs (`RunnerHung`). Far above
+    # its longest quiet stretch: loading a 5B prior from a slow disk, a chunk of tokens on a CPU.
+    stall_seconds: float = 1800.0
 
     def __post_init__(self) -> None:
         seconds = ("lease_seconds", "poll_seconds", "max_poll_seconds", "progress_seconds")
         backoff = ("crash_backoff_seconds", "max_crash_backoff_seconds")
-        for name in (*seconds, "cancel_poll_seconds", "requeue_seconds", "retry_max_seconds", *backoff):
+        others = ("cancel_poll_seconds", "requeue_seconds", "retry_max_seconds", "stall_seconds")
+        for name in (*seconds, *others, *backoff):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
                 raise WorkerConfigError(f"{name} must be a positive number of seconds, got {value!r}")
@@ -391,6 +405,10 @@ class _Run:
         self.past_loading = False
         # Released to the queue by the loop while the runner thread still loads models (`_stop_on`).
         self.released = False
+        # When the runner last showed it was alive (a report, or a stop check: `runner_should_stop`),
+        # by time.monotonic; set from its thread (a float assignment: atomic).
+        self.alive_at = time.monotonic()
+        self.hung = False  # the loop gave up on the runner (`Worker._stall_loop`)
 
     def stop(self, reason: StopReason) -> None:
         with self._lock:
@@ -398,6 +416,11 @@ class _Run:
                 self._stop = reason
 
     def should_stop(self) -> StopReason | None:
+        return self._stop
+
+    def runner_should_stop(self) -> StopReason | None:
+        """`should_stop` as the runner asks it: each call is also a sign of life."""
+        self.alive_at = time.monotonic()
         return self._stop
 
 
@@ -445,7 +468,7 @@ class _Reporter:
         fraction: float | None = None,
         levels: Sequence[LevelProgress] = (),
     ) -> None:
-        now = time.monotonic()
+        now = self._run.alive_at = time.monotonic()
         remaining = max(tokens_total - tokens_done, 0)
         if levels:
             rate, seconds = self._level_timer.estimate(levels, remaining, now)
@@ -472,6 +495,7 @@ class _Reporter:
 
     def checkpoint(self, blob: Checkpoint) -> None:
         self._run.past_loading = True
+        self._run.alive_at = time.monotonic()
         # Stored in the background while the next window samples; the previous checkpoint must be
         # stored before this one is sent, so at most the window in progress is ever unsaved (plus
         # `checkpoint_seconds` when windows come faster than that).
@@ -503,6 +527,8 @@ class _Reporter:
                 future.result(timeout=0.2)
                 break
             except concurrent.futures.TimeoutError:
+                # waiting on the database (a full disk, a lock held elsewhere) is no hang of the runner's
+                self._run.alive_at = time.monotonic()
                 # a loop that stopped (the worker is going away) never stores it: do not wait forever
                 if self._loop.is_closed() or not self._loop.is_running():
                     future.cancel()
@@ -578,6 +604,7 @@ class Worker:
         self.warmed_up = False  # the warm-up is over (or there was none): claiming jobs
         self.running_job: int | None = None  # the id of the job `serve` runs now
         self._crash_streak = 0  # jobs that crashed one after another (the claim backoff grows with it)
+        self.runner_hung = False  # its runner thread hangs (`RunnerHung`): the process must not wait on it
         self.config = config or WorkerConfig()
         self.worker_id = worker_id or make_worker_id(device)
         # One thread for every run: CUDA state and model caches stay on one thread.
@@ -795,7 +822,8 @@ class Worker:
         ) from exc
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        # A hung runner thread never ends: waiting for it would hang the process's exit too.
+        self._executor.shutdown(wait=not self.runner_hung)
 
     # ---------------------------------------------------------------- the loop
 
@@ -851,7 +879,7 @@ class Worker:
                 self._running(job.id, last_attempt=job.attempts + 1 >= job.max_attempts)
                 try:
                     await self.run_job(job, stop)
-                except DeviceContextLost:
+                except (DeviceContextLost, RunnerHung):
                     raise  # the job's crash is recorded: this process can run no more
                 except Exception:  # e.g. the database went away while recording the end
                     log.exception("job #%s: recording its outcome failed; its lease will expire", job.id)
@@ -1098,6 +1126,12 @@ class Worker:
             helpers.append(asyncio.create_task(self._stop_on(stop, run)))
         try:
             return await self._run_and_record(run)
+        except asyncio.CancelledError:
+            # cancelled by `_stall_loop` alone (nothing else cancelled this task too): the runner hangs
+            this = asyncio.current_task()
+            if not run.hung or this is None or this.uncancel() > 0:
+                raise
+            return await self._hung(run)
         finally:
             for helper in helpers:
                 helper.cancel()
@@ -1113,12 +1147,17 @@ class Worker:
                 loop = asyncio.get_running_loop()
                 reporter = _Reporter(self, run, loop)
                 finished = False
+                run.alive_at = time.monotonic()
+                this = asyncio.current_task()
+                assert this is not None
+                watchdog = asyncio.create_task(self._stall_loop(run, this))
                 try:
                     samples = await loop.run_in_executor(
-                        self._executor, self.runner.run, task, reporter, run.should_stop
+                        self._executor, self.runner.run, task, reporter, run.runner_should_stop
                     )
                     finished = True
                 finally:
+                    watchdog.cancel()
                     if finished:
                         await reporter.drop_pending(job.id)
                     else:
@@ -1259,6 +1298,41 @@ class Worker:
             run.job.id,
             status.value,
         )
+
+    async def _stall_loop(self, run: _Run, job_task: asyncio.Task[JobOutcome]) -> None:
+        """Give up on a runner silent for `stall_seconds`: `job_task` (the job's, awaiting the runner)
+        is cancelled, and records the job as crashed (`_hung`). Runs only while the runner does."""
+        limit = self.config.stall_seconds
+        while True:
+            silent = time.monotonic() - run.alive_at
+            if silent >= limit:
+                break
+            await asyncio.sleep(min(limit - silent, 30.0) + 0.01)
+        run.hung = True
+        job_task.cancel()
+
+    async def _hung(self, run: _Run) -> JobOutcome:
+        stage = "before its first report" if run.latest is None else f"while {run.latest.stage}"
+        silent = time.monotonic() - run.alive_at
+        how_long = f"{silent:.0f} s" if silent < 120 else f"{silent / 60:.0f} min"
+        reason = (
+            f"the sampler showed no sign of life for {how_long} {stage} (a GPU that stopped "
+            "answering, or a deadlock); its worker process was restarted"
+        )
+        log.error("job #%s: %s", run.job.id, reason)
+        self.runner_hung = True
+        # Whatever happens to the record, this process stops: its only runner thread is taken.
+        if not run.released and run.should_stop() is not StopReason.LEASE_LOST:  # still this worker's
+            try:
+                await self._flush_progress(run)
+                status = await self._until_stored(
+                    f"job #{run.job.id}: recording that its sampler hangs",
+                    lambda: self.store.retry(run.job.id, self.worker_id, reason),
+                )
+                log.warning("job #%s: %s after its sampler hung", run.job.id, status.value)
+            except Exception as exc:  # (its lease runs out, and it comes back as any such job)
+                log.warning("job #%s: could not record that its sampler hangs: %r", run.job.id, exc)
+        raise RunnerHung(f"its sampler thread hangs (job #{run.job.id}): this process can run no more jobs")
 
     async def _heartbeat_loop(self, run: _Run) -> None:
         failures = 0
@@ -1481,6 +1555,9 @@ def worker_main(
     except _StoppedWhileStarting as stopped:
         log.info("%s received while starting: stopping before claiming any job", stopped.name)
         code = EXIT_OK
+    if code == EXIT_HUNG:  # Python's exit would join the hung runner thread, forever
+        logging.shutdown()
+        os._exit(code)
     sys.exit(code)
 
 
@@ -1530,7 +1607,7 @@ def run_worker(
 ) -> int:
     """Check the device, build the runner, then serve until SIGTERM/SIGINT/SIGHUP (or, with
     `watch_parent`, the parent process `parent_pid` goes away). EXIT_CONFIG when restarting cannot
-    help: a device that cannot run, a bad runner factory."""
+    help: a device that cannot run, a bad runner factory; EXIT_HUNG when the runner hung."""
     if watch_parent and parent_pid is None:
         parent_pid = os.getppid()
     try:
@@ -1595,6 +1672,9 @@ async def _serve_process(
     except DeviceContextLost as exc:
         log.error("worker %s stops: %s; its pool starts a fresh one", worker.worker_id, exc)
         return EXIT_CRASH
+    except RunnerHung as exc:
+        log.error("worker %s stops: %s; its pool starts a fresh one", worker.worker_id, exc)
+        return EXIT_HUNG
     finally:
         if watcher is not None:
             watcher.cancel()
@@ -1626,6 +1706,7 @@ async def _watch_parent(stop: asyncio.Event, parent_pid: int, every: float = 1.0
 
 __all__ = [
     "EXIT_CONFIG",
+    "EXIT_HUNG",
     "EXIT_OK",
     "STATE_JOB",
     "STATE_LAST_ATTEMPT",
@@ -1634,6 +1715,7 @@ __all__ = [
     "DeviceContextLost",
     "DeviceUnusable",
     "JobOutcome",
+    "RunnerHung",
     "Worker",
     "WorkerConfig",
     "WorkerConfigError",

@@ -196,13 +196,17 @@ def test_a_lease_or_requeue_period_too_short_to_work_is_refused(
     load_settings()
 
 
-@pytest.mark.parametrize("flag,floor", [("--lease-seconds", "5.0"), ("--requeue-seconds", "0.05")])
+@pytest.mark.parametrize(
+    "flag,floor", [("--lease-seconds", "5.0"), ("--requeue-seconds", "0.05"), ("--stall-seconds", "60.0")]
+)
 def test_worker_timing_flags_too_short_to_work_are_refused(flag: str, floor: str) -> None:
     code, output = invoke("worker", flag, "0.001")
     assert code == 2 and f"0.001 is not in the range {floor}<=x<=86400" in output, output
 
 
-@pytest.mark.parametrize("flag", ["--lease-seconds", "--requeue-seconds", "--checkpoint-seconds"])
+@pytest.mark.parametrize(
+    "flag", ["--lease-seconds", "--requeue-seconds", "--checkpoint-seconds", "--stall-seconds"]
+)
 def test_worker_timing_flags_past_a_day_are_refused(flag: str) -> None:
     code, output = invoke("worker", flag, "1e12")
     assert code == 2 and "1000000000000.0 is not in the range" in output, output

@@ -827,24 +827,29 @@ class StoreMachine(RuleBasedStateMachine):
     @rule(
         user=st.sampled_from(USERS),
         guild=st.sampled_from((*GUILDS, None)),
-        jobs=st.integers(2, 3),
-        max_running=st.sampled_from((1, 1, 2, None)),
-        max_queued=st.sampled_from((None, 1, 2)),
-        priority=st.sampled_from((1, 1, 0)),
-        claims=st.integers(1, 3),
+        max_running=st.sampled_from((1, 1, 2)),
+        extra=st.integers(1, 2),
+        queued_slack=st.sampled_from((None, 0, 1)),
+        priority=st.sampled_from((-1, -1, 0)),  # the most urgent: ahead of most others
+        models=st.sampled_from((MODELS[:1], MODELS[:1], MODELS)),
     )
     def user_queues_then_workers_claim(
         self,
         user: int,
         guild: int | None,
-        jobs: int,
-        max_running: int | None,
-        max_queued: int | None,
+        max_running: int,
+        extra: int,
+        queued_slack: int | None,
         priority: int,
-        claims: int,
+        models: tuple[str, ...],
     ) -> None:
-        """One user asks for several jobs in a row in one server, then free workers claim one after
-        another: where the queued limit refuses and the running limit holds a queued job back."""
+        """One user asks for more jobs in a row in one server than its running limit lets run, up to its
+        queued limit or one past it; workers finish what they run; then every free worker claims in
+        turn (serving the jobs' model): where the queued limit refuses and the running limit holds a
+        queued job back while later ones go ahead."""
+        if guild is not None and guild in self.m.left:
+            self.mark_guild_present(guild)  # the request comes from a server the bot is in
+        jobs = max_running + extra
         asked = Asked(
             user,
             guild,
@@ -852,22 +857,21 @@ class StoreMachine(RuleBasedStateMachine):
             MODELS[0],
             priority=priority,
             max_running=max_running,
-            max_queued=max_queued,
+            max_queued=None if queued_slack is None else jobs - queued_slack,
         )
+        while len(self._idle_workers()) < min(len(WORKERS), max_running + 1):
+            self.complete(0, 1)  # a worker finishes (or finds its lease lost): free for the next
         for _ in range(jobs):
             self._enqueue(JobKind.GENERATE, None, asked)
-        for worker in self._idle_workers()[:claims]:
-            self.claim(worker, MODELS, True, LEASE)
+        for worker in self._idle_workers():
+            self.claim(worker, models, True, LEASE)
 
-    @rule(
-        index=st.integers(0, 50),
-        past=st.sampled_from((0.0, 0.0, 1.0)),
-        then=st.sampled_from(("claim", "claim", "requeue", "heartbeat")),
-    )
-    def lease_runs_out(self, index: int, past: float, then: str) -> None:
-        """The clock reaches the end of a job's lease exactly (still its worker's), or passes it (any
-        worker may take the job over, counting an attempt); then a free worker claims, the requeue
-        scan runs, or the holder's heartbeat comes in late."""
+    @rule(index=st.integers(0, 50), beat=st.sampled_from((False, False, True)))
+    def lease_runs_out(self, index: int, beat: bool) -> None:
+        """The clock reaches the end of a job's lease exactly: still its worker's (a free worker's claim
+        and the requeue scan leave it); the holder's heartbeat may come in then; a second later it
+        ran out, unless renewed: a free worker takes the job over, counting an attempt, or the scan
+        requeues it."""
         rows = self.rows()
         active = sorted(j.id for j in rows.values() if j.status in ACTIVE_STATUSES)
         job_id = self.pick(active, index)
@@ -875,20 +879,20 @@ class StoreMachine(RuleBasedStateMachine):
             return
         expires = rows[job_id].lease_expires_at
         assert expires is not None
-        end = expires + timedelta(seconds=past)
-        if end > self.clock.now:
-            self.clock.now = end
-        self.log(f"clock to #{job_id}'s lease end +{past}s")
-        if then == "claim":
+        model = rows[job_id].model
+        for past in (0.0, 1.0):
+            end = expires + timedelta(seconds=past)
+            if end > self.clock.now:
+                self.clock.now = end
+            self.log(f"clock to #{job_id}'s lease end +{past}s")
+            if beat and past == 0.0:
+                holders = self._alive_holding()
+                mine = [i for i, w in enumerate(holders) if self.workers[w].holds == job_id]
+                self.heartbeat(mine[0] if mine else index)
             idle = self._idle_workers()
             if idle:  # a worker that serves the job's model only: fewer other jobs come first
-                self.claim(idle[index % len(idle)], (rows[job_id].model,), True, LEASE)
-        elif then == "requeue":
+                self.claim(idle[index % len(idle)], (model,), True, LEASE)
             self.requeue_expired(False, 0)
-        else:
-            holders = self._alive_holding()
-            mine = [i for i, w in enumerate(holders) if self.workers[w].holds == job_id]
-            self.heartbeat(mine[0] if mine else index)
 
     @rule(
         user=st.sampled_from(USERS),

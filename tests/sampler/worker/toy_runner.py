@@ -15,7 +15,8 @@ Knobs (environment variables, so they reach spawned worker processes):
   JUKEBOT_TOY_WORK         matrix-vector products burned per token (default 50)
   JUKEBOT_TOY_MODELS       comma-separated models served (default: every published model)
 Job hooks (in the params' `artist`): "!crash" raises RuntimeError every run; "!oom" raises
-OutOfMemory.
+OutOfMemory; "!hang" hangs in its first attempt after its first checkpoint, as on a GPU that stopped
+answering: no more reports or stop checks, until its process exits.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import io
 import json
 import math
 import os
+import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,6 +235,9 @@ class ToyRunner:
             done += size
             self._record(task.job.id, "window", level=level, start=start)
             report.checkpoint(encode_checkpoint(codes))
+            if params.artist == "!hang" and task.job.attempts == 0:
+                self._record(task.job.id, "hang")
+                threading.Event().wait()
         return done
 
     def _samples(

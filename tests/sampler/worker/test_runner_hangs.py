@@ -1,0 +1,180 @@
+"""A sampler that hangs (a GPU that stopped answering, a deadlock) while its worker's loop goes on: the
+heartbeats kept the lease forever, so the job never moved, a cancel was never seen, and the worker held
+its GPU for nothing. A runner silent for `stall_seconds` now has its job recorded as crashed (back to the
+queue from its last checkpoint, an attempt counted) and its process exits for the pool to start a fresh
+one, without waiting for the thread that cannot end."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sampler.worker.contract import DeviceSpec, JobTask, ProgressReporter, Stage, StopCheck
+from sampler.worker.runtime import EXIT_HUNG, RunnerHung, Worker, WorkerConfig
+from storage import JobKind, JobStatus, JobStore, NewSample
+from tests.holding import NEVER_RELEASED_SECONDS
+from tests.sampler.worker.test_pool import enqueue as enqueue_for_pool
+from tests.worker_processes import FAST_FLAGS, ServiceProcess, job_finished, pool_command, repo_environment
+
+MODEL = "5b_lyrics"
+STALL_SECONDS = 0.5
+
+
+class QuietRunner:
+    """Reports once and stores a checkpoint, then does what the test says: `hang` (no report, no stop
+    check, until `unhang` is set or the test ends), `busy` (stop checks only, for a while),
+    `checkpoints` (a second one), or nothing; then returns one sample."""
+
+    def __init__(self, mode: str, busy_seconds: float = 0.0) -> None:
+        self.mode, self.busy_seconds = mode, busy_seconds
+        self.hanging, self.unhang = threading.Event(), threading.Event()
+
+    @property
+    def models(self) -> frozenset[str]:
+        return frozenset({MODEL})
+
+    def run(self, task: JobTask, report: ProgressReporter, should_stop: StopCheck) -> list[NewSample]:
+        report.progress(Stage.SAMPLING, 2, 1, 2, 8, 16)
+        report.checkpoint(b"the first window")
+        if self.mode == "hang":
+            self.hanging.set()
+            self.unhang.wait(NEVER_RELEASED_SECONDS)
+            raise RuntimeError("came back after the test ended")
+        if self.mode == "checkpoints":  # waits for the first to be stored before it sends this one
+            report.checkpoint(b"the second window")
+        if self.mode == "busy":  # quiet on progress, but asking whether to stop
+            end = time.monotonic() + self.busy_seconds
+            while time.monotonic() < end:
+                assert should_stop() is None
+                threading.Event().wait(0.02)
+        return [NewSample(index=0, seed=1, duration_seconds=1.0, audio=b"OggS", audio_format="ogg")]
+
+
+async def _enqueue(store: JobStore) -> int:
+    params = {"artist": "the beatles", "genres": ["rock"], "seconds": 1.0, "seed": 7}
+    return await store.enqueue(kind=JobKind.GENERATE, model=MODEL, params=params, channel_id=2, user_id=3)
+
+
+def _worker(store: JobStore, runner: QuietRunner) -> Worker:
+    # Every checkpoint sent as it comes: the runner then waits for the one before to be stored.
+    config = WorkerConfig(
+        poll_seconds=0.05, max_poll_seconds=0.1, stall_seconds=STALL_SECONDS, checkpoint_seconds=0
+    )
+    return Worker(store, runner, DeviceSpec.cpu(), config=config)
+
+
+async def test_a_hung_sampler_sends_its_job_back_and_stops_its_worker(sqlite_store: JobStore) -> None:
+    runner = QuietRunner("hang")
+    worker = _worker(sqlite_store, runner)
+    job_id = await _enqueue(sqlite_store)
+    try:
+        with pytest.raises(RunnerHung, match=f"job #{job_id}"):
+            await asyncio.wait_for(worker.serve(asyncio.Event()), 60)
+        assert runner.hanging.is_set() and worker.runner_hung
+        job = await sqlite_store.get_job(job_id)
+        assert (job.status, job.attempts) == (JobStatus.QUEUED, 1)
+        assert job.error is not None and "showed no sign of life" in job.error, job.error
+        assert "while sampling" in job.error and "restarted" in job.error
+        assert await sqlite_store.get_checkpoint(job_id) == b"the first window"  # resumes from there
+        # Closing does not wait for the thread that hangs (it would never end).
+        closed = threading.Thread(target=worker.close)
+        closed.start()
+        closed.join(10)
+        assert not closed.is_alive()
+    finally:
+        runner.unhang.set()
+        worker.close()
+
+
+async def _run_one(store: JobStore, runner: QuietRunner) -> JobStatus:
+    """Claim and run one job to its end in a worker of its own; its status then."""
+    worker = _worker(store, runner)
+    job_id = await _enqueue(store)
+    try:
+        job = await store.claim(worker.worker_id, runner.models, worker.config.lease_seconds)
+        assert job is not None and job.id == job_id
+        await worker.run_job(job)
+    finally:
+        worker.close()
+    assert not worker.runner_hung
+    return (await store.get_job(job_id)).status
+
+
+async def test_a_quiet_runner_that_asks_whether_to_stop_is_alive(sqlite_store: JobStore) -> None:
+    """Stop checks are signs of life: a long stretch without progress reports is not a hang."""
+    runner = QuietRunner("busy", busy_seconds=6 * STALL_SECONDS)
+    assert await _run_one(sqlite_store, runner) == JobStatus.SUCCEEDED
+
+
+class SlowToComplete(JobStore):
+    """Storing the samples takes longer than the stall limit (a slow link)."""
+
+    async def complete(self, *args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(4 * STALL_SECONDS)
+        return await super().complete(*args, **kwargs)
+
+
+async def test_a_slow_store_after_the_sampler_finished_is_no_hang(sqlite_store: JobStore) -> None:
+    """The watchdog watches the sampler only: a worker waiting on the database is not hung."""
+    store = SlowToComplete(sqlite_store.engine)
+    assert await _run_one(store, QuietRunner("return")) == JobStatus.SUCCEEDED
+
+
+class SlowToCheckpoint(JobStore):
+    """Storing a checkpoint takes longer than the stall limit (a full disk being waited out)."""
+
+    async def save_checkpoint(self, *args: Any, **kwargs: Any) -> None:
+        await asyncio.sleep(4 * STALL_SECONDS)
+        await super().save_checkpoint(*args, **kwargs)
+
+
+async def test_a_sampler_waiting_for_its_checkpoint_to_be_stored_is_no_hang(sqlite_store: JobStore) -> None:
+    store = SlowToCheckpoint(sqlite_store.engine)
+    assert await _run_one(store, QuietRunner("checkpoints")) == JobStatus.SUCCEEDED
+
+
+async def test_a_pool_restarts_a_worker_whose_sampler_hangs_and_the_job_finishes(
+    tmp_path: Path, db_url: str, store: JobStore
+) -> None:
+    """Real processes: the toy sampler hangs in its first attempt; its worker exits without joining that
+    thread (EXIT_HUNG), the pool starts a fresh one, which resumes the job from its checkpoint."""
+    log_dir = tmp_path / "toy-log"
+    log_dir.mkdir()
+    job_id = await enqueue_for_pool(store, params={"artist": "!hang"})
+    env = repo_environment({"JUKEBOT_TOY_LOG_DIR": str(log_dir)})
+    assert "--stall-seconds" not in FAST_FLAGS
+    pool = ServiceProcess(
+        pool_command(str(db_url), "tests.sampler.worker.toy_runner:make_runner", ["--stall-seconds", "2"]),
+        env,
+        tmp_path / "pool.log",
+    )
+    try:
+        job = await job_finished(store, job_id, within=120)
+        log = pool.log()
+    finally:
+        await pool.stop()
+    assert (job.status, job.attempts) == (JobStatus.SUCCEEDED, 1), job
+    events = [
+        json.loads(line)["event"] for line in (log_dir / f"job-{job_id}.jsonl").read_text().splitlines()
+    ]
+    assert events.count("hang") == 1 and events[-1] == "done", events
+    assert events.count("start") == 2, events
+    assert f"job #{job_id}: the sampler showed no sign of life" in log, log
+    assert f"worker on cpu exited ({EXIT_HUNG}: its sampler hung) after" in log, log
+    assert log.count("started (pid") == 2, log
+
+
+async def test_the_stall_limit_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from jukebot.settings import Settings
+
+    monkeypatch.setenv("JUKEBOT_WORKER_STALL_SECONDS", "600")
+    assert Settings(_env_file=None).worker_config().stall_seconds == 600  # type: ignore[call-arg]
+    monkeypatch.setenv("JUKEBOT_WORKER_STALL_SECONDS", "5")
+    with pytest.raises(ValueError, match="greater than or equal to 60"):
+        Settings(_env_file=None)  # type: ignore[call-arg]
