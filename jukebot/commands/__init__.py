@@ -98,7 +98,8 @@ def model_dir_refusal(model_dir: Path, **wording: str) -> str | None:
     from sampler.model_files import model_dir_problem
 
     problem = model_dir_problem(model_dir, **wording)
-    if problem is None or (model_dir.is_dir() and os.access(model_dir, os.R_OK | os.X_OK)):
+    # (os.path.isdir: Path.is_dir raises where a folder above cannot be entered)
+    if problem is None or (os.path.isdir(model_dir) and os.access(model_dir, os.R_OK | os.X_OK)):
         return None
     return problem
 
@@ -166,23 +167,30 @@ def sqlite_path_problem(settings: Settings) -> str | None:
     special = _special_file_problem(path)
     if special is not None:
         return special
-    if path.is_dir():
+    # os.path's tests, not Path's: those raise where a folder on the way cannot be entered.
+    if os.path.isdir(path):
         return (
             f"DATABASE_URL names the directory {path}, not a SQLite file: add a file name, "
             f"e.g. sqlite:///{path / 'jukebot.sqlite3'}."
         )
-    existing = next((parent for parent in path.parents if parent.exists()), None)
-    if existing is not None and not existing.is_dir():
+    existing = next((parent for parent in path.parents if os.path.exists(parent)), None)
+    if existing is not None and not os.path.isdir(existing):
         return (
             f"DATABASE_URL's SQLite file {path} would be inside {existing}, which is a file, "
             "not a directory: point DATABASE_URL at a file in a directory."
         )
-    if not path.exists() and existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+    if existing is not None and not os.access(existing, os.X_OK):
+        return (
+            f"DATABASE_URL's SQLite file {path} cannot be reached: this user may not enter the folder "
+            f"{existing}. Change that folder's permissions, or point DATABASE_URL at a folder this user "
+            "may write in."
+        )
+    if not os.path.exists(path) and existing is not None and not os.access(existing, os.W_OK | os.X_OK):
         return (
             f"DATABASE_URL's SQLite file {path} cannot be created: this user may not write in {existing}. "
             "Change that folder's permissions, or point DATABASE_URL at a folder this user may write in."
         )
-    if path.is_file() and not os.access(path, os.R_OK | os.W_OK):
+    if os.path.isfile(path) and not os.access(path, os.R_OK | os.W_OK):
         return (
             f"DATABASE_URL's SQLite file {path} cannot be read and written by this user: fix its "
             "permissions, or point DATABASE_URL at another file."

@@ -110,3 +110,27 @@ def test_run_and_worker_log_a_schema_they_changed_for_the_other_machines(
         f"was at schema {int(head_revision() or 0) - 1:04d} and is now at {head_revision()}: every machine "
         "sharing it must run this jukebot version"
     )
+
+
+@without_read_privileges
+def test_a_sqlite_file_behind_a_folder_this_user_may_not_enter_is_one_sentence(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Path.is_dir raised PermissionError: every command that reads the database ended in a traceback
+    (jukebot makes its own folders 0700, so another account meets this)."""
+    closed = tmp_path / "closed"
+    database = closed / "data" / "jukebot.sqlite3"
+    database.parent.mkdir(parents=True)
+    closed.chmod(0o600)  # readable, not searchable
+    try:
+        monkeypatch.setenv("DATABASE_URL", f"sqlite:///{database}")
+        results = [CliRunner().invoke(main, command) for command in (["db", "check"], ["jobs", "list"])]
+    finally:
+        closed.chmod(0o755)
+    for result in results:
+        assert result.exit_code == 1, result.output
+        assert result.output == (
+            f"Error: DATABASE_URL's SQLite file {database} cannot be reached: this user may not enter the "
+            f"folder {closed}. Change that folder's permissions, or point DATABASE_URL at a folder this "
+            "user may write in.\n"
+        )

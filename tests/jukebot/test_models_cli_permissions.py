@@ -109,3 +109,23 @@ def test_a_changed_sidecar_is_seen_by_list_and_doctor(model_dir: Path) -> None:
     doctor = jukebot(model_dir, "doctor").output
     assert "1b_lyrics: verified" not in doctor
     assert f"warn model     1b_lyrics: vqvae: cannot read {sidecar}: " in doctor
+
+
+@without_read_privileges
+@pytest.mark.parametrize("command", ["worker", "run"])
+def test_workers_refuse_a_model_directory_behind_a_folder_they_may_not_enter(
+    clean_env: Path, set_mode: SetMode, command: str
+) -> None:
+    """`model_dir_refusal` called Path.is_dir, which raised PermissionError: a traceback, where `models
+    list` said what to fix."""
+    closed = clean_env / "closed"
+    model_dir = closed / "models"
+    model_dir.mkdir(parents=True)
+    set_mode(closed, 0o600)  # readable, not searchable
+    result = CliRunner().invoke(
+        main,
+        [command],
+        env={"JUKEBOT_MODEL_DIR": str(model_dir), "JUKEBOT_GPUS": "cpu", "DISCORD_TOKEN": "a.b.c"},
+    )
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(f"Error: Cannot read the model directory {model_dir} (Permission denied)")

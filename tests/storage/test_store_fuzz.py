@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 import hypothesis.strategies as st
 import pytest
 from hypothesis import HealthCheck, Phase, settings
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from sqlalchemy import func, select
 
 from storage import JobKind, JobStatus, JobStore, create_engine
@@ -675,6 +675,7 @@ class StoreMachine(RuleBasedStateMachine):
     def _alive_holding(self) -> list[str]:
         return [w for w, s in self.workers.items() if s.holds is not None and w not in self.dead]
 
+    @precondition(lambda self: bool(self._alive_holding()))  # else a no-op: steps go elsewhere
     @rule(index=st.integers(0, 50))
     def heartbeat(self, index: int) -> None:
         worker = self.pick(self._alive_holding(), index)
@@ -688,6 +689,7 @@ class StoreMachine(RuleBasedStateMachine):
                 f"heartbeat says cancel={beat.cancel_requested} for {before.status}",
             )
 
+    @precondition(lambda self: bool(self._alive_holding()))  # else a no-op: steps go elsewhere
     @rule(index=st.integers(0, 50), size=st.integers(1, 64))
     def progress_and_checkpoint(self, index: int, size: int) -> None:
         worker = self.pick(self._alive_holding(), index)
@@ -712,6 +714,7 @@ class StoreMachine(RuleBasedStateMachine):
         ):
             self.m.checkpoints[job_id] = blob
 
+    @precondition(lambda self: bool(self._alive_holding()))  # else a no-op: steps go elsewhere
     @rule(index=st.integers(0, 50), n=st.integers(1, 2))
     def complete(self, index: int, n: int) -> None:
         worker = self.pick(self._alive_holding(), index)
@@ -742,6 +745,7 @@ class StoreMachine(RuleBasedStateMachine):
         job = self.run(self.store.get_job(job_id))
         check(job.status == S, f"complete left #{job_id} {job.status.value}")
 
+    @precondition(lambda self: bool(self._alive_holding()))  # else a no-op: steps go elsewhere
     @rule(index=st.integers(0, 50), how=st.sampled_from(("fail", "retry", "release", "mark_cancelled")))
     def worker_ends(self, index: int, how: str) -> None:
         worker = self.pick(self._alive_holding(), index)
@@ -782,6 +786,7 @@ class StoreMachine(RuleBasedStateMachine):
             f"{after.status.value} att={after.attempts}, want {want.value} att={attempts}",
         )
 
+    @precondition(lambda self: bool(self._alive_holding()))  # else a no-op: steps go elsewhere
     @rule(index=st.integers(0, 50))
     def worker_dies(self, index: int) -> None:
         worker = self.pick(self._alive_holding(), index)
@@ -866,6 +871,7 @@ class StoreMachine(RuleBasedStateMachine):
         for worker in self._idle_workers():
             self.claim(worker, models, True, LEASE)
 
+    @precondition(lambda self: any(j.status in ACTIVE_STATUSES for j in self.m.last.values()))
     @rule(index=st.integers(0, 50), beat=st.sampled_from((False, False, True)))
     def lease_runs_out(self, index: int, beat: bool) -> None:
         """The clock reaches the end of a job's lease exactly: still its worker's (a free worker's claim
@@ -889,10 +895,19 @@ class StoreMachine(RuleBasedStateMachine):
                 holders = self._alive_holding()
                 mine = [i for i, w in enumerate(holders) if self.workers[w].holds == job_id]
                 self.heartbeat(mine[0] if mine else index)
-            idle = self._idle_workers()
-            if idle:  # a worker that serves the job's model only: fewer other jobs come first
-                self.claim(idle[index % len(idle)], (model,), True, LEASE)
+            for worker in self._idle_workers():  # serving the job's model only: fewer jobs go first
+                self.claim(worker, (model,), True, LEASE)
             self.requeue_expired(False, 0)
+
+    @precondition(lambda self: bool(self._alive_holding()))
+    @rule(index=st.integers(0, 50))
+    def worker_dies_then_others_claim(self, index: int) -> None:
+        """A worker dies holding its job; the live free workers claim, naming it dead: its job is taken
+        over first (an attempt counted), before any queued job."""
+        self.worker_dies(index)
+        for worker in self._idle_workers():
+            if worker not in self.dead:
+                self.claim(worker, MODELS, True, LEASE)
 
     @rule(
         user=st.sampled_from(USERS),
