@@ -122,14 +122,21 @@ def upgrade_or_exit(settings: Settings) -> str | None:
         raise click.ClickException(message) from None
     if missing:
         user = postgres_user(settings)
-        role = sql_name(user)
         raise click.ClickException(
             f"Postgres user {user!r} may not write jukebot's tables at {settings.database_url_for_display} "
-            f"(it lacks {'; '.join(missing)}): grant them (`GRANT SELECT, INSERT, UPDATE, DELETE ON ALL "
-            f"TABLES IN SCHEMA public TO {role}; GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}`), "
-            "or point DATABASE_URL at a user that owns the database."
+            f"(it lacks {'; '.join(missing)}): {_grant_tables(user)}"
         )
     return before
+
+
+def _grant_tables(user: str) -> str:
+    """The advice that gives `user` what jukebot does with tables another user owns."""
+    role = sql_name(user)
+    return (
+        f"grant them (`GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}; "
+        f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}`, as the tables' owner), or point "
+        "DATABASE_URL at a user that owns the database."
+    )
 
 
 def postgres_user(settings: Settings) -> str:
@@ -338,6 +345,12 @@ def specific_database_problem(error: BaseException, settings: Settings) -> str |
             )
         if code == _INSUFFICIENT_PRIVILEGE:
             user = postgres_user(settings)
+            if re.search(r"permission denied for (table|sequence|relation) ", str(error.orig)):
+                # Jukebot's tables are there, another user's: owning the database would grant nothing.
+                return (
+                    f"Postgres user {user!r} may not use jukebot's tables at {shown} "
+                    f"({first_line(error.orig)}): {_grant_tables(user)}"
+                )
             return (
                 f"Postgres user {user!r} may not use the database at {shown} as jukebot needs "
                 f"({first_line(error.orig)}): make it the database's owner (`ALTER DATABASE "

@@ -71,17 +71,66 @@ def role_without_rights() -> Iterator[str]:
 
 
 @pytest.mark.postgres
-def test_a_postgres_user_without_rights_is_told_how_to_give_them(
+def test_a_postgres_user_without_rights_on_the_tables_is_told_the_grant_that_works(
     postgres_database: str, role_without_rights: str
 ) -> None:
+    """The tables are there, another user's: the advice was to make the user the database's owner, which
+    grants nothing on them (the same error came back). Now it is the GRANT, which works as written."""
     server = make_url(POSTGRES_URL)
     url = f"postgresql://{role_without_rights}@{server.host}:{server.port}/{postgres_database}"
-    for command in (("jobs", "list"), ("db", "upgrade")):
+    outputs = []
+    for command in (("jobs", "list"), ("db", "upgrade"), ("db", "check")):
         code, output = invoke(*command, DATABASE_URL=url)
         assert code == 1, output
+        assert f"Postgres user '{role_without_rights}' may not use jukebot's tables at" in output, output
+        assert "cannot reach" not in output.lower() and "OWNER" not in output, output
+        outputs.append(output)
+    advice = advised_statements(outputs[0])
+    role = f'"{role_without_rights}"'
+    assert advice == [
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}",
+        f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}",
+    ], outputs[0]
+    try:
+        for statement in advice:  # as the tables' owner runs it
+            _in_thread(lambda statement=statement: asyncio.run(_in_database(postgres_database, statement)))
+        for command in (("jobs", "list"), ("db", "check"), ("db", "upgrade")):
+            code, output = invoke(*command, DATABASE_URL=url)
+            assert code == 0, output
+    finally:  # the role goes after the test: its rights first
+        _in_thread(lambda: asyncio.run(_in_database(postgres_database, f"DROP OWNED BY {role}")))
+
+
+@pytest.mark.postgres
+def test_a_postgres_user_that_may_not_create_tables_is_told_to_own_the_database(
+    postgres_database: str, role_without_rights: str
+) -> None:
+    """An empty database (Postgres 15 and later let only its owner create tables in `public`)."""
+    name = f"{TEST_DATABASE_PREFIX}{uuid.uuid4().hex[:16]}"
+    _in_thread(lambda: asyncio.run(_create_postgres_database(name)))
+    try:
+        server = make_url(POSTGRES_URL)
+        url = f"postgresql://{role_without_rights}@{server.host}:{server.port}/{name}"
+        code, output = invoke("db", "upgrade", DATABASE_URL=url)
+        assert code == 1, output
         assert f"Postgres user '{role_without_rights}' may not use the database at" in output, output
-        assert f'ALTER DATABASE {postgres_database} OWNER TO "{role_without_rights}"' in output, output
-        assert "cannot reach" not in output.lower()
+        (advice,) = advised_statements(output)
+        assert advice == f'ALTER DATABASE {name} OWNER TO "{role_without_rights}"', output
+        _in_thread(lambda: asyncio.run(_as_superuser(advice)))  # as written
+        code, output = invoke("db", "upgrade", DATABASE_URL=url)
+        assert code == 0, output
+    finally:
+        _in_thread(lambda: asyncio.run(_drop_postgres_database(name)))
+
+
+async def _in_database(database: str, statement: str) -> None:
+    server = make_url(POSTGRES_URL)
+    engine = create_engine(f"postgresql+asyncpg://{server.username}@{server.host}:{server.port}/{database}")
+    try:
+        async with engine.begin() as connection:
+            await connection.exec_driver_sql(statement)
+    finally:
+        await engine.dispose()
 
 
 def test_a_sqlite_file_another_process_holds_locked_is_named_as_a_time_out(tmp_path: Path) -> None:
