@@ -419,7 +419,9 @@ def require_current_schema(settings: Settings, missing: str) -> str | None:
         if not isinstance(exc, OSError | SQLAlchemyError):
             raise
         reason = first_line(getattr(exc, "orig", None) or exc)
-        raise click.ClickException(f"cannot reach the database at {where}: {reason}") from None
+        raise click.ClickException(
+            f"Cannot reach the database at {where} ({reason}): start it or fix DATABASE_URL."
+        ) from None
     if current != head:
         raise click.ClickException(
             f"the database at {where} is at schema {current or 'none (empty)'}, not {head}: "

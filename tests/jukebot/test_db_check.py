@@ -41,8 +41,9 @@ def test_an_unreachable_database_is_one_sentence_without_the_password(
     result = _check(monkeypatch, f"postgresql://jukebot:s3cret@127.0.0.1:{port}/jukebot")
     assert result.exit_code == 1
     assert result.output.startswith(
-        f"Error: cannot reach the database at postgresql+asyncpg://jukebot:***@127.0.0.1:{port}/jukebot: "
+        f"Error: Cannot reach the database at postgresql+asyncpg://jukebot:***@127.0.0.1:{port}/jukebot ("
     )
+    assert result.output.endswith("): start it or fix DATABASE_URL.\n")  # what to do, as `db upgrade` says
     assert "s3cret" not in result.output and result.output.count("\n") == 1
 
 

@@ -145,8 +145,9 @@ def test_an_unreachable_database_is_one_sentence(clean_env: Path, monkeypatch: p
 
     assert listed.exit_code == 1
     assert listed.output.startswith(
-        f"Error: cannot reach the database at postgresql+asyncpg://jukebot:***@127.0.0.1:{port}/"
+        f"Error: Cannot reach the database at postgresql+asyncpg://jukebot:***@127.0.0.1:{port}/jukebot ("
     )
+    assert listed.output.endswith("): start it or fix DATABASE_URL.\n")  # what to do, as `db upgrade` says
     assert "s3cret" not in listed.output and listed.output.count("\n") == 1
 
 

@@ -880,7 +880,9 @@ class StoreMachine(RuleBasedStateMachine):
         requeues it."""
         rows = self.rows()
         active = sorted(j.id for j in rows.values() if j.status in ACTIVE_STATUSES)
-        job_id = self.pick(active, index)
+        # preferably one a worker may take over (it has an attempt left): the boundary then decides
+        spare = [i for i in active if rows[i].status == R and rows[i].attempts + 1 < rows[i].max_attempts]
+        job_id = self.pick(spare or active, index)
         if job_id is None:
             return
         expires = rows[job_id].lease_expires_at
