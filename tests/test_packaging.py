@@ -97,10 +97,19 @@ def test_the_bot_alone_runs_without_torch_as_far_as_discord(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize(
-    "args", [["models", "download", "vqvae"], ["models", "verify"], ["models", "import", "."], ["sample"]]
+    "args",
+    [
+        ["models", "download", "vqvae"],
+        ["models", "verify"],
+        ["models", "import", "."],
+        ["sample"],
+        ["worker"],
+    ],
 )
 def test_commands_that_need_torch_say_so_in_one_sentence_without_it(args: list[str], tmp_path: Path) -> None:
     result = _jukebot_without_torch(*args, JUKEBOT_MODEL_DIR=str(tmp_path))
     assert result.returncode == 1, result.stderr
     assert "need torch, which is not installed here: install the worker extra" in result.stderr
     assert "Traceback" not in result.stderr and "ModuleNotFoundError" not in result.stderr
+    # JUKEBOT_GPUS=none runs the bot alone: it makes no command but `run` work without torch.
+    assert "JUKEBOT_GPUS" not in result.stderr, result.stderr

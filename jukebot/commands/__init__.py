@@ -81,13 +81,18 @@ class FiniteFloatRange(click.FloatRange):
 TORCH_USERS = "Model files (verifying, importing) and offline sampling"
 
 
-def require_torch(what: str) -> None:
-    """Stop with one sentence when torch (the `worker` extra) is not installed: a bot-only host has none."""
+def require_torch(what: str, *, bot_alone: bool = False) -> None:
+    """Stop with one sentence when torch (the `worker` extra) is not installed: a bot-only host has none.
+    `bot_alone`: `jukebot run`, which JUKEBOT_GPUS=none runs without workers (no other command can)."""
     if importlib.util.find_spec("torch") is None:
         raise click.ClickException(
             f"{what} need torch, which is not installed here: install the worker extra "
-            "(pip install 'jukebot[worker]'; scripts/run.sh does unless JUKEBOT_TORCH=skip), "
-            "or set JUKEBOT_GPUS=none to run the bot alone, with workers on other machines."
+            "(pip install 'jukebot[worker]'; scripts/run.sh does unless JUKEBOT_TORCH=skip)"
+            + (
+                ", or set JUKEBOT_GPUS=none to run the bot alone, with workers on other machines."
+                if bot_alone
+                else "."
+            )
         )
 
 

@@ -184,7 +184,7 @@ def run(sync_guilds: tuple[int, ...]) -> None:
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
     if settings.local_workers:
-        require_torch("local workers")
+        require_torch("local workers", bot_alone=True)
         _refuse_unusable_model_dir(settings)
     devices = _devices(settings) if settings.local_workers else []
     _log_what_is_in_use(settings, "bot", devices)
