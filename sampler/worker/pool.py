@@ -64,10 +64,16 @@ def devices_from_setting(gpus: Sequence[int] | None, *, require_gpu: bool = Fals
 
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if gpus is None and not visible and require_gpu:
+        if torch.version.cuda is None:
+            why = "it is a CPU-only build: install a CUDA build (JUKEBOT_TORCH=cuda with scripts/run.sh)"
+        else:
+            why = (
+                f"is the NVIDIA driver new enough for CUDA {torch.version.cuda}, and is the GPU given to "
+                "this container?"
+            )
         raise DeviceError(
-            f"JUKEBOT_GPUS=all, but torch {torch.__version__} sees no CUDA GPU here (is the NVIDIA driver "
-            f"new enough for CUDA {torch.version.cuda or 'none: a CPU-only torch'}, and is the GPU given to "
-            "this container?); set JUKEBOT_GPUS=auto to run one CPU worker instead"
+            f"JUKEBOT_GPUS=all, but torch {torch.__version__} sees no CUDA GPU here ({why}); set "
+            "JUKEBOT_GPUS=auto to run one CPU worker instead"
         )
     if gpus is None:
         return [DeviceSpec.cuda(index) for index in range(visible)] or [DeviceSpec.cpu()]

@@ -363,8 +363,15 @@ def test_devices_from_setting() -> None:
     if visible:
         assert devices_from_setting(None, require_gpu=True) == expected
     else:  # a GPU host whose CUDA does not work: no CPU worker that would hold jobs for hours
-        with pytest.raises(DeviceError, match=r"JUKEBOT_GPUS=all, but torch .* sees no CUDA GPU here"):
+        with pytest.raises(
+            DeviceError, match=r"JUKEBOT_GPUS=all, but torch .* sees no CUDA GPU here"
+        ) as said:
             devices_from_setting(None, require_gpu=True)
+        if (
+            torch.version.cuda is None
+        ):  # (this machine's build) it was "…new enough for CUDA none: a CPU-only…"
+            assert "it is a CPU-only build: install a CUDA build" in str(said.value)
+            assert "CUDA none" not in str(said.value)
 
 
 def _gone(pid: int) -> bool:
