@@ -293,6 +293,23 @@ def check_codecs() -> Check:
     return Check("codecs", Verdict.OK, f"PyAV {av.__version__} encodes Opus and MP3 and decodes MP3")
 
 
+def check_fingerprints() -> Check:
+    """Chromaprint, which `/curate` and `jukebot curate` order clips by (nothing else needs it)."""
+    import numpy as np
+
+    from sampler.audio import SAMPLE_RATE
+    from sampler.curation import FingerprintUnavailable, fingerprint
+
+    seconds = np.arange(2 * SAMPLE_RATE) / SAMPLE_RATE
+    try:
+        fingerprint(0.5 * np.sin(2 * np.pi * 440.0 * seconds))
+    except FingerprintUnavailable as exc:
+        return Check("fingerprints", Verdict.WARN, f"/curate and `jukebot curate` cannot work: {exc}")
+    return Check(
+        "fingerprints", Verdict.OK, "Chromaprint fingerprints clips for /curate and `jukebot curate`"
+    )
+
+
 def check_token(settings: Settings, online: bool) -> Check:
     """Is a token set; with `online`, does Discord accept it (one login, no gateway connection)?"""
     token = settings.discord_token.get_secret_value().strip() if settings.discord_token else ""
@@ -368,4 +385,5 @@ def run_checks(
     yield from check_models(settings, verifier)
     yield from check_devices(settings, torch_installed)
     yield check_codecs()
+    yield check_fingerprints()
     yield check_token(settings, online)

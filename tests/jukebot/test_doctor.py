@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from jukebot.doctor import (
     check_codecs,
     check_database,
     check_devices,
+    check_fingerprints,
     check_models,
     check_token,
 )
@@ -118,6 +120,16 @@ def test_devices(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_codecs() -> None:
     assert check_codecs().verdict is Verdict.OK
+
+
+def test_fingerprints(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`jukebot curate` and /curate need Chromaprint, which doctor did not check."""
+    assert check_fingerprints().verdict is Verdict.OK
+    monkeypatch.setitem(sys.modules, "chromaprint", None)  # `import chromaprint` fails as if not installed
+    missing = check_fingerprints()
+    assert missing.verdict is Verdict.WARN  # the bot and workers run without it
+    assert missing.message.startswith("/curate and `jukebot curate` cannot work: Acoustic fingerprints need")
+    assert "apt-get install libchromaprint1" in missing.message
 
 
 @pytest.mark.usefixtures("clean_env")

@@ -871,14 +871,17 @@ class StoreMachine(RuleBasedStateMachine):
         for worker in self._idle_workers():
             self.claim(worker, models, True, LEASE)
 
-    @precondition(lambda self: any(j.status in ACTIVE_STATUSES for j in self.m.last.values()))
     @rule(index=st.integers(0, 50), beat=st.sampled_from((False, False, True)))
     def lease_runs_out(self, index: int, beat: bool) -> None:
         """The clock reaches the end of a job's lease exactly: still its worker's (a free worker's claim
         and the requeue scan leave it); the holder's heartbeat may come in then; a second later it
         ran out, unless renewed: a free worker takes the job over, counting an attempt, or the scan
-        requeues it."""
+        requeues it. With no job running, a free worker claims one first."""
         rows = self.rows()
+        idle = self._idle_workers()
+        if idle and not any(j.status in ACTIVE_STATUSES for j in rows.values()):
+            self.claim(idle[index % len(idle)], MODELS, True, LEASE)
+            rows = self.rows()
         active = sorted(j.id for j in rows.values() if j.status in ACTIVE_STATUSES)
         # preferably one a worker may take over (it has an attempt left): the boundary then decides
         spare = [i for i in active if rows[i].status == R and rows[i].attempts + 1 < rows[i].max_attempts]
