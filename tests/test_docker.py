@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -76,6 +77,25 @@ def test_compose_has_postgres_bot_gpu_worker_and_a_model_tool(compose: dict[str,
         dockerfile = Path(service["build"]["dockerfile"])
         assert (REPO / dockerfile).is_file(), f"{name} builds from a missing {dockerfile}"
     assert services["worker"]["environment"]["DISCORD_TOKEN"] == ""  # a worker never needs it
+
+
+@pytest.mark.parametrize("service", ["worker", "models"])
+def test_no_token_reaches_the_worker_image_whichever_name_env_gives_it(
+    compose: dict[str, Any], service: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Compose puts `.env`'s variables in the container, then the service's `environment` over them:
+    blanking DISCORD_TOKEN alone let a `.env` JUKEBOT_DISCORD_TOKEN through, and that name wins."""
+    from jukebot.settings import Settings
+
+    dotenv = {"DISCORD_TOKEN": "the.bot.token", "JUKEBOT_DISCORD_TOKEN": "the.bot.token"}
+    container = dotenv | compose["services"][service]["environment"]
+    for name in list(os.environ):
+        if name.startswith("JUKEBOT_") or name in ("DISCORD_TOKEN", "DATABASE_URL"):
+            monkeypatch.delenv(name)
+    for name, value in container.items():
+        monkeypatch.setenv(name, str(value))
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.discord_token is None or not settings.discord_token.get_secret_value().strip()
 
 
 def test_every_long_running_service_rotates_its_log_and_jukebots_run_under_an_init(
