@@ -304,7 +304,11 @@ def check_fingerprints() -> Check:
     try:
         fingerprint(0.5 * np.sin(2 * np.pi * 440.0 * seconds))
     except FingerprintUnavailable as exc:
-        return Check("fingerprints", Verdict.WARN, f"/curate and `jukebot curate` cannot work: {exc}")
+        return Check(
+            "fingerprints",
+            Verdict.WARN,
+            f"`jukebot curate` cannot work, and /curate orders samples by their stored Jukebox codes: {exc}",
+        )
     return Check(
         "fingerprints", Verdict.OK, "Chromaprint fingerprints clips for /curate and `jukebot curate`"
     )

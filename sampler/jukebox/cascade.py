@@ -385,14 +385,24 @@ def invert_cdf(logits: Tensor, u: Tensor, row_totals: Tensor | None = None) -> T
     return ids.clamp_(max=logits.shape[-1] - 1)
 
 
-def prefill_known(prior: JukeboxPrior, state: SamplingState, ids: Tensor, chunk_size: int) -> None:
+def prefill_known(
+    prior: JukeboxPrior,
+    state: SamplingState,
+    ids: Tensor,
+    chunk_size: int,
+    between: Callable[[], None] | None = None,
+) -> None:
     """Feed a window's known ids (N, k) to `state`, `chunk_size` per prefill pass (`ONE_PASS`: all).
+    `between()` runs between two passes and may raise to stop: thousands of known ids take most of an
+    hour in chunks on a CPU, which a cancel (and the worker's watch for a hung sampler) must not wait on.
 
     The ids are the cascade's own (sampled, or encoded from the prompt) or given codes that `check`
     validated, so their range is not checked again: that would read values back from the device.
     """
     size = chunk_size if chunk_size != ONE_PASS else max(ids.shape[1], 1)
     for first in range(0, ids.shape[1], size):
+        if first and between is not None:
+            between()
         prior.prefill(state, ids[:, first : first + size], check_ids=False)
 
 
@@ -1210,7 +1220,7 @@ class Cascade:
             )
             return prior.ids_to_codes(new), decoder.row_totals.clone()
         state = prior.start(cond, window.sample_tokens)
-        prefill_known(prior, state, prior.codes_to_ids(known), chunk_size)
+        prefill_known(prior, state, prior.codes_to_ids(known), chunk_size, between=lambda: report(0))
         row_totals = torch.zeros(known.shape[0], dtype=torch.float64, device=self.device)
         ids = sample_steps(
             prior,

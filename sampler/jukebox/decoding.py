@@ -250,8 +250,9 @@ class WindowDecoder:
         its samples), else (new_tokens, N, 1) uniforms drawn from `generator` at the window's start.
 
         `report(done)` runs between calls, every `progress_every` tokens rounded to a multiple of K,
-        and after the last token; it may raise to cancel. Rows whose logits were not numbers at some
-        token show in `row_totals` (their ids stay in range), for the caller to read once.
+        and after the last token, and `report(0)` between prefill passes; it may raise to cancel. Rows
+        whose logits were not numbers at some token show in `row_totals` (their ids stay in range), for
+        the caller to read once.
         """
         prior = self._prior()
         if prior is None:
@@ -268,7 +269,10 @@ class WindowDecoder:
         done = 0
         with self._on_device():
             many, one = self._call(per_call, top_k, top_p), self._call(1, top_k, top_p)
-            self._begin(prior, cond, known_ids, new_tokens, temperature, generator, chunk_size, uniforms)
+            between = None if report is None else lambda: report(0)  # a report of no new token yet
+            self._begin(
+                prior, cond, known_ids, new_tokens, temperature, generator, chunk_size, uniforms, between
+            )
             with torch.inference_mode():
                 while done < new_tokens:
                     if new_tokens - done >= per_call:
@@ -304,8 +308,10 @@ class WindowDecoder:
         generator: torch.Generator,
         chunk_size: int | None,
         given_uniforms: Tensor | None = None,
+        between: Callable[[], None] | None = None,
     ) -> None:
-        """The window's conditioning into the buffers, its known ids into the cache, its draws."""
+        """The window's conditioning into the buffers, its known ids into the cache (`between()` between
+        prefill passes), its draws."""
         if cond.x_cond.shape[1] not in (1, self._x_cond.shape[1]):
             raise SamplingError(
                 f"x_cond holds {cond.x_cond.shape[1]} positions; this prior has {self._x_cond.shape[1]}"
@@ -316,7 +322,7 @@ class WindowDecoder:
         known = known_ids.shape[1]
         state = prior.start(persistent, known + new_tokens, cache=self.cache)
         if known:
-            prefill_known(prior, state, known_ids, ONE_PASS if chunk_size is None else chunk_size)
+            prefill_known(prior, state, known_ids, ONE_PASS if chunk_size is None else chunk_size, between)
         elif state.prefix_queued:  # 1b_lyrics with nothing known: the lyric prefix goes alone
             prior.feed_queued_prefix(state)
         # The first step's input: the start embedding, or the newest known id (still pending).

@@ -135,7 +135,7 @@ class RunnerHung(Exception):
     """The runner showed no sign of life (no progress, checkpoint or stop check) for `stall_seconds`:
     a GPU that stopped answering, a deadlock. Its thread cannot be stopped, so its job is recorded as
     crashed (back to the queue from its last checkpoint, an attempt counted) and the worker process
-    exits with EXIT_CRASH without waiting for that thread; its pool starts a fresh one."""
+    exits with EXIT_HUNG without waiting for that thread; its pool starts a fresh one."""
 
 
 class WorkerConfigError(ValueError):
@@ -165,7 +165,8 @@ class WorkerConfig:
     crash_backoff_seconds: float = 1.0
     max_crash_backoff_seconds: float = 60.0
     # A runner silent this long (no progress, checkpoint or stop check) hangs (`RunnerHung`). Far above
-    # its longest quiet stretch: loading a 5B prior from a slow disk, a chunk of tokens on a CPU.
+    # its longest quiet stretch: loading a 5B prior from a slow disk, or on a CPU one prefill pass, 32
+    # tokens or a sample's VQ-VAE decode of a 5B model (minutes each; the cascade reports between them).
     stall_seconds: float = 1800.0
 
     def __post_init__(self) -> None:
@@ -1126,11 +1127,16 @@ class Worker:
             helpers.append(asyncio.create_task(self._stop_on(stop, run)))
         try:
             return await self._run_and_record(run)
-        except asyncio.CancelledError:
-            # cancelled by `_stall_loop` alone (nothing else cancelled this task too): the runner hangs
-            this = asyncio.current_task()
-            if not run.hung or this is None or this.uncancel() > 0:
+        except BaseException as exc:
+            if not run.hung:
                 raise
+            # Cancelled by `_stall_loop` (alone: nothing else cancelled this task too), or an error on
+            # the way out replaced that cancel: either way the runner hangs.
+            this = asyncio.current_task()
+            if this is None or this.uncancel() > 0:
+                raise
+            if not isinstance(exc, asyncio.CancelledError):
+                log.warning("job #%s: %r on the way out of a hung run", job.id, exc)
             return await self._hung(run)
         finally:
             for helper in helpers:
@@ -1160,6 +1166,11 @@ class Worker:
                     watchdog.cancel()
                     if finished:
                         await reporter.drop_pending(job.id)
+                    elif run.hung:  # an error storing the last checkpoint must not hide the hang
+                        try:
+                            await reporter.flush()
+                        except Exception as exc:
+                            log.warning("job #%s: its last checkpoint was not stored: %r", job.id, exc)
                     else:
                         await reporter.flush()
             except (LeaseLost, LeftToLease):

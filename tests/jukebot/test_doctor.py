@@ -128,7 +128,10 @@ def test_fingerprints(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "chromaprint", None)  # `import chromaprint` fails as if not installed
     missing = check_fingerprints()
     assert missing.verdict is Verdict.WARN  # the bot and workers run without it
-    assert missing.message.startswith("/curate and `jukebot curate` cannot work: Acoustic fingerprints need")
+    assert missing.message.startswith(
+        "`jukebot curate` cannot work, and /curate orders samples by their stored Jukebox codes: "
+        "Acoustic fingerprints need"
+    )
     assert "apt-get install libchromaprint1" in missing.message
 
 

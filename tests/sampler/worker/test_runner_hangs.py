@@ -17,7 +17,7 @@ import pytest
 
 from sampler.worker.contract import DeviceSpec, JobTask, ProgressReporter, Stage, StopCheck
 from sampler.worker.runtime import EXIT_HUNG, RunnerHung, Worker, WorkerConfig
-from storage import JobKind, JobStatus, JobStore, NewSample
+from storage import Job, JobKind, JobStatus, JobStore, NewSample
 from tests.holding import NEVER_RELEASED_SECONDS
 from tests.sampler.worker.test_pool import enqueue as enqueue_for_pool
 from tests.worker_processes import FAST_FLAGS, ServiceProcess, job_finished, pool_command, repo_environment
@@ -69,27 +69,46 @@ def _worker(store: JobStore, runner: QuietRunner) -> Worker:
     return Worker(store, runner, DeviceSpec.cpu(), config=config)
 
 
-async def test_a_hung_sampler_sends_its_job_back_and_stops_its_worker(sqlite_store: JobStore) -> None:
+async def _hangs(store: JobStore) -> Job:
+    """Serve one job whose sampler hangs: the worker stops with RunnerHung, closes without waiting for
+    the hung thread, and the job is back in the queue with an attempt counted; returns it."""
     runner = QuietRunner("hang")
-    worker = _worker(sqlite_store, runner)
-    job_id = await _enqueue(sqlite_store)
+    worker = _worker(store, runner)
+    job_id = await _enqueue(store)
     try:
         with pytest.raises(RunnerHung, match=f"job #{job_id}"):
             await asyncio.wait_for(worker.serve(asyncio.Event()), 60)
         assert runner.hanging.is_set() and worker.runner_hung
-        job = await sqlite_store.get_job(job_id)
-        assert (job.status, job.attempts) == (JobStatus.QUEUED, 1)
-        assert job.error is not None and "showed no sign of life" in job.error, job.error
-        assert "while sampling" in job.error and "restarted" in job.error
-        assert await sqlite_store.get_checkpoint(job_id) == b"the first window"  # resumes from there
-        # Closing does not wait for the thread that hangs (it would never end).
-        closed = threading.Thread(target=worker.close)
+        closed = threading.Thread(target=worker.close)  # (joining the hung thread would never end)
         closed.start()
         closed.join(10)
         assert not closed.is_alive()
     finally:
         runner.unhang.set()
         worker.close()
+    job = await store.get_job(job_id)
+    assert (job.status, job.attempts) == (JobStatus.QUEUED, 1)
+    assert job.error is not None and "showed no sign of life" in job.error, job.error
+    return job
+
+
+async def test_a_hung_sampler_sends_its_job_back_and_stops_its_worker(sqlite_store: JobStore) -> None:
+    job = await _hangs(sqlite_store)
+    assert job.error is not None and "while sampling" in job.error and "restarted" in job.error
+    assert await sqlite_store.get_checkpoint(job.id) == b"the first window"  # resumes from there
+
+
+class CheckpointRefused(JobStore):
+    """Every checkpoint refused, not for an outage: storing the last one fails on the way out of the run."""
+
+    async def save_checkpoint(self, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("checkpoint refused (not an outage)")
+
+
+async def test_an_error_storing_the_last_checkpoint_does_not_hide_the_hang(sqlite_store: JobStore) -> None:
+    """That error replaced the watchdog's cancel: the job was recorded as an ordinary crash, the worker
+    claimed the next job behind the hung thread, and its process never exited (found by a review)."""
+    await _hangs(CheckpointRefused(sqlite_store.engine))
 
 
 async def _run_one(store: JobStore, runner: QuietRunner) -> JobStatus:
