@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 import hypothesis.strategies as st
 import pytest
 from hypothesis import HealthCheck, Phase, settings
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from sqlalchemy import func, select
 
 from storage import JobKind, JobStatus, JobStore, create_engine
@@ -277,6 +277,18 @@ class StoreMachine(RuleBasedStateMachine):
             if j.user_id == user and j.guild_id == guild and j.status in ACTIVE_STATUSES
         )
 
+    def after_reclaim(self, rows: dict[int, Job], worker: str, models: tuple[str, ...]) -> dict[int, Job]:
+        """The rows a claim with `reclaim_own` picks from: its lost claims cancelled meanwhile ended,
+        those of models it no longer serves back in the queue."""
+        return {
+            i: replace(j, status=X, lease_owner=None)
+            if j.lease_owner == worker and j.status == C
+            else replace(j, status=Q, lease_owner=None)
+            if j.lease_owner == worker and j.status == R and j.model not in models
+            else j
+            for i, j in rows.items()
+        }
+
     def predict_claim(
         self,
         rows: dict[int, Job],
@@ -288,17 +300,8 @@ class StoreMachine(RuleBasedStateMachine):
         take_expired: bool = True,
     ) -> tuple[int | None, str]:
         now = self.clock.now
-        if (
-            reclaim_own
-        ):  # before it picks: its lost claims cancelled meanwhile end, those of other models go back
-            rows = {
-                i: replace(j, status=X, lease_owner=None)
-                if j.lease_owner == worker and j.status == C
-                else replace(j, status=Q, lease_owner=None)
-                if j.lease_owner == worker and j.status == R and j.model not in models
-                else j
-                for i, j in rows.items()
-            }
+        if reclaim_own:
+            rows = self.after_reclaim(rows, worker, models)
         candidates: list[tuple[int, int, int, str]] = []
         for j in rows.values():
             if j.model not in models:
@@ -633,7 +636,9 @@ class StoreMachine(RuleBasedStateMachine):
         if before.status == Q:
             check(claimed.attempts == before.attempts, f"claim of a queued job counted an attempt: {call}")
             if before.max_running_per_user is not None:
-                active = self.active_of(rows, before.user_id, before.guild_id)
+                # counted when it picks (after a restarted worker's own lost claims were settled)
+                picked_from = self.after_reclaim(rows, worker, models) if reclaim else rows
+                active = self.active_of(picked_from, before.user_id, before.guild_id)
                 check(
                     active < before.max_running_per_user,
                     f"{call} took #{got} while its user ran {active} jobs (limit {before.max_running_per_user})",
@@ -675,7 +680,6 @@ class StoreMachine(RuleBasedStateMachine):
     def _alive_holding(self) -> list[str]:
         return [w for w, s in self.workers.items() if s.holds is not None and w not in self.dead]
 
-    @precondition(lambda self: bool(self._alive_holding()))  # else a no-op: steps go elsewhere
     @rule(index=st.integers(0, 50))
     def heartbeat(self, index: int) -> None:
         worker = self.pick(self._alive_holding(), index)
@@ -689,7 +693,6 @@ class StoreMachine(RuleBasedStateMachine):
                 f"heartbeat says cancel={beat.cancel_requested} for {before.status}",
             )
 
-    @precondition(lambda self: bool(self._alive_holding()))  # else a no-op: steps go elsewhere
     @rule(index=st.integers(0, 50), size=st.integers(1, 64))
     def progress_and_checkpoint(self, index: int, size: int) -> None:
         worker = self.pick(self._alive_holding(), index)
@@ -714,7 +717,6 @@ class StoreMachine(RuleBasedStateMachine):
         ):
             self.m.checkpoints[job_id] = blob
 
-    @precondition(lambda self: bool(self._alive_holding()))  # else a no-op: steps go elsewhere
     @rule(index=st.integers(0, 50), n=st.integers(1, 2))
     def complete(self, index: int, n: int) -> None:
         worker = self.pick(self._alive_holding(), index)
@@ -745,7 +747,6 @@ class StoreMachine(RuleBasedStateMachine):
         job = self.run(self.store.get_job(job_id))
         check(job.status == S, f"complete left #{job_id} {job.status.value}")
 
-    @precondition(lambda self: bool(self._alive_holding()))  # else a no-op: steps go elsewhere
     @rule(index=st.integers(0, 50), how=st.sampled_from(("fail", "retry", "release", "mark_cancelled")))
     def worker_ends(self, index: int, how: str) -> None:
         worker = self.pick(self._alive_holding(), index)
@@ -786,7 +787,6 @@ class StoreMachine(RuleBasedStateMachine):
             f"{after.status.value} att={after.attempts}, want {want.value} att={attempts}",
         )
 
-    @precondition(lambda self: bool(self._alive_holding()))  # else a no-op: steps go elsewhere
     @rule(index=st.integers(0, 50))
     def worker_dies(self, index: int) -> None:
         worker = self.pick(self._alive_holding(), index)
@@ -825,6 +825,12 @@ class StoreMachine(RuleBasedStateMachine):
     # Uniform rule choice rarely lines up the few steps where the limits and the lease clock decide:
     # these rules set them up on purpose, from the same checked calls as the rules above.
 
+    def checked(self, call: Any, *args: Any) -> None:
+        """One call of a rule made of several: the rows are checked after it as after a step, so that
+        every job still moves one documented step at a time."""
+        call(*args)
+        self.check_rows()
+
     def _idle_workers(self) -> list[str]:
         """Workers free to claim: alive and running nothing, or dead (a restart claims)."""
         return [w for w in WORKERS if w in self.dead or self.workers[w].holds is None]
@@ -853,7 +859,7 @@ class StoreMachine(RuleBasedStateMachine):
         turn (serving the jobs' model): where the queued limit refuses and the running limit holds a
         queued job back while later ones go ahead."""
         if guild is not None and guild in self.m.left:
-            self.mark_guild_present(guild)  # the request comes from a server the bot is in
+            self.checked(self.mark_guild_present, guild)  # the request comes from a server the bot is in
         jobs = max_running + extra
         asked = Asked(
             user,
@@ -865,29 +871,53 @@ class StoreMachine(RuleBasedStateMachine):
             max_queued=None if queued_slack is None else jobs - queued_slack,
         )
         while len(self._idle_workers()) < min(len(WORKERS), max_running + 1):
-            self.complete(0, 1)  # a worker finishes (or finds its lease lost): free for the next
+            self.checked(
+                self.complete, 0, 1
+            )  # a worker finishes (or finds its lease lost): free for the next
         for _ in range(jobs):
-            self._enqueue(JobKind.GENERATE, None, asked)
+            self.checked(self._enqueue, JobKind.GENERATE, None, asked)
         for worker in self._idle_workers():
-            self.claim(worker, models, True, LEASE)
+            self.checked(self.claim, worker, models, True, LEASE)
 
     @rule(index=st.integers(0, 50), beat=st.sampled_from((False, False, True)))
     def lease_runs_out(self, index: int, beat: bool) -> None:
         """The clock reaches the end of a job's lease exactly: still its worker's (a free worker's claim
         and the requeue scan leave it); the holder's heartbeat may come in then; a second later it
         ran out, unless renewed: a free worker takes the job over, counting an attempt, or the scan
-        requeues it. With no job running, a free worker claims one first."""
+        requeues it. With no lease still running, a free worker claims a job first."""
+
+        def running_leases(rows: dict[int, Job]) -> list[int]:
+            now = self.clock.now
+            return sorted(
+                j.id
+                for j in rows.values()
+                if j.status in ACTIVE_STATUSES
+                and j.lease_expires_at is not None
+                and j.lease_expires_at >= now
+            )
+
         rows = self.rows()
         idle = self._idle_workers()
-        if idle and not any(j.status in ACTIVE_STATUSES for j in rows.values()):
-            self.claim(idle[index % len(idle)], MODELS, True, LEASE)
+        if idle and not running_leases(rows):
+            self.checked(self.claim, idle[index % len(idle)], MODELS, True, LEASE)
             rows = self.rows()
-        active = sorted(j.id for j in rows.values() if j.status in ACTIVE_STATUSES)
-        # preferably one a worker may take over (it has an attempt left): the boundary then decides
+        active = running_leases(rows) or sorted(j.id for j in rows.values() if j.status in ACTIVE_STATUSES)
+        # preferably one a worker may take over (it has an attempt left), best the one a free worker of
+        # its model would take first were its lease over: the boundary alone then decides the claim
         spare = [i for i in active if rows[i].status == R and rows[i].attempts + 1 < rows[i].max_attempts]
-        job_id = self.pick(spare or active, index)
+
+        def first_once_over(i: int) -> bool:
+            over = {**rows, i: replace(rows[i], lease_expires_at=self.clock.now - timedelta(seconds=1))}
+            return self.predict_claim(over, "probe", (rows[i].model,))[0] == i
+
+        job_id = self.pick([i for i in spare if first_once_over(i)] or spare or active, index)
         if job_id is None:
             return
+        while not self._idle_workers():  # another worker finishes its job: one is free to claim
+            others = [i for i, w in enumerate(self._alive_holding()) if self.workers[w].holds != job_id]
+            if not others:
+                break
+            self.checked(self.complete, others[0], 1)
         expires = rows[job_id].lease_expires_at
         assert expires is not None
         model = rows[job_id].model
@@ -899,33 +929,35 @@ class StoreMachine(RuleBasedStateMachine):
             if beat and past == 0.0:
                 holders = self._alive_holding()
                 mine = [i for i, w in enumerate(holders) if self.workers[w].holds == job_id]
-                self.heartbeat(mine[0] if mine else index)
+                self.checked(self.heartbeat, mine[0] if mine else index)
             for worker in self._idle_workers():  # serving the job's model only: fewer jobs go first
-                self.claim(worker, (model,), True, LEASE)
-            self.requeue_expired(False, 0)
+                self.checked(self.claim, worker, (model,), True, LEASE)
+            self.checked(self.requeue_expired, False, 0)
 
-    @precondition(lambda self: bool(self._alive_holding()))
     @rule(index=st.integers(0, 50))
     def worker_dies_then_others_claim(self, index: int) -> None:
         """A worker dies holding its job; the live free workers claim, naming it dead: its job is taken
         over first (an attempt counted), before any queued job."""
-        self.worker_dies(index)
+        if not self._alive_holding():
+            return
+        self.checked(self.worker_dies, index)
         for worker in self._idle_workers():
             if worker not in self.dead:
-                self.claim(worker, MODELS, True, LEASE)
+                self.checked(self.claim, worker, MODELS, True, LEASE)
 
     @rule(
         user=st.sampled_from(USERS),
-        later=st.sampled_from((60.0, 3600.0, 2 * 86400.0)),
-        days=st.sampled_from((0.0001, 0.01, 1.0)),
+        later=st.sampled_from((3600.0, 60.0, 2 * 86400.0)),
         dry=st.booleans(),
     )
-    def clip_left_behind(self, user: int, later: float, days: float, dry: bool) -> None:
-        """A request stores its clip and stops before queueing its job (the bot went down); the
-        operator prunes some time later: only a clip that old by both measures goes."""
+    def clip_left_behind(self, user: int, later: float, dry: bool) -> None:
+        """A request stores its clip and stops before queueing its job (the bot went down); some time
+        later the operator prunes, asking for ever younger failures: a clip no job uses goes only once
+        it is that old and older than a day."""
         self.store_prime(user)
         self.advance_clock(later)
-        self.prune(days, dry)
+        for days in (1.0, 0.01, 0.0001):
+            self.prune(days, dry)
 
     # ---------------------------------------------------------------- bot side: cancel, guilds
 
