@@ -936,13 +936,24 @@ class Worker:
         same way, so the worker raises `DeviceUnusable` and claims nothing. Anything else may well
         not recur in a job: running out of memory while loading every prior at once (jobs load one
         level at a time, or sample smaller batches), one model's damaged file (jobs of the other
-        models run; a job of that model fails with what to fetch), a bug in an optional step."""
+        models run; a job of that model fails with what to fetch), a bug in an optional step.
+
+        A warm-up that outlasts `stall_seconds` hangs (`RunnerHung`): the worker said it serves its
+        models before warming up, so jobs would wait for it forever."""
         if not isinstance(self.runner, WarmsUp):
             return
         started = time.monotonic()
         log.info("worker %s: warming up its runner", self.worker_id)
+        limit = self.config.stall_seconds
         try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self.runner.warm_up)
+            warming = asyncio.get_running_loop().run_in_executor(self._executor, self.runner.warm_up)
+            await asyncio.wait_for(warming, limit)
+        except TimeoutError:
+            self.runner_hung = True
+            raise RunnerHung(
+                f"warming up its runner took over {limit:g} s (JUKEBOT_WORKER_STALL_SECONDS): it hangs "
+                "(a GPU that stopped answering, or a deadlock); this process can run no jobs"
+            ) from None
         except Exception as exc:
             if _device_unusable(exc):
                 raise DeviceUnusable(

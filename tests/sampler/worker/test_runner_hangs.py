@@ -69,14 +69,13 @@ def _worker(store: JobStore, runner: QuietRunner) -> Worker:
     return Worker(store, runner, DeviceSpec.cpu(), config=config)
 
 
-async def _hangs(store: JobStore) -> Job:
-    """Serve one job whose sampler hangs: the worker stops with RunnerHung, closes without waiting for
-    the hung thread, and the job is back in the queue with an attempt counted; returns it."""
-    runner = QuietRunner("hang")
+async def _stops_hung(store: JobStore, runner: QuietRunner, said: str) -> Job:
+    """Serve one job with `runner`, which hangs: the worker stops with RunnerHung (saying `said`, a
+    pattern) and closes without waiting for the hung thread; returns the job then."""
     worker = _worker(store, runner)
     job_id = await _enqueue(store)
     try:
-        with pytest.raises(RunnerHung, match=f"job #{job_id}"):
+        with pytest.raises(RunnerHung, match=said.replace("#", f"#{job_id}")):
             await asyncio.wait_for(worker.serve(asyncio.Event()), 60)
         assert runner.hanging.is_set() and worker.runner_hung
         closed = threading.Thread(target=worker.close)  # (joining the hung thread would never end)
@@ -86,7 +85,12 @@ async def _hangs(store: JobStore) -> Job:
     finally:
         runner.unhang.set()
         worker.close()
-    job = await store.get_job(job_id)
+    return await store.get_job(job_id)
+
+
+async def _hangs(store: JobStore) -> Job:
+    """A job whose sampler hangs goes back to the queue with an attempt counted; returns it."""
+    job = await _stops_hung(store, QuietRunner("hang"), "job #")
     assert (job.status, job.attempts) == (JobStatus.QUEUED, 1)
     assert job.error is not None and "showed no sign of life" in job.error, job.error
     return job
@@ -96,6 +100,20 @@ async def test_a_hung_sampler_sends_its_job_back_and_stops_its_worker(sqlite_sto
     job = await _hangs(sqlite_store)
     assert job.error is not None and "while sampling" in job.error and "restarted" in job.error
     assert await sqlite_store.get_checkpoint(job.id) == b"the first window"  # resumes from there
+
+
+class HangsWarmingUp(QuietRunner):
+    def warm_up(self) -> None:
+        self.hanging.set()
+        self.unhang.wait(NEVER_RELEASED_SECONDS)
+
+
+async def test_a_warm_up_that_hangs_stops_the_worker(sqlite_store: JobStore) -> None:
+    """The worker says it serves its models before it warms up, so queued jobs waited for a worker that
+    would never claim them; it now stops, its row gone, for its pool to start a fresh one."""
+    job = await _stops_hung(sqlite_store, HangsWarmingUp("return"), r"warming up its runner took over 0\.5 s")
+    assert (job.status, job.attempts) == (JobStatus.QUEUED, 0)  # never claimed
+    assert await sqlite_store.live_workers() == []  # the bot no longer counts on its models
 
 
 class CheckpointRefused(JobStore):
