@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sampler.cascade_runner import CascadeRunner
 from sampler.jobspec import JobParams
+from sampler.jukebox.cascade import CascadeState
 from sampler.worker.contract import (
     DeviceSpec,
     JobFailed,
@@ -121,7 +122,10 @@ class Fractions:
         self.sampling: list[float] = []
         self.windows: list[tuple[int | None, int | None, int | None]] = []
         self.checkpoints: list[bytes] = []
-        self.at_checkpoint: list[float] = []  # what was shown when each checkpoint was handed over
+        # the share of the tokens each checkpoint holds: when levels sample at once, what is shown as it is
+        # handed over may count another level's window in flight, which a resume samples again
+        self.at_checkpoint: list[float] = []
+        self.tokens_total = 0
         self.stop_after = stop_after
 
     def progress(
@@ -129,14 +133,17 @@ class Fractions:
     ):  # type: ignore[no-untyped-def]
         shown = fraction if fraction is not None else tokens_done / tokens_total
         self.shown.append(shown)
+        self.tokens_total = tokens_total
         if stage in (Stage.SAMPLING, Stage.UPSAMPLING):
             self.sampling.append(shown)
             self.windows.append((level, window, window_count))
             assert window is not None and window_count is not None and 1 <= window <= window_count
 
     def checkpoint(self, blob: Any) -> None:
-        self.checkpoints.append(blob() if callable(blob) else blob)
-        self.at_checkpoint.append(self.shown[-1])
+        data = blob() if callable(blob) else blob
+        self.checkpoints.append(data)
+        held = sum(codes.shape[1] for codes in CascadeState.from_bytes(data).codes)  # one sample, no prime
+        self.at_checkpoint.append(held / self.tokens_total)
 
     def should_stop(self) -> StopReason | None:
         return (
