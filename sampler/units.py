@@ -37,6 +37,15 @@ def format_bytes_apart(size: int, limit: int) -> tuple[str, str]:
     return shown, limit_shown.replace(" bytes", "-byte") if limit_shown.endswith(" bytes") else limit_shown
 
 
+def format_duration(seconds: float) -> str:
+    """`45 s`, `12 min`, `3.5 h`: a quiet or silent stretch as an operator reads it."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def count_of(count: int, word: str) -> str:
     """`1 sample`, `3 samples`: a count and a regular English noun."""
     return f"{count} {word}{'' if count == 1 else 's'}"

@@ -5,15 +5,7 @@ from __future__ import annotations
 import click
 
 from jukebot.commands.jobs import with_store
-from sampler.units import count_of
-
-
-def _ago(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 2 * 3600:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+from sampler.units import count_of, format_duration
 
 
 @click.command()
@@ -41,9 +33,9 @@ def workers(here: bool) -> None:
     for worker in seen:
         models = ", ".join(worker.models) if worker.models else "no model (none is complete on its disk)"
         state = (
-            f"alive (seen {_ago(worker.seconds_ago)} ago)"
+            f"alive (seen {format_duration(worker.seconds_ago)} ago)"
             if worker.live
-            else f"silent for {_ago(worker.seconds_ago)}"
+            else f"silent for {format_duration(worker.seconds_ago)}"
         )
         click.echo(f"{worker.worker_id} {state}, serves {models}")
     live = sum(worker.live for worker in seen)

@@ -227,16 +227,8 @@ def test_a_postgres_user_whose_sessions_are_read_only_is_told_so_not_to_grant_ri
     name = f"{TEST_DATABASE_PREFIX}{uuid.uuid4().hex[:16]}"  # its own: the role will own it
     role = f'"{role_without_rights}"'
 
-    async def as_superuser(statement: str) -> None:
-        engine = create_engine(f"postgresql+asyncpg://{server.username}@{server.host}:{server.port}/{name}")
-        try:
-            async with engine.begin() as connection:
-                await connection.exec_driver_sql(statement)
-        finally:
-            await engine.dispose()
-
     def run(statement: str) -> None:
-        _in_thread(lambda: asyncio.run(as_superuser(statement)))
+        _in_thread(lambda: asyncio.run(_in_database(name, statement)))
 
     url = f"postgresql://{role_without_rights}@{server.host}:{server.port}/{name}"
     told = (
