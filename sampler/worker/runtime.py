@@ -59,6 +59,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+from sampler.units import format_duration
 from sampler.worker.contract import (
     DeviceError,
     DeviceSpec,
@@ -945,15 +946,17 @@ class Worker:
         started = time.monotonic()
         log.info("worker %s: warming up its runner", self.worker_id)
         limit = self.config.stall_seconds
-        try:
-            warming = asyncio.get_running_loop().run_in_executor(self._executor, self.runner.warm_up)
-            await asyncio.wait_for(warming, limit)
-        except TimeoutError:
+        warming = asyncio.get_running_loop().run_in_executor(self._executor, self.runner.warm_up)
+        # (not wait_for: a TimeoutError of the warm-up's own, a download's, is no hang)
+        done, _ = await asyncio.wait({warming}, timeout=limit)
+        if not done:
             self.runner_hung = True
             raise RunnerHung(
                 f"warming up its runner took over {limit:g} s (JUKEBOT_WORKER_STALL_SECONDS): it hangs "
                 "(a GPU that stopped answering, or a deadlock); this process can run no jobs"
-            ) from None
+            )
+        try:
+            await warming  # its result, or its own error
         except Exception as exc:
             if _device_unusable(exc):
                 raise DeviceUnusable(
@@ -1336,9 +1339,8 @@ class Worker:
     async def _hung(self, run: _Run) -> JobOutcome:
         stage = "before its first report" if run.latest is None else f"while {run.latest.stage}"
         silent = time.monotonic() - run.alive_at
-        how_long = f"{silent:.0f} s" if silent < 120 else f"{silent / 60:.0f} min"
         reason = (
-            f"the sampler showed no sign of life for {how_long} {stage} (a GPU that stopped "
+            f"the sampler showed no sign of life for {format_duration(silent)} {stage} (a GPU that stopped "
             "answering, or a deadlock); its worker process was restarted"
         )
         log.error("job #%s: %s", run.job.id, reason)

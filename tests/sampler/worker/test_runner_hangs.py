@@ -20,6 +20,7 @@ from sampler.worker.runtime import EXIT_HUNG, RunnerHung, Worker, WorkerConfig
 from storage import Job, JobKind, JobStatus, JobStore, NewSample
 from tests.holding import NEVER_RELEASED_SECONDS
 from tests.sampler.worker.test_pool import enqueue as enqueue_for_pool
+from tests.waiting import wait_until
 from tests.worker_processes import FAST_FLAGS, ServiceProcess, job_finished, pool_command, repo_environment
 
 MODEL = "5b_lyrics"
@@ -114,6 +115,33 @@ async def test_a_warm_up_that_hangs_stops_the_worker(sqlite_store: JobStore) -> 
     job = await _stops_hung(sqlite_store, HangsWarmingUp("return"), r"warming up its runner took over 0\.5 s")
     assert (job.status, job.attempts) == (JobStatus.QUEUED, 0)  # never claimed
     assert await sqlite_store.live_workers() == []  # the bot no longer counts on its models
+
+
+class TimesOutWarmingUp(QuietRunner):
+    def warm_up(self) -> None:
+        raise TimeoutError("the model mirror did not answer")  # the warm-up's own: no hang
+
+
+async def test_a_warm_up_that_fails_with_a_time_out_of_its_own_is_no_hang(sqlite_store: JobStore) -> None:
+    """The worker logs it and serves anyway, as for any warm-up error (`asyncio.wait_for` had taken it
+    for the watch's own time-out)."""
+    runner = TimesOutWarmingUp("return")
+    worker = _worker(sqlite_store, runner)
+    job_id = await _enqueue(sqlite_store)
+    stop = asyncio.Event()
+    serving = asyncio.create_task(worker.serve(stop))
+    try:
+
+        async def succeeded() -> bool:
+            assert not serving.done(), serving
+            return (await sqlite_store.get_job(job_id)).status == JobStatus.SUCCEEDED
+
+        await wait_until(succeeded, 60, "the job to succeed")
+    finally:
+        stop.set()
+        await asyncio.wait_for(serving, 60)
+        worker.close()
+    assert not worker.runner_hung
 
 
 class CheckpointRefused(JobStore):
