@@ -24,7 +24,9 @@ from tests.waiting import wait_until
 from tests.worker_processes import FAST_FLAGS, ServiceProcess, job_finished, pool_command, repo_environment
 
 MODEL = "5b_lyrics"
-STALL_SECONDS = 0.5
+# Far above the gaps between a busy runner's stop checks even on a loaded machine (0.5 s was crossed
+# once in a review's runs), yet short enough for the hangs to be seen in seconds.
+STALL_SECONDS = 2.0
 
 
 class QuietRunner:
@@ -112,7 +114,9 @@ class HangsWarmingUp(QuietRunner):
 async def test_a_warm_up_that_hangs_stops_the_worker(sqlite_store: JobStore) -> None:
     """The worker says it serves its models before it warms up, so queued jobs waited for a worker that
     would never claim them; it now stops, its row gone, for its pool to start a fresh one."""
-    job = await _stops_hung(sqlite_store, HangsWarmingUp("return"), r"warming up its runner took over 0\.5 s")
+    job = await _stops_hung(
+        sqlite_store, HangsWarmingUp("return"), rf"warming up its runner took over {STALL_SECONDS:g} s"
+    )
     assert (job.status, job.attempts) == (JobStatus.QUEUED, 0)  # never claimed
     assert await sqlite_store.live_workers() == []  # the bot no longer counts on its models
 
@@ -173,7 +177,7 @@ async def _run_one(store: JobStore, runner: QuietRunner) -> JobStatus:
 
 async def test_a_quiet_runner_that_asks_whether_to_stop_is_alive(sqlite_store: JobStore) -> None:
     """Stop checks are signs of life: a long stretch without progress reports is not a hang."""
-    runner = QuietRunner("busy", busy_seconds=6 * STALL_SECONDS)
+    runner = QuietRunner("busy", busy_seconds=3 * STALL_SECONDS)
     assert await _run_one(sqlite_store, runner) == JobStatus.SUCCEEDED
 
 
@@ -181,7 +185,7 @@ class SlowToComplete(JobStore):
     """Storing the samples takes longer than the stall limit (a slow link)."""
 
     async def complete(self, *args: Any, **kwargs: Any) -> Any:
-        await asyncio.sleep(4 * STALL_SECONDS)
+        await asyncio.sleep(2 * STALL_SECONDS)
         return await super().complete(*args, **kwargs)
 
 
@@ -195,7 +199,7 @@ class SlowToCheckpoint(JobStore):
     """Storing a checkpoint takes longer than the stall limit (a full disk being waited out)."""
 
     async def save_checkpoint(self, *args: Any, **kwargs: Any) -> None:
-        await asyncio.sleep(4 * STALL_SECONDS)
+        await asyncio.sleep(2 * STALL_SECONDS)
         await super().save_checkpoint(*args, **kwargs)
 
 
