@@ -59,7 +59,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from sampler.units import format_duration
 from sampler.worker.contract import (
     DeviceError,
     DeviceSpec,
@@ -1339,8 +1338,10 @@ class Worker:
     async def _hung(self, run: _Run) -> JobOutcome:
         stage = "before its first report" if run.latest is None else f"while {run.latest.stage}"
         silent = time.monotonic() - run.alive_at
+        # (the runtime imports only itself and storage: not sampler.units' format_duration)
+        how_long = f"{silent:.0f} s" if silent < 120 else f"{silent / 60:.0f} min"
         reason = (
-            f"the sampler showed no sign of life for {format_duration(silent)} {stage} (a GPU that stopped "
+            f"the sampler showed no sign of life for {how_long} {stage} (a GPU that stopped "
             "answering, or a deadlock); its worker process was restarted"
         )
         log.error("job #%s: %s", run.job.id, reason)
