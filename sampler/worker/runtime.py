@@ -138,6 +138,11 @@ class RunnerHung(Exception):
     exits with EXIT_HUNG without waiting for that thread; its pool starts a fresh one."""
 
 
+class _RunnerSilent(Exception):
+    """Raised in the job's task when the watch (`Worker._stall_loop`) gave up on its runner; becomes
+    `RunnerHung` once the job is recorded (`Worker._hung`)."""
+
+
 class WorkerConfigError(ValueError):
     """A worker timing setting out of range."""
 
@@ -409,7 +414,7 @@ class _Run:
         # When the runner last showed it was alive (a report, or a stop check: `runner_should_stop`),
         # by time.monotonic; set from its thread (a float assignment: atomic).
         self.alive_at = time.monotonic()
-        self.hung = False  # the loop gave up on the runner (`Worker._stall_loop`)
+        self.hung = False  # the watch gave up on the runner (`Worker._stall_loop`)
 
     def stop(self, reason: StopReason) -> None:
         with self._lock:
@@ -945,17 +950,19 @@ class Worker:
         started = time.monotonic()
         log.info("worker %s: warming up its runner", self.worker_id)
         limit = self.config.stall_seconds
-        warming = asyncio.get_running_loop().run_in_executor(self._executor, self.runner.warm_up)
+        warmed = self._executor.submit(self.runner.warm_up)
+        warming = asyncio.wrap_future(warmed)
         # (not wait_for: a TimeoutError of the warm-up's own, a download's, is no hang)
-        done, _ = await asyncio.wait({warming}, timeout=limit)
-        if not done:
+        await asyncio.wait({warming}, timeout=limit)
+        if not warmed.done():  # (the thread's future: a warm-up that ended as time ran out is no hang)
+            warming.cancel()
             self.runner_hung = True
             raise RunnerHung(
                 f"warming up its runner took over {limit:g} s (JUKEBOT_WORKER_STALL_SECONDS): it hangs "
                 "(a GPU that stopped answering, or a deadlock); this process can run no jobs"
             )
         try:
-            await warming  # its result, or its own error
+            warmed.result()  # its own error, if any
         except Exception as exc:
             if _device_unusable(exc):
                 raise DeviceUnusable(
@@ -1140,16 +1147,7 @@ class Worker:
             helpers.append(asyncio.create_task(self._stop_on(stop, run)))
         try:
             return await self._run_and_record(run)
-        except BaseException as exc:
-            if not run.hung:
-                raise
-            # Cancelled by `_stall_loop` (alone: nothing else cancelled this task too), or an error on
-            # the way out replaced that cancel: either way the runner hangs.
-            this = asyncio.current_task()
-            if this is None or this.uncancel() > 0:
-                raise
-            if not isinstance(exc, asyncio.CancelledError):
-                log.warning("job #%s: %r on the way out of a hung run", job.id, exc)
+        except _RunnerSilent:
             return await self._hung(run)
         finally:
             for helper in helpers:
@@ -1167,16 +1165,21 @@ class Worker:
                 reporter = _Reporter(self, run, loop)
                 finished = False
                 run.alive_at = time.monotonic()
-                this = asyncio.current_task()
-                assert this is not None
-                watchdog = asyncio.create_task(self._stall_loop(run, this))
+                ran = self._executor.submit(self.runner.run, task, reporter, run.runner_should_stop)
+                news = asyncio.wrap_future(ran)
+                watchdog = asyncio.create_task(self._stall_loop(run))
                 try:
-                    samples = await loop.run_in_executor(
-                        self._executor, self.runner.run, task, reporter, run.runner_should_stop
-                    )
+                    await asyncio.wait((news, watchdog), return_when=asyncio.FIRST_COMPLETED)
+                    # The thread's own future, not the loop's news of it: a runner that returned
+                    # as the watch fired keeps its samples.
+                    if not ran.done():
+                        run.hung = True
+                        raise _RunnerSilent
+                    samples = ran.result()
                     finished = True
                 finally:
                     watchdog.cancel()
+                    news.cancel()  # (a hung thread's late news then goes nowhere)
                     if finished:
                         await reporter.drop_pending(job.id)
                     elif run.hung:  # an error storing the last checkpoint must not hide the hang
@@ -1186,7 +1189,7 @@ class Worker:
                             log.warning("job #%s: its last checkpoint was not stored: %r", job.id, exc)
                     else:
                         await reporter.flush()
-            except (LeaseLost, LeftToLease):
+            except (LeaseLost, LeftToLease, _RunnerSilent):
                 raise
             except JobCancelled:
                 if run.should_stop() is StopReason.LEASE_LOST:
@@ -1323,17 +1326,15 @@ class Worker:
             status.value,
         )
 
-    async def _stall_loop(self, run: _Run, job_task: asyncio.Task[JobOutcome]) -> None:
-        """Give up on a runner silent for `stall_seconds`: `job_task` (the job's, awaiting the runner)
-        is cancelled, and records the job as crashed (`_hung`). Runs only while the runner does."""
+    async def _stall_loop(self, run: _Run) -> None:
+        """Return once the runner has been silent for `stall_seconds`: unless it has returned by then,
+        its job is recorded as crashed (`_hung`)."""
         limit = self.config.stall_seconds
         while True:
             silent = time.monotonic() - run.alive_at
             if silent >= limit:
-                break
+                return
             await asyncio.sleep(min(limit - silent, 30.0) + 0.01)
-        run.hung = True
-        job_task.cancel()
 
     async def _hung(self, run: _Run) -> JobOutcome:
         stage = "before its first report" if run.latest is None else f"while {run.latest.stage}"

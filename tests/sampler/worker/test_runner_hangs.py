@@ -7,6 +7,7 @@ one, without waiting for the thread that cannot end."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import threading
 import time
@@ -121,6 +122,25 @@ async def test_a_warm_up_that_hangs_stops_the_worker(sqlite_store: JobStore) -> 
     assert await sqlite_store.live_workers() == []  # the bot no longer counts on its models
 
 
+async def _serves_a_job(store: JobStore, worker: Worker) -> None:
+    """`worker` serves until a job enqueued now succeeds, without stopping as hung."""
+    job_id = await _enqueue(store)
+    stop = asyncio.Event()
+    serving = asyncio.create_task(worker.serve(stop))
+    try:
+
+        async def succeeded() -> bool:
+            assert not serving.done(), serving
+            return (await store.get_job(job_id)).status == JobStatus.SUCCEEDED
+
+        await wait_until(succeeded, 60, "the job to succeed")
+    finally:
+        stop.set()
+        await asyncio.wait_for(serving, 60)
+        worker.close()
+    assert not worker.runner_hung
+
+
 class TimesOutWarmingUp(QuietRunner):
     def warm_up(self) -> None:
         raise TimeoutError("the model mirror did not answer")  # the warm-up's own: no hang
@@ -131,21 +151,7 @@ async def test_a_warm_up_that_fails_with_a_time_out_of_its_own_is_no_hang(sqlite
     for the watch's own time-out)."""
     runner = TimesOutWarmingUp("return")
     worker = _worker(sqlite_store, runner)
-    job_id = await _enqueue(sqlite_store)
-    stop = asyncio.Event()
-    serving = asyncio.create_task(worker.serve(stop))
-    try:
-
-        async def succeeded() -> bool:
-            assert not serving.done(), serving
-            return (await sqlite_store.get_job(job_id)).status == JobStatus.SUCCEEDED
-
-        await wait_until(succeeded, 60, "the job to succeed")
-    finally:
-        stop.set()
-        await asyncio.wait_for(serving, 60)
-        worker.close()
-    assert not worker.runner_hung
+    await _serves_a_job(sqlite_store, worker)
 
 
 class CheckpointRefused(JobStore):
@@ -247,3 +253,78 @@ async def test_the_stall_limit_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("JUKEBOT_WORKER_STALL_SECONDS", "5")
     with pytest.raises(ValueError, match="greater than or equal to 60"):
         Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+class NewsHeldBack(concurrent.futures.Future):  # type: ignore[type-arg]
+    """A runner's future whose completion the event loop hears of only once the test says so: the window
+    between the thread returning and the loop running the callback, held open."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[Any] = []
+
+    def add_done_callback(self, fn: Any) -> None:
+        self.held.append(fn)
+
+
+class HoldsBackTheRunnersNews(concurrent.futures.ThreadPoolExecutor):
+    """Runs `runner.run` and `runner.warm_up` in a thread as the worker's executor does, but never tells
+    the loop that they returned: everything else runs as usual."""
+
+    def __init__(self, runner: QuietRunner) -> None:
+        super().__init__(max_workers=1)
+        self.runner = runner
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        if fn not in (self.runner.run, getattr(self.runner, "warm_up", None)):
+            return super().submit(fn, *args, **kwargs)
+        news = NewsHeldBack()
+        ran = super().submit(fn, *args, **kwargs)
+
+        def finished(ran: concurrent.futures.Future) -> None:  # type: ignore[type-arg]
+            if ran.exception() is not None:
+                news.set_exception(ran.exception())
+            else:
+                news.set_result(ran.result())
+
+        ran.add_done_callback(finished)
+        return news
+
+
+async def test_a_runner_that_returned_just_as_the_watch_fired_keeps_its_samples(
+    sqlite_store: JobStore,
+) -> None:
+    """The watch looked only at when the runner last showed life: a runner that returned its samples
+    after a long silent stretch, in the moment before the loop heard of it, was taken for hung, its
+    samples thrown away and its job sampled again from the last checkpoint. The watch now asks whether
+    the runner has returned before it gives up on it."""
+    runner = QuietRunner("return")
+    worker = _worker(sqlite_store, runner)
+    worker._executor.shutdown()
+    worker._executor = HoldsBackTheRunnersNews(runner)
+    job_id = await _enqueue(sqlite_store)
+    try:
+        job = await sqlite_store.claim(worker.worker_id, runner.models, worker.config.lease_seconds)
+        assert job is not None and job.id == job_id
+        await asyncio.wait_for(worker.run_job(job), 60)
+    finally:
+        worker.close()
+    assert not worker.runner_hung
+    job = await sqlite_store.get_job(job_id)
+    assert (job.status, job.attempts) == (JobStatus.SUCCEEDED, 0), job
+    assert [s.index for s in await sqlite_store.samples_for_job(job_id)] == [0]
+
+
+class WarmsUpQuietly(QuietRunner):
+    def warm_up(self) -> None:
+        pass
+
+
+async def test_a_warm_up_that_ended_just_as_time_ran_out_is_no_hang(sqlite_store: JobStore) -> None:
+    """Likewise for the warm-up: the worker stopped as hung though its runner had warmed up. It now
+    serves, and its job (whose end the loop never hears of either) succeeds."""
+    runner = WarmsUpQuietly("return")
+    worker = _worker(sqlite_store, runner)
+    worker._executor.shutdown()
+    worker._executor = HoldsBackTheRunnersNews(runner)
+    await _serves_a_job(sqlite_store, worker)
