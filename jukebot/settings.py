@@ -37,6 +37,7 @@ from sampler.jobspec import MAX_PRIME_SECONDS, MIN_LENGTH_SECONDS, MIN_PRIME_SEC
 from sampler.jukebox.registry import DEFAULT_MIRRORS, MAX_SONG_SECONDS
 from sampler.model_files import default_model_dir
 from sampler.residency import DEFAULT_RESIDENT_PRIORS, ResidentPriors, parse_resident_priors
+from sampler.units import format_bytes
 from sampler.worker.logs import LOG_LEVELS, LogFormat
 from sampler.worker.runtime import WorkerConfig
 from storage.models import MAX_INTEGER
@@ -485,7 +486,11 @@ class Settings(BaseSettings):
     @field_validator("max_prime_bytes", mode="before")
     @classmethod
     def _parse_byte_size(cls, value: object) -> object:
-        return parse_byte_size(value)
+        size = parse_byte_size(value)
+        if isinstance(size, int) and size > MAX_INTEGER:  # (`le` would answer in bytes alone)
+            given = format_bytes(size) if size < 1024**9 else "more digits than any size"
+            raise ValueError(f"at most {MAX_INTEGER} bytes ({format_bytes(MAX_INTEGER)}), not {given}")
+        return size
 
     @field_validator("model_mirrors", mode="before")
     @classmethod

@@ -433,7 +433,13 @@ def test_the_longest_song_is_one_the_models_take(monkeypatch: pytest.MonkeyPatch
         ("JUKEBOT_MAX_PRIME_SECONDS", "1e15", "less than or equal to 600"),
         ("JUKEBOT_MAX_PRIME_SECONDS", "0.2", "greater than or equal to 0.5"),  # no prime fits under it
         ("JUKEBOT_MAX_LENGTH_SECONDS", "0.5", "greater than or equal to 1"),  # no request asks so little
-        ("JUKEBOT_MAX_PRIME_BYTES", "9" * 400, "less than or equal to 2147483647"),  # a traceback before
+        (
+            "JUKEBOT_MAX_PRIME_BYTES",
+            "9" * 400,
+            "at most 2147483647 bytes (2.0 GiB), not ",
+        ),  # a traceback before
+        # in the unit it was given in too, not in bytes alone
+        ("JUKEBOT_MAX_PRIME_BYTES", "3GiB", "at most 2147483647 bytes (2.0 GiB), not 3.0 GiB"),
         ("JUKEBOT_MAX_PRIME_BYTES", "５MB", "use a number of bytes"),  # a full-width digit read as 5
     ],
 )
