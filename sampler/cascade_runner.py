@@ -15,6 +15,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -393,10 +394,11 @@ class CascadeRunner:
         )
         return keep
 
-    def warm_up(self) -> None:
+    def warm_up(self, alive: Callable[[], None] = lambda: None) -> None:
         """Called once at worker start, before the first claim: load the cascade of the model the bot
         picks first among those served (one model's priors are loaded at a time) and, its priors
-        resident, every prior, then let the cascade prepare its decoders at the batch sizes."""
+        resident, every prior, then let the cascade prepare its decoders at the batch sizes; `alive`
+        after each of these steps (`WarmsUp`)."""
         served = self.models
         model = next((name for name in MODEL_PREFERENCE if name in served), None)
         if model is None:
@@ -404,13 +406,15 @@ class CascadeRunner:
             return
         try:
             cascade = self.cascade(model)
+            alive()
             if not self.keeps_priors(model):
                 log.info("warm-up: %s priors load with each level; only its VQ-VAE is loaded now", model)
                 return
             for level in range(cascade.levels):
                 cascade.priors.acquire(level)
+                alive()
             # compiled and captured decoders for the batches a default job samples in
-            cascade.warm_up(warm_up_batch_sizes(self.max_batch_size))
+            cascade.warm_up(warm_up_batch_sizes(self.max_batch_size), alive)
         except ModelFileUnusable as exc:  # the worker serves the other models
             log.error("warm-up: %s", self._stop_serving(exc))
             return

@@ -31,7 +31,9 @@ def workers(here: bool) -> None:
     if here:
         seen = [worker for worker in seen if machine_of(worker.worker_id) == machine]
     for worker in seen:
-        models = ", ".join(worker.models) if worker.models else "no model (none is complete on its disk)"
+        models = (
+            ", ".join(worker.models) if worker.models else "no model (none it can run now: its log says why)"
+        )
         state = (
             f"alive (seen {format_duration(worker.seconds_ago)} ago)"
             if worker.live

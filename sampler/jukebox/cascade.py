@@ -539,10 +539,10 @@ class Cascade:
         # How rng="window" samples (`sampler.jukebox.decoding`); the exact draw takes the sliced loop.
         self.decode_options = default_decode_options(self.device) if decode is None else decode
 
-    def warm_up(self, batch_sizes: Sequence[int]) -> None:
+    def warm_up(self, batch_sizes: Sequence[int], done_one: Callable[[], None] = lambda: None) -> None:
         """Build the persistent decoder of every level's prior now (compile, capture), level L's for a
-        batch of `batch_sizes[L]`, so that the first job does not wait for it. Nothing to do on the
-        sliced path."""
+        batch of `batch_sizes[L]`, so that the first job does not wait for it; `done_one` after each
+        level's. Nothing to do on the sliced path."""
         from sampler.jukebox.decoding import window_decoder
 
         if self.decode_options.path == "sliced":
@@ -551,6 +551,7 @@ class Cascade:
             prior = self.priors.acquire(level)
             window_decoder(prior, batch_sizes[level], self.decode_options).prepare()
             self.priors.release(level)
+            done_one()
 
     # ---- validation
 

@@ -230,9 +230,12 @@ class WarmsUp(Protocol):
     not asked). The worker calls it in the runner's thread before its first claim and logs how long
     it took; what it does is the runner's business. If it raises, the worker logs that and serves
     anyway, so a runner must still load what a job needs when the job runs; only an error that says
-    the device cannot run at all (no CUDA, no such GPU, a broken driver) stops the worker."""
+    the device cannot run at all (no CUDA, no such GPU, a broken driver) stops the worker.
 
-    def warm_up(self) -> None: ...
+    It calls `alive()` between its steps (a model loaded, a decoder compiled): like a job's reports,
+    each is a sign of life, and a warm-up silent for the worker's stall limit hangs."""
+
+    def warm_up(self, alive: Callable[[], None]) -> None: ...
 
 
 # The runner's own settings (e.g. its model directory), as the pool was given them

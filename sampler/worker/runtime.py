@@ -131,6 +131,11 @@ class DeviceContextLost(DeviceError):
     fresh process, with a fresh context."""
 
 
+# Set once a worker of this process gave up on its hung runner thread: the process then ends with
+# os._exit, whatever else goes wrong on the way out, since Python's exit would join that thread forever.
+_RUNNER_THREAD_HANGS = threading.Event()
+
+
 class RunnerHung(Exception):
     """The runner showed no sign of life (no progress, checkpoint or stop check) for `stall_seconds`:
     a GPU that stopped answering, a deadlock. Its thread cannot be stopped, so its job is recorded as
@@ -394,10 +399,23 @@ class LevelTimer:
         return combined, seconds
 
 
-class _Run:
-    """State shared between the loop (heartbeats, writes) and the runner thread."""
+class _SignsOfLife:
+    """When the runner last showed it was alive (`Worker._stall_loop` watches it), by time.monotonic;
+    set from its thread (a float assignment: atomic)."""
+
+    def __init__(self) -> None:
+        self.alive_at = time.monotonic()
+
+    def alive(self) -> None:
+        self.alive_at = time.monotonic()
+
+
+class _Run(_SignsOfLife):
+    """State shared between the loop (heartbeats, writes) and the runner thread; its signs of life are a
+    report, a checkpoint or a stop check (`runner_should_stop`)."""
 
     def __init__(self, job: ClaimedJob) -> None:
+        super().__init__()
         self.job = job
         self._lock = threading.Lock()
         self._stop: StopReason | None = None
@@ -411,9 +429,6 @@ class _Run:
         self.past_loading = False
         # Released to the queue by the loop while the runner thread still loads models (`_stop_on`).
         self.released = False
-        # When the runner last showed it was alive (a report, or a stop check: `runner_should_stop`),
-        # by time.monotonic; set from its thread (a float assignment: atomic).
-        self.alive_at = time.monotonic()
         self.hung = False  # the watch gave up on the runner (`Worker._stall_loop`)
 
     def stop(self, reason: StopReason) -> None:
@@ -426,7 +441,7 @@ class _Run:
 
     def runner_should_stop(self) -> StopReason | None:
         """`should_stop` as the runner asks it: each call is also a sign of life."""
-        self.alive_at = time.monotonic()
+        self.alive()
         return self._stop
 
 
@@ -501,7 +516,7 @@ class _Reporter:
 
     def checkpoint(self, blob: Checkpoint) -> None:
         self._run.past_loading = True
-        self._run.alive_at = time.monotonic()
+        self._run.alive()
         # Stored in the background while the next window samples; the previous checkpoint must be
         # stored before this one is sent, so at most the window in progress is ever unsaved (plus
         # `checkpoint_seconds` when windows come faster than that).
@@ -534,7 +549,7 @@ class _Reporter:
                 break
             except concurrent.futures.TimeoutError:
                 # waiting on the database (a full disk, a lock held elsewhere) is no hang of the runner's
-                self._run.alive_at = time.monotonic()
+                self._run.alive()
                 # a loop that stopped (the worker is going away) never stores it: do not wait forever
                 if self._loop.is_closed() or not self._loop.is_running():
                     future.cancel()
@@ -943,23 +958,28 @@ class Worker:
         level at a time, or sample smaller batches), one model's damaged file (jobs of the other
         models run; a job of that model fails with what to fetch), a bug in an optional step.
 
-        A warm-up that outlasts `stall_seconds` hangs (`RunnerHung`): the worker said it serves its
-        models before warming up, so jobs would wait for it forever."""
+        A warm-up silent for `stall_seconds` (between two of its signs of life, `WarmsUp`) hangs
+        (`RunnerHung`): the worker said it serves its models before warming up, so jobs would wait for
+        it forever."""
         if not isinstance(self.runner, WarmsUp):
             return
         started = time.monotonic()
         log.info("worker %s: warming up its runner", self.worker_id)
-        limit = self.config.stall_seconds
-        warmed = self._executor.submit(self.runner.warm_up)
+        signs = _SignsOfLife()
+        warmed = self._executor.submit(self.runner.warm_up, signs.alive)
         warming = asyncio.wrap_future(warmed)
-        # (not wait_for: a TimeoutError of the warm-up's own, a download's, is no hang)
-        await asyncio.wait({warming}, timeout=limit)
-        if not warmed.done():  # (the thread's future: a warm-up that ended as time ran out is no hang)
+        watch = asyncio.create_task(self._stall_loop(signs))
+        try:  # (not wait_for: a TimeoutError of the warm-up's own, a download's, is no hang)
+            await asyncio.wait({warming, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+        if not warmed.done():  # (the thread's future: a warm-up that ended as the watch fired is no hang)
             warming.cancel()
-            self.runner_hung = True
+            self._give_up_on_runner()
             raise RunnerHung(
-                f"warming up its runner took over {limit:g} s (JUKEBOT_WORKER_STALL_SECONDS): it hangs "
-                "(a GPU that stopped answering, or a deadlock); this process can run no jobs"
+                f"warming up its runner showed no sign of life for {self.config.stall_seconds:g} s "
+                "(JUKEBOT_WORKER_STALL_SECONDS): it hangs (a GPU that stopped answering, or a deadlock); "
+                "this process can run no jobs"
             )
         try:
             warmed.result()  # its own error, if any
@@ -987,8 +1007,9 @@ class Worker:
                 log.info("worker %s serving models %s", self.worker_id, ", ".join(sorted(models)))
             else:
                 log.warning(
-                    "worker %s serves no model: none is complete on disk; it claims no job until one is "
-                    "(`jukebot models list` shows what is missing)",
+                    "worker %s serves no model: its runner has none it can run now (files missing or found "
+                    "unusable, or too big for its device: its log says which); it claims no job until it "
+                    "has one (`jukebot models list` shows what is missing)",
                     self.worker_id,
                 )
         if models != self._recorded or time.monotonic() - self._recorded_at >= WORKER_PRESENCE_SECONDS:
@@ -1164,7 +1185,7 @@ class Worker:
                 loop = asyncio.get_running_loop()
                 reporter = _Reporter(self, run, loop)
                 finished = False
-                run.alive_at = time.monotonic()
+                run.alive()
                 ran = self._executor.submit(self.runner.run, task, reporter, run.runner_should_stop)
                 news = asyncio.wrap_future(ran)
                 watchdog = asyncio.create_task(self._stall_loop(run))
@@ -1326,12 +1347,12 @@ class Worker:
             status.value,
         )
 
-    async def _stall_loop(self, run: _Run) -> None:
+    async def _stall_loop(self, signs: _SignsOfLife) -> None:
         """Return once the runner has been silent for `stall_seconds`: unless it has returned by then,
-        its job is recorded as crashed (`_hung`)."""
+        it hangs (a job is recorded as crashed, `_hung`)."""
         limit = self.config.stall_seconds
         while True:
-            silent = time.monotonic() - run.alive_at
+            silent = time.monotonic() - signs.alive_at
             if silent >= limit:
                 return
             await asyncio.sleep(min(limit - silent, 30.0) + 0.01)
@@ -1346,7 +1367,7 @@ class Worker:
             "answering, or a deadlock); its worker process was restarted"
         )
         log.error("job #%s: %s", run.job.id, reason)
-        self.runner_hung = True
+        self._give_up_on_runner()
         # Whatever happens to the record, this process stops: its only runner thread is taken.
         if not run.released and run.should_stop() is not StopReason.LEASE_LOST:  # still this worker's
             try:
@@ -1359,6 +1380,10 @@ class Worker:
             except Exception as exc:  # (its lease runs out, and it comes back as any such job)
                 log.warning("job #%s: could not record that its sampler hangs: %r", run.job.id, exc)
         raise RunnerHung(f"its sampler thread hangs (job #{run.job.id}): this process can run no more jobs")
+
+    def _give_up_on_runner(self) -> None:
+        self.runner_hung = True
+        _RUNNER_THREAD_HANGS.set()
 
     async def _heartbeat_loop(self, run: _Run) -> None:
         failures = 0
@@ -1581,9 +1606,14 @@ def worker_main(
     except _StoppedWhileStarting as stopped:
         log.info("%s received while starting: stopping before claiming any job", stopped.name)
         code = EXIT_OK
-    if code == EXIT_HUNG:  # Python's exit would join the hung runner thread, forever
+    except BaseException:
+        if not _RUNNER_THREAD_HANGS.is_set():
+            raise
+        log.exception("an error on the way out after the sampler hung")
+        code = EXIT_HUNG
+    if _RUNNER_THREAD_HANGS.is_set():  # Python's exit would join the hung runner thread, forever
         logging.shutdown()
-        os._exit(code)
+        os._exit(EXIT_HUNG)
     sys.exit(code)
 
 

@@ -81,8 +81,8 @@ async def test_a_silent_worker_and_other_machines(monkeypatch: pytest.MonkeyPatc
     lines = listing.output.splitlines()
     # (seen 5 s ago when recorded; the command reads it a moment later, longer on a loaded machine)
     seen = re.fullmatch(
-        r"gpu-box-2~0123abcd/77/cuda:1 alive \(seen (\d+) s ago\), serves no model \(none is complete on "
-        r"its disk\)",
+        r"gpu-box-2~0123abcd/77/cuda:1 alive \(seen (\d+) s ago\), serves no model \(none it can run now: "
+        r"its log says why\)",
         lines[0],
     )
     assert seen is not None and 5 <= int(seen[1]) < 30, lines[0]

@@ -115,13 +115,15 @@ async def test_warm_up_loads_the_preferred_models_priors_before_any_job(
 ) -> None:
     prepared: list[tuple[Cascade, tuple[int, int, int]]] = []
     # the cascade's own warm-up (compiled, captured decoders) is tested with the cascade
-    monkeypatch.setattr(Cascade, "warm_up", lambda self, sizes: prepared.append((self, sizes)))
+    monkeypatch.setattr(Cascade, "warm_up", lambda self, sizes, done_one: prepared.append((self, sizes)))
     runner = cpu_runner(model_dir, "on")
     runner.max_batch_size = (4, 3, 2)
     assert isinstance(runner, WarmsUp)
-    runner.warm_up()
+    signs_of_life: list[int] = []  # the priors loaded by each
+    runner.warm_up(lambda: signs_of_life.append(len(loads)))
     # 1b_lyrics before 5b, as the bot picks a model
     assert sorted(loads) == [("1b_lyrics", 0), ("1b_lyrics", 1), ("1b_lyrics", 2)]
+    assert signs_of_life == [0, 1, 2, 3]  # for the stall watch: its VQ-VAE loaded, then each prior
     assert prepared == [(runner.cascade("1b_lyrics"), (3, 3, 2))]  # a default job's 3 samples
     run(runner, await claim(sqlite_store, kind="generate", model="1b_lyrics", params=FULL))
     assert len(loads) == 3  # the job loaded nothing more

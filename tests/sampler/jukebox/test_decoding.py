@@ -442,9 +442,11 @@ def test_warm_up_compiles_every_levels_blocks_before_the_first_job(monkeypatch: 
         vqvae = make_tiny_vqvae()
         options = DecodeOptions(path="static", compile=True)
         cascade = Cascade(vqvae, priors, decode=options)
-        cascade.warm_up([2, 2, 2])
+        compiled_after_each: list[int] = []  # (its signs of life, for the worker's stall watch)
+        cascade.warm_up([2, 2, 2], lambda: compiled_after_each.append(counter.frame_count))
         # the upsamplers share their 3 graphs (same shapes); 1b_lyrics' blocks of 10 and prime layer: 4
         assert counter.frame_count == 7
+        assert compiled_after_each == [3, 3, 7]  # after each level's decoder
         request = replace(_cascade_request("top_1b_lyrics"), sample_length=1024, max_batch_size=(2, 2, 2))
         got = cascade.sample(request)
         assert counter.frame_count == 7  # nothing left to compile

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 
 from sampler.worker.contract import DeviceSpec, JobTask, ProgressReporter, RunnerOptions, StopCheck
 from storage import NewSample
@@ -13,7 +14,7 @@ from storage import NewSample
 class DyingRunner:
     models = frozenset({"5b"})
 
-    def warm_up(self) -> None:
+    def warm_up(self, alive: Callable[[], None]) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
     def run(self, task: JobTask, report: ProgressReporter, should_stop: StopCheck) -> list[NewSample]:

@@ -12,7 +12,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +88,7 @@ class WarmUpFails(ToyRunner):
         super().__init__(DeviceSpec.cpu())
         self.error = error
 
-    def warm_up(self) -> None:
+    def warm_up(self, alive: Callable[[], None]) -> None:
         raise self.error
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +109,7 @@ async def test_a_hung_sampler_sends_its_job_back_and_stops_its_worker(sqlite_sto
 
 
 class HangsWarmingUp(QuietRunner):
-    def warm_up(self) -> None:
+    def warm_up(self, alive: Callable[[], None]) -> None:
         self.hanging.set()
         self.unhang.wait(NEVER_RELEASED_SECONDS)
 
@@ -116,10 +118,31 @@ async def test_a_warm_up_that_hangs_stops_the_worker(sqlite_store: JobStore) -> 
     """The worker says it serves its models before it warms up, so queued jobs waited for a worker that
     would never claim them; it now stops, its row gone, for its pool to start a fresh one."""
     job = await _stops_hung(
-        sqlite_store, HangsWarmingUp("return"), rf"warming up its runner took over {STALL_SECONDS:g} s"
+        sqlite_store,
+        HangsWarmingUp("return"),
+        rf"warming up its runner showed no sign of life for {STALL_SECONDS:g} s",
     )
     assert (job.status, job.attempts) == (JobStatus.QUEUED, 0)  # never claimed
     assert await sqlite_store.live_workers() == []  # the bot no longer counts on its models
+
+
+class WarmsUpSlowlyInSteps(QuietRunner):
+    """Three steps (a prior loaded, a decoder compiled…), each well within the stall limit, together
+    well past it."""
+
+    def warm_up(self, alive: Callable[[], None] = lambda: None) -> None:  # (called without before)
+        for _ in range(3):
+            threading.Event().wait(0.6 * STALL_SECONDS)  # a step's work
+            alive()
+
+
+async def test_a_warm_up_longer_than_the_stall_limit_in_steps_that_show_life_is_no_hang(
+    sqlite_store: JobStore,
+) -> None:
+    """The whole warm-up was held to the stall limit, a job's quiet stretch: a worker that loads three
+    priors from a slow disk (or compiles on a cold cache) was restarted over and over, never serving,
+    under a lowered `--stall-seconds` (found by a review). Each of its steps is now a sign of life."""
+    await _serves_a_job(sqlite_store, _worker(sqlite_store, WarmsUpSlowlyInSteps("return")))
 
 
 async def _serves_a_job(store: JobStore, worker: Worker) -> None:
@@ -142,7 +165,7 @@ async def _serves_a_job(store: JobStore, worker: Worker) -> None:
 
 
 class TimesOutWarmingUp(QuietRunner):
-    def warm_up(self) -> None:
+    def warm_up(self, alive: Callable[[], None]) -> None:
         raise TimeoutError("the model mirror did not answer")  # the warm-up's own: no hang
 
 
@@ -316,7 +339,7 @@ async def test_a_runner_that_returned_just_as_the_watch_fired_keeps_its_samples(
 
 
 class WarmsUpQuietly(QuietRunner):
-    def warm_up(self) -> None:
+    def warm_up(self, alive: Callable[[], None]) -> None:
         pass
 
 
@@ -328,3 +351,30 @@ async def test_a_warm_up_that_ended_just_as_time_ran_out_is_no_hang(sqlite_store
     worker._executor.shutdown()
     worker._executor = HoldsBackTheRunnersNews(runner)
     await _serves_a_job(sqlite_store, worker)
+
+
+async def test_a_worker_whose_sampler_hung_exits_despite_an_error_on_the_way_out(
+    db_url: str, store: JobStore
+) -> None:
+    """Only a clean EXIT_HUNG ended the process with os._exit: an error after the hang (closing the
+    database engine failed) left Python's exit joining the hung runner thread, forever, a process the
+    pool could not replace (found by a review)."""
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.sampler.worker.hanging_runner",
+        db_url,
+        env=repo_environment(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        output, _ = await asyncio.wait_for(worker.communicate(), 60)
+    finally:
+        if worker.returncode is None:
+            worker.kill()
+            await worker.wait()
+    log = output.decode(errors="replace")
+    assert worker.returncode == EXIT_HUNG, log
+    assert "warming up its runner showed no sign of life" in log, log
+    assert "closing the database's connections failed" in log, log  # said, not swallowed

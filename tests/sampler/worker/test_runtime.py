@@ -296,7 +296,7 @@ async def test_a_worker_serves_only_models_complete_on_disk_and_takes_up_new_one
         return [(row.worker_id, row.models) for row in rows] or None
 
     assert await wait_until(advertised, what="the worker's row") == [(worker.worker_id, [])]
-    assert "serves no model: none is complete on disk" in caplog.text
+    assert "serves no model: its runner has none it can run now" in caplog.text
     assert "serving models" not in caplog.text
     assert await live_store.served_models() == frozenset()
     assert (await live_store.get_job(job_id)).status is JobStatus.QUEUED  # never claimed, never failed

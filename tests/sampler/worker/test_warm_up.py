@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ class WarmingToyRunner(ToyRunner):
         self.events, self.fails = events, fails
         self.threads: set[str] = set()
 
-    def warm_up(self) -> None:
+    def warm_up(self, alive: Callable[[], None]) -> None:
         self.events.append("warm up")
         self.threads.add(threading.current_thread().name)
         if self.fails:
