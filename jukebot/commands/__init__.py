@@ -350,6 +350,15 @@ def specific_database_problem(error: BaseException, settings: Settings) -> str |
             )
         if code == _INSUFFICIENT_PRIVILEGE:
             user = postgres_user(settings)
+            if re.search(r"must be owner of (table|sequence|relation|index) ", str(error.orig)):
+                # A migration altering tables another user owns: neither a GRANT nor the database's
+                # ownership lets this user do that.
+                return (
+                    f"Postgres user {user!r} does not own jukebot's tables at {shown}, and upgrading "
+                    f"their schema needs their owner ({first_line(error.orig)}): run `jukebot db upgrade` "
+                    f"once with DATABASE_URL set to the user that owns them, then start jukebot as {user!r} "
+                    "again (nothing was changed)."
+                )
             if re.search(r"permission denied for (table|sequence|relation) ", str(error.orig)):
                 # Jukebot's tables are there, another user's: owning the database would grant nothing.
                 return (

@@ -17,7 +17,9 @@ from click.testing import CliRunner
 from sqlalchemy.engine import make_url
 
 from jukebot.cli import main
+from jukebot.commands import _grant_tables
 from storage.engine import create_engine
+from storage.migrate import upgrade_async
 from tests.conftest import (
     POSTGRES_URL,
     TEST_DATABASE_PREFIX,
@@ -25,6 +27,7 @@ from tests.conftest import (
     _drop_postgres_database,
     _in_thread,
     _maintenance_engine,
+    _postgres_url,
 )
 from tests.unprivileged import SetMode, set_mode, without_read_privileges
 
@@ -119,6 +122,40 @@ def test_a_postgres_user_that_may_not_create_tables_is_told_to_own_the_database(
         _in_thread(lambda: asyncio.run(_as_superuser(advice)))  # as written
         code, output = invoke("db", "upgrade", DATABASE_URL=url)
         assert code == 0, output
+    finally:
+        _in_thread(lambda: asyncio.run(_drop_postgres_database(name)))
+
+
+@pytest.mark.postgres
+def test_a_granted_postgres_user_is_told_that_a_schema_upgrade_needs_the_tables_owner(
+    role_without_rights: str,
+) -> None:
+    """The user given the GRANT above works until a newer jukebot brings a migration: altering a table
+    needs its owner ("must be owner of table jobs"), and the advice was to make the user the database's
+    owner, which gives no rights on tables another user owns (the same error came back; found by a
+    review). It now says to upgrade once as the tables' owner, which works as written."""
+    name = f"{TEST_DATABASE_PREFIX}{uuid.uuid4().hex[:16]}"
+    _in_thread(lambda: asyncio.run(_create_postgres_database(name)))
+    try:
+        owner_url = _postgres_url(name)
+        _in_thread(lambda: asyncio.run(upgrade_async(owner_url, "0010")))  # an older jukebot's schema
+        role = f'"{role_without_rights}"'
+        for statement in _grant_tables(role_without_rights).split("`")[1].split(";"):
+            _in_thread(lambda statement=statement: asyncio.run(_in_database(name, statement)))
+        server = make_url(POSTGRES_URL)
+        url = f"postgresql://{role_without_rights}@{server.host}:{server.port}/{name}"
+        for command in (("db", "upgrade"), ("worker",)):  # (`worker` upgrades first, as `run` does)
+            code, output = invoke(*command, DATABASE_URL=url)
+            assert code == 1, output
+            said = " ".join(output.split())
+            assert f"Postgres user '{role_without_rights}' does not own jukebot's tables at" in said, output
+            assert "OWNER TO" not in said and "GRANT" not in said, output
+            assert "run `jukebot db upgrade` once with DATABASE_URL set to the user that owns them" in said
+        assert invoke("db", "upgrade", DATABASE_URL=owner_url)[0] == 0  # as the advice says
+        for command in (("db", "check"), ("db", "upgrade"), ("jobs", "list")):
+            code, output = invoke(*command, DATABASE_URL=url)
+            assert code == 0, output
+        _in_thread(lambda: asyncio.run(_in_database(name, f"DROP OWNED BY {role}")))
     finally:
         _in_thread(lambda: asyncio.run(_drop_postgres_database(name)))
 
