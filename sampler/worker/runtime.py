@@ -973,8 +973,9 @@ class Worker:
             await asyncio.wait({warming, watch}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             watch.cancel()
-        if not warmed.done():  # (the thread's future: a warm-up that ended as the watch fired is no hang)
+            # (read from `warmed` below: asyncio would log the copy's error as never retrieved)
             warming.cancel()
+        if not warmed.done():  # (the thread's future: a warm-up that ended as the watch fired is no hang)
             self._give_up_on_runner()
             raise RunnerHung(
                 f"warming up its runner showed no sign of life for {self.config.stall_seconds:g} s "
@@ -1195,6 +1196,7 @@ class Worker:
                     # as the watch fired keeps its samples.
                     if not ran.done():
                         run.hung = True
+                        self._give_up_on_runner()  # (whatever follows: an outside cancel, a flush)
                         raise _RunnerSilent
                     samples = ran.result()
                     finished = True
