@@ -136,12 +136,28 @@ def upgrade_or_exit(settings: Settings) -> str | None:
 
 def _grant_tables(user: str) -> str:
     """The advice that gives `user` what jukebot does with tables another user owns."""
+    return (
+        f"grant them (`{_grant_statements(user)}`, as the tables' owner), or point DATABASE_URL at a user "
+        "that owns the database."
+    )
+
+
+def _grant_statements(user: str) -> str:
     role = sql_name(user)
     return (
-        f"grant them (`GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}; "
-        f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}`, as the tables' owner), or point "
-        "DATABASE_URL at a user that owns the database."
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}; "
+        f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}"
     )
+
+
+def _has_schema(settings: Settings) -> bool:
+    """Whether the database holds jukebot's tables (at any revision); False when that cannot be read."""
+    from storage.migrate import current_revision
+
+    try:
+        return current_revision(settings.database_url) is not None
+    except Exception:  # (an answer for advice only: the error being explained is the one to report)
+        return False
 
 
 def postgres_user(settings: Settings) -> str:
@@ -350,14 +366,18 @@ def specific_database_problem(error: BaseException, settings: Settings) -> str |
             )
         if code == _INSUFFICIENT_PRIVILEGE:
             user = postgres_user(settings)
-            if re.search(r"must be owner of (table|sequence|relation|index) ", str(error.orig)):
-                # A migration altering tables another user owns: neither a GRANT nor the database's
-                # ownership lets this user do that.
+            said = str(error.orig)
+            if re.search(r"must be owner of (table|sequence|relation|index) ", said) or (
+                re.search(r"permission denied for schema ", said) and _has_schema(settings)
+            ):
+                # A migration altering tables another user owns, or adding tables beside them: neither
+                # the database's ownership nor a GRANT lets this user do both.
                 return (
                     f"Postgres user {user!r} does not own jukebot's tables at {shown}, and upgrading "
                     f"their schema needs their owner ({first_line(error.orig)}): run `jukebot db upgrade` "
-                    f"once with DATABASE_URL set to the user that owns them, then start jukebot as {user!r} "
-                    "again (nothing was changed)."
+                    "once with DATABASE_URL set to the user that owns them, then, as that user, grant "
+                    f"{user!r} the tables the upgrade made too (`{_grant_statements(user)}`), and start "
+                    f"jukebot as {user!r} again (nothing was changed)."
                 )
             if re.search(r"permission denied for (table|sequence|relation) ", str(error.orig)):
                 # Jukebot's tables are there, another user's: owning the database would grant nothing.
