@@ -16,7 +16,7 @@ from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlsplit
 
 import platformdirs
-from dotenv import dotenv_values
+from dotenv.parser import Binding, parse_stream
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
@@ -710,6 +710,12 @@ def load_settings(**overrides: object) -> Settings:
         raise SettingsError(
             f"Cannot read {env_file}: it is not a file (a folder?): remove it, or make it a file."
         )
+    line = _unparsable_line(env_file)
+    if line is not None:  # (python-dotenv logs it and reads on: an unclosed quote takes the rest)
+        raise SettingsError(
+            f"Cannot read {env_file}: line {line} is not NAME=value (an unclosed quote?), and it and the "
+            "lines after it would be ignored: fix or remove it."
+        )
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except UnicodeDecodeError as exc:
@@ -732,10 +738,11 @@ def load_settings(**overrides: object) -> Settings:
 
 
 def misspelled_variables(environ: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
-    """(variable, setting it is probably meant to be) for each `JUKEBOT_` variable in the environment
-    or `.env` that is no setting but one or two typed letters away from one (`JUKEBOT_GPU`): such a
-    variable is ignored, which an operator would not notice. Other `JUKEBOT_` variables (the install
-    scripts' own) are not settings and are not named."""
+    """(variable, setting it is probably meant to be) for each variable in the environment or `.env`
+    that is no setting but one or two typed letters away from one: `JUKEBOT_GPU`, or `DATABSE_URL` for
+    the settings also read without the prefix. Such a variable is ignored, which an operator would not
+    notice (a mistyped DATABASE_URL gave a private SQLite queue). Other `JUKEBOT_` variables (the
+    install scripts' own) are not settings and are not named."""
     names = _variable_names(environ)
     known = {
         name
@@ -744,9 +751,10 @@ def misspelled_variables(environ: Mapping[str, str] | None = None) -> list[tuple
     }
     found = []
     for name in sorted(names - known):
-        if not name.startswith(ENV_PREFIX):
-            continue
-        close = [k for k in sorted(known) if k.startswith(ENV_PREFIX) and _typo_distance(name, k) <= 2]
+        prefixed = name.startswith(ENV_PREFIX)
+        close = [
+            k for k in sorted(known) if k.startswith(ENV_PREFIX) == prefixed and _typo_distance(name, k) <= 2
+        ]
         if close:
             found.append((name, close[0]))
     return found
@@ -777,14 +785,23 @@ def _variable_names(environ: Mapping[str, str] | None = None) -> set[str]:
     """The names set in the environment (or `environ`) and in `.env`, upper-cased: settings are read
     in any case. A `.env` that cannot be read adds none (`load_settings` says why)."""
     names = {name.upper() for name in (os.environ if environ is None else environ)}
-    env_file = _env_file()
-    if env_file.is_file():
-        encoding = Settings.model_config.get("env_file_encoding")
-        try:
-            names |= {name.upper() for name in dotenv_values(env_file, encoding=encoding)}
-        except (OSError, UnicodeDecodeError):
-            pass
-    return names
+    return names | {line.key.upper() for line in _env_lines(_env_file()) if line.key}
+
+
+def _env_lines(env_file: Path) -> list[Binding]:
+    """`.env`'s lines as python-dotenv reads them (none when it cannot be read: `load_settings` says
+    why)."""
+    if not env_file.is_file():
+        return []
+    try:
+        with env_file.open(encoding=Settings.model_config.get("env_file_encoding")) as stream:
+            return list(parse_stream(stream))
+    except (OSError, UnicodeDecodeError):
+        return []
+
+
+def _unparsable_line(env_file: Path) -> int | None:
+    return next((line.original.line for line in _env_lines(env_file) if line.error), None)
 
 
 def _env_file() -> Path:

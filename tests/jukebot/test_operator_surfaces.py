@@ -110,6 +110,23 @@ def test_a_refused_user_given_in_the_query_string_is_named() -> None:
 # ---------------------------------------------------------------------------------- .env
 
 
+def test_a_dot_env_line_that_cannot_be_read_stops_the_program_naming_it(clean_env: Path) -> None:
+    """python-dotenv logged "could not parse statement starting at line 2" (twice, not naming the file)
+    and read on: an unclosed quote took every line after it, so a DATABASE_URL below it was ignored
+    and the default SQLite file used (found by an operator's audit)."""
+    Path(".env").write_text(
+        'JUKEBOT_GPUS=cpu\nJUKEBOT_LOG_LEVEL="debug\nDATABASE_URL=postgresql://db/jukebot\n'
+    )
+    with pytest.raises(SettingsError, match=r"\.env: line 2 is not NAME=value \(an unclosed quote\?\)"):
+        load_settings()
+    code, output = invoke("db", "check")
+    assert code == 1 and "line 2 is not NAME=value" in output, output
+    assert "could not parse" not in output and output.count("\n") == 1, output  # one sentence
+    Path(".env").write_text('JUKEBOT_GPUS=cpu\n# a comment\n\nexport JUKEBOT_LOG_LEVEL="debug"\n')
+    settings = load_settings()
+    assert (settings.gpus, settings.log_level) == ("cpu", "DEBUG")
+
+
 def test_a_dot_env_that_is_a_folder_or_a_broken_link_is_refused(clean_env: Path) -> None:
     env = Path(".env")
     env.mkdir()
@@ -140,15 +157,25 @@ def test_a_misspelled_setting_is_named_with_the_one_meant(monkeypatch: pytest.Mo
         "JUKEBOT_TORCH": "cpu",
         "JUKEBOT_TOY_MODEL_DIR": "/x",  # far from any setting
         "GPU": "x",
+        # The settings also read without the prefix: a mistyped DATABASE_URL left the default SQLite
+        # file in use, a queue no other machine shared, without a word (found by an operator's audit).
+        "DATABSE_URL": "postgresql://db/jukebot",
+        "DISCORD_TOKN": "x",
+        "DATABASE": "x",  # far from any
     }
     assert misspelled_variables(environ) == [
+        ("DATABSE_URL", "DATABASE_URL"),
+        ("DISCORD_TOKN", "DISCORD_TOKEN"),
         ("JUKEBOT_GPU", "JUKEBOT_GPUS"),
         ("JUKEBOT_LOGLEVEL", "JUKEBOT_LOG_LEVEL"),
         ("JUKEBOT_MAX_PRIME_BYTE", "JUKEBOT_MAX_PRIME_BYTES"),
     ]
     lines = [check.line() for check in check_variables(environ)]
+    assert lines[0] == (
+        "warn settings  DATABSE_URL is not a jukebot setting, so it is ignored: did you mean DATABASE_URL?"
+    )
     assert (
-        lines[0]
+        lines[2]
         == "warn settings  JUKEBOT_GPU is not a jukebot setting, so it is ignored: did you mean JUKEBOT_GPUS?"
     )
     monkeypatch.setenv("JUKEBOT_WORKER_LEASE_SECOND", "5")
