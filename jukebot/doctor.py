@@ -305,13 +305,11 @@ def check_fingerprints() -> Check:
         fingerprint(0.5 * np.sin(2 * np.pi * 440.0 * seconds))
     except FingerprintUnavailable as exc:
         return Check(
-            "fingerprints",
+            "curate",
             Verdict.WARN,
             f"`jukebot curate` cannot work, and /curate orders samples by their stored Jukebox codes: {exc}",
         )
-    return Check(
-        "fingerprints", Verdict.OK, "Chromaprint fingerprints clips for /curate and `jukebot curate`"
-    )
+    return Check("curate", Verdict.OK, "Chromaprint fingerprints clips for /curate and `jukebot curate`")
 
 
 def check_token(settings: Settings, online: bool) -> Check:

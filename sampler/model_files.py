@@ -1384,8 +1384,14 @@ def download(
         known = sum(file.size or 0 for file in planned)
         unknown = sum(file.size is None for file in planned)
         options.notify(
-            f"{len(planned)} file(s) to fetch, {format_bytes(known)} in all"
-            + (f" ({unknown} of unknown size)" if unknown else "")
+            f"{len(planned)} file(s) to fetch, "
+            + (
+                f"{format_bytes(known)} in all"
+                if not unknown
+                else "of unknown size"
+                if unknown == len(planned)
+                else f"{format_bytes(known)} in all besides {unknown} of unknown size"
+            )
             + f", into {model_dir}"
         )
     for file_name in names:

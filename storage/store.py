@@ -1420,7 +1420,10 @@ class JobStore:
         status = JobStatus(job.status)
         if status not in RETRYABLE_STATUSES:
             raise JobNotRetryable(
-                job_id, status, f"it is {status.value} (only a failed or cancelled job can be)"
+                job_id,
+                status,
+                f"it {'succeeded' if status is JobStatus.SUCCEEDED else f'is {status.value}'} "
+                "(only a failed or cancelled job can be)",
             )
         if job.prime_id is not None:
             pruned = await connection.scalar(

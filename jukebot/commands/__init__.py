@@ -267,8 +267,17 @@ def database_problem(error: BaseException, settings: Settings) -> str | None:
     if isinstance(error, TimeoutError):
         return timed_out(settings)
     if isinstance(error, OSError) and not raised_by_output(error):
-        return f"Cannot reach the database at {shown} ({first_line(error)}): start it or fix DATABASE_URL."
+        return cannot_reach(shown, first_line(error))
     return None
+
+
+def cannot_reach(where: str, reason: str) -> str:
+    if "rejected SSL" in reason:  # (asyncpg's words: the server answers, without SSL)
+        return (
+            f"The database server at {where} does not take SSL ({reason}): set sslmode=prefer or "
+            "sslmode=disable in DATABASE_URL, or turn SSL on in the server."
+        )
+    return f"Cannot reach the database at {where} ({reason}): start it or fix DATABASE_URL."
 
 
 def timed_out(settings: Settings) -> str:
@@ -452,9 +461,8 @@ def require_current_schema(settings: Settings, missing: str) -> str | None:
             raise click.ClickException(timed_out(settings)) from None
         if not isinstance(exc, OSError | SQLAlchemyError):
             raise
-        reason = first_line(getattr(exc, "orig", None) or exc)
         raise click.ClickException(
-            f"Cannot reach the database at {where} ({reason}): start it or fix DATABASE_URL."
+            cannot_reach(where, first_line(getattr(exc, "orig", None) or exc))
         ) from None
     if current != head:
         raise click.ClickException(

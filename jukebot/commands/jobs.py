@@ -52,16 +52,21 @@ def jobs() -> None:
     """Look at jobs, cancel or retry them, free what old failed ones keep."""
 
 
-def with_store(action: Callable[[JobStore], Awaitable[T]], settings: Settings | None = None) -> T:
+def with_store(
+    action: Callable[[JobStore], Awaitable[T]],
+    settings: Settings | None = None,
+    missing: str = "it holds no jobs",
+) -> T:
     """Run `action` on the configured database, which must exist and be at the latest schema (as
-    `jukebot db check` asks; nothing is created or migrated); stop with one sentence when it cannot.
-    `settings`: those loaded already (else they are loaded here)."""
+    `jukebot db check` asks; nothing is created or migrated); stop with one sentence when it cannot
+    (`missing`: what a database not made yet means for `action`). `settings`: those loaded already
+    (else they are loaded here)."""
     from storage.engine import create_engine
     from storage.errors import StorageError
     from storage.store import JobStore
 
     settings = settings or settings_or_exit()
-    require_current_schema(settings, "it holds no jobs")
+    require_current_schema(settings, missing)
 
     async def run() -> T:
         engine = create_engine(settings.database_url)

@@ -26,7 +26,7 @@ def workers(here: bool) -> None:
     from sampler.worker.runtime import machine_of, this_machine
     from storage import WORKER_STALE_SECONDS
 
-    seen = with_store(lambda store: store.workers_seen())
+    seen = with_store(lambda store: store.workers_seen(), missing="no worker has used it")
     machine = this_machine()
     if here:
         seen = [worker for worker in seen if machine_of(worker.worker_id) == machine]

@@ -81,7 +81,10 @@ def devices_from_setting(gpus: Sequence[int] | None, *, require_gpu: bool = Fals
     if missing:
         seen = f"GPUs 0 to {visible - 1}" if visible else "no GPU"
         raise DeviceError(
-            f"GPU {', '.join(map(str, missing))} is not visible (this machine shows {seen}); "
+            f"GPU {missing[0]} is not visible"
+            if len(missing) == 1
+            else f"GPUs {', '.join(map(str, missing))} are not visible"
+            f" (this machine shows {seen}); "
             "set JUKEBOT_GPUS to indices that exist, 'auto' or 'cpu'."
         )
     return [DeviceSpec.cuda(index) for index in dict.fromkeys(gpus)]

@@ -119,6 +119,27 @@ def test_list_creates_no_database(clean_env: Path, monkeypatch: pytest.MonkeyPat
         "run `jukebot db upgrade`, which creates it (jukebot run and jukebot worker do on start)\n"
     )
     assert not missing.parent.exists()
+    # `jukebot workers` says what that means for workers (it said "so it holds no jobs" too)
+    listed = CliRunner().invoke(main, ["workers"])
+    assert listed.exit_code == 1 and "does not exist yet, so no worker has used it: run " in listed.output
+    assert not missing.parent.exists()
+
+
+@pytest.mark.usefixtures("postgres_database")
+def test_a_server_without_ssl_asked_for_ssl_is_named_so(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It was "Cannot reach the database … start it", of a server that answers (found by an audit)."""
+    from tests.conftest import POSTGRES_URL
+
+    monkeypatch.setenv("DATABASE_URL", f"{POSTGRES_URL}?sslmode=require")
+    for command in (["jobs", "list"], ["db", "check"], ["db", "upgrade"]):
+        result = CliRunner().invoke(main, command)
+        if result.exit_code == 0:
+            pytest.skip("this Postgres takes SSL")
+        assert "does not take SSL (" in result.output, result.output
+        assert "set sslmode=prefer or sslmode=disable in DATABASE_URL" in result.output, result.output
+        assert "start it" not in result.output and result.output.count("\n") == 1, result.output
 
 
 def test_a_database_not_migrated_says_to_upgrade(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -208,7 +229,7 @@ def test_retry_queues_failed_and_cancelled_jobs_and_refuses_the_others(database:
     assert result.stderr.splitlines() == [
         f"Job #{queued} was not retried: it is queued (only a failed or cancelled job can be).",
         "Job #424242 was not retried: there is no such job.",
-        f"Job #{done} was not retried: it is succeeded (only a failed or cancelled job can be).",
+        f"Job #{done} was not retried: it succeeded (only a failed or cancelled job can be).",
         "Error: 3 of 5 jobs were not retried (see above).",
     ]
 

@@ -360,6 +360,8 @@ def test_devices_from_setting() -> None:
     assert devices_from_setting(None) == expected
     with pytest.raises(DeviceError, match="GPU 99 is not visible"):
         devices_from_setting([99])
+    with pytest.raises(DeviceError, match=r"GPUs 98, 99 are not visible \(this machine shows "):
+        devices_from_setting([98, 99])
     if visible:
         assert devices_from_setting(None, require_gpu=True) == expected
     else:  # a GPU host whose CUDA does not work: no CPU worker that would hold jobs for hours
