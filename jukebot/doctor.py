@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jukebot.settings import Settings, misspelled_variables
+from jukebot.settings import Settings, misspelled_variables, token_problem
 from sampler.model_files import (
     SIDECAR_FIX,
     VQVAE,
@@ -328,6 +328,9 @@ def check_token(settings: Settings, online: bool) -> Check:
             Verdict.WARN,
             "no DISCORD_TOKEN: fine for a worker-only machine; `jukebot run` needs it",
         )
+    problem = token_problem(token)
+    if problem is not None:
+        return Check("discord", Verdict.FAIL, problem)
     if not online:
         return Check("discord", Verdict.OK, "token set (`jukebot doctor --online` checks it with Discord)")
     from jukebot.commands.serve import discord_problem

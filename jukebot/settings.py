@@ -400,6 +400,17 @@ _ENDPOINT_SCHEMES = {
 }
 
 
+def token_problem(token: str) -> str | None:
+    """What is wrong with a Discord token that Discord would refuse anyway, seen without asking it (a
+    login would say only "improper token"); None when it looks like one."""
+    if any(character.isspace() for character in token):
+        return (
+            "DISCORD_TOKEN holds a space (is 'Bot ' in front of it?): set it to the token alone, as the "
+            "Developer Portal's Bot page copies it"
+        )
+    return None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -668,7 +679,11 @@ class Settings(BaseSettings):
                 "No Discord token: set DISCORD_TOKEN (in the environment or a .env file) to your bot's token "
                 "from https://discord.com/developers/applications."
             )
-        return self.discord_token.get_secret_value().strip()
+        token = self.discord_token.get_secret_value().strip()
+        problem = token_problem(token)
+        if problem is not None:
+            raise SettingsError(f"{problem}.")
+        return token
 
 
 class _OwnDatabaseUrl(PydanticBaseSettingsSource):

@@ -27,6 +27,24 @@ def test_missing_token_is_one_clear_sentence(clean_env: Path) -> None:
     assert "\n" not in message
 
 
+def test_a_token_with_bot_in_front_is_named_before_any_login(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pasted with 'Bot ' in front (as the Authorization header carries it), the token went to Discord,
+    whose answer is only "improper token"; `doctor` called it set (found by an operator's audit)."""
+    from jukebot.doctor import Verdict, check_token
+
+    monkeypatch.setenv("DISCORD_TOKEN", "Bot MTIz.abc.def")
+    settings = load_settings()
+    with pytest.raises(SettingsError, match=r"^DISCORD_TOKEN holds a space \(is 'Bot ' in front of it\?\)"):
+        settings.require_token()
+    check = check_token(settings, online=False)
+    assert check.verdict is Verdict.FAIL and "holds a space" in check.message
+    assert "MTIz" not in check.message  # (never the token itself)
+    monkeypatch.setenv("DISCORD_TOKEN", "  MTIz.abc.def \n")  # around it: dropped, as before
+    assert load_settings().require_token() == "MTIz.abc.def"
+
+
 def test_token_from_env_and_dotenv(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     Path(".env").write_text("DISCORD_TOKEN=from-dotenv\nJUKEBOT_MAX_SAMPLES_PER_JOB=5\n")
     settings = load_settings()
