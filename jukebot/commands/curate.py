@@ -82,7 +82,7 @@ def _refuse_unless_regular(path: Path) -> None:
     if found is None:
         return
     if found.missing:
-        raise click.UsageError(f"{path} {_unreadable(FileNotFoundError(2, os.strerror(2)))}")
+        raise click.UsageError(f"{path} does not exist.")
     if found.broken_link:
         raise click.UsageError(f"{path} is a broken link (to {found.link_target}): fix it, or remove it.")
     if found.link_loop:
@@ -152,7 +152,11 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 @click.command()
 @click.argument(
-    "inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path, file_okay=True)
+    # (not exists=True: click would call a broken link or a link loop missing; `_inputs` names them)
+    "inputs",
+    nargs=-1,
+    required=True,
+    type=click.Path(path_type=Path, file_okay=True),
 )
 @click.option(
     "-o",

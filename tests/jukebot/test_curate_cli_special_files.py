@@ -58,6 +58,27 @@ def test_a_clip_in_a_folder_that_is_not_a_file_is_named(
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("make", "says"),
+    [
+        (_broken_link, "is a broken link (to gone.wav): fix it, or remove it."),
+        (_link_loop, "is a link that loops back on itself: fix it, or remove it."),
+        (lambda path: None, "does not exist."),
+    ],
+    ids=["broken_link", "link_loop", "missing"],
+)
+def test_a_clip_named_on_the_command_line_that_is_not_a_file_is_named_so(
+    tmp_path: Path, make: Callable[[Path], None], says: str
+) -> None:
+    """Named directly, a broken link or a link loop was only "Path 'c.wav' does not exist" (click's
+    check, before ours; found by an operator's audit)."""
+    clip = tmp_path / "c.wav"
+    make(clip)
+    out = tmp_path / "piece.wav"
+    assert error(curate(clip, "-o", out)) == f"Error: {clip} {says}"
+    assert not out.exists()
+
+
 def test_hidden_entries_and_folders_in_a_folder_stay_silently_skipped(tmp_path: Path) -> None:
     pytest.importorskip("chromaprint")
     folder = clips(tmp_path / "F")
