@@ -810,12 +810,22 @@ class ModelStatus:
                 f" (and {len(unreadable) - 1} more like it)" if len(unreadable) > 1 else ""
             )
         sidecars = [status for status in self.files if status.state == "bad_sidecar"]
-        if sidecars:  # nothing to fetch either: the sidecar is what to fix
+        if sidecars:  # the sidecar is what to fix, and files missing besides are to fetch (as doctor says)
             first = sidecars[0]
-            return f"{first.name}: {first.state_description}" + (
-                f" ({', '.join(status.name for status in sidecars[1:])} cannot be used until then)"
-                if len(sidecars) > 1 and first.name == VQVAE
-                else ""
+            missing = [status for status in self.files if status.state in ("missing", "partial")]
+            return (
+                f"{first.name}: {first.state_description}"
+                + (
+                    f" ({', '.join(status.name for status in sidecars[1:])} cannot be used until then)"
+                    if len(sidecars) > 1 and first.name == VQVAE
+                    else ""
+                )
+                + (
+                    f"; {len(missing)} of {len(self.files)} files to fetch: "
+                    f"jukebot models download {self.model}"
+                    if missing
+                    else ""
+                )
             )
         if self.complete:
             unverified = [status.name for status in self.files if status.state == "present"]

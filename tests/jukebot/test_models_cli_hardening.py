@@ -122,6 +122,20 @@ def test_a_malformed_sidecar_is_reported_and_the_checkpoint_kept(tmp_path: Path)
 
 
 @pytest.mark.usefixtures("clean_env")
+def test_models_list_names_files_to_fetch_beside_a_malformed_sidecar(tmp_path: Path) -> None:
+    """The headline named the sidecar only, while a file was missing too, which `doctor` said (found by
+    an operator's audit)."""
+    model_dir = write_tiny_model_dir(tmp_path / "models")
+    write_bad_sidecar(model_dir)
+    model_path(model_dir, "prior_1b_lyrics").unlink()
+    result = models(model_dir, "list")
+    assert result.exit_code == 0, result.output
+    headline = next(line for line in result.output.splitlines() if line.startswith("1b_lyrics ("))
+    assert headline.startswith("1b_lyrics (lyrics): upsampler_level_0: cannot read "), headline
+    assert headline.endswith(f"{SIDECAR_FIX}; 1 of 4 files to fetch: jukebot models download 1b_lyrics")
+
+
+@pytest.mark.usefixtures("clean_env")
 def test_the_doctor_reports_a_malformed_sidecar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model_dir = write_tiny_model_dir(tmp_path / "models")
     sidecar = write_bad_sidecar(model_dir)
