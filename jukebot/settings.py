@@ -675,6 +675,11 @@ class Settings(BaseSettings):
 
     def require_token(self) -> str:
         if self.discord_token is None or not self.discord_token.get_secret_value().strip():
+            if _values_set("JUKEBOT_DISCORD_TOKEN") and any(v.strip() for v in _values_set("DISCORD_TOKEN")):
+                raise SettingsError(  # (an empty JUKEBOT_ name wins, as for the database URL)
+                    "No Discord token: JUKEBOT_DISCORD_TOKEN is set but empty, and it is read before "
+                    "DISCORD_TOKEN: remove JUKEBOT_DISCORD_TOKEN, or set the token in it."
+                )
             raise SettingsError(
                 "No Discord token: set DISCORD_TOKEN (in the environment or a .env file) to your bot's token "
                 "from https://discord.com/developers/applications."
@@ -801,6 +806,13 @@ def _variable_names(environ: Mapping[str, str] | None = None) -> set[str]:
     in any case. A `.env` that cannot be read adds none (`load_settings` says why)."""
     names = {name.upper() for name in (os.environ if environ is None else environ)}
     return names | {line.key.upper() for line in _env_lines(_env_file()) if line.key}
+
+
+def _values_set(name: str) -> list[str]:
+    """The values `name` is given in the environment and in `.env` (settings are read in any case)."""
+    values = [value for key, value in os.environ.items() if key.upper() == name]
+    lines = _env_lines(_env_file())
+    return values + [line.value or "" for line in lines if line.key and line.key.upper() == name]
 
 
 def _env_lines(env_file: Path) -> list[Binding]:

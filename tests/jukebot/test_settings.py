@@ -27,6 +27,23 @@ def test_missing_token_is_one_clear_sentence(clean_env: Path) -> None:
     assert "\n" not in message
 
 
+def test_an_empty_jukebot_token_beside_a_set_one_is_named(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It said to set DISCORD_TOKEN, which was set: the empty JUKEBOT_DISCORD_TOKEN is read first (found
+    by an operator's audit)."""
+    monkeypatch.setenv("DISCORD_TOKEN", "MTIz.abc.def")
+    monkeypatch.setenv("JUKEBOT_DISCORD_TOKEN", "")
+    with pytest.raises(SettingsError, match=r"JUKEBOT_DISCORD_TOKEN is set but empty, and it is read before"):
+        load_settings().require_token()
+    monkeypatch.delenv("JUKEBOT_DISCORD_TOKEN")
+    assert load_settings().require_token() == "MTIz.abc.def"
+    monkeypatch.delenv("DISCORD_TOKEN")
+    Path(".env").write_text("JUKEBOT_DISCORD_TOKEN=\nDISCORD_TOKEN=MTIz.abc.def\n")  # so in .env too
+    with pytest.raises(SettingsError, match=r"JUKEBOT_DISCORD_TOKEN is set but empty, and it is read before"):
+        load_settings().require_token()
+
+
 def test_a_token_with_bot_in_front_is_named_before_any_login(
     clean_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
