@@ -368,7 +368,8 @@ async def _login(settings: Settings, token: str) -> str:
 
 
 def check_variables(environ: Mapping[str, str] | None = None) -> Iterator[Check]:
-    """A `JUKEBOT_` variable that is no setting but close to one is ignored: one line for each."""
+    """A variable that is no setting but close to one is ignored (`misspelled_variables`): one line for
+    each."""
     for name, meant in misspelled_variables(environ):
         yield Check(
             "settings",

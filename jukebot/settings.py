@@ -675,7 +675,7 @@ class Settings(BaseSettings):
 
     def require_token(self) -> str:
         if self.discord_token is None or not self.discord_token.get_secret_value().strip():
-            if _values_set("JUKEBOT_DISCORD_TOKEN") and any(v.strip() for v in _values_set("DISCORD_TOKEN")):
+            if _values_set("JUKEBOT_DISCORD_TOKEN") and any(_values_set("DISCORD_TOKEN")[:1]):
                 raise SettingsError(  # (an empty JUKEBOT_ name wins, as for the database URL)
                     "No Discord token: JUKEBOT_DISCORD_TOKEN is set but empty, and it is read before "
                     "DISCORD_TOKEN: remove JUKEBOT_DISCORD_TOKEN, or set the token in it."
@@ -733,8 +733,8 @@ def load_settings(**overrides: object) -> Settings:
     line = _unparsable_line(env_file)
     if line is not None:  # (python-dotenv logs it and reads on: an unclosed quote takes the rest)
         raise SettingsError(
-            f"Cannot read {env_file}: line {line} is not NAME=value (an unclosed quote?), and it and the "
-            "lines after it would be ignored: fix or remove it."
+            f"Cannot read {env_file}: line {line} is not NAME=value (an unclosed quote?), and it would be "
+            "ignored (a quote left open may take lines after it too): fix or remove it."
         )
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
@@ -769,11 +769,16 @@ def misspelled_variables(environ: Mapping[str, str] | None = None) -> list[tuple
         for field_name, field in Settings.model_fields.items()
         for name in _env_names(field_name, field.validation_alias)
     }
+    # An unprefixed name is only a likely typo while the setting it is near is not set at all: beside
+    # a DATABASE_URL, a DATABASE_URI or DATABASE_SSL is another program's.
+    unset = {k for k in known if k not in names and f"{ENV_PREFIX}{k}" not in names}
     found = []
     for name in sorted(names - known):
         prefixed = name.startswith(ENV_PREFIX)
         close = [
-            k for k in sorted(known) if k.startswith(ENV_PREFIX) == prefixed and _typo_distance(name, k) <= 2
+            k
+            for k in sorted(known if prefixed else unset)
+            if k.startswith(ENV_PREFIX) == prefixed and _typo_distance(name, k) <= 2
         ]
         if close:
             found.append((name, close[0]))
@@ -809,10 +814,12 @@ def _variable_names(environ: Mapping[str, str] | None = None) -> set[str]:
 
 
 def _values_set(name: str) -> list[str]:
-    """The values `name` is given in the environment and in `.env` (settings are read in any case)."""
-    values = [value for key, value in os.environ.items() if key.upper() == name]
+    """The values `name` is given, the one read first (stripped): the environment's, then `.env`'s last
+    (settings are read in any case)."""
     lines = _env_lines(_env_file())
-    return values + [line.value or "" for line in lines if line.key and line.key.upper() == name]
+    values = [value for key, value in os.environ.items() if key.upper() == name]
+    values += reversed([line.value or "" for line in lines if line.key and line.key.upper() == name])
+    return [value.strip() for value in values]
 
 
 def _env_lines(env_file: Path) -> list[Binding]:

@@ -274,8 +274,9 @@ def database_problem(error: BaseException, settings: Settings) -> str | None:
 def cannot_reach(where: str, reason: str) -> str:
     if "rejected SSL" in reason:  # (asyncpg's words: the server answers, without SSL)
         return (
-            f"The database server at {where} does not take SSL ({reason}): set sslmode=prefer or "
-            "sslmode=disable in DATABASE_URL, or turn SSL on in the server."
+            f"The database server at {where} does not take SSL ({reason}): turn SSL on in the server, "
+            "or, where the network between them is yours to trust, set sslmode=prefer or sslmode=disable "
+            "in DATABASE_URL."
         )
     return f"Cannot reach the database at {where} ({reason}): start it or fix DATABASE_URL."
 
@@ -459,11 +460,13 @@ def require_current_schema(settings: Settings, missing: str) -> str | None:
             raise click.ClickException(message) from None
         if isinstance(exc, TimeoutError):
             raise click.ClickException(timed_out(settings)) from None
-        if not isinstance(exc, OSError | SQLAlchemyError):
+        if isinstance(exc, OSError):
+            raise click.ClickException(cannot_reach(where, first_line(exc))) from None
+        if not isinstance(exc, SQLAlchemyError):
             raise
-        raise click.ClickException(
-            cannot_reach(where, first_line(getattr(exc, "orig", None) or exc))
-        ) from None
+        # (not "start it": e.g. a root certificate sslmode=verify-full wants that is not there)
+        reason = first_line(getattr(exc, "orig", None) or exc)
+        raise click.ClickException(f"The database at {where} failed: {reason}.") from None
     if current != head:
         raise click.ClickException(
             f"the database at {where} is at schema {current or 'none (empty)'}, not {head}: "

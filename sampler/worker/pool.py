@@ -80,11 +80,9 @@ def devices_from_setting(gpus: Sequence[int] | None, *, require_gpu: bool = Fals
     missing = [index for index in gpus if not 0 <= index < visible]
     if missing:
         seen = f"GPUs 0 to {visible - 1}" if visible else "no GPU"
+        which = f"GPU {missing[0]} is" if len(missing) == 1 else f"GPUs {', '.join(map(str, missing))} are"
         raise DeviceError(
-            f"GPU {missing[0]} is not visible"
-            if len(missing) == 1
-            else f"GPUs {', '.join(map(str, missing))} are not visible"
-            f" (this machine shows {seen}); "
+            f"{which} not visible (this machine shows {seen}); "
             "set JUKEBOT_GPUS to indices that exist, 'auto' or 'cpu'."
         )
     return [DeviceSpec.cuda(index) for index in dict.fromkeys(gpus)]

@@ -138,8 +138,17 @@ def test_a_server_without_ssl_asked_for_ssl_is_named_so(
         if result.exit_code == 0:
             pytest.skip("this Postgres takes SSL")
         assert "does not take SSL (" in result.output, result.output
-        assert "set sslmode=prefer or sslmode=disable in DATABASE_URL" in result.output, result.output
+        assert "set sslmode=prefer or sslmode=disable in DATABASE_URL" in " ".join(result.output.split())
         assert "start it" not in result.output and result.output.count("\n") == 1, result.output
+    # verify-full without the root certificate it reads: the same sentence from every command, and
+    # not "start it" either (db check and jobs said so)
+    monkeypatch.setenv("HOME", str(clean_env))
+    monkeypatch.setenv("DATABASE_URL", f"{POSTGRES_URL}?sslmode=verify-full")
+    for command in (["jobs", "list"], ["db", "check"], ["db", "upgrade"]):
+        result = CliRunner().invoke(main, command)
+        said = " ".join(result.output.split())
+        assert result.exit_code == 1 and "failed: root certificate file " in said, result.output
+        assert "start it" not in said, result.output
 
 
 def test_a_database_not_migrated_says_to_upgrade(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -170,6 +170,10 @@ def test_a_misspelled_setting_is_named_with_the_one_meant(monkeypatch: pytest.Mo
         ("JUKEBOT_LOGLEVEL", "JUKEBOT_LOG_LEVEL"),
         ("JUKEBOT_MAX_PRIME_BYTE", "JUKEBOT_MAX_PRIME_BYTES"),
     ]
+    # Beside the setting itself, a near name is another program's (Strapi's DATABASE_SSL): no warning.
+    in_dotenv = [("JUKEBOT_LOGLEVEL", "JUKEBOT_LOG_LEVEL")]
+    assert misspelled_variables({"DATABASE_URL": "x", "DATABASE_URI": "y", "DATABASE_SSL": "z"}) == in_dotenv
+    assert misspelled_variables({"JUKEBOT_DISCORD_TOKEN": "x", "DISCORD_TOKENS": "y"}) == in_dotenv
     lines = [check.line() for check in check_variables(environ)]
     assert lines[0] == (
         "warn settings  DATABSE_URL is not a jukebot setting, so it is ignored: did you mean DATABASE_URL?"

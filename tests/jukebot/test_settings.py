@@ -42,6 +42,13 @@ def test_an_empty_jukebot_token_beside_a_set_one_is_named(
     Path(".env").write_text("JUKEBOT_DISCORD_TOKEN=\nDISCORD_TOKEN=MTIz.abc.def\n")  # so in .env too
     with pytest.raises(SettingsError, match=r"JUKEBOT_DISCORD_TOKEN is set but empty, and it is read before"):
         load_settings().require_token()
+    # …but not where the DISCORD_TOKEN read is empty too (a later line): removing the other would not help
+    Path(".env").write_text("JUKEBOT_DISCORD_TOKEN=\nDISCORD_TOKEN=MTIz.abc.def\nDISCORD_TOKEN=\n")
+    with pytest.raises(SettingsError, match=r"^No Discord token: set DISCORD_TOKEN"):
+        load_settings().require_token()
+    Path(".env").write_text("JUKEBOT_DISCORD_TOKEN=\n")  # nor where it is not given at all
+    with pytest.raises(SettingsError, match=r"^No Discord token: set DISCORD_TOKEN"):
+        load_settings().require_token()
 
 
 def test_a_token_with_bot_in_front_is_named_before_any_login(

@@ -358,9 +358,10 @@ def test_devices_from_setting() -> None:
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
     expected = [DeviceSpec.cuda(i) for i in range(visible)] or [DeviceSpec.cpu()]
     assert devices_from_setting(None) == expected
-    with pytest.raises(DeviceError, match="GPU 99 is not visible"):
+    hint = r" \(this machine shows [^)]+\); set JUKEBOT_GPUS to indices that exist, 'auto' or 'cpu'\.$"
+    with pytest.raises(DeviceError, match=r"^GPU 99 is not visible" + hint):
         devices_from_setting([99])
-    with pytest.raises(DeviceError, match=r"GPUs 98, 99 are not visible \(this machine shows "):
+    with pytest.raises(DeviceError, match=r"^GPUs 98, 99 are not visible" + hint):
         devices_from_setting([98, 99])
     if visible:
         assert devices_from_setting(None, require_gpu=True) == expected
