@@ -161,7 +161,8 @@ async def test_jobs_not_failed_or_cancelled_are_refused_and_left_as_they_were(
 
     assert refused.value.status is JobStatus(status) and refused.value.job_id == job_id
     assert str(refused.value) == (
-        f"Job #{job_id} was not retried: it is {status} (only a failed or cancelled job can be)."
+        f"Job #{job_id} was not retried: "
+        f"{'it succeeded' if status == 'succeeded' else f'it is {status}'} (only a failed or cancelled job can be)."
     )
     assert await store.get_job(job_id) == before
 
