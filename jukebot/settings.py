@@ -731,7 +731,7 @@ def load_settings(**overrides: object) -> Settings:
             f"Cannot read {env_file}: it is not a file (a folder?): remove it, or make it a file."
         )
     line = _unparsable_line(env_file)
-    if line is not None:  # (python-dotenv logs it and reads on: an unclosed quote takes the rest)
+    if line is not None:  # (python-dotenv logs it and reads on without it, and may take lines after it)
         raise SettingsError(
             f"Cannot read {env_file}: line {line} is not NAME=value (an unclosed quote?), and it would be "
             "ignored (a quote left open may take lines after it too): fix or remove it."

@@ -389,7 +389,7 @@ def specific_database_problem(error: BaseException, settings: Settings) -> str |
                     f"{user!r} the tables the upgrade made too (`{_grant_statements(user)}`), and start "
                     f"jukebot as {user!r} again (nothing was changed)."
                 )
-            if re.search(r"permission denied for (table|sequence|relation) ", str(error.orig)):
+            if re.search(r"permission denied for (table|sequence|relation) ", said):
                 # Jukebot's tables are there, another user's: owning the database would grant nothing.
                 return (
                     f"Postgres user {user!r} may not use jukebot's tables at {shown} "

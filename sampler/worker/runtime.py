@@ -1369,8 +1369,8 @@ class Worker:
             "answering, or a deadlock); its worker process was restarted"
         )
         log.error("job #%s: %s", run.job.id, reason)
-        self._give_up_on_runner()
-        # Whatever happens to the record, this process stops: its only runner thread is taken.
+        # Whatever happens to the record, this process stops (given up as the watch fired): its only
+        # runner thread is taken.
         if not run.released and run.should_stop() is not StopReason.LEASE_LOST:  # still this worker's
             try:
                 await self._flush_progress(run)
