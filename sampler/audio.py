@@ -749,10 +749,9 @@ class EncodedAudio:
 
 
 def _format_spec(fmt: str) -> _FormatSpec:
-    try:
-        spec = FORMATS[fmt]
-    except KeyError:
-        raise ValueError(f"Unknown output format {fmt!r}; choose one of {sorted(FORMATS)}") from None
+    spec = FORMATS.get(fmt) if isinstance(fmt, str) else None
+    if spec is None:
+        raise ValueError(f"Unknown output format {fmt!r}; choose one of {sorted(FORMATS)}")
     if spec.codec not in av.codecs_available:
         raise EncoderUnavailable(
             f"This installation cannot encode {fmt}: FFmpeg lacks the {spec.codec} encoder."

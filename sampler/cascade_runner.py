@@ -51,13 +51,13 @@ from sampler.loading import (
     PriorDoesNotFit,
     SidecarFault,
     load_cascade,
+    record_unusable,
     resident_estimate,
 )
 from sampler.model_files import (
     SIDECAR_FIX,
     ModelFilesError,
     ModelFilesMissing,
-    VerifiedCache,
     available_models,
     default_model_dir,
     model_path,
@@ -263,7 +263,7 @@ class CascadeRunner:
             self._unusable[exc.name] = signature
         where = "recorded in the model directory's verification cache"
         try:
-            VerifiedCache(self.model_dir).put(exc.name, exc.path, ok=False, checks="loads", problems=[detail])
+            record_unusable(self.model_dir, exc, detail)
         except OSError as err:
             where = f"remembered until the worker restarts (the verification cache cannot be written: {err})"
         self._models_seen = None  # log the model directory's status at the next claim

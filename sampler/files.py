@@ -59,3 +59,12 @@ def not_a_file(path: Path) -> NotAFile | None:
     if stat.S_ISREG(mode):
         return None
     return NotAFile(next((what for test, what in _KINDS if test(mode)), "not a regular file"))
+
+
+def on_read_only_mount(path: Path) -> bool:
+    """Whether `path` (something that exists) is on a file system mounted read-only, where no change
+    of permissions lets anyone write (False where that cannot be told)."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False

@@ -27,10 +27,12 @@ from sampler.jukebox.registry import MODELS, PRIOR_HPARAMS, VQVAE_HPARAMS
 from sampler.jukebox.vqvae import VQVAE, VQVAEConfig
 from sampler.model_files import (
     SIDECAR_FIX,
+    WEIGHTS_READ,
     ModelFilesError,
     ModelFilesMissing,
     ModelFileUnreadable,
     SidecarError,
+    VerifiedCache,
     file_status,
     model_path,
     name_the_checkpoint,
@@ -125,6 +127,15 @@ class ModelFileUnusable(CheckpointError):
     def __init__(self, model: str, name: str, path: Path, detail: str, sidecar: Path | None = None) -> None:
         self.model, self.name, self.path, self.detail, self.sidecar = model, name, path, detail, sidecar
         super().__init__(detail)
+
+
+def record_unusable(model_dir: Path, exc: ModelFileUnusable, detail: str | None = None) -> None:
+    """Record in the model directory's verification cache that `exc`'s file failed as sampling loaded
+    it (`detail`: how to say why, `exc.detail` by default), so that `jukebot models list`, `doctor`,
+    `verify` and every worker on the directory see it failing until it or its sidecars change.
+    OSError when the cache cannot be written."""
+    checks = "loads" if exc.sidecar is not None else WEIGHTS_READ  # (a sidecar: `verify` sees it too)
+    VerifiedCache(model_dir).put(exc.name, exc.path, ok=False, checks=checks, problems=[detail or exc.detail])
 
 
 class ModelDirectory:

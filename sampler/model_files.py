@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 from tqdm import tqdm
 
+from sampler.files import on_read_only_mount
 from sampler.jukebox.registry import CHECKPOINTS, DEFAULT_MIRRORS, MODELS
 from sampler.units import count_of, format_bytes, format_bytes_pair
 from sampler.user_text import shorten_user_text
@@ -305,6 +306,12 @@ def prepare_model_dir(model_dir: Path) -> Path:
             "JUKEBOT_MODEL_DIR to a folder this user can write."
         ) from None
     if not os.access(path, os.W_OK | os.X_OK):
+        if on_read_only_mount(path):
+            raise ModelDirError(
+                f"Cannot write to the model directory {path}: it is on a read-only file system. Fetch "
+                "the files where its source is writable, or set JUKEBOT_MODEL_DIR to a folder this user "
+                "can write."
+            )
         raise ModelDirError(
             f"Cannot write to the model directory {path} (permission denied): fix its permissions or set "
             "JUKEBOT_MODEL_DIR to a folder this user can write."
@@ -491,6 +498,19 @@ def _checks_done(verifier: CheckpointVerifier | None) -> str:
     return "shapes" if verifier is not None and verifier.checks_shapes else "loads"
 
 
+# The check of a file that failed as sampling loaded it, reading its weights (NaN in them, say): what
+# `verify`, reading keys and shapes only, cannot see, so its pass does not replace that verdict.
+WEIGHTS_READ = "weights"
+
+
+def failed_as_weights_were_read(entry: Mapping[str, Any] | None) -> list[str] | None:
+    """The problems of a cache entry (`VerifiedCache.get`) recording a failure found as the file's
+    weights were read; None for any other entry."""
+    if entry is None or entry.get("ok") or entry.get("checks") != WEIGHTS_READ:
+        return None
+    return [str(problem) for problem in entry.get("problems", [])] or ["its weights failed to load"]
+
+
 class VerifiedCache:
     """`.verified.json`: the result of the last check of each file, valid while its size and mtime hold,
     and those of the sidecars that say what architecture it was checked against."""
@@ -576,7 +596,7 @@ class VerifyResult:
     path: Path
     ok: bool
     problems: list[str]
-    checks: str  # "shapes" or "loads"
+    checks: str  # "shapes" or "loads" (or WEIGHTS_READ: a failure sampling found, which stands)
     moved_to: Path | None = None  # where a bad file was moved aside
     fix: str | None = None  # what to do, when fetching the file again is not it
     unreadable: bool = False  # it could not be read (the problem says why): nothing known about it
@@ -608,6 +628,7 @@ class VerifyResult:
 _CHECK_WORDS = {
     "shapes": "keys and shapes match",
     "loads": "loads as a state dict; shapes not checked",
+    WEIGHTS_READ: "its weights read as sampling loaded it",
 }
 
 
@@ -645,8 +666,12 @@ def verify_file(
         )
     cache = VerifiedCache(model_dir)
     if not problems:
-        cache.put(name, path, ok=True, checks=checks)
-        return VerifyResult(name, path, True, [], checks)
+        found_loading = failed_as_weights_were_read(cache.get(name, path))
+        if found_loading is None:
+            cache.put(name, path, ok=True, checks=checks)
+            return VerifyResult(name, path, True, [], checks)
+        # its keys and shapes are fine, but sampling found its weights damaged: that verdict stands
+        checks, problems = WEIGHTS_READ, found_loading
     if not move_bad_aside:
         cache.put(name, path, ok=False, checks=checks, problems=problems)
         return VerifyResult(name, path, False, problems, checks)

@@ -31,6 +31,22 @@ def test_torch_is_only_in_the_worker_extra() -> None:
     assert "torch" in {_name(req) for req in project["optional-dependencies"]["worker"]}
 
 
+def test_the_worker_and_its_image_take_no_torch_whose_weights_only_load_runs_code() -> None:
+    """States and checkpoints are read with torch.load(weights_only=True), which torch before 2.10
+    lets a crafted file escape (CVE-2025-32434, CVE-2026-24747)."""
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    (torch,) = [
+        Requirement(r) for r in PYPROJECT["project"]["optional-dependencies"]["worker"] if _name(r) == "torch"
+    ]
+    assert not torch.specifier.contains(Version("2.9.1")) and torch.specifier.contains(Version("2.10.0"))
+    image = re.search(
+        r"^FROM pytorch/pytorch:(\d+\.\d+\.\d+)-", (REPO / "docker/Dockerfile.worker").read_text(), re.M
+    )
+    assert image and Version(image.group(1)) >= Version("2.10.0"), image
+
+
 def test_licence_is_an_spdx_expression_with_its_file() -> None:
     project = PYPROJECT["project"]
     assert project["license"] == "MIT"
@@ -113,3 +129,27 @@ def test_commands_that_need_torch_say_so_in_one_sentence_without_it(args: list[s
     assert "Traceback" not in result.stderr and "ModuleNotFoundError" not in result.stderr
     # JUKEBOT_GPUS=none runs the bot alone: it makes no command but `run` work without torch.
     assert "JUKEBOT_GPUS" not in result.stderr, result.stderr
+
+
+def test_a_ctrl_c_while_the_command_line_loads_ends_it_without_a_traceback() -> None:
+    """Its imports take seconds: a Ctrl-C then printed a 50-line traceback of the import it cut short."""
+    assert PYPROJECT["project"]["scripts"]["jukebot"] == "jukebot.__main__:run"
+    interrupted_import = (
+        "import builtins\n"
+        "real = builtins.__import__\n"
+        "def cut(name, *args, **kwargs):\n"
+        "    if name == 'jukebot.settings':\n"
+        "        raise KeyboardInterrupt\n"
+        "    return real(name, *args, **kwargs)\n"
+        "builtins.__import__ = cut\n"
+        "from jukebot.__main__ import run\n"
+        "run()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", interrupted_import, "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (130, "", "Aborted!\n")

@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from jukebot.settings import Settings, SettingsError, load_settings, misspelled_variables
-from sampler.files import not_a_file
+from sampler.files import not_a_file, on_read_only_mount
 from sampler.worker.logs import configure_logging
 
 log = logging.getLogger(__name__)
@@ -213,10 +213,20 @@ def sqlite_path_problem(settings: Settings) -> str | None:
             f"{existing}. Change that folder's permissions, or point DATABASE_URL at a folder this user "
             "may write in."
         )
+    if not os.path.exists(path) and existing is not None and on_read_only_mount(existing):
+        return (
+            f"DATABASE_URL's SQLite file {path} cannot be created: {existing} is on a read-only file "
+            "system. Point DATABASE_URL at a folder on a writable one."
+        )
     if not os.path.exists(path) and existing is not None and not os.access(existing, os.W_OK | os.X_OK):
         return (
             f"DATABASE_URL's SQLite file {path} cannot be created: this user may not write in {existing}. "
             "Change that folder's permissions, or point DATABASE_URL at a folder this user may write in."
+        )
+    if os.path.isfile(path) and not os.access(path, os.R_OK | os.W_OK) and on_read_only_mount(path):
+        return (
+            f"DATABASE_URL's SQLite file {path} is on a read-only file system, where it cannot be "
+            "written: copy it to a writable one and point DATABASE_URL there."
         )
     if os.path.isfile(path) and not os.access(path, os.R_OK | os.W_OK):
         return (
@@ -469,7 +479,7 @@ def require_current_schema(settings: Settings, missing: str) -> str | None:
         raise click.ClickException(f"The database at {where} failed: {reason}.") from None
     if current != head:
         raise click.ClickException(
-            f"the database at {where} is at schema {current or 'none (empty)'}, not {head}: "
+            f"the database at {where} is at schema {current or 'none (no jukebot tables yet)'}, not {head}: "
             "run `jukebot db upgrade` (jukebot run and jukebot worker do on start)"
         )
     return head

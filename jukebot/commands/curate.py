@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from jukebot.commands import FiniteFloatRange, file_wording, logging_without_settings
-from sampler.files import not_a_file
+from sampler.files import not_a_file, on_read_only_mount
 
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".opus", ".mp3", ".m4a", ".aac", ".aiff", ".aif"})
 OUTPUT_BITRATE = 160_000
@@ -212,9 +212,13 @@ def curate(inputs: tuple[Path, ...], output: Path, fade: float, picture: Path | 
             raise click.UsageError(f"{option} {path}: the folder {path.parent} does not exist.")
         # The piece goes to a new file beside `path` that replaces it: the folder must be writable.
         if not os.access(path.parent, os.W_OK | os.X_OK):
+            fix = (
+                "it is on a read-only file system"
+                if on_read_only_mount(path.parent)
+                else "fix its permissions"
+            )
             raise click.UsageError(
-                f"{option} {path}: the folder {path.parent} cannot be written: fix its permissions, "
-                "or write elsewhere."
+                f"{option} {path}: the folder {path.parent} cannot be written: {fix}, or write elsewhere."
             )
         if any(_same_file(path, file) for file in files):
             raise click.UsageError(f"{option} {path} is one of the clips to join: it would overwrite it.")

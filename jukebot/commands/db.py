@@ -24,7 +24,8 @@ def upgrade() -> None:
         click.echo(f"{where} is already at the latest schema ({head}): nothing to migrate")
     else:
         click.echo(
-            f"{where} was at schema {before or 'none (empty)'} and is now at the latest schema ({head})"
+            f"{where} was at schema {before or 'none (no jukebot tables yet)'} and is now at the latest "
+            f"schema ({head})"
         )
 
 
@@ -37,7 +38,9 @@ def check() -> None:
     from storage.migrate import head_revision
 
     settings = settings_or_exit()
-    head = require_current_schema(settings, f"is at schema none (empty), not {head_revision()}")
+    head = require_current_schema(
+        settings, f"is at schema none (no jukebot tables yet), not {head_revision()}"
+    )
     click.echo(
         f"the database at {settings.database_url_for_display} answers and is at the latest schema ({head})"
     )

@@ -21,6 +21,7 @@ power loss or full disk leaves the last saved window; a saved state damaged anyw
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -43,7 +44,7 @@ from jukebot.commands import (
     settings_or_exit,
 )
 from sampler.batch_sizes import DEFAULT_MAX_BATCH_SIZE, format_batch_sizes, parse_batch_sizes
-from sampler.files import not_a_file
+from sampler.files import not_a_file, on_read_only_mount
 from sampler.jukebox.registry import (
     DEFAULT_MODEL,
     MAX_SONG_SECONDS,
@@ -263,9 +264,11 @@ def _output_dir(name: str) -> Path:
             f"{out_dir} cannot be created: {existing} is a file; pass another --name", param_hint="--name"
         )
     if not os.access(existing, os.W_OK | os.X_OK):
+        why = f"no write permission in {existing}"
+        if on_read_only_mount(existing):
+            why = f"{existing} is on a read-only file system"
         raise click.BadParameter(
-            f"{out_dir} cannot be written: no write permission in {existing}; pass another --name",
-            param_hint="--name",
+            f"{out_dir} cannot be written: {why}; pass another --name", param_hint="--name"
         )
     return out_dir
 
@@ -608,6 +611,7 @@ def run_sample(options: dict[str, Any], given: set[str] | frozenset[str] = froze
     try:
         cascade = load_cascade(model_dir, options["model"], device=device, dtype=dtype)
     except (ModelFilesError, CheckpointError, OSError, ValueError) as exc:
+        _record_unusable(model_dir, exc)
         raise click.ClickException(str(exc)) from None
 
     codes = saved_codes
@@ -658,7 +662,7 @@ def run_sample(options: dict[str, Any], given: set[str] | frozenset[str] = froze
             f"Cannot create {out_dir} ({exc.strerror or exc}): pass another --name."
         ) from None
     with _run_lock(out_dir):
-        _sample_into(out_dir, cascade, request, options, styles, lyrics, codes, prompt, levels)
+        _sample_into(out_dir, cascade, request, options, styles, lyrics, codes, prompt, levels, model_dir)
 
 
 def _sample_into(
@@ -671,6 +675,7 @@ def _sample_into(
     codes: tuple[Any, ...] | None,
     prompt: Any,
     levels: tuple[int, ...],
+    model_dir: Path,
 ) -> None:
     """Sample `request` into `out_dir`, which this run holds the lock of: resumed from its checkpoint
     when it holds this run's, after setting aside another run's output or a damaged saved state."""
@@ -809,6 +814,7 @@ def _sample_into(
         raise click.ClickException(str(exc)) from None
     except (ModelFilesError, CheckpointError) as exc:  # a model file changed or damaged since the check
         bar.close()
+        _record_unusable(model_dir, exc)
         kept = (
             f"The finished windows are saved in {checkpoint}: run the same command again to resume."
             if checkpoint.is_file()
@@ -882,7 +888,13 @@ def _check_priors(model_dir: Path, model: str, levels: tuple[int, ...]) -> None:
     models verify` does, reading no weights), or was found to by an earlier check of the same file.
     ModelFileUnusable names the first that does not; ModelFileUnreadable, one this user cannot read."""
     from sampler.loading import ModelFileUnusable, expected_shapes_for
-    from sampler.model_files import CheckpointVerifier, VerifiedCache, file_problems, model_path
+    from sampler.model_files import (
+        CheckpointVerifier,
+        VerifiedCache,
+        failed_as_weights_were_read,
+        file_problems,
+        model_path,
+    )
 
     verifier = CheckpointVerifier(expected_shapes_for=lambda name: expected_shapes_for(name, model_dir))
     cache = VerifiedCache(model_dir)
@@ -890,7 +902,10 @@ def _check_priors(model_dir: Path, model: str, levels: tuple[int, ...]) -> None:
         name = MODELS[model].priors[level]
         path = model_path(model_dir, name)
         entry = cache.get(name, path)
-        if entry is not None and entry.get("checks") == "shapes":
+        found_loading = failed_as_weights_were_read(entry)
+        if found_loading is not None:  # a worker's or an earlier run's verdict, which shapes cannot undo
+            problems = found_loading
+        elif entry is not None and entry.get("checks") == "shapes":
             problems = [] if entry.get("ok") else [str(problem) for problem in entry.get("problems", [])]
         else:
             problems = file_problems(name, path, verifier)
@@ -898,6 +913,17 @@ def _check_priors(model_dir: Path, model: str, levels: tuple[int, ...]) -> None:
                 cache.put(name, path, ok=not problems, checks="shapes", problems=problems)
         if problems:
             raise ModelFileUnusable(model, name, path, "; ".join(problems) or "it failed verification")
+
+
+def _record_unusable(model_dir: Path, exc: Exception) -> None:
+    """A file found damaged as it loaded (NaN weights, say) is recorded as failing, as a worker records
+    it: `models list`, `doctor` and workers see it, and `models verify` moves it aside. Where the
+    verification cache cannot be written, the message alone says it."""
+    from sampler.loading import ModelFileUnusable, record_unusable
+
+    if isinstance(exc, ModelFileUnusable):
+        with contextlib.suppress(OSError):
+            record_unusable(model_dir, exc)
 
 
 def _model_file_problem(exc: Exception, model: str) -> str:
@@ -1089,13 +1115,15 @@ def _load_codes_file(path: Path) -> Any:
         raise _bad_codes_file(path, not_codes.format("not a file torch.save wrote"))
     damaged = (
         "is damaged (cut short, or changed since it was written): write it again with jukebot sample, "
-        "or pass another"
+        "or pass another file"
     )
     try:
         with warnings.catch_warnings():  # torch's warnings about the file's pickle protocol and such
             warnings.simplefilter("ignore")
             return torch.load(path, weights_only=True, map_location="cpu")
     except OSError as exc:
+        if exc.errno == errno.EINVAL:  # torch's reader seeking within a zip cut short: not a read error
+            raise _bad_codes_file(path, damaged) from None
         raise _bad_codes_file(path, f"cannot be read ({exc.strerror or exc})") from None
     except pickle.UnpicklingError as exc:
         if "Unsupported global" in str(exc):  # a class or function: no codes file holds one
@@ -1204,11 +1232,30 @@ def _set_aside_another_run(
     `fingerprints`, or by an earlier version with its saved state sampled for this request:
     `same_request`)."""
     recorded, problem = _recorded_run(out_dir)
-    if problem is None:
-        if recorded is None or recorded in fingerprints or same_request():
+    if problem is None and recorded is None:
+        unrecorded = _unrecorded_output(out_dir, codes_file)
+        if unrecorded is None:
+            return None
+        problem = (
+            f"{out_dir} held {unrecorded} with no checkpoint.json saying which run wrote it (another "
+            "program's, or a run whose record was removed)"
+        )
+    elif problem is None:
+        if recorded in fingerprints or same_request():
             return None
         problem = f"{out_dir} held the output of a run with other flags"
     return f"{problem}: moved to {_move_aside(out_dir, codes_file)}; this run starts over"
+
+
+def _unrecorded_output(out_dir: Path, codes_file: Path | None) -> Path | None:
+    """The first level folder of NAME holding files when no run is recorded there (a run writes its
+    record before its first level's files), but for the one `codes_file` is read from; None if none."""
+    source = None if codes_file is None else codes_file.resolve().parent
+    for name in ("level_2", "level_1", "level_0"):
+        folder = out_dir / name
+        if folder.is_dir() and folder.resolve() != source and any(folder.iterdir()):
+            return folder
+    return None
 
 
 def _state_sampled_for(checkpoint: Path, cascade: Any, request: Any) -> bool:

@@ -18,6 +18,7 @@ import io
 import json
 import math
 import numbers
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -39,9 +40,10 @@ from sampler.jukebox.labels import (
 )
 from sampler.jukebox.prior import Conditioning, JukeboxPrior, PriorConfig, SamplingState
 from sampler.jukebox.registry import MIN_TEMPERATURE, SAMPLE_RATE, SEED_LIMIT
-from sampler.jukebox.vqvae import VQVAE
+from sampler.jukebox.vqvae import VQVAE, code_range, is_integer_dtype
 from sampler.jukebox.windows import Window, cond_span, plan_level
 from sampler.units import whole_number
+from sampler.user_text import quote_user_text
 
 if TYPE_CHECKING:
     from sampler.jukebox.decoding import DecodeOptions
@@ -205,6 +207,10 @@ class CascadeState:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> CascadeState:
+        """The state `to_bytes` wrote; SamplingError for bytes that are not one (damaged, another
+        program's, or made to use far more memory than they take: compressed, or codes that claim more
+        values than the bytes hold)."""
+        _refuse_compressed(data)
         try:
             raw = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
         except Exception as exc:  # torch's own text may advise weights_only=False: only the cause
@@ -216,16 +222,65 @@ class CascadeState:
             if digest is not None:
                 digest = {str(k): str(v) for k, v in digest.items()}
             return cls(
-                codes=[codes.long() for codes in raw["codes"]],
-                level_base={int(k): int(v) for k, v in raw["level_base"].items()},
-                windows_done={int(k): int(v) for k, v in raw["windows_done"].items()},
+                codes=_saved_codes(raw["codes"], len(data)),
+                level_base={int(k): _saved_count(v, "level_base") for k, v in raw["level_base"].items()},
+                windows_done={
+                    int(k): _saved_count(v, "windows_done") for k, v in raw["windows_done"].items()
+                },
                 rng_state=raw["rng_state"],
                 request_digest=digest,
             )
+        except SamplingError:
+            raise
         except (KeyError, TypeError, AttributeError, ValueError) as exc:  # damaged, or another version's
             raise SamplingError(
                 f"the saved sampling state is incomplete ({type(exc).__name__}: {exc})"
             ) from None
+
+
+def _refuse_compressed(data: bytes) -> None:
+    """`torch.save` stores its entries uncompressed; a compressed one could unpack to gigabytes."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            compressed = [
+                info.filename for info in archive.infolist() if info.compress_type != zipfile.ZIP_STORED
+            ]
+    except (zipfile.BadZipFile, ValueError, EOFError):  # not a zip: torch.load says what is wrong
+        return
+    if compressed:
+        raise SamplingError(
+            f"the saved sampling state holds compressed entries ({compressed[0]}), which states never "
+            "have: these bytes were not written by CascadeState.to_bytes"
+        )
+
+
+def _saved_codes(saved: object, size: int) -> list[Tensor]:
+    """A saved state's codes as int64; SamplingError for values that are not whole numbers, and for
+    codes that claim more values than `size` bytes could hold (a tensor viewing one value many times)."""
+    if not isinstance(saved, (list, tuple)):
+        raise SamplingError(f"the saved sampling state's codes are {_describe(saved)}, not a list of tensors")
+    for level, codes in enumerate(saved):
+        if not isinstance(codes, Tensor):
+            raise SamplingError(
+                f"the saved sampling state's level-{level} codes are {_describe(codes)}, not a tensor"
+            )
+    if sum(codes.numel() * codes.element_size() for codes in saved) > size:
+        raise SamplingError(
+            f"the saved sampling state is damaged: its codes claim more values than its {size:,} bytes hold"
+        )
+    for level, codes in enumerate(saved):
+        if not is_integer_dtype(codes.dtype):
+            raise SamplingError(
+                f"the saved sampling state is damaged: its level-{level} codes are {codes.dtype}, "
+                "not whole numbers"
+            )
+    return [codes.long() for codes in saved]
+
+
+def _saved_count(value: object, table: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SamplingError(f"the saved sampling state is damaged: its {table} holds {value!r}, not a count")
+    return value
 
 
 _T = TypeVar("_T")
@@ -243,7 +298,10 @@ def _number(value: object, name: str) -> float:
     """`value` as a finite float (an int or float, numpy's too, not a bool); SamplingError otherwise."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise SamplingError(f"{name} must be a number, got {value!r}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int or Fraction past float's range: no finite number
+        number = math.inf
     if not math.isfinite(number):
         raise SamplingError(f"{name} must be a finite number, got {value!r}")
     return number
@@ -251,8 +309,7 @@ def _number(value: object, name: str) -> float:
 
 def _is_integer(tensor: Tensor) -> bool:
     """Whole-number ids with values to read (a meta tensor has none)."""
-    integer = not (tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool)
-    return integer and tensor.device.type != "meta"
+    return is_integer_dtype(tensor.dtype) and tensor.device.type != "meta"
 
 
 def _describe(value: object) -> str:
@@ -555,10 +612,12 @@ class Cascade:
 
     # ---- validation
 
-    def check(self, request: SamplingRequest) -> None:
+    def check(self, request: SamplingRequest, state: CascadeState | None = None) -> None:
         """Raise SamplingError for a request that cannot be sampled, before any work is done: a field of
         the wrong type (whole numbers, finite numbers, one value per level of the model), out of
-        range, or that this model cannot sample."""
+        range, or that this model cannot sample. `state`: one the request will resume (checked on its
+        own by `check_state`), whose codes count for a level above those sampled (a preview's state
+        goes on with only the lower levels)."""
         if not isinstance(request, SamplingRequest):
             raise SamplingError(f"the request must be a SamplingRequest, got {type(request).__name__}")
         top = self.levels - 1
@@ -610,7 +669,7 @@ class Cascade:
         if top_config.max_duration and total_length >= max_total:
             raise SamplingError(
                 f"this model handles songs shorter than {top_config.max_duration:g} s; "
-                f"got {total_length / self.sample_rate:.2f} s"
+                f"got {self._seconds(total_length)}"
             )
         if any(style.lyrics.strip() for style in request.sample_styles()) and not top_config.use_tokens:
             raise SamplingError("this model has no lyrics conditioning: leave the lyrics empty")
@@ -670,14 +729,33 @@ class Cascade:
                     f"got {sample_length / self.sample_rate:.2f} s"
                 )
             if level + 1 not in levels:
-                given = self._given_codes(request, level + 1)
-                have = 0 if given is None else given.shape[1] * self.hops[level + 1]
-                if have < sample_length:
+                hop = self.hops[level + 1]
+                have = self._known_tokens(request, state, level + 1)
+                if have < sample_length // hop:
                     raise SamplingError(
                         f"level {level} is conditioned on level {level + 1}, whose codes cover "
-                        f"{have / self.sample_rate:.2f} s of the "
-                        f"{sample_length / self.sample_rate:.2f} s asked"
+                        f"{have:,} of the {sample_length // hop:,} tokens asked "
+                        f"({self._seconds(have * hop)} of {self._seconds(sample_length)})"
                     )
+
+    def _known_tokens(self, request: SamplingRequest, state: CascadeState | None, level: int) -> int:
+        """Tokens of `level` known before sampling: the codes given, or those of `state` (read with care:
+        `check_state` has not checked it yet)."""
+        given = self._given_codes(request, level)
+        known = 0 if given is None else given.shape[1]
+        codes = getattr(state, "codes", None)
+        if isinstance(codes, list) and len(codes) == self.levels:
+            saved = codes[level]
+            if isinstance(saved, Tensor) and saved.dim() == 2:
+                known = max(known, saved.shape[1])
+        return known
+
+    def _seconds(self, samples: int) -> str:
+        """`samples` at the model's rate, for messages (a length past float's range by its digits)."""
+        try:
+            return f"{samples / self.sample_rate:.2f} s"
+        except OverflowError:
+            return f"a {len(str(samples))}-digit number of samples"
 
     def _per_level(self, values: object, name: str, convert: Callable[[object, str], _T]) -> list[_T]:
         """One value per level of the model, each through `convert` (SamplingError naming it otherwise)."""
@@ -758,16 +836,16 @@ class Cascade:
             return str(exc)
         if not name.strip():
             return f"{what} is empty: give one {model} knows, or 'unknown' for none in particular"
-        within = f" in {style.genre!r}" if what == "the genre word" else ""
+        within = f" in {quote_user_text(style.genre)}" if what == "the genre word" else ""
         if exc.suggestions:
             closest = ", ".join(repr(found) for found in exc.suggestions)
             return (
-                f"{model} does not know {what} {name!r}{within}: use one of the closest ({closest}), "
-                "or 'unknown' for none in particular"
+                f"{model} does not know {what} {quote_user_text(name)}{within}: use one of the closest "
+                f"({closest}), or 'unknown' for none in particular"
             )
         return (
-            f"{model} does not know {what} {name!r}{within} and none is close: check the spelling, "
-            "or use 'unknown' for none in particular"
+            f"{model} does not know {what} {quote_user_text(name)}{within} and none is close: check the "
+            "spelling, or use 'unknown' for none in particular"
         )
 
     def _spelled(self, request: SamplingRequest) -> SamplingRequest:
@@ -837,8 +915,10 @@ class Cascade:
                     f"the codes of level {level} are longer than sample_length; cut them or ask for more"
                 )
             # checked once here, so that prefilling them reads nothing back from the device
-            if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= bins):
-                raise SamplingError(f"the codes of level {level} must be in 0..{bins - 1}")
+            if codes.numel():
+                low, high = code_range(codes)
+                if low < 0 or high >= bins:
+                    raise SamplingError(f"the codes of level {level} must be in 0..{bins - 1}")
 
     def _check_something_to_add(
         self, request: SamplingRequest, levels: tuple[int, ...], sample_length: int
@@ -1002,7 +1082,7 @@ class Cascade:
             if codes.shape[1] > longest:
                 raise SamplingError(f"its level-{level} codes are longer than the song")
             if codes.numel():
-                low, high = int(codes.min()), int(codes.max())
+                low, high = code_range(codes)
                 if low < 0 or high >= bins:
                     raise SamplingError(
                         f"its level-{level} codes must be in 0..{bins - 1}, found {low}..{high}"
@@ -1077,7 +1157,7 @@ class Cascade:
         # imported here: the scheduler reads this module's types
         from sampler.jukebox.schedule import LevelScheduler, overlap_by_default
 
-        self.check(request)
+        self.check(request, state)
         request = self._spelled(_plain_numbers(request))
         if isinstance(progress_every, (bool, np.bool_)) or not isinstance(progress_every, (int, np.integer)):
             raise SamplingError(f"progress_every must be a whole number of tokens, got {progress_every!r}")

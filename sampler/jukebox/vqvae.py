@@ -494,7 +494,7 @@ class VQVAE(nn.Module):
         return audio[:, None, :].to(device=self.device, dtype=self.conv_dtype)
 
     def _check_codes(self, codes: torch.Tensor, level: int) -> None:
-        if not isinstance(codes, torch.Tensor) or codes.dtype.is_floating_point or codes.dtype == torch.bool:
+        if not isinstance(codes, torch.Tensor) or not is_integer_dtype(codes.dtype):
             raise VQVAEInputError(f"codes must be an integer tensor, got {_describe(codes)}")
         if codes.device.type == "meta":  # a shape without values: there is nothing to decode
             raise VQVAEInputError(f"codes must hold values, got {_describe(codes)} on the meta device")
@@ -504,11 +504,29 @@ class VQVAE(nn.Module):
             )
         if codes.shape[0] == 0:
             raise VQVAEInputError(f"codes of level {level} hold no samples: got shape {tuple(codes.shape)}")
-        lo, hi = int(codes.min()), int(codes.max())
+        lo, hi = code_range(codes)
         if lo < 0 or hi >= self.config.l_bins:
             raise VQVAEInputError(
                 f"codes of level {level} must lie in [0, {self.config.l_bins}); found values {lo}..{hi}"
             )
+
+
+# Integer dtypes torch has no min/max (nor comparisons) for: their range is read through numpy.
+_WIDE_UNSIGNED = (torch.uint16, torch.uint32, torch.uint64)
+
+
+def is_integer_dtype(dtype: torch.dtype) -> bool:
+    """Whole-number ids: not float, complex or bool."""
+    return not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
+
+
+def code_range(codes: torch.Tensor) -> tuple[int, int]:
+    """The smallest and largest of integer `codes` (not empty), as Python ints: for any integer dtype,
+    uint16 to uint64 included (a uint64 past int64's range too)."""
+    if codes.dtype in _WIDE_UNSIGNED:
+        values = codes.detach().cpu().numpy()
+        return int(values.min()), int(values.max())
+    return int(codes.min()), int(codes.max())
 
 
 def _describe(value: object) -> str:

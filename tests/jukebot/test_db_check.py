@@ -29,7 +29,10 @@ def test_a_migrated_database_is_healthy(monkeypatch: pytest.MonkeyPatch, db_url:
 def test_an_empty_database_says_to_upgrade(monkeypatch: pytest.MonkeyPatch, empty_db_url: str) -> None:
     result = _check(monkeypatch, empty_db_url)
     assert result.exit_code == 1
-    assert f"is at schema none (empty), not {head_revision()}: run `jukebot db upgrade`" in result.output
+    assert (
+        f"is at schema none (no jukebot tables yet), not {head_revision()}: run `jukebot db upgrade`"
+        in result.output
+    )
 
 
 def test_an_unreachable_database_is_one_sentence_without_the_password(

@@ -160,7 +160,8 @@ def test_a_database_not_migrated_says_to_upgrade(clean_env: Path, monkeypatch: p
         result = jobs(*args)
         assert result.exit_code == 1, args
         assert (
-            "is at schema none (empty), not " in result.output and "run `jukebot db upgrade`" in result.output
+            "is at schema none (no jukebot tables yet), not " in result.output
+            and "run `jukebot db upgrade`" in result.output
         )
         assert result.output.count("\n") == 1, result.output
 

@@ -86,3 +86,45 @@ def test_a_prompt_replaced_in_place_makes_another_run(model_dir: Path, tmp_path:
     ours = codes(out / "level_2" / "data.pth.tar")[2]
     assert ours.equal(codes(tmp_path / "fresh" / "level_2" / "data.pth.tar")[2])
     assert not ours[:, :32].equal(before[:, :32])  # the new prompt's codes
+
+
+def test_output_no_record_says_which_run_wrote_is_moved_aside_not_overwritten(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """The original Jukebox's output folder, or a run's whose checkpoint files were removed: its items
+    were overwritten by the new run's and the rest left beside them, one folder mixing two runs."""
+    out = tmp_path / "song"
+    assert run(model_dir, out, "--levels=3", "--n_samples=2", "--seed=1").exit_code == 0
+    (out / "checkpoint.pt").unlink()
+    (out / "checkpoint.json").unlink()
+    before = {path.relative_to(out): path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    del before[Path(".lock")]  # the lock file stays: the next run holds it
+    again = run(model_dir, out, "--levels=1", "--n_samples=1", "--seed=99")
+    assert again.exit_code == 0, again.output
+    assert (
+        f"{out} held {out / 'level_2'} with no checkpoint.json saying which run wrote it (another program's, "
+        f"or a run whose record was removed): moved to {out / 'earlier-1'}; this run starts over"
+    ) in again.output
+    earlier = out / "earlier-1"
+    assert {
+        path.relative_to(earlier): path.read_bytes() for path in earlier.rglob("*") if path.is_file()
+    } == before
+    assert sorted(path.name for path in (out / "level_2").iterdir()) == [
+        "data.pth.tar",
+        "item_0.ogg",
+        "item_0.wav",
+    ]
+    assert not (out / "level_1").exists() and not (out / "level_0").exists()
+
+
+def test_an_upsample_into_the_folder_its_codes_file_is_in_keeps_that_folder(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """Only the level folder holding the codes file: nothing else to set aside."""
+    out = tmp_path / "song"
+    assert run(model_dir, out, "--levels=1", "--n_samples=1", "--seed=1").exit_code == 0
+    (out / "checkpoint.pt").unlink()
+    (out / "checkpoint.json").unlink()
+    up = run(model_dir, out, "--mode=upsample", f"--codes_file={out / 'level_2' / 'data.pth.tar'}")
+    assert up.exit_code == 0 and "moved to" not in up.output, up.output
+    assert (out / "level_0" / "item_0.wav").is_file() and not (out / "earlier-1").exists()

@@ -98,6 +98,12 @@ def _cut_short(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
+def _long_cut_short(path: Path) -> None:
+    """Cut past the first few KB, torch's reader fails with EINVAL (an OSError), not a read error."""
+    torch.save({"zs": [torch.zeros(1, 4000, dtype=torch.long)] * 3}, path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size * 2 // 3])
+
+
 def _old_format_cut_short(path: Path) -> None:
     torch.save({"zs": [torch.zeros(1, 8, dtype=torch.long)] * 3}, path, _use_new_zipfile_serialization=False)
     path.write_bytes(path.read_bytes()[:40])
@@ -119,7 +125,7 @@ def _uneven_samples(path: Path) -> None:
 NOT_CODES = "is not a jukebot or Jukebox codes file"
 DAMAGED = (
     "is damaged (cut short, or changed since it was written): write it again with jukebot sample, "
-    "or pass another"
+    "or pass another file"
 )
 
 
@@ -137,6 +143,7 @@ DAMAGED = (
         (_plain_zip, f"{NOT_CODES} (a zip archive, not a file torch.save wrote): {HINT}"),
         (_numpy_inside, f"{NOT_CODES} (it holds Python objects other than codes): {HINT}"),
         (_cut_short, DAMAGED),
+        (_long_cut_short, DAMAGED),
         (_old_format_cut_short, DAMAGED),
         (_no_codes, f"{NOT_CODES} (no codes for 3 levels under 'zs'): {HINT}"),
         (_float_codes, f"holds codes that are not whole numbers: {HINT}"),

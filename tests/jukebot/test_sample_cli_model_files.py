@@ -103,3 +103,50 @@ def test_a_prior_damaged_mid_run_is_said_in_one_sentence_and_the_windows_are_kep
     resumed = run(own_models, out, "--levels=3")
     assert resumed.exit_code == 0 and "resuming from" in resumed.output, resumed.output
     assert (out / "level_0" / "item_0.wav").is_file()
+
+
+def test_weights_that_are_not_numbers_stay_failed_until_verify_moves_the_file_aside(
+    own_models: Path, tmp_path: Path, clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`verify` reads keys and shapes only, so it cannot see NaN weights. Its pass used to replace the
+    verdict sampling recorded: the advice (verify moves it aside, then download) led nowhere."""
+    from click.testing import CliRunner
+
+    from jukebot.cli import main
+    from sampler.jukebox.checkpoint import save_checkpoint
+    from sampler.model_files import model_status
+    from tests.sampler.jukebox.tiny_priors import tiny_prior
+
+    level_0 = model_path(own_models, "upsampler_level_0")
+    good = level_0.read_bytes()
+    poisoned = tiny_prior("up0", seed=7).state_dict()
+    first = next(key for key, value in poisoned.items() if value.is_floating_point())
+    poisoned[first] = poisoned[first].clone().fill_(float("nan"))
+    save_checkpoint(poisoned, level_0)  # keys and shapes as they must be
+
+    out = tmp_path / "out"
+    said = one_sentence(run(own_models, out, "--levels=3"))
+    assert f"holds weights that are not numbers (NaN or infinite values, first in {first})" in said
+    assert "Run `jukebot models verify 1b_lyrics` (it moves a bad file aside)" in said
+    status = model_status(own_models)["1b_lyrics"]  # recorded
+    assert status.summary == "1 of 4 files to fetch: jukebot models verify 1b_lyrics"
+    (failed,) = [file for file in status.files if file.state == "failed"]
+    assert failed.name == "upsampler_level_0" and "not numbers" in failed.state_description
+    again = one_sentence(run(own_models, tmp_path / "again", "--levels=3"))  # refused before sampling
+    assert "not numbers" in again and not (tmp_path / "again").exists()
+
+    monkeypatch.setenv("JUKEBOT_MODEL_DIR", str(own_models))
+    verified = CliRunner().invoke(main, ["models", "verify", "1b_lyrics"])
+    assert verified.exit_code == 1, verified.output
+    assert f"BAD upsampler_level_0: {level_0}: " in verified.output and "not numbers" in verified.output
+    assert f"moved aside to {level_0}.corrupt" in verified.output
+    assert not level_0.exists()
+    assert (
+        model_status(own_models)["1b_lyrics"].summary
+        == "1 of 4 files to fetch: jukebot models download 1b_lyrics"
+    )
+
+    level_0.write_bytes(good)  # what `jukebot models download 1b_lyrics` fetches
+    assert CliRunner().invoke(main, ["models", "verify", "1b_lyrics"]).exit_code == 0
+    resumed = run(own_models, out, "--levels=3")
+    assert resumed.exit_code == 0 and (out / "level_0" / "item_0.wav").is_file(), resumed.output

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +203,23 @@ def test_a_state_resumes_with_other_levels_batch_sizes_and_chunks(cascade: Casca
     assert torch.equal(resumed.codes[2], cascade.sample(first).codes[2])
 
 
+def test_a_finished_preview_goes_on_with_the_lower_levels_alone(cascade: Cascade) -> None:
+    """The top level's codes may come from the state resumed, not only from the codes given."""
+    preview = request(levels=(2,))
+    saved = CascadeState.from_bytes(cascade.sample(preview).to_bytes())
+    lower = cascade.sample(dataclasses.replace(preview, levels=(0, 1)), saved)
+    every = cascade.sample(dataclasses.replace(preview, levels=(0, 1, 2)), saved)
+    assert all(torch.equal(a, b) for a, b in zip(lower.codes, every.codes, strict=True))
+    assert lower.codes[0].shape == (2, LENGTH // 4)
+    half = first_window(cascade, request(levels=(2,), sample_length=2048))  # 64 of its 128 top tokens
+    with pytest.raises(
+        SamplingError, match=r"whose codes cover 64 of the 128 tokens asked \(0\.02 s of 0\.05 s\)"
+    ):
+        cascade.check(request(levels=(1,), sample_length=2048), half)
+    with pytest.raises(SamplingError, match="whose codes cover 0 of the 64 tokens asked"):
+        cascade.check(dataclasses.replace(preview, levels=(0, 1)))  # no state: nothing above
+
+
 def test_a_state_without_a_digest_still_resumes(cascade: Cascade) -> None:
     """States of earlier versions (job checkpoints in databases) hold no digest: not compared."""
     first = request(sample_length=2048)
@@ -274,7 +292,16 @@ def test_an_upsample_run_resumes_on_its_input_codes_not_the_states(
         ({"seed": 1.5}, "seed must be a whole number"),
         ({"seed": -1}, r"seed must be from 0 to 2\*\*64 - 1, got -1"),
         ({"seed": 2**64}, r"seed must be from 0 to 2\*\*64 - 1"),
+        # past float's range: no OverflowError from float()
+        ({"temperature": (1, 1, 10**400)}, "the temperature of level 2 must be a finite number"),
+        ({"top_p": Fraction(10**400, 3)}, "top_p must be a finite number"),
+        ({"hop_fraction": (1, 1, -(10**400))}, "the hop_fraction of level 2 must be a finite number"),
+        (
+            {"sample_length": 16 * 10**400, "total_length": 16 * 10**400},
+            r"handles songs shorter than [\d.]+ s; got a 402-digit number of samples",
+        ),
         ({"artist": None}, "artist must be text, got None"),
+        ({"artist": "x" * 100_000}, r"does not know the artist 'x{60}…' \(100,000 characters\) and none"),
         ({"genre": None}, "genre must be text"),
         ({"lyrics": None}, "lyrics must be text"),
         ({"styles": ("a", "b")}, r"styles must be a tuple of SampleStyle\(artist, genre, lyrics\)"),
@@ -358,6 +385,25 @@ def test_check_refuses_codes_that_are_not_whole_numbers(
             cascade.check(wanted)
 
 
+@pytest.mark.parametrize("dtype", [torch.uint16, torch.uint32, torch.uint64])
+def test_unsigned_codes_sample_as_int64_ones(
+    cascade: Cascade, top_codes: torch.Tensor, dtype: torch.dtype
+) -> None:
+    """torch has no min or max of uint16..uint64: their range was a NotImplementedError."""
+    wanted = request(mode="upsample", levels=(1,), sample_length=LENGTH, codes=(None, None, top_codes))
+    unsigned = dataclasses.replace(wanted, codes=(None, None, top_codes.to(dtype)))
+    assert torch.equal(cascade.sample(unsigned).codes[1], cascade.sample(wanted).codes[1])
+    too_high = top_codes.index_fill(1, torch.tensor([5]), 64).to(dtype)
+    with pytest.raises(SamplingError, match=r"the codes of level 2 must be in 0\.\.63"):
+        cascade.check(dataclasses.replace(wanted, codes=(None, None, too_high)))
+    state = cascade.initial_state(wanted)
+    state.codes = [c.to(dtype) for c in state.codes]
+    cascade.check_state(wanted, state)
+    state.codes[2] = too_high
+    with pytest.raises(SamplingError, match=r"its level-2 codes must be in 0\.\.63, found 0\.\.64"):
+        cascade.check_state(wanted, state)
+
+
 @pytest.mark.parametrize("mode", ["ancestral", "continue", "upsample"])
 def test_check_refuses_a_prompt_another_mode_would_leave_unused(cascade: Cascade, mode: Any) -> None:
     """A prompt given without mode="primed" was ignored: the song came out unprimed, without a word."""
@@ -387,7 +433,7 @@ def test_sample_refuses_a_callback_that_is_not_a_function_before_any_work(
 
 def test_decode_takes_any_integer_dtype(cascade: Cascade, top_codes: torch.Tensor) -> None:
     audio = cascade.decode(top_codes, 2)
-    for dtype in (torch.int16, torch.int32, torch.uint8):
+    for dtype in (torch.int16, torch.int32, torch.uint8, torch.uint16, torch.uint32, torch.uint64):
         assert torch.equal(cascade.decode(top_codes.to(dtype), 2), audio)
     assert torch.equal(cascade.decode([codes(0), codes(0), top_codes], 2), audio)  # type: ignore[arg-type]
 
@@ -398,6 +444,14 @@ def test_decode_takes_any_integer_dtype(cascade: Cascade, top_codes: torch.Tenso
         (lambda top: top[:0], 2, r"codes of level 2 hold no samples: got shape \(0, 64\)"),
         (lambda top: top.numpy(), 2, "codes must be an integer tensor, got ndarray"),
         (lambda top: top.float(), 2, "codes must be an integer tensor"),
+        (lambda top: top.to(torch.complex64), 2, "codes must be an integer tensor, got a torch.complex64"),
+        (  # past int64's range: torch reads no min or max of a uint64
+            lambda top: torch.from_numpy(
+                np.where(np.arange(64) == 3, 2**63 + 5, top.numpy()).astype(np.uint64)
+            ),
+            2,
+            r"must lie in \[0, 64\); found values 0\.\.9223372036854775813",
+        ),
         (lambda top: top, "2", "level must be a whole number, got '2'"),
         (lambda top: top.to("meta"), 2, "codes must hold values, got a torch.int64 tensor of shape"),
     ],
@@ -431,6 +485,12 @@ def test_integer_pcm_is_scaled_by_its_full_scale(tmp_path: Path) -> None:
     assert heard["int16"] == pytest.approx(heard["float"], rel=0.05)  # not clipped to a square wave
     with pytest.raises(ValueError, match="signed integer PCM, got dtype uint8"):
         encode_audio(SINE.astype(np.uint8), 44100, "ogg", 128_000)
+
+
+@pytest.mark.parametrize("fmt", [["ogg"], None, "wav"])
+def test_encode_audio_names_a_format_it_does_not_have(fmt: Any) -> None:
+    with pytest.raises(ValueError, match=r"Unknown output format .*; choose one of \['mp3', 'ogg'\]"):
+        encode_audio(SINE, 44100, fmt, 64_000)
 
 
 @pytest.mark.parametrize(

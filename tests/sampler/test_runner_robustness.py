@@ -206,6 +206,32 @@ async def test_a_damaged_prior_gives_its_jobs_back_and_the_worker_stops_serving_
     assert await worker.advertise() == {"1b_lyrics", "5b"}
 
 
+async def test_a_prior_a_worker_found_not_numbers_in_is_moved_aside_by_verify_not_passed(
+    model_dir: Path, models: Path, sqlite_store: JobStore
+) -> None:
+    """The worker's log says to run `jukebot models verify`, which reads keys and shapes only: its
+    pass must not replace the worker's verdict, or the model is served again, damaged, and the
+    operator's `download` finds the file 'already present'."""
+    from sampler.jukebox.checkpoint import save_checkpoint
+    from sampler.loading import expected_shapes_for
+    from sampler.model_files import CheckpointVerifier, verify_file
+    from tests.sampler.jukebox.tiny_priors import tiny_prior
+
+    state = tiny_prior("top_1b_lyrics", seed=9).state_dict()
+    first = next(key for key, value in state.items() if value.is_floating_point())
+    save_checkpoint({**state, first: torch.full_like(state[first], float("nan"))}, model_path(models, TOP))
+    runner = cpu_runner(models)
+    with pytest.raises(ModelNotHere, match="holds weights that are not numbers"):
+        run(runner, await claim(sqlite_store, kind="generate", model="1b_lyrics", params=PREVIEW))
+    verifier = CheckpointVerifier(expected_shapes_for=lambda name: expected_shapes_for(name, models))
+    result = verify_file(TOP, models, verifier)
+    top = model_path(models, TOP)
+    assert not result.ok and result.moved_to == top.with_name(top.name + ".corrupt")
+    assert "not numbers" in result.message
+    shutil.copyfile(model_path(model_dir, TOP), model_path(models, TOP))  # fetched again
+    assert verify_file(TOP, models, verifier).ok and cpu_runner(models).models == {"1b_lyrics", "5b"}
+
+
 async def test_a_damaged_file_is_remembered_where_the_model_directory_cannot_be_written(
     models: Path, sqlite_store: JobStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -453,7 +479,7 @@ def _saved_state(**fields: object) -> bytes:
     ("damage", "reason"),
     [
         ("rng_state missing", "incomplete (KeyError: 'rng_state')"),
-        ("codes as lists", "incomplete (AttributeError"),
+        ("codes as lists", "the saved sampling state's level-0 codes are a list, not a tensor"),
         ("windows done past the plan", "it counts 99 windows done at level 2, more than there are"),
         ("codes longer than the song", "its level-2 codes are longer than the song"),
         ("another batch", "its level-0 codes have shape (2, 0), not (1, tokens)"),

@@ -346,7 +346,7 @@ def test_cli_db_upgrade_creates_the_tables(
 
     assert result.exit_code == 0, result.output
     assert result.output.endswith(
-        f" was at schema none (empty) and is now at the latest schema ({head_revision()})\n"
+        f" was at schema none (no jukebot tables yet) and is now at the latest schema ({head_revision()})\n"
     )
     assert schema_diff(empty_db_url) == []
     again = CliRunner().invoke(main, ["db", "upgrade"], catch_exceptions=False)

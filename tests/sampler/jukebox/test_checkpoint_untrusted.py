@@ -122,3 +122,61 @@ def test_a_damaged_sampling_state_is_refused_without_torchs_advice() -> None:
     with pytest.raises(SamplingError, match="the saved sampling state is unreadable") as refused:
         CascadeState.from_bytes(planted.getvalue())
     assert not re.search("weights.only|arbitrary code", str(refused.value), re.IGNORECASE), refused.value
+
+
+def _state_bytes(**fields: object) -> bytes:
+    """A saved sampling state as `CascadeState.to_bytes` lays it out, with `fields` changed."""
+    import io
+
+    saved: dict[str, object] = {
+        "format": 1,
+        "codes": [torch.zeros(1, 0, dtype=torch.int16)] * 2 + [torch.zeros(1, 8, dtype=torch.int16)],
+        "level_base": {2: 0},
+        "windows_done": {2: 1},
+        "rng_state": None,
+        "request_digest": None,
+    }
+    saved.update(fields)
+    buffer = io.BytesIO()
+    torch.save(saved, buffer)
+    return buffer.getvalue()
+
+
+def test_a_compressed_sampling_state_is_refused_before_it_is_unpacked() -> None:
+    """torch's reader inflates a deflated entry: 400 KB of state could unpack to gigabytes of codes."""
+    import io
+    import zipfile
+
+    from sampler.jukebox.cascade import CascadeState, SamplingError
+
+    genuine = _state_bytes()
+    assert len(CascadeState.from_bytes(genuine).codes[2][0]) == 8
+    repacked = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(genuine)) as source, zipfile.ZipFile(repacked, "w") as target:
+        for info in source.infolist():
+            target.writestr(info.filename, source.read(info), compress_type=zipfile.ZIP_DEFLATED)
+    with pytest.raises(SamplingError, match=r"holds compressed entries \(.*\), which states never have"):
+        CascadeState.from_bytes(repacked.getvalue())
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        # one stored value viewed ten million times: 80 MB once widened to int64
+        (
+            {"codes": [torch.zeros(1, 1, dtype=torch.int16).expand(1, 10**7)] * 3},
+            r"codes claim more values than its [\d,]+ bytes hold",
+        ),
+        ({"codes": [torch.full((1, 4), 0.7)] * 3}, "level-0 codes are torch.float32, not whole numbers"),
+        ({"codes": "codes"}, "codes are a str, not a list of tensors"),
+        ({"level_base": {2: 0.5}}, "level_base holds 0.5, not a count"),
+        ({"windows_done": {2: True}}, "windows_done holds True, not a count"),
+    ],
+)
+def test_a_sampling_state_that_is_not_one_to_resume_is_refused(
+    fields: dict[str, object], reason: str
+) -> None:
+    from sampler.jukebox.cascade import CascadeState, SamplingError
+
+    with pytest.raises(SamplingError, match=f"^the saved sampling state('s| is damaged: its) {reason}"):
+        CascadeState.from_bytes(_state_bytes(**fields))
