@@ -20,7 +20,7 @@ import torch
 
 from sampler.batch_sizes import BatchSizes
 from sampler.jukebox.cascade import Cascade, PriorSource
-from sampler.jukebox.checkpoint import CheckpointError, load_checkpoint
+from sampler.jukebox.checkpoint import CheckpointError, WeightsOverflow, load_checkpoint
 from sampler.jukebox.decoding import DecodeOptions, empty_cuda_cache
 from sampler.jukebox.prior import JukeboxPrior, PriorConfig
 from sampler.jukebox.registry import MODELS, PRIOR_HPARAMS, VQVAE_HPARAMS
@@ -134,7 +134,10 @@ def record_unusable(model_dir: Path, exc: ModelFileUnusable, detail: str | None 
     it (`detail`: how to say why, `exc.detail` by default), so that `jukebot models list`, `doctor`,
     `verify` and every worker on the directory see it failing until it or its sidecars change.
     OSError when the cache cannot be written."""
-    checks = "loads" if exc.sidecar is not None else WEIGHTS_READ  # (a sidecar: `verify` sees it too)
+    # A sidecar `verify` checks itself; a weight overflowing float16 is fine in the file (float32
+    # loads it), so `verify` may clear that verdict. NaN in the weights stands until the file changes.
+    fine_in_the_file = exc.sidecar is not None or isinstance(exc.__cause__, WeightsOverflow)
+    checks = "loads" if fine_in_the_file else WEIGHTS_READ
     VerifiedCache(model_dir).put(exc.name, exc.path, ok=False, checks=checks, problems=[detail or exc.detail])
 
 

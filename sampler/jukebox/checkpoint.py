@@ -46,6 +46,11 @@ class CheckpointError(Exception):
     """A checkpoint file cannot be read or used."""
 
 
+class WeightsOverflow(CheckpointError):
+    """A weight that is a number in the file but past the range of the dtype it loads in (float16):
+    the file is fine, the dtype is not."""
+
+
 class CheckpointMismatch(CheckpointError):
     """A checkpoint's keys or shapes do not fit the model it is loaded into."""
 
@@ -371,7 +376,7 @@ def load_state_dict_into(
     bad = first_non_finite(loaded, [key for key in loaded if key in state])  # (buffers may hold -inf masks)
     if bad is not None:
         if first_non_finite(state, [bad]) is None:
-            raise CheckpointError(
+            raise WeightsOverflow(
                 f"{what}: weight {bad} is too large for {loaded[bad].dtype} (it overflows to infinity): "
                 "load the model in float32 or bfloat16"
             )

@@ -232,6 +232,27 @@ async def test_a_prior_a_worker_found_not_numbers_in_is_moved_aside_by_verify_no
     assert verify_file(TOP, models, verifier).ok and cpu_runner(models).models == {"1b_lyrics", "5b"}
 
 
+def test_a_prior_that_overflows_float16_is_not_damaged_and_verify_may_clear_it(models: Path) -> None:
+    """Its weights are numbers in the file, only too large for float16: float32 loads them."""
+    from sampler.jukebox.checkpoint import save_checkpoint
+    from sampler.loading import ModelFileUnusable, expected_shapes_for, record_unusable
+    from sampler.model_files import CheckpointVerifier, verify_file
+    from tests.sampler.jukebox.tiny_priors import tiny_prior
+
+    state = tiny_prior("top_1b_lyrics", seed=9).state_dict()
+    save_checkpoint(
+        {k: torch.full_like(v, 1e6) if v.is_floating_point() else v for k, v in state.items()},
+        model_path(models, TOP),
+    )
+    with pytest.raises(ModelFileUnusable, match=r"too large for torch\.float16") as raised:
+        ModelDirectory(models, "1b_lyrics").load_prior(2, dtype=torch.float16)
+    record_unusable(models, raised.value)
+    assert model_status(models)["1b_lyrics"].summary.endswith("jukebot models verify 1b_lyrics")
+    verifier = CheckpointVerifier(expected_shapes_for=lambda name: expected_shapes_for(name, models))
+    assert verify_file(TOP, models, verifier).ok and model_path(models, TOP).is_file()
+    ModelDirectory(models, "1b_lyrics").load_prior(2, dtype=torch.float32)  # as the file is
+
+
 async def test_a_damaged_file_is_remembered_where_the_model_directory_cannot_be_written(
     models: Path, sqlite_store: JobStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
