@@ -1135,14 +1135,14 @@ class JobStore:
         return owner.status in (JobStatus.CANCELLING, JobStatus.CANCELLED)
 
     async def requeue_expired(
-        self, now: datetime | None = None, *, spare_job: int | None = None
+        self, now: datetime | None = None, *, spare_job: int | None = None, only_job: int | None = None
     ) -> list[tuple[int, JobStatus]]:
         """Recover jobs whose worker stopped heartbeating; returns (job id, new status) pairs.
 
         Back to `queued` with one more attempt (checkpoint kept); `failed` once
         `max_attempts` leases were lost; a job being cancelled becomes `cancelled`. `spare_job`, the
-        one the worker scanning runs now (it knows it is alive), is left alone. `now` (for tests)
-        replaces the lease clock.
+        one the worker scanning runs now (it knows it is alive), is left alone; `only_job`: that one
+        alone is looked at (the operator's cancel). `now` (for tests) replaces the lease clock.
         """
         expired_before = self._lease_now() if now is None else literal(now, UTCDateTime())
         now = now or self._clock()
@@ -1155,6 +1155,7 @@ class JobStore:
                         jobs.c.status.in_([status.value for status in ACTIVE_STATUSES]),
                         jobs.c.lease_expires_at < expired_before,
                         true() if spare_job is None else jobs.c.id != spare_job,
+                        true() if only_job is None else jobs.c.id == only_job,
                     )
                     .order_by(jobs.c.id)
                     # A row another transaction holds (its worker's write in flight, or a client that

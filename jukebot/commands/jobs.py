@@ -14,6 +14,7 @@ import click
 from jukebot.commands import database_problem, first_line, require_current_schema, settings_or_exit
 from jukebot.settings import Settings
 from sampler.units import count_of
+from sampler.user_text import shorten_user_text
 from storage.models import JobStatus
 
 if TYPE_CHECKING:
@@ -23,6 +24,10 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 MAX_ERROR_CHARS = 160  # of a failed job's error in `jobs list`
 CANCELLED_BY_OPERATOR = "by the operator"  # the reason a progress message shows
+
+
+# Longer than any id a database column holds (20 digits: 2**64), and than `int` reads without a limit.
+MAX_ID_DIGITS = 100
 
 
 class JobIdType(click.ParamType):
@@ -36,8 +41,12 @@ class JobIdType(click.ParamType):
             number = value
         else:
             text = str(value).strip().removeprefix("#")
+            if text.startswith("-") and text[1:].isascii() and text[1:].isdigit():
+                self.fail(f"{value!r} is no job id: ids start at 1")
             if not text.isascii() or not text.isdigit():
                 self.fail(f"{value!r} is no job id: give whole numbers, e.g. 12 (as `jobs list` shows them)")
+            if len(text) > MAX_ID_DIGITS:  # (Python refuses to read an int of over 4,300 digits)
+                self.fail(f"{shorten_user_text(text)} is no job id: no job has an id of {len(text):,} digits")
             number = int(text)
         if number < 1:
             self.fail(f"{value!r} is no job id: ids start at 1")
@@ -135,7 +144,11 @@ def list_jobs(status: str | None, limit: int) -> None:
         click.echo(_job_line(job))
 
 
-@jobs.command()
+# `-1` is read as an id (and refused as one), not as an unknown option.
+IDS_ONLY = {"ignore_unknown_options": True}
+
+
+@jobs.command(context_settings=IDS_ONLY)
 @click.argument("job_ids", metavar="ID...", nargs=-1, required=True, type=JOB_ID)
 def retry(job_ids: tuple[int, ...]) -> None:
     """Put failed or cancelled jobs back in the queue, resuming from their checkpoints.
@@ -175,7 +188,7 @@ def retry(job_ids: tuple[int, ...]) -> None:
                 click.echo(f"Job #{job_id} is queued again; it starts over (it has no checkpoint).")
         return sum(isinstance(outcome, str) for _job_id, outcome in outcomes)
 
-    _each_or_exit(retry_each, settings, wanted, outcomes, report, "retried")
+    _each_or_exit(retry_each, settings, wanted, outcomes, report, "retried", {JobStatus.QUEUED})
     refused = report()
     if refused == len(wanted) == 1:
         raise click.ClickException("the job was not retried (see above).")
@@ -184,7 +197,7 @@ def retry(job_ids: tuple[int, ...]) -> None:
         raise click.ClickException(f"{refused} of {len(wanted)} jobs {verb} not retried (see above).")
 
 
-@jobs.command()
+@jobs.command(context_settings=IDS_ONLY)
 @click.argument("job_ids", metavar="ID...", nargs=-1, required=True, type=JOB_ID)
 def cancel(job_ids: tuple[int, ...]) -> None:
     """Cancel queued or running jobs, whoever started them (a server the bot left while it was
@@ -214,6 +227,10 @@ def cancel(job_ids: tuple[int, ...]) -> None:
                 )
             else:
                 done = "is cancelled" if status == JobStatus.CANCELLED else "stops after its current step"
+                # A worker that died holds no step to stop after: once its lease is over, the job is
+                # cancelled now, not when a bot or worker next looks (none may be running).
+                if status == JobStatus.CANCELLING and await store.requeue_expired(only_job=job_id):
+                    done = "is cancelled (its worker had stopped renewing its lease: it is gone)"
                 outcomes.append((job_id, f"Job #{job_id} {done}.", True))
 
     def report() -> int:
@@ -225,7 +242,15 @@ def cancel(job_ids: tuple[int, ...]) -> None:
             click.echo(text, err=True)
         return len(refused)
 
-    _each_or_exit(cancel_each, settings, wanted, outcomes, report, "cancelled")
+    _each_or_exit(
+        cancel_each,
+        settings,
+        wanted,
+        outcomes,
+        report,
+        "cancelled",
+        {JobStatus.CANCELLING, JobStatus.CANCELLED},
+    )
     refused = report()
     if refused:
         raise click.ClickException(f"{refused} of {len(wanted)} jobs not cancelled (see above).")
@@ -238,10 +263,13 @@ def _each_or_exit(
     outcomes: list[Any],
     report: Callable[[], int],
     verb: str,
+    done_as: set[JobStatus],
 ) -> None:
     """Run `action`, which handles the `wanted` jobs in turn and appends one outcome each; when it
     stops with an error (a time-out, a lost database), print the outcomes of the jobs it handled
-    before (each committed) and then stop, naming the job it stopped at and those not tried."""
+    before (each committed) and then stop, naming the job it stopped at and those not tried. The
+    job it stopped at is read again: a connection lost as its change committed leaves it changed
+    (`done_as`: the statuses that say so), and a database gone says nothing."""
     started = False
 
     async def run(store: JobStore) -> None:
@@ -256,11 +284,22 @@ def _each_or_exit(
         if not started or done >= len(wanted):
             raise
         report()
+        stopped = wanted[done]
         left = wanted[done + 1 :]
         named = ", ".join(f"#{job_id}" for job_id in left)
         rest = f"; jobs {named} were not tried" if len(left) > 1 else f"; job {named} was not tried"
         rest = rest if left else ""
-        raise click.ClickException(f"job #{wanted[done]} was not {verb}{rest}: {exc.message}") from None
+        try:
+            status = with_store(lambda store: store.get_job(stopped), settings).status
+        except click.ClickException:
+            what = (
+                f"whether job #{stopped} was {verb} is unknown (the database did not answer again: "
+                "`jukebot jobs list` shows it once it does)"
+            )
+        else:
+            was = "was" if status in done_as else "was not"
+            what = f"job #{stopped} {was} {verb} (it is {status.value})"
+        raise click.ClickException(f"{what}{rest}: {exc.message}") from None
 
 
 def _days(_ctx: click.Context | None, param: click.Parameter | None, text: str) -> timedelta:

@@ -240,7 +240,7 @@ def test_retry_reports_the_jobs_retried_before_one_that_timed_out(
     assert result.exit_code == 1
     assert result.stdout == f"Job #{first} is queued again; it resumes from its checkpoint.\n"
     assert result.stderr == (
-        f"Error: job #{locked} was not retried; job #{last} was not tried: The database at {postgres_url} "
+        f"Error: job #{locked} was not retried (it is failed); job #{last} was not tried: The database at {postgres_url} "
         "timed out: a statement waited over 1 s, e.g. for a lock another process holds (a stuck "
         "transaction: see pg_stat_activity), or the server did not answer within 10 s (a host or network "
         "gone silent); try again.\n"

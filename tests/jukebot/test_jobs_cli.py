@@ -193,7 +193,7 @@ def test_cancel_stops_anyones_queued_or_running_jobs_and_names_the_others(databa
         queued = await enqueue(store, user_id=USER + 1)
         return running, queued, done
 
-    running, queued, done = with_store(database, make)
+    running, queued, done = with_store(database, make, FakeClock(datetime.now(UTC)))  # a live lease
     huge = str(2**64)  # past the id column's range (Postgres: int4; SQLite: 64 bits)
     result = jobs("cancel", str(queued), str(running), str(done), "999", huge, str(queued))
 
@@ -216,6 +216,96 @@ def test_cancel_stops_anyones_queued_or_running_jobs_and_names_the_others(databa
         (JobStatus.CANCELLED, "by the operator"),
         (JobStatus.SUCCEEDED, None),
     ]
+
+
+def test_cancel_ends_at_once_a_running_job_whose_worker_is_gone(database: str) -> None:
+    """Its worker was killed a month ago: no step to stop after, and no bot or worker running to
+    find its lease over. It stayed `cancelling` while the command said it 'stops after its step'."""
+
+    async def running(store: JobStore, worker: str) -> int:
+        job_id = await enqueue(store)
+        claimed = await store.claim(worker, [MODEL], lease_seconds=600)
+        assert claimed is not None and claimed.id == job_id
+        return job_id
+
+    alive = with_store(database, lambda store: running(store, "worker-b"), FakeClock(datetime.now(UTC)))
+    gone = with_store(database, lambda store: running(store, WORKER))  # its lease ran out a month ago
+    result = jobs("cancel", str(gone), str(alive))
+    assert (result.exit_code, result.output) == (
+        0,
+        f"Job #{gone} is cancelled (its worker had stopped renewing its lease: it is gone).\n"
+        f"Job #{alive} stops after its current step.\n",
+    ), result.output
+
+    async def states(store: JobStore) -> list[JobStatus]:
+        return [(await store.get_job(job_id)).status for job_id in (gone, alive)]
+
+    assert with_store(database, states) == [JobStatus.CANCELLED, JobStatus.CANCELLING]
+
+
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        ("-1", "'-1' is no job id: ids start at 1"),  # not "No such option '-1'"
+        (
+            "1" * 5000,
+            "111111111111111111111111111111111111111111111111111111111111… (5,000 characters) is no job id: no job has an id of 5,000 digits",
+        ),
+    ],
+)
+@pytest.mark.parametrize("command", ["cancel", "retry"])
+def test_an_id_that_cannot_be_one_is_a_usage_error(
+    database: str, command: str, given: str, said: str
+) -> None:
+    result = jobs(command, given)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"Invalid value for 'ID...': {said}" in " ".join(result.output.split()), result.output
+
+
+def _lost_as_it_commits(monkeypatch: pytest.MonkeyPatch, name: str, reread: bool) -> None:
+    """The connection drops as `JobStore.<name>` commits: the change is made, the command hears an error
+    (and, without `reread`, reading the job again fails too: the database is gone)."""
+    from sqlalchemy.exc import OperationalError
+
+    real = getattr(JobStore, name)
+    lost = OperationalError(
+        "COMMIT", None, ConnectionResetError("connection was closed in the middle of operation")
+    )
+
+    async def committed_then_lost(self: JobStore, job_id: int, *args: object, **kwargs: object) -> object:
+        await real(self, job_id, *args, **kwargs)
+        if not reread:
+            monkeypatch.setattr(JobStore, "get_job", lambda *_args, **_kwargs: _raise(lost))
+        raise lost
+
+    monkeypatch.setattr(JobStore, name, committed_then_lost)
+
+
+async def _raise(error: Exception) -> None:
+    raise error
+
+
+@pytest.mark.parametrize("reread", [True, False], ids=["read again", "database gone"])
+def test_a_change_committed_as_the_connection_dropped_is_not_called_undone(
+    database: str, monkeypatch: pytest.MonkeyPatch, reread: bool
+) -> None:
+    first, second = with_store(database, lambda store: asyncio.gather(enqueue(store), enqueue(store)))
+    _lost_as_it_commits(monkeypatch, "request_cancel", reread)
+    result = jobs("cancel", str(first), str(second))
+    assert result.exit_code == 1
+    said = (
+        f"job #{first} was cancelled (it is cancelled)"
+        if reread
+        else f"whether job #{first} was cancelled is unknown (the database did not answer again: "
+        "`jukebot jobs list` shows it once it does)"
+    )
+    assert result.output.startswith(f"Error: {said}; job #{second} was not tried: "), result.output
+    monkeypatch.undo()
+
+    async def states(store: JobStore) -> list[JobStatus]:
+        return [(await store.get_job(job_id)).status for job_id in (first, second)]
+
+    assert with_store(database, states) == [JobStatus.CANCELLED, JobStatus.QUEUED]
 
 
 def test_retry_queues_failed_and_cancelled_jobs_and_refuses_the_others(database: str) -> None:
