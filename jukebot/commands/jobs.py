@@ -41,12 +41,13 @@ class JobIdType(click.ParamType):
             number = value
         else:
             text = str(value).strip().removeprefix("#")
-            if text.startswith("-") and text[1:].isascii() and text[1:].isdigit():
-                self.fail(f"{value!r} is no job id: ids start at 1")
-            if not text.isascii() or not text.isdigit():
+            digits = text.removeprefix("-")  # a negative number is refused below, as 0 is
+            if not digits.isascii() or not digits.isdigit():
                 self.fail(f"{value!r} is no job id: give whole numbers, e.g. 12 (as `jobs list` shows them)")
-            if len(text) > MAX_ID_DIGITS:  # (Python refuses to read an int of over 4,300 digits)
-                self.fail(f"{shorten_user_text(text)} is no job id: no job has an id of {len(text):,} digits")
+            if len(digits) > MAX_ID_DIGITS:  # (Python refuses to read an int of over 4,300 digits)
+                self.fail(
+                    f"{shorten_user_text(text)} is no job id: no job has an id of {len(digits):,} digits"
+                )
             number = int(text)
         if number < 1:
             self.fail(f"{value!r} is no job id: ids start at 1")

@@ -1170,6 +1170,7 @@ def _read_codes(path: Path, n_samples: int | None) -> tuple[tuple[Any, ...], dic
 
 # What a run writes in NAME (besides the level folders): another run's are set aside, never mixed in.
 RUN_FILES = ("checkpoint.pt", "checkpoint.json", "checkpoint.tmp", "styles.json")
+LEVEL_FOLDERS = ("level_2", "level_1", "level_0")  # a run writes the top level's first
 
 
 def _recorded_run(out_dir: Path) -> tuple[str | None, str | None]:
@@ -1201,8 +1202,8 @@ def _move_aside(out_dir: Path, codes_file: Path | None) -> Path:
     """Move a run's output (its files, its level folders) to `NAME/earlier-N/`, so that its items are
     neither overwritten nor left beside another run's; the level folder holding `codes_file` stays
     (an upsample into the preview's NAME: its codes go on with it). Returns where they went."""
-    found = [out_dir / name for name in (*RUN_FILES, "level_0", "level_1", "level_2")]
-    source = None if codes_file is None else codes_file.resolve().parent
+    found = [out_dir / name for name in (*RUN_FILES, *LEVEL_FOLDERS)]
+    source = _codes_folder(codes_file)
     found = [path for path in found if path.exists() and path.resolve() != source]
     number = 1
     while (out_dir / f"earlier-{number}").exists():
@@ -1247,11 +1248,16 @@ def _set_aside_another_run(
     return f"{problem}: moved to {_move_aside(out_dir, codes_file)}; this run starts over"
 
 
+def _codes_folder(codes_file: Path | None) -> Path | None:
+    """The folder `--codes_file` is read from, which a run setting NAME's output aside leaves in place."""
+    return None if codes_file is None else codes_file.resolve().parent
+
+
 def _unrecorded_output(out_dir: Path, codes_file: Path | None) -> Path | None:
     """The first level folder of NAME holding files when no run is recorded there (a run writes its
     record before its first level's files), but for the one `codes_file` is read from; None if none."""
-    source = None if codes_file is None else codes_file.resolve().parent
-    for name in ("level_2", "level_1", "level_0"):
+    source = _codes_folder(codes_file)
+    for name in LEVEL_FOLDERS:
         folder = out_dir / name
         if folder.is_dir() and folder.resolve() != source and any(folder.iterdir()):
             return folder

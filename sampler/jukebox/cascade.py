@@ -264,16 +264,15 @@ def _saved_codes(saved: object, size: int) -> list[Tensor]:
             raise SamplingError(
                 f"the saved sampling state's level-{level} codes are {_describe(codes)}, not a tensor"
             )
-    if sum(codes.numel() * codes.element_size() for codes in saved) > size:
-        raise SamplingError(
-            f"the saved sampling state is damaged: its codes claim more values than its {size:,} bytes hold"
-        )
-    for level, codes in enumerate(saved):
         if not is_integer_dtype(codes.dtype):
             raise SamplingError(
                 f"the saved sampling state is damaged: its level-{level} codes are {codes.dtype}, "
                 "not whole numbers"
             )
+    if sum(codes.numel() * codes.element_size() for codes in saved) > size:
+        raise SamplingError(
+            f"the saved sampling state is damaged: its codes claim more values than its {size:,} bytes hold"
+        )
     return [codes.long() for codes in saved]
 
 
