@@ -158,8 +158,9 @@ def retry(job_ids: tuple[int, ...]) -> None:
     limit becomes the one in force now: its server's own, else JUKEBOT_MAX_RUNNING_JOBS_PER_USER as
     this command's settings have it. Refused by name (the others still go back): a job that is not
     failed or cancelled, one whose prime clip was pruned, an upsample another job already covers, and
-    a job of a server the bot was removed from, until the bot is in it again. Exits 1 when any was
-    refused.
+    a job of a server the bot was removed from, until the bot is in it again. A running job whose
+    worker is gone (its lease over) is recovered now, as a bot or worker would: queued again, its lost
+    attempt counted. Exits 1 when any was refused.
     """
     from storage.errors import JobNotFound, JobNotRetryable
 
@@ -170,8 +171,16 @@ def retry(job_ids: tuple[int, ...]) -> None:
     # Filled as each job's retry commits, so those done are reported even when a later one fails.
     outcomes: list[tuple[int, Job | str]] = []
 
+    # Jobs whose worker had died: they were still `running` (no bot or worker may be running to find
+    # their lease over), and are queued again by that recovery, for each alone, rather than refused.
+    recovered: set[int] = set()
+
     async def retry_each(store: JobStore) -> None:
         for job_id in wanted:
+            if await store.requeue_expired(only_job=job_id) == [(job_id, JobStatus.QUEUED)]:
+                recovered.add(job_id)
+                outcomes.append((job_id, await store.get_job(job_id)))
+                continue
             try:
                 outcomes.append((job_id, await store.retry_job(job_id, bot_wide_running_limit=bot_wide)))
             except JobNotFound:
@@ -183,10 +192,16 @@ def retry(job_ids: tuple[int, ...]) -> None:
         for job_id, outcome in outcomes:
             if isinstance(outcome, str):
                 click.echo(outcome, err=True)
-            elif outcome.has_checkpoint:
-                click.echo(f"Job #{job_id} is queued again; it resumes from its checkpoint.")
             else:
-                click.echo(f"Job #{job_id} is queued again; it starts over (it has no checkpoint).")
+                gone = (
+                    " (its worker had stopped renewing its lease: it is gone)" if job_id in recovered else ""
+                )
+                resumes = (
+                    "it resumes from its checkpoint"
+                    if outcome.has_checkpoint
+                    else "it starts over (it has no checkpoint)"
+                )
+                click.echo(f"Job #{job_id} is queued again{gone}; {resumes}.")
         return sum(isinstance(outcome, str) for _job_id, outcome in outcomes)
 
     _each_or_exit(retry_each, settings, wanted, outcomes, report, "retried", {JobStatus.QUEUED})

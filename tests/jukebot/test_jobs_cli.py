@@ -344,7 +344,8 @@ def test_retry_queues_failed_and_cancelled_jobs_and_refuses_the_others(database:
         (JobStatus.SUCCEEDED, None),
         (JobStatus.QUEUED, None),
     ]
-    claimed = with_store(database, lambda store: store.claim("worker-b", [MODEL], lease_seconds=60))
+    live = FakeClock(datetime.now(UTC))
+    claimed = with_store(database, lambda store: store.claim("worker-b", [MODEL], lease_seconds=60), live)
     assert claimed is not None and (claimed.id, claimed.checkpoint) == (failed, b"windows 1-7")
 
     again = jobs("retry", str(failed))
@@ -353,6 +354,35 @@ def test_retry_queues_failed_and_cancelled_jobs_and_refuses_the_others(database:
         f"Job #{failed} was not retried: it is running (only a failed or cancelled job can be).\n"
         "Error: the job was not retried (see above).\n"
     )
+
+
+def test_retry_queues_at_once_a_running_job_whose_worker_is_gone(database: str) -> None:
+    """Its worker was killed a month ago and no bot or worker runs to find its lease over: retry
+    said "it is running" of a job nothing ran, until one did."""
+
+    async def running(store: JobStore, worker: str, checkpoint: bytes | None) -> int:
+        job_id = await enqueue(store)
+        claimed = await store.claim(worker, [MODEL], lease_seconds=600)
+        assert claimed is not None and claimed.id == job_id
+        if checkpoint is not None:
+            await store.save_checkpoint(job_id, worker, checkpoint)
+        return job_id
+
+    live = FakeClock(datetime.now(UTC))
+    alive = with_store(database, lambda store: running(store, "worker-b", None), live)
+    gone = with_store(database, lambda store: running(store, WORKER, b"windows 1-3"))  # a month ago
+    result = jobs("retry", str(gone), str(alive))
+    assert result.exit_code == 1
+    assert result.stdout == (
+        f"Job #{gone} is queued again (its worker had stopped renewing its lease: it is gone); "
+        "it resumes from its checkpoint.\n"
+    )
+    assert result.stderr == (
+        f"Job #{alive} was not retried: it is running (only a failed or cancelled job can be).\n"
+        "Error: 1 of 2 jobs was not retried (see above).\n"
+    )
+    claimed = with_store(database, lambda store: store.claim("worker-c", [MODEL], lease_seconds=60), live)
+    assert claimed is not None and (claimed.id, claimed.checkpoint) == (gone, b"windows 1-3")
 
 
 def test_retry_of_only_retryable_jobs_exits_0(database: str) -> None:
