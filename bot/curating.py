@@ -388,6 +388,9 @@ class Piece:
 def make_piece(samples: Sequence[Sample], similarity: Similarity, progress: Progress) -> Piece:
     """Decode, order and join the samples (CPU work: run it in a thread). `CurationError`s (all
     silent, only one with sound) come back as `InvalidRequest`."""
+    # In id order, whatever order they were listed in: the order found depends on the clips' places
+    # (ties, the first pair's direction), and a listing in another order is "the same piece".
+    samples = sorted(samples, key=lambda sample: sample.id)
     clips = []
     for done, sample in enumerate(samples, start=1):
         progress(f"decoding {done}/{len(samples)}…")

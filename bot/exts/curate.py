@@ -81,8 +81,9 @@ class _ThrottledReply:
 
 
 async def _tell(interaction: discord.Interaction[JukeBot], content: str) -> None:
-    """The private reply's last word. A curation that waited its turn long may outlive the reply's
-    15-minute token: the piece is stored and posted all the same, so that is a log line."""
+    """The private reply's last word, or the notice that it waits its turn. A curation that waited
+    its turn long may outlive the reply's 15-minute token: the piece is stored and posted all the
+    same, so that (or any failure to show a line) is a log line."""
     try:
         await interaction.edit_original_response(content=content)
     except DISCORD_FAILURES as exc:
@@ -199,7 +200,7 @@ class Curate(commands.Cog):
         """Post the stored piece; returns what the reply says: where it is, or what Discord refused."""
         sample_id, piece = made.sample_id, made.piece
         try:
-            first_id = await self._post(interaction, made)
+            first_id, strip_refused = await self._post(interaction, made)
         except _PostedPartWay as part_way:
             # Its first messages are in the channel, with its buttons: recorded as the relay records a
             # sample posted part-way (`posted` stays false), and the reply says what is there.
@@ -232,7 +233,19 @@ class Curate(commands.Cog):
         # (out of the `try`: a database error is not Discord's)
         await self.bot.store.set_sample_message(sample_id, first_id)  # its buttons and /sample find it
         similarity = piece.similarity.description
-        return f"Done: sample #{sample_id} is posted in this channel (similarity: {similarity})."
+        done = f"Done: sample #{sample_id} is posted in this channel (similarity: {similarity})."
+        if strip_refused is None:
+            return done
+        log.warning(
+            "curated sample %s: its picture of the order was not posted in channel %s: %s",
+            sample_id,
+            interaction.channel_id,
+            strip_refused,
+        )
+        return (
+            f"{done} Its picture of the order, which comes after the audio, was not posted (Discord "
+            f"said: {discord_said(strip_refused)}); `/sample {sample_id}` posts the piece with it."
+        )
 
     async def _join_in_turn(
         self,
@@ -242,9 +255,9 @@ class Curate(commands.Cog):
         similarity: curating.Similarity,
     ) -> curating.Piece:
         """Wait for the curation running now, if any (saying so), then load the samples and join them."""
-        if self._one_at_a_time.locked():
-            await interaction.edit_original_response(
-                content="Another curation is running in this bot; yours starts as soon as it ends…"
+        if self._one_at_a_time.locked():  # (a notice Discord does not take stops nothing)
+            await _tell(
+                interaction, "Another curation is running in this bot; yours starts as soon as it ends…"
             )
         async with self._one_at_a_time:
             loaded = [await self.bot.store.get_sample(sample_id) for sample_id in sample_ids]
@@ -269,10 +282,12 @@ class Curate(commands.Cog):
         self,
         interaction: discord.Interaction[JukeBot],
         made: _Made,
-    ) -> int:
+    ) -> tuple[int, BaseException | None]:
         """The piece in the channel: its audio (split to fit the upload limit), the order as a strip, the
-        buttons; the id of its first message, which the caller records so that the piece's buttons and
-        /sample work like any sample's. Raises `_PostedPartWay` when Discord took only its first messages."""
+        buttons. Returns the id of its first message, which the caller records so that the piece's
+        buttons and /sample work like any sample's, and Discord's refusal of the strip's own message
+        (a picture after the audio), if any. Raises `_PostedPartWay` when Discord took only the first
+        of the audio's messages."""
         guild_id, job_id, sample_id, piece, resolved = (
             made.guild_id,
             made.job_id,
@@ -318,8 +333,11 @@ class Curate(commands.Cog):
             except DISCORD_FAILURES as exc:
                 if not sent:
                     raise  # nothing of it is in the channel
-                raise _PostedPartWay(sent[0].id, MessageParts(len(sent), len(groups), limit), exc) from exc
-        return sent[0].id
+                if index >= audio_messages:  # all its audio is out: only the strip's own message is not
+                    return sent[0].id, exc
+                # (parts counted as the relay counts them: the audio's messages)
+                raise _PostedPartWay(sent[0].id, MessageParts(len(sent), audio_messages, limit), exc) from exc
+        return sent[0].id, None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1111,6 +1111,10 @@ class FakeDiscord:
         )
         self._failures.append(failure)
 
+    def failures_left(self) -> int:
+        """How many requests the failures `fail_next` set up are still to meet."""
+        return sum(failure.times for failure in self._failures)
+
     def clear_failures(self) -> None:
         """Discord is back: the failures `fail_next` set up and not yet met are dropped."""
         self._failures.clear()

@@ -289,6 +289,23 @@ async def test_a_long_curation_leaves_the_bot_answering_and_the_next_one_waits_i
     assert (await store.get_job(4)).params["curation"]["selection"] == "the top 10 of all time"
 
 
+async def test_a_lost_answer_to_the_wait_notice_costs_nobody_their_piece(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    """ "Another curation is running…" is a courtesy: a connection cut as it was shown ended bob's
+    curation with "something went wrong on our side", no piece made."""
+    fake, store = fake_discord, sqlite_store
+    bot = await bot_runner.start(make_bot(fake, store))
+    await made_job(fake, store, 2)
+    await made_job(fake, store, 2)
+    async with curation_held(bot, fake) as (first, _release):
+        fake.fail_next("PATCH", "/webhooks/{application_id}/{token}/messages/{message_id}", dropped=True)
+        second = await fake.invoke_command("curate", {"samples": "3, 4"}, user=fake.user("bob"))
+        await fake.wait_for(lambda: fake.failures_left() == 0)
+    assert (await final_reply(fake, first)).startswith("Done: sample #5 ")
+    assert (await final_reply(fake, second)).startswith("Done: sample #6 ")
+
+
 async def test_a_piece_over_the_upload_limit_goes_out_in_parts_that_each_fit(
     fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
 ) -> None:

@@ -4,12 +4,16 @@ The reply names the piece and how to post it; a piece the member may not use is 
 
 from __future__ import annotations
 
+import itertools
 import threading
 from typing import Any, cast
+
+import numpy as np
 
 from bot import curating
 from bot.curating import Similarity
 from bot.exts.curate import Curate
+from sampler.audio import decode_audio
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
 from tests.bot.fake_discord import FakeDiscord
@@ -40,6 +44,30 @@ async def test_the_same_samples_again_name_the_piece_made_of_them_and_store_noth
     # Fewer of them is another piece.
     fewer = await final_reply(fake, await fake.invoke_command("curate", {"samples": "1, 2"}, user=bob))
     assert fewer.startswith("Done: sample #5 "), fewer
+
+
+async def test_the_samples_make_the_same_piece_in_whatever_order_they_are_listed(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    """A listing in another order is refused as "the same piece", so it must be: the chain started
+    from the lower listed index, and `3, 1, 2` joined in another order than `1, 2, 3`."""
+    fake, store = fake_discord, sqlite_store
+    await bot_runner.start(make_bot(fake, store))
+    ids = await made_job(fake, store, 3)
+    samples = {sample_id: await store.get_sample(sample_id) for sample_id in ids}
+    pieces = {
+        listed: curating.make_piece([samples[i] for i in listed], Similarity.CHROMAPRINT, lambda _: None)
+        for listed in itertools.permutations(ids)
+    }
+    first = pieces[tuple(ids)]
+    for listed, piece in pieces.items():
+        assert (piece.order, piece.join_scores) == (first.order, first.join_scores), listed
+        # (an Ogg stream's serial number is random: the sound is compared)
+        assert np.array_equal(heard(piece.audio), heard(first.audio)), listed
+
+
+def heard(audio: bytes) -> np.ndarray:
+    return decode_audio(audio, max_seconds=None, silence_threshold_db=None)
 
 
 async def _piece(store: JobStore, record: dict[str, Any], **where: int) -> int:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import re
 
+from bot import curating
+from bot.curating import Similarity
 from bot.relay import continued_text
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
@@ -106,3 +108,30 @@ async def test_sample_in_parts_numbers_its_later_parts_as_the_relay_does(
     assert record.original is not None and record.original.content.startswith(
         f"**Sample #{sid}** · job #1 by "
     )
+
+
+async def test_piece_whose_strip_alone_is_refused_is_posted_and_the_reply_says_only_the_strip_is_missing(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    """The audio fits one message and the strip follows in its own: that second message refused,
+    the reply said the piece "comes in 2 parts" and only part 1 was posted, of a piece all heard."""
+    fake, store = fake_discord, sqlite_store
+    await bot_runner.start(make_bot(fake, store))
+    ids = await made_job(fake, store, 3)
+    samples = [await store.get_sample(sample_id) for sample_id in ids]
+    piece = curating.make_piece(samples, Similarity.CHROMAPRINT, lambda _: None)  # as /curate will
+    fake.default_guild.attachment_size_limit = len(piece.audio) + len(piece.strip) // 2
+    before = len(bot_messages(fake))
+    fake.fail_next("POST", "/channels/{channel_id}/messages", after=1, **MISSING_PERMISSIONS)
+
+    reply = await final_reply(fake, await fake.invoke_command("curate", {"job": 1}))
+
+    assert reply == (
+        "Done: sample #4 is posted in this channel (similarity: Chromaprint fingerprints). Its picture "
+        "of the order, which comes after the audio, was not posted (Discord said: Missing Permissions); "
+        "`/sample 4` posts the piece with it."
+    )
+    posted = [m for m in bot_messages(fake)[before:] if not m.deleted]
+    assert len(posted) == 1 and [a.filename for a in posted[0].attachments] == ["jukebot_sample_4.ogg"]
+    info = await store.get_sample_info(4)
+    assert info.message_id == posted[0].id and info.posted and info.message_parts is None
