@@ -18,7 +18,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from bot.errors import MAX_MESSAGE_CHARS, InvalidRequest, JobNotInServer, JukebotError, MadeInHiddenChannel
+from bot.errors import (
+    MAX_MESSAGE_CHARS,
+    InvalidRequest,
+    JobNotInServer,
+    JukebotError,
+    MadeInHiddenChannel,
+    listed,
+)
 from bot.requests import TOP_COUNT, may_continue, stored_id, tokens_seconds, top_since
 from jukebot.settings import MAX_USER_SAMPLES
 from sampler.audio import SAMPLE_RATE, AudioError, decode_audio, encode_audio
@@ -475,6 +482,12 @@ def piece_header(sample_id: int, job_id: int) -> str:
     return f"**Sample #{sample_id}** · job #{job_id} · curated by "
 
 
+# One "Left out" line's numbers in a piece's message (then how many more): with many samples left out
+# (a raised JUKEBOT_MAX_CURATE_SAMPLES) the message's last cut fell mid-number, and took the
+# /continue line with it.
+LEFT_OUT_CHARS = 240
+
+
 def piece_text(
     sample_id: int,
     job_id: int,
@@ -493,13 +506,13 @@ def piece_text(
     )
     tail = []
     if piece.left_out:
-        tail.append(f"Left out (silent): {', '.join(f'#{i}' for i in piece.left_out)}")
+        tail.append(f"Left out (silent): {listed([f'#{i}' for i in piece.left_out], LEFT_OUT_CHARS)}")
     for held_by in sorted(set((inside or {}).values())):
         held = [f"#{held}" for held, piece_id in (inside or {}).items() if piece_id == held_by]
-        tail.append(f"Left out (already in #{held_by}): {', '.join(held)}")
+        tail.append(f"Left out (already in #{held_by}): {listed(held, LEFT_OUT_CHARS)}")
     for shared_with in sorted(set((sharing or {}).values())):
         pieces = [f"#{piece_id}" for piece_id, other in (sharing or {}).items() if other == shared_with]
-        tail.append(f"Left out (shares samples with #{shared_with}): {', '.join(pieces)}")
+        tail.append(f"Left out (shares samples with #{shared_with}): {listed(pieces, LEFT_OUT_CHARS)}")
     if piece.top_codes is None:
         tail.append("Some ingredients have no top-level codes stored, so this piece cannot be continued.")
     elif not continuable(piece):

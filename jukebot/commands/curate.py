@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import signal
+import threading
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,6 +104,13 @@ def _unreadable(error: OSError) -> str:
     return f"cannot be read ({error.strerror or error})."
 
 
+def _labels(files: list[Path]) -> dict[Path, str]:
+    """Each clip's name in the order printed and in the picture: its file name, or its path where
+    another clip has the same file name (`take1/clip.wav`, `take2/clip.wav`)."""
+    names = Counter(path.name for path in files)
+    return {path: path.name if names[path.name] == 1 else str(path) for path in files}
+
+
 def _same_file(a: Path, b: Path) -> bool:
     """Whether `a` names the file `b` (through links, `..` or another spelling of the path)."""
     try:
@@ -125,14 +137,49 @@ def _probe_writable(option: str, path: Path) -> None:
             pass
 
 
+# Of the name in a temporary name: what is added (about 25 bytes) stays within the 255 bytes a file
+# name may take, so a long name that fits is not refused as "no file can be created in the folder".
+TEMPORARY_NAME_BYTES = 200
+
+
 def _temporary_beside(path: Path) -> Path:
     """A new hidden name beside `path` for the file that is written, then renamed over it."""
-    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
+    name = os.fsdecode(os.fsencode(path.name)[:TEMPORARY_NAME_BYTES])
+    return path.with_name(f".{name}.{os.getpid()}-{secrets.token_hex(4)}.part")
+
+
+@contextlib.contextmanager
+def _stop_signals_unwind() -> Iterator[None]:
+    """SIGTERM and SIGHUP (a `timeout`, a service stopped, a terminal closed) end the process without
+    unwinding by default, leaving the temporary file: here they raise SystemExit (exit code 128 + the
+    signal's), so it is removed. One the caller ignores (`nohup`) stays ignored."""
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is not threading.main_thread():  # (only there can it be set)
+        yield
+        return
+    taken = [
+        number for number in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(number) == signal.SIG_DFL
+    ]
+    for number in taken:
+        signal.signal(number, stop)
+    try:
+        yield
+    finally:
+        for number in taken:
+            signal.signal(number, signal.SIG_DFL)
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    """Write `data` to a new file beside `path`, then rename it over `path`: a crash or a full disk
-    never leaves a half-written piece, nor truncates the one that was there."""
+    """Write `data` to a new file beside `path`, then rename it over `path`: a crash, a stop signal or
+    a full disk never leaves a half-written piece, nor truncates the one that was there."""
+    with _stop_signals_unwind():
+        _write_then_rename(path, data)
+
+
+def _write_then_rename(path: Path, data: bytes) -> None:
     temporary = _temporary_beside(path)
     try:
         # Through os.open, not tempfile: the file gets the usual permissions (0o666 less the umask).
@@ -225,6 +272,7 @@ def curate(inputs: tuple[Path, ...], output: Path, fade: float, picture: Path | 
         _probe_writable(option, path)
     if gathered.repeated:
         click.echo(f"Named more than once, joined once: {', '.join(map(str, gathered.repeated))}")
+    labels = _labels(files)
     clips = []
     total_seconds = 0.0
     for path in tqdm(files, desc="decoding", unit="clip", leave=False):
@@ -247,7 +295,7 @@ def curate(inputs: tuple[Path, ...], output: Path, fade: float, picture: Path | 
             raise click.ClickException(f"{path}: {file_wording(str(exc))}") from None
         except OSError as exc:  # made unreadable since it was checked, or a read error
             raise click.ClickException(f"{path} {_unreadable(exc)}") from None
-        clips.append(Clip(path.name, audio))
+        clips.append(Clip(labels[path], audio))
         total_seconds += len(audio) / SAMPLE_RATE
 
     bars: dict[str, tqdm[None]] = {}

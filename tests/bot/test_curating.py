@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -86,6 +87,14 @@ def test_the_message_lists_the_order_and_scores_and_fits_discord() -> None:
     assert "more (in the picture)" in long and long.endswith("extends it from its last sample.")
     unjoinable = piece_text(60, 9, 5, replace(piece(2), top_codes=None, left_out=[7]))
     assert "Left out (silent): #7" in unjoinable and "cannot be continued" in unjoinable
+    # Hundreds left out (a raised limit): the list is cut at a whole number, saying how many more,
+    # and the /continue line stays (the message's last cut fell mid-number and took it).
+    silent = list(range(100_000, 100_300))
+    many = piece_text(10**6, 9, 5, replace(piece(3), left_out=silent))
+    assert len(many) <= MAX_MESSAGE_CHARS and many.endswith("extends it from its last sample."), many
+    line = next(line for line in many.splitlines() if line.startswith("Left out (silent): "))
+    assert re.fullmatch(r"Left out \(silent\): #100000(, #\d{6})*, and \d+ more", line), line
+    assert len(line) < 300
 
 
 def test_the_piece_continues_in_the_style_of_its_last_sample() -> None:

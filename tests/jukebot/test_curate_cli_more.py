@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -86,3 +90,62 @@ def test_a_folder_copied_from_a_mac_skips_its_hidden_metadata_files(tmp_path: Pa
         main, ["curate", str(clips / "a.wav"), str(clips / "._b.wav"), "-o", str(out)]
     )
     assert result.exit_code == 1 and "._b.wav:" in result.output
+
+
+def test_takes_of_the_same_name_in_different_folders_are_told_apart(tmp_path: Path) -> None:
+    """Each folder holds a `clip.wav`: the order printed `1. clip.wav … 3. clip.wav`, which could not
+    say which take went where."""
+    inputs = []
+    for folder, notes, seed in (("take1", MELODY_A, 1), ("take2", MELODY_B, 2)):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "clip.wav").write_bytes(wav_bytes(melody(notes, 3.0, seed=seed)))
+        inputs.append(str(tmp_path / folder))
+    (tmp_path / "take2" / "other.wav").write_bytes(wav_bytes(melody(MELODY_A, 3.0, seed=3)))
+    result = CliRunner().invoke(main, ["curate", *inputs, "-o", str(tmp_path / "piece.ogg")])
+    assert result.exit_code == 0, result.output
+    assert sorted(name for name, _ in _order(result.output)) == [
+        str(tmp_path / "take1" / "clip.wav"),
+        str(tmp_path / "take2" / "clip.wav"),
+        "other.wav",  # a name no other clip has stays short
+    ]
+
+
+def test_a_long_output_name_that_fits_is_written(tmp_path: Path) -> None:
+    """A 254-byte name is a valid file name, but its temporary name (about 25 bytes more) was not:
+    the piece was refused with "no file can be created in the folder … (File name too long)"."""
+    for name, notes, seed in (("a", MELODY_A, 1), ("b", MELODY_B, 2)):
+        (tmp_path / f"{name}.wav").write_bytes(wav_bytes(melody(notes, 3.0, seed=seed)))
+    out = tmp_path / ("p" * 250 + ".ogg")
+    result = CliRunner().invoke(
+        main, ["curate", str(tmp_path / "a.wav"), str(tmp_path / "b.wav"), "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert out.stat().st_size > 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a.wav", "b.wav", out.name]
+
+
+# The CLI in a process of its own, told to stop (SIGTERM, as `timeout` or systemd do) while its
+# temporary file is written: the fsync before the rename sends the signal.
+STOPPED_MID_WRITE = """
+import os, signal, sys
+def stopped(fd):
+    os.kill(os.getpid(), signal.SIGTERM)
+os.fsync = stopped
+from jukebot.cli import main
+main(sys.argv[1:], prog_name="jukebot")
+"""
+
+
+def test_a_stop_signal_mid_write_leaves_no_temporary_file(tmp_path: Path) -> None:
+    """SIGTERM killed the process without unwinding: a hidden `.piece.ogg.….part` stayed behind."""
+    for name, notes, seed in (("a", MELODY_A, 1), ("b", MELODY_B, 2)):
+        (tmp_path / f"{name}.wav").write_bytes(wav_bytes(melody(notes, 3.0, seed=seed)))
+    out = tmp_path / "piece.ogg"
+    args = ["curate", str(tmp_path / "a.wav"), str(tmp_path / "b.wav"), "-o", str(out)]
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    done = subprocess.run(
+        [sys.executable, "-c", STOPPED_MID_WRITE, *args], env=env, capture_output=True, timeout=300
+    )
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr.decode()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a.wav", "b.wav"]  # nothing written
