@@ -17,7 +17,7 @@ import logging
 import math
 import re
 import weakref
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import discord
@@ -205,8 +205,16 @@ async def check_allowed_channel(bot: JukeBot, interaction: discord.Interaction[A
     """Refuse a command that posts in a channel off the server's allow-list (`/jukebot-admin channels`):
     jobs, and the samples and pieces `/sample`, `/top` and `/curate` post. Returns the server's limits."""
     limits = await bot.limits_for(guild_id_of(interaction))
-    check_channel(limits, interaction.channel_id or 0, getattr(interaction.channel, "parent_id", None))
+    parent_id = getattr(interaction.channel, "parent_id", None)
+    check_channel(limits, interaction.channel_id or 0, parent_id, channel_of(interaction.guild))
     return limits
+
+
+def channel_of(guild: discord.Guild | None) -> Callable[[int], bool] | None:
+    """Whether a channel id is one of `guild`'s (None: not known, in a direct message)."""
+    if guild is None:
+        return None
+    return lambda channel_id: guild.get_channel_or_thread(channel_id) is not None
 
 
 async def check_can_enqueue(bot: JukeBot, interaction: discord.Interaction[Any]) -> Limits:
@@ -624,8 +632,10 @@ async def enqueue_and_announce(
     interaction.extras["job_id"] = job_id
     bot.note_upload_limit(interaction)
     job = await bot.store.get_job(job_id)
-    await interaction.followup.send(queued_reply(job, validated.notes), ephemeral=True)
-    bot.dispatch("job_queued", job, reply_to)
+    try:
+        await interaction.followup.send(queued_reply(job, validated.notes), ephemeral=True)
+    finally:  # a reply Discord did not take holds up no progress message
+        bot.dispatch("job_queued", job, reply_to)
     return job
 
 

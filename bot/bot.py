@@ -22,7 +22,7 @@ from discord.ext import commands
 
 from bot.command_sync import clear_guild_copies, sync_commands
 from bot.delivery import upload_limit
-from bot.errors import JukebotError, StorageOutage, apology, fit_message
+from bot.errors import JukebotError, StorageOutage, apology, fit_message, stored_all_the_same
 from bot.options import forged_option
 from bot.requests import Limits
 from bot.tasks import BackgroundTasks
@@ -96,6 +96,8 @@ def message_for(interaction: discord.Interaction[Any], error: BaseException) -> 
         interaction.user.id,
         exc_info=original,
     )
+    if job_id is not None:  # it is stored: "try again" would make it twice
+        return stored_all_the_same(job_id, outage)
     return outage.reply(error_id) if outage else apology(error_id)
 
 

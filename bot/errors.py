@@ -110,6 +110,16 @@ class StorageOutage(Enum):
         return None if outage is None else cls[outage.name]
 
 
+def stored_all_the_same(job_id: int, outage: StorageOutage | None) -> str:
+    """The reply to a failure just after the job was stored (queued, or a curated piece made): what was
+    asked is done, and asking again would do it twice."""
+    went_wrong = "the bot lost its database" if outage is not None else "something went wrong on our side"
+    return (
+        f"Job #{job_id} is stored all the same, though {went_wrong} just after (logged under job "
+        f"#{job_id}). Its results are posted in this channel as usual, so there is no need to ask again."
+    )
+
+
 def apology(error_id: str) -> str:
     """The reply to a bug: no details (they are in the log, under `error_id`)."""
     return f"Sorry, something went wrong on our side ({error_id}). It was logged; please try again later."

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
@@ -76,6 +76,15 @@ class Limits:
     allowed_channel_ids: tuple[int, ...]  # empty: every channel
     max_prime_bytes: int
     max_prime_seconds: float
+    # The allow-list is the bot's JUKEBOT_ALLOWED_CHANNELS, one list for every server: it may name
+    # only other servers' channels (`channels_here`).
+    channels_from_setting: bool = False
+
+    def channels_here(self, here: Callable[[int], bool] | None) -> tuple[int, ...]:
+        """The allow-list as shown in one server: of the bot's setting, only that server's channels
+        (`here`, when known); a server's own list whole (a channel on it may have been deleted since)."""
+        allowed = self.allowed_channel_ids
+        return tuple(filter(here, allowed)) if self.channels_from_setting and here else allowed
 
     @classmethod
     def resolve(cls, settings: Settings, guild: GuildSettings | None = None) -> Limits:
@@ -94,6 +103,7 @@ class Limits:
             allowed_channel_ids=tuple(_or(guild.allowed_channel_ids, tuple(settings.allowed_channels))),
             max_prime_bytes=settings.max_prime_bytes,
             max_prime_seconds=settings.max_prime_seconds,
+            channels_from_setting=guild.allowed_channel_ids is None and bool(settings.allowed_channels),
         )
 
 
@@ -105,11 +115,28 @@ def _tighter(override: N | None, ceiling: N) -> N:
     return ceiling if override is None else min(override, ceiling)
 
 
-def check_channel(limits: Limits, channel_id: int, parent_id: int | None = None) -> None:
-    """Refuse a channel off the server's allow-list; a thread counts as its parent channel."""
+# The allow-list in force is the bot's setting, and names none of this server's channels.
+NO_CHANNEL_HERE = (
+    "Jukebox is not available in any channel of this server: the bot's operator allows it only in "
+    "channels of other servers (JUKEBOT_ALLOWED_CHANNELS). A server admin can allow channels here with "
+    "`/jukebot-admin channels`."
+)
+
+
+def check_channel(
+    limits: Limits,
+    channel_id: int,
+    parent_id: int | None = None,
+    here: Callable[[int], bool] | None = None,
+) -> None:
+    """Refuse a channel off the server's allow-list; a thread counts as its parent channel. The
+    refusal names the allowed channels that are `here` (in this server: see `Limits.channels_here`)."""
     allowed = limits.allowed_channel_ids
     if allowed and channel_id not in allowed and parent_id not in allowed:
-        where = listed([f"<#{channel}>" for channel in allowed], CHANNEL_LIST_CHARS)
+        shown = limits.channels_here(here)
+        if not shown:
+            raise ChannelNotAllowed(NO_CHANNEL_HERE)
+        where = listed([f"<#{channel}>" for channel in shown], CHANNEL_LIST_CHARS)
         raise ChannelNotAllowed(f"Jukebox is not available in this channel. Use it in {where}.")
 
 

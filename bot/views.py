@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 import discord
 
 from bot import actions
-from bot.errors import DISCORD_FAILURES, InvalidRequest, JukebotError, discord_said
+from bot.errors import DISCORD_FAILURES, InvalidRequest, JukebotError, StorageOutage, discord_said
 from bot.requests import DEFAULT_CONTINUE_SECONDS, check_continuable, stored_id
 from storage.models import JobStatus
 from storage.records import Job
@@ -76,8 +76,17 @@ class VoteButton(
             can_continue = f"jukebot:continue:{self.sample_id}" in shown
             # Clicks at once each edit the label: one at a time per message, each with the count as
             # stored just before, so the last edit to land shows every vote (not its own click's count).
+            done = "Your vote is counted" if voted else "Your vote is taken back"
             async with _LABEL_EDITS.one_at_a_time(message.id):
-                votes = await bot.store.vote_count(self.sample_id)
+                try:
+                    votes = await bot.store.vote_count(self.sample_id)
+                except Exception as exc:  # the vote is stored: "try again" would take it back
+                    if StorageOutage.of(exc) is None:
+                        raise
+                    raise JukebotError(
+                        f"{done}, but the button could not show the new count: the bot lost its "
+                        "database just after. It shows it at the next vote."
+                    ) from exc
                 try:
                     await interaction.edit_original_response(
                         view=sample_view(self.sample_id, votes, can_upsample, can_continue)
@@ -85,7 +94,6 @@ class VoteButton(
                 except DISCORD_FAILURES as exc:
                     # The vote is stored: an apology would read as "not counted", and a second click
                     # takes it back. Say what counts (Discord caps edits of messages over an hour old).
-                    done = "Your vote is counted" if voted else "Your vote is taken back"
                     raise JukebotError(
                         f"{done}: sample #{self.sample_id} has {votes} vote{'' if votes == 1 else 's'} "
                         f"now. The button could not show it (Discord said: {discord_said(exc)})."

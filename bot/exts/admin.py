@@ -16,8 +16,13 @@ from bot.requests import CHANNEL_LIST_CHARS, MAX_LENGTH_OPTION_SECONDS, MIN_LENG
 from storage.records import GuildSettings
 
 
-def _describe(limits: Limits) -> str:
-    channels = listed([f"<#{c}>" for c in limits.allowed_channel_ids], CHANNEL_LIST_CHARS) or "every channel"
+def _describe(limits: Limits, guild: discord.Guild | None) -> str:
+    here = limits.channels_here(actions.channel_of(guild))
+    channels = listed([f"<#{c}>" for c in here], CHANNEL_LIST_CHARS)
+    if not limits.allowed_channel_ids:
+        channels = "every channel"
+    elif not channels:  # the bot's setting names other servers' channels only
+        channels = "none here (the bot's JUKEBOT_ALLOWED_CHANNELS names only other servers' channels)"
     return (
         f"Longest song: {limits.max_length_seconds:g} s\n"
         f"Samples per job: {limits.max_samples_per_job}\n"
@@ -76,7 +81,7 @@ class Admin(commands.Cog):
         # Acknowledged before the database is read: a remote one may take longer than Discord's 3 s.
         await interaction.response.defer(ephemeral=True, thinking=True)
         limits = await self.bot.limits_for(guild_id)
-        await interaction.followup.send(_describe(limits), ephemeral=True)
+        await interaction.followup.send(_describe(limits, interaction.guild), ephemeral=True)
 
     @group.command(name="limits", description="Change this server's limits (leave an option out to keep it)")
     @app_commands.describe(
@@ -84,7 +89,7 @@ class Admin(commands.Cog):
         max_samples="Most samples per job",
         max_running="Most running jobs per user",
         max_queued="Most queued jobs per user",
-        reset="Go back to the bot's defaults for every limit",
+        reset="Go back to the bot's defaults for every limit not given with it",
     )
     async def limits(
         self,
@@ -97,26 +102,20 @@ class Admin(commands.Cog):
     ) -> None:
         guild_id = actions.guild_id_of(interaction)
         await interaction.response.defer(ephemeral=True, thinking=True)  # saving may wait for a writer
-        if reset:
-            changes: dict[str, object] = dict.fromkeys(
-                (
-                    "max_length_seconds",
-                    "max_samples_per_job",
-                    "max_running_jobs_per_user",
-                    "max_queued_jobs_per_user",
-                )
-            )
-        else:
-            given = {
-                "max_length_seconds": max_length,
-                "max_samples_per_job": max_samples,
-                "max_running_jobs_per_user": max_running,
-                "max_queued_jobs_per_user": max_queued,
-            }
-            changes = {name: value for name, value in given.items() if value is not None}
-            if not changes:
-                raise InvalidRequest("Give at least one limit to change (or reset:true).")
-            _check_within_the_operators(changes, Limits.resolve(self.bot.settings))
+        given = {
+            "max_length_seconds": max_length,
+            "max_samples_per_job": max_samples,
+            "max_running_jobs_per_user": max_running,
+            "max_queued_jobs_per_user": max_queued,
+        }
+        changes: dict[str, object] = {name: value for name, value in given.items() if value is not None}
+        if not changes and not reset:
+            raise InvalidRequest("Give at least one limit to change (or reset:true).")
+        _check_within_the_operators(changes, Limits.resolve(self.bot.settings))
+        if (
+            reset
+        ):  # every limit back to the bot's, but those given with it (which it dropped, saying "Saved.")
+            changes = dict.fromkeys(given) | changes
         # Changed as stored when saved (an admin's change at once is kept, not undone); the jobs already
         # waiting follow the new running limit too (a worker checks it as it claims), and so do running
         # ones once they go back to the queue.
@@ -126,7 +125,7 @@ class Admin(commands.Cog):
             bot_wide_running_limit=self.bot.settings.max_running_jobs_per_user,
         )
         limits = Limits.resolve(self.bot.settings, stored)
-        await interaction.followup.send("Saved.\n" + _describe(limits), ephemeral=True)
+        await interaction.followup.send("Saved.\n" + _describe(limits, interaction.guild), ephemeral=True)
 
     @group.command(name="channels", description="Allow the jukebox in a channel, remove one, or allow all")
     @app_commands.describe(action="What to do", channel="The channel (for allow and remove)")
@@ -141,7 +140,13 @@ class Admin(commands.Cog):
         self,
         interaction: discord.Interaction[JukeBot],
         action: str,
-        channel: discord.TextChannel | None = None,
+        # Every kind of channel a job may be asked in: a forum's posts count as the forum (a thread
+        # as its channel), and voice and stage channels have a text chat of their own.
+        channel: discord.TextChannel
+        | discord.ForumChannel
+        | discord.VoiceChannel
+        | discord.StageChannel
+        | None = None,
     ) -> None:
         guild_id = actions.guild_id_of(interaction)
         await interaction.response.defer(ephemeral=True, thinking=True)  # saving may wait for a writer
@@ -153,12 +158,11 @@ class Admin(commands.Cog):
             """The list as stored when saved, with the change (an admin's change at once is kept)."""
             # Edit the list in force, which is the bot's JUKEBOT_ALLOWED_CHANNELS until the server has its
             # own. What is saved replaces that setting here: () is "every channel", not "use the setting".
-            in_force = Limits.resolve(self.bot.settings, current).allowed_channel_ids
-            allowed = list(in_force)
-            if current.allowed_channel_ids is None and guild is not None:
-                # The setting is one list for every server: only this server's channels of it become its
-                # own (others' ids copied here would close this server when its last channel is removed).
-                allowed = [channel_id for channel_id in allowed if guild.get_channel(channel_id)]
+            limits = Limits.resolve(self.bot.settings, current)
+            in_force = limits.allowed_channel_ids
+            # The setting is one list for every server: only this server's channels of it become its
+            # own (others' ids copied here would close this server when its last channel is removed).
+            allowed = list(limits.channels_here(actions.channel_of(guild)))
             if action == "all":
                 return dataclasses.replace(current, allowed_channel_ids=())
             assert channel is not None
@@ -184,7 +188,7 @@ class Admin(commands.Cog):
 
         stored = await self.bot.store.change_guild_settings(guild_id, changed)
         limits = Limits.resolve(self.bot.settings, stored)
-        await interaction.followup.send("Saved.\n" + _describe(limits), ephemeral=True)
+        await interaction.followup.send("Saved.\n" + _describe(limits, interaction.guild), ephemeral=True)
 
 
 async def setup(bot: JukeBot) -> None:

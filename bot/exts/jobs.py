@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import discord
@@ -10,7 +11,7 @@ from discord.ext import commands
 
 from bot import actions
 from bot.bot import JukeBot
-from bot.errors import MAX_MESSAGE_CHARS, fit_line, listed
+from bot.errors import MAX_MESSAGE_CHARS, StorageOutage, fit_line, listed
 from bot.options import JobId
 from bot.progress import render_queue
 from bot.requests import MAX_HISTORY_PAGE, history_page
@@ -29,6 +30,9 @@ HISTORY_SCAN = 200  # jobs read at a time while looking for a page of those the 
 # rest are not looked through (the reply says so), however many they have in hidden channels.
 HISTORY_SCAN_LIMIT = 1000
 SAMPLE_IDS_CHARS = 48  # a job's sample numbers in one /history line: the first few, then a count
+# Removed from a server while its database is away: the waits between tries to cancel its jobs.
+GUILD_REMOVE_FIRST_WAIT_S = 1.0
+GUILD_REMOVE_MAX_WAIT_S = 60.0
 
 
 class Jobs(commands.Cog):
@@ -80,10 +84,28 @@ class Jobs(commands.Cog):
 
     @commands.Cog.listener()
     async def on_guild_remove(self, guild: discord.Guild) -> None:
-        """Removed from a server: its jobs would use GPU time for results no one there could see."""
-        stopped = await self.bot.store.cancel_guild_jobs(guild.id)
-        if stopped:
-            log.info("left server %s: cancelled its jobs %s", guild.id, [job_id for job_id, _ in stopped])
+        """Removed from a server: its jobs would use GPU time for results no one there could see. A
+        database away at that moment is waited for (nothing else would cancel them, nor record that the
+        bot left, until its next start), unless the bot is back in the server by then."""
+        wait_s = GUILD_REMOVE_FIRST_WAIT_S
+        while self.bot.get_guild(guild.id) is None:
+            try:
+                stopped = await self.bot.store.cancel_guild_jobs(guild.id)
+            except Exception as exc:
+                if StorageOutage.of(exc) is None:
+                    raise
+                log.warning(
+                    "removed from server %s, but could not cancel its jobs (%r): trying again in %.0f s",
+                    guild.id,
+                    exc,
+                    wait_s,
+                )
+                await asyncio.sleep(wait_s)
+                wait_s = min(2 * wait_s, GUILD_REMOVE_MAX_WAIT_S)
+                continue
+            if stopped:
+                log.info("left server %s: cancelled its jobs %s", guild.id, [job_id for job_id, _ in stopped])
+            return
 
     @commands.Cog.listener()
     async def on_guild_channel_delete(self, channel: discord.abc.GuildChannel) -> None:

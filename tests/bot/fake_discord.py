@@ -1371,6 +1371,9 @@ class FakeDiscord:
                 resolved.setdefault("members", {})[str(value.id)] = member
             return str(value.id)
         elif kind == OPT_CHANNEL and isinstance(value, FakeChannel):
+            types = schema.get("channel_types")
+            if types and value.type not in types:  # Discord's client offers no other channel
+                raise InvalidOptionError(f"{label} takes channels of types {types}, not {value.type}")
             payload = value.payload() | {"permissions": str(discord.Permissions.all().value)}
             resolved.setdefault("channels", {})[str(value.id)] = payload
             return str(value.id)

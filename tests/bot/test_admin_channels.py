@@ -15,6 +15,12 @@ from tests.bot.conftest import BotRunner
 from tests.bot.fake_discord import FakeChannel, FakeDiscord
 from tests.bot.harness import make_bot, make_settings, reply_of
 
+FORUM, VOICE, STAGE = (
+    discord.ChannelType.forum.value,
+    discord.ChannelType.voice.value,
+    discord.ChannelType.stage_voice.value,
+)
+
 
 async def _channels(fake: FakeDiscord, action: str, channel: FakeChannel | None = None) -> str:
     options: dict[str, object] = {"action": action}
@@ -106,3 +112,74 @@ async def test_the_settings_channels_of_other_servers_are_not_copied_into_this_o
     assert (await store.get_guild_settings(other.id)).allowed_channel_ids == (songs.id,)
     assert (await channels("remove")).startswith(f"<#{songs.id}> is the only allowed channel")
     assert (await store.get_guild_settings(other.id)).allowed_channel_ids == (songs.id,)
+
+
+async def test_a_server_the_settings_channels_leave_out_is_told_so_not_sent_to_another_servers_channel(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    """JUKEBOT_ALLOWED_CHANNELS naming only the first server's channels: in the other, /jukebox said
+    "Use it in <#…>", a channel of another server its members cannot open, and `show` listed it as
+    this server's allow-list."""
+    fake, store = fake_discord, sqlite_store
+    general = fake.channel("general")
+    other = fake.add_guild("Other Server", channels=("lobby",))
+    lobby = fake.channel("lobby", other)
+    fake.add_member(other, fake.user("alice"))
+    fake.add_member(other, fake.user("mod"), permissions=discord.Permissions(manage_guild=True).value)
+    settings = make_settings(allowed_channels=[general.id])
+    await bot_runner.start(JukeBot(settings, store, sync_guild_ids=[fake.default_guild.id, other.id]))
+
+    async def in_other(command: str, options: dict[str, object], user: str) -> str:
+        invoked = await fake.invoke_command(
+            command, options, user=fake.user(user), guild=other, channel=lobby
+        )
+        return await reply_of(fake, invoked)
+
+    refused = await in_other("jukebox", {"samples": 1}, "alice")
+    assert refused == (
+        "Jukebox is not available in any channel of this server: the bot's operator allows it only in "
+        "channels of other servers (JUKEBOT_ALLOWED_CHANNELS). A server admin can allow channels here "
+        "with `/jukebot-admin channels`."
+    )
+    shown = await in_other("jukebot-admin show", {}, "mod")
+    assert shown.endswith(
+        "Allowed channels: none here (the bot's JUKEBOT_ALLOWED_CHANNELS names only other servers' channels)"
+    ), shown
+    assert (await in_other("jukebot-admin channels", {"action": "allow", "channel": lobby}, "mod")).endswith(
+        f"Allowed channels: <#{lobby.id}>"
+    )
+    assert (await in_other("jukebox", {"samples": 1}, "alice")).startswith("Queued as job #")
+    # In the first server, the setting's channel is named as before.
+    music = fake.channel("music")
+    assert (await _jukebox_in(fake, music)) == (
+        f"Jukebox is not available in this channel. Use it in <#{general.id}>."
+    )
+
+
+async def test_a_forum_can_be_allowed_and_its_posts_then_take_jobs(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    """The channel option took text and news channels only: once a server had an allow-list, a
+    forum (whose posts count as it) could never be put on it, nor a voice or stage channel's chat."""
+    fake, store = fake_discord, sqlite_store
+    forum = fake.channel("music")
+    forum.type = FORUM
+    post = fake.add_thread(forum, "my song")
+    await bot_runner.start(make_bot(fake, store))
+    option = next(
+        option
+        for command in fake.synced_commands(fake.default_guild).values()
+        if command["name"] == "jukebot-admin"
+        for sub in command["options"]
+        if sub["name"] == "channels"
+        for option in sub["options"]
+        if option["name"] == "channel"
+    )
+    assert {FORUM, VOICE, STAGE} <= set(option["channel_types"]), option
+
+    assert (await _channels(fake, "allow", fake.channel("general"))).endswith(
+        f"Allowed channels: <#{fake.channel('general').id}>"
+    )
+    assert (await _jukebox_in(fake, post)).startswith("Jukebox is not available in this channel.")
+    assert (await _channels(fake, "allow", forum)).endswith(f"<#{forum.id}>")
+    assert (await _jukebox_in(fake, post)).startswith("Queued as job #")

@@ -304,6 +304,15 @@ async def test_admin_sets_limits_and_channels(
     )
     assert "Allowed channels: every channel" in everywhere
 
+    # reset with a limit given: every limit back to the bot's but that one (it was dropped, "Saved.")
+    await reply_of(fake, await fake.invoke_command("jukebot-admin limits", {"max_samples": 2}, user=mod))
+    reset = await reply_of(
+        fake, await fake.invoke_command("jukebot-admin limits", {"reset": True, "max_length": 20.0}, user=mod)
+    )
+    assert "Longest song: 20 s\nSamples per job: 3\n" in reset, reset
+    stored = await sqlite_store.get_guild_settings(fake.default_guild.id)
+    assert (stored.max_length_seconds, stored.max_samples_per_job) == (20.0, None)
+
 
 async def test_jukebox_defaults_to_a_served_model_and_says_when_no_worker_has_one(
     fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
