@@ -556,6 +556,14 @@ class Settings(BaseSettings):
             return None
         url = value.strip().rstrip("/")
         schemes, example = _ENDPOINT_SCHEMES[info.field_name or ""]
+        shown = _MIRROR_CREDENTIALS.sub(r"\1***@", url)  # (errors and the -v dump show no password)
+        if shown != url:
+            # discord.py sends its own Authorization header, which aiohttp will not combine with
+            # credentials in the URL: `run` ended in a traceback.
+            raise ValueError(
+                f"{shown!r} holds credentials (user:password@), which the Discord client cannot send "
+                "(it authorises each request with the bot's token); give a proxy that needs no login"
+            )
         split = urlsplit(url)
         if split.scheme not in schemes or not split.netloc or re.search(r"\s", url):
             raise ValueError(f"{url!r} is not a {' or '.join(schemes)} URL; use e.g. {example}")
@@ -679,6 +687,12 @@ class Settings(BaseSettings):
                 raise SettingsError(  # (an empty JUKEBOT_ name wins, as for the database URL)
                     "No Discord token: JUKEBOT_DISCORD_TOKEN is set but empty, and it is read before "
                     "DISCORD_TOKEN: remove JUKEBOT_DISCORD_TOKEN, or set the token in it."
+                )
+            hiding = _empty_in_environment_over_env_file(("JUKEBOT_DISCORD_TOKEN", "DISCORD_TOKEN"))
+            if hiding is not None:  # (a stray `export DISCORD_TOKEN=`, or a service's Environment=)
+                raise SettingsError(
+                    f"No Discord token: {hiding} is set but empty in the environment, which is read "
+                    f"before the .env file that holds the token: unset {hiding}, or set the token in it."
                 )
             raise SettingsError(
                 "No Discord token: set DISCORD_TOKEN (in the environment or a .env file) to your bot's token "
@@ -820,6 +834,17 @@ def _values_set(name: str) -> list[str]:
     values = [value for key, value in os.environ.items() if key.upper() == name]
     values += reversed([line.value or "" for line in lines if line.key and line.key.upper() == name])
     return [value.strip() for value in values]
+
+
+def _empty_in_environment_over_env_file(names: tuple[str, ...]) -> str | None:
+    """Of `names` (one setting's), the one the environment sets to nothing while `.env` gives the
+    setting a value: the empty one is read first and hides it. None when there is no such one."""
+    last = {
+        line.key.upper(): line.value or "" for line in _env_lines(_env_file()) if line.key
+    }  # (the last wins)
+    in_file = any(last.get(name, "").strip() for name in names)
+    empty = [key for key, value in os.environ.items() if key.upper() in names and not value.strip()]
+    return empty[0] if in_file and empty else None
 
 
 def _env_lines(env_file: Path) -> list[Binding]:

@@ -29,7 +29,14 @@ from sampler.batch_sizes import (
     parse_batch_sizes,
 )
 from sampler.engine_settings import AUTO, parse_switch, switch_value
-from sampler.jobspec import DEFAULT_SAMPLES, InvalidJobParams, JobParams, is_full_quality, parse_params
+from sampler.jobspec import (
+    DEFAULT_SAMPLES,
+    MAX_SAMPLES_PER_JOB,
+    InvalidJobParams,
+    JobParams,
+    is_full_quality,
+    parse_params,
+)
 from sampler.jukebox.cascade import (
     Cascade,
     CascadeState,
@@ -154,6 +161,12 @@ def free_device_memory(device: DeviceSpec) -> int | None:
         return None
     free, _total = torch.cuda.mem_get_info(device.name)
     return free
+
+
+def batch_sizes_of_jobs(max_batch_size: BatchSizes) -> BatchSizes:
+    """The batch sizes a job may fill: none has more than `MAX_SAMPLES_PER_JOB` samples."""
+    level_0, level_1, level_2 = (min(size, MAX_SAMPLES_PER_JOB) for size in max_batch_size)
+    return level_0, level_1, level_2
 
 
 def warm_up_batch_sizes(max_batch_size: BatchSizes) -> tuple[int, ...]:
@@ -380,7 +393,10 @@ class CascadeRunner:
                 setting,
             )
             return keep
-        estimate = resident_estimate(ModelDirectory(self.model_dir, model), self.dtype, self.max_batch_size)
+        # KV caches for the most samples a job has, not a batch size past it (which no job fills: 64
+        # read as 8 times the memory, and a 20-digit one overflowed).
+        sizes = batch_sizes_of_jobs(self.max_batch_size)
+        estimate = resident_estimate(ModelDirectory(self.model_dir, model), self.dtype, sizes)
         keep = keep_priors_resident(setting, free, estimate.total)
         log.info(
             "%s priors on %s: %s (resident_priors=%s): they need %s at batch sizes %s; %s free",
@@ -389,7 +405,7 @@ class CascadeRunner:
             "resident" if keep else "loaded per level",
             setting,
             estimate.describe(),
-            format_batch_sizes(self.max_batch_size),
+            format_batch_sizes(sizes),
             format_bytes(free),
         )
         return keep

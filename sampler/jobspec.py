@@ -63,6 +63,10 @@ class Style(BaseModel):
         return f"{self.artist} / {', '.join(self.genres)}"
 
 
+# The most samples one job makes: a worker never samples more at once, whatever its batch sizes.
+MAX_SAMPLES_PER_JOB = 16
+
+
 class JobParams(BaseModel):
     """Parameters of a generate, continue or upsample job."""
 
@@ -79,7 +83,7 @@ class JobParams(BaseModel):
     seconds: float = Field(default=20.0, gt=0, le=MAX_SONG_SECONDS)
     # The song length the labels claim (timing conditioning). None: max(seconds, the model minimum).
     total_seconds: float | None = Field(default=None, gt=0, le=MAX_SONG_SECONDS)
-    n_samples: int = Field(default=1, ge=1, le=16)
+    n_samples: int = Field(default=1, ge=1, le=MAX_SAMPLES_PER_JOB)
     temperature: float = Field(default=DEFAULT_TEMPERATURE, gt=0, le=2)
     seed: int = Field(default=0, ge=0, lt=2**63)
     # "top": a lo-fi preview of the top level only; "all": straight to full quality.

@@ -98,6 +98,25 @@ def test_no_token_reaches_the_worker_image_whichever_name_env_gives_it(
     assert settings.discord_token is None or not settings.discord_token.get_secret_value().strip()
 
 
+@pytest.mark.parametrize("service", ["bot", "worker"])
+def test_the_compose_database_is_used_whichever_name_env_gives_another(
+    compose: dict[str, Any], service: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Compose set DATABASE_URL over `.env`'s, but a `.env` JUKEBOT_DATABASE_URL (a local set-up's
+    SQLite file) wins over that name: the bot and the worker each used a file of its own."""
+    from jukebot.settings import Settings
+
+    dotenv = {"JUKEBOT_DATABASE_URL": "sqlite:////tmp/local.sqlite3", "DATABASE_URL": "sqlite:///x.db"}
+    container = dotenv | compose["services"][service]["environment"]
+    for name in list(os.environ):
+        if name.startswith("JUKEBOT_") or name in ("DISCORD_TOKEN", "DATABASE_URL"):
+            monkeypatch.delenv(name)
+    for name, value in container.items():
+        monkeypatch.setenv(name, str(value))
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.database_url == compose["x-database-url"].replace("postgresql://", "postgresql+asyncpg://")
+
+
 def test_every_long_running_service_rotates_its_log_and_jukebots_run_under_an_init(
     compose: dict[str, Any],
 ) -> None:

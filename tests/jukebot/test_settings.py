@@ -51,6 +51,27 @@ def test_an_empty_jukebot_token_beside_a_set_one_is_named(
         load_settings().require_token()
 
 
+def test_an_empty_token_in_the_environment_hiding_the_env_files_is_named(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stray `export DISCORD_TOKEN=` (or a service's `Environment=DISCORD_TOKEN=`) is read before
+    `.env`: the error said to set DISCORD_TOKEN in the .env file, which held it."""
+    Path(".env").write_text("DISCORD_TOKEN=MTIz.abc.def\n")
+    monkeypatch.setenv("DISCORD_TOKEN", "")
+    with pytest.raises(SettingsError) as info:
+        load_settings().require_token()
+    assert str(info.value) == (
+        "No Discord token: DISCORD_TOKEN is set but empty in the environment, which is read before the "
+        ".env file that holds the token: unset DISCORD_TOKEN, or set the token in it."
+    )
+    monkeypatch.delenv("DISCORD_TOKEN")
+    assert load_settings().require_token() == "MTIz.abc.def"
+    Path(".env").write_text("DISCORD_TOKEN=MTIz.abc.def\nDISCORD_TOKEN=\n")  # the file's own is empty
+    monkeypatch.setenv("DISCORD_TOKEN", "")
+    with pytest.raises(SettingsError, match=r"^No Discord token: set DISCORD_TOKEN"):
+        load_settings().require_token()
+
+
 def test_a_token_with_bot_in_front_is_named_before_any_login(
     clean_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -244,6 +265,26 @@ def test_bad_operations_settings_are_one_sentence(
     monkeypatch.setenv(name, value)
     with pytest.raises(SettingsError, match="^" + re.escape(says)):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    ("name", "url"),
+    [
+        ("JUKEBOT_DISCORD_API_BASE", "http://proxyuser:S3cretPW@127.0.0.1:1/api/v10"),
+        ("JUKEBOT_DISCORD_GATEWAY", "wss://proxyuser:S3cretPW@gateway.example"),
+    ],
+)
+def test_a_discord_endpoint_with_credentials_is_refused_without_showing_them(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, name: str, url: str
+) -> None:
+    """aiohttp will not combine credentials in the URL with discord.py's Authorization header: `run`
+    ended in a traceback, and `-v` logged the password with the settings."""
+    monkeypatch.setenv(name, url)
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    said = str(info.value)
+    assert said.startswith(f"Bad value for {name}: ") and "holds credentials (user:password@)" in said, said
+    assert "S3cretPW" not in said and "proxyuser" not in said
 
 
 def test_database_url_password_is_hidden_in_errors_and_display(

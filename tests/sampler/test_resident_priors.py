@@ -90,6 +90,27 @@ async def test_auto_keeps_the_priors_where_the_free_memory_holds_the_estimate(
     ]
 
 
+async def test_auto_counts_no_more_samples_than_a_job_has(
+    model_dir: Path,
+    sqlite_store: JobStore,
+    loads: list[tuple[str, int]],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """JUKEBOT_MAX_BATCH_SIZE=64 estimated KV caches for 64 samples where a job has at most 16: a GPU
+    with room for the priors loaded them per level (a 20-digit size raised from torch instead)."""
+    torch.set_num_threads(1)
+    runner = CascadeRunner(DeviceSpec.cpu(), model_dir, resident_priors="auto", max_batch_size=(64, 64, 64))
+    needed = resident_estimate(ModelDirectory(model_dir, "5b"), runner.dtype, (16, 16, 16))
+    monkeypatch.setattr(cascade_runner, "free_device_memory", lambda device: needed.total)
+    preview = PREVIEW.model_copy(update={"n_samples": 1})
+    with caplog.at_level(logging.INFO, logger="sampler.cascade_runner"):
+        run(runner, await claim(sqlite_store, kind="generate", model="5b", params=preview))
+    assert runner.keeps_priors("5b")
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("5b priors on cpu")]
+    assert said and "at batch sizes 16,16,16;" in said[0], said
+
+
 async def test_off_loads_each_level_for_each_job(
     model_dir: Path, sqlite_store: JobStore, loads: list[tuple[str, int]]
 ) -> None:
