@@ -305,9 +305,22 @@ class Viewer:
         publicly in the interaction's channel (/top, /curate top:/user:): the member may use it, and
         everyone who reads here may read there too, as it was made here or in a channel the server's
         @everyone role may read. (Ephemeral replies keep `may_use`: only the member reads them.)"""
-        if not await self.may_use(channel_id, maker_id):
-            return False
-        return channel_id == self._interaction.channel_id or _everyone_reads(self._interaction, channel_id)
+        return await self.may_use(channel_id, maker_id) and await self.readable_by_all_here(channel_id)
+
+    async def readable_by_all_here(self, channel_id: int) -> bool:
+        """Whether everyone who reads the interaction's channel may read `channel_id` too: it is this
+        channel, or one the server's @everyone role may read (a public thread the cache lacks, an
+        archived one, by its channel)."""
+        if channel_id == self._interaction.channel_id or _everyone_reads(self._interaction, channel_id):
+            return True
+        if _permissions_in(self._interaction, channel_id) is not None:
+            return False  # in the cache: `_everyone_reads` said
+        uncached = await _uncached_channel(self._bot, channel_id)
+        return (
+            isinstance(uncached, _ThreadOf)
+            and not uncached.private
+            and _everyone_reads(self._interaction, uncached.parent_id)
+        )
 
     async def _may_read(self, channel_id: int) -> bool:
         permissions = _permissions_in(self._interaction, channel_id)

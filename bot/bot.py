@@ -302,8 +302,14 @@ async def _run_until_stopped(
                 return
             log.info("stopping: closing the Discord connection")
             await bot.close()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await runner
+            except asyncio.CancelledError:
+                pass
+            except (
+                Exception
+            ) as exc:  # what closing did to a login in flight: the stop asked for is no failure
+                log.info("the Discord connection ended as it closed: %r", exc)
             if bot.stop_reason is not None:
                 raise bot.stop_reason
     finally:

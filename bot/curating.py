@@ -133,8 +133,11 @@ def format_minutes(seconds: float) -> str:
 # Whether the member asking may use what a user made in a channel: (channel id, maker's user id).
 # The bot decides it from Discord's permissions (`bot.actions.Viewer.may_use`).
 MayUse = Callable[[int, int], Awaitable[bool]]
-# /top ranks the samples a member may use among this many of the server's most voted.
+# /top reads the server's most voted samples this many at a time, looking for those the member may
+# use, and no further than TOP_SCAN_LIMIT of them: samples of channels not shown here (private ones,
+# deleted ones) outranking the rest left /top empty.
 TOP_CANDIDATES = 100
+TOP_SCAN_LIMIT = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,9 +155,17 @@ class Resolved:
 async def top_ranked(
     store: JobStore, guild_id: int, since: datetime | None, count: int, may_use: MayUse
 ) -> list[RankedSample]:
-    """The server's `count` most-voted samples (made since `since`) that the member may use."""
-    candidates = await store.top_samples(guild_id, since=since, limit=max(count, TOP_CANDIDATES))
-    return [entry for entry in candidates if await may_use(entry.channel_id, entry.user_id)][:count]
+    """The server's `count` most-voted samples (made since `since`) that the member may use, among
+    its TOP_SCAN_LIMIT most voted."""
+    found: dict[int, RankedSample] = {}  # (a vote between two reads may show a sample twice)
+    for offset in range(0, TOP_SCAN_LIMIT, TOP_CANDIDATES):
+        page = await store.top_samples(guild_id, since=since, limit=TOP_CANDIDATES, offset=offset)
+        for entry in page:
+            if entry.sample.id not in found and await may_use(entry.channel_id, entry.user_id):
+                found[entry.sample.id] = entry
+        if len(found) >= count or len(page) < TOP_CANDIDATES:
+            break
+    return list(found.values())[:count]
 
 
 async def resolve(

@@ -59,13 +59,13 @@ import discord
 
 from bot import curating, delivery, pictures, progress
 from bot.actions import cancel_queued_in_gone_channel, missing_posting_permissions
-from bot.errors import MAX_MESSAGE_CHARS, fit_message
+from bot.errors import DISCORD_FAILURES, MAX_MESSAGE_CHARS, fit_message
 from bot.progress import quality_label, render_job, style_line
 from bot.requests import may_continue
 from bot.views import progress_view, sample_view
 from sampler.jobspec import is_full_quality, params_or_defaults
 from storage.errors import JobNotFinished, JobNotFound, SampleNotFound, database_unreachable
-from storage.models import JobKind, JobStatus
+from storage.models import JobKind, JobStatus, utcnow
 from storage.records import Job, MessageParts
 from storage.store import JobStore, QueuePlaces, queue_places
 
@@ -213,10 +213,16 @@ class ProgressRelay:
         self._unread_history: set[int] = set()
         self.edit_budget = EditBudget()
         self._slow_edits: dict[int, asyncio.Task[None]] = {}  # job id -> its edit, past its time (`_edit`)
-        # Job id -> the posting of its results, still under way after RESULTS_WAIT_S (`_post_results`).
+        # Job id -> the posting of its first progress message, past its time (`_post_progress_within`).
+        self._slow_posts: dict[int, asyncio.Task[None]] = {}
+        # Job id -> the posting of its results, still under way after RESULTS_WAIT_S (`_post_results`),
+        # and its channel: the results of other jobs there wait for it.
         self._slow_results: dict[int, asyncio.Task[None]] = {}
+        self._slow_results_channel: dict[int, int] = {}
         self._wake = asyncio.Event()
         self._pass_lock = asyncio.Lock()
+        # Jobs queued before this may have a progress message a bot before it posted unrecorded.
+        self._started_at = utcnow()
 
     # ---------------------------------------------------------------- control
 
@@ -231,10 +237,12 @@ class ProgressRelay:
 
     async def announce(self, job_id: int, *, reply_to: int | None = None) -> None:
         """Post a just-queued job's progress message now, between passes: a pass never sees it
-        half-posted (it would skip the job, or finish it without the message's id)."""
+        half-posted (it would skip the job, or finish it without the message's id). A message Discord
+        does not answer within PROGRESS_PASS_WAIT_S goes on without holding the passes up."""
         self.track(job_id, reply_to=reply_to)
         async with self._pass_lock:
-            await self.post_progress_message(job_id)
+            with contextlib.suppress(TimeoutError):  # (logged as it ends: `_slow_edit_ended`)
+                await self._post_progress_within(job_id, None, PROGRESS_PASS_WAIT_S, queued_here=True)
 
     async def run(self) -> None:
         await self.bot.wait_until_ready()
@@ -318,10 +326,15 @@ class ProgressRelay:
             # Each server's own batch (one server's backlog does not hold up the others), asked only of
             # the servers with results waiting: an idle pass costs one query, not one per server.
             waiting = await self.store.guilds_with_results_unposted()
+            # One RESULTS_WAIT_S for the pass's results together, not one each: jobs whose uploads
+            # queue behind a hung one in its channel held the pass a minute apiece.
+            results_until = time.monotonic() + RESULTS_WAIT_S
             for guild_id in sorted(gid for gid in guild_ids if gid in waiting):
                 for job in await self.store.finished_jobs_unposted(guild_id, limit=self.finished_batch):
                     finished.add(job.id)
-                    await self._post_results(job)
+                    if job.channel_id in self._channels_posting_slowly(job.id):
+                        continue  # Discord would queue it behind those: at a later pass, in order
+                    await self._post_results(job, max(0.0, results_until - time.monotonic()))
             # Jobs we watched that ended another way: posted elsewhere, or gone.
             for job_id in [j for j in self._watched if j not in still_running and j not in finished]:
                 try:
@@ -335,15 +348,15 @@ class ProgressRelay:
                     self._forget(job_id)
                 # else: more than a batch finished at once, or waiting to retry; a later pass lists it
 
-    async def _post_results(self, job: Job) -> None:
-        """Post a finished job's results (`_finish`), waiting RESULTS_WAIT_S at most: results still going
-        out by then go on without the pass (`_slow_results`); a later pass leaves the job to them."""
+    async def _post_results(self, job: Job, wait_s: float = RESULTS_WAIT_S) -> None:
+        """Post a finished job's results (`_finish`), waiting `wait_s` at most: results still going out
+        by then go on without the pass (`_slow_results`); a later pass leaves the job to them."""
         posting = self._slow_results.get(job.id)
         if posting is not None and not posting.done():
             return
         posting = asyncio.create_task(self._finish_logged(job), name=f"results-{job.id}")
         try:
-            done, _ = await asyncio.wait({posting}, timeout=RESULTS_WAIT_S)
+            done, _ = await asyncio.wait({posting}, timeout=wait_s)
         except BaseException:  # a stop mid-post: cut it short, which gives the claim back (`_finish`)
             posting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -353,12 +366,26 @@ class ProgressRelay:
             self._slow_results.pop(job.id, None)
             return
         self._slow_results[job.id] = posting
+        self._slow_results_channel[job.id] = job.channel_id
         posting.add_done_callback(functools.partial(_forget_slow, self._slow_results, job.id))
         log.warning(
-            "job #%s: its results are still going out after %g s; the other jobs go on meanwhile",
+            "job #%s: its results are still going out after %g s (the pass waits %g s for its results "
+            "together); the other jobs go on meanwhile",
             job.id,
+            wait_s,
             RESULTS_WAIT_S,
         )
+
+    def _channels_posting_slowly(self, but: int) -> set[int]:
+        """The channels where results past their time are still going out (`_slow_results`), those of
+        job `but` aside."""
+        for job_id in [j for j in self._slow_results_channel if j not in self._slow_results]:
+            del self._slow_results_channel[job_id]
+        return {
+            channel_id
+            for job_id, channel_id in self._slow_results_channel.items()
+            if job_id != but and not self._slow_results[job_id].done()
+        }
 
     async def _finish_logged(self, job: Job) -> None:
         try:
@@ -379,14 +406,14 @@ class ProgressRelay:
     async def stop(self) -> None:
         """Cut short results still going out past their time: each gives its claim back (`_finish`), for
         the next bot to post the rest at once; and progress edits Discord has not answered yet."""
-        slow = [
-            task for task in (*self._slow_results.values(), *self._slow_edits.values()) if not task.done()
-        ]
+        every = (*self._slow_results.values(), *self._slow_edits.values(), *self._slow_posts.values())
+        slow = [task for task in every if not task.done()]
         for task in slow:
             task.cancel()
         await asyncio.gather(*slow, return_exceptions=True)
         self._slow_results.clear()
         self._slow_edits.clear()
+        self._slow_posts.clear()
 
     def _update_order(self, job: Job, places: QueuePlaces) -> tuple[int, float, int, int]:
         """The order a pass updates progress messages in (the edit budget may not reach the last): new
@@ -402,7 +429,7 @@ class ProgressRelay:
 
     async def _update(self, job: Job, places: QueuePlaces, wait_s: float = PROGRESS_EDIT_TIMEOUT_S) -> None:
         if job.progress_message_id is None:
-            await self.post_progress_message(job.id, places)
+            await self._post_progress_within(job.id, places, wait_s)
             return
         watched = self._watched[job.id]
         text = render_job(job, places=places)
@@ -411,7 +438,7 @@ class ProgressRelay:
         if self._slow_edit_of(job.id) is not None:
             return  # Discord has not answered its last edit yet: never two at once, nor out of order
         if self.edit_budget.take(job.channel_id):  # else at a later pass, with the text as it is then
-            await self._edit(job, text, wait_s)
+            await self._edit(job, text, wait_s, running=True)
 
     async def _after_pending_edit(self, job: Job) -> None:
         """Wait (PROGRESS_EDIT_TIMEOUT_S at most) for the job's progress edit Discord has not answered
@@ -429,14 +456,16 @@ class ProgressRelay:
             return None
         return edit
 
-    async def _edit(self, job: Job, text: str, wait_s: float = PROGRESS_EDIT_TIMEOUT_S) -> None:
+    async def _edit(
+        self, job: Job, text: str, wait_s: float = PROGRESS_EDIT_TIMEOUT_S, *, running: bool = False
+    ) -> None:
         """Edit the job's progress message to `text`, waiting `wait_s` at most: an edit Discord has not
         answered by then (a hung request, or one discord.py retries after Discord's 500s) goes on without
         the pass (`_slow_edits`), never cancelled (discord.py cut short in its wait for a global rate
         limit leaves every later request waiting)."""
         if self._slow_edit_of(job.id) is not None:
             raise TimeoutError(f"Discord has not answered job #{job.id}'s last progress edit yet")
-        edit = asyncio.create_task(self._edit_now(job, text), name=f"progress-edit-{job.id}")
+        edit = asyncio.create_task(self._edit_now(job, text, running=running), name=f"progress-edit-{job.id}")
         done, _ = await asyncio.wait({edit}, timeout=wait_s)
         if edit not in done:
             self._slow_edits[job.id] = edit
@@ -447,11 +476,14 @@ class ProgressRelay:
             )
         edit.result()
 
-    async def _edit_now(self, job: Job, text: str) -> None:
+    async def _edit_now(self, job: Job, text: str, *, running: bool = False) -> None:
+        """The edit itself. `running`: a text rendered while the job ran, which may land after another
+        bot on this database posted the job's results and final text (its listing is up to a pass old,
+        and an edit may be slow): then the final text is put back, as nothing else would edit it again."""
         assert job.progress_message_id is not None
         channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
         watched = self._watched.setdefault(job.id, _Watched())
-        old = channel.get_partial_message(job.progress_message_id)
+        old = edited = channel.get_partial_message(job.progress_message_id)
         try:
             await old.edit(content=text, view=progress_view(job), allowed_mentions=NO_MENTIONS)
         except discord.HTTPException as exc:
@@ -469,11 +501,52 @@ class ProgressRelay:
             )
             if not await self._recorded(job.id, message, replacing=old.id, stale=None if gone else old):
                 return  # another bot on this database went on in a fresh message first: it stands
+            edited = channel.get_partial_message(message.id)
         watched.text, watched.edited_at = text, time.monotonic()
+        if running:
+            now = await self.store.get_job(job.id)
+            if now.results_posted_at is not None and now.progress_message_id == edited.id:
+                count = (
+                    len(await self.store.samples_for_job(job.id))
+                    if now.status == JobStatus.SUCCEEDED
+                    else None
+                )
+                final = render_job(now, sample_count=count)
+                await edited.edit(content=final, view=progress_view(now), allowed_mentions=NO_MENTIONS)
+                watched.text = final
 
-    async def post_progress_message(self, job_id: int, places: QueuePlaces | None = None) -> None:
+    async def _post_progress_within(
+        self, job_id: int, places: QueuePlaces | None, wait_s: float, *, queued_here: bool = False
+    ) -> None:
+        """`post_progress_message`, waiting `wait_s` at most: a message Discord has not answered by then
+        (a hung request: aiohttp's own limit is 5 minutes) goes on without the pass, as a slow edit does
+        (`_slow_posts`; a second is not sent meanwhile: `_posting`), and TimeoutError says so. It held
+        up every job's progress and results, in every server."""
+        posting = self._slow_posts.get(job_id)
+        if posting is not None and not posting.done():
+            raise TimeoutError(f"Discord has not answered job #{job_id}'s progress message yet")
+        posting = asyncio.create_task(
+            self.post_progress_message(job_id, places, queued_here=queued_here),
+            name=f"progress-post-{job_id}",
+        )
+        done, _ = await asyncio.wait({posting}, timeout=wait_s)
+        if posting in done:
+            posting.result()
+            return
+        self._slow_posts[job_id] = posting
+        posting.add_done_callback(functools.partial(_forget_slow, self._slow_posts, job_id))
+        posting.add_done_callback(functools.partial(_slow_edit_ended, job_id))
+        raise TimeoutError(
+            f"Discord has not answered job #{job_id}'s new progress message within {wait_s:.3g} s; it goes "
+            "on while the other jobs' progress does"
+        )
+
+    async def post_progress_message(
+        self, job_id: int, places: QueuePlaces | None = None, *, queued_here: bool = False
+    ) -> None:
         """Post the job's progress message (once) and record its id in the store (`places`: the
-        queue's, if the caller has them)."""
+        queue's, if the caller has them; `queued_here`: this bot queued it just now, so no bot before it
+        posted one)."""
         if job_id in self._posting or job_id in self._unrecorded_progress:  # one posts; one is out
             return
         self._posting.add(job_id)
@@ -488,6 +561,14 @@ class ProgressRelay:
                 places = queue_places(await self.store.unfinished_jobs(), await self.store.served_models())
             text = render_job(job, places=places)
             channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+            if not queued_here and job.created_at < self._started_at:
+                # A bot before this one may have posted it and died before recording it (Discord's
+                # nonce stops a second post for a few minutes only): that one is the job's.
+                found = await self._unrecorded_progress_message(job)
+                if found is not None:
+                    if await self._recorded(job.id, found, replacing=None):
+                        watched.text, watched.edited_at = found.content, 0.0  # edited at the next pass
+                    return
             reply_to = watched.reply_to or await self._parent_message(job)
             reference = self._reference(job.channel_id, job.guild_id, reply_to)
             message = await send_replying(
@@ -502,6 +583,26 @@ class ProgressRelay:
                 watched.text, watched.edited_at = text, time.monotonic()
         finally:
             self._posting.discard(job_id)
+
+    async def _unrecorded_progress_message(self, job: Job) -> discord.Message | None:
+        """The bot's own progress message of `job` in its channel since it was queued, if one is
+        there (posted by a bot killed before it recorded it); None when none is, or the channel's
+        history cannot be read (then a new one is posted, as before)."""
+        assert self.bot.user is not None
+        channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+        begins = f"**Job #{job.id}** ·"
+        since = discord.Object(discord.utils.time_snowflake(job.created_at - HISTORY_SCAN_MARGIN))
+        try:
+            async for message in channel.history(limit=HISTORY_SCAN_LIMIT, after=since, oldest_first=False):
+                if (
+                    message.author.id == self.bot.user.id
+                    and message.webhook_id is None
+                    and message.content.startswith(begins)
+                ):
+                    return message
+        except DISCORD_FAILURES as exc:
+            log.warning("job #%s: could not look for a progress message posted unrecorded: %r", job.id, exc)
+        return None
 
     async def _recorded(
         self,
@@ -1063,14 +1164,15 @@ def _forget_slow(slow: dict[int, asyncio.Task[None]], job_id: int, ended: asynci
 
 
 def _slow_edit_ended(job_id: int, edit: asyncio.Task[None]) -> None:
-    """An edit past its time ended: say how (its exception is retrieved, not left to the loop)."""
+    """An edit (or a new progress message) past its time ended: say how (its exception is retrieved,
+    not left to the loop)."""
     if edit.cancelled():
         return
     failure = edit.exception()
     if failure is None:
-        log.info("job #%s: Discord answered its slow progress edit at last", job_id)
+        log.info("job #%s: Discord answered its slow progress message at last", job_id)
     else:
-        log.warning("job #%s: its slow progress edit failed at last: %r", job_id, failure)
+        log.warning("job #%s: its slow progress message failed at last: %r", job_id, failure)
 
 
 async def _written_behind(what: str, write: Awaitable[Any]) -> None:

@@ -332,9 +332,17 @@ def build_generate(
         # Measured as the worker will: both rounded down to whole top-level hops, where a length a hair
         # over the prime (10.001 s after 10 s) is no longer than it, and the job would fail there.
         if sample_length_samples(seconds) <= prompt_length_samples(min(used, options.prime_duration)):
+            longest = limits.max_length_seconds
+            if seconds >= longest:  # `length` cannot be raised: only the prime can shrink
+                raise InvalidRequest(
+                    f"The prime ({used:.1f} s) leaves no room for new music in this server's longest "
+                    f"song ({longest:g} s), which includes it: set `prime_seconds` under {longest:g} s "
+                    "to continue from the clip's first seconds, or attach a shorter clip."
+                )
+            given = "" if options.length is not None else ", the default"
             raise InvalidRequest(
-                f"The length ({seconds:g} s) includes the prime ({used:.1f} s), so it must be longer than "
-                "the prime; raise `length` or lower `prime_seconds`."
+                f"The length ({seconds:g} s{given}) includes the prime ({used:.1f} s), so it must be longer "
+                f"than the prime; raise `length` (up to {longest:g} s) or lower `prime_seconds`."
             )
 
     params = JobParams(
@@ -423,7 +431,7 @@ def build_continue(
     """A continue job adds `seconds` to a sample of `parent_tokens` top-level codes, keeping its labels and
     lyrics, with a seed of its own: each Continue is another take (the parent's seed would sample the
     same continuation again)."""
-    added = DEFAULT_CONTINUE_SECONDS if seconds is None else float(seconds)
+    added = default_continue_seconds(limits.max_length_seconds) if seconds is None else float(seconds)
     check_length(limits, added, what="continuation")
     check_continuable(sample_id, parent_tokens, added)
     params = parent_params.model_copy(
@@ -445,6 +453,14 @@ def build_upsample(parent_params: JobParams) -> ValidatedJob:
 
 
 MAX_STORED_ID = 2**63 - 1  # job and sample ids are signed 64-bit integers in both databases
+
+
+def default_continue_seconds(max_length_seconds: float | None) -> float:
+    """What a continuation adds when no length is given: DEFAULT_CONTINUE_SECONDS, within the server's
+    longest song (a default of 10 s where 8 s is the limit was refused)."""
+    if max_length_seconds is None:
+        return DEFAULT_CONTINUE_SECONDS
+    return min(DEFAULT_CONTINUE_SECONDS, max_length_seconds)
 
 
 def history_page(value: object) -> int:

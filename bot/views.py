@@ -20,7 +20,13 @@ import discord
 
 from bot import actions
 from bot.errors import DISCORD_FAILURES, InvalidRequest, JukebotError, StorageOutage, discord_said
-from bot.requests import DEFAULT_CONTINUE_SECONDS, check_continuable, stored_id
+from bot.requests import (
+    DEFAULT_CONTINUE_SECONDS,
+    Limits,
+    check_continuable,
+    default_continue_seconds,
+    stored_id,
+)
 from storage.models import JobStatus
 from storage.records import Job
 
@@ -212,17 +218,25 @@ class ContinueButton(
         async with bot.reporting_errors(interaction):
             stored_id(self.sample_id, "sample")  # a forged custom_id may carry any number
             # Refusals first, so none comes only after the user filled in the form.
-            await actions.checked_before_form(bot, self._refusals_first(bot, interaction))
+            limits = await actions.checked_before_form(bot, self._refusals_first(bot, interaction))
             reply_to = interaction.message.id if interaction.message else None
             form = ContinueModal(self.sample_id, reply_to)
+            # (filled in as `/continue` without `seconds` reads it: within this server's longest song)
+            seconds = default_continue_seconds(limits.max_length_seconds if limits else None)
+            form.seconds.default = f"{seconds:g}"
             await interaction.response.send_modal(form)
             form.stop()  # `submit_continue_form` answers it, in this process or the next one
 
-    async def _refusals_first(self, bot: JukeBot, interaction: discord.Interaction[Any]) -> None:
+    async def _refusals_first(self, bot: JukeBot, interaction: discord.Interaction[Any]) -> Limits:
         await _require_sample_button(bot, interaction, "continue", self.sample_id)
         await actions.check_usable_sample(bot, interaction, self.sample_id)
-        await actions.check_can_enqueue(bot, interaction)
+        limits = await actions.check_can_enqueue(bot, interaction)
         check_continuable(self.sample_id, await bot.store.codes_count(self.sample_id, 2))
+        return limits
+
+
+# The seconds field: room for what the README says it reads ("10 seconds", "120.5 s").
+CONTINUE_FORM_CHARS = 16
 
 
 class ContinueModal(discord.ui.Modal, title="Continue this sample"):
@@ -233,7 +247,7 @@ class ContinueModal(discord.ui.Modal, title="Continue this sample"):
         label="Seconds to add",
         custom_id="seconds",
         default=f"{DEFAULT_CONTINUE_SECONDS:g}",
-        max_length=6,
+        max_length=CONTINUE_FORM_CHARS,
         required=False,
     )
 

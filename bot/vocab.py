@@ -14,6 +14,9 @@ from sampler.jukebox.registry import DEFAULT_MODEL
 from sampler.user_text import plain_words, quote_user_text
 
 MAX_CHOICES = 25  # Discord refuses more autocomplete choices than this
+# Genres looked up per choice shown: those the model would refuse beside the genres before them are
+# left out, and the rest should still fill the list.
+GENRE_CANDIDATES_PER_CHOICE = 4
 
 
 def vocabulary(model: str) -> Vocabulary:
@@ -41,9 +44,22 @@ def suggest_genres(model: str, typed: str, limit: int = MAX_CHOICES) -> list[str
     if len(earlier) >= vocab.max_genres:  # e.g. 1b_lyrics takes one genre: suggest no second
         return []
     prefix = ", ".join(earlier)
-    found = vocab.suggest_genres(current.strip(), min(limit, MAX_CHOICES))
-    choices = [f"{prefix}, {name}" if prefix else name for name in found]
-    return [choice for choice in choices if len(choice) <= 100][:MAX_CHOICES]
+    limit = min(limit, MAX_CHOICES)
+    # Only what the model takes with the genres before it: a v2 model counts words (5), not genres,
+    # and a genre listed already, or 'unknown' beside others, adds nothing.
+    found = vocab.suggest_genres(current.strip(), limit * GENRE_CANDIDATES_PER_CHOICE)
+    choices = []
+    for name in found:
+        if earlier and (name in earlier or name == "unknown"):
+            continue
+        try:
+            vocab.resolve_genres([*earlier, name])
+        except LabelError:
+            continue
+        choice = f"{prefix}, {name}" if prefix else name
+        if len(choice) <= 100:
+            choices.append(choice)
+    return choices[:limit]
 
 
 @dataclass(frozen=True)
@@ -151,6 +167,8 @@ def suggest_styles(model: str, typed: str) -> list[str]:
     if "/" in current:
         artist, genres = split_style(current)
         found = [f"{artist} / {genre}" for genre in suggest_genres(model, genres)]
+        if " / " not in current:  # 'AC/DC' may be an artist being typed, as `_resolve_style` reads it
+            found = [name for name in suggest_artists(model, current) if "/" in name] + found
     else:
         found = suggest_artists(model, current)
     return [prefix + name for name in found if len(prefix + name) <= 100][:MAX_CHOICES]

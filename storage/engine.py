@@ -69,6 +69,10 @@ def create_engine(
         if parsed.get_driver_name() == "asyncpg":
             connect_args = kwargs["connect_args"] = dict(kwargs.get("connect_args", {}))
             connect_args.setdefault("timeout", POSTGRES_CONNECT_TIMEOUT_SECONDS)
+            # Intervals of days are added in the session's time zone: in one with daylight saving, 60
+            # days across a change are 1,441 hours, and prune's and the leases' cut-offs moved an hour.
+            server_settings = connect_args["server_settings"] = dict(connect_args.get("server_settings", {}))
+            server_settings.setdefault("timezone", "UTC")
             if bounded_statements:
                 connect_args.setdefault("command_timeout", POSTGRES_STATEMENT_TIMEOUT_SECONDS)
         engine = create_async_engine(url, **kwargs)

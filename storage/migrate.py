@@ -195,10 +195,12 @@ class NoRoomToMigrate(Exception):
     """A SQLite file's disk has less free than a migration may take; nothing was changed."""
 
     def __init__(self, path: str, size: int, free: int) -> None:
+        # (the amount needed itself, to a tenth: "twice its size (1 MiB)" beside "2 MiB free" read as
+        # a refusal in error)
         super().__init__(
-            f"migrating {path} may take up to twice its size ({size / 2**20:.0f} MiB) more on its disk while "
-            f"it runs (a table copied whole, and the write-ahead log of the copy), and that disk has "
-            f"{free / 2**20:.0f} MiB free"
+            f"migrating {path} may take up to twice its size ({2 * size / 2**20:.1f} MiB) more on its disk "
+            f"while it runs (a table copied whole, and the write-ahead log of the copy), and that disk has "
+            f"{free / 2**20:.1f} MiB free"
         )
         self.path, self.size, self.free = path, size, free
 

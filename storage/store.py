@@ -103,6 +103,16 @@ from storage.records import (
 
 MAX_PARAMS_BYTES = 64 * 1024  # serialised JSON; lyrics are the big part
 MAX_ERROR_CHARS = 4000
+
+
+def _error_text(text: str) -> str:
+    """A job's error as a text column takes it: at most MAX_ERROR_CHARS, no NUL (Postgres refuses
+    one in text) and no lone surrogate (neither database can encode one). An exception's message may
+    hold either (a path, a byte read back); refused, the job stayed running until its lease ran out."""
+    cleaned = text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+    return cleaned[:MAX_ERROR_CHARS]
+
+
 MAX_SNOWFLAKE = 2**63 - 1
 CODE_LEVELS = (0, 1, 2)
 CODE_BYTES = 2  # codes are stored as int16
@@ -809,10 +819,10 @@ class JobStore:
                     .where(jobs.c.id == job.id, jobs.c.lease_owner == worker_id)
                     .values(
                         status=JobStatus.FAILED.value,
-                        error=(
+                        error=_error_text(
                             f"This job cannot run: {reason}. Its parameters were damaged after it "
                             "was queued; queue it again."
-                        )[:MAX_ERROR_CHARS],
+                        ),
                         finished_at=self._lease_now(),
                         updated_at=now,
                         **_lease_cleared(),
@@ -1025,7 +1035,7 @@ class JobStore:
                 worker_id,
                 {
                     "status": JobStatus.FAILED.value,
-                    "error": (reason or "the worker gave no reason")[:MAX_ERROR_CHARS],
+                    "error": _error_text(reason or "the worker gave no reason"),
                     "finished_at": self._lease_now(),
                     "updated_at": now,
                     **_lease_cleared(),
@@ -1042,7 +1052,7 @@ class JobStore:
         """
         now = self._clock()
         # Leave room for the fixed words and two counts around the reason.
-        reason = (reason or "the worker gave no reason")[: MAX_ERROR_CHARS - 120]
+        reason = _error_text(reason or "the worker gave no reason")[: MAX_ERROR_CHARS - 120]
         cancelling = jobs.c.status == JobStatus.CANCELLING.value
         attempts = jobs.c.attempts + 1
         out_of_attempts = attempts >= jobs.c.max_attempts
@@ -1287,7 +1297,7 @@ class JobStore:
             .values(
                 status=case((queued, JobStatus.CANCELLED.value), else_=JobStatus.CANCELLING.value),
                 finished_at=case((queued, self._lease_now()), else_=None),
-                error=None if reason is None else reason[:MAX_ERROR_CHARS],
+                error=None if reason is None else _error_text(reason),
                 updated_at=now,
             )
         )
@@ -2116,10 +2126,11 @@ class JobStore:
         return found is not None
 
     async def top_samples(
-        self, guild_id: int, since: datetime | None = None, limit: int = 10
+        self, guild_id: int, since: datetime | None = None, limit: int = 10, offset: int = 0
     ) -> list[RankedSample]:
-        """The server's samples (made since `since`, if given) by votes, then newest first."""
-        _check_page(limit, 0)
+        """The server's samples (made since `since`, if given) by votes, then newest first (`offset`:
+        past that many)."""
+        _check_page(limit, offset)
         # Counted for each of the server's samples only (a lookup in the votes' (sample_id, user_id)
         # index), never for every server's votes.
         vote_total = (
@@ -2142,6 +2153,7 @@ class JobStore:
             .where(jobs.c.guild_id == guild_id)
             .order_by(vote_total.desc(), samples.c.created_at.desc(), samples.c.id.desc())
             .limit(limit)
+            .offset(offset)
         )
         if since is not None:
             statement = statement.where(samples.c.created_at >= since)

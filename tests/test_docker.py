@@ -114,7 +114,9 @@ def test_the_compose_database_is_used_whichever_name_env_gives_another(
     for name, value in container.items():
         monkeypatch.setenv(name, str(value))
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
-    assert settings.database_url == compose["x-database-url"].replace("postgresql://", "postgresql+asyncpg://")
+    assert settings.database_url == compose["x-database-url"].replace(
+        "postgresql://", "postgresql+asyncpg://"
+    )
 
 
 def test_every_long_running_service_rotates_its_log_and_jukebots_run_under_an_init(

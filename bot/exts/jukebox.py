@@ -9,9 +9,11 @@ nothing and gives the user their lyrics back to paste into a new one.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import io
 import logging
+import math
 import re
 import secrets
 import time
@@ -61,9 +63,15 @@ MODEL_CHOICES = [  # the default first
 ]
 
 
-def _model_of(interaction: discord.Interaction[Any]) -> str:
+def _model_chosen(interaction: discord.Interaction[Any]) -> str | None:
     model = getattr(interaction.namespace, "model", None)
-    return model if isinstance(model, str) and model in MODELS else DEFAULT_MODEL
+    return model if isinstance(model, str) and model in MODELS else None
+
+
+# Autocomplete runs at each keystroke: the models served (which decide the default model) are read
+# at most this often, and waited for at most this long (Discord drops a late answer).
+SERVED_MODELS_FRESH_S = 30.0
+SERVED_MODELS_WAIT_S = 1.0
 
 
 _TOO_OLD = f"it was open more than {LYRICS_FORM_HOURS} hours"
@@ -116,10 +124,31 @@ class Jukebox(commands.Cog):
         # Members whose clip is downloading or decoding now. The job limits are checked before the
         # download and enforced only when the job is stored: without one clip at a time, a burst of
         # requests from one member would download and decode them all, for one place in the queue.
+        # (when read, the models live workers serve), for `_autocomplete_model`
+        self._served_for_autocomplete: tuple[float, frozenset[str]] = (-math.inf, frozenset())
         self.fetching_prime = actions.OnePerMember(
             "Your previous clip is still being downloaded and checked; wait for its answer, then send "
             "this request again."
         )
+
+    async def _autocomplete_model(self, interaction: discord.Interaction[Any]) -> str:
+        """The model a request being typed will run on: the one chosen, else the default a request
+        gets now (`_with_default_model`), from the models served as read within the last
+        SERVED_MODELS_FRESH_S (names for another model's labels would be refused)."""
+        chosen = _model_chosen(interaction)
+        if chosen is not None:
+            return chosen
+        read_at, served = self._served_for_autocomplete
+        if time.monotonic() - read_at >= SERVED_MODELS_FRESH_S:
+            try:
+                served = frozenset(
+                    await asyncio.wait_for(self.bot.store.served_models(), SERVED_MODELS_WAIT_S)
+                )
+            except Exception as exc:  # a slow or absent database: the last models read, or none
+                log.debug("autocomplete without the models served now: %r", exc)
+            else:
+                self._served_for_autocomplete = (time.monotonic(), served)
+        return default_model(served)
 
     def _wait_for_lyrics(self, request: _WaitingForLyrics) -> str:
         """Keep `request` for its form; returns the form's key."""
@@ -371,7 +400,7 @@ class Jukebox(commands.Cog):
     ) -> list[app_commands.Choice[str]]:
         return [
             app_commands.Choice(name=name[:100], value=name[:100])
-            for name in vocab.suggest_artists(_model_of(interaction), current)
+            for name in vocab.suggest_artists(await self._autocomplete_model(interaction), current)
         ]
 
     @jukebox.autocomplete("genre")
@@ -380,7 +409,7 @@ class Jukebox(commands.Cog):
     ) -> list[app_commands.Choice[str]]:
         return [
             app_commands.Choice(name=name, value=name)
-            for name in vocab.suggest_genres(_model_of(interaction), current)
+            for name in vocab.suggest_genres(await self._autocomplete_model(interaction), current)
         ]
 
     @jukebox.autocomplete("styles")
@@ -389,7 +418,7 @@ class Jukebox(commands.Cog):
     ) -> list[app_commands.Choice[str]]:
         return [
             app_commands.Choice(name=name, value=name)
-            for name in vocab.suggest_styles(_model_of(interaction), current)
+            for name in vocab.suggest_styles(await self._autocomplete_model(interaction), current)
         ]
 
 

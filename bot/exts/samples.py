@@ -12,7 +12,14 @@ from discord.ext import commands
 
 from bot import actions, curating, delivery, pictures
 from bot.bot import PUBLIC_THINKING, JukeBot
-from bot.errors import DISCORD_FAILURES, MAX_MESSAGE_CHARS, JukebotError, discord_said, fit_line
+from bot.errors import (
+    DISCORD_FAILURES,
+    MAX_MESSAGE_CHARS,
+    InvalidRequest,
+    JukebotError,
+    discord_said,
+    fit_line,
+)
 from bot.options import SampleId
 from bot.progress import can_upsample, job_quality, style_line
 from bot.relay import continued_text, first_parts
@@ -96,6 +103,13 @@ class Samples(commands.Cog):
         interaction.extras[PUBLIC_THINKING] = True
         await actions.check_allowed_channel(self.bot, interaction)
         stored, job = await actions.usable_sample(self.bot, interaction, id)
+        shown_here = await actions.Viewer(self.bot, interaction).readable_by_all_here(job.channel_id)
+        if not shown_here and job.user_id != interaction.user.id:
+            # A public post: as /top, only what everyone here may read, but for its maker's own choice.
+            raise InvalidRequest(
+                f"Sample #{stored.id} was made in <#{job.channel_id}>, which not everyone here can read, so "
+                f"it is not posted in this channel: use `/sample {stored.id}` there."
+            )
         limit = delivery.upload_limit(interaction.filesize_limit, None)
         stem = f"jukebot_sample_{stored.id}"
         files = await delivery.files_in_turn(
@@ -162,7 +176,10 @@ class Samples(commands.Cog):
         ranked = await curating.top_ranked(self.bot.store, guild_id, since, TOP_COUNT, viewer.may_show_here)
         heading = TOP_HEADINGS[period]
         if not ranked:
-            await interaction.followup.send(f"No samples {heading} yet: make one with /jukebox.")
+            # (true also where samples of channels not shown here are all there is)
+            await interaction.followup.send(
+                f"No samples {heading} to show in this channel yet: make one with /jukebox."
+            )
             return
         head = f"**Top samples {heading}**"
         room = (MAX_MESSAGE_CHARS - len(head)) // len(ranked) - 1  # a newline each

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
-import sys
 import threading
 from typing import Any
 
@@ -28,10 +28,12 @@ from jukebot.settings import (
     Settings,
     SettingsError,
 )
+from sampler.worker.private import keep_memory_private
 
 log = logging.getLogger(__name__)
 
 RUNNER = "sampler.cascade_runner:make_runner"
+TOKEN_VARIABLES = ("DISCORD_TOKEN", "JUKEBOT_DISCORD_TOKEN")
 POOL_SHUTDOWN_SECONDS = 90.0
 DISCORD_API_BASE = "https://discord.com/api/v10"  # discord.py's own, named for messages
 
@@ -68,6 +70,13 @@ def migrate_and_say(settings: Settings) -> None:
             before,
             head,
         )
+
+
+def _drop_token_from_environment() -> None:
+    """Workers are spawned with this process's environment, and never need the Discord token (the
+    bot holds it in its settings): taken out of it, no worker can leak it."""
+    for name in [key for key in os.environ if key.upper() in TOKEN_VARIABLES]:
+        del os.environ[name]
 
 
 def _log_what_is_in_use(settings: Settings, what: str, devices: list[Any]) -> None:
@@ -177,7 +186,7 @@ def _setting_default(field: str) -> str:
 )
 def run(sync_guilds: tuple[int, ...]) -> None:
     """Start the Discord bot and the local workers (migrating the database first)."""
-    keep_memory_private()
+    keep_memory_private("the bot's process")
     settings = settings_or_exit()
     try:
         settings.require_token()
@@ -187,6 +196,8 @@ def run(sync_guilds: tuple[int, ...]) -> None:
         require_torch("local workers", bot_alone=True)
         _refuse_unusable_model_dir(settings)
     devices = _devices(settings) if settings.local_workers else []
+    if devices:
+        _drop_token_from_environment()
     _log_what_is_in_use(settings, "bot", devices)
     migrate_and_say(settings)
     stop = threading.Event()
@@ -220,21 +231,6 @@ def run(sync_guilds: tuple[int, ...]) -> None:
         stop.set()
         if pool_thread is not None:
             pool_thread.join(POOL_SHUTDOWN_SECONDS + 10)
-
-
-def keep_memory_private() -> None:
-    """Make this process undumpable (Linux): no other process of its user may read its memory or
-    /proc/<pid>/environ, where the Discord token and the database password are. Above all not the
-    audio decoder's child process, should a hostile attachment take it over (it gets none of them in
-    its own environment). No core dumps either."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    pr_set_dumpable = 4
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(pr_set_dumpable, 0, 0, 0, 0) != 0:
-        log.warning("could not make the bot's process undumpable (errno %s)", ctypes.get_errno())
 
 
 async def _run_bot(settings: Settings, sync_guilds: tuple[int, ...]) -> None:
@@ -289,6 +285,7 @@ def worker(
     from sampler.worker.pool import run_pool
     from sampler.worker.runtime import WorkerConfigError
 
+    keep_memory_private("the worker pool's process")  # its environment holds the database password
     settings = settings_or_exit()
     if not settings.local_workers:
         raise click.ClickException(
@@ -297,6 +294,7 @@ def worker(
         )
     require_torch("workers")
     _refuse_unusable_model_dir(settings)
+    _drop_token_from_environment()
     overrides = {
         "worker_lease_seconds": lease_seconds,
         "worker_requeue_seconds": requeue_seconds,

@@ -1596,6 +1596,10 @@ def worker_main(
         # delivered as they are unblocked, and stops us.
         _stop_while_starting()
         configure_logging(log_level, log_format, context=f"worker {device_name} pid {os.getpid()}")
+        # Not made undumpable as the bot and the pool are: another worker of this user reads its
+        # /proc environment (CUDA_VISIBLE_DEVICES) to tell whether the two share a GPU
+        # (`shares_my_device`), which an undumpable process's is closed to. It holds no Discord token
+        # (`jukebot run` and `jukebot worker` take it out of the environment they spawn it with).
         code = run_worker(
             database_url,
             device_name,

@@ -16,7 +16,7 @@ from bot.bot import JukeBot
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
 from tests.bot.fake_discord import FakeDiscord, FakeMessage, FakeUser, InteractionRecord
-from tests.bot.harness import PlayedWorker, answer_of, job_count, make_bot, reply_of
+from tests.bot.harness import PlayedWorker, answer_of, job_count, make_bot, reply_of, sample_posts
 from tests.bot.test_curate import final_reply
 from tests.waiting import wait_until
 
@@ -386,3 +386,53 @@ async def test_threads_deleted_that_the_bot_never_looked_up_leave_nothing_behind
     refused = await fake.invoke_command("sample", {"id": from_jam}, user=moderator)
     assert await reply_of(fake, refused) == hidden_sample(from_jam)
     assert len(actions._UNCACHED[bot]) == 1
+
+
+async def test_top_looks_past_the_most_voted_samples_of_channels_not_shown_here(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    """/top read the server's 100 most voted samples, then left out those not shown here: 101 voted
+    samples of a private channel made /top in #general say "No samples of all time yet", and
+    `/curate top:` find none either (review of the listings)."""
+    fake, store = fake_discord, sqlite_store
+    bot = await bot_runner.start(make_bot(fake, store))
+    await private_music(fake, bot, "bob")
+    alice = fake.user("alice")
+    general, music = fake.channel("general"), fake.channel("music")
+    shown = await made(store, fake, "alice", general.id, n=2)
+    await store.toggle_vote(shown[0], 1)
+    hidden: list[int] = []
+    for _ in range(7):
+        hidden += await made(store, fake, "bob", music.id, n=16)
+    for sample_id in hidden[:101]:
+        await store.toggle_vote(sample_id, 1)
+        await store.toggle_vote(sample_id, 2)
+    top = (await posted(fake, await fake.invoke_command("top", {"period": "all"}, user=alice))).content
+    listed = [int(line.split("Sample #")[1].split(" ")[0]) for line in top.splitlines()[1:]]
+    assert listed == [shown[0], shown[1]], top
+
+
+async def test_a_private_channels_sample_is_not_posted_publicly_elsewhere_by_another_member(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    """A member who reads the private #music posted its sample with `/sample` in #general, for all
+    there to hear, and everyone there met buttons saying it was "made in a channel you cannot see".
+    /top keeps such samples out of #general; /sample now does too, but for their maker's own choice."""
+    fake, store = fake_discord, sqlite_store
+    bot = await bot_runner.start(make_bot(fake, store))
+    await private_music(fake, bot, "bob")
+    general, music = fake.channel("general"), fake.channel("music")
+    (sample_id,) = await made(store, fake, "alice", music.id)  # made there before it was closed to her
+
+    refused = await reply_of(
+        fake, await fake.invoke_command("sample", {"id": sample_id}, user=fake.user("bob"))
+    )
+    assert refused == (
+        f"Sample #{sample_id} was made in <#{music.id}>, which not everyone here can read, so it is not "
+        f"posted in this channel: use `/sample {sample_id}` there."
+    )
+    assert not sample_posts(fake, sample_id, "general")
+    there = await fake.invoke_command("sample", {"id": sample_id}, user=fake.user("bob"), channel=music)
+    assert (await posted(fake, there)).content.startswith(f"**Sample #{sample_id}**")
+    own = await fake.invoke_command("sample", {"id": sample_id}, user=fake.user("alice"), channel=general)
+    assert (await posted(fake, own)).content.startswith(f"**Sample #{sample_id}**")  # its maker's choice

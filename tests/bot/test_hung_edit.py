@@ -11,7 +11,15 @@ from bot import relay as relay_module
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
 from tests.bot.fake_discord import FakeDiscord
-from tests.bot.harness import PlayedWorker, make_bot, progress_message, queued_song, relay_of, when
+from tests.bot.harness import (
+    PlayedWorker,
+    make_bot,
+    progress_message,
+    queued_song,
+    relay_of,
+    sample_posts,
+    when,
+)
 
 
 async def test_a_hung_progress_edit_holds_up_no_other_jobs_progress(
@@ -62,3 +70,34 @@ async def test_a_hung_progress_edit_holds_up_no_other_jobs_progress(
 
     relay.poke()
     await fake.wait_for(general_shows_its_progress, timeout_s=20)
+
+
+async def test_a_hung_new_progress_message_holds_up_no_other_jobs_results(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new job's first progress message was sent with no time limit: while Discord did not answer
+    it, no other job's progress nor results went out, in any server (review of the relay)."""
+    fake, store = fake_discord, sqlite_store
+    monkeypatch.setattr(relay_module, "PROGRESS_PASS_WAIT_S", 1.0)
+    worker = PlayedWorker(store)
+    await worker.start()
+    await queued_song(fake, store, "music")
+    (sample_id,) = await worker.complete(await worker.claim(), n=1, full=False)  # results to post
+    general_job = await queued_song(fake, store, "general")  # queued while no bot ran
+    hung = fake.hold("POST", "/channels/{channel_id}/messages")  # the first: general's progress message
+    bot = await bot_runner.start(make_bot(fake, store))
+    try:
+        await fake.wait_for(lambda: hung.arrived, timeout_s=20)
+        await fake.wait_for(when(lambda: sample_posts(fake, sample_id, "music")), timeout_s=20)
+        relay = relay_of(bot)
+        await relay.run_pass()  # the held message goes on: none is sent again meanwhile
+        general = fake.channel("general").id
+        posts = [
+            r
+            for r in fake.requests
+            if r.method == "POST" and r.path.endswith(f"/channels/{general}/messages")
+        ]
+        assert len(posts) == 1 and posts[0].status is None  # still held, unanswered
+    finally:
+        hung.release()
+    await fake.wait_for(when(lambda: progress_message(fake, general_job, "general")), timeout_s=20)

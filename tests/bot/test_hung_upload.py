@@ -113,3 +113,39 @@ async def test_a_bot_stopped_while_results_are_slow_hands_them_on_at_once(
     assert len(sample_posts(fake, general_sample)) == 1
     final = progress_message(fake, job_id)
     assert final is not None and "✅ Done" in final.content
+
+
+async def test_jobs_queued_behind_a_hung_upload_in_its_channel_hold_up_no_other_channel(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each finished job had RESULTS_WAIT_S of its own, in turn: six jobs whose uploads queue behind a
+    hung one in #general (discord.py sends one request at a time in a channel) held #music's results
+    six times that long (review of the relay). The pass waits once for its results together; a
+    channel's jobs behind a slow one wait for a later pass, and then go out in order."""
+    fake, store = fake_discord, sqlite_store
+    monkeypatch.setattr(relay_module, "RESULTS_WAIT_S", 2.0)
+    worker = PlayedWorker(store)
+    await worker.start()
+    general: list[int] = []
+    for _ in range(6):
+        await queued_song(fake, store, "general")
+        general += await worker.complete(await worker.claim(), n=1, full=False)
+    await queued_song(fake, store, "music")
+    (music,) = await worker.complete(await worker.claim(), n=1, full=False)
+    hung = fake.hold(*SAMPLE_POSTS)  # #general's first upload
+    bot = await bot_runner.start(make_bot(fake, store))
+    try:
+        await fake.wait_for(lambda: hung.arrived, timeout_s=20)
+        await fake.wait_for(when(lambda: sample_posts(fake, music, "music")), timeout_s=8)  # not 6 × 2 s
+        assert len(posts_in(fake, "general")) == 1  # the others wait their turn, not queued behind it
+    finally:
+        hung.release()
+    relay = relay_of(bot)
+
+    async def all_posted() -> bool:
+        relay.poke()
+        return all(sample_posts(fake, sample_id, "general") for sample_id in general)
+
+    await wait_until(all_posted, within=60, what="#general's results once Discord answers")
+    order = [m.content for m in fake.channel_messages(fake.channel("general")) if "**Sample #" in m.content]
+    assert [int(text.split("#")[1].split("*")[0]) for text in order] == general  # in order, each once

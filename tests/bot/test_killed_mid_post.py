@@ -32,6 +32,7 @@ from tests.bot.fake_discord import FakeDiscord, FakeMessage
 from tests.bot.harness import (
     PlayedWorker,
     assert_posted_once,
+    bot_messages,
     make_bot,
     progress_message,
     relay_of,
@@ -235,3 +236,40 @@ async def test_a_bot_killed_between_the_parts_of_a_sample_leaves_only_the_later_
         assert total is not None and total >= 2
         assert stems == [f"jukebot_sample_{sample_id}_part{i}of{total}" for i in range(1, total + 1)]
         assert (await store.get_sample_info(sample_id)).posted
+
+
+async def test_a_bot_killed_as_its_progress_message_went_out_leaves_the_next_bot_that_one(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, db_url: str, tmp_path: Path
+) -> None:
+    """Discord took the job's progress message; the bot was killed before it recorded it. Its nonce
+    forgotten by the time the next bot starts (a deploy, a crash loop), that bot posted a second one,
+    and the first stayed at "Queued" for good (review of the relay). It now finds that one."""
+    fake = fake_discord
+    async with bot_process(fake, db_url, tmp_path) as (process, engine):
+        store = JobStore(engine)
+        await fake.wait_for(
+            lambda: "jukebox" in fake.synced_commands(fake.default_guild), timeout_s=START_TIMEOUT_S
+        )
+        await fake.wait_for(lambda: fake.live_sessions, timeout_s=START_TIMEOUT_S)
+        held = fake.hold("POST", "/channels/{channel_id}/messages", handled=True)  # done, unanswered
+        await fake.invoke_command(
+            "jukebox", {"artist": "queen", "genre": "pop", "samples": 1, "seed": 1}, user=fake.user("alice")
+        )
+        await fake.wait_for(lambda: held.arrived, timeout_s=START_TIMEOUT_S)
+        await _kill(process)
+        held.drop()
+        fake.let_nonces_expire()
+        assert (await store.get_job(1)).progress_message_id is None
+        (first,) = [m for m in bot_messages(fake) if m.content.startswith("**Job #1**")]
+
+        bot = await bot_runner.start(make_bot(fake, store))
+        relay = relay_of(bot)
+        await relay.run_pass()
+        worker = PlayedWorker(store)
+        job = await worker.claim()
+        await worker.progress(job.id, window=1, of=4)
+        relay.min_edit_interval_s = 0.0
+        await relay.run_pass()
+        assert [m for m in bot_messages(fake) if m.content.startswith("**Job #1**")] == [first]
+        assert (await store.get_job(1)).progress_message_id == first.id
+        assert "1/4" in first.content or "%" in first.content, first.content  # it shows the progress

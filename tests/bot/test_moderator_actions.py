@@ -259,11 +259,11 @@ async def test_a_progress_message_whose_edits_keep_failing_goes_behind_the_other
     healthy = await _queued_and_claimed(fake, worker, "bob", "music", seed=2)
     edit_now, tried = relay._edit_now, []
 
-    async def edit_or_fail(job: Any, text: str) -> None:
+    async def edit_or_fail(job: Any, text: str, **how: Any) -> None:
         tried.append(job.id)
         if job.id == failing.id:
             raise ConnectionResetError("the connection dropped")  # as after discord.py's tries at 500s
-        await edit_now(job, text)
+        await edit_now(job, text, **how)
 
     monkeypatch.setattr(relay, "_edit_now", edit_or_fail)
     for window in (1, 2):

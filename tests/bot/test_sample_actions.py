@@ -129,6 +129,32 @@ async def test_the_continue_form_refuses_before_it_opens_and_each_take_is_new(
     assert jobs[0].params["seed"] != jobs[1].params["seed"]  # another take, not the same one again
 
 
+async def test_the_continue_form_fits_the_servers_longest_song_and_reads_10_seconds(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    """Where the longest song is 8 s, the form opened filled in with 10, refused as submitted; and
+    "10 seconds", which the README says it reads, did not fit its 6 characters."""
+    fake, store = fake_discord, sqlite_store
+    bot = await bot_runner.start(make_bot(fake, store))
+    sample_id = await _posted_preview(fake, store, bot)
+    message = sample_message(fake, sample_id)
+    assert message is not None
+    await store.set_guild_settings(GuildSettings(guild_id=fake.default_guild.id, max_length_seconds=8.0))
+
+    opened = await fake.click(message, f"jukebot:continue:{sample_id}", user=fake.user("bob"))
+    assert opened.modal is not None
+    (field,) = [c for row in opened.modal["components"] for c in row["components"]]
+    assert field["value"] == "8", field
+    queued = await reply_of(fake, await fake.submit_modal(opened, {"seconds": field["value"]}))
+    assert queued.startswith("Queued as job #2."), queued
+
+    await store.set_guild_settings(GuildSettings(guild_id=fake.default_guild.id))
+    opened = await fake.click(message, f"jukebot:continue:{sample_id}", user=fake.user("mod"))
+    queued = await reply_of(fake, await fake.submit_modal(opened, {"seconds": "10 seconds"}))
+    assert queued.startswith("Queued as job #3."), queued
+    assert (await store.get_job(3)).params["seconds"] == 10.0
+
+
 async def test_a_continue_form_opened_before_a_restart_still_queues(
     fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
 ) -> None:

@@ -150,6 +150,33 @@ def test_a_length_is_longer_than_its_prime_as_the_worker_measures_both() -> None
     assert sample_length_samples(accepted.params.seconds) > prompt_length_samples(10.0)
 
 
+def test_a_prime_that_fills_the_servers_longest_song_is_told_what_it_can_change() -> None:
+    """With 10 s the longest song here, a 12 s clip was told to "raise `length`" (past the limit),
+    naming a length the member never gave."""
+    tight = replace(LIMITS, max_length_seconds=10.0)
+    for length in (None, 10.0):
+        with pytest.raises(InvalidRequest) as refused:
+            build_generate(tight, GenerateOptions(model="5b", length=length, prime_duration=12.0))
+        assert str(refused.value) == (
+            "The prime (12.0 s) leaves no room for new music in this server's longest song (10 s), which "
+            "includes it: set `prime_seconds` under 10 s to continue from the clip's first seconds, or "
+            "attach a shorter clip."
+        )
+    with pytest.raises(
+        InvalidRequest, match=r"^The length \(20 s, the default\) includes the prime \(25\.0 s\)"
+    ):
+        build_generate(LIMITS, GenerateOptions(model="5b", prime_duration=25.0))
+    assert build_generate(tight, GenerateOptions(model="5b", prime_duration=12.0, prime_seconds=6.0))
+
+
+def test_a_continuation_without_a_length_keeps_to_the_servers_longest_song() -> None:
+    """/continue without `seconds` added 10 s, refused where the longest song is 8 s."""
+    parent = build_generate(LIMITS, GenerateOptions(model="5b_lyrics", artist="queen")).params
+    tight = replace(LIMITS, max_length_seconds=8.0)
+    made = build_continue(tight, parent, None, sample_id=1, parent_tokens=PREVIEW_TOKENS)
+    assert made.params.seconds == 8.0
+
+
 def test_prime_metadata_checks() -> None:
     check_prime_metadata(LIMITS, "a.wav", 1000)
     with pytest.raises(AttachmentRejected, match="empty"):

@@ -37,3 +37,10 @@ def test_jukebot_run_does_so_before_it_reads_its_settings() -> None:
 
     source = serve.run.callback.__code__.co_names  # type: ignore[union-attr]
     assert "keep_memory_private" in source
+
+
+def test_jukebot_worker_does_so_too() -> None:
+    """Its pool process's environment holds the database password (review of the deployment)."""
+    from jukebot.commands import serve
+
+    assert "keep_memory_private" in serve.worker.callback.__code__.co_names  # type: ignore[union-attr]

@@ -722,7 +722,10 @@ async def test_a_sqlite_file_whose_disk_could_fill_while_migrating_is_not_migrat
     monkeypatch.setattr(storage.migrate, "free_bytes", lambda folder: 2 * size - 1)
     with pytest.raises(NoRoomToMigrate) as refused:
         await upgrade_to_head_async(empty_db_url)
-    assert str(refused.value).startswith(f"migrating {path} may take up to twice its size (")
+    # The amount needed beside the amount free: "twice its size (1 MiB)" and "2 MiB free" read as a mistake.
+    needed, free = f"{2 * size / 2**20:.1f} MiB", f"{(2 * size - 1) / 2**20:.1f} MiB"
+    assert str(refused.value).startswith(f"migrating {path} may take up to twice its size ({needed}) more")
+    assert str(refused.value).endswith(f"that disk has {free} free")
     monkeypatch.setenv("DATABASE_URL", empty_db_url)
     said = database_problem(refused.value, load_settings())
     assert said is not None and said.endswith("then start again; nothing was changed.")
