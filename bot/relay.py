@@ -466,15 +466,7 @@ class ProgressRelay:
         if self._slow_edit_of(job.id) is not None:
             raise TimeoutError(f"Discord has not answered job #{job.id}'s last progress edit yet")
         edit = asyncio.create_task(self._edit_now(job, text, running=running), name=f"progress-edit-{job.id}")
-        done, _ = await asyncio.wait({edit}, timeout=wait_s)
-        if edit not in done:
-            self._slow_edits[job.id] = edit
-            edit.add_done_callback(functools.partial(_slow_edit_ended, job.id))
-            raise TimeoutError(
-                f"Discord has not answered job #{job.id}'s progress edit within {wait_s:.3g} s; it goes "
-                "on while the other jobs' progress does"
-            )
-        edit.result()
+        await _within(edit, wait_s, self._slow_edits, job.id, "progress edit")
 
     async def _edit_now(self, job: Job, text: str, *, running: bool = False) -> None:
         """The edit itself. `running`: a text rendered while the job ran, which may land after another
@@ -529,17 +521,7 @@ class ProgressRelay:
             self.post_progress_message(job_id, places, queued_here=queued_here),
             name=f"progress-post-{job_id}",
         )
-        done, _ = await asyncio.wait({posting}, timeout=wait_s)
-        if posting in done:
-            posting.result()
-            return
-        self._slow_posts[job_id] = posting
-        posting.add_done_callback(functools.partial(_forget_slow, self._slow_posts, job_id))
-        posting.add_done_callback(functools.partial(_slow_edit_ended, job_id))
-        raise TimeoutError(
-            f"Discord has not answered job #{job_id}'s new progress message within {wait_s:.3g} s; it goes "
-            "on while the other jobs' progress does"
-        )
+        await _within(posting, wait_s, self._slow_posts, job_id, "new progress message")
 
     async def post_progress_message(
         self, job_id: int, places: QueuePlaces | None = None, *, queued_here: bool = False
@@ -1161,6 +1143,26 @@ def _forget_slow(slow: dict[int, asyncio.Task[None]], job_id: int, ended: asynci
     """A posting past its time ended: forget it (unless another took its place)."""
     if slow.get(job_id) is ended:
         del slow[job_id]
+
+
+async def _within(
+    task: asyncio.Task[None], wait_s: float, slow: dict[int, asyncio.Task[None]], job_id: int, what: str
+) -> None:
+    """Wait `wait_s` at most for `task` (a progress edit or a new progress message), raising what it
+    raised; one Discord has not answered by then goes on without the pass, kept in `slow` until it
+    ends (never cancelled: discord.py cut short in its wait for a global rate limit leaves every later request
+    waiting), and TimeoutError says so."""
+    done, _ = await asyncio.wait({task}, timeout=wait_s)
+    if task in done:
+        task.result()
+        return
+    slow[job_id] = task
+    task.add_done_callback(functools.partial(_forget_slow, slow, job_id))
+    task.add_done_callback(functools.partial(_slow_edit_ended, job_id))
+    raise TimeoutError(
+        f"Discord has not answered job #{job_id}'s {what} within {wait_s:.3g} s; it goes on while the "
+        "other jobs' progress does"
+    )
 
 
 def _slow_edit_ended(job_id: int, edit: asyncio.Task[None]) -> None:

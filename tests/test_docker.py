@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from jukebot.cli import main
+from jukebot.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKER = REPO / "docker"
@@ -79,22 +80,29 @@ def test_compose_has_postgres_bot_gpu_worker_and_a_model_tool(compose: dict[str,
     assert services["worker"]["environment"]["DISCORD_TOKEN"] == ""  # a worker never needs it
 
 
-@pytest.mark.parametrize("service", ["worker", "models"])
-def test_no_token_reaches_the_worker_image_whichever_name_env_gives_it(
-    compose: dict[str, Any], service: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Compose puts `.env`'s variables in the container, then the service's `environment` over them:
-    blanking DISCORD_TOKEN alone let a `.env` JUKEBOT_DISCORD_TOKEN through, and that name wins."""
-    from jukebot.settings import Settings
+def container_settings(
+    compose: dict[str, Any], service: str, dotenv: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> Settings:
+    """The settings `service` reads in its container: `.env`'s variables (`dotenv`), with the service's
+    `environment` over them, as Compose puts them, and nothing else of this process's."""
 
-    dotenv = {"DISCORD_TOKEN": "the.bot.token", "JUKEBOT_DISCORD_TOKEN": "the.bot.token"}
     container = dotenv | compose["services"][service]["environment"]
     for name in list(os.environ):
         if name.startswith("JUKEBOT_") or name in ("DISCORD_TOKEN", "DATABASE_URL"):
             monkeypatch.delenv(name)
     for name, value in container.items():
         monkeypatch.setenv(name, str(value))
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    return Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("service", ["worker", "models"])
+def test_no_token_reaches_the_worker_image_whichever_name_env_gives_it(
+    compose: dict[str, Any], service: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Compose puts `.env`'s variables in the container, then the service's `environment` over them:
+    blanking DISCORD_TOKEN alone let a `.env` JUKEBOT_DISCORD_TOKEN through, and that name wins."""
+    dotenv = {"DISCORD_TOKEN": "the.bot.token", "JUKEBOT_DISCORD_TOKEN": "the.bot.token"}
+    settings = container_settings(compose, service, dotenv, monkeypatch)
     assert settings.discord_token is None or not settings.discord_token.get_secret_value().strip()
 
 
@@ -104,16 +112,8 @@ def test_the_compose_database_is_used_whichever_name_env_gives_another(
 ) -> None:
     """Compose set DATABASE_URL over `.env`'s, but a `.env` JUKEBOT_DATABASE_URL (a local set-up's
     SQLite file) wins over that name: the bot and the worker each used a file of its own."""
-    from jukebot.settings import Settings
-
     dotenv = {"JUKEBOT_DATABASE_URL": "sqlite:////tmp/local.sqlite3", "DATABASE_URL": "sqlite:///x.db"}
-    container = dotenv | compose["services"][service]["environment"]
-    for name in list(os.environ):
-        if name.startswith("JUKEBOT_") or name in ("DISCORD_TOKEN", "DATABASE_URL"):
-            monkeypatch.delenv(name)
-    for name, value in container.items():
-        monkeypatch.setenv(name, str(value))
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    settings = container_settings(compose, service, dotenv, monkeypatch)
     assert settings.database_url == compose["x-database-url"].replace(
         "postgresql://", "postgresql+asyncpg://"
     )

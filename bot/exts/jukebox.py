@@ -121,11 +121,11 @@ class Jukebox(commands.Cog):
         # Why a form was let go before it came back (its key: a few bytes), newest last, to say so.
         self._forms_let_go: OrderedDict[str, str] = OrderedDict()
         self.lyrics_form_timeout_s = LYRICS_FORM_HOURS * 3600.0
+        # (when read, the models live workers serve), for `_autocomplete_model`
+        self._served_for_autocomplete: tuple[float, frozenset[str]] = (-math.inf, frozenset())
         # Members whose clip is downloading or decoding now. The job limits are checked before the
         # download and enforced only when the job is stored: without one clip at a time, a burst of
         # requests from one member would download and decode them all, for one place in the queue.
-        # (when read, the models live workers serve), for `_autocomplete_model`
-        self._served_for_autocomplete: tuple[float, frozenset[str]] = (-math.inf, frozenset())
         self.fetching_prime = actions.OnePerMember(
             "Your previous clip is still being downloaded and checked; wait for its answer, then send "
             "this request again."
