@@ -168,6 +168,11 @@ class JobRow(Base):
     max_running_per_user: Mapped[int | None] = mapped_column(Integer)
     lease_owner: Mapped[str | None] = mapped_column(String(255))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The lease's length, and when one that ran out may be taken over: a lease after a recovery pass
+    # first saw it run out. A worker cut off from the database renews it when it sees the database
+    # back, which may be after someone else saw it first (see `JobStore.requeue_expired`).
+    lease_seconds: Mapped[float | None] = mapped_column(Float)
+    lease_lapse_ends_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     progress: Mapped[float] = mapped_column(Float)  # 0..1 over the whole job
     stage: Mapped[str | None] = mapped_column(String(64))

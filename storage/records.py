@@ -68,6 +68,9 @@ class Job:
     # The user's running-jobs limit the job waits under (`claim` leaves it queued while that many of
     # the user's jobs in the server run); None: none.
     max_running_per_user: int | None = field(default=None, kw_only=True)
+    # A lease that ran out, seen so: the job is taken over from then unless its worker renews it first
+    # (it may only have been cut off from the database). None: the lease holds, or no lease.
+    lease_lapse_ends_at: datetime | None = field(default=None, kw_only=True)
 
     @property
     def finished(self) -> bool:

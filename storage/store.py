@@ -142,9 +142,10 @@ PARAMS_TEXT = sql_cast(jobs.c.params, Text).label("params")
 UNREADABLE_PARAMS_KEY = "unreadable_stored_params"
 # Alembic's own table (its default name and column): which migrations the database has.
 _ALEMBIC_VERSION = Table("alembic_version", MetaData(), Column("version_num", String(32), primary_key=True))
-# Listings leave the (possibly megabytes of) checkpoint in the database.
+# Listings leave the (possibly megabytes of) checkpoint in the database, and the lease's length.
+_NOT_LISTED = {"checkpoint", "lease_seconds"}
 JOB_COLUMNS = [
-    PARAMS_TEXT if column.name == "params" else column for column in jobs.c if column.name != "checkpoint"
+    PARAMS_TEXT if column.name == "params" else column for column in jobs.c if column.name not in _NOT_LISTED
 ] + [jobs.c.checkpoint.is_not(None).label("has_checkpoint")]
 CLAIMED_JOB_COLUMNS = [*JOB_COLUMNS, jobs.c.checkpoint]
 CLAIMED_JOB_COLUMNS_WITHOUT_BLOB = [*JOB_COLUMNS, func.length(jobs.c.checkpoint).label("checkpoint_bytes")]
@@ -345,7 +346,7 @@ def _check_new_sample(sample: NewSample, job_model: str) -> dict[str, Any]:
 
 
 def _lease_cleared() -> dict[str, Any]:
-    return {"lease_owner": None, "lease_expires_at": None}
+    return {"lease_owner": None, "lease_expires_at": None, "lease_seconds": None, "lease_lapse_ends_at": None}
 
 
 # The jobs an operator may put back in the queue (`JobStore.retry_job`), and whose leftovers
@@ -432,6 +433,60 @@ class JobStore:
     def _lease_end(self, lease_seconds: float) -> ColumnElement[datetime]:
         """When a lease taken or renewed now runs out, by the same clock as `_lease_now`."""
         return self._lease_now_plus(timedelta(seconds=lease_seconds))
+
+    def _lease_renewed(self, lease_seconds: float) -> dict[str, Any]:
+        """The values of a lease taken or renewed now (a lapse seen earlier is forgotten)."""
+        return {
+            "lease_expires_at": self._lease_end(lease_seconds),
+            "lease_seconds": lease_seconds,
+            "lease_lapse_ends_at": None,
+        }
+
+    def _lapse_over(self, now: ColumnElement[datetime]) -> ColumnElement[bool]:
+        """Whether a lease that ran out (by `now`) may be taken over: a lease after it was first seen
+        run out (`_note_lapses`), or at once if taken before that rule (no length kept)."""
+        return or_(
+            jobs.c.lease_seconds.is_(None),
+            and_(jobs.c.lease_lapse_ends_at.is_not(None), jobs.c.lease_lapse_ends_at < now),
+        )
+
+    async def _note_lapses(
+        self, connection: AsyncConnection, *which: ColumnElement[bool], now: datetime | None = None
+    ) -> None:
+        """Note, for each lease among `which` seen run out for the first time, that it may be taken
+        over a lease from now (by the lease clock, or `now`); a heartbeat forgets it.
+
+        A worker cut off from the database for longer than its lease renews it once it sees the
+        database back (on Postgres within 5/6 of a lease: a heartbeat try cut short at a quarter,
+        its pause of at most a third, the next try; SQLite is a local file, its writers wait in turn).
+        Whoever looks first (a claim, a recovery pass) may have seen no outage: one that fell between
+        its calls, or one on the worker's path alone. Taken over at once, the job lost every window
+        sampled meanwhile, and an attempt."""
+        expired_before = self._lease_now() if now is None else literal(now, UTCDateTime())
+        unseen = (
+            await connection.execute(
+                select(jobs.c.id, jobs.c.lease_seconds)
+                .where(
+                    jobs.c.status.in_([status.value for status in ACTIVE_STATUSES]),
+                    jobs.c.lease_expires_at < expired_before,
+                    jobs.c.lease_lapse_ends_at.is_(None),
+                    jobs.c.lease_seconds.is_not(None),
+                    *which,
+                )
+                .with_for_update(skip_locked=True)  # a row being written waits for a later look
+            )
+        ).all()
+        by_length: dict[float, list[int]] = {}
+        for row in unseen:
+            by_length.setdefault(row.lease_seconds, []).append(row.id)
+        for lease_seconds, ids in sorted(by_length.items()):
+            offset = timedelta(seconds=lease_seconds)
+            end = self._lease_now_plus(offset) if now is None else literal(now + offset, UTCDateTime())
+            await connection.execute(
+                update(jobs)
+                .where(jobs.c.id.in_(ids), jobs.c.lease_lapse_ends_at.is_(None))
+                .values(lease_lapse_ends_at=end)
+            )
 
     def _lease_now_plus(self, offset: timedelta) -> ColumnElement[datetime]:
         """`_lease_now()` moved by `offset` (negative: a time in the past), by the same clock."""
@@ -694,7 +749,6 @@ class JobStore:
         orphaned_by: Collection[str] = (),
         with_checkpoint: bool = True,
         reclaim_own: bool = False,
-        take_expired: bool = True,
     ) -> ClaimedJob | None:
         """Take the next job for one of `models`, or None when there is none.
 
@@ -704,14 +758,11 @@ class JobStore:
 
         A queued job waits while its user has as many jobs running in its server as the limit it
         was queued with (`enqueue(max_running_per_user=…)`): later jobs, other users' first, go
-        ahead of it. Besides queued jobs it takes a running job whose lease ran out (its worker went silent:
-        it waits for the lease, not also for the next `requeue_expired`), and first of all a
+        ahead of it. Besides queued jobs it takes a running job whose lease ran out a lease after a
+        claim or a recovery pass first saw it so (`_note_lapses`: its worker went silent), and first of all a
         running job held by one of `orphaned_by`, lease owners the caller knows are dead (a
         predecessor on its own machine and device). Taking over a job counts an attempt, as
         `requeue_expired` does; a job out of attempts is left for `requeue_expired` to fail.
-
-        `take_expired=False` leaves running jobs whose lease ran out to their workers (a database that
-        was away for longer than a lease: they renew it when they see it back).
 
         `reclaim_own=True` says the caller runs no job, yet an earlier claim of its may have been
         committed with its answer lost (the connection dropped, the call timed out): a running job
@@ -756,7 +807,9 @@ class JobStore:
                     jobs.c.status == JobStatus.QUEUED.value,
                     or_(jobs.c.max_running_per_user.is_(None), users_running < jobs.c.max_running_per_user),
                 ),
-                and_(running, jobs.c.lease_expires_at < self._lease_now()) if take_expired else false(),
+                and_(
+                    running, jobs.c.lease_expires_at < self._lease_now(), self._lapse_over(self._lease_now())
+                ),
                 orphaned,
                 lost_claim,
             )
@@ -778,7 +831,7 @@ class JobStore:
                         (and_(taken_over, ~lost_claim), jobs.c.attempts + 1), else_=jobs.c.attempts
                     ),
                     lease_owner=worker_id,
-                    lease_expires_at=self._lease_end(lease_seconds),
+                    **self._lease_renewed(lease_seconds),
                     started_at=func.coalesce(jobs.c.started_at, literal(now, UTCDateTime())),
                     updated_at=now,
                 )
@@ -788,6 +841,7 @@ class JobStore:
                 # Claims one at a time: two at once could each count a user's running jobs below the
                 # limit and take one each (SQLite's write transactions already run alone).
                 await connection.execute(select(func.pg_advisory_xact_lock(CLAIM_LOCK_KEY)))
+            await self._note_lapses(connection)  # taken over a lease after (`takeable`)
             if reclaim_own:  # its lost claim's job, cancelled meanwhile: nobody runs it, so it ends now
                 await connection.execute(
                     update(jobs)
@@ -885,7 +939,7 @@ class JobStore:
                 connection,
                 job_id,
                 worker_id,
-                {"lease_expires_at": self._lease_end(lease_seconds), "updated_at": now},
+                {**self._lease_renewed(lease_seconds), "updated_at": now},
                 jobs.c.lease_expires_at,
             )
         return Heartbeat(
@@ -1145,27 +1199,42 @@ class JobStore:
         return owner.status in (JobStatus.CANCELLING, JobStatus.CANCELLED)
 
     async def requeue_expired(
-        self, now: datetime | None = None, *, spare_job: int | None = None, only_job: int | None = None
+        self,
+        now: datetime | None = None,
+        *,
+        spare_job: int | None = None,
+        only_job: int | None = None,
+        at_once: bool = False,
     ) -> list[tuple[int, JobStatus]]:
         """Recover jobs whose worker stopped heartbeating; returns (job id, new status) pairs.
 
         Back to `queued` with one more attempt (checkpoint kept); `failed` once
         `max_attempts` leases were lost; a job being cancelled becomes `cancelled`. `spare_job`, the
         one the worker scanning runs now (it knows it is alive), is left alone; `only_job`: that one
-        alone is looked at (the operator's cancel). `now` (for tests) replaces the lease clock.
+        alone is looked at (the operator's cancel or retry). `now` (for tests) replaces the lease clock.
+
+        A lease that ran out is recovered only a lease after it was first seen run out (see
+        `_note_lapses`); `at_once`: as soon as it ran out (a cancel, which a live worker would obey).
         """
         expired_before = self._lease_now() if now is None else literal(now, UTCDateTime())
-        now = now or self._clock()
+        which = (
+            true() if spare_job is None else jobs.c.id != spare_job,
+            true() if only_job is None else jobs.c.id == only_job,
+        )
+        lapse_over = true() if at_once else self._lapse_over(expired_before)
+        lease_clock, now = now, now or self._clock()
         changed: list[tuple[int, JobStatus]] = []
         async with self._transaction() as connection:
+            if not at_once:
+                await self._note_lapses(connection, *which, now=lease_clock)
             expired = (
                 await connection.execute(
                     select(jobs.c.id, jobs.c.status, jobs.c.attempts, jobs.c.max_attempts, jobs.c.lease_owner)
                     .where(
                         jobs.c.status.in_([status.value for status in ACTIVE_STATUSES]),
                         jobs.c.lease_expires_at < expired_before,
-                        true() if spare_job is None else jobs.c.id != spare_job,
-                        true() if only_job is None else jobs.c.id == only_job,
+                        lapse_over,
+                        *which,
                     )
                     .order_by(jobs.c.id)
                     # A row another transaction holds (its worker's write in flight, or a client that
@@ -1202,6 +1271,7 @@ class JobStore:
                         jobs.c.status == job.status,
                         jobs.c.lease_owner == job.lease_owner,
                         jobs.c.lease_expires_at < expired_before,
+                        lapse_over,
                     )
                     .values(status=new_status.value, **values)
                     .returning(jobs.c.id)

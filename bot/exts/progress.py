@@ -12,13 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 
 from discord.ext import commands
 
 from bot.bot import JukeBot
 from bot.relay import ProgressRelay
-from storage.errors import database_unreachable
 from storage.records import Job
 
 log = logging.getLogger(__name__)
@@ -50,22 +48,14 @@ class Progress(commands.Cog):
 
     async def _recover_expired(self) -> None:
         """Every `worker_requeue_seconds`, as workers do: a job whose worker stopped heartbeating goes
-        back to the queue (or fails, out of attempts; a cancel in progress ends as cancelled). For a
-        lease after the database was found back from an outage, none is: their workers renew the
-        leases that ran out meanwhile (see `Worker._sparing_lapsed_leases`)."""
-        loop = asyncio.get_running_loop()
-        away, back_at = False, -math.inf
+        back to the queue (or fails, out of attempts; a cancel in progress ends as cancelled), a
+        lease after this or another pass first saw its lease run out (the store's rule: a worker cut
+        off from the database renews it once it sees the database back)."""
         while True:
             await asyncio.sleep(self.bot.settings.worker_requeue_seconds)  # a period, not a wait for state
             try:
-                if away:
-                    await self.bot.store.served_models()  # is it back?
-                    away, back_at = False, loop.time()
-                if loop.time() - back_at < self.bot.settings.worker_lease_seconds:
-                    continue
                 changed = await self.bot.store.requeue_expired()
             except Exception as exc:  # e.g. the database is away: the next round tries again
-                away = away or database_unreachable(exc)
                 log.warning("could not recover the jobs of dead workers: %r", exc)
                 continue
             if changed:

@@ -251,7 +251,10 @@ async def _run_bot(settings: Settings, sync_guilds: tuple[int, ...]) -> None:
     type=FiniteFloatRange(min=MIN_LEASE_SECONDS, max=DAY_SECONDS),
     default=None,
     show_default=_setting_default("worker_lease_seconds"),
-    help="A job whose worker is silent this long goes back to the queue.",
+    help=(
+        "A job whose worker is silent this long, and a lease more after a recovery pass saw it so, "
+        "goes back to the queue."
+    ),
 )
 @click.option(
     "--requeue-seconds",

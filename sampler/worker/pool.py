@@ -239,7 +239,7 @@ class WorkerPool:
         if not job:
             resumes = ""
         elif last_attempt:
-            resumes = f" (job #{job} is out of attempts: it fails once its lease runs out)"
+            resumes = f" (job #{job} is out of attempts: it fails a lease after its lease is seen run out)"
         else:
             resumes = f" (job #{job} resumes from its checkpoint)"
         # Only a worker that got to serve and then lived a while restarts at once. One that dies before

@@ -24,8 +24,8 @@ carrying a checkpoint or samples) and the connection it hung on is discarded; tr
 through an outage are made again at once when it ends. Only the database can say the lease is
 lost (another worker holds the job, or it went back to the queue), and only that stops the run:
 a lease that ran out while the database was away stays the worker's until someone takes the job,
-and for a lease after the database is back no worker takes over, or requeues, such a job (nor
-ever the one it runs), so a worker cut off for longer than its lease renews it and stores its work.
+and nobody does for a lease after first seeing it run out (the store's rule; nor does a worker ever
+take the one it runs), so a worker cut off for longer than its lease renews it and stores its work.
 A worker that is stopping (a stop signal, or its pool gone: nobody would ever kill it) waits for the
 database only until the job's lease has run out, then leaves the job to its lease (it comes back
 from its last stored checkpoint) and exits, freeing its device.
@@ -154,7 +154,7 @@ class WorkerConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
-    lease_seconds: float = 60.0  # a job whose worker is silent this long goes back to the queue
+    lease_seconds: float = 60.0  # silent this long, and a lease more once seen so: back to the queue
     poll_seconds: float = 0.5  # first wait when the queue is empty…
     max_poll_seconds: float = 5.0  # …doubling up to this while it stays empty
     progress_seconds: float = 2.0  # at most one progress write per this many seconds
@@ -635,7 +635,6 @@ class Worker:
         self._recorded_at = -math.inf
         # Set while database calls fail for want of a database (read by the runner thread too).
         self.database_away = False
-        self._database_back_at = -math.inf  # when it was last found back (the event loop's clock)
         # A SQLite file does not go silent, and its writers legitimately wait for one another (the
         # busy timeout): its calls are not cut short.
         self._calls_bounded = store.engine.dialect.name != "sqlite"
@@ -682,7 +681,6 @@ class Worker:
     def _database_back(self) -> None:
         if self.database_away:
             self.database_away = False
-            self._database_back_at = asyncio.get_running_loop().time()
             log.warning("worker %s: the database is reachable again", self.worker_id)
             # Tries that waited through the outage are cut short now, not at their time limit (a
             # checkpoint's is a whole lease, while the runner waits for it): they try again at once.
@@ -732,14 +730,6 @@ class Worker:
         finally:
             self._tries.pop(limit, None)
             self._superseded.discard(limit)
-
-    def _sparing_lapsed_leases(self) -> bool:
-        """While the database is away, and for a lease after its return: the leases that ran out
-        meanwhile are left to their workers, which renew them and store what they did once they see
-        it back (as this worker does its own), rather than taken over, losing that work and an
-        attempt."""
-        since_back = asyncio.get_running_loop().time() - self._database_back_at
-        return self.database_away or since_back < self.config.lease_seconds
 
     def _pause(self, failures: int) -> float:
         return doubling_delay(0.25, failures, self.config.retry_max_seconds)
@@ -877,7 +867,6 @@ class Worker:
                             orphaned_by=orphaned_by,
                             with_checkpoint=False,
                             reclaim_own=self._claim_unanswered,
-                            take_expired=not self._sparing_lapsed_leases(),
                         )
                     )
                     self._claim_unanswered = False
@@ -1096,8 +1085,8 @@ class Worker:
                 )
             else:
                 log.warning(
-                    "worker %s: %s exited holding job #%s, which has no attempts left; it fails once "
-                    "its lease runs out",
+                    "worker %s: %s exited holding job #%s, which has no attempts left; it fails a lease "
+                    "after its lease is seen run out",
                     self.worker_id,
                     owner,
                     job.id,
@@ -1111,11 +1100,9 @@ class Worker:
                 if self.database_away:  # found back by this scan's call, or another
                     await self._call(self.store.served_models())
                     self._database_back()
-                recovered = (
-                    []
-                    if self._sparing_lapsed_leases()
-                    else await self._call(self.store.requeue_expired(spare_job=self.running_job))
-                )
+                # A lease that ran out while the database was away is left to its worker for a lease
+                # more (the store's rule): it renews it, and stores what it did, once it sees it back.
+                recovered = await self._call(self.store.requeue_expired(spare_job=self.running_job))
                 for job_id, status in recovered:
                     log.warning("job #%s: its worker stopped heartbeating; now %s", job_id, status.value)
                 if await self._schema_moved_on():

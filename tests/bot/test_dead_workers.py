@@ -4,13 +4,15 @@ recovers their jobs when the leases run out: nothing shows "running" for ever, a
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
+from sqlalchemy import select
 
 from storage.models import JobStatus, utcnow
-from storage.store import JobStore
+from storage.records import ClaimedJob
+from storage.store import JobStore, jobs
 from tests.bot.conftest import BotRunner
 from tests.bot.fake_discord import FakeDiscord
 from tests.bot.harness import (
@@ -27,6 +29,15 @@ from tests.waiting import wait_until
 
 LEASE_S = 600  # PlayedWorker's
 T = TypeVar("T")
+
+
+async def lapse_seen(store: JobStore, *job_ids: int) -> bool:
+    """Whether a recovery pass saw these jobs' leases run out (they are recovered a lease later)."""
+    async with store.engine.connect() as connection:
+        seen = await connection.execute(
+            select(jobs.c.id).where(jobs.c.id.in_(job_ids), jobs.c.lease_lapse_ends_at.is_not(None))
+        )
+        return len(seen.all()) == len(job_ids)
 
 
 async def test_the_bot_recovers_the_jobs_of_a_worker_that_died(
@@ -48,6 +59,11 @@ async def test_the_bot_recovers_the_jobs_of_a_worker_that_died(
 
     clock.advance(LEASE_S + 1)  # no heartbeat: the leases run out
     await PlayedWorker(store, worker_id="another-worker").start()  # one that lives, for the queue place
+    await wait_until(
+        lambda: lapse_seen(store, first.id, second.id), 10.0, "the bot to see the leases run out"
+    )
+    assert (await store.get_job(first.id)).status is JobStatus.RUNNING  # its worker may be cut off
+    clock.advance(LEASE_S + 1)  # …for a lease more: it is dead
 
     async def recovered() -> bool:
         statuses = ((await store.get_job(first.id)).status, (await store.get_job(second.id)).status)
@@ -133,6 +149,19 @@ class RecoveryCallsThatFail(JobStore):
         return await self._as_the_database_is("served_models", super().served_models())
 
 
+async def a_job_running_beside_a_bot(
+    fake: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> tuple[RecoveryCallsThatFail, FakeClock, PlayedWorker, ClaimedJob]:
+    """A bot recovering leases every 0.05 s, and a job its worker runs (leases by the returned clock)."""
+    clock = FakeClock(utcnow())
+    store = RecoveryCallsThatFail(sqlite_store.engine, clock=clock)
+    settings = make_settings(worker_requeue_seconds=0.05, worker_lease_seconds=5.0)
+    await bot_runner.start(make_bot(fake, store, settings))
+    await queue_song(fake, "alice")
+    worker = PlayedWorker(store)
+    return store, clock, worker, await worker.claim()
+
+
 async def test_after_an_outage_the_bot_leaves_lapsed_leases_to_their_workers_for_a_lease(
     fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
 ) -> None:
@@ -140,14 +169,7 @@ async def test_after_an_outage_the_bot_leaves_lapsed_leases_to_their_workers_for
     lease when it sees the database back. The bot's recovery, which runs beside it, must not put
     the job back in the queue first (that lost every window sampled during the outage, and an
     attempt); a worker that really died is still recovered, a lease later."""
-    fake = fake_discord
-    clock = FakeClock(utcnow())
-    store = RecoveryCallsThatFail(sqlite_store.engine, clock=clock)
-    settings = make_settings(worker_requeue_seconds=0.05, worker_lease_seconds=5.0)
-    await bot_runner.start(make_bot(fake, store, settings))
-    await queue_song(fake, "alice")
-    worker = PlayedWorker(store)
-    job = await worker.claim()
+    store, clock, worker, job = await a_job_running_beside_a_bot(fake_discord, bot_runner, sqlite_store)
 
     store.away = True
 
@@ -163,12 +185,39 @@ async def test_after_an_outage_the_bot_leaves_lapsed_leases_to_their_workers_for
         return len(store.answered) > answered_before
 
     await wait_until(the_bot_saw_it_back, 10.0, "the bot to find the database back")
+    await wait_until(lambda: lapse_seen(store, job.id), 10.0, "the bot to see the lease run out")
     await store.heartbeat(job.id, worker.worker_id, LEASE_S)  # the worker renews its lease: still its own
     assert (await store.get_job(job.id)).status is JobStatus.RUNNING
 
     clock.advance(LEASE_S + 1)  # now it really died
+    await wait_until(lambda: lapse_seen(store, job.id), 10.0, "the bot to see the lease run out again")
+    clock.advance(LEASE_S + 1)
 
     async def recovered() -> bool:
         return (await store.get_job(job.id)).status is JobStatus.QUEUED
 
     await wait_until(recovered, 30.0, "the bot to recover the job of a worker that died")
+
+
+async def test_a_lease_that_ran_out_in_an_outage_the_bot_never_saw_is_left_to_its_worker(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    """The database was away between two of the bot's recovery passes (or only on the worker's path):
+    the bot saw no outage, yet the lease ran out meanwhile. Its next pass must leave the job to its
+    worker, which renews the lease when it sees the database back; it put the job back in the queue,
+    losing every window sampled during the outage, and an attempt."""
+    store, clock, worker, job = await a_job_running_beside_a_bot(fake_discord, bot_runner, sqlite_store)
+
+    def two_passes_since(passes: int) -> Callable[[], Awaitable[bool]]:
+        async def done() -> bool:  # the second surely began after: the first may have read the clock before
+            return store.answered[passes:].count("requeue_expired") >= 2
+
+        return done
+
+    clock.advance(LEASE_S + 1)  # the worker's heartbeats did not get through
+    await wait_until(two_passes_since(len(store.answered)), 10.0, "recovery passes after the lease ran out")
+    assert (await store.get_job(job.id)).status is JobStatus.RUNNING
+    await store.heartbeat(job.id, worker.worker_id, LEASE_S)  # the worker sees the database back
+    await wait_until(two_passes_since(len(store.answered)), 10.0, "recovery passes after the renewal")
+    after = await store.get_job(job.id)
+    assert (after.status, after.lease_owner, after.attempts) == (JobStatus.RUNNING, worker.worker_id, 0)

@@ -356,9 +356,13 @@ def test_retry_queues_failed_and_cancelled_jobs_and_refuses_the_others(database:
     )
 
 
-def test_retry_queues_at_once_a_running_job_whose_worker_is_gone(database: str) -> None:
+def test_retry_queues_a_running_job_whose_worker_is_gone_once_its_lease_lapsed_for_a_lease(
+    database: str,
+) -> None:
     """Its worker was killed a month ago and no bot or worker runs to find its lease over: retry
-    said "it is running" of a job nothing ran, until one did."""
+    said "it is running" of a job nothing ran, until one did. A lease that ran out is recovered a
+    lease after it was first seen so (its worker may only be cut off from the database, and renew it
+    when it sees the database back): a retry that is the first to see it says until when."""
 
     async def running(store: JobStore, worker: str, checkpoint: bytes | None) -> int:
         job_id = await enqueue(store)
@@ -371,17 +375,30 @@ def test_retry_queues_at_once_a_running_job_whose_worker_is_gone(database: str) 
     live = FakeClock(datetime.now(UTC))
     alive = with_store(database, lambda store: running(store, "worker-b", None), live)
     gone = with_store(database, lambda store: running(store, WORKER, b"windows 1-3"))  # a month ago
-    result = jobs("retry", str(gone), str(alive))
+    # A bot saw its lease run out a month ago, then stopped.
+    seen = with_store(database, lambda store: store.requeue_expired(now=A_MONTH_AGO + timedelta(hours=1)))
+    assert seen == []
+    later = FakeClock(A_MONTH_AGO + timedelta(hours=1, minutes=5))  # its lease ran out after: unseen
+    unseen = with_store(database, lambda store: running(store, "worker-c", None), later)
+    result = jobs("retry", str(gone), str(alive), str(unseen))
     assert result.exit_code == 1
     assert result.stdout == (
         f"Job #{gone} is queued again (its worker had stopped renewing its lease: it is gone); "
         "it resumes from its checkpoint.\n"
     )
-    assert result.stderr == (
+    refused, error = result.stderr.splitlines()[1:], result.stderr.splitlines()[-1]
+    assert result.stderr.startswith(
         f"Job #{alive} was not retried: it is running (only a failed or cancelled job can be).\n"
-        "Error: 1 of 2 jobs was not retried (see above).\n"
+        f"Job #{unseen} was not retried: its worker stopped renewing its lease, but may only be cut off "
+        "from the database; it keeps the job until "
     )
-    claimed = with_store(database, lambda store: store.claim("worker-c", [MODEL], lease_seconds=60), live)
+    assert refused[0].endswith(
+        " UTC unless it renews the lease by then. Retry after that to queue it again now."
+    )
+    assert error == "Error: 2 of 3 jobs were not retried (see above)."
+    until = datetime.strptime(refused[0].split("until ")[1][:19], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+    assert timedelta(seconds=590) < until - live.now < timedelta(seconds=610)  # a lease from now
+    claimed = with_store(database, lambda store: store.claim("worker-d", [MODEL], lease_seconds=60), live)
     assert claimed is not None and (claimed.id, claimed.checkpoint) == (gone, b"windows 1-3")
 
 

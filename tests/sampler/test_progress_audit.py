@@ -91,7 +91,8 @@ async def test_a_resumed_job_never_shows_less_than_its_last_attempt(engine: Asyn
         job_id, "died", stage="sampling", progress=0.6, tokens_done=60, tokens_total=100
     )
     await store.save_checkpoint(job_id, "died", b"60 of 100 tokens")
-    await store.requeue_expired(now=utcnow() + timedelta(hours=1))  # the worker died
+    await store.requeue_expired(now=utcnow() + timedelta(hours=1))  # the worker died: seen run out…
+    await store.requeue_expired(now=utcnow() + timedelta(days=2))  # …and recovered a lease later
     store.fractions.clear()
     worker = Worker(store, ResumingRunner(store), DeviceSpec.cpu(), config=FAST)  # type: ignore[arg-type]
     try:

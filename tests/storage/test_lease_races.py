@@ -89,7 +89,9 @@ async def test_samples_stored_by_a_worker_that_lost_its_lease_meanwhile_are_drop
             await wait_until(
                 lambda: insert_waiting(store.engine), 30, "the samples' insert to wait for the lock"
             )
-            clock.advance(LEASE + 1)  # gpu-0 went silent; another worker takes the job over
+            clock.advance(LEASE + 1)  # gpu-0 went silent; another worker takes the job over, a lease
+            assert await store.requeue_expired() == []  # after a recovery pass saw it silent
+            clock.advance(LEASE + 1)
             taken = await store.claim("gpu-1", [MODEL], LEASE)
         except BaseException:
             completing.cancel()

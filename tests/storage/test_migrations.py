@@ -38,6 +38,7 @@ from storage.migrate import (
 )
 from storage.models import Base, JobStatus, UTCDateTime
 from storage.store import JobStore
+from tests.conftest import FakeClock
 from tests.waiting import wait_until
 
 TABLES = {"jobs", "samples", "votes", "primes", "guild_settings", "workers", "left_guilds"}
@@ -429,6 +430,8 @@ async def test_0005_allows_curate_jobs_and_refuses_to_downgrade_over_them(empty_
     assert sorted(
         (diff[0], diff[2], diff[3].name) for diff in diffs if diff[0] not in {"add_table", "add_index"}
     ) == [
+        ("add_column", "jobs", "lease_lapse_ends_at"),
+        ("add_column", "jobs", "lease_seconds"),
         ("add_column", "jobs", "level_windows"),
         ("add_column", "jobs", "max_running_per_user"),
         ("add_column", "samples", "message_parts_limit"),
@@ -489,6 +492,7 @@ async def test_0007_adds_the_running_limit_that_older_jobs_leave_empty(empty_db_
         await engine.dispose()
     await upgrade_async(url, "0007")
     assert "max_running_per_user" in (await _columns(url))["jobs"]
+    await upgrade_to_head_async(url)  # the store of today, on the rows 0007 left
     engine = create_engine(url)
     try:  # jobs queued before it have no limit: both of the user's run at once, as they did
         store = JobStore(engine)
@@ -584,6 +588,7 @@ async def test_0009_records_the_servers_older_bots_left_and_takes_the_table_away
     finally:
         await engine.dispose()
     await upgrade_async(url, "0009")
+    await upgrade_to_head_async(url)  # the store of today, on the rows 0009 left
     engine = create_engine(url)
     try:
         store = JobStore(engine)
@@ -733,3 +738,49 @@ async def test_a_sqlite_file_whose_disk_could_fill_while_migrating_is_not_migrat
     monkeypatch.setattr(storage.migrate, "free_bytes", lambda folder: 2 * size)
     await upgrade_to_head_async(empty_db_url)
     assert await current_revision_async(empty_db_url) == head_revision()
+
+
+LEASE = timedelta(seconds=60)
+
+
+async def test_0012_keeps_the_lease_length_and_recovers_older_lapsed_leases_at_once(
+    empty_db_url: str,
+) -> None:
+    """A lease taken before 0012 has no length to wait for after a recovery pass saw it run out: it is
+    recovered at once, as then; one taken after waits a lease after that pass."""
+    url = empty_db_url
+    job = {"channel_id": 1, "user_id": 2, "model": "5b", "params": {}, "kind": "generate", "progress": 0.0}
+    job |= {"status": "running", "priority": 0, "attempts": 0, "max_attempts": 3}
+    job |= {"created_at": T0, "updated_at": T0}
+    await upgrade_async(url, "0011")
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                JOBS_0001.insert(), [{**job, "id": 1}, {**job, "id": 2, "status": "queued"}]
+            )
+            lease = sa.table(
+                "jobs",
+                sa.column("id"),
+                sa.column("lease_owner"),
+                sa.column("lease_expires_at", UTCDateTime()),
+            )
+            await connection.execute(
+                lease.update().where(lease.c.id == 1).values(lease_owner="old", lease_expires_at=T0 + LEASE)
+            )
+    finally:
+        await engine.dispose()
+    await upgrade_async(url, "0012")
+    assert {"lease_seconds", "lease_lapse_ends_at"} <= set((await _columns(url))["jobs"])
+    engine = create_engine(url)
+    try:
+        store = JobStore(engine, clock=FakeClock(T0 + timedelta(seconds=61)))
+        assert await store.requeue_expired() == [(1, JobStatus.QUEUED)]
+        taken = await store.claim("new", ["5b"], lease_seconds=60)
+        assert taken is not None and taken.id == 1
+        assert await store.requeue_expired(now=T0 + timedelta(seconds=200)) == []  # seen: a lease to renew it
+        assert await store.requeue_expired(now=T0 + timedelta(seconds=261)) == [(1, JobStatus.QUEUED)]
+    finally:
+        await engine.dispose()
+    await downgrade_async(url, "0011")
+    assert not {"lease_seconds", "lease_lapse_ends_at"} & set((await _columns(url))["jobs"])

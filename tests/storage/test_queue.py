@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from typing import Any
 
 import pytest
 from sqlalchemy.dialects import postgresql, sqlite
@@ -27,6 +28,14 @@ async def claim(store: JobStore, worker: str = "worker-a", lease: float = 30) ->
     job = await store.claim(worker, [MODEL], lease_seconds=lease)
     assert job is not None
     return job
+
+
+async def recovered_a_lease_after_seen(store: JobStore, clock: FakeClock, lease: float = 30) -> list[Any]:
+    """Two recovery passes: the first sees the lease run out (its worker may be cut off from the database,
+    and gets a lease to renew it), the next, a lease later, recovers the job."""
+    assert await store.requeue_expired() == []
+    clock.advance(lease + 1)
+    return await store.requeue_expired()
 
 
 async def test_enqueued_job_reads_back(store: JobStore, clock: FakeClock) -> None:
@@ -118,7 +127,7 @@ async def test_stalled_worker_is_requeued_with_checkpoint_then_failed(
     assert await store.requeue_expired() == []
 
     clock.advance(10)  # gpu-0 went silent: its lease ran out at t=50
-    assert await store.requeue_expired() == [(job_id, JobStatus.QUEUED)]
+    assert await recovered_a_lease_after_seen(store, clock) == [(job_id, JobStatus.QUEUED)]
     job = await store.get_job(job_id)
     assert (job.status, job.attempts, job.lease_owner, job.has_checkpoint) == (
         JobStatus.QUEUED,
@@ -137,11 +146,14 @@ async def test_stalled_worker_is_requeued_with_checkpoint_then_failed(
     await store.save_checkpoint(job_id, "gpu-1", b"codes-after-window-2")
 
     clock.advance(31)
-    assert await store.requeue_expired() == [(job_id, JobStatus.QUEUED)]
+    assert await recovered_a_lease_after_seen(store, clock) == [(job_id, JobStatus.QUEUED)]
     third = await claim(store, "gpu-2", lease=30)
     assert third.checkpoint == b"codes-after-window-2" and third.attempts == 2
 
-    assert await store.requeue_expired(now=clock.now.replace(year=2030)) == [(job_id, JobStatus.FAILED)]
+    assert await store.requeue_expired(now=clock.now.replace(year=2030)) == []
+    assert await store.requeue_expired(now=clock.now.replace(year=2030, month=2)) == [
+        (job_id, JobStatus.FAILED)
+    ]
     failed = await store.get_job(job_id)
     assert failed.status is JobStatus.FAILED and failed.attempts == 3 and failed.finished
     assert failed.error is not None
@@ -186,7 +198,7 @@ async def test_cancelling_job_whose_worker_died_becomes_cancelled(store: JobStor
     await claim(store, "gpu-0", lease=30)
     await store.request_cancel(job_id, USER)
     clock.advance(31)
-    assert await store.requeue_expired() == [(job_id, JobStatus.CANCELLED)]
+    assert await recovered_a_lease_after_seen(store, clock) == [(job_id, JobStatus.CANCELLED)]
     job = await store.get_job(job_id)
     assert job.status is JobStatus.CANCELLED and job.attempts == 0
 
@@ -199,7 +211,7 @@ async def test_a_claim_without_the_checkpoint_says_whether_there_is_one(
     await claim(store, "gpu-0", lease=30)
     await store.save_checkpoint(with_one, "gpu-0", b"codes" * 1000)
     clock.advance(31)
-    assert await store.requeue_expired() == [(with_one, JobStatus.QUEUED)]
+    assert await recovered_a_lease_after_seen(store, clock) == [(with_one, JobStatus.QUEUED)]
 
     first = await store.claim("gpu-1", [MODEL], lease_seconds=30, with_checkpoint=False)
     assert first is not None and first.id == with_one
@@ -306,7 +318,7 @@ async def test_counts_and_listings(store: JobStore, clock: FakeClock) -> None:
     assert [job.id for job in await store.recent_jobs(other_user)] == [theirs]
 
 
-async def test_a_job_whose_lease_ran_out_is_claimed_without_waiting_for_a_requeue_scan(
+async def test_a_job_whose_lease_ran_out_is_claimed_without_waiting_for_a_scan_to_requeue_it(
     store: JobStore, clock: FakeClock
 ) -> None:
     job_id = await enqueue(store, max_attempts=3)
@@ -315,7 +327,12 @@ async def test_a_job_whose_lease_ran_out_is_claimed_without_waiting_for_a_requeu
     clock.advance(29)
     assert await store.claim("gpu-1", [MODEL], lease_seconds=30) is None  # still gpu-0's
 
-    clock.advance(2)  # gpu-0 went silent; nobody has scanned for expired leases
+    clock.advance(2)  # gpu-0 went silent
+    assert await store.claim("gpu-1", [MODEL], lease_seconds=30) is None  # nobody saw it so yet
+    assert await store.requeue_expired() == []  # seen: gpu-0 has a lease more to renew it
+    clock.advance(30)
+    assert await store.claim("gpu-1", [MODEL], lease_seconds=30) is None  # not a whole lease yet
+    clock.advance(1)
     taken = await store.claim("gpu-1", [MODEL], lease_seconds=30)
     assert taken is not None and taken.id == job_id
     assert taken.attempts == 1 and taken.checkpoint == b"window-1"  # the lost lease counts, as a scan's would
@@ -338,12 +355,41 @@ async def test_a_lease_that_ran_out_stays_its_workers_until_someone_takes_the_jo
     assert await store.requeue_expired() == []
     clock.advance(31)
     assert await store.requeue_expired(spare_job=job_id) == []  # the worker scanning runs it itself
-    assert await store.claim("gpu-1", [MODEL], lease_seconds=30, take_expired=False) is None  # just back
+    assert await store.requeue_expired() == []  # another sees it run out: a lease more for gpu-0
+    clock.advance(31)
     taken = await store.claim("gpu-1", [MODEL], lease_seconds=30)
     assert taken is not None and taken.checkpoint == b"made during the outage" and taken.attempts == 1
     with pytest.raises(LeaseLost, match="'gpu-1' holds it now"):
         await store.save_checkpoint(job_id, "gpu-0", b"late")
     assert (await store.get_job(job_id)).lease_owner == "gpu-1"
+
+
+async def test_a_pass_that_saw_no_outage_leaves_a_lapsed_lease_to_its_worker_for_a_lease(
+    store: JobStore, clock: FakeClock
+) -> None:
+    """The database was away for longer than the lease, between two recovery passes (or only on the
+    worker's path): the first pass after it sees the lease run out before the worker, which sampled on
+    meanwhile, renews it. The job stays the worker's, with what it stored after; put back in the queue,
+    it lost every window sampled during the outage, and an attempt."""
+    job_id = await enqueue(store, max_attempts=3)
+    await claim(store, "gpu-0", lease=30)
+    clock.advance(45)  # the outage: no heartbeat got through
+    assert await store.requeue_expired() == []
+    assert await store.claim("gpu-1", [MODEL], lease_seconds=30) is None
+    clock.advance(25)  # the worker renews within the lease after the database's return
+    await store.heartbeat(job_id, "gpu-0", lease_seconds=30)
+    await store.save_checkpoint(job_id, "gpu-0", b"sampled during the outage")
+    clock.advance(10)
+    assert await store.requeue_expired() == []
+    job = await store.get_job(job_id)
+    assert (job.status, job.lease_owner, job.attempts) == (JobStatus.RUNNING, "gpu-0", 0)
+
+    clock.advance(25)  # silent again, for good: a lapse seen before the renewal does not count
+    assert await store.requeue_expired() == []
+    assert await store.claim("gpu-1", [MODEL], lease_seconds=30) is None
+    clock.advance(31)
+    taken = await store.claim("gpu-1", [MODEL], lease_seconds=30)
+    assert taken is not None and taken.checkpoint == b"sampled during the outage" and taken.attempts == 1
 
 
 async def test_a_dead_predecessors_job_is_taken_over_at_once_and_first(
@@ -372,7 +418,7 @@ async def test_a_job_out_of_attempts_is_not_taken_over_but_failed_by_the_scan(
     await claim(store, "gpu-0", lease=30)
     clock.advance(31)
     assert await store.claim("gpu-1", [MODEL], lease_seconds=30, orphaned_by=["gpu-0"]) is None
-    assert await store.requeue_expired() == [(job_id, JobStatus.FAILED)]
+    assert await recovered_a_lease_after_seen(store, clock) == [(job_id, JobStatus.FAILED)]
 
 
 async def test_a_completion_whose_answer_was_lost_is_made_again_harmlessly(store: JobStore) -> None:

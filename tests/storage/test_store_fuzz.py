@@ -53,7 +53,7 @@ from storage.errors import (
 from storage.migrate import upgrade_to_head
 from storage.models import ACTIVE_STATUSES, FINISHED_STATUSES, UNFINISHED_STATUSES, SampleRow, VoteRow
 from storage.records import GuildSettings, Job, NewSample
-from storage.store import queue_places
+from storage.store import jobs, queue_places
 
 MODELS = ("5b_lyrics", "1b_lyrics")
 WORKERS = ("w0", "w1", "w2")
@@ -247,6 +247,23 @@ class StoreMachine(RuleBasedStateMachine):
     def rows(self) -> dict[int, Job]:
         return {job.id: job for job in self.run(self.store.list_jobs(limit=1000))}
 
+    def lapses(self) -> dict[int, tuple[float | None, datetime | None]]:
+        """Each job's lease length and the end of its seen lapse (the store's own bookkeeping)."""
+
+        async def go() -> dict[int, tuple[float | None, datetime | None]]:
+            async with self.engine.connect() as connection:
+                result = await connection.execute(
+                    select(jobs.c.id, jobs.c.lease_seconds, jobs.c.lease_lapse_ends_at)
+                )
+                return {row.id: (row.lease_seconds, row.lease_lapse_ends_at) for row in result}
+
+        return self.run(go())
+
+    def lapse_over(self, job_id: int, lapses: dict[int, tuple[float | None, datetime | None]]) -> bool:
+        """Whether a lease that ran out may be taken over: a lease after a scan saw it run out."""
+        lease_seconds, lapse_ends = lapses.get(job_id, (None, None))
+        return lease_seconds is None or (lapse_ends is not None and lapse_ends < self.clock.now)
+
     def sample_counts(self) -> dict[int, int]:
         async def go() -> dict[int, int]:
             async with self.engine.connect() as connection:
@@ -298,8 +315,12 @@ class StoreMachine(RuleBasedStateMachine):
         orphaned_by: tuple[str, ...] = (),
         reclaim_own: bool = False,
         take_expired: bool = True,
+        lapse_over_for: int | None = None,
     ) -> tuple[int | None, str]:
+        """`take_expired=False`: as if no lease had run out; `lapse_over_for`: that job's lease is
+        taken as seen run out a lease ago."""
         now = self.clock.now
+        lapses = self.lapses()
         if reclaim_own:
             rows = self.after_reclaim(rows, worker, models)
         candidates: list[tuple[int, int, int, str]] = []
@@ -316,7 +337,13 @@ class StoreMachine(RuleBasedStateMachine):
                 or self.active_of(rows, j.user_id, j.guild_id) < j.max_running_per_user
             ):
                 candidates.append((2, j.priority, j.id, "queued"))
-            elif take_expired and running_ok and j.lease_expires_at is not None and j.lease_expires_at < now:
+            elif (
+                take_expired
+                and running_ok
+                and j.lease_expires_at is not None
+                and j.lease_expires_at < now
+                and (j.id == lapse_over_for or self.lapse_over(j.id, lapses))
+            ):
                 candidates.append((2, j.priority, j.id, "expired"))
         if not candidates:
             return None, "none"
@@ -329,6 +356,7 @@ class StoreMachine(RuleBasedStateMachine):
     def check_rows(self) -> None:
         rows = self.rows()
         counts = self.sample_counts()
+        lapses = self.lapses()
         now = self.clock.now
         for job_id, job in rows.items():
             where = f"job #{job_id} ({job.status.value}) after {self.trace[-1:]!r}"
@@ -349,6 +377,18 @@ class StoreMachine(RuleBasedStateMachine):
             check(
                 active == (job.lease_expires_at is not None),
                 f"lease expiry {job.lease_expires_at} on {where}",
+            )
+            lease_seconds, lapse_ends = lapses[job_id]
+            check(active == (lease_seconds is not None), f"lease length {lease_seconds} on {where}")
+            # a lapse is seen once the lease ran out, and forgotten when it is renewed
+            check(
+                lapse_ends is None
+                or (
+                    job.lease_expires_at is not None
+                    and lease_seconds is not None
+                    and lapse_ends >= job.lease_expires_at + timedelta(seconds=lease_seconds)
+                ),
+                f"lapse end {lapse_ends} (lease to {job.lease_expires_at}, {lease_seconds} s) on {where}",
             )
             check(
                 (job.status in FINISHED_STATUSES) == (job.finished_at is not None),
@@ -571,10 +611,9 @@ class StoreMachine(RuleBasedStateMachine):
     @rule(
         worker=st.sampled_from(WORKERS),
         models=st.sampled_from((MODELS, MODELS[:1], MODELS[1:])),
-        take_expired=st.booleans(),
         lease=st.sampled_from((5.0, LEASE)),
     )
-    def claim(self, worker: str, models: tuple[str, ...], take_expired: bool, lease: float) -> None:
+    def claim(self, worker: str, models: tuple[str, ...], lease: float) -> None:
         if self.workers[worker].holds is not None and worker not in self.dead:
             return  # a worker runs one job at a time
         restarted = worker in self.dead
@@ -582,9 +621,7 @@ class StoreMachine(RuleBasedStateMachine):
         orphaned = tuple(sorted(self.dead - {worker}))
         reclaim = restarted
         rows = self.rows()
-        expected, why = self.predict_claim(
-            rows, worker, models, orphaned_by=orphaned, reclaim_own=reclaim, take_expired=take_expired
-        )
+        expected, why = self.predict_claim(rows, worker, models, orphaned_by=orphaned, reclaim_own=reclaim)
         own_cancelling = [
             j.id for j in rows.values() if reclaim and j.lease_owner == worker and j.status == C
         ]
@@ -594,14 +631,12 @@ class StoreMachine(RuleBasedStateMachine):
             for j in rows.values()
             if reclaim and j.lease_owner == worker and j.status == R and j.model not in models
         ]
-        call = f"claim({worker!r}, {models}, lease={lease}, orphaned_by={orphaned}, reclaim_own={reclaim}, take_expired={take_expired})"
-        claimed = self.run(
-            self.store.claim(
-                worker, models, lease, orphaned_by=orphaned, reclaim_own=reclaim, take_expired=take_expired
-            )
-        )
+        call = f"claim({worker!r}, {models}, lease={lease}, orphaned_by={orphaned}, reclaim_own={reclaim})"
+        lapses = self.lapses()
+        claimed = self.run(self.store.claim(worker, models, lease, orphaned_by=orphaned, reclaim_own=reclaim))
         got = None if claimed is None else claimed.id
         self.log(f"{call} -> {got}")
+        self.check_lapses_noted(rows, lapses, call)
         self.dead.discard(worker)
         self.workers[worker].holds = got
         check(
@@ -809,9 +844,12 @@ class StoreMachine(RuleBasedStateMachine):
         if spared is not None:
             spare_job = self.workers[spared].holds
         expected = []
+        lapses = self.lapses()
         for j in sorted(rows.values(), key=lambda j: j.id):
             if j.status in ACTIVE_STATUSES and j.lease_expires_at < self.clock.now and j.id != spare_job:
-                if j.status == C:
+                if not self.lapse_over(j.id, lapses):
+                    pass  # its worker has a lease more to renew it
+                elif j.status == C:
                     expected.append((j.id, X))
                 elif j.attempts + 1 >= j.max_attempts:
                     expected.append((j.id, F))
@@ -820,6 +858,33 @@ class StoreMachine(RuleBasedStateMachine):
         got = self.run(self.store.requeue_expired(spare_job=spare_job))
         self.log(f"requeue_expired(spare_job={spare_job}) -> {got}")
         check(got == expected, f"requeue_expired returned {got}, expected {expected}")
+        self.check_lapses_noted(rows, lapses, f"requeue_expired(spare_job={spare_job})", spare_job)
+
+    def check_lapses_noted(
+        self,
+        rows: dict[int, Job],
+        lapses: dict[int, tuple[float | None, datetime | None]],
+        call: str,
+        left: int | None = None,
+    ) -> None:
+        """Every lease that had run out unseen (but `left`'s) may be taken over a lease from now."""
+        after_rows, after = self.rows(), self.lapses()
+        for j in rows.values():
+            lease_seconds, lapse_ends = lapses[j.id]
+            if (
+                j.id == left
+                or j.status not in ACTIVE_STATUSES
+                or not j.lease_expires_at < self.clock.now
+                or lapse_ends is not None
+                or lease_seconds is None
+                or after_rows[j.id].lease_expires_at != j.lease_expires_at  # taken over, or renewed
+            ):
+                continue
+            wanted = self.clock.now + timedelta(seconds=lease_seconds)
+            check(
+                after[j.id][1] == wanted,
+                f"{call}: #{j.id} seen run out: lapse ends {after[j.id][1]}, not {wanted}",
+            )
 
     # ---------------------------------------------------------------- steered situations
     # Uniform rule choice rarely lines up the few steps where the limits and the lease clock decide:
@@ -877,7 +942,7 @@ class StoreMachine(RuleBasedStateMachine):
         for _ in range(jobs):
             self.checked(self._enqueue, JobKind.GENERATE, None, asked)
         for worker in self._idle_workers():
-            self.checked(self.claim, worker, models, True, LEASE)
+            self.checked(self.claim, worker, models, LEASE)
 
     @rule(index=st.integers(0, 50), beat=st.sampled_from((False, False, True)))
     def lease_runs_out(self, index: int, beat: bool) -> None:
@@ -899,7 +964,7 @@ class StoreMachine(RuleBasedStateMachine):
         rows = self.rows()
         idle = self._idle_workers()
         if idle and not running_leases(rows):
-            self.checked(self.claim, idle[index % len(idle)], MODELS, True, LEASE)
+            self.checked(self.claim, idle[index % len(idle)], MODELS, LEASE)
             rows = self.rows()
         active = running_leases(rows) or sorted(j.id for j in rows.values() if j.status in ACTIVE_STATUSES)
         # preferably one a worker may take over (it has an attempt left), best the one a free worker of
@@ -908,7 +973,7 @@ class StoreMachine(RuleBasedStateMachine):
 
         def first_once_over(i: int) -> bool:
             over = {**rows, i: replace(rows[i], lease_expires_at=self.clock.now - timedelta(seconds=1))}
-            return self.predict_claim(over, "probe", (rows[i].model,))[0] == i
+            return self.predict_claim(over, "probe", (rows[i].model,), lapse_over_for=i)[0] == i
 
         job_id = self.pick([i for i in spare if first_once_over(i)] or spare or active, index)
         if job_id is None:
@@ -931,7 +996,17 @@ class StoreMachine(RuleBasedStateMachine):
                 mine = [i for i, w in enumerate(holders) if self.workers[w].holds == job_id]
                 self.checked(self.heartbeat, mine[0] if mine else index)
             for worker in self._idle_workers():  # serving the job's model only: fewer jobs go first
-                self.checked(self.claim, worker, (model,), True, LEASE)
+                self.checked(self.claim, worker, (model,), LEASE)
+            self.checked(self.requeue_expired, False, 0)
+        # The scan saw it run out: its worker has a lease more to renew it, then it is taken over.
+        lapse_ends = self.lapses().get(job_id, (None, None))[1]
+        for past in (0.0, 1.0) if lapse_ends is not None else ():
+            end = lapse_ends + timedelta(seconds=past)
+            if end > self.clock.now:
+                self.clock.now = end
+            self.log(f"clock to #{job_id}'s seen lapse end +{past}s")
+            for worker in self._idle_workers():
+                self.checked(self.claim, worker, (model,), LEASE)
             self.checked(self.requeue_expired, False, 0)
 
     @rule(index=st.integers(0, 50))
@@ -943,7 +1018,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.checked(self.worker_dies, index)
         for worker in self._idle_workers():
             if worker not in self.dead:
-                self.checked(self.claim, worker, MODELS, True, LEASE)
+                self.checked(self.claim, worker, MODELS, LEASE)
 
     @rule(
         user=st.sampled_from(USERS),
@@ -1282,7 +1357,7 @@ class StoreMachine(RuleBasedStateMachine):
     ) -> None:
         """Every idle worker claims, the bot queues `enqueues` jobs for one user, cancels one job and
         the requeue scan runs, all at once (separate connections: real races on Postgres)."""
-        rows = self.rows()
+        rows, lapses_before = self.rows(), self.lapses()
         idle = [w for w in WORKERS if self.workers[w].holds is None and w not in self.dead]
         mine_before = [j for j in rows.values() if j.user_id == user and j.guild_id == guild]
         queued_before = sum(j.status == Q for j in mine_before)
@@ -1363,6 +1438,7 @@ class StoreMachine(RuleBasedStateMachine):
                 and before is not None
                 and before.status == R
                 and before.lease_expires_at < self.clock.now
+                and self.lapse_over(before.id, lapses_before)
             )
             if before is None or before.status == Q or requeued_maybe:
                 by_user.setdefault((claimed.user_id, claimed.guild_id), []).append(limit)
@@ -1380,6 +1456,8 @@ class StoreMachine(RuleBasedStateMachine):
     def final_drain(self) -> None:
         """Every worker dies; leases lapse; a fresh worker and bot must be able to finish everything."""
         self.log("--- final drain ---")
+        self.clock.now += timedelta(seconds=10 * LEASE)
+        self.run(self.store.requeue_expired())  # sees them run out
         self.clock.now += timedelta(seconds=10 * LEASE)
         self.run(self.store.requeue_expired())
         self.check_rows()

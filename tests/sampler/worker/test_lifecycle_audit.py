@@ -324,7 +324,7 @@ async def test_a_killed_workers_job_out_of_attempts_is_not_said_to_resume(
     release_file(hold_dir, later).touch()
     assert (await job_finished(store, later)).status is JobStatus.SUCCEEDED
     log = pool.log()
-    assert f"(job #{job_id} is out of attempts: it fails once its lease runs out)" in log
+    assert f"(job #{job_id} is out of attempts: it fails a lease after its lease is seen run out)" in log
     assert f"(job #{job_id} resumes from its checkpoint)" not in log
     assert "resuming it now" not in log and log.count("which has no attempts left") == 1
     assert (await store.get_job(job_id)).status is JobStatus.RUNNING  # until its lease runs out
