@@ -21,7 +21,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.command_sync import clear_guild_copies, sync_commands
-from bot.delivery import upload_limit
+from bot.delivery import DEFAULT_UPLOAD_LIMIT, upload_limit
 from bot.errors import JukebotError, StorageOutage, apology, fit_message, stored_all_the_same
 from bot.options import forged_option
 from bot.requests import Limits
@@ -155,6 +155,8 @@ class JukeBot(commands.Bot):
         self.tasks = BackgroundTasks()
         self.http_session: aiohttp.ClientSession | None = None
         self._upload_limits: dict[int, int] = {}  # guild id -> the last attachment_size_limit seen
+        # guild id (None: no server) -> the limit to keep under since Discord refused a file as too large
+        self._refused_uploads: dict[int | None, int] = {}
         self.sync_retry_s = SYNC_RETRY_S
         # Set (with its reason) when the bot must stop on its own: `run_bot` closes it and raises that.
         self.must_stop = asyncio.Event()
@@ -228,11 +230,23 @@ class JukeBot(commands.Bot):
         """Remember the server's upload limit for results the relay posts later (no interaction then)."""
         if interaction.guild_id is not None:
             self._upload_limits[interaction.guild_id] = interaction.filesize_limit
+            self._refused_uploads.pop(interaction.guild_id, None)
 
     def upload_limit(self, guild_id: int | None) -> int:
         guild = self.get_guild(guild_id) if guild_id is not None else None
         seen = self._upload_limits.get(guild_id) if guild_id is not None else None
-        return upload_limit(seen, guild.filesize_limit if guild else None)
+        known = upload_limit(seen, guild.filesize_limit if guild else None)
+        refused = self._refused_uploads.get(guild_id)
+        return known if refused is None else min(known, refused)
+
+    def upload_refused(self, guild_id: int | None, size: int) -> None:
+        """Discord refused a `size`-byte file as too large where the limit the bot knew allowed it: the
+        server's limit shrank (a boost lost). Every server takes Discord's base limit, so that comes
+        next; below it, half the size refused each time. A member's command tells the true limit."""
+        if guild_id is not None:
+            self._upload_limits.pop(guild_id, None)
+        base = DEFAULT_UPLOAD_LIMIT
+        self._refused_uploads[guild_id] = base if size > base else max(1, size // 2)
 
     async def limits_for(self, guild_id: int) -> Limits:
         return Limits.resolve(self.settings, await self.store.get_guild_settings(guild_id))

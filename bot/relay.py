@@ -100,6 +100,8 @@ UNKNOWN_CHANNEL = 10003
 # Discord refuses a reply from a bot that may not read the channel's history (`send_replying`): 160002
 # ("Cannot reply without permission to read message history"), 160009 in its newer wording, or 50013.
 REPLY_REFUSED = frozenset({160002, 160009, MISSING_PERMISSIONS})
+# Discord's "Request entity too large" (HTTP 413): a file over the server's upload limit.
+UPLOAD_TOO_LARGE = 40005
 # Discord's answers that mean the bot cannot post in the channel at all: trying again will not help.
 CANNOT_POST_THERE = {
     50001: "Missing Access",
@@ -125,6 +127,11 @@ HISTORY_SCAN_MARGIN = timedelta(minutes=10)
 
 class _ResultsClaimLost(Exception):
     """Another bot took over posting this job's results (our claim had expired): stop posting."""
+
+
+class _UploadRefusedAsTooLarge(Exception):
+    """Discord refused a sample's file as over the server's upload limit, which shrank since the bot
+    learned it (a boost lost, and no member's command since to tell it): split anew, smaller."""
 
 
 @dataclass
@@ -673,6 +680,10 @@ class ProgressRelay:
             except _ResultsClaimLost:
                 _log_taken_over(job)
                 return
+            except _UploadRefusedAsTooLarge as exc:  # split anew at the next pass, not after a back-off
+                await self._give_back(job, 0.0)
+                log.warning("job #%s: Discord refused %s", job.id, exc)
+                return
             except Exception as exc:
                 cannot_post = _cannot_post_there(exc)
                 if cannot_post is None:
@@ -911,24 +922,34 @@ class ProgressRelay:
                 # first one: a bot killed after sending, before recording it, does not post it twice.
                 # The split is in it: a message of another split is another message.
                 nonce = sample_nonce(sample.id, index, split_limit)
-                if index == 0:
-                    first = await send_replying(
-                        channel,
-                        reference,
-                        content,
-                        files=uploads,
-                        view=view,
-                        allowed_mentions=NOTIFY_USER if position == 1 else NO_MENTIONS,
-                        nonce=nonce,
-                    )
-                    first_id = first.id
-                else:
-                    await channel.send(
-                        continued_text(sample.id, index, len(groups)),
-                        files=uploads,
-                        allowed_mentions=NO_MENTIONS,
-                        nonce=nonce,
-                    )
+                try:
+                    if index == 0:
+                        first = await send_replying(
+                            channel,
+                            reference,
+                            content,
+                            files=uploads,
+                            view=view,
+                            allowed_mentions=NOTIFY_USER if position == 1 else NO_MENTIONS,
+                            nonce=nonce,
+                        )
+                        first_id = first.id
+                    else:
+                        await channel.send(
+                            continued_text(sample.id, index, len(groups)),
+                            files=uploads,
+                            allowed_mentions=NO_MENTIONS,
+                            nonce=nonce,
+                        )
+                except discord.HTTPException as exc:
+                    if exc.code != UPLOAD_TOO_LARGE:
+                        raise
+                    largest = max(len(f.data) for f in groups[index])
+                    self.bot.upload_refused(job.guild_id, largest)
+                    raise _UploadRefusedAsTooLarge(
+                        f"a {largest}-byte file over the upload limit of {split_limit} bytes the bot knew; "
+                        f"now splitting under {self.bot.upload_limit(job.guild_id)} bytes"
+                    ) from exc
                 assert first_id is not None
                 if index + 1 < len(groups):
                     sent = MessageParts(index + 1, len(groups), split_limit)

@@ -127,17 +127,23 @@ async def test_jobs_queued_behind_a_hung_upload_in_its_channel_hold_up_no_other_
     worker = PlayedWorker(store)
     await worker.start()
     general: list[int] = []
+    general_jobs: list[int] = []
     for _ in range(6):
         await queued_song(fake, store, "general")
-        general += await worker.complete(await worker.claim(), n=1, full=False)
+        claimed = await worker.claim()
+        general_jobs.append(claimed.id)
+        general += await worker.complete(claimed, n=1, full=False)
     await queued_song(fake, store, "music")
     (music,) = await worker.complete(await worker.claim(), n=1, full=False)
     hung = fake.hold(*SAMPLE_POSTS)  # #general's first upload
     bot = await bot_runner.start(make_bot(fake, store))
     try:
         await fake.wait_for(lambda: hung.arrived, timeout_s=20)
-        await fake.wait_for(when(lambda: sample_posts(fake, music, "music")), timeout_s=8)  # not 6 × 2 s
-        assert len(posts_in(fake, "general")) == 1  # the others wait their turn, not queued behind it
+        await fake.wait_for(when(lambda: sample_posts(fake, music, "music")), timeout_s=60)
+        # The others wait their turn, not queued behind it (each waiting 2 s in turn, before #music's).
+        assert len(posts_in(fake, "general")) == 1
+        waiting = [(await store.get_job(job_id)).results_posting_owner for job_id in general_jobs[1:]]
+        assert waiting == [None] * 5, waiting
     finally:
         hung.release()
     relay = relay_of(bot)

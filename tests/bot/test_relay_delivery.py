@@ -286,18 +286,27 @@ class _PartWay:
     first: FakeMessage  # the sample's first message, which went out
 
 
+async def _a_job_under_a_20_000_byte_limit(
+    fake: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> tuple[JukeBot, ProgressRelay, JobStore, FakeClock, PlayedWorker, ClaimedJob]:
+    """A bot in a server whose upload limit is 20,000 bytes, and alice's job, claimed by a worker."""
+    fake.default_guild.attachment_size_limit = 20_000
+    clock = FakeClock(utcnow())
+    store = JobStore(sqlite_store.engine, clock=clock)
+    bot = await bot_runner.start(make_bot(fake, store))
+    worker = PlayedWorker(store)
+    job = await _queued_and_claimed(fake, worker, "alice", "general", seed=1)
+    return bot, relay_of(bot), store, clock, worker, job
+
+
 async def _sample_part_way(
     fake: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore, *, failures: int
 ) -> _PartWay:
     """A 12 s sample split into several messages under a 20,000-byte limit, after one pass: part 1
     went out, part 2 failed (503: discord.py does not retry it), and fails `failures` tries in all."""
-    fake.default_guild.attachment_size_limit = 20_000
-    clock = FakeClock(utcnow())
-    store = JobStore(sqlite_store.engine, clock=clock)
-    bot = await bot_runner.start(make_bot(fake, store))
-    relay = relay_of(bot)
-    worker = PlayedWorker(store)
-    job = await _queued_and_claimed(fake, worker, "alice", "general", seed=1)
+    bot, relay, store, clock, worker, job = await _a_job_under_a_20_000_byte_limit(
+        fake, bot_runner, sqlite_store
+    )
     (sample_id,) = await worker.complete(job, n=1, full=False, seconds=12.0)
     fake.fail_next("POST", "/channels/{channel_id}/messages", status=503, after=1, times=failures)
     await relay.run_pass()
@@ -429,6 +438,34 @@ async def test_a_sample_in_parts_whose_server_limit_changed_between_tries_still_
         new_split = [f"jukebot_sample_{sample_id}_part{i}of{total}" for i in range(1, total + 1)]
         assert stems[1:] == new_split and info.message_id not in (None, first.id)
         assert all(sum(a.size for a in m.attachments) <= new_limit for m in messages[1:])
+    done = progress_message(fake, job.id)
+    assert done is not None and done.content.endswith("✅ Done: 1 sample below.")
+
+
+async def test_a_sample_refused_as_too_large_after_the_server_limit_shrank_goes_out_split_anew(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    """A member's command told the bot the server's upload limit; the server lost boosts since (its
+    limit shrank) and nobody ran a command after. Discord refuses the sample's file as too large
+    (40005): the relay took that for a hiccup and sent the same file at every try, waiting longer
+    each time, for ever. It now keeps under a smaller limit and splits the sample anew at once."""
+    fake = fake_discord
+    bot, relay, store, _clock, worker, job = await _a_job_under_a_20_000_byte_limit(
+        fake, bot_runner, sqlite_store
+    )
+    assert job.guild_id is not None
+    bot._upload_limits[job.guild_id] = 1_000_000  # as a member's command said while the server was boosted
+    (sample_id,) = await worker.complete(job, n=1, full=False, seconds=12.0)
+    for _ in range(8):  # each refusal at least halves the limit
+        await relay.run_pass()
+        if (await store.get_sample_info(sample_id)).posted:
+            break
+    assert (await store.get_sample_info(sample_id)).posted
+    refusals = [r.status for r in fake.rejections]
+    assert refusals and set(refusals) == {413}
+    sent = [m for m in bot_messages(fake) if not m.content.startswith("**Job #")]
+    assert sent and all(sum(a.size for a in m.attachments) <= 20_000 for m in sent)
+    assert len([m for m in sent if f"**Sample #{sample_id}**" in m.content]) == 1
     done = progress_message(fake, job.id)
     assert done is not None and done.content.endswith("✅ Done: 1 sample below.")
 
