@@ -10,6 +10,7 @@ This module imports no torch: the bot uses `probe` to reject a bad attachment ea
 
 from __future__ import annotations
 
+import codecs
 import io
 import itertools
 import math
@@ -210,7 +211,17 @@ _AUDIO_NAMES = {
     "ape": "Monkey's Audio",
     "wavpack": "WavPack",
     "amr": "AMR",
+    "asf": "WMA",
+    "w64": "Wave64",
+    "tta": "TTA",
 }
+# QuickTime files may start with any of these atoms rather than `ftyp` (older .mov, a `moov` at the end).
+SNIFF_BYTES = 256  # what the sniffers read: an MPEG transport stream shows itself at byte 188
+_QUICKTIME_ATOMS = (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot")
+_ASF_GUID = bytes.fromhex("3026b2758e66cf11a6d900aa0062ce6c")
+_W64_RIFF_GUID = b"riff" + bytes.fromhex("2e91cf11a5d628db04c10000")
+# Byte-order marks of text files, and the encoding each announces.
+_TEXT_BOMS = ((b"\xef\xbb\xbf", "utf-8"), (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))
 
 
 def _sniff_audio(head: bytes) -> str | None:
@@ -225,12 +236,20 @@ def _sniff_audio(head: bytes) -> str | None:
         return "ogg"
     if head[:3] == b"ID3":
         return "mp3"
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) and _sniff_other(head) == "a text file":
+        return None  # UTF-16 text: its byte-order mark reads as an MPEG frame sync
     if len(head) >= 2 and head[0] == 0xFF and (head[1] & 0xF6) == 0xF0:
         return "aac"  # ADTS sync word, layer bits 00
     if len(head) >= 2 and head[0] == 0xFF and (head[1] & 0xE0) == 0xE0 and (head[1] & 0x06) != 0:
         return "mp3"  # MPEG audio frame sync with a valid layer
-    if head[4:8] == b"ftyp":
+    if head[4:8] in _QUICKTIME_ATOMS:
         return "mp4"
+    if head[:16] == _ASF_GUID:
+        return "asf"
+    if head[:16] == _W64_RIFF_GUID:
+        return "w64"
+    if head[:4] == b"TTA1":
+        return "tta"
     if head[:4] == b"\x1a\x45\xdf\xa3":
         return "matroska"
     if head[:4] == b"caff":
@@ -264,8 +283,24 @@ def _sniff_other(head: bytes) -> str | None:
             return name
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "a WebP image"
-    try:
-        text = head.decode("utf-8")
+    # Sound in a container or codec not taken (`AUDIO_DEMUXERS`): named, so that its sound is exported.
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "an AVI video"
+    if head[:4] == b"FLV\x01":
+        return "a Flash video"
+    if len(head) > 188 and head[0] == head[188] == 0x47:
+        return "an MPEG transport stream (a video)"
+    if head[:4] == b"\x00\x00\x01\xba":
+        return "an MPEG video"
+    if head[:4] == b"MThd":
+        return "a MIDI file (notes, not recorded sound)"
+    encoding = "utf-8"
+    for bom, announced in _TEXT_BOMS:
+        if head.startswith(bom):
+            head, encoding = head[len(bom) :], announced
+            break
+    try:  # the first bytes may end inside a character: not final
+        text = codecs.getincrementaldecoder(encoding)().decode(head, final=False)
     except UnicodeDecodeError:
         return None
     if text and all(ch.isprintable() or ch in "\r\n\t" for ch in text):
@@ -354,7 +389,7 @@ def _header_duration(container: av.container.InputContainer, stream: av.AudioStr
 
 def _open(file: BinaryIO) -> tuple[av.container.InputContainer, av.AudioStream]:
     """Open `file` and pick its first audio stream, classifying failures as NotAudio/CorruptAudio."""
-    head = _read_at(file, 0, 64)
+    head = _read_at(file, 0, SNIFF_BYTES)
     if not head:
         raise EmptyAudio("The file is empty (0 bytes). Attach an audio file.")
     sniffed = _sniff_audio(head)

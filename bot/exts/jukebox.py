@@ -36,6 +36,7 @@ from bot.requests import (
     GenerateOptions,
     build_generate,
     check_model,
+    check_prime_metadata,
     default_model,
     has_lyrics,
     no_lyrics_note,
@@ -303,7 +304,7 @@ class Jukebox(commands.Cog):
         """Open the lyrics form, the first answer, so refusals that do not need the lyrics come before
         it; or, for a model without lyrics, queue the job with a note."""
         checked = await actions.checked_before_form(
-            self.bot, self._checks_before_form(interaction, options, model_given)
+            self.bot, self._checks_before_form(interaction, options, prime, model_given)
         )
         model_chosen = checked is not None or model_given
         options = checked or options
@@ -324,17 +325,26 @@ class Jukebox(commands.Cog):
         await self.submit(interaction, options, prime, notes)
 
     async def _checks_before_form(
-        self, interaction: discord.Interaction[JukeBot], options: GenerateOptions, model_given: bool
+        self,
+        interaction: discord.Interaction[JukeBot],
+        options: GenerateOptions,
+        prime: discord.Attachment | None,
+        model_given: bool,
     ) -> GenerateOptions:
         """The options with their model chosen, once the request passed every check that needs no lyrics
-        (a model without lyrics opens no form: `submit` checks it)."""
+        and no download (a model without lyrics opens no form: `submit` checks it)."""
         if not model_given:
             options = await self._with_default_model(options)
         if has_lyrics(options.model):
             self._check_form_holds(options.lyrics)  # cheap checks first
             limits = await actions.check_can_enqueue(self.bot, interaction)
-            # Length, samples and labels too: refused now, not after the lyrics are written.
-            build_generate(limits, dataclasses.replace(options, prime_seconds=None))
+            # Length, samples, labels, a prime_seconds with no prime and the prime's size too: refused
+            # now, not after the lyrics are written.
+            build_generate(
+                limits, options if prime is None else dataclasses.replace(options, prime_seconds=None)
+            )
+            if prime is not None:
+                check_prime_metadata(limits, prime.filename, prime.size)
         return options
 
     @staticmethod

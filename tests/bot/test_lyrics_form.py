@@ -14,8 +14,8 @@ import pytest
 
 from storage.store import JobStore
 from tests.bot.conftest import BotRunner
-from tests.bot.fake_discord import FakeDiscord
-from tests.bot.harness import job_count, make_bot, make_settings, reply_of
+from tests.bot.fake_discord import FakeDiscord, Upload
+from tests.bot.harness import job_count, make_bot, make_settings, prime_wav, reply_of
 
 AGAIN = " Run /jukebox again with `lyrics_modal:true`"
 RESTARTED = "This lyrics form expired (the bot restarted since it was opened), so nothing was queued." + AGAIN
@@ -99,6 +99,29 @@ async def test_a_length_over_the_servers_limit_is_refused_before_the_form_opens(
     opened = await fake.invoke_command("jukebox", {"lyrics_modal": True, "length": 120.0})
     assert opened.modal is None  # it opened, and the refusal came after the lyrics were written
     assert "limit in this server is 60 s" in await reply_of(fake, opened)
+
+
+async def test_a_prime_too_big_or_a_prime_length_without_a_prime_is_refused_before_the_form_opens(
+    fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
+) -> None:
+    """Refusals that need no lyrics come before the form (audit): an attachment over the prime's size
+    limit, and `prime_seconds` with no prime, opened the form and were refused once it was written."""
+    fake = fake_discord
+    await bot_runner.start(make_bot(fake, sqlite_store, make_settings(max_prime_bytes=100_000)))
+    big = Upload("big.wav", prime_wav(2.0))
+    assert len(big.data) > 100_000
+    opened = await fake.invoke_command("jukebox", {"lyrics_modal": True}, attachments={"prime": big})
+    assert opened.modal is None
+    assert (await reply_of(fake, opened)).startswith("The attachment 'big.wav' is 172.3 KiB, larger than the")
+    opened = await fake.invoke_command("jukebox", {"lyrics_modal": True, "prime_seconds": 5.0})
+    assert opened.modal is None
+    assert (
+        await reply_of(fake, opened) == "prime_seconds needs a prime: attach the clip to continue as `prime`."
+    )
+    assert await job_count(sqlite_store) == 0
+    small = Upload("small.wav", prime_wav(0.5))
+    opened = await fake.invoke_command("jukebox", {"lyrics_modal": True}, attachments={"prime": small})
+    assert opened.modal is not None  # one that may fit is downloaded once the lyrics are written
 
 
 async def test_a_form_refused_when_it_is_sent_gives_the_lyrics_back(

@@ -13,8 +13,9 @@ import pytest
 import soundfile
 from click.testing import CliRunner
 
+from bot.attachments import PROBE_BYTES
 from jukebot.cli import main
-from sampler.audio import SAMPLE_RATE, AudioTooLong, CorruptAudio, decode_audio, probe, wav_bytes
+from sampler.audio import SAMPLE_RATE, AudioTooLong, CorruptAudio, NotAudio, decode_audio, probe, wav_bytes
 from sampler.curation import MAX_PIECE_SECONDS
 from tests.sampler.audio_fixtures import sine
 
@@ -25,10 +26,13 @@ def _encoded(
     audio: np.ndarray,
     rate: int,
     bit_rate: int | None = None,
+    *,
+    metadata: dict[str, str] | None = None,
     **options: str,
 ) -> bytes:
     buffer = io.BytesIO()
     with av.open(buffer, "w", format=container_format, options=options) as container:
+        container.metadata.update(metadata or {})
         stream = container.add_stream(codec, rate=rate, layout="mono")
         assert isinstance(stream, av.AudioStream)
         if bit_rate is not None:
@@ -179,3 +183,49 @@ def test_an_aac_trimmed_to_exactly_the_limit_is_accepted(rate: int) -> None:
 def test_a_clip_a_second_over_the_limit_is_still_refused() -> None:
     with pytest.raises(AudioTooLong, match="limit is 60 s"):
         decode_audio(_mp3(61.0, 32_000, rate=8_000), max_seconds=60)
+
+
+def test_a_wma_or_older_quicktime_file_whose_header_outgrows_the_probe_is_not_called_not_audio() -> None:
+    """A prime over 64 KiB is first probed by its first 64 KiB (`PROBE_BYTES`): a header cut there is
+    inconclusive (`CorruptAudio`: the whole file decides), while `NotAudio` refuses it at once. A WMA
+    with 100 kB of tags, and a QuickTime file starting with a `free` atom (its `moov` at the end),
+    were not recognised as audio by their first bytes, so valid files were refused as "not audio"."""
+    wma = _encoded("asf", "wmav2", sine(20.0), SAMPLE_RATE, 128_000, metadata={"comment": "x" * 100_000})
+    mov = _encoded("mov", "aac", sine(20.0), SAMPLE_RATE, 128_000)
+    assert mov[4:8] == b"ftyp"
+    older_mov = mov[:4] + b"free" + mov[8:]  # as older QuickTime writers begin (a skipped atom)
+    for name, data in (("wma", wma), ("mov", older_mov)):
+        assert len(data) > PROBE_BYTES, name
+        with pytest.raises(CorruptAudio):
+            probe(data[:PROBE_BYTES], prefix=True, max_seconds=60)
+        assert abs(_seconds(decode_audio(data, max_seconds=60)) - 20.0) < 0.2, name
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-8-sig", "utf-16"])
+def test_a_text_file_with_a_byte_order_mark_is_told_a_text_file(encoding: str) -> None:
+    """Notepad's "Unicode" text starts with FF FE, which reads as an MPEG frame sync: lyrics attached
+    as the prime were called "a damaged MP3"; a UTF-8 byte-order mark hid the "text file" hint."""
+    text = "Verse one\nla la la, ünïcödé\n" * 10
+    data = text.encode(encoding)
+    if encoding in ("utf-16-le", "utf-16-be"):
+        data = ("\ufeff" + text).encode(encoding)
+    with pytest.raises(NotAudio, match=r"it looks like a text file"):
+        probe(data)
+
+
+def test_sound_in_a_container_not_taken_is_named_so_that_its_sound_is_exported() -> None:
+    """An AVI music video was told just "This file is not audio", though it holds sound."""
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="avi") as container:
+        stream = container.add_stream("pcm_s16le", rate=SAMPLE_RATE, layout="mono")
+        assert isinstance(stream, av.AudioStream)
+        audio = (sine(1.0) * 32767).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(audio[None, :], format="s16", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = SAMPLE_RATE, 0, Fraction(1, SAMPLE_RATE)
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    with pytest.raises(NotAudio, match=r"\(it looks like an AVI video\)"):
+        probe(buffer.getvalue())
+    midi = b"MThd\x00\x00\x00\x06\x00\x01\x00\x01\x01\xe0MTrk\x00\x00\x00\x04\x00\xff\x2f\x00"
+    with pytest.raises(NotAudio, match=r"\(it looks like a MIDI file \(notes, not recorded sound\)\)"):
+        probe(midi)
