@@ -17,7 +17,7 @@ import numpy as np
 from bot.errors import AttachmentRejected
 from bot.requests import Limits, check_prime_metadata
 from sampler.audio import SAMPLE_RATE, AudioError, AudioTooLong, CorruptAudio, EmptyAudio, NotAudio
-from sampler.audio_process import DecoderFailed, decode_in_child, probe_in_child
+from sampler.audio_process import DecoderFailed, DecodersBusy, decode_in_child, probe_in_child
 from sampler.jobspec import MIN_PRIME_SECONDS
 from sampler.units import format_bytes
 from sampler.user_text import quote_user_text
@@ -42,7 +42,7 @@ async def fetch_prime(
         head = await _download(session, url, filename, PROBE_BYTES, byte_range=(0, PROBE_BYTES - 1))
         try:
             await probe_in_child(head, max_seconds=limits.max_prime_seconds, prefix=True)
-        except (NotAudio, EmptyAudio, AudioTooLong, DecoderFailed) as exc:
+        except (NotAudio, EmptyAudio, AudioTooLong, DecoderFailed, DecodersBusy) as exc:
             raise AttachmentRejected(_about(filename, exc)) from None
         except AudioError:
             pass  # a header cut by the prefix proves nothing; the full decode decides

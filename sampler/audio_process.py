@@ -33,6 +33,9 @@ DECODE_TIMEOUT_S = 30.0
 # Children at once; more wait their turn. Each is an interpreter with FFmpeg holding a whole file:
 # a burst of attachments must not start a hundred of them.
 MAX_CONCURRENT_DECODERS = max(2, os.cpu_count() or 2)
+# The longest wait for a free child: files made to take the whole time limit, sent in turn from a few
+# accounts, kept every child busy while everyone else's clips (and their downloaded bytes) waited.
+DECODER_WAIT_S = 2 * DECODE_TIMEOUT_S
 _decoder_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
     weakref.WeakKeyDictionary()
 )
@@ -74,6 +77,16 @@ _ERRORS: dict[str, type[AudioError]] = {
         audio.AudioTooLarge,
     )
 }
+
+
+class DecodersBusy(AudioError):
+    """Every decoder process stayed busy with other files for `DECODER_WAIT_S`."""
+
+    def __init__(self, waited_s: float) -> None:
+        super().__init__(
+            f"I am busy decoding other members' clips (none of them finished within {waited_s:g} s). "
+            "Attach it again in a minute."
+        )
 
 
 class DecoderFailed(AudioError):
@@ -125,8 +138,15 @@ async def _run(
     slots = _decoder_slots.get(loop)
     if slots is None:
         slots = _decoder_slots[loop] = asyncio.Semaphore(MAX_CONCURRENT_DECODERS)
-    async with slots:  # the timeout counts from the child's start, not from the wait for a slot
+    try:
+        async with asyncio.timeout(DECODER_WAIT_S):
+            await slots.acquire()
+    except TimeoutError:
+        raise DecodersBusy(DECODER_WAIT_S) from None
+    try:  # the child's time limit counts from its start, not from the wait for a slot
         return await _run_child(op, options, data, timeout_s)
+    finally:
+        slots.release()
 
 
 async def _run_child(

@@ -27,7 +27,7 @@ from sampler.audio import (
     decode_audio,
     probe,
 )
-from sampler.audio_process import DecoderFailed, decode_in_child, probe_in_child
+from sampler.audio_process import DecoderFailed, DecodersBusy, decode_in_child, probe_in_child
 from tests.sampler.audio_fixtures import fixture_bytes, multichannel, png_bytes, sine, wav_with_header
 
 
@@ -178,3 +178,21 @@ async def test_a_burst_of_attachments_runs_a_few_decoders_at_a_time(monkeypatch:
     decoded = await asyncio.gather(*(decode_in_child(clip) for _ in range(6)))
     assert len(decoded) == 6 and all(d.shape == decoded[0].shape for d in decoded)
     assert most == 2
+
+
+async def test_a_clip_waits_for_a_free_decoder_for_a_bounded_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files made to take the whole time limit, sent in turn from a few accounts, kept every decoder
+    busy while everyone else's clips waited without end (audit). The wait is bounded: the member is
+    told the bot is busy, and a decoder that comes free serves the next clip."""
+    monkeypatch.setattr(audio_process, "DECODER_WAIT_S", 0.3)
+    busy = asyncio.Semaphore(1)
+    monkeypatch.setitem(audio_process._decoder_slots, asyncio.get_running_loop(), busy)
+    clip = fixture_bytes("sine", "wav")
+    await busy.acquire()  # another member's clip holds the only decoder
+    with pytest.raises(
+        DecodersBusy, match=r"^I am busy decoding other members' clips .* again in a minute\.$"
+    ):
+        await decode_in_child(clip)
+    busy.release()
+    assert (await decode_in_child(clip)).shape == (await decode_in_child(clip)).shape
+    assert not busy.locked()
