@@ -155,8 +155,9 @@ class JukeBot(commands.Bot):
         self.tasks = BackgroundTasks()
         self.http_session: aiohttp.ClientSession | None = None
         self._upload_limits: dict[int, int] = {}  # guild id -> the last attachment_size_limit seen
-        # guild id (None: no server) -> the limit to keep under since Discord refused a file as too large
-        self._refused_uploads: dict[int | None, int] = {}
+        # guild id -> the limit to keep under since Discord refused a file as too large (`upload_refused`)
+        self._refused_uploads: dict[int, int] = {}
+        self.base_upload_limit = DEFAULT_UPLOAD_LIMIT  # what every server allows (a test's may allow less)
         self.sync_retry_s = SYNC_RETRY_S
         # Set (with its reason) when the bot must stop on its own: `run_bot` closes it and raises that.
         self.must_stop = asyncio.Event()
@@ -236,17 +237,22 @@ class JukeBot(commands.Bot):
         guild = self.get_guild(guild_id) if guild_id is not None else None
         seen = self._upload_limits.get(guild_id) if guild_id is not None else None
         known = upload_limit(seen, guild.filesize_limit if guild else None)
-        refused = self._refused_uploads.get(guild_id)
+        refused = self._refused_uploads.get(guild_id) if guild_id is not None else None
         return known if refused is None else min(known, refused)
 
-    def upload_refused(self, guild_id: int | None, size: int) -> None:
+    def upload_refused(self, guild_id: int | None, size: int) -> bool:
         """Discord refused a `size`-byte file as too large where the limit the bot knew allowed it: the
-        server's limit shrank (a boost lost). Every server takes Discord's base limit, so that comes
-        next; below it, half the size refused each time. A member's command tells the true limit."""
-        if guild_id is not None:
-            self._upload_limits.pop(guild_id, None)
-        base = DEFAULT_UPLOAD_LIMIT
-        self._refused_uploads[guild_id] = base if size > base else max(1, size // 2)
+        server's limit shrank (a boost lost, and no member's command since to say so). Keep under the
+        limit the gateway says the server has now, else under the base every server allows; a
+        member's next command tells the true limit again. False when `size` was within that base: the
+        refusal has another cause, which a smaller split would not cure."""
+        if guild_id is None or size <= self.base_upload_limit:
+            return False
+        guild = self.get_guild(guild_id)
+        tier_limit = guild.filesize_limit if guild is not None else 0
+        self._upload_limits.pop(guild_id, None)
+        self._refused_uploads[guild_id] = tier_limit if 0 < tier_limit < size else self.base_upload_limit
+        return True
 
     async def limits_for(self, guild_id: int) -> Limits:
         return Limits.resolve(self.settings, await self.store.get_guild_settings(guild_id))

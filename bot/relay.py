@@ -942,10 +942,9 @@ class ProgressRelay:
                             nonce=nonce,
                         )
                 except discord.HTTPException as exc:
-                    if exc.code != UPLOAD_TOO_LARGE:
-                        raise
-                    largest = max(len(f.data) for f in groups[index])
-                    self.bot.upload_refused(job.guild_id, largest)
+                    largest = max((len(f.data) for f in groups[index]), default=0)
+                    if exc.code != UPLOAD_TOO_LARGE or not self.bot.upload_refused(job.guild_id, largest):
+                        raise  # (a file within every server's limit: not the size, no smaller split helps)
                     raise _UploadRefusedAsTooLarge(
                         f"a {largest}-byte file over the upload limit of {split_limit} bytes the bot knew; "
                         f"now splitting under {self.bot.upload_limit(job.guild_id)} bytes"

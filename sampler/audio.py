@@ -242,8 +242,8 @@ def _sniff_audio(head: bytes) -> str | None:
         return "aac"  # ADTS sync word, layer bits 00
     if len(head) >= 2 and head[0] == 0xFF and (head[1] & 0xE0) == 0xE0 and (head[1] & 0x06) != 0:
         return "mp3"  # MPEG audio frame sync with a valid layer
-    if head[4:8] in _QUICKTIME_ATOMS:
-        return "mp4"
+    if head[4:8] == b"ftyp" or (head[4:8] in _QUICKTIME_ATOMS and _sniff_other(head) != "a text file"):
+        return "mp4"  # (lyrics may begin "I'm free": bytes 4 to 8 of a text spell an atom now and then)
     if head[:16] == _ASF_GUID:
         return "asf"
     if head[:16] == _W64_RIFF_GUID:
@@ -288,8 +288,6 @@ def _sniff_other(head: bytes) -> str | None:
         return "an AVI video"
     if head[:4] == b"FLV\x01":
         return "a Flash video"
-    if len(head) > 188 and head[0] == head[188] == 0x47:
-        return "an MPEG transport stream (a video)"
     if head[:4] == b"\x00\x00\x01\xba":
         return "an MPEG video"
     if head[:4] == b"MThd":
@@ -302,9 +300,16 @@ def _sniff_other(head: bytes) -> str | None:
     try:  # the first bytes may end inside a character: not final
         text = codecs.getincrementaldecoder(encoding)().decode(head, final=False)
     except UnicodeDecodeError:
-        return None
+        return _sniff_transport_stream(head)
     if text and all(ch.isprintable() or ch in "\r\n\t" for ch in text):
         return "a text file"
+    return _sniff_transport_stream(head)
+
+
+def _sniff_transport_stream(head: bytes) -> str | None:
+    """An MPEG transport stream: a sync byte (0x47, "G") every 188 bytes; read after the text check."""
+    if len(head) > 188 and head[0] == head[188] == 0x47:
+        return "an MPEG transport stream (a video)"
     return None
 
 

@@ -339,10 +339,10 @@ class Jukebox(commands.Cog):
             self._check_form_holds(options.lyrics)  # cheap checks first
             limits = await actions.check_can_enqueue(self.bot, interaction)
             # Length, samples, labels, a prime_seconds with no prime and the prime's size too: refused
-            # now, not after the lyrics are written.
-            build_generate(
-                limits, options if prime is None else dataclasses.replace(options, prime_seconds=None)
-            )
+            # now, not after the lyrics are written. With a clip, `prime_seconds` stands for its length
+            # until it is decoded (a length not past it is refused now too).
+            with_prime = dataclasses.replace(options, prime_duration=options.prime_seconds)
+            build_generate(limits, options if prime is None else with_prime)
             if prime is not None:
                 check_prime_metadata(limits, prime.filename, prime.size)
         return options

@@ -105,7 +105,8 @@ async def test_a_prime_too_big_or_a_prime_length_without_a_prime_is_refused_befo
     fake_discord: FakeDiscord, bot_runner: BotRunner, sqlite_store: JobStore
 ) -> None:
     """Refusals that need no lyrics come before the form (audit): an attachment over the prime's size
-    limit, and `prime_seconds` with no prime, opened the form and were refused once it was written."""
+    limit, `prime_seconds` with no prime, and a `prime_seconds` past the length opened the form and
+    were refused once it was written."""
     fake = fake_discord
     await bot_runner.start(make_bot(fake, sqlite_store, make_settings(max_prime_bytes=100_000)))
     big = Upload("big.wav", prime_wav(2.0))
@@ -120,6 +121,10 @@ async def test_a_prime_too_big_or_a_prime_length_without_a_prime_is_refused_befo
     )
     assert await job_count(sqlite_store) == 0
     small = Upload("small.wav", prime_wav(0.5))
+    past_the_length = {"lyrics_modal": True, "prime_seconds": 30.0, "length": 20.0}
+    opened = await fake.invoke_command("jukebox", past_the_length, attachments={"prime": small})
+    assert opened.modal is None
+    assert "must be longer than the prime" in await reply_of(fake, opened)
     opened = await fake.invoke_command("jukebox", {"lyrics_modal": True}, attachments={"prime": small})
     assert opened.modal is not None  # one that may fit is downloaded once the lyrics are written
 

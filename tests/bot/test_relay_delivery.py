@@ -448,26 +448,37 @@ async def test_a_sample_refused_as_too_large_after_the_server_limit_shrank_goes_
     """A member's command told the bot the server's upload limit; the server lost boosts since (its
     limit shrank) and nobody ran a command after. Discord refuses the sample's file as too large
     (40005): the relay took that for a hiccup and sent the same file at every try, waiting longer
-    each time, for ever. It now keeps under a smaller limit and splits the sample anew at once."""
+    each time, for ever. It now keeps under the base limit every server allows and splits the sample
+    anew at once; a refusal of a file within that base is an ordinary failure (not the size)."""
     fake = fake_discord
     bot, relay, store, _clock, worker, job = await _a_job_under_a_20_000_byte_limit(
         fake, bot_runner, sqlite_store
     )
     assert job.guild_id is not None
+    bot.base_upload_limit = 20_000  # what every server allows: this fake one's 20,000 bytes
     bot._upload_limits[job.guild_id] = 1_000_000  # as a member's command said while the server was boosted
     (sample_id,) = await worker.complete(job, n=1, full=False, seconds=12.0)
-    for _ in range(8):  # each refusal at least halves the limit
-        await relay.run_pass()
-        if (await store.get_sample_info(sample_id)).posted:
-            break
+    await relay.run_pass()
+    assert [r.status for r in fake.rejections] == [413]
+    assert bot.upload_limit(job.guild_id) == 20_000
+    await relay.run_pass()  # at once, split anew
     assert (await store.get_sample_info(sample_id)).posted
-    refusals = [r.status for r in fake.rejections]
-    assert refusals and set(refusals) == {413}
+    assert [r.status for r in fake.rejections] == [413]
     sent = [m for m in bot_messages(fake) if not m.content.startswith("**Job #")]
     assert sent and all(sum(a.size for a in m.attachments) <= 20_000 for m in sent)
     assert len([m for m in sent if f"**Sample #{sample_id}**" in m.content]) == 1
     done = progress_message(fake, job.id)
     assert done is not None and done.content.endswith("✅ Done: 1 sample below.")
+
+    # Another sample, its part within the base refused as too large (some other cause): no smaller
+    # split would help, so the limit stays and the try comes later, as for any failure.
+    later = await _queued_and_claimed(fake, worker, "bob", "general", seed=2)
+    (other,) = await worker.complete(later, n=1, full=False, seconds=12.0)
+    fake.fail_next("POST", "/channels/{channel_id}/messages", status=413, code=40005)
+    await relay.run_pass()
+    assert [r.status for r in fake.rejections] == [413, 413]
+    assert bot.upload_limit(job.guild_id) == 20_000 and not (await store.get_sample_info(other)).posted
+    assert relay._failures.get(later.id) == 1
 
 
 def test_a_sample_nonce_fits_discords_limit_for_the_largest_ids_parts_and_limits() -> None:

@@ -201,6 +201,16 @@ def test_a_wma_or_older_quicktime_file_whose_header_outgrows_the_probe_is_not_ca
         assert abs(_seconds(decode_audio(data, max_seconds=60)) - 20.0) < 0.2, name
 
 
+@pytest.mark.parametrize("first_line", ["I'm free, free fallin'", "Set free the birds", "Go", "Gone"])
+def test_lyrics_whose_first_bytes_spell_a_container_sign_are_still_a_text_file(first_line: str) -> None:
+    """Bytes 4 to 8 of "I'm free" spell a QuickTime atom, and a text starting with "G" with a "G" at
+    byte 188 spells an MPEG transport stream: such lyrics were called a damaged MP4, or a video."""
+    text = (first_line + "\n" + "la " * 60 + "\n") * 4
+    text = text[:188] + "G" + text[189:] if first_line.startswith("G") else text
+    with pytest.raises(NotAudio, match=r"it looks like a text file"):
+        probe(text.encode())
+
+
 @pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-8-sig", "utf-16"])
 def test_a_text_file_with_a_byte_order_mark_is_told_a_text_file(encoding: str) -> None:
     """Notepad's "Unicode" text starts with FF FE, which reads as an MPEG frame sync: lyrics attached
