@@ -326,9 +326,8 @@ async def _run_until_stopped(
                 await runner
             except asyncio.CancelledError:
                 pass
-            except (
-                Exception
-            ) as exc:  # what closing did to a login in flight: the stop asked for is no failure
+            except Exception as exc:
+                # what closing did to a login in flight: the stop asked for is no failure
                 log.info("the Discord connection ended as it closed: %r", exc)
             if bot.stop_reason is not None:
                 raise bot.stop_reason

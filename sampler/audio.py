@@ -215,11 +215,12 @@ _AUDIO_NAMES = {
     "w64": "Wave64",
     "tta": "TTA",
 }
-# QuickTime files may start with any of these atoms rather than `ftyp` (older .mov, a `moov` at the end).
 SNIFF_BYTES = 256  # what the sniffers read: an MPEG transport stream shows itself at byte 188
+# QuickTime files may start with any of these atoms rather than `ftyp` (older .mov, a `moov` at the end).
 _QUICKTIME_ATOMS = (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot")
 _ASF_GUID = bytes.fromhex("3026b2758e66cf11a6d900aa0062ce6c")
 _W64_RIFF_GUID = b"riff" + bytes.fromhex("2e91cf11a5d628db04c10000")
+TEXT_FILE = "a text file"  # what `_sniff_other` calls one
 # Byte-order marks of text files, and the encoding each announces.
 _TEXT_BOMS = ((b"\xef\xbb\xbf", "utf-8"), (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))
 
@@ -236,13 +237,13 @@ def _sniff_audio(head: bytes) -> str | None:
         return "ogg"
     if head[:3] == b"ID3":
         return "mp3"
-    if head.startswith((b"\xff\xfe", b"\xfe\xff")) and _sniff_other(head) == "a text file":
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) and _is_text(head):
         return None  # UTF-16 text: its byte-order mark reads as an MPEG frame sync
     if len(head) >= 2 and head[0] == 0xFF and (head[1] & 0xF6) == 0xF0:
         return "aac"  # ADTS sync word, layer bits 00
     if len(head) >= 2 and head[0] == 0xFF and (head[1] & 0xE0) == 0xE0 and (head[1] & 0x06) != 0:
         return "mp3"  # MPEG audio frame sync with a valid layer
-    if head[4:8] == b"ftyp" or (head[4:8] in _QUICKTIME_ATOMS and _sniff_other(head) != "a text file"):
+    if head[4:8] == b"ftyp" or (head[4:8] in _QUICKTIME_ATOMS and not _is_text(head)):
         return "mp4"  # (lyrics may begin "I'm free": bytes 4 to 8 of a text spell an atom now and then)
     if head[:16] == _ASF_GUID:
         return "asf"
@@ -263,6 +264,10 @@ def _sniff_audio(head: bytes) -> str | None:
     if head[:5] == b"#!AMR":
         return "amr"
     return None
+
+
+def _is_text(head: bytes) -> bool:
+    return _sniff_other(head) == TEXT_FILE
 
 
 def _sniff_other(head: bytes) -> str | None:
@@ -302,7 +307,7 @@ def _sniff_other(head: bytes) -> str | None:
     except UnicodeDecodeError:
         return _sniff_transport_stream(head)
     if text and all(ch.isprintable() or ch in "\r\n\t" for ch in text):
-        return "a text file"
+        return TEXT_FILE
     return _sniff_transport_stream(head)
 
 

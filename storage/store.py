@@ -462,7 +462,7 @@ class JobStore:
         Whoever looks first (a claim, a recovery pass) may have seen no outage: one that fell between
         its calls, or one on the worker's path alone. Taken over at once, the job lost every window
         sampled meanwhile, and an attempt."""
-        expired_before = self._lease_now() if now is None else literal(now, UTCDateTime())
+        expired_before = self._lease_time(now)
         unseen = (
             await connection.execute(
                 select(jobs.c.id, jobs.c.lease_seconds)
@@ -480,13 +480,18 @@ class JobStore:
         for row in unseen:
             by_length.setdefault(row.lease_seconds, []).append(row.id)
         for lease_seconds, ids in sorted(by_length.items()):
-            offset = timedelta(seconds=lease_seconds)
-            end = self._lease_now_plus(offset) if now is None else literal(now + offset, UTCDateTime())
+            end = self._lease_time(now, timedelta(seconds=lease_seconds))
             await connection.execute(
                 update(jobs)
                 .where(jobs.c.id.in_(ids), jobs.c.lease_lapse_ends_at.is_(None))
                 .values(lease_lapse_ends_at=end)
             )
+
+    def _lease_time(self, now: datetime | None, offset: timedelta = timedelta()) -> ColumnElement[datetime]:
+        """`now` (a test's, replacing the lease clock) moved by `offset`; None: the lease clock's now."""
+        if now is not None:
+            return literal(now + offset, UTCDateTime())
+        return self._lease_now_plus(offset) if offset else self._lease_now()
 
     def _lease_now_plus(self, offset: timedelta) -> ColumnElement[datetime]:
         """`_lease_now()` moved by `offset` (negative: a time in the past), by the same clock."""
@@ -1216,7 +1221,7 @@ class JobStore:
         A lease that ran out is recovered only a lease after it was first seen run out (see
         `_note_lapses`); `at_once`: as soon as it ran out (a cancel, which a live worker would obey).
         """
-        expired_before = self._lease_now() if now is None else literal(now, UTCDateTime())
+        expired_before = self._lease_time(now)
         which = (
             true() if spare_job is None else jobs.c.id != spare_job,
             true() if only_job is None else jobs.c.id == only_job,
