@@ -159,10 +159,10 @@ def retry(job_ids: tuple[int, ...]) -> None:
     this command's settings have it. Refused by name (the others still go back): a job that is not
     failed or cancelled, one whose prime clip was pruned, an upsample another job already covers, and
     a job of a server the bot was removed from, until the bot is in it again. A running job whose
-    worker is gone is recovered now, as a bot or worker would: queued again, its lost attempt counted.
-    Its worker is gone once its lease ran out and a lease more passed since a bot, a worker or this
-    command first saw it so (it may only be cut off from the database); before that the job is refused,
-    saying from when. Exits 1 when any was refused.
+    lease ran out is recovered now, as a bot or worker would recover it: queued again, its lost attempt
+    counted. Its worker is taken to be gone, without the lease of grace the bot and workers give a
+    worker that may only be cut off from the database (one that was stops the job when it sees the
+    database back; the job resumes from its last checkpoint). Exits 1 when any was refused.
     """
     from storage.errors import JobNotFound, JobNotRetryable
 
@@ -179,13 +179,12 @@ def retry(job_ids: tuple[int, ...]) -> None:
 
     async def retry_each(store: JobStore) -> None:
         for job_id in wanted:
-            if await store.requeue_expired(only_job=job_id) == [(job_id, JobStatus.QUEUED)]:
+            # At once: a lease's grace would make the operator, who knows the worker died, run the
+            # command again a lease later.
+            recovered_now = await store.requeue_expired(only_job=job_id, at_once=True)
+            if recovered_now == [(job_id, JobStatus.QUEUED)]:
                 recovered.add(job_id)
                 outcomes.append((job_id, await store.get_job(job_id)))
-                continue
-            lapsed = await _lapsed_lease(store, job_id)
-            if lapsed is not None:
-                outcomes.append((job_id, lapsed))
                 continue
             try:
                 outcomes.append((job_id, await store.retry_job(job_id, bot_wide_running_limit=bot_wide)))
@@ -217,24 +216,6 @@ def retry(job_ids: tuple[int, ...]) -> None:
     if refused:
         verb = "was" if refused == 1 else "were"
         raise click.ClickException(f"{refused} of {len(wanted)} jobs {verb} not retried (see above).")
-
-
-async def _lapsed_lease(store: JobStore, job_id: int) -> str | None:
-    """Why a running job whose lease ran out is not recovered yet (its worker may only be cut off from
-    the database, and renew it): None for any other job."""
-    from storage.errors import JobNotFound
-
-    try:
-        job = await store.get_job(job_id)
-    except JobNotFound:
-        return None
-    if job.status is not JobStatus.RUNNING or job.lease_lapse_ends_at is None:
-        return None
-    return (
-        f"Job #{job_id} was not retried: its worker stopped renewing its lease, but may only be cut off "
-        f"from the database; it keeps the job until {job.lease_lapse_ends_at:%Y-%m-%d %H:%M:%S} UTC unless "
-        "it renews the lease by then. Retry after that to queue it again now."
-    )
 
 
 @jobs.command(context_settings=IDS_ONLY)
