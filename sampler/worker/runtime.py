@@ -1353,7 +1353,7 @@ class Worker:
         how_long = f"{silent:.0f} s" if silent < 120 else f"{silent / 60:.0f} min"
         reason = (
             f"the sampler showed no sign of life for {how_long} {stage} (a GPU that stopped "
-            "answering, or a deadlock); its worker process was restarted"
+            "answering, or a deadlock); its worker process stops so that a fresh one can take over"
         )
         log.error("job #%s: %s", run.job.id, reason)
         # Whatever happens to the record, this process stops (given up as the watch fired): its only
