@@ -1221,6 +1221,8 @@ class JobStore:
         A lease that ran out is recovered only a lease after it was first seen run out (see
         `_note_lapses`); `at_once`: as soon as it ran out (a cancel, which a live worker would obey).
         """
+        if only_job is not None and not _could_be_job_id(only_job):
+            return []  # names no job
         expired_before = self._lease_time(now)
         which = (
             true() if spare_job is None else jobs.c.id != spare_job,

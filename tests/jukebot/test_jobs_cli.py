@@ -406,6 +406,19 @@ def test_retry_queues_a_running_job_whose_lease_ran_out_at_once(database: str) -
     assert claimed is not None and (claimed.id, claimed.checkpoint) == (unseen, b"windows 1-5")
 
 
+def test_retry_of_an_id_past_the_id_column_names_no_job_and_goes_on(database: str) -> None:
+    """An id past 64 bits showed a traceback (SQLite's OverflowError in the dead-worker recovery that
+    retry tries first), and the ids after it were never tried."""
+    failed = with_store(database, lambda store: failed_job(store, None, "damaged model file"))
+    huge = "9" * 20
+    result = jobs("retry", huge, str(failed))
+    assert result.exit_code == 1, result.output
+    assert result.stdout == f"Job #{failed} is queued again; it starts over (it has no checkpoint).\n"
+    assert result.stderr == (
+        f"Job #{huge} was not retried: there is no such job.\nError: 1 of 2 jobs was not retried (see above).\n"
+    )
+
+
 def test_retry_of_only_retryable_jobs_exits_0(database: str) -> None:
     failed = with_store(database, lambda store: failed_job(store, None, "damaged model file"))
     result = jobs("retry", str(failed))
