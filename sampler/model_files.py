@@ -577,11 +577,23 @@ class VerifiedCache:
             return None
         return entry
 
-    def put(self, name: str, path: Path, ok: bool, checks: str, problems: Sequence[str] = ()) -> None:
+    def put(
+        self,
+        name: str,
+        path: Path,
+        ok: bool,
+        checks: str,
+        problems: Sequence[str] = (),
+        *,
+        sidecar_of: str | None = None,
+    ) -> None:
+        """Record a verdict on `name`; `sidecar_of`: the file whose sidecar was found wrong (`name` or
+        the VQ-VAE), not the checkpoint: the verdict holds until a sidecar changes (the signature)."""
         data = self._read()
-        data[CHECKPOINTS[name].path] = dict(
-            self._signature(name, path), ok=ok, checks=checks, problems=list(problems)
-        )
+        entry = dict(self._signature(name, path), ok=ok, checks=checks, problems=list(problems))
+        if sidecar_of is not None:
+            entry["sidecar_of"] = sidecar_of
+        data[CHECKPOINTS[name].path] = entry
         self._write(data)
 
     def forget(self, name: str) -> None:
@@ -652,19 +664,21 @@ def verify_file(
         problems = [] if fault is not None else file_problems(name, path, verifier)
     except ModelFileUnreadable as exc:
         return VerifyResult(name, path, False, [exc.problem], checks, unreadable=True)
+    cache = VerifiedCache(model_dir)
     if fault is not None:  # a sidecar is wrong, not the checkpoint: it stays where it is
         owner = fault[0]
-        problem = verifier.architecture_problem(name) if verifier is not None else None
+        problem = (verifier.architecture_problem(name) if verifier is not None else None) or fault[1]
+        # Kept, so that `models list` (which checks no architecture: that takes torch) says it too.
+        cache.put(name, path, ok=False, checks=checks, problems=[problem], sidecar_of=owner)
         return VerifyResult(
             name,
             path,
             False,
-            [problem or fault[1]],
+            [problem],
             checks,
             fix="The checkpoint itself was left in place.",
             sidecar_of=owner,
         )
-    cache = VerifiedCache(model_dir)
     if not problems:
         found_loading = failed_as_weights_were_read(cache.get(name, path))
         if found_loading is None:
@@ -787,6 +801,8 @@ def _file_status(name: str, model_dir: Path, cache: dict[str, Any] | None) -> Fi
             return FileStatus(name, path, "verified", size, entry.get("checks"))
         recorded = entry.get("problems")
         problem = "; ".join(map(str, recorded)) if isinstance(recorded, list) and recorded else None
+        if entry.get("sidecar_of") is not None:  # the checkpoint is not damaged: its sidecar is what to fix
+            return FileStatus(name, path, "bad_sidecar", size, entry.get("checks"), problem)
         return FileStatus(name, path, "failed", size, entry.get("checks"), problem)
     if part_size is not None:
         return FileStatus(name, path, "partial", part_size)

@@ -17,7 +17,13 @@ from jukebot.cli import main
 from jukebot.doctor import Verdict, check_models
 from jukebot.settings import load_settings
 from sampler.jukebox.registry import MODELS
-from sampler.loading import expected_shapes_for, sidecar_path
+from sampler.loading import (
+    ModelDirectory,
+    ModelFileUnusable,
+    expected_shapes_for,
+    record_unusable,
+    sidecar_path,
+)
 from sampler.model_files import SIDECAR_FIX, CheckpointVerifier, model_path
 from tests.tiny_model_dir import write_tiny_model_dir
 
@@ -177,3 +183,41 @@ def test_import_names_what_the_path_given_is_when_it_is_no_file(tmp_path: Path, 
         os.mkfifo(path)
     result = models(tmp_path / "models", "import", str(path))
     assert (result.exit_code, result.output) == (1, f"Error: {path} {said.replace('GONE', str(gone))}\n")
+
+
+@pytest.mark.parametrize("found_by", ["verify", "sampling"])
+def test_a_sidecar_found_wrong_stays_wrong_in_the_list_until_it_changes(
+    clean_env: Path, found_by: str
+) -> None:
+    """A sidecar that reads as JSON but holds a wrong value ("n_ctx": "64") is judged only against the
+    architecture, which `models list` does not do (that takes torch): `verify` and `doctor` called it
+    wrong while the list still said "ready", and after `sample` found it, "1 of 4 files to fetch". The
+    verdict is kept as the sidecar's, until the sidecar changes."""
+    model_dir = write_tiny_model_dir(clean_env / "models", models=("1b_lyrics",))
+    prior = model_path(model_dir, "prior_1b_lyrics")
+    sidecar = sidecar_path(prior)
+    good = sidecar.read_text()
+    hparams = json.loads(good)
+    sidecar.write_text(json.dumps(hparams | {"n_ctx": str(hparams["n_ctx"])}))
+    if found_by == "verify":
+        assert models(model_dir, "verify", "prior_1b_lyrics").exit_code == 1
+    else:
+        try:
+            ModelDirectory(model_dir, "1b_lyrics").prior_config(2)
+        except ModelFileUnusable as exc:
+            record_unusable(model_dir, exc)
+        else:
+            raise AssertionError("a prior whose sidecar is wrong loaded")
+
+    listed = models(model_dir, "list")
+    heading = next(line for line in listed.output.splitlines() if line.startswith("1b_lyrics (lyrics): "))
+    assert heading.startswith(f"1b_lyrics (lyrics): prior_1b_lyrics: {sidecar} "), heading
+    assert "must be a whole number" in heading and SIDECAR_FIX in heading, heading
+    assert "ready" not in heading and "to fetch" not in heading, heading
+    downloaded = models(model_dir, "download", "1b_lyrics", "--no-progress")
+    assert f"prior_1b_lyrics: already present, but {sidecar} " in downloaded.output, downloaded.output
+    assert not list(model_dir.rglob("*.corrupt"))
+
+    sidecar.write_text(good)  # fixed: the verdict no longer holds
+    listed = models(model_dir, "list")
+    assert "1b_lyrics (lyrics): ready" in listed.output, listed.output
