@@ -181,7 +181,7 @@ def verify_command(name: str | None) -> None:
     A bad file is moved aside to <file>.corrupt, so the next download fetches it afresh; one that
     cannot be read (its permissions) is left as it is.
     """
-    names = _names_or_exit(name or "all")
+    names = _names_or_exit("all" if name is None else name)  # (an empty NAME is no model: refused)
     settings = settings_or_exit()
     _readable_model_dir(settings.model_dir)
     verifier = _context().make_verifier()
@@ -217,8 +217,16 @@ def verify_command(name: str | None) -> None:
         click.echo(f"{checked} file(s) OK.")
 
 
+def _import_path(given: str) -> Path:
+    """PATH as given (`import_checkpoints` names what is wrong with it), but not empty: as a Path, ""
+    reads as ".", and an unset shell variable would import whatever the working directory holds."""
+    if not given:
+        raise click.BadParameter("it is empty; give the folder or file to import (`.` for this folder).")
+    return Path(given)
+
+
 @models.command("import")
-@click.argument("path", type=click.Path(path_type=Path))  # `import_models` names what is wrong with it
+@click.argument("path", type=click.Path(), callback=lambda _ctx, _param, given: _import_path(given))
 @click.option(
     "--model",
     type=click.Choice(list(MODELS)),

@@ -212,3 +212,27 @@ def test_import_of_an_empty_folder_says_it_holds_no_checkpoints(tmp_path: Path) 
     line = one_sentence(models(tmp_path / "models", "import", str(empty)))
     assert line.startswith(f"Error: {empty} holds no checkpoint files: give original *.pth.tar files")
     assert "safetensors`" not in line and "install" not in line
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_an_empty_name_or_path_is_refused_not_read_as_all_or_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unset shell variable (`jukebot models import "$DIR"`): the empty path read as ".", and the
+    checkpoints in the working directory were imported; `verify ""` verified everything and advised
+    "run `jukebot models download `"."""
+    model_dir = write_tiny_model_dir(tmp_path / "models", models=("1b_lyrics",))
+    here = tmp_path / "here"
+    here.mkdir()
+    (here / "vqvae.pth.tar").write_bytes(model_path(model_dir, "vqvae").read_bytes())
+    monkeypatch.chdir(here)
+    target = tmp_path / "empty"
+
+    imported = models(target, "import", "")
+    assert imported.exit_code == 2, imported.output
+    assert "Invalid value for 'PATH': it is empty; give the folder or file to import" in imported.output
+    assert not target.exists()
+
+    verified = models(model_dir, "verify", "")
+    assert one_sentence(verified).startswith("Error: Unknown model or file '': use one of 5b, ")
+    assert "OK " not in verified.output and "download `" not in verified.output
