@@ -37,7 +37,7 @@ from sampler.jobspec import MAX_PRIME_SECONDS, MIN_LENGTH_SECONDS, MIN_PRIME_SEC
 from sampler.jukebox.registry import DEFAULT_MIRRORS, MAX_SONG_SECONDS
 from sampler.model_files import default_model_dir
 from sampler.residency import DEFAULT_RESIDENT_PRIORS, ResidentPriors, parse_resident_priors
-from sampler.units import format_bytes
+from sampler.units import format_bytes, format_bytes_pair
 from sampler.worker.logs import LOG_LEVELS, LogFormat
 from sampler.worker.runtime import WorkerConfig
 from storage.models import MAX_INTEGER
@@ -400,13 +400,29 @@ _ENDPOINT_SCHEMES = {
 }
 
 
+def database_url_variable() -> str:
+    """The variable the database URL was read from, for a message that says to fix it:
+    JUKEBOT_DATABASE_URL, in the environment or `.env`, wins over DATABASE_URL (see _OwnDatabaseUrl)."""
+    return _variable_read("DATABASE_URL")
+
+
+def discord_token_variable() -> str:
+    """The variable the Discord token was read from (JUKEBOT_DISCORD_TOKEN is read first)."""
+    return _variable_read("DISCORD_TOKEN")
+
+
+def _variable_read(name: str) -> str:
+    prefixed = f"{ENV_PREFIX}{name}"
+    return prefixed if prefixed in _variable_names() else name
+
+
 def token_problem(token: str) -> str | None:
     """What is wrong with a Discord token that Discord would refuse anyway, seen without asking it (a
     login would say only "improper token"); None when it looks like one."""
     if any(character.isspace() for character in token):
         return (
-            "DISCORD_TOKEN holds a space (is 'Bot ' in front of it?): set it to the token alone, as the "
-            "Developer Portal's Bot page copies it"
+            f"{discord_token_variable()} holds a space (is 'Bot ' in front of it?): set it to the token "
+            "alone, as the Developer Portal's Bot page copies it"
         )
     return None
 
@@ -499,8 +515,11 @@ class Settings(BaseSettings):
     def _parse_byte_size(cls, value: object) -> object:
         size = parse_byte_size(value)
         if isinstance(size, int) and size > MAX_INTEGER:  # (`le` would answer in bytes alone)
-            given = format_bytes(size) if size < 1024**9 else "more digits than any size"
-            raise ValueError(f"at most {MAX_INTEGER} bytes ({format_bytes(MAX_INTEGER)}), not {given}")
+            # (in exact bytes where the units read the same: 2 GiB is not "2.0 GiB" against "2.0 GiB")
+            given = "more digits than any size"
+            if size < 1024**9:
+                given = format_bytes_pair(size, MAX_INTEGER)[0]
+            raise ValueError(f"at most {MAX_INTEGER:,} bytes ({format_bytes(MAX_INTEGER)}), not {given}")
         return size
 
     @field_validator("model_mirrors", mode="before")
@@ -766,7 +785,7 @@ def load_settings(**overrides: object) -> Settings:
         if field in {"database_url", "JUKEBOT_DATABASE_URL", "DATABASE_URL"}:
             # The one read: JUKEBOT_DATABASE_URL, in the environment or .env, wins over DATABASE_URL
             # (also when empty; see _OwnDatabaseUrl).
-            env = "JUKEBOT_DATABASE_URL" if "JUKEBOT_DATABASE_URL" in _variable_names() else "DATABASE_URL"
+            env = database_url_variable()
         message = str(first["msg"]).removeprefix("Value error, ")
         raise SettingsError(f"Bad value for {env}: {message}.") from None
 

@@ -15,7 +15,13 @@ import click
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from jukebot.settings import Settings, SettingsError, load_settings, misspelled_variables
+from jukebot.settings import (
+    Settings,
+    SettingsError,
+    database_url_variable,
+    load_settings,
+    misspelled_variables,
+)
 from sampler.files import not_a_file, on_read_only_mount
 from sampler.worker.logs import configure_logging
 
@@ -137,8 +143,8 @@ def upgrade_or_exit(settings: Settings) -> str | None:
 def _grant_tables(user: str) -> str:
     """The advice that gives `user` what jukebot does with tables another user owns."""
     return (
-        f"grant them (`{_grant_statements(user)}`, as the tables' owner), or point DATABASE_URL at a user "
-        "that owns the database."
+        f"grant them (`{_grant_statements(user)}`, as the tables' owner), or point {database_url_variable()} "
+        "at a user that owns the database."
     )
 
 
@@ -198,40 +204,41 @@ def sqlite_path_problem(settings: Settings) -> str | None:
     # os.path's tests, not Path's: those raise where a folder on the way cannot be entered.
     if os.path.isdir(path):
         return (
-            f"DATABASE_URL names the directory {path}, not a SQLite file: add a file name, "
+            f"{database_url_variable()} names the directory {path}, not a SQLite file: add a file name, "
             f"e.g. sqlite:///{path / 'jukebot.sqlite3'}."
         )
     existing = next((parent for parent in path.parents if os.path.exists(parent)), None)
     if existing is not None and not os.path.isdir(existing):
         return (
-            f"DATABASE_URL's SQLite file {path} would be inside {existing}, which is a file, "
-            "not a directory: point DATABASE_URL at a file in a directory."
+            f"{database_url_variable()}'s SQLite file {path} would be inside {existing}, which is a file, "
+            f"not a directory: point {database_url_variable()} at a file in a directory."
         )
     if existing is not None and not os.access(existing, os.X_OK):
         return (
-            f"DATABASE_URL's SQLite file {path} cannot be reached: this user may not enter the folder "
-            f"{existing}. Change that folder's permissions, or point DATABASE_URL at a folder this user "
-            "may write in."
+            f"{database_url_variable()}'s SQLite file {path} cannot be reached: this user may not enter the "
+            f"folder {existing}. Change that folder's permissions, or point {database_url_variable()} at a "
+            "folder this user may write in."
         )
     if not os.path.exists(path) and existing is not None and on_read_only_mount(existing):
         return (
-            f"DATABASE_URL's SQLite file {path} cannot be created: {existing} is on a read-only file "
-            "system. Point DATABASE_URL at a folder on a writable one."
+            f"{database_url_variable()}'s SQLite file {path} cannot be created: {existing} is on a read-only "
+            f"file system. Point {database_url_variable()} at a folder on a writable one."
         )
     if not os.path.exists(path) and existing is not None and not os.access(existing, os.W_OK | os.X_OK):
         return (
-            f"DATABASE_URL's SQLite file {path} cannot be created: this user may not write in {existing}. "
-            "Change that folder's permissions, or point DATABASE_URL at a folder this user may write in."
+            f"{database_url_variable()}'s SQLite file {path} cannot be created: this user may not write in "
+            f"{existing}. Change that folder's permissions, or point {database_url_variable()} at a folder "
+            "this user may write in."
         )
     if os.path.isfile(path) and not os.access(path, os.R_OK | os.W_OK) and on_read_only_mount(path):
         return (
-            f"DATABASE_URL's SQLite file {path} is on a read-only file system, where it cannot be "
-            "written: copy it to a writable one and point DATABASE_URL there."
+            f"{database_url_variable()}'s SQLite file {path} is on a read-only file system, where it cannot "
+            f"be written: copy it to a writable one and point {database_url_variable()} there."
         )
     if os.path.isfile(path) and not os.access(path, os.R_OK | os.W_OK):
         return (
-            f"DATABASE_URL's SQLite file {path} cannot be read and written by this user: fix its "
-            "permissions, or point DATABASE_URL at another file."
+            f"{database_url_variable()}'s SQLite file {path} cannot be read and written by this user: fix "
+            f"its permissions, or point {database_url_variable()} at another file."
         )
     return None
 
@@ -248,18 +255,20 @@ def _special_file_problem(path: Path) -> str | None:
         return None
     if found.link_loop:
         return (
-            f"DATABASE_URL's SQLite file {path} is a loop of links (a link that leads back to "
-            "itself): fix or remove the link, or point DATABASE_URL at the database file itself."
+            f"{database_url_variable()}'s SQLite file {path} is a loop of links (a link that leads back to "
+            f"itself): fix or remove the link, or point {database_url_variable()} at the database file "
+            "itself."
         )
     if found.broken_link:
         return (
-            f"DATABASE_URL's SQLite file {path} is a link to {found.link_target}, which does not "
-            "exist (SQLite cannot create a file through it): point DATABASE_URL at the database file "
-            "itself, or remove the link so that `jukebot db upgrade` creates a new database there."
+            f"{database_url_variable()}'s SQLite file {path} is a link to {found.link_target}, which does "
+            f"not exist (SQLite cannot create a file through it): point {database_url_variable()} at the "
+            "database file itself, or remove the link so that `jukebot db upgrade` creates a new database "
+            "there."
         )
     return (
-        f"DATABASE_URL's SQLite file {path} is {found.what}, not a regular file: point DATABASE_URL at "
-        "jukebot's database file, or at a new file name to start an empty one."
+        f"{database_url_variable()}'s SQLite file {path} is {found.what}, not a regular file: point "
+        f"{database_url_variable()} at jukebot's database file, or at a new file name to start an empty one."
     )
 
 
@@ -286,9 +295,9 @@ def cannot_reach(where: str, reason: str) -> str:
         return (
             f"The database server at {where} does not take SSL ({reason}): turn SSL on in the server, "
             "or, where the network between them is yours to trust, set sslmode=prefer or sslmode=disable "
-            "in DATABASE_URL."
+            f"in {database_url_variable()}."
         )
-    return f"Cannot reach the database at {where} ({reason}): start it or fix DATABASE_URL."
+    return f"Cannot reach the database at {where} ({reason}): start it or fix {database_url_variable()}."
 
 
 def timed_out(settings: Settings) -> str:
@@ -335,14 +344,15 @@ def specific_database_problem(error: BaseException, settings: Settings) -> str |
         return (
             f"The database at {shown} takes no writes from Postgres user {user!r}: its sessions are "
             "read-only (the server is a standby, or `default_transaction_read_only` is on for the user or "
-            "the database): point DATABASE_URL at the primary server, or turn it off (`ALTER ROLE "
-            f"{sql_name(user)} SET default_transaction_read_only = off`, and the same for the database); "
-            "nothing was changed."
+            f"the database): point {database_url_variable()} at the primary server, or turn it off (`ALTER "
+            f"ROLE {sql_name(user)} SET default_transaction_read_only = off`, and the same for the "
+            "database); nothing was changed."
         )
     if isinstance(error, NoRoomToMigrate):
         return (
-            f"The database at {shown} was not upgraded: {error}. Free some space on that disk (or move "
-            "the file to a larger one and point DATABASE_URL at it), then start again; nothing was changed."
+            f"The database at {shown} was not upgraded: {error}. Free some space on that disk (or move the "
+            f"file to a larger one and point {database_url_variable()} at it), then start again; nothing was "
+            "changed."
         )
     if isinstance(error, MigrationBlocked):
         return (
@@ -352,8 +362,8 @@ def specific_database_problem(error: BaseException, settings: Settings) -> str |
     if isinstance(error, ForeignTables):
         return (
             f"The database at {shown} has no jukebot schema but holds tables named like jukebot's "
-            f"({', '.join(error.tables)}): it is another program's database, or jukebot's first "
-            "migration did not finish there; point DATABASE_URL at jukebot's own or an empty database "
+            f"({', '.join(error.tables)}): it is another program's database, or jukebot's first migration "
+            f"did not finish there; point {database_url_variable()} at jukebot's own or an empty database "
             "(it was not changed)."
         )
     if isinstance(error, UnknownSchemaRevision):
@@ -366,7 +376,7 @@ def specific_database_problem(error: BaseException, settings: Settings) -> str |
         return (
             f"The database at {shown} has schema revision {error.revision}, which this jukebot does not "
             f"know (latest {error.head}): if a newer jukebot migrated it, upgrade jukebot on this machine, "
-            "else point DATABASE_URL at jukebot's own database (it was not changed)."
+            f"else point {database_url_variable()} at jukebot's own database (it was not changed)."
         )
     if isinstance(error, DBAPIError):
         code = getattr(error.orig, "sqlstate", None)
@@ -375,14 +385,14 @@ def specific_database_problem(error: BaseException, settings: Settings) -> str |
             # The host may come in the query string (`postgresql:///db?host=/run/postgresql`).
             host = url.host or url.query.get("host") or "the local server"
             return (
-                f"Database {url.database!r} does not exist on {host}: create it "
-                f"(e.g. `createdb {url.database}`) or point DATABASE_URL at another one ({shown})."
+                f"Database {url.database!r} does not exist on {host}: create it (e.g. `createdb "
+                f"{url.database}`) or point {database_url_variable()} at another one ({shown})."
             )
         if code in _LOGIN_REFUSED:
             user = postgres_user(settings)
             return (
                 f"Postgres refused user {user!r} ({first_line(error.orig)}): "
-                f"fix the user or password in DATABASE_URL ({shown})."
+                f"fix the user or password in {database_url_variable()} ({shown})."
             )
         if code == _INSUFFICIENT_PRIVILEGE:
             user = postgres_user(settings)
@@ -393,11 +403,11 @@ def specific_database_problem(error: BaseException, settings: Settings) -> str |
                 # A migration altering tables another user owns, or adding tables beside them: neither
                 # the database's ownership nor a GRANT lets this user do both.
                 return (
-                    f"Postgres user {user!r} does not own jukebot's tables at {shown}, and upgrading "
-                    f"their schema needs their owner ({first_line(error.orig)}): run `jukebot db upgrade` "
-                    "once with DATABASE_URL set to the user that owns them, then, as that user, grant "
-                    f"{user!r} the tables the upgrade made too (`{_grant_statements(user)}`), and start "
-                    f"jukebot as {user!r} again (nothing was changed)."
+                    f"Postgres user {user!r} does not own jukebot's tables at {shown}, and upgrading their "
+                    f"schema needs their owner ({first_line(error.orig)}): run `jukebot db upgrade` once "
+                    f"with {database_url_variable()} set to the user that owns them, then, as that user, "
+                    f"grant {user!r} the tables the upgrade made too (`{_grant_statements(user)}`), and "
+                    f"start jukebot as {user!r} again (nothing was changed)."
                 )
             if re.search(r"permission denied for (table|sequence|relation) ", said):
                 # Jukebot's tables are there, another user's: owning the database would grant nothing.
@@ -410,13 +420,13 @@ def specific_database_problem(error: BaseException, settings: Settings) -> str |
                 f"({first_line(error.orig)}): make it the database's owner (`ALTER DATABASE "
                 f"{sql_name(url.database or user)} OWNER TO {sql_name(user)}`; on Postgres 15 and later a "
                 "user that does not own the database may not create tables in its public schema), or point "
-                "DATABASE_URL at a user that owns it."
+                f"{database_url_variable()} at a user that owns it."
             )
         sqlite_path = settings.sqlite_path
         said = str(error.orig)
         if sqlite_path is not None and "file is not a database" in said:
             return (
-                f"{sqlite_path} is not a SQLite database: point DATABASE_URL at jukebot's "
+                f"{sqlite_path} is not a SQLite database: point {database_url_variable()} at jukebot's "
                 "database file, or at a new file name to start an empty one."
             )
         if sqlite_path is not None and "database is locked" in said:
@@ -432,7 +442,7 @@ def specific_database_problem(error: BaseException, settings: Settings) -> str |
             return (
                 f"{sqlite_path} cannot be written: this user may not write the file or its folder "
                 f"{sqlite_path.parent} (SQLite writes its -wal and -shm files beside it); fix their "
-                "permissions, or point DATABASE_URL at a file in a folder this user may write."
+                f"permissions, or point {database_url_variable()} at a file in a folder this user may write."
             )
     return None
 

@@ -27,6 +27,7 @@ from jukebot.settings import (
     MIN_STALL_SECONDS,
     Settings,
     SettingsError,
+    discord_token_variable,
 )
 from sampler.worker.private import keep_memory_private
 
@@ -133,7 +134,8 @@ def discord_problem(
     if isinstance(error, discord.LoginFailure):
         return (
             "Discord refused the token: copy the bot's token from "
-            "https://discord.com/developers/applications (Bot → Reset Token) into DISCORD_TOKEN."
+            "https://discord.com/developers/applications (Bot → Reset Token) into "
+            f"{discord_token_variable()}."
         )
     if isinstance(error, discord.PrivilegedIntentsRequired):
         return f"Discord refused the connection: {error}."

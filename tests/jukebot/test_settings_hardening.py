@@ -436,10 +436,16 @@ def test_the_longest_song_is_one_the_models_take(monkeypatch: pytest.MonkeyPatch
         (
             "JUKEBOT_MAX_PRIME_BYTES",
             "9" * 400,
-            "at most 2147483647 bytes (2.0 GiB), not ",
+            "at most 2,147,483,647 bytes (2.0 GiB), not ",
         ),  # a traceback before
         # in the unit it was given in too, not in bytes alone
-        ("JUKEBOT_MAX_PRIME_BYTES", "3GiB", "at most 2147483647 bytes (2.0 GiB), not 3.0 GiB"),
+        ("JUKEBOT_MAX_PRIME_BYTES", "3GiB", "at most 2,147,483,647 bytes (2.0 GiB), not 3.0 GiB"),
+        # in bytes where the units read the same: it said "(2.0 GiB), not 2.0 GiB"
+        (
+            "JUKEBOT_MAX_PRIME_BYTES",
+            "2GiB",
+            "at most 2,147,483,647 bytes (2.0 GiB), not 2,147,483,648 bytes.",
+        ),
         ("JUKEBOT_MAX_PRIME_BYTES", "５MB", "use a number of bytes"),  # a full-width digit read as 5
     ],
 )
@@ -453,3 +459,27 @@ def test_limits_no_request_could_meet_or_no_number_could_hold_are_refused(
 def test_a_byte_size_with_decimals_is_read_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JUKEBOT_MAX_PRIME_BYTES", "25.5MiB")
     assert load_settings().max_prime_bytes == 26_738_688
+
+
+@pytest.mark.usefixtures("clean_env")
+@pytest.mark.parametrize("variable", ["DATABASE_URL", "JUKEBOT_DATABASE_URL"])
+def test_the_database_advice_names_the_variable_that_was_set(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, variable: str
+) -> None:
+    """With JUKEBOT_DATABASE_URL set (and no DATABASE_URL), the advice said "point DATABASE_URL at a
+    file in a directory": a variable the operator never set."""
+    (tmp_path / "plain").write_text("not a directory")
+    monkeypatch.setenv(variable, f"sqlite:///{tmp_path / 'plain' / 'jukebot.sqlite3'}")
+    line = one_sentence(invoke("db", "upgrade"))
+    assert line.startswith(f"Error: {variable}'s SQLite file "), line
+    assert line.endswith(f"not a directory: point {variable} at a file in a directory."), line
+
+
+@pytest.mark.usefixtures("clean_env")
+@pytest.mark.parametrize("variable", ["DISCORD_TOKEN", "JUKEBOT_DISCORD_TOKEN"])
+def test_the_token_advice_names_the_variable_that_was_set(
+    monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    monkeypatch.setenv(variable, "Bot MTIz.abc.def")
+    with pytest.raises(SettingsError, match=rf"^{variable} holds a space \(is 'Bot ' in front of it\?\)"):
+        load_settings().require_token()
