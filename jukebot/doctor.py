@@ -213,8 +213,11 @@ def _sidecar_faults(
     faults: dict[str, str] = {}
     for file in files:
         if file.state == "bad_sidecar":
-            owner = _malformed_sidecar_owner(settings, file.name)
-            faults.setdefault(owner, states[owner].description if owner in states else file.description)
+            # recorded by `verify` or sampling (its hparams describe no architecture), else seen here
+            owner = file.sidecar_of or _malformed_sidecar_owner(settings, file.name)
+            own = states.get(owner)
+            said = own.description if own is not None and own.state == "bad_sidecar" else file.description
+            faults.setdefault(owner, said)
         elif file.state in ("present", "failed") and verifier is not None:
             fault = verifier.architecture_fault(file.name)
             if fault is not None:

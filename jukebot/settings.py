@@ -406,9 +406,16 @@ def database_url_variable() -> str:
     return _variable_read("DATABASE_URL")
 
 
-def discord_token_variable() -> str:
-    """The variable the Discord token was read from (JUKEBOT_DISCORD_TOKEN is read first)."""
-    return _variable_read("DISCORD_TOKEN")
+def discord_token_variable(token: str) -> str:
+    """The variable `token` (as read, stripped) came from, for a message that says to fix it: the
+    environment is read before `.env`, and in each JUKEBOT_DISCORD_TOKEN before DISCORD_TOKEN."""
+    names = (f"{ENV_PREFIX}DISCORD_TOKEN", "DISCORD_TOKEN")
+    env_file = [(line.key.upper(), line.value or "") for line in _env_lines(_env_file()) if line.key]
+    for source in ([(key.upper(), value) for key, value in os.environ.items()], env_file):
+        for name in names:
+            if any(key == name and value.strip() == token for key, value in source):
+                return name
+    return "DISCORD_TOKEN"
 
 
 def _variable_read(name: str) -> str:
@@ -421,7 +428,7 @@ def token_problem(token: str) -> str | None:
     login would say only "improper token"); None when it looks like one."""
     if any(character.isspace() for character in token):
         return (
-            f"{discord_token_variable()} holds a space (is 'Bot ' in front of it?): set it to the token "
+            f"{discord_token_variable(token)} holds a space (is 'Bot ' in front of it?): set it to the token "
             "alone, as the Developer Portal's Bot page copies it"
         )
     return None

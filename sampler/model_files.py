@@ -723,6 +723,8 @@ class FileStatus:
     # partial files an interrupted import left beside it (see `leftover_partials`), and their bytes
     leftovers: int = 0
     leftover_bytes: int = 0
+    # bad_sidecar as recorded (`VerifiedCache.put`): whose sidecar, this file's or the VQ-VAE's
+    sidecar_of: str | None = None
 
     @property
     def relative_path(self) -> str:
@@ -802,7 +804,8 @@ def _file_status(name: str, model_dir: Path, cache: dict[str, Any] | None) -> Fi
         recorded = entry.get("problems")
         problem = "; ".join(map(str, recorded)) if isinstance(recorded, list) and recorded else None
         if entry.get("sidecar_of") is not None:  # the checkpoint is not damaged: its sidecar is what to fix
-            return FileStatus(name, path, "bad_sidecar", size, entry.get("checks"), problem)
+            owner = str(entry["sidecar_of"])
+            return FileStatus(name, path, "bad_sidecar", size, entry.get("checks"), problem, sidecar_of=owner)
         return FileStatus(name, path, "failed", size, entry.get("checks"), problem)
     if part_size is not None:
         return FileStatus(name, path, "partial", part_size)

@@ -132,10 +132,11 @@ def discord_problem(
     if synced is not None:
         return synced
     if isinstance(error, discord.LoginFailure):
+        token = settings.discord_token.get_secret_value().strip() if settings.discord_token else ""
         return (
             "Discord refused the token: copy the bot's token from "
             "https://discord.com/developers/applications (Bot → Reset Token) into "
-            f"{discord_token_variable()}."
+            f"{discord_token_variable(token)}."
         )
     if isinstance(error, discord.PrivilegedIntentsRequired):
         return f"Discord refused the connection: {error}."

@@ -4,6 +4,7 @@ present nor a verify that leaves it in place."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,31 @@ def test_models_list_shows_why_a_recorded_verdict_failed(clean_env: Path) -> Non
     listed = CliRunner().invoke(main, ["models", "list"], env={"JUKEBOT_MODEL_DIR": str(model_dir)})
     assert listed.exit_code == 0, listed.output
     assert f"failed verification ({why}): run `jukebot models verify` for details" in listed.output
+
+
+@pytest.mark.parametrize("found_by", ["verify", "sampling"])
+def test_a_recorded_sidecar_verdict_is_told_against_that_sidecar(clean_env: Path, found_by: str) -> None:
+    """A sidecar that reads as JSON but holds a wrong value, recorded as the sidecar's by `verify` or
+    sampling: the doctor looked for a sidecar that is not JSON, found none, and blamed the VQ-VAE
+    ("1b_lyrics: vqvae: present, not verified yet")."""
+    from sampler.loading import ModelDirectory, ModelFileUnusable, record_unusable
+
+    model_dir = write_tiny_model_dir(clean_env / "models", models=("1b_lyrics",))
+    sidecar = sidecar_path(model_path(model_dir, "prior_1b_lyrics"))
+    hparams = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps(hparams | {"n_ctx": str(hparams["n_ctx"])}))
+    if found_by == "verify":
+        verified = CliRunner().invoke(
+            main, ["models", "verify", "prior_1b_lyrics"], env={"JUKEBOT_MODEL_DIR": str(model_dir)}
+        )
+        assert verified.exit_code == 1, verified.output
+    else:
+        with pytest.raises(ModelFileUnusable) as unusable:
+            ModelDirectory(model_dir, "1b_lyrics").prior_config(2)
+        record_unusable(model_dir, unusable.value)
+    result = doctor(clean_env, model_dir)
+    (model_line,) = [line for line in lines(result, "warn model") if " 1b_lyrics: " in line]
+    assert f" 1b_lyrics: prior_1b_lyrics: {sidecar} " in model_line, model_line
+    assert "must be a whole number" in model_line and SIDECAR_FIX in model_line, model_line
+    (blocking,) = lines(result, "FAIL models")
+    assert str(sidecar) in blocking and "models download" not in blocking, blocking

@@ -476,10 +476,27 @@ def test_the_database_advice_names_the_variable_that_was_set(
 
 
 @pytest.mark.usefixtures("clean_env")
-@pytest.mark.parametrize("variable", ["DISCORD_TOKEN", "JUKEBOT_DISCORD_TOKEN"])
-def test_the_token_advice_names_the_variable_that_was_set(
-    monkeypatch: pytest.MonkeyPatch, variable: str
+@pytest.mark.parametrize(
+    ("environment", "env_file", "read_from"),
+    [
+        ({"DISCORD_TOKEN": "Bot MTIz.abc.def"}, "", "DISCORD_TOKEN"),
+        ({"JUKEBOT_DISCORD_TOKEN": "Bot MTIz.abc.def"}, "", "JUKEBOT_DISCORD_TOKEN"),
+        # the environment is read before .env, whichever name each uses
+        ({"DISCORD_TOKEN": "Bot MTIz.abc.def"}, "JUKEBOT_DISCORD_TOKEN=MTIz.good.one\n", "DISCORD_TOKEN"),
+        (
+            {},
+            "DISCORD_TOKEN=MTIz.good.one\nJUKEBOT_DISCORD_TOKEN=Bot MTIz.abc.def\n",
+            "JUKEBOT_DISCORD_TOKEN",
+        ),
+    ],
+)
+def test_the_token_advice_names_the_variable_read(
+    monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], env_file: str, read_from: str
 ) -> None:
-    monkeypatch.setenv(variable, "Bot MTIz.abc.def")
-    with pytest.raises(SettingsError, match=rf"^{variable} holds a space \(is 'Bot ' in front of it\?\)"):
+    """The advice said DISCORD_TOKEN of a token read from JUKEBOT_DISCORD_TOKEN, and the other way
+    round when the environment's DISCORD_TOKEN beat a JUKEBOT_DISCORD_TOKEN in .env."""
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    Path(".env").write_text(env_file)
+    with pytest.raises(SettingsError, match=rf"^{read_from} holds a space \(is 'Bot ' in front of it\?\)"):
         load_settings().require_token()
