@@ -19,15 +19,18 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 started=$(date +%s)
 left() { echo $((budget - ($(date +%s) - started))); }
 
+# Bounded: a driver that hangs would otherwise hold the whole run, and bring back only this file.
 {
-    nvidia-smi || true
-    "$python" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available() and torch.cuda.get_device_name())"
-    "$python" -c "import triton; print('triton', triton.__version__)" || true
+    timeout -k 5 20 nvidia-smi || true
+    timeout -k 5 60 "$python" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available() and torch.cuda.get_device_name())"
+    timeout -k 5 30 "$python" -c "import triton; print('triton', triton.__version__)" || true
 } >"$OUT/env.txt" 2>&1
 
 # 1. The engine's CUDA tests: graph replays against the eager static step, fp32 and fp16, compiled;
 #    the Triton kernels compiled, against the torch step and in graphs.
-#    Only the model tests' conftest is loaded (the root one needs the database packages).
+#    Only the model tests' conftest is loaded (the root one needs the database packages). The Triton
+#    kernels first: their tests are the only check of them compiled on a GPU, and the compiled graph
+#    replays of test_decoding may take most of the step's 90 s from a cold inductor cache.
 #    Each test bounded (a hang fails that test, not the step) and named as it ends (-v: a step cut
 #    short still says which passed).
 timeout -k 5 90 "$python" -c "
@@ -36,7 +39,7 @@ import bench.gpu_imports  # noqa: F401
 import pytest
 sys.exit(pytest.main(['-v', '-rfE', '--timeout=45', '--durations=10', '-p', 'no:cacheprovider',
                       '-o', 'addopts=', '--confcutdir=tests/sampler/jukebox',
-                      'tests/sampler/jukebox/test_decoding.py', 'tests/sampler/jukebox/test_kernels.py',
+                      'tests/sampler/jukebox/test_kernels.py', 'tests/sampler/jukebox/test_decoding.py',
                       '-k', 'on_cuda']))
 " 2>&1 | tee "$OUT/cuda-tests.log" | tail -n 15
 
