@@ -403,7 +403,7 @@ _ENDPOINT_SCHEMES = {
 def database_url_variable() -> str:
     """The variable the database URL was read from, for a message that says to fix it:
     JUKEBOT_DATABASE_URL, in the environment or `.env`, wins over DATABASE_URL (see _OwnDatabaseUrl)."""
-    return _variable_read("DATABASE_URL")
+    return "JUKEBOT_DATABASE_URL" if "JUKEBOT_DATABASE_URL" in _variable_names() else "DATABASE_URL"
 
 
 def discord_token_variable(token: str) -> str:
@@ -416,11 +416,6 @@ def discord_token_variable(token: str) -> str:
             if any(key == name and value.strip() == token for key, value in source):
                 return name
     return "DISCORD_TOKEN"
-
-
-def _variable_read(name: str) -> str:
-    prefixed = f"{ENV_PREFIX}{name}"
-    return prefixed if prefixed in _variable_names() else name
 
 
 def token_problem(token: str) -> str | None:

@@ -138,9 +138,8 @@ def record_unusable(model_dir: Path, exc: ModelFileUnusable, detail: str | None 
     # loads it), so `verify` may clear that verdict. NaN in the weights stands until the file changes.
     fine_in_the_file = exc.sidecar is not None or isinstance(exc.__cause__, WeightsOverflow)
     checks = "loads" if fine_in_the_file else WEIGHTS_READ
-    sidecar_of = None
-    if exc.sidecar is not None:
-        sidecar_of = exc.name if exc.sidecar == sidecar_path(exc.path) else "vqvae"
+    # (the file named is the one whose sidecar is at fault: `ModelDirectory.prior_config`)
+    sidecar_of = exc.name if exc.sidecar is not None else None
     VerifiedCache(model_dir).put(
         exc.name, exc.path, ok=False, checks=checks, problems=[detail or exc.detail], sidecar_of=sidecar_of
     )
